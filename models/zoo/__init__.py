@@ -1,0 +1,1 @@
+"""Light zoo models (this folder is models/zoo in the repository)."""

@@ -1,0 +1,230 @@
+"""Loading and saving models safely.
+
+``load_model`` reads the graph and leaves weights stored as external data
+memory-mapped (onnx-ir never reads them into RAM until a pass asks), so a
+7B-class model can be analysed in a few seconds and a few hundred MB.
+
+``save_model`` writes atomically: everything goes to a temporary folder next to
+the destination and is moved into place only once complete, so a failure never
+leaves a partial file. It refuses to overwrite the input model or any
+external-data file the input references.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from spa.errors import UserError
+
+__all__ = [
+    "EXTERNAL_DATA_THRESHOLD_BYTES",
+    "external_data_files",
+    "iter_graphs",
+    "load_model",
+    "load_proto",
+    "save_model",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Models whose initializers add up to more than this are saved with their
+#: weights in a ``<name>.data`` file next to the model (protobuf caps at 2 GiB).
+EXTERNAL_DATA_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def iter_graphs(model: ir.Model) -> Iterator[ir.Graph]:
+    """The main graph and every subgraph (If/Loop/Scan bodies), outermost first."""
+    yield model.graph
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield attr.as_graph()
+            elif attr.type == ir.AttributeType.GRAPHS:
+                yield from attr.as_graphs()
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"{path}: no such file; check the model path")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; pass the .onnx file inside it")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty; re-export the model")
+
+
+def load_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read a ModelProto without its external data, with one-line errors."""
+    path = Path(path)
+    _check_model_file(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{path}: not a readable ONNX protobuf ({type(error).__name__}); "
+            "the file is truncated or not an ONNX model, re-export it"
+        ) from None
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
+        raise UserError(
+            f"{path}: parsed, but holds no ONNX graph (ir_version={proto.ir_version}, "
+            f"outputs={len(proto.graph.output)}); the file is not an ONNX model"
+        )
+    _check_external_data(proto, path)
+    return proto
+
+
+def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for graph in _iter_graph_protos(proto.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+    # Tensors embedded with raw data are skipped by the caller.
+
+
+def _iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _iter_graph_protos(attr.g)
+            for sub in attr.graphs:
+                yield from _iter_graph_protos(sub)
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    base = path.resolve().parent
+    sizes: dict[Path, int] = {}
+    for tensor in _external_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(base):
+            raise UserError(
+                f"{path}: tensor '{tensor.name}' points at external data '{location}' "
+                "outside the model's folder; refusing to read it (move the data next to the model)"
+            )
+        if target not in sizes:
+            if not target.is_file():
+                raise UserError(
+                    f"{path}: external data file '{location}' for tensor '{tensor.name}' "
+                    "is missing; copy it next to the model"
+                )
+            sizes[target] = target.stat().st_size
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > sizes[target]:
+            raise UserError(
+                f"{path}: external data file '{location}' is too short for tensor "
+                f"'{tensor.name}' (needs {end} bytes, has {sizes[target]}); it is truncated"
+            )
+
+
+def load_model(path: str | os.PathLike[str]) -> ir.Model:
+    """Load a model as onnx-ir, weights in external data memory-mapped lazily."""
+    path = Path(path)
+    proto = load_proto(path)
+    model = ir.serde.deserialize_model(proto)
+    ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
+    return model
+
+
+def external_data_files(model: ir.Model) -> set[Path]:
+    """Resolved paths of every external-data file the in-memory model still reads."""
+    files: set[Path] = set()
+    for graph in iter_graphs(model):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                files.add(Path(tensor.path).resolve())
+    return files
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in iter_graphs(model):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
+@contextlib.contextmanager
+def _staging_folder(destination: Path) -> Iterator[Path]:
+    staging = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=destination.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_destination(output: Path, model: ir.Model, protected: set[Path]) -> Path:
+    parent = output.parent
+    if not parent.is_dir():
+        raise UserError(f"{output}: folder '{parent}' does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{output}: folder '{parent}' is not writable; choose another -o")
+    if output.is_dir():
+        raise UserError(f"{output}: is a folder; give a file name such as {output / 'model.onnx'}")
+    data_path = output.with_name(output.name + ".data")
+    inputs = protected | external_data_files(model)
+    for candidate in (output, data_path):
+        if candidate.resolve() in inputs:
+            raise UserError(
+                f"{output}: writing here would overwrite the input model or its data "
+                f"'{candidate.name}'; choose a different -o"
+            )
+    return data_path
+
+
+def save_model(
+    model: ir.Model,
+    output: str | os.PathLike[str],
+    *,
+    input_path: str | os.PathLike[str] | None = None,
+    external_threshold_bytes: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+) -> Path:
+    """Write ``model`` to ``output`` atomically and return the path written.
+
+    Weights go to ``<output>.data`` when they add up to more than
+    ``external_threshold_bytes``. The input model (``input_path``) and every
+    external-data file the in-memory model still reads are never overwritten.
+    """
+    output = Path(output).absolute()
+    protected: set[Path] = set()
+    if input_path is not None:
+        protected.add(Path(input_path).resolve())
+    data_path = _check_destination(output, model, protected)
+    use_external = _initializer_bytes(model) > external_threshold_bytes
+    with _staging_folder(output) as staging:
+        staged_model = staging / output.name
+        if use_external:
+            ir.save(model, staged_model, external_data=data_path.name)
+            os.replace(staging / data_path.name, data_path)
+        else:
+            # Re-embed weights so the output does not depend on the input's files.
+            ir.save(_embedded_copy(model), staged_model)
+        os.replace(staged_model, output)
+    logger.info("saved %s (%s)", output, "external data" if use_external else "embedded")
+    return output
+
+
+def _embedded_copy(model: ir.Model) -> ir.Model:
+    """The model with every external tensor read into memory (small models only)."""
+    for graph in iter_graphs(model):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+    return model

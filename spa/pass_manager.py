@@ -1,0 +1,179 @@
+"""spa's pass infrastructure, built on onnx-ir's.
+
+A spa pass is an :class:`onnx_ir.passes.InPlacePass` with:
+
+* ``name``: a kebab-case name used by recipes and the CLI (``fold-batchnorm``);
+* ``summary``: one line for ``--print-passes``;
+* keyword-only options (the constructor's arguments), set from a recipe;
+* a result carrying named ``statistics`` (``nodes_removed``, ...), which the
+  report collects.
+
+:func:`run_passes` runs a list of passes with instruments around each one.
+Instruments observe (timing, node/parameter diffs, IR dumps); passes never
+print or time themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+__all__ = [
+    "DumpInstrument",
+    "Instrument",
+    "PassRecord",
+    "SpaPass",
+    "SpaPassResult",
+    "count_parameters",
+    "get_pass_class",
+    "register_pass",
+    "registered_passes",
+    "run_passes",
+]
+
+logger = logging.getLogger(__name__)
+
+Statistics = dict[str, int | float]
+
+
+@dataclasses.dataclass
+class SpaPassResult(ir.passes.PassResult):
+    """A pass result with named statistics (counts the report shows)."""
+
+    statistics: Statistics = dataclasses.field(default_factory=dict)
+
+
+class SpaPass(ir.passes.InPlacePass):
+    """Base class of every spa pass (in-place on an onnx-ir model)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def options(self) -> dict[str, Any]:
+        """The options this pass was built with (for reports and dumps)."""
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+
+_REGISTRY: dict[str, type[SpaPass]] = {}
+
+
+def register_pass(cls: type[SpaPass]) -> type[SpaPass]:
+    """Class decorator: make a pass reachable by name from recipes and the CLI."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"pass {cls.__name__} needs a unique name, got {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_passes() -> dict[str, type[SpaPass]]:
+    """Every registered pass by name (imports :mod:`spa.passes` to fill the table)."""
+    import spa.passes  # noqa: F401  (registers the built-in passes)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_pass_class(name: str) -> type[SpaPass]:
+    passes = registered_passes()
+    if name not in passes:
+        from spa.errors import UserError
+
+        raise UserError(
+            f"unknown pass '{name}'; `spa optimize --print-passes` lists the {len(passes)} passes"
+        )
+    return passes[name]
+
+
+def count_parameters(model: ir.Model) -> int:
+    """Elements held by initializers of the main graph (the usual 'params')."""
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.size
+    return total
+
+
+def count_nodes(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What happened in one pass: filled by :func:`run_passes`, read by reports."""
+
+    index: int
+    name: str
+    options: dict[str, Any]
+    seconds: float = 0.0
+    modified: bool = False
+    nodes_before: int = 0
+    nodes_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    statistics: Statistics = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Instrument:
+    """Hooks around each pass. Subclasses override what they need."""
+
+    def before_pass(self, record: PassRecord, model: ir.Model) -> None:
+        """Called before the pass runs."""
+
+    def after_pass(self, record: PassRecord, model: ir.Model) -> None:
+        """Called after the pass ran and ``record`` is complete."""
+
+
+class DumpInstrument(Instrument):
+    """Writes the model after each pass to ``folder/NN-pass-name.onnx``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def after_pass(self, record: PassRecord, model: ir.Model) -> None:
+        from spa.model_io import save_model
+
+        save_model(model, self.folder / f"{record.index:02d}-{record.name}.onnx")
+
+
+def run_passes(
+    model: ir.Model,
+    passes: Sequence[SpaPass],
+    *,
+    instruments: Sequence[Instrument] = (),
+    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+) -> list[PassRecord]:
+    """Run ``passes`` in order on ``model`` (in place); return one record per pass.
+
+    Timing and node/parameter diffs are always recorded; ``instruments`` add
+    more (IR dumps). ``on_pass_end(record, total)`` lets a caller show progress.
+    """
+    records: list[PassRecord] = []
+    for index, spa_pass in enumerate(passes, start=1):
+        record = PassRecord(index=index, name=spa_pass.name, options=spa_pass.options())
+        record.nodes_before, record.params_before = count_nodes(model), count_parameters(model)
+        for instrument in instruments:
+            instrument.before_pass(record, model)
+        start = time.perf_counter()
+        result = spa_pass(model)
+        record.seconds = time.perf_counter() - start
+        model = result.model
+        record.modified = result.modified
+        if isinstance(result, SpaPassResult):
+            record.statistics = dict(result.statistics)
+        record.nodes_after, record.params_after = count_nodes(model), count_parameters(model)
+        for instrument in instruments:
+            instrument.after_pass(record, model)
+        logger.info("pass %s: %.3f s, %s", record.name, record.seconds, record.statistics)
+        records.append(record)
+        if on_pass_end is not None:
+            on_pass_end(record, len(passes))
+    return records
