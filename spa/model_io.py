@@ -162,7 +162,13 @@ def _initializer_bytes(model: ir.Model) -> int:
 
 @contextlib.contextmanager
 def _staging_folder(destination: Path) -> Iterator[Path]:
-    staging = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=destination.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=destination.parent))
+    except OSError as error:
+        raise UserError(
+            f"{destination}: cannot write in '{destination.parent}' ({error.strerror}); "
+            "choose another -o"
+        ) from None
     try:
         yield staging
     finally:

@@ -1,0 +1,219 @@
+"""The ``spa`` command line: thin subcommands over library functions.
+
+Exit codes: 0 ok, 1 user error (one line naming the problem and the fix, no
+traceback), 2 usage error, 3 verification failed. Internal errors keep their
+traceback. Heavy modules are imported inside the commands so ``spa --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spa import __version__
+from spa.cli.options import (
+    input_options,
+    parse_dims,
+    parse_int_ranges,
+    parse_shapes,
+    policy_from,
+    tolerance_options,
+)
+from spa.errors import UserError, VerificationFailed
+
+__all__ = ["cli", "main"]
+
+EXIT_USER_ERROR = 1
+EXIT_VERIFY_FAILED = 3
+
+
+class UserFailure(click.ClickException):
+    """A :class:`UserError` shown as one line, exit code 1."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class SpaGroup(click.Group):
+    """Maps library exceptions to exit codes for every subcommand."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            raise UserFailure(str(error)) from None
+        except VerificationFailed as error:
+            click.echo(f"FAILED | {error}", err=True)
+            ctx.exit(EXIT_VERIFY_FAILED)
+
+
+@click.group(cls=SpaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spa")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """spa: make ONNX models smaller and faster without retraining."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(arg) for arg in ["spa", *sys.argv[1:]])
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write JSON here.")
+def inspect_command(model: Path, json_path: Path | None) -> None:
+    """Opsets, op histogram, inputs/outputs, weights by dtype, custom ops."""
+    from spa.inspect import inspect_model, render_model_info
+
+    info = inspect_model(model)
+    click.echo(render_model_info(info))
+    if json_path is not None:
+        from spa.report import write_report
+
+        write_report(info.as_dict(), json_path)
+
+
+@cli.command("verify")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--samples", type=int, default=1, show_default=True, help="Seeded feeds to run.")
+@input_options
+@tolerance_options
+def verify_command(
+    reference: Path,
+    candidate: Path,
+    samples: int,
+    seed: int,
+    shapes: tuple[str, ...],
+    dims: tuple[str, ...],
+    int_ranges: tuple[str, ...],
+    rtol: float,
+    atol: float,
+    cosine: float | None,
+    exact: bool,
+) -> None:
+    """Run REFERENCE and CANDIDATE on the same seeded inputs; one line per output."""
+    from spa.model_io import load_proto
+    from spa.verify import verify_models
+
+    load_proto(candidate)  # bad files fail with a one-line error before ORT sees them
+    result = verify_models(
+        reference,
+        candidate,
+        policy=policy_from(rtol, atol, cosine, exact),
+        seed=seed,
+        samples=samples,
+        shapes=parse_shapes(shapes),
+        dims=parse_dims(dims),
+        int_ranges=parse_int_ranges(int_ranges),
+    )
+    click.echo(result.render())
+    if not result.passed:
+        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+
+
+@cli.command("optimize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the result.")
+@click.option("--recipe", default="cleanup", show_default=True, help="Built-in name or YAML/JSON file.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--dump-dir", type=click.Path(path_type=Path), help="Save the model after each pass here.")
+@click.option("--latency-runs", type=int, default=0, help="Also time ORT CPU (median of N runs).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare outputs in ORT.")
+@click.option("--print-passes", is_flag=True, help="List every pass and exit.")
+@click.option("--dry-run", is_flag=True, help="Show the pipeline the recipe builds and exit.")
+@input_options
+@tolerance_options
+def optimize_command(model: Path, output: Path | None, recipe: str, report_path: Path | None,
+                     dump_dir: Path | None, latency_runs: int, verify: bool, print_passes: bool,
+                     dry_run: bool, seed: int, shapes: tuple[str, ...], dims: tuple[str, ...],
+                     int_ranges: tuple[str, ...], rtol: float, atol: float,
+                     cosine: float | None, exact: bool) -> None:
+    """Run a recipe of passes over MODEL and write the optimized model to -o."""
+    if print_passes:
+        from spa.pass_manager import registered_passes
+
+        for name, cls in registered_passes().items():
+            click.echo(f"{name:28s} {cls.summary}")
+        return
+    from spa.recipes import build_passes, load_recipe
+
+    loaded = load_recipe(recipe)
+    passes = build_passes(loaded)
+    if dry_run:
+        for index, spa_pass in enumerate(passes, start=1):
+            click.echo(f"[{index}/{len(passes)}] {spa_pass.name} {json.dumps(spa_pass.options())}")
+        return
+    if output is None:
+        raise UserError("missing -o/--output; say where to write the optimized model")
+    from spa.optimize import optimize
+
+    result = optimize(
+        model, output, recipe=loaded, passes=passes, verify=verify,
+        policy=policy_from(rtol, atol, cosine, exact), seed=seed,
+        shapes=parse_shapes(shapes), dims=parse_dims(dims),
+        int_ranges=parse_int_ranges(int_ranges), report_path=report_path,
+        dump_dir=dump_dir, latency_runs=latency_runs, command=_command_line(),
+        on_pass_end=_print_pass_line,
+    )
+    click.echo(result.summary_table)
+    if result.verification is not None:
+        click.echo(result.verification.render())
+    click.echo(result.verdict_line)
+    if result.verification is not None and not result.verification.passed:
+        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+
+
+def _print_pass_line(record: Any, total: int) -> None:
+    delta = record.nodes_after - record.nodes_before
+    stats = " ".join(f"{key}={value}" for key, value in record.statistics.items() if value)
+    click.echo(f"[{record.index}/{total}] {record.name:26s} {record.seconds:6.2f} s  {delta:+d} nodes  {stats}".rstrip())
+
+
+@cli.group("zoo")
+def zoo_group() -> None:
+    """The bundled model zoo (light models, regenerated weights)."""
+
+
+@zoo_group.command("list")
+def zoo_list() -> None:
+    """Name, framework, exporter and tags of every zoo model."""
+    from spa import zoo
+
+    for item in zoo.entries():
+        click.echo(f"{item.name:28s} {item.framework:12s} {item.exporter:14s} {','.join(item.tags)}")
+
+
+@zoo_group.command("get")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the weights.")
+def zoo_get(name: str, output: Path, seed: int) -> None:
+    """Write zoo model NAME with deterministic weights to -o."""
+    from spa import zoo
+
+    if not output.parent.is_dir():
+        raise UserError(f"{output}: folder '{output.parent}' does not exist; create it first")
+    written = zoo.materialize(name, output, seed=seed)
+    click.echo(f"wrote {written}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="spa")
+
+
+if __name__ == "__main__":
+    main()

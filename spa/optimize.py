@@ -1,0 +1,129 @@
+"""``optimize``: load, run a recipe, save, verify, report — the library behind
+``spa optimize``.
+
+>>> from spa.optimize import optimize  # doctest: +SKIP
+>>> result = optimize("model.onnx", "out.onnx", recipe="cleanup")  # doctest: +SKIP
+>>> result.verdict_line  # doctest: +SKIP
+'PASSED | cleanup | params 25.6M → 25.5M (-0%) | max|Δ| 2e-07 | 1.3s'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spa.model_io import load_model, load_proto, save_model
+from spa.pass_manager import DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
+from spa.recipes import Recipe, build_passes, load_recipe
+from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
+
+__all__ = ["OptimizeResult", "optimize"]
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`optimize` did: output path, pass records, checks, report."""
+
+    output: Path
+    records: list[PassRecord]
+    verification: VerifyResult | None
+    report: dict[str, Any]
+    summary_table: str
+    verdict_line: str
+
+
+def _verdict_line(recipe: str, report: dict[str, Any], verification: VerifyResult | None,
+                  seconds: float) -> str:
+    before, after = report["before"]["params"], report["after"]["params"]
+    change = (after - before) / before * 100 if before else 0.0
+    params = f"params {_human(before)} → {_human(after)} ({change:+.0f}%)"
+    if verification is None:
+        return f"DONE | {recipe} | {params} | not verified | {seconds:.1f}s"
+    verdict = "PASSED" if verification.passed else "FAILED"
+    return f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
+
+
+def _human(count: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.1f}{unit}"
+    return f"{count:.0f}"
+
+
+def optimize(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    recipe: str | Recipe = "cleanup",
+    passes: Sequence[SpaPass] | None = None,
+    verify: bool = True,
+    policy: Policy | None = None,
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    report_path: str | os.PathLike[str] | None = None,
+    dump_dir: str | os.PathLike[str] | None = None,
+    latency_runs: int = 0,
+    command: str | None = None,
+    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+) -> OptimizeResult:
+    """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
+
+    The input file is never modified. With ``verify`` the output is compared with
+    the input in ONNX Runtime on seeded inputs under ``policy`` (default
+    relative error <= 1e-5); a failed comparison is reported, not raised.
+    """
+    from spa import report as reporting
+
+    start = time.perf_counter()
+    model, output = Path(model), Path(output)
+    loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    pass_list = list(passes) if passes is not None else build_passes(loaded)
+    proto = load_proto(model)
+    stat_options = {"shapes": dict(shapes or {}), "dims": dict(dims or {})}
+    before = reporting.compute_stats(proto, **stat_options)
+    ir_model = load_model(model)
+    instruments: list[Instrument] = [DumpInstrument(dump_dir)] if dump_dir else []
+    records = run_passes(ir_model, pass_list, instruments=instruments, on_pass_end=on_pass_end)
+    save_model(ir_model, output, input_path=model)
+    after = reporting.compute_stats(load_proto(output), **stat_options)
+    verification = None
+    if verify:
+        verification = verify_models(
+            model, output, policy=policy or AllClose(), seed=seed,
+            shapes=shapes, dims=dims, int_ranges=int_ranges,
+        )
+    latency = None
+    if latency_runs > 0:
+        feeds = make_feeds(input_specs(proto), seed=seed, shapes=shapes, dims=dims,
+                           int_ranges=int_ranges)
+        latency = {
+            "before": reporting.measure_latency(model, feeds, runs=latency_runs),
+            "after": reporting.measure_latency(output, feeds, runs=latency_runs),
+        }
+    report = reporting.build_report(
+        command=command or f"spa.optimize.optimize({str(model)!r}, {str(output)!r}, recipe={loaded.name!r})",
+        seeds={"inputs": seed},
+        before=before,
+        after=after,
+        passes=[record.as_dict() for record in records],
+        verification=verification.as_dict() if verification else None,
+        latency=latency,
+    )
+    report["recipe"] = loaded.name
+    if report_path is not None:
+        reporting.write_report(report, Path(report_path))
+    seconds = time.perf_counter() - start
+    return OptimizeResult(
+        output=output,
+        records=records,
+        verification=verification,
+        report=report,
+        summary_table=reporting.render_comparison(reporting.compare(before, after)),
+        verdict_line=_verdict_line(loaded.name, report, verification, seconds),
+    )

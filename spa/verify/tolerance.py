@@ -1,0 +1,124 @@
+"""Tolerance policies: how two outputs are judged equal.
+
+Each policy is a frozen dataclass with ``check(name, reference, candidate)``
+returning an :class:`OutputCheck` that carries every error statistic, whether
+it passed, and a one-line verdict.
+
+Relative error is ``max|a - b| / max|a|`` (the largest deviation relative to
+the reference's largest magnitude), which stays meaningful where individual
+reference values are near zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["AllClose", "CosineMaxAbs", "Exact", "OutputCheck", "Policy", "error_statistics"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputCheck:
+    """The comparison of one output."""
+
+    name: str
+    passed: bool
+    max_abs_diff: float
+    max_rel_diff: float
+    cosine: float
+    detail: str = ""
+
+    def line(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        text = (
+            f"{verdict} | output {self.name} | max|Δ| {self.max_abs_diff:.3g} | "
+            f"rel {self.max_rel_diff:.3g} | cos {self.cosine:.6f}"
+        )
+        return f"{text} | {self.detail}" if self.detail else text
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def error_statistics(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float]:
+    """(max abs diff, relative diff, cosine) of two same-shaped arrays."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    cand = np.asarray(candidate, dtype=np.float64).ravel()
+    if ref.size == 0:
+        return 0.0, 0.0, 1.0
+    same_special = (np.isnan(ref) & np.isnan(cand)) | (np.isinf(ref) & (ref == cand))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(ref - cand)
+    diff[same_special] = 0.0
+    diff[np.isnan(diff)] = np.inf  # NaN on one side only
+    max_abs = float(diff.max())
+    finite_ref = np.abs(ref[np.isfinite(ref)])
+    scale = float(finite_ref.max()) if finite_ref.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    finite = np.isfinite(ref) & np.isfinite(cand)
+    norms = float(np.linalg.norm(ref[finite]) * np.linalg.norm(cand[finite]))
+    cosine = float(np.dot(ref[finite], cand[finite]) / norms) if norms > 0 else 1.0
+    if norms == 0 and max_abs > 0:
+        cosine = 0.0
+    return max_abs, max_rel, cosine
+
+
+class Policy(Protocol):
+    def check(self, name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputCheck: ...
+
+
+def _shape_mismatch(name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputCheck | None:
+    if reference.shape == candidate.shape:
+        return None
+    detail = f"shape {candidate.shape} != reference {reference.shape}"
+    return OutputCheck(name, False, float("inf"), float("inf"), 0.0, detail)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact:
+    """Bit-for-bit equal values (NaN equals NaN)."""
+
+    def check(self, name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputCheck:
+        mismatch = _shape_mismatch(name, reference, candidate)
+        if mismatch:
+            return mismatch
+        max_abs, max_rel, cosine = error_statistics(reference, candidate)
+        passed = bool(np.array_equal(reference, candidate, equal_nan=reference.dtype.kind == "f"))
+        return OutputCheck(name, passed, max_abs, max_rel, cosine, "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class AllClose:
+    """Passes when the relative error ``max|Δ| / max|ref|`` <= rtol or ``max|Δ|`` <= atol."""
+
+    rtol: float = 1e-5
+    atol: float = 0.0
+
+    def check(self, name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputCheck:
+        mismatch = _shape_mismatch(name, reference, candidate)
+        if mismatch:
+            return mismatch
+        max_abs, max_rel, cosine = error_statistics(reference, candidate)
+        passed = max_rel <= self.rtol or max_abs <= self.atol
+        return OutputCheck(
+            name, passed, max_abs, max_rel, cosine, f"rtol {self.rtol:g} atol {self.atol:g}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineMaxAbs:
+    """Passes when cosine >= ``min_cosine`` and ``max|Δ|`` <= ``max_abs``."""
+
+    min_cosine: float = 0.999
+    max_abs: float = float("inf")
+
+    def check(self, name: str, reference: np.ndarray, candidate: np.ndarray) -> OutputCheck:
+        mismatch = _shape_mismatch(name, reference, candidate)
+        if mismatch:
+            return mismatch
+        max_abs, max_rel, cosine = error_statistics(reference, candidate)
+        passed = cosine >= self.min_cosine and max_abs <= self.max_abs
+        detail = f"cos >= {self.min_cosine:g}, max|Δ| <= {self.max_abs:g}"
+        return OutputCheck(name, passed, max_abs, max_rel, cosine, detail)

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny models written inline, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner, Result
+from onnx import numpy_helper
+
+from spa.cli.main import cli
+
+
+def mlp_model(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
+    """X[N,8] -> MatMul -> Add -> Relu -> MatMul -> Identity -> Y[N,4], random weights."""
+    rng = np.random.default_rng(seed)
+    model = onnx.parser.parse_model(
+        f"""
+        <ir_version: 9, opset_import: ["" : 17]>
+        mlp (float[N, 8] X) => (float[N, 4] Y) {{
+            H0 = MatMul(X, W1)
+            H1 = Add(H0, B1)
+            H2 = Relu(H1)
+            H3 = MatMul(H2, W2)
+            Y = Identity(H3)
+        }}
+        """
+    )
+    for name, shape in (("W1", (8, hidden)), ("B1", (hidden,)), ("W2", (hidden, 4))):
+        array = rng.standard_normal(shape).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp_model(), str(path))
+    return path
+
+
+@pytest.fixture
+def external_mlp_path(tmp_path: Path) -> Path:
+    """The MLP with its weights in mlp.data beside it."""
+    folder = tmp_path / "external"
+    folder.mkdir()
+    path = folder / "mlp.onnx"
+    onnx.save(
+        mlp_model(),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="mlp.data",
+        size_threshold=0,
+    )
+    return path
+
+
+@pytest.fixture
+def run_cli():
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,108 @@
+"""Seeded feeds, tolerance policies and model-vs-model verification in ORT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from spa.errors import UserError
+from spa.verify import (
+    AllClose,
+    CosineMaxAbs,
+    Exact,
+    input_specs,
+    make_feeds,
+    parse_shape_option,
+    verify_models,
+)
+from spa.verify.tolerance import error_statistics
+from tests.conftest import mlp_model
+
+TOKEN_MODEL = """
+<ir_version: 9, opset_import: ["" : 17]>
+lm (int64[batch, seq] ids, bool[batch, seq] mask) => (float[batch, seq, 4] out) {
+    out = Gather(table, ids)
+}
+"""
+
+
+def token_model() -> onnx.ModelProto:
+    model = onnx.parser.parse_model(TOKEN_MODEL)
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    model.graph.initializer.append(numpy_helper.from_array(table, "table"))
+    return model
+
+
+def test_feeds_are_seeded_and_respect_dims() -> None:
+    specs = input_specs(mlp_model())
+    first = make_feeds(specs, seed=3, dims={"N": 5})
+    again = make_feeds(specs, seed=3, dims={"N": 5})
+    other = make_feeds(specs, seed=4, dims={"N": 5})
+    assert first["X"].shape == (5, 8) and first["X"].dtype == np.float32
+    np.testing.assert_array_equal(first["X"], again["X"])
+    assert not np.array_equal(first["X"], other["X"])
+
+
+def test_token_ids_stay_inside_the_embedding_table() -> None:
+    specs = input_specs(token_model())
+    feeds = make_feeds(specs, seed=0, shapes={"ids": (2, 50)})
+    assert feeds["ids"].dtype == np.int64 and feeds["ids"].shape == (2, 50)
+    assert feeds["ids"].min() >= 0 and feeds["ids"].max() <= 9
+    assert feeds["mask"].dtype == np.bool_ and feeds["mask"].shape == (1, 1)
+    ranged = make_feeds(specs, seed=0, dims={"seq": 7}, int_ranges={"ids": (4, 5)})
+    assert set(np.unique(ranged["ids"])) == {4}
+
+
+def test_shape_override_must_match_static_dims() -> None:
+    specs = input_specs(mlp_model())
+    with pytest.raises(UserError, match="does not match"):
+        make_feeds(specs, shapes={"X": (2, 9)})
+    with pytest.raises(UserError, match="unknown input"):
+        make_feeds(specs, shapes={"nope": (2, 8)})
+    assert parse_shape_option("gpu_0/data:1x3x224x224") == ("gpu_0/data", (1, 3, 224, 224))
+    with pytest.raises(UserError, match="INPUT:1x3x224x224"):
+        parse_shape_option("X=1,3")
+
+
+def test_error_statistics_by_hand() -> None:
+    reference = np.array([1.0, -4.0, 2.0])
+    candidate = np.array([1.0, -4.5, 2.0])
+    max_abs, max_rel, cosine = error_statistics(reference, candidate)
+    assert max_abs == pytest.approx(0.5)
+    assert max_rel == pytest.approx(0.5 / 4.0)
+    expected_cos = (1 + 18 + 4) / (np.sqrt(21) * np.sqrt(1 + 20.25 + 4))
+    assert cosine == pytest.approx(expected_cos)
+    nan_one_side = error_statistics(np.array([np.nan, 1.0]), np.array([0.0, 1.0]))
+    assert nan_one_side[0] == float("inf")
+    assert error_statistics(np.array([np.inf, 1.0]), np.array([np.inf, 1.0]))[0] == 0.0
+
+
+def test_policies() -> None:
+    reference = np.array([1.0, 2.0, 4.0], dtype=np.float32)
+    close = reference + np.float32(1e-6)
+    assert Exact().check("y", reference, reference.copy()).passed
+    assert not Exact().check("y", reference, close).passed
+    assert AllClose(rtol=1e-5).check("y", reference, close).passed
+    assert not AllClose(rtol=1e-8).check("y", reference, close).passed
+    assert AllClose(rtol=0.0, atol=1e-5).check("y", reference, close).passed
+    assert CosineMaxAbs(min_cosine=0.9999).check("y", reference, close).passed
+    assert not CosineMaxAbs(min_cosine=0.99).check("y", reference, -reference).passed
+    mismatch = AllClose().check("y", reference, reference[:2])
+    assert not mismatch.passed and "shape" in mismatch.line()
+
+
+def test_verify_models_passes_and_fails(tmp_path: Path) -> None:
+    same_a, same_b, other = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    onnx.save(mlp_model(seed=0), str(same_a))
+    onnx.save(mlp_model(seed=0), str(same_b))
+    onnx.save(mlp_model(seed=1), str(other))
+    good = verify_models(same_a, same_b, policy=Exact(), samples=2, dims={"N": 4})
+    assert good.passed and good.max_abs_diff == 0.0 and good.samples == 2
+    assert good.render().startswith("PASSED | output Y | max|Δ| 0")
+    bad = verify_models(same_a, other, policy=AllClose(rtol=1e-5))
+    assert not bad.passed and bad.max_rel_diff > 1e-2
+    assert bad.as_dict()["outputs"][0]["name"] == "Y"
