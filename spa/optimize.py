@@ -36,15 +36,18 @@ class OptimizeResult:
     verdict_line: str
 
 
-def _verdict_line(recipe: str, report: dict[str, Any], verification: VerifyResult | None,
-                  seconds: float) -> str:
+def _verdict_line(
+    recipe: str, report: dict[str, Any], verification: VerifyResult | None, seconds: float
+) -> str:
     before, after = report["before"]["params"], report["after"]["params"]
     change = (after - before) / before * 100 if before else 0.0
     params = f"params {_human(before)} → {_human(after)} ({change:+.0f}%)"
     if verification is None:
         return f"DONE | {recipe} | {params} | not verified | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
-    return f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
+    return (
+        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
+    )
 
 
 def _human(count: float) -> str:
@@ -95,19 +98,26 @@ def optimize(
     verification = None
     if verify:
         verification = verify_models(
-            model, output, policy=policy or AllClose(), seed=seed,
-            shapes=shapes, dims=dims, int_ranges=int_ranges,
+            model,
+            output,
+            policy=policy or AllClose(),
+            seed=seed,
+            shapes=shapes,
+            dims=dims,
+            int_ranges=int_ranges,
         )
     latency = None
     if latency_runs > 0:
-        feeds = make_feeds(input_specs(proto), seed=seed, shapes=shapes, dims=dims,
-                           int_ranges=int_ranges)
+        feeds = make_feeds(
+            input_specs(proto), seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges
+        )
         latency = {
             "before": reporting.measure_latency(model, feeds, runs=latency_runs),
             "after": reporting.measure_latency(output, feeds, runs=latency_runs),
         }
     report = reporting.build_report(
-        command=command or f"spa.optimize.optimize({str(model)!r}, {str(output)!r}, recipe={loaded.name!r})",
+        command=command
+        or f"spa.optimize.optimize({str(model)!r}, {str(output)!r}, recipe={loaded.name!r})",
         seeds={"inputs": seed},
         before=before,
         after=after,

@@ -53,7 +53,9 @@ def _step_from(entry: Any, where: str) -> PassStep:
         if not isinstance(options, dict) or extra:
             raise UserError(f"{where}: pass '{entry['name']}' may only have 'name' and 'options'")
         return PassStep(entry["name"], dict(options))
-    raise UserError(f"{where}: each pass is a name or {{name: ..., options: {{...}}}}, got {entry!r}")
+    raise UserError(
+        f"{where}: each pass is a name or {{name: ..., options: {{...}}}}, got {entry!r}"
+    )
 
 
 def _read_recipe_file(path: Path) -> Any:
@@ -65,7 +67,9 @@ def _read_recipe_file(path: Path) -> Any:
 
         return yaml.safe_load(text)
     except Exception as error:
-        raise UserError(f"{path}: not valid {path.suffix[1:].upper() or 'YAML'} ({error})") from None
+        raise UserError(
+            f"{path}: not valid {path.suffix[1:].upper() or 'YAML'} ({error})"
+        ) from None
 
 
 def load_recipe(name_or_path: str) -> Recipe:

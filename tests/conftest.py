@@ -17,15 +17,15 @@ def mlp_model(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
     """X[N,8] -> MatMul -> Add -> Relu -> MatMul -> Identity -> Y[N,4], random weights."""
     rng = np.random.default_rng(seed)
     model = onnx.parser.parse_model(
-        f"""
+        """
         <ir_version: 9, opset_import: ["" : 17]>
-        mlp (float[N, 8] X) => (float[N, 4] Y) {{
+        mlp (float[N, 8] X) => (float[N, 4] Y) {
             H0 = MatMul(X, W1)
             H1 = Add(H0, B1)
             H2 = Relu(H1)
             H3 = MatMul(H2, W2)
             Y = Identity(H3)
-        }}
+        }
         """
     )
     for name, shape in (("W1", (8, hidden)), ("B1", (hidden,)), ("W2", (hidden, 4))):

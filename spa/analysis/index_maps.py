@@ -25,6 +25,7 @@ Kinds:
   channels across heads; RoPE half-pairs with ``period=head_dim/2, count=2``).
 * :class:`Permutation`: channel shuffle, explicit index maps.
 * :class:`Composed`: maps applied left to right.
+* :class:`Lookup`: an explicit table, what groups store for their members.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "Composed",
     "Identity",
     "IndexMap",
+    "Lookup",
     "Offset",
     "Permutation",
     "Tile",
@@ -52,8 +54,11 @@ IndexSet = np.ndarray
 
 def as_index_set(indices: Iterable[int] | np.ndarray) -> IndexSet:
     """Sorted unique int64 array."""
-    return np.unique(np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices,
-                                dtype=np.int64))
+    return np.unique(
+        np.asarray(
+            list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64
+        )
+    )
 
 
 @runtime_checkable
@@ -82,7 +87,8 @@ def _contained_preimage(index_map: IndexMap, indices: IndexSet) -> IndexSet:
     """Source indices whose whole image lies in ``indices`` (generic inverse)."""
     target = _check_range(indices, index_map.target_size, "inverse")
     keep = [
-        i for i in range(index_map.source_size)
+        i
+        for i in range(index_map.source_size)
         if np.isin(index_map.forward(np.array([i], dtype=np.int64)), target).all()
     ]
     return np.asarray(keep, dtype=np.int64)
@@ -264,3 +270,97 @@ def compose(*maps: IndexMap) -> IndexMap:
     if len(flat) == 1:
         return flat[0]
     return Composed(tuple(flat))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Lookup:
+    """An explicit map: row ``i`` lists the target indices of source index ``i``.
+
+    ``rows`` is an int64 array ``[source, width]``, each row sorted with -1
+    padding at the end. Groups store their members' composed maps this way so
+    that long chains (DenseNet's nested Concats) cost one array each.
+    """
+
+    target: int
+    rows: np.ndarray
+
+    @staticmethod
+    def of(index_map: IndexMap) -> Lookup:
+        if isinstance(index_map, Lookup):
+            return index_map
+        images = [
+            index_map.forward(np.array([i], dtype=np.int64)) for i in range(index_map.source_size)
+        ]
+        return Lookup(index_map.target_size, _pack_rows(images))
+
+    @property
+    def source_size(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def target_size(self) -> int:
+        return self.target
+
+    def forward(self, indices: IndexSet) -> IndexSet:
+        indices = _check_range(indices, self.source_size, "Lookup.forward")
+        picked = self.rows[indices].ravel()
+        return np.unique(picked[picked >= 0])
+
+    def inverse(self, indices: IndexSet) -> IndexSet:
+        target = _check_range(indices, self.target, "Lookup.inverse")
+        inside = np.isin(self.rows, target) | (self.rows < 0)
+        return np.flatnonzero(inside.all(axis=1)).astype(np.int64)
+
+    def then(self, index_map: IndexMap) -> Lookup:
+        """This map followed by ``index_map`` (vectorised for the basic kinds)."""
+        rows, valid = self.rows, self.rows >= 0
+        if isinstance(index_map, Identity):
+            return self
+        if isinstance(index_map, Offset):
+            shifted = rows + index_map.offset
+            keep = valid & (shifted >= 0) & (shifted < index_map.target)
+            return Lookup(index_map.target, _normalise(np.where(keep, shifted, -1)))
+        if isinstance(index_map, Permutation):
+            perm = np.asarray(index_map.perm, dtype=np.int64)
+            return Lookup(len(perm), _normalise(np.where(valid, perm[np.maximum(rows, 0)], -1)))
+        if isinstance(index_map, (Block, Tile)):
+            if isinstance(index_map, Block):
+                spread = rows[:, :, None] * index_map.block + np.arange(index_map.block)
+            else:
+                spread = rows[:, :, None] + np.arange(index_map.count) * index_map.period
+            spread = np.where(valid[:, :, None], spread, -1).reshape(rows.shape[0], -1)
+            return Lookup(index_map.target_size, _normalise(spread))
+        images = [index_map.forward(row[row >= 0]) for row in rows]
+        return Lookup(index_map.target_size, _pack_rows(images))
+
+    def restricted_to(self, allowed: IndexSet) -> Lookup:
+        """The same map with target indices outside ``allowed`` dropped."""
+        keep = np.isin(self.rows, allowed) & (self.rows >= 0)
+        return Lookup(self.target, _normalise(np.where(keep, self.rows, -1)))
+
+    def same_as(self, other: Lookup) -> bool:
+        if self.target != other.target or self.rows.shape[0] != other.rows.shape[0]:
+            return False
+        width = max(self.rows.shape[1], other.rows.shape[1])
+        return bool(np.array_equal(_pad(self.rows, width), _pad(other.rows, width)))
+
+
+def _pad(rows: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(rows, ((0, 0), (0, width - rows.shape[1])), constant_values=-1)
+
+
+def _normalise(rows: np.ndarray) -> np.ndarray:
+    """Sort each row with -1 padding last and drop all-padding columns."""
+    big = np.iinfo(np.int64).max
+    ordered = np.sort(np.where(rows < 0, big, rows), axis=1)
+    ordered[ordered == big] = -1
+    width = int((ordered >= 0).sum(axis=1).max()) if ordered.size else 0
+    return ordered[:, : max(width, 1)] if ordered.shape[0] else ordered.reshape(0, 1)
+
+
+def _pack_rows(images: list[np.ndarray]) -> np.ndarray:
+    width = max((len(image) for image in images), default=1) or 1
+    rows = np.full((len(images), width), -1, dtype=np.int64)
+    for i, image in enumerate(images):
+        rows[i, : len(image)] = np.sort(image)
+    return rows

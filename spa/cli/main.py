@@ -127,20 +127,42 @@ def verify_command(
 @cli.command("optimize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the result.")
-@click.option("--recipe", default="cleanup", show_default=True, help="Built-in name or YAML/JSON file.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
-@click.option("--dump-dir", type=click.Path(path_type=Path), help="Save the model after each pass here.")
+@click.option(
+    "--recipe", default="cleanup", show_default=True, help="Built-in name or YAML/JSON file."
+)
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
+)
+@click.option(
+    "--dump-dir", type=click.Path(path_type=Path), help="Save the model after each pass here."
+)
 @click.option("--latency-runs", type=int, default=0, help="Also time ORT CPU (median of N runs).")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare outputs in ORT.")
+@click.option(
+    "--verify/--no-verify", default=True, show_default=True, help="Compare outputs in ORT."
+)
 @click.option("--print-passes", is_flag=True, help="List every pass and exit.")
 @click.option("--dry-run", is_flag=True, help="Show the pipeline the recipe builds and exit.")
 @input_options
 @tolerance_options
-def optimize_command(model: Path, output: Path | None, recipe: str, report_path: Path | None,
-                     dump_dir: Path | None, latency_runs: int, verify: bool, print_passes: bool,
-                     dry_run: bool, seed: int, shapes: tuple[str, ...], dims: tuple[str, ...],
-                     int_ranges: tuple[str, ...], rtol: float, atol: float,
-                     cosine: float | None, exact: bool) -> None:
+def optimize_command(
+    model: Path,
+    output: Path | None,
+    recipe: str,
+    report_path: Path | None,
+    dump_dir: Path | None,
+    latency_runs: int,
+    verify: bool,
+    print_passes: bool,
+    dry_run: bool,
+    seed: int,
+    shapes: tuple[str, ...],
+    dims: tuple[str, ...],
+    int_ranges: tuple[str, ...],
+    rtol: float,
+    atol: float,
+    cosine: float | None,
+    exact: bool,
+) -> None:
     """Run a recipe of passes over MODEL and write the optimized model to -o."""
     if print_passes:
         from spa.pass_manager import registered_passes
@@ -161,11 +183,20 @@ def optimize_command(model: Path, output: Path | None, recipe: str, report_path:
     from spa.optimize import optimize
 
     result = optimize(
-        model, output, recipe=loaded, passes=passes, verify=verify,
-        policy=policy_from(rtol, atol, cosine, exact), seed=seed,
-        shapes=parse_shapes(shapes), dims=parse_dims(dims),
-        int_ranges=parse_int_ranges(int_ranges), report_path=report_path,
-        dump_dir=dump_dir, latency_runs=latency_runs, command=_command_line(),
+        model,
+        output,
+        recipe=loaded,
+        passes=passes,
+        verify=verify,
+        policy=policy_from(rtol, atol, cosine, exact),
+        seed=seed,
+        shapes=parse_shapes(shapes),
+        dims=parse_dims(dims),
+        int_ranges=parse_int_ranges(int_ranges),
+        report_path=report_path,
+        dump_dir=dump_dir,
+        latency_runs=latency_runs,
+        command=_command_line(),
         on_pass_end=_print_pass_line,
     )
     click.echo(result.summary_table)
@@ -179,7 +210,9 @@ def optimize_command(model: Path, output: Path | None, recipe: str, report_path:
 def _print_pass_line(record: Any, total: int) -> None:
     delta = record.nodes_after - record.nodes_before
     stats = " ".join(f"{key}={value}" for key, value in record.statistics.items() if value)
-    click.echo(f"[{record.index}/{total}] {record.name:26s} {record.seconds:6.2f} s  {delta:+d} nodes  {stats}".rstrip())
+    click.echo(
+        f"[{record.index}/{total}] {record.name:26s} {record.seconds:6.2f} s  {delta:+d} nodes  {stats}".rstrip()
+    )
 
 
 @cli.group("zoo")
@@ -193,7 +226,9 @@ def zoo_list() -> None:
     from spa import zoo
 
     for item in zoo.entries():
-        click.echo(f"{item.name:28s} {item.framework:12s} {item.exporter:14s} {','.join(item.tags)}")
+        click.echo(
+            f"{item.name:28s} {item.framework:12s} {item.exporter:14s} {','.join(item.tags)}"
+        )
 
 
 @zoo_group.command("get")

@@ -62,12 +62,26 @@ def input_options(function: F) -> F:
 def tolerance_options(function: F) -> F:
     """How outputs are compared: --rtol/--atol, or --cosine, or --exact."""
     return _compose(
-        click.option("--rtol", type=float, default=1e-5, show_default=True,
-                     help="Largest allowed max|Δ| / max|reference|."),
-        click.option("--atol", type=float, default=0.0, show_default=True,
-                     help="Largest allowed max|Δ| (passes if either holds)."),
-        click.option("--cosine", type=float, default=None,
-                     help="Judge by cosine similarity >= this instead (with --atol as max|Δ| if > 0)."),
+        click.option(
+            "--rtol",
+            type=float,
+            default=1e-5,
+            show_default=True,
+            help="Largest allowed max|Δ| / max|reference|.",
+        ),
+        click.option(
+            "--atol",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Largest allowed max|Δ| (passes if either holds).",
+        ),
+        click.option(
+            "--cosine",
+            type=float,
+            default=None,
+            help="Judge by cosine similarity >= this instead (with --atol as max|Δ| if > 0).",
+        ),
         click.option("--exact", is_flag=True, help="Require bit-identical outputs."),
     )(function)
 

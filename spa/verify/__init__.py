@@ -105,8 +105,10 @@ def verify_models(
                 )
             check = policy.check(name, value, actual[name])
             previous = worst.get(name)
-            if previous is None or (previous.passed and not check.passed) or (
-                previous.passed == check.passed and check.max_abs_diff > previous.max_abs_diff
+            if (
+                previous is None
+                or (previous.passed and not check.passed)
+                or (previous.passed == check.passed and check.max_abs_diff > previous.max_abs_diff)
             ):
                 worst[name] = check
     return VerifyResult(checks=list(worst.values()), seed=seed, samples=samples)

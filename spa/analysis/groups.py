@@ -1,0 +1,268 @@
+"""The channel-dependency graph and its groups.
+
+``analyze(model)`` runs every node's rule, links the channel spaces they couple
+into a graph (networkx), and cuts it into groups (connected components). Each
+group gets a *root* — the largest space from which every member is reachable
+by forward index maps — and every member the composed map from the root's
+indices to its own. A group is frozen, with the reasons recorded, when a
+member is a graph input/output, touches an op with no rule, is left unmapped
+by a rule, or is reached by two paths whose maps disagree. Nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections import defaultdict
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import onnx_ir as ir
+
+from spa.analysis.index_maps import Identity, IndexMap, Lookup, Offset, Permutation
+from spa.analysis.rules import Barrier, Coupling, RuleContext, Space, Unconstrained, find_rule
+
+__all__ = ["Analysis", "Group", "Member", "analyze", "model_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One channel space of a group and the map from the group's root to it."""
+
+    space: Space
+    index_map: IndexMap
+    is_parameter: bool
+
+
+@dataclasses.dataclass
+class Group:
+    """A connected set of channel spaces that must be pruned together."""
+
+    id: int
+    root: Space
+    size: int
+    members: list[Member]
+    frozen_reasons: list[str]
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.frozen_reasons)
+
+    @property
+    def parameters(self) -> list[Member]:
+        return [member for member in self.members if member.is_parameter]
+
+    @property
+    def prunable(self) -> bool:
+        """Not frozen, more than one channel, and holding parameters to slice."""
+        has_activation = any(not member.is_parameter for member in self.members)
+        return not self.frozen and self.size > 1 and bool(self.parameters) and has_activation
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "root": list(self.root),
+            "channels": self.size,
+            "members": len(self.members),
+            "parameters": [list(member.space) for member in self.parameters],
+            "prunable": self.prunable,
+            "frozen_reasons": self.frozen_reasons,
+        }
+
+
+@dataclasses.dataclass
+class Analysis:
+    """Every group of a model, plus the model's fingerprint (for plans)."""
+
+    groups: list[Group]
+    fingerprint: str
+
+    def prunable_groups(self) -> list[Group]:
+        return [group for group in self.groups if group.prunable]
+
+    def frozen_reason_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for group in self.groups:
+            if group.frozen and group.parameters:
+                counts[_reason_kind(group.frozen_reasons[0])] += 1
+        return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without node names, for counting ("graph output", "no rule for X")."""
+    return reason.split(" '")[0]
+
+
+def model_fingerprint(model: ir.Model) -> str:
+    """Hash of the graph's structure and initializer shapes (not their values)."""
+    digest = hashlib.sha256()
+    for node in model.graph:
+        digest.update(f"{node.domain}:{node.op_type}:{node.name}".encode())
+        for value in node.inputs:
+            digest.update(
+                b"|" + (value.name.encode() if value is not None and value.name else b"-")
+            )
+    for name, value in sorted(model.graph.initializers.items()):
+        shape = tuple(value.const_value.shape) if value.const_value is not None else ()
+        digest.update(f"{name}{shape}".encode())
+    return digest.hexdigest()[:16]
+
+
+class _Collector:
+    """Runs rules over the graph and gathers couplings and frozen spaces."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.context = RuleContext()
+        self.couplings: list[Coupling] = []
+        self.frozen_spaces: dict[Space, str] = {}
+        self.frozen_values: dict[str, str] = {}
+
+    def freeze_value(self, name: str, reason: str) -> None:
+        self.frozen_values.setdefault(name, reason)
+
+    def run(self) -> None:
+        graph = self.model.graph
+        for value in graph.inputs:
+            self.freeze_value(value.name or "", f"graph input '{value.name}'")
+        for value in graph.outputs:
+            self.freeze_value(value.name or "", f"graph output '{value.name}'")
+        for node in graph:
+            self._visit(node)
+
+    def _visit(self, node: ir.Node) -> None:
+        values = [v for v in (*node.inputs, *node.outputs) if v is not None and v.name]
+        opset = self.model.opset_imports.get(node.domain or "", 1)
+        rule = find_rule(node.domain, node.op_type, opset)
+        if rule is None or _has_subgraph(node):
+            what = "has subgraphs" if rule is not None else "has no rule"
+            reason = f"{node.domain or 'ai.onnx'}::{node.op_type} {what} ('{node.name}')"
+            for value in values:
+                self.freeze_value(value.name, reason)
+            return
+        mentioned: set[Space] = set()
+        unconstrained: set[str] = set()
+        for item in rule(node, self.context):
+            if isinstance(item, Coupling):
+                self.couplings.append(item)
+                mentioned.update((item.source, item.target))
+            elif isinstance(item, Barrier):
+                for space in item.spaces:
+                    self.frozen_spaces.setdefault(space, item.reason)
+                    mentioned.add(space)
+                for name in item.values:
+                    self.freeze_value(name, item.reason)
+            elif isinstance(item, Unconstrained):
+                unconstrained.update(item.values)
+        for value in values:
+            if value.name in unconstrained:
+                continue
+            shape = self.context.shape(value)
+            if shape is None:
+                self.freeze_value(
+                    value.name, f"{node.op_type} '{node.name}': rank of '{value.name}' unknown"
+                )
+                continue
+            for axis in range(len(shape)):
+                if (value.name, axis) not in mentioned:
+                    reason = (
+                        f"{node.op_type} '{node.name}' does not map axis {axis} of '{value.name}'"
+                    )
+                    self.frozen_spaces.setdefault((value.name, axis), reason)
+
+
+def _has_subgraph(node: ir.Node) -> bool:
+    return any(
+        attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for attr in node.attributes.values()
+    )
+
+
+def _reversed(index_map: IndexMap) -> IndexMap | None:
+    if isinstance(index_map, Identity):
+        return index_map
+    if isinstance(index_map, Offset):
+        return Offset(index_map.target, index_map.source, -index_map.offset)
+    if isinstance(index_map, Permutation):
+        return Permutation(tuple(int(i) for i in np.argsort(np.asarray(index_map.perm))))
+    return None
+
+
+def _agrees(source_map: Lookup, edge: IndexMap, target_map: Lookup) -> bool:
+    """Does going root -> source -> target agree with the target's own map?
+
+    Only inside the edge's image: a Concat input covers part of the output.
+    """
+    if source_map.target_size != edge.source_size or edge.target_size != target_map.target_size:
+        return False
+    image = edge.forward(np.arange(edge.source_size, dtype=np.int64))
+    return source_map.then(edge).same_as(target_map.restricted_to(image))
+
+
+def _root_of(component: set[Space], directed: nx.DiGraph, sizes: dict[Space, int]) -> Space | None:
+    sub = directed.subgraph(component)
+    condensed = nx.condensation(sub)
+    sources = [n for n in condensed.nodes if condensed.in_degree(n) == 0]
+    if len(sources) != 1:
+        return None
+    members = condensed.nodes[sources[0]]["members"]
+    return max(sorted(members), key=lambda space: sizes[space])
+
+
+def _build_group(
+    group_id: int,
+    component: set[Space],
+    directed: nx.DiGraph,
+    collector: _Collector,
+    parameters: set[str],
+) -> Group:
+    sizes = {space: directed.nodes[space]["size"] for space in component}
+    reasons = sorted(
+        {collector.frozen_spaces[s] for s in component if s in collector.frozen_spaces}
+    )
+    reasons += sorted(
+        {collector.frozen_values[s[0]] for s in component if s[0] in collector.frozen_values}
+    )
+    root = _root_of(component, directed, sizes)
+    if root is None:
+        anchor = min(component)
+        reasons.append(f"no single coarsest channel space (near '{anchor[0]}' axis {anchor[1]})")
+        members = [Member(s, Identity(sizes[s]), s[0] in parameters) for s in sorted(component)]
+        return Group(group_id, anchor, sizes[anchor], members, reasons)
+    maps: dict[Space, Lookup] = {root: Lookup.of(Identity(sizes[root]))}
+    for source, target in nx.bfs_edges(directed.subgraph(component), root):
+        maps[target] = maps[source].then(directed.edges[source, target]["map"])
+    for source, target, data in directed.subgraph(component).edges(data=True):
+        if not _agrees(maps[source], data["map"], maps[target]):
+            reasons.append(f"paths disagree on '{target[0]}' axis {target[1]} (conflicting maps)")
+            break
+    members = [Member(s, maps[s], s[0] in parameters) for s in sorted(component)]
+    return Group(group_id, root, sizes[root], members, reasons)
+
+
+def analyze(model: ir.Model) -> Analysis:
+    """Groups of ``model`` (shapes must be inferred: see ``spa.analysis.prepare``)."""
+    collector = _Collector(model)
+    collector.run()
+    directed = nx.DiGraph()
+    for coupling in collector.couplings:
+        index_map = coupling.index_map
+        directed.add_node(coupling.source, size=index_map.source_size)
+        directed.add_node(coupling.target, size=index_map.target_size)
+        directed.add_edge(coupling.source, coupling.target, map=index_map)
+        back = _reversed(index_map)
+        if back is not None and not directed.has_edge(coupling.target, coupling.source):
+            directed.add_edge(coupling.target, coupling.source, map=back)
+    parameters = set(model.graph.initializers)
+    groups = [
+        _build_group(group_id, component, directed, collector, parameters)
+        for group_id, component in enumerate(
+            sorted(nx.weakly_connected_components(directed), key=min)
+        )
+    ]
+    logger.info("analysis: %d groups, %d prunable", len(groups), sum(g.prunable for g in groups))
+    return Analysis(groups=groups, fingerprint=model_fingerprint(model))

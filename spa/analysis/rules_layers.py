@@ -1,0 +1,162 @@
+"""Rules for layers with parameters: Conv, ConvTranspose, Gemm, MatMul,
+normalisations and pooling.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from spa.analysis.index_maps import Identity
+from spa.analysis.rules import Barrier, Coupling, RuleContext, register_rule
+from spa.analysis.rules_elementwise import broadcast_couplings
+
+__all__: list[str] = []
+
+Result = list[Coupling | Barrier]
+
+
+def _identity(a: tuple[str, int], b: tuple[str, int], size: int | None) -> Result:
+    return [] if size is None else [Coupling(a, b, Identity(size))]
+
+
+@register_rule("Conv")
+def _conv(node: ir.Node, context: RuleContext) -> Result:
+    x, w = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    assert x is not None and w is not None
+    w_shape, y_shape = context.shape(w), context.shape(y)
+    if w_shape is None or y_shape is None:
+        return [Barrier(f"Conv '{node.name}' has unknown shapes", values=(x.name, y.name))]
+    group = int(context.attribute(node, "group", 1))  # type: ignore[arg-type]
+    c_out, c_in_per_group = w_shape[0], w_shape[1]
+    out: Result = _identity((y.name, 0), (x.name, 0), y_shape[0])
+    out += _identity((w.name, 0), (y.name, 1), c_out)
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        out += _identity((w.name, 0), (node.inputs[2].name, 0), c_out)
+    if group == 1:
+        out += _identity((x.name, 1), (w.name, 1), c_in_per_group)
+    elif c_in_per_group == 1 and group == c_out:
+        out += _identity((x.name, 1), (y.name, 1), c_out)  # depthwise: in channel = out channel
+    else:
+        spaces = ((x.name, 1), (y.name, 1), (w.name, 0), (w.name, 1))
+        out.append(Barrier(f"Conv '{node.name}' has group={group} and C_out={c_out}", spaces))
+    return out
+
+
+@register_rule("ConvTranspose")
+def _conv_transpose(node: ir.Node, context: RuleContext) -> Result:
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and w is not None
+    w_shape = context.shape(w)
+    group = int(context.attribute(node, "group", 1))  # type: ignore[arg-type]
+    if w_shape is None or group != 1:
+        return [
+            Barrier(
+                f"ConvTranspose '{node.name}' has group={group}", values=(x.name, y.name, w.name)
+            )
+        ]
+    out: Result = _identity((x.name, 1), (w.name, 0), w_shape[0])
+    out += _identity((w.name, 1), (y.name, 1), w_shape[1])
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        out += _identity((w.name, 1), (node.inputs[2].name, 0), w_shape[1])
+    shape = context.shape(y)
+    out += _identity((y.name, 0), (x.name, 0), shape[0] if shape else None)
+    return out
+
+
+@register_rule("Gemm")
+def _gemm(node: ir.Node, context: RuleContext) -> Result:
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert a is not None and b is not None
+    a_shape, b_shape = context.shape(a), context.shape(b)
+    if a_shape is None or b_shape is None:
+        return [Barrier(f"Gemm '{node.name}' has unknown shapes", values=(a.name, b.name, y.name))]
+    trans_a = int(context.attribute(node, "transA", 0))  # type: ignore[arg-type]
+    trans_b = int(context.attribute(node, "transB", 0))  # type: ignore[arg-type]
+    a_k, a_m = (0, 1) if trans_a else (1, 0)
+    b_k, b_n = (1, 0) if trans_b else (0, 1)
+    out: Result = _identity((a.name, a_k), (b.name, b_k), b_shape[b_k])
+    out += _identity((b.name, b_n), (y.name, 1), b_shape[b_n])
+    out += _identity((y.name, 0), (a.name, a_m), a_shape[a_m])
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        out += broadcast_couplings([node.inputs[2]], y, context)
+    return out
+
+
+@register_rule("MatMul")
+def _matmul(node: ir.Node, context: RuleContext) -> Result:
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert a is not None and b is not None
+    a_shape, b_shape, y_shape = context.shape(a), context.shape(b), context.shape(y)
+    if (
+        a_shape is None
+        or b_shape is None
+        or y_shape is None
+        or len(a_shape) < 2
+        or len(b_shape) < 2
+    ):
+        return [
+            Barrier(
+                f"MatMul '{node.name}' has unknown or 1-D shapes", values=(a.name, b.name, y.name)
+            )
+        ]
+    rank = len(y_shape)
+    out: Result = _identity(
+        (a.name, len(a_shape) - 1), (b.name, len(b_shape) - 2), a_shape[-1] or b_shape[-2]
+    )
+    out += _identity((b.name, len(b_shape) - 1), (y.name, rank - 1), b_shape[-1])
+    out += _identity((a.name, len(a_shape) - 2), (y.name, rank - 2), a_shape[-2])
+    for value, shape in ((a, a_shape), (b, b_shape)):
+        for axis in range(len(shape) - 2):
+            out_axis = rank - len(shape) + axis
+            if shape[axis] != 1 or y_shape[out_axis] == 1:
+                out += _identity((value.name, axis), (y.name, out_axis), y_shape[out_axis])
+    return out
+
+
+@register_rule("BatchNormalization", "InstanceNormalization")
+def _channel_norm(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    training = int(context.attribute(node, "training_mode", 0))  # type: ignore[arg-type]
+    if training:
+        return [
+            Barrier(
+                f"BatchNormalization '{node.name}' is in training mode", values=(x.name, y.name)
+            )
+        ]
+    out: Result = []
+    for axis, dim in enumerate(shape):
+        out += _identity((x.name, axis), (y.name, axis), dim)
+    for parameter in node.inputs[1:]:
+        if parameter is not None:
+            out += _identity((parameter.name, 0), (y.name, 1), shape[1])
+    return out
+
+
+@register_rule(
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "GlobalLpPool",
+    "LRN",
+)
+def _pool(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(y)
+    if shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    out = _identity((x.name, 0), (y.name, 0), shape[0])
+    if node.op_type == "LRN":
+        # LRN normalises across neighbouring channels: removing one changes the others.
+        return [
+            *out,
+            Barrier(f"LRN '{node.name}' mixes neighbouring channels", ((x.name, 1), (y.name, 1))),
+        ]
+    return out + _identity((x.name, 1), (y.name, 1), shape[1])

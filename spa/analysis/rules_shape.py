@@ -1,0 +1,310 @@
+"""Rules for ops that move axes: Reshape, Flatten, Transpose, Squeeze/Unsqueeze,
+Concat, Split, Slice, Gather, Softmax, reductions, Pad, Resize, Shape.
+
+A Reshape couples axes through *segments*: runs of input and output axes
+whose products agree. A one-to-one segment is an identity; a merge
+``(C, H, W) -> C*H*W`` couples its leading axis by ``Block(C, H*W)``; a split
+``H*D -> (H, D)`` couples the leading output axis (heads) by ``Block(H, D)``.
+Inner axes of a merge or split stay frozen (the analyzer freezes what a rule
+leaves out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from spa.analysis.index_maps import Block, Identity, Offset
+from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, register_rule
+
+__all__ = ["reshape_couplings"]
+
+Result = list[Coupling | Barrier | Unconstrained]
+
+
+def _segments(
+    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
+) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of axes with equal products; None when dims do not line up."""
+    segments: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        if in_shape[i] is None or out_shape[j] is None:
+            if in_shape[i] is None and out_shape[j] is None:
+                segments.append(([i], [j]))
+                i, j = i + 1, j + 1
+                continue
+            return None
+        ins, outs = [i], [j]
+        left, right = in_shape[i], out_shape[j]
+        while left != right:
+            if left < right:  # type: ignore[operator]
+                i += 1
+                if i >= len(in_shape) or in_shape[i] is None:
+                    return None
+                ins.append(i)
+                left *= in_shape[i]  # type: ignore[operator]
+            else:
+                j += 1
+                if j >= len(out_shape) or out_shape[j] is None:
+                    return None
+                outs.append(j)
+                right *= out_shape[j]  # type: ignore[operator]
+        segments.append((ins, outs))
+        i, j = i + 1, j + 1
+    return segments
+
+
+def reshape_couplings(x: ir.Value, y: ir.Value, context: RuleContext, what: str) -> Result:
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [Barrier(f"{what} has unknown shapes", values=(x.name, y.name))]
+    segments = _segments(in_shape, out_shape)
+    if segments is None:
+        return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(x.name, y.name))]
+    out: Result = []
+    for ins, outs in segments:
+        first_in, first_out = ins[0], outs[0]
+        in_dim, out_dim = in_shape[first_in], out_shape[first_out]
+        if in_dim is None or out_dim is None:
+            continue
+        if len(ins) == 1 and len(outs) == 1:
+            out.append(Coupling((x.name, first_in), (y.name, first_out), Identity(in_dim)))
+        elif len(outs) == 1:
+            out.append(
+                Coupling((x.name, first_in), (y.name, first_out), Block(in_dim, out_dim // in_dim))
+            )
+        elif len(ins) == 1:
+            out.append(
+                Coupling((y.name, first_out), (x.name, first_in), Block(out_dim, in_dim // out_dim))
+            )
+    return out
+
+
+@register_rule("Reshape")
+def _reshape(node: ir.Node, context: RuleContext) -> Result:
+    x, shape = node.inputs[0], node.inputs[1]
+    assert x is not None and shape is not None
+    if context.constant(shape) is None:
+        return [
+            Barrier(
+                f"Reshape '{node.name}' has a computed target shape",
+                values=(x.name, node.outputs[0].name),
+            ),
+            Unconstrained((shape.name,)),
+        ]
+    return [*reshape_couplings(x, node.outputs[0], context, f"Reshape '{node.name}'")]
+
+
+@register_rule("Flatten")
+def _flatten(node: ir.Node, context: RuleContext) -> Result:
+    x = node.inputs[0]
+    assert x is not None
+    return reshape_couplings(x, node.outputs[0], context, f"Flatten '{node.name}'")
+
+
+@register_rule("Transpose")
+def _transpose(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"Transpose '{node.name}' has unknown rank", values=(x.name, y.name))]
+    perm = context.attribute(node, "perm") or list(reversed(range(len(shape))))
+    out: Result = []
+    for out_axis, in_axis in enumerate(perm):  # type: ignore[arg-type]
+        if shape[in_axis] is not None:
+            out.append(Coupling((x.name, in_axis), (y.name, out_axis), Identity(shape[in_axis])))
+    return out
+
+
+def _axes(node: ir.Node, context: RuleContext, rank: int) -> list[int] | None:
+    axes = context.attribute(node, "axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = context.constant(node.inputs[1])
+        axes = None if constant is None else constant.tolist()
+    if axes is None:
+        return None
+    return sorted(int(a) % rank for a in axes)  # type: ignore[union-attr]
+
+
+@register_rule("Squeeze", "Unsqueeze")
+def _squeeze(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    squeezing = node.op_type == "Squeeze"
+    removed = [a for a, d in enumerate(in_shape) if d == 1] if squeezing else []
+    inserted: list[int] = []
+    axes = _axes(node, context, len(in_shape) if squeezing else len(out_shape))
+    if axes is not None:
+        removed, inserted = (axes, []) if squeezing else ([], axes)
+    elif not squeezing:
+        return [Barrier(f"Unsqueeze '{node.name}' has computed axes", values=(x.name, y.name))]
+    kept_in = [a for a in range(len(in_shape)) if a not in removed]
+    kept_out = [a for a in range(len(out_shape)) if a not in inserted]
+    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    for in_axis, out_axis in zip(kept_in, kept_out, strict=False):
+        if in_shape[in_axis] is not None:
+            out.append(Coupling((x.name, in_axis), (y.name, out_axis), Identity(in_shape[in_axis])))
+    return out
+
+
+@register_rule("Concat")
+def _concat(node: ir.Node, context: RuleContext) -> Result:
+    y = node.outputs[0]
+    out_shape = context.shape(y)
+    inputs = [v for v in node.inputs if v is not None]
+    shapes = [context.shape(v) for v in inputs]
+    if out_shape is None or any(s is None for s in shapes):
+        return [
+            Barrier(
+                f"Concat '{node.name}' has unknown shapes",
+                values=tuple(v.name for v in (*inputs, y)),
+            )
+        ]
+    axis = int(context.attribute(node, "axis", 0)) % len(out_shape)  # type: ignore[arg-type]
+    total, offset, out = out_shape[axis], 0, []
+    for value, shape in zip(inputs, shapes, strict=True):
+        assert shape is not None
+        for a, dim in enumerate(shape):
+            if dim is None or (a == axis and total is None):
+                continue
+            index_map = Offset(dim, total, offset) if a == axis else Identity(dim)  # type: ignore[arg-type]
+            out.append(Coupling((value.name, a), (y.name, a), index_map))
+        offset += shape[axis] or 0
+    return out
+
+
+@register_rule("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    axis = int(context.attribute(node, "axis", -1)) % len(shape)  # type: ignore[arg-type]
+    out: Result = [
+        Barrier(
+            f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)",
+            ((x.name, axis), (y.name, axis)),
+        )
+    ]
+    for a, dim in enumerate(shape):
+        if a != axis and dim is not None:
+            out.append(Coupling((x.name, a), (y.name, a), Identity(dim)))
+    return out
+
+
+@register_rule(
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ReduceLogSum",
+)
+def _reduce(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    axes = _axes(node, context, len(shape))
+    if axes is None:
+        axes = list(range(len(shape)))
+    keepdims = int(context.attribute(node, "keepdims", 1))  # type: ignore[arg-type]
+    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    out_axis = 0
+    for a, dim in enumerate(shape):
+        if a in axes:
+            out_axis += keepdims
+            continue
+        if dim is not None:
+            out.append(Coupling((x.name, a), (y.name, out_axis), Identity(dim)))
+        out_axis += 1
+    return out
+
+
+@register_rule("Shape", "Size")
+def _shape(node: ir.Node, context: RuleContext) -> Result:
+    # Reading a shape does not constrain channels; shape chains recompute after slicing.
+    return [Unconstrained(tuple(v.name for v in node.inputs if v is not None))]
+
+
+@register_rule("Pad")
+def _pad(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    pads_value = node.inputs[1] if len(node.inputs) > 1 else None
+    pads = context.attribute(node, "pads")
+    if pads is None and pads_value is not None:
+        constant = context.constant(pads_value)
+        pads = None if constant is None else constant.tolist()
+    if shape is None or pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
+        return [Barrier(f"Pad '{node.name}' has computed pads or axes", values=(x.name, y.name))]
+    rank = len(shape)
+    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    for a, dim in enumerate(shape):
+        if dim is not None and pads[a] == 0 and pads[a + rank] == 0:  # type: ignore[index]
+            out.append(Coupling((x.name, a), (y.name, a), Identity(dim)))
+    return out
+
+
+@register_rule("Resize", "Upsample")
+def _resize(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown shapes", values=(x.name, y.name))
+        ]
+    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    for a, (dim_in, dim_out) in enumerate(zip(in_shape, out_shape, strict=True)):
+        if dim_in is not None and dim_in == dim_out and a < 2:
+            out.append(Coupling((x.name, a), (y.name, a), Identity(dim_in)))
+    return out
+
+
+@register_rule("Gather")
+def _gather(node: ir.Node, context: RuleContext) -> Result:
+    data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert data is not None and indices is not None
+    data_shape, index_shape = context.shape(data), context.shape(indices)
+    if data_shape is None or index_shape is None:
+        return [Barrier(f"Gather '{node.name}' has unknown shapes", values=(data.name, y.name))]
+    axis = int(context.attribute(node, "axis", 0)) % len(data_shape)  # type: ignore[arg-type]
+    out: Result = []
+    for a, dim in enumerate(data_shape):
+        if a == axis or dim is None:
+            continue
+        out_axis = a if a < axis else a - 1 + len(index_shape)
+        out.append(Coupling((data.name, a), (y.name, out_axis), Identity(dim)))
+    for a, dim in enumerate(index_shape):
+        if dim is not None:
+            out.append(Coupling((indices.name, a), (y.name, axis + a), Identity(dim)))
+    return out
+
+
+@register_rule(
+    "Constant",
+    "ConstantOfShape",
+    "Range",
+    "EyeLike",
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+)
+def _constant(node: ir.Node, context: RuleContext) -> Result:
+    # Generated values: their inputs are shapes/scalars; outputs are frozen by default.
+    return [Unconstrained(tuple(v.name for v in node.inputs if v is not None))]
