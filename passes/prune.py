@@ -1,0 +1,197 @@
+"""Structured pruning: apply a plan by physically slicing the model.
+
+Cases handled by :func:`apply_plan`:
+
+* every parameter member of a pruned group is sliced along its axis (a weight
+  in two groups, e.g. a Conv's out and in channels, is sliced along both);
+* depthwise Conv ``group`` attributes follow their new channel count;
+* constant Reshape targets are rewritten for every pruned output axis (a target
+  shared by several Reshapes is copied first, so each node gets its own);
+* shapes of intermediate values are dropped and re-inferred.
+
+:func:`mask_model` is the reference for verification: the same plan, applied
+by zeroing the removed slices instead of removing them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from spa.analysis import Analysis, analyze, prepare
+from spa.analysis.plan import Plan, make_plan, member_indices
+from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+
+__all__ = ["PrunePass", "apply_plan", "mask_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def _parameter_slices(
+    model: ir.Model, analysis: Analysis, plan: Plan
+) -> tuple[dict[str, list[tuple[int, np.ndarray]]], dict[tuple[str, int], int]]:
+    parameters: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    new_sizes: dict[tuple[str, int], int] = {}
+    for (name, axis), kept in member_indices(analysis, plan).items():
+        if name in model.graph.initializers:
+            parameters[name].append((axis, kept))
+        else:
+            new_sizes[(name, axis)] = len(kept)
+    return parameters, new_sizes
+
+
+def _replace_constant(value: ir.Value, array: np.ndarray) -> None:
+    tensor = value.const_value
+    assert tensor is not None
+    value.const_value = ir.Tensor(np.ascontiguousarray(array), dtype=tensor.dtype, name=value.name)
+    value.shape = ir.Shape(array.shape)
+
+
+def _fix_depthwise_groups(model: ir.Model) -> None:
+    for node in model.graph:
+        if node.op_type != "Conv" or node.domain != "":
+            continue
+        group = node.attributes.get("group")
+        weight = node.inputs[1]
+        if group is None or group.value == 1 or weight is None or weight.const_value is None:
+            continue
+        c_out, c_in_per_group = weight.const_value.shape[0], weight.const_value.shape[1]
+        if c_in_per_group == 1 and group.value != c_out:
+            node.attributes["group"] = ir.AttrInt64("group", int(c_out))
+
+
+def _fix_reshape_targets(model: ir.Model, new_sizes: dict[tuple[str, int], int]) -> int:
+    rewritten = 0
+    for node in list(model.graph):
+        if node.op_type != "Reshape" or node.domain != "":
+            continue
+        output, target = node.outputs[0], node.inputs[1]
+        changes = {axis: size for (name, axis), size in new_sizes.items() if name == output.name}
+        if not changes or target is None or target.const_value is None:
+            continue
+        shape = target.const_value.numpy().copy()
+        for axis, size in changes.items():
+            if shape[axis] > 0:
+                shape[axis] = size
+        if np.array_equal(shape, target.const_value.numpy()):
+            continue
+        if len(target.uses()) > 1:  # copy-on-write: other Reshapes keep theirs
+            copy = ir.Value(name=f"{target.name}__{node.name or rewritten}")
+            copy.const_value = ir.Tensor(shape, name=copy.name)
+            model.graph.register_initializer(copy)
+            node.replace_input_with(1, copy)
+        else:
+            _replace_constant(target, shape)
+        rewritten += 1
+    return rewritten
+
+
+def _clear_inferred_shapes(model: ir.Model) -> None:
+    keep = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
+    for node in model.graph:
+        for value in node.outputs:
+            if id(value) not in keep:
+                value.shape = None
+
+
+def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int]:
+    """Slice ``model`` in place by ``plan``; return statistics."""
+    parameters, new_sizes = _parameter_slices(model, analysis, plan)
+    params_before = sum(
+        v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
+    )
+    for name, slices in parameters.items():
+        value = model.graph.initializers[name]
+        assert value.const_value is not None
+        array = value.const_value.numpy()
+        for axis, kept in slices:
+            array = np.take(array, kept, axis=axis)
+        _replace_constant(value, array)
+    _fix_depthwise_groups(model)
+    reshapes = _fix_reshape_targets(model, new_sizes)
+    _clear_inferred_shapes(model)
+    prepare(model)
+    params_after = sum(
+        v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
+    )
+    channels = sum(plan.sizes[g] - len(k) for g, k in plan.kept.items())
+    return {
+        "groups_pruned": len(plan.kept),
+        "channels_removed": channels,
+        "params_removed": int(params_before - params_after),
+        "reshapes_rewritten": reshapes,
+    }
+
+
+def mask_model(model: ir.Model, analysis: Analysis, plan: Plan) -> None:
+    """Zero, in place, every parameter slice the plan removes (the reference)."""
+    parameters, _ = _parameter_slices(model, analysis, plan)
+    for name, slices in parameters.items():
+        value = model.graph.initializers[name]
+        assert value.const_value is not None
+        array = value.const_value.numpy().copy()
+        for axis, kept in slices:
+            removed = np.setdiff1d(np.arange(array.shape[axis]), kept)
+            index: list[Any] = [slice(None)] * array.ndim
+            index[axis] = removed
+            array[tuple(index)] = 0
+        _replace_constant(value, array)
+
+
+@register_pass
+class PrunePass(SpaPass):
+    """Structured pruning of every prunable group by a uniform ratio.
+
+    Runs the analyzer, makes a plan (or loads ``plan_path``), and applies it.
+    After the call, ``self.analysis`` and ``self.plan`` hold what was used.
+    """
+
+    name = "prune"
+    summary = "Remove channels/heads by a plan (analyzer groups, ratio, criterion)"
+
+    def __init__(
+        self,
+        ratio: float = 0.3,
+        criterion: str = "l1",
+        seed: int = 0,
+        round_to: int = 1,
+        exclude: tuple[str, ...] = (),
+        plan_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.ratio, self.criterion, self.seed = ratio, criterion, seed
+        self.round_to, self.exclude, self.plan_path = round_to, tuple(exclude), plan_path
+        self._analysis: Analysis | None = None
+        self._plan: Plan | None = None
+
+    @property
+    def analysis(self) -> Analysis | None:
+        return self._analysis
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        analysis = analyze(prepare(model))
+        if self.plan_path is not None:
+            plan = Plan.load(self.plan_path, analysis)
+        else:
+            plan = make_plan(
+                model,
+                analysis,
+                ratio=self.ratio,
+                criterion=self.criterion,
+                seed=self.seed,
+                round_to=self.round_to,
+                exclude=self.exclude,
+            )
+        self._analysis, self._plan = analysis, plan
+        if not plan.kept:
+            return SpaPassResult(model, False, {"groups_pruned": 0})
+        statistics = apply_plan(model, analysis, plan)
+        return SpaPassResult(model, True, statistics)
