@@ -29,7 +29,7 @@ from spa.cli.options import (
 )
 from spa.errors import UserError, VerificationFailed
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "command_line", "main"]
 
 EXIT_USER_ERROR = 1
 EXIT_VERIFY_FAILED = 3
@@ -66,7 +66,7 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _command_line() -> str:
+def command_line() -> str:
     return " ".join(shlex.quote(arg) for arg in ["spa", *sys.argv[1:]])
 
 
@@ -90,7 +90,7 @@ def inspect_command(model: Path, json_path: Path | None) -> None:
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--samples", type=int, default=1, show_default=True, help="Seeded feeds to run.")
 @input_options
-@tolerance_options
+@tolerance_options()
 def verify_command(
     reference: Path,
     candidate: Path,
@@ -143,7 +143,7 @@ def verify_command(
 @click.option("--print-passes", is_flag=True, help="List every pass and exit.")
 @click.option("--dry-run", is_flag=True, help="Show the pipeline the recipe builds and exit.")
 @input_options
-@tolerance_options
+@tolerance_options()
 def optimize_command(
     model: Path,
     output: Path | None,
@@ -196,7 +196,7 @@ def optimize_command(
         report_path=report_path,
         dump_dir=dump_dir,
         latency_runs=latency_runs,
-        command=_command_line(),
+        command=command_line(),
         on_pass_end=_print_pass_line,
     )
     click.echo(result.summary_table)
@@ -213,6 +213,16 @@ def _print_pass_line(record: Any, total: int) -> None:
     click.echo(
         f"[{record.index}/{total}] {record.name:26s} {record.seconds:6.2f} s  {delta:+d} nodes  {stats}".rstrip()
     )
+
+
+def _register_subcommands() -> None:
+    from spa.cli.prune_cmd import analyze_command, prune_command
+
+    cli.add_command(analyze_command)
+    cli.add_command(prune_command)
+
+
+_register_subcommands()
 
 
 @cli.group("zoo")

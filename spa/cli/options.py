@@ -59,13 +59,13 @@ def input_options(function: F) -> F:
     )(function)
 
 
-def tolerance_options(function: F) -> F:
+def tolerance_options(rtol: float = 1e-5) -> Callable[[F], F]:
     """How outputs are compared: --rtol/--atol, or --cosine, or --exact."""
     return _compose(
         click.option(
             "--rtol",
             type=float,
-            default=1e-5,
+            default=rtol,
             show_default=True,
             help="Largest allowed max|Δ| / max|reference|.",
         ),
@@ -83,7 +83,7 @@ def tolerance_options(function: F) -> F:
             help="Judge by cosine similarity >= this instead (with --atol as max|Δ| if > 0).",
         ),
         click.option("--exact", is_flag=True, help="Require bit-identical outputs."),
-    )(function)
+    )
 
 
 def parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,142 @@
+"""``spa analyze`` and ``spa prune``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spa.cli.options import (
+    input_options,
+    parse_dims,
+    parse_int_ranges,
+    parse_shapes,
+    policy_from,
+    tolerance_options,
+)
+
+__all__ = ["analyze_command", "prune_command", "render_groups"]
+
+
+def render_groups(analysis: Any, limit: int | None = None) -> str:
+    """A table of groups with parameters: id, channels, members, status, reason."""
+    rows = [g for g in analysis.groups if g.parameters]
+    lines = [f"{'group':>5}  {'channels':>8}  {'members':>7}  {'status':9}  reason / root"]
+    for group in rows[:limit]:
+        status = "prunable" if group.prunable else ("frozen" if group.frozen else "fixed")
+        detail = (
+            group.frozen_reasons[0] if group.frozen else f"{group.root[0]} axis {group.root[1]}"
+        )
+        lines.append(
+            f"{group.id:>5}  {group.size:>8}  {len(group.members):>7}  {status:9}  {detail}"
+        )
+    if limit is not None and len(rows) > limit:
+        lines.append(f"  … {len(rows) - limit} more groups (use --json for all)")
+    prunable = len(analysis.prunable_groups())
+    frozen = sum(1 for g in rows if g.frozen)
+    lines.append(f"groups with parameters: {len(rows)} | prunable {prunable} | frozen {frozen}")
+    for reason, count in analysis.frozen_reason_counts().items():
+        lines.append(f"  frozen: {count:4d} × {reason}")
+    return "\n".join(lines)
+
+
+@click.command("analyze")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), help="Write every group here."
+)
+@click.option("--limit", type=int, default=40, show_default=True, help="Rows shown in the table.")
+def analyze_command(model: Path, json_path: Path | None, limit: int) -> None:
+    """Channel groups of MODEL: which can be pruned, and why the others cannot."""
+    from spa.prune import analyze_file
+
+    analysis = analyze_file(model)
+    click.echo(render_groups(analysis, limit))
+    if json_path is not None:
+        data = {
+            "fingerprint": analysis.fingerprint,
+            "groups": [group.as_dict() for group in analysis.groups if group.parameters],
+            "frozen_reasons": analysis.frozen_reason_counts(),
+        }
+        json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+@click.command("prune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--ratio",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Share of channels removed per group.",
+)
+@click.option(
+    "--criterion", type=click.Choice(["random", "l1", "l2"]), default="l1", show_default=True
+)
+@click.option(
+    "--round-to", type=int, default=1, show_default=True, help="Keep a multiple of K channels."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="REGEX", help="Leave groups touching matching values alone."
+)
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Apply a saved plan.")
+@click.option("--save-plan", type=click.Path(path_type=Path), help="Save the plan used.")
+@click.option("--verify", is_flag=True, help="Check mask equivalence in ORT (exit 3 if it fails).")
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report."
+)
+@input_options
+@tolerance_options(rtol=1e-4)
+def prune_command(
+    model: Path,
+    output: Path,
+    ratio: float,
+    criterion: str,
+    round_to: int,
+    exclude: tuple[str, ...],
+    plan_path: Path | None,
+    save_plan: Path | None,
+    verify: bool,
+    report_path: Path | None,
+    seed: int,
+    shapes: tuple[str, ...],
+    dims: tuple[str, ...],
+    int_ranges: tuple[str, ...],
+    rtol: float,
+    atol: float,
+    cosine: float | None,
+    exact: bool,
+) -> None:
+    """Remove channels from MODEL (structured pruning) and write -o."""
+    from spa.cli.main import EXIT_VERIFY_FAILED, command_line
+    from spa.prune import prune_model
+
+    result = prune_model(
+        model,
+        output,
+        ratio=ratio,
+        criterion=criterion,
+        seed=seed,
+        round_to=round_to,
+        exclude=exclude,
+        plan_path=plan_path,
+        save_plan=save_plan,
+        verify=verify,
+        policy=policy_from(rtol, atol, cosine, exact),
+        shapes=parse_shapes(shapes),
+        dims=parse_dims(dims),
+        int_ranges=parse_int_ranges(int_ranges),
+        report_path=report_path,
+        command=command_line(),
+    )
+    if not result.plan.kept:
+        click.echo("nothing to prune: every group is frozen; the model was written unchanged")
+        click.echo(render_groups(result.analysis, limit=0))
+    if result.verification is not None:
+        click.echo(result.verification.render())
+    click.echo(result.verdict_line)
+    if result.verification is not None and not result.verification.passed:
+        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)

@@ -1,0 +1,179 @@
+"""``prune_model``: analyze, plan, slice, verify by mask equivalence — the
+library behind ``spa prune``.
+
+Verification follows DESIGN.md: the original model with every removed
+parameter slice zeroed (the *masked* reference) and the physically pruned
+model must give the same outputs on seeded inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spa.analysis import Analysis, analyze, prepare
+from spa.analysis.plan import Plan, make_plan
+from spa.model_io import load_model, load_proto, save_model
+from spa.verify import AllClose, Policy, VerifyResult, verify_models
+
+__all__ = ["PruneResult", "analyze_file", "prune_model"]
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """What :func:`prune_model` did."""
+
+    output: Path
+    analysis: Analysis
+    plan: Plan
+    statistics: dict[str, int]
+    verification: VerifyResult | None
+    report: dict[str, Any]
+    verdict_line: str
+
+
+def analyze_file(path: str | os.PathLike[str]) -> Analysis:
+    """Groups of the model at ``path`` (weights stay memory-mapped)."""
+    return analyze(prepare(load_model(path)))
+
+
+def _human(count: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.1f}{unit}"
+    return f"{count:.0f}"
+
+
+def _verify_masked(
+    model: Path, output: Path, analysis: Analysis, plan: Plan, policy: Policy, **feeds: Any
+) -> VerifyResult:
+    from spa.passes.prune import mask_model
+
+    masked = prepare(load_model(model))
+    mask_model(masked, analysis, plan)
+    with tempfile.TemporaryDirectory(prefix="spa-mask-") as folder:
+        reference = save_model(masked, Path(folder) / "masked.onnx")
+        return verify_models(reference, output, policy=policy, **feeds)
+
+
+def prune_model(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    ratio: float = 0.3,
+    criterion: str = "l1",
+    seed: int = 0,
+    round_to: int = 1,
+    exclude: Sequence[str] = (),
+    plan_path: str | os.PathLike[str] | None = None,
+    save_plan: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+    policy: Policy | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    report_path: str | os.PathLike[str] | None = None,
+    command: str | None = None,
+) -> PruneResult:
+    """Prune ``model`` into ``output``; a model whose groups are all frozen is
+    written unchanged (the report says why)."""
+    from spa import report as reporting
+    from spa.passes.prune import apply_plan
+
+    start = time.perf_counter()
+    model, output = Path(model), Path(output)
+    ir_model = prepare(load_model(model))
+    analysis = analyze(ir_model)
+    if plan_path is not None:
+        plan = Plan.load(plan_path, analysis)
+    else:
+        plan = make_plan(
+            ir_model,
+            analysis,
+            ratio=ratio,
+            criterion=criterion,
+            seed=seed,
+            round_to=round_to,
+            exclude=exclude,
+        )
+    if save_plan is not None:
+        plan.save(save_plan)
+    statistics = apply_plan(ir_model, analysis, plan) if plan.kept else {"groups_pruned": 0}
+    save_model(ir_model, output, input_path=model)
+    feeds = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
+    verification = None
+    if verify:
+        policy = policy or AllClose(rtol=1e-4)
+        verification = _verify_masked(model, output, analysis, plan, policy, seed=seed, **feeds)
+    stat_options = {"shapes": dict(shapes or {}), "dims": dict(dims or {})}
+    before = reporting.compute_stats(load_proto(model), **stat_options)
+    after = reporting.compute_stats(load_proto(output), **stat_options)
+    report = _prune_report(analysis, plan, before, after, verification)
+    report = {
+        **reporting.build_report(
+            command=command or f"spa.prune.prune_model({str(model)!r}, {str(output)!r})",
+            seeds={"plan": seed, "inputs": seed},
+            before=before,
+            after=after,
+            passes=[{"name": "prune", "statistics": statistics}],
+            verification=verification.as_dict() if verification else None,
+            latency=None,
+        ),
+        **report,
+    }
+    if report_path is not None:
+        reporting.write_report(report, Path(report_path))
+    seconds = time.perf_counter() - start
+    return PruneResult(
+        output,
+        analysis,
+        plan,
+        statistics,
+        verification,
+        report,
+        _verdict(report, verification, seconds),
+    )
+
+
+def _prune_report(
+    analysis: Analysis, plan: Plan, before: Any, after: Any, verification: VerifyResult | None
+) -> dict[str, Any]:
+    with_parameters = [g for g in analysis.groups if g.parameters]
+    return {
+        "params_before": before.params,
+        "params_after": after.params,
+        "macs_before": before.total_macs,
+        "macs_after": after.total_macs,
+        "groups_total": len(with_parameters),
+        "groups_pruned": len(plan.kept),
+        "groups_frozen": sum(1 for g in with_parameters if g.frozen),
+        "frozen_reasons": analysis.frozen_reason_counts(),
+        "plan": plan.policy,
+        "verify": None
+        if verification is None
+        else {
+            "passed": verification.passed,
+            "max_abs_diff": verification.max_abs_diff,
+            "max_rel_diff": verification.max_rel_diff,
+        },
+    }
+
+
+def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds: float) -> str:
+    before, after = report["params_before"], report["params_after"]
+    change = (after - before) / before * 100 if before else 0.0
+    macs_b, macs_a = report["macs_before"], report["macs_after"]
+    text = (
+        f"prune | params {_human(before)} → {_human(after)} ({change:+.0f}%) | "
+        f"MACs {_human(macs_b)} → {_human(macs_a)} | groups {report['groups_pruned']}/"
+        f"{report['groups_total']} pruned"
+    )
+    if verification is None:
+        return f"DONE | {text} | not verified | {seconds:.1f}s"
+    verdict = "PASSED" if verification.passed else "FAILED"
+    return f"{verdict} | {text} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"

@@ -1,0 +1,71 @@
+"""Helpers for analyzer tests: build a model from ONNX text with seeded
+weights, and check mask equivalence of a random plan in ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import numpy_helper
+from spa.passes.prune import apply_plan, mask_model
+
+from spa.analysis import Analysis, analyze, prepare
+from spa.analysis.plan import Plan, make_plan
+from spa.verify import input_specs, make_feeds
+
+
+def model_from_text(
+    text: str,
+    weights: dict[str, tuple[int, ...]],
+    seed: int = 0,
+    constants: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Parse ONNX text and add random float32 initializers of the given shapes
+    (plus exact ``constants``). A name ending in "var" gets positive values."""
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(seed)
+    for name, shape in weights.items():
+        array = rng.standard_normal(shape).astype(np.float32)
+        if name.endswith("var"):
+            array = np.abs(array) + 0.5
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    for name, array in (constants or {}).items():
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    onnx.checker.check_model(model)
+    return model
+
+
+def analysis_of(proto: onnx.ModelProto) -> tuple[ir.Model, Analysis]:
+    model = prepare(ir.serde.deserialize_model(proto))
+    return model, analyze(model)
+
+
+def group_with(analysis: Analysis, value: str, axis: int):
+    for group in analysis.groups:
+        if any(member.space == (value, axis) for member in group.members):
+            return group
+    raise AssertionError(f"no group holds ({value!r}, {axis})")
+
+
+def run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
+    return session.run(None, feeds)
+
+
+def mask_equivalence(
+    proto: onnx.ModelProto, ratio: float = 0.5, seed: int = 0, dims: dict[str, int] | None = None
+) -> tuple[Analysis, Plan, float]:
+    """Prune by a random plan; return the largest relative error against the masked model."""
+    model, analysis = analysis_of(proto)
+    plan = make_plan(model, analysis, ratio=ratio, criterion="random", seed=seed)
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, plan)
+    apply_plan(model, analysis, plan)
+    feeds = make_feeds(input_specs(proto), seed=seed, dims=dims or {})
+    worst = 0.0
+    for want, got in zip(run(masked, feeds), run(model, feeds), strict=True):
+        assert want.shape == got.shape
+        scale = float(np.abs(want).max()) or 1.0
+        worst = max(worst, float(np.abs(want - got).max()) / scale)
+    return analysis, plan, worst

@@ -1,0 +1,189 @@
+"""Table-driven rule tests on inline ONNX-text models: groups, barriers with
+reasons, and mask equivalence of a random 50% plan in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spa.analysis.index_maps import Lookup
+from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
+
+HEADER = '<ir_version: 9, opset_import: ["" : 17, "custom.domain" : 1]>'
+
+CONV_BN = (
+    f"""{HEADER}
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+        c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+        n1 = BatchNormalization (c1, s1, o1, m1, var1)
+        r1 = Relu (n1)
+        y = Conv (r1, w2)
+    }}""",
+    {
+        "w1": (6, 3, 3, 3),
+        "b1": (6,),
+        "s1": (6,),
+        "o1": (6,),
+        "m1": (6,),
+        "var1": (6,),
+        "w2": (4, 6, 1, 1),
+    },
+)
+
+RESIDUAL = (
+    f"""{HEADER}
+    g (float[N, 4, 6, 6] x) => (float[N, 2, 6, 6] y) {{
+        a = Conv (x, wa)
+        b = Conv (x, wb)
+        s = Add (a, b)
+        t = Mul (s, scale)
+        y = Conv (t, wc)
+    }}""",
+    {"wa": (8, 4, 1, 1), "wb": (8, 4, 1, 1), "scale": (8, 1, 1), "wc": (2, 8, 1, 1)},
+)
+
+DEPTHWISE = (
+    f"""{HEADER}
+    g (float[N, 2, 6, 6] x) => (float[N, 3, 6, 6] y) {{
+        a = Conv (x, w1)
+        d = Conv <group = 8, pads = [1, 1, 1, 1]> (a, wd, bd)
+        y = Conv (d, w2)
+    }}""",
+    {"w1": (8, 2, 1, 1), "wd": (8, 1, 3, 3), "bd": (8,), "w2": (3, 8, 1, 1)},
+)
+
+CONCAT_FLATTEN_GEMM = (
+    f"""{HEADER}
+    g (float[N, 2, 4, 4] x) => (float[N, 5] y) {{
+        a = Conv (x, wa)
+        b = Conv (x, wb)
+        c = Concat <axis = 1> (a, b)
+        p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (c)
+        f = Flatten <axis = 1> (p)
+        y = Gemm <transB = 1> (f, wg, bg)
+    }}""",
+    {"wa": (3, 2, 1, 1), "wb": (5, 2, 1, 1), "wg": (5, 32), "bg": (5,)},
+)
+
+MLP_HEADS = (
+    f"""{HEADER}
+    g (float[N, 5, 8] x) => (float[N, 5, 8] y) {{
+        q = MatMul (x, wq)
+        h = Reshape (q, shape4)
+        t = Transpose <perm = [0, 2, 1, 3]> (h)
+        r = Relu (t)
+        u = Transpose <perm = [0, 2, 1, 3]> (r)
+        m = Reshape (u, shape3)
+        y = MatMul (m, wo)
+    }}""",
+    {"wq": (8, 12), "wo": (12, 8)},
+)
+
+
+def _heads_model():
+    text, weights = MLP_HEADS
+    shapes = {"shape4": np.array([0, 5, 3, 4]), "shape3": np.array([0, 5, 12])}
+    return model_from_text(text, weights, constants=shapes)
+
+
+def test_conv_bn_relu_conv_group() -> None:
+    model, analysis = analysis_of(model_from_text(*CONV_BN))
+    group = group_with(analysis, "w1", 0)
+    spaces = {member.space for member in group.members}
+    assert {("w1", 0), ("b1", 0), ("s1", 0), ("var1", 0), ("w2", 1), ("c1", 1), ("r1", 1)} <= spaces
+    assert group.prunable and group.size == 6
+    assert not group_with(analysis, "w2", 0).prunable  # feeds the graph output
+    assert "graph output 'y'" in group_with(analysis, "w2", 0).frozen_reasons
+
+
+def test_residual_add_couples_both_branches() -> None:
+    _, analysis = analysis_of(model_from_text(*RESIDUAL))
+    group = group_with(analysis, "wa", 0)
+    assert group is group_with(analysis, "wb", 0) is group_with(analysis, "scale", 0)
+    assert group.prunable
+
+
+def test_depthwise_conv_follows_its_input() -> None:
+    _, analysis = analysis_of(model_from_text(*DEPTHWISE))
+    group = group_with(analysis, "w1", 0)
+    assert group is group_with(analysis, "wd", 0) is group_with(analysis, "w2", 1)
+
+
+def test_grouped_conv_is_a_barrier_with_reason() -> None:
+    text = f"""{HEADER}
+    g (float[N, 4, 6, 6] x) => (float[N, 2, 6, 6] y) {{
+        a = Conv (x, w1)
+        b = Conv <group = 2> (a, wg)
+        y = Conv (b, w2)
+    }}"""
+    _, analysis = analysis_of(
+        model_from_text(text, {"w1": (8, 4, 1, 1), "wg": (8, 4, 1, 1), "w2": (2, 8, 1, 1)})
+    )
+    group = group_with(analysis, "w1", 0)
+    assert not group.prunable
+    assert any("has group=2 and C_out=8" in reason for reason in group.frozen_reasons)
+
+
+def test_concat_offsets_and_flatten_blocks() -> None:
+    _, analysis = analysis_of(model_from_text(*CONCAT_FLATTEN_GEMM))
+    group = group_with(analysis, "wa", 0)
+    assert group is group_with(analysis, "wb", 0) is group_with(analysis, "wg", 1)
+    assert group.size == 8 and group.root == ("c", 1)
+    by_space = {member.space: member for member in group.members}
+    # concat channel 3 is channel 0 of b; flattened features 4 per channel (2x2 pool output)
+    assert by_space[("wb", 0)].index_map.forward(np.array([3])).tolist() == [0]
+    assert by_space[("wg", 1)].index_map.forward(np.array([1])).tolist() == [4, 5, 6, 7]
+    assert isinstance(by_space[("wg", 1)].index_map, Lookup)
+
+
+def test_unknown_custom_op_is_a_barrier_not_an_error() -> None:
+    text = f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        a = MatMul (x, w1)
+        b = custom.domain.Mystery (a)
+        y = MatMul (b, w2)
+    }}"""
+    _, analysis = analysis_of(model_from_text(text, {"w1": (4, 6), "w2": (6, 3)}))
+    group = group_with(analysis, "w1", 1)
+    assert not group.prunable
+    assert any("custom.domain::Mystery has no rule" in r for r in group.frozen_reasons)
+
+
+def test_softmax_axis_is_frozen() -> None:
+    text = f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        a = MatMul (x, w1)
+        s = Softmax <axis = -1> (a)
+        y = MatMul (s, w2)
+    }}"""
+    _, analysis = analysis_of(model_from_text(text, {"w1": (4, 6), "w2": (6, 3)}))
+    assert any("normalises over axis 1" in r for r in group_with(analysis, "w1", 1).frozen_reasons)
+
+
+def test_heads_split_by_reshape_prune_whole_heads() -> None:
+    _, analysis = analysis_of(_heads_model())
+    group = group_with(analysis, "wq", 1)
+    assert group.prunable and group.size == 3  # 3 heads of 4
+    by_space = {member.space: member for member in group.members}
+    assert by_space[("wq", 1)].index_map.forward(np.array([1])).tolist() == [4, 5, 6, 7]
+    assert group_with(analysis, "wq", 1) is not group_with(analysis, "x", 2)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [CONV_BN, RESIDUAL, DEPTHWISE, CONCAT_FLATTEN_GEMM],
+    ids=["conv-bn", "residual", "depthwise", "concat-flatten-gemm"],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mask_equivalence(case, seed: int) -> None:
+    analysis, plan, error = mask_equivalence(
+        model_from_text(*case), ratio=0.5, seed=seed, dims={"N": 2}
+    )
+    assert plan.kept, "something must be pruned"
+    assert error <= 1e-5
+
+
+def test_mask_equivalence_heads_and_reshape_rewrite() -> None:
+    analysis, plan, error = mask_equivalence(_heads_model(), ratio=0.5, seed=0, dims={"N": 2})
+    assert plan.kept
+    assert error <= 1e-5
