@@ -5,8 +5,9 @@ Cases handled by :func:`apply_plan`:
 * every parameter member of a pruned group is sliced along its axis (a weight
   in two groups, e.g. a Conv's out and in channels, is sliced along both);
 * depthwise Conv ``group`` attributes follow their new channel count;
-* constant Reshape targets are rewritten for every pruned output axis (a target
-  shared by several Reshapes is copied first, so each node gets its own);
+* constant Reshape/Expand targets are rewritten where an entry is a pruned
+  axis's old size, and Split sizes follow their outputs (a constant shared by
+  several nodes is copied first, so each node gets its own);
 * shapes of intermediate values are dropped and re-inferred.
 
 :func:`mask_model` is the reference for verification: the same plan, applied
@@ -31,17 +32,22 @@ __all__ = ["PrunePass", "apply_plan", "mask_model"]
 logger = logging.getLogger(__name__)
 
 
+Resized = dict[tuple[str, int], tuple[int, int]]  # activation space -> (old, new) size
+
+
 def _parameter_slices(
     model: ir.Model, analysis: Analysis, plan: Plan
-) -> tuple[dict[str, list[tuple[int, np.ndarray]]], dict[tuple[str, int], int]]:
+) -> tuple[dict[str, list[tuple[int, np.ndarray]]], Resized]:
     parameters: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
-    new_sizes: dict[tuple[str, int], int] = {}
+    resized: Resized = {}
+    by_id = {group.id: group for group in analysis.groups}
+    old_sizes = {m.space: m.index_map.target_size for g in plan.kept for m in by_id[g].members}
     for (name, axis), kept in member_indices(analysis, plan).items():
         if name in model.graph.initializers:
             parameters[name].append((axis, kept))
         else:
-            new_sizes[(name, axis)] = len(kept)
-    return parameters, new_sizes
+            resized[(name, axis)] = (old_sizes[(name, axis)], len(kept))
+    return parameters, resized
 
 
 def _replace_constant(value: ir.Value, array: np.ndarray) -> None:
@@ -64,28 +70,62 @@ def _fix_depthwise_groups(model: ir.Model) -> None:
             node.attributes["group"] = ir.AttrInt64("group", int(c_out))
 
 
-def _fix_reshape_targets(model: ir.Model, new_sizes: dict[tuple[str, int], int]) -> int:
+def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) -> None:
+    """Give ``node`` a new constant at input ``index`` (copy-on-write if shared)."""
+    current = node.inputs[index]
+    assert current is not None
+    if (
+        current.const_value is not None
+        and len(current.uses()) == 1
+        and current.name in model.graph.initializers
+    ):
+        _replace_constant(current, array)
+        return
+    copy = ir.Value(name=f"{current.name}__{node.name or id(node)}")
+    copy.const_value = ir.Tensor(array, name=copy.name)
+    model.graph.register_initializer(copy)
+    node.replace_input_with(index, copy)
+
+
+def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
+    """Rewrite constant Reshape/Expand targets whose entry is a pruned axis's old size."""
     rewritten = 0
     for node in list(model.graph):
-        if node.op_type != "Reshape" or node.domain != "":
+        if node.op_type not in ("Reshape", "Expand") or node.domain != "":
             continue
         output, target = node.outputs[0], node.inputs[1]
-        changes = {axis: size for (name, axis), size in new_sizes.items() if name == output.name}
-        if not changes or target is None or target.const_value is None:
+        if target is None or target.const_value is None:
             continue
-        shape = target.const_value.numpy().copy()
-        for axis, size in changes.items():
-            if shape[axis] > 0:
-                shape[axis] = size
-        if np.array_equal(shape, target.const_value.numpy()):
+        original = target.const_value.numpy()
+        shape = original.copy()
+        offset = len(output.shape) - len(shape) if output.shape is not None else 0
+        for (name, axis), (old, new) in resized.items():
+            entry = axis - offset
+            if name == output.name and 0 <= entry < len(shape) and shape[entry] == old:
+                shape[entry] = new
+        if not np.array_equal(shape, original):
+            _constant_input(model, node, 1, shape)
+            rewritten += 1
+    return rewritten
+
+
+def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
+    rewritten = 0
+    for node in list(model.graph):
+        if node.op_type != "Split" or node.domain != "":
             continue
-        if len(target.uses()) > 1:  # copy-on-write: other Reshapes keep theirs
-            copy = ir.Value(name=f"{target.name}__{node.name or rewritten}")
-            copy.const_value = ir.Tensor(shape, name=copy.name)
-            model.graph.register_initializer(copy)
-            node.replace_input_with(1, copy)
-        else:
-            _replace_constant(target, shape)
+        rank = len(node.outputs[0].shape) if node.outputs[0].shape is not None else 0
+        axis = node.attributes["axis"].value % rank if "axis" in node.attributes and rank else 0
+        changed = [resized.get((out.name, axis)) for out in node.outputs]
+        if not any(changed):
+            continue
+        sizes = np.array([new for _, new in (c for c in changed if c)], dtype=np.int64)
+        if len(sizes) != len(node.outputs):
+            continue  # every output of a split axis is in the same group, or none is
+        if "split" in node.attributes:
+            node.attributes["split"] = ir.AttrInt64s("split", sizes.tolist())
+        elif len(node.inputs) > 1 and node.inputs[1] is not None:
+            _constant_input(model, node, 1, sizes)
         rewritten += 1
     return rewritten
 
@@ -100,7 +140,7 @@ def _clear_inferred_shapes(model: ir.Model) -> None:
 
 def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int]:
     """Slice ``model`` in place by ``plan``; return statistics."""
-    parameters, new_sizes = _parameter_slices(model, analysis, plan)
+    parameters, resized = _parameter_slices(model, analysis, plan)
     params_before = sum(
         v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
     )
@@ -112,7 +152,8 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
             array = np.take(array, kept, axis=axis)
         _replace_constant(value, array)
     _fix_depthwise_groups(model)
-    reshapes = _fix_reshape_targets(model, new_sizes)
+    shape_targets = _fix_shape_targets(model, resized)
+    splits = _fix_split_sizes(model, resized)
     _clear_inferred_shapes(model)
     prepare(model)
     params_after = sum(
@@ -123,7 +164,8 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
         "groups_pruned": len(plan.kept),
         "channels_removed": channels,
         "params_removed": int(params_before - params_after),
-        "reshapes_rewritten": reshapes,
+        "shape_targets_rewritten": shape_targets,
+        "splits_rewritten": splits,
     }
 
 

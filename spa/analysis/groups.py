@@ -203,6 +203,56 @@ def _agrees(source_map: Lookup, edge: IndexMap, target_map: Lookup) -> bool:
     return source_map.then(edge).same_as(target_map.restricted_to(image))
 
 
+def _propagate(graph: nx.DiGraph, root: Space, size: int) -> dict[Space, Lookup]:
+    """Maps from ``root`` to every member: the union over all paths (a worklist
+    fixed point), so a Concat/Split axis gathers the part each input covers."""
+    maps: dict[Space, Lookup] = {root: Lookup.of(Identity(size))}
+    pending = [root]
+    while pending:
+        source = pending.pop()
+        for target in graph.successors(source):
+            through = maps[source].then(graph.edges[source, target]["map"])
+            known = maps.get(target)
+            merged = through if known is None else known.union(through)
+            if known is None or not merged.same_as(known):
+                maps[target] = merged
+                pending.append(target)
+    return maps
+
+
+def _unify_siblings(directed: nx.DiGraph) -> None:
+    """Couple coarse spaces that map into one channel space by the same one-way map.
+
+    K and V heads of a GQA layer each reach the query heads through
+    ``Block(kv_heads, n_rep)`` (on values tied by identities through the
+    attention MatMuls): pruning a query-head block removes KV head i from both,
+    so they are one channel space.
+    """
+    for _ in range(4):
+        identities = nx.Graph()
+        identities.add_nodes_from(directed.nodes)
+        identities.add_edges_from(
+            (u, v) for u, v, data in directed.edges(data=True) if isinstance(data["map"], Identity)
+        )
+        added = False
+        for members in nx.connected_components(identities):
+            by_map: dict[IndexMap, set[Space]] = defaultdict(set)
+            for target in members:
+                for source in directed.predecessors(target):
+                    if source not in members and not directed.has_edge(target, source):
+                        by_map[directed.edges[source, target]["map"]].add(source)
+            for sources in by_map.values():
+                ordered = sorted(sources)
+                for first, other in zip(ordered, ordered[1:], strict=False):
+                    if not directed.has_edge(first, other):
+                        identity = Identity(directed.nodes[first]["size"])
+                        directed.add_edge(first, other, map=identity)
+                        directed.add_edge(other, first, map=identity)
+                        added = True
+        if not added:
+            return
+
+
 def _root_of(component: set[Space], directed: nx.DiGraph, sizes: dict[Space, int]) -> Space | None:
     sub = directed.subgraph(component)
     condensed = nx.condensation(sub)
@@ -233,9 +283,7 @@ def _build_group(
         reasons.append(f"no single coarsest channel space (near '{anchor[0]}' axis {anchor[1]})")
         members = [Member(s, Identity(sizes[s]), s[0] in parameters) for s in sorted(component)]
         return Group(group_id, anchor, sizes[anchor], members, reasons)
-    maps: dict[Space, Lookup] = {root: Lookup.of(Identity(sizes[root]))}
-    for source, target in nx.bfs_edges(directed.subgraph(component), root):
-        maps[target] = maps[source].then(directed.edges[source, target]["map"])
+    maps = _propagate(directed.subgraph(component), root, sizes[root])
     for source, target, data in directed.subgraph(component).edges(data=True):
         if not _agrees(maps[source], data["map"], maps[target]):
             reasons.append(f"paths disagree on '{target[0]}' axis {target[1]} (conflicting maps)")
@@ -257,6 +305,7 @@ def analyze(model: ir.Model) -> Analysis:
         back = _reversed(index_map)
         if back is not None and not directed.has_edge(coupling.target, coupling.source):
             directed.add_edge(coupling.target, coupling.source, map=back)
+    _unify_siblings(directed)
     parameters = set(model.graph.initializers)
     groups = [
         _build_group(group_id, component, directed, collector, parameters)

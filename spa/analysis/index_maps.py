@@ -338,6 +338,15 @@ class Lookup:
         keep = np.isin(self.rows, allowed) & (self.rows >= 0)
         return Lookup(self.target, _normalise(np.where(keep, self.rows, -1)))
 
+    def union(self, other: Lookup) -> Lookup:
+        """Row-wise union (a Concat output mapped through each of its inputs)."""
+        if self.target != other.target or self.rows.shape[0] != other.rows.shape[0]:
+            raise ValueError("union of lookups with different sizes")
+        merged = np.sort(np.concatenate([self.rows, other.rows], axis=1), axis=1)
+        duplicate = np.zeros_like(merged, dtype=bool)
+        duplicate[:, 1:] = (merged[:, 1:] == merged[:, :-1]) & (merged[:, 1:] >= 0)
+        return Lookup(self.target, _normalise(np.where(duplicate, -1, merged)))
+
     def same_as(self, other: Lookup) -> bool:
         if self.target != other.target or self.rows.shape[0] != other.rows.shape[0]:
             return False

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from spa.analysis.index_maps import Block, Identity, Offset
+from spa.analysis.index_maps import Block, Identity, Offset, Tile
 from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, register_rule
+from spa.analysis.rules_elementwise import broadcast_couplings
 
 __all__ = ["reshape_couplings"]
 
@@ -308,3 +309,86 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
 def _constant(node: ir.Node, context: RuleContext) -> Result:
     # Generated values: their inputs are shapes/scalars; outputs are frozen by default.
     return [Unconstrained(tuple(v.name for v in node.inputs if v is not None))]
+
+
+def _split_sizes(node: ir.Node, context: RuleContext, total: int | None) -> list[int] | None:
+    sizes = context.attribute(node, "split")
+    if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = context.constant(node.inputs[1])
+        sizes = None if constant is None else constant.tolist()
+    if sizes is None and total is not None:
+        count = len(node.outputs)
+        if total % count == 0:
+            sizes = [total // count] * count
+    return None if sizes is None else [int(s) for s in sizes]  # type: ignore[union-attr]
+
+
+@register_rule("Split")
+def _split(node: ir.Node, context: RuleContext) -> Result:
+    x = node.inputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"Split '{node.name}' has unknown rank", values=(x.name,))]
+    axis = int(context.attribute(node, "axis", 0)) % len(shape)  # type: ignore[arg-type]
+    sizes = _split_sizes(node, context, shape[axis])
+    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    if sizes is None or shape[axis] is None or sum(sizes) != shape[axis]:
+        return out  # the split axis stays unmapped, hence frozen
+    offset = 0
+    for output, size in zip(node.outputs, sizes, strict=True):
+        for a, dim in enumerate(shape):
+            if a == axis:
+                out.append(Coupling((x.name, a), (output.name, a), Offset(dim, size, -offset)))  # type: ignore[arg-type]
+            elif dim is not None:
+                out.append(Coupling((x.name, a), (output.name, a), Identity(dim)))
+        offset += size
+    return out
+
+
+@register_rule("Expand")
+def _expand(node: ir.Node, context: RuleContext) -> Result:
+    x, shape_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and shape_value is not None
+    if context.constant(shape_value) is None:
+        return [
+            Barrier(f"Expand '{node.name}' has a computed target shape", values=(x.name, y.name)),
+            Unconstrained((shape_value.name,)),
+        ]
+    return [Unconstrained((shape_value.name,)), *broadcast_couplings([x], y, context)]
+
+
+@register_rule("Tile")
+def _tile(node: ir.Node, context: RuleContext) -> Result:
+    x, repeats_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and repeats_value is not None
+    shape, repeats = context.shape(x), context.constant(repeats_value)
+    if shape is None or repeats is None:
+        return [
+            Barrier(f"Tile '{node.name}' has computed repeats", values=(x.name, y.name)),
+            Unconstrained((repeats_value.name,)),
+        ]
+    out: Result = [Unconstrained((repeats_value.name,))]
+    for a, (dim, count) in enumerate(zip(shape, repeats.tolist(), strict=True)):
+        if dim is not None:
+            out.append(Coupling((x.name, a), (y.name, a), Tile(dim, int(count))))
+    return out
+
+
+@register_rule("LayerNormalization", "RMSNormalization")
+@register_rule("SimplifiedLayerNormalization", "LayerNormalization", domain="com.microsoft")
+def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    axis = int(context.attribute(node, "axis", -1)) % len(shape)  # type: ignore[arg-type]
+    reason = f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)"
+    out: Result = []
+    for a, dim in enumerate(shape):
+        if a >= axis:
+            out.append(Barrier(reason, ((x.name, a), (y.name, a))))
+        elif dim is not None:
+            out.append(Coupling((x.name, a), (y.name, a), Identity(dim)))
+    return out

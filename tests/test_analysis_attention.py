@@ -1,0 +1,116 @@
+"""Attention found from the graph alone: heads behind Reshape/Transpose, fused
+QKV behind Split, GQA behind Unsqueeze/Expand/Reshape. Whole heads (and KV
+groups) are pruned; shape constants are rewritten; outputs match the masked
+model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from spa.analysis.index_maps import Lookup
+from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
+
+HEADER = '<ir_version: 9, opset_import: ["" : 17]>'
+
+FUSED_QKV = f"""{HEADER}
+g (float[N, 4, 8] x) => (float[N, 4, 8] y) {{
+    qkv = MatMul (x, wqkv)
+    q, k, v = Split <axis = 2> (qkv, sizes)
+    q4 = Reshape (q, heads)
+    k4 = Reshape (k, heads)
+    v4 = Reshape (v, heads)
+    qh = Transpose <perm = [0, 2, 1, 3]> (q4)
+    kt = Transpose <perm = [0, 2, 3, 1]> (k4)
+    vh = Transpose <perm = [0, 2, 1, 3]> (v4)
+    s = MatMul (qh, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, vh)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}}"""
+
+GQA = f"""{HEADER}
+g (float[N, 3, 8] x) => (float[N, 3, 8] y) {{
+    q = MatMul (x, wq)
+    k = MatMul (x, wk)
+    v = MatMul (x, wv)
+    q4 = Reshape (q, qshape)
+    k4 = Reshape (k, kvshape)
+    v4 = Reshape (v, kvshape)
+    qh = Transpose <perm = [0, 2, 1, 3]> (q4)
+    kh = Transpose <perm = [0, 2, 1, 3]> (k4)
+    vh = Transpose <perm = [0, 2, 1, 3]> (v4)
+    k5 = Unsqueeze (kh, two)
+    v5 = Unsqueeze (vh, two)
+    ke = Expand (k5, repeat)
+    ve = Expand (v5, repeat)
+    kq = Reshape (ke, qheads)
+    vq = Reshape (ve, qheads)
+    kt = Transpose <perm = [0, 1, 3, 2]> (kq)
+    s = MatMul (qh, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, vq)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}}"""
+
+
+def fused_qkv_model() -> onnx.ModelProto:
+    constants = {
+        "sizes": np.array([8, 8, 8]),
+        "heads": np.array([0, 4, 2, 4]),
+        "merged": np.array([0, 4, 8]),
+    }
+    return model_from_text(FUSED_QKV, {"wqkv": (8, 24), "wo": (8, 8)}, constants=constants)
+
+
+def gqa_model() -> onnx.ModelProto:
+    constants = {
+        "qshape": np.array([0, 3, 4, 2]),
+        "kvshape": np.array([0, 3, 2, 2]),
+        "two": np.array([2]),
+        "repeat": np.array([1, 1, 2, 1, 1]),
+        "qheads": np.array([0, 4, 3, 2]),
+        "merged": np.array([0, 3, 8]),
+    }
+    weights = {"wq": (8, 8), "wk": (8, 4), "wv": (8, 4), "wo": (8, 8)}
+    return model_from_text(GQA, weights, constants=constants)
+
+
+def test_fused_qkv_heads_form_one_group() -> None:
+    _, analysis = analysis_of(fused_qkv_model())
+    group = group_with(analysis, "wqkv", 1)
+    assert group.prunable and group.size == 2  # two heads
+    by_space = {m.space: m for m in group.members}
+    qkv_columns = by_space[("wqkv", 1)].index_map.forward(np.array([1]))
+    assert qkv_columns.tolist() == [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23]
+    assert by_space[("wo", 0)].index_map.forward(np.array([0])).tolist() == [0, 1, 2, 3]
+    # head_dim is an inner axis of the head split: frozen, with the reason recorded
+    assert not group_with(analysis, "q4", 3).prunable
+
+
+def test_fused_qkv_mask_equivalence_rewrites_split_and_shapes() -> None:
+    analysis, plan, error = mask_equivalence(fused_qkv_model(), ratio=0.5, seed=0, dims={"N": 2})
+    assert list(plan.kept.values()) == [[0]] or list(plan.kept.values()) == [[1]]
+    assert error <= 1e-5
+
+
+def test_gqa_prunes_whole_kv_groups() -> None:
+    _, analysis = analysis_of(gqa_model())
+    group = group_with(analysis, "wk", 1)
+    assert group is group_with(analysis, "wq", 1) is group_with(analysis, "wv", 1)
+    assert group.prunable and group.size == 2  # the root is the KV-head space
+    by_space = {m.space: m for m in group.members}
+    assert isinstance(by_space[("wq", 1)].index_map, Lookup)
+    # KV head 1 serves query heads 2 and 3 -> columns 4..7 of wq
+    assert by_space[("wq", 1)].index_map.forward(np.array([1])).tolist() == [4, 5, 6, 7]
+    assert by_space[("wk", 1)].index_map.forward(np.array([1])).tolist() == [2, 3]
+
+
+def test_gqa_mask_equivalence() -> None:
+    for seed in range(3):
+        _, plan, error = mask_equivalence(gqa_model(), ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5
