@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 from collections import defaultdict
 from typing import Any
@@ -243,7 +244,7 @@ def _unify_siblings(directed: nx.DiGraph) -> None:
                         by_map[directed.edges[source, target]["map"]].add(source)
             for sources in by_map.values():
                 ordered = sorted(sources)
-                for first, other in zip(ordered, ordered[1:], strict=False):
+                for first, other in itertools.pairwise(ordered):
                     if not directed.has_edge(first, other):
                         identity = Identity(directed.nodes[first]["size"])
                         directed.add_edge(first, other, map=identity)
