@@ -4,7 +4,8 @@ Cases handled by :func:`apply_plan`:
 
 * every parameter member of a pruned group is sliced along its axis (a weight
   in two groups, e.g. a Conv's out and in channels, is sliced along both);
-* depthwise Conv ``group`` attributes follow their new channel count;
+* depthwise Conv ``group`` attributes follow their new channel count, and
+  ``num_heads`` of fused attention (com.microsoft Attention) its heads space;
 * constant Reshape/Expand targets are rewritten where an entry is a pruned
   axis's old size, and Split sizes follow their outputs (a constant shared by
   several nodes is copied first, so each node gets its own);
@@ -130,6 +131,21 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
     return rewritten
 
 
+def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
+    """``num_heads`` of fused attention nodes follows their virtual heads space."""
+    from spa.analysis.rules_contrib import heads_space
+
+    rewritten = 0
+    for node in model.graph:
+        if node.domain != "com.microsoft" or "num_heads" not in node.attributes:
+            continue
+        change = resized.get(heads_space(node))
+        if change is not None:
+            node.attributes["num_heads"] = ir.AttrInt64("num_heads", change[1])
+            rewritten += 1
+    return rewritten
+
+
 def _clear_inferred_shapes(model: ir.Model) -> None:
     keep = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
     for node in model.graph:
@@ -154,6 +170,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
     _fix_depthwise_groups(model)
     shape_targets = _fix_shape_targets(model, resized)
     splits = _fix_split_sizes(model, resized)
+    heads = _fix_heads_attributes(model, resized)
     _clear_inferred_shapes(model)
     prepare(model)
     params_after = sum(
@@ -166,6 +183,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
         "params_removed": int(params_before - params_after),
         "shape_targets_rewritten": shape_targets,
         "splits_rewritten": splits,
+        "heads_attributes_rewritten": heads,
     }
 
 

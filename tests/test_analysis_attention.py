@@ -114,3 +114,50 @@ def test_gqa_mask_equivalence() -> None:
     for seed in range(3):
         _, plan, error = mask_equivalence(gqa_model(), ratio=0.5, seed=seed, dims={"N": 2})
         assert plan.kept and error <= 1e-5
+
+
+CONTRIB_ATTENTION = """
+<ir_version: 9, opset_import: ["" : 17, "com.microsoft" : 1]>
+g (float[N, 5, 8] x) => (float[N, 5, 8] y) {
+    a = com.microsoft.Attention <num_heads = 2> (x, wqkv, bqkv)
+    g1 = com.microsoft.BiasGelu (a, bg)
+    y = MatMul (g1, wo)
+}"""
+
+
+def test_contrib_attention_prunes_heads_and_rewrites_num_heads() -> None:
+    import onnx_ir as ir
+    from spa.passes.prune import apply_plan
+
+    from spa.analysis.plan import make_plan
+
+    proto = model_from_text(
+        CONTRIB_ATTENTION, {"wqkv": (8, 24), "bqkv": (24,), "bg": (8,), "wo": (8, 8)}
+    )
+    model, analysis = analysis_of(proto)
+    group = group_with(analysis, "wqkv", 1)
+    assert group.prunable and group.size == 2
+    by_space = {m.space: m for m in group.members}
+    assert by_space[("bqkv", 0)].index_map.forward(np.array([0])).tolist() == [
+        0,
+        1,
+        2,
+        3,
+        8,
+        9,
+        10,
+        11,
+        16,
+        17,
+        18,
+        19,
+    ]
+    plan = make_plan(model, analysis, ratio=0.5, criterion="l2")
+    stats = apply_plan(model, analysis, plan)
+    assert stats["heads_attributes_rewritten"] == 1
+    node = next(n for n in model.graph if n.op_type == "Attention")
+    assert node.attributes["num_heads"].value == 1
+    assert model.graph.initializers["wqkv"].const_value.shape == (8, 12)
+    _, _, error = mask_equivalence(proto, ratio=0.5, seed=0, dims={"N": 2})
+    assert error <= 1e-5
+    del ir

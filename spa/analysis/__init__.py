@@ -25,4 +25,28 @@ def prepare(model: ir.Model) -> ir.Model:
     result = common_passes.ShapeInferencePass(strict_mode=True)(model)
     if not result.modified:
         common_passes.ShapeInferencePass(strict_mode=False)(model)
+    if any(node.domain == "com.microsoft" for node in model.graph):
+        _infer_contrib_shapes(model)
     return model
+
+
+def _infer_contrib_shapes(model: ir.Model) -> None:
+    """ONNX's inference does not know ORT contrib ops; ORT's symbolic one does."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(
+            ir.serde.serialize_model(model), auto_merge=True
+        )
+    except Exception as error:  # the tool raises bare Exceptions on unknown ops
+        logger.warning("symbolic shape inference failed (%s); contrib shapes stay unknown", error)
+        return
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    for info in inferred.graph.value_info:
+        value = values.get(info.name)
+        if value is not None and value.shape is None and info.type.HasField("tensor_type"):
+            dims = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in info.type.tensor_type.shape.dim
+            ]
+            value.shape = ir.Shape(dims)

@@ -1,0 +1,101 @@
+"""Rules for ONNX Runtime contrib ops (domain ``com.microsoft``).
+
+Heads inside a fused op are not an axis of any value, so the rule names a
+*virtual* space ``("<node name>/heads", 0)`` of size ``num_heads``; the slicing
+pass rewrites ``num_heads`` from that space's new size.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from spa.analysis.index_maps import Block, Identity, Offset
+from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, register_rule
+from spa.analysis.rules_elementwise import broadcast_couplings, unary_couplings
+
+__all__ = ["heads_space"]
+
+MS = "com.microsoft"
+Result = list[Coupling | Barrier | Unconstrained]
+
+
+def heads_space(node: ir.Node) -> tuple[str, int]:
+    """The virtual channel space of a fused attention node's heads."""
+    return (f"{node.name or id(node)}/heads", 0)
+
+
+@register_rule("Gelu", "QuickGelu", "FastGelu", "BiasGelu", domain=MS)
+def _gelu(node: ir.Node, context: RuleContext) -> Result:
+    inputs = [value for value in node.inputs if value is not None]
+    if len(inputs) == 1:
+        return [*unary_couplings(inputs[0], node.outputs[0], context)]
+    return [*broadcast_couplings(inputs, node.outputs[0], context)]
+
+
+@register_rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", domain=MS)
+def _skip_layer_norm(node: ir.Node, context: RuleContext) -> Result:
+    x, skip, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and skip is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+    last = len(shape) - 1
+    out: Result = [
+        Barrier(
+            f"{node.op_type} '{node.name}' normalises over axis {last} (inexact)",
+            ((x.name, last), (skip.name, last), (y.name, last)),
+        )
+    ]
+    outputs = [value for value in node.outputs if value is not None and value.shape is not None]
+    for axis, dim in enumerate(shape[:-1]):
+        if dim is None:
+            continue
+        out.append(Coupling((x.name, axis), (y.name, axis), Identity(dim)))
+        out.append(Coupling((skip.name, axis), (y.name, axis), Identity(dim)))
+        for extra in outputs[1:]:
+            if len(extra.shape) == len(shape):  # type: ignore[arg-type]
+                out.append(Coupling((x.name, axis), (extra.name, axis), Identity(dim)))
+    return out
+
+
+@register_rule("Attention", domain=MS)
+def _attention(node: ir.Node, context: RuleContext) -> Result:
+    """Packed QKV weights ``[hidden, 3*hidden]``: heads couple q, k and v columns."""
+    x, weights = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    assert x is not None and weights is not None
+    heads = int(context.attribute(node, "num_heads", 0))  # type: ignore[arg-type]
+    w_shape, y_shape = context.shape(weights), context.shape(y)
+    unsupported = (
+        context.attribute(node, "qkv_hidden_sizes") is not None
+        or (len(node.outputs) > 1 and node.outputs[1].uses())
+        or (len(node.inputs) > 4 and node.inputs[4] is not None)  # past state
+    )
+    if w_shape is None or y_shape is None or heads <= 0 or unsupported or w_shape[1] % 3:
+        return [
+            Barrier(
+                f"Attention '{node.name}' has a layout spa does not slice",
+                values=(x.name, y.name, weights.name),
+            )
+        ]
+    hidden = w_shape[1] // 3
+    head_dim = hidden // heads
+    space = heads_space(node)
+    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[3:] if v is not None))]
+    out.append(Coupling((x.name, len(y_shape) - 1), (weights.name, 0), Identity(w_shape[0])))
+    for axis in range(len(y_shape) - 1):
+        if y_shape[axis] is not None:
+            out.append(Coupling((x.name, axis), (y.name, axis), Identity(y_shape[axis])))
+    out.append(Coupling(space, (y.name, len(y_shape) - 1), Block(heads, head_dim)))
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    for part in range(3):
+        part_space = (f"{space[0]}/{'qkv'[part]}", 0)
+        out.append(Coupling(space, part_space, Block(heads, head_dim)))
+        out.append(
+            Coupling(part_space, (weights.name, 1), Offset(hidden, 3 * hidden, part * hidden))
+        )
+        if bias is not None:
+            out.append(
+                Coupling(part_space, (bias.name, 0), Offset(hidden, 3 * hidden, part * hidden))
+            )
+    return out
