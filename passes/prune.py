@@ -66,7 +66,7 @@ def _fix_depthwise_groups(model: ir.Model) -> None:
         weight = node.inputs[1]
         if group is None or group.value == 1 or weight is None or weight.const_value is None:
             continue
-        c_out, c_in_per_group = weight.const_value.shape[0], weight.const_value.shape[1]
+        c_out, c_in_per_group = weight.const_value.shape.numpy()[:2]
         if c_in_per_group == 1 and group.value != c_out:
             node.attributes["group"] = ir.AttrInt64("group", int(c_out))
 
@@ -117,7 +117,7 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
             continue
         rank = len(node.outputs[0].shape) if node.outputs[0].shape is not None else 0
         axis = node.attributes["axis"].value % rank if "axis" in node.attributes and rank else 0
-        changed = [resized.get((out.name, axis)) for out in node.outputs]
+        changed = [resized.get((out.name or "", axis)) for out in node.outputs]
         if not any(changed):
             continue
         sizes = np.array([new for _, new in (c for c in changed if c)], dtype=np.int64)
@@ -154,7 +154,7 @@ def _clear_inferred_shapes(model: ir.Model) -> None:
                 value.shape = None
 
 
-def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int]:
+def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int | float]:
     """Slice ``model`` in place by ``plan``; return statistics."""
     parameters, resized = _parameter_slices(model, analysis, plan)
     params_before = sum(

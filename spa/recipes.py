@@ -22,7 +22,7 @@ from typing import Any
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, get_pass_class
 
-__all__ = ["PassStep", "Recipe", "builtin_recipes", "build_passes", "load_recipe"]
+__all__ = ["PassStep", "Recipe", "build_passes", "builtin_recipes", "load_recipe"]
 
 
 @dataclasses.dataclass(frozen=True)

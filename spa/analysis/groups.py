@@ -23,7 +23,15 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity, IndexMap, Lookup, Offset, Permutation
-from spa.analysis.rules import Barrier, Coupling, RuleContext, Space, Unconstrained, find_rule
+from spa.analysis.rules import (
+    Barrier,
+    Coupling,
+    RuleContext,
+    Space,
+    Unconstrained,
+    find_rule,
+    name,
+)
 
 __all__ = ["Analysis", "Group", "Member", "analyze", "model_fingerprint"]
 
@@ -129,9 +137,9 @@ class _Collector:
     def run(self) -> None:
         graph = self.model.graph
         for value in graph.inputs:
-            self.freeze_value(value.name or "", f"graph input '{value.name}'")
+            self.freeze_value(name(value), f"graph input '{value.name}'")
         for value in graph.outputs:
-            self.freeze_value(value.name or "", f"graph output '{value.name}'")
+            self.freeze_value(name(value), f"graph output '{value.name}'")
         for node in graph:
             self._visit(node)
 
@@ -143,7 +151,7 @@ class _Collector:
             what = "has subgraphs" if rule is not None else "has no rule"
             reason = f"{node.domain or 'ai.onnx'}::{node.op_type} {what} ('{node.name}')"
             for value in values:
-                self.freeze_value(value.name, reason)
+                self.freeze_value(name(value), reason)
             return
         mentioned: set[Space] = set()
         unconstrained: set[str] = set()
@@ -155,25 +163,25 @@ class _Collector:
                 for space in item.spaces:
                     self.frozen_spaces.setdefault(space, item.reason)
                     mentioned.add(space)
-                for name in item.values:
-                    self.freeze_value(name, item.reason)
+                for value_name in item.values:
+                    self.freeze_value(value_name, item.reason)
             elif isinstance(item, Unconstrained):
                 unconstrained.update(item.values)
         for value in values:
-            if value.name in unconstrained:
+            if name(value) in unconstrained:
                 continue
             shape = self.context.shape(value)
             if shape is None:
                 self.freeze_value(
-                    value.name, f"{node.op_type} '{node.name}': rank of '{value.name}' unknown"
+                    name(value), f"{node.op_type} '{node.name}': rank of '{value.name}' unknown"
                 )
                 continue
             for axis in range(len(shape)):
-                if (value.name, axis) not in mentioned:
+                if (name(value), axis) not in mentioned:
                     reason = (
                         f"{node.op_type} '{node.name}' does not map axis {axis} of '{value.name}'"
                     )
-                    self.frozen_spaces.setdefault((value.name, axis), reason)
+                    self.frozen_spaces.setdefault((name(value), axis), reason)
 
 
 def _has_subgraph(node: ir.Node) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,11 +48,11 @@ class Plan:
             "groups": {str(g): {"size": self.sizes[g], "kept": k} for g, k in self.kept.items()},
         }
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
 
     @staticmethod
-    def load(path: str | Path, analysis: Analysis) -> Plan:
+    def load(path: str | os.PathLike[str], analysis: Analysis) -> Plan:
         """Read a plan and check that it belongs to the analysed model."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -28,6 +29,7 @@ __all__ = [
     "Space",
     "Unconstrained",
     "find_rule",
+    "name",
     "register_rule",
 ]
 
@@ -41,6 +43,11 @@ class Coupling:
     source: Space
     target: Space
     index_map: IndexMap
+
+
+def name(value: ir.Value) -> str:
+    """A value's name ("" for the rare unnamed value)."""
+    return value.name or ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +74,7 @@ class RuleContext:
         if value is None:
             return None
         if value.const_value is not None:
-            return tuple(int(d) for d in value.const_value.shape)
+            return tuple(value.const_value.shape.numpy())
         if value.shape is None:
             return None
         return tuple(d if isinstance(d, int) else None for d in value.shape)
@@ -86,8 +93,8 @@ class RuleContext:
         return None
 
     @staticmethod
-    def attribute(node: ir.Node, name: str, default: object = None) -> object:
-        attr = node.attributes.get(name)
+    def attribute(node: ir.Node, key: str, default: Any = None) -> Any:
+        attr = node.attributes.get(key)
         return default if attr is None else attr.value
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Block, Identity, Offset
-from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, register_rule
+from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, name, register_rule
 from spa.analysis.rules_elementwise import broadcast_couplings, unary_couplings
 
 __all__ = ["heads_space"]
@@ -38,23 +38,24 @@ def _skip_layer_norm(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None and skip is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
     last = len(shape) - 1
     out: Result = [
         Barrier(
             f"{node.op_type} '{node.name}' normalises over axis {last} (inexact)",
-            ((x.name, last), (skip.name, last), (y.name, last)),
+            ((name(x), last), (name(skip), last), (name(y), last)),
         )
     ]
-    outputs = [value for value in node.outputs if value is not None and value.shape is not None]
+    same_rank = [v for v in node.outputs[1:] if v.shape is not None and len(v.shape) == len(shape)]
     for axis, dim in enumerate(shape[:-1]):
         if dim is None:
             continue
-        out.append(Coupling((x.name, axis), (y.name, axis), Identity(dim)))
-        out.append(Coupling((skip.name, axis), (y.name, axis), Identity(dim)))
-        for extra in outputs[1:]:
-            if len(extra.shape) == len(shape):  # type: ignore[arg-type]
-                out.append(Coupling((x.name, axis), (extra.name, axis), Identity(dim)))
+        out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
+        out.append(Coupling((name(skip), axis), (name(y), axis), Identity(dim)))
+        for extra in same_rank:
+            out.append(Coupling((name(x), axis), (name(extra), axis), Identity(dim)))
     return out
 
 
@@ -64,38 +65,47 @@ def _attention(node: ir.Node, context: RuleContext) -> Result:
     x, weights = node.inputs[0], node.inputs[1]
     y = node.outputs[0]
     assert x is not None and weights is not None
-    heads = int(context.attribute(node, "num_heads", 0))  # type: ignore[arg-type]
+    heads = int(context.attribute(node, "num_heads", 0))
     w_shape, y_shape = context.shape(weights), context.shape(y)
     unsupported = (
         context.attribute(node, "qkv_hidden_sizes") is not None
         or (len(node.outputs) > 1 and node.outputs[1].uses())
         or (len(node.inputs) > 4 and node.inputs[4] is not None)  # past state
     )
-    if w_shape is None or y_shape is None or heads <= 0 or unsupported or w_shape[1] % 3:
+    packed = w_shape[1] if w_shape is not None else None
+    if (
+        w_shape is None
+        or y_shape is None
+        or w_shape[0] is None
+        or packed is None
+        or heads <= 0
+        or unsupported
+        or packed % 3
+    ):
         return [
             Barrier(
                 f"Attention '{node.name}' has a layout spa does not slice",
-                values=(x.name, y.name, weights.name),
+                values=(name(x), name(y), name(weights)),
             )
         ]
-    hidden = w_shape[1] // 3
+    hidden = packed // 3
     head_dim = hidden // heads
     space = heads_space(node)
-    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[3:] if v is not None))]
-    out.append(Coupling((x.name, len(y_shape) - 1), (weights.name, 0), Identity(w_shape[0])))
-    for axis in range(len(y_shape) - 1):
-        if y_shape[axis] is not None:
-            out.append(Coupling((x.name, axis), (y.name, axis), Identity(y_shape[axis])))
-    out.append(Coupling(space, (y.name, len(y_shape) - 1), Block(heads, head_dim)))
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[3:] if v is not None))]
+    out.append(Coupling((name(x), len(y_shape) - 1), (name(weights), 0), Identity(w_shape[0])))
+    for axis, dim in enumerate(y_shape[:-1]):
+        if dim is not None:
+            out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
+    out.append(Coupling(space, (name(y), len(y_shape) - 1), Block(heads, head_dim)))
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     for part in range(3):
         part_space = (f"{space[0]}/{'qkv'[part]}", 0)
         out.append(Coupling(space, part_space, Block(heads, head_dim)))
         out.append(
-            Coupling(part_space, (weights.name, 1), Offset(hidden, 3 * hidden, part * hidden))
+            Coupling(part_space, (name(weights), 1), Offset(hidden, 3 * hidden, part * hidden))
         )
         if bias is not None:
             out.append(
-                Coupling(part_space, (bias.name, 0), Offset(hidden, 3 * hidden, part * hidden))
+                Coupling(part_space, (name(bias), 0), Offset(hidden, 3 * hidden, part * hidden))
             )
     return out

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity
-from spa.analysis.rules import Barrier, Coupling, RuleContext, register_rule
+from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule
 
 __all__ = ["broadcast_couplings", "unary_couplings"]
 
@@ -94,12 +94,12 @@ def unary_couplings(
     """Couple every axis of ``source`` with the same axis of ``target``."""
     shape = context.shape(source) or context.shape(target)
     if shape is None:
-        return [Barrier("rank unknown (run shape inference)", values=(source.name, target.name))]
+        return [Barrier("rank unknown (run shape inference)", values=(name(source), name(target)))]
     out: list[Coupling | Barrier] = []
     for axis, dim in enumerate(shape):
         if dim is None:
             continue
-        out.append(Coupling((source.name, axis), (target.name, axis), Identity(dim)))
+        out.append(Coupling((name(source), axis), (name(target), axis), Identity(dim)))
     return out
 
 
@@ -110,7 +110,7 @@ def broadcast_couplings(
     out_shape = context.shape(output)
     shapes = [context.shape(value) for value in inputs]
     if out_shape is None or any(shape is None for shape in shapes):
-        names = tuple(v.name for v in (*inputs, output))
+        names = tuple(name(v) for v in (*inputs, output))
         return [Barrier("rank unknown (run shape inference)", values=names)]
     couplings: list[Coupling | Barrier] = []
     rank = len(out_shape)
@@ -124,7 +124,9 @@ def broadcast_couplings(
             size = dim if dim is not None else out_dim
             if size is None:
                 continue  # symbolic (batch, sequence): never pruned
-            couplings.append(Coupling((value.name, axis), (output.name, out_axis), Identity(size)))
+            couplings.append(
+                Coupling((name(value), axis), (name(output), out_axis), Identity(size))
+            )
     return couplings
 
 

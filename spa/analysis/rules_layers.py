@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity
-from spa.analysis.rules import Barrier, Coupling, RuleContext, register_rule
+from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule
 from spa.analysis.rules_elementwise import broadcast_couplings
 
 __all__: list[str] = []
@@ -26,19 +26,19 @@ def _conv(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None and w is not None
     w_shape, y_shape = context.shape(w), context.shape(y)
     if w_shape is None or y_shape is None:
-        return [Barrier(f"Conv '{node.name}' has unknown shapes", values=(x.name, y.name))]
-    group = int(context.attribute(node, "group", 1))  # type: ignore[arg-type]
+        return [Barrier(f"Conv '{node.name}' has unknown shapes", values=(name(x), name(y)))]
+    group = int(context.attribute(node, "group", 1))
     c_out, c_in_per_group = w_shape[0], w_shape[1]
-    out: Result = _identity((y.name, 0), (x.name, 0), y_shape[0])
-    out += _identity((w.name, 0), (y.name, 1), c_out)
+    out: Result = _identity((name(y), 0), (name(x), 0), y_shape[0])
+    out += _identity((name(w), 0), (name(y), 1), c_out)
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        out += _identity((w.name, 0), (node.inputs[2].name, 0), c_out)
+        out += _identity((name(w), 0), (name(node.inputs[2]), 0), c_out)
     if group == 1:
-        out += _identity((x.name, 1), (w.name, 1), c_in_per_group)
+        out += _identity((name(x), 1), (name(w), 1), c_in_per_group)
     elif c_in_per_group == 1 and group == c_out:
-        out += _identity((x.name, 1), (y.name, 1), c_out)  # depthwise: in channel = out channel
+        out += _identity((name(x), 1), (name(y), 1), c_out)  # depthwise: in channel = out channel
     else:
-        spaces = ((x.name, 1), (y.name, 1), (w.name, 0), (w.name, 1))
+        spaces = ((name(x), 1), (name(y), 1), (name(w), 0), (name(w), 1))
         out.append(Barrier(f"Conv '{node.name}' has group={group} and C_out={c_out}", spaces))
     return out
 
@@ -48,19 +48,19 @@ def _conv_transpose(node: ir.Node, context: RuleContext) -> Result:
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     assert x is not None and w is not None
     w_shape = context.shape(w)
-    group = int(context.attribute(node, "group", 1))  # type: ignore[arg-type]
+    group = int(context.attribute(node, "group", 1))
     if w_shape is None or group != 1:
         return [
             Barrier(
-                f"ConvTranspose '{node.name}' has group={group}", values=(x.name, y.name, w.name)
+                f"ConvTranspose '{node.name}' has group={group}", values=(name(x), name(y), name(w))
             )
         ]
-    out: Result = _identity((x.name, 1), (w.name, 0), w_shape[0])
-    out += _identity((w.name, 1), (y.name, 1), w_shape[1])
+    out: Result = _identity((name(x), 1), (name(w), 0), w_shape[0])
+    out += _identity((name(w), 1), (name(y), 1), w_shape[1])
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        out += _identity((w.name, 1), (node.inputs[2].name, 0), w_shape[1])
+        out += _identity((name(w), 1), (name(node.inputs[2]), 0), w_shape[1])
     shape = context.shape(y)
-    out += _identity((y.name, 0), (x.name, 0), shape[0] if shape else None)
+    out += _identity((name(y), 0), (name(x), 0), shape[0] if shape else None)
     return out
 
 
@@ -70,14 +70,16 @@ def _gemm(node: ir.Node, context: RuleContext) -> Result:
     assert a is not None and b is not None
     a_shape, b_shape = context.shape(a), context.shape(b)
     if a_shape is None or b_shape is None:
-        return [Barrier(f"Gemm '{node.name}' has unknown shapes", values=(a.name, b.name, y.name))]
-    trans_a = int(context.attribute(node, "transA", 0))  # type: ignore[arg-type]
-    trans_b = int(context.attribute(node, "transB", 0))  # type: ignore[arg-type]
+        return [
+            Barrier(f"Gemm '{node.name}' has unknown shapes", values=(name(a), name(b), name(y)))
+        ]
+    trans_a = int(context.attribute(node, "transA", 0))
+    trans_b = int(context.attribute(node, "transB", 0))
     a_k, a_m = (0, 1) if trans_a else (1, 0)
     b_k, b_n = (1, 0) if trans_b else (0, 1)
-    out: Result = _identity((a.name, a_k), (b.name, b_k), b_shape[b_k])
-    out += _identity((b.name, b_n), (y.name, 1), b_shape[b_n])
-    out += _identity((y.name, 0), (a.name, a_m), a_shape[a_m])
+    out: Result = _identity((name(a), a_k), (name(b), b_k), b_shape[b_k])
+    out += _identity((name(b), b_n), (name(y), 1), b_shape[b_n])
+    out += _identity((name(y), 0), (name(a), a_m), a_shape[a_m])
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         out += broadcast_couplings([node.inputs[2]], y, context)
     return out
@@ -97,20 +99,21 @@ def _matmul(node: ir.Node, context: RuleContext) -> Result:
     ):
         return [
             Barrier(
-                f"MatMul '{node.name}' has unknown or 1-D shapes", values=(a.name, b.name, y.name)
+                f"MatMul '{node.name}' has unknown or 1-D shapes",
+                values=(name(a), name(b), name(y)),
             )
         ]
     rank = len(y_shape)
     out: Result = _identity(
-        (a.name, len(a_shape) - 1), (b.name, len(b_shape) - 2), a_shape[-1] or b_shape[-2]
+        (name(a), len(a_shape) - 1), (name(b), len(b_shape) - 2), a_shape[-1] or b_shape[-2]
     )
-    out += _identity((b.name, len(b_shape) - 1), (y.name, rank - 1), b_shape[-1])
-    out += _identity((a.name, len(a_shape) - 2), (y.name, rank - 2), a_shape[-2])
+    out += _identity((name(b), len(b_shape) - 1), (name(y), rank - 1), b_shape[-1])
+    out += _identity((name(a), len(a_shape) - 2), (name(y), rank - 2), a_shape[-2])
     for value, shape in ((a, a_shape), (b, b_shape)):
         for axis in range(len(shape) - 2):
             out_axis = rank - len(shape) + axis
             if shape[axis] != 1 or y_shape[out_axis] == 1:
-                out += _identity((value.name, axis), (y.name, out_axis), y_shape[out_axis])
+                out += _identity((name(value), axis), (name(y), out_axis), y_shape[out_axis])
     return out
 
 
@@ -120,20 +123,22 @@ def _channel_norm(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
-    training = int(context.attribute(node, "training_mode", 0))  # type: ignore[arg-type]
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
+    training = int(context.attribute(node, "training_mode", 0))
     if training:
         return [
             Barrier(
-                f"BatchNormalization '{node.name}' is in training mode", values=(x.name, y.name)
+                f"BatchNormalization '{node.name}' is in training mode", values=(name(x), name(y))
             )
         ]
     out: Result = []
     for axis, dim in enumerate(shape):
-        out += _identity((x.name, axis), (y.name, axis), dim)
+        out += _identity((name(x), axis), (name(y), axis), dim)
     for parameter in node.inputs[1:]:
         if parameter is not None:
-            out += _identity((parameter.name, 0), (y.name, 1), shape[1])
+            out += _identity((name(parameter), 0), (name(y), 1), shape[1])
     return out
 
 
@@ -151,12 +156,14 @@ def _pool(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(y)
     if shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
-    out = _identity((x.name, 0), (y.name, 0), shape[0])
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
+    out = _identity((name(x), 0), (name(y), 0), shape[0])
     if node.op_type == "LRN":
         # LRN normalises across neighbouring channels: removing one changes the others.
         return [
             *out,
-            Barrier(f"LRN '{node.name}' mixes neighbouring channels", ((x.name, 1), (y.name, 1))),
+            Barrier(f"LRN '{node.name}' mixes neighbouring channels", ((name(x), 1), (name(y), 1))),
         ]
-    return out + _identity((x.name, 1), (y.name, 1), shape[1])
+    return out + _identity((name(x), 1), (name(y), 1), shape[1])

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Block, Identity, Offset, Tile
-from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, register_rule
+from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, name, register_rule
 from spa.analysis.rules_elementwise import broadcast_couplings
 
 __all__ = ["reshape_couplings"]
@@ -38,20 +38,20 @@ def _segments(
                 continue
             return None
         ins, outs = [i], [j]
-        left, right = in_shape[i], out_shape[j]
+        left, right = int(in_shape[i] or 0), int(out_shape[j] or 0)
         while left != right:
-            if left < right:  # type: ignore[operator]
+            if left < right:
                 i += 1
                 if i >= len(in_shape) or in_shape[i] is None:
                     return None
                 ins.append(i)
-                left *= in_shape[i]  # type: ignore[operator]
+                left *= int(in_shape[i] or 0)
             else:
                 j += 1
                 if j >= len(out_shape) or out_shape[j] is None:
                     return None
                 outs.append(j)
-                right *= out_shape[j]  # type: ignore[operator]
+                right *= int(out_shape[j] or 0)
         segments.append((ins, outs))
         i, j = i + 1, j + 1
     return segments
@@ -60,10 +60,10 @@ def _segments(
 def reshape_couplings(x: ir.Value, y: ir.Value, context: RuleContext, what: str) -> Result:
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
-        return [Barrier(f"{what} has unknown shapes", values=(x.name, y.name))]
+        return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
     segments = _segments(in_shape, out_shape)
     if segments is None:
-        return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(x.name, y.name))]
+        return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
     out: Result = []
     for ins, outs in segments:
         first_in, first_out = ins[0], outs[0]
@@ -71,14 +71,18 @@ def reshape_couplings(x: ir.Value, y: ir.Value, context: RuleContext, what: str)
         if in_dim is None or out_dim is None:
             continue
         if len(ins) == 1 and len(outs) == 1:
-            out.append(Coupling((x.name, first_in), (y.name, first_out), Identity(in_dim)))
+            out.append(Coupling((name(x), first_in), (name(y), first_out), Identity(in_dim)))
         elif len(outs) == 1:
             out.append(
-                Coupling((x.name, first_in), (y.name, first_out), Block(in_dim, out_dim // in_dim))
+                Coupling(
+                    (name(x), first_in), (name(y), first_out), Block(in_dim, out_dim // in_dim)
+                )
             )
         elif len(ins) == 1:
             out.append(
-                Coupling((y.name, first_out), (x.name, first_in), Block(out_dim, in_dim // out_dim))
+                Coupling(
+                    (name(y), first_out), (name(x), first_in), Block(out_dim, in_dim // out_dim)
+                )
             )
     return out
 
@@ -91,9 +95,9 @@ def _reshape(node: ir.Node, context: RuleContext) -> Result:
         return [
             Barrier(
                 f"Reshape '{node.name}' has a computed target shape",
-                values=(x.name, node.outputs[0].name),
+                values=(name(x), name(node.outputs[0])),
             ),
-            Unconstrained((shape.name,)),
+            Unconstrained((name(shape),)),
         ]
     return [*reshape_couplings(x, node.outputs[0], context, f"Reshape '{node.name}'")]
 
@@ -111,12 +115,12 @@ def _transpose(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"Transpose '{node.name}' has unknown rank", values=(x.name, y.name))]
+        return [Barrier(f"Transpose '{node.name}' has unknown rank", values=(name(x), name(y)))]
     perm = context.attribute(node, "perm") or list(reversed(range(len(shape))))
     out: Result = []
-    for out_axis, in_axis in enumerate(perm):  # type: ignore[arg-type]
+    for out_axis, in_axis in enumerate(perm):
         if shape[in_axis] is not None:
-            out.append(Coupling((x.name, in_axis), (y.name, out_axis), Identity(shape[in_axis])))
+            out.append(Coupling((name(x), in_axis), (name(y), out_axis), Identity(shape[in_axis])))
     return out
 
 
@@ -127,7 +131,7 @@ def _axes(node: ir.Node, context: RuleContext, rank: int) -> list[int] | None:
         axes = None if constant is None else constant.tolist()
     if axes is None:
         return None
-    return sorted(int(a) % rank for a in axes)  # type: ignore[union-attr]
+    return sorted(int(a) % rank for a in axes)
 
 
 @register_rule("Squeeze", "Unsqueeze")
@@ -136,7 +140,9 @@ def _squeeze(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
     squeezing = node.op_type == "Squeeze"
     removed = [a for a, d in enumerate(in_shape) if d == 1] if squeezing else []
     inserted: list[int] = []
@@ -144,13 +150,14 @@ def _squeeze(node: ir.Node, context: RuleContext) -> Result:
     if axes is not None:
         removed, inserted = (axes, []) if squeezing else ([], axes)
     elif not squeezing:
-        return [Barrier(f"Unsqueeze '{node.name}' has computed axes", values=(x.name, y.name))]
+        return [Barrier(f"Unsqueeze '{node.name}' has computed axes", values=(name(x), name(y)))]
     kept_in = [a for a in range(len(in_shape)) if a not in removed]
     kept_out = [a for a in range(len(out_shape)) if a not in inserted]
-    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     for in_axis, out_axis in zip(kept_in, kept_out, strict=False):
-        if in_shape[in_axis] is not None:
-            out.append(Coupling((x.name, in_axis), (y.name, out_axis), Identity(in_shape[in_axis])))
+        dim = in_shape[in_axis]
+        if dim is not None:
+            out.append(Coupling((name(x), in_axis), (name(y), out_axis), Identity(dim)))
     return out
 
 
@@ -164,18 +171,19 @@ def _concat(node: ir.Node, context: RuleContext) -> Result:
         return [
             Barrier(
                 f"Concat '{node.name}' has unknown shapes",
-                values=tuple(v.name for v in (*inputs, y)),
+                values=tuple(name(v) for v in (*inputs, y)),
             )
         ]
-    axis = int(context.attribute(node, "axis", 0)) % len(out_shape)  # type: ignore[arg-type]
-    total, offset, out = out_shape[axis], 0, []
+    axis = int(context.attribute(node, "axis", 0)) % len(out_shape)
+    total, offset = out_shape[axis], 0
+    out: Result = []
     for value, shape in zip(inputs, shapes, strict=True):
         assert shape is not None
         for a, dim in enumerate(shape):
             if dim is None or (a == axis and total is None):
                 continue
-            index_map = Offset(dim, total, offset) if a == axis else Identity(dim)  # type: ignore[arg-type]
-            out.append(Coupling((value.name, a), (y.name, a), index_map))
+            index_map = Offset(dim, total or 0, offset) if a == axis else Identity(dim)
+            out.append(Coupling((name(value), a), (name(y), a), index_map))
         offset += shape[axis] or 0
     return out
 
@@ -186,17 +194,19 @@ def _softmax(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
-    axis = int(context.attribute(node, "axis", -1)) % len(shape)  # type: ignore[arg-type]
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
+    axis = int(context.attribute(node, "axis", -1)) % len(shape)
     out: Result = [
         Barrier(
             f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)",
-            ((x.name, axis), (y.name, axis)),
+            ((name(x), axis), (name(y), axis)),
         )
     ]
     for a, dim in enumerate(shape):
         if a != axis and dim is not None:
-            out.append(Coupling((x.name, a), (y.name, a), Identity(dim)))
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
     return out
 
 
@@ -217,19 +227,21 @@ def _reduce(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
     axes = _axes(node, context, len(shape))
     if axes is None:
         axes = list(range(len(shape)))
-    keepdims = int(context.attribute(node, "keepdims", 1))  # type: ignore[arg-type]
-    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    keepdims = int(context.attribute(node, "keepdims", 1))
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     out_axis = 0
     for a, dim in enumerate(shape):
         if a in axes:
             out_axis += keepdims
             continue
         if dim is not None:
-            out.append(Coupling((x.name, a), (y.name, out_axis), Identity(dim)))
+            out.append(Coupling((name(x), a), (name(y), out_axis), Identity(dim)))
         out_axis += 1
     return out
 
@@ -237,7 +249,7 @@ def _reduce(node: ir.Node, context: RuleContext) -> Result:
 @register_rule("Shape", "Size")
 def _shape(node: ir.Node, context: RuleContext) -> Result:
     # Reading a shape does not constrain channels; shape chains recompute after slicing.
-    return [Unconstrained(tuple(v.name for v in node.inputs if v is not None))]
+    return [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
 
 
 @register_rule("Pad")
@@ -251,12 +263,12 @@ def _pad(node: ir.Node, context: RuleContext) -> Result:
         constant = context.constant(pads_value)
         pads = None if constant is None else constant.tolist()
     if shape is None or pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
-        return [Barrier(f"Pad '{node.name}' has computed pads or axes", values=(x.name, y.name))]
+        return [Barrier(f"Pad '{node.name}' has computed pads or axes", values=(name(x), name(y)))]
     rank = len(shape)
-    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     for a, dim in enumerate(shape):
-        if dim is not None and pads[a] == 0 and pads[a + rank] == 0:  # type: ignore[index]
-            out.append(Coupling((x.name, a), (y.name, a), Identity(dim)))
+        if dim is not None and pads[a] == 0 and pads[a + rank] == 0:
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
     return out
 
 
@@ -267,12 +279,12 @@ def _resize(node: ir.Node, context: RuleContext) -> Result:
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
         return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown shapes", values=(x.name, y.name))
+            Barrier(f"{node.op_type} '{node.name}' has unknown shapes", values=(name(x), name(y)))
         ]
-    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     for a, (dim_in, dim_out) in enumerate(zip(in_shape, out_shape, strict=True)):
         if dim_in is not None and dim_in == dim_out and a < 2:
-            out.append(Coupling((x.name, a), (y.name, a), Identity(dim_in)))
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim_in)))
     return out
 
 
@@ -282,17 +294,17 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
     assert data is not None and indices is not None
     data_shape, index_shape = context.shape(data), context.shape(indices)
     if data_shape is None or index_shape is None:
-        return [Barrier(f"Gather '{node.name}' has unknown shapes", values=(data.name, y.name))]
-    axis = int(context.attribute(node, "axis", 0)) % len(data_shape)  # type: ignore[arg-type]
+        return [Barrier(f"Gather '{node.name}' has unknown shapes", values=(name(data), name(y)))]
+    axis = int(context.attribute(node, "axis", 0)) % len(data_shape)
     out: Result = []
     for a, dim in enumerate(data_shape):
         if a == axis or dim is None:
             continue
         out_axis = a if a < axis else a - 1 + len(index_shape)
-        out.append(Coupling((data.name, a), (y.name, out_axis), Identity(dim)))
+        out.append(Coupling((name(data), a), (name(y), out_axis), Identity(dim)))
     for a, dim in enumerate(index_shape):
         if dim is not None:
-            out.append(Coupling((indices.name, a), (y.name, axis + a), Identity(dim)))
+            out.append(Coupling((name(indices), a), (name(y), axis + a), Identity(dim)))
     return out
 
 
@@ -308,7 +320,7 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
 )
 def _constant(node: ir.Node, context: RuleContext) -> Result:
     # Generated values: their inputs are shapes/scalars; outputs are frozen by default.
-    return [Unconstrained(tuple(v.name for v in node.inputs if v is not None))]
+    return [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
 
 
 def _split_sizes(node: ir.Node, context: RuleContext, total: int | None) -> list[int] | None:
@@ -320,7 +332,7 @@ def _split_sizes(node: ir.Node, context: RuleContext, total: int | None) -> list
         count = len(node.outputs)
         if total % count == 0:
             sizes = [total // count] * count
-    return None if sizes is None else [int(s) for s in sizes]  # type: ignore[union-attr]
+    return None if sizes is None else [int(s) for s in sizes]
 
 
 @register_rule("Split")
@@ -329,19 +341,20 @@ def _split(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"Split '{node.name}' has unknown rank", values=(x.name,))]
-    axis = int(context.attribute(node, "axis", 0)) % len(shape)  # type: ignore[arg-type]
+        return [Barrier(f"Split '{node.name}' has unknown rank", values=(name(x),))]
+    axis = int(context.attribute(node, "axis", 0)) % len(shape)
     sizes = _split_sizes(node, context, shape[axis])
-    out: Result = [Unconstrained(tuple(v.name for v in node.inputs[1:] if v is not None))]
-    if sizes is None or shape[axis] is None or sum(sizes) != shape[axis]:
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    total = shape[axis]
+    if sizes is None or total is None or sum(sizes) != total:
         return out  # the split axis stays unmapped, hence frozen
     offset = 0
     for output, size in zip(node.outputs, sizes, strict=True):
         for a, dim in enumerate(shape):
             if a == axis:
-                out.append(Coupling((x.name, a), (output.name, a), Offset(dim, size, -offset)))  # type: ignore[arg-type]
+                out.append(Coupling((name(x), a), (name(output), a), Offset(total, size, -offset)))
             elif dim is not None:
-                out.append(Coupling((x.name, a), (output.name, a), Identity(dim)))
+                out.append(Coupling((name(x), a), (name(output), a), Identity(dim)))
         offset += size
     return out
 
@@ -352,10 +365,10 @@ def _expand(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None and shape_value is not None
     if context.constant(shape_value) is None:
         return [
-            Barrier(f"Expand '{node.name}' has a computed target shape", values=(x.name, y.name)),
-            Unconstrained((shape_value.name,)),
+            Barrier(f"Expand '{node.name}' has a computed target shape", values=(name(x), name(y))),
+            Unconstrained((name(shape_value),)),
         ]
-    return [Unconstrained((shape_value.name,)), *broadcast_couplings([x], y, context)]
+    return [Unconstrained((name(shape_value),)), *broadcast_couplings([x], y, context)]
 
 
 @register_rule("Tile")
@@ -365,13 +378,13 @@ def _tile(node: ir.Node, context: RuleContext) -> Result:
     shape, repeats = context.shape(x), context.constant(repeats_value)
     if shape is None or repeats is None:
         return [
-            Barrier(f"Tile '{node.name}' has computed repeats", values=(x.name, y.name)),
-            Unconstrained((repeats_value.name,)),
+            Barrier(f"Tile '{node.name}' has computed repeats", values=(name(x), name(y))),
+            Unconstrained((name(repeats_value),)),
         ]
-    out: Result = [Unconstrained((repeats_value.name,))]
+    out: Result = [Unconstrained((name(repeats_value),))]
     for a, (dim, count) in enumerate(zip(shape, repeats.tolist(), strict=True)):
         if dim is not None:
-            out.append(Coupling((x.name, a), (y.name, a), Tile(dim, int(count))))
+            out.append(Coupling((name(x), a), (name(y), a), Tile(dim, int(count))))
     return out
 
 
@@ -382,13 +395,15 @@ def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(x.name, y.name))]
-    axis = int(context.attribute(node, "axis", -1)) % len(shape)  # type: ignore[arg-type]
+        return [
+            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
+        ]
+    axis = int(context.attribute(node, "axis", -1)) % len(shape)
     reason = f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)"
     out: Result = []
     for a, dim in enumerate(shape):
         if a >= axis:
-            out.append(Barrier(reason, ((x.name, a), (y.name, a))))
+            out.append(Barrier(reason, ((name(x), a), (name(y), a))))
         elif dim is not None:
-            out.append(Coupling((x.name, a), (y.name, a), Identity(dim)))
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
     return out

@@ -48,7 +48,7 @@ def run_model(
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> dict[str, np.ndarray]:
     """Run once; returns output name -> array. ``model`` may be an existing session."""
-    session = model if hasattr(model, "run") else create_session(model, providers=providers)
+    session: Any = model if hasattr(model, "run") else create_session(model, providers=providers)
     names = [output.name for output in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
