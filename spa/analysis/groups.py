@@ -115,9 +115,9 @@ def model_fingerprint(model: ir.Model) -> str:
             digest.update(
                 b"|" + (value.name.encode() if value is not None and value.name else b"-")
             )
-    for name, value in sorted(model.graph.initializers.items()):
+    for initializer_name, value in sorted(model.graph.initializers.items()):
         shape = tuple(value.const_value.shape) if value.const_value is not None else ()
-        digest.update(f"{name}{shape}".encode())
+        digest.update(f"{initializer_name}{shape}".encode())
     return digest.hexdigest()[:16]
 
 

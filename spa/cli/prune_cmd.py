@@ -38,7 +38,7 @@ def render_groups(analysis: Any, limit: int | None = None) -> str:
     frozen = sum(1 for g in rows if g.frozen)
     lines.append(f"groups with parameters: {len(rows)} | prunable {prunable} | frozen {frozen}")
     for reason, count in analysis.frozen_reason_counts().items():
-        lines.append(f"  frozen: {count:4d} × {reason}")
+        lines.append(f"  frozen: {count:4d} x {reason}")
     return "\n".join(lines)
 
 
