@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from spa import zoo
-from spa.prune import prune_model
 from spa.model_io import load_proto
+from spa.prune import prune_model
 from spa.verify import AllClose, create_session, input_specs, make_feeds
 
 ENTRIES = zoo.entries()
