@@ -15,8 +15,9 @@ Families, with what each rule counts (bias adds and activations are not MACs):
   MatMul/Softmax/MatMul (most exports) counts here, not under ``attention``.
 * ``attention``: fused attention only: com.microsoft Attention (with its QKV
   projection), MultiHeadAttention, GroupQueryAttention and opset-23 Attention:
-  ``B * heads * S_q * S_kv * (head_size_qk + head_size_v)``; ``S_kv`` includes
-  the past length, which for a shared KV buffer is the buffer size.
+  ``B * heads * S_q * S_kv * (head_size_qk + head_size_v)``; ``S_kv`` is the
+  past length plus the new keys (for a shared KV buffer the past length is the
+  buffer size, so this is an upper bound).
 * ``other``: approximate, 1 per output element for elementwise arithmetic,
   activations and normalizations, 1 per input element for reductions and
   global pooling, ``prod(Y) * prod(kernel)`` for pooling, exact for Einsum.
@@ -209,9 +210,6 @@ def _group_query_attention(node: onnx.NodeProto, shapes: Shapes) -> int | str:
     head = width // (heads + 2 * kv_heads) if packed else width // heads
     past = node.input[3] if len(node.input) > 3 else ""
     kv_len = _past_length(shapes, past, 2) + seq
-    present = known_shape(shapes, node.output[1]) if len(node.output) > 1 else None
-    if present is not None and len(present) == 4:
-        kv_len = present[2]
     return _attention_macs(batch, heads, seq, kv_len, head, head)
 
 

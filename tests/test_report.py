@@ -127,6 +127,38 @@ def test_fused_attention_ops() -> None:
     assert compute_stats(standard).macs_by_family["attention"] == 1 * 2 * 4 * 6 * 16
 
 
+def test_contrib_attention_and_group_query_attention() -> None:
+    contrib = parse(
+        """<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[1, 4, 16] X) => (float[1, 4, 16] Y) {
+            Y = com.microsoft.Attention<num_heads = 2>(X, W, B)
+        }""",
+        {"W": zeros(16, 48), "B": zeros(48)},
+    )
+    # QKV projection 4 * 16 * 48, then 2 heads of 8: 1 * 2 * 4 * 4 * (8 + 8).
+    assert compute_stats(contrib).macs_by_family["attention"] == 3072 + 512
+    gqa = parse(
+        """<ir_version: 9, opset_import: ["" : 18, "com.microsoft" : 1]>
+        g (float[1, 4, 64] Q, float[1, 4, 32] K, float[1, 4, 32] V, float[1, 2, P, 16] PK,
+           float[1, 2, P, 16] PV, int32[1] L, int32[1] T) => (float[1, 4, 64] Y) {
+            Y, PKo, PVo = com.microsoft.GroupQueryAttention<num_heads = 4, kv_num_heads = 2>(
+                Q, K, V, PK, PV, L, T)
+        }"""
+    )
+    # 4 query heads of 16 attend to past 6 + new 4 keys: 1 * 4 * 4 * 10 * (16 + 16).
+    assert compute_stats(gqa, dims={"P": 6}).macs_by_family["attention"] == 5120
+
+
+def test_resnet50_from_the_zoo(tmp_path: Path) -> None:
+    from spa import zoo
+
+    stats = compute_stats(zoo.materialize("onnx-resnet50", tmp_path / "r50.onnx"))
+    assert stats.params == 25_610_155  # with BatchNorm running statistics and shape constants
+    assert stats.macs_by_family["conv"] == 4_087_136_256  # the quoted "4.1 GMACs"
+    assert stats.macs_by_family["matmul"] == 2048 * 1000
+    assert stats.macs_unknown == {}
+
+
 def test_params_and_bytes_by_dtype() -> None:
     model = parse(
         """<ir_version: 10, opset_import: ["" : 21]>
