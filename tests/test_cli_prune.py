@@ -1,0 +1,87 @@
+"""`spa analyze` and `spa prune` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from tests.analysis_helpers import model_from_text
+from tests.test_analysis_rules import CONV_BN, RESIDUAL
+
+ALL_FROZEN = """
+<ir_version: 9, opset_import: ["" : 17, "custom.domain" : 1]>
+g (float[N, 4] x) => (float[N, 3] y) {
+    a = MatMul (x, w1)
+    b = custom.domain.Mystery (a)
+    y = MatMul (b, w2)
+}"""
+
+
+def write(tmp_path: Path, case: tuple[str, dict], name: str = "m.onnx") -> Path:
+    path = tmp_path / name
+    onnx.save(model_from_text(*case), str(path))
+    return path
+
+
+def test_analyze_table_and_json(run_cli, tmp_path: Path) -> None:
+    model = write(tmp_path, CONV_BN)
+    result = run_cli("analyze", model, "--json", tmp_path / "groups.json")
+    assert result.exit_code == 0, result.output
+    assert "prunable" in result.output and "graph output 'y'" in result.output
+    data = json.loads((tmp_path / "groups.json").read_text())
+    assert any(group["prunable"] for group in data["groups"])
+    assert data["frozen_reasons"]
+
+
+def test_prune_verify_report_and_plan_round_trip(run_cli, tmp_path: Path) -> None:
+    model = write(tmp_path, RESIDUAL)
+    out, report, plan = tmp_path / "small.onnx", tmp_path / "r.json", tmp_path / "plan.json"
+    result = run_cli("prune", model, "-o", out, "--ratio", "0.5", "--criterion", "l2",
+                     "--verify", "--report", report, "--save-plan", plan, "--dim", "N=2")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("PASSED | prune | params")
+    data = json.loads(report.read_text())
+    for key in ("params_before", "params_after", "macs_before", "macs_after", "groups_total",
+                "groups_pruned", "groups_frozen", "frozen_reasons", "verify"):
+        assert key in data
+    assert data["params_after"] < data["params_before"]
+    assert data["verify"]["passed"] is True and data["verify"]["max_rel_diff"] <= 1e-4
+    again = tmp_path / "again.onnx"
+    assert run_cli("prune", model, "-o", again, "--plan", plan).exit_code == 0
+    first = onnx.load(str(out)).graph.initializer
+    second = onnx.load(str(again)).graph.initializer
+    assert [t.dims for t in first] == [t.dims for t in second]
+
+
+def test_plan_for_another_model_is_a_one_line_error(run_cli, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    assert run_cli("prune", write(tmp_path, RESIDUAL, "a.onnx"), "-o", tmp_path / "a2.onnx",
+                   "--save-plan", plan).exit_code == 0
+    other = write(tmp_path, CONV_BN, "b.onnx")
+    result = run_cli("prune", other, "-o", tmp_path / "b2.onnx", "--plan", plan)
+    assert result.exit_code == 1
+    assert "plan was made for another model" in result.stderr
+    assert not (tmp_path / "b2.onnx").exists()
+
+
+def test_every_group_frozen_exits_0_unchanged(run_cli, tmp_path: Path) -> None:
+    path = tmp_path / "frozen.onnx"
+    onnx.save(model_from_text(ALL_FROZEN, {"w1": (4, 6), "w2": (6, 3)}), str(path))
+    out = tmp_path / "out.onnx"
+    result = run_cli("prune", path, "-o", out, "--verify")
+    assert result.exit_code == 0, result.output
+    assert "every group is frozen" in result.output
+    assert "custom.domain::Mystery has no rule" in result.output
+    before = onnx.load(str(path)).graph
+    after = onnx.load(str(out)).graph
+    assert [t.dims for t in before.initializer] == [t.dims for t in after.initializer]
+
+
+def test_bad_ratio_and_criterion(run_cli, tmp_path: Path) -> None:
+    model = write(tmp_path, RESIDUAL)
+    result = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--ratio", "1.5")
+    assert result.exit_code == 1 and "outside [0, 1)" in result.stderr
+    assert run_cli("prune", model, "-o", tmp_path / "o.onnx", "--criterion", "x").exit_code == 2
+    assert not (tmp_path / "o.onnx").exists()
