@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ class OptimizeResult:
     report: dict[str, Any]
     summary_table: str
     verdict_line: str
+    prune_verification: VerifyResult | None = None
 
 
 def _verdict_line(
@@ -74,27 +76,99 @@ def optimize(
     latency_runs: int = 0,
     command: str | None = None,
     on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    prune: float | None = None,
+    criterion: str = "l1",
+    round_to: int = 1,
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
 
-    The input file is never modified. With ``verify`` the output is compared with
-    the input in ONNX Runtime on seeded inputs under ``policy`` (default
-    relative error <= 1e-5); a failed comparison is reported, not raised.
+    The input file is never modified. With ``prune`` (a ratio) the model is
+    first structurally pruned (see :func:`spa.prune.prune_model`, verified by
+    mask equivalence), then the recipe runs on the pruned model. With
+    ``verify`` the recipe's output is compared with its input in ONNX Runtime
+    on seeded inputs under ``policy`` (default relative error <= 1e-5); a
+    failed comparison is reported, not raised.
     """
+    output = Path(output)
+    with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:
+        pruning = None
+        source = Path(model)
+        if prune is not None:
+            from spa.prune import prune_model
+
+            pruning = prune_model(
+                model,
+                Path(staging) / "pruned.onnx",
+                ratio=prune,
+                criterion=criterion,
+                seed=seed,
+                round_to=round_to,
+                verify=verify,
+                shapes=shapes,
+                dims=dims,
+                int_ranges=int_ranges,
+            )
+            source = pruning.output
+        result = _optimize(
+            Path(model),
+            source,
+            output,
+            recipe=recipe,
+            passes=passes,
+            verify=verify,
+            policy=policy,
+            seed=seed,
+            shapes=shapes,
+            dims=dims,
+            int_ranges=int_ranges,
+            dump_dir=dump_dir,
+            latency_runs=latency_runs,
+            command=command,
+            on_pass_end=on_pass_end,
+        )
+    if pruning is not None:
+        result.prune_verification = pruning.verification
+        result.report["prune"] = {k: v for k, v in pruning.report.items() if k not in result.report}
+        if pruning.verification is not None and not pruning.verification.passed:
+            result.verdict_line = result.verdict_line.replace("PASSED", "FAILED", 1)
+    if report_path is not None:
+        from spa.report import write_report
+
+        write_report(result.report, Path(report_path))
+    return result
+
+
+def _optimize(
+    original: Path,
+    model: Path,
+    output: Path,
+    *,
+    recipe: str | Recipe,
+    passes: Sequence[SpaPass] | None,
+    verify: bool,
+    policy: Policy | None,
+    seed: int,
+    shapes: Mapping[str, tuple[int, ...]] | None,
+    dims: Mapping[str, int] | None,
+    int_ranges: Mapping[str, tuple[int, int]] | None,
+    dump_dir: str | os.PathLike[str] | None,
+    latency_runs: int,
+    command: str | None,
+    on_pass_end: Callable[[PassRecord, int], None] | None,
+) -> OptimizeResult:
+    """The recipe stage: ``model`` (maybe already pruned from ``original``) -> ``output``."""
     from spa import report as reporting
 
     start = time.perf_counter()
-    model, output = Path(model), Path(output)
     loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
     pass_list = list(passes) if passes is not None else build_passes(loaded)
     proto = load_proto(model)
-    stat_options = {"shapes": dict(shapes or {}), "dims": dict(dims or {})}
-    before = reporting.compute_stats(proto, **stat_options)
+    before = reporting.compute_stats(original, shapes=shapes, dims=dims)
     ir_model = load_model(model)
     instruments: list[Instrument] = [DumpInstrument(dump_dir)] if dump_dir else []
     records = run_passes(ir_model, pass_list, instruments=instruments, on_pass_end=on_pass_end)
-    save_model(ir_model, output, input_path=model)
-    after = reporting.compute_stats(load_proto(output), **stat_options)
+    save_model(ir_model, output, input_path=original)
+    after = reporting.compute_stats(output, shapes=shapes, dims=dims)
     verification = None
     if verify:
         verification = verify_models(
@@ -112,12 +186,12 @@ def optimize(
             input_specs(proto), seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges
         )
         latency = {
-            "before": reporting.measure_latency(model, feeds, runs=latency_runs),
+            "before": reporting.measure_latency(original, feeds, runs=latency_runs),
             "after": reporting.measure_latency(output, feeds, runs=latency_runs),
         }
     report = reporting.build_report(
         command=command
-        or f"spa.optimize.optimize({str(model)!r}, {str(output)!r}, recipe={loaded.name!r})",
+        or f"spa.optimize.optimize({str(original)!r}, {str(output)!r}, recipe={loaded.name!r})",
         seeds={"inputs": seed},
         before=before,
         after=after,
@@ -126,8 +200,6 @@ def optimize(
         latency=latency,
     )
     report["recipe"] = loaded.name
-    if report_path is not None:
-        reporting.write_report(report, Path(report_path))
     seconds = time.perf_counter() - start
     return OptimizeResult(
         output=output,

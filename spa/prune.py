@@ -18,7 +18,7 @@ from typing import Any
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.plan import Plan, make_plan
-from spa.model_io import load_model, load_proto, save_model
+from spa.model_io import load_model, save_model
 from spa.verify import AllClose, Policy, VerifyResult, verify_models
 
 __all__ = ["PruneResult", "analyze_file", "prune_model"]
@@ -110,9 +110,8 @@ def prune_model(
     if verify and plan.kept:  # an unchanged model needs no check
         policy = policy or AllClose(rtol=1e-4)
         verification = _verify_masked(model, output, analysis, plan, policy, seed=seed, **feeds)
-    stat_options = {"shapes": dict(shapes or {}), "dims": dict(dims or {})}
-    before = reporting.compute_stats(load_proto(model), **stat_options)
-    after = reporting.compute_stats(load_proto(output), **stat_options)
+    before = reporting.compute_stats(model, shapes=shapes, dims=dims)
+    after = reporting.compute_stats(output, shapes=shapes, dims=dims)
     report = _prune_report(analysis, plan, before, after, verification)
     report = {
         **reporting.build_report(

@@ -38,13 +38,37 @@ def test_analyze_table_and_json(run_cli, tmp_path: Path) -> None:
 def test_prune_verify_report_and_plan_round_trip(run_cli, tmp_path: Path) -> None:
     model = write(tmp_path, RESIDUAL)
     out, report, plan = tmp_path / "small.onnx", tmp_path / "r.json", tmp_path / "plan.json"
-    result = run_cli("prune", model, "-o", out, "--ratio", "0.5", "--criterion", "l2",
-                     "--verify", "--report", report, "--save-plan", plan, "--dim", "N=2")
+    result = run_cli(
+        "prune",
+        model,
+        "-o",
+        out,
+        "--ratio",
+        "0.5",
+        "--criterion",
+        "l2",
+        "--verify",
+        "--report",
+        report,
+        "--save-plan",
+        plan,
+        "--dim",
+        "N=2",
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith("PASSED | prune | params")
     data = json.loads(report.read_text())
-    for key in ("params_before", "params_after", "macs_before", "macs_after", "groups_total",
-                "groups_pruned", "groups_frozen", "frozen_reasons", "verify"):
+    for key in (
+        "params_before",
+        "params_after",
+        "macs_before",
+        "macs_after",
+        "groups_total",
+        "groups_pruned",
+        "groups_frozen",
+        "frozen_reasons",
+        "verify",
+    ):
         assert key in data
     assert data["params_after"] < data["params_before"]
     assert data["verify"]["passed"] is True and data["verify"]["max_rel_diff"] <= 1e-4
@@ -57,8 +81,17 @@ def test_prune_verify_report_and_plan_round_trip(run_cli, tmp_path: Path) -> Non
 
 def test_plan_for_another_model_is_a_one_line_error(run_cli, tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
-    assert run_cli("prune", write(tmp_path, RESIDUAL, "a.onnx"), "-o", tmp_path / "a2.onnx",
-                   "--save-plan", plan).exit_code == 0
+    assert (
+        run_cli(
+            "prune",
+            write(tmp_path, RESIDUAL, "a.onnx"),
+            "-o",
+            tmp_path / "a2.onnx",
+            "--save-plan",
+            plan,
+        ).exit_code
+        == 0
+    )
     other = write(tmp_path, CONV_BN, "b.onnx")
     result = run_cli("prune", other, "-o", tmp_path / "b2.onnx", "--plan", plan)
     assert result.exit_code == 1
@@ -85,3 +118,18 @@ def test_bad_ratio_and_criterion(run_cli, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "outside [0, 1)" in result.stderr
     assert run_cli("prune", model, "-o", tmp_path / "o.onnx", "--criterion", "x").exit_code == 2
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_optimize_with_prune(run_cli, tmp_path: Path) -> None:
+    model = write(tmp_path, CONV_BN)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = run_cli(
+        "optimize", model, "-o", out, "--prune", "0.5", "--report", report, "--dim", "N=2"
+    )
+    assert result.exit_code == 0, result.output
+    assert "prune (mask equivalence):" in result.output
+    assert "fold-batchnorm" in result.output
+    data = json.loads(report.read_text())
+    assert data["after"]["params"] < data["before"]["params"]
+    assert data["prune"]["verify"]["passed"] is True
+    assert {n.op_type for n in onnx.load(str(out)).graph.node} == {"Conv", "Relu"}

@@ -142,6 +142,21 @@ def verify_command(
 )
 @click.option("--print-passes", is_flag=True, help="List every pass and exit.")
 @click.option("--dry-run", is_flag=True, help="Show the pipeline the recipe builds and exit.")
+@click.option("--prune", "prune_ratio", type=float, help="First prune this share of channels.")
+@click.option(
+    "--criterion",
+    type=click.Choice(["random", "l1", "l2"]),
+    default="l1",
+    show_default=True,
+    help="Channel importance for --prune.",
+)
+@click.option(
+    "--round-to",
+    type=int,
+    default=1,
+    show_default=True,
+    help="With --prune, keep a multiple of K channels.",
+)
 @input_options
 @tolerance_options()
 def optimize_command(
@@ -154,6 +169,9 @@ def optimize_command(
     verify: bool,
     print_passes: bool,
     dry_run: bool,
+    prune_ratio: float | None,
+    criterion: str,
+    round_to: int,
     seed: int,
     shapes: tuple[str, ...],
     dims: tuple[str, ...],
@@ -198,12 +216,19 @@ def optimize_command(
         latency_runs=latency_runs,
         command=command_line(),
         on_pass_end=_print_pass_line,
+        prune=prune_ratio,
+        criterion=criterion,
+        round_to=round_to,
     )
+    if result.prune_verification is not None:
+        click.echo("prune (mask equivalence):")
+        click.echo(result.prune_verification.render())
     click.echo(result.summary_table)
     if result.verification is not None:
         click.echo(result.verification.render())
     click.echo(result.verdict_line)
-    if result.verification is not None and not result.verification.passed:
+    failed = [v for v in (result.verification, result.prune_verification) if v and not v.passed]
+    if failed:
         raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
 
 
