@@ -1,0 +1,478 @@
+"""Weight-only block quantization of MatMul/Gemm weights, and format conversions.
+
+:class:`QuantizeWeightsPass` (``quantize-weights``) handles:
+
+* ``MatMul(A, W)`` with ``W`` a 2-D float32/float16/bfloat16 initializer;
+* ``Gemm(A, B, C)`` with constant ``B``, ``alpha = 1``, ``transA = 0`` (``transB``
+  either way): rewritten as the quantized MatMul form plus ``Add(beta * C)``.
+
+Targets: ``ort`` -> ``com.microsoft.MatMulNBits``; ``onnx`` -> block
+``DequantizeLinear`` (INT4/INT8 symmetric, UINT4/UINT8 with zero points) feeding
+``MatMul``; ``tensorrt`` -> the same with symmetric INT4 only. Layouts:
+``docs/formats.md``.
+
+Skipped, each with its reason in :attr:`QuantizeWeightsPass.decisions`: a weight
+that is not a constant initializer (computed, a graph input, a Constant node
+output, produced by DequantizeLinear = already quantized); a weight used by
+more than one node or also a graph output (shared weights are skipped, not
+quantized once and shared: GPTQ would need one Hessian for several inputs);
+integer or float64 weights; weights that are not 2-D; K not a multiple of the
+block for the QDQ targets (MatMulNBits pads the last block); nodes that are
+already ``MatMulNBits``. Only the main graph is rewritten.
+
+:class:`MatMulNBitsToQDQPass` and :class:`QDQToMatMulNBitsPass` convert between
+the two stored forms without changing any dequantized value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from spa.errors import UserError
+from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.quant.blockwise import QuantizedWeight
+from spa.quant.gptq import gptq_quantize
+from spa.quant.ir_format import (
+    MS_DOMAIN,
+    QuantDecision,
+    add_initializer,
+    default_opset,
+    dequantize_node,
+    matmulnbits_node,
+    op_key,
+    read_dequantize,
+    read_matmulnbits,
+    remove_initializer_if_unused,
+    replace_node,
+)
+
+__all__ = [
+    "MatMulNBitsToQDQPass",
+    "QDQToMatMulNBitsPass",
+    "QuantDecision",
+    "QuantizeWeightsPass",
+    "check_quantize_options",
+]
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("ort", "tensorrt", "onnx")
+METHODS = ("rtn", "gptq")
+QDQ_OPSET = 21
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+@dataclasses.dataclass
+class _Candidate:
+    """A node whose weight can be quantized: ``W[K, N]`` after any transpose."""
+
+    node: ir.Node
+    activation: ir.Value
+    weight: ir.Value
+    array: np.ndarray
+    bias: ir.Value | None = None
+    beta: float = 1.0
+
+
+def check_quantize_options(
+    bits: int, block: int, symmetric: bool, method: str, target: str
+) -> None:
+    """One-line :class:`UserError` for option combinations no target can hold."""
+    if bits not in (4, 8):
+        raise UserError(f"bits={bits}: choose --weights int4 or int8")
+    if block < 16 or block & (block - 1):
+        raise UserError(f"block {block}: use a power of two >= 16 (32, 64 or 128)")
+    if method not in METHODS:
+        raise UserError(f"method '{method}': choose one of {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise UserError(f"target '{target}': choose one of {', '.join(TARGETS)}")
+    if target == "tensorrt" and (bits != 4 or not symmetric):
+        raise UserError(
+            "--target tensorrt holds symmetric INT4 block weights only; "
+            "use --weights int4 --symmetric, or --target onnx/ort"
+        )
+
+
+def _weight_reason(value: ir.Value | None) -> str:
+    """Why ``value`` is not a quantizable weight ('' when it is)."""
+    if value is None:
+        return "no weight input"
+    producer = value.producer()
+    if producer is not None:
+        if producer.op_type == "DequantizeLinear":
+            return f"already quantized (weight comes from DequantizeLinear '{producer.name}')"
+        if producer.op_type == "Constant":
+            return f"weight '{value.name}' is a Constant node output; lift constants to initializers first"
+        return f"weight '{value.name}' is not constant (computed by {producer.op_type} '{producer.name}')"
+    if value.is_graph_input():
+        return f"weight '{value.name}' is a graph input, not a constant"
+    if value.const_value is None:
+        return f"weight '{value.name}' has no constant value"
+    dtype = value.const_value.dtype
+    if dtype not in _FLOATS:
+        kind = "integer weight: already quantized" if dtype.is_integer() else "unsupported dtype"
+        return f"weight '{value.name}' is {dtype.name} ({kind})"
+    if len(value.const_value.shape) != 2:
+        return f"weight '{value.name}' has rank {len(value.const_value.shape)}; only 2-D weights are quantized"
+    users = {use.node.name or f"#{id(use.node)}" for use in value.uses()}
+    if len(users) > 1 or len(value.uses()) > 1:
+        return f"weight '{value.name}' is shared by {len(users)} nodes ({', '.join(sorted(users))}); shared weights are skipped"
+    if value.is_graph_output():
+        return f"weight '{value.name}' is also a graph output"
+    return ""
+
+
+def _match_matmul(node: ir.Node) -> tuple[_Candidate | None, str]:
+    activation, weight = node.inputs[0], node.inputs[1]
+    reason = _weight_reason(weight)
+    if reason or activation is None or weight is None or weight.const_value is None:
+        return None, reason or "MatMul without an activation input"
+    return _Candidate(node, activation, weight, weight.const_value.numpy()), ""
+
+
+def _match_gemm(node: ir.Node) -> tuple[_Candidate | None, str]:
+    attributes = node.attributes
+    alpha, beta = attributes.get_float("alpha", 1.0), attributes.get_float("beta", 1.0)
+    trans_a = int(attributes.get_int("transA") or 0)
+    if alpha != 1.0 or trans_a:
+        return (
+            None,
+            f"Gemm with alpha={alpha:g}, transA={trans_a} (only alpha=1, transA=0 is converted)",
+        )
+    activation, weight = node.inputs[0], node.inputs[1]
+    reason = _weight_reason(weight)
+    if reason or activation is None or weight is None or weight.const_value is None:
+        return None, reason or "Gemm without an activation input"
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and beta != 1.0 and bias.const_value is None:
+        return None, f"Gemm beta={beta:g} with a non-constant C"
+    array = weight.const_value.numpy()
+    if attributes.get_int("transB"):
+        array = array.T
+    return _Candidate(node, activation, weight, np.ascontiguousarray(array), bias, beta), ""
+
+
+def _already_quantized(node: ir.Node) -> tuple[_Candidate | None, str]:
+    return None, "already quantized (com.microsoft.MatMulNBits)"
+
+
+#: (domain, op_type) -> matcher returning a candidate or the reason it is skipped.
+MATCHERS: dict[tuple[str, str], Callable[[ir.Node], tuple[_Candidate | None, str]]] = {
+    ("", "MatMul"): _match_matmul,
+    ("", "Gemm"): _match_gemm,
+    (MS_DOMAIN, "MatMulNBits"): _already_quantized,
+}
+
+
+def _bias_nodes(graph: ir.Graph, candidate: _Candidate, product: ir.Value) -> list[ir.Node]:
+    if candidate.bias is None:
+        return []
+    bias = candidate.bias
+    if candidate.beta != 1.0 and bias.const_value is not None:
+        scaled = (bias.const_value.numpy() * candidate.beta).astype(bias.const_value.numpy().dtype)
+        bias = add_initializer(graph, f"{bias.name}_beta", ir.Tensor(scaled))
+    return [ir.node("Add", [product, bias], name=f"{candidate.node.name}_bias")]
+
+
+def _rewrite(graph: ir.Graph, candidate: _Candidate, weight: QuantizedWeight, target: str) -> int:
+    """Replace the candidate by its quantized form; returns the new initializers' bytes."""
+    base = candidate.weight.name or "weight"
+    node_name = candidate.node.name or base
+    if target == "ort":
+        core, size = matmulnbits_node(
+            graph, candidate.activation, weight, base, f"{node_name}_nbits"
+        )
+        nodes = [core]
+    else:
+        dequantize, size = dequantize_node(graph, weight, base, f"{node_name}_dq")
+        core = ir.node(
+            "MatMul", [candidate.activation, dequantize.outputs[0]], name=f"{node_name}_matmul"
+        )
+        nodes = [dequantize, core]
+    nodes += _bias_nodes(graph, candidate, core.outputs[0])
+    replace_node(graph, candidate.node, nodes)
+    remove_initializer_if_unused(graph, candidate.weight)
+    return size
+
+
+def _input_name(node: ir.Node, index: int) -> str:
+    value = node.inputs[index] if len(node.inputs) > index else None
+    return (value.name or "") if value is not None else ""
+
+
+def _weight_bytes(value: ir.Value) -> int:
+    return int(value.const_value.nbytes) if value.const_value is not None else 0
+
+
+@register_pass
+class QuantizeWeightsPass(SpaPass):
+    """Weight-only block quantization (RTN or GPTQ) of MatMul/Gemm weights.
+
+    Options: ``bits`` (4, 8), ``block`` (power of two >= 16), ``symmetric``,
+    ``method`` (``rtn``, ``gptq``), ``target`` (``ort``, ``tensorrt``, ``onnx``),
+    ``act_order``/``percdamp`` (GPTQ), and ``hessians``: activation value name ->
+    ``H[K, K]`` from :func:`spa.quant.calibration.collect_hessians`. GPTQ without
+    Hessians is data-free and equals RTN; :attr:`calibration` says which ran.
+    After the call :attr:`decisions` lists every candidate node and what happened.
+    """
+
+    name = "quantize-weights"
+    summary = (
+        "Weight-only int4/int8 block quantization of MatMul/Gemm (RTN/GPTQ) for ORT/TensorRT/ONNX"
+    )
+
+    def __init__(
+        self,
+        bits: int = 4,
+        block: int = 128,
+        symmetric: bool = True,
+        method: str = "rtn",
+        target: str = "ort",
+        *,
+        hessians: Mapping[str, np.ndarray] | None = None,
+        act_order: bool = False,
+        percdamp: float = 0.01,
+    ) -> None:
+        super().__init__()
+        check_quantize_options(bits, block, symmetric, method, target)
+        self.bits, self.block, self.symmetric = bits, block, symmetric
+        self.method, self.target, self.act_order, self.percdamp = (
+            method,
+            target,
+            act_order,
+            percdamp,
+        )
+        self.calibration = self._calibration_label(hessians)
+        self._hessians = dict(hessians or {})
+        self._decisions: list[QuantDecision] = []
+
+    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
+        if self.method != "gptq":
+            return "not needed (rtn)"
+        if not hessians:
+            return "none (data-free: GPTQ reduces to RTN)"
+        return f"hessians for {len(hessians)} activations"
+
+    @property
+    def decisions(self) -> list[QuantDecision]:
+        return list(self._decisions)
+
+    def _skip(self, node: ir.Node, reason: str, weight: str = "") -> None:
+        self._decisions.append(
+            QuantDecision(node.name or "", node.op_type, "skipped", reason, weight)
+        )
+        logger.debug("skip %s '%s': %s", node.op_type, node.name, reason)
+
+    def _target_reason(self, model: ir.Model, rows: int) -> str:
+        if self.target == "ort":
+            return ""
+        if default_opset(model) < QDQ_OPSET:
+            return (
+                f"model opset {default_opset(model)} < {QDQ_OPSET} (block DequantizeLinear); "
+                "convert the model to opset 21 or use --target ort"
+            )
+        if rows % self.block:
+            return f"K={rows} is not a multiple of block {self.block} (use --target ort, which pads, or a block dividing K)"
+        return ""
+
+    def _quantize(self, candidate: _Candidate) -> tuple[QuantizedWeight, str]:
+        hessian = (
+            self._hessians.get(candidate.activation.name or "") if self.method == "gptq" else None
+        )
+        note = ""
+        if self.method == "gptq" and self._hessians and hessian is None:
+            note = "no calibration Hessian for this input: RTN"
+        weight = gptq_quantize(
+            candidate.array, hessian, self.bits, self.block, self.symmetric,
+            percdamp=self.percdamp, act_order=self.act_order, scale_dtype=candidate.array.dtype,
+        )  # fmt: skip
+        return weight, note
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        self._decisions = []
+        graph, before, after = model.graph, 0, 0
+        for node in list(graph):
+            matcher = MATCHERS.get(op_key(node))
+            if matcher is None:
+                continue
+            candidate, reason = matcher(node)
+            if candidate is None:
+                self._skip(
+                    node,
+                    reason,
+                    _input_name(node, 1),
+                )
+                continue
+            rows, cols = candidate.array.shape
+            reason = self._target_reason(model, rows)
+            if reason:
+                self._skip(node, reason, candidate.weight.name or "")
+                continue
+            weight, note = self._quantize(candidate)
+            old_bytes = _weight_bytes(candidate.weight)
+            name, op_type, weight_name = node.name or "", node.op_type, candidate.weight.name or ""
+            new_bytes = _rewrite(graph, candidate, weight, self.target)
+            before, after = before + old_bytes, after + new_bytes
+            self._decisions.append(
+                QuantDecision(
+                    name, op_type, "quantized", note, weight_name, rows, cols, old_bytes, new_bytes
+                )
+            )
+        quantized = sum(1 for d in self._decisions if d.action == "quantized")
+        if quantized:
+            if self.target == "ort":
+                model.opset_imports.setdefault(MS_DOMAIN, 1)
+            else:
+                model.ir_version = max(model.ir_version or 0, 10)
+        statistics: dict[str, int | float] = {
+            "nodes_quantized": quantized,
+            "nodes_skipped": len(self._decisions) - quantized,
+            "bytes_before": before,
+            "bytes_after": after,
+        }
+        return SpaPassResult(model, modified=quantized > 0, statistics=statistics)
+
+
+def _remove_unused_inputs(graph: ir.Graph, values: list[ir.Value | None]) -> None:
+    for value in values:
+        if value is not None:
+            remove_initializer_if_unused(graph, value)
+
+
+@register_pass
+class MatMulNBitsToQDQPass(SpaPass):
+    """``com.microsoft.MatMulNBits`` -> block ``DequantizeLinear`` + ``MatMul`` (opset 21).
+
+    Handles 4/8-bit MatMulNBits with constant B/scales and optional uint8 zero
+    points, K a multiple of ``block_size``, no ``g_idx``/``bias``. Symmetric
+    (no zero points) becomes INT4/INT8 without zero point; with zero points,
+    UINT4/UINT8 with zero points. Dequantized weights are unchanged.
+    """
+
+    name = "matmulnbits-to-qdq"
+    summary = "Convert com.microsoft.MatMulNBits to block DequantizeLinear + MatMul"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decisions: list[QuantDecision] = []
+
+    @property
+    def decisions(self) -> list[QuantDecision]:
+        return list(self._decisions)
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        self._decisions = []
+        graph = model.graph
+        for node in list(graph):
+            if op_key(node) != (MS_DOMAIN, "MatMulNBits"):
+                continue
+            weight, reason = read_matmulnbits(node)
+            if weight is not None and weight.shape[0] % weight.block:
+                reason = f"K={weight.shape[0]} is not a multiple of block {weight.block}"
+            if not reason and default_opset(model) < QDQ_OPSET:
+                reason = f"model opset {default_opset(model)} < {QDQ_OPSET}"
+            if weight is None or reason or node.inputs[0] is None:
+                self._decisions.append(
+                    QuantDecision(node.name or "", node.op_type, "skipped", reason)
+                )
+                continue
+            old_inputs = list(node.inputs[1:])
+            base = old_inputs[0].name if old_inputs[0] is not None else "weight"
+            dequantize, _ = dequantize_node(graph, weight, base or "weight", f"{node.name}_dq")
+            matmul = ir.node("MatMul", [node.inputs[0], dequantize.outputs[0]], name=node.name)
+            replace_node(graph, node, [dequantize, matmul])
+            _remove_unused_inputs(graph, old_inputs)
+            self._decisions.append(
+                QuantDecision(node.name or "", node.op_type, "converted", "", base or "")
+            )
+        converted = sum(1 for d in self._decisions if d.action == "converted")
+        if converted:
+            model.ir_version = max(model.ir_version or 0, 10)
+        statistics: dict[str, int | float] = {
+            "nodes_converted": converted,
+            "nodes_skipped": len(self._decisions) - converted,
+        }
+        return SpaPassResult(model, modified=converted > 0, statistics=statistics)
+
+
+def _qdq_consumer(dequantize: ir.Node) -> tuple[ir.Node | None, str]:
+    output = dequantize.outputs[0]
+    uses = list(output.uses())
+    if output.is_graph_output() or len(uses) != 1:
+        return (
+            None,
+            f"DequantizeLinear output feeds {len(uses)} nodes or a graph output (needs exactly one MatMul)",
+        )
+    use = uses[0]
+    if op_key(use.node) != ("", "MatMul") or use.idx != 1:
+        return (
+            None,
+            f"DequantizeLinear output feeds {use.node.op_type} input {use.idx}, not a MatMul weight",
+        )
+    return use.node, ""
+
+
+@register_pass
+class QDQToMatMulNBitsPass(SpaPass):
+    """Block ``DequantizeLinear`` (axis 0) + ``MatMul`` -> ``com.microsoft.MatMulNBits``.
+
+    Handles INT4/UINT4/INT8/UINT8 constant 2-D ``x`` with constant scale (and
+    zero point), ``block_size`` a power of two >= 16, whose output is the weight
+    of exactly one MatMul. Dequantized weights are unchanged.
+    """
+
+    name = "qdq-to-matmulnbits"
+    summary = "Convert block DequantizeLinear + MatMul to com.microsoft.MatMulNBits"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decisions: list[QuantDecision] = []
+
+    @property
+    def decisions(self) -> list[QuantDecision]:
+        return list(self._decisions)
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        self._decisions = []
+        graph = model.graph
+        for node in list(graph):
+            if op_key(node) != ("", "DequantizeLinear"):
+                continue
+            weight, reason = read_dequantize(node)
+            matmul, consumer_reason = _qdq_consumer(node)
+            reason = reason or consumer_reason
+            if (
+                not reason
+                and weight is not None
+                and (weight.block < 16 or weight.block & (weight.block - 1))
+            ):
+                reason = f"block_size {weight.block} is not a power of two >= 16 (MatMulNBits)"
+            if weight is None or matmul is None or reason or matmul.inputs[0] is None:
+                self._decisions.append(
+                    QuantDecision(node.name or "", node.op_type, "skipped", reason)
+                )
+                continue
+            old_inputs = list(node.inputs)
+            base = (old_inputs[0].name if old_inputs[0] is not None else "") or "weight"
+            nbits, _ = matmulnbits_node(
+                graph, matmul.inputs[0], weight, base, matmul.name or f"{base}_nbits"
+            )
+            replace_node(graph, matmul, [nbits])
+            graph.remove(node, safe=True)
+            _remove_unused_inputs(graph, old_inputs)
+            self._decisions.append(
+                QuantDecision(matmul.name or "", "MatMul", "converted", "", base)
+            )
+        converted = sum(1 for d in self._decisions if d.action == "converted")
+        if converted:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        statistics: dict[str, int | float] = {
+            "nodes_converted": converted,
+            "nodes_skipped": len(self._decisions) - converted,
+        }
+        return SpaPassResult(model, modified=converted > 0, statistics=statistics)

@@ -1,0 +1,182 @@
+"""Calibration for GPTQ: ``X^T X`` of the input of every target MatMul.
+
+The intermediate values are exposed as extra graph outputs of a copy of the
+model, which ONNX Runtime runs once per calibration batch; each batch's
+activations are folded into a float64 ``X^T X`` and dropped, so memory stays
+at one ``K x K`` matrix per distinct input (Q/K/V projections reading the
+same value share one).
+
+Calibration sources (:func:`load_calibration`):
+
+* an ``.npz`` file: input name -> array with a leading sample axis
+  (``arr[i]`` is one feed for that input, with the model's own input shape);
+* a folder of ``.npy`` files named after the inputs (``<input>.npy``, any
+  character outside ``[A-Za-z0-9_.-]`` written as ``_``), same convention,
+  memory-mapped;
+* any Python iterable of feed dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from spa.errors import UserError
+
+__all__ = [
+    "CalibrationSource",
+    "HessianStatistics",
+    "collect_hessians",
+    "file_name_for_input",
+    "load_calibration",
+]
+
+logger = logging.getLogger(__name__)
+
+Feeds = Mapping[str, np.ndarray]
+CalibrationSource = str | os.PathLike[str] | Iterable[Feeds]
+
+_PROTO_LIMIT = 1_800_000_000
+
+
+@dataclasses.dataclass
+class HessianStatistics:
+    """``X^T X`` of one value over ``rows`` activation rows; ``hessian`` is ``2 X^T X / rows``."""
+
+    xtx: np.ndarray
+    rows: int = 0
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return 2.0 * self.xtx / max(self.rows, 1)
+
+
+def file_name_for_input(name: str) -> str:
+    """The ``.npy`` file name that holds input ``name`` in a calibration folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy"
+
+
+def _samples(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    counts = {name: len(array) for name, array in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise UserError(
+            f"calibration arrays have different sample counts {counts}; "
+            "give every input the same leading sample axis"
+        )
+    for index in range(next(iter(counts.values()), 0)):
+        yield {name: np.asarray(array[index]) for name, array in arrays.items()}
+
+
+def load_calibration(source: CalibrationSource, input_names: list[str]) -> Iterable[Feeds]:
+    """Feed dicts from an ``.npz``, a folder of ``.npy`` files, or an iterable."""
+    if not isinstance(source, str | os.PathLike):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        arrays: dict[str, np.ndarray] = {}
+        for name in input_names:
+            file = path / file_name_for_input(name)
+            if not file.is_file():
+                raise UserError(
+                    f"--calib {path}: no '{file.name}' for input '{name}'; "
+                    "save one .npy per model input (leading sample axis)"
+                )
+            arrays[name] = np.load(file, mmap_mode="r")
+        return _samples(arrays)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path) as archive:
+            missing = sorted(set(input_names) - set(archive.files))
+            if missing:
+                raise UserError(
+                    f"--calib {path}: no array for input(s) {missing} "
+                    f"(it has {sorted(archive.files)}); name arrays after the model inputs"
+                )
+            loaded = {name: archive[name] for name in input_names}
+        return _samples(loaded)
+    raise UserError(
+        f"--calib {path}: not an .npz file or a folder of .npy files; "
+        "save calibration inputs with numpy.savez"
+    )
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``names`` (type float, any shape)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    existing = {output.name for output in exposed.graph.output}
+    element_types = {
+        info.name: info.type.tensor_type.elem_type
+        for info in [*exposed.graph.value_info, *exposed.graph.input]
+    }
+    for name in names:
+        if name not in existing:
+            element = element_types.get(name) or onnx.TensorProto.FLOAT
+            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, element, None))
+    return exposed
+
+
+def _create_session(model: onnx.ModelProto, folder: Path) -> Any:
+    from spa.verify.runner import create_session
+
+    if model.ByteSize() < _PROTO_LIMIT:
+        return create_session(model.SerializeToString())
+    path = folder / "calibration.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="calibration.data")
+    return create_session(path)
+
+
+def collect_hessians(
+    model: onnx.ModelProto,
+    value_names: Iterable[str],
+    feeds: Iterable[Feeds],
+    *,
+    max_samples: int | None = None,
+) -> dict[str, HessianStatistics]:
+    """Accumulate ``X^T X`` (float64) of each value in ``value_names`` over ``feeds``.
+
+    ``model`` must hold its weights (load external data first). A value's
+    activation ``[..., K]`` contributes its rows ``reshape(-1, K)``.
+    """
+    names = sorted(set(value_names))
+    statistics: dict[str, HessianStatistics] = {}
+    if not names:
+        return statistics
+    exposed = _with_outputs(model, names)
+    with tempfile.TemporaryDirectory(prefix="spa-calib-") as folder:
+        session = _create_session(exposed, Path(folder))
+        wanted = {value.name for value in session.get_inputs()}
+        seen = 0
+        for feed in feeds:
+            if max_samples is not None and seen >= max_samples:
+                break
+            missing = sorted(wanted - set(feed))
+            if missing:
+                raise UserError(
+                    f"calibration sample {seen} lacks input(s) {missing}; give every model input"
+                )
+            values = session.run(names, {key: np.asarray(feed[key]) for key in wanted})
+            for name, value in zip(names, values, strict=True):
+                _accumulate(statistics, name, np.asarray(value))
+            seen += 1
+    logger.info("calibration: %d samples, %d activations", seen, len(statistics))
+    if seen == 0:
+        raise UserError("calibration data holds no samples; give at least one")
+    return statistics
+
+
+def _accumulate(statistics: dict[str, HessianStatistics], name: str, value: np.ndarray) -> None:
+    rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
+    entry = statistics.get(name)
+    if entry is None:
+        entry = statistics[name] = HessianStatistics(np.zeros((rows.shape[1],) * 2))
+    entry.xtx += rows.T @ rows
+    entry.rows += rows.shape[0]

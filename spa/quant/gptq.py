@@ -1,0 +1,143 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight column by column along K,
+spreading each column's rounding error over the columns not yet quantized so
+that ``||X W - X Q||`` stays small on calibration inputs ``X``.
+
+For ``MatMul(X, W)`` with ``W[K, N]`` the loss of output column ``n`` is
+``(w_n - q_n)^T H (w_n - q_n)`` with ``H = 2 X^T X`` over the K inputs; all N
+columns share ``H``. The steps:
+
+1. ``H`` is damped: ``H += percdamp * mean(diag H) * I`` (an input that is always
+   zero gets ``H[k, k] = 1``); with ``act_order`` the K inputs are visited by
+   decreasing ``diag H``.
+2. ``U`` is the upper Cholesky factor of ``H^-1``. Input ``k`` is rounded, its
+   error ``e = (w_k - q_k) / U[k, k]`` updates the inputs still to come by
+   ``- e U[k, k+1:]``. Updates are applied lazily: within a batch of
+   ``lazy_batch`` inputs immediately, to the rest once per batch.
+3. Block scales (one per ``block`` consecutive inputs of the *original* order,
+   so the result packs into the same formats as RTN) are fixed the first time
+   an input of that block is visited, from the block's current, already
+   error-corrected weights.
+
+Without a Hessian GPTQ is RTN (``H = I`` propagates no error).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from spa.quant.blockwise import (
+    QuantizedWeight,
+    block_parameters,
+    n_blocks,
+    quantize_rtn,
+    quantize_with_parameters,
+)
+
+__all__ = ["gptq_quantize", "hessian_error", "upper_cholesky_of_inverse"]
+
+logger = logging.getLogger(__name__)
+
+
+def upper_cholesky_of_inverse(hessian: np.ndarray, percdamp: float = 0.01) -> np.ndarray:
+    """Upper ``U`` with ``U^T U = (H + damp I)^-1``; damping grows until ``H`` is positive definite."""
+    matrix = np.array(hessian, dtype=np.float64)
+    diagonal = np.diag(matrix).copy()
+    dead = diagonal <= 0
+    matrix[dead, dead] = 1.0
+    diagonal[dead] = 1.0
+    damp = max(percdamp, 1e-8) * float(np.mean(diagonal))
+    for _ in range(8):
+        try:
+            lower = np.linalg.cholesky(matrix + damp * np.eye(len(matrix)))
+            identity = np.eye(len(matrix))
+            inverse_lower = np.linalg.solve(lower, identity)
+            inverse = inverse_lower.T @ inverse_lower
+            return np.asarray(np.linalg.cholesky(inverse).T)
+        except np.linalg.LinAlgError:
+            logger.debug("Hessian not positive definite with damp %.3g; increasing", damp)
+            damp *= 10.0
+    raise ValueError("Hessian is not positive definite even with heavy damping")
+
+
+class _GroupParameters:
+    """Scales/zero points of each K block, fixed on first use."""
+
+    def __init__(
+        self, rows: int, cols: int, bits: int, block: int, symmetric: bool, dtype: np.dtype
+    ) -> None:
+        self.bits, self.block, self.symmetric, self.dtype = bits, block, symmetric, dtype
+        blocks = n_blocks(rows, block)
+        self.scales = np.zeros((blocks, cols), dtype=dtype)
+        self.zero_points = None if symmetric else np.zeros((blocks, cols), dtype=np.uint8)
+        self.ready = np.zeros(blocks, dtype=bool)
+
+    def get(
+        self, group: int, current: np.ndarray, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.ready[group]:
+            values = current[:, positions].T  # [rows in block, N]
+            scales, zeros = block_parameters(values, self.bits, self.symmetric, self.dtype)
+            self.scales[group] = scales
+            if self.zero_points is not None and zeros is not None:
+                self.zero_points[group] = zeros
+            self.ready[group] = True
+        zero = None if self.zero_points is None else self.zero_points[group]
+        return self.scales[group], zero
+
+
+def gptq_quantize(
+    weight: np.ndarray,
+    hessian: np.ndarray | None,
+    bits: int,
+    block: int,
+    symmetric: bool = True,
+    *,
+    percdamp: float = 0.01,
+    act_order: bool = False,
+    lazy_batch: int = 128,
+    scale_dtype: np.dtype | type | None = None,
+) -> QuantizedWeight:
+    """GPTQ of ``weight[K, N]`` with Hessian ``hessian[K, K]`` (None: RTN)."""
+    weight = np.asarray(weight)
+    dtype = np.dtype(scale_dtype or weight.dtype)
+    if hessian is None:
+        return quantize_rtn(weight, bits, block, symmetric, dtype)
+    rows, cols = weight.shape
+    if hessian.shape != (rows, rows):
+        raise ValueError(f"Hessian shape {hessian.shape} does not match K={rows}")
+    diagonal = np.diag(hessian)
+    order = np.argsort(-diagonal, kind="stable") if act_order else np.arange(rows)
+    position_of = np.empty(rows, dtype=np.int64)
+    position_of[order] = np.arange(rows)
+    upper = upper_cholesky_of_inverse(hessian[np.ix_(order, order)], percdamp)
+    current = np.array(weight, dtype=np.float64).T[:, order]  # [N, K] in visiting order
+    stored = np.zeros((cols, rows), dtype=np.int16)
+    groups = _GroupParameters(rows, cols, bits, block, symmetric, dtype)
+    for start in range(0, rows, lazy_batch):
+        stop = min(start + lazy_batch, rows)
+        errors = np.zeros((cols, stop - start))
+        for column in range(start, stop):
+            group = int(order[column]) // block
+            positions = position_of[group * block : min((group + 1) * block, rows)]
+            scales, zeros = groups.get(group, current, positions)
+            values = current[:, column]
+            q = quantize_with_parameters(values, scales, zeros, bits)
+            offset = 0.0 if zeros is None else zeros.astype(np.float64)
+            approx = (q.astype(np.float64) - offset) * scales.astype(np.float64)
+            error = (values - approx) / upper[column, column]
+            current[:, column:stop] -= np.outer(error, upper[column, column:stop])
+            errors[:, column - start] = error
+            stored[:, column] = q
+        current[:, stop:] -= errors @ upper[start:stop, stop:]
+    q_values = stored[:, position_of].T.astype(np.int8 if symmetric else np.uint8)
+    return QuantizedWeight(
+        np.ascontiguousarray(q_values), groups.scales, groups.zero_points, bits, block
+    )
+
+
+def hessian_error(hessian: np.ndarray, weight: np.ndarray, approximation: np.ndarray) -> float:
+    """``trace((W - Q)^T H (W - Q))``: the squared output error on the calibration data."""
+    delta = np.asarray(weight, np.float64) - np.asarray(approximation, np.float64)
+    return float(np.einsum("kn,kl,ln->", delta, np.asarray(hessian, np.float64), delta))

@@ -1,0 +1,76 @@
+"""Multiply-accumulates of MatMul/Gemm/Conv nodes, from (inferred) shapes.
+
+Symbolic dimensions count as 1, so the numbers are per sample at the smallest
+shape; they are used only as shares (how much of the compute is covered).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import onnx
+
+__all__ = ["mac_coverage", "node_macs", "value_shapes"]
+
+logger = logging.getLogger(__name__)
+
+Shape = tuple[int, ...]
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Value name -> shape (symbolic dims as 1) after ONNX shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as error:  # inference may reject custom domains; shapes stay partial
+        logger.debug("shape inference failed: %s", error)
+        inferred = model
+    graph = inferred.graph
+    shapes: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[info.name] = tuple(
+                int(d.dim_value) if d.HasField("dim_value") else 1 for d in tensor.shape.dim
+            )
+    return shapes
+
+
+def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
+    """MACs of one MatMul/Gemm/Conv/MatMulNBits node (0 when shapes are unknown)."""
+    inputs = [shapes.get(name) for name in node.input]
+    output = shapes.get(node.output[0]) if node.output else None
+    if node.op_type == "Conv" and output and len(inputs) > 1 and inputs[1]:
+        return math.prod(output) * math.prod(inputs[1][1:])
+    if node.op_type == "MatMulNBits":
+        k = next((a.i for a in node.attribute if a.name == "K"), 0)
+        n = next((a.i for a in node.attribute if a.name == "N"), 0)
+        return (math.prod(output) * k) if output else k * n
+    if node.op_type not in ("MatMul", "Gemm") or len(inputs) < 2:
+        return 0
+    activation, weight = inputs[0], inputs[1]
+    if node.op_type == "Gemm":
+        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+        k = (activation[0] if trans_a else activation[-1]) if activation else 0
+    else:
+        k = activation[-1] if activation else (weight[-2] if weight and len(weight) > 1 else 0)
+    if output:
+        return math.prod(output) * k
+    if weight and len(weight) == 2:
+        return weight[0] * weight[1]
+    return 0
+
+
+def mac_coverage(model: onnx.ModelProto, decisions: Iterable[Any]) -> float:
+    """Share of MatMul/Gemm/Conv MACs whose weight was quantized (by ``decisions``)."""
+    quantized = {d.weight for d in decisions if getattr(d, "action", "") == "quantized"}
+    shapes = value_shapes(model)
+    total = covered = 0
+    for node in model.graph.node:
+        macs = node_macs(node, shapes)
+        total += macs
+        if len(node.input) > 1 and node.input[1] in quantized:
+            covered += macs
+    return covered / total if total else 0.0
