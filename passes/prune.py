@@ -146,6 +146,23 @@ def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
     return rewritten
 
 
+def _resize_graph_io(model: ir.Model, resized: Resized) -> list[str]:
+    """New dims for graph inputs/outputs the plan shrinks (KV caches)."""
+    changed = []
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.shape is None:
+            continue
+        dims = list(value.shape)
+        for axis in range(len(dims)):
+            change = resized.get((value.name or "", axis))
+            if change is not None:
+                dims[axis] = change[1]
+        if dims != list(value.shape):
+            value.shape = ir.Shape(dims)
+            changed.append(value.name or "")
+    return changed
+
+
 def _clear_inferred_shapes(model: ir.Model) -> None:
     keep = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
     for node in model.graph:
@@ -171,6 +188,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
     shape_targets = _fix_shape_targets(model, resized)
     splits = _fix_split_sizes(model, resized)
     heads = _fix_heads_attributes(model, resized)
+    io_changed = _resize_graph_io(model, resized)
     _clear_inferred_shapes(model)
     prepare(model)
     params_after = sum(
@@ -184,6 +202,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
         "shape_targets_rewritten": shape_targets,
         "splits_rewritten": splits,
         "heads_attributes_rewritten": heads,
+        "graph_io_resized": len(io_changed),
     }
 
 

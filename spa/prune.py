@@ -16,8 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from spa.analysis import Analysis, analyze, prepare
-from spa.analysis.plan import Plan, make_plan
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.analysis.plan import Plan, make_plan, member_indices
 from spa.model_io import load_model, save_model
 from spa.verify import AllClose, Policy, VerifyResult, verify_models
 
@@ -37,9 +40,11 @@ class PruneResult:
     verdict_line: str
 
 
-def analyze_file(path: str | os.PathLike[str]) -> Analysis:
+def analyze_file(
+    path: str | os.PathLike[str], prunable_io: str | None = DEFAULT_PRUNABLE_IO
+) -> Analysis:
     """Groups of the model at ``path`` (weights stay memory-mapped)."""
-    return analyze(prepare(load_model(path)))
+    return analyze(prepare(load_model(path)), prunable_io)
 
 
 def _human(count: float) -> str:
@@ -56,9 +61,26 @@ def _verify_masked(
 
     masked = prepare(load_model(model))
     mask_model(masked, analysis, plan)
+    io_names = {v.name for v in (*masked.graph.inputs, *masked.graph.outputs)}
+    io_slices = {
+        space: kept
+        for space, kept in member_indices(analysis, plan).items()
+        if space[0] in io_names
+    }
+
+    def adapt(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Slice KV-cache inputs/outputs to the heads the pruned model keeps."""
+        adapted = dict(arrays)
+        for (value_name, axis), kept in io_slices.items():
+            if value_name in adapted:
+                adapted[value_name] = np.take(adapted[value_name], kept, axis=axis)
+        return adapted
+
     with tempfile.TemporaryDirectory(prefix="spa-mask-") as folder:
         reference = save_model(masked, Path(folder) / "masked.onnx")
-        return verify_models(reference, output, policy=policy, **feeds)
+        return verify_models(
+            reference, output, policy=policy, adapt=adapt if io_slices else None, **feeds
+        )
 
 
 def prune_model(
@@ -79,6 +101,7 @@ def prune_model(
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     command: str | None = None,
+    prunable_io: str | None = DEFAULT_PRUNABLE_IO,
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
     written unchanged (the report says why)."""
@@ -88,7 +111,7 @@ def prune_model(
     start = time.perf_counter()
     model, output = Path(model), Path(output)
     ir_model = prepare(load_model(model))
-    analysis = analyze(ir_model)
+    analysis = analyze(ir_model, prunable_io)
     if plan_path is not None:
         plan = Plan.load(plan_path, analysis)
     else:

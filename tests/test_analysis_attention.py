@@ -161,3 +161,53 @@ def test_contrib_attention_prunes_heads_and_rewrites_num_heads() -> None:
     _, _, error = mask_equivalence(proto, ratio=0.5, seed=0, dims={"N": 2})
     assert error <= 1e-5
     del ir
+
+
+KV_CACHE = f"""{HEADER}
+g (float[N, 3, 8] x, float[N, 2, P, 2] past_key) => (float[N, 3, 8] y, float[N, 2, T, 2] present_key) {{
+    k = MatMul (x, wk)
+    q = MatMul (x, wq)
+    k4 = Reshape (k, heads)
+    q4 = Reshape (q, heads)
+    kh = Transpose <perm = [0, 2, 1, 3]> (k4)
+    qh = Transpose <perm = [0, 2, 1, 3]> (q4)
+    present_key = Concat <axis = 2> (past_key, kh)
+    kt = Transpose <perm = [0, 1, 3, 2]> (present_key)
+    s = MatMul (qh, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, present_key)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}}"""
+
+
+def test_kv_cache_heads_prune_with_consistent_past_and_present(tmp_path) -> None:
+    from spa.model_io import load_proto
+    from spa.prune import prune_model
+
+    constants = {"heads": np.array([0, 3, 2, 2]), "merged": np.array([0, 3, 4])}
+    proto = model_from_text(
+        KV_CACHE, {"wk": (8, 4), "wq": (8, 4), "wo": (4, 8)}, constants=constants
+    )
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "past_key", 1)
+    assert group is group_with(analysis, "wk", 1) and group.prunable
+    source = tmp_path / "kv.onnx"
+    onnx.save(proto, str(source))
+    result = prune_model(
+        source,
+        tmp_path / "small.onnx",
+        ratio=0.5,
+        criterion="l2",
+        verify=True,
+        dims={"N": 2, "P": 4},
+    )
+    assert result.verification is not None and result.verification.passed
+    graph = load_proto(result.output).graph
+    dims = {
+        v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    assert dims["past_key"][1] == 1 and dims["present_key"][1] == 1
+    assert result.statistics["graph_io_resized"] == 2

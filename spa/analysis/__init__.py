@@ -7,20 +7,32 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
-from spa.analysis.groups import Analysis, Group, Member, analyze, model_fingerprint
+    from spa.analysis.groups import Analysis, Group, Member, analyze, model_fingerprint
 
 __all__ = ["Analysis", "Group", "Member", "analyze", "model_fingerprint", "prepare"]
 
 logger = logging.getLogger(__name__)
 
 
+def __getattr__(attribute: str) -> Any:
+    """Import the analyzer on first use, so ``spa --help`` stays fast."""
+    if attribute in {"Analysis", "Group", "Member", "analyze", "model_fingerprint"}:
+        from spa.analysis import groups
+
+        return getattr(groups, attribute)
+    raise AttributeError(attribute)
+
+
 def prepare(model: ir.Model) -> ir.Model:
     """Make a model analysable, in place: Constant nodes become initializers
     (so their channels can be sliced) and shapes are inferred."""
+    import onnx_ir.passes.common as common_passes
+
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     result = common_passes.ShapeInferencePass(strict_mode=True)(model)
     if not result.modified:
@@ -32,6 +44,7 @@ def prepare(model: ir.Model) -> ir.Model:
 
 def _infer_contrib_shapes(model: ir.Model) -> None:
     """ONNX's inference does not know ORT contrib ops; ORT's symbolic one does."""
+    import onnx_ir as ir
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -22,6 +23,7 @@ import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.analysis.index_maps import Identity, IndexMap, Lookup, Offset, Permutation
 from spa.analysis.rules import (
     Barrier,
@@ -32,8 +34,9 @@ from spa.analysis.rules import (
     find_rule,
     name,
 )
+from spa.errors import UserError
 
-__all__ = ["Analysis", "Group", "Member", "analyze", "model_fingerprint"]
+__all__ = ["DEFAULT_PRUNABLE_IO", "Analysis", "Group", "Member", "analyze", "model_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +127,9 @@ def model_fingerprint(model: ir.Model) -> str:
 class _Collector:
     """Runs rules over the graph and gathers couplings and frozen spaces."""
 
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, prunable_io: re.Pattern[str] | None) -> None:
         self.model = model
+        self.prunable_io = prunable_io
         self.context = RuleContext()
         self.couplings: list[Coupling] = []
         self.frozen_spaces: dict[Space, str] = {}
@@ -136,10 +140,10 @@ class _Collector:
 
     def run(self) -> None:
         graph = self.model.graph
-        for value in graph.inputs:
-            self.freeze_value(name(value), f"graph input '{value.name}'")
-        for value in graph.outputs:
-            self.freeze_value(name(value), f"graph output '{value.name}'")
+        for kind, values in (("input", graph.inputs), ("output", graph.outputs)):
+            for value in values:
+                if self.prunable_io is None or not self.prunable_io.search(name(value)):
+                    self.freeze_value(name(value), f"graph {kind} '{value.name}'")
         for node in graph:
             self._visit(node)
 
@@ -301,9 +305,18 @@ def _build_group(
     return Group(group_id, root, sizes[root], members, reasons)
 
 
-def analyze(model: ir.Model) -> Analysis:
-    """Groups of ``model`` (shapes must be inferred: see ``spa.analysis.prepare``)."""
-    collector = _Collector(model)
+def analyze(model: ir.Model, prunable_io: str | None = DEFAULT_PRUNABLE_IO) -> Analysis:
+    """Groups of ``model`` (shapes must be inferred: see ``spa.analysis.prepare``).
+
+    Graph inputs and outputs are barriers, except those whose name matches the
+    regex ``prunable_io`` (KV-cache tensors by default; None freezes them all):
+    their channel axes may shrink, which changes the model's interface for them.
+    """
+    try:
+        pattern = re.compile(prunable_io, re.IGNORECASE) if prunable_io else None
+    except re.error as error:
+        raise UserError(f"--prunable-io is not a valid regex ({error})") from None
+    collector = _Collector(model, pattern)
     collector.run()
     directed = nx.DiGraph()
     for coupling in collector.couplings:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.cli.options import (
     input_options,
     parse_dims,
@@ -48,11 +49,17 @@ def render_groups(analysis: Any, limit: int | None = None) -> str:
     "--json", "json_path", type=click.Path(path_type=Path), help="Write every group here."
 )
 @click.option("--limit", type=int, default=40, show_default=True, help="Rows shown in the table.")
-def analyze_command(model: Path, json_path: Path | None, limit: int) -> None:
+@click.option(
+    "--prunable-io",
+    default=DEFAULT_PRUNABLE_IO,
+    show_default=True,
+    help="Regex of graph inputs/outputs that may shrink ('' freezes all).",
+)
+def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io: str) -> None:
     """Channel groups of MODEL: which can be pruned, and why the others cannot."""
     from spa.prune import analyze_file
 
-    analysis = analyze_file(model)
+    analysis = analyze_file(model, prunable_io or None)
     click.echo(render_groups(analysis, limit))
     if json_path is not None:
         data = {
@@ -84,6 +91,12 @@ def analyze_command(model: Path, json_path: Path | None, limit: int) -> None:
 )
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Apply a saved plan.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Save the plan used.")
+@click.option(
+    "--prunable-io",
+    default=DEFAULT_PRUNABLE_IO,
+    show_default=True,
+    help="Regex of graph inputs/outputs that may shrink ('' freezes all).",
+)
 @click.option("--verify", is_flag=True, help="Check mask equivalence in ORT (exit 3 if it fails).")
 @click.option(
     "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report."
@@ -99,6 +112,7 @@ def prune_command(
     exclude: tuple[str, ...],
     plan_path: Path | None,
     save_plan: Path | None,
+    prunable_io: str,
     verify: bool,
     report_path: Path | None,
     seed: int,
@@ -131,6 +145,7 @@ def prune_command(
         int_ranges=parse_int_ranges(int_ranges),
         report_path=report_path,
         command=command_line(),
+        prunable_io=prunable_io or None,
     )
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")

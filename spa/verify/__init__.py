@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from spa.model_io import load_proto
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
@@ -78,11 +80,15 @@ def verify_models(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     dims: Mapping[str, int] | None = None,
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> VerifyResult:
     """Run both models on ``samples`` seeded feeds; compare outputs by name.
 
     Inputs are generated from the reference model's input specs. Outputs are
-    matched by name; an output missing from the candidate fails.
+    matched by name; an output missing from the candidate fails. ``adapt``
+    maps reference arrays to what the candidate reads and writes (used where a
+    pruned model's KV-cache inputs and outputs have fewer heads): it is applied
+    to the feeds given to the candidate and to the reference's outputs.
     """
     from spa.errors import UserError
 
@@ -96,7 +102,9 @@ def verify_models(
             specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges
         )
         expected = run_model(reference_session, feeds)
-        actual = run_model(candidate_session, feeds)
+        actual = run_model(candidate_session, adapt(feeds) if adapt else feeds)
+        if adapt:
+            expected = adapt(expected)
         for name, value in expected.items():
             if name not in actual:
                 raise UserError(
