@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,8 @@ class ModelInfo:
     local_functions: list[str]
     custom_domains: list[str]
     ops_without_schema: list[UnknownOp]
+    #: ops the analyzer has no rule for: pruning treats them as barriers
+    ops_without_rule: list[OpCount] = dataclasses.field(default_factory=list)
 
     @property
     def weight_bytes(self) -> int:
@@ -295,6 +297,18 @@ def _external_files(proto: onnx.ModelProto) -> list[str]:
     return sorted(files)
 
 
+def _ops_without_rule(
+    counts: Mapping[tuple[str, str], int], opsets: Mapping[str, int]
+) -> list[OpCount]:
+    from spa.analysis.rules import find_rule
+
+    return [
+        OpCount(domain, op_type, count)
+        for (domain, op_type), count in sorted(counts.items())
+        if count and find_rule(domain, op_type, opsets.get(domain or "ai.onnx", 1)) is None
+    ]
+
+
 def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     """Facts about the model at ``path``, read without loading any weight bytes."""
     path = Path(path)
@@ -333,6 +347,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
         local_functions=[op_key(f.domain, f.name) for f in proto.functions],
         custom_domains=sorted((used_domains | set(opsets)) - STANDARD_DOMAINS),
         ops_without_schema=_unknown_ops(proto, counts),
+        ops_without_rule=_ops_without_rule(counts, opsets),
     )
     logger.info("inspected %s: %d nodes, %d params", path, info.node_count, info.params)
     return info
@@ -383,6 +398,11 @@ def render_model_info(info: ModelInfo, *, top_ops: int | None = None) -> str:
                 (op_key(o.domain, o.op_type), str(o.count), o.known_to)
                 for o in info.ops_without_schema
             ]
+        )
+    if info.ops_without_rule:
+        lines.append("ops without a spa pruning rule (barriers for `spa prune`)")
+        lines += _table(
+            [(op_key(o.domain, o.op_type), str(o.count)) for o in info.ops_without_rule]
         )
     histogram = info.op_histogram if top_ops is None else info.op_histogram[:top_ops]
     lines.append("ops")

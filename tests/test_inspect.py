@@ -175,3 +175,21 @@ def test_rendered_text_and_json(tmp_path: Path) -> None:
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
         inspect_model(tmp_path / "absent.onnx")
+
+
+def test_ops_without_a_pruning_rule_are_listed(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        """<ir_version: 9, opset_import: ["" : 17, "custom.domain" : 1]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+            a = Relu (x)
+            b = custom.domain.Mystery (a)
+            y = Sigmoid (b)
+        }"""
+    )
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, str(path))
+    info = inspect_model(path)
+    assert [(o.domain, o.op_type, o.count) for o in info.ops_without_rule] == [
+        ("custom.domain", "Mystery", 1)
+    ]
+    assert "ops without a spa pruning rule" in render_model_info(info)
