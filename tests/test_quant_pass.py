@@ -148,7 +148,7 @@ def test_tensorrt_rejects_asymmetric_and_int8() -> None:
 
 def _decisions(text: str, weights: dict[str, tuple[int, ...]], **options: object) -> dict[str, str]:
     model = ir.serde.deserialize_model(_model(text, weights))
-    quantizer = QuantizeWeightsPass(**options)  # type: ignore[arg-type]
+    quantizer = QuantizeWeightsPass(**options)  # type: ignore[arg-type,unused-ignore]
     quantizer(model)
     onnx.checker.check_model(ir.serde.serialize_model(model))
     return {d.node: (d.action + ": " + d.reason) for d in quantizer.decisions}
@@ -160,7 +160,7 @@ def test_k_not_multiple_of_block_skipped_for_qdq_but_padded_for_ort() -> None:
     g (float[B, 40] X) => (float[B, 8] Y) { Y = MatMul <name="mm">(X, W) }
     """
     text = text.replace('MatMul <name="mm">', "MatMul")
-    weights = {"W": (40, 8)}
+    weights: dict[str, tuple[int, ...]] = {"W": (40, 8)}
     skipped = _decisions(text, weights, bits=4, block=32, target="onnx")
     (reason,) = skipped.values()
     assert reason.startswith("skipped: K=40 is not a multiple of block 32")

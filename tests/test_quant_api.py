@@ -1,0 +1,211 @@
+"""quantize_model and `spa quantize` end to end on a small transformer-like block,
+plus the zoo transformer fixtures when the registry has them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from spa.cli.main import SpaGroup
+from spa.cli.quantize_cmd import quantize_command
+from spa.quant.api import quantize_model
+from spa.verify import create_session, run_model
+
+BLOCK = """
+<ir_version: 10, opset_import: ["" : 21]>
+block (float[B, 8, 64] X) => (float[B, 8, 64] Y) {
+    Q = MatMul(X, Wq)
+    K = MatMul(X, Wk)
+    V = MatMul(X, Wv)
+    Kt = Transpose <perm = [0, 2, 1]> (K)
+    S0 = MatMul(Q, Kt)
+    S = Mul(S0, inv_sqrt_d)
+    P = Softmax <axis = -1> (S)
+    O = MatMul(P, V)
+    Proj = MatMul(O, Wo)
+    R = Add(Proj, X)
+    N = LayerNormalization <axis = -1> (R, gamma, beta)
+    H = MatMul(N, W1)
+    Hb = Add(H, b1)
+    G = Relu(Hb)
+    M = MatMul(G, W2)
+    Y = Add(M, R)
+}
+"""
+
+
+def _block(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    model = onnx.parser.parse_model(BLOCK)
+    shapes = {
+        "Wq": (64, 64),
+        "Wk": (64, 64),
+        "Wv": (64, 64),
+        "Wo": (64, 64),
+        "W1": (64, 256),
+        "W2": (256, 64),
+    }
+    arrays = {
+        name: rng.standard_normal(shape) / np.sqrt(shape[0]) for name, shape in shapes.items()
+    }
+    arrays |= {"gamma": np.ones(64), "beta": np.zeros(64), "b1": rng.normal(0, 0.1, 256)}
+    arrays["inv_sqrt_d"] = np.array(1 / 8.0)
+    for name, array in arrays.items():
+        model.graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _correlated(seed: int, samples: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((64, 64)) * 0.5 + np.eye(64)
+    scales = rng.uniform(0.2, 3.0, 64)
+    data = (rng.standard_normal((samples, 8, 64)) @ mixing) * scales
+    return data.astype(np.float32)
+
+
+def test_w8_rtn_keeps_cosine_on_transformer_block(tmp_path: Path) -> None:
+    source = _block(tmp_path / "block.onnx")
+    for target in ("ort", "onnx"):
+        result = quantize_model(
+            source, tmp_path / f"w8-{target}.onnx", bits=8, block=32, target=target
+        )
+        assert result.passed and result.cosine is not None and result.cosine >= 0.9999
+        assert result.statistics["nodes_quantized"] == 6
+        skipped = [d for d in result.decisions if d["action"] == "skipped"]
+        assert len(skipped) == 2 and all("not constant" in d["reason"] for d in skipped)
+        assert 0.5 < result.mac_coverage < 1.0
+        assert result.bytes_after < 0.4 * result.bytes_before
+        onnx.checker.check_model(str(result.output), full_check=True)
+
+
+def _output_error(original: Path, quantized: Path, x: np.ndarray) -> float:
+    expected = run_model(create_session(original), {"X": x})["Y"]
+    actual = run_model(create_session(quantized), {"X": x})["Y"]
+    return float(np.linalg.norm(expected - actual))
+
+
+def test_w4_gptq_better_than_w4_rtn(tmp_path: Path) -> None:
+    source = _block(tmp_path / "block.onnx")
+    pool = _correlated(1, 160)
+    np.savez(tmp_path / "calib.npz", X=pool[:128, None])  # 128 samples of shape [1, 8, 64]
+    gptq = quantize_model(
+        source,
+        tmp_path / "gptq.onnx",
+        bits=4,
+        block=32,
+        method="gptq",
+        calib=tmp_path / "calib.npz",
+    )
+    rtn = quantize_model(source, tmp_path / "rtn.onnx", bits=4, block=32, method="rtn")
+    assert gptq.calibration == "hessians for 4 activations"
+    held_out = pool[128:]
+    assert _output_error(source, gptq.output, held_out) < 0.9 * _output_error(
+        source, rtn.output, held_out
+    )
+
+
+def test_gptq_without_data_is_reported_as_data_free(tmp_path: Path) -> None:
+    source = _block(tmp_path / "block.onnx")
+    result = quantize_model(source, tmp_path / "out.onnx", bits=4, block=64, method="gptq")
+    assert result.calibration == "none (data-free: GPTQ reduces to RTN)"
+    rtn = quantize_model(source, tmp_path / "rtn.onnx", bits=4, block=64, method="rtn")
+    assert result.cosine == rtn.cosine
+
+
+def _cli() -> SpaGroup:
+    return SpaGroup(name="spa", commands={"quantize": quantize_command})
+
+
+def test_cli_report_and_verdict(tmp_path: Path) -> None:
+    source = _block(tmp_path / "block.onnx")
+    report = tmp_path / "report.json"
+    args = ["quantize", str(source), "-o", str(tmp_path / "q.onnx"), "--weights", "int4",
+            "--block", "64", "--asymmetric", "--target", "onnx", "--report", str(report)]  # fmt: skip
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert sum(line.startswith("quantized ") for line in lines) == 6
+    assert sum(line.startswith("skipped ") for line in lines) == 2
+    assert lines[-1].startswith("PASSED | quantize int4 g64 rtn asym -> onnx | bytes ")
+    data = json.loads(report.read_text())
+    assert {
+        "decisions",
+        "statistics",
+        "mac_coverage",
+        "bytes_before",
+        "bytes_after",
+        "verification",
+    } <= set(data)
+    again = CliRunner().invoke(
+        _cli(), ["quantize", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "q2.onnx")]
+    )
+    assert again.exit_code == 0, again.output
+    assert "NOTHING TO DO" in again.output.splitlines()[-1]
+    assert "already quantized (weight comes from DequantizeLinear" in again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "tensorrt", "--asymmetric"], "error: --target tensorrt holds symmetric INT4"),
+        (["--calib", "x.npz"], "error: --calib is only used by --method gptq"),
+        (["--block", "48"], "error: block 48: use a power of two"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    source = _block(tmp_path / "block.onnx")
+    result = CliRunner().invoke(
+        _cli(), ["quantize", str(source), "-o", str(tmp_path / "q.onnx"), *args]
+    )
+    assert result.exit_code == 1
+    assert (
+        result.output.strip().startswith(message) and len(result.output.strip().splitlines()) == 1
+    )
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_cli_bad_model_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    result = CliRunner().invoke(_cli(), ["quantize", str(bad), "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 1 and result.output.startswith("error: ")
+
+
+TRANSFORMER_TAGS = {"bert", "gpt2", "llama-gqa"}
+
+
+def _transformer_entries() -> list[object]:
+    from spa import zoo
+
+    return [e for e in zoo.entries() if TRANSFORMER_TAGS & set(e.tags)]
+
+
+@pytest.mark.slow
+def test_w8_rtn_on_zoo_transformers(tmp_path: Path) -> None:
+    from spa import zoo
+
+    found = _transformer_entries()
+    if not found:
+        pytest.skip("models/zoo/registry.json has no entry tagged bert/gpt2/llama-gqa yet")
+    for item in found:
+        name = item.name  # type: ignore[attr-defined]
+        source = zoo.materialize(name, tmp_path / f"{name}.onnx")
+        inputs = item.inputs  # type: ignore[attr-defined]
+        ranges = {
+            s.name: (s.low, s.high) for s in inputs if s.low is not None and s.high is not None
+        }
+        shapes = {s.name: tuple(s.shape) for s in inputs}
+        result = quantize_model(
+            source, tmp_path / f"{name}-w8.onnx", bits=8, block=32, target="ort",
+            int_ranges=ranges, shapes=shapes,
+        )  # fmt: skip
+        assert result.statistics["nodes_quantized"] > 0, name
+        assert result.cosine is not None and result.cosine >= 0.9999, (name, result.cosine)
