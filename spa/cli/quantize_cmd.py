@@ -104,7 +104,7 @@ def verdict_line(result: Any) -> str:
     "--min-cosine",
     type=float,
     default=None,
-    help="Verification threshold [default: 0.9999 int8, 0.99 int4].",
+    help="Verification threshold [default: 0.9999 int8, 0.98 int4].",
 )
 @input_options
 def quantize_command(

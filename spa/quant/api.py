@@ -63,7 +63,7 @@ class QuantizeResult:
 
 def default_min_cosine(bits: int) -> float:
     """The verification threshold used unless the caller gives one."""
-    return 0.9999 if bits >= 8 else 0.99
+    return 0.9999 if bits >= 8 else 0.98
 
 
 def file_bytes(path: Path) -> int:
