@@ -105,8 +105,9 @@ class Analysis:
 
 
 def _reason_kind(reason: str) -> str:
-    """A reason without node names, for counting ("graph output", "no rule for X")."""
-    return reason.split(" '")[0]
+    """A reason without node or value names, for counting ("ai.onnx::NonZero has no rule")."""
+    text = re.sub(r"\s*\(?'[^']*'\)?", "", reason).strip()
+    return re.sub(r" of$", "", text)
 
 
 def model_fingerprint(model: ir.Model) -> str:

@@ -407,3 +407,29 @@ def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
         elif dim is not None:
             out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
     return out
+
+
+@register_rule("Slice")
+def _slice(node: ir.Node, context: RuleContext) -> Result:
+    """Axes a Slice does not cut are identities; a cut axis stays frozen."""
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [Barrier(f"Slice '{node.name}' has unknown shapes", values=(name(x), name(y)))]
+    rank = len(in_shape)
+    axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+    if axes_value is not None:
+        constant = context.constant(axes_value)
+        if constant is None:
+            return [Barrier(f"Slice '{node.name}' has computed axes", values=(name(x), name(y)))]
+        cut = {int(a) % rank for a in constant.tolist()}
+    else:
+        starts = context.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        count = len(starts) if starts is not None else rank
+        cut = set(range(count))
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    for axis, dim in enumerate(in_shape):
+        if axis not in cut and dim is not None and out_shape[axis] == dim:
+            out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
+    return out
