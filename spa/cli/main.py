@@ -242,9 +242,11 @@ def _print_pass_line(record: Any, total: int) -> None:
 
 def _register_subcommands() -> None:
     from spa.cli.prune_cmd import analyze_command, prune_command
+    from spa.cli.quantize_cmd import quantize_command
 
     cli.add_command(analyze_command)
     cli.add_command(prune_command)
+    cli.add_command(quantize_command)
 
 
 _register_subcommands()
