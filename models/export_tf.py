@@ -74,7 +74,7 @@ def _spec(name: str, make: Callable[[], Any], input_: Input, text: str, tags: li
         framework="tensorflow",
         provenance=f"{text}, random init (keras.utils.set_random_seed(0)), converted from a "
                    f"tf.function, {_versions()}, opset {opset}",
-        tags=["tf2onnx", "nhwc", *tags],
+        tags=["tf2onnx", *tags],
     )
 
 
@@ -83,13 +83,13 @@ def specs() -> list[Spec]:
     return [
         _spec("tf-mobilenet-v2", _app("MobileNetV2", input_shape=(64, 64, 3), alpha=0.35),
               image, "keras.applications.MobileNetV2(weights=None, alpha=0.35, 64x64x3)",
-              ["cnn", "depthwise", "inverted-residual"]),
+              ["cnn", "nhwc", "depthwise", "inverted-residual"]),
         _spec("tf-efficientnetv2-b0", _app("EfficientNetV2B0", input_shape=(64, 64, 3),
               include_preprocessing=False), image,
               "keras.applications.EfficientNetV2B0(weights=None, include_preprocessing=False, 64x64x3)",
-              ["cnn", "depthwise", "se"], opset=15),
+              ["cnn", "nhwc", "depthwise", "se"], opset=15),
         _spec("tf-densenet121", _app("DenseNet121", input_shape=(64, 64, 3)), image,
-              "keras.applications.DenseNet121(weights=None, 64x64x3)", ["cnn", "dense-concat"]),
+              "keras.applications.DenseNet121(weights=None, 64x64x3)", ["cnn", "nhwc", "dense-concat"]),
         _spec("tf-text-lstm", _text_lstm, Input("ids", (1, 16), "int32", 0, 1000),
               "Keras Embedding -> Conv1D -> LSTM(64) -> Dense written in models/export_tf.py",
               ["rnn", "lstm"]),
