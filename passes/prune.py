@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.plan import Plan, make_plan, member_indices
@@ -127,6 +128,13 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
             node.attributes["split"] = ir.AttrInt64s("split", sizes.tolist())
         elif len(node.inputs) > 1 and node.inputs[1] is not None:
             _constant_input(model, node, 1, sizes)
+        else:  # opset 18 num_outputs (equal parts): sizes are no longer equal
+            node.attributes.pop("num_outputs", None)
+            value = ir.Value(name=f"{node.name or id(node)}__split_sizes")
+            value.const_value = ir.Tensor(sizes, name=value.name)
+            model.graph.register_initializer(value)
+            node.resize_inputs(2)
+            node.replace_input_with(1, value)
         rewritten += 1
     return rewritten
 
@@ -190,7 +198,11 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
     heads = _fix_heads_attributes(model, resized)
     io_changed = _resize_graph_io(model, resized)
     _clear_inferred_shapes(model)
-    prepare(model)
+    common_passes.DeduplicateHashedInitializersPass()(model)  # merge unshared copies
+    common_passes.RemoveUnusedNodesPass()(model)
+    # Strict inference or none: a partial guess would be saved as value_info that
+    # ONNX Runtime then rejects; without value_info ORT infers shapes itself.
+    common_passes.ShapeInferencePass(strict_mode=True)(model)
     params_after = sum(
         v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
     )

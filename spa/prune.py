@@ -126,7 +126,11 @@ def prune_model(
         )
     if save_plan is not None:
         plan.save(save_plan)
-    statistics = apply_plan(ir_model, analysis, plan) if plan.kept else {"groups_pruned": 0}
+    if plan.kept:
+        statistics = apply_plan(ir_model, analysis, plan)
+    else:  # nothing to prune: write the input as it was, not its analysis-ready form
+        statistics = {"groups_pruned": 0}
+        ir_model = load_model(model)
     save_model(ir_model, output, input_path=model)
     feeds = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
     verification = None

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,15 @@ if TYPE_CHECKING:
 
     from spa.analysis.groups import Analysis, Group, Member, analyze, model_fingerprint
 
-__all__ = ["Analysis", "Group", "Member", "analyze", "model_fingerprint", "prepare"]
+__all__ = [
+    "Analysis",
+    "Group",
+    "Member",
+    "analyze",
+    "model_fingerprint",
+    "prepare",
+    "unshare_initializers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +43,56 @@ def prepare(model: ir.Model) -> ir.Model:
     import onnx_ir.passes.common as common_passes
 
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    unshare_initializers(model)
     result = common_passes.ShapeInferencePass(strict_mode=True)(model)
     if not result.modified:
         common_passes.ShapeInferencePass(strict_mode=False)(model)
     if any(node.domain == "com.microsoft" for node in model.graph):
         _infer_contrib_shapes(model)
     return model
+
+
+def _same(tensor: Any) -> Any:
+    return tensor
+
+
+def unshare_initializers(model: ir.Model) -> int:
+    """Give every use of a shared scalar or 1-D initializer its own value.
+
+    Exporters share identical constants between unrelated layers (TorchScript
+    routes one zero bias through Identity nodes into many Convs); left shared,
+    they would tie those layers' channels together. Shared weights of rank >= 2
+    are tied on purpose (ALBERT's layers, tied embeddings) and stay shared. Copies cost no memory until
+    sliced; :func:`spa.passes.prune.apply_plan` merges identical ones again.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    outputs = {id(value) for value in graph.outputs}
+    created = 0
+    for value in list(graph.initializers.values()):
+        uses = list(value.uses())
+        tensor = value.const_value
+        if len(uses) < 2 or id(value) in outputs or tensor is None or len(tensor.shape) > 1:
+            continue  # weights of rank >= 2 shared on purpose (ALBERT, tied embeddings) stay tied
+        for node, index in uses[1:]:
+            created += 1
+            copy_name = f"{value.name}__use{created}"
+            while copy_name in graph.initializers:
+                created += 1
+                copy_name = f"{value.name}__use{created}"
+            # A lazy view: the copy reads the same bytes and renaming it leaves the
+            # original tensor (and the proto it may wrap) alone.
+            view = ir.LazyTensor(
+                functools.partial(_same, tensor),
+                tensor.dtype,
+                ir.Shape(tensor.shape.numpy()),
+                name=copy_name,
+            )
+            copy = ir.Value(name=copy_name, shape=value.shape, type=value.type, const_value=view)
+            graph.register_initializer(copy)
+            node.replace_input_with(index, copy)
+    return created
 
 
 def _infer_contrib_shapes(model: ir.Model) -> None:

@@ -127,6 +127,24 @@ def kept_count(size: int, ratio: float, round_to: int) -> int:
     return int(min(size, max(round_to, keep, 1)))
 
 
+def _keep_every_member_alive(group: Group, chosen: set[int], scores: np.ndarray) -> set[int]:
+    """Add, per member whose channels would all go, its best root channel.
+
+    A Concat input is a window of its group's root: a plan may otherwise keep
+    none of its channels, which leaves a zero-sized tensor.
+    """
+    chosen = set(chosen)
+    kept = np.asarray(sorted(chosen), dtype=np.int64)
+    for member in group.members:
+        rows = Lookup.of(member.index_map).rows
+        covering = np.flatnonzero((rows >= 0).any(axis=1))
+        if covering.size and not np.isin(covering, kept).any():
+            best = int(covering[np.argmax(scores[covering])])
+            chosen.add(best)
+            kept = np.asarray(sorted(chosen), dtype=np.int64)
+    return chosen
+
+
 def _excluded(group: Group, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(p.search(m.space[0]) for p in patterns for m in group.members)
 
@@ -163,7 +181,10 @@ def make_plan(
         if keep >= group.size:
             continue
         order = np.argsort(-scores, kind="stable")
-        kept[group.id] = sorted(int(i) for i in order[:keep])
+        chosen = _keep_every_member_alive(group, set(int(i) for i in order[:keep]), scores)
+        if len(chosen) >= group.size:
+            continue
+        kept[group.id] = sorted(chosen)
         sizes[group.id] = group.size
     policy = {
         "ratio": ratio,
@@ -181,6 +202,12 @@ def member_indices(analysis: Analysis, plan: Plan) -> dict[tuple[str, int], np.n
     indices: dict[tuple[str, int], np.ndarray] = {}
     for group_id, kept in plan.kept.items():
         root_kept = np.asarray(kept, dtype=np.int64)
+        everything = np.arange(by_id[group_id].size, dtype=np.int64)
         for member in by_id[group_id].members:
-            indices[member.space] = member.index_map.forward(root_kept)
+            index_map = member.index_map
+            # Indices no root channel reaches are not this group's to remove.
+            untouched = np.setdiff1d(
+                np.arange(index_map.target_size, dtype=np.int64), index_map.forward(everything)
+            )
+            indices[member.space] = np.union1d(index_map.forward(root_kept), untouched)
     return indices
