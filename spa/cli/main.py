@@ -224,6 +224,13 @@ def optimize_command(
         click.echo("prune (mask equivalence):")
         click.echo(result.prune_verification.render())
     click.echo(result.summary_table)
+    latency = result.report.get("latency")
+    if latency:
+        before_ms, after_ms = latency["before"]["median_ms"], latency["after"]["median_ms"]
+        click.echo(
+            f"latency (ORT CPU, median of {latency['after']['runs']}): {before_ms:.2f} ms → "
+            f"{after_ms:.2f} ms ({before_ms / after_ms:.2f}x)"
+        )
     if result.verification is not None:
         click.echo(result.verification.render())
     click.echo(result.verdict_line)

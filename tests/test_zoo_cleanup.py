@@ -1,0 +1,40 @@
+"""`spa optimize --recipe cleanup` over every zoo model.
+
+Each output must pass onnx.checker, run in ONNX Runtime, and match its input
+with relative error (max|Δ| / max|reference|) <= 1e-5 on seeded inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from spa import zoo
+from spa.optimize import optimize
+from spa.verify import AllClose
+
+ENTRIES = zoo.entries()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_cleanup_preserves_outputs(entry: zoo.ZooEntry, tmp_path: Path) -> None:
+    source = zoo.materialize(entry.name, tmp_path / "model.onnx")
+    shapes = {spec.name: spec.shape for spec in entry.inputs}
+    ranges = {s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None}
+    result = optimize(
+        source,
+        tmp_path / "clean.onnx",
+        recipe="cleanup",
+        policy=AllClose(rtol=1e-5),
+        shapes=shapes,
+        int_ranges=ranges,
+    )
+    assert result.verification is not None
+    assert result.verification.passed, result.verification.render()
+    onnx.checker.check_model(str(result.output))
+    nodes_before = result.records[0].nodes_before
+    nodes_after = result.records[-1].nodes_after
+    assert nodes_after <= nodes_before, "cleanup must never grow the graph"
