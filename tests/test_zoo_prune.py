@@ -1,10 +1,11 @@
 """Zoo-wide structured pruning: `prune --ratio 0.3 --criterion random --verify`.
 
-Every zoo model must pass mask equivalence (relative error <= 1e-4 in fp32).
-Every model not frozen by design must lose >= 15% of its parameters; the
-frozen ones are listed in EXPECTED_FROZEN with the reason the analyzer gives,
-and the test prints every model's frozen-group reasons. Pruned models with a
-dynamic batch axis must still run at another batch size.
+Every zoo model that loses channels must pass mask equivalence (relative error
+<= 1e-4 in fp32) and still run at another batch size where its batch axis is
+dynamic. Every model must lose >= 15% of its parameters unless it is listed in
+LIMITED with the analyzer reason that holds it back; the test checks that the
+reason is really among the model's frozen-group reasons and prints every
+model's figures and reasons (run with -s to see them).
 """
 
 from __future__ import annotations
@@ -15,17 +16,42 @@ import numpy as np
 import pytest
 
 from spa import zoo
+from spa.analysis.groups import reason_kind
 from spa.model_io import load_proto
 from spa.prune import prune_model
 from spa.verify import AllClose, create_session, input_specs, make_feeds
 
 ENTRIES = zoo.entries()
 
-#: model -> substring of the reason that keeps it from losing 15% of parameters.
-EXPECTED_FROZEN: dict[str, str] = {
-    # grouped 1x1 convolutions (group=4, not depthwise) feed channel shuffles;
-    # grouped convolutions are barriers until spa prunes within groups
+LAYER_NORM = "LayerNormalization normalises over axis"
+RMS_NORM = "ReduceMean does not map axis"  # decomposed RMSNorm / LayerNorm
+
+#: model -> the frozen reason that keeps it under 15% today. Normalisation over
+#: the hidden axis is a barrier by design (pruning it is inexact); the rest are
+#: open analyzer work: grouped convolutions feeding channel shuffles, LSTM/GRU
+#: rules, and attention heads behind the Shape/Unsqueeze chains of Hugging Face
+#: exports (heads are found in fused QKV, GQA, contrib Attention and timm ViTs).
+LIMITED: dict[str, str] = {
     "onnx-shufflenet": "has group=",
+    "lstm-classifier": "LSTM has no rule",
+    "gru-classifier": "GRU has no rule",
+    "timm-convnextv2-atto": LAYER_NORM,
+    "timm-gmlp-ti16": LAYER_NORM,
+    "timm-pvt-v2-b0": LAYER_NORM,
+    "timm-levit-128s": "Reshape does not map axis",
+    "hf-bert": LAYER_NORM,
+    "hf-distilbert": LAYER_NORM,
+    "hf-albert": LAYER_NORM,
+    "hf-opt": LAYER_NORM,
+    "hf-gpt2": LAYER_NORM,
+    "hf-gpt2-dynamo": LAYER_NORM,
+    "hf-gpt-neox": "LayerNormalization does not map axis",
+    "hf-t5-encoder": RMS_NORM,
+    "hf-llama-gqa": RMS_NORM,
+    "hf-llama-gqa-ts": RMS_NORM,
+    "hf-qwen2-gqa": RMS_NORM,
+    "hf-mistral-gqa": RMS_NORM,
+    "jax-encoder": RMS_NORM,
 }
 
 
@@ -34,7 +60,9 @@ def _shapes(entry: zoo.ZooEntry) -> dict[str, tuple[int, ...]]:
 
 
 def _ranges(entry: zoo.ZooEntry) -> dict[str, tuple[int, int]]:
-    return {s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None}
+    return {
+        s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None
+    }
 
 
 @pytest.mark.slow
@@ -42,21 +70,33 @@ def _ranges(entry: zoo.ZooEntry) -> dict[str, tuple[int, int]]:
 def test_prune_random_30_percent(entry: zoo.ZooEntry, tmp_path: Path) -> None:
     source = zoo.materialize(entry.name, tmp_path / "model.onnx")
     result = prune_model(
-        source, tmp_path / "pruned.onnx", ratio=0.3, criterion="random", seed=0, verify=True,
-        policy=AllClose(rtol=1e-4), shapes=_shapes(entry), int_ranges=_ranges(entry),
+        source,
+        tmp_path / "pruned.onnx",
+        ratio=0.3,
+        criterion="random",
+        seed=0,
+        verify=True,
+        policy=AllClose(rtol=1e-4),
+        shapes=_shapes(entry),
+        int_ranges=_ranges(entry),
     )
     report = result.report
-    print(f"\n{entry.name}: params {report['params_before']} -> {report['params_after']}, "
-          f"groups {report['groups_pruned']}/{report['groups_total']} pruned, "
-          f"frozen reasons {report['frozen_reasons']}")
-    assert result.verification is not None
-    assert result.verification.passed, result.verification.render()
+    print(
+        f"\n{entry.name}: params {report['params_before']} -> {report['params_after']}, "
+        f"groups {report['groups_pruned']}/{report['groups_total']} pruned, "
+        f"frozen reasons {report['frozen_reasons']}"
+    )
     removed = 1 - report["params_after"] / report["params_before"]
-    if entry.name in EXPECTED_FROZEN:
-        reasons = " ".join(r for g in result.analysis.groups for r in g.frozen_reasons)
-        assert EXPECTED_FROZEN[entry.name] in reasons
+    if entry.name in LIMITED:
+        kinds = " | ".join(reason_kind(r) for g in result.analysis.groups for r in g.frozen_reasons)
+        assert LIMITED[entry.name] in kinds
     else:
         assert removed >= 0.15, f"only {removed:.1%} removed; frozen: {report['frozen_reasons']}"
+    if not result.plan.kept:
+        assert entry.name in LIMITED and result.verification is None
+        return
+    assert result.verification is not None
+    assert result.verification.passed, result.verification.render()
     _runs_at_other_batch(result.output, entry)
 
 
@@ -65,7 +105,9 @@ def _runs_at_other_batch(path: Path, entry: zoo.ZooEntry) -> None:
     dynamic = [spec for spec in specs if spec.dims and not isinstance(spec.dims[0], int)]
     if not dynamic:
         return
-    shapes = {s.name: (3, *s.shape[1:]) for s in entry.inputs if s.name in {d.name for d in dynamic}}
+    shapes = {
+        s.name: (3, *s.shape[1:]) for s in entry.inputs if s.name in {d.name for d in dynamic}
+    }
     feeds = make_feeds(specs, seed=1, shapes=shapes, int_ranges=_ranges(entry))
     outputs = create_session(path).run(None, feeds)
     assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")

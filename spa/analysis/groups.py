@@ -36,7 +36,15 @@ from spa.analysis.rules import (
 )
 from spa.errors import UserError
 
-__all__ = ["DEFAULT_PRUNABLE_IO", "Analysis", "Group", "Member", "analyze", "model_fingerprint"]
+__all__ = [
+    "DEFAULT_PRUNABLE_IO",
+    "Analysis",
+    "Group",
+    "Member",
+    "analyze",
+    "model_fingerprint",
+    "reason_kind",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +108,11 @@ class Analysis:
         counts: dict[str, int] = defaultdict(int)
         for group in self.groups:
             if group.frozen and group.parameters:
-                counts[_reason_kind(group.frozen_reasons[0])] += 1
+                counts[reason_kind(group.frozen_reasons[0])] += 1
         return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """A reason without node or value names, for counting ("ai.onnx::NonZero has no rule")."""
     text = re.sub(r"\s*\(?'[^']*'\)?", "", reason).strip()
     return re.sub(r" of$", "", text)
