@@ -17,8 +17,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -216,7 +217,7 @@ def save_model(
     with _staging_folder(output) as staging:
         staged_model = staging / output.name
         if use_external:
-            ir.save(model, staged_model, external_data=data_path.name)
+            ir.save(model, staged_model, external_data=data_path.name, callback=_save_progress())
             os.replace(staging / data_path.name, data_path)
         else:
             # Re-embed weights so the output does not depend on the input's files.
@@ -224,6 +225,24 @@ def save_model(
         os.replace(staged_model, output)
     logger.info("saved %s (%s)", output, "external data" if use_external else "embedded")
     return output
+
+
+def _save_progress() -> Callable[[ir.TensorProtocol, Any], None] | None:
+    """A tqdm bar over the tensors written, when the CLI enabled progress bars."""
+    from spa import progress
+
+    if not progress.enabled():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(desc="save", unit="tensor", leave=False, disable=None)
+
+    def advance(tensor: ir.TensorProtocol, info: Any) -> None:
+        if bar.total is None:
+            bar.total = info.total
+        bar.update()
+
+    return advance
 
 
 def _embedded_copy(model: ir.Model) -> ir.Model:

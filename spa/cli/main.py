@@ -62,6 +62,9 @@ class SpaGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """spa: make ONNX models smaller and faster without retraining."""
+    from spa import progress
+
+    progress.enable()
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 
 from spa.errors import UserError
+from spa.progress import track
 
 __all__ = [
     "CalibrationSource",
@@ -155,7 +156,7 @@ def collect_hessians(
         session = _create_session(exposed, Path(folder))
         wanted = {value.name for value in session.get_inputs()}
         seen = 0
-        for feed in feeds:
+        for feed in track(feeds, description="calibrate"):
             if max_samples is not None and seen >= max_samples:
                 break
             missing = sorted(wanted - set(feed))

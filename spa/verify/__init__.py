@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from spa.model_io import load_proto
+from spa.progress import track
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
 from spa.verify.runner import create_session, run_model
 from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
@@ -97,7 +98,7 @@ def verify_models(
     reference_session = create_session(reference)
     candidate_session = create_session(candidate)
     worst: dict[str, OutputCheck] = {}
-    for sample in range(samples):
+    for sample in track(range(samples), total=samples, description="verify"):
         feeds = make_feeds(
             specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges
         )
