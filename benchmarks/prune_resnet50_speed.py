@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from spa.passes.prune import apply_plan
 
 from spa import zoo
 from spa.analysis import analyze, prepare
 from spa.analysis.plan import make_plan
 from spa.model_io import load_model, save_model
+from spa.passes.prune import apply_plan
 from spa.report import compute_stats
 from spa.verify import create_session
 

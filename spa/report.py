@@ -316,7 +316,9 @@ def measure_latency(
     """
     if runs < 1 or warmup < 0:
         raise UserError(f"latency needs runs >= 1 and warmup >= 0, got {runs} and {warmup}")
-    import onnxruntime as ort
+    from spa.ort import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     if threads is not None:

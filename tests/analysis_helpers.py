@@ -8,10 +8,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 from onnx import numpy_helper
-from spa.passes.prune import apply_plan, mask_model
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.plan import Plan, make_plan
+from spa.passes.prune import apply_plan, mask_model
 from spa.verify import input_specs, make_feeds
 
 

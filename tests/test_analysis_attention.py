@@ -127,9 +127,9 @@ g (float[N, 5, 8] x) => (float[N, 5, 8] y) {
 
 def test_contrib_attention_prunes_heads_and_rewrites_num_heads() -> None:
     import onnx_ir as ir
-    from spa.passes.prune import apply_plan
 
     from spa.analysis.plan import make_plan
+    from spa.passes.prune import apply_plan
 
     proto = model_from_text(
         CONTRIB_ATTENTION, {"wqkv": (8, 24), "bqkv": (24,), "bg": (8,), "wo": (8, 8)}

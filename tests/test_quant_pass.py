@@ -10,14 +10,14 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import numpy_helper
+
+from spa.errors import UserError
+from spa.model_io import load_model, save_model
 from spa.passes.quantize import (
     MatMulNBitsToQDQPass,
     QDQToMatMulNBitsPass,
     QuantizeWeightsPass,
 )
-
-from spa.errors import UserError
-from spa.model_io import load_model, save_model
 from spa.quant.blockwise import dequantize
 from spa.quant.ir_format import read_dequantize, read_matmulnbits
 from spa.verify import create_session, run_model

@@ -106,3 +106,15 @@ def test_verify_models_passes_and_fails(tmp_path: Path) -> None:
     bad = verify_models(same_a, other, policy=AllClose(rtol=1e-5))
     assert not bad.passed and bad.max_rel_diff > 1e-2
     assert bad.as_dict()["outputs"][0]["name"] == "Y"
+
+
+def test_missing_onnxruntime_is_a_one_line_install_hint(monkeypatch, tmp_path: Path) -> None:
+    import sys
+
+    from spa.verify import create_session
+
+    path = tmp_path / "m.onnx"
+    onnx.save(mlp_model(), str(path))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'spa\[cpu\]'"):
+        create_session(path)

@@ -98,9 +98,10 @@ def unshare_initializers(model: ir.Model) -> int:
 def _infer_contrib_shapes(model: ir.Model) -> None:
     """ONNX's inference does not know ORT contrib ops; ORT's symbolic one does."""
     import onnx_ir as ir
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
         inferred = SymbolicShapeInference.infer_shapes(
             ir.serde.serialize_model(model), auto_merge=True
         )

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from spa.errors import UserError
+from spa.ort import import_onnxruntime
 
 __all__ = ["create_session", "run_model"]
 
@@ -24,7 +25,7 @@ def create_session(
     threads: int = 0,
 ) -> Any:
     """An ORT InferenceSession for a model path (external data allowed) or bytes."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
