@@ -47,9 +47,52 @@ def prepare(model: ir.Model) -> ir.Model:
     result = common_passes.ShapeInferencePass(strict_mode=True)(model)
     if not result.modified:
         common_passes.ShapeInferencePass(strict_mode=False)(model)
-    if any(node.domain == "com.microsoft" for node in model.graph):
-        _infer_contrib_shapes(model)
+    for _ in range(3):  # each round lets inference carry refined dims further
+        if not _refine_computed_reshapes(model):
+            break
+        common_passes.ShapeInferencePass(strict_mode=False)(model)
+    if any(node.domain == "com.microsoft" for node in model.graph) or _worth_symbolic(model):
+        _infer_symbolic_shapes(model)
     return model
+
+
+def _refine_computed_reshapes(model: ir.Model) -> bool:
+    """Resolve ``-1`` in run-time Reshape targets (``[batch, seq, -1, 64]``).
+
+    ONNX inference leaves such a dim symbolic when the input has a symbolic
+    batch; solving it from the input's static size lets the heads axis of an
+    attention layer be analysed like any other.
+    """
+    import onnx_ir as ir
+
+    from spa.analysis.rules import RuleContext
+    from spa.analysis.shape_exprs import evaluate_target, resolve_target
+
+    context = RuleContext()
+    changed = False
+    for node in model.graph:
+        if node.op_type != "Reshape" or node.domain != "" or len(node.inputs) < 2:
+            continue
+        x, target, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        in_shape = context.shape(x)
+        if target is None or in_shape is None or context.constant(target) is not None:
+            continue
+        entries = evaluate_target(target, context)
+        dims = None if entries is None else resolve_target(entries, in_shape)
+        current = y.shape
+        if dims is None or (current is not None and len(current) != len(dims)):
+            continue
+        merged = [
+            new if new is not None else (current[i] if current is not None else None)
+            for i, new in enumerate(dims)
+        ]
+        if current is None or any(
+            isinstance(m, int) and not isinstance(c, int)
+            for m, c in zip(merged, current, strict=True)
+        ):
+            y.shape = ir.Shape(merged)
+            changed = True
+    return changed
 
 
 def _same(tensor: Any) -> Any:
@@ -95,8 +138,25 @@ def unshare_initializers(model: ir.Model) -> int:
     return created
 
 
-def _infer_contrib_shapes(model: ir.Model) -> None:
-    """ONNX's inference does not know ORT contrib ops; ORT's symbolic one does."""
+def _worth_symbolic(model: ir.Model) -> bool:
+    """Small in-memory models with dims ONNX left symbolic (masks behind Expand)."""
+    import onnx_ir as ir
+
+    weights = [v.const_value for v in model.graph.initializers.values()]
+    if any(isinstance(t, ir.ExternalTensor) for t in weights):
+        return False  # would read every weight; large models keep ONNX's shapes
+    if sum(t.nbytes for t in weights if t is not None) > 256 * 2**20:
+        return False
+    return any(
+        value.shape is None or any(not isinstance(d, int) for d in value.shape)
+        for node in model.graph
+        for value in node.outputs
+    )
+
+
+def _infer_symbolic_shapes(model: ir.Model) -> None:
+    """ORT's symbolic inference knows contrib ops and solves dims through Expand and
+    computed shapes; its static dims replace unknown or symbolic ones."""
     import onnx_ir as ir
 
     try:
@@ -106,14 +166,20 @@ def _infer_contrib_shapes(model: ir.Model) -> None:
             ir.serde.serialize_model(model), auto_merge=True
         )
     except Exception as error:  # the tool raises bare Exceptions on unknown ops
-        logger.warning("symbolic shape inference failed (%s); contrib shapes stay unknown", error)
+        logger.info("symbolic shape inference failed (%s); shapes stay as ONNX inferred", error)
         return
     values = {v.name: v for node in model.graph for v in node.outputs}
     for info in inferred.graph.value_info:
         value = values.get(info.name)
-        if value is not None and value.shape is None and info.type.HasField("tensor_type"):
-            dims = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in info.type.tensor_type.shape.dim
-            ]
+        if value is None or not info.type.HasField("tensor_type"):
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in info.type.tensor_type.shape.dim
+        ]
+        current = value.shape
+        if current is None:
             value.shape = ir.Shape(dims)
+        elif len(current) == len(dims):
+            merged = [c if isinstance(c, int) else d for c, d in zip(current, dims, strict=True)]
+            value.shape = ir.Shape(merged)

@@ -337,7 +337,11 @@ def analyze(model: ir.Model, prunable_io: str | None = DEFAULT_PRUNABLE_IO) -> A
         if back is not None and not directed.has_edge(coupling.target, coupling.source):
             directed.add_edge(coupling.target, coupling.source, map=back)
     _unify_siblings(directed)
-    parameters = set(model.graph.initializers)
+    parameters = {  # weights; int64 shape vectors and index tables are not channels to slice
+        name
+        for name, value in model.graph.initializers.items()
+        if value.const_value is not None and value.const_value.dtype.is_floating_point()
+    }
     groups = [
         _build_group(group_id, component, directed, collector, parameters)
         for group_id, component in enumerate(

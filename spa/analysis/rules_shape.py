@@ -18,6 +18,7 @@ import onnx_ir as ir
 from spa.analysis.index_maps import Block, Identity, Offset, Tile
 from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, name, register_rule
 from spa.analysis.rules_elementwise import broadcast_couplings
+from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
 
 __all__ = ["reshape_couplings"]
 
@@ -57,8 +58,15 @@ def _segments(
     return segments
 
 
-def reshape_couplings(x: ir.Value, y: ir.Value, context: RuleContext, what: str) -> Result:
-    in_shape, out_shape = context.shape(x), context.shape(y)
+def reshape_couplings(
+    x: ir.Value,
+    y: ir.Value,
+    context: RuleContext,
+    what: str,
+    out_dims: Sequence[int | None] | None = None,
+) -> Result:
+    in_shape = context.shape(x)
+    out_shape = tuple(out_dims) if out_dims is not None else context.shape(y)
     if in_shape is None or out_shape is None:
         return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
     segments = _segments(in_shape, out_shape)
@@ -89,17 +97,43 @@ def reshape_couplings(x: ir.Value, y: ir.Value, context: RuleContext, what: str)
 
 @register_rule("Reshape")
 def _reshape(node: ir.Node, context: RuleContext) -> Result:
-    x, shape = node.inputs[0], node.inputs[1]
+    x, shape, y = node.inputs[0], node.inputs[1], node.outputs[0]
     assert x is not None and shape is not None
-    if context.constant(shape) is None:
+    what = f"Reshape '{node.name}'"
+    if context.constant(shape) is not None:
+        return [*reshape_couplings(x, y, context, what)]
+    return _computed_reshape(node, x, shape, y, context, what)
+
+
+def _computed_reshape(
+    node: ir.Node, x: ir.Value, shape: ir.Value, y: ir.Value, context: RuleContext, what: str
+) -> Result:
+    """A target built from Shape/Gather/Concat: -1 and copied dims follow a pruned
+    axis at run time; a literal entry cannot, so its output axis is frozen."""
+    in_shape = context.shape(x)
+    entries = evaluate_target(shape, context)
+    allow_zero = not int(context.attribute(node, "allowzero", 0))
+    out_dims = (
+        None
+        if entries is None or in_shape is None
+        else resolve_target(entries, in_shape, allow_zero)
+    )
+    if entries is None or out_dims is None:
         return [
             Barrier(
-                f"Reshape '{node.name}' has a computed target shape",
-                values=(name(x), name(node.outputs[0])),
+                f"{what} has a computed target shape spa cannot read", values=(name(x), name(y))
             ),
             Unconstrained((name(shape),)),
         ]
-    return [*reshape_couplings(x, node.outputs[0], context, f"Reshape '{node.name}'")]
+    out: Result = [Unconstrained((name(shape),))]
+    out += reshape_couplings(x, y, context, what, out_dims)
+    for axis, entry in enumerate(entries):
+        if isinstance(entry, CopiedDim) and entry.size is not None and entry.value != name(x):
+            out.append(Coupling((entry.value, entry.axis), (name(y), axis), Identity(entry.size)))
+        elif isinstance(entry, int) and entry > 1:
+            reason = f"{what} has the literal size {entry} for axis {axis} in a computed target"
+            out.append(Barrier(reason, ((name(y), axis),)))
+    return out
 
 
 @register_rule("Flatten")
