@@ -202,6 +202,8 @@ class FoldBatchNormPass(SpaPass):
             return False
         scale, shift, mean, var = (np.asarray(p, dtype=np.float64) for p in params)
         epsilon = bn.attributes["epsilon"].value if "epsilon" in bn.attributes else 1e-5
+        if np.any(var + epsilon <= 0):
+            return False  # an invalid BatchNorm stays as it is
         factor = scale / np.sqrt(var + epsilon)
         offset = shift - mean * factor
         if producer.op_type == "MatMul":

@@ -22,12 +22,12 @@ def model_from_text(
     constants: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """Parse ONNX text and add random float32 initializers of the given shapes
-    (plus exact ``constants``). A name ending in "var" gets positive values."""
+    (plus exact ``constants``). A name containing "var" gets positive values."""
     model = onnx.parser.parse_model(text)
     rng = np.random.default_rng(seed)
     for name, shape in weights.items():
         array = rng.standard_normal(shape).astype(np.float32)
-        if name.endswith("var"):
+        if "var" in name:
             array = np.abs(array) + 0.5
         model.graph.initializer.append(numpy_helper.from_array(array, name))
     for name, array in (constants or {}).items():

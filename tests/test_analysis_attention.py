@@ -93,7 +93,7 @@ def test_fused_qkv_heads_form_one_group() -> None:
 
 
 def test_fused_qkv_mask_equivalence_rewrites_split_and_shapes() -> None:
-    analysis, plan, error = mask_equivalence(fused_qkv_model(), ratio=0.5, seed=0, dims={"N": 2})
+    _analysis, plan, error = mask_equivalence(fused_qkv_model(), ratio=0.5, seed=0, dims={"N": 2})
     assert list(plan.kept.values()) == [[0]] or list(plan.kept.values()) == [[1]]
     assert error <= 1e-5
 

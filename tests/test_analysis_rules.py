@@ -87,7 +87,7 @@ def _heads_model():
 
 
 def test_conv_bn_relu_conv_group() -> None:
-    model, analysis = analysis_of(model_from_text(*CONV_BN))
+    _model, analysis = analysis_of(model_from_text(*CONV_BN))
     group = group_with(analysis, "w1", 0)
     spaces = {member.space for member in group.members}
     assert {("w1", 0), ("b1", 0), ("s1", 0), ("var1", 0), ("w2", 1), ("c1", 1), ("r1", 1)} <= spaces
@@ -176,7 +176,7 @@ def test_heads_split_by_reshape_prune_whole_heads() -> None:
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mask_equivalence(case, seed: int) -> None:
-    analysis, plan, error = mask_equivalence(
+    _analysis, plan, error = mask_equivalence(
         model_from_text(*case), ratio=0.5, seed=seed, dims={"N": 2}
     )
     assert plan.kept, "something must be pruned"
@@ -184,6 +184,6 @@ def test_mask_equivalence(case, seed: int) -> None:
 
 
 def test_mask_equivalence_heads_and_reshape_rewrite() -> None:
-    analysis, plan, error = mask_equivalence(_heads_model(), ratio=0.5, seed=0, dims={"N": 2})
+    _analysis, plan, error = mask_equivalence(_heads_model(), ratio=0.5, seed=0, dims={"N": 2})
     assert plan.kept
     assert error <= 1e-5

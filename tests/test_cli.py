@@ -69,11 +69,14 @@ def test_dump_dir_writes_one_model_per_pass(run_cli, mlp_path: Path, tmp_path: P
     recipe = tmp_path / "r.yaml"
     recipe.write_text("passes:\n  - remove-identity\n  - eliminate-dead-code\n")
     dumps = tmp_path / "dumps"
-    result = run_cli("optimize", mlp_path, "-o", tmp_path / "o.onnx", "--recipe", recipe,
-                     "--dump-dir", dumps)
+    result = run_cli(
+        "optimize", mlp_path, "-o", tmp_path / "o.onnx", "--recipe", recipe, "--dump-dir", dumps
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in dumps.iterdir()) == [
-        "01-remove-identity.onnx", "02-eliminate-dead-code.onnx"]
+        "01-remove-identity.onnx",
+        "02-eliminate-dead-code.onnx",
+    ]
 
 
 def test_verify_pass_and_fail(run_cli, tmp_path: Path) -> None:
@@ -123,8 +126,9 @@ def _write_bad(kind: str, mlp_path: Path, external_mlp_path: Path) -> Path:
     ],
 )
 @pytest.mark.parametrize("command", ["inspect", "optimize", "verify"])
-def test_bad_model_files(run_cli, mlp_path, external_mlp_path, tmp_path, kind, message,
-                         command) -> None:
+def test_bad_model_files(
+    run_cli, mlp_path, external_mlp_path, tmp_path, kind, message, command
+) -> None:
     bad = _write_bad(kind, mlp_path, external_mlp_path)
     before = digest(bad)
     out = tmp_path / "out.onnx"
@@ -171,16 +175,20 @@ def test_missing_output_folder_and_flag(run_cli, mlp_path: Path, tmp_path: Path)
 def test_bad_recipe_and_options(run_cli, mlp_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.onnx"
     assert "neither a built-in" in one_error_line(
-        run_cli("optimize", mlp_path, "-o", out, "--recipe", "nope"))
+        run_cli("optimize", mlp_path, "-o", out, "--recipe", "nope")
+    )
     recipe = tmp_path / "r.yaml"
     recipe.write_text("passes:\n  - no-such-pass\n")
     assert "unknown pass 'no-such-pass'" in one_error_line(
-        run_cli("optimize", mlp_path, "-o", out, "--recipe", recipe))
+        run_cli("optimize", mlp_path, "-o", out, "--recipe", recipe)
+    )
     recipe.write_text("passes:\n  - name: remove-identity\n    options: {bogus: 1}\n")
     assert "has no option ['bogus']" in one_error_line(
-        run_cli("optimize", mlp_path, "-o", out, "--recipe", recipe))
+        run_cli("optimize", mlp_path, "-o", out, "--recipe", recipe)
+    )
     assert "INPUT:1x3x224x224" in one_error_line(
-        run_cli("optimize", mlp_path, "-o", out, "--shapes", "X=3,8"))
+        run_cli("optimize", mlp_path, "-o", out, "--shapes", "X=3,8")
+    )
     assert not out.exists()
 
 

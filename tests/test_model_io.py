@@ -28,8 +28,9 @@ def test_external_weights_stay_memory_mapped(external_mlp_path: Path) -> None:
 
 
 def test_save_embeds_small_models_and_runs(external_mlp_path: Path, tmp_path: Path) -> None:
-    out = save_model(load_model(external_mlp_path), tmp_path / "copy.onnx",
-                     input_path=external_mlp_path)
+    out = save_model(
+        load_model(external_mlp_path), tmp_path / "copy.onnx", input_path=external_mlp_path
+    )
     assert not (tmp_path / "copy.onnx.data").exists()
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     want = ort.InferenceSession(str(external_mlp_path)).run(None, {"X": x})[0]
@@ -58,15 +59,21 @@ def test_refuses_to_overwrite_input_external_data(external_mlp_path: Path) -> No
     before = digest(data)
     # Outputs write their weights to "<name>.data": "mlp" would target the input's data.
     with pytest.raises(UserError, match="overwrite the input model or its data"):
-        save_model(load_model(external_mlp_path), external_mlp_path.parent / "mlp",
-                   external_threshold_bytes=0)
+        save_model(
+            load_model(external_mlp_path),
+            external_mlp_path.parent / "mlp",
+            external_threshold_bytes=0,
+        )
     assert digest(data) == before
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"this is a text file, not a model\n" * 4, "not a readable ONNX protobuf|holds no ONNX graph"),
+        (
+            b"this is a text file, not a model\n" * 4,
+            "not a readable ONNX protobuf|holds no ONNX graph",
+        ),
         (b"", "file is empty"),
     ],
 )
@@ -80,13 +87,13 @@ def test_bad_files(tmp_path: Path, content: bytes, message: str) -> None:
 def test_truncated_protobuf(mlp_path: Path) -> None:
     data = mlp_path.read_bytes()
     mlp_path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="truncated or not an ONNX model|holds no ONNX graph"):
+    with pytest.raises(UserError, match=r"truncated or not an ONNX model|holds no ONNX graph"):
         load_proto(mlp_path)
 
 
 def test_missing_external_data(external_mlp_path: Path) -> None:
     os.remove(external_mlp_path.parent / "mlp.data")
-    with pytest.raises(UserError, match="external data file 'mlp.data' .* is missing"):
+    with pytest.raises(UserError, match=r"external data file 'mlp\.data' .* is missing"):
         load_model(external_mlp_path)
 
 

@@ -39,7 +39,10 @@ def test_ci_extracts_the_same_commands() -> None:
     for kind in ("run", "test"):
         shown = subprocess.run(
             ["bash", "-c", f"{extractor}\nreadme_command {kind}"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         assert shown == readme_command(kind)
 

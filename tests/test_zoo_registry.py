@@ -18,16 +18,41 @@ ENTRIES = zoo.entries()
 
 #: Architecture and exporter categories the zoo must cover (registry ``tags``).
 REQUIRED_TAGS = {
-    "residual", "dense-concat", "group-conv", "depthwise", "se", "channel-shuffle",
-    "pixel-shuffle", "inverted-residual", "vit", "swin", "convnext", "bert", "gpt2",
-    "llama-gqa", "t5-encoder", "lstm", "gru", "contrib-ops", "dynamo", "torchscript",
-    "tf2onnx", "jax2onnx", "onnx-wheel",
+    "residual",
+    "dense-concat",
+    "group-conv",
+    "depthwise",
+    "se",
+    "channel-shuffle",
+    "pixel-shuffle",
+    "inverted-residual",
+    "vit",
+    "swin",
+    "convnext",
+    "bert",
+    "gpt2",
+    "llama-gqa",
+    "t5-encoder",
+    "lstm",
+    "gru",
+    "contrib-ops",
+    "dynamo",
+    "torchscript",
+    "tf2onnx",
+    "jax2onnx",
+    "onnx-wheel",
 }
 
 ONNX_WHEEL_FILES = {
-    "light_bvlc_alexnet.onnx", "light_densenet121.onnx", "light_inception_v1.onnx",
-    "light_inception_v2.onnx", "light_resnet50.onnx", "light_shufflenet.onnx",
-    "light_squeezenet.onnx", "light_vgg19.onnx", "light_zfnet512.onnx",
+    "light_bvlc_alexnet.onnx",
+    "light_densenet121.onnx",
+    "light_inception_v1.onnx",
+    "light_inception_v2.onnx",
+    "light_resnet50.onnx",
+    "light_shufflenet.onnx",
+    "light_squeezenet.onnx",
+    "light_vgg19.onnx",
+    "light_zfnet512.onnx",
 }
 
 
