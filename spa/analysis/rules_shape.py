@@ -397,12 +397,23 @@ def _split(node: ir.Node, context: RuleContext) -> Result:
 def _expand(node: ir.Node, context: RuleContext) -> Result:
     x, shape_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
     assert x is not None and shape_value is not None
-    if context.constant(shape_value) is None:
-        return [
-            Barrier(f"Expand '{node.name}' has a computed target shape", values=(name(x), name(y))),
-            Unconstrained((name(shape_value),)),
-        ]
-    return [Unconstrained((name(shape_value),)), *broadcast_couplings([x], y, context)]
+    out: Result = [Unconstrained((name(shape_value),))]
+    if context.constant(shape_value) is not None:
+        return [*out, *broadcast_couplings([x], y, context)]
+    # A run-time target: copied dims follow a pruned axis, literal sizes cannot.
+    entries = evaluate_target(shape_value, context)
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
+        reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
+        return [*out, Barrier(reason, values=(name(x), name(y)))]
+    out += broadcast_couplings([x], y, context)
+    offset = len(out_shape) - len(in_shape)
+    for axis, entry in enumerate(entries):
+        source_dim = in_shape[axis - offset] if axis >= offset else 1
+        if isinstance(entry, int) and entry > 1 and source_dim != 1:
+            reason = f"Expand '{node.name}' has the literal size {entry} for axis {axis}"
+            out.append(Barrier(reason, ((name(y), axis),)))
+    return out
 
 
 @register_rule("Tile")
