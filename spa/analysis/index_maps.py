@@ -285,9 +285,20 @@ class Lookup:
     rows: np.ndarray
 
     @staticmethod
+    def identity(size: int) -> Lookup:
+        return Lookup(size, np.arange(size, dtype=np.int64)[:, None])
+
+    @staticmethod
     def of(index_map: IndexMap) -> Lookup:
         if isinstance(index_map, Lookup):
             return index_map
+        if isinstance(index_map, (Identity, Offset, Block, Tile, Permutation)):
+            return Lookup.identity(index_map.source_size).then(index_map)
+        if isinstance(index_map, Composed):
+            lookup = Lookup.identity(index_map.source_size)
+            for part in index_map.maps:
+                lookup = lookup.then(part)
+            return lookup
         images = [
             index_map.forward(np.array([i], dtype=np.int64)) for i in range(index_map.source_size)
         ]
