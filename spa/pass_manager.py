@@ -56,6 +56,20 @@ class SpaPass(ir.passes.InPlacePass):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
+    def ensures(self, model: ir.Model) -> None:
+        """Postcondition of every spa pass: in topological order, no node reads a
+        value that no graph input, initializer or earlier node defines."""
+        defined: set[int] = {id(v) for v in model.graph.inputs}
+        defined.update(id(v) for v in model.graph.initializers.values())
+        for node in model.graph:
+            for value in node.inputs:
+                if value is not None and id(value) not in defined:
+                    raise ir.passes.PostconditionError(
+                        f"pass {self.name} left node '{node.name}' ({node.op_type}) reading "
+                        f"'{value.name}', which nothing defines"
+                    )
+            defined.update(id(v) for v in node.outputs)
+
     def options(self) -> dict[str, Any]:
         """The options this pass was built with (for reports and dumps)."""
         return {key: value for key, value in vars(self).items() if not key.startswith("_")}
