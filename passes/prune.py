@@ -111,6 +111,69 @@ def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
     return rewritten
 
 
+def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any]) -> None:
+    """Give ``node`` a private run-time target: Concat of literals and Shape->Gather dims."""
+    from spa.analysis.shape_exprs import CopiedDim
+
+    values = {v.name: v for v in model.graph.inputs}
+    values.update({v.name: v for n in model.graph for v in n.outputs})
+    values.update(model.graph.initializers)
+    tag = node.name or str(id(node))
+    parts: list[ir.Value] = []
+    new_nodes: list[ir.Node] = []
+    for position, entry in enumerate(entries):
+        if isinstance(entry, CopiedDim):
+            shape = ir.node("Shape", [values[entry.value]])
+            index = ir.Value(
+                name=f"{tag}__dim{position}_index",
+                const_value=ir.Tensor(np.array([entry.axis], dtype=np.int64)),
+            )
+            model.graph.register_initializer(index)
+            gather = ir.node("Gather", [shape.outputs[0], index], attributes={"axis": 0})
+            new_nodes += [shape, gather]
+            parts.append(gather.outputs[0])
+        else:
+            literal = ir.Value(
+                name=f"{tag}__dim{position}",
+                const_value=ir.Tensor(np.array([entry], dtype=np.int64)),
+            )
+            model.graph.register_initializer(literal)
+            parts.append(literal)
+    concat = ir.node("Concat", parts, attributes={"axis": 0})
+    new_nodes.append(concat)
+    model.graph.insert_before(node, new_nodes)
+    node.replace_input_with(1, concat.outputs[0])
+
+
+def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
+    """Run-time Reshape/Expand targets whose literal entry is a pruned axis's old size."""
+    from spa.analysis.rules import RuleContext
+    from spa.analysis.shape_exprs import evaluate_target
+
+    context = RuleContext()
+    rewritten = 0
+    for node in list(model.graph):
+        if node.op_type not in ("Reshape", "Expand") or node.domain != "" or len(node.inputs) < 2:
+            continue
+        output, target = node.outputs[0], node.inputs[1]
+        if target is None or target.const_value is not None:
+            continue
+        entries = evaluate_target(target, context)
+        if entries is None or output.shape is None:
+            continue
+        offset = len(output.shape) - len(entries)
+        changed = list(entries)
+        for (value_name, axis), (old, new) in resized.items():
+            position = axis - offset
+            inside = value_name == output.name and 0 <= position < len(changed)
+            if inside and isinstance(changed[position], int) and changed[position] == old:
+                changed[position] = new
+        if changed != entries:
+            _rebuild_target(model, node, changed)
+            rewritten += 1
+    return rewritten
+
+
 def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
     rewritten = 0
     for node in list(model.graph):
@@ -193,7 +256,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
             array = np.take(array, kept, axis=axis)
         _replace_constant(value, array)
     _fix_depthwise_groups(model)
-    shape_targets = _fix_shape_targets(model, resized)
+    shape_targets = _fix_shape_targets(model, resized) + _fix_computed_targets(model, resized)
     splits = _fix_split_sizes(model, resized)
     heads = _fix_heads_attributes(model, resized)
     io_changed = _resize_graph_io(model, resized)

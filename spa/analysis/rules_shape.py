@@ -58,6 +58,22 @@ def _segments(
     return segments
 
 
+def _suffix_segments(
+    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
+) -> list[tuple[list[int], list[int]]] | None:
+    """Symbolic leading dims merged or split (``[B, S, C] <-> [B*S, C]``): pair the
+    static trailing axes from the right; the symbolic prefixes stay unmapped."""
+    i, j = len(in_shape) - 1, len(out_shape) - 1
+    segments: list[tuple[list[int], list[int]]] = []
+    while i >= 0 and j >= 0 and in_shape[i] is not None and in_shape[i] == out_shape[j]:
+        segments.append(([i], [j]))
+        i, j = i - 1, j - 1
+    prefix_in, prefix_out = in_shape[: i + 1], out_shape[: j + 1]
+    if not segments or None not in prefix_in or None not in prefix_out:
+        return None
+    return segments[::-1]
+
+
 def reshape_couplings(
     x: ir.Value,
     y: ir.Value,
@@ -70,6 +86,8 @@ def reshape_couplings(
     if in_shape is None or out_shape is None:
         return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
     segments = _segments(in_shape, out_shape)
+    if segments is None:
+        segments = _suffix_segments(in_shape, out_shape)
     if segments is None:
         return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
     out: Result = []
@@ -109,7 +127,8 @@ def _computed_reshape(
     node: ir.Node, x: ir.Value, shape: ir.Value, y: ir.Value, context: RuleContext, what: str
 ) -> Result:
     """A target built from Shape/Gather/Concat: -1 and copied dims follow a pruned
-    axis at run time; a literal entry cannot, so its output axis is frozen."""
+    axis at run time; literal entries are rewritten by the slicing pass, which
+    gives the node a private copy of the target (other layers keep theirs)."""
     in_shape = context.shape(x)
     entries = evaluate_target(shape, context)
     allow_zero = not int(context.attribute(node, "allowzero", 0))
@@ -130,9 +149,6 @@ def _computed_reshape(
     for axis, entry in enumerate(entries):
         if isinstance(entry, CopiedDim) and entry.size is not None and entry.value != name(x):
             out.append(Coupling((entry.value, entry.axis), (name(y), axis), Identity(entry.size)))
-        elif isinstance(entry, int) and entry > 1:
-            reason = f"{what} has the literal size {entry} for axis {axis} in a computed target"
-            out.append(Barrier(reason, ((name(y), axis),)))
     return out
 
 
@@ -400,20 +416,13 @@ def _expand(node: ir.Node, context: RuleContext) -> Result:
     out: Result = [Unconstrained((name(shape_value),))]
     if context.constant(shape_value) is not None:
         return [*out, *broadcast_couplings([x], y, context)]
-    # A run-time target: copied dims follow a pruned axis, literal sizes cannot.
+    # A run-time target spa can read: its literals are rewritten when sliced.
     entries = evaluate_target(shape_value, context)
     in_shape, out_shape = context.shape(x), context.shape(y)
     if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
         reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
         return [*out, Barrier(reason, values=(name(x), name(y)))]
-    out += broadcast_couplings([x], y, context)
-    offset = len(out_shape) - len(in_shape)
-    for axis, entry in enumerate(entries):
-        source_dim = in_shape[axis - offset] if axis >= offset else 1
-        if isinstance(entry, int) and entry > 1 and source_dim != 1:
-            reason = f"Expand '{node.name}' has the literal size {entry} for axis {axis}"
-            out.append(Barrier(reason, ((name(y), axis),)))
-    return out
+    return [*out, *broadcast_couplings([x], y, context)]
 
 
 @register_rule("Tile")
