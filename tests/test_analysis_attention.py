@@ -211,3 +211,35 @@ def test_kv_cache_heads_prune_with_consistent_past_and_present(tmp_path) -> None
     }
     assert dims["past_key"][1] == 1 and dims["present_key"][1] == 1
     assert result.statistics["graph_io_resized"] == 2
+
+
+COMPUTED_TARGETS = f"""{HEADER}
+g (float[N, 5, 8] x) => (float[N, 5, 8] y) {{
+    q = MatMul (x, wq)
+    s = Shape (q)
+    b = Gather <axis = 0> (s, zero)
+    t = Concat <axis = 0> (b, five, heads, four)
+    h = Reshape (q, t)
+    r = Relu (h)
+    s2 = Shape (r)
+    b2 = Gather <axis = 0> (s2, zero)
+    t2 = Concat <axis = 0> (b2, five, minus_one)
+    m = Reshape (r, t2)
+    y = MatMul (m, wo)
+}}"""
+
+
+def test_run_time_targets_with_literal_heads_are_rewritten_privately() -> None:
+    constants = {
+        "zero": np.array([0]),
+        "five": np.array([5]),
+        "heads": np.array([3]),
+        "four": np.array([4]),
+        "minus_one": np.array([-1]),
+    }
+    proto = model_from_text(COMPUTED_TARGETS, {"wq": (8, 12), "wo": (12, 8)}, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "wq", 1)
+    assert group.prunable and group.size == 3  # heads read through Shape/Gather/Concat
+    _, plan, error = mask_equivalence(proto, ratio=0.5, seed=0, dims={"N": 2})
+    assert plan.kept and error <= 1e-5
