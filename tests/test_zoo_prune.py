@@ -39,7 +39,6 @@ LIMITED: dict[str, str] = {
     "timm-gmlp-ti16": LAYER_NORM,
     "timm-pvt-v2-b0": LAYER_NORM,
     "timm-levit-128s": "Reshape does not map axis",
-    "hf-opt": LAYER_NORM,
     "hf-gpt2": LAYER_NORM,
     "hf-gpt2-dynamo": LAYER_NORM,
     "hf-llama-gqa": RMS_NORM,
