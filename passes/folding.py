@@ -14,6 +14,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnx.reference import ReferenceEvaluator
 
+from spa.constants import constant_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 
 __all__ = ["FoldBatchNormPass", "FoldConstantsPass"]
@@ -28,20 +29,6 @@ NONDETERMINISTIC = {
     "Multinomial",
     "Bernoulli",
 }
-
-
-def _constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """Contents of an initializer or a Constant node's output, else None."""
-    if value is None or value.is_graph_input():
-        return None  # an overridable initializer is not a constant
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.domain == "":
-        attribute = producer.attributes.get("value")
-        if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
-            return attribute.as_tensor().numpy()
-    return None
 
 
 def _static_shape(value: ir.Value) -> list[int] | None:
@@ -94,7 +81,7 @@ class FoldConstantsPass(SpaPass):
             return None
         if node.op_type in ("Shape", "Size") and node.inputs and node.inputs[0] is not None:
             return self._shape_of(node)
-        arrays = [_constant_array(v) if v is not None else None for v in node.inputs]
+        arrays = [constant_array(v) if v is not None else None for v in node.inputs]
         if not node.inputs or any(
             a is None and v is not None for a, v in zip(arrays, node.inputs, strict=True)
         ):
@@ -160,7 +147,7 @@ def _private_constant(value: ir.Value | None) -> np.ndarray | None:
     """The constant's array when exactly one node uses it (safe to rewrite)."""
     if value is None or len(value.uses()) != 1:
         return None
-    return _constant_array(value)
+    return constant_array(value)
 
 
 @register_pass
@@ -197,7 +184,7 @@ class FoldBatchNormPass(SpaPass):
         producer = x.producer()
         if producer is None or producer.domain != "" or _single_consumer(x) is not bn:
             return False
-        params = [_constant_array(v) for v in bn.inputs[1:5]]
+        params = [constant_array(v) for v in bn.inputs[1:5]]
         if any(p is None for p in params) or len(params) != 4:
             return False
         scale, shift, mean, var = (np.asarray(p, dtype=np.float64) for p in params)

@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from spa.model_io import load_proto
+from spa.model_io import iter_graph_protos, load_proto
 
 __all__ = [
     "STANDARD_DOMAINS",
@@ -114,17 +114,6 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
 def op_key(domain: str, op_type: str) -> str:
     """``("", "Conv")`` -> ``"Conv"``; other domains are prefixed: ``com.microsoft.Attention``."""
     return op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
-
-
-def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph inside it (If/Loop/Scan bodies), outermost first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from iter_graph_protos(attr.g)
-            for sub in attr.graphs:
-                yield from iter_graph_protos(sub)
 
 
 def weight_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

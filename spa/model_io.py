@@ -30,6 +30,7 @@ from spa.errors import UserError
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD_BYTES",
     "external_data_files",
+    "iter_graph_protos",
     "iter_graphs",
     "load_model",
     "load_proto",
@@ -84,7 +85,7 @@ def load_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    for graph in _iter_graph_protos(proto.graph):
+    for graph in iter_graph_protos(proto.graph):
         yield from graph.initializer
         for node in graph.node:
             for attr in node.attribute:
@@ -93,14 +94,15 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     # Tensors embedded with raw data are skipped by the caller.
 
 
-def _iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph inside it (If/Loop/Scan bodies), outermost first."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("g"):
-                yield from _iter_graph_protos(attr.g)
+                yield from iter_graph_protos(attr.g)
             for sub in attr.graphs:
-                yield from _iter_graph_protos(sub)
+                yield from iter_graph_protos(sub)
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from spa.inspect import human_count
 from spa.model_io import load_model, load_proto, save_model
 from spa.pass_manager import DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
 from spa.recipes import Recipe, build_passes, load_recipe
@@ -43,20 +44,13 @@ def _verdict_line(
 ) -> str:
     before, after = report["before"]["params"], report["after"]["params"]
     change = (after - before) / before * 100 if before else 0.0
-    params = f"params {_human(before)} → {_human(after)} ({change:+.0f}%)"
+    params = f"params {human_count(before)} → {human_count(after)} ({change:+.0f}%)"
     if verification is None:
         return f"DONE | {recipe} | {params} | not verified | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
     return (
         f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
     )
-
-
-def _human(count: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(count) >= size:
-            return f"{count / size:.1f}{unit}"
-    return f"{count:.0f}"
 
 
 def optimize(

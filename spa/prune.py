@@ -21,6 +21,7 @@ import numpy as np
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.analysis.plan import Plan, make_plan, member_indices
+from spa.inspect import human_count
 from spa.model_io import load_model, save_model
 from spa.verify import AllClose, Policy, VerifyResult, verify_models
 
@@ -45,13 +46,6 @@ def analyze_file(
 ) -> Analysis:
     """Groups of the model at ``path`` (weights stay memory-mapped)."""
     return analyze(prepare(load_model(path)), prunable_io)
-
-
-def _human(count: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(count) >= size:
-            return f"{count / size:.1f}{unit}"
-    return f"{count:.0f}"
 
 
 def _verify_masked(
@@ -195,8 +189,8 @@ def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds:
     change = (after - before) / before * 100 if before else 0.0
     macs_b, macs_a = report["macs_before"], report["macs_after"]
     text = (
-        f"prune | params {_human(before)} → {_human(after)} ({change:+.0f}%) | "
-        f"MACs {_human(macs_b)} → {_human(macs_a)} | groups {report['groups_pruned']}/"
+        f"prune | params {human_count(before)} → {human_count(after)} ({change:+.0f}%) | "
+        f"MACs {human_count(macs_b)} → {human_count(macs_a)} | groups {report['groups_pruned']}/"
         f"{report['groups_total']} pruned"
     )
     if verification is None:

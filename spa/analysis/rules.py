@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.index_maps import IndexMap
+from spa.constants import constant_array
 
 __all__ = [
     "Barrier",
@@ -81,16 +82,7 @@ class RuleContext:
 
     def constant(self, value: ir.Value | None) -> np.ndarray | None:
         """The value's contents when it is an initializer or Constant output."""
-        if value is None:
-            return None
-        if value.const_value is not None:
-            return value.const_value.numpy()
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Constant" and producer.domain == "":
-            attr = producer.attributes.get("value")
-            if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                return attr.as_tensor().numpy()
-        return None
+        return constant_array(value)
 
     @staticmethod
     def attribute(node: ir.Node, key: str, default: Any = None) -> Any:
