@@ -142,9 +142,9 @@ def _value_shapes(proto: onnx.ModelProto) -> dict[str, Shape]:
 
 def _ort_symbolic(proto: onnx.ModelProto) -> dict[str, Shape]:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from spa.ort import symbolic_shape_inference
 
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+        inferred = symbolic_shape_inference(proto)
     except Exception as error:  # the tool raises bare Exceptions on ops it lacks
         logger.warning("ORT symbolic shape inference failed (%s); contrib shapes unknown", error)
         return {}

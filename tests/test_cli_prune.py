@@ -133,3 +133,17 @@ def test_optimize_with_prune(run_cli, tmp_path: Path) -> None:
     assert data["after"]["params"] < data["before"]["params"]
     assert data["prune"]["verify"]["passed"] is True
     assert {n.op_type for n in onnx.load(str(out)).graph.node} == {"Conv", "Relu"}
+
+
+def test_prune_writes_nothing_into_the_working_folder(run_cli, tmp_path: Path, monkeypatch) -> None:
+    """ORT's symbolic shape inference dumps a debug model into the current folder
+    when it cannot finish (SqueezeNet's graph); spa runs it elsewhere."""
+    from spa import zoo
+
+    model = zoo.materialize("onnx-squeezenet", tmp_path / "squeezenet.onnx")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    result = run_cli("prune", model, "-o", tmp_path / "small.onnx", "--ratio", "0.3")
+    assert result.exit_code == 0, result.output
+    assert list(workdir.iterdir()) == []

@@ -160,11 +160,9 @@ def _infer_symbolic_shapes(model: ir.Model) -> None:
     import onnx_ir as ir
 
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from spa.ort import symbolic_shape_inference
 
-        inferred = SymbolicShapeInference.infer_shapes(
-            ir.serde.serialize_model(model), auto_merge=True
-        )
+        inferred = symbolic_shape_inference(ir.serde.serialize_model(model))
     except Exception as error:  # the tool raises bare Exceptions on unknown ops
         logger.info("symbolic shape inference failed (%s); shapes stay as ONNX inferred", error)
         return
