@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,9 @@ def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io
             "groups": [group.as_dict() for group in analysis.groups if group.parameters],
             "frozen_reasons": analysis.frozen_reason_counts(),
         }
-        json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        from spa.report import write_report
+
+        write_report(data, json_path)
 
 
 @click.command("prune")

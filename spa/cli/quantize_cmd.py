@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +146,9 @@ def quantize_command(
     if result.verification is not None:
         click.echo(result.verification.render())
     if report_path is not None:
-        report_path.write_text(json.dumps(result.as_dict(), indent=1) + "\n", encoding="utf-8")
+        from spa.report import write_report
+
+        write_report(result.as_dict(), report_path)
     click.echo(verdict_line(result))
     if not result.passed:
         raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
