@@ -49,7 +49,13 @@ class Plan:
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
+        """Write the plan as JSON, atomically (temporary file, then rename)."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise UserError(f"{path}: folder '{path.parent}' does not exist; create it first")
+        staged = path.with_name(f".{path.name}.tmp")
+        staged.write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(staged, path)
 
     @staticmethod
     def load(path: str | os.PathLike[str], analysis: Analysis) -> Plan:
