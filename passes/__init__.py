@@ -6,13 +6,15 @@ recipes and the CLI can name them (``spa optimize --print-passes``).
 
 from __future__ import annotations
 
+from spa.passes.batchnorm import FoldBatchNormPass
 from spa.passes.cleanup import (
     EliminateDeadCodePass,
     InferShapesPass,
     RemoveIdentityPass,
     RemoveUnusedInitializersPass,
+    TopologicalSortPass,
 )
-from spa.passes.folding import FoldBatchNormPass, FoldConstantsPass
+from spa.passes.constant_folding import FoldConstantsPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
 
@@ -28,13 +30,18 @@ __all__ = [
     "QuantizeWeightsPass",
     "RemoveIdentityPass",
     "RemoveUnusedInitializersPass",
+    "TopologicalSortPass",
 ]
 
-#: The passes of the built-in ``cleanup`` recipe, in order.
+#: The passes of the built-in ``cleanup`` recipe, in order. Shapes first (Shape
+#: folding reads them); constants before no-op removal, so a Reshape whose
+#: target folds to the input's own shape goes too; BatchNorm folding before dead
+#: code, which removes what folding left unused; shapes again at the end, for the
+#: value_info the rewrites made stale.
 CLEANUP_PIPELINE: tuple[str, ...] = (
     "infer-shapes",
-    "remove-identity",
     "fold-constants",
+    "remove-identity",
     "fold-batchnorm",
     "eliminate-dead-code",
     "remove-unused-initializers",

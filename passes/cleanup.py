@@ -1,150 +1,274 @@
-"""Cleanup passes: identity and dead-code removal, unused initializers, shape refresh.
+"""Cleanup passes: no-op and dead-code removal, unused initializers, shapes, order.
 
-Each pass reuses onnx-ir's common passes where they exist and adds named
-statistics. All are in place and near-linear in graph size.
+Each pass reuses onnx-ir's common passes where one fits and adds named
+statistics. All are in place and linear in graph size (onnx-ir keeps use-def
+chains, so no pass searches the graph per node).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from spa.constants import constant_array
 from spa.pass_manager import SpaPass, SpaPassResult, count_nodes, register_pass
 
 __all__ = [
+    "NO_OP_RULES",
     "EliminateDeadCodePass",
     "InferShapesPass",
     "RemoveIdentityPass",
     "RemoveUnusedInitializersPass",
+    "TopologicalSortPass",
 ]
+
+logger = logging.getLogger(__name__)
+
+
+def _all_graphs(model: ir.Model) -> list[ir.Graph]:
+    return [model.graph, *model.graph.subgraphs()]
 
 
 def _initializer_count(model: ir.Model) -> int:
-    return len(model.graph.initializers) + sum(len(g.initializers) for g in model.graph.subgraphs())
+    return sum(len(graph.initializers) for graph in _all_graphs(model))
+
+
+# ------------------------------------------------------------------ remove-identity
+
+
+def _used(value: ir.Value) -> bool:
+    return bool(value.uses()) or value.is_graph_output()
+
+
+def _dropout_is_no_op(node: ir.Node) -> bool:
+    """Inference Dropout: no training_mode input (or a constant false), mask unused."""
+    if any(_used(value) for value in node.outputs[1:]):
+        return False
+    if "is_test" in node.attributes and not node.attributes["is_test"].as_int():
+        return False  # opset < 7 in training
+    training = node.inputs[2] if len(node.inputs) > 2 else None
+    if training is None:
+        return True
+    flag = constant_array(training)
+    return flag is not None and not bool(flag)
+
+
+def _cast_is_no_op(node: ir.Node) -> bool:
+    source, target = node.inputs[0], node.attributes.get("to")
+    return (
+        source is not None
+        and source.dtype is not None
+        and target is not None
+        and (source.dtype == ir.DataType(target.as_int()))
+    )
+
+
+def _cast_like_is_no_op(node: ir.Node) -> bool:
+    source, like = node.inputs[0], node.inputs[1]
+    return (
+        source is not None
+        and like is not None
+        and source.dtype is not None
+        and (source.dtype == like.dtype)
+    )
+
+
+def _reshape_is_no_op(node: ir.Node) -> bool:
+    """Reshape to the shape its input already has (0 copies, one -1 fills the rest)."""
+    source = node.inputs[0]
+    target = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if source is None or source.shape is None or target is None or target.ndim != 1:
+        return False
+    allow_zero = "allowzero" in node.attributes and node.attributes["allowzero"].as_int()
+    if len(target) != len(source.shape) or list(target).count(-1) > 1:
+        return False
+    for wanted, dim in zip(target.tolist(), source.shape, strict=True):
+        copies = wanted == 0 and not allow_zero
+        if not (copies or wanted == -1 or (isinstance(dim, int) and wanted == dim)):
+            return False
+    return True
+
+
+def _transpose_is_no_op(node: ir.Node) -> bool:
+    perm = node.attributes.get("perm")
+    return perm is not None and list(perm.as_ints()) == list(range(len(perm.as_ints())))
+
+
+#: Standard-domain ops that are sometimes no-ops: the test that says when.
+NO_OP_RULES: dict[str, Callable[[ir.Node], bool]] = {
+    "Identity": lambda node: True,
+    "Dropout": _dropout_is_no_op,
+    "Cast": _cast_is_no_op,
+    "CastLike": _cast_like_is_no_op,
+    "Reshape": _reshape_is_no_op,
+    "Transpose": _transpose_is_no_op,
+}
 
 
 @register_pass
 class RemoveIdentityPass(SpaPass):
-    """Remove no-op nodes.
+    """Remove no-op nodes, in the main graph and every subgraph.
 
-    Cases: ``Identity``; inference-mode ``Dropout`` whose mask output is unused
-    (turned into Identity first); ``Cast`` to the dtype its input already has.
-    An Identity between a graph input and a graph output is kept (onnx-ir's
-    rule), as is any node whose removal would rename a graph input.
+    Cases (:data:`NO_OP_RULES`): ``Identity``; inference ``Dropout`` (no
+    training_mode or a constant false one) whose mask is unused; ``Cast`` and
+    ``CastLike`` to the dtype the input already has; ``Reshape`` to the shape
+    the input already has (constant target; ``0`` copies a dim, one ``-1``);
+    ``Transpose`` with the identity permutation. Each becomes an Identity,
+    then onnx-ir's ``IdentityEliminationPass`` removes it: when its output is
+    a graph output, its input takes the output's name.
+
+    Left alone: a no-op between a graph input (or initializer) and a graph
+    output, which cannot go without renaming the model's interface (it stays,
+    as an Identity); Reshape to a run-time target (run ``fold-constants``
+    first); ops in other domains.
     """
 
     name = "remove-identity"
-    summary = "Remove Identity, inference Dropout and same-dtype Cast nodes"
+    summary = "Remove Identity, inference Dropout, same-dtype Cast and no-op Reshape/Transpose"
 
     def call(self, model: ir.Model) -> SpaPassResult:
         before = count_nodes(model)
-        for graph in (model.graph, *model.graph.subgraphs()):
-            for node in list(graph):
-                if node.domain != "":
-                    continue
-                if node.op_type == "Dropout" and self._is_inference_dropout(node):
-                    node.op_type = "Identity"
-                    node.resize_inputs(1)
-                    node.resize_outputs(1)
-                    node.attributes.clear()
-                elif node.op_type == "Cast" and self._is_noop_cast(node):
-                    node.op_type = "Identity"
-                    node.attributes.clear()
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            rule = NO_OP_RULES.get(node.op_type) if node.domain == "" else None
+            if rule is None or node.op_type == "Identity" or not node.inputs or not rule(node):
+                continue
+            node.op_type = "Identity"
+            node.resize_inputs(1)
+            node.resize_outputs(1)
+            node.attributes.clear()
         common_passes.IdentityEliminationPass()(model)
         removed = before - count_nodes(model)
         return SpaPassResult(model, removed > 0, {"nodes_removed": removed})
 
-    @staticmethod
-    def _is_inference_dropout(node: ir.Node) -> bool:
-        mask_used = len(node.outputs) > 1 and (
-            bool(node.outputs[1].uses()) or node.outputs[1].is_graph_output()
-        )
-        training = node.inputs[2] if len(node.inputs) > 2 else None
-        if training is not None:
-            constant = training.const_value
-            if constant is None or bool(constant.numpy()):
-                return False
-        return not mask_used
 
-    @staticmethod
-    def _is_noop_cast(node: ir.Node) -> bool:
-        source = node.inputs[0]
-        target = node.attributes.get("to")
-        return (
-            source is not None
-            and source.dtype is not None
-            and target is not None
-            and int(source.dtype) == target.value
-        )
+# ------------------------------------------------------------------ dead code and unused
 
 
 @register_pass
 class EliminateDeadCodePass(SpaPass):
-    """Remove nodes whose outputs reach no graph output (subgraphs included).
+    """Remove nodes whose outputs reach no graph output, recursively, subgraphs included.
 
-    Nodes with side effects do not exist in ONNX, so every unused node goes.
-    Graph inputs and outputs are never changed.
+    onnx-ir's ``RemoveUnusedNodesPass`` does the work in one reverse walk; it
+    also drops the main graph's initializers that only dead nodes read
+    (reported as ``initializers_removed``) and unused optional outputs.
+    ONNX ops have no side effects, so every unused node goes. Graph inputs and
+    outputs never change.
     """
 
     name = "eliminate-dead-code"
     summary = "Remove nodes whose outputs are never used"
 
     def call(self, model: ir.Model) -> SpaPassResult:
-        before = count_nodes(model)
+        nodes, initializers = count_nodes(model), _initializer_count(model)
         common_passes.RemoveUnusedNodesPass()(model)
-        removed = before - count_nodes(model)
-        return SpaPassResult(model, removed > 0, {"nodes_removed": removed})
+        statistics = {
+            "nodes_removed": nodes - count_nodes(model),
+            "initializers_removed": initializers - _initializer_count(model),
+        }
+        return SpaPassResult(model, any(statistics.values()), dict(statistics))
 
 
 @register_pass
 class RemoveUnusedInitializersPass(SpaPass):
-    """Remove initializers, functions and opset imports nothing uses.
+    """Remove initializers, local functions and opset imports nothing uses.
 
-    An initializer used only inside an If/Loop body is used, and kept.
+    Initializers of the main graph and of every subgraph count; one read only
+    from inside an If/Loop/Scan body is used and kept (onnx-ir tracks uses
+    across subgraphs). An initializer that is also a graph input or output is
+    part of the interface and kept. Nodes are not touched (that is
+    ``eliminate-dead-code``); functions and opsets go through onnx-ir's
+    ``RemoveUnusedFunctionsPass`` and ``RemoveUnusedOpsetsPass``.
     """
 
     name = "remove-unused-initializers"
     summary = "Remove unused initializers, local functions and opset imports"
 
     def call(self, model: ir.Model) -> SpaPassResult:
-        before = _initializer_count(model)
+        removed = 0
+        for graph in _all_graphs(model):
+            for value in list(graph.initializers.values()):
+                if not (value.uses() or value.is_graph_output() or value.is_graph_input()):
+                    assert value.name is not None
+                    del graph.initializers[value.name]
+                    removed += 1
         functions = len(model.functions)
-        common_passes.RemoveUnusedNodesPass()(model)
         common_passes.RemoveUnusedFunctionsPass()(model)
+        opsets = _opset_count(model)  # of the functions left
         common_passes.RemoveUnusedOpsetsPass()(model)
-        removed = before - _initializer_count(model)
         statistics = {
             "initializers_removed": removed,
             "functions_removed": functions - len(model.functions),
+            "opsets_removed": opsets - _opset_count(model),
         }
         return SpaPassResult(model, any(statistics.values()), dict(statistics))
 
 
+def _opset_count(model: ir.Model) -> int:
+    return len(model.opset_imports) + sum(len(f.opset_imports) for f in model.functions.values())
+
+
+# ------------------------------------------------------------------ shapes and order
+
+
 @register_pass
 class InferShapesPass(SpaPass):
-    """Drop every intermediate shape and infer them again (strict ONNX inference).
+    """Drop every intermediate shape and type, then infer them again.
 
-    Rewrites leave stale value_info behind; ONNX Runtime rejects a model whose
-    declared shapes disagree with what it infers. When strict inference fails
-    (an op ONNX cannot infer), the previous shapes are restored unchanged.
-    Graph inputs and outputs keep their declared shapes.
+    Uses onnx-ir's ``ShapeInferencePass`` (ONNX strict inference with data
+    propagation), which serialises the model without initializers larger than
+    1 kB, so weights stored as external data are not read. Rewrites leave stale
+    value_info behind, and ONNX Runtime rejects declared shapes that disagree
+    with what it infers.
+
+    Kept: inputs and outputs of every graph (the interface); the element type
+    of values ONNX cannot type (custom-domain outputs). When strict inference
+    fails (an op whose inference raises), every previous shape and type is
+    restored unchanged (``shapes_restored``).
     """
 
     name = "infer-shapes"
     summary = "Drop stale value_info and re-infer shapes"
 
     def call(self, model: ir.Model) -> SpaPassResult:
-        keep = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
-        saved: list[tuple[ir.Value, ir.Shape | None]] = []
+        interface = {id(v) for g in _all_graphs(model) for v in (*g.inputs, *g.outputs)}
+        saved: list[tuple[ir.Value, ir.Shape | None, ir.TypeProtocol | None]] = []
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
             for value in node.outputs:
-                if id(value) not in keep:
-                    saved.append((value, value.shape))
-                    value.shape = None
-        result = common_passes.ShapeInferencePass(strict_mode=True)(model)
-        if not result.modified and any(shape is not None for _, shape in saved):
-            for value, shape in saved:
-                value.shape = shape
-            return SpaPassResult(model, False, {"inferred": 0, "restored": len(saved)})
-        inferred = sum(1 for value, _ in saved if value.shape is not None)
-        return SpaPassResult(model, True, {"inferred": inferred})
+                if id(value) not in interface:
+                    saved.append((value, value.shape, value.type))
+                    value.shape, value.type = None, None
+        cleared = sum(1 for _, shape, _ in saved if shape is not None)
+        result = common_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
+        if not result.modified:
+            for value, shape, type_ in saved:
+                value.shape, value.type = shape, type_
+            statistics = {"shapes_cleared": 0, "shapes_inferred": 0, "shapes_restored": cleared}
+            return SpaPassResult(model, False, dict(statistics))
+        for value, _, type_ in saved:
+            if value.type is None:
+                value.type = type_
+        inferred = sum(1 for value, _, _ in saved if value.shape is not None)
+        statistics = {"shapes_cleared": cleared, "shapes_inferred": inferred, "shapes_restored": 0}
+        return SpaPassResult(model, True, dict(statistics))
+
+
+@register_pass
+class TopologicalSortPass(SpaPass):
+    """Sort the main graph, its subgraphs and the functions topologically (stable).
+
+    Wraps onnx-ir's ``TopologicalSortPass``; ``nodes_moved`` counts the
+    positions whose node changed. A graph with a cycle raises ``ValueError``.
+    """
+
+    name = "topological-sort"
+    summary = "Sort nodes topologically (stable)"
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        before = list(ir.traversal.RecursiveGraphIterator(model.graph))
+        common_passes.TopologicalSortPass()(model)
+        after = ir.traversal.RecursiveGraphIterator(model.graph)
+        moved = sum(1 for old, new in zip(before, after, strict=True) if old is not new)
+        return SpaPassResult(model, moved > 0, {"nodes_moved": moved})
