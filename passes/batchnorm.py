@@ -55,7 +55,8 @@ class FoldBatchNormPass(SpaPass):
     ``Constant`` nodes get a new initializer. A BatchNorm whose output is a
     graph output hands its name to the folded op's output.
 
-    Left alone (counted as ``batchnorms_skipped``, reason logged at INFO):
+    Left alone (counted as ``batchnorms_skipped``; each reason logged at DEBUG, a
+    summary at INFO):
     training mode or used mean/var outputs, ``spatial=0``, non-constant or
     invalid (``var + epsilon <= 0``) statistics, a producer that is none of the
     above, a producer output with other consumers (or that is a graph output),
@@ -67,17 +68,23 @@ class FoldBatchNormPass(SpaPass):
     summary = "Fold BatchNormalization into the Conv/Gemm/MatMul before it"
 
     def call(self, model: ir.Model) -> SpaPassResult:
-        folded = skipped = 0
+        folded = 0
+        kept: list[str] = []
         for node in list(model.graph):
             if node.op_type != "BatchNormalization" or node.domain != "":
                 continue
             reason = _try_fold(model.graph, node)
             if reason is None:
                 folded += 1
-            else:
-                skipped += 1
-                logger.info("fold-batchnorm: BatchNormalization '%s' kept: %s", node.name, reason)
-        statistics = {"batchnorms_folded": folded, "batchnorms_skipped": skipped}
+                continue
+            kept.append(reason)
+            logger.debug("BatchNormalization '%s' kept: %s", node.name, reason)
+        if kept:
+            logger.info(
+                "fold-batchnorm kept %d BatchNormalization node(s), e.g. one because %s "
+                "(DEBUG logs each)", len(kept), kept[0],
+            )  # fmt: skip
+        statistics = {"batchnorms_folded": folded, "batchnorms_skipped": len(kept)}
         return SpaPassResult(model, folded > 0, dict(statistics))
 
 

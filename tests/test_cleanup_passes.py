@@ -122,6 +122,19 @@ def test_batchnorm_folds_into_gemm_and_matmul() -> None:
     assert_same_numbers(proto, after, {"x": seeded((3, 8), seed=1)}, FOLD_TOLERANCE)
 
 
+def test_batchnorm_folds_into_gemm_with_alpha_beta_and_a_broadcast_bias() -> None:
+    text = f"""{HEADER}
+    g (float[N, 8] x) => (float[N, 6] y) {{
+        a = Gemm <alpha = 0.5, beta = 2.0> (x, w, bias)
+        y = BatchNormalization (a, s, o, m, var)
+    }}"""
+    proto = model_from_text(text, {"w": (8, 6), "bias": (1, 6), **batchnorm(6)})
+    after, stats = run_pass(proto, "fold-batchnorm")
+    assert stats == {"batchnorms_folded": 1, "batchnorms_skipped": 0}
+    assert ops(after) == ["Gemm"]
+    assert_same_numbers(proto, after, {"x": seeded((3, 8), seed=2)}, FOLD_TOLERANCE)
+
+
 def test_batchnorm_folds_into_weights_held_by_constant_nodes() -> None:
     text = f"""{HEADER}
     g (float[N, 4, 5, 5] x) => (float[N, 6, 3, 3] y) {{
@@ -170,7 +183,7 @@ def test_batchnorm_not_folded_when_conv_output_has_two_consumers(
         r = Relu (c)
     }}"""
     proto = model_from_text(text, {"w": (6, 4, 3, 3), **batchnorm(6)})
-    with caplog.at_level(logging.INFO, logger="spa.passes.batchnorm"):
+    with caplog.at_level(logging.DEBUG, logger="spa.passes.batchnorm"):
         after, stats = run_pass(proto, "fold-batchnorm")
     assert stats == {"batchnorms_folded": 0, "batchnorms_skipped": 1}
     assert ops(after) == ["Conv", "BatchNormalization", "Relu"]
@@ -187,7 +200,7 @@ def test_batchnorm_not_folded_into_shared_weights(caplog: pytest.LogCaptureFixtu
         z = Add (f, e)
     }}"""
     proto = model_from_text(text, {"w": (6, 4, 3, 3), **batchnorm(6)})
-    with caplog.at_level(logging.INFO, logger="spa.passes.batchnorm"):
+    with caplog.at_level(logging.DEBUG, logger="spa.passes.batchnorm"):
         after, stats = run_pass(proto, "fold-batchnorm")
     assert stats == {"batchnorms_folded": 0, "batchnorms_skipped": 1}
     assert ops(after).count("BatchNormalization") == 1
