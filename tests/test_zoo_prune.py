@@ -40,7 +40,6 @@ LIMITED: dict[str, str] = {
     "timm-pvt-v2-b0": LAYER_NORM,
     "timm-levit-128s": "Reshape does not map axis",
     "hf-gpt2": LAYER_NORM,
-    "hf-gpt2-dynamo": LAYER_NORM,
     "hf-llama-gqa": RMS_NORM,
     "hf-llama-gqa-ts": RMS_NORM,
     "hf-qwen2-gqa": RMS_NORM,

@@ -87,3 +87,15 @@ def test_ort_fused_bert_loses_heads_with_num_heads_rewritten(tmp_path: Path) -> 
     ]
     assert heads_before == [4, 4] and heads_after == [2, 2]
     assert result.statistics["heads_attributes_rewritten"] == 2
+
+
+@pytest.mark.slow
+def test_gpt2_fused_qkv_loses_heads(tmp_path: Path) -> None:
+    """GPT-2 (dynamo export): Conv1D as Gemm over [batch*seq, 128], one fused
+    c_attn weight split into q, k, v, heads behind Reshape/Transpose."""
+    before, after, _ = _prune("hf-gpt2-dynamo", tmp_path)
+    dims_before = {t.name: tuple(t.dims) for t in before.graph.initializer}
+    dims_after = {t.name: tuple(t.dims) for t in after.graph.initializer}
+    name = "inner.transformer.h.0.attn.c_attn.weight"
+    assert dims_before[name] == (128, 384) and dims_after[name] == (128, 192)
+    assert dims_after["inner.transformer.h.0.attn.c_proj.weight"] == (64, 128)

@@ -11,6 +11,7 @@ leaves out).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import onnx_ir as ir
@@ -61,17 +62,40 @@ def _segments(
 def _suffix_segments(
     in_shape: Sequence[int | None], out_shape: Sequence[int | None]
 ) -> list[tuple[list[int], list[int]]] | None:
-    """Symbolic leading dims merged or split (``[B, S, C] <-> [B*S, C]``): pair the
-    static trailing axes from the right; the symbolic prefixes stay unmapped."""
-    i, j = len(in_shape) - 1, len(out_shape) - 1
-    segments: list[tuple[list[int], list[int]]] = []
-    while i >= 0 and j >= 0 and in_shape[i] is not None and in_shape[i] == out_shape[j]:
-        segments.append(([i], [j]))
-        i, j = i - 1, j - 1
-    prefix_in, prefix_out = in_shape[: i + 1], out_shape[: j + 1]
-    if not segments or None not in prefix_in or None not in prefix_out:
+    """Symbolic leading dims merged or split (``[B, S, H, D] <-> [B*S, H*D]``): pair
+    the static trailing axes by products from the right; the symbolic prefixes
+    (each must hold a symbolic dim) stay unmapped."""
+    tail_in = _static_tail(in_shape)
+    tail_out = _static_tail(out_shape)
+    while tail_in and tail_out:
+        segments = _segments(in_shape[-tail_in:], out_shape[-tail_out:])
+        if segments is not None:
+            break
+        # shrink the longer-product side until the trailing products agree
+        if math.prod(in_shape[-tail_in:]) > math.prod(out_shape[-tail_out:]):  # type: ignore[arg-type]
+            tail_in -= 1
+        else:
+            tail_out -= 1
+    else:
         return None
-    return segments[::-1]
+    prefix_in, prefix_out = (
+        in_shape[: len(in_shape) - tail_in],
+        out_shape[: len(out_shape) - tail_out],
+    )
+    if None not in prefix_in or None not in prefix_out:
+        return None
+    shift_in, shift_out = len(in_shape) - tail_in, len(out_shape) - tail_out
+    return [([a + shift_in for a in ins], [b + shift_out for b in outs]) for ins, outs in segments]
+
+
+def _static_tail(shape: Sequence[int | None]) -> int:
+    """How many trailing dims are static."""
+    count = 0
+    for dim in reversed(shape):
+        if dim is None:
+            break
+        count += 1
+    return count
 
 
 def reshape_couplings(
