@@ -203,16 +203,21 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
 
 
 def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
-    """``num_heads`` of fused attention nodes follows their virtual heads space."""
+    """``num_heads`` of fused attention and ``hidden_size`` of LSTM/GRU/RNN follow
+    their virtual spaces."""
     from spa.analysis.rules_contrib import heads_space
+    from spa.analysis.rules_layers import recurrent_hidden_space
 
     rewritten = 0
     for node in model.graph:
-        if node.domain != "com.microsoft" or "num_heads" not in node.attributes:
+        if node.domain == "com.microsoft" and "num_heads" in node.attributes:
+            attribute, change = "num_heads", resized.get(heads_space(node))
+        elif node.domain == "" and node.op_type in ("LSTM", "GRU", "RNN"):
+            attribute, change = "hidden_size", resized.get(recurrent_hidden_space(node))
+        else:
             continue
-        change = resized.get(heads_space(node))
         if change is not None:
-            node.attributes["num_heads"] = ir.AttrInt64("num_heads", change[1])
+            node.attributes[attribute] = ir.AttrInt64(attribute, change[1])
             rewritten += 1
     return rewritten
 

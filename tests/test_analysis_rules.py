@@ -187,3 +187,37 @@ def test_mask_equivalence_heads_and_reshape_rewrite() -> None:
     _analysis, plan, error = mask_equivalence(_heads_model(), ratio=0.5, seed=0, dims={"N": 2})
     assert plan.kept
     assert error <= 1e-5
+
+
+LSTM_MODEL = f"""{HEADER}
+g (float[5, N, 3] x) => (float[5, N, 2] y) {{
+    a = MatMul (x, w_in)
+    seq, last = LSTM <hidden_size = 6> (a, w, r, b)
+    s = Squeeze (seq, one)
+    y = MatMul (s, w_out)
+}}"""
+
+GRU_MODEL = f"""{HEADER}
+g (float[5, N, 3] x) => (float[5, N, 2] y) {{
+    a = MatMul (x, w_in)
+    seq, last = GRU <hidden_size = 6> (a, w, r, b)
+    s = Squeeze (seq, one)
+    y = MatMul (s, w_out)
+}}"""
+
+
+@pytest.mark.parametrize(("text", "gates"), [(LSTM_MODEL, 4), (GRU_MODEL, 3)], ids=["lstm", "gru"])
+def test_recurrent_hidden_units_prune_exactly(text: str, gates: int) -> None:
+    weights = {"w_in": (3, 4), "w": (1, gates * 6, 4), "r": (1, gates * 6, 6),
+               "b": (1, 2 * gates * 6), "w_out": (6, 2)}
+    proto = model_from_text(text, weights, constants={"one": np.array([1])})
+    _, analysis = analysis_of(proto)
+    hidden = group_with(analysis, "r", 2)
+    assert hidden is group_with(analysis, "w_out", 0) and hidden.prunable and hidden.size == 6
+    by_space = {m.space: m for m in hidden.members}
+    # hidden unit 1 owns row 1 of every gate block of W
+    assert by_space[("w", 1)].index_map.forward(np.array([1])).tolist() == [1 + 6 * g for g in range(gates)]
+    assert group_with(analysis, "w_in", 1) is group_with(analysis, "w", 2)  # input features
+    for seed in range(2):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from spa.analysis.index_maps import Identity
+from spa.analysis.index_maps import Identity, IndexMap, Tile
 from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule
 from spa.analysis.rules_elementwise import broadcast_couplings
 
@@ -167,3 +167,65 @@ def _pool(node: ir.Node, context: RuleContext) -> Result:
             Barrier(f"LRN '{node.name}' mixes neighbouring channels", ((name(x), 1), (name(y), 1))),
         ]
     return out + _identity((name(x), 1), (name(y), 1), shape[1])
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent_hidden_space(node: ir.Node) -> tuple[str, int]:
+    """The virtual channel space of an LSTM/GRU/RNN's hidden units."""
+    return (f"{node.name or id(node)}/hidden", 0)
+
+
+@register_rule("LSTM", "GRU", "RNN")
+def _recurrent(node: ir.Node, context: RuleContext) -> Result:
+    """Hidden units: gate blocks of W/R/B (Tile over gates), R's columns, states.
+
+    Exact under masking with the default activations: a unit whose rows and
+    columns are zero keeps a zero state. Other activations and ``layout=1``
+    are barriers.
+    """
+    values = [v for v in (*node.inputs, *node.outputs) if v is not None]
+    hidden = int(context.attribute(node, "hidden_size", 0))
+    gates = _GATES[node.op_type]
+    w, r = node.inputs[1], node.inputs[2]
+    w_shape = context.shape(w)
+    if (
+        context.attribute(node, "activations") is not None
+        or int(context.attribute(node, "layout", 0)) != 0
+        or w is None
+        or r is None
+        or w_shape is None
+        or hidden <= 0
+    ):
+        reason = f"{node.op_type} '{node.name}' has a layout or activations spa does not slice"
+        return [Barrier(reason, values=tuple(name(v) for v in values))]
+    space = recurrent_hidden_space(node)
+    out: Result = [
+        Coupling(space, (name(w), 1), Tile(hidden, gates)),
+        Coupling(space, (name(r), 1), Tile(hidden, gates)),
+        Coupling(space, (name(r), 2), Identity(hidden)),
+    ]
+    optional: dict[int, IndexMap] = {
+        3: Tile(hidden, 2 * gates),
+        5: Identity(hidden),
+        6: Identity(hidden),
+        7: Tile(hidden, 3),
+    }
+    for index, index_map in optional.items():
+        value = node.inputs[index] if len(node.inputs) > index else None
+        if value is not None:
+            out.append(Coupling(space, (name(value), 2 if index in (5, 6) else 1), index_map))
+    x = node.inputs[0]
+    if x is not None and w_shape[2] is not None:
+        out.append(Coupling((name(x), 2), (name(w), 2), Identity(w_shape[2])))
+    for position, axis in ((0, 3), (1, 2), (2, 2)):
+        if len(node.outputs) > position and node.outputs[position].name:
+            out.append(Coupling(space, (name(node.outputs[position]), axis), Identity(hidden)))
+    directions = tuple(
+        (name(v), 0)
+        for v in (w, r, *(node.inputs[i] for i in (3, 5, 6, 7) if len(node.inputs) > i))
+        if v is not None
+    )
+    out.append(Barrier(f"{node.op_type} '{node.name}' direction axis", directions))
+    return out
