@@ -32,6 +32,7 @@ __all__ = [
     "find_rule",
     "name",
     "register_rule",
+    "unknown_shapes",
 ]
 
 Space = tuple[str, int]
@@ -58,6 +59,14 @@ class Barrier:
     reason: str
     spaces: tuple[Space, ...] = ()
     values: tuple[str, ...] = ()
+
+
+def unknown_shapes(node: ir.Node, *values: ir.Value | None) -> Barrier:
+    """The barrier of a rule that needs shapes inference did not give."""
+    return Barrier(
+        f"{node.op_type} '{node.name}' has unknown shapes",
+        values=tuple(name(v) for v in values if v is not None),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

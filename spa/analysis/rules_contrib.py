@@ -10,7 +10,15 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Block, Identity, Offset
-from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, name, register_rule
+from spa.analysis.rules import (
+    Barrier,
+    Coupling,
+    RuleContext,
+    Unconstrained,
+    name,
+    register_rule,
+    unknown_shapes,
+)
 from spa.analysis.rules_elementwise import broadcast_couplings, unary_couplings
 
 __all__ = ["heads_space"]
@@ -38,9 +46,7 @@ def _skip_layer_norm(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None and skip is not None
     shape = context.shape(x)
     if shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     last = len(shape) - 1
     out: Result = [
         Barrier(

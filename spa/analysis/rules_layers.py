@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity, IndexMap, Tile
-from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule
+from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule, unknown_shapes
 from spa.analysis.rules_elementwise import broadcast_couplings
 
 __all__: list[str] = []
@@ -26,7 +26,7 @@ def _conv(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None and w is not None
     w_shape, y_shape = context.shape(w), context.shape(y)
     if w_shape is None or y_shape is None:
-        return [Barrier(f"Conv '{node.name}' has unknown shapes", values=(name(x), name(y)))]
+        return [unknown_shapes(node, x, y)]
     group = int(context.attribute(node, "group", 1))
     c_out, c_in_per_group = w_shape[0], w_shape[1]
     out: Result = _identity((name(y), 0), (name(x), 0), y_shape[0])
@@ -70,9 +70,7 @@ def _gemm(node: ir.Node, context: RuleContext) -> Result:
     assert a is not None and b is not None
     a_shape, b_shape = context.shape(a), context.shape(b)
     if a_shape is None or b_shape is None:
-        return [
-            Barrier(f"Gemm '{node.name}' has unknown shapes", values=(name(a), name(b), name(y)))
-        ]
+        return [unknown_shapes(node, a, b, y)]
     trans_a = int(context.attribute(node, "transA", 0))
     trans_b = int(context.attribute(node, "transB", 0))
     a_k, a_m = (0, 1) if trans_a else (1, 0)
@@ -123,9 +121,7 @@ def _channel_norm(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     training = int(context.attribute(node, "training_mode", 0))
     if training:
         return [
@@ -156,9 +152,7 @@ def _pool(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(y)
     if shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     out = _identity((name(x), 0), (name(y), 0), shape[0])
     if node.op_type == "LRN":
         # LRN normalises across neighbouring channels: removing one changes the others.

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Block, Identity, Offset, Tile
-from spa.analysis.rules import Barrier, Coupling, RuleContext, Unconstrained, name, register_rule
+from spa.analysis.rules import (
+    Barrier,
+    Coupling,
+    RuleContext,
+    Unconstrained,
+    name,
+    register_rule,
+    unknown_shapes,
+)
 from spa.analysis.rules_elementwise import broadcast_couplings
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
 
@@ -189,7 +197,7 @@ def _transpose(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"Transpose '{node.name}' has unknown rank", values=(name(x), name(y)))]
+        return [unknown_shapes(node, x, y)]
     perm = context.attribute(node, "perm") or list(reversed(range(len(shape))))
     out: Result = []
     for out_axis, in_axis in enumerate(perm):
@@ -214,9 +222,7 @@ def _squeeze(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     squeezing = node.op_type == "Squeeze"
     removed = [a for a, d in enumerate(in_shape) if d == 1] if squeezing else []
     inserted: list[int] = []
@@ -242,12 +248,7 @@ def _concat(node: ir.Node, context: RuleContext) -> Result:
     inputs = [v for v in node.inputs if v is not None]
     shapes = [context.shape(v) for v in inputs]
     if out_shape is None or any(s is None for s in shapes):
-        return [
-            Barrier(
-                f"Concat '{node.name}' has unknown shapes",
-                values=tuple(name(v) for v in (*inputs, y)),
-            )
-        ]
+        return [unknown_shapes(node, *inputs, y)]
     axis = int(context.attribute(node, "axis", 0)) % len(out_shape)
     total, offset = out_shape[axis], 0
     out: Result = []
@@ -268,9 +269,7 @@ def _softmax(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     axis = int(context.attribute(node, "axis", -1)) % len(shape)
     out: Result = [
         Barrier(
@@ -301,9 +300,7 @@ def _reduce(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     axes = _axes(node, context, len(shape))
     if axes is None:
         axes = list(range(len(shape)))
@@ -352,9 +349,7 @@ def _resize(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown shapes", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     for a, (dim_in, dim_out) in enumerate(zip(in_shape, out_shape, strict=True)):
         if dim_in is not None and dim_in == dim_out and a < 2:
@@ -368,7 +363,7 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
     assert data is not None and indices is not None
     data_shape, index_shape = context.shape(data), context.shape(indices)
     if data_shape is None or index_shape is None:
-        return [Barrier(f"Gather '{node.name}' has unknown shapes", values=(name(data), name(y)))]
+        return [unknown_shapes(node, data, y)]
     axis = int(context.attribute(node, "axis", 0)) % len(data_shape)
     out: Result = []
     for a, dim in enumerate(data_shape):
@@ -415,7 +410,7 @@ def _split(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [Barrier(f"Split '{node.name}' has unknown rank", values=(name(x),))]
+        return [unknown_shapes(node, x)]
     axis = int(context.attribute(node, "axis", 0)) % len(shape)
     sizes = _split_sizes(node, context, shape[axis])
     out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
@@ -473,9 +468,7 @@ def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     shape = context.shape(x)
     if shape is None:
-        return [
-            Barrier(f"{node.op_type} '{node.name}' has unknown rank", values=(name(x), name(y)))
-        ]
+        return [unknown_shapes(node, x, y)]
     axis = int(context.attribute(node, "axis", -1)) % len(shape)
     reason = f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)"
     out: Result = []
@@ -494,7 +487,7 @@ def _slice(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
-        return [Barrier(f"Slice '{node.name}' has unknown shapes", values=(name(x), name(y)))]
+        return [unknown_shapes(node, x, y)]
     rank = len(in_shape)
     axes_value = node.inputs[3] if len(node.inputs) > 3 else None
     if axes_value is not None:
