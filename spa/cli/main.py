@@ -20,19 +20,16 @@ import click
 
 from spa import __version__
 from spa.cli.options import (
+    EXIT_USER_ERROR,
+    EXIT_VERIFY_FAILED,
+    input_arguments,
     input_options,
-    parse_dims,
-    parse_int_ranges,
-    parse_shapes,
     policy_from,
     tolerance_options,
 )
 from spa.errors import UserError, VerificationFailed
 
 __all__ = ["cli", "command_line", "main"]
-
-EXIT_USER_ERROR = 1
-EXIT_VERIFY_FAILED = 3
 
 
 class UserFailure(click.ClickException):
@@ -118,9 +115,7 @@ def verify_command(
         policy=policy_from(rtol, atol, cosine, exact),
         seed=seed,
         samples=samples,
-        shapes=parse_shapes(shapes),
-        dims=parse_dims(dims),
-        int_ranges=parse_int_ranges(int_ranges),
+        **input_arguments(shapes, dims, int_ranges),
     )
     click.echo(result.render())
     if not result.passed:
@@ -211,9 +206,7 @@ def optimize_command(
         verify=verify,
         policy=policy_from(rtol, atol, cosine, exact),
         seed=seed,
-        shapes=parse_shapes(shapes),
-        dims=parse_dims(dims),
-        int_ranges=parse_int_ranges(int_ranges),
+        **input_arguments(shapes, dims, int_ranges),
         report_path=report_path,
         dump_dir=dump_dir,
         latency_runs=latency_runs,

@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 import click
 
 __all__ = [
+    "EXIT_USER_ERROR",
+    "EXIT_VERIFY_FAILED",
+    "input_arguments",
     "input_options",
     "parse_dims",
     "parse_int_ranges",
@@ -20,6 +23,10 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit codes shared by every command (0 ok, 2 usage comes from click).
+EXIT_USER_ERROR = 1
+EXIT_VERIFY_FAILED = 3
 
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -84,6 +91,17 @@ def tolerance_options(rtol: float = 1e-5) -> Callable[[F], F]:
         ),
         click.option("--exact", is_flag=True, help="Require bit-identical outputs."),
     )
+
+
+def input_arguments(
+    shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...]
+) -> dict[str, Any]:
+    """The ``shapes``/``dims``/``int_ranges`` keywords of the library, parsed from flags."""
+    return {
+        "shapes": parse_shapes(shapes),
+        "dims": parse_dims(dims),
+        "int_ranges": parse_int_ranges(int_ranges),
+    }
 
 
 def parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

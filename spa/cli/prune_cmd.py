@@ -9,10 +9,9 @@ import click
 
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.cli.options import (
+    EXIT_VERIFY_FAILED,
+    input_arguments,
     input_options,
-    parse_dims,
-    parse_int_ranges,
-    parse_shapes,
     policy_from,
     tolerance_options,
 )
@@ -126,7 +125,7 @@ def prune_command(
     exact: bool,
 ) -> None:
     """Remove channels from MODEL (structured pruning) and write -o."""
-    from spa.cli.main import EXIT_VERIFY_FAILED, command_line
+    from spa.cli.main import command_line
     from spa.prune import prune_model
 
     result = prune_model(
@@ -141,9 +140,7 @@ def prune_command(
         save_plan=save_plan,
         verify=verify,
         policy=policy_from(rtol, atol, cosine, exact),
-        shapes=parse_shapes(shapes),
-        dims=parse_dims(dims),
-        int_ranges=parse_int_ranges(int_ranges),
+        **input_arguments(shapes, dims, int_ranges),
         report_path=report_path,
         command=command_line(),
         prunable_io=prunable_io or None,

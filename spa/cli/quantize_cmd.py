@@ -8,11 +8,9 @@ from typing import Any
 
 import click
 
-from spa.cli.options import input_options, parse_dims, parse_int_ranges, parse_shapes
+from spa.cli.options import EXIT_VERIFY_FAILED, input_arguments, input_options
 
 __all__ = ["quantize_command", "render_decisions", "verdict_line"]
-
-EXIT_VERIFY_FAILED = 3
 
 
 def _megabytes(size: int) -> str:
@@ -139,7 +137,7 @@ def quantize_command(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
-        shapes=parse_shapes(shapes), dims=parse_dims(dims), int_ranges=parse_int_ranges(int_ranges),
+        **input_arguments(shapes, dims, int_ranges),
     )  # fmt: skip
     for line in render_decisions(result):
         click.echo(line)
