@@ -209,8 +209,25 @@ def _weight_bytes(value: ir.Value) -> int:
     return int(value.const_value.nbytes) if value.const_value is not None else 0
 
 
+class _DecidingPass(SpaPass):
+    """A pass that records, per node, what it did or why it skipped (for reports)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decisions: list[QuantDecision] = []
+
+    @property
+    def decisions(self) -> list[QuantDecision]:
+        return list(self._decisions)
+
+    def _tally(self, action: str) -> tuple[int, int]:
+        """(nodes with ``action``, nodes skipped) among the decisions so far."""
+        done = sum(1 for d in self._decisions if d.action == action)
+        return done, len(self._decisions) - done
+
+
 @register_pass
-class QuantizeWeightsPass(SpaPass):
+class QuantizeWeightsPass(_DecidingPass):
     """Weight-only block quantization (RTN or GPTQ) of MatMul/Gemm weights.
 
     Options: ``bits`` (4, 8), ``block`` (power of two >= 16), ``symmetric``,
@@ -249,7 +266,6 @@ class QuantizeWeightsPass(SpaPass):
         )
         self.calibration = self._calibration_label(hessians)
         self._hessians = dict(hessians or {})
-        self._decisions: list[QuantDecision] = []
 
     def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
         if self.method != "gptq":
@@ -257,10 +273,6 @@ class QuantizeWeightsPass(SpaPass):
         if not hessians:
             return "none (data-free: GPTQ reduces to RTN)"
         return f"hessians for {len(hessians)} activations"
-
-    @property
-    def decisions(self) -> list[QuantDecision]:
-        return list(self._decisions)
 
     def _skip(self, node: ir.Node, reason: str, weight: str = "") -> None:
         self._decisions.append(
@@ -323,7 +335,7 @@ class QuantizeWeightsPass(SpaPass):
                     name, op_type, "quantized", note, weight_name, rows, cols, old_bytes, new_bytes
                 )
             )
-        quantized = sum(1 for d in self._decisions if d.action == "quantized")
+        quantized, skipped = self._tally("quantized")
         if quantized:
             if self.target == "ort":
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
@@ -331,7 +343,7 @@ class QuantizeWeightsPass(SpaPass):
                 model.ir_version = max(model.ir_version or 0, 10)
         statistics: dict[str, int | float] = {
             "nodes_quantized": quantized,
-            "nodes_skipped": len(self._decisions) - quantized,
+            "nodes_skipped": skipped,
             "bytes_before": before,
             "bytes_after": after,
         }
@@ -345,7 +357,7 @@ def _remove_unused_inputs(graph: ir.Graph, values: list[ir.Value | None]) -> Non
 
 
 @register_pass
-class MatMulNBitsToQDQPass(SpaPass):
+class MatMulNBitsToQDQPass(_DecidingPass):
     """``com.microsoft.MatMulNBits`` -> block ``DequantizeLinear`` + ``MatMul`` (opset 21).
 
     Handles 4/8-bit MatMulNBits with constant B/scales and optional uint8 zero
@@ -356,14 +368,6 @@ class MatMulNBitsToQDQPass(SpaPass):
 
     name = "matmulnbits-to-qdq"
     summary = "Convert com.microsoft.MatMulNBits to block DequantizeLinear + MatMul"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._decisions: list[QuantDecision] = []
-
-    @property
-    def decisions(self) -> list[QuantDecision]:
-        return list(self._decisions)
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
@@ -390,12 +394,12 @@ class MatMulNBitsToQDQPass(SpaPass):
             self._decisions.append(
                 QuantDecision(node.name or "", node.op_type, "converted", "", base or "")
             )
-        converted = sum(1 for d in self._decisions if d.action == "converted")
+        converted, skipped = self._tally("converted")
         if converted:
             model.ir_version = max(model.ir_version or 0, 10)
         statistics: dict[str, int | float] = {
             "nodes_converted": converted,
-            "nodes_skipped": len(self._decisions) - converted,
+            "nodes_skipped": skipped,
         }
         return SpaPassResult(model, modified=converted > 0, statistics=statistics)
 
@@ -418,7 +422,7 @@ def _qdq_consumer(dequantize: ir.Node) -> tuple[ir.Node | None, str]:
 
 
 @register_pass
-class QDQToMatMulNBitsPass(SpaPass):
+class QDQToMatMulNBitsPass(_DecidingPass):
     """Block ``DequantizeLinear`` (axis 0) + ``MatMul`` -> ``com.microsoft.MatMulNBits``.
 
     Handles INT4/UINT4/INT8/UINT8 constant 2-D ``x`` with constant scale (and
@@ -428,14 +432,6 @@ class QDQToMatMulNBitsPass(SpaPass):
 
     name = "qdq-to-matmulnbits"
     summary = "Convert block DequantizeLinear + MatMul to com.microsoft.MatMulNBits"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._decisions: list[QuantDecision] = []
-
-    @property
-    def decisions(self) -> list[QuantDecision]:
-        return list(self._decisions)
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
@@ -468,11 +464,11 @@ class QDQToMatMulNBitsPass(SpaPass):
             self._decisions.append(
                 QuantDecision(matmul.name or "", "MatMul", "converted", "", base)
             )
-        converted = sum(1 for d in self._decisions if d.action == "converted")
+        converted, skipped = self._tally("converted")
         if converted:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         statistics: dict[str, int | float] = {
             "nodes_converted": converted,
-            "nodes_skipped": len(self._decisions) - converted,
+            "nodes_skipped": skipped,
         }
         return SpaPassResult(model, modified=converted > 0, statistics=statistics)
