@@ -197,9 +197,8 @@ def _bypass(graph: ir.Graph, bn: ir.Node) -> None:
     graph.remove(bn, safe=True)
 
 
-def _fold_conv_like(
-    graph: ir.Graph, node: ir.Node, bn: ir.Node, affine: ChannelAffine, transpose: bool
-) -> str | None:
+def _weight_and_bias(node: ir.Node) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """Input 1 (weight) and optional input 2 (bias) as private constants, or why not."""
     weight = _private_constant(node.inputs[1] if len(node.inputs) > 1 else None, "weight")
     if isinstance(weight, str):
         return f"{node.op_type} '{node.name}': {weight}"
@@ -207,6 +206,16 @@ def _fold_conv_like(
     bias = _private_constant(bias_value, "bias") if bias_value is not None else None
     if isinstance(bias, str):
         return f"{node.op_type} '{node.name}': {bias}"
+    return weight, bias
+
+
+def _fold_conv_like(
+    graph: ir.Graph, node: ir.Node, bn: ir.Node, affine: ChannelAffine, transpose: bool
+) -> str | None:
+    parameters = _weight_and_bias(node)
+    if isinstance(parameters, str):
+        return parameters
+    weight, bias = parameters
     group = node.attributes["group"].as_int() if "group" in node.attributes else 1
     channels = weight.shape[1] * group if transpose else weight.shape[0]
     if weight.ndim < 3 or channels != affine.factor.size or weight.shape[0] % group:
@@ -227,13 +236,10 @@ def _fold_conv_like(
 
 
 def _fold_gemm(graph: ir.Graph, node: ir.Node, bn: ir.Node, affine: ChannelAffine) -> str | None:
-    weight = _private_constant(node.inputs[1], "weight")
-    if isinstance(weight, str):
-        return f"Gemm '{node.name}': {weight}"
-    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-    bias = _private_constant(bias_value, "bias") if bias_value is not None else None
-    if isinstance(bias, str):
-        return f"Gemm '{node.name}': {bias}"
+    parameters = _weight_and_bias(node)
+    if isinstance(parameters, str):
+        return parameters
+    weight, bias = parameters
     axis = 0 if "transB" in node.attributes and node.attributes["transB"].as_int() else 1
     if weight.ndim != 2 or weight.shape[axis] != affine.factor.size:
         return f"Gemm '{node.name}' weight {list(weight.shape)} (axis {axis}) does not match the BatchNorm"
