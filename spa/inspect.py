@@ -42,6 +42,7 @@ __all__ = [
     "render_model_info",
     "tensor_elements",
     "tensor_nbytes",
+    "weight_summary",
     "weight_tensors",
 ]
 
@@ -298,17 +299,23 @@ def _ops_without_rule(
     ]
 
 
+def weight_summary(proto: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
+    """(initializer count, parameters, bytes by dtype, largest first), from dims only."""
+    bytes_by_dtype: collections.Counter[str] = collections.Counter()
+    count = params = 0
+    for tensor in weight_tensors(proto):
+        count += 1
+        params += tensor_elements(tensor)
+        bytes_by_dtype[dtype_name(tensor.data_type)] += tensor_nbytes(tensor)
+    return count, params, dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1]))
+
+
 def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     """Facts about the model at ``path``, read without loading any weight bytes."""
     path = Path(path)
     proto = load_proto(path)
     counts = _op_counts(proto)
-    bytes_by_dtype: collections.Counter[str] = collections.Counter()
-    initializer_count = params = 0
-    for tensor in weight_tensors(proto):
-        initializer_count += 1
-        params += tensor_elements(tensor)
-        bytes_by_dtype[dtype_name(tensor.data_type)] += tensor_nbytes(tensor)
+    initializer_count, params, bytes_by_dtype = weight_summary(proto)
     weights = {t.name for t in proto.graph.initializer}
     external = _external_files(proto)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
@@ -330,7 +337,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
         outputs=[_value_info(v) for v in proto.graph.output],
         initializer_count=initializer_count,
         params=params,
-        bytes_by_dtype=dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1])),
+        bytes_by_dtype=bytes_by_dtype,
         external_data=bool(external),
         external_files=external,
         local_functions=[op_key(f.domain, f.name) for f in proto.functions],

@@ -31,14 +31,11 @@ import onnx
 
 from spa.errors import UserError
 from spa.inspect import (
-    dtype_name,
     human_bytes,
     human_count,
     iter_graph_protos,
     op_key,
-    tensor_elements,
-    tensor_nbytes,
-    weight_tensors,
+    weight_summary,
 )
 from spa.macs import FAMILIES, count_macs
 from spa.model_io import load_proto
@@ -108,12 +105,7 @@ def compute_stats(
     else:
         proto = load_proto(model)
         base_dir = base_dir if base_dir is not None else Path(model).resolve().parent
-    bytes_by_dtype: collections.Counter[str] = collections.Counter()
-    params = initializer_count = 0
-    for tensor in weight_tensors(proto):
-        initializer_count += 1
-        params += tensor_elements(tensor)
-        bytes_by_dtype[dtype_name(tensor.data_type)] += tensor_nbytes(tensor)
+    initializer_count, params, bytes_by_dtype = weight_summary(proto)
     nodes: collections.Counter[str] = collections.Counter()
     for graph in iter_graph_protos(proto.graph):
         nodes.update(op_key(node.domain, node.op_type) for node in graph.node)
@@ -127,7 +119,7 @@ def compute_stats(
     return ModelStats(
         params=params,
         initializer_count=initializer_count,
-        bytes_by_dtype=dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1])),
+        bytes_by_dtype=bytes_by_dtype,
         macs_by_family=macs.by_family,
         node_count=sum(nodes.values()),
         nodes_by_op=dict(sorted(nodes.items(), key=lambda kv: (-kv[1], kv[0]))),
