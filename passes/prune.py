@@ -26,7 +26,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from spa.analysis import Analysis, analyze, prepare
-from spa.analysis.plan import Plan, make_plan, member_indices
+from spa.analysis.plan import Plan, member_indices, plan_for
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 
 __all__ = ["PrunePass", "apply_plan", "mask_model"]
@@ -337,18 +337,16 @@ class PrunePass(SpaPass):
 
     def call(self, model: ir.Model) -> SpaPassResult:
         analysis = analyze(prepare(model))
-        if self.plan_path is not None:
-            plan = Plan.load(self.plan_path, analysis)
-        else:
-            plan = make_plan(
-                model,
-                analysis,
-                ratio=self.ratio,
-                criterion=self.criterion,
-                seed=self.seed,
-                round_to=self.round_to,
-                exclude=self.exclude,
-            )
+        plan = plan_for(
+            model,
+            analysis,
+            plan_path=self.plan_path,
+            ratio=self.ratio,
+            criterion=self.criterion,
+            seed=self.seed,
+            round_to=self.round_to,
+            exclude=self.exclude,
+        )
         self._analysis, self._plan = analysis, plan
         if not plan.kept:
             return SpaPassResult(model, False, {"groups_pruned": 0})

@@ -20,7 +20,7 @@ import numpy as np
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
-from spa.analysis.plan import Plan, make_plan, member_indices
+from spa.analysis.plan import Plan, member_indices, plan_for
 from spa.inspect import human_count
 from spa.model_io import load_model, save_model
 from spa.verify import AllClose, Policy, VerifyResult, verify_models
@@ -106,18 +106,16 @@ def prune_model(
     model, output = Path(model), Path(output)
     ir_model = prepare(load_model(model))
     analysis = analyze(ir_model, prunable_io)
-    if plan_path is not None:
-        plan = Plan.load(plan_path, analysis)
-    else:
-        plan = make_plan(
-            ir_model,
-            analysis,
-            ratio=ratio,
-            criterion=criterion,
-            seed=seed,
-            round_to=round_to,
-            exclude=exclude,
-        )
+    plan = plan_for(
+        ir_model,
+        analysis,
+        plan_path=plan_path,
+        ratio=ratio,
+        criterion=criterion,
+        seed=seed,
+        round_to=round_to,
+        exclude=exclude,
+    )
     if save_plan is not None:
         plan.save(save_plan)
     if plan.kept:

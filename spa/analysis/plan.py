@@ -25,7 +25,15 @@ from spa.analysis.groups import Analysis, Group
 from spa.analysis.index_maps import Lookup
 from spa.errors import UserError
 
-__all__ = ["CRITERIA", "Plan", "kept_count", "make_plan", "member_indices", "score_group"]
+__all__ = [
+    "CRITERIA",
+    "Plan",
+    "kept_count",
+    "make_plan",
+    "member_indices",
+    "plan_for",
+    "score_group",
+]
 
 CRITERIA = ("random", "l1", "l2")
 PLAN_FORMAT = "spa-plan/1"
@@ -200,6 +208,31 @@ def make_plan(
         "exclude": list(exclude),
     }
     return Plan(analysis.fingerprint, kept, sizes, policy)
+
+
+def plan_for(
+    model: ir.Model,
+    analysis: Analysis,
+    *,
+    plan_path: str | os.PathLike[str] | None = None,
+    ratio: float = 0.3,
+    criterion: str = "l1",
+    seed: int = 0,
+    round_to: int = 1,
+    exclude: Sequence[str] = (),
+) -> Plan:
+    """The saved plan at ``plan_path`` (checked against the model), else a new one."""
+    if plan_path is not None:
+        return Plan.load(plan_path, analysis)
+    return make_plan(
+        model,
+        analysis,
+        ratio=ratio,
+        criterion=criterion,
+        seed=seed,
+        round_to=round_to,
+        exclude=exclude,
+    )
 
 
 def member_indices(analysis: Analysis, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
