@@ -40,8 +40,12 @@ def mlp_stack(path: Path, hidden: int, inner: int, blocks: int, seed: int) -> Pa
     for index in range(blocks):
         up, down = f"w_up_{index}", f"w_down_{index}"
         initializers += [
-            numpy_helper.from_array((rng.standard_normal((hidden, inner)) * 0.02).astype(np.float32), up),
-            numpy_helper.from_array((rng.standard_normal((inner, hidden)) * 0.02).astype(np.float32), down),
+            numpy_helper.from_array(
+                (rng.standard_normal((hidden, inner)) * 0.02).astype(np.float32), up
+            ),
+            numpy_helper.from_array(
+                (rng.standard_normal((inner, hidden)) * 0.02).astype(np.float32), down
+            ),
         ]
         nodes += [
             helper.make_node("MatMul", [current, up], [f"h_{index}"], name=f"up_{index}"),
@@ -99,8 +103,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spa-bench-") as name:
         folder = Path(name)
         dense = mlp_stack(folder / "fp32.onnx", args.hidden, args.inner, args.blocks, seed=0)
-        result = quantize_model(dense, folder / "w4.onnx", bits=4, block=128, method="rtn",
-                                target="ort", verify=False)
+        result = quantize_model(
+            dense, folder / "w4.onnx", bits=4, block=128, method="rtn", target="ort", verify=False
+        )
         models = {
             "fp32": dense,
             "w4": result.output,
