@@ -246,10 +246,12 @@ def _print_pass_line(record: Any, total: int) -> None:
 def _register_subcommands() -> None:
     from spa.cli.prune_cmd import analyze_command, prune_command
     from spa.cli.quantize_cmd import quantize_command
+    from spa.cli.sparsify_cmd import sparsify_command
 
     cli.add_command(analyze_command)
     cli.add_command(prune_command)
     cli.add_command(quantize_command)
+    cli.add_command(sparsify_command)
 
 
 _register_subcommands()
