@@ -27,12 +27,26 @@ Weights stay dense floats with zeros (the ONNX / TensorRT form).
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import Any
+
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from spa.progress import track
 from spa.quant.gptq import upper_cholesky_of_inverse
 
-__all__ = ["is_2to4", "magnitude_2to4", "reduction_first", "sparsegpt_2to4", "zero_share"]
+__all__ = [
+    "SparseWeightInfo",
+    "is_2to4",
+    "magnitude_2to4",
+    "reduction_first",
+    "sparse_weight_report",
+    "sparsegpt_2to4",
+    "zero_share",
+]
 
 RUN = 4
 KEEP = 2
@@ -104,3 +118,74 @@ def sparsegpt_2to4(
                 errors[:, column - start] = error
         current[:, stop:] -= errors @ upper[start:stop, stop:]
     return np.ascontiguousarray(result.T).astype(matrix.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseWeightInfo:
+    """Whether one MatMul/Gemm/Conv weight holds the 2:4 pattern along its reduction axis.
+
+    ``sparse_2to4`` is None when the weight's bytes were not read (external data).
+    """
+
+    node: str
+    op_type: str
+    weight: str
+    shape: tuple[int, ...]
+    axis: int
+    sparse_2to4: bool | None
+    zero_share: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
+}  # fmt: skip
+
+
+def _reduction_axis(node: onnx.NodeProto, rank: int) -> int | None:
+    if node.op_type == "MatMul" and rank >= 2:
+        return rank - 2
+    if node.op_type == "Gemm" and rank == 2:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 1 if trans_b else 0
+    if node.op_type == "Conv" and rank >= 3:
+        return 1
+    return None
+
+
+def sparse_weight_report(
+    proto: onnx.ModelProto, base_dir: str | os.PathLike[str], *, read_external: bool = False
+) -> list[SparseWeightInfo]:
+    """2:4 status of every float initializer weight of a main-graph MatMul/Gemm/Conv.
+
+    Embedded weights are checked; weights in external data only with
+    ``read_external`` (otherwise ``sparse_2to4`` is None).
+    """
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    found = []
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        tensor = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        if tensor is None or tensor.data_type not in _FLOAT_TYPES:
+            continue
+        axis = _reduction_axis(node, len(tensor.dims))
+        if axis is None:
+            continue
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        status, zeros = None, None
+        if read_external or not external:
+            array = numpy_helper.to_array(tensor, base_dir=str(base_dir))
+            status, zeros = is_2to4(array, axis), zero_share(array)
+        found.append(
+            SparseWeightInfo(
+                node.name, node.op_type, tensor.name, tuple(int(d) for d in tensor.dims),
+                axis, status, zeros,
+            )
+        )  # fmt: skip
+    return found
