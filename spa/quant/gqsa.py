@@ -129,7 +129,7 @@ def _entry_rows(row_ptr: np.ndarray, nnz: int) -> np.ndarray:
 
 def _signed_groups(arrays: GQSAArrays) -> np.ndarray:
     nnz = len(arrays.col_idx)
-    values = np.asarray(arrays.values, dtype=np.uint8).reshape(nnz, -1)
+    values = np.asarray(arrays.values, dtype=np.uint8).reshape(nnz, arrays.group * arrays.bits // 8)
     unsigned = unpack_nibbles(values, arrays.group) if arrays.bits == 4 else values
     return (unsigned.astype(np.int16) - 2 ** (arrays.bits - 1)).astype(np.int8)  # [nnz, g]
 
