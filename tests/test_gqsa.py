@@ -420,3 +420,15 @@ def test_sparsify_gqsa_bad_options_one_line_exit_1(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_sparsify_converts_old_opsets_for_the_reference_form(tmp_path: Path) -> None:
+    from spa.quant.sparsify_api import sparsify_model
+
+    _, weights = _mlp()
+    source = tmp_path / "old.onnx"
+    onnx.save(_model(MLP.replace('"" : 21', '"" : 13'), weights), str(source))
+    result = sparsify_model(source, tmp_path / "out.onnx", pattern="gqsa", min_cosine=0.5)
+    assert result.rewritten == 2 and result.passed
+    written = onnx.load(str(tmp_path / "out.onnx"))
+    assert {o.domain: o.version for o in written.opset_import}[""] == 21

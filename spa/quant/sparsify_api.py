@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from spa.errors import UserError
-from spa.quant.api import _hessians, _opset_ready, file_bytes
+from spa.quant.api import _hessians, file_bytes
 from spa.quant.calibration import CalibrationSource
 from spa.quant.macs import node_macs, value_shapes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
@@ -118,6 +118,26 @@ def _build_pass(pattern: str, options: dict[str, Any], hessians: Any) -> Any:
     )
 
 
+def _opset_18_ready(path: Path, staging: Path) -> Path:
+    """``path``, or a copy converted to opset 21 when its opset is below 18 (BitwiseAnd)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 18:
+        return path
+    try:
+        converted = onnx.version_converter.convert_version(onnx.load(str(path)), 21)
+    except Exception as error:  # the converter raises its own C++ error types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path}: opset {opset} could not be converted to 21 for the GQSA reference "
+            f"lowering ({first}); use --form plugin"
+        ) from None
+    out = staging / "opset21.onnx"
+    onnx.save_model(converted, str(out), save_as_external_data=converted.ByteSize() > 1_800_000_000)
+    logger.info("converted opset %d -> 21 for the GQSA reference lowering", opset)
+    return out
+
+
 def _verified_copy(output: Path, form: str, folder: Path) -> Path:
     """The model ORT can run: the output itself, or its reference lowering."""
     if form != "plugin":
@@ -162,7 +182,8 @@ def sparsify_model(
     source, output = Path(input_path), Path(output_path)
     load_model(source)  # one-line errors for bad files before anything else runs
     with tempfile.TemporaryDirectory(prefix="spa-sparsify-") as folder:
-        prepared = _opset_ready(source, "onnx", Path(folder)) if pattern == "gqsa" else source
+        lowered = pattern == "gqsa" and form == "reference"
+        prepared = _opset_18_ready(source, Path(folder)) if lowered else source
         wants_data = method == "sparsegpt" or pattern == "gqsa"
         hessians = None
         if wants_data and calib is not None:
