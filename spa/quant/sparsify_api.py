@@ -173,6 +173,8 @@ def sparsify_model(
     from spa.model_io import load_model, save_model
 
     check_sparsify_options(pattern, method, calib, sparsity)
+    if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
+        raise UserError("--group/--bits/--form apply to --pattern gqsa; drop them for 2:4")
     options: dict[str, Any] = {
         "pattern": pattern, "method": method, "seed": seed,
         **({"group": group, "sparsity": 0.5 if sparsity is None else sparsity,
