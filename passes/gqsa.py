@@ -7,7 +7,7 @@ replaced by ``spa.GroupSparseQuantMatMul`` (``form="plugin"``, for the TensorRT
 plugin) or by that op's reference lowering to standard ONNX
 (``form="reference"``, runs in ONNX Runtime CPU). Layout: ``docs/formats.md`` (c).
 
-Skipped with a reason: K not a multiple of the group size, non-constant,
+Skipped with a reason: K not a multiple of the group size, bfloat16 weights, non-constant,
 shared, integer (already quantized) or non-2-D weights, weights produced by
 DequantizeLinear, ``MatMulNBits`` and GQSA nodes (already quantized), Gemm with
 ``alpha != 1`` or ``transA``, and for the reference form a model opset below 18.
@@ -186,6 +186,11 @@ class GQSAPass(SparsifyingPass):
                 continue
             rows, cols = candidate.array.shape
             reason = self._reason(model, rows)
+            if candidate.array.dtype not in (np.float32, np.float16):
+                reason = (
+                    f"weight '{weight_name}' is {candidate.array.dtype}; GQSA scales take the "
+                    "activation type, float32 or float16 (convert the model first)"
+                )
             if reason:
                 self._skip(node, reason, weight_name)
                 continue

@@ -351,6 +351,18 @@ def test_bad_weights_are_skipped_with_reasons() -> None:
     assert len(_run(model, feeds)) == 6
 
 
+def test_bfloat16_weights_are_skipped() -> None:
+    import ml_dtypes
+
+    weight = np.ones((32, 8), ml_dtypes.bfloat16)
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (bfloat16[B, 32] X) => (bfloat16[B, 8] Y) { Y = MatMul(X, W) }"""
+    model = ir.serde.deserialize_model(_model(text, {"W": weight}))
+    spa_pass = GQSAPass()
+    assert spa_pass(model).statistics["nodes_skipped"] == 1
+    assert "is bfloat16; GQSA scales take the activation type" in spa_pass.decisions[0].reason
+
+
 def test_reference_form_needs_opset_18() -> None:
     old = MLP.replace('"" : 21', '"" : 17')
     _, weights = _mlp()
