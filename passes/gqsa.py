@@ -35,6 +35,7 @@ from spa.quant.gqsa_ir import (
     GQSA_DOMAIN,
     GQSA_OP,
     LOWERING_OPSET,
+    PREFIX,
     find_lowerings,
     gqsa_inputs,
     gqsa_node,
@@ -79,6 +80,19 @@ def _core_nodes(
         candidate_activation, inputs, arrays.k, arrays.n, arrays.group, arrays.bits, name,
         ir.DataType.from_numpy(np.asarray(arrays.scales).dtype),
     )  # fmt: skip
+
+
+def _unique_node_name(graph: ir.Graph, node: ir.Node, name: str) -> str:
+    """``name``, suffixed when another node or lowering already has it (lowerings are
+    found by their node names)."""
+    taken = {other.name for other in graph if other is not node}
+    taken |= {other.name[len(PREFIX) :].rsplit("/", 1)[0] for other in graph
+              if other.name and other.name.startswith(PREFIX)}  # fmt: skip
+    unique, index = name, 0
+    while unique in taken:
+        index += 1
+        unique = f"{name}_{index}"
+    return unique
 
 
 def _already_quantized(node: ir.Node) -> tuple[_Candidate | None, str]:
@@ -159,7 +173,7 @@ class GQSAPass(SparsifyingPass):
         )  # fmt: skip
         arrays = pack_gqsa(quantized)
         base = candidate.weight.name or "weight"
-        node_name = candidate.node.name or base
+        node_name = _unique_node_name(graph, candidate.node, candidate.node.name or base)
         inputs, size = gqsa_inputs(graph, arrays, base)
         nodes = _core_nodes(candidate.activation, inputs, arrays, node_name, self.form)
         nodes += _bias_nodes(graph, candidate, nodes[-1].outputs[0])

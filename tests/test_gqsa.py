@@ -351,6 +351,25 @@ def test_bad_weights_are_skipped_with_reasons() -> None:
     assert len(_run(model, feeds)) == 6
 
 
+def test_nodes_with_the_same_name_get_distinct_lowerings() -> None:
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+    g (float[B, 32] X) => (float[B, 8] Y, float[B, 8] Z) {
+        Y = MatMul(X, W1)
+        Z = MatMul(X, W2)
+    }"""
+    rng = np.random.default_rng(0)
+    weights = {n: rng.standard_normal((32, 8)).astype(np.float32) for n in ("W1", "W2")}
+    proto = onnx.parser.parse_model(text)
+    for node in proto.graph.node:
+        node.name = "same"
+    for name, array in weights.items():
+        proto.graph.initializer.append(numpy_helper.from_array(array, name))
+    model = ir.serde.deserialize_model(proto)
+    GQSAPass(group=8)(model)
+    assert ReferenceToGQSAPass()(model).statistics == {"nodes_converted": 2, "nodes_skipped": 0}
+    assert sorted(node.name or "" for node in model.graph) == ["same", "same_1"]
+
+
 def test_bfloat16_weights_are_skipped() -> None:
     import ml_dtypes
 
