@@ -7,9 +7,9 @@ sparse-weights mode) need it:
 * ``MatMul(A, W)``, ``W[K, N]``: for each output column ``n``, rows
   ``k = 4j .. 4j+3``;
 * ``Conv``, ``W[O, I, kh, kw]``: for each ``(o, kh, kw)``, input channels
-  ``i = 4j .. 4j+3`` (TensorRT's documentation on structured sparsity asks for
-  the 2:4 pattern along the input-channel dimension at each output channel and
-  spatial position).
+  ``i = 4j .. 4j+3`` (TensorRT's developer guide, "Data Formats and Tensors" ->
+  Structured Sparsity, asks for the 2:4 pattern along the input channels at
+  each output channel and kernel position, and along K for matrix multiplies).
 
 Mask selection:
 
