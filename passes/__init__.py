@@ -15,21 +15,27 @@ from spa.passes.cleanup import (
     TopologicalSortPass,
 )
 from spa.passes.constant_folding import FoldConstantsPass
+from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
+from spa.passes.sparsify import Sparsify2to4Pass
 
 __all__ = [
     "CLEANUP_PIPELINE",
     "EliminateDeadCodePass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
+    "GQSAPass",
+    "GQSAToReferencePass",
     "InferShapesPass",
     "MatMulNBitsToQDQPass",
     "PrunePass",
     "QDQToMatMulNBitsPass",
     "QuantizeWeightsPass",
+    "ReferenceToGQSAPass",
     "RemoveIdentityPass",
     "RemoveUnusedInitializersPass",
+    "Sparsify2to4Pass",
     "TopologicalSortPass",
 ]
 

@@ -98,8 +98,8 @@ def check_quantize_options(
         )
 
 
-def _weight_reason(value: ir.Value | None) -> str:
-    """Why ``value`` is not a quantizable weight ('' when it is)."""
+def _weight_reason(value: ir.Value | None, ranks: tuple[int, ...] = (2,)) -> str:
+    """Why ``value`` is not a quantizable weight of one of ``ranks`` ('' when it is)."""
     if value is None:
         return "no weight input"
     producer = value.producer()
@@ -117,8 +117,10 @@ def _weight_reason(value: ir.Value | None) -> str:
     if dtype not in _FLOATS:
         kind = "integer weight: already quantized" if dtype.is_integer() else "unsupported dtype"
         return f"weight '{value.name}' is {dtype.name} ({kind})"
-    if len(value.const_value.shape) != 2:
-        return f"weight '{value.name}' has rank {len(value.const_value.shape)}; only 2-D weights are quantized"
+    rank = len(value.const_value.shape)
+    if rank not in ranks:
+        wanted = " or ".join(f"{r}-D" for r in ranks)
+        return f"weight '{value.name}' has rank {rank}; only {wanted} weights are handled"
     users = {use.node.name or f"#{id(use.node)}" for use in value.uses()}
     if len(users) > 1 or len(value.uses()) > 1:
         return f"weight '{value.name}' is shared by {len(users)} nodes ({', '.join(sorted(users))}); shared weights are skipped"

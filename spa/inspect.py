@@ -10,6 +10,12 @@ parameter counts come from each tensor's dims and dtype, never its bytes.
 ``local function`` (defined in the model), ``contrib (onnxruntime)`` (in ONNX
 Runtime's operator schemas, looked up only when such ops exist), or
 ``unknown``.
+
+2:4 listing: every float weight of a main-graph MatMul/Gemm/Conv is checked
+for the 2:4 pattern along its reduction axis (TensorRT sparse-weights
+eligible; :func:`spa.quant.sparsity.sparse_weight_report`). This is the one
+place inspect reads weight bytes: embedded weights only, unless
+``read_weights=True`` (``spa inspect --read-weights``) also reads external data.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import onnx
 
 from spa.model_io import iter_graph_protos, load_proto
+from spa.quant.sparsity import SparseWeightInfo, sparse_weight_report
 
 __all__ = [
     "STANDARD_DOMAINS",
@@ -203,6 +210,8 @@ class ModelInfo:
     ops_without_schema: list[UnknownOp]
     #: ops the analyzer has no rule for: pruning treats them as barriers
     ops_without_rule: list[OpCount] = dataclasses.field(default_factory=list)
+    #: MatMul/Gemm/Conv float weights and whether each is 2:4 along its reduction axis
+    sparse_weights: list[SparseWeightInfo] = dataclasses.field(default_factory=list)
 
     @property
     def weight_bytes(self) -> int:
@@ -310,8 +319,9 @@ def weight_summary(proto: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
     return count, params, dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1]))
 
 
-def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
-    """Facts about the model at ``path``, read without loading any weight bytes."""
+def inspect_model(path: str | os.PathLike[str], *, read_weights: bool = False) -> ModelInfo:
+    """Facts about the model at ``path``; external weight bytes are read only for the
+    2:4 check and only with ``read_weights``."""
     path = Path(path)
     proto = load_proto(path)
     counts = _op_counts(proto)
@@ -344,6 +354,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
         custom_domains=sorted((used_domains | set(opsets)) - STANDARD_DOMAINS),
         ops_without_schema=_unknown_ops(proto, counts),
         ops_without_rule=_ops_without_rule(counts, opsets),
+        sparse_weights=sparse_weight_report(proto, path.parent, read_external=read_weights),
     )
     logger.info("inspected %s: %d nodes, %d params", path, info.node_count, info.params)
     return info
@@ -362,6 +373,24 @@ def _shape_text(value: ValueInfo) -> str:
     if value.shape is None:
         return "(unknown shape)"
     return "[" + ", ".join(str(d) for d in value.shape) + "]"
+
+
+def _sparse_lines(weights: list[SparseWeightInfo]) -> list[str]:
+    if not weights:
+        return []
+    sparse = [w for w in weights if w.sparse_2to4]
+    unread = sum(1 for w in weights if w.sparse_2to4 is None)
+    lines = [
+        f"2:4 sparse weights (TensorRT sparse-weights eligible): {len(sparse)} of "
+        f"{len(weights)} MatMul/Gemm/Conv weights"
+        + (f" ({unread} in external data not read; --read-weights)" if unread else "")
+    ]
+    rows: list[tuple[str, ...]] = [
+        (w.node or "?", w.op_type, w.weight, "[" + ", ".join(map(str, w.shape)) + "]",
+         f"axis {w.axis}", f"zeros {w.zero_share:.1%}" if w.zero_share is not None else "")
+        for w in sparse
+    ]  # fmt: skip
+    return lines + (_table(rows) if rows else [])
 
 
 def render_model_info(info: ModelInfo, *, top_ops: int | None = None) -> str:
@@ -400,6 +429,7 @@ def render_model_info(info: ModelInfo, *, top_ops: int | None = None) -> str:
         lines += _table(
             [(op_key(o.domain, o.op_type), str(o.count)) for o in info.ops_without_rule]
         )
+    lines += _sparse_lines(info.sparse_weights)
     histogram = info.op_histogram if top_ops is None else info.op_histogram[:top_ops]
     lines.append("ops")
     lines += _table(

@@ -73,11 +73,14 @@ def command_line() -> str:
 @cli.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write JSON here.")
-def inspect_command(model: Path, json_path: Path | None) -> None:
-    """Opsets, op histogram, inputs/outputs, weights by dtype, custom ops."""
+@click.option(
+    "--read-weights", is_flag=True, help="Also read external data for the 2:4 weight check."
+)
+def inspect_command(model: Path, json_path: Path | None, read_weights: bool) -> None:
+    """Opsets, op histogram, inputs/outputs, weights by dtype, custom ops, 2:4 weights."""
     from spa.inspect import inspect_model, render_model_info
 
-    info = inspect_model(model)
+    info = inspect_model(model, read_weights=read_weights)
     click.echo(render_model_info(info))
     if json_path is not None:
         from spa.report import write_report
@@ -246,10 +249,12 @@ def _print_pass_line(record: Any, total: int) -> None:
 def _register_subcommands() -> None:
     from spa.cli.prune_cmd import analyze_command, prune_command
     from spa.cli.quantize_cmd import quantize_command
+    from spa.cli.sparsify_cmd import sparsify_command
 
     cli.add_command(analyze_command)
     cli.add_command(prune_command)
     cli.add_command(quantize_command)
+    cli.add_command(sparsify_command)
 
 
 _register_subcommands()

@@ -53,7 +53,7 @@ def unpack_nibbles(packed: np.ndarray, count: int, signed: bool = False) -> np.n
     """Inverse of :func:`pack_nibbles`: ``uint8``/``int8 [..., count]``."""
     packed = np.asarray(packed, dtype=np.uint8)
     pairs = np.stack([packed & 0x0F, packed >> 4], axis=-1)
-    values = pairs.reshape(*packed.shape[:-1], -1)[..., :count]
+    values = pairs.reshape(*packed.shape[:-1], 2 * packed.shape[-1])[..., :count]
     if signed:
         return ((values.astype(np.int16) ^ 8) - 8).astype(np.int8)
     return values.astype(np.uint8)

@@ -1,0 +1,238 @@
+"""2:4 semi-structured sparsity of MatMul/Gemm/Conv weights (``sparsify-2to4``).
+
+:class:`Sparsify2to4Pass` handles:
+
+* ``MatMul(A, W)``, ``W[K, N]`` a 2-D float initializer: runs of 4 along K;
+* ``Gemm(A, B, C)`` with constant 2-D ``B``: along K (``B``'s axis 1 when ``transB``);
+* ``Conv(X, W[, b])``, ``W[O, I/group, kh, ...]``: runs of 4 input channels at
+  every ``(o, kh, kw)`` (TensorRT's sparse-weights layout).
+
+The node is unchanged; its weight initializer is replaced by the pruned dense
+float weight (zeros in place), which TensorRT's sparse-weights builder flag
+picks up. Skipped, each with its reason in :attr:`Sparsify2to4Pass.decisions`:
+a reduction size that is not a multiple of 4 (grouped Conv: input channels per
+group), weights that are not constant initializers (computed, graph inputs,
+Constant outputs, produced by DequantizeLinear = already quantized), shared
+weights, integer weights, ``MatMulNBits`` / ``spa.GroupSparseQuantMatMul``
+(already quantized). Only the main graph is rewritten.
+
+``method="sparsegpt"`` uses ``hessians`` (activation name -> ``H[K, K]`` from
+:func:`spa.quant.calibration.collect_hessians`) for MatMul/Gemm; without one
+(or for Conv, whose im2col Hessian spa does not collect) the mask is by
+magnitude and the decision says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from spa.errors import UserError
+from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.passes.quantize import _weight_reason
+from spa.quant.ir_format import MS_DOMAIN, QuantDecision, op_key
+from spa.quant.sparsity import (
+    RUN,
+    magnitude_2to4,
+    reduction_first,
+    sparsegpt_2to4,
+    zero_share,
+)
+
+__all__ = ["SPARSIFY_METHODS", "SparseDecision", "Sparsify2to4Pass", "SparsifyingPass"]
+
+logger = logging.getLogger(__name__)
+
+SPARSIFY_METHODS = ("magnitude", "sparsegpt")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseDecision(QuantDecision):
+    """A :class:`QuantDecision` with the share of zeros in the rewritten weight."""
+
+    sparsity: float = 0.0
+
+
+@dataclasses.dataclass
+class _Target:
+    """A weight to prune: the reduction axis and the activation whose Hessian applies."""
+
+    node: ir.Node
+    weight: ir.Value
+    axis: int
+    activation: ir.Value | None  # None: no input Hessian applies (Conv)
+
+
+def _match_matmul(node: ir.Node) -> tuple[_Target | None, str]:
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    reason = _weight_reason(weight)
+    if reason or weight is None:
+        return None, reason
+    return _Target(node, weight, 0, node.inputs[0]), ""
+
+
+def _match_gemm(node: ir.Node) -> tuple[_Target | None, str]:
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    reason = _weight_reason(weight)
+    if reason or weight is None:
+        return None, reason
+    trans_a = node.attributes.get_int("transA", 0)
+    activation = None if trans_a else node.inputs[0]
+    return _Target(node, weight, 1 if node.attributes.get_int("transB", 0) else 0, activation), ""
+
+
+def _match_conv(node: ir.Node) -> tuple[_Target | None, str]:
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    reason = _weight_reason(weight, ranks=(3, 4, 5))
+    if reason or weight is None or weight.const_value is None:
+        return None, reason
+    group = node.attributes.get_int("group", 1)
+    per_group = int(weight.const_value.numpy().shape[1])
+    if per_group % RUN:
+        where = (
+            f"group={group}: {per_group} input channels per group"
+            if group > 1
+            else f"{per_group} input channels"
+        )
+        return None, f"Conv {where}, not a multiple of 4"
+    return _Target(node, weight, 1, None), ""
+
+
+def _already_quantized(node: ir.Node) -> tuple[None, str]:
+    return None, f"already quantized ({node.domain}.{node.op_type})"
+
+
+Matcher = Callable[[ir.Node], tuple["_Target | None", str]]
+
+#: (domain, op_type) -> matcher returning a target or the reason it is skipped.
+MATCHERS: dict[tuple[str, str], Matcher] = {
+    ("", "MatMul"): _match_matmul,
+    ("", "Gemm"): _match_gemm,
+    ("", "Conv"): _match_conv,
+    (MS_DOMAIN, "MatMulNBits"): _already_quantized,
+    ("spa", "GroupSparseQuantMatMul"): _already_quantized,
+}
+
+
+class SparsifyingPass(SpaPass):
+    """A pass that records, per candidate node, what it did or why it skipped."""
+
+    action = "sparsified"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decisions: list[SparseDecision] = []
+
+    @property
+    def decisions(self) -> list[SparseDecision]:
+        return list(self._decisions)
+
+    def _skip(self, node: ir.Node, reason: str, weight: str = "") -> None:
+        self._decisions.append(
+            SparseDecision(node.name or "", node.op_type, "skipped", reason, weight)
+        )
+        logger.debug("skip %s '%s': %s", node.op_type, node.name, reason)
+
+    def _tally(self) -> tuple[int, int]:
+        done = sum(1 for decision in self._decisions if decision.action == self.action)
+        return done, len(self._decisions) - done
+
+
+@register_pass
+class Sparsify2to4Pass(SparsifyingPass):
+    """2:4 sparsity along the reduction axis of MatMul/Gemm/Conv weights (dense zeros).
+
+    Options: ``method`` (``magnitude``, ``sparsegpt``), ``hessians`` (activation
+    name -> ``H[K, K]``), ``block``/``percdamp`` (SparseGPT). :attr:`calibration`
+    says whether a Hessian was used; :attr:`decisions` lists every candidate.
+    """
+
+    name = "sparsify-2to4"
+    summary = "2:4 semi-structured sparsity of MatMul/Gemm/Conv weights (magnitude or SparseGPT)"
+
+    def __init__(
+        self,
+        method: str = "magnitude",
+        *,
+        hessians: Mapping[str, np.ndarray] | None = None,
+        block: int = 128,
+        percdamp: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if method not in SPARSIFY_METHODS:
+            raise UserError(f"method '{method}': choose one of {', '.join(SPARSIFY_METHODS)}")
+        self.method, self.block, self.percdamp = method, block, percdamp
+        self._hessians = dict(hessians or {})
+        if method == "magnitude":
+            self.calibration = "not needed (magnitude)"
+        elif hessians:
+            self.calibration = f"hessians for {len(self._hessians)} activations"
+        else:
+            self.calibration = "none (data-free: H = I, SparseGPT reduces to magnitude)"
+
+    def _prune(self, target: _Target, array: np.ndarray) -> tuple[np.ndarray, str]:
+        matrix = reduction_first(array, target.axis)  # [reduction, rest]
+        note = ""
+        hessian = None
+        if self.method == "sparsegpt":
+            name = target.activation.name if target.activation is not None else None
+            hessian = self._hessians.get(name or "")
+            if target.activation is None:
+                note = "sparsegpt: no input Hessian for this node, magnitude mask"
+            elif hessian is None:
+                note = "no calibration Hessian for this input: magnitude mask (H = I)"
+            elif hessian.shape != (matrix.shape[0],) * 2:
+                note, hessian = (
+                    f"Hessian is {hessian.shape}, K={matrix.shape[0]}: magnitude mask",
+                    None,
+                )
+        if hessian is not None:
+            pruned = sparsegpt_2to4(matrix, hessian, block=self.block, percdamp=self.percdamp)
+        else:
+            pruned = magnitude_2to4(matrix)
+        moved = np.moveaxis(array, target.axis, 0)
+        restored = np.moveaxis(pruned.reshape(moved.shape), 0, target.axis)
+        return np.ascontiguousarray(restored).astype(array.dtype), note
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        self._decisions = []
+        zeros = elements = 0
+        for node in list(model.graph):
+            matcher = MATCHERS.get(op_key(node))
+            if matcher is None:
+                continue
+            target, reason = matcher(node)
+            weight_name = (
+                node.inputs[1].name or "" if len(node.inputs) > 1 and node.inputs[1] else ""
+            )
+            if target is None or target.weight.const_value is None:
+                self._skip(node, reason, weight_name)
+                continue
+            array = target.weight.const_value.numpy()
+            reduction = int(array.shape[target.axis])
+            if reduction % RUN:
+                self._skip(
+                    node, f"reduction size K={reduction} is not a multiple of 4", weight_name
+                )
+                continue
+            pruned, note = self._prune(target, array)
+            target.weight.const_value = ir.Tensor(pruned, name=target.weight.name)
+            share = zero_share(pruned)
+            zeros, elements = zeros + int(share * pruned.size + 0.5), elements + pruned.size
+            self._decisions.append(
+                SparseDecision(
+                    node.name or "", node.op_type, self.action, note, weight_name, reduction,
+                    pruned.size // reduction, pruned.nbytes, pruned.nbytes, share,
+                )
+            )  # fmt: skip
+        done, skipped = self._tally()
+        statistics: dict[str, int | float] = {
+            "nodes_sparsified": done,
+            "nodes_skipped": skipped,
+            "sparsity": zeros / elements if elements else 0.0,
+        }
+        return SpaPassResult(model, modified=done > 0, statistics=statistics)

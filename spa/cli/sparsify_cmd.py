@@ -1,0 +1,122 @@
+"""``spa sparsify``: 2:4 sparsity or GQSA (thin face over
+:func:`spa.quant.sparsify_api.sparsify_model`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spa.cli.options import EXIT_VERIFY_FAILED, input_arguments, input_options
+
+__all__ = ["render_sparsify", "sparsify_command", "sparsify_verdict"]
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1_000_000 else f"{size / 1e3:.1f} kB"
+
+
+def render_sparsify(result: Any) -> list[str]:
+    """One line per rewritten/skipped node, then coverage, sparsity and calibration lines."""
+    lines = []
+    for decision in result.decisions:
+        node = decision["node"] or decision["weight"] or "?"
+        if decision["action"] == "skipped":
+            lines.append(f"skipped    {decision['op_type']:8s} {node}: {decision['reason']}")
+            continue
+        shape = f"W[{decision['k']}x{decision['n']}]"
+        size = f"{_size(decision['bytes_before'])} -> {_size(decision['bytes_after'])}"
+        note = f" ({decision['reason']})" if decision["reason"] else ""
+        zeros = f"zeros {decision['sparsity']:.1%}"
+        lines.append(
+            f"{decision['action']:10s} {decision['op_type']:8s} {node} {shape} {size} {zeros}{note}"
+        )
+    skipped = len(result.decisions) - result.rewritten
+    lines.append(
+        f"nodes rewritten {result.rewritten} | skipped {skipped} | MatMul/Gemm/Conv MACs covered "
+        f"{result.mac_coverage:.1%} | sparsity of rewritten weights {result.sparsity:.1%}"
+    )
+    lines.append(f"calibration: {result.calibration}")
+    return lines
+
+
+def sparsify_verdict(result: Any) -> str:
+    """``PASSED | sparsify gqsa g16 50% int4 -> reference | bytes .. -> .. | cos 0.97 | 1.2s``."""
+    options = result.options
+    verdict = "PASSED" if result.passed else "FAILED"
+    if result.rewritten == 0 and result.passed:
+        verdict = "NOTHING TO DO"
+    if options["pattern"] == "gqsa":
+        kind = (
+            f"gqsa g{options['group']} {options['sparsity']:.0%} int{options['bits']} "
+            f"-> {options['form']}"
+        )
+    else:
+        kind = f"2:4 {options['method']}"
+    before, after = result.bytes_before, result.bytes_after
+    change = f"{(after - before) / before:+.0%}" if before else "n/a"
+    cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
+    return (
+        f"{verdict} | sparsify {kind} | bytes {_size(before)} -> {_size(after)} ({change}) | "
+        f"{cosine} | {result.seconds:.1f}s"
+    )
+
+
+@click.command("sparsify")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--pattern", type=click.Choice(["2:4", "gqsa"]), default="2:4", show_default=True)
+@click.option("--group", type=int, default=16, show_default=True, help="GQSA group size along K.")
+@click.option("--sparsity", type=float, default=None, help="GQSA share of groups removed [0.5].")
+@click.option("--bits", type=int, default=4, show_default=True, help="GQSA bits of kept groups.")
+@click.option(
+    "--method", type=click.Choice(["magnitude", "sparsegpt"]), default="magnitude",
+    show_default=True, help="2:4 mask selection.",
+)  # fmt: skip
+@click.option(
+    "--calib", type=click.Path(path_type=Path),
+    help="Calibration data: .npz or folder of <input>.npy (leading sample axis).",
+)  # fmt: skip
+@click.option("--calib-samples", type=int, default=None, help="Use at most this many samples.")
+@click.option(
+    "--form", type=click.Choice(["reference", "plugin"]), default="reference", show_default=True,
+    help="GQSA: standard-ONNX lowering (ORT CPU) or spa.GroupSparseQuantMatMul (TensorRT plugin).",
+)  # fmt: skip
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="JSON report.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check in ORT CPU.")
+@click.option("--verify-cosine", type=float, default=0.9, show_default=True)
+@input_options
+def sparsify_command(
+    model: Path, output: Path, pattern: str, group: int, sparsity: float | None, bits: int,
+    method: str, calib: Path | None, calib_samples: int | None, form: str,
+    report_path: Path | None, verify: bool, verify_cosine: float, seed: int,
+    shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...],
+) -> None:  # fmt: skip
+    """2:4-sparsify or GQSA-quantize MatMul/Gemm(/Conv) weights of MODEL and write -o."""
+    from spa.errors import UserError
+    from spa.quant.sparsify_api import sparsify_model
+
+    if calib is not None and not calib.exists():
+        raise UserError(
+            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
+        )
+    if report_path is not None and not report_path.parent.is_dir():
+        raise UserError(f"--report {report_path}: folder does not exist; create it first")
+    result = sparsify_model(
+        model, output, pattern=pattern, group=group, sparsity=sparsity, bits=bits,
+        method=method, calib=calib, form=form, seed=seed, verify=verify,
+        min_cosine=verify_cosine, max_calibration_samples=calib_samples,
+        **input_arguments(shapes, dims, int_ranges),
+    )  # fmt: skip
+    for line in render_sparsify(result):
+        click.echo(line)
+    if result.verification is not None:
+        click.echo(result.verification.render())
+    if report_path is not None:
+        from spa.report import write_report
+
+        write_report(result.as_dict(), report_path)
+    click.echo(sparsify_verdict(result))
+    if not result.passed:
+        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
