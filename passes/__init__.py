@@ -15,6 +15,7 @@ from spa.passes.cleanup import (
     TopologicalSortPass,
 )
 from spa.passes.constant_folding import FoldConstantsPass
+from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
 
@@ -23,8 +24,11 @@ __all__ = [
     "EliminateDeadCodePass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
+    "GQSAToPluginPass",
     "InferShapesPass",
+    "Int4ToPluginPass",
     "MatMulNBitsToQDQPass",
+    "PluginToOrtPass",
     "PrunePass",
     "QDQToMatMulNBitsPass",
     "QuantizeWeightsPass",
