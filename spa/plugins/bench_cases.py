@@ -59,12 +59,12 @@ def _save(folder: Path, prefix: str, **arrays: np.ndarray) -> None:
         np.ascontiguousarray(array).tofile(folder / f"{prefix}.{suffix}.bin")
 
 
-def write_cases(folder: Path, seed: int = 0) -> list[str]:
-    """Write every case into ``folder``; returns the manifest lines."""
+def write_cases(folder: Path, seed: int = 0, shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[str]:
+    """Write every case (for each ``(K, N)`` of ``shapes``) into ``folder``; returns the manifest lines."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []
-    for k, n in SHAPES:
+    for k, n in shapes:
         weight = _w4(rng, k, n, two_four=False)
         dense = repack.repack_w4a16(weight)
         prefix = f"w4a16_{k}x{n}"
@@ -77,7 +77,7 @@ def write_cases(folder: Path, seed: int = 0) -> list[str]:
         _save(folder, prefix, a=sparse.values, b=sparse.meta, scales=sparse.scales, wref=_dense(weight))
         lines.append(f"w4_sp24 {k} {n} {repack.GROUP} 0 {prefix}")
 
-        for g in (8, 16, 32, 64) if k == SHAPES[0][0] else (16,):
+        for g in (8, 16, 32, 64) if k * n <= 2**16 else (16,):
             arrays = gqsa_arrays(rng, k, n, g, keep=0.5)
             packed = repack.repack_w4_gqsa(arrays)
             prefix = f"w4_gqsa_g{g}_{k}x{n}"
