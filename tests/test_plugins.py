@@ -206,3 +206,32 @@ def test_kernels_on_gpu_match_the_fp32_reference(kernel_objects: dict[str, Path]
                          capture_output=True, text=True, env=env, check=False)  # fmt: skip
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
     assert "FAILED" not in run.stdout
+
+
+def load_goals():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("goals", PLUGINS / "bench" / "goals.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_goal_reader_on_rows_that_meet_and_miss() -> None:
+    goals = load_goals()
+
+    def row(kernel: str, k: int, n: int, m: int, us: float, cublas: float, err: float = 1e-4) -> dict[str, object]:
+        return {"card": "NVIDIA H100 80GB HBM3", "kernel": kernel, "K": k, "N": n, "M": m, "us": us,
+                "cublas_fp16_us": cublas, "speedup": cublas / us, "max_rel_err": err}  # fmt: skip
+
+    rows = [row("w4a16", 4096, 11008, m, 10.0, 36.2) for m in (1, 8, 16)]
+    rows += [row("w4a16", 4096, 11008, 64, 40.0, 45.0)]
+    rows += [row("w4_sp24", 4096, 11008, m, 7.9, 36.2) for m in (1, 8, 16)]
+    rows += [row("w4_gqsa", 4096, 11008, m, 7.0, 36.2) for m in (1, 8)]
+    verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}
+    assert verdicts == {"correctness": True, "G1": True, "G3a": True, "G3b": True, "G4": True, "G5": True}
+    rows[0]["us"], rows[0]["speedup"] = 12.0, 36.2 / 12.0  # G1 missed, G4/G5 ratios grow
+    rows.append(row("w4_gqsa", 4096, 11008, 16, 50.0, 36.2, err=5e-3))  # M=16 is outside G5
+    verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}
+    assert verdicts["G1"] is False and verdicts["correctness"] is False and verdicts["G5"] is True
