@@ -178,3 +178,19 @@ def test_passes_write_the_contract_attributes() -> None:
         node = written[op.op_type]
         assert tuple(node.attributes) == op.attributes
         assert len(node.inputs) == len(op.inputs)
+
+
+def test_recipes_reach_the_plugin_passes(run_cli, tmp_path: Path) -> None:
+    """`spa optimize --recipe` with int4-to-plugin, then plugin-to-ort, then `spa verify`: identical outputs."""
+    source = tmp_path / "nbits.onnx"
+    onnx.save(nbits_model(random_w4(0, 256, 32)), source)
+    (tmp_path / "to_plugin.yaml").write_text("passes:\n  - int4-to-plugin\n")
+    (tmp_path / "to_ort.yaml").write_text("passes:\n  - plugin-to-ort\n")
+    plugin, back = tmp_path / "plugin.onnx", tmp_path / "back.onnx"
+    first = run_cli("optimize", source, "--recipe", tmp_path / "to_plugin.yaml", "-o", plugin, "--no-verify")
+    assert first.exit_code == 0, first.output
+    assert [(n.domain, n.op_type) for n in onnx.load(plugin).graph.node] == [("spa", "W4A16MatMul")]
+    second = run_cli("optimize", plugin, "--recipe", tmp_path / "to_ort.yaml", "-o", back, "--no-verify")
+    assert second.exit_code == 0, second.output
+    verify = run_cli("verify", source, back)
+    assert verify.exit_code == 0 and "max|Δ| 0 " in verify.output, verify.output
