@@ -20,7 +20,9 @@ namespace sp24 {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 4;
+// Pipeline depth in groups of 128 k: deeper where the activation tile is small
+// (decode), so one warp keeps 5 KB of weights in flight.
+__host__ __device__ constexpr int stages_for(int mt) { return mt <= 2 ? 6 : 4; }
 constexpr int kTilesPerGroup = SPA_W4_GROUP / 32;  // 4 k32 tiles
 constexpr int kLda = SPA_W4_GROUP + 8;
 constexpr int kValueWords = kTilesPerGroup * 32;   // per warp per group
@@ -28,7 +30,7 @@ constexpr int kMetaWords = kTilesPerGroup * 16;
 
 template <int MT>
 constexpr int smem_bytes() {
-  return kStages * (kWarps * (kValueWords + kMetaWords) * 4 + MT * 8 * kLda * 2);
+  return stages_for(MT) * (kWarps * (kValueWords + kMetaWords) * 4 + MT * 8 * kLda * 2);
 }
 
 template <typename T, int MT>
@@ -39,6 +41,7 @@ __global__ void __launch_bounds__(kThreads)
                 const __half* __restrict__ scales,    // [K/128, N]
                 T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
                 int groups_per_split) {
+  constexpr int kStages = stages_for(MT);
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* v_smem = reinterpret_cast<uint32_t*>(smem);
   uint32_t* m_smem = v_smem + kStages * kWarps * kValueWords;
@@ -174,8 +177,9 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const int blocks_n = (N / 16 + kWarps - 1) / kWarps;
   int splits = split_k;
   if (splits <= 0) {
-    int target = 4 * sm_count();
-    splits = std::max(1, std::min((target + blocks_n - 1) / blocks_n, n_groups / 4));
+    int target_warps = 4 * sm_count();
+    int n_tiles = N / 16;
+    splits = std::max(1, std::min((target_warps + n_tiles - 1) / n_tiles, n_groups / 4));
   }
   splits = std::min(splits, n_groups);
   int gps = (n_groups + splits - 1) / splits;

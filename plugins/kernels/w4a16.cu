@@ -10,15 +10,15 @@
 //   16-column tile and streams its K range contiguously (1 KB per group).
 // * The weight is the A operand (W^T, m16) and the activations the B operand
 //   (n8): at decode sizes M <= 8 only one n8 tile is issued per k16 step.
-// * cp.async multi-stage pipeline (kStages groups of 128 k in flight per
-//   block), weights with an L2 evict-first policy (read once), activations
+// * cp.async multi-stage pipeline (6 groups of 128 k per warp at M <= 16, 4
+//   above), weights with an L2 evict-first policy (read once), activations
 //   zero-filled past M.
 // * The INT4 values are exact in FP16/BF16; each group is accumulated in FP32
 //   and scaled once in FP32 (no rounding of q*s to 16 bits), which keeps BF16
 //   inside the 2e-3 tolerance.
-// * Split-K over groups for small M: with N/64 blocks alone a 4096-wide layer
-//   would fill half an H100. Partial sums go to an FP32 workspace with
-//   atomicAdd and a finalize kernel converts them.
+// * Split-K over groups when N/16 tiles give fewer than 4 warps per SM (a
+//   4096-wide layer has 256 tiles for 132 SMs). Partial sums go to an FP32
+//   workspace with atomicAdd and a finalize kernel converts them.
 #include <algorithm>
 
 #include "spa_device.cuh"
@@ -35,13 +35,15 @@ namespace w4a16 {
 
 constexpr int kWarps = 4;             // one 16-column tile per warp
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 4;            // groups of 128 k in flight per block
+// Pipeline depth in groups of 128 k: deeper where the activation tile is small
+// (decode), so one warp keeps 5 KB of weights in flight.
+__host__ __device__ constexpr int stages_for(int mt) { return mt <= 2 ? 6 : 4; }
 constexpr int kTilesPerGroup = SPA_W4_GROUP / 16;  // 8 k16 tiles
 constexpr int kLda = SPA_W4_GROUP + 8;             // padded smem row: conflict-free B loads
 
 template <int MT>
 constexpr int smem_bytes() {
-  return kStages * (kWarps * kTilesPerGroup * 32 * 4 + MT * 8 * kLda * 2);
+  return stages_for(MT) * (kWarps * kTilesPerGroup * 32 * 4 + MT * 8 * kLda * 2);
 }
 
 // MT: number of 8-token tiles (M rows handled: MT * 8, the rest zero-filled).
@@ -53,6 +55,7 @@ __global__ void __launch_bounds__(kThreads)
                 T* __restrict__ y,                   // [M, N] (split == 1)
                 float* __restrict__ partial,         // [M, N] FP32 (split > 1)
                 int M, int N, int K, int groups_per_split) {
+  constexpr int kStages = stages_for(MT);
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* w_smem = reinterpret_cast<uint32_t*>(smem);
   T* a_smem = reinterpret_cast<T*>(smem + kStages * kWarps * kTilesPerGroup * 32 * 4);
@@ -190,10 +193,13 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
   const int blocks_n = (N / 16 + kWarps - 1) / kWarps;
   int splits = split_k;
   if (splits <= 0) {
-    // Enough blocks for ~4 resident per SM, but at least 4 groups per split so
-    // the kStages-deep pipeline is primed most of the time.
-    int target = 4 * sm_count();
-    splits = std::max(1, std::min((target + blocks_n - 1) / blocks_n, n_groups / 4));
+    // Memory bound at small M: aim for >= 4 streaming warps (16-column tiles)
+    // per SM and split K only when the tiles alone fall short (a split costs a
+    // memset and a finalize launch); at least 4 groups per split keep the
+    // pipeline primed.
+    int target_warps = 4 * sm_count();
+    int n_tiles = N / 16;
+    splits = std::max(1, std::min((target_warps + n_tiles - 1) / n_tiles, n_groups / 4));
   }
   splits = std::min(splits, n_groups);
   int gps = (n_groups + splits - 1) / splits;
