@@ -94,7 +94,7 @@ def test_harness_compiles_and_links_against_cublas(kernel_objects: dict[str, Pat
         pytest.skip("cuBLAS headers not found (CUDA toolkit without libcublas-dev)")
     harness = PLUGINS / "bench" / "harness.cu"
     obj = tmp_path / "harness.o"
-    result = nvcc("-c", harness, "-o", obj, "-arch=sm_90", f"-I{include}")
+    result = nvcc("-c", harness, "-o", obj, *ARCHS, f"-I{include}")
     assert result.returncode == 0, result.stderr[-3000:]
     if lib is None:
         return  # compile-only: no cuBLAS library to link against here
@@ -115,6 +115,25 @@ def test_harness_layout_readers_match_spa_repackers(tmp_path: Path) -> None:
     run = subprocess.run([str(binary), str(tmp_path / "cases")], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "12 cases, 0 failed" in run.stdout
+
+
+def tensorrt_include() -> Path | None:
+    roots = [os.environ.get("TensorRT_ROOT", ""),  # noqa: SIM112 (CMake's spelling)
+             "/usr", "/usr/local/tensorrt", "/opt/tensorrt"]
+    for root in filter(None, roots):
+        for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
+            if (Path(root) / sub / "NvInferRuntime.h").is_file():
+                return Path(root) / sub
+    return None
+
+
+@pytest.mark.skipif(tensorrt_include() is None, reason="TensorRT headers not found (set TensorRT_ROOT)")
+def test_plugin_wrappers_compile_against_tensorrt_headers() -> None:
+    cuda_include = Path(NVCC).resolve().parents[1] / "include" if NVCC else Path("/usr/local/cuda/include")
+    for source in sorted((PLUGINS / "trt").glob("*.cpp")):
+        command = ["g++", "-std=c++17", "-Wall", "-fsyntax-only", f"-I{tensorrt_include()}", f"-I{cuda_include}", str(source)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{source.name}:\n{result.stderr[-3000:]}"
 
 
 def relu_model(path: Path, op: tuple[str, str] = ("", "Relu")) -> Path:
