@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from spa import progress
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.plugins import repack
 from spa.plugins.ops import SPA_DOMAIN, plugin_op
@@ -152,7 +153,7 @@ class Int4ToPluginPass(_PluginPass):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         graph = model.graph
-        for node in list(graph):
+        for node in progress.track(list(graph), description="int4-to-plugin"):
             key = op_key(node)
             if key == (MS_DOMAIN, "MatMulNBits"):
                 target, weight, reason = node, *read_matmulnbits(node)
@@ -220,7 +221,7 @@ class GQSAToPluginPass(_PluginPass):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         graph = model.graph
-        for node in list(graph):
+        for node in progress.track(list(graph), description="gqsa-to-plugin"):
             if op_key(node) != (SPA_DOMAIN, "GroupSparseQuantMatMul"):
                 continue
             arrays, reason = read_gqsa(node)
@@ -286,7 +287,7 @@ class PluginToOrtPass(_PluginPass):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         graph = model.graph
-        for node in list(graph):
+        for node in progress.track(list(graph), description="plugin-to-ort"):
             key = op_key(node)
             if key in ((SPA_DOMAIN, "W4A16MatMul"), (SPA_DOMAIN, "W4Sparse24MatMul")):
                 weight, reason = _unpack_plugin(node)

@@ -127,7 +127,7 @@ def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or a UserError naming the fix."""
     try:
         import tensorrt
-    except ImportError:  # the wheel is missing, or libnvinfer cannot be loaded
+    except (ImportError, OSError):  # the wheel is missing, or libnvinfer cannot be loaded
         raise UserError(TENSORRT_MISSING) from None
     return tensorrt
 
