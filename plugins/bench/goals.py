@@ -66,6 +66,9 @@ def evaluate(rows: list[Row]) -> list[tuple[str, bool, str]]:
 
 def main(argv: list[str]) -> int:
     path = Path(argv[1]) if len(argv) > 1 else Path(__file__).with_name("results.json")
+    if not path.is_file():
+        print(f"FAILED | goals | no {path}: the harness wrote no timing rows")
+        return 1
     rows = json.loads(path.read_text())
     card = rows[0]["card"] if rows else "no rows"
     verdicts = evaluate(rows)

@@ -19,9 +19,9 @@ CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d 
 NVCC=${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 "$NVCC" --version | tail -1
 
-# cuBLAS: the toolkit's, else an nvidia-cublas wheel's.
+# cuBLAS: $CUBLAS_ROOT, the toolkit's, else an nvidia-cublas wheel's.
 CUBLAS_INC="" CUBLAS_LIB="" CUBLAS_FLAG="-lcublas"
-for root in "$(dirname "$(dirname "$(readlink -f "$NVCC")")")" /usr/local/cuda $(python3 -c 'import glob,site; print(" ".join(glob.glob(site.getsitepackages()[0]+"/nvidia/cu*")))' 2>/dev/null); do
+for root in ${CUBLAS_ROOT:-} "$(dirname "$(dirname "$(readlink -f "$NVCC")")")" /usr/local/cuda $(python3 -c 'import glob,site; print(" ".join(glob.glob(site.getsitepackages()[0]+"/nvidia/cu*")))' 2>/dev/null); do
   if [ -f "$root/include/cublas_v2.h" ]; then
     for lib in "$root/lib64" "$root/lib" "$root/targets/x86_64-linux/lib"; do
       if [ -e "$lib/libcublas.so" ]; then CUBLAS_INC=$root/include CUBLAS_LIB=$lib; break 2; fi
@@ -35,11 +35,14 @@ export LD_LIBRARY_PATH="$CUBLAS_LIB:${LD_LIBRARY_PATH:-}"
 
 echo "== build (sm_$CC)"
 start=$(date +%s)
+pids=()
 for k in w4a16 w4_sp24 w4_gqsa; do
   "$NVCC" -std=c++17 -O3 -lineinfo -gencode "arch=compute_$CC,code=sm_$CC" -c "plugins/kernels/$k.cu" -o "$BUILD/$k.o" &
+  pids+=($!)
 done
 "$NVCC" -std=c++17 -O3 -gencode "arch=compute_$CC,code=sm_$CC" -I"$CUBLAS_INC" -c plugins/bench/harness.cu -o "$BUILD/harness.o" &
-wait
+pids+=($!)
+for pid in "${pids[@]}"; do wait "$pid"; done  # not a bare `wait`: it would also wait for tee
 "$NVCC" "$BUILD"/*.o -o "$BUILD/harness" -gencode "arch=compute_$CC,code=sm_$CC" -L"$CUBLAS_LIB" $CUBLAS_FLAG
 echo "built in $(( $(date +%s) - start ))s"
 
@@ -52,7 +55,7 @@ fi
 
 echo "== correctness + timing"
 status=0
-"$BUILD/harness" "${CASES[@]}" --out plugins/bench/results.json $QUICK || status=$?
+"$BUILD/harness" ${CASES[@]+"${CASES[@]}"} --out plugins/bench/results.json $QUICK || status=$?
 
 echo "== goals"
 python3 plugins/bench/goals.py plugins/bench/results.json || true

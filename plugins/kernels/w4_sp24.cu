@@ -174,7 +174,6 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const int n_groups = K / SPA_W4_GROUP;
-  const int blocks_n = (N / 16 + kWarps - 1) / kWarps;
   int splits = split_k;
   if (splits <= 0) {
     int target_warps = 4 * sm_count();

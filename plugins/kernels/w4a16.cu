@@ -190,7 +190,6 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const int n_groups = K / SPA_W4_GROUP;
-  const int blocks_n = (N / 16 + kWarps - 1) / kWarps;
   int splits = split_k;
   if (splits <= 0) {
     // Memory bound at small M: aim for >= 4 streaming warps (16-column tiles)
