@@ -148,19 +148,31 @@ class W4Sparse24Packed:
     n: int
 
 
+def _pair_table() -> np.ndarray:
+    """For each 4-bit non-zero mask, the two kept positions (ascending), or (4, 4) if > 2 set."""
+    table = np.full((16, 2), 4, np.uint8)
+    for mask in range(16):
+        ones = [i for i in range(4) if mask >> i & 1]
+        if len(ones) <= 2:
+            zeros = [i for i in range(4) if not mask >> i & 1]
+            table[mask] = sorted(ones + zeros[: 2 - len(ones)])
+    return table
+
+
+_PAIRS = _pair_table()
+
+
 def _kept_positions(q_chunks: np.ndarray) -> np.ndarray:
     """Ascending positions ``[..., 2]`` of the kept values of each 4-chunk.
 
     Non-zero values are kept; a chunk with fewer than two non-zeros is padded
     with its first zero positions (a kept value may quantize to 0).
     """
-    nonzero = q_chunks != 0
-    if np.any(nonzero.sum(axis=-1) > 2):
+    masks = ((q_chunks != 0) << np.arange(4, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
+    positions = _PAIRS[masks]
+    if np.any(positions[..., 0] == 4):
         raise ValueError("w4_sp24 needs 2:4 sparsity along K: a chunk of 4 has more than 2 non-zeros")
-    # Sort key: non-zeros first (by position), then zeros (by position); take 2, sort.
-    key = np.where(nonzero, 0, 4) + np.arange(4)
-    first_two = np.sort(np.argsort(key, axis=-1, kind="stable")[..., :2], axis=-1)
-    return first_two.astype(np.uint8)
+    return positions
 
 
 def repack_w4_sp24(weight: QuantizedWeight) -> W4Sparse24Packed:
