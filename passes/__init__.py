@@ -16,6 +16,7 @@ from spa.passes.cleanup import (
 )
 from spa.passes.constant_folding import FoldConstantsPass
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
+from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
 from spa.passes.sparsify import Sparsify2to4Pass
@@ -27,8 +28,11 @@ __all__ = [
     "FoldConstantsPass",
     "GQSAPass",
     "GQSAToReferencePass",
+    "GQSAToPluginPass",
     "InferShapesPass",
+    "Int4ToPluginPass",
     "MatMulNBitsToQDQPass",
+    "PluginToOrtPass",
     "PrunePass",
     "QDQToMatMulNBitsPass",
     "QuantizeWeightsPass",

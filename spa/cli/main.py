@@ -247,6 +247,7 @@ def _print_pass_line(record: Any, total: int) -> None:
 
 
 def _register_subcommands() -> None:
+    from spa.cli.build_cmd import build_command, plugins_group
     from spa.cli.prune_cmd import analyze_command, prune_command
     from spa.cli.quantize_cmd import quantize_command
     from spa.cli.sparsify_cmd import sparsify_command
@@ -255,6 +256,8 @@ def _register_subcommands() -> None:
     cli.add_command(prune_command)
     cli.add_command(quantize_command)
     cli.add_command(sparsify_command)
+    cli.add_command(build_command)
+    cli.add_command(plugins_group)
 
 
 _register_subcommands()

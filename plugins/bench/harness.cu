@@ -1,0 +1,388 @@
+// spa plugin kernel harness (nvcc + cuBLAS, no TensorRT).
+//
+//   harness [--cases DIR] [--out results.json] [--quick]
+//
+// 1. Layout check: for each case written by `python -m spa.plugins.bench_cases DIR`
+//    (spa's Python repackers), the device dequantizer of the layout must equal
+//    spa's FP32 dequantized weight exactly; this ties the Python side to the
+//    harness's reference.
+// 2. Correctness: every kernel against an FP32 cuBLAS SGEMM of the dequantized
+//    weight, M in {1,2,4,8,16,32,64}, FP16 and BF16 activations:
+//    max|Y - Y_ref| / max|Y_ref| <= 2e-3, on the cases and on every timed shape.
+// 3. Timing: CUDA graphs of 20 launches rotating over weight copies that
+//    together exceed 2x L2, replayed 5 times; cuBLAS FP16 (GemmEx, FP32
+//    accumulate) in the same run. Prints us, GB/s, % of the measured HBM read
+//    bandwidth floor and the speedup; writes JSON rows
+//    {card, kernel, K, N, M, us, cublas_fp16_us, speedup, max_rel_err}.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "../kernels/spa_kernels.h"
+#include "harness_util.cuh"
+
+#include <cublas_v2.h>
+
+#define CHECK_CUBLAS(call)                                                                 \
+  do {                                                                                     \
+    cublasStatus_t status_ = (call);                                                       \
+    if (status_ != CUBLAS_STATUS_SUCCESS) {                                                \
+      std::fprintf(stderr, "cuBLAS error %d at %s:%d\n", static_cast<int>(status_),        \
+                   __FILE__, __LINE__);                                                    \
+      std::exit(2);                                                                        \
+    }                                                                                      \
+  } while (0)
+
+
+namespace {
+
+constexpr int kMs[] = {1, 2, 4, 8, 16, 32, 64};
+constexpr double kTolerance = 2e-3;
+constexpr int kGraphLaunches = 20, kReplays = 5;
+
+struct Shape { const char* model; int K, N; };
+const Shape kShapes[] = {
+    {"llama-7b", 4096, 4096},  {"llama-7b", 4096, 11008},  {"llama-7b", 11008, 4096},
+    {"llama-13b", 5120, 5120}, {"llama-13b", 5120, 13824}, {"llama-13b", 13824, 5120},
+    {"llama-70b", 8192, 8192}, {"llama-70b", 8192, 28672}, {"llama-70b", 28672, 8192},
+};
+
+// One weight in one kernel layout, on the device.
+struct Weight {
+  std::string kernel;
+  int K = 0, N = 0, g = 16, nnz = 0;
+  DeviceBuffer<uint32_t> a, b;   // packed/values, meta
+  DeviceBuffer<uint16_t> idx;    // gqsa group_idx
+  DeviceBuffer<int32_t> rows;    // gqsa row_ptr
+  DeviceBuffer<__half> scales;
+  size_t bytes() const { return a.bytes() + b.bytes() + idx.bytes() + rows.bytes() + scales.bytes(); }
+};
+
+std::unique_ptr<Weight> random_weight(const std::string& kernel, int K, int N, uint64_t seed) {
+  auto w = std::make_unique<Weight>();
+  w->kernel = kernel; w->K = K; w->N = N;
+  if (kernel == "w4a16") {
+    w->a = DeviceBuffer<uint32_t>(static_cast<size_t>(N) * K / 8);
+    w->scales = DeviceBuffer<__half>(static_cast<size_t>(K / 128) * N);
+  } else if (kernel == "w4_sp24") {
+    w->a = DeviceBuffer<uint32_t>(static_cast<size_t>(N) * K / 16);
+    w->b = DeviceBuffer<uint32_t>(static_cast<size_t>(N / 16) * (K / 32) * 16);
+    w->scales = DeviceBuffer<__half>(static_cast<size_t>(K / 128) * N);
+    fill_meta<<<blocks_for(w->b.count), 256>>>(w->b.ptr, w->b.count, seed + 1);
+  } else {  // w4_gqsa, g = 16, 50% of the groups kept
+    int keep = K / w->g / 2;
+    w->nnz = N * keep;
+    w->a = DeviceBuffer<uint32_t>(static_cast<size_t>(w->nnz) * w->g / 8);
+    w->idx = DeviceBuffer<uint16_t>(w->nnz);
+    w->rows = DeviceBuffer<int32_t>(N + 1);
+    w->scales = DeviceBuffer<__half>(w->nnz);
+    fill_gqsa_structure<<<blocks_for(N + 1), 256>>>(w->rows.ptr, w->idx.ptr, N, keep, seed + 2);
+  }
+  fill_words<<<blocks_for(w->a.count), 256>>>(w->a.ptr, w->a.count, seed);
+  fill_scales<<<blocks_for(w->scales.count), 256>>>(w->scales.ptr, w->scales.count, seed + 3, 0.002f, 0.02f);
+  CHECK_CUDA(cudaGetLastError());
+  return w;
+}
+
+void dequantize(const Weight& w, float* dense) {
+  size_t count = static_cast<size_t>(w.K) * w.N;
+  if (w.kernel == "w4a16") {
+    dequant_w4a16<<<blocks_for(count), 256>>>(w.a.ptr, w.scales.ptr, dense, w.K, w.N);
+  } else if (w.kernel == "w4_sp24") {
+    dequant_w4_sp24<<<blocks_for(count), 256>>>(w.a.ptr, w.b.ptr, w.scales.ptr, dense, w.K, w.N);
+  } else {
+    CHECK_CUDA(cudaMemset(dense, 0, sizeof(float) * count));
+    dequant_w4_gqsa<<<blocks_for(w.nnz), 256>>>(w.a.ptr, w.idx.ptr, w.rows.ptr, w.scales.ptr, dense, w.K, w.N, w.g, w.nnz);
+  }
+  CHECK_CUDA(cudaGetLastError());
+}
+
+cudaError_t run_kernel(const Weight& w, const void* A, void* Y, int M, SpaDtype dtype, void* ws,
+                       size_t ws_bytes, cudaStream_t stream) {
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scales.ptr);
+  if (w.kernel == "w4a16")
+    return spa_w4a16_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, 0, stream);
+  if (w.kernel == "w4_sp24")
+    return spa_w4_sp24_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, 0, stream);
+  return spa_w4_gqsa_gemm(A, w.a.ptr, w.idx.ptr, w.rows.ptr, scales, Y, M, w.N, w.K, w.g, w.nnz, dtype, ws, ws_bytes, stream);
+}
+
+// Y_ref[M, N] = A[M, K] @ W[K, N], row-major FP32 (column-major: Y^T = W^T A^T).
+void sgemm(cublasHandle_t handle, const float* A, const float* W, float* Y, int M, int N, int K) {
+  const float one = 1.f, zero = 0.f;
+  CHECK_CUBLAS(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, W, N, A, K, &zero, Y, N));
+}
+
+void hgemm(cublasHandle_t handle, const __half* A, const __half* W, __half* Y, int M, int N, int K) {
+  const float one = 1.f, zero = 0.f;
+  CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, W, CUDA_R_16F, N, A,
+                            CUDA_R_16F, K, &zero, Y, CUDA_R_16F, N, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+}
+
+template <typename T>
+__global__ void to_float(const T* in, float* out, size_t count) {
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i < count) out[i] = static_cast<float>(in[i]);
+}
+
+// max|y - ref| / max|ref| over M*N values (host side; sizes are small).
+double relative_error(const DeviceBuffer<float>& y, const DeviceBuffer<float>& ref) {
+  std::vector<float> a = y.download(), b = ref.download();
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    err = std::max(err, static_cast<double>(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(b[i])));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+struct Context {
+  cublasHandle_t handle;
+  cudaStream_t stream;
+  DeviceBuffer<float> workspace;  // kernel split-K workspace (FP32)
+  DeviceBuffer<char> cublas_ws;
+  int failures = 0;
+};
+
+// Correctness of one kernel/weight for every M and both dtypes; returns max error per M (FP16).
+std::vector<double> check(Context& ctx, const Weight& w, const char* label) {
+  DeviceBuffer<float> dense(static_cast<size_t>(w.K) * w.N);
+  dequantize(w, dense.ptr);
+  std::vector<double> errors;
+  for (int M : kMs) {
+    double worst_fp16 = 0;
+    for (SpaDtype dtype : {SPA_FP16, SPA_BF16}) {
+      size_t a_count = static_cast<size_t>(M) * w.K, y_count = static_cast<size_t>(M) * w.N;
+      DeviceBuffer<uint16_t> a16(a_count), y16(y_count);
+      DeviceBuffer<float> a32(a_count), y32(y_count), ref(y_count);
+      if (dtype == SPA_FP16)
+        fill_activations<__half><<<blocks_for(a_count), 256>>>(reinterpret_cast<__half*>(a16.ptr), a32.ptr, a_count, 17 + M);
+      else
+        fill_activations<__nv_bfloat16><<<blocks_for(a_count), 256>>>(reinterpret_cast<__nv_bfloat16*>(a16.ptr), a32.ptr, a_count, 17 + M);
+      CHECK_CUDA(cudaGetLastError());
+      sgemm(ctx.handle, a32.ptr, dense.ptr, ref.ptr, M, w.N, w.K);
+      cudaError_t launched = run_kernel(w, a16.ptr, y16.ptr, M, dtype, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream);
+      if (launched != cudaSuccess) {  // a launch error (not a fault): report it and go on
+        ctx.failures += 1;
+        std::printf("FAILED | %-8s %-22s M=%-3d launch: %s (%s)\n", w.kernel.c_str(), label, M,
+                    cudaGetErrorName(launched), spa_kernel_error_string());
+        (void)cudaGetLastError();
+        if (dtype == SPA_FP16) worst_fp16 = INFINITY;
+        continue;
+      }
+      if (dtype == SPA_FP16)
+        to_float<__half><<<blocks_for(y_count), 256, 0, ctx.stream>>>(reinterpret_cast<__half*>(y16.ptr), y32.ptr, y_count);
+      else
+        to_float<__nv_bfloat16><<<blocks_for(y_count), 256, 0, ctx.stream>>>(reinterpret_cast<__nv_bfloat16*>(y16.ptr), y32.ptr, y_count);
+      CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+      double err = relative_error(y32, ref);
+      bool ok = err <= kTolerance;
+      ctx.failures += ok ? 0 : 1;
+      std::printf("%s | %-8s %-22s M=%-3d %s max_rel_err %.2e\n", ok ? "PASSED" : "FAILED",
+                  w.kernel.c_str(), label, M, dtype == SPA_FP16 ? "fp16" : "bf16", err);
+      if (dtype == SPA_FP16) worst_fp16 = err;
+    }
+    errors.push_back(worst_fp16);
+  }
+  return errors;
+}
+
+// Time `launch(copy)` in a CUDA graph of kGraphLaunches launches over `copies` buffers.
+double time_graph(Context& ctx, int copies, const std::function<void(int)>& launch) {
+  for (int i = 0; i < copies; ++i) launch(i);
+  CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeRelaxed));
+  for (int i = 0; i < kGraphLaunches; ++i) launch(i % copies);
+  CHECK_CUDA(cudaStreamEndCapture(ctx.stream, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK_CUDA(cudaGraphLaunch(exec, ctx.stream));
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  CHECK_CUDA(cudaEventRecord(start, ctx.stream));
+  for (int r = 0; r < kReplays; ++r) CHECK_CUDA(cudaGraphLaunch(exec, ctx.stream));
+  CHECK_CUDA(cudaEventRecord(stop, ctx.stream));
+  CHECK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start); cudaEventDestroy(stop);
+  cudaGraphExecDestroy(exec); cudaGraphDestroy(graph);
+  return 1000.0 * ms / (kGraphLaunches * kReplays);
+}
+
+__global__ void read_kernel(const uint4* data, size_t count, unsigned* sink) {
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint4 v = __ldcs(data + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) *sink = acc;
+}
+
+double measure_read_bandwidth(Context& ctx) {
+  size_t bytes = size_t(2) << 30;
+  DeviceBuffer<uint4> data(bytes / 16);
+  DeviceBuffer<unsigned> sink(1);
+  CHECK_CUDA(cudaMemset(data.ptr, 1, bytes));
+  int sms = 0;
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  double us = time_graph(ctx, 1, [&](int) { read_kernel<<<sms * 8, 512, 0, ctx.stream>>>(data.ptr, data.count, sink.ptr); });
+  return bytes / (us * 1e-6) / 1e9;  // GB/s
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) { if (c == '"' || c == '\\') out += '\\'; out += c; }
+  return out;
+}
+
+struct Row { std::string kernel; int K, N, M; double us, cublas_us, err; };
+
+// (Re)written after every shape, so a run cut short still leaves its rows.
+void write_json(const std::string& out, const std::string& card, const std::vector<Row>& rows) {
+  std::ofstream json(out);
+  json << "[\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    char buffer[512];
+    std::snprintf(buffer, sizeof(buffer),
+                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"us\": %.3f, "
+                  "\"cublas_fp16_us\": %.3f, \"speedup\": %.3f, \"max_rel_err\": %.3e}%s\n",
+                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.us, r.cublas_us,
+                  r.cublas_us / r.us, r.err, i + 1 < rows.size() ? "," : "");
+    json << buffer;
+  }
+  json << "]\n";
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) { std::fprintf(stderr, "cannot read %s\n", path.c_str()); std::exit(2); }
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+template <typename T>
+void upload_file(DeviceBuffer<T>& buffer, const std::string& path) {
+  std::vector<uint8_t> raw = read_file(path);
+  buffer = DeviceBuffer<T>(raw.size() / sizeof(T));
+  CHECK_CUDA(cudaMemcpy(buffer.ptr, raw.data(), raw.size(), cudaMemcpyHostToDevice));
+}
+
+// cases.txt lines: kernel K N group_size nnz prefix (files prefix.*.bin from spa.plugins.bench_cases).
+void run_cases(Context& ctx, const std::string& dir) {
+  std::ifstream manifest(dir + "/cases.txt");
+  if (!manifest) { std::fprintf(stderr, "no %s/cases.txt\n", dir.c_str()); std::exit(2); }
+  std::string line;
+  while (std::getline(manifest, line)) {
+    std::istringstream fields(line);
+    Weight w;
+    std::string prefix;
+    if (!(fields >> w.kernel >> w.K >> w.N >> w.g >> w.nnz >> prefix)) continue;
+    std::string base = dir + "/" + prefix;
+    upload_file(w.a, base + ".a.bin");
+    upload_file(w.scales, base + ".scales.bin");
+    if (w.kernel == "w4_sp24") upload_file(w.b, base + ".b.bin");
+    if (w.kernel == "w4_gqsa") { upload_file(w.idx, base + ".idx.bin"); upload_file(w.rows, base + ".rows.bin"); }
+    DeviceBuffer<float> expected, dense(static_cast<size_t>(w.K) * w.N);
+    upload_file(expected, base + ".wref.bin");
+    dequantize(w, dense.ptr);
+    std::vector<float> got = dense.download(), want = expected.download();
+    bool same = got.size() == want.size() && std::equal(got.begin(), got.end(), want.begin());
+    ctx.failures += same ? 0 : 1;
+    std::printf("%s | layout %-8s %s K=%d N=%d: device dequantizer %s spa's Python reference\n",
+                same ? "PASSED" : "FAILED", w.kernel.c_str(), prefix.c_str(), w.K, w.N, same ? "==" : "!=");
+    check(ctx, w, prefix.c_str());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cases, out = "plugins/bench/results.json";
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--cases" && i + 1 < argc) cases = argv[++i];
+    else if (arg == "--out" && i + 1 < argc) out = argv[++i];
+    else if (arg == "--quick") quick = true;
+    else { std::fprintf(stderr, "usage: harness [--cases DIR] [--out results.json] [--quick]\n"); return 2; }
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  Context ctx;
+  CHECK_CUBLAS(cublasCreate(&ctx.handle));
+  CHECK_CUDA(cudaStreamCreate(&ctx.stream));
+  CHECK_CUBLAS(cublasSetStream(ctx.handle, ctx.stream));
+  ctx.cublas_ws = DeviceBuffer<char>(size_t(64) << 20);
+  CHECK_CUBLAS(cublasSetWorkspace(ctx.handle, ctx.cublas_ws.ptr, ctx.cublas_ws.bytes()));
+  ctx.workspace = DeviceBuffer<float>(static_cast<size_t>(64) * 28672);
+  std::printf("card: %s (sm_%d%d, %d SMs, L2 %d MB)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  double hbm = measure_read_bandwidth(ctx);
+  std::printf("HBM read bandwidth (measured): %.0f GB/s\n", hbm);
+
+  if (!cases.empty()) run_cases(ctx, cases);
+
+  std::vector<Row> rows;
+  const char* kernels[] = {"w4a16", "w4_sp24", "w4_gqsa"};
+  int shape_count = quick ? 2 : static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0]));
+  for (int s = 0; s < shape_count; ++s) {
+    const Shape& shape = kShapes[s];
+    const int K = shape.K, N = shape.N;
+    // cuBLAS FP16 baseline weights, rotated over copies > 2x L2.
+    size_t w16_bytes = sizeof(__half) * static_cast<size_t>(K) * N;
+    int copies16 = std::max<int>(2, static_cast<int>(2 * static_cast<size_t>(prop.l2CacheSize) / w16_bytes) + 1);
+    std::vector<DeviceBuffer<__half>> w16;
+    for (int c = 0; c < copies16; ++c) {
+      w16.emplace_back(static_cast<size_t>(K) * N);
+      fill_scales<<<blocks_for(w16.back().count), 256>>>(w16.back().ptr, w16.back().count, 99 + c, -0.05f, 0.05f);
+    }
+    DeviceBuffer<__half> a16(static_cast<size_t>(64) * K), y16(static_cast<size_t>(64) * N);
+    DeviceBuffer<float> a32(static_cast<size_t>(64) * K);
+    fill_activations<__half><<<blocks_for(a16.count), 256>>>(a16.ptr, a32.ptr, a16.count, 5);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    std::vector<double> cublas_us;
+    for (int M : kMs)
+      cublas_us.push_back(time_graph(ctx, copies16, [&](int c) { hgemm(ctx.handle, a16.ptr, w16[c].ptr, y16.ptr, M, N, K); }));
+    w16.clear();
+    for (const char* kernel : kernels) {
+      std::vector<std::unique_ptr<Weight>> weights;
+      weights.push_back(random_weight(kernel, K, N, 1000 + s));
+      std::string label = std::string(shape.model) + " " + std::to_string(K) + "x" + std::to_string(N);
+      std::vector<double> errors = check(ctx, *weights[0], label.c_str());
+      size_t wbytes = weights[0]->bytes();
+      int copies = std::max<int>(2, static_cast<int>(2 * static_cast<size_t>(prop.l2CacheSize) / wbytes) + 1);
+      for (int c = 1; c < copies; ++c) weights.push_back(random_weight(kernel, K, N, 1000 + s + 17 * c));
+      for (size_t mi = 0; mi < sizeof(kMs) / sizeof(kMs[0]); ++mi) {
+        int M = kMs[mi];
+        if (!std::isfinite(errors[mi])) continue;  // failed to launch above: nothing to time
+        double us = time_graph(ctx, copies, [&](int c) {
+          CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+        });
+        double bytes = static_cast<double>(wbytes) + 2.0 * M * (K + N);
+        double floor_us = bytes / (hbm * 1e3);
+        std::printf("%-8s %-10s K=%-6d N=%-6d M=%-3d %8.2f us %7.0f GB/s %5.1f%% of HBM floor | cuBLAS fp16 %8.2f us | speedup %.2fx\n",
+                    kernel, shape.model, K, N, M, us, bytes / (us * 1e3), 100.0 * floor_us / us,
+                    cublas_us[mi], cublas_us[mi] / us);
+        rows.push_back({kernel, K, N, M, us, cublas_us[mi], errors[mi]});
+      }
+    }
+    write_json(out, prop.name, rows);
+  }
+
+  write_json(out, prop.name, rows);
+  std::printf("%s | %d correctness failures | %zu timing rows -> %s\n", ctx.failures ? "FAILED" : "PASSED",
+              ctx.failures, rows.size(), out.c_str());
+  cublasDestroy(ctx.handle);
+  return ctx.failures ? 1 : 0;
+}

@@ -1,0 +1,190 @@
+// Device helpers shared by the spa kernels: cp.async with L2 cache hints,
+// INT4 -> 16-bit dequantisation, mma.sync / mma.sp wrappers, error plumbing.
+// Internal to plugins/kernels (not part of the C API in spa_kernels.h).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "spa_kernels.h"
+
+namespace spa {
+
+// ---- error plumbing --------------------------------------------------------
+// The last validation failure on this host thread, returned by
+// spa_kernel_error_string(); defined in w4a16.cu.
+void set_error(const char* message);
+
+#define SPA_REQUIRE(condition, message)          \
+  do {                                           \
+    if (!(condition)) {                          \
+      ::spa::set_error(message);                 \
+      return cudaErrorInvalidValue;              \
+    }                                            \
+  } while (0)
+
+#define SPA_CHECK(expression)                    \
+  do {                                           \
+    cudaError_t spa_status_ = (expression);      \
+    if (spa_status_ != cudaSuccess) return spa_status_; \
+  } while (0)
+
+// ---- 16-bit element traits -------------------------------------------------
+template <typename T> struct Elem;
+template <> struct Elem<__half> {
+  using pair = __half2;
+  // (x & 0x000f000f) | kMagic gives two values 1024 + nibble (exact in fp16);
+  // subtracting kBias = 1024 + 8 leaves the signed value nibble - 8, exactly.
+  static constexpr uint32_t kMagic = 0x64006400u;
+  static constexpr uint32_t kBias = 0x64086408u;  // half2(1032, 1032)
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ __half2 sub(uint32_t a, uint32_t b) {
+    __half2 x = *reinterpret_cast<__half2*>(&a);
+    __half2 y = *reinterpret_cast<__half2*>(&b);
+    return __hsub2(x, y);
+  }
+};
+template <> struct Elem<__nv_bfloat16> {
+  using pair = __nv_bfloat162;
+  // Same trick in bf16: 0x4300 is 128.0 and 128 + nibble is exact (spacing 1).
+  static constexpr uint32_t kMagic = 0x43004300u;
+  static constexpr uint32_t kBias = 0x43084308u;  // bf162(136, 136)
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ __nv_bfloat162 sub(uint32_t a, uint32_t b) {
+    __nv_bfloat162 x = *reinterpret_cast<__nv_bfloat162*>(&a);
+    __nv_bfloat162 y = *reinterpret_cast<__nv_bfloat162*>(&b);
+    return __hsub2(x, y);
+  }
+};
+
+// A 32-bit word holds 8 INT4 values v0..v7 in "dequant order": nibble p holds
+// v[2p] for p < 4 and v[2(p-4)+1] for p >= 4, so (word >> 4j) & 0x000f000f puts
+// the pair (v[2j], v[2j+1]) in the low nibble of each 16-bit half. One AND, one
+// OR and one SUB per pair; no int->float conversion instructions.
+template <typename T>
+__device__ __forceinline__ void dequant8(uint32_t word, uint32_t (&out)[4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    uint32_t bits = ((word >> (4 * j)) & 0x000f000fu) | Elem<T>::kMagic;
+    auto pair = Elem<T>::sub(bits, Elem<T>::kBias);
+    out[j] = *reinterpret_cast<uint32_t*>(&pair);
+  }
+}
+
+// ---- cp.async --------------------------------------------------------------
+// Weights are read exactly once per launch: stream them with an L2 evict-first
+// policy so they do not push the (reused) activations and scales out of L2.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+__device__ __forceinline__ void cp_async16_evict_first(void* smem, const void* gmem,
+                                                       uint64_t policy) {
+  uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst),
+               "l"(gmem), "l"(policy));
+}
+
+// Zero-fills the 16 bytes when `valid` is false (rows of A past M).
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// ---- tensor-core mma -------------------------------------------------------
+// D(16x8, f32) += A(16x16) * B(16x8). A is the weight tile W^T (rows = output
+// columns n, cols = k), B the activations (k x tokens): small M fills the n8
+// side, wasting at most 7 of 8 token slots instead of 15 of 16.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Sparse D(16x8) += A(16x32, 2:4 along k, 16 kept) * B(32x8) (ordered
+// metadata: the two indices of each chunk ascending, as PTX 8.5+ advises); `meta` is the
+// metadata word of this lane, sparsity selector 0 (lanes 4g and 4g+1 of each
+// quad supply metadata; README "w4_sp24" documents the word layout).
+template <typename T>
+__device__ __forceinline__ void mma_sp_16832(float (&d)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[4], uint32_t meta);
+template <>
+__device__ __forceinline__ void mma_sp_16832<__half>(float (&d)[4], const uint32_t (&a)[4],
+                                                     const uint32_t (&b)[4], uint32_t meta) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
+        "r"(meta));
+}
+template <>
+__device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                            const uint32_t (&b)[4],
+                                                            uint32_t meta) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
+        "r"(meta));
+}
+
+// ---- split-K epilogue ------------------------------------------------------
+// Converts FP32 partial sums (atomically accumulated in the workspace) to T.
+template <typename T>
+__global__ void finalize_kernel(const float* __restrict__ partial, T* __restrict__ y,
+                                long long count) {
+  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i < count) y[i] = Elem<T>::from_float(partial[i]);
+}
+
+template <typename T>
+inline cudaError_t launch_finalize(const float* partial, void* y, long long count,
+                                   cudaStream_t stream) {
+  const int threads = 256;
+  long long blocks = (count + threads - 1) / threads;
+  finalize_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      partial, static_cast<T*>(y), count);
+  return cudaGetLastError();
+}
+
+inline int sm_count() {
+  int device = 0, count = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 108;
+  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 108;
+  return count;
+}
+
+}  // namespace spa

@@ -1,0 +1,84 @@
+/* spa plugin kernels: launcher prototypes, dtypes and error codes.
+ *
+ * Pure C interface (no TensorRT types) shared by the TensorRT wrappers in
+ * plugins/trt/ and the benchmark harness in plugins/bench/. Every launcher
+ * validates its arguments, launches on `stream`, checks the launch and returns
+ * the first cudaError_t it met (cudaSuccess when the work was queued).
+ *
+ * Common conventions (see plugins/README.md for the packed layouts, which
+ * spa/plugins/repack.py writes and tests against a NumPy reference):
+ *   Y[M, N] = A[M, K] @ W[K, N], A and Y row-major in `dtype`,
+ *   W given in a kernel-specific packed INT4 layout with FP16 scales.
+ *   `workspace` is device memory of at least *_workspace_size() bytes (FP32
+ *   partial sums for split-K / atomics). w4a16 and w4_sp24 run without
+ *   split-K when it is NULL or too small; w4_gqsa requires it.
+ *   A and Y must be 16-byte aligned (cudaMalloc'd buffers are).
+ */
+#ifndef SPA_KERNELS_H
+#define SPA_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Activation / output element type. */
+typedef enum SpaDtype { SPA_FP16 = 0, SPA_BF16 = 1 } SpaDtype;
+
+/* Error codes: the launchers return cudaError_t. Argument problems map to
+ * these CUDA codes so callers need only one error path:
+ *   cudaErrorInvalidValue         a shape is not supported (see the launcher's
+ *                                 requirements) or a pointer is NULL
+ *   cudaErrorInvalidConfiguration workspace too small (w4_gqsa)
+ *   anything else                 the CUDA runtime's own error (launch, memset)
+ * spa_kernel_error_string() names the problem of the last failed validation on
+ * the calling host thread (a static string, never NULL). */
+const char* spa_kernel_error_string(void);
+
+/* Group size of the W4A16 and W4+2:4 scales along K. */
+#define SPA_W4_GROUP 128
+/* Largest number of activation rows one kernel launch handles; larger M is
+ * processed in chunks of this many rows by the launchers. */
+#define SPA_MAX_M_PER_LAUNCH 64
+
+/* ---- w4a16: INT4 weights, group 128 along K, FP16/BF16 activations -------
+ * packed  : int32 [N/16, K/16, 32] tile order (plugins/README.md, "w4a16")
+ * scales  : fp16  [K/128, N]
+ * Requires K % 128 == 0, N % 16 == 0, M >= 1.
+ * split_k : 0 = choose from the device's SM count, else the number of K slices. */
+size_t spa_w4a16_workspace_size(int M, int N, int K);
+cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
+                           void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,
+                           size_t workspace_bytes, int split_k, cudaStream_t stream);
+
+/* ---- w4_sp24: INT4 weights with 2:4 sparsity along K (mma.sp) -------------
+ * values  : int32  [N/16, K/32, 32]  kept values, tile order (README "w4_sp24")
+ * meta    : uint32 [N/16, K/32, 16]  mma.sp metadata words
+ * scales  : fp16   [K/128, N]
+ * Requires K % 128 == 0, N % 16 == 0. */
+size_t spa_w4_sp24_workspace_size(int M, int N, int K);
+cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_t* meta,
+                             const uint16_t* scales, void* Y, int M, int N, int K,
+                             SpaDtype dtype, void* workspace, size_t workspace_bytes,
+                             int split_k, cudaStream_t stream);
+
+/* ---- w4_gqsa: INT4 group-sparse BSR (GQSA) --------------------------------
+ * values  : uint32 [nnz, g/8]  kept groups, nibbles in dequant order (README "w4_gqsa")
+ * group_idx : uint16 [nnz]     group index b of each entry (k in [b*g, (b+1)*g))
+ * row_ptr : int32  [N+1]       entries of output column n: row_ptr[n] .. row_ptr[n+1]-1
+ * scales  : fp16   [nnz]
+ * Requires g in {8, 16, 32, 64}, K % g == 0, K/g <= 65536. */
+size_t spa_w4_gqsa_workspace_size(int M, int N, int K);
+cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values, const uint16_t* group_idx,
+                             const int32_t* row_ptr, const uint16_t* scales, void* Y, int M,
+                             int N, int K, int group_size, int nnz, SpaDtype dtype,
+                             void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPA_KERNELS_H */

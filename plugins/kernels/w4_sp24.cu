@@ -1,0 +1,232 @@
+// W4 + 2:4 GEMM with mma.sp: W[K, N] has 2 non-zeros in every 4 consecutive
+// k of each output column (sparse along the reduction axis) and the kept
+// values are INT4 (u = q + 8) with one FP16 scale per 128 k per column.
+//
+// Same skeleton as w4a16.cu (W^T is the tensor-core A operand, activations
+// the B operand, cp.async pipeline with evict-first weights, FP32 per-group
+// scaling, split-K through an FP32 workspace), with mma.sp.m16n8k32:
+// * values int32 [N/16, K/32, 32]: lane l's word of a 16x32 tile holds its
+//   eight kept values a0..a7 of the sparse A fragment, in dequant order;
+// * meta uint32 [N/16, K/32, 16]: the metadata word of lane 4g + h (h = 0, 1;
+//   sparsity selector 0) is stored at index 2g + h (README "w4_sp24").
+// Per 512 weights a warp reads 128 B of values and 64 B of metadata against
+// 256 B for w4a16: the memory floor is 0.75x of w4a16's.
+#include <algorithm>
+
+#include "spa_device.cuh"
+
+namespace spa {
+namespace sp24 {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+// Pipeline depth in groups of 128 k: deeper where the activation tile is small
+// (decode), so one warp keeps 5 KB of weights in flight.
+__host__ __device__ constexpr int stages_for(int mt) { return mt <= 2 ? 6 : 4; }
+constexpr int kTilesPerGroup = SPA_W4_GROUP / 32;  // 4 k32 tiles
+constexpr int kLda = SPA_W4_GROUP + 8;
+constexpr int kValueWords = kTilesPerGroup * 32;   // per warp per group
+constexpr int kMetaWords = kTilesPerGroup * 16;
+
+template <int MT>
+constexpr int smem_bytes() {
+  return stages_for(MT) * (kWarps * (kValueWords + kMetaWords) * 4 + MT * 8 * kLda * 2);
+}
+
+template <typename T, int MT>
+__global__ void __launch_bounds__(kThreads)
+    gemm_kernel(const T* __restrict__ a_ptr,          // [M, K]
+                const uint32_t* __restrict__ values,  // [N/16, K/32, 32]
+                const uint32_t* __restrict__ meta,    // [N/16, K/32, 16]
+                const __half* __restrict__ scales,    // [K/128, N]
+                T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
+                int groups_per_split) {
+  constexpr int kStages = stages_for(MT);
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* v_smem = reinterpret_cast<uint32_t*>(smem);
+  uint32_t* m_smem = v_smem + kStages * kWarps * kValueWords;
+  T* a_smem = reinterpret_cast<T*>(m_smem + kStages * kWarps * kMetaWords);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group_id = lane / 4, thread_in_group = lane % 4;
+  const int n_tiles = N / 16, k_tiles = K / 32, n_groups = K / SPA_W4_GROUP;
+  const int tile = blockIdx.x * kWarps + warp;
+  const bool tile_valid = tile < n_tiles;
+  const int g_begin = blockIdx.y * groups_per_split;
+  const int g_end = min(n_groups, g_begin + groups_per_split);
+  if (g_begin >= g_end) return;
+  const uint64_t policy = evict_first_policy();
+
+  auto load_stage = [&](int stage, int group) {
+    if (tile_valid) {
+      size_t first = static_cast<size_t>(tile) * k_tiles + group * kTilesPerGroup;
+      const uint32_t* v_src = values + first * 32;   // 512 B: 32 chunks, one per lane
+      const uint32_t* m_src = meta + first * 16;     // 256 B: 16 chunks
+      uint32_t* v_dst = v_smem + (stage * kWarps + warp) * kValueWords;
+      uint32_t* m_dst = m_smem + (stage * kWarps + warp) * kMetaWords;
+      cp_async16_evict_first(v_dst + lane * 4, v_src + lane * 4, policy);
+      if (lane < kMetaWords / 4) cp_async16_evict_first(m_dst + lane * 4, m_src + lane * 4, policy);
+    }
+    T* a_dst = a_smem + stage * MT * 8 * kLda;
+    for (int c = threadIdx.x; c < MT * 8 * 16; c += kThreads) {
+      int row = c / 16, col = (c % 16) * 8;
+      bool valid = row < M;
+      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group * SPA_W4_GROUP + col : 0);
+      cp_async16_zfill(a_dst + row * kLda + col, src, valid);
+    }
+  };
+
+  float acc[MT][4];
+#pragma unroll
+  for (int j = 0; j < MT; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (g_begin + s < g_end) load_stage(s, g_begin + s);
+    cp_async_commit();
+  }
+
+  const int col_lo = tile * 16 + group_id;
+  // Lanes 4g and 4g+1 supply the metadata (selector 0); the others pass any word.
+  const int meta_slot = group_id * 2 + (thread_in_group & 1);
+  for (int group = g_begin, it = 0; group < g_end; ++group, ++it) {
+    float scale_lo = 0.f, scale_hi = 0.f;
+    if (tile_valid) {
+      scale_lo = __half2float(scales[static_cast<size_t>(group) * N + col_lo]);
+      scale_hi = __half2float(scales[static_cast<size_t>(group) * N + col_lo + 8]);
+    }
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    int next = group + kStages - 1;
+    if (next < g_end) load_stage((it + kStages - 1) % kStages, next);
+    cp_async_commit();
+
+    const int stage = it % kStages;
+    const uint32_t* v_tile = v_smem + (stage * kWarps + warp) * kValueWords;
+    const uint32_t* m_tile = m_smem + (stage * kWarps + warp) * kMetaWords;
+    const T* a_stage = a_smem + stage * MT * 8 * kLda;
+    float part[MT][4];
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) part[j][r] = 0.f;
+#pragma unroll
+    for (int kt = 0; kt < kTilesPerGroup; ++kt) {
+      uint32_t frag[4];
+      dequant8<T>(v_tile[kt * 32 + lane], frag);
+      uint32_t meta_word = m_tile[kt * 16 + meta_slot];
+#pragma unroll
+      for (int j = 0; j < MT; ++j) {
+        // B fragment of m16n8k32: b_i holds k = 2t + 8i (+1), token = g.
+        const T* b = a_stage + (j * 8 + group_id) * kLda + kt * 32 + thread_in_group * 2;
+        uint32_t bfrag[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) bfrag[i] = *reinterpret_cast<const uint32_t*>(b + 8 * i);
+        mma_sp_16832<T>(part[j], frag, bfrag, meta_word);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < MT; ++j) {
+      acc[j][0] += part[j][0] * scale_lo;
+      acc[j][1] += part[j][1] * scale_lo;
+      acc[j][2] += part[j][2] * scale_hi;
+      acc[j][3] += part[j][3] * scale_hi;
+    }
+  }
+  cp_async_wait<0>();
+  if (!tile_valid) return;
+#pragma unroll
+  for (int j = 0; j < MT; ++j) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      int m = j * 8 + thread_in_group * 2 + (r & 1);
+      int n = col_lo + (r >> 1) * 8;
+      if (m >= M) continue;
+      size_t index = static_cast<size_t>(m) * N + n;
+      if (partial != nullptr)
+        atomicAdd(partial + index, acc[j][r]);
+      else
+        y[index] = Elem<T>::from_float(acc[j][r]);
+    }
+  }
+}
+
+template <typename T, int MT>
+cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales,
+                   T* y, float* partial, int M, int N, int K, int splits, int gps,
+                   cudaStream_t stream) {
+  constexpr int bytes = smem_bytes<MT>();
+  auto kernel = gemm_kernel<T, MT>;
+  SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
+  kernel<<<grid, kThreads, bytes, stream>>>(a, values, meta, scales, y, partial, M, N, K, gps);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* meta,
+                const uint16_t* scales_ptr, void* y_ptr, int M, int N, int K, void* workspace,
+                int split_k, cudaStream_t stream) {
+  const T* a = static_cast<const T*>(a_ptr);
+  const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
+  const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
+  T* y = static_cast<T*>(y_ptr);
+  const int n_groups = K / SPA_W4_GROUP;
+  int splits = split_k;
+  if (splits <= 0) {
+    int target_warps = 4 * sm_count();
+    int n_tiles = N / 16;
+    splits = std::max(1, std::min((target_warps + n_tiles - 1) / n_tiles, n_groups / 4));
+  }
+  splits = std::min(splits, n_groups);
+  int gps = (n_groups + splits - 1) / splits;
+  splits = (n_groups + gps - 1) / gps;
+  float* partial = splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  if (partial != nullptr)
+    SPA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * static_cast<size_t>(M) * N, stream));
+  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
+    int rows = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
+    const T* a0 = a + static_cast<size_t>(m0) * K;
+    T* y0 = y + static_cast<size_t>(m0) * N;
+    float* p0 = partial ? partial + static_cast<size_t>(m0) * N : nullptr;
+    cudaError_t status;
+    if (rows <= 8)
+      status = launch<T, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+    else if (rows <= 16)
+      status = launch<T, 2>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+    else if (rows <= 32)
+      status = launch<T, 4>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+    else
+      status = launch<T, 8>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+    SPA_CHECK(status);
+  }
+  if (partial != nullptr)
+    return launch_finalize<T>(partial, y, static_cast<long long>(M) * N, stream);
+  return cudaSuccess;
+}
+
+}  // namespace sp24
+}  // namespace spa
+
+extern "C" size_t spa_w4_sp24_workspace_size(int M, int N, int K) {
+  (void)K;
+  return sizeof(float) * static_cast<size_t>(M) * static_cast<size_t>(N);
+}
+
+extern "C" cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_t* meta,
+                                        const uint16_t* scales, void* Y, int M, int N, int K,
+                                        SpaDtype dtype, void* workspace, size_t workspace_bytes,
+                                        int split_k, cudaStream_t stream) {
+  SPA_REQUIRE(A && values && meta && scales && Y, "w4_sp24: a data pointer is NULL");
+  SPA_REQUIRE(M >= 1 && N >= 16 && K >= SPA_W4_GROUP, "w4_sp24: M, N or K too small");
+  SPA_REQUIRE(K % SPA_W4_GROUP == 0, "w4_sp24: K must be a multiple of 128");
+  SPA_REQUIRE(N % 16 == 0, "w4_sp24: N must be a multiple of 16");
+  SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_sp24: dtype must be SPA_FP16 or SPA_BF16");
+  if (workspace == nullptr || workspace_bytes < spa_w4_sp24_workspace_size(M, N, K)) split_k = 1;
+  if (dtype == SPA_FP16)
+    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, split_k, stream);
+  return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, split_k,
+                                       stream);
+}

@@ -1,0 +1,227 @@
+// The shared IPluginV3 implementation and the library entry points
+// (getCreators, setLoggerFinder: the only exported symbols, see CMakeLists.txt).
+#include "spa_plugin.h"
+
+#include <exception>
+#include <mutex>
+
+namespace spa_trt {
+
+namespace {
+ILoggerFinder* gLoggerFinder = nullptr;
+std::mutex gLoggerMutex;
+}  // namespace
+
+ILogger* logger() {
+  std::lock_guard<std::mutex> lock(gLoggerMutex);
+  return gLoggerFinder ? gLoggerFinder->findLogger() : nullptr;
+}
+
+void log(ILogger::Severity severity, const std::string& message) {
+  if (ILogger* target = logger()) target->log(severity, ("spa plugin: " + message).c_str());
+}
+
+int64_t volume(const Dims& dims) {
+  int64_t count = 1;
+  for (int32_t i = 0; i < dims.nbDims; ++i) count *= dims.d[i];
+  return count;
+}
+
+int64_t rows_of(const Dims& dims) {
+  int64_t rows = 1;
+  for (int32_t i = 0; i + 1 < dims.nbDims; ++i) {
+    if (dims.d[i] < 0) return -1;
+    rows *= dims.d[i];
+  }
+  return rows;
+}
+
+SpaDtype to_spa_dtype(DataType type) { return type == DataType::kBF16 ? SPA_BF16 : SPA_FP16; }
+
+DataType OpTraits::weight_type(int32_t index) const {
+  // The last input is always the FP16 scales; the others are INT32 words.
+  return index == nb_inputs - 1 ? DataType::kHALF : DataType::kINT32;
+}
+
+SpaMatMulPlugin::SpaMatMulPlugin(const OpTraits& traits, const OpFields& fields)
+    : mTraits(traits), mFields(fields) {}
+
+IPluginCapability* SpaMatMulPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
+  switch (type) {
+    case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+    case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+  }
+  return nullptr;
+}
+
+IPluginV3* SpaMatMulPlugin::clone() noexcept {
+  try {
+    return new SpaMatMulPlugin(mTraits, mFields);
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, error.what());
+    return nullptr;
+  }
+}
+
+bool SpaMatMulPlugin::check(const PluginTensorDesc* in, int32_t nbInputs, const PluginTensorDesc* out,
+                            int32_t nbOutputs) const {
+  std::string reason;
+  if (nbInputs != mTraits.nb_inputs || nbOutputs != 1) {
+    reason = "expects " + std::to_string(mTraits.nb_inputs) + " inputs and 1 output";
+  } else if (in[0].type != DataType::kHALF && in[0].type != DataType::kBF16) {
+    reason = "A must be FP16 or BF16 (build with --fp16 or cast the activations)";
+  } else if (in[0].dims.nbDims < 1 || in[0].dims.d[in[0].dims.nbDims - 1] != mFields.K) {
+    reason = "the last dim of A must equal K=" + std::to_string(mFields.K);
+  } else if (out[0].type != in[0].type) {
+    reason = "Y must have A's type";
+  } else {
+    reason = mTraits.check_weights(mFields, in);
+  }
+  if (!reason.empty()) log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + reason);
+  return reason.empty();
+}
+
+int32_t SpaMatMulPlugin::configurePlugin(const DynamicPluginTensorDesc* in, int32_t nbInputs,
+                                         const DynamicPluginTensorDesc* out, int32_t nbOutputs) noexcept {
+  std::vector<PluginTensorDesc> inputs(static_cast<size_t>(nbInputs));
+  for (int32_t i = 0; i < nbInputs; ++i) inputs[i] = in[i].desc;
+  if (nbOutputs < 1) return -1;
+  PluginTensorDesc output = out[0].desc;
+  return check(inputs.data(), nbInputs, &output, nbOutputs) ? 0 : -1;
+}
+
+int32_t SpaMatMulPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
+                                            const DataType* inputTypes, int32_t nbInputs) const noexcept {
+  if (nbOutputs != 1 || nbInputs < 1) return -1;
+  outputTypes[0] = inputTypes[0];
+  return 0;
+}
+
+int32_t SpaMatMulPlugin::getOutputShapes(const DimsExprs* inputs, int32_t nbInputs, const DimsExprs*,
+                                         int32_t, DimsExprs* outputs, int32_t nbOutputs,
+                                         IExprBuilder& exprBuilder) noexcept {
+  if (nbInputs != mTraits.nb_inputs || nbOutputs != 1 || inputs[0].nbDims < 1) return -1;
+  outputs[0] = inputs[0];  // [..., K] -> [..., N]
+  outputs[0].d[inputs[0].nbDims - 1] = exprBuilder.constant(mFields.N);
+  return 0;
+}
+
+bool SpaMatMulPlugin::supportsFormatCombination(int32_t pos, const DynamicPluginTensorDesc* inOut,
+                                                int32_t nbInputs, int32_t) noexcept {
+  const PluginTensorDesc& desc = inOut[pos].desc;
+  if (desc.format != TensorFormat::kLINEAR) return false;
+  if (pos == 0) return desc.type == DataType::kHALF || desc.type == DataType::kBF16;
+  if (pos == nbInputs) return desc.type == inOut[0].desc.type;  // Y
+  return desc.type == mTraits.weight_type(pos);
+}
+
+size_t SpaMatMulPlugin::getWorkspaceSize(const DynamicPluginTensorDesc* inputs, int32_t,
+                                         const DynamicPluginTensorDesc*, int32_t) const noexcept {
+  int64_t rows = rows_of(inputs[0].max);
+  if (rows < 0) return 0;
+  return sizeof(float) * static_cast<size_t>(rows) * static_cast<size_t>(mFields.N);
+}
+
+int32_t SpaMatMulPlugin::onShapeChange(const PluginTensorDesc* in, int32_t nbInputs,
+                                       const PluginTensorDesc* out, int32_t nbOutputs) noexcept {
+  return check(in, nbInputs, out, nbOutputs) ? 0 : -1;
+}
+
+int32_t SpaMatMulPlugin::enqueue(const PluginTensorDesc* inputDesc, const PluginTensorDesc*,
+                                 const void* const* inputs, void* const* outputs, void* workspace,
+                                 cudaStream_t stream) noexcept {
+  int64_t rows = rows_of(inputDesc[0].dims);
+  if (rows <= 0) return rows == 0 ? 0 : -1;
+  size_t workspace_bytes = sizeof(float) * static_cast<size_t>(rows) * static_cast<size_t>(mFields.N);
+  cudaError_t status = mTraits.launch(mFields, inputDesc, inputs, outputs[0], rows,
+                                      to_spa_dtype(inputDesc[0].type), workspace, workspace_bytes, stream);
+  if (status != cudaSuccess) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + cudaGetErrorName(status) + " (" +
+                                       spa_kernel_error_string() + ")");
+    return -1;
+  }
+  return 0;
+}
+
+IPluginV3* SpaMatMulPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
+
+const PluginFieldCollection* SpaMatMulPlugin::getFieldsToSerialize() noexcept {
+  mSerialized.clear();
+  mSerialized.emplace_back("K", &mFields.K, PluginFieldType::kINT32, 1);
+  mSerialized.emplace_back("N", &mFields.N, PluginFieldType::kINT32, 1);
+  mSerialized.emplace_back("group_size", &mFields.group_size, PluginFieldType::kINT32, 1);
+  if (mTraits.has_bits_and_layout) {
+    mSerialized.emplace_back("bits", &mFields.bits, PluginFieldType::kINT32, 1);
+    mSerialized.emplace_back("layout", mFields.layout.c_str(), PluginFieldType::kCHAR,
+                             static_cast<int32_t>(mFields.layout.size() + 1));
+  }
+  mSerializedCollection.nbFields = static_cast<int32_t>(mSerialized.size());
+  mSerializedCollection.fields = mSerialized.data();
+  return &mSerializedCollection;
+}
+
+SpaMatMulCreator::SpaMatMulCreator(const OpTraits& traits) : mTraits(traits) {
+  mFieldNames.emplace_back("K", nullptr, PluginFieldType::kINT32, 1);
+  mFieldNames.emplace_back("N", nullptr, PluginFieldType::kINT32, 1);
+  mFieldNames.emplace_back("group_size", nullptr, PluginFieldType::kINT32, 1);
+  if (traits.has_bits_and_layout) {
+    mFieldNames.emplace_back("bits", nullptr, PluginFieldType::kINT32, 1);
+    mFieldNames.emplace_back("layout", nullptr, PluginFieldType::kCHAR, 0);
+  }
+  mCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
+  mCollection.fields = mFieldNames.data();
+}
+
+IPluginV3* SpaMatMulCreator::createPlugin(const char*, const PluginFieldCollection* fc,
+                                          TensorRTPhase) noexcept {
+  try {
+    OpFields fields;
+    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
+      const PluginField& field = fc->fields[i];
+      std::string name = field.name ? field.name : "";
+      // The ONNX parser passes INT attributes as kINT32 (kINT64 accepted too).
+      auto as_int = [&field]() -> int32_t {
+        if (field.type == PluginFieldType::kINT64) return static_cast<int32_t>(*static_cast<const int64_t*>(field.data));
+        return *static_cast<const int32_t*>(field.data);
+      };
+      if (field.data == nullptr) continue;
+      if (name == "K") fields.K = as_int();
+      else if (name == "N") fields.N = as_int();
+      else if (name == "group_size") fields.group_size = as_int();
+      else if (name == "bits") fields.bits = as_int();
+      else if (name == "layout")
+        fields.layout.assign(static_cast<const char*>(field.data),
+                             strnlen(static_cast<const char*>(field.data), static_cast<size_t>(field.length)));
+    }
+    std::string reason = mTraits.check_fields(fields);
+    if (!reason.empty()) {
+      log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + reason);
+      return nullptr;
+    }
+    return new SpaMatMulPlugin(mTraits, fields);
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, error.what());
+    return nullptr;
+  }
+}
+
+}  // namespace spa_trt
+
+namespace {
+spa_trt::SpaMatMulCreator gW4A16Creator(spa_trt::kW4A16Traits);
+spa_trt::SpaMatMulCreator gW4Sparse24Creator(spa_trt::kW4Sparse24Traits);
+spa_trt::SpaMatMulCreator gGroupSparseCreator(spa_trt::kGroupSparseTraits);
+nvinfer1::IPluginCreatorInterface* gCreators[] = {&gW4A16Creator, &gW4Sparse24Creator, &gGroupSparseCreator};
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
+  std::lock_guard<std::mutex> lock(spa_trt::gLoggerMutex);
+  spa_trt::gLoggerFinder = finder;
+}
+
+extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
+    int32_t& nbCreators) {
+  nbCreators = static_cast<int32_t>(sizeof(gCreators) / sizeof(gCreators[0]));
+  return gCreators;
+}

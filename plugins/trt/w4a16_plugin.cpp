@@ -1,0 +1,30 @@
+// spa.W4A16MatMul -> spa_w4a16_gemm (contracts/w4a16.json).
+#include "spa_plugin.h"
+
+namespace spa_trt {
+namespace {
+
+std::string check_fields(const OpFields& f) {
+  if (f.group_size != SPA_W4_GROUP) return "group_size must be 128";
+  if (f.K <= 0 || f.K % SPA_W4_GROUP) return "K must be a positive multiple of 128";
+  if (f.N <= 0 || f.N % 16) return "N must be a positive multiple of 16";
+  return "";
+}
+
+std::string check_weights(const OpFields& f, const PluginTensorDesc* in) {
+  if (volume(in[1].dims) != static_cast<int64_t>(f.N) * f.K / 8) return "packed must be INT32 [N/16, K/16, 32]";
+  if (volume(in[2].dims) != static_cast<int64_t>(f.K / SPA_W4_GROUP) * f.N) return "scales must be FP16 [K/128, N]";
+  return "";
+}
+
+cudaError_t launch(const OpFields& f, const PluginTensorDesc*, const void* const* inputs, void* output,
+                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  return spa_w4a16_gemm(inputs[0], static_cast<const int32_t*>(inputs[1]), static_cast<const uint16_t*>(inputs[2]),
+                        output, static_cast<int>(M), f.N, f.K, dtype, workspace, workspace_bytes, 0, stream);
+}
+
+}  // namespace
+
+const OpTraits kW4A16Traits = {"W4A16MatMul", 3, false, check_fields, check_weights, launch};
+
+}  // namespace spa_trt

@@ -1,0 +1,256 @@
+"""CPU side of the TensorRT plugins: every kernel compiles with nvcc for sm_80
+and sm_90, the harness compiles and links against cuBLAS, the harness's layout
+readers agree bit for bit with spa's repackers, and the `spa build` /
+`spa plugins build` boundaries. The GPU run itself is plugins/bench/run_gpu.sh
+(and the `gpu`-marked test below)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from spa.errors import UserError
+from spa.plugins.bench_cases import write_cases
+from spa.plugins.build import TENSORRT_MISSING, parse_cuda_archs
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "plugins"
+KERNELS = sorted((PLUGINS / "kernels").glob("*.cu"))
+ARCHS = ("-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90")
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (CUDA toolkit) is not installed")
+
+
+def nvcc(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert NVCC is not None
+    command = [NVCC, "-std=c++17", "-O3", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=False)
+
+
+@pytest.fixture(scope="module")
+def kernel_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each kernel compiled once for sm_80 and sm_90 (two at a time: CI has 2 cores)."""
+    folder = tmp_path_factory.mktemp("kernels")
+
+    def compile_one(source: Path) -> tuple[str, Path, subprocess.CompletedProcess[str]]:
+        target = folder / f"{source.stem}.o"
+        return source.stem, target, nvcc("-c", source, "-o", target, *ARCHS)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(compile_one, KERNELS))
+    for name, _, result in results:
+        assert result.returncode == 0, f"{name}.cu failed to compile:\n{result.stderr[-3000:]}"
+    return {name: target for name, target, _ in results}
+
+
+@needs_nvcc
+def test_every_kernel_compiles_for_sm80_and_sm90(kernel_objects: dict[str, Path]) -> None:
+    assert set(kernel_objects) == {"w4a16", "w4_sp24", "w4_gqsa"}
+    cuobjdump = shutil.which("cuobjdump")
+    for name, target in kernel_objects.items():
+        assert target.stat().st_size > 0
+        if cuobjdump:  # where the full toolkit is installed, list the embedded cubins
+            listing = subprocess.run([cuobjdump, "--list-elf", str(target)], capture_output=True, text=True, check=False)
+            assert "sm_80" in listing.stdout and "sm_90" in listing.stdout, (name, listing.stdout)
+
+
+@needs_nvcc
+def test_sparse_kernel_uses_mma_sp_and_w4a16_uses_cp_async_with_evict_first(tmp_path: Path) -> None:
+    for name, wanted in (("w4_sp24", "mma.sp::ordered_metadata"), ("w4a16", "L2::cache_hint")):
+        ptx = tmp_path / f"{name}.ptx"
+        result = nvcc("-ptx", PLUGINS / "kernels" / f"{name}.cu", "-o", ptx, "-arch=compute_80")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert wanted in ptx.read_text()
+
+
+def cublas_paths() -> tuple[Path | None, Path | None, str]:
+    """(include dir, library dir, -l flag) of cuBLAS: the CUDA toolkit's or an nvidia-* wheel's."""
+    roots = [Path(NVCC).resolve().parents[1]] if NVCC else []
+    roots += [Path(p) for p in glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "nvidia", "cu*"))]
+    roots += [Path(p) for p in glob.glob("/work/venv-*/lib/python3*/site-packages/nvidia/cu*")]
+    for root in roots:
+        if (root / "include" / "cublas_v2.h").is_file():
+            for lib in (root / "lib64", root / "lib"):
+                for name, flag in (("libcublas.so", "-lcublas"), ("libcublas.so.13", "-l:libcublas.so.13")):
+                    if (lib / name).exists():
+                        return root / "include", lib, flag
+            return root / "include", None, ""
+    return None, None, ""
+
+
+@needs_nvcc
+def test_harness_compiles_and_links_against_cublas(kernel_objects: dict[str, Path], tmp_path: Path) -> None:
+    include, lib, flag = cublas_paths()
+    if include is None:
+        pytest.skip("cuBLAS headers not found (CUDA toolkit without libcublas-dev)")
+    harness = PLUGINS / "bench" / "harness.cu"
+    obj = tmp_path / "harness.o"
+    result = nvcc("-c", harness, "-o", obj, *ARCHS, f"-I{include}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    if lib is None:
+        return  # compile-only: no cuBLAS library to link against here
+    binary = tmp_path / "harness"
+    result = nvcc(obj, *kernel_objects.values(), "-o", binary, f"-L{lib}", flag, *ARCHS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert binary.stat().st_size > 0
+
+
+@needs_nvcc
+def test_harness_layout_readers_match_spa_repackers(tmp_path: Path) -> None:
+    """The harness's GPU reference reads each layout as spa's Python writes it (run on the CPU)."""
+    binary = tmp_path / "layout_check"
+    result = nvcc(PLUGINS / "bench" / "layout_check.cu", "-o", binary)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = write_cases(tmp_path / "cases", shapes=((384, 80), (256, 32)))
+    assert len(lines) == 12
+    run = subprocess.run([str(binary), str(tmp_path / "cases")], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "12 cases, 0 failed" in run.stdout
+
+
+def tensorrt_include() -> Path | None:
+    roots = [os.environ.get("TensorRT_ROOT", ""),  # noqa: SIM112 (CMake's spelling)
+             "/usr", "/usr/local/tensorrt", "/opt/tensorrt"]
+    for root in filter(None, roots):
+        for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
+            if (Path(root) / sub / "NvInferRuntime.h").is_file():
+                return Path(root) / sub
+    return None
+
+
+@pytest.mark.skipif(tensorrt_include() is None, reason="TensorRT headers not found (set TensorRT_ROOT)")
+def test_plugin_wrappers_compile_against_tensorrt_headers() -> None:
+    cuda_include = Path(NVCC).resolve().parents[1] / "include" if NVCC else Path("/usr/local/cuda/include")
+    for source in sorted((PLUGINS / "trt").glob("*.cpp")):
+        command = ["g++", "-std=c++17", "-Wall", "-fsyntax-only", f"-I{tensorrt_include()}", f"-I{cuda_include}", str(source)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{source.name}:\n{result.stderr[-3000:]}"
+
+
+def relu_model(path: Path, op: tuple[str, str] = ("", "Relu")) -> Path:
+    domain, op_type = op
+    node = helper.make_node(op_type, ["x"], ["y"], domain=domain)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 16])],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 21)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+    return path
+
+
+def tensorrt_importable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed: the missing-TensorRT boundary cannot occur")
+def test_spa_build_without_tensorrt_is_one_line_exit_1(run_cli, tmp_path: Path) -> None:
+    model = relu_model(tmp_path / "m.onnx")
+    result = run_cli("build", model, "-o", tmp_path / "m.engine")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {TENSORRT_MISSING}"
+    assert TENSORRT_MISSING == "TensorRT is not installed; pip install 'spa[tensorrt]' on a machine with an NVIDIA driver"
+    assert not (tmp_path / "m.engine").exists()
+    assert list(tmp_path.iterdir()) == [model]  # no partial or temporary file
+
+
+def test_spa_build_bad_inputs(run_cli, tmp_path: Path) -> None:
+    missing = run_cli("build", tmp_path / "nope.onnx", "-o", tmp_path / "e.engine")
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    model = relu_model(tmp_path / "m.onnx")
+    same = run_cli("build", model, "-o", model)
+    assert same.exit_code == 1 and "is the input model" in same.stderr
+    plugin_model = relu_model(tmp_path / "p.onnx", ("spa", "W4A16MatMul"))
+    no_lib = run_cli("build", plugin_model, "-o", tmp_path / "p.engine")
+    assert no_lib.exit_code == 1 and "--plugins" in no_lib.stderr and "W4A16MatMul" in no_lib.stderr
+    bad_lib = run_cli("build", model, "-o", tmp_path / "e.engine", "--plugins", tmp_path / "missing.so")
+    assert bad_lib.exit_code == 1 and "spa plugins build" in bad_lib.stderr
+    for result in (missing, same, no_lib, bad_lib):
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_plugins_build_without_cmake_is_one_line_exit_1(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cmake on PATH
+    result = run_cli("plugins", "build", "--build-dir", tmp_path / "build")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: cmake is not installed; pip install cmake (3.24 or newer) and retry"
+
+
+def test_plugins_build_bad_arch_and_source(run_cli, tmp_path: Path) -> None:
+    bad_arch = run_cli("plugins", "build", "--cuda-arch", "75", "--build-dir", tmp_path / "b")
+    assert bad_arch.exit_code == 1 and "80 or newer" in bad_arch.stderr
+    bad_source = run_cli("plugins", "build", "--source", tmp_path, "--build-dir", tmp_path / "b")
+    assert bad_source.exit_code == 1 and "CMakeLists.txt" in bad_source.stderr
+
+
+def test_parse_cuda_archs() -> None:
+    assert parse_cuda_archs("80,90") == ["80", "90"]
+    assert parse_cuda_archs("sm_80;sm_90a") == ["80", "90a"]
+    with pytest.raises(UserError, match="empty"):
+        parse_cuda_archs(" , ")
+
+
+def gpu_available() -> bool:
+    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU")
+@needs_nvcc
+def test_kernels_on_gpu_match_the_fp32_reference(kernel_objects: dict[str, Path], tmp_path: Path) -> None:
+    """On a GPU: the harness's correctness pass (every kernel, every M, FP16/BF16) on spa's cases."""
+    include, lib, flag = cublas_paths()
+    if include is None or lib is None:
+        pytest.skip("cuBLAS not found")
+    binary = tmp_path / "harness"
+    result = nvcc(PLUGINS / "bench" / "harness.cu", *kernel_objects.values(), "-o", binary, f"-I{include}", f"-L{lib}", flag, *ARCHS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    write_cases(tmp_path / "cases", shapes=((384, 80),))
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    run = subprocess.run([str(binary), "--cases", str(tmp_path / "cases"), "--quick", "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+    assert "FAILED" not in run.stdout
+
+
+def load_goals():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("goals", PLUGINS / "bench" / "goals.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_goal_reader_on_rows_that_meet_and_miss() -> None:
+    goals = load_goals()
+
+    def row(kernel: str, k: int, n: int, m: int, us: float, cublas: float, err: float = 1e-4) -> dict[str, object]:
+        return {"card": "NVIDIA H100 80GB HBM3", "kernel": kernel, "K": k, "N": n, "M": m, "us": us,
+                "cublas_fp16_us": cublas, "speedup": cublas / us, "max_rel_err": err}  # fmt: skip
+
+    rows = [row("w4a16", 4096, 11008, m, 10.0, 36.2) for m in (1, 8, 16)]
+    rows += [row("w4a16", 4096, 11008, 64, 40.0, 45.0)]
+    rows += [row("w4_sp24", 4096, 11008, m, 7.9, 36.2) for m in (1, 8, 16)]
+    rows += [row("w4_gqsa", 4096, 11008, m, 7.0, 36.2) for m in (1, 8)]
+    verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}
+    assert verdicts == {"correctness": True, "G1": True, "G3a": True, "G3b": True, "G4": True, "G5": True}
+    rows[0]["us"], rows[0]["speedup"] = 12.0, 36.2 / 12.0  # G1 missed, G4/G5 ratios grow
+    rows.append(row("w4_gqsa", 4096, 11008, 16, 50.0, 36.2, err=5e-3))  # M=16 is outside G5
+    verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}
+    assert verdicts["G1"] is False and verdicts["correctness"] is False and verdicts["G5"] is True

@@ -1,0 +1,196 @@
+"""Plugin-form rewrite passes: rewrite counts, structure, numbers (NumPy
+evaluation of the plugin ops against ONNX Runtime on the original model),
+round trips back to the ORT form, and agreement with the contract files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
+from spa.plugins import repack
+from spa.plugins.ops import PLUGIN_OPS
+from spa.quant.blockwise import QuantizedWeight
+from spa.quant.packing import pack_matmulnbits
+from tests.test_plugins_repack import gqsa_reference, random_w4, two_four
+
+CONTRACTS = Path(__file__).resolve().parents[1] / "plugins" / "trt" / "contracts"
+
+
+def nbits_model(weight: QuantizedWeight, rows: int = 3) -> onnx.ModelProto:
+    k, n = weight.shape
+    arrays = pack_matmulnbits(weight)
+    node = helper.make_node(
+        "MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft", name="mm",
+        K=k, N=n, bits=4, block_size=128,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [rows, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [rows, n])],
+        initializer=[numpy_helper.from_array(arrays.b, "B"), numpy_helper.from_array(arrays.scales.astype(np.float32), "S")],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10)
+
+
+def run_ort(model: onnx.ModelProto, a: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"A": a})[0]
+
+
+def constant(node: ir.Node, index: int) -> np.ndarray:
+    value = node.inputs[index]
+    assert value is not None and value.const_value is not None
+    return value.const_value.numpy()
+
+
+def evaluate_plugin(node: ir.Node, a: np.ndarray) -> np.ndarray:
+    """NumPy semantics of a plugin-form node (what the kernel must compute)."""
+    k, n = node.attributes.get_int("K", 0), node.attributes.get_int("N", 0)
+    if node.op_type == "W4A16MatMul":
+        weight = repack.unpack_w4a16(repack.W4A16Packed(constant(node, 1), constant(node, 2), k, n))
+    else:
+        packed = repack.W4Sparse24Packed(constant(node, 1), constant(node, 2).view(np.uint32), constant(node, 3), k, n)
+        weight = repack.unpack_w4_sp24(packed)
+    dense = weight.q.astype(np.float32) * np.repeat(weight.scales.astype(np.float32), 128, axis=0)
+    return a @ dense
+
+
+@pytest.mark.parametrize(("sparse", "op_type"), [(False, "W4A16MatMul"), (True, "W4Sparse24MatMul")])
+def test_int4_to_plugin_matches_ort_and_round_trips(sparse: bool, op_type: str) -> None:
+    weight = random_w4(7, 256, 32)
+    if sparse:
+        weight = two_four(weight, 8)
+    proto = nbits_model(weight)
+    a = np.random.default_rng(1).standard_normal((3, 256)).astype(np.float32)
+    expected = run_ort(proto, a)
+
+    model = ir.serde.deserialize_model(proto)
+    result = Int4ToPluginPass().call(model)
+    assert result.statistics == {"nodes_converted": 1, "nodes_skipped": 0}
+    nodes = list(model.graph)
+    assert [(n.domain, n.op_type) for n in nodes] == [("spa", op_type)]
+    assert set(model.graph.initializers) == {v.name for v in nodes[0].inputs[1:] if v is not None}
+    got = evaluate_plugin(nodes[0], a)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+    back = PluginToOrtPass().call(model)
+    assert back.statistics["nodes_converted"] == 1
+    roundtrip = ir.serde.serialize_model(model)
+    onnx.checker.check_model(roundtrip)
+    np.testing.assert_array_equal(run_ort(roundtrip, a), expected)  # same bytes -> same numbers
+
+
+def test_int4_to_plugin_dense_when_sparse24_is_off() -> None:
+    model = ir.serde.deserialize_model(nbits_model(two_four(random_w4(3, 128, 16), 4)))
+    Int4ToPluginPass(sparse24=False).call(model)
+    assert [n.op_type for n in model.graph] == ["W4A16MatMul"]
+
+
+def test_int4_to_plugin_skips_with_reasons() -> None:
+    weight = random_w4(0, 128, 16)
+    other_block = QuantizedWeight(weight.q, np.ones((2, 16), np.float16), None, 4, 64)
+    proto = nbits_model(other_block)
+    proto.graph.node[0].attribute[-1].i = 64  # block_size attribute
+    model = ir.serde.deserialize_model(proto)
+    pass_ = Int4ToPluginPass()
+    result = pass_.call(model)
+    assert result.statistics == {"nodes_converted": 0, "nodes_skipped": 1}
+    assert "block_size 64" in pass_.decisions[0].reason
+    assert [n.op_type for n in model.graph] == ["MatMulNBits"]
+
+
+def gqsa_model(arrays: repack.GQSAArrays) -> onnx.ModelProto:
+    node = helper.make_node(
+        "GroupSparseQuantMatMul", ["A", "values", "col_idx", "row_ptr", "scales"], ["Y"],
+        domain="spa", name="gq", K=arrays.k, N=arrays.n, group_size=arrays.group_size, bits=4,
+    )  # fmt: skip
+    inits = [numpy_helper.from_array(np.asarray(x), name) for x, name in [
+        (arrays.values, "values"), (arrays.col_idx, "col_idx"), (arrays.row_ptr, "row_ptr"), (arrays.scales, "scales"),
+    ]]  # fmt: skip
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT16, [1, arrays.k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT16, [1, arrays.n])],
+        initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("spa", 1)])
+
+
+def test_gqsa_to_plugin_and_back_is_lossless() -> None:
+    rng = np.random.default_rng(5)
+    k, n, g = 128, 6, 16
+    q = rng.integers(-8, 8, size=(k, n)).astype(np.int8)
+    scales = (rng.random((k // g, n)) + 0.1).astype(np.float16)
+    arrays = gqsa_reference(q, scales, g, rng.random((k // g, n)) < 0.5)
+    model = ir.serde.deserialize_model(gqsa_model(arrays))
+    result = GQSAToPluginPass().call(model)
+    assert result.statistics == {"nodes_converted": 1, "nodes_skipped": 0}
+    node = next(iter(model.graph))
+    assert node.attributes.get_string("layout") == "w4_gqsa"
+    assert [v.const_value.dtype for v in node.inputs[1:] if v is not None and v.const_value is not None] == [
+        ir.DataType.INT32, ir.DataType.INT32, ir.DataType.INT32, ir.DataType.FLOAT16,
+    ]  # fmt: skip
+    assert GQSAToPluginPass().call(model).statistics["nodes_converted"] == 0  # idempotent
+    PluginToOrtPass().call(model)
+    node = next(iter(model.graph))
+    assert "layout" not in node.attributes
+    back = repack.GQSAArrays(*(constant(node, i) for i in range(1, 5)), k, n, g)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(repack.dequantize_gqsa(back), repack.dequantize_gqsa(arrays))
+
+
+@pytest.mark.parametrize("op", PLUGIN_OPS, ids=lambda op: op.kernel)
+def test_contract_matches_the_pass_side(op) -> None:  # type: ignore[no-untyped-def]
+    contract = json.loads((CONTRACTS / f"{op.kernel}.json").read_text())
+    assert contract["kernel"] == op.kernel
+    assert contract["onnx"] == {"domain": "spa", "op_type": op.op_type, "since_version": 1}
+    assert contract["plugin"]["name"] == op.op_type and contract["plugin"]["version"] == "1"
+    assert tuple(contract["attributes"]) == op.attributes
+    assert all(a["plugin_field"] == name for name, a in contract["attributes"].items())
+    inputs = tuple((i["name"], i["dtype"] if isinstance(i["dtype"], str) else "float") for i in contract["inputs"])
+    assert inputs == op.inputs
+    assert contract["tolerance"]["max"] == 2e-3
+    assert contract["tolerance"]["M"] == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_passes_write_the_contract_attributes() -> None:
+    dense = ir.serde.deserialize_model(nbits_model(random_w4(1, 128, 16)))
+    sparse = ir.serde.deserialize_model(nbits_model(two_four(random_w4(1, 128, 16), 2)))
+    Int4ToPluginPass().call(dense)
+    Int4ToPluginPass().call(sparse)
+    rng = np.random.default_rng(0)
+    gqsa = ir.serde.deserialize_model(gqsa_model(gqsa_reference(
+        rng.integers(-8, 8, (64, 2)).astype(np.int8), np.ones((4, 2), np.float16), 16, rng.random((4, 2)) < 0.5,
+    )))  # fmt: skip
+    GQSAToPluginPass().call(gqsa)
+    written = {n.op_type: n for m in (dense, sparse, gqsa) for n in m.graph}
+    for op in PLUGIN_OPS:
+        node = written[op.op_type]
+        assert tuple(node.attributes) == op.attributes
+        assert len(node.inputs) == len(op.inputs)
+
+
+def test_recipes_reach_the_plugin_passes(run_cli, tmp_path: Path) -> None:
+    """`spa optimize --recipe` with int4-to-plugin, then plugin-to-ort, then `spa verify`: identical outputs."""
+    source = tmp_path / "nbits.onnx"
+    onnx.save(nbits_model(random_w4(0, 256, 32)), source)
+    (tmp_path / "to_plugin.yaml").write_text("passes:\n  - int4-to-plugin\n")
+    (tmp_path / "to_ort.yaml").write_text("passes:\n  - plugin-to-ort\n")
+    plugin, back = tmp_path / "plugin.onnx", tmp_path / "back.onnx"
+    first = run_cli("optimize", source, "--recipe", tmp_path / "to_plugin.yaml", "-o", plugin, "--no-verify")
+    assert first.exit_code == 0, first.output
+    assert [(n.domain, n.op_type) for n in onnx.load(plugin).graph.node] == [("spa", "W4A16MatMul")]
+    second = run_cli("optimize", plugin, "--recipe", tmp_path / "to_ort.yaml", "-o", back, "--no-verify")
+    assert second.exit_code == 0, second.output
+    verify = run_cli("verify", source, back)
+    assert verify.exit_code == 0 and "max|Δ| 0 " in verify.output, verify.output

@@ -1,0 +1,172 @@
+"""Repacking into the plugin kernels' layouts: bit-exact round trips (hypothesis)
+against NumPy references, and the documented GQSA op layout (docs/formats.md
+section (c)) built here from its text, independently of spa/quant/gqsa.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spa.plugins.repack import (
+    GQSAArrays,
+    dequantize_gqsa,
+    repack_w4_gqsa,
+    repack_w4_sp24,
+    repack_w4a16,
+    unpack_w4_gqsa,
+    unpack_w4_sp24,
+    unpack_w4a16,
+)
+from spa.quant.blockwise import QuantizedWeight
+from spa.quant.packing import pack_matmulnbits, pack_qdq, unpack_matmulnbits, unpack_qdq
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 4))  # (K/128, N/16)
+
+
+def random_w4(seed: int, k: int, n: int) -> QuantizedWeight:
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-8, 8, size=(k, n)).astype(np.int8)
+    scales = (rng.random((k // 128, n)) + 0.01).astype(np.float16)
+    return QuantizedWeight(q, scales, None, 4, 128)
+
+
+def two_four(weight: QuantizedWeight, seed: int) -> QuantizedWeight:
+    """Zero 2 (or more, when ``extra``) of every 4 consecutive k per column."""
+    rng = np.random.default_rng(seed)
+    k, n = weight.shape
+    keep = np.argsort(rng.random((k // 4, n, 4)), axis=-1)[..., :2]
+    mask = np.zeros((k // 4, n, 4), bool)
+    np.put_along_axis(mask, keep, True, axis=-1)
+    mask = mask.transpose(0, 2, 1).reshape(k, n)
+    return QuantizedWeight(np.where(mask, weight.q, 0).astype(np.int8), weight.scales, None, 4, 128)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_w4a16_round_trip_from_matmulnbits(shape: tuple[int, int], seed: int) -> None:
+    weight = random_w4(seed, shape[0] * 128, shape[1] * 16)
+    from_ort = unpack_matmulnbits(pack_matmulnbits(weight))  # the ORT form spa writes
+    packed = repack_w4a16(from_ort)
+    assert packed.packed.dtype == np.int32 and packed.packed.shape == (shape[1], shape[0] * 8, 32)
+    back = unpack_w4a16(packed)
+    np.testing.assert_array_equal(back.q, weight.q)
+    np.testing.assert_array_equal(back.scales, weight.scales)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_w4a16_round_trip_from_qdq(shape: tuple[int, int], seed: int) -> None:
+    weight = random_w4(seed, shape[0] * 128, shape[1] * 16)
+    packed = repack_w4a16(unpack_qdq(pack_qdq(weight)))
+    np.testing.assert_array_equal(unpack_w4a16(packed).q, weight.q)
+
+
+def test_w4a16_lane_word_is_the_documented_fragment() -> None:
+    """Lane 5 (g=1, t=1) of tile (0, 0): values at W^T (1,2) (1,3) (9,2) (9,3) (1,10) (1,11) (9,10) (9,11)."""
+    q = np.zeros((128, 16), np.int8)
+    wanted = [1, 2, 3, 4, 5, 6, 7, -8]
+    for value, (row, col) in zip(wanted, [(1, 2), (1, 3), (9, 2), (9, 3), (1, 10), (1, 11), (9, 10), (9, 11)], strict=True):
+        q[col, row] = value  # W[k, n] = W^T[n, k]
+    packed = repack_w4a16(QuantizedWeight(q, np.ones((1, 16), np.float16), None, 4, 128))
+    word = int(packed.packed[0, 0, 5]) & 0xFFFFFFFF
+    u = [v + 8 for v in wanted]
+    # dequant order: v0 v2 v4 v6 in nibbles 0-3, v1 v3 v5 v7 in nibbles 4-7
+    expected = sum(u[2 * p] << (4 * p) | u[2 * p + 1] << (16 + 4 * p) for p in range(4))
+    assert word == expected
+    assert packed.packed[0, 0, 0] == 0x88888888 - 2**32  # every other lane: all zeros (u = 8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_w4_sp24_round_trip(shape: tuple[int, int], seed: int) -> None:
+    weight = two_four(random_w4(seed, shape[0] * 128, shape[1] * 16), seed + 1)
+    packed = repack_w4_sp24(weight)
+    assert packed.values.shape == (shape[1], shape[0] * 4, 32)
+    assert packed.meta.shape == (shape[1], shape[0] * 4, 16) and packed.meta.dtype == np.uint32
+    np.testing.assert_array_equal(unpack_w4_sp24(packed).q, weight.q)
+
+
+def test_w4_sp24_metadata_is_ascending_and_documented() -> None:
+    """Row 0 keeps k = 1 and 3 of chunk 0; row 8 keeps k = 0 and 2 of chunk 5."""
+    q = np.zeros((128, 16), np.int8)
+    q[1, 0], q[3, 0] = 3, -3
+    q[20, 8], q[22, 8] = 5, -5
+    packed = repack_w4_sp24(QuantizedWeight(q, np.ones((1, 16), np.float16), None, 4, 128))
+    meta = packed.meta[0, 0]
+    assert meta[0] & 0xF == (1 | 3 << 2)  # slot 2g+h = 0: row 0, chunk 0
+    assert (meta[1] >> 16 + 4) & 0xF == (0 | 2 << 2)  # slot 1 (g=0, h=1): row 8, chunk 4+1
+    positions = [(int(word) >> s) & 0xF for word in packed.meta.reshape(-1) for s in range(0, 32, 4)]
+    assert all((p & 3) < (p >> 2) for p in positions)  # ordered metadata
+
+
+def test_w4_sp24_rejects_three_of_four() -> None:
+    q = np.zeros((128, 16), np.int8)
+    q[0:3, 0] = 1
+    with pytest.raises(ValueError, match="2:4"):
+        repack_w4_sp24(QuantizedWeight(q, np.ones((1, 16), np.float16), None, 4, 128))
+
+
+def test_w4a16_rejects_asymmetric_and_other_blocks() -> None:
+    weight = random_w4(0, 128, 16)
+    with pytest.raises(ValueError, match="block 128"):
+        repack_w4a16(QuantizedWeight(weight.q, np.ones((2, 16), np.float16), None, 4, 64))
+    asym = QuantizedWeight(weight.q.astype(np.uint8), weight.scales, np.zeros((1, 16), np.uint8), 4, 128)
+    with pytest.raises(ValueError, match="symmetric"):
+        repack_w4a16(asym)
+
+
+def gqsa_reference(dense_q: np.ndarray, scales: np.ndarray, g: int, keep: np.ndarray) -> GQSAArrays:
+    """docs/formats.md (c), written from the text: one BSR row per output column."""
+    k, n = dense_q.shape
+    values, col_idx, row_ptr, entry_scales = [], [], [0], []
+    for column in range(n):
+        for block in np.flatnonzero(keep[:, column]):
+            u = dense_q[block * g : (block + 1) * g, column].astype(np.int16) + 8
+            values.append([int(u[2 * i]) | int(u[2 * i + 1]) << 4 for i in range(g // 2)])
+            col_idx.append(block)
+            entry_scales.append(scales[block, column])
+        row_ptr.append(len(col_idx))
+    return GQSAArrays(
+        np.array(values, np.uint8).reshape(-1, g // 2),
+        np.array(col_idx, np.int32),
+        np.array(row_ptr, np.int32),
+        np.array(entry_scales, np.float16),
+        k,
+        n,
+        g,
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    g=st.sampled_from([8, 16, 32, 64]),
+    blocks=st.integers(1, 6),
+    n=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_w4_gqsa_round_trip_and_dequantization(g: int, blocks: int, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = g * blocks
+    q = rng.integers(-8, 8, size=(k, n)).astype(np.int8)
+    scales = (rng.random((blocks, n)) + 0.05).astype(np.float16)
+    keep = rng.random((blocks, n)) < 0.5  # uneven rows, empty rows allowed
+    arrays = gqsa_reference(q, scales, g, keep)
+    packed = repack_w4_gqsa(arrays)
+    assert packed.values.dtype == np.uint32 and packed.values.shape == (len(arrays.col_idx), g // 8)
+    assert packed.group_idx.dtype == np.uint16
+    back = unpack_w4_gqsa(packed)
+    np.testing.assert_array_equal(back.values, arrays.values)
+    np.testing.assert_array_equal(back.col_idx, arrays.col_idx)
+    np.testing.assert_array_equal(back.row_ptr, arrays.row_ptr)
+    np.testing.assert_array_equal(back.scales, arrays.scales)
+    mask = np.repeat(keep, g, axis=0)
+    expected = np.where(mask, q.astype(np.float32) * np.repeat(scales.astype(np.float32), g, axis=0), 0)
+    np.testing.assert_array_equal(dequantize_gqsa(arrays), expected)
+
+
+def test_w4_gqsa_rejects_bad_group_size() -> None:
+    arrays = GQSAArrays(np.zeros((0, 6), np.uint8), np.zeros(0, np.int32), np.zeros(3, np.int32), np.zeros(0, np.float16), 36, 2, 12)
+    with pytest.raises(ValueError, match="group_size"):
+        repack_w4_gqsa(arrays)
