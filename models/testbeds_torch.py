@@ -158,7 +158,7 @@ class FashionCNN(nn.Module):
     Input ``images`` float32 [batch, 1, 28, 28] scaled to [0, 1]; output ``logits`` [batch, 10].
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), hidden: int = 128) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), hidden: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 1
