@@ -17,6 +17,7 @@ from spa.passes.cleanup import (
 from spa.passes.constant_folding import FoldConstantsPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
+from spa.passes.quantize_static import QuantizeStaticPass
 
 __all__ = [
     "CLEANUP_PIPELINE",
@@ -27,6 +28,7 @@ __all__ = [
     "MatMulNBitsToQDQPass",
     "PrunePass",
     "QDQToMatMulNBitsPass",
+    "QuantizeStaticPass",
     "QuantizeWeightsPass",
     "RemoveIdentityPass",
     "RemoveUnusedInitializersPass",
