@@ -68,11 +68,13 @@ def _kind_max(kind: str) -> float:
 
 
 class AbsHistogram:
-    """A histogram of ``|x|`` over ``[0, top]`` in ``bins`` equal bins, ``top`` growing.
+    """A histogram of ``|x|`` over ``[0, top)`` in ``bins`` equal bins, ``top`` growing.
 
-    Bin ``i`` holds ``[i * width, (i + 1) * width)`` (the last also holds ``top``).
-    When a new batch exceeds ``top``, ``top`` doubles and bin pairs merge, which
-    keeps every count in a bin that contains its value: no data is re-read.
+    Bin ``i`` holds ``[i * width, (i + 1) * width)``. ``top`` starts at the power
+    of two above the first batch's largest value; when a batch reaches ``top``,
+    ``top`` doubles and bin pairs merge, which keeps every count in the bin that
+    contains its value (the same counts as binning all data at once over the
+    final range): no data is re-read.
     """
 
     def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
@@ -109,9 +111,9 @@ class AbsHistogram:
         if largest == 0.0 and self.top == 0.0:
             self.counts[0] += magnitudes.size  # zeros belong in bin 0 whatever top becomes
             return
-        if self.top == 0.0:
-            self.top = largest
-        while largest > self.top:
+        if self.top == 0.0:  # the power of two above the first batch: dyadic bin edges
+            self.top = float(2.0 ** (np.floor(np.log2(largest)) + 1))
+        while largest >= self.top:
             self._double()
         index = np.minimum((magnitudes / self.width).astype(np.int64), self.bins - 1)
         self.counts += np.bincount(index, minlength=self.bins)
