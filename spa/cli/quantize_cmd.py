@@ -157,6 +157,15 @@ def _check_mode(
         )
 
 
+def _check_calib_exists(calib: Path | None) -> None:
+    from spa.errors import UserError
+
+    if calib is not None and not calib.exists():
+        raise UserError(
+            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
+        )
+
+
 @click.command("quantize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -262,11 +271,8 @@ def quantize_command(
     from spa.quant.api import quantize_model
 
     _check_mode(click.get_current_context(), activations, weights, method)
-    if calib is not None and not calib.exists():
-        raise UserError(
-            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
-        )
     if activations is not None:
+        _check_calib_exists(calib)
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, calib_samples, report_path, verify, min_cosine,
@@ -276,6 +282,7 @@ def quantize_command(
     weights = weights or "int4"
     if calib is not None and method != "gptq":
         raise UserError("--calib is only used by --method gptq; add --method gptq or drop --calib")
+    _check_calib_exists(calib)
     result = quantize_model(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
