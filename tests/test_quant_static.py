@@ -526,6 +526,19 @@ def test_cli_fp8_on_an_integer_model_is_a_one_line_error(run_cli, tmp_path: Path
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_opset21_int8_transformer_is_verified_at_basic(tmp_path: Path) -> None:
+    from spa.quant.static_api import quantize_static_model
+
+    proto = _attention()
+    proto.opset_import[0].version = 21
+    proto.ir_version = 10
+    source = tmp_path / "attention21.onnx"
+    onnx.save(proto, str(source))
+    result = quantize_static_model(source, tmp_path / "q.onnx", calib=_feeds(proto, 4, 9))
+    assert result.verification_optimization == "basic"
+    assert result.cosine is not None and result.cosine >= 0.99
+
+
 def test_fp8_output_is_stored_as_float8(tmp_path: Path, residual_path: Path) -> None:
     from spa.quant.static_api import quantize_static_model
 

@@ -22,6 +22,7 @@ import onnx
 
 from spa.errors import UserError
 from spa.quant.calibration import CalibrationSource
+from spa.quant.ir_format import default_opset
 from spa.quant.macs import node_macs, value_shapes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
@@ -49,6 +50,8 @@ class StaticQuantizeResult:
     bytes_after: int
     seconds: float
     verification: VerifyResult | None = None
+    #: ORT graph optimization level of the verification sessions ("all" or "basic").
+    verification_optimization: str = ""
 
     @property
     def passed(self) -> bool:
@@ -122,8 +125,10 @@ def _verify_basic(
 
     ONNX Runtime 1.32's CPU EXTENDED/ALL optimizations change the numbers of
     FLOAT8 QDQ models (tv-resnet18: output cosine 0.64 at ALL, 0.997 at BASIC
-    and with optimizations off), so FP8 models are checked at BASIC, which
-    keeps every Q/DQ node as written.
+    and with optimizations off), and reject opset-21 INT8 QDQ MatMul + bias Add
+    (their MatMul+Add->Gemm rewrite makes a QuantizeLinear whose output_dtype
+    disagrees with its zero point), so those models are checked at BASIC,
+    which keeps every Q/DQ node as written.
     """
     from spa.model_io import load_proto
     from spa.verify import input_specs, make_feeds, run_model
@@ -182,17 +187,20 @@ def quantize_static_model(
             shapes=shapes, dims=dims, int_ranges=int_ranges,
         )  # fmt: skip
         result = quantizer(model)
+        output_opset = default_opset(result.model)
         quantized = {d.node for d in quantizer.decisions if d.action == "quantized"}
         coverage = static_mac_coverage(onnx.load(str(prepared), load_external_data=False), quantized)
         save_model(result.model, output, input_path=source)
-    verification = None
+    verification, verified_at = None, ""
     if verify:
         policy = CosineMaxAbs(min_cosine=min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE)
         inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
-        if activations == "fp8":
+        if activations == "fp8" or output_opset >= _QDQ_OPSET:
             verification = _verify_basic(source, output, policy, seed, inputs)
+            verified_at = "basic"
         else:
             verification = verify_models(source, output, policy=policy, seed=seed, **inputs)  # type: ignore[arg-type]
+            verified_at = "all"
     return StaticQuantizeResult(
         output=output,
         options={"activations": activations, "weights": quantizer.weights,
@@ -208,4 +216,5 @@ def quantize_static_model(
         bytes_after=file_bytes(output),
         seconds=time.perf_counter() - start,
         verification=verification,
+        verification_optimization=verified_at,
     )  # fmt: skip
