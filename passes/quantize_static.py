@@ -537,7 +537,7 @@ class QuantizeStaticPass(SpaPass):
         if opset < required_opset(self.activations):
             raise UserError(
                 f"model opset {opset} < {required_opset(self.activations)} needed for "
-                f"{self.activations} QDQ; convert it first (spa quantize converts to 21)"
+                f"{self.activations} QDQ; convert it first (spa quantize does)"
             )
         graph = model.graph
         proto_types = _element_types(ir.serde.serialize_model(model))

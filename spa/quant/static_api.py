@@ -90,22 +90,23 @@ def static_mac_coverage(model: onnx.ModelProto, quantized_nodes: set[str]) -> fl
 
 
 def _converted(path: Path, needed: int, staging: Path) -> Path:
-    """``path``, or a copy converted to opset 21 when its opset is below ``needed``."""
+    """``path``, or a copy converted to opset ``needed`` when its opset is below it
+    (not further: ORT 1.32 mishandles some opset-21 QDQ graphs, see docs)."""
     proto = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset >= needed:
         return path
     try:
-        converted = onnx.version_converter.convert_version(onnx.load(str(path)), _QDQ_OPSET)
+        converted = onnx.version_converter.convert_version(onnx.load(str(path)), needed)
     except Exception as error:  # the converter raises its own C++ error types
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(
-            f"{path}: opset {opset} could not be converted to {_QDQ_OPSET} for QDQ ({first}); "
+            f"{path}: opset {opset} could not be converted to {needed} for QDQ ({first}); "
             "convert the model yourself or use --activations int8"
         ) from None
-    out = staging / "opset21.onnx"
+    out = staging / f"opset{needed}.onnx"
     onnx.save_model(converted, str(out), save_as_external_data=converted.ByteSize() > 1_800_000_000)
-    logger.info("converted opset %d -> %d for QDQ", opset, _QDQ_OPSET)
+    logger.info("converted opset %d -> %d for QDQ", opset, needed)
     return out
 
 
