@@ -526,8 +526,9 @@ class QuantizeStaticPass(SpaPass):
         dequantize.outputs[0].dtype = weight.const_value.dtype
         dequantize.outputs[0].shape = weight.shape
         graph.insert_before(node, dequantize)
-        for use in list(weight.uses()):
-            use.node.replace_input_with(use.idx, dequantize.outputs[0])
+        # only quantized layers read the DQ output; a float consumer (a Gather on a tied
+        # embedding, say) keeps the float initializer, which then stays in the model
+        node.replace_input_with(index, dequantize.outputs[0])
         done[id(weight)] = dequantize.outputs[0]
         remove_initializer_if_unused(graph, weight)
         return name, int(array.nbytes), int(q.nbytes + scale.nbytes)

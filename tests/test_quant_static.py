@@ -63,6 +63,15 @@ gemm (float[3, 16] X) => (float[3, 8] Y) {
 }
 """
 
+SHARED = """
+<ir_version: 8, opset_import: ["" : 17]>
+shared (float[3, 8] X, int64[2] I) => (float[3, 8] Y, float[2, 8] E) {
+    H = MatMul(X, W)
+    Y = MatMul(H, W)
+    E = Gather(W, I)
+}
+"""
+
 INTEGER = """
 <ir_version: 10, opset_import: ["" : 21]>
 integer (int32[3, 4] X) => (int32[3, 2] Y) {
@@ -237,6 +246,23 @@ def test_gemm_and_matmul_weights_use_the_output_channel_axis() -> None:
     decisions = _decision(quantizer, "Gemm", "quantized") + _decision(quantizer, "MatMul", "quantized")
     assert [d.axis for d in decisions] == [0, 1]
     assert all(d.bytes_after < d.bytes_before / 2 for d in decisions)  # int8 + per-channel scales
+
+
+def test_shared_weight_is_quantized_once_and_float_users_keep_it() -> None:
+    rng = np.random.default_rng(4)
+    proto = _model(SHARED, {"W": _normal(rng, 8, 8, scale=0.3)})
+    model, quantizer = _quantize(proto)
+    weight_dqs = [n for n in _ops(model, "DequantizeLinear") if n.inputs[0].const_value is not None]
+    assert len(weight_dqs) == 1
+    readers = sorted(use.node.op_type for use in weight_dqs[0].outputs[0].uses())
+    assert readers == ["MatMul", "MatMul"]
+    gather = _ops(model, "Gather")[0]
+    assert gather.inputs[0].name == "W" and "W" in model.graph.initializers
+    decisions = _decision(quantizer, "MatMul", "quantized")
+    assert [d.bytes_after > 0 for d in decisions] == [True, False]  # the second reuses the first
+    feeds = {"X": _normal(rng, 3, 8), "I": np.array([1, 5], np.int64)}
+    got, want = _run(model, feeds), _run(proto, feeds)
+    assert _cosine(got, want) >= 0.999
 
 
 def test_matmul_output_matches_a_numpy_fake_quant_reference() -> None:
