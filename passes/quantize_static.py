@@ -443,9 +443,12 @@ class QuantizeStaticPass(SpaPass):
         self.decisions: list[StaticDecision] = []
 
     def options(self) -> dict[str, Any]:
-        options = super().options()
-        options.pop("decisions", None)
-        return options
+        """The constructor options (calibration results and decisions are not options)."""
+        names = (
+            "activations", "weights", "calib", "calib_method", "percentile", "max_samples",
+            "quantize_norms", "quantize_bmm", "seed",
+        )  # fmt: skip
+        return {name: getattr(self, name) for name in names}
 
     def _feeds(self, proto: onnx.ModelProto) -> Iterable[Mapping[str, np.ndarray]]:
         if self._calib_source is None:
