@@ -144,6 +144,7 @@ class _Plan:
     activations: list[int]  # input indices that get a Q/DQ pair
     weight_index: int = -1
     weight_axis: int | None = None
+    weight_source: ir.Value | None = None  # the initializer, behind any Identity nodes
     reason: str = ""
 
 
@@ -167,6 +168,27 @@ def _is_constant(value: ir.Value | None) -> bool:
     if producer is not None and producer.op_type == "Identity" and producer.inputs:
         return _is_constant(producer.inputs[0])
     return producer is not None and producer.op_type == "Constant"
+
+
+def _identity_source(value: ir.Value) -> ir.Value:
+    """``value``, or the value an Identity chain copies it from."""
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Identity" and producer.inputs:
+        source = producer.inputs[0]
+        if source is None:
+            break
+        value, producer = source, source.producer()
+    return value
+
+
+def _remove_dead_identities(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove the Identity chain that produced ``value`` once nothing reads it."""
+    while value is not None and not value.uses() and not value.is_graph_output():
+        producer = value.producer()
+        if producer is None or producer.op_type != "Identity":
+            return
+        value = producer.inputs[0] if producer.inputs else None
+        graph.remove(producer, safe=True)
 
 
 def _weight_axis(node: ir.Node, rank: int) -> tuple[int | None, str]:
@@ -255,10 +277,11 @@ class _Placement:
                 self.plans.append(_Plan(node, [0, 1]))
                 return
         if not reason and weight is not None:
-            axis, reason = self._weight_reason(node, weight)
+            source = _identity_source(weight)
+            axis, reason = self._weight_reason(node, source)
             if not reason:
-                self.weight_axes[id(weight)] = axis
-                self.plans.append(_Plan(node, [0], 1, axis))
+                self.weight_axes[id(source)] = axis
+                self.plans.append(_Plan(node, [0], 1, axis, weight_source=source))
                 return
         self._record(node, "skipped", reason or "no weight input")
 
@@ -510,14 +533,16 @@ class QuantizeStaticPass(SpaPass):
             node.replace_input_with(index, dequantize.outputs[0])
 
     def _quantize_weight(
-        self, graph: ir.Graph, node: ir.Node, index: int, axis: int | None,
-        done: dict[int, ir.Value],
-    ) -> tuple[str, int, int]:  # fmt: skip
-        weight = node.inputs[index]
+        self, graph: ir.Graph, plan: _Plan, done: dict[int, ir.Value]
+    ) -> tuple[str, int, int]:
+        node, index, axis, weight = plan.node, plan.weight_index, plan.weight_axis, plan.weight_source
         assert weight is not None and weight.const_value is not None
         name = weight.name or "weight"
+        previous = node.inputs[index]
         if id(weight) in done:
             node.replace_input_with(index, done[id(weight)])
+            _remove_dead_identities(graph, previous)
+            remove_initializer_if_unused(graph, weight)
             return name, 0, 0
         array = weight.const_value.numpy()
         q, scale = quantize_weight(array, axis, self.weights)
@@ -535,6 +560,7 @@ class QuantizeStaticPass(SpaPass):
         # embedding, say) keeps the float initializer, which then stays in the model
         node.replace_input_with(index, dequantize.outputs[0])
         done[id(weight)] = dequantize.outputs[0]
+        _remove_dead_identities(graph, previous)
         remove_initializer_if_unused(graph, weight)
         return name, int(array.nbytes), int(q.nbytes + scale.nbytes)
 
@@ -585,9 +611,7 @@ class QuantizeStaticPass(SpaPass):
             inputs = tuple(value.name or "" for value in read)
             weight, old, new = "", 0, 0
             if plan.weight_index >= 0:
-                weight, old, new = self._quantize_weight(
-                    graph, node, plan.weight_index, plan.weight_axis, done
-                )
+                weight, old, new = self._quantize_weight(graph, plan, done)
                 before, after = before + old, after + new
             placement._record(
                 node, "quantized", plan.reason, inputs=inputs, weight=weight,
