@@ -13,9 +13,12 @@ layers, not their outputs, and let TensorRT fuse what follows:
   group = 1, MatMul ``[K, N]`` last axis, Gemm 0 with ``transB = 1`` else 1).
   Biases stay float.
 * Residual ``Add`` of two activations where one input comes from a quantized
-  weighted layer (directly or through a constant bias ``Add``) and has no other
-  use: a Q/DQ pair on the *other* (shortcut) input, so TensorRT can fuse the
-  Add into that layer's epilogue. Other Adds stay float.
+  Conv (directly or through a constant bias ``Add``) and has no other use: a
+  Q/DQ pair on the *other* (shortcut) input, so TensorRT can fuse the Add into
+  that convolution (the guide's ResNet recommendation). After a MatMul/Gemm
+  the residual stream stays float unless ``quantize_residual_matmul``
+  (per-tensor INT8 there took zoo ViT-tiny from cosine 0.999 to 0.975). Other
+  Adds stay float.
 * ``MatMul`` of two activations (attention ``QK^T``, ``PV``): float unless
   ``quantize_bmm``, which puts Q/DQ on both inputs.
 * ``LayerNormalization``/``Softmax``/``Resize`` and the other normalisations:
@@ -86,6 +89,7 @@ QUANTIZED_OPS = {
     ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "MatMulIntegerToFloat"),
 }  # fmt: skip
 RANDOM_SAMPLES = 8
+_CONVS = ("Conv", "ConvTranspose")
 
 
 def required_opset(kind: str) -> int:
@@ -207,9 +211,15 @@ class _Placement:
     """Decides, node by node, which tensors get Q/DQ pairs (no rewriting)."""
 
     def __init__(
-        self, graph: ir.Graph, dtypes: Mapping[str, ir.DataType], norms: bool, bmm: bool
+        self,
+        graph: ir.Graph,
+        dtypes: Mapping[str, ir.DataType],
+        norms: bool,
+        bmm: bool,
+        residual_matmul: bool = False,
     ) -> None:
         self.graph, self.dtypes, self.norms, self.bmm = graph, dtypes, norms, bmm
+        self.residual_matmul = residual_matmul
         self.plans: list[_Plan] = []
         self.decisions: dict[int, StaticDecision] = {}
         self.requests: dict[int, tuple[ir.Value, list[tuple[ir.Node, int]]]] = {}
@@ -293,42 +303,52 @@ class _Placement:
                 "Add with a constant input (bias): TensorRT fuses it into the preceding layer",
             )  # fmt: skip
             return
-        fused = next((v for v in inputs if self._fusable(v, quantized)), None)
-        if fused is None:
+        layers = [(value, self._fused_layer(value, quantized)) for value in inputs]
+        found = [(value, layer) for value, layer in layers if layer is not None]
+        convs = [(value, layer) for value, layer in found if layer.op_type in _CONVS]
+        if not found:
             self._record(
                 node, "float",
                 "Add without a single-use input from a quantized Conv/MatMul/Gemm to fuse into",
             )  # fmt: skip
             return
+        if not convs and not self.residual_matmul:
+            self._record(
+                node, "float",
+                f"residual Add after {found[0][1].op_type} '{found[0][1].name}': the residual "
+                "stream stays float (per-tensor Q/DQ there costs transformers accuracy); "
+                "quantize_residual_matmul (--quantize-residual-matmul) adds it",
+            )  # fmt: skip
+            return
+        fused, layer = (convs or found)[0]
         shortcut = inputs[1] if fused is inputs[0] else inputs[0]
         index = list(node.inputs).index(shortcut)
         reason = self._activation_reason(shortcut, "shortcut")
         if reason:
             self._record(node, "float", reason)
             return
-        producer = fused.producer()
         self.plans.append(
             _Plan(
                 node, [index],
                 reason=f"residual: Q/DQ on shortcut '{shortcut.name}' so TensorRT fuses the Add "
-                f"into {producer.op_type if producer else '?'} '{producer.name if producer else ''}'",
+                f"into {layer.op_type} '{layer.name}'",
             )
         )  # fmt: skip
 
-    def _fusable(self, value: ir.Value, quantized: set[int]) -> bool:
-        """``value`` is the single-use output of a quantized layer (maybe through a bias Add)."""
+    def _fused_layer(self, value: ir.Value, quantized: set[int]) -> ir.Node | None:
+        """The quantized layer whose single-use output ``value`` is (maybe through a bias Add)."""
         producer = value.producer()
         if producer is None or len(value.uses()) != 1 or value.is_graph_output():
-            return False
+            return None
         if id(producer) in quantized:
-            return True
+            return producer
         if op_key(producer) == ("", "Add") and len(producer.inputs) == 2:
             first, second = producer.inputs
             if _is_constant(second) and first is not None:
-                return self._fusable(first, quantized)
+                return self._fused_layer(first, quantized)
             if _is_constant(first) and second is not None:
-                return self._fusable(second, quantized)
-        return False
+                return self._fused_layer(second, quantized)
+        return None
 
     def norm(self, node: ir.Node) -> None:
         if not self.norms:
@@ -428,7 +448,7 @@ class QuantizeStaticPass(SpaPass):
     ``calib`` (an ``.npz``, a folder of ``.npy`` or an iterable of feed dicts;
     None = seeded random inputs, warned about), ``calib_method``
     (minmax|percentile|entropy), ``percentile``, ``max_samples``,
-    ``quantize_norms``, ``quantize_bmm``, ``seed`` and ``shapes``/``dims``/
+    ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``, ``seed`` and ``shapes``/``dims``/
     ``int_ranges`` for random feeds. See the module docstring for placement.
     """
 
@@ -446,6 +466,7 @@ class QuantizeStaticPass(SpaPass):
         max_samples: int | None = None,
         quantize_norms: bool = False,
         quantize_bmm: bool = False,
+        quantize_residual_matmul: bool = False,
         seed: int = 0,
         shapes: Mapping[str, tuple[int, ...]] | None = None,
         dims: Mapping[str, int] | None = None,
@@ -460,6 +481,7 @@ class QuantizeStaticPass(SpaPass):
             max_samples,
         )
         self.quantize_norms, self.quantize_bmm, self.seed = quantize_norms, quantize_bmm, seed
+        self.quantize_residual_matmul = quantize_residual_matmul
         self._calib_source = calib
         self.calib = None if calib is None else self.calib_source_label()
         self._inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
@@ -471,7 +493,7 @@ class QuantizeStaticPass(SpaPass):
         """The constructor options (calibration results and decisions are not options)."""
         names = (
             "activations", "weights", "calib", "calib_method", "percentile", "max_samples",
-            "quantize_norms", "quantize_bmm", "seed",
+            "quantize_norms", "quantize_bmm", "quantize_residual_matmul", "seed",
         )  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
@@ -573,7 +595,10 @@ class QuantizeStaticPass(SpaPass):
             )
         graph = model.graph
         proto_types = _element_types(ir.serde.serialize_model(model))
-        placement = _Placement(graph, proto_types, self.quantize_norms, self.quantize_bmm)
+        placement = _Placement(
+            graph, proto_types, self.quantize_norms, self.quantize_bmm,
+            self.quantize_residual_matmul,
+        )  # fmt: skip
         placement.run()
         self._check_float_model(placement)
         values = {key: value for key, (value, _) in placement.requests.items()}

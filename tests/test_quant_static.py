@@ -188,16 +188,15 @@ def test_residual_block_shares_one_pair_for_the_shortcut_and_the_conv_input() ->
 def test_attention_leaves_norms_softmax_and_activation_matmuls_float() -> None:
     proto = _attention()
     model, quantizer = _quantize(proto)
-    assert sorted(node.inputs[0].name for node in _ops(model, "QuantizeLinear")) == ["N", "O", "X"]
+    assert sorted(node.inputs[0].name for node in _ops(model, "QuantizeLinear")) == ["N", "O"]
     assert len(_decision(quantizer, "MatMul", "quantized")) == 4
     two_activations = _decision(quantizer, "MatMul", "float")
     assert len(two_activations) == 2 and all("two activations" in d.reason for d in two_activations)
     assert "quantize_norms" in _decision(quantizer, "LayerNormalization", "float")[0].reason
     assert "quantize_norms" in _decision(quantizer, "Softmax", "float")[0].reason
-    bias = next(d for d in quantizer.decisions if d.op_type == "Add" and d.action == "float")
+    bias, residual = _decision(quantizer, "Add", "float")
     assert "bias" in bias.reason
-    residual = _decision(quantizer, "Add", "quantized")[0]
-    assert residual.inputs == ("X",)  # Proj -> bias Add is the fused branch
+    assert "residual stream stays float" in residual.reason  # after a MatMul, not a Conv
     n_uses = [node for node in model.graph if any(v is not None and v.name == "N" for v in node.inputs)]
     assert [node.op_type for node in n_uses] == ["QuantizeLinear"]  # one pair, three MatMuls
     feeds = _feeds(proto, 1, 7)[0]
@@ -207,10 +206,14 @@ def test_attention_leaves_norms_softmax_and_activation_matmuls_float() -> None:
 
 def test_attention_options_add_pairs_on_norms_and_activation_matmuls() -> None:
     proto = _attention()
-    model, quantizer = _quantize(proto, quantize_norms=True, quantize_bmm=True)
+    model, quantizer = _quantize(
+        proto, quantize_norms=True, quantize_bmm=True, quantize_residual_matmul=True
+    )
     names = sorted(node.inputs[0].name for node in _ops(model, "QuantizeLinear"))
     assert names == ["Kt", "N", "O", "P", "Q", "S", "V", "X"]  # X shared by LayerNorm and the Add
     assert _decision(quantizer, "LayerNormalization", "quantized")
+    residual = _decision(quantizer, "Add", "quantized")[0]
+    assert residual.inputs == ("X",) and "MatMul" in residual.reason  # Proj -> bias Add is fused
     assert len(_decision(quantizer, "MatMul", "quantized")) == 6
     feeds = _feeds(proto, 1, 7)[0]
     assert _cosine(_run(model, feeds), _run(proto, feeds)) >= 0.99

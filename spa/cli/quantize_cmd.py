@@ -29,6 +29,7 @@ _WEIGHT_ONLY_OPTIONS = {
 _STATIC_OPTIONS = {
     "calib_method": "--calib-method", "percentile": "--percentile",
     "quantize_norms": "--quantize-norms", "quantize_bmm": "--quantize-bmm",
+    "quantize_residual_matmul": "--quantize-residual-matmul",
 }  # fmt: skip
 
 
@@ -208,6 +209,11 @@ def _check_calib_exists(calib: Path | None) -> None:
     "--quantize-bmm", is_flag=True, help="Static: Q/DQ on MatMuls of two activations too."
 )
 @click.option(
+    "--quantize-residual-matmul",
+    is_flag=True,
+    help="Static: Q/DQ on residual Adds after MatMul/Gemm too (default: after Conv only).",
+)
+@click.option(
     "--block", type=int, default=128, show_default=True, help="Weights per scale along K."
 )
 @click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
@@ -250,6 +256,7 @@ def quantize_command(
     percentile: float,
     quantize_norms: bool,
     quantize_bmm: bool,
+    quantize_residual_matmul: bool,
     block: int,
     method: str,
     symmetric: bool,
@@ -275,7 +282,8 @@ def quantize_command(
         _check_calib_exists(calib)
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
-            quantize_norms, quantize_bmm, calib_samples, report_path, verify, min_cosine,
+            quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
+            verify, min_cosine,
             seed, input_arguments(shapes, dims, int_ranges),
         )  # fmt: skip
         return
@@ -305,7 +313,7 @@ def quantize_command(
 def _static(
     model: Path, output: Path, activations: str, weights: str | None, calib: Path | None,
     calib_method: str, percentile: float, quantize_norms: bool, quantize_bmm: bool,
-    calib_samples: int | None, report_path: Path | None, verify: bool,
+    quantize_residual_matmul: bool, calib_samples: int | None, report_path: Path | None, verify: bool,
     min_cosine: float | None, seed: int, inputs: dict[str, Any],
 ) -> None:  # fmt: skip
     from spa.quant.static_api import quantize_static_model
@@ -313,7 +321,8 @@ def _static(
     result = quantize_static_model(
         model, output, activations=activations, weights=weights, calib=calib,
         calib_method=calib_method, percentile=percentile, quantize_norms=quantize_norms,
-        quantize_bmm=quantize_bmm, max_calibration_samples=calib_samples, seed=seed,
+        quantize_bmm=quantize_bmm, quantize_residual_matmul=quantize_residual_matmul,
+        max_calibration_samples=calib_samples, seed=seed,
         verify=verify, min_cosine=min_cosine, **inputs,
     )  # fmt: skip
     if result.random_calibration:

@@ -159,6 +159,7 @@ def quantize_static_model(
     max_calibration_samples: int | None = None,
     quantize_norms: bool = False,
     quantize_bmm: bool = False,
+    quantize_residual_matmul: bool = False,
     seed: int = 0,
     verify: bool = True,
     min_cosine: float | None = None,
@@ -184,7 +185,8 @@ def quantize_static_model(
         quantizer = QuantizeStaticPass(
             activations, weights, calib=calib, calib_method=calib_method,
             percentile=percentile, max_samples=max_calibration_samples,
-            quantize_norms=quantize_norms, quantize_bmm=quantize_bmm, seed=seed,
+            quantize_norms=quantize_norms, quantize_bmm=quantize_bmm,
+            quantize_residual_matmul=quantize_residual_matmul, seed=seed,
             shapes=shapes, dims=dims, int_ranges=int_ranges,
         )  # fmt: skip
         result = quantizer(model)
@@ -206,7 +208,8 @@ def quantize_static_model(
         output=output,
         options={"activations": activations, "weights": quantizer.weights,
                  "calib_method": calib_method, "percentile": percentile,
-                 "quantize_norms": quantize_norms, "quantize_bmm": quantize_bmm, "seed": seed},
+                 "quantize_norms": quantize_norms, "quantize_bmm": quantize_bmm,
+                 "quantize_residual_matmul": quantize_residual_matmul, "seed": seed},
         decisions=[decision.as_dict() for decision in quantizer.decisions],
         statistics=dict(getattr(result, "statistics", {})),
         calibration=quantizer.calibration,
