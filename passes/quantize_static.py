@@ -233,7 +233,7 @@ class _Placement:
         entry = self.requests.setdefault(id(value), (value, []))
         entry[1].append((node, index))
 
-    def _record(self, node: ir.Node, action: str, reason: str, **extra: Any) -> None:
+    def record(self, node: ir.Node, action: str, reason: str, **extra: Any) -> None:
         self.decisions[id(node)] = StaticDecision(
             node.name or "", node.op_type, action, reason, **extra
         )
@@ -276,7 +276,7 @@ class _Placement:
         reason = self._activation_reason(activation, "activation")
         if not reason and op_key(node) == ("", "MatMul") and not _is_constant(weight):
             if not self.bmm:
-                self._record(
+                self.record(
                     node, "float",
                     "MatMul of two activations (attention scores/context): left in float; "
                     "quantize_bmm (--quantize-bmm) adds Q/DQ to both inputs",
@@ -293,12 +293,12 @@ class _Placement:
                 self.weight_axes[id(source)] = axis
                 self.plans.append(_Plan(node, [0], 1, axis, weight_source=source))
                 return
-        self._record(node, "skipped", reason or "no weight input")
+        self.record(node, "skipped", reason or "no weight input")
 
     def residual_add(self, node: ir.Node, quantized: set[int]) -> None:
         inputs = [value for value in node.inputs if value is not None]
         if len(inputs) != 2 or any(_is_constant(value) for value in inputs):
-            self._record(
+            self.record(
                 node, "float",
                 "Add with a constant input (bias): TensorRT fuses it into the preceding layer",
             )  # fmt: skip
@@ -307,13 +307,13 @@ class _Placement:
         found = [(value, layer) for value, layer in layers if layer is not None]
         convs = [(value, layer) for value, layer in found if layer.op_type in _CONVS]
         if not found:
-            self._record(
+            self.record(
                 node, "float",
                 "Add without a single-use input from a quantized Conv/MatMul/Gemm to fuse into",
             )  # fmt: skip
             return
         if not convs and not self.residual_matmul:
-            self._record(
+            self.record(
                 node, "float",
                 f"residual Add after {found[0][1].op_type} '{found[0][1].name}': the residual "
                 "stream stays float (per-tensor Q/DQ there costs transformers accuracy); "
@@ -325,7 +325,7 @@ class _Placement:
         index = list(node.inputs).index(shortcut)
         reason = self._activation_reason(shortcut, "shortcut")
         if reason:
-            self._record(node, "float", reason)
+            self.record(node, "float", reason)
             return
         self.plans.append(
             _Plan(
@@ -352,7 +352,7 @@ class _Placement:
 
     def norm(self, node: ir.Node) -> None:
         if not self.norms:
-            self._record(
+            self.record(
                 node, "float",
                 f"{node.op_type} stays in float (TensorRT runs it in higher precision); "
                 "quantize_norms (--quantize-norms) adds Q/DQ on its input",
@@ -360,7 +360,7 @@ class _Placement:
             return
         reason = self._activation_reason(node.inputs[0] if node.inputs else None, "input")
         if reason:
-            self._record(node, "skipped", reason)
+            self.record(node, "skipped", reason)
             return
         self.plans.append(_Plan(node, [0]))
 
@@ -369,7 +369,7 @@ class _Placement:
         for node in self.graph:
             kind = op_key(node)
             if kind in QUANTIZED_OPS:
-                self._record(node, "skipped", f"already quantized ({node.op_type})")
+                self.record(node, "skipped", f"already quantized ({node.op_type})")
             elif kind in WEIGHTED:
                 self.weighted(node)
                 if self.plans and self.plans[-1].node is node:
@@ -377,7 +377,7 @@ class _Placement:
             elif kind in NORMS:
                 self.norm(node)
             elif kind != ("", "Add"):
-                self._record(
+                self.record(
                     node, "float",
                     "not a quantization point (Q/DQ go on Conv/MatMul/Gemm inputs and "
                     "residual Adds; TensorRT propagates them through this op)",
@@ -629,7 +629,7 @@ class QuantizeStaticPass(SpaPass):
             read = [value for value in originals[id(node)] if value is not None]
             failed = [value for value in read if id(value) in bad]
             if failed:  # the input was never rewired: the node is untouched
-                placement._record(
+                placement.record(
                     node, "skipped", f"no finite calibrated range for '{failed[0].name}'"
                 )
                 continue
@@ -638,7 +638,7 @@ class QuantizeStaticPass(SpaPass):
             if plan.weight_index >= 0:
                 weight, old, new = self._quantize_weight(graph, plan, done)
                 before, after = before + old, after + new
-            placement._record(
+            placement.record(
                 node, "quantized", plan.reason, inputs=inputs, weight=weight,
                 axis=-1 if plan.weight_axis is None else plan.weight_axis,
                 bytes_before=old, bytes_after=new,
