@@ -185,6 +185,16 @@ def _identity_source(value: ir.Value) -> ir.Value:
     return value
 
 
+def _from_constants(value: ir.Value | None, depth: int = 8) -> bool:
+    """``value`` is computed only from constants (a Transpose/Reshape of a weight, say)."""
+    if _is_constant(value):
+        return True
+    producer = value.producer() if value is not None else None
+    if producer is None or depth == 0 or value is None or value.is_graph_input():
+        return False
+    return all(_from_constants(source, depth - 1) for source in producer.inputs if source is not None)
+
+
 def _remove_dead_identities(graph: ir.Graph, value: ir.Value | None) -> None:
     """Remove the Identity chain that produced ``value`` once nothing reads it."""
     while value is not None and not value.uses() and not value.is_graph_output():
@@ -275,6 +285,14 @@ class _Placement:
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         reason = self._activation_reason(activation, "activation")
         if not reason and op_key(node) == ("", "MatMul") and not _is_constant(weight):
+            producer = weight.producer() if weight is not None else None
+            if weight is not None and producer is not None and _from_constants(weight):
+                self.record(
+                    node, "skipped",
+                    f"weight '{weight.name}' is computed by {producer.op_type} from constants; "
+                    "fold constants to initializers first (spa optimize --recipe cleanup)",
+                )  # fmt: skip
+                return
             if not self.bmm:
                 self.record(
                     node, "float",

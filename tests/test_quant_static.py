@@ -74,6 +74,14 @@ shared (float[3, 8] X, int64[2] I) => (float[3, 8] Y, float[2, 8] E) {
 }
 """
 
+TIED = """
+<ir_version: 8, opset_import: ["" : 17]>
+tied (float[3, 8] X) => (float[3, 8] Y) {
+    Wt = Transpose <perm = [1, 0]> (W)
+    Y = MatMul(X, Wt)
+}
+"""
+
 INTEGER = """
 <ir_version: 10, opset_import: ["" : 21]>
 integer (int32[3, 4] X) => (int32[3, 2] Y) {
@@ -269,6 +277,15 @@ def test_shared_weight_is_quantized_once_and_float_users_keep_it() -> None:
     feeds = {"X": _normal(rng, 3, 8), "I": np.array([1, 5], np.int64)}
     got, want = _run(model, feeds), _run(proto, feeds)
     assert _cosine(got, want) >= 0.999
+
+
+def test_weight_computed_from_constants_is_skipped_with_the_fix() -> None:
+    proto = _model(TIED, {"W": _normal(np.random.default_rng(5), 8, 8)})
+    model, quantizer = _quantize(proto)
+    (decision,) = _decision(quantizer, "MatMul", "skipped")
+    assert "computed by Transpose from constants" in decision.reason
+    assert "fold constants" in decision.reason
+    assert not _ops(model, "QuantizeLinear")  # nothing else to quantize: the model is unchanged
 
 
 def test_matmul_output_matches_a_numpy_fake_quant_reference() -> None:
