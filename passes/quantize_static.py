@@ -92,9 +92,10 @@ RANDOM_SAMPLES = 8
 _CONVS = ("Conv", "ConvTranspose")
 
 
-def required_opset(kind: str) -> int:
-    """Per-channel DequantizeLinear needs opset 13; FLOAT8 types need 19."""
-    return 19 if kind == "fp8" else 13
+def required_opset(kind: str, half: bool = False) -> int:
+    """Per-channel DequantizeLinear needs opset 13; FLOAT8 types and float16/bfloat16
+    inputs to QuantizeLinear (``half``) need 19."""
+    return 19 if kind == "fp8" or half else 13
 
 
 def check_static_options(
@@ -619,6 +620,15 @@ class QuantizeStaticPass(SpaPass):
         )  # fmt: skip
         placement.run()
         self._check_float_model(placement)
+        half = sorted({
+            dtype.name for value, _ in placement.requests.values()
+            if (dtype := placement.dtype(value)) in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+        })  # fmt: skip
+        if half and opset < required_opset(self.activations, half=True):
+            raise UserError(
+                f"model opset {opset}: QuantizeLinear reads {'/'.join(half)} only from opset 19; "
+                "convert the model first (spa quantize does)"
+            )
         values = {key: value for key, (value, _) in placement.requests.items()}
         ranges = (
             self._calibrate(model, sorted({v.name for v in values.values() if v.name}))

@@ -82,6 +82,14 @@ tied (float[3, 8] X) => (float[3, 8] Y) {
 }
 """
 
+HALF = """
+<ir_version: 8, opset_import: ["" : 17]>
+half (float16[3, 16] X) => (float16[3, 8] Y) {
+    H = MatMul(X, W)
+    Y = Relu(H)
+}
+"""
+
 INTEGER = """
 <ir_version: 10, opset_import: ["" : 21]>
 integer (int32[3, 4] X) => (int32[3, 2] Y) {
@@ -573,6 +581,22 @@ def test_cli_fp8_on_an_integer_model_is_a_one_line_error(run_cli, tmp_path: Path
     assert result.exit_code == 1
     assert "needs a float model" in _one_error_line(result)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_float16_model_gets_opset19_and_float16_scales(tmp_path: Path) -> None:
+    from spa.quant.static_api import quantize_static_model
+
+    proto = _model(HALF, {"W": _normal(np.random.default_rng(6), 16, 8).astype(np.float16)})
+    with pytest.raises(UserError, match="reads FLOAT16 only from opset 19"):
+        QuantizeStaticPass(calib=_feeds(proto, 2, 0))(ir.serde.deserialize_model(proto))
+    source = tmp_path / "half.onnx"
+    onnx.save(proto, str(source))
+    result = quantize_static_model(source, tmp_path / "q.onnx", calib=_feeds(proto, 4, 3))
+    assert result.cosine is not None and result.cosine >= 0.99
+    stored = onnx.load(str(tmp_path / "q.onnx"))
+    assert stored.opset_import[0].version == 19  # converted only as far as needed
+    scales = {t.name: t.data_type for t in stored.graph.initializer if t.name.endswith("_scale")}
+    assert set(scales.values()) == {onnx.TensorProto.FLOAT16}
 
 
 def test_opset21_int8_transformer_is_verified_at_basic(tmp_path: Path) -> None:

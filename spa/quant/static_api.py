@@ -110,6 +110,15 @@ def _converted(path: Path, needed: int, staging: Path) -> Path:
     return out
 
 
+def _has_half_floats(path: Path) -> bool:
+    """Any float16/bfloat16 graph input or initializer (then QuantizeLinear needs opset 19)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    half = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return any(t.data_type in half for t in proto.graph.initializer) or any(
+        value.type.tensor_type.elem_type in half for value in proto.graph.input
+    )
+
+
 def _basic_session(path: Path) -> Any:
     import onnxruntime as ort
 
@@ -180,7 +189,8 @@ def quantize_static_model(
     source, output = Path(input_path), Path(output_path)
     load_model(source)  # one-line errors for bad files before anything else runs
     with tempfile.TemporaryDirectory(prefix="spa-static-") as folder:
-        prepared = _converted(source, required_opset(activations), Path(folder))
+        needed = required_opset(activations, half=_has_half_floats(source))
+        prepared = _converted(source, needed, Path(folder))
         model = load_model(prepared)
         quantizer = QuantizeStaticPass(
             activations, weights, calib=calib, calib_method=calib_method,
