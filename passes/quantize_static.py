@@ -535,8 +535,7 @@ class QuantizeStaticPass(SpaPass):
         source = self._calib_source
         return str(source) if isinstance(source, str) or hasattr(source, "__fspath__") else "feeds"
 
-    def _calibrate(self, model: ir.Model, names: list[str]) -> RangeStatistics:
-        proto = ir.serde.serialize_model(model)
+    def _calibrate(self, proto: onnx.ModelProto, names: list[str]) -> RangeStatistics:
         ranges = collect_ranges(
             proto, names, self._feeds(proto), method=self.calib_method,
             percentile=self.percentile, max_samples=self.max_samples,
@@ -613,7 +612,8 @@ class QuantizeStaticPass(SpaPass):
                 f"{self.activations} QDQ; convert it first (spa quantize does)"
             )
         graph = model.graph
-        proto_types = _element_types(ir.serde.serialize_model(model))
+        proto = ir.serde.serialize_model(model)  # one copy, for types and calibration
+        proto_types = _element_types(proto)
         placement = _Placement(
             graph, proto_types, self.quantize_norms, self.quantize_bmm,
             self.quantize_residual_matmul,
@@ -631,7 +631,7 @@ class QuantizeStaticPass(SpaPass):
             )
         values = {key: value for key, (value, _) in placement.requests.items()}
         ranges = (
-            self._calibrate(model, sorted({v.name for v in values.values() if v.name}))
+            self._calibrate(proto, sorted({v.name for v in values.values() if v.name}))
             if values
             else None
         )
