@@ -19,6 +19,7 @@ from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
+from spa.passes.quantize_static import QuantizeStaticPass
 from spa.passes.sparsify import Sparsify2to4Pass
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PluginToOrtPass",
     "PrunePass",
     "QDQToMatMulNBitsPass",
+    "QuantizeStaticPass",
     "QuantizeWeightsPass",
     "ReferenceToGQSAPass",
     "RemoveIdentityPass",

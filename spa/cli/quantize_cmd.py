@@ -1,5 +1,7 @@
 """``spa quantize``: weight-only int4/int8 block quantization (thin face over
-:func:`spa.quant.api.quantize_model`)."""
+:func:`spa.quant.api.quantize_model`) and, with ``--activations int8|fp8``,
+static QDQ quantization (:func:`spa.quant.static_api.quantize_static_model`).
+Every option is described in ``docs/quantization.md``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,25 @@ import click
 
 from spa.cli.options import EXIT_VERIFY_FAILED, input_arguments, input_options
 
-__all__ = ["quantize_command", "render_decisions", "verdict_line"]
+__all__ = [
+    "quantize_command",
+    "render_decisions",
+    "render_static_decisions",
+    "static_verdict_line",
+    "verdict_line",
+]
+
+#: Weight-only options that static quantization (--activations) cannot honour.
+_WEIGHT_ONLY_OPTIONS = {
+    "block": "--block", "method": "--method", "symmetric": "--symmetric/--asymmetric",
+    "act_order": "--act-order", "target": "--target",
+}  # fmt: skip
+#: Static-only options that weight-only quantization ignores.
+_STATIC_OPTIONS = {
+    "calib_method": "--calib-method", "percentile": "--percentile",
+    "quantize_norms": "--quantize-norms", "quantize_bmm": "--quantize-bmm",
+    "quantize_residual_matmul": "--quantize-residual-matmul",
+}  # fmt: skip
 
 
 def _megabytes(size: int) -> str:
@@ -60,6 +80,93 @@ def verdict_line(result: Any) -> str:
     )
 
 
+def render_static_decisions(result: Any) -> list[str]:
+    """One line per quantized/skipped node (float nodes counted), then coverage and calibration."""
+    lines = []
+    for decision in result.decisions:
+        node = decision["node"] or "?"
+        if decision["action"] == "quantized":
+            inputs = ", ".join(decision["inputs"])
+            weight = f" weight {decision['weight']} axis {decision['axis']}" if decision["weight"] else ""
+            lines.append(f"quantized {decision['op_type']:8s} {node} Q/DQ on [{inputs}]{weight}")
+        elif decision["action"] == "skipped":
+            lines.append(f"skipped   {decision['op_type']:8s} {node}: {decision['reason']}")
+    stats = result.statistics
+    lines.append(
+        f"nodes quantized {stats.get('nodes_quantized', 0)} | skipped {stats.get('nodes_skipped', 0)}"
+        f" | left float {stats.get('nodes_float', 0)} (reasons in --report)"
+        f" | Q/DQ pairs {stats.get('qdq_pairs', 0)} | MatMul/Gemm/Conv MACs covered {result.mac_coverage:.1%}"
+    )
+    lines.append(
+        f"calibration: {result.calibration} | {result.calibration_method} | "
+        f"{result.calibration_samples} samples"
+    )
+    return lines
+
+
+def static_verdict_line(result: Any) -> str:
+    """``PASSED | quantize static int8 (minmax) | bytes 46.8 MB -> 11.8 MB (-75%) | cos 0.99974 | 2.2s``."""
+    verdict = "PASSED" if result.passed else "FAILED"
+    if result.statistics.get("nodes_quantized", 0) == 0:
+        verdict = "NOTHING TO DO" if result.passed else verdict
+    before, after = result.bytes_before, result.bytes_after
+    change = f"{(after - before) / before:+.0%}" if before else "n/a"
+    cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
+    kind = f"static {result.options['activations']} ({result.calibration_method})"
+    return (
+        f"{verdict} | quantize {kind} | bytes {_megabytes(before)} -> {_megabytes(after)} "
+        f"({change}) | {cosine} | {result.seconds:.1f}s"
+    )
+
+
+def _explicit(context: click.Context, names: dict[str, str]) -> list[str]:
+    """The flags among ``names`` that the user gave on the command line."""
+    from click.core import ParameterSource
+
+    return [
+        flag for name, flag in names.items()
+        if context.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    ]  # fmt: skip
+
+
+def _check_mode(
+    context: click.Context, activations: str | None, weights: str | None, method: str
+) -> None:
+    """One-line errors for option mixes of the weight-only and static modes."""
+    from spa.errors import UserError
+
+    if activations is None:
+        if weights == "fp8":
+            raise UserError(
+                "--weights fp8 is static QDQ only; add --activations fp8 "
+                "(weight-only mode is --weights int4|int8)"
+            )
+        static = _explicit(context, _STATIC_OPTIONS)
+        if static:
+            raise UserError(f"{static[0]} needs --activations int8|fp8 (static quantization)")
+        return
+    if weights == "int4":
+        raise UserError(
+            f"--weights int4 is weight-only block quantization and cannot go with "
+            f"--activations {activations}; use --weights {activations} or drop --activations"
+        )
+    weight_only = _explicit(context, _WEIGHT_ONLY_OPTIONS)
+    if weight_only:
+        raise UserError(
+            f"{weight_only[0]} is a weight-only option; --activations {activations} writes "
+            "symmetric per-channel QDQ (standard ONNX, TensorRT-ready): drop it"
+        )
+
+
+def _check_calib_exists(calib: Path | None) -> None:
+    from spa.errors import UserError
+
+    if calib is not None and not calib.exists():
+        raise UserError(
+            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
+        )
+
+
 @click.command("quantize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -69,7 +176,43 @@ def verdict_line(result: Any) -> str:
     required=True,
     help="Where to write the result.",
 )
-@click.option("--weights", type=click.Choice(["int4", "int8"]), default="int4", show_default=True)
+@click.option(
+    "--weights",
+    type=click.Choice(["int4", "int8", "fp8"]),
+    default=None,
+    help="Weight type [default: int4; with --activations, the activation type].",
+)
+@click.option(
+    "--activations",
+    type=click.Choice(["int8", "fp8"]),
+    default=None,
+    help="Static QDQ: calibrated per-tensor activations + per-channel weights.",
+)
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+    help="Static: how activation ranges are chosen.",
+)
+@click.option(
+    "--percentile",
+    type=float,
+    default=99.99,
+    show_default=True,
+    help="Static: share of |x| kept by --calib-method percentile.",
+)
+@click.option(
+    "--quantize-norms", is_flag=True, help="Static: Q/DQ on LayerNorm/Softmax/Resize inputs too."
+)
+@click.option(
+    "--quantize-bmm", is_flag=True, help="Static: Q/DQ on MatMuls of two activations too."
+)
+@click.option(
+    "--quantize-residual-matmul",
+    is_flag=True,
+    help="Static: Q/DQ on residual Adds after MatMul/Gemm too (default: after Conv only).",
+)
 @click.option(
     "--block", type=int, default=128, show_default=True, help="Weights per scale along K."
 )
@@ -80,7 +223,7 @@ def verdict_line(result: Any) -> str:
 @click.option(
     "--calib",
     type=click.Path(path_type=Path),
-    help="GPTQ data: .npz or folder of <input>.npy (leading sample axis).",
+    help="GPTQ or static calibration data: .npz or folder of <input>.npy (leading sample axis).",
 )
 @click.option(
     "--calib-samples", type=int, default=None, help="Use at most this many calibration samples."
@@ -101,13 +244,19 @@ def verdict_line(result: Any) -> str:
     "--min-cosine",
     type=float,
     default=None,
-    help="Verification threshold [default: 0.9999 int8, 0.98 int4].",
+    help="Verification threshold [default: 0.9999 int8, 0.98 int4, 0.99 static].",
 )
 @input_options
 def quantize_command(
     model: Path,
     output: Path,
-    weights: str,
+    weights: str | None,
+    activations: str | None,
+    calib_method: str,
+    percentile: float,
+    quantize_norms: bool,
+    quantize_bmm: bool,
+    quantize_residual_matmul: bool,
     block: int,
     method: str,
     symmetric: bool,
@@ -123,16 +272,25 @@ def quantize_command(
     dims: tuple[str, ...],
     int_ranges: tuple[str, ...],
 ) -> None:
-    """Quantize MatMul/Gemm weights of MODEL to int4/int8 blocks and write -o."""
+    """Quantize MatMul/Gemm weights of MODEL to int4/int8 blocks (or, with
+    --activations, static INT8/FP8 QDQ) and write -o."""
     from spa.errors import UserError
     from spa.quant.api import quantize_model
 
+    _check_mode(click.get_current_context(), activations, weights, method)
+    if activations is not None:
+        _check_calib_exists(calib)
+        _static(
+            model, output, activations, weights, calib, calib_method, percentile,
+            quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
+            verify, min_cosine,
+            seed, input_arguments(shapes, dims, int_ranges),
+        )  # fmt: skip
+        return
+    weights = weights or "int4"
     if calib is not None and method != "gptq":
         raise UserError("--calib is only used by --method gptq; add --method gptq or drop --calib")
-    if calib is not None and not calib.exists():
-        raise UserError(
-            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
-        )
+    _check_calib_exists(calib)
     result = quantize_model(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
@@ -148,5 +306,39 @@ def quantize_command(
 
         write_report(result.as_dict(), report_path)
     click.echo(verdict_line(result))
+    if not result.passed:
+        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+
+
+def _static(
+    model: Path, output: Path, activations: str, weights: str | None, calib: Path | None,
+    calib_method: str, percentile: float, quantize_norms: bool, quantize_bmm: bool,
+    quantize_residual_matmul: bool, calib_samples: int | None, report_path: Path | None, verify: bool,
+    min_cosine: float | None, seed: int, inputs: dict[str, Any],
+) -> None:  # fmt: skip
+    from spa.quant.static_api import quantize_static_model
+
+    result = quantize_static_model(
+        model, output, activations=activations, weights=weights, calib=calib,
+        calib_method=calib_method, percentile=percentile, quantize_norms=quantize_norms,
+        quantize_bmm=quantize_bmm, quantize_residual_matmul=quantize_residual_matmul,
+        max_calibration_samples=calib_samples, seed=seed,
+        verify=verify, min_cosine=min_cosine, **inputs,
+    )  # fmt: skip
+    if result.random_calibration:
+        click.echo(
+            "WARNING: NO CALIBRATION DATA (--calib): activation ranges come from seeded random "
+            "inputs and are NOT representative of real data; accuracy on real inputs may be poor",
+            err=True,
+        )
+    for line in render_static_decisions(result):
+        click.echo(line)
+    if result.verification is not None:
+        click.echo(result.verification.render())
+    if report_path is not None:
+        from spa.report import write_report
+
+        write_report(result.as_dict(), report_path)
+    click.echo(static_verdict_line(result))
     if not result.passed:
         raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
