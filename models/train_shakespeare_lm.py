@@ -1,6 +1,6 @@
 """Train the byte-level Llama-style test bed on Shakespeare and export it to ONNX.
 
-    nice python models/train_shakespeare_lm.py            # ~10 minutes on 2 CPU cores
+    nice python models/train_shakespeare_lm.py            # 10 minutes wall clock on one CPU core
 
 Trains ``ByteLlama`` (models/testbeds_torch.py) on the training plays of
 ``spa.testbeds.shakespeare`` (seeded batches of random 128-byte windows, AdamW, cosine decay)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=TESTBEDS)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
