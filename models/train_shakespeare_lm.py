@@ -83,6 +83,17 @@ def train(model: ByteLlama, minutes: float, steps: int | None, batch: int, lr: f
     return step, time.perf_counter() - start
 
 
+#: Node metadata of the dynamo exporter that only repeats the exporting machine's source paths.
+_LOCAL_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def strip_local_metadata(proto: onnx.ModelProto) -> None:
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key not in _LOCAL_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+
+
 def export(model: ByteLlama, path: Path) -> None:
     model.eval()
     example = torch.randint(0, 256, (2, 16))
@@ -94,6 +105,7 @@ def export(model: ByteLlama, path: Path) -> None:
         program.save(str(Path(folder) / "lm.onnx"))
         proto = onnx.load(str(Path(folder) / "lm.onnx"))
     name_initializers(proto, model)
+    strip_local_metadata(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
