@@ -1,0 +1,210 @@
+"""Table-driven tests for Einsum, DepthToSpace/SpaceToDepth and Q/DQ rules:
+groups and index maps, barriers with reasons, and mask equivalence of random
+50% plans in ONNX Runtime (relative error <= 1e-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spa.analysis.rules_ops import parse_einsum
+from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
+
+HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
+
+EINSUM = (
+    f"""{HEADER}
+    g (float[N, 5, 4] x) => (float[N, 5, 3] y) {{
+        a = Einsum <equation = "bsi,ih->bsh"> (x, w1)
+        r = Relu (a)
+        y = Einsum <equation = "bsh , ho -> bso"> (r, w2)
+    }}""",
+    {"w1": (4, 6), "w2": (6, 3)},
+    {},
+)
+
+EINSUM_TWO_ACTIVATIONS = (  # contraction between two activations (attention scores)
+    f"""{HEADER}
+    g (float[N, 5, 4] x) => (float[N, 5, 3] y) {{
+        q = MatMul (x, wq)
+        k = MatMul (x, wk)
+        s = Einsum <equation = "bqd,bkd->bqk"> (q, k)
+        p = Softmax <axis = -1> (s)
+        v = MatMul (x, wv)
+        o = Einsum <equation = "bqk,bkd->bqd"> (p, v)
+        y = MatMul (o, wo)
+    }}""",
+    {"wq": (4, 6), "wk": (4, 6), "wv": (4, 8), "wo": (8, 3)},
+    {},
+)
+
+DEPTH_TO_SPACE = {
+    mode: (
+        f"""{HEADER}
+        g (float[N, 2, 3, 3] x) => (float[N, 3, 6, 6] y) {{
+            a = Conv (x, w1, b1)
+            d = DepthToSpace <blocksize = 2, mode = "{mode}"> (a)
+            r = Relu (d)
+            y = Conv (r, w2)
+        }}""",
+        {"w1": (16, 2, 1, 1), "b1": (16,), "w2": (3, 4, 1, 1)},
+        {},
+    )
+    for mode in ("DCR", "CRD")
+}
+
+SPACE_TO_DEPTH = (
+    f"""{HEADER}
+    g (float[N, 2, 4, 4] x) => (float[N, 3, 2, 2] y) {{
+        a = Conv (x, w1)
+        d = SpaceToDepth <blocksize = 2> (a)
+        y = Conv (d, w2)
+    }}""",
+    {"w1": (4, 2, 1, 1), "w2": (3, 16, 1, 1)},
+    {},
+)
+
+QDQ_PER_CHANNEL_ACTIVATION = (
+    f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        a = MatMul (x, w1)
+        q = QuantizeLinear <axis = 1> (a, var_s, zp)
+        d = DequantizeLinear <axis = 1> (q, var_s2, zp2)
+        y = MatMul (d, w2)
+    }}""",
+    {"w1": (4, 6), "var_s": (6,), "var_s2": (6,), "w2": (6, 3)},
+    {"zp": np.arange(6, dtype=np.uint8) + 120, "zp2": np.arange(6, dtype=np.uint8) + 120},
+)
+
+QDQ_PER_TENSOR = (
+    f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        a = MatMul (x, w1)
+        q = QuantizeLinear (a, s, zp)
+        d = DequantizeLinear (q, s, zp)
+        y = MatMul (d, w2)
+    }}""",
+    {"w1": (4, 6), "w2": (6, 3)},
+    {"s": np.array(0.05, dtype=np.float32), "zp": np.array(128, dtype=np.uint8)},
+)
+
+DQ_WEIGHT_PER_CHANNEL = (
+    f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        w = DequantizeLinear <axis = 1> (wq, var_s, wzp)
+        a = MatMul (x, w)
+        r = Relu (a)
+        y = MatMul (r, w2)
+    }}""",
+    {"var_s": (6,), "w2": (6, 3)},
+    {
+        "wq": np.random.default_rng(3).integers(-100, 100, (4, 6)).astype(np.int8),
+        "wzp": np.arange(6, dtype=np.int8) - 3,
+    },
+)
+
+DQ_WEIGHT_BLOCKED = (  # blocks along K (axis 0): N (axis 1) is sliced, K is frozen
+    f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        w = DequantizeLinear <axis = 0, block_size = 2> (wq, var_s, wzp)
+        a = MatMul (x, w)
+        r = Relu (a)
+        y = MatMul (r, w2)
+    }}""",
+    {"var_s": (2, 6), "w2": (6, 3)},
+    {
+        "wq": np.random.default_rng(4).integers(-100, 100, (4, 6)).astype(np.int8),
+        "wzp": np.random.default_rng(5).integers(-3, 3, (2, 6)).astype(np.int8),
+    },
+)
+
+CASES = {
+    "einsum": (EINSUM, "w1", 1, 6),
+    "einsum-two-activations": (EINSUM_TWO_ACTIVATIONS, "wv", 1, 8),
+    "depth-to-space-dcr": (DEPTH_TO_SPACE["DCR"], "w2", 1, 4),
+    "depth-to-space-crd": (DEPTH_TO_SPACE["CRD"], "w2", 1, 4),
+    "space-to-depth": (SPACE_TO_DEPTH, "w1", 0, 4),
+    "qdq-per-channel": (QDQ_PER_CHANNEL_ACTIVATION, "w1", 1, 6),
+    "qdq-per-tensor": (QDQ_PER_TENSOR, "w1", 1, 6),
+    "dq-weight-per-channel": (DQ_WEIGHT_PER_CHANNEL, "w2", 0, 6),
+    "dq-weight-blocked": (DQ_WEIGHT_BLOCKED, "w2", 0, 6),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_group_is_prunable(case) -> None:
+    (text, weights, constants), value, axis, size = case
+    _, analysis = analysis_of(model_from_text(text, weights, constants=constants))
+    group = group_with(analysis, value, axis)
+    assert group.prunable, group.frozen_reasons
+    assert group.size == size
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mask_equivalence(case, seed: int) -> None:
+    (text, weights, constants), *_ = case
+    proto = model_from_text(text, weights, constants=constants)
+    _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+    assert plan.kept
+    assert error <= 1e-5
+
+
+def test_einsum_couples_contracted_letters() -> None:
+    text, weights, constants = EINSUM_TWO_ACTIVATIONS
+    _, analysis = analysis_of(model_from_text(text, weights, constants=constants))
+    assert group_with(analysis, "wq", 1) is group_with(analysis, "wk", 1)  # letter d
+    assert group_with(analysis, "wv", 1) is group_with(analysis, "wo", 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "channel", "expected"),
+    [("DCR", 1, [1, 5, 9, 13]), ("CRD", 1, [4, 5, 6, 7])],
+)
+def test_depth_to_space_maps_blocks(mode: str, channel: int, expected: list[int]) -> None:
+    text, weights, constants = DEPTH_TO_SPACE[mode]
+    _, analysis = analysis_of(model_from_text(text, weights, constants=constants))
+    group = group_with(analysis, "w1", 0)
+    by_space = {member.space: member for member in group.members}
+    assert group.root == ("d", 1)
+    assert by_space[("w1", 0)].index_map.forward(np.array([channel])).tolist() == expected
+    assert by_space[("b1", 0)].index_map.forward(np.array([channel])).tolist() == expected
+
+
+def test_blocked_dequantize_freezes_the_blocked_axis() -> None:
+    text, weights, constants = DQ_WEIGHT_BLOCKED
+    _, analysis = analysis_of(model_from_text(text, weights, constants=constants))
+    group = group_with(analysis, "x", 1)
+    assert any("quantizes axis 0 in blocks of 2" in r for r in group.frozen_reasons)
+    assert group_with(analysis, "var_s", 1) is group_with(analysis, "w2", 0)
+
+
+@pytest.mark.parametrize(
+    ("equation", "count", "expected"),
+    [
+        ("ij,jk->ik", 2, (["ij", "jk"], "ik")),
+        ("ij,jk", 2, (["ij", "jk"], "ik")),  # implicit output: letters used once, sorted
+        ("ba", 1, (["ba"], "ab")),
+        ("ii->i", 1, "repeats a letter in 'ii' (a diagonal)"),
+        ("...ij,jk->...ik", 2, "uses an ellipsis"),
+        ("ij->j", 2, "has 1 terms for 2 inputs"),
+    ],
+)
+def test_parse_einsum(equation: str, count: int, expected) -> None:
+    assert parse_einsum(equation, count) == expected
+
+
+def test_einsum_diagonal_is_a_barrier_with_reason() -> None:
+    text = f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 3] y) {{
+        a = MatMul (x, w1)
+        s = Einsum <equation = "ij,jj->ij"> (a, m)
+        y = MatMul (s, w2)
+    }}"""
+    proto = model_from_text(text, {"w1": (4, 6), "m": (6, 6), "w2": (6, 3)})
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 1)
+    assert not group.prunable
+    assert any("repeats a letter in 'jj'" in r for r in group.frozen_reasons), (
+        group.frozen_reasons
+    )
