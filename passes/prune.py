@@ -5,7 +5,8 @@ Cases handled by :func:`apply_plan`:
 * every parameter member of a pruned group is sliced along its axis (a weight
   in two groups, e.g. a Conv's out and in channels, is sliced along both);
 * depthwise Conv ``group`` attributes follow their new channel count, and
-  ``num_heads`` of fused attention (com.microsoft Attention) its heads space;
+  attributes that count a pruned space follow it (``num_heads``,
+  ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``, ``hidden_size``);
 * constant Reshape/Expand targets are rewritten where an entry is a pruned
   axis's old size, and Split sizes follow their outputs (a constant shared by
   several nodes is copied first, so each node gets its own);
@@ -203,22 +204,18 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
 
 
 def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
-    """``num_heads`` of fused attention and ``hidden_size`` of LSTM/GRU/RNN follow
-    their virtual spaces."""
-    from spa.analysis.rules_contrib import heads_space
-    from spa.analysis.rules_layers import recurrent_hidden_space
+    """Attributes that count a pruned space follow its new size: ``num_heads``,
+    ``kv_num_heads``/``q_num_heads`` of fused attention, ``N`` of MatMulNBits,
+    ``hidden_size`` of LSTM/GRU/RNN (see ``sized_attributes``)."""
+    from spa.analysis.rules_attention import sized_attributes
 
     rewritten = 0
     for node in model.graph:
-        if node.domain == "com.microsoft" and "num_heads" in node.attributes:
-            attribute, change = "num_heads", resized.get(heads_space(node))
-        elif node.domain == "" and node.op_type in ("LSTM", "GRU", "RNN"):
-            attribute, change = "hidden_size", resized.get(recurrent_hidden_space(node))
-        else:
-            continue
-        if change is not None:
-            node.attributes[attribute] = ir.AttrInt64(attribute, change[1])
-            rewritten += 1
+        for attribute, space in sized_attributes(node):
+            change = resized.get(space)
+            if change is not None:
+                node.attributes[attribute] = ir.AttrInt64(attribute, change[1])
+                rewritten += 1
     return rewritten
 
 
