@@ -4,9 +4,10 @@ Cases handled by :func:`apply_plan`:
 
 * every parameter member of a pruned group is sliced along its axis (a weight
   in two groups, e.g. a Conv's out and in channels, is sliced along both);
-* depthwise Conv ``group`` attributes follow their new channel count, and
-  attributes that count a pruned space follow it (``num_heads``,
-  ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``, ``hidden_size``);
+* attributes that count a pruned space follow it: depthwise Conv ``group``
+  (grouped convs keep theirs: they lose the same positions in every group),
+  ``num_heads``, ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``,
+  ``hidden_size``;
 * constant Reshape/Expand targets are rewritten where an entry is a pruned
   axis's old size, and Split sizes follow their outputs (a constant shared by
   several nodes is copied first, so each node gets its own);
@@ -58,19 +59,6 @@ def _replace_constant(value: ir.Value, array: np.ndarray) -> None:
     assert tensor is not None
     value.const_value = ir.Tensor(np.ascontiguousarray(array), dtype=tensor.dtype, name=value.name)
     value.shape = ir.Shape(array.shape)
-
-
-def _fix_depthwise_groups(model: ir.Model) -> None:
-    for node in model.graph:
-        if node.op_type != "Conv" or node.domain != "":
-            continue
-        group = node.attributes.get("group")
-        weight = node.inputs[1]
-        if group is None or group.value == 1 or weight is None or weight.const_value is None:
-            continue
-        c_out, c_in_per_group = weight.const_value.shape.numpy()[:2]
-        if c_in_per_group == 1 and group.value != c_out:
-            node.attributes["group"] = ir.AttrInt64("group", int(c_out))
 
 
 def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) -> None:
@@ -204,7 +192,7 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
 
 
 def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
-    """Attributes that count a pruned space follow its new size: ``num_heads``,
+    """Attributes that count a pruned space follow its new size: depthwise ``group``, ``num_heads``,
     ``kv_num_heads``/``q_num_heads`` of fused attention, ``N`` of MatMulNBits,
     ``hidden_size`` of LSTM/GRU/RNN (see ``sized_attributes``)."""
     from spa.analysis.rules_attention import sized_attributes
@@ -257,7 +245,6 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
         for axis, kept in slices:
             array = np.take(array, kept, axis=axis)
         _replace_constant(value, array)
-    _fix_depthwise_groups(model)
     shape_targets = _fix_shape_targets(model, resized) + _fix_computed_targets(model, resized)
     splits = _fix_split_sizes(model, resized)
     heads = _fix_heads_attributes(model, resized)

@@ -118,7 +118,49 @@ DQ_WEIGHT_BLOCKED = (  # blocks along K (axis 0): N (axis 1) is sliced, K is fro
     },
 )
 
+GROUPED_CONV = (
+    f"""{HEADER}
+    g (float[N, 4, 6, 6] x) => (float[N, 2, 6, 6] y) {{
+        a = Conv (x, w1, b1)
+        b = Conv <group = 2, pads = [1, 1, 1, 1]> (a, wg, bg)
+        r = Relu (b)
+        y = Conv (r, w2)
+    }}""",
+    {"w1": (8, 4, 1, 1), "b1": (8,), "wg": (6, 4, 3, 3), "bg": (6,), "w2": (2, 6, 1, 1)},
+    {},
+)
+
+DEPTHWISE_MULTIPLIER = (  # each input channel owns 2 outputs; group follows the inputs
+    f"""{HEADER}
+    g (float[N, 4, 6, 6] x) => (float[N, 2, 6, 6] y) {{
+        a = Conv (x, w1)
+        d = Conv <group = 8, pads = [1, 1, 1, 1]> (a, wd, bd)
+        y = Conv (d, w2)
+    }}""",
+    {"w1": (8, 4, 1, 1), "wd": (16, 1, 3, 3), "bd": (16,), "w2": (2, 16, 1, 1)},
+    {},
+)
+
+SHUFFLE_BETWEEN_GROUPED_CONVS = (  # ShuffleNet v1 unit: 2 groups of 4, shuffled
+    f"""{HEADER}
+    g (float[N, 4, 4, 4] x) => (float[N, 6, 4, 4] y) {{
+        a = Conv <group = 2> (x, w1, b1)
+        r = Relu (a)
+        s5 = Reshape (r, split)
+        t = Transpose <perm = [0, 2, 1, 3, 4]> (s5)
+        s = Reshape (t, merged)
+        d = Conv <group = 8, pads = [1, 1, 1, 1]> (s, wd)
+        y = Conv <group = 2> (d, w2)
+    }}""",
+    {"w1": (8, 2, 1, 1), "b1": (8,), "wd": (8, 1, 3, 3), "w2": (6, 4, 1, 1)},
+    {"split": np.array([0, 2, 4, 4, 4]), "merged": np.array([0, 8, 4, 4])},
+)
+
 CASES = {
+    "channel-shuffle": (SHUFFLE_BETWEEN_GROUPED_CONVS, "w1", 0, 2),
+    "grouped-conv-input": (GROUPED_CONV, "w1", 0, 4),
+    "grouped-conv-output": (GROUPED_CONV, "w2", 1, 3),
+    "depthwise-multiplier": (DEPTHWISE_MULTIPLIER, "w1", 0, 8),
     "einsum": (EINSUM, "w1", 1, 6),
     "einsum-two-activations": (EINSUM_TWO_ACTIVATIONS, "wv", 1, 8),
     "depth-to-space-dcr": (DEPTH_TO_SPACE["DCR"], "w2", 1, 4),
@@ -148,6 +190,31 @@ def test_mask_equivalence(case, seed: int) -> None:
     _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
     assert plan.kept
     assert error <= 1e-5
+
+
+def test_grouped_and_depthwise_group_attributes_after_pruning() -> None:
+    from spa.analysis.plan import make_plan
+    from spa.passes.prune import apply_plan
+
+    for case, expected in ((GROUPED_CONV, 2), (DEPTHWISE_MULTIPLIER, 4)):
+        model, analysis = analysis_of(model_from_text(*case[:2], constants=case[2]))
+        plan = make_plan(model, analysis, ratio=0.5, criterion="random", seed=0)
+        apply_plan(model, analysis, plan)
+        groups = [n.attributes["group"].value for n in model.graph if "group" in n.attributes]
+        assert groups == [expected]
+
+
+def test_shuffle_keeps_positions_uniform_in_both_grouped_convs() -> None:
+    case = SHUFFLE_BETWEEN_GROUPED_CONVS
+    _, analysis = analysis_of(model_from_text(*case[:2], constants=case[2]))
+    group = group_with(analysis, "w1", 0)
+    assert group is group_with(analysis, "w2", 1) and group.size == 2
+    by_space = {member.space: member for member in group.members}
+    kept_rows = by_space[("w1", 0)].index_map.forward(np.array([0])).tolist()
+    kept_columns = by_space[("w2", 1)].index_map.forward(np.array([0])).tolist()
+    # within-group positions {0, 2} of conv 1 become shuffled channels 0, 1, 4, 5,
+    # i.e. positions {0, 1} of each group of conv 2
+    assert kept_rows == [0, 2, 4, 6] and kept_columns == [0, 1]
 
 
 def test_einsum_couples_contracted_letters() -> None:

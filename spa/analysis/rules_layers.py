@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from spa.analysis.index_maps import Identity, IndexMap, Tile
+from spa.analysis.index_maps import Block, Identity, IndexMap, Tile
 from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule, unknown_shapes
 from spa.analysis.rules_elementwise import broadcast_couplings
 
@@ -35,8 +35,17 @@ def _conv(node: ir.Node, context: RuleContext) -> Result:
         out += _identity((name(w), 0), (name(node.inputs[2]), 0), c_out)
     if group == 1:
         out += _identity((name(x), 1), (name(w), 1), c_in_per_group)
-    elif c_in_per_group == 1 and group == c_out:
-        out += _identity((name(x), 1), (name(y), 1), c_out)  # depthwise: in channel = out channel
+    elif c_in_per_group == 1 and c_out is not None and c_out % group == 0:
+        # depthwise (with a channel multiplier): input channel c owns outputs c*m .. c*m+m-1;
+        # ``group`` follows the input's channel count (sized_attributes)
+        multiplier = c_out // group
+        index_map = Identity(group) if multiplier == 1 else Block(group, multiplier)
+        out.append(Coupling((name(x), 1), (name(y), 1), index_map))
+    elif c_out is not None and c_in_per_group is not None and c_out % group == 0:
+        # grouped: prune the same positions in every group, so the group count stays
+        out.append(Coupling((name(w), 1), (name(x), 1), Tile(c_in_per_group, group)))
+        per_group = (f"{node.name or id(node)}/out_per_group", 0)
+        out.append(Coupling(per_group, (name(w), 0), Tile(c_out // group, group)))
     else:
         spaces = ((name(x), 1), (name(y), 1), (name(w), 0), (name(w), 1))
         out.append(Barrier(f"Conv '{node.name}' has group={group} and C_out={c_out}", spaces))

@@ -136,6 +136,13 @@ def reshape_couplings(
                     (name(x), first_in), (name(y), first_out), Block(in_dim, out_dim // in_dim)
                 )
             )
+        elif len(ins) == 1 and len(outs) == 2 and _feeds_shuffle(y, first_out, context):
+            # channel shuffle: the within-group position is the channel space (a kept
+            # position stays kept in every group, so the shuffle stays a shuffle)
+            per_group = in_dim // out_dim
+            out.append(
+                Coupling((name(y), outs[1]), (name(x), first_in), Tile(per_group, out_dim))
+            )
         elif len(ins) == 1:
             out.append(
                 Coupling(
@@ -143,6 +150,38 @@ def reshape_couplings(
                 )
             )
     return out
+
+
+def _feeds_shuffle(y: ir.Value, axis: int, context: RuleContext) -> bool:
+    """Is ``y`` (axes ``axis, axis+1`` just split from one) transposed to swap exactly
+    those two axes and merged back by a Reshape (reshape-transpose-reshape)?"""
+    consumers = y.consumers()
+    if len(consumers) != 1 or consumers[0].op_type != "Transpose" or consumers[0].domain:
+        return False
+    transpose = consumers[0]
+    shape = context.shape(y)
+    perm = context.attribute(transpose, "perm")
+    if shape is None or perm is None:
+        return False
+    swapped = list(range(len(shape)))
+    swapped[axis], swapped[axis + 1] = axis + 1, axis
+    if list(perm) != swapped:
+        return False
+    t = transpose.outputs[0]
+    merges = t.consumers()
+    if len(merges) != 1 or merges[0].op_type != "Reshape" or merges[0].domain:
+        return False
+    merged = context.shape(merges[0].outputs[0])
+    t_shape = context.shape(t)
+    if merged is None or t_shape is None or len(merged) != len(t_shape) - 1:
+        return False
+    product = None if None in t_shape[axis : axis + 2] else t_shape[axis] * t_shape[axis + 1]  # type: ignore[operator]
+    return (
+        product is not None
+        and merged[axis] == product
+        and tuple(merged[:axis]) == tuple(t_shape[:axis])
+        and tuple(merged[axis + 1 :]) == tuple(t_shape[axis + 2 :])
+    )
 
 
 @register_rule("Reshape")
