@@ -78,13 +78,24 @@ def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarra
     node.replace_input_with(index, copy)
 
 
+#: op -> index of its target-shape input
+_TARGET_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
+
+
+def _target_input(node: ir.Node) -> int | None:
+    index = _TARGET_INPUT.get(node.op_type) if node.domain == "" else None
+    return index if index is not None and len(node.inputs) > index else None
+
+
 def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
-    """Rewrite constant Reshape/Expand targets whose entry is a pruned axis's old size."""
+    """Rewrite constant Reshape/Expand/ConstantOfShape targets whose entry is a
+    pruned axis's old size."""
     rewritten = 0
     for node in list(model.graph):
-        if node.op_type not in ("Reshape", "Expand") or node.domain != "":
+        index = _target_input(node)
+        if index is None:
             continue
-        output, target = node.outputs[0], node.inputs[1]
+        output, target = node.outputs[0], node.inputs[index]
         if target is None or target.const_value is None:
             continue
         original = target.const_value.numpy()
@@ -95,12 +106,14 @@ def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
             if name == output.name and 0 <= entry < len(shape) and shape[entry] == old:
                 shape[entry] = new
         if not np.array_equal(shape, original):
-            _constant_input(model, node, 1, shape)
+            _constant_input(model, node, index, shape)
             rewritten += 1
     return rewritten
 
 
-def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any]) -> None:
+def _rebuild_target(
+    model: ir.Model, node: ir.Node, entries: list[Any], input_index: int
+) -> None:
     """Give ``node`` a private run-time target: Concat of literals and Shape->Gather dims."""
     from spa.analysis.shape_exprs import CopiedDim
 
@@ -131,20 +144,22 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any]) -> None:
     concat = ir.node("Concat", parts, attributes={"axis": 0})
     new_nodes.append(concat)
     model.graph.insert_before(node, new_nodes)
-    node.replace_input_with(1, concat.outputs[0])
+    node.replace_input_with(input_index, concat.outputs[0])
 
 
 def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
-    """Run-time Reshape/Expand targets whose literal entry is a pruned axis's old size."""
+    """Run-time Reshape/Expand/ConstantOfShape targets whose literal entry is a
+    pruned axis's old size."""
     from spa.analysis.rules import RuleContext
     from spa.analysis.shape_exprs import evaluate_target
 
     context = RuleContext()
     rewritten = 0
     for node in list(model.graph):
-        if node.op_type not in ("Reshape", "Expand") or node.domain != "" or len(node.inputs) < 2:
+        index = _target_input(node)
+        if index is None:
             continue
-        output, target = node.outputs[0], node.inputs[1]
+        output, target = node.outputs[0], node.inputs[index]
         if target is None or target.const_value is not None:
             continue
         entries = evaluate_target(target, context)
@@ -158,7 +173,7 @@ def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
             if inside and isinstance(changed[position], int) and changed[position] == old:
                 changed[position] = new
         if changed != entries:
-            _rebuild_target(model, node, changed)
+            _rebuild_target(model, node, changed, index)
             rewritten += 1
     return rewritten
 

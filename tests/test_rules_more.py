@@ -156,7 +156,33 @@ SHUFFLE_BETWEEN_GROUPED_CONVS = (  # ShuffleNet v1 unit: 2 groups of 4, shuffled
     {"split": np.array([0, 2, 4, 4, 4]), "merged": np.array([0, 8, 4, 4])},
 )
 
+BIDIRECTIONAL_LSTM_ZERO_STATE = (  # PyTorch's export: computed zero states, merged directions
+    f"""{HEADER}
+    g (float[5, N, 3] x) => (float[5, N, 2] y) {{
+        a = MatMul (x, w_in)
+        shape = Shape (x)
+        batch = Gather <axis = 0> (shape, one)
+        batch1 = Unsqueeze (batch, zero)
+        state_shape = Concat <axis = 0> (two, batch1, six)
+        state = ConstantOfShape (state_shape)
+        seq, last_h, last_c = LSTM <hidden_size = 6, direction = "bidirectional"> (
+            a, w, r, b, "", state, state)
+        t = Transpose <perm = [0, 2, 1, 3]> (seq)
+        merged = Reshape (t, target)
+        y = MatMul (merged, w_out)
+    }}""",
+    {"w_in": (3, 4), "w": (2, 24, 4), "r": (2, 24, 6), "b": (2, 48), "w_out": (12, 2)},
+    {
+        "one": np.array(1),
+        "zero": np.array([0]),
+        "two": np.array([2]),
+        "six": np.array([6]),
+        "target": np.array([0, 0, -1]),
+    },
+)
+
 CASES = {
+    "bidirectional-lstm-zero-state": (BIDIRECTIONAL_LSTM_ZERO_STATE, "r", 2, 6),
     "channel-shuffle": (SHUFFLE_BETWEEN_GROUPED_CONVS, "w1", 0, 2),
     "grouped-conv-input": (GROUPED_CONV, "w1", 0, 4),
     "grouped-conv-output": (GROUPED_CONV, "w2", 1, 3),
@@ -215,6 +241,15 @@ def test_shuffle_keeps_positions_uniform_in_both_grouped_convs() -> None:
     # within-group positions {0, 2} of conv 1 become shuffled channels 0, 1, 4, 5,
     # i.e. positions {0, 1} of each group of conv 2
     assert kept_rows == [0, 2, 4, 6] and kept_columns == [0, 1]
+
+
+def test_bidirectional_merge_maps_hidden_units_of_both_directions() -> None:
+    case = BIDIRECTIONAL_LSTM_ZERO_STATE
+    _, analysis = analysis_of(model_from_text(*case[:2], constants=case[2]))
+    group = group_with(analysis, "r", 2)
+    assert group is group_with(analysis, "w_out", 0) and group is group_with(analysis, "state", 2)
+    by_space = {member.space: member for member in group.members}
+    assert by_space[("w_out", 0)].index_map.forward(np.array([1])).tolist() == [1, 7]
 
 
 def test_einsum_couples_contracted_letters() -> None:

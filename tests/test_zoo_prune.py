@@ -28,12 +28,9 @@ RMS_NORM = "ReduceMean does not map axis"  # decomposed RMSNorm / LayerNorm
 
 #: model -> the frozen reason that keeps it under 15% today. Normalisation over
 #: the hidden axis is a barrier by design (pruning it is inexact); the rest are
-#: open analyzer work: LSTM/GRU initial states built by ConstantOfShape and
-#: bidirectional outputs merged by Reshape, and TorchScript exports whose
-#: run-time targets do arithmetic on dims.
+#: open analyzer work: TorchScript exports whose run-time targets do arithmetic
+#: on dims, attention with spatial reduction behind reshapes.
 LIMITED: dict[str, str] = {
-    "lstm-classifier": "ConstantOfShape does not map axis",  # zero initial states
-    "gru-classifier": "ConstantOfShape does not map axis",
     "timm-convnextv2-atto": LAYER_NORM,
     "timm-gmlp-ti16": LAYER_NORM,
     "timm-pvt-v2-b0": LAYER_NORM,

@@ -130,6 +130,12 @@ def reshape_couplings(
             continue
         if len(ins) == 1 and len(outs) == 1:
             out.append(Coupling((name(x), first_in), (name(y), first_out), Identity(in_dim)))
+        elif len(outs) == 1 and len(ins) == 2 and _is_direction_axis(x, first_in):
+            # bidirectional RNN output [.., directions, hidden] merged: hidden unit j
+            # is feature j of every direction
+            hidden = in_shape[ins[1]]
+            assert hidden is not None
+            out.append(Coupling((name(x), ins[1]), (name(y), first_out), Tile(hidden, in_dim)))
         elif len(outs) == 1:
             out.append(
                 Coupling(
@@ -150,6 +156,23 @@ def reshape_couplings(
                 )
             )
     return out
+
+
+def _is_direction_axis(value: ir.Value, axis: int) -> bool:
+    """Is ``axis`` of ``value`` the num_directions axis of an LSTM/GRU/RNN output
+    (through Transposes)?"""
+    for _ in range(8):
+        producer = value.producer()
+        if producer is None or producer.domain:
+            return False
+        if producer.op_type in ("LSTM", "GRU", "RNN"):
+            return value is producer.outputs[0] and axis == 1
+        perm = producer.attributes.get("perm")
+        source = producer.inputs[0]
+        if producer.op_type != "Transpose" or perm is None or source is None:
+            return False
+        value, axis = source, perm.value[axis]
+    return False
 
 
 def _feeds_shuffle(y: ir.Value, axis: int, context: RuleContext) -> bool:
@@ -416,9 +439,20 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
     return out
 
 
+@register_rule("ConstantOfShape")
+def _constant_of_shape(node: ir.Node, context: RuleContext) -> Result:
+    """A filled tensor has no channels of its own: every axis may shrink with the
+    group it feeds, its shape (constant or a readable Shape/Concat chain) being
+    rewritten by the slicing pass. Consumers of one shared fill are coupled."""
+    shape = node.inputs[0]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
+    if shape is not None and evaluate_target(shape, context) is not None:
+        out.append(Unconstrained((name(node.outputs[0]),)))
+    return out
+
+
 @register_rule(
     "Constant",
-    "ConstantOfShape",
     "Range",
     "EyeLike",
     "RandomNormal",
