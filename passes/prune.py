@@ -133,7 +133,17 @@ def _rebuild_target(
             model.graph.register_initializer(index)
             gather = ir.node("Gather", [shape.outputs[0], index], attributes={"axis": 0})
             new_nodes += [shape, gather]
-            parts.append(gather.outputs[0])
+            part = gather.outputs[0]
+            if entry.factor != 1:
+                factor = ir.Value(
+                    name=f"{tag}__dim{position}_factor",
+                    const_value=ir.Tensor(np.array([entry.factor], dtype=np.int64)),
+                )
+                model.graph.register_initializer(factor)
+                times = ir.node("Mul", [part, factor])
+                new_nodes.append(times)
+                part = times.outputs[0]
+            parts.append(part)
         else:
             literal = ir.Value(
                 name=f"{tag}__dim{position}",

@@ -252,6 +252,46 @@ def test_bidirectional_merge_maps_hidden_units_of_both_directions() -> None:
     assert by_space[("w_out", 0)].index_map.forward(np.array([1])).tolist() == [1, 7]
 
 
+def test_torchscript_shape_arithmetic_is_read() -> None:
+    """``kv_heads * n_rep`` and the expand idiom ``Where(Equal(t, -1), 1, t)``."""
+    import onnx_ir as ir
+
+    from spa.analysis import prepare
+    from spa.analysis.rules import RuleContext
+    from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
+
+    text = f"""{HEADER}
+    g (float[N, 2, 5, 4] k) => (int64[3] product, int64[4] expanded) {{
+        shape = Shape (k)
+        heads = Gather <axis = 0> (shape, one)
+        times = Mul (heads, two)
+        times1 = Unsqueeze (times, zero)
+        product = Concat <axis = 0> (first, times1, minus)
+        t = Concat <axis = 0> (first, minus, five, four)
+        length = Shape (t)
+        ones = ConstantOfShape <value = int64[1] {{1}}> (length)
+        negative = Mul (ones, minus)
+        equal = Equal (t, negative)
+        expanded = Where (equal, ones, t)
+    }}"""
+    constants = {
+        "one": np.array(1),
+        "two": np.array(2),
+        "zero": np.array([0]),
+        "first": np.array([0]),
+        "minus": np.array([-1]),
+        "five": np.array([5]),
+        "four": np.array([4]),
+    }
+    model = prepare(ir.serde.deserialize_model(model_from_text(text, {}, constants=constants)))
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    context = RuleContext()
+    product = evaluate_target(values["product"], context)
+    assert product == [0, CopiedDim("k", 1, 2, factor=2), -1]
+    assert resolve_target(product, (None, 4, 5, 4)) == [None, 4, 20]
+    assert evaluate_target(values["expanded"], context) == [0, 1, 5, 4]
+
+
 def test_einsum_couples_contracted_letters() -> None:
     text, weights, constants = EINSUM_TWO_ACTIVATIONS
     _, analysis = analysis_of(model_from_text(text, weights, constants=constants))

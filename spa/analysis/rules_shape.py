@@ -241,7 +241,8 @@ def _computed_reshape(
     out: Result = [Unconstrained((name(shape),))]
     out += reshape_couplings(x, y, context, what, out_dims)
     for axis, entry in enumerate(entries):
-        if isinstance(entry, CopiedDim) and entry.size is not None and entry.value != name(x):
+        copied = isinstance(entry, CopiedDim) and entry.factor == 1 and entry.value != name(x)
+        if copied and isinstance(entry, CopiedDim) and entry.size is not None:
             out.append(Coupling((entry.value, entry.axis), (name(y), axis), Identity(entry.size)))
     return out
 
