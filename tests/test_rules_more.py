@@ -261,8 +261,9 @@ def test_torchscript_shape_arithmetic_is_read() -> None:
     from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
 
     text = f"""{HEADER}
-    g (float[N, 2, 5, 4] k) => (int64[3] product, int64[4] expanded) {{
+    g (float[N, 2, 5, 4] k) => (int64[3] product, int64[4] expanded, int64[1] last) {{
         shape = Shape (k)
+        last = Slice (shape, minus, big)
         heads = Gather <axis = 0> (shape, one)
         times = Mul (heads, two)
         times1 = Unsqueeze (times, zero)
@@ -282,6 +283,7 @@ def test_torchscript_shape_arithmetic_is_read() -> None:
         "minus": np.array([-1]),
         "five": np.array([5]),
         "four": np.array([4]),
+        "big": np.array([2**63 - 1]),
     }
     model = prepare(ir.serde.deserialize_model(model_from_text(text, {}, constants=constants)))
     values = {v.name: v for node in model.graph for v in node.outputs}
@@ -290,6 +292,9 @@ def test_torchscript_shape_arithmetic_is_read() -> None:
     assert product == [0, CopiedDim("k", 1, 2, factor=2), -1]
     assert resolve_target(product, (None, 4, 5, 4)) == [None, 4, 20]
     assert evaluate_target(values["expanded"], context) == [0, 1, 5, 4]
+    # TorchScript GPT-2: [batch, 16, C] -> [-1, C] with C read by Shape -> Slice[-1:]
+    assert resolve_target([-1, CopiedDim("k", 3, 4)], (None, 16, 4)) == [None, 4]
+    assert evaluate_target(values["last"], context) == [CopiedDim("k", 3, 4)]
 
 
 def test_einsum_couples_contracted_letters() -> None:

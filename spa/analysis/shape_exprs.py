@@ -89,6 +89,8 @@ def evaluate_target(
         return _where(node, context, depth)
     if op == "ConstantOfShape":
         return _filled(node, context, depth)
+    if op == "Slice":
+        return _sliced(node, context, depth)
     if op == "Concat":
         parts = [evaluate_target(v, context, depth + 1) for v in node.inputs]
         if any(part is None for part in parts):
@@ -170,6 +172,21 @@ def _where(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | Non
     return result
 
 
+def _sliced(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | None:
+    """A constant window of a shape vector (``Shape -> Slice[-1:]``)."""
+    data = evaluate_target(node.inputs[0], context, depth + 1)
+    bounds = [context.constant(v) if v is not None else None for v in node.inputs[1:5]]
+    bounds += [None] * (4 - len(bounds))
+    starts, ends, axes, steps = bounds
+    if data is None or starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if axes is not None and int(axes.reshape(-1)[0]) not in (0, -1):
+        return None
+    step = 1 if steps is None else int(steps.reshape(-1)[0])
+    window = slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), step)
+    return data[window] if step else None
+
+
 def _filled(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | None:
     """ConstantOfShape of a 1-D length: that many copies of its integer fill."""
     length = evaluate_target(node.inputs[0], context, depth + 1)
@@ -191,7 +208,9 @@ def resolve_target(
 
     A ``0`` copies the input's dim at that position (ONNX semantics); a ``-1`` is
     solved from the input's size when every other factor is known or is a
-    symbolic dim the input also has (batch, sequence), which cancels out.
+    symbolic dim the input also has (batch, sequence), which cancels out; where
+    the input has more symbolic dims than the other entries, the ``-1`` absorbs
+    one and stays symbolic (``[batch, 16, C] -> [-1, C]``).
     """
     dims: list[int | None] = []
     infer_at: int | None = None
@@ -213,6 +232,8 @@ def resolve_target(
     symbolic_in = len(in_shape) - len(known_in)
     others = [d for i, d in enumerate(dims) if i != infer_at]
     symbolic_out = sum(1 for d in others if d is None)
+    if symbolic_in > symbolic_out:
+        return dims  # the -1 absorbs a symbolic dim (``16*batch``): it stays symbolic
     if symbolic_in != symbolic_out:
         return None
     divisor = math.prod(d for d in others if d is not None)
