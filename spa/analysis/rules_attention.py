@@ -43,7 +43,13 @@ def kv_heads_space(node: ir.Node) -> Space:
 def sized_attributes(node: ir.Node) -> list[tuple[str, Space]]:
     """``(attribute, space)``: the attribute must hold the space's size after slicing."""
     domain, op = node.domain or "", node.op_type
-    present = {key for key, attr in node.attributes.items() if attr.value}
+    present = {
+        key
+        for key in ("num_heads", "q_num_heads", "kv_num_heads")
+        if key in node.attributes
+        and node.attributes[key].type == ir.AttributeType.INT
+        and node.attributes[key].value > 0
+    }
     found: list[tuple[str, Space]] = []
     if domain == "" and op in ("LSTM", "GRU", "RNN"):
         found.append(("hidden_size", recurrent_hidden_space(node)))
