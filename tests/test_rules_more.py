@@ -181,7 +181,21 @@ BIDIRECTIONAL_LSTM_ZERO_STATE = (  # PyTorch's export: computed zero states, mer
     },
 )
 
+SIZE_ONE_AXIS_RESHAPE = (  # LeViT's head: [B, 1, C] -> [B, C] -> BatchNorm -> [B, 1, C]
+    f"""{HEADER}
+    g (float[N, 1, 4] x) => (float[N, 1, 3] y) {{
+        a = MatMul (x, w1)
+        f = Reshape (a, flat)
+        n = BatchNormalization (f, s1, o1, m1, var1)
+        u = Reshape (n, back)
+        y = MatMul (u, w2)
+    }}""",
+    {"w1": (4, 6), "s1": (6,), "o1": (6,), "m1": (6,), "var1": (6,), "w2": (6, 3)},
+    {"flat": np.array([-1, 6]), "back": np.array([-1, 1, 6])},
+)
+
 CASES = {
+    "size-one-axis-reshape": (SIZE_ONE_AXIS_RESHAPE, "w1", 1, 6),
     "bidirectional-lstm-zero-state": (BIDIRECTIONAL_LSTM_ZERO_STATE, "r", 2, 6),
     "channel-shuffle": (SHUFFLE_BETWEEN_GROUPED_CONVS, "w1", 0, 2),
     "grouped-conv-input": (GROUPED_CONV, "w1", 0, 4),

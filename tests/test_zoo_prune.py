@@ -26,14 +26,12 @@ ENTRIES = zoo.entries()
 LAYER_NORM = "LayerNormalization normalises over axis"
 RMS_NORM = "ReduceMean does not map axis"  # decomposed RMSNorm / LayerNorm
 
-#: model -> the frozen reason that keeps it under 15% today. Normalisation over
-#: the hidden axis is a barrier by design (pruning it is inexact); LeViT's
-#: attention with spatial reduction behind reshapes is open analyzer work.
+#: model -> the frozen reason that keeps it under 15% today: normalisation over
+#: the hidden axis is a barrier by design (pruning it is inexact).
 LIMITED: dict[str, str] = {
     "timm-convnextv2-atto": LAYER_NORM,
     "timm-gmlp-ti16": LAYER_NORM,
     "timm-pvt-v2-b0": LAYER_NORM,
-    "timm-levit-128s": "Reshape does not map axis",
     "hf-llama-gqa": RMS_NORM,
     "hf-llama-gqa-ts": RMS_NORM,
     "hf-qwen2-gqa": RMS_NORM,

@@ -123,7 +123,10 @@ def reshape_couplings(
     if segments is None:
         return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
     out: Result = []
-    for ins, outs in segments:
+    for all_ins, all_outs in segments:
+        # size-1 axes carry no channels: [B, 1, C] -> [B, C] is an identity on C
+        ins = [a for a in all_ins if in_shape[a] != 1] or all_ins[:1]
+        outs = [a for a in all_outs if out_shape[a] != 1] or all_outs[:1]
         first_in, first_out = ins[0], outs[0]
         in_dim, out_dim = in_shape[first_in], out_shape[first_out]
         if in_dim is None or out_dim is None:
