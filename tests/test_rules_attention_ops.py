@@ -203,6 +203,14 @@ def test_rotary_never_splits_head_dim() -> None:
     assert by_space[("wq", 1)].index_map.forward(np.array([2])).tolist() == [8, 9, 10, 11]
 
 
+def test_rotary_without_head_count_is_a_barrier_with_reason() -> None:
+    text, weights, constants = ROTARY_CONTRIB
+    text = text.replace("<num_heads = 4>", "<num_heads = 0, rotary_embedding_dim = 2>")
+    _, analysis = analysis_of(model_from_text(text, weights, constants=constants))
+    reasons = group_with(analysis, "wq", 1).frozen_reasons
+    assert any("has no head count that divides its hidden size" in r for r in reasons), reasons
+
+
 def test_skip_norm_and_nbits_freeze_with_reasons() -> None:
     _, analysis = analysis_of(_proto(SKIP_SIMPLIFIED_NORM))
     reasons = group_with(analysis, "w1", 0).frozen_reasons

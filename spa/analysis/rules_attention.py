@@ -246,7 +246,8 @@ def _rotary_embedding(node: ir.Node, context: RuleContext) -> Result:
     if heads <= 0 and rotary == 0 and cos_shape is not None and cos_shape[-1] and hidden:
         heads = hidden // (2 * cos_shape[-1])
     if hidden is None or heads <= 0 or hidden % heads:
-        return [others, Barrier(reason, ((name(x), 2), (name(y), 2)))]
+        unknown = f"RotaryEmbedding '{node.name}' has no head count that divides its hidden size"
+        return [others, Barrier(unknown, ((name(x), 2), (name(y), 2)))]
     space = heads_space(node)
     out = [others, Coupling(space, (name(x), 2), Block(heads, hidden // heads))]
     out.append(Coupling(space, (name(y), 2), Block(heads, hidden // heads)))
