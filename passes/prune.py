@@ -4,8 +4,8 @@ Cases handled by :func:`apply_plan`:
 
 * every parameter member of a pruned group is sliced along its axis (a weight
   in two groups, e.g. a Conv's out and in channels, is sliced along both);
-* attributes that count a pruned space follow it: depthwise Conv ``group``
-  (grouped convs keep theirs: they lose the same positions in every group),
+* attributes that count a pruned space follow it: depthwise Conv/ConvTranspose
+  ``group`` (grouped ones keep theirs: they lose the same positions in every group),
   ``num_heads``, ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``,
   ``hidden_size``;
 * constant Reshape/Expand targets are rewritten where an entry is a pruned

@@ -194,7 +194,33 @@ SIZE_ONE_AXIS_RESHAPE = (  # LeViT's head: [B, 1, C] -> [B, C] -> BatchNorm -> [
     {"flat": np.array([-1, 6]), "back": np.array([-1, 1, 6])},
 )
 
+GROUPED_CONV_TRANSPOSE = (
+    f"""{HEADER}
+    g (float[N, 4, 3, 3] x) => (float[N, 2, 6, 6] y) {{
+        a = Conv (x, w1)
+        t = ConvTranspose <group = 2, strides = [2, 2]> (a, wt, bt)
+        r = Relu (t)
+        y = Conv (r, w2)
+    }}""",
+    {"w1": (8, 4, 1, 1), "wt": (8, 3, 2, 2), "bt": (6,), "w2": (2, 6, 1, 1)},
+    {},
+)
+
+DEPTHWISE_CONV_TRANSPOSE = (
+    f"""{HEADER}
+    g (float[N, 4, 3, 3] x) => (float[N, 2, 6, 6] y) {{
+        a = Conv (x, w1)
+        t = ConvTranspose <group = 8, strides = [2, 2]> (a, wt, bt)
+        y = Conv (t, w2)
+    }}""",
+    {"w1": (8, 4, 1, 1), "wt": (8, 2, 2, 2), "bt": (16,), "w2": (2, 16, 1, 1)},
+    {},
+)
+
 CASES = {
+    "grouped-conv-transpose-input": (GROUPED_CONV_TRANSPOSE, "w1", 0, 4),
+    "grouped-conv-transpose-output": (GROUPED_CONV_TRANSPOSE, "w2", 1, 3),
+    "depthwise-conv-transpose": (DEPTHWISE_CONV_TRANSPOSE, "w1", 0, 8),
     "size-one-axis-reshape": (SIZE_ONE_AXIS_RESHAPE, "w1", 1, 6),
     "bidirectional-lstm-zero-state": (BIDIRECTIONAL_LSTM_ZERO_STATE, "r", 2, 6),
     "channel-shuffle": (SHUFFLE_BETWEEN_GROUPED_CONVS, "w1", 0, 2),
@@ -236,7 +262,13 @@ def test_grouped_and_depthwise_group_attributes_after_pruning() -> None:
     from spa.analysis.plan import make_plan
     from spa.passes.prune import apply_plan
 
-    for case, expected in ((GROUPED_CONV, 2), (DEPTHWISE_MULTIPLIER, 4)):
+    cases = (
+        (GROUPED_CONV, 2),
+        (DEPTHWISE_MULTIPLIER, 4),
+        (GROUPED_CONV_TRANSPOSE, 2),
+        (DEPTHWISE_CONV_TRANSPOSE, 4),
+    )
+    for case, expected in cases:
         model, analysis = analysis_of(model_from_text(*case[:2], constants=case[2]))
         plan = make_plan(model, analysis, ratio=0.5, criterion="random", seed=0)
         apply_plan(model, analysis, plan)

@@ -53,8 +53,9 @@ def sized_attributes(node: ir.Node) -> list[tuple[str, Space]]:
     found: list[tuple[str, Space]] = []
     if domain == "" and op in ("LSTM", "GRU", "RNN"):
         found.append(("hidden_size", recurrent_hidden_space(node)))
-    elif domain == "" and op == "Conv" and node.inputs[0] is not None and _is_depthwise(node):
-        found.append(("group", (name(node.inputs[0]), 1)))
+    elif domain == "" and op in ("Conv", "ConvTranspose") and node.inputs[0] is not None:
+        if _is_depthwise(node):
+            found.append(("group", (name(node.inputs[0]), 1)))
     elif domain == MS and op == "MatMulNBits" and node.outputs[0].shape is not None:
         found.append(("N", (name(node.outputs[0]), len(node.outputs[0].shape) - 1)))
     elif domain in ("", MS):
@@ -67,12 +68,13 @@ def sized_attributes(node: ir.Node) -> list[tuple[str, Space]]:
 
 
 def _is_depthwise(node: ir.Node) -> bool:
-    """A Conv with one input channel per group (depthwise, maybe with a multiplier)."""
-    weight, group = node.inputs[1], node.attributes.get("group")
-    if weight is None or group is None or group.value == 1 or node.inputs[0] is None:
+    """A Conv/ConvTranspose with one input channel per group (depthwise, maybe
+    with a multiplier): its input's channel count (as inferred before slicing)
+    is its group count."""
+    x, group = node.inputs[0], node.attributes.get("group")
+    if x is None or x.shape is None or len(x.shape) < 2 or group is None:
         return False
-    shape = weight.const_value.shape if weight.const_value is not None else weight.shape
-    return shape is not None and len(shape) > 1 and shape[1] == 1
+    return group.value > 1 and x.shape[1] == group.value
 
 
 def _input(node: ir.Node, index: int) -> ir.Value | None:
