@@ -8,8 +8,8 @@ Cases handled by :func:`apply_plan`:
   ``group`` (grouped ones keep theirs: they lose the same positions in every group),
   ``num_heads``, ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``,
   ``hidden_size``;
-* constant Reshape/Expand targets are rewritten where an entry is a pruned
-  axis's old size, and Split sizes follow their outputs (a constant shared by
+* Reshape/Expand/ConstantOfShape targets (constant, or run-time chains spa can
+  read) are rewritten where an entry is a pruned axis's old size, and Split sizes follow their outputs (a constant shared by
   several nodes is copied first, so each node gets its own);
 * shapes of intermediate values are dropped and re-inferred.
 
