@@ -9,8 +9,9 @@ Cases handled by :func:`apply_plan`:
   ``num_heads``, ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``,
   ``hidden_size``;
 * Reshape/Expand/ConstantOfShape targets (constant, or run-time chains spa can
-  read) are rewritten where an entry is a pruned axis's old size, and Split sizes follow their outputs (a constant shared by
-  several nodes is copied first, so each node gets its own);
+  read) are rewritten where an entry is a pruned axis's old size, and Split
+  sizes follow their outputs (a constant shared by several nodes is copied
+  first, so each node gets its own);
 * shapes of intermediate values are dropped and re-inferred.
 
 :func:`mask_model` is the reference for verification: the same plan, applied
