@@ -124,6 +124,7 @@ def find_rule(domain: str, op_type: str, opset: int) -> RuleFunction | None:
     import spa.analysis.rules_elementwise
     import spa.analysis.rules_layers
     import spa.analysis.rules_ops
+    import spa.analysis.rules_reshape
     import spa.analysis.rules_shape  # noqa: F401
 
     for low, high, function in _RULES.get(("" if domain == "ai.onnx" else domain, op_type), ()):
