@@ -4,11 +4,14 @@ Cases handled by :func:`apply_plan`:
 
 * every parameter member of a pruned group is sliced along its axis (a weight
   in two groups, e.g. a Conv's out and in channels, is sliced along both);
-* depthwise Conv ``group`` attributes follow their new channel count, and
-  ``num_heads`` of fused attention (com.microsoft Attention) its heads space;
-* constant Reshape/Expand targets are rewritten where an entry is a pruned
-  axis's old size, and Split sizes follow their outputs (a constant shared by
-  several nodes is copied first, so each node gets its own);
+* attributes that count a pruned space follow it: depthwise Conv/ConvTranspose
+  ``group`` (grouped ones keep theirs: they lose the same positions in every group),
+  ``num_heads``, ``kv_num_heads``, ``q_num_heads``, MatMulNBits ``N``,
+  ``hidden_size``;
+* Reshape/Expand/ConstantOfShape targets (constant, or run-time chains spa can
+  read) are rewritten where an entry is a pruned axis's old size, and Split
+  sizes follow their outputs (a constant shared by several nodes is copied
+  first, so each node gets its own);
 * shapes of intermediate values are dropped and re-inferred.
 
 :func:`mask_model` is the reference for verification: the same plan, applied
@@ -59,19 +62,6 @@ def _replace_constant(value: ir.Value, array: np.ndarray) -> None:
     value.shape = ir.Shape(array.shape)
 
 
-def _fix_depthwise_groups(model: ir.Model) -> None:
-    for node in model.graph:
-        if node.op_type != "Conv" or node.domain != "":
-            continue
-        group = node.attributes.get("group")
-        weight = node.inputs[1]
-        if group is None or group.value == 1 or weight is None or weight.const_value is None:
-            continue
-        c_out, c_in_per_group = weight.const_value.shape.numpy()[:2]
-        if c_in_per_group == 1 and group.value != c_out:
-            node.attributes["group"] = ir.AttrInt64("group", int(c_out))
-
-
 def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) -> None:
     """Give ``node`` a new constant at input ``index`` (copy-on-write if shared)."""
     current = node.inputs[index]
@@ -89,13 +79,24 @@ def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarra
     node.replace_input_with(index, copy)
 
 
+#: op -> index of its target-shape input
+_TARGET_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
+
+
+def _target_input(node: ir.Node) -> int | None:
+    index = _TARGET_INPUT.get(node.op_type) if node.domain == "" else None
+    return index if index is not None and len(node.inputs) > index else None
+
+
 def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
-    """Rewrite constant Reshape/Expand targets whose entry is a pruned axis's old size."""
+    """Rewrite constant Reshape/Expand/ConstantOfShape targets whose entry is a
+    pruned axis's old size."""
     rewritten = 0
     for node in list(model.graph):
-        if node.op_type not in ("Reshape", "Expand") or node.domain != "":
+        index = _target_input(node)
+        if index is None:
             continue
-        output, target = node.outputs[0], node.inputs[1]
+        output, target = node.outputs[0], node.inputs[index]
         if target is None or target.const_value is None:
             continue
         original = target.const_value.numpy()
@@ -106,12 +107,14 @@ def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
             if name == output.name and 0 <= entry < len(shape) and shape[entry] == old:
                 shape[entry] = new
         if not np.array_equal(shape, original):
-            _constant_input(model, node, 1, shape)
+            _constant_input(model, node, index, shape)
             rewritten += 1
     return rewritten
 
 
-def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any]) -> None:
+def _rebuild_target(
+    model: ir.Model, node: ir.Node, entries: list[Any], input_index: int
+) -> None:
     """Give ``node`` a private run-time target: Concat of literals and Shape->Gather dims."""
     from spa.analysis.shape_exprs import CopiedDim
 
@@ -131,7 +134,17 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any]) -> None:
             model.graph.register_initializer(index)
             gather = ir.node("Gather", [shape.outputs[0], index], attributes={"axis": 0})
             new_nodes += [shape, gather]
-            parts.append(gather.outputs[0])
+            part = gather.outputs[0]
+            if entry.factor != 1:
+                factor = ir.Value(
+                    name=f"{tag}__dim{position}_factor",
+                    const_value=ir.Tensor(np.array([entry.factor], dtype=np.int64)),
+                )
+                model.graph.register_initializer(factor)
+                times = ir.node("Mul", [part, factor])
+                new_nodes.append(times)
+                part = times.outputs[0]
+            parts.append(part)
         else:
             literal = ir.Value(
                 name=f"{tag}__dim{position}",
@@ -142,20 +155,22 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any]) -> None:
     concat = ir.node("Concat", parts, attributes={"axis": 0})
     new_nodes.append(concat)
     model.graph.insert_before(node, new_nodes)
-    node.replace_input_with(1, concat.outputs[0])
+    node.replace_input_with(input_index, concat.outputs[0])
 
 
 def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
-    """Run-time Reshape/Expand targets whose literal entry is a pruned axis's old size."""
+    """Run-time Reshape/Expand/ConstantOfShape targets whose literal entry is a
+    pruned axis's old size."""
     from spa.analysis.rules import RuleContext
     from spa.analysis.shape_exprs import evaluate_target
 
     context = RuleContext()
     rewritten = 0
     for node in list(model.graph):
-        if node.op_type not in ("Reshape", "Expand") or node.domain != "" or len(node.inputs) < 2:
+        index = _target_input(node)
+        if index is None:
             continue
-        output, target = node.outputs[0], node.inputs[1]
+        output, target = node.outputs[0], node.inputs[index]
         if target is None or target.const_value is not None:
             continue
         entries = evaluate_target(target, context)
@@ -169,7 +184,7 @@ def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
             if inside and isinstance(changed[position], int) and changed[position] == old:
                 changed[position] = new
         if changed != entries:
-            _rebuild_target(model, node, changed)
+            _rebuild_target(model, node, changed, index)
             rewritten += 1
     return rewritten
 
@@ -203,22 +218,18 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
 
 
 def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
-    """``num_heads`` of fused attention and ``hidden_size`` of LSTM/GRU/RNN follow
-    their virtual spaces."""
-    from spa.analysis.rules_contrib import heads_space
-    from spa.analysis.rules_layers import recurrent_hidden_space
+    """Attributes that count a pruned space follow its new size: depthwise ``group``, ``num_heads``,
+    ``kv_num_heads``/``q_num_heads`` of fused attention, ``N`` of MatMulNBits,
+    ``hidden_size`` of LSTM/GRU/RNN (see ``sized_attributes``)."""
+    from spa.analysis.rules_attention import sized_attributes
 
     rewritten = 0
     for node in model.graph:
-        if node.domain == "com.microsoft" and "num_heads" in node.attributes:
-            attribute, change = "num_heads", resized.get(heads_space(node))
-        elif node.domain == "" and node.op_type in ("LSTM", "GRU", "RNN"):
-            attribute, change = "hidden_size", resized.get(recurrent_hidden_space(node))
-        else:
-            continue
-        if change is not None:
-            node.attributes[attribute] = ir.AttrInt64(attribute, change[1])
-            rewritten += 1
+        for attribute, space in sized_attributes(node):
+            change = resized.get(space)
+            if change is not None:
+                node.attributes[attribute] = ir.AttrInt64(attribute, change[1])
+                rewritten += 1
     return rewritten
 
 
@@ -260,7 +271,6 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
         for axis, kept in slices:
             array = np.take(array, kept, axis=axis)
         _replace_constant(value, array)
-    _fix_depthwise_groups(model)
     shape_targets = _fix_shape_targets(model, resized) + _fix_computed_targets(model, resized)
     splits = _fix_split_sizes(model, resized)
     heads = _fix_heads_attributes(model, resized)

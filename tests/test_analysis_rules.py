@@ -109,7 +109,7 @@ def test_depthwise_conv_follows_its_input() -> None:
     assert group is group_with(analysis, "wd", 0) is group_with(analysis, "w2", 1)
 
 
-def test_grouped_conv_is_a_barrier_with_reason() -> None:
+def test_grouped_conv_prunes_the_same_positions_in_every_group() -> None:
     text = f"""{HEADER}
     g (float[N, 4, 6, 6] x) => (float[N, 2, 6, 6] y) {{
         a = Conv (x, w1)
@@ -120,8 +120,10 @@ def test_grouped_conv_is_a_barrier_with_reason() -> None:
         model_from_text(text, {"w1": (8, 4, 1, 1), "wg": (8, 4, 1, 1), "w2": (2, 8, 1, 1)})
     )
     group = group_with(analysis, "w1", 0)
-    assert not group.prunable
-    assert any("has group=2 and C_out=8" in reason for reason in group.frozen_reasons)
+    assert group.prunable and group.root == ("wg", 1) and group.size == 4
+    by_space = {member.space: member for member in group.members}
+    assert by_space[("w1", 0)].index_map.forward(np.array([1])).tolist() == [1, 5]
+    assert group_with(analysis, "w2", 1).size == 4  # output position within a group
 
 
 def test_concat_offsets_and_flatten_blocks() -> None:

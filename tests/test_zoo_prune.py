@@ -26,20 +26,12 @@ ENTRIES = zoo.entries()
 LAYER_NORM = "LayerNormalization normalises over axis"
 RMS_NORM = "ReduceMean does not map axis"  # decomposed RMSNorm / LayerNorm
 
-#: model -> the frozen reason that keeps it under 15% today. Normalisation over
-#: the hidden axis is a barrier by design (pruning it is inexact); the rest are
-#: open analyzer work: grouped convolutions feeding channel shuffles, LSTM/GRU
-#: initial states built by ConstantOfShape and bidirectional outputs merged by
-#: Reshape, and TorchScript exports whose run-time targets do arithmetic on dims.
+#: model -> the frozen reason that keeps it under 15% today: normalisation over
+#: the hidden axis is a barrier by design (pruning it is inexact).
 LIMITED: dict[str, str] = {
-    "onnx-shufflenet": "has group=",
-    "lstm-classifier": "ConstantOfShape does not map axis",  # zero initial states
-    "gru-classifier": "ConstantOfShape does not map axis",
     "timm-convnextv2-atto": LAYER_NORM,
     "timm-gmlp-ti16": LAYER_NORM,
     "timm-pvt-v2-b0": LAYER_NORM,
-    "timm-levit-128s": "Reshape does not map axis",
-    "hf-gpt2": LAYER_NORM,
     "hf-llama-gqa": RMS_NORM,
     "hf-llama-gqa-ts": RMS_NORM,
     "hf-qwen2-gqa": RMS_NORM,

@@ -53,7 +53,38 @@ def prepare(model: ir.Model) -> ir.Model:
         common_passes.ShapeInferencePass(strict_mode=False)(model)
     if any(node.domain == "com.microsoft" for node in model.graph) or _worth_symbolic(model):
         _infer_symbolic_shapes(model)
+        _infer_attention_outputs(model)
     return model
+
+
+def _infer_attention_outputs(model: ir.Model) -> None:
+    """Output shapes of com.microsoft MultiHeadAttention/GroupQueryAttention that
+    symbolic inference left unknown (it gives up on a GQA without past state):
+    ``[B, S, v_hidden]`` (MHA) or the query's shape (GQA); present states
+    ``[B, kv_heads, None, head_dim]``."""
+    import onnx_ir as ir
+
+    for node in model.graph:
+        if node.domain != "com.microsoft" or node.op_type not in (
+            "MultiHeadAttention",
+            "GroupQueryAttention",
+        ):
+            continue
+        q, v = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+        if q is None or v is None or q.shape is None or v.shape is None or len(q.shape) != 3:
+            continue
+        y = node.outputs[0]
+        if y.shape is None:
+            last = q.shape[2] if node.op_type == "GroupQueryAttention" else v.shape[2]
+            y.shape, y.type = ir.Shape([q.shape[0], q.shape[1], last]), q.type
+        kv_heads = node.attributes.get("kv_num_heads", node.attributes.get("num_heads"))
+        if kv_heads is None or not isinstance(v.shape[2], int) or not kv_heads.value:
+            continue
+        for present in node.outputs[1:3]:
+            if present.shape is None:
+                head_dim = v.shape[2] // kv_heads.value
+                present.shape = ir.Shape([q.shape[0], kv_heads.value, None, head_dim])
+                present.type = v.type
 
 
 def _refine_computed_reshapes(model: ir.Model) -> bool:

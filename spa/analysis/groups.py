@@ -285,6 +285,67 @@ def _root_of(component: set[Space], directed: nx.DiGraph, sizes: dict[Space, int
     return max(sorted(members), key=lambda space: sizes[space])
 
 
+_COMMON_ROOT_LIMIT = 4_000_000  # channel indices in one component
+
+
+def _common_root(
+    component: set[Space], directed: nx.DiGraph, sizes: dict[Space, int]
+) -> tuple[int, dict[Space, Lookup]] | None:
+    """A root for a component with several coarsest spaces: the classes of
+    ``(space, index)`` pairs that some source index reaches together.
+
+    A channel shuffle between two grouped convolutions is such a component:
+    the first conv's within-group positions and the second's both map onto the
+    shuffled channels. Pruning one class removes, from every member, exactly
+    the indices of that class, so each coupling stays satisfied (checked by the
+    caller like any other group); positions inside conv groups stay uniform.
+    """
+    sub = directed.subgraph(component)
+    condensed = nx.condensation(sub)
+    sources = [
+        min(condensed.nodes[n]["members"]) for n in condensed.nodes if condensed.in_degree(n) == 0
+    ]
+    ordered = sorted(component)
+    offsets = dict(zip(ordered, np.cumsum([0] + [sizes[s] for s in ordered[:-1]]), strict=True))
+    total = sum(sizes[s] for s in ordered)
+    if total > _COMMON_ROOT_LIMIT:
+        return None
+    left: list[np.ndarray] = []
+    right: list[np.ndarray] = []
+    for source in sources:
+        for member, lookup in _propagate(sub, source, sizes[source]).items():
+            rows, columns = np.nonzero(lookup.rows >= 0)
+            left.append(rows + offsets[source])
+            right.append(lookup.rows[rows, columns] + offsets[member])
+    labels = _components(total, np.concatenate(left), np.concatenate(right))
+    classes, labels = np.unique(labels, return_inverse=True)
+    count = len(classes)
+    maps: dict[Space, Lookup] = {}
+    for space in ordered:
+        own = labels[offsets[space] : offsets[space] + sizes[space]]
+        order = np.argsort(own, kind="stable")
+        per_class = np.bincount(own, minlength=count)
+        starts = np.concatenate([[0], np.cumsum(per_class)[:-1]])
+        rows = np.full((count, max(int(per_class.max()), 1)), -1, dtype=np.int64)
+        rows[own[order], np.arange(len(order)) - starts[own[order]]] = order
+        maps[space] = Lookup(sizes[space], rows)
+    return count, maps
+
+
+def _components(size: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected-component labels of ``size`` nodes linked by ``left[i] -- right[i]``
+    (min-label propagation with pointer jumping)."""
+    labels = np.arange(size, dtype=np.int64)
+    while True:
+        low = np.minimum(labels[left], labels[right])
+        before = labels.copy()
+        np.minimum.at(labels, left, low)
+        np.minimum.at(labels, right, low)
+        labels = labels[labels]
+        if np.array_equal(labels, before):
+            return labels
+
+
 def _build_group(
     group_id: int,
     component: set[Space],
@@ -300,18 +361,26 @@ def _build_group(
         {collector.frozen_values[s[0]] for s in component if s[0] in collector.frozen_values}
     )
     root = _root_of(component, directed, sizes)
-    if root is None:
+    common = None if root is not None else _common_root(component, directed, sizes)
+    if root is None and common is None:
         anchor = min(component)
         reasons.append(f"no single coarsest channel space (near '{anchor[0]}' axis {anchor[1]})")
         members = [Member(s, Identity(sizes[s]), s[0] in parameters) for s in sorted(component)]
         return Group(group_id, anchor, sizes[anchor], members, reasons)
-    maps = _propagate(directed.subgraph(component), root, sizes[root])
+    if root is not None:
+        maps = _propagate(directed.subgraph(component), root, sizes[root])
+        size = sizes[root]
+    else:
+        assert common is not None
+        size, maps = common
+        anchor = min(component)
+        root = (f"{anchor[0]}/common", anchor[1])
     for source, target, data in directed.subgraph(component).edges(data=True):
         if not _agrees(maps[source], data["map"], maps[target]):
             reasons.append(f"paths disagree on '{target[0]}' axis {target[1]} (conflicting maps)")
             break
     members = [Member(s, maps[s], s[0] in parameters) for s in sorted(component)]
-    return Group(group_id, root, sizes[root], members, reasons)
+    return Group(group_id, root, size, members, reasons)
 
 
 def analyze(model: ir.Model, prunable_io: str | None = DEFAULT_PRUNABLE_IO) -> Analysis:

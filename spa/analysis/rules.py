@@ -119,8 +119,12 @@ def register_rule(
 
 def find_rule(domain: str, op_type: str, opset: int) -> RuleFunction | None:
     """The rule for this op at this opset, or None (the op is then a barrier)."""
+    import spa.analysis.rules_attention
+    import spa.analysis.rules_contrib
     import spa.analysis.rules_elementwise
     import spa.analysis.rules_layers
+    import spa.analysis.rules_ops
+    import spa.analysis.rules_reshape
     import spa.analysis.rules_shape  # noqa: F401
 
     for low, high, function in _RULES.get(("" if domain == "ai.onnx" else domain, op_type), ()):

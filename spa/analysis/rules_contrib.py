@@ -115,3 +115,44 @@ def _attention(node: ir.Node, context: RuleContext) -> Result:
                 Coupling(part_space, (name(bias), 0), Offset(hidden, 3 * hidden, part * hidden))
             )
     return out
+
+
+@register_rule("MatMulNBits", domain=MS)
+def _matmul_nbits(node: ir.Node, context: RuleContext) -> Result:
+    """Output columns N are sliced (B's first axis, with their scales and zero
+    points, per docs/formats.md); K is packed in blocks and stays frozen."""
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert a is not None and b is not None
+    a_shape, b_shape, y_shape = context.shape(a), context.shape(b), context.shape(y)
+    columns = int(context.attribute(node, "N", 0))
+    if a_shape is None or b_shape is None or y_shape is None or b_shape[0] != columns:
+        return [unknown_shapes(node, a, b, y)]
+    last = len(y_shape) - 1
+    block = int(context.attribute(node, "block_size", 0))
+    reason = f"MatMulNBits '{node.name}' packs K in blocks of {block}"
+    out: Result = [
+        Barrier(reason, ((name(a), last), *((name(b), axis) for axis in range(1, len(b_shape))))),
+        Coupling((name(b), 0), (name(y), last), Identity(columns)),
+    ]
+    out += [
+        Coupling((name(a), axis), (name(y), axis), Identity(dim))
+        for axis, dim in enumerate(a_shape[:-1])
+        if dim is not None
+    ]
+    for index in (2, 3, 5):  # scales, zero_points, bias: one row of values per column
+        value = node.inputs[index] if len(node.inputs) > index else None
+        shape = context.shape(value)
+        if value is None:
+            continue
+        if shape is None or not shape or shape[0] is None or shape[0] % columns:
+            what = f"{reason} and a '{value.name}' spa does not slice"
+            out.append(Barrier(what, ((name(y), last),)))
+            continue
+        per_column = shape[0] // columns
+        index_map = Identity(columns) if per_column == 1 else Block(columns, per_column)
+        out.append(Coupling((name(b), 0), (name(value), 0), index_map))
+        if len(shape) > 1:
+            out.append(Barrier(reason, tuple((name(value), axis) for axis in range(1, len(shape)))))
+    if len(node.inputs) > 4 and node.inputs[4] is not None:
+        out.append(Unconstrained((name(node.inputs[4]),)))  # g_idx: along K
+    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from spa.analysis.index_maps import Identity, IndexMap, Tile
+from spa.analysis.index_maps import Block, Identity, IndexMap, Tile
 from spa.analysis.rules import Barrier, Coupling, RuleContext, name, register_rule, unknown_shapes
 from spa.analysis.rules_elementwise import broadcast_couplings
 
@@ -35,8 +35,17 @@ def _conv(node: ir.Node, context: RuleContext) -> Result:
         out += _identity((name(w), 0), (name(node.inputs[2]), 0), c_out)
     if group == 1:
         out += _identity((name(x), 1), (name(w), 1), c_in_per_group)
-    elif c_in_per_group == 1 and group == c_out:
-        out += _identity((name(x), 1), (name(y), 1), c_out)  # depthwise: in channel = out channel
+    elif c_in_per_group == 1 and c_out is not None and c_out % group == 0:
+        # depthwise (with a channel multiplier): input channel c owns outputs c*m .. c*m+m-1;
+        # ``group`` follows the input's channel count (sized_attributes)
+        multiplier = c_out // group
+        index_map = Identity(group) if multiplier == 1 else Block(group, multiplier)
+        out.append(Coupling((name(x), 1), (name(y), 1), index_map))
+    elif c_out is not None and c_in_per_group is not None and c_out % group == 0:
+        # grouped: prune the same positions in every group, so the group count stays
+        out.append(Coupling((name(w), 1), (name(x), 1), Tile(c_in_per_group, group)))
+        per_group = (f"{node.name or id(node)}/out_per_group", 0)
+        out.append(Coupling(per_group, (name(w), 0), Tile(c_out // group, group)))
     else:
         spaces = ((name(x), 1), (name(y), 1), (name(w), 0), (name(w), 1))
         out.append(Barrier(f"Conv '{node.name}' has group={group} and C_out={c_out}", spaces))
@@ -45,22 +54,37 @@ def _conv(node: ir.Node, context: RuleContext) -> Result:
 
 @register_rule("ConvTranspose")
 def _conv_transpose(node: ir.Node, context: RuleContext) -> Result:
+    """Weight ``[C_in, C_out/group, k...]``. Grouped: the same positions go in
+    every group; one input channel per group (depthwise): input channel c owns
+    outputs ``c*m .. c*m+m-1`` and ``group`` follows the input channels."""
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     assert x is not None and w is not None
     w_shape = context.shape(w)
     group = int(context.attribute(node, "group", 1))
-    if w_shape is None or group != 1:
+    c_in = w_shape[0] if w_shape is not None else None
+    per_group_out = w_shape[1] if w_shape is not None else None
+    if c_in is None or per_group_out is None or c_in % group:
         return [
             Barrier(
                 f"ConvTranspose '{node.name}' has group={group}", values=(name(x), name(y), name(w))
             )
         ]
-    out: Result = _identity((name(x), 1), (name(w), 0), w_shape[0])
-    out += _identity((name(w), 1), (name(y), 1), w_shape[1])
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        out += _identity((name(w), 1), (name(node.inputs[2]), 0), w_shape[1])
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out: Result = _identity((name(x), 1), (name(w), 0), c_in)
+    c_out = group * per_group_out
     shape = context.shape(y)
     out += _identity((name(y), 0), (name(x), 0), shape[0] if shape else None)
+    if group == 1:
+        out += _identity((name(w), 1), (name(y), 1), per_group_out)
+    elif c_in == group:
+        index_map = Identity(group) if per_group_out == 1 else Block(group, per_group_out)
+        out.append(Coupling((name(x), 1), (name(y), 1), index_map))
+    else:
+        per_group_in = (f"{node.name or id(node)}/in_per_group", 0)
+        out.append(Coupling(per_group_in, (name(w), 0), Tile(c_in // group, group)))
+        out.append(Coupling((name(w), 1), (name(y), 1), Tile(per_group_out, group)))
+    if bias is not None:
+        out += _identity((name(y), 1), (name(bias), 0), c_out)
     return out
 
 

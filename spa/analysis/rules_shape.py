@@ -1,22 +1,14 @@
-"""Rules for ops that move axes: Reshape, Flatten, Transpose, Squeeze/Unsqueeze,
-Concat, Split, Slice, Gather, Softmax, reductions, Pad, Resize, Shape.
-
-A Reshape couples axes through *segments*: runs of input and output axes
-whose products agree. A one-to-one segment is an identity; a merge
-``(C, H, W) -> C*H*W`` couples its leading axis by ``Block(C, H*W)``; a split
-``H*D -> (H, D)`` couples the leading output axis (heads) by ``Block(H, D)``.
-Inner axes of a merge or split stay frozen (the analyzer freezes what a rule
-leaves out).
+"""Rules for ops that move axes: Transpose, Squeeze/Unsqueeze, Concat, Split,
+Slice, Gather, Softmax, reductions, Pad, Resize, Shape, Expand, Tile,
+ConstantOfShape and layer normalisation (Reshape and Flatten: see
+:mod:`spa.analysis.rules_reshape`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import onnx_ir as ir
 
-from spa.analysis.index_maps import Block, Identity, Offset, Tile
+from spa.analysis.index_maps import Identity, Offset, Tile
 from spa.analysis.rules import (
     Barrier,
     Coupling,
@@ -27,168 +19,11 @@ from spa.analysis.rules import (
     unknown_shapes,
 )
 from spa.analysis.rules_elementwise import broadcast_couplings
-from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
+from spa.analysis.shape_exprs import evaluate_target
 
-__all__ = ["reshape_couplings"]
+__all__: list[str] = []
 
 Result = list[Coupling | Barrier | Unconstrained]
-
-
-def _segments(
-    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
-) -> list[tuple[list[int], list[int]]] | None:
-    """Pair runs of axes with equal products; None when dims do not line up."""
-    segments: list[tuple[list[int], list[int]]] = []
-    i = j = 0
-    while i < len(in_shape) and j < len(out_shape):
-        if in_shape[i] is None or out_shape[j] is None:
-            if in_shape[i] is None and out_shape[j] is None:
-                segments.append(([i], [j]))
-                i, j = i + 1, j + 1
-                continue
-            return None
-        ins, outs = [i], [j]
-        left, right = int(in_shape[i] or 0), int(out_shape[j] or 0)
-        while left != right:
-            if left < right:
-                i += 1
-                if i >= len(in_shape) or in_shape[i] is None:
-                    return None
-                ins.append(i)
-                left *= int(in_shape[i] or 0)
-            else:
-                j += 1
-                if j >= len(out_shape) or out_shape[j] is None:
-                    return None
-                outs.append(j)
-                right *= int(out_shape[j] or 0)
-        segments.append((ins, outs))
-        i, j = i + 1, j + 1
-    return segments
-
-
-def _suffix_segments(
-    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
-) -> list[tuple[list[int], list[int]]] | None:
-    """Symbolic leading dims merged or split (``[B, S, H, D] <-> [B*S, H*D]``): pair
-    the static trailing axes by products from the right; the symbolic prefixes
-    (each must hold a symbolic dim) stay unmapped."""
-    tail_in = _static_tail(in_shape)
-    tail_out = _static_tail(out_shape)
-    while tail_in and tail_out:
-        segments = _segments(in_shape[-tail_in:], out_shape[-tail_out:])
-        if segments is not None:
-            break
-        # shrink the longer-product side until the trailing products agree
-        if math.prod(in_shape[-tail_in:]) > math.prod(out_shape[-tail_out:]):  # type: ignore[arg-type]
-            tail_in -= 1
-        else:
-            tail_out -= 1
-    else:
-        return None
-    prefix_in, prefix_out = (
-        in_shape[: len(in_shape) - tail_in],
-        out_shape[: len(out_shape) - tail_out],
-    )
-    if None not in prefix_in or None not in prefix_out:
-        return None
-    shift_in, shift_out = len(in_shape) - tail_in, len(out_shape) - tail_out
-    return [([a + shift_in for a in ins], [b + shift_out for b in outs]) for ins, outs in segments]
-
-
-def _static_tail(shape: Sequence[int | None]) -> int:
-    """How many trailing dims are static."""
-    count = 0
-    for dim in reversed(shape):
-        if dim is None:
-            break
-        count += 1
-    return count
-
-
-def reshape_couplings(
-    x: ir.Value,
-    y: ir.Value,
-    context: RuleContext,
-    what: str,
-    out_dims: Sequence[int | None] | None = None,
-) -> Result:
-    in_shape = context.shape(x)
-    out_shape = tuple(out_dims) if out_dims is not None else context.shape(y)
-    if in_shape is None or out_shape is None:
-        return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
-    segments = _segments(in_shape, out_shape)
-    if segments is None:
-        segments = _suffix_segments(in_shape, out_shape)
-    if segments is None:
-        return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
-    out: Result = []
-    for ins, outs in segments:
-        first_in, first_out = ins[0], outs[0]
-        in_dim, out_dim = in_shape[first_in], out_shape[first_out]
-        if in_dim is None or out_dim is None:
-            continue
-        if len(ins) == 1 and len(outs) == 1:
-            out.append(Coupling((name(x), first_in), (name(y), first_out), Identity(in_dim)))
-        elif len(outs) == 1:
-            out.append(
-                Coupling(
-                    (name(x), first_in), (name(y), first_out), Block(in_dim, out_dim // in_dim)
-                )
-            )
-        elif len(ins) == 1:
-            out.append(
-                Coupling(
-                    (name(y), first_out), (name(x), first_in), Block(out_dim, in_dim // out_dim)
-                )
-            )
-    return out
-
-
-@register_rule("Reshape")
-def _reshape(node: ir.Node, context: RuleContext) -> Result:
-    x, shape, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    assert x is not None and shape is not None
-    what = f"Reshape '{node.name}'"
-    if context.constant(shape) is not None:
-        return [*reshape_couplings(x, y, context, what)]
-    return _computed_reshape(node, x, shape, y, context, what)
-
-
-def _computed_reshape(
-    node: ir.Node, x: ir.Value, shape: ir.Value, y: ir.Value, context: RuleContext, what: str
-) -> Result:
-    """A target built from Shape/Gather/Concat: -1 and copied dims follow a pruned
-    axis at run time; literal entries are rewritten by the slicing pass, which
-    gives the node a private copy of the target (other layers keep theirs)."""
-    in_shape = context.shape(x)
-    entries = evaluate_target(shape, context)
-    allow_zero = not int(context.attribute(node, "allowzero", 0))
-    out_dims = (
-        None
-        if entries is None or in_shape is None
-        else resolve_target(entries, in_shape, allow_zero)
-    )
-    if entries is None or out_dims is None:
-        return [
-            Barrier(
-                f"{what} has a computed target shape spa cannot read", values=(name(x), name(y))
-            ),
-            Unconstrained((name(shape),)),
-        ]
-    out: Result = [Unconstrained((name(shape),))]
-    out += reshape_couplings(x, y, context, what, out_dims)
-    for axis, entry in enumerate(entries):
-        if isinstance(entry, CopiedDim) and entry.size is not None and entry.value != name(x):
-            out.append(Coupling((entry.value, entry.axis), (name(y), axis), Identity(entry.size)))
-    return out
-
-
-@register_rule("Flatten")
-def _flatten(node: ir.Node, context: RuleContext) -> Result:
-    x = node.inputs[0]
-    assert x is not None
-    return reshape_couplings(x, node.outputs[0], context, f"Flatten '{node.name}'")
 
 
 @register_rule("Transpose")
@@ -377,9 +212,20 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
     return out
 
 
+@register_rule("ConstantOfShape")
+def _constant_of_shape(node: ir.Node, context: RuleContext) -> Result:
+    """A filled tensor has no channels of its own: every axis may shrink with the
+    group it feeds, its shape (constant or a readable Shape/Concat chain) being
+    rewritten by the slicing pass. Consumers of one shared fill are coupled."""
+    shape = node.inputs[0]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
+    if shape is not None and evaluate_target(shape, context) is not None:
+        out.append(Unconstrained((name(node.outputs[0]),)))
+    return out
+
+
 @register_rule(
     "Constant",
-    "ConstantOfShape",
     "Range",
     "EyeLike",
     "RandomNormal",

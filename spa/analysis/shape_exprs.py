@@ -4,15 +4,20 @@ Exporters often build a Reshape target at run time from the input's own shape
 (``[batch, seq, -1, 64]``). :func:`evaluate_target` folds such a chain into
 entries: a literal ``int`` (from constants), or :class:`CopiedDim` (dimension
 ``axis`` of ``value``, read by ``Shape``). :func:`resolve_target` then turns
-the entries into output dims, solving a ``-1`` from the input's size. Chains
-through other ops (arithmetic on dims) are not read: the caller freezes them.
+the entries into output dims, solving a ``-1`` from the input's size.
+
+A little arithmetic is read too, as TorchScript writes it: a dim times a
+literal (``Mul``: GQA's ``kv_heads * n_rep``), and the ``expand`` idiom
+``Where(Equal(t, ConstantOfShape(..) * -1), ConstantOfShape(..), t)``, entry by
+entry where the comparison is decidable (a copied dim is never negative).
+Other chains are not read: the caller freezes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
@@ -28,6 +33,11 @@ class CopiedDim:
     value: str
     axis: int
     size: int | None
+    factor: int = 1  # the entry is ``dim * factor``
+
+    @property
+    def product(self) -> int | None:
+        return None if self.size is None else self.size * self.factor
 
 
 Entry = int | CopiedDim
@@ -69,6 +79,18 @@ def evaluate_target(
         return _shape_entries(node, context)
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
         return evaluate_target(node.inputs[0], context, depth + 1)
+    if op == "Reshape":  # a shape vector flattened: same entries
+        return evaluate_target(node.inputs[0], context, depth + 1)
+    if op == "Mul":
+        return _elementwise(node, context, depth, _times)
+    if op == "Equal":
+        return _elementwise(node, context, depth, _equal)
+    if op == "Where":
+        return _where(node, context, depth)
+    if op == "ConstantOfShape":
+        return _filled(node, context, depth)
+    if op == "Slice":
+        return _sliced(node, context, depth)
     if op == "Concat":
         parts = [evaluate_target(v, context, depth + 1) for v in node.inputs]
         if any(part is None for part in parts):
@@ -86,6 +108,99 @@ def evaluate_target(
     return None
 
 
+def _operands(
+    node: ir.Node, context: RuleContext, depth: int
+) -> list[list[Entry]] | None:
+    """Both operands' entries, broadcast to one length."""
+    left, right = [*(evaluate_target(v, context, depth + 1) for v in node.inputs[:2]), None][:2]
+    if left is None or right is None:
+        return None
+    if len(left) != len(right) and 1 not in (len(left), len(right)):
+        return None
+    length = max(len(left), len(right))
+    return [part * length if len(part) == 1 else part for part in (left, right)]
+
+
+def _times(a: Entry, b: Entry) -> Entry | None:
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b
+    if isinstance(a, CopiedDim) and isinstance(b, int):
+        return dataclasses.replace(a, factor=a.factor * b)
+    if isinstance(b, CopiedDim) and isinstance(a, int):
+        return dataclasses.replace(b, factor=b.factor * a)
+    return None
+
+
+def _equal(a: Entry, b: Entry) -> Entry | None:
+    """1/0 where decidable: a copied dim (times a positive factor) is never negative."""
+    if isinstance(a, int) and isinstance(b, int):
+        return int(a == b)
+    dim, other = (a, b) if isinstance(a, CopiedDim) else (b, a)
+    if isinstance(dim, CopiedDim) and isinstance(other, int) and other < 0 and dim.factor > 0:
+        return 0
+    return None
+
+
+def _elementwise(
+    node: ir.Node,
+    context: RuleContext,
+    depth: int,
+    operation: Callable[[Entry, Entry], Entry | None],
+) -> list[Entry] | None:
+    operands = _operands(node, context, depth)
+    if operands is None:
+        return None
+    results = [operation(a, b) for a, b in zip(*operands, strict=True)]
+    return [r for r in results if r is not None] if None not in results else None
+
+
+def _where(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | None:
+    parts = [evaluate_target(v, context, depth + 1) for v in node.inputs[:3]]
+    condition, chosen, other = [*parts, None, None, None][:3]
+    if condition is None or chosen is None or other is None:
+        return None
+    length = max(len(condition), len(chosen), len(other))
+    if any(len(p) not in (1, length) for p in (condition, chosen, other)):
+        return None
+    result: list[Entry] = []
+    for i in range(length):
+        flag = condition[0 if len(condition) == 1 else i]
+        if not isinstance(flag, int):
+            return None
+        pick = chosen if flag else other
+        result.append(pick[0 if len(pick) == 1 else i])
+    return result
+
+
+def _sliced(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | None:
+    """A constant window of a shape vector (``Shape -> Slice[-1:]``)."""
+    data = evaluate_target(node.inputs[0], context, depth + 1)
+    bounds = [context.constant(v) if v is not None else None for v in node.inputs[1:5]]
+    bounds += [None] * (4 - len(bounds))
+    starts, ends, axes, steps = bounds
+    if data is None or starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if axes is not None and int(axes.reshape(-1)[0]) not in (0, -1):
+        return None
+    step = 1 if steps is None else int(steps.reshape(-1)[0])
+    window = slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), step)
+    return data[window] if step else None
+
+
+def _filled(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | None:
+    """ConstantOfShape of a 1-D length: that many copies of its integer fill."""
+    length = evaluate_target(node.inputs[0], context, depth + 1)
+    if length is None or len(length) != 1:
+        return None
+    count = length[0].product if isinstance(length[0], CopiedDim) else length[0]
+    fill = context.attribute(node, "value")
+    array = fill.numpy() if fill is not None else None
+    if count is None or (array is not None and array.dtype.kind not in "iu"):
+        return None
+    value = int(array.reshape(-1)[0]) if array is not None else 0
+    return [value] * count
+
+
 def resolve_target(
     entries: Sequence[Entry], in_shape: Sequence[int | None], allow_zero: bool = True
 ) -> list[int | None] | None:
@@ -93,13 +208,15 @@ def resolve_target(
 
     A ``0`` copies the input's dim at that position (ONNX semantics); a ``-1`` is
     solved from the input's size when every other factor is known or is a
-    symbolic dim the input also has (batch, sequence), which cancels out.
+    symbolic dim the input also has (batch, sequence), which cancels out; where
+    the input has more symbolic dims than the other entries, the ``-1`` absorbs
+    one and stays symbolic (``[batch, 16, C] -> [-1, C]``).
     """
     dims: list[int | None] = []
     infer_at: int | None = None
     for position, entry in enumerate(entries):
         if isinstance(entry, CopiedDim):
-            dims.append(entry.size)
+            dims.append(entry.product)
         elif entry == 0 and allow_zero:
             dims.append(in_shape[position] if position < len(in_shape) else None)
         elif entry == -1:
@@ -115,6 +232,8 @@ def resolve_target(
     symbolic_in = len(in_shape) - len(known_in)
     others = [d for i, d in enumerate(dims) if i != infer_at]
     symbolic_out = sum(1 for d in others if d is None)
+    if symbolic_in > symbolic_out:
+        return dims  # the -1 absorbs a symbolic dim (``16*batch``): it stays symbolic
     if symbolic_in != symbolic_out:
         return None
     divisor = math.prod(d for d in others if d is not None)
