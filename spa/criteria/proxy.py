@@ -1,0 +1,132 @@
+"""Data-free second moments of a consumer's input (the OBSPA Hessian proxy).
+
+Derivation (docs/criteria.md): the input ``x`` of a consumer is traced back
+through pass-through ops (Identity, Dropout, MaxPool, AveragePool) and at
+most one Relu to its producer:
+
+* BatchNormalization / LayerNormalization / RMS-style normalisation with scale
+  ``gamma`` and shift ``beta``: each channel is modelled as an independent
+  ``N(beta_c, gamma_c^2)`` (the normalised value has zero mean and unit
+  variance), so ``E[x x^T] = diag(gamma^2) + beta beta^T``;
+* a linear producer ``x = W u + b`` (Conv, Gemm, MatMul with a constant
+  weight) under white inputs ``E[u u^T] = I``: ``E[x x^T] = W W^T + b b^T``;
+* through a Relu, independent Gaussian channels use the rectified-Gaussian
+  moments; correlated (linear-producer) channels use the first-order
+  arc-cosine kernel of the zero-mean Gaussian (the bias is neglected);
+* anything else: ``E[x x^T] = I`` (reconstruction then equals plain removal
+  and the score is the squared weight norm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["proxy_moments"]
+
+_PASS_THROUGH = {"Identity", "Dropout", "MaxPool", "AveragePool"}
+_NORMS = {
+    "BatchNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "RMSNormalization": (1, None),
+    "SimplifiedLayerNormalization": (1, None),
+    "SkipLayerNormalization": (2, 3),
+    "SkipSimplifiedLayerNormalization": (2, None),
+}
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy().astype(np.float64)
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def _normal_pdf(x: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
+
+
+def _rectified(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``E[relu(z)]`` and ``E[relu(z)^2]`` for ``z ~ N(mean, std^2)``."""
+    std = np.maximum(std, 1e-12)
+    alpha = mean / std
+    cdf, pdf = _normal_cdf(alpha), _normal_pdf(alpha)
+    first = mean * cdf + std * pdf
+    second = (mean**2 + std**2) * cdf + mean * std * pdf
+    return first, second
+
+
+def _arc_cosine(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``E[relu(x) relu(x)^T]`` and ``E[relu(x)]`` for ``x ~ N(0, covariance)``."""
+    std = np.sqrt(np.maximum(np.diag(covariance), 1e-24))
+    cosine = np.clip(covariance / np.outer(std, std), -1.0, 1.0)
+    theta = np.arccos(cosine)
+    kernel = np.outer(std, std) / (2 * math.pi) * (np.sin(theta) + (math.pi - theta) * cosine)
+    return kernel, std / math.sqrt(2 * math.pi)
+
+
+def _linear_weight(node: ir.Node) -> np.ndarray | None:
+    """The producer's weight as ``[out_channels, fan_in]``."""
+    weight = _constant(node.inputs[1] if len(node.inputs) > 1 else None)
+    if weight is None or weight.ndim < 2:
+        return None
+    if node.op_type == "Conv":
+        return weight.reshape(weight.shape[0], -1)
+    if node.op_type == "Gemm":
+        trans = node.attributes.get("transB")
+        return weight if trans is not None and trans.value else weight.T
+    return weight.T if weight.ndim == 2 else None
+
+
+def proxy_moments(value: ir.Value, channels: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(E[x x^T], E[x], source)`` of ``value``'s ``channels`` without data."""
+    relu = False
+    producer = value.producer()
+    while producer is not None and producer.domain in ("", "com.microsoft"):
+        if producer.op_type in _PASS_THROUGH or (producer.op_type == "Relu" and not relu):
+            relu = relu or producer.op_type == "Relu"
+            source = producer.inputs[0]
+            producer = source.producer() if source is not None else None
+            continue
+        break
+    identity = (np.eye(channels), np.zeros(channels), "identity")
+    if producer is None:
+        return identity
+    op = producer.op_type
+    if op in _NORMS:
+        scale_index, bias_index = _NORMS[op]
+        gamma = _constant(
+            producer.inputs[scale_index] if len(producer.inputs) > scale_index else None
+        )
+        beta = None
+        if bias_index is not None and len(producer.inputs) > bias_index:
+            beta = _constant(producer.inputs[bias_index])
+        if gamma is None or gamma.size != channels:
+            return identity
+        gamma = gamma.reshape(-1)
+        beta = np.zeros(channels) if beta is None or beta.size != channels else beta.reshape(-1)
+        if relu:
+            first, second = _rectified(beta, np.abs(gamma))
+            moment = np.outer(first, first)
+            np.fill_diagonal(moment, second)
+            return moment, first, f"{op} statistics through Relu"
+        return np.diag(gamma**2) + np.outer(beta, beta), beta, f"{op} statistics"
+    if op in ("Conv", "Gemm", "MatMul") and producer.domain == "":
+        weight = _linear_weight(producer)
+        if weight is None or weight.shape[0] != channels:
+            return identity
+        bias = None
+        if op in ("Conv", "Gemm") and len(producer.inputs) > 2:
+            bias = _constant(producer.inputs[2])
+        bias = np.zeros(channels) if bias is None or bias.size != channels else bias.reshape(-1)
+        covariance = weight @ weight.T
+        if relu:
+            moment, first = _arc_cosine(covariance)
+            return moment, first, f"{op} weights through Relu"
+        return covariance + np.outer(bias, bias), bias, f"{op} weights"
+    return identity
