@@ -126,6 +126,7 @@ def prune_model(
     model, so it stays exact.
     """
     from spa import report as reporting
+    from spa.criteria.consumers import remove_zero_biases
     from spa.criteria.reconstruct import apply_updates, compute_updates
     from spa.passes.prune import apply_plan
 
@@ -133,7 +134,8 @@ def prune_model(
     model, output = Path(model), Path(output)
     ir_model = prepare(load_model(model))
     analysis = analyze(ir_model, prunable_io)
-    created: list[str] = []
+    created: list[ir.Node] = []
+    added = 0  # biases added and kept (nonzero after compensation)
     if bias_compensation:
         analysis, created = _with_biases(ir_model, analysis, prunable_io)
     statistics = None
@@ -141,7 +143,7 @@ def prune_model(
         criterion in DATA_CRITERIA or (bias_compensation and criterion != "obspa")
     ):
         statistics = gather_statistics(ir_model, analysis, calibration, full=criterion == "obs")
-    elif criterion in DATA_CRITERIA and plan_path is None:
+    elif criterion in DATA_CRITERIA:
         raise UserError(f"criterion {criterion} needs --calib DATA (calibration inputs)")
     plan = plan_for(
         ir_model,
@@ -174,6 +176,7 @@ def prune_model(
         reference = ir.from_proto(ir.to_proto(ir_model))  # updated, before slicing
     if plan.kept:
         statistics_out = apply_plan(ir_model, analysis, plan)
+        added = len(created) - remove_zero_biases(ir_model, created)
     else:  # nothing to prune: write the input as it was, not its analysis-ready form
         statistics_out = {"groups_pruned": 0}
         ir_model = load_model(model)
@@ -189,7 +192,7 @@ def prune_model(
     after = reporting.compute_stats(output, shapes=shapes, dims=dims)
     report = _prune_report(analysis, plan, before, after, verification)
     report["reconstruction"] = reconstruction
-    report["biases_added"] = len(created)
+    report["biases_added"] = added
     report = {
         **reporting.build_report(
             command=command or f"spa.prune.prune_model({str(model)!r}, {str(output)!r})",
@@ -218,16 +221,14 @@ def prune_model(
 
 def _with_biases(
     model: ir.Model, analysis: Analysis, prunable_io: str | None
-) -> tuple[Analysis, list[str]]:
-    """Give every consumer of a prunable group a (zero) bias to compensate into,
-    and analyse again (the biases join their output channels' groups)."""
+) -> tuple[Analysis, list[ir.Node]]:
+    """Give every consumer of a prunable group a bias of its own to compensate
+    into (zero if it had none), and analyse again."""
     from spa.criteria.consumers import add_missing_biases, consumers_of
 
     nodes = {id(c.node): c.node for g in analysis.prunable_groups() for c in consumers_of(model, g)}
     created = add_missing_biases(model, list(nodes.values()))
-    if created:
-        analysis = analyze(model, prunable_io)
-    return analysis, created
+    return analyze(model, prunable_io), created  # new biases and private copies join groups
 
 
 def _prune_report(

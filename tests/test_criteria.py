@@ -305,6 +305,79 @@ def test_bias_compensation_creates_bias_by_hand(tmp_path: Path) -> None:
     assert row["error_after"] < row["error_before"]
 
 
+def test_unused_added_bias_is_taken_out_again(tmp_path: Path) -> None:
+    # h = h0 * h0 has no proxy (identity moments, zero mean): nothing to compensate
+    text = MLP_TEXT.replace("h = Relu (h0)", "h = Mul (h0, h0)")
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.extend(
+        [numpy_helper.from_array(W1, "w1"), numpy_helper.from_array(W2, "w2")]
+    )
+    source = tmp_path / "m.onnx"
+    onnx.save(proto, str(source))
+    result = prune_model(
+        source,
+        tmp_path / "out.onnx",
+        ratio=0.5,
+        criterion="obspa",
+        bias_compensation=True,
+        verify=True,
+    )
+    assert result.verification is not None and result.verification.passed
+    (row,) = result.report["reconstruction"]
+    assert row["moments"] == "identity" and row["error_after"] == row["error_before"]
+    assert result.report["biases_added"] == 0
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "Mul", "MatMul"]
+    assert [o.name for o in out.graph.output] == ["y"]
+    assert len(out.graph.initializer) == 2
+
+
+def test_bias_shared_through_identity_gets_a_private_copy(tmp_path: Path) -> None:
+    proto = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 3] y) {
+            h0 = Gemm (x, w1, ba)
+            h = Relu (h0)
+            bc = Identity (bs)
+            y0 = Gemm (h, w2, bc)
+            bd = Identity (bs)
+            y = Add (y0, bd)
+        }"""
+    )
+    rng = np.random.default_rng(11)
+    arrays = {
+        "w1": rng.standard_normal((4, 6)),
+        "ba": np.ones(6),
+        "w2": rng.standard_normal((6, 3)),
+        "bs": np.array([0.5, -1.0, 2.0]),
+    }
+    proto.graph.initializer.extend(
+        numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()
+    )
+    source = tmp_path / "m.onnx"
+    onnx.save(proto, str(source))
+    samples = rng.standard_normal((8, 2, 4)).astype(np.float32)
+    result = prune_model(
+        source,
+        tmp_path / "out.onnx",
+        ratio=0.5,
+        criterion="flap",
+        calibration=feeds(samples),
+        bias_compensation=True,
+        verify=True,
+    )
+    assert result.verification is not None and result.verification.passed
+    (row,) = result.report["reconstruction"]
+    assert row["bias"] is not None and row["error_after"] < row["error_before"]
+    out = {
+        t.name: numpy_helper.to_array(t)
+        for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer
+    }
+    np.testing.assert_array_equal(out["bs"], arrays["bs"].astype(np.float32))  # shared: untouched
+    assert not np.allclose(out[row["bias"]], arrays["bs"])
+
+
 def test_obs_with_bias_compensation_keeps_mask_equivalence(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     source = tmp_path / "m.onnx"

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from spa.analysis.groups import Group, Member
 
-__all__ = ["Consumer", "add_missing_biases", "consumers_of", "find_bias"]
+__all__ = ["Consumer", "add_missing_biases", "consumers_of", "find_bias", "remove_zero_biases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,10 @@ def _consumer(model: ir.Model, member: Member) -> Consumer | None:
     if value is None or value.const_value is None:
         return None
     rank = len(value.const_value.shape)
-    for node, index in value.uses():
+    uses = list(value.uses())
+    if len(uses) != 1:
+        return None  # a weight shared by several nodes (tied) cannot follow one input
+    for node, index in uses:
         data = node.inputs[0]
         if index != 1 or node.domain != "" or data is None or data.name is None:
             continue
@@ -121,8 +124,8 @@ def find_bias(model: ir.Model, node: ir.Node) -> str | None:
     return bias.name if shape == (columns,) else None
 
 
-def add_missing_biases(model: ir.Model, nodes: list[ir.Node]) -> list[str]:
-    """Give each consumer node without a bias a zero one; return the new names."""
+def add_missing_biases(model: ir.Model, nodes: list[ir.Node]) -> list[ir.Node]:
+    """Give each consumer node without a bias a zero one; return those nodes."""
     created = []
     for node in nodes:
         if find_bias(model, node) is not None:
@@ -130,12 +133,13 @@ def add_missing_biases(model: ir.Model, nodes: list[ir.Node]) -> list[str]:
         weight = node.inputs[1]
         assert weight is not None and weight.const_value is not None
         array = weight.const_value.numpy()
+        if node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2] is not None:
+            _own_bias_copy(model, node)  # Identity of a shared constant: a private copy
+            continue
         if node.op_type == "Conv":
             columns = array.shape[0]
         elif node.op_type == "Gemm":
             columns = array.shape[0] if _int_attribute(node, "transB", 0) else array.shape[1]
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                continue  # a broadcast C of another shape: leave it
         else:
             columns = array.shape[1]
         name = f"{node.name or weight.name}.spa_bias"
@@ -163,5 +167,69 @@ def add_missing_biases(model: ir.Model, nodes: list[ir.Node]) -> list[str]:
             else:
                 result.name = f"{product.name}.biased"
             model.graph.insert_after(node, add)
-        created.append(name)
+        created.append(node)
     return created
+
+
+def _own_bias_copy(model: ir.Model, node: ir.Node) -> None:
+    """Replace a bias read through ``Identity`` of a constant (shared between
+    layers by deduplication) with the node's own initializer, so it can change."""
+    bias = node.inputs[2]
+    producer = bias.producer() if bias is not None else None
+    if bias is None or producer is None or producer.op_type != "Identity":
+        return
+    source = producer.inputs[0]
+    if source is None or source.const_value is None or len(source.const_value.shape) != 1:
+        return
+    name = f"{node.name or bias.name}.spa_bias"
+    array = source.const_value.numpy().copy()
+    copy = ir.Value(name=name, const_value=ir.Tensor(array, name=name))
+    copy.shape, copy.type = ir.Shape(array.shape), ir.TensorType(source.const_value.dtype)
+    model.graph.register_initializer(copy)
+    node.replace_input_with(2, copy)
+    if not list(bias.uses()) and not bias.is_graph_output():
+        model.graph.remove(producer, safe=True)
+
+
+def _drop_initializer(model: ir.Model, value: ir.Value) -> None:
+    if value.name is not None and value.name in model.graph.initializers and not list(value.uses()):
+        model.graph.initializers.pop(value.name)
+
+
+def _is_zero(value: ir.Value | None) -> bool:
+    return (
+        value is not None and value.const_value is not None and not value.const_value.numpy().any()
+    )
+
+
+def remove_zero_biases(model: ir.Model, nodes: list[ir.Node]) -> int:
+    """Take out the biases :func:`add_missing_biases` gave ``nodes`` that stayed zero."""
+    removed = 0
+    for node in nodes:
+        if node.op_type in ("Conv", "Gemm"):
+            bias = node.inputs[2] if len(node.inputs) > 2 else None
+            if bias is not None and _is_zero(bias):
+                node.resize_inputs(2)
+                _drop_initializer(model, bias)
+                removed += 1
+            continue
+        product = node.outputs[0]
+        uses = list(product.uses())
+        if len(uses) != 1 or not (uses[0][0].name or "").endswith(".spa_bias_add"):
+            continue
+        add = uses[0][0]
+        bias = add.inputs[1]
+        if bias is None or not _is_zero(bias):
+            continue
+        result = add.outputs[0]
+        if result.is_graph_output():
+            name = result.name
+            result.replace_all_uses_with(product, replace_graph_outputs=True)
+            result.name = f"{name}.spa_removed"
+            product.name = name
+        else:
+            result.replace_all_uses_with(product)
+        model.graph.remove(add, safe=True)
+        _drop_initializer(model, bias)
+        removed += 1
+    return removed

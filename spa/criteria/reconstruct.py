@@ -3,9 +3,11 @@
 For a consumer viewed as ``W [C_in, columns]`` (``y = W^T x``) that loses the
 input channels ``S`` and keeps ``K``:
 
-* OBS / OBSPA: ``W_K' = H_KK^-1 H_K: W`` minimises ``E[(W'^T x_K - W^T x)^2]``
-  with ``H = E[x x^T]`` (calibration, or the data-free proxy), damped by
-  ``0.01 * mean(diag H)``; the column form of ``W' = W H[:,K] (H_KK)^-1``;
+* OBS / OBSPA: ``W_K' = H_KK^-1 H_K: W = W_K + H_KK^-1 H_KS W_S`` minimises
+  ``E[(W'^T x_K - W^T x)^2]`` with ``H = E[x x^T]`` (calibration, or the
+  data-free proxy); the column form of ``W' = W H[:,K] (H_KK)^-1``. ``H_KK``
+  is damped by ``0.01 * mean(diag H_KK)`` in the second form (a ridge towards
+  the original weights);
 * bias compensation alone: ``b' = b + W_S^T mu_S`` (mean of the removed
   channels through the removed weights);
 * both: the affine least-squares solution — the same formula with the
@@ -51,7 +53,7 @@ def output_error(
     covariance = moment - np.outer(mean, mean)
 
     def energy(change: np.ndarray, shift: np.ndarray) -> float:
-        quadratic = np.einsum("ij,ik,kj->j", change, covariance, change)
+        quadratic = ((covariance @ change) * change).sum(axis=0)
         linear = np.bincount(outputs, weights=mean @ change) + shift
         return float(quadratic.sum() + (linear**2).sum())
 
@@ -59,11 +61,16 @@ def output_error(
     return energy(delta, bias_delta) / reference if reference > 0 else 0.0
 
 
-def _solve(moment: np.ndarray, kept: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def _solve(
+    moment: np.ndarray, kept: np.ndarray, removed: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """``W_K + (H_KK + lambda I)^-1 H_KS W_S``: the least-squares update, damped
+    towards the original weights (so ``H = I`` leaves ``W_K`` as it is)."""
     block = moment[np.ix_(kept, kept)]
     scale = float(np.mean(np.diag(block))) or 1.0
     damped = block + DAMP * scale * np.eye(len(kept))
-    return np.linalg.solve(damped, moment[kept] @ weight)
+    shift = moment[np.ix_(kept, removed)] @ weight[removed]
+    return weight[kept] + np.linalg.solve(damped, shift)
 
 
 def _moments(
@@ -140,12 +147,12 @@ def _update(
     bias_delta: np.ndarray = np.zeros(count)
     if reconstruct and bias_name is not None:
         covariance = moment - np.outer(mean, mean)
-        new[kept] = _solve(covariance, kept, weight)
+        new[kept] = _solve(covariance, kept, removed, weight)
         bias_delta = np.bincount(
             outputs, weights=mean @ weight - mean[kept] @ new[kept], minlength=count
         )
     elif reconstruct:
-        new[kept] = _solve(moment, kept, weight)
+        new[kept] = _solve(moment, kept, removed, weight)
     elif bias_name is not None:
         bias_delta = np.bincount(outputs, weights=mean[removed] @ weight[removed], minlength=count)
     plain = -np.where(np.isin(np.arange(channels), removed)[:, None], weight, 0.0)
