@@ -465,6 +465,7 @@ def test_cli_needs_calib_and_accepts_npz(run_cli, tmp_path: Path) -> None:
         report,
     )
     assert ok.exit_code == 0, ok.output
+    assert "reconstruction: 1 layers updated | mean relative output error" in ok.output
     data = json.loads(report.read_text())
     assert data["plan"]["criterion"] == "obs" and data["plan"]["bias_compensation"] is True
     assert data["reconstruction"][0]["error_after"] <= data["reconstruction"][0]["error_before"]

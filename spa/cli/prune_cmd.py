@@ -215,6 +215,14 @@ def prune_command(
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")
         click.echo(render_groups(result.analysis, limit=0))
+    rows = result.report.get("reconstruction") or []
+    if rows:
+        before = sum(row["error_before"] for row in rows) / len(rows)
+        after = sum(row["error_after"] for row in rows) / len(rows)
+        click.echo(
+            f"reconstruction: {len(rows)} layers updated | mean relative output error "
+            f"{before:.3g} → {after:.3g} (per layer in --report)"
+        )
     if result.verification is not None:
         click.echo(result.verification.render())
     click.echo(result.verdict_line)
