@@ -280,6 +280,38 @@ def test_proxy_moments_by_hand() -> None:
     np.testing.assert_allclose(moment, np.diag(gamma**2) + np.outer(beta, beta), rtol=1e-6)
 
 
+def test_proxy_moments_of_swiglu_product() -> None:
+    proto = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 3] y) {
+            gate = MatMul (x, wg)
+            sig = Sigmoid (gate)
+            act = Mul (gate, sig)
+            up = MatMul (x, wu)
+            h = Mul (act, up)
+            y = MatMul (h, wd)
+        }"""
+    )
+    rng = np.random.default_rng(2)
+    wg, wu = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    proto.graph.initializer.extend(
+        numpy_helper.from_array(a.astype(np.float32), n)
+        for n, a in (("wg", wg), ("wu", wu), ("wd", rng.standard_normal((6, 3))))
+    )
+    model = prepare(ir.serde.deserialize_model(proto))
+    h = next(n for n in model.graph if n.outputs[0].name == "h").outputs[0]
+    moment, mean, source = proxy_moments(h, 6)
+    assert source == "(MatMul weights through SiLU) x (MatMul weights)"
+    # SiLU taken as Relu: arc-cosine kernel of the gate's covariance, times the up covariance
+    cov_g, cov_u = wg.T @ wg, wu.T @ wu
+    std = np.sqrt(np.diag(cov_g))
+    theta = np.arccos(np.clip(cov_g / np.outer(std, std), -1, 1))
+    kernel = np.outer(std, std) * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / (2 * np.pi)
+    np.testing.assert_allclose(moment, kernel * cov_u, rtol=1e-5)
+    np.testing.assert_allclose(mean, 0.0)
+
+
 def test_bias_compensation_creates_bias_by_hand(tmp_path: Path) -> None:
     source = tmp_path / "m.onnx"
     onnx.save(mlp(), str(source))

@@ -2,7 +2,9 @@
 
 Derivation (docs/criteria.md): the input ``x`` of a consumer is traced back
 through pass-through ops (Identity, Dropout, MaxPool, AveragePool) and at
-most one Relu to its producer:
+most one Relu-like op (Relu, Gelu, SiLU as ``Mul(z, Sigmoid(z))``, ...) to its
+producer; a product of two traced values (the SwiGLU ``act(gate) * up``) takes
+the elementwise product of their moments (independent factors):
 
 * BatchNormalization / LayerNormalization / RMS-style normalisation with scale
   ``gamma`` and shift ``beta``: each channel is modelled as an independent
@@ -27,6 +29,8 @@ import onnx_ir as ir
 __all__ = ["proxy_moments"]
 
 _PASS_THROUGH = {"Identity", "Dropout", "MaxPool", "AveragePool"}
+# treated as Relu (they agree with it away from 0): Gelu, SiLU, ...
+_RELU_LIKE = {"Relu", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Softplus", "Elu", "Selu"}
 _NORMS = {
     "BatchNormalization": (1, 2),
     "LayerNormalization": (1, 2),
@@ -83,21 +87,14 @@ def _linear_weight(node: ir.Node) -> np.ndarray | None:
     return weight.T if weight.ndim == 2 else None
 
 
-def proxy_moments(value: ir.Value, channels: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(E[x x^T], E[x], source)`` of ``value``'s ``channels`` without data."""
-    relu = False
-    producer = value.producer()
-    while producer is not None and producer.domain in ("", "com.microsoft"):
-        if producer.op_type in _PASS_THROUGH or (producer.op_type == "Relu" and not relu):
-            relu = relu or producer.op_type == "Relu"
-            source = producer.inputs[0]
-            producer = source.producer() if source is not None else None
-            continue
-        break
-    identity = (np.eye(channels), np.zeros(channels), "identity")
-    if producer is None:
-        return identity
+Moments = tuple[np.ndarray, np.ndarray, str]
+
+
+def _producer_moments(producer: ir.Node, channels: int, rectify: str | None) -> Moments | None:
+    """Moments of a normalisation or linear producer's output, optionally through
+    the Relu-like op ``rectify``."""
     op = producer.op_type
+    through = f" through {rectify}" if rectify else ""
     if op in _NORMS:
         scale_index, bias_index = _NORMS[op]
         gamma = _constant(
@@ -107,26 +104,77 @@ def proxy_moments(value: ir.Value, channels: int) -> tuple[np.ndarray, np.ndarra
         if bias_index is not None and len(producer.inputs) > bias_index:
             beta = _constant(producer.inputs[bias_index])
         if gamma is None or gamma.size != channels:
-            return identity
+            return None
         gamma = gamma.reshape(-1)
         beta = np.zeros(channels) if beta is None or beta.size != channels else beta.reshape(-1)
-        if relu:
+        if rectify:
             first, second = _rectified(beta, np.abs(gamma))
             moment = np.outer(first, first)
             np.fill_diagonal(moment, second)
-            return moment, first, f"{op} statistics through Relu"
+            return moment, first, f"{op} statistics{through}"
         return np.diag(gamma**2) + np.outer(beta, beta), beta, f"{op} statistics"
     if op in ("Conv", "Gemm", "MatMul") and producer.domain == "":
         weight = _linear_weight(producer)
         if weight is None or weight.shape[0] != channels:
-            return identity
+            return None
         bias = None
         if op in ("Conv", "Gemm") and len(producer.inputs) > 2:
             bias = _constant(producer.inputs[2])
         bias = np.zeros(channels) if bias is None or bias.size != channels else bias.reshape(-1)
         covariance = weight @ weight.T
-        if relu:
+        if rectify:
             moment, first = _arc_cosine(covariance)
-            return moment, first, f"{op} weights through Relu"
+            return moment, first, f"{op} weights{through}"
         return covariance + np.outer(bias, bias), bias, f"{op} weights"
-    return identity
+    return None
+
+
+def _skip(value: ir.Value | None) -> ir.Node | None:
+    """The first producer of ``value`` that is not a pass-through op."""
+    producer = value.producer() if value is not None else None
+    while producer is not None and producer.op_type in _PASS_THROUGH:
+        source = producer.inputs[0]
+        producer = source.producer() if source is not None else None
+    return producer
+
+
+def _gate_input(node: ir.Node) -> ir.Value | None:
+    """``z`` when ``node`` is ``Mul(z, Sigmoid(z))`` (a decomposed SiLU/Swish)."""
+    for index in (0, 1):
+        other = node.inputs[1 - index]
+        gate = other.producer() if other is not None else None
+        if gate is not None and gate.op_type == "Sigmoid" and gate.inputs[0] is node.inputs[index]:
+            return node.inputs[index]
+    return None
+
+
+def _trace(value: ir.Value | None, channels: int, depth: int = 0) -> Moments | None:
+    producer = _skip(value)
+    if producer is None or depth > 6 or producer.domain not in ("", "com.microsoft"):
+        return None
+    rectify = producer.op_type if producer.op_type in _RELU_LIKE else None
+    if producer.op_type == "Mul":
+        gated = _gate_input(producer)
+        if gated is not None:
+            rectify, inner = "SiLU", _skip(gated)
+            return None if inner is None else _producer_moments(inner, channels, rectify)
+        if producer.inputs[0] is producer.inputs[1] or any(
+            _constant(v) is not None for v in producer.inputs
+        ):
+            return None  # a square, or a scaling: not two independent factors
+        left = _trace(producer.inputs[0], channels, depth + 1)
+        right = _trace(producer.inputs[1], channels, depth + 1)
+        if left is None or right is None:
+            return None
+        # independent factors: E[(a b)(a b)^T] = E[a a^T] * E[b b^T] elementwise
+        return left[0] * right[0], left[1] * right[1], f"({left[2]}) x ({right[2]})"
+    if rectify:
+        inner = _skip(producer.inputs[0])
+        return None if inner is None else _producer_moments(inner, channels, rectify)
+    return _producer_moments(producer, channels, None)
+
+
+def proxy_moments(value: ir.Value, channels: int) -> Moments:
+    """``(E[x x^T], E[x], source)`` of ``value``'s ``channels`` without data."""
+    found = _trace(value, channels)
+    return found if found is not None else (np.eye(channels), np.zeros(channels), "identity")

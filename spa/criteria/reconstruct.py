@@ -11,7 +11,9 @@ input channels ``S`` and keeps ``K``:
 * bias compensation alone: ``b' = b + W_S^T mu_S`` (mean of the removed
   channels through the removed weights);
 * both: the affine least-squares solution — the same formula with the
-  centred covariance, and ``b' = b + W^T mu - W_K'^T mu_K``.
+  centred covariance, and ``b' = b + W^T mu - W_K'^T mu_K``; for a Conv the
+  uncentred solution and the same residual bias (zero padding makes the
+  border taps see 0, not the mean, so the weights keep carrying it).
 
 Updates touch only the kept input rows (and the bias), so zeroing the
 removed slices of the updated model is exactly the pruned model. The error of
@@ -146,7 +148,10 @@ def _update(
     count = int(outputs.max()) + 1
     bias_delta: np.ndarray = np.zeros(count)
     if reconstruct and bias_name is not None:
-        covariance = moment - np.outer(mean, mean)
+        # A Conv's zero padding breaks "every tap sees the mean": there the weights
+        # keep carrying the mean (uncentred solve) and the bias takes the residual.
+        centred = consumer.node.op_type != "Conv"
+        covariance = moment - np.outer(mean, mean) if centred else moment
         new[kept] = _solve(covariance, kept, removed, weight)
         bias_delta = np.bincount(
             outputs, weights=mean @ weight - mean[kept] @ new[kept], minlength=count
