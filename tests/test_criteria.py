@@ -158,6 +158,12 @@ def test_activation_criteria_by_hand() -> None:
     np.testing.assert_allclose(
         score_group(model, group, "obs", rng, statistics=stats), normalised(list(obs))
     )
+    # statistics gathered without X^T X: the diagonal E[x_c^2] stands in for 1/[H^-1]_cc
+    diagonal = gather_statistics(model, analysis, feeds(), full=False)
+    expected = (W2.astype(np.float64) ** 2).sum(axis=1) * (HIDDEN**2).mean(axis=0)
+    np.testing.assert_allclose(
+        score_group(model, group, "obs", rng, statistics=diagonal), normalised(list(expected))
+    )
 
 
 def test_streamed_statistics_equal_one_shot() -> None:

@@ -1,11 +1,11 @@
 """Pruning plans: which root channels each group keeps.
 
 A plan is produced by a policy (ratio, criterion, allocation, round-to,
-exclusions),
-saved as JSON with the model's fingerprint, and applied by the
+exclusions), saved as JSON with the model's fingerprint, and applied by the
 ``apply-plan`` pass. Scores are computed per group from all its parameter
-members: a member's per-slice norms are normalised by their mean, then summed
-onto the root indices through the member's index map.
+members (``spa.criteria.scores``): a member's per-slice scores are normalised
+by their mean, then summed onto the root indices through the member's index
+map; ``spa.criteria.allocation`` turns them into kept counts.
 """
 
 from __future__ import annotations

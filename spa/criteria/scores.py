@@ -126,6 +126,8 @@ def _consumer_scores(
     if criterion == "flap":
         return stats.variance * (matrix**2).sum(axis=1)
     # obs: saliency of removing channel c with optimal compensation of the rest
+    if stats.xtx is None:  # statistics gathered without X^T X: its diagonal
+        return (matrix**2).sum(axis=1) * stats.sum_squares / max(stats.rows, 1)
     return (matrix**2).sum(axis=1) / damped_inverse_diagonal(stats.second_moment)
 
 
