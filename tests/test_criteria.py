@@ -486,6 +486,18 @@ def test_cli_needs_calib_and_accepts_npz(run_cli, tmp_path: Path) -> None:
         "error: criterion wanda_sp needs --calib DATA (calibration inputs)"
     ]
     assert not (tmp_path / "o.onnx").exists()
+    missing = run_cli(
+        "prune",
+        source,
+        "-o",
+        tmp_path / "o.onnx",
+        "--criterion",
+        "flap",
+        "--calib",
+        tmp_path / "no.npz",
+    )
+    assert missing.exit_code == 1 and "(nothing is there)" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
     np.savez(tmp_path / "calib.npz", x=CALIB)
     report = tmp_path / "r.json"
     ok = run_cli(

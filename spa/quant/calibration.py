@@ -135,6 +135,11 @@ def load_calibration(source: CalibrationSource, input_names: list[str]) -> Itera
     if not isinstance(source, str | os.PathLike):
         return source
     path = Path(source)
+    if not path.exists():
+        raise UserError(
+            f"--calib {path}: not an .npz file or a folder of .npy files (nothing is there); "
+            "save calibration inputs with numpy.savez"
+        )
     if path.is_dir():
         arrays: dict[str, np.ndarray] = {}
         for name in input_names:
