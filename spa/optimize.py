@@ -73,12 +73,15 @@ def optimize(
     prune: float | None = None,
     criterion: str = "l1",
     round_to: int = 1,
+    **prune_options: Any,
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
 
     The input file is never modified. With ``prune`` (a ratio) the model is
     first structurally pruned (see :func:`spa.prune.prune_model`, verified by
-    mask equivalence), then the recipe runs on the pruned model. With
+    mask equivalence), then the recipe runs on the pruned model;
+    ``prune_options`` go to it (``reduction``, ``allocation``,
+    ``max_group_ratio``, ``calibration``, ``bias_compensation``). With
     ``verify`` the recipe's output is compared with its input in ONNX Runtime
     on seeded inputs under ``policy`` (default relative error <= 1e-5); a
     failed comparison is reported, not raised.
@@ -97,6 +100,7 @@ def optimize(
                 criterion=criterion,
                 seed=seed,
                 round_to=round_to,
+                **prune_options,
                 verify=verify,
                 shapes=shapes,
                 dims=dims,

@@ -1,10 +1,11 @@
 """Pruning plans: which root channels each group keeps.
 
-A plan is produced by a policy (ratio, criterion, round-to, exclusions),
-saved as JSON with the model's fingerprint, and applied by the
+A plan is produced by a policy (ratio, criterion, allocation, round-to,
+exclusions), saved as JSON with the model's fingerprint, and applied by the
 ``apply-plan`` pass. Scores are computed per group from all its parameter
-members: a member's per-slice norms are normalised by their mean, then summed
-onto the root indices through the member's index map.
+members (``spa.criteria.scores``): a member's per-slice scores are normalised
+by their mean, then summed onto the root indices through the member's index
+map; ``spa.criteria.allocation`` turns them into kept counts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import onnx_ir as ir
 from spa.analysis.groups import Analysis, Group
 from spa.analysis.index_maps import Lookup
 from spa.errors import UserError
+from spa.quant.calibration import CalibrationSource, ChannelStatistics
 
 __all__ = [
     "CRITERIA",
@@ -35,7 +37,7 @@ __all__ = [
     "score_group",
 ]
 
-CRITERIA = ("random", "l1", "l2")
+CRITERIA = ("random", "l1", "l2", "bn_scale", "lamp", "wanda_sp", "flap", "obs", "obspa")
 PLAN_FORMAT = "spa-plan/1"
 
 
@@ -105,34 +107,20 @@ class Plan:
         )
 
 
-def _member_array(model: ir.Model, name: str) -> np.ndarray | None:
-    value = model.graph.initializers.get(name)
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
 def score_group(
-    model: ir.Model, group: Group, criterion: str, rng: np.random.Generator
+    model: ir.Model,
+    group: Group,
+    criterion: str,
+    rng: np.random.Generator,
+    *,
+    reduction: str = "sum",
+    statistics: Mapping[str, ChannelStatistics] | None = None,
 ) -> np.ndarray:
-    """One importance score per root channel (higher = more important)."""
-    if criterion == "random":
-        return rng.random(group.size)
-    power = 1 if criterion == "l1" else 2
-    scores = np.zeros(group.size)
-    for member in group.parameters:
-        array = _member_array(model, member.space[0])
-        if array is None or array.ndim == 0:
-            continue
-        moved = np.moveaxis(np.abs(array.astype(np.float64)) ** power, member.space[1], 0)
-        per_slice = moved.reshape(moved.shape[0], -1).sum(axis=1)
-        mean = per_slice.mean()
-        if mean > 0:
-            per_slice = per_slice / mean
-        rows = Lookup.of(member.index_map).rows
-        padded = np.append(per_slice, 0.0)  # index -1 reads the padding 0
-        scores += padded[np.where(rows >= 0, rows, -1)].sum(axis=1)
-    return scores
+    """One importance score per root channel (higher = more important); see
+    :mod:`spa.criteria.scores`."""
+    from spa.criteria.scores import score_group as score
+
+    return score(model, group, criterion, rng, reduction=reduction, statistics=statistics)
 
 
 def kept_count(size: int, ratio: float, round_to: int) -> int:
@@ -163,6 +151,36 @@ def _excluded(group: Group, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(p.search(m.space[0]) for p in patterns for m in group.members)
 
 
+def _shape_class(model: ir.Model, group: Group) -> tuple[Any, ...]:
+    shapes = []
+    for member in group.parameters:
+        value = model.graph.initializers.get(member.space[0])
+        shape = tuple(value.const_value.shape) if value and value.const_value is not None else ()
+        shapes.append((shape, member.space[1]))
+    return (group.size, tuple(sorted(shapes)))
+
+
+def _check_policy(
+    ratio: float, criterion: str, round_to: int, reduction: str, allocation: str, cap: float
+) -> None:
+    from spa.criteria import ALLOCATIONS, REDUCTIONS
+
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"--ratio {ratio} is outside [0, 1); e.g. --ratio 0.3 removes 30%")
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
+    if round_to < 1:
+        raise UserError(f"--round-to {round_to} must be >= 1")
+    if reduction not in REDUCTIONS:
+        raise UserError(f"unknown reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}")
+    if allocation not in ALLOCATIONS:
+        raise UserError(
+            f"unknown allocation '{allocation}'; choose one of {', '.join(ALLOCATIONS)}"
+        )
+    if not 0.0 < cap < 1.0:
+        raise UserError(f"--max-group-ratio {cap} is outside (0, 1); e.g. 0.9")
+
+
 def make_plan(
     model: ir.Model,
     analysis: Analysis,
@@ -172,30 +190,66 @@ def make_plan(
     seed: int = 0,
     round_to: int = 1,
     exclude: Sequence[str] = (),
+    reduction: str = "sum",
+    allocation: str = "uniform",
+    max_group_ratio: float = 0.9,
+    calibration: CalibrationSource | None = None,
+    statistics: Mapping[str, ChannelStatistics] | None = None,
 ) -> Plan:
-    """Uniform ratio per prunable group, ranked by ``criterion``."""
-    if not 0.0 <= ratio < 1.0:
-        raise UserError(f"--ratio {ratio} is outside [0, 1); e.g. --ratio 0.3 removes 30%")
-    if criterion not in CRITERIA:
-        raise UserError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
-    if round_to < 1:
-        raise UserError(f"--round-to {round_to} must be >= 1")
+    """Rank each prunable group's channels by ``criterion`` and keep the counts
+    that ``allocation`` gives (see :mod:`spa.criteria`).
+
+    Criteria in ``DATA_CRITERIA`` need ``calibration`` (an ``.npz``, a folder
+    of ``.npy`` files, or an iterable of feed dicts) or precomputed
+    ``statistics`` (:func:`spa.criteria.calibrate.gather_statistics`).
+    """
+    from spa.criteria import DATA_CRITERIA, allocate
+
+    _check_policy(ratio, criterion, round_to, reduction, allocation, max_group_ratio)
     try:
         patterns = [re.compile(p) for p in exclude]
     except re.error as error:
         raise UserError(f"--exclude pattern is not a valid regex ({error})") from None
+    if criterion in DATA_CRITERIA and statistics is None:
+        if calibration is None:
+            raise UserError(f"criterion {criterion} needs --calib DATA (calibration inputs)")
+        from spa.criteria.calibrate import gather_statistics
+
+        statistics = gather_statistics(model, analysis, calibration, full=criterion == "obs")
     rng = np.random.default_rng(seed)
+    groups = [g for g in analysis.prunable_groups() if not _excluded(g, patterns)]
+    scores = {
+        group.id: score_group(
+            model, group, criterion, rng, reduction=reduction, statistics=statistics
+        )
+        for group in groups
+    }
+    if allocation == "uniform":
+        keeps = {
+            g.id: max(
+                kept_count(g.size, ratio, round_to), math.ceil(g.size * (1 - max_group_ratio))
+            )
+            for g in groups
+        }
+    else:
+        keeps = allocate(
+            scores,
+            ratio=ratio,
+            allocation=allocation,
+            max_group_ratio=max_group_ratio,
+            round_to=round_to,
+            shape_class={g.id: _shape_class(model, g) for g in groups},
+        )
     kept: dict[int, list[int]] = {}
     sizes: dict[int, int] = {}
-    for group in analysis.prunable_groups():
-        if _excluded(group, patterns):
-            continue
-        keep = kept_count(group.size, ratio, round_to)
-        scores = score_group(model, group, criterion, rng)
+    for group in groups:
+        keep = keeps[group.id]
         if keep >= group.size:
             continue
-        order = np.argsort(-scores, kind="stable")
-        chosen = _keep_every_member_alive(group, set(int(i) for i in order[:keep]), scores)
+        order = np.argsort(-scores[group.id], kind="stable")
+        chosen = _keep_every_member_alive(
+            group, set(int(i) for i in order[:keep]), scores[group.id]
+        )
         if len(chosen) >= group.size:
             continue
         kept[group.id] = sorted(chosen)
@@ -203,9 +257,13 @@ def make_plan(
     policy = {
         "ratio": ratio,
         "criterion": criterion,
+        "reduction": reduction,
         "seed": seed,
         "round_to": round_to,
         "exclude": list(exclude),
+        "allocation": allocation,
+        "max_group_ratio": max_group_ratio,
+        "calibrated": statistics is not None,
     }
     return Plan(analysis.fingerprint, kept, sizes, policy)
 
@@ -220,8 +278,10 @@ def plan_for(
     seed: int = 0,
     round_to: int = 1,
     exclude: Sequence[str] = (),
+    **options: Any,
 ) -> Plan:
-    """The saved plan at ``plan_path`` (checked against the model), else a new one."""
+    """The saved plan at ``plan_path`` (checked against the model), else a new
+    one (``options``: the keyword arguments of :func:`make_plan`)."""
     if plan_path is not None:
         return Plan.load(plan_path, analysis)
     return make_plan(
@@ -232,6 +292,7 @@ def plan_for(
         seed=seed,
         round_to=round_to,
         exclude=exclude,
+        **options,
     )
 
 

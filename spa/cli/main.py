@@ -27,6 +27,7 @@ from spa.cli.options import (
     policy_from,
     tolerance_options,
 )
+from spa.cli.prune_cmd import criterion_arguments, criterion_options
 from spa.errors import UserError, VerificationFailed
 
 __all__ = ["cli", "command_line", "main"]
@@ -144,13 +145,7 @@ def verify_command(
 @click.option("--print-passes", is_flag=True, help="List every pass and exit.")
 @click.option("--dry-run", is_flag=True, help="Show the pipeline the recipe builds and exit.")
 @click.option("--prune", "prune_ratio", type=float, help="First prune this share of channels.")
-@click.option(
-    "--criterion",
-    type=click.Choice(["random", "l1", "l2"]),
-    default="l1",
-    show_default=True,
-    help="Channel importance for --prune.",
-)
+@criterion_options
 @click.option(
     "--round-to",
     type=int,
@@ -171,7 +166,6 @@ def optimize_command(
     print_passes: bool,
     dry_run: bool,
     prune_ratio: float | None,
-    criterion: str,
     round_to: int,
     seed: int,
     shapes: tuple[str, ...],
@@ -181,6 +175,7 @@ def optimize_command(
     atol: float,
     cosine: float | None,
     exact: bool,
+    **criteria: Any,
 ) -> None:
     """Run a recipe of passes over MODEL and write the optimized model to -o."""
     if print_passes:
@@ -216,8 +211,8 @@ def optimize_command(
         command=command_line(),
         on_pass_end=_print_pass_line,
         prune=prune_ratio,
-        criterion=criterion,
         round_to=round_to,
+        **criterion_arguments(criteria),
     )
     if result.prune_verification is not None:
         click.echo("prune (mask equivalence):")

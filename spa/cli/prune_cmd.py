@@ -16,7 +16,76 @@ from spa.cli.options import (
     tolerance_options,
 )
 
-__all__ = ["analyze_command", "prune_command", "render_groups"]
+__all__ = [
+    "analyze_command",
+    "criterion_arguments",
+    "criterion_options",
+    "prune_command",
+    "render_groups",
+]
+
+CRITERIA = ("random", "l1", "l2", "bn_scale", "lamp", "wanda_sp", "flap", "obs", "obspa")
+
+
+def criterion_options(function: Any) -> Any:
+    """``--criterion --reduction --bias-compensation --calib --allocation --max-group-ratio``."""
+    options = [
+        click.option(
+            "--criterion",
+            type=click.Choice(CRITERIA),
+            default="l1",
+            show_default=True,
+            help="Channel importance (wanda_sp, flap, obs need --calib; see docs/criteria.md).",
+        ),
+        click.option(
+            "--reduction",
+            type=click.Choice(["sum", "mean", "max"]),
+            default="sum",
+            show_default=True,
+            help="How a slice's weights reduce to one number (l1, l2, lamp).",
+        ),
+        click.option(
+            "--bias-compensation",
+            is_flag=True,
+            help="Fold the removed channels' mean into the consumers' biases.",
+        ),
+        click.option(
+            "--calib",
+            "calibration",
+            type=click.Path(path_type=Path),
+            help="Calibration inputs: an .npz (input name -> samples) or a folder of .npy.",
+        ),
+        click.option(
+            "--allocation",
+            type=click.Choice(["uniform", "global", "same-shape"]),
+            default="uniform",
+            show_default=True,
+            help="Ratio per group, one global ranking, or a ranking per shape class.",
+        ),
+        click.option(
+            "--max-group-ratio",
+            type=float,
+            default=0.9,
+            show_default=True,
+            help="No group loses more than this share of its channels.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def criterion_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``prune_model`` taken from ``criterion_options``."""
+    names = (
+        "criterion",
+        "reduction",
+        "bias_compensation",
+        "calibration",
+        "allocation",
+        "max_group_ratio",
+    )
+    return {name: options.pop(name) for name in names}
 
 
 def render_groups(analysis: Any, limit: int | None = None) -> str:
@@ -80,9 +149,7 @@ def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io
     show_default=True,
     help="Share of channels removed per group.",
 )
-@click.option(
-    "--criterion", type=click.Choice(["random", "l1", "l2"]), default="l1", show_default=True
-)
+@criterion_options
 @click.option(
     "--round-to", type=int, default=1, show_default=True, help="Keep a multiple of K channels."
 )
@@ -107,7 +174,6 @@ def prune_command(
     model: Path,
     output: Path,
     ratio: float,
-    criterion: str,
     round_to: int,
     exclude: tuple[str, ...],
     plan_path: Path | None,
@@ -123,6 +189,7 @@ def prune_command(
     atol: float,
     cosine: float | None,
     exact: bool,
+    **criteria: Any,
 ) -> None:
     """Remove channels from MODEL (structured pruning) and write -o."""
     from spa.cli.main import command_line
@@ -132,7 +199,7 @@ def prune_command(
         model,
         output,
         ratio=ratio,
-        criterion=criterion,
+        **criterion_arguments(criteria),
         seed=seed,
         round_to=round_to,
         exclude=exclude,
@@ -148,6 +215,14 @@ def prune_command(
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")
         click.echo(render_groups(result.analysis, limit=0))
+    rows = result.report.get("reconstruction") or []
+    if rows:
+        before = sum(row["error_before"] for row in rows) / len(rows)
+        after = sum(row["error_after"] for row in rows) / len(rows)
+        click.echo(
+            f"reconstruction: {len(rows)} layers updated | mean relative output error "
+            f"{before:.3g} → {after:.3g} (per layer in --report)"
+        )
     if result.verification is not None:
         click.echo(result.verification.render())
     click.echo(result.verdict_line)

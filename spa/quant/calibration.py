@@ -35,7 +35,9 @@ from spa.progress import track
 
 __all__ = [
     "CalibrationSource",
+    "ChannelStatistics",
     "HessianStatistics",
+    "collect_channel_statistics",
     "collect_hessians",
     "file_name_for_input",
     "load_calibration",
@@ -61,6 +63,57 @@ class HessianStatistics:
         return 2.0 * self.xtx / max(self.rows, 1)
 
 
+@dataclasses.dataclass
+class ChannelStatistics:
+    """Streamed per-channel moments of one activation over ``rows`` rows.
+
+    A row is one position of the activation (a token, a pixel); its channel
+    axis gives the columns. ``xtx`` (``C x C``, uncentred) is kept only when
+    asked for; the diagonal ``sum_squares`` always is.
+    """
+
+    sums: np.ndarray
+    sum_squares: np.ndarray
+    xtx: np.ndarray | None = None
+    rows: int = 0
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sums / max(self.rows, 1)
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        """``E[x x^T]`` over rows (needs ``xtx``)."""
+        assert self.xtx is not None, "collected without the full X^T X"
+        return self.xtx / max(self.rows, 1)
+
+    @property
+    def norms(self) -> np.ndarray:
+        """``||X_c||_2`` per channel over all rows."""
+        return np.sqrt(self.sum_squares)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Per-channel variance over rows (the FLAP fluctuation)."""
+        rows = max(self.rows, 1)
+        return np.maximum(self.sum_squares / rows - self.mean**2, 0.0)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Fold a ``[n, C]`` block of rows in (float64) and forget it."""
+        rows = rows.astype(np.float64, copy=False)
+        self.sums += rows.sum(axis=0)
+        self.sum_squares += np.einsum("ij,ij->j", rows, rows)
+        if self.xtx is not None:
+            self.xtx += rows.T @ rows
+        self.rows += rows.shape[0]
+
+
+def channel_rows(value: np.ndarray, channel_axis: int) -> np.ndarray:
+    """``value`` as ``[positions, channels]`` with channels on ``channel_axis``."""
+    moved = np.moveaxis(value, channel_axis, -1)
+    return moved.reshape(-1, moved.shape[-1])
+
+
 def file_name_for_input(name: str) -> str:
     """The ``.npy`` file name that holds input ``name`` in a calibration folder."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy"
@@ -82,6 +135,11 @@ def load_calibration(source: CalibrationSource, input_names: list[str]) -> Itera
     if not isinstance(source, str | os.PathLike):
         return source
     path = Path(source)
+    if not path.exists():
+        raise UserError(
+            f"--calib {path}: not an .npz file or a folder of .npy files (nothing is there); "
+            "save calibration inputs with numpy.savez"
+        )
     if path.is_dir():
         arrays: dict[str, np.ndarray] = {}
         for name in input_names:
@@ -167,6 +225,61 @@ def collect_hessians(
             values = session.run(names, {key: np.asarray(feed[key]) for key in wanted})
             for name, value in zip(names, values, strict=True):
                 _accumulate(statistics, name, np.asarray(value))
+            seen += 1
+    logger.info("calibration: %d samples, %d activations", seen, len(statistics))
+    if seen == 0:
+        raise UserError("calibration data holds no samples; give at least one")
+    return statistics
+
+
+def collect_channel_statistics(
+    model: onnx.ModelProto,
+    values: Mapping[str, int],
+    feeds: Iterable[Feeds],
+    *,
+    full: bool = False,
+    max_samples: int | None = None,
+) -> dict[str, ChannelStatistics]:
+    """Per-channel statistics of each value in ``values`` (name -> channel axis).
+
+    The values are exposed as extra outputs and ONNX Runtime runs one feed
+    (a batch) at a time; each result is folded into running sums and dropped,
+    so memory is ``O(C)`` per value, or ``O(C^2)`` with ``full`` (``X^T X``).
+    """
+    statistics: dict[str, ChannelStatistics] = {}
+    if not values:
+        return statistics
+    graph_inputs = {value.name for value in model.graph.input}
+    names = sorted(name for name in values if name not in graph_inputs)
+    exposed = _with_outputs(model, names)
+    with tempfile.TemporaryDirectory(prefix="spa-calib-") as folder:
+        session = _create_session(exposed, Path(folder))
+        wanted = {value.name for value in session.get_inputs()}
+        seen = 0
+        for feed in track(feeds, description="calibrate"):
+            if max_samples is not None and seen >= max_samples:
+                break
+            missing = sorted(wanted - set(feed))
+            if missing:
+                raise UserError(
+                    f"calibration sample {seen} lacks input(s) {missing}; give every model input"
+                )
+            inputs = {key: np.asarray(feed[key]) for key in wanted}
+            outputs = dict(zip(names, session.run(names, inputs) if names else [], strict=True))
+            for name, axis in values.items():
+                value = outputs[name] if name in outputs else inputs[name]
+                rows = channel_rows(np.asarray(value), axis)
+                entry = statistics.get(name)
+                if entry is None:
+                    channels = rows.shape[1]
+                    entry = statistics[name] = ChannelStatistics(
+                        np.zeros(channels),
+                        np.zeros(channels),
+                        np.zeros((channels, channels)) if full else None,
+                    )
+                entry.add(rows)
+                del value, rows
+            del outputs
             seen += 1
     logger.info("calibration: %d samples, %d activations", seen, len(statistics))
     if seen == 0:
