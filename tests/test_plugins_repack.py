@@ -170,3 +170,23 @@ def test_w4_gqsa_rejects_bad_group_size() -> None:
     arrays = GQSAArrays(np.zeros((0, 6), np.uint8), np.zeros(0, np.int32), np.zeros(3, np.int32), np.zeros(0, np.float16), 36, 2, 12)
     with pytest.raises(ValueError, match="group_size"):
         repack_w4_gqsa(arrays)
+
+
+@pytest.mark.parametrize("group", [8, 16, 32, 64])
+def test_spa_gqsa_packer_feeds_the_w4_gqsa_kernel_layout(group: int) -> None:
+    """spa.quant.gqsa's packer (what `spa sparsify --pattern gqsa` writes) and the plugin's
+    repacker agree: op arrays -> kernel layout -> back gives the same bytes, and the plugin's
+    dequantization equals the quantizer's own dense weight."""
+    from spa.quant import gqsa
+
+    weight = np.random.default_rng(group).standard_normal((4 * 64, 48)).astype(np.float32)
+    quantized = gqsa.gqsa_quantize(weight, None, group=group, sparsity=0.5, bits=4,
+                                   scale_dtype=np.float16)
+    ours = gqsa.pack_gqsa(quantized)
+    arrays = GQSAArrays(ours.values, ours.col_idx, ours.row_ptr, ours.scales, ours.k, ours.n,
+                        ours.group)
+    back = unpack_w4_gqsa(repack_w4_gqsa(arrays))
+    for name in ("values", "col_idx", "row_ptr"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(ours, name))
+    np.testing.assert_array_equal(np.asarray(back.scales, np.float16), ours.scales)
+    np.testing.assert_array_equal(dequantize_gqsa(arrays), quantized.dequantize(np.float32))
