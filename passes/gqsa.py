@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
-from spa.passes.quantize import _bias_nodes, _Candidate, _match_gemm, _match_matmul
+from spa.passes.quantize import Candidate, bias_nodes, input_name, match_gemm, match_matmul
 from spa.passes.sparsify import SparseDecision, SparsifyingPass
 from spa.quant.gqsa import GROUP_SIZES, GQSAArrays, gqsa_quantize, pack_gqsa
 from spa.quant.gqsa_ir import (
@@ -95,13 +95,13 @@ def _unique_node_name(graph: ir.Graph, node: ir.Node, name: str) -> str:
     return unique
 
 
-def _already_quantized(node: ir.Node) -> tuple[_Candidate | None, str]:
+def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
     return None, f"already quantized ({node.domain}.{node.op_type})"
 
 
 _MATCHERS = {
-    ("", "MatMul"): _match_matmul,
-    ("", "Gemm"): _match_gemm,
+    ("", "MatMul"): match_matmul,
+    ("", "Gemm"): match_gemm,
     (MS_DOMAIN, "MatMulNBits"): _already_quantized,
     (GQSA_DOMAIN, GQSA_OP): _already_quantized,
 }
@@ -158,7 +158,7 @@ class GQSAPass(SparsifyingPass):
             )
         return ""
 
-    def _rewrite(self, graph: ir.Graph, candidate: _Candidate) -> tuple[int, float, str]:
+    def _rewrite(self, graph: ir.Graph, candidate: Candidate) -> tuple[int, float, str]:
         """Replace the candidate; (new bytes, zero share, note)."""
         name = candidate.activation.name or ""
         hessian = self._hessians.get(name)
@@ -176,7 +176,7 @@ class GQSAPass(SparsifyingPass):
         node_name = _unique_node_name(graph, candidate.node, candidate.node.name or base)
         inputs, size = gqsa_inputs(graph, arrays, base)
         nodes = _core_nodes(candidate.activation, inputs, arrays, node_name, self.form)
-        nodes += _bias_nodes(graph, candidate, nodes[-1].outputs[0])
+        nodes += bias_nodes(graph, candidate, nodes[-1].outputs[0])
         replace_node(graph, candidate.node, nodes)
         remove_initializer_if_unused(graph, candidate.weight)
         if candidate.bias is not None:
@@ -192,9 +192,7 @@ class GQSAPass(SparsifyingPass):
             if matcher is None:
                 continue
             candidate, reason = matcher(node)
-            weight_name = (
-                node.inputs[1].name or "" if len(node.inputs) > 1 and node.inputs[1] else ""
-            )
+            weight_name = input_name(node, 1)
             if candidate is None:
                 self._skip(node, reason, weight_name)
                 continue

@@ -23,7 +23,8 @@ import numpy as np
 import onnx_ir as ir
 
 from spa import progress
-from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.pass_manager import SpaPassResult, register_pass
+from spa.passes.quantize import DecidingPass
 from spa.plugins import repack
 from spa.plugins.ops import SPA_DOMAIN, plugin_op
 from spa.quant.blockwise import QuantizedWeight
@@ -50,14 +51,8 @@ def is_two_four(q: np.ndarray) -> bool:
     return k % 4 == 0 and bool(np.all((q.reshape(k // 4, 4, n) != 0).sum(axis=1) <= 2))
 
 
-class _PluginPass(SpaPass):
-    def __init__(self) -> None:
-        super().__init__()
-        self._decisions: list[QuantDecision] = []
-
-    @property
-    def decisions(self) -> list[QuantDecision]:
-        return list(self._decisions)
+class _PluginPass(DecidingPass):
+    _decisions: list[QuantDecision]
 
     def _skip(self, node: ir.Node, reason: str) -> None:
         self._decisions.append(QuantDecision(node.name or "", node.op_type, "skipped", reason))
@@ -66,13 +61,10 @@ class _PluginPass(SpaPass):
         self._decisions.append(QuantDecision(node.name or "", node.op_type, "converted", "", weight))
 
     def _result(self, model: ir.Model) -> SpaPassResult:
-        converted = sum(1 for d in self._decisions if d.action == "converted")
+        converted, skipped = self._tally("converted")
         if converted:
             model.opset_imports.setdefault(SPA_DOMAIN, 1)
-        statistics: dict[str, int | float] = {
-            "nodes_converted": converted,
-            "nodes_skipped": len(self._decisions) - converted,
-        }
+        statistics: dict[str, int | float] = {"nodes_converted": converted, "nodes_skipped": skipped}
         return SpaPassResult(model, modified=converted > 0, statistics=statistics)
 
 

@@ -52,11 +52,18 @@ from spa.quant.ir_format import (
 )
 
 __all__ = [
+    "Candidate",
+    "DecidingPass",
     "MatMulNBitsToQDQPass",
     "QDQToMatMulNBitsPass",
     "QuantDecision",
     "QuantizeWeightsPass",
+    "bias_nodes",
     "check_quantize_options",
+    "input_name",
+    "match_gemm",
+    "match_matmul",
+    "weight_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,7 +75,7 @@ _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 @dataclasses.dataclass
-class _Candidate:
+class Candidate:
     """A node whose weight can be quantized: ``W[K, N]`` after any transpose."""
 
     node: ir.Node
@@ -98,7 +105,7 @@ def check_quantize_options(
         )
 
 
-def _weight_reason(value: ir.Value | None, ranks: tuple[int, ...] = (2,)) -> str:
+def weight_reason(value: ir.Value | None, ranks: tuple[int, ...] = (2,)) -> str:
     """Why ``value`` is not a quantizable weight of one of ``ranks`` ('' when it is)."""
     if value is None:
         return "no weight input"
@@ -129,15 +136,15 @@ def _weight_reason(value: ir.Value | None, ranks: tuple[int, ...] = (2,)) -> str
     return ""
 
 
-def _match_matmul(node: ir.Node) -> tuple[_Candidate | None, str]:
+def match_matmul(node: ir.Node) -> tuple[Candidate | None, str]:
     activation, weight = node.inputs[0], node.inputs[1]
-    reason = _weight_reason(weight)
+    reason = weight_reason(weight)
     if reason or activation is None or weight is None or weight.const_value is None:
         return None, reason or "MatMul without an activation input"
-    return _Candidate(node, activation, weight, weight.const_value.numpy()), ""
+    return Candidate(node, activation, weight, weight.const_value.numpy()), ""
 
 
-def _match_gemm(node: ir.Node) -> tuple[_Candidate | None, str]:
+def match_gemm(node: ir.Node) -> tuple[Candidate | None, str]:
     attributes = node.attributes
     alpha, beta = attributes.get_float("alpha", 1.0), attributes.get_float("beta", 1.0)
     trans_a = int(attributes.get_int("transA") or 0)
@@ -147,7 +154,7 @@ def _match_gemm(node: ir.Node) -> tuple[_Candidate | None, str]:
             f"Gemm with alpha={alpha:g}, transA={trans_a} (only alpha=1, transA=0 is converted)",
         )
     activation, weight = node.inputs[0], node.inputs[1]
-    reason = _weight_reason(weight)
+    reason = weight_reason(weight)
     if reason or activation is None or weight is None or weight.const_value is None:
         return None, reason or "Gemm without an activation input"
     bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -156,22 +163,22 @@ def _match_gemm(node: ir.Node) -> tuple[_Candidate | None, str]:
     array = weight.const_value.numpy()
     if attributes.get_int("transB"):
         array = array.T
-    return _Candidate(node, activation, weight, np.ascontiguousarray(array), bias, beta), ""
+    return Candidate(node, activation, weight, np.ascontiguousarray(array), bias, beta), ""
 
 
-def _already_quantized(node: ir.Node) -> tuple[_Candidate | None, str]:
+def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
     return None, "already quantized (com.microsoft.MatMulNBits)"
 
 
 #: (domain, op_type) -> matcher returning a candidate or the reason it is skipped.
-MATCHERS: dict[tuple[str, str], Callable[[ir.Node], tuple[_Candidate | None, str]]] = {
-    ("", "MatMul"): _match_matmul,
-    ("", "Gemm"): _match_gemm,
+MATCHERS: dict[tuple[str, str], Callable[[ir.Node], tuple[Candidate | None, str]]] = {
+    ("", "MatMul"): match_matmul,
+    ("", "Gemm"): match_gemm,
     (MS_DOMAIN, "MatMulNBits"): _already_quantized,
 }
 
 
-def _bias_nodes(graph: ir.Graph, candidate: _Candidate, product: ir.Value) -> list[ir.Node]:
+def bias_nodes(graph: ir.Graph, candidate: Candidate, product: ir.Value) -> list[ir.Node]:
     if candidate.bias is None:
         return []
     bias = candidate.bias
@@ -181,7 +188,7 @@ def _bias_nodes(graph: ir.Graph, candidate: _Candidate, product: ir.Value) -> li
     return [ir.node("Add", [product, bias], name=f"{candidate.node.name}_bias")]
 
 
-def _rewrite(graph: ir.Graph, candidate: _Candidate, weight: QuantizedWeight, target: str) -> int:
+def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, target: str) -> int:
     """Replace the candidate by its quantized form; returns the new initializers' bytes."""
     base = candidate.weight.name or "weight"
     node_name = candidate.node.name or base
@@ -196,13 +203,13 @@ def _rewrite(graph: ir.Graph, candidate: _Candidate, weight: QuantizedWeight, ta
             "MatMul", [candidate.activation, dequantize.outputs[0]], name=f"{node_name}_matmul"
         )
         nodes = [dequantize, core]
-    nodes += _bias_nodes(graph, candidate, core.outputs[0])
+    nodes += bias_nodes(graph, candidate, core.outputs[0])
     replace_node(graph, candidate.node, nodes)
     remove_initializer_if_unused(graph, candidate.weight)
     return size
 
 
-def _input_name(node: ir.Node, index: int) -> str:
+def input_name(node: ir.Node, index: int) -> str:
     value = node.inputs[index] if len(node.inputs) > index else None
     return (value.name or "") if value is not None else ""
 
@@ -211,7 +218,7 @@ def _weight_bytes(value: ir.Value) -> int:
     return int(value.const_value.nbytes) if value.const_value is not None else 0
 
 
-class _DecidingPass(SpaPass):
+class DecidingPass(SpaPass):
     """A pass that records, per node, what it did or why it skipped (for reports)."""
 
     def __init__(self) -> None:
@@ -229,7 +236,7 @@ class _DecidingPass(SpaPass):
 
 
 @register_pass
-class QuantizeWeightsPass(_DecidingPass):
+class QuantizeWeightsPass(DecidingPass):
     """Weight-only block quantization (RTN or GPTQ) of MatMul/Gemm weights.
 
     Options: ``bits`` (4, 8), ``block`` (power of two >= 16), ``symmetric``,
@@ -294,7 +301,7 @@ class QuantizeWeightsPass(_DecidingPass):
             return f"K={rows} is not a multiple of block {self.block} (use --target ort, which pads, or a block dividing K)"
         return ""
 
-    def _quantize(self, candidate: _Candidate) -> tuple[QuantizedWeight, str]:
+    def _quantize(self, candidate: Candidate) -> tuple[QuantizedWeight, str]:
         hessian = (
             self._hessians.get(candidate.activation.name or "") if self.method == "gptq" else None
         )
@@ -319,7 +326,7 @@ class QuantizeWeightsPass(_DecidingPass):
                 self._skip(
                     node,
                     reason,
-                    _input_name(node, 1),
+                    input_name(node, 1),
                 )
                 continue
             rows, cols = candidate.array.shape
@@ -359,7 +366,7 @@ def _remove_unused_inputs(graph: ir.Graph, values: list[ir.Value | None]) -> Non
 
 
 @register_pass
-class MatMulNBitsToQDQPass(_DecidingPass):
+class MatMulNBitsToQDQPass(DecidingPass):
     """``com.microsoft.MatMulNBits`` -> block ``DequantizeLinear`` + ``MatMul`` (opset 21).
 
     Handles 4/8-bit MatMulNBits with constant B/scales and optional uint8 zero
@@ -424,7 +431,7 @@ def _qdq_consumer(dequantize: ir.Node) -> tuple[ir.Node | None, str]:
 
 
 @register_pass
-class QDQToMatMulNBitsPass(_DecidingPass):
+class QDQToMatMulNBitsPass(DecidingPass):
     """Block ``DequantizeLinear`` (axis 0) + ``MatMul`` -> ``com.microsoft.MatMulNBits``.
 
     Handles INT4/UINT4/INT8/UINT8 constant 2-D ``x`` with constant scale (and

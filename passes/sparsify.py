@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.passes.quantize import _weight_reason
+from spa.passes.quantize import input_name, weight_reason
 from spa.quant.ir_format import MS_DOMAIN, QuantDecision, op_key
 from spa.quant.sparsity import (
     RUN,
@@ -69,7 +69,7 @@ class _Target:
 
 def _match_matmul(node: ir.Node) -> tuple[_Target | None, str]:
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    reason = _weight_reason(weight)
+    reason = weight_reason(weight)
     if reason or weight is None:
         return None, reason
     return _Target(node, weight, 0, node.inputs[0]), ""
@@ -77,7 +77,7 @@ def _match_matmul(node: ir.Node) -> tuple[_Target | None, str]:
 
 def _match_gemm(node: ir.Node) -> tuple[_Target | None, str]:
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    reason = _weight_reason(weight)
+    reason = weight_reason(weight)
     if reason or weight is None:
         return None, reason
     trans_a = node.attributes.get_int("transA", 0)
@@ -87,7 +87,7 @@ def _match_gemm(node: ir.Node) -> tuple[_Target | None, str]:
 
 def _match_conv(node: ir.Node) -> tuple[_Target | None, str]:
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    reason = _weight_reason(weight, ranks=(3, 4, 5))
+    reason = weight_reason(weight, ranks=(3, 4, 5))
     if reason or weight is None or weight.const_value is None:
         return None, reason
     group = node.attributes.get_int("group", 1)
@@ -206,9 +206,7 @@ class Sparsify2to4Pass(SparsifyingPass):
             if matcher is None:
                 continue
             target, reason = matcher(node)
-            weight_name = (
-                node.inputs[1].name or "" if len(node.inputs) > 1 and node.inputs[1] else ""
-            )
+            weight_name = input_name(node, 1)
             if target is None or target.weight.const_value is None:
                 self._skip(node, reason, weight_name)
                 continue

@@ -7,6 +7,7 @@ it feeds (``--int-range`` -> ``int_ranges``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -14,6 +15,7 @@ import click
 __all__ = [
     "EXIT_USER_ERROR",
     "EXIT_VERIFY_FAILED",
+    "check_calib_exists",
     "input_arguments",
     "input_options",
     "parse_dims",
@@ -91,6 +93,16 @@ def tolerance_options(rtol: float = 1e-5) -> Callable[[F], F]:
         ),
         click.option("--exact", is_flag=True, help="Require bit-identical outputs."),
     )
+
+
+def check_calib_exists(calib: Path | None) -> None:
+    """One-line error when ``--calib`` names nothing on disk."""
+    from spa.errors import UserError
+
+    if calib is not None and not calib.exists():
+        raise UserError(
+            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
+        )
 
 
 def input_arguments(

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from spa.cli.options import EXIT_VERIFY_FAILED, input_arguments, input_options
+from spa.cli.options import check_calib_exists, input_arguments, input_options
+from spa.cli.outcome import finish, human_size, verdict_tail
 
 __all__ = [
     "quantize_command",
@@ -33,12 +34,6 @@ _STATIC_OPTIONS = {
 }  # fmt: skip
 
 
-def _megabytes(size: int) -> str:
-    if size >= 1_000_000:
-        return f"{size / 1e6:.1f} MB"
-    return f"{size / 1e3:.1f} kB"
-
-
 def render_decisions(result: Any) -> list[str]:
     """One line per quantized/skipped node, then coverage and calibration lines."""
     lines = []
@@ -47,7 +42,7 @@ def render_decisions(result: Any) -> list[str]:
         if decision["action"] == "quantized":
             shape = f"W[{decision['k']}x{decision['n']}]"
             size = (
-                f"{_megabytes(decision['bytes_before'])} -> {_megabytes(decision['bytes_after'])}"
+                f"{human_size(decision['bytes_before'])} -> {human_size(decision['bytes_after'])}"
             )
             note = f" ({decision['reason']})" if decision["reason"] else ""
             lines.append(f"quantized {decision['op_type']:8s} {node} {shape} {size}{note}")
@@ -68,16 +63,10 @@ def verdict_line(result: Any) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
     if result.statistics.get("nodes_quantized", 0) == 0:
         verdict = "NOTHING TO DO" if result.passed else verdict
-    before, after = result.bytes_before, result.bytes_after
-    change = f"{(after - before) / before:+.0%}" if before else "n/a"
-    cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
     kind = f"int{options['bits']} g{options['block']} {options['method']}"
     if not options["symmetric"]:
         kind += " asym"
-    return (
-        f"{verdict} | quantize {kind} -> {options['target']} | bytes {_megabytes(before)} -> "
-        f"{_megabytes(after)} ({change}) | {cosine} | {result.seconds:.1f}s"
-    )
+    return f"{verdict} | quantize {kind} -> {options['target']} | {verdict_tail(result)}"
 
 
 def render_static_decisions(result: Any) -> list[str]:
@@ -109,14 +98,8 @@ def static_verdict_line(result: Any) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
     if result.statistics.get("nodes_quantized", 0) == 0:
         verdict = "NOTHING TO DO" if result.passed else verdict
-    before, after = result.bytes_before, result.bytes_after
-    change = f"{(after - before) / before:+.0%}" if before else "n/a"
-    cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
     kind = f"static {result.options['activations']} ({result.calibration_method})"
-    return (
-        f"{verdict} | quantize {kind} | bytes {_megabytes(before)} -> {_megabytes(after)} "
-        f"({change}) | {cosine} | {result.seconds:.1f}s"
-    )
+    return f"{verdict} | quantize {kind} | {verdict_tail(result)}"
 
 
 def _explicit(context: click.Context, names: dict[str, str]) -> list[str]:
@@ -155,15 +138,6 @@ def _check_mode(
         raise UserError(
             f"{weight_only[0]} is a weight-only option; --activations {activations} writes "
             "symmetric per-channel QDQ (standard ONNX, TensorRT-ready): drop it"
-        )
-
-
-def _check_calib_exists(calib: Path | None) -> None:
-    from spa.errors import UserError
-
-    if calib is not None and not calib.exists():
-        raise UserError(
-            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
         )
 
 
@@ -279,7 +253,7 @@ def quantize_command(
 
     _check_mode(click.get_current_context(), activations, weights, method)
     if activations is not None:
-        _check_calib_exists(calib)
+        check_calib_exists(calib)
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
@@ -290,24 +264,14 @@ def quantize_command(
     weights = weights or "int4"
     if calib is not None and method != "gptq":
         raise UserError("--calib is only used by --method gptq; add --method gptq or drop --calib")
-    _check_calib_exists(calib)
+    check_calib_exists(calib)
     result = quantize_model(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges),
     )  # fmt: skip
-    for line in render_decisions(result):
-        click.echo(line)
-    if result.verification is not None:
-        click.echo(result.verification.render())
-    if report_path is not None:
-        from spa.report import write_report
-
-        write_report(result.as_dict(), report_path)
-    click.echo(verdict_line(result))
-    if not result.passed:
-        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+    finish(result, render_decisions(result), verdict_line(result), report_path)
 
 
 def _static(
@@ -331,14 +295,4 @@ def _static(
             "inputs and are NOT representative of real data; accuracy on real inputs may be poor",
             err=True,
         )
-    for line in render_static_decisions(result):
-        click.echo(line)
-    if result.verification is not None:
-        click.echo(result.verification.render())
-    if report_path is not None:
-        from spa.report import write_report
-
-        write_report(result.as_dict(), report_path)
-    click.echo(static_verdict_line(result))
-    if not result.passed:
-        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+    finish(result, render_static_decisions(result), static_verdict_line(result), report_path)

@@ -8,13 +8,10 @@ from typing import Any
 
 import click
 
-from spa.cli.options import EXIT_VERIFY_FAILED, input_arguments, input_options
+from spa.cli.options import check_calib_exists, input_arguments, input_options
+from spa.cli.outcome import finish, human_size, verdict_tail
 
 __all__ = ["render_sparsify", "sparsify_command", "sparsify_verdict"]
-
-
-def _size(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 1_000_000 else f"{size / 1e3:.1f} kB"
 
 
 def render_sparsify(result: Any) -> list[str]:
@@ -26,7 +23,7 @@ def render_sparsify(result: Any) -> list[str]:
             lines.append(f"skipped    {decision['op_type']:8s} {node}: {decision['reason']}")
             continue
         shape = f"W[{decision['k']}x{decision['n']}]"
-        size = f"{_size(decision['bytes_before'])} -> {_size(decision['bytes_after'])}"
+        size = f"{human_size(decision['bytes_before'])} -> {human_size(decision['bytes_after'])}"
         note = f" ({decision['reason']})" if decision["reason"] else ""
         zeros = f"zeros {decision['sparsity']:.1%}"
         lines.append(
@@ -54,13 +51,7 @@ def sparsify_verdict(result: Any) -> str:
         )
     else:
         kind = f"2:4 {options['method']}"
-    before, after = result.bytes_before, result.bytes_after
-    change = f"{(after - before) / before:+.0%}" if before else "n/a"
-    cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
-    return (
-        f"{verdict} | sparsify {kind} | bytes {_size(before)} -> {_size(after)} ({change}) | "
-        f"{cosine} | {result.seconds:.1f}s"
-    )
+    return f"{verdict} | sparsify {kind} | {verdict_tail(result)}"
 
 
 @click.command("sparsify")
@@ -97,10 +88,7 @@ def sparsify_command(
     from spa.errors import UserError
     from spa.quant.sparsify_api import sparsify_model
 
-    if calib is not None and not calib.exists():
-        raise UserError(
-            f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
-        )
+    check_calib_exists(calib)
     if report_path is not None and not report_path.parent.is_dir():
         raise UserError(f"--report {report_path}: folder does not exist; create it first")
     result = sparsify_model(
@@ -109,14 +97,4 @@ def sparsify_command(
         min_cosine=verify_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges),
     )  # fmt: skip
-    for line in render_sparsify(result):
-        click.echo(line)
-    if result.verification is not None:
-        click.echo(result.verification.render())
-    if report_path is not None:
-        from spa.report import write_report
-
-        write_report(result.as_dict(), report_path)
-    click.echo(sparsify_verdict(result))
-    if not result.passed:
-        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+    finish(result, render_sparsify(result), sparsify_verdict(result), report_path)

@@ -9,7 +9,6 @@ MatMul/Gemm/Conv MACs covered and model bytes before/after.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from collections.abc import Mapping
@@ -18,18 +17,16 @@ from typing import Any
 
 import onnx
 
-from spa.errors import UserError
 from spa.quant.calibration import CalibrationSource, collect_hessians, load_calibration
 from spa.quant.macs import mac_coverage
+from spa.quant.results import VerifiedResult, converted_to_opset, file_bytes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
 __all__ = ["QuantizeResult", "default_min_cosine", "file_bytes", "quantize_model"]
 
-logger = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass
-class QuantizeResult:
+class QuantizeResult(VerifiedResult):
     """Everything the report shows about one ``quantize_model`` call."""
 
     output: Path
@@ -43,33 +40,10 @@ class QuantizeResult:
     seconds: float
     verification: VerifyResult | None = None
 
-    @property
-    def passed(self) -> bool:
-        return self.verification is None or self.verification.passed
-
-    @property
-    def cosine(self) -> float | None:
-        if self.verification is None or not self.verification.checks:
-            return None
-        return min(check.cosine for check in self.verification.checks)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["output"] = str(self.output)
-        data["verification"] = None if self.verification is None else self.verification.as_dict()
-        data["passed"] = self.passed
-        return data
-
 
 def default_min_cosine(bits: int) -> float:
     """The verification threshold used unless the caller gives one."""
     return 0.9999 if bits >= 8 else 0.98
-
-
-def file_bytes(path: Path) -> int:
-    """A model's size on disk, its ``.data`` external-data file included."""
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def _target_activations(model: onnx.ModelProto) -> list[str]:
@@ -93,21 +67,11 @@ def _hessians(path: Path, calib: CalibrationSource, max_samples: int | None) -> 
 
 def _opset_ready(path: Path, target: str, staging: Path) -> Path:
     """For QDQ targets, a copy of the model converted to opset 21 when it is older."""
-    proto = onnx.load(str(path), load_external_data=False)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if target == "ort" or opset >= 21:
+    if target == "ort":
         return path
-    try:
-        converted = onnx.version_converter.convert_version(onnx.load(str(path)), 21)
-    except Exception as error:  # the converter raises its own C++ error types
-        raise UserError(
-            f"{path}: opset {opset} could not be converted to 21 for block DequantizeLinear "
-            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); use --target ort"
-        ) from None
-    out = staging / "opset21.onnx"
-    onnx.save_model(converted, str(out), save_as_external_data=converted.ByteSize() > 1_800_000_000)
-    logger.info("converted opset %d -> 21 for target %s", opset, target)
-    return out
+    return converted_to_opset(
+        path, staging, below=21, version=21, purpose="block DequantizeLinear", fix="use --target ort"
+    )
 
 
 def quantize_model(

@@ -209,26 +209,10 @@ def collect_hessians(
     statistics: dict[str, HessianStatistics] = {}
     if not names:
         return statistics
-    exposed = _with_outputs(model, names)
-    with tempfile.TemporaryDirectory(prefix="spa-calib-") as folder:
-        session = _create_session(exposed, Path(folder))
-        wanted = {value.name for value in session.get_inputs()}
-        seen = 0
-        for feed in track(feeds, description="calibrate"):
-            if max_samples is not None and seen >= max_samples:
-                break
-            missing = sorted(wanted - set(feed))
-            if missing:
-                raise UserError(
-                    f"calibration sample {seen} lacks input(s) {missing}; give every model input"
-                )
-            values = session.run(names, {key: np.asarray(feed[key]) for key in wanted})
-            for name, value in zip(names, values, strict=True):
-                _accumulate(statistics, name, np.asarray(value))
-            seen += 1
-    logger.info("calibration: %d samples, %d activations", seen, len(statistics))
-    if seen == 0:
-        raise UserError("calibration data holds no samples; give at least one")
+    for _, outputs in _calibration_runs(model, names, feeds, max_samples, len(names)):
+        for name in names:
+            _accumulate(statistics, name, np.asarray(outputs[name]))
+        del outputs
     return statistics
 
 
@@ -251,6 +235,37 @@ def collect_channel_statistics(
         return statistics
     graph_inputs = {value.name for value in model.graph.input}
     names = sorted(name for name in values if name not in graph_inputs)
+    for inputs, outputs in _calibration_runs(model, names, feeds, max_samples, len(values)):
+        for name, axis in values.items():
+            value = outputs[name] if name in outputs else inputs[name]
+            rows = channel_rows(np.asarray(value), axis)
+            entry = statistics.get(name)
+            if entry is None:
+                channels = rows.shape[1]
+                entry = statistics[name] = ChannelStatistics(
+                    np.zeros(channels),
+                    np.zeros(channels),
+                    np.zeros((channels, channels)) if full else None,
+                )
+            entry.add(rows)
+            del value, rows
+        del inputs, outputs
+    return statistics
+
+
+def _calibration_runs(
+    model: onnx.ModelProto,
+    names: list[str],
+    feeds: Iterable[Feeds],
+    max_samples: int | None,
+    activations: int,
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """Run ``model`` with ``names`` exposed as outputs on each feed (at most
+    ``max_samples``), yielding ``(inputs, outputs by name)`` one feed at a time.
+
+    One-line :class:`UserError` for a feed that lacks a model input and for
+    calibration data with no samples; ``activations`` is only for the log line.
+    """
     exposed = _with_outputs(model, names)
     with tempfile.TemporaryDirectory(prefix="spa-calib-") as folder:
         session = _create_session(exposed, Path(folder))
@@ -266,25 +281,12 @@ def collect_channel_statistics(
                 )
             inputs = {key: np.asarray(feed[key]) for key in wanted}
             outputs = dict(zip(names, session.run(names, inputs) if names else [], strict=True))
-            for name, axis in values.items():
-                value = outputs[name] if name in outputs else inputs[name]
-                rows = channel_rows(np.asarray(value), axis)
-                entry = statistics.get(name)
-                if entry is None:
-                    channels = rows.shape[1]
-                    entry = statistics[name] = ChannelStatistics(
-                        np.zeros(channels),
-                        np.zeros(channels),
-                        np.zeros((channels, channels)) if full else None,
-                    )
-                entry.add(rows)
-                del value, rows
-            del outputs
+            yield inputs, outputs
+            del inputs, outputs  # one feed's activations in memory at a time
             seen += 1
-    logger.info("calibration: %d samples, %d activations", seen, len(statistics))
+    logger.info("calibration: %d samples, %d activations", seen, activations if seen else 0)
     if seen == 0:
         raise UserError("calibration data holds no samples; give at least one")
-    return statistics
 
 
 def _accumulate(statistics: dict[str, HessianStatistics], name: str, value: np.ndarray) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import onnx
 
-__all__ = ["mac_coverage", "node_macs", "value_shapes"]
+__all__ = ["covered_share", "mac_coverage", "node_macs", "value_shapes", "weight_coverage"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,24 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
     return 0
 
 
-def mac_coverage(model: onnx.ModelProto, decisions: Iterable[Any]) -> float:
-    """Share of MatMul/Gemm/Conv MACs whose weight was quantized (by ``decisions``)."""
-    quantized = {d.weight for d in decisions if getattr(d, "action", "") == "quantized"}
+def covered_share(model: onnx.ModelProto, covered: Callable[[onnx.NodeProto], bool]) -> float:
+    """Share of MatMul/Gemm/Conv MACs in the nodes for which ``covered`` is true."""
     shapes = value_shapes(model)
-    total = covered = 0
+    total = done = 0
     for node in model.graph.node:
         macs = node_macs(node, shapes)
         total += macs
-        if len(node.input) > 1 and node.input[1] in quantized:
-            covered += macs
-    return covered / total if total else 0.0
+        if covered(node):
+            done += macs
+    return done / total if total else 0.0
+
+
+def weight_coverage(model: onnx.ModelProto, weights: Collection[str]) -> float:
+    """Share of MatMul/Gemm/Conv MACs whose weight (second input) is in ``weights``."""
+    return covered_share(model, lambda node: len(node.input) > 1 and node.input[1] in weights)
+
+
+def mac_coverage(model: onnx.ModelProto, decisions: Iterable[Any]) -> float:
+    """Share of MatMul/Gemm/Conv MACs whose weight was quantized (by ``decisions``)."""
+    quantized = {d.weight for d in decisions if getattr(d, "action", "") == "quantized"}
+    return weight_coverage(model, quantized)

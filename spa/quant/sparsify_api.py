@@ -10,7 +10,6 @@ bytes before/after and the actual sparsity of the rewritten weights.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import tempfile
 import time
@@ -21,20 +20,19 @@ from typing import Any
 import onnx
 
 from spa.errors import UserError
-from spa.quant.api import _hessians, file_bytes
+from spa.quant.api import _hessians
 from spa.quant.calibration import CalibrationSource
-from spa.quant.macs import node_macs, value_shapes
+from spa.quant.macs import weight_coverage
+from spa.quant.results import VerifiedResult, converted_to_opset, file_bytes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
 __all__ = ["PATTERNS", "SparsifyResult", "check_sparsify_options", "sparsify_model"]
-
-logger = logging.getLogger(__name__)
 
 PATTERNS = ("2:4", "gqsa")
 
 
 @dataclasses.dataclass
-class SparsifyResult:
+class SparsifyResult(VerifiedResult):
     """Everything the report shows about one ``sparsify_model`` call."""
 
     output: Path
@@ -50,25 +48,8 @@ class SparsifyResult:
     verification: VerifyResult | None = None
 
     @property
-    def passed(self) -> bool:
-        return self.verification is None or self.verification.passed
-
-    @property
-    def cosine(self) -> float | None:
-        if self.verification is None or not self.verification.checks:
-            return None
-        return min(check.cosine for check in self.verification.checks)
-
-    @property
     def rewritten(self) -> int:
         return sum(1 for decision in self.decisions if decision["action"] != "skipped")
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["output"] = str(self.output)
-        data["verification"] = None if self.verification is None else self.verification.as_dict()
-        data["passed"] = self.passed
-        return data
 
 
 def check_sparsify_options(
@@ -89,17 +70,6 @@ def check_sparsify_options(
         )
 
 
-def _coverage(model: onnx.ModelProto, weights: set[str]) -> float:
-    shapes = value_shapes(model)
-    total = covered = 0
-    for node in model.graph.node:
-        macs = node_macs(node, shapes)
-        total += macs
-        if len(node.input) > 1 and node.input[1] in weights:
-            covered += macs
-    return covered / total if total else 0.0
-
-
 def _sparsity(decisions: Iterable[Any]) -> float:
     rewritten = [d for d in decisions if d.action != "skipped"]
     elements = sum(d.k * d.n for d in rewritten)
@@ -116,26 +86,6 @@ def _build_pass(pattern: str, options: dict[str, Any], hessians: Any) -> Any:
     return GQSAPass(
         options["group"], options["sparsity"], options["bits"], options["form"], hessians=hessians
     )
-
-
-def _opset_18_ready(path: Path, staging: Path) -> Path:
-    """``path``, or a copy converted to opset 21 when its opset is below 18 (BitwiseAnd)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset >= 18:
-        return path
-    try:
-        converted = onnx.version_converter.convert_version(onnx.load(str(path)), 21)
-    except Exception as error:  # the converter raises its own C++ error types
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(
-            f"{path}: opset {opset} could not be converted to 21 for the GQSA reference "
-            f"lowering ({first}); use --form plugin"
-        ) from None
-    out = staging / "opset21.onnx"
-    onnx.save_model(converted, str(out), save_as_external_data=converted.ByteSize() > 1_800_000_000)
-    logger.info("converted opset %d -> 21 for the GQSA reference lowering", opset)
-    return out
 
 
 def _verified_copy(output: Path, form: str, folder: Path) -> Path:
@@ -185,7 +135,12 @@ def sparsify_model(
     load_model(source)  # one-line errors for bad files before anything else runs
     with tempfile.TemporaryDirectory(prefix="spa-sparsify-") as folder:
         lowered = pattern == "gqsa" and form == "reference"
-        prepared = _opset_18_ready(source, Path(folder)) if lowered else source
+        prepared = source
+        if lowered:  # the reference lowering needs BitwiseAnd (opset 18)
+            prepared = converted_to_opset(
+                source, Path(folder), below=18, version=21,
+                purpose="the GQSA reference lowering", fix="use --form plugin",
+            )  # fmt: skip
         wants_data = method == "sparsegpt" or pattern == "gqsa"
         hessians = None
         if wants_data and calib is not None:
@@ -194,7 +149,7 @@ def sparsify_model(
         rewrite = _build_pass(pattern, options, hessians)
         result = rewrite(model)
         weights = {d.weight for d in rewrite.decisions if d.action != "skipped"}
-        coverage = _coverage(onnx.load(str(prepared), load_external_data=False), weights)
+        coverage = weight_coverage(onnx.load(str(prepared), load_external_data=False), weights)
         save_model(result.model, output, input_path=source)
         verification = None
         if verify:

@@ -10,7 +10,6 @@ MACs covered and model bytes before/after.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import tempfile
 import time
@@ -20,22 +19,20 @@ from typing import Any
 
 import onnx
 
-from spa.errors import UserError
 from spa.quant.calibration import CalibrationSource
 from spa.quant.ir_format import default_opset
-from spa.quant.macs import node_macs, value_shapes
+from spa.quant.macs import covered_share
+from spa.quant.results import VerifiedResult, converted_to_opset, file_bytes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
 __all__ = ["DEFAULT_MIN_COSINE", "StaticQuantizeResult", "quantize_static_model", "static_mac_coverage"]
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_COSINE = 0.99
 _QDQ_OPSET = 21
 
 
 @dataclasses.dataclass
-class StaticQuantizeResult:
+class StaticQuantizeResult(VerifiedResult):
     """Everything the report shows about one ``quantize_static_model`` call."""
 
     output: Path
@@ -54,60 +51,15 @@ class StaticQuantizeResult:
     verification_optimization: str = ""
 
     @property
-    def passed(self) -> bool:
-        return self.verification is None or self.verification.passed
-
-    @property
     def random_calibration(self) -> bool:
         from spa.quant.static import RANDOM_CALIBRATION
 
         return self.calibration == RANDOM_CALIBRATION
 
-    @property
-    def cosine(self) -> float | None:
-        if self.verification is None or not self.verification.checks:
-            return None
-        return min(check.cosine for check in self.verification.checks)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["output"] = str(self.output)
-        data["verification"] = None if self.verification is None else self.verification.as_dict()
-        data["passed"] = self.passed
-        return data
-
 
 def static_mac_coverage(model: onnx.ModelProto, quantized_nodes: set[str]) -> float:
     """Share of MatMul/Gemm/Conv MACs in nodes named in ``quantized_nodes``."""
-    shapes = value_shapes(model)
-    total = covered = 0
-    for node in model.graph.node:
-        macs = node_macs(node, shapes)
-        total += macs
-        if node.name in quantized_nodes:
-            covered += macs
-    return covered / total if total else 0.0
-
-
-def _converted(path: Path, needed: int, staging: Path) -> Path:
-    """``path``, or a copy converted to opset ``needed`` when its opset is below it
-    (not further: ORT 1.32 mishandles some opset-21 QDQ graphs, see docs)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset >= needed:
-        return path
-    try:
-        converted = onnx.version_converter.convert_version(onnx.load(str(path)), needed)
-    except Exception as error:  # the converter raises its own C++ error types
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(
-            f"{path}: opset {opset} could not be converted to {needed} for QDQ ({first}); "
-            "convert the model yourself or use --activations int8"
-        ) from None
-    out = staging / f"opset{needed}.onnx"
-    onnx.save_model(converted, str(out), save_as_external_data=converted.ByteSize() > 1_800_000_000)
-    logger.info("converted opset %d -> %d for QDQ", opset, needed)
-    return out
+    return covered_share(model, lambda node: node.name in quantized_nodes)
 
 
 def _has_half_floats(path: Path) -> bool:
@@ -150,12 +102,6 @@ def _verify_basic(
     return VerifyResult(checks=checks, seed=seed, samples=1)
 
 
-def file_bytes(path: Path) -> int:
-    from spa.quant.api import file_bytes as size
-
-    return size(path)
-
-
 def quantize_static_model(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -190,7 +136,10 @@ def quantize_static_model(
     load_model(source)  # one-line errors for bad files before anything else runs
     with tempfile.TemporaryDirectory(prefix="spa-static-") as folder:
         needed = required_opset(activations, half=_has_half_floats(source))
-        prepared = _converted(source, needed, Path(folder))
+        prepared = converted_to_opset(
+            source, Path(folder), below=needed, version=needed, purpose="QDQ",
+            fix="convert the model yourself or use --activations int8",
+        )  # fmt: skip
         model = load_model(prepared)
         quantizer = QuantizeStaticPass(
             activations, weights, calib=calib, calib_method=calib_method,
