@@ -27,7 +27,8 @@ def test_small_table_has_every_spa_criterion_at_both_budgets(tmp_path: Path) -> 
             "higher_is_better"}
     assert all(keys <= set(row) for row in rows)
     assert {(r["criterion"], r["budget"]) for r in rows} == {
-        (c, b) for c in ("l2", "lamp", "bn_scale", "obspa", "wanda_sp", "flap+bias", "obs")
+        (c, b) for c in ("l2", "lamp", "lamp (global)", "bn_scale", "obspa", "wanda_sp",
+                                "flap+bias", "obs")
         for b in (0.25, 0.5)
     }
     for row in rows:
