@@ -134,9 +134,11 @@ def sparsify_model(
     source, output = Path(input_path), Path(output_path)
     load_model(source)  # one-line errors for bad files before anything else runs
     with tempfile.TemporaryDirectory(prefix="spa-sparsify-") as folder:
-        lowered = pattern == "gqsa" and form == "reference"
+        # The reference lowering needs BitwiseAnd (opset 18): the reference form always, and
+        # the plugin form when it is verified (through its lowering).
+        lowered = pattern == "gqsa" and (form == "reference" or verify)
         prepared = source
-        if lowered:  # the reference lowering needs BitwiseAnd (opset 18)
+        if lowered:
             prepared = converted_to_opset(
                 source, Path(folder), below=18, version=21,
                 purpose="the GQSA reference lowering", fix="use --form plugin",
