@@ -19,24 +19,16 @@ import onnx
 
 from spa.quant.calibration import CalibrationSource, collect_hessians, load_calibration
 from spa.quant.macs import mac_coverage
-from spa.quant.results import VerifiedResult, converted_to_opset, file_bytes
+from spa.quant.results import RewriteResult, converted_to_opset, file_bytes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
 __all__ = ["QuantizeResult", "default_min_cosine", "file_bytes", "quantize_model"]
 
 
 @dataclasses.dataclass
-class QuantizeResult(VerifiedResult):
+class QuantizeResult(RewriteResult):
     """Everything the report shows about one ``quantize_model`` call."""
 
-    output: Path
-    options: dict[str, Any]
-    decisions: list[dict[str, Any]]
-    statistics: dict[str, int | float]
-    calibration: str
-    mac_coverage: float
-    bytes_before: int
-    bytes_after: int
     seconds: float
     verification: VerifyResult | None = None
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from spa.verify import VerifyResult
 
-__all__ = ["VerifiedResult", "converted_to_opset", "file_bytes"]
+__all__ = ["RewriteResult", "VerifiedResult", "converted_to_opset", "file_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ class VerifiedResult:
         data["passed"] = self.passed
         return data
 
+
+
+@dataclasses.dataclass
+class RewriteResult(VerifiedResult):
+    """The leading fields (in report order) of the weight-rewrite results of
+    ``quantize_model`` and ``sparsify_model``; each adds its own after them."""
+
+    output: Path
+    options: dict[str, Any]
+    decisions: list[dict[str, Any]]
+    statistics: dict[str, int | float]
+    calibration: str
+    mac_coverage: float
+    bytes_before: int
+    bytes_after: int
 
 def file_bytes(path: Path) -> int:
     """A model's size on disk, its ``.data`` external-data file included."""

@@ -23,7 +23,7 @@ from spa.errors import UserError
 from spa.quant.api import _hessians
 from spa.quant.calibration import CalibrationSource
 from spa.quant.macs import weight_coverage
-from spa.quant.results import VerifiedResult, converted_to_opset, file_bytes
+from spa.quant.results import RewriteResult, converted_to_opset, file_bytes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
 __all__ = ["PATTERNS", "SparsifyResult", "check_sparsify_options", "sparsify_model"]
@@ -32,17 +32,9 @@ PATTERNS = ("2:4", "gqsa")
 
 
 @dataclasses.dataclass
-class SparsifyResult(VerifiedResult):
+class SparsifyResult(RewriteResult):
     """Everything the report shows about one ``sparsify_model`` call."""
 
-    output: Path
-    options: dict[str, Any]
-    decisions: list[dict[str, Any]]
-    statistics: dict[str, int | float]
-    calibration: str
-    mac_coverage: float
-    bytes_before: int
-    bytes_after: int
     sparsity: float
     seconds: float
     verification: VerifyResult | None = None
