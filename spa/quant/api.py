@@ -22,7 +22,13 @@ from spa.quant.macs import mac_coverage
 from spa.quant.results import RewriteResult, converted_to_opset, file_bytes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 
-__all__ = ["QuantizeResult", "default_min_cosine", "file_bytes", "quantize_model"]
+__all__ = [
+    "QuantizeResult",
+    "default_min_cosine",
+    "file_bytes",
+    "quantize_model",
+    "weight_input_hessians",
+]
 
 
 @dataclasses.dataclass
@@ -48,7 +54,11 @@ def _target_activations(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def _hessians(path: Path, calib: CalibrationSource, max_samples: int | None) -> dict[str, Any]:
+def weight_input_hessians(
+    path: Path, calib: CalibrationSource, max_samples: int | None
+) -> dict[str, Any]:
+    """Hessian ``2 X^T X / rows`` of the activation input of every constant-weight
+    MatMul/Gemm of the model at ``path``, from the calibration feeds ``calib``."""
     model = onnx.load(str(path))
     initializers = {tensor.name for tensor in model.graph.initializer}
     inputs = [value.name for value in model.graph.input if value.name not in initializers]
@@ -99,7 +109,7 @@ def quantize_model(
         prepared = _opset_ready(source, target, Path(folder))
         hessians = None
         if method == "gptq" and calib is not None:
-            hessians = _hessians(prepared, calib, max_calibration_samples)
+            hessians = weight_input_hessians(prepared, calib, max_calibration_samples)
         model = load_model(prepared)
         quantizer = QuantizeWeightsPass(
             bits, block, symmetric, method, target, hessians=hessians, act_order=act_order

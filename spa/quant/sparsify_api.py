@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from spa.errors import UserError
-from spa.quant.api import _hessians
+from spa.quant.api import weight_input_hessians
 from spa.quant.calibration import CalibrationSource
 from spa.quant.macs import weight_coverage
 from spa.quant.results import RewriteResult, converted_to_opset, file_bytes
@@ -138,7 +138,7 @@ def sparsify_model(
         wants_data = method == "sparsegpt" or pattern == "gqsa"
         hessians = None
         if wants_data and calib is not None:
-            hessians = _hessians(prepared, calib, max_calibration_samples)
+            hessians = weight_input_hessians(prepared, calib, max_calibration_samples)
         model = load_model(prepared)
         rewrite = _build_pass(pattern, options, hessians)
         result = rewrite(model)
