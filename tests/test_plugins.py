@@ -127,9 +127,17 @@ def tensorrt_include() -> Path | None:
     return None
 
 
+def cuda_include_dir() -> Path | None:
+    """The CUDA toolkit's include folder (nvcc may be a wrapper script outside the toolkit)."""
+    roots = [Path(NVCC).resolve().parents[1]] if NVCC else []
+    roots += [Path(p) for p in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda") if p]
+    return next((root / "include" for root in roots if (root / "include" / "cuda_runtime_api.h").is_file()), None)
+
+
 @pytest.mark.skipif(tensorrt_include() is None, reason="TensorRT headers not found (set TensorRT_ROOT)")
 def test_plugin_wrappers_compile_against_tensorrt_headers() -> None:
-    cuda_include = Path(NVCC).resolve().parents[1] / "include" if NVCC else Path("/usr/local/cuda/include")
+    cuda_include = cuda_include_dir()
+    assert cuda_include is not None, "TensorRT headers need the CUDA runtime headers (cuda_runtime_api.h)"
     for source in sorted((PLUGINS / "trt").glob("*.cpp")):
         command = ["g++", "-std=c++17", "-Wall", "-fsyntax-only", f"-I{tensorrt_include()}", f"-I{cuda_include}", str(source)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
