@@ -8,7 +8,8 @@
 //    harness's reference.
 // 2. Correctness: every kernel against an FP32 cuBLAS SGEMM of the dequantized
 //    weight, M in {1,2,4,8,16,32,64}, FP16 and BF16 activations:
-//    max|Y - Y_ref| / max|Y_ref| <= 2e-3, on the cases and on every timed shape.
+//    max|Y - Y_ref| / max|Y_ref| <= 2e-3 (BF16 outputs: 2e-3 + 2^-8, their own
+//    rounding), on the cases and on every timed shape.
 // 3. Timing: CUDA graphs of 20 launches rotating over weight copies that
 //    together exceed 2x L2, replayed 5 times; cuBLAS FP16 (GemmEx, FP32
 //    accumulate) in the same run. Prints us, GB/s, % of the measured HBM read
@@ -44,6 +45,9 @@ namespace {
 
 constexpr int kMs[] = {1, 2, 4, 8, 16, 32, 64};
 constexpr double kTolerance = 2e-3;
+// BF16 outputs: their own rounding reaches 2^-8 (unit roundoff) of the largest
+// output, so no BF16 result can meet 2e-3; allow 2e-3 on top of it.
+constexpr double kToleranceBf16 = 2e-3 + 1.0 / 256;
 constexpr int kGraphLaunches = 20, kReplays = 5;
 
 struct Shape { const char* model; int K, N; };
@@ -184,7 +188,7 @@ std::vector<double> check(Context& ctx, const Weight& w, const char* label) {
         to_float<__nv_bfloat16><<<blocks_for(y_count), 256, 0, ctx.stream>>>(reinterpret_cast<__nv_bfloat16*>(y16.ptr), y32.ptr, y_count);
       CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
       double err = relative_error(y32, ref);
-      bool ok = err <= kTolerance;
+      bool ok = err <= (dtype == SPA_FP16 ? kTolerance : kToleranceBf16);
       ctx.failures += ok ? 0 : 1;
       std::printf("%s | %-8s %-22s M=%-3d %s max_rel_err %.2e\n", ok ? "PASSED" : "FAILED",
                   w.kernel.c_str(), label, M, dtype == SPA_FP16 ? "fp16" : "bf16", err);
