@@ -3,6 +3,10 @@
 // Internal to plugins/kernels (not part of the C API in spa_kernels.h).
 #pragma once
 
+#ifdef SPA_EMULATE  // host emulation for CPU tests (plugins/emu/README.md)
+#include "../emu/spa_emu.h"
+#endif
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -29,6 +33,18 @@ void set_error(const char* message);
     cudaError_t spa_status_ = (expression);      \
     if (spa_status_ != cudaSuccess) return spa_status_; \
   } while (0)
+
+// ---- launches and dynamic shared memory -------------------------------------
+// SPA_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<...>>>(args...);
+// under SPA_EMULATE it runs the kernel on host threads instead.
+#ifdef SPA_EMULATE
+#define SPA_LAUNCH(grid, block, smem, stream, ...) ::spa_emu::launch(grid, block, smem, stream, __VA_ARGS__)
+#define SPA_DYNAMIC_SMEM(name) \
+  unsigned char* name = static_cast<unsigned char*>(::spa_emu::dynamic_smem())
+#else
+#define SPA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define SPA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 // ---- 16-bit element traits -------------------------------------------------
 template <typename T> struct Elem;
@@ -74,6 +90,29 @@ __device__ __forceinline__ void dequant8(uint32_t word, uint32_t (&out)[4]) {
   }
 }
 
+#ifdef SPA_EMULATE
+// The PTX below, emulated (plugins/emu/spa_emu.h states the fragment layouts).
+inline uint64_t evict_first_policy() { return 0; }
+inline void cp_async16_evict_first(void* smem, const void* gmem, uint64_t) {
+  spa_emu::cp_async16(smem, gmem, false);
+}
+inline void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  spa_emu::cp_async16(smem, gmem, !valid);
+}
+inline void cp_async_commit() { spa_emu::cp_async_commit(); }
+template <int N>
+void cp_async_wait() {
+  spa_emu::cp_async_wait(N);
+}
+template <typename T>
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  spa_emu::mma_m16n8k16<T>(d, a, b0, b1);
+}
+template <typename T>
+void mma_sp_16832(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t meta) {
+  spa_emu::mma_sp_m16n8k32<T>(d, a, b, meta);
+}
+#else
 // ---- cp.async --------------------------------------------------------------
 // Weights are read exactly once per launch: stream them with an L2 evict-first
 // policy so they do not push the (reused) activations and scales out of L2.
@@ -160,6 +199,8 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const
         "r"(meta));
 }
 
+#endif  // SPA_EMULATE
+
 // ---- split-K epilogue ------------------------------------------------------
 // Converts FP32 partial sums (atomically accumulated in the workspace) to T.
 template <typename T>
@@ -174,7 +215,7 @@ inline cudaError_t launch_finalize(const float* partial, void* y, long long coun
                                    cudaStream_t stream) {
   const int threads = 256;
   long long blocks = (count + threads - 1) / threads;
-  finalize_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+  SPA_LAUNCH(static_cast<unsigned>(blocks), threads, 0, stream, finalize_kernel<T>)(
       partial, static_cast<T*>(y), count);
   return cudaGetLastError();
 }

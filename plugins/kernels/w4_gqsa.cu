@@ -126,13 +126,13 @@ cudaError_t launch_g(const T* a, const uint32_t* values, const uint16_t* group_i
   long long warps = (static_cast<long long>(nnz) + kEntriesPerWarp - 1) / kEntriesPerWarp;
   unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
   if (rows <= 1)
-    gemv_kernel<T, G, 1><<<blocks, kThreads, 0, stream>>>(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
   else if (rows <= 2)
-    gemv_kernel<T, G, 2><<<blocks, kThreads, 0, stream>>>(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
   else if (rows <= 4)
-    gemv_kernel<T, G, 4><<<blocks, kThreads, 0, stream>>>(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
   else
-    gemv_kernel<T, G, 8><<<blocks, kThreads, 0, stream>>>(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
   return cudaGetLastError();
 }
 

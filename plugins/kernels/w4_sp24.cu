@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads)
                 T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
                 int groups_per_split) {
   constexpr int kStages = stages_for(MT);
-  extern __shared__ __align__(16) unsigned char smem[];
+  SPA_DYNAMIC_SMEM(smem);
   uint32_t* v_smem = reinterpret_cast<uint32_t*>(smem);
   uint32_t* m_smem = v_smem + kStages * kWarps * kValueWords;
   T* a_smem = reinterpret_cast<T*>(m_smem + kStages * kWarps * kMetaWords);
@@ -102,6 +102,10 @@ __global__ void __launch_bounds__(kThreads)
     int next = group + kStages - 1;
     if (next < g_end) load_stage((it + kStages - 1) % kStages, next);
     cp_async_commit();
+    // A warp past the last tile (partial block) loaded no weights: its mma
+    // would read uninitialised shared memory (invalid mma.sp metadata is
+    // undefined behaviour), so it only keeps the block's barriers.
+    if (!tile_valid) continue;
 
     const int stage = it % kStages;
     const uint32_t* v_tile = v_smem + (stage * kWarps + warp) * kValueWords;
@@ -161,7 +165,7 @@ cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, con
   auto kernel = gemm_kernel<T, MT>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
-  kernel<<<grid, kThreads, bytes, stream>>>(a, values, meta, scales, y, partial, M, N, K, gps);
+  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, values, meta, scales, y, partial, M, N, K, gps);
   return cudaGetLastError();
 }
 

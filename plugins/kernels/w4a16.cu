@@ -14,8 +14,9 @@
 //   above), weights with an L2 evict-first policy (read once), activations
 //   zero-filled past M.
 // * The INT4 values are exact in FP16/BF16; each group is accumulated in FP32
-//   and scaled once in FP32 (no rounding of q*s to 16 bits), which keeps BF16
-//   inside the 2e-3 tolerance.
+//   and scaled once in FP32 (no rounding of q*s to 16 bits), so the only
+//   16-bit rounding is the output's own (emulated: FP16 4.5e-4, BF16 3.8e-3
+//   of max|Y|; plugins/emu/README.md).
 // * Split-K over groups when N/16 tiles give fewer than 4 warps per SM (a
 //   4096-wide layer has 256 tiles for 132 SMs). Partial sums go to an FP32
 //   workspace with atomicAdd and a finalize kernel converts them.
@@ -56,7 +57,7 @@ __global__ void __launch_bounds__(kThreads)
                 float* __restrict__ partial,         // [M, N] FP32 (split > 1)
                 int M, int N, int K, int groups_per_split) {
   constexpr int kStages = stages_for(MT);
-  extern __shared__ __align__(16) unsigned char smem[];
+  SPA_DYNAMIC_SMEM(smem);
   uint32_t* w_smem = reinterpret_cast<uint32_t*>(smem);
   T* a_smem = reinterpret_cast<T*>(smem + kStages * kWarps * kTilesPerGroup * 32 * 4);
 
@@ -112,6 +113,10 @@ __global__ void __launch_bounds__(kThreads)
     int next = group + kStages - 1;
     if (next < g_end) load_stage((it + kStages - 1) % kStages, next);
     cp_async_commit();
+    // A warp past the last tile (partial block) loaded no weights: its mma
+    // would read uninitialised shared memory (invalid mma.sp metadata is
+    // undefined behaviour), so it only keeps the block's barriers.
+    if (!tile_valid) continue;
 
     const int stage = it % kStages;
     const uint32_t* w_tile = w_smem + (stage * kWarps + warp) * kTilesPerGroup * 32;
@@ -168,7 +173,7 @@ cudaError_t launch(const T* a, const uint32_t* packed, const __half* scales, T* 
   auto kernel = gemm_kernel<T, MT>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
-  kernel<<<grid, kThreads, bytes, stream>>>(a, packed, scales, y, partial, M, N, K, groups_per_split);
+  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, packed, scales, y, partial, M, N, K, groups_per_split);
   return cudaGetLastError();
 }
 

@@ -1,0 +1,32 @@
+// The few CUDA runtime entry points the spa launchers call, for the host
+// emulation (spa_emu.h): "device" memory is host memory and streams are
+// ignored (every launch finishes before it returns).
+#include "spa_emu.h"
+
+extern "C" {
+
+cudaError_t cudaGetLastError(void) {
+  std::lock_guard<std::mutex> lock(spa_emu::device().mutex);
+  cudaError_t error = spa_emu::device().last_error;
+  spa_emu::device().last_error = cudaSuccess;
+  return error;
+}
+
+cudaError_t cudaMemsetAsync(void* pointer, int value, size_t count, cudaStream_t) {
+  std::memset(pointer, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attribute, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  if (attribute != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  *value = spa_emu::sm_count();
+  return cudaSuccess;
+}
+
+}  // extern "C"

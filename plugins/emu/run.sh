@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Build the spa kernels for the host emulation (spa_emu.h) under a sanitizer
+# and run emu_check on a cases folder written by `python -m spa.plugins.bench_cases`.
+#
+#   plugins/emu/run.sh [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]
+#
+# Needs g++ (C++20) and the CUDA toolkit's headers (cuda_fp16.h ...); no GPU,
+# no libcudart. Exit status: emu_check's (0 when every run passed).
+# SPA_EMU_KERNELS=DIR takes the kernel sources from DIR instead (the tests use
+# it to check that a broken copy of a kernel is caught).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+SAN=address
+BUILD=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sanitizer) SAN=$2; shift 2 ;;
+    --build-dir) BUILD=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { echo "usage: $0 [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]" >&2; exit 2; }
+case "$SAN" in address|thread) ;; *) echo "error: --sanitizer must be address or thread" >&2; exit 2 ;; esac
+CXX=${CXX:-g++}
+command -v "$CXX" >/dev/null || { echo "error: $CXX not found (install g++)" >&2; exit 2; }
+CUDA_INCLUDE=""
+for root in ${CUDA_HOME:-} "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")" /usr/local/cuda; do
+  if [ -n "$root" ] && [ -f "$root/include/cuda_fp16.h" ]; then CUDA_INCLUDE=$root/include; break; fi
+done
+[ -n "$CUDA_INCLUDE" ] || { echo "error: CUDA headers (cuda_fp16.h) not found; set CUDA_HOME" >&2; exit 2; }
+BUILD=${BUILD:-build/plugins-emu-$SAN}
+mkdir -p "$BUILD"
+KERNELS=${SPA_EMU_KERNELS:-$HERE/../kernels}
+FLAGS=(-std=c++20 -O1 -g -DSPA_EMULATE "-fsanitize=$SAN" -fno-omit-frame-pointer "-I$HERE/../kernels" "-I$CUDA_INCLUDE")
+pids=()
+for k in w4a16 w4_sp24 w4_gqsa; do
+  "$CXX" "${FLAGS[@]}" -x c++ -c "$KERNELS/$k.cu" -o "$BUILD/$k.o" & pids+=($!)
+done
+"$CXX" "${FLAGS[@]}" -c "$HERE/emu_runtime.cpp" -o "$BUILD/emu_runtime.o" & pids+=($!)
+"$CXX" "${FLAGS[@]}" -c "$HERE/emu_check.cpp" -o "$BUILD/emu_check.o" & pids+=($!)
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+[ $status -eq 0 ] || { echo "error: compiling for the emulation failed" >&2; exit 2; }
+"$CXX" "-fsanitize=$SAN" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/emu_runtime.o \
+  "$BUILD"/emu_check.o -o "$BUILD/emu_check" -lpthread
+# halt_on_error: a sanitizer report fails the run instead of scrolling past.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=0}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:exitcode=66}
+exec "$BUILD/emu_check" "$@"

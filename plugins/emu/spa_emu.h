@@ -1,0 +1,433 @@
+// Host emulation of the CUDA execution model, just wide enough to run the spa
+// kernels (plugins/kernels/*.cu) on a CPU: the same sources, compiled by g++
+// with -DSPA_EMULATE, run block by block with one std::thread per CUDA thread.
+//
+// Why: the kernels' index arithmetic (fragment layouts, the cp.async
+// pipeline, split-K, the GQSA warp scan) can be checked on machines without a
+// GPU, under AddressSanitizer (out-of-bounds global or shared memory) or
+// ThreadSanitizer (a missing __syncthreads). What it cannot tell: speed, and
+// any fact about the hardware that this file states wrongly. The tensor-core
+// fragment layouts below are written from the PTX ISA's descriptions of
+// mma.m16n8k16 and mma.sp::ordered_metadata.m16n8k32 (.f16/.bf16), not from
+// the kernels, so a kernel that disagrees with the ISA fails here; the one
+// reading of the ISA that is not certain (which lane of a quad holds which
+// half of the sparse metadata) is marked where it is used.
+//
+// Semantics kept on purpose:
+// * cp.async copies land at the cp.async.wait_group that retires them, not
+//   before: reading a stage before waiting for it sees stale bytes.
+// * Shared memory starts as 0x7f bytes (NaN in FP16/BF16/FP32), so a read of
+//   a byte no copy wrote poisons the result.
+// * mma / shfl need all 32 lanes of the warp (.sync.aligned, full masks);
+//   fewer is reported as a fault.
+// * Dynamic shared memory above 48 KB needs cudaFuncSetAttribute, and above
+//   163 KB (sm_80's limit; sm_90 allows 227 KB) it is refused.
+// A fault fails the launch (cudaGetLastError returns cudaErrorLaunchFailure)
+// and spa_emu::last_fault() says why.
+#pragma once
+
+#ifndef SPA_EMULATE
+#error "spa_emu.h emulates CUDA on the host; compile with -DSPA_EMULATE (see plugins/emu/README.md)"
+#endif
+
+#include <cuda_runtime_api.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
+// ---- CUDA built-in variables ------------------------------------------------
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+namespace spa_emu {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kDefaultSmem = 48 * 1024;
+constexpr size_t kMaxSmem = 163 * 1024;  // sm_80 opt-in limit (sm_90: 227 KB)
+
+struct Fault : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Copy {
+  unsigned char* dst;
+  const unsigned char* src;  // nullptr: zero-fill
+};
+
+struct Warp {
+  explicit Warp(int lanes) : sync(lanes), lanes(lanes) {}
+  std::barrier<> sync;
+  int lanes;
+  std::atomic<int> live{0};
+  uint32_t a[kWarpSize][4];
+  uint32_t b[kWarpSize][4];
+  uint32_t meta[kWarpSize];
+  unsigned long long slot[kWarpSize];
+};
+
+struct Block {
+  explicit Block(int threads, size_t smem_bytes) : sync(threads), smem_bytes(smem_bytes) {
+    smem.reset(new unsigned char[smem_bytes ? smem_bytes : 1]);
+    std::memset(smem.get(), 0x7f, smem_bytes ? smem_bytes : 1);
+  }
+  std::barrier<> sync;
+  std::unique_ptr<unsigned char[]> smem;
+  size_t smem_bytes;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+struct ThreadState {
+  Block* block = nullptr;
+  Warp* warp = nullptr;
+  int lane = 0;
+  std::vector<Copy> open;                 // cp.async since the last commit
+  std::vector<std::vector<Copy>> groups;  // committed, oldest first
+};
+
+inline thread_local ThreadState* tls = nullptr;
+
+struct Device {
+  std::mutex mutex;
+  std::map<const void*, int> max_dynamic_smem;
+  cudaError_t last_error = cudaSuccess;
+  std::string fault;
+};
+
+inline Device& device() {
+  static Device instance;
+  return instance;
+}
+
+// Why the last failed launch failed ("" when none has).
+inline std::string last_fault() {
+  std::lock_guard<std::mutex> lock(device().mutex);
+  return device().fault;
+}
+
+inline void fail_launch(const std::string& why) {
+  std::lock_guard<std::mutex> lock(device().mutex);
+  if (device().last_error == cudaSuccess) device().last_error = cudaErrorLaunchFailure;
+  if (device().fault.empty()) device().fault = why;
+}
+
+inline int sm_count() {
+  const char* value = std::getenv("SPA_EMU_SMS");
+  return value ? std::atoi(value) : 132;  // H100 SXM
+}
+
+inline ThreadState& self() {
+  if (tls == nullptr) throw Fault("a device function was called outside a kernel launch");
+  return *tls;
+}
+
+inline void require_full_warp(const char* what) {
+  ThreadState& s = self();
+  if (s.warp->live.load() != kWarpSize)
+    throw Fault(std::string(what) + " with " + std::to_string(s.warp->live.load()) +
+                " live lanes (needs the whole warp)");
+}
+
+inline void* dynamic_smem() { return self().block->smem.get(); }
+
+// ---- launches ---------------------------------------------------------------
+template <typename... Params>
+struct Launch {
+  void (*kernel)(Params...);
+  dim3 grid, block;
+  size_t smem;
+
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    std::string why = check();
+    if (!why.empty()) return fail_launch(why);
+    run(args...);
+  }
+
+ private:
+  std::string check() const {
+    const unsigned long long threads = 1ull * block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024) return "block of " + std::to_string(threads) + " threads (1..1024)";
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
+      return "grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" + std::to_string(grid.z);
+    size_t allowed = kDefaultSmem;
+    {
+      std::lock_guard<std::mutex> lock(device().mutex);
+      auto it = device().max_dynamic_smem.find(reinterpret_cast<const void*>(kernel));
+      if (it != device().max_dynamic_smem.end()) allowed = static_cast<size_t>(it->second);
+    }
+    if (smem > allowed)
+      return std::to_string(smem) + " B of dynamic shared memory, above the kernel's limit of " +
+             std::to_string(allowed) + " B (cudaFuncSetAttribute)";
+    return "";
+  }
+
+  std::unique_ptr<Block> make_block(int threads) const {
+    auto state = std::make_unique<Block>(threads, smem);
+    for (int first = 0; first < threads; first += kWarpSize)
+      state->warps.push_back(std::make_unique<Warp>(std::min(kWarpSize, threads - first)));
+    for (auto& warp : state->warps) warp->live = warp->lanes;
+    return state;
+  }
+
+  // One host thread per CUDA thread of a block; the blocks run one after the
+  // other (fresh shared memory and barriers for each), the threads reused.
+  template <typename... Args>
+  void run(Args&... args) const {
+    const int threads = static_cast<int>(block.x * block.y * block.z);
+    const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
+    unsigned long long index = 0;
+    std::unique_ptr<Block> current = make_block(threads);
+    auto next_block = [&]() noexcept {
+      ++index;
+      current = index < blocks ? make_block(threads) : nullptr;
+    };
+    std::barrier<decltype(next_block)> between(threads, next_block);
+    auto body = [&](int t) {
+      for (;;) {
+        Block* state = current.get();
+        if (state == nullptr) return;
+        ThreadState mine;
+        mine.block = state;
+        mine.warp = state->warps[t / kWarpSize].get();
+        mine.lane = t % kWarpSize;
+        tls = &mine;
+        threadIdx = uint3{static_cast<unsigned>(t) % block.x, (static_cast<unsigned>(t) / block.x) % block.y,
+                          static_cast<unsigned>(t) / (block.x * block.y)};
+        blockIdx = uint3{static_cast<unsigned>(index % grid.x), static_cast<unsigned>(index / grid.x % grid.y),
+                         static_cast<unsigned>(index / (1ull * grid.x * grid.y))};
+        blockDim = block;
+        gridDim = grid;
+        try {
+          kernel(args...);
+        } catch (const Fault& fault) {
+          fail_launch(fault.what());
+        }
+        // An exited thread no longer takes part in __syncthreads or warp collectives.
+        mine.warp->live.fetch_sub(1);
+        mine.warp->sync.arrive_and_drop();
+        state->sync.arrive_and_drop();
+        tls = nullptr;
+        between.arrive_and_wait();
+      }
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
+    for (auto& thread : pool) thread.join();
+  }
+};
+
+template <typename... Params>
+Launch<Params...> launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, void (*kernel)(Params...)) {
+  return Launch<Params...>{kernel, grid, block, smem};
+}
+
+// ---- tensor-core fragments (PTX ISA) ------------------------------------------
+inline float to_float(uint16_t bits, const __half*) {
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
+inline float to_float(uint16_t bits, const __nv_bfloat16*) {
+  __nv_bfloat16_raw raw;
+  raw.x = bits;
+  return __bfloat162float(__nv_bfloat16(raw));
+}
+template <typename T>
+float element(uint32_t reg, int which) {
+  return to_float(static_cast<uint16_t>(which ? reg >> 16 : reg & 0xffffu), static_cast<const T*>(nullptr));
+}
+
+// B (k x 8, "col"): b_i of lane 4g + t is row k = 2t + (i & 1) + 8 (i / 2), column g;
+// register i / 2 holds b_{2j} (low half) and b_{2j+1}.
+template <typename T>
+float b_element(const Warp& w, int k, int col) {
+  int lane = 4 * col + (k % 8) / 2;
+  return element<T>(w.b[lane][k / 8], k % 2);
+}
+
+// D(16x8) += A(16x16) B(16x8), A row-major fragments: register j of lane
+// 4g + t holds (row g + 8 (j & 1), cols 2t + 8 (j / 2) + {0, 1}); D: c_i is
+// row g + 8 (i / 2), column 2t + (i & 1).
+template <typename T>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  require_full_warp("mma.sync");
+  ThreadState& s = self();
+  Warp& w = *s.warp;
+  for (int j = 0; j < 4; ++j) w.a[s.lane][j] = a[j];
+  w.b[s.lane][0] = b0;
+  w.b[s.lane][1] = b1;
+  w.sync.arrive_and_wait();
+  const int g = s.lane / 4, t = s.lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + (i & 1);
+    double sum = 0;
+    for (int k = 0; k < 16; ++k) {
+      const int owner = 4 * (row % 8) + (k % 8) / 2;
+      const int reg = (row / 8) + 2 * (k / 8);
+      sum += static_cast<double>(element<T>(w.a[owner][reg], k % 2)) * b_element<T>(w, k, col);
+    }
+    d[i] = static_cast<float>(d[i] + sum);
+  }
+  w.sync.arrive_and_wait();
+}
+
+// Sparse D(16x8) += A(16x32, 2:4 along k) B(32x8), sparsity selector 0.
+// A: the 16x16 compressed fragment has the dense m16n8k16 layout; compressed
+// columns 2c, 2c + 1 are the two kept values of chunk c (original columns
+// 4c..4c+3). Metadata (ordered: i0 < i1, 2 bits each, a nibble per chunk):
+// lanes 4g and 4g + 1 supply it; the word of lane 4g + h describes chunks
+// 4h..4h+3 (columns 16h..16h+15), bits 4c.. for row g and 16 + 4c.. for
+// row g + 8. (The lane-to-column-half assignment is this file's reading of
+// the ISA figure; plugins/README.md "w4_sp24" says how a GPU run confirms it.)
+template <typename T>
+void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t meta) {
+  require_full_warp("mma.sp.sync");
+  ThreadState& s = self();
+  Warp& w = *s.warp;
+  for (int j = 0; j < 4; ++j) {
+    w.a[s.lane][j] = a[j];
+    w.b[s.lane][j] = b[j];
+  }
+  w.meta[s.lane] = meta;
+  w.sync.arrive_and_wait();
+  const int g = s.lane / 4, t = s.lane % 4;
+  std::string bad;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + (i & 1);
+    double sum = 0;
+    for (int chunk = 0; chunk < 8; ++chunk) {
+      const int owner = 4 * (row % 8) + chunk % 4;
+      const int reg = (row / 8) + 2 * (chunk / 4);
+      const uint32_t word = w.meta[4 * (row % 8) + chunk / 4];
+      const uint32_t nibble = (word >> (16 * (row / 8) + 4 * (chunk % 4))) & 0xfu;
+      const int i0 = nibble & 3, i1 = nibble >> 2;
+      if (i0 >= i1) bad = "mma.sp: metadata nibble " + std::to_string(nibble) + " of word " + std::to_string(word) + " (lane " + std::to_string(4 * (row % 8) + chunk / 4) + ") is not ordered (i0 < i1)";
+      sum += static_cast<double>(element<T>(w.a[owner][reg], 0)) * b_element<T>(w, 4 * chunk + i0, col);
+      sum += static_cast<double>(element<T>(w.a[owner][reg], 1)) * b_element<T>(w, 4 * chunk + i1, col);
+    }
+    d[i] = static_cast<float>(d[i] + sum);
+  }
+  w.sync.arrive_and_wait();
+  if (!bad.empty()) throw Fault(bad);
+}
+
+// ---- cp.async -----------------------------------------------------------------
+inline void cp_async16(void* smem, const void* gmem, bool zero_fill) {
+  ThreadState& s = self();
+  auto* dst = static_cast<unsigned char*>(smem);
+  unsigned char* base = s.block->smem.get();
+  if (dst < base || dst + 16 > base + s.block->smem_bytes)
+    throw Fault("cp.async destination outside the block's shared memory");
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || (!zero_fill && reinterpret_cast<uintptr_t>(gmem) % 16))
+    throw Fault("cp.async of 16 B needs 16-byte aligned addresses");
+  s.open.push_back(Copy{dst, zero_fill ? nullptr : static_cast<const unsigned char*>(gmem)});
+}
+
+inline void cp_async_commit() {
+  ThreadState& s = self();
+  s.groups.push_back(std::move(s.open));
+  s.open.clear();
+}
+
+// Retires every committed group but the newest `pending` (copies land now).
+inline void cp_async_wait(int pending) {
+  ThreadState& s = self();
+  while (static_cast<int>(s.groups.size()) > pending) {
+    for (const Copy& copy : s.groups.front()) {
+      if (copy.src)
+        std::memcpy(copy.dst, copy.src, 16);
+      else
+        std::memset(copy.dst, 0, 16);
+    }
+    s.groups.erase(s.groups.begin());
+  }
+}
+
+template <typename T>
+unsigned long long to_bits(T value) {
+  static_assert(sizeof(T) <= 8, "shuffle of a type wider than 64 bits");
+  unsigned long long bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  return bits;
+}
+
+template <typename T>
+T from_bits(unsigned long long bits) {
+  T value;
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+template <typename T>
+T shuffle(unsigned mask, T value, int source_of_lane_delta, bool up) {
+  if (mask != 0xffffffffu) throw Fault("shuffle with a partial mask (not used by spa's kernels)");
+  require_full_warp("shfl.sync");
+  ThreadState& s = self();
+  Warp& w = *s.warp;
+  w.slot[s.lane] = to_bits(value);
+  w.sync.arrive_and_wait();
+  int source = up ? s.lane - source_of_lane_delta : s.lane + source_of_lane_delta;
+  T result = (source < 0 || source >= kWarpSize) ? value : from_bits<T>(w.slot[source]);
+  w.sync.arrive_and_wait();
+  return result;
+}
+
+}  // namespace spa_emu
+
+// ---- CUDA device functions the kernels call --------------------------------------
+inline void __syncthreads() { spa_emu::self().block->sync.arrive_and_wait(); }
+
+template <typename T>
+T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
+  return spa_emu::shuffle(mask, value, static_cast<int>(delta), true);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
+  return spa_emu::shuffle(mask, value, static_cast<int>(delta), false);
+}
+
+inline float atomicAdd(float* address, float value) {
+  return std::atomic_ref<float>(*address).fetch_add(value);
+}
+
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+template <typename T>
+T __ldcs(const T* p) {
+  return *p;
+}
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+
+// ---- CUDA runtime calls the launchers make (no GPU, no libcudart) ----------------
+template <typename... Params>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attribute, int value) {
+  if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value < 0 || static_cast<size_t>(value) > spa_emu::kMaxSmem) return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(spa_emu::device().mutex);
+  spa_emu::device().max_dynamic_smem[reinterpret_cast<const void*>(kernel)] = value;
+  return cudaSuccess;
+}

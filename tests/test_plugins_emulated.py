@@ -1,0 +1,128 @@
+"""The CUDA kernels run on the CPU: plugins/emu compiles the same kernel
+sources with g++ against a host emulation of the CUDA execution model (one
+thread per CUDA thread, warp-collective mma/mma.sp/shfl written from the PTX
+ISA, cp.async copies landing only at their wait), under AddressSanitizer or
+ThreadSanitizer, and checks every kernel through its C launcher against an
+FP64 GEMM of the weight spa's repackers wrote: M from 1 to 70 (past one
+64-row launch), FP16 and BF16, with and without split-K, with the contract's
+tolerances. Speed is not measured here; plugins/bench/run_gpu.sh does that."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from spa.plugins.bench_cases import write_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU = ROOT / "plugins" / "emu"
+KERNELS = ROOT / "plugins" / "kernels"
+CONTRACTS = ROOT / "plugins" / "trt" / "contracts"
+
+
+def cuda_headers() -> bool:
+    nvcc = shutil.which("nvcc")
+    roots = [Path(os.environ.get("CUDA_HOME", "/nonexistent")), Path("/usr/local/cuda")]
+    if nvcc:
+        roots.insert(0, Path(nvcc).resolve().parents[1])
+    return any((root / "include" / "cuda_fp16.h").is_file() for root in roots)
+
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None or not cuda_headers(), reason="needs g++ and the CUDA toolkit's headers"
+)
+
+
+def tolerances() -> list[str]:
+    contracts = [json.loads(path.read_text())["tolerance"] for path in sorted(CONTRACTS.glob("*.json"))]
+    fp16 = {c["max"] for c in contracts}
+    bf16 = {c["max_bf16"] for c in contracts}
+    assert len(fp16) == 1 and len(bf16) == 1, "the kernels' contracts disagree on the tolerance"
+    return ["--tolerance", repr(fp16.pop()), "--tolerance-bf16", repr(bf16.pop())]
+
+
+def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
+            kernels: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    env = dict(os.environ)
+    if kernels is not None:
+        env["SPA_EMU_KERNELS"] = str(kernels)
+    command = [str(EMU / "run.sh"), "--sanitizer", sanitizer, "--build-dir", str(build), str(cases), *options]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+
+
+def write_mixed_cases(folder: Path) -> int:
+    """w4a16 / w4_sp24 at two shapes (one with a partly idle block and 3 groups,
+    one whose automatic split-K splits), GQSA at g = 8..64 on the first."""
+    lines = write_cases(folder, shapes=((384, 80), (1024, 48)))
+    kept = [line for line in lines if not (line.startswith("w4_gqsa") and " 1024 48 " in line)]
+    (folder / "cases.txt").write_text("\n".join(kept) + "\n")
+    return len(kept)
+
+
+def results(output: str) -> list[tuple[str, str, str, int, int, float]]:
+    pattern = re.compile(r"^(PASSED|FAILED) \| (\S+) (fp16|bf16) K=\d+ N=\d+ g=\d+ M=(\d+) split=(-?\d+): max_rel_err=(\S+)$")
+    rows = []
+    for line in output.splitlines():
+        if match := pattern.match(line):
+            verdict, kernel, dtype, m, split, err = match.groups()
+            rows.append((verdict, kernel, dtype, int(m), int(split), float(err)))
+    return rows
+
+
+def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Path) -> None:
+    cases = write_mixed_cases(tmp_path / "cases")
+    ms = [1, 2, 3, 4, 8, 16, 32, 64, 70]
+    splits = [1, 2, 0, -1]  # none, two slices, the launcher's choice, no workspace
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", ",".join(map(str, ms)),
+                  "--splits", ",".join(map(str, splits)), *tolerances())  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    dense = sum(1 for row in rows if row[1] != "w4_gqsa")
+    assert dense == 2 * 2 * 2 * len(ms) * len(splits)  # kernels x shapes x dtypes x M x split
+    assert len(rows) - dense == (cases - 4) * 2 * len(ms)
+    assert all(verdict == "PASSED" for verdict, *_ in rows)
+    assert f"{len(rows)} runs, 0 failed" in run.stdout
+    # FP16 sums are accurate well inside the tolerance; BF16 is limited by its own output rounding.
+    assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+    assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
+
+
+def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
+    """A missing __syncthreads (a stage read while another warp's copy lands)
+    or an unsynchronised shared-memory write is a ThreadSanitizer report."""
+    lines = write_cases(tmp_path / "cases", shapes=((384, 80),))
+    kept = [line for line in lines if not line.startswith("w4_gqsa") or line.split()[3] == "16"]
+    (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--splits", "1,2", *tolerances(),
+                  sanitizer="thread")  # fmt: skip
+    if "FATAL: ThreadSanitizer" in run.stderr:
+        pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
+    assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 + 2 * 2  # dense: dtype x M x split; GQSA g=16
+    assert "runs, 0 failed" in run.stdout
+
+
+def test_the_emulation_catches_a_missing_pipeline_barrier(tmp_path: Path) -> None:
+    """Not vacuous: w4a16 without the __syncthreads that publishes each
+    cp.async stage reads shared memory no copy has reached yet."""
+    broken = tmp_path / "kernels"
+    broken.mkdir()
+    for source in KERNELS.glob("*.cu"):
+        shutil.copy(source, broken / source.name)
+    text = (broken / "w4a16.cu").read_text()
+    barrier = "    __syncthreads();  // stage `it` landed"
+    assert text.count(barrier) == 1
+    (broken / "w4a16.cu").write_text(text.replace(barrier, "    // (barrier removed)"))
+    write_cases(tmp_path / "cases", shapes=((384, 80),))
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", "1", "--splits", "1",
+                  kernels=broken)  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    rows = results(run.stdout)
+    assert rows and all(verdict == "FAILED" for verdict, *_ in rows)
