@@ -15,6 +15,9 @@
 //    accumulate) in the same run. Prints us, GB/s, % of the measured HBM read
 //    bandwidth floor and the speedup; writes JSON rows
 //    {card, kernel, K, N, M, us, cublas_fp16_us, speedup, max_rel_err}.
+// 4. Tuning data (not results): w4a16 and w4_sp24 with split-K forced to
+//    1..8 at M in {1, 4, 16} on the shapes with K*N >= 16M, next to the
+//    launcher's own choice: split_sweep.json beside the results.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -107,13 +110,14 @@ void dequantize(const Weight& w, float* dense) {
   CHECK_CUDA(cudaGetLastError());
 }
 
+// split_k: 0 = the launcher's own choice (what users get), else forced (the tuning sweep).
 cudaError_t run_kernel(const Weight& w, const void* A, void* Y, int M, SpaDtype dtype, void* ws,
-                       size_t ws_bytes, cudaStream_t stream) {
+                       size_t ws_bytes, cudaStream_t stream, int split_k = 0) {
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scales.ptr);
   if (w.kernel == "w4a16")
-    return spa_w4a16_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, 0, stream);
+    return spa_w4a16_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, split_k, stream);
   if (w.kernel == "w4_sp24")
-    return spa_w4_sp24_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, 0, stream);
+    return spa_w4_sp24_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, split_k, stream);
   return spa_w4_gqsa_gemm(A, w.a.ptr, w.idx.ptr, w.rows.ptr, scales, Y, M, w.N, w.K, w.g, w.nnz, dtype, ws, ws_bytes, stream);
 }
 
@@ -269,6 +273,24 @@ void write_json(const std::string& out, const std::string& card, const std::vect
   json << "]\n";
 }
 
+struct SweepRow { std::string kernel; int K, N, M, split; double us, auto_us; };
+
+void write_sweep(const std::string& out, const std::string& card, const std::vector<SweepRow>& rows) {
+  std::ofstream json(out);
+  json << "[\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const SweepRow& r = rows[i];
+    char buffer[512];
+    std::snprintf(buffer, sizeof(buffer),
+                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"split_k\": %d, "
+                  "\"us\": %.3f, \"launcher_choice_us\": %.3f}%s\n",
+                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.split, r.us, r.auto_us,
+                  i + 1 < rows.size() ? "," : "");
+    json << buffer;
+  }
+  json << "]\n";
+}
+
 std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) { std::fprintf(stderr, "cannot read %s\n", path.c_str()); std::exit(2); }
@@ -338,6 +360,8 @@ int main(int argc, char** argv) {
   if (!cases.empty()) run_cases(ctx, cases);
 
   std::vector<Row> rows;
+  std::vector<SweepRow> sweep;
+  std::string sweep_out = out.substr(0, out.find_last_of('/') + 1) + "split_sweep.json";
   const char* kernels[] = {"w4a16", "w4_sp24", "w4_gqsa"};
   int shape_count = quick ? 2 : static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0]));
   for (int s = 0; s < shape_count; ++s) {
@@ -379,6 +403,24 @@ int main(int argc, char** argv) {
                     kernel, shape.model, K, N, M, us, bytes / (us * 1e3), 100.0 * floor_us / us,
                     cublas_us[mi], cublas_us[mi] / us);
         rows.push_back({kernel, K, N, M, us, cublas_us[mi], errors[mi]});
+      }
+      // Tuning data for the split-K heuristic (not results: users get the
+      // launcher's own choice, timed above): forced splits at decode sizes.
+      if (std::string(kernel) != "w4_gqsa" && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
+        for (int M : {1, 4, 16}) {
+          double auto_us = time_graph(ctx, copies, [&](int c) {
+            CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+          });
+          for (int split : {1, 2, 3, 4, 6, 8}) {
+            double us = time_graph(ctx, copies, [&](int c) {
+              CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream, split));
+            });
+            std::printf("sweep | %-8s K=%-6d N=%-6d M=%-3d split=%d %8.2f us (launcher's choice %8.2f us)\n",
+                        kernel, K, N, M, split, us, auto_us);
+            sweep.push_back({kernel, K, N, M, split, us, auto_us});
+          }
+        }
+        write_sweep(sweep_out, prop.name, sweep);
       }
     }
     write_json(out, prop.name, rows);

@@ -46,9 +46,16 @@ for pid in "${pids[@]}"; do wait "$pid"; done  # not a bare `wait`: it would als
 "$NVCC" "$BUILD"/*.o -o "$BUILD/harness" -gencode "arch=compute_$CC,code=sm_$CC" -L"$CUBLAS_LIB" $CUBLAS_FLAG
 echo "built in $(( $(date +%s) - start ))s"
 
+# spa's layout cases: $SPA_CASES or $BUILD/cases when already written (e.g.
+# carried from the CPU machine: python -m spa.plugins.bench_cases --small DIR),
+# else written here (needs python3 + numpy).
+CASES_DIR=${SPA_CASES:-$BUILD/cases}
 CASES=()
-if python3 -c 'import numpy' 2>/dev/null && PYTHONPATH=. python3 -m spa.plugins.bench_cases "$BUILD/cases"; then
-  CASES=(--cases "$BUILD/cases")
+if [ -f "$CASES_DIR/cases.txt" ]; then
+  echo "using the layout cases in $CASES_DIR"
+  CASES=(--cases "$CASES_DIR")
+elif python3 -c 'import numpy' 2>/dev/null && PYTHONPATH=. python3 -m spa.plugins.bench_cases "$CASES_DIR"; then
+  CASES=(--cases "$CASES_DIR")
 else
   echo "warning: python3 with numpy/spa not available; skipping spa's layout cases (random-weight checks still run)"
 fi
@@ -59,5 +66,5 @@ status=0
 
 echo "== goals"
 python3 plugins/bench/goals.py plugins/bench/results.json || true
-echo "harness exit status $status; log in $LOG; results in plugins/bench/results.json"
+echo "harness exit status $status; log in $LOG; results in plugins/bench/results.json; split-K tuning data in plugins/bench/split_sweep.json"
 exit $status

@@ -18,11 +18,14 @@ import numpy as np
 from spa.plugins import repack
 from spa.quant.blockwise import QuantizedWeight
 
-__all__ = ["gqsa_arrays", "write_cases"]
+__all__ = ["SHAPES", "SMALL_SHAPES", "gqsa_arrays", "write_cases"]
 
 # (K, N): an N that is not a multiple of 64 (a partly idle block) and 3 groups
 # (uneven split-K), then a mid-size layer.
 SHAPES = ((384, 80), (4096, 2048))
+# Small enough to carry to a GPU machine (about 2 MB); 1024 x 48 is split by
+# the launcher's own split-K choice.
+SMALL_SHAPES = ((384, 80), (1024, 48))
 
 
 def _w4(rng: np.random.Generator, k: int, n: int, two_four: bool) -> QuantizedWeight:
@@ -94,8 +97,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help=f"shapes {SMALL_SHAPES} instead of {SHAPES}")
     args = parser.parse_args()
-    lines = write_cases(args.folder, args.seed)
+    lines = write_cases(args.folder, args.seed, SMALL_SHAPES if args.small else SHAPES)
     print(f"wrote {len(lines)} cases to {args.folder}")
 
 
