@@ -258,6 +258,10 @@ def test_goal_reader_on_rows_that_meet_and_miss() -> None:
     rows += [row("w4_gqsa", 4096, 11008, m, 7.0, 36.2) for m in (1, 8)]
     verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}
     assert verdicts == {"correctness": True, "G1": True, "G3a": True, "G3b": True, "G4": True, "G5": True}
+    rows += [{**row("w4_gqsa", 4096, 11008, m, 8.0, 36.2), "group_size": 32} for m in (1, 8)]
+    verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}
+    assert verdicts["G5"] is True and verdicts["G5 g=32"] is False  # 10.0 / 8.0 = 1.25x < 1.4x
+    del rows[-2:]
     rows[0]["us"], rows[0]["speedup"] = 12.0, 36.2 / 12.0  # G1 missed, G4/G5 ratios grow
     rows.append(row("w4_gqsa", 4096, 11008, 16, 50.0, 36.2, err=5e-3))  # M=16 is outside G5
     verdicts = {goal: met for goal, met, _ in goals.evaluate(rows)}

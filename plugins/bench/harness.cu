@@ -71,9 +71,9 @@ struct Weight {
   size_t bytes() const { return a.bytes() + b.bytes() + idx.bytes() + rows.bytes() + scales.bytes(); }
 };
 
-std::unique_ptr<Weight> random_weight(const std::string& kernel, int K, int N, uint64_t seed) {
+std::unique_ptr<Weight> random_weight(const std::string& kernel, int K, int N, uint64_t seed, int g = 16) {
   auto w = std::make_unique<Weight>();
-  w->kernel = kernel; w->K = K; w->N = N;
+  w->kernel = kernel; w->K = K; w->N = N; w->g = g;
   if (kernel == "w4a16") {
     w->a = DeviceBuffer<uint32_t>(static_cast<size_t>(N) * K / 8);
     w->scales = DeviceBuffer<__half>(static_cast<size_t>(K / 128) * N);
@@ -82,7 +82,7 @@ std::unique_ptr<Weight> random_weight(const std::string& kernel, int K, int N, u
     w->b = DeviceBuffer<uint32_t>(static_cast<size_t>(N / 16) * (K / 32) * 16);
     w->scales = DeviceBuffer<__half>(static_cast<size_t>(K / 128) * N);
     fill_meta<<<blocks_for(w->b.count), 256>>>(w->b.ptr, w->b.count, seed + 1);
-  } else {  // w4_gqsa, g = 16, 50% of the groups kept
+  } else {  // w4_gqsa, 50% of the groups of g kept
     int keep = K / w->g / 2;
     w->nnz = N * keep;
     w->a = DeviceBuffer<uint32_t>(static_cast<size_t>(w->nnz) * w->g / 8);
@@ -254,7 +254,7 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
-struct Row { std::string kernel; int K, N, M; double us, cublas_us, err; };
+struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err; };
 
 // (Re)written after every shape, so a run cut short still leaves its rows.
 void write_json(const std::string& out, const std::string& card, const std::vector<Row>& rows) {
@@ -264,9 +264,9 @@ void write_json(const std::string& out, const std::string& card, const std::vect
     const Row& r = rows[i];
     char buffer[512];
     std::snprintf(buffer, sizeof(buffer),
-                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"us\": %.3f, "
+                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"group_size\": %d, \"us\": %.3f, "
                   "\"cublas_fp16_us\": %.3f, \"speedup\": %.3f, \"max_rel_err\": %.3e}%s\n",
-                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.us, r.cublas_us,
+                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.us, r.cublas_us,
                   r.cublas_us / r.us, r.err, i + 1 < rows.size() ? "," : "");
     json << buffer;
   }
@@ -362,7 +362,12 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   std::vector<SweepRow> sweep;
   std::string sweep_out = out.substr(0, out.find_last_of('/') + 1) + "split_sweep.json";
-  const char* kernels[] = {"w4a16", "w4_sp24", "w4_gqsa"};
+  // w4_gqsa twice: g = 16 (what spa's GQSA writes by default) and g = 32.
+  // Bytes per weight at 50% kept: w4a16 0.516; GQSA g = 16 0.375 (8 B values
+  // + 2 B index + 2 B scale per kept group), g = 32 0.313. So g = 16 is
+  // bounded at 1.38x w4a16 by bytes alone, under G5's 1.4x; g = 32 at 1.65x.
+  struct Variant { const char* kernel; int g; };
+  const Variant kernels[] = {{"w4a16", 128}, {"w4_sp24", 128}, {"w4_gqsa", 16}, {"w4_gqsa", 32}};
   int shape_count = quick ? 2 : static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0]));
   for (int s = 0; s < shape_count; ++s) {
     const Shape& shape = kShapes[s];
@@ -383,14 +388,17 @@ int main(int argc, char** argv) {
     for (int M : kMs)
       cublas_us.push_back(time_graph(ctx, copies16, [&](int c) { hgemm(ctx.handle, a16.ptr, w16[c].ptr, y16.ptr, M, N, K); }));
     w16.clear();
-    for (const char* kernel : kernels) {
+    for (const Variant& variant : kernels) {
+      const char* kernel = variant.kernel;
+      const bool gqsa = std::string(kernel) == "w4_gqsa";
       std::vector<std::unique_ptr<Weight>> weights;
-      weights.push_back(random_weight(kernel, K, N, 1000 + s));
-      std::string label = std::string(shape.model) + " " + std::to_string(K) + "x" + std::to_string(N);
+      weights.push_back(random_weight(kernel, K, N, 1000 + s, variant.g));
+      std::string label = std::string(shape.model) + " " + std::to_string(K) + "x" + std::to_string(N) +
+                          (gqsa ? " g=" + std::to_string(variant.g) : "");
       std::vector<double> errors = check(ctx, *weights[0], label.c_str());
       size_t wbytes = weights[0]->bytes();
       int copies = std::max<int>(2, static_cast<int>(2 * static_cast<size_t>(prop.l2CacheSize) / wbytes) + 1);
-      for (int c = 1; c < copies; ++c) weights.push_back(random_weight(kernel, K, N, 1000 + s + 17 * c));
+      for (int c = 1; c < copies; ++c) weights.push_back(random_weight(kernel, K, N, 1000 + s + 17 * c, variant.g));
       for (size_t mi = 0; mi < sizeof(kMs) / sizeof(kMs[0]); ++mi) {
         int M = kMs[mi];
         if (!std::isfinite(errors[mi])) continue;  // failed to launch above: nothing to time
@@ -399,14 +407,14 @@ int main(int argc, char** argv) {
         });
         double bytes = static_cast<double>(wbytes) + 2.0 * M * (K + N);
         double floor_us = bytes / (hbm * 1e3);
-        std::printf("%-8s %-10s K=%-6d N=%-6d M=%-3d %8.2f us %7.0f GB/s %5.1f%% of HBM floor | cuBLAS fp16 %8.2f us | speedup %.2fx\n",
-                    kernel, shape.model, K, N, M, us, bytes / (us * 1e3), 100.0 * floor_us / us,
+        std::printf("%-8s g=%-3d %-10s K=%-6d N=%-6d M=%-3d %8.2f us %7.0f GB/s %5.1f%% of HBM floor | cuBLAS fp16 %8.2f us | speedup %.2fx\n",
+                    kernel, variant.g, shape.model, K, N, M, us, bytes / (us * 1e3), 100.0 * floor_us / us,
                     cublas_us[mi], cublas_us[mi] / us);
-        rows.push_back({kernel, K, N, M, us, cublas_us[mi], errors[mi]});
+        rows.push_back({kernel, K, N, M, variant.g, us, cublas_us[mi], errors[mi]});
       }
       // Tuning data for the split-K heuristic (not results: users get the
       // launcher's own choice, timed above): forced splits at decode sizes.
-      if (std::string(kernel) != "w4_gqsa" && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
+      if (!gqsa && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
         for (int M : {1, 4, 16}) {
           double auto_us = time_graph(ctx, copies, [&](int c) {
             CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
