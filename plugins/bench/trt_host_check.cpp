@@ -625,6 +625,9 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     caps_ok = kinds == "PLUGIN PLUGIN_V3ONE_CORE PLUGIN_V3ONE_BUILD PLUGIN_V3ONE_RUNTIME";
   }
   c.record(op, "getCapabilityInterface(kCORE, kBUILD, kRUNTIME)", caps_ok, kinds, from);
+  from = c.mark();
+  c.record(op, "getCapabilityInterface of an unknown type is null",
+           plugin->getCapabilityInterface(static_cast<PluginCapabilityType>(42)) == nullptr, "", from);
   if (!caps_ok) {
     delete plugin;
     return r;
@@ -759,6 +762,7 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
         {"A INT8", "A must be", [](Io& x) { x.dyn[0].desc.type = DataType::kINT8; }, 0},
         {"A last dim != K", "K=", [](Io& x) { x.dyn[0].desc.dims.d[2] += 8; }, 0},
         {"Y BF16 with A FP16", "Y", [](Io& x) { x.dyn.back().desc.type = DataType::kBF16; }, 0},
+        {"Y last dim != N", "N=", [](Io& x) { x.dyn.back().desc.dims.d[2] += 16; }, 0},
         {"one input missing", "inputs", [](Io&) {}, 1},
     };
     for (size_t i = 0; i < spec.weights.size(); ++i) {
