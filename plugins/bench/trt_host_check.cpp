@@ -400,6 +400,7 @@ std::vector<OpSpec> op_specs() {
                  {"scales", dims_of({41})}};
     s.bad_fields = {
         {"layout of another kernel", set_to("layout", text_value("w4a16")), "layout"},
+        {"layout \"w4_gqsa_x\" (length 9)", set_to("layout", text_value("w4_gqsa_x")), "layout"},
         {"layout missing", drop("layout"), "layout"},
         {"layout given as kINT32", set_to("layout", int32_value(7)), "layout"},
         {"bits 8", set_to("bits", int32_value(8)), "bits"},
@@ -603,6 +604,22 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     IPluginV3* expected = creator->createPlugin(op.c_str(), reference.get(), TensorRTPhase::kBUILD);
     c.record(op, "createPlugin accepts kINT64 fields", plugin != nullptr && serialized(plugin) == serialized(expected),
              serialized(plugin), from);
+    delete plugin;
+    delete expected;
+  }
+
+  for (const auto& [name, value] : spec.fields) {
+    if (value.type != PluginFieldType::kCHAR) continue;
+    // The ONNX parser passes a STRING attribute as its bytes, length = size, no NUL:
+    // the plugin must read `length` bytes, not up to a NUL.
+    FieldMap fields = spec.fields;
+    set_field(fields, name, Value{PluginFieldType::kCHAR, 0, value.text + "_x", static_cast<int32_t>(value.text.size())});
+    FieldStore store(fields), reference(spec.fields);
+    from = c.mark();
+    IPluginV3* plugin = creator->createPlugin(op.c_str(), store.get(), TensorRTPhase::kBUILD);
+    IPluginV3* expected = creator->createPlugin(op.c_str(), reference.get(), TensorRTPhase::kBUILD);
+    c.record(op, "createPlugin reads a kCHAR field " + name + " up to its length (no NUL)",
+             plugin != nullptr && serialized(plugin) == serialized(expected), serialized(plugin), from);
     delete plugin;
     delete expected;
   }
@@ -848,11 +865,23 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     void* output = nullptr;
     void* workspace = nullptr;
     for (size_t i = 0; i < bytes.size(); ++i) host.emplace_back(bytes[i], 0);
+    // Zero weights and scales (Y = 0), but well-formed indices: a valid BSR row_ptr
+    // and ordered 2:4 metadata (i0 = 0, i1 = 1 in every nibble).
+    for (size_t i = 1; i < spec.weights.size() + 1; ++i) {
+      auto* words = reinterpret_cast<int32_t*>(host[i].data());
+      size_t count = host[i].size() / 4;
+      if (spec.weights[i - 1].first == "meta")
+        for (size_t w = 0; w < count; ++w) words[w] = 0x44444444;
+      if (spec.weights[i - 1].first == "row_ptr") {
+        int64_t nnz = spec.shape_vars.at("nnz");
+        for (size_t n = 0; n < count; ++n) words[n] = static_cast<int32_t>(nnz * static_cast<int64_t>(n) / (count - 1));
+      }
+    }
     if (have_gpu) {
       for (size_t i = 0; i < bytes.size(); ++i) {
         void* ptr = nullptr;
         cudaMalloc(&ptr, bytes[i]);
-        cudaMemset(ptr, 0, bytes[i]);
+        cudaMemcpy(ptr, host[i].data(), bytes[i], cudaMemcpyHostToDevice);
         device.push_back(ptr);
       }
       cudaMalloc(&workspace, r.workspace);
@@ -870,7 +899,11 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     status = a.runtime->enqueue(io.desc.data(), &io.desc.back(), inputs.data(), outputs, workspace, nullptr);
     if (have_gpu) {
       cudaError_t sync = cudaDeviceSynchronize();
-      c.record(op, "enqueue on device buffers succeeds", status == 0 && sync == cudaSuccess,
+      std::vector<uint8_t> y(bytes.back(), 0xff);
+      cudaMemcpy(y.data(), device.back(), y.size(), cudaMemcpyDeviceToHost);
+      bool zero = true;
+      for (size_t b = 0; b < y.size(); b += 2) zero = zero && (y[b] == 0 && (y[b + 1] & 0x7f) == 0);  // +-0
+      c.record(op, "enqueue on device buffers succeeds (zero weights -> Y = 0)", status == 0 && sync == cudaSuccess && zero,
                std::to_string(status) + " " + cudaGetErrorName(sync), from);
     } else {
       c.record(op, "enqueue without a GPU returns non-zero with a logged CUDA error",
