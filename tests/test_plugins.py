@@ -153,46 +153,77 @@ def cuda_library_dir() -> Path | None:
     return next((lib for lib in (include.parent / "lib64", include.parent / "lib") if (lib / "libcudart.so").exists()), None)
 
 
-@pytest.fixture(scope="module")
-def trt_host_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Builds libspa_trt_plugins.so (kernels for sm_90 only) and plugins/bench/trt_host_check.cpp
-    against the TensorRT headers and runs the check on the CPU (no libnvinfer)."""
-    trt_include, cuda_include, cuda_lib = tensorrt_include(), cuda_include_dir(), cuda_library_dir()
-    if trt_include is None:
-        pytest.skip("TensorRT headers not found (set TensorRT_ROOT to the folder above include/NvInferRuntime.h)")
-    if NVCC is None or cuda_include is None or cuda_lib is None or shutil.which("g++") is None:
-        pytest.skip("needs nvcc, g++ and the CUDA runtime (cuda_runtime_api.h, libcudart.so)")
-    folder = tmp_path_factory.mktemp("trt_host")
-    cxx = ["g++", "-std=c++17", "-Wall", "-Wno-deprecated-declarations", f"-I{trt_include}", f"-I{cuda_include}"]
-    jobs: list[list[str]] = [
-        [NVCC, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-gencode", "arch=compute_90,code=sm_90",
-         "-c", str(source), "-o", str(folder / f"{source.stem}.o")]
-        for source in KERNELS
-    ]  # fmt: skip
-    jobs += [
-        [*cxx, "-O2", "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{PLUGINS / 'kernels'}",
-         "-c", str(source), "-o", str(folder / f"{source.stem}.o")]
-        for source in sorted((PLUGINS / "trt").glob("*.cpp"))
-    ]  # fmt: skip
-    checker = folder / "trt_host_check"
-    jobs.append([*cxx, "-O1", str(PLUGINS / "bench" / "trt_host_check.cpp"), "-o", str(checker),
-                 f"-L{cuda_lib}", "-lcudart", "-ldl"])  # fmt: skip
+def run_jobs(jobs: list[list[str]]) -> None:
+    """Runs the compile commands two at a time (CI has 2 cores) and asserts each succeeded."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda command: subprocess.run(command, capture_output=True, text=True, check=False), jobs))
     for command, result in zip(jobs, results, strict=True):
-        assert result.returncode == 0, f"{command[-3]}:\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr[-3000:]}"
+
+
+def build_trt_host(folder: Path, kernels: list[Path], flags: tuple[str, ...]) -> tuple[Path, Path]:
+    """Wrappers + plugin library (from the kernel objects) + trt_host_check, compiled with `flags`."""
+    trt_include, cuda_include, cuda_lib = tensorrt_include(), cuda_include_dir(), cuda_library_dir()
+    folder.mkdir(exist_ok=True)
+    cxx = ["g++", "-std=c++17", "-Wall", "-Wno-deprecated-declarations", *flags, f"-I{trt_include}", f"-I{cuda_include}"]
+    wrappers = sorted((PLUGINS / "trt").glob("*.cpp"))
+    jobs = [[*cxx, "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{PLUGINS / 'kernels'}",
+             "-c", str(source), "-o", str(folder / f"{source.stem}.o")] for source in wrappers]  # fmt: skip
+    checker = folder / "trt_host_check"
+    jobs.append([*cxx, str(PLUGINS / "bench" / "trt_host_check.cpp"), "-o", str(checker), f"-L{cuda_lib}", "-lcudart", "-ldl"])
+    run_jobs(jobs)
     library = folder / "libspa_trt_plugins.so"
-    objects = [str(o) for o in sorted(folder.glob("*.o"))]
-    link = ["g++", "-shared", "-o", str(library), *objects, f"-L{cuda_lib}", "-lcudart",
+    objects = [str(folder / f"{source.stem}.o") for source in wrappers] + [str(k) for k in kernels]
+    link = ["g++", "-shared", *flags, "-o", str(library), *objects, f"-L{cuda_lib}", "-lcudart",
             f"-Wl,--version-script={PLUGINS / 'trt' / 'exports.map'}", "-Wl,--no-undefined"]  # fmt: skip
     result = subprocess.run(link, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{cuda_lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    run = subprocess.run([str(checker), str(library)], capture_output=True, text=True, env=env, timeout=120, check=False)
+    return library, checker
+
+
+def run_trt_host_check(library: Path, checker: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    lib = f"{cuda_library_dir()}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+    env = {**os.environ, "LD_LIBRARY_PATH": lib, **(env or {})}
+    return subprocess.run([str(checker), str(library)], capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def trt_host_kernels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The kernels compiled for sm_90 only (enough to link the plugin library)."""
+    if tensorrt_include() is None:
+        pytest.skip("TensorRT headers not found (set TensorRT_ROOT to the folder above include/NvInferRuntime.h)")
+    if NVCC is None or cuda_include_dir() is None or cuda_library_dir() is None or shutil.which("g++") is None:
+        pytest.skip("needs nvcc, g++ and the CUDA runtime (cuda_runtime_api.h, libcudart.so)")
+    folder = tmp_path_factory.mktemp("trt_host_kernels")
+    objects = [folder / f"{source.stem}.o" for source in KERNELS]
+    run_jobs([[NVCC, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-gencode", "arch=compute_90,code=sm_90",
+               "-c", str(source), "-o", str(target)] for source, target in zip(KERNELS, objects, strict=True)])  # fmt: skip
+    return objects
+
+
+@pytest.fixture(scope="module")
+def trt_host_report(trt_host_kernels: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """libspa_trt_plugins.so built with the release flags, driven by trt_host_check on the CPU (no libnvinfer)."""
+    library, checker = build_trt_host(tmp_path_factory.mktemp("trt_host"), trt_host_kernels, ("-O2",))
+    run = run_trt_host_check(library, checker)
     assert run.returncode in (0, 1), f"trt_host_check did not run (exit {run.returncode}):\n{run.stderr[-3000:]}"
     report = json.loads(run.stdout)
     report["exit_code"] = run.returncode
     return report
+
+
+def test_trt_host_check_is_clean_under_asan_and_ubsan(trt_host_kernels: list[Path], tmp_path: Path) -> None:
+    """The same run with the wrappers and the check built with AddressSanitizer + UBSan (-O0 to build fast)."""
+    sanitize = ("-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined")
+    probe = subprocess.run(["g++", *sanitize, "-x", "c++", "-", "-o", str(tmp_path / "probe")],
+                           input="int main() { return 0; }", capture_output=True, text=True, check=False)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("g++ cannot link -fsanitize=address,undefined here (libasan/libubsan missing)")
+    library, checker = build_trt_host(tmp_path / "asan", trt_host_kernels, sanitize)
+    run = run_trt_host_check(library, checker, {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert "runtime error" not in run.stderr and "AddressSanitizer" not in run.stderr
+    assert json.loads(run.stdout)["failed"] == 0
 
 
 def test_trt_host_check_passes_every_check(trt_host_report: dict) -> None:
