@@ -721,6 +721,12 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     c.record(op, "getOutputShapes [?, 3, K] -> [?, 3, N]",
              status == 0 && r.output_shape_symbolic == "[?, 3, " + std::to_string(N) + "]", r.output_shape_symbolic,
              from);
+    std::vector<DimsExprs> wrong_k = in;
+    wrong_k[0].d[2] = builder.constant(K + 8);
+    from = c.mark();
+    status = p.build->getOutputShapes(wrong_k.data(), nb_inputs, nullptr, 0, out2, 1, builder);
+    c.record(op, "getOutputShapes rejects A [?, 3, K+8] with a logged reason",
+             status != 0 && c.logged_error(from, op, "K="), std::to_string(status), from);
     from = c.mark();
     status = p.build->getOutputShapes(in.data(), nb_inputs - 1, nullptr, 0, out2, 1, builder);
     c.record(op, "getOutputShapes rejects a missing input", status != 0, std::to_string(status), from);
@@ -760,6 +766,11 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     }
     c.record(op, std::string("supportsFormatCombination refuses non-linear formats (A ") + type_name(a) + ")",
              nonlinear_refused, "", from);
+    from = c.mark();
+    bool out_of_range = p.build->supportsFormatCombination(total, io.dyn.data(), io.nb_inputs, 1) ||
+                        p.build->supportsFormatCombination(-1, io.dyn.data(), io.nb_inputs, 1);
+    c.record(op, std::string("supportsFormatCombination refuses positions out of range (A ") + type_name(a) + ")",
+             !out_of_range, "", from);
   }
 
   // configurePlugin: good, then each kind of bad description.

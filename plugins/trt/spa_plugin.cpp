@@ -92,11 +92,16 @@ bool SpaMatMulPlugin::check(const PluginTensorDesc* in, int32_t nbInputs, const 
 
 int32_t SpaMatMulPlugin::configurePlugin(const DynamicPluginTensorDesc* in, int32_t nbInputs,
                                          const DynamicPluginTensorDesc* out, int32_t nbOutputs) noexcept {
-  std::vector<PluginTensorDesc> inputs(static_cast<size_t>(nbInputs));
-  for (int32_t i = 0; i < nbInputs; ++i) inputs[i] = in[i].desc;
-  if (nbOutputs < 1) return -1;
-  PluginTensorDesc output = out[0].desc;
-  return check(inputs.data(), nbInputs, &output, nbOutputs) ? 0 : -1;
+  try {
+    std::vector<PluginTensorDesc> inputs(static_cast<size_t>(std::max(nbInputs, 0)));
+    for (int32_t i = 0; i < nbInputs; ++i) inputs[i] = in[i].desc;
+    if (nbOutputs < 1) return -1;
+    PluginTensorDesc output = out[0].desc;
+    return check(inputs.data(), nbInputs, &output, nbOutputs) ? 0 : -1;
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + error.what());
+    return -1;
+  }
 }
 
 int32_t SpaMatMulPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
@@ -117,13 +122,21 @@ int32_t SpaMatMulPlugin::getOutputShapes(const DimsExprs* inputs, int32_t nbInpu
                                          int32_t, DimsExprs* outputs, int32_t nbOutputs,
                                          IExprBuilder& exprBuilder) noexcept {
   if (nbInputs != mTraits.nb_inputs || nbOutputs != 1 || inputs[0].nbDims < 1) return -1;
+  const IDimensionExpr* k = inputs[0].d[inputs[0].nbDims - 1];
+  if (k != nullptr && k->isConstant() && k->getConstantValue() != mFields.K) {
+    log(ILogger::Severity::kERROR,
+        std::string(mTraits.name) + ": the last dim of A must equal K=" + std::to_string(mFields.K) + ", got " +
+            std::to_string(k->getConstantValue()));
+    return -1;
+  }
   outputs[0] = inputs[0];  // [..., K] -> [..., N]
   outputs[0].d[inputs[0].nbDims - 1] = exprBuilder.constant(mFields.N);
   return 0;
 }
 
 bool SpaMatMulPlugin::supportsFormatCombination(int32_t pos, const DynamicPluginTensorDesc* inOut,
-                                                int32_t nbInputs, int32_t) noexcept {
+                                                int32_t nbInputs, int32_t nbOutputs) noexcept {
+  if (inOut == nullptr || pos < 0 || pos >= nbInputs + nbOutputs || nbInputs != mTraits.nb_inputs) return false;
   const PluginTensorDesc& desc = inOut[pos].desc;
   if (desc.format != TensorFormat::kLINEAR) return false;
   if (pos == 0) return desc.type == DataType::kHALF || desc.type == DataType::kBF16;
@@ -140,7 +153,12 @@ size_t SpaMatMulPlugin::getWorkspaceSize(const DynamicPluginTensorDesc* inputs, 
 
 int32_t SpaMatMulPlugin::onShapeChange(const PluginTensorDesc* in, int32_t nbInputs,
                                        const PluginTensorDesc* out, int32_t nbOutputs) noexcept {
-  return check(in, nbInputs, out, nbOutputs) ? 0 : -1;
+  try {
+    return check(in, nbInputs, out, nbOutputs) ? 0 : -1;
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + error.what());
+    return -1;
+  }
 }
 
 int32_t SpaMatMulPlugin::enqueue(const PluginTensorDesc* inputDesc, const PluginTensorDesc*,
