@@ -7,6 +7,8 @@ readers agree bit for bit with spa's repackers, and the `spa build` /
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -142,6 +144,149 @@ def test_plugin_wrappers_compile_against_tensorrt_headers() -> None:
         command = ["g++", "-std=c++17", "-Wall", "-fsyntax-only", f"-I{tensorrt_include()}", f"-I{cuda_include}", str(source)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{source.name}:\n{result.stderr[-3000:]}"
+
+
+def cuda_library_dir() -> Path | None:
+    include = cuda_include_dir()
+    if include is None:
+        return None
+    return next((lib for lib in (include.parent / "lib64", include.parent / "lib") if (lib / "libcudart.so").exists()), None)
+
+
+def run_jobs(jobs: list[list[str]]) -> None:
+    """Runs the compile commands two at a time (CI has 2 cores) and asserts each succeeded."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda command: subprocess.run(command, capture_output=True, text=True, check=False), jobs))
+    for command, result in zip(jobs, results, strict=True):
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr[-3000:]}"
+
+
+def build_trt_host(folder: Path, kernels: list[Path], flags: tuple[str, ...]) -> tuple[Path, Path]:
+    """Wrappers + plugin library (from the kernel objects) + trt_host_check, compiled with `flags`."""
+    trt_include, cuda_include, cuda_lib = tensorrt_include(), cuda_include_dir(), cuda_library_dir()
+    folder.mkdir(exist_ok=True)
+    cxx = ["g++", "-std=c++17", "-Wall", "-Wno-deprecated-declarations", *flags, f"-I{trt_include}", f"-I{cuda_include}"]
+    wrappers = sorted((PLUGINS / "trt").glob("*.cpp"))
+    jobs = [[*cxx, "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{PLUGINS / 'kernels'}",
+             "-c", str(source), "-o", str(folder / f"{source.stem}.o")] for source in wrappers]  # fmt: skip
+    checker = folder / "trt_host_check"
+    jobs.append([*cxx, str(PLUGINS / "bench" / "trt_host_check.cpp"), "-o", str(checker), f"-L{cuda_lib}", "-lcudart", "-ldl"])
+    run_jobs(jobs)
+    library = folder / "libspa_trt_plugins.so"
+    objects = [str(folder / f"{source.stem}.o") for source in wrappers] + [str(k) for k in kernels]
+    link = ["g++", "-shared", *flags, "-o", str(library), *objects, f"-L{cuda_lib}", "-lcudart",
+            f"-Wl,--version-script={PLUGINS / 'trt' / 'exports.map'}", "-Wl,--no-undefined"]  # fmt: skip
+    result = subprocess.run(link, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return library, checker
+
+
+def run_trt_host_check(library: Path, checker: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    lib = f"{cuda_library_dir()}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+    env = {**os.environ, "LD_LIBRARY_PATH": lib, **(env or {})}
+    return subprocess.run([str(checker), str(library)], capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def trt_host_kernels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The kernels compiled for sm_90 only (enough to link the plugin library); where a GPU is
+    present, also sm_80 and PTX, so that trt_host_check's device enqueue finds a kernel image."""
+    if tensorrt_include() is None:
+        pytest.skip("TensorRT headers not found (set TensorRT_ROOT to the folder above include/NvInferRuntime.h)")
+    if NVCC is None or cuda_include_dir() is None or cuda_library_dir() is None or shutil.which("g++") is None:
+        pytest.skip("needs nvcc, g++ and the CUDA runtime (cuda_runtime_api.h, libcudart.so)")
+    folder = tmp_path_factory.mktemp("trt_host_kernels")
+    objects = [folder / f"{source.stem}.o" for source in KERNELS]
+    archs = ["-gencode", "arch=compute_90,code=sm_90"]
+    if gpu_available():
+        archs = [*ARCHS, "-gencode", "arch=compute_90,code=compute_90"]
+    run_jobs([[NVCC, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden", *archs,
+               "-c", str(source), "-o", str(target)] for source, target in zip(KERNELS, objects, strict=True)])  # fmt: skip
+    return objects
+
+
+@pytest.fixture(scope="module")
+def trt_host_report(trt_host_kernels: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """libspa_trt_plugins.so built with the release flags, driven by trt_host_check on the CPU (no libnvinfer)."""
+    library, checker = build_trt_host(tmp_path_factory.mktemp("trt_host"), trt_host_kernels, ("-O2",))
+    run = run_trt_host_check(library, checker)
+    assert run.returncode in (0, 1), f"trt_host_check did not run (exit {run.returncode}):\n{run.stderr[-3000:]}"
+    report = json.loads(run.stdout)
+    report["exit_code"] = run.returncode
+    return report
+
+
+def test_trt_host_check_is_clean_under_asan_and_ubsan(trt_host_kernels: list[Path], tmp_path: Path) -> None:
+    """The same run with the wrappers and the check built with AddressSanitizer + UBSan (-O0 to build fast)."""
+    sanitize = ("-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined")
+    probe = subprocess.run(["g++", *sanitize, "-x", "c++", "-", "-o", str(tmp_path / "probe")],
+                           input="int main() { return 0; }", capture_output=True, text=True, check=False)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("g++ cannot link -fsanitize=address,undefined here (libasan/libubsan missing)")
+    library, checker = build_trt_host(tmp_path / "asan", trt_host_kernels, sanitize)
+    run = run_trt_host_check(library, checker, {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert "runtime error" not in run.stderr and "AddressSanitizer" not in run.stderr
+    assert json.loads(run.stdout)["failed"] == 0
+
+
+def test_trt_host_check_passes_every_check(trt_host_report: dict) -> None:
+    """Every IPluginV3 call TensorRT makes, with good and bad fields, types, formats and shapes:
+    bad ones come back null / non-zero with a logged reason; enqueue without a GPU fails cleanly."""
+    failed = [f"{c['op']}: {c['check']}: {c['detail']} {c['logged']}" for c in trt_host_report["checks"] if not c["ok"]]
+    assert failed == [], "\n".join(failed)
+    assert trt_host_report["exit_code"] == 0 and trt_host_report["failed"] == 0
+    names = {c["check"] for c in trt_host_report["checks"]}
+    for wanted in ("exports only getCreators and setLoggerFinder", "createPlugin rejects: K missing (kBUILD)",
+                   "createPlugin(kRUNTIME) from getFieldsToSerialize round-trips", "clone", "attachToContext(nullptr)",
+                   "configurePlugin rejects: scales first dim + 1", "enqueue with a null A returns non-zero with a logged reason"):  # fmt: skip
+        assert wanted in names
+    enqueue = [c for c in trt_host_report["checks"] if c["check"].startswith("enqueue without a GPU")]
+    if not trt_host_report["gpu"]:
+        assert len(enqueue) == 3 and all("cuda" in " ".join(c["logged"]) for c in enqueue)
+
+
+def contract_dims(shape: str, variables: dict[str, int]) -> list[int]:
+    """'[N/16, K/16, 32]' -> dims, with K, N, group_size, nnz from the check's configuration."""
+    env = {"ceil": math.ceil, **variables}  # eval: the contract files are ours, builtins off
+    values = [eval(part, {"__builtins__": {}}, env) for part in shape.strip("[]").split(",")]
+    assert all(float(v).is_integer() for v in values), (shape, values)
+    return [int(v) for v in values]
+
+
+def test_trt_host_check_agrees_with_the_contracts(trt_host_report: dict) -> None:
+    creators = {c["name"]: c for c in trt_host_report["creators"]}
+    contracts = [json.loads(path.read_text()) for path in sorted((PLUGINS / "trt" / "contracts").glob("*.json"))]
+    assert sorted(creators) == sorted(c["plugin"]["name"] for c in contracts)
+    for contract in contracts:
+        plugin = contract["plugin"]
+        creator = creators[plugin["name"]]
+        assert (creator["version"], creator["namespace"]) == (plugin["version"], plugin["namespace"])
+        assert creator["interface"] == "PLUGIN CREATOR_V3ONE"
+        attributes = contract["attributes"].values()
+        assert creator["fields"] == [a["plugin_field"] for a in attributes]
+        assert creator["field_types"] == [a["plugin_field_type"] for a in attributes]
+        # Inputs: names, accepted TensorRT types (kLINEAR) and the shapes the wrapper accepts.
+        assert [i["name"] for i in creator["inputs"]] == [i["name"] for i in contract["inputs"]]
+        variables = creator["shape_vars"]
+        for used, spec in zip(creator["inputs"], contract["inputs"], strict=True):
+            dtypes = spec["dtype"] if isinstance(spec["dtype"], list) else [spec["dtype"]]
+            for a_type, table in (("FLOAT16", creator["formats_fp16"]), ("BFLOAT16", creator["formats_bf16"])):
+                assert sorted(table[spec["name"]]) == sorted(dtypes), (plugin["name"], spec["name"], a_type)
+            if spec["shape"].startswith("[..."):
+                assert used["dims"][-1] == variables[spec["shape"].strip("[]").split(",")[-1].strip()]
+            else:
+                assert used["dims"] == contract_dims(spec["shape"], variables), (plugin["name"], spec["name"])
+        (output,) = contract["outputs"]
+        assert output["dtype"] == "same as A" and output["shape"] == "[..., N]"
+        assert creator["formats_fp16"]["Y"] == ["FLOAT16"] and creator["formats_bf16"]["Y"] == ["BFLOAT16"]
+        assert creator["output_types"]["FLOAT16"] == "FLOAT16" and creator["output_types"]["BFLOAT16"] == "BFLOAT16"
+        assert creator["output_shape"] == f"[2, 3, {variables['N']}]"
+        assert creator["output_shape_symbolic"] == f"[?, 3, {variables['N']}]"
+        # Workspace: 4 * M * N bytes at the profile's max M.
+        assert contract["workspace"].startswith("4 * M * N bytes")
+        max_rows = math.prod(creator["workspace_max_dims"][:-1])
+        assert creator["workspace_bytes"] == 4 * max_rows * variables["N"]
 
 
 def relu_model(path: Path, op: tuple[str, str] = ("", "Relu")) -> Path:

@@ -2,6 +2,8 @@
 // (getCreators, setLoggerFinder: the only exported symbols, see CMakeLists.txt).
 #include "spa_plugin.h"
 
+#include <algorithm>
+#include <climits>
 #include <exception>
 #include <mutex>
 
@@ -23,7 +25,10 @@ void log(ILogger::Severity severity, const std::string& message) {
 
 int64_t volume(const Dims& dims) {
   int64_t count = 1;
-  for (int32_t i = 0; i < dims.nbDims; ++i) count *= dims.d[i];
+  for (int32_t i = 0; i < dims.nbDims; ++i) {
+    if (dims.d[i] < 0) return -1;  // unknown
+    count *= dims.d[i];
+  }
   return count;
 }
 
@@ -75,6 +80,9 @@ bool SpaMatMulPlugin::check(const PluginTensorDesc* in, int32_t nbInputs, const 
     reason = "the last dim of A must equal K=" + std::to_string(mFields.K);
   } else if (out[0].type != in[0].type) {
     reason = "Y must have A's type";
+  } else if (out[0].dims.nbDims != in[0].dims.nbDims ||
+             (out[0].dims.d[out[0].dims.nbDims - 1] >= 0 && out[0].dims.d[out[0].dims.nbDims - 1] != mFields.N)) {
+    reason = "Y must be [..., N] with N=" + std::to_string(mFields.N);
   } else {
     reason = mTraits.check_weights(mFields, in);
   }
@@ -84,17 +92,29 @@ bool SpaMatMulPlugin::check(const PluginTensorDesc* in, int32_t nbInputs, const 
 
 int32_t SpaMatMulPlugin::configurePlugin(const DynamicPluginTensorDesc* in, int32_t nbInputs,
                                          const DynamicPluginTensorDesc* out, int32_t nbOutputs) noexcept {
-  std::vector<PluginTensorDesc> inputs(static_cast<size_t>(nbInputs));
-  for (int32_t i = 0; i < nbInputs; ++i) inputs[i] = in[i].desc;
-  if (nbOutputs < 1) return -1;
-  PluginTensorDesc output = out[0].desc;
-  return check(inputs.data(), nbInputs, &output, nbOutputs) ? 0 : -1;
+  try {
+    std::vector<PluginTensorDesc> inputs(static_cast<size_t>(std::max(nbInputs, 0)));
+    for (int32_t i = 0; i < nbInputs; ++i) inputs[i] = in[i].desc;
+    if (nbOutputs < 1) return -1;
+    PluginTensorDesc output = out[0].desc;
+    return check(inputs.data(), nbInputs, &output, nbOutputs) ? 0 : -1;
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + error.what());
+    return -1;
+  }
 }
 
 int32_t SpaMatMulPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
                                             const DataType* inputTypes, int32_t nbInputs) const noexcept {
-  if (nbOutputs != 1 || nbInputs < 1) return -1;
-  outputTypes[0] = inputTypes[0];
+  if (nbOutputs != 1 || nbInputs != mTraits.nb_inputs) return -1;
+  // FP16 and BF16 map to themselves. FP32 passes through: a weakly typed network
+  // declares FP32 here and supportsFormatCombination then picks FP16 or BF16.
+  DataType a = inputTypes[0];
+  if (a != DataType::kHALF && a != DataType::kBF16 && a != DataType::kFLOAT) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": A must be FP16 or BF16 (FP32 in a weakly typed network)");
+    return -1;
+  }
+  outputTypes[0] = a;
   return 0;
 }
 
@@ -102,13 +122,21 @@ int32_t SpaMatMulPlugin::getOutputShapes(const DimsExprs* inputs, int32_t nbInpu
                                          int32_t, DimsExprs* outputs, int32_t nbOutputs,
                                          IExprBuilder& exprBuilder) noexcept {
   if (nbInputs != mTraits.nb_inputs || nbOutputs != 1 || inputs[0].nbDims < 1) return -1;
+  const IDimensionExpr* k = inputs[0].d[inputs[0].nbDims - 1];
+  if (k != nullptr && k->isConstant() && k->getConstantValue() != mFields.K) {
+    log(ILogger::Severity::kERROR,
+        std::string(mTraits.name) + ": the last dim of A must equal K=" + std::to_string(mFields.K) + ", got " +
+            std::to_string(k->getConstantValue()));
+    return -1;
+  }
   outputs[0] = inputs[0];  // [..., K] -> [..., N]
   outputs[0].d[inputs[0].nbDims - 1] = exprBuilder.constant(mFields.N);
   return 0;
 }
 
 bool SpaMatMulPlugin::supportsFormatCombination(int32_t pos, const DynamicPluginTensorDesc* inOut,
-                                                int32_t nbInputs, int32_t) noexcept {
+                                                int32_t nbInputs, int32_t nbOutputs) noexcept {
+  if (inOut == nullptr || pos < 0 || pos >= nbInputs + nbOutputs || nbInputs != mTraits.nb_inputs) return false;
   const PluginTensorDesc& desc = inOut[pos].desc;
   if (desc.format != TensorFormat::kLINEAR) return false;
   if (pos == 0) return desc.type == DataType::kHALF || desc.type == DataType::kBF16;
@@ -119,29 +147,47 @@ bool SpaMatMulPlugin::supportsFormatCombination(int32_t pos, const DynamicPlugin
 size_t SpaMatMulPlugin::getWorkspaceSize(const DynamicPluginTensorDesc* inputs, int32_t,
                                          const DynamicPluginTensorDesc*, int32_t) const noexcept {
   int64_t rows = rows_of(inputs[0].max);
-  if (rows < 0) return 0;
-  return sizeof(float) * static_cast<size_t>(rows) * static_cast<size_t>(mFields.N);
+  if (rows <= 0 || rows > INT32_MAX) return 0;
+  return mTraits.workspace_size(static_cast<int>(rows), mFields.N, mFields.K);
 }
 
 int32_t SpaMatMulPlugin::onShapeChange(const PluginTensorDesc* in, int32_t nbInputs,
                                        const PluginTensorDesc* out, int32_t nbOutputs) noexcept {
-  return check(in, nbInputs, out, nbOutputs) ? 0 : -1;
+  try {
+    return check(in, nbInputs, out, nbOutputs) ? 0 : -1;
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + error.what());
+    return -1;
+  }
 }
 
 int32_t SpaMatMulPlugin::enqueue(const PluginTensorDesc* inputDesc, const PluginTensorDesc*,
                                  const void* const* inputs, void* const* outputs, void* workspace,
                                  cudaStream_t stream) noexcept {
-  int64_t rows = rows_of(inputDesc[0].dims);
-  if (rows <= 0) return rows == 0 ? 0 : -1;
-  size_t workspace_bytes = sizeof(float) * static_cast<size_t>(rows) * static_cast<size_t>(mFields.N);
-  cudaError_t status = mTraits.launch(mFields, inputDesc, inputs, outputs[0], rows,
-                                      to_spa_dtype(inputDesc[0].type), workspace, workspace_bytes, stream);
-  if (status != cudaSuccess) {
-    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + cudaGetErrorName(status) + " (" +
-                                       spa_kernel_error_string() + ")");
+  try {
+    int64_t rows = rows_of(inputDesc[0].dims);
+    if (rows == 0) return 0;
+    if (rows < 0 || rows > INT32_MAX) {
+      log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": enqueue needs 1 to 2^31-1 rows of A");
+      return -1;
+    }
+    // TensorRT allocated getWorkspaceSize() of the profile's max rows; these rows need no more.
+    size_t workspace_bytes = workspace ? mTraits.workspace_size(static_cast<int>(rows), mFields.N, mFields.K) : 0;
+    cudaError_t status = mTraits.launch(mFields, inputDesc, inputs, outputs[0], rows,
+                                        to_spa_dtype(inputDesc[0].type), workspace, workspace_bytes, stream);
+    if (status != cudaSuccess) {
+      // The launchers map their own argument checks to these two codes and name the problem in
+      // spa_kernel_error_string(); any other code is the CUDA runtime's (no device, launch, ...).
+      bool validation = status == cudaErrorInvalidValue || status == cudaErrorInvalidConfiguration;
+      log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + cudaGetErrorName(status) + ": " +
+                                         (validation ? spa_kernel_error_string() : cudaGetErrorString(status)));
+      return -1;
+    }
+    return 0;
+  } catch (const std::exception& error) {
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + error.what());
     return -1;
   }
-  return 0;
 }
 
 IPluginV3* SpaMatMulPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
@@ -173,35 +219,92 @@ SpaMatMulCreator::SpaMatMulCreator(const OpTraits& traits) : mTraits(traits) {
   mCollection.fields = mFieldNames.data();
 }
 
+namespace {
+
+const char* field_type_name(PluginFieldType type) {
+  switch (type) {
+    case PluginFieldType::kINT8: return "kINT8";
+    case PluginFieldType::kINT16: return "kINT16";
+    case PluginFieldType::kINT32: return "kINT32";
+    case PluginFieldType::kINT64: return "kINT64";
+    case PluginFieldType::kCHAR: return "kCHAR";
+    case PluginFieldType::kFLOAT16: return "kFLOAT16";
+    case PluginFieldType::kFLOAT32: return "kFLOAT32";
+    case PluginFieldType::kFLOAT64: return "kFLOAT64";
+    default: return "a non-integer type";
+  }
+}
+
+// Reads one INT field into `value`; returns "" or the reason. The ONNX parser
+// passes INT attributes as kINT32; kINT8/16/64 are accepted where they fit.
+std::string read_int(const PluginField& field, int32_t& value) {
+  const std::string name = field.name;
+  if (field.length < 1) return "field " + name + " is empty (an INT attribute holds one value)";
+  int64_t wide = 0;
+  switch (field.type) {
+    case PluginFieldType::kINT8: wide = *static_cast<const int8_t*>(field.data); break;
+    case PluginFieldType::kINT16: wide = *static_cast<const int16_t*>(field.data); break;
+    case PluginFieldType::kINT32: wide = *static_cast<const int32_t*>(field.data); break;
+    case PluginFieldType::kINT64: wide = *static_cast<const int64_t*>(field.data); break;
+    default:
+      return "field " + name + " must be an INT (kINT32), got " + field_type_name(field.type);
+  }
+  if (wide < INT32_MIN || wide > INT32_MAX) return "field " + name + " = " + std::to_string(wide) + " does not fit int32";
+  value = static_cast<int32_t>(wide);
+  return "";
+}
+
+}  // namespace
+
 IPluginV3* SpaMatMulCreator::createPlugin(const char*, const PluginFieldCollection* fc,
                                           TensorRTPhase) noexcept {
   try {
     OpFields fields;
-    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
+    std::vector<std::string> seen;
+    std::string reason;
+    for (int32_t i = 0; fc != nullptr && fc->fields != nullptr && i < fc->nbFields && reason.empty(); ++i) {
       const PluginField& field = fc->fields[i];
       std::string name = field.name ? field.name : "";
-      // The ONNX parser passes INT attributes as kINT32 (kINT64 accepted too).
-      auto as_int = [&field]() -> int32_t {
-        if (field.type == PluginFieldType::kINT64) return static_cast<int32_t>(*static_cast<const int64_t*>(field.data));
-        return *static_cast<const int32_t*>(field.data);
-      };
-      if (field.data == nullptr) continue;
-      if (name == "K") fields.K = as_int();
-      else if (name == "N") fields.N = as_int();
-      else if (name == "group_size") fields.group_size = as_int();
-      else if (name == "bits") fields.bits = as_int();
-      else if (name == "layout")
-        fields.layout.assign(static_cast<const char*>(field.data),
-                             strnlen(static_cast<const char*>(field.data), static_cast<size_t>(field.length)));
+      bool known = false;
+      for (const PluginField& wanted : mFieldNames) known = known || name == wanted.name;
+      if (!known) {
+        log(ILogger::Severity::kWARNING, std::string(mTraits.name) + ": ignoring unknown field \"" + name + "\"");
+        continue;
+      }
+      if (field.data == nullptr) {
+        reason = "field " + name + " has no data";
+      } else if (name == "K") {
+        reason = read_int(field, fields.K);
+      } else if (name == "N") {
+        reason = read_int(field, fields.N);
+      } else if (name == "group_size") {
+        reason = read_int(field, fields.group_size);
+      } else if (name == "bits") {
+        reason = read_int(field, fields.bits);
+      } else if (name == "layout") {
+        if (field.type != PluginFieldType::kCHAR) {
+          reason = std::string("field layout must be a STRING (kCHAR), got ") + field_type_name(field.type);
+        } else {
+          fields.layout.assign(static_cast<const char*>(field.data),
+                               strnlen(static_cast<const char*>(field.data), static_cast<size_t>(std::max(field.length, 0))));
+        }
+      }
+      seen.push_back(name);
     }
-    std::string reason = mTraits.check_fields(fields);
+    // Every field is required: the rewrite passes write them all.
+    for (const PluginField& wanted : mFieldNames) {
+      if (!reason.empty()) break;
+      if (std::find(seen.begin(), seen.end(), wanted.name) == seen.end())
+        reason = std::string("missing field ") + wanted.name + " (the ONNX attribute of the same name)";
+    }
+    if (reason.empty()) reason = mTraits.check_fields(fields);
     if (!reason.empty()) {
       log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + reason);
       return nullptr;
     }
     return new SpaMatMulPlugin(mTraits, fields);
   } catch (const std::exception& error) {
-    log(ILogger::Severity::kERROR, error.what());
+    log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + error.what());
     return nullptr;
   }
 }

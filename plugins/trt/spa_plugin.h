@@ -50,6 +50,8 @@ struct OpTraits {
   cudaError_t (*launch)(const OpFields&, const PluginTensorDesc* in, const void* const* inputs,
                         void* output, int64_t M, SpaDtype dtype, void* workspace,
                         size_t workspace_bytes, cudaStream_t stream);
+  // The kernel's workspace in bytes for M rows (spa_*_workspace_size).
+  size_t (*workspace_size)(int M, int N, int K);
   DataType weight_type(int32_t index) const;  // input `index` >= 1
 };
 

@@ -16,9 +16,11 @@ std::string check_fields(const OpFields& f) {
 }
 
 std::string check_weights(const OpFields& f, const PluginTensorDesc* in) {
-  int64_t nnz = volume(in[4].dims);  // scales [nnz]
-  if (volume(in[1].dims) != nnz * f.group_size / 8) return "values must be INT32 [nnz, group_size/8]";
-  if (volume(in[2].dims) != (nnz + 1) / 2) return "group_idx must be INT32 [ceil(nnz/2)]";
+  int64_t nnz = volume(in[4].dims);  // scales [nnz]: one per kept group
+  std::string of_nnz = " with nnz = the number of scales (" + std::to_string(nnz) + ")";
+  if (nnz < 0) return "scales must be FP16 [nnz] with a known nnz";
+  if (volume(in[1].dims) != nnz * f.group_size / 8) return "values must be INT32 [nnz, group_size/8]" + of_nnz;
+  if (volume(in[2].dims) != (nnz + 1) / 2) return "group_idx must be INT32 [ceil(nnz/2)]" + of_nnz;
   if (volume(in[3].dims) != static_cast<int64_t>(f.N) + 1) return "row_ptr must be INT32 [N+1]";
   return "";
 }
@@ -33,6 +35,7 @@ cudaError_t launch(const OpFields& f, const PluginTensorDesc* in, const void* co
 
 }  // namespace
 
-const OpTraits kGroupSparseTraits = {"GroupSparseQuantMatMul", 5, true, check_fields, check_weights, launch};
+const OpTraits kGroupSparseTraits = {"GroupSparseQuantMatMul", 5, true, check_fields, check_weights, launch,
+                                   spa_w4_gqsa_workspace_size};
 
 }  // namespace spa_trt

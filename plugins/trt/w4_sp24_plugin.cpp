@@ -28,6 +28,7 @@ cudaError_t launch(const OpFields& f, const PluginTensorDesc*, const void* const
 
 }  // namespace
 
-const OpTraits kW4Sparse24Traits = {"W4Sparse24MatMul", 4, false, check_fields, check_weights, launch};
+const OpTraits kW4Sparse24Traits = {"W4Sparse24MatMul", 4, false, check_fields, check_weights, launch,
+                                   spa_w4_sp24_workspace_size};
 
 }  // namespace spa_trt

@@ -25,6 +25,7 @@ cudaError_t launch(const OpFields& f, const PluginTensorDesc*, const void* const
 
 }  // namespace
 
-const OpTraits kW4A16Traits = {"W4A16MatMul", 3, false, check_fields, check_weights, launch};
+const OpTraits kW4A16Traits = {"W4A16MatMul", 3, false, check_fields, check_weights, launch,
+                                   spa_w4a16_workspace_size};
 
 }  // namespace spa_trt
