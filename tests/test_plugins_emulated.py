@@ -57,10 +57,12 @@ def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
 
 
 def write_mixed_cases(folder: Path) -> int:
-    """w4a16 / w4_sp24 at two shapes (one with a partly idle block and 3 groups,
-    one whose automatic split-K splits), GQSA at g = 8..64 on the first."""
-    lines = write_cases(folder, shapes=((384, 80), (1024, 48)))
-    kept = [line for line in lines if not (line.startswith("w4_gqsa") and " 1024 48 " in line)]
+    """w4a16 / w4_sp24 at three shapes: a partly idle block and 3 groups; 3
+    tiles of 8 groups (the launcher gives each tile 2 warps at M <= 16); one
+    tile of 32 groups (4 warps per tile, and K split across 2 blocks). GQSA at
+    g = 8..64 on the first."""
+    lines = write_cases(folder, shapes=((384, 80), (1024, 48), (4096, 16)))
+    kept = [line for line in lines if not line.startswith("w4_gqsa") or " 384 80 " in line]
     (folder / "cases.txt").write_text("\n".join(kept) + "\n")
     return len(kept)
 
@@ -77,15 +79,15 @@ def results(output: str) -> list[tuple[str, str, str, int, int, float]]:
 
 def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Path) -> None:
     cases = write_mixed_cases(tmp_path / "cases")
-    ms = [1, 2, 3, 4, 8, 16, 32, 64, 70]
+    ms = [1, 2, 3, 4, 8, 16, 17, 32, 64, 70]
     splits = [1, 2, 0, -1]  # none, two slices, the launcher's choice, no workspace
     run = emulate(tmp_path / "cases", tmp_path / "build", "--m", ",".join(map(str, ms)),
                   "--splits", ",".join(map(str, splits)), *tolerances())  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = results(run.stdout)
     dense = sum(1 for row in rows if row[1] != "w4_gqsa")
-    assert dense == 2 * 2 * 2 * len(ms) * len(splits)  # kernels x shapes x dtypes x M x split
-    assert len(rows) - dense == (cases - 4) * 2 * len(ms)
+    assert dense == 2 * 3 * 2 * len(ms) * len(splits)  # kernels x shapes x dtypes x M x split
+    assert len(rows) - dense == (cases - 6) * 2 * len(ms)
     assert all(verdict == "PASSED" for verdict, *_ in rows)
     assert f"{len(rows)} runs, 0 failed" in run.stdout
     # FP16 sums are accurate well inside the tolerance; BF16 is limited by its own output rounding.
@@ -96,16 +98,17 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
 def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
     """A missing __syncthreads (a stage read while another warp's copy lands)
     or an unsynchronised shared-memory write is a ThreadSanitizer report."""
-    lines = write_cases(tmp_path / "cases", shapes=((384, 80),))
-    kept = [line for line in lines if not line.startswith("w4_gqsa") or line.split()[3] == "16"]
+    lines = write_cases(tmp_path / "cases", shapes=((384, 80), (1024, 48)))
+    kept = [line for line in lines if not line.startswith("w4_gqsa") or line.split()[1:4] == ["384", "80", "16"]]
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--splits", "1,2", *tolerances(),
+    # split 0 at 1024 x 48: two warps per tile summed through shared memory; split 2: across blocks.
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--splits", "0,2", *tolerances(),
                   sanitizer="thread")  # fmt: skip
     if "FATAL: ThreadSanitizer" in run.stderr:
         pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 + 2 * 2  # dense: dtype x M x split; GQSA g=16
+    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 2 + 2 * 2  # dense: kernel x shape x dtype x M x split
     assert "runs, 0 failed" in run.stdout
 
 

@@ -11,7 +11,8 @@
  *   W given in a kernel-specific packed INT4 layout with FP16 scales.
  *   `workspace` is device memory of at least *_workspace_size() bytes (FP32
  *   partial sums for split-K / atomics). w4a16 and w4_sp24 run without
- *   split-K when it is NULL or too small; w4_gqsa requires it.
+ *   splitting K across blocks when it is NULL or too small (their in-block
+ *   split needs no workspace); w4_gqsa requires it.
  *   A and Y must be 16-byte aligned (cudaMalloc'd buffers are).
  */
 #ifndef SPA_KERNELS_H
@@ -48,7 +49,10 @@ const char* spa_kernel_error_string(void);
  * packed  : int32 [N/16, K/16, 32] tile order (plugins/README.md, "w4a16")
  * scales  : fp16  [K/128, N]
  * Requires K % 128 == 0, N % 16 == 0, M >= 1.
- * split_k : 0 = choose from the device's SM count, else the number of K slices. */
+ * split_k : 0 = choose from the device's SM count (at M <= 16 first 2 or 4 warps
+ *           of a block per 16-column tile, each on a slice of K, then K split
+ *           across blocks), else the number of K splits across blocks with one
+ *           warp per tile (the harness's tuning sweep forces these). */
 size_t spa_w4a16_workspace_size(int M, int N, int K);
 cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
                            void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,

@@ -4,7 +4,8 @@
 //
 // Same skeleton as w4a16.cu (W^T is the tensor-core A operand, activations
 // the B operand, cp.async pipeline with evict-first weights, FP32 per-group
-// scaling, split-K through an FP32 workspace), with mma.sp.m16n8k32:
+// scaling, in-block K slices at M <= 16, split-K across blocks through an FP32
+// workspace), with mma.sp.m16n8k32:
 // * values int32 [N/16, K/32, 32]: lane l's word of a 16x32 tile holds its
 //   eight kept values a0..a7 of the sparse A fragment, in dequant order;
 // * meta uint32 [N/16, K/32, 16]: the metadata word of lane 4g + h (h = 0, 1;
@@ -20,20 +21,24 @@ namespace sp24 {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-// Pipeline depth in groups of 128 k: deeper where the activation tile is small
-// (decode), so one warp keeps 5 KB of weights in flight.
-__host__ __device__ constexpr int stages_for(int mt) { return mt <= 2 ? 6 : 4; }
+// Pipeline depth in groups of 128 k: deeper where the stage's activation
+// tiles (SLICES x MT x 8 rows) are small (decode), so one warp keeps 5 KB of
+// weights in flight; shallower where they are large, so that two or more
+// blocks still fit on an SM (MT = 2, SLICES = 4: 86 KB).
+__host__ __device__ constexpr int stages_for(int mt, int slices) { return mt * slices <= 2 ? 6 : 4; }
 constexpr int kTilesPerGroup = SPA_W4_GROUP / 32;  // 4 k32 tiles
 constexpr int kLda = SPA_W4_GROUP + 8;
 constexpr int kValueWords = kTilesPerGroup * 32;   // per warp per group
 constexpr int kMetaWords = kTilesPerGroup * 16;
 
-template <int MT>
+template <int MT, int SLICES>
 constexpr int smem_bytes() {
-  return stages_for(MT) * (kWarps * (kValueWords + kMetaWords) * 4 + MT * 8 * kLda * 2);
+  return stages_for(MT, SLICES) * (kWarps * (kValueWords + kMetaWords) * 4 + SLICES * MT * 8 * kLda * 2);
 }
 
-template <typename T, int MT>
+// MT, SLICES: as in w4a16.cu (8-token tiles; warps per 16-column tile, each
+// on a slice of the block's groups, summed through shared memory).
+template <typename T, int MT, int SLICES>
 __global__ void __launch_bounds__(kThreads)
     gemm_kernel(const T* __restrict__ a_ptr,          // [M, K]
                 const uint32_t* __restrict__ values,  // [N/16, K/32, 32]
@@ -41,7 +46,9 @@ __global__ void __launch_bounds__(kThreads)
                 const __half* __restrict__ scales,    // [K/128, N]
                 T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
                 int groups_per_split) {
-  constexpr int kStages = stages_for(MT);
+  static_assert(kWarps % SLICES == 0, "SLICES must divide the block's warps");
+  constexpr int kStages = stages_for(MT, SLICES);
+  constexpr int kTilesPerBlock = kWarps / SLICES;
   SPA_DYNAMIC_SMEM(smem);
   uint32_t* v_smem = reinterpret_cast<uint32_t*>(smem);
   uint32_t* m_smem = v_smem + kStages * kWarps * kValueWords;
@@ -49,16 +56,19 @@ __global__ void __launch_bounds__(kThreads)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
+  const int slice = warp % SLICES;
   const int n_tiles = N / 16, k_tiles = K / 32, n_groups = K / SPA_W4_GROUP;
-  const int tile = blockIdx.x * kWarps + warp;
+  const int tile = blockIdx.x * kTilesPerBlock + warp / SLICES;
   const bool tile_valid = tile < n_tiles;
   const int g_begin = blockIdx.y * groups_per_split;
   const int g_end = min(n_groups, g_begin + groups_per_split);
   if (g_begin >= g_end) return;
+  const int per = (g_end - g_begin + SLICES - 1) / SLICES;
   const uint64_t policy = evict_first_policy();
 
-  auto load_stage = [&](int stage, int group) {
-    if (tile_valid) {
+  auto load_stage = [&](int stage, int it) {
+    const int group = g_begin + slice * per + it;
+    if (tile_valid && it < per && group < g_end) {
       size_t first = static_cast<size_t>(tile) * k_tiles + group * kTilesPerGroup;
       const uint32_t* v_src = values + first * 32;   // 512 B: 32 chunks, one per lane
       const uint32_t* m_src = meta + first * 16;     // 256 B: 16 chunks
@@ -67,11 +77,12 @@ __global__ void __launch_bounds__(kThreads)
       cp_async16_evict_first(v_dst + lane * 4, v_src + lane * 4, policy);
       if (lane < kMetaWords / 4) cp_async16_evict_first(m_dst + lane * 4, m_src + lane * 4, policy);
     }
-    T* a_dst = a_smem + stage * MT * 8 * kLda;
-    for (int c = threadIdx.x; c < MT * 8 * 16; c += kThreads) {
-      int row = c / 16, col = (c % 16) * 8;
-      bool valid = row < M;
-      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group * SPA_W4_GROUP + col : 0);
+    for (int c = threadIdx.x; c < SLICES * MT * 8 * 16; c += kThreads) {
+      const int j = c / (MT * 8 * 16), row = c / 16 % (MT * 8), col = (c % 16) * 8;
+      const int group_j = g_begin + j * per + it;
+      const bool valid = row < M && group_j < g_end;
+      T* a_dst = a_smem + (stage * SLICES + j) * MT * 8 * kLda;
+      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group_j * SPA_W4_GROUP + col : 0);
       cp_async16_zfill(a_dst + row * kLda + col, src, valid);
     }
   };
@@ -84,33 +95,35 @@ __global__ void __launch_bounds__(kThreads)
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (g_begin + s < g_end) load_stage(s, g_begin + s);
+    if (s < per) load_stage(s, s);
     cp_async_commit();
   }
 
   const int col_lo = tile * 16 + group_id;
   // Lanes 4g and 4g+1 supply the metadata (selector 0); the others pass any word.
   const int meta_slot = group_id * 2 + (thread_in_group & 1);
-  for (int group = g_begin, it = 0; group < g_end; ++group, ++it) {
+  for (int it = 0; it < per; ++it) {
+    const int group = g_begin + slice * per + it;
+    const bool active = tile_valid && group < g_end;  // uniform over the warp
     float scale_lo = 0.f, scale_hi = 0.f;
-    if (tile_valid) {
+    if (active) {
       scale_lo = __half2float(scales[static_cast<size_t>(group) * N + col_lo]);
       scale_hi = __half2float(scales[static_cast<size_t>(group) * N + col_lo + 8]);
     }
     cp_async_wait<kStages - 2>();
     __syncthreads();
-    int next = group + kStages - 1;
-    if (next < g_end) load_stage((it + kStages - 1) % kStages, next);
+    int next = it + kStages - 1;
+    if (next < per) load_stage(next % kStages, next);
     cp_async_commit();
-    // A warp past the last tile (partial block) loaded no weights: its mma
-    // would read uninitialised shared memory (invalid mma.sp metadata is
-    // undefined behaviour), so it only keeps the block's barriers.
-    if (!tile_valid) continue;
+    // A warp past the last tile or past its slice's groups loaded no weights:
+    // its mma.sp would read uninitialised metadata (undefined behaviour), so
+    // it only keeps the block's barriers.
+    if (!active) continue;
 
     const int stage = it % kStages;
     const uint32_t* v_tile = v_smem + (stage * kWarps + warp) * kValueWords;
     const uint32_t* m_tile = m_smem + (stage * kWarps + warp) * kMetaWords;
-    const T* a_stage = a_smem + stage * MT * 8 * kLda;
+    const T* a_stage = a_smem + (stage * SLICES + slice) * MT * 8 * kLda;
     float part[MT][4];
 #pragma unroll
     for (int j = 0; j < MT; ++j)
@@ -140,6 +153,25 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   cp_async_wait<0>();
+
+  if constexpr (SLICES > 1) {
+    float* red = reinterpret_cast<float*>(smem);  // [kWarps][MT * 4][32]
+    __syncthreads();
+    if (slice != 0) {
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) red[(warp * MT * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
+    }
+    __syncthreads();
+    if (slice != 0) return;
+#pragma unroll
+    for (int other = 1; other < SLICES; ++other)
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[j][r] += red[((warp + other) * MT * 4 + j * 4 + r) * 32 + lane];
+  }
   if (!tile_valid) return;
 #pragma unroll
   for (int j = 0; j < MT; ++j) {
@@ -157,14 +189,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int SLICES>
 cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales,
                    T* y, float* partial, int M, int N, int K, int splits, int gps,
                    cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<MT>();
-  auto kernel = gemm_kernel<T, MT>;
+  constexpr int bytes = smem_bytes<MT, SLICES>();
+  static_assert(bytes >= kWarps * MT * 4 * 32 * 4, "the slice reduction reuses the pipeline memory");
+  auto kernel = gemm_kernel<T, MT, SLICES>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
+  constexpr int tiles_per_block = kWarps / SLICES;
+  dim3 grid((N / 16 + tiles_per_block - 1) / tiles_per_block, splits);
   SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, values, meta, scales, y, partial, M, N, K, gps);
   return cudaGetLastError();
 }
@@ -178,11 +212,15 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const int n_groups = K / SPA_W4_GROUP;
-  int splits = split_k;
-  if (splits <= 0) {
-    int target_warps = 4 * sm_count();
-    int n_tiles = N / 16;
-    splits = std::max(1, std::min((target_warps + n_tiles - 1) / n_tiles, n_groups / 4));
+  const int n_tiles = N / 16;
+  int slices = 1, splits = split_k;
+  if (splits <= 0) {  // the same choice as w4a16.cu's run()
+    const int target_warps = 4 * sm_count();
+    if (M <= 16)
+      while (slices < 4 && n_tiles * slices < target_warps && n_groups / (2 * slices) >= 4) slices *= 2;
+    splits = std::max(1, std::min((target_warps + n_tiles * slices - 1) / (n_tiles * slices),
+                                  n_groups / (4 * slices)));
+    if (workspace == nullptr) splits = 1;
   }
   splits = std::min(splits, n_groups);
   int gps = (n_groups + splits - 1) / splits;
@@ -197,13 +235,17 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
     float* p0 = partial ? partial + static_cast<size_t>(m0) * N : nullptr;
     cudaError_t status;
     if (rows <= 8)
-      status = launch<T, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+      status = slices == 4   ? launch<T, 1, 4>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
+               : slices == 2 ? launch<T, 1, 2>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
+                             : launch<T, 1, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
     else if (rows <= 16)
-      status = launch<T, 2>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+      status = slices == 4   ? launch<T, 2, 4>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
+               : slices == 2 ? launch<T, 2, 2>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
+                             : launch<T, 2, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
     else if (rows <= 32)
-      status = launch<T, 4>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+      status = launch<T, 4, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
     else
-      status = launch<T, 8>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
+      status = launch<T, 8, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
     SPA_CHECK(status);
   }
   if (partial != nullptr)
@@ -228,7 +270,11 @@ extern "C" cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, co
   SPA_REQUIRE(K % SPA_W4_GROUP == 0, "w4_sp24: K must be a multiple of 128");
   SPA_REQUIRE(N % 16 == 0, "w4_sp24: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_sp24: dtype must be SPA_FP16 or SPA_BF16");
-  if (workspace == nullptr || workspace_bytes < spa_w4_sp24_workspace_size(M, N, K)) split_k = 1;
+  // No room for FP32 partial sums: no split across blocks (in-block slices need none).
+  if (workspace == nullptr || workspace_bytes < spa_w4_sp24_workspace_size(M, N, K)) {
+    workspace = nullptr;
+    if (split_k > 1) split_k = 1;
+  }
   if (dtype == SPA_FP16)
     return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, split_k, stream);
   return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, split_k,

@@ -17,9 +17,12 @@
 //   and scaled once in FP32 (no rounding of q*s to 16 bits), so the only
 //   16-bit rounding is the output's own (emulated: FP16 4.5e-4, BF16 3.8e-3
 //   of max|Y|; plugins/emu/README.md).
-// * Split-K over groups when N/16 tiles give fewer than 4 warps per SM (a
-//   4096-wide layer has 256 tiles for 132 SMs). Partial sums go to an FP32
-//   workspace with atomicAdd and a finalize kernel converts them.
+// * Where N/16 tiles give fewer than 4 warps per SM (a 4096-wide layer has
+//   256 tiles for 132 SMs): at M <= 16 two or four warps of a block share a
+//   tile, each streaming a slice of K, and add up in shared memory; beyond
+//   that (or when forced, split_k > 0) K is split across blocks, partial
+//   sums go to an FP32 workspace with atomicAdd and a finalize kernel
+//   converts them.
 #include <algorithm>
 
 #include "spa_device.cuh"
@@ -34,21 +37,28 @@ void set_error(const char* message) { g_last_error = message; }
 
 namespace w4a16 {
 
-constexpr int kWarps = 4;             // one 16-column tile per warp
+constexpr int kWarps = 4;             // 4 / SLICES 16-column tiles per block
 constexpr int kThreads = kWarps * 32;
-// Pipeline depth in groups of 128 k: deeper where the activation tile is small
-// (decode), so one warp keeps 5 KB of weights in flight.
-__host__ __device__ constexpr int stages_for(int mt) { return mt <= 2 ? 6 : 4; }
+// Pipeline depth in groups of 128 k: deeper where the stage's activation
+// tiles (SLICES x MT x 8 rows) are small (decode), so one warp keeps 5 KB of
+// weights in flight; shallower where they are large, so that two or more
+// blocks still fit on an SM (MT = 2, SLICES = 4: 86 KB).
+__host__ __device__ constexpr int stages_for(int mt, int slices) { return mt * slices <= 2 ? 6 : 4; }
 constexpr int kTilesPerGroup = SPA_W4_GROUP / 16;  // 8 k16 tiles
 constexpr int kLda = SPA_W4_GROUP + 8;             // padded smem row: conflict-free B loads
 
-template <int MT>
+template <int MT, int SLICES>
 constexpr int smem_bytes() {
-  return stages_for(MT) * (kWarps * kTilesPerGroup * 32 * 4 + MT * 8 * kLda * 2);
+  return stages_for(MT, SLICES) * (kWarps * kTilesPerGroup * 32 * 4 + SLICES * MT * 8 * kLda * 2);
 }
 
 // MT: number of 8-token tiles (M rows handled: MT * 8, the rest zero-filled).
-template <typename T, int MT>
+// SLICES: warps per 16-column tile (in-block split-K). The block's 4 warps
+// cover 4 / SLICES tiles; the warps of one tile take contiguous slices of the
+// block's groups and add their sums through shared memory at the end, so a
+// layer with few tiles keeps every SM streaming without a memset, atomics or
+// a second launch.
+template <typename T, int MT, int SLICES>
 __global__ void __launch_bounds__(kThreads)
     gemm_kernel(const T* __restrict__ a_ptr,         // [M, K]
                 const uint32_t* __restrict__ packed, // [N/16, K/16, 32]
@@ -56,35 +66,44 @@ __global__ void __launch_bounds__(kThreads)
                 T* __restrict__ y,                   // [M, N] (split == 1)
                 float* __restrict__ partial,         // [M, N] FP32 (split > 1)
                 int M, int N, int K, int groups_per_split) {
-  constexpr int kStages = stages_for(MT);
+  static_assert(kWarps % SLICES == 0, "SLICES must divide the block's warps");
+  constexpr int kStages = stages_for(MT, SLICES);
+  constexpr int kTilesPerBlock = kWarps / SLICES;
   SPA_DYNAMIC_SMEM(smem);
   uint32_t* w_smem = reinterpret_cast<uint32_t*>(smem);
   T* a_smem = reinterpret_cast<T*>(smem + kStages * kWarps * kTilesPerGroup * 32 * 4);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
+  const int slice = warp % SLICES;
   const int n_tiles = N / 16, k_tiles = K / 16, n_groups = K / SPA_W4_GROUP;
-  const int tile = blockIdx.x * kWarps + warp;
+  const int tile = blockIdx.x * kTilesPerBlock + warp / SLICES;
   const bool tile_valid = tile < n_tiles;
   const int g_begin = blockIdx.y * groups_per_split;
   const int g_end = min(n_groups, g_begin + groups_per_split);
   if (g_begin >= g_end) return;  // uniform over the block
+  // Slice j of the block's groups: [g_begin + j * per, min(g_end, g_begin + (j + 1) * per)).
+  const int per = (g_end - g_begin + SLICES - 1) / SLICES;
   const uint64_t policy = evict_first_policy();
 
-  auto load_stage = [&](int stage, int group) {
-    if (tile_valid) {
+  // Stage `stage` holds iteration `it` of every slice: each warp's weights,
+  // and one activation tile per slice.
+  auto load_stage = [&](int stage, int it) {
+    const int group = g_begin + slice * per + it;
+    if (tile_valid && it < per && group < g_end) {
       // 8 tiles x 32 words = 1 KB contiguous: 64 chunks of 16 B, two per lane.
       const uint32_t* src = packed + (static_cast<size_t>(tile) * k_tiles + group * kTilesPerGroup) * 32;
       uint32_t* dst = w_smem + (stage * kWarps + warp) * kTilesPerGroup * 32;
 #pragma unroll
       for (int c = lane; c < kTilesPerGroup * 32 / 4; c += 32) cp_async16_evict_first(dst + c * 4, src + c * 4, policy);
     }
-    // Activations: MT*8 rows x 128 halves = 16 chunks per row.
-    T* a_dst = a_smem + stage * MT * 8 * kLda;
-    for (int c = threadIdx.x; c < MT * 8 * 16; c += kThreads) {
-      int row = c / 16, col = (c % 16) * 8;
-      bool valid = row < M;
-      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group * SPA_W4_GROUP + col : 0);
+    // Activations: SLICES x MT*8 rows x 128 halves = 16 chunks per row.
+    for (int c = threadIdx.x; c < SLICES * MT * 8 * 16; c += kThreads) {
+      const int j = c / (MT * 8 * 16), row = c / 16 % (MT * 8), col = (c % 16) * 8;
+      const int group_j = g_begin + j * per + it;
+      const bool valid = row < M && group_j < g_end;
+      T* a_dst = a_smem + (stage * SLICES + j) * MT * 8 * kLda;
+      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group_j * SPA_W4_GROUP + col : 0);
       cp_async16_zfill(a_dst + row * kLda + col, src, valid);
     }
   };
@@ -97,30 +116,32 @@ __global__ void __launch_bounds__(kThreads)
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (g_begin + s < g_end) load_stage(s, g_begin + s);
+    if (s < per) load_stage(s, s);
     cp_async_commit();
   }
 
   const int col_lo = tile * 16 + group_id;  // rows g and g+8 of the W^T tile
-  for (int group = g_begin, it = 0; group < g_end; ++group, ++it) {
+  for (int it = 0; it < per; ++it) {
+    const int group = g_begin + slice * per + it;
+    const bool active = tile_valid && group < g_end;  // uniform over the warp
     float scale_lo = 0.f, scale_hi = 0.f;
-    if (tile_valid) {
+    if (active) {
       scale_lo = __half2float(scales[static_cast<size_t>(group) * N + col_lo]);
       scale_hi = __half2float(scales[static_cast<size_t>(group) * N + col_lo + 8]);
     }
     cp_async_wait<kStages - 2>();
     __syncthreads();  // stage `it` landed for all threads; stage it-1 is free
-    int next = group + kStages - 1;
-    if (next < g_end) load_stage((it + kStages - 1) % kStages, next);
+    int next = it + kStages - 1;
+    if (next < per) load_stage(next % kStages, next);
     cp_async_commit();
-    // A warp past the last tile (partial block) loaded no weights: its mma
-    // would read uninitialised shared memory (invalid mma.sp metadata is
-    // undefined behaviour), so it only keeps the block's barriers.
-    if (!tile_valid) continue;
+    // A warp past the last tile (partial block) or past its slice's groups
+    // loaded no weights: its mma would read uninitialised shared memory, so
+    // it only keeps the block's barriers.
+    if (!active) continue;
 
     const int stage = it % kStages;
     const uint32_t* w_tile = w_smem + (stage * kWarps + warp) * kTilesPerGroup * 32;
-    const T* a_stage = a_smem + stage * MT * 8 * kLda;
+    const T* a_stage = a_smem + (stage * SLICES + slice) * MT * 8 * kLda;
     float part[MT][4];
 #pragma unroll
     for (int j = 0; j < MT; ++j)
@@ -147,6 +168,26 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   cp_async_wait<0>();
+
+  if constexpr (SLICES > 1) {
+    // Slices 1.. hand their sums to slice 0 through the (now idle) pipeline memory.
+    float* red = reinterpret_cast<float*>(smem);  // [kWarps][MT * 4][32]
+    __syncthreads();
+    if (slice != 0) {
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) red[(warp * MT * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
+    }
+    __syncthreads();
+    if (slice != 0) return;
+#pragma unroll
+    for (int other = 1; other < SLICES; ++other)
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[j][r] += red[((warp + other) * MT * 4 + j * 4 + r) * 32 + lane];
+  }
   if (!tile_valid) return;
 
   // C fragment: c0,c1 -> (n = col_lo, tokens 2t, 2t+1); c2,c3 -> n = col_lo + 8.
@@ -166,24 +207,36 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int SLICES>
 cudaError_t launch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* partial,
                    int M, int N, int K, int splits, int groups_per_split, cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<MT>();
-  auto kernel = gemm_kernel<T, MT>;
+  constexpr int bytes = smem_bytes<MT, SLICES>();
+  static_assert(bytes >= kWarps * MT * 4 * 32 * 4, "the slice reduction reuses the pipeline memory");
+  auto kernel = gemm_kernel<T, MT, SLICES>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
+  constexpr int tiles_per_block = kWarps / SLICES;
+  dim3 grid((N / 16 + tiles_per_block - 1) / tiles_per_block, splits);
   SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, packed, scales, y, partial, M, N, K, groups_per_split);
   return cudaGetLastError();
 }
 
+// In-block slices only at decode sizes (MT <= 2): their activation tiles
+// multiply the pipeline's shared memory by SLICES.
 template <typename T>
 cudaError_t dispatch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* partial,
-                     int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  if (M <= 8) return launch<T, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  if (M <= 16) return launch<T, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  if (M <= 32) return launch<T, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  return launch<T, 8>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+                     int M, int N, int K, int slices, int splits, int gps, cudaStream_t stream) {
+  if (M <= 8) {
+    if (slices == 4) return launch<T, 1, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+    if (slices == 2) return launch<T, 1, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+    return launch<T, 1, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  }
+  if (M <= 16) {
+    if (slices == 4) return launch<T, 2, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+    if (slices == 2) return launch<T, 2, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+    return launch<T, 2, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  }
+  if (M <= 32) return launch<T, 4, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  return launch<T, 8, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
 }
 
 template <typename T>
@@ -195,15 +248,20 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const int n_groups = K / SPA_W4_GROUP;
-  int splits = split_k;
+  const int n_tiles = N / 16;
+  int slices = 1, splits = split_k;
   if (splits <= 0) {
-    // Memory bound at small M: aim for >= 4 streaming warps (16-column tiles)
-    // per SM and split K only when the tiles alone fall short (a split costs a
-    // memset and a finalize launch); at least 4 groups per split keep the
-    // pipeline primed.
-    int target_warps = 4 * sm_count();
-    int n_tiles = N / 16;
-    splits = std::max(1, std::min((target_warps + n_tiles - 1) / n_tiles, n_groups / 4));
+    // Memory bound at small M: aim for >= 4 streaming warps per SM. Where the
+    // 16-column tiles alone fall short, first give each tile 2 or 4 warps of
+    // one block (in-block split-K: no memset, atomics or second launch; M <=
+    // 16 only), then split K across blocks (a memset and a finalize launch).
+    // Every slice and split keeps >= 4 groups so the pipeline stays primed.
+    const int target_warps = 4 * sm_count();
+    if (M <= 16)
+      while (slices < 4 && n_tiles * slices < target_warps && n_groups / (2 * slices) >= 4) slices *= 2;
+    splits = std::max(1, std::min((target_warps + n_tiles * slices - 1) / (n_tiles * slices),
+                                  n_groups / (4 * slices)));
+    if (workspace == nullptr) splits = 1;
   }
   splits = std::min(splits, n_groups);
   int gps = (n_groups + splits - 1) / splits;
@@ -216,7 +274,7 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
     SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales,
                           y + static_cast<size_t>(m0) * N,
                           partial ? partial + static_cast<size_t>(m0) * N : nullptr, rows, N, K,
-                          splits, gps, stream));
+                          slices, splits, gps, stream));
   }
   if (partial != nullptr)
     return launch_finalize<T>(partial, y, static_cast<long long>(M) * N, stream);
@@ -242,10 +300,10 @@ extern "C" cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, cons
   SPA_REQUIRE(K % SPA_W4_GROUP == 0, "w4a16: K must be a multiple of 128");
   SPA_REQUIRE(N % 16 == 0, "w4a16: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4a16: dtype must be SPA_FP16 or SPA_BF16");
+  // No room for FP32 partial sums: no split across blocks (in-block slices need none).
   if (workspace == nullptr || workspace_bytes < spa_w4a16_workspace_size(M, N, K)) {
-    if (split_k != 1) {
-      split_k = 1;  // no room for FP32 partial sums: run without split-K
-    }
+    workspace = nullptr;
+    if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
     return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, split_k, stream);
