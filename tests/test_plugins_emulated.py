@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from spa.plugins.bench_cases import write_cases
+import numpy as np
+
+from spa.plugins import repack
+from spa.plugins.bench_cases import write_cases, write_gqsa_case
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "plugins" / "emu"
@@ -93,6 +96,39 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
     # FP16 sums are accurate well inside the tolerance; BF16 is limited by its own output rounding.
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
     assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
+
+
+def gqsa_structure(k: int, n: int, g: int, counts: dict[int, int], seed: int) -> repack.GQSAArrays:
+    """GQSA arrays where column c keeps counts.get(c, 0) groups (the first ones)."""
+    rng = np.random.default_rng(seed)
+    cols = [np.arange(counts.get(c, 0), dtype=np.int32) for c in range(n)]
+    nnz = sum(len(c) for c in cols)
+    row_ptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])]).astype(np.int32)
+    values = rng.integers(0, 256, size=(nnz, g // 2)).astype(np.uint8)
+    scales = (rng.random(nnz) * 0.02 + 0.002).astype(np.float16)
+    col_idx = np.concatenate(cols) if nnz else np.zeros(0, np.int32)
+    return repack.GQSAArrays(values, col_idx, row_ptr, scales, k, n, g)
+
+
+def test_gqsa_column_ownership_edge_cases(tmp_path: Path) -> None:
+    """Each warp owns whole columns (those starting in its 128 entries): empty
+    columns inside and at the end, a column longer than several warps' shares
+    (the warps in between own nothing), columns crossing 32-entry steps, and
+    a weight with no kept group at all."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    cases = {
+        "inner_and_trailing_empty": gqsa_structure(1024, 40, 16, {10: 64, **{c: 1 for c in range(11, 20)}, 30: 64}, 1),
+        "one_long_column": gqsa_structure(8192, 8, 16, {0: 512, **{c: 3 for c in range(1, 8)}}, 2),
+        "steps_and_segments": gqsa_structure(512, 24, 8, {c: (7 * c) % 64 for c in range(24)}, 3),
+        "no_kept_group": gqsa_structure(256, 16, 16, {}, 4),
+    }
+    lines = [write_gqsa_case(folder, arrays, prefix) for prefix, arrays in cases.items()]
+    (folder / "cases.txt").write_text("\n".join(lines) + "\n")
+    run = emulate(folder, tmp_path / "build", "--m", "1,3,9", *tolerances())
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    assert len(rows) == len(cases) * 2 * 3 and all(verdict == "PASSED" for verdict, *_ in rows)
 
 
 def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:

@@ -392,11 +392,28 @@ T shuffle(unsigned mask, T value, int source_of_lane_delta, bool up) {
   return result;
 }
 
+template <typename T>
+T shuffle_from(unsigned mask, T value, int source_lane) {
+  if (mask != 0xffffffffu) throw Fault("shuffle with a partial mask (not used by spa's kernels)");
+  require_full_warp("shfl.sync");
+  ThreadState& s = self();
+  Warp& w = *s.warp;
+  w.slot[s.lane] = to_bits(value);
+  w.sync.arrive_and_wait();
+  T result = from_bits<T>(w.slot[source_lane & (kWarpSize - 1)]);
+  w.sync.arrive_and_wait();
+  return result;
+}
+
 }  // namespace spa_emu
 
 // ---- CUDA device functions the kernels call --------------------------------------
 inline void __syncthreads() { spa_emu::self().block->sync.arrive_and_wait(); }
 
+template <typename T>
+T __shfl_sync(unsigned mask, T value, int source_lane) {
+  return spa_emu::shuffle_from(mask, value, source_lane);
+}
 template <typename T>
 T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
   return spa_emu::shuffle(mask, value, static_cast<int>(delta), true);
@@ -421,6 +438,8 @@ T __ldcs(const T* p) {
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
 
 // ---- CUDA runtime calls the launchers make (no GPU, no libcudart) ----------------
 template <typename... Params>

@@ -12,7 +12,7 @@
  *   `workspace` is device memory of at least *_workspace_size() bytes (FP32
  *   partial sums for split-K / atomics). w4a16 and w4_sp24 run without
  *   splitting K across blocks when it is NULL or too small (their in-block
- *   split needs no workspace); w4_gqsa requires it.
+ *   split needs no workspace); w4_gqsa needs none (size 0).
  *   A and Y must be 16-byte aligned (cudaMalloc'd buffers are).
  */
 #ifndef SPA_KERNELS_H
@@ -33,7 +33,6 @@ typedef enum SpaDtype { SPA_FP16 = 0, SPA_BF16 = 1 } SpaDtype;
  * these CUDA codes so callers need only one error path:
  *   cudaErrorInvalidValue         a shape is not supported (see the launcher's
  *                                 requirements) or a pointer is NULL
- *   cudaErrorInvalidConfiguration workspace too small (w4_gqsa)
  *   anything else                 the CUDA runtime's own error (launch, memset)
  * spa_kernel_error_string() names the problem of the last failed validation on
  * the calling host thread (a static string, never NULL). */
@@ -74,7 +73,9 @@ cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_
  * group_idx : uint16 [nnz]     group index b of each entry (k in [b*g, (b+1)*g))
  * row_ptr : int32  [N+1]       entries of output column n: row_ptr[n] .. row_ptr[n+1]-1
  * scales  : fp16   [nnz]
- * Requires g in {8, 16, 32, 64}, K % g == 0, K/g <= 65536. */
+ * Requires g in {8, 16, 32, 64}, K % g == 0, K/g <= 65536. Each column is
+ * summed by one warp and written directly: the workspace size is 0 and the
+ * workspace arguments are ignored (kept for a uniform plugin interface). */
 size_t spa_w4_gqsa_workspace_size(int M, int N, int K);
 cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values, const uint16_t* group_idx,
                              const int32_t* row_ptr, const uint16_t* scales, void* Y, int M,

@@ -7,14 +7,15 @@
 // int32 col_idx, halved: 2 B instead of 4 per 8-B group keeps the floor at
 // 0.75 B per kept weight for g = 16), row_ptr int32 [N+1], scales fp16 [nnz].
 //
-// Work-balanced scheduling: warps take equal, contiguous slices of the nnz
-// entries (not rows), so columns with more kept groups never make a warp
-// straggle. A lane handles one entry per step (32 entries = 384 B per warp
-// step, coalesced, read with the streaming/evict-first hint); its row comes
-// from a binary search once and a forward walk of row_ptr afterwards. Lanes
-// of one row are contiguous, so a segmented warp scan sums them and the last
-// lane of each segment adds the row's partial sum to an FP32 workspace
-// (atomicAdd); a finalize kernel converts to the output type. Activations are
+// Work-balanced scheduling without atomics: warp w is given the entries
+// [w E, (w + 1) E) (E = 128) and owns, whole, every column whose first entry
+// falls there, so warps get equal shares of nnz up to one column, and no
+// column is split between warps. The warp walks its columns' entries 32 at a
+// time, one entry per lane (384 B per step for g = 16, coalesced, read with
+// the streaming hint); a lane finds its column by binary search once, then
+// walks row_ptr. A segmented warp scan sums lanes of one column, a carry takes
+// a column across steps, and the lane holding a column's last entry writes
+// Y directly: no workspace, no memset, no finalize launch. Activations are
 // gathered through L1 (A is at most 8 x K per pass, reused by every column).
 #include <algorithm>
 
@@ -24,8 +25,7 @@ namespace spa {
 namespace gqsa {
 
 constexpr int kThreads = 256;
-constexpr int kStepsPerWarp = 4;               // entries per warp = 32 * kStepsPerWarp
-constexpr int kEntriesPerWarp = 32 * kStepsPerWarp;
+constexpr int kEntriesPerWarp = 128;           // a warp's share of nnz
 constexpr int kTokensPerPass = 8;              // M is processed 8 rows at a time
 
 template <typename T>
@@ -46,6 +46,16 @@ __device__ __forceinline__ int find_row(const int32_t* __restrict__ row_ptr, int
   return lo;
 }
 
+// The first column n in [0, N] with row_ptr[n] >= e (N when none).
+__device__ __forceinline__ int first_column_from(const int32_t* __restrict__ row_ptr, int N, long long e) {
+  int lo = 0, hi = N;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (__ldg(row_ptr + mid) >= e) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
 template <typename T, int G, int MB>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const T* __restrict__ a_ptr,             // [rows, K] (this pass)
@@ -53,25 +63,45 @@ __global__ void __launch_bounds__(kThreads)
                 const uint16_t* __restrict__ group_idx,  // [nnz]
                 const int32_t* __restrict__ row_ptr,     // [N+1]
                 const __half* __restrict__ scales,       // [nnz]
-                float* __restrict__ partial,             // [rows, N] FP32
-                int rows, int N, int K, int nnz) {
+                T* __restrict__ y,                       // [rows, N]
+                int rows, int N, int K, int warps) {
   constexpr int kWords = G / 8;
   const unsigned full = 0xffffffffu;
   const int lane = threadIdx.x % 32;
   const long long warp = (static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x) / 32;
-  const long long begin = warp * kEntriesPerWarp;
-  if (begin >= nnz) return;  // uniform over the warp
-  const int end = static_cast<int>(min(static_cast<long long>(nnz), begin + kEntriesPerWarp));
-  int row = find_row(row_ptr, N, min(static_cast<int>(begin) + lane, nnz - 1));
+  if (warp >= warps) return;  // uniform over the warp
+  // Columns owned: those whose first entry is in [warp E, (warp + 1) E); the
+  // last warp also owns the empty columns at the end.
+  const int n_begin = warp == 0 ? 0 : first_column_from(row_ptr, N, warp * kEntriesPerWarp);
+  const int n_end = warp + 1 == warps ? N : first_column_from(row_ptr, N, (warp + 1) * kEntriesPerWarp);
+  if (n_begin >= n_end) return;
+  const int e_begin = __ldg(row_ptr + n_begin), e_end = __ldg(row_ptr + n_end);
 
-  for (int step = 0; step < kStepsPerWarp; ++step) {
-    const int e = static_cast<int>(begin) + step * 32 + lane;
-    const bool valid = e < end;
+  // Empty columns get zeros.
+  for (int n = n_begin + lane; n < n_end; n += 32) {
+    if (__ldg(row_ptr + n) == __ldg(row_ptr + n + 1)) {
+#pragma unroll
+      for (int m = 0; m < MB; ++m)
+        if (m < rows) y[static_cast<size_t>(m) * N + n] = Elem<T>::from_float(0.f);
+    }
+  }
+
+  int row = find_row(row_ptr, N, min(e_begin + lane, max(e_end - 1, 0)));
+  int carry_key = -1;
+  float carry[MB];
+#pragma unroll
+  for (int m = 0; m < MB; ++m) carry[m] = 0.f;
+
+  for (int base = e_begin; base < e_end; base += 32) {  // uniform over the warp
+    const int e = base + lane;
+    const bool valid = e < e_end;
     float acc[MB];
 #pragma unroll
     for (int m = 0; m < MB; ++m) acc[m] = 0.f;
+    int last = -1;  // one past the last entry of this lane's column
     if (valid) {
       while (__ldg(row_ptr + row + 1) <= e) ++row;
+      last = __ldg(row_ptr + row + 1);
       const int b = __ldcs(group_idx + e);
       const float scale = __half2float(__ldcs(scales + e));
       const T* a_group = a_ptr + static_cast<size_t>(b) * G;
@@ -97,9 +127,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int m = 0; m < MB; ++m) acc[m] *= scale;
     }
-    // Segmented inclusive scan over lanes of the same row (rows are sorted,
-    // so equal keys are contiguous and sums never cross a segment).
-    const int key = valid ? row : -1;
+    // Segmented inclusive scan over lanes of the same column (columns are
+    // sorted, so equal keys are contiguous and sums never cross a segment).
+    const int key = valid ? row : -1 - lane;
 #pragma unroll
     for (int offset = 1; offset < 32; offset *= 2) {
       int other = __shfl_up_sync(full, key, offset);
@@ -109,64 +139,72 @@ __global__ void __launch_bounds__(kThreads)
         if (lane >= offset && other == key) acc[m] += v;
       }
     }
-    int next_key = __shfl_down_sync(full, key, 1);
-    bool tail = lane == 31 || next_key != key;
-    if (valid && tail) {
+    // The column continued from the previous step (lanes 0.. of it) adds the carry.
+    if (key == carry_key) {
+#pragma unroll
+      for (int m = 0; m < MB; ++m) acc[m] += carry[m];
+    }
+    // The lane with a column's last entry holds its whole sum.
+    if (valid && e + 1 == last) {
 #pragma unroll
       for (int m = 0; m < MB; ++m)
-        if (m < rows) atomicAdd(partial + static_cast<size_t>(m) * N + row, acc[m]);
+        if (m < rows) y[static_cast<size_t>(m) * N + row] = Elem<T>::from_float(acc[m]);
     }
+    carry_key = __shfl_sync(full, key, 31);
+#pragma unroll
+    for (int m = 0; m < MB; ++m) carry[m] = __shfl_sync(full, acc[m], 31);
   }
 }
 
 template <typename T, int G>
 cudaError_t launch_g(const T* a, const uint32_t* values, const uint16_t* group_idx,
-                     const int32_t* row_ptr, const __half* scales, float* partial, int rows,
-                     int N, int K, int nnz, cudaStream_t stream) {
-  long long warps = (static_cast<long long>(nnz) + kEntriesPerWarp - 1) / kEntriesPerWarp;
-  unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
+                     const int32_t* row_ptr, const __half* scales, T* y, int rows, int N, int K,
+                     int nnz, cudaStream_t stream) {
+  const long long warps = std::max(1LL, (static_cast<long long>(nnz) + kEntriesPerWarp - 1) / kEntriesPerWarp);
+  const unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
+  const int w = static_cast<int>(warps);
   if (rows <= 1)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
   else if (rows <= 2)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
   else if (rows <= 4)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
   else
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a, values, group_idx, row_ptr, scales, partial, rows, N, K, nnz);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t run(const void* a_ptr, const uint32_t* values, const uint16_t* group_idx,
-                const int32_t* row_ptr, const uint16_t* scales_ptr, void* y, int M, int N, int K,
-                int group_size, int nnz, float* partial, cudaStream_t stream) {
+                const int32_t* row_ptr, const uint16_t* scales_ptr, void* y_ptr, int M, int N, int K,
+                int group_size, int nnz, cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
+  T* y = static_cast<T*>(y_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
-  SPA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * static_cast<size_t>(M) * N, stream));
-  if (nnz > 0) {
-    for (int m0 = 0; m0 < M; m0 += kTokensPerPass) {
-      int rows = std::min(kTokensPerPass, M - m0);
-      const T* a0 = a + static_cast<size_t>(m0) * K;
-      float* p0 = partial + static_cast<size_t>(m0) * N;
-      cudaError_t status;
-      switch (group_size) {
-        case 8: status = launch_g<T, 8>(a0, values, group_idx, row_ptr, scales, p0, rows, N, K, nnz, stream); break;
-        case 16: status = launch_g<T, 16>(a0, values, group_idx, row_ptr, scales, p0, rows, N, K, nnz, stream); break;
-        case 32: status = launch_g<T, 32>(a0, values, group_idx, row_ptr, scales, p0, rows, N, K, nnz, stream); break;
-        default: status = launch_g<T, 64>(a0, values, group_idx, row_ptr, scales, p0, rows, N, K, nnz, stream); break;
-      }
-      SPA_CHECK(status);
+  for (int m0 = 0; m0 < M; m0 += kTokensPerPass) {
+    int rows = std::min(kTokensPerPass, M - m0);
+    const T* a0 = a + static_cast<size_t>(m0) * K;
+    T* y0 = y + static_cast<size_t>(m0) * N;
+    cudaError_t status;
+    switch (group_size) {
+      case 8: status = launch_g<T, 8>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
+      case 16: status = launch_g<T, 16>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
+      case 32: status = launch_g<T, 32>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
+      default: status = launch_g<T, 64>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
     }
+    SPA_CHECK(status);
   }
-  return launch_finalize<T>(partial, y, static_cast<long long>(M) * N, stream);
+  return cudaSuccess;
 }
 
 }  // namespace gqsa
 }  // namespace spa
 
 extern "C" size_t spa_w4_gqsa_workspace_size(int M, int N, int K) {
+  (void)M;
+  (void)N;
   (void)K;
-  return sizeof(float) * static_cast<size_t>(M) * static_cast<size_t>(N);
+  return 0;  // each column is summed by one warp: no FP32 partial sums
 }
 
 extern "C" cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values,
@@ -174,6 +212,8 @@ extern "C" cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values,
                                         const uint16_t* scales, void* Y, int M, int N, int K,
                                         int group_size, int nnz, SpaDtype dtype, void* workspace,
                                         size_t workspace_bytes, cudaStream_t stream) {
+  (void)workspace;
+  (void)workspace_bytes;
   SPA_REQUIRE(A && row_ptr && Y, "w4_gqsa: a data pointer is NULL");
   SPA_REQUIRE(nnz == 0 || (values && group_idx && scales), "w4_gqsa: a data pointer is NULL");
   SPA_REQUIRE(M >= 1 && N >= 1 && K >= 1 && nnz >= 0, "w4_gqsa: M, N, K must be >= 1");
@@ -182,14 +222,8 @@ extern "C" cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values,
   SPA_REQUIRE(K % group_size == 0, "w4_gqsa: K must be a multiple of group_size");
   SPA_REQUIRE(K / group_size <= 65536, "w4_gqsa: K / group_size must be <= 65536 (uint16 group index)");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_gqsa: dtype must be SPA_FP16 or SPA_BF16");
-  if (workspace == nullptr || workspace_bytes < spa_w4_gqsa_workspace_size(M, N, K)) {
-    spa::set_error("w4_gqsa: workspace smaller than spa_w4_gqsa_workspace_size()");
-    return cudaErrorInvalidConfiguration;
-  }
-  float* partial = static_cast<float*>(workspace);
   if (dtype == SPA_FP16)
-    return spa::gqsa::run<__half>(A, values, group_idx, row_ptr, scales, Y, M, N, K, group_size,
-                                  nnz, partial, stream);
-  return spa::gqsa::run<__nv_bfloat16>(A, values, group_idx, row_ptr, scales, Y, M, N, K,
-                                       group_size, nnz, partial, stream);
+    return spa::gqsa::run<__half>(A, values, group_idx, row_ptr, scales, Y, M, N, K, group_size, nnz, stream);
+  return spa::gqsa::run<__nv_bfloat16>(A, values, group_idx, row_ptr, scales, Y, M, N, K, group_size, nnz,
+                                       stream);
 }

@@ -176,9 +176,9 @@ int32_t SpaMatMulPlugin::enqueue(const PluginTensorDesc* inputDesc, const Plugin
     cudaError_t status = mTraits.launch(mFields, inputDesc, inputs, outputs[0], rows,
                                         to_spa_dtype(inputDesc[0].type), workspace, workspace_bytes, stream);
     if (status != cudaSuccess) {
-      // The launchers map their own argument checks to these two codes and name the problem in
-      // spa_kernel_error_string(); any other code is the CUDA runtime's (no device, launch, ...).
-      bool validation = status == cudaErrorInvalidValue || status == cudaErrorInvalidConfiguration;
+      // The launchers map their own argument checks to cudaErrorInvalidValue and name the problem
+      // in spa_kernel_error_string(); any other code is the CUDA runtime's (no device, launch, ...).
+      bool validation = status == cudaErrorInvalidValue;
       log(ILogger::Severity::kERROR, std::string(mTraits.name) + ": " + cudaGetErrorName(status) + ": " +
                                          (validation ? spa_kernel_error_string() : cudaGetErrorString(status)));
       return -1;

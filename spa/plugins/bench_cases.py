@@ -18,7 +18,7 @@ import numpy as np
 from spa.plugins import repack
 from spa.quant.blockwise import QuantizedWeight
 
-__all__ = ["SHAPES", "SMALL_SHAPES", "gqsa_arrays", "write_cases"]
+__all__ = ["SHAPES", "SMALL_SHAPES", "gqsa_arrays", "write_cases", "write_gqsa_case"]
 
 # (K, N): an N that is not a multiple of 64 (a partly idle block) and 3 groups
 # (uneven split-K), then a mid-size layer.
@@ -81,16 +81,19 @@ def write_cases(folder: Path, seed: int = 0, shapes: tuple[tuple[int, int], ...]
         lines.append(f"w4_sp24 {k} {n} {repack.GROUP} 0 {prefix}")
 
         for g in (8, 16, 32, 64) if k * n <= 2**16 else (16,):
-            arrays = gqsa_arrays(rng, k, n, g, keep=0.5)
-            packed = repack.repack_w4_gqsa(arrays)
-            prefix = f"w4_gqsa_g{g}_{k}x{n}"
-            _save(
-                folder, prefix, a=packed.values, idx=packed.group_idx, rows=packed.row_ptr,
-                scales=packed.scales, wref=repack.dequantize_gqsa(arrays),
-            )  # fmt: skip
-            lines.append(f"w4_gqsa {k} {n} {g} {packed.group_idx.size} {prefix}")
+            lines.append(write_gqsa_case(folder, gqsa_arrays(rng, k, n, g, keep=0.5), f"w4_gqsa_g{g}_{k}x{n}"))
     (folder / "cases.txt").write_text("\n".join(lines) + "\n")
     return lines
+
+
+def write_gqsa_case(folder: Path, arrays: repack.GQSAArrays, prefix: str) -> str:
+    """Write one GQSA case's files into ``folder``; returns its manifest line (not added to cases.txt)."""
+    packed = repack.repack_w4_gqsa(arrays)
+    _save(
+        folder, prefix, a=packed.values, idx=packed.group_idx, rows=packed.row_ptr,
+        scales=packed.scales, wref=repack.dequantize_gqsa(arrays),
+    )  # fmt: skip
+    return f"w4_gqsa {arrays.k} {arrays.n} {arrays.group_size} {packed.group_idx.size} {prefix}"
 
 
 def main() -> None:
