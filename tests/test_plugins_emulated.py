@@ -16,9 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from spa.plugins import repack
 from spa.plugins.bench_cases import write_cases, write_gqsa_case
