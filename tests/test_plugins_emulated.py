@@ -70,7 +70,7 @@ def write_mixed_cases(folder: Path) -> int:
 
 
 def results(output: str) -> list[tuple[str, str, str, int, int, float]]:
-    pattern = re.compile(r"^(PASSED|FAILED) \| (\S+) (fp16|bf16) K=\d+ N=\d+ g=\d+ M=(\d+) split=(-?\d+): max_rel_err=(\S+)$")
+    pattern = re.compile(r"^(PASSED|FAILED) \| (\S+) (fp16|bf16) K=\d+ N=\d+ g=\d+ M=(\d+) slices=\d split=(-?\d+): max_rel_err=(\S+)$")
     rows = []
     for line in output.splitlines():
         if match := pattern.match(line):
@@ -136,14 +136,15 @@ def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
     lines = write_cases(tmp_path / "cases", shapes=((384, 80), (1024, 48)))
     kept = [line for line in lines if not line.startswith("w4_gqsa") or line.split()[1:4] == ["384", "80", "16"]]
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
-    # split 0 at 1024 x 48: two warps per tile summed through shared memory; split 2: across blocks.
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--splits", "0,2", *tolerances(),
-                  sanitizer="thread")  # fmt: skip
+    # Slices: warps of one block per tile, summed through shared memory (0: the
+    # launcher's choice, 2 at 1024 x 48); split 2: across blocks.
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--slices", "0,2,4", "--splits", "0,2",
+                  *tolerances(), sanitizer="thread")  # fmt: skip
     if "FATAL: ThreadSanitizer" in run.stderr:
         pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 2 + 2 * 2  # dense: kernel x shape x dtype x M x split
+    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 3 * 2 + 2 * 2  # dense: kernel x shape x dtype x M x slices x split
     assert "runs, 0 failed" in run.stdout
 
 

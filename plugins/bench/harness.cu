@@ -15,9 +15,10 @@
 //    accumulate) in the same run. Prints us, GB/s, % of the measured HBM read
 //    bandwidth floor and the speedup; writes JSON rows
 //    {card, kernel, K, N, M, us, cublas_fp16_us, speedup, max_rel_err}.
-// 4. Tuning data (not results): w4a16 and w4_sp24 with split-K forced to
-//    1..8 at M in {1, 4, 16} on the shapes with K*N >= 16M, next to the
-//    launcher's own choice: split_sweep.json beside the results.
+// 4. Tuning data (not results): w4a16 and w4_sp24 with in-block slices forced
+//    to 1, 2, 4 and splits across blocks to 1, 2, 4, 8 at M in {1, 4, 16} on
+//    the shapes with K*N >= 16M, next to the launcher's own choice:
+//    split_sweep.json beside the results.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -110,14 +111,16 @@ void dequantize(const Weight& w, float* dense) {
   CHECK_CUDA(cudaGetLastError());
 }
 
-// split_k: 0 = the launcher's own choice (what users get), else forced (the tuning sweep).
+// slices, split_k: 0 = the launcher's own choice (what users get), else forced (the tuning sweep).
 cudaError_t run_kernel(const Weight& w, const void* A, void* Y, int M, SpaDtype dtype, void* ws,
-                       size_t ws_bytes, cudaStream_t stream, int split_k = 0) {
+                       size_t ws_bytes, cudaStream_t stream, int slices = 0, int split_k = 0) {
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scales.ptr);
   if (w.kernel == "w4a16")
-    return spa_w4a16_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, split_k, stream);
+    return spa_w4a16_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes,
+                             slices, split_k, stream);
   if (w.kernel == "w4_sp24")
-    return spa_w4_sp24_gemm(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws, ws_bytes, split_k, stream);
+    return spa_w4_sp24_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws,
+                               ws_bytes, slices, split_k, stream);
   return spa_w4_gqsa_gemm(A, w.a.ptr, w.idx.ptr, w.rows.ptr, scales, Y, M, w.N, w.K, w.g, w.nnz, dtype, ws, ws_bytes, stream);
 }
 
@@ -273,7 +276,7 @@ void write_json(const std::string& out, const std::string& card, const std::vect
   json << "]\n";
 }
 
-struct SweepRow { std::string kernel; int K, N, M, split; double us, auto_us; };
+struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us; };
 
 void write_sweep(const std::string& out, const std::string& card, const std::vector<SweepRow>& rows) {
   std::ofstream json(out);
@@ -282,9 +285,9 @@ void write_sweep(const std::string& out, const std::string& card, const std::vec
     const SweepRow& r = rows[i];
     char buffer[512];
     std::snprintf(buffer, sizeof(buffer),
-                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"split_k\": %d, "
-                  "\"us\": %.3f, \"launcher_choice_us\": %.3f}%s\n",
-                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.split, r.us, r.auto_us,
+                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"slices\": %d, "
+                  "\"split_k\": %d, \"us\": %.3f, \"launcher_choice_us\": %.3f}%s\n",
+                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.slices, r.split, r.us, r.auto_us,
                   i + 1 < rows.size() ? "," : "");
     json << buffer;
   }
@@ -419,13 +422,16 @@ int main(int argc, char** argv) {
           double auto_us = time_graph(ctx, copies, [&](int c) {
             CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
           });
-          for (int split : {1, 2, 3, 4, 6, 8}) {
-            double us = time_graph(ctx, copies, [&](int c) {
-              CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream, split));
-            });
-            std::printf("sweep | %-8s K=%-6d N=%-6d M=%-3d split=%d %8.2f us (launcher's choice %8.2f us)\n",
-                        kernel, K, N, M, split, us, auto_us);
-            sweep.push_back({kernel, K, N, M, split, us, auto_us});
+          for (int slices : {1, 2, 4}) {
+            for (int split : {1, 2, 4, 8}) {
+              double us = time_graph(ctx, copies, [&](int c) {
+                CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr,
+                                      ctx.workspace.bytes(), ctx.stream, slices, split));
+              });
+              std::printf("sweep | %-8s K=%-6d N=%-6d M=%-3d slices=%d split=%d %8.2f us (launcher's choice %8.2f us)\n",
+                          kernel, K, N, M, slices, split, us, auto_us);
+              sweep.push_back({kernel, K, N, M, slices, split, us, auto_us});
+            }
           }
         }
         write_sweep(sweep_out, prop.name, sweep);

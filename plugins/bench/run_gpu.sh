@@ -66,5 +66,5 @@ status=0
 
 echo "== goals"
 python3 plugins/bench/goals.py plugins/bench/results.json || true
-echo "harness exit status $status; log in $LOG; results in plugins/bench/results.json; split-K tuning data in plugins/bench/split_sweep.json"
+echo "harness exit status $status; log in $LOG; results in plugins/bench/results.json; slices/split-K tuning data in plugins/bench/split_sweep.json"
 exit $status

@@ -4,11 +4,12 @@
 // the GPU harness checks.
 //
 //   emu_check DIR [--kernels w4a16,w4_sp24,w4_gqsa] [--m 1,2,4] [--splits 1,2,0,-1]
-//             [--tolerance 2e-3] [--tolerance-bf16 5.9e-3]
+//             [--slices 0,1,2,4] [--tolerance 2e-3] [--tolerance-bf16 5.9e-3]
 //
-// For each case, dtype (FP16, BF16), M and split-K setting (w4a16, w4_sp24;
-// 0 = the launcher's own choice, -1 = no workspace): one line
-// "PASSED|FAILED | kernel dtype K N g M split: max_rel_err"; exit 0 when all pass.
+// For each case, dtype (FP16, BF16), M and, for w4a16 / w4_sp24, in-block
+// slices (0 = the launcher's choice; the _ex launchers) and split-K setting
+// (0 = the launcher's choice, -1 = no workspace): one line
+// "PASSED|FAILED | kernel dtype K N g M slices split: max_rel_err"; exit 0 when all pass.
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -84,7 +85,7 @@ float to_float(uint16_t bits, SpaDtype dtype) {
 }
 
 // Returns max|Y - Y_ref| / max|Y_ref| (NaN output counts as infinite error), or -1 on a launch error.
-double run(const Case& c, SpaDtype dtype, int M, int split, std::string& error) {
+double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::string& error) {
   std::vector<uint16_t> a_bits;
   std::vector<float> a;
   activations(M, c.K, dtype, 1234u + static_cast<unsigned>(M), a_bits, a);
@@ -100,11 +101,15 @@ double run(const Case& c, SpaDtype dtype, int M, int split, std::string& error) 
   const int32_t* packed = reinterpret_cast<const int32_t*>(c.a.data());
   cudaError_t status;
   if (c.kernel == "w4a16")
-    status = spa_w4a16_gemm(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws, ws_bytes,
-                            split_k, nullptr);
+    status = slices == 0 ? spa_w4a16_gemm(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws,
+                                          ws_bytes, split_k, nullptr)
+                         : spa_w4a16_gemm_ex(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype,
+                                             ws, ws_bytes, slices, split_k, nullptr);
   else if (c.kernel == "w4_sp24")
-    status = spa_w4_sp24_gemm(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K,
-                              dtype, ws, ws_bytes, split_k, nullptr);
+    status = slices == 0 ? spa_w4_sp24_gemm(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M,
+                                            c.N, c.K, dtype, ws, ws_bytes, split_k, nullptr)
+                         : spa_w4_sp24_gemm_ex(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M,
+                                               c.N, c.K, dtype, ws, ws_bytes, slices, split_k, nullptr);
   else
     status = spa_w4_gqsa_gemm(a_bits.data(), c.a.data(), c.idx.data(), c.rows.data(), c.scales.data(),
                               y.data(), M, c.N, c.K, c.g, c.nnz, dtype, ws, ws_bytes, nullptr);
@@ -133,19 +138,21 @@ double run(const Case& c, SpaDtype dtype, int M, int split, std::string& error) 
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: emu_check DIR [--kernels a,b] [--m 1,2,4] [--splits 1,2,0,-1] "
+    std::fprintf(stderr, "usage: emu_check DIR [--kernels a,b] [--m 1,2,4] [--splits 1,2,0,-1] [--slices 0,1,2,4] "
                          "[--tolerance 2e-3] [--tolerance-bf16 5.9e-3]\n");
     return 2;
   }
   std::string dir = argv[1];
   std::vector<int> ms = {1, 2, 3, 4, 8, 16, 32, 64, 70};
   std::vector<int> splits = {1, 2, 0, -1};
+  std::vector<int> slice_list = {0};
   double tolerance = 2e-3, tolerance_bf16 = 2e-3 + 1.0 / 256;  // plugins/trt/contracts/*.json
   std::string kernels = "w4a16,w4_sp24,w4_gqsa";
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--m") ms = parse_list(argv[i + 1]);
     else if (flag == "--splits") splits = parse_list(argv[i + 1]);
+    else if (flag == "--slices") slice_list = parse_list(argv[i + 1]);
     else if (flag == "--tolerance") tolerance = std::stod(argv[i + 1]);
     else if (flag == "--tolerance-bf16") tolerance_bf16 = std::stod(argv[i + 1]);
     else if (flag == "--kernels") kernels = argv[i + 1];
@@ -179,14 +186,15 @@ int main(int argc, char** argv) {
     const bool has_split = c.kernel != "w4_gqsa";
     for (SpaDtype dtype : {SPA_FP16, SPA_BF16}) {
       for (int M : ms) {
+        for (int slices : has_split ? slice_list : std::vector<int>{0})
         for (int split : has_split ? splits : std::vector<int>{0}) {
           std::string error;
-          double err = run(c, dtype, M, split, error);
+          double err = run(c, dtype, M, slices, split, error);
           bool ok = err >= 0 && err <= (dtype == SPA_FP16 ? tolerance : tolerance_bf16);
           ++runs;
           failures += ok ? 0 : 1;
-          std::printf("%s | %s %s K=%d N=%d g=%d M=%d split=%d: ", ok ? "PASSED" : "FAILED", c.kernel.c_str(),
-                      dtype == SPA_FP16 ? "fp16" : "bf16", c.K, c.N, c.g, M, split);
+          std::printf("%s | %s %s K=%d N=%d g=%d M=%d slices=%d split=%d: ", ok ? "PASSED" : "FAILED",
+                      c.kernel.c_str(), dtype == SPA_FP16 ? "fp16" : "bf16", c.K, c.N, c.g, M, slices, split);
           if (err < 0) std::printf("%s\n", error.c_str());
           else std::printf("max_rel_err=%.3e\n", err);
         }

@@ -51,11 +51,17 @@ const char* spa_kernel_error_string(void);
  * split_k : 0 = choose from the device's SM count (at M <= 16 first 2 or 4 warps
  *           of a block per 16-column tile, each on a slice of K, then K split
  *           across blocks), else the number of K splits across blocks with one
- *           warp per tile (the harness's tuning sweep forces these). */
+ *           warp per tile.
+ * The _ex launchers take both choices: slices (warps per tile within a block:
+ * 0 = choose, or 1, 2, 4; used at M <= 16 only) and split_k (0 = choose, else
+ * the number of splits across blocks); the harness's tuning sweep uses them. */
 size_t spa_w4a16_workspace_size(int M, int N, int K);
 cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
                            void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,
                            size_t workspace_bytes, int split_k, cudaStream_t stream);
+cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, const uint16_t* scales,
+                              void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,
+                              size_t workspace_bytes, int slices, int split_k, cudaStream_t stream);
 
 /* ---- w4_sp24: INT4 weights with 2:4 sparsity along K (mma.sp) -------------
  * values  : int32  [N/16, K/32, 32]  kept values, tile order (README "w4_sp24")
@@ -67,6 +73,10 @@ cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_
                              const uint16_t* scales, void* Y, int M, int N, int K,
                              SpaDtype dtype, void* workspace, size_t workspace_bytes,
                              int split_k, cudaStream_t stream);
+cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint32_t* meta,
+                                const uint16_t* scales, void* Y, int M, int N, int K,
+                                SpaDtype dtype, void* workspace, size_t workspace_bytes,
+                                int slices, int split_k, cudaStream_t stream);
 
 /* ---- w4_gqsa: INT4 group-sparse BSR (GQSA) --------------------------------
  * values  : uint32 [nnz, g/8]  kept groups, nibbles in dequant order (README "w4_gqsa")

@@ -206,20 +206,28 @@ cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, con
 template <typename T>
 cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* meta,
                 const uint16_t* scales_ptr, void* y_ptr, int M, int N, int K, void* workspace,
-                int split_k, cudaStream_t stream) {
+                int slices_wanted, int split_k, cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const int n_groups = K / SPA_W4_GROUP;
   const int n_tiles = N / 16;
-  int slices = 1, splits = split_k;
-  if (splits <= 0) {  // the same choice as w4a16.cu's run()
-    const int target_warps = 4 * sm_count();
-    if (M <= 16)
-      while (slices < 4 && n_tiles * slices < target_warps && n_groups / (2 * slices) >= 4) slices *= 2;
-    splits = std::max(1, std::min((target_warps + n_tiles * slices - 1) / (n_tiles * slices),
-                                  n_groups / (4 * slices)));
+  // Memory bound at small M: many warps streaming at once hide HBM latency.
+  // In-block slices (M <= 16 only: the sliced kernels exist for MT <= 2) cost
+  // no extra launch, so they aim for 8 warps per SM; K is split across
+  // blocks (a memset and a finalize launch more) only where fewer than 4
+  // warps per SM remain. Every slice and split keeps >= 4 groups so the
+  // pipeline stays primed. Forced values (the harness's tuning sweep) win.
+  const int sms = sm_count();
+  int slices = M <= 16 ? slices_wanted : 1;
+  if (slices <= 0) {
+    slices = 1;
+    while (slices < 4 && n_tiles * slices < 8 * sms && n_groups / (2 * slices) >= 4) slices *= 2;
+  }
+  int splits = split_k;
+  if (splits <= 0) {
+    splits = std::max(1, std::min((4 * sms + n_tiles * slices - 1) / (n_tiles * slices), n_groups / (4 * slices)));
     if (workspace == nullptr) splits = 1;
   }
   splits = std::min(splits, n_groups);
@@ -261,22 +269,31 @@ extern "C" size_t spa_w4_sp24_workspace_size(int M, int N, int K) {
   return sizeof(float) * static_cast<size_t>(M) * static_cast<size_t>(N);
 }
 
-extern "C" cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_t* meta,
-                                        const uint16_t* scales, void* Y, int M, int N, int K,
-                                        SpaDtype dtype, void* workspace, size_t workspace_bytes,
-                                        int split_k, cudaStream_t stream) {
+extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint32_t* meta,
+                                           const uint16_t* scales, void* Y, int M, int N, int K,
+                                           SpaDtype dtype, void* workspace, size_t workspace_bytes,
+                                           int slices, int split_k, cudaStream_t stream) {
   SPA_REQUIRE(A && values && meta && scales && Y, "w4_sp24: a data pointer is NULL");
   SPA_REQUIRE(M >= 1 && N >= 16 && K >= SPA_W4_GROUP, "w4_sp24: M, N or K too small");
   SPA_REQUIRE(K % SPA_W4_GROUP == 0, "w4_sp24: K must be a multiple of 128");
   SPA_REQUIRE(N % 16 == 0, "w4_sp24: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_sp24: dtype must be SPA_FP16 or SPA_BF16");
+  SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4_sp24: slices must be 0, 1, 2 or 4");
   // No room for FP32 partial sums: no split across blocks (in-block slices need none).
   if (workspace == nullptr || workspace_bytes < spa_w4_sp24_workspace_size(M, N, K)) {
     workspace = nullptr;
     if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
-    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, split_k, stream);
-  return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, split_k,
+    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, slices, split_k, stream);
+  return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, slices, split_k,
                                        stream);
+}
+
+extern "C" cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_t* meta,
+                                        const uint16_t* scales, void* Y, int M, int N, int K,
+                                        SpaDtype dtype, void* workspace, size_t workspace_bytes,
+                                        int split_k, cudaStream_t stream) {
+  return spa_w4_sp24_gemm_ex(A, values, meta, scales, Y, M, N, K, dtype, workspace, workspace_bytes,
+                             split_k > 0 ? 1 : 0, split_k, stream);
 }
