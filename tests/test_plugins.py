@@ -107,6 +107,12 @@ def test_harness_compiles_and_links_against_cublas(kernel_objects: dict[str, Pat
 
 
 @needs_nvcc
+def test_mma_sp_probe_compiles_for_sm80_and_sm90(tmp_path: Path) -> None:
+    result = nvcc(PLUGINS / "bench" / "mma_sp_probe.cu", "-o", tmp_path / "mma_sp_probe", *ARCHS)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@needs_nvcc
 def test_harness_layout_readers_match_spa_repackers(tmp_path: Path) -> None:
     """The harness's GPU reference reads each layout as spa's Python writes it (run on the CPU)."""
     binary = tmp_path / "layout_check"

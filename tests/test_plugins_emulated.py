@@ -130,6 +130,16 @@ def test_gqsa_column_ownership_edge_cases(tmp_path: Path) -> None:
     assert len(rows) == len(cases) * 2 * 3 and all(verdict == "PASSED" for verdict, *_ in rows)
 
 
+def test_mma_sp_probe_decodes_the_emulated_metadata_reading(tmp_path: Path) -> None:
+    """plugins/bench/mma_sp_probe asks the tensor cores how they read the
+    mma.sp metadata (run_gpu.sh runs it first). On the emulation, which
+    implements spa's reading, it must find exactly that one."""
+    command = [str(EMU / "run.sh"), "--build-dir", str(tmp_path / "build"), "--probe"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("PASSED | mma.sp probe: the tensor cores read the metadata as H0 (spa's layout")
+
+
 def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
     """A missing __syncthreads (a stage read while another warp's copy lands)
     or an unsynchronised shared-memory write is a ThreadSanitizer report."""

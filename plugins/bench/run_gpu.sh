@@ -42,6 +42,8 @@ for k in w4a16 w4_sp24 w4_gqsa; do
 done
 "$NVCC" -std=c++17 -O3 -gencode "arch=compute_$CC,code=sm_$CC" -I"$CUBLAS_INC" -c plugins/bench/harness.cu -o "$BUILD/harness.o" &
 pids+=($!)
+"$NVCC" -std=c++17 -O3 -gencode "arch=compute_$CC,code=sm_$CC" plugins/bench/mma_sp_probe.cu -o "$BUILD/mma_sp_probe" &
+pids+=($!)
 for pid in "${pids[@]}"; do wait "$pid"; done  # not a bare `wait`: it would also wait for tee
 "$NVCC" "$BUILD"/*.o -o "$BUILD/harness" -gencode "arch=compute_$CC,code=sm_$CC" -L"$CUBLAS_LIB" $CUBLAS_FLAG
 echo "built in $(( $(date +%s) - start ))s"
@@ -60,11 +62,16 @@ else
   echo "warning: python3 with numpy/spa not available; skipping spa's layout cases (random-weight checks still run)"
 fi
 
+echo "== mma.sp metadata probe (the one hardware fact the CPU emulation assumes)"
+probe=0
+"$BUILD/mma_sp_probe" || probe=$?
+
 echo "== correctness + timing"
 status=0
 "$BUILD/harness" ${CASES[@]+"${CASES[@]}"} --out plugins/bench/results.json $QUICK || status=$?
 
 echo "== goals"
 python3 plugins/bench/goals.py plugins/bench/results.json || true
+[ $probe -eq 0 ] || echo "mma.sp probe exit status $probe: the w4_sp24 rows above use a metadata layout the tensor cores read differently (see the probe's line)"
 echo "harness exit status $status; log in $LOG; results in plugins/bench/results.json; slices/split-K tuning data in plugins/bench/split_sweep.json"
 exit $status

@@ -17,6 +17,27 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t count, cudaStream_t
   return cudaSuccess;
 }
 
+cudaError_t cudaMalloc(void** pointer, size_t bytes) {
+  *pointer = std::malloc(bytes ? bytes : 1);
+  return *pointer ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFree(void* pointer) {
+  std::free(pointer);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
+  std::memcpy(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+const char* cudaGetErrorString(cudaError_t error) {
+  return error == cudaSuccess ? "no error" : error == cudaErrorLaunchFailure ? "launch failure (emulated)" : "error";
+}
+
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;

@@ -3,6 +3,7 @@
 # and run emu_check on a cases folder written by `python -m spa.plugins.bench_cases`.
 #
 #   plugins/emu/run.sh [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]
+#   plugins/emu/run.sh [--sanitizer ...] [--build-dir DIR] --probe    (plugins/bench/mma_sp_probe.cu)
 #
 # Needs g++ (C++20) and the CUDA toolkit's headers (cuda_fp16.h ...); no GPU,
 # no libcudart. Exit status: emu_check's (0 when every run passed).
@@ -12,14 +13,16 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SAN=address
 BUILD=""
+PROBE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitizer) SAN=$2; shift 2 ;;
     --build-dir) BUILD=$2; shift 2 ;;
+    --probe) PROBE=1; shift ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || { echo "usage: $0 [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]" >&2; exit 2; }
+[ $# -ge 1 ] || [ $PROBE -eq 1 ] || { echo "usage: $0 [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]" >&2; exit 2; }
 case "$SAN" in address|thread) ;; *) echo "error: --sanitizer must be address or thread" >&2; exit 2 ;; esac
 CXX=${CXX:-g++}
 command -v "$CXX" >/dev/null || { echo "error: $CXX not found (install g++)" >&2; exit 2; }
@@ -32,6 +35,14 @@ BUILD=${BUILD:-build/plugins-emu-$SAN}
 mkdir -p "$BUILD"
 KERNELS=${SPA_EMU_KERNELS:-$HERE/../kernels}
 FLAGS=(-std=c++20 -O1 -g -DSPA_EMULATE "-fsanitize=$SAN" -fno-omit-frame-pointer "-I$HERE/../kernels" "-I$CUDA_INCLUDE")
+# halt_on_error: a sanitizer report fails the run instead of scrolling past.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=0}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:exitcode=66}
+if [ $PROBE -eq 1 ]; then
+  "$CXX" "${FLAGS[@]}" -x c++ "$HERE/../bench/mma_sp_probe.cu" -x none "$HERE/emu_runtime.cpp" \
+    -o "$BUILD/mma_sp_probe" -lpthread
+  exec "$BUILD/mma_sp_probe"
+fi
 pids=()
 for k in w4a16 w4_sp24 w4_gqsa; do
   "$CXX" "${FLAGS[@]}" -x c++ -c "$KERNELS/$k.cu" -o "$BUILD/$k.o" & pids+=($!)
@@ -43,7 +54,4 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ $status -eq 0 ] || { echo "error: compiling for the emulation failed" >&2; exit 2; }
 "$CXX" "-fsanitize=$SAN" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/emu_runtime.o \
   "$BUILD"/emu_check.o -o "$BUILD/emu_check" -lpthread
-# halt_on_error: a sanitizer report fails the run instead of scrolling past.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=0}
-export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:exitcode=66}
 exec "$BUILD/emu_check" "$@"
