@@ -11,6 +11,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <algorithm>
+
 #include "spa_kernels.h"
 
 namespace spa {
@@ -201,6 +203,94 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const
 
 #endif  // SPA_EMULATE
 
+// ---- shared by w4a16 and w4_sp24 (W^T tiles as the mma A operand) ------------
+// Slices 1.. of a 16-column tile hand their FP32 sums to slice 0 through the
+// (now idle) pipeline memory, laid out [warp][MT * 4][32]. Every thread of the
+// block must call it (it holds two barriers); returns true for the warps that
+// hold the tile's sum afterwards.
+template <int MT, int SLICES>
+__device__ __forceinline__ bool reduce_slices(float (&acc)[MT][4], unsigned char* smem, int warp, int lane) {
+  if constexpr (SLICES == 1) {
+    return true;
+  } else {
+    const int slice = warp % SLICES;
+    float* red = reinterpret_cast<float*>(smem);
+    __syncthreads();
+    if (slice != 0) {
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) red[(warp * MT * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
+    }
+    __syncthreads();
+    if (slice != 0) return false;
+#pragma unroll
+    for (int other = 1; other < SLICES; ++other)
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[j][r] += red[((warp + other) * MT * 4 + j * 4 + r) * 32 + lane];
+    return true;
+  }
+}
+
+// Stores a tile's C fragments: c0,c1 -> (n = col_lo, tokens 2t, 2t+1); c2,c3 ->
+// n = col_lo + 8. Into Y, or added to the FP32 split-K sums when `partial` is set.
+template <typename T, int MT>
+__device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, float* partial, int M, int N,
+                                           int col_lo, int thread_in_group) {
+#pragma unroll
+  for (int j = 0; j < MT; ++j) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      int m = j * 8 + thread_in_group * 2 + (r & 1);
+      int n = col_lo + (r >> 1) * 8;
+      if (m >= M) continue;
+      size_t index = static_cast<size_t>(m) * N + n;
+      if (partial != nullptr)
+        atomicAdd(partial + index, acc[j][r]);
+      else
+        y[index] = Elem<T>::from_float(acc[j][r]);
+    }
+  }
+}
+
+inline int sm_count() {
+  int device = 0, count = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 108;
+  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 108;
+  return count;
+}
+
+// How a launcher divides K at this size (forced values, from the _ex launchers, win).
+// Memory bound at small M: many warps streaming at once hide HBM latency.
+// In-block slices (M <= 16 only: the sliced kernels exist for MT <= 2) cost
+// no extra launch, so they aim for 8 warps per SM; K is split across blocks
+// (a memset and a finalize launch more) only where fewer than 4 warps per SM
+// remain or no workspace is given. Every slice and split keeps >= 4 groups so
+// the pipeline stays primed.
+struct SplitPlan {
+  int slices, splits, groups_per_split;
+};
+
+inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted, int split_k, bool has_workspace) {
+  const int sms = sm_count();
+  int slices = M <= 16 ? slices_wanted : 1;
+  if (slices <= 0) {
+    slices = 1;
+    while (slices < 4 && n_tiles * slices < 8 * sms && n_groups / (2 * slices) >= 4) slices *= 2;
+  }
+  int splits = split_k;
+  if (splits <= 0) {
+    splits = std::max(1, std::min((4 * sms + n_tiles * slices - 1) / (n_tiles * slices), n_groups / (4 * slices)));
+    if (!has_workspace) splits = 1;
+  }
+  splits = std::min(splits, n_groups);
+  const int gps = (n_groups + splits - 1) / splits;
+  return SplitPlan{slices, (n_groups + gps - 1) / gps, gps};
+}
+
 // ---- split-K epilogue ------------------------------------------------------
 // Converts FP32 partial sums (atomically accumulated in the workspace) to T.
 template <typename T>
@@ -220,12 +310,5 @@ inline cudaError_t launch_finalize(const float* partial, void* y, long long coun
   return cudaGetLastError();
 }
 
-inline int sm_count() {
-  int device = 0, count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 108;
-  if (cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return 108;
-  return count;
-}
 
 }  // namespace spa

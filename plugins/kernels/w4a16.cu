@@ -169,42 +169,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   cp_async_wait<0>();
 
-  if constexpr (SLICES > 1) {
-    // Slices 1.. hand their sums to slice 0 through the (now idle) pipeline memory.
-    float* red = reinterpret_cast<float*>(smem);  // [kWarps][MT * 4][32]
-    __syncthreads();
-    if (slice != 0) {
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) red[(warp * MT * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
-    }
-    __syncthreads();
-    if (slice != 0) return;
-#pragma unroll
-    for (int other = 1; other < SLICES; ++other)
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[j][r] += red[((warp + other) * MT * 4 + j * 4 + r) * 32 + lane];
-  }
-  if (!tile_valid) return;
-
-  // C fragment: c0,c1 -> (n = col_lo, tokens 2t, 2t+1); c2,c3 -> n = col_lo + 8.
-#pragma unroll
-  for (int j = 0; j < MT; ++j) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      int m = j * 8 + thread_in_group * 2 + (r & 1);
-      int n = col_lo + (r >> 1) * 8;
-      if (m >= M) continue;
-      size_t index = static_cast<size_t>(m) * N + n;
-      if (partial != nullptr)
-        atomicAdd(partial + index, acc[j][r]);
-      else
-        y[index] = Elem<T>::from_float(acc[j][r]);
-    }
-  }
+  if (!reduce_slices<MT, SLICES>(acc, smem, warp, lane) || !tile_valid) return;
+  store_tile<T, MT>(acc, y, partial, M, N, col_lo, thread_in_group);
 }
 
 template <typename T, int MT, int SLICES>
@@ -247,28 +213,8 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
   const uint32_t* packed = reinterpret_cast<const uint32_t*>(packed_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  const int n_groups = K / SPA_W4_GROUP;
-  const int n_tiles = N / 16;
-  // Memory bound at small M: many warps streaming at once hide HBM latency.
-  // In-block slices (M <= 16 only: the sliced kernels exist for MT <= 2) cost
-  // no extra launch, so they aim for 8 warps per SM; K is split across
-  // blocks (a memset and a finalize launch more) only where fewer than 4
-  // warps per SM remain. Every slice and split keeps >= 4 groups so the
-  // pipeline stays primed. Forced values (the harness's tuning sweep) win.
-  const int sms = sm_count();
-  int slices = M <= 16 ? slices_wanted : 1;
-  if (slices <= 0) {
-    slices = 1;
-    while (slices < 4 && n_tiles * slices < 8 * sms && n_groups / (2 * slices) >= 4) slices *= 2;
-  }
-  int splits = split_k;
-  if (splits <= 0) {
-    splits = std::max(1, std::min((4 * sms + n_tiles * slices - 1) / (n_tiles * slices), n_groups / (4 * slices)));
-    if (workspace == nullptr) splits = 1;
-  }
-  splits = std::min(splits, n_groups);
-  int gps = (n_groups + splits - 1) / splits;
-  splits = (n_groups + gps - 1) / gps;
+  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, slices_wanted, split_k, workspace != nullptr);
+  const int slices = plan.slices, splits = plan.splits, gps = plan.groups_per_split;
   float* partial = splits > 1 ? static_cast<float*>(workspace) : nullptr;
   if (partial != nullptr)
     SPA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * static_cast<size_t>(M) * N, stream));
