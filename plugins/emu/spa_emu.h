@@ -378,29 +378,19 @@ T from_bits(unsigned long long bits) {
   return value;
 }
 
-template <typename T>
-T shuffle(unsigned mask, T value, int source_of_lane_delta, bool up) {
+// A warp exchange: each lane publishes `value` and reads the value of lane
+// source(own lane); a source outside the warp keeps the lane's own value (as
+// shfl.up / shfl.down do at the edges).
+template <typename T, typename Source>
+T shuffle(unsigned mask, T value, Source source_of) {
   if (mask != 0xffffffffu) throw Fault("shuffle with a partial mask (not used by spa's kernels)");
   require_full_warp("shfl.sync");
   ThreadState& s = self();
   Warp& w = *s.warp;
   w.slot[s.lane] = to_bits(value);
   w.sync.arrive_and_wait();
-  int source = up ? s.lane - source_of_lane_delta : s.lane + source_of_lane_delta;
+  const int source = source_of(s.lane);
   T result = (source < 0 || source >= kWarpSize) ? value : from_bits<T>(w.slot[source]);
-  w.sync.arrive_and_wait();
-  return result;
-}
-
-template <typename T>
-T shuffle_from(unsigned mask, T value, int source_lane) {
-  if (mask != 0xffffffffu) throw Fault("shuffle with a partial mask (not used by spa's kernels)");
-  require_full_warp("shfl.sync");
-  ThreadState& s = self();
-  Warp& w = *s.warp;
-  w.slot[s.lane] = to_bits(value);
-  w.sync.arrive_and_wait();
-  T result = from_bits<T>(w.slot[source_lane & (kWarpSize - 1)]);
   w.sync.arrive_and_wait();
   return result;
 }
@@ -412,15 +402,15 @@ inline void __syncthreads() { spa_emu::self().block->sync.arrive_and_wait(); }
 
 template <typename T>
 T __shfl_sync(unsigned mask, T value, int source_lane) {
-  return spa_emu::shuffle_from(mask, value, source_lane);
+  return spa_emu::shuffle(mask, value, [source_lane](int) { return source_lane & (spa_emu::kWarpSize - 1); });
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T value, unsigned delta) {
-  return spa_emu::shuffle(mask, value, static_cast<int>(delta), true);
+  return spa_emu::shuffle(mask, value, [delta](int lane) { return lane - static_cast<int>(delta); });
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
-  return spa_emu::shuffle(mask, value, static_cast<int>(delta), false);
+  return spa_emu::shuffle(mask, value, [delta](int lane) { return lane + static_cast<int>(delta); });
 }
 
 inline float atomicAdd(float* address, float value) {
