@@ -258,39 +258,36 @@ std::string json_escape(const std::string& s) {
 }
 
 struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err; };
-
-// (Re)written after every shape, so a run cut short still leaves its rows.
-void write_json(const std::string& out, const std::string& card, const std::vector<Row>& rows) {
-  std::ofstream json(out);
-  json << "[\n";
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const Row& r = rows[i];
-    char buffer[512];
-    std::snprintf(buffer, sizeof(buffer),
-                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"group_size\": %d, \"us\": %.3f, "
-                  "\"cublas_fp16_us\": %.3f, \"speedup\": %.3f, \"max_rel_err\": %.3e}%s\n",
-                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.us, r.cublas_us,
-                  r.cublas_us / r.us, r.err, i + 1 < rows.size() ? "," : "");
-    json << buffer;
-  }
-  json << "]\n";
-}
-
 struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us; };
 
-void write_sweep(const std::string& out, const std::string& card, const std::vector<SweepRow>& rows) {
+// The fields of one JSON row after "card" (no braces, no trailing comma).
+std::string json_fields(const Row& r) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer),
+                "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"group_size\": %d, \"us\": %.3f, "
+                "\"cublas_fp16_us\": %.3f, \"speedup\": %.3f, \"max_rel_err\": %.3e",
+                r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.us, r.cublas_us, r.cublas_us / r.us, r.err);
+  return buffer;
+}
+
+std::string json_fields(const SweepRow& r) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer),
+                "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"slices\": %d, \"split_k\": %d, "
+                "\"us\": %.3f, \"launcher_choice_us\": %.3f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.slices, r.split, r.us, r.auto_us);
+  return buffer;
+}
+
+// A JSON list of rows {"card": ..., fields}. (Re)written after every shape, so
+// a run cut short still leaves its rows.
+template <typename R>
+void write_json(const std::string& out, const std::string& card, const std::vector<R>& rows) {
   std::ofstream json(out);
   json << "[\n";
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const SweepRow& r = rows[i];
-    char buffer[512];
-    std::snprintf(buffer, sizeof(buffer),
-                  "  {\"card\": \"%s\", \"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"slices\": %d, "
-                  "\"split_k\": %d, \"us\": %.3f, \"launcher_choice_us\": %.3f}%s\n",
-                  json_escape(card).c_str(), r.kernel.c_str(), r.K, r.N, r.M, r.slices, r.split, r.us, r.auto_us,
-                  i + 1 < rows.size() ? "," : "");
-    json << buffer;
-  }
+  for (size_t i = 0; i < rows.size(); ++i)
+    json << "  {\"card\": \"" << json_escape(card) << "\", " << json_fields(rows[i]) << "}"
+         << (i + 1 < rows.size() ? "," : "") << "\n";
   json << "]\n";
 }
 
@@ -434,7 +431,7 @@ int main(int argc, char** argv) {
             }
           }
         }
-        write_sweep(sweep_out, prop.name, sweep);
+        write_json(sweep_out, prop.name, sweep);
       }
     }
     write_json(out, prop.name, rows);
