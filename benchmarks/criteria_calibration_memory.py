@@ -2,7 +2,7 @@
 
 Builds an MLP block ``x[B, T, D] -> MatMul(D, 4D) -> Relu -> MatMul(4D, D)``
 and gathers the statistics ``obs`` needs (``X^T X`` of both consumer inputs,
-``spa.criteria.calibrate.gather_statistics``) from few and from many
+``spa.pruning.statistics.gather_statistics``) from few and from many
 calibration batches, each in a fresh subprocess. It prints the peak RSS of
 each run and the bytes the exposed activations would take if they were kept:
 the peak must not grow with the number of batches.
@@ -49,7 +49,7 @@ def write_model(path: Path, dim: int) -> None:
 def measure(path: Path, batches: int, batch: int, tokens: int) -> None:
     """Child process: gather statistics and print peak RSS as JSON."""
     from spa.analysis import analyze, prepare
-    from spa.criteria.calibrate import gather_statistics
+    from spa.pruning.statistics import gather_statistics
     from spa.model_io import load_model
 
     model = prepare(load_model(path))

@@ -49,9 +49,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from spa.prune import prune_model
+    from spa.workflows.prune import prune_model
     from spa.verify import input_specs, make_feeds
-    from spa.verify.runner import create_session
+    from spa.ort import create_session
 
     with tempfile.TemporaryDirectory(prefix="spa-bench-") as folder:
         dense = Path(folder) / "dense.onnx"

@@ -253,7 +253,7 @@ def run_measured(command: list[str]) -> dict[str, Any]:
 
 
 _STATS_SNIPPET = (
-    "import json, sys; from spa.report import compute_stats; "
+    "import json, sys; from spa.stats.report import compute_stats; "
     "s = compute_stats(sys.argv[1], dims={'batch': 1, 'sequence': 128}); "
     "print(json.dumps({'params': s.params, 'macs': s.macs_by_family, 'bytes': s.bytes_by_dtype}))"
 )

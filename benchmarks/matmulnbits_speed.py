@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from spa.quant.api import file_bytes, quantize_model
+from spa.workflows.quantize import file_bytes, quantize_model
 from spa.verify import create_session
 
 

@@ -27,10 +27,10 @@ import onnx
 
 from spa import zoo
 from spa.analysis import analyze, prepare
-from spa.analysis.plan import make_plan
+from spa.pruning.plan import make_plan
 from spa.model_io import load_model, save_model
 from spa.passes.prune import apply_plan
-from spa.report import compute_stats
+from spa.stats.report import compute_stats
 from spa.verify import create_session
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from spa.quant.api import file_bytes, quantize_model
+from spa.workflows.quantize import file_bytes, quantize_model
 from spa.testbeds import shakespeare
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "testbeds" / "shakespeare_lm.onnx"

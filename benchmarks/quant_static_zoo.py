@@ -47,7 +47,7 @@ def _latency(path: Path, feeds: dict[str, Any], runs: int, basic: bool) -> float
 
 def run_one(name: str, kind: str, method: str, latency: bool, runs: int) -> dict[str, Any]:
     from spa import zoo
-    from spa.quant.static_api import quantize_static_model
+    from spa.workflows.quantize_static import quantize_static_model
     from spa.verify import input_specs, make_feeds
 
     row: dict[str, Any] = {"model": name, "kind": kind, "method": method}

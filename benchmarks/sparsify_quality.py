@@ -3,7 +3,7 @@
 For one zoo model (default ``hf-opt``, random-init weights): calibration feeds
 (seeds 100..) and held-out feeds (seeds 0..) drawn the same way (token ids in
 the registry's range); every variant is written with
-:func:`spa.quant.sparsify_api.sparsify_model` and run in ONNX Runtime CPU on the
+:func:`spa.workflows.sparsify.sparsify_model` and run in ONNX Runtime CPU on the
 held-out feeds. Prints, per variant: nodes rewritten, MAC coverage, sparsity,
 bytes after / before, the relative output error ``||y - y0||^2 / ||y0||^2`` and
 cosine against the original (first output), and wall time as a ratio to the
@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from spa import zoo
-from spa.quant.sparsify_api import sparsify_model
+from spa.workflows.sparsify import sparsify_model
 from spa.verify import create_session, input_specs, make_feeds
 
 VARIANTS: list[tuple[str, dict[str, Any]]] = [

@@ -4,7 +4,7 @@ For each test bed (the Shakespeare byte-level LM, the Fashion-MNIST CNN) and
 each parameter budget (25% and 50% of the parameters removed), prunes the
 committed ONNX fixture
 
-* with spa (``spa.prune.prune_model``), one row per criterion: data-free
+* with spa (``spa.workflows.prune.prune_model``), one row per criterion: data-free
   (l2, lamp, bn_scale, obspa) and calibrated (wanda_sp, flap with bias
   compensation, obs), uniform allocation, and
 * with Torch-Pruning (``torch_pruning``, on the very same weights loaded into
@@ -16,7 +16,7 @@ with no fine-tuning on either side, then evaluates every pruned model with
 the same code (``spa.testbeds``: held-out perplexity / test accuracy in ONNX
 Runtime). Torch-Pruning's models are exported to ONNX for that. Each tool's
 pruning ratio is found by bisection so that the removed share of parameters
-(counted on the ONNX files by ``spa.report.compute_stats``) is as close as
+(counted on the ONNX files by ``spa.stats.report.compute_stats``) is as close as
 possible to the budget without exceeding it.
 
     python models/compare_pruning.py                      # full table -> models/results/
@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from spa.prune import prune_model
-from spa.report import compute_stats
+from spa.workflows.prune import prune_model
+from spa.stats.report import compute_stats
 from spa.testbeds import fashion_mnist, shakespeare
 
 REPO = Path(__file__).resolve().parent.parent

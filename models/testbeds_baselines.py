@@ -20,7 +20,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spa.prune import prune_model
+from spa.workflows.prune import prune_model
 from spa.testbeds import fashion_mnist, shakespeare
 
 __all__ = ["main"]

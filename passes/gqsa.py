@@ -143,10 +143,15 @@ class GQSAPass(SparsifyingPass):
         self.group, self.sparsity, self.bits, self.form = group, sparsity, bits, form
         self.refine, self.percdamp = refine, percdamp
         self._hessians = dict(hessians or {})
-        self.calibration = (
-            f"hessians for {len(self._hessians)} activations" if hessians
-            else "none (data-free: H = I, magnitude selection, per-group least-squares scales)"
-        )  # fmt: skip
+        self.calibration = self._calibration_label(self._hessians)
+
+    def _wants_hessians(self) -> bool:
+        return True
+
+    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
+        if hessians:
+            return f"hessians for {len(hessians)} activations"
+        return "none (data-free: H = I, magnitude selection, per-group least-squares scales)"
 
     def _reason(self, model: ir.Model, rows: int) -> str:
         if rows % self.group:
@@ -231,7 +236,7 @@ class GQSAPass(SparsifyingPass):
             "nodes_quantized": done, "nodes_skipped": skipped,
             "bytes_before": before, "bytes_after": after,
         }  # fmt: skip
-        return SpaPassResult(model, modified=done > 0, statistics=statistics)
+        return SpaPassResult(model, done > 0, statistics, self._details())
 
 
 @register_pass
@@ -302,4 +307,4 @@ def _conversion_result(
     if drop_domain and done and not any(op_key(node)[0] == GQSA_DOMAIN for node in model.graph):
         model.opset_imports.pop(GQSA_DOMAIN, None)
     statistics: dict[str, int | float] = {"nodes_converted": done, "nodes_skipped": skipped}
-    return SpaPassResult(model, modified=done > 0, statistics=statistics)
+    return SpaPassResult(model, done > 0, statistics, spa_pass._details())

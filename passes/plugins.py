@@ -4,7 +4,7 @@
   or ``DequantizeLinear`` (INT4, axis 0, block 128, no zero point) feeding one
   ``MatMul`` -> ``spa.W4Sparse24MatMul`` when the weight is 2:4 sparse along K
   (and ``sparse24`` is on), else ``spa.W4A16MatMul``; weights repacked into the
-  kernel layouts (spa/plugins/repack.py, plugins/README.md).
+  kernel layouts (spa/trt/repack.py, plugins/README.md).
 * ``gqsa-to-plugin``: ``spa.GroupSparseQuantMatMul`` (docs/formats.md (c),
   4-bit) -> the same op with ``layout = "w4_gqsa"`` and kernel-layout inputs.
 * ``plugin-to-ort``: the inverse of both (W4A16/W4Sparse24 -> MatMulNBits,
@@ -25,8 +25,6 @@ import onnx_ir as ir
 from spa import progress
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import DecidingPass
-from spa.plugins import repack
-from spa.plugins.ops import SPA_DOMAIN, plugin_op
 from spa.quant.blockwise import QuantizedWeight
 from spa.quant.ir_format import (
     MS_DOMAIN,
@@ -39,6 +37,8 @@ from spa.quant.ir_format import (
     remove_initializer_if_unused,
     replace_node,
 )
+from spa.trt import repack
+from spa.trt.ops import SPA_DOMAIN, plugin_op
 
 __all__ = ["GQSAToPluginPass", "Int4ToPluginPass", "PluginToOrtPass", "is_two_four"]
 
@@ -65,7 +65,7 @@ class _PluginPass(DecidingPass):
         if converted:
             model.opset_imports.setdefault(SPA_DOMAIN, 1)
         statistics: dict[str, int | float] = {"nodes_converted": converted, "nodes_skipped": skipped}
-        return SpaPassResult(model, modified=converted > 0, statistics=statistics)
+        return SpaPassResult(model, converted > 0, statistics, self._details())
 
 
 def _w4_reason(weight: QuantizedWeight) -> str:

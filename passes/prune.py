@@ -14,12 +14,18 @@ Cases handled by :func:`apply_plan`:
   first, so each node gets its own);
 * shapes of intermediate values are dropped and re-inferred.
 
-:func:`mask_model` is the reference for verification: the same plan, applied
-by zeroing the removed slices instead of removing them.
+:class:`PrunePass` is the whole of structured pruning: prepare and analyse the
+model, ask the pipeline for calibration statistics when the criterion (or bias
+compensation) needs them, make or load the plan, update the consumers' kept
+weights (OBS/OBSPA reconstruction, bias compensation), then apply the plan.
+Its result details carry the analysis, the plan, the reconstruction rows and,
+with ``keep_reference``, the updated model before slicing (the reference that
+:func:`spa.verify.mask.verify_masked` masks).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from typing import Any
@@ -29,10 +35,20 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from spa.analysis import Analysis, analyze, prepare
-from spa.analysis.plan import Plan, member_indices, plan_for
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.analysis.rules import RuleContext
+from spa.analysis.rules.attention import sized_attributes
+from spa.analysis.shape_exprs import CopiedDim, evaluate_target
+from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
+from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
+from spa.pruning.criteria import DATA_CRITERIA
+from spa.pruning.plan import Plan, member_indices, plan_for
+from spa.pruning.reconstruct import apply_updates, compute_updates
+from spa.pruning.statistics import needed_values
 
-__all__ = ["PrunePass", "apply_plan", "mask_model"]
+__all__ = ["PrunePass", "apply_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +132,6 @@ def _rebuild_target(
     model: ir.Model, node: ir.Node, entries: list[Any], input_index: int
 ) -> None:
     """Give ``node`` a private run-time target: Concat of literals and Shape->Gather dims."""
-    from spa.analysis.shape_exprs import CopiedDim
-
     values = {v.name: v for v in model.graph.inputs}
     values.update({v.name: v for n in model.graph for v in n.outputs})
     values.update(model.graph.initializers)
@@ -161,9 +175,6 @@ def _rebuild_target(
 def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
     """Run-time Reshape/Expand/ConstantOfShape targets whose literal entry is a
     pruned axis's old size."""
-    from spa.analysis.rules import RuleContext
-    from spa.analysis.shape_exprs import evaluate_target
-
     context = RuleContext()
     rewritten = 0
     for node in list(model.graph):
@@ -221,8 +232,6 @@ def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
     """Attributes that count a pruned space follow its new size: depthwise ``group``, ``num_heads``,
     ``kv_num_heads``/``q_num_heads`` of fused attention, ``N`` of MatMulNBits,
     ``hidden_size`` of LSTM/GRU/RNN (see ``sized_attributes``)."""
-    from spa.analysis.rules_attention import sized_attributes
-
     rewritten = 0
     for node in model.graph:
         for attribute, space in sized_attributes(node):
@@ -296,31 +305,30 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
     }
 
 
-def mask_model(model: ir.Model, analysis: Analysis, plan: Plan) -> None:
-    """Zero, in place, every parameter slice the plan removes (the reference)."""
-    parameters, _ = _parameter_slices(model, analysis, plan)
-    for name, slices in parameters.items():
-        value = model.graph.initializers[name]
-        assert value.const_value is not None
-        array = value.const_value.numpy().copy()
-        for axis, kept in slices:
-            removed = np.setdiff1d(np.arange(array.shape[axis]), kept)
-            index: list[Any] = [slice(None)] * array.ndim
-            index[axis] = removed
-            array[tuple(index)] = 0
-        _replace_constant(value, array)
+@dataclasses.dataclass
+class _Stage:
+    """The prepared, analysed model a prune works on (kept between the
+    calibration request and the call, which see the same model object)."""
+
+    model: ir.Model
+    analysis: Analysis
+    created: list[ir.Node]
 
 
 @register_pass
 class PrunePass(SpaPass):
-    """Structured pruning of every prunable group by a uniform ratio.
+    """Structured pruning of every prunable group (see the module docstring).
 
-    Runs the analyzer, makes a plan (or loads ``plan_path``), and applies it.
-    After the call, ``self.analysis`` and ``self.plan`` hold what was used.
+    Options: ``ratio``, ``criterion`` (:data:`spa.pruning.criteria.CRITERIA`),
+    ``seed``, ``round_to``, ``exclude`` (regexes of values whose groups stay),
+    ``plan_path`` (apply a saved plan), ``save_plan`` (write the plan used),
+    ``reduction``, ``allocation``, ``max_group_ratio``, ``bias_compensation``,
+    ``prunable_io`` (regex of graph inputs/outputs that may shrink: KV caches)
+    and ``keep_reference``.
     """
 
     name = "prune"
-    summary = "Remove channels/heads by a plan (analyzer groups, ratio, criterion)"
+    summary = "Remove channels/heads by a plan (analyzer groups, criterion, allocation)"
 
     def __init__(
         self,
@@ -330,35 +338,88 @@ class PrunePass(SpaPass):
         round_to: int = 1,
         exclude: tuple[str, ...] = (),
         plan_path: str | None = None,
+        *,
+        save_plan: str | None = None,
+        reduction: str = "sum",
+        allocation: str = "uniform",
+        max_group_ratio: float = 0.9,
+        bias_compensation: bool = False,
+        prunable_io: str | None = DEFAULT_PRUNABLE_IO,
+        keep_reference: bool = False,
     ) -> None:
         super().__init__()
         self.ratio, self.criterion, self.seed = ratio, criterion, seed
         self.round_to, self.exclude, self.plan_path = round_to, tuple(exclude), plan_path
-        self._analysis: Analysis | None = None
-        self._plan: Plan | None = None
+        self.save_plan, self.reduction, self.allocation = save_plan, reduction, allocation
+        self.max_group_ratio, self.bias_compensation = max_group_ratio, bias_compensation
+        self.prunable_io, self.keep_reference = prunable_io, keep_reference
+        self._stage: _Stage | None = None
+        self._statistics: dict[str, ChannelStatistics] | None = None
 
-    @property
-    def analysis(self) -> Analysis | None:
-        return self._analysis
+    def _wants_statistics(self) -> bool:
+        data = self.criterion in DATA_CRITERIA
+        return data or (self.bias_compensation and self.criterion != "obspa")
 
-    @property
-    def plan(self) -> Plan | None:
-        return self._plan
+    def _prepared(self, model: ir.Model) -> _Stage:
+        if self._stage is None or self._stage.model is not model:
+            prepare(model)
+            analysis = analyze(model, self.prunable_io)
+            created: list[ir.Node] = []
+            if self.bias_compensation:
+                analysis, created = _with_biases(model, analysis, self.prunable_io)
+            self._stage = _Stage(model, analysis, created)
+        return self._stage
+
+    def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        if not self._wants_statistics() or (self.plan_path is not None and not self.bias_compensation):
+            return None
+        stage = self._prepared(model)
+        values = needed_values(model, stage.analysis.prunable_groups())
+        return CalibrationRequest(channels=values, full_channels=self.criterion == "obs")
+
+    def use_calibration(self, result: CalibrationResult) -> None:
+        self._statistics = result.channels or None  # None: no data was given
 
     def call(self, model: ir.Model) -> SpaPassResult:
-        analysis = analyze(prepare(model))
+        stage = self._prepared(model)
+        analysis, statistics = stage.analysis, self._statistics
+        if self.criterion in DATA_CRITERIA and statistics is None:
+            raise UserError(f"criterion {self.criterion} needs --calib DATA (calibration inputs)")
         plan = plan_for(
-            model,
-            analysis,
-            plan_path=self.plan_path,
-            ratio=self.ratio,
-            criterion=self.criterion,
-            seed=self.seed,
-            round_to=self.round_to,
-            exclude=self.exclude,
-        )
-        self._analysis, self._plan = analysis, plan
+            model, analysis, plan_path=self.plan_path, ratio=self.ratio,
+            criterion=self.criterion, seed=self.seed, round_to=self.round_to,
+            exclude=self.exclude, reduction=self.reduction, allocation=self.allocation,
+            max_group_ratio=self.max_group_ratio, statistics=statistics,
+        )  # fmt: skip
+        plan.policy["bias_compensation"] = self.bias_compensation
+        if self.save_plan is not None:
+            plan.save(self.save_plan)
+        updates, reconstruction = compute_updates(
+            model, analysis, plan,
+            reconstruct=self.criterion in ("obs", "obspa"),
+            bias_compensation=self.bias_compensation,
+            statistics=statistics if self.criterion != "obspa" else None,
+        )  # fmt: skip
+        apply_updates(model, updates)
+        details: dict[str, Any] = {
+            "analysis": analysis, "plan": plan, "reconstruction": reconstruction,
+            "biases_added": 0, "reference": None,
+        }  # fmt: skip
+        self._stage = None
         if not plan.kept:
-            return SpaPassResult(model, False, {"groups_pruned": 0})
-        statistics = apply_plan(model, analysis, plan)
-        return SpaPassResult(model, True, statistics)
+            return SpaPassResult(model, False, {"groups_pruned": 0}, details)
+        if self.keep_reference:  # the updated model before slicing, for mask equivalence
+            details["reference"] = ir.from_proto(ir.to_proto(model))
+        statistics_out = apply_plan(model, analysis, plan)
+        details["biases_added"] = len(stage.created) - remove_zero_biases(model, stage.created)
+        return SpaPassResult(model, True, statistics_out, details)
+
+
+def _with_biases(
+    model: ir.Model, analysis: Analysis, prunable_io: str | None
+) -> tuple[Analysis, list[ir.Node]]:
+    """Give every consumer of a prunable group a bias of its own to compensate
+    into (zero if it had none), and analyse again."""
+    nodes = {id(c.node): c.node for g in analysis.prunable_groups() for c in consumers_of(model, g)}
+    created = add_missing_biases(model, list(nodes.values()))
+    return analyze(model, prunable_io), created  # new biases and private copies join groups

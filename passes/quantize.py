@@ -29,10 +29,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
+from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.quant.blockwise import QuantizedWeight
@@ -54,6 +56,7 @@ from spa.quant.ir_format import (
 __all__ = [
     "Candidate",
     "DecidingPass",
+    "HessianCalibrated",
     "MatMulNBitsToQDQPass",
     "QDQToMatMulNBitsPass",
     "QuantDecision",
@@ -63,6 +66,7 @@ __all__ = [
     "input_name",
     "match_gemm",
     "match_matmul",
+    "weight_activations",
     "weight_reason",
 ]
 
@@ -218,31 +222,75 @@ def _weight_bytes(value: ir.Value) -> int:
     return int(value.const_value.nbytes) if value.const_value is not None else 0
 
 
+def weight_activations(model: ir.Model) -> tuple[str, ...]:
+    """Activation inputs of the main graph's MatMul/Gemm nodes whose weight is an
+    initializer: the values whose ``X^T X`` GPTQ, SparseGPT and GQSA use."""
+    names: list[str] = []
+    initializers = model.graph.initializers
+    for node in model.graph:
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        activation = node.inputs[0] if node.inputs else None
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if activation is not None and weight is not None and weight.name in initializers:
+            names.append(activation.name or "")
+    return tuple(names)
+
+
 class DecidingPass(SpaPass):
-    """A pass that records, per node, what it did or why it skipped (for reports)."""
+    """A pass that records, per node, what it did or why it skipped (for reports);
+    the decisions also travel in the result's ``details``."""
+
+    action = "quantized"
 
     def __init__(self) -> None:
         super().__init__()
-        self._decisions: list[QuantDecision] = []
+        self._decisions: list[Any] = []
 
     @property
-    def decisions(self) -> list[QuantDecision]:
+    def decisions(self) -> list[Any]:
         return list(self._decisions)
 
-    def _tally(self, action: str) -> tuple[int, int]:
+    def _tally(self, action: str | None = None) -> tuple[int, int]:
         """(nodes with ``action``, nodes skipped) among the decisions so far."""
-        done = sum(1 for d in self._decisions if d.action == action)
+        done = sum(1 for d in self._decisions if d.action == (action or self.action))
         return done, len(self._decisions) - done
+
+    def _details(self) -> dict[str, Any]:
+        return {"decisions": list(self._decisions), "calibration": getattr(self, "calibration", "")}
+
+
+class HessianCalibrated(SpaPass):
+    """Asks the pipeline for ``X^T X`` of every weighted MatMul/Gemm input when
+    :meth:`_wants_hessians` says so and none were given to the constructor."""
+
+    _hessians: dict[str, np.ndarray]
+    calibration: str
+
+    def _wants_hessians(self) -> bool:
+        return False
+
+    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
+        return f"hessians for {len(hessians)} activations" if hessians else "none"
+
+    def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        if not self._wants_hessians() or self._hessians:
+            return None
+        return CalibrationRequest(hessians=weight_activations(model))
+
+    def use_calibration(self, result: CalibrationResult) -> None:
+        self._hessians = {name: entry.hessian for name, entry in result.hessians.items()}
+        self.calibration = self._calibration_label(self._hessians)
 
 
 @register_pass
-class QuantizeWeightsPass(DecidingPass):
+class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
     """Weight-only block quantization (RTN or GPTQ) of MatMul/Gemm weights.
 
     Options: ``bits`` (4, 8), ``block`` (power of two >= 16), ``symmetric``,
     ``method`` (``rtn``, ``gptq``), ``target`` (``ort``, ``tensorrt``, ``onnx``),
     ``act_order``/``percdamp`` (GPTQ), and ``hessians``: activation value name ->
-    ``H[K, K]`` from :func:`spa.quant.calibration.collect_hessians`. GPTQ without
+    ``H[K, K]`` from :func:`spa.calibration.collect_hessians`. GPTQ without
     Hessians is data-free and equals RTN; :attr:`calibration` says which ran.
     After the call :attr:`decisions` lists every candidate node and what happened.
     """
@@ -275,6 +323,9 @@ class QuantizeWeightsPass(DecidingPass):
         )
         self.calibration = self._calibration_label(hessians)
         self._hessians = dict(hessians or {})
+
+    def _wants_hessians(self) -> bool:
+        return self.method == "gptq"
 
     def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
         if self.method != "gptq":
@@ -356,7 +407,7 @@ class QuantizeWeightsPass(DecidingPass):
             "bytes_before": before,
             "bytes_after": after,
         }
-        return SpaPassResult(model, modified=quantized > 0, statistics=statistics)
+        return SpaPassResult(model, quantized > 0, statistics, self._details())
 
 
 def _remove_unused_inputs(graph: ir.Graph, values: list[ir.Value | None]) -> None:
@@ -410,7 +461,7 @@ class MatMulNBitsToQDQPass(DecidingPass):
             "nodes_converted": converted,
             "nodes_skipped": skipped,
         }
-        return SpaPassResult(model, modified=converted > 0, statistics=statistics)
+        return SpaPassResult(model, converted > 0, statistics, self._details())
 
 
 def _qdq_consumer(dequantize: ir.Node) -> tuple[ir.Node | None, str]:
@@ -480,4 +531,4 @@ class QDQToMatMulNBitsPass(DecidingPass):
             "nodes_converted": converted,
             "nodes_skipped": skipped,
         }
-        return SpaPassResult(model, modified=converted > 0, statistics=statistics)
+        return SpaPassResult(model, converted > 0, statistics, self._details())

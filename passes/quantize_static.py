@@ -33,16 +33,18 @@ are not constant float initializers, a weight shared at conflicting channel
 axes, tensors whose calibrated range is not finite. Every other node is listed
 as left in float with its reason. Only the main graph is rewritten.
 
-Without calibration data, ranges come from seeded random inputs
-(:func:`spa.verify.make_feeds`): a loud warning is logged and
-:attr:`QuantizeStaticPass.calibration` says so.
+The pass runs no inference: it asks the pipeline for the ranges of the values
+it will quantize (:meth:`QuantizeStaticPass.calibration_request`), which
+:mod:`spa.workflows.run` measures on the user's calibration data, or on
+seeded random inputs with a loud warning (:attr:`QuantizeStaticPass.calibration`
+says which).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
@@ -50,19 +52,16 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from spa.calibration import (
+    CALIBRATION_METHODS,
+    CalibrationRequest,
+    CalibrationResult,
+    RangeStatistics,
+)
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.quant.calibration import CalibrationSource, load_calibration
 from spa.quant.ir_format import add_initializer, default_opset, op_key, remove_initializer_if_unused
-from spa.quant.static import (
-    CALIBRATION_METHODS,
-    KINDS,
-    RANDOM_CALIBRATION,
-    RangeStatistics,
-    activation_scale,
-    collect_ranges,
-    quantize_weight,
-)
+from spa.quant.static import KINDS, RANDOM_CALIBRATION, activation_scale, quantize_weight
 
 __all__ = ["QuantizeStaticPass", "StaticDecision", "check_static_options", "required_opset"]
 
@@ -88,7 +87,6 @@ QUANTIZED_OPS = {
     ("com.microsoft", "MatMulNBits"), ("com.microsoft", "QLinearAdd"),
     ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "MatMulIntegerToFloat"),
 }  # fmt: skip
-RANDOM_SAMPLES = 8
 _CONVS = ("Conv", "ConvTranspose")
 
 
@@ -426,23 +424,6 @@ def _element_types(proto: onnx.ModelProto) -> dict[str, ir.DataType]:
     return types
 
 
-def _random_feeds(
-    proto: onnx.ModelProto,
-    seed: int,
-    samples: int,
-    shapes: Mapping[str, tuple[int, ...]] | None,
-    dims: Mapping[str, int] | None,
-    int_ranges: Mapping[str, tuple[int, int]] | None,
-) -> Iterator[dict[str, np.ndarray]]:
-    from spa.verify import input_specs, make_feeds
-
-    specs = input_specs(proto)
-    for index in range(samples):  # seed itself is left to verification, which uses it
-        yield make_feeds(
-            specs, seed=seed + 1 + index, shapes=shapes, dims=dims, int_ranges=int_ranges
-        )
-
-
 def _scalar(value: float, dtype: ir.DataType) -> ir.Tensor:
     return ir.Tensor(np.asarray(value, dtype=dtype.numpy()))
 
@@ -464,11 +445,9 @@ class QuantizeStaticPass(SpaPass):
     """Static INT8/FP8 QDQ with calibrated per-tensor activations and per-channel weights.
 
     Options: ``activations`` (int8|fp8), ``weights`` (None = same type),
-    ``calib`` (an ``.npz``, a folder of ``.npy`` or an iterable of feed dicts;
-    None = seeded random inputs, warned about), ``calib_method``
-    (minmax|percentile|entropy), ``percentile``, ``max_samples``,
-    ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``, ``seed`` and ``shapes``/``dims``/
-    ``int_ranges`` for random feeds. See the module docstring for placement.
+    ``calib_method`` (minmax|percentile|entropy), ``percentile``,
+    ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``. See the
+    module docstring for placement; ranges come from the pipeline's calibration.
     """
 
     name = "quantize-static"
@@ -479,31 +458,19 @@ class QuantizeStaticPass(SpaPass):
         activations: str = "int8",
         weights: str | None = None,
         *,
-        calib: CalibrationSource | None = None,
         calib_method: str = "minmax",
         percentile: float = 99.99,
-        max_samples: int | None = None,
         quantize_norms: bool = False,
         quantize_bmm: bool = False,
         quantize_residual_matmul: bool = False,
-        seed: int = 0,
-        shapes: Mapping[str, tuple[int, ...]] | None = None,
-        dims: Mapping[str, int] | None = None,
-        int_ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         check_static_options(activations, weights, calib_method, percentile)
         self.activations, self.weights = activations, weights or activations
-        self.calib_method, self.percentile, self.max_samples = (
-            calib_method,
-            percentile,
-            max_samples,
-        )
-        self.quantize_norms, self.quantize_bmm, self.seed = quantize_norms, quantize_bmm, seed
+        self.calib_method, self.percentile = calib_method, percentile
+        self.quantize_norms, self.quantize_bmm = quantize_norms, quantize_bmm
         self.quantize_residual_matmul = quantize_residual_matmul
-        self._calib_source = calib
-        self.calib = None if calib is None else self.calib_source_label()
-        self._inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
+        self._ranges: RangeStatistics | None = None
         self.calibration = ""
         self.calibration_samples = 0
         self.decisions: list[StaticDecision] = []
@@ -511,37 +478,35 @@ class QuantizeStaticPass(SpaPass):
     def options(self) -> dict[str, Any]:
         """The constructor options (calibration results and decisions are not options)."""
         names = (
-            "activations", "weights", "calib", "calib_method", "percentile", "max_samples",
-            "quantize_norms", "quantize_bmm", "quantize_residual_matmul", "seed",
+            "activations", "weights", "calib_method", "percentile",
+            "quantize_norms", "quantize_bmm", "quantize_residual_matmul",
         )  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
-    def _feeds(self, proto: onnx.ModelProto) -> Iterable[Mapping[str, np.ndarray]]:
-        if self._calib_source is None:
-            logger.warning(
-                "NO CALIBRATION DATA: activation ranges come from %d seeded random inputs and "
-                "are not representative; give real samples with --calib",
-                RANDOM_SAMPLES,
-            )
-            self.calibration = RANDOM_CALIBRATION
-            return _random_feeds(proto, self.seed, RANDOM_SAMPLES, **self._inputs)  # type: ignore[arg-type]
-        graph = proto.graph
-        initializers = {tensor.name for tensor in graph.initializer}
-        names = [value.name for value in graph.input if value.name not in initializers]
-        self.calibration = f"{self.calib_source_label()} ({self.calib_method})"
-        return load_calibration(self._calib_source, names)
-
-    def calib_source_label(self) -> str:
-        source = self._calib_source
-        return str(source) if isinstance(source, str) or hasattr(source, "__fspath__") else "feeds"
-
-    def _calibrate(self, proto: onnx.ModelProto, names: list[str]) -> RangeStatistics:
-        ranges = collect_ranges(
-            proto, names, self._feeds(proto), method=self.calib_method,
-            percentile=self.percentile, max_samples=self.max_samples,
+    def _placement(self, model: ir.Model) -> _Placement:
+        proto = ir.serde.serialize_model(model)  # one copy, for element types
+        placement = _Placement(
+            model.graph, _element_types(proto), self.quantize_norms, self.quantize_bmm,
+            self.quantize_residual_matmul,
         )  # fmt: skip
-        self.calibration_samples = ranges.samples
-        return ranges
+        placement.run()
+        return placement
+
+    def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        """The ranges of every value that gets a Q/DQ pair."""
+        names = sorted({v.name for v, _ in self._placement(model).requests.values() if v.name})
+        return CalibrationRequest(
+            ranges=tuple(names), range_method=self.calib_method, percentile=self.percentile,
+            required=True,
+        )
+
+    def use_calibration(self, result: CalibrationResult) -> None:
+        self._ranges = result.ranges
+        self.calibration_samples = result.ranges.samples if result.ranges else 0
+        if result.source == RANDOM_CALIBRATION:
+            self.calibration = RANDOM_CALIBRATION
+        else:
+            self.calibration = f"{result.source} ({self.calib_method})"
 
     def _insert_pair(
         self,
@@ -612,13 +577,7 @@ class QuantizeStaticPass(SpaPass):
                 f"{self.activations} QDQ; convert it first (spa quantize does)"
             )
         graph = model.graph
-        proto = ir.serde.serialize_model(model)  # one copy, for types and calibration
-        proto_types = _element_types(proto)
-        placement = _Placement(
-            graph, proto_types, self.quantize_norms, self.quantize_bmm,
-            self.quantize_residual_matmul,
-        )  # fmt: skip
-        placement.run()
+        placement = self._placement(model)
         self._check_float_model(placement)
         half = sorted({
             dtype.name for value, _ in placement.requests.values()
@@ -630,11 +589,12 @@ class QuantizeStaticPass(SpaPass):
                 "convert the model first (spa quantize does)"
             )
         values = {key: value for key, (value, _) in placement.requests.items()}
-        ranges = (
-            self._calibrate(proto, sorted({v.name for v in values.values() if v.name}))
-            if values
-            else None
-        )
+        ranges = self._ranges
+        if values and ranges is None:
+            raise UserError(
+                "quantize-static needs activation ranges: run it through `spa quantize "
+                "--activations` or `spa optimize` (they calibrate), or run_passes with a calibrator"
+            )
         originals = {
             id(plan.node): [plan.node.inputs[index] for index in plan.activations]
             for plan in placement.plans
@@ -686,7 +646,8 @@ class QuantizeStaticPass(SpaPass):
             "bytes_after": after,
             "calibration_samples": self.calibration_samples,
         }
-        return SpaPassResult(model, modified=quantized > 0, statistics=statistics)
+        details = {"decisions": list(order), "calibration": self.calibration}
+        return SpaPassResult(model, quantized > 0, statistics, details)
 
     def _check_float_model(self, placement: _Placement) -> None:
         if placement.non_float and not placement.plans:

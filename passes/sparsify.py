@@ -17,7 +17,7 @@ weights, integer weights, ``MatMulNBits`` / ``spa.GroupSparseQuantMatMul``
 (already quantized). Only the main graph is rewritten.
 
 ``method="sparsegpt"`` uses ``hessians`` (activation name -> ``H[K, K]`` from
-:func:`spa.quant.calibration.collect_hessians`) for MatMul/Gemm; without one
+:func:`spa.calibration.collect_hessians`) for MatMul/Gemm; without one
 (or for Conv, whose im2col Hessian spa does not collect) the mask is by
 magnitude and the decision says so.
 """
@@ -32,8 +32,8 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.errors import UserError
-from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.passes.quantize import input_name, weight_reason
+from spa.pass_manager import SpaPassResult, register_pass
+from spa.passes.quantize import DecidingPass, HessianCalibrated, input_name, weight_reason
 from spa.quant.ir_format import MS_DOMAIN, QuantDecision, op_key
 from spa.quant.sparsity import (
     RUN,
@@ -118,28 +118,16 @@ MATCHERS: dict[tuple[str, str], Matcher] = {
 }
 
 
-class SparsifyingPass(SpaPass):
+class SparsifyingPass(DecidingPass, HessianCalibrated):
     """A pass that records, per candidate node, what it did or why it skipped."""
 
     action = "sparsified"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._decisions: list[SparseDecision] = []
-
-    @property
-    def decisions(self) -> list[SparseDecision]:
-        return list(self._decisions)
 
     def _skip(self, node: ir.Node, reason: str, weight: str = "") -> None:
         self._decisions.append(
             SparseDecision(node.name or "", node.op_type, "skipped", reason, weight)
         )
         logger.debug("skip %s '%s': %s", node.op_type, node.name, reason)
-
-    def _tally(self) -> tuple[int, int]:
-        done = sum(1 for decision in self._decisions if decision.action == self.action)
-        return done, len(self._decisions) - done
 
 
 @register_pass
@@ -167,12 +155,17 @@ class Sparsify2to4Pass(SparsifyingPass):
             raise UserError(f"method '{method}': choose one of {', '.join(SPARSIFY_METHODS)}")
         self.method, self.block, self.percdamp = method, block, percdamp
         self._hessians = dict(hessians or {})
-        if method == "magnitude":
-            self.calibration = "not needed (magnitude)"
-        elif hessians:
-            self.calibration = f"hessians for {len(self._hessians)} activations"
-        else:
-            self.calibration = "none (data-free: H = I, SparseGPT reduces to magnitude)"
+        self.calibration = self._calibration_label(self._hessians)
+
+    def _wants_hessians(self) -> bool:
+        return self.method == "sparsegpt"
+
+    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
+        if self.method == "magnitude":
+            return "not needed (magnitude)"
+        if hessians:
+            return f"hessians for {len(hessians)} activations"
+        return "none (data-free: H = I, SparseGPT reduces to magnitude)"
 
     def _prune(self, target: _Target, array: np.ndarray) -> tuple[np.ndarray, str]:
         matrix = reduction_first(array, target.axis)  # [reduction, rest]
@@ -233,4 +226,4 @@ class Sparsify2to4Pass(SparsifyingPass):
             "nodes_skipped": skipped,
             "sparsity": zeros / elements if elements else 0.0,
         }
-        return SpaPassResult(model, modified=done > 0, statistics=statistics)
+        return SpaPassResult(model, done > 0, statistics, self._details())

@@ -8,14 +8,18 @@ so neither is a hard dependency: ``pip install 'spa[cpu]'`` or ``'spa[gpu]'``.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import onnx
 
 from spa.errors import UserError
 
-__all__ = ["import_onnxruntime", "symbolic_shape_inference"]
+__all__ = ["create_session", "import_onnxruntime", "symbolic_shape_inference"]
 
 
 def import_onnxruntime() -> ModuleType:
@@ -40,3 +44,27 @@ def symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="spa-symbolic-") as folder, contextlib.chdir(folder):
         return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+
+
+def create_session(
+    model: str | os.PathLike[str] | bytes,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int = 0,
+) -> Any:
+    """An ORT InferenceSession for a model path (external data allowed) or bytes."""
+    ort = import_onnxruntime()
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(Path(model))
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+        where = "model" if isinstance(model, bytes) else str(model)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise UserError(
+            f"{where}: ONNX Runtime cannot load it ({first_line}); check the model with `spa inspect`"
+        ) from None

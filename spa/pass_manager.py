@@ -6,11 +6,17 @@ A spa pass is an :class:`onnx_ir.passes.InPlacePass` with:
 * ``summary``: one line for ``--print-passes``;
 * keyword-only options (the constructor's arguments), set from a recipe;
 * a result carrying named ``statistics`` (``nodes_removed``, ...), which the
-  report collects.
+  report collects, and ``details`` (per-node decisions, plans) for the
+  workflow that ran it;
+* optionally, :meth:`SpaPass.calibration_request`: the statistics it needs
+  from calibration data, measured by the pipeline (never by the pass, which
+  runs no inference session) and handed over with :meth:`SpaPass.use_calibration`.
 
 :func:`run_passes` runs a list of passes with instruments around each one.
 Instruments observe (timing, node/parameter diffs, IR dumps); passes never
-print or time themselves.
+print or time themselves. The registry of names lives here; the built-in
+passes register themselves when :mod:`spa.passes` is imported (the workflows
+layer does that, see :func:`spa.workflows.recipes.registered_passes`).
 """
 
 from __future__ import annotations
@@ -25,16 +31,19 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
+from spa.calibration import CalibrationRequest, CalibrationResult
+from spa.model_io import save_model
+
 __all__ = [
+    "Calibrator",
     "DumpInstrument",
     "Instrument",
     "PassRecord",
     "SpaPass",
     "SpaPassResult",
     "count_parameters",
-    "get_pass_class",
     "register_pass",
-    "registered_passes",
+    "registry",
     "run_passes",
 ]
 
@@ -48,6 +57,12 @@ class SpaPassResult(ir.passes.PassResult):
     """A pass result with named statistics (counts the report shows)."""
 
     statistics: Statistics = dataclasses.field(default_factory=dict)
+    #: What the workflow may want beyond counts (decisions, plans); not in reports.
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: Measures a request on the model as it is now (see :mod:`spa.workflows.run`).
+Calibrator = Callable[[ir.Model, CalibrationRequest], CalibrationResult]
 
 
 class SpaPass(ir.passes.InPlacePass):
@@ -74,6 +89,13 @@ class SpaPass(ir.passes.InPlacePass):
         """The options this pass was built with (for reports and dumps)."""
         return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
+    def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        """Statistics this pass needs from calibration data on ``model`` (None: none)."""
+        return None
+
+    def use_calibration(self, result: CalibrationResult) -> None:
+        """Receive what :meth:`calibration_request` asked for, before the pass runs."""
+
 
 _REGISTRY: dict[str, type[SpaPass]] = {}
 
@@ -86,22 +108,9 @@ def register_pass(cls: type[SpaPass]) -> type[SpaPass]:
     return cls
 
 
-def registered_passes() -> dict[str, type[SpaPass]]:
-    """Every registered pass by name (imports :mod:`spa.passes` to fill the table)."""
-    import spa.passes  # noqa: F401  (registers the built-in passes)
-
+def registry() -> dict[str, type[SpaPass]]:
+    """The passes registered so far, by name."""
     return dict(sorted(_REGISTRY.items()))
-
-
-def get_pass_class(name: str) -> type[SpaPass]:
-    passes = registered_passes()
-    if name not in passes:
-        from spa.errors import UserError
-
-        raise UserError(
-            f"unknown pass '{name}'; `spa optimize --print-passes` lists the {len(passes)} passes"
-        )
-    return passes[name]
 
 
 def count_parameters(model: ir.Model) -> int:
@@ -131,9 +140,15 @@ class PassRecord:
     params_before: int = 0
     params_after: int = 0
     statistics: Statistics = dataclasses.field(default_factory=dict)
+    #: The pass's own result details (decisions, plans); kept out of reports.
+    details: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "details"
+        }
 
 
 class Instrument:
@@ -154,8 +169,6 @@ class DumpInstrument(Instrument):
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def after_pass(self, record: PassRecord, model: ir.Model) -> None:
-        from spa.model_io import save_model
-
         save_model(model, self.folder / f"{record.index:02d}-{record.name}.onnx")
 
 
@@ -165,11 +178,15 @@ def run_passes(
     *,
     instruments: Sequence[Instrument] = (),
     on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    calibrator: Calibrator | None = None,
 ) -> list[PassRecord]:
     """Run ``passes`` in order on ``model`` (in place); return one record per pass.
 
     Timing and node/parameter diffs are always recorded; ``instruments`` add
     more (IR dumps). ``on_pass_end(record, total)`` lets a caller show progress.
+    A pass that asks for calibration statistics gets them from ``calibrator``
+    on the model as it is just before the pass (the time counts as the pass's);
+    without a calibrator it runs on its own fallback (data-free, or an error).
     """
     records: list[PassRecord] = []
     for index, spa_pass in enumerate(passes, start=1):
@@ -178,12 +195,16 @@ def run_passes(
         for instrument in instruments:
             instrument.before_pass(record, model)
         start = time.perf_counter()
+        request = spa_pass.calibration_request(model)
+        if request is not None and not request.empty and calibrator is not None:
+            spa_pass.use_calibration(calibrator(model, request))
         result = spa_pass(model)
         record.seconds = time.perf_counter() - start
         model = result.model
         record.modified = result.modified
         if isinstance(result, SpaPassResult):
             record.statistics = dict(result.statistics)
+            record.details = result.details
         record.nodes_after, record.params_after = count_nodes(model), count_parameters(model)
         for instrument in instruments:
             instrument.after_pass(record, model)

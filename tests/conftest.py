@@ -12,6 +12,13 @@ from onnx import numpy_helper
 
 from spa.cli.main import cli
 
+#: Tests that read Fashion-MNIST from Debian's dataset-fashion-mnist skip, naming the install,
+#: where it is missing (the README's test command installs it where apt-get can).
+needs_fashion_mnist = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist",
+)
+
 
 def mlp_model(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
     """X[N,8] -> MatMul -> Add -> Relu -> MatMul -> Identity -> Y[N,4], random weights."""

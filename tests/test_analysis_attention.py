@@ -128,8 +128,8 @@ g (float[N, 5, 8] x) => (float[N, 5, 8] y) {
 def test_contrib_attention_prunes_heads_and_rewrites_num_heads() -> None:
     import onnx_ir as ir
 
-    from spa.analysis.plan import make_plan
     from spa.passes.prune import apply_plan
+    from spa.pruning.plan import make_plan
 
     proto = model_from_text(
         CONTRIB_ATTENTION, {"wqkv": (8, 24), "bqkv": (24,), "bg": (8,), "wo": (8, 8)}
@@ -184,7 +184,7 @@ g (float[N, 3, 8] x, float[N, 2, P, 2] past_key) => (float[N, 3, 8] y, float[N, 
 
 def test_kv_cache_heads_prune_with_consistent_past_and_present(tmp_path) -> None:
     from spa.model_io import load_proto
-    from spa.prune import prune_model
+    from spa.workflows.prune import prune_model
 
     constants = {"heads": np.array([0, 3, 2, 2]), "merged": np.array([0, 3, 4])}
     proto = model_from_text(

@@ -20,8 +20,8 @@ from onnx import numpy_helper
 
 import spa.passes.constant_folding as constant_folding
 from spa.model_io import load_model
-from spa.pass_manager import get_pass_class, run_passes
-from spa.recipes import build_passes, load_recipe
+from spa.pass_manager import run_passes
+from spa.workflows.recipes import build_passes, get_pass_class, load_recipe
 from tests.analysis_helpers import model_from_text
 
 HEADER = '<ir_version: 9, opset_import: ["" : 17]>'

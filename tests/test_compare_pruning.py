@@ -11,10 +11,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from tests.conftest import needs_fashion_mnist
 
 SCRIPT = Path(__file__).resolve().parent.parent / "models" / "compare_pruning.py"
 
 
+@needs_fashion_mnist
 def test_small_table_has_every_spa_criterion_at_both_budgets(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--small", "--beds", "fashion_cnn", "--tools", "spa",

@@ -14,13 +14,14 @@ import pytest
 from onnx import numpy_helper
 
 from spa.analysis import analyze, prepare
-from spa.analysis.plan import Plan, make_plan
-from spa.criteria import allocate, score_group
-from spa.criteria.calibrate import gather_statistics
-from spa.criteria.proxy import proxy_moments
+from spa.calibration import collect_channel_statistics
 from spa.errors import UserError
-from spa.prune import prune_model
-from spa.quant.calibration import collect_channel_statistics
+from spa.pruning.allocation import allocate
+from spa.pruning.scores import score_group
+from spa.pruning.plan import Plan, make_plan
+from spa.pruning.proxy import proxy_moments
+from spa.pruning.statistics import gather_statistics
+from spa.workflows.prune import prune_model
 
 # x[N,3] -> MatMul w1 [3,4] -> Relu -> MatMul w2 [4,2] -> y: one 4-channel group
 W1 = np.array([[1, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 4]], dtype=np.float32)
@@ -496,7 +497,7 @@ def test_cli_needs_calib_and_accepts_npz(run_cli, tmp_path: Path) -> None:
         "--calib",
         tmp_path / "no.npz",
     )
-    assert missing.exit_code == 1 and "(nothing is there)" in missing.output
+    assert missing.exit_code == 1 and "no such file or folder" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
     np.savez(tmp_path / "calib.npz", x=CALIB)
     report = tmp_path / "r.json"

@@ -454,7 +454,7 @@ def test_sparsify_gqsa_bad_options_one_line_exit_1(
 
 
 def test_sparsify_converts_old_opsets_for_the_reference_form(tmp_path: Path) -> None:
-    from spa.quant.sparsify_api import sparsify_model
+    from spa.workflows.sparsify import sparsify_model
 
     _, weights = _mlp()
     source = tmp_path / "old.onnx"

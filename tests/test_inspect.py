@@ -1,4 +1,4 @@
-"""spa.inspect: facts read from the graph alone, external data never read."""
+"""spa.stats.inspect: facts read from the graph alone, external data never read."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from spa import inspect as spa_inspect
+from spa.stats import inspect as spa_inspect
 from spa.errors import UserError
-from spa.inspect import OpCount, UnknownOp, ValueInfo, inspect_model, render_model_info
+from spa.stats.inspect import OpCount, UnknownOp, ValueInfo, inspect_model, render_model_info
 
 MODEL_TEXT = """
 <ir_version: 9, opset_import: ["" : 18, "local" : 1, "com.microsoft" : 1],

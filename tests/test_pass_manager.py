@@ -10,8 +10,8 @@ import onnx_ir as ir
 import pytest
 
 from spa.errors import UserError
-from spa.pass_manager import SpaPass, SpaPassResult, registered_passes, run_passes
-from spa.recipes import build_passes, load_recipe
+from spa.pass_manager import SpaPass, SpaPassResult, run_passes
+from spa.workflows.recipes import build_passes, load_recipe, registered_passes
 from tests.conftest import mlp_model
 
 

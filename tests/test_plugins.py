@@ -21,8 +21,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from spa.errors import UserError
-from spa.plugins.bench_cases import write_cases
-from spa.plugins.build import TENSORRT_MISSING, parse_cuda_archs
+from spa.trt.bench_cases import write_cases
+from spa.trt.build import TENSORRT_MISSING, parse_cuda_archs
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"

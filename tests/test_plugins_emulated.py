@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spa.plugins import repack
-from spa.plugins.bench_cases import write_cases, write_gqsa_case
+from spa.trt import repack
+from spa.trt.bench_cases import write_cases, write_gqsa_case
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "plugins" / "emu"

@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
-from spa.plugins import repack
-from spa.plugins.ops import PLUGIN_OPS
 from spa.quant.blockwise import QuantizedWeight
 from spa.quant.packing import pack_matmulnbits
+from spa.trt import repack
+from spa.trt.ops import PLUGIN_OPS
 from tests.test_plugins_repack import gqsa_reference, random_w4, two_four
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "plugins" / "trt" / "contracts"

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa.plugins.repack import (
+from spa.quant.blockwise import QuantizedWeight
+from spa.quant.packing import pack_matmulnbits, pack_qdq, unpack_matmulnbits, unpack_qdq
+from spa.trt.repack import (
     GQSAArrays,
     dequantize_gqsa,
     repack_w4_gqsa,
@@ -19,8 +21,6 @@ from spa.plugins.repack import (
     unpack_w4_sp24,
     unpack_w4a16,
 )
-from spa.quant.blockwise import QuantizedWeight
-from spa.quant.packing import pack_matmulnbits, pack_qdq, unpack_matmulnbits, unpack_qdq
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 4))  # (K/128, N/16)
 

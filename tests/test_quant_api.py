@@ -14,8 +14,8 @@ from onnx import numpy_helper
 
 from spa.cli.main import SpaGroup
 from spa.cli.quantize_cmd import quantize_command
-from spa.quant.api import quantize_model
 from spa.verify import create_session, run_model
+from spa.workflows.quantize import quantize_model
 
 BLOCK = """
 <ir_version: 10, opset_import: ["" : 21]>

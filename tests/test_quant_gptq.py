@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from spa.calibration import collect_hessians, file_name_for_input, load_calibration
 from spa.errors import UserError
 from spa.quant.blockwise import dequantize, quantize_rtn
-from spa.quant.calibration import collect_hessians, file_name_for_input, load_calibration
 from spa.quant.gptq import gptq_quantize, hessian_error
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spa.quant.api import quantize_model
 from spa.testbeds import shakespeare
+from spa.workflows.quantize import quantize_model
 
 LM = Path(__file__).resolve().parent.parent / "models" / "testbeds" / "shakespeare_lm.onnx"
 WINDOWS = 48

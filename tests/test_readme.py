@@ -67,11 +67,34 @@ def test_run_command_and_python_example(tmp_path: Path) -> None:
 
 
 def test_yaml_recipe_block_is_a_valid_recipe(tmp_path: Path) -> None:
-    from spa.recipes import build_passes, load_recipe
+    from spa.workflows.recipes import build_passes, load_recipe
 
     (block,) = code_blocks("yaml")
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(block)
     assert yaml.safe_load(block)["passes"]
     names = [p.name for p in build_passes(load_recipe(str(recipe_file)))]
-    assert names == ["remove-identity", "fold-constants", "fold-batchnorm", "eliminate-dead-code"]
+    assert names == [
+        "remove-identity", "fold-constants", "fold-batchnorm", "eliminate-dead-code", "prune",
+        "quantize-weights",
+    ]  # fmt: skip
+
+
+def test_yaml_recipe_block_runs_with_calibration(tmp_path: Path, run_cli, mlp_path: Path) -> None:
+    """The README's recipe through `spa optimize --calib` on a small MLP."""
+    import numpy as np
+
+    (block,) = code_blocks("yaml")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(block)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, X=np.random.default_rng(0).standard_normal((4, 2, 8)).astype(np.float32))
+    out = tmp_path / "out.onnx"
+    result = run_cli(
+        "optimize", mlp_path, "-o", out, "--recipe", recipe_file, "--calib", calib,
+        "--cosine", "0.9",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [line.split()[1] for line in result.output.splitlines() if line.startswith("[")][-2:] == [
+        "prune", "quantize-weights",
+    ]  # fmt: skip

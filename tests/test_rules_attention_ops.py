@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from spa.analysis.plan import make_plan
 from spa.passes.prune import apply_plan
+from spa.pruning.plan import make_plan
 from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
 
 MS = '<ir_version: 10, opset_import: ["" : 21, "com.microsoft" : 1]>'

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa.analysis.rules_ops import parse_einsum
+from spa.analysis.rules.ops import parse_einsum
 from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
 
 HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
@@ -259,8 +259,8 @@ def test_mask_equivalence(case, seed: int) -> None:
 
 
 def test_grouped_and_depthwise_group_attributes_after_pruning() -> None:
-    from spa.analysis.plan import make_plan
     from spa.passes.prune import apply_plan
+    from spa.pruning.plan import make_plan
 
     cases = (
         (GROUPED_CONV, 2),
@@ -303,7 +303,7 @@ def test_torchscript_shape_arithmetic_is_read() -> None:
     import onnx_ir as ir
 
     from spa.analysis import prepare
-    from spa.analysis.rules import RuleContext
+    from spa.analysis.rules.registry import RuleContext
     from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
 
     text = f"""{HEADER}

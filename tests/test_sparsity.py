@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from spa.errors import UserError
-from spa.inspect import inspect_model, render_model_info
-from spa.pass_manager import get_pass_class
 from spa.passes.sparsify import Sparsify2to4Pass
 from spa.quant.gqsa import layer_error
-from spa.quant.sparsify_api import sparsify_model
 from spa.quant.sparsity import is_2to4, magnitude_2to4, reduction_first, sparsegpt_2to4
+from spa.stats.inspect import inspect_model, render_model_info
+from spa.workflows.recipes import get_pass_class
+from spa.workflows.sparsify import sparsify_model
 
 MODEL = """
 <ir_version: 10, opset_import: ["" : 21]>

@@ -15,8 +15,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from spa.errors import UserError
-from spa.prune import prune_model
 from spa.testbeds import fashion_mnist, shakespeare
+from spa.workflows.prune import prune_model
+from tests.conftest import needs_fashion_mnist
 
 TESTBEDS = Path(__file__).resolve().parent.parent / "models" / "testbeds"
 LM = TESTBEDS / "shakespeare_lm.onnx"
@@ -117,6 +118,7 @@ def test_lm_fixture_heldout_perplexity_matches_its_record() -> None:
 # --- Fashion-MNIST ---------------------------------------------------------------------------
 
 
+@needs_fashion_mnist
 def test_fashion_mnist_splits() -> None:
     train_images, train_labels = fashion_mnist.load("train")
     test_images, test_labels = fashion_mnist.load("test")
@@ -130,6 +132,7 @@ def test_fashion_mnist_splits() -> None:
         fashion_mnist.load("validation")
 
 
+@needs_fashion_mnist
 def test_fashion_mnist_calibration_feeds() -> None:
     feeds = fashion_mnist.calibration_feeds(5, seed=1)
     again = fashion_mnist.calibration_feeds(5, seed=1)
@@ -142,6 +145,7 @@ def test_fashion_mnist_calibration_feeds() -> None:
         assert (train_images == feed["images"]).all(axis=(1, 2, 3)).any()
 
 
+@needs_fashion_mnist
 def test_accuracy_of_a_constant_model() -> None:
     table = np.zeros((2, 10))
     table[:, 3] = 1.0  # every image -> class 3, which is a tenth of the test split
@@ -172,6 +176,7 @@ def test_fashion_mnist_missing_package(tmp_path: Path, monkeypatch) -> None:
         fashion_mnist._load.cache_clear()
 
 
+@needs_fashion_mnist
 def test_cnn_fixture_accuracy_matches_its_record() -> None:
     recorded = facts("fashion_cnn")
     accuracy = fashion_mnist.accuracy(CNN, "test")

@@ -12,8 +12,8 @@ import onnx
 import pytest
 
 from spa import zoo
-from spa.optimize import optimize
 from spa.verify import AllClose
+from spa.workflows.optimize import optimize
 
 ENTRIES = zoo.entries()
 

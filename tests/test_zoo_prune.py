@@ -18,8 +18,8 @@ import pytest
 from spa import zoo
 from spa.analysis.groups import reason_kind
 from spa.model_io import load_proto
-from spa.prune import prune_model
 from spa.verify import AllClose, create_session, input_specs, make_feeds
+from spa.workflows.prune import prune_model
 
 ENTRIES = zoo.entries()
 

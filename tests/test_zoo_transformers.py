@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from spa import zoo
-from spa.prune import prune_model
 from spa.verify import AllClose
+from spa.workflows.prune import prune_model
 
 
 def _prune(name: str, tmp_path: Path, ratio: float = 0.5):

@@ -2,7 +2,7 @@
 //
 //   harness [--cases DIR] [--out results.json] [--quick]
 //
-// 1. Layout check: for each case written by `python -m spa.plugins.bench_cases DIR`
+// 1. Layout check: for each case written by `python -m spa.trt.bench_cases DIR`
 //    (spa's Python repackers), the device dequantizer of the layout must equal
 //    spa's FP32 dequantized weight exactly; this ties the Python side to the
 //    harness's reference.
@@ -304,7 +304,7 @@ void upload_file(DeviceBuffer<T>& buffer, const std::string& path) {
   CHECK_CUDA(cudaMemcpy(buffer.ptr, raw.data(), raw.size(), cudaMemcpyHostToDevice));
 }
 
-// cases.txt lines: kernel K N group_size nnz prefix (files prefix.*.bin from spa.plugins.bench_cases).
+// cases.txt lines: kernel K N group_size nnz prefix (files prefix.*.bin from spa.trt.bench_cases).
 void run_cases(Context& ctx, const std::string& dir) {
   std::ifstream manifest(dir + "/cases.txt");
   if (!manifest) { std::fprintf(stderr, "no %s/cases.txt\n", dir.c_str()); std::exit(2); }

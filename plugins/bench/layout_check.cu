@@ -1,7 +1,7 @@
 // CPU-only check (no GPU needed): the harness's layout readers
 // (harness_util.cuh, the same __host__ __device__ code the harness runs on
 // the GPU as its reference) reproduce, bit for bit, the FP32 weights spa's
-// Python repackers wrote with `python -m spa.plugins.bench_cases DIR`.
+// Python repackers wrote with `python -m spa.trt.bench_cases DIR`.
 //
 //   layout_check DIR      exit 0 when every case matches
 #include <cstdio>

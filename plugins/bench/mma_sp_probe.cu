@@ -141,7 +141,7 @@ int main() {
   }
   if (match > 0) {
     std::printf("FAILED | mma.sp probe: the tensor cores read the metadata as %s, not H0; change "
-                "spa/plugins/repack.py repack_w4_sp24 (and unpack_w4_sp24, plugins/emu/spa_emu.h "
+                "spa/trt/repack.py repack_w4_sp24 (and unpack_w4_sp24, plugins/emu/spa_emu.h "
                 "mma_sp_m16n8k32, plugins/bench/harness_util.cuh) to that reading\n", names[match]);
     return 3;
   }

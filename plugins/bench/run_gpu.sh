@@ -49,14 +49,14 @@ for pid in "${pids[@]}"; do wait "$pid"; done  # not a bare `wait`: it would als
 echo "built in $(( $(date +%s) - start ))s"
 
 # spa's layout cases: $SPA_CASES or $BUILD/cases when already written (e.g.
-# carried from the CPU machine: python -m spa.plugins.bench_cases --small DIR),
+# carried from the CPU machine: python -m spa.trt.bench_cases --small DIR),
 # else written here (needs python3 + numpy).
 CASES_DIR=${SPA_CASES:-$BUILD/cases}
 CASES=()
 if [ -f "$CASES_DIR/cases.txt" ]; then
   echo "using the layout cases in $CASES_DIR"
   CASES=(--cases "$CASES_DIR")
-elif python3 -c 'import numpy' 2>/dev/null && PYTHONPATH=. python3 -m spa.plugins.bench_cases "$CASES_DIR"; then
+elif python3 -c 'import numpy' 2>/dev/null && PYTHONPATH=. python3 -m spa.trt.bench_cases "$CASES_DIR"; then
   CASES=(--cases "$CASES_DIR")
 else
   echo "warning: python3 with numpy/spa not available; skipping spa's layout cases (random-weight checks still run)"

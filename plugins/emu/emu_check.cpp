@@ -1,6 +1,6 @@
 // Runs every spa kernel, through its C launcher, on the host emulation
 // (spa_emu.h) against an FP64 GEMM of the dense weight that spa's Python
-// repackers wrote (`python -m spa.plugins.bench_cases DIR`), the same cases
+// repackers wrote (`python -m spa.trt.bench_cases DIR`), the same cases
 // the GPU harness checks.
 //
 //   emu_check DIR [--kernels w4a16,w4_sp24,w4_gqsa] [--m 1,2,4] [--splits 1,2,0,-1]
@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
   }
   std::ifstream manifest(dir + "/cases.txt");
   if (!manifest) {
-    std::fprintf(stderr, "no %s/cases.txt (write it with: python -m spa.plugins.bench_cases %s)\n", dir.c_str(),
+    std::fprintf(stderr, "no %s/cases.txt (write it with: python -m spa.trt.bench_cases %s)\n", dir.c_str(),
                  dir.c_str());
     return 2;
   }

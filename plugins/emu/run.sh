@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the spa kernels for the host emulation (spa_emu.h) under a sanitizer
-# and run emu_check on a cases folder written by `python -m spa.plugins.bench_cases`.
+# and run emu_check on a cases folder written by `python -m spa.trt.bench_cases`.
 #
 #   plugins/emu/run.sh [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]
 #   plugins/emu/run.sh [--sanitizer ...] [--build-dir DIR] --probe    (plugins/bench/mma_sp_probe.cu)

@@ -6,7 +6,7 @@
  * the first cudaError_t it met (cudaSuccess when the work was queued).
  *
  * Common conventions (see plugins/README.md for the packed layouts, which
- * spa/plugins/repack.py writes and tests against a NumPy reference):
+ * spa/trt/repack.py writes and tests against a NumPy reference):
  *   Y[M, N] = A[M, K] @ W[K, N], A and Y row-major in `dtype`,
  *   W given in a kernel-specific packed INT4 layout with FP16 scales.
  *   `workspace` is device memory of at least *_workspace_size() bytes (FP32

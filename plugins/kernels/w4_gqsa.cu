@@ -2,7 +2,7 @@
 // column n keeps a few groups of g consecutive k (block-sparse-row over W^T,
 // docs/formats.md section (c)) and each kept group is INT4 with one FP16 scale.
 //
-// Kernel layout (spa/plugins/repack.py, README "w4_gqsa"): values as uint32
+// Kernel layout (spa/trt/repack.py, README "w4_gqsa"): values as uint32
 // words [nnz, g/8] in dequant order, group_idx uint16 [nnz] (the ONNX op's
 // int32 col_idx, halved: 2 B instead of 4 per 8-B group keeps the floor at
 // 0.75 B per kept weight for g = 16), row_ptr int32 [N+1], scales fp16 [nnz].

@@ -2,7 +2,7 @@
 // u = q + 8) with one FP16 scale per 128 rows of K per output column.
 //
 // Design (Marlin-class, see plugins/README.md for the numbers it aims at):
-// * Offline repacking (spa/plugins/repack.py) stores W^T in 16x16 tiles,
+// * Offline repacking (spa/trt/repack.py) stores W^T in 16x16 tiles,
 //   int32 [N/16, K/16, 32]: the 32 words of a tile are exactly the A-operand
 //   fragments of one mma.m16n8k16 (lane l's word), nibbles in "dequant order"
 //   (spa_device.cuh), so a warp turns 4 bytes per lane into tensor-core

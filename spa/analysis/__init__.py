@@ -96,7 +96,7 @@ def _refine_computed_reshapes(model: ir.Model) -> bool:
     """
     import onnx_ir as ir
 
-    from spa.analysis.rules import RuleContext
+    from spa.analysis.rules.registry import RuleContext
     from spa.analysis.shape_exprs import evaluate_target, resolve_target
 
     context = RuleContext()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
-from spa.analysis.rules import RuleContext
+from spa.analysis.rules.registry import RuleContext
 
 __all__ = ["CopiedDim", "Entry", "evaluate_target", "resolve_target"]
 

@@ -6,21 +6,36 @@ it feeds (``--int-range`` -> ``int_ranges``).
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.errors import UserError
+from spa.pruning.criteria import ALLOCATIONS, CRITERIA, REDUCTIONS
+
 __all__ = [
     "EXIT_USER_ERROR",
     "EXIT_VERIFY_FAILED",
+    "calib_option",
     "check_calib_exists",
+    "command_line",
+    "criterion_arguments",
+    "criterion_options",
+    "dump_dir_option",
     "input_arguments",
     "input_options",
     "parse_dims",
     "parse_int_ranges",
     "parse_shapes",
+    "policy_from",
+    "print_pass_line",
+    "prunable_io_option",
+    "report_option",
     "tolerance_options",
 ]
 
@@ -68,6 +83,90 @@ def input_options(function: F) -> F:
     )(function)
 
 
+def command_line() -> str:
+    """The command as the user typed it (for reports)."""
+    return " ".join(shlex.quote(arg) for arg in ["spa", *sys.argv[1:]])
+
+
+def print_pass_line(record: Any, total: int) -> None:
+    """``[2/7] fold-constants   0.03 s  -4 nodes  nodes_folded=4`` after each pass."""
+    delta = record.nodes_after - record.nodes_before
+    stats = " ".join(f"{key}={value}" for key, value in record.statistics.items() if value)
+    click.echo(
+        f"[{record.index}/{total}] {record.name:26s} {record.seconds:6.2f} s  {delta:+d} nodes  {stats}".rstrip()
+    )
+
+
+#: ``--calib``: one definition for every command that calibrates.
+calib_option = click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    help="Calibration inputs: an .npz (input name -> samples) or a folder of <input>.npy "
+    "(leading sample axis).",
+)
+#: ``--dump-dir``: the model after each pass.
+dump_dir_option = click.option(
+    "--dump-dir", type=click.Path(path_type=Path), help="Save the model after each pass here."
+)
+#: ``--report``: the JSON report.
+report_option = click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
+)
+#: ``--prunable-io``: graph inputs/outputs that may shrink.
+prunable_io_option = click.option(
+    "--prunable-io",
+    default=DEFAULT_PRUNABLE_IO,
+    show_default=True,
+    help="Regex of graph inputs/outputs that may shrink ('' freezes all).",
+)
+
+
+def criterion_options(function: F) -> F:
+    """``--criterion --reduction --bias-compensation --allocation --max-group-ratio``
+    (the pruning policy; ``--calib`` comes from :data:`calib_option`)."""
+    return _compose(
+        click.option(
+            "--criterion",
+            type=click.Choice(CRITERIA),
+            default="l1",
+            show_default=True,
+            help="Channel importance (wanda_sp, flap, obs need --calib; see docs/criteria.md).",
+        ),
+        click.option(
+            "--reduction",
+            type=click.Choice(REDUCTIONS),
+            default="sum",
+            show_default=True,
+            help="How a slice's weights reduce to one number (l1, l2, lamp).",
+        ),
+        click.option(
+            "--bias-compensation",
+            is_flag=True,
+            help="Fold the removed channels' mean into the consumers' biases.",
+        ),
+        click.option(
+            "--allocation",
+            type=click.Choice(ALLOCATIONS),
+            default="uniform",
+            show_default=True,
+            help="Ratio per group, one global ranking, or a ranking per shape class.",
+        ),
+        click.option(
+            "--max-group-ratio",
+            type=float,
+            default=0.9,
+            show_default=True,
+            help="No group loses more than this share of its channels.",
+        ),
+    )(function)
+
+
+def criterion_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """The pruning-policy keywords of the library, taken from ``criterion_options``."""
+    names = ("criterion", "reduction", "bias_compensation", "allocation", "max_group_ratio")
+    return {name: options.pop(name) for name in names}
+
+
 def tolerance_options(rtol: float = 1e-5) -> Callable[[F], F]:
     """How outputs are compared: --rtol/--atol, or --cosine, or --exact."""
     return _compose(
@@ -97,8 +196,6 @@ def tolerance_options(rtol: float = 1e-5) -> Callable[[F], F]:
 
 def check_calib_exists(calib: Path | None) -> None:
     """One-line error when ``--calib`` names nothing on disk."""
-    from spa.errors import UserError
-
     if calib is not None and not calib.exists():
         raise UserError(
             f"--calib {calib}: no such file or folder; give an .npz or a folder of .npy"
@@ -123,8 +220,6 @@ def parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 
 
 def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
-    from spa.errors import UserError
-
     dims: dict[str, int] = {}
     for value in values:
         name, sep, size = value.partition("=")
@@ -135,8 +230,6 @@ def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
 
 
 def parse_int_ranges(values: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    from spa.errors import UserError
-
     ranges: dict[str, tuple[int, int]] = {}
     for value in values:
         parts = value.rsplit(":", 2)

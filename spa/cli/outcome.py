@@ -38,7 +38,7 @@ def finish(result: Any, lines: list[str], verdict: str, report_path: Path | None
     if result.verification is not None:
         click.echo(result.verification.render())
     if report_path is not None:
-        from spa.report import write_report
+        from spa.stats.report import write_report
 
         write_report(result.as_dict(), report_path)
     click.echo(verdict)

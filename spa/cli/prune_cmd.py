@@ -1,4 +1,4 @@
-"""``spa analyze`` and ``spa prune``."""
+"""``spa prune``: structured pruning (the ``prune`` pass through the pipeline)."""
 
 from __future__ import annotations
 
@@ -7,136 +7,25 @@ from typing import Any
 
 import click
 
-from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.cli.analyze_cmd import render_groups
 from spa.cli.options import (
     EXIT_VERIFY_FAILED,
+    calib_option,
+    check_calib_exists,
+    command_line,
+    criterion_arguments,
+    criterion_options,
+    dump_dir_option,
     input_arguments,
     input_options,
     policy_from,
+    print_pass_line,
+    prunable_io_option,
+    report_option,
     tolerance_options,
 )
 
-__all__ = [
-    "analyze_command",
-    "criterion_arguments",
-    "criterion_options",
-    "prune_command",
-    "render_groups",
-]
-
-CRITERIA = ("random", "l1", "l2", "bn_scale", "lamp", "wanda_sp", "flap", "obs", "obspa")
-
-
-def criterion_options(function: Any) -> Any:
-    """``--criterion --reduction --bias-compensation --calib --allocation --max-group-ratio``."""
-    options = [
-        click.option(
-            "--criterion",
-            type=click.Choice(CRITERIA),
-            default="l1",
-            show_default=True,
-            help="Channel importance (wanda_sp, flap, obs need --calib; see docs/criteria.md).",
-        ),
-        click.option(
-            "--reduction",
-            type=click.Choice(["sum", "mean", "max"]),
-            default="sum",
-            show_default=True,
-            help="How a slice's weights reduce to one number (l1, l2, lamp).",
-        ),
-        click.option(
-            "--bias-compensation",
-            is_flag=True,
-            help="Fold the removed channels' mean into the consumers' biases.",
-        ),
-        click.option(
-            "--calib",
-            "calibration",
-            type=click.Path(path_type=Path),
-            help="Calibration inputs: an .npz (input name -> samples) or a folder of .npy.",
-        ),
-        click.option(
-            "--allocation",
-            type=click.Choice(["uniform", "global", "same-shape"]),
-            default="uniform",
-            show_default=True,
-            help="Ratio per group, one global ranking, or a ranking per shape class.",
-        ),
-        click.option(
-            "--max-group-ratio",
-            type=float,
-            default=0.9,
-            show_default=True,
-            help="No group loses more than this share of its channels.",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def criterion_arguments(options: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``prune_model`` taken from ``criterion_options``."""
-    names = (
-        "criterion",
-        "reduction",
-        "bias_compensation",
-        "calibration",
-        "allocation",
-        "max_group_ratio",
-    )
-    return {name: options.pop(name) for name in names}
-
-
-def render_groups(analysis: Any, limit: int | None = None) -> str:
-    """A table of groups with parameters: id, channels, members, status, reason."""
-    rows = [g for g in analysis.groups if g.parameters]
-    lines = [f"{'group':>5}  {'channels':>8}  {'members':>7}  {'status':9}  reason / root"]
-    for group in rows[:limit]:
-        status = "prunable" if group.prunable else ("frozen" if group.frozen else "fixed")
-        detail = (
-            group.frozen_reasons[0] if group.frozen else f"{group.root[0]} axis {group.root[1]}"
-        )
-        lines.append(
-            f"{group.id:>5}  {group.size:>8}  {len(group.members):>7}  {status:9}  {detail}"
-        )
-    if limit is not None and len(rows) > limit:
-        lines.append(f"  … {len(rows) - limit} more groups (use --json for all)")
-    prunable = len(analysis.prunable_groups())
-    frozen = sum(1 for g in rows if g.frozen)
-    lines.append(f"groups with parameters: {len(rows)} | prunable {prunable} | frozen {frozen}")
-    for reason, count in analysis.frozen_reason_counts().items():
-        lines.append(f"  frozen: {count:4d} x {reason}")
-    return "\n".join(lines)
-
-
-@click.command("analyze")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), help="Write every group here."
-)
-@click.option("--limit", type=int, default=40, show_default=True, help="Rows shown in the table.")
-@click.option(
-    "--prunable-io",
-    default=DEFAULT_PRUNABLE_IO,
-    show_default=True,
-    help="Regex of graph inputs/outputs that may shrink ('' freezes all).",
-)
-def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io: str) -> None:
-    """Channel groups of MODEL: which can be pruned, and why the others cannot."""
-    from spa.prune import analyze_file
-
-    analysis = analyze_file(model, prunable_io or None)
-    click.echo(render_groups(analysis, limit))
-    if json_path is not None:
-        data = {
-            "fingerprint": analysis.fingerprint,
-            "groups": [group.as_dict() for group in analysis.groups if group.parameters],
-            "frozen_reasons": analysis.frozen_reason_counts(),
-        }
-        from spa.report import write_report
-
-        write_report(data, json_path)
+__all__ = ["prune_command"]
 
 
 @click.command("prune")
@@ -150,6 +39,7 @@ def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io
     help="Share of channels removed per group.",
 )
 @criterion_options
+@calib_option
 @click.option(
     "--round-to", type=int, default=1, show_default=True, help="Keep a multiple of K channels."
 )
@@ -158,16 +48,10 @@ def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io
 )
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Apply a saved plan.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Save the plan used.")
-@click.option(
-    "--prunable-io",
-    default=DEFAULT_PRUNABLE_IO,
-    show_default=True,
-    help="Regex of graph inputs/outputs that may shrink ('' freezes all).",
-)
+@prunable_io_option
 @click.option("--verify", is_flag=True, help="Check mask equivalence in ORT (exit 3 if it fails).")
-@click.option(
-    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report."
-)
+@report_option
+@dump_dir_option
 @input_options
 @tolerance_options(rtol=1e-4)
 def prune_command(
@@ -181,6 +65,8 @@ def prune_command(
     prunable_io: str,
     verify: bool,
     report_path: Path | None,
+    dump_dir: Path | None,
+    calib: Path | None,
     seed: int,
     shapes: tuple[str, ...],
     dims: tuple[str, ...],
@@ -192,9 +78,9 @@ def prune_command(
     **criteria: Any,
 ) -> None:
     """Remove channels from MODEL (structured pruning) and write -o."""
-    from spa.cli.main import command_line
-    from spa.prune import prune_model
+    from spa.workflows.prune import prune_model
 
+    check_calib_exists(calib)
     result = prune_model(
         model,
         output,
@@ -211,6 +97,9 @@ def prune_command(
         report_path=report_path,
         command=command_line(),
         prunable_io=prunable_io or None,
+        calibration=calib,
+        dump_dir=dump_dir,
+        on_pass_end=print_pass_line,
     )
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")

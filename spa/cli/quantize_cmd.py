@@ -1,6 +1,6 @@
 """``spa quantize``: weight-only int4/int8 block quantization (thin face over
-:func:`spa.quant.api.quantize_model`) and, with ``--activations int8|fp8``,
-static QDQ quantization (:func:`spa.quant.static_api.quantize_static_model`).
+:func:`spa.workflows.quantize.quantize_model`) and, with ``--activations int8|fp8``,
+static QDQ quantization (:func:`spa.workflows.quantize_static.quantize_static_model`).
 Every option is described in ``docs/quantization.md``."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from spa.cli.options import check_calib_exists, input_arguments, input_options
+from spa.cli.options import (
+    calib_option,
+    check_calib_exists,
+    dump_dir_option,
+    input_arguments,
+    input_options,
+    print_pass_line,
+    report_option,
+)
 from spa.cli.outcome import finish, human_size, verdict_tail
 
 __all__ = [
@@ -194,11 +202,7 @@ def _check_mode(
 @click.option(
     "--symmetric/--asymmetric", default=True, show_default=True, help="Zero points or not."
 )
-@click.option(
-    "--calib",
-    type=click.Path(path_type=Path),
-    help="GPTQ or static calibration data: .npz or folder of <input>.npy (leading sample axis).",
-)
+@calib_option
 @click.option(
     "--calib-samples", type=int, default=None, help="Use at most this many calibration samples."
 )
@@ -208,17 +212,18 @@ def _check_mode(
 @click.option(
     "--target", type=click.Choice(["ort", "tensorrt", "onnx"]), default="ort", show_default=True
 )
-@click.option(
-    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
-)
+@report_option
+@dump_dir_option
 @click.option(
     "--verify/--no-verify", default=True, show_default=True, help="Compare outputs in ORT CPU."
 )
 @click.option(
+    "--cosine",
     "--min-cosine",
+    "min_cosine",
     type=float,
     default=None,
-    help="Verification threshold [default: 0.9999 int8, 0.98 int4, 0.99 static].",
+    help="Verification: every output's cosine >= this [default: 0.9999 int8, 0.98 int4, 0.99 static].",
 )
 @input_options
 def quantize_command(
@@ -239,6 +244,7 @@ def quantize_command(
     act_order: bool,
     target: str,
     report_path: Path | None,
+    dump_dir: Path | None,
     verify: bool,
     min_cosine: float | None,
     seed: int,
@@ -249,7 +255,7 @@ def quantize_command(
     """Quantize MatMul/Gemm weights of MODEL to int4/int8 blocks (or, with
     --activations, static INT8/FP8 QDQ) and write -o."""
     from spa.errors import UserError
-    from spa.quant.api import quantize_model
+    from spa.workflows.quantize import quantize_model
 
     _check_mode(click.get_current_context(), activations, weights, method)
     if activations is not None:
@@ -257,8 +263,7 @@ def quantize_command(
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
-            verify, min_cosine,
-            seed, input_arguments(shapes, dims, int_ranges),
+            verify, min_cosine, seed, input_arguments(shapes, dims, int_ranges), dump_dir,
         )  # fmt: skip
         return
     weights = weights or "int4"
@@ -269,7 +274,8 @@ def quantize_command(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
-        **input_arguments(shapes, dims, int_ranges),
+        **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
+        on_pass_end=print_pass_line,
     )  # fmt: skip
     finish(result, render_decisions(result), verdict_line(result), report_path)
 
@@ -278,16 +284,17 @@ def _static(
     model: Path, output: Path, activations: str, weights: str | None, calib: Path | None,
     calib_method: str, percentile: float, quantize_norms: bool, quantize_bmm: bool,
     quantize_residual_matmul: bool, calib_samples: int | None, report_path: Path | None, verify: bool,
-    min_cosine: float | None, seed: int, inputs: dict[str, Any],
+    min_cosine: float | None, seed: int, inputs: dict[str, Any], dump_dir: Path | None,
 ) -> None:  # fmt: skip
-    from spa.quant.static_api import quantize_static_model
+    from spa.workflows.quantize_static import quantize_static_model
 
     result = quantize_static_model(
         model, output, activations=activations, weights=weights, calib=calib,
         calib_method=calib_method, percentile=percentile, quantize_norms=quantize_norms,
         quantize_bmm=quantize_bmm, quantize_residual_matmul=quantize_residual_matmul,
         max_calibration_samples=calib_samples, seed=seed,
-        verify=verify, min_cosine=min_cosine, **inputs,
+        verify=verify, min_cosine=min_cosine, **inputs, dump_dir=dump_dir,
+        on_pass_end=print_pass_line,
     )  # fmt: skip
     if result.random_calibration:
         click.echo(

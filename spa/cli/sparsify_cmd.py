@@ -1,5 +1,5 @@
 """``spa sparsify``: 2:4 sparsity or GQSA (thin face over
-:func:`spa.quant.sparsify_api.sparsify_model`)."""
+:func:`spa.workflows.sparsify.sparsify_model`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from spa.cli.options import check_calib_exists, input_arguments, input_options
+from spa.cli.options import (
+    calib_option,
+    check_calib_exists,
+    dump_dir_option,
+    input_arguments,
+    input_options,
+    print_pass_line,
+    report_option,
+)
 from spa.cli.outcome import finish, human_size, verdict_tail
 
 __all__ = ["render_sparsify", "sparsify_command", "sparsify_verdict"]
@@ -65,28 +73,29 @@ def sparsify_verdict(result: Any) -> str:
     "--method", type=click.Choice(["magnitude", "sparsegpt"]), default="magnitude",
     show_default=True, help="2:4 mask selection.",
 )  # fmt: skip
-@click.option(
-    "--calib", type=click.Path(path_type=Path),
-    help="Calibration data: .npz or folder of <input>.npy (leading sample axis).",
-)  # fmt: skip
+@calib_option
 @click.option("--calib-samples", type=int, default=None, help="Use at most this many samples.")
 @click.option(
     "--form", type=click.Choice(["reference", "plugin"]), default="reference", show_default=True,
     help="GQSA: standard-ONNX lowering (ORT CPU) or spa.GroupSparseQuantMatMul (TensorRT plugin).",
 )  # fmt: skip
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="JSON report.")
+@report_option
+@dump_dir_option
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check in ORT CPU.")
-@click.option("--verify-cosine", type=float, default=0.9, show_default=True)
+@click.option(
+    "--cosine", "--verify-cosine", "verify_cosine", type=float, default=0.9, show_default=True,
+    help="Verification: every output's cosine >= this.",
+)  # fmt: skip
 @input_options
 def sparsify_command(
     model: Path, output: Path, pattern: str, group: int, sparsity: float | None, bits: int,
     method: str, calib: Path | None, calib_samples: int | None, form: str,
-    report_path: Path | None, verify: bool, verify_cosine: float, seed: int,
+    report_path: Path | None, dump_dir: Path | None, verify: bool, verify_cosine: float, seed: int,
     shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...],
 ) -> None:  # fmt: skip
     """2:4-sparsify or GQSA-quantize MatMul/Gemm(/Conv) weights of MODEL and write -o."""
     from spa.errors import UserError
-    from spa.quant.sparsify_api import sparsify_model
+    from spa.workflows.sparsify import sparsify_model
 
     check_calib_exists(calib)
     if report_path is not None and not report_path.parent.is_dir():
@@ -95,6 +104,7 @@ def sparsify_command(
         model, output, pattern=pattern, group=group, sparsity=sparsity, bits=bits,
         method=method, calib=calib, form=form, seed=seed, verify=verify,
         min_cosine=verify_cosine, max_calibration_samples=calib_samples,
-        **input_arguments(shapes, dims, int_ranges),
+        **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
+        on_pass_end=print_pass_line,
     )  # fmt: skip
     finish(result, render_sparsify(result), sparsify_verdict(result), report_path)

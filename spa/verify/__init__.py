@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from spa.model_io import load_proto
+from spa.ort import create_session
 from spa.progress import track
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
-from spa.verify.runner import create_session, run_model
+from spa.verify.runner import run_model
 from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
 
 __all__ = [

@@ -1,0 +1,258 @@
+"""Rules for Reshape and Flatten: axes coupled through *segments*.
+
+A segment is a run of input and output axes whose products agree (size-1
+axes ignored). A one-to-one segment is an identity; a merge
+``(C, H, W) -> C*H*W`` couples its leading axis by ``Block(C, H*W)``; a split
+``H*D -> (H, D)`` couples the leading output axis (heads) by ``Block(H, D)``.
+Two patterns couple the inner axis instead: a channel shuffle (split, swap the
+two axes, merge back: the within-group position is the channel space) and a
+bidirectional RNN output ``[.., directions, hidden]`` merged (hidden unit j is
+feature j of every direction). Other inner axes stay frozen (the analyzer
+freezes what a rule leaves out). Run-time targets are read by
+:mod:`spa.analysis.shape_exprs`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from spa.analysis.index_maps import Block, Identity, Tile
+from spa.analysis.rules.registry import (
+    Barrier,
+    Coupling,
+    RuleContext,
+    Unconstrained,
+    name,
+    register_rule,
+)
+from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
+
+__all__ = ["reshape_couplings"]
+
+Result = list[Coupling | Barrier | Unconstrained]
+
+
+def _segments(
+    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
+) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of axes with equal products; None when dims do not line up."""
+    segments: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        if in_shape[i] is None or out_shape[j] is None:
+            if in_shape[i] is None and out_shape[j] is None:
+                segments.append(([i], [j]))
+                i, j = i + 1, j + 1
+                continue
+            return None
+        ins, outs = [i], [j]
+        left, right = int(in_shape[i] or 0), int(out_shape[j] or 0)
+        while left != right:
+            if left < right:
+                i += 1
+                if i >= len(in_shape) or in_shape[i] is None:
+                    return None
+                ins.append(i)
+                left *= int(in_shape[i] or 0)
+            else:
+                j += 1
+                if j >= len(out_shape) or out_shape[j] is None:
+                    return None
+                outs.append(j)
+                right *= int(out_shape[j] or 0)
+        segments.append((ins, outs))
+        i, j = i + 1, j + 1
+    return segments
+
+
+def _suffix_segments(
+    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
+) -> list[tuple[list[int], list[int]]] | None:
+    """Symbolic leading dims merged or split (``[B, S, H, D] <-> [B*S, H*D]``): pair
+    the static trailing axes by products from the right; the symbolic prefixes
+    (each must hold a symbolic dim) stay unmapped."""
+    tail_in = _static_tail(in_shape)
+    tail_out = _static_tail(out_shape)
+    while tail_in and tail_out:
+        segments = _segments(in_shape[-tail_in:], out_shape[-tail_out:])
+        if segments is not None:
+            break
+        # shrink the longer-product side until the trailing products agree
+        if math.prod(in_shape[-tail_in:]) > math.prod(out_shape[-tail_out:]):  # type: ignore[arg-type]
+            tail_in -= 1
+        else:
+            tail_out -= 1
+    else:
+        return None
+    prefix_in, prefix_out = (
+        in_shape[: len(in_shape) - tail_in],
+        out_shape[: len(out_shape) - tail_out],
+    )
+    if None not in prefix_in or None not in prefix_out:
+        return None
+    shift_in, shift_out = len(in_shape) - tail_in, len(out_shape) - tail_out
+    return [([a + shift_in for a in ins], [b + shift_out for b in outs]) for ins, outs in segments]
+
+
+def _static_tail(shape: Sequence[int | None]) -> int:
+    """How many trailing dims are static."""
+    count = 0
+    for dim in reversed(shape):
+        if dim is None:
+            break
+        count += 1
+    return count
+
+
+def reshape_couplings(
+    x: ir.Value,
+    y: ir.Value,
+    context: RuleContext,
+    what: str,
+    out_dims: Sequence[int | None] | None = None,
+) -> Result:
+    in_shape = context.shape(x)
+    out_shape = tuple(out_dims) if out_dims is not None else context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
+    segments = _segments(in_shape, out_shape)
+    if segments is None:
+        segments = _suffix_segments(in_shape, out_shape)
+    if segments is None:
+        return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
+    out: Result = []
+    for all_ins, all_outs in segments:
+        # size-1 axes carry no channels: [B, 1, C] -> [B, C] is an identity on C
+        ins = [a for a in all_ins if in_shape[a] != 1] or all_ins[:1]
+        outs = [a for a in all_outs if out_shape[a] != 1] or all_outs[:1]
+        first_in, first_out = ins[0], outs[0]
+        in_dim, out_dim = in_shape[first_in], out_shape[first_out]
+        if in_dim is None or out_dim is None:
+            continue
+        if len(ins) == 1 and len(outs) == 1:
+            out.append(Coupling((name(x), first_in), (name(y), first_out), Identity(in_dim)))
+        elif len(outs) == 1 and len(ins) == 2 and _is_direction_axis(x, first_in):
+            # bidirectional RNN output [.., directions, hidden] merged: hidden unit j
+            # is feature j of every direction
+            hidden = in_shape[ins[1]]
+            assert hidden is not None
+            out.append(Coupling((name(x), ins[1]), (name(y), first_out), Tile(hidden, in_dim)))
+        elif len(outs) == 1:
+            out.append(
+                Coupling(
+                    (name(x), first_in), (name(y), first_out), Block(in_dim, out_dim // in_dim)
+                )
+            )
+        elif len(ins) == 1 and len(outs) == 2 and _feeds_shuffle(y, first_out, context):
+            # channel shuffle: the within-group position is the channel space (a kept
+            # position stays kept in every group, so the shuffle stays a shuffle)
+            per_group = in_dim // out_dim
+            out.append(
+                Coupling((name(y), outs[1]), (name(x), first_in), Tile(per_group, out_dim))
+            )
+        elif len(ins) == 1:
+            out.append(
+                Coupling(
+                    (name(y), first_out), (name(x), first_in), Block(out_dim, in_dim // out_dim)
+                )
+            )
+    return out
+
+
+def _is_direction_axis(value: ir.Value, axis: int) -> bool:
+    """Is ``axis`` of ``value`` the num_directions axis of an LSTM/GRU/RNN output
+    (through Transposes)?"""
+    for _ in range(8):
+        producer = value.producer()
+        if producer is None or producer.domain:
+            return False
+        if producer.op_type in ("LSTM", "GRU", "RNN"):
+            return value is producer.outputs[0] and axis == 1
+        perm = producer.attributes.get("perm")
+        source = producer.inputs[0]
+        if producer.op_type != "Transpose" or perm is None or source is None:
+            return False
+        value, axis = source, perm.value[axis]
+    return False
+
+
+def _feeds_shuffle(y: ir.Value, axis: int, context: RuleContext) -> bool:
+    """Is ``y`` (axes ``axis, axis+1`` just split from one) transposed to swap exactly
+    those two axes and merged back by a Reshape (reshape-transpose-reshape)?"""
+    consumers = y.consumers()
+    if len(consumers) != 1 or consumers[0].op_type != "Transpose" or consumers[0].domain:
+        return False
+    transpose = consumers[0]
+    shape = context.shape(y)
+    perm = context.attribute(transpose, "perm")
+    if shape is None or perm is None:
+        return False
+    swapped = list(range(len(shape)))
+    swapped[axis], swapped[axis + 1] = axis + 1, axis
+    if list(perm) != swapped:
+        return False
+    t = transpose.outputs[0]
+    merges = t.consumers()
+    if len(merges) != 1 or merges[0].op_type != "Reshape" or merges[0].domain:
+        return False
+    merged = context.shape(merges[0].outputs[0])
+    t_shape = context.shape(t)
+    if merged is None or t_shape is None or len(merged) != len(t_shape) - 1:
+        return False
+    product = None if None in t_shape[axis : axis + 2] else t_shape[axis] * t_shape[axis + 1]  # type: ignore[operator]
+    return (
+        product is not None
+        and merged[axis] == product
+        and tuple(merged[:axis]) == tuple(t_shape[:axis])
+        and tuple(merged[axis + 1 :]) == tuple(t_shape[axis + 2 :])
+    )
+
+
+@register_rule("Reshape")
+def _reshape(node: ir.Node, context: RuleContext) -> Result:
+    x, shape, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and shape is not None
+    what = f"Reshape '{node.name}'"
+    if context.constant(shape) is not None:
+        return [*reshape_couplings(x, y, context, what)]
+    return _computed_reshape(node, x, shape, y, context, what)
+
+
+def _computed_reshape(
+    node: ir.Node, x: ir.Value, shape: ir.Value, y: ir.Value, context: RuleContext, what: str
+) -> Result:
+    """A target built from Shape/Gather/Concat: -1 and copied dims follow a pruned
+    axis at run time; literal entries are rewritten by the slicing pass, which
+    gives the node a private copy of the target (other layers keep theirs)."""
+    in_shape = context.shape(x)
+    entries = evaluate_target(shape, context)
+    allow_zero = not int(context.attribute(node, "allowzero", 0))
+    out_dims = (
+        None
+        if entries is None or in_shape is None
+        else resolve_target(entries, in_shape, allow_zero)
+    )
+    if entries is None or out_dims is None:
+        return [
+            Barrier(
+                f"{what} has a computed target shape spa cannot read", values=(name(x), name(y))
+            ),
+            Unconstrained((name(shape),)),
+        ]
+    out: Result = [Unconstrained((name(shape),))]
+    out += reshape_couplings(x, y, context, what, out_dims)
+    for axis, entry in enumerate(entries):
+        copied = isinstance(entry, CopiedDim) and entry.factor == 1 and entry.value != name(x)
+        if copied and isinstance(entry, CopiedDim) and entry.size is not None:
+            out.append(Coupling((entry.value, entry.axis), (name(y), axis), Identity(entry.size)))
+    return out
+
+
+@register_rule("Flatten")
+def _flatten(node: ir.Node, context: RuleContext) -> Result:
+    x = node.inputs[0]
+    assert x is not None
+    return reshape_couplings(x, node.outputs[0], context, f"Flatten '{node.name}'")

@@ -1,0 +1,352 @@
+"""Rules for ops that move axes: Transpose, Squeeze/Unsqueeze, Concat, Split,
+Slice, Gather, Softmax, reductions, Pad, Resize, Shape, Expand, Tile,
+ConstantOfShape and layer normalisation (Reshape and Flatten: see
+:mod:`spa.analysis.rules.reshape`).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from spa.analysis.index_maps import Identity, Offset, Tile
+from spa.analysis.rules.elementwise import broadcast_couplings
+from spa.analysis.rules.registry import (
+    Barrier,
+    Coupling,
+    RuleContext,
+    Unconstrained,
+    name,
+    register_rule,
+    unknown_shapes,
+)
+from spa.analysis.shape_exprs import evaluate_target
+
+__all__: list[str] = []
+
+Result = list[Coupling | Barrier | Unconstrained]
+
+
+@register_rule("Transpose")
+def _transpose(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [unknown_shapes(node, x, y)]
+    perm = context.attribute(node, "perm") or list(reversed(range(len(shape))))
+    out: Result = []
+    for out_axis, in_axis in enumerate(perm):
+        if shape[in_axis] is not None:
+            out.append(Coupling((name(x), in_axis), (name(y), out_axis), Identity(shape[in_axis])))
+    return out
+
+
+def _axes(node: ir.Node, context: RuleContext, rank: int) -> list[int] | None:
+    axes = context.attribute(node, "axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = context.constant(node.inputs[1])
+        axes = None if constant is None else constant.tolist()
+    if axes is None:
+        return None
+    return sorted(int(a) % rank for a in axes)
+
+
+@register_rule("Squeeze", "Unsqueeze")
+def _squeeze(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [unknown_shapes(node, x, y)]
+    squeezing = node.op_type == "Squeeze"
+    removed = [a for a, d in enumerate(in_shape) if d == 1] if squeezing else []
+    inserted: list[int] = []
+    axes = _axes(node, context, len(in_shape) if squeezing else len(out_shape))
+    if axes is not None:
+        removed, inserted = (axes, []) if squeezing else ([], axes)
+    elif not squeezing:
+        return [Barrier(f"Unsqueeze '{node.name}' has computed axes", values=(name(x), name(y)))]
+    kept_in = [a for a in range(len(in_shape)) if a not in removed]
+    kept_out = [a for a in range(len(out_shape)) if a not in inserted]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    for in_axis, out_axis in zip(kept_in, kept_out, strict=False):
+        dim = in_shape[in_axis]
+        if dim is not None:
+            out.append(Coupling((name(x), in_axis), (name(y), out_axis), Identity(dim)))
+    return out
+
+
+@register_rule("Concat")
+def _concat(node: ir.Node, context: RuleContext) -> Result:
+    y = node.outputs[0]
+    out_shape = context.shape(y)
+    inputs = [v for v in node.inputs if v is not None]
+    shapes = [context.shape(v) for v in inputs]
+    if out_shape is None or any(s is None for s in shapes):
+        return [unknown_shapes(node, *inputs, y)]
+    axis = int(context.attribute(node, "axis", 0)) % len(out_shape)
+    total, offset = out_shape[axis], 0
+    out: Result = []
+    for value, shape in zip(inputs, shapes, strict=True):
+        assert shape is not None
+        for a, dim in enumerate(shape):
+            if dim is None or (a == axis and total is None):
+                continue
+            index_map = Offset(dim, total or 0, offset) if a == axis else Identity(dim)
+            out.append(Coupling((name(value), a), (name(y), a), index_map))
+        offset += shape[axis] or 0
+    return out
+
+
+@register_rule("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [unknown_shapes(node, x, y)]
+    axis = int(context.attribute(node, "axis", -1)) % len(shape)
+    out: Result = [
+        Barrier(
+            f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)",
+            ((name(x), axis), (name(y), axis)),
+        )
+    ]
+    for a, dim in enumerate(shape):
+        if a != axis and dim is not None:
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
+    return out
+
+
+@register_rule(
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ReduceLogSum",
+)
+def _reduce(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [unknown_shapes(node, x, y)]
+    axes = _axes(node, context, len(shape))
+    if axes is None:
+        axes = list(range(len(shape)))
+    keepdims = int(context.attribute(node, "keepdims", 1))
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    out_axis = 0
+    for a, dim in enumerate(shape):
+        if a in axes:
+            out_axis += keepdims
+            continue
+        if dim is not None:
+            out.append(Coupling((name(x), a), (name(y), out_axis), Identity(dim)))
+        out_axis += 1
+    return out
+
+
+@register_rule("Shape", "Size")
+def _shape(node: ir.Node, context: RuleContext) -> Result:
+    # Reading a shape does not constrain channels; shape chains recompute after slicing.
+    return [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
+
+
+@register_rule("Pad")
+def _pad(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    pads_value = node.inputs[1] if len(node.inputs) > 1 else None
+    pads = context.attribute(node, "pads")
+    if pads is None and pads_value is not None:
+        constant = context.constant(pads_value)
+        pads = None if constant is None else constant.tolist()
+    if shape is None or pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
+        return [Barrier(f"Pad '{node.name}' has computed pads or axes", values=(name(x), name(y)))]
+    rank = len(shape)
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    for a, dim in enumerate(shape):
+        if dim is not None and pads[a] == 0 and pads[a + rank] == 0:
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
+    return out
+
+
+@register_rule("Resize", "Upsample")
+def _resize(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [unknown_shapes(node, x, y)]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    for a, (dim_in, dim_out) in enumerate(zip(in_shape, out_shape, strict=True)):
+        if dim_in is not None and dim_in == dim_out and a < 2:
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim_in)))
+    return out
+
+
+@register_rule("Gather")
+def _gather(node: ir.Node, context: RuleContext) -> Result:
+    data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert data is not None and indices is not None
+    data_shape, index_shape = context.shape(data), context.shape(indices)
+    if data_shape is None or index_shape is None:
+        return [unknown_shapes(node, data, y)]
+    axis = int(context.attribute(node, "axis", 0)) % len(data_shape)
+    out: Result = []
+    for a, dim in enumerate(data_shape):
+        if a == axis or dim is None:
+            continue
+        out_axis = a if a < axis else a - 1 + len(index_shape)
+        out.append(Coupling((name(data), a), (name(y), out_axis), Identity(dim)))
+    for a, dim in enumerate(index_shape):
+        if dim is not None:
+            out.append(Coupling((name(indices), a), (name(y), axis + a), Identity(dim)))
+    return out
+
+
+@register_rule("ConstantOfShape")
+def _constant_of_shape(node: ir.Node, context: RuleContext) -> Result:
+    """A filled tensor has no channels of its own: every axis may shrink with the
+    group it feeds, its shape (constant or a readable Shape/Concat chain) being
+    rewritten by the slicing pass. Consumers of one shared fill are coupled."""
+    shape = node.inputs[0]
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
+    if shape is not None and evaluate_target(shape, context) is not None:
+        out.append(Unconstrained((name(node.outputs[0]),)))
+    return out
+
+
+@register_rule(
+    "Constant",
+    "Range",
+    "EyeLike",
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+)
+def _constant(node: ir.Node, context: RuleContext) -> Result:
+    # Generated values: their inputs are shapes/scalars; outputs are frozen by default.
+    return [Unconstrained(tuple(name(v) for v in node.inputs if v is not None))]
+
+
+def _split_sizes(node: ir.Node, context: RuleContext, total: int | None) -> list[int] | None:
+    sizes = context.attribute(node, "split")
+    if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        constant = context.constant(node.inputs[1])
+        sizes = None if constant is None else constant.tolist()
+    if sizes is None and total is not None:
+        count = len(node.outputs)
+        if total % count == 0:
+            sizes = [total // count] * count
+    return None if sizes is None else [int(s) for s in sizes]
+
+
+@register_rule("Split")
+def _split(node: ir.Node, context: RuleContext) -> Result:
+    x = node.inputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [unknown_shapes(node, x)]
+    axis = int(context.attribute(node, "axis", 0)) % len(shape)
+    sizes = _split_sizes(node, context, shape[axis])
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    total = shape[axis]
+    if sizes is None or total is None or sum(sizes) != total:
+        return out  # the split axis stays unmapped, hence frozen
+    offset = 0
+    for output, size in zip(node.outputs, sizes, strict=True):
+        for a, dim in enumerate(shape):
+            if a == axis:
+                out.append(Coupling((name(x), a), (name(output), a), Offset(total, size, -offset)))
+            elif dim is not None:
+                out.append(Coupling((name(x), a), (name(output), a), Identity(dim)))
+        offset += size
+    return out
+
+
+@register_rule("Expand")
+def _expand(node: ir.Node, context: RuleContext) -> Result:
+    x, shape_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and shape_value is not None
+    out: Result = [Unconstrained((name(shape_value),))]
+    if context.constant(shape_value) is not None:
+        return [*out, *broadcast_couplings([x], y, context)]
+    # A run-time target spa can read: its literals are rewritten when sliced.
+    entries = evaluate_target(shape_value, context)
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
+        reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
+        return [*out, Barrier(reason, values=(name(x), name(y)))]
+    return [*out, *broadcast_couplings([x], y, context)]
+
+
+@register_rule("Tile")
+def _tile(node: ir.Node, context: RuleContext) -> Result:
+    x, repeats_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and repeats_value is not None
+    shape, repeats = context.shape(x), context.constant(repeats_value)
+    if shape is None or repeats is None:
+        return [
+            Barrier(f"Tile '{node.name}' has computed repeats", values=(name(x), name(y))),
+            Unconstrained((name(repeats_value),)),
+        ]
+    out: Result = [Unconstrained((name(repeats_value),))]
+    for a, (dim, count) in enumerate(zip(shape, repeats.tolist(), strict=True)):
+        if dim is not None:
+            out.append(Coupling((name(x), a), (name(y), a), Tile(dim, int(count))))
+    return out
+
+
+@register_rule("LayerNormalization", "RMSNormalization")
+@register_rule("SimplifiedLayerNormalization", "LayerNormalization", domain="com.microsoft")
+def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    shape = context.shape(x)
+    if shape is None:
+        return [unknown_shapes(node, x, y)]
+    axis = int(context.attribute(node, "axis", -1)) % len(shape)
+    reason = f"{node.op_type} '{node.name}' normalises over axis {axis} (inexact)"
+    out: Result = []
+    for a, dim in enumerate(shape):
+        if a >= axis:
+            out.append(Barrier(reason, ((name(x), a), (name(y), a))))
+        elif dim is not None:
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
+    return out
+
+
+@register_rule("Slice")
+def _slice(node: ir.Node, context: RuleContext) -> Result:
+    """Axes a Slice does not cut are identities; a cut axis stays frozen."""
+    x, y = node.inputs[0], node.outputs[0]
+    assert x is not None
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    if in_shape is None or out_shape is None:
+        return [unknown_shapes(node, x, y)]
+    rank = len(in_shape)
+    axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+    if axes_value is not None:
+        constant = context.constant(axes_value)
+        if constant is None:
+            return [Barrier(f"Slice '{node.name}' has computed axes", values=(name(x), name(y)))]
+        cut = {int(a) % rank for a in constant.tolist()}
+    else:
+        starts = context.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        count = len(starts) if starts is not None else rank
+        cut = set(range(count))
+    out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    for axis, dim in enumerate(in_shape):
+        if axis not in cut and dim is not None and out_shape[axis] == dim:
+            out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
+    return out

@@ -1,0 +1,552 @@
+"""Calibration: feeds, and streamed statistics of a model's activations.
+
+Used by every pass that needs data (pruning criteria, GPTQ/SparseGPT/GQSA,
+static quantization). The wanted intermediate values are exposed as extra
+graph outputs of a copy of the model, which ONNX Runtime runs once per
+calibration sample; each sample's activations are folded into bounded
+statistics and dropped, so memory does not grow with the number of samples:
+
+* ``X^T X`` (float64) of a value's rows over its last axis
+  (:class:`HessianStatistics`; Q/K/V projections reading the same value share one);
+* per-channel moments, optionally ``X^T X`` over the channel axis
+  (:class:`ChannelStatistics`);
+* ``|x|`` ranges (:class:`RangeStatistics`): ``minmax`` keeps the running
+  maximum; ``percentile`` a running 2048-bin histogram (:class:`AbsHistogram`)
+  whose range doubles (merging bin pairs, exactly) when a sample exceeds it,
+  the threshold being the upper edge of the first bin where the cumulative
+  share reaches the percentile; ``entropy`` the same histogram, then the
+  KL-divergence threshold search (:func:`entropy_threshold`,
+  ``docs/quantization.md``).
+
+A pass states what it needs as a :class:`CalibrationRequest`; the pipeline
+(:mod:`spa.workflows.run`) answers it with :func:`calibrate` on the model as
+it is when the pass runs, and hands the :class:`CalibrationResult` to the pass.
+
+Calibration sources (:func:`load_calibration`):
+
+* an ``.npz`` file: input name -> array with a leading sample axis
+  (``arr[i]`` is one feed for that input, with the model's own input shape);
+* a folder of ``.npy`` files named after the inputs (``<input>.npy``, any
+  character outside ``[A-Za-z0-9_.-]`` written as ``_``), same convention,
+  memory-mapped;
+* any Python iterable of feed dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from spa.errors import UserError
+from spa.ort import create_session
+from spa.progress import track
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "AbsHistogram",
+    "CalibrationRequest",
+    "CalibrationResult",
+    "CalibrationSource",
+    "ChannelStatistics",
+    "HessianStatistics",
+    "RangeStatistics",
+    "calibrate",
+    "collect_channel_statistics",
+    "collect_hessians",
+    "collect_ranges",
+    "entropy_threshold",
+    "file_name_for_input",
+    "load_calibration",
+    "percentile_threshold",
+]
+
+logger = logging.getLogger(__name__)
+
+Feeds = Mapping[str, np.ndarray]
+CalibrationSource = str | os.PathLike[str] | Iterable[Feeds]
+
+_PROTO_LIMIT = 1_800_000_000
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+HISTOGRAM_BINS = 2048
+
+
+@dataclasses.dataclass
+class HessianStatistics:
+    """``X^T X`` of one value over ``rows`` activation rows; ``hessian`` is ``2 X^T X / rows``."""
+
+    xtx: np.ndarray
+    rows: int = 0
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return 2.0 * self.xtx / max(self.rows, 1)
+
+
+@dataclasses.dataclass
+class ChannelStatistics:
+    """Streamed per-channel moments of one activation over ``rows`` rows.
+
+    A row is one position of the activation (a token, a pixel); its channel
+    axis gives the columns. ``xtx`` (``C x C``, uncentred) is kept only when
+    asked for; the diagonal ``sum_squares`` always is.
+    """
+
+    sums: np.ndarray
+    sum_squares: np.ndarray
+    xtx: np.ndarray | None = None
+    rows: int = 0
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sums / max(self.rows, 1)
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        """``E[x x^T]`` over rows (needs ``xtx``)."""
+        assert self.xtx is not None, "collected without the full X^T X"
+        return self.xtx / max(self.rows, 1)
+
+    @property
+    def norms(self) -> np.ndarray:
+        """``||X_c||_2`` per channel over all rows."""
+        return np.sqrt(self.sum_squares)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Per-channel variance over rows (the FLAP fluctuation)."""
+        rows = max(self.rows, 1)
+        return np.maximum(self.sum_squares / rows - self.mean**2, 0.0)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Fold a ``[n, C]`` block of rows in (float64) and forget it."""
+        rows = rows.astype(np.float64, copy=False)
+        self.sums += rows.sum(axis=0)
+        self.sum_squares += np.einsum("ij,ij->j", rows, rows)
+        if self.xtx is not None:
+            self.xtx += rows.T @ rows
+        self.rows += rows.shape[0]
+
+
+class AbsHistogram:
+    """A histogram of ``|x|`` over ``[0, top)`` in ``bins`` equal bins, ``top`` growing.
+
+    Bin ``i`` holds ``[i * width, (i + 1) * width)``. ``top`` starts at the power
+    of two above the first batch's largest value; when a batch reaches ``top``,
+    ``top`` doubles and bin pairs merge, which keeps every count in the bin that
+    contains its value (the same counts as binning all data at once over the
+    final range): no data is re-read.
+    """
+
+    def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
+        if bins < 2 or bins % 2:
+            raise ValueError(f"bins must be an even number >= 2, got {bins}")
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.top = 0.0
+        self.amax = 0.0
+
+    @property
+    def bins(self) -> int:
+        return len(self.counts)
+
+    @property
+    def width(self) -> float:
+        return self.top / self.bins
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def _double(self) -> None:
+        merged = self.counts.reshape(-1, 2).sum(axis=1)
+        self.counts = np.concatenate([merged, np.zeros(self.bins // 2, dtype=np.int64)])
+        self.top *= 2.0
+
+    def add(self, values: np.ndarray) -> None:
+        magnitudes = np.abs(np.asarray(values, dtype=np.float64)).ravel()
+        magnitudes = magnitudes[np.isfinite(magnitudes)]
+        if not magnitudes.size:
+            return
+        largest = float(magnitudes.max())
+        self.amax = max(self.amax, largest)
+        if largest == 0.0 and self.top == 0.0:
+            self.counts[0] += magnitudes.size  # zeros belong in bin 0 whatever top becomes
+            return
+        if self.top == 0.0:  # the power of two above the first batch: dyadic bin edges
+            self.top = float(2.0 ** (np.floor(np.log2(largest)) + 1))
+        while largest >= self.top:
+            self._double()
+        index = np.minimum((magnitudes / self.width).astype(np.int64), self.bins - 1)
+        self.counts += np.bincount(index, minlength=self.bins)
+
+
+def percentile_threshold(histogram: AbsHistogram, percentile: float) -> float:
+    """Upper edge of the first bin where the cumulative share of ``|x|`` reaches ``percentile``."""
+    if not 0.0 < percentile <= 100.0:
+        raise UserError(f"--percentile {percentile}: give a value in (0, 100], e.g. 99.99")
+    total = histogram.total
+    if total == 0 or histogram.top == 0.0:
+        return histogram.amax
+    cumulative = np.cumsum(histogram.counts) / total
+    index = int(np.searchsorted(cumulative, percentile / 100.0 - 1e-12, side="left"))
+    return min((index + 1) * histogram.width, histogram.amax)
+
+
+def entropy_threshold(histogram: AbsHistogram, levels: int = 128) -> float:
+    """The clipping threshold minimising KL(P || Q) over the histogram (TensorRT-style).
+
+    For every candidate ``i`` from ``levels`` to ``bins``: ``P`` is the first ``i``
+    bins with the counts beyond them added to bin ``i - 1``; ``Q`` is the first ``i``
+    bins merged into ``levels`` groups, each group's count spread evenly over its
+    non-empty bins. The threshold is the upper edge of the best ``i``.
+    """
+    counts = histogram.counts.astype(np.float64)
+    bins = len(counts)
+    if histogram.total == 0 or histogram.top == 0.0:
+        return histogram.amax
+    last = int(np.flatnonzero(counts)[-1]) + 1  # beyond the last non-empty bin nothing changes
+    best_index, best_divergence = bins, np.inf
+    suffix = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    for index in range(levels, max(levels, last) + 1):
+        kept = counts[:index]
+        reference = kept.copy()
+        reference[-1] += suffix[index]
+        groups = (np.arange(index) * levels) // index
+        occupied = kept > 0
+        sums = np.bincount(groups, weights=kept, minlength=levels)
+        filled = np.bincount(groups, weights=occupied, minlength=levels)
+        candidate = np.where(occupied, sums[groups] / np.maximum(filled[groups], 1), 0.0)
+        p = reference / reference.sum()
+        q_total = candidate.sum()
+        if q_total == 0:
+            continue
+        q = candidate / q_total
+        mask = p > 0
+        divergence = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if divergence < best_divergence:
+            best_index, best_divergence = index, divergence
+    return min(best_index * histogram.width, histogram.amax)
+
+
+@dataclasses.dataclass
+class RangeStatistics:
+    """Calibrated ``amax`` per value name, with how it was found."""
+
+    amax: dict[str, float]
+    method: str
+    samples: int
+
+
+def _method_check(method: str, percentile: float) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise UserError(
+            f"--calib-method {method}: choose one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if method == "percentile" and not 0.0 < percentile <= 100.0:
+        raise UserError(f"--percentile {percentile}: give a value in (0, 100], e.g. 99.99")
+
+
+def channel_rows(value: np.ndarray, channel_axis: int) -> np.ndarray:
+    """``value`` as ``[positions, channels]`` with channels on ``channel_axis``."""
+    moved = np.moveaxis(value, channel_axis, -1)
+    return moved.reshape(-1, moved.shape[-1])
+
+
+def file_name_for_input(name: str) -> str:
+    """The ``.npy`` file name that holds input ``name`` in a calibration folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy"
+
+
+def _samples(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    counts = {name: len(array) for name, array in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise UserError(
+            f"calibration arrays have different sample counts {counts}; "
+            "give every input the same leading sample axis"
+        )
+    for index in range(next(iter(counts.values()), 0)):
+        yield {name: np.asarray(array[index]) for name, array in arrays.items()}
+
+
+def load_calibration(source: CalibrationSource, input_names: list[str]) -> Iterable[Feeds]:
+    """Feed dicts from an ``.npz``, a folder of ``.npy`` files, or an iterable."""
+    if not isinstance(source, str | os.PathLike):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise UserError(
+            f"--calib {path}: not an .npz file or a folder of .npy files (nothing is there); "
+            "save calibration inputs with numpy.savez"
+        )
+    if path.is_dir():
+        arrays: dict[str, np.ndarray] = {}
+        for name in input_names:
+            file = path / file_name_for_input(name)
+            if not file.is_file():
+                raise UserError(
+                    f"--calib {path}: no '{file.name}' for input '{name}'; "
+                    "save one .npy per model input (leading sample axis)"
+                )
+            arrays[name] = np.load(file, mmap_mode="r")
+        return _samples(arrays)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path) as archive:
+            missing = sorted(set(input_names) - set(archive.files))
+            if missing:
+                raise UserError(
+                    f"--calib {path}: no array for input(s) {missing} "
+                    f"(it has {sorted(archive.files)}); name arrays after the model inputs"
+                )
+            loaded = {name: archive[name] for name in input_names}
+        return _samples(loaded)
+    raise UserError(
+        f"--calib {path}: not an .npz file or a folder of .npy files; "
+        "save calibration inputs with numpy.savez"
+    )
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``names`` (type float, any shape)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    existing = {output.name for output in exposed.graph.output}
+    element_types = {
+        info.name: info.type.tensor_type.elem_type
+        for info in [*exposed.graph.value_info, *exposed.graph.input]
+    }
+    for name in names:
+        if name not in existing:
+            element = element_types.get(name) or onnx.TensorProto.FLOAT
+            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, element, None))
+    return exposed
+
+
+def _create_session(model: onnx.ModelProto, folder: Path) -> Any:
+    if model.ByteSize() < _PROTO_LIMIT:
+        return create_session(model.SerializeToString())
+    path = folder / "calibration.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="calibration.data")
+    return create_session(path)
+
+
+def collect_hessians(
+    model: onnx.ModelProto,
+    value_names: Iterable[str],
+    feeds: Iterable[Feeds],
+    *,
+    max_samples: int | None = None,
+) -> dict[str, HessianStatistics]:
+    """Accumulate ``X^T X`` (float64) of each value in ``value_names`` over ``feeds``.
+
+    ``model`` must hold its weights (load external data first). A value's
+    activation ``[..., K]`` contributes its rows ``reshape(-1, K)``.
+    """
+    names = sorted(set(value_names))
+    statistics: dict[str, HessianStatistics] = {}
+    if not names:
+        return statistics
+    for _, outputs in _calibration_runs(model, names, feeds, max_samples, len(names)):
+        for name in names:
+            _accumulate(statistics, name, np.asarray(outputs[name]))
+        del outputs
+    return statistics
+
+
+def collect_channel_statistics(
+    model: onnx.ModelProto,
+    values: Mapping[str, int],
+    feeds: Iterable[Feeds],
+    *,
+    full: bool = False,
+    max_samples: int | None = None,
+) -> dict[str, ChannelStatistics]:
+    """Per-channel statistics of each value in ``values`` (name -> channel axis).
+
+    The values are exposed as extra outputs and ONNX Runtime runs one feed
+    (a batch) at a time; each result is folded into running sums and dropped,
+    so memory is ``O(C)`` per value, or ``O(C^2)`` with ``full`` (``X^T X``).
+    """
+    statistics: dict[str, ChannelStatistics] = {}
+    if not values:
+        return statistics
+    graph_inputs = {value.name for value in model.graph.input}
+    names = sorted(name for name in values if name not in graph_inputs)
+    for inputs, outputs in _calibration_runs(model, names, feeds, max_samples, len(values)):
+        for name, axis in values.items():
+            value = outputs[name] if name in outputs else inputs[name]
+            rows = channel_rows(np.asarray(value), axis)
+            entry = statistics.get(name)
+            if entry is None:
+                channels = rows.shape[1]
+                entry = statistics[name] = ChannelStatistics(
+                    np.zeros(channels),
+                    np.zeros(channels),
+                    np.zeros((channels, channels)) if full else None,
+                )
+            entry.add(rows)
+            del value, rows
+        del inputs, outputs
+    return statistics
+
+
+def _calibration_runs(
+    model: onnx.ModelProto,
+    names: list[str],
+    feeds: Iterable[Feeds],
+    max_samples: int | None,
+    activations: int,
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """Run ``model`` with ``names`` exposed as outputs on each feed (at most
+    ``max_samples``), yielding ``(inputs, outputs by name)`` one feed at a time.
+
+    One-line :class:`UserError` for a feed that lacks a model input and for
+    calibration data with no samples; ``activations`` is only for the log line.
+    """
+    exposed = _with_outputs(model, names)
+    with tempfile.TemporaryDirectory(prefix="spa-calib-") as folder:
+        session = _create_session(exposed, Path(folder))
+        wanted = {value.name for value in session.get_inputs()}
+        seen = 0
+        for feed in track(feeds, description="calibrate"):
+            if max_samples is not None and seen >= max_samples:
+                break
+            missing = sorted(wanted - set(feed))
+            if missing:
+                raise UserError(
+                    f"calibration sample {seen} lacks input(s) {missing}; give every model input"
+                )
+            inputs = {key: np.asarray(feed[key]) for key in wanted}
+            outputs = dict(zip(names, session.run(names, inputs) if names else [], strict=True))
+            yield inputs, outputs
+            del inputs, outputs  # one feed's activations in memory at a time
+            seen += 1
+    logger.info("calibration: %d samples, %d activations", seen, activations if seen else 0)
+    if seen == 0:
+        raise UserError("calibration data holds no samples; give at least one")
+
+
+def _accumulate(statistics: dict[str, HessianStatistics], name: str, value: np.ndarray) -> None:
+    rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
+    entry = statistics.get(name)
+    if entry is None:
+        entry = statistics[name] = HessianStatistics(np.zeros((rows.shape[1],) * 2))
+    entry.xtx += rows.T @ rows
+    entry.rows += rows.shape[0]
+
+
+def collect_ranges(
+    model: onnx.ModelProto,
+    value_names: Iterable[str],
+    feeds: Iterable[Feeds],
+    *,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    levels: int = 128,
+    max_samples: int | None = None,
+) -> RangeStatistics:
+    """Run ``model`` in ORT on ``feeds`` and return the calibrated ``amax`` of each value.
+
+    ``model`` must hold its weights. Values that are graph inputs are read from
+    the feeds. Memory stays at one histogram (or one float) per value.
+    """
+    _method_check(method, percentile)
+    names = sorted(set(value_names))
+    graph_inputs = {value.name for value in model.graph.input}
+    computed = [name for name in names if name not in graph_inputs]
+    histograms = {name: AbsHistogram() for name in names}
+    samples = 0
+    for inputs, outputs in _calibration_runs(model, computed, feeds, max_samples, len(names)):
+        for name in names:
+            array = outputs[name] if name in outputs else inputs[name]
+            if method == "minmax":
+                finite = np.abs(np.asarray(array, dtype=np.float64))
+                finite = finite[np.isfinite(finite)]
+                if finite.size:
+                    histograms[name].amax = max(histograms[name].amax, float(finite.max()))
+            else:
+                histograms[name].add(array)
+        samples += 1
+    amax: dict[str, float] = {}
+    for name, histogram in histograms.items():
+        if method == "percentile":
+            amax[name] = percentile_threshold(histogram, percentile)
+        elif method == "entropy":
+            amax[name] = entropy_threshold(histogram, levels)
+        else:
+            amax[name] = histogram.amax
+    logger.info("calibration (%s): %d samples, %d values", method, samples, len(amax))
+    return RangeStatistics(amax, method, samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationRequest:
+    """What one pass needs measured on calibration data (all optional).
+
+    ``hessians``: values whose ``X^T X`` over the last axis is wanted;
+    ``channels``: value -> channel axis for per-channel moments (``full_channels``
+    adds ``X^T X`` over channels); ``ranges``: values whose ``|x|`` range is
+    wanted, by ``range_method`` (and ``percentile``). Without ``required`` a
+    pass given no data runs data-free (its own fallback).
+    """
+
+    hessians: tuple[str, ...] = ()
+    channels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    full_channels: bool = False
+    ranges: tuple[str, ...] = ()
+    range_method: str = "minmax"
+    percentile: float = 99.99
+    #: The pass cannot run without these statistics: without real data the
+    #: pipeline measures them on seeded random inputs (with a warning).
+    required: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.hessians or self.channels or self.ranges)
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    """The statistics a :class:`CalibrationRequest` asked for, and where they came from."""
+
+    hessians: dict[str, HessianStatistics] = dataclasses.field(default_factory=dict)
+    channels: dict[str, ChannelStatistics] = dataclasses.field(default_factory=dict)
+    ranges: RangeStatistics | None = None
+    source: str = ""
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    request: CalibrationRequest,
+    feeds: Callable[[], Iterable[Feeds]],
+    *,
+    max_samples: int | None = None,
+    source: str = "",
+) -> CalibrationResult:
+    """Answer ``request`` on ``model`` (weights loaded) with the feeds ``feeds()`` gives.
+
+    Each kind of statistic streams over its own pass of the feeds (so a
+    request costs one ORT session per kind it asks for).
+    """
+    result = CalibrationResult(source=source)
+    if request.hessians:
+        result.hessians = collect_hessians(
+            model, request.hessians, feeds(), max_samples=max_samples
+        )
+    if request.channels:
+        result.channels = collect_channel_statistics(
+            model, request.channels, feeds(), full=request.full_channels, max_samples=max_samples
+        )
+    if request.ranges:
+        result.ranges = collect_ranges(
+            model, request.ranges, feeds(), method=request.range_method,
+            percentile=request.percentile, max_samples=max_samples,
+        )  # fmt: skip
+    return result

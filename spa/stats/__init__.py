@@ -1,0 +1,1 @@
+"""Model statistics: inspection, MACs, shape facts, coverage and reports."""

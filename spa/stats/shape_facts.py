@@ -1,0 +1,179 @@
+"""Shapes of every value at concrete input dims, without weight bytes.
+
+:func:`infer_shapes` makes a weightless copy of the graph (each initializer
+larger than 8 KiB becomes a graph input of the same type and shape, so no
+weight bytes are copied or read), gives every graph input concrete dims
+(``shapes`` per input, ``dims`` per symbolic name, else 1) and runs
+``onnx.shape_inference.infer_shapes(..., data_prop=True)``. ONNX's inference
+does not read external data, but it cannot propagate *values* held in external
+tensors either ("Cannot parse data from external tensors"), so small external
+tensors (shape constants) are read into the copy when ``base_dir`` is known.
+Graphs with ``com.microsoft`` ops also go through ONNX Runtime's symbolic shape
+inference (imported only then), which knows the contrib ops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import onnx
+
+from spa.stats.inspect import iter_graph_protos, tensor_nbytes
+
+__all__ = ["Shape", "all_nodes", "concrete_input_shapes", "infer_shapes", "known_shape"]
+
+logger = logging.getLogger(__name__)
+
+#: Initializers up to this size stay in the weightless copy (shape constants).
+_KEEP_BYTES = 8 * 1024
+_MS = "com.microsoft"
+
+Shape = tuple[int | None, ...]
+
+
+def known_shape(shapes: Mapping[str, Shape], name: str) -> tuple[int, ...] | None:
+    """``shapes[name]`` when every dim is known, else None."""
+    shape = shapes.get(name) if name else None
+    if shape is None or any(dim is None for dim in shape):
+        return None
+    return tuple(int(dim) for dim in shape if dim is not None)
+
+
+def all_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the main graph and its subgraphs."""
+    for graph in iter_graph_protos(proto.graph):
+        yield from graph.node
+
+
+def concrete_input_shapes(
+    graph: onnx.GraphProto,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """Each real graph input's shape: ``shapes[name]``, else symbolic dims from
+    ``dims`` by name, else 1."""
+    shapes, dims = shapes or {}, dims or {}
+    weights = {t.name for t in graph.initializer}
+    result: dict[str, tuple[int, ...]] = {}
+    for value in graph.input:
+        if value.name in weights or not value.type.HasField("tensor_type"):
+            continue
+        if value.name in shapes:
+            result[value.name] = tuple(int(d) for d in shapes[value.name])
+            continue
+        result[value.name] = tuple(
+            int(d.dim_value) if d.HasField("dim_value") else int(dims.get(d.dim_param, 1))
+            for d in value.type.tensor_type.shape.dim
+        )
+    return result
+
+
+def _read_external(tensor: onnx.TensorProto, base_dir: Path) -> onnx.TensorProto | None:
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    target = (base_dir / info.get("location", "")).resolve()
+    if not target.is_relative_to(base_dir.resolve()) or not target.is_file():
+        return None
+    with open(target, "rb") as handle:
+        handle.seek(int(info.get("offset", 0)))
+        data = handle.read(int(info.get("length", tensor_nbytes(tensor))))
+    loaded = onnx.TensorProto()
+    loaded.name, loaded.data_type = tensor.name, tensor.data_type
+    loaded.dims.extend(tensor.dims)
+    loaded.raw_data = data
+    return loaded
+
+
+def _weightless_copy(proto: onnx.ModelProto, base_dir: Path | None) -> onnx.ModelProto:
+    """The model with large initializers turned into typed graph inputs."""
+    copy = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(copy, field, getattr(proto, field))
+    copy.opset_import.extend(proto.opset_import)
+    copy.functions.extend(proto.functions)
+    source, graph = proto.graph, copy.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    weights = {t.name for t in source.initializer}
+    graph.input.extend(v for v in source.input if v.name not in weights)
+    for tensor in source.initializer:
+        kept: onnx.TensorProto | None = None
+        if tensor_nbytes(tensor) <= _KEEP_BYTES:
+            kept = tensor
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                kept = _read_external(tensor, base_dir) if base_dir is not None else None
+        if kept is not None:
+            graph.initializer.append(kept)
+        else:
+            shape = [int(d) for d in tensor.dims]
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, shape)
+            )
+    return copy
+
+
+def _set_input_dims(graph: onnx.GraphProto, concrete: Mapping[str, tuple[int, ...]]) -> None:
+    for value in graph.input:
+        if value.name not in concrete:
+            continue
+        shape = value.type.tensor_type.shape
+        shape.ClearField("dim")
+        for size in concrete[value.name]:
+            shape.dim.add().dim_value = size
+
+
+def _value_shapes(proto: onnx.ModelProto) -> dict[str, Shape]:
+    shapes: dict[str, Shape] = {}
+    for graph in iter_graph_protos(proto.graph):
+        for tensor in graph.initializer:
+            shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+        for value in (*graph.input, *graph.value_info, *graph.output):
+            tensor_type = value.type.tensor_type
+            if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+                continue
+            shapes[value.name] = tuple(
+                int(d.dim_value) if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+            )
+    return shapes
+
+
+def _ort_symbolic(proto: onnx.ModelProto) -> dict[str, Shape]:
+    try:
+        from spa.ort import symbolic_shape_inference
+
+        inferred = symbolic_shape_inference(proto)
+    except Exception as error:  # the tool raises bare Exceptions on ops it lacks
+        logger.warning("ORT symbolic shape inference failed (%s); contrib shapes unknown", error)
+        return {}
+    return _value_shapes(inferred) if inferred is not None else {}
+
+
+def infer_shapes(
+    proto: onnx.ModelProto,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    base_dir: str | Path | None = None,
+) -> tuple[dict[str, Shape], str]:
+    """Shapes of every value at concrete input dims, and which inference ran.
+
+    ``proto`` is not modified and none of its weight bytes are copied.
+    """
+    copy = _weightless_copy(proto, Path(base_dir) if base_dir is not None else None)
+    _set_input_dims(copy.graph, concrete_input_shapes(copy.graph, shapes, dims))
+    method = "onnx"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as error:
+        logger.warning("ONNX shape inference failed (%s); counting with declared shapes", error)
+        inferred, method = copy, "declared shapes only"
+    found = _value_shapes(inferred)
+    if any(node.domain == _MS for node in all_nodes(copy)):
+        for name, shape in _ort_symbolic(inferred).items():
+            if known_shape(found, name) is None:
+                found[name] = shape
+        method += " + onnxruntime symbolic"
+    return found, method

@@ -1,0 +1,187 @@
+"""``optimize``: load, run a recipe, save, verify, report — the library behind
+``spa optimize``.
+
+>>> from spa.workflows.optimize import optimize  # doctest: +SKIP
+>>> result = optimize("model.onnx", "out.onnx", recipe="cleanup")  # doctest: +SKIP
+>>> result.verdict_line  # doctest: +SKIP
+'PASSED | cleanup | params 25.6M → 25.5M (-0%) | max|Δ| 2e-07 | 1.3s'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from spa.calibration import CalibrationSource
+from spa.model_io import save_model
+from spa.pass_manager import Instrument, PassRecord, SpaPass
+from spa.passes.prune import PrunePass
+from spa.stats import report as reporting
+from spa.stats.inspect import human_count
+from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
+from spa.workflows.prune import prune_report, verify_prune
+from spa.workflows.recipes import Recipe, build_passes, load_recipe
+from spa.workflows.run import PipelineOutcome, RunOptions, run_pipeline
+
+__all__ = ["OptimizeResult", "optimize"]
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`optimize` did: output path, pass records, checks, report."""
+
+    output: Path
+    records: list[PassRecord]
+    verification: VerifyResult | None
+    report: dict[str, Any]
+    summary_table: str
+    verdict_line: str
+    prune_verification: VerifyResult | None = None
+
+
+def _verdict_line(
+    recipe: str, report: dict[str, Any], verification: VerifyResult | None, seconds: float
+) -> str:
+    before, after = report["before"]["params"], report["after"]["params"]
+    change = (after - before) / before * 100 if before else 0.0
+    params = f"params {human_count(before)} → {human_count(after)} ({change:+.0f}%)"
+    if verification is None:
+        return f"DONE | {recipe} | {params} | not verified | {seconds:.1f}s"
+    verdict = "PASSED" if verification.passed else "FAILED"
+    return (
+        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
+    )
+
+
+class _Snapshot(Instrument):
+    """Saves the model after the pass at ``index`` (the pruned model, before the recipe)."""
+
+    def __init__(self, index: int, path: Path) -> None:
+        self.index, self.path = index, path
+
+    def after_pass(self, record: PassRecord, model: ir.Model) -> None:
+        if record.index == self.index:
+            save_model(model, self.path)
+
+
+def optimize(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    recipe: str | Recipe = "cleanup",
+    passes: Sequence[SpaPass] | None = None,
+    verify: bool = True,
+    policy: Policy | None = None,
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    report_path: str | os.PathLike[str] | None = None,
+    dump_dir: str | os.PathLike[str] | None = None,
+    latency_runs: int = 0,
+    command: str | None = None,
+    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    prune: float | None = None,
+    criterion: str = "l1",
+    round_to: int = 1,
+    calibration: CalibrationSource | None = None,
+    **prune_options: Any,
+) -> OptimizeResult:
+    """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
+
+    The input file is never modified. With ``prune`` (a ratio) a ``prune``
+    pass runs first (options as :class:`spa.passes.prune.PrunePass`:
+    ``reduction``, ``allocation``, ``max_group_ratio``, ``bias_compensation``;
+    verified by mask equivalence), then the recipe on the pruned model. Passes
+    that ask for statistics get them from ``calibration``. With ``verify`` the
+    recipe's output is compared with its input in ONNX Runtime on seeded inputs
+    under ``policy`` (default relative error <= 1e-5); a failed comparison is
+    reported, not raised.
+    """
+    start = time.perf_counter()
+    source, output = Path(model), Path(output)
+    loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    pass_list: list[SpaPass] = list(passes) if passes is not None else build_passes(loaded)
+    options = RunOptions(
+        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calibration,
+        dump_dir=dump_dir, on_pass_end=on_pass_end,
+    )  # fmt: skip
+    if prune is not None:
+        pruner = PrunePass(
+            prune, criterion, seed, round_to, keep_reference=verify, **prune_options
+        )
+        pass_list.insert(0, pruner)
+    with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:
+        pruned = Path(staging) / "pruned.onnx"
+        instruments = [_Snapshot(1, pruned)] if prune is not None else []
+        prune_verification: list[VerifyResult | None] = [None]
+
+        def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
+            reference = source
+            if prune is not None:
+                prune_verification[0] = verify_prune(
+                    outcome.records[0].details, pruned, None, options
+                )
+                reference = pruned
+            return verify_models(
+                reference, output, policy=policy or AllClose(), seed=seed, **options.inputs
+            )
+
+        outcome = run_pipeline(
+            source, output, pass_list, options, instruments=instruments,
+            verify=check if verify else None,
+        )  # fmt: skip
+        base_dir = source.resolve().parent
+        before = reporting.compute_stats(outcome.before, shapes=shapes, dims=dims, base_dir=base_dir)
+        after = reporting.compute_stats(output, shapes=shapes, dims=dims)
+        prune_part = None
+        if prune is not None:
+            after_prune = reporting.compute_stats(pruned, shapes=shapes, dims=dims)
+            prune_part = prune_report(
+                outcome.records[0].details, before, after_prune, prune_verification[0]
+            )
+    records = outcome.records[1:] if prune is not None else outcome.records
+    latency = None
+    if latency_runs > 0:
+        feeds = make_feeds(input_specs(outcome.before), seed=seed, **options.inputs)
+        latency = {
+            "before": reporting.measure_latency(source, feeds, runs=latency_runs),
+            "after": reporting.measure_latency(output, feeds, runs=latency_runs),
+        }
+    verification = outcome.verification
+    report = reporting.build_report(
+        command=command
+        or f"spa.workflows.optimize.optimize({str(source)!r}, {str(output)!r}, recipe={loaded.name!r})",
+        seeds={"inputs": seed},
+        before=before,
+        after=after,
+        passes=[record.as_dict() for record in records],
+        verification=verification.as_dict() if verification else None,
+        latency=latency,
+    )
+    report["recipe"] = loaded.name
+    if prune_part is not None:
+        report["prune"] = prune_part
+    if report_path is not None:
+        reporting.write_report(report, Path(report_path))
+    seconds = time.perf_counter() - start
+    verdict = _verdict_line(loaded.name, report, verification, seconds)
+    failed_prune = prune_verification[0] is not None and not prune_verification[0].passed
+    if failed_prune:
+        verdict = verdict.replace("PASSED", "FAILED", 1)
+    return OptimizeResult(
+        output=output,
+        records=outcome.records,
+        verification=verification,
+        report=report,
+        summary_table=reporting.render_comparison(reporting.compare(before, after)),
+        verdict_line=verdict,
+        prune_verification=prune_verification[0],
+    )

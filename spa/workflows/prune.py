@@ -1,0 +1,198 @@
+"""``prune_model``: analyze, plan, slice, verify by mask equivalence — the
+library behind ``spa prune``.
+
+Verification follows DESIGN.md: the original model with every removed
+parameter slice zeroed (the *masked* reference) and the physically pruned
+model must give the same outputs on seeded inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spa.analysis import Analysis, analyze, prepare
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.calibration import CalibrationSource
+from spa.model_io import load_model, save_model
+from spa.pass_manager import PassRecord
+from spa.passes.prune import PrunePass
+from spa.pruning.plan import Plan
+from spa.stats import report as reporting
+from spa.stats.inspect import human_count
+from spa.verify import AllClose, Policy, VerifyResult
+from spa.verify.mask import verify_masked
+from spa.workflows.run import RunOptions, run_pipeline
+
+__all__ = ["PruneResult", "analyze_file", "prune_model", "prune_report", "verify_prune"]
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """What :func:`prune_model` did."""
+
+    output: Path
+    analysis: Analysis
+    plan: Plan
+    statistics: dict[str, int | float]
+    verification: VerifyResult | None
+    report: dict[str, Any]
+    verdict_line: str
+    records: list[PassRecord] = dataclasses.field(default_factory=list)
+
+
+def analyze_file(
+    path: str | os.PathLike[str], prunable_io: str | None = DEFAULT_PRUNABLE_IO
+) -> Analysis:
+    """Groups of the model at ``path`` (weights stay memory-mapped)."""
+    return analyze(prepare(load_model(path)), prunable_io)
+
+
+def prune_model(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    ratio: float = 0.3,
+    criterion: str = "l1",
+    seed: int = 0,
+    round_to: int = 1,
+    exclude: Sequence[str] = (),
+    plan_path: str | os.PathLike[str] | None = None,
+    save_plan: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+    policy: Policy | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    report_path: str | os.PathLike[str] | None = None,
+    command: str | None = None,
+    prunable_io: str | None = DEFAULT_PRUNABLE_IO,
+    reduction: str = "sum",
+    allocation: str = "uniform",
+    max_group_ratio: float = 0.9,
+    calibration: CalibrationSource | None = None,
+    bias_compensation: bool = False,
+    dump_dir: str | os.PathLike[str] | None = None,
+    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` into ``output``; a model whose groups are all frozen is
+    written unchanged (the report says why).
+
+    ``criterion`` and ``allocation`` pick the channels (see
+    :func:`spa.pruning.plan.make_plan`); ``calibration`` (an ``.npz``, a
+    folder of ``.npy`` files or an iterable of feed dicts) feeds the
+    activation criteria. ``obs``/``obspa`` and ``bias_compensation`` update the
+    consumers' kept weights before slicing; the verifier masks the updated
+    model, so it stays exact. The ``prune`` pass runs through
+    :func:`spa.workflows.run.run_pipeline` (per-pass lines, ``dump_dir``).
+    """
+    start = time.perf_counter()
+    model, output = Path(model), Path(output)
+    options = RunOptions(
+        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calibration,
+        dump_dir=dump_dir, on_pass_end=on_pass_end,
+    )  # fmt: skip
+    prune_pass = PrunePass(
+        ratio, criterion, seed, round_to, tuple(exclude),
+        None if plan_path is None else str(plan_path),
+        save_plan=None if save_plan is None else str(save_plan), reduction=reduction,
+        allocation=allocation, max_group_ratio=max_group_ratio,
+        bias_compensation=bias_compensation, prunable_io=prunable_io, keep_reference=verify,
+    )  # fmt: skip
+    outcome = run_pipeline(model, output, [prune_pass], options)
+    details = outcome.details("prune")
+    analysis, plan = details["analysis"], details["plan"]
+    if not plan.kept:  # nothing to prune: write the input as it was, not its analysis-ready form
+        save_model(outcome.model_before(model), output, input_path=model)
+    verification = verify_prune(details, output, policy, options) if verify else None
+    before = reporting.compute_stats(outcome.before, shapes=shapes, dims=dims, base_dir=model.resolve().parent)
+    after = reporting.compute_stats(output, shapes=shapes, dims=dims)
+    statistics_out = outcome.records[0].statistics
+    report = prune_report(details, before, after, verification)
+    report = {
+        **reporting.build_report(
+            command=command or f"spa.workflows.prune.prune_model({str(model)!r}, {str(output)!r})",
+            seeds={"plan": seed, "inputs": seed},
+            before=before,
+            after=after,
+            passes=[{"name": "prune", "statistics": statistics_out}],
+            verification=verification.as_dict() if verification else None,
+            latency=None,
+        ),
+        **report,
+    }
+    if report_path is not None:
+        reporting.write_report(report, Path(report_path))
+    seconds = time.perf_counter() - start
+    return PruneResult(
+        output,
+        analysis,
+        plan,
+        statistics_out,
+        verification,
+        report,
+        _verdict(report, verification, seconds),
+        outcome.records,
+    )
+
+
+def verify_prune(
+    details: dict[str, Any], pruned: Path, policy: Policy | None, options: RunOptions
+) -> VerifyResult | None:
+    """Mask equivalence of the model at ``pruned`` (None when nothing was pruned:
+    an unchanged model needs no check)."""
+    plan: Plan = details["plan"]
+    if not plan.kept:
+        return None
+    return verify_masked(
+        details["reference"], pruned, details["analysis"], plan, policy or AllClose(rtol=1e-4),
+        seed=options.seed, **options.inputs,
+    )  # fmt: skip
+
+
+def prune_report(
+    details: dict[str, Any], before: Any, after: Any, verification: VerifyResult | None
+) -> dict[str, Any]:
+    """The prune-specific part of a report, from the ``prune`` pass's details."""
+    analysis: Analysis = details["analysis"]
+    plan: Plan = details["plan"]
+    with_parameters = [g for g in analysis.groups if g.parameters]
+    return {
+        "params_before": before.params,
+        "params_after": after.params,
+        "macs_before": before.total_macs,
+        "macs_after": after.total_macs,
+        "groups_total": len(with_parameters),
+        "groups_pruned": len(plan.kept),
+        "groups_frozen": sum(1 for g in with_parameters if g.frozen),
+        "frozen_reasons": analysis.frozen_reason_counts(),
+        "plan": plan.policy,
+        "verify": None
+        if verification is None
+        else {
+            "passed": verification.passed,
+            "max_abs_diff": verification.max_abs_diff,
+            "max_rel_diff": verification.max_rel_diff,
+        },
+        "reconstruction": details["reconstruction"],
+        "biases_added": details["biases_added"],
+    }
+
+
+def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds: float) -> str:
+    before, after = report["params_before"], report["params_after"]
+    change = (after - before) / before * 100 if before else 0.0
+    macs_b, macs_a = report["macs_before"], report["macs_after"]
+    text = (
+        f"prune | params {human_count(before)} → {human_count(after)} ({change:+.0f}%) | "
+        f"MACs {human_count(macs_b)} → {human_count(macs_a)} | groups {report['groups_pruned']}/"
+        f"{report['groups_total']} pruned"
+    )
+    if verification is None:
+        return f"DONE | {text} | not verified | {seconds:.1f}s"
+    verdict = "PASSED" if verification.passed else "FAILED"
+    return f"{verdict} | {text} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"

@@ -1,0 +1,107 @@
+"""``quantize_model``: the library function behind ``spa quantize``.
+
+Load -> (convert) -> ``quantize-weights`` pass (GPTQ calibrates) -> save -> verify in ORT CPU
+on seeded inputs (cosine and max|Δ| against the original) -> a
+:class:`QuantizeResult` with every node decision, statistics, the share of
+MatMul/Gemm/Conv MACs covered and model bytes before/after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import onnx_ir as ir
+
+from spa.calibration import CalibrationSource
+from spa.pass_manager import PassRecord
+from spa.passes.quantize import QuantizeWeightsPass, check_quantize_options
+from spa.stats.coverage import mac_coverage
+from spa.verify import CosineMaxAbs, VerifyResult, verify_models
+from spa.workflows.results import RewriteResult, file_bytes
+from spa.workflows.run import PipelineOutcome, RunOptions, convert_opset, run_pipeline
+
+__all__ = ["QuantizeResult", "default_min_cosine", "quantize_model"]
+
+
+@dataclasses.dataclass
+class QuantizeResult(RewriteResult):
+    """Everything the report shows about one ``quantize_model`` call."""
+
+    seconds: float
+    verification: VerifyResult | None = None
+
+
+def default_min_cosine(bits: int) -> float:
+    """The verification threshold used unless the caller gives one."""
+    return 0.9999 if bits >= 8 else 0.98
+
+
+def quantize_model(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    bits: int = 4,
+    block: int = 128,
+    method: str = "rtn",
+    symmetric: bool = True,
+    target: str = "ort",
+    calib: CalibrationSource | None = None,
+    seed: int = 0,
+    act_order: bool = False,
+    verify: bool = True,
+    min_cosine: float | None = None,
+    max_calibration_samples: int | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    dump_dir: str | os.PathLike[str] | None = None,
+    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+) -> QuantizeResult:
+    """Quantize the MatMul/Gemm weights of ``input_path`` and write ``output_path``
+    (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
+    GPTQ's Hessians come from ``calib``)."""
+    check_quantize_options(bits, block, symmetric, method, target)
+    start = time.perf_counter()
+    source, output = Path(input_path), Path(output_path)
+    options = RunOptions(
+        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges,
+        calibration=calib if method == "gptq" else None,
+        max_calibration_samples=max_calibration_samples, dump_dir=dump_dir,
+        on_pass_end=on_pass_end,
+    )  # fmt: skip
+    quantizer = QuantizeWeightsPass(bits, block, symmetric, method, target, act_order=act_order)
+
+    def prepare(model: ir.Model) -> ir.Model:
+        if target == "ort":
+            return model
+        return convert_opset(
+            model, below=21, version=21, purpose="block DequantizeLinear", fix="use --target ort"
+        )
+
+    def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
+        threshold = min_cosine if min_cosine is not None else default_min_cosine(bits)
+        policy = CosineMaxAbs(min_cosine=threshold)
+        return verify_models(source, output, policy=policy, seed=seed, **options.inputs)
+
+    outcome = run_pipeline(
+        source, output, [quantizer], options, prepare=prepare, verify=check if verify else None
+    )
+    record = outcome.records[0]
+    decisions = record.details["decisions"]
+    return QuantizeResult(
+        output=output,
+        options={"bits": bits, "block": block, "method": method, "symmetric": symmetric,
+                 "target": target, "act_order": act_order, "seed": seed},
+        decisions=[decision.as_dict() for decision in decisions],
+        statistics=dict(record.statistics),
+        calibration=record.details["calibration"],
+        mac_coverage=mac_coverage(outcome.before, decisions),
+        bytes_before=file_bytes(source),
+        bytes_after=file_bytes(output),
+        seconds=time.perf_counter() - start,
+        verification=outcome.verification,
+    )  # fmt: skip

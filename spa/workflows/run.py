@@ -1,0 +1,257 @@
+"""The pipeline, written once: load -> [convert] -> run passes (calibrating
+what they ask for) -> save -> verify.
+
+Every command (``optimize``, ``prune``, ``quantize``, ``sparsify``) builds its
+passes and its verification, then calls :func:`run_pipeline`, so the per-pass
+lines, ``--dump-dir``, timings and calibration work the same for all of them.
+The input file is parsed once; everything after works on that in-memory model.
+
+>>> outcome = run_pipeline("model.onnx", "out.onnx", passes, RunOptions())  # doctest: +SKIP
+>>> [record.name for record in outcome.records]  # doctest: +SKIP
+['infer-shapes', 'fold-constants', ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from spa.calibration import (
+    CalibrationRequest,
+    CalibrationResult,
+    CalibrationSource,
+    calibrate,
+    load_calibration,
+)
+from spa.errors import UserError
+from spa.model_io import load_model, save_model
+from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
+from spa.quant.static import RANDOM_CALIBRATION
+from spa.verify import VerifyResult, input_specs, make_feeds
+
+__all__ = [
+    "RANDOM_SAMPLES",
+    "PipelineOutcome",
+    "RunOptions",
+    "convert_opset",
+    "default_opset_of",
+    "feeds_calibrator",
+    "model_proto",
+    "run_pipeline",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seeded random samples used when a pass must calibrate and no data was given.
+RANDOM_SAMPLES = 8
+_PROTO_LIMIT = 1_800_000_000
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How the pipeline runs around the passes; shared by every command.
+
+    ``calibration``: real samples (an ``.npz``, a folder of ``.npy``, or an
+    iterable of feed dicts) for passes that ask for statistics; without them
+    a pass runs data-free, except one whose request is ``required`` (static
+    quantization's ranges), measured on seeded random inputs with a warning.
+    ``seed``/``shapes``/``dims``/``int_ranges`` make the seeded inputs of
+    verification and random calibration.
+    """
+
+    seed: int = 0
+    shapes: Mapping[str, tuple[int, ...]] | None = None
+    dims: Mapping[str, int] | None = None
+    int_ranges: Mapping[str, tuple[int, int]] | None = None
+    calibration: CalibrationSource | None = None
+    max_calibration_samples: int | None = None
+    dump_dir: str | os.PathLike[str] | None = None
+    on_pass_end: Callable[[PassRecord, int], None] | None = None
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The seeded-input keywords of :func:`spa.verify.verify_models`."""
+        return {"shapes": self.shapes, "dims": self.dims, "int_ranges": self.int_ranges}
+
+
+@dataclasses.dataclass
+class PipelineOutcome:
+    """What :func:`run_pipeline` did: the records of every pass, the saved
+    output, the model before the passes (as a proto without its weights'
+    bytes duplicated) and the verification, if one was asked for."""
+
+    output: Path
+    records: list[PassRecord]
+    before: onnx.ModelProto
+    verification: VerifyResult | None
+    seconds: float
+
+    def model_before(self, source: Path) -> ir.Model:
+        """The model as it was before the passes (external weights read from ``source``'s folder)."""
+        model = ir.serde.deserialize_model(self.before)
+        ir.external_data.set_base_dir(model.graph, str(Path(source).resolve().parent))
+        return model
+
+    def details(self, pass_name: str) -> dict[str, Any]:
+        """The result details of the last pass called ``pass_name`` ({} if none ran)."""
+        for record in reversed(self.records):
+            if record.name == pass_name:
+                return record.details
+        return {}
+
+
+def model_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto (external weights stay references to their files)."""
+    return ir.serde.serialize_model(model)
+
+
+def default_opset_of(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def convert_opset(
+    model: ir.Model, *, below: int, version: int, purpose: str, fix: str
+) -> ir.Model:
+    """``model``, or a copy converted to opset ``version`` when its default-domain
+    opset is below ``below``; a failure is one line naming ``purpose`` and ``fix``."""
+    opset = default_opset_of(model)
+    if opset >= below:
+        return model
+    for graph in (model.graph,):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):  # the converter needs the bytes
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+    try:
+        converted = onnx.version_converter.convert_version(model_proto(model), version)
+    except Exception as error:  # the converter raises its own C++ error types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"opset {opset} could not be converted to {version} for {purpose} ({first}); {fix}"
+        ) from None
+    logger.info("converted opset %d -> %d for %s", opset, version, purpose)
+    return ir.serde.deserialize_model(converted)
+
+
+def _random_feeds(proto: onnx.ModelProto, options: RunOptions) -> Iterator[dict[str, np.ndarray]]:
+    specs = input_specs(proto)
+    for index in range(RANDOM_SAMPLES):  # the seed itself is left to verification
+        yield make_feeds(specs, seed=options.seed + 1 + index, **options.inputs)
+
+
+def _source_label(source: CalibrationSource) -> str:
+    return str(source) if isinstance(source, str | os.PathLike) else "feeds"
+
+
+def feeds_calibrator(
+    source: CalibrationSource | None,
+    options: RunOptions | None = None,
+) -> Calibrator:
+    """A calibrator over ``source``; with None, required requests are measured on
+    seeded random inputs (labelled so) and the others get empty statistics."""
+    options = options or RunOptions()
+
+    def measure(model: ir.Model, request: CalibrationRequest) -> CalibrationResult:
+        if source is None and not request.required:
+            return CalibrationResult(source="none")  # the pass runs data-free
+        proto = _with_weights(model)
+        if source is None:
+            logger.warning(
+                "NO CALIBRATION DATA: statistics come from %d seeded random inputs and are "
+                "not representative; give real samples with --calib",
+                RANDOM_SAMPLES,
+            )
+            return calibrate(
+                proto, request, lambda: _random_feeds(proto, options), source=RANDOM_CALIBRATION,
+                max_samples=options.max_calibration_samples,
+            )  # fmt: skip
+        names = [v.name for v in proto.graph.input if v.name not in _initializer_names(proto)]
+        listed = _replayable(source, names)
+        return calibrate(
+            proto, request, listed, source=_source_label(source),
+            max_samples=options.max_calibration_samples,
+        )  # fmt: skip
+
+    return measure
+
+
+def _replayable(
+    source: CalibrationSource, names: list[str]
+) -> Callable[[], Iterable[Mapping[str, np.ndarray]]]:
+    """Feeds that can be walked more than once (a file is reopened; an
+    iterable of dicts is kept as a list when it is a one-shot iterator)."""
+    if isinstance(source, str | os.PathLike):
+        path = source
+        return lambda: load_calibration(path, names)
+    kept: list[Mapping[str, np.ndarray]] = list(source)  # walked once per statistic
+    return lambda: kept
+
+
+def _initializer_names(proto: onnx.ModelProto) -> set[str]:
+    return {tensor.name for tensor in proto.graph.initializer}
+
+
+def _with_weights(model: ir.Model) -> onnx.ModelProto:
+    """A proto ORT can run from memory (external weights read in), below 2 GB."""
+    proto = model_proto(model)
+    if proto.ByteSize() < _PROTO_LIMIT:
+        base = _base_dir(model)
+        if base is not None:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(base))
+    return proto
+
+
+def _base_dir(model: ir.Model) -> Path | None:
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return Path(value.const_value.base_dir)
+    return None
+
+
+def run_pipeline(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    passes: Sequence[SpaPass] | Callable[[ir.Model], Sequence[SpaPass]],
+    options: RunOptions,
+    *,
+    model: ir.Model | None = None,
+    prepare: Callable[[ir.Model], ir.Model] | None = None,
+    verify: Callable[[Path, Path, PipelineOutcome], VerifyResult | None] | None = None,
+    instruments: Sequence[Instrument] = (),
+) -> PipelineOutcome:
+    """Load ``source`` (or take ``model``, already loaded from it), ``prepare``
+    it (opset conversion), run ``passes`` (or the list ``passes(model)``
+    builds) with calibration, ``--dump-dir``, ``instruments`` and progress,
+    save to ``output`` (never over the input or its data), then
+    ``verify(source, output, outcome)``."""
+    start = time.perf_counter()
+    source, output = Path(source), Path(output)
+    model = model if model is not None else load_model(source)
+    if prepare is not None:
+        model = prepare(model)
+    before = model_proto(model)
+    pass_list = list(passes(model) if callable(passes) else passes)
+    instruments = [*instruments, *([DumpInstrument(options.dump_dir)] if options.dump_dir else [])]
+    calibrator = feeds_calibrator(options.calibration, options)
+    records = run_passes(
+        model,
+        pass_list,
+        instruments=instruments,
+        on_pass_end=options.on_pass_end,
+        calibrator=calibrator,
+    )
+    save_model(model, output, input_path=source)
+    outcome = PipelineOutcome(output, records, before, None, 0.0)
+    if verify is not None:
+        outcome.verification = verify(source, output, outcome)
+    outcome.seconds = time.perf_counter() - start
+    return outcome

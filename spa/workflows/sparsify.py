@@ -1,0 +1,166 @@
+"""``sparsify_model``: the library function behind ``spa sparsify``.
+
+Load -> (convert) -> ``sparsify-2to4`` or ``gqsa`` pass (calibrated when it
+asks) -> save -> verify in
+ORT CPU on seeded inputs (cosine against the original; a plugin-form GQSA
+model is verified through its reference lowering) -> a :class:`SparsifyResult`
+with every node decision, the share of MatMul/Gemm/Conv MACs covered, model
+bytes before/after and the actual sparsity of the rewritten weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from spa.calibration import CalibrationSource
+from spa.errors import UserError
+from spa.model_io import load_model, save_model
+from spa.pass_manager import PassRecord
+from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, check_gqsa_options
+from spa.passes.sparsify import Sparsify2to4Pass
+from spa.stats.coverage import weight_coverage
+from spa.verify import CosineMaxAbs, VerifyResult, verify_models
+from spa.workflows.results import RewriteResult, file_bytes
+from spa.workflows.run import PipelineOutcome, RunOptions, convert_opset, run_pipeline
+
+__all__ = ["PATTERNS", "SparsifyResult", "check_sparsify_options", "sparsify_model"]
+
+PATTERNS = ("2:4", "gqsa")
+
+
+@dataclasses.dataclass
+class SparsifyResult(RewriteResult):
+    """Everything the report shows about one ``sparsify_model`` call."""
+
+    sparsity: float
+    seconds: float
+    verification: VerifyResult | None = None
+
+    @property
+    def rewritten(self) -> int:
+        return sum(1 for decision in self.decisions if decision["action"] != "skipped")
+
+
+def check_sparsify_options(
+    pattern: str, method: str, calib: object | None, sparsity: float | None
+) -> None:
+    """One-line :class:`UserError` for option combinations that mean nothing."""
+    if pattern not in PATTERNS:
+        raise UserError(f"pattern '{pattern}': choose one of {', '.join(PATTERNS)}")
+    if pattern == "2:4" and sparsity not in (None, 0.5):
+        raise UserError(f"--sparsity {sparsity}: 2:4 is always 50%; drop --sparsity or use gqsa")
+    if pattern == "gqsa" and method != "magnitude":
+        raise UserError(
+            "--method applies to --pattern 2:4; GQSA uses --calib when given (data-free otherwise)"
+        )
+    if pattern == "2:4" and method == "magnitude" and calib is not None:
+        raise UserError(
+            "--calib is used by --method sparsegpt or --pattern gqsa; add one or drop it"
+        )
+
+
+def _sparsity(decisions: Iterable[Any]) -> float:
+    rewritten = [d for d in decisions if d.action != "skipped"]
+    elements = sum(d.k * d.n for d in rewritten)
+    return sum(d.sparsity * d.k * d.n for d in rewritten) / elements if elements else 0.0
+
+
+def _build_pass(pattern: str, options: dict[str, Any]) -> Sparsify2to4Pass | GQSAPass:
+    if pattern == "2:4":
+        return Sparsify2to4Pass(options["method"])
+    check_gqsa_options(options["group"], options["sparsity"], options["bits"], options["form"])
+    return GQSAPass(options["group"], options["sparsity"], options["bits"], options["form"])
+
+
+def _verified_copy(output: Path, form: str, folder: Path) -> Path:
+    """The model ORT can run: the output itself, or its reference lowering."""
+    if form != "plugin":
+        return output
+    model = load_model(output)
+    GQSAToReferencePass()(model)
+    return save_model(model, folder / "reference.onnx")
+
+
+def sparsify_model(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    pattern: str = "2:4",
+    group: int = 16,
+    sparsity: float | None = None,
+    bits: int = 4,
+    method: str = "magnitude",
+    calib: CalibrationSource | None = None,
+    form: str = "reference",
+    seed: int = 0,
+    verify: bool = True,
+    min_cosine: float = 0.9,
+    max_calibration_samples: int | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dims: Mapping[str, int] | None = None,
+    int_ranges: Mapping[str, tuple[int, int]] | None = None,
+    dump_dir: str | os.PathLike[str] | None = None,
+    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+) -> SparsifyResult:
+    """2:4-sparsify or GQSA-quantize the weights of ``input_path`` and write
+    ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`)."""
+    check_sparsify_options(pattern, method, calib, sparsity)
+    if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
+        raise UserError("--group/--bits/--form apply to --pattern gqsa; drop them for 2:4")
+    options: dict[str, Any] = {
+        "pattern": pattern, "method": method, "seed": seed,
+        **({"group": group, "sparsity": 0.5 if sparsity is None else sparsity,
+            "bits": bits, "form": form} if pattern == "gqsa" else {}),
+    }  # fmt: skip
+    start = time.perf_counter()
+    source, output = Path(input_path), Path(output_path)
+    wants_data = method == "sparsegpt" or pattern == "gqsa"
+    run_options = RunOptions(
+        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges,
+        calibration=calib if wants_data else None,
+        max_calibration_samples=max_calibration_samples, dump_dir=dump_dir,
+        on_pass_end=on_pass_end,
+    )  # fmt: skip
+    rewrite = _build_pass(pattern, options)
+    # The reference lowering needs BitwiseAnd (opset 18): the reference form always, and
+    # the plugin form when it is verified (through its lowering).
+    lowered = pattern == "gqsa" and (form == "reference" or verify)
+
+    def prepare(model: ir.Model) -> ir.Model:
+        if not lowered:
+            return model
+        return convert_opset(
+            model, below=18, version=21, purpose="the GQSA reference lowering",
+            fix="use --form plugin",
+        )  # fmt: skip
+
+    def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
+        with tempfile.TemporaryDirectory(prefix="spa-sparsify-") as folder:
+            candidate = _verified_copy(output, form if pattern == "gqsa" else "", Path(folder))
+            return verify_models(
+                source, candidate, policy=CosineMaxAbs(min_cosine=min_cosine), seed=seed,
+                **run_options.inputs,
+            )  # fmt: skip
+
+    outcome = run_pipeline(
+        source, output, [rewrite], run_options, prepare=prepare, verify=check if verify else None
+    )
+    record = outcome.records[0]
+    decisions = record.details["decisions"]
+    weights = {d.weight for d in decisions if d.action != "skipped"}
+    return SparsifyResult(
+        output=output, options=options,
+        decisions=[decision.as_dict() for decision in decisions],
+        statistics=dict(record.statistics), calibration=record.details["calibration"],
+        mac_coverage=weight_coverage(outcome.before, weights), bytes_before=file_bytes(source),
+        bytes_after=file_bytes(output), sparsity=_sparsity(decisions),
+        seconds=time.perf_counter() - start, verification=outcome.verification,
+    )  # fmt: skip
