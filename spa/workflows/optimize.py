@@ -13,11 +13,12 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
+from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
 from spa.model_io import save_model
@@ -28,7 +29,7 @@ from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
 from spa.workflows.prune import prune_report, verify_prune
 from spa.workflows.recipes import Recipe, build_passes, load_recipe
-from spa.workflows.run import PipelineOutcome, RunOptions, run_pipeline
+from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, run_pipeline
 
 __all__ = ["OptimizeResult", "optimize"]
 
@@ -79,26 +80,24 @@ def optimize(
     passes: Sequence[SpaPass] | None = None,
     verify: bool = True,
     policy: Policy | None = None,
-    seed: int = 0,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    int_ranges: Mapping[str, tuple[int, int]] | None = None,
     report_path: str | os.PathLike[str] | None = None,
-    dump_dir: str | os.PathLike[str] | None = None,
     latency_runs: int = 0,
     command: str | None = None,
-    on_pass_end: Callable[[PassRecord, int], None] | None = None,
     prune: float | None = None,
     criterion: str = "l1",
     round_to: int = 1,
     calibration: CalibrationSource | None = None,
-    **prune_options: Any,
+    reduction: str = "sum",
+    allocation: str = "uniform",
+    max_group_ratio: float = 0.9,
+    bias_compensation: bool = False,
+    **run: Unpack[RunKeywords],
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
 
     The input file is never modified. With ``prune`` (a ratio) a ``prune``
-    pass runs first (options as :class:`spa.passes.prune.PrunePass`:
-    ``reduction``, ``allocation``, ``max_group_ratio``, ``bias_compensation``;
+    pass runs first (``criterion``, ``round_to``, ``reduction``, ``allocation``,
+    ``max_group_ratio``, ``bias_compensation`` as :class:`spa.passes.prune.PrunePass`;
     verified by mask equivalence), then the recipe on the pruned model. Passes
     that ask for statistics get them from ``calibration``. With ``verify`` the
     recipe's output is compared with its input in ONNX Runtime on seeded inputs
@@ -109,14 +108,14 @@ def optimize(
     source, output = Path(model), Path(output)
     loaded = load_recipe(recipe) if isinstance(recipe, str) else recipe
     pass_list: list[SpaPass] = list(passes) if passes is not None else build_passes(loaded)
-    options = RunOptions(
-        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calibration,
-        dump_dir=dump_dir, on_pass_end=on_pass_end,
-    )  # fmt: skip
+    options = RunOptions(**run, calibration=calibration)
+    seed, shapes, dims = options.seed, options.shapes, options.dims
     if prune is not None:
         pruner = PrunePass(
-            prune, criterion, seed, round_to, keep_reference=verify, **prune_options
-        )
+            prune, criterion, seed, round_to, reduction=reduction, allocation=allocation,
+            max_group_ratio=max_group_ratio, bias_compensation=bias_compensation,
+            keep_reference=verify,
+        )  # fmt: skip
         pass_list.insert(0, pruner)
     with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:
         pruned = Path(staging) / "pruned.onnx"

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import Unpack
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
@@ -26,7 +28,7 @@ from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
 from spa.verify.mask import verify_masked
-from spa.workflows.run import RunOptions, run_pipeline
+from spa.workflows.run import RunKeywords, RunOptions, run_pipeline
 
 __all__ = ["PruneResult", "analyze_file", "prune_model", "prune_report", "verify_prune"]
 
@@ -58,16 +60,12 @@ def prune_model(
     *,
     ratio: float = 0.3,
     criterion: str = "l1",
-    seed: int = 0,
     round_to: int = 1,
     exclude: Sequence[str] = (),
     plan_path: str | os.PathLike[str] | None = None,
     save_plan: str | os.PathLike[str] | None = None,
     verify: bool = False,
     policy: Policy | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    int_ranges: Mapping[str, tuple[int, int]] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     command: str | None = None,
     prunable_io: str | None = DEFAULT_PRUNABLE_IO,
@@ -76,8 +74,7 @@ def prune_model(
     max_group_ratio: float = 0.9,
     calibration: CalibrationSource | None = None,
     bias_compensation: bool = False,
-    dump_dir: str | os.PathLike[str] | None = None,
-    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
     written unchanged (the report says why).
@@ -92,12 +89,9 @@ def prune_model(
     """
     start = time.perf_counter()
     model, output = Path(model), Path(output)
-    options = RunOptions(
-        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calibration,
-        dump_dir=dump_dir, on_pass_end=on_pass_end,
-    )  # fmt: skip
+    options = RunOptions(**run, calibration=calibration)
     prune_pass = PrunePass(
-        ratio, criterion, seed, round_to, tuple(exclude),
+        ratio, criterion, options.seed, round_to, tuple(exclude),
         None if plan_path is None else str(plan_path),
         save_plan=None if save_plan is None else str(save_plan), reduction=reduction,
         allocation=allocation, max_group_ratio=max_group_ratio,
@@ -109,14 +103,14 @@ def prune_model(
     if not plan.kept:  # nothing to prune: write the input as it was, not its analysis-ready form
         save_model(outcome.model_before(model), output, input_path=model)
     verification = verify_prune(details, output, policy, options) if verify else None
-    before = reporting.compute_stats(outcome.before, shapes=shapes, dims=dims, base_dir=model.resolve().parent)
-    after = reporting.compute_stats(output, shapes=shapes, dims=dims)
+    before = reporting.compute_stats(outcome.before, shapes=options.shapes, dims=options.dims, base_dir=model.resolve().parent)
+    after = reporting.compute_stats(output, shapes=options.shapes, dims=options.dims)
     statistics_out = outcome.records[0].statistics
     report = prune_report(details, before, after, verification)
     report = {
         **reporting.build_report(
             command=command or f"spa.workflows.prune.prune_model({str(model)!r}, {str(output)!r})",
-            seeds={"plan": seed, "inputs": seed},
+            seeds={"plan": options.seed, "inputs": options.seed},
             before=before,
             after=after,
             passes=[{"name": "prune", "statistics": statistics_out}],

@@ -11,18 +11,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import onnx_ir as ir
+from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.pass_manager import PassRecord
 from spa.passes.quantize import QuantizeWeightsPass, check_quantize_options
 from spa.stats.coverage import mac_coverage
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import RewriteResult, file_bytes
-from spa.workflows.run import PipelineOutcome, RunOptions, convert_opset, run_pipeline
+from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, convert_opset, run_pipeline
 
 __all__ = ["QuantizeResult", "default_min_cosine", "quantize_model"]
 
@@ -50,16 +49,10 @@ def quantize_model(
     symmetric: bool = True,
     target: str = "ort",
     calib: CalibrationSource | None = None,
-    seed: int = 0,
     act_order: bool = False,
     verify: bool = True,
     min_cosine: float | None = None,
-    max_calibration_samples: int | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    int_ranges: Mapping[str, tuple[int, int]] | None = None,
-    dump_dir: str | os.PathLike[str] | None = None,
-    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    **run: Unpack[RunKeywords],
 ) -> QuantizeResult:
     """Quantize the MatMul/Gemm weights of ``input_path`` and write ``output_path``
     (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
@@ -67,12 +60,7 @@ def quantize_model(
     check_quantize_options(bits, block, symmetric, method, target)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
-    options = RunOptions(
-        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges,
-        calibration=calib if method == "gptq" else None,
-        max_calibration_samples=max_calibration_samples, dump_dir=dump_dir,
-        on_pass_end=on_pass_end,
-    )  # fmt: skip
+    options = RunOptions(**run, calibration=calib if method == "gptq" else None)
     quantizer = QuantizeWeightsPass(bits, block, symmetric, method, target, act_order=act_order)
 
     def prepare(model: ir.Model) -> ir.Model:
@@ -85,7 +73,7 @@ def quantize_model(
     def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
         threshold = min_cosine if min_cosine is not None else default_min_cosine(bits)
         policy = CosineMaxAbs(min_cosine=threshold)
-        return verify_models(source, output, policy=policy, seed=seed, **options.inputs)
+        return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
     outcome = run_pipeline(
         source, output, [quantizer], options, prepare=prepare, verify=check if verify else None
@@ -95,7 +83,7 @@ def quantize_model(
     return QuantizeResult(
         output=output,
         options={"bits": bits, "block": block, "method": method, "symmetric": symmetric,
-                 "target": target, "act_order": act_order, "seed": seed},
+                 "target": target, "act_order": act_order, "seed": options.seed},
         decisions=[decision.as_dict() for decision in decisions],
         statistics=dict(record.statistics),
         calibration=record.details["calibration"],

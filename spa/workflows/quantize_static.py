@@ -12,17 +12,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import onnx
 import onnx_ir as ir
+from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
 from spa.model_io import load_model, load_proto
 from spa.ort import import_onnxruntime
-from spa.pass_manager import PassRecord
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.stats.coverage import covered_share
@@ -30,6 +30,7 @@ from spa.verify import CosineMaxAbs, VerifyResult, input_specs, make_feeds, run_
 from spa.workflows.results import VerifiedResult, file_bytes
 from spa.workflows.run import (
     PipelineOutcome,
+    RunKeywords,
     RunOptions,
     convert_opset,
     default_opset_of,
@@ -115,18 +116,12 @@ def quantize_static_model(
     calib: CalibrationSource | None = None,
     calib_method: str = "minmax",
     percentile: float = 99.99,
-    max_calibration_samples: int | None = None,
     quantize_norms: bool = False,
     quantize_bmm: bool = False,
     quantize_residual_matmul: bool = False,
-    seed: int = 0,
     verify: bool = True,
     min_cosine: float | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    int_ranges: Mapping[str, tuple[int, int]] | None = None,
-    dump_dir: str | os.PathLike[str] | None = None,
-    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    **run: Unpack[RunKeywords],
 ) -> StaticQuantizeResult:
     """Static INT8/FP8 QDQ of ``input_path`` written to ``output_path`` (the
     ``quantize-static`` pass through :func:`spa.workflows.run.run_pipeline`,
@@ -134,11 +129,7 @@ def quantize_static_model(
     check_static_options(activations, weights, calib_method, percentile)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
-    options = RunOptions(
-        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calib,
-        max_calibration_samples=max_calibration_samples,
-        dump_dir=dump_dir, on_pass_end=on_pass_end,
-    )  # fmt: skip
+    options = RunOptions(**run, calibration=calib)
     quantizer = QuantizeStaticPass(
         activations, weights, calib_method=calib_method, percentile=percentile,
         quantize_norms=quantize_norms, quantize_bmm=quantize_bmm,
@@ -161,9 +152,9 @@ def quantize_static_model(
         output_opset = default_opset_of(load_model(output))
         if activations == "fp8" or output_opset >= _QDQ_OPSET:
             verified_at = "basic"
-            return _verify_basic(source, output, policy, seed, options.inputs)
+            return _verify_basic(source, output, policy, options.seed, options.inputs)
         verified_at = "all"
-        return verify_models(source, output, policy=policy, seed=seed, **options.inputs)
+        return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
     outcome = run_pipeline(
         source, output, [quantizer], options, prepare=prepare, verify=check if verify else None
@@ -176,7 +167,7 @@ def quantize_static_model(
         options={"activations": activations, "weights": quantizer.weights,
                  "calib_method": calib_method, "percentile": percentile,
                  "quantize_norms": quantize_norms, "quantize_bmm": quantize_bmm,
-                 "quantize_residual_matmul": quantize_residual_matmul, "seed": seed},
+                 "quantize_residual_matmul": quantize_residual_matmul, "seed": options.seed},
         decisions=[decision.as_dict() for decision in decisions],
         statistics=dict(record.statistics),
         calibration=record.details["calibration"],

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from typing_extensions import TypedDict
 
 from spa.calibration import (
     CalibrationRequest,
@@ -41,6 +42,7 @@ from spa.verify import VerifyResult, input_specs, make_feeds
 __all__ = [
     "RANDOM_SAMPLES",
     "PipelineOutcome",
+    "RunKeywords",
     "RunOptions",
     "convert_opset",
     "default_opset_of",
@@ -54,6 +56,18 @@ logger = logging.getLogger(__name__)
 #: Seeded random samples used when a pass must calibrate and no data was given.
 RANDOM_SAMPLES = 8
 _PROTO_LIMIT = 1_800_000_000
+
+
+class RunKeywords(TypedDict, total=False):
+    """The pipeline's keywords every command function accepts (see :class:`RunOptions`)."""
+
+    seed: int
+    shapes: Mapping[str, tuple[int, ...]] | None
+    dims: Mapping[str, int] | None
+    int_ranges: Mapping[str, tuple[int, int]] | None
+    max_calibration_samples: int | None
+    dump_dir: str | os.PathLike[str] | None
+    on_pass_end: Callable[[PassRecord, int], None] | None
 
 
 @dataclasses.dataclass

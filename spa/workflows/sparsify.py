@@ -14,22 +14,22 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
+from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
 from spa.model_io import load_model, save_model
-from spa.pass_manager import PassRecord
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, check_gqsa_options
 from spa.passes.sparsify import Sparsify2to4Pass
 from spa.stats.coverage import weight_coverage
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import RewriteResult, file_bytes
-from spa.workflows.run import PipelineOutcome, RunOptions, convert_opset, run_pipeline
+from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, convert_opset, run_pipeline
 
 __all__ = ["PATTERNS", "SparsifyResult", "check_sparsify_options", "sparsify_model"]
 
@@ -100,35 +100,25 @@ def sparsify_model(
     method: str = "magnitude",
     calib: CalibrationSource | None = None,
     form: str = "reference",
-    seed: int = 0,
     verify: bool = True,
     min_cosine: float = 0.9,
-    max_calibration_samples: int | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    dims: Mapping[str, int] | None = None,
-    int_ranges: Mapping[str, tuple[int, int]] | None = None,
-    dump_dir: str | os.PathLike[str] | None = None,
-    on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    **run: Unpack[RunKeywords],
 ) -> SparsifyResult:
     """2:4-sparsify or GQSA-quantize the weights of ``input_path`` and write
     ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`)."""
     check_sparsify_options(pattern, method, calib, sparsity)
     if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
         raise UserError("--group/--bits/--form apply to --pattern gqsa; drop them for 2:4")
+    run_options = RunOptions(
+        **run, calibration=calib if method == "sparsegpt" or pattern == "gqsa" else None
+    )
     options: dict[str, Any] = {
-        "pattern": pattern, "method": method, "seed": seed,
+        "pattern": pattern, "method": method, "seed": run_options.seed,
         **({"group": group, "sparsity": 0.5 if sparsity is None else sparsity,
             "bits": bits, "form": form} if pattern == "gqsa" else {}),
     }  # fmt: skip
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
-    wants_data = method == "sparsegpt" or pattern == "gqsa"
-    run_options = RunOptions(
-        seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges,
-        calibration=calib if wants_data else None,
-        max_calibration_samples=max_calibration_samples, dump_dir=dump_dir,
-        on_pass_end=on_pass_end,
-    )  # fmt: skip
     rewrite = _build_pass(pattern, options)
     # The reference lowering needs BitwiseAnd (opset 18): the reference form always, and
     # the plugin form when it is verified (through its lowering).
@@ -146,7 +136,7 @@ def sparsify_model(
         with tempfile.TemporaryDirectory(prefix="spa-sparsify-") as folder:
             candidate = _verified_copy(output, form if pattern == "gqsa" else "", Path(folder))
             return verify_models(
-                source, candidate, policy=CosineMaxAbs(min_cosine=min_cosine), seed=seed,
+                source, candidate, policy=CosineMaxAbs(min_cosine=min_cosine), seed=run_options.seed,
                 **run_options.inputs,
             )  # fmt: skip
 
