@@ -108,3 +108,27 @@ def test_the_input_is_read_once_and_never_written(mlp_path: Path, tmp_path: Path
     outcome = run_pipeline(mlp_path, tmp_path / "o.onnx", [], RunOptions())
     assert outcome.records == [] and mlp_path.read_bytes() == before
     assert onnx.load(str(tmp_path / "o.onnx")).graph.node
+
+
+def test_constant_node_weights_are_counted_and_quantized(run_cli, tmp_path: Path) -> None:
+    """A model exported with its weight as a Constant node is not a silent no-op."""
+    weight = np.random.default_rng(2).standard_normal((32, 16)).astype(np.float32)
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[N, 32] X) => (float[N, 16] Y) {
+            Y = MatMul(X, W)
+        }
+        """
+    )
+    model.graph.node.insert(0, onnx.helper.make_node(
+        "Constant", [], ["W"], value=onnx.numpy_helper.from_array(weight, "W")
+    ))  # fmt: skip
+    source = tmp_path / "constant.onnx"
+    onnx.save(model, str(source))
+    info = run_cli("inspect", source)
+    assert "params    512" in info.output, info.output
+    result = run_cli("quantize", source, "-o", tmp_path / "q.onnx", "--weights", "int8")
+    assert result.exit_code == 0, result.output
+    assert "nodes quantized 1" in result.output
+    assert [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node] == ["MatMulNBits"]

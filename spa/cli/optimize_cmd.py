@@ -19,6 +19,7 @@ from spa.cli.options import (
     input_options,
     policy_from,
     print_pass_line,
+    quality_options,
     report_option,
     tolerance_options,
 )
@@ -51,6 +52,7 @@ __all__ = ["optimize_command"]
     show_default=True,
     help="With --prune, keep a multiple of K channels.",
 )
+@quality_options
 @input_options
 @tolerance_options()
 def optimize_command(
@@ -65,6 +67,8 @@ def optimize_command(
     dry_run: bool,
     prune_ratio: float | None,
     round_to: int,
+    holdout: float,
+    metric: str | None,
     seed: int,
     shapes: tuple[str, ...],
     dims: tuple[str, ...],
@@ -112,6 +116,8 @@ def optimize_command(
         prune=prune_ratio,
         round_to=round_to,
         calibration=calib,
+        holdout=holdout,
+        metric=metric,
         **criterion_arguments(criteria),
     )
     if result.prune_verification is not None:

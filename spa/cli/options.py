@@ -35,6 +35,7 @@ __all__ = [
     "policy_from",
     "print_pass_line",
     "prunable_io_option",
+    "quality_options",
     "report_option",
     "tolerance_options",
 ]
@@ -104,6 +105,26 @@ calib_option = click.option(
     help="Calibration inputs: an .npz (input name -> samples) or a folder of <input>.npy "
     "(leading sample axis).",
 )
+def quality_options(function: F) -> F:
+    """``--holdout`` and ``--eval``: quality measured on held-out real data."""
+    return _compose(
+        click.option(
+            "--holdout",
+            type=float,
+            default=0.25,
+            show_default=True,
+            help="Share of --calib samples kept out of calibration to measure quality on.",
+        ),
+        click.option(
+            "--eval",
+            "metric",
+            metavar="MODULE:FUNCTION",
+            help="Task metric: FUNCTION(model_path) -> number (higher is better), "
+            "reported for the input and the output.",
+        ),
+    )(function)
+
+
 #: ``--dump-dir``: the model after each pass.
 dump_dir_option = click.option(
     "--dump-dir", type=click.Path(path_type=Path), help="Save the model after each pass here."

@@ -20,13 +20,17 @@ def human_size(size: int) -> str:
 
 
 def verdict_tail(result: Any) -> str:
-    """``bytes 12.1 MB -> 3.4 MB (-72%) | cos 0.99991 | 2.1s`` of a result."""
+    """``bytes 12.1 MB -> 3.4 MB (-72%) | cos 0.99991 | quality ... | 2.1s`` of a result:
+    the verification (seeded inputs) and the quality (held-out real data) separately."""
+    from spa.verify.quality import quality_verdict
+
     before, after = result.bytes_before, result.bytes_after
     change = f"{(after - before) / before:+.0%}" if before else "n/a"
     cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
+    quality = quality_verdict(result.quality, result.quality_note)
     return (
         f"bytes {human_size(before)} -> {human_size(after)} ({change}) | {cosine} | "
-        f"{result.seconds:.1f}s"
+        f"{quality} | {result.seconds:.1f}s"
     )
 
 

@@ -21,6 +21,7 @@ from spa.cli.options import (
     policy_from,
     print_pass_line,
     prunable_io_option,
+    quality_options,
     report_option,
     tolerance_options,
 )
@@ -52,6 +53,7 @@ __all__ = ["prune_command"]
 @click.option("--verify", is_flag=True, help="Check mask equivalence in ORT (exit 3 if it fails).")
 @report_option
 @dump_dir_option
+@quality_options
 @input_options
 @tolerance_options(rtol=1e-4)
 def prune_command(
@@ -67,6 +69,8 @@ def prune_command(
     report_path: Path | None,
     dump_dir: Path | None,
     calib: Path | None,
+    holdout: float,
+    metric: str | None,
     seed: int,
     shapes: tuple[str, ...],
     dims: tuple[str, ...],
@@ -100,6 +104,8 @@ def prune_command(
         calibration=calib,
         dump_dir=dump_dir,
         on_pass_end=print_pass_line,
+        holdout=holdout,
+        metric=metric,
     )
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")

@@ -17,6 +17,7 @@ from spa.cli.options import (
     input_arguments,
     input_options,
     print_pass_line,
+    quality_options,
     report_option,
 )
 from spa.cli.outcome import finish, human_size, verdict_tail
@@ -225,6 +226,7 @@ def _check_mode(
     default=None,
     help="Verification: every output's cosine >= this [default: 0.9999 int8, 0.98 int4, 0.99 static].",
 )
+@quality_options
 @input_options
 def quantize_command(
     model: Path,
@@ -247,6 +249,8 @@ def quantize_command(
     dump_dir: Path | None,
     verify: bool,
     min_cosine: float | None,
+    holdout: float,
+    metric: str | None,
     seed: int,
     shapes: tuple[str, ...],
     dims: tuple[str, ...],
@@ -263,7 +267,9 @@ def quantize_command(
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
-            verify, min_cosine, seed, input_arguments(shapes, dims, int_ranges), dump_dir,
+            verify, min_cosine, seed,
+            {**input_arguments(shapes, dims, int_ranges), "holdout": holdout, "metric": metric},
+            dump_dir,
         )  # fmt: skip
         return
     weights = weights or "int4"
@@ -275,7 +281,7 @@ def quantize_command(
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
-        on_pass_end=print_pass_line,
+        on_pass_end=print_pass_line, holdout=holdout, metric=metric,
     )  # fmt: skip
     finish(result, render_decisions(result), verdict_line(result), report_path)
 

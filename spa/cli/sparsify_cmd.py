@@ -15,6 +15,7 @@ from spa.cli.options import (
     input_arguments,
     input_options,
     print_pass_line,
+    quality_options,
     report_option,
 )
 from spa.cli.outcome import finish, human_size, verdict_tail
@@ -86,11 +87,13 @@ def sparsify_verdict(result: Any) -> str:
     "--cosine", "--verify-cosine", "verify_cosine", type=float, default=0.9, show_default=True,
     help="Verification: every output's cosine >= this.",
 )  # fmt: skip
+@quality_options
 @input_options
 def sparsify_command(
     model: Path, output: Path, pattern: str, group: int, sparsity: float | None, bits: int,
     method: str, calib: Path | None, calib_samples: int | None, form: str,
-    report_path: Path | None, dump_dir: Path | None, verify: bool, verify_cosine: float, seed: int,
+    report_path: Path | None, dump_dir: Path | None, verify: bool, verify_cosine: float,
+    holdout: float, metric: str | None, seed: int,
     shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...],
 ) -> None:  # fmt: skip
     """2:4-sparsify or GQSA-quantize MatMul/Gemm(/Conv) weights of MODEL and write -o."""
@@ -105,6 +108,6 @@ def sparsify_command(
         method=method, calib=calib, form=form, seed=seed, verify=verify,
         min_cosine=verify_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
-        on_pass_end=print_pass_line,
+        on_pass_end=print_pass_line, holdout=holdout, metric=metric,
     )  # fmt: skip
     finish(result, render_sparsify(result), sparsify_verdict(result), report_path)

@@ -124,10 +124,23 @@ def op_key(domain: str, op_type: str) -> str:
     return op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
 
 
+#: A Constant node's tensor of this many elements or more is a weight (as spa lifts it).
+CONSTANT_WEIGHT_ELEMENTS = 16
+
+
 def weight_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Initializers of the main graph and of every subgraph (the model's weights)."""
+    """The model's weights: initializers of the main graph and of every subgraph,
+    and the tensors of ``Constant`` nodes with 16 elements or more (exporters
+    that write weights as Constant nodes)."""
     for graph in iter_graph_protos(proto.graph):
         yield from graph.initializer
+        for node in graph.node:
+            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+                continue
+            for attribute in node.attribute:
+                is_tensor = attribute.name == "value" and attribute.HasField("t")
+                if is_tensor and tensor_elements(attribute.t) >= CONSTANT_WEIGHT_ELEMENTS:
+                    yield attribute.t
 
 
 def human_count(count: float) -> str:

@@ -27,6 +27,7 @@ from spa.passes.prune import PrunePass
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
+from spa.verify.quality import quality_verdict
 from spa.workflows.prune import prune_report, verify_prune
 from spa.workflows.recipes import Recipe, build_passes, load_recipe
 from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, run_pipeline
@@ -53,11 +54,13 @@ def _verdict_line(
     before, after = report["before"]["params"], report["after"]["params"]
     change = (after - before) / before * 100 if before else 0.0
     params = f"params {human_count(before)} → {human_count(after)} ({change:+.0f}%)"
+    quality = quality_verdict(report.get("quality"), report.get("quality_note", ""))
     if verification is None:
-        return f"DONE | {recipe} | {params} | not verified | {seconds:.1f}s"
+        return f"DONE | {recipe} | {params} | not verified | {quality} | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
     return (
-        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
+        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {quality} "
+        f"| {seconds:.1f}s"
     )
 
 
@@ -166,6 +169,8 @@ def optimize(
         latency=latency,
     )
     report["recipe"] = loaded.name
+    report["quality"] = outcome.quality.as_dict() if outcome.quality else None
+    report["quality_note"] = outcome.quality_note
     if prune_part is not None:
         report["prune"] = prune_part
     if report_path is not None:

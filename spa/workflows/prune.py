@@ -28,6 +28,7 @@ from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
 from spa.verify.mask import verify_masked
+from spa.verify.quality import quality_verdict
 from spa.workflows.run import RunKeywords, RunOptions, run_pipeline
 
 __all__ = ["PruneResult", "analyze_file", "prune_model", "prune_report", "verify_prune"]
@@ -107,6 +108,8 @@ def prune_model(
     after = reporting.compute_stats(output, shapes=options.shapes, dims=options.dims)
     statistics_out = outcome.records[0].statistics
     report = prune_report(details, before, after, verification)
+    report["quality"] = outcome.quality.as_dict() if outcome.quality else None
+    report["quality_note"] = outcome.quality_note
     report = {
         **reporting.build_report(
             command=command or f"spa.workflows.prune.prune_model({str(model)!r}, {str(output)!r})",
@@ -186,7 +189,10 @@ def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds:
         f"MACs {human_count(macs_b)} → {human_count(macs_a)} | groups {report['groups_pruned']}/"
         f"{report['groups_total']} pruned"
     )
+    quality = quality_verdict(report.get("quality"), report.get("quality_note", ""))
     if verification is None:
-        return f"DONE | {text} | not verified | {seconds:.1f}s"
+        return f"DONE | {text} | not verified | {quality} | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
-    return f"{verdict} | {text} | max|Δ| {verification.max_abs_diff:.1g} | {seconds:.1f}s"
+    return (
+        f"{verdict} | {text} | max|Δ| {verification.max_abs_diff:.1g} | {quality} | {seconds:.1f}s"
+    )

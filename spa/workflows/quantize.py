@@ -12,6 +12,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 from typing_extensions import Unpack
@@ -32,6 +33,9 @@ class QuantizeResult(RewriteResult):
 
     seconds: float
     verification: VerifyResult | None = None
+    #: Agreement with the input on held-out calibration samples (spa.verify.quality).
+    quality: dict[str, Any] | None = None
+    quality_note: str = ""
 
 
 def default_min_cosine(bits: int) -> float:
@@ -92,4 +96,6 @@ def quantize_model(
         bytes_after=file_bytes(output),
         seconds=time.perf_counter() - start,
         verification=outcome.verification,
+        quality=outcome.quality.as_dict() if outcome.quality else None,
+        quality_note=outcome.quality_note,
     )  # fmt: skip

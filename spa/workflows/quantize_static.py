@@ -61,6 +61,9 @@ class StaticQuantizeResult(VerifiedResult):
     verification: VerifyResult | None = None
     #: ORT graph optimization level of the verification sessions ("all" or "basic").
     verification_optimization: str = ""
+    #: Agreement with the input on held-out calibration samples (spa.verify.quality).
+    quality: dict[str, Any] | None = None
+    quality_note: str = ""
 
     @property
     def random_calibration(self) -> bool:
@@ -157,8 +160,9 @@ def quantize_static_model(
         return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
     outcome = run_pipeline(
-        source, output, [quantizer], options, prepare=prepare, verify=check if verify else None
-    )
+        source, output, [quantizer], options, prepare=prepare, verify=check if verify else None,
+        session=_basic_session,  # as verification, for the reason _verify_basic gives
+    )  # fmt: skip
     record = outcome.records[0]
     decisions = record.details["decisions"]
     quantized = {d.node for d in decisions if d.action == "quantized"}
@@ -178,5 +182,7 @@ def quantize_static_model(
         bytes_after=file_bytes(output),
         seconds=time.perf_counter() - start,
         verification=outcome.verification,
+        quality=outcome.quality.as_dict() if outcome.quality else None,
+        quality_note=outcome.quality_note,
         verification_optimization=verified_at,
     )  # fmt: skip

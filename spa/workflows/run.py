@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 from typing_extensions import TypedDict
 
 from spa.calibration import (
@@ -38,6 +40,7 @@ from spa.model_io import load_model, save_model
 from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.verify import VerifyResult, input_specs, make_feeds
+from spa.verify.quality import Quality, load_metric, measure_quality
 
 __all__ = [
     "RANDOM_SAMPLES",
@@ -47,8 +50,10 @@ __all__ = [
     "convert_opset",
     "default_opset_of",
     "feeds_calibrator",
+    "lift_constant_weights",
     "model_proto",
     "run_pipeline",
+    "split_holdout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ class RunKeywords(TypedDict, total=False):
     max_calibration_samples: int | None
     dump_dir: str | os.PathLike[str] | None
     on_pass_end: Callable[[PassRecord, int], None] | None
+    holdout: float
+    metric: str | None
 
 
 @dataclasses.dataclass
@@ -90,6 +97,10 @@ class RunOptions:
     max_calibration_samples: int | None = None
     dump_dir: str | os.PathLike[str] | None = None
     on_pass_end: Callable[[PassRecord, int], None] | None = None
+    #: Share of the calibration samples held out of calibration to measure quality.
+    holdout: float = 0.25
+    #: ``module:function`` of a task metric (model path -> number, higher is better).
+    metric: str | None = None
 
     @property
     def inputs(self) -> dict[str, Any]:
@@ -108,6 +119,11 @@ class PipelineOutcome:
     before: onnx.ModelProto
     verification: VerifyResult | None
     seconds: float
+    quality: Quality | None = None
+    #: Why quality was not measured (empty when it was).
+    quality_note: str = ""
+    #: Constant nodes holding weights (>= 16 elements) made initializers before the passes.
+    constants_lifted: int = 0
 
     def model_before(self, source: Path) -> ir.Model:
         """The model as it was before the passes (external weights read from ``source``'s folder)."""
@@ -169,9 +185,12 @@ def _source_label(source: CalibrationSource) -> str:
 def feeds_calibrator(
     source: CalibrationSource | None,
     options: RunOptions | None = None,
+    *,
+    label: str | None = None,
 ) -> Calibrator:
-    """A calibrator over ``source``; with None, required requests are measured on
-    seeded random inputs (labelled so) and the others get empty statistics."""
+    """A calibrator over ``source`` (named ``label`` in reports); with None,
+    required requests are measured on seeded random inputs (labelled so) and
+    the others get empty statistics."""
     options = options or RunOptions()
 
     def measure(model: ir.Model, request: CalibrationRequest) -> CalibrationResult:
@@ -191,7 +210,7 @@ def feeds_calibrator(
         names = [v.name for v in proto.graph.input if v.name not in _initializer_names(proto)]
         listed = _replayable(source, names)
         return calibrate(
-            proto, request, listed, source=_source_label(source),
+            proto, request, listed, source=label or _source_label(source),
             max_samples=options.max_calibration_samples,
         )  # fmt: skip
 
@@ -208,6 +227,39 @@ def _replayable(
         return lambda: load_calibration(path, names)
     kept: list[Mapping[str, np.ndarray]] = list(source)  # walked once per statistic
     return lambda: kept
+
+
+def lift_constant_weights(model: ir.Model) -> int:
+    """Make every ``Constant`` node of 16 or more elements an initializer, so the
+    passes see it as a weight (a model exported with Constant-node weights was
+    otherwise left untouched, with 0 params reported); return how many."""
+    before = len(model.graph.initializers)
+    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(model)
+    lifted = len(model.graph.initializers) - before
+    if lifted:
+        logger.info("lifted %d Constant-node weights to initializers", lifted)
+    return lifted
+
+
+def split_holdout(
+    source: CalibrationSource | None, model: ir.Model, share: float
+) -> tuple[list[Mapping[str, np.ndarray]] | None, list[Mapping[str, np.ndarray]], str]:
+    """(calibration samples, held-out samples, why none are held out).
+
+    The last ``share`` of the samples (rounded, at least one) are held out
+    when there are 4 or more; the order of the user's samples is kept.
+    """
+    if source is None:
+        return None, [], "quality not measured: no real data (give --calib)"
+    names = [v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers]
+    samples = list(load_calibration(source, names) if isinstance(source, str | os.PathLike) else source)
+    if not 0.0 <= share < 1.0:
+        raise UserError(f"--holdout {share}: give a share in [0, 1), e.g. 0.25")
+    held = max(1, round(len(samples) * share)) if share > 0 and len(samples) >= 4 else 0
+    if held == 0:
+        reason = "--holdout 0" if share == 0 else f"{len(samples)} calibration samples (< 4)"
+        return samples, [], f"quality not measured: {reason}, none held out"
+    return samples[: len(samples) - held], samples[len(samples) - held :], ""
 
 
 def _initializer_names(proto: onnx.ModelProto) -> set[str]:
@@ -241,21 +293,30 @@ def run_pipeline(
     prepare: Callable[[ir.Model], ir.Model] | None = None,
     verify: Callable[[Path, Path, PipelineOutcome], VerifyResult | None] | None = None,
     instruments: Sequence[Instrument] = (),
+    runnable: Callable[[Path, Path], Path] | None = None,
+    session: Callable[[Path], Any] | None = None,
 ) -> PipelineOutcome:
     """Load ``source`` (or take ``model``, already loaded from it), ``prepare``
     it (opset conversion), run ``passes`` (or the list ``passes(model)``
     builds) with calibration, ``--dump-dir``, ``instruments`` and progress,
     save to ``output`` (never over the input or its data), then
-    ``verify(source, output, outcome)``."""
+    ``verify(source, output, outcome)``, then measure quality on the held-out
+    samples. ``runnable(output, folder)`` gives a file ORT can run in its place
+    (a plugin op's reference lowering) and ``session`` makes the ORT sessions.
+    """
     start = time.perf_counter()
     source, output = Path(source), Path(output)
+    metric = load_metric(options.metric) if options.metric else None  # fail before any work
     model = model if model is not None else load_model(source)
+    lifted = lift_constant_weights(model)
     if prepare is not None:
         model = prepare(model)
     before = model_proto(model)
     pass_list = list(passes(model) if callable(passes) else passes)
     instruments = [*instruments, *([DumpInstrument(options.dump_dir)] if options.dump_dir else [])]
-    calibrator = feeds_calibrator(options.calibration, options)
+    calibration, holdout, note = split_holdout(options.calibration, model, options.holdout)
+    label = None if options.calibration is None else _source_label(options.calibration)
+    calibrator = feeds_calibrator(calibration, options, label=label)
     records = run_passes(
         model,
         pass_list,
@@ -264,8 +325,16 @@ def run_pipeline(
         calibrator=calibrator,
     )
     save_model(model, output, input_path=source)
-    outcome = PipelineOutcome(output, records, before, None, 0.0)
+    outcome = PipelineOutcome(output, records, before, None, 0.0, constants_lifted=lifted)
     if verify is not None:
         outcome.verification = verify(source, output, outcome)
+    if holdout or metric is not None:
+        with tempfile.TemporaryDirectory(prefix="spa-quality-") as folder:
+            candidate = runnable(output, Path(folder)) if runnable else output
+            outcome.quality = measure_quality(
+                source, candidate, holdout, metric=metric, metric_name=options.metric,
+                session=session,
+            )  # fmt: skip
+    outcome.quality_note = note if not holdout else ""
     outcome.seconds = time.perf_counter() - start
     return outcome

@@ -43,6 +43,9 @@ class SparsifyResult(RewriteResult):
     sparsity: float
     seconds: float
     verification: VerifyResult | None = None
+    #: Agreement with the input on held-out calibration samples (spa.verify.quality).
+    quality: dict[str, Any] | None = None
+    quality_note: str = ""
 
     @property
     def rewritten(self) -> int:
@@ -140,9 +143,11 @@ def sparsify_model(
                 **run_options.inputs,
             )  # fmt: skip
 
+    lowering = form if pattern == "gqsa" else ""
     outcome = run_pipeline(
-        source, output, [rewrite], run_options, prepare=prepare, verify=check if verify else None
-    )
+        source, output, [rewrite], run_options, prepare=prepare, verify=check if verify else None,
+        runnable=lambda path, folder: _verified_copy(path, lowering, folder),
+    )  # fmt: skip
     record = outcome.records[0]
     decisions = record.details["decisions"]
     weights = {d.weight for d in decisions if d.action != "skipped"}
@@ -153,4 +158,6 @@ def sparsify_model(
         mac_coverage=weight_coverage(outcome.before, weights), bytes_before=file_bytes(source),
         bytes_after=file_bytes(output), sparsity=_sparsity(decisions),
         seconds=time.perf_counter() - start, verification=outcome.verification,
+        quality=outcome.quality.as_dict() if outcome.quality else None,
+        quality_note=outcome.quality_note,
     )  # fmt: skip

@@ -1,0 +1,112 @@
+"""Quality on held-out real data (spa.verify.quality) in every command, separate
+from the exactness verdict; and a plugged-in task metric (--eval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from spa.errors import UserError
+from spa.verify.quality import load_metric, measure_quality
+from spa.workflows.run import split_holdout
+from tests.conftest import mlp_model
+
+
+def _calib(tmp_path: Path, samples: int) -> Path:
+    path = tmp_path / "calib.npz"
+    data = np.random.default_rng(5).standard_normal((samples, 4, 8)).astype(np.float32)
+    np.savez(path, X=data)
+    return path
+
+
+def test_identical_models_agree_and_a_negated_one_does_not(mlp_path: Path, tmp_path: Path) -> None:
+    negated = mlp_model()
+    negated.graph.node[-1].op_type = "Neg"  # Y = -H3
+    negated_path = tmp_path / "neg.onnx"
+    onnx.save(negated, str(negated_path))
+    feeds = [{"X": np.random.default_rng(s).standard_normal((16, 8)).astype(np.float32)} for s in range(3)]
+    same = measure_quality(mlp_path, mlp_path, feeds)
+    assert same.samples == 3 and same.cosine == pytest.approx(1.0)
+    assert same.top1_agreement == 1.0
+    flipped = measure_quality(mlp_path, negated_path, feeds)
+    assert flipped.cosine == pytest.approx(-1.0)
+    assert flipped.top1_agreement is not None and flipped.top1_agreement < 0.2  # argmax -> argmin
+
+
+def test_split_keeps_a_quarter_for_quality_and_says_when_it_cannot(tmp_path: Path) -> None:
+    model = ir.serde.deserialize_model(mlp_model())
+    calibration, holdout, note = split_holdout(_calib(tmp_path, 8), model, 0.25)
+    assert calibration is not None and (len(calibration), len(holdout), note) == (6, 2, "")
+    _, holdout, note = split_holdout(_calib(tmp_path, 3), model, 0.25)
+    assert holdout == [] and "3 calibration samples (< 4)" in note
+    _, holdout, note = split_holdout(_calib(tmp_path, 8), model, 0.0)
+    assert holdout == [] and "--holdout 0" in note
+    assert split_holdout(None, model, 0.25)[2] == "quality not measured: no real data (give --calib)"
+    with pytest.raises(UserError, match="--holdout 1.0"):
+        split_holdout(_calib(tmp_path, 8), model, 1.0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["quantize", "--weights", "int8", "--block", "16", "--method", "gptq"],
+        ["quantize", "--activations", "int8"],
+        ["prune", "--ratio", "0.25", "--criterion", "flap"],
+        ["sparsify", "--pattern", "2:4", "--method", "sparsegpt", "--cosine", "0.3"],
+        ["optimize", "--prune", "0.25", "--criterion", "wanda_sp", "--cosine", "0.5"],
+    ],
+)
+def test_every_command_reports_quality_on_held_out_calibration_samples(
+    run_cli, mlp_path: Path, tmp_path: Path, command: list[str]
+) -> None:
+    report = tmp_path / "report.json"
+    result = run_cli(
+        command[0], mlp_path, "-o", tmp_path / "o.onnx", *command[1:],
+        "--calib", _calib(tmp_path, 8), "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    verdict = result.output.strip().splitlines()[-1]
+    assert "quality top-1" in verdict and "(2 held out)" in verdict
+    quality = json.loads(report.read_text())["quality"]
+    assert quality["samples"] == 2
+    assert 0.0 <= quality["top1_agreement"] <= 1.0 and -1.0 <= quality["cosine"] <= 1.0
+
+
+def test_without_real_data_the_verdict_says_quality_was_not_measured(
+    run_cli, mlp_path: Path, tmp_path: Path
+) -> None:
+    result = run_cli("quantize", mlp_path, "-o", tmp_path / "o.onnx", "--weights", "int8")
+    assert result.exit_code == 0, result.output
+    assert "quality not measured: no real data (give --calib)" in result.output.splitlines()[-1]
+
+
+def test_a_task_metric_is_reported_for_input_and_output(
+    run_cli, mlp_path: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = run_cli(
+        "quantize", mlp_path, "-o", tmp_path / "o.onnx", "--weights", "int8", "--block", "16",
+        "--eval", "tests.quality_metric:mlp_accuracy", "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    quality = json.loads(report.read_text())["quality"]
+    assert quality["metric"] == "tests.quality_metric:mlp_accuracy"
+    assert quality["metric_before"] == 1.0  # labels come from the dense model
+    assert 0.8 <= quality["metric_after"] <= 1.0
+    assert "tests.quality_metric:mlp_accuracy 1 ->" in result.output.splitlines()[-1]
+
+
+def test_a_bad_metric_spec_is_one_line(run_cli, mlp_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="write it as module:function"):
+        load_metric("nocolon")
+    result = run_cli(
+        "quantize", mlp_path, "-o", tmp_path / "o.onnx", "--eval", "tests.quality_metric:absent"
+    )
+    assert result.exit_code == 1
+    assert "has no function 'absent'" in result.stderr
+    assert not (tmp_path / "o.onnx").exists()  # refused before any work
