@@ -55,7 +55,8 @@ def _check_feeds(session: Any, feeds: list[dict[str, np.ndarray]]) -> None:
 
 
 def test_registry_names_and_unknown_bed() -> None:
-    assert testbeds.names() == ["shakespeare_lm", "fashion_cnn", "minilm"]
+    assert testbeds.names() == ["shakespeare_lm", "fashion_cnn", "minilm", "ocr_rec", "ocr_det",
+                                "orientation"]
     with pytest.raises(UserError, match="unknown test bed 'nope'; choose one of shakespeare_lm"):
         testbeds.get("nope")
     for name in testbeds.names():
@@ -130,3 +131,72 @@ def test_minilm_loads_runs_and_scores_like_sentence_transformers() -> None:
     scores = bed.evaluate(session, limit=12)
     expected = {"lee50": 0.4842, "wordsim353": 0.7063, "simlex999": 0.2378}
     assert scores == pytest.approx(expected, abs=0.01)
+
+
+# --- rendered text (OCR, orientation) --------------------------------------------------------
+
+
+def test_rendered_text_is_deterministic_and_splits_are_disjoint() -> None:
+    from spa.testbeds import text_render
+
+    calibration, evaluation = text_render.text_lines("calibration"), text_render.text_lines("eval")
+    assert len(evaluation) == 674 and len(calibration) > 9000
+    assert not set(calibration) & set(evaluation)
+    assert all(0 < len(line) <= 40 for line in evaluation)
+    first = text_render.render_line("Hello, world", text_render.rng_for("eval", 0, 3))
+    again = text_render.render_line("Hello, world", text_render.rng_for("eval", 0, 3))
+    other = text_render.render_line("Hello, world", text_render.rng_for("calibration", 0, 3))
+    assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3
+    np.testing.assert_array_equal(first, again)
+    assert first.shape != other.shape or not np.array_equal(first, other)
+    page = text_render.render_page(list(evaluation[:6]), text_render.rng_for("eval", 0, 0))
+    assert page.image.shape == (480, 640, 3) and len(page.boxes) == len(page.texts) >= 3
+    assert (page.boxes[:, :2] >= 0).all() and (page.boxes[:, 2] <= 640).all()
+    assert (page.boxes[1:, 1] > page.boxes[:-1, 3]).all()  # lines do not overlap
+
+
+def test_edit_distance_ctc_decoding_and_box_matching() -> None:
+    from spa.testbeds import ocr
+
+    assert ocr.edit_distance("kitten", "sitting") == 3
+    assert ocr.edit_distance("", "abc") == 3 and ocr.edit_distance("abc", "abc") == 0
+    characters = ocr._characters()
+    assert characters[0] == "" and characters[-1] == " " and len(characters) == 6625
+    steps = [characters.index(c) for c in "HH"] + [0] + [characters.index(c) for c in "Hii i"]
+    probabilities = np.eye(len(characters), dtype=np.float32)[steps][None]
+    assert ocr.ctc_decode(probabilities) == ["HHi i"]
+    truth = np.array([[0, 0, 10, 10], [0, 20, 10, 30]], dtype=float)
+    predicted = np.array([[1, 1, 10, 10], [0, 40, 10, 50], [0, 21, 10, 31]], dtype=float)
+    assert ocr.box_f1(predicted, truth) == (2, 3, 2)
+    assert ocr.box_f1(predicted[:0], truth) == (0, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "limit", "expected"),
+    [
+        # metric: (value measured with this code on the subset, tolerance); the tolerances
+        # allow one line (rec: 1/12), one character in 100 (cer), one of 16 images (orientation)
+        ("ocr_rec", 12, {"cer": (0.0156, 0.01), "line_accuracy": (0.8333, 0.09)}),
+        ("ocr_det", 3, {"f1": (1.0, 0.05), "precision": (1.0, 0.05), "recall": (1.0, 0.05)}),
+        ("orientation", 4, {"accuracy": (1.0, 0.07)}),
+    ],
+    ids=["ocr_rec", "ocr_det", "orientation"],
+)
+def test_packaged_model_loads_runs_and_scores(
+    name: str, limit: int, expected: dict[str, tuple[float, float]]
+) -> None:
+    """12 lines / 3 pages / 4 pages in 4 orientations of the evaluation split."""
+    bed = testbeds.get(name)
+    path = bed.model_path()
+    assert path.is_file() and path.suffix == ".onnx"
+    session = testbeds.session_for(path)
+    feeds = bed.calibration_feeds(2, seed=5)
+    again = bed.calibration_feeds(2, seed=5)
+    for feed, same in zip(feeds, again, strict=True):
+        np.testing.assert_array_equal(feed["x"], same["x"])
+    assert not np.array_equal(feeds[0]["x"], bed.calibration_feeds(1, seed=6)[0]["x"])
+    _check_feeds(session, feeds)
+    scores = bed.evaluate(session, limit=limit)
+    assert set(scores) == set(expected)
+    for metric, (value, tolerance) in expected.items():
+        assert scores[metric] == pytest.approx(value, abs=tolerance), metric

@@ -45,6 +45,9 @@ _MODULES = {
     "shakespeare_lm": "spa.testbeds.shakespeare",
     "fashion_cnn": "spa.testbeds.fashion_mnist",
     "minilm": "spa.testbeds.minilm",
+    "ocr_rec": "spa.testbeds.ocr",
+    "ocr_det": "spa.testbeds.ocr",
+    "orientation": "spa.testbeds.orientation",
 }
 
 
