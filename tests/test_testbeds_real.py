@@ -71,6 +71,16 @@ def test_registry_names_and_unknown_bed() -> None:
         assert bed.metric in bed.dense
 
 
+def test_command_line_prints_one_line_per_bed(capsys: pytest.CaptureFixture[str]) -> None:
+    from spa.testbeds.__main__ import main
+
+    assert main(["orientation", "--limit", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("orientation") and "accuracy=" in line and "recorded accuracy=0.9450" in line
+    assert main(["nope"]) == 1
+    assert "unknown test bed 'nope'" in capsys.readouterr().err
+
+
 def test_missing_distribution_names_the_install_command() -> None:
     from spa.testbeds.packages import package_file
 

@@ -176,7 +176,7 @@ def detect_boxes(probability: np.ndarray, height: int, width: int) -> np.ndarray
     """Boxes [n, 4] (x0, y0, x1, y1 in the page's pixels) from a [H', W'] probability map."""
     from scipy import ndimage
 
-    labels, count = ndimage.label(probability > _THRESH)
+    labels, _ = ndimage.label(probability > _THRESH)
     scale_x, scale_y = width / probability.shape[1], height / probability.shape[0]
     boxes = []
     for index, found in enumerate(ndimage.find_objects(labels), 1):
@@ -189,7 +189,6 @@ def detect_boxes(probability: np.ndarray, height: int, width: int) -> np.ndarray
         grow = box_h * box_w * _UNCLIP / (2 * (box_h + box_w))
         boxes.append(((cols.start - grow) * scale_x, (rows.start - grow) * scale_y,
                       (cols.stop + grow) * scale_x, (rows.stop + grow) * scale_y))
-    del count
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
