@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from spa.errors import UserError
 from spa.testbeds.gensim_data import lee_background, lee_documents
 from spa.testbeds.packages import package_file
 
-__all__ = ["FONTS", "Page", "font", "render_line", "render_page", "text_lines"]
+__all__ = ["FONTS", "Page", "font", "render_line", "render_page", "rng_for", "text_lines"]
 
 #: Font files of ``matplotlib/mpl-data/fonts/ttf`` used for rendering.
 FONTS = (
@@ -40,7 +41,7 @@ _INSTALL = "pip install 'spa[testbeds]' (matplotlib ships the fonts, Pillow rend
 _SPLITS = {"calibration": 1, "eval": 2}
 
 
-def _pillow() -> tuple:
+def _pillow() -> tuple[Any, Any, Any]:
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
@@ -49,8 +50,9 @@ def _pillow() -> tuple:
 
 
 @functools.cache
-def font(name: str, size: int):  # -> PIL.ImageFont.FreeTypeFont
-    """The bundled font ``name`` (one of :data:`FONTS`) at ``size`` pixels."""
+def font(name: str, size: int) -> Any:
+    """The bundled font ``name`` (one of :data:`FONTS`) at ``size`` pixels (a Pillow
+    ``FreeTypeFont``)."""
     _, _, image_font = _pillow()
     path = package_file("matplotlib", f"matplotlib/mpl-data/fonts/ttf/{name}", _INSTALL)
     return image_font.truetype(str(path), size)
@@ -86,12 +88,12 @@ def text_lines(split: str, max_chars: int = 40) -> tuple[str, ...]:
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """A light paper colour and a dark ink colour (each channel at least 50 levels apart)."""
-    paper = tuple(int(v) for v in rng.integers(160, 256, size=3))
-    ink = tuple(int(v) for v in rng.integers(0, 110, size=3))
-    return paper, ink  # type: ignore[return-value]
+    red, green, blue = (int(v) for v in rng.integers(160, 256, size=3))
+    ink_red, ink_green, ink_blue = (int(v) for v in rng.integers(0, 110, size=3))
+    return (red, green, blue), (ink_red, ink_green, ink_blue)
 
 
-def _finish(image, rng: np.random.Generator) -> np.ndarray:  # image: PIL.Image.Image
+def _finish(image: Any, rng: np.random.Generator) -> np.ndarray:
     """RGB image -> BGR uint8 array, blurred (Gaussian, radius 0..1.2 px) and with Gaussian
     sensor noise (sigma 0..8 grey levels)."""
     from PIL import ImageFilter
