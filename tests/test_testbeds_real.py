@@ -81,6 +81,21 @@ def test_command_line_prints_one_line_per_bed(capsys: pytest.CaptureFixture[str]
     assert "unknown test bed 'nope'" in capsys.readouterr().err
 
 
+def test_trained_fixtures_through_the_registry() -> None:
+    """The registry's wrappers give what the fixtures' own functions give."""
+    from spa.testbeds import fashion_mnist, shakespeare
+
+    cnn, lm = testbeds.get("fashion_cnn"), testbeds.get("shakespeare_lm")
+    assert cnn.evaluate(cnn.model_path(), limit=300) == {
+        "accuracy": fashion_mnist.accuracy(cnn.model_path(), limit=300)}
+    session = testbeds.session_for(lm.model_path())
+    assert lm.evaluate(session, limit=8) == {
+        "perplexity": shakespeare.perplexity(session, max_windows=8)}
+    for bed in (cnn, lm):
+        feeds = bed.calibration_feeds(2, seed=1)
+        _check_feeds(testbeds.session_for(bed.model_path()), feeds)
+
+
 def test_missing_distribution_names_the_install_command() -> None:
     from spa.testbeds.packages import package_file
 

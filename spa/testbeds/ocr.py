@@ -11,8 +11,9 @@ character error rate, the Levenshtein distance summed over lines over the refere
 
 Detection (``ocr_det``, ``ch_PP-OCRv4_det_infer.onnx``): input ``x`` float32
 ``[batch, 3, height, width]`` (multiples of 32), output ``[batch, 1, height, width]`` text
-probability (a DB head). The 640 x 480 pages need no resizing; pixels are scaled with RapidOCR's
-``mean = std = 0.5``. Post-processing follows DB's (``thresh`` 0.3, ``box_thresh`` 0.5,
+probability (a DB head). The 640 x 480 pages are fed at their size (PaddleOCR's default limit:
+longest side at most 960; RapidOCR's config would scale the short side up to 736); pixels are
+scaled with RapidOCR's ``mean = std = 0.5``. Post-processing follows DB's (``thresh`` 0.3, ``box_thresh`` 0.5,
 ``unclip_ratio`` 1.6 of RapidOCR's config) for axis-aligned text: connected regions of
 probability > 0.3, kept when their mean probability is >= 0.5 and both sides are >= 3 px, each
 region's bounding box grown by area * 1.6 / perimeter on every side. Metric: F1 of predicted
