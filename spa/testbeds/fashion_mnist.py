@@ -17,9 +17,19 @@ import onnx
 
 from spa.errors import UserError
 from spa.progress import track
-from spa.testbeds import session_for
+from spa.testbeds import Testbed, session_for
 
-__all__ = ["CLASSES", "DATA_DIR", "accuracy", "calibration_feeds", "load"]
+__all__ = [
+    "CLASSES",
+    "DATA_DIR",
+    "FIXTURE",
+    "TESTBEDS",
+    "accuracy",
+    "calibration_feeds",
+    "evaluate",
+    "fixture_path",
+    "load",
+]
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -91,3 +101,31 @@ def calibration_feeds(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     images, _ = load("train")
     picks = np.random.default_rng(seed).choice(len(images), size=n, replace=False)
     return [{"images": images[i : i + 1].copy()} for i in picks]
+
+
+#: The committed fixture trained on the training split (docs/testbeds.md, "Models").
+FIXTURE = Path(__file__).resolve().parents[2] / "models" / "testbeds" / "fashion_cnn.onnx"
+
+
+def fixture_path() -> Path:
+    """``models/testbeds/fashion_cnn.onnx`` of the source tree."""
+    if not FIXTURE.is_file():
+        raise UserError(f"{FIXTURE} not found; the Fashion-MNIST CNN fixture lives in spa's source tree")
+    return FIXTURE
+
+
+def evaluate(model: str | os.PathLike[str] | onnx.ModelProto, limit: int | None = None) -> dict[str, float]:
+    """``{"accuracy": ...}`` on the test split; ``limit`` its first images."""
+    return {"accuracy": accuracy(model, "test", limit=limit)}
+
+
+TESTBEDS = (Testbed(
+    name="fashion_cnn",
+    description="small CNN trained here (models/testbeds/fashion_cnn.onnx)",
+    metric="accuracy",
+    higher_is_better=True,
+    model_path=fixture_path,
+    calibration_feeds=calibration_feeds,
+    evaluate=evaluate,
+    dense={"accuracy": 0.9140},
+),)

@@ -27,13 +27,17 @@ import onnx
 
 from spa.errors import UserError
 from spa.progress import track
-from spa.testbeds import cache_dir, session_for
+from spa.testbeds import Testbed, cache_dir, session_for
 
 __all__ = [
+    "FIXTURE",
     "HELDOUT",
     "PACKAGE",
+    "TESTBEDS",
     "calibration_feeds",
     "encode",
+    "evaluate",
+    "fixture_path",
     "heldout_text",
     "load_plays",
     "perplexity",
@@ -183,3 +187,35 @@ def calibration_feeds(n_samples: int, seq_len: int = 128, seed: int = 0) -> list
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(tokens) - seq_len, size=n_samples)
     return [{"input_ids": tokens[s : s + seq_len][None].copy()} for s in starts]
+
+
+#: The committed fixture trained on :func:`train_text` (docs/testbeds.md, "Models").
+FIXTURE = Path(__file__).resolve().parents[2] / "models" / "testbeds" / "shakespeare_lm.onnx"
+
+
+def fixture_path() -> Path:
+    """``models/testbeds/shakespeare_lm.onnx`` of the source tree."""
+    if not FIXTURE.is_file():
+        raise UserError(f"{FIXTURE} not found; the Shakespeare LM fixture lives in spa's source tree")
+    return FIXTURE
+
+
+def evaluate(model: str | os.PathLike[str] | onnx.ModelProto, limit: int | None = None) -> dict[str, float]:
+    """``{"perplexity": ...}`` on the held-out plays; ``limit`` evenly spread 128-byte windows."""
+    return {"perplexity": perplexity(model, max_windows=limit)}
+
+
+def _feeds(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    return calibration_feeds(n, seed=seed)
+
+
+TESTBEDS = (Testbed(
+    name="shakespeare_lm",
+    description="byte-level Llama-style LM trained here (models/testbeds/shakespeare_lm.onnx)",
+    metric="perplexity",
+    higher_is_better=False,
+    model_path=fixture_path,
+    calibration_feeds=_feeds,
+    evaluate=evaluate,
+    dense={"perplexity": 5.398},
+),)
