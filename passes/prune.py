@@ -371,7 +371,7 @@ class PrunePass(SpaPass):
         return self._stage
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        if not self._wants_statistics() or (self.plan_path is not None and not self.bias_compensation):
+        if not self._wants_statistics():  # a saved plan still reconstructs with data
             return None
         stage = self._prepared(model)
         values = needed_values(model, stage.analysis.prunable_groups())
