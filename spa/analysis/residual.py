@@ -107,6 +107,8 @@ class ResidualStream:
     norms: list[Norm] = dataclasses.field(default_factory=list)
     writers: list[WeightSite] = dataclasses.field(default_factory=list)
     adds: list[ir.Node] = dataclasses.field(default_factory=list)
+    #: The stream's values (adds, embedding rows, relabelled copies).
+    values: list[ir.Value] = dataclasses.field(default_factory=list)
     reason: str | None = None
 
     @property
@@ -491,7 +493,8 @@ def _find(graph: ir.Graph) -> ResidualStream:
             )
     allowed = {id(value.producer()) for value in values.values()}
     allowed.update(id(node) for norm in stream.norms for node in norm.nodes)
-    _check_uses(list(values.values()), allowed)
+    stream.values = list(values.values())
+    _check_uses(stream.values, allowed)
     return stream
 
 

@@ -1,0 +1,238 @@
+"""The graph edits behind SliceGPT (Ashkboos et al., ICLR 2024, arXiv 2401.15024).
+
+:func:`make_invariant` turns a pre-norm transformer found by
+:func:`spa.analysis.residual.find_residual_stream` into one whose norms are
+plain RMSNorms (no scale, no bias), so that ``RMSNorm(x Q) = RMSNorm(x) Q``:
+
+* every norm becomes ``x / sqrt(mean(x^2) + eps)`` (``Mul``, ``ReduceMean``,
+  ``Add``, ``Sqrt``, ``Div``), whatever form the exporter wrote;
+* its scale ``g`` multiplies the rows of each reader's weight (``diag(g) W``)
+  and its bias ``b`` becomes reader bias ``b W`` (Gemm ``C``, or a new ``Add``);
+* for LayerNorm models every term added into the stream (writer weights and
+  biases, embedding rows) loses its mean over the hidden axis, so the stream is
+  centred and LayerNorm equals RMSNorm with the same eps (the OPT treatment of
+  the paper's appendix);
+* every changed weight is a new initializer of the node that reads it, which
+  unties tied embeddings and weights shared by deduplication.
+
+:func:`rotate` then multiplies every writer by ``Q`` (``D x D'``, orthonormal
+columns) on its hidden axis and every reader by ``Q^T`` and ``sqrt(D / D')``,
+scales eps by ``D / D'`` (the mean in the norm runs over ``D'`` channels) and
+rewrites constant ``Reshape`` targets that name ``D``. With ``D' = D`` it is
+an exact rewrite; with ``D' < D`` it slices.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_ir as ir
+
+from spa.analysis.residual import Norm, ResidualStream, WeightSite, initializer_array
+
+__all__ = ["make_invariant", "rotate"]
+
+_counter = itertools.count()
+
+
+def _new_constant(model: ir.Model, array: np.ndarray, hint: str) -> ir.Value:
+    name = f"{hint}.slice{next(_counter)}"
+    while name in model.graph.initializers:
+        name = f"{hint}.slice{next(_counter)}"
+    value = ir.Value(name=name, const_value=ir.Tensor(np.ascontiguousarray(array), name=name))
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    model.graph.register_initializer(value)
+    return value
+
+
+def _set_site(model: ir.Model, site: WeightSite, array: np.ndarray) -> None:
+    """Give ``site.node`` its own initializer holding ``array`` (never edits a shared one)."""
+    old = site.node.inputs[site.index]
+    dtype = site.array().dtype
+    value = _new_constant(model, array.astype(dtype), site.node.name or "w")
+    site.node.replace_input_with(site.index, value)
+    _drop_if_unused(model, old)
+
+
+def _drop_if_unused(model: ir.Model, value: ir.Value | None) -> None:
+    while value is not None and not value.uses() and not value.is_graph_output():
+        if value.name in model.graph.initializers:
+            model.graph.initializers.pop(value.name)  # type: ignore[arg-type]
+            return
+        producer = value.producer()
+        if producer is None or any(output.uses() for output in producer.outputs):
+            return
+        inputs = list(producer.inputs)
+        model.graph.remove(producer, safe=True)
+        value = inputs[0] if inputs else None
+
+
+def _hidden_last(array: np.ndarray, axis: int, hidden: int) -> np.ndarray:
+    """``array`` with its hidden axis last, broadcast to ``hidden`` channels (float64)."""
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    moved = np.moveaxis(array, axis, -1)
+    return np.broadcast_to(moved, (*moved.shape[:-1], hidden)).copy()
+
+
+def _put_back(moved: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    return np.moveaxis(moved, -1, axis if ndim > 0 else -1)
+
+
+def _rms_nodes(model: ir.Model, norm: Norm, epsilon: float) -> tuple[list[ir.Node], ir.Value]:
+    """``x / sqrt(mean(x^2, -1) + eps)`` on ``norm.input``; the nodes and their output."""
+    x = norm.input
+    dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
+    prefix = f"{norm.name}.rms"
+    eps = _new_constant(model, np.array(epsilon, dtype=dtype), prefix)
+    square = ir.node("Mul", [x, x], name=f"{prefix}.square")
+    opset = model.opset_imports.get("", 17)
+    if opset >= 18:
+        axes = _new_constant(model, np.array([-1], dtype=np.int64), prefix)
+        mean = ir.node("ReduceMean", [square.outputs[0], axes], name=f"{prefix}.mean")
+    else:
+        mean = ir.node("ReduceMean", [square.outputs[0]], {"axes": [-1]}, name=f"{prefix}.mean")
+    add = ir.node("Add", [mean.outputs[0], eps], name=f"{prefix}.add_eps")
+    root = ir.node("Sqrt", [add.outputs[0]], name=f"{prefix}.sqrt")
+    divide = ir.node("Div", [x, root.outputs[0]], name=f"{prefix}.div")
+    for node in (square, mean, add, root, divide):
+        node.outputs[0].name = f"{node.name}.out"
+    divide.outputs[0].type = x.type
+    return [square, mean, add, root, divide], divide.outputs[0]
+
+
+def _replace_norm(model: ir.Model, norm: Norm) -> None:
+    nodes, output = _rms_nodes(model, norm, norm.epsilon)
+    anchor = min(norm.nodes, key=_position(model))
+    model.graph.insert_before(anchor, nodes)
+    norm.output.replace_all_uses_with(output)
+    for node in sorted(norm.nodes, key=_position(model), reverse=True):
+        if not any(out.uses() or out.is_graph_output() for out in node.outputs):
+            inputs = list(node.inputs)
+            model.graph.remove(node, safe=True)
+            for value in inputs:
+                if value is not None and value.name in model.graph.initializers:
+                    _drop_if_unused(model, value)
+
+
+def _position(model: ir.Model) -> object:
+    order = {id(node): index for index, node in enumerate(model.graph)}
+    return lambda node: order.get(id(node), -1)
+
+
+def _fold_into_reader(model: ir.Model, site: WeightSite, norm: Norm, hidden: int) -> None:
+    weight = site.array()
+    moved = _hidden_last(weight, site.axis, hidden)
+    if norm.bias is not None:
+        extra = moved @ norm.bias.astype(np.float64).reshape(-1)
+        _add_reader_bias(model, site.node, extra.astype(weight.dtype))
+    if norm.scale is not None:
+        moved = moved * norm.scale.astype(np.float64).reshape(-1)
+    _set_site(model, site, _put_back(moved, site.axis, weight.ndim))
+
+
+def _add_reader_bias(model: ir.Model, node: ir.Node, extra: np.ndarray) -> None:
+    if node.op_type == "Gemm":
+        old = node.inputs[2] if len(node.inputs) > 2 else None
+        current = initializer_array(old) if old is not None else None
+        total = extra if current is None else current + extra
+        value = _new_constant(model, total.astype(extra.dtype), node.name or "gemm")
+        node.resize_inputs(3)
+        node.replace_input_with(2, value)
+        _drop_if_unused(model, old)
+        return
+    product = node.outputs[0]
+    bias = _new_constant(model, extra, node.name or "matmul")
+    add = ir.node("Add", [product, bias], name=f"{node.name}.slice_bias")
+    was_output = product.is_graph_output()
+    product.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
+    add.replace_input_with(0, product)
+    add.outputs[0].type, add.outputs[0].shape = product.type, product.shape
+    if was_output:  # the graph output keeps its name, now after the Add
+        original = product.name
+        product.name = f"{original}.unbiased"
+        add.outputs[0].name = original
+    else:
+        add.outputs[0].name = f"{product.name}.biased"
+    model.graph.insert_after(node, add)
+
+
+def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
+    """Fold norms into readers, centre a LayerNorm stream; statistics of what changed."""
+    hidden = stream.hidden
+    if stream.kind == "layer":
+        for site in stream.writers:
+            array = site.array()
+            moved = _hidden_last(array, site.axis, hidden)
+            moved -= moved.mean(axis=-1, keepdims=True)
+            _set_site(model, site, _put_back(moved, site.axis, max(array.ndim, 1)))
+    for norm in stream.norms:
+        for site in norm.readers:
+            _fold_into_reader(model, site, norm, hidden)
+        _replace_norm(model, norm)
+    return {
+        "norms_folded": len(stream.norms),
+        "readers": len(stream.readers),
+        "writers_centred": len(stream.writers) if stream.kind == "layer" else 0,
+    }
+
+
+def rotate(model: ir.Model, stream: ResidualStream, rotation: np.ndarray) -> dict[str, int]:
+    """Writers ``W Q``, readers ``sqrt(D/D') Q^T W``, eps ``* D/D'`` (``rotation``: ``D x D'``)."""
+    hidden, kept = rotation.shape
+    if hidden != stream.hidden:
+        raise ValueError(f"rotation is {rotation.shape}, the stream has {stream.hidden} channels")
+    for norm in stream.norms:
+        if norm.op != "decomposed" or norm.scale is not None or norm.eps_site is None:
+            raise ValueError(f"norm '{norm.name}' still has a scale; run make_invariant first")
+    gain = np.sqrt(hidden / kept)
+    for site in stream.writers:
+        array = site.array()
+        moved = _hidden_last(array, site.axis, hidden) @ rotation
+        _set_site(model, site, _put_back(moved, site.axis, max(array.ndim, 1)))
+    for site in stream.readers:
+        array = site.array()
+        moved = (_hidden_last(array, site.axis, hidden) @ rotation) * gain
+        _set_site(model, site, _put_back(moved, site.axis, array.ndim))
+    for norm in stream.norms:
+        assert norm.eps_site is not None
+        node, index = norm.eps_site
+        eps = initializer_array(node.inputs[index])
+        assert eps is not None
+        _set_site(model, WeightSite(node, index, -1), eps * (hidden / kept))
+    reshapes = _fix_reshapes(model, stream, kept) if kept != hidden else 0
+    if kept != hidden:
+        _forget_shapes(model)
+    return {"hidden_before": hidden, "hidden_after": kept, "reshapes_fixed": reshapes}
+
+
+def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:
+    """Constant Reshape targets ending in ``D`` that reshape the stream, a norm's
+    output or a writer's output (``[-1, D]`` around a Gemm)."""
+    sliced = {id(value) for value in stream.values}
+    sliced.update(id(norm.output) for norm in stream.norms)
+    sliced.update(id(site.node.outputs[0]) for site in stream.writers if site.axis != -1)
+    fixed = 0
+    for node in model.graph:
+        if node.op_type != "Reshape" or node.domain != "" or id(node.inputs[0]) not in sliced:
+            continue
+        sliced.add(id(node.outputs[0]))
+        target = initializer_array(node.inputs[1])
+        if target is None or target.ndim != 1 or not len(target) or target[-1] != stream.hidden:
+            continue
+        target = target.copy()
+        target[-1] = kept
+        _set_site(model, WeightSite(node, 1, -1), target)
+        fixed += 1
+    return fixed
+
+
+def _forget_shapes(model: ir.Model) -> None:
+    """Drop the shapes of intermediate values (the hidden size changed); ORT re-infers them."""
+    for node in model.graph:
+        for value in node.outputs:
+            if not value.is_graph_output():
+                value.shape = None
