@@ -25,6 +25,7 @@ an exact rewrite; with ``D' < D`` it slices.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -118,7 +119,7 @@ def _replace_norm(model: ir.Model, norm: Norm) -> None:
                     _drop_if_unused(model, value)
 
 
-def _position(model: ir.Model) -> object:
+def _position(model: ir.Model) -> Callable[[ir.Node], int]:
     order = {id(node): index for index, node in enumerate(model.graph)}
     return lambda node: order.get(id(node), -1)
 
