@@ -87,7 +87,7 @@ def _rms_nodes(model: ir.Model, norm: Norm, epsilon: float) -> tuple[list[ir.Nod
     """``x / sqrt(mean(x^2, -1) + eps)`` on ``norm.input``; the nodes and their output."""
     x = norm.input
     dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
-    prefix = f"{norm.name}.rms"
+    prefix = f"{norm.name}.rms{next(_counter)}"
     eps = _new_constant(model, np.array(epsilon, dtype=dtype), prefix)
     square = ir.node("Mul", [x, x], name=f"{prefix}.square")
     opset = model.opset_imports.get("", 17)
