@@ -209,11 +209,15 @@ def test_slicing_full_rank_loses_something_but_runs() -> None:
 
 POST_NORM = f"""
 <ir_version: 8, opset_import: ["" : 17]>
-post (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {HIDDEN}] y) {{
+post (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
   x = Gather(table, ids)
   h = MatMul(x, w1)
   r = Add(x, h)
-  y = LayerNormalization<axis=-1>(r, g1, b1)
+  n = LayerNormalization<axis=-1>(r, g1, b1)
+  h2 = MatMul(n, w1)
+  r2 = Add(n, h2)
+  n2 = LayerNormalization<axis=-1>(r2, g1, b1)
+  y = MatMul(n2, head)
 }}
 """
 
@@ -233,7 +237,7 @@ q (int64[1, {SEQ}] ids, float[{HIDDEN}, {HIDDEN}] w) => (float[1, {SEQ}, {VOCAB}
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (POST_NORM, "the output of LayerNormalization"),
+        (POST_NORM, "post-norm block: the output of LayerNormalization"),
         (QUANTIZED_WRITER, "non-constant"),
     ],
     ids=["post-norm", "non-constant-writer"],
