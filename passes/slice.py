@@ -39,7 +39,7 @@ from spa.analysis.residual import ResidualStream, find_residual_stream
 from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.passes.slice_rewrite import make_invariant, rotate
+from spa.passes.slice_rewrite import make_invariant, rotate, unfuse_skip_norms
 
 __all__ = [
     "ROTATIONS",
@@ -97,8 +97,10 @@ def pca_rotation(covariances: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
 class RotationInvariantPass(SpaPass):
     """Fold norms into readers and centre LayerNorm streams (SliceGPT's invariant form).
 
-    Handles: ``LayerNormalization``, ``RMSNormalization``, com.microsoft
-    ``SimplifiedLayerNormalization`` and decomposed RMSNorm; writers that are
+    Handles: ``LayerNormalization``, ``RMSNormalization``, ORT's
+    ``SimplifiedLayerNormalization``, decomposed RMSNorm, and com.microsoft
+    ``SkipLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` (split
+    into the residual Add and a plain norm first); writers that are
     constant-weight MatMul/Gemm (with bias), embedding Gathers and constants;
     readers that are constant-weight MatMul/Gemm (through Reshape/Cast). The
     output is numerically the same function (up to float rounding).
@@ -108,8 +110,10 @@ class RotationInvariantPass(SpaPass):
     summary = "SliceGPT step 1: fold norm scales into readers, LayerNorm -> RMSNorm, untie"
 
     def call(self, model: ir.Model) -> SpaPassResult:
+        unfused = unfuse_skip_norms(model)
         stream = residual_stream_or_error(model)
         statistics = make_invariant(model, stream)
+        statistics["skip_norms_unfused"] = unfused
         statistics["hidden"] = stream.hidden
         return SpaPassResult(model, True, statistics, {"kind": stream.kind})
 

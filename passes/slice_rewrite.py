@@ -32,7 +32,10 @@ import onnx_ir as ir
 
 from spa.analysis.residual import Norm, ResidualStream, WeightSite, initializer_array
 
-__all__ = ["make_invariant", "rotate"]
+__all__ = ["make_invariant", "rotate", "unfuse_skip_norms"]
+
+MS_DOMAIN = "com.microsoft"
+_SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
 
 _counter = itertools.count()
 
@@ -147,7 +150,7 @@ def _add_reader_bias(model: ir.Model, node: ir.Node, extra: np.ndarray) -> None:
         return
     product = node.outputs[0]
     bias = _new_constant(model, extra, node.name or "matmul")
-    add = ir.node("Add", [product, bias], name=f"{node.name}.slice_bias")
+    add = ir.node("Add", [product, bias], name=f"{node.name}.slice_bias{next(_counter)}")
     was_output = product.is_graph_output()
     product.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
     add.replace_input_with(0, product)
@@ -237,3 +240,45 @@ def _forget_shapes(model: ir.Model) -> None:
         for value in node.outputs:
             if not value.is_graph_output():
                 value.shape = None
+
+
+def unfuse_skip_norms(model: ir.Model) -> int:
+    """Split ORT's ``Skip(Simplified)LayerNormalization`` into the residual ``Add`` (plus
+    its bias) and a plain norm, so the stream is visible; returns how many were split."""
+    count = 0
+    for node in list(model.graph):
+        if node.domain != MS_DOMAIN or node.op_type not in _SKIP_NORMS:
+            continue
+        inputs = list(node.inputs) + [None] * 5
+        prefix = f"{node.name or node.op_type}.unfused{next(_counter)}"
+        added = ir.node("Add", [inputs[0], inputs[1]], name=f"{prefix}.add")
+        total = added.outputs[0]
+        new_nodes = [added]
+        bias_index = 3 if node.op_type == "SkipSimplifiedLayerNormalization" else 4
+        if inputs[bias_index] is not None:
+            with_bias = ir.node("Add", [total, inputs[bias_index]], name=f"{prefix}.bias")
+            new_nodes.append(with_bias)
+            total = with_bias.outputs[0]
+        epsilon = node.attributes.get_float("epsilon", 1e-5)
+        if node.op_type == "SkipLayerNormalization":
+            norm_inputs = [total, inputs[2]] + ([inputs[3]] if inputs[3] is not None else [])
+            norm = ir.node("LayerNormalization", norm_inputs, {"axis": -1, "epsilon": epsilon},
+                           name=f"{prefix}.norm")  # fmt: skip
+        else:
+            norm = ir.node("SimplifiedLayerNormalization", [total, inputs[2]],
+                           {"axis": -1, "epsilon": epsilon}, name=f"{prefix}.norm")  # fmt: skip
+        new_nodes.append(norm)
+        for value in (*(n.outputs[0] for n in new_nodes),):
+            value.name = f"{value.producer().name}.out"  # type: ignore[union-attr]
+        model.graph.insert_before(node, new_nodes)
+        outputs = list(node.outputs)
+        replacements = {0: norm.outputs[0], 3: total}
+        for index, value in enumerate(outputs):
+            if value is None or not (value.uses() or value.is_graph_output()):
+                continue
+            if index not in replacements:
+                raise ValueError(f"{node.op_type} '{node.name}': its output {index} is read")
+            value.replace_all_uses_with(replacements[index], replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        count += 1
+    return count

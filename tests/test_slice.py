@@ -293,3 +293,54 @@ def test_zoo_decoder_random_rotation_is_exact(name: str) -> None:
 def test_zoo_refusals_say_why(name: str, reason: str) -> None:
     stream = find_residual_stream(ir.serde.deserialize_model(zoo.load(name)))
     assert stream.reason is not None and reason in stream.reason
+
+
+NORM_OPS_TEXT = """
+<ir_version: 10, opset_import: ["" : {opset}, "com.microsoft" : 1]>
+g (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{
+  x = Gather(table, ids)
+  n = {first}
+  h = MatMul(n, w1)
+  n2, m2, i2, r2 = {skip}(h, x, g2{beta})
+  h2 = MatMul(n2, w2)
+  n3 = {last}
+  y = MatMul(n3, head)
+}}
+"""
+NORM_OP_CASES = {
+    "rmsnormalization-23": dict(
+        opset=23, first="RMSNormalization<epsilon=1e-5>(x, g1)", skip="com.microsoft.SkipSimplifiedLayerNormalization",
+        beta="", last="RMSNormalization<epsilon=1e-5>(r2, g3)",
+    ),
+    "ort-simplified-and-skip": dict(
+        opset=17, first="SimplifiedLayerNormalization<axis=-1, epsilon=1e-5>(x, g1)",
+        skip="com.microsoft.SkipSimplifiedLayerNormalization", beta="",
+        last="SimplifiedLayerNormalization<axis=-1, epsilon=1e-5>(r2, g3)",
+    ),
+    "ort-skip-layernorm": dict(
+        opset=17, first="LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)",
+        skip="com.microsoft.SkipLayerNormalization", beta=", b2",
+        last="LayerNormalization<axis=-1, epsilon=1e-5>(r2, g3, b3)",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(NORM_OP_CASES))
+def test_norm_ops_and_fused_skip_norms_rotate_exactly(case: str) -> None:
+    text = NORM_OPS_TEXT.format(seq=SEQ, vocab=VOCAB, **NORM_OP_CASES[case])
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)), "w2": rng.standard_normal((HIDDEN, HIDDEN))}  # fmt: skip
+    for name in ("g1", "g2", "g3", "b1", "b2", "b3"):
+        constants[name] = (1.0 if name[0] == "g" else 0.0) + 0.3 * rng.standard_normal(HIDDEN)
+    proto = onnx.parser.parse_model(text)
+    used = {name for node in proto.graph.node for name in node.input}
+    for name, array in constants.items():
+        if name in used:
+            proto.graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(
+        model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")]
+    )
+    assert records[0].statistics["skip_norms_unfused"] == 1
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE

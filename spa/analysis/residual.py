@@ -10,7 +10,7 @@ function when every *writer* ``W_out`` becomes ``W_out Q`` and every *reader*
 This module finds, read-only:
 
 * the *norms* as exporters write them: ``LayerNormalization``, opset-23
-  ``RMSNormalization``, com.microsoft ``SimplifiedLayerNormalization``, and the
+  ``RMSNormalization``, ORT's ``SimplifiedLayerNormalization``, and the
   decomposed RMSNorm ``x * 1/sqrt(mean(x^2) + eps)`` (``Pow``/``Mul``,
   ``ReduceMean``, ``Add``, ``Sqrt``, ``Reciprocal``/``Div``; ``Cast`` skipped);
 * the *stream*: the ``Add`` (and ``Cast``/``Identity``) nodes reached backwards
@@ -52,7 +52,10 @@ MS_DOMAIN = "com.microsoft"
 _PATH_OPS = frozenset({"Reshape", "Flatten", "Cast", "Identity"})
 #: Ops the stream itself may pass through.
 _STREAM_OPS = frozenset({"Add", "Cast", "Identity", "Reshape", "Flatten"})
-_NORM_OPS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"})
+_NORM_OPS = frozenset(
+    {"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+     "SkipSimplifiedLayerNormalization"}
+)  # fmt: skip
 _FUSED = frozenset(
     {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization"}
 )
@@ -253,6 +256,7 @@ def _match_decomposed(reduce: ir.Node) -> Norm | None:
 def _match_op(node: ir.Node) -> Norm | None:
     """``LayerNormalization``, ``RMSNormalization``, ``SimplifiedLayerNormalization``."""
     known = {("", "LayerNormalization"): "layer", ("", "RMSNormalization"): "rms",
+             ("", "SimplifiedLayerNormalization"): "rms",  # where ORT registers it
              (MS_DOMAIN, "SimplifiedLayerNormalization"): "rms"}  # fmt: skip
     kind = known.get((node.domain, node.op_type))
     if kind is None or node.inputs[0] is None:
@@ -281,7 +285,10 @@ def _match_op(node: ir.Node) -> Norm | None:
 def _norms(graph: ir.Graph) -> Iterator[Norm]:
     for node in graph:
         if node.op_type in _FUSED and node.domain == MS_DOMAIN:
-            raise _Refusal(f"{_label(node)} fuses the residual add into the norm; export unfused")
+            raise _Refusal(
+                f"{_label(node)} fuses the residual add into the norm (the rotation-invariant "
+                "pass splits Skip*LayerNormalization; EmbedLayerNormalization: export unfused)"
+            )
         norm = _match_op(node)
         if norm is None and node.op_type == "ReduceMean" and node.domain == "":
             norm = _match_decomposed(node)

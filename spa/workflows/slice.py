@@ -27,7 +27,7 @@ from typing import Any
 from spa.calibration import CalibrationSource
 from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord, run_passes
-from spa.passes.slice import RotateSlicePass, RotationInvariantPass, residual_stream_or_error
+from spa.passes.slice import RotateSlicePass, RotationInvariantPass
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, CosineMaxAbs, Policy, VerifyResult, verify_models
@@ -112,7 +112,6 @@ def slice_model(
     source, output = Path(model), Path(output)
     inputs: dict[str, Any] = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
     loaded = load_model(source)
-    residual_stream_or_error(loaded)  # refuse before any work, naming the node
     exact = check_exactness(source, seed=seed, **inputs) if exactness else None
     options = RunOptions(
         seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calibration,
