@@ -344,3 +344,59 @@ def test_norm_ops_and_fused_skip_norms_rotate_exactly(case: str) -> None:
     )
     assert records[0].statistics["skip_norms_unfused"] == 1
     assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+
+
+DECOMPOSED_LN = """
+<ir_version: 8, opset_import: ["" : 13]>
+dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{
+  x = Gather(table, ids)
+  m1 = ReduceMean<axes=[-1]>(x)
+  d1 = Sub(x, m1)
+  q1 = Pow(d1, two)
+  v1 = ReduceMean<axes=[-1]>(q1)
+  e1 = Add(v1, eps)
+  s1 = Sqrt(e1)
+  k1 = Div(d1, s1)
+  t1 = Mul(k1, g1)
+  n1 = Add(t1, b1)
+  h = MatMul(n1, w1)
+  r = Add(x, h)
+  m2 = ReduceMean<axes=[-1]>(r)
+  d2 = Sub(r, m2)
+  q2 = Mul(d2, d2)
+  v2 = ReduceMean<axes=[-1]>(q2)
+  e2 = Add(eps, v2)
+  s2 = Sqrt(e2)
+  i2 = Reciprocal(s2)
+  k2 = Mul(d2, i2)
+  t2 = Mul(g2, k2)
+  n2 = Add(t2, b2)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+def test_decomposed_layernorm_at_opset_13_rotates_and_slices() -> None:
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)), "two": np.array(2.0), "eps": np.array(1e-5)}  # fmt: skip
+    for name in ("g1", "g2", "b1", "b2"):
+        constants[name] = (1.0 if name[0] == "g" else 0.0) + 0.3 * rng.standard_normal(HIDDEN)
+    proto = _model(
+        DECOMPOSED_LN.format(seq=SEQ, vocab=VOCAB),
+        {k: np.asarray(v, np.float32) for k, v in constants.items()},
+    )
+    stream = find_residual_stream(ir.serde.deserialize_model(proto))
+    assert stream.reason is None and stream.kind == "layer" and len(stream.norms) == 2
+    assert all(norm.scale is not None and norm.bias is not None for norm in stream.norms)
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    run_passes(
+        sliced,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25, rotation="random", round_to=4)],
+    )
+    assert run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])[
+        "y"
+    ].shape == (1, SEQ, VOCAB)

@@ -12,7 +12,9 @@ This module finds, read-only:
 * the *norms* as exporters write them: ``LayerNormalization``, opset-23
   ``RMSNormalization``, ORT's ``SimplifiedLayerNormalization``, and the
   decomposed RMSNorm ``x * 1/sqrt(mean(x^2) + eps)`` (``Pow``/``Mul``,
-  ``ReduceMean``, ``Add``, ``Sqrt``, ``Reciprocal``/``Div``; ``Cast`` skipped);
+  ``ReduceMean``, ``Add``, ``Sqrt``, ``Reciprocal``/``Div``; ``Cast`` skipped)
+  and decomposed LayerNorm (the same on ``x - mean(x)``, ``Sub``), with their
+  constant scale ``Mul`` and bias ``Add``;
 * the *stream*: the ``Add`` (and ``Cast``/``Identity``) nodes reached backwards
   from the norms' inputs, starting at the token embedding ``Gather``;
 * its *writers*: every term added into it (constant-weight ``MatMul``/``Gemm``
@@ -190,7 +192,8 @@ def _last_axis(node: ir.Node, value: ir.Value) -> bool:
 
 
 def _match_decomposed(reduce: ir.Node) -> Norm | None:
-    """``x * 1/sqrt(mean(x^2) + eps)`` (or ``x / sqrt(...)``), then an optional scale."""
+    """``x * 1/sqrt(mean(x^2) + eps)`` (or ``x / sqrt(...)``), ``x`` possibly
+    ``x0 - mean(x0)`` (a decomposed LayerNorm), then an optional scale and bias."""
     square = reduce.inputs[0].producer() if reduce.inputs[0] is not None else None
     if square is None or square.op_type not in ("Pow", "Mul"):
         return None
@@ -232,25 +235,51 @@ def _match_decomposed(reduce: ir.Node) -> Norm | None:
             return None
         nodes.append(step)
     nodes.append(normalize)
+    kind, source = _centred_source(x, nodes)
     # the stream value is x, or the value a Cast made x from
-    source: ir.Value | None = x
-    producer = x.producer()
+    producer = source.producer()
     while producer is not None and producer.op_type == "Cast" and producer.domain == "":
         nodes.append(producer)
-        source = producer.inputs[0]
+        source = producer.inputs[0]  # type: ignore[assignment]
         producer = source.producer() if source is not None else None
-    output = _through_casts(normalize.outputs[0])
-    scale_node = _only_use(output)
-    scale = None
-    if scale_node is not None and scale_node.op_type == "Mul":
-        scale = initializer_array(_other_input(scale_node, output))
-        if scale is not None:
-            nodes.append(scale_node)
-            output = _through_casts(scale_node.outputs[0])
-    assert source is not None
+    output, scale, bias = _affine(normalize.outputs[0], nodes)
     return Norm(
-        "rms", "decomposed", source, output, tuple(nodes), epsilon, scale, None, (add, eps_index)
+        kind, "decomposed", source, output, tuple(nodes), epsilon, scale, bias, (add, eps_index)
     )
+
+
+def _centred_source(x: ir.Value, nodes: list[ir.Node]) -> tuple[str, ir.Value]:
+    """``("layer", x0)`` when ``x = x0 - mean(x0, -1)`` (a decomposed LayerNorm), else ``("rms", x)``."""
+    sub = x.producer()
+    if sub is None or sub.op_type != "Sub" or sub.domain != "":
+        return "rms", x
+    x0, mean = sub.inputs[0], sub.inputs[1]
+    reduce = mean.producer() if mean is not None else None
+    if x0 is None or reduce is None or reduce.op_type != "ReduceMean" or reduce.inputs[0] is not x0:
+        return "rms", x
+    if not _last_axis(reduce, x0) or len(mean.uses()) != 1:  # type: ignore[union-attr]
+        return "rms", x
+    nodes += [sub, reduce]
+    return "layer", x0
+
+
+def _affine(
+    value: ir.Value, nodes: list[ir.Node]
+) -> tuple[ir.Value, np.ndarray | None, np.ndarray | None]:
+    """The output after an optional constant scale ``Mul`` and bias ``Add``."""
+    output = _through_casts(value)
+    found: dict[str, np.ndarray | None] = {"Mul": None, "Add": None}
+    for op in ("Mul", "Add"):
+        node = _only_use(output)
+        if node is None or node.op_type != op or node.domain != "":
+            continue
+        constant = initializer_array(_other_input(node, output))
+        if constant is None or constant.ndim > 1:
+            continue
+        found[op] = constant
+        nodes.append(node)
+        output = _through_casts(node.outputs[0])
+    return output, found["Mul"], found["Add"]
 
 
 def _match_op(node: ir.Node) -> Norm | None:
