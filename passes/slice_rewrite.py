@@ -224,14 +224,42 @@ def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:
         if node.op_type != "Reshape" or node.domain != "" or id(node.inputs[0]) not in sliced:
             continue
         sliced.add(id(node.outputs[0]))
-        target = initializer_array(node.inputs[1])
-        if target is None or target.ndim != 1 or not len(target) or target[-1] != stream.hidden:
-            continue
-        target = target.copy()
-        target[-1] = kept
-        _set_site(model, WeightSite(node, 1, -1), target)
-        fixed += 1
+        if _ends_in(node.inputs[1], stream.hidden):
+            target = initializer_array(node.inputs[1]).copy()  # type: ignore[union-attr]
+            target[-1] = kept
+            _set_site(model, WeightSite(node, 1, -1), target)
+            fixed += 1
+        elif _fix_concat_target(model, node, stream.hidden, kept):
+            fixed += 1
     return fixed
+
+
+def _ends_in(value: ir.Value | None, size: int) -> bool:
+    found = initializer_array(value)
+    return found is not None and found.ndim == 1 and len(found) > 0 and int(found[-1]) == size
+
+
+def _fix_concat_target(model: ir.Model, reshape: ir.Node, hidden: int, kept: int) -> bool:
+    """A target ``Concat(dims..., [D])`` (shapes computed at run time, the hidden size
+    a constant): the Reshape gets its own Concat ending in ``D'``."""
+    concat = reshape.inputs[1].producer() if reshape.inputs[1] is not None else None
+    if concat is None or concat.op_type != "Concat" or not _ends_in(concat.inputs[-1], hidden):
+        return False
+    last = initializer_array(concat.inputs[-1]).copy()  # type: ignore[union-attr]
+    last[-1] = kept
+    value = _new_constant(model, last, reshape.name or "reshape")
+    copy = ir.node(
+        "Concat",
+        [*concat.inputs[:-1], value],
+        {"axis": 0},
+        name=f"{reshape.name}.target{next(_counter)}",
+    )
+    copy.outputs[0].name = f"{copy.name}.out"
+    model.graph.insert_before(reshape, copy)
+    old = reshape.inputs[1]
+    reshape.replace_input_with(1, copy.outputs[0])
+    _drop_if_unused(model, old)
+    return True
 
 
 def _forget_shapes(model: ir.Model) -> None:

@@ -400,3 +400,22 @@ def test_decomposed_layernorm_at_opset_13_rotates_and_slices() -> None:
     assert run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])[
         "y"
     ].shape == (1, SEQ, VOCAB)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DECODERS)
+def test_zoo_decoder_slices_to_three_quarters_and_runs(name: str) -> None:
+    """PCA slicing 128 -> 96 on seeded inputs: constant and computed Reshape targets follow."""
+    proto = zoo.load(name)
+    feeds = [make_feeds(input_specs(proto), seed=seed) for seed in range(3)]
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(
+        model,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25)],
+        calibrator=feeds_calibrator(feeds[1:]),
+    )
+    assert records[1].statistics["hidden_after"] == 96
+    expected = run_model(proto.SerializeToString(), feeds[0])
+    got = run_model(ir.serde.serialize_model(model).SerializeToString(), feeds[0])
+    for output, array in expected.items():
+        assert got[output].shape == array.shape and np.isfinite(got[output]).all()
