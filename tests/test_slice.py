@@ -234,13 +234,28 @@ q (int64[1, {SEQ}] ids, float[{HIDDEN}, {HIDDEN}] w) => (float[1, {SEQ}, {VOCAB}
 """
 
 
+BRANCH_NORM = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+branch (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  n = LayerNormalization<axis=-1>(x, g1, b1)
+  h = MatMul(n, w1)
+  hn = LayerNormalization<axis=-1>(h, g1, b1)
+  r = Add(x, hn)
+  n2 = LayerNormalization<axis=-1>(r, g1, b1)
+  y = MatMul(n2, head)
+}}
+"""
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         (POST_NORM, "post-norm block: the output of LayerNormalization"),
         (QUANTIZED_WRITER, "non-constant"),
+        (BRANCH_NORM, "LayerNormalization 'hn' normalizes a branch before the add"),
     ],
-    ids=["post-norm", "non-constant-writer"],
+    ids=["post-norm", "non-constant-writer", "norm-on-branch"],
 )
 def test_refusals_name_the_node(text: str, expected: str) -> None:
     rng = np.random.default_rng(0)

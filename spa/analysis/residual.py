@@ -145,7 +145,8 @@ def initializer_array(value: ir.Value | None) -> np.ndarray | None:
 
 
 def _label(node: ir.Node) -> str:
-    return f"{node.op_type} '{node.name}'"
+    """``Op 'name'``; an unnamed node is named by its first output."""
+    return f"{node.op_type} '{node.name or node.outputs[0].name}'"
 
 
 def _uses(value: ir.Value) -> list[tuple[ir.Node, int]]:
@@ -396,6 +397,10 @@ def _terms(
     if id(value) in stream:
         return True
     if producer.op_type in _NORM_OPS:
+        source = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+        if source is not None and source.op_type in ("MatMul", "Gemm"):
+            raise _Refusal(f"{_label(producer)} normalizes a branch before the add {_label(add)} "
+                           "(a norm inside the block's output); the stream is not invariant")  # fmt: skip
         raise _Refusal(f"post-norm block: the output of {_label(producer)} is added into the residual "
                        f"stream at {_label(add)}; SliceGPT needs pre-norm blocks")  # fmt: skip
     if not root and (len(value.uses()) != 1 or value.is_graph_output()):

@@ -114,9 +114,7 @@ def optimize(
         dump_dir=dump_dir, on_pass_end=on_pass_end,
     )  # fmt: skip
     if prune is not None:
-        pruner = PrunePass(
-            prune, criterion, seed, round_to, keep_reference=verify, **prune_options
-        )
+        pruner = PrunePass(prune, criterion, seed, round_to, keep_reference=verify, **prune_options)
         pass_list.insert(0, pruner)
     with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:
         pruned = Path(staging) / "pruned.onnx"
@@ -139,7 +137,9 @@ def optimize(
             verify=check if verify else None,
         )  # fmt: skip
         base_dir = source.resolve().parent
-        before = reporting.compute_stats(outcome.before, shapes=shapes, dims=dims, base_dir=base_dir)
+        before = reporting.compute_stats(
+            outcome.before, shapes=shapes, dims=dims, base_dir=base_dir
+        )
         after = reporting.compute_stats(output, shapes=shapes, dims=dims)
         prune_part = None
         if prune is not None:

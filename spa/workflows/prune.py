@@ -109,7 +109,9 @@ def prune_model(
     if not plan.kept:  # nothing to prune: write the input as it was, not its analysis-ready form
         save_model(outcome.model_before(model), output, input_path=model)
     verification = verify_prune(details, output, policy, options) if verify else None
-    before = reporting.compute_stats(outcome.before, shapes=shapes, dims=dims, base_dir=model.resolve().parent)
+    before = reporting.compute_stats(
+        outcome.before, shapes=shapes, dims=dims, base_dir=model.resolve().parent
+    )
     after = reporting.compute_stats(output, shapes=shapes, dims=dims)
     statistics_out = outcome.records[0].statistics
     report = prune_report(details, before, after, verification)
