@@ -21,9 +21,11 @@ and Columns", ICLR 2024 (arXiv 2401.15024). Two passes, run in this order
     writers, readers and the head shrink from ``D`` to ``D'``, readers gain
     ``sqrt(D / D')`` and eps ``D / D'`` so the norms see the same scale.
 
-This version uses **one** ``Q`` for the whole stream, so the residual skips
-need no shortcut matrices ``Q_l^T Q_{l+1}`` (the paper's per-layer bases
-are a refinement left for later). Attention internals (RoPE, GQA, KV-cache
+``bases="shared"`` (the default) uses **one** ``Q`` for the whole stream, so
+the residual skips need no shortcut matrices. ``bases="per-norm"`` is the
+paper's form: one ``Q_l`` per norm (norms reading the same value share one),
+each writer in the basis of the value it is summed into, and ``Q_a^T Q_b``
+(``D' x D'``) on every residual edge that changes basis. Attention internals (RoPE, GQA, KV-cache
 inputs and outputs) are never touched: they live inside the blocks.
 """
 
@@ -39,9 +41,10 @@ from spa.analysis.residual import ResidualStream, find_residual_stream
 from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.passes.slice_rewrite import make_invariant, rotate, unfuse_skip_norms
+from spa.passes.slice_rewrite import make_invariant, norm_groups, rotate, unfuse_skip_norms
 
 __all__ = [
+    "BASES",
     "ROTATIONS",
     "RotateSlicePass",
     "RotationInvariantPass",
@@ -54,6 +57,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ROTATIONS = ("pca", "random")
+#: ``shared``: one Q for the whole stream; ``per-norm``: one per norm (per group of
+#: norms reading the same value), with ``Q_a^T Q_b`` on the residual skips.
+BASES = ("shared", "per-norm")
 
 
 def residual_stream_or_error(model: ir.Model) -> ResidualStream:
@@ -123,22 +129,31 @@ class RotateSlicePass(SpaPass):
     """Rotate the residual stream by ``Q`` and keep ``1 - ratio`` of its channels.
 
     Options: ``ratio`` (share of hidden channels removed), ``rotation``
-    (``pca``: from calibration statistics; ``random``: a seeded orthogonal
-    matrix, exact when ``ratio`` is 0), ``round_to`` (``D'`` a multiple of it),
-    ``seed``. Needs the ``rotation-invariant`` form (run that pass first).
+    (``pca``: from calibration statistics; ``random``: seeded orthogonal
+    matrices, exact when ``ratio`` is 0), ``round_to`` (``D'`` a multiple of it),
+    ``seed``, ``bases`` (``shared`` or ``per-norm``, see the module). Needs the ``rotation-invariant`` form (run that pass first).
     """
 
     name = "rotate-slice"
     summary = "SliceGPT step 2: rotate the residual stream (PCA or random) and slice it"
 
     def __init__(
-        self, *, ratio: float = 0.25, rotation: str = "pca", round_to: int = 8, seed: int = 0
+        self,
+        *,
+        ratio: float = 0.25,
+        rotation: str = "pca",
+        round_to: int = 8,
+        seed: int = 0,
+        bases: str = "shared",
     ) -> None:
         super().__init__()
         if rotation not in ROTATIONS:
             raise UserError(f"rotation {rotation!r}: choose one of {', '.join(ROTATIONS)}")
+        if bases not in BASES:
+            raise UserError(f"bases {bases!r}: choose one of {', '.join(BASES)}")
         kept_channels(max(round_to, 1), ratio, round_to)  # validates ratio and round_to
         self.ratio, self.rotation, self.round_to, self.seed = ratio, rotation, round_to, seed
+        self.bases = bases
         self._covariances: dict[str, np.ndarray] = {}
         self._source = ""
 
@@ -153,26 +168,41 @@ class RotateSlicePass(SpaPass):
         self._covariances = {name: entry.xtx for name, entry in result.hessians.items()}
         self._source = result.source
 
-    def _rotation(self, stream: ResidualStream) -> tuple[np.ndarray, dict[str, Any]]:
+    def _groups(self, stream: ResidualStream) -> list[int]:
+        return norm_groups(stream) if self.bases == "per-norm" else [0] * len(stream.norms)
+
+    def _rotations(
+        self, stream: ResidualStream, groups: list[int]
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        count = max(groups) + 1
         if self.rotation == "random":
-            return random_rotation(stream.hidden, self.seed), {"source": "random"}
-        wanted = [norm.output.name for norm in stream.norms]
-        covariances = [self._covariances[name] for name in wanted if name in self._covariances]
-        if not covariances:
-            raise UserError("rotate-slice with rotation=pca needs calibration statistics; "
+            return [random_rotation(stream.hidden, self.seed + g) for g in range(count)], {
+                "source": "random"
+            }
+        members: list[list[np.ndarray]] = [[] for _ in range(count)]
+        for norm, group in zip(stream.norms, groups, strict=True):
+            if norm.output.name in self._covariances:
+                members[group].append(self._covariances[norm.output.name])
+        if not all(members):
+            raise UserError("rotate-slice with rotation=pca needs calibration statistics for every norm; "
                             "run it through the pipeline (spa slice --calib DATA)")  # fmt: skip
-        vectors, values = pca_rotation(covariances)
-        return vectors, {"source": self._source, "eigenvalues": values.tolist()}
+        found = [pca_rotation(covariances) for covariances in members]
+        return [vectors for vectors, _ in found], {"source": self._source,
+                                                    "eigenvalues": [values.tolist() for _, values in found]}  # fmt: skip
 
     def call(self, model: ir.Model) -> SpaPassResult:
         stream = residual_stream_or_error(model)
-        q, details = self._rotation(stream)
+        groups = self._groups(stream)
+        bases, details = self._rotations(stream, groups)
         kept = kept_channels(stream.hidden, self.ratio, self.round_to)
+        statistics: dict[str, int | float] = dict(
+            rotate(model, stream, [q[:, :kept] for q in bases], groups)
+        )
         if "eigenvalues" in details:
-            values = np.asarray(details["eigenvalues"])
-            details["variance_kept"] = float(values[:kept].sum() / max(values.sum(), 1e-300))
-        statistics: dict[str, int | float] = dict(rotate(model, stream, q[:, :kept]))
-        if "variance_kept" in details:
+            shares = [
+                sum(values[:kept]) / max(sum(values), 1e-300) for values in details["eigenvalues"]
+            ]
+            details["variance_kept"] = float(np.mean(shares))
             statistics["variance_kept"] = round(details["variance_kept"], 6)
-        logger.info("rotate-slice: hidden %d -> %d", stream.hidden, kept)
+        logger.info("rotate-slice: hidden %d -> %d (%d bases)", stream.hidden, kept, len(bases))
         return SpaPassResult(model, True, statistics, details)

@@ -25,14 +25,14 @@ an exact rewrite; with ``D' < D`` it slices.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.residual import Norm, ResidualStream, WeightSite, initializer_array
 
-__all__ = ["make_invariant", "rotate", "unfuse_skip_norms"]
+__all__ = ["make_invariant", "norm_groups", "rotate", "unfuse_skip_norms"]
 
 MS_DOMAIN = "com.microsoft"
 _SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
@@ -184,33 +184,124 @@ def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
     }
 
 
-def rotate(model: ir.Model, stream: ResidualStream, rotation: np.ndarray) -> dict[str, int]:
-    """Writers ``W Q``, readers ``sqrt(D/D') Q^T W``, eps ``* D/D'`` (``rotation``: ``D x D'``)."""
-    hidden, kept = rotation.shape
-    if hidden != stream.hidden:
-        raise ValueError(f"rotation is {rotation.shape}, the stream has {stream.hidden} channels")
+def norm_groups(stream: ResidualStream) -> list[int]:
+    """A group index per norm: norms reading the same stream value (a parallel
+    residual's two norms) must share a basis."""
+    groups: list[int] = []
+    first: dict[int, int] = {}
+    for norm in stream.norms:
+        key = id(norm.input)
+        if key not in first:
+            first[key] = len(first)
+        groups.append(first[key])
+    return groups
+
+
+def _value_bases(stream: ResidualStream, groups: Sequence[int]) -> dict[int, int]:
+    """The basis (group) of every stream value: that of the norm reading it, else
+    that of the stream node it flows into."""
+    by_input = {id(norm.input): group for norm, group in zip(stream.norms, groups, strict=True)}
+    stream_nodes = _stream_nodes(stream)
+    bases: dict[int, int] = {}
+
+    def basis(value: ir.Value) -> int:
+        key = id(value)
+        if key not in bases:
+            if key in by_input:
+                bases[key] = by_input[key]
+            else:
+                nodes = [use.node for use in value.uses() if id(use.node) in stream_nodes]
+                if not nodes:
+                    raise ValueError(f"stream value '{value.name}' reaches no norm")
+                bases[key] = basis(nodes[0].outputs[0])
+        return bases[key]
+
+    for value in stream.values:
+        basis(value)
+    return bases
+
+
+def _stream_nodes(stream: ResidualStream) -> set[int]:
+    """Ids of the nodes that make stream values from stream values (adds, relabelling)."""
+    ops = ("Add", "Cast", "Identity", "Reshape", "Flatten")
+    return {
+        id(value.producer())
+        for value in stream.values
+        if value.producer() is not None and value.producer().op_type in ops  # type: ignore[union-attr]
+    }
+
+
+def _shortcuts(
+    model: ir.Model, stream: ResidualStream, bases: Sequence[np.ndarray], of_value: dict[int, int]
+) -> int:
+    """``Q_a^T Q_b`` on every edge from a value in basis ``a`` into a stream node in basis ``b``."""
+    stream_nodes = _stream_nodes(stream)
+    count = 0
+    for value in list(stream.values):
+        for use in list(value.uses()):
+            node = use.node
+            if id(node) not in stream_nodes:
+                continue
+            source, target = of_value[id(value)], of_value[id(node.outputs[0])]
+            if source == target:
+                continue
+            matrix = bases[source].T @ bases[target]
+            dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+            weight = _new_constant(model, matrix.astype(dtype), f"{node.name}.shortcut")
+            shortcut = ir.node(
+                "MatMul", [value, weight], name=f"{node.name}.shortcut{next(_counter)}"
+            )
+            shortcut.outputs[0].name = f"{shortcut.name}.out"
+            shortcut.outputs[0].type = value.type
+            model.graph.insert_before(node, shortcut)
+            node.replace_input_with(use.idx, shortcut.outputs[0])
+            count += 1
+    return count
+
+
+def rotate(
+    model: ir.Model,
+    stream: ResidualStream,
+    bases: Sequence[np.ndarray],
+    groups: Sequence[int] | None = None,
+) -> dict[str, int]:
+    """Writers ``W Q``, readers ``sqrt(D/D') Q^T W``, eps ``* D/D'``.
+
+    ``bases``: ``D x D'`` matrices with orthonormal columns; ``groups``: the
+    basis of each norm (default: all the first). A writer takes the basis of
+    the value it is summed into; where a residual skip joins a value of another
+    basis it goes through ``Q_a^T Q_b``.
+    """
+    groups = list(groups) if groups is not None else [0] * len(stream.norms)
+    hidden, kept = bases[0].shape
+    if hidden != stream.hidden or any(q.shape != (hidden, kept) for q in bases):
+        raise ValueError(f"bases must be {stream.hidden} x D', got {[q.shape for q in bases]}")
     for norm in stream.norms:
         if norm.op != "decomposed" or norm.scale is not None or norm.eps_site is None:
             raise ValueError(f"norm '{norm.name}' still has a scale; run make_invariant first")
+    of_value = _value_bases(stream, groups)
     gain = np.sqrt(hidden / kept)
     for site in stream.writers:
+        assert site.into is not None, f"writer {site.node.name} has no stream value"
         array = site.array()
-        moved = _hidden_last(array, site.axis, hidden) @ rotation
+        moved = _hidden_last(array, site.axis, hidden) @ bases[of_value[id(site.into)]]
         _set_site(model, site, _put_back(moved, site.axis, max(array.ndim, 1)))
-    for site in stream.readers:
-        array = site.array()
-        moved = (_hidden_last(array, site.axis, hidden) @ rotation) * gain
-        _set_site(model, site, _put_back(moved, site.axis, array.ndim))
-    for norm in stream.norms:
+    for norm, group in zip(stream.norms, groups, strict=True):
+        for site in norm.readers:
+            array = site.array()
+            moved = (_hidden_last(array, site.axis, hidden) @ bases[group]) * gain
+            _set_site(model, site, _put_back(moved, site.axis, array.ndim))
         assert norm.eps_site is not None
         node, index = norm.eps_site
         eps = initializer_array(node.inputs[index])
         assert eps is not None
         _set_site(model, WeightSite(node, index, -1), eps * (hidden / kept))
     reshapes = _fix_reshapes(model, stream, kept) if kept != hidden else 0
+    shortcuts = _shortcuts(model, stream, bases, of_value) if len(bases) > 1 else 0
     if kept != hidden:
         _forget_shapes(model)
-    return {"hidden_before": hidden, "hidden_after": kept, "reshapes_fixed": reshapes}
+    return {"hidden_before": hidden, "hidden_after": kept, "reshapes_fixed": reshapes,
+            "shortcuts": shortcuts}  # fmt: skip
 
 
 def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:

@@ -162,29 +162,32 @@ def test_stream_found_in_text_models(build) -> None:
     assert len(stream.readers) == (3 if build is _rms_model else 2)
 
 
+@pytest.mark.parametrize("bases", ["shared", "per-norm"])
 @pytest.mark.parametrize("build", [_rms_model, _ln_model], ids=["rmsnorm", "layernorm"])
-def test_random_rotation_is_exact(build) -> None:
+def test_random_rotation_is_exact(build, bases: str) -> None:
     proto = build()
     model = ir.serde.deserialize_model(proto)
-    records = run_passes(
-        model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", seed=3)]
-    )
+    rotate_pass = RotateSlicePass(ratio=0.0, rotation="random", seed=3, bases=bases)
+    records = run_passes(model, [RotationInvariantPass(), rotate_pass])
     assert records[1].statistics["hidden_after"] == HIDDEN
+    # one residual skip (embedding -> first add) changes basis when each norm has its own
+    assert records[1].statistics["shortcuts"] == (1 if bases == "per-norm" else 0)
     assert _relative_error(proto, model, _feeds(proto, 3)) < TOLERANCE
     onnx.checker.check_model(ir.serde.serialize_model(model))
     # the tied head was untied: the embedding table is no longer read by a Transpose
     assert all(node.op_type != "Transpose" for node in model.graph)
 
 
+@pytest.mark.parametrize("bases", ["shared", "per-norm"])
 @pytest.mark.parametrize("build", [_rms_model, _ln_model], ids=["rmsnorm", "layernorm"])
-def test_pca_slice_of_a_low_rank_stream_is_exact(build) -> None:
+def test_pca_slice_of_a_low_rank_stream_is_exact(build, bases: str) -> None:
     """Every term lies in a 12-dim subspace: PCA finds it and slicing 16 -> 12 loses nothing."""
     proto = build(seed=1, rank=12)
     model = ir.serde.deserialize_model(proto)
     calibrator = feeds_calibrator(_feeds(proto, 4, seed=10))
     records = run_passes(
         model,
-        [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4)],
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, bases=bases)],
         calibrator=calibrator,
     )
     assert records[1].statistics["hidden_after"] == 12
@@ -293,13 +296,14 @@ REFUSED = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bases", ["shared", "per-norm"])
 @pytest.mark.parametrize("name", DECODERS)
-def test_zoo_decoder_random_rotation_is_exact(name: str) -> None:
+def test_zoo_decoder_random_rotation_is_exact(name: str, bases: str) -> None:
     proto = zoo.load(name)
     model = ir.serde.deserialize_model(proto)
-    run_passes(
-        model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", seed=1)]
-    )
+    rotate_pass = RotateSlicePass(ratio=0.0, rotation="random", seed=1, bases=bases)
+    records = run_passes(model, [RotationInvariantPass(), rotate_pass])
+    assert (records[1].statistics["shortcuts"] > 0) == (bases == "per-norm")
     feeds = [make_feeds(input_specs(proto), seed=0)]
     assert _relative_error(proto, model, feeds) < TOLERANCE
 

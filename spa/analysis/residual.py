@@ -74,6 +74,8 @@ class WeightSite:
     node: ir.Node
     index: int
     axis: int
+    #: A writer's: the stream value its term is summed into (its basis is that value's).
+    into: ir.Value | None = None
 
     def array(self) -> np.ndarray:
         found = initializer_array(self.node.inputs[self.index])
@@ -449,7 +451,9 @@ def _walk_stream(start: ir.Value) -> tuple[list[WeightSite], list[ir.Node], list
         if producer is None or producer.domain != "" or producer.op_type not in _STREAM_OPS:
             readers = [use.node for use in value.uses()]
             root = next((node for node in readers if node.op_type == "Add"), readers[0])
-            _terms(value, root, sites, stream, root=value is start or len(value.uses()) > 1)
+            found: list[WeightSite] = []
+            _terms(value, root, found, stream, root=value is start or len(value.uses()) > 1)
+            sites += [dataclasses.replace(site, into=value) for site in found]
             stream.add(id(value))
             values.append(value)
             continue
@@ -462,7 +466,8 @@ def _walk_stream(start: ir.Value) -> tuple[list[WeightSite], list[ir.Node], list
         for operand in producer.inputs:
             assert operand is not None
             if initializer_array(operand) is not None:
-                sites.append(WeightSite(producer, list(producer.inputs).index(operand), -1))
+                index = list(producer.inputs).index(operand)
+                sites.append(WeightSite(producer, index, -1, into=producer.outputs[0]))
             else:
                 pending.append(operand)
     return sites, adds, values

@@ -38,6 +38,13 @@ __all__ = ["slice_command"]
     help="PCA of the residual stream on --calib, or a seeded random rotation.",
 )
 @click.option(
+    "--bases",
+    type=click.Choice(["shared", "per-norm"]),
+    default="shared",
+    show_default=True,
+    help="One rotation for the stream, or one per norm with Q_a^T Q_b on the residual skips.",
+)
+@click.option(
     "--round-to", type=int, default=8, show_default=True, help="Keep a multiple of K channels."
 )
 @click.option(
@@ -57,6 +64,7 @@ def slice_command(
     ratio: float,
     calib: Path | None,
     rotation: str,
+    bases: str,
     round_to: int,
     max_samples: int | None,
     no_exactness: bool,
@@ -86,6 +94,7 @@ def slice_command(
         ratio=ratio,
         calibration=calib,
         rotation=rotation,
+        bases=bases,
         round_to=round_to,
         seed=seed,
         exactness=not no_exactness,

@@ -86,6 +86,7 @@ def slice_model(
     ratio: float = 0.25,
     calibration: CalibrationSource | None = None,
     rotation: str = "pca",
+    bases: str = "shared",
     round_to: int = 8,
     seed: int = 0,
     exactness: bool = True,
@@ -104,7 +105,8 @@ def slice_model(
 
     ``calibration`` (an ``.npz``, a folder of ``.npy`` or an iterable of feed
     dicts) feeds the PCA; without it the pipeline measures on seeded random
-    inputs, with a warning. ``exactness`` runs :func:`check_exactness` first;
+    inputs, with a warning. ``bases``: ``shared`` (one ``Q``) or ``per-norm``
+    (one per norm, shortcut matrices on the skips). ``exactness`` runs :func:`check_exactness` first;
     ``verify`` compares the sliced model with the input (slicing is lossy: the
     default ``policy`` asks for an output cosine of 0.9).
     """
@@ -119,7 +121,7 @@ def slice_model(
     )  # fmt: skip
     passes = [
         RotationInvariantPass(),
-        RotateSlicePass(ratio=ratio, rotation=rotation, round_to=round_to, seed=seed),
+        RotateSlicePass(ratio=ratio, rotation=rotation, round_to=round_to, seed=seed, bases=bases),
     ]
     outcome = run_pipeline(source, output, passes, options, model=loaded)
     verification = (
@@ -148,6 +150,8 @@ def slice_model(
         "hidden_after": int(sliced["hidden_after"]),
         "ratio": ratio,
         "rotation": rotation,
+        "bases": bases,
+        "shortcuts": int(sliced.get("shortcuts", 0)),
         "variance_kept": sliced.get("variance_kept"),
         "calibration": outcome.details("rotate-slice").get("source", ""),
         "params_before": before.params,
