@@ -5,7 +5,8 @@
 For each ratio the hidden size of ``models/testbeds/shakespeare_lm.onnx`` (192) is sliced by
 ``spa.workflows.slice.slice_model`` (PCA of the residual stream on ``--calib-samples`` windows of
 the training text; ``D'`` a multiple of 8) and, as a control, by a random rotation at the same
-``D'``. Perplexity is measured on the evenly spread held-out windows of ``docs/testbeds.md``
+``D'``; PCA with one basis per norm (the paper's form, shortcut matrices on the skips) too.
+Perplexity is measured on the evenly spread held-out windows of ``docs/testbeds.md``
 (``--windows``, 128 bytes each). Writes ``models/results/slice_shakespeare.{md,json}``.
 """
 
@@ -29,16 +30,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RATIOS = (0.1, 0.2, 0.25, 0.3)
 
 
-def _row(ratio: float, rotation: str, folder: Path, calibration: list, windows: int) -> dict:
-    output = folder / f"sliced-{rotation}-{ratio}.onnx"
+def _row(
+    ratio: float, rotation: str, bases: str, folder: Path, calibration: list, windows: int
+) -> dict:
+    output = folder / f"sliced-{rotation}-{bases}-{ratio}.onnx"
     result = slice_model(
-        MODEL, output, ratio=ratio, rotation=rotation, calibration=calibration, round_to=8,
+        MODEL, output, ratio=ratio, rotation=rotation, bases=bases, calibration=calibration, round_to=8,
         exactness=False, seed=0,
     )  # fmt: skip
     summary = result.report["slice"]
     return {
         "ratio": ratio,
         "rotation": rotation,
+        "bases": bases,
         "hidden": result.hidden_after,
         "params": summary["params_after"],
         "macs": summary["macs_after"],
@@ -61,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
             MODEL, folder / "exact.onnx", ratio=0.0, rotation="random", exactness=True
         )
         assert dense.exactness is not None
-        rows.append({"ratio": 0.0, "rotation": "dense", "hidden": 192,
+        rows.append({"ratio": 0.0, "rotation": "dense", "bases": "", "hidden": 192,
                      "params": dense.report["slice"]["params_before"],
                      "macs": dense.report["slice"]["macs_before"], "variance_kept": 1.0,
                      "perplexity": shakespeare.perplexity(MODEL, max_windows=args.windows),
                      "exact_rotation_max_rel": dense.exactness.max_rel_diff})  # fmt: skip
         for ratio in RATIOS:
-            for rotation in ("pca", "random"):
-                rows.append(_row(ratio, rotation, folder, calibration, args.windows))
+            for rotation, bases in (("pca", "shared"), ("pca", "per-norm"), ("random", "shared")):
+                rows.append(_row(ratio, rotation, bases, folder, calibration, args.windows))
                 print(rows[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"windows": args.windows, "calib_samples": args.calib_samples, "seq_len": 128,
@@ -86,16 +90,17 @@ def _table(rows: list[dict], settings: dict) -> str:
         "",
         f"`python models/slice_shakespeare.py` — {settings['windows']} held-out windows of "
         f"{settings['seq_len']} bytes; PCA on {settings['calib_samples']} training windows; "
-        f"one rotation for the whole stream; D' a multiple of {settings['round_to']}.",
+        f"bases `shared` (one Q) or `per-norm` (one Q per norm, Q_a^T Q_b on the skips, counted in "
+        f"params); D' a multiple of {settings['round_to']}.",
         "",
-        "| slicing | rotation | hidden | params | MACs/token | variance kept | perplexity |",
-        "|---|---|---|---|---|---|---|",
+        "| slicing | rotation | bases | hidden | params | MACs/token | variance kept | perplexity |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         share = 1 - row["hidden"] / 192
         kept = "—" if row["variance_kept"] is None else f"{row['variance_kept']:.4f}"
         lines.append(
-            f"| {row['ratio']:.0%} (actual {share:.1%}) | {row['rotation']} | {row['hidden']} | "
+            f"| {row['ratio']:.0%} (actual {share:.1%}) | {row['rotation']} | {row['bases']} | {row['hidden']} | "
             f"{row['params'] / 1e6:.3f}M | {row['macs'] / 1e6:.3f}M | {kept} | "
             f"{row['perplexity']:.3f} |"
         )
