@@ -20,6 +20,7 @@ from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPa
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
 from spa.passes.quantize_static import QuantizeStaticPass
+from spa.passes.slice import RotateSlicePass, RotationInvariantPass
 from spa.passes.sparsify import Sparsify2to4Pass
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "ReferenceToGQSAPass",
     "RemoveIdentityPass",
     "RemoveUnusedInitializersPass",
+    "RotateSlicePass",
+    "RotationInvariantPass",
     "Sparsify2to4Pass",
     "TopologicalSortPass",
 ]

@@ -58,13 +58,18 @@ class _PluginPass(DecidingPass):
         self._decisions.append(QuantDecision(node.name or "", node.op_type, "skipped", reason))
 
     def _done(self, node: ir.Node, weight: str) -> None:
-        self._decisions.append(QuantDecision(node.name or "", node.op_type, "converted", "", weight))
+        self._decisions.append(
+            QuantDecision(node.name or "", node.op_type, "converted", "", weight)
+        )
 
     def _result(self, model: ir.Model) -> SpaPassResult:
         converted, skipped = self._tally("converted")
         if converted:
             model.opset_imports.setdefault(SPA_DOMAIN, 1)
-        statistics: dict[str, int | float] = {"nodes_converted": converted, "nodes_skipped": skipped}
+        statistics: dict[str, int | float] = {
+            "nodes_converted": converted,
+            "nodes_skipped": skipped,
+        }
         return SpaPassResult(model, converted > 0, statistics, self._details())
 
 
@@ -99,7 +104,12 @@ def _remove_unused(graph: ir.Graph, values: list[ir.Value | None]) -> None:
 
 
 def int4_plugin_node(
-    graph: ir.Graph, activation: ir.Value, weight: QuantizedWeight, base: str, name: str, sparse24: bool
+    graph: ir.Graph,
+    activation: ir.Value,
+    weight: QuantizedWeight,
+    base: str,
+    name: str,
+    sparse24: bool,
 ) -> ir.Node:
     """A ``spa.W4A16MatMul`` or ``spa.W4Sparse24MatMul`` node (not yet inserted)."""
     k, n = weight.shape
@@ -136,7 +146,9 @@ class Int4ToPluginPass(_PluginPass):
     """
 
     name = "int4-to-plugin"
-    summary = "INT4 MatMulNBits / block QDQ -> spa.W4A16MatMul / spa.W4Sparse24MatMul (TensorRT plugins)"
+    summary = (
+        "INT4 MatMulNBits / block QDQ -> spa.W4A16MatMul / spa.W4Sparse24MatMul (TensorRT plugins)"
+    )
 
     def __init__(self, *, sparse24: bool = True) -> None:
         super().__init__()
@@ -153,7 +165,9 @@ class Int4ToPluginPass(_PluginPass):
                 weight, reason = read_dequantize(node)
                 matmul = _matmul_after(node)
                 if matmul is None:
-                    reason = reason or "DequantizeLinear output is not the weight of exactly one MatMul"
+                    reason = (
+                        reason or "DequantizeLinear output is not the weight of exactly one MatMul"
+                    )
                 target = matmul or node
             else:
                 continue
@@ -164,7 +178,9 @@ class Int4ToPluginPass(_PluginPass):
                 continue
             old_inputs = list(node.inputs) if target is not node else list(node.inputs[1:])
             base = (old_inputs[0].name if old_inputs[0] is not None else "") or "weight"
-            new = int4_plugin_node(graph, activation, weight, base, target.name or base, self.sparse24)
+            new = int4_plugin_node(
+                graph, activation, weight, base, target.name or base, self.sparse24
+            )
             replace_node(graph, target, [new])
             if target is not node:
                 graph.remove(node, safe=True)
@@ -292,7 +308,10 @@ class PluginToOrtPass(_PluginPass):
                 new, _ = matmulnbits_node(graph, node.inputs[0], weight, base, node.name or base)
                 replace_node(graph, node, [new])
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
-            elif key == (SPA_DOMAIN, "GroupSparseQuantMatMul") and node.attributes.get_string("layout", "onnx") == GQSA_LAYOUT:
+            elif (
+                key == (SPA_DOMAIN, "GroupSparseQuantMatMul")
+                and node.attributes.get_string("layout", "onnx") == GQSA_LAYOUT
+            ):
                 arrays = [_constant(v) for v in node.inputs[1:5]]
                 if any(a is None for a in arrays) or node.inputs[0] is None:
                     self._skip(node, "plugin inputs are not constant initializers")

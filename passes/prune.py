@@ -128,9 +128,7 @@ def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:
     return rewritten
 
 
-def _rebuild_target(
-    model: ir.Model, node: ir.Node, entries: list[Any], input_index: int
-) -> None:
+def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_index: int) -> None:
     """Give ``node`` a private run-time target: Concat of literals and Shape->Gather dims."""
     values = {v.name: v for v in model.graph.inputs}
     values.update({v.name: v for n in model.graph for v in n.outputs})

@@ -191,7 +191,9 @@ def _from_constants(value: ir.Value | None, depth: int = 8) -> bool:
     producer = value.producer() if value is not None else None
     if producer is None or depth == 0 or value is None or value.is_graph_input():
         return False
-    return all(_from_constants(source, depth - 1) for source in producer.inputs if source is not None)
+    return all(
+        _from_constants(source, depth - 1) for source in producer.inputs if source is not None
+    )
 
 
 def _remove_dead_identities(graph: ir.Graph, value: ir.Value | None) -> None:
@@ -496,7 +498,9 @@ class QuantizeStaticPass(SpaPass):
         """The ranges of every value that gets a Q/DQ pair."""
         names = sorted({v.name for v, _ in self._placement(model).requests.values() if v.name})
         return CalibrationRequest(
-            ranges=tuple(names), range_method=self.calib_method, percentile=self.percentile,
+            ranges=tuple(names),
+            range_method=self.calib_method,
+            percentile=self.percentile,
             required=True,
         )
 
@@ -540,7 +544,12 @@ class QuantizeStaticPass(SpaPass):
     def _quantize_weight(
         self, graph: ir.Graph, plan: _Plan, done: dict[int, ir.Value]
     ) -> tuple[str, int, int]:
-        node, index, axis, weight = plan.node, plan.weight_index, plan.weight_axis, plan.weight_source
+        node, index, axis, weight = (
+            plan.node,
+            plan.weight_index,
+            plan.weight_axis,
+            plan.weight_source,
+        )
         assert weight is not None and weight.const_value is not None
         name = weight.name or "weight"
         previous = node.inputs[index]
@@ -552,7 +561,9 @@ class QuantizeStaticPass(SpaPass):
         array = weight.const_value.numpy()
         q, scale = quantize_weight(array, axis, self.weights)
         q_value = add_initializer(graph, f"{name}_quantized", _quantized_tensor(q, self.weights))
-        scale_value = add_initializer(graph, f"{name}_scale", ir.Tensor(np.ascontiguousarray(scale)))
+        scale_value = add_initializer(
+            graph, f"{name}_scale", ir.Tensor(np.ascontiguousarray(scale))
+        )
         attributes = {"axis": axis} if axis is not None else {}
         dequantize = ir.node(
             "DequantizeLinear", [q_value, scale_value], attributes, name=f"{name}_DequantizeLinear"

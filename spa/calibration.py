@@ -247,9 +247,7 @@ class RangeStatistics:
 
 def _method_check(method: str, percentile: float) -> None:
     if method not in CALIBRATION_METHODS:
-        raise UserError(
-            f"--calib-method {method}: choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
+        raise UserError(f"--calib-method {method}: choose one of {', '.join(CALIBRATION_METHODS)}")
     if method == "percentile" and not 0.0 < percentile <= 100.0:
         raise UserError(f"--percentile {percentile}: give a value in (0, 100], e.g. 99.99")
 

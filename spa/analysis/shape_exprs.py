@@ -108,9 +108,7 @@ def evaluate_target(
     return None
 
 
-def _operands(
-    node: ir.Node, context: RuleContext, depth: int
-) -> list[list[Entry]] | None:
+def _operands(node: ir.Node, context: RuleContext, depth: int) -> list[list[Entry]] | None:
     """Both operands' entries, broadcast to one length."""
     left, right = [*(evaluate_target(v, context, depth + 1) for v in node.inputs[:2]), None][:2]
     if left is None or right is None:

@@ -12,11 +12,24 @@ __all__ = ["build_command"]
 
 @click.command("build")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Engine file to write.")
-@click.option("--plugins", type=click.Path(path_type=Path), help="spa plugin library (libspa_trt_plugins.so).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Engine file to write."
+)
+@click.option(
+    "--plugins", type=click.Path(path_type=Path), help="spa plugin library (libspa_trt_plugins.so)."
+)
 @click.option("--fp16", is_flag=True, help="Allow FP16 kernels (weakly typed TensorRT only).")
-@click.option("--workspace", "workspace_mb", type=int, default=4096, show_default=True, help="Builder workspace, MB.")
-def build_command(model: Path, output: Path, plugins: Path | None, fp16: bool, workspace_mb: int) -> None:
+@click.option(
+    "--workspace",
+    "workspace_mb",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Builder workspace, MB.",
+)
+def build_command(
+    model: Path, output: Path, plugins: Path | None, fp16: bool, workspace_mb: int
+) -> None:
     """Build a TensorRT engine from MODEL (spa plugin ops need --plugins)."""
     from spa.trt.build import build_engine
 

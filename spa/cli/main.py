@@ -24,6 +24,7 @@ from spa.cli.options import EXIT_USER_ERROR, EXIT_VERIFY_FAILED
 from spa.cli.plugins_cmd import plugins_group
 from spa.cli.prune_cmd import prune_command
 from spa.cli.quantize_cmd import quantize_command
+from spa.cli.slice_cmd import slice_command
 from spa.cli.sparsify_cmd import sparsify_command
 from spa.cli.verify_cmd import verify_command
 from spa.cli.zoo_cmd import zoo_group
@@ -74,6 +75,7 @@ for _command in (
     prune_command,
     quantize_command,
     sparsify_command,
+    slice_command,
     build_command,
     plugins_group,
     zoo_group,

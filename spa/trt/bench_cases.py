@@ -62,7 +62,9 @@ def _save(folder: Path, prefix: str, **arrays: np.ndarray) -> None:
         np.ascontiguousarray(array).tofile(folder / f"{prefix}.{suffix}.bin")
 
 
-def write_cases(folder: Path, seed: int = 0, shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[str]:
+def write_cases(
+    folder: Path, seed: int = 0, shapes: tuple[tuple[int, int], ...] = SHAPES
+) -> list[str]:
     """Write every case (for each ``(K, N)`` of ``shapes``) into ``folder``; returns the manifest lines."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -77,11 +79,22 @@ def write_cases(folder: Path, seed: int = 0, shapes: tuple[tuple[int, int], ...]
         weight = _w4(rng, k, n, two_four=True)
         sparse = repack.repack_w4_sp24(weight)
         prefix = f"w4_sp24_{k}x{n}"
-        _save(folder, prefix, a=sparse.values, b=sparse.meta, scales=sparse.scales, wref=_dense(weight))
+        _save(
+            folder,
+            prefix,
+            a=sparse.values,
+            b=sparse.meta,
+            scales=sparse.scales,
+            wref=_dense(weight),
+        )
         lines.append(f"w4_sp24 {k} {n} {repack.GROUP} 0 {prefix}")
 
         for g in (8, 16, 32, 64) if k * n <= 2**16 else (16,):
-            lines.append(write_gqsa_case(folder, gqsa_arrays(rng, k, n, g, keep=0.5), f"w4_gqsa_g{g}_{k}x{n}"))
+            lines.append(
+                write_gqsa_case(
+                    folder, gqsa_arrays(rng, k, n, g, keep=0.5), f"w4_gqsa_g{g}_{k}x{n}"
+                )
+            )
     (folder / "cases.txt").write_text("\n".join(lines) + "\n")
     return lines
 
@@ -100,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--small", action="store_true", help=f"shapes {SMALL_SHAPES} instead of {SHAPES}")
+    parser.add_argument(
+        "--small", action="store_true", help=f"shapes {SMALL_SHAPES} instead of {SHAPES}"
+    )
     args = parser.parse_args()
     lines = write_cases(args.folder, args.seed, SMALL_SHAPES if args.small else SHAPES)
     print(f"wrote {len(lines)} cases to {args.folder}")

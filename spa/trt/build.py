@@ -44,11 +44,16 @@ def default_source_dir() -> Path:
 
 def parse_cuda_archs(text: str) -> list[str]:
     """``"80,90"`` / ``"80;90"`` / ``"sm_90a"`` -> ``["80", "90"]`` / ``["90a"]``."""
-    archs = [part.strip().removeprefix("sm_").removeprefix("compute_") for part in text.replace(";", ",").split(",")]
+    archs = [
+        part.strip().removeprefix("sm_").removeprefix("compute_")
+        for part in text.replace(";", ",").split(",")
+    ]
     archs = [arch for arch in archs if arch]
     for arch in archs:
         if not arch.rstrip("af").isdigit() or int(arch.rstrip("af")) < 80:
-            raise UserError(f"--cuda-arch {text!r}: each architecture must be 80 or newer (e.g. 80,90)")
+            raise UserError(
+                f"--cuda-arch {text!r}: each architecture must be 80 or newer (e.g. 80,90)"
+            )
     if not archs:
         raise UserError("--cuda-arch is empty; pass e.g. 80,90")
     return archs
@@ -83,13 +88,17 @@ def build_plugins(
     """Configure and build ``plugins/`` with CMake into ``build_dir``."""
     source = source_dir or default_source_dir()
     if not (source / "CMakeLists.txt").is_file():
-        raise UserError(f"no plugins/CMakeLists.txt under {source}; pass --source PATH/TO/spa/plugins")
+        raise UserError(
+            f"no plugins/CMakeLists.txt under {source}; pass --source PATH/TO/spa/plugins"
+        )
     cmake = shutil.which("cmake")
     if cmake is None:
         raise UserError("cmake is not installed; pip install cmake (3.24 or newer) and retry")
     nvcc = _find_nvcc()
     if nvcc is None:
-        raise UserError("nvcc (the CUDA toolkit) is not installed; install CUDA 12.8+ or set CUDACXX=/path/to/nvcc")
+        raise UserError(
+            "nvcc (the CUDA toolkit) is not installed; install CUDA 12.8+ or set CUDACXX=/path/to/nvcc"
+        )
     build_dir.mkdir(parents=True, exist_ok=True)
     log_path = build_dir / "build.log"
     configure = [
@@ -188,6 +197,8 @@ def build_engine(
         config.set_flag(flag)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise UserError(f"TensorRT could not build an engine for {model_path}; rerun with -v for its log")
+        raise UserError(
+            f"TensorRT could not build an engine for {model_path}; rerun with -v for its log"
+        )
     _write_atomically(bytes(serialized), output)
     return output

@@ -65,7 +65,11 @@ def _to_words(values: np.ndarray) -> np.ndarray:
 
 def _from_words(words: np.ndarray) -> np.ndarray:
     """Inverse of :func:`_to_words`: ``uint8 [..., 8]``."""
-    words = np.asarray(words).view(np.uint32) if np.asarray(words).dtype == np.int32 else np.asarray(words, np.uint32)
+    words = (
+        np.asarray(words).view(np.uint32)
+        if np.asarray(words).dtype == np.int32
+        else np.asarray(words, np.uint32)
+    )
     return ((words[..., None] >> _SHIFTS) & 0xF).astype(np.uint8)
 
 
@@ -74,14 +78,18 @@ def _lane_coordinates() -> tuple[np.ndarray, np.ndarray]:
     lane = np.arange(32)
     g, t = lane // 4, lane % 4
     rows = np.stack([g, g, g + 8, g + 8, g, g, g + 8, g + 8], axis=1)
-    cols = np.stack([2 * t, 2 * t + 1, 2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9, 2 * t + 8, 2 * t + 9], axis=1)
+    cols = np.stack(
+        [2 * t, 2 * t + 1, 2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9, 2 * t + 8, 2 * t + 9], axis=1
+    )
     return rows, cols
 
 
 def _check_w4(weight: QuantizedWeight, kernel: str) -> tuple[int, int]:
     k, n = weight.shape
     if weight.bits != 4 or not weight.symmetric:
-        raise ValueError(f"{kernel} needs symmetric 4-bit weights (zero point 8), got bits={weight.bits} symmetric={weight.symmetric}")
+        raise ValueError(
+            f"{kernel} needs symmetric 4-bit weights (zero point 8), got bits={weight.bits} symmetric={weight.symmetric}"
+        )
     if weight.block != GROUP:
         raise ValueError(f"{kernel} needs block {GROUP} along K, got {weight.block}")
     if k % GROUP or n % 16:
@@ -171,7 +179,9 @@ def _kept_positions(q_chunks: np.ndarray) -> np.ndarray:
     masks = ((q_chunks != 0) << np.arange(4, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
     positions = _PAIRS[masks]
     if np.any(positions[..., 0] == 4):
-        raise ValueError("w4_sp24 needs 2:4 sparsity along K: a chunk of 4 has more than 2 non-zeros")
+        raise ValueError(
+            "w4_sp24 needs 2:4 sparsity along K: a chunk of 4 has more than 2 non-zeros"
+        )
     return positions
 
 
@@ -186,7 +196,12 @@ def repack_w4_sp24(weight: QuantizedWeight) -> W4Sparse24Packed:
     lane = np.arange(32)
     g, t = lane // 4, lane % 4
     # Lane values: (row g, chunk t), (row g+8, chunk t), (row g, chunk 4+t), (row g+8, chunk 4+t).
-    parts = [unsigned[:, :, g, t], unsigned[:, :, g + 8, t], unsigned[:, :, g, 4 + t], unsigned[:, :, g + 8, 4 + t]]
+    parts = [
+        unsigned[:, :, g, t],
+        unsigned[:, :, g + 8, t],
+        unsigned[:, :, g, 4 + t],
+        unsigned[:, :, g + 8, 4 + t],
+    ]
     values = _to_words(np.concatenate(parts, axis=-1)).view(np.int32)  # [NT, KT, 32]
     nibbles = (positions[..., 0] | (positions[..., 1] << 2)).astype(np.uint32)  # [NT, KT, 16, 8]
     slot = np.arange(16)

@@ -141,7 +141,9 @@ def optimize(
             verify=check if verify else None,
         )  # fmt: skip
         base_dir = source.resolve().parent
-        before = reporting.compute_stats(outcome.before, shapes=shapes, dims=dims, base_dir=base_dir)
+        before = reporting.compute_stats(
+            outcome.before, shapes=shapes, dims=dims, base_dir=base_dir
+        )
         after = reporting.compute_stats(output, shapes=shapes, dims=dims)
         prune_part = None
         if prune is not None:

@@ -37,7 +37,12 @@ from spa.workflows.run import (
     run_pipeline,
 )
 
-__all__ = ["DEFAULT_MIN_COSINE", "StaticQuantizeResult", "quantize_static_model", "static_mac_coverage"]
+__all__ = [
+    "DEFAULT_MIN_COSINE",
+    "StaticQuantizeResult",
+    "quantize_static_model",
+    "static_mac_coverage",
+]
 
 DEFAULT_MIN_COSINE = 0.99
 _QDQ_OPSET = 21

@@ -46,7 +46,6 @@ class VerifiedResult:
         return data
 
 
-
 @dataclasses.dataclass
 class RewriteResult(VerifiedResult):
     """The leading fields (in report order) of the weight-rewrite results of
@@ -60,6 +59,7 @@ class RewriteResult(VerifiedResult):
     mac_coverage: float
     bytes_before: int
     bytes_after: int
+
 
 def file_bytes(path: Path) -> int:
     """A model's size on disk, its ``.data`` external-data file included."""

@@ -148,9 +148,7 @@ def default_opset_of(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
-def convert_opset(
-    model: ir.Model, *, below: int, version: int, purpose: str, fix: str
-) -> ir.Model:
+def convert_opset(model: ir.Model, *, below: int, version: int, purpose: str, fix: str) -> ir.Model:
     """``model``, or a copy converted to opset ``version`` when its default-domain
     opset is below ``below``; a failure is one line naming ``purpose`` and ``fix``."""
     opset = default_opset_of(model)

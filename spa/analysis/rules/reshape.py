@@ -150,9 +150,7 @@ def reshape_couplings(
             # channel shuffle: the within-group position is the channel space (a kept
             # position stays kept in every group, so the shuffle stays a shuffle)
             per_group = in_dim // out_dim
-            out.append(
-                Coupling((name(y), outs[1]), (name(x), first_in), Tile(per_group, out_dim))
-            )
+            out.append(Coupling((name(y), outs[1]), (name(x), first_in), Tile(per_group, out_dim)))
         elif len(ins) == 1:
             out.append(
                 Coupling(

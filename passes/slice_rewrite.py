@@ -1,0 +1,403 @@
+"""The graph edits behind SliceGPT (Ashkboos et al., ICLR 2024, arXiv 2401.15024).
+
+:func:`make_invariant` turns a pre-norm transformer found by
+:func:`spa.analysis.residual.find_residual_stream` into one whose norms are
+plain RMSNorms (no scale, no bias), so that ``RMSNorm(x Q) = RMSNorm(x) Q``:
+
+* every norm becomes ``x / sqrt(mean(x^2) + eps)`` (``Mul``, ``ReduceMean``,
+  ``Add``, ``Sqrt``, ``Div``), whatever form the exporter wrote;
+* its scale ``g`` multiplies the rows of each reader's weight (``diag(g) W``)
+  and its bias ``b`` becomes reader bias ``b W`` (Gemm ``C``, or a new ``Add``);
+* for LayerNorm models every term added into the stream (writer weights and
+  biases, embedding rows) loses its mean over the hidden axis, so the stream is
+  centred and LayerNorm equals RMSNorm with the same eps (the OPT treatment of
+  the paper's appendix);
+* every changed weight is a new initializer of the node that reads it, which
+  unties tied embeddings and weights shared by deduplication.
+
+:func:`rotate` then multiplies every writer by ``Q`` (``D x D'``, orthonormal
+columns) on its hidden axis and every reader by ``Q^T`` and ``sqrt(D / D')``,
+scales eps by ``D / D'`` (the mean in the norm runs over ``D'`` channels) and
+rewrites constant ``Reshape`` targets that name ``D``. With ``D' = D`` it is
+an exact rewrite; with ``D' < D`` it slices.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from spa.analysis.residual import Norm, ResidualStream, WeightSite, initializer_array
+
+__all__ = ["make_invariant", "norm_groups", "rotate", "unfuse_skip_norms"]
+
+MS_DOMAIN = "com.microsoft"
+_SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
+
+_counter = itertools.count()
+
+
+def _new_constant(model: ir.Model, array: np.ndarray, hint: str) -> ir.Value:
+    name = f"{hint}.slice{next(_counter)}"
+    while name in model.graph.initializers:
+        name = f"{hint}.slice{next(_counter)}"
+    value = ir.Value(name=name, const_value=ir.Tensor(np.ascontiguousarray(array), name=name))
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    model.graph.register_initializer(value)
+    return value
+
+
+def _set_site(model: ir.Model, site: WeightSite, array: np.ndarray) -> None:
+    """Give ``site.node`` its own initializer holding ``array`` (never edits a shared one)."""
+    old = site.node.inputs[site.index]
+    dtype = site.array().dtype
+    value = _new_constant(model, array.astype(dtype), site.node.name or "w")
+    site.node.replace_input_with(site.index, value)
+    _drop_if_unused(model, old)
+
+
+def _drop_if_unused(model: ir.Model, value: ir.Value | None) -> None:
+    while value is not None and not value.uses() and not value.is_graph_output():
+        if value.name in model.graph.initializers:
+            model.graph.initializers.pop(value.name)  # type: ignore[arg-type]
+            return
+        producer = value.producer()
+        if producer is None or any(output.uses() for output in producer.outputs):
+            return
+        inputs = list(producer.inputs)
+        model.graph.remove(producer, safe=True)
+        value = inputs[0] if inputs else None
+
+
+def _hidden_last(array: np.ndarray, axis: int, hidden: int) -> np.ndarray:
+    """``array`` with its hidden axis last, broadcast to ``hidden`` channels (float64)."""
+    array = np.asarray(array, dtype=np.float64)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    moved = np.moveaxis(array, axis, -1)
+    return np.broadcast_to(moved, (*moved.shape[:-1], hidden)).copy()
+
+
+def _put_back(moved: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    return np.moveaxis(moved, -1, axis if ndim > 0 else -1)
+
+
+def _rms_nodes(model: ir.Model, norm: Norm, epsilon: float) -> tuple[list[ir.Node], ir.Value]:
+    """``x / sqrt(mean(x^2, -1) + eps)`` on ``norm.input``; the nodes and their output."""
+    x = norm.input
+    dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
+    prefix = f"{norm.name}.rms{next(_counter)}"
+    eps = _new_constant(model, np.array(epsilon, dtype=dtype), prefix)
+    square = ir.node("Mul", [x, x], name=f"{prefix}.square")
+    opset = model.opset_imports.get("", 17)
+    if opset >= 18:
+        axes = _new_constant(model, np.array([-1], dtype=np.int64), prefix)
+        mean = ir.node("ReduceMean", [square.outputs[0], axes], name=f"{prefix}.mean")
+    else:
+        mean = ir.node("ReduceMean", [square.outputs[0]], {"axes": [-1]}, name=f"{prefix}.mean")
+    add = ir.node("Add", [mean.outputs[0], eps], name=f"{prefix}.add_eps")
+    root = ir.node("Sqrt", [add.outputs[0]], name=f"{prefix}.sqrt")
+    divide = ir.node("Div", [x, root.outputs[0]], name=f"{prefix}.div")
+    for node in (square, mean, add, root, divide):
+        node.outputs[0].name = f"{node.name}.out"
+    divide.outputs[0].type = x.type
+    return [square, mean, add, root, divide], divide.outputs[0]
+
+
+def _replace_norm(model: ir.Model, norm: Norm) -> None:
+    nodes, output = _rms_nodes(model, norm, norm.epsilon)
+    anchor = min(norm.nodes, key=_position(model))
+    model.graph.insert_before(anchor, nodes)
+    norm.output.replace_all_uses_with(output)
+    for node in sorted(norm.nodes, key=_position(model), reverse=True):
+        if not any(out.uses() or out.is_graph_output() for out in node.outputs):
+            inputs = list(node.inputs)
+            model.graph.remove(node, safe=True)
+            for value in inputs:
+                if value is not None and value.name in model.graph.initializers:
+                    _drop_if_unused(model, value)
+
+
+def _position(model: ir.Model) -> Callable[[ir.Node], int]:
+    order = {id(node): index for index, node in enumerate(model.graph)}
+    return lambda node: order.get(id(node), -1)
+
+
+def _fold_into_reader(model: ir.Model, site: WeightSite, norm: Norm, hidden: int) -> None:
+    weight = site.array()
+    moved = _hidden_last(weight, site.axis, hidden)
+    if norm.bias is not None:
+        extra = moved @ norm.bias.astype(np.float64).reshape(-1)
+        _add_reader_bias(model, site.node, extra.astype(weight.dtype))
+    if norm.scale is not None:
+        moved = moved * norm.scale.astype(np.float64).reshape(-1)
+    _set_site(model, site, _put_back(moved, site.axis, weight.ndim))
+
+
+def _add_reader_bias(model: ir.Model, node: ir.Node, extra: np.ndarray) -> None:
+    if node.op_type == "Gemm":
+        old = node.inputs[2] if len(node.inputs) > 2 else None
+        current = initializer_array(old) if old is not None else None
+        total = extra if current is None else current + extra
+        value = _new_constant(model, total.astype(extra.dtype), node.name or "gemm")
+        node.resize_inputs(3)
+        node.replace_input_with(2, value)
+        _drop_if_unused(model, old)
+        return
+    product = node.outputs[0]
+    bias = _new_constant(model, extra, node.name or "matmul")
+    add = ir.node("Add", [product, bias], name=f"{node.name}.slice_bias{next(_counter)}")
+    was_output = product.is_graph_output()
+    product.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
+    add.replace_input_with(0, product)
+    add.outputs[0].type, add.outputs[0].shape = product.type, product.shape
+    if was_output:  # the graph output keeps its name, now after the Add
+        original = product.name
+        product.name = f"{original}.unbiased"
+        add.outputs[0].name = original
+    else:
+        add.outputs[0].name = f"{product.name}.biased"
+    model.graph.insert_after(node, add)
+
+
+def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
+    """Fold norms into readers, centre a LayerNorm stream; statistics of what changed."""
+    hidden = stream.hidden
+    if stream.kind == "layer":
+        for site in stream.writers:
+            array = site.array()
+            moved = _hidden_last(array, site.axis, hidden)
+            moved -= moved.mean(axis=-1, keepdims=True)
+            _set_site(model, site, _put_back(moved, site.axis, max(array.ndim, 1)))
+    for norm in stream.norms:
+        for site in norm.readers:
+            _fold_into_reader(model, site, norm, hidden)
+        _replace_norm(model, norm)
+    return {
+        "norms_folded": len(stream.norms),
+        "readers": len(stream.readers),
+        "writers_centred": len(stream.writers) if stream.kind == "layer" else 0,
+    }
+
+
+def norm_groups(stream: ResidualStream) -> list[int]:
+    """A group index per norm: norms reading the same stream value (a parallel
+    residual's two norms) must share a basis."""
+    groups: list[int] = []
+    first: dict[int, int] = {}
+    for norm in stream.norms:
+        key = id(norm.input)
+        if key not in first:
+            first[key] = len(first)
+        groups.append(first[key])
+    return groups
+
+
+def _value_bases(stream: ResidualStream, groups: Sequence[int]) -> dict[int, int]:
+    """The basis (group) of every stream value: that of the norm reading it, else
+    that of the stream node it flows into."""
+    by_input = {id(norm.input): group for norm, group in zip(stream.norms, groups, strict=True)}
+    stream_nodes = _stream_nodes(stream)
+    bases: dict[int, int] = {}
+
+    def basis(value: ir.Value) -> int:
+        key = id(value)
+        if key not in bases:
+            if key in by_input:
+                bases[key] = by_input[key]
+            else:
+                nodes = [use.node for use in value.uses() if id(use.node) in stream_nodes]
+                if not nodes:
+                    raise ValueError(f"stream value '{value.name}' reaches no norm")
+                bases[key] = basis(nodes[0].outputs[0])
+        return bases[key]
+
+    for value in stream.values:
+        basis(value)
+    return bases
+
+
+def _stream_nodes(stream: ResidualStream) -> set[int]:
+    """Ids of the nodes that make stream values from stream values (adds, relabelling)."""
+    ops = ("Add", "Cast", "Identity", "Reshape", "Flatten")
+    return {
+        id(value.producer())
+        for value in stream.values
+        if value.producer() is not None and value.producer().op_type in ops  # type: ignore[union-attr]
+    }
+
+
+def _shortcuts(
+    model: ir.Model, stream: ResidualStream, bases: Sequence[np.ndarray], of_value: dict[int, int]
+) -> int:
+    """``Q_a^T Q_b`` on every edge from a value in basis ``a`` into a stream node in basis ``b``."""
+    stream_nodes = _stream_nodes(stream)
+    count = 0
+    for value in list(stream.values):
+        for use in list(value.uses()):
+            node = use.node
+            if id(node) not in stream_nodes:
+                continue
+            source, target = of_value[id(value)], of_value[id(node.outputs[0])]
+            if source == target:
+                continue
+            matrix = bases[source].T @ bases[target]
+            dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+            weight = _new_constant(model, matrix.astype(dtype), f"{node.name}.shortcut")
+            shortcut = ir.node(
+                "MatMul", [value, weight], name=f"{node.name}.shortcut{next(_counter)}"
+            )
+            shortcut.outputs[0].name = f"{shortcut.name}.out"
+            shortcut.outputs[0].type = value.type
+            model.graph.insert_before(node, shortcut)
+            node.replace_input_with(use.idx, shortcut.outputs[0])
+            count += 1
+    return count
+
+
+def rotate(
+    model: ir.Model,
+    stream: ResidualStream,
+    bases: Sequence[np.ndarray],
+    groups: Sequence[int] | None = None,
+) -> dict[str, int]:
+    """Writers ``W Q``, readers ``sqrt(D/D') Q^T W``, eps ``* D/D'``.
+
+    ``bases``: ``D x D'`` matrices with orthonormal columns; ``groups``: the
+    basis of each norm (default: all the first). A writer takes the basis of
+    the value it is summed into; where a residual skip joins a value of another
+    basis it goes through ``Q_a^T Q_b``.
+    """
+    groups = list(groups) if groups is not None else [0] * len(stream.norms)
+    hidden, kept = bases[0].shape
+    if hidden != stream.hidden or any(q.shape != (hidden, kept) for q in bases):
+        raise ValueError(f"bases must be {stream.hidden} x D', got {[q.shape for q in bases]}")
+    for norm in stream.norms:
+        if norm.op != "decomposed" or norm.scale is not None or norm.eps_site is None:
+            raise ValueError(f"norm '{norm.name}' still has a scale; run make_invariant first")
+    of_value = _value_bases(stream, groups)
+    gain = np.sqrt(hidden / kept)
+    for site in stream.writers:
+        assert site.into is not None, f"writer {site.node.name} has no stream value"
+        array = site.array()
+        moved = _hidden_last(array, site.axis, hidden) @ bases[of_value[id(site.into)]]
+        _set_site(model, site, _put_back(moved, site.axis, max(array.ndim, 1)))
+    for norm, group in zip(stream.norms, groups, strict=True):
+        for site in norm.readers:
+            array = site.array()
+            moved = (_hidden_last(array, site.axis, hidden) @ bases[group]) * gain
+            _set_site(model, site, _put_back(moved, site.axis, array.ndim))
+        assert norm.eps_site is not None
+        node, index = norm.eps_site
+        eps = initializer_array(node.inputs[index])
+        assert eps is not None
+        _set_site(model, WeightSite(node, index, -1), eps * (hidden / kept))
+    reshapes = _fix_reshapes(model, stream, kept) if kept != hidden else 0
+    shortcuts = _shortcuts(model, stream, bases, of_value) if len(bases) > 1 else 0
+    if kept != hidden:
+        _forget_shapes(model)
+    return {"hidden_before": hidden, "hidden_after": kept, "reshapes_fixed": reshapes,
+            "shortcuts": shortcuts}  # fmt: skip
+
+
+def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:
+    """Constant Reshape targets ending in ``D`` that reshape the stream, a norm's
+    output or a writer's output (``[-1, D]`` around a Gemm)."""
+    sliced = {id(value) for value in stream.values}
+    sliced.update(id(norm.output) for norm in stream.norms)
+    sliced.update(id(site.node.outputs[0]) for site in stream.writers if site.axis != -1)
+    fixed = 0
+    for node in model.graph:
+        if node.op_type != "Reshape" or node.domain != "" or id(node.inputs[0]) not in sliced:
+            continue
+        sliced.add(id(node.outputs[0]))
+        if _ends_in(node.inputs[1], stream.hidden):
+            target = initializer_array(node.inputs[1]).copy()  # type: ignore[union-attr]
+            target[-1] = kept
+            _set_site(model, WeightSite(node, 1, -1), target)
+            fixed += 1
+        elif _fix_concat_target(model, node, stream.hidden, kept):
+            fixed += 1
+    return fixed
+
+
+def _ends_in(value: ir.Value | None, size: int) -> bool:
+    found = initializer_array(value)
+    return found is not None and found.ndim == 1 and len(found) > 0 and int(found[-1]) == size
+
+
+def _fix_concat_target(model: ir.Model, reshape: ir.Node, hidden: int, kept: int) -> bool:
+    """A target ``Concat(dims..., [D])`` (shapes computed at run time, the hidden size
+    a constant): the Reshape gets its own Concat ending in ``D'``."""
+    concat = reshape.inputs[1].producer() if reshape.inputs[1] is not None else None
+    if concat is None or concat.op_type != "Concat" or not _ends_in(concat.inputs[-1], hidden):
+        return False
+    last = initializer_array(concat.inputs[-1]).copy()  # type: ignore[union-attr]
+    last[-1] = kept
+    value = _new_constant(model, last, reshape.name or "reshape")
+    copy = ir.node(
+        "Concat",
+        [*concat.inputs[:-1], value],
+        {"axis": 0},
+        name=f"{reshape.name}.target{next(_counter)}",
+    )
+    copy.outputs[0].name = f"{copy.name}.out"
+    model.graph.insert_before(reshape, copy)
+    old = reshape.inputs[1]
+    reshape.replace_input_with(1, copy.outputs[0])
+    _drop_if_unused(model, old)
+    return True
+
+
+def _forget_shapes(model: ir.Model) -> None:
+    """Drop the shapes of intermediate values (the hidden size changed); ORT re-infers them."""
+    for node in model.graph:
+        for value in node.outputs:
+            if not value.is_graph_output():
+                value.shape = None
+
+
+def unfuse_skip_norms(model: ir.Model) -> int:
+    """Split ORT's ``Skip(Simplified)LayerNormalization`` into the residual ``Add`` (plus
+    its bias) and a plain norm, so the stream is visible; returns how many were split."""
+    count = 0
+    for node in list(model.graph):
+        if node.domain != MS_DOMAIN or node.op_type not in _SKIP_NORMS:
+            continue
+        inputs = list(node.inputs) + [None] * 5
+        prefix = f"{node.name or node.op_type}.unfused{next(_counter)}"
+        added = ir.node("Add", [inputs[0], inputs[1]], name=f"{prefix}.add")
+        total = added.outputs[0]
+        new_nodes = [added]
+        bias_index = 3 if node.op_type == "SkipSimplifiedLayerNormalization" else 4
+        if inputs[bias_index] is not None:
+            with_bias = ir.node("Add", [total, inputs[bias_index]], name=f"{prefix}.bias")
+            new_nodes.append(with_bias)
+            total = with_bias.outputs[0]
+        epsilon = node.attributes.get_float("epsilon", 1e-5)
+        if node.op_type == "SkipLayerNormalization":
+            norm_inputs = [total, inputs[2]] + ([inputs[3]] if inputs[3] is not None else [])
+            norm = ir.node("LayerNormalization", norm_inputs, {"axis": -1, "epsilon": epsilon},
+                           name=f"{prefix}.norm")  # fmt: skip
+        else:
+            norm = ir.node("SimplifiedLayerNormalization", [total, inputs[2]],
+                           {"axis": -1, "epsilon": epsilon}, name=f"{prefix}.norm")  # fmt: skip
+        new_nodes.append(norm)
+        for value in (*(n.outputs[0] for n in new_nodes),):
+            value.name = f"{value.producer().name}.out"  # type: ignore[union-attr]
+        model.graph.insert_before(node, new_nodes)
+        outputs = list(node.outputs)
+        replacements = {0: norm.outputs[0], 3: total}
+        for index, value in enumerate(outputs):
+            if value is None or not (value.uses() or value.is_graph_output()):
+                continue
+            if index not in replacements:
+                raise ValueError(f"{node.op_type} '{node.name}': its output {index} is read")
+            value.replace_all_uses_with(replacements[index], replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        count += 1
+    return count

@@ -1,0 +1,122 @@
+"""``spa slice``: SliceGPT rotate-and-slice of a transformer's hidden size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from spa.cli.options import (
+    EXIT_VERIFY_FAILED,
+    calib_option,
+    check_calib_exists,
+    command_line,
+    dump_dir_option,
+    input_arguments,
+    input_options,
+    policy_from,
+    print_pass_line,
+    report_option,
+    tolerance_options,
+)
+
+__all__ = ["slice_command"]
+
+
+@click.command("slice")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--ratio", type=float, default=0.25, show_default=True, help="Share of hidden channels removed."
+)
+@calib_option
+@click.option(
+    "--rotation",
+    type=click.Choice(["pca", "random"]),
+    default="pca",
+    show_default=True,
+    help="PCA of the residual stream on --calib, or a seeded random rotation.",
+)
+@click.option(
+    "--bases",
+    type=click.Choice(["shared", "per-norm"]),
+    default="shared",
+    show_default=True,
+    help="One rotation for the stream, or one per norm with Q_a^T Q_b on the residual skips.",
+)
+@click.option(
+    "--round-to", type=int, default=8, show_default=True, help="Keep a multiple of K channels."
+)
+@click.option(
+    "--max-samples", type=int, default=None, help="Use at most this many calibration samples."
+)
+@click.option("--no-exactness", is_flag=True, help="Skip the random-rotation exactness check.")
+@click.option(
+    "--verify", is_flag=True, help="Compare sliced and input outputs (exit 3 if it fails)."
+)
+@report_option
+@dump_dir_option
+@input_options
+@tolerance_options(rtol=1e-4)
+def slice_command(
+    model: Path,
+    output: Path,
+    ratio: float,
+    calib: Path | None,
+    rotation: str,
+    bases: str,
+    round_to: int,
+    max_samples: int | None,
+    no_exactness: bool,
+    verify: bool,
+    report_path: Path | None,
+    dump_dir: Path | None,
+    seed: int,
+    shapes: tuple[str, ...],
+    dims: tuple[str, ...],
+    int_ranges: tuple[str, ...],
+    rtol: float,
+    atol: float,
+    cosine: float | None,
+    exact: bool,
+) -> None:
+    """Rotate MODEL's residual stream and remove --ratio of its hidden size (SliceGPT).
+
+    The tolerance flags judge --verify (the sliced model against the input;
+    e.g. --cosine 0.95); the exactness check always uses rtol 1e-4.
+    """
+    from spa.workflows.slice import slice_model
+
+    check_calib_exists(calib)
+    result = slice_model(
+        model,
+        output,
+        ratio=ratio,
+        calibration=calib,
+        rotation=rotation,
+        bases=bases,
+        round_to=round_to,
+        seed=seed,
+        exactness=not no_exactness,
+        verify=verify,
+        policy=policy_from(rtol, atol, cosine, exact) if cosine or exact or rtol != 1e-4 else None,
+        **input_arguments(shapes, dims, int_ranges),
+        max_calibration_samples=max_samples,
+        report_path=report_path,
+        command=command_line(),
+        dump_dir=dump_dir,
+        on_pass_end=print_pass_line,
+    )
+    if result.exactness is not None:
+        click.echo("exactness (random rotation, nothing sliced):")
+        click.echo(result.exactness.render())
+    if result.verification is not None:
+        click.echo(result.verification.render())
+    click.echo(result.verdict_line)
+    failed = [
+        check
+        for check in (result.exactness, result.verification)
+        if check is not None and not check.passed
+    ]
+    if failed:
+        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)

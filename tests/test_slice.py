@@ -1,0 +1,440 @@
+"""SliceGPT: the residual stream finder, the invariant form and rotate-and-slice.
+
+Small models written in ONNX text (a decomposed-RMSNorm decoder, a
+LayerNormalization decoder with Gemm readers and a tied head), then every
+decoder of the zoo: a random orthogonal rotation must reproduce the outputs
+(ORT, seeded inputs, 1e-4 relative), and a stream of rank ``D'`` sliced to
+``D'`` by PCA must too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import numpy_helper
+
+from spa import zoo
+from spa.analysis.residual import find_residual_stream
+from spa.pass_manager import run_passes
+from spa.passes.slice import (
+    RotateSlicePass,
+    RotationInvariantPass,
+    kept_channels,
+    random_rotation,
+)
+from spa.verify import input_specs, make_feeds
+from spa.verify.runner import run_model
+from spa.workflows.run import feeds_calibrator
+
+HIDDEN, VOCAB, MLP, SEQ = 16, 24, 20, 6
+TOLERANCE = 1e-4
+
+RMS_TEXT = f"""
+<ir_version: 9, opset_import: ["" : 18]>
+rms (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] logits) {{
+  emb = Gather(table, ids)
+  sq1 = Pow(emb, two)
+  ms1 = ReduceMean(sq1, axes)
+  me1 = Add(ms1, eps)
+  rt1 = Sqrt(me1)
+  inv1 = Reciprocal(rt1)
+  nx1 = Mul(emb, inv1)
+  n1 = Mul(g1, nx1)
+  h = MatMul(n1, w1)
+  u = MatMul(n1, w3)
+  s = Sigmoid(h)
+  a = Mul(s, u)
+  o = MatMul(a, w2)
+  r1 = Add(emb, o)
+  sq2 = Pow(r1, two)
+  ms2 = ReduceMean(sq2, axes)
+  me2 = Add(ms2, eps)
+  rt2 = Sqrt(me2)
+  nx2 = Div(r1, rt2)
+  n2 = Mul(nx2, g2)
+  logits = MatMul(n2, head)
+}}
+"""
+
+LN_TEXT = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+ln (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] logits) {{
+  tok = Gather(table, ids)
+  pos = Gather(ptable, pids)
+  x = Add(tok, pos)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  flat = Reshape(n1, shp2)
+  h = Gemm<transB=1>(flat, w1t, c1)
+  a = Relu(h)
+  o = Gemm(a, w2, c2)
+  o3 = Reshape(o, shp3)
+  r = Add(x, o3)
+  n2 = LayerNormalization<axis=-1, epsilon=1e-5>(r, g2, b2)
+  headw = Transpose<perm=[1, 0]>(table)
+  logits = MatMul(n2, headw)
+}}
+"""
+
+
+def _rms_model(seed: int = 0, rank: int | None = None) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    basis = _basis(rng, rank)
+    weights = {
+        "table": rng.standard_normal((VOCAB, HIDDEN)) @ basis,
+        "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3,
+        "w3": rng.standard_normal((HIDDEN, MLP)) * 0.3,
+        "w2": rng.standard_normal((MLP, HIDDEN)) @ basis * 0.3,
+        "head": rng.standard_normal((HIDDEN, VOCAB)),
+        "g1": 1.0 + 0.3 * rng.standard_normal(HIDDEN),
+        "g2": 1.0 + 0.3 * rng.standard_normal(HIDDEN),
+        "two": np.array(2.0),
+        "eps": np.array(1e-5),
+    }
+    constants = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    constants["axes"] = np.array([-1], dtype=np.int64)
+    return _model(RMS_TEXT, constants)
+
+
+def _ln_model(seed: int = 0, rank: int | None = None) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    basis = _basis(rng, rank)
+    weights = {
+        "table": rng.standard_normal((VOCAB, HIDDEN)) @ basis,
+        "ptable": rng.standard_normal((SEQ, HIDDEN)) @ basis,
+        "w1t": rng.standard_normal((MLP, HIDDEN)) * 0.3,
+        "c1": rng.standard_normal(MLP) * 0.1,
+        "w2": rng.standard_normal((MLP, HIDDEN)) @ basis * 0.3,
+        "c2": rng.standard_normal(HIDDEN) @ basis * 0.1,
+        "g1": 1.0 + 0.3 * rng.standard_normal(HIDDEN),
+        "b1": 0.1 * rng.standard_normal(HIDDEN),
+        "g2": 1.0 + 0.3 * rng.standard_normal(HIDDEN),
+        "b2": 0.1 * rng.standard_normal(HIDDEN),
+    }
+    constants = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    constants["pids"] = np.arange(SEQ, dtype=np.int64)[None]
+    constants["shp2"] = np.array([-1, HIDDEN], dtype=np.int64)
+    constants["shp3"] = np.array([1, SEQ, HIDDEN], dtype=np.int64)
+    return _model(LN_TEXT, constants)
+
+
+def _basis(rng: np.random.Generator, rank: int | None) -> np.ndarray:
+    """``HIDDEN x HIDDEN``: the identity, or a projection onto a random ``rank``-dim subspace."""
+    if rank is None:
+        return np.eye(HIDDEN)
+    vectors = np.linalg.qr(rng.standard_normal((HIDDEN, rank)))[0]
+    return vectors @ vectors.T
+
+
+def _model(text: str, constants: dict[str, np.ndarray]) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text)
+    for name, array in constants.items():
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _feeds(proto: onnx.ModelProto, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    specs = input_specs(proto)
+    return [make_feeds(specs, seed=seed + i, int_ranges={"ids": (0, VOCAB)}) for i in range(count)]
+
+
+def _relative_error(reference: onnx.ModelProto, model: ir.Model, feeds: list) -> float:
+    candidate = ir.serde.serialize_model(model).SerializeToString()
+    worst = 0.0
+    for feed in feeds:
+        expected = run_model(reference.SerializeToString(), feed)
+        got = run_model(candidate, feed)
+        for name, array in expected.items():
+            worst = max(worst, float(np.abs(array - got[name]).max() / np.abs(array).max()))
+    return worst
+
+
+@pytest.mark.parametrize("build", [_rms_model, _ln_model], ids=["rmsnorm", "layernorm"])
+def test_stream_found_in_text_models(build) -> None:
+    stream = find_residual_stream(ir.serde.deserialize_model(build()))
+    assert stream.reason is None
+    assert stream.hidden == HIDDEN and len(stream.norms) == 2
+    assert stream.kind == ("rms" if build is _rms_model else "layer")
+    # RMS: embedding + down projection; LN: two embeddings, down weight and its bias
+    assert len(stream.writers) == (2 if build is _rms_model else 4)
+    assert len(stream.readers) == (3 if build is _rms_model else 2)
+
+
+@pytest.mark.parametrize("bases", ["shared", "per-norm"])
+@pytest.mark.parametrize("build", [_rms_model, _ln_model], ids=["rmsnorm", "layernorm"])
+def test_random_rotation_is_exact(build, bases: str) -> None:
+    proto = build()
+    model = ir.serde.deserialize_model(proto)
+    rotate_pass = RotateSlicePass(ratio=0.0, rotation="random", seed=3, bases=bases)
+    records = run_passes(model, [RotationInvariantPass(), rotate_pass])
+    assert records[1].statistics["hidden_after"] == HIDDEN
+    # one residual skip (embedding -> first add) changes basis when each norm has its own
+    assert records[1].statistics["shortcuts"] == (1 if bases == "per-norm" else 0)
+    assert _relative_error(proto, model, _feeds(proto, 3)) < TOLERANCE
+    onnx.checker.check_model(ir.serde.serialize_model(model))
+    # the tied head was untied: the embedding table is no longer read by a Transpose
+    assert all(node.op_type != "Transpose" for node in model.graph)
+
+
+@pytest.mark.parametrize("bases", ["shared", "per-norm"])
+@pytest.mark.parametrize("build", [_rms_model, _ln_model], ids=["rmsnorm", "layernorm"])
+def test_pca_slice_of_a_low_rank_stream_is_exact(build, bases: str) -> None:
+    """Every term lies in a 12-dim subspace: PCA finds it and slicing 16 -> 12 loses nothing."""
+    proto = build(seed=1, rank=12)
+    model = ir.serde.deserialize_model(proto)
+    calibrator = feeds_calibrator(_feeds(proto, 4, seed=10))
+    records = run_passes(
+        model,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, bases=bases)],
+        calibrator=calibrator,
+    )
+    assert records[1].statistics["hidden_after"] == 12
+    assert records[1].statistics["variance_kept"] > 1 - 1e-9
+    assert _relative_error(proto, model, _feeds(proto, 2, seed=20)) < 1e-3
+    table = next(node for node in model.graph if node.op_type == "Gather").inputs[0]
+    assert table.const_value is not None and table.const_value.shape == (VOCAB, 12)
+
+
+def test_slicing_full_rank_loses_something_but_runs() -> None:
+    proto = _ln_model(seed=2)
+    model = ir.serde.deserialize_model(proto)
+    calibrator = feeds_calibrator(_feeds(proto, 4, seed=10))
+    run_passes(
+        model,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.5, round_to=1)],
+        calibrator=calibrator,
+    )
+    error = _relative_error(proto, model, _feeds(proto, 1, seed=20))
+    assert 1e-3 < error < 10.0
+
+
+POST_NORM = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+post (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  h = MatMul(x, w1)
+  r = Add(x, h)
+  n = LayerNormalization<axis=-1>(r, g1, b1)
+  h2 = MatMul(n, w1)
+  r2 = Add(n, h2)
+  n2 = LayerNormalization<axis=-1>(r2, g1, b1)
+  y = MatMul(n2, head)
+}}
+"""
+
+QUANTIZED_WRITER = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+q (int64[1, {SEQ}] ids, float[{HIDDEN}, {HIDDEN}] w) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  n = LayerNormalization<axis=-1>(x, g1, b1)
+  h = MatMul(n, w)
+  r = Add(x, h)
+  n2 = LayerNormalization<axis=-1>(r, g1, b1)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+BRANCH_NORM = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+branch (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  n = LayerNormalization<axis=-1>(x, g1, b1)
+  h = MatMul(n, w1)
+  hn = LayerNormalization<axis=-1>(h, g1, b1)
+  r = Add(x, hn)
+  n2 = LayerNormalization<axis=-1>(r, g1, b1)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (POST_NORM, "post-norm block: the output of LayerNormalization"),
+        (QUANTIZED_WRITER, "non-constant"),
+        (BRANCH_NORM, "LayerNormalization 'hn' normalizes a branch before the add"),
+    ],
+    ids=["post-norm", "non-constant-writer", "norm-on-branch"],
+)
+def test_refusals_name_the_node(text: str, expected: str) -> None:
+    rng = np.random.default_rng(0)
+    shapes = {"table": (VOCAB, HIDDEN), "w1": (HIDDEN, HIDDEN), "g1": (HIDDEN,), "b1": (HIDDEN,),
+              "head": (HIDDEN, VOCAB)}  # fmt: skip
+    model = onnx.parser.parse_model(text)
+    used = {name for node in model.graph.node for name in node.input}
+    for name, shape in shapes.items():
+        if name in used:
+            array = rng.standard_normal(shape).astype(np.float32)
+            model.graph.initializer.append(numpy_helper.from_array(array, name))
+    stream = find_residual_stream(ir.serde.deserialize_model(model))
+    assert stream.reason is not None and expected in stream.reason
+
+
+def test_kept_channels_and_random_rotation() -> None:
+    assert kept_channels(128, 0.25, 8) == 96
+    assert kept_channels(192, 0.1, 8) == 176
+    assert kept_channels(16, 0.0, 4) == 16
+    q = random_rotation(8, seed=1)
+    np.testing.assert_allclose(q @ q.T, np.eye(8), atol=1e-12)
+
+
+DECODERS = ["hf-llama-gqa", "hf-llama-gqa-ts", "hf-qwen2-gqa", "hf-mistral-gqa", "hf-gpt2",
+            "hf-gpt2-dynamo", "hf-opt", "hf-gpt-neox"]  # fmt: skip
+REFUSED = {
+    "hf-bert": "post-norm block",
+    "hf-bert-dynamo": "post-norm block",
+    "hf-roberta": "post-norm block",
+    "hf-distilbert": "post-norm block",
+    "hf-albert": "post-norm block",
+    "hf-bert-ort-fused": "EmbedLayerNormalization",
+    "hf-t5-encoder": "graph output",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bases", ["shared", "per-norm"])
+@pytest.mark.parametrize("name", DECODERS)
+def test_zoo_decoder_random_rotation_is_exact(name: str, bases: str) -> None:
+    proto = zoo.load(name)
+    model = ir.serde.deserialize_model(proto)
+    rotate_pass = RotateSlicePass(ratio=0.0, rotation="random", seed=1, bases=bases)
+    records = run_passes(model, [RotationInvariantPass(), rotate_pass])
+    assert (records[1].statistics["shortcuts"] > 0) == (bases == "per-norm")
+    feeds = [make_feeds(input_specs(proto), seed=0)]
+    assert _relative_error(proto, model, feeds) < TOLERANCE
+
+
+@pytest.mark.parametrize(("name", "reason"), sorted(REFUSED.items()))
+def test_zoo_refusals_say_why(name: str, reason: str) -> None:
+    stream = find_residual_stream(ir.serde.deserialize_model(zoo.load(name)))
+    assert stream.reason is not None and reason in stream.reason
+
+
+NORM_OPS_TEXT = """
+<ir_version: 10, opset_import: ["" : {opset}, "com.microsoft" : 1]>
+g (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{
+  x = Gather(table, ids)
+  n = {first}
+  h = MatMul(n, w1)
+  n2, m2, i2, r2 = {skip}(h, x, g2{beta})
+  h2 = MatMul(n2, w2)
+  n3 = {last}
+  y = MatMul(n3, head)
+}}
+"""
+NORM_OP_CASES = {
+    "rmsnormalization-23": dict(
+        opset=23, first="RMSNormalization<epsilon=1e-5>(x, g1)", skip="com.microsoft.SkipSimplifiedLayerNormalization",
+        beta="", last="RMSNormalization<epsilon=1e-5>(r2, g3)",
+    ),
+    "ort-simplified-and-skip": dict(
+        opset=17, first="SimplifiedLayerNormalization<axis=-1, epsilon=1e-5>(x, g1)",
+        skip="com.microsoft.SkipSimplifiedLayerNormalization", beta="",
+        last="SimplifiedLayerNormalization<axis=-1, epsilon=1e-5>(r2, g3)",
+    ),
+    "ort-skip-layernorm": dict(
+        opset=17, first="LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)",
+        skip="com.microsoft.SkipLayerNormalization", beta=", b2",
+        last="LayerNormalization<axis=-1, epsilon=1e-5>(r2, g3, b3)",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(NORM_OP_CASES))
+def test_norm_ops_and_fused_skip_norms_rotate_exactly(case: str) -> None:
+    text = NORM_OPS_TEXT.format(seq=SEQ, vocab=VOCAB, **NORM_OP_CASES[case])
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)), "w2": rng.standard_normal((HIDDEN, HIDDEN))}  # fmt: skip
+    for name in ("g1", "g2", "g3", "b1", "b2", "b3"):
+        constants[name] = (1.0 if name[0] == "g" else 0.0) + 0.3 * rng.standard_normal(HIDDEN)
+    proto = onnx.parser.parse_model(text)
+    used = {name for node in proto.graph.node for name in node.input}
+    for name, array in constants.items():
+        if name in used:
+            proto.graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(
+        model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")]
+    )
+    assert records[0].statistics["skip_norms_unfused"] == 1
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+
+
+DECOMPOSED_LN = """
+<ir_version: 8, opset_import: ["" : 13]>
+dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{
+  x = Gather(table, ids)
+  m1 = ReduceMean<axes=[-1]>(x)
+  d1 = Sub(x, m1)
+  q1 = Pow(d1, two)
+  v1 = ReduceMean<axes=[-1]>(q1)
+  e1 = Add(v1, eps)
+  s1 = Sqrt(e1)
+  k1 = Div(d1, s1)
+  t1 = Mul(k1, g1)
+  n1 = Add(t1, b1)
+  h = MatMul(n1, w1)
+  r = Add(x, h)
+  m2 = ReduceMean<axes=[-1]>(r)
+  d2 = Sub(r, m2)
+  q2 = Mul(d2, d2)
+  v2 = ReduceMean<axes=[-1]>(q2)
+  e2 = Add(eps, v2)
+  s2 = Sqrt(e2)
+  i2 = Reciprocal(s2)
+  k2 = Mul(d2, i2)
+  t2 = Mul(g2, k2)
+  n2 = Add(t2, b2)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+def test_decomposed_layernorm_at_opset_13_rotates_and_slices() -> None:
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)), "two": np.array(2.0), "eps": np.array(1e-5)}  # fmt: skip
+    for name in ("g1", "g2", "b1", "b2"):
+        constants[name] = (1.0 if name[0] == "g" else 0.0) + 0.3 * rng.standard_normal(HIDDEN)
+    proto = _model(
+        DECOMPOSED_LN.format(seq=SEQ, vocab=VOCAB),
+        {k: np.asarray(v, np.float32) for k, v in constants.items()},
+    )
+    stream = find_residual_stream(ir.serde.deserialize_model(proto))
+    assert stream.reason is None and stream.kind == "layer" and len(stream.norms) == 2
+    assert all(norm.scale is not None and norm.bias is not None for norm in stream.norms)
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    run_passes(
+        sliced,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25, rotation="random", round_to=4)],
+    )
+    assert run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])[
+        "y"
+    ].shape == (1, SEQ, VOCAB)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DECODERS)
+def test_zoo_decoder_slices_to_three_quarters_and_runs(name: str) -> None:
+    """PCA slicing 128 -> 96 on seeded inputs: constant and computed Reshape targets follow."""
+    proto = zoo.load(name)
+    feeds = [make_feeds(input_specs(proto), seed=seed) for seed in range(3)]
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(
+        model,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25)],
+        calibrator=feeds_calibrator(feeds[1:]),
+    )
+    assert records[1].statistics["hidden_after"] == 96
+    expected = run_model(proto.SerializeToString(), feeds[0])
+    got = run_model(ir.serde.serialize_model(model).SerializeToString(), feeds[0])
+    for output, array in expected.items():
+        assert got[output].shape == array.shape and np.isfinite(got[output]).all()
