@@ -25,6 +25,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from spa.destinations import check_destination, record_input, record_output
 from spa.errors import UserError
 
 __all__ = [
@@ -80,7 +81,9 @@ def load_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{path}: parsed, but holds no ONNX graph (ir_version={proto.ir_version}, "
             f"outputs={len(proto.graph.output)}); the file is not an ONNX model"
         )
-    _check_external_data(proto, path)
+    record_input(path)
+    for data_file in _check_external_data(proto, path):
+        record_input(data_file)
     return proto
 
 
@@ -105,7 +108,23 @@ def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from iter_graph_protos(sub)
 
 
-def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+def _external_int(path: Path, tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int:
+    text = info.get(key, "0")
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(
+            f"{path}: tensor '{tensor.name}' has external-data {key} '{text}', not a "
+            "non-negative integer; re-export the model"
+        )
+    return value
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> set[Path]:
+    """The resolved external-data files of ``proto``, each checked to exist and be
+    long enough for every tensor stored in it."""
     base = path.resolve().parent
     sizes: dict[Path, int] = {}
     for tensor in _external_tensors(proto):
@@ -126,12 +145,15 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                     "is missing; copy it next to the model"
                 )
             sizes[target] = target.stat().st_size
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
-        if end > sizes[target]:
+        offset = _external_int(path, tensor, info, "offset")
+        length = _external_int(path, tensor, info, "length")
+        end = offset + length
+        if end > sizes[target] or offset > sizes[target]:
             raise UserError(
                 f"{path}: external data file '{location}' is too short for tensor "
                 f"'{tensor.name}' (needs {end} bytes, has {sizes[target]}); it is truncated"
             )
+    return set(sizes)
 
 
 def load_model(path: str | os.PathLike[str]) -> ir.Model:
@@ -178,22 +200,11 @@ def _staging_folder(destination: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_destination(output: Path, model: ir.Model, protected: set[Path]) -> Path:
-    parent = output.parent
-    if not parent.is_dir():
-        raise UserError(f"{output}: folder '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{output}: folder '{parent}' is not writable; choose another -o")
-    if output.is_dir():
-        raise UserError(f"{output}: is a folder; give a file name such as {output / 'model.onnx'}")
-    data_path = output.with_name(output.name + ".data")
+def _check_destination(output: Path, model: ir.Model, protected: set[Path], flag: str) -> Path:
     inputs = protected | external_data_files(model)
-    for candidate in (output, data_path):
-        if candidate.resolve() in inputs:
-            raise UserError(
-                f"{output}: writing here would overwrite the input model or its data "
-                f"'{candidate.name}'; choose a different -o"
-            )
+    check_destination(output, flag, protected=inputs)
+    data_path = output.with_name(output.name + ".data")
+    check_destination(data_path, f"{flag} (its external data)", protected=inputs)
     return data_path
 
 
@@ -203,28 +214,33 @@ def save_model(
     *,
     input_path: str | os.PathLike[str] | None = None,
     external_threshold_bytes: int = EXTERNAL_DATA_THRESHOLD_BYTES,
+    flag: str = "-o",
 ) -> Path:
     """Write ``model`` to ``output`` atomically and return the path written.
 
     Weights go to ``<output>.data`` when they add up to more than
     ``external_threshold_bytes``. The input model (``input_path``) and every
-    external-data file the in-memory model still reads are never overwritten.
+    external-data file the in-memory model still reads are never overwritten,
+    nor any file read inside :func:`spa.destinations.protect_inputs` (``flag``
+    names the option in the one-line error).
     """
     output = Path(output).absolute()
     protected: set[Path] = set()
     if input_path is not None:
         protected.add(Path(input_path).resolve())
-    data_path = _check_destination(output, model, protected)
+    data_path = _check_destination(output, model, protected, flag)
     use_external = _initializer_bytes(model) > external_threshold_bytes
     with _staging_folder(output) as staging:
         staged_model = staging / output.name
         if use_external:
             ir.save(model, staged_model, external_data=data_path.name, callback=_save_progress())
             os.replace(staging / data_path.name, data_path)
+            record_output(data_path)
         else:
             # Re-embed weights so the output does not depend on the input's files.
             ir.save(_embedded_copy(model), staged_model)
         os.replace(staged_model, output)
+        record_output(output)
     logger.info("saved %s (%s)", output, "external data" if use_external else "embedded")
     return output
 

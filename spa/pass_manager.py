@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from spa.calibration import CalibrationRequest, CalibrationResult
+from spa.errors import UserError
 from spa.model_io import save_model
 
 __all__ = [
@@ -166,10 +167,20 @@ class DumpInstrument(Instrument):
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(
+                f"--dump-dir {self.folder}: is a file, not a folder; give a folder path"
+            )
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(
+                f"--dump-dir {self.folder}: cannot create the folder ({error.strerror}); "
+                "give a writable folder"
+            ) from None
 
     def after_pass(self, record: PassRecord, model: ir.Model) -> None:
-        save_model(model, self.folder / f"{record.index:02d}-{record.name}.onnx")
+        save_model(model, self.folder / f"{record.index:02d}-{record.name}.onnx", flag="--dump-dir")
 
 
 def run_passes(

@@ -55,4 +55,4 @@ def analyze_command(model: Path, json_path: Path | None, limit: int, prunable_io
         }
         from spa.stats.report import write_report
 
-        write_report(data, json_path)
+        write_report(data, json_path, "--json")

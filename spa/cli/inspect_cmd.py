@@ -24,4 +24,4 @@ def inspect_command(model: Path, json_path: Path | None, read_weights: bool) -> 
     if json_path is not None:
         from spa.stats.report import write_report
 
-        write_report(info.as_dict(), json_path)
+        write_report(info.as_dict(), json_path, "--json")

@@ -10,7 +10,9 @@ traceback. One file per command; every shared flag is defined once in
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import click
@@ -28,6 +30,7 @@ from spa.cli.slice_cmd import slice_command
 from spa.cli.sparsify_cmd import sparsify_command
 from spa.cli.verify_cmd import verify_command
 from spa.cli.zoo_cmd import zoo_group
+from spa.destinations import protect_inputs
 from spa.errors import UserError, VerificationFailed
 
 __all__ = ["cli", "main"]
@@ -43,11 +46,22 @@ class UserFailure(click.ClickException):
 
 
 class SpaGroup(click.Group):
-    """The one error boundary: maps library exceptions to exit codes for every subcommand."""
+    """The one error boundary: maps library exceptions to exit codes for every subcommand.
+
+    It is also the one scope of :func:`spa.destinations.protect_inputs`: no file a
+    command reads (the model, its external data) is overwritten by what it writes,
+    and a command that ends in a user error removes what it wrote (exit 3 keeps
+    the output for inspection).
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with protect_inputs() as files:
+                try:
+                    return super().invoke(ctx)
+                except UserError:
+                    files.remove_written()  # exit 1 leaves no output behind
+                    raise
         except UserError as error:
             raise UserFailure(str(error)) from None
         except VerificationFailed as error:
@@ -83,8 +97,16 @@ for _command in (
     cli.add_command(_command)
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGHUP raise SystemExit, so every ``finally`` (staging folders,
+    temporary files) runs before the process ends."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point (SIGTERM cleans up like Ctrl-C does)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     cli.main(args=list(argv) if argv is not None else None, prog_name="spa")
 
 

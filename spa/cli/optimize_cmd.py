@@ -9,12 +9,12 @@ from typing import Any
 import click
 
 from spa.cli.options import (
-    EXIT_VERIFY_FAILED,
     calib_option,
     command_line,
     criterion_arguments,
     criterion_options,
     dump_dir_option,
+    echo_verdict,
     input_arguments,
     input_options,
     policy_from,
@@ -133,7 +133,5 @@ def optimize_command(
         )
     if result.verification is not None:
         click.echo(result.verification.render())
-    click.echo(result.verdict_line)
     failed = [v for v in (result.verification, result.prune_verification) if v and not v.passed]
-    if failed:
-        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+    echo_verdict(result.verdict_line, not failed, result.output)

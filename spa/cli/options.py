@@ -27,6 +27,7 @@ __all__ = [
     "criterion_arguments",
     "criterion_options",
     "dump_dir_option",
+    "echo_verdict",
     "input_arguments",
     "input_options",
     "parse_dims",
@@ -213,6 +214,16 @@ def tolerance_options(rtol: float = 1e-5) -> Callable[[F], F]:
         ),
         click.option("--exact", is_flag=True, help="Require bit-identical outputs."),
     )
+
+
+def echo_verdict(verdict: str, passed: bool, output: Path) -> None:
+    """Print the verdict line; when verification failed, say that the output is
+    kept (for inspection) and exit with EXIT_VERIFY_FAILED."""
+    if passed:
+        click.echo(verdict)
+        return
+    click.echo(f"{verdict} | output kept: {output}")
+    raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
 
 
 def check_calib_exists(calib: Path | None) -> None:

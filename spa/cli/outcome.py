@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from spa.cli.options import EXIT_VERIFY_FAILED
+from spa.cli.options import echo_verdict
 
 __all__ = ["finish", "human_size", "verdict_tail"]
 
@@ -45,6 +45,4 @@ def finish(result: Any, lines: list[str], verdict: str, report_path: Path | None
         from spa.stats.report import write_report
 
         write_report(result.as_dict(), report_path)
-    click.echo(verdict)
-    if not result.passed:
-        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+    echo_verdict(verdict, result.passed, result.output)

@@ -9,13 +9,13 @@ import click
 
 from spa.cli.analyze_cmd import render_groups
 from spa.cli.options import (
-    EXIT_VERIFY_FAILED,
     calib_option,
     check_calib_exists,
     command_line,
     criterion_arguments,
     criterion_options,
     dump_dir_option,
+    echo_verdict,
     input_arguments,
     input_options,
     policy_from,
@@ -120,6 +120,5 @@ def prune_command(
         )
     if result.verification is not None:
         click.echo(result.verification.render())
-    click.echo(result.verdict_line)
-    if result.verification is not None and not result.verification.passed:
-        raise click.exceptions.Exit(EXIT_VERIFY_FAILED)
+    passed = result.verification is None or result.verification.passed
+    echo_verdict(result.verdict_line, passed, result.output)

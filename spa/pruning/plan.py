@@ -24,6 +24,7 @@ import onnx_ir as ir
 from spa.analysis.groups import Analysis, Group
 from spa.analysis.index_maps import Lookup
 from spa.calibration import CalibrationSource, ChannelStatistics
+from spa.destinations import write_text_atomic
 from spa.errors import UserError
 from spa.pruning.allocation import allocate
 from spa.pruning.criteria import ALLOCATIONS, CRITERIA, DATA_CRITERIA, REDUCTIONS
@@ -54,12 +55,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the plan as JSON, atomically (temporary file, then rename)."""
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise UserError(f"{path}: folder '{path.parent}' does not exist; create it first")
-        staged = path.with_name(f".{path.name}.tmp")
-        staged.write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(staged, path)
+        write_text_atomic(path, json.dumps(self.as_dict(), indent=1) + "\n", "--save-plan")
 
     @staticmethod
     def load(path: str | os.PathLike[str], analysis: Analysis) -> Plan:

@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from spa.destinations import write_text_atomic
 from spa.errors import UserError
 from spa.model_io import load_proto
 from spa.stats.inspect import (
@@ -274,24 +274,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def write_report(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``report`` as JSON at ``path`` atomically (temp file, then rename)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: folder '{path.parent}' does not exist; create it first")
+def write_report(
+    report: Mapping[str, Any], path: str | os.PathLike[str], flag: str = "--report"
+) -> Path:
+    """Write ``report`` as JSON at ``path`` atomically (temp file, then rename); never
+    over an input model or its data (``flag`` names the option in the error)."""
     text = json.dumps(report, indent=2, default=_json_default, allow_nan=True) + "\n"
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    logger.info("wrote report %s", path)
-    return path
+    return write_text_atomic(path, text, flag)
 
 
 def measure_latency(
