@@ -147,7 +147,7 @@ def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
     kept = [line for line in lines if not line.startswith("w4_gqsa") or line.split()[1:4] == ["384", "80", "16"]]
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
     # Slices: warps of one block per tile, summed through shared memory (0: the
-    # launcher's choice, 2 at 1024 x 48); split 2: across blocks.
+    # launcher's choice, now always 1; 2 and 4 forced); split 2: across blocks.
     run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--slices", "0,2,4", "--splits", "0,2",
                   *tolerances(), sanitizer="thread")  # fmt: skip
     if "FATAL: ThreadSanitizer" in run.stderr:
@@ -175,3 +175,37 @@ def test_the_emulation_catches_a_missing_pipeline_barrier(tmp_path: Path) -> Non
     assert run.returncode == 1, run.stdout + run.stderr
     rows = results(run.stdout)
     assert rows and all(verdict == "FAILED" for verdict, *_ in rows)
+
+
+def load_bench_module(name: str):  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "plugins" / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_timing_model_mirrors_the_launchers_split_plan(tmp_path: Path) -> None:
+    """plugins/bench/model.py predicts the next GPU run with its own copy of
+    plan_split; it must choose what the C++ launchers choose, on 132 and 108 SMs."""
+    model = load_bench_module("model")
+    binary = tmp_path / "plan_dump"
+    cuda = next(root for root in (Path(shutil.which("nvcc") or "/x").resolve().parents[1], Path("/usr/local/cuda"))
+                if (root / "include" / "cuda_fp16.h").is_file())  # fmt: skip
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-DSPA_EMULATE", f"-I{KERNELS}", f"-I{cuda / 'include'}",
+                            str(EMU / "plan_dump.cpp"), str(EMU / "emu_runtime.cpp"), "-o", str(binary), "-lpthread"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    shapes = [(4096, 4096), (4096, 11008), (11008, 4096), (5120, 13824), (8192, 28672), (28672, 8192), (384, 80), (1024, 48), (4096, 16)]
+    inputs = [(m, n // 16, k // 128, slices, split, ws) for k, n in shapes for m in (1, 2, 8, 9, 16, 17, 32, 64, 70)
+              for slices, split in ((0, 0), (2, 0), (4, 0), (1, 3), (0, 8), (4, 64)) for ws in (0, 1)]  # fmt: skip
+    text = "".join(" ".join(map(str, row)) + "\n" for row in inputs)
+    for sms in (132, 108):
+        run = subprocess.run([str(binary)], input=text, capture_output=True, text=True, check=False,
+                             env={**os.environ, "SPA_EMU_SMS": str(sms)})  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        got = [tuple(map(int, line.split())) for line in run.stdout.splitlines()]
+        want = [model.plan_split(m, t, g, s, p, bool(ws), sms=sms) for m, t, g, s, p, ws in inputs]
+        assert got == want

@@ -1,6 +1,7 @@
 // spa plugin kernel harness (nvcc + cuBLAS, no TensorRT).
 //
 //   harness [--cases DIR] [--out results.json] [--quick]
+//   harness --profile     (for Nsight Compute: one profiled launch per configuration)
 //
 // 1. Layout check: for each case written by `python -m spa.trt.bench_cases DIR`
 //    (spa's Python repackers), the device dequantizer of the layout must equal
@@ -14,11 +15,16 @@
 //    together exceed 2x L2, replayed 5 times; cuBLAS FP16 (GemmEx, FP32
 //    accumulate) in the same run. Prints us, GB/s, % of the measured HBM read
 //    bandwidth floor and the speedup; writes JSON rows
-//    {card, kernel, K, N, M, us, cublas_fp16_us, speedup, max_rel_err}.
+//    {card, kernel, K, N, M, group_size, us, cublas_fp16_us, speedup,
+//    max_rel_err, hbm_gbps} (hbm_gbps: the read bandwidth measured first).
 // 4. Tuning data (not results): w4a16 and w4_sp24 with in-block slices forced
-//    to 1, 2, 4 and splits across blocks to 1, 2, 4, 8 at M in {1, 4, 16} on
-//    the shapes with K*N >= 16M, next to the launcher's own choice:
-//    split_sweep.json beside the results.
+//    to 1, 2, 4 (M <= 16; larger M has none) and splits across blocks to 1, 2,
+//    4, 8 at M in {1, 4, 16, 32, 64} on the shapes with K*N >= 16M, next to
+//    the launcher's own choice: split_sweep.json beside the results.
+// --profile: the configurations whose stall profile run_gpu.sh exports
+// (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 at M = 1, 8, 4096x11008),
+// each warmed up twice, then launched once between cudaProfilerStart/Stop,
+// so `ncu --profile-from-start off` sees exactly one launch of each.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -28,6 +34,8 @@
 #include <memory>
 #include <sstream>
 #include <string>
+
+#include <cuda_profiler_api.h>
 
 #include "../kernels/spa_kernels.h"
 #include "harness_util.cuh"
@@ -257,7 +265,7 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
-struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err; };
+struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err, hbm_gbps; };
 struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us; };
 
 // The fields of one JSON row after "card" (no braces, no trailing comma).
@@ -265,8 +273,8 @@ std::string json_fields(const Row& r) {
   char buffer[512];
   std::snprintf(buffer, sizeof(buffer),
                 "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"group_size\": %d, \"us\": %.3f, "
-                "\"cublas_fp16_us\": %.3f, \"speedup\": %.3f, \"max_rel_err\": %.3e",
-                r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.us, r.cublas_us, r.cublas_us / r.us, r.err);
+                "\"cublas_fp16_us\": %.3f, \"speedup\": %.3f, \"max_rel_err\": %.3e, \"hbm_gbps\": %.0f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.us, r.cublas_us, r.cublas_us / r.us, r.err, r.hbm_gbps);
   return buffer;
 }
 
@@ -331,17 +339,41 @@ void run_cases(Context& ctx, const std::string& dir) {
   }
 }
 
+// One profiled launch per configuration (run_gpu.sh runs this under ncu).
+int profile(Context& ctx) {
+  struct Config { const char* kernel; int g, M; };
+  const Config configs[] = {{"w4a16", 128, 1}, {"w4a16", 128, 16}, {"w4_sp24", 128, 1},
+                            {"w4_sp24", 128, 16}, {"w4_gqsa", 16, 1}, {"w4_gqsa", 16, 8}};
+  const int K = 4096, N = 11008;
+  DeviceBuffer<__half> a16(static_cast<size_t>(64) * K), y16(static_cast<size_t>(64) * N);
+  DeviceBuffer<float> a32(static_cast<size_t>(64) * K);
+  fill_activations<__half><<<blocks_for(a16.count), 256>>>(a16.ptr, a32.ptr, a16.count, 5);
+  for (const Config& c : configs) {
+    std::unique_ptr<Weight> w = random_weight(c.kernel, K, N, 7, c.g);
+    for (int warm = 0; warm < 2; ++warm)
+      CHECK_CUDA(run_kernel(*w, a16.ptr, y16.ptr, c.M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+    CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+    CHECK_CUDA(cudaProfilerStart());
+    CHECK_CUDA(run_kernel(*w, a16.ptr, y16.ptr, c.M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+    CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+    CHECK_CUDA(cudaProfilerStop());
+    std::printf("profiled %-8s g=%-3d %dx%d M=%d\n", c.kernel, c.g, K, N, c.M);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string cases, out = "plugins/bench/results.json";
-  bool quick = false;
+  bool quick = false, profiling = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--cases" && i + 1 < argc) cases = argv[++i];
     else if (arg == "--out" && i + 1 < argc) out = argv[++i];
     else if (arg == "--quick") quick = true;
-    else { std::fprintf(stderr, "usage: harness [--cases DIR] [--out results.json] [--quick]\n"); return 2; }
+    else if (arg == "--profile") profiling = true;
+    else { std::fprintf(stderr, "usage: harness [--cases DIR] [--out results.json] [--quick] | --profile\n"); return 2; }
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -352,6 +384,7 @@ int main(int argc, char** argv) {
   ctx.cublas_ws = DeviceBuffer<char>(size_t(64) << 20);
   CHECK_CUBLAS(cublasSetWorkspace(ctx.handle, ctx.cublas_ws.ptr, ctx.cublas_ws.bytes()));
   ctx.workspace = DeviceBuffer<float>(static_cast<size_t>(64) * 28672);
+  if (profiling) return profile(ctx);
   std::printf("card: %s (sm_%d%d, %d SMs, L2 %d MB)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.l2CacheSize >> 20);
   double hbm = measure_read_bandwidth(ctx);
@@ -410,16 +443,17 @@ int main(int argc, char** argv) {
         std::printf("%-8s g=%-3d %-10s K=%-6d N=%-6d M=%-3d %8.2f us %7.0f GB/s %5.1f%% of HBM floor | cuBLAS fp16 %8.2f us | speedup %.2fx\n",
                     kernel, variant.g, shape.model, K, N, M, us, bytes / (us * 1e3), 100.0 * floor_us / us,
                     cublas_us[mi], cublas_us[mi] / us);
-        rows.push_back({kernel, K, N, M, variant.g, us, cublas_us[mi], errors[mi]});
+        rows.push_back({kernel, K, N, M, variant.g, us, cublas_us[mi], errors[mi], hbm});
       }
       // Tuning data for the split-K heuristic (not results: users get the
       // launcher's own choice, timed above): forced splits at decode sizes.
       if (!gqsa && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
-        for (int M : {1, 4, 16}) {
+        for (int M : {1, 4, 16, 32, 64}) {
           double auto_us = time_graph(ctx, copies, [&](int c) {
             CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
           });
           for (int slices : {1, 2, 4}) {
+            if (M > 16 && slices > 1) break;  // the launchers slice only at M <= 16
             for (int split : {1, 2, 4, 8}) {
               double us = time_graph(ctx, copies, [&](int c) {
                 CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr,

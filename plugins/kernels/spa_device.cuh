@@ -264,29 +264,41 @@ inline int sm_count() {
 }
 
 // How a launcher divides K at this size (forced values, from the _ex launchers, win).
-// Memory bound at small M: many warps streaming at once hide HBM latency.
-// In-block slices (M <= 16 only: the sliced kernels exist for MT <= 2) cost
-// no extra launch, so they aim for 8 warps per SM; K is split across blocks
-// (a memset and a finalize launch more) only where fewer than 4 warps per SM
-// remain or no workspace is given. Every slice and split keeps >= 4 groups so
-// the pipeline stays primed.
+// The table comes from the H200 sweep (plugins/bench/split_sweep.json,
+// diagnosis.md §2.6, Table L1): in-block slices never won by more than 0.4 %
+// and lost up to 2.3x (each slice stages its own activation copy: more shared
+// memory, fewer blocks per SM, more instructions), while splits across blocks
+// won even with their memset and finalize launch, because each warp's 128-k
+// group costs a fixed ~0.74 us of latency: more resident warps with fewer
+// groups each. So: slices = 1 unless forced, and
+//   M <= 8:     splits = min(8, K / 512)                (8 on every swept shape)
+//   M = 9..16:  splits = pow2floor(27.2 x SMs / (N/16)) in [1, 8]
+//               (N = 4096/5120 -> 8; 8192..13824 -> 4; 28672 -> 2 on 132 SMs)
+//   M > 16:     splits = ceil(4 x SMs / (N/16))         (not swept yet)
+// each split keeping >= 4 groups so the pipeline stays primed; one split
+// without a workspace. plugins/bench/model.py mirrors this function.
 struct SplitPlan {
   int slices, splits, groups_per_split;
 };
 
 inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted, int split_k, bool has_workspace) {
   const int sms = sm_count();
-  int slices = M <= 16 ? slices_wanted : 1;
-  if (slices <= 0) {
-    slices = 1;
-    while (slices < 4 && n_tiles * slices < 8 * sms && n_groups / (2 * slices) >= 4) slices *= 2;
-  }
+  const int slices = M <= 16 && slices_wanted > 0 ? slices_wanted : 1;
   int splits = split_k;
   if (splits <= 0) {
-    splits = std::max(1, std::min((4 * sms + n_tiles * slices - 1) / (n_tiles * slices), n_groups / (4 * slices)));
+    if (M <= 8) {
+      splits = std::min(8, n_groups / 4);
+    } else if (M <= 16) {
+      const int wanted = std::min(8, 272 * sms / 10 / n_tiles);
+      splits = 1;
+      while (splits * 2 <= wanted) splits *= 2;
+    } else {
+      splits = (4 * sms + n_tiles - 1) / n_tiles;
+    }
+    splits = std::max(1, std::min(splits, n_groups / 4));
     if (!has_workspace) splits = 1;
   }
-  splits = std::min(splits, n_groups);
+  splits = std::max(1, std::min(splits, n_groups));
   const int gps = (n_groups + splits - 1) / splits;
   return SplitPlan{slices, (n_groups + gps - 1) / gps, gps};
 }

@@ -17,12 +17,13 @@
 //   and scaled once in FP32 (no rounding of q*s to 16 bits), so the only
 //   16-bit rounding is the output's own (emulated: FP16 4.5e-4, BF16 3.8e-3
 //   of max|Y|; plugins/emu/README.md).
-// * Where N/16 tiles give fewer than 4 warps per SM (a 4096-wide layer has
-//   256 tiles for 132 SMs): at M <= 16 two or four warps of a block share a
-//   tile, each streaming a slice of K, and add up in shared memory; beyond
-//   that (or when forced, split_k > 0) K is split across blocks, partial
-//   sums go to an FP32 workspace with atomicAdd and a finalize kernel
-//   converts them.
+// * K is split across blocks by the launch table in spa_device.cuh
+//   (plan_split, from the H200 sweep): partial sums go to an FP32 workspace
+//   with atomicAdd and a finalize kernel converts them. Two or four warps of
+//   a block can also share a tile, each on a slice of K, adding up in shared
+//   memory (SLICES); the table no longer chooses them (they lost on the
+//   H200: each slice stages its own activation copy), only the _ex
+//   launchers' forced values do.
 #include <algorithm>
 
 #include "spa_device.cuh"

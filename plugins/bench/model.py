@@ -1,0 +1,291 @@
+"""Timing model of spa's kernels, calibrated on a measured run (stdlib only).
+
+    python3 plugins/bench/model.py calibrate [results.json split_sweep.json]   # refit, print the constants
+    python3 plugins/bench/model.py predict [results.json split_sweep.json] [-o predictions.json]
+    python3 plugins/bench/model.py compare measured.json [predictions.json]
+
+The model (diagnosis.md §2.5, fitted here to the 2026-12-04 H200 run):
+
+w4a16 / w4_sp24: each warp streams `iters` groups of 128 k; one group costs it
+
+    T_iter = max(chain + chain_mt * MT,                          # serial latency per group
+                 W * instr(kernel, slices, MT) / issue_rate,    # instruction issue of W warps per SM
+                 W * bytes_k / (HBM / SMs))                       # HBM
+
+where W is the number of streaming warps resident per SM (grid, shared memory
+and registers decide it), MT the number of 8-token tiles. A launch costs
+`t0 + waves * iters * T_iter` (the max taken smoothly, as a 4-norm), plus
+`t_split + atomic * splits * M * N / 1e6` when K is split across blocks
+(memset and finalize launches; FP32 atomics into the workspace). Launch plans follow the launchers' own
+`plan_split` (mirrored in `plan_split` below; a test compares the two).
+
+w4_gqsa: issue bound at every M (ncu: instructions = a + b * (M - 1)), one
+pass per 8 rows, with an L1 capacity term for the gathered activations:
+
+    T = t0 + passes * nnz_g * (per_entry + per_token * (m - 1)) * (1 + l1 * max(0, m * K / 1e5 - 1))
+
+Predictions are for the kernels as committed (`KERNELS` names the state they
+model); a kernel change that the model does not describe leaves them stale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+HERE = Path(__file__).resolve().parent
+SMS, HBM_GBPS = 132, 4575.0  # H200, measured read bandwidth (harness read_kernel)
+SMEM_PER_SM, REGS_PER_SM = 233472, 65536
+# The kernels the constants describe: the launcher's choice is the table of
+# diagnosis.md §2.6 (slices = 1; splits by M, K, N); kernel bodies as measured.
+KERNELS = "w4a16/w4_sp24: measured bodies (scale LDG in the loop, 4-warp blocks); launch table L1. w4_gqsa: as measured"
+
+# Calibrated constants (`calibrate` refits them from results.json + split_sweep.json):
+# t0, t_split, chain, chain_mt in µs; atomic in µs per million FP32 atomics.
+# issue_rate: warp instructions per µs per SM (4 schedulers x 1.98 GHz x 0.55,
+# the issue efficiency ncu showed; fixed). The instruction counts per warp and
+# group (1 KB of w4a16 weights, 0.75 KB of w4_sp24) are fitted, starting from
+# ncu's (diagnosis.md §1: w4a16 400 / 582 / 496 / 755 per KB at MT = 1, 2, 4, 8):
+# a base, a cost per activation chunk each thread copies (slices x MT per
+# stage) and one per 8-token tile (B fragment loads + mma). The fit makes them
+# "effective" instructions: they absorb the latency those steps add, so they
+# are not ncu's counts (the fitted chunk cost is ~3x its instruction count).
+ISSUE_RATE = 4 * 1980 * 0.55
+DENSE = {
+    "t0": 3.88, "t_split": 1.41, "atomic": 5.92, "chain": 0.66, "chain_mt": 0.0945,
+    "base_w4a16": 96.2, "base_w4_sp24": 18.5, "chunk": 65.2, "mt_w4a16": 28.7, "mt_w4_sp24": 49.7,
+}  # fmt: skip
+GQSA = {
+    16: {"t0": 2.22, "per_entry": 17.3, "per_token": 4.7, "l1": 1.55},
+    32: {"t0": 5.65, "per_entry": 10.8, "per_token": 7.07, "l1": 0.329},
+}  # fmt: skip
+# ptxas registers per thread of the measured instantiations (ncu), by MT.
+REGS = {"w4a16": {1: 56, 2: 70, 4: 73, 8: 98}, "w4_sp24": {1: 61, 2: 80, 4: 90, 8: 125}}
+CHAIN_SP24 = 0.84  # w4_sp24's chain relative to w4a16's (4 mma.sp per group instead of 8 mma; sweep fit 0.620 / 0.735)
+
+
+def mt_for(m: int) -> int:
+    return 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
+
+
+def plan_split(m: int, n_tiles: int, n_groups: int, slices_wanted: int = 0, split_k: int = 0,
+               has_workspace: bool = True, sms: int = SMS) -> tuple[int, int, int]:  # fmt: skip
+    """(slices, splits, groups per split): plugins/kernels/spa_device.cuh plan_split, line for line."""
+    slices = slices_wanted if m <= 16 and slices_wanted > 0 else 1
+    splits = split_k
+    if splits <= 0:
+        if m <= 8:
+            splits = min(8, n_groups // 4)
+        elif m <= 16:
+            wanted = min(8, 272 * sms // 10 // n_tiles)
+            splits = 1
+            while splits * 2 <= wanted:
+                splits *= 2
+        else:
+            splits = (4 * sms + n_tiles - 1) // n_tiles
+        splits = max(1, min(splits, n_groups // 4))
+        if not has_workspace:
+            splits = 1
+    splits = max(1, min(splits, n_groups))
+    gps = (n_groups + splits - 1) // splits
+    return slices, (n_groups + gps - 1) // gps, gps
+
+
+def plan_split_measured(m: int, n_tiles: int, n_groups: int, sms: int = SMS) -> tuple[int, int, int]:
+    """The launchers' choice in the 2026-12-04 run (commit 20a0545): slices first, then splits."""
+    slices = 1
+    if m <= 16:
+        while slices < 4 and n_tiles * slices < 8 * sms and n_groups // (2 * slices) >= 4:
+            slices *= 2
+    splits = max(1, min(-(-(4 * sms) // (n_tiles * slices)), n_groups // (4 * slices)))
+    gps = (n_groups + splits - 1) // splits
+    return slices, (n_groups + gps - 1) // gps, gps
+
+
+def stages_for(mt: int, slices: int) -> int:
+    return 6 if mt * slices <= 2 else 4
+
+
+def smem_bytes(kernel: str, mt: int, slices: int) -> int:
+    weights = 4 * 8 * 32 * 4 if kernel == "w4a16" else 4 * (4 * 32 + 4 * 16) * 4
+    return stages_for(mt, slices) * (weights + slices * mt * 8 * 136 * 2)
+
+
+def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p: dict[str, float] = DENSE) -> float:
+    mt = mt_for(m)
+    n_groups, n_tiles = k // 128, n // 16
+    splits = min(splits, n_groups)
+    gps = -(-n_groups // splits)
+    splits = -(-n_groups // gps)
+    iters = -(-gps // slices)
+    blocks = -(-n_tiles // (4 // slices)) * splits
+    per_sm = min(16, SMEM_PER_SM // (smem_bytes(kernel, mt, slices) + 1024),
+                 REGS_PER_SM // (REGS[kernel][mt] * 128))  # fmt: skip
+    waves = -(-blocks // (per_sm * SMS))
+    warps = min(blocks, per_sm * SMS) * 4 / SMS  # streaming warps resident per SM
+    chain = (p["chain"] + p["chain_mt"] * mt) * (CHAIN_SP24 if kernel == "w4_sp24" else 1.0)
+    instr = p[f"base_{kernel}"] + p["chunk"] * slices * mt + p[f"mt_{kernel}"] * mt
+    issue = warps * instr / ISSUE_RATE
+    kb = 1.0 if kernel == "w4a16" else 0.75
+    hbm = warps * kb * 1024 / (HBM_GBPS * 1e3 / SMS)
+    # The three limits overlap imperfectly near their crossings: a smooth maximum (4-norm).
+    t_iter = (chain**4 + issue**4 + hbm**4) ** 0.25
+    t = p["t0"] + waves * iters * t_iter
+    if splits > 1:  # memset + finalize launches, and splits * M * N FP32 atomics into L2
+        t += p["t_split"] + p["atomic"] * splits * min(m, 64) * n / 1e6
+    chunks = -(-m // 64)  # the launchers run 64 rows per launch
+    return t * chunks
+
+
+def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA) -> float:
+    c = p[g]
+    nnz_m = 0.5 * (k // g) * n / 1e6
+    t = c["t0"]
+    for m0 in range(0, m, 8):
+        rows = min(8, m - m0)
+        cliff = 1 + c["l1"] * max(0.0, rows * k / 1e5 - 1)
+        t += nnz_m * (c["per_entry"] + c["per_token"] * (rows - 1)) * cliff * (g / 16)
+    return t
+
+
+def predict_row(kernel: str, k: int, n: int, m: int, g: int = 128, slices: int = 0, split_k: int = 0) -> float:
+    if kernel == "w4_gqsa":
+        return gqsa_time(k, n, m, g)
+    s, splits, _ = plan_split(min(m, 64), n // 16, k // 128, slices, split_k)
+    return dense_time(kernel, k, n, m, s, splits)
+
+
+# ---- calibration (coordinate descent on squared log error; stdlib only) ----
+
+def _loss(points: list[tuple[float, Any]], time_of: Any) -> float:
+    return sum(math.log(time_of(x) / us) ** 2 for us, x in points) / len(points)
+
+
+def _descend(params: dict[Any, float], points: list[tuple[float, Any]], time_of: Any, rounds: int = 120) -> float:
+    step = {key: 0.3 for key in params}
+    best = _loss(points, time_of)
+    for _ in range(rounds):
+        for key in params:
+            for direction in (1.0 + step[key], 1.0 / (1.0 + step[key])):
+                old = params[key]
+                params[key] = old * direction
+                loss = _loss(points, time_of)
+                if loss < best:
+                    best = loss
+                    break
+                params[key] = old
+            else:
+                step[key] *= 0.6
+    return best
+
+
+def calibrate(results: list[Row], sweep: list[Row]) -> None:
+    dense_points: list[tuple[float, Any]] = []
+    for r in sweep:
+        dense_points.append((r["us"], (r["kernel"], r["K"], r["N"], r["M"], r["slices"], r["split_k"])))
+    params = dict(DENSE)
+
+    def dense_of(x: Any) -> float:
+        kernel, k, n, m, slices, splits = x
+        return dense_time(kernel, k, n, m, slices, splits, p=params)
+
+    loss = _descend(params, dense_points, dense_of)
+    print(f"dense: rms log error {math.sqrt(loss):.3f} over {len(dense_points)} sweep cells")
+    print("DENSE = {" + ", ".join(f'"{key}": {value:.3g}' for key, value in params.items()) + "}")
+    for g in (16, 32):
+        points = [(r["us"], (r["K"], r["N"], r["M"])) for r in results if r["kernel"] == "w4_gqsa" and r["group_size"] == g]
+        gp = {g: dict(GQSA[g])}
+
+        def gqsa_of(x: Any, g: int = g, gp: dict[int, dict[str, float]] = gp) -> float:
+            k, n, m = x
+            return gqsa_time(k, n, m, g, p=gp)
+
+        flat = gp[g]
+        loss = _descend(flat, points, gqsa_of)
+        print(f"gqsa g={g}: rms log error {math.sqrt(loss):.3f} over {len(points)} rows")
+        print(f"    {g}: " + "{" + ", ".join(f'"{key}": {value:.3g}' for key, value in flat.items()) + "},")
+    # Check on rows the fit never saw: the launchers' own choices in results.json.
+    checks = []
+    for r in results:
+        if r["kernel"] != "w4_gqsa":
+            s, splits, _ = plan_split_measured(min(r["M"], 64), r["N"] // 16, r["K"] // 128)
+            checks.append(abs(math.log(dense_time(r["kernel"], r["K"], r["N"], r["M"], s, splits, p=params) / r["us"])))
+    checks.sort()
+    print(f"dense results.json rows (launcher's choice, not fitted): median |log error| {checks[len(checks) // 2]:.3f}, "
+          f"worst {checks[-1]:.3f}")
+
+
+def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
+    """One predicted row per measured row (same kernel, shape, M, group size).
+    Where the sweep timed the very configuration the launcher now chooses
+    (same kernel bodies), that time is the prediction ("source": "sweep");
+    elsewhere the model's. cuBLAS and the error are carried over from the
+    measurement."""
+    cells = {(r["kernel"], r["K"], r["N"], r["M"], r["slices"], r["split_k"]): r["us"] for r in sweep}
+    rows = []
+    for r in measured:
+        kernel, k, n, m = r["kernel"], r["K"], r["N"], r["M"]
+        cell = None
+        if kernel != "w4_gqsa":
+            slices, splits, _ = plan_split(min(m, 64), n // 16, k // 128)
+            cell = cells.get((kernel, k, n, m, slices, splits))
+        us = cell if cell is not None else predict_row(kernel, k, n, m, r.get("group_size", 128))
+        rows.append({**r, "us": round(us, 2), "speedup": round(r["cublas_fp16_us"] / us, 3), "predicted": True,
+                     "source": "sweep" if cell is not None else "model", "measured_us": r["us"]})  # fmt: skip
+    return rows
+
+
+def compare(measured: list[Row], predicted: list[Row]) -> str:
+    table = {(p["kernel"], p["K"], p["N"], p["M"], p.get("group_size", 128)): p for p in predicted}
+    lines, logs = [], []
+    for r in measured:
+        p = table.get((r["kernel"], r["K"], r["N"], r["M"], r.get("group_size", 128)))
+        if p is None:
+            continue
+        ratio = r["us"] / p["us"]
+        logs.append(abs(math.log(ratio)))
+        lines.append(f"{r['kernel']:8} g={r.get('group_size', 128):<3} {r['K']}x{r['N']:<6} M={r['M']:<3} "
+                     f"predicted {p['us']:9.2f} us  measured {r['us']:9.2f} us  measured/predicted {ratio:.2f}")  # fmt: skip
+    if not logs:
+        return "no row in common"
+    logs.sort()
+    median, worst = math.exp(logs[len(logs) // 2]) - 1, math.exp(logs[-1]) - 1
+    within = sum(1 for x in logs if x <= math.log(1.25)) / len(logs)
+    lines.append(f"{len(logs)} rows: median |error| {median:.0%}, worst {worst:.0%}, within 25 %: {within:.0%}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "predict"
+    args = argv[2:]
+    if command == "calibrate":
+        results = json.loads(Path(args[0] if args else HERE / "results.json").read_text())
+        sweep = json.loads(Path(args[1] if len(args) > 1 else HERE / "split_sweep.json").read_text())
+        calibrate(results, sweep)
+        return 0
+    if command == "predict":
+        out = HERE / "predictions.json"
+        if "-o" in args:
+            out = Path(args[args.index("-o") + 1])
+            del args[args.index("-o") : args.index("-o") + 2]
+        measured = json.loads(Path(args[0] if args else HERE / "results.json").read_text())
+        sweep = json.loads(Path(args[1] if len(args) > 1 else HERE / "split_sweep.json").read_text())
+        rows = predictions(measured, sweep)
+        out.write_text("[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n]\n")
+        print(f"{len(rows)} predicted rows -> {out} ({KERNELS})")
+        return 0
+    if command == "compare":
+        measured = json.loads(Path(args[0]).read_text())
+        predicted = json.loads(Path(args[1] if len(args) > 1 else HERE / "predictions.json").read_text())
+        print(compare(measured, predicted))
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
