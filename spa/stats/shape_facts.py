@@ -171,9 +171,22 @@ def infer_shapes(
         logger.warning("ONNX shape inference failed (%s); counting with declared shapes", error)
         inferred, method = copy, "declared shapes only"
     found = _value_shapes(inferred)
-    if any(node.domain == _MS for node in all_nodes(copy)):
+    contrib = any(node.domain == _MS for node in all_nodes(copy))
+    if contrib or _some_dims_unknown(copy, found):
+        # ORT's symbolic inference knows contrib ops and solves dims ONNX leaves open
+        # (position ids sliced to a run-time length, say), so those nodes get their MACs.
         for name, shape in _ort_symbolic(inferred).items():
             if known_shape(found, name) is None:
                 found[name] = shape
         method += " + onnxruntime symbolic"
     return found, method
+
+
+def _some_dims_unknown(proto: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
+    """Any node output of the main graph whose shape ONNX inference left open."""
+    return any(
+        known_shape(shapes, output) is None
+        for node in proto.graph.node
+        for output in node.output
+        if output
+    )
