@@ -17,8 +17,8 @@
 //   (stage_scales), so nothing in the loop waits on a global load; two mma
 //   accumulators (even / odd k16) halve the dependent HMMA chain at MT <= 2.
 //   The H200 run measured a fixed ~0.74 us per group per warp while the scale
-//   was loaded in the loop; staging it changed nothing measurable (second
-//   run, plugins/bench/RESULTS.md): that latency has another cause.
+//   was loaded in the loop (plugins/bench/RESULTS.md); the effect of staging
+//   it is not measured yet.
 // * The INT4 values are exact in FP16/BF16; each group is accumulated in FP32
 //   and scaled once in FP32 (no rounding of q*s to 16 bits), so the only
 //   16-bit rounding is the output's own (emulated: FP16 4.5e-4, BF16 3.8e-3
