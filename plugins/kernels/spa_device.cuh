@@ -204,6 +204,20 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const
 #endif  // SPA_EMULATE
 
 // ---- shared by w4a16 and w4_sp24 (W^T tiles as the mma A operand) ------------
+// The 16 FP16 scales of one 16-column tile for one 128-k group are 32
+// contiguous bytes (scales[group][16 tile .. 16 tile + 15]; 32-B aligned since
+// N % 16 == 0): lanes 0 and 1 stage them with the tile's weights, in the same
+// cp.async group, so the warp reads them from shared memory after the stage's
+// wait. Read from global memory inside the loop (as in the first H200 run),
+// each group's scale was a full DRAM round trip on the critical path, right
+// after the barrier (diagnosis.md §2.1). Read once per launch: evict-first.
+__device__ __forceinline__ void stage_scales(__half* dst, const __half* scales, int group, int N, int tile,
+                                             int lane, uint64_t policy) {
+  if (lane < 2)
+    cp_async16_evict_first(dst + lane * 8, scales + static_cast<size_t>(group) * N + tile * 16 + lane * 8, policy);
+}
+
+
 // Slices 1.. of a 16-column tile hand their FP32 sums to slice 0 through the
 // (now idle) pipeline memory, laid out [warp][MT * 4][32]. Every thread of the
 // block must call it (it holds two barriers); returns true for the warps that

@@ -31,9 +31,15 @@ constexpr int kLda = SPA_W4_GROUP + 8;
 constexpr int kValueWords = kTilesPerGroup * 32;   // per warp per group
 constexpr int kMetaWords = kTilesPerGroup * 16;
 
+constexpr int kScaleBytes = 16 * 2;                // one tile's scales for one group
+// Two mma.sp accumulators (even and odd k32 steps) halve the dependent chain
+// of a group; only at MT <= 2, where registers are spare.
+__host__ __device__ constexpr int chains_for(int mt) { return mt <= 2 ? 2 : 1; }
+
 template <int MT, int SLICES>
 constexpr int smem_bytes() {
-  return stages_for(MT, SLICES) * (kWarps * (kValueWords + kMetaWords) * 4 + SLICES * MT * 8 * kLda * 2);
+  return stages_for(MT, SLICES) *
+         (kWarps * (kValueWords + kMetaWords) * 4 + SLICES * MT * 8 * kLda * 2 + kWarps * kScaleBytes);
 }
 
 // MT, SLICES: as in w4a16.cu (8-token tiles; warps per 16-column tile, each
@@ -53,6 +59,7 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t* v_smem = reinterpret_cast<uint32_t*>(smem);
   uint32_t* m_smem = v_smem + kStages * kWarps * kValueWords;
   T* a_smem = reinterpret_cast<T*>(m_smem + kStages * kWarps * kMetaWords);
+  __half* s_smem = reinterpret_cast<__half*>(a_smem + kStages * SLICES * MT * 8 * kLda);  // [stage][warp][16]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
@@ -76,6 +83,7 @@ __global__ void __launch_bounds__(kThreads)
       uint32_t* m_dst = m_smem + (stage * kWarps + warp) * kMetaWords;
       cp_async16_evict_first(v_dst + lane * 4, v_src + lane * 4, policy);
       if (lane < kMetaWords / 4) cp_async16_evict_first(m_dst + lane * 4, m_src + lane * 4, policy);
+      stage_scales(s_smem + (stage * kWarps + warp) * 16, scales, group, N, tile, lane, policy);
     }
     for (int c = threadIdx.x; c < SLICES * MT * 8 * 16; c += kThreads) {
       const int j = c / (MT * 8 * 16), row = c / 16 % (MT * 8), col = (c % 16) * 8;
@@ -105,11 +113,6 @@ __global__ void __launch_bounds__(kThreads)
   for (int it = 0; it < per; ++it) {
     const int group = g_begin + slice * per + it;
     const bool active = tile_valid && group < g_end;  // uniform over the warp
-    float scale_lo = 0.f, scale_hi = 0.f;
-    if (active) {
-      scale_lo = __half2float(scales[static_cast<size_t>(group) * N + col_lo]);
-      scale_hi = __half2float(scales[static_cast<size_t>(group) * N + col_lo + 8]);
-    }
     cp_async_wait<kStages - 2>();
     __syncthreads();
     int next = it + kStages - 1;
@@ -124,11 +127,15 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t* v_tile = v_smem + (stage * kWarps + warp) * kValueWords;
     const uint32_t* m_tile = m_smem + (stage * kWarps + warp) * kMetaWords;
     const T* a_stage = a_smem + (stage * SLICES + slice) * MT * 8 * kLda;
-    float part[MT][4];
+    const __half* s_tile = s_smem + (stage * kWarps + warp) * 16;
+    constexpr int kChains = chains_for(MT);
+    float part[kChains][MT][4];
 #pragma unroll
-    for (int j = 0; j < MT; ++j)
+    for (int c = 0; c < kChains; ++c)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) part[j][r] = 0.f;
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) part[c][j][r] = 0.f;
 #pragma unroll
     for (int kt = 0; kt < kTilesPerGroup; ++kt) {
       uint32_t frag[4];
@@ -141,16 +148,19 @@ __global__ void __launch_bounds__(kThreads)
         uint32_t bfrag[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) bfrag[i] = *reinterpret_cast<const uint32_t*>(b + 8 * i);
-        mma_sp_16832<T>(part[j], frag, bfrag, meta_word);
+        mma_sp_16832<T>(part[kt % kChains][j], frag, bfrag, meta_word);
       }
     }
+    const float scale_lo = __half2float(s_tile[group_id]), scale_hi = __half2float(s_tile[group_id + 8]);
 #pragma unroll
-    for (int j = 0; j < MT; ++j) {
-      acc[j][0] += part[j][0] * scale_lo;
-      acc[j][1] += part[j][1] * scale_lo;
-      acc[j][2] += part[j][2] * scale_hi;
-      acc[j][3] += part[j][3] * scale_hi;
-    }
+    for (int c = 0; c < kChains; ++c)
+#pragma unroll
+      for (int j = 0; j < MT; ++j) {
+        acc[j][0] += part[c][j][0] * scale_lo;
+        acc[j][1] += part[c][j][1] * scale_lo;
+        acc[j][2] += part[c][j][2] * scale_hi;
+        acc[j][3] += part[c][j][3] * scale_hi;
+      }
   }
   cp_async_wait<0>();
 
