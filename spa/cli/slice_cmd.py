@@ -82,8 +82,9 @@ def slice_command(
 ) -> None:
     """Rotate MODEL's residual stream and remove --ratio of its hidden size (SliceGPT).
 
-    The tolerance flags judge --verify (the sliced model against the input;
-    e.g. --cosine 0.95); the exactness check always uses rtol 1e-4.
+    The tolerance flags judge --verify (the sliced model against the input);
+    slicing is lossy, so give e.g. --cosine 0.95. The exactness check (a random
+    rotation, nothing sliced) always uses rtol 1e-4.
     """
     from spa.workflows.slice import slice_model
 
@@ -99,7 +100,7 @@ def slice_command(
         seed=seed,
         exactness=not no_exactness,
         verify=verify,
-        policy=policy_from(rtol, atol, cosine, exact) if cosine or exact or rtol != 1e-4 else None,
+        policy=policy_from(rtol, atol, cosine, exact),
         **input_arguments(shapes, dims, int_ranges),
         max_calibration_samples=max_samples,
         report_path=report_path,
