@@ -407,10 +407,20 @@ class PrunePass(SpaPass):
         if not plan.kept:
             return SpaPassResult(model, False, {"groups_pruned": 0}, details)
         if self.keep_reference:  # the updated model before slicing, for mask equivalence
-            details["reference"] = ir.from_proto(ir.to_proto(model))
+            details["reference"] = _copy(model)
         statistics_out = apply_plan(model, analysis, plan)
         details["biases_added"] = len(stage.created) - remove_zero_biases(model, stage.created)
         return SpaPassResult(model, True, statistics_out, details)
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    """A deep copy whose external weights still read from the original's folder."""
+    copy = ir.from_proto(ir.to_proto(model))
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            ir.external_data.set_base_dir(copy.graph, value.const_value.base_dir)
+            break
+    return copy
 
 
 def _with_biases(

@@ -132,3 +132,13 @@ def test_constant_node_weights_are_counted_and_quantized(run_cli, tmp_path: Path
     assert result.exit_code == 0, result.output
     assert "nodes quantized 1" in result.output
     assert [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node] == ["MatMulNBits"]
+
+
+def test_prune_verify_reads_external_weights_from_the_models_folder(
+    run_cli, external_mlp_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mask reference keeps reading the input's .data file, wherever the command runs."""
+    monkeypatch.chdir(tmp_path)  # not the model's folder
+    result = run_cli("prune", external_mlp_path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--verify")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("PASSED | prune")
