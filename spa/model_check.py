@@ -12,7 +12,7 @@ and the fix. It checks, in every graph and subgraph:
   ``group`` of Conv/ConvTranspose is positive, attributes hold one value;
 - structure: graph inputs, initializers and node outputs are each defined
   once; every node input is defined (in this graph or an enclosing one);
-  every graph output is defined; the nodes form no cycle;
+  every graph output is defined; nodes are in topological order (no cycle);
 - value infos: no negative dims.
 
 External-data locations and file lengths are checked by
@@ -146,11 +146,16 @@ def _check_attributes(node: onnx.NodeProto, opset: int | None, where: str) -> No
     if node.domain in ("", "ai.onnx") and opset is not None:
         try:
             schema = onnx.defs.get_schema(node.op_type, opset, "")
-        except onnx.defs.SchemaError:
+        except (onnx.defs.SchemaError, TypeError):  # TypeError: op type is not UTF-8
             raise UserError(
                 f"{label}: '{node.op_type}' is not an ONNX operator at opset {opset}; "
                 "fix the op type or the model's opset_import"
             ) from None
+    if schema is not None:
+        present = {attr.name for attr in node.attribute}
+        for attr_name, declared_attr in schema.attributes.items():
+            if declared_attr.required and attr_name not in present:
+                raise UserError(f"{label}: required attribute '{attr_name}' is missing; {_FIX}")
     for attr in node.attribute:
         if schema is not None and attr.name in schema.attributes:
             declared = int(cast(Any, schema.attributes[attr.name].type))
@@ -178,8 +183,13 @@ def _check_structure(graph: onnx.GraphProto, outer: frozenset[str], where: str) 
 
     for value in graph.input:
         define(value.name, "a graph input")
+    inputs = set(defined)
+    initializers: set[str] = set()
     for tensor in graph.initializer:
-        if tensor.name not in defined:  # an initializer may back a graph input
+        if tensor.name in initializers:
+            raise UserError(f"{where}initializer '{tensor.name}' is defined twice; {_FIX}")
+        initializers.add(tensor.name)
+        if tensor.name not in inputs:  # an initializer may back a graph input
             define(tensor.name, "an initializer")
     for index, node in enumerate(graph.node):
         for name in node.output:
@@ -187,6 +197,7 @@ def _check_structure(graph: onnx.GraphProto, outer: frozenset[str], where: str) 
                 define(name, f"an output of node '{node.name or node.op_type}'")
                 producer[name] = index
     visible = defined | outer
+    computed = inputs | initializers | outer
     for node in graph.node:
         for name in node.input:
             if name and name not in visible:
@@ -194,6 +205,12 @@ def _check_structure(graph: onnx.GraphProto, outer: frozenset[str], where: str) 
                     f"{where}node '{node.name or node.op_type}' reads '{name}', which no "
                     f"node, input or initializer defines; {_FIX}"
                 )
+            if name and name not in computed:
+                raise UserError(
+                    f"{where}node '{node.name or node.op_type}' reads '{name}' before the node "
+                    f"computing it (nodes must be in topological order, without cycles); {_FIX}"
+                )
+        computed.update(node.output)
     for value in graph.output:
         if value.name not in visible:
             raise UserError(f"{where}graph output '{value.name}' is never computed; {_FIX}")
@@ -260,6 +277,11 @@ def check_model_proto(proto: onnx.ModelProto) -> None:
         (entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")),
         None,
     )
+    if opset is None and any(node.domain in ("", "ai.onnx") for node in proto.graph.node):
+        raise UserError(
+            "the model uses ONNX operators but imports no ai.onnx opset; add one to "
+            f"opset_import or {_FIX}"
+        )
     if opset is not None and opset <= 0:
         raise UserError(f"the model imports ai.onnx opset {opset}; {_FIX}")
     try:

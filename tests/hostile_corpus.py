@@ -176,7 +176,9 @@ def _tensor_cases() -> Iterator[Case]:
     yield _mutate("no-data", no_data)
     for dims in ([-1, 32], [16, -32], [0, 32], [16, 0], [2**31, 2**31], [2**62, 4], [16, 32, 1, 0],
                  [512], [16, 16], [], [1, 1, 1, 1, 1, 1, 1, 1, 16, 33]):  # fmt: skip
-        yield _mutate(f"dims-{'x'.join(map(str, dims)) or 'scalar'}", _set_dims(dims))
+        case = _mutate(f"dims-{'x'.join(map(str, dims)) or 'scalar'}", _set_dims(dims))
+        # [512] holds W1's bytes exactly; only running the model shows MatMul's shapes clash
+        yield dataclasses.replace(case, invalid=None) if dims == [512] else case
 
 
 def _external_cases() -> Iterator[Case]:
@@ -187,7 +189,8 @@ def _external_cases() -> Iterator[Case]:
         ("location", "/etc/passwd"), ("location", "missing.data"), ("location", ""),
         ("location", "model.onnx"), ("checksum", "nope"),
     ):  # fmt: skip
-        yield _mutate_external(f"external-{key}-{value or 'empty'}", key, value)
+        case = _mutate_external(f"external-{key}-{value or 'empty'}", key, value)
+        yield dataclasses.replace(case, invalid=None) if key == "checksum" else case
     files = _external(base_model())
     yield Case("external-data-missing", {MODEL: files[MODEL]})
     yield Case("external-data-empty", {MODEL: files[MODEL], DATA: b""})
@@ -204,12 +207,18 @@ def _attribute_cases() -> Iterator[Case]:
 
         return edit
 
+    # Attribute *values* that only running the model rejects (group not dividing the
+    # channels, zero strides, pads of the wrong length) are invalid=None: a command
+    # that does not run the model (prune with nothing to prune) may exit 0 on them.
     for value in (0, -1, 3, 8, 1.5, "two", [1, 1]):
-        yield _mutate(f"conv-group-{value}", conv_attr("group", value=value), conv_model)
+        case = _mutate(f"conv-group-{value}", conv_attr("group", value=value), conv_model)
+        yield dataclasses.replace(case, invalid=None) if value in (3, 8) else case
     for value in ([0, 0], [-1, 1], 2.0, "x", [1, 1, 1, 1, 1]):
-        yield _mutate(f"conv-strides-{value}", conv_attr("strides", value=value), conv_model)
+        case = _mutate(f"conv-strides-{value}", conv_attr("strides", value=value), conv_model)
+        yield dataclasses.replace(case, invalid=None) if isinstance(value, list) else case
     for value in ([1], [-1, -1, -1, -1], "same"):
-        yield _mutate(f"conv-pads-{value}", conv_attr("pads", value=value), conv_model)
+        case = _mutate(f"conv-pads-{value}", conv_attr("pads", value=value), conv_model)
+        yield dataclasses.replace(case, invalid=None) if isinstance(value, list) else case
 
     def op_type(value: str) -> Callable[[onnx.ModelProto], None]:
         def edit(model: onnx.ModelProto) -> None:
