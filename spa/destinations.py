@@ -57,7 +57,10 @@ class ProtectedFiles:
         """Delete every file written in this scope (a command that failed leaves none)."""
         for path in reversed(self.written):
             with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+                if path.is_dir():  # a folder the command created (--dump-dir)
+                    path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
                 logger.info("removed %s (the command failed)", path)
         self.written.clear()
 

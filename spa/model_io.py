@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from spa.destinations import check_destination, record_input, record_output
 from spa.errors import UserError
+from spa.model_check import check_model_proto
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD_BYTES",
@@ -81,6 +82,10 @@ def load_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{path}: parsed, but holds no ONNX graph (ir_version={proto.ir_version}, "
             f"outputs={len(proto.graph.output)}); the file is not an ONNX model"
         )
+    try:
+        check_model_proto(proto)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
     record_input(path)
     for data_file in _check_external_data(proto, path):
         record_input(data_file)
@@ -160,7 +165,14 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load a model as onnx-ir, weights in external data memory-mapped lazily."""
     path = Path(path)
     proto = load_proto(path)
-    model = ir.serde.deserialize_model(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:  # onnx-ir raises its own and plain Python errors
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"{path}: onnx-ir cannot read the graph ({first}); check it with onnx.checker "
+            "and re-export the model"
+        ) from None
     ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
     return model
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from spa.calibration import CalibrationRequest, CalibrationResult
+from spa.destinations import record_output
 from spa.errors import UserError
 from spa.model_io import save_model
 
@@ -172,7 +173,9 @@ class DumpInstrument(Instrument):
                 f"--dump-dir {self.folder}: is a file, not a folder; give a folder path"
             )
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self.folder.exists():
+                self.folder.mkdir(parents=True)
+                record_output(self.folder)
         except OSError as error:
             raise UserError(
                 f"--dump-dir {self.folder}: cannot create the folder ({error.strerror}); "
