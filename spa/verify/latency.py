@@ -1,0 +1,111 @@
+"""Latency of a rewritten model against its input, measured on the target runtime.
+
+The machines spa runs on are noisy, so a latency claim is always a *ratio of
+two models measured in one process, interleaved*: each round runs the input
+and the output once each, in alternating order (ABBA), and the reported ratio
+is the median of the per-round ratios. A slow moment hits both models of a
+round alike and drops out of the ratio.
+
+Sessions use ORT's default optimisation level (what a user gets), one
+intra-op thread unless asked otherwise (so that two sessions do not fight
+over cores), and the same feeds for both models.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spa.ort import create_session
+
+__all__ = ["TARGETS", "LatencyComparison", "compare_latency"]
+
+#: Targets whose latency spa can measure on this machine.
+TARGETS = ("ort-cpu",)
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Median latencies (ms) of the input and the output, and their ratio.
+
+    ``speedup`` > 1 means the output is faster (input time / output time).
+    """
+
+    target: str
+    reference_ms: float
+    candidate_ms: float
+    speedup: float
+    rounds: int
+    threads: int
+
+    @property
+    def slower(self) -> bool:
+        return self.speedup < 1.0
+
+    def line(self) -> str:
+        return (
+            f"latency on {self.target} ({self.threads} thread{'s' if self.threads != 1 else ''}, "
+            f"{self.rounds} interleaved rounds): {self.reference_ms:.3f} ms -> "
+            f"{self.candidate_ms:.3f} ms, {self.speedup:.2f}x"
+        )
+
+
+def _timed(session: Any, feeds: Mapping[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    session.run(None, dict(feeds))
+    return time.perf_counter() - start
+
+
+def compare_latency(
+    reference: str | os.PathLike[str] | bytes,
+    candidate: str | os.PathLike[str] | bytes,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    target: str = "ort-cpu",
+    threads: int = 1,
+    min_rounds: int = 10,
+    max_rounds: int = 200,
+    budget_s: float = 5.0,
+) -> LatencyComparison:
+    """Measure ``candidate`` against ``reference`` on ``target``, interleaved.
+
+    Runs a warm-up of each model, then rounds (each feed of ``feeds`` in turn)
+    until ``budget_s`` seconds have passed and at least ``min_rounds`` rounds
+    were taken, or ``max_rounds`` rounds were taken.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown latency target {target!r}; choose one of {', '.join(TARGETS)}")
+    if not feeds:
+        raise ValueError("compare_latency needs at least one feed")
+    sessions = [create_session(model, threads=threads) for model in (reference, candidate)]
+    for session in sessions:
+        for feed in feeds[:2]:
+            session.run(None, dict(feed))
+    ratios: list[float] = []
+    times: tuple[list[float], list[float]] = ([], [])
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
+        feed = feeds[rounds % len(feeds)]
+        order = (0, 1) if rounds % 2 == 0 else (1, 0)
+        measured = [0.0, 0.0]
+        for index in order:
+            measured[index] = _timed(sessions[index], feed)
+        times[0].append(measured[0])
+        times[1].append(measured[1])
+        ratios.append(measured[0] / max(measured[1], 1e-12))
+        rounds += 1
+    return LatencyComparison(
+        target=target,
+        reference_ms=1e3 * statistics.median(times[0]),
+        candidate_ms=1e3 * statistics.median(times[1]),
+        speedup=statistics.median(ratios),
+        rounds=rounds,
+        threads=threads,
+    )
