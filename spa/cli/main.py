@@ -79,6 +79,25 @@ def cli(verbose: int) -> None:
     progress.enable()
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_one_line_library_warnings)
+
+
+def _one_line_library_warnings(record: logging.LogRecord) -> bool:
+    """Warnings that libraries (onnx-ir, onnx) log with a traceback become one line.
+
+    onnx-ir logs e.g. "Shape inference failed: %s. Model is left unchanged" with
+    the whole exception attached; the user needs its last line, not the stack
+    (``-vv`` keeps the stack).
+    """
+    if record.exc_info and not record.name.startswith("spa") and record.levelno < logging.ERROR:
+        error = record.exc_info[1]
+        detail = str(error).strip().splitlines()[-1] if error and str(error).strip() else ""
+        message = record.getMessage().replace("%s", "").replace(": .", ".").strip()
+        record.msg, record.args = f"{message} ({detail})" if detail else message, None
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 for _command in (

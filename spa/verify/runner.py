@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from spa.errors import UserError
-from spa.ort import create_session
+from spa.ort import create_session, import_onnxruntime
 
 __all__ = ["run_model"]
 
@@ -27,12 +28,44 @@ def run_model(
     session: Any = model if hasattr(model, "run") else create_session(model, providers=providers)
     names = [output.name for output in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
+    ort = import_onnxruntime()
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # the failure becomes our one line, not ORT's log
     try:
-        values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+        values = session.run(names, {k: v for k, v in feeds.items() if k in wanted}, options)
     except Exception as error:  # ORT raises its own Fail/InvalidArgument types
         where = str(model) if isinstance(model, str | os.PathLike) else "model"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"{where}: ONNX Runtime failed to run it ({first}); check the node it names"
+            f"{where}: ONNX Runtime failed to run it ({_ort_message(error)})"
+            f"{_dims_hint(session, feeds)}"
         ) from None
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
+
+
+def _ort_message(error: Exception) -> str:
+    """ORT's message without its source-file and function-signature noise."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.replace("[ONNXRuntimeError] : ", "")
+    # "/onnxruntime_src/.../reshape_helper.h:84 onnxruntime::ReshapeHelper::ReshapeHelper(...) "
+    text = re.sub(r"/\S*onnxruntime_src/\S+:\d+ (\S+\(.*?\) )?", "", text)
+    return text
+
+
+def _dims_hint(session: Any, feeds: Mapping[str, np.ndarray]) -> str:
+    """Which values the run gave the model's dynamic dims, and how to choose others."""
+    used: dict[str, int] = {}
+    for value in session.get_inputs():
+        feed = feeds.get(value.name)
+        if feed is None:
+            continue
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, str) and axis < np.ndim(feed):
+                used.setdefault(dim, int(np.shape(feed)[axis]))
+    if not used:
+        return "; check the node it names"
+    chosen = ", ".join(f"{name}={size}" for name, size in used.items())
+    example = next(iter(used))
+    return (
+        f"; the run set the dynamic dims {chosen}: if the model needs other sizes, "
+        f"pass them (e.g. --dim {example}=2) or give real data with --calib"
+    )
