@@ -51,14 +51,20 @@ def create_session(
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int = 0,
+    external_folder: Path | None = None,
 ) -> Any:
-    """An ORT InferenceSession for a model path (external data allowed) or bytes."""
+    """An ORT InferenceSession for a model path (external data allowed) or bytes
+    (whose external data, if any, ORT reads from ``external_folder``)."""
     ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if external_folder is not None:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(external_folder)
+        )
     source = model if isinstance(model, bytes) else str(Path(model))
     try:
         return ort.InferenceSession(source, sess_options=options, providers=list(providers))

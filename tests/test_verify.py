@@ -118,3 +118,37 @@ def test_missing_onnxruntime_is_a_one_line_install_hint(monkeypatch, tmp_path: P
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
     with pytest.raises(UserError, match=r"pip install 'spa\[cpu\]'"):
         create_session(path)
+
+
+def _classifier(scale: float, folder: Path, external: bool = False) -> Path:
+    """logits = 1000 * X @ W (softmax saturates to one-hot), probs = Softmax(logits)."""
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        c (float[N, 8] X) => (float[N, 5] P) {
+            L = MatMul(X, W)
+            P = Softmax(L)
+        }
+        """
+    )
+    w = 1000 * np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(w * np.float32(scale), "W"))
+    folder.mkdir(exist_ok=True)
+    path = folder / "c.onnx"
+    onnx.save(model, str(path), save_as_external_data=external, size_threshold=0, location="c.data")
+    return path
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_saturated_softmax_outputs_are_also_compared_before_the_softmax(
+    tmp_path: Path, external: bool
+) -> None:
+    reference = _classifier(1.0, tmp_path / "a", external)
+    candidate = _classifier(1.01, tmp_path / "b", external)  # logits 1% off, same one-hot
+    result = verify_models(reference, candidate, samples=2)
+    by_name = {check.name: check for check in result.checks}
+    assert by_name["P"].passed and by_name["P"].max_abs_diff == 0  # saturated: proves nothing
+    assert not by_name["P (pre-softmax)"].passed and not result.passed
+    assert by_name["P (pre-softmax)"].max_rel_diff == pytest.approx(0.01, rel=1e-3)
+    same = verify_models(reference, reference)
+    assert same.passed and [c.name for c in same.checks] == ["P", "P (pre-softmax)"]

@@ -4,7 +4,7 @@
 >>> from spa.workflows.optimize import optimize  # doctest: +SKIP
 >>> result = optimize("model.onnx", "out.onnx", recipe="cleanup")  # doctest: +SKIP
 >>> result.verdict_line  # doctest: +SKIP
-'PASSED | cleanup | params 25.6M → 25.5M (-0%) | max|Δ| 2e-07 | 1.3s'
+'PASSED | cleanup | params 25.6M → 25.5M (-0%) | max|Δ| 0.04 (rel 5e-07) | 1.3s'
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _verdict_line(
         return f"DONE | {recipe} | {params} | not verified | {quality} | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
     return (
-        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} | {quality} "
+        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} (rel {verification.max_rel_diff:.1g}) | {quality} "
         f"| {seconds:.1f}s"
     )
 

@@ -104,7 +104,9 @@ def prune_model(
     if not plan.kept:  # nothing to prune: write the input as it was, not its analysis-ready form
         save_model(outcome.model_before(model), output, input_path=model)
     verification = verify_prune(details, output, policy, options) if verify else None
-    before = reporting.compute_stats(outcome.before, shapes=options.shapes, dims=options.dims, base_dir=model.resolve().parent)
+    before = reporting.compute_stats(
+        outcome.before, shapes=options.shapes, dims=options.dims, base_dir=model.resolve().parent
+    )
     after = reporting.compute_stats(output, shapes=options.shapes, dims=options.dims)
     statistics_out = outcome.records[0].statistics
     report = prune_report(details, before, after, verification)
@@ -193,6 +195,4 @@ def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds:
     if verification is None:
         return f"DONE | {text} | not verified | {quality} | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
-    return (
-        f"{verdict} | {text} | max|Δ| {verification.max_abs_diff:.1g} | {quality} | {seconds:.1f}s"
-    )
+    return f"{verdict} | {text} | max|Δ| {verification.max_abs_diff:.1g} (rel {verification.max_rel_diff:.1g}) | {quality} | {seconds:.1f}s"
