@@ -41,6 +41,7 @@ from spa.analysis.rules.attention import sized_attributes
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
 from spa.errors import UserError
+from spa.model_io import read_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
 from spa.pruning.criteria import DATA_CRITERIA
@@ -69,6 +70,31 @@ def _parameter_slices(
         else:
             resized[(name, axis)] = (old_sizes[(name, axis)], len(kept))
     return parameters, resized
+
+
+def _slice_lazily(value: ir.Value, slices: list[tuple[int, np.ndarray]]) -> None:
+    """Give ``value`` its kept slices as a tensor computed when read.
+
+    Nothing is sliced until a pass or the save reads the tensor, one tensor at a
+    time, so pruning a model whose weights are memory-mapped external data holds
+    no copy of all the pruned weights at once (it did: 2.8 GB for a 2.4 GB model).
+    """
+    source = value.const_value
+    assert source is not None
+    shape = list(source.shape.numpy())
+    for axis, kept in slices:
+        shape[axis] = len(kept)
+
+    def evaluate() -> ir.Tensor:
+        array = read_array(source)
+        for axis, kept in slices:
+            array = np.take(array, kept, axis=axis)
+        return ir.Tensor(np.ascontiguousarray(array), dtype=source.dtype)
+
+    value.const_value = ir.LazyTensor(
+        evaluate, dtype=source.dtype, shape=ir.Shape(shape), name=value.name
+    )
+    value.shape = ir.Shape(shape)
 
 
 def _replace_constant(value: ir.Value, array: np.ndarray) -> None:
@@ -272,12 +298,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
         v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
     )
     for name, slices in parameters.items():
-        value = model.graph.initializers[name]
-        assert value.const_value is not None
-        array = value.const_value.numpy()
-        for axis, kept in slices:
-            array = np.take(array, kept, axis=axis)
-        _replace_constant(value, array)
+        _slice_lazily(model.graph.initializers[name], slices)
     shape_targets = _fix_shape_targets(model, resized) + _fix_computed_targets(model, resized)
     splits = _fix_split_sizes(model, resized)
     heads = _fix_heads_attributes(model, resized)

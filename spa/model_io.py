@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -36,6 +37,7 @@ __all__ = [
     "iter_graphs",
     "load_model",
     "load_proto",
+    "read_array",
     "save_model",
 ]
 
@@ -44,6 +46,22 @@ logger = logging.getLogger(__name__)
 #: Models whose initializers add up to more than this are saved with their
 #: weights in a ``<name>.data`` file next to the model (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def read_array(tensor: ir.TensorProtocol, dtype: Any = None) -> np.ndarray:
+    """A tensor's values as an array that owns its memory (``dtype``: converted).
+
+    An external tensor is memory-mapped by onnx-ir and stays mapped once read,
+    so reading every weight of a large model one by one kept all of it resident
+    (pruning a 2.4 GB model peaked at 2.7 GB). The values are copied out and the
+    mapping released; the tensor maps its file again if it is read later.
+    """
+    array = tensor.numpy()
+    if isinstance(tensor, ir.ExternalTensor):
+        array = np.array(array, dtype=dtype)
+        tensor.release()
+        return array
+    return array.astype(dtype) if dtype is not None else array
 
 
 def iter_graphs(model: ir.Model) -> Iterator[ir.Graph]:

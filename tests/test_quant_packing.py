@@ -280,3 +280,22 @@ def test_qdq_matches_onnx_and_ort(bits: int, symmetric: bool) -> None:
     np.testing.assert_allclose(
         fused, dequantize(weight), rtol=0, atol=1e-5 * float(weight.scales.max()) * 16
     )
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rtn_in_column_chunks_equals_rtn_at_once(
+    monkeypatch: pytest.MonkeyPatch, symmetric: bool
+) -> None:
+    """Large weights are quantized a few columns at a time (bounded memory): same result."""
+    from spa.quant import blockwise
+
+    weight = np.random.default_rng(3).standard_normal((300, 501)).astype(np.float32)
+    whole = blockwise.quantize_rtn(weight, 4, 128, symmetric)
+    monkeypatch.setattr(blockwise, "CHUNK_ELEMENTS", 300 * 7)  # 72 chunks, the last 4 wide
+    chunked = blockwise.quantize_rtn(weight, 4, 128, symmetric)
+    np.testing.assert_array_equal(whole.q, chunked.q)
+    np.testing.assert_array_equal(whole.scales, chunked.scales)
+    if symmetric:
+        assert whole.zero_points is None and chunked.zero_points is None
+    else:
+        np.testing.assert_array_equal(whole.zero_points, chunked.zero_points)

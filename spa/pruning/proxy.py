@@ -26,6 +26,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from spa.model_io import read_array
+
 __all__ = ["proxy_moments"]
 
 _PASS_THROUGH = {"Identity", "Dropout", "MaxPool", "AveragePool"}
@@ -44,7 +46,7 @@ _NORMS = {
 def _constant(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None:
         return None
-    return value.const_value.numpy().astype(np.float64)
+    return read_array(value.const_value, np.float64)
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import onnx_ir as ir
 from spa.analysis.groups import Group, Member
 from spa.analysis.index_maps import Lookup
 from spa.calibration import ChannelStatistics
+from spa.model_io import read_array
 from spa.pruning.consumers import Consumer, consumers_of
 from spa.pruning.criteria import CRITERIA
 from spa.pruning.proxy import proxy_moments
@@ -39,7 +40,7 @@ def _array(model: ir.Model, name: str) -> np.ndarray | None:
     value = model.graph.initializers.get(name)
     if value is None or value.const_value is None:
         return None
-    return value.const_value.numpy().astype(np.float64)
+    return read_array(value.const_value, np.float64)
 
 
 def _onto_root(per_slice: np.ndarray, member: Member, size: int, reduction: str) -> np.ndarray:

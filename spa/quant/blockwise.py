@@ -60,6 +60,12 @@ class QuantizedWeight:
         return int(rows), int(cols)
 
 
+#: Largest number of weight elements quantized at once: RTN works in float64
+#: with a few temporaries, so a chunk costs about 5 x 8 bytes per element
+#: (2^22 elements: ~170 MB) whatever the size of the tensor.
+CHUNK_ELEMENTS = 1 << 22
+
+
 def n_blocks(rows: int, block: int) -> int:
     """Blocks along K (the last one may be short)."""
     return -(-rows // block)
@@ -143,6 +149,20 @@ def quantize_rtn(
         raise ValueError(f"need a 2-D floating weight, got {weight.dtype} {weight.shape}")
     dtype = np.dtype(scale_dtype or weight.dtype)
     rows, cols = weight.shape
+    step = max(1, CHUNK_ELEMENTS // max(rows, 1))
+    if cols > step:  # columns are independent: bound the float64 working set
+        parts = [
+            quantize_rtn(weight[:, start : start + step], bits, block, symmetric, dtype)
+            for start in range(0, cols, step)
+        ]
+        zeros_parts = [part.zero_points for part in parts]
+        return QuantizedWeight(
+            q=np.concatenate([part.q for part in parts], axis=1),
+            scales=np.concatenate([part.scales for part in parts], axis=1),
+            zero_points=None if zeros_parts[0] is None else np.concatenate(zeros_parts, axis=1),  # type: ignore[arg-type]
+            bits=bits,
+            block=block,
+        )
     blocks = n_blocks(rows, block)
     padded = np.zeros((blocks * block, cols), dtype=np.float64)
     padded[:rows] = weight

@@ -101,15 +101,21 @@ def verify_models(
     specs = input_specs(reference_proto)
     candidate_proto = load_proto(candidate)
     logits = _common_pre_softmax(reference_proto, candidate_proto)
-    reference_session = _session(reference, reference_proto, logits, 0)
-    candidate_session = _session(candidate, candidate_proto, logits, 1)
+    all_feeds = [
+        make_feeds(specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges)
+        for sample in range(samples)
+    ]
+    # One model in ONNX Runtime at a time: peak memory is the larger model, not both.
+    session = _session(reference, reference_proto, logits, 0)
+    expected_all = [
+        run_model(session, feeds)
+        for feeds in track(all_feeds, total=samples, description="verify (reference)")
+    ]
+    del session
+    session = _session(candidate, candidate_proto, logits, 1)
     worst: dict[str, OutputCheck] = {}
-    for sample in track(range(samples), total=samples, description="verify"):
-        feeds = make_feeds(
-            specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges
-        )
-        expected = run_model(reference_session, feeds)
-        actual = run_model(candidate_session, adapt(feeds) if adapt else feeds)
+    for feeds, expected in zip(all_feeds, expected_all, strict=True):
+        actual = run_model(session, adapt(feeds) if adapt else feeds)
         if adapt:
             expected = adapt(expected)
         for name, value in expected.items():
