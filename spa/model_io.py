@@ -215,10 +215,30 @@ def _initializer_bytes(model: ir.Model) -> int:
     return total
 
 
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove staging folders left in ``folder`` by runs that were killed (SIGKILL,
+    power loss: no ``finally`` ran). Their names carry the writer's process id; a
+    folder whose process no longer exists is stale."""
+    for path in folder.glob(".spa-tmp-*-*"):
+        pid_text = path.name.split("-")[2]
+        if not pid_text.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            logger.warning("removed %s, left by an interrupted run (process %s)", path, pid_text)
+        except OSError:  # exists, owned by someone else
+            continue
+
+
 @contextlib.contextmanager
 def _staging_folder(destination: Path) -> Iterator[Path]:
+    _remove_stale_staging(destination.parent)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".spa-tmp-", dir=destination.parent))
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".spa-tmp-{os.getpid()}-", dir=destination.parent)
+        )
     except OSError as error:
         raise UserError(
             f"{destination}: cannot write in '{destination.parent}' ({error.strerror}); "

@@ -211,3 +211,47 @@ def test_sigterm_during_save_leaves_no_staging_folder(tmp_path: Path) -> None:
     assert process.returncode == 128 + signal.SIGTERM, output
     assert not [p for p in out_folder.iterdir() if p.name.startswith(".spa-tmp-")]
     assert {path: digest(path) for path in source_folder.iterdir()} == inputs
+
+
+def test_staging_left_by_a_killed_run_is_removed_by_the_next_save(
+    run_cli, mlp_path: Path, tmp_path: Path
+) -> None:
+    """SIGKILL runs no cleanup; the staging folder names its process, and the next
+    save into that folder removes it once that process is gone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".spa-tmp-{dead.pid}-abcd1234"
+    stale.mkdir()
+    (stale / "o.onnx.data").write_bytes(b"\0" * 1024)
+    alive = tmp_path / f".spa-tmp-{os.getpid()}-efgh5678"  # this process: not stale
+    alive.mkdir()
+    result = run_cli("optimize", mlp_path, "-o", tmp_path / "o.onnx")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and alive.is_dir()
+
+
+def test_sigterm_during_verification_publishes_no_output(tmp_path: Path) -> None:
+    """The output is saved, then verified; SIGTERM while verifying removes it (an
+    unverified model is never left under the name the user asked for)."""
+    source_folder, out_folder = tmp_path / "in", tmp_path / "out"
+    source_folder.mkdir()
+    out_folder.mkdir()
+    source = source_folder / "chain.onnx"
+    onnx.save(_chain_model(40, 2_097_152), str(source), save_as_external_data=True,
+              location="chain.data")  # fmt: skip
+    code = "import sys; from spa.cli.main import main; main(sys.argv[1:])"
+    output_path = out_folder / "o.onnx"
+    args = [sys.executable, "-c", code, "optimize", str(source), "-o", str(output_path)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    caught = False
+    while process.poll() is None:
+        if output_path.exists():  # saved: verification is running
+            process.send_signal(signal.SIGTERM)
+            caught = True
+            break
+    output = process.communicate()[0].decode()
+    if not caught:
+        pytest.skip("the command finished before its output was seen")
+    assert "Traceback" not in output
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert sorted(p.name for p in out_folder.iterdir()) == [], output

@@ -62,6 +62,13 @@ class SpaGroup(click.Group):
                 except UserError:
                     files.remove_written()  # exit 1 leaves no output behind
                     raise
+                except (KeyboardInterrupt, SystemExit) as stop:
+                    # Ctrl-C, SIGTERM or SIGHUP (see _exit_on_signal) before the
+                    # command finished, e.g. during verification: an output that
+                    # was saved but not yet verified is not published.
+                    if isinstance(stop, KeyboardInterrupt) or stop.code not in (0, None):
+                        files.remove_written()
+                    raise
         except UserError as error:
             raise UserFailure(str(error)) from None
         except VerificationFailed as error:
