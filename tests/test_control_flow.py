@@ -1,0 +1,200 @@
+"""Control flow and constants: If/Loop bodies through analysis, pruning,
+quantization, sparsity, cleanup and verification, on inline ONNX-text models
+run in ONNX Runtime (issue 15, item 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import numpy_helper
+
+from spa.analysis import analyze, prepare
+from spa.model_io import load_model
+from spa.pass_manager import run_passes
+from spa.passes.prune import apply_plan
+from spa.passes.quantize import QuantizeWeightsPass
+from spa.passes.sparsify import Sparsify2to4Pass
+from spa.pruning.plan import make_plan
+from spa.verify import CosineMaxAbs, input_specs, make_feeds, verify_models
+from spa.verify.mask import mask_model, masked_relative_error
+from spa.verify.runner import run_model
+from spa.workflows.quantize import default_min_cosine
+from spa.workflows.run import lift_constant_weights
+from tests.analysis_helpers import group_with, model_from_text
+
+#: Mask equivalence: pruned vs masked reference, relative to the output's scale.
+MASK_TOLERANCE = 1e-5
+
+LSTM_IN_IF = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[5, 1, 8] x, bool flag) => (float[5, 1, 4] y, float[5, 1, 8] z) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    y = If(flag) <
+        then_branch = lstm_branch () => (float[5, 1, 4] out1) {
+            seq, last = LSTM <hidden_size = 6> (r, lw, lr)
+            sq = Squeeze(seq, one)
+            out1 = MatMul(sq, w3)
+        },
+        else_branch = dense_branch () => (float[5, 1, 4] out2) {
+            out2 = MatMul(r, w2)
+        }
+    >
+    a = MatMul(x, wa)
+    b = Relu(a)
+    z = MatMul(b, wb)
+}
+"""
+LSTM_WEIGHTS = {
+    "w1": (8, 16), "lw": (1, 24, 16), "lr": (1, 24, 6), "w2": (16, 4), "w3": (6, 4),
+    "wa": (8, 12), "wb": (12, 8),
+}  # fmt: skip
+
+
+def _lstm_model() -> onnx.ModelProto:
+    return model_from_text(LSTM_IN_IF, LSTM_WEIGHTS, constants={"one": np.array([1], np.int64)})
+
+
+def test_a_group_read_by_an_lstm_inside_an_if_is_frozen_with_the_reason() -> None:
+    """The group feeding the LSTM through an outer-scope reference was once prunable."""
+    model = prepare(ir.serde.deserialize_model(_lstm_model()))
+    analysis = analyze(model)
+    hidden = group_with(analysis, "r", 2)
+    assert hidden.frozen and not hidden.prunable
+    assert any(
+        "If" in reason and "'r'" in reason and "LSTM" in reason for reason in hidden.frozen_reasons
+    ), hidden.frozen_reasons
+    assert group_with(analysis, "b", 2).prunable  # the plain MLP beside it still prunes
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_pruning_beside_an_lstm_inside_an_if_is_mask_equivalent_on_both_branches(
+    flag: bool,
+) -> None:
+    proto = _lstm_model()
+    model = prepare(ir.serde.deserialize_model(proto))
+    analysis = analyze(model)
+    plan = make_plan(model, analysis, ratio=0.5, criterion="random", seed=0)
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, plan)
+    statistics = apply_plan(model, analysis, plan)
+    assert statistics["channels_removed"] > 0
+    assert model.graph.initializers["wa"].const_value.shape[1] < 12
+    assert model.graph.initializers["w1"].const_value.shape[1] == 16  # read inside the body
+    feeds = make_feeds(input_specs(proto), seed=0)
+    feeds["flag"] = np.array(flag)
+    assert masked_relative_error(masked, model, feeds) <= MASK_TOLERANCE
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+
+
+def test_prune_cli_on_an_lstm_inside_an_if_writes_a_model_ort_runs(run_cli, tmp_path: Path) -> None:
+    source, output = tmp_path / "lstm_if.onnx", tmp_path / "pruned.onnx"
+    onnx.save(_lstm_model(), str(source))
+    result = run_cli("prune", source, "-o", output, "--ratio", "0.5", "--verify")
+    assert result.exit_code == 0, result.output
+    feeds = make_feeds(input_specs(onnx.load(str(source))), seed=1)
+    for flag in (True, False):
+        outputs = run_model(output, {**feeds, "flag": np.array(flag)})
+        assert outputs["y"].shape == (5, 1, 4) and outputs["z"].shape == (5, 1, 8)
+
+
+def _constant(name: str, array: np.ndarray) -> str:
+    values = ", ".join(f"{v:.7g}" for v in array.ravel())
+    dims = ", ".join(str(d) for d in array.shape)
+    return f"{name} = Constant <value = float[{dims}] {{{values}}}> ()"
+
+
+def _loop_model(seed: int = 0) -> onnx.ModelProto:
+    """A Loop whose body holds one weight as a Constant node (``wc``) and reads
+    another (``wtop``) from the main graph by name."""
+    rng = np.random.default_rng(seed)
+    inner = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[2, 32] x, int64 trips) => (float[2, 32] y) {{
+        cond = Constant <value = bool {{1}}> ()
+        y = Loop(trips, cond, x) <
+            body = step (int64 i, bool c, float[2, 32] h) => (bool c_out, float[2, 32] h_out) {{
+                {_constant("wc", inner)}
+                m = MatMul(h, wc)
+                n = MatMul(m, wtop)
+                h_out = Tanh(n)
+                c_out = Identity(c)
+            }}
+        >
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    top = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(top, "wtop"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _loop_feeds(trips: int) -> dict[str, np.ndarray]:
+    x = np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)
+    return {"x": x, "trips": np.array(trips, dtype=np.int64)}
+
+
+def test_constant_weights_inside_a_loop_body_are_lifted_counted_and_quantized(
+    run_cli, tmp_path: Path
+) -> None:
+    source = tmp_path / "loop.onnx"
+    onnx.save(_loop_model(), str(source))
+    info = run_cli("inspect", source)
+    assert "params    2.0k (2048)" in info.output, info.output
+    model = load_model(source)
+    assert lift_constant_weights(model) == 1
+    assert "wc" in model.graph.initializers  # moved to the main graph; the body reads it by name
+    output = tmp_path / "q.onnx"
+    result = run_cli("quantize", source, "-o", output, "--weights", "int8", "--dim", "trips=3")
+    assert result.exit_code == 0, result.output
+    assert "nodes quantized 2" in result.output and "PASSED" in result.output
+    body = next(n for n in onnx.load(str(output)).graph.node if n.op_type == "Loop").attribute[0].g
+    assert [n.op_type for n in body.node].count("MatMulNBits") == 2
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx"])
+def test_a_matmul_weight_inside_a_loop_body_is_quantized_and_verified(
+    target: str, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "loop.onnx", tmp_path / "q.onnx"
+    onnx.save(_loop_model(), str(source))
+    model = load_model(source)
+    lift_constant_weights(model)
+    if target == "onnx":
+        model.opset_imports[""] = 21
+    quantize = QuantizeWeightsPass(bits=8, block=32, target=target)
+    (record,) = run_passes(model, [quantize])
+    assert record.statistics["nodes_quantized"] == 2
+    onnx.save(ir.serde.serialize_model(model), str(output))
+    expected, actual = run_model(source, _loop_feeds(2)), run_model(output, _loop_feeds(2))
+    scale = float(np.abs(expected["y"]).max())
+    # 2 iterations x 2 int8 MatMuls (block 32): 1.8% of the output's scale with the
+    # dequantized weights (onnx.reference agrees); ORT's fused QDQ form also
+    # quantizes the activations (2.6%)
+    assert 0 < float(np.abs(expected["y"] - actual["y"]).max()) <= 0.03 * scale
+    policy = CosineMaxAbs(min_cosine=default_min_cosine(8))  # what `spa quantize` checks
+    result = verify_models(source, output, policy=policy, int_ranges={"trips": (1, 2)})
+    assert result.passed, result.render()
+
+
+def test_sparsity_reaches_a_weight_inside_a_loop_body() -> None:
+    model = ir.serde.deserialize_model(_loop_model())
+    lift_constant_weights(model)
+    (record,) = run_passes(model, [Sparsify2to4Pass()])
+    assert record.statistics["nodes_sparsified"] == 2
+    for name in ("wc", "wtop"):
+        weight = model.graph.initializers[name].const_value.numpy()
+        runs = weight.reshape(8, 4, 32)  # runs of 4 along K
+        assert ((runs != 0).sum(axis=1) <= 2).all()
+    h = _loop_feeds(2)["x"]
+    for _ in range(2):  # the rewritten model computes exactly the sparse weights' Loop
+        h = np.tanh(h @ model.graph.initializers["wc"].const_value.numpy()
+                    @ model.graph.initializers["wtop"].const_value.numpy())  # fmt: skip
+    got = run_model(ir.serde.serialize_model(model).SerializeToString(), _loop_feeds(2))["y"]
+    np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-6)
