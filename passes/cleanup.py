@@ -108,6 +108,36 @@ NO_OP_RULES: dict[str, Callable[[ir.Node], bool]] = {
 }
 
 
+def _eliminate_identity(node: ir.Node) -> bool:
+    """Remove ``y = Identity(x)``: uses of ``y`` read ``x``; when ``y`` is a graph
+    output, ``x`` takes its name. False (kept) where that would change an
+    interface, merge two outputs, or return an outer value from a body."""
+    if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1:
+        return False
+    source, target = node.inputs[0], node.outputs[0]
+    if source is None or len(node.outputs) != 1:
+        return False
+    is_output = target.is_graph_output()
+    if is_output and (
+        source.is_graph_input()
+        or source.is_initializer()
+        or source.is_graph_output()
+        or source.graph is not node.graph
+    ):
+        return False
+    if source.shape is None:
+        source.shape = target.shape
+    if source.type is None:
+        source.type = target.type
+    ir.convenience.replace_all_uses_with(target, source, replace_graph_outputs=True)
+    if is_output:
+        source.name = target.name
+    graph = node.graph
+    assert graph is not None
+    graph.remove(node, safe=True)
+    return True
+
+
 @register_pass
 class RemoveIdentityPass(SpaPass):
     """Remove no-op nodes, in the main graph and every subgraph.
@@ -122,8 +152,12 @@ class RemoveIdentityPass(SpaPass):
 
     Left alone: a no-op between a graph input (or initializer) and a graph
     output, which cannot go without renaming the model's interface (it stays,
-    as an Identity); Reshape to a run-time target (run ``fold-constants``
-    first); ops in other domains.
+    as an Identity); one whose input is already a graph output (removing it
+    would merge two outputs); one that returns an outer-scope value from an
+    If/Loop/Scan body (ONNX Runtime refuses a body output that is an outer
+    value; an ``If`` whose branches are a single Identity is legal and stays
+    so); Reshape to a run-time target (run ``fold-constants`` first); ops in
+    other domains.
     """
 
     name = "remove-identity"
@@ -139,7 +173,10 @@ class RemoveIdentityPass(SpaPass):
             node.resize_inputs(1)
             node.resize_outputs(1)
             node.attributes.clear()
-        common_passes.IdentityEliminationPass()(model)
+        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        for graph_like in graphs:
+            for node in list(ir.traversal.RecursiveGraphIterator(graph_like)):
+                _eliminate_identity(node)
         removed = before - count_nodes(model)
         return SpaPassResult(model, removed > 0, {"nodes_removed": removed})
 

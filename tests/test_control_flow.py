@@ -23,6 +23,7 @@ from spa.verify import CosineMaxAbs, input_specs, make_feeds, verify_models
 from spa.verify.mask import mask_model, masked_relative_error
 from spa.verify.runner import run_model
 from spa.workflows.quantize import default_min_cosine
+from spa.workflows.recipes import get_pass_class
 from spa.workflows.run import lift_constant_weights
 from tests.analysis_helpers import group_with, model_from_text
 
@@ -198,3 +199,36 @@ def test_sparsity_reaches_a_weight_inside_a_loop_body() -> None:
                     @ model.graph.initializers["wtop"].const_value.numpy())  # fmt: skip
     got = run_model(ir.serde.serialize_model(model).SerializeToString(), _loop_feeds(2))["y"]
     np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-6)
+
+
+IDENTITY_IF = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 8] x, bool flag) => (float[2, 8] y) {
+    a = Relu(x)
+    b = Neg(x)
+    y = If(flag) <
+        then_branch = pass_a () => (float[2, 8] t) { t = Identity(a) },
+        else_branch = pass_b () => (float[2, 8] e) { e = Identity(b) }
+    >
+}
+"""
+CLEANUP_PASSES = [
+    "remove-identity", "eliminate-dead-code", "remove-unused-initializers", "infer-shapes",
+    "topological-sort", "fold-constants", "fold-batchnorm",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CLEANUP_PASSES)
+def test_an_if_whose_branches_are_one_identity_survives_every_cleanup_pass(name: str) -> None:
+    """remove-identity once returned an outer value straight from a branch (ORT refuses it)."""
+    proto = onnx.parser.parse_model(IDENTITY_IF)
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [get_pass_class(name)()])
+    rewritten = ir.serde.serialize_model(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        want = run_model(proto.SerializeToString(), feeds)["y"]
+        got = run_model(rewritten.SerializeToString(), feeds)["y"]
+        np.testing.assert_array_equal(got, want)
