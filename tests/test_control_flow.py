@@ -19,7 +19,8 @@ from spa.passes.prune import apply_plan
 from spa.passes.quantize import QuantizeWeightsPass
 from spa.passes.sparsify import Sparsify2to4Pass
 from spa.pruning.plan import make_plan
-from spa.verify import CosineMaxAbs, input_specs, make_feeds, verify_models
+from spa.verify import AllClose, CosineMaxAbs, input_specs, make_feeds, verify_models
+from spa.verify.branches import branch_feeds
 from spa.verify.mask import mask_model, masked_relative_error
 from spa.verify.runner import run_model
 from spa.workflows.quantize import default_min_cosine
@@ -97,6 +98,7 @@ def test_prune_cli_on_an_lstm_inside_an_if_writes_a_model_ort_runs(run_cli, tmp_
     onnx.save(_lstm_model(), str(source))
     result = run_cli("prune", source, "-o", output, "--ratio", "0.5", "--verify")
     assert result.exit_code == 0, result.output
+    assert "branches | If" in result.output and "then+else" in result.output
     feeds = make_feeds(input_specs(onnx.load(str(source))), seed=1)
     for flag in (True, False):
         outputs = run_model(output, {**feeds, "flag": np.array(flag)})
@@ -232,3 +234,48 @@ def test_an_if_whose_branches_are_one_identity_survives_every_cleanup_pass(name:
         want = run_model(proto.SerializeToString(), feeds)["y"]
         got = run_model(rewritten.SerializeToString(), feeds)["y"]
         np.testing.assert_array_equal(got, want)
+
+
+INT_SELECTED_IF = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[4, 32] x, int64 mode) => (float[4, 16] y) {
+    limit = Constant <value = int64 {5}> ()
+    cond = Greater(mode, limit)
+    y = If(cond) <
+        then_branch = wide () => (float[4, 16] t) { t = MatMul(x, wt) },
+        else_branch = narrow () => (float[4, 16] e) { e = MatMul(x, we) }
+    >
+}
+"""
+
+
+def test_verification_feeds_take_both_branches_an_integer_input_selects(
+    tmp_path: Path,
+) -> None:
+    """Seeded feeds give mode in [0, 2): only the else branch, unless the verifier looks."""
+    proto = model_from_text(INT_SELECTED_IF, {"wt": (32, 16), "we": (32, 16)})
+    feeds = make_feeds(input_specs(proto), seed=0)
+    extras, coverage = branch_feeds(proto, feeds)
+    assert coverage.taken == {"#2": {"then", "else"}}
+    assert len(extras) == 1 and int(extras[0]["mode"]) > 5
+    source, broken = tmp_path / "m.onnx", tmp_path / "broken.onnx"
+    onnx.save(proto, str(source))
+    changed = onnx.load(str(source))
+    for tensor in changed.graph.initializer:
+        if tensor.name == "wt":  # a wrong rewrite inside the branch the seeds never take
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros((32, 16), np.float32), "wt"))
+    onnx.save(changed, str(broken))
+    result = verify_models(source, broken, policy=AllClose(rtol=1e-5))
+    assert not result.passed
+    assert "branches | If '#2': then+else" in result.render()
+    assert result.as_dict()["branches"] == {"#2": {"checked": ["then", "else"], "note": ""}}
+
+
+def test_a_branch_no_tried_value_selects_is_named_as_unchecked() -> None:
+    text = INT_SELECTED_IF.replace("int64 {5}", "int64 {1000}")
+    proto = model_from_text(text, {"wt": (32, 16), "we": (32, 16)})
+    extras, coverage = branch_feeds(proto, make_feeds(input_specs(proto), seed=0))
+    assert extras == [] and coverage.taken == {"#2": {"else"}}
+    assert "If '#2': else (not checked: then; no tried value of mode selects it)" in (
+        coverage.line()
+    )

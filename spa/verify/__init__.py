@@ -8,8 +8,9 @@ PASSED | output logits | max|Δ| 2.4e-07 | rel 1.1e-07 | cos 1.000000 | rtol 1e-
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,14 @@ import numpy as np
 from spa.model_io import load_proto
 from spa.ort import create_session
 from spa.progress import track
+from spa.verify.branches import BranchCoverage, branch_feeds, branch_selectors
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
 from spa.verify.runner import run_model
 from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
 
 __all__ = [
     "AllClose",
+    "BranchCoverage",
     "CosineMaxAbs",
     "Exact",
     "InputSpec",
@@ -45,6 +48,7 @@ class VerifyResult:
     checks: list[OutputCheck]
     seed: int
     samples: int
+    branches: BranchCoverage | None = None
 
     @property
     def passed(self) -> bool:
@@ -59,7 +63,10 @@ class VerifyResult:
         return max((c.max_rel_diff for c in self.checks), default=0.0)
 
     def render(self) -> str:
-        return "\n".join(check.line() for check in self.checks)
+        lines = [check.line() for check in self.checks]
+        if self.branches is not None and self.branches.line():
+            lines.append(self.branches.line())
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +76,7 @@ class VerifyResult:
             "seed": self.seed,
             "samples": self.samples,
             "outputs": [check.as_dict() for check in self.checks],
+            **({"branches": self.branches.as_dict()} if self.branches is not None else {}),
         }
 
 
@@ -91,18 +99,30 @@ def verify_models(
     maps reference arrays to what the candidate reads and writes (used where a
     pruned model's KV-cache inputs and outputs have fewer heads): it is applied
     to the feeds given to the candidate and to the reference's outputs.
+
+    Where an ``If`` branches on a bool/int input, extra feeds take the branch
+    the seeded ones miss (:mod:`spa.verify.branches`); ``branches`` in the
+    result says which branches were checked.
     """
     from spa.errors import UserError
 
     policy = policy or AllClose()
-    specs = input_specs(load_proto(reference))
+    proto = load_proto(reference)
+    specs = input_specs(proto)
     reference_session = create_session(reference)
     candidate_session = create_session(candidate)
     worst: dict[str, OutputCheck] = {}
-    for sample in track(range(samples), total=samples, description="verify"):
-        feeds = make_feeds(
-            specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges
-        )
+    all_feeds: Iterable[dict[str, np.ndarray]] = (
+        make_feeds(specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges)
+        for sample in range(samples)
+    )
+    coverage = None
+    if branch_selectors(proto):
+        first = make_feeds(specs, seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges)
+        extras, coverage = branch_feeds(proto, first, int_ranges)
+        all_feeds = itertools.chain(all_feeds, extras)
+        samples += len(extras)
+    for feeds in track(all_feeds, total=samples, description="verify"):
         expected = run_model(reference_session, feeds)
         actual = run_model(candidate_session, adapt(feeds) if adapt else feeds)
         if adapt:
@@ -121,4 +141,4 @@ def verify_models(
                 or (previous.passed == check.passed and check.max_abs_diff > previous.max_abs_diff)
             ):
                 worst[name] = check
-    return VerifyResult(checks=list(worst.values()), seed=seed, samples=samples)
+    return VerifyResult(list(worst.values()), seed, samples, coverage)
