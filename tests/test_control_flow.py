@@ -161,6 +161,34 @@ def test_constant_weights_inside_a_loop_body_are_lifted_counted_and_quantized(
     assert [n.op_type for n in body.node].count("MatMulNBits") == 2
 
 
+def test_a_constant_weight_inside_a_local_function_is_counted_inlined_and_quantized(
+    run_cli, tmp_path: Path
+) -> None:
+    weight = np.random.default_rng(4).standard_normal((32, 16)).astype(np.float32)
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    agraph (float[2, 32] x) => (float[2, 16] y) {{
+        y = local.Dense(x)
+    }}
+    <domain: "local", opset_import: ["" : 17]>
+    Dense (a) => (b) {{
+        {_constant("w", weight)}
+        b = MatMul(a, w)
+    }}
+    """
+    source, output = tmp_path / "function.onnx", tmp_path / "q.onnx"
+    proto = onnx.parser.parse_model(text)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(source))
+    assert "params    512 (512)" in run_cli("inspect", source).output
+    model = load_model(source)
+    assert lift_constant_weights(model) == 1
+    assert not model.functions and [n.op_type for n in model.graph] == ["MatMul"]
+    result = run_cli("quantize", source, "-o", output, "--weights", "int8")
+    assert result.exit_code == 0 and "nodes quantized 1" in result.output, result.output
+    assert [n.op_type for n in onnx.load(str(output)).graph.node] == ["MatMulNBits"]
+
+
 @pytest.mark.parametrize("target", ["ort", "onnx"])
 def test_a_matmul_weight_inside_a_loop_body_is_quantized_and_verified(
     target: str, tmp_path: Path
