@@ -308,3 +308,31 @@ def test_a_branch_no_tried_value_selects_is_named_as_unchecked() -> None:
     assert "If '#2': else (not checked: then; no tried value of mode selects it)" in (
         coverage.line()
     )
+
+
+BRANCHES_AFTER_A_MATMUL = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[4, 32] x, int64 mode) => (float[4, 16] y) {
+    h = MatMul(x, w0)
+    limit = Constant <value = int64 {5}> ()
+    cond = Greater(mode, limit)
+    y = If(cond) <
+        then_branch = wide () => (float[4, 16] t) { t = MatMul(h, wt) },
+        else_branch = narrow () => (float[4, 16] e) { e = Neg(h) }
+    >
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [("--weights", "int8"), ("--activations", "int8")])
+def test_quantize_verifies_both_branches_an_integer_input_selects(
+    flags: tuple[str, str], run_cli, tmp_path: Path
+) -> None:
+    """`spa quantize` on such a model once crashed in verification (feeds took the other branch)."""
+    proto = model_from_text(BRANCHES_AFTER_A_MATMUL, {"w0": (32, 16), "wt": (16, 16)})
+    source, output = tmp_path / "if.onnx", tmp_path / "q.onnx"
+    onnx.save(proto, str(source))
+    result = run_cli("quantize", source, "-o", output, *flags)
+    assert result.exit_code == 0, result.output
+    assert "branches | If '#3': then+else" in result.output
+    assert result.output.splitlines()[-1].startswith("PASSED")

@@ -91,6 +91,7 @@ def verify_models(
     dims: Mapping[str, int] | None = None,
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
     adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    session: Callable[[Any], Any] = create_session,
 ) -> VerifyResult:
     """Run both models on ``samples`` seeded feeds; compare outputs by name.
 
@@ -102,15 +103,16 @@ def verify_models(
 
     Where an ``If`` branches on a bool/int input, extra feeds take the branch
     the seeded ones miss (:mod:`spa.verify.branches`); ``branches`` in the
-    result says which branches were checked.
+    result says which branches were checked. ``session`` makes the ORT
+    sessions (a path -> session; graph optimization levels differ by caller).
     """
     from spa.errors import UserError
 
     policy = policy or AllClose()
     proto = load_proto(reference)
     specs = input_specs(proto)
-    reference_session = create_session(reference)
-    candidate_session = create_session(candidate)
+    reference_session = session(reference)
+    candidate_session = session(candidate)
     worst: dict[str, OutputCheck] = {}
     all_feeds: Iterable[dict[str, np.ndarray]] = (
         make_feeds(specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges)

@@ -21,12 +21,12 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import load_model, load_proto
+from spa.model_io import load_model
 from spa.ort import import_onnxruntime
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.stats.coverage import covered_share
-from spa.verify import CosineMaxAbs, VerifyResult, input_specs, make_feeds, run_model, verify_models
+from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import VerifiedResult, file_bytes
 from spa.workflows.run import (
     PipelineOutcome,
@@ -106,13 +106,10 @@ def _verify_basic(
     and with optimizations off), and reject opset-21 INT8 QDQ MatMul + bias Add
     (their MatMul+Add->Gemm rewrite makes a QuantizeLinear whose output_dtype
     disagrees with its zero point), so those models are checked at BASIC,
-    which keeps every Q/DQ node as written.
+    which keeps every Q/DQ node as written. Feeds as :func:`verify_models`
+    (both branches of an input-selected ``If``).
     """
-    feeds = make_feeds(input_specs(load_proto(source)), seed=seed, **inputs)
-    expected = run_model(_basic_session(source), feeds)
-    actual = run_model(_basic_session(output), feeds)
-    checks = [policy.check(name, value, actual[name]) for name, value in expected.items()]
-    return VerifyResult(checks=checks, seed=seed, samples=1)
+    return verify_models(source, output, policy=policy, seed=seed, session=_basic_session, **inputs)
 
 
 def quantize_static_model(
