@@ -14,6 +14,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from spa.constants import constant_array
+from spa.ir_shapes import infer_shapes
 from spa.pass_manager import SpaPass, SpaPassResult, count_nodes, register_pass
 
 __all__ = [
@@ -254,9 +255,10 @@ def _opset_count(model: ir.Model) -> int:
 class InferShapesPass(SpaPass):
     """Drop every intermediate shape and type, then infer them again.
 
-    Uses onnx-ir's ``ShapeInferencePass`` (ONNX strict inference with data
+    Uses :func:`spa.ir_shapes.infer_shapes` (ONNX strict inference with data
     propagation), which serialises the model without initializers larger than
-    1 kB, so weights stored as external data are not read. Rewrites leave stale
+    1 kB, so weights stored as external data are not read, in time linear in
+    the initializer count (onnx-ir's ``ShapeInferencePass`` is quadratic). Rewrites leave stale
     value_info behind, and ONNX Runtime rejects declared shapes that disagree
     with what it infers.
 
@@ -278,8 +280,7 @@ class InferShapesPass(SpaPass):
                     saved.append((value, value.shape, value.type))
                     value.shape, value.type = None, None
         cleared = sum(1 for _, shape, _ in saved if shape is not None)
-        result = common_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
-        if not result.modified:
+        if not infer_shapes(model, strict_mode=True, data_prop=True):
             for value, shape, type_ in saved:
                 value.shape, value.type = shape, type_
             statistics = {"shapes_cleared": 0, "shapes_inferred": 0, "shapes_restored": cleared}
