@@ -245,6 +245,8 @@ def _propagate(graph: nx.DiGraph, root: Space, size: int) -> dict[Space, Lookup]
         for target in graph.successors(source):
             through = maps[source].then(graph.edges[source, target]["map"])
             known = maps.get(target)
+            if known is not None and through.same_as(known):
+                continue  # the common case: a second path agreeing with the first
             merged = through if known is None else known.union(through)
             if known is None or not merged.same_as(known):
                 maps[target] = merged
