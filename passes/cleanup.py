@@ -14,6 +14,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from spa.constants import constant_array
+from spa.ir_shapes import infer_shapes
 from spa.pass_manager import SpaPass, SpaPassResult, count_nodes, register_pass
 
 __all__ = [
@@ -108,6 +109,36 @@ NO_OP_RULES: dict[str, Callable[[ir.Node], bool]] = {
 }
 
 
+def _eliminate_identity(node: ir.Node) -> bool:
+    """Remove ``y = Identity(x)``: uses of ``y`` read ``x``; when ``y`` is a graph
+    output, ``x`` takes its name. False (kept) where that would change an
+    interface, merge two outputs, or return an outer value from a body."""
+    if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1:
+        return False
+    source, target = node.inputs[0], node.outputs[0]
+    if source is None or len(node.outputs) != 1:
+        return False
+    is_output = target.is_graph_output()
+    if is_output and (
+        source.is_graph_input()
+        or source.is_initializer()
+        or source.is_graph_output()
+        or source.graph is not node.graph
+    ):
+        return False
+    if source.shape is None:
+        source.shape = target.shape
+    if source.type is None:
+        source.type = target.type
+    ir.convenience.replace_all_uses_with(target, source, replace_graph_outputs=True)
+    if is_output:
+        source.name = target.name
+    graph = node.graph
+    assert graph is not None
+    graph.remove(node, safe=True)
+    return True
+
+
 @register_pass
 class RemoveIdentityPass(SpaPass):
     """Remove no-op nodes, in the main graph and every subgraph.
@@ -122,8 +153,12 @@ class RemoveIdentityPass(SpaPass):
 
     Left alone: a no-op between a graph input (or initializer) and a graph
     output, which cannot go without renaming the model's interface (it stays,
-    as an Identity); Reshape to a run-time target (run ``fold-constants``
-    first); ops in other domains.
+    as an Identity); one whose input is already a graph output (removing it
+    would merge two outputs); one that returns an outer-scope value from an
+    If/Loop/Scan body (ONNX Runtime refuses a body output that is an outer
+    value; an ``If`` whose branches are a single Identity is legal and stays
+    so); Reshape to a run-time target (run ``fold-constants`` first); ops in
+    other domains.
     """
 
     name = "remove-identity"
@@ -139,7 +174,10 @@ class RemoveIdentityPass(SpaPass):
             node.resize_inputs(1)
             node.resize_outputs(1)
             node.attributes.clear()
-        common_passes.IdentityEliminationPass()(model)
+        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        for graph_like in graphs:
+            for node in list(ir.traversal.RecursiveGraphIterator(graph_like)):
+                _eliminate_identity(node)
         removed = before - count_nodes(model)
         return SpaPassResult(model, removed > 0, {"nodes_removed": removed})
 
@@ -217,9 +255,10 @@ def _opset_count(model: ir.Model) -> int:
 class InferShapesPass(SpaPass):
     """Drop every intermediate shape and type, then infer them again.
 
-    Uses onnx-ir's ``ShapeInferencePass`` (ONNX strict inference with data
+    Uses :func:`spa.ir_shapes.infer_shapes` (ONNX strict inference with data
     propagation), which serialises the model without initializers larger than
-    1 kB, so weights stored as external data are not read. Rewrites leave stale
+    1 kB, so weights stored as external data are not read, in time linear in
+    the initializer count (onnx-ir's ``ShapeInferencePass`` is quadratic). Rewrites leave stale
     value_info behind, and ONNX Runtime rejects declared shapes that disagree
     with what it infers.
 
@@ -241,8 +280,7 @@ class InferShapesPass(SpaPass):
                     saved.append((value, value.shape, value.type))
                     value.shape, value.type = None, None
         cleared = sum(1 for _, shape, _ in saved if shape is not None)
-        result = common_passes.ShapeInferencePass(strict_mode=True, data_prop=True)(model)
-        if not result.modified:
+        if not infer_shapes(model, strict_mode=True, data_prop=True):
             for value, shape, type_ in saved:
                 value.shape, value.type = shape, type_
             statistics = {"shapes_cleared": 0, "shapes_inferred": 0, "shapes_restored": cleared}

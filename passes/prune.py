@@ -41,6 +41,7 @@ from spa.analysis.rules.attention import sized_attributes
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
 from spa.errors import UserError
+from spa.ir_shapes import infer_shapes
 from spa.model_io import read_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
@@ -308,7 +309,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
     common_passes.RemoveUnusedNodesPass()(model)
     # Strict inference or none: a partial guess would be saved as value_info that
     # ONNX Runtime then rejects; without value_info ORT infers shapes itself.
-    common_passes.ShapeInferencePass(strict_mode=True)(model)
+    infer_shapes(model, strict_mode=True)
     params_after = sum(
         v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
     )

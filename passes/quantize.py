@@ -18,7 +18,10 @@ more than one node or also a graph output (shared weights are skipped, not
 quantized once and shared: GPTQ would need one Hessian for several inputs);
 integer or float64 weights; weights that are not 2-D; K not a multiple of the
 block for the QDQ targets (MatMulNBits pads the last block); nodes that are
-already ``MatMulNBits``. Only the main graph is rewritten.
+already ``MatMulNBits``. Nodes inside If/Loop/Scan bodies are rewritten in
+place (their weights read by name from the main graph, where
+:func:`spa.workflows.run.lift_constant_weights` puts Constant-node and body
+weights; the quantized initializers go into the body itself).
 
 :class:`MatMulNBitsToQDQPass` and :class:`QDQToMatMulNBitsPass` convert between
 the two stored forms without changing any dequantized value.
@@ -193,7 +196,14 @@ def bias_nodes(graph: ir.Graph, candidate: Candidate, product: ir.Value) -> list
 
 
 def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, target: str) -> int:
-    """Replace the candidate by its quantized form; returns the new initializers' bytes."""
+    """Replace the candidate by its quantized form; returns the new initializers' bytes.
+
+    The new initializers go to the graph holding the node (an If/Loop/Scan body
+    included): ONNX Runtime's QDQ fusion looks for a DequantizeLinear's weight
+    in the node's own graph, not in the outer scope.
+    """
+    home = candidate.node.graph
+    graph = home if isinstance(home, ir.Graph) else graph
     base = candidate.weight.name or "weight"
     node_name = candidate.node.name or base
     if target == "ort":
@@ -209,7 +219,8 @@ def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, tar
         nodes = [dequantize, core]
     nodes += bias_nodes(graph, candidate, core.outputs[0])
     replace_node(graph, candidate.node, nodes)
-    remove_initializer_if_unused(graph, candidate.weight)
+    owner = candidate.weight.graph
+    remove_initializer_if_unused(owner if isinstance(owner, ir.Graph) else graph, candidate.weight)
     return size
 
 
@@ -368,7 +379,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         graph, before, after = model.graph, 0, 0
-        for node in list(graph):
+        for node in list(ir.traversal.RecursiveGraphIterator(graph)):
             matcher = MATCHERS.get(op_key(node))
             if matcher is None:
                 continue

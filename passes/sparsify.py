@@ -14,7 +14,8 @@ a reduction size that is not a multiple of 4 (grouped Conv: input channels per
 group), weights that are not constant initializers (computed, graph inputs,
 Constant outputs, produced by DequantizeLinear = already quantized), shared
 weights, integer weights, ``MatMulNBits`` / ``spa.GroupSparseQuantMatMul``
-(already quantized). Only the main graph is rewritten.
+(already quantized). Nodes inside If/Loop/Scan bodies are handled like the
+main graph's.
 
 ``method="sparsegpt"`` uses ``hessians`` (activation name -> ``H[K, K]`` from
 :func:`spa.calibration.collect_hessians`) for MatMul/Gemm; without one
@@ -194,7 +195,7 @@ class Sparsify2to4Pass(SparsifyingPass):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         zeros = elements = 0
-        for node in list(model.graph):
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             matcher = MATCHERS.get(op_key(node))
             if matcher is None:
                 continue

@@ -52,13 +52,20 @@ def create_session(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int = 0,
     external_folder: Path | None = None,
+    optimization: str = "all",
 ) -> Any:
     """An ORT InferenceSession for a model path (external data allowed) or bytes
-    (whose external data, if any, ORT reads from ``external_folder``)."""
+    (whose external data, if any, ORT reads from ``external_folder``), with
+    ORT's graph optimizations at ``optimization`` ("all", "basic" or "none")."""
     ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
     if threads:
         options.intra_op_num_threads = threads
     if external_folder is not None:

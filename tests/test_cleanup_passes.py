@@ -341,6 +341,23 @@ def test_identity_feeding_a_graph_output_and_inference_dropout() -> None:
     assert_same_numbers(proto, after, feeds, EXACT)
 
 
+def test_two_outputs_copied_from_one_value_stay_two_outputs() -> None:
+    """onnx-ir's identity elimination renamed the shared value twice: outputs [y2, y2]."""
+    text = f"""{HEADER}
+    g (float[2] x) => (float[2] y1, float[2] y2) {{
+        a = Relu (x)
+        y1 = Identity (a)
+        y2 = Identity (a)
+    }}"""
+    proto = onnx.parser.parse_model(text)
+    after, stats = run_pass(proto, "remove-identity")
+    assert stats == {"nodes_removed": 1}
+    assert ops(after) == ["Relu", "Identity"]
+    assert [o.name for o in after.graph.output] == ["y1", "y2"]
+    assert_same_numbers(proto, after, {"x": np.array([-1.0, 2.0], np.float32)}, EXACT)
+    onnx.checker.check_model(after, full_check=True)
+
+
 def test_no_op_cast_reshape_and_transpose_are_removed() -> None:
     text = f"""{HEADER}
     g (float[2, 3, 4] x) => (float[2, 3, 4] y, float[4, 3, 2] z, float[2, 12] w) {{

@@ -42,15 +42,16 @@ def prepare(model: ir.Model) -> ir.Model:
     (so their channels can be sliced) and shapes are inferred."""
     import onnx_ir.passes.common as common_passes
 
+    from spa.ir_shapes import infer_shapes
+
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     unshare_initializers(model)
-    result = common_passes.ShapeInferencePass(strict_mode=True)(model)
-    if not result.modified:
-        common_passes.ShapeInferencePass(strict_mode=False)(model)
+    if not infer_shapes(model, strict_mode=True):
+        infer_shapes(model, strict_mode=False)
     for _ in range(3):  # each round lets inference carry refined dims further
         if not _refine_computed_reshapes(model):
             break
-        common_passes.ShapeInferencePass(strict_mode=False)(model)
+        infer_shapes(model, strict_mode=False)
     if any(node.domain == "com.microsoft" for node in model.graph) or _worth_symbolic(model):
         _infer_symbolic_shapes(model)
         _infer_attention_outputs(model)

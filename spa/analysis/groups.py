@@ -34,6 +34,7 @@ from spa.analysis.rules import (
     find_rule,
     name,
 )
+from spa.analysis.scopes import has_subgraph, outer_references
 from spa.errors import UserError
 
 __all__ = [
@@ -160,9 +161,11 @@ class _Collector:
         values = [v for v in (*node.inputs, *node.outputs) if v is not None and v.name]
         opset = self.model.opset_imports.get(node.domain or "", 1)
         rule = find_rule(node.domain, node.op_type, opset)
-        if rule is None or _has_subgraph(node):
-            what = "has subgraphs" if rule is not None else "has no rule"
-            reason = f"{node.domain or 'ai.onnx'}::{node.op_type} {what} ('{node.name}')"
+        if has_subgraph(node):
+            self._freeze_control_flow(node, values)
+            return
+        if rule is None:
+            reason = f"{node.domain or 'ai.onnx'}::{node.op_type} has no rule ('{node.name}')"
             for value in values:
                 self.freeze_value(name(value), reason)
             return
@@ -196,12 +199,19 @@ class _Collector:
                     )
                     self.frozen_spaces.setdefault((name(value), axis), reason)
 
-
-def _has_subgraph(node: ir.Node) -> bool:
-    return any(
-        attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-        for attr in node.attributes.values()
-    )
+    def _freeze_control_flow(self, node: ir.Node, values: list[ir.Value]) -> None:
+        """Bodies are not sliced: the node's inputs and outputs, and every outer
+        value its bodies read by name (an outer-scope reference), are barriers."""
+        kind = f"{node.domain or 'ai.onnx'}::{node.op_type}"
+        reason = f"{kind} has subgraphs ('{node.name}')"
+        for value in values:
+            self.freeze_value(name(value), reason)
+        for reference in outer_references(node):
+            self.freeze_value(
+                name(reference.value),
+                f"{kind} '{node.name}' reads '{reference.value.name}' inside its body, "
+                f"by {reference.reader}: bodies are not pruned",
+            )
 
 
 def _reversed(index_map: IndexMap) -> IndexMap | None:
@@ -235,6 +245,8 @@ def _propagate(graph: nx.DiGraph, root: Space, size: int) -> dict[Space, Lookup]
         for target in graph.successors(source):
             through = maps[source].then(graph.edges[source, target]["map"])
             known = maps.get(target)
+            if known is not None and through.same_as(known):
+                continue  # the common case: a second path agreeing with the first
             merged = through if known is None else known.union(through)
             if known is None or not merged.same_as(known):
                 maps[target] = merged

@@ -13,6 +13,8 @@ from typing import Any
 
 import onnx
 
+from spa.model_io import iter_graph_protos
+
 __all__ = ["covered_share", "mac_coverage", "node_macs", "value_shapes", "weight_coverage"]
 
 logger = logging.getLogger(__name__)
@@ -27,14 +29,15 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     except Exception as error:  # inference may reject custom domains; shapes stay partial
         logger.debug("shape inference failed: %s", error)
         inferred = model
-    graph = inferred.graph
-    shapes: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            shapes[info.name] = tuple(
-                int(d.dim_value) if d.HasField("dim_value") else 1 for d in tensor.shape.dim
-            )
+    shapes: dict[str, Shape] = {}
+    for graph in iter_graph_protos(inferred.graph):  # If/Loop/Scan bodies too
+        shapes.update((t.name, tuple(int(d) for d in t.dims)) for t in graph.initializer)
+        for info in [*graph.input, *graph.value_info, *graph.output]:
+            tensor = info.type.tensor_type
+            if tensor.HasField("shape"):
+                shapes[info.name] = tuple(
+                    int(d.dim_value) if d.HasField("dim_value") else 1 for d in tensor.shape.dim
+                )
     return shapes
 
 
@@ -64,10 +67,11 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
 
 
 def covered_share(model: onnx.ModelProto, covered: Callable[[onnx.NodeProto], bool]) -> float:
-    """Share of MatMul/Gemm/Conv MACs in the nodes for which ``covered`` is true."""
+    """Share of MatMul/Gemm/Conv MACs in the nodes for which ``covered`` is true
+    (a node inside an If/Loop/Scan body counts once, whatever its trip count)."""
     shapes = value_shapes(model)
     total = done = 0
-    for node in model.graph.node:
+    for node in (node for graph in iter_graph_protos(model.graph) for node in graph.node):
         macs = node_macs(node, shapes)
         total += macs
         if covered(node):

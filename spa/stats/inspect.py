@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +131,32 @@ CONSTANT_WEIGHT_ELEMENTS = 16
 def weight_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """The model's weights: initializers of the main graph and of every subgraph,
     and the tensors of ``Constant`` nodes with 16 elements or more (exporters
-    that write weights as Constant nodes)."""
+    that write weights as Constant nodes), in the graphs and in model-local
+    functions (spa inlines and lifts those)."""
     for graph in iter_graph_protos(proto.graph):
         yield from graph.initializer
-        for node in graph.node:
-            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
-                continue
-            for attribute in node.attribute:
-                is_tensor = attribute.name == "value" and attribute.HasField("t")
-                if is_tensor and tensor_elements(attribute.t) >= CONSTANT_WEIGHT_ELEMENTS:
-                    yield attribute.t
+        yield from _constant_weights(graph.node)
+    for function in proto.functions:
+        yield from _constant_weights(function.node)
+        bodies = [
+            body
+            for node in function.node
+            for attribute in node.attribute
+            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+        ]
+        for graph in (nested for body in bodies for nested in iter_graph_protos(body)):
+            yield from graph.initializer
+            yield from _constant_weights(graph.node)
+
+
+def _constant_weights(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attribute in node.attribute:
+            is_tensor = attribute.name == "value" and attribute.HasField("t")
+            if is_tensor and tensor_elements(attribute.t) >= CONSTANT_WEIGHT_ELEMENTS:
+                yield attribute.t
 
 
 def human_count(count: float) -> str:

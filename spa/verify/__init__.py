@@ -19,12 +19,14 @@ import onnx
 from spa.model_io import load_proto
 from spa.ort import create_session
 from spa.progress import track
+from spa.verify.branches import BranchCoverage, branch_feeds, branch_selectors
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
 from spa.verify.runner import run_model
 from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
 
 __all__ = [
     "AllClose",
+    "BranchCoverage",
     "CosineMaxAbs",
     "Exact",
     "InputSpec",
@@ -47,6 +49,7 @@ class VerifyResult:
     checks: list[OutputCheck]
     seed: int
     samples: int
+    branches: BranchCoverage | None = None
 
     @property
     def passed(self) -> bool:
@@ -61,7 +64,10 @@ class VerifyResult:
         return max((c.max_rel_diff for c in self.checks), default=0.0)
 
     def render(self) -> str:
-        return "\n".join(check.line() for check in self.checks)
+        lines = [check.line() for check in self.checks]
+        if self.branches is not None and self.branches.line():
+            lines.append(self.branches.line())
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +77,7 @@ class VerifyResult:
             "seed": self.seed,
             "samples": self.samples,
             "outputs": [check.as_dict() for check in self.checks],
+            **({"branches": self.branches.as_dict()} if self.branches is not None else {}),
         }
 
 
@@ -85,6 +92,7 @@ def verify_models(
     dims: Mapping[str, int] | None = None,
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
     adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    session: Callable[..., Any] = create_session,
 ) -> VerifyResult:
     """Run both models on ``samples`` seeded feeds; compare outputs by name.
 
@@ -93,29 +101,41 @@ def verify_models(
     maps reference arrays to what the candidate reads and writes (used where a
     pruned model's KV-cache inputs and outputs have fewer heads): it is applied
     to the feeds given to the candidate and to the reference's outputs.
+
+    Where an ``If`` branches on a bool/int input, extra feeds take the branch
+    the seeded ones miss (:mod:`spa.verify.branches`); ``branches`` in the
+    result says which branches were checked. ``session`` makes the ORT
+    sessions: :func:`spa.ort.create_session` or a function with its signature
+    (graph optimization levels differ by caller).
     """
     from spa.errors import UserError
 
     policy = policy or AllClose()
     reference_proto = load_proto(reference)
     specs = input_specs(reference_proto)
-    candidate_proto = load_proto(candidate)
-    logits = _common_pre_softmax(reference_proto, candidate_proto)
+    logits = _common_pre_softmax(reference_proto, load_proto(candidate))
     all_feeds = [
         make_feeds(specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges)
         for sample in range(samples)
     ]
+    coverage = None
+    if branch_selectors(reference_proto):
+        first = all_feeds[0] if all_feeds else make_feeds(
+            specs, seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges
+        )
+        extras, coverage = branch_feeds(reference_proto, first, int_ranges)
+        all_feeds.extend(extras)
     # One model in ONNX Runtime at a time: peak memory is the larger model, not both.
-    session = _session(reference, reference_proto, logits, 0)
+    runner = _session(session, reference, reference_proto, logits, 0)
     expected_all = [
-        run_model(session, feeds)
-        for feeds in track(all_feeds, total=samples, description="verify (reference)")
+        run_model(runner, feeds)
+        for feeds in track(all_feeds, total=len(all_feeds), description="verify (reference)")
     ]
-    del session
-    session = _session(candidate, candidate_proto, logits, 1)
+    del runner
+    runner = _session(session, candidate, load_proto(candidate), logits, 1)
     worst: dict[str, OutputCheck] = {}
     for feeds, expected in zip(all_feeds, expected_all, strict=True):
-        actual = run_model(session, adapt(feeds) if adapt else feeds)
+        actual = run_model(runner, adapt(feeds) if adapt else feeds)
         if adapt:
             expected = adapt(expected)
         for name, value in expected.items():
@@ -134,7 +154,7 @@ def verify_models(
                 or (previous.passed == check.passed and check.max_abs_diff > previous.max_abs_diff)
             ):
                 worst[name] = check
-    return VerifyResult(checks=list(worst.values()), seed=seed, samples=samples)
+    return VerifyResult(list(worst.values()), seed, len(all_feeds), coverage)
 
 
 #: Suffix of the extra check on the values a Softmax output is computed from.
@@ -173,20 +193,22 @@ def _common_pre_softmax(
 
 
 def _session(
+    factory: Callable[..., Any],
     path: str | os.PathLike[str],
     proto: onnx.ModelProto,
     logits: Mapping[str, tuple[str, str]],
     side: int,
 ) -> Any:
-    """A session on the model at ``path``; with ``logits``, one that also
+    """A session (made by ``factory``, :func:`spa.ort.create_session` or one with
+    its signature) on the model at ``path``; with ``logits``, one that also
     returns each Softmax input as ``output (pre-softmax)`` (an Identity on it).
     The graph is edited in memory; external data is read from the model's folder."""
     if not logits:
-        return create_session(path)
+        return factory(path)
     edited = onnx.ModelProto()
     edited.CopyFrom(proto)
     for output, names in sorted(logits.items()):
         exposed = output + PRE_SOFTMAX
         edited.graph.node.append(onnx.helper.make_node("Identity", [names[side]], [exposed]))
         edited.graph.output.append(onnx.helper.make_empty_tensor_value_info(exposed))
-    return create_session(edited.SerializeToString(), external_folder=Path(path).parent)
+    return factory(edited.SerializeToString(), external_folder=Path(path).parent)

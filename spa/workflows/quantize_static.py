@@ -10,6 +10,7 @@ MACs covered and model bytes before/after.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Mapping
@@ -21,12 +22,12 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import load_model, load_proto
-from spa.ort import import_onnxruntime
+from spa.model_io import load_model
+from spa.ort import create_session
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.stats.coverage import covered_share
-from spa.verify import CosineMaxAbs, VerifyResult, input_specs, make_feeds, run_model, verify_models
+from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import VerifiedResult, file_bytes
 from spa.workflows.run import (
     PipelineOutcome,
@@ -87,13 +88,8 @@ def _has_half_floats(model: ir.Model) -> bool:
     return any(value.dtype in half for value in values)
 
 
-def _basic_session(path: Path) -> Any:
-    ort = import_onnxruntime()
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+#: ORT sessions at BASIC graph optimization (see :func:`_verify_basic` for why).
+_basic_session = functools.partial(create_session, optimization="basic")
 
 
 def _verify_basic(
@@ -106,13 +102,10 @@ def _verify_basic(
     and with optimizations off), and reject opset-21 INT8 QDQ MatMul + bias Add
     (their MatMul+Add->Gemm rewrite makes a QuantizeLinear whose output_dtype
     disagrees with its zero point), so those models are checked at BASIC,
-    which keeps every Q/DQ node as written.
+    which keeps every Q/DQ node as written. Feeds as :func:`verify_models`
+    (both branches of an input-selected ``If``).
     """
-    feeds = make_feeds(input_specs(load_proto(source)), seed=seed, **inputs)
-    expected = run_model(_basic_session(source), feeds)
-    actual = run_model(_basic_session(output), feeds)
-    checks = [policy.check(name, value, actual[name]) for name, value in expected.items()]
-    return VerifyResult(checks=checks, seed=seed, samples=1)
+    return verify_models(source, output, policy=policy, seed=seed, session=_basic_session, **inputs)
 
 
 def quantize_static_model(

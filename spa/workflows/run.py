@@ -25,7 +25,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import LiftConstantsToInitializersPass
+from onnx_ir.passes.common import (
+    InlinePass,
+    LiftConstantsToInitializersPass,
+    LiftSubgraphInitializersToMainGraphPass,
+)
 from typing_extensions import TypedDict
 
 from spa.calibration import (
@@ -228,15 +232,51 @@ def _replayable(
 
 
 def lift_constant_weights(model: ir.Model) -> int:
-    """Make every ``Constant`` node of 16 or more elements an initializer, so the
-    passes see it as a weight (a model exported with Constant-node weights was
-    otherwise left untouched, with 0 params reported); return how many."""
-    before = len(model.graph.initializers)
-    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(model)
-    lifted = len(model.graph.initializers) - before
+    """Make every ``Constant`` node of 16 or more elements a main-graph
+    initializer, so the passes see it as a weight (a model exported with
+    Constant-node weights was otherwise left untouched, with 0 params
+    reported); return how many.
+
+    Constants inside If/Loop/Scan bodies are lifted too, and every body
+    initializer moves to the main graph (bodies read it by name, as an
+    outer-scope reference), so pruning masks, quantization and external-data
+    saving find each weight in one place. Model-local functions that hold such
+    a Constant are inlined first: a function cannot hold initializers.
+    """
+    before = _constant_weights(model)
+    if any(_function_constant_weights(function) for function in model.functions.values()):
+        InlinePass(criteria=lambda function: _function_constant_weights(function) > 0)(model)
+        logger.info("inlined the model-local functions that hold Constant-node weights")
+    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=_LIFT_ELEMENTS)(model)
+    LiftSubgraphInitializersToMainGraphPass()(model)
+    lifted = before - _constant_weights(model)
     if lifted:
         logger.info("lifted %d Constant-node weights to initializers", lifted)
     return lifted
+
+
+_LIFT_ELEMENTS = 16  # as spa.stats.inspect.CONSTANT_WEIGHT_ELEMENTS counts weights
+
+
+def _is_constant_weight(node: ir.Node) -> bool:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return False
+    attr = node.attributes.get("value")
+    if attr is None or attr.type != ir.AttributeType.TENSOR:
+        return False
+    return attr.as_tensor().size >= _LIFT_ELEMENTS
+
+
+def _constant_weights(model: ir.Model) -> int:
+    """Constant-node weights in the main graph and every body, functions included."""
+    count = sum(
+        _is_constant_weight(node) for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    )
+    return count + sum(_function_constant_weights(f) for f in model.functions.values())
+
+
+def _function_constant_weights(function: ir.Function) -> int:
+    return sum(_is_constant_weight(node) for node in ir.traversal.RecursiveGraphIterator(function))
 
 
 def split_holdout(

@@ -1,0 +1,338 @@
+"""Control flow and constants: If/Loop bodies through analysis, pruning,
+quantization, sparsity, cleanup and verification, on inline ONNX-text models
+run in ONNX Runtime (issue 15, item 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import numpy_helper
+
+from spa.analysis import analyze, prepare
+from spa.model_io import load_model
+from spa.pass_manager import run_passes
+from spa.passes.prune import apply_plan
+from spa.passes.quantize import QuantizeWeightsPass
+from spa.passes.sparsify import Sparsify2to4Pass
+from spa.pruning.plan import make_plan
+from spa.verify import AllClose, CosineMaxAbs, input_specs, make_feeds, verify_models
+from spa.verify.branches import branch_feeds
+from spa.verify.mask import mask_model, masked_relative_error
+from spa.verify.runner import run_model
+from spa.workflows.quantize import default_min_cosine
+from spa.workflows.recipes import get_pass_class
+from spa.workflows.run import lift_constant_weights
+from tests.analysis_helpers import group_with, model_from_text
+
+#: Mask equivalence: pruned vs masked reference, relative to the output's scale.
+MASK_TOLERANCE = 1e-5
+
+LSTM_IN_IF = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[5, 1, 8] x, bool flag) => (float[5, 1, 4] y, float[5, 1, 8] z) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    y = If(flag) <
+        then_branch = lstm_branch () => (float[5, 1, 4] out1) {
+            seq, last = LSTM <hidden_size = 6> (r, lw, lr)
+            sq = Squeeze(seq, one)
+            out1 = MatMul(sq, w3)
+        },
+        else_branch = dense_branch () => (float[5, 1, 4] out2) {
+            out2 = MatMul(r, w2)
+        }
+    >
+    a = MatMul(x, wa)
+    b = Relu(a)
+    z = MatMul(b, wb)
+}
+"""
+LSTM_WEIGHTS = {
+    "w1": (8, 16), "lw": (1, 24, 16), "lr": (1, 24, 6), "w2": (16, 4), "w3": (6, 4),
+    "wa": (8, 12), "wb": (12, 8),
+}  # fmt: skip
+
+
+def _lstm_model() -> onnx.ModelProto:
+    return model_from_text(LSTM_IN_IF, LSTM_WEIGHTS, constants={"one": np.array([1], np.int64)})
+
+
+def test_a_group_read_by_an_lstm_inside_an_if_is_frozen_with_the_reason() -> None:
+    """The group feeding the LSTM through an outer-scope reference was once prunable."""
+    model = prepare(ir.serde.deserialize_model(_lstm_model()))
+    analysis = analyze(model)
+    hidden = group_with(analysis, "r", 2)
+    assert hidden.frozen and not hidden.prunable
+    assert any(
+        "If" in reason and "'r'" in reason and "LSTM" in reason for reason in hidden.frozen_reasons
+    ), hidden.frozen_reasons
+    assert group_with(analysis, "b", 2).prunable  # the plain MLP beside it still prunes
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_pruning_beside_an_lstm_inside_an_if_is_mask_equivalent_on_both_branches(
+    flag: bool,
+) -> None:
+    proto = _lstm_model()
+    model = prepare(ir.serde.deserialize_model(proto))
+    analysis = analyze(model)
+    plan = make_plan(model, analysis, ratio=0.5, criterion="random", seed=0)
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, plan)
+    statistics = apply_plan(model, analysis, plan)
+    assert statistics["channels_removed"] > 0
+    assert model.graph.initializers["wa"].const_value.shape[1] < 12
+    assert model.graph.initializers["w1"].const_value.shape[1] == 16  # read inside the body
+    feeds = make_feeds(input_specs(proto), seed=0)
+    feeds["flag"] = np.array(flag)
+    assert masked_relative_error(masked, model, feeds) <= MASK_TOLERANCE
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+
+
+def test_prune_cli_on_an_lstm_inside_an_if_writes_a_model_ort_runs(run_cli, tmp_path: Path) -> None:
+    source, output = tmp_path / "lstm_if.onnx", tmp_path / "pruned.onnx"
+    onnx.save(_lstm_model(), str(source))
+    result = run_cli("prune", source, "-o", output, "--ratio", "0.5", "--verify")
+    assert result.exit_code == 0, result.output
+    assert "branches | If" in result.output and "then+else" in result.output
+    feeds = make_feeds(input_specs(onnx.load(str(source))), seed=1)
+    for flag in (True, False):
+        outputs = run_model(output, {**feeds, "flag": np.array(flag)})
+        assert outputs["y"].shape == (5, 1, 4) and outputs["z"].shape == (5, 1, 8)
+
+
+def _constant(name: str, array: np.ndarray) -> str:
+    values = ", ".join(f"{v:.7g}" for v in array.ravel())
+    dims = ", ".join(str(d) for d in array.shape)
+    return f"{name} = Constant <value = float[{dims}] {{{values}}}> ()"
+
+
+def _loop_model(seed: int = 0) -> onnx.ModelProto:
+    """A Loop whose body holds one weight as a Constant node (``wc``) and reads
+    another (``wtop``) from the main graph by name."""
+    rng = np.random.default_rng(seed)
+    inner = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[2, 32] x, int64 trips) => (float[2, 32] y) {{
+        cond = Constant <value = bool {{1}}> ()
+        y = Loop(trips, cond, x) <
+            body = step (int64 i, bool c, float[2, 32] h) => (bool c_out, float[2, 32] h_out) {{
+                {_constant("wc", inner)}
+                m = MatMul(h, wc)
+                n = MatMul(m, wtop)
+                h_out = Tanh(n)
+                c_out = Identity(c)
+            }}
+        >
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    top = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(top, "wtop"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _loop_feeds(trips: int) -> dict[str, np.ndarray]:
+    x = np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)
+    return {"x": x, "trips": np.array(trips, dtype=np.int64)}
+
+
+def test_constant_weights_inside_a_loop_body_are_lifted_counted_and_quantized(
+    run_cli, tmp_path: Path
+) -> None:
+    source = tmp_path / "loop.onnx"
+    onnx.save(_loop_model(), str(source))
+    info = run_cli("inspect", source)
+    assert "params    2.0k (2048)" in info.output, info.output
+    model = load_model(source)
+    assert lift_constant_weights(model) == 1
+    assert "wc" in model.graph.initializers  # moved to the main graph; the body reads it by name
+    output = tmp_path / "q.onnx"
+    result = run_cli("quantize", source, "-o", output, "--weights", "int8", "--dim", "trips=3")
+    assert result.exit_code == 0, result.output
+    assert "nodes quantized 2" in result.output and "PASSED" in result.output
+    assert "MACs covered 100.0%" in result.output  # body MatMuls count
+    body = next(n for n in onnx.load(str(output)).graph.node if n.op_type == "Loop").attribute[0].g
+    assert [n.op_type for n in body.node].count("MatMulNBits") == 2
+
+
+def test_a_constant_weight_inside_a_local_function_is_counted_inlined_and_quantized(
+    run_cli, tmp_path: Path
+) -> None:
+    weight = np.random.default_rng(4).standard_normal((32, 16)).astype(np.float32)
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    agraph (float[2, 32] x) => (float[2, 16] y) {{
+        y = local.Dense(x)
+    }}
+    <domain: "local", opset_import: ["" : 17]>
+    Dense (a) => (b) {{
+        {_constant("w", weight)}
+        b = MatMul(a, w)
+    }}
+    """
+    source, output = tmp_path / "function.onnx", tmp_path / "q.onnx"
+    proto = onnx.parser.parse_model(text)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(source))
+    assert "params    512 (512)" in run_cli("inspect", source).output
+    model = load_model(source)
+    assert lift_constant_weights(model) == 1
+    assert not model.functions and [n.op_type for n in model.graph] == ["MatMul"]
+    result = run_cli("quantize", source, "-o", output, "--weights", "int8")
+    assert result.exit_code == 0 and "nodes quantized 1" in result.output, result.output
+    assert [n.op_type for n in onnx.load(str(output)).graph.node] == ["MatMulNBits"]
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx"])
+def test_a_matmul_weight_inside_a_loop_body_is_quantized_and_verified(
+    target: str, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "loop.onnx", tmp_path / "q.onnx"
+    onnx.save(_loop_model(), str(source))
+    model = load_model(source)
+    lift_constant_weights(model)
+    if target == "onnx":
+        model.opset_imports[""] = 21
+    quantize = QuantizeWeightsPass(bits=8, block=32, target=target)
+    (record,) = run_passes(model, [quantize])
+    assert record.statistics["nodes_quantized"] == 2
+    onnx.save(ir.serde.serialize_model(model), str(output))
+    expected, actual = run_model(source, _loop_feeds(2)), run_model(output, _loop_feeds(2))
+    scale = float(np.abs(expected["y"]).max())
+    # 2 iterations x 2 int8 MatMuls (block 32): 1.8% of the output's scale with the
+    # dequantized weights (onnx.reference agrees); ORT's fused QDQ form also
+    # quantizes the activations (2.6%)
+    assert 0 < float(np.abs(expected["y"] - actual["y"]).max()) <= 0.03 * scale
+    policy = CosineMaxAbs(min_cosine=default_min_cosine(8))  # what `spa quantize` checks
+    result = verify_models(source, output, policy=policy, int_ranges={"trips": (1, 2)})
+    assert result.passed, result.render()
+
+
+def test_sparsity_reaches_a_weight_inside_a_loop_body() -> None:
+    model = ir.serde.deserialize_model(_loop_model())
+    lift_constant_weights(model)
+    (record,) = run_passes(model, [Sparsify2to4Pass()])
+    assert record.statistics["nodes_sparsified"] == 2
+    for name in ("wc", "wtop"):
+        weight = model.graph.initializers[name].const_value.numpy()
+        runs = weight.reshape(8, 4, 32)  # runs of 4 along K
+        assert ((runs != 0).sum(axis=1) <= 2).all()
+    h = _loop_feeds(2)["x"]
+    for _ in range(2):  # the rewritten model computes exactly the sparse weights' Loop
+        h = np.tanh(h @ model.graph.initializers["wc"].const_value.numpy()
+                    @ model.graph.initializers["wtop"].const_value.numpy())  # fmt: skip
+    got = run_model(ir.serde.serialize_model(model).SerializeToString(), _loop_feeds(2))["y"]
+    np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-6)
+
+
+IDENTITY_IF = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 8] x, bool flag) => (float[2, 8] y) {
+    a = Relu(x)
+    b = Neg(x)
+    y = If(flag) <
+        then_branch = pass_a () => (float[2, 8] t) { t = Identity(a) },
+        else_branch = pass_b () => (float[2, 8] e) { e = Identity(b) }
+    >
+}
+"""
+CLEANUP_PASSES = [
+    "remove-identity", "eliminate-dead-code", "remove-unused-initializers", "infer-shapes",
+    "topological-sort", "fold-constants", "fold-batchnorm",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CLEANUP_PASSES)
+def test_an_if_whose_branches_are_one_identity_survives_every_cleanup_pass(name: str) -> None:
+    """remove-identity once returned an outer value straight from a branch (ORT refuses it)."""
+    proto = onnx.parser.parse_model(IDENTITY_IF)
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [get_pass_class(name)()])
+    rewritten = ir.serde.serialize_model(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        want = run_model(proto.SerializeToString(), feeds)["y"]
+        got = run_model(rewritten.SerializeToString(), feeds)["y"]
+        np.testing.assert_array_equal(got, want)
+
+
+INT_SELECTED_IF = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[4, 32] x, int64 mode) => (float[4, 16] y) {
+    limit = Constant <value = int64 {5}> ()
+    cond = Greater(mode, limit)
+    y = If(cond) <
+        then_branch = wide () => (float[4, 16] t) { t = MatMul(x, wt) },
+        else_branch = narrow () => (float[4, 16] e) { e = MatMul(x, we) }
+    >
+}
+"""
+
+
+def test_verification_feeds_take_both_branches_an_integer_input_selects(
+    tmp_path: Path,
+) -> None:
+    """Seeded feeds give mode in [0, 2): only the else branch, unless the verifier looks."""
+    proto = model_from_text(INT_SELECTED_IF, {"wt": (32, 16), "we": (32, 16)})
+    feeds = make_feeds(input_specs(proto), seed=0)
+    extras, coverage = branch_feeds(proto, feeds)
+    assert coverage.taken == {"#2": {"then", "else"}}
+    assert len(extras) == 1 and int(extras[0]["mode"]) > 5
+    source, broken = tmp_path / "m.onnx", tmp_path / "broken.onnx"
+    onnx.save(proto, str(source))
+    changed = onnx.load(str(source))
+    for tensor in changed.graph.initializer:
+        if tensor.name == "wt":  # a wrong rewrite inside the branch the seeds never take
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros((32, 16), np.float32), "wt"))
+    onnx.save(changed, str(broken))
+    result = verify_models(source, broken, policy=AllClose(rtol=1e-5))
+    assert not result.passed
+    assert "branches | If '#2': then+else" in result.render()
+    assert result.as_dict()["branches"] == {"#2": {"checked": ["then", "else"], "note": ""}}
+
+
+def test_a_branch_no_tried_value_selects_is_named_as_unchecked() -> None:
+    text = INT_SELECTED_IF.replace("int64 {5}", "int64 {1000}")
+    proto = model_from_text(text, {"wt": (32, 16), "we": (32, 16)})
+    extras, coverage = branch_feeds(proto, make_feeds(input_specs(proto), seed=0))
+    assert extras == [] and coverage.taken == {"#2": {"else"}}
+    assert "If '#2': else (not checked: then; no tried value of mode selects it)" in (
+        coverage.line()
+    )
+
+
+BRANCHES_AFTER_A_MATMUL = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[4, 32] x, int64 mode) => (float[4, 16] y) {
+    h = MatMul(x, w0)
+    limit = Constant <value = int64 {5}> ()
+    cond = Greater(mode, limit)
+    y = If(cond) <
+        then_branch = wide () => (float[4, 16] t) { t = MatMul(h, wt) },
+        else_branch = narrow () => (float[4, 16] e) { e = Neg(h) }
+    >
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [("--weights", "int8"), ("--activations", "int8")])
+def test_quantize_verifies_both_branches_an_integer_input_selects(
+    flags: tuple[str, str], run_cli, tmp_path: Path
+) -> None:
+    """`spa quantize` on such a model once crashed in verification (feeds took the other branch)."""
+    proto = model_from_text(BRANCHES_AFTER_A_MATMUL, {"w0": (32, 16), "wt": (16, 16)})
+    source, output = tmp_path / "if.onnx", tmp_path / "q.onnx"
+    onnx.save(proto, str(source))
+    result = run_cli("quantize", source, "-o", output, *flags)
+    assert result.exit_code == 0, result.output
+    assert "branches | If '#3': then+else" in result.output
+    assert result.output.splitlines()[-1].startswith("PASSED")
