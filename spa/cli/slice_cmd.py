@@ -35,10 +35,11 @@ __all__ = ["slice_command"]
 @calib_option
 @click.option(
     "--rotation",
-    type=click.Choice(["pca", "random"]),
+    type=click.Choice(["pca", "random", "none"]),
     default="pca",
     show_default=True,
-    help="PCA of the residual stream on --calib, or a seeded random rotation.",
+    help="PCA of the residual stream on --calib, a seeded random rotation, or none "
+    "(prune the hidden channels of least energy: the baseline).",
 )
 @click.option(
     "--bases",
