@@ -112,3 +112,11 @@ def test_slice_command_with_prune_checks_the_prune_by_masks(run_cli, tmp_path: P
     # hidden 16 -> 12 and MLP 20 -> 10: up and gate 12 x 10, down 10 x 12, table and head 24 x 12
     matrices = sorted(s for s in _weight_shapes(out).values() if len(s) == 2)
     assert matrices == [(10, 12), (12, 10), (12, 10), (12, 24), (24, 12)]
+
+
+def test_slice_command_refuses_a_prune_share_outside_zero_one(run_cli, tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(_rms_model(seed=4), str(model))
+    result = run_cli("slice", model, "-o", tmp_path / "s.onnx", "--prune", "1.5")
+    assert result.exit_code == 1 and "--prune 1.5: give a share in [0, 1)" in result.output
+    assert not (tmp_path / "s.onnx").exists()

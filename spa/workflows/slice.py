@@ -33,6 +33,7 @@ from typing import Any
 import onnx_ir as ir
 
 from spa.calibration import CalibrationSource
+from spa.errors import UserError
 from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord, SpaPass, run_passes
 from spa.passes.prune import PrunePass
@@ -83,6 +84,10 @@ class PruneAfterSlice:
     allocation: str = "uniform"
     max_group_ratio: float = 0.9
     bias_compensation: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise UserError(f"--prune {self.ratio}: give a share in [0, 1), e.g. --prune 0.25")
 
     def make_pass(self, seed: int) -> PrunePass:
         return PrunePass(
