@@ -16,7 +16,9 @@ and Columns", ICLR 2024 (arXiv 2401.15024). Two passes, run in this order
     from PCA of the norms' outputs on calibration data (``rotation="pca"``: the
     eigenvectors of ``sum_l C_l / tr(C_l)``, ``C_l = X_l^T X_l`` streamed in
     float64 by the pipeline), or is a seeded random orthogonal matrix
-    (``rotation="random"``, the exactness check). ``ratio`` of the hidden
+    (``rotation="random"``, the exactness check), or the identity with the channels
+    ordered by their energy (``rotation="none"``: hidden-size pruning without
+    rotation, the baseline). ``ratio`` of the hidden
     channels (the directions of least variance) are dropped: embeddings,
     writers, readers and the head shrink from ``D`` to ``D'``, readers gain
     ``sqrt(D / D')`` and eps ``D / D'`` so the norms see the same scale.
@@ -48,6 +50,7 @@ __all__ = [
     "ROTATIONS",
     "RotateSlicePass",
     "RotationInvariantPass",
+    "channel_selection",
     "kept_channels",
     "pca_rotation",
     "random_rotation",
@@ -56,7 +59,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ROTATIONS = ("pca", "random")
+#: ``none`` keeps the hidden channels of most energy unrotated: hidden-size pruning,
+#: the baseline beside slicing.
+ROTATIONS = ("pca", "random", "none")
 #: ``shared``: one Q for the whole stream; ``per-norm``: one per norm (per group of
 #: norms reading the same value), with ``Q_a^T Q_b`` on the residual skips.
 BASES = ("shared", "per-norm")
@@ -99,6 +104,17 @@ def pca_rotation(covariances: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     return vectors[:, order], values[order]
 
 
+def channel_selection(covariances: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the identity, the channel of most energy first (the diagonal of
+    ``sum C / tr(C)``), and those energies: hidden-size pruning without rotation."""
+    total = np.zeros(covariances[0].shape[0], dtype=np.float64)
+    for covariance in covariances:
+        trace = float(np.trace(covariance))
+        total += np.diag(covariance) / trace if trace > 0 else np.diag(covariance)
+    order = np.argsort(total, kind="stable")[::-1]
+    return np.eye(total.size)[:, order], total[order]
+
+
 @register_pass
 class RotationInvariantPass(SpaPass):
     """Fold norms into readers and centre LayerNorm streams (SliceGPT's invariant form).
@@ -130,7 +146,8 @@ class RotateSlicePass(SpaPass):
 
     Options: ``ratio`` (share of hidden channels removed), ``rotation``
     (``pca``: from calibration statistics; ``random``: seeded orthogonal
-    matrices, exact when ``ratio`` is 0), ``round_to`` (``D'`` a multiple of it),
+    matrices, exact when ``ratio`` is 0; ``none``: no rotation, the channels of
+    least energy on calibration data are pruned), ``round_to`` (``D'`` a multiple of it),
     ``seed``, ``bases`` (``shared`` or ``per-norm``, see the module). Needs the ``rotation-invariant`` form (run that pass first).
     """
 
@@ -158,7 +175,7 @@ class RotateSlicePass(SpaPass):
         self._source = ""
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        if self.rotation != "pca" or self._covariances:
+        if self.rotation == "random" or self._covariances:
             return None
         stream = residual_stream_or_error(model)
         names = tuple(norm.output.name for norm in stream.norms if norm.output.name)
@@ -184,11 +201,15 @@ class RotateSlicePass(SpaPass):
             if norm.output.name in self._covariances:
                 members[group].append(self._covariances[norm.output.name])
         if not all(members):
-            raise UserError("rotate-slice with rotation=pca needs calibration statistics for every norm; "
-                            "run it through the pipeline (spa slice --calib DATA)")  # fmt: skip
-        found = [pca_rotation(covariances) for covariances in members]
-        return [vectors for vectors, _ in found], {"source": self._source,
-                                                    "eigenvalues": [values.tolist() for _, values in found]}  # fmt: skip
+            raise UserError(f"rotate-slice with rotation={self.rotation} needs calibration statistics "
+                            "for every norm; run it through the pipeline (spa slice --calib DATA)")  # fmt: skip
+        choose = pca_rotation if self.rotation == "pca" else channel_selection
+        found = [choose(covariances) for covariances in members]
+        details: dict[str, Any] = {"source": self._source,
+                                   "eigenvalues": [values.tolist() for _, values in found]}  # fmt: skip
+        if self.rotation == "none":  # the hidden channels in order of energy, per basis
+            details["channel_order"] = [np.argmax(vectors, axis=0).tolist() for vectors, _ in found]
+        return [vectors for vectors, _ in found], details
 
     def call(self, model: ir.Model) -> SpaPassResult:
         stream = residual_stream_or_error(model)

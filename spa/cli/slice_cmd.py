@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,6 +12,8 @@ from spa.cli.options import (
     calib_option,
     check_calib_exists,
     command_line,
+    criterion_arguments,
+    criterion_options,
     dump_dir_option,
     input_arguments,
     input_options,
@@ -32,10 +35,11 @@ __all__ = ["slice_command"]
 @calib_option
 @click.option(
     "--rotation",
-    type=click.Choice(["pca", "random"]),
+    type=click.Choice(["pca", "random", "none"]),
     default="pca",
     show_default=True,
-    help="PCA of the residual stream on --calib, or a seeded random rotation.",
+    help="PCA of the residual stream on --calib, a seeded random rotation, or none "
+    "(prune the hidden channels of least energy: the baseline).",
 )
 @click.option(
     "--bases",
@@ -50,6 +54,13 @@ __all__ = ["slice_command"]
 @click.option(
     "--max-samples", type=int, default=None, help="Use at most this many calibration samples."
 )
+@click.option(
+    "--prune",
+    type=float,
+    default=None,
+    help="Then prune this share of heads and MLP channels of the sliced model (--criterion ...).",
+)
+@criterion_options
 @click.option("--no-exactness", is_flag=True, help="Skip the random-rotation exactness check.")
 @click.option(
     "--verify", is_flag=True, help="Compare sliced and input outputs (exit 3 if it fails)."
@@ -67,6 +78,7 @@ def slice_command(
     bases: str,
     round_to: int,
     max_samples: int | None,
+    prune: float | None,
     no_exactness: bool,
     verify: bool,
     report_path: Path | None,
@@ -79,14 +91,17 @@ def slice_command(
     atol: float,
     cosine: float | None,
     exact: bool,
+    **criteria: Any,
 ) -> None:
     """Rotate MODEL's residual stream and remove --ratio of its hidden size (SliceGPT).
 
     The tolerance flags judge --verify (the sliced model against the input);
     slicing is lossy, so give e.g. --cosine 0.95. The exactness check (a random
-    rotation, nothing sliced) always uses rtol 1e-4.
+    rotation, nothing sliced) always uses rtol 1e-4. With --prune, heads and MLP
+    channels of the sliced model are pruned in the same run (slice, then prune),
+    checked by mask equivalence against the sliced model.
     """
-    from spa.workflows.slice import slice_model
+    from spa.workflows.slice import PruneAfterSlice, slice_model
 
     check_calib_exists(calib)
     result = slice_model(
@@ -107,16 +122,20 @@ def slice_command(
         command=command_line(),
         dump_dir=dump_dir,
         on_pass_end=print_pass_line,
+        prune=None if prune is None else PruneAfterSlice(prune, **criterion_arguments(criteria)),
     )
     if result.exactness is not None:
         click.echo("exactness (random rotation, nothing sliced):")
         click.echo(result.exactness.render())
+    if result.prune_verification is not None:
+        click.echo("prune (mask equivalence against the sliced model):")
+        click.echo(result.prune_verification.render())
     if result.verification is not None:
         click.echo(result.verification.render())
     click.echo(result.verdict_line)
     failed = [
         check
-        for check in (result.exactness, result.verification)
+        for check in (result.exactness, result.prune_verification, result.verification)
         if check is not None and not check.passed
     ]
     if failed:

@@ -12,6 +12,12 @@ only change in the sliced model is the dropped directions.
 >>> result = slice_model("lm.onnx", "lm-sliced.onnx", ratio=0.25, calibration="calib.npz")  # doctest: +SKIP
 >>> result.verdict_line  # doctest: +SKIP
 'DONE | slice | hidden 192 → 144 | params 1.7M → 1.3M (-25%) | ... | exact rotation max rel 3e-7'
+
+With ``prune`` (a ratio) a ``prune`` pass follows in the same pipeline: heads
+and MLP channels of the *sliced* model are removed by the analyzer's groups
+(``criterion``, ``allocation``, ... as :class:`spa.passes.prune.PrunePass`,
+calibrated on the sliced model's signals), and that step is checked by mask
+equivalence against the sliced model (always: it is exact by construction).
 """
 
 from __future__ import annotations
@@ -24,16 +30,28 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import onnx_ir as ir
+
 from spa.calibration import CalibrationSource
+from spa.errors import UserError
 from spa.model_io import load_model, save_model
-from spa.pass_manager import PassRecord, run_passes
+from spa.pass_manager import PassRecord, SpaPass, run_passes
+from spa.passes.prune import PrunePass
 from spa.passes.slice import RotateSlicePass, RotationInvariantPass
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, CosineMaxAbs, Policy, VerifyResult, verify_models
+from spa.verify.quality import quality_verdict
+from spa.workflows.prune import prune_report, verify_prune
 from spa.workflows.run import RunOptions, run_pipeline
 
-__all__ = ["EXACTNESS_TOLERANCE", "SliceResult", "check_exactness", "slice_model"]
+__all__ = [
+    "EXACTNESS_TOLERANCE",
+    "PruneAfterSlice",
+    "SliceResult",
+    "check_exactness",
+    "slice_model",
+]
 
 #: Relative tolerance of the exactness check (random rotation, nothing sliced).
 EXACTNESS_TOLERANCE = 1e-4
@@ -51,6 +69,32 @@ class SliceResult:
     report: dict[str, Any]
     verdict_line: str
     records: list[PassRecord] = dataclasses.field(default_factory=list)
+    #: Mask equivalence of the prune step against the sliced model (with ``prune``).
+    prune_verification: VerifyResult | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneAfterSlice:
+    """Head and MLP pruning after slicing (the options of :class:`spa.passes.prune.PrunePass`)."""
+
+    ratio: float
+    criterion: str = "l1"
+    round_to: int = 1
+    reduction: str = "sum"
+    allocation: str = "uniform"
+    max_group_ratio: float = 0.9
+    bias_compensation: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise UserError(f"--prune {self.ratio}: give a share in [0, 1), e.g. --prune 0.25")
+
+    def make_pass(self, seed: int) -> PrunePass:
+        return PrunePass(
+            self.ratio, self.criterion, seed, self.round_to, reduction=self.reduction,
+            allocation=self.allocation, max_group_ratio=self.max_group_ratio,
+            bias_compensation=self.bias_compensation, keep_reference=True,
+        )  # fmt: skip
 
 
 def check_exactness(
@@ -100,6 +144,7 @@ def slice_model(
     command: str | None = None,
     dump_dir: str | os.PathLike[str] | None = None,
     on_pass_end: Callable[[PassRecord, int], None] | None = None,
+    prune: PruneAfterSlice | float | None = None,
 ) -> SliceResult:
     """Slice ``ratio`` of ``model``'s hidden channels into ``output``.
 
@@ -108,7 +153,9 @@ def slice_model(
     inputs, with a warning. ``bases``: ``shared`` (one ``Q``) or ``per-norm``
     (one per norm, shortcut matrices on the skips). ``exactness`` runs :func:`check_exactness` first;
     ``verify`` compares the sliced model with the input (slicing is lossy: the
-    default ``policy`` asks for an output cosine of 0.9).
+    default ``policy`` asks for an output cosine of 0.9). ``prune`` (a
+    :class:`PruneAfterSlice`, or a ratio with the ``l1`` criterion) then prunes
+    heads and MLP channels of the sliced model in the same pipeline.
     """
     start = time.perf_counter()
     source, output = Path(model), Path(output)
@@ -119,10 +166,13 @@ def slice_model(
         seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges, calibration=calibration,
         max_calibration_samples=max_calibration_samples, dump_dir=dump_dir, on_pass_end=on_pass_end,
     )  # fmt: skip
-    passes = [
+    pruning = PruneAfterSlice(prune) if isinstance(prune, (int, float)) else prune
+    passes: list[SpaPass] = [
         RotationInvariantPass(),
         RotateSlicePass(ratio=ratio, rotation=rotation, round_to=round_to, seed=seed, bases=bases),
     ]
+    if pruning is not None:
+        passes.append(pruning.make_pass(seed))
     outcome = run_pipeline(source, output, passes, options, model=loaded)
     verification = (
         verify_models(
@@ -131,7 +181,7 @@ def slice_model(
         if verify
         else None
     )
-    sliced = outcome.records[-1].statistics
+    sliced = outcome.records[1].statistics
     before = reporting.compute_stats(
         outcome.before, shapes=shapes, dims=dims, base_dir=source.resolve().parent
     )
@@ -160,25 +210,56 @@ def slice_model(
         "macs_after": after.total_macs,
         "exactness": None if exact is None else exact.as_dict(),
     }
+    report["quality"] = outcome.quality.as_dict() if outcome.quality else None
+    report["quality_note"] = outcome.quality_note
+    pruned = None
+    if pruning is not None:
+        pruned = verify_prune(outcome.details("prune"), output, None, options)
+        report["prune"] = _prune_part(outcome.details("prune"), after, pruned, shapes, dims)
     if report_path is not None:
         reporting.write_report(report, Path(report_path))
     seconds = time.perf_counter() - start
     return SliceResult(
         output, int(sliced["hidden_before"]), int(sliced["hidden_after"]), exact, verification,
-        report, _verdict(report["slice"], exact, verification, seconds), outcome.records,
+        report, _verdict(report, exact, verification, pruned, seconds), outcome.records, pruned,
     )  # fmt: skip
 
 
+def _prune_part(
+    details: dict[str, Any],
+    after: reporting.ModelStats,
+    verification: VerifyResult | None,
+    shapes: Mapping[str, tuple[int, ...]] | None,
+    dims: Mapping[str, int] | None,
+) -> dict[str, Any]:
+    """The prune step's report; its "before" is the sliced model (the mask reference)."""
+    reference = details["reference"]
+    sliced = (
+        after
+        if reference is None
+        else reporting.compute_stats(ir.serde.serialize_model(reference), shapes=shapes, dims=dims)
+    )
+    return prune_report(details, sliced, after, verification)
+
+
 def _verdict(
-    summary: dict[str, Any],
+    report: dict[str, Any],
     exact: VerifyResult | None,
     verification: VerifyResult | None,
+    pruned: VerifyResult | None,
     seconds: float,
 ) -> str:
+    summary, prune_part = report["slice"], report.get("prune")
     params_b, params_a = summary["params_before"], summary["params_after"]
     change = (params_a - params_b) / params_b * 100 if params_b else 0.0
     text = (
-        f"slice | hidden {summary['hidden_before']} → {summary['hidden_after']} | params "
+        f"{'slice+prune' if prune_part else 'slice'} | hidden {summary['hidden_before']} → "
+        f"{summary['hidden_after']}"
+    )
+    if prune_part:
+        text += f" | groups {prune_part['groups_pruned']}/{prune_part['groups_total']} pruned"
+    text += (
+        " | params "
         f"{human_count(params_b)} → {human_count(params_a)} ({change:+.0f}%) | MACs "
         f"{human_count(summary['macs_before'])} → {human_count(summary['macs_after'])}"
     )
@@ -188,12 +269,16 @@ def _verdict(
     if exact is not None:
         text += f" | exact rotation max rel {exact.max_rel_diff:.1g}"
         failed = not exact.passed
+    if pruned is not None:
+        text += f" | prune mask max|Δ| {pruned.max_abs_diff:.1g}"
+        failed = failed or not pruned.passed
     if verification is not None:
         text += f" | sliced vs input max rel {verification.max_rel_diff:.2g}"
         failed = failed or not verification.passed
+    text += f" | {quality_verdict(report.get('quality'), report.get('quality_note', ''))}"
     head = (
         "FAILED"
         if failed
-        else ("PASSED" if exact is not None or verification is not None else "DONE")
+        else ("PASSED" if any(c is not None for c in (exact, verification, pruned)) else "DONE")
     )
     return f"{head} | {text} | {seconds:.1f}s"
