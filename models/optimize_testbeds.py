@@ -86,15 +86,16 @@ def run_bed(name: str, max_drop: float, folder: Path) -> dict:
 def table(name: str, search: dict) -> list[str]:
     dense = search["metric_dense"]
     lines = [f"### {name} ({HEADLINE[name]}, dense {dense:.4f} on the subset)", "",
-             "| candidate | metric | loss | speedup vs dense | MB | decision |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| candidate | metric | loss | speedup vs dense | MACs | MB | decision |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in search["candidates"]:
         metric = "-" if c["metric_after"] is None else f"{c['metric_after']:.4f}"
         loss = "-" if c["quality_loss"] is None else f"{c['quality_loss']:.2%}"
         speed = "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"
         size = f"{c['bytes'] / 1e6:.2f}" if c["bytes"] else "-"
+        macs = f"{c['macs'] / search['input_macs']:.0%}" if c["macs"] and search["input_macs"] else "-"
         verdict = ("**accepted**" if c["accepted"] else "rejected") + f": {c['reason']}"
-        lines.append(f"| {c['name']} | {metric} | {loss} | {speed} | {size} | {verdict} |")
+        lines.append(f"| {c['name']} | {metric} | {loss} | {speed} | {macs} | {size} | {verdict} |")
     chosen = next((c for c in search["candidates"] if c["name"] == search["chosen"]), None)
     if chosen is None:
         lines += ["", "Output: a copy of the input (no candidate within budget and not slower)."]

@@ -85,6 +85,24 @@ def test_choose_follows_the_objective() -> None:
     assert choose([_row("slow", 0.0, 0.9)], "latency") is None
 
 
+def test_pruning_ladder_stops_at_the_first_break_then_bisects() -> None:
+    from spa.workflows.search import _ladder
+
+    def tried(within: set[float]) -> list[float]:
+        passed: list[float] = []
+        shares = []
+        for share in _ladder(passed):
+            shares.append(share)
+            if share in within:
+                passed.append(share)
+        return shares
+
+    assert tried(set()) == [0.125, 0.0625]
+    assert tried({0.125}) == [0.125, 0.25, 0.1875]
+    assert tried({0.125, 0.25}) == [0.125, 0.25, 0.5, 0.375]
+    assert tried({0.125, 0.25, 0.5}) == [0.125, 0.25, 0.5]
+
+
 def test_parsers_give_one_line_errors() -> None:
     assert parse_max_drop("1%") == pytest.approx(0.01)
     assert parse_max_drop("0.02") == pytest.approx(0.02)

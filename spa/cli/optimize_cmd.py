@@ -217,6 +217,6 @@ def _search(
         **input_arguments(shapes, dims, int_ranges), report_path=report_path,
         command=command_line(), **chosen,
     )  # fmt: skip
-    click.echo(render_candidates(result.candidates))
+    click.echo(render_candidates(result.candidates, result.report["search"]["input_macs"]))
     click.echo(f"quality: {result.report['search']['quality_measure']}")
     click.echo(result.verdict_line)

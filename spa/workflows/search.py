@@ -208,6 +208,23 @@ class _Measure:
         result.bytes, result.params, result.macs = file_bytes(path), stats.params, stats.total_macs
 
 
+def _prune_name(ratio: float) -> str:
+    return f"prune {ratio * 100:g}%"
+
+
+def _ladder(passed: list[float]) -> Iterator[float]:
+    """Pruning shares to try: :data:`PRUNE_RATIOS` upwards until one breaks the
+    budget (a larger share only loses more: NetAdapt's one-step-at-a-time
+    descent), then once halfway between the last share within budget (or 0)
+    and the first that broke it. ``passed`` is filled by the caller."""
+    for ratio in PRUNE_RATIOS:
+        yield ratio
+        if not passed or passed[-1] != ratio:
+            below = passed[-1] if passed else 0.0
+            yield (below + ratio) / 2
+            return
+
+
 def _plan(done: list[CandidateResult], max_drop: float, formats: Sequence[str]) -> Iterator[Candidate]:
     """The candidates in order; each is planned after the earlier ones were measured."""
     yield _CLEANUP
@@ -215,21 +232,19 @@ def _plan(done: list[CandidateResult], max_drop: float, formats: Sequence[str]) 
     # itself was not slower (ORT fuses a cleaned MiniLM differently, 0.92-0.95x).
     clean = (Step("cleanup"),) if (done[0].speedup or 0.0) >= 1.0 else ()
     pruned: list[float] = []
-    for ratio in PRUNE_RATIOS:
-        step = Step("prune", ratio)
-        yield Candidate(f"prune {ratio:.1%}".replace(".0%", "%"), (step,))
+    for ratio in _ladder(pruned):
+        yield Candidate(_prune_name(ratio), (Step("prune", ratio),))
         last = done[-1]
-        if last.quality_loss is None or last.quality_loss > max_drop:
-            break  # a larger share only loses more (NetAdapt's ladder)
-        pruned.append(ratio)
+        if last.quality_loss is not None and last.quality_loss <= max_drop:
+            pruned.append(ratio)
     for name in formats:
         yield Candidate(name, (*clean, Step(name)))
     quant_ok = [r for r in done if r.steps[-1] in formats and r.quality_loss is not None
                 and r.quality_loss <= max_drop and (r.speedup or 0.0) >= 1.0]  # fmt: skip
-    for ratio in reversed(pruned[-2:]):
+    for ratio in reversed(sorted(pruned)[-2:]):
         for quant in quant_ok:
-            prune_name = f"prune {ratio:.1%}".replace(".0%", "%")
-            yield Candidate(f"{prune_name} + {quant.name}", (Step("prune", ratio), Step(quant.name)))
+            steps = (Step("prune", ratio), Step(quant.name))
+            yield Candidate(f"{_prune_name(ratio)} + {quant.name}", steps)
         if any(r.accepted for r in done[-len(quant_ok):]) or not quant_ok:
             break  # the largest share combined within budget: done
 
@@ -240,7 +255,7 @@ def _run_candidates(
 ) -> list[CandidateResult]:  # fmt: skip
     results: list[CandidateResult] = []
     built: dict[tuple[Step, ...], Path] = {}
-    total = 1 + len(PRUNE_RATIOS) + len(QUANT_FORMATS) + 2
+    total = 2 + len(PRUNE_RATIOS) + len(QUANT_FORMATS) + 2
     for candidate in track(_plan(results, max_drop, list(QUANT_FORMATS)), total=total,
                            description="candidates"):  # fmt: skip
         result = CandidateResult(candidate.name, [step.kind for step in candidate.steps])
@@ -295,15 +310,20 @@ def _write_output(source: Path, output: Path, chosen: CandidateResult | None) ->
         shutil.copyfile(source, output)  # the input itself, byte for byte
 
 
-def render_candidates(candidates: Sequence[CandidateResult]) -> str:
-    """One line per candidate: quality loss, speedup, size, decision and why."""
-    lines = [f"{'candidate':34s} {'quality loss':>12s} {'speedup':>8s} {'MB':>8s}  decision"]
+def render_candidates(candidates: Sequence[CandidateResult], input_macs: int = 0) -> str:
+    """One line per candidate: quality loss, speedup, MACs kept, size, decision and why."""
+    lines = [
+        f"{'candidate':34s} {'quality loss':>12s} {'speedup':>8s} {'MACs':>6s} {'MB':>8s}  decision"
+    ]
     for result in candidates:
         loss = "-" if result.quality_loss is None else f"{result.quality_loss:.2%}"
         speed = "-" if result.speedup is None else f"{result.speedup:.2f}x"
+        macs = f"{result.macs / input_macs:.0%}" if input_macs and result.macs else "-"
         size = f"{result.bytes / 1e6:.2f}" if result.bytes else "-"
         verdict = "accepted" if result.accepted else "rejected"
-        lines.append(f"{result.name:34s} {loss:>12s} {speed:>8s} {size:>8s}  {verdict}: {result.reason}")
+        lines.append(
+            f"{result.name:34s} {loss:>12s} {speed:>8s} {macs:>6s} {size:>8s}  {verdict}: {result.reason}"
+        )
     return "\n".join(lines)
 
 
@@ -378,6 +398,7 @@ def optimize_search(
     feed_shapes = {name: tuple(np.asarray(value).shape) for name, value in held[0].items()}
     measure = _Measure(source, held, metric_function, metric, metric_dense, target,
                        latency_budget_s, dict(shapes or feed_shapes))  # fmt: skip
+    before = reporting.compute_stats(source, shapes=measure.shapes)
     inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
     context = BuildContext(calib, criterion, allocation, round_to, seed, inputs)
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
@@ -396,7 +417,8 @@ def optimize_search(
             "quality_measure": measure_text, "metric": metric, "metric_dense": metric_dense,
             "calibration_samples": len(calib), "holdout_samples": len(held),
             "pruning": {"criterion": criterion, "allocation": allocation, "round_to": round_to},
-            "input_bytes": file_bytes(source),
+            "input_bytes": file_bytes(source), "input_params": before.params,
+            "input_macs": before.total_macs,
             "candidates": [result.as_dict() for result in results],
             "chosen": chosen.name if chosen else None,
             "output": "candidate" if chosen else "copy of the input",
