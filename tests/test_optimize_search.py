@@ -213,3 +213,26 @@ def test_search_without_calib_is_one_line(run_cli, mlp: Path, tmp_path: Path) ->
     result = run_cli("optimize", mlp, "-o", tmp_path / "o.onnx", "--max-drop", "1%")
     assert result.exit_code == 1
     assert "--max-drop needs real samples to measure quality on; give --calib DATA" in result.stderr
+
+
+def test_a_rerun_with_cache_resumes_from_measured_candidates(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    reports = [tmp_path / "first.json", tmp_path / "second.json"]
+    for report in reports:
+        result = run_cli("optimize", mlp, "-o", tmp_path / f"{report.stem}.onnx", "--calib", calib,
+                         "--max-drop", "1%", "--cache", cache, "--report", report)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    first, second = (json.loads(r.read_text())["search"]["candidates"] for r in reports)
+    assert [row["name"] for row in first] == [row["name"] for row in second]
+    for before, after in zip(first, second, strict=True):
+        if before["speedup"] is None:
+            continue
+        assert after["reason"].endswith("(from cache)")
+        assert (after["speedup"], after["quality_loss"]) == (before["speedup"], before["quality_loss"])
+    other = run_cli("optimize", mlp, "-o", tmp_path / "o.onnx", "--calib", calib, "--max-drop",
+                    "1%", "--cache", cache, "--round-to", "4", "--report", reports[0])  # fmt: skip
+    assert other.exit_code == 0
+    rows = json.loads(reports[0].read_text())["search"]["candidates"]
+    assert not any("from cache" in row["reason"] for row in rows[1:] if "prune" in row["name"])

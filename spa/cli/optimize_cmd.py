@@ -78,6 +78,12 @@ __all__ = ["optimize_command"]
 @click.option(
     "--time-budget", metavar="DURATION", help="With --max-drop: stop trying candidates after 90s, 10m, 1h."
 )
+@click.option(
+    "--cache",
+    "search_cache",
+    type=click.Path(path_type=Path),
+    help="With --max-drop: keep measured candidates here and resume from them.",
+)
 @input_options
 @tolerance_options()
 def optimize_command(
@@ -108,18 +114,19 @@ def optimize_command(
     objective: str,
     allow_slower: bool,
     time_budget: str | None,
+    search_cache: Path | None,
     **criteria: Any,
 ) -> None:
     """Run a recipe of passes over MODEL and write the optimized model to -o; with
     --max-drop, search for the fastest (or smallest) model within that quality loss."""
     context = click.get_current_context()
-    search_flags = ("target", "objective", "allow_slower", "time_budget")
+    search_flags = ("target", "objective", "allow_slower", "time_budget", "search_cache")
     if max_drop is not None:
         _search(context, model, output, calib, max_drop, target, objective, allow_slower,
                 time_budget, holdout, metric, seed, shapes, dims, int_ranges, report_path,
-                round_to, criteria)  # fmt: skip
+                round_to, search_cache, criteria)  # fmt: skip
         return
-    given = [f"--{name.replace('_', '-')}" for name in search_flags if _given(context, name)]
+    given = [_flag(name) for name in search_flags if _given(context, name)]
     if given:
         raise UserError(f"{given[0]} only applies to the search; add --max-drop, e.g. --max-drop 1%")
     if print_passes:
@@ -178,6 +185,10 @@ def optimize_command(
     echo_verdict(result.verdict_line, not failed, result.output)
 
 
+def _flag(name: str) -> str:
+    return {"prune_ratio": "--prune", "search_cache": "--cache"}.get(name, f"--{name.replace('_', '-')}")
+
+
 def _given(context: click.Context, name: str) -> bool:
     source = context.get_parameter_source(name)
     return source is not None and source != click.core.ParameterSource.DEFAULT
@@ -188,7 +199,7 @@ def _search(
     target: str, objective: str, allow_slower: bool, time_budget: str | None, holdout: float,
     metric: str | None, seed: int, shapes: tuple[str, ...], dims: tuple[str, ...],
     int_ranges: tuple[str, ...], report_path: Path | None, round_to: int,
-    criteria: dict[str, Any],
+    cache: Path | None, criteria: dict[str, Any],
 ) -> None:  # fmt: skip
     """``--max-drop``: check the flags, run :func:`spa.workflows.search.optimize_search`, print."""
     from spa.workflows.search import (
@@ -202,8 +213,7 @@ def _search(
     budget = parse_time_budget(time_budget)
     for name in ("recipe", "prune_ratio", "dry_run", "latency_runs"):
         if _given(context, name):
-            flag = {"prune_ratio": "--prune"}.get(name, f"--{name.replace('_', '-')}")
-            raise UserError(f"{flag} does not combine with --max-drop (the search picks the steps); drop one")
+            raise UserError(f"{_flag(name)} does not combine with --max-drop (the search picks the steps); drop one")
     if output is None:
         raise UserError("missing -o/--output; say where to write the optimized model")
     if calib is None:
@@ -215,7 +225,7 @@ def _search(
         allow_slower=allow_slower, time_budget_s=budget, holdout=holdout, metric=metric,
         round_to=round_to if _given(context, "round_to") else 8, seed=seed,
         **input_arguments(shapes, dims, int_ranges), report_path=report_path,
-        command=command_line(), **chosen,
+        command=command_line(), cache=cache, **chosen,
     )  # fmt: skip
     click.echo(render_candidates(result.candidates, result.report["search"]["input_macs"]))
     click.echo(f"quality: {result.report['search']['quality_measure']}")

@@ -44,6 +44,7 @@ from spa.verify.latency import TARGETS, compare_latency
 from spa.verify.quality import Quality, load_metric, measure_quality
 from spa.workflows.results import file_bytes
 from spa.workflows.run import split_holdout
+from spa.workflows.search_cache import SearchCache, hash_file, hash_samples
 from spa.workflows.search_space import (
     PRUNE_RATIOS,
     QUANT_FORMATS,
@@ -51,6 +52,7 @@ from spa.workflows.search_space import (
     Candidate,
     Step,
     build_candidate,
+    step_label,
 )
 
 __all__ = [
@@ -249,33 +251,58 @@ def _plan(done: list[CandidateResult], max_drop: float, formats: Sequence[str]) 
             break  # the largest share combined within budget: done
 
 
+_STORED = ("quality_loss", "quality", "metric_after", "speedup", "latency_line", "bytes",
+           "params", "macs", "checks", "reason", "seconds")  # fmt: skip
+
+
+def _measure_one(
+    candidate: Candidate, result: CandidateResult, measure: _Measure, context: BuildContext,
+    folder: Path, built: dict[tuple[Step, ...], Path], cache: SearchCache | None,
+) -> None:  # fmt: skip
+    """Build and measure ``candidate`` into ``result`` (or take both from ``cache``)."""
+    stored = cache.load(result.steps) if cache else None
+    if stored is not None:
+        figures, result.path = stored
+        for name in _STORED:
+            setattr(result, name, figures.get(name))
+        built[candidate.steps] = result.path
+        result.reason = "from cache"
+        return
+    start = time.perf_counter()
+    context.checks = {}
+    try:
+        result.path = build_candidate(candidate, measure.source, folder, context, built)
+        result.checks = dict(context.checks)
+        measure(result, result.path)
+    except UserError as error:
+        result.reason = f"could not be built: {error}"
+    except Exception as error:  # one broken candidate must not end the search
+        logger.warning("candidate %s failed", candidate.name, exc_info=True)
+        first = str(error).splitlines()[0] if str(error) else ""
+        result.reason = f"failed: {type(error).__name__}: {first}"
+    result.seconds = time.perf_counter() - start
+    if cache is not None and result.path is not None and result.speedup is not None:
+        cache.store(result.steps, {name: getattr(result, name) for name in _STORED}, result.path)
+
+
 def _run_candidates(
     measure: _Measure, context: BuildContext, folder: Path, max_drop: float,
-    allow_slower: bool, deadline: float | None,
+    allow_slower: bool, deadline: float | None, cache: SearchCache | None = None,
 ) -> list[CandidateResult]:  # fmt: skip
     results: list[CandidateResult] = []
     built: dict[tuple[Step, ...], Path] = {}
     total = 2 + len(PRUNE_RATIOS) + len(QUANT_FORMATS) + 2
     for candidate in track(_plan(results, max_drop, list(QUANT_FORMATS)), total=total,
                            description="candidates"):  # fmt: skip
-        result = CandidateResult(candidate.name, [step.kind for step in candidate.steps])
+        result = CandidateResult(candidate.name, [step_label(step) for step in candidate.steps])
         results.append(result)
         if deadline is not None and time.monotonic() > deadline and candidate is not _CLEANUP:
             result.reason = "not measured: time budget spent"
             continue
-        start = time.perf_counter()
-        context.checks = {}
-        try:
-            result.path = build_candidate(candidate, measure.source, folder, context, built)
-            result.checks = dict(context.checks)
-            measure(result, result.path)
-        except UserError as error:
-            result.reason = f"could not be built: {error}"
-        except Exception as error:  # one broken candidate must not end the search
-            logger.warning("candidate %s failed", candidate.name, exc_info=True)
-            result.reason = f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        result.seconds = time.perf_counter() - start
+        _measure_one(candidate, result, measure, context, folder, built, cache)
+        cached = result.reason == "from cache"
         result.accepted, result.reason = decide(result, max_drop, allow_slower)
+        result.reason += " (from cache)" if cached else ""
         logger.info("%s: %s", result.name, result.reason)
     return results
 
@@ -373,6 +400,7 @@ def optimize_search(
     dims: Mapping[str, int] | None = None,
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
     latency_budget_s: float = 3.0,
+    cache: str | os.PathLike[str] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     command: str | None = None,
 ) -> SearchResult:
@@ -381,7 +409,9 @@ def optimize_search(
 
     ``calibration`` are real samples; the last ``holdout`` share of them is kept
     out of every calibration and measures quality. ``metric`` is a task metric
-    ``module:function`` (model path -> number, higher is better). Pruning
+    ``module:function`` (model path -> number, higher is better). ``cache``
+    is a folder of measured candidates (:mod:`spa.workflows.search_cache`) a
+    rerun resumes from. Pruning
     candidates use ``criterion``/``allocation`` (default FLAP scores from the
     calibration samples, ranked globally) and keep multiples of ``round_to``.
     """
@@ -401,8 +431,18 @@ def optimize_search(
     before = reporting.compute_stats(source, shapes=measure.shapes)
     inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
     context = BuildContext(calib, criterion, allocation, round_to, seed, inputs)
+    store = None
+    if cache is not None:
+        store = SearchCache(Path(cache), {
+            "model": hash_file(source), "calibration": hash_samples(calib),
+            "holdout": hash_samples(held), "metric": metric, "target": target,
+            "criterion": criterion, "allocation": allocation, "round_to": round_to, "seed": seed,
+            "inputs": inputs, "latency_budget_s": latency_budget_s,
+        })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
-        results = _run_candidates(measure, context, Path(staging), max_drop, allow_slower, deadline)
+        results = _run_candidates(
+            measure, context, Path(staging), max_drop, allow_slower, deadline, store
+        )
         chosen = _confirm(results, objective, measure, allow_slower)
         _write_output(source, output, chosen)
     _, measure_text = quality_loss(Quality(0, []), metric_dense, 0.0 if metric else None)
