@@ -227,7 +227,9 @@ def _ladder(passed: list[float]) -> Iterator[float]:
             return
 
 
-def _plan(done: list[CandidateResult], max_drop: float, formats: Sequence[str]) -> Iterator[Candidate]:
+def _plan(
+    done: list[CandidateResult], max_drop: float, formats: Sequence[str], allow_slower: bool
+) -> Iterator[Candidate]:
     """The candidates in order; each is planned after the earlier ones were measured."""
     yield _CLEANUP
     # The cleaned model is the base of the quantized candidates only when cleanup
@@ -242,7 +244,7 @@ def _plan(done: list[CandidateResult], max_drop: float, formats: Sequence[str]) 
     for name in formats:
         yield Candidate(name, (*clean, Step(name)))
     quant_ok = [r for r in done if r.steps[-1] in formats and r.quality_loss is not None
-                and r.quality_loss <= max_drop and (r.speedup or 0.0) >= 1.0]  # fmt: skip
+                and r.quality_loss <= max_drop and ((r.speedup or 0.0) >= 1.0 or allow_slower)]  # fmt: skip
     for ratio in reversed(sorted(pruned)[-2:]):
         for quant in quant_ok:
             steps = (Step("prune", ratio), Step(quant.name))
@@ -292,7 +294,7 @@ def _run_candidates(
     results: list[CandidateResult] = []
     built: dict[tuple[Step, ...], Path] = {}
     total = 2 + len(PRUNE_RATIOS) + len(QUANT_FORMATS) + 2
-    for candidate in track(_plan(results, max_drop, list(QUANT_FORMATS)), total=total,
+    for candidate in track(_plan(results, max_drop, list(QUANT_FORMATS), allow_slower), total=total,
                            description="candidates"):  # fmt: skip
         result = CandidateResult(candidate.name, [step_label(step) for step in candidate.steps])
         results.append(result)
