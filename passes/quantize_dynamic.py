@@ -6,7 +6,11 @@
 * ``Gemm(A, B, C)`` with constant ``B``, ``alpha = 1``, ``transA = 0`` (``transB``
   either way; ``C`` scaled by ``beta``),
 
-into ``com.microsoft.DynamicQuantizeMatMul(A, W_q, scale, zero_point[, bias])``:
+into ``com.microsoft.DynamicQuantizeMatMul(A, W_q, scale, zero_point[, bias])``,
+and ``LSTM`` with constant float32 ``W`` and ``R`` into
+``com.microsoft.DynamicQuantizeLSTM`` (weights stored transposed as
+``[directions, input, 4*hidden]`` and ``[directions, hidden, 4*hidden]`` INT8 with
+one scale per direction and gate column; every other input and attribute kept):
 the weight is stored as per-column symmetric INT8 (one scale per output
 column, zero point 0) and ONNX Runtime quantizes the activation to UINT8 per
 tensor at run time, multiplies in integers (MLAS) and rescales to float. This is
@@ -22,7 +26,9 @@ float (quantizing the activation costs more than the product saves).
 Skipped, each with its reason in :attr:`QuantizeDynamicPass.decisions`: the
 cases of :func:`spa.passes.quantize.weight_reason` (not a constant initializer,
 shared, not 2-D, ...), non-float32 weights (the op's activation is float32),
-and small weights. Only the main graph is rewritten.
+and small weights; LSTMs whose ``W`` or ``R`` is not a constant 3-D float32
+initializer, or that use an attribute the contrib op lacks (``layout``). Only
+the main graph is rewritten.
 """
 
 from __future__ import annotations
@@ -79,6 +85,50 @@ def _bias_input(graph: ir.Graph, candidate: Candidate, columns: int) -> ir.Value
     return add_initializer(graph, f"{bias.name}_dq_bias", ir.Tensor(scaled))
 
 
+def _constant_3d(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None or value.producer() is not None:
+        return None
+    array = value.const_value.numpy()
+    return array if array.dtype == np.float32 and array.ndim == 3 and len(value.uses()) == 1 else None
+
+
+def _lstm_reason(node: ir.Node) -> str:
+    """Why an LSTM cannot become DynamicQuantizeLSTM ('' when it can)."""
+    if node.attributes.get_int("layout", 0):
+        return "LSTM with layout=1 (DynamicQuantizeLSTM has no layout attribute)"
+    weights = [node.inputs[i] if len(node.inputs) > i else None for i in (1, 2)]
+    if any(_constant_3d(value) is None for value in weights):
+        return "LSTM W/R are not single-use constant 3-D float32 initializers"
+    return ""
+
+
+def _quantize_gates(graph: ir.Graph, value: ir.Value, reduce_range: bool) -> tuple[ir.Value, ...]:
+    """``[dirs, 4H, K]`` float -> (``int8 [dirs, K, 4H]``, scales and zero points ``[dirs, 4H]``)."""
+    array = _constant_3d(value)
+    assert array is not None
+    parts = [quantize_columns(np.ascontiguousarray(matrix.T), reduce_range) for matrix in array]
+    quantized = np.stack([part[0] for part in parts])
+    scales = np.stack([part[1] for part in parts])
+    base = value.name or "lstm_weight"
+    return (
+        add_initializer(graph, f"{base}_int8", ir.Tensor(quantized)),
+        add_initializer(graph, f"{base}_scale", ir.Tensor(scales)),
+        add_initializer(graph, f"{base}_zero", ir.Tensor(np.zeros(scales.shape, np.int8))),
+    )
+
+
+def _replace_multi(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
+    """Insert ``new`` before ``old`` and move every output's uses and name to it."""
+    graph.insert_before(old, new)
+    for old_value, new_value in zip(old.outputs, new.outputs, strict=False):
+        new_value.shape, new_value.type = old_value.shape, old_value.type
+        name = old_value.name
+        old_value.replace_all_uses_with(new_value, replace_graph_outputs=True)
+        old_value.name = None
+        new_value.name = name
+    graph.remove(old, safe=True)
+
+
 @register_pass
 class QuantizeDynamicPass(DecidingPass):
     """Dynamic INT8 MatMul/Gemm for ORT CPU (``com.microsoft.DynamicQuantizeMatMul``).
@@ -119,10 +169,48 @@ class QuantizeDynamicPass(DecidingPass):
             remove_initializer_if_unused(graph, candidate.bias)
         return old_bytes, quantized.nbytes + scale.nbytes + columns
 
+    def _rewrite_lstm(self, graph: ir.Graph, node: ir.Node) -> tuple[int, int]:
+        inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
+        w, r = inputs[1], inputs[2]
+        assert w is not None and r is not None
+        old_bytes = sum(int(v.const_value.nbytes) for v in (w, r) if v.const_value is not None)
+        w_q, w_scale, w_zero = _quantize_gates(graph, w, self.reduce_range)
+        r_q, r_scale, r_zero = _quantize_gates(graph, r, self.reduce_range)
+        new_inputs = [inputs[0], w_q, r_q, *inputs[3:8], w_scale, w_zero, r_scale, r_zero]
+        new = ir.node(
+            "DynamicQuantizeLSTM", new_inputs, attributes=dict(node.attributes), domain=MS_DOMAIN,
+            name=f"{node.name or 'lstm'}_dynq", num_outputs=len(node.outputs),
+        )  # fmt: skip
+        _replace_multi(graph, node, new)
+        for value in (w, r):
+            remove_initializer_if_unused(graph, value)
+        new_bytes = sum(
+            int(v.const_value.nbytes)
+            for v in (w_q, r_q, w_scale, w_zero, r_scale, r_zero)
+            if v.const_value is not None
+        )
+        return old_bytes, new_bytes
+
+    def _lstm(self, graph: ir.Graph, node: ir.Node) -> tuple[int, int]:
+        reason = _lstm_reason(node)
+        if reason:
+            self._skip(node, reason)
+            return 0, 0
+        name, weight = node.name or "", input_name(node, 1)
+        old_bytes, new_bytes = self._rewrite_lstm(graph, node)
+        self._decisions.append(
+            QuantDecision(name, "LSTM", "quantized", "", weight, 0, 0, old_bytes, new_bytes)
+        )
+        return old_bytes, new_bytes
+
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         graph, before, after = model.graph, 0, 0
         for node in list(graph):
+            if op_key(node) == ("", "LSTM"):
+                old_bytes, new_bytes = self._lstm(graph, node)
+                before, after = before + old_bytes, after + new_bytes
+                continue
             matcher = _MATCHERS.get(op_key(node))
             if matcher is None:
                 continue

@@ -64,6 +64,36 @@ def test_dynamic_int8_skips_small_weights_with_a_reason(mlp: Path) -> None:
     assert all("< 10000 elements" in d.reason for d in quantizer.decisions)
 
 
+def test_dynamic_int8_lstm_matches_float_within_tolerance(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        rnn (float[8, 2, 16] X) => (float[8, 1, 2, 32] Y, float[1, 2, 32] Yh, float[1, 2, 32] Yc) {
+            Y, Yh, Yc = LSTM<hidden_size: int = 32>(X, W, R, B)
+        }
+        """
+    )
+    rng = np.random.default_rng(4)
+    for name, shape in (("W", (1, 128, 16)), ("R", (1, 128, 32)), ("B", (1, 256))):
+        array = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    source = tmp_path / "lstm.onnx"
+    onnx.save(model, str(source))
+    loaded = load_model(source)
+    assert QuantizeDynamicPass()(loaded).statistics["nodes_quantized"] == 1
+    assert [node.op_type for node in loaded.graph] == ["DynamicQuantizeLSTM"]
+    from spa.model_io import save_model
+
+    out = save_model(loaded, tmp_path / "dyn.onnx")
+    onnx.checker.check_model(str(out))
+    x = {"X": rng.standard_normal((8, 2, 16)).astype(np.float32)}
+    expected = create_session(source).run(None, x)
+    actual = create_session(out).run(None, x)
+    for want, got in zip(expected, actual, strict=True):  # Y, Y_h, Y_c, names and shapes kept
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() / np.abs(want).max() < 0.05
+
+
 def _row(name: str, loss: float | None, speedup: float | None, size: int = 100) -> CandidateResult:
     return CandidateResult(name, [name], quality_loss=loss, speedup=speedup, bytes=size)
 

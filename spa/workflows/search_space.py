@@ -43,8 +43,8 @@ PRUNE_RATIOS: tuple[float, ...] = (0.125, 0.25, 0.5)
 
 #: Quantization formats for ORT CPU: name -> what it is (docs/optimize.md).
 QUANT_FORMATS: dict[str, str] = {
-    "int8-dynamic": "com.microsoft.DynamicQuantizeMatMul: per-column INT8 weights, "
-    "activations quantized at run time (MatMul/Gemm)",
+    "int8-dynamic": "com.microsoft.DynamicQuantizeMatMul / DynamicQuantizeLSTM: per-column "
+    "INT8 weights, activations quantized at run time (MatMul/Gemm/LSTM)",
     "int8-static": "static INT8 QDQ, calibrated activations (ORT fuses to QLinear ops)",
     "w4-nbits": "weight-only INT4 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
     "w8-nbits": "weight-only INT8 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
