@@ -19,6 +19,7 @@ from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
+from spa.passes.quantize_dynamic import QuantizeDynamicPass
 from spa.passes.quantize_static import QuantizeStaticPass
 from spa.passes.slice import RotateSlicePass, RotationInvariantPass
 from spa.passes.sparsify import Sparsify2to4Pass
@@ -37,6 +38,7 @@ __all__ = [
     "PluginToOrtPass",
     "PrunePass",
     "QDQToMatMulNBitsPass",
+    "QuantizeDynamicPass",
     "QuantizeStaticPass",
     "QuantizeWeightsPass",
     "ReferenceToGQSAPass",

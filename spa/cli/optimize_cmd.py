@@ -1,4 +1,6 @@
-"""``spa optimize``: a recipe of passes (optionally after pruning) over a model."""
+"""``spa optimize``: a recipe of passes (optionally after pruning) over a model,
+or, with ``--max-drop``, the search for the fastest (or smallest) model within a
+quality budget (docs/optimize.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import click
 
 from spa.cli.options import (
     calib_option,
+    check_calib_exists,
     command_line,
     criterion_arguments,
     criterion_options,
@@ -53,6 +56,34 @@ __all__ = ["optimize_command"]
     help="With --prune, keep a multiple of K channels.",
 )
 @quality_options
+@click.option(
+    "--max-drop",
+    metavar="SHARE",
+    help="Search candidates and keep the best whose quality loss is at most this "
+    "(1% or 0.01); needs --calib (docs/optimize.md).",
+)
+@click.option(
+    "--target", default="ort-cpu", show_default=True, help="With --max-drop: where latency is measured."
+)
+@click.option(
+    "--objective",
+    default="latency",
+    show_default=True,
+    metavar="latency|size",
+    help="With --max-drop: what the search minimises.",
+)
+@click.option(
+    "--allow-slower", is_flag=True, help="With --max-drop: accept candidates slower than the input."
+)
+@click.option(
+    "--time-budget", metavar="DURATION", help="With --max-drop: stop trying candidates after 90s, 10m, 1h."
+)
+@click.option(
+    "--cache",
+    "search_cache",
+    type=click.Path(path_type=Path),
+    help="With --max-drop: keep measured candidates here and resume from them.",
+)
 @input_options
 @tolerance_options()
 def optimize_command(
@@ -78,9 +109,26 @@ def optimize_command(
     cosine: float | None,
     exact: bool,
     calib: Path | None,
+    max_drop: str | None,
+    target: str,
+    objective: str,
+    allow_slower: bool,
+    time_budget: str | None,
+    search_cache: Path | None,
     **criteria: Any,
 ) -> None:
-    """Run a recipe of passes over MODEL and write the optimized model to -o."""
+    """Run a recipe of passes over MODEL and write the optimized model to -o; with
+    --max-drop, search for the fastest (or smallest) model within that quality loss."""
+    context = click.get_current_context()
+    search_flags = ("target", "objective", "allow_slower", "time_budget", "search_cache")
+    if max_drop is not None:
+        _search(context, model, output, calib, max_drop, target, objective, allow_slower,
+                time_budget, holdout, metric, seed, shapes, dims, int_ranges, report_path,
+                round_to, search_cache, criteria)  # fmt: skip
+        return
+    given = [_flag(name) for name in search_flags if _given(context, name)]
+    if given:
+        raise UserError(f"{given[0]} only applies to the search; add --max-drop, e.g. --max-drop 1%")
     if print_passes:
         from spa.workflows.recipes import registered_passes
 
@@ -135,3 +183,50 @@ def optimize_command(
         click.echo(result.verification.render())
     failed = [v for v in (result.verification, result.prune_verification) if v and not v.passed]
     echo_verdict(result.verdict_line, not failed, result.output)
+
+
+def _flag(name: str) -> str:
+    return {"prune_ratio": "--prune", "search_cache": "--cache"}.get(name, f"--{name.replace('_', '-')}")
+
+
+def _given(context: click.Context, name: str) -> bool:
+    source = context.get_parameter_source(name)
+    return source is not None and source != click.core.ParameterSource.DEFAULT
+
+
+def _search(
+    context: click.Context, model: Path, output: Path | None, calib: Path | None, max_drop: str,
+    target: str, objective: str, allow_slower: bool, time_budget: str | None, holdout: float,
+    metric: str | None, seed: int, shapes: tuple[str, ...], dims: tuple[str, ...],
+    int_ranges: tuple[str, ...], report_path: Path | None, round_to: int,
+    cache: Path | None, criteria: dict[str, Any],
+) -> None:  # fmt: skip
+    """``--max-drop``: check the flags, run :func:`spa.workflows.search.optimize_search`, print."""
+    from spa.workflows.search import (
+        optimize_search,
+        parse_max_drop,
+        parse_time_budget,
+        render_candidates,
+    )
+
+    share = parse_max_drop(max_drop)
+    budget = parse_time_budget(time_budget)
+    for name in ("recipe", "prune_ratio", "dry_run", "latency_runs"):
+        if _given(context, name):
+            raise UserError(f"{_flag(name)} does not combine with --max-drop (the search picks the steps); drop one")
+    if output is None:
+        raise UserError("missing -o/--output; say where to write the optimized model")
+    if calib is None:
+        raise UserError("--max-drop needs real samples to measure quality on; give --calib DATA")
+    check_calib_exists(calib)
+    chosen = {name: criteria[name] for name in ("criterion", "allocation") if _given(context, name)}
+    result = optimize_search(
+        model, output, calibration=calib, max_drop=share, target=target, objective=objective,
+        allow_slower=allow_slower, time_budget_s=budget, holdout=holdout, metric=metric,
+        round_to=round_to if _given(context, "round_to") else 8, seed=seed,
+        **input_arguments(shapes, dims, int_ranges), report_path=report_path,
+        command=command_line(), cache=cache, **chosen,
+    )  # fmt: skip
+    click.echo(render_candidates(result.candidates, result.report["search"]["input_macs"]))
+    click.echo(f"quality: {result.report['search']['quality_measure']}")
+    click.echo(result.verdict_line)

@@ -1,0 +1,169 @@
+"""The candidates ``spa optimize --max-drop`` builds for ONNX Runtime CPU.
+
+A candidate is a short list of steps applied to the input model, each step an
+existing workflow writing a file: cleanup, structured pruning (channel counts
+rounded for ORT CPU), and the quantization formats ORT CPU runs with integer
+or low-bit kernels. Which ones are worth measuring, and why, is in
+docs/optimize.md; this module only builds them.
+
+>>> build_candidate(Candidate("int8-dynamic", (Step("cleanup"), Step("int8-dynamic"))),
+...                 "model.onnx", folder, context)  # doctest: +SKIP
+PosixPath('.../int8-dynamic.onnx')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spa.passes.quantize_dynamic import QuantizeDynamicPass
+from spa.verify import VerifyResult
+from spa.workflows.optimize import optimize
+from spa.workflows.quantize import quantize_model
+from spa.workflows.quantize_static import quantize_static_model
+from spa.workflows.run import RunOptions, run_pipeline
+
+__all__ = [
+    "PRUNE_RATIOS",
+    "QUANT_FORMATS",
+    "BuildContext",
+    "Candidate",
+    "Step",
+    "build_candidate",
+    "step_label",
+]
+
+#: Channel shares removed per group by the pruning candidates, smallest first.
+PRUNE_RATIOS: tuple[float, ...] = (0.125, 0.25, 0.5)
+
+#: Quantization formats for ORT CPU: name -> what it is (docs/optimize.md).
+QUANT_FORMATS: dict[str, str] = {
+    "int8-dynamic": "com.microsoft.DynamicQuantizeMatMul / DynamicQuantizeLSTM: per-column "
+    "INT8 weights, activations quantized at run time (MatMul/Gemm/LSTM)",
+    "int8-static": "static INT8 QDQ, calibrated activations (ORT fuses to QLinear ops)",
+    "w4-nbits": "weight-only INT4 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
+    "w8-nbits": "weight-only INT8 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One rewrite: ``kind`` is ``cleanup``, ``prune`` (with ``ratio``) or a
+    key of :data:`QUANT_FORMATS`."""
+
+    kind: str
+    ratio: float = 0.0
+
+
+def step_label(step: Step) -> str:
+    return f"prune {step.ratio:.1%}".replace(".0%", "%") if step.kind == "prune" else step.kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A named list of steps applied to the input in order."""
+
+    name: str
+    steps: tuple[Step, ...]
+
+
+@dataclasses.dataclass
+class BuildContext:
+    """What every step needs: calibration samples (the held-out ones excluded),
+    the pruning policy, the seeded-input keywords and what the checks found."""
+
+    calibration: Sequence[Mapping[str, np.ndarray]]
+    criterion: str = "l1"
+    allocation: str = "uniform"
+    round_to: int = 8
+    seed: int = 0
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Exactness checks of the steps run so far (name -> passed, max|Δ|).
+    checks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _record(context: BuildContext, name: str, verification: VerifyResult | None) -> None:
+    if verification is not None:
+        context.checks[name] = {
+            "passed": verification.passed,
+            "max_abs_diff": verification.max_abs_diff,
+        }
+
+
+def _run_keywords(context: BuildContext) -> dict[str, Any]:
+    return {"seed": context.seed, "holdout": 0.0, **context.inputs}
+
+
+def _cleanup(source: Path, output: Path, context: BuildContext) -> None:
+    result = optimize(source, output, recipe="cleanup", verify=True, **_run_keywords(context))
+    _record(context, "cleanup", result.verification)
+
+
+def _prune(source: Path, output: Path, context: BuildContext, ratio: float) -> None:
+    result = optimize(
+        source, output, recipe="cleanup", verify=True, prune=ratio, round_to=context.round_to,
+        criterion=context.criterion, allocation=context.allocation,
+        calibration=list(context.calibration), **_run_keywords(context),
+    )  # fmt: skip
+    _record(context, "prune (mask equivalence)", result.prune_verification)
+    _record(context, "cleanup after prune", result.verification)
+
+
+def _dynamic(source: Path, output: Path, context: BuildContext) -> None:
+    options = RunOptions(seed=context.seed, holdout=0.0, **context.inputs)
+    run_pipeline(source, output, [QuantizeDynamicPass()], options)
+
+
+def _static(source: Path, output: Path, context: BuildContext) -> None:
+    quantize_static_model(
+        source, output, calib=list(context.calibration), verify=False, **_run_keywords(context)
+    )
+
+
+def _weight_only(source: Path, output: Path, context: BuildContext, bits: int) -> None:
+    quantize_model(
+        source, output, bits=bits, block=32, target="ort", verify=False, **_run_keywords(context)
+    )
+
+
+def _apply(step: Step, source: Path, output: Path, context: BuildContext) -> None:
+    if step.kind == "cleanup":
+        _cleanup(source, output, context)
+    elif step.kind == "prune":
+        _prune(source, output, context, step.ratio)
+    elif step.kind == "int8-dynamic":
+        _dynamic(source, output, context)
+    elif step.kind == "int8-static":
+        _static(source, output, context)
+    elif step.kind in ("w4-nbits", "w8-nbits"):
+        _weight_only(source, output, context, 4 if step.kind == "w4-nbits" else 8)
+    else:
+        raise ValueError(f"unknown step {step.kind!r}")
+
+
+def build_candidate(
+    candidate: Candidate,
+    source: str | os.PathLike[str],
+    folder: Path,
+    context: BuildContext,
+    built: dict[tuple[Step, ...], Path],
+) -> Path:
+    """Apply ``candidate``'s steps to ``source`` in ``folder``; ``built`` maps
+    step prefixes already written to their files, so shared prefixes (the
+    cleanup, a pruned model that is then quantized) are built once."""
+    current = Path(source)
+    done: tuple[Step, ...] = ()
+    for step in candidate.steps:
+        done = (*done, step)
+        if done in built:
+            current = built[done]
+            continue
+        output = folder / f"{len(built):02d}-{'+'.join(map(step_label, done))}.onnx".replace(" ", "")
+        _apply(step, current, output, context)
+        built[done] = current = output
+    return current

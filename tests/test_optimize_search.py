@@ -1,0 +1,268 @@
+"""``spa optimize --max-drop``: the search over candidates (spa.workflows.search),
+its decisions against the measured figures it records, and its flags; and the
+dynamic INT8 pass it uses (passes/quantize_dynamic.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from spa.model_io import load_model
+from spa.ort import create_session
+from spa.passes import QuantizeDynamicPass
+from spa.workflows.search import (
+    CandidateResult,
+    choose,
+    decide,
+    optimize_search,
+    parse_max_drop,
+    parse_time_budget,
+)
+from tests.search_metric import search_mlp
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(search_mlp(), str(path))
+    return path
+
+
+@pytest.fixture
+def calib(tmp_path: Path) -> Path:
+    path = tmp_path / "calib.npz"
+    np.savez(path, X=np.random.default_rng(5).standard_normal((16, 32, 64)).astype(np.float32))
+    return path
+
+
+def test_dynamic_int8_matches_float_within_tolerance(mlp: Path, tmp_path: Path) -> None:
+    model = load_model(mlp)
+    result = QuantizeDynamicPass()(model)
+    assert result.statistics["nodes_quantized"] == 2  # the MatMul and the Gemm
+    ops = [node.op_type for node in model.graph]
+    assert ops.count("DynamicQuantizeMatMul") == 2 and "MatMul" not in ops and "Gemm" not in ops
+    from spa.model_io import save_model
+
+    out = save_model(model, tmp_path / "dyn.onnx")
+    onnx.checker.check_model(str(out))
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    expected = create_session(mlp).run(None, {"X": x})[0]
+    actual = create_session(out).run(None, {"X": x})[0]
+    relative = np.abs(actual - expected).max() / np.abs(expected).max()
+    assert relative < 0.03  # 7-bit weights, 8-bit activations
+    assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
+
+
+def test_dynamic_int8_skips_small_weights_with_a_reason(mlp: Path) -> None:
+    model = load_model(mlp)
+    quantizer = QuantizeDynamicPass(min_elements=10_000)
+    assert not quantizer(model).modified
+    assert all("< 10000 elements" in d.reason for d in quantizer.decisions)
+
+
+def test_dynamic_int8_lstm_matches_float_within_tolerance(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        rnn (float[8, 2, 16] X) => (float[8, 1, 2, 32] Y, float[1, 2, 32] Yh, float[1, 2, 32] Yc) {
+            Y, Yh, Yc = LSTM<hidden_size: int = 32>(X, W, R, B)
+        }
+        """
+    )
+    rng = np.random.default_rng(4)
+    for name, shape in (("W", (1, 128, 16)), ("R", (1, 128, 32)), ("B", (1, 256))):
+        array = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    source = tmp_path / "lstm.onnx"
+    onnx.save(model, str(source))
+    loaded = load_model(source)
+    assert QuantizeDynamicPass()(loaded).statistics["nodes_quantized"] == 1
+    assert [node.op_type for node in loaded.graph] == ["DynamicQuantizeLSTM"]
+    from spa.model_io import save_model
+
+    out = save_model(loaded, tmp_path / "dyn.onnx")
+    onnx.checker.check_model(str(out))
+    x = {"X": rng.standard_normal((8, 2, 16)).astype(np.float32)}
+    expected = create_session(source).run(None, x)
+    actual = create_session(out).run(None, x)
+    for want, got in zip(expected, actual, strict=True):  # Y, Y_h, Y_c, names and shapes kept
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() / np.abs(want).max() < 0.05
+
+
+def _row(name: str, loss: float | None, speedup: float | None, size: int = 100) -> CandidateResult:
+    return CandidateResult(name, [name], quality_loss=loss, speedup=speedup, bytes=size)
+
+
+def test_a_slower_candidate_is_rejected_unless_allowed() -> None:
+    slower = _row("slow", 0.0, 0.8)
+    assert decide(slower, 0.01, allow_slower=False) == (False, "slower than the input (0.800x)")
+    assert decide(slower, 0.01, allow_slower=True)[0]
+    assert not decide(_row("lossy", 0.02, 2.0), 0.01, False)[0]
+    assert not decide(_row("unmeasured", None, None), 0.01, False)[0]
+
+
+def test_choose_follows_the_objective() -> None:
+    rows = [_row("fast", 0.0, 1.5, 300), _row("small", 0.0, 1.1, 100), _row("no", 0.5, 3.0, 10)]
+    for row in rows:
+        row.accepted, row.reason = decide(row, 0.01, False)
+    assert choose(rows, "latency").name == "fast"  # type: ignore[union-attr]
+    assert choose(rows, "size").name == "small"  # type: ignore[union-attr]
+    assert choose([_row("slow", 0.0, 0.9)], "latency") is None
+
+
+def test_pruning_ladder_stops_at_the_first_break_then_bisects() -> None:
+    from spa.workflows.search import _ladder
+
+    def tried(within: set[float]) -> list[float]:
+        passed: list[float] = []
+        shares = []
+        for share in _ladder(passed):
+            shares.append(share)
+            if share in within:
+                passed.append(share)
+        return shares
+
+    assert tried(set()) == [0.125, 0.0625]
+    assert tried({0.125}) == [0.125, 0.25, 0.1875]
+    assert tried({0.125, 0.25}) == [0.125, 0.25, 0.5, 0.375]
+    assert tried({0.125, 0.25, 0.5}) == [0.125, 0.25, 0.5]
+
+
+def test_parsers_give_one_line_errors() -> None:
+    assert parse_max_drop("1%") == pytest.approx(0.01)
+    assert parse_max_drop("0.02") == pytest.approx(0.02)
+    assert parse_time_budget("10m") == 600 and parse_time_budget("90") == 90
+    from spa.errors import UserError
+
+    for bad in ("5", "abc", "-1%", "100%"):
+        with pytest.raises(UserError, match="give a share like 1%"):
+            parse_max_drop(bad)
+    with pytest.raises(UserError, match="write a duration"):
+        parse_time_budget("soon")
+
+
+def _check_decisions(search: dict) -> None:
+    """Every decision recorded agrees with the rule applied to the recorded figures."""
+    for row in search["candidates"]:
+        measured = row["quality_loss"] is not None and row["speedup"] is not None
+        if not measured:
+            assert not row["accepted"]
+            continue
+        within = row["quality_loss"] <= search["max_drop"]
+        not_slower = row["speedup"] >= 1.0 and (
+            row["confirmed_speedup"] is None or row["confirmed_speedup"] >= 1.0
+        )
+        exact = all(check["passed"] for check in row["checks"].values())
+        assert row["accepted"] == (within and exact and (not_slower or search["allow_slower"])), row
+        if within and exact and not not_slower and not search["allow_slower"]:
+            assert not row["accepted"] and "slower" in row["reason"]  # the never-slower rule
+
+
+def test_search_through_the_cli_respects_budget_and_never_slower(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = run_cli("optimize", mlp, "-o", out, "--calib", calib, "--max-drop", "1%",
+                     "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    search = json.loads(report.read_text())["search"]
+    names = [row["name"] for row in search["candidates"]]
+    assert names[0] == "cleanup" and "int8-dynamic" in names and "prune 12.5%" in names
+    _check_decisions(search)
+    assert search["quality_measure"].startswith("1 - top-1 agreement")
+    chosen = next((row for row in search["candidates"] if row["name"] == search["chosen"]), None)
+    if chosen is None:  # nothing won: the output is the input, byte for byte
+        assert out.read_bytes() == mlp.read_bytes()
+        assert "wrote a copy of the input" in result.output.splitlines()[-1]
+    else:
+        assert chosen["accepted"] and chosen["quality_loss"] <= 0.01
+        assert chosen["speedup"] >= 1.0 and chosen["confirmed_speedup"] >= 1.0
+        assert result.output.splitlines()[-1].startswith(f"OPTIMIZED | {chosen['name']} |")
+        x = np.load(calib)["X"][-1]  # a held-out sample
+        expected = create_session(mlp).run(None, {"X": x})[0]
+        actual = create_session(out).run(None, {"X": x})[0]
+        assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
+
+
+def test_zero_budget_allow_slower_and_size_with_a_task_metric(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    result = run_cli(
+        "optimize", mlp, "-o", tmp_path / "out.onnx", "--calib", calib, "--max-drop", "0",
+        "--allow-slower", "--objective", "size", "--eval", "tests.search_metric:mlp_accuracy",
+        "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    search = json.loads(report.read_text())["search"]
+    assert search["metric_dense"] == 1.0 and search["quality_measure"] == "relative drop of the task metric"
+    _check_decisions(search)
+    accepted = [row for row in search["candidates"] if row["accepted"]]
+    assert all(row["metric_after"] == 1.0 for row in accepted)  # a zero budget: no label changes
+    assert accepted, "cleanup keeps every label, so something is accepted"
+    assert search["chosen"] == min(accepted, key=lambda row: row["bytes"])["name"]
+
+
+def test_time_budget_stops_after_cleanup(mlp: Path, calib: Path, tmp_path: Path) -> None:
+    result = optimize_search(mlp, tmp_path / "out.onnx", calibration=calib, max_drop=0.01,
+                             time_budget_s=1e-6, allow_slower=True)  # fmt: skip
+    rows = result.report["search"]["candidates"]
+    assert rows[0]["name"] == "cleanup" and rows[0]["speedup"] is not None
+    assert all(row["reason"] == "not measured: time budget spent" for row in rows[1:])
+    assert len(rows) > 1 and (tmp_path / "out.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-drop", "5"], "--max-drop 5: give a share like 1% or 0.01"),
+        (["--max-drop", "1%", "--target", "tensorrt"], "--target tensorrt: spa measures latency on ort-cpu"),
+        (["--max-drop", "1%", "--objective", "speed"], "--objective speed: choose one of latency, size"),
+        (["--max-drop", "1%", "--time-budget", "soon"], "--time-budget soon: write a duration"),
+        (["--max-drop", "1%", "--prune", "0.2"], "--prune does not combine with --max-drop"),
+        (["--objective", "size"], "--objective only applies to the search; add --max-drop"),
+        (["--allow-slower"], "--allow-slower only applies to the search"),
+    ],
+)
+def test_bad_search_flags_are_one_line_errors(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    out = tmp_path / "out.onnx"
+    result = run_cli("optimize", mlp, "-o", out, "--calib", calib, *flags)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_search_without_calib_is_one_line(run_cli, mlp: Path, tmp_path: Path) -> None:
+    result = run_cli("optimize", mlp, "-o", tmp_path / "o.onnx", "--max-drop", "1%")
+    assert result.exit_code == 1
+    assert "--max-drop needs real samples to measure quality on; give --calib DATA" in result.stderr
+
+
+def test_a_rerun_with_cache_resumes_from_measured_candidates(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    reports = [tmp_path / "first.json", tmp_path / "second.json"]
+    for report in reports:
+        result = run_cli("optimize", mlp, "-o", tmp_path / f"{report.stem}.onnx", "--calib", calib,
+                         "--max-drop", "1%", "--cache", cache, "--report", report)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    first, second = (json.loads(r.read_text())["search"]["candidates"] for r in reports)
+    assert [row["name"] for row in first] == [row["name"] for row in second]
+    for before, after in zip(first, second, strict=True):
+        if before["speedup"] is None:
+            continue
+        assert after["reason"].endswith("(from cache)")
+        assert (after["speedup"], after["quality_loss"]) == (before["speedup"], before["quality_loss"])
+    other = run_cli("optimize", mlp, "-o", tmp_path / "o.onnx", "--calib", calib, "--max-drop",
+                    "1%", "--cache", cache, "--round-to", "4", "--report", reports[0])  # fmt: skip
+    assert other.exit_code == 0
+    rows = json.loads(reports[0].read_text())["search"]["candidates"]
+    assert not any("from cache" in row["reason"] for row in rows[1:] if "prune" in row["name"])
