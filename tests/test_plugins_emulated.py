@@ -97,6 +97,22 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
     assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
 
 
+def test_w4a16_at_every_m_up_to_64(tmp_path: Path) -> None:
+    """Issue 13: w4a16 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
+    count of pad rows), on a shape with two CTAs of 8 tiles, the second one
+    partly idle (N = 144: 9 tiles), at the launcher's choice of splits."""
+    lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
+    (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.startswith("w4a16")) + "\n")
+    ms = list(range(1, 65))
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", ",".join(map(str, ms)),
+                  "--splits", "0", *tolerances())  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    assert sorted((dtype, m) for _, _, dtype, m, _, _ in rows) == sorted((d, m) for d in ("fp16", "bf16") for m in ms)
+    assert all(verdict == "PASSED" for verdict, *_ in rows)
+    assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+
+
 def gqsa_structure(k: int, n: int, g: int, counts: dict[int, int], seed: int) -> repack.GQSAArrays:
     """GQSA arrays where column c keeps counts.get(c, 0) groups (the first ones)."""
     rng = np.random.default_rng(seed)
