@@ -61,7 +61,8 @@ def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
 def write_mixed_cases(folder: Path) -> int:
     """w4a16 / w4_sp24 at three shapes: a partly idle block and 3 groups; 3
     tiles of 8 groups (the launcher gives each tile 2 warps at M <= 16); one
-    tile of 32 groups (4 warps per tile, and K split across 2 blocks). GQSA at
+    tile of 32 groups (4 warps per tile, and K split across 2 blocks; unsplit,
+    w4a16 at M <= 8 runs its unguarded steady-state ring there). GQSA at
     g = 8..64 on the first."""
     lines = write_cases(folder, shapes=((384, 80), (1024, 48), (4096, 16)))
     kept = [line for line in lines if not line.startswith("w4_gqsa") or " 384 80 " in line]

@@ -134,9 +134,9 @@ __device__ __forceinline__ uint4 lds128(const void*, uint32_t address) {
 #endif
 
 // MT: number of 8-token tiles (M rows handled: MT * 8; rows >= M read zeros).
-// At least 2 CTAs per SM: caps registers at 128 per thread (binding at MT = 8 only).
+// At least 2 CTAs per SM (3 at MT = 1): caps registers at 128 (85) per thread.
 template <typename T, int MT>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemm_kernel(const T* __restrict__ a_ptr,         // [M, K]
                 const uint32_t* __restrict__ packed, // [N/16, K/128, 32, 8]
                 const __half* __restrict__ scales,   // [K/128, N]
@@ -270,18 +270,31 @@ __global__ void __launch_bounds__(kThreads, 2)
     load_stage(s, s < g_count);
     cp_async_commit();
   }
-  // The stage ring, unrolled: group it = base + s lives in stage s.
-  for (int base = 0; base < g_count; base += kStages) {
+  // One group: wait for its stage s, refill the stage freed last (when
+  // `more`), compute.
+  auto step = [&](int s, bool more) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage `it` landed for all threads; stage it-1 is free
+    load_stage((s + kStages - 1) % kStages, more);
+    cp_async_commit();
+    compute(s);
+  };
+  // The stage ring, unrolled: group it = base + s lives in stage s. At MT = 1
+  // the steady state runs first, while every group of the ring computes and
+  // refills (no guards: fewer instructions per group); at MT >= 2 that
+  // version needs more registers than 2 CTAs per SM allow (spills), so only
+  // the guarded ring runs.
+  int base = 0;
+  if constexpr (MT == 1) {
+    for (; base + 2 * kStages - 1 <= g_count; base += kStages) {
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) {
-      if (base + s < g_count) {  // uniform over the block
-        cp_async_wait<kStages - 2>();
-        __syncthreads();  // stage `it` landed for all threads; stage it-1 is free
-        load_stage((s + kStages - 1) % kStages, base + s + kStages - 1 < g_count);
-        cp_async_commit();
-        compute(s);
-      }
+      for (int s = 0; s < kStages; ++s) step(s, true);
     }
+  }
+  for (; base < g_count; base += kStages) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s)
+      if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
   }
   cp_async_wait<0>();
   if (!tile_valid) return;
