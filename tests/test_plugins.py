@@ -506,7 +506,8 @@ def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) ->
     """Every instantiation's steady-state loop (sm_90 SASS of the objects built
     above): instructions per KB of weights under its ceiling in
     plugins/bench/sass_budget.json, no global load read inside the loop pass
-    where the budget forbids it, and >= 2 CTAs per SM."""
+    where the budget forbids it, no int-to-float conversion in it, and >= 2
+    CTAs per SM."""
     sass = load_sass_budget()
     if sass.tools()[1] is None:
         pytest.skip("cuobjdump + nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
@@ -518,4 +519,5 @@ def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) ->
         assert report.per_kb <= budget["ceiling_per_kb"][name], (name, report.per_kb)
         if not budget["ldg_consumed_in_loop"][report.kernel]:
             assert report.ldg_consumed == [], (name, report.ldg_consumed)
+        assert report.i2f == 0, f"{name}: {report.i2f} I2F in the steady-state loop"
         assert report.ctas_per_sm >= budget["min_ctas_per_sm"], (name, report.regs, report.smem)

@@ -61,7 +61,8 @@ def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
 def write_mixed_cases(folder: Path) -> int:
     """w4a16 / w4_sp24 at three shapes: a partly idle block and 3 groups; 3
     tiles of 8 groups (the launcher gives each tile 2 warps at M <= 16); one
-    tile of 32 groups (4 warps per tile, and K split across 2 blocks). GQSA at
+    tile of 32 groups (4 warps per tile, and K split across 2 blocks; unsplit,
+    w4a16 at M <= 8 runs its unguarded steady-state ring there). GQSA at
     g = 8..64 on the first."""
     lines = write_cases(folder, shapes=((384, 80), (1024, 48), (4096, 16)))
     kept = [line for line in lines if not line.startswith("w4_gqsa") or " 384 80 " in line]
@@ -95,6 +96,22 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
     # FP16 sums are accurate well inside the tolerance; BF16 is limited by its own output rounding.
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
     assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
+
+
+def test_w4a16_at_every_m_up_to_64(tmp_path: Path) -> None:
+    """Issue 13: w4a16 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
+    count of pad rows), on a shape with two CTAs of 8 tiles, the second one
+    partly idle (N = 144: 9 tiles), at the launcher's choice of splits."""
+    lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
+    (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.startswith("w4a16")) + "\n")
+    ms = list(range(1, 65))
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", ",".join(map(str, ms)),
+                  "--splits", "0", *tolerances())  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    assert sorted((dtype, m) for _, _, dtype, m, _, _ in rows) == sorted((d, m) for d in ("fp16", "bf16") for m in ms)
+    assert all(verdict == "PASSED" for verdict, *_ in rows)
+    assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
 
 
 def gqsa_structure(k: int, n: int, g: int, counts: dict[int, int], seed: int) -> repack.GQSAArrays:

@@ -64,18 +64,22 @@ def test_w4a16_round_trip_from_qdq(shape: tuple[int, int], seed: int) -> None:
 
 
 def test_w4a16_lane_word_is_the_documented_fragment() -> None:
-    """Lane 5 (g=1, t=1) of tile (0, 0): values at W^T (1,2) (1,3) (9,2) (9,3) (1,10) (1,11) (9,10) (9,11)."""
-    q = np.zeros((128, 16), np.int8)
+    """Lane 5 (g=1, t=1), step s=2 of tile 0, group 1: mma columns 2t, 2t+1, 2t+8, 2t+9 are
+    k = 128 + 32t + 4s + (0, 1, 2, 3), rows g and g+8: W^T (1,168) (1,169) (9,168) (9,169) (1,170) (1,171) (9,170) (9,171)."""
+    q = np.zeros((256, 16), np.int8)
     wanted = [1, 2, 3, 4, 5, 6, 7, -8]
-    for value, (row, col) in zip(wanted, [(1, 2), (1, 3), (9, 2), (9, 3), (1, 10), (1, 11), (9, 10), (9, 11)], strict=True):
+    coordinates = [(1, 168), (1, 169), (9, 168), (9, 169), (1, 170), (1, 171), (9, 170), (9, 171)]
+    for value, (row, col) in zip(wanted, coordinates, strict=True):
         q[col, row] = value  # W[k, n] = W^T[n, k]
-    packed = repack_w4a16(QuantizedWeight(q, np.ones((1, 16), np.float16), None, 4, 128))
-    word = int(packed.packed[0, 0, 5]) & 0xFFFFFFFF
+    packed = repack_w4a16(QuantizedWeight(q, np.ones((2, 16), np.float16), None, 4, 128))
+    words = packed.packed.reshape(1, 2, 32, 8)  # [tile, group, lane, step]
+    word = int(words[0, 1, 5, 2]) & 0xFFFFFFFF
     u = [v + 8 for v in wanted]
     # dequant order: v0 v2 v4 v6 in nibbles 0-3, v1 v3 v5 v7 in nibbles 4-7
     expected = sum(u[2 * p] << (4 * p) | u[2 * p + 1] << (16 + 4 * p) for p in range(4))
     assert word == expected
-    assert packed.packed[0, 0, 0] == 0x88888888 - 2**32  # every other lane: all zeros (u = 8)
+    others = np.delete(words.reshape(-1), 1 * 256 + 5 * 8 + 2)
+    assert (others == 0x88888888 - 2**32).all()  # every other word: all zeros (u = 8)
 
 
 @settings(max_examples=25, deadline=None)

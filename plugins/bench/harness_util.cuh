@@ -115,10 +115,13 @@ __host__ __device__ inline int nibble_shift(int i) { return (i & 1) ? 16 + 4 * (
 // plugins/bench/layout_check.cu runs the same code against spa's Python side).
 __host__ __device__ inline float w4a16_element(const uint32_t* packed, const __half* scales, int K,
                                                int N, int k, int n) {
-  int nt = n / 16, r = n % 16, kt = k / 16, c = k % 16;
-  int i = (c >= 8 ? 4 : 0) + (r >= 8 ? 2 : 0) + (c & 1);
-  int lane = 4 * (r % 8) + (c % 8) / 2;
-  uint32_t word = packed[(static_cast<size_t>(nt) * (K / 16) + kt) * 32 + lane];
+  // Word s of lane 4g + t in (tile, group) holds k = 32t + 4s + j of the group,
+  // j = 2 * (mma column / 8) + mma column % 2 (plugins/README.md, "w4a16").
+  int nt = n / 16, r = n % 16, group = k / 128, kk = k % 128;
+  int t = kk / 32, s = kk % 32 / 4, j = kk % 4;
+  int i = (j >> 1) * 4 + (r >= 8 ? 2 : 0) + (j & 1);
+  int lane = 4 * (r % 8) + t;
+  uint32_t word = packed[(static_cast<size_t>(nt) * (K / 128) + group) * 256 + lane * 8 + s];
   int q = static_cast<int>((word >> nibble_shift(i)) & 15u) - 8;
   return q * __half2float(scales[static_cast<size_t>(k / 128) * N + n]);
 }

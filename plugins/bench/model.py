@@ -42,8 +42,10 @@ SMS, HBM_GBPS = 132, 4575.0  # H200, measured read bandwidth (harness read_kerne
 SMEM_PER_SM, REGS_PER_SM = 233472, 65536
 # The kernels the constants describe: the launcher's choice is the table of
 # diagnosis.md §2.6 (slices = 1; splits by M, K, N); kernel bodies as measured.
-KERNELS = ("w4a16/w4_sp24: 4-warp blocks, scales staged by cp.async with the weights, two mma chains at MT <= 2 "
-           "(W-2); launch table L1. w4_gqsa: as measured")
+KERNELS = ("w4a16: 8-warp CTAs sharing one activation stage, 128-bit weight and activation loads, "
+           "precomputed addresses (V2, SASS-counted); w4_sp24: 4-warp blocks; both: scales staged by cp.async with "
+           "the weights, two mma chains at MT <= 2 (W-2), launch table L1. w4_gqsa: as measured, but the dequant "
+           "without I2F (GQSA_ENTRY_RATIO)")
 # W-2 (scales staged by cp.async, two mma chains) is not measured yet: the
 # serial chain per group is assumed to fall to this fraction of the calibrated
 # value (diagnosis.md §2.5 estimates 0.74 -> 0.30-0.35 µs; 0.55 is the
@@ -71,6 +73,20 @@ GQSA = {
 }  # fmt: skip
 # ptxas registers per thread of the measured instantiations (ncu), by MT.
 REGS = {"w4a16": {1: 56, 2: 70, 4: 73, 8: 98}, "w4_sp24": {1: 61, 2: 80, 4: 90, 8: 125}}
+# The w4a16 kernel after the instruction diet (W-3 without stream-K): 8 warps
+# per CTA, one shared activation stage, stages 6 / 5 / 4 / 4. Its issue cost
+# is the measured kernel's fitted cost times the ratio of static SASS
+# instructions per KB of weights in the steady-state loop, FP16, sm_90
+# (sass_budget.py: now 113.5 / 143.9 / 174.1 / 257.0 at MT = 1 / 2 / 4 / 8;
+# the measured code had 464 / 501 / 557 / 665 at slices = 1). An assumption:
+# that the fitted "effective" instructions shrink with the real ones.
+V2_INSTR_RATIO = {1: 113.5 / 464, 2: 143.9 / 501, 4: 174.1 / 557, 8: 257.0 / 665}
+V2_REGS = {1: 80, 2: 79, 4: 97, 8: 128}  # ptxas, FP16 instantiations
+# w4_gqsa's dequant without I2F (magic-number pairs widened to FP32): the
+# static loop of gemv_kernel<half, 16, 1> fell from 464 to 426.7 instructions
+# per KB (sass_budget.py); the per-entry cost (the M = 1 part) is scaled by
+# that ratio, the per-token cost is unchanged. An assumption, like V2_INSTR_RATIO.
+GQSA_ENTRY_RATIO = 426.7 / 464
 CHAIN_SP24 = 0.84  # w4_sp24's chain relative to w4a16's (4 mma.sp per group instead of 8 mma; sweep fit 0.620 / 0.735)
 
 
@@ -112,31 +128,59 @@ def plan_split_measured(m: int, n_tiles: int, n_groups: int, sms: int = SMS) -> 
     return slices, (n_groups + gps - 1) // gps, gps
 
 
-def stages_for(mt: int, slices: int) -> int:
+def stages_for(mt: int, slices: int, kernel: str = "w4_sp24") -> int:
+    if kernel == "w4a16":
+        return 6 if mt <= 1 else 5 if mt == 2 else 4
     return 6 if mt * slices <= 2 else 4
+
+
+def cta_warps(kernel: str) -> int:
+    """Warps per CTA: w4a16 8 (one shared activation stage), w4_sp24 4."""
+    return 8 if kernel == "w4a16" else 4
 
 
 def smem_bytes(kernel: str, mt: int, slices: int) -> int:
     """The launchers' dynamic shared memory (w4a16.cu / w4_sp24.cu smem_bytes)."""
-    weights = 4 * 8 * 32 * 4 if kernel == "w4a16" else 4 * (4 * 32 + 4 * 16) * 4
+    if kernel == "w4a16":  # 8 warps x 1 KB of weights, MT x 8 rows x 128 activations, 8 x 32 B of scales
+        return stages_for(mt, 1, kernel) * (8 * 1024 + mt * 8 * 128 * 2 + 8 * 32)
+    weights = 4 * (4 * 32 + 4 * 16) * 4
     return stages_for(mt, slices) * (weights + slices * mt * 8 * 136 * 2 + 4 * 32)  # + 4 warps' 32 B of scales
 
 
+def old_smem_bytes(kernel: str, mt: int, slices: int) -> int:
+    """Dynamic shared memory of the measured 4-warp bodies (w4a16 before V2; w4_sp24 today)."""
+    weights = 4 * 8 * 32 * 4 if kernel == "w4a16" else 4 * (4 * 32 + 4 * 16) * 4
+    return stages_for(mt, slices) * (weights + slices * mt * 8 * 136 * 2 + 4 * 32)
+
+
 def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p: dict[str, float] = DENSE,
-               chain_factor: float = 1.0) -> float:  # fmt: skip
+               chain_factor: float = 1.0, v2: bool = False) -> float:  # fmt: skip
+    """One call's time. v2: w4a16's current kernel (8-warp CTAs, V2_INSTR_RATIO); otherwise the measured bodies."""
     mt = mt_for(m)
     n_groups, n_tiles = k // 128, n // 16
     splits = min(splits, n_groups)
     gps = -(-n_groups // splits)
     splits = -(-n_groups // gps)
+    v2 = v2 and kernel == "w4a16"
+    if v2:
+        slices = 1
+        warps_per_cta = cta_warps(kernel)
+        blocks = -(-n_tiles // warps_per_cta) * splits
+        per_sm = min(16, SMEM_PER_SM // (smem_bytes(kernel, mt, 1) + 1024),
+                     REGS_PER_SM // (V2_REGS[mt] * 32 * warps_per_cta))  # fmt: skip
+    else:
+        warps_per_cta = 4 // slices  # streaming tiles per block (the measured 4-warp blocks)
+        blocks = -(-n_tiles // warps_per_cta) * splits
+        per_sm = min(16, SMEM_PER_SM // (old_smem_bytes(kernel, mt, slices) + 1024),
+                     REGS_PER_SM // (REGS[kernel][mt] * 128))  # fmt: skip
+        warps_per_cta = 4
     iters = -(-gps // slices)
-    blocks = -(-n_tiles // (4 // slices)) * splits
-    per_sm = min(16, SMEM_PER_SM // (smem_bytes(kernel, mt, slices) + 1024),
-                 REGS_PER_SM // (REGS[kernel][mt] * 128))  # fmt: skip
     waves = -(-blocks // (per_sm * SMS))
-    warps = min(blocks, per_sm * SMS) * 4 / SMS  # streaming warps resident per SM
+    warps = min(blocks, per_sm * SMS) * warps_per_cta / SMS  # streaming warps resident per SM
     chain = (p["chain"] + p["chain_mt"] * mt) * (CHAIN_SP24 if kernel == "w4_sp24" else 1.0) * chain_factor
     instr = p[f"base_{kernel}"] + p["chunk"] * slices * mt + p[f"mt_{kernel}"] * mt
+    if v2:
+        instr *= V2_INSTR_RATIO[mt]
     issue = warps * instr / ISSUE_RATE
     kb = 1.0 if kernel == "w4a16" else 0.75
     hbm = warps * kb * 1024 / (HBM_GBPS * 1e3 / SMS)
@@ -149,8 +193,10 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     return t * chunks
 
 
-def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA) -> float:
-    c = p[g]
+def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA, entry_ratio: float = 1.0) -> float:
+    """One call's time; entry_ratio scales the per-entry cost (GQSA_ENTRY_RATIO: the current kernel)."""
+    c = dict(p[g])
+    c["per_entry"] *= entry_ratio
     nnz_m = 0.5 * (k // g) * n / 1e6
     t = c["t0"]
     for m0 in range(0, m, 8):
@@ -162,9 +208,9 @@ def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = G
 
 def predict_row(kernel: str, k: int, n: int, m: int, g: int = 128, slices: int = 0, split_k: int = 0) -> float:
     if kernel == "w4_gqsa":
-        return gqsa_time(k, n, m, g)
+        return gqsa_time(k, n, m, g, entry_ratio=GQSA_ENTRY_RATIO)
     s, splits, _ = plan_split(min(m, 64), n // 16, k // 128, slices, split_k)
-    return dense_time(kernel, k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2)
+    return dense_time(kernel, k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True)
 
 
 # ---- calibration (coordinate descent on squared log error; stdlib only) ----

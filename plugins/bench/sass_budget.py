@@ -10,6 +10,7 @@ For every instantiation of every kernel (sm_90 cubin):
     static instruction count, and from the math it holds the weight bytes
     one pass of it streams: instructions per KB of weights, the static proxy
     for the issue ceiling the H200 run measured (diagnosis.md §1, §7);
+  * int-to-float conversions (I2F) in that loop (none allowed);
   * every global load (LDG) in that loop whose result an instruction of the
     same iteration reads before the back edge: each is a full memory round
     trip on the loop's critical path (the scale load of the measured kernels);
@@ -57,6 +58,7 @@ class Report:
     instructions: int = 0
     kb: float = 0.0
     ldg_consumed: list[str] = field(default_factory=list)
+    i2f: int = 0  # int-to-float conversions in the loop (none wanted: the dequant is exact LOP3/HSUB2 magic)
     regs: int = 0
     smem: int = 0
     ctas_per_sm: int = 0
@@ -174,7 +176,7 @@ def dynamic_smem(kernel: str, args: list[int]) -> int:
     sys.path.insert(0, str(HERE))
     import model  # the launchers' dynamic shared memory, mirrored
 
-    return model.smem_bytes(kernel, args[0], args[1])
+    return model.smem_bytes(kernel, args[0], args[1] if len(args) > 1 else 1)
 
 
 def ctas_per_sm(regs: int, smem: int, threads: int) -> int:
@@ -242,9 +244,10 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 math_count = sum(1 for ins in part if ins.opcode.startswith(MATH[kernel]))
                 report.kb = weight_kb(kernel, args, math_count)
                 report.ldg_consumed = consumed_loads(part)
+                report.i2f = sum(1 for ins in part if ins.opcode.startswith("I2F"))
             report.regs = int(resources.get(function, 0))
             report.smem = dynamic_smem(kernel, args) + int(shared.get(function, 0))
-            report.ctas_per_sm = ctas_per_sm(report.regs, report.smem, 256 if kernel == "w4_gqsa" else 128)
+            report.ctas_per_sm = ctas_per_sm(report.regs, report.smem, 128 if kernel == "w4_sp24" else 256)
             reports.append(report)
     return reports
 
@@ -261,10 +264,10 @@ def main(argv: list[str]) -> int:
     for r in sorted(reports, key=lambda r: r.name):
         rows.append({"name": r.name, "loop": [hex(a) for a in r.loop], "instructions": r.instructions,
                      "kb": round(r.kb, 3), "per_kb": round(r.per_kb, 1), "ldg_consumed": r.ldg_consumed,
-                     "regs": r.regs, "smem": r.smem, "ctas_per_sm": r.ctas_per_sm})  # fmt: skip
+                     "i2f": r.i2f, "regs": r.regs, "smem": r.smem, "ctas_per_sm": r.ctas_per_sm})  # fmt: skip
         if "--json" not in argv:
             print(f"{r.name:24} loop {r.loop[0]:#06x}-{r.loop[1]:#06x} {r.instructions:5} instr / {r.kb:5.2f} KB = "
-                  f"{r.per_kb:6.1f} per KB | LDG consumed in-loop: {len(r.ldg_consumed)} | {r.regs} regs, "
+                  f"{r.per_kb:6.1f} per KB | LDG consumed in-loop: {len(r.ldg_consumed)} | I2F {r.i2f} | {r.regs} regs, "
                   f"{r.smem} B smem -> {r.ctas_per_sm} CTAs/SM")  # fmt: skip
     if "--json" in argv:
         print(json.dumps(rows, indent=1))

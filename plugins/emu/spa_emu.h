@@ -426,6 +426,16 @@ T __ldcs(const T* p) {
   return *p;
 }
 
+// HFMA2 (cuda_fp16.h declares it device-only): each half is a * b + c with one
+// rounding; in double the product of two halves and the sum are exact.
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  auto one = [](__half x, __half y, __half z) {
+    return __double2half(static_cast<double>(__half2float(x)) * __half2float(y) + __half2float(z));
+  };
+  return __halves2half2(one(__low2half(a), __low2half(b), __low2half(c)),
+                        one(__high2half(a), __high2half(b), __high2half(c)));
+}
+
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -101,6 +101,14 @@ inline void cp_async16_evict_first(void* smem, const void* gmem, uint64_t) {
 inline void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
   spa_emu::cp_async16(smem, gmem, !valid);
 }
+// Predicated forms: nothing is issued when `pred` is false (a guarded
+// instruction, no branch, on the GPU).
+inline void cp_async16_evict_first_if(void* smem, const void* gmem, uint64_t, bool pred) {
+  if (pred) spa_emu::cp_async16(smem, gmem, false);
+}
+inline void cp_async16_zfill_if(void* smem, const void* gmem, bool valid, bool pred) {
+  if (pred) spa_emu::cp_async16(smem, gmem, !valid);
+}
 inline void cp_async_commit() { spa_emu::cp_async_commit(); }
 template <int N>
 void cp_async_wait() {
@@ -137,6 +145,26 @@ __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, b
   int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
                "r"(src_bytes));
+}
+
+// Predicated forms: nothing is issued when `pred` is false (a guarded
+// instruction, no branch).
+__device__ __forceinline__ void cp_async16_evict_first_if(void* smem, const void* gmem, uint64_t policy,
+                                                          bool pred) {
+  uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n"
+      " @p cp.async.cg.shared.global.L2::cache_hint [%1], [%2], 16, %3;\n}\n" ::"r"(static_cast<int>(pred)),
+      "r"(dst), "l"(gmem), "l"(policy));
+}
+
+__device__ __forceinline__ void cp_async16_zfill_if(void* smem, const void* gmem, bool valid, bool pred) {
+  uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  int src_bytes = valid ? 16 : 0;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n"
+      " @p cp.async.cg.shared.global [%1], [%2], 16, %3;\n}\n" ::"r"(static_cast<int>(pred)),
+      "r"(dst), "l"(gmem), "r"(src_bytes));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

@@ -45,15 +45,17 @@ const char* spa_kernel_error_string(void);
 #define SPA_MAX_M_PER_LAUNCH 64
 
 /* ---- w4a16: INT4 weights, group 128 along K, FP16/BF16 activations -------
- * packed  : int32 [N/16, K/16, 32] tile order (plugins/README.md, "w4a16")
+ * packed  : int32 [N/16, K/16, 32], read as [N/16, K/128, 32 lanes, 8 words]
+ *           (plugins/README.md, "w4a16")
  * scales  : fp16  [K/128, N]
  * Requires K % 128 == 0, N % 16 == 0, M >= 1.
  * split_k : 0 = choose from M, N, K and the device's SM count (the launch
  *           table in spa_device.cuh, plan_split), else the number of K splits
  *           across blocks; one warp per 16-column tile either way.
  * The _ex launchers take both choices: slices (warps per tile within a block:
- * 0 = choose (always 1 now), or 1, 2, 4; used at M <= 16 only) and split_k (0 = choose, else
- * the number of splits across blocks); the harness's tuning sweep uses them. */
+ * 0 = choose (always 1 now), or 1, 2, 4; used at M <= 16 only; w4a16 has no
+ * in-block slices and ignores it) and split_k (0 = choose, else the number of
+ * splits across blocks); the harness's tuning sweep uses them. */
 size_t spa_w4a16_workspace_size(int M, int N, int K);
 cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
                            void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,

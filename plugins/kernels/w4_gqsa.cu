@@ -108,11 +108,16 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int w = 0; w < kWords; ++w) {
         const uint32_t word = __ldcs(values + static_cast<size_t>(e) * kWords + w);
+        // The magic-number dequant of w4a16 (exact 16-bit pairs, no I2F), then
+        // each pair widened to FP32: q[2p], q[2p + 1] from nibbles p, p + 4.
+        uint32_t pairs[4];
+        dequant8<T>(word, pairs);
         float q[8];
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-          q[2 * p] = static_cast<float>(static_cast<int>((word >> (4 * p)) & 15u) - 8);
-          q[2 * p + 1] = static_cast<float>(static_cast<int>((word >> (4 * p + 16)) & 15u) - 8);
+          const T* h = reinterpret_cast<const T*>(&pairs[p]);
+          q[2 * p] = Elem<T>::to_float(h[0]);
+          q[2 * p + 1] = Elem<T>::to_float(h[1]);
         }
 #pragma unroll
         for (int m = 0; m < MB; ++m) {

@@ -1,35 +1,33 @@
 // W4A16 group-128 GEMM: Y[M, N] = A[M, K] @ W[K, N], W INT4 (signed, stored
 // u = q + 8) with one FP16 scale per 128 rows of K per output column.
 //
-// Design (Marlin-class, see plugins/README.md for the numbers it aims at):
-// * Offline repacking (spa/trt/repack.py) stores W^T in 16x16 tiles,
-//   int32 [N/16, K/16, 32]: the 32 words of a tile are exactly the A-operand
-//   fragments of one mma.m16n8k16 (lane l's word), nibbles in "dequant order"
-//   (spa_device.cuh), so a warp turns 4 bytes per lane into tensor-core
-//   operands with 4 LOP3/SUB pairs and no shuffles. One warp owns one
-//   16-column tile and streams its K range contiguously (1 KB per group).
+// Design (Marlin-class; plugins/README.md states the goals and what is measured):
+// * Offline repacking (spa/trt/repack.py) stores W^T per 16-column tile and
+//   128-k group as 32 lanes x 8 words: lane l's 8 words (32 contiguous bytes)
+//   are its mma.m16n8k16 A fragments of the group's 8 k16 steps, nibbles in
+//   "dequant order" (spa_device.cuh). The k order inside a group is permuted
+//   so that lane 4g + t's activations (B fragments) for all 8 steps are the
+//   32 consecutive k from 32t: per group a lane reads its weights with two
+//   16-B loads and its activations with four 16-B loads per 8-token tile.
 // * The weight is the A operand (W^T, m16) and the activations the B operand
 //   (n8): at decode sizes M <= 8 only one n8 tile is issued per k16 step.
-// * cp.async multi-stage pipeline (6 groups of 128 k per warp at M <= 16, 4
-//   above), weights with an L2 evict-first policy (read once), activations
-//   zero-filled past M.
-//   The group's 16 scales travel in the same cp.async group as its weights
-//   (stage_scales), so nothing in the loop waits on a global load; two mma
-//   accumulators (even / odd k16) halve the dependent HMMA chain at MT <= 2.
-//   The H200 run measured a fixed ~0.74 us per group per warp while the scale
-//   was loaded in the loop (plugins/bench/RESULTS.md); the effect of staging
-//   it is not measured yet.
+// * A CTA is 8 warps, one 16-column tile each (128 columns), all on the same
+//   K range: they share one staged activation tile per pipeline stage (no
+//   private copies; A/W traffic 4 M / 128). Only the M valid rows are copied;
+//   the pad rows of every stage are zeroed once before the loop.
+// * cp.async pipeline, 6/5/4 stages of one group (MT = 1 / 2 / >= 4),
+//   weights and scales with an L2 evict-first policy (read once), in one
+//   commit group per stage: nothing in the loop waits on a global load. The
+//   stage ring is unrolled so every shared-memory offset is a constant, and
+//   every global pointer is computed once and advanced by a fixed stride.
 // * The INT4 values are exact in FP16/BF16; each group is accumulated in FP32
-//   and scaled once in FP32 (no rounding of q*s to 16 bits), so the only
-//   16-bit rounding is the output's own (emulated: FP16 4.5e-4, BF16 3.8e-3
-//   of max|Y|; plugins/emu/README.md).
+//   (two mma chains, even and odd k16 steps, at MT <= 2) and scaled once in
+//   FP32, so the only 16-bit rounding is the output's own.
 // * K is split across blocks by the launch table in spa_device.cuh
-//   (plan_split, from the H200 sweep): partial sums go to an FP32 workspace
-//   with atomicAdd and a finalize kernel converts them. Two or four warps of
-//   a block can also share a tile, each on a slice of K, adding up in shared
-//   memory (SLICES); the table no longer chooses them (they lost on the
-//   H200: each slice stages its own activation copy), only the _ex
-//   launchers' forced values do.
+//   (plan_split): partial sums go to an FP32 workspace with atomicAdd and a
+//   finalize kernel converts them. There are no in-block slices any more
+//   (they lost on the H200: each slice staged its own activation copy); the
+//   _ex launcher's `slices` argument is accepted and ignored.
 #include <algorithm>
 
 #include "spa_device.cuh"
@@ -44,84 +42,181 @@ void set_error(const char* message) { g_last_error = message; }
 
 namespace w4a16 {
 
-constexpr int kWarps = 4;             // 4 / SLICES 16-column tiles per block
+constexpr int kWarps = 8;  // 8 tiles of 16 columns per CTA
 constexpr int kThreads = kWarps * 32;
-// Pipeline depth in groups of 128 k: deeper where the stage's activation
-// tiles (SLICES x MT x 8 rows) are small (decode), so one warp keeps 5 KB of
-// weights in flight; shallower where they are large, so that two or more
-// blocks still fit on an SM (MT = 2, SLICES = 4: 86 KB).
-__host__ __device__ constexpr int stages_for(int mt, int slices) { return mt * slices <= 2 ? 6 : 4; }
-constexpr int kTilesPerGroup = SPA_W4_GROUP / 16;  // 8 k16 tiles
-constexpr int kLda = SPA_W4_GROUP + 8;             // padded smem row: conflict-free B loads
-
-constexpr int kScaleBytes = 16 * 2;               // one tile's scales for one group
-// Two independent mma accumulators (even and odd k16 steps) halve the
-// dependent HMMA chain of a group; only at MT <= 2, where registers are spare.
+constexpr int kSteps = SPA_W4_GROUP / 16;          // 8 k16 mma steps per group
+constexpr int kWordsPerGroup = kSteps * 32;        // one tile's group: 1 KB
+// Pipeline depth in groups: deeper where the stage's activation tile is small.
+__host__ __device__ constexpr int stages_for(int mt) { return mt <= 1 ? 6 : mt == 2 ? 5 : 4; }
+// Two mma accumulators (even and odd k16 steps) halve the dependent HMMA chain; MT <= 2 only.
 __host__ __device__ constexpr int chains_for(int mt) { return mt <= 2 ? 2 : 1; }
+// One stage: 8 warps' weights, MT x 8 activation rows of 128 elements, 8 x 16 scales.
+template <int MT>
+constexpr int stage_bytes() { return kWarps * kWordsPerGroup * 4 + MT * 8 * SPA_W4_GROUP * 2 + kWarps * 16 * 2; }
+template <int MT>
+constexpr int smem_bytes() { return stages_for(MT) * stage_bytes<MT>(); }
 
-template <int MT, int SLICES>
-constexpr int smem_bytes() {
-  return stages_for(MT, SLICES) *
-         (kWarps * kTilesPerGroup * 32 * 4 + SLICES * MT * 8 * kLda * 2 + kWarps * kScaleBytes);
+// Where chunk c16 (16 B = 8 elements, 0..15) of activation row `row` lives in
+// a stage: the four lanes t of a row read chunks 4t + i for the same i, and a
+// 16-B access phase covers two rows (g, g + 1): the XOR spreads those 8 reads
+// over the 8 distinct 16-B bank groups (no conflicts).
+__host__ __device__ constexpr int a_chunk_slot(int row, int c16) { return c16 ^ ((c16 >> 3) & 1) ^ ((row & 1) << 1); }
+
+// dequant8 with fewer instructions (specialised below for FP16 and BF16).
+template <typename T>
+__device__ __forceinline__ void dequant8_fast(uint32_t word, uint32_t (&out)[4]);
+// (x & mask) | magic in one LOP3 (the compiler emits an AND and an OR when
+// both constants are immediates).
+template <uint32_t kMask, uint32_t kMagic>
+__device__ __forceinline__ uint32_t and_or(uint32_t x) {
+#ifdef SPA_EMULATE
+  return (x & kMask) | kMagic;
+#else
+  uint32_t out;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(out) : "r"(x), "n"(kMask), "n"(kMagic));
+  return out;
+#endif
 }
 
-// MT: number of 8-token tiles (M rows handled: MT * 8, the rest zero-filled).
-// SLICES: warps per 16-column tile (in-block split-K). The block's 4 warps
-// cover 4 / SLICES tiles; the warps of one tile take contiguous slices of the
-// block's groups and add their sums through shared memory at the end, so a
-// layer with few tiles keeps every SM streaming without a memset, atomics or
-// a second launch.
-template <typename T, int MT, int SLICES>
-__global__ void __launch_bounds__(kThreads)
+template <>
+__device__ __forceinline__ void dequant8_fast<__nv_bfloat16>(uint32_t word, uint32_t (&out)[4]) {
+  // BF16: one shift, one LOP3 and one subtraction per pair.
+  uint32_t bits[4] = {and_or<0x000f000fu, 0x43004300u>(word), and_or<0x000f000fu, 0x43004300u>(word >> 4),
+                      and_or<0x000f000fu, 0x43004300u>(word >> 8), and_or<0x000f000fu, 0x43004300u>(word >> 12)};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    auto pair = Elem<__nv_bfloat16>::sub(bits[j], Elem<__nv_bfloat16>::kBias);
+    out[j] = *reinterpret_cast<uint32_t*>(&pair);
+  }
+}
+
+// FP16: two pairs per shift with the 0x00f000f0 mask (Marlin's trick): the
+// second pair comes out as 1024 + 16 v and one HFMA2 (x / 16 - 72) gives
+// v - 8, exactly. (In BF16, 16 v does not fit the 7-bit mantissa.)
+template <>
+__device__ __forceinline__ void dequant8_fast<__half>(uint32_t word, uint32_t (&out)[4]) {
+  const uint32_t hi = word >> 8;
+  uint32_t lo0 = and_or<0x000f000fu, 0x64006400u>(word), lo1 = and_or<0x00f000f0u, 0x64006400u>(word);
+  uint32_t hi0 = and_or<0x000f000fu, 0x64006400u>(hi), hi1 = and_or<0x00f000f0u, 0x64006400u>(hi);
+  uint32_t bias = 0x64086408u, sixteenth = 0x2c002c00u, minus72 = 0xd480d480u;  // 1032, 1/16, -72
+  auto h2 = [](uint32_t& bits) -> __half2& { return *reinterpret_cast<__half2*>(&bits); };
+  __half2 r0 = __hsub2(h2(lo0), h2(bias)), r1 = __hfma2(h2(lo1), h2(sixteenth), h2(minus72));
+  __half2 r2 = __hsub2(h2(hi0), h2(bias)), r3 = __hfma2(h2(hi1), h2(sixteenth), h2(minus72));
+  out[0] = *reinterpret_cast<uint32_t*>(&r0);
+  out[1] = *reinterpret_cast<uint32_t*>(&r1);
+  out[2] = *reinterpret_cast<uint32_t*>(&r2);
+  out[3] = *reinterpret_cast<uint32_t*>(&r3);
+}
+
+// 16-B shared-memory load at a 32-bit address (the shared window's own
+// address on the GPU, the byte offset from the dynamic shared memory under
+// the emulation). Loop-invariant addresses are made opaque (`pin`), so that
+// the compiler keeps them in registers instead of recomputing them from the
+// thread index in every pass of the loop.
+#ifdef SPA_EMULATE
+inline uint32_t smem_address(const void* base, const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - static_cast<const unsigned char*>(base));
+}
+inline void pin(uint32_t&) {}
+inline uint4 lds128(const void* base, uint32_t address) {
+  return *reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(base) + address);
+}
+#else
+__device__ __forceinline__ uint32_t smem_address(const void*, const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }
+__device__ __forceinline__ uint4 lds128(const void*, uint32_t address) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));
+  return v;
+}
+#endif
+
+// MT: number of 8-token tiles (M rows handled: MT * 8; rows >= M read zeros).
+// At least 2 CTAs per SM (3 at MT = 1): caps registers at 128 (85) per thread.
+template <typename T, int MT>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemm_kernel(const T* __restrict__ a_ptr,         // [M, K]
-                const uint32_t* __restrict__ packed, // [N/16, K/16, 32]
+                const uint32_t* __restrict__ packed, // [N/16, K/128, 32, 8]
                 const __half* __restrict__ scales,   // [K/128, N]
                 T* __restrict__ y,                   // [M, N] (split == 1)
                 float* __restrict__ partial,         // [M, N] FP32 (split > 1)
                 int M, int N, int K, int groups_per_split) {
-  static_assert(kWarps % SLICES == 0, "SLICES must divide the block's warps");
-  constexpr int kStages = stages_for(MT, SLICES);
-  constexpr int kTilesPerBlock = kWarps / SLICES;
+  constexpr int kStages = stages_for(MT);
+  constexpr int kRows = MT * 8;
+  constexpr int kAChunks = kRows * (SPA_W4_GROUP / 8);               // 16-B chunks per stage
+  constexpr int kAPerThread = (kAChunks + kThreads - 1) / kThreads;  // 1, 1, 2, 4
+  constexpr int kWStage = kWarps * kWordsPerGroup / 4;  // uint4 per stage
+  constexpr int kAStage = kRows * SPA_W4_GROUP;         // elements per stage
+  constexpr int kSStage = kWarps * 16;                  // scales per stage
   SPA_DYNAMIC_SMEM(smem);
-  uint32_t* w_smem = reinterpret_cast<uint32_t*>(smem);
-  T* a_smem = reinterpret_cast<T*>(smem + kStages * kWarps * kTilesPerGroup * 32 * 4);
-  __half* s_smem = reinterpret_cast<__half*>(a_smem + kStages * SLICES * MT * 8 * kLda);  // [stage][warp][16]
+  uint4* w_smem = reinterpret_cast<uint4*>(smem);  // [stage][warp][half h][lane]
+  T* a_smem = reinterpret_cast<T*>(smem + kStages * kWStage * 16);       // [stage][row][slot]
+  __half* s_smem = reinterpret_cast<__half*>(a_smem + kStages * kAStage);  // [stage][warp][16]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
-  const int slice = warp % SLICES;
-  const int n_tiles = N / 16, k_tiles = K / 16, n_groups = K / SPA_W4_GROUP;
-  const int tile = blockIdx.x * kTilesPerBlock + warp / SLICES;
-  const bool tile_valid = tile < n_tiles;
+  const int n_tiles = N / 16, n_groups = K / SPA_W4_GROUP;
+  const int tile = blockIdx.x * kWarps + warp;
+  const bool tile_valid = tile < n_tiles;  // uniform over the warp
   const int g_begin = blockIdx.y * groups_per_split;
-  const int g_end = min(n_groups, g_begin + groups_per_split);
-  if (g_begin >= g_end) return;  // uniform over the block
-  // Slice j of the block's groups: [g_begin + j * per, min(g_end, g_begin + (j + 1) * per)).
-  const int per = (g_end - g_begin + SLICES - 1) / SLICES;
+  const int g_count = min(n_groups, g_begin + groups_per_split) - g_begin;
+  if (g_count <= 0) return;  // uniform over the block
   const uint64_t policy = evict_first_policy();
 
-  // Stage `stage` holds iteration `it` of every slice: each warp's weights,
-  // and one activation tile per slice.
-  auto load_stage = [&](int stage, int it) {
-    const int group = g_begin + slice * per + it;
-    if (tile_valid && it < per && group < g_end) {
-      // 8 tiles x 32 words = 1 KB contiguous: 64 chunks of 16 B, two per lane.
-      const uint32_t* src = packed + (static_cast<size_t>(tile) * k_tiles + group * kTilesPerGroup) * 32;
-      uint32_t* dst = w_smem + (stage * kWarps + warp) * kTilesPerGroup * 32;
+  // Copy plan, computed once. Weights: this lane's 32 B of its tile's group
+  // (2 x 16 B) to [warp][h][lane]; scales: lanes 0 and 1, 16 B each. A warp
+  // past the last tile (partial CTA) streams tile 0's weights and scales,
+  // computes on them and stores nothing: no branch in the loop.
+  const int src_tile = tile_valid ? tile : 0;
+  const uint4* w_src = reinterpret_cast<const uint4*>(
+      packed + (static_cast<size_t>(src_tile) * n_groups + g_begin) * kWordsPerGroup) + lane * 2;
+  uint4* const w_dst = w_smem + warp * 64 + lane;
+  const __half* s_src = scales + static_cast<size_t>(g_begin) * N + src_tile * 16 + (lane & 1) * 8;
+  __half* const s_dst = s_smem + warp * 16 + (lane & 1) * 8;
+  const bool copies_scales = lane < 2;
+  const size_t s_stride = static_cast<size_t>(N);
+  // Activations: chunk c = threadIdx.x + i * kThreads of the stage (row c / 16).
+  // Rows >= M are zero-filled by the same copy (src-size 0: no memory read).
+  const T* a_src[kAPerThread];
+  int a_dst[kAPerThread];
+  bool a_valid[kAPerThread];
 #pragma unroll
-      for (int c = lane; c < kTilesPerGroup * 32 / 4; c += 32) cp_async16_evict_first(dst + c * 4, src + c * 4, policy);
-      stage_scales(s_smem + (stage * kWarps + warp) * 16, scales, group, N, tile, lane, policy);
-    }
-    // Activations: SLICES x MT*8 rows x 128 halves = 16 chunks per row.
-    for (int c = threadIdx.x; c < SLICES * MT * 8 * 16; c += kThreads) {
-      const int j = c / (MT * 8 * 16), row = c / 16 % (MT * 8), col = (c % 16) * 8;
-      const int group_j = g_begin + j * per + it;
-      const bool valid = row < M && group_j < g_end;
-      T* a_dst = a_smem + (stage * SLICES + j) * MT * 8 * kLda;
-      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group_j * SPA_W4_GROUP + col : 0);
-      cp_async16_zfill(a_dst + row * kLda + col, src, valid);
+  for (int i = 0; i < kAPerThread; ++i) {
+    const int c = threadIdx.x + i * kThreads, row = c / 16, c16 = c % 16;
+    a_valid[i] = row < M;
+    a_src[i] = a_ptr + (a_valid[i] ? static_cast<size_t>(row) * K + static_cast<size_t>(g_begin) * SPA_W4_GROUP + c16 * 8 : 0);
+    a_dst[i] = (c < kAChunks ? row : 0) * SPA_W4_GROUP + a_chunk_slot(row, c16) * 8;
+  }
+  // Threads without a chunk (MT = 1: the upper 128) copy no activations.
+  const bool copies_a = kAChunks % kThreads == 0 || static_cast<int>(threadIdx.x) < kAChunks % kThreads;
+  // Issues the next group's copies into `stage` when `more`, and advances every source by one group.
+  auto load_stage = [&](int stage, bool more) {
+    cp_async16_evict_first_if(w_dst + stage * kWStage, w_src, policy, more);
+    cp_async16_evict_first_if(w_dst + stage * kWStage + 32, w_src + 1, policy, more);
+    w_src += kWordsPerGroup / 4;
+    cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_scales);
+    s_src += s_stride;
+#pragma unroll
+    for (int i = 0; i < kAPerThread; ++i) {
+      const bool mine = i + 1 < kAPerThread || copies_a;
+      cp_async16_zfill_if(a_smem + stage * kAStage + a_dst[i], a_src[i], a_valid[i], more && mine);
+      a_src[i] += SPA_W4_GROUP;
     }
   };
+
+  // Reads: lane (g, t) takes row j * 8 + g, chunks 4t + i (i = 0..3), from these offsets.
+  const int x = (thread_in_group >> 1) ^ ((group_id & 1) << 1);
+  uint32_t a_read[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    a_read[i] = smem_address(smem, a_smem + group_id * SPA_W4_GROUP + (4 * thread_in_group + (i ^ x)) * 8);
+    pin(a_read[i]);
+  }
+  uint32_t w_read = smem_address(smem, w_smem + warp * 64 + lane);
+  pin(w_read);
+  const int s_read = warp * 16 + group_id;
 
   float acc[MT][4];
 #pragma unroll
@@ -129,30 +224,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
 
+  auto compute = [&](int stage) {
+    const uint4 w0 = lds128(smem, w_read + stage * kWStage * 16), w1 = lds128(smem, w_read + (stage * kWStage + 32) * 16);
+    const uint32_t words[kSteps] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+    uint32_t frag[kSteps][4];
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < per) load_stage(s, s);
-    cp_async_commit();
-  }
-
-  const int col_lo = tile * 16 + group_id;  // rows g and g+8 of the W^T tile
-  for (int it = 0; it < per; ++it) {
-    const int group = g_begin + slice * per + it;
-    const bool active = tile_valid && group < g_end;  // uniform over the warp
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage `it` landed for all threads; stage it-1 is free
-    int next = it + kStages - 1;
-    if (next < per) load_stage(next % kStages, next);
-    cp_async_commit();
-    // A warp past the last tile (partial block) or past its slice's groups
-    // loaded no weights: its mma would read uninitialised shared memory, so
-    // it only keeps the block's barriers.
-    if (!active) continue;
-
-    const int stage = it % kStages;
-    const uint32_t* w_tile = w_smem + (stage * kWarps + warp) * kTilesPerGroup * 32;
-    const T* a_stage = a_smem + (stage * SLICES + slice) * MT * 8 * kLda;
-    const __half* s_tile = s_smem + (stage * kWarps + warp) * 16;
+    for (int step = 0; step < kSteps; ++step) dequant8_fast<T>(words[step], frag[step]);
     constexpr int kChains = chains_for(MT);
     float part[kChains][MT][4];
 #pragma unroll
@@ -162,19 +239,21 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int r = 0; r < 4; ++r) part[c][j][r] = 0.f;
 #pragma unroll
-    for (int kt = 0; kt < kTilesPerGroup; ++kt) {
-      uint32_t frag[4];
-      dequant8<T>(w_tile[kt * 32 + lane], frag);
+    for (int j = 0; j < MT; ++j) {
+      uint4 b[4];
 #pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        const T* b = a_stage + (j * 8 + group_id) * kLda + kt * 16 + thread_in_group * 2;
-        uint32_t b0 = *reinterpret_cast<const uint32_t*>(b);
-        uint32_t b1 = *reinterpret_cast<const uint32_t*>(b + 8);
-        mma_16816<T>(part[kt % kChains][j], frag, b0, b1);
+      for (int i = 0; i < 4; ++i)
+        b[i] = lds128(smem, a_read[i] + (stage * kAStage + j * 8 * SPA_W4_GROUP) * 2);
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) {
+        const uint4& q = b[step / 2];
+        const uint32_t b0 = step % 2 ? q.z : q.x, b1 = step % 2 ? q.w : q.y;
+        mma_16816<T>(part[step % kChains][j], frag[step], b0, b1);
       }
     }
     // Rows g and g + 8 of the tile: columns col_lo and col_lo + 8.
-    const float scale_lo = __half2float(s_tile[group_id]), scale_hi = __half2float(s_tile[group_id + 8]);
+    const float scale_lo = __half2float(s_smem[stage * kSStage + s_read]);
+    const float scale_hi = __half2float(s_smem[stage * kSStage + s_read + 8]);
 #pragma unroll
     for (int c = 0; c < kChains; ++c)
 #pragma unroll
@@ -184,43 +263,62 @@ __global__ void __launch_bounds__(kThreads)
         acc[j][2] += part[c][j][2] * scale_hi;
         acc[j][3] += part[c][j][3] * scale_hi;
       }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    load_stage(s, s < g_count);
+    cp_async_commit();
+  }
+  // One group: wait for its stage s, refill the stage freed last (when
+  // `more`), compute.
+  auto step = [&](int s, bool more) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage `it` landed for all threads; stage it-1 is free
+    load_stage((s + kStages - 1) % kStages, more);
+    cp_async_commit();
+    compute(s);
+  };
+  // The stage ring, unrolled: group it = base + s lives in stage s. At MT = 1
+  // the steady state runs first, while every group of the ring computes and
+  // refills (no guards: fewer instructions per group); at MT >= 2 that
+  // version needs more registers than 2 CTAs per SM allow (spills), so only
+  // the guarded ring runs.
+  int base = 0;
+  if constexpr (MT == 1) {
+    for (; base + 2 * kStages - 1 <= g_count; base += kStages) {
+#pragma unroll
+      for (int s = 0; s < kStages; ++s) step(s, true);
+    }
+  }
+  for (; base < g_count; base += kStages) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s)
+      if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
   }
   cp_async_wait<0>();
-
-  if (!reduce_slices<MT, SLICES>(acc, smem, warp, lane) || !tile_valid) return;
-  store_tile<T, MT>(acc, y, partial, M, N, col_lo, thread_in_group);
+  if (!tile_valid) return;
+  store_tile<T, MT>(acc, y, partial, M, N, tile * 16 + group_id, thread_in_group);
 }
 
-template <typename T, int MT, int SLICES>
+template <typename T, int MT>
 cudaError_t launch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* partial,
                    int M, int N, int K, int splits, int groups_per_split, cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<MT, SLICES>();
-  static_assert(bytes >= kWarps * MT * 4 * 32 * 4, "the slice reduction reuses the pipeline memory");
-  auto kernel = gemm_kernel<T, MT, SLICES>;
+  constexpr int bytes = smem_bytes<MT>();
+  auto kernel = gemm_kernel<T, MT>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  constexpr int tiles_per_block = kWarps / SLICES;
-  dim3 grid((N / 16 + tiles_per_block - 1) / tiles_per_block, splits);
+  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
   SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, packed, scales, y, partial, M, N, K, groups_per_split);
   return cudaGetLastError();
 }
 
-// In-block slices only at decode sizes (MT <= 2): their activation tiles
-// multiply the pipeline's shared memory by SLICES.
 template <typename T>
 cudaError_t dispatch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* partial,
-                     int M, int N, int K, int slices, int splits, int gps, cudaStream_t stream) {
-  if (M <= 8) {
-    if (slices == 4) return launch<T, 1, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-    if (slices == 2) return launch<T, 1, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-    return launch<T, 1, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  }
-  if (M <= 16) {
-    if (slices == 4) return launch<T, 2, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-    if (slices == 2) return launch<T, 2, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-    return launch<T, 2, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  }
-  if (M <= 32) return launch<T, 4, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  return launch<T, 8, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+                     int M, int N, int K, int splits, int gps, cudaStream_t stream) {
+  if (M <= 8) return launch<T, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  if (M <= 16) return launch<T, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  if (M <= 32) return launch<T, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  return launch<T, 8>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
 }
 
 template <typename T>
@@ -232,7 +330,7 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, slices_wanted, split_k, workspace != nullptr);
-  const int slices = plan.slices, splits = plan.splits, gps = plan.groups_per_split;
+  const int splits = plan.splits, gps = plan.groups_per_split;  // plan.slices: no in-block slices here
   float* partial = splits > 1 ? static_cast<float*>(workspace) : nullptr;
   if (partial != nullptr)
     SPA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * static_cast<size_t>(M) * N, stream));
@@ -241,7 +339,7 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
     SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales,
                           y + static_cast<size_t>(m0) * N,
                           partial ? partial + static_cast<size_t>(m0) * N : nullptr, rows, N, K,
-                          slices, splits, gps, stream));
+                          splits, gps, stream));
   }
   if (partial != nullptr)
     return launch_finalize<T>(partial, y, static_cast<long long>(M) * N, stream);

@@ -8,11 +8,15 @@ a ``uint32`` holds eight 4-bit values ``v0..v7`` (stored ``u = q + 8``) with
 kernel gets the pair ``(v[2p], v[2p+1])`` into both halves of a 32-bit register
 with one shift and one mask.
 
-* ``w4a16``: ``packed int32 [N/16, K/16, 32]``: tile ``(nt, kt)`` of ``W^T``
-  (rows ``n = nt*16 + r``, cols ``k = kt*16 + c``); word ``l`` (lane
-  ``l = 4g + t``) holds the mma.m16n8k16 A fragment ``(r, c)`` =
-  ``(g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1) (g, 2t+8) (g, 2t+9) (g+8, 2t+8) (g+8, 2t+9)``.
-  ``scales float16 [K/128, N]``.
+* ``w4a16``: ``packed int32 [N/16, K/16, 32]``, read as ``[N/16, K/128, 32, 8]``:
+  for 16-column tile ``nt`` of ``W^T`` (rows ``n = nt*16 + r``) and 128-k group
+  ``b``, lane ``l = 4g + t`` owns 8 consecutive words (32 B, two 16-B loads),
+  word ``s`` being its mma.m16n8k16 A fragment for step ``s``:
+  ``(r, c)`` = ``(g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1) (g, 2t+8) (g, 2t+9) (g+8, 2t+8) (g+8, 2t+9)``,
+  where mma column ``c`` of step ``s`` is ``k = b*128 + 32t + 4s + j`` with
+  ``j = 2*(c // 8) + c % 2``: lane ``t``'s activations for the whole group are the
+  32 consecutive ``k`` from ``32t`` (four 16-B loads), and its B fragments of
+  step ``s`` are halves ``4s..4s+3`` of them. ``scales float16 [K/128, N]``.
 * ``w4_sp24``: 2:4 along K; ``values int32 [N/16, K/32, 32]`` (lane ``4g + t``:
   the two kept values of chunk ``t`` of rows ``g``, ``g+8``, then chunk ``4 + t``
   of rows ``g``, ``g+8``; a chunk is 4 consecutive k), ``meta uint32 [N/16, K/32, 16]``
@@ -74,7 +78,7 @@ def _from_words(words: np.ndarray) -> np.ndarray:
 
 
 def _lane_coordinates() -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) inside a 16x16 tile of the 8 values of each of the 32 lanes."""
+    """(row, col) inside a 16x16 tile of the 8 values of each of the 32 lanes (mma.m16n8k16 A fragment)."""
     lane = np.arange(32)
     g, t = lane // 4, lane % 4
     rows = np.stack([g, g, g + 8, g + 8, g, g, g + 8, g + 8], axis=1)
@@ -82,6 +86,16 @@ def _lane_coordinates() -> tuple[np.ndarray, np.ndarray]:
         [2 * t, 2 * t + 1, 2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9, 2 * t + 8, 2 * t + 9], axis=1
     )
     return rows, cols
+
+
+def _w4a16_coordinates() -> tuple[np.ndarray, np.ndarray]:
+    """(row, k) inside a 16x128 group tile of value ``i`` of word ``s`` of lane ``l``: ``[32, 8, 8]`` each."""
+    rows, cols = _lane_coordinates()  # [32, 8]
+    t = (np.arange(32) % 4)[:, None, None]
+    step = np.arange(8)[None, :, None]
+    c = cols[:, None, :]
+    k = 32 * t + 4 * step + 2 * (c // 8) + c % 2
+    return np.broadcast_to(rows[:, None, :], k.shape), k
 
 
 def _check_w4(weight: QuantizedWeight, kernel: str) -> tuple[int, int]:
@@ -125,19 +139,19 @@ def repack_w4a16(weight: QuantizedWeight) -> W4A16Packed:
     """Symmetric INT4, block 128 (e.g. from ``unpack_matmulnbits``/``unpack_qdq``) -> w4a16."""
     k, n = _check_w4(weight, "w4a16")
     unsigned = (weight.q.astype(np.int16) + _ZERO).astype(np.uint8)
-    rows, cols = _lane_coordinates()
-    lanes = _tiles(unsigned, 16)[:, :, rows, cols]  # [N/16, K/16, 32, 8]
-    packed = _to_words(lanes).view(np.int32)
+    rows, ks = _w4a16_coordinates()
+    lanes = _tiles(unsigned, GROUP)[:, :, rows, ks]  # [N/16, K/128, 32 lanes, 8 words, 8 values]
+    packed = _to_words(lanes).reshape(n // 16, k // 16, 32).view(np.int32)
     return W4A16Packed(np.ascontiguousarray(packed), weight.scales.astype(np.float16), k, n)
 
 
 def unpack_w4a16(arrays: W4A16Packed) -> QuantizedWeight:
     """NumPy reference reader of the w4a16 layout (inverse of :func:`repack_w4a16`)."""
     k, n = arrays.k, arrays.n
-    lanes = _from_words(arrays.packed.reshape(n // 16, k // 16, 32))
-    tiles = np.zeros((n // 16, k // 16, 16, 16), np.uint8)
-    rows, cols = _lane_coordinates()
-    tiles[:, :, rows, cols] = lanes
+    lanes = _from_words(arrays.packed.reshape(n // 16, k // GROUP, 32, 8))
+    tiles = np.zeros((n // 16, k // GROUP, 16, GROUP), np.uint8)
+    rows, ks = _w4a16_coordinates()
+    tiles[:, :, rows, ks] = lanes
     q = (_untile(tiles).astype(np.int16) - _ZERO).astype(np.int8)
     return QuantizedWeight(np.ascontiguousarray(q), arrays.scales.copy(), None, 4, GROUP)
 
