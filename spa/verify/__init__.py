@@ -83,6 +83,7 @@ def verify_models(
     dims: Mapping[str, int] | None = None,
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
     adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    resolutions: Mapping[str, float] | None = None,
 ) -> VerifyResult:
     """Run both models on ``samples`` seeded feeds; compare outputs by name.
 
@@ -91,6 +92,8 @@ def verify_models(
     maps reference arrays to what the candidate reads and writes (used where a
     pruned model's KV-cache inputs and outputs have fewer heads): it is applied
     to the feeds given to the candidate and to the reference's outputs.
+    ``resolutions``: output name -> absolute difference that counts as equal
+    (the producing op's precision, see :mod:`spa.verify.tolerance`).
     """
     from spa.errors import UserError
 
@@ -113,7 +116,7 @@ def verify_models(
                     f"{candidate}: has no output named '{name}' (it has {sorted(actual)}); "
                     "compare models with the same outputs"
                 )
-            check = policy.check(name, value, actual[name])
+            check = policy.check(name, value, actual[name], (resolutions or {}).get(name, 0.0))
             previous = worst.get(name)
             if (
                 previous is None
