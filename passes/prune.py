@@ -36,6 +36,7 @@ import onnx_ir.passes.common as common_passes
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.analysis.groups import Group
 from spa.analysis.rules import RuleContext
 from spa.analysis.rules.attention import sized_attributes
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target
@@ -43,12 +44,14 @@ from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatis
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
-from spa.pruning.criteria import DATA_CRITERIA
+from spa.pruning.criteria import DATA_ALLOCATIONS, DATA_CRITERIA
 from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
+from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.pruning.statistics import needed_values
+from spa.stats.coverage import node_macs, value_shapes
 
-__all__ = ["PrunePass", "apply_plan"]
+__all__ = ["PrunePass", "apply_plan", "mac_costs"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,8 +324,10 @@ class PrunePass(SpaPass):
     ``seed``, ``round_to``, ``exclude`` (regexes of values whose groups stay),
     ``plan_path`` (apply a saved plan), ``save_plan`` (write the plan used),
     ``reduction``, ``allocation``, ``max_group_ratio``, ``bias_compensation``,
-    ``prunable_io`` (regex of graph inputs/outputs that may shrink: KV caches)
-    and ``keep_reference``.
+    ``prunable_io`` (regex of graph inputs/outputs that may shrink: KV caches),
+    ``fragile`` (threshold of the ``sensitivity`` allocation, which measures
+    groups on ``sensitivity_samples`` calibration feeds and spends a MAC
+    budget) and ``keep_reference``.
     """
 
     name = "prune"
@@ -344,6 +349,8 @@ class PrunePass(SpaPass):
         bias_compensation: bool = False,
         prunable_io: str | None = DEFAULT_PRUNABLE_IO,
         keep_reference: bool = False,
+        fragile: float = FRAGILE_DISTORTION,
+        sensitivity_samples: int = SENSITIVITY_SAMPLES,
     ) -> None:
         super().__init__()
         self.ratio, self.criterion, self.seed = ratio, criterion, seed
@@ -351,12 +358,17 @@ class PrunePass(SpaPass):
         self.save_plan, self.reduction, self.allocation = save_plan, reduction, allocation
         self.max_group_ratio, self.bias_compensation = max_group_ratio, bias_compensation
         self.prunable_io, self.keep_reference = prunable_io, keep_reference
+        self.fragile, self.sensitivity_samples = fragile, sensitivity_samples
         self._stage: _Stage | None = None
         self._statistics: dict[str, ChannelStatistics] | None = None
+        self._samples: list[dict[str, np.ndarray]] = []
 
     def _wants_statistics(self) -> bool:
         data = self.criterion in DATA_CRITERIA
         return data or (self.bias_compensation and self.criterion != "obspa")
+
+    def _wants_samples(self) -> bool:
+        return self.plan_path is None and self.allocation in DATA_ALLOCATIONS
 
     def _prepared(self, model: ir.Model) -> _Stage:
         if self._stage is None or self._stage.model is not model:
@@ -369,25 +381,38 @@ class PrunePass(SpaPass):
         return self._stage
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        if not self._wants_statistics():  # a saved plan still reconstructs with data
+        samples = self.sensitivity_samples if self._wants_samples() else 0
+        if not (self._wants_statistics() or samples):  # a saved plan still reconstructs with data
             return None
         stage = self._prepared(model)
         values = needed_values(model, stage.analysis.prunable_groups())
-        return CalibrationRequest(channels=values, full_channels=self.criterion == "obs")
+        return CalibrationRequest(
+            channels=values if self._wants_statistics() else {},
+            full_channels=self.criterion == "obs",
+            samples=samples,
+        )
 
     def use_calibration(self, result: CalibrationResult) -> None:
         self._statistics = result.channels or None  # None: no data was given
+        self._samples = result.samples
 
     def call(self, model: ir.Model) -> SpaPassResult:
         stage = self._prepared(model)
         analysis, statistics = stage.analysis, self._statistics
         if self.criterion in DATA_CRITERIA and statistics is None:
             raise UserError(f"criterion {self.criterion} needs --calib DATA (calibration inputs)")
+        sensitivity: dict[str, Any] = {}
+        if self._wants_samples():
+            if not self._samples:
+                raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
+            costs, total = mac_costs(model, analysis.prunable_groups(), self._samples[0])
+            sensitivity = {"samples": self._samples, "costs": costs, "total_cost": total}
         plan = plan_for(
             model, analysis, plan_path=self.plan_path, ratio=self.ratio,
             criterion=self.criterion, seed=self.seed, round_to=self.round_to,
             exclude=self.exclude, reduction=self.reduction, allocation=self.allocation,
-            max_group_ratio=self.max_group_ratio, statistics=statistics,
+            max_group_ratio=self.max_group_ratio, statistics=statistics, fragile=self.fragile,
+            **sensitivity,
         )  # fmt: skip
         plan.policy["bias_compensation"] = self.bias_compensation
         if self.save_plan is not None:
@@ -411,6 +436,35 @@ class PrunePass(SpaPass):
         statistics_out = apply_plan(model, analysis, plan)
         details["biases_added"] = len(stage.created) - remove_zero_biases(model, stage.created)
         return SpaPassResult(model, True, statistics_out, details)
+
+
+def mac_costs(
+    model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray]
+) -> tuple[dict[int, float], float]:
+    """MACs per root channel of each group at the shapes of ``sample``, and the
+    model's total MACs (Conv/MatMul/Gemm): a channel owns ``1 / size`` of the
+    MACs of every node whose weight (input 1) is one of its group's members."""
+    proto = ir.serde.serialize_model(model)
+    for value in proto.graph.input:
+        if value.name in sample:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for size in np.shape(sample[value.name]):
+                shape.dim.add().dim_value = int(size)
+    del proto.graph.value_info[:]
+    shapes = value_shapes(proto)
+    macs_by_weight: dict[str, int] = defaultdict(int)
+    total = 0
+    for node in proto.graph.node:
+        macs = node_macs(node, shapes)
+        total += macs
+        if macs and len(node.input) > 1:
+            macs_by_weight[node.input[1]] += macs
+    costs = {
+        group.id: sum(macs_by_weight.get(m.space[0], 0) for m in group.parameters) / group.size
+        for group in groups
+    }
+    return costs, float(total)
 
 
 def _copy(model: ir.Model) -> ir.Model:

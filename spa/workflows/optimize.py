@@ -24,6 +24,7 @@ from spa.calibration import CalibrationSource
 from spa.model_io import save_model
 from spa.pass_manager import Instrument, PassRecord, SpaPass
 from spa.passes.prune import PrunePass
+from spa.pruning.sensitivity import FRAGILE_DISTORTION
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
@@ -94,13 +95,14 @@ def optimize(
     allocation: str = "uniform",
     max_group_ratio: float = 0.9,
     bias_compensation: bool = False,
+    fragile: float = FRAGILE_DISTORTION,
     **run: Unpack[RunKeywords],
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
 
     The input file is never modified. With ``prune`` (a ratio) a ``prune``
     pass runs first (``criterion``, ``round_to``, ``reduction``, ``allocation``,
-    ``max_group_ratio``, ``bias_compensation`` as :class:`spa.passes.prune.PrunePass`;
+    ``max_group_ratio``, ``bias_compensation``, ``fragile`` as :class:`spa.passes.prune.PrunePass`;
     verified by mask equivalence), then the recipe on the pruned model. Passes
     that ask for statistics get them from ``calibration``. With ``verify`` the
     recipe's output is compared with its input in ONNX Runtime on seeded inputs
@@ -117,7 +119,7 @@ def optimize(
         pruner = PrunePass(
             prune, criterion, seed, round_to, reduction=reduction, allocation=allocation,
             max_group_ratio=max_group_ratio, bias_compensation=bias_compensation,
-            keep_reference=verify,
+            keep_reference=verify, fragile=fragile,
         )  # fmt: skip
         pass_list.insert(0, pruner)
     with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:

@@ -24,6 +24,7 @@ from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord
 from spa.passes.prune import PrunePass
 from spa.pruning.plan import Plan
+from spa.pruning.sensitivity import FRAGILE_DISTORTION
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
@@ -75,6 +76,7 @@ def prune_model(
     max_group_ratio: float = 0.9,
     calibration: CalibrationSource | None = None,
     bias_compensation: bool = False,
+    fragile: float = FRAGILE_DISTORTION,
     **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
@@ -83,7 +85,8 @@ def prune_model(
     ``criterion`` and ``allocation`` pick the channels (see
     :func:`spa.pruning.plan.make_plan`); ``calibration`` (an ``.npz``, a
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
-    activation criteria. ``obs``/``obspa`` and ``bias_compensation`` update the
+    activation criteria and the ``sensitivity`` allocation (groups whose measured
+    distortion exceeds ``fragile`` stay whole). ``obs``/``obspa`` and ``bias_compensation`` update the
     consumers' kept weights before slicing; the verifier masks the updated
     model, so it stays exact. The ``prune`` pass runs through
     :func:`spa.workflows.run.run_pipeline` (per-pass lines, ``dump_dir``).
@@ -97,6 +100,7 @@ def prune_model(
         save_plan=None if save_plan is None else str(save_plan), reduction=reduction,
         allocation=allocation, max_group_ratio=max_group_ratio,
         bias_compensation=bias_compensation, prunable_io=prunable_io, keep_reference=verify,
+        fragile=fragile,
     )  # fmt: skip
     outcome = run_pipeline(model, output, [prune_pass], options)
     details = outcome.details("prune")
