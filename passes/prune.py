@@ -44,6 +44,7 @@ from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatis
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
+from spa.pruning.correction import CorrectionTarget, correction_targets, slice_statistics
 from spa.pruning.criteria import DATA_ALLOCATIONS, DATA_CRITERIA
 from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
@@ -327,7 +328,9 @@ class PrunePass(SpaPass):
     ``prunable_io`` (regex of graph inputs/outputs that may shrink: KV caches),
     ``fragile`` (threshold of the ``sensitivity`` allocation, which measures
     groups on ``sensitivity_samples`` calibration feeds and spends a MAC
-    budget) and ``keep_reference``.
+    budget), ``correct_statistics`` (measure the dense output statistics of the
+    layers that read pruned channels, for a following
+    :class:`spa.passes.correct_statistics.CorrectStatisticsPass`) and ``keep_reference``.
     """
 
     name = "prune"
@@ -351,6 +354,7 @@ class PrunePass(SpaPass):
         keep_reference: bool = False,
         fragile: float = FRAGILE_DISTORTION,
         sensitivity_samples: int = SENSITIVITY_SAMPLES,
+        correct_statistics: bool = False,
     ) -> None:
         super().__init__()
         self.ratio, self.criterion, self.seed = ratio, criterion, seed
@@ -359,6 +363,10 @@ class PrunePass(SpaPass):
         self.max_group_ratio, self.bias_compensation = max_group_ratio, bias_compensation
         self.prunable_io, self.keep_reference = prunable_io, keep_reference
         self.fragile, self.sensitivity_samples = fragile, sensitivity_samples
+        self.correct_statistics = correct_statistics
+        #: For :class:`spa.passes.correct_statistics.CorrectStatisticsPass`: the layers
+        #: to correct and the dense (mean, std) of their outputs on the kept channels.
+        self.correction: tuple[list[CorrectionTarget], dict[str, Any]] | None = None
         self._stage: _Stage | None = None
         self._statistics: dict[str, ChannelStatistics] | None = None
         self._samples: list[dict[str, np.ndarray]] = []
@@ -375,19 +383,22 @@ class PrunePass(SpaPass):
             prepare(model)
             analysis = analyze(model, self.prunable_io)
             created: list[ir.Node] = []
-            if self.bias_compensation:
+            if self.bias_compensation or self.correct_statistics:
                 analysis, created = _with_biases(model, analysis, self.prunable_io)
             self._stage = _Stage(model, analysis, created)
         return self._stage
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
         samples = self.sensitivity_samples if self._wants_samples() else 0
-        if not (self._wants_statistics() or samples):  # a saved plan still reconstructs with data
-            return None
+        if not (self._wants_statistics() or samples or self.correct_statistics):
+            return None  # a saved plan still reconstructs with data
         stage = self._prepared(model)
-        values = needed_values(model, stage.analysis.prunable_groups())
+        groups = stage.analysis.prunable_groups()
+        values = needed_values(model, groups) if self._wants_statistics() else {}
+        if self.correct_statistics:
+            values.update({t.value: t.axis for t in correction_targets(model, groups)})
         return CalibrationRequest(
-            channels=values if self._wants_statistics() else {},
+            channels=values,
             full_channels=self.criterion == "obs",
             samples=samples,
         )
@@ -433,8 +444,16 @@ class PrunePass(SpaPass):
             return SpaPassResult(model, False, {"groups_pruned": 0}, details)
         if self.keep_reference:  # the updated model before slicing, for mask equivalence
             details["reference"] = _copy(model)
+        targets: list[CorrectionTarget] = []
+        if self.correct_statistics and statistics is not None:
+            by_id = {group.id: group for group in analysis.groups}
+            targets = correction_targets(model, [by_id[g] for g in plan.kept])
+            dense = slice_statistics(statistics, analysis, member_indices(analysis, plan))
+            self.correction = (targets, dense)
         statistics_out = apply_plan(model, analysis, plan)
-        details["biases_added"] = len(stage.created) - remove_zero_biases(model, stage.created)
+        # biases created for the correction stay (it gives them values)
+        removed = 0 if targets else remove_zero_biases(model, stage.created)
+        details["biases_added"] = len(stage.created) - removed
         return SpaPassResult(model, True, statistics_out, details)
 
 

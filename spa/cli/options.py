@@ -184,6 +184,16 @@ def criterion_options(function: F) -> F:
             "channels alone moves the outputs by more than this relative squared error.",
         ),
         click.option(
+            "--correct-statistics",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            metavar="ROUNDS",
+            help="After pruning, match each pruned layer's per-channel output mean and spread "
+            "to the dense model's on --calib (BatchNorm re-calibration on folded graphs); "
+            "ROUNDS rounds, each on the model the previous one left.",
+        ),
+        click.option(
             "--max-group-ratio",
             type=float,
             default=0.9,
@@ -197,6 +207,7 @@ def criterion_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The pruning-policy keywords of the library, taken from ``criterion_options``."""
     names = (
         "criterion", "reduction", "bias_compensation", "allocation", "max_group_ratio", "fragile",
+        "correct_statistics",
     )  # fmt: skip
     return {name: options.pop(name) for name in names}
 

@@ -265,7 +265,9 @@ def _sensitivity_keeps(
 ) -> tuple[dict[int, int], dict[str, Any]]:
     """Kept counts of the ``sensitivity`` allocation, and what it measured."""
     if samples is None and calibration is not None:
-        inputs = [v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers]
+        inputs = [
+            v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers
+        ]
         samples = list(itertools.islice(load_calibration(calibration, inputs), SENSITIVITY_SAMPLES))
     if not samples:
         raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
