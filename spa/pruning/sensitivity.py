@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 SENSITIVITY_RATIOS: tuple[float, ...] = (0.1, 0.25, 0.5)
 #: Default threshold: a group whose smallest measured ratio alone moves the
 #: outputs by more than this relative squared error is left whole.
-FRAGILE_DISTORTION = 0.05
+FRAGILE_DISTORTION = 0.25
 #: Calibration samples the measurement runs on by default.
 SENSITIVITY_SAMPLES = 8
 
