@@ -26,7 +26,7 @@ from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
 from spa.pruning.plan import Plan
-from spa.pruning.sensitivity import FRAGILE_DISTORTION
+from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
@@ -80,6 +80,7 @@ def prune_model(
     bias_compensation: bool = False,
     fragile: float = FRAGILE_DISTORTION,
     correct_statistics: int = 0,
+    sensitivity_samples: int = SENSITIVITY_SAMPLES,
     **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
@@ -89,7 +90,8 @@ def prune_model(
     :func:`spa.pruning.plan.make_plan`); ``calibration`` (an ``.npz``, a
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
     activation criteria and the ``sensitivity`` allocation (groups whose measured
-    distortion exceeds ``fragile`` stay whole). ``correct_statistics`` rounds of
+    distortion on ``sensitivity_samples`` calibration samples exceeds ``fragile`` stay
+    whole). ``correct_statistics`` rounds of
     :class:`spa.passes.correct_statistics.CorrectStatisticsPass` follow the prune
     (mask equivalence then checks the model before them). ``obs``/``obspa`` and
     ``bias_compensation`` update the
@@ -107,6 +109,7 @@ def prune_model(
         allocation=allocation, max_group_ratio=max_group_ratio,
         bias_compensation=bias_compensation, prunable_io=prunable_io, keep_reference=verify,
         fragile=fragile, correct_statistics=correct_statistics > 0,
+        sensitivity_samples=sensitivity_samples,
     )  # fmt: skip
     passes: list[SpaPass] = [prune_pass]
     passes += [CorrectStatisticsPass(prune_pass) for _ in range(correct_statistics)]
