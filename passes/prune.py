@@ -457,11 +457,29 @@ class PrunePass(SpaPass):
         return SpaPassResult(model, True, statistics_out, details)
 
 
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _recurrent_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """MACs of an LSTM/GRU/RNN's input (W) and recurrent (R) weights: one
+    product with each per time step and batch row (``X`` is [seq, batch, in])."""
+    steps = shapes.get(node.input[0])
+    if not steps or len(steps) < 2:
+        return {}
+    macs = {}
+    for name in node.input[1:3]:
+        weight = shapes.get(name)
+        if name and weight:
+            macs[name] = steps[0] * steps[1] * int(np.prod(weight))
+    return macs
+
+
 def mac_costs(
     model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray]
 ) -> tuple[dict[int, float], float]:
     """MACs per root channel of each group at the shapes of ``sample``, and the
-    model's total MACs (Conv/MatMul/Gemm): a channel owns ``1 / size`` of the
+    model's total MACs (Conv/MatMul/Gemm, and LSTM/GRU/RNN weights once per time
+    step): a channel owns ``1 / size`` of the
     MACs of every node whose weight (input 1) is one of its group's members."""
     proto = ir.serde.serialize_model(model)
     for value in proto.graph.input:
@@ -475,6 +493,11 @@ def mac_costs(
     macs_by_weight: dict[str, int] = defaultdict(int)
     total = 0
     for node in proto.graph.node:
+        if node.op_type in _RECURRENT and node.domain == "":
+            for name, macs in _recurrent_macs(node, shapes).items():
+                total += macs
+                macs_by_weight[name] += macs
+            continue
         macs = node_macs(node, shapes)
         total += macs
         if macs and len(node.input) > 1:

@@ -130,3 +130,18 @@ def test_cli_sensitivity_reports_and_needs_calibration(run_cli, tmp_path: Path) 
     missing = run_cli("prune", model, "-o", out, "--allocation", "sensitivity")
     assert missing.exit_code == 1
     assert "--allocation sensitivity needs --calib DATA" in missing.output
+
+
+LSTM = """
+<ir_version: 8, opset_import: ["" : 17]>
+rnn (float[5, 1, 3] x) => (float[5, 1, 1, 4] y) {
+  y = LSTM <hidden_size = 4> (x, w, r)
+}
+"""
+
+
+def test_mac_costs_count_recurrent_weights_once_per_time_step() -> None:
+    model, analysis = analysis_of(model_from_text(LSTM, {"w": (1, 16, 3), "r": (1, 16, 4)}))
+    feed = {"x": np.zeros((5, 1, 3), np.float32)}
+    _, total = mac_costs(model, analysis.prunable_groups(), feed)
+    assert total == 5 * (16 * 3 + 16 * 4)
