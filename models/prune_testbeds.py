@@ -75,7 +75,7 @@ def _headline(bed: testbeds.Testbed, metrics: dict[str, float]) -> str:
     return f"{metrics[bed.metric]:.4g}"
 
 
-def run_bed(name: str, samples: int) -> dict[str, Any]:
+def run_bed(name: str, samples: int, variants: list[str]) -> dict[str, Any]:
     bed = testbeds.get(name)
     model = bed.model_path()
     feeds = bed.calibration_feeds(samples, 0)
@@ -89,6 +89,8 @@ def run_bed(name: str, samples: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="spa-prune-beds-") as folder:
         for target in TARGETS:
             for policy, options in POLICIES.items():
+                if policy not in variants:
+                    continue
                 output = Path(folder) / f"{name}-{policy}-{target}.onnx"
                 began = time.perf_counter()
                 result = prune_model(
@@ -170,6 +172,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--fragile", type=float, default=None, help="override the default")
     parser.add_argument("--sensitivity-samples", type=int, default=3)
+    parser.add_argument(
+        "--variants", nargs="+", default=list(POLICIES), help="rerun only these (rows merged)"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "prune_testbeds.json"
@@ -181,8 +186,15 @@ def main() -> None:
         if policy["allocation"] == "sensitivity":
             policy["sensitivity_samples"] = args.sensitivity_samples
     for name in args.beds:
-        entry = run_bed(name, args.samples)
+        entry = run_bed(name, args.samples, args.variants)
         results = json.loads(path.read_text()) if path.exists() else {}  # other runs' beds
+        if name in results:  # keep the rows of variants not rerun, in table order
+            fresh = {(row["variant"], row["target"]) for row in entry["rows"]}
+            kept = [r for r in results[name]["rows"] if (r["variant"], r["target"]) not in fresh]
+            order = ["dense", *POLICIES]
+            entry["rows"] = sorted(
+                kept + entry["rows"], key=lambda r: (r["target"], order.index(r["variant"]))
+            )
         results[name] = entry
         path.write_text(json.dumps(results, indent=1) + "\n")
         (RESULTS / "prune_testbeds.md").write_text(render(results))

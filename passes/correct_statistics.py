@@ -38,22 +38,22 @@ class CorrectStatisticsPass(SpaPass):
 
     def __init__(self, prune: PrunePass) -> None:
         super().__init__()
-        self.prune = prune
+        self._prune = prune
         self._pruned: dict[str, ChannelStatistics] = {}
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        if self.prune.correction is None:
+        if self._prune.correction is None:
             return None
-        targets, _ = self.prune.correction
+        targets, _ = self._prune.correction
         return CalibrationRequest(channels={t.value: t.axis for t in targets})
 
     def use_calibration(self, result: CalibrationResult) -> None:
         self._pruned = result.channels
 
     def call(self, model: ir.Model) -> SpaPassResult:
-        if self.prune.correction is None or not self._pruned:
+        if self._prune.correction is None or not self._pruned:
             return SpaPassResult(model, False, {"layers_corrected": 0}, {"correction": []})
-        targets, dense = self.prune.correction
+        targets, dense = self._prune.correction
         rows = apply_correction(model, targets, dense, self._pruned)
         statistics: dict[str, int | float] = {"layers_corrected": len(rows)}
         return SpaPassResult(model, bool(rows), statistics, {"correction": rows})

@@ -366,7 +366,7 @@ class PrunePass(SpaPass):
         self.correct_statistics = correct_statistics
         #: For :class:`spa.passes.correct_statistics.CorrectStatisticsPass`: the layers
         #: to correct and the dense (mean, std) of their outputs on the kept channels.
-        self.correction: tuple[list[CorrectionTarget], dict[str, Any]] | None = None
+        self._correction: tuple[list[CorrectionTarget], dict[str, Any]] | None = None
         self._stage: _Stage | None = None
         self._statistics: dict[str, ChannelStatistics] | None = None
         self._samples: list[dict[str, np.ndarray]] = []
@@ -374,6 +374,11 @@ class PrunePass(SpaPass):
     def _wants_statistics(self) -> bool:
         data = self.criterion in DATA_CRITERIA
         return data or (self.bias_compensation and self.criterion != "obspa")
+
+    @property
+    def correction(self) -> tuple[list[CorrectionTarget], dict[str, Any]] | None:
+        """The layers to correct and the dense (mean, std) of their outputs, once pruned."""
+        return self._correction
 
     def _wants_samples(self) -> bool:
         return self.plan_path is None and self.allocation in DATA_ALLOCATIONS
@@ -449,7 +454,7 @@ class PrunePass(SpaPass):
             by_id = {group.id: group for group in analysis.groups}
             targets = correction_targets(model, [by_id[g] for g in plan.kept])
             dense = slice_statistics(statistics, analysis, member_indices(analysis, plan))
-            self.correction = (targets, dense)
+            self._correction = (targets, dense)
         statistics_out = apply_plan(model, analysis, plan)
         # biases created for the correction stay (it gives them values)
         removed = 0 if targets else remove_zero_biases(model, stage.created)

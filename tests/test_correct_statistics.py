@@ -83,3 +83,19 @@ def test_cli_correct_statistics(run_cli, tmp_path: Path) -> None:
     assert data["verify"]["passed"] is True
     assert {row["round"] for row in data["correction"]} == {1, 2}
     assert "correct-statistics" in result.output
+
+
+def test_optimize_checks_the_prune_and_the_recipe_around_the_correction(
+    run_cli, tmp_path: Path
+) -> None:
+    model = tmp_path / "chain.onnx"
+    onnx.save(_chain(), str(model))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.stack([feed["x"] for feed in _feeds(8)]))
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = run_cli("optimize", model, "-o", out, "--prune", "0.3", "--criterion", "l2",
+                     "--correct-statistics", "1", "--calib", calib, "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["prune"]["verify"]["passed"] is True  # mask equivalence of the prune alone
+    assert data["verification"]["passed"] is True  # the recipe against the corrected model
