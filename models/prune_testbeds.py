@@ -32,6 +32,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,11 @@ LIMITS: dict[str, int | None] = {
 }  # fmt: skip
 POLICIES: dict[str, dict[str, Any]] = {
     "before": {"criterion": "obs", "bias_compensation": True, "allocation": "global"},
-    "after": {"criterion": "obs", "bias_compensation": True, "allocation": "sensitivity"},
     "after+correct": {
         "criterion": "obs", "bias_compensation": True, "allocation": "sensitivity",
         "correct_statistics": 2,
     },
+    "after": {"criterion": "obs", "bias_compensation": True, "allocation": "sensitivity"},
 }  # fmt: skip
 
 
@@ -75,32 +76,39 @@ def _headline(bed: testbeds.Testbed, metrics: dict[str, float]) -> str:
     return f"{metrics[bed.metric]:.4g}"
 
 
-def run_bed(name: str, samples: int, variants: list[str]) -> dict[str, Any]:
+def run_bed(
+    name: str, samples: int, variants: list[str], save: Callable[[dict[str, Any]], None]
+) -> None:
+    """Measure ``name``; ``save`` gets the bed's entry after every row (a long run
+    that is stopped keeps what it measured)."""
     bed = testbeds.get(name)
     model = bed.model_path()
     feeds = bed.calibration_feeds(samples, 0)
     shapes = {key: tuple(value.shape) for key, value in feeds[0].items()}
     limit = LIMITS[name]
-    start = time.perf_counter()
     rows: list[dict[str, Any]] = [{
         "variant": "dense", "target": 0.0, "metrics": bed.evaluate(model, limit=limit),
         "macs": _macs(model, feeds[0]),
     }]  # fmt: skip
+    entry = {
+        "bed": name, "metric": bed.metric, "higher_is_better": bed.higher_is_better,
+        "limit": limit, "samples": samples, "shapes": {k: list(v) for k, v in shapes.items()},
+        "rows": rows,
+    }  # fmt: skip
+    save(entry)
     with tempfile.TemporaryDirectory(prefix="spa-prune-beds-") as folder:
         for target in TARGETS:
-            for policy, options in POLICIES.items():
-                if policy not in variants:
-                    continue
+            for policy in variants:
                 output = Path(folder) / f"{name}-{policy}-{target}.onnx"
                 began = time.perf_counter()
                 result = prune_model(
                     model, output, ratio=_ratio(policy, target), calibration=feeds,
-                    shapes=shapes, verify=True, **options,
+                    shapes=shapes, verify=True, **POLICIES[policy],
                 )  # fmt: skip
                 prune_seconds = time.perf_counter() - began
                 report = result.report
-                rows[0].setdefault("params", report["params_before"])  # Constant weights lifted
                 quality = report.get("quality") or {}
+                rows[0].setdefault("params", report["params_before"])  # Constant weights lifted
                 rows.append({
                     "variant": policy, "target": target, "ratio": _ratio(policy, target),
                     "metrics": bed.evaluate(output, limit=limit),
@@ -115,12 +123,8 @@ def run_bed(name: str, samples: int, variants: list[str]) -> dict[str, Any]:
                     "skipped": report["plan"].get("skipped", {}),
                     "prune_seconds": round(prune_seconds, 1),
                 })  # fmt: skip
+                save(entry)
                 print(name, policy, target, _headline(bed, rows[-1]["metrics"]), flush=True)
-    return {
-        "bed": name, "metric": bed.metric, "higher_is_better": bed.higher_is_better,
-        "limit": limit, "samples": samples, "shapes": {k: list(v) for k, v in shapes.items()},
-        "rows": rows, "seconds": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
 
 
 def _verdict(row: dict[str, Any]) -> str:
@@ -186,19 +190,22 @@ def main() -> None:
         if policy["allocation"] == "sensitivity":
             policy["sensitivity_samples"] = args.sensitivity_samples
     for name in args.beds:
-        entry = run_bed(name, args.samples, args.variants)
-        results = json.loads(path.read_text()) if path.exists() else {}  # other runs' beds
-        if name in results:  # keep the rows of variants not rerun, in table order
-            fresh = {(row["variant"], row["target"]) for row in entry["rows"]}
-            kept = [r for r in results[name]["rows"] if (r["variant"], r["target"]) not in fresh]
-            order = ["dense", *POLICIES]
-            entry["rows"] = sorted(
-                kept + entry["rows"], key=lambda r: (r["target"], order.index(r["variant"]))
-            )
-        results[name] = entry
-        path.write_text(json.dumps(results, indent=1) + "\n")
-        (RESULTS / "prune_testbeds.md").write_text(render(results))
 
+        def save(entry: dict[str, Any], name: str = name) -> None:
+            results = json.loads(path.read_text()) if path.exists() else {}  # other runs' beds
+            if name in results:  # keep the rows of variants not rerun, in table order
+                fresh = {(row["variant"], row["target"]) for row in entry["rows"]}
+                old = results[name]["rows"]
+                kept = [r for r in old if (r["variant"], r["target"]) not in fresh]
+                order = ["dense", *POLICIES]
+                entry = {**entry, "rows": sorted(
+                    kept + entry["rows"], key=lambda r: (r["target"], order.index(r["variant"]))
+                )}  # fmt: skip
+            results[name] = entry
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            (RESULTS / "prune_testbeds.md").write_text(render(results))
+
+        run_bed(name, args.samples, args.variants, save)
 
 if __name__ == "__main__":
     main()
