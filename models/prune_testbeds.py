@@ -163,7 +163,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {entry['metric']} ({arrow}, limit {entry['limit']}) | "
                 f"{row['variant']} | {row['target']:.0%} | {removed:.1%} | "
-                f"{human_count(row['params'])} | {_headline(bed, row['metrics'])} | "
+                f"{human_count(row['params']) if 'params' in row else '?'} | {_headline(bed, row['metrics'])} | "
                 f"{_verdict(row)}"
                 f" | {len(row['skipped']) if row['variant'].startswith('after') else ''} |"
             )
