@@ -15,6 +15,7 @@ from spa.passes.cleanup import (
     TopologicalSortPass,
 )
 from spa.passes.constant_folding import FoldConstantsPass
+from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
@@ -26,6 +27,7 @@ from spa.passes.sparsify import Sparsify2to4Pass
 
 __all__ = [
     "CLEANUP_PIPELINE",
+    "CorrectStatisticsPass",
     "EliminateDeadCodePass",
     "FoldBatchNormPass",
     "FoldConstantsPass",

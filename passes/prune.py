@@ -36,6 +36,7 @@ import onnx_ir.passes.common as common_passes
 
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
+from spa.analysis.groups import Group
 from spa.analysis.rules import RuleContext
 from spa.analysis.rules.attention import sized_attributes
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target
@@ -45,12 +46,15 @@ from spa.ir_shapes import infer_shapes
 from spa.model_io import read_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
-from spa.pruning.criteria import DATA_CRITERIA
+from spa.pruning.correction import CorrectionTarget, correction_targets, slice_statistics
+from spa.pruning.criteria import DATA_ALLOCATIONS, DATA_CRITERIA
 from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
+from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.pruning.statistics import needed_values
+from spa.stats.coverage import node_macs, value_shapes
 
-__all__ = ["PrunePass", "apply_plan"]
+__all__ = ["PrunePass", "apply_plan", "mac_costs"]
 
 logger = logging.getLogger(__name__)
 
@@ -343,8 +347,12 @@ class PrunePass(SpaPass):
     ``seed``, ``round_to``, ``exclude`` (regexes of values whose groups stay),
     ``plan_path`` (apply a saved plan), ``save_plan`` (write the plan used),
     ``reduction``, ``allocation``, ``max_group_ratio``, ``bias_compensation``,
-    ``prunable_io`` (regex of graph inputs/outputs that may shrink: KV caches)
-    and ``keep_reference``.
+    ``prunable_io`` (regex of graph inputs/outputs that may shrink: KV caches),
+    ``fragile`` (threshold of the ``sensitivity`` allocation, which measures
+    groups on ``sensitivity_samples`` calibration feeds and spends a MAC
+    budget), ``correct_statistics`` (measure the dense output statistics of the
+    layers that read pruned channels, for a following
+    :class:`spa.passes.correct_statistics.CorrectStatisticsPass`) and ``keep_reference``.
     """
 
     name = "prune"
@@ -366,6 +374,9 @@ class PrunePass(SpaPass):
         bias_compensation: bool = False,
         prunable_io: str | None = DEFAULT_PRUNABLE_IO,
         keep_reference: bool = False,
+        fragile: float = FRAGILE_DISTORTION,
+        sensitivity_samples: int = SENSITIVITY_SAMPLES,
+        correct_statistics: bool = False,
     ) -> None:
         super().__init__()
         self.ratio, self.criterion, self.seed = ratio, criterion, seed
@@ -373,43 +384,73 @@ class PrunePass(SpaPass):
         self.save_plan, self.reduction, self.allocation = save_plan, reduction, allocation
         self.max_group_ratio, self.bias_compensation = max_group_ratio, bias_compensation
         self.prunable_io, self.keep_reference = prunable_io, keep_reference
+        self.fragile, self.sensitivity_samples = fragile, sensitivity_samples
+        self.correct_statistics = correct_statistics
+        #: For :class:`spa.passes.correct_statistics.CorrectStatisticsPass`: the layers
+        #: to correct and the dense (mean, std) of their outputs on the kept channels.
+        self._correction: tuple[list[CorrectionTarget], dict[str, Any]] | None = None
         self._stage: _Stage | None = None
         self._statistics: dict[str, ChannelStatistics] | None = None
+        self._samples: list[dict[str, np.ndarray]] = []
 
     def _wants_statistics(self) -> bool:
         data = self.criterion in DATA_CRITERIA
         return data or (self.bias_compensation and self.criterion != "obspa")
+
+    @property
+    def correction(self) -> tuple[list[CorrectionTarget], dict[str, Any]] | None:
+        """The layers to correct and the dense (mean, std) of their outputs, once pruned."""
+        return self._correction
+
+    def _wants_samples(self) -> bool:
+        return self.plan_path is None and self.allocation in DATA_ALLOCATIONS
 
     def _prepared(self, model: ir.Model) -> _Stage:
         if self._stage is None or self._stage.model is not model:
             prepare(model)
             analysis = analyze(model, self.prunable_io)
             created: list[ir.Node] = []
-            if self.bias_compensation:
+            if self.bias_compensation or self.correct_statistics:
                 analysis, created = _with_biases(model, analysis, self.prunable_io)
             self._stage = _Stage(model, analysis, created)
         return self._stage
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        if not self._wants_statistics():  # a saved plan still reconstructs with data
-            return None
+        samples = self.sensitivity_samples if self._wants_samples() else 0
+        if not (self._wants_statistics() or samples or self.correct_statistics):
+            return None  # a saved plan still reconstructs with data
         stage = self._prepared(model)
-        values = needed_values(model, stage.analysis.prunable_groups())
-        return CalibrationRequest(channels=values, full_channels=self.criterion == "obs")
+        groups = stage.analysis.prunable_groups()
+        values = needed_values(model, groups) if self._wants_statistics() else {}
+        if self.correct_statistics:
+            values.update({t.value: t.axis for t in correction_targets(model, groups)})
+        return CalibrationRequest(
+            channels=values,
+            full_channels=self.criterion == "obs",
+            samples=samples,
+        )
 
     def use_calibration(self, result: CalibrationResult) -> None:
         self._statistics = result.channels or None  # None: no data was given
+        self._samples = result.samples
 
     def call(self, model: ir.Model) -> SpaPassResult:
         stage = self._prepared(model)
         analysis, statistics = stage.analysis, self._statistics
         if self.criterion in DATA_CRITERIA and statistics is None:
             raise UserError(f"criterion {self.criterion} needs --calib DATA (calibration inputs)")
+        sensitivity: dict[str, Any] = {}
+        if self._wants_samples():
+            if not self._samples:
+                raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
+            costs, total = mac_costs(model, analysis.prunable_groups(), self._samples[0])
+            sensitivity = {"samples": self._samples, "costs": costs, "total_cost": total}
         plan = plan_for(
             model, analysis, plan_path=self.plan_path, ratio=self.ratio,
             criterion=self.criterion, seed=self.seed, round_to=self.round_to,
             exclude=self.exclude, reduction=self.reduction, allocation=self.allocation,
-            max_group_ratio=self.max_group_ratio, statistics=statistics,
+            max_group_ratio=self.max_group_ratio, statistics=statistics, fragile=self.fragile,
+            **sensitivity,
         )  # fmt: skip
         plan.policy["bias_compensation"] = self.bias_compensation
         if self.save_plan is not None:
@@ -430,9 +471,69 @@ class PrunePass(SpaPass):
             return SpaPassResult(model, False, {"groups_pruned": 0}, details)
         if self.keep_reference:  # the updated model before slicing, for mask equivalence
             details["reference"] = _copy(model)
+        targets: list[CorrectionTarget] = []
+        if self.correct_statistics and statistics is not None:
+            by_id = {group.id: group for group in analysis.groups}
+            targets = correction_targets(model, [by_id[g] for g in plan.kept])
+            dense = slice_statistics(statistics, analysis, member_indices(analysis, plan))
+            self._correction = (targets, dense)
         statistics_out = apply_plan(model, analysis, plan)
-        details["biases_added"] = len(stage.created) - remove_zero_biases(model, stage.created)
+        # biases created for the correction stay (it gives them values)
+        removed = 0 if targets else remove_zero_biases(model, stage.created)
+        details["biases_added"] = len(stage.created) - removed
         return SpaPassResult(model, True, statistics_out, details)
+
+
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _recurrent_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """MACs of an LSTM/GRU/RNN's input (W) and recurrent (R) weights: one
+    product with each per time step and batch row (``X`` is [seq, batch, in])."""
+    steps = shapes.get(node.input[0])
+    if not steps or len(steps) < 2:
+        return {}
+    macs = {}
+    for name in node.input[1:3]:
+        weight = shapes.get(name)
+        if name and weight:
+            macs[name] = steps[0] * steps[1] * int(np.prod(weight))
+    return macs
+
+
+def mac_costs(
+    model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray]
+) -> tuple[dict[int, float], float]:
+    """MACs per root channel of each group at the shapes of ``sample``, and the
+    model's total MACs (Conv/MatMul/Gemm, and LSTM/GRU/RNN weights once per time
+    step): a channel owns ``1 / size`` of the
+    MACs of every node whose weight (input 1) is one of its group's members."""
+    proto = ir.serde.serialize_model(model)
+    for value in proto.graph.input:
+        if value.name in sample:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for size in np.shape(sample[value.name]):
+                shape.dim.add().dim_value = int(size)
+    del proto.graph.value_info[:]
+    shapes = value_shapes(proto)
+    macs_by_weight: dict[str, int] = defaultdict(int)
+    total = 0
+    for node in proto.graph.node:
+        if node.op_type in _RECURRENT and node.domain == "":
+            for name, macs in _recurrent_macs(node, shapes).items():
+                total += macs
+                macs_by_weight[name] += macs
+            continue
+        macs = node_macs(node, shapes)
+        total += macs
+        if macs and len(node.input) > 1:
+            macs_by_weight[node.input[1]] += macs
+    costs = {
+        group.id: sum(macs_by_weight.get(m.space[0], 0) for m in group.parameters) / group.size
+        for group in groups
+    }
+    return costs, float(total)
 
 
 def _copy(model: ir.Model) -> ir.Model:

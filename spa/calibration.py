@@ -35,6 +35,7 @@ Calibration sources (:func:`load_calibration`):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import re
@@ -504,10 +505,13 @@ class CalibrationRequest:
     #: The pass cannot run without these statistics: without real data the
     #: pipeline measures them on seeded random inputs (with a warning).
     required: bool = False
+    #: Up to this many raw calibration feeds, for a measurement that runs
+    #: variants of the model (sensitivity allocation); never random ones.
+    samples: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.hessians or self.channels or self.ranges)
+        return not (self.hessians or self.channels or self.ranges or self.samples)
 
 
 @dataclasses.dataclass
@@ -518,6 +522,7 @@ class CalibrationResult:
     channels: dict[str, ChannelStatistics] = dataclasses.field(default_factory=dict)
     ranges: RangeStatistics | None = None
     source: str = ""
+    samples: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 def calibrate(
@@ -534,6 +539,9 @@ def calibrate(
     request costs one ORT session per kind it asks for).
     """
     result = CalibrationResult(source=source)
+    if request.samples:
+        for feed in itertools.islice(feeds(), request.samples):
+            result.samples.append({name: np.asarray(array) for name, array in feed.items()})
     if request.hessians:
         result.hessians = collect_hessians(
             model, request.hessians, feeds(), max_samples=max_samples

@@ -16,7 +16,8 @@ import click
 
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.errors import UserError
-from spa.pruning.criteria import ALLOCATIONS, CRITERIA, REDUCTIONS
+from spa.pruning.criteria import ALLOCATION_TABLE, ALLOCATIONS, CRITERIA, REDUCTIONS
+from spa.pruning.sensitivity import FRAGILE_DISTORTION
 
 __all__ = [
     "EXIT_USER_ERROR",
@@ -144,7 +145,7 @@ prunable_io_option = click.option(
 
 
 def criterion_options(function: F) -> F:
-    """``--criterion --reduction --bias-compensation --allocation --max-group-ratio``
+    """``--criterion --reduction --bias-compensation --allocation --fragile --max-group-ratio``
     (the pruning policy; ``--calib`` comes from :data:`calib_option`)."""
     return _compose(
         click.option(
@@ -171,7 +172,26 @@ def criterion_options(function: F) -> F:
             type=click.Choice(ALLOCATIONS),
             default="uniform",
             show_default=True,
-            help="Ratio per group, one global ranking, or a ranking per shape class.",
+            help="; ".join(f"{row.name}: {row.summary}" for row in ALLOCATION_TABLE)
+            + " (sensitivity needs --calib; see docs/criteria.md).",
+        ),
+        click.option(
+            "--fragile",
+            type=float,
+            default=FRAGILE_DISTORTION,
+            show_default=True,
+            help="--allocation sensitivity leaves a group whole when losing 10% of its "
+            "channels alone moves the outputs by more than this relative squared error.",
+        ),
+        click.option(
+            "--correct-statistics",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            metavar="ROUNDS",
+            help="After pruning, match each pruned layer's per-channel output mean and spread "
+            "to the dense model's on --calib (BatchNorm re-calibration on folded graphs); "
+            "ROUNDS rounds, each on the model the previous one left.",
         ),
         click.option(
             "--max-group-ratio",
@@ -185,7 +205,10 @@ def criterion_options(function: F) -> F:
 
 def criterion_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The pruning-policy keywords of the library, taken from ``criterion_options``."""
-    names = ("criterion", "reduction", "bias_compensation", "allocation", "max_group_ratio")
+    names = (
+        "criterion", "reduction", "bias_compensation", "allocation", "max_group_ratio", "fragile",
+        "correct_statistics",
+    )  # fmt: skip
     return {name: options.pop(name) for name in names}
 
 

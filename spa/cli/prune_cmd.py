@@ -110,6 +110,15 @@ def prune_command(
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")
         click.echo(render_groups(result.analysis, limit=0))
+    skipped = result.plan.policy.get("skipped") or {}
+    if "sensitivity" in result.plan.policy:
+        click.echo(
+            f"sensitivity: {len(result.plan.policy['sensitivity'])} groups measured on "
+            f"{result.plan.policy['sensitivity_samples']} calibration samples | "
+            f"{len(skipped)} left whole as fragile (per group in --report)"
+        )
+    for group_id, reason in skipped.items():
+        click.echo(f"  group {group_id}: {reason}")
     rows = result.report.get("reconstruction") or []
     if rows:
         before = sum(row["error_before"] for row in rows) / len(rows)

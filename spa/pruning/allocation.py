@@ -7,6 +7,9 @@
   same channel count and the same parameter shapes (e.g. the MLPs of all
   transformer layers), each class losing ``ratio`` of its channels.
 
+``sensitivity`` measures each group on calibration data and lives in
+:mod:`spa.pruning.sensitivity`.
+
 No group loses more than ``max_group_ratio`` of its channels, and kept counts
 are rounded up to a multiple of ``round_to``.
 """
@@ -61,7 +64,7 @@ def allocate(
     shape_class: Mapping[int, Hashable] | None = None,
 ) -> dict[int, int]:
     """Kept channels per group id (``scores``: group id -> root-channel scores)."""
-    assert allocation in ALLOCATIONS, allocation
+    assert allocation in ALLOCATIONS and allocation != "sensitivity", allocation
     floors = {g: math.ceil(len(s) * (1.0 - max_group_ratio)) for g, s in scores.items()}
     if allocation == "uniform":
         wanted = {g: math.ceil(len(s) * (1.0 - ratio)) for g, s in scores.items()}

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["ALLOCATIONS", "CRITERIA", "CRITERION_TABLE", "DATA_CRITERIA", "REDUCTIONS", "Criterion"]
+__all__ = [
+    "ALLOCATIONS",
+    "ALLOCATION_TABLE",
+    "CRITERIA",
+    "CRITERION_TABLE",
+    "DATA_ALLOCATIONS",
+    "DATA_CRITERIA",
+    "REDUCTIONS",
+    "Criterion",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,4 +45,19 @@ CRITERION_TABLE: tuple[Criterion, ...] = (
 CRITERIA: tuple[str, ...] = tuple(criterion.name for criterion in CRITERION_TABLE)
 DATA_CRITERIA: frozenset[str] = frozenset(c.name for c in CRITERION_TABLE if c.needs_calibration)
 REDUCTIONS: tuple[str, ...] = ("sum", "mean", "max")
-ALLOCATIONS: tuple[str, ...] = ("uniform", "global", "same-shape")
+#: How many channels each group keeps (``spa.pruning.allocation``, ``spa.pruning.sensitivity``).
+ALLOCATION_TABLE: tuple[Criterion, ...] = (
+    Criterion("uniform", False, "every group loses --ratio of its channels"),
+    Criterion("global", False, "one ranking of all groups' normalised scores"),
+    Criterion("same-shape", False, "the global ranking within each class of same-shaped groups"),
+    Criterion(
+        "sensitivity",
+        True,
+        "--ratio of the MACs removed where the measured output distortion grows least; "
+        "fragile groups stay whole",
+    ),
+)
+ALLOCATIONS: tuple[str, ...] = tuple(row.name for row in ALLOCATION_TABLE)
+DATA_ALLOCATIONS: frozenset[str] = frozenset(
+    row.name for row in ALLOCATION_TABLE if row.needs_calibration
+)

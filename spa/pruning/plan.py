@@ -11,7 +11,9 @@ map; ``spa.pruning.allocation`` turns them into kept counts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,12 +25,19 @@ import onnx_ir as ir
 
 from spa.analysis.groups import Analysis, Group
 from spa.analysis.index_maps import Lookup
-from spa.calibration import CalibrationSource, ChannelStatistics
+from spa.calibration import CalibrationSource, ChannelStatistics, load_calibration
 from spa.destinations import write_text_atomic
 from spa.errors import UserError
 from spa.pruning.allocation import allocate
-from spa.pruning.criteria import ALLOCATIONS, CRITERIA, DATA_CRITERIA, REDUCTIONS
+from spa.pruning.criteria import ALLOCATIONS, CRITERIA, DATA_ALLOCATIONS, DATA_CRITERIA, REDUCTIONS
 from spa.pruning.scores import score_group
+from spa.pruning.sensitivity import (
+    FRAGILE_DISTORTION,
+    SENSITIVITY_SAMPLES,
+    allocate_by_sensitivity,
+    measure_sensitivity,
+    parameter_costs,
+)
 from spa.pruning.statistics import gather_statistics
 
 __all__ = ["Plan", "make_plan", "member_indices", "plan_for"]
@@ -161,6 +170,10 @@ def make_plan(
     max_group_ratio: float = 0.9,
     calibration: CalibrationSource | None = None,
     statistics: Mapping[str, ChannelStatistics] | None = None,
+    samples: Sequence[Mapping[str, np.ndarray]] | None = None,
+    costs: Mapping[int, float] | None = None,
+    total_cost: float | None = None,
+    fragile: float = FRAGILE_DISTORTION,
 ) -> Plan:
     """Rank each prunable group's channels by ``criterion`` and keep the counts
     that ``allocation`` gives (see :mod:`spa.pruning`).
@@ -168,6 +181,12 @@ def make_plan(
     Criteria in ``DATA_CRITERIA`` need ``calibration`` (an ``.npz``, a folder
     of ``.npy`` files, or an iterable of feed dicts) or precomputed
     ``statistics`` (:func:`spa.pruning.statistics.gather_statistics`).
+
+    ``allocation="sensitivity"`` measures each group on ``samples`` (feed
+    dicts; else the first samples of ``calibration``) and removes ``ratio`` of
+    ``total_cost`` where the outputs move least (``costs``: cost per root
+    channel of each group, MACs when the caller knows them, else parameters);
+    groups above ``fragile`` stay whole (``policy["skipped"]`` says why).
     """
     _check_policy(ratio, criterion, round_to, reduction, allocation, max_group_ratio)
     try:
@@ -186,14 +205,21 @@ def make_plan(
         )
         for group in groups
     }
-    keeps = allocate(
-        scores,
-        ratio=ratio,
-        allocation=allocation,
-        max_group_ratio=max_group_ratio,
-        round_to=round_to,
-        shape_class={g.id: _shape_class(model, g) for g in groups},
-    )
+    extra: dict[str, Any] = {}
+    if allocation in DATA_ALLOCATIONS:
+        keeps, extra = _sensitivity_keeps(
+            model, groups, scores, samples, calibration, costs, total_cost,
+            ratio=ratio, fragile=fragile, max_group_ratio=max_group_ratio, round_to=round_to,
+        )  # fmt: skip
+    else:
+        keeps = allocate(
+            scores,
+            ratio=ratio,
+            allocation=allocation,
+            max_group_ratio=max_group_ratio,
+            round_to=round_to,
+            shape_class={g.id: _shape_class(model, g) for g in groups},
+        )
     kept: dict[int, list[int]] = {}
     sizes: dict[int, int] = {}
     for group in groups:
@@ -217,9 +243,54 @@ def make_plan(
         "exclude": list(exclude),
         "allocation": allocation,
         "max_group_ratio": max_group_ratio,
-        "calibrated": statistics is not None,
+        "calibrated": statistics is not None or bool(extra),
+        **extra,
     }
     return Plan(analysis.fingerprint, kept, sizes, policy)
+
+
+def _sensitivity_keeps(
+    model: ir.Model,
+    groups: Sequence[Group],
+    scores: Mapping[int, np.ndarray],
+    samples: Sequence[Mapping[str, np.ndarray]] | None,
+    calibration: CalibrationSource | None,
+    costs: Mapping[int, float] | None,
+    total_cost: float | None,
+    *,
+    ratio: float,
+    fragile: float,
+    max_group_ratio: float,
+    round_to: int,
+) -> tuple[dict[int, int], dict[str, Any]]:
+    """Kept counts of the ``sensitivity`` allocation, and what it measured."""
+    if samples is None and calibration is not None:
+        inputs = [
+            v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers
+        ]
+        samples = list(itertools.islice(load_calibration(calibration, inputs), SENSITIVITY_SAMPLES))
+    if not samples:
+        raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
+    if costs is None:
+        costs = parameter_costs(model, groups)
+    if total_cost is None:
+        total_cost = sum(costs.get(g.id, 0.0) * g.size for g in groups)
+    measured = measure_sensitivity(
+        model, groups, scores, samples, costs, max_group_ratio=max_group_ratio
+    )
+    removed = allocate_by_sensitivity(measured, ratio=ratio, total_cost=total_cost, fragile=fragile)
+    by_id = {g.id: g for g in groups}
+    keeps = {
+        g: min(by_id[g].size, math.ceil((by_id[g].size - count) / round_to) * round_to)
+        for g, count in removed.items()
+    }
+    extra = {
+        "fragile": fragile,
+        "sensitivity_samples": len(samples),
+        "skipped": {str(row.group): row.skipped for row in measured if row.skipped},
+        "sensitivity": [row.as_dict() for row in measured],
+    }
+    return keeps, extra
 
 
 def plan_for(

@@ -93,6 +93,7 @@ def verify_models(
     int_ranges: Mapping[str, tuple[int, int]] | None = None,
     adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     session: Callable[..., Any] = create_session,
+    resolutions: Mapping[str, float] | None = None,
 ) -> VerifyResult:
     """Run both models on ``samples`` seeded feeds; compare outputs by name.
 
@@ -106,7 +107,9 @@ def verify_models(
     the seeded ones miss (:mod:`spa.verify.branches`); ``branches`` in the
     result says which branches were checked. ``session`` makes the ORT
     sessions: :func:`spa.ort.create_session` or a function with its signature
-    (graph optimization levels differ by caller).
+    (graph optimization levels differ by caller). ``resolutions``: output
+    name -> absolute difference that counts as equal (the producing op's
+    precision, see :mod:`spa.verify.tolerance`).
     """
     from spa.errors import UserError
 
@@ -146,7 +149,7 @@ def verify_models(
                     f"{candidate}: has no output named '{name}' (it has {sorted(actual)}); "
                     "compare models with the same outputs"
                 )
-            check = policy.check(name, value, actual[name])
+            check = policy.check(name, value, actual[name], (resolutions or {}).get(name, 0.0))
             previous = worst.get(name)
             if (
                 previous is None

@@ -4,6 +4,13 @@ For a plan, the physically pruned model must give the same outputs as the
 original model with every removed parameter slice zeroed (the *masked*
 reference). Graph inputs and outputs that lose channels (KV caches) are sliced
 the same way before comparing.
+
+An output made by a bounded activation (Sigmoid, Tanh, Softmax, ...) is
+computed by ONNX Runtime to an absolute precision of about one float32 step of
+its bound. Where it saturates (a detector's Sigmoid on random inputs gives
+values near 1e-8 everywhere), comparing it says nothing about the pruning:
+such an output is compared up to that resolution, and its pre-activation
+(the op's input, which carries the information) is compared as well.
 """
 
 from __future__ import annotations
@@ -17,14 +24,57 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.analysis import Analysis
-from spa.model_io import save_model
+from spa.model_io import load_model, save_model
 from spa.pruning.plan import Plan, member_indices
 from spa.verify import Policy, VerifyResult, verify_models
 from spa.verify.runner import run_model
 
-__all__ = ["io_adapter", "mask_model", "masked_relative_error", "verify_masked"]
+__all__ = [
+    "bounded_outputs",
+    "io_adapter",
+    "mask_model",
+    "masked_relative_error",
+    "verify_masked",
+]
 
 Arrays = dict[str, np.ndarray]
+
+#: Activations whose output is bounded by this magnitude (default domain).
+BOUNDED_ACTIVATIONS = {
+    "Sigmoid": 1.0,
+    "HardSigmoid": 1.0,
+    "Tanh": 1.0,
+    "Softmax": 1.0,
+    "Erf": 1.0,
+}
+#: Float32 steps of the bound that an output of a bounded activation may differ by.
+RESOLUTION_STEPS = 16
+
+
+def bounded_outputs(model: ir.Model) -> dict[str, tuple[str, float]]:
+    """Graph output -> (pre-activation value name, resolution) for every output
+    produced directly by a bounded activation whose input is a named value."""
+    found: dict[str, tuple[str, float]] = {}
+    for value in model.graph.outputs:
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        bound = BOUNDED_ACTIVATIONS.get(node.op_type)
+        source = node.inputs[0]
+        if bound is None or source is None or not source.name or source.is_graph_input():
+            continue
+        resolution = RESOLUTION_STEPS * float(np.finfo(np.float32).eps) * bound
+        found[value.name or ""] = (source.name, resolution)
+    return found
+
+
+def _expose(model: ir.Model, names: list[str]) -> None:
+    """Add the values ``names`` to the graph outputs (once each)."""
+    present = {value.name for value in model.graph.outputs}
+    values = {value.name: value for node in model.graph for value in node.outputs}
+    for name in names:
+        if name not in present and name in values:
+            model.graph.outputs.append(values[name])
 
 
 def mask_model(model: ir.Model, analysis: Analysis, plan: Plan) -> None:
@@ -75,12 +125,25 @@ def verify_masked(
 ) -> VerifyResult:
     """Mask ``reference`` (the model the plan was applied to, before slicing) in
     place and compare it with the pruned model at ``output`` in ONNX Runtime
-    (``inputs``: ``seed``, ``shapes``, ``dims``, ``int_ranges``)."""
+    (``inputs``: ``seed``, ``shapes``, ``dims``, ``int_ranges``). Outputs of
+    bounded activations are compared up to their resolution, and their
+    pre-activations are compared too (:func:`bounded_outputs`)."""
     mask_model(reference, analysis, plan)
+    bounded = bounded_outputs(reference)
+    pre_activations = [source for source, _ in bounded.values()]
+    _expose(reference, pre_activations)
     adapt = io_adapter(reference, analysis, plan)
+    resolutions = {name: resolution for name, (_, resolution) in bounded.items()}
     with tempfile.TemporaryDirectory(prefix="spa-mask-") as folder:
         masked_path = save_model(reference, Path(folder) / "masked.onnx")
-        return verify_models(masked_path, output, policy=policy, adapt=adapt, **inputs)
+        candidate = output
+        if pre_activations:
+            pruned = load_model(output)
+            _expose(pruned, pre_activations)
+            candidate = save_model(pruned, Path(folder) / "pruned.onnx")
+        return verify_models(
+            masked_path, candidate, policy=policy, adapt=adapt, resolutions=resolutions, **inputs
+        )
 
 
 def masked_relative_error(

@@ -17,20 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import save_model
-from spa.pass_manager import Instrument, PassRecord, SpaPass
+from spa.pass_manager import PassRecord, SpaPass
+from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
+from spa.pruning.sensitivity import FRAGILE_DISTORTION
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
 from spa.verify.quality import quality_verdict
 from spa.workflows.prune import prune_report, verify_prune
 from spa.workflows.recipes import Recipe, build_passes, load_recipe
-from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, run_pipeline
+from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, Snapshot, run_pipeline
 
 __all__ = ["OptimizeResult", "optimize"]
 
@@ -64,17 +64,6 @@ def _verdict_line(
     )
 
 
-class _Snapshot(Instrument):
-    """Saves the model after the pass at ``index`` (the pruned model, before the recipe)."""
-
-    def __init__(self, index: int, path: Path) -> None:
-        self.index, self.path = index, path
-
-    def after_pass(self, record: PassRecord, model: ir.Model) -> None:
-        if record.index == self.index:
-            save_model(model, self.path)
-
-
 def optimize(
     model: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -94,14 +83,18 @@ def optimize(
     allocation: str = "uniform",
     max_group_ratio: float = 0.9,
     bias_compensation: bool = False,
+    fragile: float = FRAGILE_DISTORTION,
+    correct_statistics: int = 0,
     **run: Unpack[RunKeywords],
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
 
     The input file is never modified. With ``prune`` (a ratio) a ``prune``
     pass runs first (``criterion``, ``round_to``, ``reduction``, ``allocation``,
-    ``max_group_ratio``, ``bias_compensation`` as :class:`spa.passes.prune.PrunePass`;
-    verified by mask equivalence), then the recipe on the pruned model. Passes
+    ``max_group_ratio``, ``bias_compensation``, ``fragile`` as :class:`spa.passes.prune.PrunePass`;
+    verified by mask equivalence), then ``correct_statistics`` rounds of
+    :class:`spa.passes.correct_statistics.CorrectStatisticsPass`, then the recipe on the
+    pruned model. Passes
     that ask for statistics get them from ``calibration``. With ``verify`` the
     recipe's output is compared with its input in ONNX Runtime on seeded inputs
     under ``policy`` (default relative error <= 1e-5); a failed comparison is
@@ -117,12 +110,16 @@ def optimize(
         pruner = PrunePass(
             prune, criterion, seed, round_to, reduction=reduction, allocation=allocation,
             max_group_ratio=max_group_ratio, bias_compensation=bias_compensation,
-            keep_reference=verify,
+            keep_reference=verify, fragile=fragile, correct_statistics=correct_statistics > 0,
         )  # fmt: skip
-        pass_list.insert(0, pruner)
+        corrections = [CorrectStatisticsPass(pruner) for _ in range(correct_statistics)]
+        pass_list[:0] = [pruner, *corrections]
     with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:
         pruned = Path(staging) / "pruned.onnx"
-        instruments = [_Snapshot(1, pruned)] if prune is not None else []
+        corrected = Path(staging) / "corrected.onnx" if correct_statistics else pruned
+        instruments = [Snapshot(1, pruned)] if prune is not None else []
+        if prune is not None and correct_statistics:
+            instruments.append(Snapshot(1 + correct_statistics, corrected))
         prune_verification: list[VerifyResult | None] = [None]
 
         def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
@@ -131,7 +128,7 @@ def optimize(
                 prune_verification[0] = verify_prune(
                     outcome.records[0].details, pruned, None, options
                 )
-                reference = pruned
+                reference = corrected
             return verify_models(
                 reference, output, policy=policy or AllClose(), seed=seed, **options.inputs
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,15 +22,17 @@ from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.calibration import CalibrationSource
 from spa.model_io import load_model, save_model
-from spa.pass_manager import PassRecord
+from spa.pass_manager import PassRecord, SpaPass
+from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
 from spa.pruning.plan import Plan
+from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
 from spa.verify.mask import verify_masked
 from spa.verify.quality import quality_verdict
-from spa.workflows.run import RunKeywords, RunOptions, run_pipeline
+from spa.workflows.run import RunKeywords, RunOptions, Snapshot, run_pipeline
 
 __all__ = ["PruneResult", "analyze_file", "prune_model", "prune_report", "verify_prune"]
 
@@ -75,6 +78,9 @@ def prune_model(
     max_group_ratio: float = 0.9,
     calibration: CalibrationSource | None = None,
     bias_compensation: bool = False,
+    fragile: float = FRAGILE_DISTORTION,
+    correct_statistics: int = 0,
+    sensitivity_samples: int = SENSITIVITY_SAMPLES,
     **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
@@ -83,7 +89,12 @@ def prune_model(
     ``criterion`` and ``allocation`` pick the channels (see
     :func:`spa.pruning.plan.make_plan`); ``calibration`` (an ``.npz``, a
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
-    activation criteria. ``obs``/``obspa`` and ``bias_compensation`` update the
+    activation criteria and the ``sensitivity`` allocation (groups whose measured
+    distortion on ``sensitivity_samples`` calibration samples exceeds ``fragile`` stay
+    whole). ``correct_statistics`` rounds of
+    :class:`spa.passes.correct_statistics.CorrectStatisticsPass` follow the prune
+    (mask equivalence then checks the model before them). ``obs``/``obspa`` and
+    ``bias_compensation`` update the
     consumers' kept weights before slicing; the verifier masks the updated
     model, so it stays exact. The ``prune`` pass runs through
     :func:`spa.workflows.run.run_pipeline` (per-pass lines, ``dump_dir``).
@@ -97,19 +108,33 @@ def prune_model(
         save_plan=None if save_plan is None else str(save_plan), reduction=reduction,
         allocation=allocation, max_group_ratio=max_group_ratio,
         bias_compensation=bias_compensation, prunable_io=prunable_io, keep_reference=verify,
+        fragile=fragile, correct_statistics=correct_statistics > 0,
+        sensitivity_samples=sensitivity_samples,
     )  # fmt: skip
-    outcome = run_pipeline(model, output, [prune_pass], options)
-    details = outcome.details("prune")
-    analysis, plan = details["analysis"], details["plan"]
+    passes: list[SpaPass] = [prune_pass]
+    passes += [CorrectStatisticsPass(prune_pass) for _ in range(correct_statistics)]
+    with tempfile.TemporaryDirectory(prefix="spa-prune-") as staging:
+        pruned = Path(staging) / "pruned.onnx" if correct_statistics else output
+        instruments = [Snapshot(1, pruned)] if correct_statistics and verify else []
+        outcome = run_pipeline(model, output, passes, options, instruments=instruments)
+        details = outcome.details("prune")
+        plan = details["plan"]
+        checked = verify and plan.kept
+        verification = verify_prune(details, pruned, policy, options) if checked else None
+    analysis = details["analysis"]
     if not plan.kept:  # nothing to prune: write the input as it was, not its analysis-ready form
         save_model(outcome.model_before(model), output, input_path=model)
-    verification = verify_prune(details, output, policy, options) if verify else None
     before = reporting.compute_stats(
         outcome.before, shapes=options.shapes, dims=options.dims, base_dir=model.resolve().parent
     )
     after = reporting.compute_stats(output, shapes=options.shapes, dims=options.dims)
     statistics_out = outcome.records[0].statistics
     report = prune_report(details, before, after, verification)
+    report["correction"] = [
+        {"round": record.index - 1, **row}
+        for record in outcome.records[1:]
+        for row in record.details.get("correction", [])
+    ]
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
     report = {

@@ -51,6 +51,7 @@ __all__ = [
     "PipelineOutcome",
     "RunKeywords",
     "RunOptions",
+    "Snapshot",
     "convert_opset",
     "default_opset_of",
     "feeds_calibrator",
@@ -182,6 +183,18 @@ def _random_feeds(proto: onnx.ModelProto, options: RunOptions) -> Iterator[dict[
 
 def _source_label(source: CalibrationSource) -> str:
     return str(source) if isinstance(source, str | os.PathLike) else "feeds"
+
+
+class Snapshot(Instrument):
+    """Saves the model after the pass at ``index`` (e.g. the pruned model, before
+    the passes that follow it), for a check of that stage alone."""
+
+    def __init__(self, index: int, path: Path) -> None:
+        self.index, self.path = index, path
+
+    def after_pass(self, record: PassRecord, model: ir.Model) -> None:
+        if record.index == self.index:
+            save_model(model, self.path)
 
 
 def feeds_calibrator(

@@ -1,0 +1,147 @@
+"""Sensitivity-aware allocation (spa.pruning.sensitivity): measured output
+distortion per group on calibration feeds, the greedy MAC budget, fragile
+groups left whole with a reason, through make_plan and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from spa.analysis import prepare
+from spa.passes.prune import apply_plan, mac_costs
+from spa.pruning.plan import Plan, make_plan
+from spa.pruning.scores import score_group
+from spa.pruning.sensitivity import GroupSensitivity, allocate_by_sensitivity
+from spa.verify.mask import mask_model, masked_relative_error
+from spa.verify.runner import run_model
+from tests.analysis_helpers import analysis_of, model_from_text
+
+CHAIN = """
+<ir_version: 8, opset_import: ["" : 17]>
+chain (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+  a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1, b1)
+  r = Relu (a)
+  b = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r, w2, b2)
+  s = Relu (b)
+  y = Conv <kernel_shape = [1, 1]> (s, w3, b3)
+}
+"""
+WEIGHTS = {
+    "w1": (16, 3, 3, 3), "b1": (16,), "w2": (32, 16, 3, 3), "b2": (32,),
+    "w3": (4, 32, 1, 1), "b3": (4,),
+}  # fmt: skip
+
+
+def _chain() -> onnx.ModelProto:
+    return model_from_text(CHAIN, WEIGHTS)
+
+
+def _feeds(count: int = 4) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    return [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(count)]
+
+
+def test_greedy_spends_the_budget_where_distortion_grows_least() -> None:
+    cheap = GroupSensitivity(1, "cheap", 10, 1.0, [1, 3, 5], [0.001, 0.002, 0.004])
+    costly = GroupSensitivity(2, "costly", 10, 1.0, [1, 3, 5], [0.01, 0.2, 0.4])
+    removed = allocate_by_sensitivity([cheap, costly], ratio=0.3, total_cost=20.0, fragile=1.0)
+    assert removed == {1: 5, 2: 1}  # 6 channels of cost 1 = 0.3 * 20, the cheap group first
+    fragile = GroupSensitivity(3, "fragile", 10, 1.0, [1, 3, 5], [0.3, 0.5, 0.9])
+    removed = allocate_by_sensitivity([cheap, fragile], ratio=0.2, total_cost=20.0, fragile=0.1)
+    assert removed == {1: 4, 3: 0}  # the last step taken in part: 4 channels = 0.2 * 20
+    assert fragile.skipped.startswith("fragile: losing 1 of 10 channels alone")
+    assert cheap.skipped == ""
+
+
+def test_measured_distortion_is_the_masked_models_output_error() -> None:
+    proto, feeds = _chain(), _feeds()
+    model, analysis = analysis_of(proto)
+    plan = make_plan(model, analysis, ratio=0.2, criterion="l2", allocation="sensitivity",
+                     samples=feeds, fragile=10.0)  # fmt: skip
+    rows = plan.policy["sensitivity"]
+    assert {row["group"] for row in rows} == {g.id for g in analysis.prunable_groups()}
+    # recompute one measurement independently: that group alone, its lowest l2 channels zeroed
+    row = rows[0]
+    group = next(g for g in analysis.groups if g.id == row["group"])
+    scores = score_group(model, group, "l2", np.random.default_rng(0))
+    kept = sorted(np.argsort(-scores, kind="stable")[: group.size - row["removed"][1]].tolist())
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, Plan(analysis.fingerprint, {group.id: kept}, {group.id: group.size}))
+    dense_bytes = proto.SerializeToString()
+    masked_bytes = ir.serde.serialize_model(masked).SerializeToString()
+    error = energy = 0.0
+    for feed in feeds:
+        want = run_model(dense_bytes, feed)["y"].astype(np.float64)
+        got = run_model(masked_bytes, feed)["y"].astype(np.float64)
+        error += float(((got - want) ** 2).sum())
+        energy += float((want**2).sum())
+    assert np.isclose(row["distortion"][1], error / energy, rtol=1e-5, atol=0)
+    assert row["distortion"][0] > 0 and row["distortion"][2] > row["distortion"][0]
+
+
+def test_sensitivity_plan_meets_the_mac_budget_and_stays_mask_equivalent() -> None:
+    proto, feeds = _chain(), _feeds()
+    model, analysis = analysis_of(proto)
+    groups = analysis.prunable_groups()
+    costs, total = mac_costs(model, groups, feeds[0])
+    # a 3x3 Conv output channel of w1 costs 27 * 64 MACs, its input side in w2 32 * 9 * 64
+    by_root = {g.root[0]: costs[g.id] for g in groups}
+    assert by_root["a"] == 27 * 64 + 32 * 9 * 64
+    plan = make_plan(model, analysis, ratio=0.25, criterion="l2", allocation="sensitivity",
+                     samples=feeds, costs=costs, total_cost=total, fragile=10.0)  # fmt: skip
+    saved = sum((plan.sizes[g] - len(k)) * costs[g] for g, k in plan.kept.items())
+    assert 0.25 * total <= saved <= 0.25 * total + max(costs.values())
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, plan)
+    apply_plan(model, analysis, plan)
+    assert masked_relative_error(masked, model, feeds[0]) < 1e-5
+
+
+def test_fragile_groups_stay_whole_with_their_reason() -> None:
+    model, analysis = analysis_of(_chain())
+    plan = make_plan(model, analysis, ratio=0.2, criterion="l2", allocation="sensitivity",
+                     samples=_feeds(), fragile=1e-9)  # fmt: skip
+    assert plan.kept == {}
+    assert len(plan.policy["skipped"]) == len(analysis.prunable_groups())
+    assert all(reason.startswith("fragile: ") for reason in plan.policy["skipped"].values())
+
+
+def test_cli_sensitivity_reports_and_needs_calibration(run_cli, tmp_path: Path) -> None:
+    model = tmp_path / "chain.onnx"
+    onnx.save(_chain(), str(model))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.stack([feed["x"] for feed in _feeds(8)]))
+    out, report = tmp_path / "small.onnx", tmp_path / "r.json"
+    result = run_cli("prune", model, "-o", out, "--ratio", "0.2", "--criterion", "l2",
+                     "--allocation", "sensitivity", "--fragile", "0.075", "--calib", calib,
+                     "--verify", "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "sensitivity: 2 groups measured on 6 calibration samples" in result.output
+    data = json.loads(report.read_text())
+    assert data["plan"]["allocation"] == "sensitivity" and data["verify"]["passed"] is True
+    assert list(data["plan"]["skipped"]) == ["1"]  # 0.077 at 10%: above 0.075, group 4 is not
+    assert data["groups_pruned"] == 1
+    for group_id, reason in data["plan"]["skipped"].items():
+        assert f"group {group_id}: {reason}" in result.output
+    missing = run_cli("prune", model, "-o", out, "--allocation", "sensitivity")
+    assert missing.exit_code == 1
+    assert "--allocation sensitivity needs --calib DATA" in missing.output
+
+
+LSTM = """
+<ir_version: 8, opset_import: ["" : 17]>
+rnn (float[5, 1, 3] x) => (float[5, 1, 1, 4] y) {
+  y = LSTM <hidden_size = 4> (x, w, r)
+}
+"""
+
+
+def test_mac_costs_count_recurrent_weights_once_per_time_step() -> None:
+    model, analysis = analysis_of(model_from_text(LSTM, {"w": (1, 16, 3), "r": (1, 16, 4)}))
+    feed = {"x": np.zeros((5, 1, 3), np.float32)}
+    _, total = mac_costs(model, analysis.prunable_groups(), feed)
+    assert total == 5 * (16 * 3 + 16 * 4)
