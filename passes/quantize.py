@@ -1,10 +1,15 @@
-"""Weight-only block quantization of MatMul/Gemm weights, and format conversions.
+"""Weight-only block quantization of MatMul/Gemm (and per-channel Conv) weights, and format conversions.
 
 :class:`QuantizeWeightsPass` (``quantize-weights``) handles:
 
 * ``MatMul(A, W)`` with ``W`` a 2-D float32/float16/bfloat16 initializer;
 * ``Gemm(A, B, C)`` with constant ``B``, ``alpha = 1``, ``transA = 0`` (``transB``
-  either way): rewritten as the quantized MatMul form plus ``Add(beta * C)``.
+  either way): rewritten as the quantized MatMul form plus ``Add(beta * C)``;
+* ``Conv(X, W[, B])`` with ``W`` a constant float initializer: per output channel
+  (:mod:`spa.passes.quantize_conv`, which says how each target reads it back).
+
+At 4 bits depthwise Conv and the first and last weighted layers stay float
+unless ``keep_float=()`` (:func:`spa.passes.quantize_conv.layer_roles`).
 
 Targets: ``ort`` -> ``com.microsoft.MatMulNBits``; ``onnx`` -> block
 ``DequantizeLinear`` (INT4/INT8 symmetric, UINT4/UINT8 with zero points) feeding
@@ -37,6 +42,13 @@ import onnx_ir as ir
 from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.passes.quantize_conv import (
+    CONV_FORMS,
+    SKIPPABLE,
+    conv_target_reason,
+    layer_roles,
+    quantize_conv,
+)
 from spa.quant.blockwise import QuantizedWeight
 from spa.quant.gptq import gptq_quantize
 from spa.quant.ir_format import (
@@ -88,6 +100,11 @@ class Candidate:
     array: np.ndarray
     bias: ir.Value | None = None
     beta: float = 1.0
+
+
+def default_keep_float(bits: int) -> tuple[str, ...]:
+    """Layers kept in float unless asked: depthwise, first and last at 4 bits; none at 8."""
+    return SKIPPABLE if bits == 4 else ()
 
 
 def check_quantize_options(
@@ -170,6 +187,15 @@ def match_gemm(node: ir.Node) -> tuple[Candidate | None, str]:
     return Candidate(node, activation, weight, np.ascontiguousarray(array), bias, beta), ""
 
 
+def match_conv(node: ir.Node) -> tuple[Candidate | None, str]:
+    """A Conv whose weight is a constant float initializer (quantized per output channel)."""
+    activation, weight = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    reason = weight_reason(weight, ranks=(3, 4, 5))
+    if reason or activation is None or weight is None or weight.const_value is None:
+        return None, reason or "Conv without an activation input"
+    return Candidate(node, activation, weight, weight.const_value.numpy()), ""
+
+
 def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
     return None, "already quantized (com.microsoft.MatMulNBits)"
 
@@ -178,6 +204,7 @@ def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
 MATCHERS: dict[tuple[str, str], Callable[[ir.Node], tuple[Candidate | None, str]]] = {
     ("", "MatMul"): match_matmul,
     ("", "Gemm"): match_gemm,
+    ("", "Conv"): match_conv,
     (MS_DOMAIN, "MatMulNBits"): _already_quantized,
 }
 
@@ -311,9 +338,14 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         hessians: Mapping[str, np.ndarray] | None = None,
         act_order: bool = False,
         percdamp: float = 0.01,
+        keep_float: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         check_quantize_options(bits, block, symmetric, method, target)
+        self.keep_float = tuple(keep_float) if keep_float is not None else default_keep_float(bits)
+        unknown = set(self.keep_float) - set(SKIPPABLE)
+        if unknown:
+            raise UserError(f"keep_float {sorted(unknown)}: choose among {', '.join(SKIPPABLE)}")
         self.bits, self.block, self.symmetric = bits, block, symmetric
         self.method, self.target, self.act_order, self.percdamp = (
             method,
@@ -365,20 +397,52 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         )  # fmt: skip
         return weight, note
 
+    def _conv(self, model: ir.Model, candidate: Candidate) -> tuple[int, int]:
+        """Quantize a Conv candidate (or record why not); returns its bytes before/after."""
+        node = candidate.node
+        reason = conv_target_reason(model, self.bits, self.target)
+        if reason:
+            self._skip(node, reason, candidate.weight.name or "")
+            return 0, 0
+        name, weight_name = node.name or "", candidate.weight.name or ""
+        shape = candidate.array.shape
+        form = "cast" if self.target == "ort" else "dequantize"
+        old, new = quantize_conv(
+            model.graph, node, candidate.weight, self.bits, self.symmetric, form
+        )
+        note = f"RTN per output channel, {CONV_FORMS[form]} (GPTQ and blocks cover MatMul/Gemm)"
+        rows = int(np.prod(shape[1:]))
+        self._decisions.append(
+            QuantDecision(name, "Conv", "quantized", note, weight_name, rows, shape[0], old, new)
+        )
+        return old, new
+
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         graph, before, after = model.graph, 0, 0
+        roles = layer_roles(graph)
         for node in list(graph):
             matcher = MATCHERS.get(op_key(node))
             if matcher is None:
                 continue
             candidate, reason = matcher(node)
+            role = roles.get(id(node), "")
+            if candidate is not None and role in self.keep_float:
+                reason = (
+                    f"layer skipped: {role} layer kept in float at int{self.bits} "
+                    "(--all-layers quantizes it)"
+                )
+                candidate = None
             if candidate is None:
                 self._skip(
                     node,
                     reason,
                     input_name(node, 1),
                 )
+                continue
+            if node.op_type == "Conv":
+                old_bytes, new_bytes = self._conv(model, candidate)
+                before, after = before + old_bytes, after + new_bytes
                 continue
             rows, cols = candidate.array.shape
             reason = self._target_reason(model, rows)
@@ -396,11 +460,11 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                 )
             )
         quantized, skipped = self._tally("quantized")
-        if quantized:
-            if self.target == "ort":
-                model.opset_imports.setdefault(MS_DOMAIN, 1)
-            else:
-                model.ir_version = max(model.ir_version or 0, 10)
+        done = {d.op_type for d in self._decisions if d.action == "quantized"}
+        if self.target == "ort" and done - {"Conv"}:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        if (self.target != "ort" and done) or ("Conv" in done and self.bits == 4):
+            model.ir_version = max(model.ir_version or 0, 10)  # INT4/UINT4 tensors
         statistics: dict[str, int | float] = {
             "nodes_quantized": quantized,
             "nodes_skipped": skipped,

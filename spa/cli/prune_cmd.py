@@ -110,6 +110,9 @@ def prune_command(
     if not result.plan.kept:
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")
         click.echo(render_groups(result.analysis, limit=0))
+    if result.change is not None:
+        for line in result.change.lines("spa prune"):
+            click.echo(line)
     rows = result.report.get("reconstruction") or []
     if rows:
         before = sum(row["error_before"] for row in rows) / len(rows)

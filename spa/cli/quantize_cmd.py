@@ -33,7 +33,7 @@ __all__ = [
 #: Weight-only options that static quantization (--activations) cannot honour.
 _WEIGHT_ONLY_OPTIONS = {
     "block": "--block", "method": "--method", "symmetric": "--symmetric/--asymmetric",
-    "act_order": "--act-order", "target": "--target",
+    "act_order": "--act-order", "target": "--target", "all_layers": "--all-layers",
 }  # fmt: skip
 #: Static-only options that weight-only quantization ignores.
 _STATIC_OPTIONS = {
@@ -217,6 +217,12 @@ def _check_mode(
 @click.option(
     "--target", type=click.Choice(["ort", "tensorrt", "onnx"]), default="ort", show_default=True
 )
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="int4: quantize depthwise Conv and the first and last weighted layers too "
+    "(kept in float by default).",
+)
 @report_option
 @dump_dir_option
 @click.option(
@@ -249,6 +255,7 @@ def quantize_command(
     calib_samples: int | None,
     act_order: bool,
     target: str,
+    all_layers: bool,
     report_path: Path | None,
     dump_dir: Path | None,
     verify: bool,
@@ -286,8 +293,9 @@ def quantize_command(
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
+        keep_float=() if all_layers else None,
     )  # fmt: skip
-    finish(result, render_decisions(result), verdict_line(result), report_path)
+    finish(result, render_decisions(result), verdict_line(result), report_path, "spa quantize")
 
 
 def _static(
@@ -312,4 +320,7 @@ def _static(
             "inputs and are NOT representative of real data; accuracy on real inputs may be poor",
             err=True,
         )
-    finish(result, render_static_decisions(result), static_verdict_line(result), report_path)
+    finish(
+        result, render_static_decisions(result), static_verdict_line(result), report_path,
+        "spa quantize --activations",
+    )  # fmt: skip

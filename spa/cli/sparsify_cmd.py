@@ -110,4 +110,4 @@ def sparsify_command(
         **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
     )  # fmt: skip
-    finish(result, render_sparsify(result), sparsify_verdict(result), report_path)
+    finish(result, render_sparsify(result), sparsify_verdict(result), report_path, "spa sparsify")

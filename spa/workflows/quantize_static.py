@@ -25,6 +25,7 @@ from spa.model_io import load_model, load_proto
 from spa.ort import import_onnxruntime
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
+from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import covered_share
 from spa.verify import CosineMaxAbs, VerifyResult, input_specs, make_feeds, run_model, verify_models
 from spa.workflows.results import VerifiedResult, file_bytes
@@ -69,6 +70,8 @@ class StaticQuantizeResult(VerifiedResult):
     #: Agreement with the input on held-out calibration samples (spa.verify.quality).
     quality: dict[str, Any] | None = None
     quality_note: str = ""
+    #: Share of params/MACs quantized and why the rest was left (spa.stats.change).
+    change: ChangeShare | None = None
 
     @property
     def random_calibration(self) -> bool:
@@ -190,4 +193,7 @@ def quantize_static_model(
         quality=outcome.quality.as_dict() if outcome.quality else None,
         quality_note=outcome.quality_note,
         verification_optimization=verified_at,
+        change=decisions_share(
+            outcome.before, decisions, {"quantized"}, "op type {op} has no static QDQ placement"
+        ),
     )  # fmt: skip

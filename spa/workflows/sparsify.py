@@ -26,6 +26,7 @@ from spa.errors import UserError
 from spa.model_io import load_model, save_model
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, check_gqsa_options
 from spa.passes.sparsify import Sparsify2to4Pass
+from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import weight_coverage
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import RewriteResult, file_bytes
@@ -46,6 +47,8 @@ class SparsifyResult(RewriteResult):
     #: Agreement with the input on held-out calibration samples (spa.verify.quality).
     quality: dict[str, Any] | None = None
     quality_note: str = ""
+    #: Share of params/MACs sparsified and why the rest was left (spa.stats.change).
+    change: ChangeShare | None = None
 
     @property
     def rewritten(self) -> int:
@@ -160,4 +163,8 @@ def sparsify_model(
         seconds=time.perf_counter() - start, verification=outcome.verification,
         quality=outcome.quality.as_dict() if outcome.quality else None,
         quality_note=outcome.quality_note,
+        change=decisions_share(
+            outcome.before, decisions, {d.action for d in decisions if d.action != "skipped"},
+            f"op type {{op}} has no {pattern} rule",
+        ),
     )  # fmt: skip
