@@ -130,13 +130,17 @@ def quantize_static_model(
     quantize_norms: bool = False,
     quantize_bmm: bool = False,
     quantize_residual_matmul: bool = False,
+    target: str = "ort",
     verify: bool = True,
     min_cosine: float | None = None,
     **run: Unpack[RunKeywords],
 ) -> StaticQuantizeResult:
     """Static INT8/FP8 QDQ of ``input_path`` written to ``output_path`` (the
     ``quantize-static`` pass through :func:`spa.workflows.run.run_pipeline`,
-    calibrated on ``calib`` or, without it, on seeded random inputs)."""
+    calibrated on ``calib`` or, without it, on seeded random inputs). ``target``:
+    ``ort`` (INT8 activations stored as UINT8 with zero point 128, the form ONNX
+    Runtime CPU runs; verified at ORT's default level) or ``tensorrt`` (INT8 with
+    zero point 0)."""
     check_static_options(activations, weights, calib_method, percentile)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
@@ -144,7 +148,7 @@ def quantize_static_model(
     quantizer = QuantizeStaticPass(
         activations, weights, calib_method=calib_method, percentile=percentile,
         quantize_norms=quantize_norms, quantize_bmm=quantize_bmm,
-        quantize_residual_matmul=quantize_residual_matmul,
+        quantize_residual_matmul=quantize_residual_matmul, target=target,
     )  # fmt: skip
 
     def prepare(model: ir.Model) -> ir.Model:
@@ -161,7 +165,7 @@ def quantize_static_model(
         threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE
         policy = CosineMaxAbs(min_cosine=threshold)
         output_opset = default_opset_of(load_model(output))
-        if activations == "fp8" or output_opset >= _QDQ_OPSET:
+        if activations == "fp8" or (output_opset >= _QDQ_OPSET and target == "tensorrt"):
             verified_at = "basic"
             return _verify_basic(source, output, policy, options.seed, options.inputs)
         verified_at = "all"
@@ -179,7 +183,8 @@ def quantize_static_model(
         options={"activations": activations, "weights": quantizer.weights,
                  "calib_method": calib_method, "percentile": percentile,
                  "quantize_norms": quantize_norms, "quantize_bmm": quantize_bmm,
-                 "quantize_residual_matmul": quantize_residual_matmul, "seed": options.seed},
+                 "quantize_residual_matmul": quantize_residual_matmul, "seed": options.seed,
+                 "target": target},
         decisions=[decision.as_dict() for decision in decisions],
         statistics=dict(record.statistics),
         calibration=record.details["calibration"],
