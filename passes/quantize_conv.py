@@ -37,6 +37,7 @@ __all__ = [
     "CONV_FORMS",
     "MIN_LAYERS_FOR_ENDS",
     "SKIPPABLE",
+    "column_cast_nodes",
     "conv_target_reason",
     "is_depthwise",
     "layer_roles",
@@ -115,13 +116,19 @@ def _stored_tensor(quantized: ChannelQuantized, values: np.ndarray) -> ir.Tensor
 
 
 def _cast_nodes(
-    graph: ir.Graph, quantized: ChannelQuantized, values: ir.Value, base: str, name: str
+    graph: ir.Graph,
+    quantized: ChannelQuantized,
+    values: ir.Value,
+    base: str,
+    name: str,
+    axis: int = 0,
 ) -> list[ir.Node]:
-    """``Cast -> [Sub zero point] -> Mul scale``: ORT folds these constants at session
-    load, so the Conv keeps a constant float weight and every Conv fusion."""
+    """``Cast -> [Sub zero point] -> Mul scale`` (per channel along ``axis``): ORT
+    folds these constants at session load, so the layer keeps a constant float
+    weight and every fusion."""
     ndim = quantized.values.ndim
     dtype = quantized.scale.dtype
-    shape = (-1,) + (1,) * (ndim - 1)
+    shape = tuple(-1 if index == axis else 1 for index in range(ndim))
     cast = ir.node("Cast", [values], {"to": ir.DataType.from_numpy(dtype)}, name=f"{name}_cast")
     nodes = [cast]
     current = cast.outputs[0]
@@ -195,3 +202,21 @@ def _attach(
     if quantized.zero_point is not None:
         stored += -(-quantized.zero_point.size * bits // 8)
     return int(array.nbytes), int(stored)
+
+
+def column_cast_nodes(
+    graph: ir.Graph, array: np.ndarray, bits: int, symmetric: bool, base: str, name: str
+) -> tuple[list[ir.Node], int]:
+    """A MatMul weight ``W[K, N]`` as INT8/INT4 per output column read through
+    ``Cast -> [Sub] -> Mul`` (the ``--target ort`` INT8 form); (nodes, stored bytes)."""
+    by_column = quantize_channels(np.ascontiguousarray(array.T), bits, symmetric)
+    quantized = ChannelQuantized(
+        np.ascontiguousarray(by_column.values.T), by_column.scale, by_column.zero_point, bits
+    )
+    values = add_initializer(graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values))
+    nodes = _cast_nodes(graph, quantized, values, base, name, axis=1)
+    nodes[-1].outputs[0].name = f"{base}_dequantized"
+    stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
+    if quantized.zero_point is not None:
+        stored += quantized.zero_point.nbytes
+    return nodes, int(stored)
