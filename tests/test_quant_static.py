@@ -643,3 +643,34 @@ def test_fp8_output_is_stored_as_float8(tmp_path: Path, residual_path: Path) -> 
     types = {t.name: t.data_type for t in stored.graph.initializer}
     assert types["W1_quantized"] == onnx.TensorProto.FLOAT8E4M3FN
     assert result.cosine is not None and result.cosine >= 0.99
+
+
+CONV_BN = """
+<ir_version: 8, opset_import: ["" : 17]>
+convbn (float[1, 3, 12, 12] x) => (float[1, 8, 12, 12] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, W, B)
+    n = BatchNormalization (c, gamma, beta, mean, var)
+    y = Relu(n)
+}
+"""
+
+
+def test_batchnorm_is_folded_before_static_quantization(tmp_path: Path) -> None:
+    """A BatchNorm after a Conv whose weight comes from DequantizeLinear stays unfused in
+    ORT; spa folds it first, so the quantized weight carries it and no BatchNorm is left."""
+    from spa.workflows.quantize_static import quantize_static_model
+
+    rng = np.random.default_rng(5)
+    proto = _model(CONV_BN, {
+        "W": _normal(rng, 8, 3, 3, 3), "B": _normal(rng, 8),
+        "gamma": rng.uniform(0.5, 2.0, 8).astype(np.float32), "beta": _normal(rng, 8),
+        "mean": _normal(rng, 8), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
+    })  # fmt: skip
+    source = tmp_path / "convbn.onnx"
+    onnx.save(proto, str(source))
+    result = quantize_static_model(source, tmp_path / "q.onnx", calib=_feeds(proto, 8, 3))
+    output = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [node.op_type for node in output.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("DequantizeLinear") == 2
+    assert result.statistics["nodes_quantized"] == 1
+    assert result.cosine is not None and result.cosine >= 0.99

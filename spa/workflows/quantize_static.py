@@ -1,6 +1,6 @@
 """``quantize_static_model``: the library function behind ``spa quantize --activations``.
 
-Load -> (convert to the opset QDQ needs) -> ``quantize-static`` pass (its
+Load -> (convert to the opset QDQ needs) -> ``fold-batchnorm`` -> ``quantize-static`` pass (its
 ranges calibrated by the pipeline) -> save -> verify in ORT CPU on seeded inputs (cosine and
 max|Δ| against the original) -> a :class:`StaticQuantizeResult` with every node
 decision, the calibration method and sample count, the share of MatMul/Gemm/Conv
@@ -23,6 +23,7 @@ from typing_extensions import Unpack
 from spa.calibration import CalibrationSource
 from spa.model_io import load_model, load_proto
 from spa.ort import import_onnxruntime
+from spa.passes.batchnorm import FoldBatchNormPass
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.stats.change import ChangeShare, decisions_share
@@ -171,11 +172,14 @@ def quantize_static_model(
         verified_at = "all"
         return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
+    # BatchNorm folded first: the Conv's quantized weight then carries it, where a
+    # BatchNorm after a Conv reading a DequantizeLinear weight stays unfused in ORT
     outcome = run_pipeline(
-        source, output, [quantizer], options, prepare=prepare, verify=check if verify else None,
+        source, output, [FoldBatchNormPass(), quantizer], options, prepare=prepare,
+        verify=check if verify else None,
         session=_basic_session,  # as verification, for the reason _verify_basic gives
     )  # fmt: skip
-    record = outcome.records[0]
+    record = outcome.records[-1]
     decisions = record.details["decisions"]
     quantized = {d.node for d in decisions if d.action == "quantized"}
     return StaticQuantizeResult(
