@@ -79,9 +79,13 @@ def _sparsity(decisions: Iterable[Any]) -> float:
     return sum(d.sparsity * d.k * d.n for d in rewritten) / elements if elements else 0.0
 
 
-def _build_pass(pattern: str, options: dict[str, Any]) -> Sparsify2to4Pass | GQSAPass:
+def _build_pass(
+    pattern: str, options: dict[str, Any], keep_float: tuple[str, ...] | None
+) -> Sparsify2to4Pass | GQSAPass:
     if pattern == "2:4":
-        return Sparsify2to4Pass(options["method"])
+        if keep_float is None:
+            return Sparsify2to4Pass(options["method"])
+        return Sparsify2to4Pass(options["method"], keep_float=keep_float)
     check_gqsa_options(options["group"], options["sparsity"], options["bits"], options["form"])
     return GQSAPass(options["group"], options["sparsity"], options["bits"], options["form"])
 
@@ -108,10 +112,12 @@ def sparsify_model(
     form: str = "reference",
     verify: bool = True,
     min_cosine: float = 0.9,
+    keep_float: tuple[str, ...] | None = None,
     **run: Unpack[RunKeywords],
 ) -> SparsifyResult:
     """2:4-sparsify or GQSA-quantize the weights of ``input_path`` and write
-    ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`)."""
+    ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`).
+    ``keep_float`` (2:4): layer kinds kept dense; None = depthwise, first and last."""
     check_sparsify_options(pattern, method, calib, sparsity)
     if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
         raise UserError("--group/--bits/--form apply to --pattern gqsa; drop them for 2:4")
@@ -125,7 +131,7 @@ def sparsify_model(
     }  # fmt: skip
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
-    rewrite = _build_pass(pattern, options)
+    rewrite = _build_pass(pattern, options, keep_float)
     # The reference lowering needs BitwiseAnd (opset 18): the reference form always, and
     # the plugin form when it is verified (through its lowering).
     lowered = pattern == "gqsa" and (form == "reference" or verify)
