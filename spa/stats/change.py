@@ -234,10 +234,12 @@ def decisions_share(
     decisions: Iterable[Any],
     changed_actions: Collection[str],
     default_reason: str,
+    also_changed: Collection[str] = (),
 ) -> ChangeShare:
     """:func:`change_share` from a pass's per-node decisions (objects with ``node``,
     ``action``, ``reason`` and optionally ``weight``): a decision whose ``action``
-    is in ``changed_actions`` changed its node; any other was left for its reason."""
+    is in ``changed_actions`` changed its node; any other was left for its reason.
+    ``also_changed``: weights another pass of the command rewrote (a folded BatchNorm)."""
     per_node: dict[str, str] = {}
     per_weight: dict[str, str] = {}
     for decision in decisions:
@@ -253,6 +255,7 @@ def decisions_share(
             per_weight[weight] = reason
     outcomes = node_outcomes(model, per_node)
     outcomes.update(per_weight)
+    outcomes.update(dict.fromkeys(also_changed, ""))
     return change_share(model, outcomes, default_reason)
 
 
@@ -269,10 +272,13 @@ def rewritten_weights(
     after_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """Per-weight outcomes of a rewrite seen from its input and output alone: a
-    float initializer of ``before`` that ``after`` lacks, or holds with another
-    shape or other values, was changed (``""``); the others get ``reason``.
+    float initializer of ``before`` that ``after`` lacks (or no longer reads), or
+    holds with another shape or other values, was changed (``""``); the others get
+    ``reason``.
     ``*_dir``: the folders of external weight data."""
-    kept = {tensor.name: tensor for tensor in after.graph.initializer}
+    used = {name for node in after.graph.node for name in node.input}
+    used |= {value.name for value in after.graph.output}
+    kept = {tensor.name: tensor for tensor in after.graph.initializer if tensor.name in used}
     outcomes: dict[str, str] = {}
     for tensor in before.graph.initializer:
         if tensor.data_type not in _FLOAT_TYPES:

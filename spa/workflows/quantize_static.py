@@ -26,7 +26,7 @@ from spa.ort import import_onnxruntime
 from spa.passes.batchnorm import FoldBatchNormPass
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
-from spa.stats.change import ChangeShare, decisions_share
+from spa.stats.change import ChangeShare, decisions_share, rewritten_weights
 from spa.stats.coverage import covered_share
 from spa.verify import CosineMaxAbs, VerifyResult, input_specs, make_feeds, run_model, verify_models
 from spa.workflows.results import VerifiedResult, file_bytes
@@ -119,6 +119,17 @@ def _verify_basic(
     return VerifyResult(checks=checks, seed=seed, samples=1)
 
 
+def _folded(outcome: PipelineOutcome, source: Path, output: Path) -> list[str]:
+    """Weights ``fold-batchnorm`` rewrote or removed (BatchNorm parameters, Conv weights)."""
+    if not outcome.records[0].modified:
+        return []
+    outcomes = rewritten_weights(
+        outcome.before, load_proto(output), "kept",
+        before_dir=source.resolve().parent, after_dir=output.resolve().parent,
+    )  # fmt: skip
+    return [name for name, reason in outcomes.items() if not reason]
+
+
 def quantize_static_model(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -203,6 +214,7 @@ def quantize_static_model(
         quality_note=outcome.quality_note,
         verification_optimization=verified_at,
         change=decisions_share(
-            outcome.before, decisions, {"quantized"}, "op type {op} has no static QDQ placement"
+            outcome.before, decisions, {"quantized"}, "op type {op} has no static QDQ placement",
+            also_changed=_folded(outcome, source, output),
         ),
     )  # fmt: skip
