@@ -1,10 +1,15 @@
-"""Weight-only block quantization of MatMul/Gemm weights, and format conversions.
+"""Weight-only block quantization of MatMul/Gemm (and per-channel Conv) weights, and format conversions.
 
 :class:`QuantizeWeightsPass` (``quantize-weights``) handles:
 
 * ``MatMul(A, W)`` with ``W`` a 2-D float32/float16/bfloat16 initializer;
 * ``Gemm(A, B, C)`` with constant ``B``, ``alpha = 1``, ``transA = 0`` (``transB``
-  either way): rewritten as the quantized MatMul form plus ``Add(beta * C)``.
+  either way): rewritten as the quantized MatMul form plus ``Add(beta * C)``;
+* ``Conv(X, W[, B])`` with ``W`` a constant float initializer: per output channel
+  (:mod:`spa.passes.quantize_conv`, which says how each target reads it back).
+
+At 4 bits depthwise Conv and the first and last weighted layers stay float
+unless ``keep_float=()`` (:func:`spa.passes.quantize_conv.layer_roles`).
 
 Targets: ``ort`` -> ``com.microsoft.MatMulNBits``; ``onnx`` -> block
 ``DequantizeLinear`` (INT4/INT8 symmetric, UINT4/UINT8 with zero points) feeding
@@ -40,6 +45,14 @@ import onnx_ir as ir
 from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.passes.quantize_conv import (
+    CONV_FORMS,
+    SKIPPABLE,
+    column_cast_nodes,
+    conv_target_reason,
+    layer_roles,
+    quantize_conv,
+)
 from spa.quant.blockwise import QuantizedWeight
 from spa.quant.gptq import gptq_quantize
 from spa.quant.ir_format import (
@@ -91,6 +104,11 @@ class Candidate:
     array: np.ndarray
     bias: ir.Value | None = None
     beta: float = 1.0
+
+
+def default_keep_float(bits: int) -> tuple[str, ...]:
+    """Layers kept in float unless asked: depthwise, first and last at 4 bits; none at 8."""
+    return SKIPPABLE if bits == 4 else ()
 
 
 def check_quantize_options(
@@ -173,6 +191,15 @@ def match_gemm(node: ir.Node) -> tuple[Candidate | None, str]:
     return Candidate(node, activation, weight, np.ascontiguousarray(array), bias, beta), ""
 
 
+def match_conv(node: ir.Node) -> tuple[Candidate | None, str]:
+    """A Conv whose weight is a constant float initializer (quantized per output channel)."""
+    activation, weight = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    reason = weight_reason(weight, ranks=(3, 4, 5))
+    if reason or activation is None or weight is None or weight.const_value is None:
+        return None, reason or "Conv without an activation input"
+    return Candidate(node, activation, weight, weight.const_value.numpy()), ""
+
+
 def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
     return None, "already quantized (com.microsoft.MatMulNBits)"
 
@@ -181,6 +208,7 @@ def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
 MATCHERS: dict[tuple[str, str], Callable[[ir.Node], tuple[Candidate | None, str]]] = {
     ("", "MatMul"): match_matmul,
     ("", "Gemm"): match_gemm,
+    ("", "Conv"): match_conv,
     (MS_DOMAIN, "MatMulNBits"): _already_quantized,
 }
 
@@ -221,6 +249,21 @@ def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, tar
     replace_node(graph, candidate.node, nodes)
     owner = candidate.weight.graph
     remove_initializer_if_unused(owner if isinstance(owner, ir.Graph) else graph, candidate.weight)
+    return size
+
+
+def _rewrite_cast(graph: ir.Graph, candidate: Candidate, bits: int, symmetric: bool) -> int:
+    """Replace the candidate by ``MatMul(A, Mul(Cast(W_int), scale))`` (+ bias): the
+    ``--target ort`` INT8 RTN form, which ORT folds to a float weight at load."""
+    base = candidate.weight.name or "weight"
+    node_name = candidate.node.name or base
+    nodes, size = column_cast_nodes(graph, candidate.array, bits, symmetric, base, node_name)
+    core = ir.node(
+        "MatMul", [candidate.activation, nodes[-1].outputs[0]], name=f"{node_name}_matmul"
+    )
+    nodes += [core, *bias_nodes(graph, candidate, core.outputs[0])]
+    replace_node(graph, candidate.node, nodes)
+    remove_initializer_if_unused(graph, candidate.weight)
     return size
 
 
@@ -322,9 +365,14 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         hessians: Mapping[str, np.ndarray] | None = None,
         act_order: bool = False,
         percdamp: float = 0.01,
+        keep_float: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         check_quantize_options(bits, block, symmetric, method, target)
+        self.keep_float = tuple(keep_float) if keep_float is not None else default_keep_float(bits)
+        unknown = set(self.keep_float) - set(SKIPPABLE)
+        if unknown:
+            raise UserError(f"keep_float {sorted(unknown)}: choose among {', '.join(SKIPPABLE)}")
         self.bits, self.block, self.symmetric = bits, block, symmetric
         self.method, self.target, self.act_order, self.percdamp = (
             method,
@@ -376,14 +424,48 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         )  # fmt: skip
         return weight, note
 
+    def _conv(self, model: ir.Model, candidate: Candidate) -> tuple[int, int]:
+        """Quantize a Conv candidate (or record why not); returns its bytes before/after."""
+        node = candidate.node
+        reason = conv_target_reason(model, self.bits, self.target)
+        if reason:
+            self._skip(node, reason, candidate.weight.name or "")
+            return 0, 0
+        name, weight_name = node.name or "", candidate.weight.name or ""
+        shape = candidate.array.shape
+        form = "cast" if self.target == "ort" else "dequantize"
+        old, new = quantize_conv(
+            model.graph, node, candidate.weight, self.bits, self.symmetric, form
+        )
+        note = f"RTN per output channel, {CONV_FORMS[form]} (GPTQ and blocks cover MatMul/Gemm)"
+        rows = int(np.prod(shape[1:]))
+        self._decisions.append(
+            QuantDecision(name, "Conv", "quantized", note, weight_name, rows, shape[0], old, new)
+        )
+        return old, new
+
+    def _cast_form(self) -> bool:
+        """INT8 RTN for ORT: Cast+Mul constants (ORT 1.32's 8-bit MatMulNBits ran at 0.79x
+        of dense on MiniLM; the folded form runs the dense kernels)."""
+        return self.target == "ort" and self.bits == 8 and self.method == "rtn"
+
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
+        self._nbits = False
         graph, before, after = model.graph, 0, 0
+        roles = layer_roles(graph)  # main-graph layers; nodes inside bodies have none
         for node in list(ir.traversal.RecursiveGraphIterator(graph)):
             matcher = MATCHERS.get(op_key(node))
             if matcher is None:
                 continue
             candidate, reason = matcher(node)
+            role = roles.get(id(node), "")
+            if candidate is not None and role in self.keep_float:
+                reason = (
+                    f"layer skipped: {role} layer kept in float at int{self.bits} "
+                    "(--all-layers quantizes it)"
+                )
+                candidate = None
             if candidate is None:
                 self._skip(
                     node,
@@ -391,15 +473,24 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                     input_name(node, 1),
                 )
                 continue
+            if node.op_type == "Conv":
+                old_bytes, new_bytes = self._conv(model, candidate)
+                before, after = before + old_bytes, after + new_bytes
+                continue
             rows, cols = candidate.array.shape
             reason = self._target_reason(model, rows)
             if reason:
                 self._skip(node, reason, candidate.weight.name or "")
                 continue
-            weight, note = self._quantize(candidate)
             old_bytes = _weight_bytes(candidate.weight)
             name, op_type, weight_name = node.name or "", node.op_type, candidate.weight.name or ""
-            new_bytes = _rewrite(graph, candidate, weight, self.target)
+            if self._cast_form():
+                note = "INT8 per output column, Cast+Mul folded by ORT at load"
+                new_bytes = _rewrite_cast(graph, candidate, self.bits, self.symmetric)
+            else:
+                weight, note = self._quantize(candidate)
+                new_bytes = _rewrite(graph, candidate, weight, self.target)
+                self._nbits = self._nbits or self.target == "ort"
             before, after = before + old_bytes, after + new_bytes
             self._decisions.append(
                 QuantDecision(
@@ -407,11 +498,11 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                 )
             )
         quantized, skipped = self._tally("quantized")
-        if quantized:
-            if self.target == "ort":
-                model.opset_imports.setdefault(MS_DOMAIN, 1)
-            else:
-                model.ir_version = max(model.ir_version or 0, 10)
+        done = {d.op_type for d in self._decisions if d.action == "quantized"}
+        if self._nbits:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        if (self.target != "ort" and done) or ("Conv" in done and self.bits == 4):
+            model.ir_version = max(model.ir_version or 0, 10)  # INT4/UINT4 tensors
         statistics: dict[str, int | float] = {
             "nodes_quantized": quantized,
             "nodes_skipped": skipped,

@@ -63,7 +63,14 @@ from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.quant.ir_format import add_initializer, default_opset, op_key, remove_initializer_if_unused
 from spa.quant.static import KINDS, RANDOM_CALIBRATION, activation_scale, quantize_weight
 
-__all__ = ["QuantizeStaticPass", "StaticDecision", "check_static_options", "required_opset"]
+__all__ = [
+    "ORT_ZERO_POINT",
+    "STATIC_TARGETS",
+    "QuantizeStaticPass",
+    "StaticDecision",
+    "check_static_options",
+    "required_opset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +80,14 @@ _ELEMENT_FLOATS = {
     onnx.TensorProto.FLOAT16: ir.DataType.FLOAT16,
     onnx.TensorProto.BFLOAT16: ir.DataType.BFLOAT16,
 }
+#: Targets of the activation format. ``ort`` stores INT8 activations as UINT8 with
+#: zero point 128 (same values): ONNX Runtime's x86 CPU rewrites INT8 activation
+#: Q/DQ to that form itself (QDQS8ToU8Transformer), and at opset 21 that rewrite
+#: combined with its MatMul+Add->Gemm fusion made a QuantizeLinear whose
+#: output_dtype disagrees with its zero point: an opset-21 model with a 3-D MatMul
+#: and bias failed to load at ORT 1.32's default optimisation level.
+STATIC_TARGETS = ("tensorrt", "ort")
+ORT_ZERO_POINT = 128
 WEIGHTED = {("", "Conv"), ("", "ConvTranspose"), ("", "MatMul"), ("", "Gemm")}
 NORMS = {
     ("", "LayerNormalization"), ("", "Softmax"), ("", "LogSoftmax"), ("", "Resize"),
@@ -430,7 +445,9 @@ def _scalar(value: float, dtype: ir.DataType) -> ir.Tensor:
     return ir.Tensor(np.asarray(value, dtype=dtype.numpy()))
 
 
-def _zero_point(kind: str) -> ir.Tensor:
+def _zero_point(kind: str, target: str = "tensorrt") -> ir.Tensor:
+    if kind == "int8" and target == "ort":  # the same values as INT8 with zero point 0
+        return ir.Tensor(np.full((), ORT_ZERO_POINT, dtype=np.uint8))
     if kind == "int8":
         return ir.Tensor(np.zeros((), dtype=np.int8))
     return ir.Tensor(np.zeros((), dtype=ml_dtypes.float8_e4m3fn), dtype=ir.DataType.FLOAT8E4M3FN)
@@ -448,8 +465,11 @@ class QuantizeStaticPass(SpaPass):
 
     Options: ``activations`` (int8|fp8), ``weights`` (None = same type),
     ``calib_method`` (minmax|percentile|entropy), ``percentile``,
-    ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``. See the
-    module docstring for placement; ranges come from the pipeline's calibration.
+    ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``, ``target``
+    (``tensorrt``: INT8 activations with zero point 0; ``ort``: the same values
+    stored as UINT8 with zero point 128, the activation type ONNX Runtime's CPU
+    kernels use, see :data:`STATIC_TARGETS`). See the module docstring for
+    placement; ranges come from the pipeline's calibration.
     """
 
     name = "quantize-static"
@@ -465,9 +485,13 @@ class QuantizeStaticPass(SpaPass):
         quantize_norms: bool = False,
         quantize_bmm: bool = False,
         quantize_residual_matmul: bool = False,
+        target: str = "tensorrt",
     ) -> None:
         super().__init__()
         check_static_options(activations, weights, calib_method, percentile)
+        if target not in STATIC_TARGETS:
+            raise UserError(f"target '{target}': choose one of {', '.join(STATIC_TARGETS)}")
+        self.target = target
         self.activations, self.weights = activations, weights or activations
         self.calib_method, self.percentile = calib_method, percentile
         self.quantize_norms, self.quantize_bmm = quantize_norms, quantize_bmm
@@ -481,7 +505,7 @@ class QuantizeStaticPass(SpaPass):
         """The constructor options (calibration results and decisions are not options)."""
         names = (
             "activations", "weights", "calib_method", "percentile",
-            "quantize_norms", "quantize_bmm", "quantize_residual_matmul",
+            "quantize_norms", "quantize_bmm", "quantize_residual_matmul", "target",
         )  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
@@ -522,7 +546,7 @@ class QuantizeStaticPass(SpaPass):
     ) -> None:
         base = value.name or "value"
         scale_value = add_initializer(graph, f"{base}_scale", _scalar(scale, dtype))
-        zero_value = add_initializer(graph, f"{base}_zero_point", _zero_point(self.activations))
+        zero_value = add_initializer(graph, f"{base}_zero_point", _zero_point(self.activations, self.target))
         quantize = ir.node(
             "QuantizeLinear", [value, scale_value, zero_value], name=f"{base}_QuantizeLinear"
         )

@@ -35,6 +35,7 @@ import onnx_ir as ir
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import DecidingPass, HessianCalibrated, input_name, weight_reason
+from spa.passes.quantize_conv import SKIPPABLE, layer_roles
 from spa.quant.ir_format import MS_DOMAIN, QuantDecision, op_key
 from spa.quant.sparsity import (
     RUN,
@@ -136,8 +137,11 @@ class Sparsify2to4Pass(SparsifyingPass):
     """2:4 sparsity along the reduction axis of MatMul/Gemm/Conv weights (dense zeros).
 
     Options: ``method`` (``magnitude``, ``sparsegpt``), ``hessians`` (activation
-    name -> ``H[K, K]``), ``block``/``percdamp`` (SparseGPT). :attr:`calibration`
-    says whether a Hessian was used; :attr:`decisions` lists every candidate.
+    name -> ``H[K, K]``), ``block``/``percdamp`` (SparseGPT), ``keep_float``: the
+    layer kinds left dense (default depthwise Conv and the first and last weighted
+    layers, :func:`spa.passes.quantize_conv.layer_roles`; ``()`` sparsifies all).
+    :attr:`calibration` says whether a Hessian was used; :attr:`decisions` lists
+    every candidate.
     """
 
     name = "sparsify-2to4"
@@ -150,8 +154,13 @@ class Sparsify2to4Pass(SparsifyingPass):
         hessians: Mapping[str, np.ndarray] | None = None,
         block: int = 128,
         percdamp: float = 0.01,
+        keep_float: tuple[str, ...] = SKIPPABLE,
     ) -> None:
         super().__init__()
+        unknown = set(keep_float) - set(SKIPPABLE)
+        if unknown:
+            raise UserError(f"keep_float {sorted(unknown)}: choose among {', '.join(SKIPPABLE)}")
+        self.keep_float = tuple(keep_float)
         if method not in SPARSIFY_METHODS:
             raise UserError(f"method '{method}': choose one of {', '.join(SPARSIFY_METHODS)}")
         self.method, self.block, self.percdamp = method, block, percdamp
@@ -195,12 +204,17 @@ class Sparsify2to4Pass(SparsifyingPass):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         zeros = elements = 0
+        roles = layer_roles(model.graph)  # main-graph layers; nodes inside bodies have none
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             matcher = MATCHERS.get(op_key(node))
             if matcher is None:
                 continue
             target, reason = matcher(node)
             weight_name = input_name(node, 1)
+            role = roles.get(id(node), "")
+            if target is not None and role in self.keep_float:
+                reason = f"layer skipped: {role} layer kept dense (keep_float=() sparsifies it)"
+                target = None
             if target is None or target.weight.const_value is None:
                 self._skip(node, reason, weight_name)
                 continue

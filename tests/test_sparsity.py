@@ -125,7 +125,7 @@ def test_pass_prunes_matmul_gemm_conv_and_skips_with_reasons() -> None:
     weights = _weights()
     proto = _model(MODEL, weights)
     model = ir.serde.deserialize_model(proto)
-    spa_pass = Sparsify2to4Pass()
+    spa_pass = Sparsify2to4Pass(keep_float=())  # every layer; the defaults are tested below
     result = spa_pass(model)
     assert result.statistics == {"nodes_sparsified": 4, "nodes_skipped": 6, "sparsity": 0.5}
     axes = {"WC": 1, "W1": 0, "W2": 1, "WS2": 0}
@@ -163,7 +163,7 @@ def test_pass_prunes_matmul_gemm_conv_and_skips_with_reasons() -> None:
 
 def test_sparsegpt_without_hessian_is_magnitude_and_says_so() -> None:
     model = ir.serde.deserialize_model(_model(MODEL, _weights()))
-    spa_pass = Sparsify2to4Pass("sparsegpt")
+    spa_pass = Sparsify2to4Pass("sparsegpt", keep_float=())
     spa_pass(model)
     assert spa_pass.calibration.startswith("none (data-free")
     notes = {d.weight: d.reason for d in spa_pass.decisions if d.action == "sparsified"}
@@ -212,7 +212,7 @@ def test_inspect_lists_2to4_weights(tmp_path: Path) -> None:
     before = inspect_model(source)
     assert not any(w.sparse_2to4 for w in before.sparse_weights)
     sparse_path = tmp_path / "sparse.onnx"
-    sparsify_model(source, sparse_path, verify=False)
+    sparsify_model(source, sparse_path, verify=False, keep_float=())
     info = inspect_model(sparse_path)
     eligible = {w.weight for w in info.sparse_weights if w.sparse_2to4}
     assert eligible == {"WC", "W1", "W2", "WS2"}
@@ -237,7 +237,7 @@ def test_sparsify_cli_report_and_inspect(run_cli, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     result = run_cli(
         "sparsify", source, "-o", tmp_path / "out.onnx", "--report", report,
-        "--verify-cosine", "0.5", "--int-range", "I:-3:3",
+        "--verify-cosine", "0.5", "--int-range", "I:-3:3", "--all-layers",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "PASSED | sparsify 2:4 magnitude" in result.output
@@ -254,7 +254,8 @@ def test_sparsify_cli_report_and_inspect(run_cli, tmp_path: Path) -> None:
         "optimize", source, "-o", tmp_path / "opt.onnx", "--recipe", recipe, "--no-verify"
     )
     assert optimized.exit_code == 0, optimized.output
-    assert "nodes_sparsified=4" in optimized.output
+    assert "nodes_sparsified=3" in optimized.output  # the recipe keeps the pass defaults:
+    # one of the four eligible layers is a first/last layer, kept dense
 
 
 @pytest.mark.parametrize(
@@ -285,3 +286,14 @@ def test_sparsify_missing_model_is_one_line(run_cli, tmp_path: Path) -> None:
     result = run_cli("sparsify", tmp_path / "absent.onnx", "-o", tmp_path / "out.onnx")
     assert result.exit_code == 1 and result.output.startswith("error:")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_2to4_keeps_first_last_and_depthwise_dense_by_default() -> None:
+    model = ir.serde.deserialize_model(_model(MODEL, _weights()))
+    every = Sparsify2to4Pass(keep_float=())
+    every(ir.serde.deserialize_model(_model(MODEL, _weights())))
+    default = Sparsify2to4Pass()
+    default(model)
+    kept = [d for d in default.decisions if "layer kept dense" in d.reason]
+    assert {d.reason.split()[2] for d in kept} <= {"first", "last", "depthwise"} and kept
+    assert default._tally()[0] == every._tally()[0] - len(kept)

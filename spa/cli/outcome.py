@@ -34,9 +34,15 @@ def verdict_tail(result: Any) -> str:
     )
 
 
-def finish(result: Any, lines: list[str], verdict: str, report_path: Path | None) -> None:
-    """Print ``lines`` and the verification table, write the JSON report when asked,
-    print ``verdict``; exit with EXIT_VERIFY_FAILED when verification failed."""
+def finish(
+    result: Any, lines: list[str], verdict: str, report_path: Path | None, command: str = "spa"
+) -> None:
+    """Print ``lines``, the share of the model ``command`` changed (and why the rest
+    was left) and the verification table, write the JSON report when asked, print
+    ``verdict``; exit with EXIT_VERIFY_FAILED when verification failed."""
+    change = getattr(result, "change", None)
+    if change is not None:
+        lines = [*lines, *change.lines(command)]
     for line in lines:
         click.echo(line)
     if result.verification is not None:

@@ -119,6 +119,9 @@ def prune_command(
         )
     for group_id, reason in skipped.items():
         click.echo(f"  group {group_id}: {reason}")
+    if result.change is not None:
+        for line in result.change.lines("spa prune"):
+            click.echo(line)
     rows = result.report.get("reconstruction") or []
     if rows:
         before = sum(row["error_before"] for row in rows) / len(rows)

@@ -33,7 +33,7 @@ __all__ = [
 #: Weight-only options that static quantization (--activations) cannot honour.
 _WEIGHT_ONLY_OPTIONS = {
     "block": "--block", "method": "--method", "symmetric": "--symmetric/--asymmetric",
-    "act_order": "--act-order", "target": "--target",
+    "act_order": "--act-order", "all_layers": "--all-layers",
 }  # fmt: skip
 #: Static-only options that weight-only quantization ignores.
 _STATIC_OPTIONS = {
@@ -150,7 +150,7 @@ def _check_mode(
     if weight_only:
         raise UserError(
             f"{weight_only[0]} is a weight-only option; --activations {activations} writes "
-            "symmetric per-channel QDQ (standard ONNX, TensorRT-ready): drop it"
+            "symmetric per-channel QDQ (standard ONNX; --target ort or tensorrt): drop it"
         )
 
 
@@ -215,7 +215,18 @@ def _check_mode(
     "--act-order", is_flag=True, help="GPTQ: visit inputs by decreasing Hessian diagonal."
 )
 @click.option(
-    "--target", type=click.Choice(["ort", "tensorrt", "onnx"]), default="ort", show_default=True
+    "--target",
+    type=click.Choice(["ort", "tensorrt", "onnx"]),
+    default="ort",
+    show_default=True,
+    help="Format: weight-only as in docs/quantization.md; static: ort = UINT8 activations "
+    "(zero point 128), tensorrt = INT8.",
+)
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="int4: quantize depthwise Conv and the first and last weighted layers too "
+    "(kept in float by default).",
 )
 @report_option
 @dump_dir_option
@@ -249,6 +260,7 @@ def quantize_command(
     calib_samples: int | None,
     act_order: bool,
     target: str,
+    all_layers: bool,
     report_path: Path | None,
     dump_dir: Path | None,
     verify: bool,
@@ -271,7 +283,7 @@ def quantize_command(
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
-            verify, min_cosine, seed,
+            verify, min_cosine, seed, target,
             {**input_arguments(shapes, dims, int_ranges), "holdout": holdout, "metric": metric},
             dump_dir,
         )  # fmt: skip
@@ -286,23 +298,30 @@ def quantize_command(
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
+        keep_float=() if all_layers else None,
     )  # fmt: skip
-    finish(result, render_decisions(result), verdict_line(result), report_path)
+    finish(result, render_decisions(result), verdict_line(result), report_path, "spa quantize")
 
 
 def _static(
     model: Path, output: Path, activations: str, weights: str | None, calib: Path | None,
     calib_method: str, percentile: float, quantize_norms: bool, quantize_bmm: bool,
     quantize_residual_matmul: bool, calib_samples: int | None, report_path: Path | None, verify: bool,
-    min_cosine: float | None, seed: int, inputs: dict[str, Any], dump_dir: Path | None,
+    min_cosine: float | None, seed: int, target: str, inputs: dict[str, Any], dump_dir: Path | None,
 ) -> None:  # fmt: skip
+    from spa.errors import UserError
     from spa.workflows.quantize_static import quantize_static_model
 
+    if target == "onnx":
+        raise UserError(
+            "--activations writes standard QDQ for --target ort (UINT8 activations, what ORT "
+            "CPU runs) or --target tensorrt (INT8); choose one of them"
+        )
     result = quantize_static_model(
         model, output, activations=activations, weights=weights, calib=calib,
         calib_method=calib_method, percentile=percentile, quantize_norms=quantize_norms,
         quantize_bmm=quantize_bmm, quantize_residual_matmul=quantize_residual_matmul,
-        max_calibration_samples=calib_samples, seed=seed,
+        max_calibration_samples=calib_samples, seed=seed, target=target,
         verify=verify, min_cosine=min_cosine, **inputs, dump_dir=dump_dir,
         on_pass_end=print_pass_line,
     )  # fmt: skip
@@ -312,4 +331,7 @@ def _static(
             "inputs and are NOT representative of real data; accuracy on real inputs may be poor",
             err=True,
         )
-    finish(result, render_static_decisions(result), static_verdict_line(result), report_path)
+    finish(
+        result, render_static_decisions(result), static_verdict_line(result), report_path,
+        "spa quantize --activations",
+    )  # fmt: skip

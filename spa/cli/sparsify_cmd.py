@@ -80,6 +80,10 @@ def sparsify_verdict(result: Any) -> str:
     "--form", type=click.Choice(["reference", "plugin"]), default="reference", show_default=True,
     help="GQSA: standard-ONNX lowering (ORT CPU) or spa.GroupSparseQuantMatMul (TensorRT plugin).",
 )  # fmt: skip
+@click.option(
+    "--all-layers", is_flag=True,
+    help="2:4: sparsify depthwise Conv and the first and last weighted layers too (kept dense by default).",
+)  # fmt: skip
 @report_option
 @dump_dir_option
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check in ORT CPU.")
@@ -91,7 +95,7 @@ def sparsify_verdict(result: Any) -> str:
 @input_options
 def sparsify_command(
     model: Path, output: Path, pattern: str, group: int, sparsity: float | None, bits: int,
-    method: str, calib: Path | None, calib_samples: int | None, form: str,
+    method: str, calib: Path | None, calib_samples: int | None, form: str, all_layers: bool,
     report_path: Path | None, dump_dir: Path | None, verify: bool, verify_cosine: float,
     holdout: float, metric: str | None, seed: int,
     shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...],
@@ -109,5 +113,6 @@ def sparsify_command(
         min_cosine=verify_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
+        keep_float=() if all_layers else None,
     )  # fmt: skip
-    finish(result, render_sparsify(result), sparsify_verdict(result), report_path)
+    finish(result, render_sparsify(result), sparsify_verdict(result), report_path, "spa sparsify")

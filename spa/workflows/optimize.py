@@ -17,14 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
+from spa.model_io import load_proto
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
 from spa.pruning.sensitivity import FRAGILE_DISTORTION
 from spa.stats import report as reporting
+from spa.stats.change import ChangeShare, change_share, rewritten_weights
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
 from spa.verify.quality import quality_verdict
@@ -62,6 +65,18 @@ def _verdict_line(
         f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} (rel {verification.max_rel_diff:.1g}) | {quality} "
         f"| {seconds:.1f}s"
     )
+
+
+def _recipe_change(
+    before: onnx.ModelProto, before_dir: Path, output: Path, recipe: str
+) -> ChangeShare:
+    """Share of the model (as the recipe got it) whose weights the recipe rewrote."""
+    after = load_proto(output)
+    outcomes = rewritten_weights(
+        before, after, f"no pass of the {recipe} recipe changed it",
+        before_dir=before_dir, after_dir=output.resolve().parent,
+    )  # fmt: skip
+    return change_share(before, outcomes, f"no pass of the {recipe} recipe changed it")
 
 
 def optimize(
@@ -168,6 +183,8 @@ def optimize(
         latency=latency,
     )
     report["recipe"] = loaded.name
+    change = _recipe_change(outcome.before, base_dir, output, loaded.name)
+    report["change"] = change.as_dict()
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
     if prune_part is not None:
@@ -184,7 +201,12 @@ def optimize(
         records=outcome.records,
         verification=verification,
         report=report,
-        summary_table=reporting.render_comparison(reporting.compare(before, after)),
+        summary_table="\n".join(
+            [
+                reporting.render_comparison(reporting.compare(before, after)),
+                *change.lines(f"spa optimize --recipe {loaded.name}"),
+            ]
+        ),
         verdict_line=verdict,
         prune_verification=prune_verification[0],
     )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import onnx
 from typing_extensions import Unpack
 
 from spa.analysis import Analysis, analyze, prepare
@@ -28,13 +29,21 @@ from spa.passes.prune import PrunePass
 from spa.pruning.plan import Plan
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.stats import report as reporting
+from spa.stats.change import ChangeShare, change_share
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
 from spa.verify.mask import verify_masked
 from spa.verify.quality import quality_verdict
 from spa.workflows.run import RunKeywords, RunOptions, Snapshot, run_pipeline
 
-__all__ = ["PruneResult", "analyze_file", "prune_model", "prune_report", "verify_prune"]
+__all__ = [
+    "PruneResult",
+    "analyze_file",
+    "prune_change",
+    "prune_model",
+    "prune_report",
+    "verify_prune",
+]
 
 
 @dataclasses.dataclass
@@ -49,6 +58,8 @@ class PruneResult:
     report: dict[str, Any]
     verdict_line: str
     records: list[PassRecord] = dataclasses.field(default_factory=list)
+    #: Share of params/MACs pruned and why the rest was left (spa.stats.change).
+    change: ChangeShare | None = None
 
 
 def analyze_file(
@@ -137,6 +148,8 @@ def prune_model(
     ]
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
+    change = prune_change(details, outcome.before)
+    report["change"] = change.as_dict()
     report = {
         **reporting.build_report(
             command=command or f"spa.workflows.prune.prune_model({str(model)!r}, {str(output)!r})",
@@ -161,7 +174,39 @@ def prune_model(
         report,
         _verdict(report, verification, seconds),
         outcome.records,
+        change,
     )
+
+
+#: Priority of a weight's outcome when several groups hold it (lower wins).
+_PRIORITY = {"": 0, "frozen": 1, "not prunable": 2, "kept": 3}
+
+
+def prune_change(details: dict[str, Any], before: onnx.ModelProto) -> ChangeShare:
+    """Share of ``before`` (the model before the ``prune`` pass) the pass pruned, and
+    why each other weight was left: its group frozen (with the reason), a group
+    that cannot be pruned, or a group kept whole by the plan."""
+    analysis: Analysis = details["analysis"]
+    plan: Plan = details["plan"]
+    outcomes: dict[str, tuple[int, str]] = {}
+    for group in analysis.groups:
+        kept = plan.kept.get(group.id)
+        if kept is not None and len(kept) < group.size:
+            kind, reason = "", ""
+        elif group.frozen:
+            kind, reason = "frozen", f"frozen group: {group.frozen_reasons[0]}"
+        elif not group.prunable:
+            kind, reason = "not prunable", "group not prunable (one channel or no activation)"
+        else:
+            kind, reason = "kept", "group kept whole by the plan (ratio, allocation, --exclude)"
+        for member in group.parameters:
+            name = member.space[0]
+            if name not in outcomes or _PRIORITY[kind] < outcomes[name][0]:
+                outcomes[name] = (_PRIORITY[kind], reason)
+    return change_share(
+        before, {name: reason for name, (_, reason) in outcomes.items()},
+        "op type {op}: its weights belong to no channel group",
+    )  # fmt: skip
 
 
 def verify_prune(
@@ -217,6 +262,8 @@ def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds:
         f"{report['groups_total']} pruned"
     )
     quality = quality_verdict(report.get("quality"), report.get("quality_note", ""))
+    if report["groups_pruned"] == 0:
+        return f"NOTHING TO DO | {text} | {quality} | {seconds:.1f}s"
     if verification is None:
         return f"DONE | {text} | not verified | {quality} | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"

@@ -19,6 +19,7 @@ from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
 from spa.passes.quantize import QuantizeWeightsPass, check_quantize_options
+from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import mac_coverage
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import RewriteResult, file_bytes
@@ -36,6 +37,8 @@ class QuantizeResult(RewriteResult):
     #: Agreement with the input on held-out calibration samples (spa.verify.quality).
     quality: dict[str, Any] | None = None
     quality_note: str = ""
+    #: Share of params/MACs quantized and why the rest was left (spa.stats.change).
+    change: ChangeShare | None = None
 
 
 def default_min_cosine(bits: int) -> float:
@@ -56,16 +59,20 @@ def quantize_model(
     act_order: bool = False,
     verify: bool = True,
     min_cosine: float | None = None,
+    keep_float: tuple[str, ...] | None = None,
     **run: Unpack[RunKeywords],
 ) -> QuantizeResult:
     """Quantize the MatMul/Gemm weights of ``input_path`` and write ``output_path``
     (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
-    GPTQ's Hessians come from ``calib``)."""
+    GPTQ's Hessians come from ``calib``). ``keep_float``: layer kinds left in float
+    (``depthwise``, ``first``, ``last``); None = all three at 4 bits, none at 8."""
     check_quantize_options(bits, block, symmetric, method, target)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
     options = RunOptions(**run, calibration=calib if method == "gptq" else None)
-    quantizer = QuantizeWeightsPass(bits, block, symmetric, method, target, act_order=act_order)
+    quantizer = QuantizeWeightsPass(
+        bits, block, symmetric, method, target, act_order=act_order, keep_float=keep_float
+    )
 
     def prepare(model: ir.Model) -> ir.Model:
         if target == "ort":
@@ -87,7 +94,8 @@ def quantize_model(
     return QuantizeResult(
         output=output,
         options={"bits": bits, "block": block, "method": method, "symmetric": symmetric,
-                 "target": target, "act_order": act_order, "seed": options.seed},
+                 "target": target, "act_order": act_order, "seed": options.seed,
+                 "keep_float": list(quantizer.keep_float)},
         decisions=[decision.as_dict() for decision in decisions],
         statistics=dict(record.statistics),
         calibration=record.details["calibration"],
@@ -98,4 +106,8 @@ def quantize_model(
         verification=outcome.verification,
         quality=outcome.quality.as_dict() if outcome.quality else None,
         quality_note=outcome.quality_note,
+        change=decisions_share(
+            outcome.before, decisions, {"quantized"},
+            f"op type {{op}} not quantizable for --target {target}",
+        ),
     )  # fmt: skip

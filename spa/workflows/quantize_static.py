@@ -1,6 +1,6 @@
 """``quantize_static_model``: the library function behind ``spa quantize --activations``.
 
-Load -> (convert to the opset QDQ needs) -> ``quantize-static`` pass (its
+Load -> (convert to the opset QDQ needs) -> ``fold-batchnorm`` -> ``quantize-static`` pass (its
 ranges calibrated by the pipeline) -> save -> verify in ORT CPU on seeded inputs (cosine and
 max|Δ| against the original) -> a :class:`StaticQuantizeResult` with every node
 decision, the calibration method and sample count, the share of MatMul/Gemm/Conv
@@ -22,10 +22,12 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import load_model
+from spa.model_io import load_model, load_proto
 from spa.ort import create_session
+from spa.passes.batchnorm import FoldBatchNormPass
 from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
 from spa.quant.static import RANDOM_CALIBRATION
+from spa.stats.change import ChangeShare, decisions_share, rewritten_weights
 from spa.stats.coverage import covered_share
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import VerifiedResult, file_bytes
@@ -70,6 +72,8 @@ class StaticQuantizeResult(VerifiedResult):
     #: Agreement with the input on held-out calibration samples (spa.verify.quality).
     quality: dict[str, Any] | None = None
     quality_note: str = ""
+    #: Share of params/MACs quantized and why the rest was left (spa.stats.change).
+    change: ChangeShare | None = None
 
     @property
     def random_calibration(self) -> bool:
@@ -108,6 +112,17 @@ def _verify_basic(
     return verify_models(source, output, policy=policy, seed=seed, session=_basic_session, **inputs)
 
 
+def _folded(outcome: PipelineOutcome, source: Path, output: Path) -> list[str]:
+    """Weights ``fold-batchnorm`` rewrote or removed (BatchNorm parameters, Conv weights)."""
+    if not outcome.records[0].modified:
+        return []
+    outcomes = rewritten_weights(
+        outcome.before, load_proto(output), "kept",
+        before_dir=source.resolve().parent, after_dir=output.resolve().parent,
+    )  # fmt: skip
+    return [name for name, reason in outcomes.items() if not reason]
+
+
 def quantize_static_model(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -120,13 +135,17 @@ def quantize_static_model(
     quantize_norms: bool = False,
     quantize_bmm: bool = False,
     quantize_residual_matmul: bool = False,
+    target: str = "ort",
     verify: bool = True,
     min_cosine: float | None = None,
     **run: Unpack[RunKeywords],
 ) -> StaticQuantizeResult:
     """Static INT8/FP8 QDQ of ``input_path`` written to ``output_path`` (the
     ``quantize-static`` pass through :func:`spa.workflows.run.run_pipeline`,
-    calibrated on ``calib`` or, without it, on seeded random inputs)."""
+    calibrated on ``calib`` or, without it, on seeded random inputs). ``target``:
+    ``ort`` (INT8 activations stored as UINT8 with zero point 128, the form ONNX
+    Runtime CPU runs; verified at ORT's default level) or ``tensorrt`` (INT8 with
+    zero point 0)."""
     check_static_options(activations, weights, calib_method, percentile)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
@@ -134,7 +153,7 @@ def quantize_static_model(
     quantizer = QuantizeStaticPass(
         activations, weights, calib_method=calib_method, percentile=percentile,
         quantize_norms=quantize_norms, quantize_bmm=quantize_bmm,
-        quantize_residual_matmul=quantize_residual_matmul,
+        quantize_residual_matmul=quantize_residual_matmul, target=target,
     )  # fmt: skip
 
     def prepare(model: ir.Model) -> ir.Model:
@@ -151,17 +170,20 @@ def quantize_static_model(
         threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE
         policy = CosineMaxAbs(min_cosine=threshold)
         output_opset = default_opset_of(load_model(output))
-        if activations == "fp8" or output_opset >= _QDQ_OPSET:
+        if activations == "fp8" or (output_opset >= _QDQ_OPSET and target == "tensorrt"):
             verified_at = "basic"
             return _verify_basic(source, output, policy, options.seed, options.inputs)
         verified_at = "all"
         return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
+    # BatchNorm folded first: the Conv's quantized weight then carries it, where a
+    # BatchNorm after a Conv reading a DequantizeLinear weight stays unfused in ORT
     outcome = run_pipeline(
-        source, output, [quantizer], options, prepare=prepare, verify=check if verify else None,
+        source, output, [FoldBatchNormPass(), quantizer], options, prepare=prepare,
+        verify=check if verify else None,
         session=_basic_session,  # as verification, for the reason _verify_basic gives
     )  # fmt: skip
-    record = outcome.records[0]
+    record = outcome.records[-1]
     decisions = record.details["decisions"]
     quantized = {d.node for d in decisions if d.action == "quantized"}
     return StaticQuantizeResult(
@@ -169,7 +191,8 @@ def quantize_static_model(
         options={"activations": activations, "weights": quantizer.weights,
                  "calib_method": calib_method, "percentile": percentile,
                  "quantize_norms": quantize_norms, "quantize_bmm": quantize_bmm,
-                 "quantize_residual_matmul": quantize_residual_matmul, "seed": options.seed},
+                 "quantize_residual_matmul": quantize_residual_matmul, "seed": options.seed,
+                 "target": target},
         decisions=[decision.as_dict() for decision in decisions],
         statistics=dict(record.statistics),
         calibration=record.details["calibration"],
@@ -183,4 +206,8 @@ def quantize_static_model(
         quality=outcome.quality.as_dict() if outcome.quality else None,
         quality_note=outcome.quality_note,
         verification_optimization=verified_at,
+        change=decisions_share(
+            outcome.before, decisions, {"quantized"}, "op type {op} has no static QDQ placement",
+            also_changed=_folded(outcome, source, output),
+        ),
     )  # fmt: skip

@@ -43,6 +43,9 @@ class VerifiedResult:
         data["output"] = str(self.output)
         data["verification"] = None if self.verification is None else self.verification.as_dict()
         data["passed"] = self.passed
+        change = getattr(self, "change", None)
+        if change is not None:
+            data["change"] = change.as_dict()
         return data
 
 

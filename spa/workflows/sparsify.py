@@ -26,6 +26,7 @@ from spa.errors import UserError
 from spa.model_io import load_model, save_model
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, check_gqsa_options
 from spa.passes.sparsify import Sparsify2to4Pass
+from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import weight_coverage
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
 from spa.workflows.results import RewriteResult, file_bytes
@@ -46,6 +47,8 @@ class SparsifyResult(RewriteResult):
     #: Agreement with the input on held-out calibration samples (spa.verify.quality).
     quality: dict[str, Any] | None = None
     quality_note: str = ""
+    #: Share of params/MACs sparsified and why the rest was left (spa.stats.change).
+    change: ChangeShare | None = None
 
     @property
     def rewritten(self) -> int:
@@ -76,9 +79,13 @@ def _sparsity(decisions: Iterable[Any]) -> float:
     return sum(d.sparsity * d.k * d.n for d in rewritten) / elements if elements else 0.0
 
 
-def _build_pass(pattern: str, options: dict[str, Any]) -> Sparsify2to4Pass | GQSAPass:
+def _build_pass(
+    pattern: str, options: dict[str, Any], keep_float: tuple[str, ...] | None
+) -> Sparsify2to4Pass | GQSAPass:
     if pattern == "2:4":
-        return Sparsify2to4Pass(options["method"])
+        if keep_float is None:
+            return Sparsify2to4Pass(options["method"])
+        return Sparsify2to4Pass(options["method"], keep_float=keep_float)
     check_gqsa_options(options["group"], options["sparsity"], options["bits"], options["form"])
     return GQSAPass(options["group"], options["sparsity"], options["bits"], options["form"])
 
@@ -105,10 +112,12 @@ def sparsify_model(
     form: str = "reference",
     verify: bool = True,
     min_cosine: float = 0.9,
+    keep_float: tuple[str, ...] | None = None,
     **run: Unpack[RunKeywords],
 ) -> SparsifyResult:
     """2:4-sparsify or GQSA-quantize the weights of ``input_path`` and write
-    ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`)."""
+    ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`).
+    ``keep_float`` (2:4): layer kinds kept dense; None = depthwise, first and last."""
     check_sparsify_options(pattern, method, calib, sparsity)
     if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
         raise UserError("--group/--bits/--form apply to --pattern gqsa; drop them for 2:4")
@@ -122,7 +131,7 @@ def sparsify_model(
     }  # fmt: skip
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
-    rewrite = _build_pass(pattern, options)
+    rewrite = _build_pass(pattern, options, keep_float)
     # The reference lowering needs BitwiseAnd (opset 18): the reference form always, and
     # the plugin form when it is verified (through its lowering).
     lowered = pattern == "gqsa" and (form == "reference" or verify)
@@ -160,4 +169,8 @@ def sparsify_model(
         seconds=time.perf_counter() - start, verification=outcome.verification,
         quality=outcome.quality.as_dict() if outcome.quality else None,
         quality_note=outcome.quality_note,
+        change=decisions_share(
+            outcome.before, decisions, {d.action for d in decisions if d.action != "skipped"},
+            f"op type {{op}} has no {pattern} rule",
+        ),
     )  # fmt: skip

