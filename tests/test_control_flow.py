@@ -336,3 +336,33 @@ def test_quantize_verifies_both_branches_an_integer_input_selects(
     assert result.exit_code == 0, result.output
     assert "branches | If '#3': then+else" in result.output
     assert result.output.splitlines()[-1].startswith("PASSED")
+
+
+NESTED = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 8] x, int64 trips, bool flag) => (float[2, 16] y) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    start = MatMul(x, w0)
+    cond = Constant <value = bool {1}> ()
+    y = Loop(trips, cond, start) <
+        body = step (int64 i, bool c, float[2, 16] s) => (bool c_out, float[2, 16] s_out) {
+            s_out = If(flag) <
+                then_branch = inner_a () => (float[2, 16] t) { t = Add(s, r) },
+                else_branch = inner_b () => (float[2, 16] e) { e = Identity(s) }
+            >
+            c_out = Identity(c)
+        }
+    >
+}
+"""
+
+
+def test_an_outer_value_read_two_bodies_deep_freezes_its_group() -> None:
+    proto = model_from_text(NESTED, {"w1": (8, 16), "w0": (8, 16)})
+    model = prepare(ir.serde.deserialize_model(proto))
+    group = group_with(analyze(model), "r", 1)
+    assert not group.prunable
+    assert any(
+        "Loop" in reason and "'r'" in reason and "Add" in reason for reason in group.frozen_reasons
+    )
