@@ -366,3 +366,28 @@ def test_an_outer_value_read_two_bodies_deep_freezes_its_group() -> None:
     assert any(
         "Loop" in reason and "'r'" in reason and "Add" in reason for reason in group.frozen_reasons
     )
+
+
+@pytest.mark.parametrize("command", ["quantize", "sparsify", "prune", "optimize"])
+def test_a_recursive_function_holding_a_constant_weight_is_one_line(
+    command: str, run_cli, tmp_path: Path
+) -> None:
+    """Inlining it to lift the weight once raised onnx-ir's PreconditionError."""
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    agraph (float[2, 32] x) => (float[2, 32] y) {{
+        y = local.Dense(x)
+    }}
+    <domain: "local", opset_import: ["" : 17, "local" : 1]>
+    Dense (a) => (b) {{
+        {_constant("w", np.ones((32, 32), np.float32))}
+        m = MatMul(a, w)
+        b = local.Dense(m)
+    }}
+    """
+    source, output = tmp_path / "recursive.onnx", tmp_path / "out.onnx"
+    onnx.save(onnx.parser.parse_model(text), str(source))
+    result = run_cli(command, source, "-o", output)
+    assert result.exit_code == 1, result.output
+    assert "functions must not call themselves" in result.output
+    assert "Traceback" not in result.output and not output.exists()
