@@ -336,3 +336,58 @@ def test_quantize_verifies_both_branches_an_integer_input_selects(
     assert result.exit_code == 0, result.output
     assert "branches | If '#3': then+else" in result.output
     assert result.output.splitlines()[-1].startswith("PASSED")
+
+
+NESTED = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 8] x, int64 trips, bool flag) => (float[2, 16] y) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    start = MatMul(x, w0)
+    cond = Constant <value = bool {1}> ()
+    y = Loop(trips, cond, start) <
+        body = step (int64 i, bool c, float[2, 16] s) => (bool c_out, float[2, 16] s_out) {
+            s_out = If(flag) <
+                then_branch = inner_a () => (float[2, 16] t) { t = Add(s, r) },
+                else_branch = inner_b () => (float[2, 16] e) { e = Identity(s) }
+            >
+            c_out = Identity(c)
+        }
+    >
+}
+"""
+
+
+def test_an_outer_value_read_two_bodies_deep_freezes_its_group() -> None:
+    proto = model_from_text(NESTED, {"w1": (8, 16), "w0": (8, 16)})
+    model = prepare(ir.serde.deserialize_model(proto))
+    group = group_with(analyze(model), "r", 1)
+    assert not group.prunable
+    assert any(
+        "Loop" in reason and "'r'" in reason and "Add" in reason for reason in group.frozen_reasons
+    )
+
+
+@pytest.mark.parametrize("command", ["quantize", "sparsify", "prune", "optimize"])
+def test_a_recursive_function_holding_a_constant_weight_is_one_line(
+    command: str, run_cli, tmp_path: Path
+) -> None:
+    """Inlining it to lift the weight once raised onnx-ir's PreconditionError."""
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+    agraph (float[2, 32] x) => (float[2, 32] y) {{
+        y = local.Dense(x)
+    }}
+    <domain: "local", opset_import: ["" : 17, "local" : 1]>
+    Dense (a) => (b) {{
+        {_constant("w", np.ones((32, 32), np.float32))}
+        m = MatMul(a, w)
+        b = local.Dense(m)
+    }}
+    """
+    source, output = tmp_path / "recursive.onnx", tmp_path / "out.onnx"
+    onnx.save(onnx.parser.parse_model(text), str(source))
+    result = run_cli(command, source, "-o", output)
+    assert result.exit_code == 1, result.output
+    assert "functions must not call themselves" in result.output
+    assert "Traceback" not in result.output and not output.exists()

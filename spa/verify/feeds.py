@@ -6,6 +6,8 @@ Floating inputs are standard normal. Integer inputs (token ids, positions) are
 uniform in ``[low, high)``: from ``int_ranges`` when given, else ``[0, V)`` when
 the input indexes an embedding table of V rows (a Gather on an initializer),
 else ``[0, 2)``. Boolean inputs are all True (attention masks).
+:func:`spa.verify.verify_models` adds feeds taking the other branch of an
+``If`` that such an input selects (:mod:`spa.verify.branches`).
 """
 
 from __future__ import annotations

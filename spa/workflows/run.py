@@ -258,7 +258,13 @@ def lift_constant_weights(model: ir.Model) -> int:
     """
     before = _constant_weights(model)
     if any(_function_constant_weights(function) for function in model.functions.values()):
-        InlinePass(criteria=lambda function: _function_constant_weights(function) > 0)(model)
+        try:
+            InlinePass(criteria=lambda function: _function_constant_weights(function) > 0)(model)
+        except ir.passes.PreconditionError as error:  # recursion; ONNX forbids it
+            raise UserError(
+                f"model-local functions cannot be inlined ({error}); ONNX functions must "
+                "not call themselves: re-export the model without recursive functions"
+            ) from None
         logger.info("inlined the model-local functions that hold Constant-node weights")
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=_LIFT_ELEMENTS)(model)
     LiftSubgraphInitializersToMainGraphPass()(model)
