@@ -252,9 +252,17 @@ def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, tar
     return size
 
 
+def _home(graph: ir.Graph, item: ir.Node | ir.Value) -> ir.Graph:
+    """The graph that holds ``item`` (an If/Loop/Scan body or ``graph`` itself)."""
+    owner = item.graph
+    return owner if isinstance(owner, ir.Graph) else graph
+
+
 def _rewrite_cast(graph: ir.Graph, candidate: Candidate, bits: int, symmetric: bool) -> int:
     """Replace the candidate by ``MatMul(A, Mul(Cast(W_int), scale))`` (+ bias): the
-    ``--target ort`` INT8 RTN form, which ORT folds to a float weight at load."""
+    ``--target ort`` INT8 RTN form, which ORT folds to a float weight at load.
+    New nodes and initializers go to the graph holding the node (a body, if so)."""
+    graph = _home(graph, candidate.node)
     base = candidate.weight.name or "weight"
     node_name = candidate.node.name or base
     nodes, size = column_cast_nodes(graph, candidate.array, bits, symmetric, base, node_name)
@@ -263,7 +271,7 @@ def _rewrite_cast(graph: ir.Graph, candidate: Candidate, bits: int, symmetric: b
     )
     nodes += [core, *bias_nodes(graph, candidate, core.outputs[0])]
     replace_node(graph, candidate.node, nodes)
-    remove_initializer_if_unused(graph, candidate.weight)
+    remove_initializer_if_unused(_home(graph, candidate.weight), candidate.weight)
     return size
 
 
@@ -435,7 +443,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         shape = candidate.array.shape
         form = "cast" if self.target == "ort" else "dequantize"
         old, new = quantize_conv(
-            model.graph, node, candidate.weight, self.bits, self.symmetric, form
+            _home(model.graph, node), node, candidate.weight, self.bits, self.symmetric, form
         )
         note = f"RTN per output channel, {CONV_FORMS[form]} (GPTQ and blocks cover MatMul/Gemm)"
         rows = int(np.prod(shape[1:]))

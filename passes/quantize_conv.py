@@ -141,6 +141,8 @@ def _cast_nodes(
         graph, f"{base}_scales", ir.Tensor(np.ascontiguousarray(quantized.scale.reshape(shape)))
     )
     nodes.append(ir.node("Mul", [current, scale], name=f"{name}_mul"))
+    for node in nodes:  # named: bodies share one namespace with the main graph in ONNX
+        node.outputs[0].name = f"{node.name}_out"
     return nodes
 
 
@@ -196,7 +198,8 @@ def _attach(
     output.shape = weight.shape
     graph.insert_before(node, nodes)
     node.replace_input_with(1, output)
-    remove_initializer_if_unused(graph, weight)
+    owner = weight.graph  # the main graph when a body's weight was lifted there
+    remove_initializer_if_unused(owner if isinstance(owner, ir.Graph) else graph, weight)
     bits = quantized.bits
     stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
     if quantized.zero_point is not None:

@@ -159,7 +159,8 @@ def test_constant_weights_inside_a_loop_body_are_lifted_counted_and_quantized(
     assert "nodes quantized 2" in result.output and "PASSED" in result.output
     assert "MACs covered 100.0%" in result.output  # body MatMuls count
     body = next(n for n in onnx.load(str(output)).graph.node if n.op_type == "Loop").attribute[0].g
-    assert [n.op_type for n in body.node].count("MatMulNBits") == 2
+    ops = [n.op_type for n in body.node]  # INT8 for ORT: Cast+Mul constants ORT folds at load
+    assert ops.count("Cast") == 2 and ops.count("MatMul") == 2, ops
 
 
 def test_a_constant_weight_inside_a_local_function_is_counted_inlined_and_quantized(
@@ -187,7 +188,7 @@ def test_a_constant_weight_inside_a_local_function_is_counted_inlined_and_quanti
     assert not model.functions and [n.op_type for n in model.graph] == ["MatMul"]
     result = run_cli("quantize", source, "-o", output, "--weights", "int8")
     assert result.exit_code == 0 and "nodes quantized 1" in result.output, result.output
-    assert [n.op_type for n in onnx.load(str(output)).graph.node] == ["MatMulNBits"]
+    assert [n.op_type for n in onnx.load(str(output)).graph.node] == ["Cast", "Mul", "MatMul"]
 
 
 @pytest.mark.parametrize("target", ["ort", "onnx"])

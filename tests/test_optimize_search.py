@@ -257,8 +257,8 @@ def test_a_rerun_with_cache_resumes_from_measured_candidates(
     first, second = (json.loads(r.read_text())["search"]["candidates"] for r in reports)
     assert [row["name"] for row in first] == [row["name"] for row in second]
     for before, after in zip(first, second, strict=True):
-        if before["speedup"] is None:
-            continue
+        if before["speedup"] is None or after["reason"].startswith("slower when measured again"):
+            continue  # the winner is always measured again, cache or not (timing decides)
         assert after["reason"].endswith("(from cache)")
         assert (after["speedup"], after["quality_loss"]) == (before["speedup"], before["quality_loss"])
     other = run_cli("optimize", mlp, "-o", tmp_path / "o.onnx", "--calib", calib, "--max-drop",
