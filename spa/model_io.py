@@ -247,7 +247,32 @@ def _staging_folder(destination: Path) -> Iterator[Path]:
     try:
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # A SIGTERM caught just before this point runs its Python handler (which
+        # raises SystemExit) at the next call, possibly inside the removal: then
+        # remove again before letting the exit proceed. Later signals wait.
+        try:
+            with _signals_deferred():
+                shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM, SIGHUP and SIGINT until the block ends (then they arrive)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _check_destination(output: Path, model: ir.Model, protected: set[Path], flag: str) -> Path:

@@ -254,4 +254,5 @@ def test_sigterm_during_verification_publishes_no_output(tmp_path: Path) -> None
         pytest.skip("the command finished before its output was seen")
     assert "Traceback" not in output
     assert process.returncode == 128 + signal.SIGTERM, output
-    assert sorted(p.name for p in out_folder.iterdir()) == [], output
+    left = sorted(str(p.relative_to(out_folder)) for p in out_folder.rglob("*"))
+    assert left == [], output

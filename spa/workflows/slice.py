@@ -38,6 +38,7 @@ from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord, SpaPass, run_passes
 from spa.passes.prune import PrunePass
 from spa.passes.slice import RotateSlicePass, RotationInvariantPass
+from spa.pruning.sensitivity import FRAGILE_DISTORTION
 from spa.stats import report as reporting
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, CosineMaxAbs, Policy, VerifyResult, verify_models
@@ -84,16 +85,24 @@ class PruneAfterSlice:
     allocation: str = "uniform"
     max_group_ratio: float = 0.9
     bias_compensation: bool = False
+    fragile: float = FRAGILE_DISTORTION
+    correct_statistics: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise UserError(f"--prune {self.ratio}: give a share in [0, 1), e.g. --prune 0.25")
+        if self.correct_statistics:
+            raise UserError(
+                "--correct-statistics is not supported with spa slice --prune yet; "
+                "run spa prune --correct-statistics on the sliced model"
+            )
 
     def make_pass(self, seed: int) -> PrunePass:
         return PrunePass(
             self.ratio, self.criterion, seed, self.round_to, reduction=self.reduction,
             allocation=self.allocation, max_group_ratio=self.max_group_ratio,
             bias_compensation=self.bias_compensation, keep_reference=True,
+            fragile=self.fragile,
         )  # fmt: skip
 
 
