@@ -61,6 +61,7 @@ from spa.quant.ir_format import (
     add_initializer,
     default_opset,
     dequantize_node,
+    holding_graph,
     matmulnbits_node,
     op_key,
     read_dequantize,
@@ -230,8 +231,7 @@ def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, tar
     included): ONNX Runtime's QDQ fusion looks for a DequantizeLinear's weight
     in the node's own graph, not in the outer scope.
     """
-    home = candidate.node.graph
-    graph = home if isinstance(home, ir.Graph) else graph
+    graph = holding_graph(candidate.node, graph)
     base = candidate.weight.name or "weight"
     node_name = candidate.node.name or base
     if target == "ort":
@@ -247,22 +247,15 @@ def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, tar
         nodes = [dequantize, core]
     nodes += bias_nodes(graph, candidate, core.outputs[0])
     replace_node(graph, candidate.node, nodes)
-    owner = candidate.weight.graph
-    remove_initializer_if_unused(owner if isinstance(owner, ir.Graph) else graph, candidate.weight)
+    remove_initializer_if_unused(holding_graph(candidate.weight, graph), candidate.weight)
     return size
-
-
-def _home(graph: ir.Graph, item: ir.Node | ir.Value) -> ir.Graph:
-    """The graph that holds ``item`` (an If/Loop/Scan body or ``graph`` itself)."""
-    owner = item.graph
-    return owner if isinstance(owner, ir.Graph) else graph
 
 
 def _rewrite_cast(graph: ir.Graph, candidate: Candidate, bits: int, symmetric: bool) -> int:
     """Replace the candidate by ``MatMul(A, Mul(Cast(W_int), scale))`` (+ bias): the
     ``--target ort`` INT8 RTN form, which ORT folds to a float weight at load.
     New nodes and initializers go to the graph holding the node (a body, if so)."""
-    graph = _home(graph, candidate.node)
+    graph = holding_graph(candidate.node, graph)
     base = candidate.weight.name or "weight"
     node_name = candidate.node.name or base
     nodes, size = column_cast_nodes(graph, candidate.array, bits, symmetric, base, node_name)
@@ -271,7 +264,7 @@ def _rewrite_cast(graph: ir.Graph, candidate: Candidate, bits: int, symmetric: b
     )
     nodes += [core, *bias_nodes(graph, candidate, core.outputs[0])]
     replace_node(graph, candidate.node, nodes)
-    remove_initializer_if_unused(_home(graph, candidate.weight), candidate.weight)
+    remove_initializer_if_unused(holding_graph(candidate.weight, graph), candidate.weight)
     return size
 
 
@@ -443,7 +436,12 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         shape = candidate.array.shape
         form = "cast" if self.target == "ort" else "dequantize"
         old, new = quantize_conv(
-            _home(model.graph, node), node, candidate.weight, self.bits, self.symmetric, form
+            holding_graph(node, model.graph),
+            node,
+            candidate.weight,
+            self.bits,
+            self.symmetric,
+            form,
         )
         note = f"RTN per output channel, {CONV_FORMS[form]} (GPTQ and blocks cover MatMul/Gemm)"
         rows = int(np.prod(shape[1:]))

@@ -31,7 +31,12 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.quant.channelwise import ChannelQuantized, quantize_channels
-from spa.quant.ir_format import add_initializer, default_opset, remove_initializer_if_unused
+from spa.quant.ir_format import (
+    add_initializer,
+    default_opset,
+    holding_graph,
+    remove_initializer_if_unused,
+)
 
 __all__ = [
     "CONV_FORMS",
@@ -198,8 +203,8 @@ def _attach(
     output.shape = weight.shape
     graph.insert_before(node, nodes)
     node.replace_input_with(1, output)
-    owner = weight.graph  # the main graph when a body's weight was lifted there
-    remove_initializer_if_unused(owner if isinstance(owner, ir.Graph) else graph, weight)
+    # the main graph when a body's weight was lifted there
+    remove_initializer_if_unused(holding_graph(weight, graph), weight)
     bits = quantized.bits
     stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
     if quantized.zero_point is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "add_initializer",
     "default_opset",
     "dequantize_node",
+    "holding_graph",
     "matmulnbits_node",
     "op_key",
     "read_dequantize",
@@ -217,6 +218,12 @@ def replace_node(graph: ir.Graph, old: ir.Node, new_nodes: list[ir.Node]) -> Non
     old_value.replace_all_uses_with(new_value, replace_graph_outputs=True)
     graph.remove(old, safe=True)
     new_value.name = name
+
+
+def holding_graph(item: ir.Node | ir.Value, default: ir.Graph) -> ir.Graph:
+    """The graph that holds ``item`` (an If/Loop/Scan body, say), else ``default``."""
+    owner = item.graph
+    return owner if isinstance(owner, ir.Graph) else default
 
 
 def remove_initializer_if_unused(graph: ir.Graph, value: ir.Value) -> None:
