@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ def verify_models(
     adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     session: Callable[..., Any] = create_session,
     resolutions: Mapping[str, float] | None = None,
+    expose: Sequence[str] = (),
 ) -> VerifyResult:
     """Run both models on ``samples`` seeded feeds; compare outputs by name.
 
@@ -109,14 +110,20 @@ def verify_models(
     sessions: :func:`spa.ort.create_session` or a function with its signature
     (graph optimization levels differ by caller). ``resolutions``: output
     name -> absolute difference that counts as equal (the producing op's
-    precision, see :mod:`spa.verify.tolerance`).
+    precision, see :mod:`spa.verify.tolerance`). ``expose``: names of values
+    inside both graphs to compare as well, as if they were outputs (the files
+    are not changed).
     """
     from spa.errors import UserError
 
     policy = policy or AllClose()
-    reference_proto = load_proto(reference)
+    reference_proto, candidate_proto = load_proto(reference), load_proto(candidate)
     specs = input_specs(reference_proto)
-    logits = _common_pre_softmax(reference_proto, load_proto(candidate))
+    logits = {
+        output: names
+        for output, names in _common_pre_softmax(reference_proto, candidate_proto).items()
+        if names[0] not in expose  # compared under its own name already
+    }
     all_feeds = [
         make_feeds(specs, seed=seed + sample, shapes=shapes, dims=dims, int_ranges=int_ranges)
         for sample in range(samples)
@@ -129,13 +136,13 @@ def verify_models(
         extras, coverage = branch_feeds(reference_proto, first, int_ranges)
         all_feeds.extend(extras)
     # One model in ONNX Runtime at a time: peak memory is the larger model, not both.
-    runner = _session(session, reference, reference_proto, logits, 0)
+    runner = _session(session, reference, reference_proto, logits, 0, expose)
     expected_all = [
         run_model(runner, feeds)
         for feeds in track(all_feeds, total=len(all_feeds), description="verify (reference)")
     ]
     del runner
-    runner = _session(session, candidate, load_proto(candidate), logits, 1)
+    runner = _session(session, candidate, candidate_proto, logits, 1, expose)
     worst: dict[str, OutputCheck] = {}
     for feeds, expected in zip(all_feeds, expected_all, strict=True):
         actual = run_model(runner, adapt(feeds) if adapt else feeds)
@@ -201,12 +208,17 @@ def _session(
     proto: onnx.ModelProto,
     logits: Mapping[str, tuple[str, str]],
     side: int,
+    expose: Sequence[str] = (),
 ) -> Any:
     """A session (made by ``factory``, :func:`spa.ort.create_session` or one with
     its signature) on the model at ``path``; with ``logits``, one that also
-    returns each Softmax input as ``output (pre-softmax)`` (an Identity on it).
-    The graph is edited in memory; external data is read from the model's folder."""
-    if not logits:
+    returns each Softmax input as ``output (pre-softmax)`` (an Identity on it),
+    and each value of ``expose`` the graph computes under its own name. The graph
+    is edited in memory; external data is read from the model's folder."""
+    produced = {name for node in proto.graph.node for name in node.output}
+    present = {value.name for value in proto.graph.output}
+    extra = [name for name in dict.fromkeys(expose) if name in produced and name not in present]
+    if not logits and not extra:
         return factory(path)
     edited = onnx.ModelProto()
     edited.CopyFrom(proto)
@@ -214,4 +226,6 @@ def _session(
         exposed = output + PRE_SOFTMAX
         edited.graph.node.append(onnx.helper.make_node("Identity", [names[side]], [exposed]))
         edited.graph.output.append(onnx.helper.make_empty_tensor_value_info(exposed))
+    for name in extra:
+        edited.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return factory(edited.SerializeToString(), external_folder=Path(path).parent)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.analysis import Analysis
-from spa.model_io import load_model, save_model
+from spa.model_io import save_model
 from spa.pruning.plan import Plan, member_indices
 from spa.verify import Policy, VerifyResult, verify_models
 from spa.verify.runner import run_model
@@ -66,15 +66,6 @@ def bounded_outputs(model: ir.Model) -> dict[str, tuple[str, float]]:
         resolution = RESOLUTION_STEPS * float(np.finfo(np.float32).eps) * bound
         found[value.name or ""] = (source.name, resolution)
     return found
-
-
-def _expose(model: ir.Model, names: list[str]) -> None:
-    """Add the values ``names`` to the graph outputs (once each)."""
-    present = {value.name for value in model.graph.outputs}
-    values = {value.name: value for node in model.graph for value in node.outputs}
-    for name in names:
-        if name not in present and name in values:
-            model.graph.outputs.append(values[name])
 
 
 def mask_model(model: ir.Model, analysis: Analysis, plan: Plan) -> None:
@@ -131,19 +122,14 @@ def verify_masked(
     mask_model(reference, analysis, plan)
     bounded = bounded_outputs(reference)
     pre_activations = [source for source, _ in bounded.values()]
-    _expose(reference, pre_activations)
     adapt = io_adapter(reference, analysis, plan)
     resolutions = {name: resolution for name, (_, resolution) in bounded.items()}
     with tempfile.TemporaryDirectory(prefix="spa-mask-") as folder:
         masked_path = save_model(reference, Path(folder) / "masked.onnx")
-        candidate = output
-        if pre_activations:
-            pruned = load_model(output)
-            _expose(pruned, pre_activations)
-            candidate = save_model(pruned, Path(folder) / "pruned.onnx")
         return verify_models(
-            masked_path, candidate, policy=policy, adapt=adapt, resolutions=resolutions, **inputs
-        )
+            masked_path, output, policy=policy, adapt=adapt, resolutions=resolutions,
+            expose=pre_activations, **inputs,
+        )  # fmt: skip
 
 
 def masked_relative_error(
