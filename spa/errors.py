@@ -8,7 +8,7 @@ an internal error and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "VerificationFailed"]
+__all__ = ["UserError", "VerificationFailed", "first_line"]
 
 
 class UserError(Exception):
@@ -17,3 +17,10 @@ class UserError(Exception):
 
 class VerificationFailed(Exception):
     """A numerical check failed (CLI exit code 3)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name when it has none):
+    what a one-line error quotes of a library's exception."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -27,7 +27,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from spa.destinations import check_destination, record_input, record_output
-from spa.errors import UserError
+from spa.errors import UserError, first_line
 from spa.model_check import check_model_proto
 
 __all__ = [
@@ -186,7 +186,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:  # onnx-ir raises its own and plain Python errors
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise UserError(
             f"{path}: onnx-ir cannot read the graph ({first}); check it with onnx.checker "
             "and re-export the model"

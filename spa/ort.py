@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 
 import onnx
 
-from spa.errors import UserError
+from spa.errors import UserError, first_line
 
-__all__ = ["create_session", "import_onnxruntime", "symbolic_shape_inference"]
+__all__ = ["create_session", "import_onnxruntime", "ort_error_message", "symbolic_shape_inference"]
 
 
 def import_onnxruntime() -> ModuleType:
@@ -77,7 +78,14 @@ def create_session(
         return ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as error:  # ORT raises its own Fail/InvalidGraph types
         where = "model" if isinstance(model, bytes) else str(model)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise UserError(
-            f"{where}: ONNX Runtime cannot load it ({first_line}); check the model with `spa inspect`"
+            f"{where}: ONNX Runtime cannot load it ({ort_error_message(error)}); "
+            "check the model with `spa inspect`"
         ) from None
+
+
+def ort_error_message(error: BaseException) -> str:
+    """The first line of an ORT error without its source-file and signature noise."""
+    text = first_line(error).replace("[ONNXRuntimeError] : ", "")
+    # "/onnxruntime_src/.../reshape_helper.h:84 onnxruntime::ReshapeHelper::ReshapeHelper(...) "
+    return re.sub(r"/\S*onnxruntime_src/\S+:\d+ (\S+\(.*?\) )?", "", text)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from spa.errors import UserError
-from spa.ort import create_session, import_onnxruntime
+from spa.ort import create_session, import_onnxruntime, ort_error_message
 
 __all__ = ["run_model"]
 
@@ -36,19 +35,10 @@ def run_model(
     except Exception as error:  # ORT raises its own Fail/InvalidArgument types
         where = str(model) if isinstance(model, str | os.PathLike) else "model"
         raise UserError(
-            f"{where}: ONNX Runtime failed to run it ({_ort_message(error)})"
+            f"{where}: ONNX Runtime failed to run it ({ort_error_message(error)})"
             f"{_dims_hint(session, feeds)}"
         ) from None
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
-
-
-def _ort_message(error: Exception) -> str:
-    """ORT's message without its source-file and function-signature noise."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    text = text.replace("[ONNXRuntimeError] : ", "")
-    # "/onnxruntime_src/.../reshape_helper.h:84 onnxruntime::ReshapeHelper::ReshapeHelper(...) "
-    text = re.sub(r"/\S*onnxruntime_src/\S+:\d+ (\S+\(.*?\) )?", "", text)
-    return text
 
 
 def _dims_hint(session: Any, feeds: Mapping[str, np.ndarray]) -> str:

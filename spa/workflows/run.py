@@ -39,7 +39,7 @@ from spa.calibration import (
     calibrate,
     load_calibration,
 )
-from spa.errors import UserError
+from spa.errors import UserError, first_line
 from spa.model_io import load_model, save_model
 from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
 from spa.quant.static import RANDOM_CALIBRATION
@@ -167,7 +167,7 @@ def convert_opset(model: ir.Model, *, below: int, version: int, purpose: str, fi
     try:
         converted = onnx.version_converter.convert_version(model_proto(model), version)
     except Exception as error:  # the converter raises its own C++ error types
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise UserError(
             f"opset {opset} could not be converted to {version} for {purpose} ({first}); {fix}"
         ) from None
