@@ -49,12 +49,14 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 256 * 1024 * 1024
 
 
 def read_array(tensor: ir.TensorProtocol, dtype: Any = None) -> np.ndarray:
-    """A tensor's values as an array that owns its memory (``dtype``: converted).
+    """A tensor's values as an array (``dtype``: converted).
 
     An external tensor is memory-mapped by onnx-ir and stays mapped once read,
     so reading every weight of a large model one by one kept all of it resident
-    (pruning a 2.4 GB model peaked at 2.7 GB). The values are copied out and the
-    mapping released; the tensor maps its file again if it is read later.
+    (pruning a 2.4 GB model peaked at 2.7 GB). Its values are copied out and the
+    mapping released; the tensor maps its file again if it is read later. Any
+    other tensor gives its own array (a converted copy when ``dtype`` is given):
+    copy it before changing it.
     """
     array = tensor.numpy()
     if isinstance(tensor, ir.ExternalTensor):
