@@ -98,6 +98,126 @@ _BERT = dict(_SMALL, type_vocab_size=2)
 _LLAMA = {"num_hidden_layers": 2, "hidden_size": HIDDEN, "num_attention_heads": HEADS,
           "num_key_value_heads": 2, "intermediate_size": 256, "vocab_size": VOCAB,
           "max_position_embeddings": 64, "use_cache": False}
+_GPT2 = {"n_layer": 2, "n_embd": HIDDEN, "n_head": HEADS, "vocab_size": VOCAB, "n_positions": 64,
+         "use_cache": False}
+_PHI = {"num_hidden_layers": 2, "hidden_size": HIDDEN, "num_attention_heads": HEADS,
+        "intermediate_size": 4 * HIDDEN, "vocab_size": VOCAB, "max_position_embeddings": 64,
+        "partial_rotary_factor": 0.5, "use_cache": False}
+
+
+class _KVCache:
+    """A causal LM exported as one decoding step with its KV cache.
+
+    Inputs: ``input_ids`` [batch, seq], ``attention_mask`` [batch, total] and
+    ``past_key_values.{i}.key/value`` [batch, kv_heads, past, head_dim];
+    outputs: ``logits`` and ``present.{i}.key/value`` [batch, kv_heads, total,
+    head_dim], with total = past + seq (dims ``batch``, ``seq``, ``past`` and
+    ``total`` dynamic). The wrapper rebuilds a ``DynamicCache`` from the flat
+    tensors, so the exported graph reads and writes plain tensors.
+    """
+
+    PAST, STEP = 8, 4
+
+    @staticmethod
+    def names(layers: int) -> tuple[list[str], list[str]]:
+        past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+        present = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+        return ["input_ids", "attention_mask", *past], ["logits", *present]
+
+    @staticmethod
+    def inputs(layers: int, kv_heads: int, head_dim: int) -> list[Input]:
+        names = _KVCache.names(layers)[0]
+        total = _KVCache.PAST + _KVCache.STEP
+        cache = [Input(name, (1, kv_heads, _KVCache.PAST, head_dim)) for name in names[2:]]
+        return [Input("input_ids", (1, _KVCache.STEP), "int64", 0, VOCAB),
+                Input("attention_mask", (1, total), "int64", 1, 2), *cache]
+
+    @staticmethod
+    def builder(make: Callable[[], Any], layers: int, kv_heads: int, head_dim: int,
+                dynamo: bool, opset: int) -> Callable[[Path], None]:
+        def build(path: Path) -> None:
+            import torch
+            from transformers import DynamicCache
+
+            torch.manual_seed(0)
+            model = make().eval()
+
+            class Step(torch.nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.inner = model
+
+                def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                    cache = DynamicCache(config=model.config)
+                    for layer in range(layers):
+                        cache.update(past[2 * layer], past[2 * layer + 1], layer)
+                    out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                     past_key_values=cache, use_cache=True)
+                    present = [t for layer in out.past_key_values.layers
+                               for t in (layer.keys, layer.values)]
+                    return (out.logits, *present)
+
+            batch = 2 if dynamo else 1  # torch.export specialises a size of 1
+            gen = torch.Generator().manual_seed(0)
+            past = _KVCache.PAST
+            args = (torch.randint(0, VOCAB, (batch, _KVCache.STEP), generator=gen),
+                    torch.ones(batch, past + _KVCache.STEP, dtype=torch.int64),
+                    *(torch.randn(batch, kv_heads, past, head_dim, generator=gen)
+                      for _ in range(2 * layers)))
+            inputs, outputs = _KVCache.names(layers)
+            step = Step().eval()
+            with torch.no_grad():
+                if dynamo:
+                    b = torch.export.Dim("batch", min=1, max=64)
+                    s = torch.export.Dim("seq", min=1, max=32)
+                    p = torch.export.Dim("past", min=1, max=32)
+                    t = torch.export.Dim("total", min=2, max=64)
+                    shapes = ({0: b, 1: s}, {0: b, 1: t}, tuple({0: b, 2: p} for _ in args[2:]))
+                    program = torch.onnx.export(
+                        step, args, dynamo=True, opset_version=opset, input_names=inputs,
+                        output_names=outputs, dynamic_shapes=shapes, external_data=False)
+                    program.save(str(path))
+                else:
+                    axes = {"input_ids": {0: "batch", 1: "seq"},
+                            "attention_mask": {0: "batch", 1: "total"}}
+                    axes.update({name: {0: "batch", 2: "past"} for name in inputs[2:]})
+                    axes.update({name: {0: "batch", 2: "total"} for name in outputs[1:]})
+                    torch.onnx.export(step, args, str(path), dynamo=False, opset_version=opset,
+                                      input_names=inputs, output_names=outputs,
+                                      dynamic_axes=axes, do_constant_folding=True)
+
+        return build
+
+    @staticmethod
+    def spec(name: str, make: Callable[[], Any], config_text: str, tags: list[str], *,
+             kv_heads: int, head_dim: int, layers: int = 2, dynamo: bool = True,
+             opset: int = 18) -> Spec:
+        exporter = "dynamo" if dynamo else "torchscript"
+        return Spec(
+            name=name,
+            build=_KVCache.builder(make, layers, kv_heads, head_dim, dynamo, opset),
+            inputs=_KVCache.inputs(layers, kv_heads, head_dim),
+            exporter=exporter,
+            framework="pytorch",
+            provenance=f"transformers {config_text}, random init, one decoding step with its KV "
+                       f"cache (past {_KVCache.PAST}, step {_KVCache.STEP}; dims batch, seq, past, "
+                       f"total dynamic), {TORCH}, {exporter} exporter, opset {opset}, outputs "
+                       "logits and present.*",
+            tags=["transformer", "decoder", "kv-cache", *tags, exporter],
+        )
+
+
+def _gpt2_ort_fused_builder(path: Path) -> None:
+    """Export GPT-2 (TorchScript), then fuse it with ORT's transformer optimizer."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    raw = path.with_name("gpt2-raw.onnx")
+    _hf_builder(_hf("GPT2LMHeadModel", "GPT2Config", **_GPT2), [_ids(), _mask()], "logits",
+                False, 17)(raw)
+    optimized = optimize_model(str(raw), model_type="gpt2", num_heads=HEADS, hidden_size=HIDDEN,
+                               opt_level=1)
+    optimized.save_model_to_file(str(path))
 
 
 def _bert_optimized_builder(path: Path) -> None:
@@ -223,4 +343,26 @@ SPECS: list[Spec] = [
             [_ids(), _mask()], ["t5-encoder", "encoder", "relative-position-bias", "rmsnorm"]),
     _rnn_spec("lstm"),
     _rnn_spec("gru"),
+    hf_spec("hf-phi", _hf("PhiForCausalLM", "PhiConfig", **_PHI),
+            "PhiForCausalLM(PhiConfig(2 layers, hidden 128, 4 heads, partial_rotary_factor 0.5))",
+            [_ids(), _mask()], ["phi", "decoder", "rope", "partial-rotary", "parallel-residual"],
+            field="logits", dynamo=True, opset=18),
+    _KVCache.spec("hf-llama-kv", _hf("LlamaForCausalLM", "LlamaConfig", **dict(_LLAMA, use_cache=True)),
+                  "LlamaForCausalLM(LlamaConfig(2 layers, hidden 128, 4 heads, 2 kv heads))",
+                  ["llama", "llama-gqa", "gqa", "rope", "rmsnorm", "swiglu"], kv_heads=2,
+                  head_dim=HIDDEN // HEADS),
+    _KVCache.spec("hf-gpt2-kv-ts", _hf("GPT2LMHeadModel", "GPT2Config", **dict(_GPT2, use_cache=True)),
+                  "GPT2LMHeadModel(GPT2Config(2 layers, n_embd 128, 4 heads))",
+                  ["gpt2", "causal", "conv1d-linear"], kv_heads=HEADS, head_dim=HIDDEN // HEADS,
+                  dynamo=False, opset=17),
+    _KVCache.spec("hf-phi-kv", _hf("PhiForCausalLM", "PhiConfig", **dict(_PHI, use_cache=True)),
+                  "PhiForCausalLM(PhiConfig(2 layers, hidden 128, 4 heads, partial_rotary_factor 0.5))",
+                  ["phi", "rope", "partial-rotary", "parallel-residual"], kv_heads=HEADS,
+                  head_dim=HIDDEN // HEADS),
+    Spec(name="hf-gpt2-ort-fused", build=_gpt2_ort_fused_builder, inputs=[_ids(), _mask()],
+         exporter="torchscript+ort-optimizer", framework="pytorch",
+         provenance="hf-gpt2 exported with the torchscript exporter (opset 17), then "
+                    "onnxruntime.transformers.optimizer.optimize_model(model_type='gpt2', "
+                    "num_heads=4, hidden_size=128, opt_level=1)",
+         tags=["transformer", "gpt2", "decoder", "contrib-ops", "torchscript"]),
 ]

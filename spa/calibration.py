@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ __all__ = [
     "HessianStatistics",
     "RangeStatistics",
     "calibrate",
+    "calibration_shapes",
     "collect_channel_statistics",
     "collect_hessians",
     "collect_ranges",
@@ -262,6 +264,41 @@ def channel_rows(value: np.ndarray, channel_axis: int) -> np.ndarray:
 def file_name_for_input(name: str) -> str:
     """The ``.npy`` file name that holds input ``name`` in a calibration folder."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy"
+
+
+def calibration_shapes(
+    source: CalibrationSource, input_names: list[str]
+) -> dict[str, tuple[int, ...]]:
+    """Shape of one sample of each input in an ``.npz`` or ``.npy`` folder, read from
+    the array headers (nothing is loaded); inputs it lacks are left out, and an
+    iterable source gives nothing (its first sample would be consumed)."""
+    if not isinstance(source, str | os.PathLike):
+        return {}
+    path = Path(source)
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        if path.is_dir():
+            for name in input_names:
+                file = path / file_name_for_input(name)
+                if file.is_file():
+                    shapes[name] = tuple(np.load(file, mmap_mode="r").shape[1:])
+        elif path.is_file():
+            with zipfile.ZipFile(path) as archive:
+                for name in input_names:
+                    if f"{name}.npy" not in archive.namelist():
+                        continue
+                    with archive.open(f"{name}.npy") as handle:
+                        version = np.lib.format.read_magic(handle)
+                        read = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape, _, _ = read(handle)
+                    shapes[name] = tuple(shape[1:])
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return {}  # load_calibration gives the one-line error
+    return shapes
 
 
 def _samples(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

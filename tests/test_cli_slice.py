@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from spa import zoo
+from spa.calibration import calibration_shapes
+from spa.verify.feeds import InputSpec, dims_from_shapes
 from spa.workflows.slice import slice_model
 from tests.test_slice import HIDDEN, POST_NORM, VOCAB, _feeds, _ln_model, _rms_model
 
@@ -59,3 +62,54 @@ def test_slice_model_with_feed_dicts_verifies_by_cosine(tmp_path: Path) -> None:
     assert result.verification is not None and result.verification.passed
     assert result.verification.max_rel_diff < 1e-3  # a rank-12 stream loses nothing
     assert result.verdict_line.startswith("PASSED | slice | hidden 16 → 12")
+
+
+def _kv_calibration(path: Path, entry: zoo.ZooEntry, samples: int) -> None:
+    rng = np.random.default_rng(7)
+    arrays = {}
+    for spec in entry.inputs:
+        if spec.low is not None:
+            arrays[spec.name] = rng.integers(spec.low, spec.high, (samples, *spec.shape))
+        else:
+            arrays[spec.name] = rng.standard_normal((samples, *spec.shape)).astype(np.float32)
+    np.savez(path, **arrays)
+
+
+def test_kv_cache_decoder_takes_its_dims_from_calibration(run_cli, tmp_path: Path) -> None:
+    """A decoder step needs total = past + seq: with --calib and no --dim, the seeded
+    verification inputs take the calibration samples' sizes (with all dims at 1
+    ONNX Runtime rejects the model, and the error names --dim)."""
+    entry = zoo.entry("hf-llama-kv")
+    model = zoo.materialize(entry.name, tmp_path / "kv.onnx")
+    calib = tmp_path / "calib.npz"
+    _kv_calibration(calib, entry, samples=4)
+    result = run_cli("slice", model, "-o", tmp_path / "s.onnx", "--calib", calib, "--verify",
+                     "--cosine", "0.5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "PASSED | output present.1.value" in result.output and "hidden 128 → 96" in result.output
+    failed = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--weights", "int8")
+    assert failed.exit_code == 1 and "--dim" in failed.output and "Traceback" not in failed.output
+    assert not (tmp_path / "q.onnx").exists()
+    done = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--weights", "int8",
+                   "--dim", "seq=4", "--dim", "past=8", "--dim", "total=12")  # fmt: skip
+    assert done.exit_code == 0, done.output
+
+
+def test_calibration_shapes_and_dims(tmp_path: Path) -> None:
+    specs = [InputSpec("ids", np.dtype(np.int64), ("batch", "seq")),
+             InputSpec("mask", np.dtype(np.int64), ("batch", "total")),
+             InputSpec("past", np.dtype(np.float32), ("batch", 2, "past", 8)),
+             InputSpec("other", np.dtype(np.float32), ("batch", "seq"))]  # fmt: skip
+    arrays = {"ids": np.zeros((5, 1, 4), np.int64), "mask": np.ones((5, 1, 12), np.int64),
+              "past": np.zeros((5, 1, 2, 8, 8), np.float32), "other": np.zeros((5, 1, 6))}  # fmt: skip
+    np.savez(tmp_path / "c.npz", **arrays)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    for source in (tmp_path / "c.npz", folder):
+        shapes = calibration_shapes(source, ["ids", "mask", "past", "other", "absent"])
+        assert shapes == {"ids": (1, 4), "mask": (1, 12), "past": (1, 2, 8, 8), "other": (1, 6)}
+    # 'seq' is 4 for ids and 6 for other: left out rather than guessed
+    assert dims_from_shapes(specs, shapes) == {"batch": 1, "total": 12, "past": 8}
+    assert calibration_shapes(tmp_path / "missing.npz", ["ids"]) == {}

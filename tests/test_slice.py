@@ -283,7 +283,22 @@ def test_kept_channels_and_random_rotation() -> None:
 
 
 DECODERS = ["hf-llama-gqa", "hf-llama-gqa-ts", "hf-qwen2-gqa", "hf-mistral-gqa", "hf-gpt2",
-            "hf-gpt2-dynamo", "hf-opt", "hf-gpt-neox"]  # fmt: skip
+            "hf-gpt2-dynamo", "hf-opt", "hf-gpt-neox", "hf-phi", "hf-gpt2-ort-fused",
+            "hf-llama-kv", "hf-gpt2-kv-ts", "hf-phi-kv"]  # fmt: skip
+#: the decoders exported as one decoding step with their KV cache (past_key_values.* in, present.* out)
+KV_DECODERS = [name for name in DECODERS if "kv-cache" in zoo.entry(name).tags]
+
+
+def _zoo_feeds(name: str, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs at the registry's shapes (a KV-cache step needs total = past + seq)."""
+    entry = zoo.entry(name)
+    shapes = {spec.name: spec.shape for spec in entry.inputs}
+    ranges = {
+        s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None
+    }
+    return make_feeds(input_specs(zoo.load(name)), seed=seed, shapes=shapes, int_ranges=ranges)
+
+
 REFUSED = {
     "hf-bert": "post-norm block",
     "hf-bert-dynamo": "post-norm block",
@@ -304,7 +319,7 @@ def test_zoo_decoder_random_rotation_is_exact(name: str, bases: str) -> None:
     rotate_pass = RotateSlicePass(ratio=0.0, rotation="random", seed=1, bases=bases)
     records = run_passes(model, [RotationInvariantPass(), rotate_pass])
     assert (records[1].statistics["shortcuts"] > 0) == (bases == "per-norm")
-    feeds = [make_feeds(input_specs(proto), seed=0)]
+    feeds = [_zoo_feeds(name, seed=0)]
     assert _relative_error(proto, model, feeds) < TOLERANCE
 
 
@@ -426,7 +441,7 @@ def test_decomposed_layernorm_at_opset_13_rotates_and_slices() -> None:
 def test_zoo_decoder_slices_to_three_quarters_and_runs(name: str) -> None:
     """PCA slicing 128 -> 96 on seeded inputs: constant and computed Reshape targets follow."""
     proto = zoo.load(name)
-    feeds = [make_feeds(input_specs(proto), seed=seed) for seed in range(3)]
+    feeds = [_zoo_feeds(name, seed=seed) for seed in range(3)]
     model = ir.serde.deserialize_model(proto)
     records = run_passes(
         model,
@@ -438,3 +453,33 @@ def test_zoo_decoder_slices_to_three_quarters_and_runs(name: str) -> None:
     got = run_model(ir.serde.serialize_model(model).SerializeToString(), feeds[0])
     for output, array in expected.items():
         assert got[output].shape == array.shape and np.isfinite(got[output]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KV_DECODERS)
+def test_zoo_kv_decoder_sliced_decodes_with_its_cache(name: str) -> None:
+    """A 25% slice of a decoder step exported with its KV cache: the cache keeps its
+    layout, and the sliced step decodes two more tokens in ORT, each fed the
+    ``present.*`` of the step before as ``past_key_values.*``."""
+    proto = zoo.load(name)
+    feeds = [_zoo_feeds(name, seed=seed) for seed in range(3)]
+    model = ir.serde.deserialize_model(proto)
+    run_passes(
+        model,
+        [RotationInvariantPass(), RotateSlicePass(ratio=0.25)],
+        calibrator=feeds_calibrator(feeds[1:]),
+    )
+    sliced = ir.serde.serialize_model(model).SerializeToString()
+    step = feeds[0]
+    for _ in range(3):
+        expected, got = run_model(proto.SerializeToString(), step), run_model(sliced, step)
+        for output, array in expected.items():
+            assert got[output].shape == array.shape and np.isfinite(got[output]).all()
+        total = step["attention_mask"].shape[1] + 1
+        step = {
+            "input_ids": got["logits"][:, -1:].argmax(-1).astype(np.int64),
+            "attention_mask": np.ones((1, total), np.int64),
+            **{out.replace("present", "past_key_values"): value
+               for out, value in got.items() if out.startswith("present")},
+        }  # fmt: skip
+    assert step["past_key_values.0.key"].shape[2] == total - 1

@@ -36,6 +36,7 @@ LIMITED: dict[str, str] = {
     "hf-llama-gqa-ts": RMS_NORM,
     "hf-qwen2-gqa": RMS_NORM,
     "hf-mistral-gqa": RMS_NORM,
+    "hf-llama-kv": RMS_NORM,
     "jax-encoder": RMS_NORM,
 }
 
@@ -90,8 +91,18 @@ def _runs_at_other_batch(path: Path, entry: zoo.ZooEntry) -> None:
     dynamic = [spec for spec in specs if spec.dims and not isinstance(spec.dims[0], int)]
     if not dynamic:
         return
+    registered = {s.name: s.shape for s in entry.inputs}
+    # the pruned model's own fixed dims (a pruned KV cache has fewer heads), the registry's
+    # sizes for its other dynamic dims, and batch 3
     shapes = {
-        s.name: (3, *s.shape[1:]) for s in entry.inputs if s.name in {d.name for d in dynamic}
+        spec.name: (
+            3,
+            *(
+                d if isinstance(d, int) else r
+                for d, r in zip(spec.dims[1:], registered[spec.name][1:], strict=True)
+            ),
+        )
+        for spec in dynamic
     }
     feeds = make_feeds(specs, seed=1, shapes=shapes, int_ranges=_ranges(entry))
     outputs = create_session(path).run(None, feeds)

@@ -155,7 +155,7 @@ def optimize_command(
         verify=verify,
         policy=policy_from(rtol, atol, cosine, exact),
         seed=seed,
-        **input_arguments(shapes, dims, int_ranges),
+        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model),
         report_path=report_path,
         dump_dir=dump_dir,
         latency_runs=latency_runs,
@@ -224,7 +224,7 @@ def _search(
         model, output, calibration=calib, max_drop=share, target=target, objective=objective,
         allow_slower=allow_slower, time_budget_s=budget, holdout=holdout, metric=metric,
         round_to=round_to if _given(context, "round_to") else 8, seed=seed,
-        **input_arguments(shapes, dims, int_ranges), report_path=report_path,
+        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model), report_path=report_path,
         command=command_line(), cache=cache, **chosen,
     )  # fmt: skip
     click.echo(render_candidates(result.candidates, result.report["search"]["input_macs"]))

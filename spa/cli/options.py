@@ -258,14 +258,41 @@ def check_calib_exists(calib: Path | None) -> None:
 
 
 def input_arguments(
-    shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...]
+    shapes: tuple[str, ...],
+    dims: tuple[str, ...],
+    int_ranges: tuple[str, ...],
+    *,
+    calib: Path | None = None,
+    model: Path | None = None,
 ) -> dict[str, Any]:
-    """The ``shapes``/``dims``/``int_ranges`` keywords of the library, parsed from flags."""
+    """The ``shapes``/``dims``/``int_ranges`` keywords of the library, parsed from flags.
+
+    With ``calib`` and ``model``, the symbolic dims that neither ``--dim`` nor
+    ``--shapes`` sets take their size from the calibration samples (a decoder's
+    ``past``/``total`` lengths must agree; 1 everywhere rarely runs), so seeded
+    inputs for verification and statistics have the shapes of real data.
+    """
+    parsed_shapes, parsed_dims = parse_shapes(shapes), parse_dims(dims)
+    if calib is not None and model is not None and calib.exists():
+        parsed_dims = {**_calibration_dims(model, calib, parsed_shapes), **parsed_dims}
     return {
-        "shapes": parse_shapes(shapes),
-        "dims": parse_dims(dims),
+        "shapes": parsed_shapes,
+        "dims": parsed_dims,
         "int_ranges": parse_int_ranges(int_ranges),
     }
+
+
+def _calibration_dims(
+    model: Path, calib: Path, shapes: dict[str, tuple[int, ...]]
+) -> dict[str, int]:
+    from spa.calibration import calibration_shapes
+    from spa.model_io import load_proto
+    from spa.verify import input_specs
+    from spa.verify.feeds import dims_from_shapes
+
+    specs = input_specs(load_proto(model))
+    found = calibration_shapes(calib, [spec.name for spec in specs if spec.name not in shapes])
+    return dims_from_shapes(specs, found)
 
 
 def parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

@@ -97,7 +97,7 @@ def prune_command(
         save_plan=save_plan,
         verify=verify,
         policy=policy_from(rtol, atol, cosine, exact),
-        **input_arguments(shapes, dims, int_ranges),
+        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model),
         report_path=report_path,
         command=command_line(),
         prunable_io=prunable_io or None,

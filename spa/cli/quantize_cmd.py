@@ -284,7 +284,7 @@ def quantize_command(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
             verify, min_cosine, seed, target,
-            {**input_arguments(shapes, dims, int_ranges), "holdout": holdout, "metric": metric},
+            {**input_arguments(shapes, dims, int_ranges, calib=calib, model=model), "holdout": holdout, "metric": metric},
             dump_dir,
         )  # fmt: skip
         return
@@ -296,7 +296,7 @@ def quantize_command(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,
         symmetric=symmetric, target=target, calib=calib, seed=seed, act_order=act_order,
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
-        **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
+        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
         keep_float=() if all_layers else None,
     )  # fmt: skip

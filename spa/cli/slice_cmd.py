@@ -116,7 +116,7 @@ def slice_command(
         exactness=not no_exactness,
         verify=verify,
         policy=policy_from(rtol, atol, cosine, exact),
-        **input_arguments(shapes, dims, int_ranges),
+        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model),
         max_calibration_samples=max_samples,
         report_path=report_path,
         command=command_line(),

@@ -111,7 +111,7 @@ def sparsify_command(
         model, output, pattern=pattern, group=group, sparsity=sparsity, bits=bits,
         method=method, calib=calib, form=form, seed=seed, verify=verify,
         min_cosine=verify_cosine, max_calibration_samples=calib_samples,
-        **input_arguments(shapes, dims, int_ranges), dump_dir=dump_dir,
+        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
         keep_float=() if all_layers else None,
     )  # fmt: skip

@@ -20,7 +20,7 @@ import onnx
 
 from spa.errors import UserError
 
-__all__ = ["InputSpec", "input_specs", "make_feeds", "parse_shape_option"]
+__all__ = ["InputSpec", "dims_from_shapes", "input_specs", "make_feeds", "parse_shape_option"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +99,23 @@ def _concrete_shape(
             )
         return shape
     return tuple(d if isinstance(d, int) else int(dims.get(d, 1)) for d in spec.dims)
+
+
+def dims_from_shapes(
+    specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, int]:
+    """Sizes of the symbolic dims as real samples have them (``shapes``: input ->
+    shape of one sample). A dim whose samples disagree (two inputs give it two
+    sizes) or whose input has another rank is left out."""
+    found: dict[str, set[int]] = {}
+    for spec in specs:
+        shape = shapes.get(spec.name)
+        if shape is None or len(shape) != len(spec.dims):
+            continue
+        for dim, size in zip(spec.dims, shape, strict=True):
+            if isinstance(dim, str):
+                found.setdefault(dim, set()).add(int(size))
+    return {dim: sizes.pop() for dim, sizes in found.items() if len(sizes) == 1}
 
 
 def make_feeds(
