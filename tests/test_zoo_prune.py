@@ -37,6 +37,8 @@ LIMITED: dict[str, str] = {
     "hf-qwen2-gqa": RMS_NORM,
     "hf-mistral-gqa": RMS_NORM,
     "hf-llama-kv": RMS_NORM,
+    "hf-qwen2-kv": RMS_NORM,
+    "hf-mistral-kv-ts": RMS_NORM,
     "jax-encoder": RMS_NORM,
 }
 
