@@ -144,7 +144,7 @@ def optimize_command(
             click.echo(f"[{index}/{len(passes)}] {spa_pass.name} {json.dumps(spa_pass.options())}")
         return
     if output is None:
-        raise UserError("missing -o/--output; say where to write the optimized model")
+        raise click.UsageError("Missing option '-o' / '--output' (say where to write the optimized model).")
     from spa.workflows.optimize import optimize
 
     result = optimize(
@@ -215,7 +215,7 @@ def _search(
         if _given(context, name):
             raise UserError(f"{_flag(name)} does not combine with --max-drop (the search picks the steps); drop one")
     if output is None:
-        raise UserError("missing -o/--output; say where to write the optimized model")
+        raise click.UsageError("Missing option '-o' / '--output' (say where to write the optimized model).")
     if calib is None:
         raise UserError("--max-drop needs real samples to measure quality on; give --calib DATA")
     check_calib_exists(calib)
