@@ -6,7 +6,9 @@
 For each ratio the hidden size of ``models/testbeds/shakespeare_lm.onnx`` (192) is sliced by
 ``spa.workflows.slice.slice_model`` (PCA of the residual stream on ``--calib-samples`` windows of
 the training text; ``D'`` a multiple of 8) and, as a control, by a random rotation at the same
-``D'``; PCA with one basis per norm (the paper's form, shortcut matrices on the skips) too, and
+``D'``; PCA with one basis per norm (the paper's form, shortcut matrices on the skips) too,
+measured at once on the unsliced model or sequentially (each norm on the model whose earlier norms
+are already sliced, the paper's algorithm), and
 ``rotation="none"``: the hidden channels of least energy pruned without rotation (the baseline;
 ``--tables slicing --rotations none`` recomputes only those rows).
 Perplexity is measured on the evenly spread held-out windows of ``docs/testbeds.md``
@@ -41,9 +43,10 @@ RATIOS = (0.1, 0.2, 0.25, 0.3)
 def _row(
     ratio: float, rotation: str, bases: str, folder: Path, calibration: list, windows: int
 ) -> dict:
-    output = folder / f"sliced-{rotation}-{bases}-{ratio}.onnx"
+    output = folder / f"sliced-{rotation}-{bases.replace(' ', '')}-{ratio}.onnx"
     result = slice_model(
-        MODEL, output, ratio=ratio, rotation=rotation, bases=bases, calibration=calibration, round_to=8,
+        MODEL, output, ratio=ratio, rotation=rotation, bases=bases.split(",")[0],
+        sequential=bases.endswith("sequential"), calibration=calibration, round_to=8,
         exactness=False, seed=0,
     )  # fmt: skip
     summary = result.report["slice"]
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _ORDER = ("dense", "pca", "random", "none")
-_VARIANTS = (("pca", "shared"), ("pca", "per-norm"), ("random", "shared"), ("none", "shared"))
+_VARIANTS = (("pca", "shared"), ("pca", "per-norm"), ("pca", "per-norm, sequential"),
+             ("random", "shared"), ("none", "shared"))  # fmt: skip
 
 
 def _slicing_rows(folder: Path, calibration: list, windows: int, rotations: set[str]) -> list[dict]:

@@ -162,43 +162,88 @@ class RotateSlicePass(SpaPass):
         round_to: int = 8,
         seed: int = 0,
         bases: str = "shared",
+        sequential: bool = False,
     ) -> None:
         super().__init__()
         if rotation not in ROTATIONS:
             raise UserError(f"rotation {rotation!r}: choose one of {', '.join(ROTATIONS)}")
         if bases not in BASES:
             raise UserError(f"bases {bases!r}: choose one of {', '.join(BASES)}")
+        if sequential and (bases != "per-norm" or rotation == "random"):
+            raise UserError(
+                "--sequential measures one basis per norm on the already-sliced model: "
+                "use it with --bases per-norm and --rotation pca or none"
+            )
         kept_channels(max(round_to, 1), ratio, round_to)  # validates ratio and round_to
         self.ratio, self.rotation, self.round_to, self.seed = ratio, rotation, round_to, seed
-        self.bases = bases
+        self.bases, self.sequential = bases, sequential
         self._covariances: dict[str, np.ndarray] = {}
         self._source = ""
+        self._round = 0  # sequential: the norm group measured last
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
         if self.rotation == "random" or self._covariances:
             return None
         stream = residual_stream_or_error(model)
-        names = tuple(norm.output.name for norm in stream.norms if norm.output.name)
-        return CalibrationRequest(hessians=names, required=True)
+        self._round = 0
+        return CalibrationRequest(hessians=self._norm_outputs(stream, 0), required=True)
+
+    def _norm_outputs(self, stream: ResidualStream, group: int | None) -> tuple[str, ...]:
+        """The norms' outputs to measure: all, or (sequential) those of one group."""
+        groups = self._groups(stream)
+        return tuple(
+            norm.output.name
+            for norm, g in zip(stream.norms, groups, strict=True)
+            if norm.output.name and (not self.sequential or g == group)
+        )
 
     def use_calibration(self, result: CalibrationResult) -> None:
-        self._covariances = {name: entry.xtx for name, entry in result.hessians.items()}
+        self._covariances.update({name: entry.xtx for name, entry in result.hessians.items()})
         self._source = result.source
+
+    def next_calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        """Sequential (the paper's algorithm): group ``g``'s basis is the PCA of its
+        norms' outputs on the model whose groups before ``g`` are already sliced.
+
+        The sliced model is measured at full width: a group with basis
+        ``Q'`` (``D x D'``) equals, in the original coordinates, the projection
+        ``P = Q' Q'^T`` on its stream values (its norms see ``|x P|``, which is
+        ``|x Q'|``, and the readers' ``sqrt(D/D')`` cancels the norm's mean over
+        ``D'``), so the variant rotates groups ``< g`` by ``P`` and the rest by
+        the identity, and is measured at group ``g``."""
+        if not self.sequential:
+            return None
+        stream = residual_stream_or_error(model)
+        groups = self._groups(stream)
+        self._round += 1
+        if self._round > max(groups):
+            return None
+        kept = kept_channels(stream.hidden, self.ratio, self.round_to)
+        bases, _ = self._rotations(stream, groups, upto=self._round)
+        variant = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        variant_stream = residual_stream_or_error(variant)
+        projections = [q[:, :kept] @ q[:, :kept].T for q in bases]
+        projections += [np.eye(stream.hidden)] * (max(groups) + 1 - len(projections))
+        rotate(variant, variant_stream, projections, groups)
+        return CalibrationRequest(
+            hessians=self._norm_outputs(stream, self._round), required=True, model=variant
+        )
 
     def _groups(self, stream: ResidualStream) -> list[int]:
         return norm_groups(stream) if self.bases == "per-norm" else [0] * len(stream.norms)
 
     def _rotations(
-        self, stream: ResidualStream, groups: list[int]
+        self, stream: ResidualStream, groups: list[int], upto: int | None = None
     ) -> tuple[list[np.ndarray], dict[str, Any]]:
-        count = max(groups) + 1
+        """One basis per group (the first ``upto`` groups only, when given)."""
+        count = max(groups) + 1 if upto is None else upto
         if self.rotation == "random":
             return [random_rotation(stream.hidden, self.seed + g) for g in range(count)], {
                 "source": "random"
             }
         members: list[list[np.ndarray]] = [[] for _ in range(count)]
         for norm, group in zip(stream.norms, groups, strict=True):
-            if norm.output.name in self._covariances:
+            if group < count and norm.output.name in self._covariances:
                 members[group].append(self._covariances[norm.output.name])
         if not all(members):
             raise UserError(f"rotate-slice with rotation={self.rotation} needs calibration statistics "

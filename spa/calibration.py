@@ -545,6 +545,10 @@ class CalibrationRequest:
     #: Up to this many raw calibration feeds, for a measurement that runs
     #: variants of the model (sensitivity allocation); never random ones.
     samples: int = 0
+    #: Measure on this variant of the model (an ``ir.Model``) instead of the one
+    #: the pass rewrites: a pass that calibrates in rounds (sequential slicing)
+    #: measures each round on the model as the earlier rounds left it.
+    model: Any = None
 
     @property
     def empty(self) -> bool:

@@ -98,6 +98,14 @@ class SpaPass(ir.passes.InPlacePass):
     def use_calibration(self, result: CalibrationResult) -> None:
         """Receive what :meth:`calibration_request` asked for, before the pass runs."""
 
+    def next_calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        """After :meth:`use_calibration`: another round of statistics (None: done).
+
+        A pass that calibrates in rounds asks here, each round usually on a
+        variant of ``model`` (:attr:`CalibrationRequest.model`) built from what
+        the earlier rounds measured."""
+        return None
+
 
 _REGISTRY: dict[str, type[SpaPass]] = {}
 
@@ -210,8 +218,10 @@ def run_passes(
             instrument.before_pass(record, model)
         start = time.perf_counter()
         request = spa_pass.calibration_request(model)
-        if request is not None and not request.empty and calibrator is not None:
-            spa_pass.use_calibration(calibrator(model, request))
+        while request is not None and not request.empty and calibrator is not None:
+            measured = model if request.model is None else request.model
+            spa_pass.use_calibration(calibrator(measured, request))
+            request = spa_pass.next_calibration_request(model)
         result = spa_pass(model)
         record.seconds = time.perf_counter() - start
         model = result.model

@@ -49,6 +49,12 @@ __all__ = ["slice_command"]
     help="One rotation for the stream, or one per norm with Q_a^T Q_b on the residual skips.",
 )
 @click.option(
+    "--sequential",
+    is_flag=True,
+    help="With --bases per-norm: measure each norm's PCA on the model whose earlier "
+    "norms are already sliced (one calibration run per norm; the paper's algorithm).",
+)
+@click.option(
     "--round-to", type=int, default=8, show_default=True, help="Keep a multiple of K channels."
 )
 @click.option(
@@ -76,6 +82,7 @@ def slice_command(
     calib: Path | None,
     rotation: str,
     bases: str,
+    sequential: bool,
     round_to: int,
     max_samples: int | None,
     prune: float | None,
@@ -111,6 +118,7 @@ def slice_command(
         calibration=calib,
         rotation=rotation,
         bases=bases,
+        sequential=sequential,
         round_to=round_to,
         seed=seed,
         exactness=not no_exactness,

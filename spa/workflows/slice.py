@@ -140,6 +140,7 @@ def slice_model(
     calibration: CalibrationSource | None = None,
     rotation: str = "pca",
     bases: str = "shared",
+    sequential: bool = False,
     round_to: int = 8,
     seed: int = 0,
     exactness: bool = True,
@@ -160,7 +161,9 @@ def slice_model(
     ``calibration`` (an ``.npz``, a folder of ``.npy`` or an iterable of feed
     dicts) feeds the PCA; without it the pipeline measures on seeded random
     inputs, with a warning. ``bases``: ``shared`` (one ``Q``) or ``per-norm``
-    (one per norm, shortcut matrices on the skips). ``exactness`` runs :func:`check_exactness` first;
+    (one per norm, shortcut matrices on the skips); ``sequential`` (per-norm only)
+    measures each norm's PCA on the model whose earlier norms are already
+    sliced, one calibration run per norm. ``exactness`` runs :func:`check_exactness` first;
     ``verify`` compares the sliced model with the input (slicing is lossy: the
     default ``policy`` asks for an output cosine of 0.9). ``prune`` (a
     :class:`PruneAfterSlice`, or a ratio with the ``l1`` criterion) then prunes
@@ -178,7 +181,14 @@ def slice_model(
     pruning = PruneAfterSlice(prune) if isinstance(prune, (int, float)) else prune
     passes: list[SpaPass] = [
         RotationInvariantPass(),
-        RotateSlicePass(ratio=ratio, rotation=rotation, round_to=round_to, seed=seed, bases=bases),
+        RotateSlicePass(
+            ratio=ratio,
+            rotation=rotation,
+            round_to=round_to,
+            seed=seed,
+            bases=bases,
+            sequential=sequential,
+        ),
     ]
     if pruning is not None:
         passes.append(pruning.make_pass(seed))
@@ -210,6 +220,7 @@ def slice_model(
         "ratio": ratio,
         "rotation": rotation,
         "bases": bases,
+        "sequential": sequential,
         "shortcuts": int(sliced.get("shortcuts", 0)),
         "variance_kept": sliced.get("variance_kept"),
         "calibration": outcome.details("rotate-slice").get("source", ""),
