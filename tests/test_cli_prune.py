@@ -147,3 +147,25 @@ def test_prune_writes_nothing_into_the_working_folder(run_cli, tmp_path: Path, m
     result = run_cli("prune", model, "-o", tmp_path / "small.onnx", "--ratio", "0.3")
     assert result.exit_code == 0, result.output
     assert list(workdir.iterdir()) == []
+
+
+def test_prune_of_kv_cache_heads_measures_quality_on_the_adapted_cache(
+    run_cli, tmp_path: Path
+) -> None:
+    """Pruning removes KV heads, so the pruned step reads a smaller cache: the
+    held-out quality feeds it the kept heads of each real past (it failed in
+    ONNX Runtime before), and compares the kept heads of each present."""
+    from spa import zoo
+    from tests.test_cli_slice import _kv_calibration
+
+    entry = zoo.entry("hf-phi-kv")
+    model = zoo.materialize(entry.name, tmp_path / "kv.onnx")
+    calib = tmp_path / "calib.npz"
+    _kv_calibration(calib, entry, samples=8)
+    report = tmp_path / "r.json"
+    result = run_cli("prune", model, "-o", tmp_path / "p.onnx", "--ratio", "0.25", "--calib",
+                     calib, "--criterion", "obs", "--verify", "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "graph_io_resized=" in result.output and "quality top-1" in result.output
+    outputs = {row["name"] for row in json.loads(report.read_text())["quality"]["outputs"]}
+    assert {"present.0.key", "present.1.value"} <= outputs

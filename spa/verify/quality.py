@@ -137,12 +137,16 @@ def measure_quality(
     metric: Callable[[Path], float] | None = None,
     metric_name: str | None = None,
     session: Callable[[Path], Any] | None = None,
+    adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> Quality:
     """Run both models on every held-out feed and measure their agreement.
 
     Outputs are matched by name; an output whose shape differs between the two
-    models (a KV cache that lost heads) is left out of the agreement.
-    ``session`` makes the ORT sessions (default: :func:`spa.ort.create_session`).
+    models is left out of the agreement. ``adapt`` maps the reference's arrays
+    to what the candidate reads and writes (a pruned KV cache with fewer heads,
+    :func:`spa.verify.mask.io_adapter`): it is applied to the candidate's feeds
+    and to the reference's outputs. ``session`` makes the ORT sessions
+    (default: :func:`spa.ort.create_session`).
     """
     make = session or create_session
     reference_session, candidate_session = make(Path(reference)), make(Path(candidate))
@@ -150,7 +154,9 @@ def measure_quality(
     samples = 0
     for feed in holdout:
         expected = run_model(reference_session, feed)
-        actual = run_model(candidate_session, feed)
+        actual = run_model(candidate_session, adapt(dict(feed)) if adapt else feed)
+        if adapt:
+            expected = adapt(expected)
         for name, value in expected.items():
             if name in actual and actual[name].shape == value.shape:
                 accumulators.setdefault(name, _Accumulator()).add(value, actual[name])

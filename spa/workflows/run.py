@@ -197,6 +197,30 @@ class Snapshot(Instrument):
             save_model(model, self.path)
 
 
+def _io_adapter(
+    model: ir.Model, records: Sequence[PassRecord]
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+    """The graph inputs and outputs that pruning resized (a KV cache that lost
+    heads), as one function from the input model's arrays to the output's."""
+    from spa.verify.mask import io_adapter
+
+    adapters = [
+        adapter
+        for record in records
+        if record.details.get("plan") is not None and record.details.get("analysis") is not None
+        if (adapter := io_adapter(model, record.details["analysis"], record.details["plan"]))
+    ]
+    if not adapters:
+        return None
+
+    def adapt(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for adapter in adapters:
+            arrays = adapter(arrays)
+        return arrays
+
+    return adapt
+
+
 def feeds_calibrator(
     source: CalibrationSource | None,
     options: RunOptions | None = None,
@@ -390,7 +414,7 @@ def run_pipeline(
             candidate = runnable(output, Path(folder)) if runnable else output
             outcome.quality = measure_quality(
                 source, candidate, holdout, metric=metric, metric_name=options.metric,
-                session=session,
+                session=session, adapt=_io_adapter(model, records),
             )  # fmt: skip
     outcome.quality_note = note if not holdout else ""
     outcome.seconds = time.perf_counter() - start
