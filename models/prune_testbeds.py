@@ -12,7 +12,9 @@ target share of MACs removed:
   and of its output channels loses ``target`` of its MACs);
 * ``after``: ``obs`` with bias compensation and ``--allocation sensitivity`` at
   ``ratio = target`` (a share of MACs), default ``--fragile``;
-* ``after+correct``: the same plus two rounds of ``--correct-statistics``.
+* ``after+correct``: the same plus two rounds of ``--correct-statistics``;
+* ``after+seq``: ``after`` with ``--sequential-stages 4`` (each stage's updates
+  measured on the model pruned up to it).
 
 Calibration: ``--samples`` feeds of the bed's calibration split (a quarter
 held out for the agreement figure; sensitivity measured on the first
@@ -57,6 +59,10 @@ POLICIES: dict[str, dict[str, Any]] = {
         "correct_statistics": 2,
     },
     "after": {"criterion": "obs", "bias_compensation": True, "allocation": "sensitivity"},
+    "after+seq": {
+        "criterion": "obs", "bias_compensation": True, "allocation": "sensitivity",
+        "sequential_stages": 4,
+    },
 }  # fmt: skip
 
 

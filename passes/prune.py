@@ -53,6 +53,7 @@ from spa.pruning.reconstruct import apply_updates, compute_updates
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.pruning.statistics import needed_values
 from spa.stats.coverage import node_macs, value_shapes
+from spa.verify.mask import mask_model
 
 __all__ = ["PrunePass", "apply_plan", "mac_costs"]
 
@@ -377,6 +378,7 @@ class PrunePass(SpaPass):
         fragile: float = FRAGILE_DISTORTION,
         sensitivity_samples: int = SENSITIVITY_SAMPLES,
         correct_statistics: bool = False,
+        sequential: int = 0,
     ) -> None:
         super().__init__()
         self.ratio, self.criterion, self.seed = ratio, criterion, seed
@@ -386,12 +388,25 @@ class PrunePass(SpaPass):
         self.prunable_io, self.keep_reference = prunable_io, keep_reference
         self.fragile, self.sensitivity_samples = fragile, sensitivity_samples
         self.correct_statistics = correct_statistics
+        if sequential < 0:
+            raise UserError(f"--sequential-stages {sequential}: give a number of stages >= 1")
+        if sequential and not (criterion == "obs" or (bias_compensation and criterion != "obspa")):
+            raise UserError(
+                "--sequential-stages re-measures the statistics the weight updates read: "
+                "add --criterion obs or --bias-compensation"
+            )
+        self.sequential = sequential
         #: For :class:`spa.passes.correct_statistics.CorrectStatisticsPass`: the layers
         #: to correct and the dense (mean, std) of their outputs on the kept channels.
         self._correction: tuple[list[CorrectionTarget], dict[str, Any]] | None = None
         self._stage: _Stage | None = None
         self._statistics: dict[str, ChannelStatistics] | None = None
         self._samples: list[dict[str, np.ndarray]] = []
+        #: Sequential reconstruction: the plan (made once, on dense statistics), the
+        #: consumer inputs in graph order cut into stages, and the stage measured last.
+        self._plan: Plan | None = None
+        self._chunks: list[list[str]] = []
+        self._round = 0
 
     def _wants_statistics(self) -> bool:
         data = self.criterion in DATA_CRITERIA
@@ -431,11 +446,66 @@ class PrunePass(SpaPass):
         )
 
     def use_calibration(self, result: CalibrationResult) -> None:
+        if self._round:  # a sequential stage: its values measured on the pruned-so-far model
+            assert self._statistics is not None
+            self._statistics.update(result.channels)
+            return
         self._statistics = result.channels or None  # None: no data was given
         self._samples = result.samples
 
-    def call(self, model: ir.Model) -> SpaPassResult:
+    def _updates_statistics(self) -> bool:
+        """Whether the weight updates read calibration statistics (what
+        sequential stages re-measure): OBS reconstruction or bias compensation."""
+        return self._statistics is not None and (
+            self.criterion == "obs" or self.bias_compensation
+        )
+
+    def next_calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        """Sequential reconstruction (the layer-by-layer order of OBC/SparseGPT,
+        on the inputs the pruned model gives): the consumers' inputs, in graph
+        order, are cut into ``sequential`` stages; stage ``s`` is measured on a
+        copy of the model whose groups read only in earlier stages are already
+        updated and masked (their removed slices zeroed: the pruned function at
+        full width). The plan itself is made once, on the dense statistics."""
+        if not self.sequential:
+            return None
+        if not self._updates_statistics():
+            logger.warning("--sequential-stages: no calibration data, nothing to re-measure")
+            return None
         stage = self._prepared(model)
+        if self._plan is None:
+            self._plan = self._make_plan(model, stage)
+            self._chunks = _stages(model, stage.analysis, self._plan, self.sequential)
+        self._round += 1
+        if self._round >= len(self._chunks):
+            return None
+        measured = {name for chunk in self._chunks[: self._round] for name in chunk}
+        by_id = {group.id: group for group in stage.analysis.groups}
+        done = [
+            group_id
+            for group_id in self._plan.kept
+            if set(needed_values(model, [by_id[group_id]])) <= measured
+        ]
+        subplan = dataclasses.replace(
+            self._plan,
+            kept={g: self._plan.kept[g] for g in done},
+            sizes={g: self._plan.sizes[g] for g in done},
+        )
+        updates, _ = compute_updates(
+            model, stage.analysis, subplan, reconstruct=self.criterion == "obs",
+            bias_compensation=self.bias_compensation, statistics=self._statistics,
+        )  # fmt: skip
+        variant = _copy(model)
+        apply_updates(variant, updates)
+        mask_model(variant, stage.analysis, subplan)
+        values = needed_values(model, [by_id[g] for g in self._plan.kept])
+        return CalibrationRequest(
+            channels={name: values[name] for name in self._chunks[self._round]},
+            full_channels=self.criterion == "obs",
+            model=variant,
+        )
+
+    def _make_plan(self, model: ir.Model, stage: _Stage) -> Plan:
         analysis, statistics = stage.analysis, self._statistics
         if self.criterion in DATA_CRITERIA and statistics is None:
             raise UserError(f"criterion {self.criterion} needs --calib DATA (calibration inputs)")
@@ -453,6 +523,15 @@ class PrunePass(SpaPass):
             **sensitivity,
         )  # fmt: skip
         plan.policy["bias_compensation"] = self.bias_compensation
+        if self.sequential and self._updates_statistics():
+            plan.policy["sequential_stages"] = self.sequential
+        return plan
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        stage = self._prepared(model)
+        analysis, statistics = stage.analysis, self._statistics
+        plan = self._plan if self._plan is not None else self._make_plan(model, stage)
+        self._plan, self._chunks, self._round = None, [], 0
         if self.save_plan is not None:
             plan.save(self.save_plan)
         updates, reconstruction = compute_updates(
@@ -534,6 +613,26 @@ def mac_costs(
         for group in groups
     }
     return costs, float(total)
+
+
+def _stages(model: ir.Model, analysis: Analysis, plan: Plan, count: int) -> list[list[str]]:
+    """The kept groups' consumer inputs in graph order (of their first reader),
+    cut into at most ``count`` stages of about equal size."""
+    position = {id(node): index for index, node in enumerate(model.graph)}
+    by_id = {group.id: group for group in analysis.groups}
+    values = needed_values(model, [by_id[g] for g in plan.kept])
+
+    def first_reader(name: str) -> int:
+        readers = [
+            position.get(id(node), len(position))
+            for node in model.graph
+            if any(value is not None and value.name == name for value in node.inputs)
+        ]
+        return min(readers, default=len(position))
+
+    ordered = sorted(values, key=first_reader)
+    count = max(1, min(count, len(ordered)))
+    return [chunk.tolist() for chunk in np.array_split(np.array(ordered, dtype=object), count)]
 
 
 def _copy(model: ir.Model) -> ir.Model:

@@ -194,6 +194,16 @@ def criterion_options(function: F) -> F:
             "ROUNDS rounds, each on the model the previous one left.",
         ),
         click.option(
+            "--sequential-stages",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            metavar="N",
+            help="Measure the statistics of the weight updates (--criterion obs, "
+            "--bias-compensation) in N stages in graph order, each on the model pruned up "
+            "to it (one calibration run per stage).",
+        ),
+        click.option(
             "--max-group-ratio",
             type=float,
             default=0.9,
@@ -207,7 +217,7 @@ def criterion_arguments(options: dict[str, Any]) -> dict[str, Any]:
     """The pruning-policy keywords of the library, taken from ``criterion_options``."""
     names = (
         "criterion", "reduction", "bias_compensation", "allocation", "max_group_ratio", "fragile",
-        "correct_statistics",
+        "correct_statistics", "sequential_stages",
     )  # fmt: skip
     return {name: options.pop(name) for name in names}
 

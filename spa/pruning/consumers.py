@@ -154,7 +154,8 @@ def add_missing_biases(model: ir.Model, nodes: list[ir.Node]) -> list[ir.Node]:
             node.replace_input_with(2, bias)
         else:
             product = node.outputs[0]
-            add = ir.node("Add", [product, bias], name=f"{node.name}.spa_bias_add")
+            # unnamed nodes are told apart by their weight (ORT refuses duplicate names)
+            add = ir.node("Add", [product, bias], name=f"{node.name or weight.name}.spa_bias_add")
             was_output = product.is_graph_output()
             product.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
             add.replace_input_with(0, product)

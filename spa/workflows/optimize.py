@@ -100,13 +100,15 @@ def optimize(
     bias_compensation: bool = False,
     fragile: float = FRAGILE_DISTORTION,
     correct_statistics: int = 0,
+    sequential_stages: int = 0,
     **run: Unpack[RunKeywords],
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
 
     The input file is never modified. With ``prune`` (a ratio) a ``prune``
     pass runs first (``criterion``, ``round_to``, ``reduction``, ``allocation``,
-    ``max_group_ratio``, ``bias_compensation``, ``fragile`` as :class:`spa.passes.prune.PrunePass`;
+    ``max_group_ratio``, ``bias_compensation``, ``fragile``, ``sequential_stages`` (its
+    ``sequential``) as :class:`spa.passes.prune.PrunePass`;
     verified by mask equivalence), then ``correct_statistics`` rounds of
     :class:`spa.passes.correct_statistics.CorrectStatisticsPass`, then the recipe on the
     pruned model. Passes
@@ -126,6 +128,7 @@ def optimize(
             prune, criterion, seed, round_to, reduction=reduction, allocation=allocation,
             max_group_ratio=max_group_ratio, bias_compensation=bias_compensation,
             keep_reference=verify, fragile=fragile, correct_statistics=correct_statistics > 0,
+            sequential=sequential_stages,
         )  # fmt: skip
         corrections = [CorrectStatisticsPass(pruner) for _ in range(correct_statistics)]
         pass_list[:0] = [pruner, *corrections]

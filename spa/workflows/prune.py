@@ -92,6 +92,7 @@ def prune_model(
     fragile: float = FRAGILE_DISTORTION,
     correct_statistics: int = 0,
     sensitivity_samples: int = SENSITIVITY_SAMPLES,
+    sequential_stages: int = 0,
     **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
@@ -102,7 +103,9 @@ def prune_model(
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
     activation criteria and the ``sensitivity`` allocation (groups whose measured
     distortion on ``sensitivity_samples`` calibration samples exceeds ``fragile`` stay
-    whole). ``correct_statistics`` rounds of
+    whole). ``sequential_stages`` > 0 measures the statistics of the weight updates
+    (``obs``, ``bias_compensation``) in that many stages, each on the model
+    pruned up to it. ``correct_statistics`` rounds of
     :class:`spa.passes.correct_statistics.CorrectStatisticsPass` follow the prune
     (mask equivalence then checks the model before them). ``obs``/``obspa`` and
     ``bias_compensation`` update the
@@ -120,7 +123,7 @@ def prune_model(
         allocation=allocation, max_group_ratio=max_group_ratio,
         bias_compensation=bias_compensation, prunable_io=prunable_io, keep_reference=verify,
         fragile=fragile, correct_statistics=correct_statistics > 0,
-        sensitivity_samples=sensitivity_samples,
+        sensitivity_samples=sensitivity_samples, sequential=sequential_stages,
     )  # fmt: skip
     passes: list[SpaPass] = [prune_pass]
     passes += [CorrectStatisticsPass(prune_pass) for _ in range(correct_statistics)]

@@ -87,6 +87,7 @@ class PruneAfterSlice:
     bias_compensation: bool = False
     fragile: float = FRAGILE_DISTORTION
     correct_statistics: int = 0
+    sequential_stages: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -102,7 +103,7 @@ class PruneAfterSlice:
             self.ratio, self.criterion, seed, self.round_to, reduction=self.reduction,
             allocation=self.allocation, max_group_ratio=self.max_group_ratio,
             bias_compensation=self.bias_compensation, keep_reference=True,
-            fragile=self.fragile,
+            fragile=self.fragile, sequential=self.sequential_stages,
         )  # fmt: skip
 
 
