@@ -120,3 +120,23 @@ def test_slice_command_refuses_a_prune_share_outside_zero_one(run_cli, tmp_path:
     result = run_cli("slice", model, "-o", tmp_path / "s.onnx", "--prune", "1.5")
     assert result.exit_code == 1 and "--prune 1.5: give a share in [0, 1)" in result.output
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_prune_step_inside_a_recipe_is_checked_by_masks(run_cli, tmp_path: Path) -> None:
+    """The recipe's final output is compared with the input by cosine (slicing is
+    lossy); its prune step is also checked on its own output by mask equivalence."""
+    source = zoo.materialize("hf-gpt2", tmp_path / "gpt2.onnx")
+    feeds = _feeds(onnx.load(str(source)), 5)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{k: np.stack([feed[k] for feed in feeds[1:]]) for k in feeds[0]})
+    recipe = tmp_path / "slice_prune.yaml"
+    recipe.write_text(RECIPE)
+    report = tmp_path / "r.json"
+    result = run_cli(
+        "optimize", source, "-o", tmp_path / "out.onnx", "--recipe", recipe, "--calib", calib,
+        "--cosine", "0.1", "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "recipe prune steps: mask equivalence max rel" in result.output
+    (check,) = json.loads(report.read_text())["recipe_prune_checks"]
+    assert check["passed"] and check["max_rel_diff"] < 1e-4

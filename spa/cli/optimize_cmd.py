@@ -181,7 +181,8 @@ def optimize_command(
         )
     if result.verification is not None:
         click.echo(result.verification.render())
-    failed = [v for v in (result.verification, result.prune_verification) if v and not v.passed]
+    checks = (result.verification, result.prune_verification, *result.step_verifications)
+    failed = [v for v in checks if v and not v.passed]
     echo_verdict(result.verdict_line, not failed, result.output)
 
 

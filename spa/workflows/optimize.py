@@ -49,6 +49,8 @@ class OptimizeResult:
     summary_table: str
     verdict_line: str
     prune_verification: VerifyResult | None = None
+    #: Mask equivalence of each prune step inside the recipe, at that step's output.
+    step_verifications: list[VerifyResult] = dataclasses.field(default_factory=list)
 
 
 def _verdict_line(
@@ -132,13 +134,30 @@ def optimize(
         )  # fmt: skip
         corrections = [CorrectStatisticsPass(pruner) for _ in range(correct_statistics)]
         pass_list[:0] = [pruner, *corrections]
+    # prune steps of the recipe itself: each checked by mask equivalence on its own
+    # output (a snapshot), as spa prune and spa slice --prune do
+    first = 1 if prune is not None else 0
+    recipe_prunes = [
+        index for index, spa_pass in enumerate(pass_list[first:], start=first + 1)
+        if isinstance(spa_pass, PrunePass)
+    ]  # fmt: skip
+    if verify:
+        for index in recipe_prunes:
+            step = pass_list[index - 1]
+            assert isinstance(step, PrunePass)
+            step.keep_reference = True
     with tempfile.TemporaryDirectory(prefix="spa-optimize-") as staging:
         pruned = Path(staging) / "pruned.onnx"
         corrected = Path(staging) / "corrected.onnx" if correct_statistics else pruned
         instruments = [Snapshot(1, pruned)] if prune is not None else []
         if prune is not None and correct_statistics:
             instruments.append(Snapshot(1 + correct_statistics, corrected))
+        snapshots = {index: Path(staging) / f"step-{index}.onnx" for index in recipe_prunes}
+        instruments += (
+            [Snapshot(index, path) for index, path in snapshots.items()] if verify else []
+        )
         prune_verification: list[VerifyResult | None] = [None]
+        step_checks: list[VerifyResult] = []
 
         def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
             reference = source
@@ -147,6 +166,10 @@ def optimize(
                     outcome.records[0].details, pruned, None, options
                 )
                 reference = corrected
+            for index, path in snapshots.items():
+                result = verify_prune(outcome.records[index - 1].details, path, None, options)
+                if result is not None:
+                    step_checks.append(result)
             return verify_models(
                 reference, output, policy=policy or AllClose(), seed=seed, **options.inputs
             )
@@ -192,12 +215,17 @@ def optimize(
     report["quality_note"] = outcome.quality_note
     if prune_part is not None:
         report["prune"] = prune_part
+    if step_checks:
+        report["recipe_prune_checks"] = [check.as_dict() for check in step_checks]
     if report_path is not None:
         reporting.write_report(report, Path(report_path))
     seconds = time.perf_counter() - start
     verdict = _verdict_line(loaded.name, report, verification, seconds)
+    if step_checks:
+        worst = max(check.max_rel_diff for check in step_checks)
+        verdict += f" | recipe prune steps: mask equivalence max rel {worst:.1g}"
     failed_prune = prune_verification[0] is not None and not prune_verification[0].passed
-    if failed_prune:
+    if failed_prune or not all(check.passed for check in step_checks):
         verdict = verdict.replace("PASSED", "FAILED", 1)
     return OptimizeResult(
         output=output,
@@ -212,4 +240,5 @@ def optimize(
         ),
         verdict_line=verdict,
         prune_verification=prune_verification[0],
+        step_verifications=step_checks,
     )
