@@ -111,3 +111,32 @@ def test_sample_shapes_set_dynamic_dims() -> None:
     model.graph.initializer.append(numpy_helper.from_array(np.ones((512, 512), np.float32), "w"))
     one, many = estimate_latency(model), estimate_latency(model, {"x": (4096, 512)})
     assert many.kernels[0].flops == 4096 * one.kernels[0].flops
+
+
+def test_spa_2_to_4_output_is_seen_as_sparse(tmp_path) -> None:
+    """What ``spa sparsify`` writes (Gemm with transB, Conv, MatMul) is what the model
+    counts as sparse: the pattern runs along each op's reduction axis."""
+    from spa.workflows.sparsify import sparsify_model
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 8, 6, 6] x) => (float[1, 16] y) {
+      c = Conv<pads=[1, 1, 1, 1]>(x, wc)
+      r = Relu(c)
+      f = Flatten(r)
+      h = Gemm<transB=1>(f, wg)
+      y = MatMul(h, wm)
+    }
+    """
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model(text)
+    for name, shape in {"wc": (16, 8, 3, 3), "wg": (32, 576), "wm": (32, 16)}.items():
+        model.graph.initializer.append(
+            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        )
+    source, output = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(model, str(source))
+    sparsify_model(source, output, keep_float=(), verify=False)
+    dense, sparse = estimate_latency(model), estimate_latency(onnx.load(str(output)))
+    assert [k.sparse for k in dense.kernels] == [False, False, False]
+    assert [k.sparse for k in sparse.kernels] == [True, True, True]

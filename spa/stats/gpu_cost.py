@@ -192,12 +192,22 @@ def _weight(
             if stored is not None and stored.data_type in _FOUR_BIT:
                 return 0.5, True, False
             if stored is not None and stored.data_type in _EIGHT_BIT:
-                return 1.0, True, _is_2_to_4(stored, node.op_type)
+                return 1.0, True, _is_2_to_4(stored, node)
         return 2.0, False, False
-    return 2.0, False, _is_2_to_4(tensor, node.op_type)
+    return 2.0, False, _is_2_to_4(tensor, node)
 
 
-def _is_2_to_4(tensor: onnx.TensorProto, op_type: str) -> bool:
+def _reduction_axis(node: onnx.NodeProto, ndim: int) -> int:
+    """The weight axis a GEMM sums over: a Conv's input channels (axis 1), a
+    ConvTranspose's (axis 0), a Gemm's K (1 with ``transB``), a MatMul's K (-2)."""
+    if node.op_type == "Conv":
+        return 1
+    if node.op_type == "Gemm":
+        return 1 if any(a.name == "transB" and a.i for a in node.attribute) else 0
+    return 0 if node.op_type == "ConvTranspose" else ndim - 2
+
+
+def _is_2_to_4(tensor: onnx.TensorProto, node: onnx.NodeProto) -> bool:
     """At most 2 nonzeros in every 4 consecutive input channels (TensorRT's pattern)."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return False
@@ -207,8 +217,7 @@ def _is_2_to_4(tensor: onnx.TensorProto, op_type: str) -> bool:
         return False
     if array.ndim < 2:
         return False
-    # input channels: axis 1 of a Conv weight [O, I, ...], axis 0 of a MatMul B [K, N]
-    moved = np.moveaxis(array, 1 if op_type in ("Conv", "ConvTranspose") else 0, -1)
+    moved = np.moveaxis(array, _reduction_axis(node, array.ndim), -1)
     if moved.shape[-1] % 4:
         return False
     groups = (moved.reshape(-1, 4) != 0).sum(axis=1)
