@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -205,3 +206,19 @@ def test_zoo_commands(run_cli, tmp_path: Path) -> None:
     assert listing.exit_code == 0 and "onnx-resnet50" in listing.output
     unknown = run_cli("zoo", "get", "no-such-model", "-o", tmp_path / "x.onnx")
     assert unknown.exit_code == 1 and "spa zoo list" in one_error_line(unknown)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["prune"], ["quantize", "--activations", "int8"], ["optimize"], ["slice"], ["sparsify"]],
+    ids=["prune", "quantize-static", "optimize", "slice", "sparsify"],
+)
+def test_calibration_samples_of_the_wrong_shape_are_one_line(run_cli, tmp_path, command) -> None:
+    model, calib, out = tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "o.onnx"
+    proto = mlp_model(0)
+    onnx.save(proto, str(model))
+    name = proto.graph.input[0].name
+    np.savez(calib, **{name: np.zeros((4, 3, 5, 7), np.float32)})  # not the model's shape
+    result = run_cli(command[0], model, "-o", out, "--calib", calib, *command[1:])
+    assert result.exit_code == 1 and not out.exists()
+    assert f"samples of input '{name}' are 3x5x7" in one_error_line(result)

@@ -189,6 +189,25 @@ def test_search_through_the_cli_respects_budget_and_never_slower(
         assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
 
 
+def test_tensorrt_target_ranks_trt_formats_by_the_cost_model(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    """--target tensorrt: the candidates are TensorRT's formats (INT8 QDQ, 2:4), their
+    latency is the cost model's estimate and says so; quality is measured as ever."""
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = run_cli("optimize", mlp, "-o", out, "--calib", calib, "--max-drop", "5%",
+                     "--target", "tensorrt", "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    search = json.loads(report.read_text())["search"]
+    rows = {row["name"]: row for row in search["candidates"]}
+    assert {"int8-qdq", "sparse-2:4"} <= set(rows) and "int8-dynamic" not in rows
+    for name in ("int8-qdq", "sparse-2:4"):
+        assert "estimated by spa's TensorRT cost model" in rows[name]["latency_line"]
+        assert rows[name]["speedup"] > 1.0  # fewer bytes and faster math than FP16
+    assert rows["cleanup"]["speedup"] == pytest.approx(1.0, abs=0.05)
+    _check_decisions(search)
+
+
 def test_zero_budget_allow_slower_and_size_with_a_task_metric(
     run_cli, mlp: Path, calib: Path, tmp_path: Path
 ) -> None:
@@ -221,7 +240,7 @@ def test_time_budget_stops_after_cleanup(mlp: Path, calib: Path, tmp_path: Path)
     ("flags", "message"),
     [
         (["--max-drop", "5"], "--max-drop 5: give a share like 1% or 0.01"),
-        (["--max-drop", "1%", "--target", "tensorrt"], "--target tensorrt: spa measures latency on ort-cpu"),
+        (["--max-drop", "1%", "--target", "ort-cuda"], "--target ort-cuda: spa ranks candidates on ort-cpu, tensorrt only"),
         (["--max-drop", "1%", "--objective", "speed"], "--objective speed: choose one of latency, size"),
         (["--max-drop", "1%", "--time-budget", "soon"], "--time-budget soon: write a duration"),
         (["--max-drop", "1%", "--prune", "0.2"], "--prune does not combine with --max-drop"),

@@ -302,6 +302,18 @@ def _calibration_dims(
 
     specs = input_specs(load_proto(model))
     found = calibration_shapes(calib, [spec.name for spec in specs if spec.name not in shapes])
+    for spec in specs:
+        shape = found.get(spec.name)
+        if shape is not None and (
+            len(shape) != len(spec.dims)
+            or any(isinstance(d, int) and d != s for d, s in zip(spec.dims, shape, strict=True))
+        ):
+            dims = "x".join(str(d) for d in spec.dims)
+            raise UserError(
+                f"--calib {calib}: samples of input '{spec.name}' are "
+                f"{'x'.join(map(str, shape))}, the model reads {dims}; save samples shaped "
+                "like the input, after one leading sample axis"
+            )
     return dims_from_shapes(specs, found)
 
 

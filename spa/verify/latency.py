@@ -26,8 +26,13 @@ from spa.ort import create_session
 
 __all__ = ["TARGETS", "LatencyComparison", "compare_latency"]
 
-#: Targets whose latency spa can measure on this machine.
-TARGETS = ("ort-cpu",)
+#: Targets whose latency spa can measure on this machine, or estimate (ESTIMATED).
+TARGETS = ("ort-cpu", "tensorrt")
+#: Targets spa cannot run here, with what stands in for a measurement.
+ESTIMATED = {
+    "tensorrt": "estimated by spa's TensorRT cost model for an NVIDIA H200 "
+    "(spa.stats.gpu_cost), not measured",
+}
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,19 @@ class LatencyComparison:
     speedup: float
     rounds: int
     threads: int
+    #: What stands in for a measurement on a target spa cannot run (else empty).
+    estimate: str = ""
 
     @property
     def slower(self) -> bool:
         return self.speedup < 1.0
 
     def line(self) -> str:
+        if self.estimate:
+            return (
+                f"latency on {self.target} {self.estimate}: {1e3 * self.reference_ms:.1f} us -> "
+                f"{1e3 * self.candidate_ms:.1f} us, {self.speedup:.2f}x"
+            )
         return (
             f"latency on {self.target} ({self.threads} thread{'s' if self.threads != 1 else ''}, "
             f"{self.rounds} interleaved rounds): {self.reference_ms:.3f} ms -> "
@@ -60,6 +72,29 @@ def _timed(session: Any, feeds: Mapping[str, np.ndarray]) -> float:
     start = time.perf_counter()
     session.run(None, dict(feeds))
     return time.perf_counter() - start
+
+
+def _estimated(
+    reference: str | os.PathLike[str] | bytes,
+    candidate: str | os.PathLike[str] | bytes,
+    feed: Mapping[str, np.ndarray],
+    target: str,
+) -> LatencyComparison:
+    """Both models through the cost model at the shapes of ``feed``."""
+    import onnx
+
+    from spa.stats.gpu_cost import estimate_latency
+
+    shapes = {name: tuple(np.shape(value)) for name, value in feed.items()}
+    seconds = []
+    for model in (reference, candidate):
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        seconds.append(estimate_latency(proto, shapes).seconds)
+    return LatencyComparison(
+        target=target, reference_ms=1e3 * seconds[0], candidate_ms=1e3 * seconds[1],
+        speedup=seconds[0] / max(seconds[1], 1e-15), rounds=0, threads=0,
+        estimate=ESTIMATED[target],
+    )  # fmt: skip
 
 
 def compare_latency(
@@ -83,6 +118,8 @@ def compare_latency(
         raise ValueError(f"unknown latency target {target!r}; choose one of {', '.join(TARGETS)}")
     if not feeds:
         raise ValueError("compare_latency needs at least one feed")
+    if target in ESTIMATED:
+        return _estimated(reference, candidate, feeds[0], target)
     sessions = [create_session(model, threads=threads) for model in (reference, candidate)]
     for session in sessions:
         for feed in feeds[:2]:

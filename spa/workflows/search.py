@@ -47,11 +47,11 @@ from spa.workflows.run import split_holdout
 from spa.workflows.search_cache import SearchCache, hash_file, hash_samples
 from spa.workflows.search_space import (
     PRUNE_RATIOS,
-    QUANT_FORMATS,
     BuildContext,
     Candidate,
     Step,
     build_candidate,
+    formats_for,
     step_label,
 )
 
@@ -293,8 +293,9 @@ def _run_candidates(
 ) -> list[CandidateResult]:  # fmt: skip
     results: list[CandidateResult] = []
     built: dict[tuple[Step, ...], Path] = {}
-    total = 2 + len(PRUNE_RATIOS) + len(QUANT_FORMATS) + 2
-    for candidate in track(_plan(results, max_drop, list(QUANT_FORMATS), allow_slower), total=total,
+    formats = list(formats_for(measure.target))
+    total = 2 + len(PRUNE_RATIOS) + len(formats) + 2
+    for candidate in track(_plan(results, max_drop, formats, allow_slower), total=total,
                            description="candidates"):  # fmt: skip
         result = CandidateResult(candidate.name, [step_label(step) for step in candidate.steps])
         results.append(result)
@@ -418,7 +419,7 @@ def optimize_search(
     calibration samples, ranked globally) and keep multiples of ``round_to``.
     """
     if target not in TARGETS:
-        raise UserError(f"--target {target}: spa measures latency on {', '.join(TARGETS)} only; use --target ort-cpu")
+        raise UserError(f"--target {target}: spa ranks candidates on {', '.join(TARGETS)} only; use --target ort-cpu")
     if objective not in OBJECTIVES:
         raise UserError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
     start = time.perf_counter()

@@ -27,14 +27,17 @@ from spa.workflows.optimize import optimize
 from spa.workflows.quantize import quantize_model
 from spa.workflows.quantize_static import quantize_static_model
 from spa.workflows.run import RunOptions, run_pipeline
+from spa.workflows.sparsify import sparsify_model
 
 __all__ = [
     "PRUNE_RATIOS",
     "QUANT_FORMATS",
+    "TRT_FORMATS",
     "BuildContext",
     "Candidate",
     "Step",
     "build_candidate",
+    "formats_for",
     "step_label",
 ]
 
@@ -49,6 +52,16 @@ QUANT_FORMATS: dict[str, str] = {
     "w4-nbits": "weight-only INT4 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
     "w8-nbits": "weight-only INT8 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
 }
+#: The formats tried for ``--target tensorrt`` (TensorRT reads QDQ and 2:4 weights).
+TRT_FORMATS: dict[str, str] = {
+    "int8-qdq": "static INT8 QDQ on weights and activations (INT8 tensor cores)",
+    "sparse-2:4": "2:4 sparse weights, magnitude (sparse tensor cores; build with --sparsity)",
+}
+
+
+def formats_for(target: str) -> dict[str, str]:
+    """The quantization formats the search tries on ``target``."""
+    return TRT_FORMATS if target == "tensorrt" else QUANT_FORMATS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +153,13 @@ def _apply(step: Step, source: Path, output: Path, context: BuildContext) -> Non
         _dynamic(source, output, context)
     elif step.kind == "int8-static":
         _static(source, output, context)
+    elif step.kind == "int8-qdq":
+        quantize_static_model(
+            source, output, calib=list(context.calibration), target="tensorrt", verify=False,
+            **_run_keywords(context),
+        )  # fmt: skip
+    elif step.kind == "sparse-2:4":
+        sparsify_model(source, output, verify=False, **_run_keywords(context))
     elif step.kind in ("w4-nbits", "w8-nbits"):
         _weight_only(source, output, context, 4 if step.kind == "w4-nbits" else 8)
     else:
