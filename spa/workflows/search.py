@@ -279,9 +279,11 @@ def _measure_one(
     except UserError as error:
         result.reason = f"could not be built: {error}"
     except Exception as error:  # one broken candidate must not end the search
-        logger.warning("candidate %s failed", candidate.name, exc_info=True)
         first = str(error).splitlines()[0] if str(error) else ""
         result.reason = f"failed: {type(error).__name__}: {first}"
+        # the table says why; the traceback is for -vv (a bug report)
+        logger.warning("candidate %s %s (traceback with -vv)", candidate.name, result.reason)
+        logger.debug("candidate %s failed", candidate.name, exc_info=True)
     result.seconds = time.perf_counter() - start
     if cache is not None and result.path is not None and result.speedup is not None:
         cache.store(result.steps, {name: getattr(result, name) for name in _STORED}, result.path)
