@@ -142,6 +142,46 @@ class _RNN:
         return factory
 
 
+class _LSTMLanguageModel:
+    """Token embedding -> 2-layer LSTM -> vocabulary logits at every position."""
+
+    @staticmethod
+    def factory() -> Any:
+        import torch
+        from torch import nn
+
+        class Model(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = nn.Embedding(VOCAB, 64)
+                self.rnn = nn.LSTM(64, 128, num_layers=2, batch_first=True)
+                self.head = nn.Linear(128, VOCAB)
+
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                out, _ = self.rnn(self.embed(ids))
+                return self.head(out)
+
+        return Model()
+
+
+def _lstm_lm_spec() -> Spec:
+    def build(path: Path) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        model = _LSTMLanguageModel.factory().eval()
+        ids = torch.randint(0, VOCAB, (1, SEQ))
+        torch_export(model, (ids,), path, ["ids"], dynamo=False, opset=17)
+
+    return Spec(
+        name="lstm-lm", build=build, inputs=[Input("ids", (1, SEQ), "int64", 0, VOCAB)],
+        exporter="torchscript", framework="pytorch",
+        provenance="nn.Embedding(1000,64) -> nn.LSTM(64,128,num_layers=2) -> Linear(128,1000) "
+                   f"(logits per token), written in models/torch_text.py, {TORCH}, torchscript "
+                   "exporter, opset 17", tags=["rnn", "lstm", "language-model", "torchscript"],
+    )
+
+
 def _rnn_spec(kind: str) -> Spec:
     text = ("nn.Embedding(1000,64) -> nn.LSTM(64,96,num_layers=2,bidirectional) -> Linear"
             if kind == "lstm" else "nn.Embedding(1000,64) -> nn.GRU(64,96,num_layers=2) -> Linear")
@@ -223,4 +263,10 @@ SPECS: list[Spec] = [
             [_ids(), _mask()], ["t5-encoder", "encoder", "relative-position-bias", "rmsnorm"]),
     _rnn_spec("lstm"),
     _rnn_spec("gru"),
+    _lstm_lm_spec(),
+    hf_spec("hf-mamba", _hf("MambaForCausalLM", "MambaConfig", num_hidden_layers=2,
+            hidden_size=64, state_size=8, expand=2, conv_kernel=4, vocab_size=VOCAB,
+            use_cache=False),
+            "MambaForCausalLM(2 layers, hidden 64, state 8, expand 2, vocab 1000)", [_ids()],
+            ["state-space", "mamba", "decoder"], field="logits", dynamo=True, opset=18),
 ]

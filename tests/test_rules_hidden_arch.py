@@ -1,12 +1,15 @@
 """Architectures the zoo found the analyzer missing (issue 15, "hidden architectures").
 
 Each case is the smallest graph that reproduced the miss, written in ONNX text:
-GroupNorm(1, C) exported as Reshape -> InstanceNormalization -> Reshape.
+GroupNorm(1, C) exported as Reshape -> InstanceNormalization -> Reshape; a
+Resize whose constant ``sizes`` lists the channel count (an attention gate
+pooled and upsampled back before a Mul, a bilinear segmentation head).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
 
@@ -49,4 +52,102 @@ def test_group_norm_with_one_group_freezes_its_channels_with_reason() -> None:
 
 def test_group_norm_with_one_group_passes_mask_equivalence() -> None:
     _, _, error = mask_equivalence(_group_norm(1))
+    assert error <= 1e-5
+
+
+# GhostNet-v2's DFC attention: the gate is pooled, convolved, upsampled to the
+# branch's size by a Resize with constant sizes, then multiplies the branch.
+_GATE = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    p = AveragePool <kernel_shape = [2, 2], strides = [2, 2]> (a)
+    c = Conv (p, wg)
+    s = Sigmoid (c)
+    r = Resize <mode = "MODE"> (s, , , sizes)
+    m = Mul (a, r)
+    y = Conv (m, w2)
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_sizes_listing_channels_are_rewritten(mode: str) -> None:
+    proto = model_from_text(
+        _GATE.replace("MODE", mode),
+        {"w1": (16, 4, 3, 3), "wg": (16, 16, 1, 1), "w2": (4, 16, 1, 1)},
+        constants={"sizes": np.array([1, 16, 8, 8], np.int64)},
+    )
+    analysis, plan, error = mask_equivalence(proto)  # loads the pruned model in ORT
+    group = group_with(analysis, "r", 1)
+    assert not group.frozen and group_with(analysis, "a", 1) is group
+    assert 0 < len(plan.kept[group.id]) < 16
+    assert error <= 1e-5
+
+
+def test_resize_axes_listing_the_channel_axis_is_a_barrier() -> None:
+    text = _GATE.replace("MODE", "nearest").replace(
+        '<mode = "nearest">', '<mode = "nearest", axes = [1, 2, 3]>')
+    proto = model_from_text(
+        text,
+        {"w1": (16, 4, 3, 3), "wg": (16, 16, 1, 1), "w2": (4, 16, 1, 1)},
+        constants={"sizes": np.array([16, 8, 8], np.int64)},
+    )
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "r", 1)
+    assert any("lists axis 1 in its axes attribute" in r for r in group.frozen_reasons)
+    _, _, error = mask_equivalence(proto)
+    assert error <= 1e-5
+
+
+# RAFT samples feature maps at flow-displaced points: channels pass through.
+_GRID_SAMPLE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 4, 8, 8] x, float[1, 6, 6, 2] grid) => (float[1, 4, 6, 6] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    s = GridSample <align_corners = 0> (a, grid)
+    y = Conv (s, w2)
+}
+"""
+
+
+def test_grid_sample_passes_channels_through() -> None:
+    proto = model_from_text(_GRID_SAMPLE, {"w1": (16, 4, 3, 3), "w2": (4, 16, 1, 1)})
+    analysis, plan, error = mask_equivalence(proto)
+    group = group_with(analysis, "s", 1)
+    assert group is group_with(analysis, "a", 1) and not group.frozen
+    assert 0 < len(plan.kept[group.id]) < 16
+    assert error <= 1e-5
+
+
+# Mamba's selective scan starts its state from zeros(batch, channels, state):
+# an Expand of a scalar to a run-time target whose channel entry is a literal.
+_ZERO_STATE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4, 8, 8] x) => (float[N, 4, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    sh = Shape (x)
+    b = Gather <axis = 0> (sh, first)
+    t = Concat <axis = 0> (b, rest)
+    z = Expand (zero, t)
+    s = Add (a, z)
+    y = Conv (s, w2)
+}
+"""
+
+
+def test_expand_of_a_fill_to_a_readable_target_is_sliced_with_its_group() -> None:
+    proto = model_from_text(
+        _ZERO_STATE,
+        {"w1": (16, 4, 3, 3), "w2": (4, 16, 1, 1)},
+        constants={
+            "first": np.array([0], np.int64),
+            "rest": np.array([16, 8, 8], np.int64),
+            "zero": np.array(0.5, np.float32),
+        },
+    )
+    analysis, plan, error = mask_equivalence(proto, dims={"N": 2})
+    group = group_with(analysis, "z", 1)
+    assert group is group_with(analysis, "a", 1) and not group.frozen
+    assert 0 < len(plan.kept[group.id]) < 16
     assert error <= 1e-5

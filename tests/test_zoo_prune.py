@@ -27,7 +27,8 @@ LAYER_NORM = "LayerNormalization normalises over axis"
 RMS_NORM = "ReduceMean does not map axis"  # decomposed RMSNorm / LayerNorm
 
 #: model -> the frozen reason that keeps it under 15% today: normalisation over
-#: the hidden axis is a barrier by design (pruning it is inexact).
+#: the hidden axis is a barrier by design (pruning it is inexact). models/README.md
+#: explains each.
 LIMITED: dict[str, str] = {
     "timm-convnextv2-atto": LAYER_NORM,
     "timm-gmlp-ti16": LAYER_NORM,
@@ -37,6 +38,11 @@ LIMITED: dict[str, str] = {
     "hf-qwen2-gqa": RMS_NORM,
     "hf-mistral-gqa": RMS_NORM,
     "jax-encoder": RMS_NORM,
+    "hf-segformer-tiny": LAYER_NORM,
+    "hf-mamba": RMS_NORM,
+    # the correlation lookup's Reshape folds the sampled windows of every pyramid level
+    # into the motion encoder's channels, which the ConvGRU concatenates with its state
+    "tv-raft-small": "Reshape does not map axis 3",
 }
 
 
