@@ -3,7 +3,9 @@
 Each case is the smallest graph that reproduced the miss, written in ONNX text:
 GroupNorm(1, C) exported as Reshape -> InstanceNormalization -> Reshape; a
 Resize whose constant ``sizes`` lists the channel count (an attention gate
-pooled and upsampled back before a Mul, a bilinear segmentation head).
+pooled and upsampled back before a Mul, a bilinear segmentation head);
+GridSample (RAFT); a state initialised by an Expand of a scalar (Mamba); a
+spatial-gating unit (gMLP). models/README.md gives the zoo model of each.
 """
 
 from __future__ import annotations
@@ -151,3 +153,44 @@ def test_expand_of_a_fill_to_a_readable_target_is_sliced_with_its_group() -> Non
     assert group is group_with(analysis, "a", 1) and not group.frozen
     assert 0 < len(plan.kept[group.id]) < 16
     assert error <= 1e-5
+
+
+# gMLP's spatial-gating unit, fed by the graph input: split the hidden channels in
+# half, mix one half over the tokens, multiply the halves. gMLP normalises the gate
+# half over its channels first; NORM is replaced to build both variants.
+_SPATIAL_GATING = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, 16, 8] x) => (float[1, 16, 8] y) {
+    h = MatMul (x, w1)
+    u, v = Split <axis = -1, num_outputs = 2> (h)
+    NORM
+    t = Transpose <perm = [0, 2, 1]> (n)
+    p = MatMul (t, ws)
+    q = Transpose <perm = [0, 2, 1]> (p)
+    m = Mul (u, q)
+    y = MatMul (m, w2)
+}
+"""
+
+
+def _spatial_gating(norm: bool):
+    line = "n = LayerNormalization <axis = -1> (v, lnw, lnb)" if norm else "n = Identity (v)"
+    weights = {"w1": (8, 32), "ws": (16, 16), "w2": (16, 8)}
+    if norm:
+        weights.update({"lnw": (16,), "lnb": (16,)})
+    return model_from_text(_SPATIAL_GATING.replace("NORM", line), weights)
+
+
+def test_spatial_gating_halves_are_pruned_in_pairs() -> None:
+    analysis, plan, error = mask_equivalence(_spatial_gating(norm=False))
+    group = group_with(analysis, "h", 2)
+    assert group is group_with(analysis, "u", 2) is group_with(analysis, "q", 2)
+    assert not group.frozen and 0 < len(plan.kept[group.id]) < 32
+    assert error <= 1e-5
+
+
+def test_spatial_gating_with_a_normalised_gate_is_frozen_with_reason() -> None:
+    _, analysis = analysis_of(_spatial_gating(norm=True))
+    group = group_with(analysis, "h", 2)
+    assert any(r.startswith("LayerNormalization") and "normalises over axis 2" in r
+               for r in group.frozen_reasons), group.frozen_reasons
