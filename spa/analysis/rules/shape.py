@@ -19,7 +19,7 @@ from spa.analysis.rules.registry import (
     register_rule,
     unknown_shapes,
 )
-from spa.analysis.shape_exprs import evaluate_target
+from spa.analysis.shape_exprs import CopiedDim, evaluate_target
 
 __all__: list[str] = []
 
@@ -311,23 +311,39 @@ def _split(node: ir.Node, context: RuleContext) -> Result:
 
 @register_rule("Expand")
 def _expand(node: ir.Node, context: RuleContext) -> Result:
+    """Broadcast couplings from the input; broadcast axes with a literal target.
+
+    An output axis that broadcasts a size-1 (or missing) input axis to a literal
+    entry of the target is a uniform fill: any slice of it is the same fill once
+    that entry is rewritten, which pruning does for constant and readable
+    run-time targets alike (a recurrence's state initialised by
+    ``zeros(batch, channels, state)``). Such an axis follows its consumers'
+    group; an axis whose entry is copied from another value's shape does not.
+    """
     x, shape_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
     assert x is not None and shape_value is not None
-    # An output axis that broadcasts a size-1 (or missing) input axis is a uniform
-    # fill: any slice of it is the same fill once the target's entry is rewritten,
-    # which pruning does for constant and readable run-time targets alike (a state
-    # initialised by zeros(batch, channels, state) in a recurrence), so ``y`` is
-    # unconstrained beyond the input axes it is coupled with.
-    out: Result = [Unconstrained((name(shape_value), name(y)))]
-    if context.constant(shape_value) is not None:
-        return [*out, *broadcast_couplings([x], y, context)]
-    # A run-time target spa can read: its literals are rewritten when sliced.
-    entries = evaluate_target(shape_value, context)
+    out: Result = [Unconstrained((name(shape_value),))]
     in_shape, out_shape = context.shape(x), context.shape(y)
-    if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
-        reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
-        return [Unconstrained((name(shape_value),)), Barrier(reason, values=(name(x), name(y)))]
-    return [*out, *broadcast_couplings([x], y, context)]
+    constant = context.constant(shape_value)
+    if constant is not None:
+        entries: list[int | CopiedDim] | None = [int(v) for v in constant.tolist()]
+    else:
+        # A run-time target spa can read: its literals are rewritten when sliced.
+        entries = evaluate_target(shape_value, context)
+        if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
+            reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
+            return [*out, Barrier(reason, values=(name(x), name(y)))]
+    out += broadcast_couplings([x], y, context)
+    if out_shape is not None and entries is not None:
+        mentioned = {c.target for c in out if isinstance(c, Coupling)}
+        offset = len(out_shape) - len(entries)
+        fills = tuple(
+            (name(y), axis)
+            for axis in range(offset, len(out_shape))
+            if (name(y), axis) not in mentioned and isinstance(entries[axis - offset], int)
+        )  # an entry copied from another value's shape stays unmapped, hence frozen
+        out.append(Unconstrained((), fills))
+    return out
 
 
 @register_rule("Tile")
