@@ -194,3 +194,18 @@ def test_spatial_gating_with_a_normalised_gate_is_frozen_with_reason() -> None:
     group = group_with(analysis, "h", 2)
     assert any(r.startswith("LayerNormalization") and "normalises over axis 2" in r
                for r in group.frozen_reasons), group.frozen_reasons
+
+
+def test_expand_entry_copied_from_another_shape_stays_frozen() -> None:
+    # The fill's channel count is read from the input x (4 channels, a graph input),
+    # so slicing the fill with a's group would not change the target: frozen.
+    text = _ZERO_STATE.replace("(float[N, 4, 8, 8] x)", "(float[N, 16, 8, 8] x)").replace(
+        "t = Concat <axis = 0> (b, rest)", "t = Identity (sh)")
+    proto = model_from_text(text, {"w1": (16, 16, 3, 3), "w2": (4, 16, 1, 1)},
+                            constants={"first": np.array([0], np.int64),
+                                       "rest": np.array([16, 8, 8], np.int64),
+                                       "zero": np.array(0.5, np.float32)})
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "z", 1)
+    assert group is group_with(analysis, "a", 1) and group.frozen
+    assert any("Expand" in r and "axis 1" in r for r in group.frozen_reasons), group.frozen_reasons
