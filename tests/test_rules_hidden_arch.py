@@ -209,3 +209,29 @@ def test_expand_entry_copied_from_another_shape_stays_frozen() -> None:
     group = group_with(analysis, "z", 1)
     assert group is group_with(analysis, "a", 1) and group.frozen
     assert any("Expand" in r and "axis 1" in r for r in group.frozen_reasons), group.frozen_reasons
+
+
+# Mamba's in_proj: one projection split into a branch and its gate, multiplied
+# channel by channel. Root channel i and i + 16 reach the same channel of m.
+_GATED_PROJECTION = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, 16, 8] x) => (float[1, 16, 8] y) {
+    h = MatMul (x, w1)
+    u, v = Split <axis = -1, num_outputs = 2> (h)
+    s = Sigmoid (v)
+    m = Mul (u, s)
+    y = MatMul (m, w2)
+}
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_removes_both_halves_of_a_gated_channel_together(seed: int) -> None:
+    proto = model_from_text(_GATED_PROJECTION, {"w1": (8, 32), "w2": (16, 8)}, seed=seed)
+    analysis, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed)
+    group = group_with(analysis, "h", 2)
+    assert group is group_with(analysis, "m", 2) and group.size == 32
+    kept = set(plan.kept[group.id])
+    assert len(kept) == 16
+    assert all((i in kept) == (i + 16 in kept) for i in range(16))  # 8 of m's 16 channels go
+    assert error <= 1e-5
