@@ -40,8 +40,9 @@ LIMITED: dict[str, str] = {
     "jax-encoder": RMS_NORM,
     "hf-segformer-tiny": LAYER_NORM,
     "hf-mamba": RMS_NORM,
-    # the correlation lookup's Reshape folds the sampled windows of every pyramid level
-    # into the motion encoder's channels, which the ConvGRU concatenates with its state
+    # the ConvGRU concatenates its state and context with the flow field's 2 channels,
+    # which are the graph output and, reshaped, GridSample's coordinates: a group
+    # with one frozen member freezes whole
     "tv-raft-small": "Reshape does not map axis 3",
 }
 
