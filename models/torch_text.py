@@ -262,6 +262,46 @@ class _RNN:
         return factory
 
 
+class _LSTMLanguageModel:
+    """Token embedding -> 2-layer LSTM -> vocabulary logits at every position."""
+
+    @staticmethod
+    def factory() -> Any:
+        import torch
+        from torch import nn
+
+        class Model(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = nn.Embedding(VOCAB, 64)
+                self.rnn = nn.LSTM(64, 128, num_layers=2, batch_first=True)
+                self.head = nn.Linear(128, VOCAB)
+
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                out, _ = self.rnn(self.embed(ids))
+                return self.head(out)
+
+        return Model()
+
+
+def _lstm_lm_spec() -> Spec:
+    def build(path: Path) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        model = _LSTMLanguageModel.factory().eval()
+        ids = torch.randint(0, VOCAB, (1, SEQ))
+        torch_export(model, (ids,), path, ["ids"], dynamo=False, opset=17)
+
+    return Spec(
+        name="lstm-lm", build=build, inputs=[Input("ids", (1, SEQ), "int64", 0, VOCAB)],
+        exporter="torchscript", framework="pytorch",
+        provenance="nn.Embedding(1000,64) -> nn.LSTM(64,128,num_layers=2) -> Linear(128,1000) "
+                   f"(logits per token), written in models/torch_text.py, {TORCH}, torchscript "
+                   "exporter, opset 17", tags=["rnn", "lstm", "language-model", "torchscript"],
+    )
+
+
 def _rnn_spec(kind: str) -> Spec:
     text = ("nn.Embedding(1000,64) -> nn.LSTM(64,96,num_layers=2,bidirectional) -> Linear"
             if kind == "lstm" else "nn.Embedding(1000,64) -> nn.GRU(64,96,num_layers=2) -> Linear")
@@ -378,4 +418,10 @@ SPECS: list[Spec] = [
                     "onnxruntime.transformers.optimizer.optimize_model(model_type='gpt2', "
                     "num_heads=4, hidden_size=128, opt_level=1)",
          tags=["transformer", "gpt2", "decoder", "contrib-ops", "torchscript"]),
+    _lstm_lm_spec(),
+    hf_spec("hf-mamba", _hf("MambaForCausalLM", "MambaConfig", num_hidden_layers=2,
+            hidden_size=64, state_size=8, expand=2, conv_kernel=4, vocab_size=VOCAB,
+            use_cache=False),
+            "MambaForCausalLM(2 layers, hidden 64, state 8, expand 2, vocab 1000)", [_ids()],
+            ["state-space", "mamba", "decoder"], field="logits", dynamo=True, opset=18),
 ]

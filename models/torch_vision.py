@@ -196,6 +196,50 @@ def _resnext_small() -> Callable[[], Any]:
     return factory
 
 
+def _segformer() -> Callable[[], Any]:
+    """SegFormer (MiT encoder, all-MLP decoder) at a reduced width: logits only."""
+
+    def factory() -> Any:
+        import torch
+        import transformers
+
+        config = transformers.SegformerConfig(
+            num_encoder_blocks=4, depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128],
+            num_attention_heads=[1, 2, 2, 4], decoder_hidden_size=64, num_labels=4)
+
+        class Logits(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = transformers.SegformerForSemanticSegmentation(config)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner(pixel_values=x).logits
+
+        return Logits()
+
+    return factory
+
+
+def _raft() -> Callable[[], Any]:
+    """torchvision RAFT-small with two flow updates; the last flow field is the output."""
+
+    def factory() -> Any:
+        import torch
+        import torchvision
+
+        class Flow(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = torchvision.models.optical_flow.raft_small(weights=None)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner(x[:, :3], x[:, 3:], num_flow_updates=2)[-1]
+
+        return Flow()
+
+    return factory
+
+
 def _swin() -> Callable[[], Any]:
     # Swin-T layout (patch 4, depths 2-2-6-2, heads 3-6-12-24) at 64x64 with window 4 and
     # half width, so every stage's resolution (16, 8, 4, 2) is a whole number of windows.
@@ -301,6 +345,19 @@ SPECS: list[Spec] = [
                ["vit", "attention", "cross-covariance"]),
     image_spec("timm-lcnet-050", _timm("lcnet_050"), "timm.create_model('lcnet_050')",
                ["cnn", "depthwise", "se", "hardswish"], opset=17),
+    image_spec("timm-ghostnetv2-100", _timm("ghostnetv2_100", num_classes=100),
+               "timm.create_model('ghostnetv2_100', num_classes=100)",
+               ["cnn", "depthwise", "concat", "se", "attention-gating"], dynamo=False, opset=17),
+    image_spec("hf-segformer-tiny", _segformer(),
+               "transformers SegformerForSemanticSegmentation(depths 1-1-1-1, hidden 16-32-64-128, "
+               "decoder 64, 4 labels), output logits", ["segmentation", "attention", "resize"]),
+    image_spec("timm-poolformer-s12", _timm("poolformer_s12", num_classes=100),
+               "timm.create_model('poolformer_s12', num_classes=100)",
+               ["metaformer", "groupnorm", "pooling"]),
+    image_spec("tv-raft-small", _raft(),
+               "torchvision.models.optical_flow.raft_small(weights=None), num_flow_updates=2, "
+               "the two frames stacked on the channel axis", ["optical-flow", "correlation",
+               "grid-sample", "gru"], shape=(1, 6, 128, 128), dynamo=False, opset=17),
     image_spec("timm-repvgg-a0", _timm("repvgg_a0"), "timm.create_model('repvgg_a0')",
                ["cnn", "residual", "multi-branch"]),
 ]

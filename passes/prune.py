@@ -127,13 +127,18 @@ def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarra
     node.replace_input_with(index, copy)
 
 
-#: op -> index of its target-shape input
-_TARGET_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0}
+#: op -> index of its target-shape input (Resize's ``sizes`` holds every axis,
+#: the channel axis too, unless its ``axes`` attribute names a subset)
+_TARGET_INPUT = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0, "Resize": 3}
 
 
 def _target_input(node: ir.Node) -> int | None:
     index = _TARGET_INPUT.get(node.op_type) if node.domain == "" else None
-    return index if index is not None and len(node.inputs) > index else None
+    if node.op_type == "Resize" and "axes" in node.attributes:
+        return None  # sizes of the named axes only; the analyzer freezes a listed N or C
+    if index is None or len(node.inputs) <= index or node.inputs[index] is None:
+        return None
+    return index
 
 
 def _fix_shape_targets(model: ir.Model, resized: Resized) -> int:

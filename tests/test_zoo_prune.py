@@ -27,7 +27,8 @@ LAYER_NORM = "LayerNormalization normalises over axis"
 RMS_NORM = "ReduceMean does not map axis"  # decomposed RMSNorm / LayerNorm
 
 #: model -> the frozen reason that keeps it under 15% today: normalisation over
-#: the hidden axis is a barrier by design (pruning it is inexact).
+#: the hidden axis is a barrier by design (pruning it is inexact). models/README.md
+#: explains each.
 LIMITED: dict[str, str] = {
     "timm-convnextv2-atto": LAYER_NORM,
     "timm-gmlp-ti16": LAYER_NORM,
@@ -40,6 +41,12 @@ LIMITED: dict[str, str] = {
     "hf-qwen2-kv": RMS_NORM,
     "hf-mistral-kv-ts": RMS_NORM,
     "jax-encoder": RMS_NORM,
+    "hf-segformer-tiny": LAYER_NORM,
+    "hf-mamba": RMS_NORM,
+    # the ConvGRU concatenates its state and context with the flow field's 2 channels,
+    # which are the graph output and, reshaped, GridSample's coordinates: a group
+    # with one frozen member freezes whole
+    "tv-raft-small": "Reshape does not map axis 3",
 }
 
 

@@ -183,6 +183,7 @@ class _Collector:
                     self.freeze_value(value_name, item.reason)
             elif isinstance(item, Unconstrained):
                 unconstrained.update(item.values)
+                mentioned.update(item.spaces)
         for value in values:
             if name(value) in unconstrained:
                 continue

@@ -124,6 +124,43 @@ def _keep_every_member_alive(group: Group, chosen: set[int], scores: np.ndarray)
     return chosen
 
 
+def _tie_shared_channels(group: Group, scores: np.ndarray) -> np.ndarray:
+    """Give root channels that reach one channel of a member their mean score.
+
+    A member smaller than its root (the two halves of a gated projection that
+    meet in one channel by a Mul) loses a channel only when every root channel
+    reaching it goes; ranked on their own, the halves would be split and the
+    plan would remove far fewer channels than it counts.
+    """
+    parent = np.arange(group.size)
+
+    def find(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = int(parent[index])
+        return index
+
+    tied = False
+    for member in group.members:
+        rows = Lookup.of(member.index_map).rows
+        valid = rows >= 0
+        targets = rows[valid]
+        if np.unique(targets).size == targets.size:
+            continue  # one root channel per member channel
+        tied = True
+        first: dict[int, int] = {}
+        for root, target in zip(np.nonzero(valid)[0].tolist(), targets.tolist(), strict=True):
+            other = first.setdefault(target, root)
+            if other != root:
+                parent[find(root)] = find(other)
+    if not tied:
+        return scores
+    classes = np.array([find(i) for i in range(group.size)])
+    sums = np.bincount(classes, weights=scores, minlength=group.size)
+    counts = np.bincount(classes, minlength=group.size)
+    return sums[classes] / counts[classes]
+
+
 def _excluded(group: Group, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(p.search(m.space[0]) for p in patterns for m in group.members)
 
@@ -200,8 +237,9 @@ def make_plan(
     rng = np.random.default_rng(seed)
     groups = [g for g in analysis.prunable_groups() if not _excluded(g, patterns)]
     scores = {
-        group.id: score_group(
-            model, group, criterion, rng, reduction=reduction, statistics=statistics
+        group.id: _tie_shared_channels(
+            group,
+            score_group(model, group, criterion, rng, reduction=reduction, statistics=statistics),
         )
         for group in groups
     }

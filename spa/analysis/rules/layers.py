@@ -148,6 +148,12 @@ def _matmul(node: ir.Node, context: RuleContext) -> Result:
 
 @register_rule("BatchNormalization", "InstanceNormalization")
 def _channel_norm(node: ir.Node, context: RuleContext) -> Result:
+    """Per-channel normalisation: axis 1 carries the scale and bias.
+
+    BatchNormalization (inference) is elementwise per channel, so every axis
+    passes through. InstanceNormalization reduces over axes 2..: those axes
+    are barriers, as LayerNormalization's reduced axes are.
+    """
     x, y = node.inputs[0], node.outputs[0]
     assert x is not None
     shape = context.shape(x)
@@ -162,6 +168,12 @@ def _channel_norm(node: ir.Node, context: RuleContext) -> Result:
         ]
     out: Result = []
     for axis, dim in enumerate(shape):
+        if node.op_type == "InstanceNormalization" and axis >= 2:
+            # Its statistics mix every element of axes 2.. (GroupNorm(1, C) exported as
+            # Reshape -> InstanceNormalization -> Reshape folds the channels into axis 2).
+            reason = f"InstanceNormalization '{node.name}' normalises over axis {axis} (inexact)"
+            out.append(Barrier(reason, ((name(x), axis), (name(y), axis))))
+            continue
         out += _identity((name(x), axis), (name(y), axis), dim)
     for parameter in node.inputs[1:]:
         if parameter is not None:

@@ -71,9 +71,11 @@ def unknown_shapes(node: ir.Node, *values: ir.Value | None) -> Barrier:
 
 @dataclasses.dataclass(frozen=True)
 class Unconstrained:
-    """The node reads ``values`` without caring about their channel counts (Shape)."""
+    """The node reads ``values`` without caring about their channel counts (Shape),
+    and leaves ``spaces`` free: they take whatever size their other users give them."""
 
     values: tuple[str, ...]
+    spaces: tuple[Space, ...] = ()
 
 
 class RuleContext:

@@ -19,7 +19,7 @@ from spa.analysis.rules.registry import (
     register_rule,
     unknown_shapes,
 )
-from spa.analysis.shape_exprs import evaluate_target
+from spa.analysis.shape_exprs import CopiedDim, evaluate_target
 
 __all__: list[str] = []
 
@@ -186,9 +186,44 @@ def _resize(node: ir.Node, context: RuleContext) -> Result:
     if in_shape is None or out_shape is None:
         return [unknown_shapes(node, x, y)]
     out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
+    # Pruning rewrites a channel entry of ``sizes`` only when it lists every axis.
+    listed = context.attribute(node, "axes")
     for a, (dim_in, dim_out) in enumerate(zip(in_shape, out_shape, strict=True)):
-        if dim_in is not None and dim_in == dim_out and a < 2:
-            out.append(Coupling((name(x), a), (name(y), a), Identity(dim_in)))
+        if a >= 2 or dim_in is None or dim_in != dim_out:
+            continue
+        if listed is not None and a in [int(i) % len(in_shape) for i in listed]:
+            reason = f"Resize '{node.name}' lists axis {a} in its axes attribute"
+            out.append(Barrier(reason, ((name(x), a), (name(y), a))))
+            continue
+        out.append(Coupling((name(x), a), (name(y), a), Identity(dim_in)))
+    return out
+
+
+@register_rule("GridSample", opsets=(16, 10_000))
+def _grid_sample(node: ir.Node, context: RuleContext) -> Result:
+    """Batch and channels pass through; the output's spatial axes are the grid's.
+
+    Every channel is sampled at the same grid points, so axis 1 maps one to one.
+    The input's spatial axes are read through normalised coordinates (slicing
+    one would move every sample) and the grid's last axis holds coordinates:
+    both are barriers.
+    """
+    x, grid, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert x is not None and grid is not None
+    x_shape, grid_shape = context.shape(x), context.shape(grid)
+    if x_shape is None or grid_shape is None:
+        return [unknown_shapes(node, x, grid, y)]
+    out: Result = []
+    for a, dim in enumerate(x_shape[:2]):
+        if dim is not None:
+            out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
+    for a, dim in enumerate(grid_shape[:-1]):
+        if dim is not None:  # grid (N, H_out, W_out, 2): y's axes 0, 2, 3
+            out.append(Coupling((name(grid), a), (name(y), a + 1 if a else 0), Identity(dim)))
+    reason = f"GridSample '{node.name}' samples these axes at computed coordinates"
+    spaces = [(name(x), a) for a in range(2, len(x_shape))]
+    spaces.append((name(grid), len(grid_shape) - 1))
+    out.append(Barrier(reason, tuple(spaces)))
     return out
 
 
@@ -276,18 +311,39 @@ def _split(node: ir.Node, context: RuleContext) -> Result:
 
 @register_rule("Expand")
 def _expand(node: ir.Node, context: RuleContext) -> Result:
+    """Broadcast couplings from the input; broadcast axes with a literal target.
+
+    An output axis that broadcasts a size-1 (or missing) input axis to a literal
+    entry of the target is a uniform fill: any slice of it is the same fill once
+    that entry is rewritten, which pruning does for constant and readable
+    run-time targets alike (a recurrence's state initialised by
+    ``zeros(batch, channels, state)``). Such an axis follows its consumers'
+    group; an axis whose entry is copied from another value's shape does not.
+    """
     x, shape_value, y = node.inputs[0], node.inputs[1], node.outputs[0]
     assert x is not None and shape_value is not None
     out: Result = [Unconstrained((name(shape_value),))]
-    if context.constant(shape_value) is not None:
-        return [*out, *broadcast_couplings([x], y, context)]
-    # A run-time target spa can read: its literals are rewritten when sliced.
-    entries = evaluate_target(shape_value, context)
     in_shape, out_shape = context.shape(x), context.shape(y)
-    if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
-        reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
-        return [*out, Barrier(reason, values=(name(x), name(y)))]
-    return [*out, *broadcast_couplings([x], y, context)]
+    constant = context.constant(shape_value)
+    if constant is not None:
+        entries: list[int | CopiedDim] | None = [int(v) for v in constant.tolist()]
+    else:
+        # A run-time target spa can read: its literals are rewritten when sliced.
+        entries = evaluate_target(shape_value, context)
+        if entries is None or in_shape is None or out_shape is None or len(entries) != len(out_shape):
+            reason = f"Expand '{node.name}' has a computed target shape spa cannot read"
+            return [*out, Barrier(reason, values=(name(x), name(y)))]
+    out += broadcast_couplings([x], y, context)
+    if out_shape is not None and entries is not None:
+        mentioned = {c.target for c in out if isinstance(c, Coupling)}
+        offset = len(out_shape) - len(entries)
+        fills = tuple(
+            (name(y), axis)
+            for axis in range(offset, len(out_shape))
+            if (name(y), axis) not in mentioned and isinstance(entries[axis - offset], int)
+        )  # an entry copied from another value's shape stays unmapped, hence frozen
+        out.append(Unconstrained((), fills))
+    return out
 
 
 @register_rule("Tile")
