@@ -67,7 +67,7 @@ from spa.calibration import (
 )
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.passes.qdq_ort import ORT_OPS, OrtForm, data_inputs
+from spa.passes.qdq_ort import ORT_OPS, OrtForm, data_inputs, light_conv
 from spa.quant.ir_format import add_initializer, default_opset, op_key, remove_initializer_if_unused
 from spa.quant.static import KINDS, RANDOM_CALIBRATION, activation_scale, quantize_weight
 
@@ -432,6 +432,8 @@ class _Placement:
             kind = op_key(node)
             if kind in QUANTIZED_OPS:
                 self.record(node, "skipped", f"already quantized ({node.op_type})")
+            elif kind in WEIGHTED and (light := light_conv(node)):
+                self.record(node, "float", light)
             elif kind in WEIGHTED:
                 self.weighted(node)
                 if self.plans and self.plans[-1].node is node:
@@ -578,9 +580,9 @@ class QuantizeStaticPass(SpaPass):
     Options: ``activations`` (int8|fp8), ``weights`` (None = same type),
     ``calib_method`` (minmax|percentile|entropy), ``percentile``,
     ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``, ``target``
-    (``tensorrt``: INT8 activations with zero point 0; ``ort``: the same values
-    stored as UINT8 with zero point 128, the activation type ONNX Runtime's CPU
-    kernels use, see :data:`STATIC_TARGETS`). See the module docstring for
+    (``tensorrt``: INT8 activations with zero point 0 on layer inputs; ``ort``:
+    with INT8, the full form ONNX Runtime's CPU fuses, :mod:`spa.passes.qdq_ort`;
+    with FP8, the TensorRT placement). See the module docstring for
     placement; ranges come from the pipeline's calibration.
     """
 
@@ -635,13 +637,25 @@ class QuantizeStaticPass(SpaPass):
         """INT8 for ORT: the full QDQ form ORT CPU fuses (spa.passes.qdq_ort)."""
         return self.target == "ort" and self.activations == "int8"
 
-    def _activation_parameters(self, amax: float, nonnegative: bool) -> tuple[float, ir.Tensor]:
-        """Scale and zero point of one activation pair: ORT form UINT8 with zero point 0
-        for a tensor that cannot be negative, else as :func:`_zero_point`."""
-        if self.ort_form and nonnegative:
-            scale = float(amax) / 255.0 if amax > 0 and np.isfinite(amax) else 1.0
-            return scale, ir.Tensor(np.zeros((), dtype=np.uint8))
-        return activation_scale(amax, self.activations), _zero_point(self.activations, self.target)
+    def _activation_parameters(
+        self, ranges: RangeStatistics, name: str, nonnegative: bool
+    ) -> tuple[float, ir.Tensor]:
+        """Scale and zero point of one activation pair. ORT form: UINT8 over the
+        calibrated range ``[max(low, -amax), min(high, amax)]`` widened to hold 0
+        (asymmetric: a HardSwish output in [-0.4, 6] gets twice the resolution of
+        a symmetric range), ``[0, amax]`` with zero point 0 for a tensor that
+        cannot be negative; TensorRT form: symmetric, as :func:`_zero_point`."""
+        amax = ranges.amax[name]
+        if not self.ort_form:
+            return activation_scale(amax, self.activations), _zero_point(self.activations, self.target)
+        low = 0.0 if nonnegative else max(ranges.low.get(name, -amax), -amax)
+        high = min(ranges.high.get(name, amax), amax)
+        low, high = min(low, 0.0), max(high, 0.0)
+        if not high - low > 0 or not np.isfinite(high - low):
+            return 1.0, ir.Tensor(np.zeros((), dtype=np.uint8))
+        scale = (high - low) / 255.0
+        zero = int(np.clip(np.rint(-low / scale), 0, 255))
+        return scale, ir.Tensor(np.full((), zero, dtype=np.uint8))
 
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
         """The ranges of every value that gets a Q/DQ pair of its own."""
@@ -780,8 +794,8 @@ class QuantizeStaticPass(SpaPass):
             assert ranges is not None
             source = _range_source(placement, value)
             scale, zero = self._activation_parameters(
-                ranges.amax[source.name or ""], placement.ort is not None
-                and placement.ort.is_nonnegative(source)
+                ranges, source.name or "",
+                placement.ort is not None and placement.ort.is_nonnegative(source),
             )  # fmt: skip
             scales[key] = scale
             self._insert_pair(graph, value, consumers, scale, dtype, zero)

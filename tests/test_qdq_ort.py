@@ -19,7 +19,7 @@ from spa.workflows.quantize_static import quantize_static_model
 
 CNN = """
 <ir_version: 8, opset_import: ["" : 17]>
-cnn (float[1, 3, 16, 16] x) => (float[1, 10] logits) {
+cnn (float[1, 4, 16, 16] x) => (float[1, 10] logits) {
     c1 = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
     r1 = Relu(c1)
     p1 = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (r1)
@@ -42,7 +42,7 @@ def _cnn() -> onnx.ModelProto:
 
     model = onnx.parser.parse_model(CNN)
     weights = {
-        "W1": normal(16, 3, 3, 3, scale=0.3), "B1": normal(16, scale=0.1),
+        "W1": normal(16, 4, 3, 3, scale=0.3), "B1": normal(16, scale=0.1),
         "W2": normal(16, 16, 3, 3, scale=0.1), "B2": normal(16, scale=0.1),
         "W3": normal(16, 16, 3, 3, scale=0.1), "B3": normal(16, scale=0.1),
         "W4": normal(10, 16, scale=0.5), "B4": normal(10, scale=0.1),
@@ -55,7 +55,7 @@ def _cnn() -> onnx.ModelProto:
 
 def _feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    return [{"x": rng.uniform(0.0, 1.0, (1, 3, 16, 16)).astype(np.float32)} for _ in range(count)]
+    return [{"x": rng.uniform(-0.5, 1.5, (1, 4, 16, 16)).astype(np.float32)} for _ in range(count)]
 
 
 def _session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
@@ -122,8 +122,9 @@ def test_relu_outputs_use_zero_point_zero_and_data_movement_shares_parameters(
     for name in ("r1", "r2"):  # after a Relu: UINT8 with zero point 0, scale amax / 255
         zero = inits[pairs[name].input[2]]
         assert zero.dtype == np.uint8 and int(zero) == 0
-    assert int(inits[pairs["x"].input[2]]) == 128  # a tensor that may be negative
-    assert int(inits[pairs["c2"].input[2]]) == 128
+    # x is calibrated in [-0.5, 1.5]: an asymmetric range, zero point 255 * 0.5 / 2
+    x_zero, x_scale = int(inits[pairs["x"].input[2]]), float(inits[pairs["x"].input[1]])
+    assert abs(x_zero - 64) <= 2 and 1.9 / 255 < x_scale < 2.0 / 255
     # MaxPool's output pair repeats its input's parameters, so ORT drops the pair
     maxpool_in = producers[next(n for n in model.graph.node if n.op_type == "MaxPool").input[0]]
     assert float(inits[pairs["p1"].input[1]]) == float(inits[maxpool_in.input[1]])
@@ -164,3 +165,56 @@ def test_tensorrt_target_keeps_inputs_only(tmp_path: Path) -> None:
     assert all(node.input[2] not in producers for node in convs)
     quantized = {node.input[0] for node in model.graph.node if node.op_type == "QuantizeLinear"}
     assert quantized == {"x", "p1", "c3", "f"}
+
+
+DEPTHWISE = """
+<ir_version: 8, opset_import: ["" : 17]>
+dw (float[1, 8, 12, 12] x) => (float[1, 16, 12, 12] y) {
+    d = Conv <group = 8, pads = [1, 1, 1, 1]> (x, Wd, Bd)
+    h = HardSwish(d)
+    y = Conv (h, Wp, Bp)
+}
+"""
+
+
+def test_light_convs_stay_float_with_a_reason(tmp_path: Path) -> None:
+    """A depthwise Conv (9 multiply-adds per output) stays float; the pointwise Conv
+    after it (8 per output here too) as well, and the command says why."""
+    rng = np.random.default_rng(4)
+    model = onnx.parser.parse_model(DEPTHWISE)
+    weights = {
+        "Wd": rng.standard_normal((8, 1, 3, 3)), "Bd": rng.standard_normal(8),
+        "Wp": rng.standard_normal((16, 8, 1, 1)), "Bp": rng.standard_normal(16),
+    }  # fmt: skip
+    for name, array in weights.items():
+        model.graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
+    source = tmp_path / "dw.onnx"
+    onnx.save(model, str(source))
+    feeds = [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32)} for _ in range(4)]
+    result = quantize_static_model(source, tmp_path / "q.onnx", calib=feeds, verify=False)
+    reasons = [d["reason"] for d in result.decisions if d["op_type"] == "Conv"]
+    assert [d["action"] for d in result.decisions if d["op_type"] == "Conv"] == ["float", "float"]
+    assert "depthwise/grouped Conv with 9 multiply-adds" in reasons[0]
+    assert reasons[1].startswith("Conv with 8 multiply-adds per output element (< 32)")
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert not {"QuantizeLinear", "DequantizeLinear"} & ops
+
+
+def test_a_heavy_conv_after_a_depthwise_one_is_quantized(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    model = onnx.parser.parse_model(DEPTHWISE)
+    weights = {
+        "Wd": rng.standard_normal((8, 1, 3, 3)), "Bd": rng.standard_normal(8),
+        "Wp": rng.standard_normal((16, 8, 3, 3)) * 0.2, "Bp": rng.standard_normal(16),
+    }  # fmt: skip
+    model.graph.node[2].attribute.append(onnx.helper.make_attribute("pads", [1, 1, 1, 1]))
+    for name, array in weights.items():
+        model.graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
+    source = tmp_path / "dw.onnx"
+    onnx.save(model, str(source))
+    feeds = [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32)} for _ in range(4)]
+    result = quantize_static_model(source, tmp_path / "q.onnx", calib=feeds)
+    convs = [d for d in result.decisions if d["op_type"] == "Conv"]
+    assert [d["action"] for d in convs] == ["float", "quantized"]
+    assert "9 multiply-adds per output element" in convs[0]["reason"]
+    assert result.cosine is not None and result.cosine >= 0.99

@@ -652,7 +652,7 @@ def test_fp8_output_is_stored_as_float8(tmp_path: Path, residual_path: Path) -> 
 
 CONV_BN = """
 <ir_version: 8, opset_import: ["" : 17]>
-convbn (float[1, 3, 12, 12] x) => (float[1, 8, 12, 12] y) {
+convbn (float[1, 4, 12, 12] x) => (float[1, 8, 12, 12] y) {
     c = Conv <pads = [1, 1, 1, 1]> (x, W, B)
     n = BatchNormalization (c, gamma, beta, mean, var)
     y = Relu(n)
@@ -667,7 +667,7 @@ def test_batchnorm_is_folded_before_static_quantization(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(5)
     proto = _model(CONV_BN, {
-        "W": _normal(rng, 8, 3, 3, 3), "B": _normal(rng, 8),
+        "W": _normal(rng, 8, 4, 3, 3), "B": _normal(rng, 8),
         "gamma": rng.uniform(0.5, 2.0, 8).astype(np.float32), "beta": _normal(rng, 8),
         "mean": _normal(rng, 8), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
     })  # fmt: skip
