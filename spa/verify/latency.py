@@ -9,7 +9,12 @@ models of a round alike (on two cores shared by six jobs, the median of
 per-round ratios of one pair of models ranged 0.98x-1.22x between two
 measurements), so each model's latency is the *lower quartile* of its runs and
 the ratio is taken between those: the typical uncontended run, without
-betting on a single lucky one as a minimum would. The median of the
+betting on a single lucky one as a minimum would. At one thread (the default)
+a run is timed by the calling thread's CPU time (``time.thread_time``: ORT
+runs a one-thread session on the caller), which leaves out the time the
+process waits for a core: on the shared machine at load 20-40, one candidate
+pair measured 1.60x and, minutes later, 1.15x by wall-clock time. With more
+threads, wall-clock time. The median of the
 per-round ratios is kept as ``median_ratio`` for comparison. Each model is
 warmed up for a few runs first (ORT allocates its arena and packs weights on
 the first runs).
@@ -24,7 +29,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +72,10 @@ class LatencyComparison:
         )
 
 
-def _timed(session: Any, feeds: Mapping[str, np.ndarray]) -> float:
-    start = time.perf_counter()
+def _timed(session: Any, feeds: Mapping[str, np.ndarray], clock: Callable[[], float]) -> float:
+    start = clock()
     session.run(None, dict(feeds))
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def compare_latency(
@@ -98,6 +103,9 @@ def compare_latency(
     for session in sessions:
         for index in range(max(_WARMUP_RUNS, min(len(feeds), 2))):
             session.run(None, dict(feeds[index % len(feeds)]))
+    # one intra-op thread: ORT runs on the calling thread, whose CPU time leaves out
+    # the time other processes hold the core; with a pool, wall-clock time
+    clock = time.thread_time if threads == 1 else time.perf_counter
     ratios: list[float] = []
     times: tuple[list[float], list[float]] = ([], [])
     start = time.perf_counter()
@@ -107,7 +115,7 @@ def compare_latency(
         order = (0, 1) if rounds % 2 == 0 else (1, 0)
         measured = [0.0, 0.0]
         for index in order:
-            measured[index] = _timed(sessions[index], feed)
+            measured[index] = _timed(sessions[index], feed, clock)
         times[0].append(measured[0])
         times[1].append(measured[1])
         ratios.append(measured[0] / max(measured[1], 1e-12))
