@@ -144,7 +144,8 @@ class OrtForm:
         if len(uses) == 1:
             consumer = uses[0].node
             after = consumer.outputs[0] if consumer.outputs else None
-            if (consumer.domain, consumer.op_type) == ("", "Relu") and after is not None:
+            relu = (consumer.domain, consumer.op_type) == ("", "Relu")
+            if relu and after is not None and consumer.graph is node.graph:
                 if after.is_graph_output():
                     return None
                 self.absorbed[id(consumer)] = consumer

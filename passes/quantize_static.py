@@ -419,8 +419,14 @@ class _Placement:
         dtype = self.dtype(value)
         if dtype is not None and dtype not in _FLOATS:
             return
+        readers = [use for use in value.uses() if use.node.graph is self.graph]
+        if not readers:  # nothing in the main graph reads it: no pair, no absorbed Relu
+            self.ort.absorbed = {
+                key: relu for key, relu in self.ort.absorbed.items() if relu.outputs[0] is not value
+            }
+            return
         self.ort.mark_output(node, value)
-        for use in list(value.uses()):
+        for use in readers:  # a reader inside a subgraph (an If branch) keeps the float value
             self._request(value, use.node, use.idx)
 
     def run_ort(self) -> None:
