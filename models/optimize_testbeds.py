@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "Written by `PYTHONPATH=models python models/optimize_testbeds.py [BED ...] --max-drop 1%` "
         "from the JSON reports `optimize_<bed>.json` next to this file (rerunning one bed "
         "rewrites its report and this table). Loss: relative drop of the task metric (evaluation "
-        "subset of `LIMITS` in the script) against dense; speedup: ORT CPU, 1 thread, median of "
-        "interleaved per-round ratios against the dense input; MACs: share of the input's kept; "
+        "subset of `LIMITS` in the script) against dense; speedup: ORT CPU, 1 thread, ratio of the "
+        "lower-quartile latencies of the dense input and the candidate measured interleaved "
+        "(spa.verify.latency); MACs: share of the input's kept; "
         "decision as the search made it.", "",
         "| bed | metric | dense | chosen | metric after | speedup vs dense (re-measured) | MB |",
         "|---|---|---|---|---|---|---|", *summary, "",

@@ -26,6 +26,13 @@ layers, not their outputs, and let TensorRT fuse what follows:
 * One Q/DQ pair per tensor, shared by every consumer that wants it; other
   consumers keep reading the float tensor.
 
+With ``target="ort"`` and INT8 the placement is extended to the form ONNX
+Runtime's CPU fuses into integer kernels (:mod:`spa.passes.qdq_ort`): pairs on
+layer outputs too (after an absorbed Relu), INT32 biases, UINT8 activations
+with zero point 0 where a tensor cannot be negative, 7-bit weights, and the
+pooling/elementwise/data-movement ops ORT runs on integers quantized wherever
+their inputs are; the TensorRT residual and norm rules above do not apply.
+
 Skipped, with a reason in :attr:`QuantizeStaticPass.decisions`: layers that
 are already quantized (an input comes from DequantizeLinear; QLinear*/
 MatMulNBits/MatMulInteger nodes), activations that are not float, weights that
@@ -60,6 +67,7 @@ from spa.calibration import (
 )
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.passes.qdq_ort import ORT_OPS, OrtForm, data_inputs, light_conv
 from spa.quant.ir_format import add_initializer, default_opset, op_key, remove_initializer_if_unused
 from spa.quant.static import KINDS, RANDOM_CALIBRATION, activation_scale, quantize_weight
 
@@ -243,9 +251,12 @@ class _Placement:
         norms: bool,
         bmm: bool,
         residual_matmul: bool = False,
+        ort: OrtForm | None = None,
     ) -> None:
         self.graph, self.dtypes, self.norms, self.bmm = graph, dtypes, norms, bmm
         self.residual_matmul = residual_matmul
+        #: The ORT CPU form (spa.passes.qdq_ort), or None for TensorRT's placement.
+        self.ort = ort
         self.plans: list[_Plan] = []
         self.decisions: dict[int, StaticDecision] = {}
         self.requests: dict[int, tuple[ir.Value, list[tuple[ir.Node, int]]]] = {}
@@ -257,7 +268,8 @@ class _Placement:
 
     def _request(self, value: ir.Value, node: ir.Node, index: int) -> None:
         entry = self.requests.setdefault(id(value), (value, []))
-        entry[1].append((node, index))
+        if (node, index) not in entry[1]:
+            entry[1].append((node, index))
 
     def record(self, node: ir.Node, action: str, reason: str, **extra: Any) -> None:
         self.decisions[id(node)] = StaticDecision(
@@ -398,7 +410,71 @@ class _Placement:
             return
         self.plans.append(_Plan(node, [0]))
 
+    def _ort_output(self, node: ir.Node) -> None:
+        """Request the output pair of ``node`` (ORT form), shared by all its readers."""
+        assert self.ort is not None
+        value = self.ort.output_of(node)
+        if value is None:
+            return
+        dtype = self.dtype(value)
+        if dtype is not None and dtype not in _FLOATS:
+            return
+        readers = [use for use in value.uses() if use.node.graph is self.graph]
+        if not readers:  # nothing in the main graph reads it: no pair, no absorbed Relu
+            self.ort.absorbed = {
+                key: relu for key, relu in self.ort.absorbed.items() if relu.outputs[0] is not value
+            }
+            return
+        self.ort.mark_output(node, value)
+        for use in readers:  # a reader inside a subgraph (an If branch) keeps the float value
+            self._request(value, use.node, use.idx)
+
+    def run_ort(self) -> None:
+        """The ORT CPU form: weighted layers as TensorRT's placement, plus output pairs
+        and the ops ORT runs on integers wherever their inputs are quantized."""
+        assert self.ort is not None
+        ort = self.ort
+        for node in self.graph:
+            kind = op_key(node)
+            if kind in QUANTIZED_OPS:
+                self.record(node, "skipped", f"already quantized ({node.op_type})")
+            elif kind in WEIGHTED and (light := light_conv(node)):
+                self.record(node, "float", light)
+            elif kind in WEIGHTED:
+                self.weighted(node)
+                if self.plans and self.plans[-1].node is node:
+                    for index in self.plans[-1].activations:
+                        value = node.inputs[index]
+                        if value is not None:
+                            ort.quantized.add(id(value))
+                            self._request(value, node, index)
+                    self._ort_output(node)
+            elif id(node) in ort.absorbed:
+                self.record(
+                    node, "quantized",
+                    "Relu absorbed: the output pair after it has zero point 0 (ORT removes the Relu)",
+                )  # fmt: skip
+            elif ort.follows(node) and node.outputs and not node.outputs[0].is_graph_output():
+                plan = _Plan(node, data_inputs(node), reason="integer kernel on ORT CPU")
+                self.plans.append(plan)
+                for index in plan.activations:
+                    value = node.inputs[index]
+                    if value is not None:
+                        self._request(value, node, index)
+                self._ort_output(node)
+            elif kind[0] == "" and kind[1] in ORT_OPS:
+                self.record(
+                    node, "float",
+                    f"{node.op_type}: an input is not quantized (or its output is a graph "
+                    "output), so an integer kernel would only add Q/DQ",
+                )  # fmt: skip
+            else:
+                self.record(node, "float", f"{node.op_type} has no integer kernel on ORT CPU")
+
     def run(self) -> None:
+        if self.ort is not None:
+            self.run_ort()
+            return
         quantized: set[int] = set()
         for node in self.graph:
             kind = op_key(node)
@@ -459,6 +535,50 @@ def _quantized_tensor(array: np.ndarray, kind: str) -> ir.Tensor:
     return ir.Tensor(np.ascontiguousarray(array), dtype=ir.DataType.FLOAT8E4M3FN)
 
 
+def _range_source(placement: _Placement, value: ir.Value) -> ir.Value:
+    """The value whose calibrated range sets ``value``'s pair (a data-movement output
+    reuses its input's, ORT form)."""
+    return placement.ort.shared.get(id(value), value) if placement.ort is not None else value
+
+
+def _quantize_bias(graph: ir.Graph, node: ir.Node, input_scale: float) -> None:
+    """Store a Conv/Gemm float bias as INT32 behind DequantizeLinear with scale
+    ``input_scale * weight_scale`` (per output channel), as ORT's QDQ Conv/Gemm
+    selectors require. A bias that is not a constant 1-D float initializer of one
+    value per output channel is left float (ORT then leaves the layer unfused)."""
+    if op_key(node) not in (("", "Conv"), ("", "Gemm")) or len(node.inputs) < 3:
+        return
+    bias, weight = node.inputs[2], node.inputs[1]
+    dequantize = weight.producer() if weight is not None else None
+    if bias is None or bias.const_value is None or bias.is_graph_input() or dequantize is None:
+        return
+    scale_input = dequantize.inputs[1]
+    if scale_input is None or scale_input.const_value is None:
+        return
+    array = bias.const_value.numpy()
+    if array.ndim != 1 or array.dtype != np.float32:
+        return
+    weight_scale = scale_input.const_value.numpy().astype(np.float64)
+    scale = np.broadcast_to(input_scale * weight_scale, array.shape).astype(np.float32)
+    if scale.shape != array.shape or not np.all(scale > 0):
+        return
+    bounds = np.iinfo(np.int32)
+    q = np.clip(np.rint(array.astype(np.float64) / scale), bounds.min, bounds.max).astype(np.int32)
+    name = bias.name or "bias"
+    inputs = [
+        add_initializer(graph, f"{name}_quantized", ir.Tensor(q)),
+        add_initializer(graph, f"{name}_scale", ir.Tensor(scale)),
+        add_initializer(graph, f"{name}_zero_point", ir.Tensor(np.zeros(q.shape, dtype=np.int32))),
+    ]
+    bias_node = ir.node("DequantizeLinear", inputs, {"axis": 0}, name=f"{name}_DequantizeLinear")
+    bias_node.outputs[0].name = f"{name}_dequantized"
+    bias_node.outputs[0].dtype = ir.DataType.FLOAT
+    bias_node.outputs[0].shape = bias.shape
+    graph.insert_before(node, bias_node)
+    node.replace_input_with(2, bias_node.outputs[0])
+    remove_initializer_if_unused(graph, bias)
+
+
 @register_pass
 class QuantizeStaticPass(SpaPass):
     """Static INT8/FP8 QDQ with calibrated per-tensor activations and per-channel weights.
@@ -466,9 +586,9 @@ class QuantizeStaticPass(SpaPass):
     Options: ``activations`` (int8|fp8), ``weights`` (None = same type),
     ``calib_method`` (minmax|percentile|entropy), ``percentile``,
     ``quantize_norms``, ``quantize_bmm``, ``quantize_residual_matmul``, ``target``
-    (``tensorrt``: INT8 activations with zero point 0; ``ort``: the same values
-    stored as UINT8 with zero point 128, the activation type ONNX Runtime's CPU
-    kernels use, see :data:`STATIC_TARGETS`). See the module docstring for
+    (``tensorrt``: INT8 activations with zero point 0 on layer inputs; ``ort``:
+    with INT8, the full form ONNX Runtime's CPU fuses, :mod:`spa.passes.qdq_ort`;
+    with FP8, the TensorRT placement). See the module docstring for
     placement; ranges come from the pipeline's calibration.
     """
 
@@ -513,14 +633,42 @@ class QuantizeStaticPass(SpaPass):
         proto = ir.serde.serialize_model(model)  # one copy, for element types
         placement = _Placement(
             model.graph, _element_types(proto), self.quantize_norms, self.quantize_bmm,
-            self.quantize_residual_matmul,
+            self.quantize_residual_matmul, ort=OrtForm() if self.ort_form else None,
         )  # fmt: skip
         placement.run()
         return placement
 
+    @property
+    def ort_form(self) -> bool:
+        """INT8 for ORT: the full QDQ form ORT CPU fuses (spa.passes.qdq_ort)."""
+        return self.target == "ort" and self.activations == "int8"
+
+    def _activation_parameters(
+        self, ranges: RangeStatistics, name: str, nonnegative: bool
+    ) -> tuple[float, ir.Tensor]:
+        """Scale and zero point of one activation pair. ORT form: UINT8 over the
+        calibrated range ``[max(low, -amax), min(high, amax)]`` widened to hold 0
+        (asymmetric: a HardSwish output in [-0.4, 6] gets twice the resolution of
+        a symmetric range), ``[0, amax]`` with zero point 0 for a tensor that
+        cannot be negative; TensorRT form: symmetric, as :func:`_zero_point`."""
+        amax = ranges.amax[name]
+        if not self.ort_form:
+            return activation_scale(amax, self.activations), _zero_point(self.activations, self.target)
+        low = 0.0 if nonnegative else max(ranges.low.get(name, -amax), -amax)
+        high = min(ranges.high.get(name, amax), amax)
+        low, high = min(low, 0.0), max(high, 0.0)
+        if not high - low > 0 or not np.isfinite(high - low):
+            return 1.0, ir.Tensor(np.zeros((), dtype=np.uint8))
+        scale = (high - low) / 255.0
+        zero = int(np.clip(np.rint(-low / scale), 0, 255))
+        return scale, ir.Tensor(np.full((), zero, dtype=np.uint8))
+
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        """The ranges of every value that gets a Q/DQ pair."""
-        names = sorted({v.name for v, _ in self._placement(model).requests.values() if v.name})
+        """The ranges of every value that gets a Q/DQ pair of its own."""
+        placement = self._placement(model)
+        names = sorted({
+            _range_source(placement, v).name or "" for v, _ in placement.requests.values()
+        } - {""})  # fmt: skip
         return CalibrationRequest(
             ranges=tuple(names),
             range_method=self.calib_method,
@@ -543,10 +691,11 @@ class QuantizeStaticPass(SpaPass):
         consumers: list[tuple[ir.Node, int]],
         scale: float,
         dtype: ir.DataType,
+        zero: ir.Tensor,
     ) -> None:
         base = value.name or "value"
         scale_value = add_initializer(graph, f"{base}_scale", _scalar(scale, dtype))
-        zero_value = add_initializer(graph, f"{base}_zero_point", _zero_point(self.activations, self.target))
+        zero_value = add_initializer(graph, f"{base}_zero_point", zero)
         quantize = ir.node(
             "QuantizeLinear", [value, scale_value, zero_value], name=f"{base}_QuantizeLinear"
         )
@@ -583,14 +732,18 @@ class QuantizeStaticPass(SpaPass):
             remove_initializer_if_unused(graph, weight)
             return name, 0, 0
         array = weight.const_value.numpy()
-        q, scale = quantize_weight(array, axis, self.weights)
+        q, scale = quantize_weight(array, axis, self.weights, reduce_range=self.ort_form)
         q_value = add_initializer(graph, f"{name}_quantized", _quantized_tensor(q, self.weights))
         scale_value = add_initializer(
             graph, f"{name}_scale", ir.Tensor(np.ascontiguousarray(scale))
         )
+        inputs = [q_value, scale_value]
+        if self.ort_form:  # ORT's QDQ selectors read the weight type from an explicit zero point
+            zero = ir.Tensor(np.zeros(scale.shape, dtype=np.int8))
+            inputs.append(add_initializer(graph, f"{name}_zero_point", zero))
         attributes = {"axis": axis} if axis is not None else {}
         dequantize = ir.node(
-            "DequantizeLinear", [q_value, scale_value], attributes, name=f"{name}_DequantizeLinear"
+            "DequantizeLinear", inputs, attributes, name=f"{name}_DequantizeLinear"
         )
         dequantize.outputs[0].name = f"{name}_dequantized"
         dequantize.outputs[0].dtype = weight.const_value.dtype
@@ -636,15 +789,22 @@ class QuantizeStaticPass(SpaPass):
         }
         bad = {
             key for key, value in values.items()
-            if ranges is None or not np.isfinite(ranges.amax.get(value.name or "", np.nan))
+            if ranges is None
+            or not np.isfinite(ranges.amax.get(_range_source(placement, value).name or "", np.nan))
         }  # fmt: skip
+        scales: dict[int, float] = {}
         for key, (value, consumers) in placement.requests.items():
             if key in bad:
                 continue
             dtype = placement.dtype(value) or ir.DataType.FLOAT
             assert ranges is not None
-            scale = activation_scale(ranges.amax[value.name or ""], self.activations)
-            self._insert_pair(graph, value, consumers, scale, dtype)
+            source = _range_source(placement, value)
+            scale, zero = self._activation_parameters(
+                ranges, source.name or "",
+                placement.ort is not None and placement.ort.is_nonnegative(source),
+            )  # fmt: skip
+            scales[key] = scale
+            self._insert_pair(graph, value, consumers, scale, dtype, zero)
         done: dict[int, ir.Value] = {}
         before = after = 0
         for plan in placement.plans:
@@ -661,6 +821,8 @@ class QuantizeStaticPass(SpaPass):
             if plan.weight_index >= 0:
                 weight, old, new = self._quantize_weight(graph, plan, done)
                 before, after = before + old, after + new
+                if self.ort_form and plan.activations and id(read[0]) in scales:
+                    _quantize_bias(graph, node, scales[id(read[0])])
             placement.record(
                 node, "quantized", plan.reason, inputs=inputs, weight=weight,
                 axis=-1 if plan.weight_axis is None else plan.weight_axis,

@@ -241,11 +241,14 @@ def entropy_threshold(histogram: AbsHistogram, levels: int = 128) -> float:
 
 @dataclasses.dataclass
 class RangeStatistics:
-    """Calibrated ``amax`` per value name, with how it was found."""
+    """Calibrated ``amax`` per value name, with how it was found; ``low``/``high``
+    the signed minimum and maximum seen (every method), for asymmetric ranges."""
 
     amax: dict[str, float]
     method: str
     samples: int
+    low: dict[str, float] = dataclasses.field(default_factory=dict)
+    high: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _method_check(method: str, percentile: float) -> None:
@@ -498,10 +501,17 @@ def collect_ranges(
     graph_inputs = {value.name for value in model.graph.input}
     computed = [name for name in names if name not in graph_inputs]
     histograms = {name: AbsHistogram() for name in names}
+    low = dict.fromkeys(names, np.inf)
+    high = dict.fromkeys(names, -np.inf)
     samples = 0
     for inputs, outputs in _calibration_runs(model, computed, feeds, max_samples, len(names)):
         for name in names:
             array = outputs[name] if name in outputs else inputs[name]
+            signed = np.asarray(array, dtype=np.float64)
+            signed = signed[np.isfinite(signed)]
+            if signed.size:
+                low[name] = min(low[name], float(signed.min()))
+                high[name] = max(high[name], float(signed.max()))
             if method == "minmax":
                 finite = np.abs(np.asarray(array, dtype=np.float64))
                 finite = finite[np.isfinite(finite)]
@@ -519,7 +529,10 @@ def collect_ranges(
         else:
             amax[name] = histogram.amax
     logger.info("calibration (%s): %d samples, %d values", method, samples, len(amax))
-    return RangeStatistics(amax, method, samples)
+    seen = [name for name in names if np.isfinite(low[name])]
+    return RangeStatistics(
+        amax, method, samples, {n: low[n] for n in seen}, {n: high[n] for n in seen}
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,13 @@ from spa.calibration import AbsHistogram, collect_ranges, entropy_threshold, per
 from spa.errors import UserError
 from spa.pass_manager import PassRecord, run_passes
 from spa.passes.quantize_static import QuantizeStaticPass
-from spa.quant.static import FP8_MAX, INT8_MAX, RANDOM_CALIBRATION, dequantize_weight, quantize_weight
+from spa.quant.static import (
+    FP8_MAX,
+    INT8_MAX,
+    RANDOM_CALIBRATION,
+    dequantize_weight,
+    quantize_weight,
+)
 from spa.workflows.run import feeds_calibrator
 
 RESIDUAL = """
@@ -619,20 +625,19 @@ def test_opset21_int8_matmul_bias_loads_at_ort_default_level(tmp_path: Path) -> 
     assert result.verification_optimization == "all"  # ORT's default level
     assert result.cosine is not None and result.cosine >= 0.99
     stored = onnx.load(str(tmp_path / "q.onnx"))
-    zero_points = {t.data_type for t in stored.graph.initializer if t.name.endswith("_zero_point")}
-    assert zero_points == {onnx.TensorProto.UINT8}
+    types = {t.name: t.data_type for t in stored.graph.initializer}
+    activation_zero_points = {
+        types[node.input[2]] for node in stored.graph.node if node.op_type == "QuantizeLinear"
+    }
+    assert activation_zero_points == {onnx.TensorProto.UINT8}
     trt = quantize_static_model(source, tmp_path / "trt.onnx", calib=calib, target="tensorrt")
     assert trt.verification_optimization == "basic"
     with pytest.raises(Exception, match="output_dtype"):  # the ORT 1.32 failure this avoids
         ort.InferenceSession(str(tmp_path / "trt.onnx"), providers=["CPUExecutionProvider"])
     feeds = _feeds(proto, 1, 33)[0]
-    default = _run(stored, feeds)
-    tensorrt_form = _run(onnx.load(str(tmp_path / "trt.onnx")), feeds, basic=True)
-    ort_form_basic = _run(stored, feeds, basic=True)
-    np.testing.assert_array_equal(ort_form_basic, tensorrt_form)  # same dequantized values
     # ORT's fused INT8 kernels at the default level round differently from the QDQ
     # graph (docs/quantization.md): checked against the float model, as spa verifies
-    assert _cosine(default, _run(proto, feeds)) >= 0.99
+    assert _cosine(_run(stored, feeds), _run(proto, feeds)) >= 0.99
 
 
 def test_fp8_output_is_stored_as_float8(tmp_path: Path, residual_path: Path) -> None:
@@ -647,7 +652,7 @@ def test_fp8_output_is_stored_as_float8(tmp_path: Path, residual_path: Path) -> 
 
 CONV_BN = """
 <ir_version: 8, opset_import: ["" : 17]>
-convbn (float[1, 3, 12, 12] x) => (float[1, 8, 12, 12] y) {
+convbn (float[1, 4, 12, 12] x) => (float[1, 8, 12, 12] y) {
     c = Conv <pads = [1, 1, 1, 1]> (x, W, B)
     n = BatchNormalization (c, gamma, beta, mean, var)
     y = Relu(n)
@@ -662,7 +667,7 @@ def test_batchnorm_is_folded_before_static_quantization(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(5)
     proto = _model(CONV_BN, {
-        "W": _normal(rng, 8, 3, 3, 3), "B": _normal(rng, 8),
+        "W": _normal(rng, 8, 4, 3, 3), "B": _normal(rng, 8),
         "gamma": rng.uniform(0.5, 2.0, 8).astype(np.float32), "beta": _normal(rng, 8),
         "mean": _normal(rng, 8), "var": rng.uniform(0.5, 2.0, 8).astype(np.float32),
     })  # fmt: skip
@@ -671,6 +676,7 @@ def test_batchnorm_is_folded_before_static_quantization(tmp_path: Path) -> None:
     result = quantize_static_model(source, tmp_path / "q.onnx", calib=_feeds(proto, 8, 3))
     output = onnx.load(str(tmp_path / "q.onnx"))
     ops = [node.op_type for node in output.graph.node]
-    assert "BatchNormalization" not in ops and ops.count("DequantizeLinear") == 2
+    # activation, weight and (ORT form) the INT32 bias; y is a graph output: no output pair
+    assert "BatchNormalization" not in ops and ops.count("DequantizeLinear") == 3
     assert result.statistics["nodes_quantized"] == 1
     assert result.cosine is not None and result.cosine >= 0.99

@@ -21,6 +21,7 @@ from spa.errors import UserError
 __all__ = [
     "FP8_MAX",
     "INT8_MAX",
+    "INT8_REDUCED_MAX",
     "KINDS",
     "RANDOM_CALIBRATION",
     "activation_scale",
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("int8", "fp8")
 INT8_MAX = 127.0
+INT8_REDUCED_MAX = 63.0  # 7-bit weights: no 16-bit saturation in u8*s8 pair sums
 FP8_MAX = 448.0  # largest finite FLOAT8E4M3FN value
 RANDOM_CALIBRATION = "random (no real data: ranges are not representative)"
 
@@ -65,16 +67,17 @@ def _broadcast(scale: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
 
 
 def quantize_weight(
-    array: np.ndarray, axis: int | None, kind: str
+    array: np.ndarray, axis: int | None, kind: str, *, reduce_range: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (``axis``) or per-tensor (``None``) symmetric quantization.
 
-    Returns ``(q, scale)``: ``q`` is int8 in ``[-127, 127]`` (round half to even,
+    Returns ``(q, scale)``: ``q`` is int8 in ``[-127, 127]`` (``[-63, 63]`` with
+    ``reduce_range``, for ORT's U8S8 kernels on x86 without VNNI; round half to even,
     as ONNX QuantizeLinear) or ``ml_dtypes.float8_e4m3fn``; ``scale`` has the
     weight's float dtype, one entry per channel (a scalar for per-tensor), and
     is 1 for an all-zero channel.
     """
-    top = _kind_max(kind)
+    top = INT8_REDUCED_MAX if reduce_range and kind == "int8" else _kind_max(kind)
     amax = _channel_amax(array, axis)
     scale64 = np.where(amax > 0, amax / top, 1.0)
     scale = scale64.astype(array.dtype)

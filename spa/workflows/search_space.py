@@ -48,7 +48,8 @@ PRUNE_RATIOS: tuple[float, ...] = (0.125, 0.25, 0.5)
 QUANT_FORMATS: dict[str, str] = {
     "int8-dynamic": "com.microsoft.DynamicQuantizeMatMul / DynamicQuantizeLSTM: per-column "
     "INT8 weights, activations quantized at run time (MatMul/Gemm/LSTM)",
-    "int8-static": "static INT8 QDQ, calibrated activations (ORT fuses to QLinear ops)",
+    "int8-static": "static INT8 QDQ, calibrated activations, in the full form ORT CPU fuses "
+    "into QLinearConv/QGemm/QLinearMatMul/QLinearAdd (DQ on every input, Q on the output)",
     "w4-nbits": "weight-only INT4 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
     "w8-nbits": "weight-only INT8 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
 }
