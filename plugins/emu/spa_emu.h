@@ -521,7 +521,14 @@ inline float atomicAdd(float* address, float value) {
 }
 inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
 inline int atomicExch(int* address, int value) { return std::atomic_ref<int>(*address).exchange(value); }
+// Blocks run one after the other, so a fence orders nothing the block barrier
+// between them does not already; ThreadSanitizer does not model fences
+// (g++ -Wtsan), so there it is only a compiler barrier.
+#ifdef __SANITIZE_THREAD__
+inline void __threadfence() { std::atomic_signal_fence(std::memory_order_seq_cst); }
+#else
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+#endif
 
 template <typename T>
 T __ldg(const T* p) {
