@@ -101,15 +101,19 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
 def test_w4a16_at_every_m_up_to_64(tmp_path: Path) -> None:
     """Issue 13: w4a16 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
     count of pad rows), on a shape with two CTAs of 8 tiles, the second one
-    partly idle (N = 144: 9 tiles), at the launcher's choice of splits."""
+    partly idle (N = 144: 9 tiles), unsplit (the launcher's choice at 2
+    groups) and split in two (the in-kernel reduction: slabs, counters, the
+    last CTA's sum)."""
     lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.startswith("w4a16")) + "\n")
     ms = list(range(1, 65))
     run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", ",".join(map(str, ms)),
-                  "--splits", "0", *tolerances())  # fmt: skip
+                  "--splits", "0,2", *tolerances())  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = results(run.stdout)
-    assert sorted((dtype, m) for _, _, dtype, m, _, _ in rows) == sorted((d, m) for d in ("fp16", "bf16") for m in ms)
+    assert sorted((dtype, m, split) for _, _, dtype, m, split, _ in rows) == sorted(
+        (d, m, s) for d in ("fp16", "bf16") for m in ms for s in (0, 2)
+    )
     assert all(verdict == "PASSED" for verdict, *_ in rows)
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
 

@@ -383,7 +383,8 @@ int main(int argc, char** argv) {
   CHECK_CUBLAS(cublasSetStream(ctx.handle, ctx.stream));
   ctx.cublas_ws = DeviceBuffer<char>(size_t(64) << 20);
   CHECK_CUBLAS(cublasSetWorkspace(ctx.handle, ctx.cublas_ws.ptr, ctx.cublas_ws.bytes()));
-  ctx.workspace = DeviceBuffer<float>(static_cast<size_t>(64) * 28672);
+  // w4a16 split slabs: up to 8 splits x 64 rows x the widest N, plus the counters.
+  ctx.workspace = DeviceBuffer<float>(static_cast<size_t>(8) * 64 * 28672 + 4096);
   if (profiling) return profile(ctx);
   std::printf("card: %s (sm_%d%d, %d SMs, L2 %d MB)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.l2CacheSize >> 20);

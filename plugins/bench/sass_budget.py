@@ -66,7 +66,8 @@ class Report:
     @property
     def name(self) -> str:
         dtype = "bf16" if "bfloat16" in self.function else "fp16"
-        return f"{self.kernel}<{dtype},{','.join(map(str, self.args))}>"
+        split = ",split" if "Lb1E" in self.function else ""  # w4a16's in-kernel split-K instantiation
+        return f"{self.kernel}<{dtype},{','.join(map(str, self.args))}{split}>"
 
     @property
     def per_kb(self) -> float:

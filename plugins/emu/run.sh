@@ -8,7 +8,8 @@
 # Needs g++ (C++20) and the CUDA toolkit's headers (cuda_fp16.h ...); no GPU,
 # no libcudart. Exit status: emu_check's (0 when every run passed).
 # SPA_EMU_KERNELS=DIR takes the kernel sources from DIR instead (the tests use
-# it to check that a broken copy of a kernel is caught).
+# it to check that a broken copy of a kernel is caught). SPA_EMU_JOBS=1: one
+# compiler at a time; SPA_EMU_THREADS=N: at most N emulated threads run at once.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SAN=address
@@ -43,13 +44,18 @@ if [ $PROBE -eq 1 ]; then
     -o "$BUILD/mma_sp_probe" -lpthread
   exec "$BUILD/mma_sp_probe"
 fi
+# SPA_EMU_JOBS=1 compiles one file at a time (a shared machine); default: all five at once.
 pids=()
-for k in w4a16 w4_sp24 w4_gqsa; do
-  "$CXX" "${FLAGS[@]}" -x c++ -c "$KERNELS/$k.cu" -o "$BUILD/$k.o" & pids+=($!)
-done
-"$CXX" "${FLAGS[@]}" -c "$HERE/emu_runtime.cpp" -o "$BUILD/emu_runtime.o" & pids+=($!)
-"$CXX" "${FLAGS[@]}" -c "$HERE/emu_check.cpp" -o "$BUILD/emu_check.o" & pids+=($!)
 status=0
+compile() {
+  "$CXX" "${FLAGS[@]}" "$@" & pids+=($!)
+  if [ "${SPA_EMU_JOBS:-0}" = 1 ]; then wait "${pids[-1]}" || status=1; pids=(); fi
+}
+for k in w4a16 w4_sp24 w4_gqsa; do
+  compile -x c++ -c "$KERNELS/$k.cu" -o "$BUILD/$k.o"
+done
+compile -c "$HERE/emu_runtime.cpp" -o "$BUILD/emu_runtime.o"
+compile -c "$HERE/emu_check.cpp" -o "$BUILD/emu_check.o"
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ $status -eq 0 ] || { echo "error: compiling for the emulation failed" >&2; exit 2; }
 "$CXX" "-fsanitize=$SAN" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/emu_runtime.o \

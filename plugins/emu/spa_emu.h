@@ -24,6 +24,14 @@
 //   163 KB (sm_80's limit; sm_90 allows 227 KB) it is refused.
 // A fault fails the launch (cudaGetLastError returns cudaErrorLaunchFailure)
 // and spa_emu::last_fault() says why.
+// * At most SPA_EMU_THREADS (default: the machine's cores) emulated CUDA
+//   threads run at once; the others sleep at a barrier or at the gate, so a
+//   256-thread block does not put 256 runnable threads on a shared machine.
+//   The gate is a futex on a relaxed counter: it orders nothing, so it hides
+//   no data race from ThreadSanitizer.
+// * Blocks run one after the other: integer atomics and __threadfence are
+//   exact, but no interleaving of blocks is ever tried (the last block of a
+//   grid is always the last to arrive).
 #pragma once
 
 #ifndef SPA_EMULATE
@@ -36,10 +44,10 @@
 #include <stdint.h>
 
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <climits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,6 +55,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
@@ -73,9 +85,98 @@ struct Copy {
   const unsigned char* src;  // nullptr: zero-fill
 };
 
+// The gate: a count of free run slots, waited on with a futex (see the top of the file).
+class Gate {
+ public:
+  Gate() {
+    const char* value = std::getenv("SPA_EMU_THREADS");
+    int slots = value ? std::atoi(value) : static_cast<int>(std::thread::hardware_concurrency());
+    free_.store(slots > 0 ? slots : 1, std::memory_order_relaxed);
+  }
+  void enter() {
+    for (;;) {
+      int slots = free_.load(std::memory_order_relaxed);
+      if (slots > 0) {
+        if (free_.compare_exchange_weak(slots, slots - 1, std::memory_order_relaxed)) return;
+        continue;
+      }
+      syscall(SYS_futex, reinterpret_cast<int*>(&free_), FUTEX_WAIT_PRIVATE, 0, nullptr, nullptr, 0);
+    }
+  }
+  void leave() {
+    free_.fetch_add(1, std::memory_order_relaxed);
+    syscall(SYS_futex, reinterpret_cast<int*>(&free_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  }
+
+ private:
+  std::atomic<int> free_{1};
+  static_assert(sizeof(std::atomic<int>) == sizeof(int));
+};
+
+inline Gate& gate() {
+  static Gate instance;
+  return instance;
+}
+
+inline void futex_wait(std::atomic<int>& word, int value) {
+  syscall(SYS_futex, reinterpret_cast<int*>(&word), FUTEX_WAIT_PRIVATE, value, nullptr, nullptr, 0);
+}
+inline void futex_wake(std::atomic<int>& word, int count) {
+  syscall(SYS_futex, reinterpret_cast<int*>(&word), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+}
+
+// A thread barrier that sleeps without spinning and wakes its waiters one
+// at a time: the last to arrive wakes one, and each woken thread wakes the
+// next once it holds a run slot, so a 256-thread block never has more than
+// a few runnable threads (libstdc++'s std::barrier spins and yields, and
+// wakes every waiter at once). Waiters of phase p sleep on word p % 2, which
+// no thread of phase p + 1 can use before they are all awake. The phase
+// change is a release/acquire pair, so ThreadSanitizer sees the barrier's
+// ordering. `done` runs in the last arriving thread before anyone leaves.
+template <typename Done = void (*)()>
+class Barrier {
+ public:
+  explicit Barrier(int threads, Done done = [] {}) : expected_(threads), count_(threads), done_(done) {}
+  void arrive_and_wait() {
+    std::atomic<int>& word = word_[phase_.load(std::memory_order_acquire) & 1];
+    const int seen = word.load(std::memory_order_acquire);
+    if (!arrive()) {
+      gate().leave();
+      while (word.load(std::memory_order_acquire) == seen) futex_wait(word, seen);
+      gate().enter();
+    }
+    futex_wake(word, 1);  // pass the wake-up on
+  }
+  void arrive_and_drop() {
+    expected_.fetch_sub(1, std::memory_order_acq_rel);
+    if (arrive()) futex_wake(word_[(phase_.load(std::memory_order_acquire) - 1) & 1], 1);
+  }
+
+ private:
+  // True in the thread that completes the phase.
+  bool arrive() {
+    const int phase = phase_.load(std::memory_order_acquire);
+    if (count_.fetch_sub(1, std::memory_order_acq_rel) != 1) return false;
+    done_();
+    count_.store(expected_.load(std::memory_order_acquire), std::memory_order_relaxed);
+    phase_.store(phase + 1, std::memory_order_release);
+    word_[phase & 1].fetch_add(1, std::memory_order_acq_rel);
+    return true;
+  }
+  std::atomic<int> expected_, count_, phase_{0};
+  std::atomic<int> word_[2] = {0, 0};
+  Done done_;
+};
+
+// A barrier wait (warp or block).
+template <typename B>
+void wait_at(B& barrier) {
+  barrier.arrive_and_wait();
+}
+
 struct Warp {
   explicit Warp(int lanes) : sync(lanes), lanes(lanes) {}
-  std::barrier<> sync;
+  Barrier<> sync;
   int lanes;
   std::atomic<int> live{0};
   uint32_t a[kWarpSize][4];
@@ -89,7 +190,7 @@ struct Block {
     smem.reset(new unsigned char[smem_bytes ? smem_bytes : 1]);
     std::memset(smem.get(), 0x7f, smem_bytes ? smem_bytes : 1);
   }
-  std::barrier<> sync;
+  Barrier<> sync;
   std::unique_ptr<unsigned char[]> smem;
   size_t smem_bytes;
   std::vector<std::unique_ptr<Warp>> warps;
@@ -200,11 +301,12 @@ struct Launch {
       ++index;
       current = index < blocks ? make_block(threads) : nullptr;
     };
-    std::barrier<decltype(next_block)> between(threads, next_block);
+    Barrier<decltype(next_block)> between(threads, next_block);
     auto body = [&](int t) {
+      gate().enter();
       for (;;) {
         Block* state = current.get();
-        if (state == nullptr) return;
+        if (state == nullptr) break;
         ThreadState mine;
         mine.block = state;
         mine.warp = state->warps[t / kWarpSize].get();
@@ -226,8 +328,9 @@ struct Launch {
         mine.warp->sync.arrive_and_drop();
         state->sync.arrive_and_drop();
         tls = nullptr;
-        between.arrive_and_wait();
+        wait_at(between);
       }
+      gate().leave();
     };
     std::vector<std::thread> pool;
     pool.reserve(threads);
@@ -276,7 +379,7 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
   for (int j = 0; j < 4; ++j) w.a[s.lane][j] = a[j];
   w.b[s.lane][0] = b0;
   w.b[s.lane][1] = b1;
-  w.sync.arrive_and_wait();
+  wait_at(w.sync);
   const int g = s.lane / 4, t = s.lane % 4;
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i / 2), col = 2 * t + (i & 1);
@@ -288,7 +391,7 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
     }
     d[i] = static_cast<float>(d[i] + sum);
   }
-  w.sync.arrive_and_wait();
+  wait_at(w.sync);
 }
 
 // Sparse D(16x8) += A(16x32, 2:4 along k) B(32x8), sparsity selector 0.
@@ -309,7 +412,7 @@ void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[
     w.b[s.lane][j] = b[j];
   }
   w.meta[s.lane] = meta;
-  w.sync.arrive_and_wait();
+  wait_at(w.sync);
   const int g = s.lane / 4, t = s.lane % 4;
   std::string bad;
   for (int i = 0; i < 4; ++i) {
@@ -327,7 +430,7 @@ void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[
     }
     d[i] = static_cast<float>(d[i] + sum);
   }
-  w.sync.arrive_and_wait();
+  wait_at(w.sync);
   if (!bad.empty()) throw Fault(bad);
 }
 
@@ -388,17 +491,17 @@ T shuffle(unsigned mask, T value, Source source_of) {
   ThreadState& s = self();
   Warp& w = *s.warp;
   w.slot[s.lane] = to_bits(value);
-  w.sync.arrive_and_wait();
+  wait_at(w.sync);
   const int source = source_of(s.lane);
   T result = (source < 0 || source >= kWarpSize) ? value : from_bits<T>(w.slot[source]);
-  w.sync.arrive_and_wait();
+  wait_at(w.sync);
   return result;
 }
 
 }  // namespace spa_emu
 
 // ---- CUDA device functions the kernels call --------------------------------------
-inline void __syncthreads() { spa_emu::self().block->sync.arrive_and_wait(); }
+inline void __syncthreads() { spa_emu::wait_at(spa_emu::self().block->sync); }
 
 template <typename T>
 T __shfl_sync(unsigned mask, T value, int source_lane) {
@@ -416,6 +519,16 @@ T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
 inline float atomicAdd(float* address, float value) {
   return std::atomic_ref<float>(*address).fetch_add(value);
 }
+inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
+inline int atomicExch(int* address, int value) { return std::atomic_ref<int>(*address).exchange(value); }
+// Blocks run one after the other, so a fence orders nothing the block barrier
+// between them does not already; ThreadSanitizer does not model fences
+// (g++ -Wtsan), so there it is only a compiler barrier.
+#ifdef __SANITIZE_THREAD__
+inline void __threadfence() { std::atomic_signal_fence(std::memory_order_seq_cst); }
+#else
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+#endif
 
 template <typename T>
 T __ldg(const T* p) {
@@ -423,6 +536,10 @@ T __ldg(const T* p) {
 }
 template <typename T>
 T __ldcs(const T* p) {
+  return *p;
+}
+template <typename T>
+T __ldcg(const T* p) {
   return *p;
 }
 

@@ -297,6 +297,56 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, floa
   }
 }
 
+// Split-K reduced inside the kernel (w4a16): no memset of the sums, no FP32
+// atomics, no finalize launch. Each split stores its FP32 sums to its own
+// slab of the workspace with plain stores; the CTA that arrives last at its
+// column block's counter (an integer atomic after a fence) sums the slabs in
+// split order, so Y has the same bits whatever order the CTAs finished in,
+// converts once to T and puts the counter back to 0 for the next launch.
+// Every thread of the CTA calls it (it has barriers); `valid`: this warp owns
+// a real tile. `flag` is a free int of shared memory (the stages are done).
+template <typename T, int MT>
+__device__ __forceinline__ void store_split(const float (&acc)[MT][4], T* y, float* slabs, int* counter, int* flag,
+                                            bool valid, int M, int N, int col_lo, int thread_in_group) {
+  const size_t slab = static_cast<size_t>(M) * N;
+  if (valid) {
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int m = j * 8 + thread_in_group * 2 + (r & 1);
+        if (m < M) slabs[blockIdx.y * slab + static_cast<size_t>(m) * N + col_lo + (r >> 1) * 8] = acc[j][r];
+      }
+  }
+  __threadfence();  // this CTA's sums are visible device-wide before it counts itself
+  __syncthreads();
+  if (threadIdx.x == 0) *flag = atomicAdd(counter, 1) == static_cast<int>(gridDim.y) - 1;
+  __syncthreads();
+  if (*flag == 0) return;
+  __threadfence();
+  if (valid) {
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int m = j * 8 + thread_in_group * 2 + (r & 1);
+        if (m >= M) continue;
+        const size_t index = static_cast<size_t>(m) * N + col_lo + (r >> 1) * 8;
+        float sum = 0.0f;
+        for (unsigned s = 0; s < gridDim.y; ++s) sum += __ldcg(slabs + s * slab + index);  // L2: other SMs wrote it
+        y[index] = Elem<T>::from_float(sum);
+      }
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
+// The workspace of an in-kernel split: `blocks` int counters (256-B padded),
+// then `splits` FP32 slabs of rows x N.
+inline size_t split_counter_bytes(int blocks) { return (sizeof(int) * static_cast<size_t>(blocks) + 255) / 256 * 256; }
+inline size_t split_workspace_bytes(int blocks, int splits, int rows, int N) {
+  return split_counter_bytes(blocks) + sizeof(float) * static_cast<size_t>(splits) * rows * N;
+}
+
 inline int sm_count() {
   int device = 0, count = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return 108;

@@ -9,8 +9,10 @@
  * spa/trt/repack.py writes and tests against a NumPy reference):
  *   Y[M, N] = A[M, K] @ W[K, N], A and Y row-major in `dtype`,
  *   W given in a kernel-specific packed INT4 layout with FP16 scales.
- *   `workspace` is device memory of at least *_workspace_size() bytes (FP32
- *   partial sums for split-K / atomics). w4a16 and w4_sp24 run without
+ *   `workspace` is device memory of at least *_workspace_size() bytes, any
+ *   contents (w4a16: arrival counters, zeroed by the launcher, and one FP32
+ *   slab of partial sums per split; w4_sp24: FP32 sums it zeroes and adds
+ *   into atomically). w4a16 and w4_sp24 run without
  *   splitting K across blocks when it is NULL or too small (their in-block
  *   split needs no workspace); w4_gqsa needs none (size 0).
  *   A and Y must be 16-byte aligned (cudaMalloc'd buffers are).

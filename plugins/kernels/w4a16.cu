@@ -24,10 +24,14 @@
 //   (two mma chains, even and odd k16 steps, at MT <= 2) and scaled once in
 //   FP32, so the only 16-bit rounding is the output's own.
 // * K is split across blocks by the launch table in spa_device.cuh
-//   (plan_split): partial sums go to an FP32 workspace with atomicAdd and a
-//   finalize kernel converts them. There are no in-block slices any more
-//   (they lost on the H200: each slice staged its own activation copy); the
-//   _ex launcher's `slices` argument is accepted and ignored.
+//   (plan_split) and reduced inside the kernel (store_split): each split
+//   stores its FP32 sums to its own workspace slab, the last CTA of a column
+//   block to arrive sums the slabs in split order and writes Y. One small
+//   memset of the arrival counters per call; no finalize launch, no FP32
+//   atomics, the same bits whatever order the CTAs finish in. There are no
+//   in-block slices any more (they lost on the H200: each slice staged its
+//   own activation copy); the _ex launcher's `slices` argument is accepted
+//   and ignored.
 #include <algorithm>
 
 #include "spa_device.cuh"
@@ -135,13 +139,18 @@ __device__ __forceinline__ uint4 lds128(const void*, uint32_t address) {
 
 // MT: number of 8-token tiles (M rows handled: MT * 8; rows >= M read zeros).
 // At least 2 CTAs per SM (3 at MT = 1): caps registers at 128 (85) per thread.
-template <typename T, int MT>
+// kSplit: K split across blocks (gridDim.y > 1), reduced in the kernel. Its
+// own instantiation, so the unsplit kernel's registers and loop are those of
+// a kernel without the reduction (sharing one body cost 25 % more
+// instructions in the MT = 8 loop: addresses rematerialised).
+template <typename T, int MT, bool kSplit>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemm_kernel(const T* __restrict__ a_ptr,         // [M, K]
                 const uint32_t* __restrict__ packed, // [N/16, K/128, 32, 8]
                 const __half* __restrict__ scales,   // [K/128, N]
                 T* __restrict__ y,                   // [M, N] (split == 1)
-                float* __restrict__ partial,         // [M, N] FP32 (split > 1)
+                float* __restrict__ slabs,           // [splits, M, N] FP32 (split > 1)
+                int* __restrict__ counters,          // [N / 128] arrival counts, 0 on entry (split > 1)
                 int M, int N, int K, int groups_per_split) {
   constexpr int kStages = stages_for(MT);
   constexpr int kRows = MT * 8;
@@ -297,52 +306,66 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
       if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
   }
   cp_async_wait<0>();
+  if constexpr (kSplit) {
+    store_split<T, MT>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
+                       tile * 16 + group_id, thread_in_group);
+    return;
+  }
   if (!tile_valid) return;
-  store_tile<T, MT>(acc, y, partial, M, N, tile * 16 + group_id, thread_in_group);
+  store_tile<T, MT>(acc, y, nullptr, M, N, tile * 16 + group_id, thread_in_group);
 }
 
 template <typename T, int MT>
-cudaError_t launch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* partial,
+cudaError_t launch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* slabs, int* counters,
                    int M, int N, int K, int splits, int groups_per_split, cudaStream_t stream) {
   constexpr int bytes = smem_bytes<MT>();
-  auto kernel = gemm_kernel<T, MT>;
+  auto kernel = splits > 1 ? gemm_kernel<T, MT, true> : gemm_kernel<T, MT, false>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
-  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, packed, scales, y, partial, M, N, K, groups_per_split);
+  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, packed, scales, y, slabs, counters, M, N, K,
+                                                     groups_per_split);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t dispatch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* partial,
+cudaError_t dispatch(const T* a, const uint32_t* packed, const __half* scales, T* y, float* slabs, int* counters,
                      int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  if (M <= 8) return launch<T, 1>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  if (M <= 16) return launch<T, 2>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  if (M <= 32) return launch<T, 4>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
-  return launch<T, 8>(a, packed, scales, y, partial, M, N, K, splits, gps, stream);
+  if (M <= 8) return launch<T, 1>(a, packed, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  if (M <= 16) return launch<T, 2>(a, packed, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  if (M <= 32) return launch<T, 4>(a, packed, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  return launch<T, 8>(a, packed, scales, y, slabs, counters, M, N, K, splits, gps, stream);
 }
+
+inline int column_blocks(int N) { return (N / 16 + kWarps - 1) / kWarps; }
 
 template <typename T>
 cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* scales_ptr,
-                void* y_ptr, int M, int N, int K, void* workspace, int slices_wanted, int split_k,
-                cudaStream_t stream) {
+                void* y_ptr, int M, int N, int K, void* workspace, size_t workspace_bytes, int slices_wanted,
+                int split_k, cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
   const uint32_t* packed = reinterpret_cast<const uint32_t*>(packed_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
   const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, slices_wanted, split_k, workspace != nullptr);
-  const int splits = plan.splits, gps = plan.groups_per_split;  // plan.slices: no in-block slices here
-  float* partial = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-  if (partial != nullptr)
-    SPA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * static_cast<size_t>(M) * N, stream));
-  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
-    int rows = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
-    SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales,
-                          y + static_cast<size_t>(m0) * N,
-                          partial ? partial + static_cast<size_t>(m0) * N : nullptr, rows, N, K,
-                          splits, gps, stream));
+  int splits = plan.splits, gps = plan.groups_per_split;  // plan.slices: no in-block slices here
+  // Fewer splits when the workspace holds fewer slabs (a forced split_k above the table's).
+  const int blocks = column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
+  while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {
+    --splits;
+    gps = (K / SPA_W4_GROUP + splits - 1) / splits;
+    splits = (K / SPA_W4_GROUP + gps - 1) / gps;
   }
-  if (partial != nullptr)
-    return launch_finalize<T>(partial, y, static_cast<long long>(M) * N, stream);
+  int* counters = splits > 1 ? static_cast<int*>(workspace) : nullptr;
+  float* slabs =
+      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
+  if (counters != nullptr) SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
+  // Launches of 64 rows, one after the other on the stream: each reuses the
+  // slabs, and the last CTAs leave the counters at 0.
+  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
+    int chunk = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
+    SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales, y + static_cast<size_t>(m0) * N,
+                          slabs, counters, chunk, N, K, splits, gps, stream));
+  }
   return cudaSuccess;
 }
 
@@ -351,9 +374,12 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
 
 extern "C" const char* spa_kernel_error_string(void) { return spa::g_last_error; }
 
+// Room for the launch table's splits, and for at least 8 (the split_k the
+// _ex launcher may force; more than fit are reduced to what fits).
 extern "C" size_t spa_w4a16_workspace_size(int M, int N, int K) {
-  (void)K;
-  return sizeof(float) * static_cast<size_t>(M) * static_cast<size_t>(N);
+  const spa::SplitPlan plan = spa::plan_split(M, N / 16, K / SPA_W4_GROUP, 0, 0, true);
+  return spa::split_workspace_bytes(spa::w4a16::column_blocks(N), std::max(plan.splits, 8),
+                                    std::min(M, SPA_MAX_M_PER_LAUNCH), N);
 }
 
 extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, const uint16_t* scales,
@@ -366,14 +392,18 @@ extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, c
   SPA_REQUIRE(N % 16 == 0, "w4a16: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4a16: dtype must be SPA_FP16 or SPA_BF16");
   SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4a16: slices must be 0, 1, 2 or 4");
-  // No room for FP32 partial sums: no split across blocks (in-block slices need none).
-  if (workspace == nullptr || workspace_bytes < spa_w4a16_workspace_size(M, N, K)) {
+  // No room for one split's slab: no split across blocks.
+  if (workspace == nullptr || workspace_bytes < spa::split_workspace_bytes(spa::w4a16::column_blocks(N), 2,
+                                                                            std::min(M, SPA_MAX_M_PER_LAUNCH), N)) {
     workspace = nullptr;
+    workspace_bytes = 0;
     if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
-    return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, slices, split_k, stream);
-  return spa::w4a16::run<__nv_bfloat16>(A, packed, scales, Y, M, N, K, workspace, slices, split_k, stream);
+    return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, slices, split_k,
+                                            stream);
+  return spa::w4a16::run<__nv_bfloat16>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, slices,
+                                                   split_k, stream);
 }
 
 extern "C" cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
