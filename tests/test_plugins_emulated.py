@@ -107,12 +107,18 @@ def test_w4a16_at_every_m_up_to_64(tmp_path: Path) -> None:
     lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.startswith("w4a16")) + "\n")
     ms = list(range(1, 65))
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", ",".join(map(str, ms)),
-                  "--splits", "0,2", *tolerances())  # fmt: skip
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    rows = results(run.stdout)
+    # split in two: the reduction does not depend on M beyond the tile (MT) and its pad
+    # rows, so the edges of each MT stand for the rest (CI time: 64 more runs took minutes)
+    split_ms = [1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]
+    rows = []
+    for splits, chosen in (("0", ms), ("2", split_ms)):
+        run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m",
+                      ",".join(map(str, chosen)), "--splits", splits, *tolerances())  # fmt: skip
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+        rows += results(run.stdout)
     assert sorted((dtype, m, split) for _, _, dtype, m, split, _ in rows) == sorted(
-        (d, m, s) for d in ("fp16", "bf16") for m in ms for s in (0, 2)
+        [(d, m, 0) for d in ("fp16", "bf16") for m in ms]
+        + [(d, m, 2) for d in ("fp16", "bf16") for m in split_ms]
     )
     assert all(verdict == "PASSED" for verdict, *_ in rows)
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
