@@ -48,6 +48,8 @@ COMMANDS = {
 
 #: Node count of the chain whose run gives each command's fixed cost.
 BASELINE_NODES = 30
+#: Net CPU seconds below which a size is no base for a growth figure.
+MIN_NET_CPU = 0.4
 
 
 def chain_model(nodes: int, width: int, seed: int = 0) -> onnx.ModelProto:
@@ -165,8 +167,9 @@ def write_table(
         f"(chain of MatMul/Add/Relu blocks, width {args.width}; one process per command). "
         "*cpu* is the child's user + system time, *fixed* the same command's CPU time on a "
         f"{BASELINE_NODES}-node chain (imports, ORT start-up); *growth* is the ratio of "
-        "cpu - fixed over the node ratio from the previous size: 1.0 is linear, 10 at a "
-        "10x step is quadratic. Wall time is shown but depends on the load: "
+        "cpu - fixed over the node ratio from the previous size (left out when the "
+        f"previous size's cpu - fixed is under {MIN_NET_CPU:g} s, i.e. noise): 1.0 is "
+        "linear, 10 at a 10x step is quadratic; a stopped run gives a lower bound. Wall time is shown but depends on the load: "
         f"load average (1 min) {args.load_before:.0f} before, {os.getloadavg()[0]:.0f} "
         f"after, on {os.cpu_count()} cores.",
         "",
@@ -177,16 +180,20 @@ def write_table(
         fixed = baseline.get(command, 0.0)
         previous: tuple[int, float] | None = None
         for nodes, run in entries:
-            net = max(run.cpu - fixed, 1e-3)
+            net = run.cpu - fixed
+            stopped = run.code == -9
             growth = ""
-            if previous is not None and run.code != -9:
-                growth = f"{(net / previous[1]) / (nodes / previous[0]):.2f}"
-            wall = f"{run.wall:.2f}" if run.code != -9 else f"> {args.timeout:.0f} (stopped)"
+            if previous is not None:
+                # a stopped run's CPU time is a lower bound, hence its growth too
+                value = (net / previous[1]) / (nodes / previous[0])
+                growth = f"≥ {value:.2f}" if stopped else f"{value:.2f}"
+            wall = f"> {args.timeout:.0f} (stopped)" if stopped else f"{run.wall:.2f}"
             lines.append(
                 f"| {command} | {nodes} | {wall} | {run.cpu:.2f} | {fixed:.2f} | "
                 f"{run.rss:.0f} | {run.code} | {growth} |"
             )
-            previous = (nodes, net)
+            # below MIN_NET_CPU seconds the net time is noise around the fixed cost
+            previous = (nodes, net) if net >= MIN_NET_CPU and not stopped else None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
