@@ -39,6 +39,7 @@ __all__ = [
     "load_proto",
     "read_array",
     "save_model",
+    "stored_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,13 @@ def external_data_files(model: ir.Model) -> set[Path]:
             if isinstance(tensor, ir.ExternalTensor):
                 files.add(Path(tensor.path).resolve())
     return files
+
+
+def stored_bytes(path: str | os.PathLike[str], model: ir.Model) -> int:
+    """Bytes on disk of the model file at ``path`` plus every external-data file
+    ``model`` (loaded from it) reads, whatever their names."""
+    files = {Path(path).resolve(), *external_data_files(model)}
+    return sum(file.stat().st_size for file in files if file.is_file())
 
 
 def _initializer_bytes(model: ir.Model) -> int:

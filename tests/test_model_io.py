@@ -125,3 +125,20 @@ def test_unwritable_output_folder(mlp_path: Path) -> None:
     # /proc/sys is read-only even for root, so this holds on CI machines too.
     with pytest.raises(UserError, match="not writable"):
         save_model(load_model(mlp_path), Path("/proc/sys/out.onnx"))
+
+
+def test_input_size_counts_external_data_of_any_name(
+    external_mlp_path: Path, tmp_path: Path
+) -> None:
+    # The weights live in "mlp.data", not "mlp.onnx.data": the size line of the
+    # commands must still count them (it said "0.4 kB -> ..." for such inputs).
+    from spa.model_io import stored_bytes
+    from spa.workflows.quantize import quantize_model
+
+    on_disk = (
+        external_mlp_path.stat().st_size + (external_mlp_path.parent / "mlp.data").stat().st_size
+    )
+    assert stored_bytes(external_mlp_path, load_model(external_mlp_path)) == on_disk
+    result = quantize_model(external_mlp_path, tmp_path / "q.onnx", bits=8, block=16, verify=False)
+    assert result.bytes_before == on_disk
+    assert result.bytes_after == (tmp_path / "q.onnx").stat().st_size

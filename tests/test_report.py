@@ -149,6 +149,37 @@ def test_contrib_attention_and_group_query_attention() -> None:
     assert compute_stats(gqa, dims={"P": 6}).macs_by_family["attention"] == 5120
 
 
+def test_recurrent_layers() -> None:
+    # Per step, batch row, direction and gate: hidden * (input + hidden) MACs.
+    lstm = parse(
+        """<ir_version: 9, opset_import: ["" : 14]>
+        g (float[5, 2, 3] X) => (float[5, 2, 2, 4] Y) {
+            Y = LSTM<hidden_size = 4, direction = "bidirectional">(X, W, R)
+        }""",
+        {"W": zeros(2, 16, 3), "R": zeros(2, 16, 4)},
+    )
+    stats = compute_stats(lstm)
+    assert stats.macs_by_family["matmul"] == 5 * 2 * 2 * 4 * 4 * (3 + 4)
+    assert stats.macs_unknown == {}
+    # layout = 1: X is [batch, seq, input].
+    gru = parse(
+        """<ir_version: 9, opset_import: ["" : 14]>
+        g (float[2, 6, 3] X) => (float[2, 6, 1, 5] Y) {
+            Y = GRU<hidden_size = 5, layout = 1, linear_before_reset = 1>(X, W, R)
+        }""",
+        {"W": zeros(1, 15, 3), "R": zeros(1, 15, 5)},
+    )
+    assert compute_stats(gru).macs_by_family["matmul"] == 6 * 2 * 3 * 5 * (3 + 5)
+    rnn = parse(
+        """<ir_version: 9, opset_import: ["" : 14]>
+        g (float[7, 1, 8] X) => (float[7, 1, 1, 6] Y) {
+            Y = RNN<hidden_size = 6>(X, W, R)
+        }""",
+        {"W": zeros(1, 6, 8), "R": zeros(1, 6, 6)},
+    )
+    assert compute_stats(rnn).macs_by_family["matmul"] == 7 * 1 * 6 * (8 + 6)
+
+
 def test_resnet50_from_the_zoo(tmp_path: Path) -> None:
     from spa import zoo
 

@@ -398,6 +398,33 @@ def test_einsum_diagonal_is_a_barrier_with_reason() -> None:
     _, analysis = analysis_of(proto)
     group = group_with(analysis, "w1", 1)
     assert not group.prunable
-    assert any("repeats a letter in 'jj'" in r for r in group.frozen_reasons), (
-        group.frozen_reasons
+    assert any("repeats a letter in 'jj'" in r for r in group.frozen_reasons), group.frozen_reasons
+
+
+def test_axis_longer_than_the_limit_is_a_barrier_not_a_table() -> None:
+    # Tile repeats 8 channels 10^7 times: mapping each root channel to its 10^7
+    # copies took GBs of memory (issue 15: a 4 kB model made analyze take 36 s).
+    from spa.analysis.groups import AXIS_LIMIT
+
+    proto = model_from_text(
+        """<ir_version: 9, opset_import: ["" : 17]>
+        g (float[1, 8] x) => (float[1, 1] y) {
+            m = MatMul(x, w)
+            t = Tile(m, repeats)
+            r = Relu(t)
+            y = ReduceSum<keepdims = 1>(r)
+        }""",
+        {"w": (8, 8)},
+        constants={"repeats": np.array([1, 10**7], np.int64)},
+    )
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "m", 1)
+    assert group.frozen and "couples an axis of 80000000 channels" in group.frozen_reasons[0]
+    assert not any(
+        member.space[0] in ("t", "r") and member.space[1] == 1 for member in group.members
+    )
+    assert all(
+        getattr(member.index_map, "rows", np.zeros(0)).size <= AXIS_LIMIT
+        for g in analysis.groups
+        for member in g.members
     )

@@ -108,6 +108,28 @@ def test_verify_models_passes_and_fails(tmp_path: Path) -> None:
     assert bad.as_dict()["outputs"][0]["name"] == "Y"
 
 
+def test_one_session_per_model_whatever_the_samples(monkeypatch, tmp_path: Path) -> None:
+    # Creating an ORT session grows faster than the graph (growth 1.7 per step
+    # in the initializer count, models/results/scaling.md): verification must
+    # build one per model, never one per sample or output.
+    import onnxruntime as ort
+
+    created: list[object] = []
+    real_init = ort.InferenceSession.__init__
+
+    def counting_init(self, *args, **kwargs) -> None:
+        created.append(args[0] if args else kwargs.get("path_or_bytes"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "__init__", counting_init)
+    reference, candidate = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(mlp_model(seed=0), str(reference))
+    onnx.save(mlp_model(seed=0), str(candidate))
+    result = verify_models(reference, candidate, policy=Exact(), samples=5, dims={"N": 3})
+    assert result.passed and result.samples == 5
+    assert len(created) == 2
+
+
 def test_missing_onnxruntime_is_a_one_line_install_hint(monkeypatch, tmp_path: Path) -> None:
     import sys
 

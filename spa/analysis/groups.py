@@ -134,6 +134,19 @@ def model_fingerprint(model: ir.Model) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Longest axis the analyzer maps channel by channel. A group stores, for each
+#: member, every root channel's indices in that member, so its memory grows with
+#: the axis length: a Tile repeating 8 channels 10^7 times would need GBs. Axes
+#: longer than this are no channels anyone prunes (sequence, time or tiled
+#: axes): their couplings become barriers.
+AXIS_LIMIT = 1 << 22
+
+
+def _too_long(coupling: Coupling) -> bool:
+    index_map = coupling.index_map
+    return max(index_map.source_size, index_map.target_size) > AXIS_LIMIT
+
+
 class _Collector:
     """Runs rules over the graph and gathers couplings and frozen spaces."""
 
@@ -172,6 +185,13 @@ class _Collector:
         mentioned: set[Space] = set()
         unconstrained: set[str] = set()
         for item in rule(node, self.context):
+            if isinstance(item, Coupling) and _too_long(item):
+                item = Barrier(
+                    f"{node.op_type} '{node.name}' couples an axis of "
+                    f"{max(item.index_map.source_size, item.index_map.target_size)} channels "
+                    f"(the analyzer maps at most {AXIS_LIMIT})",
+                    spaces=(item.source, item.target),
+                )
             if isinstance(item, Coupling):
                 self.couplings.append(item)
                 mentioned.update((item.source, item.target))

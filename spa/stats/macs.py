@@ -11,8 +11,11 @@ Families, with what each rule counts (bias adds and activations are not MACs):
   ConvTranspose: ``prod(X) * prod(W.shape[1:])``.
 * ``matmul``: Gemm, MatMul (batched, broadcast), MatMulInteger, QLinearMatMul,
   com.microsoft MatMulNBits/MatMulBnb4 (``prod(A.shape[:-1]) * K * N``),
-  FusedMatMul, GemmFastGelu, ...: ``prod(Y) * K``. Attention written out as
-  MatMul/Softmax/MatMul (most exports) counts here, not under ``attention``.
+  FusedMatMul, GemmFastGelu, ...: ``prod(Y) * K``; RNN, GRU and LSTM: the
+  input and recurrent products of every step, gate and direction,
+  ``seq * batch * (prod(W) + prod(R))`` (gates, peepholes and biases are not
+  counted). Attention written out as MatMul/Softmax/MatMul (most exports)
+  counts here, not under ``attention``.
 * ``attention``: fused attention only: com.microsoft Attention (with its QKV
   projection), MultiHeadAttention, GroupQueryAttention and opset-23 Attention:
   ``B * heads * S_q * S_kv * (head_size_qk + head_size_v)``; ``S_kv`` is the
@@ -142,6 +145,19 @@ def _matmul_nbits(node: onnx.NodeProto, shapes: Shapes) -> int | str:
     if "K" not in attrs or "N" not in attrs:
         return f"{node.op_type} without K/N attributes"
     return math.prod(found[0][:-1]) * int(attrs["K"]) * int(attrs["N"])
+
+
+def _recurrent(node: onnx.NodeProto, shapes: Shapes) -> int | str:
+    """RNN/GRU/LSTM: per time step and batch row, ``X_t W^T`` and ``H_{t-1} R^T`` for
+    every direction and gate: ``seq * batch * (prod(W) + prod(R))``."""
+    found = _need(node, shapes, 0, 1, 2)
+    if isinstance(found, str):
+        return found
+    x, w, r = found
+    if len(x) != 3:
+        return f"{node.op_type} input of rank {len(x)}"
+    seq, batch = (x[1], x[0]) if _attributes(node).get("layout", 0) else (x[0], x[1])
+    return seq * batch * (math.prod(w) + math.prod(r))
 
 
 def _attention_macs(batch: int, heads: int, q_len: int, kv_len: int, qk: int, v: int) -> int:
@@ -353,6 +369,9 @@ RULES: dict[tuple[str, str], tuple[str, MacRule]] = {
     (_MS, "MultiHeadAttention"): ("attention", _multi_head_attention),
     (_MS, "GroupQueryAttention"): ("attention", _group_query_attention),
     ("", "Attention"): ("attention", _onnx_attention),
+    ("", "RNN"): ("matmul", _recurrent),
+    ("", "GRU"): ("matmul", _recurrent),
+    ("", "LSTM"): ("matmul", _recurrent),
     ("", "Einsum"): ("other", _einsum),
     ("", "AveragePool"): ("other", _pool),
     ("", "MaxPool"): ("other", _pool),

@@ -100,7 +100,7 @@ def quantize_model(
         statistics=dict(record.statistics),
         calibration=record.details["calibration"],
         mac_coverage=mac_coverage(outcome.before, decisions),
-        bytes_before=file_bytes(source),
+        bytes_before=outcome.input_bytes,
         bytes_after=file_bytes(output),
         seconds=time.perf_counter() - start,
         verification=outcome.verification,

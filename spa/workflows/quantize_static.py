@@ -199,7 +199,7 @@ def quantize_static_model(
         calibration_method=calib_method,
         calibration_samples=int(record.statistics.get("calibration_samples", 0)),
         mac_coverage=static_mac_coverage(outcome.before, quantized),
-        bytes_before=file_bytes(source),
+        bytes_before=outcome.input_bytes,
         bytes_after=file_bytes(output),
         seconds=time.perf_counter() - start,
         verification=outcome.verification,

@@ -65,6 +65,8 @@ class RewriteResult(VerifiedResult):
 
 
 def file_bytes(path: Path) -> int:
-    """A model's size on disk, its ``.data`` external-data file included."""
+    """The size on disk of a model spa wrote, its ``.data`` external-data file
+    included (an input's external data may have any name: see
+    :func:`spa.model_io.stored_bytes`)."""
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

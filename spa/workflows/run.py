@@ -40,7 +40,7 @@ from spa.calibration import (
     load_calibration,
 )
 from spa.errors import UserError, first_line
-from spa.model_io import load_model, save_model
+from spa.model_io import load_model, save_model, stored_bytes
 from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.verify import VerifyResult, input_specs, make_feeds
@@ -129,6 +129,8 @@ class PipelineOutcome:
     quality_note: str = ""
     #: Constant nodes holding weights (>= 16 elements) made initializers before the passes.
     constants_lifted: int = 0
+    #: The input on disk: the model file and every external-data file it reads.
+    input_bytes: int = 0
 
     def model_before(self, source: Path) -> ir.Model:
         """The model as it was before the passes (external weights read from ``source``'s folder)."""
@@ -389,6 +391,7 @@ def run_pipeline(
     source, output = Path(source), Path(output)
     metric = load_metric(options.metric) if options.metric else None  # fail before any work
     model = model if model is not None else load_model(source)
+    input_bytes = stored_bytes(source, model)
     lifted = lift_constant_weights(model)
     if prepare is not None:
         model = prepare(model)
@@ -406,7 +409,9 @@ def run_pipeline(
         calibrator=calibrator,
     )
     save_model(model, output, input_path=source)
-    outcome = PipelineOutcome(output, records, before, None, 0.0, constants_lifted=lifted)
+    outcome = PipelineOutcome(
+        output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes
+    )
     if verify is not None:
         outcome.verification = verify(source, output, outcome)
     if holdout or metric is not None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
-from spa.model_io import external_data_files, load_model, save_model
+from spa.model_io import external_data_files, load_model, save_model, stored_bytes
 from spa.progress import track
 from spa.stats import report as reporting
 from spa.verify.latency import TARGETS, compare_latency
@@ -452,7 +452,8 @@ def optimize_search(
         _write_output(source, output, chosen)
     _, measure_text = quality_loss(Quality(0, []), metric_dense, 0.0 if metric else None)
     seconds = time.perf_counter() - start
-    verdict = _summary(results, chosen, file_bytes(source), seconds)
+    input_bytes = stored_bytes(source, load_model(source))
+    verdict = _summary(results, chosen, input_bytes, seconds)
     report = {
         "command": command or f"spa.workflows.search.optimize_search({str(source)!r}, {str(output)!r})",
         "versions": reporting.versions(),
@@ -462,7 +463,7 @@ def optimize_search(
             "quality_measure": measure_text, "metric": metric, "metric_dense": metric_dense,
             "calibration_samples": len(calib), "holdout_samples": len(held),
             "pruning": {"criterion": criterion, "allocation": allocation, "round_to": round_to},
-            "input_bytes": file_bytes(source), "input_params": before.params,
+            "input_bytes": input_bytes, "input_params": before.params,
             "input_macs": before.total_macs,
             "candidates": [result.as_dict() for result in results],
             "chosen": chosen.name if chosen else None,

@@ -164,7 +164,7 @@ def sparsify_model(
         output=output, options=options,
         decisions=[decision.as_dict() for decision in decisions],
         statistics=dict(record.statistics), calibration=record.details["calibration"],
-        mac_coverage=weight_coverage(outcome.before, weights), bytes_before=file_bytes(source),
+        mac_coverage=weight_coverage(outcome.before, weights), bytes_before=outcome.input_bytes,
         bytes_after=file_bytes(output), sparsity=_sparsity(decisions),
         seconds=time.perf_counter() - start, verification=outcome.verification,
         quality=outcome.quality.as_dict() if outcome.quality else None,
