@@ -145,3 +145,28 @@ def test_mac_costs_count_recurrent_weights_once_per_time_step() -> None:
     feed = {"x": np.zeros((5, 1, 3), np.float32)}
     _, total = mac_costs(model, analysis.prunable_groups(), feed)
     assert total == 5 * (16 * 3 + 16 * 4)
+
+
+def test_groups_can_lose_three_quarters_and_an_unreachable_budget_is_reported(caplog) -> None:
+    # with 0.5 as the largest measured ratio no group could lose more than half its channels
+    proto, feeds = _chain(), _feeds()
+    model, analysis = analysis_of(proto)
+    groups = analysis.prunable_groups()
+    costs, total = mac_costs(model, groups, feeds[0])
+    plan = make_plan(model, analysis, ratio=0.9, criterion="l2", allocation="sensitivity",
+                     samples=feeds, costs=costs, total_cost=total, fragile=10.0)  # fmt: skip
+    removed = {g: plan.sizes[g] - len(k) for g, k in plan.kept.items()}
+    assert max(removed[g.id] / g.size for g in groups) == 0.75
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, plan)
+    apply_plan(model, analysis, plan)
+    assert masked_relative_error(masked, model, feeds[0]) < 1e-5
+    # a budget past every group's last step: all of it spent that can be, and a warning says why
+    small = GroupSensitivity(1, "small", 8, 1.0, [1, 2, 4, 6], [0.01, 0.02, 0.04, 0.08])
+    fragile = GroupSensitivity(2, "fragile", 8, 1.0, [1, 2, 4, 6], [0.5, 0.6, 0.7, 0.9])
+    with caplog.at_level("WARNING", logger="spa.pruning.sensitivity"):
+        assert allocate_by_sensitivity([small, fragile], ratio=0.9, total_cost=16.0,
+                                       fragile=0.25) == {1: 6, 2: 0}  # fmt: skip
+    (line,) = [r.getMessage() for r in caplog.records if "sensitivity allocation" in r.message]
+    assert line.startswith("sensitivity allocation saved 6 of the 14.4 asked")
+    assert "largest measured ratio, and 1 fragile group(s) stay whole" in line
