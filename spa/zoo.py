@@ -231,6 +231,20 @@ class ZooEntry:
     def from_onnx_wheel(self) -> bool:
         return self.file.startswith("onnx-wheel:")
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> the registered concrete shape (the ``shapes`` of seeded feeds)."""
+        return {spec.name: spec.shape for spec in self.inputs}
+
+    @property
+    def int_ranges(self) -> dict[str, tuple[int, int]]:
+        """Integer input name -> its registered ``[low, high)`` (token ids, masks)."""
+        return {
+            spec.name: (spec.low, spec.high)
+            for spec in self.inputs
+            if spec.low is not None and spec.high is not None
+        }
+
 
 def zoo_folder() -> Path:
     """Folder with the light models: ``$SPA_ZOO_DIR`` or the installed ``spa.zoo_data``."""

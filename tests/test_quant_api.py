@@ -202,11 +202,7 @@ def test_w8_rtn_on_zoo_transformers(tmp_path: Path) -> None:
     for item in found:
         name = item.name  # type: ignore[attr-defined]
         source = zoo.materialize(name, tmp_path / f"{name}.onnx")
-        inputs = item.inputs  # type: ignore[attr-defined]
-        ranges = {
-            s.name: (s.low, s.high) for s in inputs if s.low is not None and s.high is not None
-        }
-        shapes = {s.name: tuple(s.shape) for s in inputs}
+        ranges, shapes = item.int_ranges, item.shapes  # type: ignore[attr-defined]
         result = quantize_model(
             source, tmp_path / f"{name}-w8.onnx", bits=8, block=32, target="ort",
             int_ranges=ranges, shapes=shapes,

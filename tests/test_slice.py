@@ -290,14 +290,13 @@ DECODERS = ["hf-llama-gqa", "hf-llama-gqa-ts", "hf-qwen2-gqa", "hf-mistral-gqa",
 KV_DECODERS = [name for name in DECODERS if "kv-cache" in zoo.entry(name).tags]
 
 
-def _zoo_feeds(name: str, seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs at the registry's shapes (a KV-cache step needs total = past + seq)."""
+def _zoo_feeds(name: str, proto: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs of the zoo model ``name`` (loaded as ``proto``) at the registry's
+    shapes (a KV-cache step needs total = past + seq)."""
     entry = zoo.entry(name)
-    shapes = {spec.name: spec.shape for spec in entry.inputs}
-    ranges = {
-        s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None
-    }
-    return make_feeds(input_specs(zoo.load(name)), seed=seed, shapes=shapes, int_ranges=ranges)
+    return make_feeds(
+        input_specs(proto), seed=seed, shapes=entry.shapes, int_ranges=entry.int_ranges
+    )
 
 
 REFUSED = {
@@ -320,7 +319,7 @@ def test_zoo_decoder_random_rotation_is_exact(name: str, bases: str) -> None:
     rotate_pass = RotateSlicePass(ratio=0.0, rotation="random", seed=1, bases=bases)
     records = run_passes(model, [RotationInvariantPass(), rotate_pass])
     assert (records[1].statistics["shortcuts"] > 0) == (bases == "per-norm")
-    feeds = [_zoo_feeds(name, seed=0)]
+    feeds = [_zoo_feeds(name, proto, seed=0)]
     assert _relative_error(proto, model, feeds) < TOLERANCE
 
 
@@ -442,7 +441,7 @@ def test_decomposed_layernorm_at_opset_13_rotates_and_slices() -> None:
 def test_zoo_decoder_slices_to_three_quarters_and_runs(name: str) -> None:
     """PCA slicing 128 -> 96 on seeded inputs: constant and computed Reshape targets follow."""
     proto = zoo.load(name)
-    feeds = [_zoo_feeds(name, seed=seed) for seed in range(3)]
+    feeds = [_zoo_feeds(name, proto, seed=seed) for seed in range(3)]
     model = ir.serde.deserialize_model(proto)
     records = run_passes(
         model,
@@ -463,7 +462,7 @@ def test_zoo_kv_decoder_sliced_decodes_with_its_cache(name: str) -> None:
     layout, and the sliced step decodes two more tokens in ORT, each fed the
     ``present.*`` of the step before as ``past_key_values.*``."""
     proto = zoo.load(name)
-    feeds = [_zoo_feeds(name, seed=seed) for seed in range(3)]
+    feeds = [_zoo_feeds(name, proto, seed=seed) for seed in range(3)]
     model = ir.serde.deserialize_model(proto)
     run_passes(
         model,

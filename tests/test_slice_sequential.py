@@ -46,7 +46,7 @@ def _outputs(model: ir.Model, feed: dict[str, np.ndarray]) -> dict[str, np.ndarr
 )
 def test_sliced_model_equals_its_full_width_projection(name: str, kept_share: float) -> None:
     proto = {"rmsnorm": _rms_model, "layernorm": _ln_model}.get(name, lambda: zoo.load(name))()
-    feed = _zoo_feeds(name, 0) if name.startswith("hf-") else _feeds(proto, 1)[0]
+    feed = _zoo_feeds(name, proto, 0) if name.startswith("hf-") else _feeds(proto, 1)[0]
     sliced, projected = _invariant(proto), _invariant(proto)
     stream = residual_stream_or_error(sliced)
     groups = norm_groups(stream)

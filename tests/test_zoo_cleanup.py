@@ -22,10 +22,7 @@ ENTRIES = zoo.entries()
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
 def test_cleanup_preserves_outputs(entry: zoo.ZooEntry, tmp_path: Path) -> None:
     source = zoo.materialize(entry.name, tmp_path / "model.onnx")
-    shapes = {spec.name: spec.shape for spec in entry.inputs}
-    ranges = {
-        s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None
-    }
+    shapes, ranges = entry.shapes, entry.int_ranges
     result = optimize(
         source,
         tmp_path / "clean.onnx",

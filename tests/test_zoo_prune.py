@@ -50,16 +50,6 @@ LIMITED: dict[str, str] = {
 }
 
 
-def _shapes(entry: zoo.ZooEntry) -> dict[str, tuple[int, ...]]:
-    return {spec.name: spec.shape for spec in entry.inputs}
-
-
-def _ranges(entry: zoo.ZooEntry) -> dict[str, tuple[int, int]]:
-    return {
-        s.name: (s.low, s.high) for s in entry.inputs if s.low is not None and s.high is not None
-    }
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
 def test_prune_random_30_percent(entry: zoo.ZooEntry, tmp_path: Path) -> None:
@@ -72,8 +62,8 @@ def test_prune_random_30_percent(entry: zoo.ZooEntry, tmp_path: Path) -> None:
         seed=0,
         verify=True,
         policy=AllClose(rtol=1e-4),
-        shapes=_shapes(entry),
-        int_ranges=_ranges(entry),
+        shapes=entry.shapes,
+        int_ranges=entry.int_ranges,
     )
     report = result.report
     print(
@@ -100,7 +90,7 @@ def _runs_at_other_batch(path: Path, entry: zoo.ZooEntry) -> None:
     dynamic = [spec for spec in specs if spec.dims and not isinstance(spec.dims[0], int)]
     if not dynamic:
         return
-    registered = {s.name: s.shape for s in entry.inputs}
+    registered = entry.shapes
     # the pruned model's own fixed dims (a pruned KV cache has fewer heads), the registry's
     # sizes for its other dynamic dims, and batch 3
     shapes = {
@@ -113,6 +103,6 @@ def _runs_at_other_batch(path: Path, entry: zoo.ZooEntry) -> None:
         )
         for spec in dynamic
     }
-    feeds = make_feeds(specs, seed=1, shapes=shapes, int_ranges=_ranges(entry))
+    feeds = make_feeds(specs, seed=1, shapes=shapes, int_ranges=entry.int_ranges)
     outputs = create_session(path).run(None, feeds)
     assert all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")

@@ -24,8 +24,8 @@ def _prune(name: str, tmp_path: Path, ratio: float = 0.5):
         criterion="l2",
         verify=True,
         policy=AllClose(rtol=1e-4),
-        shapes={s.name: s.shape for s in entry.inputs},
-        int_ranges={s.name: (s.low, s.high) for s in entry.inputs if s.low is not None},
+        shapes=entry.shapes,
+        int_ranges=entry.int_ranges,
     )
     assert result.verification is not None and result.verification.passed
     return onnx.load(str(source)), onnx.load(str(result.output)), result
