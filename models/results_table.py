@@ -97,37 +97,10 @@ def spa_makers(calibration: Feeds) -> dict[str, Maker]:
 
 
 def ort_makers(calibration: Feeds) -> dict[str, Maker]:
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    """ONNX Runtime's quantizers, as bench_quant_formats.py runs them."""
+    from bench_quant_formats import ort_makers as bench_makers
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.feeds = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.feeds, None)
-
-    def static(fmt: Any) -> Maker:
-        return lambda s, o: quantize_static(str(s), str(o), Reader(), quant_format=fmt,
-                                            per_channel=True)
-
-    def nbits(source: Path, output: Path) -> None:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, is_symmetric=True)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(output))
-
-    return {
-        "ORT quantize_dynamic": lambda s, o: quantize_dynamic(str(s), str(o)),
-        "ORT quantize_static QDQ": static(QuantFormat.QDQ),
-        "ORT quantize_static QOperator": static(QuantFormat.QOperator),
-        "ORT MatMulNBits 4-bit": nbits,
-    }
+    return {label.replace("ort ", "ORT ", 1): make for label, make in bench_makers(calibration).items()}
 
 
 def metric_value(bed: testbeds.Testbed, metrics: dict[str, float]) -> float:

@@ -35,25 +35,13 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
+from export_minilm_torch import Encoder  # the same keyword wrapper the ONNX export uses
 from tokenizers import Tokenizer
 from transformers import AutoModel
 from transformers.models.bert.modeling_bert import BertOutput, BertSelfAttention, BertSelfOutput
 
 CRITERIA = ("l1", "l2", "taylor", "hessian", "random")
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class Encoder(torch.nn.Module):
-    """BertModel called with keywords, returning ``last_hidden_state``."""
-
-    def __init__(self, bert: torch.nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids).last_hidden_state
 
 
 def tokenizer(model_dir: Path) -> Tokenizer:
