@@ -411,6 +411,7 @@ class PrunePass(SpaPass):
         #: consumer inputs in graph order cut into stages, and the stage measured last.
         self._plan: Plan | None = None
         self._chunks: list[list[str]] = []
+        self._reads: dict[int, dict[str, int]] = {}  # kept group -> consumer inputs read
         self._round = 0
 
     def _wants_statistics(self) -> bool:
@@ -480,17 +481,14 @@ class PrunePass(SpaPass):
         stage = self._prepared(model)
         if self._plan is None:
             self._plan = self._make_plan(model, stage)
-            self._chunks = _stages(model, stage.analysis, self._plan, self.sequential)
+            by_id = {group.id: group for group in stage.analysis.groups}
+            self._reads = {g: needed_values(model, [by_id[g]]) for g in self._plan.kept}
+            self._chunks = _stages(model, self._reads, self.sequential)
         self._round += 1
         if self._round >= len(self._chunks):
             return None
         measured = {name for chunk in self._chunks[: self._round] for name in chunk}
-        by_id = {group.id: group for group in stage.analysis.groups}
-        done = [
-            group_id
-            for group_id in self._plan.kept
-            if set(needed_values(model, [by_id[group_id]])) <= measured
-        ]
+        done = [group_id for group_id, reads in self._reads.items() if set(reads) <= measured]
         subplan = dataclasses.replace(
             self._plan,
             kept={g: self._plan.kept[g] for g in done},
@@ -503,9 +501,9 @@ class PrunePass(SpaPass):
         variant = _copy(model)
         apply_updates(variant, updates)
         mask_model(variant, stage.analysis, subplan)
-        values = needed_values(model, [by_id[g] for g in self._plan.kept])
+        axes = {name: axis for reads in self._reads.values() for name, axis in reads.items()}
         return CalibrationRequest(
-            channels={name: values[name] for name in self._chunks[self._round]},
+            channels={name: axes[name] for name in self._chunks[self._round]},
             full_channels=self.criterion == "obs",
             model=variant,
         )
@@ -536,7 +534,7 @@ class PrunePass(SpaPass):
         stage = self._prepared(model)
         analysis, statistics = stage.analysis, self._statistics
         plan = self._plan if self._plan is not None else self._make_plan(model, stage)
-        self._plan, self._chunks, self._round = None, [], 0
+        self._plan, self._chunks, self._reads, self._round = None, [], {}, 0
         if self.save_plan is not None:
             plan.save(self.save_plan)
         updates, reconstruction = compute_updates(
@@ -620,22 +618,18 @@ def mac_costs(
     return costs, float(total)
 
 
-def _stages(model: ir.Model, analysis: Analysis, plan: Plan, count: int) -> list[list[str]]:
-    """The kept groups' consumer inputs in graph order (of their first reader),
-    cut into at most ``count`` stages of about equal size."""
-    position = {id(node): index for index, node in enumerate(model.graph)}
-    by_id = {group.id: group for group in analysis.groups}
-    values = needed_values(model, [by_id[g] for g in plan.kept])
-
-    def first_reader(name: str) -> int:
-        readers = [
-            position.get(id(node), len(position))
-            for node in model.graph
-            if any(value is not None and value.name == name for value in node.inputs)
-        ]
-        return min(readers, default=len(position))
-
-    ordered = sorted(values, key=first_reader)
+def _stages(model: ir.Model, reads: dict[int, dict[str, int]], count: int) -> list[list[str]]:
+    """The consumer inputs that the kept groups' updates read (``reads``: group id ->
+    value -> channel axis) in graph order of their first reader, cut into at most
+    ``count`` stages of about equal size."""
+    values = {name for group_reads in reads.values() for name in group_reads}
+    first_reader: dict[str, int] = {}
+    end = 0
+    for end, node in enumerate(model.graph, start=1):
+        for value in node.inputs:
+            if value is not None and value.name in values:
+                first_reader.setdefault(value.name, end)
+    ordered = sorted(values, key=lambda name: first_reader.get(name, end + 1))
     count = max(1, min(count, len(ordered)))
     return [chunk.tolist() for chunk in np.array_split(np.array(ordered, dtype=object), count)]
 
