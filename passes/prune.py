@@ -52,7 +52,7 @@ from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.pruning.statistics import needed_values
-from spa.stats.coverage import node_macs, value_shapes
+from spa.stats.coverage import node_macs, set_input_shapes, value_shapes
 from spa.verify.mask import mask_model
 
 __all__ = ["PrunePass", "apply_plan", "mac_costs"]
@@ -591,13 +591,7 @@ def mac_costs(
     step): a channel owns ``1 / size`` of the
     MACs of every node whose weight (input 1) is one of its group's members."""
     proto = ir.serde.serialize_model(model)
-    for value in proto.graph.input:
-        if value.name in sample:
-            shape = value.type.tensor_type.shape
-            del shape.dim[:]
-            for size in np.shape(sample[value.name]):
-                shape.dim.add().dim_value = int(size)
-    del proto.graph.value_info[:]
+    set_input_shapes(proto, {name: np.shape(array) for name, array in sample.items()})
     shapes = value_shapes(proto)
     macs_by_weight: dict[str, int] = defaultdict(int)
     total = 0

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import onnx
 
 from spa.model_io import iter_graph_protos
 
-__all__ = ["covered_share", "mac_coverage", "node_macs", "value_shapes", "weight_coverage"]
+__all__ = [
+    "covered_share",
+    "mac_coverage",
+    "node_macs",
+    "set_input_shapes",
+    "value_shapes",
+    "value_shapes_and_types",
+    "weight_coverage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,21 +32,44 @@ Shape = tuple[int, ...]
 
 def value_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     """Value name -> shape (symbolic dims as 1) after ONNX shape inference."""
+    return value_shapes_and_types(model)[0]
+
+
+def value_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+    """Value name -> shape (symbolic dims as 1), and -> element type (TensorProto
+    data type), from one run of ONNX shape inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception as error:  # inference may reject custom domains; shapes stay partial
         logger.debug("shape inference failed: %s", error)
         inferred = model
     shapes: dict[str, Shape] = {}
+    types: dict[str, int] = {}
     for graph in iter_graph_protos(inferred.graph):  # If/Loop/Scan bodies too
-        shapes.update((t.name, tuple(int(d) for d in t.dims)) for t in graph.initializer)
+        for tensor in graph.initializer:
+            shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+            types[tensor.name] = tensor.data_type
         for info in [*graph.input, *graph.value_info, *graph.output]:
-            tensor = info.type.tensor_type
-            if tensor.HasField("shape"):
+            tensor_type = info.type.tensor_type
+            types[info.name] = tensor_type.elem_type
+            if tensor_type.HasField("shape"):
                 shapes[info.name] = tuple(
-                    int(d.dim_value) if d.HasField("dim_value") else 1 for d in tensor.shape.dim
+                    int(d.dim_value) if d.HasField("dim_value") else 1
+                    for d in tensor_type.shape.dim
                 )
-    return shapes
+    return shapes, types
+
+
+def set_input_shapes(model: onnx.ModelProto, sample_shapes: Mapping[str, Shape]) -> None:
+    """Give the graph inputs named in ``sample_shapes`` those concrete shapes and drop
+    ``value_info``, in place, so that shape inference starts afresh from them."""
+    for value in model.graph.input:
+        if value.name in sample_shapes:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for size in sample_shapes[value.name]:
+                shape.dim.add().dim_value = int(size)
+    del model.graph.value_info[:]
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:

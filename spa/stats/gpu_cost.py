@@ -37,7 +37,6 @@ absolute times are a rough guide.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -46,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spa.stats.coverage import node_macs, value_shapes
+from spa.stats.coverage import node_macs, set_input_shapes, value_shapes_and_types
 
 __all__ = ["H200", "GpuSpec", "KernelCost", "LatencyEstimate", "estimate_latency"]
 
@@ -123,33 +122,16 @@ def estimate_latency(
     ``sample_shapes`` (dynamic dims not given count as 1)."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
-    for value in proto.graph.input:
-        if sample_shapes and value.name in sample_shapes:
-            shape = value.type.tensor_type.shape
-            del shape.dim[:]
-            for size in sample_shapes[value.name]:
-                shape.dim.add().dim_value = int(size)
-    del proto.graph.value_info[:]
-    shapes = value_shapes(proto)
+    set_input_shapes(proto, sample_shapes or {})
+    shapes, types = value_shapes_and_types(proto)
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
     producers = {out: node for node in proto.graph.node for out in node.output}
-    types = _value_types(proto)
     kernels = []
     for node in proto.graph.node:
         cost = _node_cost(node, shapes, initializers, producers, types, spec)
         if cost is not None:
             kernels.append(cost)
     return LatencyEstimate(spec.name, kernels)
-
-
-def _value_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = model
-    with contextlib.suppress(Exception):  # custom domains: types stay partial
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    types = {t.name: t.data_type for t in inferred.graph.initializer}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        types[info.name] = info.type.tensor_type.elem_type
-    return types
 
 
 def _elements(shapes: Mapping[str, tuple[int, ...]], name: str) -> int:
