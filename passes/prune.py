@@ -43,7 +43,7 @@ from spa.analysis.shape_exprs import CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
 from spa.errors import UserError
 from spa.ir_shapes import infer_shapes
-from spa.model_io import read_array
+from spa.model_io import copy_model, read_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
 from spa.pruning.correction import CorrectionTarget, correction_targets, slice_statistics
@@ -498,7 +498,7 @@ class PrunePass(SpaPass):
             model, stage.analysis, subplan, reconstruct=self.criterion == "obs",
             bias_compensation=self.bias_compensation, statistics=self._statistics,
         )  # fmt: skip
-        variant = _copy(model)
+        variant = copy_model(model)
         apply_updates(variant, updates)
         mask_model(variant, stage.analysis, subplan)
         axes = {name: axis for reads in self._reads.values() for name, axis in reads.items()}
@@ -552,7 +552,7 @@ class PrunePass(SpaPass):
         if not plan.kept:
             return SpaPassResult(model, False, {"groups_pruned": 0}, details)
         if self.keep_reference:  # the updated model before slicing, for mask equivalence
-            details["reference"] = _copy(model)
+            details["reference"] = copy_model(model)
         targets: list[CorrectionTarget] = []
         if self.correct_statistics and statistics is not None:
             by_id = {group.id: group for group in analysis.groups}
@@ -626,16 +626,6 @@ def _stages(model: ir.Model, reads: dict[int, dict[str, int]], count: int) -> li
     ordered = sorted(values, key=lambda name: first_reader.get(name, end + 1))
     count = max(1, min(count, len(ordered)))
     return [chunk.tolist() for chunk in np.array_split(np.array(ordered, dtype=object), count)]
-
-
-def _copy(model: ir.Model) -> ir.Model:
-    """A deep copy whose external weights still read from the original's folder."""
-    copy = ir.from_proto(ir.to_proto(model))
-    for value in model.graph.initializers.values():
-        if isinstance(value.const_value, ir.ExternalTensor):
-            ir.external_data.set_base_dir(copy.graph, value.const_value.base_dir)
-            break
-    return copy
 
 
 def _with_biases(

@@ -42,6 +42,7 @@ import onnx_ir as ir
 from spa.analysis.residual import ResidualStream, find_residual_stream
 from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
+from spa.model_io import copy_model
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.passes.slice_rewrite import make_invariant, norm_groups, rotate, unfuse_skip_norms
 
@@ -220,7 +221,7 @@ class RotateSlicePass(SpaPass):
             return None
         kept = kept_channels(stream.hidden, self.ratio, self.round_to)
         bases, _ = self._rotations(stream, groups, upto=self._round)
-        variant = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        variant = copy_model(model)
         variant_stream = residual_stream_or_error(variant)
         projections = [q[:, :kept] @ q[:, :kept].T for q in bases]
         projections += [np.eye(stream.hidden)] * (max(groups) + 1 - len(projections))

@@ -32,6 +32,7 @@ from spa.model_check import check_model_proto
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD_BYTES",
+    "copy_model",
     "external_data_files",
     "iter_graph_protos",
     "iter_graphs",
@@ -47,6 +48,16 @@ logger = logging.getLogger(__name__)
 #: Models whose initializers add up to more than this are saved with their
 #: weights in a ``<name>.data`` file next to the model (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """A deep copy whose external weights still read from the original's folder."""
+    copy = ir.from_proto(ir.to_proto(model))
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            ir.external_data.set_base_dir(copy.graph, value.const_value.base_dir)
+            break
+    return copy
 
 
 def read_array(tensor: ir.TensorProtocol, dtype: Any = None) -> np.ndarray:

@@ -9,6 +9,8 @@ tested first, on inline models and a zoo decoder with a parallel residual.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -28,6 +30,7 @@ from spa.passes.slice import (
 from spa.passes.slice_rewrite import norm_groups, rotate
 from spa.verify.runner import run_model
 from spa.workflows.run import feeds_calibrator
+from spa.workflows.slice import slice_model
 from tests.test_slice import HIDDEN, TOLERANCE, _feeds, _ln_model, _rms_model, _zoo_feeds
 
 
@@ -96,3 +99,18 @@ def test_sequential_needs_per_norm_bases() -> None:
         RotateSlicePass(ratio=0.25, sequential=True)
     with pytest.raises(UserError, match="--bases per-norm"):
         RotateSlicePass(ratio=0.25, bases="per-norm", rotation="random", sequential=True)
+
+
+def test_sequential_rounds_read_external_weights(tmp_path: Path) -> None:
+    """The rounds measure copies of the model: weights kept in an external-data file
+    must still be read from the input's folder (the copy lost it: FileNotFoundError)."""
+    proto = _rms_model(seed=5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    onnx.save(proto, str(folder / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.bin", size_threshold=1024)  # fmt: skip
+    result = slice_model(
+        folder / "m.onnx", tmp_path / "s.onnx", ratio=0.25, round_to=4, bases="per-norm",
+        sequential=True, calibration=_feeds(proto, 6, seed=60), exactness=False,
+    )  # fmt: skip
+    assert (result.hidden_before, result.hidden_after) == (HIDDEN, 12)
