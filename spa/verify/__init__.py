@@ -18,10 +18,10 @@ import onnx
 
 from spa.model_io import load_proto
 from spa.ort import create_session
-from spa.progress import track
 from spa.verify.branches import BranchCoverage, branch_feeds, branch_selectors
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
-from spa.verify.runner import run_model
+from spa.verify.runner import run_model, run_model_many
+from spa.verify.segments import maybe_segmented
 from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
 
 __all__ = [
@@ -112,7 +112,10 @@ def verify_models(
     name -> absolute difference that counts as equal (the producing op's
     precision, see :mod:`spa.verify.tolerance`). ``expose``: names of values
     inside both graphs to compare as well, as if they were outputs (the files
-    are not changed).
+    are not changed). Very large graphs (more nodes or bytes of weights than
+    :mod:`spa.verify.segments` sets) run as a chain of smaller sessions, one
+    segment in memory at a time: ORT's session creation is superlinear in the
+    graph size, and a whole session holds all the weights.
     """
     from spa.errors import UserError
 
@@ -130,22 +133,23 @@ def verify_models(
     ]
     coverage = None
     if branch_selectors(reference_proto):
-        first = all_feeds[0] if all_feeds else make_feeds(
-            specs, seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges
+        first = (
+            all_feeds[0]
+            if all_feeds
+            else make_feeds(specs, seed=seed, shapes=shapes, dims=dims, int_ranges=int_ranges)
         )
         extras, coverage = branch_feeds(reference_proto, first, int_ranges)
         all_feeds.extend(extras)
     # One model in ONNX Runtime at a time: peak memory is the larger model, not both.
     runner = _session(session, reference, reference_proto, logits, 0, expose)
-    expected_all = [
-        run_model(runner, feeds)
-        for feeds in track(all_feeds, total=len(all_feeds), description="verify (reference)")
-    ]
+    expected_all = run_model_many(runner, all_feeds, "verify (reference)")
     del runner
     runner = _session(session, candidate, candidate_proto, logits, 1, expose)
+    candidate_feeds = [adapt(feeds) if adapt else feeds for feeds in all_feeds]
+    actual_all = run_model_many(runner, candidate_feeds, "verify (candidate)")
+    del runner
     worst: dict[str, OutputCheck] = {}
-    for feeds, expected in zip(all_feeds, expected_all, strict=True):
-        actual = run_model(runner, adapt(feeds) if adapt else feeds)
+    for expected, actual in zip(expected_all, actual_all, strict=True):
         if adapt:
             expected = adapt(expected)
         for name, value in expected.items():
@@ -219,7 +223,7 @@ def _session(
     present = {value.name for value in proto.graph.output}
     extra = [name for name in dict.fromkeys(expose) if name in produced and name not in present]
     if not logits and not extra:
-        return factory(path)
+        return maybe_segmented(proto, factory, Path(path).parent) or factory(path)
     edited = onnx.ModelProto()
     edited.CopyFrom(proto)
     for output, names in sorted(logits.items()):
@@ -228,4 +232,7 @@ def _session(
         edited.graph.output.append(onnx.helper.make_empty_tensor_value_info(exposed))
     for name in extra:
         edited.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return factory(edited.SerializeToString(), external_folder=Path(path).parent)
+    folder = Path(path).parent
+    return maybe_segmented(edited, factory, folder) or factory(
+        edited.SerializeToString(), external_folder=folder
+    )

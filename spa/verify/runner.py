@@ -11,8 +11,9 @@ import numpy as np
 
 from spa.errors import UserError
 from spa.ort import create_session, import_onnxruntime, ort_error_message
+from spa.progress import track
 
-__all__ = ["run_model"]
+__all__ = ["run_model", "run_model_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,49 @@ def run_model(
     try:
         values = session.run(names, {k: v for k, v in feeds.items() if k in wanted}, options)
     except Exception as error:  # ORT raises its own Fail/InvalidArgument types
-        where = str(model) if isinstance(model, str | os.PathLike) else "model"
-        raise UserError(
-            f"{where}: ONNX Runtime failed to run it ({ort_error_message(error)})"
-            f"{_dims_hint(session, feeds)}"
-        ) from None
+        raise _run_error(model, session, feeds, error) from None
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
+
+
+def run_model_many(
+    session: Any, all_feeds: Sequence[Mapping[str, np.ndarray]], description: str = ""
+) -> list[dict[str, np.ndarray]]:
+    """:func:`run_model` for each feed, with a progress bar. A
+    :class:`spa.verify.segments.SegmentedSession` runs all feeds segment by
+    segment instead, holding one segment's weights at a time."""
+    if not hasattr(session, "run_many"):
+        return [
+            run_model(session, feeds)
+            for feeds in track(all_feeds, total=len(all_feeds), description=description)
+        ]
+    names = [output.name for output in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    ort = import_onnxruntime()
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    steps = iter(track(range(session.segments), total=session.segments, description=description))
+    next(steps, None)
+    chosen = [{k: v for k, v in feeds.items() if k in wanted} for feeds in all_feeds]
+    try:
+        runs = session.run_many(names, chosen, options, progress=lambda: next(steps, None))
+    except UserError:
+        raise
+    except Exception as error:  # ORT raises its own Fail/InvalidArgument types
+        raise _run_error("model", session, all_feeds[0] if all_feeds else {}, error) from None
+    return [
+        {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
+        for values in runs
+    ]
+
+
+def _run_error(
+    model: Any, session: Any, feeds: Mapping[str, np.ndarray], error: Exception
+) -> UserError:
+    where = str(model) if isinstance(model, str | os.PathLike) else "model"
+    return UserError(
+        f"{where}: ONNX Runtime failed to run it ({ort_error_message(error)})"
+        f"{_dims_hint(session, feeds)}"
+    )
 
 
 def _dims_hint(session: Any, feeds: Mapping[str, np.ndarray]) -> str:
