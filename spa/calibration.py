@@ -50,6 +50,7 @@ import onnx
 
 from spa.errors import UserError
 from spa.ort import create_session
+from spa.ort_segments import maybe_segmented
 from spa.progress import track
 
 __all__ = [
@@ -369,6 +370,11 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def _create_session(model: onnx.ModelProto, folder: Path) -> Any:
+    """One ORT session, or for a very large graph a chain of segment sessions
+    (:mod:`spa.ort_segments`: ORT's session creation is superlinear in size)."""
+    chained = maybe_segmented(model, create_session, folder)
+    if chained is not None:
+        return chained
     if model.ByteSize() < _PROTO_LIMIT:
         return create_session(model.SerializeToString())
     path = folder / "calibration.onnx"

@@ -1,4 +1,4 @@
-"""Very large graphs run as a chain of ORT sessions (spa.verify.segments): same outputs
+"""Very large graphs run as a chain of ORT sessions (spa.ort_segments): same outputs
 as one session, values crossing cuts (skips, If bodies, shared initializers), and the
 fallbacks to one session."""
 
@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from spa.ort import create_session
 from spa.verify import Exact, verify_models
-from spa.verify.segments import SEGMENT_ABOVE, SegmentedSession, maybe_segmented
+from spa.ort_segments import SEGMENT_ABOVE, SegmentedSession, maybe_segmented
 
 
 def _chain(blocks: int, seed: int = 0, skip_every: int = 7) -> onnx.ModelProto:
@@ -160,3 +160,23 @@ def test_segments_bounded_by_weight_bytes_run_one_at_a_time(tmp_path: Path) -> N
     assert len(steps) == chained.segments
     assert all(segment.session is None for segment in chained._segments)  # each one closed
     assert maybe_segmented(model, create_session, tmp_path, above=10**9, above_bytes=10**9) is None
+
+
+def test_calibration_on_a_very_large_graph_runs_segments_and_sees_the_same_values() -> None:
+    from spa.calibration import _create_session, collect_channel_statistics
+
+    model = _chain(SEGMENT_ABOVE // 3 + 10)
+    feeds = [
+        {"x": np.random.default_rng(seed).normal(size=(4, 8)).astype(np.float32)}
+        for seed in range(2)
+    ]
+    last = f"r{SEGMENT_ABOVE // 3 + 9}"
+    statistics = collect_channel_statistics(model, {"r1": 1, last: 1}, feeds)
+    assert isinstance(_create_session(model, Path(".")), SegmentedSession)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in ("r1", last))
+    whole = create_session(exposed.SerializeToString())
+    for name in ("r1", last):
+        rows = np.concatenate([whole.run([name], feed)[0] for feed in feeds])
+        np.testing.assert_allclose(statistics[name].sums, rows.sum(axis=0), rtol=1e-4, atol=1e-4)

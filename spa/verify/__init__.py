@@ -18,10 +18,10 @@ import onnx
 
 from spa.model_io import load_proto
 from spa.ort import create_session
+from spa.ort_segments import maybe_segmented
 from spa.verify.branches import BranchCoverage, branch_feeds, branch_selectors
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
 from spa.verify.runner import run_model, run_model_many
-from spa.verify.segments import maybe_segmented
 from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
 
 __all__ = [
@@ -113,7 +113,7 @@ def verify_models(
     precision, see :mod:`spa.verify.tolerance`). ``expose``: names of values
     inside both graphs to compare as well, as if they were outputs (the files
     are not changed). Very large graphs (more nodes or bytes of weights than
-    :mod:`spa.verify.segments` sets) run as a chain of smaller sessions, one
+    :mod:`spa.ort_segments` sets) run as a chain of smaller sessions, one
     segment in memory at a time: ORT's session creation is superlinear in the
     graph size, and a whole session holds all the weights.
     """

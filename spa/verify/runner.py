@@ -42,7 +42,7 @@ def run_model_many(
     session: Any, all_feeds: Sequence[Mapping[str, np.ndarray]], description: str = ""
 ) -> list[dict[str, np.ndarray]]:
     """:func:`run_model` for each feed, with a progress bar. A
-    :class:`spa.verify.segments.SegmentedSession` runs all feeds segment by
+    :class:`spa.ort_segments.SegmentedSession` runs all feeds segment by
     segment instead, holding one segment's weights at a time."""
     if not hasattr(session, "run_many"):
         return [
