@@ -7,10 +7,11 @@ a terminal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
-__all__ = ["enable", "enabled", "track"]
+__all__ = ["enable", "enabled", "progress_bar", "track"]
 
 T = TypeVar("T")
 _ENABLED = False
@@ -34,3 +35,15 @@ def track(items: Iterable[T], *, total: int | None = None, description: str = ""
     from tqdm import tqdm
 
     yield from tqdm(items, total=total, desc=description, leave=False, disable=None)
+
+
+@contextmanager
+def progress_bar(*, total: int | None, description: str = "") -> Iterator[Callable[[int], None]]:
+    """A bar advanced by hand (``advance(n)``), for work done in batches."""
+    if not _ENABLED:
+        yield lambda count: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, leave=False, disable=None) as bar:
+        yield bar.update

@@ -88,6 +88,21 @@ __all__ = ["optimize_command"]
     type=click.Path(path_type=Path),
     help="With --max-drop: keep measured candidates here and resume from them.",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="With --max-drop: build and measure the quality of candidates in this many local "
+    "processes (latency is always measured here, one candidate at a time).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="auto|local|ADDRESS",
+    help="With --max-drop: build and measure candidates on a Ray cluster (pip install "
+    "'spa[ray]'); workers must see this machine's files.",
+)
 @input_options
 @tolerance_options()
 def optimize_command(
@@ -119,16 +134,19 @@ def optimize_command(
     allow_slower: bool,
     time_budget: str | None,
     search_cache: Path | None,
+    workers: int,
+    ray_address: str | None,
     **criteria: Any,
 ) -> None:
     """Run a recipe of passes over MODEL and write the optimized model to -o; with
     --max-drop, search for the fastest (or smallest) model within that quality loss."""
     context = click.get_current_context()
-    search_flags = ("target", "objective", "allow_slower", "time_budget", "search_cache")
+    search_flags = ("target", "objective", "allow_slower", "time_budget", "search_cache",
+                    "workers", "ray_address")  # fmt: skip
     if max_drop is not None:
         _search(context, model, output, calib, max_drop, target, objective, allow_slower,
                 time_budget, holdout, metric, seed, shapes, dims, int_ranges, report_path,
-                round_to, search_cache, criteria)  # fmt: skip
+                round_to, search_cache, criteria, workers, ray_address)  # fmt: skip
         return
     given = [_flag(name) for name in search_flags if _given(context, name)]
     if given:
@@ -191,7 +209,7 @@ def optimize_command(
 
 
 def _flag(name: str) -> str:
-    return {"prune_ratio": "--prune", "search_cache": "--cache"}.get(name, f"--{name.replace('_', '-')}")
+    return {"prune_ratio": "--prune", "search_cache": "--cache", "ray_address": "--ray"}.get(name, f"--{name.replace('_', '-')}")
 
 
 def _given(context: click.Context, name: str) -> bool:
@@ -204,9 +222,10 @@ def _search(
     target: str, objective: str, allow_slower: bool, time_budget: str | None, holdout: float,
     metric: str | None, seed: int, shapes: tuple[str, ...], dims: tuple[str, ...],
     int_ranges: tuple[str, ...], report_path: Path | None, round_to: int,
-    cache: Path | None, criteria: dict[str, Any],
+    cache: Path | None, criteria: dict[str, Any], workers: int, ray_address: str | None,
 ) -> None:  # fmt: skip
     """``--max-drop``: check the flags, run :func:`spa.workflows.search.optimize_search`, print."""
+    from spa.workflows.executor import make_executor
     from spa.workflows.search import (
         optimize_search,
         parse_max_drop,
@@ -225,13 +244,18 @@ def _search(
         raise UserError("--max-drop needs real samples to measure quality on; give --calib DATA")
     check_calib_exists(calib)
     chosen = {name: criteria[name] for name in ("criterion", "allocation") if _given(context, name)}
-    result = optimize_search(
-        model, output, calibration=calib, max_drop=share, target=target, objective=objective,
-        allow_slower=allow_slower, time_budget_s=budget, holdout=holdout, metric=metric,
-        round_to=round_to if _given(context, "round_to") else 8, seed=seed,
-        **input_arguments(shapes, dims, int_ranges, calib=calib, model=model), report_path=report_path,
-        command=command_line(), cache=cache, **chosen,
-    )  # fmt: skip
+    executor = make_executor(workers, ray_address)
+    try:
+        result = optimize_search(
+            model, output, calibration=calib, max_drop=share, target=target, objective=objective,
+            allow_slower=allow_slower, time_budget_s=budget, holdout=holdout, metric=metric,
+            round_to=round_to if _given(context, "round_to") else 8, seed=seed,
+            **input_arguments(shapes, dims, int_ranges, calib=calib, model=model),
+            report_path=report_path, command=command_line(), cache=cache, executor=executor,
+            **chosen,
+        )  # fmt: skip
+    finally:
+        executor.close()
     click.echo(render_candidates(result.candidates, result.report["search"]["input_macs"]))
     click.echo(f"quality: {result.report['search']['quality_measure']}")
     click.echo(result.verdict_line)

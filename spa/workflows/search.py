@@ -29,6 +29,7 @@ import re
 import shutil
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,11 @@ import numpy as np
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
 from spa.model_io import external_data_files, load_model, save_model, stored_bytes
-from spa.progress import track
+from spa.progress import progress_bar
 from spa.stats import report as reporting
 from spa.verify.latency import TARGETS, compare_latency
 from spa.verify.quality import Quality, load_metric, measure_quality
+from spa.workflows.executor import Executor, LocalExecutor
 from spa.workflows.results import file_bytes
 from spa.workflows.run import split_holdout
 from spa.workflows.search_cache import SearchCache, hash_file, hash_samples
@@ -168,9 +170,7 @@ def decide(result: CandidateResult, max_drop: float, allow_slower: bool) -> tupl
     return True, f"quality loss {result.quality_loss:.2%} <= {max_drop:.2%}, {result.speedup:.3f}x"
 
 
-def choose(
-    results: Sequence[CandidateResult], objective: str
-) -> CandidateResult | None:
+def choose(results: Sequence[CandidateResult], objective: str) -> CandidateResult | None:
     """The accepted candidate best for ``objective``: the highest speedup
     (``latency``), or the fewest bytes, then the highest speedup (``size``)."""
     accepted = [r for r in results if r.accepted and r.speedup is not None]
@@ -194,20 +194,58 @@ class _Measure:
     latency_budget_s: float
     shapes: dict[str, tuple[int, ...]]
 
-    def __call__(self, result: CandidateResult, path: Path) -> None:
-        quality = measure_quality(self.source, path, self.holdout)
-        result.metric_after = float(self.metric(path)) if self.metric else None
-        result.quality_loss, _ = quality_loss(quality, self.metric_dense, result.metric_after)
-        result.quality = quality.as_dict()
-        if self.metric_name:
-            result.quality.update(metric=self.metric_name, metric_before=self.metric_dense,
-                                  metric_after=result.metric_after)  # fmt: skip
+    def latency(self, result: CandidateResult, path: Path) -> None:
+        """Latency against the input on the target, here (never two at once)."""
         comparison = compare_latency(
             self.source, path, self.holdout[:4], target=self.target, budget_s=self.latency_budget_s
         )
         result.speedup, result.latency_line = comparison.speedup, comparison.line()
-        stats = reporting.compute_stats(path, shapes=self.shapes)
-        result.bytes, result.params, result.macs = file_bytes(path), stats.params, stats.total_macs
+
+
+@dataclasses.dataclass
+class _Task:
+    """One candidate to build and measure for quality, as an executor receives it."""
+
+    candidate: Candidate
+    source: Path
+    folder: Path
+    context: BuildContext
+    built: dict[tuple[Step, ...], Path]
+    holdout: list[Mapping[str, np.ndarray]]
+    metric: str | None
+    metric_dense: float | None
+    shapes: dict[str, tuple[int, ...]]
+
+
+def _evaluate(task: _Task) -> dict[str, Any]:
+    """Build ``task.candidate`` and measure its quality and size (in an executor:
+    this process, a local worker or a Ray worker). Errors become a ``reason``."""
+    start = time.perf_counter()
+    context = dataclasses.replace(task.context, checks={})
+    built = dict(task.built)
+    figures: dict[str, Any] = {"path": None, "checks": {}, "built": {}, "reason": ""}
+    try:
+        path = build_candidate(task.candidate, task.source, task.folder, context, built)
+        figures.update(path=path, checks=dict(context.checks),
+                       built={k: v for k, v in built.items() if k not in task.built})  # fmt: skip
+        quality = measure_quality(task.source, path, task.holdout)
+        metric_after = float(load_metric(task.metric)(path)) if task.metric else None
+        loss, _ = quality_loss(quality, task.metric_dense, metric_after)
+        details = quality.as_dict()
+        if task.metric:
+            details.update(metric=task.metric, metric_before=task.metric_dense,
+                           metric_after=metric_after)  # fmt: skip
+        stats = reporting.compute_stats(path, shapes=task.shapes)
+        figures.update(quality_loss=loss, quality=details, metric_after=metric_after,
+                       bytes=file_bytes(path), params=stats.params, macs=stats.total_macs)  # fmt: skip
+    except UserError as error:
+        figures["reason"] = f"could not be built: {error}"
+    except Exception as error:  # one broken candidate must not end the search
+        first = str(error).splitlines()[0] if str(error) else ""
+        figures["reason"] = f"failed: {type(error).__name__}: {first}"
+        figures["traceback"] = traceback.format_exc()
+    figures["seconds"] = time.perf_counter() - start
+    return figures
 
 
 def _prune_name(ratio: float) -> str:
@@ -229,27 +267,33 @@ def _ladder(passed: list[float]) -> Iterator[float]:
 
 def _plan(
     done: list[CandidateResult], max_drop: float, formats: Sequence[str], allow_slower: bool
-) -> Iterator[Candidate]:
-    """The candidates in order; each is planned after the earlier ones were measured."""
-    yield _CLEANUP
+) -> Iterator[list[Candidate]]:
+    """The candidates in batches of independent ones (an executor may run a batch
+    at once); each batch is planned after the earlier ones were measured."""
+    yield [_CLEANUP]
     # The cleaned model is the base of the quantized candidates only when cleanup
     # itself was not slower (ORT fuses a cleaned MiniLM differently, 0.92-0.95x).
     clean = (Step("cleanup"),) if (done[0].speedup or 0.0) >= 1.0 else ()
     pruned: list[float] = []
     for ratio in _ladder(pruned):
-        yield Candidate(_prune_name(ratio), (Step("prune", ratio),))
+        yield [Candidate(_prune_name(ratio), (Step("prune", ratio),))]
         last = done[-1]
         if last.quality_loss is not None and last.quality_loss <= max_drop:
             pruned.append(ratio)
-    for name in formats:
-        yield Candidate(name, (*clean, Step(name)))
+    if formats:
+        yield [Candidate(name, (*clean, Step(name))) for name in formats]
     quant_ok = [r for r in done if r.steps[-1] in formats and r.quality_loss is not None
                 and r.quality_loss <= max_drop and ((r.speedup or 0.0) >= 1.0 or allow_slower)]  # fmt: skip
     for ratio in reversed(sorted(pruned)[-2:]):
-        for quant in quant_ok:
-            steps = (Step("prune", ratio), Step(quant.name))
-            yield Candidate(f"{_prune_name(ratio)} + {quant.name}", steps)
-        if any(r.accepted for r in done[-len(quant_ok):]) or not quant_ok:
+        if not quant_ok:
+            break
+        yield [
+            Candidate(
+                f"{_prune_name(ratio)} + {quant.name}", (Step("prune", ratio), Step(quant.name))
+            )
+            for quant in quant_ok
+        ]
+        if any(r.accepted for r in done[-len(quant_ok) :]):
             break  # the largest share combined within budget: done
 
 
@@ -257,58 +301,91 @@ _STORED = ("quality_loss", "quality", "metric_after", "speedup", "latency_line",
            "params", "macs", "checks", "reason", "seconds")  # fmt: skip
 
 
-def _measure_one(
-    candidate: Candidate, result: CandidateResult, measure: _Measure, context: BuildContext,
+def _measure_batch(
+    batch: Sequence[tuple[Candidate, CandidateResult]], measure: _Measure, context: BuildContext,
     folder: Path, built: dict[tuple[Step, ...], Path], cache: SearchCache | None,
+    executor: Executor,
 ) -> None:  # fmt: skip
-    """Build and measure ``candidate`` into ``result`` (or take both from ``cache``)."""
-    stored = cache.load(result.steps) if cache else None
-    if stored is not None:
+    """Build and measure each candidate into its result (or take both from ``cache``):
+    building and quality through ``executor``, latency here, one at a time."""
+    pending = []
+    for candidate, result in batch:
+        stored = cache.load(result.steps) if cache else None
+        if stored is None:
+            pending.append((candidate, result))
+            continue
         figures, result.path = stored
         for name in _STORED:
             setattr(result, name, figures.get(name))
         built[candidate.steps] = result.path
         result.reason = "from cache"
-        return
-    start = time.perf_counter()
-    context.checks = {}
-    try:
-        result.path = build_candidate(candidate, measure.source, folder, context, built)
-        result.checks = dict(context.checks)
-        measure(result, result.path)
-    except UserError as error:
-        result.reason = f"could not be built: {error}"
-    except Exception as error:  # one broken candidate must not end the search
-        first = str(error).splitlines()[0] if str(error) else ""
-        result.reason = f"failed: {type(error).__name__}: {first}"
-        # the table says why; the traceback is for -vv (a bug report)
-        logger.warning("candidate %s %s (traceback with -vv)", candidate.name, result.reason)
-        logger.debug("candidate %s failed", candidate.name, exc_info=True)
-    result.seconds = time.perf_counter() - start
-    if cache is not None and result.path is not None and result.speedup is not None:
-        cache.store(result.steps, {name: getattr(result, name) for name in _STORED}, result.path)
+    tasks = [
+        _Task(
+            candidate,
+            measure.source,
+            folder,
+            context,
+            dict(built),
+            measure.holdout,
+            measure.metric_name,
+            measure.metric_dense,
+            measure.shapes,
+        )
+        for candidate, _ in pending
+    ]
+    for (candidate, result), figures in zip(pending, executor.map(_evaluate, tasks), strict=True):
+        built.update(figures["built"])
+        result.path, result.checks = figures["path"], figures["checks"]
+        for name in ("quality_loss", "quality", "metric_after", "bytes", "params", "macs"):
+            if name in figures:
+                setattr(result, name, figures[name])
+        result.reason, result.seconds = figures["reason"], figures["seconds"]
+        if "traceback" in figures:
+            # the table says why; the traceback is for -vv (a bug report)
+            logger.warning("candidate %s %s (traceback with -vv)", candidate.name, result.reason)
+            logger.debug("candidate %s failed:\n%s", candidate.name, figures["traceback"])
+        if result.reason or result.path is None:
+            continue
+        start = time.perf_counter()
+        try:
+            measure.latency(result, result.path)
+        except UserError as error:
+            result.reason = f"could not be built: {error}"
+        result.seconds += time.perf_counter() - start
+        if cache is not None and result.speedup is not None:
+            cache.store(
+                result.steps, {name: getattr(result, name) for name in _STORED}, result.path
+            )
 
 
 def _run_candidates(
     measure: _Measure, context: BuildContext, folder: Path, max_drop: float,
     allow_slower: bool, deadline: float | None, cache: SearchCache | None = None,
+    executor: Executor | None = None,
 ) -> list[CandidateResult]:  # fmt: skip
     results: list[CandidateResult] = []
     built: dict[tuple[Step, ...], Path] = {}
     formats = list(formats_for(measure.target))
+    executor = executor or LocalExecutor()
     total = 2 + len(PRUNE_RATIOS) + len(formats) + 2
-    for candidate in track(_plan(results, max_drop, formats, allow_slower), total=total,
-                           description="candidates"):  # fmt: skip
-        result = CandidateResult(candidate.name, [step_label(step) for step in candidate.steps])
-        results.append(result)
-        if deadline is not None and time.monotonic() > deadline and candidate is not _CLEANUP:
-            result.reason = "not measured: time budget spent"
-            continue
-        _measure_one(candidate, result, measure, context, folder, built, cache)
-        cached = result.reason == "from cache"
-        result.accepted, result.reason = decide(result, max_drop, allow_slower)
-        result.reason += " (from cache)" if cached else ""
-        logger.info("%s: %s", result.name, result.reason)
+    with progress_bar(total=total, description="candidates") as advance:
+        for batch in _plan(results, max_drop, formats, allow_slower):
+            todo = []
+            for candidate in batch:
+                result = CandidateResult(candidate.name, [step_label(s) for s in candidate.steps])
+                results.append(result)
+                late = deadline is not None and time.monotonic() > deadline
+                if late and candidate is not _CLEANUP:
+                    result.reason = "not measured: time budget spent"
+                else:
+                    todo.append((candidate, result))
+            _measure_batch(todo, measure, context, folder, built, cache, executor)
+            for _, result in todo:
+                cached = result.reason == "from cache"
+                result.accepted, result.reason = decide(result, max_drop, allow_slower)
+                result.reason += " (from cache)" if cached else ""
+                logger.info("%s: %s", result.name, result.reason)
+            advance(len(batch))
     return results
 
 
@@ -327,7 +404,9 @@ def _confirm(
         if again.speedup >= 1.0:
             return chosen
         chosen.accepted = False
-        chosen.reason = f"slower when measured again ({chosen.speedup:.3f}x, then {again.speedup:.3f}x)"
+        chosen.reason = (
+            f"slower when measured again ({chosen.speedup:.3f}x, then {again.speedup:.3f}x)"
+        )
     return None
 
 
@@ -408,6 +487,7 @@ def optimize_search(
     cache: str | os.PathLike[str] | None = None,
     report_path: str | os.PathLike[str] | None = None,
     command: str | None = None,
+    executor: Executor | None = None,
 ) -> SearchResult:
     """Search candidates for ``model`` on ``target`` and write the best one within
     ``max_drop`` for ``objective`` to ``output`` (module docstring; docs/optimize.md).
@@ -419,9 +499,14 @@ def optimize_search(
     rerun resumes from. Pruning
     candidates use ``criterion``/``allocation`` (default FLAP scores from the
     calibration samples, ranked globally) and keep multiples of ``round_to``.
+    ``executor`` builds candidates and measures their quality
+    (:mod:`spa.workflows.executor`; default: this process); latency is always
+    measured here, one candidate at a time.
     """
     if target not in TARGETS:
-        raise UserError(f"--target {target}: spa ranks candidates on {', '.join(TARGETS)} only; use --target ort-cpu")
+        raise UserError(
+            f"--target {target}: spa ranks candidates on {', '.join(TARGETS)} only; use --target ort-cpu"
+        )
     if objective not in OBJECTIVES:
         raise UserError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
     start = time.perf_counter()
@@ -446,7 +531,7 @@ def optimize_search(
         })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
         results = _run_candidates(
-            measure, context, Path(staging), max_drop, allow_slower, deadline, store
+            measure, context, Path(staging), max_drop, allow_slower, deadline, store, executor
         )
         chosen = _confirm(results, objective, measure, allow_slower)
         _write_output(source, output, chosen)
@@ -460,6 +545,7 @@ def optimize_search(
         "search": {
             "target": target, "objective": objective, "max_drop": max_drop,
             "allow_slower": allow_slower, "time_budget_s": time_budget_s,
+            "executor": (executor or LocalExecutor()).description,
             "quality_measure": measure_text, "metric": metric, "metric_dense": metric_dense,
             "calibration_samples": len(calib), "holdout_samples": len(held),
             "pruning": {"criterion": criterion, "allocation": allocation, "round_to": round_to},
