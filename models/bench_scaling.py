@@ -15,8 +15,10 @@ the load average, CPU time only with the work (and, more weakly, with cache
 contention). The fixed cost is the CPU time of the same command on a 30-node
 chain (imports, ORT start-up), measured first.
 
-``slice`` is not run: it needs a pre-norm transformer's residual stream,
-which the chain does not have.
+``slice`` needs a pre-norm residual stream, which the chain does not have: it
+runs on :func:`prenorm_model` of the same node count (an embedding ``Gather``,
+then blocks ``x + MatMul(Relu(MatMul(LayerNorm(x))))``, 5 nodes and 4
+initializers each), with 8 calibration samples for its PCA.
 
     python models/bench_scaling.py --sizes 1000 10000 100000
 """
@@ -44,7 +46,9 @@ COMMANDS = {
     "optimize": ["optimize", "{model}", "-o", "{out}/opt.onnx"],
     "sparsify": ["sparsify", "{model}", "-o", "{out}/sparse.onnx"],
     "verify": ["verify", "{model}", "{model}"],
-}
+    "slice": ["slice", "{prenorm}", "-o", "{out}/sliced.onnx", "--ratio", "0.25", "--calib",
+              "{calib}"],
+}  # fmt: skip
 
 #: Node count of the chain whose run gives each command's fixed cost.
 BASELINE_NODES = 30
@@ -79,6 +83,52 @@ def chain_model(nodes: int, width: int, seed: int = 0) -> onnx.ModelProto:
         f"chain{nodes}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def prenorm_model(nodes: int, width: int, seed: int = 0) -> onnx.ModelProto:
+    """A pre-norm residual stream of about ``nodes`` nodes: ``Gather`` embedding, blocks
+    ``x + MatMul(Relu(MatMul(LayerNorm(x), W1)), W2)``, a final LayerNorm and head."""
+    rng = np.random.default_rng(seed)
+    vocabulary = 64
+
+    def tensor(name: str, shape: tuple[int, ...], scale: float, offset: float = 0.0) -> None:
+        values = offset + scale * rng.standard_normal(shape)
+        initializers.append(numpy_helper.from_array(values.astype(np.float32), name))
+
+    graph_nodes = [helper.make_node("Gather", ["embedding", "ids"], ["x0"])]
+    initializers: list[onnx.TensorProto] = []
+    tensor("embedding", (vocabulary, width), 1.0)
+    current = "x0"
+    for block in range(max(1, (nodes - 3) // 5)):
+        tensor(f"gamma{block}", (width,), 0.1, 1.0)
+        tensor(f"beta{block}", (width,), 0.1)
+        tensor(f"up{block}", (width, 2 * width), 1.0 / np.sqrt(width))
+        tensor(f"down{block}", (2 * width, width), 0.5 / np.sqrt(2 * width))
+        graph_nodes += [
+            helper.make_node("LayerNormalization", [current, f"gamma{block}", f"beta{block}"],
+                             [f"n{block}"], axis=-1),
+            helper.make_node("MatMul", [f"n{block}", f"up{block}"], [f"u{block}"]),
+            helper.make_node("Relu", [f"u{block}"], [f"r{block}"]),
+            helper.make_node("MatMul", [f"r{block}", f"down{block}"], [f"d{block}"]),
+            helper.make_node("Add", [current, f"d{block}"], [f"x{block + 1}"]),
+        ]  # fmt: skip
+        current = f"x{block + 1}"
+    tensor("gamma_final", (width,), 0.0, 1.0)
+    tensor("beta_final", (width,), 0.0)
+    tensor("head", (width, vocabulary), 1.0 / np.sqrt(width))
+    graph_nodes += [
+        helper.make_node("LayerNormalization", [current, "gamma_final", "beta_final"], ["nf"],
+                         axis=-1),
+        helper.make_node("MatMul", ["nf", "head"], ["logits"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        graph_nodes,
+        f"prenorm{nodes}",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8, vocabulary])],
         initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
@@ -138,8 +188,16 @@ def main() -> None:
             proto = chain_model(size, args.width)
             onnx.save(proto, str(model_path))
             nodes = len(proto.graph.node)
+            prenorm_path, calib = Path(folder) / f"prenorm{size}.onnx", Path(folder) / "calib.npz"
+            if "slice" in args.commands:
+                onnx.save(prenorm_model(size, 2 * args.width), str(prenorm_path))
+                ids = np.random.default_rng(1).integers(0, 64, size=(8, 1, 8))
+                np.savez(calib, ids=ids)
             for command in args.commands:
-                arguments = [a.format(model=model_path, out=folder) for a in COMMANDS[command]]
+                arguments = [
+                    a.format(model=model_path, out=folder, prenorm=prenorm_path, calib=calib)
+                    for a in COMMANDS[command]
+                ]
                 run = run_command(arguments, args.timeout)
                 if size == BASELINE_NODES:
                     baseline[command] = run.cpu

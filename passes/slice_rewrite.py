@@ -108,12 +108,14 @@ def _rms_nodes(model: ir.Model, norm: Norm, epsilon: float) -> tuple[list[ir.Nod
     return [square, mean, add, root, divide], divide.outputs[0]
 
 
-def _replace_norm(model: ir.Model, norm: Norm) -> None:
+def _replace_norm(model: ir.Model, norm: Norm, position: Callable[[ir.Node], int]) -> None:
+    """``position``: the graph order of the original nodes (computed once per pass:
+    a norm's own nodes keep their relative order while others are inserted)."""
     nodes, output = _rms_nodes(model, norm, norm.epsilon)
-    anchor = min(norm.nodes, key=_position(model))
+    anchor = min(norm.nodes, key=position)
     model.graph.insert_before(anchor, nodes)
     norm.output.replace_all_uses_with(output)
-    for node in sorted(norm.nodes, key=_position(model), reverse=True):
+    for node in sorted(norm.nodes, key=position, reverse=True):
         if not any(out.uses() or out.is_graph_output() for out in node.outputs):
             inputs = list(node.inputs)
             model.graph.remove(node, safe=True)
@@ -173,10 +175,11 @@ def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
             moved = _hidden_last(array, site.axis, hidden)
             moved -= moved.mean(axis=-1, keepdims=True)
             _set_site(model, site, _put_back(moved, site.axis, max(array.ndim, 1)))
+    position = _position(model)
     for norm in stream.norms:
         for site in norm.readers:
             _fold_into_reader(model, site, norm, hidden)
-        _replace_norm(model, norm)
+        _replace_norm(model, norm, position)
     return {
         "norms_folded": len(stream.norms),
         "readers": len(stream.readers),

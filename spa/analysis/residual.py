@@ -34,6 +34,7 @@ value read by anything but an ``Add`` or a norm, fused ``Skip*LayerNormalization
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container, Mapping
 
 import onnx_ir as ir
 
@@ -140,7 +141,12 @@ def _readers(norm: Norm, hidden: int) -> tuple[WeightSite, ...]:
 
 
 def _terms(
-    value: ir.Value, add: ir.Node, sites: list[WeightSite], stream: set[int], *, root: bool = False
+    value: ir.Value,
+    add: ir.Node,
+    sites: list[WeightSite],
+    stream: Container[int],
+    *,
+    root: bool = False,
 ) -> bool:
     """Classify one term added at ``add`` (``root``: the stream's first value, read
     by many); True when it is a stream value."""
@@ -193,16 +199,48 @@ def _terms(
                    "(a norm or non-linearity on the branch before the add?)")  # fmt: skip
 
 
-def _walk_stream(start: ir.Value) -> tuple[list[WeightSite], list[ir.Node], list[ir.Value]]:
-    """Backwards from a norm's input through Add/Cast/Identity: the writers, adds and stream values."""
-    stream: set[int] = set()
+class _Seen:
+    """Membership in this walk's values or in those of the walks before it."""
+
+    def __init__(self, own: set[int], earlier: Mapping[int, int]) -> None:
+        self.own, self.earlier = own, earlier
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.own or key in self.earlier
+
+
+@dataclasses.dataclass
+class _Walk:
+    """The part of the stream one norm's walk found that no earlier walk had."""
+
+    norm: Norm
+    sites: list[WeightSite]
+    adds: list[ir.Node]
+    values: list[ir.Value]
+    #: Earlier walks this one reached (the stream below them is theirs).
+    joins: set[int]
+
+
+def _walk_stream(
+    start: ir.Value, earlier: Mapping[int, int]
+) -> tuple[list[WeightSite], list[ir.Node], list[ir.Value], set[int]]:
+    """Backwards from a norm's input through Add/Cast/Identity: the writers, adds and
+    stream values, stopping at values an earlier walk found (``earlier``: value id ->
+    walk index; those walks are returned as joined). Each value is walked once over
+    all norms, so finding the stream is linear in the graph."""
+    own: set[int] = set()
+    stream = _Seen(own, earlier)
+    joins: set[int] = set()
     adds: list[ir.Node] = []
     sites: list[WeightSite] = []
     values: list[ir.Value] = []
     pending = [start]
     while pending:
         value = pending.pop()
-        if id(value) in stream:
+        if id(value) in own:
+            continue
+        if id(value) in earlier:
+            joins.add(earlier[id(value)])
             continue
         producer = value.producer()
         if producer is None or producer.domain != "" or producer.op_type not in _STREAM_OPS:
@@ -211,10 +249,10 @@ def _walk_stream(start: ir.Value) -> tuple[list[WeightSite], list[ir.Node], list
             found: list[WeightSite] = []
             _terms(value, root, found, stream, root=value is start or len(value.uses()) > 1)
             sites += [dataclasses.replace(site, into=value) for site in found]
-            stream.add(id(value))
+            own.add(id(value))
             values.append(value)
             continue
-        stream.add(id(value))
+        own.add(id(value))
         values.append(value)
         if producer.op_type != "Add":
             pending.append(producer.inputs[0])  # type: ignore[arg-type]
@@ -227,7 +265,7 @@ def _walk_stream(start: ir.Value) -> tuple[list[WeightSite], list[ir.Node], list
                 sites.append(WeightSite(producer, index, -1, into=producer.outputs[0]))
             else:
                 pending.append(operand)
-    return sites, adds, values
+    return sites, adds, values, joins
 
 
 def _width(value: ir.Value) -> int | None:
@@ -254,39 +292,63 @@ def _find(graph: ir.Graph) -> ResidualStream:
         raise Refusal(
             "no LayerNormalization / RMSNorm found; SliceGPT needs a pre-norm transformer"
         )
-    walks: list[tuple[Norm, list[WeightSite], list[ir.Node], list[ir.Value]]] = []
+    walks: list[_Walk] = []
+    walked: dict[int, int] = {}  # stream value id -> index of the walk that found it
     failures: list[tuple[Norm, str]] = []
     for norm in norms:
         try:
-            walks.append((norm, *_walk_stream(norm.input)))
+            walk = _Walk(norm, *_walk_stream(norm.input, walked))
         except Refusal as refusal:
             failures.append((norm, str(refusal)))
-    main = [
-        walk for walk in walks if any(s.node.op_type == "Gather" and s.index == 0 for s in walk[1])
-    ]
+            continue
+        walked.update((id(value), len(walks)) for value in walk.values)
+        walks.append(walk)
+
+    # A norm is on the main stream when its stream (its own part and the parts it
+    # joined) reaches a token embedding; the stream is every part such norms reach.
+    def has_gather(walk: _Walk) -> bool:
+        return any(s.node.op_type == "Gather" and s.index == 0 for s in walk.sites)
+
+    on_main: list[bool] = []
+    for walk in walks:
+        on_main.append(has_gather(walk) or any(on_main[index] for index in walk.joins))
+    reached: set[int] = set()
+    pending = [index for index, flag in enumerate(on_main) if flag]
+    while pending:
+        index = pending.pop()
+        if index not in reached:
+            reached.add(index)
+            pending.extend(walks[index].joins)
+    main = [walk for index, walk in enumerate(walks) if on_main[index]]
     if not main:
         raise Refusal(failures[0][1] if failures else "no norm reads a token embedding (Gather)")
-    gather = next(s for s in main[0][1] if s.node.op_type == "Gather")
+    parts = [walks[index] for index in sorted(reached)]
+    gather = next(
+        s for walk in parts for s in walk.sites if s.node.op_type == "Gather" and s.index == 0
+    )
     hidden = int(gather.array().shape[1])
     for norm, reason in failures:
         if _width(norm.input) in (None, hidden):
             raise Refusal(reason)
-    kinds = {walk[0].kind for walk in main}
+    kinds = {walk.norm.kind for walk in main}
     if len(kinds) > 1:
-        raise Refusal(f"the stream mixes LayerNorm and RMSNorm ({main[0][0].name}); not invariant")
+        raise Refusal(
+            f"the stream mixes LayerNorm and RMSNorm ({main[0].norm.name}); not invariant"
+        )
     stream = ResidualStream(hidden=hidden)
     seen_sites: set[tuple[int, int]] = set()
     seen_adds: set[int] = set()
     values: dict[int, ir.Value] = {}
-    for norm, sites, adds, walked in main:
-        stream.norms.append(dataclasses.replace(norm, readers=_readers(norm, hidden)))
-        for site in sites:
+    for walk in main:
+        stream.norms.append(dataclasses.replace(walk.norm, readers=_readers(walk.norm, hidden)))
+    for walk in parts:
+        for site in walk.sites:
             if (id(site.node), site.index) not in seen_sites:
                 seen_sites.add((id(site.node), site.index))
                 stream.writers.append(site)
-        stream.adds += [add for add in adds if id(add) not in seen_adds]
-        seen_adds.update(id(add) for add in adds)
-        values.update((id(value), value) for value in walked)
+        stream.adds += [add for add in walk.adds if id(add) not in seen_adds]
+        seen_adds.update(id(add) for add in walk.adds)
+        values.update((id(value), value) for value in walk.values)
     for site in stream.writers:
         array = site.array()
         size = array.shape[site.axis] if array.ndim else 1
