@@ -476,8 +476,8 @@ def optimize_search(
     time_budget_s: float | None = None,
     holdout: float = 0.25,
     metric: str | None = None,
-    criterion: str = "flap",
-    allocation: str = "global",
+    criterion: str = "obs",
+    allocation: str = "sensitivity",
     round_to: int = 8,
     seed: int = 0,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -497,8 +497,9 @@ def optimize_search(
     ``module:function`` (model path -> number, higher is better). ``cache``
     is a folder of measured candidates (:mod:`spa.workflows.search_cache`) a
     rerun resumes from. Pruning
-    candidates use ``criterion``/``allocation`` (default FLAP scores from the
-    calibration samples, ranked globally) and keep multiples of ``round_to``.
+    candidates use ``criterion``/``allocation`` (default OBS scores from the
+    calibration samples, allocated by measured sensitivity, so a share is of the
+    model's MACs) and keep multiples of ``round_to``.
     ``executor`` builds candidates and measures their quality
     (:mod:`spa.workflows.executor`; default: this process); latency is always
     measured here, one candidate at a time.
