@@ -27,6 +27,7 @@ non-tensor value crossing a cut) run as one session.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "SEGMENT_NODES",
     "SegmentedSession",
     "maybe_segmented",
+    "open_session",
 ]
 
 #: Graphs with more main-graph nodes than this run as a chain of segments.
@@ -51,6 +53,9 @@ SEGMENT_ABOVE_BYTES = 512 << 20
 SEGMENT_NODES = 4096
 #: Most bytes of weights in one segment (a larger single tensor gets a segment of its own).
 SEGMENT_BYTES = 256 << 20
+#: :func:`open_session` reads the graph of model files at least this large (a
+#: graph of SEGMENT_ABOVE nodes takes more).
+_PARSE_ABOVE = 256 << 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,22 @@ def maybe_segmented(
     if segments is None:
         return None
     return SegmentedSession(proto, segments, factory, folder)
+
+
+def open_session(path: str | os.PathLike[str], factory: Callable[..., Any] | None = None) -> Any:
+    """A session on the model file at ``path`` (made by ``factory``, default
+    :func:`spa.ort.create_session`): a :class:`SegmentedSession` when the graph is
+    very large, else one session on the file."""
+    from spa.ort import create_session
+
+    make = factory or create_session
+    path = Path(path)
+    if path.stat().st_size >= _PARSE_ABOVE:
+        proto = onnx.load(str(path), load_external_data=False)
+        chained = maybe_segmented(proto, make, path.parent)
+        if chained is not None:
+            return chained
+    return make(path)
 
 
 class SegmentedSession:
@@ -206,8 +227,18 @@ def _port(value: onnx.ValueInfoProto) -> _Port:
                 shape.append(dim.dim_param)
             else:
                 shape.append(None)
-    kind = onnx.helper.tensor_dtype_to_string(tensor.elem_type) if tensor.elem_type else "?"
-    return _Port(value.name, shape, kind)
+    return _Port(value.name, shape, _ort_type(tensor.elem_type))
+
+
+def _ort_type(element: int) -> str:
+    """ONNX Runtime's name of a tensor type: ``tensor(float)``, ``tensor(int64)``."""
+    if not element:
+        return "tensor(undefined)"
+    try:
+        name = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(element)).name
+    except (KeyError, TypeError, ValueError):
+        return f"tensor({onnx.helper.tensor_dtype_to_string(element)})"
+    return f"tensor({ {'float32': 'float', 'float64': 'double'}.get(name, name) })"
 
 
 def _body_reads(graph: onnx.GraphProto) -> set[str]:

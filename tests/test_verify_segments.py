@@ -180,3 +180,31 @@ def test_calibration_on_a_very_large_graph_runs_segments_and_sees_the_same_value
     for name in ("r1", last):
         rows = np.concatenate([whole.run([name], feed)[0] for feed in feeds])
         np.testing.assert_allclose(statistics[name].sums, rows.sum(axis=0), rtol=1e-4, atol=1e-4)
+
+
+def test_ports_name_types_as_onnx_runtime_does(tmp_path: Path) -> None:
+    model = _chain(20)
+    chained = maybe_segmented(model, create_session, tmp_path, above=10, segment_nodes=8)
+    whole = create_session(model.SerializeToString())
+    assert [p.type for p in chained.get_inputs()] == [p.type for p in whole.get_inputs()]
+    assert [p.type for p in chained.get_outputs()] == ["tensor(float)"] * 3
+
+
+def test_quality_and_sensitivity_open_segment_sessions_for_very_large_graphs(
+    tmp_path: Path,
+) -> None:
+    from spa.ort_segments import open_session
+    from spa.verify.quality import measure_quality
+
+    path = tmp_path / "big.onnx"
+    onnx.save(_chain(SEGMENT_ABOVE // 3 + 10), str(path))
+    assert isinstance(open_session(path), SegmentedSession)
+    small = tmp_path / "small.onnx"
+    onnx.save(_chain(20), str(small))
+    assert not isinstance(open_session(small), SegmentedSession)
+    feeds = [
+        {"x": np.random.default_rng(seed).normal(size=(2, 8)).astype(np.float32)}
+        for seed in range(2)
+    ]
+    quality = measure_quality(path, path, feeds)
+    assert quality.samples == 2 and all(o.cosine == 1.0 for o in quality.outputs)

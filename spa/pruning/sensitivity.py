@@ -27,6 +27,7 @@ import heapq
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import onnx_ir as ir
 from spa.analysis.groups import Group
 from spa.calibration import Feeds
 from spa.ort import create_session
+from spa.ort_segments import maybe_segmented
 from spa.progress import track
 
 __all__ = [
@@ -139,7 +141,12 @@ def measure_sensitivity(
         name: model.graph.initializers[name].const_value.numpy()  # type: ignore[union-attr]
         for name in names
     }
-    session = create_session(_with_weight_inputs(model, names).SerializeToString())
+    proto = _with_weight_inputs(model, names)
+    # A very large graph runs as a chain of segment sessions (spa.ort_segments).
+    session = maybe_segmented(proto, create_session, Path.cwd()) or create_session(
+        proto.SerializeToString()
+    )
+    del proto
     wanted = [value.name for value in session.get_inputs() if value.name not in names]
     floats = [i for i, out in enumerate(session.get_outputs()) if "float" in out.type]
     feeds = [{name: np.asarray(sample[name]) for name in wanted} for sample in samples]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from spa.errors import UserError
-from spa.ort import create_session
+from spa.ort_segments import open_session
 from spa.verify.runner import run_model
 
 __all__ = ["OutputAgreement", "Quality", "load_metric", "measure_quality", "quality_verdict"]
@@ -75,9 +75,7 @@ class Quality:
             parts.append(f"top-1 agree {self.top1_agreement:.1%} |")
         parts.append(f"cos {self.cosine:.4f}")
         if self.metric is not None and self.metric_before is not None:
-            parts.append(
-                f"| {self.metric} {self.metric_before:.4g} -> {self.metric_after:.4g}"
-            )
+            parts.append(f"| {self.metric} {self.metric_before:.4g} -> {self.metric_after:.4g}")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,9 +144,10 @@ def measure_quality(
     to what the candidate reads and writes (a pruned KV cache with fewer heads,
     :func:`spa.verify.mask.io_adapter`): it is applied to the candidate's feeds
     and to the reference's outputs. ``session`` makes the ORT sessions
-    (default: :func:`spa.ort.create_session`).
+    (default: :func:`spa.ort_segments.open_session`: one session, or a chain of
+    segment sessions for a very large graph).
     """
-    make = session or create_session
+    make = session or open_session
     reference_session, candidate_session = make(Path(reference)), make(Path(candidate))
     accumulators: dict[str, _Accumulator] = {}
     samples = 0
@@ -197,5 +196,7 @@ def quality_verdict(quality: Mapping[str, Any] | None, note: str) -> str:
     if quality.get("samples"):
         parts.append(f"cos {quality['cosine']:.4f} ({quality['samples']} held out)")
     if quality.get("metric") is not None:
-        parts.append(f"{quality['metric']} {quality['metric_before']:.4g} -> {quality['metric_after']:.4g}")
+        parts.append(
+            f"{quality['metric']} {quality['metric_before']:.4g} -> {quality['metric_after']:.4g}"
+        )
     return " ".join(parts)
