@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,6 @@ class _Measure:
 
     source: Path
     holdout: list[Mapping[str, np.ndarray]]
-    metric: Callable[[Path], float] | None
     metric_name: str | None
     metric_dense: float | None
     target: str
@@ -517,7 +516,7 @@ def optimize_search(
     calib, held = _holdout(source, calibration, holdout)
     metric_dense = float(metric_function(source)) if metric_function else None
     feed_shapes = {name: tuple(np.asarray(value).shape) for name, value in held[0].items()}
-    measure = _Measure(source, held, metric_function, metric, metric_dense, target,
+    measure = _Measure(source, held, metric, metric_dense, target,
                        latency_budget_s, dict(shapes or feed_shapes))  # fmt: skip
     before = reporting.compute_stats(source, shapes=measure.shapes)
     inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
