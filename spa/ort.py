@@ -8,6 +8,7 @@ so neither is a hard dependency: ``pip install 'spa[cpu]'`` or ``'spa[gpu]'``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -43,8 +44,16 @@ def symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    with tempfile.TemporaryDirectory(prefix="spa-symbolic-") as folder, contextlib.chdir(folder):
-        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    # Its warnings ("Unable to determine if floor(...) <= ..., treat as equal") are
+    # about dims it merges; spa reports what stays unknown itself.
+    tool_logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = tool_logger.level
+    tool_logger.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="spa-symbolic-") as folder, contextlib.chdir(folder):
+            return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    finally:
+        tool_logger.setLevel(level)
 
 
 def create_session(

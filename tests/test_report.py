@@ -52,6 +52,30 @@ def test_grouped_strided_padded_conv() -> None:
     assert stats.macs_unknown == {}
 
 
+def test_shapes_no_inference_resolves_are_measured_in_onnxruntime() -> None:
+    # Window attention pads its input to a multiple of the window, computing the pads from
+    # the input's shape (here with Mod, which neither ONNX nor ORT's symbolic inference
+    # folds): the Conv after the Pad had no shape, so no MACs. Measured: 12x12 padded,
+    # 3x3 valid Conv -> 10x10 outputs x 8 channels x 27 MACs each.
+    model = parse(
+        """<ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 3, 10, 10] X) => (float[1, 8, h, w] Y) {
+            shape = Shape<start = 2>(X)
+            rest = Mod<fmod = 0>(shape, four)
+            short = Sub(four, rest)
+            extra = Mod<fmod = 0>(short, four)
+            pads = Concat<axis = 0>(zeros4, zeros2, extra)
+            padded = Pad(X, pads)
+            Y = Conv<kernel_shape = [3, 3]>(padded, W)
+        }""",
+        {"W": zeros(8, 3, 3, 3), "four": np.array([4, 4], np.int64),
+         "zeros4": np.zeros(4, np.int64), "zeros2": np.zeros(2, np.int64)},
+    )  # fmt: skip
+    stats = compute_stats(model)
+    assert stats.macs_by_family["conv"] == 8 * 10 * 10 * 27
+    assert stats.macs_unknown == {}
+
+
 def test_conv_transpose() -> None:
     # Every input element (4 * 5 * 5 = 100) meets C_out/group * 3 * 3 = 27 weights.
     model = parse(

@@ -10,6 +10,14 @@ tensors either ("Cannot parse data from external tensors"), so small external
 tensors (shape constants) are read into the copy when ``base_dir`` is known.
 Graphs with ``com.microsoft`` ops also go through ONNX Runtime's symbolic shape
 inference (imported only then), which knows the contrib ops.
+
+When the inputs or outputs of weighted ops (``_MEASURED_OPS``) are still unknown
+after both — padding computed from the input size, as window attention does
+(DaViT, Swin with padding), defeats both inferences — the weightless copy runs
+once in ONNX Runtime on zeros (its weights too: shapes do not depend on values
+for these graphs) with those values exposed, and their measured shapes fill
+the gaps (``method`` says "measured"). Skipped when a shape constant could not
+be read (external data without ``base_dir``) or ONNX Runtime is missing.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Initializers up to this size stay in the weightless copy (shape constants).
 _KEEP_BYTES = 8 * 1024
+#: Ops whose unknown input/output shapes are measured in ONNX Runtime.
+_MEASURED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN"})
 _MS = "com.microsoft"
 
 Shape = tuple[int | None, ...]
@@ -179,7 +189,57 @@ def infer_shapes(
             if known_shape(found, name) is None:
                 found[name] = shape
         method += " + onnxruntime symbolic"
+    missing = [
+        name
+        for node in copy.graph.node
+        if node.op_type in _MEASURED_OPS and node.domain in ("", "ai.onnx")
+        for name in (*node.input, *node.output)
+        if name and known_shape(found, name) is None
+    ]
+    if missing:
+        measured = _measured_shapes(copy, list(dict.fromkeys(missing)), proto)
+        if measured:
+            found.update(measured)
+            method += " + measured in onnxruntime"
     return found, method
+
+
+def _measured_shapes(
+    copy: onnx.ModelProto, names: list[str], proto: onnx.ModelProto
+) -> dict[str, Shape]:
+    """The shapes of ``names`` from one ONNX Runtime run of the weightless copy on zeros
+    (empty when it cannot run: see the module docstring)."""
+    import numpy as np
+
+    small = {t.name for t in proto.graph.initializer if tensor_nbytes(t) <= _KEEP_BYTES}
+    if any(value.name in small for value in copy.graph.input):
+        return {}  # a shape constant left unread: zeros would give wrong shapes
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(copy)
+    present = {value.name for value in exposed.graph.output}
+    exposed.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in present
+    )
+    feeds = {}
+    for value in exposed.graph.input:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+        feeds[value.name] = np.zeros(dims, onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    try:
+        from spa.ort import create_session, import_onnxruntime
+
+        session = create_session(exposed.SerializeToString(), optimization="basic")
+        quiet = import_onnxruntime().RunOptions()
+        quiet.log_severity_level = 4  # a failure is logged below, not printed by ORT
+        results = session.run(names, feeds, quiet)
+    except Exception as error:  # any failure leaves the shapes unknown, as before
+        logger.info("measuring shapes in ONNX Runtime failed (%s)", str(error).splitlines()[0])
+        return {}
+    return {
+        name: tuple(int(dim) for dim in np.shape(result))
+        for name, result in zip(names, results, strict=True)
+        if isinstance(result, np.ndarray)
+    }
 
 
 def _some_dims_unknown(proto: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
