@@ -185,14 +185,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spa-scaling-") as folder:
         for size in [BASELINE_NODES, *args.sizes]:
             model_path = Path(folder) / f"chain{size}.onnx"
-            proto = chain_model(size, args.width)
-            onnx.save(proto, str(model_path))
-            nodes = len(proto.graph.node)
             prenorm_path, calib = Path(folder) / f"prenorm{size}.onnx", Path(folder) / "calib.npz"
-            if "slice" in args.commands:
-                onnx.save(prenorm_model(size, 2 * args.width), str(prenorm_path))
-                ids = np.random.default_rng(1).integers(0, 64, size=(8, 1, 8))
-                np.savez(calib, ids=ids)
+            # Built in a child process: a child's peak RSS (ru_maxrss) starts from its
+            # parent's at fork, so this process must never hold the large models.
+            subprocess.run([sys.executable, __file__, "--build", str(size), str(args.width),
+                            folder, "slice" if "slice" in args.commands else ""], check=True)  # fmt: skip
+            nodes = int((Path(folder) / f"chain{size}.nodes").read_text())
             for command in args.commands:
                 arguments = [
                     a.format(model=model_path, out=folder, prenorm=prenorm_path, calib=calib)
@@ -222,7 +220,8 @@ def write_table(
         "",
         f"Made by `python models/bench_scaling.py --sizes {' '.join(map(str, args.sizes))} "
         f"--commands {' '.join(args.commands)} --timeout {args.timeout:g}` "
-        f"(chain of MatMul/Add/Relu blocks, width {args.width}; one process per command). "
+        f"(chain of MatMul/Add/Relu blocks, width {args.width}; slice: a pre-norm chain of the "
+        "same size, `prenorm_model`; one process per command). "
         "*cpu* is the child's user + system time, *fixed* the same command's CPU time on a "
         f"{BASELINE_NODES}-node chain (imports, ORT start-up); *growth* is the ratio of "
         "cpu - fixed over the node ratio from the previous size (left out when the "
@@ -257,5 +256,18 @@ def write_table(
     print(f"wrote {path}")
 
 
+def build(size: int, width: int, folder: Path, with_prenorm: bool) -> None:
+    """Write the chain (and the pre-norm model with its calibration) for one size."""
+    proto = chain_model(size, width)
+    onnx.save(proto, str(folder / f"chain{size}.onnx"))
+    (folder / f"chain{size}.nodes").write_text(str(len(proto.graph.node)))
+    if with_prenorm:
+        onnx.save(prenorm_model(size, 2 * width), str(folder / f"prenorm{size}.onnx"))
+        np.savez(folder / "calib.npz", ids=np.random.default_rng(1).integers(0, 64, size=(8, 1, 8)))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--build"]:
+        build(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5] == "slice")
+        raise SystemExit(0)
     main()
