@@ -1,0 +1,126 @@
+"""Architectures outside the zoo: export timm models and prune each with ``spa prune --verify``.
+
+A sweep (not a test) of how general the analyzer is on architectures it was not
+built against. For each timm model name (random weights, ``pretrained=False``:
+no model hub), the ``--torch-python`` interpreter (with torch and timm, the
+``models`` extra) exports it with the TorchScript exporter at opset 17 and its
+default input size; then this interpreter runs
+
+    spa prune MODEL -o OUT --ratio 0.25 --verify
+
+and records the exit code, the verdict (PASSED: mask equivalence holds), the
+share of parameters and MACs removed and the pruned/total group counts.
+
+    python models/sweep_timm.py [--torch-python /path/to/python] [NAME ...]
+
+Writes ``models/results/sweep_timm.md`` and ``.json``. The default names are
+two batches of families the zoo does not hold (hybrid conv/attention, MetaFormer
+variants, window and halo attention, re-parameterised and NAS nets,
+Inception/DPN/Res2Net/ResNeSt topologies, weight-standardised NFNet/BiT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMES = (
+    # batch 1
+    "coatnet_nano_rw_224 maxvit_nano_rw_256 cait_xxs24_224 tiny_vit_5m_224 fastvit_t8 repvit_m1 "
+    "mobileone_s0 nf_regnet_b0 res2net50_14w_8s resnest14d cspresnet50 inception_v3 "
+    "mobilenetv4_conv_small efficientvit_b0 efficientvit_m0 rexnet_100 hardcorenas_a fbnetc_100 "
+    "sequencer2d_s resmlp_12_224 focalnet_tiny_srf davit_tiny twins_svt_small vovnet39a dpn68 "
+    "hgnetv2_b0 starnet_s1 eva02_tiny_patch14_224 volo_d1_224 xception41 pit_ti_224 "
+    "visformer_tiny selecsls42b gcvit_xxtiny halonet26t botnet26t_256 lambda_resnet26t "
+    "crossvit_tiny_240 mixer_s16_224 convit_tiny "
+    # batch 2
+    "efficientformer_l1 mobilevitv2_050 levit_conv_128s regnetz_b16 gernet_s resnetv2_50x1_bit "
+    "tresnet_m dla34 coat_tiny poolformerv2_s12 caformer_s18 convformer_s18 inception_next_tiny "
+    "mambaout_femto fastvit_sa12 swinv2_cr_tiny_ns_224 vit_relpos_small_patch16_224 "
+    "deit3_small_patch16_224 ese_vovnet19b_dw cs3darknet_s seresnext26t_32x4d ecaresnet26t "
+    "resnetrs50 regnetx_002 semnasnet_075 tf_mixnet_s efficientnet_lite0 tinynet_e spnasnet_100 "
+    "densenetblur121d gmixer_12_224 nest_tiny tnt_s_patch16_224 inception_v4 inception_resnet_v2 "
+    "eca_nfnet_l0"
+).split()
+
+EXPORT = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+import torch, timm
+torch.set_num_threads(1)
+name, out = sys.argv[1], sys.argv[2]
+model = timm.create_model(name, pretrained=False).eval()
+size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+with torch.no_grad():
+    torch.onnx.export(model, (torch.randn(1, *size),), out, opset_version=17, dynamo=False,
+                      input_names=["x"], output_names=["y"])
+"""
+
+
+def sweep_one(name: str, torch_python: str, folder: Path) -> dict[str, object]:
+    model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
+    exported = subprocess.run([torch_python, "-c", EXPORT, name, str(model)],
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+    if exported.returncode != 0:
+        lines = [line for line in exported.stderr.splitlines() if "Error" in line]
+        return {"name": name, "status": "export failed", "detail": (lines or ["?"])[-1][:160]}
+    ran = subprocess.run(
+        [sys.executable, "-m", "spa.cli.main", "prune", str(model), "-o", str(pruned),
+         "--ratio", "0.25", "--verify"], capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    verdict = next((line for line in ran.stdout.splitlines() if "| prune |" in line), "")
+    row: dict[str, object] = {"name": name, "exit": ran.returncode, "verdict": verdict.split(" |")[0]}
+    for key, pattern in (("params", r"params ([^|]*\(([-+]\d+)%\))"), ("macs", r"MACs ([^|]*)"),
+                         ("groups", r"groups (\d+/\d+) pruned")):  # fmt: skip
+        found = re.search(pattern, verdict)
+        row[key] = found.group(1).strip() if found else ""
+    row["status"] = {"PASSED": "pruned, mask equivalence holds",
+                     "NOTHING TO DO": "nothing prunable"}.get(str(row["verdict"]), "FAILED")  # fmt: skip
+    if row["status"] == "nothing prunable":
+        reasons = [line.strip() for line in ran.stdout.splitlines() if "frozen group:" in line]
+        row["detail"] = "; ".join(reason.split("frozen group: ")[-1] for reason in reasons[:2])
+    for path in (model, pruned):
+        path.unlink(missing_ok=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=list(NAMES))
+    parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
+        for name in args.names:
+            rows.append(sweep_one(name, args.torch_python, Path(folder)))
+            print(json.dumps(rows[-1]), flush=True)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[str(row["status"])] = counts.get(str(row["status"]), 0) + 1
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sweep_timm.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = [
+        "# spa prune on timm architectures outside the zoo",
+        "",
+        "Written by `python models/sweep_timm.py` (random weights, TorchScript export at "
+        "opset 17, `spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against "
+        "the input). " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ".",
+        "",
+        "| model | result | params | MACs | groups pruned | detail |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['status']} | {row.get('params', '')} | "
+                     f"{row.get('macs', '')} | {row.get('groups', '')} | {row.get('detail', '')} |")  # fmt: skip
+    (RESULTS / "sweep_timm.md").write_text("\n".join(lines) + "\n")
+    return 0 if all(row["status"] != "FAILED" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
