@@ -38,6 +38,7 @@ __all__ = [
     "iter_graphs",
     "load_model",
     "load_proto",
+    "node_bodies",
     "read_array",
     "save_model",
     "stored_bytes",
@@ -134,15 +135,20 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     # Tensors embedded with raw data are skipped by the caller.
 
 
+def node_bodies(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs a node holds in its attributes (If branches, Loop/Scan bodies)."""
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield attr.g
+        yield from attr.graphs
+
+
 def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every subgraph inside it (If/Loop/Scan bodies), outermost first."""
     yield graph
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from iter_graph_protos(attr.g)
-            for sub in attr.graphs:
-                yield from iter_graph_protos(sub)
+        for body in node_bodies(node):
+            yield from iter_graph_protos(body)
 
 
 def _external_int(path: Path, tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int:

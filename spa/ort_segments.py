@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+
+from spa.model_io import node_bodies
 
 __all__ = [
     "SEGMENT_ABOVE",
@@ -128,6 +130,7 @@ class SegmentedSession:
         self._segments = segments
         self._factory = factory
         self._folder = folder
+        self._graph_inputs = {value.name: value for value in proto.graph.input}
         initialized = {tensor.name for tensor in proto.graph.initializer}
         self._inputs = [
             _port(value) for value in proto.graph.input if value.name not in initialized
@@ -186,11 +189,10 @@ class SegmentedSession:
         return [[known[name] for name in wanted] for known in values]
 
     def _open(self, segment: _Segment, values: Mapping[str, Any]) -> Any:
-        graph_inputs = {value.name: value for value in self._proto.graph.input}
         inputs = []
         for name in segment.inputs:
-            if name in graph_inputs:
-                inputs.append(graph_inputs[name])
+            if name in self._graph_inputs:
+                inputs.append(self._graph_inputs[name])
                 continue
             value = values.get(name)
             if not isinstance(value, np.ndarray):
@@ -248,18 +250,10 @@ def _body_reads(graph: onnx.GraphProto) -> set[str]:
     reads: set[str] = set()
     for node in graph.node:
         reads.update(name for name in node.input if name)
-        for body in _bodies(node):
+        for body in node_bodies(node):
             reads |= _body_reads(body)
         defined.update(node.output)
     return reads - defined
-
-
-def _bodies(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            yield attribute.g
-        elif attribute.type == onnx.AttributeProto.GRAPHS:
-            yield from attribute.graphs
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
@@ -314,7 +308,7 @@ def _plan(
     reads: list[list[str]] = []
     for index, node in enumerate(graph.node):
         names = [name for name in node.input if name]
-        for body in _bodies(node):
+        for body in node_bodies(node):
             names.extend(sorted(_body_reads(body)))
         for name in names:
             known = name in produced_by or name in graph_inputs or name in initializers

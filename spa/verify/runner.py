@@ -11,7 +11,7 @@ import numpy as np
 
 from spa.errors import UserError
 from spa.ort import create_session, import_onnxruntime, ort_error_message
-from spa.progress import track
+from spa.progress import progress_bar, track
 
 __all__ = ["run_model", "run_model_many"]
 
@@ -54,11 +54,10 @@ def run_model_many(
     ort = import_onnxruntime()
     options = ort.RunOptions()
     options.log_severity_level = 4
-    steps = iter(track(range(session.segments), total=session.segments, description=description))
-    next(steps, None)
     chosen = [{k: v for k, v in feeds.items() if k in wanted} for feeds in all_feeds]
     try:
-        runs = session.run_many(names, chosen, options, progress=lambda: next(steps, None))
+        with progress_bar(total=session.segments, description=description) as advance:
+            runs = session.run_many(names, chosen, options, progress=lambda: advance(1))
     except UserError:
         raise
     except Exception as error:  # ORT raises its own Fail/InvalidArgument types
