@@ -22,21 +22,7 @@ from spa.workflows.search import (
     parse_max_drop,
     parse_time_budget,
 )
-from tests.search_metric import search_mlp
-
-
-@pytest.fixture
-def mlp(tmp_path: Path) -> Path:
-    path = tmp_path / "mlp.onnx"
-    onnx.save(search_mlp(), str(path))
-    return path
-
-
-@pytest.fixture
-def calib(tmp_path: Path) -> Path:
-    path = tmp_path / "calib.npz"
-    np.savez(path, X=np.random.default_rng(5).standard_normal((16, 32, 64)).astype(np.float32))
-    return path
+from tests.search_fixtures import calib, mlp  # noqa: F401 (pytest fixtures)
 
 
 def test_dynamic_int8_matches_float_within_tolerance(mlp: Path, tmp_path: Path) -> None:

@@ -10,30 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 
 from spa.workflows.executor import LocalExecutor, RayExecutor, make_executor
 from spa.workflows.search import optimize_search
-from tests.search_metric import search_mlp
+from tests.search_fixtures import calib, mlp  # noqa: F401 (pytest fixtures)
 
 SAME = ("name", "steps", "quality_loss", "metric_after", "speedup", "bytes", "params", "macs",
         "checks", "accepted")  # fmt: skip
-
-
-@pytest.fixture
-def mlp(tmp_path: Path) -> Path:
-    path = tmp_path / "mlp.onnx"
-    onnx.save(search_mlp(), str(path))
-    return path
-
-
-@pytest.fixture
-def calib(tmp_path: Path) -> Path:
-    path = tmp_path / "calib.npz"
-    np.savez(path, X=np.random.default_rng(5).standard_normal((16, 32, 64)).astype(np.float32))
-    return path
 
 
 def _search(mlp: Path, calib: Path, out: Path, executor=None) -> list[dict]:
