@@ -11,6 +11,9 @@ For each bed (``BEDS``) and each variant:
 * ``W8``, ``W4 RTN``, ``W4 GPTQ``: ``quantize_model`` (bits 8; bits 4, block 32, RTN or GPTQ on
   the calibration feeds), ``--target ort``;
 * ``static INT8``: ``quantize_static_model`` on the calibration feeds, ``--target ort``;
+* both with the latency guard on, as a user gets them (``spa.workflows.latency_guard``): the
+  form it wrote and its measurements go in the note; a static model it refused (slower than
+  dense with every layer subset) is a row "refused, no output";
 * ``2:4``: ``sparsify_model`` (magnitude, the reference form: zeros in dense weights, which ORT
   CPU runs as dense);
 * ``spa optimize --max-drop 1%``: read from ``optimize_<bed>.json`` (written by
@@ -49,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from spa import testbeds
+from spa.errors import UserError
 from spa.stats.report import compute_stats
 from spa.verify.latency import compare_latency
 from spa.workflows.prune import prune_model
@@ -64,23 +68,30 @@ LIMITS: dict[str, int | None] = {
 }  # fmt: skip
 MINILM_SETS = ("lee50", "wordsim353", "simlex999")
 Feeds = list[dict[str, np.ndarray]]
-Maker = Callable[[Path, Path], None]
+#: Writes the variant; returns a note for the table ("" for none).
+Maker = Callable[[Path, Path], str]
 
 
 def spa_makers(calibration: Feeds) -> dict[str, Maker]:
     shapes = {key: tuple(value.shape) for key, value in calibration[0].items()}
 
     def prune(share: float) -> Maker:
-        def make(source: Path, output: Path) -> None:
+        def make(source: Path, output: Path) -> str:
             prune_model(source, output, ratio=share, criterion="obs", bias_compensation=True,
                         allocation="sensitivity", calibration=calibration[:8], shapes=shapes,
                         sensitivity_samples=2, round_to=8)
+            return ""
 
         return make
 
     def call(function: Callable[..., Any], **options: Any) -> Maker:
-        def make(source: Path, output: Path) -> None:
-            function(source, output, verify=False, **options)
+        def make(source: Path, output: Path) -> str:
+            result = function(source, output, verify=False, **options)
+            guard = getattr(result, "latency", None)  # spa.workflows.latency_guard
+            if not guard:
+                return ""
+            tried = ", ".join(f"{m['form']} {m['speedup']:.2f}x" for m in guard["measured"])
+            return f"latency guard wrote {guard['chosen']} (measured {tried})"
 
         return make
 
@@ -200,8 +211,12 @@ def run_bed(name: str, budget: float, folder: Path) -> dict[str, Any]:
         began = time.perf_counter()
         row: dict[str, Any] = {"variant": label, "tool": label.split()[0].lower()}
         try:
-            make(dense, output)
+            note = make(dense, output)
             row.update(measure(bed, dense, output, feeds, budget))
+            if note:
+                row["note"] = note
+        except UserError as error:  # spa refused: e.g. static INT8 slower at every size
+            row["refused"] = str(error).splitlines()[0]
         except Exception as error:  # a tool that fails on a model is a result too
             row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
             traceback.print_exc(limit=2)
@@ -249,6 +264,9 @@ def render(results: dict[str, Any], command: str) -> str:
         for row in entry["rows"]:
             if "error" in row:
                 lines.append(f"| {row['variant']} | failed: {row['error']} | | | | | |")
+                continue
+            if "refused" in row:
+                lines.append(f"| {row['variant']} | refused, no output: {row['refused']} | | | | | |")
                 continue
             macs = row.get("macs")
             same_macs = any(key in row["variant"] for key in ("W8", "W4", "INT8", "2:4", "ORT"))

@@ -19,7 +19,12 @@ from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
-from spa.passes.quantize import MatMulNBitsToQDQPass, QDQToMatMulNBitsPass, QuantizeWeightsPass
+from spa.passes.quantize import (
+    MatMulNBitsToCastPass,
+    MatMulNBitsToQDQPass,
+    QDQToMatMulNBitsPass,
+    QuantizeWeightsPass,
+)
 from spa.passes.quantize_dynamic import QuantizeDynamicPass
 from spa.passes.quantize_static import QuantizeStaticPass
 from spa.passes.slice import RotateSlicePass, RotationInvariantPass
@@ -36,6 +41,7 @@ __all__ = [
     "GQSAToReferencePass",
     "InferShapesPass",
     "Int4ToPluginPass",
+    "MatMulNBitsToCastPass",
     "MatMulNBitsToQDQPass",
     "PluginToOrtPass",
     "PrunePass",

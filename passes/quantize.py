@@ -29,7 +29,10 @@ place (their weights read by name from the main graph, where
 weights; the quantized initializers go into the body itself).
 
 :class:`MatMulNBitsToQDQPass` and :class:`QDQToMatMulNBitsPass` convert between
-the two stored forms without changing any dequantized value.
+the two stored forms without changing any dequantized value;
+:class:`MatMulNBitsToCastPass` rewrites MatMulNBits into the folded ``Cast`` form
+(the same values, run by ORT's float kernels: what ``spa quantize`` writes when
+MatMulNBits measures slower than the input, :mod:`spa.workflows.latency_guard`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.passes.quantize_conv import (
     CONV_FORMS,
     SKIPPABLE,
+    block_cast_nodes,
     column_cast_nodes,
     conv_target_reason,
     layer_roles,
@@ -74,6 +78,7 @@ __all__ = [
     "Candidate",
     "DecidingPass",
     "HessianCalibrated",
+    "MatMulNBitsToCastPass",
     "MatMulNBitsToQDQPass",
     "QDQToMatMulNBitsPass",
     "QuantDecision",
@@ -450,6 +455,11 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         )
         return old, new
 
+    @property
+    def wrote_nbits(self) -> bool:
+        """Whether the last call wrote at least one MatMulNBits node."""
+        return bool(getattr(self, "_nbits", False))
+
     def _cast_form(self) -> bool:
         """INT8 RTN for ORT: Cast+Mul constants (ORT 1.32's 8-bit MatMulNBits ran at 0.79x
         of dense on MiniLM; the folded form runs the dense kernels)."""
@@ -564,6 +574,57 @@ class MatMulNBitsToQDQPass(DecidingPass):
             )
         converted, skipped = self._tally("converted")
         if converted:
+            model.ir_version = max(model.ir_version or 0, 10)
+        statistics: dict[str, int | float] = {
+            "nodes_converted": converted,
+            "nodes_skipped": skipped,
+        }
+        return SpaPassResult(model, converted > 0, statistics, self._details())
+
+
+@register_pass
+class MatMulNBitsToCastPass(DecidingPass):
+    """Convert ``com.microsoft.MatMulNBits`` to ``MatMul`` reading the block integers
+    through ``Cast -> [Sub] -> Mul -> Reshape`` (:func:`block_cast_nodes`), constants
+    ONNX Runtime folds at session load: the file keeps the low-bit weights, the
+    session runs the float kernels. Dequantized weights are unchanged. INT4 values
+    stay INT4 from opset 21 and are stored in INT8/UINT8 below it. Skips what
+    :func:`read_matmulnbits` cannot read (g_idx, bias, non-constant B)."""
+
+    name = "matmulnbits-to-cast"
+    summary = "Convert com.microsoft.MatMulNBits to the Cast+Mul form ORT folds at load"
+    action = "converted"
+
+    def call(self, model: ir.Model) -> SpaPassResult:
+        self._decisions = []
+        int4 = default_opset(model) >= QDQ_OPSET
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+            if op_key(node) != (MS_DOMAIN, "MatMulNBits"):
+                continue
+            weight, reason = read_matmulnbits(node)
+            if weight is None or reason or node.inputs[0] is None:
+                self._decisions.append(
+                    QuantDecision(node.name or "", node.op_type, "skipped", reason)
+                )
+                continue
+            graph = holding_graph(node, model.graph)
+            old_inputs = list(node.inputs[1:])
+            base = (old_inputs[0].name if old_inputs[0] is not None else "") or "weight"
+            nodes, size = block_cast_nodes(graph, weight, base, node.name or base, int4=int4)
+            matmul = ir.node("MatMul", [node.inputs[0], nodes[-1].outputs[0]], name=node.name)
+            replace_node(graph, node, [*nodes, matmul])
+            _remove_unused_inputs(graph, old_inputs)
+            rows, cols = weight.shape
+            note = f"INT{weight.bits} block {weight.block}, Cast+Mul folded by ORT at load"
+            if weight.bits == 4 and not int4:
+                note += f" (stored in 8 bits: model opset {default_opset(model)} < {QDQ_OPSET})"
+            self._decisions.append(
+                QuantDecision(
+                    node.name or "", node.op_type, "converted", note, base, rows, cols, 0, size
+                )
+            )
+        converted, skipped = self._tally()
+        if converted and int4:
             model.ir_version = max(model.ir_version or 0, 10)
         statistics: dict[str, int | float] = {
             "nodes_converted": converted,

@@ -30,6 +30,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from spa.quant.blockwise import QuantizedWeight, n_blocks
 from spa.quant.channelwise import ChannelQuantized, quantize_channels
 from spa.quant.ir_format import (
     add_initializer,
@@ -42,6 +43,7 @@ __all__ = [
     "CONV_FORMS",
     "MIN_LAYERS_FOR_ENDS",
     "SKIPPABLE",
+    "block_cast_nodes",
     "column_cast_nodes",
     "conv_target_reason",
     "is_depthwise",
@@ -228,3 +230,58 @@ def column_cast_nodes(
     if quantized.zero_point is not None:
         stored += quantized.zero_point.nbytes
     return nodes, int(stored)
+
+
+def block_cast_nodes(
+    graph: ir.Graph, weight: QuantizedWeight, base: str, name: str, int4: bool = True
+) -> tuple[list[ir.Node], int]:
+    """A block-quantized ``W[K, N]`` read through ``Cast -> [Sub] -> Mul -> Reshape
+    [-> Slice]``: the integers stored ``[n_blocks, block, N]`` (the last block padded
+    with zeros), the per-block scales (and zero points) ``[n_blocks, 1, N]``.
+    Constants only, so ORT folds them to the float weight when the session loads:
+    the same dequantized values as the MatMulNBits/QDQ forms, run by the float
+    kernels. ``int4=False`` stores 4-bit values in INT8/UINT8 (Cast reads INT4
+    from opset 21 only). Returns (nodes, stored bytes)."""
+    rows, cols = weight.shape
+    blocks, block, bits = n_blocks(rows, weight.block), weight.block, weight.bits
+    padded = np.zeros((blocks * block, cols), dtype=weight.q.dtype)
+    padded[:rows] = weight.q  # the padding rows are sliced off again
+    values = padded.reshape(blocks, block, cols)
+    signed = weight.zero_points is None
+    stored_bits = bits if (bits == 4 and int4) else 8
+    dtype = _STORED[(stored_bits, signed)]
+    array = values.astype(np.int8 if signed else np.uint8)
+    tensor = ir.Tensor(array, dtype=dtype) if stored_bits == 4 else ir.Tensor(array)
+    stored = add_initializer(graph, f"{base}_q{bits}", tensor)
+    scale_dtype = weight.scales.dtype
+    cast = ir.node(
+        "Cast", [stored], {"to": ir.DataType.from_numpy(scale_dtype)}, name=f"{name}_cast"
+    )
+    nodes, current = [cast], cast.outputs[0]
+    size = -(-array.size * stored_bits // 8) + weight.scales.nbytes
+    if weight.zero_points is not None:
+        zero = weight.zero_points.astype(scale_dtype).reshape(blocks, 1, cols)
+        zero_value = add_initializer(graph, f"{base}_zero_points", ir.Tensor(zero))
+        nodes.append(ir.node("Sub", [current, zero_value], name=f"{name}_sub"))
+        current = nodes[-1].outputs[0]
+        size += zero.nbytes
+    scale = add_initializer(
+        graph,
+        f"{base}_scales",
+        ir.Tensor(np.ascontiguousarray(weight.scales.reshape(blocks, 1, cols))),
+    )
+    nodes.append(ir.node("Mul", [current, scale], name=f"{name}_mul"))
+    shape = add_initializer(
+        graph, f"{base}_shape", ir.Tensor(np.array([blocks * block, cols], dtype=np.int64))
+    )
+    nodes.append(ir.node("Reshape", [nodes[-1].outputs[0], shape], name=f"{name}_reshape"))
+    if blocks * block != rows:
+        bounds = [
+            add_initializer(graph, f"{base}_{label}", ir.Tensor(np.array([value], dtype=np.int64)))
+            for label, value in (("starts", 0), ("ends", rows), ("axes", 0))
+        ]
+        nodes.append(ir.node("Slice", [nodes[-1].outputs[0], *bounds], name=f"{name}_slice"))
+    for node in nodes:  # named: bodies share one namespace with the main graph in ONNX
+        node.outputs[0].name = f"{node.name}_out"
+    nodes[-1].outputs[0].name = f"{base}_dequantized"
+    return nodes, int(size)

@@ -252,8 +252,11 @@ class _Placement:
         bmm: bool,
         residual_matmul: bool = False,
         ort: OrtForm | None = None,
+        keep_float: frozenset[str] = frozenset(),
     ) -> None:
         self.graph, self.dtypes, self.norms, self.bmm = graph, dtypes, norms, bmm
+        #: Names of weighted layers left float on request (the latency guard's choice).
+        self.keep_float = keep_float
         self.residual_matmul = residual_matmul
         #: The ORT CPU form (spa.passes.qdq_ort), or None for TensorRT's placement.
         self.ort = ort
@@ -309,6 +312,13 @@ class _Placement:
         return axis, ""
 
     def weighted(self, node: ir.Node) -> None:
+        if node.name and node.name in self.keep_float:
+            self.record(
+                node, "float",
+                "kept float: with it quantized the model measured slower than the input on "
+                "ort-cpu (latency guard; --allow-slower quantizes it)",
+            )  # fmt: skip
+            return
         activation = node.inputs[0] if node.inputs else None
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         reason = self._activation_reason(activation, "activation")
@@ -606,8 +616,10 @@ class QuantizeStaticPass(SpaPass):
         quantize_bmm: bool = False,
         quantize_residual_matmul: bool = False,
         target: str = "tensorrt",
+        keep_float: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
+        self.keep_float = frozenset(keep_float)
         check_static_options(activations, weights, calib_method, percentile)
         if target not in STATIC_TARGETS:
             raise UserError(f"target '{target}': choose one of {', '.join(STATIC_TARGETS)}")
@@ -634,6 +646,7 @@ class QuantizeStaticPass(SpaPass):
         placement = _Placement(
             model.graph, _element_types(proto), self.quantize_norms, self.quantize_bmm,
             self.quantize_residual_matmul, ort=OrtForm() if self.ort_form else None,
+            keep_float=self.keep_float,
         )  # fmt: skip
         placement.run()
         return placement
@@ -642,6 +655,12 @@ class QuantizeStaticPass(SpaPass):
     def ort_form(self) -> bool:
         """INT8 for ORT: the full QDQ form ORT CPU fuses (spa.passes.qdq_ort)."""
         return self.target == "ort" and self.activations == "int8"
+
+    def use_ranges_of(self, other: QuantizeStaticPass) -> None:
+        """Take ``other``'s calibrated ranges (a re-placement with more layers float
+        needs a subset of them: no second calibration)."""
+        self._ranges = other._ranges
+        self.calibration, self.calibration_samples = other.calibration, other.calibration_samples
 
     def _activation_parameters(
         self, ranges: RangeStatistics, name: str, nonnegative: bool

@@ -325,7 +325,7 @@ agraph (float[4, 32] x, int64 mode) => (float[4, 16] y) {
 """
 
 
-@pytest.mark.parametrize("flags", [("--weights", "int8"), ("--activations", "int8")])
+@pytest.mark.parametrize("flags", [("--weights", "int8"), ("--activations", "int8", "--allow-slower")])
 def test_quantize_verifies_both_branches_an_integer_input_selects(
     flags: tuple[str, str], run_cli, tmp_path: Path
 ) -> None:

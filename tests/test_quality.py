@@ -55,7 +55,7 @@ def test_split_keeps_a_quarter_for_quality_and_says_when_it_cannot(tmp_path: Pat
     "command",
     [
         ["quantize", "--weights", "int8", "--block", "16", "--method", "gptq"],
-        ["quantize", "--activations", "int8"],
+        ["quantize", "--activations", "int8", "--allow-slower"],
         ["prune", "--ratio", "0.25", "--criterion", "flap"],
         ["sparsify", "--pattern", "2:4", "--method", "sparsegpt", "--cosine", "0.3"],
         ["optimize", "--prune", "0.25", "--criterion", "wanda_sp", "--cosine", "0.5"],

@@ -36,7 +36,7 @@ def _pass_lines(output: str) -> list[str]:
     [
         (["prune", "--ratio", "0.5", "--verify"], "prune"),
         (["quantize", "--weights", "int8", "--block", "16"], "quantize-weights"),
-        (["quantize", "--activations", "int8"], "quantize-static"),
+        (["quantize", "--activations", "int8", "--allow-slower"], "quantize-static"),
         (["sparsify", "--pattern", "2:4", "--cosine", "0.3"], "sparsify-2to4"),
     ],
 )

@@ -23,6 +23,7 @@ from spa.cli.options import (
 from spa.cli.outcome import finish, human_size, verdict_tail
 
 __all__ = [
+    "latency_lines",
     "quantize_command",
     "render_decisions",
     "render_static_decisions",
@@ -63,7 +64,7 @@ def render_decisions(result: Any) -> list[str]:
         f" | MatMul/Gemm/Conv MACs covered {result.mac_coverage:.1%}"
     )
     lines.append(f"calibration: {result.calibration}")
-    return lines
+    return [*lines, *latency_lines(result)]
 
 
 def verdict_line(result: Any) -> str:
@@ -103,7 +104,13 @@ def render_static_decisions(result: Any) -> list[str]:
         f"calibration: {result.calibration} | {result.calibration_method} | "
         f"{result.calibration_samples} samples"
     )
-    return lines
+    return [*lines, *latency_lines(result)]
+
+
+def latency_lines(result: Any) -> list[str]:
+    """The latency guard's line (spa.workflows.latency_guard), when it ran."""
+    guard = getattr(result, "latency", None)
+    return [guard["note"]] if guard else []
 
 
 def static_verdict_line(result: Any) -> str:
@@ -241,6 +248,13 @@ def _check_mode(
     default=None,
     help="Verification: every output's cosine >= this [default: 0.9999 int8, 0.98 int4, 0.99 static].",
 )
+@click.option(
+    "--allow-slower",
+    is_flag=True,
+    help="--target ort: keep the requested form even when it measures slower than the input "
+    "(by default a slower MatMulNBits model is written in the folded Cast form, and static "
+    "Q/DQ leaves its smallest layers float).",
+)
 @quality_options
 @input_options
 def quantize_command(
@@ -265,6 +279,7 @@ def quantize_command(
     dump_dir: Path | None,
     verify: bool,
     min_cosine: float | None,
+    allow_slower: bool,
     holdout: float,
     metric: str | None,
     seed: int,
@@ -283,7 +298,7 @@ def quantize_command(
         _static(
             model, output, activations, weights, calib, calib_method, percentile,
             quantize_norms, quantize_bmm, quantize_residual_matmul, calib_samples, report_path,
-            verify, min_cosine, seed, target,
+            verify, min_cosine, seed, target, allow_slower,
             {**input_arguments(shapes, dims, int_ranges, calib=calib, model=model), "holdout": holdout, "metric": metric},
             dump_dir,
         )  # fmt: skip
@@ -298,7 +313,7 @@ def quantize_command(
         verify=verify, min_cosine=min_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges, calib=calib, model=model), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,
-        keep_float=() if all_layers else None,
+        keep_float=() if all_layers else None, allow_slower=allow_slower,
     )  # fmt: skip
     finish(result, render_decisions(result), verdict_line(result), report_path, "spa quantize")
 
@@ -307,7 +322,8 @@ def _static(
     model: Path, output: Path, activations: str, weights: str | None, calib: Path | None,
     calib_method: str, percentile: float, quantize_norms: bool, quantize_bmm: bool,
     quantize_residual_matmul: bool, calib_samples: int | None, report_path: Path | None, verify: bool,
-    min_cosine: float | None, seed: int, target: str, inputs: dict[str, Any], dump_dir: Path | None,
+    min_cosine: float | None, seed: int, target: str, allow_slower: bool, inputs: dict[str, Any],
+    dump_dir: Path | None,
 ) -> None:  # fmt: skip
     from spa.errors import UserError
     from spa.workflows.quantize_static import quantize_static_model
@@ -323,7 +339,7 @@ def _static(
         quantize_bmm=quantize_bmm, quantize_residual_matmul=quantize_residual_matmul,
         max_calibration_samples=calib_samples, seed=seed, target=target,
         verify=verify, min_cosine=min_cosine, **inputs, dump_dir=dump_dir,
-        on_pass_end=print_pass_line,
+        on_pass_end=print_pass_line, allow_slower=allow_slower,
     )  # fmt: skip
     if result.random_calibration:
         click.echo(

@@ -13,7 +13,7 @@ from spa.errors import UserError
 from spa.ort import create_session, import_onnxruntime, ort_error_message
 from spa.progress import progress_bar, track
 
-__all__ = ["run_model", "run_model_many"]
+__all__ = ["run_error", "run_model", "run_model_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def run_model(
     try:
         values = session.run(names, {k: v for k, v in feeds.items() if k in wanted}, options)
     except Exception as error:  # ORT raises its own Fail/InvalidArgument types
-        raise _run_error(model, session, feeds, error) from None
+        raise run_error(model, session, feeds, error) from None
     return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
 
 
@@ -61,16 +61,18 @@ def run_model_many(
     except UserError:
         raise
     except Exception as error:  # ORT raises its own Fail/InvalidArgument types
-        raise _run_error("model", session, all_feeds[0] if all_feeds else {}, error) from None
+        raise run_error("model", session, all_feeds[0] if all_feeds else {}, error) from None
     return [
         {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
         for values in runs
     ]
 
 
-def _run_error(
+def run_error(
     model: Any, session: Any, feeds: Mapping[str, np.ndarray], error: Exception
 ) -> UserError:
+    """One-line error for ORT failing to run ``model`` on ``feeds`` (with the sizes
+    the run gave its dynamic dims and how to choose others)."""
     where = str(model) if isinstance(model, str | os.PathLike) else "model"
     return UserError(
         f"{where}: ONNX Runtime failed to run it ({ort_error_message(error)})"

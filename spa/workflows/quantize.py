@@ -22,6 +22,7 @@ from spa.passes.quantize import QuantizeWeightsPass, check_quantize_options
 from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import mac_coverage
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
+from spa.workflows.latency_guard import GuardReport, guard_feeds, guard_weight_only
 from spa.workflows.results import RewriteResult, file_bytes
 from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, convert_opset, run_pipeline
 
@@ -39,6 +40,8 @@ class QuantizeResult(RewriteResult):
     quality_note: str = ""
     #: Share of params/MACs quantized and why the rest was left (spa.stats.change).
     change: ChangeShare | None = None
+    #: What the latency guard measured and wrote (spa.workflows.latency_guard), or None.
+    latency: dict[str, Any] | None = None
 
 
 def default_min_cosine(bits: int) -> float:
@@ -60,12 +63,16 @@ def quantize_model(
     verify: bool = True,
     min_cosine: float | None = None,
     keep_float: tuple[str, ...] | None = None,
+    allow_slower: bool = False,
     **run: Unpack[RunKeywords],
 ) -> QuantizeResult:
     """Quantize the MatMul/Gemm weights of ``input_path`` and write ``output_path``
     (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
     GPTQ's Hessians come from ``calib``). ``keep_float``: layer kinds left in float
-    (``depthwise``, ``first``, ``last``); None = all three at 4 bits, none at 8."""
+    (``depthwise``, ``first``, ``last``); None = all three at 4 bits, none at 8.
+    On ``target="ort"`` a MatMulNBits output is measured against the input and
+    written in the folded Cast form when that is faster (the latency guard,
+    :mod:`spa.workflows.latency_guard`); ``allow_slower`` skips it."""
     check_quantize_options(bits, block, symmetric, method, target)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
@@ -86,9 +93,22 @@ def quantize_model(
         policy = CosineMaxAbs(min_cosine=threshold)
         return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
+    guard: GuardReport | None = None
+
+    def after_save(model: ir.Model, outcome: PipelineOutcome) -> None:
+        nonlocal guard
+        if allow_slower or not quantizer.wrote_nbits:
+            return
+        feeds = guard_feeds(source, calib, options.seed, options.inputs)
+        guard = guard_weight_only(source, output, model, feeds)
+        if guard.chosen == "Cast":
+            details = outcome.records[0].details
+            details["decisions"] = _mark_folded(details["decisions"])
+
     outcome = run_pipeline(
-        source, output, [quantizer], options, prepare=prepare, verify=check if verify else None
-    )
+        source, output, [quantizer], options, prepare=prepare,
+        verify=check if verify else None, after_save=after_save,
+    )  # fmt: skip
     record = outcome.records[0]
     decisions = record.details["decisions"]
     return QuantizeResult(
@@ -110,4 +130,15 @@ def quantize_model(
             outcome.before, decisions, {"quantized"},
             f"op type {{op}} not quantizable for --target {target}",
         ),
+        latency=guard.as_dict() if guard is not None else None,
     )  # fmt: skip
+
+
+def _mark_folded(decisions: list[Any]) -> list[Any]:
+    """The decisions, each MatMul/Gemm one saying the guard wrote the folded Cast form."""
+    note = "written in the Cast form ORT folds at load (latency guard)"
+    return [
+        dataclasses.replace(d, reason=f"{d.reason}; {note}" if d.reason else note)
+        if d.action == "quantized" and d.op_type in ("MatMul", "Gemm") else d
+        for d in decisions
+    ]  # fmt: skip

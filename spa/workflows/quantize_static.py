@@ -22,14 +22,21 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import load_model, load_proto
+from spa.model_io import iter_graph_protos, load_model, load_proto
 from spa.ort import create_session
+from spa.pass_manager import PassRecord, run_passes
 from spa.passes.batchnorm import FoldBatchNormPass
-from spa.passes.quantize_static import QuantizeStaticPass, check_static_options, required_opset
+from spa.passes.quantize_static import (
+    WEIGHTED,
+    QuantizeStaticPass,
+    check_static_options,
+    required_opset,
+)
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.stats.change import ChangeShare, decisions_share, rewritten_weights
-from spa.stats.coverage import covered_share
+from spa.stats.coverage import covered_share, node_macs, value_shapes
 from spa.verify import CosineMaxAbs, VerifyResult, verify_models
+from spa.workflows.latency_guard import GuardReport, guard_feeds, guard_static
 from spa.workflows.results import VerifiedResult, file_bytes
 from spa.workflows.run import (
     PipelineOutcome,
@@ -74,6 +81,8 @@ class StaticQuantizeResult(VerifiedResult):
     quality_note: str = ""
     #: Share of params/MACs quantized and why the rest was left (spa.stats.change).
     change: ChangeShare | None = None
+    #: What the latency guard measured and wrote (spa.workflows.latency_guard), or None.
+    latency: dict[str, Any] | None = None
 
     @property
     def random_calibration(self) -> bool:
@@ -138,6 +147,7 @@ def quantize_static_model(
     target: str = "ort",
     verify: bool = True,
     min_cosine: float | None = None,
+    allow_slower: bool = False,
     **run: Unpack[RunKeywords],
 ) -> StaticQuantizeResult:
     """Static INT8/FP8 QDQ of ``input_path`` written to ``output_path`` (the
@@ -145,7 +155,9 @@ def quantize_static_model(
     calibrated on ``calib`` or, without it, on seeded random inputs). ``target``:
     ``ort`` (INT8 activations stored as UINT8 with zero point 128, the form ONNX
     Runtime CPU runs; verified at ORT's default level) or ``tensorrt`` (INT8 with
-    zero point 0)."""
+    zero point 0). INT8 for ``ort`` is measured against the input on ORT CPU and,
+    when slower, its smallest quantized layers are left float until it is not (the
+    latency guard, :mod:`spa.workflows.latency_guard`); ``allow_slower`` skips it."""
     check_static_options(activations, weights, calib_method, percentile)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
@@ -176,12 +188,43 @@ def quantize_static_model(
         verified_at = "all"
         return verify_models(source, output, policy=policy, seed=options.seed, **options.inputs)
 
+    guard: GuardReport | None = None
+
+    def after_save(model: ir.Model, outcome: PipelineOutcome) -> None:
+        nonlocal guard
+        if allow_slower or not quantizer.ort_form:
+            return
+        decisions = outcome.records[-1].details["decisions"]
+        names = [
+            d.node for d in decisions if d.action == "quantized" and ("", d.op_type) in WEIGHTED
+        ]
+        if not names:
+            return
+        shapes = value_shapes(outcome.before)
+        macs = {
+            node.name: node_macs(node, shapes)
+            for graph in iter_graph_protos(outcome.before.graph) for node in graph.node
+        }  # fmt: skip
+
+        def rebuild(keep: frozenset[str]) -> tuple[ir.Model, list[PassRecord]]:
+            again = QuantizeStaticPass(**{**quantizer.options(), "keep_float": keep})
+            again.use_ranges_of(quantizer)
+            fresh = outcome.model_before(source)
+            return fresh, run_passes(fresh, [FoldBatchNormPass(), again])
+
+        feeds = guard_feeds(source, calib, options.seed, options.inputs)
+        layers = [(name, macs.get(name, 0)) for name in names]
+        guard, records = guard_static(source, output, layers, rebuild, feeds)
+        if records is not None:
+            outcome.records = records
+
     # BatchNorm folded first: the Conv's quantized weight then carries it, where a
     # BatchNorm after a Conv reading a DequantizeLinear weight stays unfused in ORT
     outcome = run_pipeline(
         source, output, [FoldBatchNormPass(), quantizer], options, prepare=prepare,
         verify=check if verify else None,
         session=_basic_session,  # as verification, for the reason _verify_basic gives
+        after_save=after_save,
     )  # fmt: skip
     record = outcome.records[-1]
     decisions = record.details["decisions"]
@@ -210,4 +253,5 @@ def quantize_static_model(
             outcome.before, decisions, {"quantized"}, "op type {op} has no static QDQ placement",
             also_changed=_folded(outcome, source, output),
         ),
+        latency=guard.as_dict() if guard is not None else None,
     )  # fmt: skip

@@ -378,6 +378,7 @@ def run_pipeline(
     instruments: Sequence[Instrument] = (),
     runnable: Callable[[Path, Path], Path] | None = None,
     session: Callable[[Path], Any] | None = None,
+    after_save: Callable[[ir.Model, PipelineOutcome], None] | None = None,
 ) -> PipelineOutcome:
     """Load ``source`` (or take ``model``, already loaded from it), ``prepare``
     it (opset conversion), run ``passes`` (or the list ``passes(model)``
@@ -386,6 +387,9 @@ def run_pipeline(
     ``verify(source, output, outcome)``, then measure quality on the held-out
     samples. ``runnable(output, folder)`` gives a file ORT can run in its place
     (a plugin op's reference lowering) and ``session`` makes the ORT sessions.
+    ``after_save(model, outcome)`` runs between saving and verification (the
+    latency guard, which may write another form over the output and replace
+    ``outcome.records``).
     """
     start = time.perf_counter()
     source, output = Path(source), Path(output)
@@ -412,6 +416,8 @@ def run_pipeline(
     outcome = PipelineOutcome(
         output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes
     )
+    if after_save is not None:
+        after_save(model, outcome)
     if verify is not None:
         outcome.verification = verify(source, output, outcome)
     if holdout or metric is not None:

@@ -135,14 +135,18 @@ def _dynamic(source: Path, output: Path, context: BuildContext) -> None:
 
 def _static(source: Path, output: Path, context: BuildContext) -> None:
     quantize_static_model(
-        source, output, calib=list(context.calibration), verify=False, **_run_keywords(context)
-    )
+        source, output, calib=list(context.calibration), verify=False,
+        allow_slower=True,  # the search measures every candidate itself
+        **_run_keywords(context),
+    )  # fmt: skip
 
 
 def _weight_only(source: Path, output: Path, context: BuildContext, bits: int) -> None:
     quantize_model(
-        source, output, bits=bits, block=32, target="ort", verify=False, **_run_keywords(context)
-    )
+        source, output, bits=bits, block=32, target="ort", verify=False,
+        allow_slower=True,  # the search measures every candidate itself
+        **_run_keywords(context),
+    )  # fmt: skip
 
 
 def _apply(step: Step, source: Path, output: Path, context: BuildContext) -> None:
