@@ -16,6 +16,7 @@ from spa.passes.cleanup import (
 )
 from spa.passes.constant_folding import FoldConstantsPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
+from spa.passes.factorize import FactorizeEmbeddingsPass
 from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, ReferenceToGQSAPass
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.passes.prune import PrunePass
@@ -34,6 +35,7 @@ __all__ = [
     "CLEANUP_PIPELINE",
     "CorrectStatisticsPass",
     "EliminateDeadCodePass",
+    "FactorizeEmbeddingsPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "GQSAPass",

@@ -25,6 +25,7 @@ from spa.cli.options import (
     report_option,
     tolerance_options,
 )
+from spa.stats.inspect import human_count
 
 __all__ = ["prune_command"]
 
@@ -50,6 +51,14 @@ __all__ = ["prune_command"]
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="Apply a saved plan.")
 @click.option("--save-plan", type=click.Path(path_type=Path), help="Save the plan used.")
 @prunable_io_option
+@click.option(
+    "--embedding-rank",
+    type=float,
+    default=None,
+    help="Also factorize vocabulary tables read by Gather (>= 8 rows per column) to this "
+    "rank (an integer, or a share of the width below 1) by truncated SVD. Not exact: "
+    "--verify checks the pruning before it; measure quality with --calib/--eval.",
+)
 @click.option("--verify", is_flag=True, help="Check mask equivalence in ORT (exit 3 if it fails).")
 @report_option
 @dump_dir_option
@@ -65,6 +74,7 @@ def prune_command(
     plan_path: Path | None,
     save_plan: Path | None,
     prunable_io: str,
+    embedding_rank: float | None,
     verify: bool,
     report_path: Path | None,
     dump_dir: Path | None,
@@ -106,8 +116,20 @@ def prune_command(
         on_pass_end=print_pass_line,
         holdout=holdout,
         metric=metric,
+        embedding_rank=embedding_rank,
     )
-    if not result.plan.kept:
+    for table in result.report.get("factorization") or []:
+        if table["action"] == "factorized":
+            click.echo(
+                f"factorized {table['table']} [{table['rows']}x{table['columns']}] -> rank "
+                f"{table['rank']}: params {human_count(table['params_before'])} -> "
+                f"{human_count(table['params_after'])}, {table['energy']:.1%} of its energy kept"
+            )
+        else:
+            click.echo(f"left {table['table']}: {table['reason']}")
+    if not result.plan.kept and not any(
+        t["action"] == "factorized" for t in result.report.get("factorization") or []
+    ):
         click.echo("nothing to prune: every group is frozen; the model was written unchanged")
         click.echo(render_groups(result.analysis, limit=0))
     skipped = result.plan.policy.get("skipped") or {}

@@ -25,6 +25,7 @@ from spa.calibration import CalibrationSource
 from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
+from spa.passes.factorize import FactorizeEmbeddingsPass
 from spa.passes.prune import PrunePass
 from spa.pruning.plan import Plan
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
@@ -93,6 +94,7 @@ def prune_model(
     correct_statistics: int = 0,
     sensitivity_samples: int = SENSITIVITY_SAMPLES,
     sequential_stages: int = 0,
+    embedding_rank: float | None = None,
     **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
@@ -107,7 +109,10 @@ def prune_model(
     (``obs``, ``bias_compensation``) in that many stages, each on the model
     pruned up to it. ``correct_statistics`` rounds of
     :class:`spa.passes.correct_statistics.CorrectStatisticsPass` follow the prune
-    (mask equivalence then checks the model before them). ``obs``/``obspa`` and
+    (mask equivalence then checks the model before them). ``embedding_rank``
+    factorizes the vocabulary tables last (:class:`spa.passes.factorize.FactorizeEmbeddingsPass`;
+    not exact, so mask equivalence checks the pruned model before it and quality
+    is measured on the output). ``obs``/``obspa`` and
     ``bias_compensation`` update the
     consumers' kept weights before slicing; the verifier masks the updated
     model, so it stays exact. The ``prune`` pass runs through
@@ -127,16 +132,21 @@ def prune_model(
     )  # fmt: skip
     passes: list[SpaPass] = [prune_pass]
     passes += [CorrectStatisticsPass(prune_pass) for _ in range(correct_statistics)]
+    factorize = FactorizeEmbeddingsPass(embedding_rank) if embedding_rank is not None else None
+    passes += [factorize] if factorize is not None else []
     with tempfile.TemporaryDirectory(prefix="spa-prune-") as staging:
-        pruned = Path(staging) / "pruned.onnx" if correct_statistics else output
-        instruments = [Snapshot(1, pruned)] if correct_statistics and verify else []
+        after_prune = len(passes) > 1  # the output is not the pruned model alone
+        pruned = Path(staging) / "pruned.onnx" if after_prune else output
+        instruments = [Snapshot(1, pruned)] if after_prune and verify else []
         outcome = run_pipeline(model, output, passes, options, instruments=instruments)
         details = outcome.details("prune")
         plan = details["plan"]
-        checked = verify and plan.kept
+        checked = verify and bool(plan.kept)
         verification = verify_prune(details, pruned, policy, options) if checked else None
     analysis = details["analysis"]
-    if not plan.kept:  # nothing to prune: write the input as it was, not its analysis-ready form
+    factorized = factorize is not None and outcome.records[-1].modified
+    if not plan.kept and not factorized:
+        # nothing to prune: write the input as it was, not its analysis-ready form
         save_model(outcome.model_before(model), output, input_path=model)
     before = reporting.compute_stats(
         outcome.before, shapes=options.shapes, dims=options.dims, base_dir=model.resolve().parent
@@ -149,6 +159,9 @@ def prune_model(
         for record in outcome.records[1:]
         for row in record.details.get("correction", [])
     ]
+    report["factorization"] = (
+        [d.as_dict() for d in factorize.decisions] if factorize is not None else None
+    )
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
     change = prune_change(details, outcome.before)
@@ -265,7 +278,13 @@ def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds:
         f"{report['groups_total']} pruned"
     )
     quality = quality_verdict(report.get("quality"), report.get("quality_note", ""))
+    tables = [d for d in report.get("factorization") or [] if d["action"] == "factorized"]
+    if tables:
+        ranks = ", ".join(f"rank {d['rank']} ({d['energy']:.0%} energy)" for d in tables)
+        text += f" | embeddings factorized: {ranks}, not exact"
     if report["groups_pruned"] == 0:
+        if tables:
+            return f"DONE | {text} | {quality} | {seconds:.1f}s"
         return f"NOTHING TO DO | {text} | {quality} | {seconds:.1f}s"
     if verification is None:
         return f"DONE | {text} | not verified | {quality} | {seconds:.1f}s"
