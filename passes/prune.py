@@ -45,6 +45,7 @@ from spa.errors import UserError
 from spa.ir_shapes import infer_shapes
 from spa.model_io import copy_model, read_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
+from spa.pruning.allocation import AUTO_ROUND
 from spa.pruning.consumers import add_missing_biases, consumers_of, remove_zero_biases
 from spa.pruning.correction import CorrectionTarget, correction_targets, slice_statistics
 from spa.pruning.criteria import DATA_ALLOCATIONS, DATA_CRITERIA
@@ -369,7 +370,7 @@ class PrunePass(SpaPass):
         ratio: float = 0.3,
         criterion: str = "l1",
         seed: int = 0,
-        round_to: int = 1,
+        round_to: int = AUTO_ROUND,
         exclude: tuple[str, ...] = (),
         plan_path: str | None = None,
         *,

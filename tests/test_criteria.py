@@ -533,3 +533,36 @@ def test_cli_needs_calib_and_accepts_npz(run_cli, tmp_path: Path) -> None:
         tmp_path / "calib.npz",
     )
     assert optimized.exit_code == 0, optimized.output
+
+
+def test_round_to_auto_keeps_multiples_of_8_in_groups_of_64_or_more() -> None:
+    from spa.pruning.allocation import AUTO_ROUND, group_multiple
+
+    assert [group_multiple(size, AUTO_ROUND) for size in (16, 60, 64, 72, 100, 1536)] == [
+        1, 1, 8, 8, 1, 8,
+    ]  # fmt: skip
+    assert group_multiple(64, 4) == 4  # an explicit multiple wins
+    scores = {0: np.arange(1.0, 65.0), 1: np.arange(1.0, 17.0)}
+    # 64 * 0.9 = 57.6 -> 58 -> 64 (a multiple of 8); 16 * 0.9 = 14.4 -> 15 (exact)
+    assert allocate(scores, ratio=0.1, round_to=AUTO_ROUND) == {0: 64, 1: 15}
+    assert allocate(scores, ratio=0.3, round_to=AUTO_ROUND) == {0: 48, 1: 12}
+
+
+def test_prune_cli_rounds_by_default_and_takes_an_explicit_multiple(run_cli, tmp_path: Path) -> None:
+    from conftest import mlp_model
+
+    source = tmp_path / "mlp64.onnx"
+    onnx.save(mlp_model(hidden=64), str(source))
+
+    def hidden(*flags: str) -> int:
+        out = tmp_path / "p.onnx"
+        result = run_cli("prune", source, "-o", out, "--ratio", "0.3", "--verify", *flags)
+        assert result.exit_code == 0, result.output
+        weights = {t.name: t for t in onnx.load(str(out)).graph.initializer}
+        return int(weights["W1"].dims[1])
+
+    assert hidden() == 48  # 64 * 0.7 = 44.8 -> 45 -> 48
+    assert hidden("--round-to", "auto") == 48
+    assert hidden("--round-to", "1") == 45
+    bad = run_cli("prune", source, "-o", tmp_path / "q.onnx", "--round-to", "0")
+    assert bad.exit_code == 2 and "give auto or an integer >= 1" in bad.output

@@ -27,7 +27,22 @@ from spa.cli.options import (
 )
 from spa.stats.inspect import human_count
 
-__all__ = ["prune_command"]
+__all__ = ["parse_round_to", "prune_command"]
+
+
+def parse_round_to(value: str | int) -> int:
+    """``auto`` -> :data:`spa.pruning.allocation.AUTO_ROUND`; else a multiple >= 1."""
+    from spa.pruning.allocation import AUTO_ROUND
+
+    if str(value).strip().lower() == "auto":
+        return AUTO_ROUND
+    try:
+        multiple = int(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}': give auto or an integer >= 1") from None
+    if multiple < 1:
+        raise click.BadParameter(f"'{value}': give auto or an integer >= 1")
+    return multiple
 
 
 @click.command("prune")
@@ -43,7 +58,12 @@ __all__ = ["prune_command"]
 @criterion_options
 @calib_option
 @click.option(
-    "--round-to", type=int, default=1, show_default=True, help="Keep a multiple of K channels."
+    "--round-to",
+    default="auto",
+    show_default=True,
+    callback=lambda _context, _param, value: parse_round_to(value),
+    help="Keep a multiple of K channels in every group; auto: 8 in groups of 64 or more "
+    "channels (what ONNX Runtime's CPU kernels like), exact in smaller ones.",
 )
 @click.option(
     "--exclude", multiple=True, metavar="REGEX", help="Leave groups touching matching values alone."

@@ -28,7 +28,7 @@ from spa.analysis.index_maps import Lookup
 from spa.calibration import CalibrationSource, ChannelStatistics, load_calibration
 from spa.destinations import write_text_atomic
 from spa.errors import UserError
-from spa.pruning.allocation import allocate
+from spa.pruning.allocation import AUTO_ROUND, allocate, group_multiple
 from spa.pruning.criteria import ALLOCATIONS, CRITERIA, DATA_ALLOCATIONS, DATA_CRITERIA, REDUCTIONS
 from spa.pruning.scores import score_group
 from spa.pruning.sensitivity import (
@@ -181,8 +181,8 @@ def _check_policy(
         raise UserError(f"--ratio {ratio} is outside [0, 1); e.g. --ratio 0.3 removes 30%")
     if criterion not in CRITERIA:
         raise UserError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
-    if round_to < 1:
-        raise UserError(f"--round-to {round_to} must be >= 1")
+    if round_to < 0:
+        raise UserError(f"--round-to {round_to}: give 'auto' or a multiple >= 1")
     if reduction not in REDUCTIONS:
         raise UserError(f"unknown reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}")
     if allocation not in ALLOCATIONS:
@@ -277,7 +277,7 @@ def make_plan(
         "criterion": criterion,
         "reduction": reduction,
         "seed": seed,
-        "round_to": round_to,
+        "round_to": round_to if round_to != AUTO_ROUND else "auto",
         "exclude": list(exclude),
         "allocation": allocation,
         "max_group_ratio": max_group_ratio,
@@ -318,10 +318,10 @@ def _sensitivity_keeps(
     )
     removed = allocate_by_sensitivity(measured, ratio=ratio, total_cost=total_cost, fragile=fragile)
     by_id = {g.id: g for g in groups}
-    keeps = {
-        g: min(by_id[g].size, math.ceil((by_id[g].size - count) / round_to) * round_to)
-        for g, count in removed.items()
-    }
+    keeps: dict[int, int] = {}
+    for g, count in removed.items():
+        size, multiple = by_id[g].size, group_multiple(by_id[g].size, round_to)
+        keeps[g] = min(size, math.ceil((size - count) / multiple) * multiple)
     extra = {
         "fragile": fragile,
         "sensitivity_samples": len(samples),

@@ -27,6 +27,7 @@ from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.factorize import FactorizeEmbeddingsPass
 from spa.passes.prune import PrunePass
+from spa.pruning.allocation import AUTO_ROUND
 from spa.pruning.plan import Plan
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.stats import report as reporting
@@ -76,7 +77,7 @@ def prune_model(
     *,
     ratio: float = 0.3,
     criterion: str = "l1",
-    round_to: int = 1,
+    round_to: int = AUTO_ROUND,
     exclude: Sequence[str] = (),
     plan_path: str | os.PathLike[str] | None = None,
     save_plan: str | os.PathLike[str] | None = None,
@@ -101,7 +102,8 @@ def prune_model(
     written unchanged (the report says why).
 
     ``criterion`` and ``allocation`` pick the channels (see
-    :func:`spa.pruning.plan.make_plan`); ``calibration`` (an ``.npz``, a
+    :func:`spa.pruning.plan.make_plan`); ``round_to`` the multiple each group keeps
+    (default: 8 in groups of >= 64 channels, :func:`spa.pruning.allocation.group_multiple`); ``calibration`` (an ``.npz``, a
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
     activation criteria and the ``sensitivity`` allocation (groups whose measured
     distortion on ``sensitivity_samples`` calibration samples exceeds ``fragile`` stay
