@@ -59,3 +59,38 @@ def test_a_model_onnx_cannot_infer_is_left_unchanged() -> None:
     assert infer_shapes(model, strict_mode=True) is False
     assert _shapes(model) == before
     onnx.checker.check_model(ir.serde.serialize_model(model))
+
+
+INVENTED = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (int64[batch, seq] ids) => (float[batch, seq, 4] y) {
+    shape = Shape(ids)
+    one = Constant <value = int64[1] {1}> ()
+    seq_len = Gather <axis = 0> (shape, one)
+    zero = Constant <value = int64 {0}> ()
+    step = Constant <value = int64 {1}> ()
+    n = Squeeze(seq_len)
+    positions = Range(zero, n, step)
+    rows = Gather <axis = 0> (table, positions)
+    tokens = Gather <axis = 0> (table, ids)
+    y = Add(tokens, rows)
+}
+"""
+
+
+def test_clear_invented_shapes_keeps_interface_named_and_declared_shapes() -> None:
+    from spa.ir_shapes import clear_invented_shapes
+
+    proto = model_from_text(INVENTED, {"table": (16, 4)})
+    model = ir.serde.deserialize_model(proto)
+    infer_shapes(model)
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    assert values["tokens"].shape is not None and values["tokens"].shape.rank() == 3
+    invented = values["rows"].shape  # [unk__0, 4]: inference lost the link to seq
+    assert invented is not None and isinstance(invented[0], ir.SymbolicDim)
+    assert invented[0].value not in ("batch", "seq")
+    cleared = clear_invented_shapes(model, declared={"positions"})
+    assert values["rows"].shape is None and cleared >= 1
+    assert [str(d) for d in values["tokens"].shape] == ["batch", "seq", "4"]  # named dims stay
+    assert values["positions"].shape is not None  # declared by the input: kept
+    assert values["shape"].shape is not None  # static [2]: nothing invented

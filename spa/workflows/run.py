@@ -40,7 +40,8 @@ from spa.calibration import (
     load_calibration,
 )
 from spa.errors import UserError, first_line
-from spa.model_io import load_model, save_model, stored_bytes
+from spa.ir_shapes import clear_invented_shapes
+from spa.model_io import iter_graph_protos, load_model, save_model, stored_bytes
 from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.verify import VerifyResult, input_specs, make_feeds
@@ -412,6 +413,8 @@ def run_pipeline(
         on_pass_end=options.on_pass_end,
         calibrator=calibrator,
     )
+    declared = {info.name for graph in iter_graph_protos(before.graph) for info in graph.value_info}
+    clear_invented_shapes(model, declared)  # they cost ORT its fusions
     save_model(model, output, input_path=source)
     outcome = PipelineOutcome(
         output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes
