@@ -22,6 +22,7 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
+from spa.ir_shapes import clear_invented_shapes
 from spa.model_io import iter_graph_protos, load_model, load_proto
 from spa.ort import create_session
 from spa.pass_manager import PassRecord, run_passes
@@ -210,8 +211,13 @@ def quantize_static_model(
             again = QuantizeStaticPass(**{**quantizer.options(), "keep_float": keep})
             again.use_ranges_of(quantizer)
             fresh = outcome.model_before(source)
-            return fresh, run_passes(fresh, [FoldBatchNormPass(), again])
+            records = run_passes(fresh, [FoldBatchNormPass(), again])
+            clear_invented_shapes(fresh, declared)  # as run_pipeline does before saving
+            return fresh, records
 
+        declared = {
+            info.name for graph in iter_graph_protos(outcome.before.graph) for info in graph.value_info
+        }  # fmt: skip
         feeds = guard_feeds(source, calib, options.seed, options.inputs)
         layers = [(name, macs.get(name, 0)) for name in names]
         guard, records = guard_static(source, output, layers, rebuild, feeds)
