@@ -12,7 +12,9 @@
   ``models/export_minilm_torch.py``) with 8 calibration documents (``calibration_feeds(8, 0)``)
   and the policies in ``POLICIES``; ``--allocation sensitivity`` takes a share of MACs, so each
   policy's ratio is searched (secant steps on the measured share of parameters) until the output
-  has at least 25% of the parameters removed.
+  has at least 25% of the parameters removed; ``embedding_rank`` factorizes the token table
+  (``spa prune --embedding-rank``, :mod:`spa.passes.factorize`), and a policy with a ``ratio``
+  is run once at it.
 
 Parameters are counted on the ONNX files (``spa.stats.report.compute_stats``, embeddings
 included); every model is scored with ``spa.testbeds.minilm.evaluate`` on the full Lee-50,
@@ -58,6 +60,12 @@ POLICIES: dict[str, dict[str, Any]] = {
         "fragile": 1.0,
     },
     "obs+bias, global": {"criterion": "obs", "bias_compensation": True, "allocation": "global"},
+    # the token table is 52% of the parameters: a rank-192 factorization alone removes 25.6%
+    "embedding rank 192, no pruning": {"embedding_rank": 192, "ratio": 0.0},
+    "embedding rank 256 + obs+bias, sensitivity, fragile 1": {
+        "embedding_rank": 256, "criterion": "obs", "bias_compensation": True,
+        "allocation": "sensitivity", "fragile": 1.0,
+    },
 }  # fmt: skip
 
 
@@ -92,9 +100,11 @@ def run_tp(torch_python: str) -> list[dict[str, Any]]:
 def run_spa(name: str, policy: dict[str, Any], dense_params: int) -> dict[str, Any]:
     feeds = minilm.calibration_feeds(8, 0)
     shapes = {key: tuple(value.shape) for key, value in feeds[0].items()}
-    ratio, tried = 0.48, []
+    policy = dict(policy)
+    fixed = "ratio" in policy  # no search: the policy gives the ratio
+    ratio, tried = policy.pop("ratio", 0.48), []
     output = WORK / f"spa_{len(tried)}.onnx"
-    for step in range(4):
+    for step in range(1 if fixed else 4):
         output = WORK / f"spa_{name.replace(' ', '_').replace(',', '')}_{step}.onnx"
         began = time.perf_counter()
         result = prune_model(minilm.model_path(), output, ratio=ratio, calibration=feeds,
@@ -132,9 +142,15 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"| {tool} | {setting} | {row['params_onnx']:,} | {removed:.1%} | "
                      + " | ".join(f"{row['metrics'][s]:.3f}" for s in SETS) + " |")
     lines += ["", "Loss of Spearman against dense (best of each tool per set; goal: spa's loss "
-              "<= half of Torch-Pruning's):", "",
-              "| set | dense | TP best | spa best | TP loss | spa loss | goal met |",
-              "|---|---|---|---|---|---|---|"]
+              "<= half of Torch-Pruning's). Where TP's best *gains* (negative loss), read "
+              "literally the goal asks spa to gain at least half as much (\"strict\"); read as "
+              "\"lose at most half of what TP loses, and nothing where TP loses nothing\", it "
+              "asks spa not to lose (\"clipped\": spa loss <= max(0, TP loss / 2)). TP's best "
+              "is the best of five importances per set, so its gains include the spread of "
+              "those five.", "",
+              "| set | dense | TP best | spa best | TP loss | spa loss | goal met, strict | "
+              "goal met, clipped |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in SETS:
         best = {tool: max((r["metrics"][s] for t, _, r in rows if t == tool), default=float("nan"))
                 for tool in ("torch-pruning", "spa")}
@@ -142,7 +158,8 @@ def render(results: dict[str, Any]) -> str:
         tp_loss, spa_loss = d - best["torch-pruning"], d - best["spa"]
         lines.append(f"| {s} | {d:.3f} | {best['torch-pruning']:.3f} | {best['spa']:.3f} | "
                      f"{tp_loss:.3f} | {spa_loss:.3f} | "
-                     f"{'yes' if spa_loss <= 0.5 * tp_loss else 'NO'} |")
+                     f"{'yes' if spa_loss <= 0.5 * tp_loss else 'NO'} | "
+                     f"{'yes' if spa_loss <= max(0.0, 0.5 * tp_loss) else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
