@@ -37,7 +37,7 @@ def test_corrected_layer_matches_the_dense_statistics(tmp_path: Path) -> None:
     onnx.save(_chain(), str(dense))
     feeds = _feeds(8)
     out = tmp_path / "c.onnx"
-    result = prune_model(dense, out, ratio=0.4, criterion="l2", calibration=feeds, holdout=0.0,
+    result = prune_model(dense, out, ratio=0.4, criterion="l2", round_to=1, calibration=feeds, holdout=0.0,
                          verify=True, correct_statistics=1)  # fmt: skip
     assert result.verification is not None and result.verification.passed  # the prune is exact
     layers = {row["value"] for row in result.report["correction"]}
@@ -63,7 +63,7 @@ def test_rounds_reduce_the_held_out_error_on_the_seeded_chain(tmp_path: Path) ->
     errors = []
     for rounds in (0, 1, 2):
         out = tmp_path / f"r{rounds}.onnx"
-        prune_model(dense, out, ratio=0.4, criterion="l2", calibration=feeds[:12], holdout=0.0,
+        prune_model(dense, out, ratio=0.4, criterion="l2", round_to=1, calibration=feeds[:12], holdout=0.0,
                     correct_statistics=rounds)  # fmt: skip
         errors.append(_held_out_error(dense, out, feeds[12:]))
     assert errors[2] < errors[1] < errors[0]  # each round fits the model the last one left

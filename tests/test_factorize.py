@@ -113,7 +113,7 @@ def test_prune_cli_verifies_the_pruning_and_reports_the_factorization(run_cli, t
     source = _model(tmp_path / "m.onnx")
     output, report = tmp_path / "p.onnx", tmp_path / "r.json"
     result = run_cli("prune", source, "-o", output, "--ratio", "0.25", "--embedding-rank", "0.5",
-                     "--verify", "--dim", "B=2", "--dim", "S=4", "--report", report)  # fmt: skip
+                     "--round-to", "1", "--verify", "--dim", "B=2", "--dim", "S=4", "--report", report)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "factorized table [96x8] -> rank 4" in result.output
     assert "embeddings factorized: rank 4" in result.output and "PASSED" in result.output

@@ -117,7 +117,7 @@ def test_cli_sensitivity_reports_and_needs_calibration(run_cli, tmp_path: Path) 
     np.savez(calib, x=np.stack([feed["x"] for feed in _feeds(8)]))
     out, report = tmp_path / "small.onnx", tmp_path / "r.json"
     result = run_cli("prune", model, "-o", out, "--ratio", "0.2", "--criterion", "l2",
-                     "--allocation", "sensitivity", "--fragile", "0.075", "--calib", calib,
+                     "--allocation", "sensitivity", "--fragile", "0.075", "--calib", calib, "--round-to", "1",
                      "--verify", "--report", report)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "sensitivity: 2 groups measured on 6 calibration samples" in result.output

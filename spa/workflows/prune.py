@@ -103,7 +103,7 @@ def prune_model(
 
     ``criterion`` and ``allocation`` pick the channels (see
     :func:`spa.pruning.plan.make_plan`); ``round_to`` the multiple each group keeps
-    (default: 8 in groups of >= 64 channels, :func:`spa.pruning.allocation.group_multiple`); ``calibration`` (an ``.npz``, a
+    (default: 8 in channel groups of >= 16, :func:`spa.pruning.allocation.group_multiple`); ``calibration`` (an ``.npz``, a
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
     activation criteria and the ``sensitivity`` allocation (groups whose measured
     distortion on ``sensitivity_samples`` calibration samples exceeds ``fragile`` stay
