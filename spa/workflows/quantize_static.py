@@ -22,7 +22,7 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.ir_shapes import clear_invented_shapes
+from spa.ir_shapes import clear_inferred_shapes
 from spa.model_io import iter_graph_protos, load_model, load_proto
 from spa.ort import create_session
 from spa.pass_manager import PassRecord, run_passes
@@ -212,7 +212,7 @@ def quantize_static_model(
             again.use_ranges_of(quantizer)
             fresh = outcome.model_before(source)
             records = run_passes(fresh, [FoldBatchNormPass(), again])
-            clear_invented_shapes(fresh, declared)  # as run_pipeline does before saving
+            clear_inferred_shapes(fresh, declared)  # as run_pipeline does before saving
             return fresh, records
 
         declared = {

@@ -40,7 +40,7 @@ from spa.calibration import (
     load_calibration,
 )
 from spa.errors import UserError, first_line
-from spa.ir_shapes import clear_invented_shapes
+from spa.ir_shapes import clear_inferred_shapes
 from spa.model_io import iter_graph_protos, load_model, save_model, stored_bytes
 from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
 from spa.quant.static import RANDOM_CALIBRATION
@@ -414,7 +414,7 @@ def run_pipeline(
         calibrator=calibrator,
     )
     declared = {info.name for graph in iter_graph_protos(before.graph) for info in graph.value_info}
-    clear_invented_shapes(model, declared)  # they cost ORT its fusions
+    clear_inferred_shapes(model, declared)  # spa's inferred shapes cost ORT fusions
     save_model(model, output, input_path=source)
     outcome = PipelineOutcome(
         output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes
