@@ -289,20 +289,17 @@ def test_trt_host_check_agrees_with_the_contracts(trt_host_report: dict) -> None
         assert creator["output_types"]["FLOAT16"] == "FLOAT16" and creator["output_types"]["BFLOAT16"] == "BFLOAT16"
         assert creator["output_shape"] == f"[2, 3, {variables['N']}]"
         assert creator["output_shape_symbolic"] == f"[?, 3, {variables['N']}]"
-        # Workspace at the profile's max M: w4a16 counters + one FP32 slab of min(M, 64) x N
-        # per split (>= 8 slabs; the table's count depends on the SMs); w4_sp24 4 * M * N
-        # bytes (FP32 split-K sums); w4_gqsa none.
+        # Workspace at the profile's max M: w4a16 and w4_sp24 counters + one FP32 slab of
+        # min(M, 64) x N per split (>= 8 slabs; the table's count depends on the SMs); w4_gqsa none.
         max_rows = math.prod(creator["workspace_max_dims"][:-1])
         if contract["workspace"].startswith("0 bytes"):
             assert creator["workspace_bytes"] == 0
-        elif contract["workspace"].startswith("the arrival counters"):
+        else:
+            assert contract["workspace"].startswith("the arrival counters"), contract["workspace"]
             counters = -(-4 * -(-variables["N"] // 128) // 256) * 256
             slab = 4 * min(max_rows, 64) * variables["N"]
             slabs, rest = divmod(creator["workspace_bytes"] - counters, slab)
             assert rest == 0 and slabs >= 8, (creator["workspace_bytes"], counters, slab)
-        else:
-            assert contract["workspace"].startswith("4 * M * N bytes")
-            assert creator["workspace_bytes"] == 4 * max_rows * variables["N"]
 
 
 def relu_model(path: Path, op: tuple[str, str] = ("", "Relu")) -> Path:
@@ -514,7 +511,8 @@ def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) ->
     above): instructions per KB of weights under its ceiling in
     plugins/bench/sass_budget.json, no global load read inside the loop pass
     where the budget forbids it, no int-to-float conversion in it, and >= 2
-    CTAs per SM."""
+    CTAs per SM; the FP16 decode loops of w4a16 and w4_sp24 within issue 13's
+    instruction budget."""
     sass = load_sass_budget()
     if sass.tools()[1] is None:
         pytest.skip("cuobjdump + nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
@@ -528,3 +526,7 @@ def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) ->
             assert report.ldg_consumed == [], (name, report.ldg_consumed)
         assert report.i2f == 0, f"{name}: {report.i2f} I2F in the steady-state loop"
         assert report.ctas_per_sm >= budget["min_ctas_per_sm"], (name, report.regs, report.smem)
+    # Issue 13's instruction budgets, met by the dense kernels' FP16 decode loops (M <= 8).
+    for kernel in ("w4a16", "w4_sp24"):
+        for name in (f"{kernel}<fp16,1>", f"{kernel}<fp16,1,split>"):
+            assert reports[name].per_kb <= budget["target_per_kb"][kernel], (name, reports[name].per_kb)

@@ -59,11 +59,10 @@ def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
 
 
 def write_mixed_cases(folder: Path) -> int:
-    """w4a16 / w4_sp24 at three shapes: a partly idle block and 3 groups; 3
-    tiles of 8 groups (the launcher gives each tile 2 warps at M <= 16); one
-    tile of 32 groups (4 warps per tile, and K split across 2 blocks; unsplit,
-    w4a16 at M <= 8 runs its unguarded steady-state ring there). GQSA at
-    g = 8..64 on the first."""
+    """w4a16 / w4_sp24 at three shapes: a partly idle CTA (5 of 8 tiles) and 3
+    groups; 3 tiles of 8 groups; one tile of 32 groups (the launcher splits K
+    there; unsplit, both kernels at M <= 8 run their unguarded steady-state
+    ring). GQSA at g = 8..64 on the first."""
     lines = write_cases(folder, shapes=((384, 80), (1024, 48), (4096, 16)))
     kept = [line for line in lines if not line.startswith("w4_gqsa") or " 384 80 " in line]
     (folder / "cases.txt").write_text("\n".join(kept) + "\n")
@@ -173,15 +172,15 @@ def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
     lines = write_cases(tmp_path / "cases", shapes=((384, 80), (1024, 48)))
     kept = [line for line in lines if not line.startswith("w4_gqsa") or line.split()[1:4] == ["384", "80", "16"]]
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
-    # Slices: warps of one block per tile, summed through shared memory (0: the
-    # launcher's choice, now always 1; 2 and 4 forced); split 2: across blocks.
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--slices", "0,2,4", "--splits", "0,2",
-                  *tolerances(), sanitizer="thread")  # fmt: skip
+    # Split 0: the launcher's choice; 2: across blocks, reduced in the kernel
+    # (slabs, an integer arrival counter, the last CTA's sum).
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--splits", "0,2", *tolerances(),
+                  sanitizer="thread")
     if "FATAL: ThreadSanitizer" in run.stderr:
         pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 3 * 2 + 2 * 2  # dense: kernel x shape x dtype x M x slices x split
+    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 2 + 2 * 2  # dense: kernel x shape x dtype x M x split
     assert "runs, 0 failed" in run.stdout
 
 

@@ -17,9 +17,9 @@
 //    bandwidth floor and the speedup; writes JSON rows
 //    {card, kernel, K, N, M, group_size, us, cublas_fp16_us, speedup,
 //    max_rel_err, hbm_gbps} (hbm_gbps: the read bandwidth measured first).
-// 4. Tuning data (not results): w4_sp24 with in-block slices forced to 1, 2,
-//    4 (M <= 16; larger M has none; w4a16 has none) and splits across blocks to 1, 2,
-//    4, 8 at M in {1, 4, 16, 32, 64} on the shapes with K*N >= 16M, next to
+// 4. Tuning data (not results): splits across blocks forced to 1, 2, 4, 8
+//    at M in {1, 4, 16, 32, 64} (slices = 1: neither kernel has in-block
+//    slices any more) on the shapes with K*N >= 16M, next to
 //    the launcher's own choice: split_sweep.json beside the results.
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 at M = 1, 8, 4096x11008),
@@ -453,9 +453,8 @@ int main(int argc, char** argv) {
           double auto_us = time_graph(ctx, copies, [&](int c) {
             CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
           });
-          for (int slices : {1, 2, 4}) {
-            if (M > 16 && slices > 1) break;  // the launchers slice only at M <= 16
-            if (slices > 1 && std::string(kernel) == "w4a16") break;  // w4a16 has no in-block slices (8-warp CTAs)
+          {
+            const int slices = 1;  // neither kernel has in-block slices any more (8-warp CTAs, one shared stage)
             for (int split : {1, 2, 4, 8}) {
               double us = time_graph(ctx, copies, [&](int c) {
                 CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr,

@@ -16,8 +16,8 @@ where W is the number of streaming warps resident per SM (grid, shared memory
 and registers decide it), MT the number of 8-token tiles. A launch costs
 `t0 + waves * iters * T_iter` (the max taken smoothly, as a 4-norm), plus
 `t_split + atomic * splits * M * N / 1e6` when K is split across blocks
-(memset and finalize launches; FP32 atomics into the workspace). w4a16 now
-reduces the split in the kernel (slabs + arrival counters): instead
+(memset and finalize launches; FP32 atomics into the workspace). Both kernels now
+reduce the split in the kernel (slabs + arrival counters): instead
 `SPLIT_COUNTERS * t_split` (the counters' memset, one of the two launches)
 plus the slabs written and read once, 2 * splits * M * N * 4 bytes at the
 HBM rate. Launch plans follow the launchers' own
@@ -46,10 +46,10 @@ SMS, HBM_GBPS = 132, 4575.0  # H200, measured read bandwidth (harness read_kerne
 SMEM_PER_SM, REGS_PER_SM = 233472, 65536
 # The kernels the constants describe: the launcher's choice is the table of
 # diagnosis.md §2.6 (slices = 1; splits by M, K, N); kernel bodies as measured.
-KERNELS = ("w4a16: 8-warp CTAs sharing one activation stage, 128-bit weight and activation loads, "
-           "precomputed addresses (V2, SASS-counted), split-K reduced in the kernel (slabs + arrival counters, "
-           "no finalize, no FP32 atomics); w4_sp24: 4-warp blocks; both: scales staged by cp.async with "
-           "the weights, two mma chains at MT <= 2 (W-2), launch table L1. w4_gqsa: as measured, but the dequant "
+KERNELS = ("w4a16 and w4_sp24: 8-warp CTAs sharing one activation stage, 128-bit (w4a16) / ldmatrix (w4_sp24) "
+           "weight and activation loads, precomputed addresses (V2, SASS-counted), split-K reduced in the kernel "
+           "(slabs + arrival counters, no finalize, no FP32 atomics), scales staged by cp.async with the weights, "
+           "two mma chains at MT <= 2 (W-2), launch table L1. w4_gqsa: as measured, but the dequant "
            "without I2F (GQSA_ENTRY_RATIO)")
 # W-2 (scales staged by cp.async, two mma chains) is not measured yet: the
 # serial chain per group is assumed to fall to this fraction of the calibrated
@@ -88,10 +88,17 @@ REGS = {"w4a16": {1: 56, 2: 70, 4: 73, 8: 98}, "w4_sp24": {1: 61, 2: 80, 4: 90, 
 # The split instantiation (in-kernel reduction) has its own loop: the same
 # up to MT = 4, 322.7 per KB at MT = 8 (ptxas rematerialises addresses at
 # the 128-register cap).
-MEASURED_PER_KB = {1: 464, 2: 501, 4: 557, 8: 665}
-V2_PER_KB = {False: {1: 112.2, 2: 143.9, 4: 174.1, 8: 257.0}, True: {1: 113.5, 2: 143.9, 4: 174.1, 8: 322.7}}
-V2_INSTR_RATIO = {mt: V2_PER_KB[False][mt] / MEASURED_PER_KB[mt] for mt in MEASURED_PER_KB}
-V2_REGS = {1: 80, 2: 79, 4: 97, 8: 128}  # ptxas, FP16 instantiations
+# w4_sp24 got the same skeleton (8 warps, shared stage, ldmatrix for values
+# and activations, in-kernel split): 97.9 / 141.3 / 172.8 / 249.6 per KB of
+# its 0.75 KB groups (99.6 / 141.3 / 176.6 / 249.6 split), against 514.6 /
+# 568.3 / 618.2 / 723.2 in the measured body (sass_budget.py on the sources
+# of commit d3b8c13, slices = 1).
+MEASURED_PER_KB = {"w4a16": {1: 464, 2: 501, 4: 557, 8: 665}, "w4_sp24": {1: 514.6, 2: 568.3, 4: 618.2, 8: 723.2}}
+V2_PER_KB = {
+    "w4a16": {False: {1: 112.2, 2: 143.9, 4: 174.1, 8: 257.0}, True: {1: 113.5, 2: 143.9, 4: 174.1, 8: 322.7}},
+    "w4_sp24": {False: {1: 97.9, 2: 141.3, 4: 172.8, 8: 249.6}, True: {1: 99.6, 2: 141.3, 4: 176.6, 8: 249.6}},
+}  # fmt: skip
+V2_REGS = {"w4a16": {1: 80, 2: 79, 4: 97, 8: 128}, "w4_sp24": {1: 80, 2: 77, 4: 105, 8: 125}}  # ptxas, FP16
 # w4a16's in-kernel split reduction: one memset launch (the arrival counters,
 # <= 1 KB) of the two the measured split paid for in t_split. An assumption
 # (the run measured memset + finalize together), to be refitted.
@@ -99,7 +106,7 @@ SPLIT_COUNTERS = 0.5
 # w4_gqsa's dequant without I2F (magic-number pairs widened to FP32): the
 # static loop of gemv_kernel<half, 16, 1> fell from 464 to 426.7 instructions
 # per KB (sass_budget.py); the per-entry cost (the M = 1 part) is scaled by
-# that ratio, the per-token cost is unchanged. An assumption, like V2_INSTR_RATIO.
+# that ratio, the per-token cost is unchanged. An assumption, like V2_PER_KB.
 GQSA_ENTRY_RATIO = 426.7 / 464
 CHAIN_SP24 = 0.84  # w4_sp24's chain relative to w4a16's (4 mma.sp per group instead of 8 mma; sweep fit 0.620 / 0.735)
 
@@ -142,46 +149,45 @@ def plan_split_measured(m: int, n_tiles: int, n_groups: int, sms: int = SMS) -> 
     return slices, (n_groups + gps - 1) // gps, gps
 
 
-def stages_for(mt: int, slices: int, kernel: str = "w4_sp24") -> int:
-    if kernel == "w4a16":
+def stages_for(mt: int, slices: int, kernel: str = "w4_sp24", measured: bool = False) -> int:
+    """Pipeline stages: the 8-warp kernels 6 / 5 / 4 at MT = 1 / 2 / >= 4; the measured 4-warp w4_sp24 6 or 4."""
+    if not measured:
         return 6 if mt <= 1 else 5 if mt == 2 else 4
     return 6 if mt * slices <= 2 else 4
 
 
 def cta_warps(kernel: str) -> int:
-    """Warps per CTA: w4a16 8 (one shared activation stage), w4_sp24 4."""
-    return 8 if kernel == "w4a16" else 4
+    """Warps per CTA: 8 in both dense kernels (one shared activation stage)."""
+    return 8
 
 
 def smem_bytes(kernel: str, mt: int, slices: int) -> int:
-    """The launchers' dynamic shared memory (w4a16.cu / w4_sp24.cu smem_bytes)."""
-    if kernel == "w4a16":  # 8 warps x 1 KB of weights, MT x 8 rows x 128 activations, 8 x 32 B of scales
-        return stages_for(mt, 1, kernel) * (8 * 1024 + mt * 8 * 128 * 2 + 8 * 32)
-    weights = 4 * (4 * 32 + 4 * 16) * 4
-    return stages_for(mt, slices) * (weights + slices * mt * 8 * 136 * 2 + 4 * 32)  # + 4 warps' 32 B of scales
+    """The launchers' dynamic shared memory (w4a16.cu / w4_sp24.cu smem_bytes): per stage 8 warps' weights
+    (w4a16 1 KB, w4_sp24 512 B values + 256 B metadata), MT x 8 rows x 128 activations, 8 x 32 B of scales."""
+    weights = 1024 if kernel == "w4a16" else 768
+    return stages_for(mt, 1, kernel) * (8 * weights + mt * 8 * 128 * 2 + 8 * 32)
 
 
 def old_smem_bytes(kernel: str, mt: int, slices: int) -> int:
-    """Dynamic shared memory of the measured 4-warp bodies (w4a16 before V2; w4_sp24 today)."""
+    """Dynamic shared memory of the measured 4-warp bodies (both kernels before V2)."""
     weights = 4 * 8 * 32 * 4 if kernel == "w4a16" else 4 * (4 * 32 + 4 * 16) * 4
-    return stages_for(mt, slices) * (weights + slices * mt * 8 * 136 * 2 + 4 * 32)
+    return stages_for(mt, slices, measured=True) * (weights + slices * mt * 8 * 136 * 2 + 4 * 32)
 
 
 def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p: dict[str, float] = DENSE,
                chain_factor: float = 1.0, v2: bool = False) -> float:  # fmt: skip
-    """One call's time. v2: w4a16's current kernel (8-warp CTAs, V2_INSTR_RATIO); otherwise the measured bodies."""
+    """One call's time. v2: the current kernels (8-warp CTAs, V2_PER_KB); otherwise the measured bodies."""
     mt = mt_for(m)
     n_groups, n_tiles = k // 128, n // 16
     splits = min(splits, n_groups)
     gps = -(-n_groups // splits)
     splits = -(-n_groups // gps)
-    v2 = v2 and kernel == "w4a16"
     if v2:
         slices = 1
         warps_per_cta = cta_warps(kernel)
         blocks = -(-n_tiles // warps_per_cta) * splits
         per_sm = min(16, SMEM_PER_SM // (smem_bytes(kernel, mt, 1) + 1024),
-                     REGS_PER_SM // (V2_REGS[mt] * 32 * warps_per_cta))  # fmt: skip
+                     REGS_PER_SM // (V2_REGS[kernel][mt] * 32 * warps_per_cta))  # fmt: skip
     else:
         warps_per_cta = 4 // slices  # streaming tiles per block (the measured 4-warp blocks)
         blocks = -(-n_tiles // warps_per_cta) * splits
@@ -194,7 +200,7 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     chain = (p["chain"] + p["chain_mt"] * mt) * (CHAIN_SP24 if kernel == "w4_sp24" else 1.0) * chain_factor
     instr = p[f"base_{kernel}"] + p["chunk"] * slices * mt + p[f"mt_{kernel}"] * mt
     if v2:
-        instr *= V2_PER_KB[splits > 1][mt] / MEASURED_PER_KB[mt]
+        instr *= V2_PER_KB[kernel][splits > 1][mt] / MEASURED_PER_KB[kernel][mt]
     issue = warps * instr / ISSUE_RATE
     kb = 1.0 if kernel == "w4a16" else 0.75
     hbm = warps * kb * 1024 / (HBM_GBPS * 1e3 / SMS)

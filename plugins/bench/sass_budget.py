@@ -66,7 +66,7 @@ class Report:
     @property
     def name(self) -> str:
         dtype = "bf16" if "bfloat16" in self.function else "fp16"
-        split = ",split" if "Lb1E" in self.function else ""  # w4a16's in-kernel split-K instantiation
+        split = ",split" if "Lb1E" in self.function else ""  # the in-kernel split-K instantiations
         return f"{self.kernel}<{dtype},{','.join(map(str, self.args))}{split}>"
 
     @property
@@ -248,7 +248,7 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 report.i2f = sum(1 for ins in part if ins.opcode.startswith("I2F"))
             report.regs = int(resources.get(function, 0))
             report.smem = dynamic_smem(kernel, args) + int(shared.get(function, 0))
-            report.ctas_per_sm = ctas_per_sm(report.regs, report.smem, 128 if kernel == "w4_sp24" else 256)
+            report.ctas_per_sm = ctas_per_sm(report.regs, report.smem, 256)
             reports.append(report)
     return reports
 

@@ -498,6 +498,24 @@ T shuffle(unsigned mask, T value, Source source_of) {
   return result;
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane 8i + r gives the byte offset
+// (from the dynamic shared memory) of row r of matrix i; lane l receives in
+// r[i] the 32 bits at byte 4 (l % 4) of row l / 4 of matrix i. Rows are 16 B
+// and must be 16-B aligned and inside the block's shared memory.
+inline void ldmatrix_x4(uint32_t (&r)[4], const unsigned char* base, uint32_t offset) {
+  require_full_warp("ldmatrix.sync");
+  ThreadState& s = self();
+  Warp& w = *s.warp;
+  if (base != s.block->smem.get()) throw Fault("ldmatrix: base is not the block's dynamic shared memory");
+  if (offset % 16 || offset + 16 > s.block->smem_bytes)
+    throw Fault("ldmatrix row address " + std::to_string(offset) + " is not a 16-B aligned row of shared memory");
+  w.slot[s.lane] = offset;
+  wait_at(w.sync);
+  for (int i = 0; i < 4; ++i)
+    std::memcpy(&r[i], base + w.slot[8 * i + s.lane / 4] + 4 * (s.lane % 4), 4);
+  wait_at(w.sync);
+}
+
 }  // namespace spa_emu
 
 // ---- CUDA device functions the kernels call --------------------------------------

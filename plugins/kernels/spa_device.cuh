@@ -232,72 +232,110 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const
 #endif  // SPA_EMULATE
 
 // ---- shared by w4a16 and w4_sp24 (W^T tiles as the mma A operand) ------------
-// The 16 FP16 scales of one 16-column tile for one 128-k group are 32
-// contiguous bytes (scales[group][16 tile .. 16 tile + 15]; 32-B aligned since
-// N % 16 == 0): lanes 0 and 1 stage them with the tile's weights, in the same
-// cp.async group, so the warp reads them from shared memory after the stage's
-// wait. Read from global memory inside the loop (as in the first H200 run),
-// each group's scale was a full DRAM round trip on the critical path, right
-// after the barrier (diagnosis.md §2.1). Read once per launch: evict-first.
-__device__ __forceinline__ void stage_scales(__half* dst, const __half* scales, int group, int N, int tile,
-                                             int lane, uint64_t policy) {
-  if (lane < 2)
-    cp_async16_evict_first(dst + lane * 8, scales + static_cast<size_t>(group) * N + tile * 16 + lane * 8, policy);
+// dequant8 with fewer instructions (specialised below for FP16 and BF16).
+template <typename T>
+__device__ __forceinline__ void dequant8_fast(uint32_t word, uint32_t (&out)[4]);
+// (x & mask) | magic in one LOP3 (the compiler emits an AND and an OR when
+// both constants are immediates).
+template <uint32_t kMask, uint32_t kMagic>
+__device__ __forceinline__ uint32_t and_or(uint32_t x) {
+#ifdef SPA_EMULATE
+  return (x & kMask) | kMagic;
+#else
+  uint32_t out;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(out) : "r"(x), "n"(kMask), "n"(kMagic));
+  return out;
+#endif
 }
 
-
-// Slices 1.. of a 16-column tile hand their FP32 sums to slice 0 through the
-// (now idle) pipeline memory, laid out [warp][MT * 4][32]. Every thread of the
-// block must call it (it holds two barriers); returns true for the warps that
-// hold the tile's sum afterwards.
-template <int MT, int SLICES>
-__device__ __forceinline__ bool reduce_slices(float (&acc)[MT][4], unsigned char* smem, int warp, int lane) {
-  if constexpr (SLICES == 1) {
-    return true;
-  } else {
-    const int slice = warp % SLICES;
-    float* red = reinterpret_cast<float*>(smem);
-    __syncthreads();
-    if (slice != 0) {
+template <>
+__device__ __forceinline__ void dequant8_fast<__nv_bfloat16>(uint32_t word, uint32_t (&out)[4]) {
+  // BF16: one shift, one LOP3 and one subtraction per pair.
+  uint32_t bits[4] = {and_or<0x000f000fu, 0x43004300u>(word), and_or<0x000f000fu, 0x43004300u>(word >> 4),
+                      and_or<0x000f000fu, 0x43004300u>(word >> 8), and_or<0x000f000fu, 0x43004300u>(word >> 12)};
 #pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) red[(warp * MT * 4 + j * 4 + r) * 32 + lane] = acc[j][r];
-    }
-    __syncthreads();
-    if (slice != 0) return false;
-#pragma unroll
-    for (int other = 1; other < SLICES; ++other)
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[j][r] += red[((warp + other) * MT * 4 + j * 4 + r) * 32 + lane];
-    return true;
+  for (int j = 0; j < 4; ++j) {
+    auto pair = Elem<__nv_bfloat16>::sub(bits[j], Elem<__nv_bfloat16>::kBias);
+    out[j] = *reinterpret_cast<uint32_t*>(&pair);
   }
 }
 
-// Stores a tile's C fragments: c0,c1 -> (n = col_lo, tokens 2t, 2t+1); c2,c3 ->
-// n = col_lo + 8. Into Y, or added to the FP32 split-K sums when `partial` is set.
+// FP16: two pairs per shift with the 0x00f000f0 mask (Marlin's trick): the
+// second pair comes out as 1024 + 16 v and one HFMA2 (x / 16 - 72) gives
+// v - 8, exactly. (In BF16, 16 v does not fit the 7-bit mantissa.)
+template <>
+__device__ __forceinline__ void dequant8_fast<__half>(uint32_t word, uint32_t (&out)[4]) {
+  const uint32_t hi = word >> 8;
+  uint32_t lo0 = and_or<0x000f000fu, 0x64006400u>(word), lo1 = and_or<0x00f000f0u, 0x64006400u>(word);
+  uint32_t hi0 = and_or<0x000f000fu, 0x64006400u>(hi), hi1 = and_or<0x00f000f0u, 0x64006400u>(hi);
+  uint32_t bias = 0x64086408u, sixteenth = 0x2c002c00u, minus72 = 0xd480d480u;  // 1032, 1/16, -72
+  auto h2 = [](uint32_t& bits) -> __half2& { return *reinterpret_cast<__half2*>(&bits); };
+  __half2 r0 = __hsub2(h2(lo0), h2(bias)), r1 = __hfma2(h2(lo1), h2(sixteenth), h2(minus72));
+  __half2 r2 = __hsub2(h2(hi0), h2(bias)), r3 = __hfma2(h2(hi1), h2(sixteenth), h2(minus72));
+  out[0] = *reinterpret_cast<uint32_t*>(&r0);
+  out[1] = *reinterpret_cast<uint32_t*>(&r1);
+  out[2] = *reinterpret_cast<uint32_t*>(&r2);
+  out[3] = *reinterpret_cast<uint32_t*>(&r3);
+}
+
+// 16-B shared-memory load at a 32-bit address (the shared window's own
+// address on the GPU, the byte offset from the dynamic shared memory under
+// the emulation). Loop-invariant addresses are made opaque (`pin`), so that
+// the compiler keeps them in registers instead of recomputing them from the
+// thread index in every pass of the loop.
+#ifdef SPA_EMULATE
+inline uint32_t smem_address(const void* base, const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - static_cast<const unsigned char*>(base));
+}
+inline void pin(uint32_t&) {}
+inline uint4 lds128(const void* base, uint32_t address) {
+  return *reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(base) + address);
+}
+#else
+__device__ __forceinline__ uint32_t smem_address(const void*, const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }
+__device__ __forceinline__ uint4 lds128(const void*, uint32_t address) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));
+  return v;
+}
+#endif
+
+// ldmatrix.x4: four 8x8 matrices of 16-bit values; lanes 8i..8i+7 give the
+// shared addresses (16-B aligned) of the 8 rows of matrix i, and lane l gets
+// in r[i] the 32 bits at bytes 4 (l % 4) of row l / 4 of matrix i. Any 32-bit
+// data moves this way: a row is 16 B, the lanes' words come from 8 rows.
+#ifdef SPA_EMULATE
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* base, uint32_t address) {
+  spa_emu::ldmatrix_x4(r, static_cast<const unsigned char*>(base), address);
+}
+#else
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void*, uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+#endif
+
+// Stores a tile's C fragments into Y: c0,c1 -> (n = col_lo, tokens 2t, 2t+1);
+// c2,c3 -> n = col_lo + 8.
 template <typename T, int MT>
-__device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, float* partial, int M, int N,
-                                           int col_lo, int thread_in_group) {
+__device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, int M, int N, int col_lo,
+                                           int thread_in_group) {
 #pragma unroll
   for (int j = 0; j < MT; ++j) {
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       int m = j * 8 + thread_in_group * 2 + (r & 1);
       int n = col_lo + (r >> 1) * 8;
-      if (m >= M) continue;
-      size_t index = static_cast<size_t>(m) * N + n;
-      if (partial != nullptr)
-        atomicAdd(partial + index, acc[j][r]);
-      else
-        y[index] = Elem<T>::from_float(acc[j][r]);
+      if (m < M) y[static_cast<size_t>(m) * N + n] = Elem<T>::from_float(acc[j][r]);
     }
   }
 }
 
-// Split-K reduced inside the kernel (w4a16): no memset of the sums, no FP32
+// Split-K reduced inside the kernel (w4a16, w4_sp24): no memset of the sums, no FP32
 // atomics, no finalize launch. Each split stores its FP32 sums to its own
 // slab of the workspace with plain stores; the CTA that arrives last at its
 // column block's counter (an integer atomic after a fence) sums the slabs in
@@ -394,25 +432,5 @@ inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted,
   const int gps = (n_groups + splits - 1) / splits;
   return SplitPlan{slices, (n_groups + gps - 1) / gps, gps};
 }
-
-// ---- split-K epilogue ------------------------------------------------------
-// Converts FP32 partial sums (atomically accumulated in the workspace) to T.
-template <typename T>
-__global__ void finalize_kernel(const float* __restrict__ partial, T* __restrict__ y,
-                                long long count) {
-  long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  if (i < count) y[i] = Elem<T>::from_float(partial[i]);
-}
-
-template <typename T>
-inline cudaError_t launch_finalize(const float* partial, void* y, long long count,
-                                   cudaStream_t stream) {
-  const int threads = 256;
-  long long blocks = (count + threads - 1) / threads;
-  SPA_LAUNCH(static_cast<unsigned>(blocks), threads, 0, stream, finalize_kernel<T>)(
-      partial, static_cast<T*>(y), count);
-  return cudaGetLastError();
-}
-
 
 }  // namespace spa

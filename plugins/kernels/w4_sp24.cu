@@ -2,14 +2,21 @@
 // k of each output column (sparse along the reduction axis) and the kept
 // values are INT4 (u = q + 8) with one FP16 scale per 128 k per column.
 //
-// Same skeleton as w4a16.cu (W^T is the tensor-core A operand, activations
-// the B operand, cp.async pipeline with evict-first weights, FP32 per-group
-// scaling, in-block K slices at M <= 16, split-K across blocks through an FP32
-// workspace), with mma.sp.m16n8k32:
-// * values int32 [N/16, K/32, 32]: lane l's word of a 16x32 tile holds its
-//   eight kept values a0..a7 of the sparse A fragment, in dequant order;
+// The skeleton of w4a16.cu (W^T is the tensor-core A operand, activations the
+// B operand; 8-warp CTAs, one 16-column tile per warp, sharing one staged
+// activation tile per pipeline stage; cp.async ring of 6 / 5 / 4 groups with
+// evict-first weights and scales, unrolled so every shared offset is a
+// constant; FP32 per-group scaling; split-K across blocks reduced inside the
+// kernel by store_split), with mma.sp.m16n8k32 (4 steps per 128-k group):
+// * values int32 [N/16, K/32, 32]: lane l's word of a 16x32 step holds its
+//   eight kept values a0..a7 of the sparse A fragment, in dequant order; a
+//   group's 4 steps are 512 contiguous bytes, read from shared memory with
+//   one ldmatrix.x4 (matrix i = step i's 128 B, so lane l gets word l of each);
 // * meta uint32 [N/16, K/32, 16]: the metadata word of lane 4g + h (h = 0, 1;
-//   sparsity selector 0) is stored at index 2g + h (README "w4_sp24").
+//   sparsity selector 0) is stored at index 2g + h (README "w4_sp24");
+// * activations: the B fragments of a step (k = 2t + 8i (+1), token g) are
+//   four 8x8 matrices of the stage's [token][k] tile: one ldmatrix.x4 per
+//   step and 8 tokens, conflict-free through an XOR swizzle of 16-B chunks.
 // Per 512 weights a warp reads 128 B of values and 64 B of metadata against
 // 256 B for w4a16: the memory floor is 0.75x of w4a16's.
 #include <algorithm>
@@ -19,81 +26,117 @@
 namespace spa {
 namespace sp24 {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;  // 8 tiles of 16 columns per CTA
 constexpr int kThreads = kWarps * 32;
-// Pipeline depth in groups of 128 k: deeper where the stage's activation
-// tiles (SLICES x MT x 8 rows) are small (decode), so one warp keeps 5 KB of
-// weights in flight; shallower where they are large, so that two or more
-// blocks still fit on an SM (MT = 2, SLICES = 4: 86 KB).
-__host__ __device__ constexpr int stages_for(int mt, int slices) { return mt * slices <= 2 ? 6 : 4; }
-constexpr int kTilesPerGroup = SPA_W4_GROUP / 32;  // 4 k32 tiles
-constexpr int kLda = SPA_W4_GROUP + 8;
-constexpr int kValueWords = kTilesPerGroup * 32;   // per warp per group
-constexpr int kMetaWords = kTilesPerGroup * 16;
-
-constexpr int kScaleBytes = 16 * 2;                // one tile's scales for one group
-// Two mma.sp accumulators (even and odd k32 steps) halve the dependent chain
-// of a group; only at MT <= 2, where registers are spare.
+constexpr int kSteps = SPA_W4_GROUP / 32;           // 4 k32 mma.sp steps per group
+constexpr int kValueWords = kSteps * 32;            // one tile's group: 512 B of values
+constexpr int kMetaWords = kSteps * 16;             // and 256 B of metadata
+constexpr int kTileWords = kValueWords + kMetaWords;
+__host__ __device__ constexpr int stages_for(int mt) { return mt <= 1 ? 6 : mt == 2 ? 5 : 4; }
 __host__ __device__ constexpr int chains_for(int mt) { return mt <= 2 ? 2 : 1; }
+// One stage: 8 warps' values + metadata, MT x 8 activation rows of 128 elements, 8 x 16 scales.
+template <int MT>
+constexpr int stage_bytes() { return kWarps * kTileWords * 4 + MT * 8 * SPA_W4_GROUP * 2 + kWarps * 16 * 2; }
+template <int MT>
+constexpr int smem_bytes() { return stages_for(MT) * stage_bytes<MT>(); }
 
-template <int MT, int SLICES>
-constexpr int smem_bytes() {
-  return stages_for(MT, SLICES) *
-         (kWarps * (kValueWords + kMetaWords) * 4 + SLICES * MT * 8 * kLda * 2 + kWarps * kScaleBytes);
-}
+// Where 16-B chunk c16 (0..15) of activation row `row` lives in a stage. An
+// ldmatrix phase reads one chunk of 8 consecutive rows: the XOR with row % 8
+// puts them in 8 distinct 16-B bank groups.
+__host__ __device__ constexpr int a_chunk_slot(int row, int c16) { return c16 ^ (row & 7); }
 
-// MT, SLICES: as in w4a16.cu (8-token tiles; warps per 16-column tile, each
-// on a slice of the block's groups, summed through shared memory).
-template <typename T, int MT, int SLICES>
-__global__ void __launch_bounds__(kThreads)
+// MT, kSplit: as in w4a16.cu.
+template <typename T, int MT, bool kSplit>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemm_kernel(const T* __restrict__ a_ptr,          // [M, K]
                 const uint32_t* __restrict__ values,  // [N/16, K/32, 32]
                 const uint32_t* __restrict__ meta,    // [N/16, K/32, 16]
                 const __half* __restrict__ scales,    // [K/128, N]
-                T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
-                int groups_per_split) {
-  static_assert(kWarps % SLICES == 0, "SLICES must divide the block's warps");
-  constexpr int kStages = stages_for(MT, SLICES);
-  constexpr int kTilesPerBlock = kWarps / SLICES;
+                T* __restrict__ y,                    // [M, N] (split == 1)
+                float* __restrict__ slabs,            // [splits, M, N] FP32 (split > 1)
+                int* __restrict__ counters,           // [N / 128] arrival counts, 0 on entry (split > 1)
+                int M, int N, int K, int groups_per_split) {
+  constexpr int kStages = stages_for(MT);
+  constexpr int kRows = MT * 8;
+  constexpr int kAChunks = kRows * (SPA_W4_GROUP / 8);               // 16-B chunks per stage
+  constexpr int kAPerThread = (kAChunks + kThreads - 1) / kThreads;  // 1, 1, 2, 4
+  constexpr int kWStage = kWarps * kTileWords;  // words per stage
+  constexpr int kAStage = kRows * SPA_W4_GROUP;  // elements per stage
+  constexpr int kSStage = kWarps * 16;           // scales per stage
   SPA_DYNAMIC_SMEM(smem);
-  uint32_t* v_smem = reinterpret_cast<uint32_t*>(smem);
-  uint32_t* m_smem = v_smem + kStages * kWarps * kValueWords;
-  T* a_smem = reinterpret_cast<T*>(m_smem + kStages * kWarps * kMetaWords);
-  __half* s_smem = reinterpret_cast<__half*>(a_smem + kStages * SLICES * MT * 8 * kLda);  // [stage][warp][16]
+  uint32_t* w_smem = reinterpret_cast<uint32_t*>(smem);  // [stage][warp][values 128 | meta 64]
+  T* a_smem = reinterpret_cast<T*>(w_smem + kStages * kWStage);                // [stage][row][slot]
+  __half* s_smem = reinterpret_cast<__half*>(a_smem + kStages * kAStage);  // [stage][warp][16]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
-  const int slice = warp % SLICES;
-  const int n_tiles = N / 16, k_tiles = K / 32, n_groups = K / SPA_W4_GROUP;
-  const int tile = blockIdx.x * kTilesPerBlock + warp / SLICES;
-  const bool tile_valid = tile < n_tiles;
+  const int n_tiles = N / 16, k_steps = K / 32, n_groups = K / SPA_W4_GROUP;
+  const int tile = blockIdx.x * kWarps + warp;
+  const bool tile_valid = tile < n_tiles;  // uniform over the warp
   const int g_begin = blockIdx.y * groups_per_split;
-  const int g_end = min(n_groups, g_begin + groups_per_split);
-  if (g_begin >= g_end) return;
-  const int per = (g_end - g_begin + SLICES - 1) / SLICES;
+  const int g_count = min(n_groups, g_begin + groups_per_split) - g_begin;
+  if (g_count <= 0) return;  // uniform over the block
   const uint64_t policy = evict_first_policy();
 
-  auto load_stage = [&](int stage, int it) {
-    const int group = g_begin + slice * per + it;
-    if (tile_valid && it < per && group < g_end) {
-      size_t first = static_cast<size_t>(tile) * k_tiles + group * kTilesPerGroup;
-      const uint32_t* v_src = values + first * 32;   // 512 B: 32 chunks, one per lane
-      const uint32_t* m_src = meta + first * 16;     // 256 B: 16 chunks
-      uint32_t* v_dst = v_smem + (stage * kWarps + warp) * kValueWords;
-      uint32_t* m_dst = m_smem + (stage * kWarps + warp) * kMetaWords;
-      cp_async16_evict_first(v_dst + lane * 4, v_src + lane * 4, policy);
-      if (lane < kMetaWords / 4) cp_async16_evict_first(m_dst + lane * 4, m_src + lane * 4, policy);
-      stage_scales(s_smem + (stage * kWarps + warp) * 16, scales, group, N, tile, lane, policy);
-    }
-    for (int c = threadIdx.x; c < SLICES * MT * 8 * 16; c += kThreads) {
-      const int j = c / (MT * 8 * 16), row = c / 16 % (MT * 8), col = (c % 16) * 8;
-      const int group_j = g_begin + j * per + it;
-      const bool valid = row < M && group_j < g_end;
-      T* a_dst = a_smem + (stage * SLICES + j) * MT * 8 * kLda;
-      const T* src = a_ptr + (valid ? static_cast<size_t>(row) * K + group_j * SPA_W4_GROUP + col : 0);
-      cp_async16_zfill(a_dst + row * kLda + col, src, valid);
+  // Copy plan, computed once. Values: 16 B per lane; metadata: 16 B per lane
+  // 0..15; scales: lanes 16 and 17, 16 B each. A warp past the last tile
+  // streams tile 0 (valid metadata), computes and stores nothing.
+  const int src_tile = tile_valid ? tile : 0;
+  const size_t first_step = static_cast<size_t>(src_tile) * k_steps + static_cast<size_t>(g_begin) * kSteps;
+  const uint4* v_src = reinterpret_cast<const uint4*>(values + first_step * 32) + lane;
+  const uint4* m_src = reinterpret_cast<const uint4*>(meta + first_step * 16) + (lane & 15);
+  uint32_t* const v_dst = w_smem + warp * kTileWords + lane * 4;
+  uint32_t* const m_dst = w_smem + warp * kTileWords + kValueWords + (lane & 15) * 4;
+  const bool copies_meta = lane < 16;
+  const __half* s_src = scales + static_cast<size_t>(g_begin) * N + src_tile * 16 + (lane & 1) * 8;
+  __half* const s_dst = s_smem + warp * 16 + (lane & 1) * 8;
+  const bool copies_scales = lane == 16 || lane == 17;
+  const size_t s_stride = static_cast<size_t>(N);
+  // Activations: chunk c = threadIdx.x + i * kThreads of the stage (row c / 16);
+  // rows >= M are zero-filled by the same copy (no memory read).
+  const T* a_src[kAPerThread];
+  int a_dst[kAPerThread];
+  bool a_valid[kAPerThread];
+#pragma unroll
+  for (int i = 0; i < kAPerThread; ++i) {
+    const int c = threadIdx.x + i * kThreads, row = c / 16, c16 = c % 16;
+    a_valid[i] = row < M;
+    a_src[i] = a_ptr + (a_valid[i] ? static_cast<size_t>(row) * K + static_cast<size_t>(g_begin) * SPA_W4_GROUP + c16 * 8 : 0);
+    a_dst[i] = (c < kAChunks ? row : 0) * SPA_W4_GROUP + a_chunk_slot(row, c16) * 8;
+  }
+  const bool copies_a = kAChunks % kThreads == 0 || static_cast<int>(threadIdx.x) < kAChunks % kThreads;
+  auto load_stage = [&](int stage, bool more) {
+    cp_async16_evict_first_if(v_dst + stage * kWStage, v_src, policy, more);
+    v_src += kValueWords / 4;
+    cp_async16_evict_first_if(m_dst + stage * kWStage, m_src, policy, more && copies_meta);
+    m_src += kMetaWords / 4;
+    cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_scales);
+    s_src += s_stride;
+#pragma unroll
+    for (int i = 0; i < kAPerThread; ++i) {
+      const bool mine = i + 1 < kAPerThread || copies_a;
+      cp_async16_zfill_if(a_smem + stage * kAStage + a_dst[i], a_src[i], a_valid[i], more && mine);
+      a_src[i] += SPA_W4_GROUP;
     }
   };
+
+  // Reads. Values: lane 8i + r gives row r of matrix i (step i's 128 B).
+  uint32_t v_read = smem_address(smem, w_smem + warp * kTileWords + (lane / 8) * 32 + (lane % 8) * 4);
+  pin(v_read);
+  // Metadata: lanes 4g and 4g + 1 read slot 2g + h of each step (the others, ignored, the same words).
+  const int m_read = warp * kTileWords + kValueWords + group_id * 2 + (thread_in_group & 1);
+  // Activations: lane 8i + r gives row r (token) of matrix i (k 8i..8i+7 of
+  // the step): chunk 4 step + i, at slot (4 step + i) ^ r = 4 (step ^ (r / 4))
+  // + (i ^ r % 4). Even and odd steps from two addresses, steps 2 and 3 128 B on.
+  const int ldm_row = lane % 8, ldm_mat = lane / 8;
+  uint32_t a_read[2];
+#pragma unroll
+  for (int p = 0; p < 2; ++p) {
+    const int slot = 4 * (p ^ (ldm_row >> 2)) + (ldm_mat ^ (ldm_row & 3));
+    a_read[p] = smem_address(smem, a_smem + ldm_row * SPA_W4_GROUP + slot * 8);
+    pin(a_read[p]);
+  }
+  const int s_read = warp * 16 + group_id;
 
   float acc[MT][4];
 #pragma unroll
@@ -101,33 +144,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
 
+  auto compute = [&](int stage) {
+    uint32_t words[kSteps];
+    ldmatrix_x4(words, smem, v_read + stage * kWStage * 4);
+    uint32_t meta_word[kSteps];
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < per) load_stage(s, s);
-    cp_async_commit();
-  }
-
-  const int col_lo = tile * 16 + group_id;
-  // Lanes 4g and 4g+1 supply the metadata (selector 0); the others pass any word.
-  const int meta_slot = group_id * 2 + (thread_in_group & 1);
-  for (int it = 0; it < per; ++it) {
-    const int group = g_begin + slice * per + it;
-    const bool active = tile_valid && group < g_end;  // uniform over the warp
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    int next = it + kStages - 1;
-    if (next < per) load_stage(next % kStages, next);
-    cp_async_commit();
-    // A warp past the last tile or past its slice's groups loaded no weights:
-    // its mma.sp would read uninitialised metadata (undefined behaviour), so
-    // it only keeps the block's barriers.
-    if (!active) continue;
-
-    const int stage = it % kStages;
-    const uint32_t* v_tile = v_smem + (stage * kWarps + warp) * kValueWords;
-    const uint32_t* m_tile = m_smem + (stage * kWarps + warp) * kMetaWords;
-    const T* a_stage = a_smem + (stage * SLICES + slice) * MT * 8 * kLda;
-    const __half* s_tile = s_smem + (stage * kWarps + warp) * 16;
+    for (int step = 0; step < kSteps; ++step) meta_word[step] = w_smem[stage * kWStage + m_read + step * 16];
+    uint32_t frag[kSteps][4];
+#pragma unroll
+    for (int step = 0; step < kSteps; ++step) dequant8_fast<T>(words[step], frag[step]);
     constexpr int kChains = chains_for(MT);
     float part[kChains][MT][4];
 #pragma unroll
@@ -137,21 +162,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int r = 0; r < 4; ++r) part[c][j][r] = 0.f;
 #pragma unroll
-    for (int kt = 0; kt < kTilesPerGroup; ++kt) {
-      uint32_t frag[4];
-      dequant8<T>(v_tile[kt * 32 + lane], frag);
-      uint32_t meta_word = m_tile[kt * 16 + meta_slot];
+    for (int j = 0; j < MT; ++j) {
 #pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        // B fragment of m16n8k32: b_i holds k = 2t + 8i (+1), token = g.
-        const T* b = a_stage + (j * 8 + group_id) * kLda + kt * 32 + thread_in_group * 2;
-        uint32_t bfrag[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) bfrag[i] = *reinterpret_cast<const uint32_t*>(b + 8 * i);
-        mma_sp_16832<T>(part[kt % kChains][j], frag, bfrag, meta_word);
+      for (int step = 0; step < kSteps; ++step) {
+        uint32_t b[4];
+        ldmatrix_x4(b, smem, a_read[step % 2] + (step / 2) * 128 + (stage * kAStage + j * 8 * SPA_W4_GROUP) * 2);
+        mma_sp_16832<T>(part[step % kChains][j], frag[step], b, meta_word[step]);
       }
     }
-    const float scale_lo = __half2float(s_tile[group_id]), scale_hi = __half2float(s_tile[group_id + 8]);
+    // Rows g and g + 8 of the tile: columns col_lo and col_lo + 8.
+    const float scale_lo = __half2float(s_smem[stage * kSStage + s_read]);
+    const float scale_hi = __half2float(s_smem[stage * kSStage + s_read + 8]);
 #pragma unroll
     for (int c = 0; c < kChains; ++c)
 #pragma unroll
@@ -161,71 +182,101 @@ __global__ void __launch_bounds__(kThreads)
         acc[j][2] += part[c][j][2] * scale_hi;
         acc[j][3] += part[c][j][3] * scale_hi;
       }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    load_stage(s, s < g_count);
+    cp_async_commit();
+  }
+  auto step = [&](int s, bool more) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage s landed for all threads; the stage computed last is free
+    load_stage((s + kStages - 1) % kStages, more);
+    cp_async_commit();
+    compute(s);
+  };
+  // The stage ring, unrolled (as in w4a16.cu): unguarded steady state at MT = 1.
+  int base = 0;
+  if constexpr (MT == 1) {
+    for (; base + 2 * kStages - 1 <= g_count; base += kStages) {
+#pragma unroll
+      for (int s = 0; s < kStages; ++s) step(s, true);
+    }
+  }
+  for (; base < g_count; base += kStages) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s)
+      if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
   }
   cp_async_wait<0>();
-
-  if (!reduce_slices<MT, SLICES>(acc, smem, warp, lane) || !tile_valid) return;
-  store_tile<T, MT>(acc, y, partial, M, N, col_lo, thread_in_group);
+  if constexpr (kSplit) {
+    store_split<T, MT>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
+                       tile * 16 + group_id, thread_in_group);
+    return;
+  }
+  if (!tile_valid) return;
+  store_tile<T, MT>(acc, y, M, N, tile * 16 + group_id, thread_in_group);
 }
 
-template <typename T, int MT, int SLICES>
-cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales,
-                   T* y, float* partial, int M, int N, int K, int splits, int gps,
-                   cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<MT, SLICES>();
-  static_assert(bytes >= kWarps * MT * 4 * 32 * 4, "the slice reduction reuses the pipeline memory");
-  auto kernel = gemm_kernel<T, MT, SLICES>;
+template <typename T, int MT>
+cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
+                   float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
+  constexpr int bytes = smem_bytes<MT>();
+  auto kernel = splits > 1 ? gemm_kernel<T, MT, true> : gemm_kernel<T, MT, false>;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  constexpr int tiles_per_block = kWarps / SLICES;
-  dim3 grid((N / 16 + tiles_per_block - 1) / tiles_per_block, splits);
-  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, values, meta, scales, y, partial, M, N, K, gps);
+  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
+  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, values, meta, scales, y, slabs, counters, M, N, K, gps);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* meta,
-                const uint16_t* scales_ptr, void* y_ptr, int M, int N, int K, void* workspace,
-                int slices_wanted, int split_k, cudaStream_t stream) {
+cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
+                     float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
+  if (M <= 8) return launch<T, 1>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  if (M <= 16) return launch<T, 2>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  if (M <= 32) return launch<T, 4>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  return launch<T, 8>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+}
+
+inline int column_blocks(int N) { return (N / 16 + kWarps - 1) / kWarps; }
+
+template <typename T>
+cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* meta, const uint16_t* scales_ptr,
+                void* y_ptr, int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
+                cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, slices_wanted, split_k, workspace != nullptr);
-  const int slices = plan.slices, splits = plan.splits, gps = plan.groups_per_split;
-  float* partial = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-  if (partial != nullptr)
-    SPA_CHECK(cudaMemsetAsync(partial, 0, sizeof(float) * static_cast<size_t>(M) * N, stream));
-  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
-    int rows = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
-    const T* a0 = a + static_cast<size_t>(m0) * K;
-    T* y0 = y + static_cast<size_t>(m0) * N;
-    float* p0 = partial ? partial + static_cast<size_t>(m0) * N : nullptr;
-    cudaError_t status;
-    if (rows <= 8)
-      status = slices == 4   ? launch<T, 1, 4>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
-               : slices == 2 ? launch<T, 1, 2>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
-                             : launch<T, 1, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
-    else if (rows <= 16)
-      status = slices == 4   ? launch<T, 2, 4>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
-               : slices == 2 ? launch<T, 2, 2>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream)
-                             : launch<T, 2, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
-    else if (rows <= 32)
-      status = launch<T, 4, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
-    else
-      status = launch<T, 8, 1>(a0, values, meta, scales, y0, p0, rows, N, K, splits, gps, stream);
-    SPA_CHECK(status);
+  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr);
+  int splits = plan.splits, gps = plan.groups_per_split;
+  const int blocks = column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
+  while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {
+    --splits;
+    gps = (K / SPA_W4_GROUP + splits - 1) / splits;
+    splits = (K / SPA_W4_GROUP + gps - 1) / gps;
   }
-  if (partial != nullptr)
-    return launch_finalize<T>(partial, y, static_cast<long long>(M) * N, stream);
+  int* counters = splits > 1 ? static_cast<int*>(workspace) : nullptr;
+  float* slabs =
+      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
+  if (counters != nullptr) SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
+  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
+    const int chunk = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
+    SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales, y + static_cast<size_t>(m0) * N,
+                          slabs, counters, chunk, N, K, splits, gps, stream));
+  }
   return cudaSuccess;
 }
 
 }  // namespace sp24
 }  // namespace spa
 
+// Room for the launch table's splits and for at least 8 (as w4a16).
 extern "C" size_t spa_w4_sp24_workspace_size(int M, int N, int K) {
-  (void)K;
-  return sizeof(float) * static_cast<size_t>(M) * static_cast<size_t>(N);
+  const spa::SplitPlan plan = spa::plan_split(M, N / 16, K / SPA_W4_GROUP, 0, 0, true);
+  return spa::split_workspace_bytes(spa::sp24::column_blocks(N), std::max(plan.splits, 8),
+                                    std::min(M, SPA_MAX_M_PER_LAUNCH), N);
 }
 
 extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint32_t* meta,
@@ -238,14 +289,17 @@ extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values,
   SPA_REQUIRE(N % 16 == 0, "w4_sp24: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_sp24: dtype must be SPA_FP16 or SPA_BF16");
   SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4_sp24: slices must be 0, 1, 2 or 4");
-  // No room for FP32 partial sums: no split across blocks (in-block slices need none).
-  if (workspace == nullptr || workspace_bytes < spa_w4_sp24_workspace_size(M, N, K)) {
+  // No room for one split's slab: no split across blocks. (`slices` is accepted
+  // and ignored: there are no in-block slices any more, as in w4a16.)
+  if (workspace == nullptr || workspace_bytes < spa::split_workspace_bytes(spa::sp24::column_blocks(N), 2,
+                                                                            std::min(M, SPA_MAX_M_PER_LAUNCH), N)) {
     workspace = nullptr;
+    workspace_bytes = 0;
     if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
-    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, slices, split_k, stream);
-  return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, slices, split_k,
+    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, workspace_bytes, split_k, stream);
+  return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, workspace_bytes, split_k,
                                        stream);
 }
 

@@ -66,77 +66,6 @@ constexpr int smem_bytes() { return stages_for(MT) * stage_bytes<MT>(); }
 // over the 8 distinct 16-B bank groups (no conflicts).
 __host__ __device__ constexpr int a_chunk_slot(int row, int c16) { return c16 ^ ((c16 >> 3) & 1) ^ ((row & 1) << 1); }
 
-// dequant8 with fewer instructions (specialised below for FP16 and BF16).
-template <typename T>
-__device__ __forceinline__ void dequant8_fast(uint32_t word, uint32_t (&out)[4]);
-// (x & mask) | magic in one LOP3 (the compiler emits an AND and an OR when
-// both constants are immediates).
-template <uint32_t kMask, uint32_t kMagic>
-__device__ __forceinline__ uint32_t and_or(uint32_t x) {
-#ifdef SPA_EMULATE
-  return (x & kMask) | kMagic;
-#else
-  uint32_t out;
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(out) : "r"(x), "n"(kMask), "n"(kMagic));
-  return out;
-#endif
-}
-
-template <>
-__device__ __forceinline__ void dequant8_fast<__nv_bfloat16>(uint32_t word, uint32_t (&out)[4]) {
-  // BF16: one shift, one LOP3 and one subtraction per pair.
-  uint32_t bits[4] = {and_or<0x000f000fu, 0x43004300u>(word), and_or<0x000f000fu, 0x43004300u>(word >> 4),
-                      and_or<0x000f000fu, 0x43004300u>(word >> 8), and_or<0x000f000fu, 0x43004300u>(word >> 12)};
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    auto pair = Elem<__nv_bfloat16>::sub(bits[j], Elem<__nv_bfloat16>::kBias);
-    out[j] = *reinterpret_cast<uint32_t*>(&pair);
-  }
-}
-
-// FP16: two pairs per shift with the 0x00f000f0 mask (Marlin's trick): the
-// second pair comes out as 1024 + 16 v and one HFMA2 (x / 16 - 72) gives
-// v - 8, exactly. (In BF16, 16 v does not fit the 7-bit mantissa.)
-template <>
-__device__ __forceinline__ void dequant8_fast<__half>(uint32_t word, uint32_t (&out)[4]) {
-  const uint32_t hi = word >> 8;
-  uint32_t lo0 = and_or<0x000f000fu, 0x64006400u>(word), lo1 = and_or<0x00f000f0u, 0x64006400u>(word);
-  uint32_t hi0 = and_or<0x000f000fu, 0x64006400u>(hi), hi1 = and_or<0x00f000f0u, 0x64006400u>(hi);
-  uint32_t bias = 0x64086408u, sixteenth = 0x2c002c00u, minus72 = 0xd480d480u;  // 1032, 1/16, -72
-  auto h2 = [](uint32_t& bits) -> __half2& { return *reinterpret_cast<__half2*>(&bits); };
-  __half2 r0 = __hsub2(h2(lo0), h2(bias)), r1 = __hfma2(h2(lo1), h2(sixteenth), h2(minus72));
-  __half2 r2 = __hsub2(h2(hi0), h2(bias)), r3 = __hfma2(h2(hi1), h2(sixteenth), h2(minus72));
-  out[0] = *reinterpret_cast<uint32_t*>(&r0);
-  out[1] = *reinterpret_cast<uint32_t*>(&r1);
-  out[2] = *reinterpret_cast<uint32_t*>(&r2);
-  out[3] = *reinterpret_cast<uint32_t*>(&r3);
-}
-
-// 16-B shared-memory load at a 32-bit address (the shared window's own
-// address on the GPU, the byte offset from the dynamic shared memory under
-// the emulation). Loop-invariant addresses are made opaque (`pin`), so that
-// the compiler keeps them in registers instead of recomputing them from the
-// thread index in every pass of the loop.
-#ifdef SPA_EMULATE
-inline uint32_t smem_address(const void* base, const void* p) {
-  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - static_cast<const unsigned char*>(base));
-}
-inline void pin(uint32_t&) {}
-inline uint4 lds128(const void* base, uint32_t address) {
-  return *reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(base) + address);
-}
-#else
-__device__ __forceinline__ uint32_t smem_address(const void*, const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }
-__device__ __forceinline__ uint4 lds128(const void*, uint32_t address) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));
-  return v;
-}
-#endif
-
 // MT: number of 8-token tiles (M rows handled: MT * 8; rows >= M read zeros).
 // At least 2 CTAs per SM (3 at MT = 1): caps registers at 128 (85) per thread.
 // kSplit: K split across blocks (gridDim.y > 1), reduced in the kernel. Its
@@ -312,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     return;
   }
   if (!tile_valid) return;
-  store_tile<T, MT>(acc, y, nullptr, M, N, tile * 16 + group_id, thread_in_group);
+  store_tile<T, MT>(acc, y, M, N, tile * 16 + group_id, thread_in_group);
 }
 
 template <typename T, int MT>
