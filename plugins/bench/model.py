@@ -129,7 +129,7 @@ def plan_split(m: int, n_tiles: int, n_groups: int, slices_wanted: int = 0, spli
             while splits * 2 <= wanted:
                 splits *= 2
         else:
-            splits = (4 * sms + n_tiles - 1) // n_tiles
+            splits = min(8, 2 * sms // ((n_tiles + 7) // 8))
         splits = max(1, min(splits, n_groups // 4))
         if not has_workspace:
             splits = 1

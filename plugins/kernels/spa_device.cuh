@@ -404,7 +404,9 @@ inline int sm_count() {
 //   M <= 8:     splits = min(8, K / 512)                (8 on every swept shape)
 //   M = 9..16:  splits = pow2floor(27.2 x SMs / (N/16)) in [1, 8]
 //               (N = 4096/5120 -> 8; 8192..13824 -> 4; 28672 -> 2 on 132 SMs)
-//   M > 16:     splits = ceil(4 x SMs / (N/16))         (not swept yet)
+//   M > 16:     splits = floor(2 x SMs / ceil(N/128)) in [1, 8] (not swept yet:
+//               one wave of the 8-warp CTAs; the rule written for 4-warp
+//               blocks, ceil(4 x SMs / (N/16)), left half the SMs idle)
 // each split keeping >= 4 groups so the pipeline stays primed; one split
 // without a workspace. plugins/bench/model.py mirrors this function.
 struct SplitPlan {
@@ -423,7 +425,9 @@ inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted,
       splits = 1;
       while (splits * 2 <= wanted) splits *= 2;
     } else {
-      splits = (4 * sms + n_tiles - 1) / n_tiles;
+      // Not swept: one full wave of 8-warp CTAs (8 tiles each) at the 2 CTAs
+      // per SM their launch bounds guarantee from MT = 4 on.
+      splits = std::min(8, 2 * sms / ((n_tiles + 7) / 8));
     }
     splits = std::max(1, std::min(splits, n_groups / 4));
     if (!has_workspace) splits = 1;
