@@ -138,8 +138,9 @@ def gqsa_structure(k: int, n: int, g: int, counts: dict[int, int], seed: int) ->
 def test_gqsa_column_ownership_edge_cases(tmp_path: Path) -> None:
     """Each warp owns whole columns (those starting in its 128 entries): empty
     columns inside and at the end, a column longer than several warps' shares
-    (the warps in between own nothing), columns crossing 32-entry steps, and
-    a weight with no kept group at all."""
+    (the warps in between own nothing), columns crossing 32-entry steps, a
+    weight with no kept group at all, and 3000 columns (the 32-way search for
+    a warp's first and last column takes three rounds)."""
     folder = tmp_path / "cases"
     folder.mkdir()
     cases = {
@@ -147,6 +148,8 @@ def test_gqsa_column_ownership_edge_cases(tmp_path: Path) -> None:
         "one_long_column": gqsa_structure(8192, 8, 16, {0: 512, **{c: 3 for c in range(1, 8)}}, 2),
         "steps_and_segments": gqsa_structure(512, 24, 8, {c: (7 * c) % 64 for c in range(24)}, 3),
         "no_kept_group": gqsa_structure(256, 16, 16, {}, 4),
+        # 3000 columns of 0..4 groups: the warps' 32-way column search takes 3 rounds
+        "many_columns": gqsa_structure(256, 3000, 16, {c: c % 5 for c in range(3000)}, 5),
     }
     lines = [write_gqsa_case(folder, arrays, prefix) for prefix, arrays in cases.items()]
     (folder / "cases.txt").write_text("\n".join(lines) + "\n")

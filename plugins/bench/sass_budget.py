@@ -153,6 +153,14 @@ def consumed_loads(loop: list[Instr]) -> list[str]:
     return found
 
 
+def is_math(ins: Instr, opcodes: tuple[str, ...]) -> bool:
+    """A math instruction of the loop; `HFMA2.MMA Rd, -RZ, RZ, c, c` is ptxas's
+    way to load a constant (0 * 0 + c), not math."""
+    if not ins.opcode.startswith(opcodes):
+        return False
+    return not (ins.opcode.startswith("HFMA2") and ins.operands[1:3] == ["-RZ", "RZ"])
+
+
 def demangle(function: str) -> tuple[str, list[int]] | None:
     names = {"5w4a1611gemm_kernel": "w4a16", "4sp2411gemm_kernel": "w4_sp24", "4gqsa11gemv_kernel": "w4_gqsa"}
     for key, kernel in names.items():
@@ -242,7 +250,7 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 part = body[loop[0] : loop[1] + 1]
                 report.loop = (part[0].addr, part[-1].addr)
                 report.instructions = sum(1 for ins in part if ins.opcode != "NOP")
-                math_count = sum(1 for ins in part if ins.opcode.startswith(MATH[kernel]))
+                math_count = sum(1 for ins in part if is_math(ins, MATH[kernel]))
                 report.kb = weight_kb(kernel, args, math_count)
                 report.ldg_consumed = consumed_loads(part)
                 report.i2f = sum(1 for ins in part if ins.opcode.startswith("I2F"))

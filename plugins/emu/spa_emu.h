@@ -534,6 +534,21 @@ T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
   return spa_emu::shuffle(mask, value, [delta](int lane) { return lane + static_cast<int>(delta); });
 }
 
+// A warp vote: bit l of the result is lane l's predicate (full mask only).
+inline unsigned __ballot_sync(unsigned mask, bool predicate) {
+  if (mask != 0xffffffffu) throw spa_emu::Fault("ballot with a partial mask (not used by spa's kernels)");
+  spa_emu::require_full_warp("vote.ballot.sync");
+  spa_emu::ThreadState& s = spa_emu::self();
+  spa_emu::Warp& w = *s.warp;
+  w.slot[s.lane] = predicate ? 1 : 0;
+  spa_emu::wait_at(w.sync);
+  unsigned bits = 0;
+  for (int lane = 0; lane < spa_emu::kWarpSize; ++lane) bits |= static_cast<unsigned>(w.slot[lane] & 1u) << lane;
+  spa_emu::wait_at(w.sync);
+  return bits;
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
+
 inline float atomicAdd(float* address, float value) {
   return std::atomic_ref<float>(*address).fetch_add(value);
 }

@@ -12,8 +12,9 @@
 // falls there, so warps get equal shares of nnz up to one column, and no
 // column is split between warps. The warp walks its columns' entries 32 at a
 // time, one entry per lane (384 B per step for g = 16, coalesced, read with
-// the streaming hint); a lane finds its column by binary search once, then
-// walks row_ptr. A segmented warp scan sums lanes of one column, a carry takes
+// the streaming hint); the warp finds its columns with a 32-way search (3
+// dependent loads where a binary search took 14), a lane its first column by
+// a binary search over the warp's few columns, then it walks row_ptr. A segmented warp scan sums lanes of one column, a carry takes
 // a column across steps, and the lane holding a column's last entry writes
 // Y directly: no workspace, no memset, no finalize launch. Activations are
 // gathered through L1 (A is at most 8 x K per pass, reused by every column).
@@ -36,9 +37,9 @@ __device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
   for (int i = 0; i < 8; ++i) out[i] = Elem<T>::to_float(h[i]);
 }
 
-// Row of entry e: the largest r with row_ptr[r] <= e (rows may be empty).
-__device__ __forceinline__ int find_row(const int32_t* __restrict__ row_ptr, int N, int e) {
-  int lo = 0, hi = N - 1;
+// Row of entry e: the largest r in [lo, hi] with row_ptr[r] <= e (rows may
+// be empty). The caller narrows [lo, hi] to the warp's own columns.
+__device__ __forceinline__ int find_row(const int32_t* __restrict__ row_ptr, int lo, int hi, int e) {
   while (lo < hi) {
     int mid = (lo + hi + 1) / 2;
     if (__ldg(row_ptr + mid) <= e) lo = mid; else hi = mid - 1;
@@ -46,14 +47,43 @@ __device__ __forceinline__ int find_row(const int32_t* __restrict__ row_ptr, int
   return lo;
 }
 
-// The first column n in [0, N] with row_ptr[n] >= e (N when none).
-__device__ __forceinline__ int first_column_from(const int32_t* __restrict__ row_ptr, int N, long long e) {
-  int lo = 0, hi = N;
-  while (lo < hi) {
-    int mid = (lo + hi) / 2;
-    if (__ldg(row_ptr + mid) >= e) hi = mid; else lo = mid + 1;
+// The first columns n in [0, N] with row_ptr[n] >= e0 and >= e1 (N when
+// none), searched by the 32 lanes together: each round every lane probes the
+// last column of its 32nd of the open range (one load per search), and a
+// ballot keeps the first 32nd whose probe reaches e. The range shrinks 32x
+// per round: 3 dependent loads for N <= 32768 where a binary search takes
+// log2(N) (14 at N = 11008). Both searches share the rounds. Uniform over the
+// warp: every lane passes the same e0, e1 and gets the same answers.
+__device__ __forceinline__ void first_columns_from(const int32_t* __restrict__ row_ptr, int N, long long e0,
+                                                   long long e1, int lane, int& n0, int& n1) {
+  int lo[2] = {0, 0}, hi[2] = {N, N};  // the answer is in [lo, hi]; hi is N or reaches e
+  const long long e[2] = {e0, e1};
+  while (lo[0] < hi[0] || lo[1] < hi[1]) {  // uniform
+    unsigned hits[2];
+    int step[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      step[i] = (hi[i] - lo[i] + 31) / 32;
+      const int first = lo[i] + lane * step[i];
+      const int probe = min(first + step[i], hi[i]) - 1;
+      const bool hit = lo[i] < hi[i] && first < hi[i] && __ldg(row_ptr + probe) >= e[i];
+      hits[i] = __ballot_sync(0xffffffffu, hit);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (lo[i] >= hi[i]) continue;
+      if (hits[i] == 0) {
+        lo[i] = hi[i];  // no column in [lo, hi) reaches e: the answer is hi
+      } else {
+        const int j = __ffs(static_cast<int>(hits[i])) - 1;
+        const int first = lo[i] + j * step[i];
+        hi[i] = min(first + step[i], hi[i]) - 1;
+        lo[i] = first;
+      }
+    }
   }
-  return lo;
+  n0 = lo[0];
+  n1 = lo[1];
 }
 
 template <typename T, int G, int MB>
@@ -72,8 +102,10 @@ __global__ void __launch_bounds__(kThreads)
   if (warp >= warps) return;  // uniform over the warp
   // Columns owned: those whose first entry is in [warp E, (warp + 1) E); the
   // last warp also owns the empty columns at the end.
-  const int n_begin = warp == 0 ? 0 : first_column_from(row_ptr, N, warp * kEntriesPerWarp);
-  const int n_end = warp + 1 == warps ? N : first_column_from(row_ptr, N, (warp + 1) * kEntriesPerWarp);
+  int n_begin, n_end;
+  first_columns_from(row_ptr, N, warp * kEntriesPerWarp, (warp + 1) * kEntriesPerWarp, lane, n_begin, n_end);
+  if (warp == 0) n_begin = 0;
+  if (warp + 1 == warps) n_end = N;
   if (n_begin >= n_end) return;
   const int e_begin = __ldg(row_ptr + n_begin), e_end = __ldg(row_ptr + n_end);
 
@@ -86,7 +118,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  int row = find_row(row_ptr, N, min(e_begin + lane, max(e_end - 1, 0)));
+  int row = find_row(row_ptr, n_begin, n_end - 1, min(e_begin + lane, max(e_end - 1, 0)));
   int carry_key = -1;
   float carry[MB];
 #pragma unroll
