@@ -124,26 +124,43 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int m = 0; m < MB; ++m) carry[m] = 0.f;
 
-  for (int base = e_begin; base < e_end; base += 32) {  // uniform over the warp
+  // Register prefetch, two steps in flight: each step's group index, scale
+  // and value words are loaded during the step before it (the measured kernel
+  // issued them at the top of their own step and waited; its second value
+  // word even after the first word's FMAs), so a step's only wait is the
+  // activation gather that depends on its index. Two register sets take
+  // turns (the loop body holds two steps), so nothing is copied between them.
+  struct Fetched {
+    uint32_t words[kWords];
+    int b;
+    __half scale;
+  };
+  auto fetch = [&](Fetched& f, int e) {
+    if (e < e_end) {
+      f.b = __ldcs(group_idx + e);
+      f.scale = __ldcs(scales + e);
+#pragma unroll
+      for (int w = 0; w < kWords; ++w) f.words[w] = __ldcs(values + static_cast<size_t>(e) * kWords + w);
+    }
+  };
+  int last = __ldg(row_ptr + row + 1);  // one past the last entry of this lane's column `row`
+
+  // One step: the 32 entries from `base`, one per lane (uniform over the warp).
+  auto step = [&](int base, const Fetched& f) {
     const int e = base + lane;
     const bool valid = e < e_end;
     float acc[MB];
 #pragma unroll
     for (int m = 0; m < MB; ++m) acc[m] = 0.f;
-    int last = -1;  // one past the last entry of this lane's column
     if (valid) {
-      while (__ldg(row_ptr + row + 1) <= e) ++row;
-      last = __ldg(row_ptr + row + 1);
-      const int b = __ldcs(group_idx + e);
-      const float scale = __half2float(__ldcs(scales + e));
-      const T* a_group = a_ptr + static_cast<size_t>(b) * G;
+      while (last <= e) last = __ldg(row_ptr + ++row + 1);
+      const T* a_group = a_ptr + static_cast<size_t>(f.b) * G;
 #pragma unroll
       for (int w = 0; w < kWords; ++w) {
-        const uint32_t word = __ldcs(values + static_cast<size_t>(e) * kWords + w);
         // The magic-number dequant of w4a16 (exact 16-bit pairs, no I2F), then
         // each pair widened to FP32: q[2p], q[2p + 1] from nibbles p, p + 4.
         uint32_t pairs[4];
-        dequant8<T>(word, pairs);
+        dequant8<T>(f.words[w], pairs);
         float q[8];
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
@@ -161,6 +178,7 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       }
+      const float scale = __half2float(f.scale);
 #pragma unroll
       for (int m = 0; m < MB; ++m) acc[m] *= scale;
     }
@@ -190,6 +208,16 @@ __global__ void __launch_bounds__(kThreads)
     carry_key = __shfl_sync(full, key, 31);
 #pragma unroll
     for (int m = 0; m < MB; ++m) carry[m] = __shfl_sync(full, acc[m], 31);
+  };
+
+  Fetched even{}, odd{};
+  fetch(even, e_begin + lane);
+  for (int base = e_begin; base < e_end; base += 64) {  // uniform over the warp
+    fetch(odd, base + 32 + lane);
+    step(base, even);
+    if (base + 32 >= e_end) break;
+    fetch(even, base + 64 + lane);
+    step(base + 32, odd);
   }
 }
 
