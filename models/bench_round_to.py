@@ -4,7 +4,7 @@
 
 For each real test bed: ``prune_model`` with the command's defaults (``l1``, uniform allocation)
 at ``--ratio`` 0.1 and 0.25, once with ``round_to=1`` and once with the default
-``round_to=AUTO_ROUND`` (multiples of 8 in groups of 64+ channels,
+``round_to=AUTO_ROUND`` (multiples of 16 in groups of 32+ channels, of 8 in groups of 16-31,
 ``spa.pruning.allocation.group_multiple``); each output is timed against the dense model with
 ``spa.verify.latency.compare_latency`` (one thread, interleaved rounds, lower quartiles) on two
 calibration feeds of the bed. Writes ``models/results/round_to.json`` and ``.md``.

@@ -7,7 +7,7 @@ For each bed (``BEDS``) and each variant:
 
 * ``prune 10|25|50% MACs``: ``prune_model`` with ``obs``, bias compensation and
   ``--allocation sensitivity`` at ``ratio`` = that share of MACs (8 calibration feeds,
-  sensitivity on 2, ``--round-to 8`` so ORT CPU gets channel counts it likes);
+  sensitivity on 2, ``--round-to auto`` (the default) so ORT CPU gets channel counts it likes);
 * ``W8``, ``W4 RTN``, ``W4 GPTQ``: ``quantize_model`` (bits 8; bits 4, block 32, RTN or GPTQ on
   the calibration feeds), ``--target ort``;
 * ``static INT8``: ``quantize_static_model`` on the calibration feeds, ``--target ort``;
@@ -53,6 +53,7 @@ import numpy as np
 
 from spa import testbeds
 from spa.errors import UserError
+from spa.pruning.allocation import AUTO_ROUND
 from spa.stats.report import compute_stats
 from spa.verify.latency import compare_latency
 from spa.workflows.prune import prune_model
@@ -79,7 +80,7 @@ def spa_makers(calibration: Feeds) -> dict[str, Maker]:
         def make(source: Path, output: Path) -> str:
             prune_model(source, output, ratio=share, criterion="obs", bias_compensation=True,
                         allocation="sensitivity", calibration=calibration[:8], shapes=shapes,
-                        sensitivity_samples=2, round_to=8)
+                        sensitivity_samples=2, round_to=AUTO_ROUND)
             return ""
 
         return make

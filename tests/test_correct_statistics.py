@@ -75,7 +75,7 @@ def test_cli_correct_statistics(run_cli, tmp_path: Path) -> None:
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.stack([feed["x"] for feed in _feeds(8)]))
     out, report = tmp_path / "small.onnx", tmp_path / "r.json"
-    result = run_cli("prune", model, "-o", out, "--ratio", "0.3", "--criterion", "l2",
+    result = run_cli("prune", model, "-o", out, "--ratio", "0.3", "--criterion", "l2", "--round-to", "1",
                      "--correct-statistics", "2", "--calib", calib, "--verify",
                      "--report", report)  # fmt: skip
     assert result.exit_code == 0, result.output

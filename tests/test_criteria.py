@@ -535,15 +535,15 @@ def test_cli_needs_calib_and_accepts_npz(run_cli, tmp_path: Path) -> None:
     assert optimized.exit_code == 0, optimized.output
 
 
-def test_round_to_auto_keeps_multiples_of_8_in_channel_groups_of_16_or_more() -> None:
+def test_round_to_auto_keeps_multiples_of_16_in_groups_of_32_or_more_and_of_8_in_smaller() -> None:
     from spa.pruning.allocation import AUTO_ROUND, group_multiple
 
-    sizes = (8, 12, 16, 20, 24, 60, 64, 1536)
-    assert [group_multiple(size, AUTO_ROUND) for size in sizes] == [1, 1, 8, 1, 8, 1, 8, 8]
+    sizes = (8, 12, 16, 20, 24, 32, 40, 48, 60, 64, 1536)
+    assert [group_multiple(size, AUTO_ROUND) for size in sizes] == [1, 1, 8, 1, 8, 16, 8, 16, 1, 16, 16]
     assert group_multiple(384, AUTO_ROUND, unit_width=32) == 1  # heads of 32 channels
     assert group_multiple(64, 4) == 4  # an explicit multiple wins
     scores = {0: np.arange(1.0, 65.0), 1: np.arange(1.0, 13.0)}
-    # 64 * 0.9 = 57.6 -> 58 -> 64 (a multiple of 8); 12 * 0.9 = 10.8 -> 11 (exact)
+    # 64 * 0.9 = 57.6 -> 58 -> 64 (a multiple of 16); 12 * 0.9 = 10.8 -> 11 (exact)
     assert allocate(scores, ratio=0.1, round_to=AUTO_ROUND) == {0: 64, 1: 11}
     assert allocate(scores, ratio=0.3, round_to=AUTO_ROUND) == {0: 48, 1: 9}
     assert allocate(scores, ratio=0.3, round_to={0: 1, 1: 4}) == {0: 45, 1: 12}
@@ -563,6 +563,11 @@ def test_prune_cli_rounds_by_default_and_takes_an_explicit_multiple(run_cli, tmp
         return int(weights["W1"].dims[1])
 
     assert hidden() == 48  # 64 * 0.7 = 44.8 -> 45 -> 48
+    # at a small ratio rounding keeps all 64: said so, not "every group is frozen"
+    out = tmp_path / "same.onnx"
+    same = run_cli("prune", source, "-o", out, "--ratio", "0.05", "--verify")
+    assert same.exit_code == 0 and "kept all its channels once rounded up" in same.output, same.output
+    assert "every group is frozen" not in same.output
     assert hidden("--round-to", "auto") == 48
     assert hidden("--round-to", "1") == 45
     bad = run_cli("prune", source, "-o", tmp_path / "q.onnx", "--round-to", "0")

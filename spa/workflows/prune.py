@@ -22,6 +22,7 @@ from typing_extensions import Unpack
 from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.calibration import CalibrationSource
+from spa.errors import UserError
 from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
@@ -145,6 +146,11 @@ def prune_model(
         plan = details["plan"]
         checked = verify and bool(plan.kept)
         verification = verify_prune(details, pruned, policy, options) if checked else None
+        if verify and not plan.kept:
+            # Nothing pruned (every group frozen, or rounding kept every channel): the
+            # check still validates the model (ONNX's checker; custom-domain ops pass),
+            # so an invalid input fails here instead of being written back with exit 0.
+            _check_valid(output, model)
     analysis = details["analysis"]
     factorized = factorize is not None and outcome.records[-1].modified
     if not plan.kept and not factorized:
@@ -225,6 +231,23 @@ def prune_change(details: dict[str, Any], before: onnx.ModelProto) -> ChangeShar
         before, {name: reason for name, (_, reason) in outcomes.items()},
         "op type {op}: its weights belong to no channel group",
     )  # fmt: skip
+
+
+def _check_valid(path: Path, shown: object) -> None:
+    """ONNX's checker on the model written at ``path``, and a default-domain opset ONNX
+    knows (ONNX Runtime refuses others); errors name ``shown``, the input."""
+    known = onnx.defs.onnx_opset_version()
+    for entry in onnx.load(str(path), load_external_data=False).opset_import:
+        if entry.domain in ("", "ai.onnx") and not 1 <= entry.version <= known:
+            raise UserError(
+                f"{shown}: opset {entry.version} of the default domain is not one ONNX knows (1..{known}); "
+                "export the model with a released opset"
+            )
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{shown}: not a valid ONNX model ({message}); check it with `spa inspect`") from None
 
 
 def verify_prune(

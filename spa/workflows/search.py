@@ -40,6 +40,7 @@ from spa.calibration import CalibrationSource
 from spa.errors import UserError
 from spa.model_io import external_data_files, load_model, save_model, stored_bytes
 from spa.progress import progress_bar
+from spa.pruning.allocation import AUTO_ROUND
 from spa.stats import report as reporting
 from spa.verify.latency import TARGETS, compare_latency
 from spa.verify.quality import Quality, load_metric, measure_quality
@@ -245,6 +246,10 @@ def _evaluate(task: _Task) -> dict[str, Any]:
         figures["traceback"] = traceback.format_exc()
     figures["seconds"] = time.perf_counter() - start
     return figures
+
+
+def _round_to_field(round_to: int) -> int | str:
+    return "auto" if round_to == AUTO_ROUND else round_to
 
 
 def _prune_name(ratio: float) -> str:
@@ -477,7 +482,7 @@ def optimize_search(
     metric: str | None = None,
     criterion: str = "obs",
     allocation: str = "sensitivity",
-    round_to: int = 8,
+    round_to: int = AUTO_ROUND,
     seed: int = 0,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     dims: Mapping[str, int] | None = None,
@@ -498,7 +503,8 @@ def optimize_search(
     rerun resumes from. Pruning
     candidates use ``criterion``/``allocation`` (default OBS scores from the
     calibration samples, allocated by measured sensitivity, so a share is of the
-    model's MACs) and keep multiples of ``round_to``.
+    model's MACs) and keep multiples of ``round_to`` (default: the rule of ``spa prune
+    --round-to auto``, :func:`spa.pruning.allocation.group_multiple`).
     ``executor`` builds candidates and measures their quality
     (:mod:`spa.workflows.executor`; default: this process); latency is always
     measured here, one candidate at a time.
@@ -526,7 +532,7 @@ def optimize_search(
         store = SearchCache(Path(cache), {
             "model": hash_file(source), "calibration": hash_samples(calib),
             "holdout": hash_samples(held), "metric": metric, "target": target,
-            "criterion": criterion, "allocation": allocation, "round_to": round_to, "seed": seed,
+            "criterion": criterion, "allocation": allocation, "round_to": _round_to_field(round_to), "seed": seed,
             "inputs": inputs, "latency_budget_s": latency_budget_s,
         })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
@@ -548,7 +554,7 @@ def optimize_search(
             "executor": (executor or LocalExecutor()).description,
             "quality_measure": measure_text, "metric": metric, "metric_dense": metric_dense,
             "calibration_samples": len(calib), "holdout_samples": len(held),
-            "pruning": {"criterion": criterion, "allocation": allocation, "round_to": round_to},
+            "pruning": {"criterion": criterion, "allocation": allocation, "round_to": _round_to_field(round_to)},
             "input_bytes": input_bytes, "input_params": before.params,
             "input_macs": before.total_macs,
             "candidates": [result.as_dict() for result in results],

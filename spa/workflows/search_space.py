@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from spa.passes.quantize_dynamic import QuantizeDynamicPass
+from spa.pruning.allocation import AUTO_ROUND
 from spa.verify import VerifyResult
 from spa.workflows.optimize import optimize
 from spa.workflows.quantize import quantize_model
@@ -94,7 +95,7 @@ class BuildContext:
     calibration: Sequence[Mapping[str, np.ndarray]]
     criterion: str = "l1"
     allocation: str = "uniform"
-    round_to: int = 8
+    round_to: int = AUTO_ROUND
     seed: int = 0
     inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Exactness checks of the steps run so far (name -> passed, max|Δ|).
