@@ -9,6 +9,7 @@ from __future__ import annotations
 from spa.passes.batchnorm import FoldBatchNormPass
 from spa.passes.cleanup import (
     EliminateDeadCodePass,
+    FlushSubnormalsPass,
     InferShapesPass,
     RemoveIdentityPass,
     RemoveUnusedInitializersPass,
@@ -36,6 +37,7 @@ __all__ = [
     "CorrectStatisticsPass",
     "EliminateDeadCodePass",
     "FactorizeEmbeddingsPass",
+    "FlushSubnormalsPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "GQSAPass",
@@ -63,8 +65,8 @@ __all__ = [
 #: The passes of the built-in ``cleanup`` recipe, in order. Shapes first (Shape
 #: folding reads them); constants before no-op removal, so a Reshape whose
 #: target folds to the input's own shape goes too; BatchNorm folding before dead
-#: code, which removes what folding left unused; shapes again at the end, for the
-#: value_info the rewrites made stale.
+#: code, which removes what folding left unused; subnormal weights (folded or not) to
+#: zero; shapes again at the end, for the value_info the rewrites made stale.
 CLEANUP_PIPELINE: tuple[str, ...] = (
     "infer-shapes",
     "fold-constants",
@@ -72,5 +74,6 @@ CLEANUP_PIPELINE: tuple[str, ...] = (
     "fold-batchnorm",
     "eliminate-dead-code",
     "remove-unused-initializers",
+    "flush-subnormals",
     "infer-shapes",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["constant_array"]
+__all__ = ["constant_array", "flushed_subnormals", "subnormal_count"]
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -24,3 +24,38 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
             return attribute.as_tensor().numpy()
     return None
+
+
+#: Per float type: the unsigned view, its exponent bits and its mantissa bits. A value is
+#: subnormal when its exponent bits are all zero and its mantissa is not.
+_SUBNORMAL_BITS: dict[ir.DataType, tuple[type[np.unsignedinteger], int, int]] = {
+    ir.DataType.FLOAT: (np.uint32, 0x7F800000, 0x007FFFFF),
+    ir.DataType.DOUBLE: (np.uint64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF),
+    ir.DataType.BFLOAT16: (np.uint16, 0x7F80, 0x007F),
+}
+_CHUNK = 1 << 22  # elements scanned at a time: bounded temporaries on multi-GB weights
+
+
+def subnormal_count(tensor: ir.TensorProtocol) -> int:
+    """How many values of ``tensor`` are subnormal (0 for types this does not cover)."""
+    bits = _SUBNORMAL_BITS.get(tensor.dtype)
+    if bits is None or tensor.size == 0:
+        return 0
+    unsigned, exponent, mantissa = bits
+    flat = np.ascontiguousarray(tensor.numpy()).reshape(-1).view(unsigned)
+    return sum(
+        int(np.count_nonzero(((chunk & exponent) == 0) & ((chunk & mantissa) != 0)))
+        for chunk in (flat[start : start + _CHUNK] for start in range(0, flat.size, _CHUNK))
+    )
+
+
+def flushed_subnormals(tensor: ir.TensorProtocol) -> ir.Tensor:
+    """A copy of ``tensor`` whose subnormal values are zeros of the same sign."""
+    unsigned, exponent, mantissa = _SUBNORMAL_BITS[tensor.dtype]
+    array = np.array(tensor.numpy(), copy=True)
+    flat = array.reshape(-1).view(unsigned)
+    sign = unsigned(~(exponent | mantissa) & np.iinfo(unsigned).max)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        chunk[((chunk & exponent) == 0) & ((chunk & mantissa) != 0)] &= sign
+    return ir.Tensor(array, dtype=tensor.dtype, name=tensor.name)

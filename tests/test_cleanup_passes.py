@@ -555,3 +555,53 @@ def test_infer_shapes_keeps_exporter_shapes_it_does_not_contradict() -> None:
     # inference only knows the rank here (unk__0, unk__1): the exporter's names are kept
     assert values["r"].shape is not None and [str(d) for d in values["r"].shape] == ["N", "C"]
     assert values["a"].shape is not None and str(values["a"].shape[0]) == "N"  # inferred wins
+
+
+# --------------------------------------------------------------------- flush-subnormals
+
+
+def test_flush_subnormals_in_initializers_and_constant_nodes() -> None:
+    tiny = float(np.finfo(np.float32).tiny)
+    weight = seeded((4, 4))
+    weight[0, :3] = [tiny / 2, -tiny / 4, 1e-45]  # three subnormals, signs kept
+    weight[1, 0] = tiny  # the smallest normal number stays
+    text = f"""{HEADER}
+    g (float[2, 4] x) => (float[2, 4] y) {{
+        c = Constant <value = float[4] {{1e-39, 1.0, 0.0, -1e-40}}> ()
+        a = MatMul (x, w)
+        y = Add (a, c)
+    }}"""
+    proto = model_from_text(text, {"w": (4, 4)})
+    (tensor,) = proto.graph.initializer
+    tensor.CopyFrom(numpy_helper.from_array(weight, "w"))
+    after, stats = run_pass(proto, "flush-subnormals")
+    assert stats == {"values_flushed": 5, "tensors_changed": 2}
+    flushed = initializer(after, "w")
+    assert flushed[0, :3].tolist() == [0.0, 0.0, 0.0]
+    assert np.signbit(flushed[0, :3]).tolist() == [False, True, False]
+    assert flushed[1, 0] == np.float32(tiny)
+    np.testing.assert_array_equal(flushed[2:], weight[2:])
+    constant = numpy_helper.to_array(after.graph.node[0].attribute[0].t)
+    assert constant.tolist() == [0.0, 1.0, 0.0, 0.0] and np.signbit(constant[3])
+    assert_same_numbers(proto, after, {"x": seeded((2, 4), 1)}, {"rtol": 1e-6, "atol": 1e-30})
+    _, stats = run_pass(after, "flush-subnormals")
+    assert stats == {"values_flushed": 0, "tensors_changed": 0}
+
+
+def test_flush_subnormals_leaves_float16_and_integers() -> None:
+    """Float16 subnormals are normal float32 numbers on CPUs and full speed on GPUs."""
+    half = numpy_helper.from_array(np.array([1e-7, 1.0, 2.0], np.float16), "h")
+    integers = numpy_helper.from_array(np.array([1, 0, 5], np.int32), "i")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "h"], ["y"]),
+         onnx.helper.make_node("Identity", ["i"], ["z"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [3]),
+         onnx.helper.make_tensor_value_info("z", onnx.TensorProto.INT32, [3])],
+        initializer=[half, integers],
+    )  # fmt: skip
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    after, stats = run_pass(proto, "flush-subnormals")
+    assert stats == {"values_flushed": 0, "tensors_changed": 0}
+    assert initializer(after, "h")[0] == np.float16(1e-7)

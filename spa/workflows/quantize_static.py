@@ -27,6 +27,7 @@ from spa.model_io import iter_graph_protos, load_model, load_proto
 from spa.ort import create_session
 from spa.pass_manager import PassRecord, run_passes
 from spa.passes.batchnorm import FoldBatchNormPass
+from spa.passes.cleanup import flush_subnormals
 from spa.passes.quantize_static import (
     WEIGHTED,
     QuantizeStaticPass,
@@ -213,6 +214,7 @@ def quantize_static_model(
             fresh = outcome.model_before(source)
             records = run_passes(fresh, [FoldBatchNormPass(), again])
             clear_inferred_shapes(fresh, declared)  # as run_pipeline does before saving
+            flush_subnormals(fresh)  # likewise
             return fresh, records
 
         declared = {

@@ -1,5 +1,5 @@
 """The pipeline, written once: load -> [convert] -> run passes (calibrating
-what they ask for) -> save -> verify.
+what they ask for) -> flush subnormal weights -> save -> verify.
 
 Every command (``optimize``, ``prune``, ``quantize``, ``sparsify``) builds its
 passes and its verification, then calls :func:`run_pipeline`, so the per-pass
@@ -43,6 +43,7 @@ from spa.errors import UserError, first_line
 from spa.ir_shapes import clear_inferred_shapes
 from spa.model_io import iter_graph_protos, load_model, save_model, stored_bytes
 from spa.pass_manager import Calibrator, DumpInstrument, Instrument, PassRecord, SpaPass, run_passes
+from spa.passes.cleanup import flush_subnormals
 from spa.quant.static import RANDOM_CALIBRATION
 from spa.verify import VerifyResult, input_specs, make_feeds
 from spa.verify.quality import Quality, load_metric, measure_quality
@@ -132,6 +133,8 @@ class PipelineOutcome:
     constants_lifted: int = 0
     #: The input on disk: the model file and every external-data file it reads.
     input_bytes: int = 0
+    #: Subnormal weight values set to zero before saving (:func:`spa.passes.cleanup.flush_subnormals`).
+    subnormals_flushed: int = 0
 
     def model_before(self, source: Path) -> ir.Model:
         """The model as it was before the passes (external weights read from ``source``'s folder)."""
@@ -384,6 +387,8 @@ def run_pipeline(
     """Load ``source`` (or take ``model``, already loaded from it), ``prepare``
     it (opset conversion), run ``passes`` (or the list ``passes(model)``
     builds) with calibration, ``--dump-dir``, ``instruments`` and progress,
+    set subnormal weights to zero (``flush-subnormals``: every output, since
+    x86 CPUs run them slowly and rewrites such as OBS updates make them),
     save to ``output`` (never over the input or its data), then
     ``verify(source, output, outcome)``, then measure quality on the held-out
     samples. ``runnable(output, folder)`` gives a file ORT can run in its place
@@ -415,10 +420,12 @@ def run_pipeline(
     )
     declared = {info.name for graph in iter_graph_protos(before.graph) for info in graph.value_info}
     clear_inferred_shapes(model, declared)  # spa's inferred shapes cost ORT fusions
+    flushed, _ = flush_subnormals(model)  # x86 CPUs run arithmetic on them up to 15x slower
     save_model(model, output, input_path=source)
     outcome = PipelineOutcome(
-        output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes
-    )
+        output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes,
+        subnormals_flushed=flushed,
+    )  # fmt: skip
     if after_save is not None:
         after_save(model, outcome)
     if verify is not None:
