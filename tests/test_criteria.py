@@ -549,6 +549,33 @@ def test_round_to_auto_keeps_multiples_of_16_in_groups_of_32_or_more_and_of_8_in
     assert allocate(scores, ratio=0.3, round_to={0: 1, 1: 4}) == {0: 45, 1: 12}
 
 
+def test_round_to_auto_counts_conv_channels_that_a_flatten_spreads_over_a_gemm(
+    tmp_path: Path,
+) -> None:
+    """64 channels of 3x3 reach the Gemm as 64 x 9 inputs: the group's widest parameter
+    spans 9 per channel, yet its Conv's channels are one each and keep NCHWc blocks (the
+    Fashion-MNIST CNN had been cut to 61 channels and ran 0.94x of its input)."""
+    from spa.pruning.allocation import AUTO_ROUND
+
+    rng = np.random.default_rng(5)
+    proto = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[1, 8, 5, 5] x) => (float[1, 10] y) {
+            c = Conv <pads = [0, 0, 0, 0]> (x, w, b)
+            r = Relu (c)
+            f = Flatten (r)
+            y = Gemm <transB = 1> (f, fc, fb)
+        }""")
+    for name, shape in (("w", (64, 8, 3, 3)), ("b", (64,)), ("fc", (10, 576)), ("fb", (10,))):
+        array = rng.standard_normal(shape).astype(np.float32)
+        proto.graph.initializer.append(numpy_helper.from_array(array, name))
+    source, out = tmp_path / "flatten.onnx", tmp_path / "pruned.onnx"
+    onnx.save(proto, str(source))
+    prune_model(source, out, ratio=0.3, round_to=AUTO_ROUND, verify=True)  # 44.8 -> 48
+    shapes = {t.name: tuple(t.dims) for t in onnx.load(str(out)).graph.initializer}
+    assert shapes["w"] == (48, 8, 3, 3) and shapes["fc"] == (10, 48 * 9)
+
+
 def test_prune_cli_rounds_by_default_and_takes_an_explicit_multiple(run_cli, tmp_path: Path) -> None:
     from conftest import mlp_model
 

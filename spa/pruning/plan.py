@@ -166,9 +166,13 @@ def _excluded(group: Group, patterns: Sequence[re.Pattern[str]]) -> bool:
 
 
 def _unit_width(model: ir.Model, group: Group) -> int:
-    """Channels per unit of ``group`` in its widest parameter (an attention head's
-    units span head_dim channels of the projections; a channel group's span 1)."""
-    width = 1
+    """Channels per unit of ``group``: in its convolution kernels (parameters of rank 3
+    or more) when it has any, else in its widest parameter. An attention head's units
+    span head_dim channels of the projections; a convolution's channels are one each,
+    even when a Flatten makes each span 9 inputs of the next Gemm (a (128, 576) Gemm
+    after 64 channels of 3x3): the Conv's NCHWc blocks are what rounding serves."""
+    widths: list[int] = []
+    kernels: list[int] = []
     for member in group.parameters:
         value = model.graph.initializers.get(member.space[0])
         if value is None or value.const_value is None or group.size <= 0:
@@ -176,8 +180,13 @@ def _unit_width(model: ir.Model, group: Group) -> int:
         shape = value.const_value.shape
         axis = member.space[1]
         if -len(shape) <= axis < len(shape):
-            width = max(width, int(shape.numpy()[axis]) // group.size)
-    return width
+            width = max(1, int(shape.numpy()[axis]) // group.size)
+            widths.append(width)
+            if len(shape) >= 3:
+                kernels.append(width)
+    if kernels:
+        return min(kernels)
+    return max(widths, default=1)
 
 
 def _shape_class(model: ir.Model, group: Group) -> tuple[Any, ...]:
