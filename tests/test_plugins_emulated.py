@@ -189,15 +189,17 @@ def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
 
 def test_the_emulation_catches_a_missing_pipeline_barrier(tmp_path: Path) -> None:
     """Not vacuous: w4a16 without the __syncthreads that publishes each
-    cp.async stage reads shared memory no copy has reached yet."""
+    cp.async stage reads shared memory no copy has reached yet. The barrier is
+    in the stage ring that w4a16 and w4_sp24 share (spa_device.cuh); a kernel
+    source's quoted #include finds the broken header next to it first."""
     broken = tmp_path / "kernels"
     broken.mkdir()
-    for source in KERNELS.glob("*.cu"):
+    for source in [*KERNELS.glob("*.cu"), *KERNELS.glob("*.cuh"), *KERNELS.glob("*.h")]:
         shutil.copy(source, broken / source.name)
-    text = (broken / "w4a16.cu").read_text()
-    barrier = "    __syncthreads();  // stage `it` landed"
+    text = (broken / "spa_device.cuh").read_text()
+    barrier = "    __syncthreads();  // stage s landed"
     assert text.count(barrier) == 1
-    (broken / "w4a16.cu").write_text(text.replace(barrier, "    // (barrier removed)"))
+    (broken / "spa_device.cuh").write_text(text.replace(barrier, "    // (barrier removed)"))
     write_cases(tmp_path / "cases", shapes=((384, 80),))
     run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", "1", "--splits", "1",
                   kernels=broken)  # fmt: skip

@@ -319,6 +319,93 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void*, uint3
 }
 #endif
 
+// ---- shared by the 8-warp kernels (w4a16, w4_sp24) ------------------------------
+// The activation copy of one pipeline stage: kRows rows of one 128-k group, 16
+// chunks of 16 B per row; chunk c = threadIdx.x + i * kThreads is row c / 16.
+// Rows >= M are zero-filled by the same copy (src-size 0: no memory read);
+// threads without a chunk (kRows = 8: the upper half) copy nothing.
+// `slot(row, c16)` is the kernel's swizzle of 16-B chunks within a row.
+template <typename T, int kRows, int kThreads>
+struct ActivationCopy {
+  static constexpr int kChunks = kRows * (SPA_W4_GROUP / 8);
+  static constexpr int kPerThread = (kChunks + kThreads - 1) / kThreads;  // 1, 1, 2, 4
+  const T* src[kPerThread];
+  int dst[kPerThread];
+  bool valid[kPerThread];
+  bool last;  // this thread has a chunk in its last slot
+
+  template <typename Slot>
+  __device__ __forceinline__ ActivationCopy(const T* a, int M, int K, int g_begin, Slot slot) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int c = threadIdx.x + i * kThreads, row = c / 16, c16 = c % 16;
+      valid[i] = row < M;
+      src[i] = a + (valid[i] ? static_cast<size_t>(row) * K + static_cast<size_t>(g_begin) * SPA_W4_GROUP + c16 * 8 : 0);
+      dst[i] = (c < kChunks ? row : 0) * SPA_W4_GROUP + slot(row, c16) * 8;
+    }
+    last = kChunks % kThreads == 0 || static_cast<int>(threadIdx.x) < kChunks % kThreads;
+  }
+  // Issues this thread's copies into `stage` when `more`, and advances every source by one group.
+  __device__ __forceinline__ void copy(T* stage, bool more) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      cp_async16_zfill_if(stage + dst[i], src[i], valid[i], more && (i + 1 < kPerThread || last));
+      src[i] += SPA_W4_GROUP;
+    }
+  }
+};
+
+// The cp.async ring of kStages one-group stages, unrolled so that group
+// base + s lives in stage s and every shared offset is a constant: the first
+// kStages - 1 groups are issued, then each group waits for its stage, refills
+// the stage freed last (when more groups remain) and computes. With
+// kUnguarded, the steady state runs first while every group of the ring
+// computes and refills (no guards; fewer instructions per group).
+template <int kStages, bool kUnguarded, typename Load, typename Compute>
+__device__ __forceinline__ void run_stage_ring(int g_count, Load& load_stage, Compute& compute) {
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    load_stage(s, s < g_count);
+    cp_async_commit();
+  }
+  auto step = [&](int s, bool more) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage s landed for all threads; the stage computed last is free
+    load_stage((s + kStages - 1) % kStages, more);
+    cp_async_commit();
+    compute(s);
+  };
+  int base = 0;
+  if constexpr (kUnguarded) {
+    for (; base + 2 * kStages - 1 <= g_count; base += kStages) {
+#pragma unroll
+      for (int s = 0; s < kStages; ++s) step(s, true);
+    }
+  }
+  for (; base < g_count; base += kStages) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s)
+      if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
+  }
+  cp_async_wait<0>();
+}
+
+// Adds one group's FP32 sums, scaled, to the accumulators: rows g and g + 8
+// of the tile (C fragment registers 0, 1 and 2, 3) have their own scale.
+template <int kChains, int MT>
+__device__ __forceinline__ void add_scaled(float (&acc)[MT][4], const float (&part)[kChains][MT][4], float scale_lo,
+                                           float scale_hi) {
+#pragma unroll
+  for (int c = 0; c < kChains; ++c)
+#pragma unroll
+    for (int j = 0; j < MT; ++j) {
+      acc[j][0] += part[c][j][0] * scale_lo;
+      acc[j][1] += part[c][j][1] * scale_lo;
+      acc[j][2] += part[c][j][2] * scale_hi;
+      acc[j][3] += part[c][j][3] * scale_hi;
+    }
+}
+
 // Stores a tile's C fragments into Y: c0,c1 -> (n = col_lo, tokens 2t, 2t+1);
 // c2,c3 -> n = col_lo + 8.
 template <typename T, int MT>
@@ -435,6 +522,49 @@ inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted,
   splits = std::max(1, std::min(splits, n_groups));
   const int gps = (n_groups + splits - 1) / splits;
   return SplitPlan{slices, (n_groups + gps - 1) / gps, gps};
+}
+
+// Column blocks of the 8-warp kernels (8 tiles of 16 columns each): one
+// arrival counter each.
+inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
+
+// The workspace of an 8-warp kernel: room for the launch table's splits and
+// for at least 8 (the split_k an _ex launcher may force; more than fit are
+// reduced to what fits).
+inline size_t split_workspace_size(int M, int N, int K) {
+  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, 0, true);
+  return split_workspace_bytes(split_column_blocks(N), std::max(plan.splits, 8), std::min(M, SPA_MAX_M_PER_LAUNCH), N);
+}
+
+// Whether `workspace_bytes` hold one split's slab (else the launcher runs unsplit).
+inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes, int M, int N) {
+  return workspace != nullptr &&
+         workspace_bytes >= split_workspace_bytes(split_column_blocks(N), 2, std::min(M, SPA_MAX_M_PER_LAUNCH), N);
+}
+
+// Runs an 8-warp kernel: splits K by the launch table (fewer splits where the
+// workspace holds fewer slabs than a forced split_k asks), zeroes the arrival
+// counters once, then launches 64 rows at a time, one after the other on the
+// stream: each reuses the slabs, and the last CTAs leave the counters at 0.
+// launch(m0, rows, slabs, counters, splits, groups_per_split) issues one.
+template <typename Launch>
+inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
+                             cudaStream_t stream, Launch&& launch) {
+  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr);
+  int splits = plan.splits, gps = plan.groups_per_split;  // no in-block slices in these kernels
+  const int blocks = split_column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
+  while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {
+    --splits;
+    gps = (K / SPA_W4_GROUP + splits - 1) / splits;
+    splits = (K / SPA_W4_GROUP + gps - 1) / gps;
+  }
+  int* counters = splits > 1 ? static_cast<int*>(workspace) : nullptr;
+  float* slabs =
+      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
+  if (counters != nullptr) SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
+  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH)
+    SPA_CHECK(launch(m0, std::min(SPA_MAX_M_PER_LAUNCH, M - m0), slabs, counters, splits, gps));
+  return cudaSuccess;
 }
 
 }  // namespace spa

@@ -28,6 +28,7 @@ namespace sp24 {
 
 constexpr int kWarps = 8;  // 8 tiles of 16 columns per CTA
 constexpr int kThreads = kWarps * 32;
+static_assert(kWarps == 8, "split_column_blocks (spa_device.cuh) counts 8 tiles per CTA");
 constexpr int kSteps = SPA_W4_GROUP / 32;           // 4 k32 mma.sp steps per group
 constexpr int kValueWords = kSteps * 32;            // one tile's group: 512 B of values
 constexpr int kMetaWords = kSteps * 16;             // and 256 B of metadata
@@ -58,8 +59,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                 int M, int N, int K, int groups_per_split) {
   constexpr int kStages = stages_for(MT);
   constexpr int kRows = MT * 8;
-  constexpr int kAChunks = kRows * (SPA_W4_GROUP / 8);               // 16-B chunks per stage
-  constexpr int kAPerThread = (kAChunks + kThreads - 1) / kThreads;  // 1, 1, 2, 4
   constexpr int kWStage = kWarps * kTileWords;  // words per stage
   constexpr int kAStage = kRows * SPA_W4_GROUP;  // elements per stage
   constexpr int kSStage = kWarps * 16;           // scales per stage
@@ -92,19 +91,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   __half* const s_dst = s_smem + warp * 16 + (lane & 1) * 8;
   const bool copies_scales = lane == 16 || lane == 17;
   const size_t s_stride = static_cast<size_t>(N);
-  // Activations: chunk c = threadIdx.x + i * kThreads of the stage (row c / 16);
-  // rows >= M are zero-filled by the same copy (no memory read).
-  const T* a_src[kAPerThread];
-  int a_dst[kAPerThread];
-  bool a_valid[kAPerThread];
-#pragma unroll
-  for (int i = 0; i < kAPerThread; ++i) {
-    const int c = threadIdx.x + i * kThreads, row = c / 16, c16 = c % 16;
-    a_valid[i] = row < M;
-    a_src[i] = a_ptr + (a_valid[i] ? static_cast<size_t>(row) * K + static_cast<size_t>(g_begin) * SPA_W4_GROUP + c16 * 8 : 0);
-    a_dst[i] = (c < kAChunks ? row : 0) * SPA_W4_GROUP + a_chunk_slot(row, c16) * 8;
-  }
-  const bool copies_a = kAChunks % kThreads == 0 || static_cast<int>(threadIdx.x) < kAChunks % kThreads;
+  ActivationCopy<T, kRows, kThreads> acts(a_ptr, M, K, g_begin, [](int row, int c16) { return a_chunk_slot(row, c16); });
   auto load_stage = [&](int stage, bool more) {
     cp_async16_evict_first_if(v_dst + stage * kWStage, v_src, policy, more);
     v_src += kValueWords / 4;
@@ -112,12 +99,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     m_src += kMetaWords / 4;
     cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_scales);
     s_src += s_stride;
-#pragma unroll
-    for (int i = 0; i < kAPerThread; ++i) {
-      const bool mine = i + 1 < kAPerThread || copies_a;
-      cp_async16_zfill_if(a_smem + stage * kAStage + a_dst[i], a_src[i], a_valid[i], more && mine);
-      a_src[i] += SPA_W4_GROUP;
-    }
+    acts.copy(a_smem + stage * kAStage, more);
   };
 
   // Reads. Values: lane 8i + r gives row r of matrix i (step i's 128 B).
@@ -173,43 +155,12 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     // Rows g and g + 8 of the tile: columns col_lo and col_lo + 8.
     const float scale_lo = __half2float(s_smem[stage * kSStage + s_read]);
     const float scale_hi = __half2float(s_smem[stage * kSStage + s_read + 8]);
-#pragma unroll
-    for (int c = 0; c < kChains; ++c)
-#pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        acc[j][0] += part[c][j][0] * scale_lo;
-        acc[j][1] += part[c][j][1] * scale_lo;
-        acc[j][2] += part[c][j][2] * scale_hi;
-        acc[j][3] += part[c][j][3] * scale_hi;
-      }
+    add_scaled<kChains, MT>(acc, part, scale_lo, scale_hi);
   };
 
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    load_stage(s, s < g_count);
-    cp_async_commit();
-  }
-  auto step = [&](int s, bool more) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage s landed for all threads; the stage computed last is free
-    load_stage((s + kStages - 1) % kStages, more);
-    cp_async_commit();
-    compute(s);
-  };
-  // The stage ring, unrolled (as in w4a16.cu): unguarded steady state at MT = 1.
-  int base = 0;
-  if constexpr (MT == 1) {
-    for (; base + 2 * kStages - 1 <= g_count; base += kStages) {
-#pragma unroll
-      for (int s = 0; s < kStages; ++s) step(s, true);
-    }
-  }
-  for (; base < g_count; base += kStages) {
-#pragma unroll
-    for (int s = 0; s < kStages; ++s)
-      if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
-  }
-  cp_async_wait<0>();
+  // The stage ring, unrolled; at MT = 1 its steady state runs unguarded (at
+  // MT >= 2 that version needs more registers than 2 CTAs per SM allow).
+  run_stage_ring<kStages, MT == 1>(g_count, load_stage, compute);
   if constexpr (kSplit) {
     store_split<T, MT>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
                        tile * 16 + group_id, thread_in_group);
@@ -239,8 +190,6 @@ cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, c
   return launch<T, 8>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
 }
 
-inline int column_blocks(int N) { return (N / 16 + kWarps - 1) / kWarps; }
-
 template <typename T>
 cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* meta, const uint16_t* scales_ptr,
                 void* y_ptr, int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
@@ -249,35 +198,18 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr);
-  int splits = plan.splits, gps = plan.groups_per_split;
-  const int blocks = column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
-  while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {
-    --splits;
-    gps = (K / SPA_W4_GROUP + splits - 1) / splits;
-    splits = (K / SPA_W4_GROUP + gps - 1) / gps;
-  }
-  int* counters = splits > 1 ? static_cast<int*>(workspace) : nullptr;
-  float* slabs =
-      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
-  if (counters != nullptr) SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
-  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
-    const int chunk = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
-    SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales, y + static_cast<size_t>(m0) * N,
-                          slabs, counters, chunk, N, K, splits, gps, stream));
-  }
-  return cudaSuccess;
+  return run_split(M, N, K, workspace, workspace_bytes, split_k, stream,
+                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
+                     return dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales,
+                                        y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
+                                        stream);
+                   });
 }
 
 }  // namespace sp24
 }  // namespace spa
 
-// Room for the launch table's splits and for at least 8 (as w4a16).
-extern "C" size_t spa_w4_sp24_workspace_size(int M, int N, int K) {
-  const spa::SplitPlan plan = spa::plan_split(M, N / 16, K / SPA_W4_GROUP, 0, 0, true);
-  return spa::split_workspace_bytes(spa::sp24::column_blocks(N), std::max(plan.splits, 8),
-                                    std::min(M, SPA_MAX_M_PER_LAUNCH), N);
-}
+extern "C" size_t spa_w4_sp24_workspace_size(int M, int N, int K) { return spa::split_workspace_size(M, N, K); }
 
 extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint32_t* meta,
                                            const uint16_t* scales, void* Y, int M, int N, int K,
@@ -291,8 +223,7 @@ extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values,
   SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4_sp24: slices must be 0, 1, 2 or 4");
   // No room for one split's slab: no split across blocks. (`slices` is accepted
   // and ignored: there are no in-block slices any more, as in w4a16.)
-  if (workspace == nullptr || workspace_bytes < spa::split_workspace_bytes(spa::sp24::column_blocks(N), 2,
-                                                                            std::min(M, SPA_MAX_M_PER_LAUNCH), N)) {
+  if (!spa::split_workspace_usable(workspace, workspace_bytes, M, N)) {
     workspace = nullptr;
     workspace_bytes = 0;
     if (split_k > 1) split_k = 1;

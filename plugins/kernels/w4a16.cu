@@ -48,6 +48,7 @@ namespace w4a16 {
 
 constexpr int kWarps = 8;  // 8 tiles of 16 columns per CTA
 constexpr int kThreads = kWarps * 32;
+static_assert(kWarps == 8, "split_column_blocks (spa_device.cuh) counts 8 tiles per CTA");
 constexpr int kSteps = SPA_W4_GROUP / 16;          // 8 k16 mma steps per group
 constexpr int kWordsPerGroup = kSteps * 32;        // one tile's group: 1 KB
 // Pipeline depth in groups: deeper where the stage's activation tile is small.
@@ -83,8 +84,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                 int M, int N, int K, int groups_per_split) {
   constexpr int kStages = stages_for(MT);
   constexpr int kRows = MT * 8;
-  constexpr int kAChunks = kRows * (SPA_W4_GROUP / 8);               // 16-B chunks per stage
-  constexpr int kAPerThread = (kAChunks + kThreads - 1) / kThreads;  // 1, 1, 2, 4
   constexpr int kWStage = kWarps * kWordsPerGroup / 4;  // uint4 per stage
   constexpr int kAStage = kRows * SPA_W4_GROUP;         // elements per stage
   constexpr int kSStage = kWarps * 16;                  // scales per stage
@@ -115,20 +114,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   __half* const s_dst = s_smem + warp * 16 + (lane & 1) * 8;
   const bool copies_scales = lane < 2;
   const size_t s_stride = static_cast<size_t>(N);
-  // Activations: chunk c = threadIdx.x + i * kThreads of the stage (row c / 16).
-  // Rows >= M are zero-filled by the same copy (src-size 0: no memory read).
-  const T* a_src[kAPerThread];
-  int a_dst[kAPerThread];
-  bool a_valid[kAPerThread];
-#pragma unroll
-  for (int i = 0; i < kAPerThread; ++i) {
-    const int c = threadIdx.x + i * kThreads, row = c / 16, c16 = c % 16;
-    a_valid[i] = row < M;
-    a_src[i] = a_ptr + (a_valid[i] ? static_cast<size_t>(row) * K + static_cast<size_t>(g_begin) * SPA_W4_GROUP + c16 * 8 : 0);
-    a_dst[i] = (c < kAChunks ? row : 0) * SPA_W4_GROUP + a_chunk_slot(row, c16) * 8;
-  }
-  // Threads without a chunk (MT = 1: the upper 128) copy no activations.
-  const bool copies_a = kAChunks % kThreads == 0 || static_cast<int>(threadIdx.x) < kAChunks % kThreads;
+  ActivationCopy<T, kRows, kThreads> acts(a_ptr, M, K, g_begin, [](int row, int c16) { return a_chunk_slot(row, c16); });
   // Issues the next group's copies into `stage` when `more`, and advances every source by one group.
   auto load_stage = [&](int stage, bool more) {
     cp_async16_evict_first_if(w_dst + stage * kWStage, w_src, policy, more);
@@ -136,12 +122,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     w_src += kWordsPerGroup / 4;
     cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_scales);
     s_src += s_stride;
-#pragma unroll
-    for (int i = 0; i < kAPerThread; ++i) {
-      const bool mine = i + 1 < kAPerThread || copies_a;
-      cp_async16_zfill_if(a_smem + stage * kAStage + a_dst[i], a_src[i], a_valid[i], more && mine);
-      a_src[i] += SPA_W4_GROUP;
-    }
+    acts.copy(a_smem + stage * kAStage, more);
   };
 
   // Reads: lane (g, t) takes row j * 8 + g, chunks 4t + i (i = 0..3), from these offsets.
@@ -192,49 +173,12 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     // Rows g and g + 8 of the tile: columns col_lo and col_lo + 8.
     const float scale_lo = __half2float(s_smem[stage * kSStage + s_read]);
     const float scale_hi = __half2float(s_smem[stage * kSStage + s_read + 8]);
-#pragma unroll
-    for (int c = 0; c < kChains; ++c)
-#pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        acc[j][0] += part[c][j][0] * scale_lo;
-        acc[j][1] += part[c][j][1] * scale_lo;
-        acc[j][2] += part[c][j][2] * scale_hi;
-        acc[j][3] += part[c][j][3] * scale_hi;
-      }
+    add_scaled<kChains, MT>(acc, part, scale_lo, scale_hi);
   };
 
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    load_stage(s, s < g_count);
-    cp_async_commit();
-  }
-  // One group: wait for its stage s, refill the stage freed last (when
-  // `more`), compute.
-  auto step = [&](int s, bool more) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage `it` landed for all threads; stage it-1 is free
-    load_stage((s + kStages - 1) % kStages, more);
-    cp_async_commit();
-    compute(s);
-  };
-  // The stage ring, unrolled: group it = base + s lives in stage s. At MT = 1
-  // the steady state runs first, while every group of the ring computes and
-  // refills (no guards: fewer instructions per group); at MT >= 2 that
-  // version needs more registers than 2 CTAs per SM allow (spills), so only
-  // the guarded ring runs.
-  int base = 0;
-  if constexpr (MT == 1) {
-    for (; base + 2 * kStages - 1 <= g_count; base += kStages) {
-#pragma unroll
-      for (int s = 0; s < kStages; ++s) step(s, true);
-    }
-  }
-  for (; base < g_count; base += kStages) {
-#pragma unroll
-    for (int s = 0; s < kStages; ++s)
-      if (base + s < g_count) step(s, base + s + kStages - 1 < g_count);  // uniform over the block
-  }
-  cp_async_wait<0>();
+  // The stage ring, unrolled; at MT = 1 its steady state runs unguarded (at
+  // MT >= 2 that version needs more registers than 2 CTAs per SM allow).
+  run_stage_ring<kStages, MT == 1>(g_count, load_stage, compute);
   if constexpr (kSplit) {
     store_split<T, MT>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
                        tile * 16 + group_id, thread_in_group);
@@ -265,37 +209,19 @@ cudaError_t dispatch(const T* a, const uint32_t* packed, const __half* scales, T
   return launch<T, 8>(a, packed, scales, y, slabs, counters, M, N, K, splits, gps, stream);
 }
 
-inline int column_blocks(int N) { return (N / 16 + kWarps - 1) / kWarps; }
-
 template <typename T>
-cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* scales_ptr,
-                void* y_ptr, int M, int N, int K, void* workspace, size_t workspace_bytes, int slices_wanted,
-                int split_k, cudaStream_t stream) {
+cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* scales_ptr, void* y_ptr, int M, int N,
+                int K, void* workspace, size_t workspace_bytes, int split_k, cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
   const uint32_t* packed = reinterpret_cast<const uint32_t*>(packed_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, slices_wanted, split_k, workspace != nullptr);
-  int splits = plan.splits, gps = plan.groups_per_split;  // plan.slices: no in-block slices here
-  // Fewer splits when the workspace holds fewer slabs (a forced split_k above the table's).
-  const int blocks = column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
-  while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {
-    --splits;
-    gps = (K / SPA_W4_GROUP + splits - 1) / splits;
-    splits = (K / SPA_W4_GROUP + gps - 1) / gps;
-  }
-  int* counters = splits > 1 ? static_cast<int*>(workspace) : nullptr;
-  float* slabs =
-      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
-  if (counters != nullptr) SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
-  // Launches of 64 rows, one after the other on the stream: each reuses the
-  // slabs, and the last CTAs leave the counters at 0.
-  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH) {
-    int chunk = std::min(SPA_MAX_M_PER_LAUNCH, M - m0);
-    SPA_CHECK(dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales, y + static_cast<size_t>(m0) * N,
-                          slabs, counters, chunk, N, K, splits, gps, stream));
-  }
-  return cudaSuccess;
+  return run_split(M, N, K, workspace, workspace_bytes, split_k, stream,
+                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
+                     return dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales,
+                                        y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
+                                        stream);
+                   });
 }
 
 }  // namespace w4a16
@@ -303,13 +229,7 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
 
 extern "C" const char* spa_kernel_error_string(void) { return spa::g_last_error; }
 
-// Room for the launch table's splits, and for at least 8 (the split_k the
-// _ex launcher may force; more than fit are reduced to what fits).
-extern "C" size_t spa_w4a16_workspace_size(int M, int N, int K) {
-  const spa::SplitPlan plan = spa::plan_split(M, N / 16, K / SPA_W4_GROUP, 0, 0, true);
-  return spa::split_workspace_bytes(spa::w4a16::column_blocks(N), std::max(plan.splits, 8),
-                                    std::min(M, SPA_MAX_M_PER_LAUNCH), N);
-}
+extern "C" size_t spa_w4a16_workspace_size(int M, int N, int K) { return spa::split_workspace_size(M, N, K); }
 
 extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, const uint16_t* scales,
                                          void* Y, int M, int N, int K, SpaDtype dtype,
@@ -322,17 +242,14 @@ extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, c
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4a16: dtype must be SPA_FP16 or SPA_BF16");
   SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4a16: slices must be 0, 1, 2 or 4");
   // No room for one split's slab: no split across blocks.
-  if (workspace == nullptr || workspace_bytes < spa::split_workspace_bytes(spa::w4a16::column_blocks(N), 2,
-                                                                            std::min(M, SPA_MAX_M_PER_LAUNCH), N)) {
+  if (!spa::split_workspace_usable(workspace, workspace_bytes, M, N)) {
     workspace = nullptr;
     workspace_bytes = 0;
     if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
-    return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, slices, split_k,
-                                            stream);
-  return spa::w4a16::run<__nv_bfloat16>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, slices,
-                                                   split_k, stream);
+    return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k, stream);
+  return spa::w4a16::run<__nv_bfloat16>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k, stream);
 }
 
 extern "C" cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
