@@ -25,6 +25,7 @@ from spa.passes.quantize import MatMulNBitsToCastPass
 from spa.passes.quantize_static import QuantizeStaticPass
 from spa.verify import create_session, input_specs, make_feeds
 from spa.workflows.latency_guard import halving_steps
+from spa.workflows.prune import prune_model
 from spa.workflows.quantize import quantize_model
 from spa.workflows.quantize_static import quantize_static_model
 from spa.workflows.run import RunOptions, feeds_calibrator
@@ -195,3 +196,63 @@ def test_cli_allow_slower_and_the_report_line(run_cli, tmp_path: Path) -> None:
                    "--all-layers", "--allow-slower")  # fmt: skip
     assert kept.exit_code == 0, kept.output
     assert "latency guard" not in kept.output and "MatMulNBits" in _ops(tmp_path / "k.onnx")
+
+
+CNN = """
+<ir_version: 10, opset_import: ["" : 21]>
+cnn (float[1, 16, 40, 40] X) => (float[1, 64, 40, 40] Y) {
+    A = Conv <pads = [1, 1, 1, 1]> (X, W1, b1)
+    B = Relu(A)
+    C = Conv <pads = [1, 1, 1, 1]> (B, W2, b2)
+    Y = Relu(C)
+}
+"""
+
+
+def _cnn(path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    model = onnx.parser.parse_model(CNN)
+    shapes = {"W1": (64, 16, 3, 3), "b1": (64,), "W2": (64, 64, 3, 3), "b2": (64,)}
+    for name, shape in shapes.items():
+        array = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    onnx.save(model, path)
+    return path
+
+
+def test_prune_guard_writes_only_what_its_measurements_justify(run_cli, tmp_path: Path) -> None:
+    """spa prune --target ort: 64 -> 58 channels (exact counts, off ORT's NCHWc blocks) is
+    refused when its median ratio is below 0.97 and written otherwise, whatever this
+    machine measures; --allow-slower writes it with the measurements in the report."""
+    source, out, report = _cnn(tmp_path / "cnn.onnx"), tmp_path / "p.onnx", tmp_path / "r.json"
+    flags = ["--ratio", "0.1", "--round-to", "1", "--target", "ort", "--verify"]
+    result = run_cli("prune", source, "-o", out, *flags, "--report", report)
+    if result.exit_code == 1:
+        assert "of its input on ort-cpu" in result.stderr and "--allow-slower" in result.stderr
+        assert not out.exists() and not report.exists()
+        result = run_cli("prune", source, "-o", out, *flags, "--report", report, "--allow-slower")
+        assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output
+    guard = json.loads(report.read_text())["latency"]
+    ratios = sorted(entry["speedup"] for entry in guard["measured"])
+    median = ratios[len(ratios) // 2]
+    assert len(ratios) == (1 if ratios[0] >= 1.0 else 3)
+    assert "--allow-slower" in result.output if median < 0.97 else "--allow-slower" not in result.output
+    assert guard["chosen"] == "pruned" and f"{median:.2f}x on ort-cpu" in result.output
+    assert onnx.load(str(out)).graph.initializer[0].dims[0] == 58
+
+
+def test_prune_measures_nothing_without_target_or_when_nothing_is_pruned(
+    run_cli, tmp_path: Path
+) -> None:
+    source, report = _cnn(tmp_path / "cnn.onnx"), tmp_path / "r.json"
+    plain = run_cli("prune", source, "-o", tmp_path / "a.onnx", "--ratio", "0.1", "--report", report)
+    assert plain.exit_code == 0, plain.output
+    assert json.loads(report.read_text())["latency"] is None and "ort-cpu" not in plain.output
+    # --round-to auto keeps 64 at ratio 0.1: nothing pruned, nothing to time
+    kept = run_cli("prune", source, "-o", tmp_path / "b.onnx", "--ratio", "0.1", "--target", "ort",
+                   "--report", report)  # fmt: skip
+    assert kept.exit_code == 0 and "nothing pruned" in kept.output, kept.output
+    assert json.loads(report.read_text())["latency"] is None
+    with pytest.raises(UserError, match="--target tensorrt"):
+        prune_model(source, tmp_path / "c.onnx", target="tensorrt")

@@ -81,6 +81,20 @@ def parse_round_to(value: str | int) -> int:
     "--verify checks the pruning before it; measure quality with --calib/--eval.",
 )
 @click.option("--verify", is_flag=True, help="Check mask equivalence in ORT (exit 3 if it fails).")
+@click.option(
+    "--target",
+    type=click.Choice(["none", "ort"]),
+    default="none",
+    show_default=True,
+    help="ort: time the output against the input on ONNX Runtime CPU (one thread, "
+    "interleaved) and write nothing when it measures slower beyond noise (median of 3 "
+    "below 0.97x).",
+)
+@click.option(
+    "--allow-slower",
+    is_flag=True,
+    help="--target ort: write the pruned model even when it measures slower than the input.",
+)
 @report_option
 @dump_dir_option
 @quality_options
@@ -97,6 +111,8 @@ def prune_command(
     prunable_io: str,
     embedding_rank: float | None,
     verify: bool,
+    target: str,
+    allow_slower: bool,
     report_path: Path | None,
     dump_dir: Path | None,
     calib: Path | None,
@@ -138,6 +154,8 @@ def prune_command(
         holdout=holdout,
         metric=metric,
         embedding_rank=embedding_rank,
+        target=None if target == "none" else target,
+        allow_slower=allow_slower,
     )
     for table in result.report.get("factorization") or []:
         if table["action"] == "factorized":
@@ -181,6 +199,8 @@ def prune_command(
             f"reconstruction: {len(rows)} layers updated | mean relative output error "
             f"{before:.3g} → {after:.3g} (per layer in --report)"
         )
+    if result.report.get("latency"):
+        click.echo(result.report["latency"]["note"])
     if result.verification is not None:
         click.echo(result.verification.render())
     passed = result.verification is None or result.verification.passed

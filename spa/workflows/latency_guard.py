@@ -1,4 +1,5 @@
-"""The latency guard: no ``spa quantize`` output slower than its input on ORT CPU by accident.
+"""The latency guard: no ``spa quantize`` output slower than its input on ORT CPU by accident
+(and, with ``--target ort``, no ``spa prune`` output: :func:`guard_pruned`).
 
 A quantized model only pays off on ONNX Runtime when ORT has a faster kernel for
 it at the model's shapes, and that depends on the layer sizes, the batch and the
@@ -50,7 +51,14 @@ from spa.verify import input_specs, make_feeds
 from spa.verify.latency import LatencyComparison, compare_latency
 from spa.verify.runner import run_error
 
-__all__ = ["GuardReport", "guard_feeds", "guard_static", "guard_weight_only", "halving_steps"]
+__all__ = [
+    "GuardReport",
+    "guard_feeds",
+    "guard_pruned",
+    "guard_static",
+    "guard_weight_only",
+    "halving_steps",
+]
 
 #: Seconds of interleaved rounds per comparison (at least MIN_ROUNDS rounds).
 BUDGET_S = 1.5
@@ -58,6 +66,11 @@ MIN_ROUNDS = 6
 MAX_ROUNDS = 200
 #: Feeds each comparison cycles through.
 FEEDS = 2
+#: A pruned model's first ratio below 1.0 is measured this many times more; the median decides.
+RECHECKS = 2
+#: Repeated comparisons of one pair differ by up to about 3 % on a shared machine: a pruned
+#: model whose median ratio is within this of 1.0 is written, with the measurement.
+NOISE = 0.03
 
 Feeds = list[Mapping[str, np.ndarray]]
 
@@ -130,6 +143,42 @@ def halving_steps(layers: Sequence[tuple[str, int]]) -> list[frozenset[str]]:
         kept = kept // 2 if kept > 2 else 1
         steps.append(frozenset(ordered[: len(ordered) - kept]))
     return steps
+
+
+def _remove_output(output: Path) -> None:
+    for path in (output, output.with_name(output.name + ".data")):  # what save_model wrote
+        path.unlink(missing_ok=True)
+
+
+def guard_pruned(source: Path, output: Path, feeds: Feeds, *, allow_slower: bool) -> GuardReport:
+    """Measure a pruned model against its input (``spa prune --target ort``). A pruned
+    model computes less, yet can run slower: channel counts off ORT's NCHWc blocks,
+    or subnormal weights (both handled by default, ``--round-to auto`` and
+    ``flush-subnormals``, but a model outside the zoo may find another way). A
+    first ratio below 1.0 is measured :data:`RECHECKS` more times; a median below
+    ``1 - NOISE`` removes the output and raises :class:`UserError`, unless
+    ``allow_slower``."""
+    report = GuardReport()
+    ratios = [report.add("pruned", measure_form(source, output, feeds)).speedup]
+    if ratios[0] < 1.0:
+        ratios += [
+            report.add("pruned, again", measure_form(source, output, feeds)).speedup
+            for _ in range(RECHECKS)
+        ]
+    median = float(np.median(ratios))
+    times = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+    if median >= 1.0 - NOISE or allow_slower:
+        report.chosen = "pruned"
+        why = "" if median >= 1.0 else (" (within noise)" if median >= 1.0 - NOISE else
+                                         ", slower: kept by --allow-slower")  # fmt: skip
+        report.note = f"latency on ort-cpu: {median:.2f}x of the input{why} (measured {times})"
+        return report
+    _remove_output(output)
+    raise UserError(
+        f"the pruned model measured {median:.2f}x of its input on ort-cpu (median of {times}); "
+        "nothing written. Prune fewer channels (--ratio), keep ORT's channel blocks "
+        "(--round-to 16), or give --allow-slower to write it anyway"
+    )
 
 
 def describe(comparison: LatencyComparison) -> str:
@@ -209,8 +258,7 @@ def guard_static(
                 f"layers float: {describe(comparison)} (--allow-slower keeps them all)"
             )
             return report, records
-    for path in (output, output.with_name(output.name + ".data")):  # what save_model wrote
-        path.unlink(missing_ok=True)
+    _remove_output(output)
     raise UserError(
         f"static INT8 measured slower than the input on ort-cpu with every layer subset tried "
         f"(best {best.speedup:.2f}x, {len(report.measured)} measurements): ONNX Runtime's integer "

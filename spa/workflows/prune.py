@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult
 from spa.verify.mask import verify_masked
 from spa.verify.quality import quality_verdict
+from spa.workflows.latency_guard import guard_feeds, guard_pruned
 from spa.workflows.run import RunKeywords, RunOptions, Snapshot, run_pipeline
 
 __all__ = [
@@ -97,6 +99,8 @@ def prune_model(
     sensitivity_samples: int = SENSITIVITY_SAMPLES,
     sequential_stages: int = 0,
     embedding_rank: float | None = None,
+    target: str | None = None,
+    allow_slower: bool = False,
     **run: Unpack[RunKeywords],
 ) -> PruneResult:
     """Prune ``model`` into ``output``; a model whose groups are all frozen is
@@ -104,7 +108,8 @@ def prune_model(
 
     ``criterion`` and ``allocation`` pick the channels (see
     :func:`spa.pruning.plan.make_plan`); ``round_to`` the multiple each group keeps
-    (default: 8 in channel groups of >= 16, :func:`spa.pruning.allocation.group_multiple`); ``calibration`` (an ``.npz``, a
+    (default: 16 in channel groups of >= 32, 8 in groups of 16-31,
+    :func:`spa.pruning.allocation.group_multiple`); ``calibration`` (an ``.npz``, a
     folder of ``.npy`` files or an iterable of feed dicts) feeds the
     activation criteria and the ``sensitivity`` allocation (groups whose measured
     distortion on ``sensitivity_samples`` calibration samples exceeds ``fragile`` stay
@@ -120,9 +125,14 @@ def prune_model(
     consumers' kept weights before slicing; the verifier masks the updated
     model, so it stays exact. The ``prune`` pass runs through
     :func:`spa.workflows.run.run_pipeline` (per-pass lines, ``dump_dir``).
+    ``target="ort"`` measures the output against the input on ONNX Runtime CPU and
+    refuses one slower beyond noise (:func:`spa.workflows.latency_guard.guard_pruned`)
+    unless ``allow_slower``.
     """
     start = time.perf_counter()
     model, output = Path(model), Path(output)
+    if target not in (None, "ort"):
+        raise UserError(f"--target {target}: spa prune measures on 'ort' (ONNX Runtime CPU) only")
     options = RunOptions(**run, calibration=calibration)
     prune_pass = PrunePass(
         ratio, criterion, options.seed, round_to, tuple(exclude),
@@ -156,6 +166,10 @@ def prune_model(
     if not plan.kept and not factorized:
         # nothing to prune: write the input as it was, not its analysis-ready form
         save_model(outcome.model_before(model), output, input_path=model)
+    guard = None
+    if target == "ort" and (plan.kept or factorized) and (verification is None or verification.passed):
+        feeds = guard_feeds(model, calibration, options.seed, options.inputs)
+        guard = guard_pruned(model, output, feeds, allow_slower=allow_slower)
     before = reporting.compute_stats(
         outcome.before, shapes=options.shapes, dims=options.dims, base_dir=model.resolve().parent
     )
@@ -182,7 +196,7 @@ def prune_model(
             after=after,
             passes=[{"name": "prune", "statistics": statistics_out}],
             verification=verification.as_dict() if verification else None,
-            latency=None,
+            latency=guard.as_dict() if guard else None,
         ),
         **report,
     }
@@ -303,6 +317,9 @@ def _verdict(report: dict[str, Any], verification: VerifyResult | None, seconds:
         f"{report['groups_total']} pruned"
     )
     quality = quality_verdict(report.get("quality"), report.get("quality_note", ""))
+    measured = [m["speedup"] for m in (report.get("latency") or {}).get("measured", [])]
+    if measured:  # spa prune --target ort
+        text += f" | {statistics.median(measured):.2f}x on ort-cpu"
     tables = [d for d in report.get("factorization") or [] if d["action"] == "factorized"]
     if tables:
         ranks = ", ".join(f"rank {d['rank']} ({d['energy']:.0%} energy)" for d in tables)
