@@ -92,7 +92,7 @@ def command_line() -> str:
 
 
 def print_pass_line(record: Any, total: int) -> None:
-    """``[2/7] fold-constants   0.03 s  -4 nodes  nodes_folded=4`` after each pass."""
+    """``[2/8] fold-constants   0.03 s  -4 nodes  nodes_folded=4`` after each pass."""
     delta = record.nodes_after - record.nodes_before
     stats = " ".join(f"{key}={value}" for key, value in record.statistics.items() if value)
     click.echo(
