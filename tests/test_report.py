@@ -99,6 +99,25 @@ def test_gemm_with_transposed_b() -> None:
     assert compute_stats(model).macs_by_family["matmul"] == 5 * 7 * 3
 
 
+def test_arithmetic_on_constants_only_costs_nothing() -> None:
+    """Dequantizing stored INT8 weights (Cast + Mul on initializers) is folded by ORT at load:
+    0 MACs; the same Mul on an activation, and a weight overridable as a graph input, count."""
+    model = parse(
+        """<ir_version: 9, opset_import: ["" : 18]>
+        g (float[5, 7] A, float[3] S2) => (float[5, 3] Y, float[5, 7] Z) {
+            Wf = Cast<to = 1>(Wq)
+            W = Mul(Wf, S)
+            Y = MatMul(A, W)
+            Z = Mul(A, A)
+            T = Mul(S2, S2)
+        }""",
+        {"Wq": zeros(7, 3, dtype=np.int8), "S": zeros(3)},
+    )
+    stats = compute_stats(model)
+    assert stats.macs_by_family["matmul"] == 5 * 7 * 3
+    assert stats.macs_by_family["other"] == 5 * 7 + 3  # Z = A * A, T = S2 * S2 (an input)
+
+
 def test_batched_broadcast_matmul_and_symbolic_overrides() -> None:
     model = parse(
         """<ir_version: 9, opset_import: ["" : 18]>

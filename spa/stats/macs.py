@@ -26,8 +26,11 @@ Families, with what each rule counts (bias adds and activations are not MACs):
   global pooling, ``prod(Y) * prod(kernel)`` for pooling, exact for Einsum.
   Data movement (Reshape, Transpose, Gather, Concat, Cast, ...) costs 0.
 
-A node whose shapes stay unknown contributes 0 and is listed, with the reason,
-in :attr:`MacCount.unknown`. Each subgraph body is counted once: both If
+A node that computes on constants only (initializers, Constant nodes and what
+such nodes compute: the Cast + Mul that dequantizes stored INT8 weights) costs
+0: ONNX Runtime folds it when it loads the model. A node whose shapes stay
+unknown contributes 0 and is listed, with the reason, in
+:attr:`MacCount.unknown`. Each subgraph body is counted once: both If
 branches, one iteration of a Loop or Scan.
 """
 
@@ -42,6 +45,7 @@ from typing import Any
 
 import onnx
 
+from spa.model_io import iter_graph_protos
 from spa.stats.shape_facts import Shape, all_nodes, infer_shapes, known_shape
 
 __all__ = ["FAMILIES", "RULES", "MacCount", "count_macs"]
@@ -382,6 +386,34 @@ RULES: dict[tuple[str, str], tuple[str, MacRule]] = {
 }
 
 
+#: Ops whose outputs change between runs even on constant inputs: never folded.
+_RANDOM = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli", "Dropout"}
+)  # fmt: skip
+
+
+def _constant_only(proto: onnx.ModelProto) -> list[bool]:
+    """Per node, in :func:`all_nodes` order: whether every input is a constant of its own
+    graph (an initializer that is not a graph input, or an output of such a node), as
+    a runtime folds it at load."""
+    folded: list[bool] = []
+    for graph in iter_graph_protos(proto.graph):
+        constants = {t.name for t in graph.initializer} - {v.name for v in graph.input}
+        for node in graph.node:
+            bodies = any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                for a in node.attribute
+            )
+            constant = node.op_type not in _RANDOM and not bodies and all(
+                name in constants for name in node.input if name
+            )
+            if constant:
+                constants.update(node.output)
+            folded.append(constant)
+    return folded
+
+
 def count_macs(
     proto: onnx.ModelProto,
     *,
@@ -393,7 +425,10 @@ def count_macs(
     values, method = infer_shapes(proto, shapes=shapes, dims=dims, base_dir=base_dir)
     by_family = dict.fromkeys(FAMILIES, 0)
     unknown: dict[str, str] = {}
+    folded = _constant_only(proto)
     for index, node in enumerate(all_nodes(proto)):
+        if folded[index]:
+            continue
         domain = "" if node.domain == "ai.onnx" else node.domain
         entry = RULES.get((domain, node.op_type))
         if entry is None:
