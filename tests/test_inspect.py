@@ -193,3 +193,23 @@ def test_ops_without_a_pruning_rule_are_listed(tmp_path: Path) -> None:
         ("custom.domain", "Mystery", 1)
     ]
     assert "ops without a spa pruning rule" in render_model_info(info)
+
+
+def test_subnormal_weights_are_counted_and_named(tmp_path: Path) -> None:
+    """x86 CPUs compute on subnormals slowly: inspect counts them (external data only with
+    --read-weights) and says every spa command writes them as zeros."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 18]>
+        g (float[1, 4] X) => (float[1, 4] Y) { Y = MatMul(X, W) }""")
+    weight = np.ones((4, 4), np.float32)
+    weight[0, :3] = [1e-39, -1e-40, 1e-45]
+    model.graph.initializer.append(numpy_helper.from_array(weight, "W"))
+    embedded, external = tmp_path / "e.onnx", tmp_path / "x.onnx"
+    onnx.save(model, str(embedded))
+    onnx.save(model, str(external), save_as_external_data=True, location="x.bin", size_threshold=0)
+    info = inspect_model(embedded)
+    assert info.subnormals == {"values": 3, "weights": 1, "unread": 0}
+    assert "subnormal 3 float values in 1 weights" in render_model_info(info)
+    assert inspect_model(external).subnormals == {"values": 0, "weights": 0, "unread": 1}
+    assert inspect_model(external, read_weights=True).subnormals["values"] == 3
+    assert "float values in" not in render_model_info(inspect_model(write_model(tmp_path)))

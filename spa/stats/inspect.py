@@ -13,8 +13,10 @@ Runtime's operator schemas, looked up only when such ops exist), or
 
 2:4 listing: every float weight of a main-graph MatMul/Gemm/Conv is checked
 for the 2:4 pattern along its reduction axis (TensorRT sparse-weights
-eligible; :func:`spa.quant.sparsity.sparse_weight_report`). This is the one
-place inspect reads weight bytes: embedded weights only, unless
+eligible; :func:`spa.quant.sparsity.sparse_weight_report`), and every float
+weight is checked for subnormal values (x86 CPUs compute on them through slow
+assists; every spa command writes them as zeros). These are the places
+inspect reads weight bytes: embedded weights only, unless
 ``read_weights=True`` (``spa inspect --read-weights``) also reads external data.
 """
 
@@ -30,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 
+from spa.constants import subnormal_count
 from spa.model_io import iter_graph_protos, load_proto
 from spa.quant.sparsity import SparseWeightInfo, sparse_weight_report
 
@@ -241,6 +245,8 @@ class ModelInfo:
     ops_without_rule: list[OpCount] = dataclasses.field(default_factory=list)
     #: MatMul/Gemm/Conv float weights and whether each is 2:4 along its reduction axis
     sparse_weights: list[SparseWeightInfo] = dataclasses.field(default_factory=list)
+    #: Subnormal float values in the weights read (``values``) and the weights holding them
+    subnormals: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def weight_bytes(self) -> int:
@@ -348,6 +354,22 @@ def weight_summary(proto: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
     return count, params, dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1]))
 
 
+def subnormal_weights(
+    proto: onnx.ModelProto, base_dir: Path, *, read_external: bool
+) -> dict[str, int]:
+    """Subnormal float32/float64/bfloat16 values in the model's weights (external ones only
+    with ``read_external``): ``{"values": ..., "weights": ..., "unread": ...}``."""
+    values = weights = unread = 0
+    for tensor in weight_tensors(proto):
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        if external and not read_external:
+            unread += 1
+            continue
+        count = subnormal_count(ir.serde.deserialize_tensor(tensor, str(base_dir)))
+        values, weights = values + count, weights + (count > 0)
+    return {"values": values, "weights": weights, "unread": unread}
+
+
 def inspect_model(path: str | os.PathLike[str], *, read_weights: bool = False) -> ModelInfo:
     """Facts about the model at ``path``; external weight bytes are read only for the
     2:4 check and only with ``read_weights``."""
@@ -384,6 +406,7 @@ def inspect_model(path: str | os.PathLike[str], *, read_weights: bool = False) -
         ops_without_schema=_unknown_ops(proto, counts),
         ops_without_rule=_ops_without_rule(counts, opsets),
         sparse_weights=sparse_weight_report(proto, path.parent, read_external=read_weights),
+        subnormals=subnormal_weights(proto, path.parent, read_external=read_weights),
     )
     logger.info("inspected %s: %d nodes, %d params", path, info.node_count, info.params)
     return info
@@ -459,6 +482,13 @@ def render_model_info(info: ModelInfo, *, top_ops: int | None = None) -> str:
             [(op_key(o.domain, o.op_type), str(o.count)) for o in info.ops_without_rule]
         )
     lines += _sparse_lines(info.sparse_weights)
+    if info.subnormals.get("values"):
+        lines.append(
+            f"subnormal {info.subnormals['values']:,} float values in "
+            f"{info.subnormals['weights']} weights: x86 CPUs compute on them slowly (ONNX "
+            "Runtime leaves flush-to-zero off); every spa command writes them as 0 "
+            "(`spa optimize` runs the cleanup recipe)"
+        )
     histogram = info.op_histogram if top_ops is None else info.op_histogram[:top_ops]
     lines.append("ops")
     lines += _table(
