@@ -18,25 +18,13 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
-from spa.constants import constant_array
+from spa.constants import RANDOM_OPS, constant_array
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 
 __all__ = ["RANDOM_OPS", "FoldConstantsPass", "evaluate_node"]
 
 logger = logging.getLogger(__name__)
 
-#: Ops whose output is random: folding would freeze one draw.
-RANDOM_OPS = frozenset(
-    {
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
-        "Dropout",
-    }
-)
 
 #: Ops that only select entries of their first input: applied to a partially
 #: static shape, they fold when every selected dimension is static.

@@ -5,7 +5,20 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["constant_array", "flushed_subnormals", "subnormal_count"]
+__all__ = ["RANDOM_OPS", "constant_array", "flushed_subnormals", "subnormal_count"]
+
+#: Ops whose output is random even on constant inputs: folding would freeze one draw.
+RANDOM_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+    }
+)
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:

@@ -45,6 +45,7 @@ from typing import Any
 
 import onnx
 
+from spa.constants import RANDOM_OPS
 from spa.model_io import iter_graph_protos
 from spa.stats.shape_facts import Shape, all_nodes, infer_shapes, known_shape
 
@@ -386,13 +387,6 @@ RULES: dict[tuple[str, str], tuple[str, MacRule]] = {
 }
 
 
-#: Ops whose outputs change between runs even on constant inputs: never folded.
-_RANDOM = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-     "Bernoulli", "Dropout"}
-)  # fmt: skip
-
-
 def _constant_only(proto: onnx.ModelProto) -> list[bool]:
     """Per node, in :func:`all_nodes` order: whether every input is a constant of its own
     graph (an initializer that is not a graph input, or an output of such a node), as
@@ -405,7 +399,7 @@ def _constant_only(proto: onnx.ModelProto) -> list[bool]:
                 a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                 for a in node.attribute
             )
-            constant = node.op_type not in _RANDOM and not bodies and all(
+            constant = node.op_type not in RANDOM_OPS and not bodies and all(
                 name in constants for name in node.input if name
             )
             if constant:
