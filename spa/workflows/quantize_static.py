@@ -22,12 +22,10 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.ir_shapes import clear_inferred_shapes
 from spa.model_io import iter_graph_protos, load_model, load_proto
 from spa.ort import create_session
 from spa.pass_manager import PassRecord, run_passes
 from spa.passes.batchnorm import FoldBatchNormPass
-from spa.passes.cleanup import flush_subnormals
 from spa.passes.quantize_static import (
     WEIGHTED,
     QuantizeStaticPass,
@@ -46,6 +44,7 @@ from spa.workflows.run import (
     RunOptions,
     convert_opset,
     default_opset_of,
+    finish_for_save,
     run_pipeline,
 )
 
@@ -213,13 +212,9 @@ def quantize_static_model(
             again.use_ranges_of(quantizer)
             fresh = outcome.model_before(source)
             records = run_passes(fresh, [FoldBatchNormPass(), again])
-            clear_inferred_shapes(fresh, declared)  # as run_pipeline does before saving
-            flush_subnormals(fresh)  # likewise
+            finish_for_save(fresh, outcome.before)  # as run_pipeline does before saving
             return fresh, records
 
-        declared = {
-            info.name for graph in iter_graph_protos(outcome.before.graph) for info in graph.value_info
-        }  # fmt: skip
         feeds = guard_feeds(source, calib, options.seed, options.inputs)
         layers = [(name, macs.get(name, 0)) for name in names]
         guard, records = guard_static(source, output, layers, rebuild, feeds)

@@ -57,6 +57,7 @@ __all__ = [
     "convert_opset",
     "default_opset_of",
     "feeds_calibrator",
+    "finish_for_save",
     "lift_constant_weights",
     "model_proto",
     "run_pipeline",
@@ -133,8 +134,6 @@ class PipelineOutcome:
     constants_lifted: int = 0
     #: The input on disk: the model file and every external-data file it reads.
     input_bytes: int = 0
-    #: Subnormal weight values set to zero before saving (:func:`spa.passes.cleanup.flush_subnormals`).
-    subnormals_flushed: int = 0
 
     def model_before(self, source: Path) -> ir.Model:
         """The model as it was before the passes (external weights read from ``source``'s folder)."""
@@ -370,6 +369,15 @@ def _base_dir(model: ir.Model) -> Path | None:
     return None
 
 
+def finish_for_save(model: ir.Model, before: onnx.ModelProto) -> None:
+    """What every output gets before it is saved: only the value_info ``before`` (the input)
+    declared (spa's inferred shapes cost ORT fusions), and subnormal weights set to zero
+    (x86 CPUs run arithmetic on them up to 15x slower)."""
+    declared = {info.name for graph in iter_graph_protos(before.graph) for info in graph.value_info}
+    clear_inferred_shapes(model, declared)
+    flush_subnormals(model)
+
+
 def run_pipeline(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -418,14 +426,11 @@ def run_pipeline(
         on_pass_end=options.on_pass_end,
         calibrator=calibrator,
     )
-    declared = {info.name for graph in iter_graph_protos(before.graph) for info in graph.value_info}
-    clear_inferred_shapes(model, declared)  # spa's inferred shapes cost ORT fusions
-    flushed, _ = flush_subnormals(model)  # x86 CPUs run arithmetic on them up to 15x slower
+    finish_for_save(model, before)
     save_model(model, output, input_path=source)
     outcome = PipelineOutcome(
-        output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes,
-        subnormals_flushed=flushed,
-    )  # fmt: skip
+        output, records, before, None, 0.0, constants_lifted=lifted, input_bytes=input_bytes
+    )
     if after_save is not None:
         after_save(model, outcome)
     if verify is not None:
