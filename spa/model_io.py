@@ -90,6 +90,60 @@ def iter_graphs(model: ir.Model) -> Iterator[ir.Graph]:
                 yield from attr.as_graphs()
 
 
+def unique_value_names(model: ir.Model) -> int:
+    """Rename values so that no two in the model share a name; returns how many were renamed.
+
+    ONNX asks every value name to be assigned once in the whole model, subgraphs
+    included (a body may not reuse an outer name, nor two branches of an ``If``
+    each other's). Values a rewrite creates are named per graph (onnx-ir's
+    ``val_0``, ``val_1``, ...), so a rewrite inside both branches of an ``If``
+    gives each branch a ``val_0``, which ONNX Runtime refuses to load. The main
+    graph's inputs and outputs keep their names (they are the model's interface);
+    a later duplicate becomes ``<name>__<k>``; unnamed values that something reads
+    get a name too.
+    """
+    seen: set[int] = set()
+    used: set[str] = set()
+    duplicates: list[ir.Value] = []
+    interface = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
+
+    def visit(value: ir.Value | None) -> None:
+        if value is None or id(value) in seen:
+            return
+        seen.add(id(value))
+        if not value.name and not value.uses() and id(value) not in interface:
+            return  # an optional output nothing reads stays unnamed (not computed)
+        if value.name and (value.name not in used or id(value) in interface):
+            used.add(value.name)
+        else:
+            duplicates.append(value)
+
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        visit(value)
+    for graph in iter_graphs(model):
+        for value in (*graph.inputs, *graph.initializers.values()):
+            visit(value)
+        for node in graph:
+            for value in node.outputs:
+                visit(value)
+    for value in duplicates:
+        base, index = value.name or "value", 1
+        while f"{base}__{index}" in used:
+            index += 1
+        name = f"{base}__{index}"
+        if value.is_initializer() and value.graph is not None:
+            graph = value.graph
+            graph.initializers.pop(value.name or "", None)
+            value.name = name
+            if value.const_value is not None:
+                value.const_value.name = name
+            graph.register_initializer(value)
+        else:
+            value.name = name
+        used.add(name)
+    return len(duplicates)
+
+
 def _check_model_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"{path}: no such file; check the model path")
@@ -327,6 +381,9 @@ def save_model(
     names the option in the one-line error).
     """
     output = Path(output).absolute()
+    renamed = unique_value_names(model)
+    if renamed:
+        logger.info("renamed %d values whose names were not unique in the model", renamed)
     protected: set[Path] = set()
     if input_path is not None:
         protected.add(Path(input_path).resolve())

@@ -392,3 +392,44 @@ def test_a_recursive_function_holding_a_constant_weight_is_one_line(
     assert result.exit_code == 1, result.output
     assert "functions must not call themselves" in result.output
     assert "Traceback" not in result.output and not output.exists()
+
+
+IF_WITH_GEMMS = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 128] x, bool flag) => (float[2, 16] y) {
+    val_0 = Relu(x)
+    y = If(flag) <
+        then_branch = first () => (float[2, 16] ya) {
+            ya = Gemm(val_0, wa, ba)
+        },
+        else_branch = second () => (float[2, 16] yb) {
+            yb = Gemm(val_0, wb, bb)
+        }
+    >
+}
+"""
+
+
+def test_quantizing_a_gemm_in_each_branch_of_an_if_writes_a_model_ort_loads(
+    run_cli, tmp_path: Path
+) -> None:
+    """A rewrite names its new values per graph (onnx-ir's ``val_0``, ``val_1``, ...),
+    so each branch's new product was ``val_0``, the name of an outer value it
+    then shadowed: ONNX Runtime refused the saved model ("the graph is not
+    acyclic", a real Silero VAD export). Saving makes every name unique."""
+    weights = {"wa": (128, 16), "ba": (16,), "wb": (128, 16), "bb": (16,)}
+    source, output = tmp_path / "if_gemm.onnx", tmp_path / "q.onnx"
+    onnx.save(model_from_text(IF_WITH_GEMMS, weights), str(source))
+    result = run_cli("quantize", source, "-o", output, "--weights", "int4")
+    assert result.exit_code == 0, result.output
+    assert "nodes quantized 2" in result.output and "PASSED" in result.output
+    proto = onnx.load(str(output))
+    onnx.checker.check_model(proto, full_check=True)  # SSA across both branches
+    branches = next(n for n in proto.graph.node if n.op_type == "If").attribute
+    assert all("Cast" in [n.op_type for n in b.g.node] for b in branches)  # both quantized
+    x = np.random.default_rng(2).standard_normal((2, 128)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        expected, actual = run_model(source, feeds)["y"].ravel(), run_model(output, feeds)["y"].ravel()
+        cosine = float(expected @ actual / np.linalg.norm(expected) / np.linalg.norm(actual))
+        assert cosine >= default_min_cosine(4)  # int4's own tolerance, as `spa quantize` checks
