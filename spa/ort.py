@@ -23,6 +23,8 @@ from spa.errors import UserError, first_line
 
 __all__ = ["create_session", "import_onnxruntime", "ort_error_message", "symbolic_shape_inference"]
 
+logger = logging.getLogger(__name__)
+
 
 def import_onnxruntime() -> ModuleType:
     """The ``onnxruntime`` module, or a one-line error saying how to install it."""
@@ -70,7 +72,9 @@ def create_session(
     ort = import_onnxruntime()
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # Failures reach the user as spa's one-line errors; ORT's own error log would
+    # repeat them (a failing If body logs each level) unless spa runs with -v.
+    options.log_severity_level = 3 if logger.isEnabledFor(logging.INFO) else 4
     options.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

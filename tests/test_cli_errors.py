@@ -75,3 +75,44 @@ def test_library_warnings_are_one_line_without_a_stack() -> None:
     assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
     assert text.startswith("WARNING onnx_ir.passes.common.shape_inference: Shape inference failed.")
     assert "differ in rank" in text
+
+
+UPSAMPLED_SKIP = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, 4, H, W] x) => (float[1, 8, H, W] y) {
+    d = Conv <strides = [2, 2], kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w)
+    u = Resize <mode = "nearest"> (d, , scales)
+    y = Concat <axis = 1> (x, u)
+}
+"""
+
+
+def _upsampled_skip(path: Path) -> Path:
+    """A CNN's skip connection: at H = W = 1 the upsampled branch is 2x2 and Concat fails."""
+    model = onnx.parser.parse_model(UPSAMPLED_SKIP)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+    ])  # fmt: skip
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dynamic_dims_the_model_cannot_run_at_1_are_probed_and_announced(
+    run_cli, tmp_path: Path
+) -> None:
+    """Real detectors (a YOLOv8 with dynamic height/width) and audio models
+    (reflect padding) fail at the default size 1: spa finds sizes that run and says so."""
+    source, output = _upsampled_skip(tmp_path / "skip.onnx"), tmp_path / "out.onnx"
+    result = run_cli("optimize", source, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "does not run with its dynamic dims at 1" in result.output
+    assert "--dim H=32 --dim W=32" in result.output and "PASSED" in result.output
+    # A size the user gives is kept, and its failure is the one-line error naming the dims.
+    other = tmp_path / "other.onnx"
+    chosen = run_cli("optimize", source, "-o", other, "--dim", "H=1", "--dim", "W=64")
+    assert chosen.exit_code == 1 and "does not run with" not in chosen.output
+    assert "the run set the dynamic dims H=1, W=64" in chosen.output, chosen.output
+    assert not other.exists()

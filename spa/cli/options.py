@@ -283,13 +283,37 @@ def input_arguments(
     inputs for verification and statistics have the shapes of real data.
     """
     parsed_shapes, parsed_dims = parse_shapes(shapes), parse_dims(dims)
+    parsed_ranges = parse_int_ranges(int_ranges)
     if calib is not None and model is not None and calib.exists():
         parsed_dims = {**_calibration_dims(model, calib, parsed_shapes), **parsed_dims}
-    return {
-        "shapes": parsed_shapes,
-        "dims": parsed_dims,
-        "int_ranges": parse_int_ranges(int_ranges),
-    }
+    if model is not None and Path(model).is_file():
+        parsed_dims = {**_probed_dims(model, parsed_shapes, parsed_dims, parsed_ranges), **parsed_dims}
+    return {"shapes": parsed_shapes, "dims": parsed_dims, "int_ranges": parsed_ranges}
+
+
+def _probed_dims(
+    model: Path,
+    shapes: dict[str, tuple[int, ...]],
+    dims: dict[str, int],
+    int_ranges: dict[str, tuple[int, int]],
+) -> dict[str, int]:
+    """Sizes for dynamic dims the model cannot run at 1 (:func:`spa.verify.runnable_dims`),
+    announced on stderr so the user can set them with --dim."""
+    from spa.model_io import load_proto
+    from spa.verify import input_specs
+    from spa.verify.runner import runnable_dims
+
+    found = runnable_dims(
+        model, input_specs(load_proto(model)), shapes=shapes, dims=dims, int_ranges=int_ranges
+    )
+    if found:
+        chosen = " ".join(f"--dim {name}={size}" for name, size in found.items())
+        click.echo(
+            f"note: {model.name} does not run with its dynamic dims at 1; seeded inputs use "
+            f"{chosen} (give --dim or --calib to choose)",
+            err=True,
+        )
+    return found
 
 
 def _calibration_dims(

@@ -47,7 +47,7 @@ def verify_command(
         policy=policy_from(rtol, atol, cosine, exact),
         seed=seed,
         samples=samples,
-        **input_arguments(shapes, dims, int_ranges),
+        **input_arguments(shapes, dims, int_ranges, model=reference),
     )
     click.echo(result.render())
     if not result.passed:

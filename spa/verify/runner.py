@@ -13,7 +13,7 @@ from spa.errors import UserError
 from spa.ort import create_session, import_onnxruntime, ort_error_message
 from spa.progress import progress_bar, track
 
-__all__ = ["run_error", "run_model", "run_model_many"]
+__all__ = ["runnable_dims", "run_error", "run_model", "run_model_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +98,110 @@ def _dims_hint(session: Any, feeds: Mapping[str, np.ndarray]) -> str:
         f"; the run set the dynamic dims {chosen}: if the model needs other sizes, "
         f"pass them (e.g. --dim {example}=2) or give real data with --calib"
     )
+
+
+#: Sizes :func:`runnable_dims` tries for the dynamic dims a model cannot run at 1.
+PROBE_SIZES = (32, 64, 128, 256, 512, 1024)
+#: Larger models are not probed (loading them twice would cost more than it saves).
+PROBE_MAX_BYTES = 1 << 30
+
+
+def runnable_dims(
+    model: str | os.PathLike[str],
+    specs: Sequence[Any],
+    *,
+    shapes: Mapping[str, tuple[int, ...]],
+    dims: Mapping[str, int],
+    int_ranges: Mapping[str, tuple[int, int]],
+) -> dict[str, int]:
+    """Sizes for the dynamic dims that neither ``dims`` nor ``shapes`` set, when the
+    model does not run with them at 1 (the seeded inputs' default).
+
+    At 1, a CNN's height and width vanish after a few strided layers (a detector's
+    Concat of upsampled and skipped features then fails) and an audio model's
+    reflect padding has no samples to mirror. The model is run once at the
+    defaults; only if ONNX Runtime fails, the open dims that never lead an input
+    (batch-like dims stay 1) take each of :data:`PROBE_SIZES` in turn, all together
+    and then one input's at a time (unnamed dims of different inputs may be
+    unrelated). Returns the first sizes that run, or ``{}`` (the defaults run,
+    nothing is open, the model is over :data:`PROBE_MAX_BYTES`, or no size
+    runs: the later run reports the failure with its dims).
+    """
+    from spa.verify.feeds import make_feeds
+
+    open_by_input: dict[str, list[str]] = {}
+    leading: set[str] = set()
+    for spec in specs:
+        if spec.name in shapes:
+            continue
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, str) and dim not in dims:
+                if axis == 0:
+                    leading.add(dim)
+                else:
+                    open_by_input.setdefault(spec.name, []).append(dim)
+    varying = {name: [d for d in found if d not in leading] for name, found in open_by_input.items()}
+    varying = {name: found for name, found in varying.items() if found}
+    if not varying or _stored_size(model) > PROBE_MAX_BYTES:
+        return {}
+    try:
+        session = create_session(model)
+    except UserError:
+        return {}  # the command's own load reports it
+    ort = import_onnxruntime()
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    names = [output.name for output in session.get_outputs()]
+
+    def runs(sizes: Mapping[str, int]) -> bool:
+        feeds = make_feeds(
+            list(specs), shapes=shapes, dims={**dims, **sizes}, int_ranges=int_ranges
+        )
+        try:
+            session.run(names, feeds, options)
+        except Exception:  # ORT raises its own Fail/InvalidArgument types
+            return False
+        return True
+
+    if runs({}):
+        return {}
+    every = sorted({d for found in varying.values() for d in found})
+    for size in PROBE_SIZES:
+        variants = [every] + [sorted(set(found)) for found in varying.values()]
+        tried: list[list[str]] = []
+        for variant in variants:
+            if variant in tried:
+                continue
+            tried.append(variant)
+            sizes = {d: size for d in variant}
+            if runs(sizes):
+                return sizes
+    return {}
+
+
+def _stored_size(model: str | os.PathLike[str]) -> int:
+    """Bytes of the model file and the external-data files beside it that it names."""
+    from spa.model_io import load_proto
+
+    path = os.fspath(model)
+    total = os.path.getsize(path)
+    if total > PROBE_MAX_BYTES:
+        return total
+    folder = os.path.dirname(os.path.abspath(path))
+    files = set()
+    for tensor in _external_tensors(load_proto(path)):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if location:
+            files.add(os.path.join(folder, location))
+    return total + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+
+
+def _external_tensors(proto: Any) -> list[Any]:
+    from spa.model_io import iter_graph_protos
+
+    return [
+        tensor
+        for graph in iter_graph_protos(proto.graph)
+        for tensor in graph.initializer
+        if tensor.data_location == 1  # onnx.TensorProto.EXTERNAL
+    ]
