@@ -13,6 +13,7 @@ external-data file the input references.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -40,8 +41,10 @@ __all__ = [
     "load_proto",
     "node_bodies",
     "read_array",
+    "same_graph",
     "save_model",
     "stored_bytes",
+    "unique_value_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -142,6 +145,29 @@ def unique_value_names(model: ir.Model) -> int:
             value.name = name
         used.add(name)
     return len(duplicates)
+
+
+def same_graph(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Whether two model files hold the same computation: equal nodes (subgraphs
+    included) and equal initializers (name, type, shape, bytes). Names of the
+    files' external data, doc strings, value_info and metadata do not count;
+    weights stored outside either file compare by where they are stored, so two
+    copies of external weights count as different (never wrongly the same)."""
+
+    def signature(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+        graph = load_proto(path).graph
+        nodes = tuple(node.SerializeToString(deterministic=True) for node in graph.node)
+        weights = tuple(
+            sorted(
+                (t.name, t.data_type, tuple(t.dims), hashlib.sha256(
+                    t.raw_data or t.SerializeToString(deterministic=True)).hexdigest(),
+                 tuple((e.key, e.value) for e in t.external_data))
+                for t in graph.initializer
+            )
+        )  # fmt: skip
+        return nodes, weights, tuple(graph.input), tuple(graph.output)
+
+    return signature(first) == signature(second)
 
 
 def _check_model_file(path: Path) -> None:

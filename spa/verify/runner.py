@@ -13,7 +13,7 @@ from spa.errors import UserError
 from spa.ort import create_session, import_onnxruntime, ort_error_message
 from spa.progress import progress_bar, track
 
-__all__ = ["runnable_dims", "run_error", "run_model", "run_model_many"]
+__all__ = ["run_error", "run_model", "run_model_many", "runnable_dims"]
 
 logger = logging.getLogger(__name__)
 

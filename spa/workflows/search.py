@@ -15,7 +15,12 @@ interleaved). Candidates are tried cheapest-first in two rounds:
    quantization format that was within budget and not slower on its own.
 
 A candidate is accepted when its quality loss is within ``max_drop`` and,
-unless ``allow_slower``, it is not slower than the input. The output is the
+unless ``allow_slower``, it is not slower than the input; for the latency
+objective it must also be faster than the input by more than the timing noise
+(:data:`NOISE`: a model that runs as fast as its input is no gain, and any
+quality it lost is a loss). A step that leaves its model unchanged (a weight
+format with no weight it applies to, such as MatMulNBits on a convolutional
+network) is not measured: it would only measure noise. The output is the
 accepted candidate best for the objective; when none is accepted it is a copy
 of the input, and the result says so.
 """
@@ -38,13 +43,14 @@ import numpy as np
 
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
-from spa.model_io import external_data_files, load_model, save_model, stored_bytes
+from spa.model_io import external_data_files, load_model, same_graph, save_model, stored_bytes
 from spa.progress import progress_bar
 from spa.pruning.allocation import AUTO_ROUND
 from spa.stats import report as reporting
-from spa.verify.latency import TARGETS, compare_latency
+from spa.verify.latency import ESTIMATED, TARGETS, compare_latency
 from spa.verify.quality import Quality, load_metric, measure_quality
 from spa.workflows.executor import Executor, LocalExecutor
+from spa.workflows.latency_guard import NOISE
 from spa.workflows.results import file_bytes
 from spa.workflows.run import split_holdout
 from spa.workflows.search_cache import SearchCache, hash_file, hash_samples
@@ -156,9 +162,13 @@ def quality_loss(
     return max(losses, default=0.0), "1 - top-1 agreement (class scores) or 1 - cosine"
 
 
-def decide(result: CandidateResult, max_drop: float, allow_slower: bool) -> tuple[bool, str]:
+def decide(
+    result: CandidateResult, max_drop: float, allow_slower: bool, margin: float = 0.0
+) -> tuple[bool, str]:
     """Accept ``result`` when its quality loss is within ``max_drop`` and, unless
-    ``allow_slower``, it is not slower than the input (speedup >= 1)."""
+    ``allow_slower``, it is not slower than the input (speedup >= 1) and faster by
+    at least ``margin`` (:func:`speedup_margin`: the timing noise, when the objective
+    is latency and latency is measured)."""
     if result.quality_loss is None or result.speedup is None:
         return False, result.reason or "not measured"
     failed = [name for name, check in result.checks.items() if not check["passed"]]
@@ -167,8 +177,21 @@ def decide(result: CandidateResult, max_drop: float, allow_slower: bool) -> tupl
     if result.quality_loss > max_drop:
         return False, f"quality loss {result.quality_loss:.2%} > budget {max_drop:.2%}"
     if result.speedup < 1.0 and not allow_slower:
-        return False, f"slower than the input ({result.speedup:.3f}x)"
+        noise = ", within timing noise" if result.speedup >= 1.0 - NOISE else ""
+        return False, f"slower than the input ({result.speedup:.3f}x{noise})"
+    if result.speedup < 1.0 + margin and not allow_slower:
+        return False, (
+            f"no faster than the input within timing noise ({result.speedup:.3f}x < {1.0 + margin:.2f}x)"
+        )
     return True, f"quality loss {result.quality_loss:.2%} <= {max_drop:.2%}, {result.speedup:.3f}x"
+
+
+def speedup_margin(objective: str, target: str) -> float:
+    """How much faster than the input a candidate must measure to count as faster:
+    :data:`NOISE` for the latency objective on a target where latency is measured
+    (ORT); 0 for ``size`` (not slower suffices) and for TensorRT's cost model,
+    whose estimates carry no noise."""
+    return NOISE if objective == "latency" and target not in ESTIMATED else 0.0
 
 
 def choose(results: Sequence[CandidateResult], objective: str) -> CandidateResult | None:
@@ -228,6 +251,15 @@ def _evaluate(task: _Task) -> dict[str, Any]:
         path = build_candidate(task.candidate, task.source, task.folder, context, built)
         figures.update(path=path, checks=dict(context.checks),
                        built={k: v for k, v in built.items() if k not in task.built})  # fmt: skip
+        steps = task.candidate.steps
+        base = built.get(steps[:-1], task.source) if len(steps) > 1 else task.source
+        if steps[-1].kind != "cleanup" and same_graph(base, path):
+            figures["reason"] = (
+                f"changed nothing: {step_label(steps[-1])} found no weight it applies to "
+                "(not measured)"
+            )
+            figures["seconds"] = time.perf_counter() - start
+            return figures
         quality = measure_quality(task.source, path, task.holdout)
         metric_after = float(load_metric(task.metric)(path)) if task.metric else None
         loss, _ = quality_loss(quality, task.metric_dense, metric_after)
@@ -365,7 +397,7 @@ def _measure_batch(
 def _run_candidates(
     measure: _Measure, context: BuildContext, folder: Path, max_drop: float,
     allow_slower: bool, deadline: float | None, cache: SearchCache | None = None,
-    executor: Executor | None = None,
+    executor: Executor | None = None, objective: str = "latency",
 ) -> list[CandidateResult]:  # fmt: skip
     results: list[CandidateResult] = []
     built: dict[tuple[Step, ...], Path] = {}
@@ -386,7 +418,9 @@ def _run_candidates(
             _measure_batch(todo, measure, context, folder, built, cache, executor)
             for _, result in todo:
                 cached = result.reason == "from cache"
-                result.accepted, result.reason = decide(result, max_drop, allow_slower)
+                result.accepted, result.reason = decide(
+                    result, max_drop, allow_slower, speedup_margin(objective, measure.target)
+                )
                 result.reason += " (from cache)" if cached else ""
                 logger.info("%s: %s", result.name, result.reason)
             advance(len(batch))
@@ -537,7 +571,8 @@ def optimize_search(
         })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
         results = _run_candidates(
-            measure, context, Path(staging), max_drop, allow_slower, deadline, store, executor
+            measure, context, Path(staging), max_drop, allow_slower, deadline, store, executor,
+            objective,
         )
         chosen = _confirm(results, objective, measure, allow_slower)
         _write_output(source, output, chosen)
