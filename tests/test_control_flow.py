@@ -423,6 +423,7 @@ def test_quantizing_a_gemm_in_each_branch_of_an_if_writes_a_model_ort_loads(
     result = run_cli("quantize", source, "-o", output, "--weights", "int4")
     assert result.exit_code == 0, result.output
     assert "nodes quantized 2" in result.output and "PASSED" in result.output
+    assert "100.0% of MatMul/Gemm/Conv MACs" in result.output  # body nodes count in the change
     proto = onnx.load(str(output))
     onnx.checker.check_model(proto, full_check=True)  # SSA across both branches
     branches = next(n for n in proto.graph.node if n.op_type == "If").attribute
@@ -433,3 +434,17 @@ def test_quantizing_a_gemm_in_each_branch_of_an_if_writes_a_model_ort_loads(
         expected, actual = run_model(source, feeds)["y"].ravel(), run_model(output, feeds)["y"].ravel()
         cosine = float(expected @ actual / np.linalg.norm(expected) / np.linalg.norm(actual))
         assert cosine >= default_min_cosine(4)  # int4's own tolerance, as `spa quantize` checks
+
+
+def test_weights_read_only_inside_bodies_are_left_by_prune_with_that_reason(
+    run_cli, tmp_path: Path
+) -> None:
+    """A model whose layers all sit in If branches (Silero VAD's spox export) was
+    reported as "op type none: its weights belong to no channel group"."""
+    weights = {"wa": (128, 16), "ba": (16,), "wb": (128, 16), "bb": (16,)}
+    source = tmp_path / "if_gemm.onnx"
+    onnx.save(model_from_text(IF_WITH_GEMMS, weights), str(source))
+    result = run_cli("prune", source, "-o", tmp_path / "p.onnx", "--ratio", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "left 100.0% params, 100.0% MACs (4 weights" in result.output, result.output
+    assert "read only inside an If/Loop/Scan body: spa prunes the main graph" in result.output

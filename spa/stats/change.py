@@ -32,6 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from spa.analysis.groups import reason_kind
+from spa.model_io import iter_graph_protos
 from spa.stats.coverage import node_macs, value_shapes
 
 __all__ = [
@@ -131,12 +132,18 @@ class ChangeShare:
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the nodes reading it, in ``graph`` and every body inside it (a
+    body reads an outer weight by name)."""
     users: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in graph.node:
+    for node in _all_nodes(graph):
         for name in node.input:
             if name:
                 users[name].append(node)
     return users
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    return [node for body in iter_graph_protos(graph) for node in body.node]
 
 
 def change_share(
@@ -154,7 +161,7 @@ def change_share(
     users = _consumers(graph)
     reasons: dict[str, str] = {}
     params: dict[str, int] = {}
-    for tensor in graph.initializer:
+    for tensor in (t for body in iter_graph_protos(graph) for t in body.initializer):
         if tensor.data_type not in _FLOAT_TYPES:
             continue
         params[tensor.name] = math.prod(int(d) for d in tensor.dims)
@@ -166,7 +173,7 @@ def change_share(
     macs: dict[str, int] = collections.defaultdict(int)
     unweighted: list[tuple[str, int]] = []
     shapes = value_shapes(model)
-    for node in graph.node:
+    for node in _all_nodes(graph):  # both branches of an If, one iteration of a Loop
         count = node_macs(node, shapes)
         if not count:
             continue
@@ -214,9 +221,9 @@ def node_outcomes(model: onnx.ModelProto, decisions: Mapping[str, str]) -> dict[
     node changed, else the node's reason. A weight read by several decided
     nodes counts as changed when any of them changed it.
     """
-    initializers = {tensor.name for tensor in model.graph.initializer}
+    initializers = {t.name for body in iter_graph_protos(model.graph) for t in body.initializer}
     outcomes: dict[str, str] = {}
-    for node in model.graph.node:
+    for node in _all_nodes(model.graph):
         if not node.name or node.name not in decisions:
             continue
         reason = decisions[node.name]

@@ -24,7 +24,7 @@ from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
-from spa.model_io import load_model, save_model
+from spa.model_io import iter_graph_protos, load_model, save_model
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.factorize import FactorizeEmbeddingsPass
@@ -241,10 +241,14 @@ def prune_change(details: dict[str, Any], before: onnx.ModelProto) -> ChangeShar
             name = member.space[0]
             if name not in outcomes or _PRIORITY[kind] < outcomes[name][0]:
                 outcomes[name] = (_PRIORITY[kind], reason)
-    return change_share(
-        before, {name: reason for name, (_, reason) in outcomes.items()},
-        "op type {op}: its weights belong to no channel group",
-    )  # fmt: skip
+    reasons = {name: reason for name, (_, reason) in outcomes.items()}
+    main_inputs = {name for node in before.graph.node for name in node.input}
+    for body in list(iter_graph_protos(before.graph))[1:]:
+        for node in body.node:
+            for name in node.input:
+                if name and name not in reasons and name not in main_inputs:
+                    reasons[name] = "read only inside an If/Loop/Scan body: spa prunes the main graph"
+    return change_share(before, reasons, "op type {op}: its weights belong to no channel group")
 
 
 def _check_valid(path: Path, shown: object) -> None:
