@@ -283,6 +283,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     """Load a model as onnx-ir, weights in external data memory-mapped lazily."""
     path = Path(path)
     proto = load_proto(path)
+    _check_no_maps(path, proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:  # onnx-ir raises its own and plain Python errors
@@ -293,6 +294,30 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         ) from None
     ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
     return model
+
+
+def _holds_map(value_type: onnx.TypeProto) -> bool:
+    if value_type.HasField("map_type"):
+        return True
+    if value_type.HasField("sequence_type"):
+        return _holds_map(value_type.sequence_type.elem_type)
+    if value_type.HasField("optional_type"):
+        return _holds_map(value_type.optional_type.elem_type)
+    return False
+
+
+def _check_no_maps(path: Path, proto: onnx.ModelProto) -> None:
+    """One-line error for a map-typed value (onnx-ir, spa's graph library, reads none):
+    scikit-learn classifiers converted by skl2onnx return their class probabilities
+    as a sequence of maps from a ZipMap node unless told otherwise."""
+    for graph in iter_graph_protos(proto.graph):
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            if _holds_map(info.type):
+                raise UserError(
+                    f"{path}: value '{info.name}' is a map or a sequence of maps (a ZipMap's "
+                    "class probabilities), which spa cannot read; export it as a tensor "
+                    "(skl2onnx: options={'zipmap': False}) or remove the ZipMap node"
+                )
 
 
 def external_data_files(model: ir.Model) -> set[Path]:

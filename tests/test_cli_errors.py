@@ -116,3 +116,31 @@ def test_dynamic_dims_the_model_cannot_run_at_1_are_probed_and_announced(
     assert chosen.exit_code == 1 and "does not run with" not in chosen.output
     assert "the run set the dynamic dims H=1, W=64" in chosen.output, chosen.output
     assert not other.exists()
+
+
+def test_a_zipmap_output_is_a_one_line_error_naming_the_export_option(
+    run_cli, tmp_path: Path
+) -> None:
+    """skl2onnx's classifiers end in ZipMap (a sequence of maps) by default; onnx-ir
+    reads no map type, and spa had said "check it with onnx.checker" about a valid model."""
+    probabilities = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    )
+    graph = helper.make_graph(
+        [helper.make_node("ZipMap", ["X"], ["P"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2])],
+        "classifier",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3])],
+        [helper.make_value_info("P", probabilities)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]
+    )
+    onnx.checker.check_model(model)
+    source, output = tmp_path / "zipmap.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(source))
+    for command in ("optimize", "quantize", "prune"):
+        result = run_cli(command, source, "-o", output)
+        assert result.exit_code == 1, result.output
+        assert "value 'P' is a map or a sequence of maps" in result.stderr
+        assert "options={'zipmap': False}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not output.exists()
