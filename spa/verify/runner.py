@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,6 +105,9 @@ def _dims_hint(session: Any, feeds: Mapping[str, np.ndarray]) -> str:
 PROBE_SIZES = (32, 64, 128, 256, 512, 1024)
 #: Larger models are not probed (loading them twice would cost more than it saves).
 PROBE_MAX_BYTES = 1 << 30
+#: The probe stops trying sizes after this many seconds (a decoder whose ``past``
+#: and ``total`` lengths must agree runs at no common size).
+PROBE_SECONDS = 20.0
 
 
 def runnable_dims(
@@ -125,7 +129,8 @@ def runnable_dims(
     and then one input's at a time (unnamed dims of different inputs may be
     unrelated). Returns the first sizes that run, or ``{}`` (the defaults run,
     nothing is open, the model is over :data:`PROBE_MAX_BYTES`, or no size
-    runs: the later run reports the failure with its dims).
+    runs within :data:`PROBE_SECONDS`: the later run reports the failure with
+    its dims).
     """
     from spa.verify.feeds import make_feeds
 
@@ -165,6 +170,7 @@ def runnable_dims(
 
     if runs({}):
         return {}
+    deadline = time.monotonic() + PROBE_SECONDS
     every = sorted({d for found in varying.values() for d in found})
     for size in PROBE_SIZES:
         variants = [every] + [sorted(set(found)) for found in varying.values()]
@@ -173,6 +179,8 @@ def runnable_dims(
             if variant in tried:
                 continue
             tried.append(variant)
+            if time.monotonic() > deadline:
+                return {}
             sizes = {d: size for d in variant}
             if runs(sizes):
                 return sizes
