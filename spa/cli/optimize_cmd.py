@@ -207,6 +207,13 @@ def optimize_command(
         click.echo(result.verification.render())
     checks = (result.verification, result.prune_verification, *result.step_verifications)
     failed = [v for v in checks if v and not v.passed]
+    if not any(_given(context, name) for name in ("recipe", "prune_ratio")):
+        data = str(calib) if calib is not None else "DATA"
+        click.echo(
+            "hint: this ran the cleanup recipe only; for a faster model within a quality "
+            f"budget, search pruning and quantization: spa optimize {model} -o {output} "
+            f"--calib {data} --max-drop 1%"
+        )
     echo_verdict(result.verdict_line, not failed, result.output)
 
 

@@ -125,29 +125,33 @@ def runnable_dims(
     Concat of upsampled and skipped features then fails) and an audio model's
     reflect padding has no samples to mirror. The model is run once at the
     defaults; only if ONNX Runtime fails, the open dims that never lead an input
-    (batch-like dims stay 1) take each of :data:`PROBE_SIZES` in turn, all together
-    and then one input's at a time (unnamed dims of different inputs may be
-    unrelated). Returns the first sizes that run, or ``{}`` (the defaults run,
+    (batch-like dims stay 1) take each of :data:`PROBE_SIZES` in turn, all together,
+    then (dims the model leaves unnamed may be unrelated) one input's unnamed dims
+    at a time. Named dims move together: a decoder step whose ``total`` must be
+    ``past + seq`` finds no size and keeps the error that asks for ``--dim``. Returns the first sizes that run, or ``{}`` (the defaults run,
     nothing is open, the model is over :data:`PROBE_MAX_BYTES`, or no size
     runs within :data:`PROBE_SECONDS`: the later run reports the failure with
     its dims).
     """
     from spa.verify.feeds import make_feeds
 
-    open_by_input: dict[str, list[str]] = {}
+    open_dims: list[str] = []
+    unnamed: dict[str, list[str]] = {}  # per input: its dims the model gives no name
     leading: set[str] = set()
     for spec in specs:
         if spec.name in shapes:
             continue
         for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, str) and dim not in dims:
-                if axis == 0:
-                    leading.add(dim)
-                else:
-                    open_by_input.setdefault(spec.name, []).append(dim)
-    varying = {name: [d for d in found if d not in leading] for name, found in open_by_input.items()}
-    varying = {name: found for name, found in varying.items() if found}
-    if not varying or _stored_size(model) > PROBE_MAX_BYTES:
+            if not isinstance(dim, str) or dim in dims:
+                continue
+            if axis == 0:
+                leading.add(dim)
+            elif dim not in open_dims:
+                open_dims.append(dim)
+                if dim == f"{spec.name}:{axis}":
+                    unnamed.setdefault(spec.name, []).append(dim)
+    every = sorted(d for d in open_dims if d not in leading)
+    if not every or _stored_size(model) > PROBE_MAX_BYTES:
         return {}
     try:
         session = create_session(model)
@@ -171,9 +175,8 @@ def runnable_dims(
     if runs({}):
         return {}
     deadline = time.monotonic() + PROBE_SECONDS
-    every = sorted({d for found in varying.values() for d in found})
     for size in PROBE_SIZES:
-        variants = [every] + [sorted(set(found)) for found in varying.values()]
+        variants = [every] + [sorted(found) for found in unnamed.values()]
         tried: list[list[str]] = []
         for variant in variants:
             if variant in tried:
