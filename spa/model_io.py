@@ -148,15 +148,15 @@ def unique_value_names(model: ir.Model) -> int:
 
 
 def same_graph(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
-    """Whether two model files hold the same computation: equal nodes (subgraphs
-    included) and equal initializers (name, type, shape, bytes). Names of the
-    files' external data, doc strings, value_info and metadata do not count;
+    """Whether two model files hold the same computation: equal nodes (as ONNX text
+    without node names; subgraphs included) and equal initializers (name, type,
+    shape, bytes). Node names, doc strings, value_info and metadata do not count;
     weights stored outside either file compare by where they are stored, so two
     copies of external weights count as different (never wrongly the same)."""
 
     def signature(path: str | os.PathLike[str]) -> tuple[Any, ...]:
         graph = load_proto(path).graph
-        nodes = tuple(node.SerializeToString(deterministic=True) for node in graph.node)
+        nodes = tuple(_node_text(node) for node in graph.node)
         weights = tuple(
             sorted(
                 (t.name, t.data_type, tuple(t.dims), hashlib.sha256(
@@ -168,6 +168,15 @@ def same_graph(first: str | os.PathLike[str], second: str | os.PathLike[str]) ->
         return nodes, weights, tuple(graph.input), tuple(graph.output)
 
     return signature(first) == signature(second)
+
+
+def _node_text(node: onnx.NodeProto) -> str:
+    """A node as ONNX text without its name (a save may name unnamed nodes or spell
+    the default domain out; neither changes what it computes)."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.name, copy.doc_string = "", ""
+    return onnx.printer.to_text(copy)
 
 
 def _check_model_file(path: Path) -> None:

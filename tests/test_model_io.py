@@ -142,3 +142,25 @@ def test_input_size_counts_external_data_of_any_name(
     result = quantize_model(external_mlp_path, tmp_path / "q.onnx", bits=8, block=16, verify=False)
     assert result.bytes_before == on_disk
     assert result.bytes_after == (tmp_path / "q.onnx").stat().st_size
+
+
+def test_same_graph_ignores_names_and_spelling_but_not_weights(tmp_path: Path) -> None:
+    """The search skips a step whose output equals its base (spa.model_io.same_graph):
+    a re-save names nodes and spells the default domain out; a weight change counts."""
+    from spa.model_io import same_graph
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 4] x) => (float[2, 3] y) { y = MatMul(x, w) }
+    """
+    first, second, third = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    model = onnx.parser.parse_model(text)
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    onnx.save(model, str(first))
+    model.graph.node[0].name, model.graph.node[0].domain = "node_MatMul_0", ""
+    onnx.save(model, str(second))
+    assert same_graph(first, second)
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(weight + 1, "w"))
+    onnx.save(model, str(third))
+    assert not same_graph(first, third)
