@@ -13,7 +13,8 @@ and the fix. It checks, in every graph and subgraph:
 - structure: graph inputs, initializers and node outputs are each defined
   once; every node input is defined (in this graph or an enclosing one);
   every graph output is defined; nodes are in topological order (no cycle);
-- value infos: no negative dims.
+- value infos: no negative dims (a -1, some exporters' dynamic dim, becomes a
+  dim without a size in the loaded proto).
 
 External-data locations and file lengths are checked by
 :mod:`spa.model_io`, which knows the model's folder.
@@ -134,7 +135,11 @@ def _check_value_info(value: onnx.ValueInfoProto, where: str) -> None:
             f"{where}value '{value.name}' has unknown element type {tensor_type.elem_type}; {_FIX}"
         )
     for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value") and dim.dim_value < 0:
+        if dim.HasField("dim_value") and dim.dim_value == -1:
+            # Paddle2ONNX and some older exporters write -1 for a dynamic dim (ONNX
+            # Runtime reads it so): it becomes a dim without a size, as ONNX spells it.
+            dim.ClearField("dim_value")
+        elif dim.HasField("dim_value") and dim.dim_value < 0:
             raise UserError(
                 f"{where}value '{value.name}' has negative dim {dim.dim_value}; {_FIX}"
             )

@@ -144,3 +144,27 @@ def test_a_zipmap_output_is_a_one_line_error_naming_the_export_option(
         assert "value 'P' is a map or a sequence of maps" in result.stderr
         assert "options={'zipmap': False}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert not output.exists()
+
+
+def test_a_minus_one_dim_is_a_dynamic_dim_as_exporters_write_it(run_cli, tmp_path: Path) -> None:
+    """Paddle2ONNX writes -1 for dynamic dims (RapidOCR's shipped text-direction
+    classifier: x [-1, 3, -1, -1]); ONNX Runtime runs it, and spa had refused it
+    ("negative dim -1; re-export the model"). Other negative sizes stay errors."""
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 4] x) => (float[2, 3] y) { y = MatMul(x, w) }
+    """)
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    )
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = -1
+    source, output = tmp_path / "paddle.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(source))
+    result = run_cli("optimize", source, "-o", output)
+    assert result.exit_code == 0 and "PASSED | cleanup" in result.output, result.output
+    assert "[?, 4]" in run_cli("inspect", source).output
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -16
+    onnx.save(model, str(source))
+    refused = run_cli("optimize", source, "-o", tmp_path / "other.onnx")
+    assert refused.exit_code == 1 and "negative dim -16" in refused.stderr
