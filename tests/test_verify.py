@@ -174,3 +174,36 @@ def test_saturated_softmax_outputs_are_also_compared_before_the_softmax(
     assert by_name["P (pre-softmax)"].max_rel_diff == pytest.approx(0.01, rel=1e-3)
     same = verify_models(reference, reference)
     assert same.passed and [c.name for c in same.checks] == ["P", "P (pre-softmax)"]
+
+
+def _saturated_detector(path: Path, bias: float, scale: float = 1.0) -> Path:
+    """A text detector's head on random inputs: Sigmoid of logits near -13, so every
+    output value is about 1e-6 (no text anywhere)."""
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[4, 16] x) => (float[4, 8] y) {
+        h = MatMul(x, w)
+        logits = Add(h, b)
+        y = Sigmoid(logits)
+    }
+    """)
+    weight = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32) * 0.01 * scale
+    model.graph.initializer.extend([
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.full(8, bias, np.float32), "b"),
+    ])  # fmt: skip
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_saturated_sigmoid_output_is_judged_at_the_sigmoids_precision(tmp_path: Path) -> None:
+    """PP-OCRv5's detector after a cleanup whose logits agree to 3e-7: its Sigmoid map
+    (values near 1e-6) differed by 9e-8, "rel 0.05", and `spa optimize` failed."""
+    reference = _saturated_detector(tmp_path / "a.onnx", bias=-13.5)
+    rounding = _saturated_detector(tmp_path / "b.onnx", bias=-13.5, scale=1.0001)
+    result = verify_models(reference, rounding)  # default policy: rtol 1e-5
+    (check,) = result.checks
+    assert check.max_rel_diff > 1e-5 and check.passed, check.line()
+    assert "within the output op's resolution" in check.line()
+    shifted = _saturated_detector(tmp_path / "c.onnx", bias=-10.0)  # a real change: 30x the values
+    assert not verify_models(reference, shifted).passed

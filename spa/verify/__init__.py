@@ -22,7 +22,14 @@ from spa.ort_segments import maybe_segmented
 from spa.verify.branches import BranchCoverage, branch_feeds, branch_selectors
 from spa.verify.feeds import InputSpec, input_specs, make_feeds, parse_shape_option
 from spa.verify.runner import run_model, run_model_many
-from spa.verify.tolerance import AllClose, CosineMaxAbs, Exact, OutputCheck, Policy
+from spa.verify.tolerance import (
+    AllClose,
+    CosineMaxAbs,
+    Exact,
+    OutputCheck,
+    Policy,
+    bounded_resolutions,
+)
 
 __all__ = [
     "AllClose",
@@ -110,7 +117,8 @@ def verify_models(
     sessions: :func:`spa.ort.create_session` or a function with its signature
     (graph optimization levels differ by caller). ``resolutions``: output
     name -> absolute difference that counts as equal (the producing op's
-    precision, see :mod:`spa.verify.tolerance`). ``expose``: names of values
+    precision, see :mod:`spa.verify.tolerance`; by default that of each output
+    a bounded activation such as Sigmoid produces). ``expose``: names of values
     inside both graphs to compare as well, as if they were outputs (the files
     are not changed). Very large graphs (more nodes or bytes of weights than
     :mod:`spa.ort_segments` sets) run as a chain of smaller sessions, one
@@ -121,6 +129,8 @@ def verify_models(
 
     policy = policy or AllClose()
     reference_proto, candidate_proto = load_proto(reference), load_proto(candidate)
+    if resolutions is None:
+        resolutions = bounded_resolutions(reference_proto.graph)
     specs = input_specs(reference_proto)
     logits = {
         output: names

@@ -28,6 +28,7 @@ from spa.model_io import save_model
 from spa.pruning.plan import Plan, member_indices
 from spa.verify import Policy, VerifyResult, verify_models
 from spa.verify.runner import run_model
+from spa.verify.tolerance import BOUNDED_ACTIVATIONS, RESOLUTION_STEPS
 
 __all__ = [
     "bounded_outputs",
@@ -39,16 +40,6 @@ __all__ = [
 
 Arrays = dict[str, np.ndarray]
 
-#: Activations whose output is bounded by this magnitude (default domain).
-BOUNDED_ACTIVATIONS = {
-    "Sigmoid": 1.0,
-    "HardSigmoid": 1.0,
-    "Tanh": 1.0,
-    "Softmax": 1.0,
-    "Erf": 1.0,
-}
-#: Float32 steps of the bound that an output of a bounded activation may differ by.
-RESOLUTION_STEPS = 16
 
 
 def bounded_outputs(model: ir.Model) -> dict[str, tuple[str, float]]:
