@@ -300,12 +300,9 @@ def _probed_dims(
     """Sizes for dynamic dims the model cannot run at 1 (:func:`spa.verify.runnable_dims`),
     announced on stderr so the user can set them with --dim."""
     from spa.model_io import load_proto
-    from spa.verify import input_specs
     from spa.verify.runner import runnable_dims
 
-    found = runnable_dims(
-        model, input_specs(load_proto(model)), shapes=shapes, dims=dims, int_ranges=int_ranges
-    )
+    found = runnable_dims(model, load_proto(model), shapes=shapes, dims=dims, int_ranges=int_ranges)
     if found:
         chosen = " ".join(f"--dim {name}={size}" for name, size in found.items())
         click.echo(

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 
 from spa.errors import UserError
 from spa.ort import create_session, import_onnxruntime, ort_error_message
@@ -112,7 +113,7 @@ PROBE_SECONDS = 20.0
 
 def runnable_dims(
     model: str | os.PathLike[str],
-    specs: Sequence[Any],
+    proto: onnx.ModelProto,
     *,
     shapes: Mapping[str, tuple[int, ...]],
     dims: Mapping[str, int],
@@ -128,13 +129,16 @@ def runnable_dims(
     (batch-like dims stay 1) take each of :data:`PROBE_SIZES` in turn, all together,
     then (dims the model leaves unnamed may be unrelated) one input's unnamed dims
     at a time. Named dims move together: a decoder step whose ``total`` must be
-    ``past + seq`` finds no size and keeps the error that asks for ``--dim``. Returns the first sizes that run, or ``{}`` (the defaults run,
-    nothing is open, the model is over :data:`PROBE_MAX_BYTES`, or no size
-    runs within :data:`PROBE_SECONDS`: the later run reports the failure with
-    its dims).
-    """
-    from spa.verify.feeds import make_feeds
+    ``past + seq`` finds no size and keeps the error that asks for ``--dim``.
 
+    ``proto`` is the model at ``model``, read without its weights. Returns the
+    first sizes that run, or ``{}`` (the defaults run, nothing is open, the model
+    is over :data:`PROBE_MAX_BYTES`, or no size runs within :data:`PROBE_SECONDS`:
+    the later run reports the failure with its dims).
+    """
+    from spa.verify.feeds import input_specs, make_feeds
+
+    specs = input_specs(proto)
     open_dims: list[str] = []
     unnamed: dict[str, list[str]] = {}  # per input: its dims the model gives no name
     leading: set[str] = set()
@@ -151,7 +155,7 @@ def runnable_dims(
                 if dim == f"{spec.name}:{axis}":
                     unnamed.setdefault(spec.name, []).append(dim)
     every = sorted(d for d in open_dims if d not in leading)
-    if not every or _stored_size(model) > PROBE_MAX_BYTES:
+    if not every or _stored_size(model, proto) > PROBE_MAX_BYTES:
         return {}
     try:
         session = create_session(model)
@@ -163,9 +167,7 @@ def runnable_dims(
     names = [output.name for output in session.get_outputs()]
 
     def runs(sizes: Mapping[str, int]) -> bool:
-        feeds = make_feeds(
-            list(specs), shapes=shapes, dims={**dims, **sizes}, int_ranges=int_ranges
-        )
+        feeds = make_feeds(specs, shapes=shapes, dims={**dims, **sizes}, int_ranges=int_ranges)
         try:
             session.run(names, feeds, options)
         except Exception:  # ORT raises its own Fail/InvalidArgument types
@@ -190,29 +192,18 @@ def runnable_dims(
     return {}
 
 
-def _stored_size(model: str | os.PathLike[str]) -> int:
-    """Bytes of the model file and the external-data files beside it that it names."""
-    from spa.model_io import load_proto
-
-    path = os.fspath(model)
-    total = os.path.getsize(path)
-    if total > PROBE_MAX_BYTES:
-        return total
-    folder = os.path.dirname(os.path.abspath(path))
-    files = set()
-    for tensor in _external_tensors(load_proto(path)):
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        if location:
-            files.add(os.path.join(folder, location))
-    return total + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
-
-
-def _external_tensors(proto: Any) -> list[Any]:
+def _stored_size(model: str | os.PathLike[str], proto: onnx.ModelProto) -> int:
+    """Bytes of the model file and of the external-data files beside it that it names."""
     from spa.model_io import iter_graph_protos
 
-    return [
-        tensor
+    path = os.fspath(model)
+    folder = os.path.dirname(os.path.abspath(path))
+    files = {
+        os.path.join(folder, entry.value)
         for graph in iter_graph_protos(proto.graph)
         for tensor in graph.initializer
-        if tensor.data_location == 1  # onnx.TensorProto.EXTERNAL
-    ]
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return os.path.getsize(path) + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
