@@ -69,7 +69,7 @@ def run(model: Path, folder: Path) -> list[tuple[str, int, str, float]]:
     rows = []
     spa = Path(sys.executable).with_name("spa")
     for command, arguments in COMMANDS:
-        out = folder / "out" / f"{model.stem}.{command}.onnx"
+        out = folder / "out" / f"{model.parent.parent.name}-{model.parent.name}-{model.stem}.{command}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         args = [str(spa), command, str(model), *(a.format(out=out) for a in arguments)]
         start = time.perf_counter()

@@ -207,3 +207,13 @@ def test_a_saturated_sigmoid_output_is_judged_at_the_sigmoids_precision(tmp_path
     assert "within the output op's resolution" in check.line()
     shifted = _saturated_detector(tmp_path / "c.onnx", bias=-10.0)  # a real change: 30x the values
     assert not verify_models(reference, shifted).passed
+
+
+def test_a_candidate_reading_inputs_the_reference_lacks_is_one_line(tmp_path: Path) -> None:
+    reference = _saturated_detector(tmp_path / "a.onnx", bias=0.0)
+    model = onnx.load(str(reference))
+    model.graph.input[0].name = "image"
+    model.graph.node[0].input[0] = "image"
+    onnx.save(model, str(tmp_path / "b.onnx"))
+    with pytest.raises(UserError, match=r"reads input\(s\) \['image'\] that .*a.onnx does not have"):
+        verify_models(reference, tmp_path / "b.onnx")

@@ -132,6 +132,12 @@ def verify_models(
     if resolutions is None:
         resolutions = bounded_resolutions(reference_proto.graph)
     specs = input_specs(reference_proto)
+    missing = sorted({spec.name for spec in input_specs(candidate_proto)} - {spec.name for spec in specs})
+    if missing and adapt is None:
+        raise UserError(
+            f"{candidate}: reads input(s) {missing} that {reference} does not have; "
+            "compare models with the same inputs"
+        )
     logits = {
         output: names
         for output, names in _common_pre_softmax(reference_proto, candidate_proto).items()
