@@ -428,3 +428,25 @@ def test_axis_longer_than_the_limit_is_a_barrier_not_a_table() -> None:
         for g in analysis.groups
         for member in g.members
     )
+
+
+SCALER_MLP = """
+<ir_version: 8, opset_import: ["" : 17, "ai.onnx.ml" : 1]>
+agraph (float[N, 8] x) => (float[N, 4] y) {
+    s = ai.onnx.ml.Scaler <offset = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], scale = [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]> (x)
+    h = MatMul(s, w1)
+    a = Add(h, b1)
+    r = Relu(a)
+    y = MatMul(r, w2)
+}
+"""
+
+
+def test_a_hidden_layer_after_an_onnx_ml_scaler_is_prunable() -> None:
+    """skl2onnx's MLP pipelines start with ai.onnx.ml.Scaler, which ONNX infers no
+    shape for: every later shape was unknown and no group was prunable."""
+    proto = model_from_text(SCALER_MLP, {"w1": (8, 16), "b1": (16,), "w2": (16, 4)})
+    _, analysis = analysis_of(proto)
+    assert group_with(analysis, "r", 1).prunable
+    _, _, error = mask_equivalence(proto, ratio=0.5, dims={"N": 3})
+    assert error < 1e-5

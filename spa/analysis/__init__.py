@@ -48,6 +48,8 @@ def prepare(model: ir.Model) -> ir.Model:
     unshare_initializers(model)
     if not infer_shapes(model, strict_mode=True):
         infer_shapes(model, strict_mode=False)
+    if _infer_ml_elementwise(model):
+        infer_shapes(model, strict_mode=False)
     for _ in range(3):  # each round lets inference carry refined dims further
         if not _refine_computed_reshapes(model):
             break
@@ -56,6 +58,32 @@ def prepare(model: ir.Model) -> ir.Model:
         _infer_symbolic_shapes(model)
         _infer_attention_outputs(model)
     return model
+
+
+#: ONNX-ML ops that keep their input's shape, with their output's element type
+#: (None: the input's). ONNX has no shape inference for them, so a scikit-learn
+#: pipeline converted by skl2onnx (a Scaler first) left every later shape unknown
+#: and its MLP without one prunable group.
+_ML_SAME_SHAPE = {"Scaler": "FLOAT", "Normalizer": "FLOAT", "Binarizer": None, "Imputer": None}
+
+
+def _infer_ml_elementwise(model: ir.Model) -> bool:
+    """Give the outputs of :data:`_ML_SAME_SHAPE` ops their input's shape; True if any
+    changed (inference then carries the shapes further)."""
+    import onnx_ir as ir
+
+    changed = False
+    for node in model.graph:
+        if node.domain != "ai.onnx.ml" or node.op_type not in _ML_SAME_SHAPE or not node.inputs:
+            continue
+        source, result = node.inputs[0], node.outputs[0]
+        if source is None or source.shape is None or result.shape is not None:
+            continue
+        result.shape = ir.Shape(list(source.shape))
+        element = _ML_SAME_SHAPE[node.op_type]
+        result.type = ir.TensorType(ir.DataType[element]) if element else source.type
+        changed = True
+    return changed
 
 
 def _infer_attention_outputs(model: ir.Model) -> None:
