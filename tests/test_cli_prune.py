@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from tests.analysis_helpers import model_from_text
@@ -169,3 +170,28 @@ def test_prune_of_kv_cache_heads_measures_quality_on_the_adapted_cache(
     assert "graph_io_resized=" in result.output and "quality top-1" in result.output
     outputs = {row["name"] for row in json.loads(report.read_text())["quality"]["outputs"]}
     assert {"present.0.key", "present.1.value"} <= outputs
+
+
+def test_analyze_lists_one_channel_groups_apart(run_cli, tmp_path: Path) -> None:
+    """A bias broadcast as [1, C, 1, 1] puts axes of size 1 in groups of one channel;
+    PP-OCRv5's detector listed 40 of them as "frozen: Conv does not map axis 2/3"."""
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1)
+        b = Add(a, bias)
+        r = Relu(b)
+        y = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r, w2)
+    }
+    """)
+    rng = np.random.default_rng(0)
+    for name, shape in (("w1", (8, 4, 3, 3)), ("bias", (1, 8, 1, 1)), ("w2", (4, 8, 3, 3))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+    path = tmp_path / "broadcast.onnx"
+    onnx.save(model, str(path))
+    result = run_cli("analyze", path)
+    assert result.exit_code == 0, result.output
+    assert "does not map axis 2" not in result.output, result.output
+    assert "groups of one channel, e.g. size-1 axes of broadcast parameters: nothing to prune" in result.output
+    summary = next(line for line in result.output.splitlines() if line.startswith("groups with parameters"))
+    assert "prunable 1" in summary

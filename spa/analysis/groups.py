@@ -17,6 +17,7 @@ import itertools
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import networkx as nx
@@ -105,9 +106,10 @@ class Analysis:
     def prunable_groups(self) -> list[Group]:
         return [group for group in self.groups if group.prunable]
 
-    def frozen_reason_counts(self) -> dict[str, int]:
+    def frozen_reason_counts(self, groups: Iterable[Group] | None = None) -> dict[str, int]:
+        """Frozen groups with parameters per reason kind (among ``groups``, default all)."""
         counts: dict[str, int] = defaultdict(int)
-        for group in self.groups:
+        for group in self.groups if groups is None else groups:
             if group.frozen and group.parameters:
                 counts[reason_kind(group.frozen_reasons[0])] += 1
         return dict(sorted(counts.items(), key=lambda item: -item[1]))

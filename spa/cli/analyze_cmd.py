@@ -14,7 +14,12 @@ __all__ = ["analyze_command", "render_groups"]
 
 def render_groups(analysis: Any, limit: int | None = None) -> str:
     """A table of groups with parameters: id, channels, members, status, reason."""
-    rows = [g for g in analysis.groups if g.parameters]
+    with_parameters = [g for g in analysis.groups if g.parameters]
+    # An axis of size 1 (a bias broadcast as [1, C, 1, 1] has two) forms a group of
+    # one channel: nothing to prune, and its "frozen" reasons say nothing about the
+    # model (PP-OCRv5's detector showed 40 of them as frozen by Conv).
+    rows = [g for g in with_parameters if g.size > 1]
+    single = len(with_parameters) - len(rows)
     lines = [f"{'group':>5}  {'channels':>8}  {'members':>7}  {'status':9}  reason / root"]
     for group in rows[:limit]:
         status = "prunable" if group.prunable else ("frozen" if group.frozen else "fixed")
@@ -26,11 +31,14 @@ def render_groups(analysis: Any, limit: int | None = None) -> str:
         )
     if limit is not None and len(rows) > limit:
         lines.append(f"  … {len(rows) - limit} more groups (use --json for all)")
-    prunable = len(analysis.prunable_groups())
-    frozen = sum(1 for g in rows if g.frozen)
-    lines.append(f"groups with parameters: {len(rows)} | prunable {prunable} | frozen {frozen}")
-    for reason, count in analysis.frozen_reason_counts().items():
+    prunable = sum(1 for g in rows if g.prunable)
+    frozen = [g for g in rows if g.frozen]
+    lines.append(f"groups with parameters: {len(rows)} | prunable {prunable} | frozen {len(frozen)}")
+    counts = analysis.frozen_reason_counts(frozen)
+    for reason, count in counts.items():
         lines.append(f"  frozen: {count:4d} x {reason}")
+    if single:
+        lines.append(f"  (and {single} groups of one channel, e.g. size-1 axes of broadcast parameters: nothing to prune)")
     return "\n".join(lines)
 
 
