@@ -217,3 +217,29 @@ def test_a_candidate_reading_inputs_the_reference_lacks_is_one_line(tmp_path: Pa
     onnx.save(model, str(tmp_path / "b.onnx"))
     with pytest.raises(UserError, match=r"reads input\(s\) \['image'\] that .*a.onnx does not have"):
         verify_models(reference, tmp_path / "b.onnx")
+
+
+def test_a_softmax_behind_an_identity_is_compared_before_the_softmax(tmp_path: Path) -> None:
+    """Paddle's and skl2onnx's classifiers end in Softmax -> Identity -> output: their
+    saturated probabilities had no logits check and no Softmax resolution."""
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[4, 16] x) => (float[4, 8] P) {
+        h = MatMul(x, w)
+        s = Softmax(h)
+        P = Identity(s)
+    }
+    """)
+    weight = np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32) * 30
+    paths = []
+    for name, factor in (("a.onnx", 1.0), ("b.onnx", 1.01)):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.graph.initializer.append(numpy_helper.from_array(weight * factor, "w"))
+        onnx.save(copy, str(tmp_path / name))
+        paths.append(tmp_path / name)
+    result = verify_models(*paths)
+    by_name = {check.name: check for check in result.checks}
+    assert by_name["P (pre-softmax)"].max_rel_diff == pytest.approx(0.01, rel=1e-3)
+    assert not result.passed  # logits 1% off: caught before the saturated Softmax
+    assert verify_models(paths[0], paths[0]).passed

@@ -29,6 +29,7 @@ from spa.verify.tolerance import (
     OutputCheck,
     Policy,
     bounded_resolutions,
+    output_producer,
 )
 
 __all__ = [
@@ -207,7 +208,7 @@ def _common_pre_softmax(
         outputs = {value.name for value in proto.graph.output}
         found = {}
         for name in outputs:
-            node = producers.get(name)
+            node = output_producer(producers, name)
             if (
                 node is not None
                 and node.op_type in ("Softmax", "LogSoftmax")

@@ -48,6 +48,8 @@ def bounded_outputs(model: ir.Model) -> dict[str, tuple[str, float]]:
     found: dict[str, tuple[str, float]] = {}
     for value in model.graph.outputs:
         node = value.producer()
+        while node is not None and node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
+            node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
         if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
             continue
         bound = BOUNDED_ACTIVATIONS.get(node.op_type)

@@ -34,6 +34,7 @@ __all__ = [
     "Policy",
     "bounded_resolutions",
     "error_statistics",
+    "output_producer",
 ]
 
 #: Activations whose output is bounded by this magnitude (default domain).
@@ -48,6 +49,17 @@ BOUNDED_ACTIVATIONS = {
 RESOLUTION_STEPS = 16
 
 
+def output_producer(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
+    """The node that computes graph output ``name``, looking through Identity nodes
+    (Paddle's and skl2onnx's classifiers end in Softmax -> Identity -> output)."""
+    node = producers.get(name)
+    for _ in range(len(producers)):
+        if node is None or node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+            break
+        node = producers.get(node.input[0])
+    return node
+
+
 def bounded_resolutions(graph: onnx.GraphProto) -> dict[str, float]:
     """Graph output -> its resolution, for each output a bounded activation produces
     (:data:`RESOLUTION_STEPS` float32 steps of the bound): a text detector's
@@ -58,7 +70,7 @@ def bounded_resolutions(graph: onnx.GraphProto) -> dict[str, float]:
     step = RESOLUTION_STEPS * float(np.finfo(np.float32).eps)
     found: dict[str, float] = {}
     for value in graph.output:
-        node = producers.get(value.name)
+        node = output_producer(producers, value.name)
         if node is not None and node.domain in ("", "ai.onnx") and node.op_type in BOUNDED_ACTIVATIONS:
             found[value.name] = step * BOUNDED_ACTIVATIONS[node.op_type]
     return found
