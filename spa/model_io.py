@@ -40,6 +40,7 @@ __all__ = [
     "load_model",
     "load_proto",
     "node_bodies",
+    "proto_stored_bytes",
     "read_array",
     "same_graph",
     "save_model",
@@ -252,6 +253,14 @@ def _external_int(path: Path, tensor: onnx.TensorProto, info: dict[str, str], ke
             "non-negative integer; re-export the model"
         )
     return value
+
+
+def proto_stored_bytes(path: str | os.PathLike[str], proto: onnx.ModelProto) -> int:
+    """Bytes on disk of the model file at ``path`` plus the external-data files that
+    ``proto`` (read from it by :func:`load_proto`) names: :func:`stored_bytes` for
+    a model not loaded as onnx-ir."""
+    path = Path(path)
+    return path.stat().st_size + sum(f.stat().st_size for f in _check_external_data(proto, path))
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> set[Path]:

@@ -6,7 +6,8 @@ its MatMul/Gemm/Conv MACs that it changed, and groups what it left by reason
 --target tensorrt", "layer skipped: depthwise"). A command that changed nothing
 says so in one line instead of a silent "MACs 0 -> 0".
 
-The unit is a weight: a float initializer of the main graph. A caller gives,
+The unit is a weight: a float initializer of the main graph or of an If/Loop/Scan
+body (whose nodes, and their MACs, count too). A caller gives,
 per weight name, ``""`` when the command changed it or the reason it did not
 (:func:`change_share`); weights it gives nothing for get ``default_reason``
 with the consuming op type. A MatMul/Gemm/Conv node's MACs follow its weight
@@ -34,6 +35,7 @@ from onnx import numpy_helper
 from spa.analysis.groups import reason_kind
 from spa.model_io import iter_graph_protos
 from spa.stats.coverage import node_macs, value_shapes
+from spa.stats.shape_facts import all_nodes
 
 __all__ = [
     "BIAS_REASON",
@@ -131,19 +133,15 @@ class ChangeShare:
         }
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Value name -> the nodes reading it, in ``graph`` and every body inside it (a
-    body reads an outer weight by name)."""
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the nodes reading it, in the main graph and every body inside it
+    (a body reads an outer weight by name)."""
     users: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in _all_nodes(graph):
+    for node in all_nodes(model):
         for name in node.input:
             if name:
                 users[name].append(node)
     return users
-
-
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    return [node for body in iter_graph_protos(graph) for node in body.node]
 
 
 def change_share(
@@ -158,7 +156,7 @@ def change_share(
     covers the weights ``outcomes`` does not name.
     """
     graph = model.graph
-    users = _consumers(graph)
+    users = _consumers(model)
     reasons: dict[str, str] = {}
     params: dict[str, int] = {}
     for tensor in (t for body in iter_graph_protos(graph) for t in body.initializer):
@@ -173,7 +171,7 @@ def change_share(
     macs: dict[str, int] = collections.defaultdict(int)
     unweighted: list[tuple[str, int]] = []
     shapes = value_shapes(model)
-    for node in _all_nodes(graph):  # both branches of an If, one iteration of a Loop
+    for node in all_nodes(model):  # both branches of an If, one iteration of a Loop
         count = node_macs(node, shapes)
         if not count:
             continue
@@ -223,7 +221,7 @@ def node_outcomes(model: onnx.ModelProto, decisions: Mapping[str, str]) -> dict[
     """
     initializers = {t.name for body in iter_graph_protos(model.graph) for t in body.initializer}
     outcomes: dict[str, str] = {}
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model):
         if not node.name or node.name not in decisions:
             continue
         reason = decisions[node.name]

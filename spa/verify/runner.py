@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from spa.errors import UserError
+from spa.model_io import proto_stored_bytes
 from spa.ort import create_session, import_onnxruntime, ort_error_message
 from spa.progress import progress_bar, track
 
@@ -155,7 +156,7 @@ def runnable_dims(
                 if dim == f"{spec.name}:{axis}":
                     unnamed.setdefault(spec.name, []).append(dim)
     every = sorted(d for d in open_dims if d not in leading)
-    if not every or _stored_size(model, proto) > PROBE_MAX_BYTES:
+    if not every or proto_stored_bytes(model, proto) > PROBE_MAX_BYTES:
         return {}
     try:
         session = create_session(model)
@@ -190,20 +191,3 @@ def runnable_dims(
             if runs(sizes):
                 return sizes
     return {}
-
-
-def _stored_size(model: str | os.PathLike[str], proto: onnx.ModelProto) -> int:
-    """Bytes of the model file and of the external-data files beside it that it names."""
-    from spa.model_io import iter_graph_protos
-
-    path = os.fspath(model)
-    folder = os.path.dirname(os.path.abspath(path))
-    files = {
-        os.path.join(folder, entry.value)
-        for graph in iter_graph_protos(proto.graph)
-        for tensor in graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return os.path.getsize(path) + sum(os.path.getsize(f) for f in files if os.path.isfile(f))
