@@ -243,3 +243,137 @@ def test_run_time_targets_with_literal_heads_are_rewritten_privately() -> None:
     assert group.prunable and group.size == 3  # heads read through Shape/Gather/Concat
     _, plan, error = mask_equivalence(proto, ratio=0.5, seed=0, dims={"N": 2})
     assert plan.kept and error <= 1e-5
+
+
+# timm's and Paddle's attention: one projection reshaped to [B, N, 3, heads, dim],
+# transposed to [3, B, heads, N, dim] and cut along the leading axis (Slice +
+# Squeeze in Paddle's export, Split in TorchScript's unbind, Gather in others).
+PACKED_QKV = f"""{HEADER}
+g (float[N, 4, 8] x) => (float[N, 4, 8] y) {{
+    qkv = MatMul (x, wqkv)
+    qkvb = Add (qkv, bqkv)
+    q5 = Reshape (qkvb, packed)
+    t = Transpose <perm = [2, 0, 3, 1, 4]> (q5)
+    {{select}}
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    s = MatMul (q, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, v)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}}"""
+
+PACKED_SELECT = {
+    "slice": """
+    q1 = Slice (t, zero, one, zero)
+    k1 = Slice (t, one, two, zero)
+    v1 = Slice (t, two, three, zero)
+    q = Squeeze (q1, zero)
+    k = Squeeze (k1, zero)
+    v = Squeeze (v1, zero)""",
+    "split": """
+    q1, k1, v1 = Split <axis = 0> (t, ones)
+    q = Squeeze (q1, zero)
+    k = Squeeze (k1, zero)
+    v = Squeeze (v1, zero)""",
+    "gather": """
+    q = Gather <axis = 0> (t, s0)
+    k = Gather <axis = 0> (t, s1)
+    v = Gather <axis = 0> (t, s2)""",
+}
+
+
+def packed_qkv_model(select: str) -> onnx.ModelProto:
+    constants = {
+        "packed": np.array([0, -1, 3, 4, 2]),
+        "merged": np.array([0, 4, 8]),
+        "zero": np.array([0]),
+        "one": np.array([1]),
+        "two": np.array([2]),
+        "three": np.array([3]),
+        "ones": np.array([1, 1, 1]),
+        "s0": np.array(0),
+        "s1": np.array(1),
+        "s2": np.array(2),
+    }
+    text = PACKED_QKV.replace("{select}", PACKED_SELECT[select])
+    weights = {"wqkv": (8, 24), "bqkv": (24,), "wo": (8, 8)}
+    return model_from_text(text, weights, constants=constants)
+
+
+def test_packed_qkv_heads_form_one_group() -> None:
+    for select in PACKED_SELECT:
+        _, analysis = analysis_of(packed_qkv_model(select))
+        group = group_with(analysis, "wqkv", 1)
+        assert group.prunable and group.size == 4, select  # four heads
+        by_space = {m.space: m for m in group.members}
+        # head 1 of q, k and v: columns 2-3, 10-11, 18-19 of the projection
+        columns = by_space[("wqkv", 1)].index_map.forward(np.array([1])).tolist()
+        assert columns == [2, 3, 10, 11, 18, 19], select
+        assert by_space[("bqkv", 0)].index_map.forward(np.array([1])).tolist() == columns
+        assert by_space[("wo", 0)].index_map.forward(np.array([1])).tolist() == [2, 3]
+
+
+def test_packed_qkv_mask_equivalence() -> None:
+    for select in PACKED_SELECT:
+        for seed in range(2):
+            _, plan, error = mask_equivalence(
+                packed_qkv_model(select), ratio=0.5, seed=seed, dims={"N": 2}
+            )
+            assert [len(kept) for kept in plan.kept.values()] == [2], select
+            assert error <= 1e-5, select
+
+
+# torch.export's attention (F.scaled_dot_product_attention at opset < 23) transposes
+# K with batch and heads merged: [B, H, S, D] -> [-1, S, D] -> [B*H, D, S] -> back to
+# [B, H, D, S] with the leading dims read from K's own shape.
+MERGED_TRANSPOSE = f"""{HEADER}
+g (float[N, 4, 8] x) => (float[N, 4, 8] y) {{
+    q = MatMul (x, wq)
+    k = MatMul (x, wk)
+    v = MatMul (x, wv)
+    q4 = Reshape (q, heads)
+    k4 = Reshape (k, heads)
+    v4 = Reshape (v, heads)
+    qh = Transpose <perm = [0, 2, 1, 3]> (q4)
+    kh = Transpose <perm = [0, 2, 1, 3]> (k4)
+    vh = Transpose <perm = [0, 2, 1, 3]> (v4)
+    lead = Shape <end = -2> (kh)
+    seq = Shape <start = -2, end = -1> (kh)
+    dim = Shape <start = -1> (kh)
+    flat_target = Concat <axis = 0> (minus_one, seq, dim)
+    kf = Reshape (kh, flat_target)
+    kft = Transpose <perm = [0, 2, 1]> (kf)
+    back_target = Concat <axis = 0> (lead, dim, seq)
+    kt = Reshape (kft, back_target)
+    s = MatMul (qh, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, vh)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}}"""
+
+
+def merged_transpose_model() -> onnx.ModelProto:
+    constants = {
+        "heads": np.array([0, 4, 4, 2]),
+        "merged": np.array([0, 4, 8]),
+        "minus_one": np.array([-1]),
+    }
+    weights = {"wq": (8, 8), "wk": (8, 8), "wv": (8, 8), "wo": (8, 8)}
+    return model_from_text(MERGED_TRANSPOSE, weights, constants=constants)
+
+
+def test_heads_pass_through_a_merged_batch_transpose() -> None:
+    _, analysis = analysis_of(merged_transpose_model())
+    group = group_with(analysis, "wk", 1)
+    assert group is group_with(analysis, "wq", 1) is group_with(analysis, "wv", 1)
+    assert group.prunable and group.size == 4  # four heads
+    for seed in range(3):
+        _, plan, error = mask_equivalence(
+            merged_transpose_model(), ratio=0.5, seed=seed, dims={"N": 2}
+        )
+        assert [len(kept) for kept in plan.kept.values()] == [2]
+        assert error <= 1e-5

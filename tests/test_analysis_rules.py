@@ -223,3 +223,32 @@ def test_recurrent_hidden_units_prune_exactly(text: str, gates: int) -> None:
     for seed in range(2):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
         assert plan.kept and error <= 1e-5
+
+
+# Paddle's SVTR flattens a height-1 feature map whose width is dynamic with a
+# run-time target: [N, C, 1, W] -> Concat(Shape(x)[0:2], [-1]) = [N, C, W].
+FLATTEN_DYNAMIC_WIDTH = (
+    f"""{HEADER}
+    g (float[N, 3, 1, W] x) => (float[N, W, 5] y) {{
+        c = Conv (x, w1, b1)
+        r = Relu (c)
+        s = Shape (r)
+        lead = Slice (s, zero, two, zero)
+        target = Concat <axis = 0> (lead, minus_one)
+        f = Reshape (r, target)
+        t = Transpose <perm = [0, 2, 1]> (f)
+        y = MatMul (t, w2)
+    }}""",
+    {"w1": (6, 3, 1, 1), "b1": (6,), "w2": (6, 5)},
+)
+
+
+def test_flatten_of_a_size_one_axis_beside_a_dynamic_one_keeps_channels() -> None:
+    constants = {"zero": np.array([0]), "two": np.array([2]), "minus_one": np.array([-1])}
+    proto = model_from_text(*FLATTEN_DYNAMIC_WIDTH, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 0)
+    assert group is group_with(analysis, "w2", 0) and group.prunable and group.size == 6
+    for seed in range(2):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2, "W": 7})
+        assert plan.kept and error <= 1e-5

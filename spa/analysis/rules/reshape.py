@@ -7,8 +7,13 @@ axes ignored). A one-to-one segment is an identity; a merge
 Two patterns couple the inner axis instead: a channel shuffle (split, swap the
 two axes, merge back: the within-group position is the channel space) and a
 bidirectional RNN output ``[.., directions, hidden]`` merged (hidden unit j is
-feature j of every direction). Other inner axes stay frozen (the analyzer
-freezes what a rule leaves out). Run-time targets are read by
+feature j of every direction). A split whose leading factor is then cut apart
+(a packed projection ``3*H*D -> (3, H, D)`` taken apart by Slice, Split or
+Gather along the 3: timm's and Paddle's attention) couples the next factor,
+the heads: head h is ``h*D .. h*D+D-1`` in each of the 3 blocks. Leading
+axes merged with a symbolic batch (``[B, H, S, D] -> [B*H, S, D]``) are left
+free when every use splits them back from the input's own shape further on.
+Other inner axes stay frozen (the analyzer freezes what a rule leaves out). Run-time targets are read by
 :mod:`spa.analysis.shape_exprs`.
 """
 
@@ -17,9 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import onnx_ir as ir
 
-from spa.analysis.index_maps import Block, Identity, Tile
+from spa.analysis.index_maps import Block, Composed, Identity, Tile
 from spa.analysis.rules.registry import (
     Barrier,
     Coupling,
@@ -46,6 +52,12 @@ def _segments(
             if in_shape[i] is None and out_shape[j] is None:
                 segments.append(([i], [j]))
                 i, j = i + 1, j + 1
+                continue
+            if in_shape[i] == 1:  # a size-1 axis dropped next to a symbolic one
+                i += 1
+                continue
+            if out_shape[j] == 1:
+                j += 1
                 continue
             return None
         ins, outs = [i], [j]
@@ -151,13 +163,102 @@ def reshape_couplings(
             # position stays kept in every group, so the shuffle stays a shuffle)
             per_group = in_dim // out_dim
             out.append(Coupling((name(y), outs[1]), (name(x), first_in), Tile(per_group, out_dim)))
+        elif len(ins) == 1 and len(outs) >= 2 and _cut_along(y, first_out, context):
+            # packed projection [.., 3, H, D] cut into its 3 parts: the leading factor
+            # is no channel space; the next one (heads) is, repeated in every part
+            inner_dim = out_shape[outs[1]]
+            assert inner_dim is not None
+            block = in_dim // (out_dim * inner_dim)
+            index_map = Composed((Block(inner_dim, block), Tile(inner_dim * block, out_dim)))
+            out.append(Coupling((name(y), outs[1]), (name(x), first_in), index_map))
         elif len(ins) == 1:
             out.append(
                 Coupling(
                     (name(y), first_out), (name(x), first_in), Block(out_dim, in_dim // out_dim)
                 )
             )
+    mapped = {a for all_ins, _ in segments for a in all_ins}
+    merged = [a for a in range(len(in_shape)) if a not in mapped]
+    if merged == list(range(len(merged))) and len(merged) > 1 and _restored(y, 0, x, merged, context):
+        # leading axes (a symbolic batch among them) merged for a batched op and split
+        # back from the input's own shape further on (TorchExport's attention:
+        # [B, H, S, D] -> [B*H, S, D] -> transpose -> [B, H, D, S]): the heads axis
+        # passes through unchanged, and the restoring Reshape couples it
+        out.append(Unconstrained((), spaces=tuple((name(x), a) for a in merged)))
     return out
+
+
+def _restored(
+    value: ir.Value,
+    position: int,
+    x: ir.Value,
+    merged: list[int],
+    context: RuleContext,
+    depth: int = 0,
+) -> bool:
+    """Does every use of ``value`` (through Transposes) end in a Reshape that splits
+    its axis ``position`` back into ``x``'s axes ``merged``, read from ``x``'s shape?"""
+    consumers = value.consumers()
+    if not consumers or depth > 4:
+        return False
+    for node in consumers:
+        if node.domain or node.inputs[0] is not value:
+            return False
+        if node.op_type == "Transpose":
+            perm = context.attribute(node, "perm")
+            if perm is None or not _restored(
+                node.outputs[0], list(perm).index(position), x, merged, context, depth + 1
+            ):
+                return False
+        elif node.op_type == "Reshape" and position == 0:
+            entries = evaluate_target(node.inputs[1], context)
+            restores = entries is not None and all(
+                i < len(entries)
+                and isinstance(entries[i], CopiedDim)
+                and entries[i] == CopiedDim(name(x), a, entries[i].size)  # type: ignore[union-attr]
+                for i, a in enumerate(merged)
+            )
+            if not restores:
+                return False
+        else:
+            return False
+    return True
+
+
+def _cut_along(value: ir.Value, axis: int, context: RuleContext, depth: int = 0) -> bool:
+    """Is every use of ``value`` (through Transposes and Identities) a Slice, Split
+    or Gather along ``axis``: a packed projection taken apart?"""
+    consumers = value.consumers()
+    if not consumers or depth > 4:
+        return False
+    for node in consumers:
+        if node.domain or node.inputs[0] is not value:
+            return False
+        op = node.op_type
+        rank = len(context.shape(value) or ())
+        if op == "Identity":
+            found = _cut_along(node.outputs[0], axis, context, depth + 1)
+        elif op == "Transpose":
+            perm = context.attribute(node, "perm")
+            found = perm is not None and _cut_along(
+                node.outputs[0], list(perm).index(axis), context, depth + 1
+            )
+        elif op in ("Split", "Gather"):
+            found = rank > 0 and int(context.attribute(node, "axis", 0)) % rank == axis
+        elif op == "Slice":
+            axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+            starts = context.constant(node.inputs[1])
+            axes = (
+                context.constant(axes_value)
+                if axes_value is not None
+                else None if starts is None else np.arange(starts.size)
+            )
+            found = axes is not None and rank > 0 and [int(a) % rank for a in axes] == [axis]
+        else:
+            found = False
+        if not found:
+            return False
+    return True
 
 
 def _is_direction_axis(value: ir.Value, axis: int) -> bool:
