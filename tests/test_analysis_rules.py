@@ -252,3 +252,32 @@ def test_flatten_of_a_size_one_axis_beside_a_dynamic_one_keeps_channels() -> Non
     for seed in range(2):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2, "W": 7})
         assert plan.kept and error <= 1e-5
+
+
+# GhostNet's module: cat([x1, cheap(x1)])[:, :out]; with out = all channels the
+# Slice lists the channel axis but keeps it whole (ends clamp at any size).
+GHOST_SLICE = f"""{HEADER}
+g (float[N, 3, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+    a = Conv (x, w1)
+    b = Conv <group = 4, pads = [1, 1, 1, 1]> (a, wd)
+    c = Concat <axis = 1> (a, b)
+    s = Slice (c, zero, end, one)
+    y = Conv (s, w2)
+}}"""
+
+
+@pytest.mark.parametrize("end", [8, 2**63 - 1, 5])
+def test_a_slice_that_keeps_the_channel_axis_whole_is_an_identity(end: int) -> None:
+    constants = {"zero": np.array([0]), "end": np.array([end]), "one": np.array([1])}
+    weights = {"w1": (4, 3, 1, 1), "wd": (4, 1, 3, 3), "w2": (4, 8 if end != 5 else 5, 1, 1)}
+    proto = model_from_text(GHOST_SLICE, weights, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 0)
+    if end == 5:  # cuts the axis: frozen
+        assert not group.prunable
+        assert any("Slice" in reason for reason in group.frozen_reasons)
+        return
+    assert group is group_with(analysis, "w2", 1) and group.prunable
+    for seed in range(2):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5

@@ -6,6 +6,7 @@ ConstantOfShape and layer normalisation (Reshape and Flatten: see
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity, Offset, Tile
@@ -401,8 +402,38 @@ def _slice(node: ir.Node, context: RuleContext) -> Result:
         starts = context.constant(node.inputs[1]) if len(node.inputs) > 1 else None
         count = len(starts) if starts is not None else rank
         cut = set(range(count))
+    cut -= _whole_windows(node, context, in_shape)
     out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     for axis, dim in enumerate(in_shape):
         if axis not in cut and dim is not None and out_shape[axis] == dim:
             out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
     return out
+
+
+def _whole_windows(
+    node: ir.Node, context: RuleContext, in_shape: tuple[int | None, ...]
+) -> set[int]:
+    """Listed axes the Slice keeps whole at any size: start 0 (or <= -dim), step 1 and
+    an end >= dim, which ONNX clamps to a smaller axis too (GhostNet's
+    ``cat([x1, x2])[:, :out]`` with ``out`` = all channels)."""
+    inputs = [*node.inputs, None, None, None, None][1:5]
+    starts, ends = (context.constant(v) if v is not None else None for v in inputs[:2])
+    if starts is None or ends is None or starts.size != ends.size:
+        return set()
+    rank = len(in_shape)
+    axes = context.constant(inputs[2]) if inputs[2] is not None else np.arange(starts.size)
+    steps = context.constant(inputs[3]) if inputs[3] is not None else np.ones(starts.size)
+    if axes is None or steps is None or axes.size != starts.size or steps.size != starts.size:
+        return set()
+    whole = set()
+    for axis, start, end, step in zip(
+        axes.reshape(-1).tolist(),
+        starts.reshape(-1).tolist(),
+        ends.reshape(-1).tolist(),
+        steps.reshape(-1).tolist(),
+        strict=True,
+    ):
+        dim = in_shape[int(axis) % rank]
+        if dim is not None and step == 1 and (start == 0 or start <= -dim) and end >= dim:
+            whole.add(int(axis) % rank)
+    return whole
