@@ -4,6 +4,7 @@ reasons, and mask equivalence of a random 50% plan in ONNX Runtime."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from spa.analysis.index_maps import Lookup
@@ -281,3 +282,50 @@ def test_a_slice_that_keeps_the_channel_axis_whole_is_an_identity(end: int) -> N
     for seed in range(2):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
         assert plan.kept and error <= 1e-5
+
+
+def _window_model() -> onnx.ModelProto:
+    """Swin's window attention mask: [4*B, 3, C] -> [B, 4, 3, C] (+ mask) -> back.
+    Symbolic shape inference names the leading dims ``4*B`` and ``B``; read left
+    to right, 3*4 == 4*3 would pair the wrong axes and lose the channels C."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((5, 4)),
+        "w2": rng.standard_normal((4, 2)),
+        "mask": rng.standard_normal((1, 4, 1, 1)),
+    }
+    constants = {"split": np.array([-1, 4, 3, 4]), "merge": np.array([-1, 3, 4])}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Reshape", ["a", "split"], ["b"]),
+        helper.make_node("Add", ["b", "mask"], ["m"]),
+        helper.make_node("Reshape", ["m", "merge"], ["c"]),
+        helper.make_node("MatMul", ["c", "w2"], ["y"]),
+    ]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "windows",
+        [info("x", TensorProto.FLOAT, ["4*B", 3, 5])],
+        [info("y", TensorProto.FLOAT, ["4*B", 3, 2])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+        + [numpy_helper.from_array(v, k) for k, v in constants.items()],
+        value_info=[
+            info("a", TensorProto.FLOAT, ["4*B", 3, 4]),
+            info("b", TensorProto.FLOAT, ["B", 4, 3, 4]),
+            info("m", TensorProto.FLOAT, ["B", 4, 3, 4]),
+            info("c", TensorProto.FLOAT, ["4*B", 3, 4]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_batch_split_into_windows_pairs_axes_from_the_right() -> None:
+    proto = _window_model()
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 1)
+    assert group is group_with(analysis, "w2", 0) and group.prunable and group.size == 4
+    _, plan, error = mask_equivalence(proto, ratio=0.5, seed=0, dims={"4*B": 8})
+    assert plan.kept and error <= 1e-5

@@ -42,13 +42,22 @@ Result = list[Coupling | Barrier | Unconstrained]
 
 
 def _segments(
-    in_shape: Sequence[int | None], out_shape: Sequence[int | None]
+    in_shape: Sequence[int | None],
+    out_shape: Sequence[int | None],
+    in_names: Sequence[str | None] = (),
+    out_names: Sequence[str | None] = (),
 ) -> list[tuple[list[int], list[int]]] | None:
-    """Pair runs of axes with equal products; None when dims do not line up."""
+    """Pair runs of axes with equal products; None when dims do not line up (two
+    symbolic dims pair unless their names say they differ: ``16*batch`` is not
+    ``batch``; plain names such as ``unk__4`` and ``batch`` may be one size)."""
     segments: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(in_shape) and j < len(out_shape):
         if in_shape[i] is None or out_shape[j] is None:
+            left_name = in_names[i] if i < len(in_names) else None
+            right_name = out_names[j] if j < len(out_names) else None
+            if _differ(left_name, right_name):
+                return None
             if in_shape[i] is None and out_shape[j] is None:
                 segments.append(([i], [j]))
                 i, j = i + 1, j + 1
@@ -88,6 +97,20 @@ def _suffix_segments(
     (each must hold a symbolic dim) stay unmapped."""
     tail_in = _static_tail(in_shape)
     tail_out = _static_tail(out_shape)
+    from_right = _segments(in_shape[::-1][:tail_in], out_shape[::-1][:tail_out])
+    if from_right is not None:
+        # pair from the last axis on; what is left on either side joins the prefix
+        # ([16*B, 3, 16, 16] -> [B, 16, 3, 16, 16]: the 16 windows split from the batch)
+        used_in = sum(len(ins) for ins, _ in from_right)
+        used_out = sum(len(outs) for _, outs in from_right)
+        if None in in_shape[: len(in_shape) - used_in] and None in out_shape[
+            : len(out_shape) - used_out
+        ]:
+            last_in, last_out = len(in_shape) - 1, len(out_shape) - 1
+            return [
+                ([last_in - a for a in reversed(ins)], [last_out - b for b in reversed(outs)])
+                for ins, outs in reversed(from_right)
+            ]
     while tail_in and tail_out:
         segments = _segments(in_shape[-tail_in:], out_shape[-tail_out:])
         if segments is not None:
@@ -107,6 +130,22 @@ def _suffix_segments(
         return None
     shift_in, shift_out = len(in_shape) - tail_in, len(out_shape) - tail_out
     return [([a + shift_in for a in ins], [b + shift_out for b in outs]) for ins, outs in segments]
+
+
+def _differ(left: str | None, right: str | None) -> bool:
+    """Do two symbolic dim names denote different sizes for sure? Only when one is
+    an arithmetic expression shape inference wrote (``16*batch``, ``seq + 1``)."""
+    if left is None or right is None or left == right:
+        return False
+    return any(op in name for name in (left, right) for op in "*+-/")
+
+
+def _symbols(value: ir.Value, rank: int) -> list[str | None]:
+    """Names of ``value``'s symbolic dims (None for static or unnamed ones)."""
+    shape = value.shape if value.const_value is None else None
+    if shape is None or len(shape) != rank:
+        return []
+    return [None if isinstance(d, int) or d.value is None else str(d.value) for d in shape]
 
 
 def _static_tail(shape: Sequence[int | None]) -> int:
@@ -130,7 +169,9 @@ def reshape_couplings(
     out_shape = tuple(out_dims) if out_dims is not None else context.shape(y)
     if in_shape is None or out_shape is None:
         return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
-    segments = _segments(in_shape, out_shape)
+    segments = _segments(
+        in_shape, out_shape, _symbols(x, len(in_shape)), _symbols(y, len(out_shape))
+    )
     if segments is None:
         segments = _suffix_segments(in_shape, out_shape)
     if segments is None:
