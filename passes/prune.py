@@ -39,7 +39,7 @@ from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.analysis.groups import Group
 from spa.analysis.rules import RuleContext
 from spa.analysis.rules.attention import sized_attributes
-from spa.analysis.shape_exprs import CopiedDim, evaluate_target
+from spa.analysis.shape_exprs import ComputedDim, CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
 from spa.errors import UserError
 from spa.ir_shapes import infer_shapes
@@ -172,6 +172,8 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_in
     values.update({v.name: v for n in model.graph for v in n.outputs})
     values.update(model.graph.initializers)
     tag = node.name or str(id(node))
+    original = node.inputs[input_index]
+    assert original is not None
     parts: list[ir.Value] = []
     new_nodes: list[ir.Node] = []
     for position, entry in enumerate(entries):
@@ -195,6 +197,15 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_in
                 new_nodes.append(times)
                 part = times.outputs[0]
             parts.append(part)
+        elif isinstance(entry, ComputedDim):  # read back from the original target
+            index = ir.Value(
+                name=f"{tag}__dim{position}_index",
+                const_value=ir.Tensor(np.array([position], dtype=np.int64)),
+            )
+            model.graph.register_initializer(index)
+            gather = ir.node("Gather", [original, index], attributes={"axis": 0})
+            new_nodes.append(gather)
+            parts.append(gather.outputs[0])
         else:
             literal = ir.Value(
                 name=f"{tag}__dim{position}",

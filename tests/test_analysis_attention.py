@@ -377,3 +377,73 @@ def test_heads_pass_through_a_merged_batch_transpose() -> None:
         )
         assert [len(kept) for kept in plan.kept.values()] == [2]
         assert error <= 1e-5
+
+
+# torch.export's repeat_kv behind a KV cache: the Expand target holds the total
+# length as a run-time sum, Shape(past)[2] + Shape(x)[1].
+GQA_CACHE_SUM = f"""{HEADER}
+g (float[N, S, 8] x, float[N, 2, P, 2] past_key) => (float[N, S, 8] y, float[N, 2, T, 2] present_key) {{
+    q = MatMul (x, wq)
+    k = MatMul (x, wk)
+    q4 = Reshape (q, qshape)
+    k4 = Reshape (k, kvshape)
+    qh = Transpose <perm = [0, 2, 1, 3]> (q4)
+    kh = Transpose <perm = [0, 2, 1, 3]> (k4)
+    present_key = Concat <axis = 2> (past_key, kh)
+    k5 = Unsqueeze (present_key, two)
+    batch = Shape <start = 0, end = 1> (x)
+    past = Shape <start = 2, end = 3> (past_key)
+    seq = Shape <start = 1, end = 2> (x)
+    total = Add (past, seq)
+    target = Concat <axis = 0> (batch, kv, rep, total, dim)
+    ke = Expand (k5, target)
+    merged_target = Concat <axis = 0> (batch, heads, total, dim)
+    kq = Reshape (ke, merged_target)
+    kt = Transpose <perm = [0, 1, 3, 2]> (kq)
+    s = MatMul (qh, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, kq)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}}"""
+
+
+def test_gqa_expand_with_a_summed_cache_length_prunes_kv_heads(tmp_path) -> None:
+    from spa.model_io import load_proto
+    from spa.workflows.prune import prune_model
+
+    constants = {
+        "qshape": np.array([0, 0, 4, 2]),
+        "kvshape": np.array([0, 0, 2, 2]),
+        "two": np.array([2]),
+        "kv": np.array([2]),
+        "rep": np.array([2]),
+        "dim": np.array([2]),
+        "heads": np.array([4]),
+        "merged": np.array([0, 0, 8]),
+    }
+    weights = {"wq": (8, 8), "wk": (8, 4), "wo": (8, 8)}
+    proto = model_from_text(GQA_CACHE_SUM, weights, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "wk", 1)
+    assert group is group_with(analysis, "wq", 1) is group_with(analysis, "past_key", 1)
+    assert group.prunable and group.size == 2  # KV heads
+    source = tmp_path / "gqa.onnx"
+    onnx.save(proto, str(source))
+    for seed in range(2):
+        result = prune_model(
+            source,
+            tmp_path / f"small{seed}.onnx",
+            ratio=0.5,
+            criterion="random",
+            seed=seed,
+            verify=True,
+            dims={"N": 2, "S": 3, "P": 4},
+        )
+        assert result.verification is not None and result.verification.passed
+        graph = load_proto(result.output).graph
+        past = next(v for v in graph.input if v.name == "past_key")
+        assert past.type.tensor_type.shape.dim[1].dim_value == 1  # one KV head kept
+        # the rebuilt Expand target still reads the total length at run time
+        assert result.statistics["shape_targets_rewritten"] >= 1

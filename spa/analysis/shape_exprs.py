@@ -10,6 +10,10 @@ A little arithmetic is read too, as TorchScript writes it: a dim times a
 literal (``Mul``: GQA's ``kv_heads * n_rep``), and the ``expand`` idiom
 ``Where(Equal(t, ConstantOfShape(..) * -1), ConstantOfShape(..), t)``, entry by
 entry where the comparison is decidable (a copied dim is never negative).
+A sum or difference of dims (a KV cache's ``past + seq``) is read as a
+:class:`ComputedDim`: a run-time size spa never rewrites (a rebuilt target
+reads it back from the original one).
+
 Other chains are not read: the caller freezes them.
 """
 
@@ -23,7 +27,7 @@ import onnx_ir as ir
 
 from spa.analysis.rules.registry import RuleContext
 
-__all__ = ["CopiedDim", "Entry", "evaluate_target", "resolve_target"]
+__all__ = ["ComputedDim", "CopiedDim", "Entry", "evaluate_target", "resolve_target"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +44,15 @@ class CopiedDim:
         return None if self.size is None else self.size * self.factor
 
 
-Entry = int | CopiedDim
+@dataclasses.dataclass(frozen=True)
+class ComputedDim:
+    """A dim computed at run time from other dims (``past + seq``): size unknown,
+    never a channel count; ``nonnegative`` when it is a sum of dims."""
+
+    nonnegative: bool = False
+
+
+Entry = int | CopiedDim | ComputedDim
 _MAX_DEPTH = 12
 
 
@@ -83,6 +95,8 @@ def evaluate_target(
         return evaluate_target(node.inputs[0], context, depth + 1)
     if op == "Mul":
         return _elementwise(node, context, depth, _times)
+    if op in ("Add", "Sub"):
+        return _elementwise(node, context, depth, _plus if op == "Add" else _minus)
     if op == "Equal":
         return _elementwise(node, context, depth, _equal)
     if op == "Where":
@@ -129,12 +143,33 @@ def _times(a: Entry, b: Entry) -> Entry | None:
     return None
 
 
+def _plus(a: Entry, b: Entry) -> Entry | None:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    return ComputedDim(nonnegative=_nonnegative(a) and _nonnegative(b))
+
+
+def _minus(a: Entry, b: Entry) -> Entry | None:
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    return ComputedDim()
+
+
+def _nonnegative(entry: Entry) -> bool:
+    if isinstance(entry, CopiedDim):
+        return entry.factor > 0
+    if isinstance(entry, ComputedDim):
+        return entry.nonnegative
+    return entry >= 0
+
+
 def _equal(a: Entry, b: Entry) -> Entry | None:
-    """1/0 where decidable: a copied dim (times a positive factor) is never negative."""
+    """1/0 where decidable: a copied dim (times a positive factor) or a sum of
+    them is never negative."""
     if isinstance(a, int) and isinstance(b, int):
         return int(a == b)
-    dim, other = (a, b) if isinstance(a, CopiedDim) else (b, a)
-    if isinstance(dim, CopiedDim) and isinstance(other, int) and other < 0 and dim.factor > 0:
+    dim, other = (b, a) if isinstance(a, int) else (a, b)
+    if not isinstance(dim, int) and isinstance(other, int) and other < 0 and _nonnegative(dim):
         return 0
     return None
 
@@ -193,7 +228,7 @@ def _filled(node: ir.Node, context: RuleContext, depth: int) -> list[Entry] | No
     count = length[0].product if isinstance(length[0], CopiedDim) else length[0]
     fill = context.attribute(node, "value")
     array = fill.numpy() if fill is not None else None
-    if count is None or (array is not None and array.dtype.kind not in "iu"):
+    if not isinstance(count, int) or (array is not None and array.dtype.kind not in "iu"):
         return None
     value = int(array.reshape(-1)[0]) if array is not None else 0
     return [value] * count
@@ -215,6 +250,8 @@ def resolve_target(
     for position, entry in enumerate(entries):
         if isinstance(entry, CopiedDim):
             dims.append(entry.product)
+        elif isinstance(entry, ComputedDim):
+            dims.append(None)
         elif entry == 0 and allow_zero:
             dims.append(in_shape[position] if position < len(in_shape) else None)
         elif entry == -1:

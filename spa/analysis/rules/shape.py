@@ -20,7 +20,7 @@ from spa.analysis.rules.registry import (
     register_rule,
     unknown_shapes,
 )
-from spa.analysis.shape_exprs import CopiedDim, evaluate_target
+from spa.analysis.shape_exprs import Entry, evaluate_target
 
 __all__: list[str] = []
 
@@ -327,7 +327,7 @@ def _expand(node: ir.Node, context: RuleContext) -> Result:
     in_shape, out_shape = context.shape(x), context.shape(y)
     constant = context.constant(shape_value)
     if constant is not None:
-        entries: list[int | CopiedDim] | None = [int(v) for v in constant.tolist()]
+        entries: list[Entry] | None = [int(v) for v in constant.tolist()]
     else:
         # A run-time target spa can read: its literals are rewritten when sliced.
         entries = evaluate_target(shape_value, context)
