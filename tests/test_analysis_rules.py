@@ -329,3 +329,19 @@ def test_a_batch_split_into_windows_pairs_axes_from_the_right() -> None:
     assert group is group_with(analysis, "w2", 0) and group.prunable and group.size == 4
     _, plan, error = mask_equivalence(proto, ratio=0.5, seed=0, dims={"4*B": 8})
     assert plan.kept and error <= 1e-5
+
+
+def test_layer_norm_scale_and_bias_join_the_normalised_group() -> None:
+    text = f"""{HEADER}
+    g (float[N, 5, 4] x) => (float[N, 5, 3] y) {{
+        a = MatMul (x, w1)
+        n = LayerNormalization <axis = -1> (a, scale, bias)
+        y = MatMul (n, w2)
+    }}"""
+    weights = {"w1": (4, 6), "scale": (6,), "bias": (6,), "w2": (6, 3)}
+    _, analysis = analysis_of(model_from_text(text, weights))
+    group = group_with(analysis, "scale", 0)
+    assert group is group_with(analysis, "bias", 0) is group_with(analysis, "w1", 1)
+    assert not group.prunable
+    assert all("normalises over axis 2" in reason for reason in group.frozen_reasons)
+    assert not any("does not map" in kind for kind in analysis.frozen_reason_counts())

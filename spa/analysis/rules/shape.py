@@ -380,6 +380,16 @@ def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
             out.append(Barrier(reason, ((name(x), a), (name(y), a))))
         elif dim is not None:
             out.append(Coupling((name(x), a), (name(y), a), Identity(dim)))
+    # scale and bias live on the normalised axes: they share that (frozen) group and
+    # its reason, rather than making groups of their own
+    for parameter in node.inputs[1:3]:
+        p_shape = context.shape(parameter) if parameter is not None else None
+        if parameter is None or p_shape is None or len(p_shape) > len(shape) - axis:
+            continue
+        offset = len(shape) - len(p_shape)
+        for a, dim in enumerate(p_shape):
+            if dim is not None and dim == shape[offset + a]:
+                out.append(Coupling((name(parameter), a), (name(x), offset + a), Identity(dim)))
     return out
 
 
