@@ -165,7 +165,7 @@ def test_cli_report_and_verdict(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--target", "tensorrt", "--asymmetric"], "error: --target tensorrt holds symmetric INT4"),
-        (["--calib", "x.npz"], "error: --calib is only used by --method gptq"),
+        (["--calib", "missing.npz"], "error: --calib missing.npz: no such file or folder"),
         (["--block", "48"], "error: block 48: use a power of two"),
     ],
 )
@@ -214,3 +214,21 @@ def test_w8_rtn_on_zoo_transformers(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.statistics["nodes_quantized"] > 0, name
         assert result.cosine is not None and result.cosine >= 0.9999, (name, result.cosine)
+
+
+def test_rtn_with_calib_measures_quality_on_held_out_real_data(tmp_path: Path) -> None:
+    """RTN needs no calibration, but given data it reports agreement on its held-out
+    share (the quality line), as every command does; it calibrates nothing."""
+    source = _block(tmp_path / "block.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, X=_correlated(1, 8)[:, None])
+    result = CliRunner().invoke(
+        _cli(),
+        ["quantize", str(source), "-o", str(tmp_path / "q.onnx"), "--weights", "int8",
+         "--calib", str(calib), "--report", str(tmp_path / "r.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "(2 held out)" in result.output.splitlines()[-1]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["quality"]["samples"] == 2 and report["quality"]["cosine"] > 0.999
+    assert report["options"]["method"] == "rtn"

@@ -289,7 +289,6 @@ def quantize_command(
 ) -> None:
     """Quantize MatMul/Gemm weights of MODEL to int4/int8 blocks (or, with
     --activations, static INT8/FP8 QDQ) and write -o."""
-    from spa.errors import UserError
     from spa.workflows.quantize import quantize_model
 
     _check_mode(click.get_current_context(), activations, weights, method)
@@ -304,8 +303,6 @@ def quantize_command(
         )  # fmt: skip
         return
     weights = weights or "int4"
-    if calib is not None and method != "gptq":
-        raise UserError("--calib is only used by --method gptq; add --method gptq or drop --calib")
     check_calib_exists(calib)
     result = quantize_model(
         model, output, bits=4 if weights == "int4" else 8, block=block, method=method,

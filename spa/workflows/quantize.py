@@ -68,7 +68,8 @@ def quantize_model(
 ) -> QuantizeResult:
     """Quantize the MatMul/Gemm weights of ``input_path`` and write ``output_path``
     (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
-    GPTQ's Hessians come from ``calib``). ``keep_float``: layer kinds left in float
+    GPTQ's Hessians come from ``calib``; with either method its held-out samples
+    measure agreement with the input). ``keep_float``: layer kinds left in float
     (``depthwise``, ``first``, ``last``); None = all three at 4 bits, none at 8.
     On ``target="ort"`` a MatMulNBits output is measured against the input and
     written in the folded Cast form when that is faster (the latency guard,
@@ -76,7 +77,7 @@ def quantize_model(
     check_quantize_options(bits, block, symmetric, method, target)
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
-    options = RunOptions(**run, calibration=calib if method == "gptq" else None)
+    options = RunOptions(**run, calibration=calib)  # RTN uses it for quality only
     quantizer = QuantizeWeightsPass(
         bits, block, symmetric, method, target, act_order=act_order, keep_float=keep_float
     )
