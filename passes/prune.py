@@ -122,10 +122,19 @@ def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarra
     ):
         _replace_constant(current, array)
         return
-    copy = ir.Value(name=f"{current.name}__{node.name or id(node)}")
-    copy.const_value = ir.Tensor(array, name=copy.name)
-    model.graph.register_initializer(copy)
-    node.replace_input_with(index, copy)
+    node.replace_input_with(index, _new_constant(model, f"{current.name}__{node.name or id(node)}", array))
+
+
+def _new_constant(model: ir.Model, base: str, array: np.ndarray) -> ir.Value:
+    """A new initializer named ``base`` (``base_1``, ... when a model pruned before
+    already holds that name)."""
+    name, count = base, 0
+    while name in model.graph.initializers:
+        count += 1
+        name = f"{base}_{count}"
+    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name))
+    model.graph.register_initializer(value)
+    return value
 
 
 #: op -> index of its target-shape input (Resize's ``sizes`` holds every axis,
@@ -179,40 +188,31 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_in
     for position, entry in enumerate(entries):
         if isinstance(entry, CopiedDim):
             shape = ir.node("Shape", [values[entry.value]])
-            index = ir.Value(
-                name=f"{tag}__dim{position}_index",
-                const_value=ir.Tensor(np.array([entry.axis], dtype=np.int64)),
+            index = _new_constant(
+                model, f"{tag}__dim{position}_index", np.array([entry.axis], dtype=np.int64)
             )
-            model.graph.register_initializer(index)
             gather = ir.node("Gather", [shape.outputs[0], index], attributes={"axis": 0})
             new_nodes += [shape, gather]
             part = gather.outputs[0]
             if entry.factor != 1:
-                factor = ir.Value(
-                    name=f"{tag}__dim{position}_factor",
-                    const_value=ir.Tensor(np.array([entry.factor], dtype=np.int64)),
+                factor = _new_constant(
+                    model, f"{tag}__dim{position}_factor", np.array([entry.factor], dtype=np.int64)
                 )
-                model.graph.register_initializer(factor)
                 times = ir.node("Mul", [part, factor])
                 new_nodes.append(times)
                 part = times.outputs[0]
             parts.append(part)
         elif isinstance(entry, ComputedDim):  # read back from the original target
-            index = ir.Value(
-                name=f"{tag}__dim{position}_index",
-                const_value=ir.Tensor(np.array([position], dtype=np.int64)),
+            index = _new_constant(
+                model, f"{tag}__dim{position}_index", np.array([position], dtype=np.int64)
             )
-            model.graph.register_initializer(index)
             gather = ir.node("Gather", [original, index], attributes={"axis": 0})
             new_nodes.append(gather)
             parts.append(gather.outputs[0])
         else:
-            literal = ir.Value(
-                name=f"{tag}__dim{position}",
-                const_value=ir.Tensor(np.array([entry], dtype=np.int64)),
+            parts.append(
+                _new_constant(model, f"{tag}__dim{position}", np.array([entry], dtype=np.int64))
             )
-            model.graph.register_initializer(literal)
-            parts.append(literal)
     concat = ir.node("Concat", parts, attributes={"axis": 0})
     new_nodes.append(concat)
     model.graph.insert_before(node, new_nodes)
@@ -266,9 +266,7 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
             _constant_input(model, node, 1, sizes)
         else:  # opset 18 num_outputs (equal parts): sizes are no longer equal
             node.attributes.pop("num_outputs", None)
-            value = ir.Value(name=f"{node.name or id(node)}__split_sizes")
-            value.const_value = ir.Tensor(sizes, name=value.name)
-            model.graph.register_initializer(value)
+            value = _new_constant(model, f"{node.name or id(node)}__split_sizes", sizes)
             node.resize_inputs(2)
             node.replace_input_with(1, value)
         rewritten += 1

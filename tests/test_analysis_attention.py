@@ -245,6 +245,30 @@ def test_run_time_targets_with_literal_heads_are_rewritten_privately() -> None:
     assert plan.kept and error <= 1e-5
 
 
+def test_pruning_a_pruned_model_again_names_new_targets_apart(tmp_path) -> None:
+    """The second prune rebuilds the targets the first one rebuilt: its new
+    constants must not collide with the first one's names."""
+    from spa.workflows.prune import prune_model
+
+    constants = {
+        "zero": np.array([0]),
+        "five": np.array([5]),
+        "heads": np.array([4]),
+        "four": np.array([4]),
+        "minus_one": np.array([-1]),
+    }
+    proto = model_from_text(COMPUTED_TARGETS, {"wq": (8, 16), "wo": (16, 8)}, constants=constants)
+    for index, node in enumerate(proto.graph.node):
+        node.name = f"node{index}"  # exporters name nodes; the new constants follow them
+    source = tmp_path / "m.onnx"
+    onnx.save(proto, str(source))
+    once = prune_model(source, tmp_path / "once.onnx", ratio=0.25, criterion="l2", verify=True)
+    twice = prune_model(once.output, tmp_path / "twice.onnx", ratio=0.5, criterion="l2", verify=True)
+    for result in (once, twice):
+        assert result.verification is not None and result.verification.passed
+        assert result.statistics["shape_targets_rewritten"] >= 1
+
+
 # timm's and Paddle's attention: one projection reshaped to [B, N, 3, heads, dim],
 # transposed to [3, B, heads, N, dim] and cut along the leading axis (Slice +
 # Squeeze in Paddle's export, Split in TorchScript's unbind, Gather in others).
