@@ -39,6 +39,7 @@ from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.analysis.groups import Group
 from spa.analysis.rules import RuleContext
 from spa.analysis.rules.attention import sized_attributes
+from spa.analysis.rules.shape import slice_bounds
 from spa.analysis.shape_exprs import ComputedDim, CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
 from spa.errors import UserError
@@ -273,6 +274,45 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
     return rewritten
 
 
+def _fix_slice_windows(model: ir.Model, resized: Resized) -> int:
+    """Constant bounds of a Slice window at one end of a pruned axis follow the new
+    sizes: a window from 0 ends at its new size; one running to the end starts at
+    the input's new size minus its own (the analyzer couples no other window)."""
+    context = RuleContext()
+    rewritten = 0
+    for node in list(model.graph):
+        if node.op_type != "Slice" or node.domain or len(node.inputs) < 3:
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        bounds = slice_bounds(node, context)
+        if x is None or bounds is None:
+            continue
+        starts = np.array([start for _, start, _, _ in bounds], dtype=np.int64)
+        ends = np.array([end for _, _, end, _ in bounds], dtype=np.int64)
+        rank = len(x.shape) if x.shape is not None else 0
+        for position, (axis, start, end, _) in enumerate(bounds):
+            sizes_in = resized.get((x.name or "", axis % rank if rank else axis))
+            sizes_out = resized.get((y.name or "", axis % rank if rank else axis))
+            if sizes_in is None or sizes_out is None:
+                continue
+            (old_in, new_in), (_, new_out) = sizes_in, sizes_out
+            first = min(max(start + old_in if start < 0 else start, 0), old_in)
+            stop = min(max(end + old_in if end < 0 else end, 0), old_in)
+            if (first, stop) == (0, old_in):
+                continue  # kept whole: the bounds clamp at any size
+            if first == 0:
+                ends[position] = new_out
+            else:  # runs to the end
+                starts[position] = -new_out if start < 0 else new_in - new_out
+        if not np.array_equal(starts, [b[1] for b in bounds]):
+            _constant_input(model, node, 1, starts)
+            rewritten += 1
+        if not np.array_equal(ends, [b[2] for b in bounds]):
+            _constant_input(model, node, 2, ends)
+            rewritten += 1
+    return rewritten
+
+
 def _fix_heads_attributes(model: ir.Model, resized: Resized) -> int:
     """Attributes that count a pruned space follow its new size: depthwise ``group``, ``num_heads``,
     ``kv_num_heads``/``q_num_heads`` of fused attention, ``N`` of MatMulNBits,
@@ -321,7 +361,7 @@ def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int
     for name, slices in parameters.items():
         _slice_lazily(model.graph.initializers[name], slices)
     shape_targets = _fix_shape_targets(model, resized) + _fix_computed_targets(model, resized)
-    splits = _fix_split_sizes(model, resized)
+    splits = _fix_split_sizes(model, resized) + _fix_slice_windows(model, resized)
     heads = _fix_heads_attributes(model, resized)
     io_changed = _resize_graph_io(model, resized)
     _clear_inferred_shapes(model)

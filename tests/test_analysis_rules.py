@@ -268,16 +268,13 @@ g (float[N, 3, 6, 6] x) => (float[N, 4, 6, 6] y) {{
 
 
 @pytest.mark.parametrize("end", [8, 2**63 - 1, 5])
-def test_a_slice_that_keeps_the_channel_axis_whole_is_an_identity(end: int) -> None:
+def test_a_slice_that_keeps_the_channel_axis_whole_or_from_0_prunes(end: int) -> None:
     constants = {"zero": np.array([0]), "end": np.array([end]), "one": np.array([1])}
     weights = {"w1": (4, 3, 1, 1), "wd": (4, 1, 3, 3), "w2": (4, 8 if end != 5 else 5, 1, 1)}
     proto = model_from_text(GHOST_SLICE, weights, constants=constants)
     _, analysis = analysis_of(proto)
     group = group_with(analysis, "w1", 0)
-    if end == 5:  # cuts the axis: frozen
-        assert not group.prunable
-        assert any("Slice" in reason for reason in group.frozen_reasons)
-        return
+    # end 5 cuts the axis to a window from 0: a window at one end prunes too
     assert group is group_with(analysis, "w2", 1) and group.prunable
     for seed in range(2):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
@@ -345,3 +342,50 @@ def test_layer_norm_scale_and_bias_join_the_normalised_group() -> None:
     assert not group.prunable
     assert all("normalises over axis 2" in reason for reason in group.frozen_reasons)
     assert not any("does not map" in kind for kind in analysis.frozen_reason_counts())
+
+
+# torch.split(x, [4, 2], dim=1) exported as two Slices (RAFT's context encoder):
+# windows at either end of the channel axis follow the pruned sizes.
+SPLIT_BY_SLICES = f"""{HEADER}
+g (float[N, 3, 5, 5] x) => (float[N, 5, 5, 5] y) {{
+    c = Conv (x, w1)
+    r = Relu (c)
+    a = Slice (r, zero, four, one)
+    b = Slice (r, {{second}}, big, one)
+    ya = Conv (a, wa)
+    yb = Conv (b, wb)
+    y = Add (ya, yb)
+}}"""
+
+
+@pytest.mark.parametrize("second", ["four", "minus_two"])
+def test_slices_at_either_end_of_the_channel_axis_prune_as_windows(second: str) -> None:
+    constants = {
+        "zero": np.array([0]),
+        "four": np.array([4]),
+        "minus_two": np.array([-2]),
+        "big": np.array([2**62]),
+        "one": np.array([1]),
+    }
+    weights = {"w1": (6, 3, 1, 1), "wa": (5, 4, 1, 1), "wb": (5, 2, 1, 1)}
+    proto = model_from_text(SPLIT_BY_SLICES.replace("{second}", second), weights, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 0)
+    assert group is group_with(analysis, "wa", 1) is group_with(analysis, "wb", 1)
+    assert group.prunable and group.size == 6
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5
+
+
+def test_a_slice_window_inside_the_channel_axis_stays_frozen() -> None:
+    text = SPLIT_BY_SLICES.replace("(r, zero, four, one)", "(r, one, four, one)").replace(
+        "{second}", "four"
+    )
+    constants = {"zero": np.array([0]), "four": np.array([4]), "big": np.array([2**62]),
+                 "one": np.array([1])}  # fmt: skip
+    weights = {"w1": (6, 3, 1, 1), "wa": (5, 3, 1, 1), "wb": (5, 2, 1, 1)}
+    _, analysis = analysis_of(model_from_text(text, weights, constants=constants))
+    group = group_with(analysis, "w1", 0)
+    assert not group.prunable
+    assert any("Slice" in reason for reason in group.frozen_reasons)

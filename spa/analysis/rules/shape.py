@@ -22,7 +22,7 @@ from spa.analysis.rules.registry import (
 )
 from spa.analysis.shape_exprs import Entry, evaluate_target
 
-__all__: list[str] = []
+__all__ = ["slice_bounds", "slice_windows"]
 
 Result = list[Coupling | Barrier | Unconstrained]
 
@@ -417,7 +417,57 @@ def _slice(node: ir.Node, context: RuleContext) -> Result:
     for axis, dim in enumerate(in_shape):
         if axis not in cut and dim is not None and out_shape[axis] == dim:
             out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
+    for axis, (start, stop) in slice_windows(node, context, in_shape).items():
+        dim = in_shape[axis]
+        if axis in cut and dim is not None and out_shape[axis] == stop - start:
+            out.append(Coupling((name(x), axis), (name(y), axis), Offset(dim, stop - start, -start)))
     return out
+
+
+def slice_windows(
+    node: ir.Node, context: RuleContext, in_shape: tuple[int | None, ...]
+) -> dict[int, tuple[int, int]]:
+    """Listed axes a Slice cuts to a window at one end, ``axis -> (start, stop)``:
+    constant bounds, step 1, the window starting at 0 or running to the end
+    (``torch.split(x, [a, b], dim=1)`` exported as two Slices). The pruning pass
+    rewrites such bounds from the new sizes; a window inside the axis would need
+    the kept channels themselves, and stays frozen."""
+    bounds = slice_bounds(node, context)
+    if bounds is None:
+        return {}
+    windows = {}
+    for axis, start, end, step in bounds:
+        axis %= len(in_shape)
+        dim = in_shape[axis]
+        if dim is None or step != 1:
+            continue
+        first = min(max(start + dim if start < 0 else start, 0), dim)
+        stop = min(max(end + dim if end < 0 else end, 0), dim)
+        if stop > first and (first == 0 or stop == dim) and (first, stop) != (0, dim):
+            windows[axis] = (first, stop)
+    return windows
+
+
+def slice_bounds(node: ir.Node, context: RuleContext) -> list[tuple[int, int, int, int]] | None:
+    """``(axis, start, end, step)`` per listed axis of a Slice with constant bounds."""
+    inputs = [*node.inputs, None, None, None, None][1:5]
+    starts, ends = (context.constant(v) if v is not None else None for v in inputs[:2])
+    if starts is None or ends is None or starts.size != ends.size:
+        return None
+    axes = context.constant(inputs[2]) if inputs[2] is not None else np.arange(starts.size)
+    steps = context.constant(inputs[3]) if inputs[3] is not None else np.ones(starts.size)
+    if axes is None or steps is None or axes.size != starts.size or steps.size != starts.size:
+        return None
+    return [
+        (int(a), int(s), int(e), int(t))
+        for a, s, e, t in zip(
+            axes.reshape(-1).tolist(),
+            starts.reshape(-1).tolist(),
+            ends.reshape(-1).tolist(),
+            steps.reshape(-1).tolist(),
+            strict=True,
+        )
+    ]
 
 
 def _whole_windows(
@@ -426,24 +476,9 @@ def _whole_windows(
     """Listed axes the Slice keeps whole at any size: start 0 (or <= -dim), step 1 and
     an end >= dim, which ONNX clamps to a smaller axis too (GhostNet's
     ``cat([x1, x2])[:, :out]`` with ``out`` = all channels)."""
-    inputs = [*node.inputs, None, None, None, None][1:5]
-    starts, ends = (context.constant(v) if v is not None else None for v in inputs[:2])
-    if starts is None or ends is None or starts.size != ends.size:
-        return set()
-    rank = len(in_shape)
-    axes = context.constant(inputs[2]) if inputs[2] is not None else np.arange(starts.size)
-    steps = context.constant(inputs[3]) if inputs[3] is not None else np.ones(starts.size)
-    if axes is None or steps is None or axes.size != starts.size or steps.size != starts.size:
-        return set()
     whole = set()
-    for axis, start, end, step in zip(
-        axes.reshape(-1).tolist(),
-        starts.reshape(-1).tolist(),
-        ends.reshape(-1).tolist(),
-        steps.reshape(-1).tolist(),
-        strict=True,
-    ):
-        dim = in_shape[int(axis) % rank]
+    for axis, start, end, step in slice_bounds(node, context) or []:
+        dim = in_shape[axis % len(in_shape)]
         if dim is not None and step == 1 and (start == 0 or start <= -dim) and end >= dim:
-            whole.add(int(axis) % rank)
+            whole.add(axis % len(in_shape))
     return whole
