@@ -118,6 +118,30 @@ def test_dynamic_dims_the_model_cannot_run_at_1_are_probed_and_announced(
     assert not other.exists()
 
 
+CACHE_STEP = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, seq, 4] x, float[1, past, 4] past_key, float[1, total, 4] mask) => (float[1, 4, 4] y) {
+    present = Concat <axis = 1> (past_key, x)
+    pt = Transpose <perm = [0, 2, 1]> (present)
+    y = MatMul (pt, mask)
+}
+"""
+
+
+def test_a_cache_step_whose_total_is_past_plus_seq_is_probed(run_cli, tmp_path: Path) -> None:
+    """A decoder step with a KV cache runs only where total = past + seq: no common
+    size does, so the probe tries one named dim as the sum of two others."""
+    source, output = tmp_path / "step.onnx", tmp_path / "out.onnx"
+    model = onnx.parser.parse_model(CACHE_STEP)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(source))
+    result = run_cli("optimize", source, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "does not run with its dynamic dims at 1" in result.output
+    for dim in ("--dim past=3", "--dim seq=4", "--dim total=7"):
+        assert dim in result.output, result.output
+
+
 def test_a_zipmap_output_is_a_one_line_error_naming_the_export_option(
     run_cli, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -107,6 +108,10 @@ def _dims_hint(session: Any, feeds: Mapping[str, np.ndarray]) -> str:
 PROBE_SIZES = (32, 64, 128, 256, 512, 1024)
 #: Larger models are not probed (loading them twice would cost more than it saves).
 PROBE_MAX_BYTES = 1 << 30
+#: Two dims and their sum, for a dim that must be the sum of two others (a KV
+#: cache's ``total = past + seq``); distinct, so that no other relation holds.
+SUM_SIZES = (3, 4)
+
 #: The probe stops trying sizes after this many seconds (a decoder whose ``past``
 #: and ``total`` lengths must agree runs at no common size).
 PROBE_SECONDS = 20.0
@@ -129,8 +134,9 @@ def runnable_dims(
     defaults; only if ONNX Runtime fails, the open dims that never lead an input
     (batch-like dims stay 1) take each of :data:`PROBE_SIZES` in turn, all together,
     then (dims the model leaves unnamed may be unrelated) one input's unnamed dims
-    at a time. Named dims move together: a decoder step whose ``total`` must be
-    ``past + seq`` finds no size and keeps the error that asks for ``--dim``.
+    at a time. If none runs, one named dim is tried as the sum of two others
+    (:data:`SUM_SIZES`): a decoder step with a KV cache needs ``total = past +
+    seq``, and no common size gives that.
 
     ``proto`` is the model at ``model``, read without its weights. Returns the
     first sizes that run, or ``{}`` (the defaults run, nothing is open, the model
@@ -188,6 +194,15 @@ def runnable_dims(
             if time.monotonic() > deadline:
                 return {}
             sizes = {d: size for d in variant}
+            if runs(sizes):
+                return sizes
+    named = [d for d in every if not any(d in found for found in unnamed.values())]
+    for total in named:
+        others = [d for d in named if d != total]
+        for first, second in itertools.combinations(others, 2):
+            if time.monotonic() > deadline:
+                return {}
+            sizes = {first: SUM_SIZES[0], second: SUM_SIZES[1], total: sum(SUM_SIZES)}
             if runs(sizes):
                 return sizes
     return {}
