@@ -39,7 +39,7 @@ from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.analysis.groups import Group
 from spa.analysis.rules import RuleContext
 from spa.analysis.rules.attention import sized_attributes
-from spa.analysis.rules.shape import slice_bounds
+from spa.analysis.rules.shape import slice_bounds, slice_windows
 from spa.analysis.shape_exprs import ComputedDim, CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
 from spa.errors import UserError
@@ -54,6 +54,7 @@ from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.pruning.statistics import needed_values
+from spa.quant.ir_format import add_initializer
 from spa.stats.coverage import node_macs, set_input_shapes, value_shapes
 from spa.verify.mask import mask_model
 
@@ -123,19 +124,8 @@ def _constant_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarra
     ):
         _replace_constant(current, array)
         return
-    node.replace_input_with(index, _new_constant(model, f"{current.name}__{node.name or id(node)}", array))
-
-
-def _new_constant(model: ir.Model, base: str, array: np.ndarray) -> ir.Value:
-    """A new initializer named ``base`` (``base_1``, ... when a model pruned before
-    already holds that name)."""
-    name, count = base, 0
-    while name in model.graph.initializers:
-        count += 1
-        name = f"{base}_{count}"
-    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name))
-    model.graph.register_initializer(value)
-    return value
+    base = f"{current.name}__{node.name or id(node)}"
+    node.replace_input_with(index, add_initializer(model.graph, base, ir.Tensor(array)))
 
 
 #: op -> index of its target-shape input (Resize's ``sizes`` holds every axis,
@@ -184,36 +174,34 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_in
     tag = node.name or str(id(node))
     original = node.inputs[input_index]
     assert original is not None
+
+    def literal(suffix: str, number: int) -> ir.Value:
+        """A new [number] initializer (named apart from a target an earlier prune rebuilt)."""
+        tensor = ir.Tensor(np.array([number], dtype=np.int64))
+        return add_initializer(model.graph, f"{tag}__dim{suffix}", tensor)
+
     parts: list[ir.Value] = []
     new_nodes: list[ir.Node] = []
     for position, entry in enumerate(entries):
         if isinstance(entry, CopiedDim):
             shape = ir.node("Shape", [values[entry.value]])
-            index = _new_constant(
-                model, f"{tag}__dim{position}_index", np.array([entry.axis], dtype=np.int64)
-            )
+            index = literal(f"{position}_index", entry.axis)
             gather = ir.node("Gather", [shape.outputs[0], index], attributes={"axis": 0})
             new_nodes += [shape, gather]
             part = gather.outputs[0]
             if entry.factor != 1:
-                factor = _new_constant(
-                    model, f"{tag}__dim{position}_factor", np.array([entry.factor], dtype=np.int64)
-                )
+                factor = literal(f"{position}_factor", entry.factor)
                 times = ir.node("Mul", [part, factor])
                 new_nodes.append(times)
                 part = times.outputs[0]
             parts.append(part)
         elif isinstance(entry, ComputedDim):  # read back from the original target
-            index = _new_constant(
-                model, f"{tag}__dim{position}_index", np.array([position], dtype=np.int64)
-            )
+            index = literal(f"{position}_index", position)
             gather = ir.node("Gather", [original, index], attributes={"axis": 0})
             new_nodes.append(gather)
             parts.append(gather.outputs[0])
         else:
-            parts.append(
-                _new_constant(model, f"{tag}__dim{position}", np.array([entry], dtype=np.int64))
-            )
+            parts.append(literal(str(position), entry))
     concat = ir.node("Concat", parts, attributes={"axis": 0})
     new_nodes.append(concat)
     model.graph.insert_before(node, new_nodes)
@@ -267,7 +255,9 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
             _constant_input(model, node, 1, sizes)
         else:  # opset 18 num_outputs (equal parts): sizes are no longer equal
             node.attributes.pop("num_outputs", None)
-            value = _new_constant(model, f"{node.name or id(node)}__split_sizes", sizes)
+            value = add_initializer(
+                model.graph, f"{node.name or id(node)}__split_sizes", ir.Tensor(sizes)
+            )
             node.resize_inputs(2)
             node.replace_input_with(1, value)
         rewritten += 1
@@ -281,26 +271,23 @@ def _fix_slice_windows(model: ir.Model, resized: Resized) -> int:
     context = RuleContext()
     rewritten = 0
     for node in list(model.graph):
-        if node.op_type != "Slice" or node.domain or len(node.inputs) < 3:
+        if node.op_type != "Slice" or node.domain:
             continue
         x, y = node.inputs[0], node.outputs[0]
+        shape = context.shape(x)  # still the sizes before pruning
         bounds = slice_bounds(node, context)
-        if x is None or bounds is None:
+        if x is None or shape is None or bounds is None:
             continue
+        windows = slice_windows(node, context, shape)
         starts = np.array([start for _, start, _, _ in bounds], dtype=np.int64)
         ends = np.array([end for _, _, end, _ in bounds], dtype=np.int64)
-        rank = len(x.shape) if x.shape is not None else 0
-        for position, (axis, start, end, _) in enumerate(bounds):
-            sizes_in = resized.get((x.name or "", axis % rank if rank else axis))
-            sizes_out = resized.get((y.name or "", axis % rank if rank else axis))
-            if sizes_in is None or sizes_out is None:
+        for position, (axis, start, _, _) in enumerate(bounds):
+            axis %= len(shape)
+            sizes_in, sizes_out = resized.get((x.name or "", axis)), resized.get((y.name or "", axis))
+            if axis not in windows or sizes_in is None or sizes_out is None:
                 continue
-            (old_in, new_in), (_, new_out) = sizes_in, sizes_out
-            first = min(max(start + old_in if start < 0 else start, 0), old_in)
-            stop = min(max(end + old_in if end < 0 else end, 0), old_in)
-            if (first, stop) == (0, old_in):
-                continue  # kept whole: the bounds clamp at any size
-            if first == 0:
+            new_in, new_out = sizes_in[1], sizes_out[1]
+            if windows[axis][0] == 0:
                 ends[position] = new_out
             else:  # runs to the end
                 starts[position] = -new_out if start < 0 else new_in - new_out

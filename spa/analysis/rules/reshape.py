@@ -20,9 +20,8 @@ Other inner axes stay frozen (the analyzer freezes what a rule leaves out). Run-
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Block, Composed, Identity, Tile
@@ -34,6 +33,7 @@ from spa.analysis.rules.registry import (
     name,
     register_rule,
 )
+from spa.analysis.rules.shape import slice_axes
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
 
 __all__ = ["reshape_couplings"]
@@ -230,15 +230,51 @@ def reshape_couplings(
 
 
 def _restored(
-    value: ir.Value,
-    position: int,
-    x: ir.Value,
-    merged: list[int],
-    context: RuleContext,
-    depth: int = 0,
+    value: ir.Value, position: int, x: ir.Value, merged: list[int], context: RuleContext
 ) -> bool:
     """Does every use of ``value`` (through Transposes) end in a Reshape that splits
     its axis ``position`` back into ``x``'s axes ``merged``, read from ``x``'s shape?"""
+
+    def restores(node: ir.Node, axis: int) -> bool:
+        if node.op_type != "Reshape" or axis != 0:
+            return False
+        entries = evaluate_target(node.inputs[1], context)
+        return entries is not None and all(
+            i < len(entries)
+            and isinstance(entries[i], CopiedDim)
+            and entries[i] == CopiedDim(name(x), a, entries[i].size)  # type: ignore[union-attr]
+            for i, a in enumerate(merged)
+        )
+
+    return _every_use(value, position, context, restores, through_identity=False)
+
+
+def _cut_along(value: ir.Value, axis: int, context: RuleContext) -> bool:
+    """Is every use of ``value`` (through Transposes and Identities) a Slice, Split
+    or Gather along ``axis``: a packed projection taken apart?"""
+
+    def cuts(node: ir.Node, axis: int) -> bool:
+        rank = len(context.shape(node.inputs[0]) or ())
+        if rank == 0:
+            return False
+        if node.op_type in ("Split", "Gather"):
+            return int(context.attribute(node, "axis", 0)) % rank == axis
+        axes = slice_axes(node, context) if node.op_type == "Slice" else None
+        return axes is not None and [int(a) % rank for a in axes] == [axis]
+
+    return _every_use(value, axis, context, cuts, through_identity=True)
+
+
+def _every_use(
+    value: ir.Value,
+    axis: int,
+    context: RuleContext,
+    accept: Callable[[ir.Node, int], bool],
+    through_identity: bool,
+    depth: int = 0,
+) -> bool:
+    """Does every use of ``value`` end, through Transposes (which move ``axis``) and,
+    if asked, Identities, in a node that ``accept(node, axis)`` takes?"""
     consumers = value.consumers()
     if not consumers or depth > 4:
         return False
@@ -247,57 +283,14 @@ def _restored(
             return False
         if node.op_type == "Transpose":
             perm = context.attribute(node, "perm")
-            if perm is None or not _restored(
-                node.outputs[0], list(perm).index(position), x, merged, context, depth + 1
-            ):
-                return False
-        elif node.op_type == "Reshape" and position == 0:
-            entries = evaluate_target(node.inputs[1], context)
-            restores = entries is not None and all(
-                i < len(entries)
-                and isinstance(entries[i], CopiedDim)
-                and entries[i] == CopiedDim(name(x), a, entries[i].size)  # type: ignore[union-attr]
-                for i, a in enumerate(merged)
+            follows = perm is not None and _every_use(
+                node.outputs[0], list(perm).index(axis), context, accept, through_identity, depth + 1
             )
-            if not restores:
-                return False
+        elif node.op_type == "Identity" and through_identity:
+            follows = _every_use(node.outputs[0], axis, context, accept, through_identity, depth + 1)
         else:
-            return False
-    return True
-
-
-def _cut_along(value: ir.Value, axis: int, context: RuleContext, depth: int = 0) -> bool:
-    """Is every use of ``value`` (through Transposes and Identities) a Slice, Split
-    or Gather along ``axis``: a packed projection taken apart?"""
-    consumers = value.consumers()
-    if not consumers or depth > 4:
-        return False
-    for node in consumers:
-        if node.domain or node.inputs[0] is not value:
-            return False
-        op = node.op_type
-        rank = len(context.shape(value) or ())
-        if op == "Identity":
-            found = _cut_along(node.outputs[0], axis, context, depth + 1)
-        elif op == "Transpose":
-            perm = context.attribute(node, "perm")
-            found = perm is not None and _cut_along(
-                node.outputs[0], list(perm).index(axis), context, depth + 1
-            )
-        elif op in ("Split", "Gather"):
-            found = rank > 0 and int(context.attribute(node, "axis", 0)) % rank == axis
-        elif op == "Slice":
-            axes_value = node.inputs[3] if len(node.inputs) > 3 else None
-            starts = context.constant(node.inputs[1])
-            axes = (
-                context.constant(axes_value)
-                if axes_value is not None
-                else None if starts is None else np.arange(starts.size)
-            )
-            found = axes is not None and rank > 0 and [int(a) % rank for a in axes] == [axis]
-        else:
-            found = False
-        if not found:
+            follows = accept(node, axis)
+        if not follows:
             return False
     return True
 

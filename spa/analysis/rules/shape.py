@@ -22,7 +22,7 @@ from spa.analysis.rules.registry import (
 )
 from spa.analysis.shape_exprs import Entry, evaluate_target
 
-__all__ = ["slice_bounds", "slice_windows"]
+__all__ = ["slice_axes", "slice_bounds", "slice_windows"]
 
 Result = list[Coupling | Barrier | Unconstrained]
 
@@ -395,31 +395,34 @@ def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
 
 @register_rule("Slice")
 def _slice(node: ir.Node, context: RuleContext) -> Result:
-    """Axes a Slice does not cut are identities; a cut axis stays frozen."""
+    """Axes a Slice does not cut are identities, and so is a listed axis it keeps
+    whole at any size (start 0, step 1, an end >= dim, which ONNX clamps: GhostNet's
+    ``cat([x1, x2])[:, :out]`` with ``out`` = all channels); a window at one end of
+    an axis is an offset (:func:`slice_windows`); other cut axes stay frozen."""
     x, y = node.inputs[0], node.outputs[0]
     assert x is not None
     in_shape, out_shape = context.shape(x), context.shape(y)
     if in_shape is None or out_shape is None:
         return [unknown_shapes(node, x, y)]
     rank = len(in_shape)
-    axes_value = node.inputs[3] if len(node.inputs) > 3 else None
-    if axes_value is not None:
-        constant = context.constant(axes_value)
-        if constant is None:
-            return [Barrier(f"Slice '{node.name}' has computed axes", values=(name(x), name(y)))]
-        cut = {int(a) % rank for a in constant.tolist()}
-    else:
-        starts = context.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-        count = len(starts) if starts is not None else rank
-        cut = set(range(count))
-    cut -= _whole_windows(node, context, in_shape)
+    axes = slice_axes(node, context)
+    if axes is None and len(node.inputs) > 3 and node.inputs[3] is not None:
+        return [Barrier(f"Slice '{node.name}' has computed axes", values=(name(x), name(y)))]
+    cut = set(range(rank)) if axes is None else {int(a) % rank for a in axes.reshape(-1).tolist()}
+    windows = _clamped_windows(node, context, in_shape)
+    cut -= {axis for axis, window in windows.items() if window == (0, in_shape[axis])}
     out: Result = [Unconstrained(tuple(name(v) for v in node.inputs[1:] if v is not None))]
     for axis, dim in enumerate(in_shape):
         if axis not in cut and dim is not None and out_shape[axis] == dim:
             out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
-    for axis, (start, stop) in slice_windows(node, context, in_shape).items():
+    for axis, (start, stop) in windows.items():
         dim = in_shape[axis]
-        if axis in cut and dim is not None and out_shape[axis] == stop - start:
+        if (
+            dim is not None
+            and axis in cut
+            and out_shape[axis] == stop - start
+            and _at_one_end(start, stop, dim)
+        ):
             out.append(Coupling((name(x), axis), (name(y), axis), Offset(dim, stop - start, -start)))
     return out
 
@@ -432,20 +435,42 @@ def slice_windows(
     (``torch.split(x, [a, b], dim=1)`` exported as two Slices). The pruning pass
     rewrites such bounds from the new sizes; a window inside the axis would need
     the kept channels themselves, and stays frozen."""
-    bounds = slice_bounds(node, context)
-    if bounds is None:
-        return {}
+    return {
+        axis: (start, stop)
+        for axis, (start, stop) in _clamped_windows(node, context, in_shape).items()
+        if _at_one_end(start, stop, in_shape[axis])
+    }
+
+
+def _at_one_end(start: int, stop: int, dim: int | None) -> bool:
+    """A non-empty window that starts at 0 or ends at ``dim``, but not all of it."""
+    return stop > start and (start == 0 or stop == dim) and (start, stop) != (0, dim)
+
+
+def _clamped_windows(
+    node: ir.Node, context: RuleContext, in_shape: tuple[int | None, ...]
+) -> dict[int, tuple[int, int]]:
+    """``axis -> (start, stop)`` as ONNX clamps them, for each listed axis of static
+    size that a Slice with constant bounds cuts with step 1."""
     windows = {}
-    for axis, start, end, step in bounds:
+    for axis, start, end, step in slice_bounds(node, context) or []:
         axis %= len(in_shape)
         dim = in_shape[axis]
         if dim is None or step != 1:
             continue
-        first = min(max(start + dim if start < 0 else start, 0), dim)
-        stop = min(max(end + dim if end < 0 else end, 0), dim)
-        if stop > first and (first == 0 or stop == dim) and (first, stop) != (0, dim):
-            windows[axis] = (first, stop)
+        first, stop = (min(max(b + dim if b < 0 else b, 0), dim) for b in (start, end))
+        windows[axis] = (first, stop)
     return windows
+
+
+def slice_axes(node: ir.Node, context: RuleContext) -> np.ndarray | None:
+    """The axes a Slice lists: its ``axes`` input, else ``0 .. len(starts) - 1``;
+    None where they are computed."""
+    axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+    if axes_value is not None:
+        return context.constant(axes_value)
+    starts = context.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    return None if starts is None else np.arange(starts.size)
 
 
 def slice_bounds(node: ir.Node, context: RuleContext) -> list[tuple[int, int, int, int]] | None:
@@ -454,7 +479,7 @@ def slice_bounds(node: ir.Node, context: RuleContext) -> list[tuple[int, int, in
     starts, ends = (context.constant(v) if v is not None else None for v in inputs[:2])
     if starts is None or ends is None or starts.size != ends.size:
         return None
-    axes = context.constant(inputs[2]) if inputs[2] is not None else np.arange(starts.size)
+    axes = slice_axes(node, context)
     steps = context.constant(inputs[3]) if inputs[3] is not None else np.ones(starts.size)
     if axes is None or steps is None or axes.size != starts.size or steps.size != starts.size:
         return None
@@ -468,17 +493,3 @@ def slice_bounds(node: ir.Node, context: RuleContext) -> list[tuple[int, int, in
             strict=True,
         )
     ]
-
-
-def _whole_windows(
-    node: ir.Node, context: RuleContext, in_shape: tuple[int | None, ...]
-) -> set[int]:
-    """Listed axes the Slice keeps whole at any size: start 0 (or <= -dim), step 1 and
-    an end >= dim, which ONNX clamps to a smaller axis too (GhostNet's
-    ``cat([x1, x2])[:, :out]`` with ``out`` = all channels)."""
-    whole = set()
-    for axis, start, end, step in slice_bounds(node, context) or []:
-        dim = in_shape[axis % len(in_shape)]
-        if dim is not None and step == 1 and (start == 0 or start <= -dim) and end >= dim:
-            whole.add(axis % len(in_shape))
-    return whole
