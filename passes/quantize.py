@@ -57,7 +57,7 @@ from spa.passes.quantize_conv import (
     layer_roles,
     quantize_conv,
 )
-from spa.quant.blockwise import QuantizedWeight
+from spa.quant.blockwise import QuantizedWeight, dequantize
 from spa.quant.gptq import gptq_quantize
 from spa.quant.ir_format import (
     MS_DOMAIN,
@@ -256,21 +256,34 @@ def _rewrite(graph: ir.Graph, candidate: Candidate, weight: QuantizedWeight, tar
     return size
 
 
-def _rewrite_cast(graph: ir.Graph, candidate: Candidate, bits: int, symmetric: bool) -> int:
+def _rewrite_cast(
+    graph: ir.Graph, candidate: Candidate, bits: int, symmetric: bool
+) -> tuple[int, Callable[[], np.ndarray]]:
     """Replace the candidate by ``MatMul(A, Mul(Cast(W_int), scale))`` (+ bias): the
     ``--target ort`` INT8 RTN form, which ORT folds to a float weight at load.
-    New nodes and initializers go to the graph holding the node (a body, if so)."""
+    New nodes and initializers go to the graph holding the node (a body, if so).
+    Returns the stored bytes and the function giving the decoded ``W[K, N]``."""
     graph = holding_graph(candidate.node, graph)
     base = candidate.weight.name or "weight"
     node_name = candidate.node.name or base
-    nodes, size = column_cast_nodes(graph, candidate.array, bits, symmetric, base, node_name)
+    nodes, size, decode = column_cast_nodes(
+        graph, candidate.array, bits, symmetric, base, node_name
+    )
     core = ir.node(
         "MatMul", [candidate.activation, nodes[-1].outputs[0]], name=f"{node_name}_matmul"
     )
     nodes += [core, *bias_nodes(graph, candidate, core.outputs[0])]
     replace_node(graph, candidate.node, nodes)
     remove_initializer_if_unused(holding_graph(candidate.weight, graph), candidate.weight)
-    return size
+    return size, decode
+
+
+def _in_layout(candidate: Candidate, decode: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    """``decode`` (giving ``W[K, N]``) in the layout of the candidate's own weight
+    (a Gemm with ``transB`` stores ``W[N, K]``)."""
+    if candidate.node.op_type == "Gemm" and candidate.node.attributes.get_int("transB"):
+        return lambda: np.ascontiguousarray(decode().T)
+    return decode
 
 
 def input_name(node: ir.Node, index: int) -> str:
@@ -440,7 +453,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         name, weight_name = node.name or "", candidate.weight.name or ""
         shape = candidate.array.shape
         form = "cast" if self.target == "ort" else "dequantize"
-        old, new = quantize_conv(
+        old, new, decode = quantize_conv(
             holding_graph(node, model.graph),
             node,
             candidate.weight,
@@ -448,12 +461,21 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             self.symmetric,
             form,
         )
+        self._decoded[weight_name] = decode
         note = f"RTN per output channel, {CONV_FORMS[form]} (GPTQ and blocks cover MatMul/Gemm)"
         rows = int(np.prod(shape[1:]))
         self._decisions.append(
             QuantDecision(name, "Conv", "quantized", note, weight_name, rows, shape[0], old, new)
         )
         return old, new
+
+    @property
+    def decoded(self) -> dict[str, Callable[[], np.ndarray]]:
+        """Weight initializer name -> function giving the float values its quantized
+        form decodes to (same layout and dtype), for every weight the last call
+        rewrote: the input with these values is what the output computes exactly
+        (:func:`spa.quant.decoded.decoded_model`)."""
+        return dict(getattr(self, "_decoded", {}))
 
     @property
     def wrote_nbits(self) -> bool:
@@ -468,6 +490,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         self._nbits = False
+        self._decoded: dict[str, Callable[[], np.ndarray]] = {}
         graph, before, after = model.graph, 0, 0
         roles = layer_roles(graph)  # main-graph layers; nodes inside bodies have none
         for node in list(ir.traversal.RecursiveGraphIterator(graph)):
@@ -502,11 +525,13 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             name, op_type, weight_name = node.name or "", node.op_type, candidate.weight.name or ""
             if self._cast_form():
                 note = "INT8 per output column, Cast+Mul folded by ORT at load"
-                new_bytes = _rewrite_cast(graph, candidate, self.bits, self.symmetric)
+                new_bytes, decode = _rewrite_cast(graph, candidate, self.bits, self.symmetric)
             else:
                 weight, note = self._quantize(candidate)
                 new_bytes = _rewrite(graph, candidate, weight, self.target)
                 self._nbits = self._nbits or self.target == "ort"
+                decode = _block_decoder(weight, candidate.array.dtype)
+            self._decoded[weight_name] = _in_layout(candidate, decode)
             before, after = before + old_bytes, after + new_bytes
             self._decisions.append(
                 QuantDecision(
@@ -526,6 +551,10 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             "bytes_after": after,
         }
         return SpaPassResult(model, quantized > 0, statistics, self._details())
+
+
+def _block_decoder(weight: QuantizedWeight, dtype: np.dtype) -> Callable[[], np.ndarray]:
+    return lambda: dequantize(weight, dtype)
 
 
 def _remove_unused_inputs(graph: ir.Graph, values: list[ir.Value | None]) -> None:

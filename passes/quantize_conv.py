@@ -26,12 +26,13 @@ weighted layers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from spa.quant.blockwise import QuantizedWeight, n_blocks
-from spa.quant.channelwise import ChannelQuantized, quantize_channels
+from spa.quant.channelwise import ChannelQuantized, dequantize_channels, quantize_channels
 from spa.quant.ir_format import (
     add_initializer,
     default_opset,
@@ -160,11 +161,12 @@ def quantize_conv(
     bits: int,
     symmetric: bool,
     form: str = "dequantize",
-) -> tuple[int, int]:
+) -> tuple[int, int, Callable[[], np.ndarray]]:
     """Rewrite ``node``'s weight as per-channel integers read through ``form``:
     ``dequantize`` (``DequantizeLinear(axis=0)``, standard QDQ) or ``cast``
     (``Cast``/``Sub``/``Mul``, which ONNX Runtime folds at load); returns
-    (bytes before, bytes after) of the weight."""
+    (bytes before, bytes after) of the weight and a function giving the float
+    weight the stored form decodes to (for the decoded-weights check)."""
     assert weight.const_value is not None
     array = weight.const_value.numpy()
     quantized = quantize_channels(array, bits, symmetric)
@@ -174,7 +176,7 @@ def quantize_conv(
             graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values)
         )
         nodes = _cast_nodes(graph, quantized, values, base, node.name or base)
-        return _attach(graph, node, weight, nodes, quantized, array)
+        return (*_attach(graph, node, weight, nodes, quantized, array), decoder(quantized))
     inputs = [
         add_initializer(graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values)),
         add_initializer(graph, f"{base}_scales", ir.Tensor(np.ascontiguousarray(quantized.scale))),
@@ -186,7 +188,16 @@ def quantize_conv(
             )
         )
     dequantize = ir.node("DequantizeLinear", inputs, {"axis": 0}, name=f"{node.name or base}_dq")
-    return _attach(graph, node, weight, [dequantize], quantized, array)
+    return (*_attach(graph, node, weight, [dequantize], quantized, array), decoder(quantized))
+
+
+def decoder(quantized: ChannelQuantized, transpose: bool = False) -> Callable[[], np.ndarray]:
+    """A function giving the float weight ``quantized`` decodes to (transposed when
+    the integers were stored per row of the transposed weight): called only by the
+    decoded-weights check, so the pass holds the integers, not a float copy."""
+    if transpose:
+        return lambda: np.ascontiguousarray(dequantize_channels(quantized).T)
+    return lambda: dequantize_channels(quantized)
 
 
 def _attach(
@@ -216,9 +227,10 @@ def _attach(
 
 def column_cast_nodes(
     graph: ir.Graph, array: np.ndarray, bits: int, symmetric: bool, base: str, name: str
-) -> tuple[list[ir.Node], int]:
+) -> tuple[list[ir.Node], int, Callable[[], np.ndarray]]:
     """A MatMul weight ``W[K, N]`` as INT8/INT4 per output column read through
-    ``Cast -> [Sub] -> Mul`` (the ``--target ort`` INT8 form); (nodes, stored bytes)."""
+    ``Cast -> [Sub] -> Mul`` (the ``--target ort`` INT8 form); (nodes, stored bytes,
+    the function giving the decoded ``W[K, N]``)."""
     by_column = quantize_channels(np.ascontiguousarray(array.T), bits, symmetric)
     quantized = ChannelQuantized(
         np.ascontiguousarray(by_column.values.T), by_column.scale, by_column.zero_point, bits
@@ -229,7 +241,7 @@ def column_cast_nodes(
     stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
     if quantized.zero_point is not None:
         stored += quantized.zero_point.nbytes
-    return nodes, int(stored)
+    return nodes, int(stored), decoder(by_column, transpose=True)
 
 
 def block_cast_nodes(

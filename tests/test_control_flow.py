@@ -23,7 +23,6 @@ from spa.verify import AllClose, CosineMaxAbs, input_specs, make_feeds, verify_m
 from spa.verify.branches import branch_feeds
 from spa.verify.mask import mask_model, masked_relative_error
 from spa.verify.runner import run_model
-from spa.workflows.quantize import default_min_cosine
 from spa.workflows.recipes import get_pass_class
 from spa.workflows.run import lift_constant_weights
 from tests.analysis_helpers import group_with, model_from_text
@@ -211,7 +210,7 @@ def test_a_matmul_weight_inside_a_loop_body_is_quantized_and_verified(
     # dequantized weights (onnx.reference agrees); ORT's fused QDQ form also
     # quantizes the activations (2.6%)
     assert 0 < float(np.abs(expected["y"] - actual["y"]).max()) <= 0.03 * scale
-    policy = CosineMaxAbs(min_cosine=default_min_cosine(8))  # what `spa quantize` checks
+    policy = CosineMaxAbs(min_cosine=0.9999)
     result = verify_models(source, output, policy=policy, int_ranges={"trips": (1, 2)})
     assert result.passed, result.render()
 
@@ -433,7 +432,7 @@ def test_quantizing_a_gemm_in_each_branch_of_an_if_writes_a_model_ort_loads(
         feeds = {"x": x, "flag": np.array(flag)}
         expected, actual = run_model(source, feeds)["y"].ravel(), run_model(output, feeds)["y"].ravel()
         cosine = float(expected @ actual / np.linalg.norm(expected) / np.linalg.norm(actual))
-        assert cosine >= default_min_cosine(4)  # int4's own tolerance, as `spa quantize` checks
+        assert cosine >= 0.98  # int4 block 128 on a 2-layer body
 
 
 def test_weights_read_only_inside_bodies_are_left_by_prune_with_that_reason(

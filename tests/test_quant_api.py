@@ -232,3 +232,64 @@ def test_rtn_with_calib_measures_quality_on_held_out_real_data(tmp_path: Path) -
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["quality"]["samples"] == 2 and report["quality"]["cosine"] > 0.999
     assert report["options"]["method"] == "rtn"
+
+
+def test_verification_is_exact_to_decoded_weights_and_drift_is_reported(tmp_path: Path) -> None:
+    """A healthy int8 quantization of a 12-block ViT moves its output to cos 0.9998
+    on random inputs: depth, not a defect. The old check (cos >= 0.9999 to the float
+    input) failed it; verification now compares with the input whose quantized
+    weights are replaced by their decoded values, and reports the cosine beside it."""
+    from spa import zoo
+
+    source = zoo.materialize("timm-vit-tiny", tmp_path / "vit.onnx")
+    result = quantize_model(source, tmp_path / "w8.onnx", bits=8)
+    assert result.statistics["nodes_quantized"] > 40
+    assert result.verification is not None and result.verification.passed
+    assert result.verification.max_rel_diff <= 1e-4
+    assert result.passed and result.cosine is not None and 0.999 < result.cosine < 0.9999
+    gated = quantize_model(source, tmp_path / "gated.onnx", bits=8, min_cosine=0.9999)
+    assert not gated.passed and gated.verification is not None and gated.verification.passed
+
+
+def test_a_wrong_scale_fails_verification_that_a_cosine_threshold_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: every block scale written 1% too large. The outputs stay
+    within int4's old cosine threshold (0.98 to the float input), so only the
+    comparison with the decoded weights can tell the packing is wrong."""
+    import dataclasses
+
+    import spa.passes.quantize as quantize_pass
+
+    real = quantize_pass.matmulnbits_node
+
+    def off_by_one_percent(graph, activation, weight, base, name):  # type: ignore[no-untyped-def]
+        wrong = dataclasses.replace(weight, scales=(weight.scales * 1.01).astype(weight.scales.dtype))
+        return real(graph, activation, wrong, base, name)
+
+    monkeypatch.setattr(quantize_pass, "matmulnbits_node", off_by_one_percent)
+    source = _block(tmp_path / "block.onnx")
+    result = quantize_model(
+        source, tmp_path / "q.onnx", bits=4, block=32, allow_slower=True, keep_float=()
+    )
+    assert result.statistics["nodes_quantized"] == 6
+    assert result.cosine is not None and result.cosine >= 0.98
+    assert result.verification is not None and not result.verification.passed
+    assert not result.passed
+
+
+def test_cli_min_cosine_gates_the_distance_to_the_float_input(tmp_path: Path) -> None:
+    source = _block(tmp_path / "block.onnx")
+    args = ["quantize", str(source), "-o", str(tmp_path / "q.onnx"), "--weights", "int4"]
+    free = CliRunner().invoke(_cli(), args)
+    assert free.exit_code == 0, free.output
+    assert "decoded reference: PASSED | output Y" in free.output
+    assert "float input: output Y" in free.output and "not judged" in free.output
+    verdict = free.output.strip().splitlines()[-1]
+    assert "decoded weights exact" in verdict and "to float (seeded inputs)" in verdict
+    gated = CliRunner().invoke(
+        _cli(), [*args[:-4], "-o", str(tmp_path / "g.onnx"), "--min-cosine", "0.999999"]
+    )
+    assert gated.exit_code == 3, gated.output
+    assert "float input: FAILED | output Y" in gated.output
+    assert gated.output.strip().splitlines()[-1].startswith("FAILED | quantize int4")

@@ -11,7 +11,7 @@ import click
 
 from spa.cli.options import echo_verdict
 
-__all__ = ["finish", "human_size", "verdict_tail"]
+__all__ = ["drift_lines", "finish", "human_size", "verdict_tail"]
 
 
 def human_size(size: int) -> str:
@@ -26,12 +26,49 @@ def verdict_tail(result: Any) -> str:
 
     before, after = result.bytes_before, result.bytes_after
     change = f"{(after - before) / before:+.0%}" if before else "n/a"
-    cosine = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
+    if hasattr(result, "drift"):  # exact against the decoded reference; drift measured
+        checked = _decoded_verdict(result)
+    else:
+        checked = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
     quality = quality_verdict(result.quality, result.quality_note)
     return (
-        f"bytes {human_size(before)} -> {human_size(after)} ({change}) | {cosine} | "
+        f"bytes {human_size(before)} -> {human_size(after)} ({change}) | {checked} | "
         f"{quality} | {result.seconds:.1f}s"
     )
+
+
+def _decoded_verdict(result: Any) -> str:
+    """``decoded weights exact (rel 2e-07) | cos 0.99981 to float (seeded inputs)``."""
+    verification = result.verification
+    if verification is None:
+        return "not verified"
+    state = "exact" if verification.passed else "MISMATCH"
+    text = f"decoded weights {state} (rel {verification.max_rel_diff:.1g})"
+    if result.cosine is not None:
+        gate = (
+            f" < {result.min_cosine:g}"
+            if result.min_cosine is not None and (not result.drift.passed)
+            else ""
+        )
+        text += f" | cos {result.cosine:.5f}{gate} to float (seeded inputs)"
+    return text
+
+
+def drift_lines(result: Any) -> list[str]:
+    """The comparison with the float input, one line per output (weight-only quantize)."""
+    drift = getattr(result, "drift", None)
+    if drift is None:
+        return []
+    lines = []
+    for check in drift.checks:
+        gate = getattr(result, "min_cosine", None)
+        verdict = "" if gate is None else ("PASSED | " if check.passed else "FAILED | ")
+        lines.append(
+            f"float input: {verdict}output {check.name} | max|Δ| {check.max_abs_diff:.3g} | "
+            f"rel {check.max_rel_diff:.3g} | cos {check.cosine:.6f}"
+            + (f" | cos >= {gate:g}" if gate is not None else " | lossy by design: not judged")
+        )
+    return lines
 
 
 def finish(
@@ -46,7 +83,12 @@ def finish(
     for line in lines:
         click.echo(line)
     if result.verification is not None:
-        click.echo(result.verification.render())
+        rendered = result.verification.render()
+        if hasattr(result, "drift"):
+            rendered = "\n".join(f"decoded reference: {line}" for line in rendered.splitlines())
+        click.echo(rendered)
+    for line in drift_lines(result):
+        click.echo(line)
     if report_path is not None:
         from spa.stats.report import write_report
 

@@ -33,6 +33,7 @@ from spa.verify.tolerance import (
 )
 
 __all__ = [
+    "PRE_SOFTMAX",
     "AllClose",
     "BranchCoverage",
     "CosineMaxAbs",
