@@ -21,7 +21,7 @@ changing any stored byte; the lowering is recognised by its node names
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -30,7 +30,7 @@ from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import Candidate, bias_nodes, input_name, match_gemm, match_matmul
 from spa.passes.sparsify import SparseDecision, SparsifyingPass
-from spa.quant.gqsa import GROUP_SIZES, GQSAArrays, gqsa_quantize, pack_gqsa
+from spa.quant.gqsa import GROUP_SIZES, GQSAArrays, dequantize_gqsa, gqsa_quantize, pack_gqsa
 from spa.quant.gqsa_ir import (
     GQSA_DOMAIN,
     GQSA_OP,
@@ -187,10 +187,12 @@ class GQSAPass(SparsifyingPass):
         if candidate.bias is not None:
             remove_initializer_if_unused(graph, candidate.bias)
         zeros = float(np.count_nonzero(quantized.q == 0)) / quantized.q.size
+        self._decoded[candidate.weight.name or ""] = _decoder(candidate, arrays)
         return size, zeros, note
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
+        self._decoded.clear()
         graph, before, after = model.graph, 0, 0
         for node in list(graph):
             matcher = _MATCHERS.get(op_key(node))
@@ -237,6 +239,21 @@ class GQSAPass(SparsifyingPass):
             "bytes_before": before, "bytes_after": after,
         }  # fmt: skip
         return SpaPassResult(model, done > 0, statistics, self._details())
+
+
+def _decoder(candidate: Candidate, arrays: GQSAArrays) -> Callable[[], np.ndarray]:
+    """The function giving the dense weight ``arrays`` decode to, in the layout and
+    dtype of the candidate's own weight (a Gemm with ``transB`` stores ``W[N, K]``)."""
+    dtype = candidate.array.dtype
+    transposed = candidate.node.op_type == "Gemm" and bool(
+        candidate.node.attributes.get_int("transB")
+    )
+
+    def decode() -> np.ndarray:
+        dense = dequantize_gqsa(arrays).astype(dtype)
+        return np.ascontiguousarray(dense.T) if transposed else dense
+
+    return decode
 
 
 @register_pass

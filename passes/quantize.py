@@ -319,10 +319,19 @@ class DecidingPass(SpaPass):
     def __init__(self) -> None:
         super().__init__()
         self._decisions: list[Any] = []
+        self._decoded: dict[str, Callable[[], np.ndarray]] = {}
 
     @property
     def decisions(self) -> list[Any]:
         return list(self._decisions)
+
+    @property
+    def decoded(self) -> dict[str, Callable[[], np.ndarray]]:
+        """Weight initializer name -> function giving the float values its rewritten
+        form decodes to (same layout and dtype), for every weight the last call of a
+        weight-rewriting pass changed: the input with these values is what the
+        output computes exactly (:func:`spa.quant.decoded.decoded_model`)."""
+        return dict(self._decoded)
 
     def _tally(self, action: str | None = None) -> tuple[int, int]:
         """(nodes with ``action``, nodes skipped) among the decisions so far."""
@@ -470,14 +479,6 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         return old, new
 
     @property
-    def decoded(self) -> dict[str, Callable[[], np.ndarray]]:
-        """Weight initializer name -> function giving the float values its quantized
-        form decodes to (same layout and dtype), for every weight the last call
-        rewrote: the input with these values is what the output computes exactly
-        (:func:`spa.quant.decoded.decoded_model`)."""
-        return dict(getattr(self, "_decoded", {}))
-
-    @property
     def wrote_nbits(self) -> bool:
         """Whether the last call wrote at least one MatMulNBits node."""
         return bool(getattr(self, "_nbits", False))
@@ -490,7 +491,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
         self._nbits = False
-        self._decoded: dict[str, Callable[[], np.ndarray]] = {}
+        self._decoded.clear()
         graph, before, after = model.graph, 0, 0
         roles = layer_roles(graph)  # main-graph layers; nodes inside bodies have none
         for node in list(ir.traversal.RecursiveGraphIterator(graph)):

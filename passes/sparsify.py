@@ -203,6 +203,7 @@ class Sparsify2to4Pass(SparsifyingPass):
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
+        self._decoded.clear()
         zeros = elements = 0
         roles = layer_roles(model.graph)  # main-graph layers; nodes inside bodies have none
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
@@ -227,6 +228,7 @@ class Sparsify2to4Pass(SparsifyingPass):
                 continue
             pruned, note = self._prune(target, array)
             target.weight.const_value = ir.Tensor(pruned, name=target.weight.name)
+            self._decoded[weight_name] = _constant(pruned)
             share = zero_share(pruned)
             zeros, elements = zeros + int(share * pruned.size + 0.5), elements + pruned.size
             self._decisions.append(
@@ -242,3 +244,8 @@ class Sparsify2to4Pass(SparsifyingPass):
             "sparsity": zeros / elements if elements else 0.0,
         }
         return SpaPassResult(model, done > 0, statistics, self._details())
+
+
+def _constant(array: np.ndarray) -> Callable[[], np.ndarray]:
+    """The function giving ``array`` (the weight as written, dense zeros included)."""
+    return lambda: array

@@ -463,3 +463,24 @@ def test_sparsify_converts_old_opsets_for_the_reference_form(tmp_path: Path) -> 
     assert result.rewritten == 2 and result.passed
     written = onnx.load(str(tmp_path / "out.onnx"))
     assert {o.domain: o.version for o in written.opset_import}[""] == 21
+
+
+@pytest.mark.parametrize("form", ["reference", "plugin"])
+def test_gqsa_and_quantize_verify_exactly_against_decoded_weights_of_a_transposed_gemm(
+    tmp_path: Path, form: str
+) -> None:
+    """The decoded reference holds each weight in its own layout: the Gemm's
+    ``W2[32, 96]`` (transB) is the transpose of the ``W[K, N]`` the formats store."""
+    from spa.workflows.quantize import quantize_model
+    from spa.workflows.sparsify import sparsify_model
+
+    model, _ = _mlp()
+    source = tmp_path / "mlp.onnx"
+    onnx.save(model, str(source))
+    sparse = sparsify_model(source, tmp_path / "gqsa.onnx", pattern="gqsa", form=form)
+    quantized = quantize_model(source, tmp_path / "w4.onnx", bits=4, block=32, keep_float=())
+    for result in (sparse, quantized):
+        assert result.statistics["nodes_quantized"] == 2
+        assert result.verification is not None and result.verification.passed
+        assert result.verification.max_rel_diff <= 1e-4
+        assert result.drift is not None and result.cosine is not None and result.cosine < 0.9999

@@ -14,6 +14,10 @@ from spa.cli.options import echo_verdict
 __all__ = ["drift_lines", "finish", "human_size", "verdict_tail"]
 
 
+#: Below this cosine to the float input (seeded inputs) a weight rewrite prints a note.
+FAR = 0.9
+
+
 def human_size(size: int) -> str:
     """``12.1 MB`` from one million bytes up, else ``3.4 kB``."""
     return f"{size / 1e6:.1f} MB" if size >= 1_000_000 else f"{size / 1e3:.1f} kB"
@@ -67,6 +71,13 @@ def drift_lines(result: Any) -> list[str]:
             f"float input: {verdict}output {check.name} | max|Δ| {check.max_abs_diff:.3g} | "
             f"rel {check.max_rel_diff:.3g} | cos {check.cosine:.6f}"
             + (f" | cos >= {gate:g}" if gate is not None else " | lossy by design: not judged")
+        )
+    cosine = getattr(result, "cosine", None)
+    if getattr(result, "min_cosine", None) is None and cosine is not None and cosine < FAR:
+        lines.append(
+            f"note: the outputs moved far from the float input (cos {cosine:.3f} on seeded "
+            "inputs); measure quality on real data (--calib, --eval) or fail below a floor "
+            "(--cosine)"
         )
     return lines
 

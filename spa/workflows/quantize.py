@@ -8,7 +8,7 @@ before/after.
 Verification has the exactness meaning it has for every spa rewrite: the output
 against the *decoded reference*, the input with each quantized weight replaced by
 the values its stored form decodes to (:mod:`spa.quant.decoded`), at a float
-tolerance (:data:`DECODED_RTOL`), in an ORT session without graph optimizations
+tolerance (:data:`spa.workflows.results.DECODED_RTOL`), in an ORT session without graph optimizations
 (the file's semantics, not ORT's fusions). How far quantization moved the outputs is
 reported beside it and not judged: the cosine to the float input on the same
 seeded inputs (``drift``; a gate only when ``min_cosine`` is given) and, with
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,32 +30,25 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import save_model
 from spa.passes.quantize import QuantizeWeightsPass, check_quantize_options
-from spa.quant.decoded import decoded_model
 from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import mac_coverage
-from spa.verify import (
-    PRE_SOFTMAX,
-    AllClose,
-    CosineMaxAbs,
-    VerifyResult,
-    create_session,
-    verify_models,
-)
+from spa.verify import VerifyResult
 from spa.workflows.latency_guard import GuardReport, guard_feeds, guard_weight_only
-from spa.workflows.results import RewriteResult, file_bytes
+from spa.workflows.results import (
+    DecodedResult,
+    RewriteResult,
+    check_decoded,
+    file_bytes,
+    measure_drift,
+)
 from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, convert_opset, run_pipeline
 
-__all__ = ["DECODED_RTOL", "QuantizeResult", "quantize_model"]
-
-#: Exactness tolerance against the decoded reference: max|Δ| / max|reference| per
-#: output, the room float kernels need to sum in another order (the pruning check's).
-DECODED_RTOL = 1e-4
+__all__ = ["QuantizeResult", "quantize_model"]
 
 
 @dataclasses.dataclass
-class QuantizeResult(RewriteResult):
+class QuantizeResult(DecodedResult, RewriteResult):
     """Everything the report shows about one ``quantize_model`` call."""
 
     seconds: float
@@ -74,31 +66,6 @@ class QuantizeResult(RewriteResult):
     latency: dict[str, Any] | None = None
     #: The cosine ``drift`` must reach, when the caller set one.
     min_cosine: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        exact = self.verification is None or self.verification.passed
-        gated = self.min_cosine is None or self.drift is None or self.drift.passed
-        return exact and gated
-
-    @property
-    def cosine(self) -> float | None:
-        """The lowest output cosine to the float input (seeded inputs), when measured;
-        a Softmax output counts by its logits (random inputs often make its
-        probabilities one-hot, where one flipped argmax reads as cos 0)."""
-        if self.drift is None or not self.drift.checks:
-            return None
-        checks = {check.name: check for check in self.drift.checks}
-        return min(
-            checks.get(name + PRE_SOFTMAX, check).cosine
-            for name, check in checks.items()
-            if not name.endswith(PRE_SOFTMAX)
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        data = super().as_dict()
-        data["drift"] = None if self.drift is None else self.drift.as_dict()
-        return data
 
 
 def quantize_model(
@@ -122,7 +89,7 @@ def quantize_model(
     (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
     GPTQ's Hessians come from ``calib``; with either method its held-out samples
     measure agreement with the input). ``verify``: the output against the decoded
-    reference (exact to :data:`DECODED_RTOL`), and the cosine to the float input
+    reference (exact to :data:`spa.workflows.results.DECODED_RTOL`), and the cosine to the float input
     measured beside it (``drift``), which fails the result only below an explicit
     ``min_cosine``. ``keep_float``: layer kinds left in float
     (``depthwise``, ``first``, ``last``); None = all three at 4 bits, none at 8.
@@ -145,13 +112,7 @@ def quantize_model(
         )
 
     def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
-        with tempfile.TemporaryDirectory(prefix="spa-quantize-") as folder:
-            reference = decoded_model(outcome.model_before(source), quantizer.decoded)
-            path = save_model(reference, Path(folder) / "decoded.onnx", input_path=source)
-            return verify_models(
-                path, output, policy=AllClose(rtol=DECODED_RTOL), seed=options.seed,
-                session=_unoptimized, **options.inputs,
-            )  # fmt: skip
+        return check_decoded(quantizer.decoded, source, output, outcome, options)
 
     guard: GuardReport | None = None
 
@@ -169,10 +130,7 @@ def quantize_model(
         source, output, [quantizer], options, prepare=prepare,
         verify=check if verify else None, after_save=after_save,
     )  # fmt: skip
-    drift = None
-    if verify:
-        gate = CosineMaxAbs(min_cosine=min_cosine if min_cosine is not None else -1.0)
-        drift = verify_models(source, output, policy=gate, seed=options.seed, **options.inputs)
+    drift = measure_drift(source, output, min_cosine, options) if verify else None
     record = outcome.records[0]
     decisions = record.details["decisions"]
     return QuantizeResult(
@@ -198,14 +156,6 @@ def quantize_model(
         ),
         latency=guard.as_dict() if guard is not None else None,
     )  # fmt: skip
-
-
-def _unoptimized(model: Any, **options: Any) -> Any:
-    """An ORT session without graph optimizations: the exactness check runs what the
-    file says. ORT's optimizer may fuse ``DequantizeLinear -> MatMul`` into
-    MatMulNBits with int8 activations (its default accuracy level), a second,
-    runtime loss that the comparison with the float input measures (``drift``)."""
-    return create_session(model, **{**options, "optimization": "none"})
 
 
 def _mark_folded(decisions: list[Any]) -> list[Any]:

@@ -1,22 +1,42 @@
 """Pieces shared by ``quantize_model``, ``quantize_static_model`` and ``sparsify_model``.
 
 :class:`VerifiedResult` gives their result dataclasses ``passed``, ``cosine``
-and ``as_dict``; :func:`file_bytes` measures a model on disk.
+and ``as_dict``; :class:`DecodedResult` the same for the weight rewrites verified
+against their decoded reference (:func:`check_decoded`) with the distance to the
+float input measured beside it (:func:`measure_drift`); :func:`file_bytes`
+measures a model on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
     from spa.verify import VerifyResult
+    from spa.workflows.run import PipelineOutcome, RunOptions
 
-__all__ = ["RewriteResult", "VerifiedResult", "file_bytes"]
+__all__ = [
+    "DECODED_RTOL",
+    "DecodedResult",
+    "RewriteResult",
+    "VerifiedResult",
+    "check_decoded",
+    "file_bytes",
+    "measure_drift",
+]
+
+#: Exactness tolerance against the decoded reference: max|Δ| / max|reference| per
+#: output, the room float kernels need to sum in another order (the pruning check's).
+DECODED_RTOL = 1e-4
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +67,95 @@ class VerifiedResult:
         if change is not None:
             data["change"] = change.as_dict()
         return data
+
+
+class DecodedResult(VerifiedResult):
+    """Mixin for a weight rewrite's result: ``verification`` is the exactness check
+    against the decoded reference, ``drift`` the comparison with the float input
+    (judged only against an explicit ``min_cosine``), and ``cosine`` reads ``drift``."""
+
+    drift: VerifyResult | None
+    min_cosine: float | None
+
+    @property
+    def passed(self) -> bool:
+        exact = self.verification is None or self.verification.passed
+        gated = self.min_cosine is None or self.drift is None or self.drift.passed
+        return exact and gated
+
+    @property
+    def cosine(self) -> float | None:
+        """The lowest output cosine to the float input (seeded inputs), when measured;
+        a Softmax output counts by its logits (random inputs often make its
+        probabilities one-hot, where one flipped argmax reads as cos 0)."""
+        from spa.verify import PRE_SOFTMAX
+
+        if self.drift is None or not self.drift.checks:
+            return None
+        checks = {check.name: check for check in self.drift.checks}
+        return min(
+            checks.get(name + PRE_SOFTMAX, check).cosine
+            for name, check in checks.items()
+            if not name.endswith(PRE_SOFTMAX)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = super().as_dict()
+        data["drift"] = None if self.drift is None else self.drift.as_dict()
+        return data
+
+
+def _unoptimized(model: Any, **options: Any) -> Any:
+    """An ORT session without graph optimizations: the exactness check runs what the
+    file says. ORT's optimizer may fuse ``DequantizeLinear -> MatMul`` into
+    MatMulNBits with int8 activations (its default accuracy level), a second,
+    runtime loss that the comparison with the float input measures (``drift``)."""
+    from spa.verify import create_session
+
+    return create_session(model, **{**options, "optimization": "none"})
+
+
+def check_decoded(
+    decoded: Mapping[str, Callable[[], np.ndarray]],
+    source: Path,
+    output: Path,
+    outcome: PipelineOutcome,
+    options: RunOptions,
+    runnable: Callable[[Path, Path], Path] | None = None,
+) -> VerifyResult:
+    """The output (or the file ``runnable(output, folder)`` gives ORT in its place)
+    against the decoded reference: the model the passes read with the weights
+    named in ``decoded`` replaced by their decoded values (:mod:`spa.quant.decoded`),
+    exact to :data:`DECODED_RTOL`, both run without ORT graph optimizations."""
+    from spa.model_io import save_model
+    from spa.quant.decoded import decoded_model
+    from spa.verify import AllClose, verify_models
+
+    with tempfile.TemporaryDirectory(prefix="spa-decoded-") as folder:
+        reference = decoded_model(outcome.model_before(source), decoded)
+        path = save_model(reference, Path(folder) / "decoded.onnx", input_path=source)
+        candidate = runnable(output, Path(folder)) if runnable else output
+        return verify_models(
+            path, candidate, policy=AllClose(rtol=DECODED_RTOL), seed=options.seed,
+            session=_unoptimized, **options.inputs,
+        )  # fmt: skip
+
+
+def measure_drift(
+    source: Path,
+    output: Path,
+    min_cosine: float | None,
+    options: RunOptions,
+    runnable: Callable[[Path, Path], Path] | None = None,
+) -> VerifyResult:
+    """The output against the float input on the same seeded inputs: every check
+    passes unless ``min_cosine`` is given and an output's cosine falls below it."""
+    from spa.verify import CosineMaxAbs, verify_models
+
+    gate = CosineMaxAbs(min_cosine=min_cosine if min_cosine is not None else -1.0)
+    with tempfile.TemporaryDirectory(prefix="spa-drift-") as folder:
+        candidate = runnable(output, Path(folder)) if runnable else output
+        return verify_models(source, candidate, policy=gate, seed=options.seed, **options.inputs)
 
 
 @dataclasses.dataclass

@@ -1,18 +1,22 @@
 """``sparsify_model``: the library function behind ``spa sparsify``.
 
 Load -> (convert) -> ``sparsify-2to4`` or ``gqsa`` pass (calibrated when it
-asks) -> save -> verify in
-ORT CPU on seeded inputs (cosine against the original; a plugin-form GQSA
-model is verified through its reference lowering) -> a :class:`SparsifyResult`
+asks) -> save -> verify in ORT CPU on seeded inputs -> a :class:`SparsifyResult`
 with every node decision, the share of MatMul/Gemm/Conv MACs covered, model
 bytes before/after and the actual sparsity of the rewritten weights.
+
+Verification is exactness, as for weight-only quantization
+(:mod:`spa.workflows.quantize`): the output against the input with each
+rewritten weight replaced by what the output stores (2:4: the weight with its
+zeros; GQSA: the dense weight its groups decode to), a plugin-form GQSA model
+through its reference lowering. The cosine to the float input is measured beside
+it (``drift``) and judged only against an explicit ``min_cosine``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,8 +32,14 @@ from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, check_gqsa_options
 from spa.passes.sparsify import Sparsify2to4Pass
 from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import weight_coverage
-from spa.verify import CosineMaxAbs, VerifyResult, verify_models
-from spa.workflows.results import RewriteResult, file_bytes
+from spa.verify import VerifyResult
+from spa.workflows.results import (
+    DecodedResult,
+    RewriteResult,
+    check_decoded,
+    file_bytes,
+    measure_drift,
+)
 from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, convert_opset, run_pipeline
 
 __all__ = ["PATTERNS", "SparsifyResult", "check_sparsify_options", "sparsify_model"]
@@ -38,12 +48,17 @@ PATTERNS = ("2:4", "gqsa")
 
 
 @dataclasses.dataclass
-class SparsifyResult(RewriteResult):
+class SparsifyResult(DecodedResult, RewriteResult):
     """Everything the report shows about one ``sparsify_model`` call."""
 
     sparsity: float
     seconds: float
+    #: The output against the decoded reference (exactness; spa.quant.decoded).
     verification: VerifyResult | None = None
+    #: The output against the float input on the same seeded inputs.
+    drift: VerifyResult | None = None
+    #: The cosine ``drift`` must reach, when the caller set one.
+    min_cosine: float | None = None
     #: Agreement with the input on held-out calibration samples (spa.verify.quality).
     quality: dict[str, Any] | None = None
     quality_note: str = ""
@@ -111,12 +126,14 @@ def sparsify_model(
     calib: CalibrationSource | None = None,
     form: str = "reference",
     verify: bool = True,
-    min_cosine: float = 0.9,
+    min_cosine: float | None = None,
     keep_float: tuple[str, ...] | None = None,
     **run: Unpack[RunKeywords],
 ) -> SparsifyResult:
     """2:4-sparsify or GQSA-quantize the weights of ``input_path`` and write
     ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`).
+    ``verify``: exact against the decoded reference; the cosine to the float input
+    is measured beside it and fails the result only below an explicit ``min_cosine``.
     ``keep_float`` (2:4): layer kinds kept dense; None = depthwise, first and last."""
     check_sparsify_options(pattern, method, calib, sparsity)
     if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
@@ -144,19 +161,19 @@ def sparsify_model(
             fix="use --form plugin",
         )  # fmt: skip
 
-    def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
-        with tempfile.TemporaryDirectory(prefix="spa-sparsify-") as folder:
-            candidate = _verified_copy(output, form if pattern == "gqsa" else "", Path(folder))
-            return verify_models(
-                source, candidate, policy=CosineMaxAbs(min_cosine=min_cosine), seed=run_options.seed,
-                **run_options.inputs,
-            )  # fmt: skip
-
     lowering = form if pattern == "gqsa" else ""
+
+    def runnable(path: Path, folder: Path) -> Path:
+        return _verified_copy(path, lowering, folder)
+
+    def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
+        return check_decoded(rewrite.decoded, source, output, outcome, run_options, runnable)
+
     outcome = run_pipeline(
         source, output, [rewrite], run_options, prepare=prepare, verify=check if verify else None,
-        runnable=lambda path, folder: _verified_copy(path, lowering, folder),
+        runnable=runnable,
     )  # fmt: skip
+    drift = measure_drift(source, output, min_cosine, run_options, runnable) if verify else None
     record = outcome.records[0]
     decisions = record.details["decisions"]
     weights = {d.weight for d in decisions if d.action != "skipped"}
@@ -167,6 +184,7 @@ def sparsify_model(
         mac_coverage=weight_coverage(outcome.before, weights), bytes_before=outcome.input_bytes,
         bytes_after=file_bytes(output), sparsity=_sparsity(decisions),
         seconds=time.perf_counter() - start, verification=outcome.verification,
+        drift=drift, min_cosine=min_cosine,
         quality=outcome.quality.as_dict() if outcome.quality else None,
         quality_note=outcome.quality_note,
         change=decisions_share(
