@@ -55,7 +55,9 @@ from spa.pruning.reconstruct import apply_updates, compute_updates
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.pruning.statistics import needed_values
 from spa.quant.ir_format import add_initializer
-from spa.stats.coverage import node_macs, set_input_shapes, value_shapes
+from spa.stats.coverage import node_macs
+from spa.stats.shape_facts import infer_shapes as infer_value_shapes
+from spa.stats.shape_facts import known_shape
 from spa.verify.mask import mask_model
 
 __all__ = ["PrunePass", "apply_plan", "mac_costs"]
@@ -625,27 +627,46 @@ def mac_costs(
 ) -> tuple[dict[int, float], float]:
     """MACs per root channel of each group at the shapes of ``sample``, and the
     model's total MACs (Conv/MatMul/Gemm, and LSTM/GRU/RNN weights once per time
-    step): a channel owns ``1 / size`` of the
-    MACs of every node whose weight (input 1) is one of its group's members."""
+    step). A channel owns ``1 / size`` of the MACs of every node whose weight
+    (input 1) is one of its group's members, and of every product of two
+    activations (a MatMul without a weight: attention's Q @ K^T and scores @ V)
+    one of whose inputs is a member: those shrink with the group as well.
+
+    Shapes come from :func:`spa.stats.shape_facts.infer_shapes`, as in the MACs
+    of spa's report (data propagation, ONNX Runtime's symbolic inference, and a
+    run on zeros for what both leave open): with plain shape inference the
+    tokens of an attention block reshaped at run time stay unknown, and its
+    MatMuls were counted as one token (or not at all)."""
     proto = ir.serde.serialize_model(model)
-    set_input_shapes(proto, {name: np.shape(array) for name, array in sample.items()})
-    shapes = value_shapes(proto)
-    macs_by_weight: dict[str, int] = defaultdict(int)
+    inferred, _ = infer_value_shapes(
+        proto, shapes={name: tuple(np.shape(array)) for name, array in sample.items()}
+    )
+    shapes = {name: shape for name in inferred if (shape := known_shape(inferred, name))}
+    weights = {tensor.name for tensor in proto.graph.initializer}
+    owners: dict[str, set[int]] = defaultdict(set)  # value -> groups with a member on it
+    for group in groups:
+        for member in group.members:
+            owners[member.space[0]].add(group.id)
+    macs_by_group: dict[int, int] = defaultdict(int)
     total = 0
     for node in proto.graph.node:
         if node.op_type in _RECURRENT and node.domain == "":
             for name, macs in _recurrent_macs(node, shapes).items():
                 total += macs
-                macs_by_weight[name] += macs
+                for group_id in owners.get(name, ()):
+                    macs_by_group[group_id] += macs
             continue
         macs = node_macs(node, shapes)
         total += macs
-        if macs and len(node.input) > 1:
-            macs_by_weight[node.input[1]] += macs
-    costs = {
-        group.id: sum(macs_by_weight.get(m.space[0], 0) for m in group.parameters) / group.size
-        for group in groups
-    }
+        if not macs or len(node.input) < 2:
+            continue
+        if node.input[1] in weights:
+            owning = owners.get(node.input[1], set())
+        else:  # a product of activations: any input's group shrinks it
+            owning = set().union(*(owners.get(name, set()) for name in node.input[:2]))
+        for group_id in owning:
+            macs_by_group[group_id] += macs
+    costs = {group.id: macs_by_group.get(group.id, 0) / group.size for group in groups}
     return costs, float(total)
 
 

@@ -101,6 +101,76 @@ def test_sensitivity_plan_meets_the_mac_budget_and_stays_mask_equivalent() -> No
     assert masked_relative_error(masked, model, feeds[0]) < 1e-5
 
 
+def test_rounded_plan_still_meets_the_mac_budget() -> None:
+    # kept counts rounded to multiples of 8: 10% of 16 or 32 channels (2 or 3) had been
+    # measured and allocated, then rounded back to 16 / 32 kept, saving nothing
+    proto, feeds = _chain(), _feeds()
+    model, analysis = analysis_of(proto)
+    groups = analysis.prunable_groups()
+    costs, total = mac_costs(model, groups, feeds[0])
+    for ratio in (0.1, 0.3):
+        plan = make_plan(model, analysis, ratio=ratio, criterion="l2", allocation="sensitivity",
+                         samples=feeds, costs=costs, total_cost=total, fragile=10.0,
+                         round_to=8)  # fmt: skip
+        assert all(len(kept) % 8 == 0 for kept in plan.kept.values())
+        saved = sum((plan.sizes[g] - len(k)) * costs[g] for g, k in plan.kept.items())
+        assert ratio * total <= saved <= ratio * total + 8 * max(costs.values())
+        for row in plan.policy["sensitivity"]:
+            assert row["multiple"] == 8 and all(n % 8 == 0 for n in row["removed"])
+    masked = prepare(ir.serde.deserialize_model(proto))
+    mask_model(masked, analysis, plan)
+    apply_plan(model, analysis, plan)
+    assert masked_relative_error(masked, model, feeds[0]) < 1e-5
+
+
+def test_last_partial_step_stops_on_a_count_the_rounded_plan_keeps() -> None:
+    row = GroupSensitivity(1, "g", 32, 1.0, [8, 16, 24], [0.01, 0.02, 0.04], multiple=8)
+    assert allocate_by_sensitivity([row], ratio=0.3, total_cost=32.0, fragile=1.0) == {1: 16}
+    assert allocate_by_sensitivity([row], ratio=0.5, total_cost=32.0, fragile=1.0) == {1: 16}
+
+
+# Paddle's SVTR attention: the packed QKV reshaped by a target computed at run
+# time (plain shape inference leaves the tokens unknown), two MatMuls between
+# activations per head.
+RUNTIME_HEADS = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[1, 6, 8] x) => (float[1, 6, 8] y) {
+    qkv = MatMul (x, wqkv)
+    shp = Shape (x)
+    bn = Slice (shp, zero, two)
+    packed = Concat <axis = 0> (bn, heads)
+    q5 = Reshape (qkv, packed)
+    t = Transpose <perm = [2, 0, 3, 1, 4]> (q5)
+    q = Gather <axis = 0> (t, s0)
+    k = Gather <axis = 0> (t, s1)
+    v = Gather <axis = 0> (t, s2)
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    s = MatMul (q, kt)
+    p = Softmax <axis = -1> (s)
+    o = MatMul (p, v)
+    ot = Transpose <perm = [0, 2, 1, 3]> (o)
+    merged = Concat <axis = 0> (bn, minus)
+    om = Reshape (ot, merged)
+    y = MatMul (om, wo)
+}
+"""
+
+
+def test_mac_costs_give_heads_their_attention_products_at_run_time_shapes() -> None:
+    constants = {
+        "zero": np.array([0]), "two": np.array([2]), "heads": np.array([3, 4, 2]),
+        "minus": np.array([-1]), "s0": np.array(0), "s1": np.array(1), "s2": np.array(2),
+    }  # fmt: skip
+    proto = model_from_text(RUNTIME_HEADS, {"wqkv": (8, 24), "wo": (8, 8)}, constants=constants)
+    model, analysis = analysis_of(proto)
+    (heads,) = analysis.prunable_groups()
+    assert heads.size == 4
+    costs, total = mac_costs(model, [heads], {"x": np.zeros((1, 6, 8), np.float32)})
+    # 6 tokens: QKV 6 * 8 * 24, output 6 * 8 * 8, Q @ K^T and P @ V 4 heads * 6 * 6 * 2 each
+    assert total == 1152 + 384 + 288 + 288
+    assert costs[heads.id] * heads.size == total  # every MatMul loses 1/4 per head
+
+
 def test_fragile_groups_stay_whole_with_their_reason() -> None:
     model, analysis = analysis_of(_chain())
     plan = make_plan(model, analysis, ratio=0.2, criterion="l2", allocation="sensitivity",

@@ -339,8 +339,9 @@ def _sensitivity_keeps(
     if total_cost is None:
         total_cost = sum(costs.get(g.id, 0.0) * g.size for g in groups)
     measured = measure_sensitivity(
-        model, groups, scores, samples, costs, max_group_ratio=max_group_ratio
-    )
+        model, groups, scores, samples, costs, max_group_ratio=max_group_ratio,
+        multiples=multiples,
+    )  # fmt: skip
     removed = allocate_by_sensitivity(measured, ratio=ratio, total_cost=total_cost, fragile=fragile)
     by_id = {g.id: g for g in groups}
     keeps: dict[int, int] = {}

@@ -13,8 +13,12 @@ measured parameters become graph inputs, so each variant is only a new feed.
 the step (a group going to its next measured ratio) with the least added
 distortion per MAC saved, until ``ratio`` of the model's MACs are saved
 (first-order accounting: a channel saves the MACs of every weight slice it
-owns). A group whose distortion at the smallest ratio exceeds ``fragile`` is
-left whole, with its reason. The additive model of distortion is the
+owns, and its share of the products of activations it shrinks, as
+:func:`spa.passes.prune.mac_costs` counts them). Groups whose kept counts the plan rounds to a multiple (``--round-to``)
+are measured and allocated at counts that multiple keeps, so the rounding
+takes nothing back from the savings the allocation counted. A group whose
+distortion at the smallest ratio exceeds ``fragile`` is left whole, with its
+reason. The additive model of distortion is the
 assumption of layer-wise sensitivity analysis (Li et al., ICLR 2017) and
 of the knapsack allocations of HALP (Shen et al., NeurIPS 2022) and
 NetAdapt (Yang et al., ECCV 2018); see docs/criteria.md.
@@ -72,14 +76,42 @@ class GroupSensitivity:
     removed: list[int]
     distortion: list[float]
     skipped: str = ""
+    #: The multiple the plan rounds this group's kept count to: ``removed`` holds
+    #: counts it keeps exactly, and the allocator takes its last step in these units.
+    multiple: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _removed_counts(size: int, ratios: Sequence[float], cap: float) -> list[int]:
+def _rounded_down(size: int, count: int, multiple: int) -> int:
+    """Channels a plan removes when asked for ``count`` of ``size`` and its kept
+    count is rounded up to ``multiple`` (or to the whole group)."""
+    return size - min(size, math.ceil((size - count) / multiple) * multiple)
+
+
+def _rounded_up(size: int, count: int, multiple: int) -> int:
+    """The fewest channels, ``count`` or more, that a plan keeping multiples of
+    ``multiple`` can remove (kept rounded down to the multiple)."""
+    return size - ((size - count) // multiple) * multiple
+
+
+def _removed_counts(size: int, ratios: Sequence[float], cap: float, multiple: int = 1) -> list[int]:
+    """Channels removed at each ratio, on the counts a plan rounded to ``multiple``
+    can keep (the nearer of the two around ``size * ratio``), increasing, at most
+    ``cap`` of the group and never all of it."""
     limit = min(math.floor(size * cap), size - 1)
-    return [min(max(1, round(size * r)), limit) for r in ratios]
+    counts: list[int] = []
+    for ratio in ratios:
+        count = min(max(1, round(size * ratio)), limit)
+        low, high = _rounded_down(size, count, multiple), _rounded_up(size, count, multiple)
+        choices = [n for n in (low, high) if 1 <= n <= limit]
+        if not choices:
+            continue
+        count = min(choices, key=lambda n: (abs(n - size * ratio), -n))
+        if not counts or count > counts[-1]:
+            counts.append(count)
+    return counts
 
 
 def _member_removed(group: Group, removed_roots: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
@@ -132,9 +164,13 @@ def measure_sensitivity(
     *,
     ratios: Sequence[float] = SENSITIVITY_RATIOS,
     max_group_ratio: float = 0.9,
+    multiples: Mapping[int, int] | None = None,
 ) -> list[GroupSensitivity]:
     """Distortion of the outputs when each group alone loses its lowest-scoring
-    channels at each of ``ratios``, on ``samples`` (see the module docstring)."""
+    channels at each of ``ratios``, on ``samples`` (see the module docstring).
+    ``multiples``: group id -> the multiple its kept count is rounded to; each
+    ratio is measured at the nearest count the rounded plan can remove."""
+    multiples = multiples or {}
     names = {member.space[0] for group in groups for member in group.parameters}
     names &= set(model.graph.initializers)
     weights = {
@@ -162,7 +198,8 @@ def measure_sensitivity(
     measured = []
     for group in track(groups, total=len(groups), description="sensitivity"):
         order = np.argsort(scores[group.id], kind="stable")  # lowest first
-        counts = _removed_counts(group.size, ratios, max_group_ratio)
+        multiple = max(1, int(multiples.get(group.id, 1)))
+        counts = _removed_counts(group.size, ratios, max_group_ratio, multiple)
         distortions = []
         for count in counts:
             masked = dict(weights)
@@ -178,7 +215,7 @@ def measure_sensitivity(
         measured.append(
             GroupSensitivity(
                 group.id, group.root[0], group.size, float(costs.get(group.id, 0.0)),
-                counts, distortions,
+                counts, distortions, multiple=multiple,
             )
         )  # fmt: skip
     return measured
@@ -207,7 +244,10 @@ def allocate_by_sensitivity(
 ) -> dict[int, int]:
     """Channels removed per group: the greedy knapsack over measured steps
     (least added distortion per cost saved first) until ``ratio * total_cost``
-    is saved. Marks fragile groups' ``skipped`` with the reason."""
+    is saved. The last step, taken in part, stops at the first count at or past
+    the budget that the plan keeps once rounded to the group's ``multiple`` (the
+    plan rounds kept counts up, so a count off the multiple would save less than
+    charged). Marks fragile groups' ``skipped`` with the reason."""
     budget = ratio * total_cost
     removed = {row.group: 0 for row in measured}
     level = {row.group: -1 for row in measured}
@@ -241,8 +281,10 @@ def allocate_by_sensitivity(
         step = level[group_id] + 1
         before_count = row.removed[step - 1] if step > 0 else 0
         count = row.removed[step]
-        if spent + (count - before_count) * row.cost > budget:  # the last step, in part
-            count = before_count + math.ceil((budget - spent) / row.cost)
+        if spent + (count - before_count) * row.cost > budget:  # the last step, in part,
+            # up to a count the plan keeps once rounded to the group's multiple
+            wanted = before_count + math.ceil((budget - spent) / row.cost)
+            count = min(count, _rounded_up(row.size, wanted, row.multiple))
         spent += (count - before_count) * row.cost
         removed[group_id] = count
         level[group_id] = step
