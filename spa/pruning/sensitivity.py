@@ -6,7 +6,8 @@ group's lowest-scoring root channels (by the plan's criterion) are masked
 (their parameter slices zeroed) *alone*, the model runs on a few calibration
 samples in ONNX Runtime, and the distortion is the relative squared error of
 the outputs against the dense model, ``sum ||y - y0||^2 / sum ||y0||^2``
-(averaged over the float outputs). One session serves every measurement: the
+(averaged over the float outputs; a ``Softmax``/``LogSoftmax`` output by its
+logits, :func:`_expose_logits`). One session serves every measurement: the
 measured parameters become graph inputs, so each variant is only a new feed.
 
 :func:`allocate_by_sensitivity` then removes channels greedily, always taking
@@ -14,8 +15,9 @@ the step (a group going to its next measured ratio) with the least added
 distortion per MAC saved, until ``ratio`` of the model's MACs are saved
 (first-order accounting: a channel saves the MACs of every weight slice it
 owns, and its share of the products of activations it shrinks, as
-:func:`spa.passes.prune.mac_costs` counts them). Groups whose kept counts the plan rounds to a multiple (``--round-to``)
-are measured and allocated at counts that multiple keeps, so the rounding
+:func:`spa.passes.prune.mac_costs` counts them). Groups whose kept counts the
+plan rounds to a multiple (``--round-to``) are measured and allocated at counts
+that multiple keeps, so the rounding
 takes nothing back from the savings the allocation counted. A group whose
 distortion at the smallest ratio exceeds ``fragile`` is left whole, with its
 reason. The additive model of distortion is the
@@ -142,6 +144,29 @@ def _with_weight_inputs(model: ir.Model, names: set[str]) -> onnx.ModelProto:
     return proto
 
 
+#: Suffix of the extra output holding the input of a (Log)Softmax graph output.
+_LOGITS = " (logits)"
+
+
+def _expose_logits(proto: onnx.ModelProto) -> dict[str, str]:
+    """Add, for every graph output a ``Softmax``/``LogSoftmax`` computes, its input
+    as an extra output; returns output name -> extra output name. Distortion is
+    measured on logits: a confident classifier's or CTC recogniser's probabilities
+    barely move (their relative squared error stays near 0) while the arg-max of
+    its uncertain rows, which decides the task metric, flips."""
+    producers = {name: node for node in proto.graph.node for name in node.output}
+    extra: dict[str, str] = {}
+    for output in proto.graph.output:
+        node = producers.get(output.name)
+        if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain:
+            continue
+        exposed = output.name + _LOGITS
+        proto.graph.node.append(onnx.helper.make_node("Identity", [node.input[0]], [exposed]))
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(exposed))
+        extra[output.name] = exposed
+    return extra
+
+
 def _distortion(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
     """Mean over outputs of ``sum ||y - y0||^2 / sum ||y0||^2`` over the samples."""
     shares = []
@@ -178,13 +203,20 @@ def measure_sensitivity(
         for name in names
     }
     proto = _with_weight_inputs(model, names)
+    logits = _expose_logits(proto)
     # A very large graph runs as a chain of segment sessions (spa.ort_segments).
     session = maybe_segmented(proto, create_session, Path.cwd()) or create_session(
         proto.SerializeToString()
     )
     del proto
     wanted = [value.name for value in session.get_inputs() if value.name not in names]
-    floats = [i for i, out in enumerate(session.get_outputs()) if "float" in out.type]
+    outputs = [out.name for out in session.get_outputs()]
+    exposed = set(logits.values())
+    floats = [  # each float output, a (Log)Softmax one by its logits
+        outputs.index(logits.get(out.name, out.name))
+        for out in session.get_outputs()
+        if "float" in out.type and out.name not in exposed
+    ]
     feeds = [{name: np.asarray(sample[name]) for name in wanted} for sample in samples]
 
     def run(arrays: Mapping[str, np.ndarray]) -> list[list[np.ndarray]]:
