@@ -59,7 +59,9 @@ def _decoded_verdict(result: Any) -> str:
 
 
 def drift_lines(result: Any) -> list[str]:
-    """The comparison with the float input, one line per output (weight-only quantize)."""
+    """The comparison with the float input, one line per output, and a note when the
+    outputs moved far (weight-only quantize and sparsify, whose verification is
+    exactness against the decoded reference)."""
     drift = getattr(result, "drift", None)
     if drift is None:
         return []

@@ -8,9 +8,9 @@ before/after.
 Verification has the exactness meaning it has for every spa rewrite: the output
 against the *decoded reference*, the input with each quantized weight replaced by
 the values its stored form decodes to (:mod:`spa.quant.decoded`), at a float
-tolerance (:data:`spa.workflows.results.DECODED_RTOL`), in an ORT session without graph optimizations
-(the file's semantics, not ORT's fusions). How far quantization moved the outputs is
-reported beside it and not judged: the cosine to the float input on the same
+tolerance (:data:`spa.workflows.results.DECODED_RTOL`), in ORT sessions without
+graph optimizations (the file's semantics, not ORT's fusions). How far
+quantization moved the outputs is reported beside it and not judged: the cosine to the float input on the same
 seeded inputs (``drift``; a gate only when ``min_cosine`` is given) and, with
 calibration data, the agreement on held-out real samples (``quality``). Seeded
 random inputs say little about a lossy rewrite: int4 MiniLM keeps its Spearman
@@ -89,9 +89,9 @@ def quantize_model(
     (the ``quantize-weights`` pass through :func:`spa.workflows.run.run_pipeline`;
     GPTQ's Hessians come from ``calib``; with either method its held-out samples
     measure agreement with the input). ``verify``: the output against the decoded
-    reference (exact to :data:`spa.workflows.results.DECODED_RTOL`), and the cosine to the float input
-    measured beside it (``drift``), which fails the result only below an explicit
-    ``min_cosine``. ``keep_float``: layer kinds left in float
+    reference (exact to :data:`spa.workflows.results.DECODED_RTOL`), and the
+    cosine to the float input measured beside it (``drift``), which fails the
+    result only below an explicit ``min_cosine``. ``keep_float``: layer kinds left in float
     (``depthwise``, ``first``, ``last``); None = all three at 4 bits, none at 8.
     On ``target="ort"`` a MatMulNBits output is measured against the input and
     written in the folded Cast form when that is faster (the latency guard,
