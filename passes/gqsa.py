@@ -28,7 +28,14 @@ import onnx_ir as ir
 
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
-from spa.passes.quantize import Candidate, bias_nodes, input_name, match_gemm, match_matmul
+from spa.passes.quantize import (
+    Candidate,
+    bias_nodes,
+    in_layout,
+    input_name,
+    match_gemm,
+    match_matmul,
+)
 from spa.passes.sparsify import SparseDecision, SparsifyingPass
 from spa.quant.gqsa import GROUP_SIZES, GQSAArrays, dequantize_gqsa, gqsa_quantize, pack_gqsa
 from spa.quant.gqsa_ir import (
@@ -243,17 +250,9 @@ class GQSAPass(SparsifyingPass):
 
 def _decoder(candidate: Candidate, arrays: GQSAArrays) -> Callable[[], np.ndarray]:
     """The function giving the dense weight ``arrays`` decode to, in the layout and
-    dtype of the candidate's own weight (a Gemm with ``transB`` stores ``W[N, K]``)."""
+    dtype of the candidate's own weight."""
     dtype = candidate.array.dtype
-    transposed = candidate.node.op_type == "Gemm" and bool(
-        candidate.node.attributes.get_int("transB")
-    )
-
-    def decode() -> np.ndarray:
-        dense = dequantize_gqsa(arrays).astype(dtype)
-        return np.ascontiguousarray(dense.T) if transposed else dense
-
-    return decode
+    return in_layout(candidate, lambda: dequantize_gqsa(arrays).astype(dtype))
 
 
 @register_pass

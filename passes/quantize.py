@@ -85,6 +85,7 @@ __all__ = [
     "QuantizeWeightsPass",
     "bias_nodes",
     "check_quantize_options",
+    "in_layout",
     "input_name",
     "match_gemm",
     "match_matmul",
@@ -278,7 +279,7 @@ def _rewrite_cast(
     return size, decode
 
 
-def _in_layout(candidate: Candidate, decode: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+def in_layout(candidate: Candidate, decode: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
     """``decode`` (giving ``W[K, N]``) in the layout of the candidate's own weight
     (a Gemm with ``transB`` stores ``W[N, K]``)."""
     if candidate.node.op_type == "Gemm" and candidate.node.attributes.get_int("transB"):
@@ -532,7 +533,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                 new_bytes = _rewrite(graph, candidate, weight, self.target)
                 self._nbits = self._nbits or self.target == "ort"
                 decode = _block_decoder(weight, candidate.array.dtype)
-            self._decoded[weight_name] = _in_layout(candidate, decode)
+            self._decoded[weight_name] = in_layout(candidate, decode)
             before, after = before + old_bytes, after + new_bytes
             self._decisions.append(
                 QuantDecision(
