@@ -45,7 +45,6 @@ from spa.calibration import Feeds
 from spa.ort import create_session
 from spa.ort_segments import maybe_segmented
 from spa.progress import track
-from spa.verify.tolerance import softmax_inputs
 
 __all__ = [
     "FRAGILE_DISTORTION",
@@ -150,19 +149,21 @@ _LOGITS = " (logits)"
 
 
 def _expose_logits(proto: onnx.ModelProto) -> dict[str, str]:
-    """Add, for every graph output a ``Softmax``/``LogSoftmax`` computes
-    (:func:`spa.verify.tolerance.softmax_inputs`, the outputs ``spa verify`` also
-    checks before the softmax), its input as an extra output; returns output name
-    -> extra output name. Distortion is measured on logits: a confident
-    classifier's or CTC recogniser's probabilities barely move (their relative
-    squared error stays near 0) while the arg-max of its uncertain rows, which
-    decides the task metric, flips."""
+    """Add, for every graph output a ``Softmax``/``LogSoftmax`` computes, its input
+    as an extra output; returns output name -> extra output name. Distortion is
+    measured on logits: a confident classifier's or CTC recogniser's probabilities
+    barely move (their relative squared error stays near 0) while the arg-max of
+    its uncertain rows, which decides the task metric, flips."""
+    producers = {name: node for node in proto.graph.node for name in node.output}
     extra: dict[str, str] = {}
-    for output, logits in sorted(softmax_inputs(proto).items()):
-        exposed = output + _LOGITS
-        proto.graph.node.append(onnx.helper.make_node("Identity", [logits], [exposed]))
+    for output in proto.graph.output:
+        node = producers.get(output.name)
+        if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain:
+            continue
+        exposed = output.name + _LOGITS
+        proto.graph.node.append(onnx.helper.make_node("Identity", [node.input[0]], [exposed]))
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(exposed))
-        extra[output] = exposed
+        extra[output.name] = exposed
     return extra
 
 

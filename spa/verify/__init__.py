@@ -29,7 +29,7 @@ from spa.verify.tolerance import (
     OutputCheck,
     Policy,
     bounded_resolutions,
-    softmax_inputs,
+    output_producer,
 )
 
 __all__ = [
@@ -204,7 +204,23 @@ def _common_pre_softmax(
     compared as well (an extra check named ``output (pre-softmax)``).
     """
 
-    ours, theirs = softmax_inputs(reference), softmax_inputs(candidate)
+    def inputs(proto: onnx.ModelProto) -> dict[str, str]:
+        producers = {out: node for node in proto.graph.node for out in node.output}
+        outputs = {value.name for value in proto.graph.output}
+        found = {}
+        for name in outputs:
+            node = output_producer(producers, name)
+            if (
+                node is not None
+                and node.op_type in ("Softmax", "LogSoftmax")
+                and node.domain in ("", "ai.onnx")
+                and node.input[0] in producers
+                and node.input[0] not in outputs
+            ):
+                found[name] = node.input[0]
+        return found
+
+    ours, theirs = inputs(reference), inputs(candidate)
     return {name: (ours[name], theirs[name]) for name in ours.keys() & theirs.keys()}
 
 

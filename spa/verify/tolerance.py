@@ -35,7 +35,6 @@ __all__ = [
     "bounded_resolutions",
     "error_statistics",
     "output_producer",
-    "softmax_inputs",
 ]
 
 #: Activations whose output is bounded by this magnitude (default domain).
@@ -59,26 +58,6 @@ def output_producer(producers: dict[str, onnx.NodeProto], name: str) -> onnx.Nod
             break
         node = producers.get(node.input[0])
     return node
-
-
-def softmax_inputs(proto: onnx.ModelProto) -> dict[str, str]:
-    """Graph output -> the input (the logits) of the ``Softmax``/``LogSoftmax`` that
-    computes it, looking through Identity nodes (:func:`output_producer`); outputs
-    whose logits are a graph input or a graph output themselves are left out."""
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    outputs = {value.name for value in proto.graph.output}
-    found = {}
-    for name in outputs:
-        node = output_producer(producers, name)
-        if (
-            node is not None
-            and node.op_type in ("Softmax", "LogSoftmax")
-            and node.domain in ("", "ai.onnx")
-            and node.input[0] in producers
-            and node.input[0] not in outputs
-        ):
-            found[name] = node.input[0]
-    return found
 
 
 def bounded_resolutions(graph: onnx.GraphProto) -> dict[str, float]:
