@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Lowest layer first; a module belongs to the first entry that is a prefix of its name.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("spa.errors", "spa.progress", "spa.constants", "spa.destinations", "spa.model_check", "spa.model_io", "spa.ir_shapes", "spa.ort", "spa.ort_segments", "spa.zoo_data"),
+    ("spa.errors", "spa.progress", "spa.constants", "spa.destinations", "spa.model_check", "spa.model_io", "spa.ir_shapes", "spa.graph_outputs", "spa.ort", "spa.ort_segments", "spa.zoo_data"),
     ("spa.calibration", "spa.zoo", "spa.testbeds"),
     ("spa.pass_manager",),
     ("spa.analysis",),

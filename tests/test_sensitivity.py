@@ -15,7 +15,7 @@ from spa.analysis import prepare
 from spa.passes.prune import apply_plan, mac_costs
 from spa.pruning.plan import Plan, make_plan
 from spa.pruning.scores import score_group
-from spa.pruning.sensitivity import GroupSensitivity, allocate_by_sensitivity
+from spa.pruning.sensitivity import GroupSensitivity, _expose_logits, allocate_by_sensitivity
 from spa.verify.mask import mask_model, masked_relative_error
 from spa.verify.runner import run_model
 from tests.analysis_helpers import analysis_of, model_from_text
@@ -114,6 +114,33 @@ def test_distortion_of_a_softmax_output_is_measured_on_its_logits() -> None:
     probabilities = [run_model(proto.SerializeToString(), feed)["y"] for feed in feeds]
     assert all(np.sort(p, axis=-1)[:, -1].min() > 0.999 for p in probabilities)  # one-hot
     assert row["distortion"][0] > 1e-3  # on probabilities: ~1e-12
+
+
+def test_a_softmax_output_behind_identity_is_measured_on_its_logits() -> None:
+    """Paddle's and skl2onnx's classifiers end in Softmax -> Identity -> output:
+    still probabilities, so measured on the logits, as ``spa verify`` compares
+    them (spa.graph_outputs.softmax_inputs, the one finder)."""
+    text = CLASSIFIER.replace(
+        "y = Softmax <axis = -1> (t)", "s = Softmax <axis = -1> (t)\n  y = Identity (s)"
+    )
+    proto = model_from_text(
+        text, {"w1": (16, 3, 3, 3), "b1": (16,), "w2": (16, 4), "b2": (4,)},
+        constants={"temperature": np.array(200.0, np.float32)},
+    )  # fmt: skip
+    feeds = _feeds()
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(proto)
+    assert _expose_logits(exposed) == {"y": "y (logits)"}
+    for feed in feeds:  # ONNX Runtime returns the Softmax input beside the probabilities
+        values = run_model(exposed.SerializeToString(), feed)
+        logits = values["y (logits)"].astype(np.float64)
+        want = np.exp(logits - logits.max(-1, keepdims=True))
+        np.testing.assert_allclose(values["y"], want / want.sum(-1, keepdims=True), atol=1e-6)
+    model, analysis = analysis_of(proto)
+    plan = make_plan(model, analysis, ratio=0.2, criterion="l2", allocation="sensitivity",
+                     samples=feeds, fragile=10.0)  # fmt: skip
+    (row,) = plan.policy["sensitivity"]
+    assert row["distortion"][0] > 1e-3  # on the probabilities: ~1e-12
 
 
 def test_sensitivity_plan_meets_the_mac_budget_and_stays_mask_equivalent() -> None:

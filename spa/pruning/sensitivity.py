@@ -42,6 +42,7 @@ import onnx_ir as ir
 
 from spa.analysis.groups import Group
 from spa.calibration import Feeds
+from spa.graph_outputs import softmax_inputs
 from spa.ort import create_session
 from spa.ort_segments import maybe_segmented
 from spa.progress import track
@@ -149,21 +150,19 @@ _LOGITS = " (logits)"
 
 
 def _expose_logits(proto: onnx.ModelProto) -> dict[str, str]:
-    """Add, for every graph output a ``Softmax``/``LogSoftmax`` computes, its input
-    as an extra output; returns output name -> extra output name. Distortion is
-    measured on logits: a confident classifier's or CTC recogniser's probabilities
-    barely move (their relative squared error stays near 0) while the arg-max of
-    its uncertain rows, which decides the task metric, flips."""
-    producers = {name: node for node in proto.graph.node for name in node.output}
+    """Add, for every graph output a ``Softmax``/``LogSoftmax`` computes (looking
+    through Identity nodes after it, :func:`spa.graph_outputs.softmax_inputs`,
+    the finder ``spa verify``'s pre-softmax checks use), its input as an extra
+    output; returns output name -> extra output name. Distortion is measured on
+    logits: a confident classifier's or CTC recogniser's probabilities barely
+    move (their relative squared error stays near 0) while the arg-max of its
+    uncertain rows, which decides the task metric, flips."""
     extra: dict[str, str] = {}
-    for output in proto.graph.output:
-        node = producers.get(output.name)
-        if node is None or node.op_type not in ("Softmax", "LogSoftmax") or node.domain:
-            continue
-        exposed = output.name + _LOGITS
-        proto.graph.node.append(onnx.helper.make_node("Identity", [node.input[0]], [exposed]))
+    for output, logits in softmax_inputs(proto).items():
+        exposed = output + _LOGITS
+        proto.graph.node.append(onnx.helper.make_node("Identity", [logits], [exposed]))
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(exposed))
-        extra[output.name] = exposed
+        extra[output] = exposed
     return extra
 
 

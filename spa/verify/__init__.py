@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from spa.graph_outputs import softmax_inputs
 from spa.model_io import load_proto
 from spa.ort import create_session
 from spa.ort_segments import maybe_segmented
@@ -29,7 +30,6 @@ from spa.verify.tolerance import (
     OutputCheck,
     Policy,
     bounded_resolutions,
-    output_producer,
 )
 
 __all__ = [
@@ -196,29 +196,26 @@ PRE_SOFTMAX = " (pre-softmax)"
 def _common_pre_softmax(
     reference: onnx.ModelProto, candidate: onnx.ModelProto
 ) -> dict[str, tuple[str, str]]:
-    """Outputs that both models compute with a (Log)Softmax, and the names of the
-    two Softmax inputs: output -> (reference input, candidate input).
+    """Outputs that both models compute with a (Log)Softmax, looking through
+    Identity nodes after it (:func:`spa.graph_outputs.softmax_inputs`), and the
+    names of the two Softmax inputs: output -> (reference input, candidate input).
 
     A softmax saturates: on random inputs a classifier's probabilities are often
     exactly one-hot, so comparing them proves little. The logits behind them are
-    compared as well (an extra check named ``output (pre-softmax)``).
+    compared as well (an extra check named ``output (pre-softmax)``), unless no
+    node computes them (a graph input or initializer) or they are a graph output
+    already.
     """
 
     def inputs(proto: onnx.ModelProto) -> dict[str, str]:
-        producers = {out: node for node in proto.graph.node for out in node.output}
+        # logits the graph computes and does not return already (those are compared as they are)
+        produced = {out for node in proto.graph.node for out in node.output}
         outputs = {value.name for value in proto.graph.output}
-        found = {}
-        for name in outputs:
-            node = output_producer(producers, name)
-            if (
-                node is not None
-                and node.op_type in ("Softmax", "LogSoftmax")
-                and node.domain in ("", "ai.onnx")
-                and node.input[0] in producers
-                and node.input[0] not in outputs
-            ):
-                found[name] = node.input[0]
-        return found
+        return {
+            name: logits
+            for name, logits in softmax_inputs(proto).items()
+            if logits in produced and logits not in outputs
+        }
 
     ours, theirs = inputs(reference), inputs(candidate)
     return {name: (ours[name], theirs[name]) for name in ours.keys() & theirs.keys()}

@@ -24,6 +24,8 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from spa.graph_outputs import output_producer
+
 __all__ = [
     "BOUNDED_ACTIVATIONS",
     "RESOLUTION_STEPS",
@@ -34,7 +36,6 @@ __all__ = [
     "Policy",
     "bounded_resolutions",
     "error_statistics",
-    "output_producer",
 ]
 
 #: Activations whose output is bounded by this magnitude (default domain).
@@ -49,20 +50,10 @@ BOUNDED_ACTIVATIONS = {
 RESOLUTION_STEPS = 16
 
 
-def output_producer(producers: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
-    """The node that computes graph output ``name``, looking through Identity nodes
-    (Paddle's and skl2onnx's classifiers end in Softmax -> Identity -> output)."""
-    node = producers.get(name)
-    for _ in range(len(producers)):
-        if node is None or node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
-            break
-        node = producers.get(node.input[0])
-    return node
-
-
 def bounded_resolutions(graph: onnx.GraphProto) -> dict[str, float]:
     """Graph output -> its resolution, for each output a bounded activation produces
-    (:data:`RESOLUTION_STEPS` float32 steps of the bound): a text detector's
+    (looking through Identity nodes, :func:`spa.graph_outputs.output_producer`;
+    :data:`RESOLUTION_STEPS` float32 steps of the bound): a text detector's
     Sigmoid map, saturated near 0 on random inputs, differs by ORT's Sigmoid
     precision (9e-8 at values near 1e-6, 5 % of the largest) after a cleanup
     whose logits agree to 3e-7 of their scale."""
