@@ -123,6 +123,29 @@ def test_w4a16_at_every_m_up_to_64(tmp_path: Path) -> None:
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
 
 
+def test_kept_split_counters_replace_the_memset(tmp_path: Path) -> None:
+    """Callers that keep the split-K arrival counters (the TensorRT plugin per
+    execution context, the GPU harness) pass them to the _ex launchers, which
+    then issue no memset: one launch per call. One buffer, zeroed once, serves
+    every run of a case (both dtypes, M across one and two 64-row launches,
+    the launcher's split and a forced one), so each call must leave it at 0
+    (emu_check fails a run that does not) and stay exact. A buffer left at 1
+    by a "previous call" must break the runs: the kernels read the kept
+    counters, not the workspace's."""
+    lines = write_cases(tmp_path / "cases", shapes=((1024, 48), (4096, 16)))
+    (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if not line.startswith("w4_gqsa")) + "\n")
+    ms = [1, 9, 17, 70]
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", ",".join(map(str, ms)), "--splits", "0,2",
+                  "--kept-counters", "1", *tolerances())  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    assert len(rows) == 2 * 2 * 2 * len(ms) * 2 and all(verdict == "PASSED" for verdict, *_ in rows)
+    stale = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1", "--splits", "2", "--kept-counters", "2",
+                    *tolerances())  # fmt: skip
+    assert stale.returncode != 0
+    assert "FAILED" in stale.stdout and "kept split-K counter was left at" in stale.stdout
+
+
 def gqsa_structure(k: int, n: int, g: int, counts: dict[int, int], seed: int) -> repack.GQSAArrays:
     """GQSA arrays where column c keeps counts.get(c, 0) groups (the first ones)."""
     rng = np.random.default_rng(seed)

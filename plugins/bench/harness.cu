@@ -119,19 +119,6 @@ void dequantize(const Weight& w, float* dense) {
   CHECK_CUDA(cudaGetLastError());
 }
 
-// slices, split_k: 0 = the launcher's own choice (what users get), else forced (the tuning sweep).
-cudaError_t run_kernel(const Weight& w, const void* A, void* Y, int M, SpaDtype dtype, void* ws,
-                       size_t ws_bytes, cudaStream_t stream, int slices = 0, int split_k = 0) {
-  const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scales.ptr);
-  if (w.kernel == "w4a16")
-    return spa_w4a16_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes,
-                             slices, split_k, stream);
-  if (w.kernel == "w4_sp24")
-    return spa_w4_sp24_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws,
-                               ws_bytes, slices, split_k, stream);
-  return spa_w4_gqsa_gemm(A, w.a.ptr, w.idx.ptr, w.rows.ptr, scales, Y, M, w.N, w.K, w.g, w.nnz, dtype, ws, ws_bytes, stream);
-}
-
 // Y_ref[M, N] = A[M, K] @ W[K, N], row-major FP32 (column-major: Y^T = W^T A^T).
 void sgemm(cublasHandle_t handle, const float* A, const float* W, float* Y, int M, int N, int K) {
   const float one = 1.f, zero = 0.f;
@@ -167,9 +154,29 @@ struct Context {
   cublasHandle_t handle;
   cudaStream_t stream;
   DeviceBuffer<float> workspace;  // kernel split-K workspace (FP32)
+  DeviceBuffer<int> counters;     // kept split-K arrival counters (zeroed once; spa_split_counters_size)
   DeviceBuffer<char> cublas_ws;
   int failures = 0;
 };
+
+// slices, split_k: 0 = the launcher's own choice (what users get), else forced (the tuning sweep).
+// kept: the arrival counters the caller keeps (no memset per call, as the TensorRT plugin runs);
+// false: the workspace's counters and the launcher's memset.
+cudaError_t run_kernel(const Context& ctx, const Weight& w, const void* A, void* Y, int M, SpaDtype dtype,
+                       int slices = 0, int split_k = 0, bool kept = true) {
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(w.scales.ptr);
+  void* ws = ctx.workspace.ptr;
+  size_t ws_bytes = ctx.workspace.bytes();
+  int* counters = kept ? ctx.counters.ptr : nullptr;
+  if (w.kernel == "w4a16")
+    return spa_w4a16_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), scales, Y, M, w.N, w.K, dtype, ws, ws_bytes,
+                             slices, split_k, counters, ctx.stream);
+  if (w.kernel == "w4_sp24")
+    return spa_w4_sp24_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws,
+                               ws_bytes, slices, split_k, counters, ctx.stream);
+  return spa_w4_gqsa_gemm(A, w.a.ptr, w.idx.ptr, w.rows.ptr, scales, Y, M, w.N, w.K, w.g, w.nnz, dtype, ws, ws_bytes,
+                          ctx.stream);
+}
 
 // Correctness of one kernel/weight for every M and both dtypes; returns max error per M (FP16).
 std::vector<double> check(Context& ctx, const Weight& w, const char* label) {
@@ -188,7 +195,7 @@ std::vector<double> check(Context& ctx, const Weight& w, const char* label) {
         fill_activations<__nv_bfloat16><<<blocks_for(a_count), 256>>>(reinterpret_cast<__nv_bfloat16*>(a16.ptr), a32.ptr, a_count, 17 + M);
       CHECK_CUDA(cudaGetLastError());
       sgemm(ctx.handle, a32.ptr, dense.ptr, ref.ptr, M, w.N, w.K);
-      cudaError_t launched = run_kernel(w, a16.ptr, y16.ptr, M, dtype, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream);
+      cudaError_t launched = run_kernel(ctx, w, a16.ptr, y16.ptr, M, dtype);
       if (launched != cudaSuccess) {  // a launch error (not a fault): report it and go on
         ctx.failures += 1;
         std::printf("FAILED | %-8s %-22s M=%-3d launch: %s (%s)\n", w.kernel.c_str(), label, M,
@@ -266,7 +273,7 @@ std::string json_escape(const std::string& s) {
 }
 
 struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err, hbm_gbps; };
-struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us; };
+struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us, memset_us; };
 
 // The fields of one JSON row after "card" (no braces, no trailing comma).
 std::string json_fields(const Row& r) {
@@ -282,8 +289,8 @@ std::string json_fields(const SweepRow& r) {
   char buffer[512];
   std::snprintf(buffer, sizeof(buffer),
                 "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"slices\": %d, \"split_k\": %d, "
-                "\"us\": %.3f, \"launcher_choice_us\": %.3f",
-                r.kernel.c_str(), r.K, r.N, r.M, r.slices, r.split, r.us, r.auto_us);
+                "\"us\": %.3f, \"launcher_choice_us\": %.3f, \"launcher_choice_memset_us\": %.3f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.slices, r.split, r.us, r.auto_us, r.memset_us);
   return buffer;
 }
 
@@ -351,10 +358,10 @@ int profile(Context& ctx) {
   for (const Config& c : configs) {
     std::unique_ptr<Weight> w = random_weight(c.kernel, K, N, 7, c.g);
     for (int warm = 0; warm < 2; ++warm)
-      CHECK_CUDA(run_kernel(*w, a16.ptr, y16.ptr, c.M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+      CHECK_CUDA(run_kernel(ctx, *w, a16.ptr, y16.ptr, c.M, SPA_FP16));
     CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
     CHECK_CUDA(cudaProfilerStart());
-    CHECK_CUDA(run_kernel(*w, a16.ptr, y16.ptr, c.M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+    CHECK_CUDA(run_kernel(ctx, *w, a16.ptr, y16.ptr, c.M, SPA_FP16));
     CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
     CHECK_CUDA(cudaProfilerStop());
     std::printf("profiled %-8s g=%-3d %dx%d M=%d\n", c.kernel, c.g, K, N, c.M);
@@ -385,6 +392,8 @@ int main(int argc, char** argv) {
   CHECK_CUBLAS(cublasSetWorkspace(ctx.handle, ctx.cublas_ws.ptr, ctx.cublas_ws.bytes()));
   // w4a16 split slabs: up to 8 splits x 64 rows x the widest N, plus the counters.
   ctx.workspace = DeviceBuffer<float>(static_cast<size_t>(8) * 64 * 28672 + 4096);
+  ctx.counters = DeviceBuffer<int>(spa_split_counters_size(28672) / sizeof(int));
+  CHECK_CUDA(cudaMemset(ctx.counters.ptr, 0, ctx.counters.bytes()));  // once: every launch leaves them at 0
   if (profiling) return profile(ctx);
   std::printf("card: %s (sm_%d%d, %d SMs, L2 %d MB)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -437,7 +446,7 @@ int main(int argc, char** argv) {
         int M = kMs[mi];
         if (!std::isfinite(errors[mi])) continue;  // failed to launch above: nothing to time
         double us = time_graph(ctx, copies, [&](int c) {
-          CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+          CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16));
         });
         double bytes = static_cast<double>(wbytes) + 2.0 * M * (K + N);
         double floor_us = bytes / (hbm * 1e3);
@@ -451,18 +460,23 @@ int main(int argc, char** argv) {
       if (!gqsa && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
         for (int M : {1, 4, 16, 32, 64}) {
           double auto_us = time_graph(ctx, copies, [&](int c) {
-            CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr, ctx.workspace.bytes(), ctx.stream));
+            CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16));
           });
+          // the same choice with the workspace's counters and their memset per call (callers without kept counters)
+          double memset_us = time_graph(ctx, copies, [&](int c) {
+            CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16, 0, 0, false));
+          });
+          std::printf("sweep | %-8s K=%-6d N=%-6d M=%-3d launcher's choice %8.2f us kept counters, %8.2f us memset\n",
+                      kernel, K, N, M, auto_us, memset_us);
           {
             const int slices = 1;  // neither kernel has in-block slices any more (8-warp CTAs, one shared stage)
             for (int split : {1, 2, 4, 8}) {
               double us = time_graph(ctx, copies, [&](int c) {
-                CHECK_CUDA(run_kernel(*weights[c], a16.ptr, y16.ptr, M, SPA_FP16, ctx.workspace.ptr,
-                                      ctx.workspace.bytes(), ctx.stream, slices, split));
+                CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16, slices, split));
               });
               std::printf("sweep | %-8s K=%-6d N=%-6d M=%-3d slices=%d split=%d %8.2f us (launcher's choice %8.2f us)\n",
                           kernel, K, N, M, slices, split, us, auto_us);
-              sweep.push_back({kernel, K, N, M, slices, split, us, auto_us});
+              sweep.push_back({kernel, K, N, M, slices, split, us, auto_us, memset_us});
             }
           }
         }

@@ -85,7 +85,10 @@ float to_float(uint16_t bits, SpaDtype dtype) {
 }
 
 // Returns max|Y - Y_ref| / max|Y_ref| (NaN output counts as infinite error), or -1 on a launch error.
-double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::string& error) {
+// counters: kept split-K counters (spa_split_counters_size, zero before the first call), or NULL for the
+// workspace's; a kept buffer must be left at 0 by every call (checked).
+double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::vector<int>* counters,
+           std::string& error) {
   std::vector<uint16_t> a_bits;
   std::vector<float> a;
   activations(M, c.K, dtype, 1234u + static_cast<unsigned>(M), a_bits, a);
@@ -100,16 +103,23 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::str
   int split_k = split < 0 ? 0 : split;
   const int32_t* packed = reinterpret_cast<const int32_t*>(c.a.data());
   cudaError_t status;
-  if (c.kernel == "w4a16")
+  int* kept = counters != nullptr ? counters->data() : nullptr;
+  if (kept != nullptr && c.kernel == "w4a16")
+    status = spa_w4a16_gemm_ex(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws, ws_bytes,
+                               slices, split_k, kept, nullptr);
+  else if (kept != nullptr && c.kernel == "w4_sp24")
+    status = spa_w4_sp24_gemm_ex(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K, dtype,
+                                 ws, ws_bytes, slices, split_k, kept, nullptr);
+  else if (c.kernel == "w4a16")
     status = slices == 0 ? spa_w4a16_gemm(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws,
                                           ws_bytes, split_k, nullptr)
                          : spa_w4a16_gemm_ex(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype,
-                                             ws, ws_bytes, slices, split_k, nullptr);
+                                             ws, ws_bytes, slices, split_k, nullptr, nullptr);
   else if (c.kernel == "w4_sp24")
     status = slices == 0 ? spa_w4_sp24_gemm(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M,
                                             c.N, c.K, dtype, ws, ws_bytes, split_k, nullptr)
                          : spa_w4_sp24_gemm_ex(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M,
-                                               c.N, c.K, dtype, ws, ws_bytes, slices, split_k, nullptr);
+                                               c.N, c.K, dtype, ws, ws_bytes, slices, split_k, nullptr, nullptr);
   else
     status = spa_w4_gqsa_gemm(a_bits.data(), c.a.data(), c.idx.data(), c.rows.data(), c.scales.data(),
                               y.data(), M, c.N, c.K, c.g, c.nnz, dtype, ws, ws_bytes, nullptr);
@@ -119,6 +129,12 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::str
             " / " + spa_kernel_error_string();
     return -1;
   }
+  if (counters != nullptr)
+    for (int value : *counters)
+      if (value != 0) {
+        error = "a kept split-K counter was left at " + std::to_string(value) + " (must be 0 after every call)";
+        return -1;
+      }
   double max_err = 0, max_ref = 0;
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < c.N; ++n) {
@@ -139,7 +155,7 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::str
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: emu_check DIR [--kernels a,b] [--m 1,2,4] [--splits 1,2,0,-1] [--slices 0,1,2,4] "
-                         "[--tolerance 2e-3] [--tolerance-bf16 5.9e-3]\n");
+                         "[--tolerance 2e-3] [--tolerance-bf16 5.9e-3] [--kept-counters 0|1|2]\n");
     return 2;
   }
   std::string dir = argv[1];
@@ -148,6 +164,9 @@ int main(int argc, char** argv) {
   std::vector<int> slice_list = {0};
   double tolerance = 2e-3, tolerance_bf16 = 2e-3 + 1.0 / 256;  // plugins/trt/contracts/*.json
   std::string kernels = "w4a16,w4_sp24,w4_gqsa";
+  // 1: w4a16/w4_sp24 get counters kept across every run of a case, zeroed once; 2: the same, left at 1 by a
+  // "previous call" (a stale buffer: the runs must fail, which shows the kernels read the kept counters)
+  int kept_counters = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--m") ms = parse_list(argv[i + 1]);
@@ -156,6 +175,7 @@ int main(int argc, char** argv) {
     else if (flag == "--tolerance") tolerance = std::stod(argv[i + 1]);
     else if (flag == "--tolerance-bf16") tolerance_bf16 = std::stod(argv[i + 1]);
     else if (flag == "--kernels") kernels = argv[i + 1];
+    else if (flag == "--kept-counters") kept_counters = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", flag.c_str());
       return 2;
@@ -184,12 +204,15 @@ int main(int argc, char** argv) {
       c.rows = load<int32_t>(base + ".rows.bin");
     }
     const bool has_split = c.kernel != "w4_gqsa";
+    // zeroed once per case, then shared by all its runs: each must leave it at 0 for the next
+    std::vector<int> counters(spa_split_counters_size(c.N) / sizeof(int), kept_counters == 2 ? 1 : 0);
+    std::vector<int>* kept = kept_counters && has_split ? &counters : nullptr;
     for (SpaDtype dtype : {SPA_FP16, SPA_BF16}) {
       for (int M : ms) {
         for (int slices : has_split ? slice_list : std::vector<int>{0})
         for (int split : has_split ? splits : std::vector<int>{0}) {
           std::string error;
-          double err = run(c, dtype, M, slices, split, error);
+          double err = run(c, dtype, M, slices, split, kept, error);
           bool ok = err >= 0 && err <= (dtype == SPA_FP16 ? tolerance : tolerance_bf16);
           ++runs;
           failures += ok ? 0 : 1;

@@ -546,10 +546,13 @@ inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes
 // workspace holds fewer slabs than a forced split_k asks), zeroes the arrival
 // counters once, then launches 64 rows at a time, one after the other on the
 // stream: each reuses the slabs, and the last CTAs leave the counters at 0.
+// `kept_counters` (spa_split_counters_size, zeroed by the caller before its
+// first use and left at 0 by every completed launch) replaces the workspace's
+// counters and their memset: one launch per call instead of two.
 // launch(m0, rows, slabs, counters, splits, groups_per_split) issues one.
 template <typename Launch>
 inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
-                             cudaStream_t stream, Launch&& launch) {
+                             int* kept_counters, cudaStream_t stream, Launch&& launch) {
   const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr);
   int splits = plan.splits, gps = plan.groups_per_split;  // no in-block slices in these kernels
   const int blocks = split_column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
@@ -558,10 +561,11 @@ inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t worksp
     gps = (K / SPA_W4_GROUP + splits - 1) / splits;
     splits = (K / SPA_W4_GROUP + gps - 1) / gps;
   }
-  int* counters = splits > 1 ? static_cast<int*>(workspace) : nullptr;
+  int* counters = splits == 1 ? nullptr : kept_counters != nullptr ? kept_counters : static_cast<int*>(workspace);
   float* slabs =
       splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
-  if (counters != nullptr) SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
+  if (counters != nullptr && kept_counters == nullptr)
+    SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
   for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH)
     SPA_CHECK(launch(m0, std::min(SPA_MAX_M_PER_LAUNCH, M - m0), slabs, counters, splits, gps));
   return cudaSuccess;

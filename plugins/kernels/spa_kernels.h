@@ -10,12 +10,20 @@
  *   Y[M, N] = A[M, K] @ W[K, N], A and Y row-major in `dtype`,
  *   W given in a kernel-specific packed INT4 layout with FP16 scales.
  *   `workspace` is device memory of at least *_workspace_size() bytes, any
- *   contents (w4a16: arrival counters, zeroed by the launcher, and one FP32
- *   slab of partial sums per split; w4_sp24: FP32 sums it zeroes and adds
- *   into atomically). w4a16 and w4_sp24 run without
- *   splitting K across blocks when it is NULL or too small (their in-block
- *   split needs no workspace); w4_gqsa needs none (size 0).
+ *   contents (w4a16, w4_sp24: arrival counters, zeroed by the launcher, and
+ *   one FP32 slab of partial sums per split). w4a16 and w4_sp24 run without
+ *   splitting K across blocks when it is NULL or too small; w4_gqsa needs
+ *   none (size 0).
  *   A and Y must be 16-byte aligned (cudaMalloc'd buffers are).
+ *   Kept counters (w4a16, w4_sp24 `_ex`): a launch split across blocks
+ *   counts each 128-column block's arriving CTAs in an int. By default the
+ *   counters live in the workspace and the launcher zeroes them with a
+ *   memset per call (a second launch, one more node in a CUDA graph). A
+ *   caller that keeps device memory of spa_split_counters_size(N) bytes,
+ *   zeroed once before its first call, passes it as `counters`: every
+ *   completed call leaves it at 0, so no memset is issued. Calls sharing one
+ *   counters buffer must not overlap (one stream, or ordered by events); after
+ *   a failed launch zero it again. NULL: the workspace's counters.
  */
 #ifndef SPA_KERNELS_H
 #define SPA_KERNELS_H
@@ -59,12 +67,14 @@ const char* spa_kernel_error_string(void);
  * in-block slices and ignores it) and split_k (0 = choose, else the number of
  * splits across blocks); the harness's tuning sweep uses them. */
 size_t spa_w4a16_workspace_size(int M, int N, int K);
+size_t spa_split_counters_size(int N); /* bytes of kept counters for N output columns */
 cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
                            void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,
                            size_t workspace_bytes, int split_k, cudaStream_t stream);
 cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, const uint16_t* scales,
                               void* Y, int M, int N, int K, SpaDtype dtype, void* workspace,
-                              size_t workspace_bytes, int slices, int split_k, cudaStream_t stream);
+                              size_t workspace_bytes, int slices, int split_k, int* counters,
+                              cudaStream_t stream);
 
 /* ---- w4_sp24: INT4 weights with 2:4 sparsity along K (mma.sp) -------------
  * values  : int32  [N/16, K/32, 32]  kept values, tile order (README "w4_sp24")
@@ -79,7 +89,7 @@ cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_
 cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint32_t* meta,
                                 const uint16_t* scales, void* Y, int M, int N, int K,
                                 SpaDtype dtype, void* workspace, size_t workspace_bytes,
-                                int slices, int split_k, cudaStream_t stream);
+                                int slices, int split_k, int* counters, cudaStream_t stream);
 
 /* ---- w4_gqsa: INT4 group-sparse BSR (GQSA) --------------------------------
  * values  : uint32 [nnz, g/8]  kept groups, nibbles in dequant order (README "w4_gqsa")

@@ -193,12 +193,12 @@ cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, c
 template <typename T>
 cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* meta, const uint16_t* scales_ptr,
                 void* y_ptr, int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
-                cudaStream_t stream) {
+                int* kept_counters, cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  return run_split(M, N, K, workspace, workspace_bytes, split_k, stream,
+  return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, stream,
                    [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
                      return dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales,
                                         y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
@@ -214,7 +214,7 @@ extern "C" size_t spa_w4_sp24_workspace_size(int M, int N, int K) { return spa::
 extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint32_t* meta,
                                            const uint16_t* scales, void* Y, int M, int N, int K,
                                            SpaDtype dtype, void* workspace, size_t workspace_bytes,
-                                           int slices, int split_k, cudaStream_t stream) {
+                                           int slices, int split_k, int* counters, cudaStream_t stream) {
   SPA_REQUIRE(A && values && meta && scales && Y, "w4_sp24: a data pointer is NULL");
   SPA_REQUIRE(M >= 1 && N >= 16 && K >= SPA_W4_GROUP, "w4_sp24: M, N or K too small");
   SPA_REQUIRE(K % SPA_W4_GROUP == 0, "w4_sp24: K must be a multiple of 128");
@@ -229,9 +229,10 @@ extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values,
     if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
-    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, workspace_bytes, split_k, stream);
+    return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, workspace_bytes, split_k, counters,
+                                  stream);
   return spa::sp24::run<__nv_bfloat16>(A, values, meta, scales, Y, M, N, K, workspace, workspace_bytes, split_k,
-                                       stream);
+                                       counters, stream);
 }
 
 extern "C" cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, const uint32_t* meta,
@@ -239,5 +240,5 @@ extern "C" cudaError_t spa_w4_sp24_gemm(const void* A, const int32_t* values, co
                                         SpaDtype dtype, void* workspace, size_t workspace_bytes,
                                         int split_k, cudaStream_t stream) {
   return spa_w4_sp24_gemm_ex(A, values, meta, scales, Y, M, N, K, dtype, workspace, workspace_bytes,
-                             split_k > 0 ? 1 : 0, split_k, stream);
+                             split_k > 0 ? 1 : 0, split_k, nullptr, stream);
 }

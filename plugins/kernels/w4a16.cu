@@ -27,7 +27,8 @@
 //   (plan_split) and reduced inside the kernel (store_split): each split
 //   stores its FP32 sums to its own workspace slab, the last CTA of a column
 //   block to arrive sums the slabs in split order and writes Y. One small
-//   memset of the arrival counters per call; no finalize launch, no FP32
+//   memset of the arrival counters per call, none when the caller keeps them
+//   (spa_split_counters_size); no finalize launch, no FP32
 //   atomics, the same bits whatever order the CTAs finish in. There are no
 //   in-block slices any more (they lost on the H200: each slice staged its
 //   own activation copy); the _ex launcher's `slices` argument is accepted
@@ -211,12 +212,12 @@ cudaError_t dispatch(const T* a, const uint32_t* packed, const __half* scales, T
 
 template <typename T>
 cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* scales_ptr, void* y_ptr, int M, int N,
-                int K, void* workspace, size_t workspace_bytes, int split_k, cudaStream_t stream) {
+                int K, void* workspace, size_t workspace_bytes, int split_k, int* kept_counters, cudaStream_t stream) {
   const T* a = static_cast<const T*>(a_ptr);
   const uint32_t* packed = reinterpret_cast<const uint32_t*>(packed_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  return run_split(M, N, K, workspace, workspace_bytes, split_k, stream,
+  return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, stream,
                    [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
                      return dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales,
                                         y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
@@ -231,10 +232,14 @@ extern "C" const char* spa_kernel_error_string(void) { return spa::g_last_error;
 
 extern "C" size_t spa_w4a16_workspace_size(int M, int N, int K) { return spa::split_workspace_size(M, N, K); }
 
+extern "C" size_t spa_split_counters_size(int N) {
+  return N > 0 ? spa::split_counter_bytes(spa::split_column_blocks(N)) : 0;
+}
+
 extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, const uint16_t* scales,
                                          void* Y, int M, int N, int K, SpaDtype dtype,
                                          void* workspace, size_t workspace_bytes, int slices,
-                                         int split_k, cudaStream_t stream) {
+                                         int split_k, int* counters, cudaStream_t stream) {
   SPA_REQUIRE(A && packed && scales && Y, "w4a16: a data pointer is NULL");
   SPA_REQUIRE(M >= 1 && N >= 16 && K >= SPA_W4_GROUP, "w4a16: M, N or K too small");
   SPA_REQUIRE(K % SPA_W4_GROUP == 0, "w4a16: K must be a multiple of 128");
@@ -248,8 +253,10 @@ extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, c
     if (split_k > 1) split_k = 1;
   }
   if (dtype == SPA_FP16)
-    return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k, stream);
-  return spa::w4a16::run<__nv_bfloat16>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k, stream);
+    return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k, counters,
+                                   stream);
+  return spa::w4a16::run<__nv_bfloat16>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k,
+                                        counters, stream);
 }
 
 extern "C" cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, const uint16_t* scales,
@@ -257,5 +264,5 @@ extern "C" cudaError_t spa_w4a16_gemm(const void* A, const int32_t* packed, cons
                                       void* workspace, size_t workspace_bytes, int split_k,
                                       cudaStream_t stream) {
   return spa_w4a16_gemm_ex(A, packed, scales, Y, M, N, K, dtype, workspace, workspace_bytes,
-                           split_k > 0 ? 1 : 0, split_k, stream);
+                           split_k > 0 ? 1 : 0, split_k, nullptr, stream);
 }

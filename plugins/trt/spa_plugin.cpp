@@ -51,6 +51,26 @@ DataType OpTraits::weight_type(int32_t index) const {
 SpaMatMulPlugin::SpaMatMulPlugin(const OpTraits& traits, const OpFields& fields)
     : mTraits(traits), mFields(fields) {}
 
+SpaMatMulPlugin::~SpaMatMulPlugin() {
+  if (mCounters != nullptr) cudaFree(mCounters);
+}
+
+void SpaMatMulPlugin::keep_counters() {
+  if (mTraits.counters_size == nullptr || mCounters != nullptr) return;
+  const size_t bytes = mTraits.counters_size(mFields.N);
+  void* counters = nullptr;
+  cudaError_t status = cudaMalloc(&counters, bytes);
+  if (status == cudaSuccess) status = cudaMemset(counters, 0, bytes);
+  if (status != cudaSuccess) {
+    if (counters != nullptr) cudaFree(counters);
+    (void)cudaGetLastError();
+    log(ILogger::Severity::kWARNING, std::string(mTraits.name) + ": no kept split-K counters (" +
+                                         cudaGetErrorName(status) + "): each call zeroes the workspace's (one memset more)");
+    return;
+  }
+  mCounters = static_cast<int*>(counters);
+}
+
 IPluginCapability* SpaMatMulPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
   switch (type) {
     case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
@@ -174,7 +194,8 @@ int32_t SpaMatMulPlugin::enqueue(const PluginTensorDesc* inputDesc, const Plugin
     // TensorRT allocated getWorkspaceSize() of the profile's max rows; these rows need no more.
     size_t workspace_bytes = workspace ? mTraits.workspace_size(static_cast<int>(rows), mFields.N, mFields.K) : 0;
     cudaError_t status = mTraits.launch(mFields, inputDesc, inputs, outputs[0], rows,
-                                        to_spa_dtype(inputDesc[0].type), workspace, workspace_bytes, stream);
+                                        to_spa_dtype(inputDesc[0].type), workspace, workspace_bytes, mCounters,
+                                        stream);
     if (status != cudaSuccess) {
       // The launchers map their own argument checks to cudaErrorInvalidValue and name the problem
       // in spa_kernel_error_string(); any other code is the CUDA runtime's (no device, launch, ...).
@@ -190,7 +211,11 @@ int32_t SpaMatMulPlugin::enqueue(const PluginTensorDesc* inputDesc, const Plugin
   }
 }
 
-IPluginV3* SpaMatMulPlugin::attachToContext(IPluginResourceContext*) noexcept { return clone(); }
+IPluginV3* SpaMatMulPlugin::attachToContext(IPluginResourceContext*) noexcept {
+  IPluginV3* attached = clone();
+  if (attached != nullptr) static_cast<SpaMatMulPlugin*>(attached)->keep_counters();
+  return attached;
+}
 
 const PluginFieldCollection* SpaMatMulPlugin::getFieldsToSerialize() noexcept {
   mSerialized.clear();

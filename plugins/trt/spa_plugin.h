@@ -46,12 +46,15 @@ struct OpTraits {
   std::string (*check_fields)(const OpFields&);
   // Checks the weight input dims (configurePlugin) and returns "" or the reason.
   std::string (*check_weights)(const OpFields&, const PluginTensorDesc* in);
-  // Runs the kernel. M = rows of A.
+  // Runs the kernel. M = rows of A; counters: the plugin's kept split-K
+  // counters (NULL: the launcher zeroes the workspace's own per call).
   cudaError_t (*launch)(const OpFields&, const PluginTensorDesc* in, const void* const* inputs,
                         void* output, int64_t M, SpaDtype dtype, void* workspace,
-                        size_t workspace_bytes, cudaStream_t stream);
+                        size_t workspace_bytes, int* counters, cudaStream_t stream);
   // The kernel's workspace in bytes for M rows (spa_*_workspace_size).
   size_t (*workspace_size)(int M, int N, int K);
+  // Bytes of kept split-K counters for N columns (spa_split_counters_size), or NULL.
+  size_t (*counters_size)(int N);
   DataType weight_type(int32_t index) const;  // input `index` >= 1
 };
 
@@ -61,6 +64,9 @@ class SpaMatMulPlugin : public IPluginV3,
                         public IPluginV3OneRuntime {
  public:
   SpaMatMulPlugin(const OpTraits& traits, const OpFields& fields);
+  ~SpaMatMulPlugin() override;
+  SpaMatMulPlugin(const SpaMatMulPlugin&) = delete;
+  SpaMatMulPlugin& operator=(const SpaMatMulPlugin&) = delete;
 
   // IPluginV3
   IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override;
@@ -99,8 +105,15 @@ class SpaMatMulPlugin : public IPluginV3,
   bool check(const PluginTensorDesc* in, int32_t nbInputs, const PluginTensorDesc* out,
              int32_t nbOutputs) const;
 
+  // Kept split-K arrival counters of an attached plugin (one per execution
+  // context, whose enqueues never overlap): zeroed once, left at 0 by every
+  // launch, so a call is one kernel launch without a memset. NULL when the op
+  // has none or the allocation failed (then the launcher zeroes its own).
+  void keep_counters();
+
   const OpTraits& mTraits;
   OpFields mFields;
+  int* mCounters = nullptr;
   std::vector<PluginField> mSerialized;
   PluginFieldCollection mSerializedCollection{};
 };

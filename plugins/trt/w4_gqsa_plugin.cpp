@@ -26,7 +26,7 @@ std::string check_weights(const OpFields& f, const PluginTensorDesc* in) {
 }
 
 cudaError_t launch(const OpFields& f, const PluginTensorDesc* in, const void* const* inputs, void* output,
-                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, int*, cudaStream_t stream) {
   return spa_w4_gqsa_gemm(inputs[0], static_cast<const uint32_t*>(inputs[1]), static_cast<const uint16_t*>(inputs[2]),
                           static_cast<const int32_t*>(inputs[3]), static_cast<const uint16_t*>(inputs[4]), output,
                           static_cast<int>(M), f.N, f.K, f.group_size, static_cast<int>(volume(in[4].dims)), dtype,
@@ -36,6 +36,6 @@ cudaError_t launch(const OpFields& f, const PluginTensorDesc* in, const void* co
 }  // namespace
 
 const OpTraits kGroupSparseTraits = {"GroupSparseQuantMatMul", 5, true, check_fields, check_weights, launch,
-                                   spa_w4_gqsa_workspace_size};
+                                   spa_w4_gqsa_workspace_size, nullptr};
 
 }  // namespace spa_trt

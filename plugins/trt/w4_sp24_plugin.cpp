@@ -1,4 +1,4 @@
-// spa.W4Sparse24MatMul -> spa_w4_sp24_gemm (contracts/w4_sp24.json).
+// spa.W4Sparse24MatMul -> spa_w4_sp24_gemm_ex with kept counters (contracts/w4_sp24.json).
 #include "spa_plugin.h"
 
 namespace spa_trt {
@@ -20,15 +20,16 @@ std::string check_weights(const OpFields& f, const PluginTensorDesc* in) {
 }
 
 cudaError_t launch(const OpFields& f, const PluginTensorDesc*, const void* const* inputs, void* output,
-                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  return spa_w4_sp24_gemm(inputs[0], static_cast<const int32_t*>(inputs[1]), static_cast<const uint32_t*>(inputs[2]),
-                          static_cast<const uint16_t*>(inputs[3]), output, static_cast<int>(M), f.N, f.K, dtype,
-                          workspace, workspace_bytes, 0, stream);
+                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, int* counters,
+                   cudaStream_t stream) {
+  return spa_w4_sp24_gemm_ex(inputs[0], static_cast<const int32_t*>(inputs[1]),
+                             static_cast<const uint32_t*>(inputs[2]), static_cast<const uint16_t*>(inputs[3]), output,
+                             static_cast<int>(M), f.N, f.K, dtype, workspace, workspace_bytes, 0, 0, counters, stream);
 }
 
 }  // namespace
 
 const OpTraits kW4Sparse24Traits = {"W4Sparse24MatMul", 4, false, check_fields, check_weights, launch,
-                                   spa_w4_sp24_workspace_size};
+                                   spa_w4_sp24_workspace_size, spa_split_counters_size};
 
 }  // namespace spa_trt

@@ -1,4 +1,4 @@
-// spa.W4A16MatMul -> spa_w4a16_gemm (contracts/w4a16.json).
+// spa.W4A16MatMul -> spa_w4a16_gemm_ex with kept counters (contracts/w4a16.json).
 #include "spa_plugin.h"
 
 namespace spa_trt {
@@ -18,14 +18,16 @@ std::string check_weights(const OpFields& f, const PluginTensorDesc* in) {
 }
 
 cudaError_t launch(const OpFields& f, const PluginTensorDesc*, const void* const* inputs, void* output,
-                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  return spa_w4a16_gemm(inputs[0], static_cast<const int32_t*>(inputs[1]), static_cast<const uint16_t*>(inputs[2]),
-                        output, static_cast<int>(M), f.N, f.K, dtype, workspace, workspace_bytes, 0, stream);
+                   int64_t M, SpaDtype dtype, void* workspace, size_t workspace_bytes, int* counters,
+                   cudaStream_t stream) {
+  return spa_w4a16_gemm_ex(inputs[0], static_cast<const int32_t*>(inputs[1]), static_cast<const uint16_t*>(inputs[2]),
+                           output, static_cast<int>(M), f.N, f.K, dtype, workspace, workspace_bytes, 0, 0, counters,
+                           stream);
 }
 
 }  // namespace
 
 const OpTraits kW4A16Traits = {"W4A16MatMul", 3, false, check_fields, check_weights, launch,
-                                   spa_w4a16_workspace_size};
+                                   spa_w4a16_workspace_size, spa_split_counters_size};
 
 }  // namespace spa_trt
