@@ -35,6 +35,7 @@ class CorrectStatisticsPass(SpaPass):
 
     name = "correct-statistics"
     summary = "Per-channel mean/spread of pruned layers' outputs matched to the dense model"
+    fidelity = "lossy"
 
     def __init__(self, prune: PrunePass) -> None:
         super().__init__()

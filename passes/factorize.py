@@ -118,6 +118,7 @@ class FactorizeEmbeddingsPass(SpaPass):
 
     name = "factorize-embeddings"
     summary = "Low-rank (truncated SVD) factorization of Gather-read vocabulary tables (not exact)"
+    fidelity = "lossy"
 
     def __init__(self, rank: float) -> None:
         super().__init__()

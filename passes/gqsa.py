@@ -128,6 +128,7 @@ class GQSAPass(SparsifyingPass):
     summary = (
         "GQSA: group sparsity + INT4 of kept groups as spa.GroupSparseQuantMatMul or its lowering"
     )
+    fidelity = "decoded"
     action = "quantized"
 
     def __init__(

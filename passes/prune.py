@@ -402,6 +402,7 @@ class PrunePass(SpaPass):
 
     name = "prune"
     summary = "Remove channels/heads by a plan (analyzer groups, criterion, allocation)"
+    fidelity = "lossy"
 
     def __init__(
         self,

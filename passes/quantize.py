@@ -382,6 +382,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
     summary = (
         "Weight-only int4/int8 block quantization of MatMul/Gemm (RTN/GPTQ) for ORT/TensorRT/ONNX"
     )
+    fidelity = "decoded"
 
     def __init__(
         self,

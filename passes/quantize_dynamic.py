@@ -140,6 +140,7 @@ class QuantizeDynamicPass(DecidingPass):
 
     name = "quantize-dynamic"
     summary = "Dynamic INT8 MatMul/Gemm (per-column INT8 weights) for ORT CPU"
+    fidelity = "lossy"
 
     def __init__(self, reduce_range: bool = True, min_elements: int = 1024) -> None:
         super().__init__()

@@ -604,6 +604,7 @@ class QuantizeStaticPass(SpaPass):
 
     name = "quantize-static"
     summary = "Static INT8/FP8 QDQ (calibrated activations, per-channel weights) for TensorRT"
+    fidelity = "lossy"
 
     def __init__(
         self,

@@ -154,6 +154,7 @@ class RotateSlicePass(SpaPass):
 
     name = "rotate-slice"
     summary = "SliceGPT step 2: rotate the residual stream (PCA or random) and slice it"
+    fidelity = "lossy"
 
     def __init__(
         self,

@@ -146,6 +146,7 @@ class Sparsify2to4Pass(SparsifyingPass):
 
     name = "sparsify-2to4"
     summary = "2:4 semi-structured sparsity of MatMul/Gemm/Conv weights (magnitude or SparseGPT)"
+    fidelity = "decoded"
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import onnx_ir as ir
 
@@ -39,6 +39,7 @@ from spa.model_io import save_model
 __all__ = [
     "Calibrator",
     "DumpInstrument",
+    "Fidelity",
     "Instrument",
     "PassRecord",
     "SpaPass",
@@ -52,6 +53,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Statistics = dict[str, int | float]
+
+#: What a pass's output computes, for verification: ``"exact"``: what its input
+#: computes, to float rounding; ``"decoded"``: its input with each weight it rewrote
+#: replaced by the values the stored form decodes to (the pass's ``decoded``
+#: mapping, :mod:`spa.quant.decoded`); ``"lossy"``: something else by design, with
+#: no decoded reference (pruning, activation quantization, low-rank factors).
+Fidelity = Literal["exact", "decoded", "lossy"]
 
 
 @dataclasses.dataclass
@@ -72,6 +80,9 @@ class SpaPass(ir.passes.InPlacePass):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: How its output can be verified (:data:`Fidelity`); a pass that changes the
+    #: outputs by design declares ``"decoded"`` or ``"lossy"``.
+    fidelity: ClassVar[Fidelity] = "exact"
 
     def ensures(self, model: ir.Model) -> None:
         """Postcondition of every spa pass: in topological order, no node reads a

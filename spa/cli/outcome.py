@@ -11,7 +11,7 @@ import click
 
 from spa.cli.options import echo_verdict
 
-__all__ = ["drift_lines", "finish", "human_size", "verdict_tail"]
+__all__ = ["drift_lines", "finish", "human_size", "verdict_tail", "verification_lines"]
 
 
 #: Below this cosine to the float input (seeded inputs) a weight rewrite prints a note.
@@ -31,7 +31,7 @@ def verdict_tail(result: Any) -> str:
     before, after = result.bytes_before, result.bytes_after
     change = f"{(after - before) / before:+.0%}" if before else "n/a"
     if hasattr(result, "drift"):  # exact against the decoded reference; drift measured
-        checked = _decoded_verdict(result)
+        checked = result.decoded_verdict()
     else:
         checked = f"cos {result.cosine:.5f}" if result.cosine is not None else "not verified"
     quality = quality_verdict(result.quality, result.quality_note)
@@ -39,23 +39,6 @@ def verdict_tail(result: Any) -> str:
         f"bytes {human_size(before)} -> {human_size(after)} ({change}) | {checked} | "
         f"{quality} | {result.seconds:.1f}s"
     )
-
-
-def _decoded_verdict(result: Any) -> str:
-    """``decoded weights exact (rel 2e-07) | cos 0.99981 to float (seeded inputs)``."""
-    verification = result.verification
-    if verification is None:
-        return "not verified"
-    state = "exact" if verification.passed else "MISMATCH"
-    text = f"decoded weights {state} (rel {verification.max_rel_diff:.1g})"
-    if result.cosine is not None:
-        gate = (
-            f" < {result.min_cosine:g}"
-            if result.min_cosine is not None and (not result.drift.passed)
-            else ""
-        )
-        text += f" | cos {result.cosine:.5f}{gate} to float (seeded inputs)"
-    return text
 
 
 def drift_lines(result: Any) -> list[str]:
@@ -66,22 +49,33 @@ def drift_lines(result: Any) -> list[str]:
     if drift is None:
         return []
     lines = []
+    gate = getattr(result, "drift_gate", None)
     for check in drift.checks:
-        gate = getattr(result, "min_cosine", None)
         verdict = "" if gate is None else ("PASSED | " if check.passed else "FAILED | ")
         lines.append(
             f"float input: {verdict}output {check.name} | max|Δ| {check.max_abs_diff:.3g} | "
             f"rel {check.max_rel_diff:.3g} | cos {check.cosine:.6f}"
-            + (f" | cos >= {gate:g}" if gate is not None else " | lossy by design: not judged")
+            + (f" | {gate}" if gate is not None else " | lossy by design: not judged")
         )
     cosine = getattr(result, "cosine", None)
-    if getattr(result, "min_cosine", None) is None and cosine is not None and cosine < FAR:
+    if gate is None and cosine is not None and cosine < FAR:
         lines.append(
             f"note: the outputs moved far from the float input (cos {cosine:.3f} on seeded "
             "inputs); measure quality on real data (--calib, --eval) or fail below a floor "
             "(--cosine)"
         )
     return lines
+
+
+def verification_lines(result: Any) -> list[str]:
+    """The verification table of ``result``, each line marked ``decoded reference:``
+    for a weight rewrite, then its :func:`drift_lines`."""
+    if result.verification is None:
+        return drift_lines(result)
+    lines = result.verification.render().splitlines()
+    if hasattr(result, "drift"):
+        lines = [f"decoded reference: {line}" for line in lines]
+    return [*lines, *drift_lines(result)]
 
 
 def finish(
@@ -95,12 +89,7 @@ def finish(
         lines = [*lines, *change.lines(command)]
     for line in lines:
         click.echo(line)
-    if result.verification is not None:
-        rendered = result.verification.render()
-        if hasattr(result, "drift"):
-            rendered = "\n".join(f"decoded reference: {line}" for line in rendered.splitlines())
-        click.echo(rendered)
-    for line in drift_lines(result):
+    for line in verification_lines(result):
         click.echo(line)
     if report_path is not None:
         from spa.stats.report import write_report

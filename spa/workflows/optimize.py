@@ -5,6 +5,10 @@
 >>> result = optimize("model.onnx", "out.onnx", recipe="cleanup")  # doctest: +SKIP
 >>> result.verdict_line  # doctest: +SKIP
 'PASSED | cleanup | params 25.6M → 25.5M (-0%) | max|Δ| 0.04 (rel 5e-07) | 1.3s'
+
+A recipe whose passes rewrite weights by design (``quantize-weights``,
+``sparsify-2to4``, ``gqsa``) is verified against its decoded reference instead
+(:mod:`spa.workflows.recipe_verify`), as ``spa quantize`` is.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
 from spa.verify.quality import quality_verdict
 from spa.workflows.prune import prune_report, verify_prune
+from spa.workflows.recipe_verify import DecodedCheck, check_decoded_recipe, decoded_snapshots
 from spa.workflows.recipes import Recipe, build_passes, load_recipe
 from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, Snapshot, run_pipeline
 
@@ -51,20 +56,30 @@ class OptimizeResult:
     prune_verification: VerifyResult | None = None
     #: Mask equivalence of each prune step inside the recipe, at that step's output.
     step_verifications: list[VerifyResult] = dataclasses.field(default_factory=list)
+    #: A recipe that rewrote weights: ``verification`` is against its decoded
+    #: reference; this adds the drift to the recipe's input (spa.workflows.recipe_verify).
+    decoded: DecodedCheck | None = None
+    #: Why a recipe that rewrote weights was compared with its input instead.
+    verification_note: str = ""
 
 
 def _verdict_line(
-    recipe: str, report: dict[str, Any], verification: VerifyResult | None, seconds: float
-) -> str:
+    recipe: str, report: dict[str, Any], verification: VerifyResult | None, seconds: float,
+    decoded: DecodedCheck | None = None, note: str = "",
+) -> str:  # fmt: skip
     before, after = report["before"]["params"], report["after"]["params"]
     change = (after - before) / before * 100 if before else 0.0
     params = f"params {human_count(before)} → {human_count(after)} ({change:+.0f}%)"
     quality = quality_verdict(report.get("quality"), report.get("quality_note", ""))
     if verification is None:
         return f"DONE | {recipe} | {params} | not verified | {quality} | {seconds:.1f}s"
+    if decoded is not None:
+        verdict = "PASSED" if decoded.passed else "FAILED"
+        return f"{verdict} | {recipe} | {params} | {decoded.decoded_verdict()} | {quality} | {seconds:.1f}s"
     verdict = "PASSED" if verification.passed else "FAILED"
+    fallback = f" | decoded reference not used: {note}" if note else ""
     return (
-        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} (rel {verification.max_rel_diff:.1g}) | {quality} "
+        f"{verdict} | {recipe} | {params} | max|Δ| {verification.max_abs_diff:.1g} (rel {verification.max_rel_diff:.1g}){fallback} | {quality} "
         f"| {seconds:.1f}s"
     )
 
@@ -117,7 +132,10 @@ def optimize(
     that ask for statistics get them from ``calibration``. With ``verify`` the
     recipe's output is compared with its input in ONNX Runtime on seeded inputs
     under ``policy`` (default relative error <= 1e-5); a failed comparison is
-    reported, not raised.
+    reported, not raised. A recipe whose passes rewrote weights (weight-only
+    quantization, 2:4, GQSA) is instead checked exact against its decoded reference,
+    its drift to the input judged only by an explicit ``policy``
+    (:mod:`spa.workflows.recipe_verify`; ``decoded`` in the result).
     """
     start = time.perf_counter()
     source, output = Path(model), Path(output)
@@ -125,6 +143,8 @@ def optimize(
     pass_list: list[SpaPass] = list(passes) if passes is not None else build_passes(loaded)
     options = RunOptions(**run, calibration=calibration)
     seed, shapes, dims = options.seed, options.shapes, options.dims
+    # passes before the recipe's own: the pruner and its statistics corrections
+    recipe_start = 1 + correct_statistics if prune is not None else 0
     if prune is not None:
         pruner = PrunePass(
             prune, criterion, seed, round_to, reduction=reduction, allocation=allocation,
@@ -156,8 +176,18 @@ def optimize(
         instruments += (
             [Snapshot(index, path) for index, path in snapshots.items()] if verify else []
         )
+        # the models the decoded reference may be built on, and the checks' other ends
+        models_after = {0: source, **snapshots}
+        if prune is not None:
+            models_after |= {1: pruned, recipe_start: corrected}
+        for index in decoded_snapshots(pass_list, recipe_start) if verify else []:
+            if index not in models_after:
+                models_after[index] = Path(staging) / f"before-{index + 1}.onnx"
+                instruments.append(Snapshot(index, models_after[index]))
         prune_verification: list[VerifyResult | None] = [None]
         step_checks: list[VerifyResult] = []
+        decoded: list[DecodedCheck | None] = [None]
+        note = [""]
 
         def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
             reference = source
@@ -170,6 +200,14 @@ def optimize(
                 result = verify_prune(outcome.records[index - 1].details, path, None, options)
                 if result is not None:
                     step_checks.append(result)
+            found = check_decoded_recipe(
+                pass_list, recipe_start, models_after, outcome, output, options, policy
+            )
+            if isinstance(found, str):
+                note[0] = found
+            elif found is not None and found.verification is not None:
+                decoded[0] = found
+                return found.verification
             return verify_models(
                 reference, output, policy=policy or AllClose(), seed=seed, **options.inputs
             )
@@ -209,6 +247,10 @@ def optimize(
         latency=latency,
     )
     report["recipe"] = loaded.name
+    if decoded[0] is not None:
+        report["decoded"] = decoded[0].as_dict()
+    if note[0]:
+        report["verification_note"] = f"decoded reference not used: {note[0]}"
     change = _recipe_change(outcome.before, base_dir, output, loaded.name)
     report["change"] = change.as_dict()
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
@@ -220,7 +262,7 @@ def optimize(
     if report_path is not None:
         reporting.write_report(report, Path(report_path))
     seconds = time.perf_counter() - start
-    verdict = _verdict_line(loaded.name, report, verification, seconds)
+    verdict = _verdict_line(loaded.name, report, verification, seconds, decoded[0], note[0])
     if step_checks:
         worst = max(check.max_rel_diff for check in step_checks)
         verdict += f" | recipe prune steps: mask equivalence max rel {worst:.1g}"
@@ -241,4 +283,6 @@ def optimize(
         verdict_line=verdict,
         prune_verification=prune_verification[0],
         step_verifications=step_checks,
+        decoded=decoded[0],
+        verification_note=note[0],
     )

@@ -2,9 +2,9 @@
 
 :class:`VerifiedResult` gives their result dataclasses ``passed``, ``cosine``
 and ``as_dict``; :class:`DecodedResult` the same for the weight rewrites verified
-against their decoded reference (:func:`check_decoded`) with the distance to the
-float input measured beside it (:func:`measure_drift`); :func:`file_bytes`
-measures a model on disk.
+against their decoded reference (:func:`check_decoded`, :func:`verify_decoded`)
+with the distance to the float input measured beside it (:func:`measure_drift`);
+:func:`file_bytes` measures a model on disk.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import onnx_ir as ir
     from _typeshed import DataclassInstance
 
-    from spa.verify import VerifyResult
+    from spa.verify import Policy, VerifyResult
     from spa.workflows.run import PipelineOutcome, RunOptions
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "check_decoded",
     "file_bytes",
     "measure_drift",
+    "verify_decoded",
 ]
 
 #: Exactness tolerance against the decoded reference: max|Δ| / max|reference| per
@@ -78,10 +80,32 @@ class DecodedResult(VerifiedResult):
     min_cosine: float | None
 
     @property
+    def drift_gate(self) -> str | None:
+        """What ``drift`` is judged by (``cos >= 0.99``), or None: measured, not judged."""
+        return None if self.min_cosine is None else f"cos >= {self.min_cosine:g}"
+
+    @property
     def passed(self) -> bool:
         exact = self.verification is None or self.verification.passed
-        gated = self.min_cosine is None or self.drift is None or self.drift.passed
+        gated = self.drift_gate is None or self.drift is None or self.drift.passed
         return exact and gated
+
+    def decoded_verdict(self) -> str:
+        """``decoded weights exact (rel 2e-07) | cos 0.99981 to float (seeded inputs)``:
+        the verdict-line part of the exactness check and the drift."""
+        verification = self.verification
+        if verification is None:
+            return "not verified"
+        state = "exact" if verification.passed else "MISMATCH"
+        text = f"decoded weights {state} (rel {verification.max_rel_diff:.1g})"
+        cosine = self.cosine
+        if cosine is None:
+            return text
+        gate = ""
+        if self.drift_gate is not None and self.drift is not None and not self.drift.passed:
+            floor = self.min_cosine
+            gate = f" < {floor:g}" if floor is not None else f" (needs {self.drift_gate})"
+        return f"{text} | cos {cosine:.5f}{gate} to float (seeded inputs)"
 
     @property
     def cosine(self) -> float | None:
@@ -124,16 +148,32 @@ def check_decoded(
     runnable: Callable[[Path, Path], Path] | None = None,
 ) -> VerifyResult:
     """The output (or the file ``runnable(output, folder)`` gives ORT in its place)
-    against the decoded reference: the model the passes read with the weights
-    named in ``decoded`` replaced by their decoded values (:mod:`spa.quant.decoded`),
-    exact to :data:`DECODED_RTOL`, both run without ORT graph optimizations."""
+    against the decoded reference of the model the passes read (``source`` as the
+    pipeline loaded it): :func:`verify_decoded`."""
+    return verify_decoded(outcome.model_before(source), source, decoded, output, options, runnable)
+
+
+def verify_decoded(
+    model: ir.Model,
+    model_path: Path,
+    decoded: Mapping[str, Callable[[], np.ndarray]],
+    output: Path,
+    options: RunOptions,
+    runnable: Callable[[Path, Path], Path] | None = None,
+) -> VerifyResult:
+    """The output (or the file ``runnable(output, folder)`` gives ORT in its place)
+    against the decoded reference: ``model``, the model the rewriting pass read
+    (loaded from ``model_path``, whose folder holds its external weights), with the
+    weights named in ``decoded`` replaced by their decoded values
+    (:mod:`spa.quant.decoded`), exact to :data:`DECODED_RTOL`, both run without
+    ORT graph optimizations. Every pass after the rewrite must be exact too."""
     from spa.model_io import save_model
     from spa.quant.decoded import decoded_model
     from spa.verify import AllClose, verify_models
 
     with tempfile.TemporaryDirectory(prefix="spa-decoded-") as folder:
-        reference = decoded_model(outcome.model_before(source), decoded)
-        path = save_model(reference, Path(folder) / "decoded.onnx", input_path=source)
+        reference = decoded_model(model, decoded)
+        path = save_model(reference, Path(folder) / "decoded.onnx", input_path=model_path)
         candidate = runnable(output, Path(folder)) if runnable else output
         return verify_models(
             path, candidate, policy=AllClose(rtol=DECODED_RTOL), seed=options.seed,
@@ -147,12 +187,15 @@ def measure_drift(
     min_cosine: float | None,
     options: RunOptions,
     runnable: Callable[[Path, Path], Path] | None = None,
+    *,
+    policy: Policy | None = None,
 ) -> VerifyResult:
     """The output against the float input on the same seeded inputs: every check
-    passes unless ``min_cosine`` is given and an output's cosine falls below it."""
+    passes unless ``min_cosine`` is given and an output's cosine falls below it
+    (or, given ``policy``, unless an output fails that policy instead)."""
     from spa.verify import CosineMaxAbs, verify_models
 
-    gate = CosineMaxAbs(min_cosine=min_cosine if min_cosine is not None else -1.0)
+    gate = policy or CosineMaxAbs(min_cosine=min_cosine if min_cosine is not None else -1.0)
     with tempfile.TemporaryDirectory(prefix="spa-drift-") as folder:
         candidate = runnable(output, Path(folder)) if runnable else output
         return verify_models(source, candidate, policy=gate, seed=options.seed, **options.inputs)
