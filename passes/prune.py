@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from spa.pruning.correction import CorrectionTarget, correction_targets, slice_s
 from spa.pruning.criteria import DATA_ALLOCATIONS, DATA_CRITERIA
 from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
-from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
+from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES, CostTerm, MacCosts
 from spa.pruning.statistics import needed_values
 from spa.quant.ir_format import add_initializer
 from spa.stats.coverage import node_macs
@@ -556,8 +557,11 @@ class PrunePass(SpaPass):
         if self._wants_samples():
             if not self._samples:
                 raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
-            costs, total = mac_costs(model, analysis.prunable_groups(), self._samples[0])
-            sensitivity = {"samples": self._samples, "costs": costs, "total_cost": total}
+            costs = mac_costs(model, analysis.prunable_groups(), self._samples[0])
+            sensitivity = {
+                "samples": self._samples, "costs": costs.per_channel, "total_cost": costs.total,
+                "cost_terms": costs.terms,
+            }  # fmt: skip
         plan = plan_for(
             model, analysis, plan_path=self.plan_path, ratio=self.ratio,
             criterion=self.criterion, seed=self.seed, round_to=self.round_to,
@@ -623,15 +627,14 @@ def _recurrent_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
     return macs
 
 
-def mac_costs(
-    model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray]
-) -> tuple[dict[int, float], float]:
-    """MACs per root channel of each group at the shapes of ``sample``, and the
+def mac_costs(model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray]) -> MacCosts:
+    """MACs per root channel of each group at the shapes of ``sample``, the
     model's total MACs (Conv/MatMul/Gemm, and LSTM/GRU/RNN weights once per time
-    step). A channel owns ``1 / size`` of the MACs of every node whose weight
-    (input 1) is one of its group's members, and of every product of two
-    activations (a MatMul without a weight: attention's Q @ K^T and scores @ V)
-    one of whose inputs is a member: those shrink with the group as well.
+    step), and each node's MACs with its owners (:class:`MacCosts`). A channel
+    owns ``1 / size`` of the MACs of every node whose weight (input 1) is one of
+    its group's members, and of every product of two activations (a MatMul
+    without a weight: attention's Q @ K^T and scores @ V) one of whose inputs is
+    a member: those shrink with the group as well.
 
     Shapes come from :func:`spa.stats.shape_facts.infer_shapes`, as in the MACs
     of spa's report (data propagation, ONNX Runtime's symbolic inference, and a
@@ -644,31 +647,38 @@ def mac_costs(
     )
     shapes = {name: shape for name in inferred if (shape := known_shape(inferred, name))}
     weights = {tensor.name for tensor in proto.graph.initializer}
-    owners: dict[str, set[int]] = defaultdict(set)  # value -> groups with a member on it
+    # value -> groups with a member on it, and how many of their members (axes)
+    owners: dict[str, Counter[int]] = defaultdict(Counter)
     for group in groups:
         for member in group.members:
-            owners[member.space[0]].add(group.id)
+            owners[member.space[0]][group.id] += 1
     macs_by_group: dict[int, int] = defaultdict(int)
+    terms: list[CostTerm] = []
     total = 0
+
+    def charge(macs: int, owning: Mapping[int, int]) -> None:
+        for group_id in owning:
+            macs_by_group[group_id] += macs
+        if owning:
+            terms.append((float(macs), dict(owning)))
+
     for node in proto.graph.node:
         if node.op_type in _RECURRENT and node.domain == "":
             for name, macs in _recurrent_macs(node, shapes).items():
                 total += macs
-                for group_id in owners.get(name, ()):
-                    macs_by_group[group_id] += macs
+                charge(macs, owners.get(name, Counter()))
             continue
         macs = node_macs(node, shapes)
         total += macs
         if not macs or len(node.input) < 2:
             continue
         if node.input[1] in weights:
-            owning = owners.get(node.input[1], set())
-        else:  # a product of activations: any input's group shrinks it
-            owning = set().union(*(owners.get(name, set()) for name in node.input[:2]))
-        for group_id in owning:
-            macs_by_group[group_id] += macs
+            charge(macs, owners.get(node.input[1], Counter()))
+        else:  # a product of activations: any input's group shrinks it (once)
+            either = {group_id for name in node.input[:2] for group_id in owners.get(name, ())}
+            charge(macs, dict.fromkeys(either, 1))
     costs = {group.id: macs_by_group.get(group.id, 0) / group.size for group in groups}
-    return costs, float(total)
+    return MacCosts(costs, float(total), terms)
 
 
 def _stages(model: ir.Model, reads: dict[int, dict[str, int]], count: int) -> list[list[str]]:

@@ -15,7 +15,12 @@ from spa.analysis import prepare
 from spa.passes.prune import apply_plan, mac_costs
 from spa.pruning.plan import Plan, make_plan
 from spa.pruning.scores import score_group
-from spa.pruning.sensitivity import GroupSensitivity, _expose_logits, allocate_by_sensitivity
+from spa.pruning.sensitivity import (
+    GroupSensitivity,
+    _expose_logits,
+    allocate_by_sensitivity,
+    saved_macs,
+)
 from spa.verify.mask import mask_model, masked_relative_error
 from spa.verify.runner import run_model
 from tests.analysis_helpers import analysis_of, model_from_text
@@ -147,7 +152,7 @@ def test_sensitivity_plan_meets_the_mac_budget_and_stays_mask_equivalent() -> No
     proto, feeds = _chain(), _feeds()
     model, analysis = analysis_of(proto)
     groups = analysis.prunable_groups()
-    costs, total = mac_costs(model, groups, feeds[0])
+    costs, total, _ = mac_costs(model, groups, feeds[0])
     # a 3x3 Conv output channel of w1 costs 27 * 64 MACs, its input side in w2 32 * 9 * 64
     by_root = {g.root[0]: costs[g.id] for g in groups}
     assert by_root["a"] == 27 * 64 + 32 * 9 * 64
@@ -167,7 +172,7 @@ def test_rounded_plan_still_meets_the_mac_budget() -> None:
     proto, feeds = _chain(), _feeds()
     model, analysis = analysis_of(proto)
     groups = analysis.prunable_groups()
-    costs, total = mac_costs(model, groups, feeds[0])
+    costs, total, _ = mac_costs(model, groups, feeds[0])
     for ratio in (0.1, 0.3):
         plan = make_plan(model, analysis, ratio=ratio, criterion="l2", allocation="sensitivity",
                          samples=feeds, costs=costs, total_cost=total, fragile=10.0,
@@ -187,6 +192,36 @@ def test_last_partial_step_stops_on_a_count_the_rounded_plan_keeps() -> None:
     row = GroupSensitivity(1, "g", 32, 1.0, [8, 16, 24], [0.01, 0.02, 0.04], multiple=8)
     assert allocate_by_sensitivity([row], ratio=0.3, total_cost=32.0, fragile=1.0) == {1: 16}
     assert allocate_by_sensitivity([row], ratio=0.5, total_cost=32.0, fragile=1.0) == {1: 16}
+
+
+def test_a_node_two_pruned_groups_read_is_counted_once() -> None:
+    # one node of 100 MACs read by groups 1 and 2 (a Conv's output and input channels):
+    # first-order accounting counts removing 5 of 10 from each as 100 saved, the plan
+    # keeps 0.5 x 0.7 = 35 % of that node after 5 + 3 go; the exact count takes 5 + 5
+    def rows() -> list[GroupSensitivity]:
+        return [GroupSensitivity(1, "a", 10, 10.0, [5], [0.01]), GroupSensitivity(2, "b", 10, 10.0, [5], [0.02])]
+
+    terms = [(100.0, {1: 1, 2: 1})]
+    assert allocate_by_sensitivity(rows(), ratio=0.75, total_cost=100.0, fragile=1.0) == {1: 5, 2: 3}
+    exact = allocate_by_sensitivity(rows(), ratio=0.75, total_cost=100.0, fragile=1.0, terms=terms)
+    assert exact == {1: 5, 2: 5}
+    assert saved_macs(terms, exact, {1: 10, 2: 10}) == 75.0
+    # a weight whose rows and columns are one group's shrinks with the square of its share
+    assert saved_macs([(100.0, {1: 2})], {1: 5}, {1: 10}) == 75.0
+
+
+def test_sensitivity_plan_meets_its_mac_target_in_the_pruned_model() -> None:
+    proto, feeds = _chain(), _feeds()
+    for ratio in (0.25, 0.5):
+        model, analysis = analysis_of(proto)
+        groups = analysis.prunable_groups()
+        costs = mac_costs(model, groups, feeds[0])
+        plan = make_plan(model, analysis, ratio=ratio, criterion="l2", allocation="sensitivity",
+                         samples=feeds, costs=costs.per_channel, total_cost=costs.total, fragile=10.0,
+                         cost_terms=costs.terms)  # fmt: skip
+        apply_plan(model, analysis, plan)
+        pruned = mac_costs(model, [], feeds[0]).total
+        assert ratio <= 1 - pruned / costs.total <= ratio + max(costs.per_channel.values()) / costs.total
 
 
 # Paddle's SVTR attention: the packed QKV reshaped by a target computed at run
@@ -225,7 +260,7 @@ def test_mac_costs_give_heads_their_attention_products_at_run_time_shapes() -> N
     model, analysis = analysis_of(proto)
     (heads,) = analysis.prunable_groups()
     assert heads.size == 4
-    costs, total = mac_costs(model, [heads], {"x": np.zeros((1, 6, 8), np.float32)})
+    costs, total, _ = mac_costs(model, [heads], {"x": np.zeros((1, 6, 8), np.float32)})
     # 6 tokens: QKV 6 * 8 * 24, output 6 * 8 * 8, Q @ K^T and P @ V 4 heads * 6 * 6 * 2 each
     assert total == 1152 + 384 + 288 + 288
     assert costs[heads.id] * heads.size == total  # every MatMul loses 1/4 per head
@@ -273,7 +308,7 @@ rnn (float[5, 1, 3] x) => (float[5, 1, 1, 4] y) {
 def test_mac_costs_count_recurrent_weights_once_per_time_step() -> None:
     model, analysis = analysis_of(model_from_text(LSTM, {"w": (1, 16, 3), "r": (1, 16, 4)}))
     feed = {"x": np.zeros((5, 1, 3), np.float32)}
-    _, total = mac_costs(model, analysis.prunable_groups(), feed)
+    _, total, _ = mac_costs(model, analysis.prunable_groups(), feed)
     assert total == 5 * (16 * 3 + 16 * 4)
 
 
@@ -282,7 +317,7 @@ def test_groups_can_lose_three_quarters_and_an_unreachable_budget_is_reported(ca
     proto, feeds = _chain(), _feeds()
     model, analysis = analysis_of(proto)
     groups = analysis.prunable_groups()
-    costs, total = mac_costs(model, groups, feeds[0])
+    costs, total, _ = mac_costs(model, groups, feeds[0])
     plan = make_plan(model, analysis, ratio=0.9, criterion="l2", allocation="sensitivity",
                      samples=feeds, costs=costs, total_cost=total, fragile=10.0)  # fmt: skip
     removed = {g: plan.sizes[g] - len(k) for g, k in plan.kept.items()}

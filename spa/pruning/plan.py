@@ -34,6 +34,7 @@ from spa.pruning.scores import score_group
 from spa.pruning.sensitivity import (
     FRAGILE_DISTORTION,
     SENSITIVITY_SAMPLES,
+    CostTerm,
     allocate_by_sensitivity,
     measure_sensitivity,
     parameter_costs,
@@ -235,6 +236,7 @@ def make_plan(
     costs: Mapping[int, float] | None = None,
     total_cost: float | None = None,
     fragile: float = FRAGILE_DISTORTION,
+    cost_terms: Sequence[CostTerm] | None = None,
 ) -> Plan:
     """Rank each prunable group's channels by ``criterion`` and keep the counts
     that ``allocation`` gives (see :mod:`spa.pruning`).
@@ -246,8 +248,10 @@ def make_plan(
     ``allocation="sensitivity"`` measures each group on ``samples`` (feed
     dicts; else the first samples of ``calibration``) and removes ``ratio`` of
     ``total_cost`` where the outputs move least (``costs``: cost per root
-    channel of each group, MACs when the caller knows them, else parameters);
-    groups above ``fragile`` stay whole (``policy["skipped"]`` says why).
+    channel of each group, MACs when the caller knows them, else parameters;
+    ``cost_terms``: each node's MACs and owners, for the exact saving of the
+    plan, :class:`spa.pruning.sensitivity.MacCosts`); groups above ``fragile``
+    stay whole (``policy["skipped"]`` says why).
     """
     _check_policy(ratio, criterion, round_to, reduction, allocation, max_group_ratio)
     try:
@@ -273,6 +277,7 @@ def make_plan(
         keeps, extra = _sensitivity_keeps(
             model, groups, scores, samples, calibration, costs, total_cost,
             ratio=ratio, fragile=fragile, max_group_ratio=max_group_ratio, multiples=multiples,
+            terms=cost_terms,
         )  # fmt: skip
     else:
         keeps = allocate(
@@ -325,6 +330,7 @@ def _sensitivity_keeps(
     fragile: float,
     max_group_ratio: float,
     multiples: Mapping[int, int],
+    terms: Sequence[CostTerm] | None = None,
 ) -> tuple[dict[int, int], dict[str, Any]]:
     """Kept counts of the ``sensitivity`` allocation, and what it measured."""
     if samples is None and calibration is not None:
@@ -342,7 +348,9 @@ def _sensitivity_keeps(
         model, groups, scores, samples, costs, max_group_ratio=max_group_ratio,
         multiples=multiples,
     )  # fmt: skip
-    removed = allocate_by_sensitivity(measured, ratio=ratio, total_cost=total_cost, fragile=fragile)
+    removed = allocate_by_sensitivity(
+        measured, ratio=ratio, total_cost=total_cost, fragile=fragile, terms=terms
+    )
     by_id = {g.id: g for g in groups}
     keeps: dict[int, int] = {}
     for g, count in removed.items():
