@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -53,7 +52,13 @@ from spa.pruning.correction import CorrectionTarget, correction_targets, slice_s
 from spa.pruning.criteria import DATA_ALLOCATIONS, DATA_CRITERIA
 from spa.pruning.plan import Plan, member_indices, plan_for
 from spa.pruning.reconstruct import apply_updates, compute_updates
-from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES, CostTerm, MacCosts
+from spa.pruning.sensitivity import (
+    FRAGILE_DISTORTION,
+    SENSITIVITY_SAMPLES,
+    AxisShare,
+    CostTerm,
+    MacCosts,
+)
 from spa.pruning.statistics import needed_values
 from spa.quant.ir_format import add_initializer
 from spa.stats.coverage import node_macs
@@ -630,14 +635,19 @@ def _recurrent_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
 def mac_costs(model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray]) -> MacCosts:
     """MACs per root channel of each group at the shapes of ``sample``, the
     model's total MACs (Conv/MatMul/Gemm, and LSTM/GRU/RNN weights once per time
-    step), and each node's MACs with its owners (:class:`MacCosts`). A channel
-    owns ``1 / size`` of the MACs of every node whose weight (input 1) is one of
-    its group's members, and of every product of two activations (a MatMul
-    without a weight: attention's Q @ K^T and scores @ V) one of whose inputs is
-    a member: those shrink with the group as well.
+    step), and each node's MACs with the share of each of its weight's axes that
+    one root channel of a group removes (:class:`MacCosts`).
 
-    Shapes come from :func:`spa.stats.shape_facts.infer_shapes`, as in the MACs
-    of spa's report (data propagation, ONNX Runtime's symbolic inference, and a
+    A member on axis ``a`` of a node's weight (input 1) covers part of that axis
+    (all of it for a Conv's own filters; a branch of a Concat-rooted group is
+    reached by only its part of the root): one root channel removes on average
+    a share ``covered / size / len(a)`` of the node's MACs, the first-order
+    cost; which channels go first decides the exact share
+    (:class:`spa.pruning.sensitivity.RemovalOrder`). A product of two
+    activations (a MatMul without a weight: attention's ``Q @ K^T`` and
+    ``scores @ V``) shrinks with the groups on either input, once each. Shapes
+    come from :func:`spa.stats.shape_facts.infer_shapes`, as in the MACs of
+    spa's report (data propagation, ONNX Runtime's symbolic inference, and a
     run on zeros for what both leave open): with plain shape inference the
     tokens of an attention block reshaped at run time stay unknown, and its
     MatMuls were counted as one token (or not at all)."""
@@ -647,37 +657,53 @@ def mac_costs(model: ir.Model, groups: list[Group], sample: dict[str, np.ndarray
     )
     shapes = {name: shape for name in inferred if (shape := known_shape(inferred, name))}
     weights = {tensor.name for tensor in proto.graph.initializer}
-    # value -> groups with a member on it, and how many of their members (axes)
-    owners: dict[str, Counter[int]] = defaultdict(Counter)
+    # value -> axis -> the members of pruned groups on it
+    members: dict[str, dict[int, list[AxisShare]]] = defaultdict(lambda: defaultdict(list))
     for group in groups:
+        every = np.arange(group.size, dtype=np.int64)
         for member in group.members:
-            owners[member.space[0]][group.id] += 1
-    macs_by_group: dict[int, int] = defaultdict(int)
+            value, axis = member.space
+            length = member.index_map.target_size
+            if length > 0:
+                covered = np.unique(member.index_map.forward(every)).size
+                share = covered / group.size / length
+                members[value][axis].append(AxisShare(group.id, member.index_map, length, share))
+    per_channel: dict[int, float] = defaultdict(float)
     terms: list[CostTerm] = []
     total = 0
 
-    def charge(macs: int, owning: Mapping[int, int]) -> None:
-        for group_id in owning:
-            macs_by_group[group_id] += macs
-        if owning:
-            terms.append((float(macs), dict(owning)))
+    def charge(macs: int, axes: list[list[AxisShare]]) -> None:
+        axes = [on_axis for on_axis in axes if on_axis]
+        for on_axis in axes:
+            for entry in on_axis:
+                per_channel[entry.group] += macs * entry.share
+        if axes:
+            terms.append((float(macs), axes))
+
+    def weight_axes(name: str) -> list[list[AxisShare]]:
+        return list(members[name].values()) if name in members else []
 
     for node in proto.graph.node:
         if node.op_type in _RECURRENT and node.domain == "":
             for name, macs in _recurrent_macs(node, shapes).items():
                 total += macs
-                charge(macs, owners.get(name, Counter()))
+                charge(macs, weight_axes(name))
             continue
         macs = node_macs(node, shapes)
         total += macs
         if not macs or len(node.input) < 2:
             continue
         if node.input[1] in weights:
-            charge(macs, owners.get(node.input[1], Counter()))
-        else:  # a product of activations: any input's group shrinks it (once)
-            either = {group_id for name in node.input[:2] for group_id in owners.get(name, ())}
-            charge(macs, dict.fromkeys(either, 1))
-    costs = {group.id: macs_by_group.get(group.id, 0) / group.size for group in groups}
+            charge(macs, weight_axes(node.input[1]))
+        else:  # a product of activations: each group on either input shrinks it, once
+            either: dict[int, AxisShare] = {}
+            for name in node.input[:2]:
+                for on_axis in weight_axes(name):
+                    for entry in on_axis:
+                        if entry.group not in either or entry.share > either[entry.group].share:
+                            either[entry.group] = entry
+            charge(macs, [list(either.values())])
+    costs = {group.id: per_channel.get(group.id, 0.0) for group in groups}
     return MacCosts(costs, float(total), terms)
 
 

@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 
 from spa.analysis import prepare
+from spa.analysis.index_maps import Identity
 from spa.passes.prune import apply_plan, mac_costs
 from spa.pruning.plan import Plan, make_plan
 from spa.pruning.scores import score_group
 from spa.pruning.sensitivity import (
+    AxisShare,
     GroupSensitivity,
+    RemovalOrder,
     _expose_logits,
     allocate_by_sensitivity,
     saved_macs,
@@ -195,19 +199,56 @@ def test_last_partial_step_stops_on_a_count_the_rounded_plan_keeps() -> None:
 
 
 def test_a_node_two_pruned_groups_read_is_counted_once() -> None:
-    # one node of 100 MACs read by groups 1 and 2 (a Conv's output and input channels):
-    # first-order accounting counts removing 5 of 10 from each as 100 saved, the plan
-    # keeps 0.5 x 0.7 = 35 % of that node after 5 + 3 go; the exact count takes 5 + 5
+    # one node of 100 MACs read by groups 1 and 2 (a Conv's input and output channels,
+    # 10 each): first-order accounting counts removing 5 of 10 from each as 100 saved,
+    # the plan keeps 0.5 x 0.7 = 35 % of that node after 5 + 3 go; the exact count takes 5 + 5
     def rows() -> list[GroupSensitivity]:
         return [GroupSensitivity(1, "a", 10, 10.0, [5], [0.01]), GroupSensitivity(2, "b", 10, 10.0, [5], [0.02])]
 
-    terms = [(100.0, {1: 1, 2: 1})]
+    def axis(group: int) -> list[AxisShare]:
+        return [AxisShare(group, Identity(10), 10, 0.1)]
+
+    terms = [(100.0, [axis(1), axis(2)])]
     assert allocate_by_sensitivity(rows(), ratio=0.75, total_cost=100.0, fragile=1.0) == {1: 5, 2: 3}
     exact = allocate_by_sensitivity(rows(), ratio=0.75, total_cost=100.0, fragile=1.0, terms=terms)
     assert exact == {1: 5, 2: 5}
-    assert saved_macs(terms, exact, {1: 10, 2: 10}) == 75.0
+    assert saved_macs(terms, exact) == 75.0
     # a weight whose rows and columns are one group's shrinks with the square of its share
-    assert saved_macs([(100.0, {1: 2})], {1: 5}, {1: 10}) == 75.0
+    assert saved_macs([(100.0, [axis(1), axis(1)])], {1: 5}) == 75.0
+
+
+CONCAT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+  a = Conv <kernel_shape = [1, 1]> (x, wa, ba)
+  b = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, wb, bb)
+  ra = Relu (a)
+  rb = Relu (b)
+  c = Concat <axis = 1> (ra, rb)
+  y = Conv <kernel_shape = [1, 1]> (c, wc, bc)
+}
+"""
+
+
+def test_a_concat_rooted_group_saves_what_its_removed_channels_take() -> None:
+    # a 1x1 Conv (8 filters) and a 3x3 Conv (16) concatenated into a Conv with 24 inputs form
+    # one group of 24 root channels; on average a root channel takes a mix of both branches'
+    # filters, but a plan removes the lowest-scoring first, and 4 of them in the cheap
+    # branch save far less than 4 in the costly one (PP-OCRv4 det's FPN: four branches of a
+    # 96-channel concat at different resolutions, 8.8 % of MACs removed for 10 %)
+    proto = model_from_text(CONCAT, {"wa": (8, 3, 1, 1), "ba": (8,), "wb": (16, 3, 3, 3), "bb": (16,),
+                                     "wc": (4, 24, 1, 1), "bc": (4,)})  # fmt: skip
+    model, analysis = analysis_of(proto)
+    (group,) = analysis.prunable_groups()
+    costs = mac_costs(model, [group], {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    cheap, costly, consumer = 3 * 64, 27 * 64, 4 * 24 * 64
+    assert costs.total == 8 * cheap + 16 * costly + consumer
+    assert costs.per_channel[group.id] == pytest.approx((8 * cheap + 16 * costly + consumer) / 24)
+    assert saved_macs(costs.terms, {group.id: 4}) == pytest.approx(4 * costs.per_channel[group.id])
+    # root channels 0..7 are the first Concat input (the 1x1 branch)
+    cheap_first, costly_first = RemovalOrder({group.id: np.arange(24)}), RemovalOrder({group.id: np.arange(24)[::-1]})
+    assert saved_macs(costs.terms, {group.id: 4}, cheap_first) == pytest.approx(4 * cheap + consumer / 6)
+    assert saved_macs(costs.terms, {group.id: 4}, costly_first) == pytest.approx(4 * costly + consumer / 6)
 
 
 def test_sensitivity_plan_meets_its_mac_target_in_the_pruned_model() -> None:

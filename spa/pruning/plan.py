@@ -35,6 +35,7 @@ from spa.pruning.sensitivity import (
     FRAGILE_DISTORTION,
     SENSITIVITY_SAMPLES,
     CostTerm,
+    RemovalOrder,
     allocate_by_sensitivity,
     measure_sensitivity,
     parameter_costs,
@@ -348,8 +349,10 @@ def _sensitivity_keeps(
         model, groups, scores, samples, costs, max_group_ratio=max_group_ratio,
         multiples=multiples,
     )  # fmt: skip
+    # the plan removes each group's lowest-scoring channels first (plan_for's order)
+    order = RemovalOrder({g.id: np.argsort(-scores[g.id], kind="stable")[::-1] for g in groups})
     removed = allocate_by_sensitivity(
-        measured, ratio=ratio, total_cost=total_cost, fragile=fragile, terms=terms
+        measured, ratio=ratio, total_cost=total_cost, fragile=fragile, terms=terms, order=order
     )
     by_id = {g.id: g for g in groups}
     keeps: dict[int, int] = {}
