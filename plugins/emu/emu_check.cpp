@@ -104,22 +104,18 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::vec
   const int32_t* packed = reinterpret_cast<const int32_t*>(c.a.data());
   cudaError_t status;
   int* kept = counters != nullptr ? counters->data() : nullptr;
-  if (kept != nullptr && c.kernel == "w4a16")
-    status = spa_w4a16_gemm_ex(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws, ws_bytes,
-                               slices, split_k, kept, nullptr);
-  else if (kept != nullptr && c.kernel == "w4_sp24")
-    status = spa_w4_sp24_gemm_ex(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K, dtype,
-                                 ws, ws_bytes, slices, split_k, kept, nullptr);
-  else if (c.kernel == "w4a16")
-    status = slices == 0 ? spa_w4a16_gemm(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws,
-                                          ws_bytes, split_k, nullptr)
-                         : spa_w4a16_gemm_ex(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype,
-                                             ws, ws_bytes, slices, split_k, nullptr, nullptr);
+  // the plain launchers where nothing calls for _ex (their own entry points stay covered)
+  const bool ex = slices != 0 || kept != nullptr;
+  if (c.kernel == "w4a16")
+    status = ex ? spa_w4a16_gemm_ex(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws,
+                                    ws_bytes, slices, split_k, kept, nullptr)
+                : spa_w4a16_gemm(a_bits.data(), packed, c.scales.data(), y.data(), M, c.N, c.K, dtype, ws, ws_bytes,
+                                 split_k, nullptr);
   else if (c.kernel == "w4_sp24")
-    status = slices == 0 ? spa_w4_sp24_gemm(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M,
-                                            c.N, c.K, dtype, ws, ws_bytes, split_k, nullptr)
-                         : spa_w4_sp24_gemm_ex(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M,
-                                               c.N, c.K, dtype, ws, ws_bytes, slices, split_k, nullptr, nullptr);
+    status = ex ? spa_w4_sp24_gemm_ex(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K,
+                                      dtype, ws, ws_bytes, slices, split_k, kept, nullptr)
+                : spa_w4_sp24_gemm(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K,
+                                   dtype, ws, ws_bytes, split_k, nullptr);
   else
     status = spa_w4_gqsa_gemm(a_bits.data(), c.a.data(), c.idx.data(), c.rows.data(), c.scales.data(),
                               y.data(), M, c.N, c.K, c.g, c.nnz, dtype, ws, ws_bytes, nullptr);

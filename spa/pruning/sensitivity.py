@@ -419,8 +419,9 @@ def allocate_by_sensitivity(
         step = level[group_id] + 1
         before_count = removed[group_id]
         count = row.removed[step]
-        if spent + gain(group_id, count) > budget:  # the last step, in part, up to the
-            # first count past the budget that the plan keeps once rounded to the multiple
+        saved = gain(group_id, count)
+        if spent + saved > budget:  # the last step, in part, up to the first count
+            # past the budget that the plan keeps once rounded to the multiple
             low, high = before_count + 1, count
             while low < high:
                 middle = (low + high) // 2
@@ -430,7 +431,8 @@ def allocate_by_sensitivity(
                 else:
                     low = middle + 1
             count = min(count, _rounded_up(row.size, low, row.multiple))
-        spent += gain(group_id, count)
+            saved = gain(group_id, count)
+        spent += saved
         removed[group_id] = count
         level[group_id] = step
         push(row)
