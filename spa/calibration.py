@@ -26,6 +26,9 @@ Calibration sources (:func:`load_calibration`):
 
 * an ``.npz`` file: input name -> array with a leading sample axis
   (``arr[i]`` is one feed for that input, with the model's own input shape);
+  for an input whose leading dim is a batch axis (symbolic or 1), an array of
+  the input's own rank is read as a batch of samples (``arr[i:i+1]`` is one
+  feed: ``images`` of shape ``(N, 3, 224, 224)`` for ``[batch, 3, 224, 224]``);
 * a folder of ``.npy`` files named after the inputs (``<input>.npy``, any
   character outside ``[A-Za-z0-9_.-]`` written as ``_``), same convention,
   memory-mapped;
@@ -56,6 +59,7 @@ from spa.progress import track
 __all__ = [
     "CALIBRATION_METHODS",
     "AbsHistogram",
+    "CalibrationInputs",
     "CalibrationRequest",
     "CalibrationResult",
     "CalibrationSource",
@@ -70,6 +74,7 @@ __all__ = [
     "entropy_threshold",
     "file_name_for_input",
     "load_calibration",
+    "model_inputs",
     "percentile_threshold",
 ]
 
@@ -270,22 +275,71 @@ def file_name_for_input(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy"
 
 
+#: The model inputs a calibration source is read for: name -> the input's rank
+#: when its leading dim is a batch axis (symbolic, unknown or 1), else None
+#: (:func:`model_inputs`). A plain list of names reads every array with one
+#: leading sample axis.
+CalibrationInputs = Mapping[str, int | None] | list[str]
+
+
+def model_inputs(model: onnx.ModelProto | Any) -> dict[str, int | None]:
+    """The graph inputs that are not initializers (an ``onnx.ModelProto`` or an
+    ``onnx_ir.Model``), each with its rank where its leading dim is a batch axis."""
+    found: dict[str, int | None] = {}
+    if isinstance(model, onnx.ModelProto):
+        initializers = {init.name for init in model.graph.initializer}
+        for info in model.graph.input:
+            if info.name in initializers:
+                continue
+            tensor = info.type.tensor_type
+            dims: list[int | None] | None = (
+                [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+                if tensor.HasField("shape")
+                else None
+            )
+            found[info.name] = _batch_rank(dims)
+        return found
+    graph = model.graph
+    for value in graph.inputs:
+        if value.name in graph.initializers:
+            continue
+        shape = value.shape
+        dims = None if shape is None else [d if isinstance(d, int) else None for d in shape]
+        found[value.name or ""] = _batch_rank(dims)
+    return found
+
+
+def _batch_rank(dims: list[int | None] | None) -> int | None:
+    if not dims or dims[0] not in (None, 1):
+        return None
+    return len(dims)
+
+
+def _batched(inputs: CalibrationInputs, name: str, ndim: int) -> bool:
+    """Whether an array of ``ndim`` dims for input ``name`` is a batch of samples
+    (the input's own rank, its leading dim a batch axis)."""
+    return isinstance(inputs, Mapping) and inputs.get(name) is not None and inputs[name] == ndim
+
+
 def calibration_shapes(
-    source: CalibrationSource, input_names: list[str]
+    source: CalibrationSource, inputs: CalibrationInputs
 ) -> dict[str, tuple[int, ...]]:
     """Shape of one sample of each input in an ``.npz`` or ``.npy`` folder, read from
     the array headers (nothing is loaded); inputs it lacks are left out, and an
-    iterable source gives nothing (its first sample would be consumed)."""
+    iterable source gives nothing (its first sample would be consumed). A batch of
+    samples (see :func:`load_calibration`) gives the shape of one, batch axis 1."""
     if not isinstance(source, str | os.PathLike):
         return {}
     path = Path(source)
     shapes: dict[str, tuple[int, ...]] = {}
+    input_names = list(inputs)
     try:
         if path.is_dir():
             for name in input_names:
                 file = path / file_name_for_input(name)
                 if file.is_file():
-                    shapes[name] = tuple(np.load(file, mmap_mode="r").shape[1:])
+                    shape = tuple(np.load(file, mmap_mode="r").shape)
+                    shapes[name] = _sample_shape(inputs, name, shape)
         elif path.is_file():
             with zipfile.ZipFile(path) as archive:
                 for name in input_names:
@@ -299,27 +353,43 @@ def calibration_shapes(
                             else np.lib.format.read_array_header_2_0
                         )
                         shape, _, _ = read(handle)
-                    shapes[name] = tuple(shape[1:])
+                    shapes[name] = _sample_shape(inputs, name, tuple(shape))
     except (OSError, ValueError, zipfile.BadZipFile):
         return {}  # load_calibration gives the one-line error
     return shapes
 
 
-def _samples(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+def _sample_shape(inputs: CalibrationInputs, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (1, *shape[1:]) if _batched(inputs, name, len(shape)) else shape[1:]
+
+
+def _samples(
+    arrays: Mapping[str, np.ndarray], inputs: CalibrationInputs
+) -> Iterator[dict[str, np.ndarray]]:
     counts = {name: len(array) for name, array in arrays.items()}
     if len(set(counts.values())) > 1:
         raise UserError(
             f"calibration arrays have different sample counts {counts}; "
             "give every input the same leading sample axis"
         )
+    batched = {name for name, array in arrays.items() if _batched(inputs, name, array.ndim)}
     for index in range(next(iter(counts.values()), 0)):
-        yield {name: np.asarray(array[index]) for name, array in arrays.items()}
+        yield {
+            name: np.asarray(array[index : index + 1] if name in batched else array[index])
+            for name, array in arrays.items()
+        }
 
 
-def load_calibration(source: CalibrationSource, input_names: list[str]) -> Iterable[Feeds]:
-    """Feed dicts from an ``.npz``, a folder of ``.npy`` files, or an iterable."""
+def load_calibration(source: CalibrationSource, inputs: CalibrationInputs) -> Iterable[Feeds]:
+    """Feed dicts from an ``.npz``, a folder of ``.npy`` files, or an iterable.
+
+    ``inputs`` names the model inputs to read; given as :func:`model_inputs`, an
+    array of an input's own rank whose leading dim is a batch axis is read as a
+    batch of samples, one feed per row with batch 1 (``(N, 3, H, W)`` for
+    ``[batch, 3, H, W]``), besides the ``(N, 1, 3, H, W)`` form."""
     if not isinstance(source, str | os.PathLike):
         return source
+    input_names = list(inputs)
     path = Path(source)
     if not path.exists():
         raise UserError(
@@ -336,7 +406,7 @@ def load_calibration(source: CalibrationSource, input_names: list[str]) -> Itera
                     "save one .npy per model input (leading sample axis)"
                 )
             arrays[name] = np.load(file, mmap_mode="r")
-        return _samples(arrays)
+        return _samples(arrays, inputs)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path) as archive:
             missing = sorted(set(input_names) - set(archive.files))
@@ -346,7 +416,7 @@ def load_calibration(source: CalibrationSource, input_names: list[str]) -> Itera
                     f"(it has {sorted(archive.files)}); name arrays after the model inputs"
                 )
             loaded = {name: archive[name] for name in input_names}
-        return _samples(loaded)
+        return _samples(loaded, inputs)
     raise UserError(
         f"--calib {path}: not an .npz file or a folder of .npy files; "
         "save calibration inputs with numpy.savez"

@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from spa.calibration import load_calibration, model_inputs
 from spa.errors import UserError
 from spa.verify.quality import load_metric, measure_quality
 from spa.workflows.run import split_holdout
@@ -49,6 +50,38 @@ def test_split_keeps_a_quarter_for_quality_and_says_when_it_cannot(tmp_path: Pat
     assert split_holdout(None, model, 0.25)[2] == "quality not measured: no real data (give --calib)"
     with pytest.raises(UserError, match="--holdout 1.0"):
         split_holdout(_calib(tmp_path, 8), model, 1.0)
+
+
+def test_samples_stacked_along_the_batch_axis_are_one_feed_each(
+    run_cli, mlp_path: Path, tmp_path: Path
+) -> None:
+    """X is [N, 8]: an (8, 8) array is 8 samples of batch 1, as (8, 1, 8) is
+    (the form users save most: images (N, 3, H, W) for [batch, 3, H, W])."""
+    rows = np.random.default_rng(6).standard_normal((8, 8)).astype(np.float32)
+    stacked, per_sample = tmp_path / "stacked.npz", tmp_path / "per_sample.npz"
+    np.savez(stacked, X=rows)
+    np.savez(per_sample, X=rows[:, None, :])
+    model = ir.serde.deserialize_model(mlp_model())
+    assert model_inputs(model) == {"X": 2} == model_inputs(mlp_model())
+    a, held_a, _ = split_holdout(stacked, model, 0.25)
+    b, held_b, _ = split_holdout(per_sample, model, 0.25)
+    assert a is not None and b is not None and (len(a), len(held_a)) == (6, 2)
+    for x, y in zip(a + held_a, b + held_b, strict=True):
+        assert x["X"].shape == (1, 8) and np.array_equal(x["X"], y["X"])
+    report = tmp_path / "report.json"
+    result = run_cli(
+        "prune", mlp_path, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--criterion", "flap",
+        "--allocation", "sensitivity", "--calib", stacked, "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "(2 held out)" in result.output.strip().splitlines()[-1]
+    assert json.loads(report.read_text())["quality"]["samples"] == 2
+    # a fixed leading dim is not a batch axis: (8, 8) stays 8 samples of shape (8,)
+    fixed = onnx.parser.parse_model(
+        '<ir_version: 9, opset_import: ["" : 17]> g (float[4, 8] X) => (float[4, 8] Y) { Y = Relu(X) }'
+    )
+    assert model_inputs(fixed) == {"X": None}
+    assert next(iter(load_calibration(stacked, model_inputs(fixed))))["X"].shape == (8,)
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ calib_option = click.option(
     "--calib",
     type=click.Path(path_type=Path),
     help="Calibration inputs: an .npz (input name -> samples) or a folder of <input>.npy "
-    "(leading sample axis).",
+    "(leading sample axis; an input with a batch axis also takes samples stacked along it).",
 )
 def quality_options(function: F) -> F:
     """``--holdout`` and ``--eval``: quality measured on held-out real data."""
@@ -316,13 +316,15 @@ def _probed_dims(
 def _calibration_dims(
     model: Path, calib: Path, shapes: dict[str, tuple[int, ...]]
 ) -> dict[str, int]:
-    from spa.calibration import calibration_shapes
+    from spa.calibration import calibration_shapes, model_inputs
     from spa.model_io import load_proto
     from spa.verify import input_specs
     from spa.verify.feeds import dims_from_shapes
 
-    specs = input_specs(load_proto(model))
-    found = calibration_shapes(calib, [spec.name for spec in specs if spec.name not in shapes])
+    proto = load_proto(model)
+    specs = input_specs(proto)
+    inputs = {name: rank for name, rank in model_inputs(proto).items() if name not in shapes}
+    found = calibration_shapes(calib, inputs)
     for spec in specs:
         shape = found.get(spec.name)
         if shape is not None and (
@@ -333,7 +335,8 @@ def _calibration_dims(
             raise UserError(
                 f"--calib {calib}: samples of input '{spec.name}' are "
                 f"{'x'.join(map(str, shape))}, the model reads {dims}; save samples shaped "
-                "like the input, after one leading sample axis"
+                "like the input after one leading sample axis (or, where the input's first "
+                "dim is a batch axis, stack them along it)"
             )
     return dims_from_shapes(specs, found)
 

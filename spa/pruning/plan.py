@@ -25,7 +25,12 @@ import onnx_ir as ir
 
 from spa.analysis.groups import Analysis, Group
 from spa.analysis.index_maps import Lookup
-from spa.calibration import CalibrationSource, ChannelStatistics, load_calibration
+from spa.calibration import (
+    CalibrationSource,
+    ChannelStatistics,
+    load_calibration,
+    model_inputs,
+)
 from spa.destinations import write_text_atomic
 from spa.errors import UserError
 from spa.pruning.allocation import AUTO_ROUND, allocate, group_multiple
@@ -335,10 +340,8 @@ def _sensitivity_keeps(
 ) -> tuple[dict[int, int], dict[str, Any]]:
     """Kept counts of the ``sensitivity`` allocation, and what it measured."""
     if samples is None and calibration is not None:
-        inputs = [
-            v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers
-        ]
-        samples = list(itertools.islice(load_calibration(calibration, inputs), SENSITIVITY_SAMPLES))
+        feeds = load_calibration(calibration, model_inputs(model))
+        samples = list(itertools.islice(feeds, SENSITIVITY_SAMPLES))
     if not samples:
         raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
     if costs is None:

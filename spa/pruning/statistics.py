@@ -12,6 +12,7 @@ from spa.calibration import (
     ChannelStatistics,
     collect_channel_statistics,
     load_calibration,
+    model_inputs,
 )
 from spa.pruning.consumers import consumers_of
 
@@ -37,7 +38,6 @@ def gather_statistics(
 ) -> dict[str, ChannelStatistics]:
     """Per-channel statistics (``X^T X`` too with ``full``) of the consumers' inputs."""
     values = needed_values(model, analysis.prunable_groups())
-    inputs = [v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers]
-    feeds = load_calibration(calibration, inputs)
+    feeds = load_calibration(calibration, model_inputs(model))
     proto = ir.serde.serialize_model(model)
     return collect_channel_statistics(proto, values, feeds, full=full, max_samples=max_samples)

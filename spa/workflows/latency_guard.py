@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from spa.calibration import CalibrationSource, load_calibration
+from spa.calibration import CalibrationSource, load_calibration, model_inputs
 from spa.errors import UserError
 from spa.model_io import save_model
 from spa.ort import create_session
@@ -106,9 +106,8 @@ def guard_feeds(
     or, without them, seeded feeds at the shapes verification uses."""
     proto = onnx.load(str(source), load_external_data=False)
     if calibration is not None:
-        names = [spec.name for spec in input_specs(proto)]
         samples = (
-            load_calibration(calibration, names)
+            load_calibration(calibration, model_inputs(proto))
             if isinstance(calibration, str | os.PathLike)
             else calibration
         )

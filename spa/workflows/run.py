@@ -33,11 +33,13 @@ from onnx_ir.passes.common import (
 from typing_extensions import TypedDict
 
 from spa.calibration import (
+    CalibrationInputs,
     CalibrationRequest,
     CalibrationResult,
     CalibrationSource,
     calibrate,
     load_calibration,
+    model_inputs,
 )
 from spa.errors import UserError, first_line
 from spa.ir_shapes import clear_inferred_shapes
@@ -251,8 +253,7 @@ def feeds_calibrator(
                 proto, request, lambda: _random_feeds(proto, options), source=RANDOM_CALIBRATION,
                 max_samples=options.max_calibration_samples,
             )  # fmt: skip
-        names = [v.name for v in proto.graph.input if v.name not in _initializer_names(proto)]
-        listed = _replayable(source, names)
+        listed = _replayable(source, model_inputs(proto))
         return calibrate(
             proto, request, listed, source=label or _source_label(source),
             max_samples=options.max_calibration_samples,
@@ -262,7 +263,7 @@ def feeds_calibrator(
 
 
 def _replayable(
-    source: CalibrationSource, names: list[str]
+    source: CalibrationSource, names: CalibrationInputs
 ) -> Callable[[], Iterable[Mapping[str, np.ndarray]]]:
     """Feeds that can be walked more than once (a file is reopened; an
     iterable of dicts is kept as a list when it is a one-shot iterator)."""
@@ -337,7 +338,7 @@ def split_holdout(
     """
     if source is None:
         return None, [], "quality not measured: no real data (give --calib)"
-    names = [v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers]
+    names = model_inputs(model)
     samples = list(load_calibration(source, names) if isinstance(source, str | os.PathLike) else source)
     if not 0.0 <= share < 1.0:
         raise UserError(f"--holdout {share}: give a share in [0, 1), e.g. 0.25")
@@ -346,10 +347,6 @@ def split_holdout(
         reason = "--holdout 0" if share == 0 else f"{len(samples)} calibration samples (< 4)"
         return samples, [], f"quality not measured: {reason}, none held out"
     return samples[: len(samples) - held], samples[len(samples) - held :], ""
-
-
-def _initializer_names(proto: onnx.ModelProto) -> set[str]:
-    return {tensor.name for tensor in proto.graph.initializer}
 
 
 def _with_weights(model: ir.Model) -> onnx.ModelProto:
