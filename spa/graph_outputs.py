@@ -1,6 +1,7 @@
 """What computes a graph's outputs: the producing node of an output, looking
-through Identity nodes, and the logits behind each ``Softmax``/``LogSoftmax``
-output.
+through Identity nodes, the logits behind each ``Softmax``/``LogSoftmax``
+output, which outputs hold class scores along their last axis, and which axis
+of an output holds its features.
 
 One rule for every caller: ``spa verify``'s pre-softmax checks and its
 Softmax resolution (:mod:`spa.verify`, :mod:`spa.verify.tolerance`) and the
@@ -15,7 +16,13 @@ from collections.abc import Mapping
 
 import onnx
 
-__all__ = ["output_producer", "softmax_inputs"]
+__all__ = [
+    "class_score_outputs",
+    "declared_shapes",
+    "feature_axis",
+    "output_producer",
+    "softmax_inputs",
+]
 
 _SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -46,3 +53,110 @@ def softmax_inputs(proto: onnx.ModelProto) -> dict[str, str]:
         if node is not None and node.op_type in _SOFTMAX_OPS and node.domain in _DEFAULT_DOMAINS:
             found[value.name] = node.input[0]
     return found
+
+
+#: Ops whose output's last axis is the N of a matrix product: a classifier head.
+_PRODUCTS = {("", "MatMul"), ("", "Gemm"), ("", "MatMulInteger"), ("", "QLinearMatMul"),
+             ("com.microsoft", "MatMulNBits"), ("com.microsoft", "FusedMatMul"),
+             ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "MatMulIntegerToFloat")}  # fmt: skip
+#: Elementwise ops looked through when their other operand is a constant (a bias, a
+#: temperature, a scale); Sigmoid (multi-label heads) looked through as well.
+_ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
+#: Pools that end a convolutional classifier before a Flatten/Reshape/Squeeze.
+_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "AveragePool", "ReduceMax")
+
+
+def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
+    """Graph outputs whose last axis holds class scores, so that its arg-max is a
+    decision (a class, a token, a CTC symbol): the output of a ``Softmax`` or
+    ``LogSoftmax`` over its last axis, of a matrix product (``MatMul``, ``Gemm``
+    and their quantized forms; the last axis is the head's N), or of a pooled
+    convolutional head flattened to rank 2, looking through Identity, Sigmoid and
+    elementwise ops with a constant operand. Anything else (embeddings after a
+    normalisation, a detector's concatenated boxes and scores, a probability
+    map) is not: its arg-max along the last axis picks an anchor or a dimension,
+    not a decision."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {
+        out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    opset = next((o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), 13)
+    found: set[str] = set()
+    for value in proto.graph.output:
+        rank = (
+            len(value.type.tensor_type.shape.dim)
+            if value.type.tensor_type.HasField("shape")
+            else None
+        )
+        node = output_producer(producers, value.name)
+        for _ in range(len(producers)):
+            if node is None:
+                break
+            key = ("" if node.domain in _DEFAULT_DOMAINS else node.domain, node.op_type)
+            if key[1] in _SOFTMAX_OPS and not key[0]:
+                axis = next(
+                    (a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1
+                )
+                if axis == -1 or (rank is not None and axis == rank - 1):
+                    found.add(value.name)
+                break
+            if key in _PRODUCTS:
+                found.add(value.name)
+                break
+            if key == ("", "Sigmoid"):
+                node = output_producer(producers, node.input[0])
+                continue
+            if key[1] in _ELEMENTWISE and not key[0] and len(node.input) == 2:
+                variable = [name for name in node.input if name not in constants]
+                if len(variable) != 1:
+                    break
+                node = output_producer(producers, variable[0])
+                continue
+            if key[1] in ("Flatten", "Reshape", "Squeeze") and not key[0] and rank == 2:
+                source = output_producer(producers, node.input[0])
+                if source is not None and source.op_type in _POOLS:
+                    found.add(value.name)
+            break
+    return found
+
+
+def declared_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...] | None]:
+    """Graph output -> its declared shape (an int per fixed dim, None per
+    symbolic or unknown one), None where the output declares no shape."""
+    shapes: dict[str, tuple[int | None, ...] | None] = {}
+    for value in proto.graph.output:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            shapes[value.name] = None
+            continue
+        shapes[value.name] = tuple(
+            d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+        )
+    return shapes
+
+
+def feature_axis(
+    shape: tuple[int, ...], declared: tuple[int | None, ...] | None = None
+) -> int | None:
+    """The axis whose entries are features, for a rank >= 3 output, or None.
+
+    Of axis 1 and the last axis, the one the graph declares with a fixed size
+    (a sequence or anchor count is usually symbolic: ``[batch, 4 + classes,
+    anchors]``, ``[batch, tokens, hidden]``, ``[batch, classes, H, W]``); when
+    both are fixed, or the graph declares no shape, the shorter of the two
+    (``[batch, anchors, 5 + classes]``). None below rank 3, when neither is
+    fixed in a declared shape, or when the chosen axis has one entry (a single
+    probability map). Agreement measured per feature counts each feature once:
+    a detector's box coordinates (up to the image size) would otherwise
+    outweigh its class scores (at most 1)."""
+    if len(shape) < 3:
+        return None
+    last = len(shape) - 1
+    candidates = [1, last]
+    if declared is not None and len(declared) == len(shape):
+        candidates = [axis for axis in candidates if declared[axis] is not None]
+    if not candidates:
+        return None
+    axis = min(candidates, key=lambda a: (shape[a], a))
+    return axis if shape[axis] >= 2 else None

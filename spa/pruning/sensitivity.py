@@ -7,7 +7,8 @@ group's lowest-scoring root channels (by the plan's criterion) are masked
 samples in ONNX Runtime, and the distortion is the relative squared error of
 the outputs against the dense model, ``sum ||y - y0||^2 / sum ||y0||^2``
 (averaged over the float outputs; a ``Softmax``/``LogSoftmax`` output by its
-logits, :func:`_expose_logits`). One session serves every measurement: the
+logits, :func:`_expose_logits`; an output of rank >= 3 per feature, each
+capped at 1, then averaged, :func:`_distortion`). One session serves every measurement: the
 measured parameters become graph inputs, so each variant is only a new feed.
 
 :func:`allocate_by_sensitivity` then removes channels greedily, always taking
@@ -44,7 +45,7 @@ import onnx_ir as ir
 from spa.analysis.groups import Group
 from spa.analysis.index_maps import IndexMap
 from spa.calibration import Feeds
-from spa.graph_outputs import softmax_inputs
+from spa.graph_outputs import declared_shapes, feature_axis, softmax_inputs
 from spa.ort import create_session
 from spa.ort_segments import maybe_segmented
 from spa.progress import track
@@ -251,16 +252,36 @@ def _expose_logits(proto: onnx.ModelProto) -> dict[str, str]:
     return extra
 
 
-def _distortion(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
-    """Mean over outputs of ``sum ||y - y0||^2 / sum ||y0||^2`` over the samples."""
+def _distortion(
+    reference: list[list[np.ndarray]],
+    outputs: list[list[np.ndarray]],
+    declared: Sequence[tuple[int | None, ...] | None] = (),
+) -> float:
+    """Mean over outputs of ``sum ||y - y0||^2 / sum ||y0||^2`` over the samples; an
+    output of rank >= 3 per feature of its feature axis
+    (:func:`spa.graph_outputs.feature_axis`, from its ``declared`` shape), each
+    feature's share capped at 1 (replaced by noise of its own size) and the
+    shares averaged: a detector's box coordinates would otherwise hide its class
+    scores. Samples whose feature count differs leave that output pooled."""
     shares = []
     for position in range(len(reference[0])):
-        error = energy = 0.0
+        shape = reference[0][position].shape
+        axis = feature_axis(tuple(shape), declared[position] if position < len(declared) else None)
+        if axis is not None and any(want[position].shape[axis] != shape[axis] for want in reference):
+            axis = None
+        error = energy = np.zeros(1 if axis is None else shape[axis])
         for want, got in zip(reference, outputs, strict=True):
             expected = want[position].astype(np.float64)
-            error += float(np.sum((got[position].astype(np.float64) - expected) ** 2))
-            energy += float(np.sum(expected**2))
-        shares.append(error / energy if energy > 0 else (0.0 if error == 0 else math.inf))
+            squared = (got[position].astype(np.float64) - expected) ** 2
+            rest = None if axis is None else tuple(i for i in range(expected.ndim) if i != axis)
+            error = error + np.sum(squared, axis=rest)
+            energy = energy + np.sum(expected**2, axis=rest)
+        if axis is None:
+            total, power = float(error.sum()), float(energy.sum())
+            shares.append(total / power if power > 0 else (0.0 if total == 0 else math.inf))
+            continue
+        per_feature = np.where(energy > 0, error / np.where(energy > 0, energy, 1.0), error > 0)
+        shares.append(float(np.mean(np.minimum(per_feature, 1.0))))
     return float(np.mean(shares)) if shares else 0.0
 
 
@@ -287,6 +308,7 @@ def measure_sensitivity(
         for name in names
     }
     proto = _with_weight_inputs(model, names)
+    declared = declared_shapes(proto)  # before the logits: a Softmax output's is theirs
     logits = _expose_logits(proto)
     # A very large graph runs as a chain of segment sessions (spa.ort_segments).
     session = maybe_segmented(proto, create_session, Path.cwd()) or create_session(
@@ -298,6 +320,11 @@ def measure_sensitivity(
     exposed = set(logits.values())
     floats = [  # each float output, a (Log)Softmax one by its logits
         outputs.index(logits.get(out.name, out.name))
+        for out in session.get_outputs()
+        if "float" in out.type and out.name not in exposed
+    ]
+    shapes = [
+        declared.get(out.name)
         for out in session.get_outputs()
         if "float" in out.type and out.name not in exposed
     ]
@@ -327,7 +354,7 @@ def measure_sensitivity(
                 index[axis] = removed
                 array[tuple(index)] = 0
                 masked[name] = array
-            distortions.append(_distortion(reference, run(masked)))
+            distortions.append(_distortion(reference, run(masked), shapes))
         measured.append(
             GroupSensitivity(
                 group.id, group.root[0], group.size, float(costs.get(group.id, 0.0)),

@@ -146,20 +146,23 @@ def parse_time_budget(text: str | None) -> float | None:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+QUALITY_MEASURE = (
+    "1 - top-1 agreement (class scores), else 1 - the lower of the cosine and the feature cosine"
+)
+
+
 def quality_loss(
     quality: Quality, metric_dense: float | None, metric_after: float | None
 ) -> tuple[float, str]:
     """(loss, what it is). With a task metric (higher is better): its relative
     drop from the dense model. Without: the worst output's disagreement, ``1 -
-    top-1 agreement`` for class scores, else ``1 - cosine``."""
+    top-1 agreement`` for class scores, else ``1 -`` the lower of the cosine and
+    the feature cosine (:class:`spa.verify.quality.OutputAgreement`)."""
     if metric_dense is not None and metric_after is not None:
         scale = abs(metric_dense) or 1.0
         return (metric_dense - metric_after) / scale, "relative drop of the task metric"
-    losses = [
-        1.0 - (o.top1_agreement if o.top1_agreement is not None else o.cosine)
-        for o in quality.outputs
-    ]
-    return max(losses, default=0.0), "1 - top-1 agreement (class scores) or 1 - cosine"
+    losses = [1.0 - o.agreement for o in quality.outputs]
+    return max(losses, default=0.0), QUALITY_MEASURE
 
 
 def decide(
@@ -567,7 +570,7 @@ def optimize_search(
             "model": hash_file(source), "calibration": hash_samples(calib),
             "holdout": hash_samples(held), "metric": metric, "target": target,
             "criterion": criterion, "allocation": allocation, "round_to": _round_to_field(round_to), "seed": seed,
-            "inputs": inputs, "latency_budget_s": latency_budget_s,
+            "inputs": inputs, "latency_budget_s": latency_budget_s, "quality_measure": QUALITY_MEASURE,
         })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
         results = _run_candidates(
