@@ -58,6 +58,14 @@ def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
+@pytest.fixture(scope="module")
+def asan_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One AddressSanitizer build of the kernels per test worker: run.sh reuses a
+    build folder whose sources and flags have not changed (a compile takes about a
+    minute)."""
+    return tmp_path_factory.mktemp("emu-address")
+
+
 def write_mixed_cases(folder: Path) -> int:
     """w4a16 / w4_sp24 at three shapes: a partly idle CTA (5 of 8 tiles) and 3
     groups; 3 tiles of 8 groups; one tile of 32 groups (the launcher splits K
@@ -79,68 +87,78 @@ def results(output: str) -> list[tuple[str, str, str, int, int, float]]:
     return rows
 
 
-def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", ["w4a16", "w4_sp24,w4_gqsa"])
+def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Path, asan_build: Path, kernels: str) -> None:
+    """Two runs (one per worker under pytest -n 2). M: each row tile (MT = 1, 2,
+    4, 8 with and without pad rows), past one 16-row step, a full and a second
+    64-row launch; w4a16's every M in 1..64 is test_w4a16_at_every_m_up_to_64.
+    Split -1 (no workspace) launches unsplit, the kernel path of a forced split 1."""
     cases = write_mixed_cases(tmp_path / "cases")
-    ms = [1, 2, 3, 4, 8, 16, 17, 32, 64, 70]
-    splits = [1, 2, 0, -1]  # none, two slices, the launcher's choice, no workspace
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", ",".join(map(str, ms)),
-                  "--splits", ",".join(map(str, splits)), *tolerances())  # fmt: skip
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    rows = results(run.stdout)
+    ms = [1, 2, 3, 4, 8, 17, 64, 70]
+    bf16_ms = [1, 3, 17, 70]  # BF16 differs in the conversions only, not in the tiling
+    splits = [2, 0, -1]  # two slices, the launcher's choice, no workspace (so unsplit)
+    rows = []
+    for dtype, chosen in (("fp16", ms), ("bf16", bf16_ms)):
+        run = emulate(tmp_path / "cases", asan_build, "--kernels", kernels, "--dtypes", dtype,
+                      "--m", ",".join(map(str, chosen)), "--splits", ",".join(map(str, splits)),
+                      *tolerances())  # fmt: skip
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+        assert "runs, 0 failed" in run.stdout
+        rows += results(run.stdout)
     dense = sum(1 for row in rows if row[1] != "w4_gqsa")
-    assert dense == 2 * 3 * 2 * len(ms) * len(splits)  # kernels x shapes x dtypes x M x split
-    assert len(rows) - dense == (cases - 6) * 2 * len(ms)
+    assert dense == 3 * (len(ms) + len(bf16_ms)) * len(splits)  # shapes x (dtype, M) x split
+    assert len(rows) - dense == (0 if kernels == "w4a16" else (cases - 6) * (len(ms) + len(bf16_ms)))
     assert all(verdict == "PASSED" for verdict, *_ in rows)
-    assert f"{len(rows)} runs, 0 failed" in run.stdout
     # FP16 sums are accurate well inside the tolerance; BF16 is limited by its own output rounding.
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
     assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
 
 
-def test_w4a16_at_every_m_up_to_64(tmp_path: Path) -> None:
+def test_w4a16_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
     """Issue 13: w4a16 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
     count of pad rows), on a shape with two CTAs of 8 tiles, the second one
     partly idle (N = 144: 9 tiles), unsplit (the launcher's choice at 2
     groups) and split in two (the in-kernel reduction: slabs, counters, the
-    last CTA's sum)."""
+    last CTA's sum). FP16 at every M; BF16 and the split at each tile's edges."""
     lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.startswith("w4a16")) + "\n")
     ms = list(range(1, 65))
-    # split in two: the reduction does not depend on M beyond the tile (MT) and its pad
-    # rows, so the edges of each MT stand for the rest (CI time: 64 more runs took minutes)
-    split_ms = [1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]
+    # Split in two, and BF16: neither depends on M beyond the tile (MT) and its pad rows,
+    # so the edges of each MT stand for the rest (CI time: each 64 more runs took minutes).
+    edges = [1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]
     rows = []
-    for splits, chosen in (("0", ms), ("2", split_ms)):
-        run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m",
-                      ",".join(map(str, chosen)), "--splits", splits, *tolerances())  # fmt: skip
+    for splits, chosen, dtypes in (("0", ms, "fp16"), ("0", edges, "bf16"), ("2", edges, "fp16,bf16")):
+        run = emulate(tmp_path / "cases", asan_build, "--kernels", "w4a16", "--m",
+                      ",".join(map(str, chosen)), "--splits", splits, "--dtypes", dtypes, *tolerances())  # fmt: skip
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
         rows += results(run.stdout)
     assert sorted((dtype, m, split) for _, _, dtype, m, split, _ in rows) == sorted(
-        [(d, m, 0) for d in ("fp16", "bf16") for m in ms]
-        + [(d, m, 2) for d in ("fp16", "bf16") for m in split_ms]
+        [("fp16", m, 0) for m in ms]
+        + [("bf16", m, 0) for m in edges]
+        + [(d, m, 2) for d in ("fp16", "bf16") for m in edges]
     )
     assert all(verdict == "PASSED" for verdict, *_ in rows)
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
 
 
-def test_kept_split_counters_replace_the_memset(tmp_path: Path) -> None:
+def test_kept_split_counters_replace_the_memset(tmp_path: Path, asan_build: Path) -> None:
     """Callers that keep the split-K arrival counters (the TensorRT plugin per
     execution context, the GPU harness) pass them to the _ex launchers, which
     then issue no memset: one launch per call. One buffer, zeroed once, serves
-    every run of a case (both dtypes, M across one and two 64-row launches,
+    every run of a case (both dtypes, M in one and in two 64-row launches,
     the launcher's split and a forced one), so each call must leave it at 0
     (emu_check fails a run that does not) and stay exact. A buffer left at 1
     by a "previous call" must break the runs: the kernels read the kept
     counters, not the workspace's."""
     lines = write_cases(tmp_path / "cases", shapes=((1024, 48), (4096, 16)))
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if not line.startswith("w4_gqsa")) + "\n")
-    ms = [1, 9, 17, 70]
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", ",".join(map(str, ms)), "--splits", "0,2",
+    ms = [1, 70]
+    run = emulate(tmp_path / "cases", asan_build, "--m", ",".join(map(str, ms)), "--splits", "0,2",
                   "--kept-counters", "1", *tolerances())  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = results(run.stdout)
     assert len(rows) == 2 * 2 * 2 * len(ms) * 2 and all(verdict == "PASSED" for verdict, *_ in rows)
-    stale = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1", "--splits", "2", "--kept-counters", "2",
+    stale = emulate(tmp_path / "cases", asan_build, "--m", "1", "--splits", "2", "--kept-counters", "2",
                     *tolerances())  # fmt: skip
     assert stale.returncode != 0
     assert "FAILED" in stale.stdout and "kept split-K counter was left at" in stale.stdout
@@ -158,7 +176,7 @@ def gqsa_structure(k: int, n: int, g: int, counts: dict[int, int], seed: int) ->
     return repack.GQSAArrays(values, col_idx, row_ptr, scales, k, n, g)
 
 
-def test_gqsa_column_ownership_edge_cases(tmp_path: Path) -> None:
+def test_gqsa_column_ownership_edge_cases(tmp_path: Path, asan_build: Path) -> None:
     """Each warp owns whole columns (those starting in its 128 entries): empty
     columns inside and at the end, a column longer than several warps' shares
     (the warps in between own nothing), columns crossing 32-entry steps, a
@@ -176,7 +194,7 @@ def test_gqsa_column_ownership_edge_cases(tmp_path: Path) -> None:
     }
     lines = [write_gqsa_case(folder, arrays, prefix) for prefix, arrays in cases.items()]
     (folder / "cases.txt").write_text("\n".join(lines) + "\n")
-    run = emulate(folder, tmp_path / "build", "--m", "1,3,9", *tolerances())
+    run = emulate(folder, asan_build, "--m", "1,3,9", *tolerances())
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = results(run.stdout)
     assert len(rows) == len(cases) * 2 * 3 and all(verdict == "PASSED" for verdict, *_ in rows)

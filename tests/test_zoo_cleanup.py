@@ -1,7 +1,11 @@
-"""`spa optimize --recipe cleanup` over every zoo model.
+"""`spa optimize --recipe cleanup` over every zoo model but two.
 
 Each output must pass onnx.checker, run in ONNX Runtime, and match its input
 with relative error (max|Δ| / max|reference|) <= 1e-5 on seeded inputs.
+VGG-19 and ZFNet-512 (the ONNX model zoo's, 548 and 333 MB) are left to
+onnx-alexnet, the same Conv/ReLU/pool stack and Gemm head at 233 MB: the
+three took 3.7 of the suite's CPU minutes, nearly all of it copying weights.
+test_zoo_prune and test_zoo_registry still run all three.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from spa import zoo
 from spa.verify import AllClose
 from spa.workflows.optimize import optimize
 
-ENTRIES = zoo.entries()
+#: Covered by onnx-alexnet (see the module docstring).
+SAME_AS_ALEXNET = {"onnx-vgg19", "onnx-zfnet512"}
+ENTRIES = [entry for entry in zoo.entries() if entry.name not in SAME_AS_ALEXNET]
 
 
 @pytest.mark.slow

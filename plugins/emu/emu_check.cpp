@@ -151,7 +151,7 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::vec
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: emu_check DIR [--kernels a,b] [--m 1,2,4] [--splits 1,2,0,-1] [--slices 0,1,2,4] "
-                         "[--tolerance 2e-3] [--tolerance-bf16 5.9e-3] [--kept-counters 0|1|2]\n");
+                         "[--dtypes fp16,bf16] [--tolerance 2e-3] [--tolerance-bf16 5.9e-3] [--kept-counters 0|1|2]\n");
     return 2;
   }
   std::string dir = argv[1];
@@ -160,6 +160,7 @@ int main(int argc, char** argv) {
   std::vector<int> slice_list = {0};
   double tolerance = 2e-3, tolerance_bf16 = 2e-3 + 1.0 / 256;  // plugins/trt/contracts/*.json
   std::string kernels = "w4a16,w4_sp24,w4_gqsa";
+  std::string dtypes = "fp16,bf16";
   // 1: w4a16/w4_sp24 get counters kept across every run of a case, zeroed once; 2: the same, left at 1 by a
   // "previous call" (a stale buffer: the runs must fail, which shows the kernels read the kept counters)
   int kept_counters = 0;
@@ -171,6 +172,7 @@ int main(int argc, char** argv) {
     else if (flag == "--tolerance") tolerance = std::stod(argv[i + 1]);
     else if (flag == "--tolerance-bf16") tolerance_bf16 = std::stod(argv[i + 1]);
     else if (flag == "--kernels") kernels = argv[i + 1];
+    else if (flag == "--dtypes") dtypes = argv[i + 1];
     else if (flag == "--kept-counters") kept_counters = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", flag.c_str());
@@ -204,6 +206,7 @@ int main(int argc, char** argv) {
     std::vector<int> counters(spa_split_counters_size(c.N) / sizeof(int), kept_counters == 2 ? 1 : 0);
     std::vector<int>* kept = kept_counters && has_split ? &counters : nullptr;
     for (SpaDtype dtype : {SPA_FP16, SPA_BF16}) {
+      if (("," + dtypes + ",").find(dtype == SPA_FP16 ? ",fp16," : ",bf16,") == std::string::npos) continue;
       for (int M : ms) {
         for (int slices : has_split ? slice_list : std::vector<int>{0})
         for (int split : has_split ? splits : std::vector<int>{0}) {
