@@ -52,6 +52,7 @@ import numpy as np
 import onnx
 
 from spa.errors import UserError
+from spa.graph_outputs import declared_dims
 from spa.ort import create_session
 from spa.ort_segments import maybe_segmented
 from spa.progress import track
@@ -289,27 +290,20 @@ def model_inputs(model: onnx.ModelProto | Any) -> dict[str, int | None]:
     if isinstance(model, onnx.ModelProto):
         initializers = {init.name for init in model.graph.initializer}
         for info in model.graph.input:
-            if info.name in initializers:
-                continue
-            tensor = info.type.tensor_type
-            dims: list[int | None] | None = (
-                [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-                if tensor.HasField("shape")
-                else None
-            )
-            found[info.name] = _batch_rank(dims)
+            if info.name not in initializers:
+                found[info.name] = _batch_rank(declared_dims(info))
         return found
     graph = model.graph
     for value in graph.inputs:
         if value.name in graph.initializers:
             continue
         shape = value.shape
-        dims = None if shape is None else [d if isinstance(d, int) else None for d in shape]
+        dims = None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
         found[value.name or ""] = _batch_rank(dims)
     return found
 
 
-def _batch_rank(dims: list[int | None] | None) -> int | None:
+def _batch_rank(dims: tuple[int | None, ...] | None) -> int | None:
     if not dims or dims[0] not in (None, 1):
         return None
     return len(dims)

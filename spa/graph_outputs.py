@@ -18,6 +18,7 @@ import onnx
 
 __all__ = [
     "class_score_outputs",
+    "declared_dims",
     "declared_shapes",
     "feature_axis",
     "output_producer",
@@ -84,11 +85,8 @@ def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
     opset = next((o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), 13)
     found: set[str] = set()
     for value in proto.graph.output:
-        rank = (
-            len(value.type.tensor_type.shape.dim)
-            if value.type.tensor_type.HasField("shape")
-            else None
-        )
+        dims = declared_dims(value)
+        rank = None if dims is None else len(dims)
         node = output_producer(producers, value.name)
         for _ in range(len(producers)):
             if node is None:
@@ -121,19 +119,18 @@ def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
     return found
 
 
+def declared_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+    """A value's declared shape: an int per fixed dim, None per symbolic or
+    unknown one; None where it declares no shape."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+
+
 def declared_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...] | None]:
-    """Graph output -> its declared shape (an int per fixed dim, None per
-    symbolic or unknown one), None where the output declares no shape."""
-    shapes: dict[str, tuple[int | None, ...] | None] = {}
-    for value in proto.graph.output:
-        tensor = value.type.tensor_type
-        if not tensor.HasField("shape"):
-            shapes[value.name] = None
-            continue
-        shapes[value.name] = tuple(
-            d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
-        )
-    return shapes
+    """Graph output -> its declared shape (:func:`declared_dims`)."""
+    return {value.name: declared_dims(value) for value in proto.graph.output}
 
 
 def feature_axis(

@@ -318,16 +318,11 @@ def measure_sensitivity(
     wanted = [value.name for value in session.get_inputs() if value.name not in names]
     outputs = [out.name for out in session.get_outputs()]
     exposed = set(logits.values())
-    floats = [  # each float output, a (Log)Softmax one by its logits
-        outputs.index(logits.get(out.name, out.name))
-        for out in session.get_outputs()
-        if "float" in out.type and out.name not in exposed
+    compared = [  # each float output, a (Log)Softmax one by its logits
+        out.name for out in session.get_outputs() if "float" in out.type and out.name not in exposed
     ]
-    shapes = [
-        declared.get(out.name)
-        for out in session.get_outputs()
-        if "float" in out.type and out.name not in exposed
-    ]
+    floats = [outputs.index(logits.get(name, name)) for name in compared]
+    shapes = [declared.get(name) for name in compared]
     feeds = [{name: np.asarray(sample[name]) for name in wanted} for sample in samples]
 
     def run(arrays: Mapping[str, np.ndarray]) -> list[list[np.ndarray]]:

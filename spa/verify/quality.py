@@ -167,8 +167,9 @@ class _Accumulator:
                 self.feature = np.zeros((3, reference.shape[self.axis]))
         a = reference.astype(np.float64)
         b = candidate.astype(np.float64)
-        finite = np.isfinite(a) & np.isfinite(b)
-        if np.any(np.isfinite(a) & ~np.isfinite(b)):
+        known_a, known_b = np.isfinite(a), np.isfinite(b)
+        finite = known_a & known_b
+        if np.any(known_a & ~known_b):
             self.max_abs = math.inf  # the candidate lost values the reference has
         a, b = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
         self.dot += float(np.sum(a * b))
@@ -177,7 +178,7 @@ class _Accumulator:
         self.max_abs = max(self.max_abs, float(np.abs(a - b).max(initial=0.0)))
         self.max_ref = max(self.max_ref, float(np.abs(a).max(initial=0.0)))
         if self.axis is not None and reference.shape[self.axis] != self.shape[self.axis]:
-            self.feature = None  # the features differ between samples: the cosine alone
+            self.feature, self.axis = None, None  # features differ between samples: cosine alone
         if self.feature is not None and self.axis is not None:
             rows_a = np.moveaxis(a, self.axis, 0).reshape(a.shape[self.axis], -1)
             rows_b = np.moveaxis(b, self.axis, 0).reshape(b.shape[self.axis], -1)
