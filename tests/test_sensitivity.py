@@ -199,6 +199,30 @@ def test_last_partial_step_stops_on_a_count_the_rounded_plan_keeps() -> None:
     assert allocate_by_sensitivity([row], ratio=0.5, total_cost=32.0, fragile=1.0) == {1: 16}
 
 
+def test_a_coarse_last_step_waits_for_finer_steps_nearer_the_target() -> None:
+    # the coarse group's one step (16 of 32 channels at 20 each) would save 320 for a
+    # budget of 100; the fine group's steps close the gap and measured less distortion
+    fine = GroupSensitivity(1, "fine", 128, 2.0, [16, 32, 48, 64], [0.001, 0.01, 0.05, 0.1], multiple=16)
+    coarse = GroupSensitivity(2, "coarse", 32, 20.0, [16], [0.2], multiple=16)
+    notes: list[str] = []
+    removed = allocate_by_sensitivity([fine, coarse], ratio=0.1, total_cost=1000.0, fragile=1.0, notes=notes)
+    assert removed == {1: 64, 2: 0} and notes == []  # 128 saved; the greedy order alone took 32 + 16: 384
+    # with nothing finer left, the coarse step is taken: the target is met
+    assert allocate_by_sensitivity([coarse], ratio=0.1, total_cost=1000.0, fragile=1.0) == {2: 16}
+
+
+def test_a_farther_plan_that_measured_less_distortion_is_kept_and_said() -> None:
+    # the coarse step is cheap in distortion (0.02): 16 + 16 (352 saved, 0.021) beats the
+    # fine group alone at 64 (128 saved, 0.1): it removes more and changes the outputs less
+    fine = GroupSensitivity(1, "fine", 128, 2.0, [16, 32, 48, 64], [0.001, 0.01, 0.05, 0.1], multiple=16)
+    coarse = GroupSensitivity(2, "coarse", 32, 20.0, [16], [0.02], multiple=16)
+    notes: list[str] = []
+    removed = allocate_by_sensitivity([fine, coarse], ratio=0.1, total_cost=1000.0, fragile=1.0, notes=notes)
+    assert removed == {1: 16, 2: 16}
+    assert len(notes) == 1 and "saving 35.2% of the cost where 10.0% was asked" in notes[0]
+    assert "nearest the target (12.8%) measured more distortion (0.1)" in notes[0]
+
+
 def test_a_node_two_pruned_groups_read_is_counted_once() -> None:
     # one node of 100 MACs read by groups 1 and 2 (a Conv's input and output channels,
     # 10 each): first-order accounting counts removing 5 of 10 from each as 100 saved,

@@ -354,8 +354,9 @@ def _sensitivity_keeps(
     )  # fmt: skip
     # the plan removes each group's lowest-scoring channels first (plan_for's order)
     order = RemovalOrder({g.id: np.argsort(-scores[g.id], kind="stable")[::-1] for g in groups})
+    notes: list[str] = []
     removed = allocate_by_sensitivity(
-        measured, ratio=ratio, total_cost=total_cost, fragile=fragile, terms=terms, order=order
+        measured, ratio=ratio, total_cost=total_cost, fragile=fragile, terms=terms, order=order, notes=notes
     )
     by_id = {g.id: g for g in groups}
     keeps: dict[int, int] = {}
@@ -368,6 +369,8 @@ def _sensitivity_keeps(
         "skipped": {str(row.group): row.skipped for row in measured if row.skipped},
         "sensitivity": [row.as_dict() for row in measured],
     }
+    if notes:
+        extra["allocation_note"] = notes[0]
     return keeps, extra
 
 

@@ -381,13 +381,17 @@ def allocate_by_sensitivity(
     fragile: float = FRAGILE_DISTORTION,
     terms: Sequence[CostTerm] | None = None,
     order: RemovalOrder | None = None,
+    notes: list[str] | None = None,
 ) -> dict[int, int]:
     """Channels removed per group: the greedy knapsack over measured steps
     (least added distortion per cost saved first) until ``ratio * total_cost``
     is saved. The last step, taken in part, stops at the first count at or past
     the budget that the plan keeps once rounded to the group's ``multiple`` (the
     plan rounds kept counts up, so a count off the multiple would save less than
-    charged). Marks fragile groups' ``skipped`` with the reason.
+    charged); one that would land farther past the budget than it falls short
+    waits while other groups' steps can close the gap, and the plan it would
+    have made is kept instead when its summed distortion is lower (a line in
+    ``notes`` says so). Marks fragile groups' ``skipped`` with the reason.
 
     The order of steps uses each group's first-order cost; with ``terms``
     (:class:`MacCosts`) and ``order`` (the channels each group loses first) what
@@ -435,29 +439,80 @@ def allocate_by_sensitivity(
             continue
         push(row)
     spent = 0.0
-    while heap and spent < budget:
-        _, group_id = heapq.heappop(heap)
+
+    def first_count_past_budget(group_id: int, count: int) -> tuple[int, float]:
+        """The first count up to ``count`` whose rounded plan reaches the budget."""
         row = by_id[group_id]
-        step = level[group_id] + 1
-        before_count = removed[group_id]
-        count = row.removed[step]
-        saved = gain(group_id, count)
-        if spent + saved > budget:  # the last step, in part, up to the first count
-            # past the budget that the plan keeps once rounded to the multiple
-            low, high = before_count + 1, count
-            while low < high:
-                middle = (low + high) // 2
-                rounded = min(count, _rounded_up(row.size, middle, row.multiple))
-                if spent + gain(group_id, rounded) >= budget:
-                    high = middle
-                else:
-                    low = middle + 1
-            count = min(count, _rounded_up(row.size, low, row.multiple))
-            saved = gain(group_id, count)
+        low, high = removed[group_id] + 1, count
+        while low < high:
+            middle = (low + high) // 2
+            rounded = min(count, _rounded_up(row.size, middle, row.multiple))
+            if spent + gain(group_id, rounded) >= budget:
+                high = middle
+            else:
+                low = middle + 1
+        count = min(count, _rounded_up(row.size, low, row.multiple))
+        return count, gain(group_id, count)
+
+    def take(group_id: int, count: int, saved: float) -> None:
+        nonlocal spent
         spent += saved
         removed[group_id] = count
-        level[group_id] = step
-        push(row)
+        level[group_id] += 1
+        push(by_id[group_id])
+
+    def distortion_of(plan: Mapping[int, int]) -> float:
+        """The measured distortions summed over groups (linear between measured counts)."""
+        total = 0.0
+        for group_id, count in plan.items():
+            row, below, before = by_id[group_id], 0, 0.0
+            for at, value in zip(row.removed, row.distortion, strict=True):
+                if count <= at:
+                    total += before + (value - before) * (count - below) / max(at - below, 1)
+                    break
+                below, before = at, value
+            else:
+                total += before
+        return total
+
+    # A last step that lands farther past the budget than it falls short (a
+    # coarse rounding: 16 of a 32-channel group can be half of two layers) is
+    # set aside while other groups' steps can close the gap; if they cannot,
+    # the set-aside step that overshoots least is taken, so the target is met.
+    # A plan a set-aside step would have made is kept instead when it measured
+    # less distortion than the plan nearer the target (it removes more and
+    # changes the outputs less).
+    set_aside: dict[int, int] = {}
+    farther: list[tuple[dict[int, int], float]] = []
+    while heap and spent < budget:
+        _, group_id = heapq.heappop(heap)
+        count = by_id[group_id].removed[level[group_id] + 1]
+        saved = gain(group_id, count)
+        if spent + saved > budget:  # the last step, in part
+            count, saved = first_count_past_budget(group_id, count)
+            if spent + saved - budget > budget - spent:
+                set_aside[group_id] = count
+                farther.append(({**removed, group_id: count}, spent + saved))
+                continue
+        take(group_id, count, saved)
+    if spent < budget and set_aside:
+        steps = [(*first_count_past_budget(group, count), group) for group, count in set_aside.items()]
+        count, saved, group_id = min(steps, key=lambda step: (step[1], step[2]))
+        take(group_id, count, saved)
+    if spent >= budget and farther:
+        plan, saved = min(farther, key=lambda option: (distortion_of(option[0]), option[1]))
+        if distortion_of(plan) < distortion_of(removed):
+            message = (
+                f"sensitivity allocation: saving {saved / total_cost:.1%} of the cost where "
+                f"{ratio:.1%} was asked: the plan nearest the target ({spent / total_cost:.1%}) "
+                f"measured more distortion ({distortion_of(removed):.3g}) than this one "
+                f"({distortion_of(plan):.3g}); its channel counts are rounded in coarse steps"
+            )
+            logger.warning("%s", message)
+            if notes is not None:
+                notes.append(message)
+            removed.update(plan)
+            spent = saved
     if spent < budget:
         whole = sum(1 for row in measured if row.skipped)
         logger.warning(
