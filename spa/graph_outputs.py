@@ -65,9 +65,11 @@ _PRODUCTS = {("", "MatMul"), ("", "Gemm"), ("", "MatMulInteger"), ("", "QLinearM
 _ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
 #: Pools that end a convolutional classifier before a Flatten/Reshape/Squeeze.
 _POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "AveragePool", "ReduceMax")
+#: Shape-only ops looked through (pooled heads; a product's scores regrouped).
+_RESHAPES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
-def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
+def class_score_outputs(proto: onnx.ModelProto) -> dict[str, int | None]:
     """Graph outputs whose last axis holds class scores, so that its arg-max is a
     decision (a class, a token, a CTC symbol): the output of a ``Softmax`` or
     ``LogSoftmax`` over its last axis, of a matrix product (``MatMul``, ``Gemm``
@@ -76,18 +78,27 @@ def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
     elementwise ops with a constant operand. Anything else (embeddings after a
     normalisation, a detector's concatenated boxes and scores, a probability
     map) is not: its arg-max along the last axis picks an anchor or a dimension,
-    not a decision."""
+    not a decision.
+
+    Maps each such output to the size its last axis must have at run time, or
+    None when any: a product's scores looked at through a Reshape, Flatten,
+    Squeeze or Unsqueeze (an OCR head ``Gemm -> Reshape [T, batch, -1]``) are
+    class scores only while the last axis still holds the product's N columns
+    (known from its constant weight), which the graph may not declare (an
+    export's declared output ``[1, seqlen]`` for a run-time ``[T, 1, classes]``)."""
     producers = {out: node for node in proto.graph.node for out in node.output}
     constants = {init.name for init in proto.graph.initializer}
     constants |= {
         out for node in proto.graph.node if node.op_type == "Constant" for out in node.output
     }
     opset = next((o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), 13)
-    found: set[str] = set()
+    shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
+    found: dict[str, int | None] = {}
     for value in proto.graph.output:
         dims = declared_dims(value)
         rank = None if dims is None else len(dims)
         node = output_producer(producers, value.name)
+        reshaped = False
         for _ in range(len(producers)):
             if node is None:
                 break
@@ -96,11 +107,13 @@ def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
                 axis = next(
                     (a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1
                 )
-                if axis == -1 or (rank is not None and axis == rank - 1):
-                    found.add(value.name)
+                if not reshaped and (axis == -1 or (rank is not None and axis == rank - 1)):
+                    found[value.name] = None
                 break
             if key in _PRODUCTS:
-                found.add(value.name)
+                width = _product_width(node, shapes) if reshaped else None
+                if not reshaped or width is not None:
+                    found[value.name] = width
                 break
             if key == ("", "Sigmoid"):
                 node = output_producer(producers, node.input[0])
@@ -111,12 +124,27 @@ def class_score_outputs(proto: onnx.ModelProto) -> set[str]:
                     break
                 node = output_producer(producers, variable[0])
                 continue
-            if key[1] in ("Flatten", "Reshape", "Squeeze") and not key[0] and rank == 2:
+            if key[1] in _RESHAPES and not key[0]:
                 source = output_producer(producers, node.input[0])
-                if source is not None and source.op_type in _POOLS:
-                    found.add(value.name)
+                if rank == 2 and key[1] != "Unsqueeze" and source is not None and source.op_type in _POOLS:
+                    found[value.name] = None
+                    break
+                node, reshaped = source, True
+                continue
             break
     return found
+
+
+def _product_width(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """The columns (N) of a MatMul or Gemm whose weight is a constant, else None."""
+    if node.domain not in _DEFAULT_DOMAINS or node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+        return None
+    weight = shapes.get(node.input[1])
+    if not weight or len(weight) < 2:
+        return None
+    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        return int(weight[0])
+    return int(weight[-1])
 
 
 def declared_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:

@@ -74,7 +74,30 @@ def test_class_scores_are_softmax_over_the_last_axis_or_a_classifier_head() -> N
         proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(shape, np.float32), name))
     # a softmax over another axis, a detector's concatenated boxes and scores, a
     # normalised embedding, an elementwise op of two variables: not class scores
-    assert class_score_outputs(proto) == {"soft", "lin", "multi", "pooled"}
+    assert class_score_outputs(proto) == {"soft": None, "lin": None, "multi": None, "pooled": None}
+
+
+OCR_HEAD = """
+<ir_version: 8, opset_import: ["" : 17]>
+ocr (float[6, 8] x) => (float[1, seqlen] scores, float[2, 3, 8] soft3, float[6, 2, 4] hidden) {
+  g = Gemm <transB = 1> (x, w, b)
+  scores = Reshape (g, shape)
+  s = Softmax <axis = -1> (x)
+  soft3 = Reshape (s, shape)
+  hidden = Reshape (x, shape2)
+}
+"""
+
+
+def test_a_products_scores_regrouped_by_a_reshape_are_class_scores_of_its_width() -> None:
+    # an OCR export: Gemm scores reshaped to [T, batch, -1], the output declared [1, seqlen]
+    proto = onnx.parser.parse_model(OCR_HEAD)
+    arrays = {"w": np.ones((5, 8), np.float32), "b": np.ones(5, np.float32),
+              "shape": np.array([6, 1, -1]), "shape2": np.array([6, 2, 4])}  # fmt: skip
+    for name, array in arrays.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    # the Gemm's N = 5 columns (transB: the weight's rows); a reshaped softmax or input is not
+    assert class_score_outputs(proto) == {"scores": 5}
 
 
 def test_the_feature_axis_is_the_declared_fixed_one_of_axis_1_and_the_last() -> None:

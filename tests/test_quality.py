@@ -102,6 +102,35 @@ def test_a_decomposed_softmax_is_class_scores_by_its_values(tmp_path: Path) -> N
     assert measure_quality(path, path, feeds).top1_agreement == 1.0
 
 
+def _ocr_head(path: Path, weight: np.ndarray) -> Path:
+    """Gemm scores reshaped to [T, 1, classes] under a declared [1, seqlen] (an OCR export)."""
+    proto = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        ocr (float[12, 8] x) => (float[1, seqlen] y) {
+          g = Gemm <transB = 1> (x, w)
+          y = Reshape (g, shape)
+        }
+        """)  # fmt: skip
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(weight, "w"),
+                                    onnx.numpy_helper.from_array(np.array([12, 1, -1]), "shape")])  # fmt: skip
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_an_ocr_heads_regrouped_scores_are_measured_by_top1_per_step(tmp_path: Path) -> None:
+    """A small change to the weights keeps the cosine above 0.99 and changes a
+    decision at some time steps: top-1 agreement over [T, 1, classes] sees it."""
+    weight = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    dense = _ocr_head(tmp_path / "d.onnx", weight)
+    changed = weight.copy()
+    changed[0] += 0.1 * np.abs(changed).max()  # class 0 wins a few more steps
+    nudged = _ocr_head(tmp_path / "n.onnx", changed)
+    feeds = [{"x": np.random.default_rng(s).standard_normal((12, 8)).astype(np.float32)} for s in range(4)]
+    (output,) = measure_quality(dense, nudged, feeds).outputs
+    assert output.cosine > 0.99 and output.top1_agreement is not None and output.top1_agreement < 0.95
+    assert measure_quality(dense, dense, feeds).top1_agreement == 1.0
+
+
 def test_split_keeps_a_quarter_for_quality_and_says_when_it_cannot(tmp_path: Path) -> None:
     model = ir.serde.deserialize_model(mlp_model())
     calibration, holdout, note = split_holdout(_calib(tmp_path, 8), model, 0.25)
@@ -111,7 +140,7 @@ def test_split_keeps_a_quarter_for_quality_and_says_when_it_cannot(tmp_path: Pat
     _, holdout, note = split_holdout(_calib(tmp_path, 8), model, 0.0)
     assert holdout == [] and "--holdout 0" in note
     assert split_holdout(None, model, 0.25)[2] == "quality not measured: no real data (give --calib)"
-    with pytest.raises(UserError, match="--holdout 1.0"):
+    with pytest.raises(UserError, match=r"--holdout 1\.0"):
         split_holdout(_calib(tmp_path, 8), model, 1.0)
 
 

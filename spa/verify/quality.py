@@ -140,16 +140,21 @@ def _is_distribution(array: np.ndarray) -> bool:
 
 class _Accumulator:
     """Streams one output's agreement statistics over samples; ``classes``: the
-    graph computes class scores on the last axis (None: look at the values)."""
+    graph computes class scores on the last axis (None: look at the values),
+    provided it has ``width`` entries where that is given."""
 
     def __init__(
-        self, classes: bool | None = None, declared: tuple[int | None, ...] | None = None
+        self,
+        classes: bool | None = None,
+        declared: tuple[int | None, ...] | None = None,
+        width: int | None = None,
     ) -> None:
         self.dot = self.norm_a = self.norm_b = 0.0
         self.max_abs = self.max_ref = 0.0
         self.agree = self.rows = 0
         self.classes = classes
         self.declared = declared
+        self.width = width
         self.axis: int | None = None
         self.shape: tuple[int, ...] | None = None
         self.feature: np.ndarray | None = None  # per feature: dot, |a|^2, |b|^2
@@ -158,6 +163,8 @@ class _Accumulator:
         reference, candidate = np.asarray(reference), np.asarray(candidate)
         if self.shape is None:
             self.shape = reference.shape
+            if self.width is not None and reference.shape[-1:] != (self.width,):
+                self.classes = None  # regrouped: the last axis is no longer the product's N
             if not _has_classes(reference):
                 self.classes = False
             elif not self.classes:
@@ -243,7 +250,7 @@ def measure_quality(
         for name, value in expected.items():
             if name in actual and actual[name].shape == value.shape:
                 accumulator = accumulators.setdefault(
-                    name, _Accumulator(name in classes or None, declared.get(name))
+                    name, _Accumulator(name in classes or None, declared.get(name), classes.get(name))
                 )
                 accumulator.add(value, actual[name])
         samples += 1
