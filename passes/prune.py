@@ -556,10 +556,13 @@ class PrunePass(SpaPass):
 
     def _make_plan(self, model: ir.Model, stage: _Stage) -> Plan:
         analysis, statistics = stage.analysis, self._statistics
-        if self.criterion in DATA_CRITERIA and statistics is None:
+        # with no prunable group nothing was measured (no value to calibrate):
+        # the plan is empty, and the report says why nothing changed
+        prunable = bool(analysis.prunable_groups())
+        if self.criterion in DATA_CRITERIA and statistics is None and prunable:
             raise UserError(f"criterion {self.criterion} needs --calib DATA (calibration inputs)")
         sensitivity: dict[str, Any] = {}
-        if self._wants_samples():
+        if self._wants_samples() and prunable:
             if not self._samples:
                 raise UserError("--allocation sensitivity needs --calib DATA (calibration inputs)")
             costs = mac_costs(model, analysis.prunable_groups(), self._samples[0])

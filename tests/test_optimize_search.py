@@ -323,3 +323,25 @@ def test_a_format_that_changes_nothing_is_not_measured(run_cli, tmp_path: Path) 
         assert rows[name]["speedup"] is None and not rows[name]["accepted"]
     assert rows["w8-nbits"]["speedup"] is not None  # INT8 weights do take convolutions
     assert "changed nothing: int8-dynamic" in result.output
+
+
+def test_a_model_without_weights_is_left_unchanged_with_the_reason(run_cli, tmp_path: Path) -> None:
+    """A model with no weight spa rewrites (here elementwise ops; a scikit-learn tree
+    ensemble exported by skl2onnx is one TreeEnsembleClassifier node): the OBS pruning
+    candidates said "criterion obs needs --calib DATA" although --calib was given, and
+    the verdict blamed the quality budget."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        plain (float[N, 64] X) => (float[N, 64] Y) {
+          r = Relu (X)
+          Y = Mul (r, r)
+        }
+        """)  # fmt: skip
+    source, data = tmp_path / "plain.onnx", tmp_path / "calib.npz"
+    onnx.save(model, str(source))
+    np.savez(data, X=np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32))
+    result = run_cli("optimize", source, "-o", tmp_path / "out.onnx", "--calib", data, "--max-drop", "1%")
+    assert result.exit_code == 0, result.output
+    assert "needs --calib" not in result.output
+    assert "changed nothing: prune 12.5% found no weight" in result.output
+    assert "UNCHANGED | nothing here that spa rewrites" in result.output

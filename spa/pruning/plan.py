@@ -264,12 +264,12 @@ def make_plan(
         patterns = [re.compile(p) for p in exclude]
     except re.error as error:
         raise UserError(f"--exclude pattern is not a valid regex ({error})") from None
-    if criterion in DATA_CRITERIA and statistics is None:
+    groups = [g for g in analysis.prunable_groups() if not _excluded(g, patterns)]
+    if criterion in DATA_CRITERIA and statistics is None and groups:
         if calibration is None:
             raise UserError(f"criterion {criterion} needs --calib DATA (calibration inputs)")
         statistics = gather_statistics(model, analysis, calibration, full=criterion == "obs")
     rng = np.random.default_rng(seed)
-    groups = [g for g in analysis.prunable_groups() if not _excluded(g, patterns)]
     scores = {
         group.id: _tie_shared_channels(
             group,
@@ -279,7 +279,10 @@ def make_plan(
     }
     extra: dict[str, Any] = {}
     multiples = {g.id: group_multiple(g.size, round_to, _unit_width(model, g)) for g in groups}
-    if allocation in DATA_ALLOCATIONS:
+    keeps: dict[int, int] = {}
+    if not groups:
+        pass  # nothing to allocate: the report says why nothing changed
+    elif allocation in DATA_ALLOCATIONS:
         keeps, extra = _sensitivity_keeps(
             model, groups, scores, samples, calibration, costs, total_cost,
             ratio=ratio, fragile=fragile, max_group_ratio=max_group_ratio, multiples=multiples,

@@ -482,9 +482,16 @@ def render_candidates(candidates: Sequence[CandidateResult], input_macs: int = 0
 def _summary(candidates: Sequence[CandidateResult], chosen: CandidateResult | None,
              source_bytes: int, seconds: float) -> str:  # fmt: skip
     if chosen is None:
+        rewrites = [c for c in candidates if c.name != "cleanup"]
+        if rewrites and all(c.reason.startswith("changed nothing") for c in rewrites):
+            why = ("nothing here that spa rewrites: every pruning and quantization candidate "
+                   "changed nothing (no float MatMul/Gemm/Conv weight they apply to), and the "
+                   "cleanup was not faster")  # fmt: skip
+        else:
+            why = "no candidate was within the quality budget and not slower"
         return (
-            f"UNCHANGED | no candidate was within the quality budget and not slower; "
-            f"wrote a copy of the input | {len(candidates)} candidates | {seconds:.0f}s"
+            f"UNCHANGED | {why}; wrote a copy of the input | {len(candidates)} candidates | "
+            f"{seconds:.0f}s"
         )
     size = f"{source_bytes / 1e6:.2f} MB → {chosen.bytes / 1e6:.2f} MB"
     return (
