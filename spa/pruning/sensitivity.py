@@ -506,9 +506,10 @@ def allocate_by_sensitivity(
                 f"sensitivity allocation: saving {saved / total_cost:.1%} of the cost where "
                 f"{ratio:.1%} was asked: the plan nearest the target ({spent / total_cost:.1%}) "
                 f"measured more distortion ({distortion_of(removed):.3g}) than this one "
-                f"({distortion_of(plan):.3g}); its channel counts are rounded in coarse steps"
+                f"({distortion_of(plan):.3g})"
             )
-            logger.warning("%s", message)
+            # a plan a quarter past the ask is worth a warning; nearer, a note in the report
+            logger.log(logging.WARNING if saved > 1.25 * budget else logging.INFO, "%s", message)
             if notes is not None:
                 notes.append(message)
             removed.update(plan)
