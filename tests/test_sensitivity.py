@@ -23,6 +23,7 @@ from spa.pruning.sensitivity import (
     RemovalOrder,
     _expose_logits,
     allocate_by_sensitivity,
+    measure_sensitivity,
     saved_macs,
 )
 from spa.verify.mask import mask_model, masked_relative_error
@@ -191,6 +192,33 @@ def test_rounded_plan_still_meets_the_mac_budget() -> None:
     mask_model(masked, analysis, plan)
     apply_plan(model, analysis, plan)
     assert masked_relative_error(masked, model, feeds[0]) < 1e-5
+
+
+def test_a_measurement_is_reused_for_the_same_model_scores_and_samples(caplog: pytest.LogCaptureFixture) -> None:
+    """A search prunes one model at several ratios; the measurement does not
+    depend on the ratio, so the second plan reuses the first's (as copies: the
+    allocation marks rows it skips), and other samples or weights measure anew."""
+    proto, feeds = _chain(), _feeds()
+    model, analysis = analysis_of(proto)
+    groups = analysis.prunable_groups()
+    scores = {g.id: score_group(model, g, "l2", np.random.default_rng(0)) for g in groups}
+    costs = {g.id: 1.0 for g in groups}
+    first = measure_sensitivity(model, groups, scores, feeds[:2], costs)
+    first[0].skipped, first[0].distortion[0] = "marked by an allocation", 99.0
+    with caplog.at_level("INFO", logger="spa.pruning.sensitivity"):
+        again = measure_sensitivity(model, groups, scores, feeds[:2], costs)
+    assert "is reused" in caplog.text
+    assert again[0].skipped == "" and again[0].distortion[0] != 99.0
+    assert [r.distortion for r in again[1:]] == [r.distortion for r in first[1:]]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="spa.pruning.sensitivity"):
+        other = measure_sensitivity(model, groups, scores, feeds[2:4], costs)
+    assert "is reused" not in caplog.text
+    assert [r.distortion for r in other] != [r.distortion for r in again]
+    weights = model.graph.initializers[groups[0].parameters[0].space[0]].const_value.numpy() * 2.0
+    model.graph.initializers[groups[0].parameters[0].space[0]].const_value = ir.tensor(weights)
+    changed = measure_sensitivity(model, groups, scores, feeds[:2], costs)
+    assert [r.distortion for r in changed] != [r.distortion for r in again]
 
 
 def test_last_partial_step_stops_on_a_count_the_rounded_plan_keeps() -> None:

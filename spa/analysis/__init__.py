@@ -214,27 +214,49 @@ def _worth_symbolic(model: ir.Model) -> bool:
     )
 
 
+#: Inferred dims of this process by a digest of the serialised model (the last
+#: few): each pruning candidate of a search analyses the same input again, and
+#: ORT's inference took 18 of the 89 s of one on PP-OCRv5's detector (sympy on
+#: its Resize nodes).
+_INFERRED: dict[str, list[tuple[str, list[int | str | None]]]] = {}
+_INFERRED_KEPT = 4
+
+
 def _infer_symbolic_shapes(model: ir.Model) -> None:
     """ORT's symbolic inference knows contrib ops and solves dims through Expand and
     computed shapes; its static dims replace unknown or symbolic ones."""
+    import hashlib
+
     import onnx_ir as ir
 
-    try:
-        from spa.ort import symbolic_shape_inference
+    proto = ir.serde.serialize_model(model)
+    digest = hashlib.blake2b(digest_size=20)
+    graph = proto.graph
+    for part in (*graph.node, *graph.input, *graph.output, *graph.initializer, *graph.value_info):
+        digest.update(part.SerializeToString())
+    key = digest.hexdigest()
+    if key not in _INFERRED:
+        try:
+            from spa.ort import symbolic_shape_inference
 
-        inferred = symbolic_shape_inference(ir.serde.serialize_model(model))
-    except Exception as error:  # the tool raises bare Exceptions on unknown ops
-        logger.info("symbolic shape inference failed (%s); shapes stay as ONNX inferred", error)
-        return
+            inferred = symbolic_shape_inference(proto)
+        except Exception as error:  # the tool raises bare Exceptions on unknown ops
+            logger.info("symbolic shape inference failed (%s); shapes stay as ONNX inferred", error)
+            return
+        while len(_INFERRED) >= _INFERRED_KEPT:
+            del _INFERRED[next(iter(_INFERRED))]
+        _INFERRED[key] = [
+            (info.name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                         for d in info.type.tensor_type.shape.dim])
+            for info in inferred.graph.value_info
+            if info.type.HasField("tensor_type")
+        ]  # fmt: skip
+    del proto
     values = {v.name: v for node in model.graph for v in node.outputs}
-    for info in inferred.graph.value_info:
-        value = values.get(info.name)
-        if value is None or not info.type.HasField("tensor_type"):
+    for name, dims in _INFERRED[key]:
+        value = values.get(name)
+        if value is None:
             continue
-        dims = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in info.type.tensor_type.shape.dim
-        ]
         current = value.shape
         if current is None:
             value.shape = ir.Shape(dims)
