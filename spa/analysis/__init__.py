@@ -232,7 +232,8 @@ def _infer_symbolic_shapes(model: ir.Model) -> None:
     proto = ir.serde.serialize_model(model)
     digest = hashlib.blake2b(digest_size=20)
     graph = proto.graph
-    for part in (*graph.node, *graph.input, *graph.output, *graph.initializer, *graph.value_info):
+    for part in (*proto.opset_import, *proto.functions, *graph.node, *graph.input, *graph.output,
+                 *graph.initializer, *graph.value_info):  # fmt: skip
         digest.update(part.SerializeToString())
     key = digest.hexdigest()
     if key not in _INFERRED:

@@ -393,7 +393,8 @@ def _measurement_key(
     serialisation), the scores, the samples and the options."""
     digest = hashlib.blake2b(digest_size=20)
     graph = proto.graph
-    for part in (*graph.node, *graph.input, *graph.output, *graph.initializer, *graph.sparse_initializer):
+    for part in (*proto.opset_import, *proto.functions, *graph.node, *graph.input, *graph.output,
+                 *graph.initializer, *graph.sparse_initializer):  # fmt: skip
         digest.update(part.SerializeToString())
     arrays = [*(weights[name] for name in sorted(weights)), *(scores[g.id] for g in groups)]
     arrays += [np.asarray(sample[name]) for sample in samples for name in sorted(sample)]
