@@ -14,7 +14,7 @@ import pytest
 
 from spa.calibration import load_calibration, model_inputs
 from spa.errors import UserError
-from spa.verify.quality import load_metric, measure_quality
+from spa.verify.quality import OutputKinds, load_metric, measure_quality
 from spa.workflows.run import split_holdout
 from tests.conftest import mlp_model
 
@@ -128,6 +128,10 @@ def test_an_ocr_heads_regrouped_scores_are_measured_by_top1_per_step(tmp_path: P
     feeds = [{"x": np.random.default_rng(s).standard_normal((12, 8)).astype(np.float32)} for s in range(4)]
     (output,) = measure_quality(dense, nudged, feeds).outputs
     assert output.cosine > 0.99 and output.top1_agreement is not None and output.top1_agreement < 0.95
+    # a caller that read the reference's outputs once (the search) gets the same figures
+    kinds = OutputKinds.of(dense)
+    assert kinds.classes == {"y": 6} and kinds.declared == {"y": (1, None)}
+    assert measure_quality(dense, nudged, feeds, kinds=kinds).outputs == [output]
     assert measure_quality(dense, dense, feeds).top1_agreement == 1.0
 
 

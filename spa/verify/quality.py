@@ -215,6 +215,22 @@ def _cosine(dot: float, norm_a: float, norm_b: float) -> float:
     return float(dot / denominator) if denominator > 0 else float(norm_a == norm_b)
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputKinds:
+    """What the reference graph says of its outputs: class scores (with the width
+    their last axis must have, :func:`spa.graph_outputs.class_score_outputs`) and
+    declared shapes. Read once per reference: a search measures every candidate
+    against the same one."""
+
+    classes: dict[str, int | None]
+    declared: dict[str, tuple[int | None, ...] | None]
+
+    @classmethod
+    def of(cls, reference: str | os.PathLike[str]) -> OutputKinds:
+        graph = onnx.load(str(reference), load_external_data=False)
+        return cls(class_score_outputs(graph), declared_shapes(graph))
+
+
 def measure_quality(
     reference: str | os.PathLike[str],
     candidate: str | os.PathLike[str],
@@ -224,6 +240,7 @@ def measure_quality(
     metric_name: str | None = None,
     session: Callable[[Path], Any] | None = None,
     adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    kinds: OutputKinds | None = None,
 ) -> Quality:
     """Run both models on every held-out feed and measure their agreement.
 
@@ -233,13 +250,13 @@ def measure_quality(
     :func:`spa.verify.mask.io_adapter`): it is applied to the candidate's feeds
     and to the reference's outputs. ``session`` makes the ORT sessions
     (default: :func:`spa.ort_segments.open_session`: one session, or a chain of
-    segment sessions for a very large graph).
+    segment sessions for a very large graph). ``kinds``: the reference's
+    :class:`OutputKinds` when the caller has them (read from its graph otherwise).
     """
     make = session or open_session
     reference_session, candidate_session = make(Path(reference)), make(Path(candidate))
-    graph = onnx.load(str(reference), load_external_data=False)
-    classes, declared = class_score_outputs(graph), declared_shapes(graph)
-    del graph
+    kinds = kinds or OutputKinds.of(reference)
+    classes, declared = kinds.classes, kinds.declared
     accumulators: dict[str, _Accumulator] = {}
     samples = 0
     for feed in holdout:

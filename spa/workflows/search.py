@@ -48,7 +48,7 @@ from spa.progress import progress_bar
 from spa.pruning.allocation import AUTO_ROUND
 from spa.stats import report as reporting
 from spa.verify.latency import ESTIMATED, TARGETS, compare_latency
-from spa.verify.quality import Quality, load_metric, measure_quality
+from spa.verify.quality import OutputKinds, Quality, load_metric, measure_quality
 from spa.workflows.executor import Executor, LocalExecutor
 from spa.workflows.latency_guard import NOISE
 from spa.workflows.results import file_bytes
@@ -219,6 +219,7 @@ class _Measure:
     target: str
     latency_budget_s: float
     shapes: dict[str, tuple[int, ...]]
+    kinds: OutputKinds | None = None  # the input's outputs, read once
 
     def latency(self, result: CandidateResult, path: Path) -> None:
         """Latency against the input on the target, here (never two at once)."""
@@ -241,6 +242,7 @@ class _Task:
     metric: str | None
     metric_dense: float | None
     shapes: dict[str, tuple[int, ...]]
+    kinds: OutputKinds | None = None
 
 
 def _evaluate(task: _Task) -> dict[str, Any]:
@@ -263,7 +265,7 @@ def _evaluate(task: _Task) -> dict[str, Any]:
             )
             figures["seconds"] = time.perf_counter() - start
             return figures
-        quality = measure_quality(task.source, path, task.holdout)
+        quality = measure_quality(task.source, path, task.holdout, kinds=task.kinds)
         metric_after = float(load_metric(task.metric)(path)) if task.metric else None
         loss, _ = quality_loss(quality, task.metric_dense, metric_after)
         details = quality.as_dict()
@@ -369,6 +371,7 @@ def _measure_batch(
             measure.metric_name,
             measure.metric_dense,
             measure.shapes,
+            measure.kinds,
         )
         for candidate, _ in pending
     ]
@@ -567,7 +570,7 @@ def optimize_search(
     metric_dense = float(metric_function(source)) if metric_function else None
     feed_shapes = {name: tuple(np.asarray(value).shape) for name, value in held[0].items()}
     measure = _Measure(source, held, metric, metric_dense, target,
-                       latency_budget_s, dict(shapes or feed_shapes))  # fmt: skip
+                       latency_budget_s, dict(shapes or feed_shapes), OutputKinds.of(source))  # fmt: skip
     before = reporting.compute_stats(source, shapes=measure.shapes)
     inputs = {"shapes": shapes, "dims": dims, "int_ranges": int_ranges}
     context = BuildContext(calib, criterion, allocation, round_to, seed, inputs)
