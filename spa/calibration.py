@@ -38,6 +38,7 @@ Calibration sources (:func:`load_calibration`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
 import os
@@ -74,6 +75,7 @@ __all__ = [
     "collect_ranges",
     "entropy_threshold",
     "file_name_for_input",
+    "hash_samples",
     "load_calibration",
     "model_inputs",
     "percentile_threshold",
@@ -680,3 +682,14 @@ def calibrate(
             percentile=request.percentile, max_samples=max_samples,
         )  # fmt: skip
     return result
+
+
+def hash_samples(samples: Iterable[Mapping[str, np.ndarray]]) -> str:
+    """SHA-256 of feed dicts: each input's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        for name in sorted(sample):
+            array = np.ascontiguousarray(sample[name])
+            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()

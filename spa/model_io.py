@@ -40,6 +40,7 @@ __all__ = [
     "load_model",
     "load_proto",
     "node_bodies",
+    "proto_digest",
     "proto_stored_bytes",
     "read_array",
     "same_graph",
@@ -146,6 +147,20 @@ def unique_value_names(model: ir.Model) -> int:
             value.name = name
         used.add(name)
     return len(duplicates)
+
+
+def proto_digest(proto: onnx.ModelProto) -> Any:
+    """A blake2b digest (hashlib object, to be extended by the caller) of what a
+    model computes and declares: opset imports, functions, nodes, inputs, outputs,
+    initializers, sparse initializers and value_info, part by part (a model past
+    protobuf's 2 GB is hashed without one serialisation). Weights stored outside
+    the proto count by where they are stored."""
+    digest = hashlib.blake2b(digest_size=20)
+    graph = proto.graph
+    for part in (*proto.opset_import, *proto.functions, *graph.node, *graph.input, *graph.output,
+                 *graph.initializer, *graph.sparse_initializer, *graph.value_info):  # fmt: skip
+        digest.update(part.SerializeToString())
+    return digest
 
 
 def same_graph(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:

@@ -227,11 +227,17 @@ def test_last_partial_step_stops_on_a_count_the_rounded_plan_keeps() -> None:
     assert allocate_by_sensitivity([row], ratio=0.5, total_cost=32.0, fragile=1.0) == {1: 16}
 
 
-def test_a_coarse_last_step_waits_for_finer_steps_nearer_the_target() -> None:
-    # the coarse group's one step (16 of 32 channels at 20 each) would save 320 for a
-    # budget of 100; the fine group's steps close the gap and measured less distortion
+def _fine_and_coarse(coarse_distortion: float) -> tuple[GroupSensitivity, GroupSensitivity]:
+    """A group stepping 16 of 128 channels at cost 2 each, and one whose only step
+    (16 of 32 channels at 20 each) saves 320: past a budget of 100 whenever taken."""
     fine = GroupSensitivity(1, "fine", 128, 2.0, [16, 32, 48, 64], [0.001, 0.01, 0.05, 0.1], multiple=16)
-    coarse = GroupSensitivity(2, "coarse", 32, 20.0, [16], [0.2], multiple=16)
+    return fine, GroupSensitivity(2, "coarse", 32, 20.0, [16], [coarse_distortion], multiple=16)
+
+
+def test_a_coarse_last_step_waits_for_finer_steps_nearer_the_target() -> None:
+    # the coarse step would save 320 for a budget of 100; the fine group's steps close
+    # the gap and measured less distortion
+    fine, coarse = _fine_and_coarse(0.2)
     notes: list[str] = []
     removed = allocate_by_sensitivity([fine, coarse], ratio=0.1, total_cost=1000.0, fragile=1.0, notes=notes)
     assert removed == {1: 64, 2: 0} and notes == []  # 128 saved; the greedy order alone took 32 + 16: 384
@@ -242,8 +248,7 @@ def test_a_coarse_last_step_waits_for_finer_steps_nearer_the_target() -> None:
 def test_a_farther_plan_that_measured_less_distortion_is_kept_and_said() -> None:
     # the coarse step is cheap in distortion (0.02): 16 + 16 (352 saved, 0.021) beats the
     # fine group alone at 64 (128 saved, 0.1): it removes more and changes the outputs less
-    fine = GroupSensitivity(1, "fine", 128, 2.0, [16, 32, 48, 64], [0.001, 0.01, 0.05, 0.1], multiple=16)
-    coarse = GroupSensitivity(2, "coarse", 32, 20.0, [16], [0.02], multiple=16)
+    fine, coarse = _fine_and_coarse(0.02)
     notes: list[str] = []
     removed = allocate_by_sensitivity([fine, coarse], ratio=0.1, total_cost=1000.0, fragile=1.0, notes=notes)
     assert removed == {1: 16, 2: 16}

@@ -225,17 +225,12 @@ _INFERRED_KEPT = 4
 def _infer_symbolic_shapes(model: ir.Model) -> None:
     """ORT's symbolic inference knows contrib ops and solves dims through Expand and
     computed shapes; its static dims replace unknown or symbolic ones."""
-    import hashlib
-
     import onnx_ir as ir
 
+    from spa.model_io import proto_digest
+
     proto = ir.serde.serialize_model(model)
-    digest = hashlib.blake2b(digest_size=20)
-    graph = proto.graph
-    for part in (*proto.opset_import, *proto.functions, *graph.node, *graph.input, *graph.output,
-                 *graph.initializer, *graph.value_info):  # fmt: skip
-        digest.update(part.SerializeToString())
-    key = digest.hexdigest()
+    key = proto_digest(proto).hexdigest()
     if key not in _INFERRED:
         try:
             from spa.ort import symbolic_shape_inference

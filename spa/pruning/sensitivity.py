@@ -31,7 +31,6 @@ NetAdapt (Yang et al., ECCV 2018); see docs/criteria.md.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import heapq
 import logging
 import math
@@ -45,8 +44,9 @@ import onnx_ir as ir
 
 from spa.analysis.groups import Group
 from spa.analysis.index_maps import IndexMap
-from spa.calibration import Feeds
+from spa.calibration import Feeds, hash_samples
 from spa.graph_outputs import declared_shapes, feature_axis, softmax_inputs
+from spa.model_io import proto_digest
 from spa.ort import create_session
 from spa.ort_segments import maybe_segmented
 from spa.progress import track
@@ -389,18 +389,13 @@ def _measurement_key(
     multiples: Mapping[int, int],
 ) -> str:
     """A digest of everything a measurement depends on: the graph and every weight
-    (tensor by tensor: a model past protobuf's 2 GB is hashed without one
-    serialisation), the scores, the samples and the options."""
-    digest = hashlib.blake2b(digest_size=20)
-    graph = proto.graph
-    for part in (*proto.opset_import, *proto.functions, *graph.node, *graph.input, *graph.output,
-                 *graph.initializer, *graph.sparse_initializer):  # fmt: skip
-        digest.update(part.SerializeToString())
-    arrays = [*(weights[name] for name in sorted(weights)), *(scores[g.id] for g in groups)]
-    arrays += [np.asarray(sample[name]) for sample in samples for name in sorted(sample)]
-    for array in arrays:
+    (:func:`spa.model_io.proto_digest`, and the weights lifted to inputs), the
+    scores, the samples and the options."""
+    digest = proto_digest(proto)
+    for array in [*(weights[name] for name in sorted(weights)), *(scores[g.id] for g in groups)]:
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(hash_samples(samples).encode())
     options = ([(g.id, g.size, float(costs.get(g.id, 0.0)), int(multiples.get(g.id, 1))) for g in groups],
                list(ratios), max_group_ratio)  # fmt: skip
     digest.update(repr(options).encode())
@@ -548,13 +543,14 @@ def allocate_by_sensitivity(
         count, saved, group_id = min(steps, key=lambda step: (step[1], step[2]))
         take(group_id, count, saved)
     if spent >= budget and farther:
-        plan, saved = min(farther, key=lambda option: (distortion_of(option[0]), option[1]))
-        if distortion_of(plan) < distortion_of(removed):
+        options = [(distortion_of(plan), saved, plan) for plan, saved in farther]
+        lowest, saved, plan = min(options, key=lambda option: option[:2])
+        nearest = distortion_of(removed)
+        if lowest < nearest:
             message = (
                 f"sensitivity allocation: saving {saved / total_cost:.1%} of the cost where "
                 f"{ratio:.1%} was asked: the plan nearest the target ({spent / total_cost:.1%}) "
-                f"measured more distortion ({distortion_of(removed):.3g}) than this one "
-                f"({distortion_of(plan):.3g})"
+                f"measured more distortion ({nearest:.3g}) than this one ({lowest:.3g})"
             )
             # a plan a quarter past the ask is worth a warning; nearer, a note in the report
             logger.log(logging.WARNING if saved > 1.25 * budget else logging.INFO, "%s", message)

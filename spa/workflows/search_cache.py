@@ -20,8 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from spa.calibration import hash_samples
 from spa.model_io import load_model, save_model
 
 __all__ = ["SearchCache", "hash_file", "hash_samples"]
@@ -34,16 +33,6 @@ def hash_file(path: Path) -> str:
             with file.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-    return digest.hexdigest()
-
-
-def hash_samples(samples: Iterable[Mapping[str, np.ndarray]]) -> str:
-    digest = hashlib.sha256()
-    for sample in samples:
-        for name in sorted(sample):
-            array = np.ascontiguousarray(sample[name])
-            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
-            digest.update(array.tobytes())
     return digest.hexdigest()
 
 
