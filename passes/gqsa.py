@@ -5,9 +5,13 @@ initializer ``W[K, N]`` and ``Gemm(A, B, C)`` with constant ``B``, ``alpha = 1``
 ``transA = 0`` (-> the GQSA MatMul plus ``Add(beta * C)``). The weight is
 replaced by ``spa.GroupSparseQuantMatMul`` (``form="plugin"``, for the TensorRT
 plugin) or by that op's reference lowering to standard ONNX
-(``form="reference"``, runs in ONNX Runtime CPU). Layout: ``docs/formats.md`` (c).
+(``form="reference"``, runs in ONNX Runtime CPU). Layout: ``docs/formats.md`` (c);
+``layout="tile"`` keeps tile-shared groups (the same groups in each 16 output
+columns, a whole number per 128-k slab), which ``gqsa-to-plugin`` repacks for the
+tensor-core kernel ``w4_gqsa_tile``.
 
-Skipped with a reason: K not a multiple of the group size, bfloat16 weights, non-constant,
+Skipped with a reason: K not a multiple of the group size, with ``layout="tile"``
+K not a multiple of 128 or N not a multiple of 16, bfloat16 weights, non-constant,
 shared, integer (already quantized) or non-2-D weights, weights produced by
 DequantizeLinear, ``MatMulNBits`` and GQSA nodes (already quantized), Gemm with
 ``alpha != 1`` or ``transA``, and for the reference form a model opset below 18.
@@ -37,7 +41,17 @@ from spa.passes.quantize import (
     match_matmul,
 )
 from spa.passes.sparsify import SparseDecision, SparsifyingPass
-from spa.quant.gqsa import GROUP_SIZES, GQSAArrays, dequantize_gqsa, gqsa_quantize, pack_gqsa
+from spa.quant.gqsa import (
+    GROUP_SIZES,
+    LAYOUTS,
+    TILE_GROUP,
+    GQSAArrays,
+    dequantize_gqsa,
+    gqsa_quantize,
+    pack_gqsa,
+    tile_keep_per_slab,
+    tile_reason,
+)
 from spa.quant.gqsa_ir import (
     GQSA_DOMAIN,
     GQSA_OP,
@@ -64,7 +78,9 @@ logger = logging.getLogger(__name__)
 FORMS = ("reference", "plugin")
 
 
-def check_gqsa_options(group: int, sparsity: float, bits: int, form: str) -> None:
+def check_gqsa_options(
+    group: int, sparsity: float, bits: int, form: str, layout: str = "column"
+) -> None:
     """One-line :class:`UserError` for options the GQSA layout cannot hold."""
     if group not in GROUP_SIZES:
         raise UserError(f"group size {group}: choose one of {', '.join(map(str, GROUP_SIZES))}")
@@ -76,6 +92,31 @@ def check_gqsa_options(group: int, sparsity: float, bits: int, form: str) -> Non
         raise UserError(f"bits={bits}: GQSA stores 4 bits (8 for the reference lowering only)")
     if form not in FORMS:
         raise UserError(f"form '{form}': choose one of {', '.join(FORMS)}")
+    if layout not in LAYOUTS:
+        raise UserError(f"layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    if layout == "tile":
+        _check_tile_options(group, sparsity, bits)
+
+
+def _check_tile_options(group: int, sparsity: float, bits: int) -> None:
+    if group != TILE_GROUP:
+        raise UserError(
+            f"layout tile needs group size {TILE_GROUP} (got {group}): use --group {TILE_GROUP} "
+            "or --gqsa-layout column"
+        )
+    if bits != 4:
+        raise UserError(
+            f"layout tile is for the 4-bit w4_gqsa_tile kernel (got bits={bits}): use --bits 4 "
+            "or --gqsa-layout column"
+        )
+    try:
+        tile_keep_per_slab(sparsity)
+    except ValueError as error:
+        raise UserError(
+            f"sparsity {sparsity}: layout tile removes a whole number 1..7 of the 8 groups of "
+            "each 128-k slab; use a multiple of 0.125 in 0.125..0.875 (e.g. 0.5 or 0.75) or "
+            "--gqsa-layout column"
+        ) from error
 
 
 def _core_nodes(
@@ -120,8 +161,11 @@ class GQSAPass(SparsifyingPass):
 
     Options: ``group`` (8/16/32/64), ``sparsity`` (share of groups removed per
     column), ``bits`` (4; 8 reference form only), ``form`` (``reference``,
-    ``plugin``), ``refine`` (stage 2 scale refinement), ``percdamp``, and
-    ``hessians`` (activation name -> ``H[K, K]``; none = data-free ``H = I``).
+    ``plugin``), ``layout`` (``column``; ``tile``: tile-shared groups for the
+    tensor-core kernel, group 16 and sparsity a multiple of 1/8, layers whose
+    K % 128 or N % 16 is not 0 skipped), ``refine`` (stage 2 scale refinement),
+    ``percdamp``, and ``hessians`` (activation name -> ``H[K, K]``; none =
+    data-free ``H = I``).
     """
 
     name = "gqsa"
@@ -141,14 +185,16 @@ class GQSAPass(SparsifyingPass):
         hessians: Mapping[str, np.ndarray] | None = None,
         refine: bool = True,
         percdamp: float = 0.01,
+        layout: str = "column",
     ) -> None:
         super().__init__()
-        check_gqsa_options(group, sparsity, bits, form)
+        check_gqsa_options(group, sparsity, bits, form, layout)
         if bits == 8 and form == "plugin":
             raise UserError(
                 "bits=8: the GQSA kernels read 4 bits; use --bits 4 or --form reference"
             )
         self.group, self.sparsity, self.bits, self.form = group, sparsity, bits, form
+        self.layout = layout
         self.refine, self.percdamp = refine, percdamp
         self._hessians = dict(hessians or {})
         self.calibration = self._calibration_label(self._hessians)
@@ -161,9 +207,12 @@ class GQSAPass(SparsifyingPass):
             return f"hessians for {len(hessians)} activations"
         return "none (data-free: H = I, magnitude selection, per-group least-squares scales)"
 
-    def _reason(self, model: ir.Model, rows: int) -> str:
+    def _reason(self, model: ir.Model, rows: int, cols: int) -> str:
         if rows % self.group:
             return f"K={rows} is not a multiple of the group size {self.group}"
+        tile = tile_reason(rows, cols, self.group) if self.layout == "tile" else ""
+        if tile:
+            return f"{tile}; --gqsa-layout column would take this layer"
         if self.form == "reference" and default_opset(model) < LOWERING_OPSET:
             return (
                 f"model opset {default_opset(model)} < {LOWERING_OPSET} (the reference lowering "
@@ -183,6 +232,7 @@ class GQSAPass(SparsifyingPass):
         quantized = gqsa_quantize(
             candidate.array, hessian, group=self.group, sparsity=self.sparsity, bits=self.bits,
             refine=self.refine, percdamp=self.percdamp, scale_dtype=candidate.array.dtype,
+            layout=self.layout,
         )  # fmt: skip
         arrays = pack_gqsa(quantized)
         base = candidate.weight.name or "weight"
@@ -212,7 +262,7 @@ class GQSAPass(SparsifyingPass):
                 self._skip(node, reason, weight_name)
                 continue
             rows, cols = candidate.array.shape
-            reason = self._reason(model, rows)
+            reason = self._reason(model, rows, cols)
             if candidate.array.dtype not in (np.float32, np.float16):
                 reason = (
                     f"weight '{weight_name}' is {candidate.array.dtype}; GQSA scales take the "

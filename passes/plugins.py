@@ -6,7 +6,9 @@
   (and ``sparse24`` is on), else ``spa.W4A16MatMul``; weights repacked into the
   kernel layouts (spa/trt/repack.py, plugins/README.md).
 * ``gqsa-to-plugin``: ``spa.GroupSparseQuantMatMul`` (docs/formats.md (c),
-  4-bit) -> the same op with ``layout = "w4_gqsa"`` and kernel-layout inputs.
+  4-bit) -> ``spa.GroupSparseTileMatMul`` (the w4_gqsa_tile tensor-core kernel)
+  when its groups are tile-shared with 2 or 4 kept per 128-k slab, else the
+  same op with ``layout = "w4_gqsa"``; kernel-layout inputs.
 * ``plugin-to-ort``: the inverse of both (W4A16/W4Sparse24 -> MatMulNBits,
   GQSA back to the documented layout), so a plugin-form model can be checked
   in ONNX Runtime on the CPU.
@@ -43,6 +45,9 @@ from spa.trt.ops import SPA_DOMAIN, plugin_op
 __all__ = ["GQSAToPluginPass", "Int4ToPluginPass", "PluginToOrtPass", "is_two_four"]
 
 GQSA_LAYOUT = "w4_gqsa"
+TILE_OP = plugin_op("w4_gqsa_tile")
+#: Groups kept per 128-k slab that the w4_gqsa_tile kernel takes.
+TILE_KEEPS = (2, 4)
 
 
 def is_two_four(q: np.ndarray) -> bool:
@@ -214,17 +219,54 @@ def read_gqsa(node: ir.Node) -> tuple[repack.GQSAArrays | None, str]:
     return gqsa, ""
 
 
+def _gqsa_kernel_node(graph: ir.Graph, node: ir.Node, arrays: repack.GQSAArrays, base: str) -> ir.Node:
+    """The plugin-form node of one documented-layout GQSA op: ``spa.GroupSparseTileMatMul``
+    (w4_gqsa_tile) for tile-shared arrays with 2 or 4 groups kept per slab, else the same op
+    type with ``layout = "w4_gqsa"``."""
+    keep = repack.tile_keep(arrays)
+    if keep in TILE_KEEPS:
+        tile = repack.repack_w4_gqsa_tile(arrays)
+        inputs = [
+            add_initializer(graph, f"{base}_w4_gqsa_tile", _tensor(tile.values.view(np.int32))),
+            add_initializer(graph, f"{base}_positions", _tensor(tile.positions.view(np.int32))),
+            add_initializer(graph, f"{base}_scales", _tensor(tile.scales)),
+        ]
+        attributes: dict[str, int | str] = {"K": arrays.k, "N": arrays.n, "group_size": 16, "keep": keep}
+        return ir.node(TILE_OP.op_type, [node.inputs[0], *inputs], attributes, domain=SPA_DOMAIN, name=node.name)
+    packed = repack.repack_w4_gqsa(arrays)
+    group_idx = packed.group_idx
+    if group_idx.size % 2:
+        group_idx = np.append(group_idx, np.uint16(0))
+    inputs = [
+        add_initializer(graph, f"{base}_w4_gqsa", _tensor(packed.values.view(np.int32))),
+        add_initializer(graph, f"{base}_group_idx", _tensor(group_idx.view(np.int32))),
+        add_initializer(graph, f"{base}_row_ptr", _tensor(packed.row_ptr)),
+        add_initializer(graph, f"{base}_scales", _tensor(packed.scales)),
+    ]
+    attributes = {
+        "K": arrays.k, "N": arrays.n, "group_size": arrays.group_size, "bits": 4, "layout": GQSA_LAYOUT,
+    }  # fmt: skip
+    return ir.node(node.op_type, [node.inputs[0], *inputs], attributes, domain=SPA_DOMAIN, name=node.name)
+
+
 @register_pass
 class GQSAToPluginPass(_PluginPass):
-    """``spa.GroupSparseQuantMatMul`` (4-bit, documented layout) -> w4_gqsa kernel layout.
+    """``spa.GroupSparseQuantMatMul`` (4-bit, documented layout) -> a kernel layout.
 
-    The op keeps its type and attributes and gains ``layout = "w4_gqsa"``;
-    inputs become values INT32 ``[nnz, g/8]``, group_idx INT32 ``[ceil(nnz/2)]``
-    (uint16 pairs, little-endian), row_ptr INT32 ``[N+1]``, scales FP16 ``[nnz]``.
+    Tile-shared groups (spa/trt/repack.py :func:`~spa.trt.repack.tile_keep`) with 2
+    or 4 kept per 128-k slab -> ``spa.GroupSparseTileMatMul`` (K, N, group_size,
+    keep; the w4_gqsa_tile kernel): inputs values INT32 ``[N/16, S, keep*32]``,
+    positions INT32 ``[N/16, S]`` (uint32 bits), scales FP16 ``[N/16, S, 8, keep, 2]``
+    with ``S = 2 * ceil(K/256)``. Otherwise the op keeps its type and attributes
+    and gains ``layout = "w4_gqsa"``: inputs values INT32 ``[nnz, g/8]``, group_idx
+    INT32 ``[ceil(nnz/2)]`` (uint16 pairs, little-endian), row_ptr INT32 ``[N+1]``,
+    scales FP16 ``[nnz]``.
     """
 
     name = "gqsa-to-plugin"
-    summary = "spa.GroupSparseQuantMatMul -> its TensorRT plugin layout (w4_gqsa kernel)"
+    summary = (
+        "spa.GroupSparseQuantMatMul -> its TensorRT plugin layout (w4_gqsa / w4_gqsa_tile kernel)"
+    )
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
@@ -236,25 +278,9 @@ class GQSAToPluginPass(_PluginPass):
             if arrays is None or node.inputs[0] is None:
                 self._skip(node, reason or "no activation input")
                 continue
-            packed = repack.repack_w4_gqsa(arrays)
             old_inputs = list(node.inputs[1:])
             base = (old_inputs[0].name if old_inputs[0] is not None else "") or "gqsa"
-            group_idx = packed.group_idx
-            if group_idx.size % 2:
-                group_idx = np.append(group_idx, np.uint16(0))
-            inputs = [
-                node.inputs[0],
-                add_initializer(graph, f"{base}_w4_gqsa", _tensor(packed.values.view(np.int32))),
-                add_initializer(graph, f"{base}_group_idx", _tensor(group_idx.view(np.int32))),
-                add_initializer(graph, f"{base}_row_ptr", _tensor(packed.row_ptr)),
-                add_initializer(graph, f"{base}_scales", _tensor(packed.scales)),
-            ]
-            attributes: dict[str, int | str] = {
-                "K": arrays.k, "N": arrays.n, "group_size": arrays.group_size, "bits": 4,
-                "layout": GQSA_LAYOUT,
-            }  # fmt: skip
-            new = ir.node(node.op_type, inputs, attributes, domain=SPA_DOMAIN, name=node.name)
-            replace_node(graph, node, [new])
+            replace_node(graph, node, [_gqsa_kernel_node(graph, node, arrays, base)])
             _remove_unused(graph, old_inputs)
             self._done(node, base)
         return self._result(model)
@@ -280,13 +306,44 @@ def _scales_like(weight: QuantizedWeight, activation: ir.Value) -> QuantizedWeig
     return QuantizedWeight(weight.q, weight.scales.astype(wanted), None, weight.bits, weight.block)
 
 
+def _read_gqsa_kernel(node: ir.Node) -> tuple[repack.GQSAArrays | None, str]:
+    """The documented-layout arrays of a ``w4_gqsa`` / ``w4_gqsa_tile`` node, or a reason."""
+    attributes = node.attributes
+    k, n = attributes.get_int("K", 0), attributes.get_int("N", 0)
+    arrays = [_constant(v) for v in node.inputs[1:]]
+    if any(a is None for a in arrays):
+        return None, "plugin inputs are not constant initializers"
+    if op_key(node) == (SPA_DOMAIN, TILE_OP.op_type):
+        if len(arrays) != len(TILE_OP.inputs) - 1:
+            return None, f"w4_gqsa_tile has {len(arrays)} weight inputs, expected 3"
+        values, positions, scales = arrays
+        keep = attributes.get_int("keep", 0)
+        shape = (n // 16, repack.tile_slabs(k), keep * 32)
+        if values.shape != shape or not 1 <= keep <= repack.TILE_MAX_KEEP or k % repack.GROUP or n % 16:  # type: ignore[union-attr]
+            return None, f"w4_gqsa_tile values {values.shape} with K={k} N={n} keep={keep}"  # type: ignore[union-attr]
+        tile = repack.W4GQSATilePacked(
+            values.view(np.uint32), positions.view(np.uint32), scales, k, n, keep,  # type: ignore[union-attr, arg-type]
+        )  # fmt: skip
+        return repack.unpack_w4_gqsa_tile(tile), ""
+    if len(arrays) != 4:
+        return None, f"w4_gqsa has {len(arrays)} weight inputs, expected 4"
+    values, group_idx, row_ptr, scales = arrays
+    nnz = scales.shape[0]  # type: ignore[union-attr]
+    packed = repack.W4GQSAPacked(
+        values.view(np.uint32).reshape(nnz, -1), group_idx.view(np.uint16)[:nnz],  # type: ignore[union-attr]
+        row_ptr, scales, k, n, attributes.get_int("group_size", 16),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return repack.unpack_w4_gqsa(packed), ""
+
+
 @register_pass
 class PluginToOrtPass(_PluginPass):
     """spa plugin ops -> ONNX Runtime / reference form (the inverse of the two passes above).
 
     ``spa.W4A16MatMul`` and ``spa.W4Sparse24MatMul`` become symmetric 4-bit
-    ``com.microsoft.MatMulNBits`` (block 128); a kernel-layout
-    ``spa.GroupSparseQuantMatMul`` goes back to the documented layout.
+    ``com.microsoft.MatMulNBits`` (block 128); ``spa.GroupSparseTileMatMul`` and a
+    ``layout = "w4_gqsa"`` ``spa.GroupSparseQuantMatMul`` go back to the documented
+    ``spa.GroupSparseQuantMatMul``.
     """
 
     name = "plugin-to-ort"
@@ -308,23 +365,14 @@ class PluginToOrtPass(_PluginPass):
                 new, _ = matmulnbits_node(graph, node.inputs[0], weight, base, node.name or base)
                 replace_node(graph, node, [new])
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
-            elif (
+            elif key == (SPA_DOMAIN, TILE_OP.op_type) or (
                 key == (SPA_DOMAIN, "GroupSparseQuantMatMul")
                 and node.attributes.get_string("layout", "onnx") == GQSA_LAYOUT
             ):
-                arrays = [_constant(v) for v in node.inputs[1:5]]
-                if any(a is None for a in arrays) or node.inputs[0] is None:
-                    self._skip(node, "plugin inputs are not constant initializers")
+                onnx_layout, reason = _read_gqsa_kernel(node)
+                if onnx_layout is None or node.inputs[0] is None:
+                    self._skip(node, reason or "no activation input")
                     continue
-                values, group_idx, row_ptr, scales = arrays
-                attrs = node.attributes
-                nnz = scales.shape[0]  # type: ignore[union-attr]
-                packed = repack.W4GQSAPacked(
-                    values.view(np.uint32).reshape(nnz, -1), group_idx.view(np.uint16)[:nnz],  # type: ignore[union-attr]
-                    row_ptr, scales, attrs.get_int("K", 0), attrs.get_int("N", 0),  # type: ignore[arg-type]
-                    attrs.get_int("group_size", 16),
-                )  # fmt: skip
-                onnx_layout = repack.unpack_w4_gqsa(packed)
                 old_inputs = list(node.inputs[1:])
                 base = (old_inputs[0].name if old_inputs[0] is not None else "") or "gqsa"
                 inputs = [
@@ -335,9 +383,10 @@ class PluginToOrtPass(_PluginPass):
                     add_initializer(graph, f"{base}_scales", _tensor(onnx_layout.scales)),
                 ]
                 attributes = {
-                    "K": packed.k, "N": packed.n, "group_size": packed.group_size, "bits": 4,
+                    "K": onnx_layout.k, "N": onnx_layout.n,
+                    "group_size": onnx_layout.group_size, "bits": 4,
                 }  # fmt: skip
-                new = ir.node(node.op_type, inputs, attributes, domain=SPA_DOMAIN, name=node.name)
+                new = ir.node("GroupSparseQuantMatMul", inputs, attributes, domain=SPA_DOMAIN, name=node.name)
                 replace_node(graph, node, [new])
             else:
                 continue

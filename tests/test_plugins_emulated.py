@@ -70,9 +70,9 @@ def write_mixed_cases(folder: Path) -> int:
     """w4a16 / w4_sp24 at three shapes: a partly idle CTA (5 of 8 tiles) and 3
     groups; 3 tiles of 8 groups; one tile of 32 groups (the launcher splits K
     there; unsplit, both kernels at M <= 8 run their unguarded steady-state
-    ring). GQSA at g = 8..64 on the first."""
+    ring). GQSA at g = 8..64 on the first; w4_gqsa_tile has its own test."""
     lines = write_cases(folder, shapes=((384, 80), (1024, 48), (4096, 16)))
-    kept = [line for line in lines if not line.startswith("w4_gqsa") or " 384 80 " in line]
+    kept = [line for line in lines if not line.startswith("w4_gqsa") or (" 384 80 " in line and "tile" not in line)]
     (folder / "cases.txt").write_text("\n".join(kept) + "\n")
     return len(kept)
 
@@ -139,6 +139,32 @@ def test_w4a16_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
     )
     assert all(verdict == "PASSED" for verdict, *_ in rows)
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+
+
+def test_w4_gqsa_tile_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
+    """The tile-shared GQSA kernel correct at every M in 1..64 (MT = 1, 2, 4, 8 and
+    every count of pad rows) and past one 64-row launch, on K = 384 (three 128-k
+    slabs: the layout pads a fourth, whose activations the kernel zero-fills)
+    and N = 144 (two CTAs, the second with one of 8 tiles), keeping 4 and 2 of
+    the 8 groups of every slab; unsplit and split in two (in-kernel reduction,
+    kept counters: each call must leave them at 0). FP16 at every M; BF16,
+    keep 2 and the split at each tile's edges."""
+    lines = write_cases(tmp_path / "cases", shapes=((384, 144),))
+    tile = [line for line in lines if line.startswith("w4_gqsa_tile")]
+    assert [line.split()[4] for line in tile] == ["2", "4"]  # keep
+    ms, edges = list(range(1, 65)), [1, 2, 3, 8, 9, 16, 17, 32, 33, 63, 64, 70]
+    rows = []
+    for keep, splits, chosen, dtypes in (("4", "0", ms, "fp16"), ("4", "0", edges, "bf16"),
+                                         ("4", "2", edges, "fp16,bf16"), ("2", "0,2", edges, "fp16,bf16")):  # fmt: skip
+        (tmp_path / "cases" / "cases.txt").write_text(next(line for line in tile if line.split()[4] == keep) + "\n")
+        run = emulate(tmp_path / "cases", asan_build, "--kernels", "w4_gqsa_tile", "--m", ",".join(map(str, chosen)),
+                      "--splits", splits, "--dtypes", dtypes, "--kept-counters", "1", *tolerances())  # fmt: skip
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+        rows += [(keep, *row) for row in results(run.stdout)]
+    assert len(rows) == len(ms) + len(edges) * (1 + 2 + 2 * 2)  # BF16; split 2 (two dtypes); keep 2 (splits x dtypes)
+    assert all(verdict == "PASSED" for _, verdict, *_ in rows)
+    assert max(err for _, _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+    assert max(err for _, _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
 
 
 def test_kept_split_counters_replace_the_memset(tmp_path: Path, asan_build: Path) -> None:
@@ -224,7 +250,8 @@ def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
         pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 2 + 2 * 2  # dense: kernel x shape x dtype x M x split
+    # dense: kernel x shape x dtype x M x split; GQSA g = 16: dtype x M; w4_gqsa_tile: keep x dtype x M x split
+    assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 2 + 2 * 2 + 2 * 2 * 2 * 2
     assert "runs, 0 failed" in run.stdout
 
 

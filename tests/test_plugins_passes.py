@@ -1,6 +1,7 @@
 """Plugin-form rewrite passes: rewrite counts, structure, numbers (NumPy
 evaluation of the plugin ops against ONNX Runtime on the original model),
-round trips back to the ORT form, and agreement with the contract files."""
+round trips back to the ORT form, and agreement with the contract files; tile-shared
+GQSA through the w4_gqsa_tile layout against ONNX Runtime running the reference lowering."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPa
 from spa.quant.blockwise import QuantizedWeight
 from spa.quant.packing import pack_matmulnbits
 from spa.trt import repack
-from spa.trt.ops import PLUGIN_OPS
-from tests.test_plugins_repack import gqsa_reference, random_w4, two_four
+from spa.trt.ops import PLUGIN_OPS, plugin_op
+from tests.test_plugins_repack import (
+    gqsa_reference,
+    random_w4,
+    read_tile_layout,
+    tile_arrays,
+    two_four,
+)
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "plugins" / "trt" / "contracts"
 
@@ -149,6 +156,68 @@ def test_gqsa_to_plugin_and_back_is_lossless() -> None:
     np.testing.assert_array_equal(repack.dequantize_gqsa(back), repack.dequantize_gqsa(arrays))
 
 
+def reference_outputs(proto: onnx.ModelProto, a: np.ndarray) -> np.ndarray:
+    """ORT CPU on the documented-layout GQSA model, through spa's reference lowering."""
+    from spa.passes.gqsa import GQSAToReferencePass
+
+    model = ir.serde.deserialize_model(proto)
+    assert GQSAToReferencePass()(model).statistics["nodes_converted"] == 1
+    return run_ort(ir.serde.serialize_model(model), a)
+
+
+@pytest.mark.parametrize("keep", [2, 4])
+def test_tile_shared_gqsa_to_w4_gqsa_tile_and_back(keep: int) -> None:
+    k, n = 256, 32
+    arrays = tile_arrays(keep, k, n, keep)
+    proto = gqsa_model(arrays)
+    a = np.random.default_rng(2).standard_normal((1, k)).astype(np.float16)
+    expected = reference_outputs(proto, a)
+
+    model = ir.serde.deserialize_model(proto)
+    assert GQSAToPluginPass().call(model).statistics == {"nodes_converted": 1, "nodes_skipped": 0}
+    node = next(iter(model.graph))
+    op = plugin_op("w4_gqsa_tile")
+    assert (node.domain, node.op_type) == ("spa", op.op_type) == ("spa", "GroupSparseTileMatMul")
+    assert tuple(node.attributes) == op.attributes and node.attributes.get_int("keep") == keep
+    shapes = [(v.const_value.dtype, v.const_value.shape.dims) for v in node.inputs[1:] if v is not None and v.const_value is not None]
+    assert shapes == [
+        (ir.DataType.INT32, (n // 16, k // 128, keep * 32)), (ir.DataType.INT32, (n // 16, k // 128)),
+        (ir.DataType.FLOAT16, (n // 16, k // 128, 8, keep, 2)),
+    ]  # fmt: skip (K = 256: two slabs, one 256-k stage, no padding)
+    assert set(model.graph.initializers) == {v.name for v in node.inputs[1:] if v is not None}
+    # What the kernel must compute, read from the layout's description, against ORT.
+    packed = repack.W4GQSATilePacked(constant(node, 1).view(np.uint32), constant(node, 2).view(np.uint32), constant(node, 3), k, n, keep)
+    got = a.astype(np.float32) @ read_tile_layout(packed)
+    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=0, atol=2e-3 * float(np.abs(got).max()))
+
+    assert PluginToOrtPass().call(model).statistics == {"nodes_converted": 1, "nodes_skipped": 0}
+    node = next(iter(model.graph))
+    assert node.op_type == "GroupSparseQuantMatMul" and "layout" not in node.attributes and "keep" not in node.attributes
+    back = ir.serde.serialize_model(model)
+    for name, array in zip(("values", "col_idx", "row_ptr", "scales"), (constant(node, i) for i in range(1, 5)), strict=True):
+        np.testing.assert_array_equal(array, getattr(arrays, name))
+    np.testing.assert_array_equal(reference_outputs(back, a), expected)  # same bytes -> same numbers
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_tile_shared_gqsa_with_other_keeps_uses_w4_gqsa(keep: int) -> None:
+    model = ir.serde.deserialize_model(gqsa_model(tile_arrays(0, 128, 16, keep)))
+    GQSAToPluginPass().call(model)
+    node = next(iter(model.graph))
+    assert node.op_type == "GroupSparseQuantMatMul" and node.attributes.get_string("layout") == "w4_gqsa"
+    assert "keep" not in node.attributes
+
+
+def test_plugin_to_ort_skips_a_bad_w4_gqsa_tile_node() -> None:
+    model = ir.serde.deserialize_model(gqsa_model(tile_arrays(0, 128, 16, 2)))
+    GQSAToPluginPass().call(model)
+    node = next(iter(model.graph))
+    node.attributes["keep"] = ir.AttrInt64("keep", 4)  # values hold keep 2
+    pass_ = PluginToOrtPass()
+    assert pass_.call(model).statistics == {"nodes_converted": 0, "nodes_skipped": 1}
+    assert "w4_gqsa_tile values (1, 2, 64) with K=128 N=16 keep=4" in pass_.decisions[0].reason
+
+
 @pytest.mark.parametrize("op", PLUGIN_OPS, ids=lambda op: op.kernel)
 def test_contract_matches_the_pass_side(op) -> None:  # type: ignore[no-untyped-def]
     contract = json.loads((CONTRACTS / f"{op.kernel}.json").read_text())
@@ -174,7 +243,9 @@ def test_passes_write_the_contract_attributes() -> None:
         rng.integers(-8, 8, (64, 2)).astype(np.int8), np.ones((4, 2), np.float16), 16, rng.random((4, 2)) < 0.5,
     )))  # fmt: skip
     GQSAToPluginPass().call(gqsa)
-    written = {n.op_type: n for m in (dense, sparse, gqsa) for n in m.graph}
+    tile = ir.serde.deserialize_model(gqsa_model(tile_arrays(0, 256, 32, 4)))
+    GQSAToPluginPass().call(tile)
+    written = {n.op_type: n for m in (dense, sparse, gqsa, tile) for n in m.graph}
     for op in PLUGIN_OPS:
         node = written[op.op_type]
         assert tuple(node.attributes) == op.attributes

@@ -264,7 +264,7 @@ def test_sparsify_cli_report_and_inspect(run_cli, tmp_path: Path) -> None:
         (["--sparsity", "0.3"], "2:4 is always 50%"),
         (["--calib", "CALIB"], "--calib is used by --method sparsegpt or --pattern gqsa"),
         (["--report", "missing/r.json"], "folder does not exist"),
-        (["--form", "plugin"], "--group/--bits/--form apply to --pattern gqsa"),
+        (["--form", "plugin"], "--group/--bits/--form/--gqsa-layout apply to --pattern gqsa"),
     ],
 )
 def test_sparsify_bad_options_one_line_exit_1(

@@ -22,7 +22,8 @@
 //    slices any more) on the shapes with K*N >= 16M, next to
 //    the launcher's own choice: split_sweep.json beside the results.
 // --profile: the configurations whose stall profile run_gpu.sh exports
-// (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 at M = 1, 8, 4096x11008),
+// (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
+// 4096x11008),
 // each warmed up twice, then launched once between cudaProfilerStart/Stop,
 // so `ncu --profile-from-start off` sees exactly one launch of each.
 #include <cuda_bf16.h>
@@ -72,8 +73,8 @@ const Shape kShapes[] = {
 // One weight in one kernel layout, on the device.
 struct Weight {
   std::string kernel;
-  int K = 0, N = 0, g = 16, nnz = 0;
-  DeviceBuffer<uint32_t> a, b;   // packed/values, meta
+  int K = 0, N = 0, g = 16, nnz = 0, keep = 4;  // keep: w4_gqsa_tile's groups per 128-k slab
+  DeviceBuffer<uint32_t> a, b;   // packed/values, meta (w4_sp24) or positions (w4_gqsa_tile)
   DeviceBuffer<uint16_t> idx;    // gqsa group_idx
   DeviceBuffer<int32_t> rows;    // gqsa row_ptr
   DeviceBuffer<__half> scales;
@@ -91,6 +92,12 @@ std::unique_ptr<Weight> random_weight(const std::string& kernel, int K, int N, u
     w->b = DeviceBuffer<uint32_t>(static_cast<size_t>(N / 16) * (K / 32) * 16);
     w->scales = DeviceBuffer<__half>(static_cast<size_t>(K / 128) * N);
     fill_meta<<<blocks_for(w->b.count), 256>>>(w->b.ptr, w->b.count, seed + 1);
+  } else if (kernel == "w4_gqsa_tile") {  // 4 of the 8 groups of every 128-k slab kept, per 16-column tile
+    const size_t records = static_cast<size_t>(N / 16) * tile_slabs(K);  // K padded to whole 256-k stages
+    w->a = DeviceBuffer<uint32_t>(records * w->keep * 32);
+    w->b = DeviceBuffer<uint32_t>(records);
+    w->scales = DeviceBuffer<__half>(records * 8 * w->keep * 2);
+    fill_tile_positions<<<blocks_for(w->b.count), 256>>>(w->b.ptr, w->b.count, w->keep, seed + 1);
   } else {  // w4_gqsa, 50% of the groups of g kept
     int keep = K / w->g / 2;
     w->nnz = N * keep;
@@ -112,6 +119,8 @@ void dequantize(const Weight& w, float* dense) {
     dequant_w4a16<<<blocks_for(count), 256>>>(w.a.ptr, w.scales.ptr, dense, w.K, w.N);
   } else if (w.kernel == "w4_sp24") {
     dequant_w4_sp24<<<blocks_for(count), 256>>>(w.a.ptr, w.b.ptr, w.scales.ptr, dense, w.K, w.N);
+  } else if (w.kernel == "w4_gqsa_tile") {
+    dequant_w4_gqsa_tile<<<blocks_for(count), 256>>>(w.a.ptr, w.b.ptr, w.scales.ptr, dense, w.K, w.N, w.keep);
   } else {
     CHECK_CUDA(cudaMemset(dense, 0, sizeof(float) * count));
     dequant_w4_gqsa<<<blocks_for(w.nnz), 256>>>(w.a.ptr, w.idx.ptr, w.rows.ptr, w.scales.ptr, dense, w.K, w.N, w.g, w.nnz);
@@ -174,6 +183,9 @@ cudaError_t run_kernel(const Context& ctx, const Weight& w, const void* A, void*
   if (w.kernel == "w4_sp24")
     return spa_w4_sp24_gemm_ex(A, reinterpret_cast<const int32_t*>(w.a.ptr), w.b.ptr, scales, Y, M, w.N, w.K, dtype, ws,
                                ws_bytes, slices, split_k, counters, ctx.stream);
+  if (w.kernel == "w4_gqsa_tile")
+    return spa_w4_gqsa_tile_gemm(A, w.a.ptr, w.b.ptr, scales, Y, M, w.N, w.K, w.keep, dtype, ws, ws_bytes, split_k,
+                                 counters, ctx.stream);
   return spa_w4_gqsa_gemm(A, w.a.ptr, w.idx.ptr, w.rows.ptr, scales, Y, M, w.N, w.K, w.g, w.nnz, dtype, ws, ws_bytes,
                           ctx.stream);
 }
@@ -319,7 +331,8 @@ void upload_file(DeviceBuffer<T>& buffer, const std::string& path) {
   CHECK_CUDA(cudaMemcpy(buffer.ptr, raw.data(), raw.size(), cudaMemcpyHostToDevice));
 }
 
-// cases.txt lines: kernel K N group_size nnz prefix (files prefix.*.bin from spa.trt.bench_cases).
+// cases.txt lines: kernel K N group_size nnz prefix (files prefix.*.bin from spa.trt.bench_cases;
+// w4_gqsa_tile: nnz is its keep, prefix.b.bin its positions).
 void run_cases(Context& ctx, const std::string& dir) {
   std::ifstream manifest(dir + "/cases.txt");
   if (!manifest) { std::fprintf(stderr, "no %s/cases.txt\n", dir.c_str()); std::exit(2); }
@@ -332,7 +345,8 @@ void run_cases(Context& ctx, const std::string& dir) {
     std::string base = dir + "/" + prefix;
     upload_file(w.a, base + ".a.bin");
     upload_file(w.scales, base + ".scales.bin");
-    if (w.kernel == "w4_sp24") upload_file(w.b, base + ".b.bin");
+    if (w.kernel == "w4_sp24" || w.kernel == "w4_gqsa_tile") upload_file(w.b, base + ".b.bin");
+    if (w.kernel == "w4_gqsa_tile") w.keep = w.nnz;
     if (w.kernel == "w4_gqsa") { upload_file(w.idx, base + ".idx.bin"); upload_file(w.rows, base + ".rows.bin"); }
     DeviceBuffer<float> expected, dense(static_cast<size_t>(w.K) * w.N);
     upload_file(expected, base + ".wref.bin");
@@ -350,7 +364,8 @@ void run_cases(Context& ctx, const std::string& dir) {
 int profile(Context& ctx) {
   struct Config { const char* kernel; int g, M; };
   const Config configs[] = {{"w4a16", 128, 1}, {"w4a16", 128, 16}, {"w4_sp24", 128, 1},
-                            {"w4_sp24", 128, 16}, {"w4_gqsa", 16, 1}, {"w4_gqsa", 16, 8}};
+                            {"w4_sp24", 128, 16}, {"w4_gqsa", 16, 1}, {"w4_gqsa", 16, 8},
+                            {"w4_gqsa_tile", 16, 1}, {"w4_gqsa_tile", 16, 8}};
   const int K = 4096, N = 11008;
   DeviceBuffer<__half> a16(static_cast<size_t>(64) * K), y16(static_cast<size_t>(64) * N);
   DeviceBuffer<float> a32(static_cast<size_t>(64) * K);
@@ -409,8 +424,9 @@ int main(int argc, char** argv) {
   // Bytes per weight at 50% kept: w4a16 0.516; GQSA g = 16 0.375 (8 B values
   // + 2 B index + 2 B scale per kept group), g = 32 0.313. So g = 16 is
   // bounded at 1.38x w4a16 by bytes alone, under G5's 1.4x; g = 32 at 1.65x.
+  // w4_gqsa_tile (tile-shared, 4 of 8 groups per slab): 0.314 (1.64x).
   struct Variant { const char* kernel; int g; };
-  const Variant kernels[] = {{"w4a16", 128}, {"w4_sp24", 128}, {"w4_gqsa", 16}, {"w4_gqsa", 32}};
+  const Variant kernels[] = {{"w4a16", 128}, {"w4_sp24", 128}, {"w4_gqsa", 16}, {"w4_gqsa", 32}, {"w4_gqsa_tile", 16}};
   int shape_count = quick ? 2 : static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0]));
   for (int s = 0; s < shape_count; ++s) {
     const Shape& shape = kShapes[s];
@@ -434,6 +450,7 @@ int main(int argc, char** argv) {
     for (const Variant& variant : kernels) {
       const char* kernel = variant.kernel;
       const bool gqsa = std::string(kernel) == "w4_gqsa";
+      const bool swept = std::string(kernel) == "w4a16" || std::string(kernel) == "w4_sp24";
       std::vector<std::unique_ptr<Weight>> weights;
       weights.push_back(random_weight(kernel, K, N, 1000 + s, variant.g));
       std::string label = std::string(shape.model) + " " + std::to_string(K) + "x" + std::to_string(N) +
@@ -457,7 +474,7 @@ int main(int argc, char** argv) {
       }
       // Tuning data for the split-K heuristic (not results: users get the
       // launcher's own choice, timed above): forced splits at decode sizes.
-      if (!gqsa && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
+      if (swept && static_cast<double>(K) * N >= 16.0 * (1 << 20)) {
         for (int M : {1, 4, 16, 32, 64}) {
           double auto_us = time_graph(ctx, copies, [&](int c) {
             CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16));

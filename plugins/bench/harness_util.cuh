@@ -108,6 +108,17 @@ __global__ void fill_gqsa_structure(int32_t* row_ptr, uint16_t* group_idx, int N
     group_idx[static_cast<size_t>(n) * keep + j] = static_cast<uint16_t>(2 * j + (mix32(seed + n * 131ULL + j) & 1));
 }
 
+// Tile-shared GQSA positions: per (tile, 128-k slab), `keep` of the 8 groups
+// (ascending), byte j = position of kept group j.
+__global__ void fill_tile_positions(uint32_t* positions, size_t count, int keep, uint64_t seed) {
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  uint32_t word = 0;
+  for (int p = 0, j = 0; p < 8 && j < keep; ++p)
+    if (8 - p == keep - j || (mix32(seed + i * 8 + p) & 1)) word |= static_cast<uint32_t>(p) << (8 * j++);
+  positions[i] = word;
+}
+
 // Nibble position of v[i] in a dequant-order word (plugins/README.md).
 __host__ __device__ inline int nibble_shift(int i) { return (i & 1) ? 16 + 4 * (i >> 1) : 4 * (i >> 1); }
 
@@ -143,6 +154,29 @@ __host__ __device__ inline float w4_sp24_element(const uint32_t* values, const u
   return q * __half2float(scales[static_cast<size_t>(k / 128) * N + n]);
 }
 
+// Slabs of 128 k per tile in the w4_gqsa_tile layout: K/128 padded to whole 256-k stages.
+__host__ __device__ inline int tile_slabs(int K) { return 2 * ((K + 255) / 256); }
+
+// Element (k, n) of W from the w4_gqsa_tile layout (plugins/README.md,
+// "w4_gqsa_tile"): kept group j of the slab at position p = byte j of the
+// positions word; inside the group, k offset kk is mma column c with
+// kk = 4 (c % 8 / 2) + 2 (c / 8) + c % 2.
+__host__ __device__ inline float w4_gqsa_tile_element(const uint32_t* values, const uint32_t* positions,
+                                                      const __half* scales, int K, int keep, int k, int n) {
+  int nt = n / 16, r = n % 16, slab = k / 128, p = k % 128 / 16, kk = k % 16;
+  size_t record = static_cast<size_t>(nt) * tile_slabs(K) + slab;
+  int j = -1;
+  for (int i = 0; i < keep; ++i)
+    if (static_cast<int>((positions[record] >> (8 * i)) & 0xffu) == p) j = i;
+  if (j < 0) return 0.f;
+  int c = (kk % 4 / 2) * 8 + (kk / 4) * 2 + kk % 2;  // the mma column holding k offset kk
+  int lane = 4 * (r % 8) + (c % 8) / 2;
+  int i = 4 * (c / 8) + 2 * (r / 8) + c % 2;  // value index in the lane's word (a0..a3 pairs)
+  uint32_t word = values[record * keep * 32 + lane * keep + j];
+  int q = static_cast<int>((word >> nibble_shift(i)) & 15u) - 8;
+  return q * __half2float(scales[(record * 8 + r % 8) * keep * 2 + j * 2 + r / 8]);
+}
+
 // Writes the g values of GQSA entry e (column `row`) into the zeroed dense W.
 __host__ __device__ inline void w4_gqsa_entry(const uint32_t* values, const uint16_t* group_idx,
                                               const __half* scales, float* w, int N, int g, int e,
@@ -168,6 +202,14 @@ __global__ void dequant_w4_sp24(const uint32_t* values, const uint32_t* meta, co
   size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (idx >= static_cast<size_t>(K) * N) return;
   w[idx] = w4_sp24_element(values, meta, scales, K, N, static_cast<int>(idx / N), static_cast<int>(idx % N));
+}
+
+__global__ void dequant_w4_gqsa_tile(const uint32_t* values, const uint32_t* positions, const __half* scales,
+                                     float* w, int K, int N, int keep) {
+  size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (idx >= static_cast<size_t>(K) * N) return;
+  w[idx] = w4_gqsa_tile_element(values, positions, scales, K, keep, static_cast<int>(idx / N),
+                                static_cast<int>(idx % N));
 }
 
 // One thread per entry; W must be zeroed first.

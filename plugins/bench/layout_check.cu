@@ -44,6 +44,12 @@ int main(int argc, char** argv) {
       for (int k = 0; k < K; ++k)
         for (int n = 0; n < N; ++n)
           got[static_cast<size_t>(k) * N + n] = w4_sp24_element(a.data(), meta.data(), scales.data(), K, N, k, n);
+    } else if (kernel == "w4_gqsa_tile") {  // nnz holds keep, .b.bin the positions
+      std::vector<uint32_t> positions = load<uint32_t>(base + ".b.bin");
+      for (int k = 0; k < K; ++k)
+        for (int n = 0; n < N; ++n)
+          got[static_cast<size_t>(k) * N + n] =
+              w4_gqsa_tile_element(a.data(), positions.data(), scales.data(), K, nnz, k, n);
     } else {
       std::vector<uint16_t> idx = load<uint16_t>(base + ".idx.bin");
       std::vector<int32_t> rows = load<int32_t>(base + ".rows.bin");

@@ -122,6 +122,26 @@ KEPT_COUNTERS = True
 # of the cycles per instruction) has no term, so their effect is for the next
 # run to show; the model charges only their extra instructions.
 GQSA_ENTRY_RATIO = 441.3 / 464
+# w4_gqsa_tile (tile-shared GQSA on tensor cores): w4a16's skeleton, each
+# stage two 128-k slabs (256 k) holding `keep` kept groups of 16 per slab and
+# warp: 2 x (keep x (128 B of fragments + 32 B of scales) + 4 B of positions).
+# Priced as w4a16 with its own bytes, its own static SASS per KB of those bytes
+# (sass_budget.py, FP16, unsplit / split, by MT), registers and shared memory,
+# and w4a16's launch table, each split taking whole stages (half its groups,
+# rounded up); the same serial chain per stage as w4a16's per group (an
+# assumption: 2 x keep mma per stage in one chain against w4a16's 8 in two).
+# Not measured yet.
+TILE_PER_KB = {
+    4: {False: {1: 136.7, 2: 171.7, 4: 205.9, 8: 289.4}, True: {1: 136.7, 2: 170.1, 4: 211.5, 8: 286.2}},
+    2: {False: {1: 156.4, 2: 217.3, 4: 255.5, 8: 372.9}, True: {1: 156.4, 2: 209.4, 4: 252.3, 8: 365.0}},
+}  # fmt: skip
+TILE_REGS = {4: {1: 64, 2: 68, 4: 84, 8: 115}, 2: {1: 60, 2: 58, 4: 77, 8: 124}}  # ptxas, FP16
+TILE_KEEP = 4  # the predicted rows: 4 of the 8 groups of every slab kept (50 %)
+
+
+def tile_kb(keep: int) -> float:
+    """KB a warp streams per stage (two 128-k slabs) of w4_gqsa_tile."""
+    return 2 * (keep * 160 + 4) / 1024
 CHAIN_SP24 = 0.84  # w4_sp24's chain relative to w4a16's (4 mma.sp per group instead of 8 mma; sweep fit 0.620 / 0.735)
 
 
@@ -182,6 +202,13 @@ def smem_bytes(kernel: str, mt: int, slices: int) -> int:
     return stages_for(mt, 1, kernel) * (8 * weights + mt * 8 * 128 * 2 + 8 * 32)
 
 
+def tile_smem_bytes(keep: int, mt: int) -> int:
+    """w4_gqsa_tile.cu smem_bytes: 5 / 4 / 3 / 2 stages at MT = 1 / 2 / 4 / 8, each two slabs of 8 warps' keep x
+    (128 B of fragments + 32 B of scales) + 4 B of positions, and MT x 8 rows x 272 activations (padded)."""
+    stages = 5 if mt <= 1 else 4 if mt == 2 else 3 if mt == 4 else 2
+    return stages * (8 * 2 * (keep * 160 + 4) + mt * 8 * 272 * 2)
+
+
 def old_smem_bytes(kernel: str, mt: int, slices: int) -> int:
     """Dynamic shared memory of the measured 4-warp bodies (both kernels before V2)."""
     weights = 4 * 8 * 32 * 4 if kernel == "w4a16" else 4 * (4 * 32 + 4 * 16) * 4
@@ -190,18 +217,24 @@ def old_smem_bytes(kernel: str, mt: int, slices: int) -> int:
 
 def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p: dict[str, float] = DENSE,
                chain_factor: float = 1.0, v2: bool = False) -> float:  # fmt: skip
-    """One call's time. v2: the current kernels (8-warp CTAs, V2_PER_KB); otherwise the measured bodies."""
+    """One call's time. v2: the current kernels (8-warp CTAs, V2_PER_KB); otherwise the measured bodies.
+    kernel "w4_gqsa_tile" (v2 only) is priced at TILE_KEEP kept groups per slab (TILE_PER_KB)."""
     mt = mt_for(m)
+    tile = kernel == "w4_gqsa_tile"
     n_groups, n_tiles = k // 128, n // 16
     splits = min(splits, n_groups)
     gps = -(-n_groups // splits)
     splits = -(-n_groups // gps)
+    if tile:  # whole stages of 256 k per split: ceil(gps / 2) (w4_gqsa_tile.cu run)
+        gps, units = -(-gps // 2), -(-k // 256)
+        splits = min(splits, -(-units // gps))
     if v2:
         slices = 1
         warps_per_cta = cta_warps(kernel)
         blocks = -(-n_tiles // warps_per_cta) * splits
-        per_sm = min(16, SMEM_PER_SM // (smem_bytes(kernel, mt, 1) + 1024),
-                     REGS_PER_SM // (V2_REGS[kernel][mt] * 32 * warps_per_cta))  # fmt: skip
+        smem = tile_smem_bytes(TILE_KEEP, mt) if tile else smem_bytes(kernel, mt, 1)
+        regs = TILE_REGS[TILE_KEEP][mt] if tile else V2_REGS[kernel][mt]
+        per_sm = min(16, SMEM_PER_SM // (smem + 1024), REGS_PER_SM // (regs * 32 * warps_per_cta))
     else:
         warps_per_cta = 4 // slices  # streaming tiles per block (the measured 4-warp blocks)
         blocks = -(-n_tiles // warps_per_cta) * splits
@@ -212,11 +245,14 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     waves = -(-blocks // (per_sm * SMS))
     warps = min(blocks, per_sm * SMS) * warps_per_cta / SMS  # streaming warps resident per SM
     chain = (p["chain"] + p["chain_mt"] * mt) * (CHAIN_SP24 if kernel == "w4_sp24" else 1.0) * chain_factor
-    instr = p[f"base_{kernel}"] + p["chunk"] * slices * mt + p[f"mt_{kernel}"] * mt
-    if v2:
+    fitted = "w4a16" if tile else kernel  # the tile kernel's fitted costs are w4a16's, scaled by static SASS
+    instr = p[f"base_{fitted}"] + p["chunk"] * slices * mt + p[f"mt_{fitted}"] * mt
+    if tile:  # static instructions per stage against the measured w4a16 body's per group (1056 B)
+        instr *= TILE_PER_KB[TILE_KEEP][splits > 1][mt] * tile_kb(TILE_KEEP) / (MEASURED_PER_KB["w4a16"][mt] * 1056 / 1024)
+    elif v2:
         instr *= V2_PER_KB[kernel][splits > 1][mt] / MEASURED_PER_KB[kernel][mt]
     issue = warps * instr / ISSUE_RATE
-    kb = 1.0 if kernel == "w4a16" else 0.75
+    kb = tile_kb(TILE_KEEP) if tile else 1.0 if kernel == "w4a16" else 0.75
     hbm = warps * kb * 1024 / (HBM_GBPS * 1e3 / SMS)
     # The three limits overlap imperfectly near their crossings: a smooth maximum (4-norm).
     t_iter = (chain**4 + issue**4 + hbm**4) ** 0.25
@@ -310,6 +346,25 @@ def calibrate(results: list[Row], sweep: list[Row]) -> None:
           f"worst {checks[-1]:.3f}")
 
 
+def tile_rows(dense_rows: list[Row]) -> list[Row]:
+    """w4_gqsa_tile rows (TILE_KEEP of 8 groups kept) at every shape and M of the predicted w4a16 rows: each
+    w4a16 prediction times the model's ratio of the two kernels, each in its launcher's plan (the w4a16 rows
+    carry the sweep's anchoring). No measurement exists: measured_us and max_rel_err are null."""
+    rows = []
+    for r in dense_rows:
+        if r["kernel"] != "w4a16":
+            continue
+        k, n, m = r["K"], r["N"], r["M"]
+        s, splits, _ = plan_split(min(m, 64), n // 16, k // 128)
+        ratio = dense_time("w4_gqsa_tile", k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True) / dense_time(
+            "w4a16", k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True)
+        us = r["us"] * ratio
+        rows.append({**r, "kernel": "w4_gqsa_tile", "group_size": 16, "keep": TILE_KEEP, "us": round(us, 2),
+                     "speedup": round(r["cublas_fp16_us"] / us, 3), "max_rel_err": None, "source": "model",
+                     "measured_us": None})  # fmt: skip
+    return rows
+
+
 def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
     """One predicted row per measured row (same kernel, shape, M, group size),
     for the kernels as committed (KERNELS). Where the sweep timed the
@@ -331,6 +386,8 @@ def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
                 us = cell * us / dense_time(kernel, k, n, m, slices, splits)
         rows.append({**r, "us": round(us, 2), "speedup": round(r["cublas_fp16_us"] / us, 3), "predicted": True,
                      "source": "sweep" if cell is not None else "model", "measured_us": r["us"]})  # fmt: skip
+    if not any(r["kernel"] == "w4_gqsa_tile" for r in measured):
+        rows += tile_rows(rows)
     return rows
 
 

@@ -91,14 +91,14 @@ export LD_LIBRARY_PATH="$CUBLAS_LIB:${LD_LIBRARY_PATH:-}"
 step "build (sm_$CC)"
 ARCH=(-gencode "arch=compute_$CC,code=sm_$CC")
 pids=()
-for k in w4a16 w4_sp24 w4_gqsa; do
+for k in w4a16 w4_sp24 w4_gqsa w4_gqsa_tile; do
   "$NVCC" -std=c++17 -O3 -lineinfo "${ARCH[@]}" -c "plugins/kernels/$k.cu" -o "$BUILD/$k.o" & pids+=($!)
 done
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -I"$CUBLAS_INC" -c $BENCH/harness.cu -o "$BUILD/harness.o" & pids+=($!)
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" $BENCH/mma_sp_probe.cu -o "$BUILD/mma_sp_probe" & pids+=($!)
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" $BENCH/latency.cu -o "$BUILD/latency" & pids+=($!)
 for pid in "${pids[@]}"; do wait "$pid"; done  # not a bare `wait`: it would also wait for tee
-"$NVCC" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/harness.o -o "$BUILD/harness" "${ARCH[@]}" \
+"$NVCC" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/w4_gqsa_tile.o "$BUILD"/harness.o -o "$BUILD/harness" "${ARCH[@]}" \
   -L"$CUBLAS_LIB" $CUBLAS_FLAG
 
 # spa's layout cases: $SPA_CASES or $BUILD/cases when already written (e.g.
@@ -134,7 +134,7 @@ else
   echo "SKIPPED | tinygemm | torch is not installed"
 fi
 
-step "Nsight Compute stall metrics (w4a16, w4_sp24 at M = 1, 16; w4_gqsa at M = 1, 8; 4096x11008)"
+step "Nsight Compute stall metrics (w4a16, w4_sp24 at M = 1, 16; w4_gqsa, w4_gqsa_tile at M = 1, 8; 4096x11008)"
 if [ -n "$NCU" ] && [ -x "$NCU" ]; then
   mkdir -p "$OUT_DIR/ncu"
   # The sections alone carry every stall reason; the explicit metrics make them

@@ -38,7 +38,9 @@ KERNELS = HERE.parent / "kernels"
 # of that group per warp (16 columns): w4a16 8 x m16n8k16 over 1 KB (+ 32 B of
 # scales); w4_sp24 4 x m16n8k32.sp over 512 B values + 256 B metadata (+ 32 B).
 DENSE = {"w4a16": (8, 1024 + 32), "w4_sp24": (4, 768 + 32)}
-MATH = {"w4a16": ("HMMA",), "w4_sp24": ("HMMA",), "w4_gqsa": ("FFMA", "HFMA2")}
+# w4_gqsa_tile<KEEP, MT>: KEEP x m16n8k16 per 128-k slab and 8-token tile over
+# KEEP x (128 B of fragments + 32 B of scales) + 4 B of positions per warp.
+MATH = {"w4a16": ("HMMA",), "w4_sp24": ("HMMA",), "w4_gqsa": ("FFMA", "HFMA2"), "w4_gqsa_tile": ("HMMA",)}
 SM90 = {"regs": 65536, "smem": 233472, "blocks": 32, "threads": 2048}
 
 
@@ -162,7 +164,8 @@ def is_math(ins: Instr, opcodes: tuple[str, ...]) -> bool:
 
 
 def demangle(function: str) -> tuple[str, list[int]] | None:
-    names = {"5w4a1611gemm_kernel": "w4a16", "4sp2411gemm_kernel": "w4_sp24", "4gqsa11gemv_kernel": "w4_gqsa"}
+    names = {"5w4a1611gemm_kernel": "w4a16", "4sp2411gemm_kernel": "w4_sp24", "4gqsa11gemv_kernel": "w4_gqsa",
+             "9gqsa_tile11gemm_kernel": "w4_gqsa_tile"}
     for key, kernel in names.items():
         if key in function:
             return kernel, [int(x) for x in re.findall(r"Li(\d+)E", function)]
@@ -174,6 +177,9 @@ def weight_kb(kernel: str, args: list[int], math_count: int) -> float:
     if kernel in DENSE:
         per_group, nbytes = DENSE[kernel]
         return math_count / (per_group * args[0]) * nbytes / 1024
+    if kernel == "w4_gqsa_tile":
+        keep, mt = args
+        return math_count / (keep * mt) * (keep * 160 + 4) / 1024
     g, rows = args
     entries = math_count * 32 / (g * rows)  # one FP32 FMA per weight and token, per lane
     return entries * (g / 2 + 4) / 1024  # entries x (values + uint16 index + fp16 scale)
@@ -185,6 +191,8 @@ def dynamic_smem(kernel: str, args: list[int]) -> int:
     sys.path.insert(0, str(HERE))
     import model  # the launchers' dynamic shared memory, mirrored
 
+    if kernel == "w4_gqsa_tile":
+        return model.tile_smem_bytes(args[0], args[1])
     return model.smem_bytes(kernel, args[0], args[1] if len(args) > 1 else 1)
 
 
@@ -212,7 +220,7 @@ def compile_cubins(folder: Path, arch: str = "90", sources: Path = KERNELS) -> d
     if nvcc is None:
         raise FileNotFoundError("needs nvcc")
     jobs = {}
-    for name in ("w4a16", "w4_sp24", "w4_gqsa"):
+    for name in ("w4a16", "w4_sp24", "w4_gqsa", "w4_gqsa_tile"):
         cubin = folder / f"{name}.cubin"
         command = [nvcc, "-std=c++17", "-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin",
                    str(sources / f"{name}.cu"), "-o", str(cubin)]  # fmt: skip

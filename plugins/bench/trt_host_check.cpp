@@ -306,7 +306,7 @@ struct BadField {
 struct OpSpec {
   std::string name;
   FieldMap fields;                                   // a valid set
-  std::map<std::string, int64_t> shape_vars;         // K, N, group_size, nnz
+  std::map<std::string, int64_t> shape_vars;         // K, N, group_size, nnz, keep
   std::vector<std::pair<std::string, Dims>> weights;  // inputs 1.. (name, dims)
   std::vector<BadField> bad_fields;
 };
@@ -414,6 +414,24 @@ std::vector<OpSpec> op_specs() {
         {"K missing", drop("K"), "K"},
         {"N missing", drop("N"), "N"},
         {"K given as kFLOAT32", set_to("K", Value{PluginFieldType::kFLOAT32, 256, "", -1}), "K"},
+    };
+    specs.push_back(s);
+  }
+  {
+    OpSpec s;
+    s.name = "GroupSparseTileMatMul";
+    s.fields = {{"K", int32_value(384)}, {"N", int32_value(32)}, {"group_size", int32_value(16)}, {"keep", int32_value(4)}};
+    s.shape_vars = {{"K", 384}, {"N", 32}, {"group_size", 16}, {"keep", 4}};
+    // K = 384: 3 slabs padded to 4 (whole 256-k stages).
+    s.weights = {{"values", dims_of({2, 4, 128})}, {"positions", dims_of({2, 4})}, {"scales", dims_of({2, 4, 8, 4, 2})}};
+    s.bad_fields = {
+        {"keep 3", set_to("keep", int32_value(3)), "keep"},
+        {"keep missing", drop("keep"), "keep"},
+        {"group_size 128", set_to("group_size", int32_value(128)), "group_size"},
+        {"K not a multiple of 128", set_to("K", int32_value(200)), "K must be"},
+        {"N not a multiple of 16", set_to("N", int32_value(24)), "N must be"},
+        {"K missing", drop("K"), "K"},
+        {"keep given as kCHAR", set_to("keep", text_value("4")), "keep"},
     };
     specs.push_back(s);
   }
@@ -813,7 +831,7 @@ OpReport check_creator(IPluginCreatorV3One* creator, const OpSpec& spec, Checker
     from = c.mark();
     r.workspace = p.build->getWorkspaceSize(io.dyn.data(), io.nb_inputs, &io.dyn.back(), 1);
     r.workspace_max_dims = json_dims(io.dyn[0].max);
-    // w4a16 / w4_sp24 reserve FP32 split-K sums; w4_gqsa needs none (the test compares with the contracts).
+    // w4a16 / w4_sp24 / w4_gqsa_tile reserve FP32 split-K sums; w4_gqsa needs none (the test compares with the contracts).
     const bool needs_workspace = std::string(op) != "GroupSparseQuantMatMul";
     c.record(op, "getWorkspaceSize", needs_workspace ? r.workspace > 0 : r.workspace == 0, std::to_string(r.workspace), from);
   }
@@ -1002,7 +1020,8 @@ int main(int argc, char** argv) {
   // Only the two entry points are visible.
   size_t from = c.mark();
   std::vector<std::string> leaked;
-  for (const char* symbol : {"spa_w4a16_gemm", "spa_w4_sp24_gemm", "spa_w4_gqsa_gemm", "spa_kernel_error_string",
+  for (const char* symbol : {"spa_w4a16_gemm", "spa_w4_sp24_gemm", "spa_w4_gqsa_gemm", "spa_w4_gqsa_tile_gemm",
+                             "spa_kernel_error_string",
                              "getPluginCreators", "initLibNvInferPlugins"})
     if (dlsym(library, symbol) != nullptr) leaked.push_back(symbol);
   c.record("library", "exports only getCreators and setLoggerFinder", leaked.empty(), json_strings(leaked), from);

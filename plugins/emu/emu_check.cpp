@@ -3,12 +3,13 @@
 // repackers wrote (`python -m spa.trt.bench_cases DIR`), the same cases
 // the GPU harness checks.
 //
-//   emu_check DIR [--kernels w4a16,w4_sp24,w4_gqsa] [--m 1,2,4] [--splits 1,2,0,-1]
+//   emu_check DIR [--kernels w4a16,w4_sp24,w4_gqsa,w4_gqsa_tile] [--m 1,2,4] [--splits 1,2,0,-1]
 //             [--slices 0,1,2,4] [--tolerance 2e-3] [--tolerance-bf16 5.9e-3]
 //
 // For each case, dtype (FP16, BF16), M and, for w4a16 / w4_sp24, in-block
-// slices (0 = the launcher's choice; the _ex launchers) and split-K setting
-// (0 = the launcher's choice, -1 = no workspace): one line
+// slices (0 = the launcher's choice; the _ex launchers) and, for every kernel
+// but w4_gqsa, the split-K setting (0 = the launcher's choice, -1 = no
+// workspace): one line
 // "PASSED|FAILED | kernel dtype K N g M slices split: max_rel_err"; exit 0 when all pass.
 #include <cstdio>
 #include <fstream>
@@ -97,6 +98,7 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::vec
   if (c.kernel == "w4a16") workspace_bytes = spa_w4a16_workspace_size(M, c.N, c.K);
   if (c.kernel == "w4_sp24") workspace_bytes = spa_w4_sp24_workspace_size(M, c.N, c.K);
   if (c.kernel == "w4_gqsa") workspace_bytes = spa_w4_gqsa_workspace_size(M, c.N, c.K);
+  if (c.kernel == "w4_gqsa_tile") workspace_bytes = spa_w4_gqsa_tile_workspace_size(M, c.N, c.K);
   std::vector<float> workspace(workspace_bytes / sizeof(float), std::nanf(""));
   void* ws = split < 0 ? nullptr : workspace.data();
   size_t ws_bytes = split < 0 ? 0 : workspace_bytes;
@@ -116,6 +118,9 @@ double run(const Case& c, SpaDtype dtype, int M, int slices, int split, std::vec
                                       dtype, ws, ws_bytes, slices, split_k, kept, nullptr)
                 : spa_w4_sp24_gemm(a_bits.data(), packed, c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K,
                                    dtype, ws, ws_bytes, split_k, nullptr);
+  else if (c.kernel == "w4_gqsa_tile")  // nnz holds its keep; meta its positions
+    status = spa_w4_gqsa_tile_gemm(a_bits.data(), c.a.data(), c.meta.data(), c.scales.data(), y.data(), M, c.N, c.K,
+                                   c.nnz, dtype, ws, ws_bytes, split_k, kept, nullptr);
   else
     status = spa_w4_gqsa_gemm(a_bits.data(), c.a.data(), c.idx.data(), c.rows.data(), c.scales.data(),
                               y.data(), M, c.N, c.K, c.g, c.nnz, dtype, ws, ws_bytes, nullptr);
@@ -159,7 +164,7 @@ int main(int argc, char** argv) {
   std::vector<int> splits = {1, 2, 0, -1};
   std::vector<int> slice_list = {0};
   double tolerance = 2e-3, tolerance_bf16 = 2e-3 + 1.0 / 256;  // plugins/trt/contracts/*.json
-  std::string kernels = "w4a16,w4_sp24,w4_gqsa";
+  std::string kernels = "w4a16,w4_sp24,w4_gqsa,w4_gqsa_tile";
   std::string dtypes = "fp16,bf16";
   // 1: w4a16/w4_sp24 get counters kept across every run of a case, zeroed once; 2: the same, left at 1 by a
   // "previous call" (a stale buffer: the runs must fail, which shows the kernels read the kept counters)
@@ -196,19 +201,20 @@ int main(int argc, char** argv) {
     c.a = load<uint32_t>(base + ".a.bin");
     c.scales = load<uint16_t>(base + ".scales.bin");
     c.wref = load<float>(base + ".wref.bin");
-    if (c.kernel == "w4_sp24") c.meta = load<uint32_t>(base + ".b.bin");
+    if (c.kernel == "w4_sp24" || c.kernel == "w4_gqsa_tile") c.meta = load<uint32_t>(base + ".b.bin");
     if (c.kernel == "w4_gqsa") {
       c.idx = load<uint16_t>(base + ".idx.bin");
       c.rows = load<int32_t>(base + ".rows.bin");
     }
-    const bool has_split = c.kernel != "w4_gqsa";
+    const bool has_split = c.kernel != "w4_gqsa";  // w4_gqsa_tile: splits and kept counters, no slices
+    const bool has_slices = c.kernel == "w4a16" || c.kernel == "w4_sp24";
     // zeroed once per case, then shared by all its runs: each must leave it at 0 for the next
     std::vector<int> counters(spa_split_counters_size(c.N) / sizeof(int), kept_counters == 2 ? 1 : 0);
     std::vector<int>* kept = kept_counters && has_split ? &counters : nullptr;
     for (SpaDtype dtype : {SPA_FP16, SPA_BF16}) {
       if (("," + dtypes + ",").find(dtype == SPA_FP16 ? ",fp16," : ",bf16,") == std::string::npos) continue;
       for (int M : ms) {
-        for (int slices : has_split ? slice_list : std::vector<int>{0})
+        for (int slices : has_slices ? slice_list : std::vector<int>{0})
         for (int split : has_split ? splits : std::vector<int>{0}) {
           std::string error;
           double err = run(c, dtype, M, slices, split, kept, error);

@@ -57,21 +57,21 @@ if [ -x "$BUILD/emu_check" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT"
   [ $stale -eq 1 ] || exec "$BUILD/emu_check" "$@"
 fi
 rm -f "$STAMP"
-# SPA_EMU_JOBS=1 compiles one file at a time (a shared machine); default: all five at once.
+# SPA_EMU_JOBS=1 compiles one file at a time (a shared machine); default: all six at once.
 pids=()
 status=0
 compile() {
   "$CXX" "${FLAGS[@]}" "$@" & pids+=($!)
   if [ "${SPA_EMU_JOBS:-0}" = 1 ]; then wait "${pids[-1]}" || status=1; pids=(); fi
 }
-for k in w4a16 w4_sp24 w4_gqsa; do
+for k in w4a16 w4_sp24 w4_gqsa w4_gqsa_tile; do
   compile -x c++ -c "$KERNELS/$k.cu" -o "$BUILD/$k.o"
 done
 compile -c "$HERE/emu_runtime.cpp" -o "$BUILD/emu_runtime.o"
 compile -c "$HERE/emu_check.cpp" -o "$BUILD/emu_check.o"
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ $status -eq 0 ] || { echo "error: compiling for the emulation failed" >&2; exit 2; }
-"$CXX" "-fsanitize=$SAN" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/emu_runtime.o \
+"$CXX" "-fsanitize=$SAN" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/w4_gqsa_tile.o "$BUILD"/emu_runtime.o \
   "$BUILD"/emu_check.o -o "$BUILD/emu_check" -lpthread
 printf '%s' "$WANT" > "$STAMP"
 exec "$BUILD/emu_check" "$@"

@@ -83,6 +83,7 @@ struct Fault : std::runtime_error {
 struct Copy {
   unsigned char* dst;
   const unsigned char* src;  // nullptr: zero-fill
+  int bytes;                 // 4, 8 or 16
 };
 
 // The gate: a count of free run slots, waited on with a futex (see the top of the file).
@@ -435,16 +436,20 @@ void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[
 }
 
 // ---- cp.async -----------------------------------------------------------------
-inline void cp_async16(void* smem, const void* gmem, bool zero_fill) {
+// cp.async of `bytes` (4, 8 or 16): both addresses aligned to the size.
+inline void cp_async(void* smem, const void* gmem, int bytes, bool zero_fill) {
   ThreadState& s = self();
   auto* dst = static_cast<unsigned char*>(smem);
   unsigned char* base = s.block->smem.get();
-  if (dst < base || dst + 16 > base + s.block->smem_bytes)
+  if (dst < base || dst + bytes > base + s.block->smem_bytes)
     throw Fault("cp.async destination outside the block's shared memory");
-  if (reinterpret_cast<uintptr_t>(dst) % 16 || (!zero_fill && reinterpret_cast<uintptr_t>(gmem) % 16))
-    throw Fault("cp.async of 16 B needs 16-byte aligned addresses");
-  s.open.push_back(Copy{dst, zero_fill ? nullptr : static_cast<const unsigned char*>(gmem)});
+  if (reinterpret_cast<uintptr_t>(dst) % bytes || (!zero_fill && reinterpret_cast<uintptr_t>(gmem) % bytes))
+    throw Fault("cp.async of " + std::to_string(bytes) + " B needs " + std::to_string(bytes) +
+                "-byte aligned addresses");
+  s.open.push_back(Copy{dst, zero_fill ? nullptr : static_cast<const unsigned char*>(gmem), bytes});
 }
+
+inline void cp_async16(void* smem, const void* gmem, bool zero_fill) { cp_async(smem, gmem, 16, zero_fill); }
 
 inline void cp_async_commit() {
   ThreadState& s = self();
@@ -458,9 +463,9 @@ inline void cp_async_wait(int pending) {
   while (static_cast<int>(s.groups.size()) > pending) {
     for (const Copy& copy : s.groups.front()) {
       if (copy.src)
-        std::memcpy(copy.dst, copy.src, 16);
+        std::memcpy(copy.dst, copy.src, copy.bytes);
       else
-        std::memset(copy.dst, 0, 16);
+        std::memset(copy.dst, 0, copy.bytes);
     }
     s.groups.erase(s.groups.begin());
   }

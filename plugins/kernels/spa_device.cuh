@@ -109,7 +109,9 @@ inline void cp_async16_evict_first_if(void* smem, const void* gmem, uint64_t, bo
 inline void cp_async16_zfill_if(void* smem, const void* gmem, bool valid, bool pred) {
   if (pred) spa_emu::cp_async16(smem, gmem, !valid);
 }
-inline void cp_async_commit() { spa_emu::cp_async_commit(); }
+inline void cp_async4_if(void* smem, const void* gmem, bool pred) {
+  if (pred) spa_emu::cp_async(smem, gmem, 4, false);
+}inline void cp_async_commit() { spa_emu::cp_async_commit(); }
 template <int N>
 void cp_async_wait() {
   spa_emu::cp_async_wait(N);
@@ -165,6 +167,15 @@ __device__ __forceinline__ void cp_async16_zfill_if(void* smem, const void* gmem
       "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n"
       " @p cp.async.cg.shared.global [%1], [%2], 16, %3;\n}\n" ::"r"(static_cast<int>(pred)),
       "r"(dst), "l"(gmem), "r"(src_bytes));
+}
+
+// 4 B (a word of w4_gqsa_tile's positions) through L1 (cp.async.cg takes 16 B only).
+__device__ __forceinline__ void cp_async4_if(void* smem, const void* gmem, bool pred) {
+  uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n"
+      " @p cp.async.ca.shared.global [%1], [%2], 4;\n}\n" ::"r"(static_cast<int>(pred)),
+      "r"(dst), "l"(gmem));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -291,6 +302,12 @@ inline void pin(uint32_t&) {}
 inline uint4 lds128(const void* base, uint32_t address) {
   return *reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(base) + address);
 }
+inline uint2 lds64(const void* base, uint32_t address) {
+  return *reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(base) + address);
+}
+inline uint32_t lds32(const void* base, uint32_t address) {
+  return *reinterpret_cast<const uint32_t*>(static_cast<const unsigned char*>(base) + address);
+}
 #else
 __device__ __forceinline__ uint32_t smem_address(const void*, const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -299,6 +316,16 @@ __device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(va
 __device__ __forceinline__ uint4 lds128(const void*, uint32_t address) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(address));
+  return v;
+}
+__device__ __forceinline__ uint2 lds64(const void*, uint32_t address) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(address));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds32(const void*, uint32_t address) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(address));
   return v;
 }
 #endif
@@ -319,7 +346,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void*, uint3
 }
 #endif
 
-// ---- shared by the 8-warp kernels (w4a16, w4_sp24) ------------------------------
+// ---- shared by the 8-warp kernels (w4a16, w4_sp24, w4_gqsa_tile) ------------
 // The activation copy of one pipeline stage: kRows rows of one 128-k group, 16
 // chunks of 16 B per row; chunk c = threadIdx.x + i * kThreads is row c / 16.
 // Rows >= M are zero-filled by the same copy (src-size 0: no memory read);
@@ -463,6 +490,18 @@ __device__ __forceinline__ void store_split(const float (&acc)[MT][4], T* y, flo
       }
   }
   if (threadIdx.x == 0) *counter = 0;
+}
+
+// A tile's sums to Y: directly, or (kSplit) through this split's slab and the
+// last CTA's sum (store_split). Every thread of the CTA calls it (the split
+// path has barriers); `valid`: this warp owns a real tile.
+template <typename T, int MT, bool kSplit>
+__device__ __forceinline__ void finish_tile(const float (&acc)[MT][4], T* y, float* slabs, int* counter, int* flag,
+                                            bool valid, int M, int N, int col_lo, int thread_in_group) {
+  if constexpr (kSplit)
+    store_split<T, MT>(acc, y, slabs, counter, flag, valid, M, N, col_lo, thread_in_group);
+  else if (valid)
+    store_tile<T, MT>(acc, y, M, N, col_lo, thread_in_group);
 }
 
 // The workspace of an in-kernel split: `blocks` int counters (256-B padded),

@@ -105,6 +105,23 @@ cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values, const uint16
                              int N, int K, int group_size, int nnz, SpaDtype dtype,
                              void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+/* ---- w4_gqsa_tile: tile-shared GQSA on tensor cores ------------------------
+ * g = 16; the 16 columns of each tile keep the same `keep` groups of every
+ * 128-k slab (docs/formats.md (c), "Tile-shared GQSA"); keep is 2 or 4.
+ * values    : uint32 [N/16, K/128, keep*32]   lane l's keep words at l*keep: its
+ *             mma A fragment of each kept group, dequant order, k permuted
+ *             (plugins/README.md "w4_gqsa_tile")
+ * positions : uint32 [N/16, K/128]            byte j: slab position (0..7) of kept group j
+ * scales    : fp16   [N/16, K/128, 8, keep, 2] [g][j][h]: kept group j of column 16 tile + g + 8h
+ * Requires K % 128 == 0, N % 16 == 0. Workspace, split_k and counters as
+ * w4a16's _ex launcher (split-K reduced in the kernel; NULL counters: the
+ * workspace's, zeroed by a memset). */
+size_t spa_w4_gqsa_tile_workspace_size(int M, int N, int K);
+cudaError_t spa_w4_gqsa_tile_gemm(const void* A, const uint32_t* values, const uint32_t* positions,
+                                  const uint16_t* scales, void* Y, int M, int N, int K, int keep,
+                                  SpaDtype dtype, void* workspace, size_t workspace_bytes, int split_k,
+                                  int* counters, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

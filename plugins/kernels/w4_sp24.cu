@@ -161,13 +161,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   // The stage ring, unrolled; at MT = 1 its steady state runs unguarded (at
   // MT >= 2 that version needs more registers than 2 CTAs per SM allow).
   run_stage_ring<kStages, MT == 1>(g_count, load_stage, compute);
-  if constexpr (kSplit) {
-    store_split<T, MT>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
-                       tile * 16 + group_id, thread_in_group);
-    return;
-  }
-  if (!tile_valid) return;
-  store_tile<T, MT>(acc, y, M, N, tile * 16 + group_id, thread_in_group);
+  finish_tile<T, MT, kSplit>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
+                             tile * 16 + group_id, thread_in_group);
 }
 
 template <typename T, int MT>

@@ -227,6 +227,7 @@ const PluginFieldCollection* SpaMatMulPlugin::getFieldsToSerialize() noexcept {
     mSerialized.emplace_back("layout", mFields.layout.c_str(), PluginFieldType::kCHAR,
                              static_cast<int32_t>(mFields.layout.size() + 1));
   }
+  if (mTraits.has_keep) mSerialized.emplace_back("keep", &mFields.keep, PluginFieldType::kINT32, 1);
   mSerializedCollection.nbFields = static_cast<int32_t>(mSerialized.size());
   mSerializedCollection.fields = mSerialized.data();
   return &mSerializedCollection;
@@ -240,6 +241,7 @@ SpaMatMulCreator::SpaMatMulCreator(const OpTraits& traits) : mTraits(traits) {
     mFieldNames.emplace_back("bits", nullptr, PluginFieldType::kINT32, 1);
     mFieldNames.emplace_back("layout", nullptr, PluginFieldType::kCHAR, 0);
   }
+  if (traits.has_keep) mFieldNames.emplace_back("keep", nullptr, PluginFieldType::kINT32, 1);
   mCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
   mCollection.fields = mFieldNames.data();
 }
@@ -306,6 +308,8 @@ IPluginV3* SpaMatMulCreator::createPlugin(const char*, const PluginFieldCollecti
         reason = read_int(field, fields.group_size);
       } else if (name == "bits") {
         reason = read_int(field, fields.bits);
+      } else if (name == "keep") {
+        reason = read_int(field, fields.keep);
       } else if (name == "layout") {
         if (field.type != PluginFieldType::kCHAR) {
           reason = std::string("field layout must be a STRING (kCHAR), got ") + field_type_name(field.type);
@@ -340,7 +344,9 @@ namespace {
 spa_trt::SpaMatMulCreator gW4A16Creator(spa_trt::kW4A16Traits);
 spa_trt::SpaMatMulCreator gW4Sparse24Creator(spa_trt::kW4Sparse24Traits);
 spa_trt::SpaMatMulCreator gGroupSparseCreator(spa_trt::kGroupSparseTraits);
-nvinfer1::IPluginCreatorInterface* gCreators[] = {&gW4A16Creator, &gW4Sparse24Creator, &gGroupSparseCreator};
+spa_trt::SpaMatMulCreator gGroupSparseTileCreator(spa_trt::kGroupSparseTileTraits);
+nvinfer1::IPluginCreatorInterface* gCreators[] = {&gW4A16Creator, &gW4Sparse24Creator, &gGroupSparseCreator,
+                                                  &gGroupSparseTileCreator};
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {

@@ -4,7 +4,7 @@
 // times, so SpaMatMulPlugin implements IPluginV3 + OneCore + OneBuild +
 // OneRuntime once and each op supplies a small OpTraits (name, inputs, shape
 // rules, launcher call); see w4a16_plugin.cpp, w4_sp24_plugin.cpp,
-// w4_gqsa_plugin.cpp and the contract files in contracts/.
+// w4_gqsa_plugin.cpp, w4_gqsa_tile_plugin.cpp and the contract files in contracts/.
 //
 // Rules (STYLE.md, "From Marlin and TensorRT OSS plugins"): validate in
 // configurePlugin / createPlugin and log why; never abort in enqueue (return
@@ -35,6 +35,7 @@ struct OpFields {
   int32_t group_size = 0;
   int32_t bits = 4;
   std::string layout;
+  int32_t keep = 0;  // GroupSparseTileMatMul: groups kept per 128-k slab
 };
 
 // What differs between the ops.
@@ -55,6 +56,7 @@ struct OpTraits {
   size_t (*workspace_size)(int M, int N, int K);
   // Bytes of kept split-K counters for N columns (spa_split_counters_size), or NULL.
   size_t (*counters_size)(int N);
+  bool has_keep = false;  // GroupSparseTileMatMul carries keep
   DataType weight_type(int32_t index) const;  // input `index` >= 1
 };
 
@@ -142,5 +144,6 @@ int64_t volume(const Dims& dims);
 extern const OpTraits kW4A16Traits;
 extern const OpTraits kW4Sparse24Traits;
 extern const OpTraits kGroupSparseTraits;
+extern const OpTraits kGroupSparseTileTraits;
 
 }  // namespace spa_trt

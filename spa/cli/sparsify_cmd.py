@@ -49,16 +49,16 @@ def render_sparsify(result: Any) -> list[str]:
 
 def sparsify_verdict(result: Any) -> str:
     """``PASSED | sparsify gqsa g16 50% int4 -> reference | bytes .. -> .. | decoded weights
-    exact (rel 1e-06) | cos 0.97 to float (seeded inputs) | quality ... | 1.2s``."""
+    exact (rel 1e-06) | cos 0.97 to float (seeded inputs) | quality ... | 1.2s``
+    (``gqsa tile g16 ...`` for the tile-shared layout)."""
     options = result.options
     verdict = "PASSED" if result.passed else "FAILED"
     if result.rewritten == 0 and result.passed:
         verdict = "NOTHING TO DO"
     if options["pattern"] == "gqsa":
-        kind = (
-            f"gqsa g{options['group']} {options['sparsity']:.0%} int{options['bits']} "
-            f"-> {options['form']}"
-        )
+        tile = "tile " if options.get("layout") == "tile" else ""
+        share = f"{options['sparsity']:.1%}".replace(".0%", "%")  # 50%, 87.5%
+        kind = f"gqsa {tile}g{options['group']} {share} int{options['bits']} -> {options['form']}"
     else:
         kind = f"2:4 {options['method']}"
     return f"{verdict} | sparsify {kind} | {verdict_tail(result)}"
@@ -82,6 +82,14 @@ def sparsify_verdict(result: Any) -> str:
     help="GQSA: standard-ONNX lowering (ORT CPU) or spa.GroupSparseQuantMatMul (TensorRT plugin).",
 )  # fmt: skip
 @click.option(
+    "--gqsa-layout", "layout", type=click.Choice(["column", "tile"]), default="column",
+    show_default=True,
+    help="GQSA: each column picks its groups, or 'tile': the 16 columns of a tile share "
+    "their groups, a whole number per 128 k (--group 16, sparsity a multiple of 1/8), so "
+    "gqsa-to-plugin writes the tensor-core kernel w4_gqsa_tile for TensorRT (sparsity 0.5 "
+    "or 0.75; other shares keep the w4_gqsa kernel).",
+)  # fmt: skip
+@click.option(
     "--all-layers", is_flag=True,
     help="2:4: sparsify depthwise Conv and the first and last weighted layers too (kept dense by default).",
 )  # fmt: skip
@@ -101,7 +109,8 @@ def sparsify_verdict(result: Any) -> str:
 @input_options
 def sparsify_command(
     model: Path, output: Path, pattern: str, group: int, sparsity: float | None, bits: int,
-    method: str, calib: Path | None, calib_samples: int | None, form: str, all_layers: bool,
+    method: str, calib: Path | None, calib_samples: int | None, form: str, layout: str,
+    all_layers: bool,
     report_path: Path | None, dump_dir: Path | None, verify: bool, verify_cosine: float | None,
     holdout: float, metric: str | None, seed: int,
     shapes: tuple[str, ...], dims: tuple[str, ...], int_ranges: tuple[str, ...],
@@ -115,7 +124,7 @@ def sparsify_command(
         raise UserError(f"--report {report_path}: folder does not exist; create it first")
     result = sparsify_model(
         model, output, pattern=pattern, group=group, sparsity=sparsity, bits=bits,
-        method=method, calib=calib, form=form, seed=seed, verify=verify,
+        method=method, calib=calib, form=form, layout=layout, seed=seed, verify=verify,
         min_cosine=verify_cosine, max_calibration_samples=calib_samples,
         **input_arguments(shapes, dims, int_ranges, calib=calib, model=model), dump_dir=dump_dir,
         on_pass_end=print_pass_line, holdout=holdout, metric=metric,

@@ -27,6 +27,15 @@ the NumPy reference of the layout.
 
 Without calibration data ``H = I`` (data-free): selection is by magnitude,
 no error is propagated and stage 2 is a per-group least-squares fit.
+
+``layout="tile"`` (tile-shared GQSA, ``docs/formats.md`` (c)) constrains which
+groups are kept, not how they are stored: ``g = 16``, ``K % 128 == 0``,
+``N % 16 == 0``; the 16 output columns of each tile keep the same groups, and
+every 128-k slab (8 groups) keeps the same number ``8 - 8 * sparsity`` of them.
+Selection sums the columns' saliencies over the tile (the output error of
+removing the group from all 16 columns); stages 1 and 2 run on that mask
+unchanged. It lets a tensor-core kernel (``w4_gqsa_tile``) take a 16x16 weight
+tile as one mma A operand.
 """
 
 from __future__ import annotations
@@ -41,6 +50,10 @@ from spa.quant.packing import pack_nibbles, unpack_nibbles
 
 __all__ = [
     "GROUP_SIZES",
+    "LAYOUTS",
+    "TILE_COLUMNS",
+    "TILE_GROUP",
+    "TILE_SLAB_GROUPS",
     "GQSAArrays",
     "GroupSparseWeight",
     "dequantize_gqsa",
@@ -49,10 +62,18 @@ __all__ = [
     "pack_gqsa",
     "refine_scales",
     "select_groups",
+    "tile_keep_per_slab",
+    "tile_reason",
     "unpack_gqsa",
 ]
 
 GROUP_SIZES = (8, 16, 32, 64)
+#: ``column``: each output column picks its own groups; ``tile``: tile-shared (module docstring).
+LAYOUTS = ("column", "tile")
+#: Tile-shared layout: output columns per tile, group size, groups per 128-k slab.
+TILE_COLUMNS = 16
+TILE_GROUP = 16
+TILE_SLAB_GROUPS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,25 +192,82 @@ def layer_error(hessian: np.ndarray | None, weight: np.ndarray, approximation: n
     return float(np.einsum("kn,kl,ln->", delta, np.asarray(hessian, np.float64), delta))
 
 
-def select_groups(
-    weight: np.ndarray, inverse_diagonal_blocks: np.ndarray | None, group: int, keep: int
-) -> np.ndarray:
-    """``kept[K/g, N]``: the ``keep`` groups of each column with the largest saliency.
+def tile_reason(rows: int, cols: int, group: int) -> str:
+    """Why ``W[rows, cols]`` in groups of ``group`` cannot take the tile layout ("" if it can)."""
+    slab = TILE_GROUP * TILE_SLAB_GROUPS
+    if group != TILE_GROUP or rows % slab or cols % TILE_COLUMNS:
+        return (
+            f"tile layout needs group {TILE_GROUP}, K % {slab} == 0 and N % {TILE_COLUMNS} == 0 "
+            f"(got group {group}, K={rows}, N={cols})"
+        )
+    return ""
 
-    ``inverse_diagonal_blocks[K/g, g, g]`` are the diagonal blocks of ``H^-1``
-    (None: ``H = I``, saliency ``||w_g||^2``).
-    """
+
+def tile_keep_per_slab(sparsity: float) -> int:
+    """Groups the tile layout keeps of each 8-group slab: ``8 - 8 * sparsity``, which must
+    be a whole number in 1..7 (sparsity a multiple of 1/8 in 0.125..0.875)."""
+    removed = sparsity * TILE_SLAB_GROUPS
+    keep = TILE_SLAB_GROUPS - round(removed)
+    if abs(removed - round(removed)) > 1e-9 or not 1 <= keep < TILE_SLAB_GROUPS:
+        raise ValueError(
+            f"sparsity {sparsity} removes {removed:g} of the 8 groups of each 128-k slab; the "
+            "tile layout removes a whole number 1..7: use a multiple of 1/8 in 0.125..0.875 "
+            "(e.g. 0.5 or 0.75) or layout='column'"
+        )
+    return keep
+
+
+def _saliency(
+    weight: np.ndarray, inverse_diagonal_blocks: np.ndarray | None, group: int
+) -> np.ndarray:
+    """``[K/g, N]``: ``w_g^T ([H^-1]_gg)^-1 w_g`` per group and column."""
     rows, cols = weight.shape
     groups = np.asarray(weight, np.float64).reshape(rows // group, group, cols)
     if inverse_diagonal_blocks is None:
-        saliency = np.sum(groups * groups, axis=1)
-    else:
-        solved = np.linalg.solve(inverse_diagonal_blocks, groups)  # ([H^-1]_gg)^-1 w_g
-        saliency = np.sum(groups * solved, axis=1)
+        return np.sum(groups * groups, axis=1)
+    solved = np.linalg.solve(inverse_diagonal_blocks, groups)  # ([H^-1]_gg)^-1 w_g
+    return np.sum(groups * solved, axis=1)
+
+
+def _largest(saliency: np.ndarray, keep: int) -> np.ndarray:
+    """Mask of the ``keep`` largest along axis 0 (ties: lowest index first)."""
     order = np.argsort(-saliency, axis=0, kind="stable")
     kept = np.zeros(saliency.shape, dtype=bool)
     np.put_along_axis(kept, order[:keep], True, axis=0)
     return kept
+
+
+def select_groups(
+    weight: np.ndarray, inverse_diagonal_blocks: np.ndarray | None, group: int, keep: int,
+    *, layout: str = "column",
+) -> np.ndarray:  # fmt: skip
+    """``kept[K/g, N]``: the ``keep`` groups of each column with the largest saliency.
+
+    ``inverse_diagonal_blocks[K/g, g, g]`` are the diagonal blocks of ``H^-1``
+    (None: ``H = I``, saliency ``||w_g||^2``). ``layout="tile"``: ``keep`` (per
+    column, as for ``column``) must be a multiple of ``K/128``; each 128-k slab of
+    each 16-column tile keeps the ``keep / (K/128)`` groups with the largest
+    saliency summed over the tile's columns, for all 16 columns.
+    """
+    rows, cols = weight.shape
+    saliency = _saliency(weight, inverse_diagonal_blocks, group)
+    if layout == "column":
+        return _largest(saliency, keep)
+    if layout != "tile":
+        raise ValueError(f"layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    reason = tile_reason(rows, cols, group)
+    if reason:
+        raise ValueError(f"{reason}: use layout='column'")
+    slabs = rows // (group * TILE_SLAB_GROUPS)
+    if keep % slabs or not 0 < keep // slabs <= TILE_SLAB_GROUPS:
+        raise ValueError(
+            f"keep={keep} groups per column is not a whole number 1..8 per 128-k slab "
+            f"({slabs} slabs): give a multiple of {slabs}"
+        )
+    tiles = cols // TILE_COLUMNS
+    summed = saliency.reshape(slabs, TILE_SLAB_GROUPS, tiles, TILE_COLUMNS).sum(axis=3)
+    kept = np.stack([_largest(slab, keep // slabs) for slab in summed])  # [slabs, 8, tiles]
+    return np.repeat(kept.reshape(rows // group, tiles), TILE_COLUMNS, axis=1)
 
 
 def _diagonal_blocks(matrix: np.ndarray, group: int) -> np.ndarray:
@@ -301,16 +379,29 @@ def gqsa_quantize(
     refine: bool = True,
     percdamp: float = 0.01,
     scale_dtype: np.dtype | type | None = None,
+    layout: str = "column",
 ) -> GroupSparseWeight:
-    """GQSA of ``weight[K, N]`` (two stages; ``hessian`` None = data-free, ``H = I``)."""
+    """GQSA of ``weight[K, N]`` (two stages; ``hessian`` None = data-free, ``H = I``).
+
+    ``layout="tile"``: tile-shared groups (module docstring); ValueError when
+    ``group``, ``K``, ``N`` or ``sparsity`` do not fit it.
+    """
     weight = np.asarray(weight)
     rows = weight.shape[0]
     _check_layout(rows, group, bits)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    dtype = np.dtype(scale_dtype or weight.dtype)
     blocks = rows // group
-    keep = max(1, blocks - round(sparsity * blocks))
+    if layout == "tile":
+        reason = tile_reason(rows, weight.shape[1], group)
+        if reason:
+            raise ValueError(f"{reason}: use layout='column'")
+        keep = tile_keep_per_slab(sparsity) * (blocks // TILE_SLAB_GROUPS)
+    elif layout == "column":
+        keep = max(1, blocks - round(sparsity * blocks))
+    else:
+        raise ValueError(f"layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    dtype = np.dtype(scale_dtype or weight.dtype)
     upper = None
     inverse_blocks = None
     if hessian is not None:
@@ -318,7 +409,7 @@ def gqsa_quantize(
             raise ValueError(f"Hessian shape {hessian.shape} does not match K={rows}")
         upper = upper_cholesky_of_inverse(hessian, percdamp)
         inverse_blocks = _diagonal_blocks(upper.T @ upper, group)
-    kept = select_groups(weight, inverse_blocks, group, keep)
+    kept = select_groups(weight, inverse_blocks, group, keep, layout=layout)
     q, scales = _calibrate(weight, kept, group, bits, dtype, upper)
     quantized = GroupSparseWeight(q, scales, kept, group, bits)
     return refine_scales(weight, quantized, hessian) if refine else quantized

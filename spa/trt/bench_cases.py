@@ -5,7 +5,8 @@ For each case, the kernel-layout arrays produced by spa's repackers
 from the ONNX-side arrays. ``plugins/bench/harness`` checks its device
 dequantizer against that weight bit for bit, then every kernel against an FP32
 GEMM of it. Files: ``DIR/cases.txt`` (``kernel K N group_size nnz prefix`` per
-line) and ``DIR/<prefix>.{a,b,idx,rows,scales,wref}.bin`` (raw little-endian).
+line; w4_gqsa_tile: nnz holds its ``keep``) and
+``DIR/<prefix>.{a,b,idx,rows,scales,wref}.bin`` (raw little-endian).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import numpy as np
 from spa.quant.blockwise import QuantizedWeight
 from spa.trt import repack
 
-__all__ = ["SHAPES", "SMALL_SHAPES", "gqsa_arrays", "write_cases", "write_gqsa_case"]
+__all__ = [
+    "SHAPES",
+    "SMALL_SHAPES",
+    "gqsa_arrays",
+    "tile_gqsa_arrays",
+    "write_cases",
+    "write_gqsa_case",
+    "write_tile_case",
+]
 
 # (K, N): an N that is not a multiple of 64 (a partly idle block) and 3 groups
 # (uneven split-K), then a mid-size layer.
@@ -55,6 +64,22 @@ def gqsa_arrays(rng: np.random.Generator, k: int, n: int, g: int, keep: float) -
     row_ptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(np.int32)
     scales = (rng.random(nnz) * 0.02 + 0.002).astype(np.float16)
     return repack.GQSAArrays(values, cols.astype(np.int32), row_ptr, scales, k, n, g)
+
+
+def tile_gqsa_arrays(rng: np.random.Generator, k: int, n: int, keep: int) -> repack.GQSAArrays:
+    """Random tile-shared GQSA op arrays (g = 16): each 16-column tile keeps ``keep`` random
+    groups of every 128-k slab, the same for its 16 columns (docs/formats.md (c))."""
+    tiles, slabs = n // 16, k // repack.GROUP
+    order = np.argsort(rng.random((tiles, slabs, 8)), axis=-1)[..., :keep]
+    positions = np.sort(order, axis=-1)  # [tile, slab, keep] ascending
+    groups = positions + 8 * np.arange(slabs)[:, None]  # group index b per (tile, slab, j)
+    col_idx = np.broadcast_to(groups[:, None], (tiles, 16, slabs, keep)).reshape(-1)
+    nnz = col_idx.size
+    unsigned = rng.integers(0, 16, size=(nnz, 16)).astype(np.uint8)
+    values = (unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)).astype(np.uint8)
+    row_ptr = (np.arange(n + 1) * slabs * keep).astype(np.int32)
+    scales = (rng.random(nnz) * 0.02 + 0.002).astype(np.float16)
+    return repack.GQSAArrays(values, col_idx.astype(np.int32), row_ptr, scales, k, n, 16)
 
 
 def _save(folder: Path, prefix: str, **arrays: np.ndarray) -> None:
@@ -95,6 +120,9 @@ def write_cases(
                     folder, gqsa_arrays(rng, k, n, g, keep=0.5), f"w4_gqsa_g{g}_{k}x{n}"
                 )
             )
+        for keep in (2, 4):
+            arrays = tile_gqsa_arrays(rng, k, n, keep)
+            lines.append(write_tile_case(folder, arrays, f"w4_gqsa_tile_keep{keep}_{k}x{n}"))
     (folder / "cases.txt").write_text("\n".join(lines) + "\n")
     return lines
 
@@ -107,6 +135,17 @@ def write_gqsa_case(folder: Path, arrays: repack.GQSAArrays, prefix: str) -> str
         scales=packed.scales, wref=repack.dequantize_gqsa(arrays),
     )  # fmt: skip
     return f"w4_gqsa {arrays.k} {arrays.n} {arrays.group_size} {packed.group_idx.size} {prefix}"
+
+
+def write_tile_case(folder: Path, arrays: repack.GQSAArrays, prefix: str) -> str:
+    """Write one tile-shared GQSA case (w4_gqsa_tile; positions in ``.b.bin``); returns its
+    manifest line, whose nnz field holds ``keep``."""
+    packed = repack.repack_w4_gqsa_tile(arrays)
+    _save(
+        folder, prefix, a=packed.values, b=packed.positions, scales=packed.scales,
+        wref=repack.dequantize_gqsa(arrays),
+    )  # fmt: skip
+    return f"w4_gqsa_tile {arrays.k} {arrays.n} 16 {packed.keep} {prefix}"
 
 
 def main() -> None:

@@ -50,11 +50,19 @@ PLUGIN_OPS: tuple[PluginOp, ...] = (
             ("scales", "FLOAT16"),
         ),
     ),
+    # Tile-shared GQSA (spa/trt/repack.py, w4_gqsa_tile): its own op type, so each plugin has
+    # fixed inputs; ``keep`` is the groups kept per 128-k slab (2 or 4).
+    PluginOp(
+        "w4_gqsa_tile",
+        "GroupSparseTileMatMul",
+        ("K", "N", "group_size", "keep"),
+        (("A", "float"), ("values", "INT32"), ("positions", "INT32"), ("scales", "FLOAT16")),
+    ),
 )
 
 
 def plugin_op(kernel: str) -> PluginOp:
-    """The plugin op of ``kernel`` (``w4a16``, ``w4_sp24``, ``w4_gqsa``)."""
+    """The plugin op of ``kernel`` (``w4a16``, ``w4_sp24``, ``w4_gqsa``, ``w4_gqsa_tile``)."""
     for op in PLUGIN_OPS:
         if op.kernel == kernel:
             return op

@@ -2,7 +2,7 @@
 
 One function per kernel (``plugins/kernels/*.cu``), each with a NumPy
 reference unpacker that inverts it bit for bit; ``plugins/README.md``
-documents the layouts. All three layouts store INT4 words in *dequant order*:
+documents the layouts. All four layouts store INT4 words in *dequant order*:
 a ``uint32`` holds eight 4-bit values ``v0..v7`` (stored ``u = q + 8``) with
 ``v[2p]`` in nibble ``p`` and ``v[2p+1]`` in nibble ``p + 4`` (``p < 4``), so the
 kernel gets the pair ``(v[2p], v[2p+1])`` into both halves of a 32-bit register
@@ -28,6 +28,22 @@ with one shift and one mask.
   section (c)): ``values uint32 [nnz, g/8]`` (word ``w`` = k offsets ``8w..8w+7``
   of the group), ``group_idx uint16 [nnz]``, ``row_ptr int32 [N+1]``,
   ``scales float16 [nnz]``.
+* ``w4_gqsa_tile``: from *tile-shared* GQSA op inputs (docs/formats.md (c):
+  ``g = 16``, the 16 columns of each tile keep the same groups, ``keep`` (1..4
+  here) of the 8 groups of every 128-k slab; :func:`tile_keep`). The slab count
+  is padded to ``S = 2 * ceil(K/256)`` (the kernel's stages are 256 k; a
+  padding slab holds zero scales and ``q = 0``). For tile ``nt`` (rows
+  ``n = nt*16 + r`` of ``W^T``) and slab ``b``: ``values uint32 [N/16, S, keep*32]``,
+  lane ``l = 4g + t`` owns words ``l*keep .. l*keep + keep - 1``, word ``j`` being
+  its mma.m16n8k16 A fragment (the ``(r, c)`` of w4a16 above) of the ``j``-th kept
+  group of the slab, where mma column ``c`` is k offset
+  ``kk = 4*((c % 8) // 2) + 2*(c // 8) + c % 2`` inside the group,
+  ``k = (b*8 + p_j)*16 + kk`` (so lane ``t``'s B fragments are the 4 consecutive
+  k from ``4t``: one 8-byte load); ``positions uint32 [N/16, S]``, byte ``j`` =
+  ``p_j`` (0..7, ascending; bytes ``j >= keep`` are 0); ``scales float16
+  [N/16, S, 8, keep, 2]``, element ``[nt, b, g, j, h]`` = the scale of kept
+  group ``j`` of column ``nt*16 + g + 8h`` (lane ``4g + t`` reads its two rows'
+  scales as one half2).
 """
 
 from __future__ import annotations
@@ -40,22 +56,33 @@ from spa.quant.blockwise import QuantizedWeight
 
 __all__ = [
     "GROUP",
+    "TILE_MAX_KEEP",
     "GQSAArrays",
     "W4A16Packed",
     "W4GQSAPacked",
+    "W4GQSATilePacked",
     "W4Sparse24Packed",
     "dequantize_gqsa",
     "repack_w4_gqsa",
+    "repack_w4_gqsa_tile",
     "repack_w4_sp24",
     "repack_w4a16",
+    "tile_keep",
+    "tile_layout",
+    "tile_slabs",
     "unpack_w4_gqsa",
+    "unpack_w4_gqsa_tile",
     "unpack_w4_sp24",
     "unpack_w4a16",
 ]
 
-#: Scale group along K of the w4a16 and w4_sp24 kernels.
+#: Scale group along K of the w4a16 and w4_sp24 kernels (the slab of w4_gqsa_tile).
 GROUP = 128
+_TILE_GROUP = 16  # w4_gqsa_tile: group size, and columns per tile
+_SLAB = GROUP // _TILE_GROUP  # groups per 128-k slab
 _ZERO = 8  # stored u = q + 8
+#: Most kept groups per slab the w4_gqsa_tile layout holds (positions are bytes of a word).
+TILE_MAX_KEEP = 4
 
 # Nibble position of v[i] inside a dequant-order word.
 _SHIFTS = np.array([0, 16, 4, 20, 8, 24, 12, 28], dtype=np.uint32)
@@ -336,3 +363,123 @@ def dequantize_gqsa(arrays: GQSAArrays) -> np.ndarray:
     ks = np.asarray(arrays.col_idx, np.int64)[:, None] * g + np.arange(g)
     dense_t[rows[:, None], ks] = weights
     return dense_t.T.copy()
+
+
+# ---- w4_gqsa_tile --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class W4GQSATilePacked:
+    """Inputs of the w4_gqsa_tile kernel (tile-shared GQSA, ``keep`` groups per slab)."""
+
+    values: np.ndarray  # uint32 [N/16, S, keep*32], S = tile_slabs(K) = 2 * ceil(K/256)
+    positions: np.ndarray  # uint32 [N/16, S]
+    scales: np.ndarray  # float16 [N/16, S, 8, keep, 2]
+    k: int
+    n: int
+    keep: int
+
+
+def tile_layout(arrays: GQSAArrays) -> tuple[int, str]:
+    """``(keep, "")`` when ``arrays`` are tile-shared and balanced (docs/formats.md (c)):
+    ``g = 16``, ``K % 128 == 0``, ``N % 16 == 0``, every column keeps ``keep`` (1..7)
+    groups of every 128-k slab and the 16 columns of a tile keep the same ones;
+    else ``(0, reason)``."""
+    g, k, n = arrays.group_size, arrays.k, arrays.n
+    if g != _TILE_GROUP or k % GROUP or n % 16 or not k or not n:
+        return (
+            0,
+            f"tile layout needs group_size 16, K % 128 == 0 and N % 16 == 0, got g={g} K={k} N={n}",
+        )
+    col_idx = np.asarray(arrays.col_idx, np.int64)
+    row_ptr = np.asarray(arrays.row_ptr, np.int64)
+    slabs, nnz = k // GROUP, col_idx.shape[0]
+    per_column = nnz // n
+    if row_ptr.shape != (n + 1,) or not np.array_equal(row_ptr, np.arange(n + 1) * per_column):
+        return 0, "columns keep different numbers of groups (row_ptr is not n * keep)"
+    keep = per_column // slabs
+    if per_column % slabs or not 1 <= keep < _SLAB:
+        return 0, f"{per_column} groups per column is not 1..7 in each of the {slabs} slabs"
+    columns = col_idx.reshape(n, slabs, keep)
+    if np.any(columns // _SLAB != np.arange(slabs)[:, None]) or np.any(np.diff(columns) <= 0):
+        return 0, f"a column does not keep exactly {keep} ascending groups in every 128-k slab"
+    tiles = columns.reshape(n // 16, 16, slabs, keep)
+    if np.any(tiles != tiles[:, :1]):
+        return 0, "the 16 columns of a tile keep different groups"
+    if np.asarray(arrays.values).size != nnz * _TILE_GROUP // 2:
+        return 0, f"values hold {np.asarray(arrays.values).size} bytes, expected nnz * 8 (4-bit)"
+    return keep, ""
+
+
+def tile_keep(arrays: GQSAArrays) -> int:
+    """Groups kept per 128-k slab when ``arrays`` are tile-shared and balanced, else 0."""
+    return tile_layout(arrays)[0]
+
+
+def tile_slabs(k: int) -> int:
+    """Slabs of 128 k in the w4_gqsa_tile layout: K/128 padded to whole 256-k stages."""
+    return 2 * -(-k // (2 * GROUP))
+
+
+def _tile_coordinates() -> tuple[np.ndarray, np.ndarray]:
+    """(row, k offset in the group) of the 8 values of each lane's word: ``_lane_coordinates``
+    with mma column ``c`` holding k offset ``4*((c % 8) // 2) + 2*(c // 8) + c % 2``."""
+    rows, cols = _lane_coordinates()
+    return rows, 4 * ((cols % 8) // 2) + 2 * (cols // 8) + cols % 2
+
+
+def repack_w4_gqsa_tile(arrays: GQSAArrays) -> W4GQSATilePacked:
+    """Tile-shared GQSA op inputs (4-bit, g = 16, keep <= 4) -> the w4_gqsa_tile kernel layout."""
+    keep, reason = tile_layout(arrays)
+    if not keep:
+        raise ValueError(f"w4_gqsa_tile: {reason}")
+    if keep > TILE_MAX_KEEP:
+        raise ValueError(
+            f"w4_gqsa_tile holds at most {TILE_MAX_KEEP} kept groups per 128-k slab, got {keep}: "
+            "the w4_gqsa layout takes these arrays"
+        )
+    k, n = arrays.k, arrays.n
+    tiles, slabs, nnz = n // 16, k // GROUP, arrays.col_idx.shape[0]
+    padded = tile_slabs(k)
+    nibbles = _group_nibbles(arrays.values, nnz, _TILE_GROUP)  # [nnz, 16] in k order
+    # [tile, row r, slab, j, kk] -> [tile, slab, j, 16 rows, 16 k] (row r = column nt*16 + r)
+    blocks = nibbles.reshape(tiles, 16, slabs, keep, 16).transpose(0, 2, 3, 1, 4)
+    rows, ks = _tile_coordinates()  # [32, 8]
+    words = _to_words(blocks[:, :, :, rows, ks])  # [tile, slab, j, lane]
+    values = np.full((tiles, padded, 32 * keep), 0x88888888, np.uint32)  # padding: q = 0
+    values[:, :slabs] = words.transpose(0, 1, 3, 2).reshape(tiles, slabs, 32 * keep)  # lane-major
+    slots = np.asarray(arrays.col_idx, np.int64).reshape(tiles, 16, slabs, keep)[:, 0] % _SLAB
+    positions = np.zeros((tiles, padded), np.uint32)
+    shifts = 8 * np.arange(keep, dtype=np.uint32)
+    positions[:, :slabs] = np.bitwise_or.reduce(slots.astype(np.uint32) << shifts, axis=-1)
+    # [tile, h, g, slab, j] -> [tile, slab, g, j, h] (column nt*16 + g + 8h)
+    grouped = np.asarray(arrays.scales).astype(np.float16).reshape(tiles, 2, 8, slabs, keep)
+    scales = np.zeros((tiles, padded, 8, keep, 2), np.float16)
+    scales[:, :slabs] = grouped.transpose(0, 3, 2, 4, 1)
+    return W4GQSATilePacked(values, positions, scales, k, n, keep)
+
+
+def unpack_w4_gqsa_tile(packed: W4GQSATilePacked) -> GQSAArrays:
+    """NumPy reference reader of the w4_gqsa_tile layout (back to the op's inputs, FP16
+    scales; inverse of :func:`repack_w4_gqsa_tile`; the padding slabs are dropped)."""
+    k, n, keep = packed.k, packed.n, packed.keep
+    tiles, slabs, padded = n // 16, k // GROUP, tile_slabs(k)
+    words = np.asarray(packed.values).view(np.uint32).reshape(tiles, padded, 32, keep)[:, :slabs]
+    blocks = np.zeros((tiles, slabs, keep, 16, 16), np.uint8)
+    rows, ks = _tile_coordinates()
+    blocks[:, :, :, rows, ks] = _from_words(words.transpose(0, 1, 3, 2))
+    nibbles = blocks.transpose(0, 3, 1, 2, 4).reshape(n * slabs * keep, _TILE_GROUP)
+    positions = np.asarray(packed.positions).view(np.uint32).reshape(tiles, padded, 1)[:, :slabs]
+    slot = (positions >> (8 * np.arange(keep, dtype=np.uint32))) & 0xFF  # [tile, slab, j]
+    groups = slot.astype(np.int64) + _SLAB * np.arange(slabs)[:, None]
+    col_idx = np.broadcast_to(groups[:, None], (tiles, 16, slabs, keep)).reshape(-1)
+    scales = np.asarray(packed.scales, np.float16).reshape(tiles, padded, 8, keep, 2)[:, :slabs]
+    return GQSAArrays(
+        (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8),
+        col_idx.astype(np.int32),
+        (np.arange(n + 1) * slabs * keep).astype(np.int32),
+        np.ascontiguousarray(scales.transpose(0, 4, 2, 1, 3).reshape(-1)),
+        k,
+        n,
+        _TILE_GROUP,
+    )

@@ -101,8 +101,11 @@ def _build_pass(
         if keep_float is None:
             return Sparsify2to4Pass(options["method"])
         return Sparsify2to4Pass(options["method"], keep_float=keep_float)
-    check_gqsa_options(options["group"], options["sparsity"], options["bits"], options["form"])
-    return GQSAPass(options["group"], options["sparsity"], options["bits"], options["form"])
+    group, sparsity, bits, form, layout = (
+        options[key] for key in ("group", "sparsity", "bits", "form", "layout")
+    )
+    check_gqsa_options(group, sparsity, bits, form, layout)
+    return GQSAPass(group, sparsity, bits, form, layout=layout)
 
 
 def _verified_copy(output: Path, form: str, folder: Path) -> Path:
@@ -125,6 +128,7 @@ def sparsify_model(
     method: str = "magnitude",
     calib: CalibrationSource | None = None,
     form: str = "reference",
+    layout: str = "column",
     verify: bool = True,
     min_cosine: float | None = None,
     keep_float: tuple[str, ...] | None = None,
@@ -134,17 +138,21 @@ def sparsify_model(
     ``output_path`` (one pass through :func:`spa.workflows.run.run_pipeline`).
     ``verify``: exact against the decoded reference; the cosine to the float input
     is measured beside it and fails the result only below an explicit ``min_cosine``.
-    ``keep_float`` (2:4): layer kinds kept dense; None = depthwise, first and last."""
+    ``keep_float`` (2:4): layer kinds kept dense; None = depthwise, first and last.
+    ``layout`` (GQSA): ``column`` or ``tile`` (tile-shared groups for the tensor-core
+    kernel w4_gqsa_tile; docs/formats.md (c))."""
     check_sparsify_options(pattern, method, calib, sparsity)
-    if pattern == "2:4" and (group, bits, form) != (16, 4, "reference"):
-        raise UserError("--group/--bits/--form apply to --pattern gqsa; drop them for 2:4")
+    if pattern == "2:4" and (group, bits, form, layout) != (16, 4, "reference", "column"):
+        raise UserError(
+            "--group/--bits/--form/--gqsa-layout apply to --pattern gqsa; drop them for 2:4"
+        )
     run_options = RunOptions(
         **run, calibration=calib if method == "sparsegpt" or pattern == "gqsa" else None
     )
     options: dict[str, Any] = {
         "pattern": pattern, "method": method, "seed": run_options.seed,
         **({"group": group, "sparsity": 0.5 if sparsity is None else sparsity,
-            "bits": bits, "form": form} if pattern == "gqsa" else {}),
+            "bits": bits, "form": form, "layout": layout} if pattern == "gqsa" else {}),
     }  # fmt: skip
     start = time.perf_counter()
     source, output = Path(input_path), Path(output_path)
