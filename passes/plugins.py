@@ -299,10 +299,15 @@ def _unpack_plugin(node: ir.Node) -> tuple[QuantizedWeight | None, str]:
     return repack.unpack_w4_sp24(sparse), ""
 
 
+def _float_type_of(activation: ir.Value) -> type:
+    """A's float type (FLOAT or FLOAT16; FLOAT16 when unknown or another type)."""
+    dtype = activation.type.dtype if activation.type is not None else ir.DataType.FLOAT16
+    return np.float32 if dtype == ir.DataType.FLOAT else np.float16
+
+
 def _scales_like(weight: QuantizedWeight, activation: ir.Value) -> QuantizedWeight:
     """MatMulNBits wants scales in A's type (FP16 scales widen exactly to FP32)."""
-    dtype = activation.type.dtype if activation.type is not None else ir.DataType.FLOAT16
-    wanted = dtype.numpy() if dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) else np.float16
+    wanted = _float_type_of(activation)
     return QuantizedWeight(weight.q, weight.scales.astype(wanted), None, weight.bits, weight.block)
 
 
@@ -375,12 +380,14 @@ class PluginToOrtPass(_PluginPass):
                     continue
                 old_inputs = list(node.inputs[1:])
                 base = (old_inputs[0].name if old_inputs[0] is not None else "") or "gqsa"
+                scale_type = _float_type_of(node.inputs[0])
                 inputs = [
                     node.inputs[0],
                     add_initializer(graph, f"{base}_values", _tensor(onnx_layout.values)),
                     add_initializer(graph, f"{base}_col_idx", _tensor(onnx_layout.col_idx)),
                     add_initializer(graph, f"{base}_row_ptr", _tensor(onnx_layout.row_ptr)),
-                    add_initializer(graph, f"{base}_scales", _tensor(onnx_layout.scales)),
+                    # in A's type, as the documented op and its lowering want (FP16 widens exactly)
+                    add_initializer(graph, f"{base}_scales", _tensor(onnx_layout.scales.astype(scale_type))),
                 ]
                 attributes = {
                     "K": onnx_layout.k, "N": onnx_layout.n,

@@ -117,18 +117,20 @@ def test_int4_to_plugin_skips_with_reasons() -> None:
     assert [n.op_type for n in model.graph] == ["MatMulNBits"]
 
 
-def gqsa_model(arrays: repack.GQSAArrays) -> onnx.ModelProto:
+def gqsa_model(arrays: repack.GQSAArrays, dtype: int = TensorProto.FLOAT16) -> onnx.ModelProto:
+    """One documented-layout GQSA op; A and Y (and the scales, converted) in ``dtype``."""
+    scales = np.asarray(arrays.scales).astype(helper.tensor_dtype_to_np_dtype(dtype))
     node = helper.make_node(
         "GroupSparseQuantMatMul", ["A", "values", "col_idx", "row_ptr", "scales"], ["Y"],
         domain="spa", name="gq", K=arrays.k, N=arrays.n, group_size=arrays.group_size, bits=4,
     )  # fmt: skip
     inits = [numpy_helper.from_array(np.asarray(x), name) for x, name in [
-        (arrays.values, "values"), (arrays.col_idx, "col_idx"), (arrays.row_ptr, "row_ptr"), (arrays.scales, "scales"),
+        (arrays.values, "values"), (arrays.col_idx, "col_idx"), (arrays.row_ptr, "row_ptr"), (scales, "scales"),
     ]]  # fmt: skip
     graph = helper.make_graph(
         [node], "g",
-        [helper.make_tensor_value_info("A", TensorProto.FLOAT16, [1, arrays.k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT16, [1, arrays.n])],
+        [helper.make_tensor_value_info("A", dtype, [1, arrays.k])],
+        [helper.make_tensor_value_info("Y", dtype, [1, arrays.n])],
         initializer=inits,
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("spa", 1)])
@@ -197,6 +199,29 @@ def test_tile_shared_gqsa_to_w4_gqsa_tile_and_back(keep: int) -> None:
     for name, array in zip(("values", "col_idx", "row_ptr", "scales"), (constant(node, i) for i in range(1, 5)), strict=True):
         np.testing.assert_array_equal(array, getattr(arrays, name))
     np.testing.assert_array_equal(reference_outputs(back, a), expected)  # same bytes -> same numbers
+
+
+@pytest.mark.parametrize("tile", [False, True])
+def test_plugin_to_ort_gives_float32_models_their_float32_scales(tile: bool) -> None:
+    """The kernel layouts store FP16 scales; the documented op wants them in A's type, so a
+    float32 model comes back with float32 scales (FP16 widens exactly) and its reference
+    lowering runs in ONNX Runtime with the outputs of the original."""
+    k, n = 256, 32
+    if tile:
+        arrays = tile_arrays(3, k, n, 4)
+    else:
+        rng = np.random.default_rng(3)
+        scales = (rng.random((k // 16, n)) + 0.1).astype(np.float16)
+        arrays = gqsa_reference(rng.integers(-8, 8, size=(k, n)).astype(np.int8), scales, 16, rng.random((k // 16, n)) < 0.5)
+    proto = gqsa_model(arrays, TensorProto.FLOAT)
+    a = np.random.default_rng(4).standard_normal((1, k)).astype(np.float32)
+    expected = reference_outputs(proto, a)
+    model = ir.serde.deserialize_model(proto)
+    GQSAToPluginPass().call(model)
+    assert next(iter(model.graph)).op_type == ("GroupSparseTileMatMul" if tile else "GroupSparseQuantMatMul")
+    assert PluginToOrtPass().call(model).statistics == {"nodes_converted": 1, "nodes_skipped": 0}
+    assert constant(next(iter(model.graph)), 4).dtype == np.float32
+    np.testing.assert_array_equal(reference_outputs(ir.serde.serialize_model(model), a), expected)
 
 
 @pytest.mark.parametrize("keep", [1, 3])
