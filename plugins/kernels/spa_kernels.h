@@ -108,11 +108,12 @@ cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values, const uint16
 /* ---- w4_gqsa_tile: tile-shared GQSA on tensor cores ------------------------
  * g = 16; the 16 columns of each tile keep the same `keep` groups of every
  * 128-k slab (docs/formats.md (c), "Tile-shared GQSA"); keep is 2 or 4.
- * values    : uint32 [N/16, K/128, keep*32]   lane l's keep words at l*keep: its
+ * Slabs padded to whole 256-k stages: S = 2 * ceil(K/256) (empty slabs).
+ * values    : uint32 [N/16, S, keep*32]   lane l's keep words at l*keep: its
  *             mma A fragment of each kept group, dequant order, k permuted
  *             (plugins/README.md "w4_gqsa_tile")
- * positions : uint32 [N/16, K/128]            byte j: slab position (0..7) of kept group j
- * scales    : fp16   [N/16, K/128, 8, keep, 2] [g][j][h]: kept group j of column 16 tile + g + 8h
+ * positions : uint32 [N/16, S]            byte j: slab position (0..7) of kept group j
+ * scales    : fp16   [N/16, S, 8, keep, 2] [g][j][h]: kept group j of column 16 tile + g + 8h
  * Requires K % 128 == 0, N % 16 == 0. Workspace, split_k and counters as
  * w4a16's _ex launcher (split-K reduced in the kernel; NULL counters: the
  * workspace's, zeroed by a memset). */

@@ -6,20 +6,23 @@
 // Because a tile's columns share their kept groups, they share activations:
 // the weight tile is the A operand of mma.m16n8k16 as in w4a16, one step per
 // kept group. The skeleton is w4a16's (spa_device.cuh): 8-warp CTAs, one
-// 16-column tile per warp, all on the same K range, a cp.async ring of one
-// 128-k slab per stage whose activation tile the 8 warps share, split-K
-// across blocks reduced in the kernel (store_split). Per slab a warp streams
-// KEEP x 128 B of fragments, KEEP x 32 B of scales and a 4-B word of
-// positions (plugins/README.md, "w4_gqsa_tile"):
-// * values [N/16, K/128, KEEP * 32]: lane l's KEEP words at l * KEEP, word j
+// 16-column tile per warp, all on the same K range, a cp.async ring whose
+// stages hold two 128-k slabs (256 k: each stage costs a fixed latency, so a
+// stage carries about as many bytes as w4a16's 128-k group) and one
+// activation tile the 8 warps share, w4a16's launch table with whole stages
+// per split, split-K reduced in the kernel (finish_tile). Per slab a warp
+// streams KEEP x 128 B of fragments, KEEP x 32 B of scales and a 4-B word of
+// positions (plugins/README.md, "w4_gqsa_tile"); the layout pads the slab
+// count to whole stages, S = 2 ceil(K/256), with empty slabs:
+// * values [N/16, S, KEEP * 32]: lane l's KEEP words at l * KEEP, word j
 //   its A fragment of kept group j in dequant order, with the k order inside
 //   a group permuted so that the lane's B fragments of a step (mma rows 2t,
 //   2t + 1, 2t + 8, 2t + 9) are the 4 consecutive k from 4t: one 8-B shared
 //   load per step and 8 tokens;
-// * positions [N/16, K/128]: byte j is the slab position p (0..7) of kept
-//   group j, so its activations are k = 16 p .. 16 p + 15 of the slab (one
-//   byte permute and one multiply-add give the shared address);
-// * scales [N/16, K/128, 8, KEEP, 2]: lane (g, t) reads its KEEP pairs
+// * positions [N/16, S]: byte j is the slab position p (0..7) of kept
+//   group j, so its activations are k = 16 p .. 16 p + 15 of the slab (a
+//   shift, a mask and an add give the shared address);
+// * scales [N/16, S, 8, KEEP, 2]: lane (g, t) reads its KEEP pairs
 //   (columns g and g + 8) with one load.
 // Activation rows are padded to 272 elements, so the 8-B loads of a
 // half-warp (4 rows) hit 32 distinct banks without a per-lane swizzle.
@@ -58,7 +61,7 @@ constexpr int smem_bytes() { return stages_for(MT) * stage_bytes<KEEP, MT>(); }
 template <typename T, int KEEP, int MT, bool kSplit>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemm_kernel(const T* __restrict__ a_ptr,              // [M, K]
-                const uint32_t* __restrict__ values,      // [N/16, S, KEEP * 32] (S = slabs_padded(K))
+                const uint32_t* __restrict__ values,      // [N/16, S, KEEP * 32], S = 2 ceil(K / 256)
                 const uint32_t* __restrict__ positions,   // [N/16, S]
                 const __half* __restrict__ scales,        // [N/16, S, 8, KEEP, 2]
                 T* __restrict__ y,                        // [M, N] (split == 1)
