@@ -18,9 +18,12 @@ weights, integer weights, ``MatMulNBits`` / ``spa.GroupSparseQuantMatMul``
 main graph's.
 
 ``method="sparsegpt"`` uses ``hessians`` (activation name -> ``H[K, K]`` from
-:func:`spa.calibration.collect_hessians`) for MatMul/Gemm; without one
-(or for Conv, whose im2col Hessian spa does not collect) the mask is by
-magnitude and the decision says so.
+:func:`spa.calibration.collect_hessians`) for MatMul/Gemm, and for a 2-D Conv
+with group 1 the ``X^T X`` of its im2col patches
+(:func:`spa.calibration.collect_conv_hessians`, columns in ``(kh, kw, c)``
+order, so SparseGPT's runs of 4 are the same runs of 4 input channels);
+without one (grouped or 1-D/3-D Conv, no calibration) the mask is by magnitude
+and the decision says so.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from spa.calibration import CalibrationRequest, CalibrationResult, ConvPatches
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import DecidingPass, HessianCalibrated, input_name, weight_reason
@@ -66,7 +70,8 @@ class _Target:
     node: ir.Node
     weight: ir.Value
     axis: int
-    activation: ir.Value | None  # None: no input Hessian applies (Conv)
+    activation: ir.Value | None  # None: no input Hessian applies (Conv: patches, see conv)
+    conv: ConvPatches | None = None  # a 2-D Conv with group 1: how it reads its input
 
 
 def _match_matmul(node: ir.Node) -> tuple[_Target | None, str]:
@@ -101,7 +106,26 @@ def _match_conv(node: ir.Node) -> tuple[_Target | None, str]:
             else f"{per_group} input channels"
         )
         return None, f"Conv {where}, not a multiple of 4"
-    return _Target(node, weight, 1, None), ""
+    return _Target(node, weight, 1, None, _conv_patches(node, weight.const_value.numpy().shape)), ""
+
+
+def _conv_patches(node: ir.Node, shape: tuple[int, ...]) -> ConvPatches | None:
+    """How a 2-D Conv with group 1 and explicit pads reads its input, else None."""
+    attributes = node.attributes
+    source = node.inputs[0]
+    if len(shape) != 4 or attributes.get_int("group", 1) != 1 or source is None or not source.name:
+        return None
+    if attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None  # SAME_UPPER / SAME_LOWER: pads depend on the input size
+    pads = tuple(attributes.get_ints("pads", [0, 0, 0, 0]))
+    strides = tuple(attributes.get_ints("strides", [1, 1]))
+    dilations = tuple(attributes.get_ints("dilations", [1, 1]))
+    if len(pads) != 4 or len(strides) != 2 or len(dilations) != 2:
+        return None
+    return ConvPatches(
+        source.name, (int(shape[2]), int(shape[3])), (strides[0], strides[1]),
+        (pads[0], pads[1], pads[2], pads[3]), (dilations[0], dilations[1]),
+    )  # fmt: skip
 
 
 def _already_quantized(node: ir.Node) -> tuple[None, str]:
@@ -166,19 +190,53 @@ class Sparsify2to4Pass(SparsifyingPass):
             raise UserError(f"method '{method}': choose one of {', '.join(SPARSIFY_METHODS)}")
         self.method, self.block, self.percdamp = method, block, percdamp
         self._hessians = dict(hessians or {})
+        self._conv_hessians: dict[str, np.ndarray] = {}
         self.calibration = self._calibration_label(self._hessians)
 
     def _wants_hessians(self) -> bool:
         return self.method == "sparsegpt"
 
-    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
+    def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
+        """MatMul/Gemm input Hessians and, for 2-D Conv with group 1, their patch Hessians."""
+        request = super().calibration_request(model)
+        if request is None:
+            return None
+        convs = {}
+        roles = layer_roles(model.graph)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if op_key(node) == ("", "Conv") and roles.get(id(node), "") not in self.keep_float:
+                target, _ = _match_conv(node)
+                if target is not None and target.conv is not None:
+                    convs[target.weight.name or ""] = target.conv
+        return dataclasses.replace(request, conv_hessians=convs)
+
+    def use_calibration(self, result: CalibrationResult) -> None:
+        super().use_calibration(result)
+        self._conv_hessians = {name: entry.hessian for name, entry in result.conv_hessians.items()}
+        self.calibration = self._calibration_label(self._hessians, len(self._conv_hessians))
+
+    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None, convs: int = 0) -> str:
         if self.method == "magnitude":
             return "not needed (magnitude)"
-        if hessians:
-            return f"hessians for {len(hessians)} activations"
-        return "none (data-free: H = I, SparseGPT reduces to magnitude)"
+        found = [f"hessians for {len(hessians)} activations"] if hessians else []
+        found += [f"{convs} Conv patch Hessians"] if convs else []
+        return " and ".join(found) or "none (data-free: H = I, SparseGPT reduces to magnitude)"
+
+    def _prune_conv(self, target: _Target, array: np.ndarray) -> np.ndarray | None:
+        """SparseGPT of a 2-D Conv weight ``[O, C, kh, kw]`` against its patch Hessian, or None."""
+        hessian = self._conv_hessians.get(target.weight.name or "")
+        out, channels, kh, kw = array.shape
+        if hessian is None or hessian.shape != (kh * kw * channels,) * 2:
+            return None
+        matrix = array.transpose(2, 3, 1, 0).reshape(kh * kw * channels, out)  # (kh, kw, c) order
+        pruned = sparsegpt_2to4(matrix, hessian, block=self.block, percdamp=self.percdamp)
+        return np.ascontiguousarray(pruned.reshape(kh, kw, channels, out).transpose(3, 2, 0, 1))
 
     def _prune(self, target: _Target, array: np.ndarray) -> tuple[np.ndarray, str]:
+        if self.method == "sparsegpt" and target.conv is not None:
+            pruned_conv = self._prune_conv(target, array)
+            if pruned_conv is not None:
+                return pruned_conv.astype(array.dtype), "sparsegpt on the Conv's im2col patch Hessian"
         matrix = reduction_first(array, target.axis)  # [reduction, rest]
         note = ""
         hessian = None
@@ -186,7 +244,10 @@ class Sparsify2to4Pass(SparsifyingPass):
             name = target.activation.name if target.activation is not None else None
             hessian = self._hessians.get(name or "")
             if target.activation is None:
-                note = "sparsegpt: no input Hessian for this node, magnitude mask"
+                note = (
+                    "sparsegpt: no patch Hessian for this Conv (grouped, not 2-D, SAME padding or "
+                    "no calibration), magnitude mask"
+                )
             elif hessian is None:
                 note = "no calibration Hessian for this input: magnitude mask (H = I)"
             elif hessian.shape != (matrix.shape[0],) * 2:

@@ -66,13 +66,16 @@ __all__ = [
     "CalibrationResult",
     "CalibrationSource",
     "ChannelStatistics",
+    "ConvPatches",
     "HessianStatistics",
     "RangeStatistics",
     "calibrate",
     "calibration_shapes",
     "collect_channel_statistics",
+    "collect_conv_hessians",
     "collect_hessians",
     "collect_ranges",
+    "conv_patches",
     "entropy_threshold",
     "file_name_for_input",
     "hash_samples",
@@ -471,6 +474,67 @@ def collect_hessians(
     return statistics
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvPatches:
+    """How a 2-D ``Conv`` (group 1) reads its input ``value`` ``[N, C, H, W]``: its
+    im2col patches, whose ``X^T X`` is the Conv's input Hessian (SparseGPT/GPTQ on
+    Conv weights). Patch columns are in ``(kh, kw, c)`` order, so a run of 4
+    consecutive columns is 4 input channels at one kernel position."""
+
+    value: str
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+
+
+def conv_patches(
+    x: np.ndarray, spec: ConvPatches, max_rows: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """``[rows, kh*kw*C]`` im2col patches of ``x[N, C, H, W]`` in ``(kh, kw, c)`` order, one
+    row per output position; at most ``max_rows`` of them (a seeded uniform choice)."""
+    n, channels, height, width = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilations
+    top, left, bottom, right = spec.pads
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    positions = n * out_h * out_w
+    chosen = np.arange(positions)
+    if max_rows is not None and positions > max_rows:
+        chosen = np.sort(np.random.default_rng(seed).choice(positions, max_rows, replace=False))
+    b, rest = np.divmod(chosen, out_h * out_w)
+    y, xx = np.divmod(rest, out_w)
+    rows = np.empty((chosen.size, kh, kw, channels), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows[:, i, j, :] = padded[b, :, y * sh + i * dh, xx * sw + j * dw]
+    return rows.reshape(chosen.size, kh * kw * channels)
+
+
+def collect_conv_hessians(
+    model: onnx.ModelProto,
+    convs: Mapping[str, ConvPatches],
+    feeds: Iterable[Feeds],
+    *,
+    max_samples: int | None = None,
+    max_rows: int = 4096,
+) -> dict[str, HessianStatistics]:
+    """``X^T X`` of each Conv's im2col patches (key -> :class:`ConvPatches`) over ``feeds``,
+    at most ``max_rows`` output positions per sample and Conv (seeded)."""
+    statistics: dict[str, HessianStatistics] = {}
+    if not convs:
+        return statistics
+    graph_inputs = {value.name for value in model.graph.input}
+    names = sorted({spec.value for spec in convs.values()} - graph_inputs)
+    runs = _calibration_runs(model, names, feeds, max_samples, len(convs))
+    for sample, (inputs, outputs) in enumerate(runs):
+        for key, spec in convs.items():
+            x = np.asarray(inputs[spec.value] if spec.value in graph_inputs else outputs[spec.value])
+            _accumulate(statistics, key, conv_patches(x.astype(np.float64), spec, max_rows, sample))
+    return statistics
+
+
 def collect_channel_statistics(
     model: onnx.ModelProto,
     values: Mapping[str, int],
@@ -619,6 +683,8 @@ class CalibrationRequest:
     """
 
     hessians: tuple[str, ...] = ()
+    #: key -> the im2col patches of a Conv, whose ``X^T X`` is wanted (collect_conv_hessians)
+    conv_hessians: Mapping[str, ConvPatches] = dataclasses.field(default_factory=dict)
     channels: Mapping[str, int] = dataclasses.field(default_factory=dict)
     full_channels: bool = False
     ranges: tuple[str, ...] = ()
@@ -637,7 +703,7 @@ class CalibrationRequest:
 
     @property
     def empty(self) -> bool:
-        return not (self.hessians or self.channels or self.ranges or self.samples)
+        return not (self.hessians or self.conv_hessians or self.channels or self.ranges or self.samples)
 
 
 @dataclasses.dataclass
@@ -645,6 +711,7 @@ class CalibrationResult:
     """The statistics a :class:`CalibrationRequest` asked for, and where they came from."""
 
     hessians: dict[str, HessianStatistics] = dataclasses.field(default_factory=dict)
+    conv_hessians: dict[str, HessianStatistics] = dataclasses.field(default_factory=dict)
     channels: dict[str, ChannelStatistics] = dataclasses.field(default_factory=dict)
     ranges: RangeStatistics | None = None
     source: str = ""
@@ -671,6 +738,10 @@ def calibrate(
     if request.hessians:
         result.hessians = collect_hessians(
             model, request.hessians, feeds(), max_samples=max_samples
+        )
+    if request.conv_hessians:
+        result.conv_hessians = collect_conv_hessians(
+            model, request.conv_hessians, feeds(), max_samples=max_samples
         )
     if request.channels:
         result.channels = collect_channel_statistics(
