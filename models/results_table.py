@@ -15,7 +15,8 @@ For each bed (``BEDS``) and each variant:
   form it wrote and its measurements go in the note; a static model it refused (slower than
   dense with every layer subset) is a row "refused, no output";
 * ``2:4``: ``sparsify_model`` (magnitude, the reference form: zeros in dense weights, which ORT
-  CPU runs as dense);
+  CPU runs as dense), and ``2:4 SparseGPT`` the same with ``method="sparsegpt"`` on the
+  calibration samples (MatMul/Gemm input Hessians, Conv im2col patch Hessians);
 * ``spa optimize --max-drop 1%``: read from ``optimize_<bed>.json`` (written by
   ``models/optimize_testbeds.py``; not re-run here): its chosen candidate's metric, as that script
   defines it, and its re-measured speedup;
@@ -107,6 +108,7 @@ def spa_makers(calibration: Feeds) -> dict[str, Maker]:
         "spa W4 GPTQ": call(quantize_model, bits=4, block=32, method="gptq", calib=calibration),
         "spa static INT8": call(quantize_static_model, calib=calibration, holdout=0.0),
         "spa 2:4": call(sparsify_model, pattern="2:4"),
+        "spa 2:4 SparseGPT": call(sparsify_model, pattern="2:4", method="sparsegpt", calib=calibration),
     }
 
 

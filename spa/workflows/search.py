@@ -581,6 +581,8 @@ def optimize_search(
             "holdout": hash_samples(held), "metric": metric, "target": target,
             "criterion": criterion, "allocation": allocation, "round_to": _round_to_field(round_to), "seed": seed,
             "inputs": inputs, "latency_budget_s": latency_budget_s, "quality_measure": QUALITY_MEASURE,
+            # what each format's candidate is (a builder that changes says so here: 2:4 by SparseGPT)
+            "formats": formats_for(target),
         })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spa-search-") as staging:
         results = _run_candidates(

@@ -57,7 +57,8 @@ QUANT_FORMATS: dict[str, str] = {
 #: The formats tried for ``--target tensorrt`` (TensorRT reads QDQ and 2:4 weights).
 TRT_FORMATS: dict[str, str] = {
     "int8-qdq": "static INT8 QDQ on weights and activations (INT8 tensor cores)",
-    "sparse-2:4": "2:4 sparse weights, magnitude (sparse tensor cores; build with --sparsity)",
+    "sparse-2:4": "2:4 sparse weights, SparseGPT on the calibration samples (sparse tensor "
+    "cores; build with --sparsity)",
 }
 
 
@@ -165,7 +166,10 @@ def _apply(step: Step, source: Path, output: Path, context: BuildContext) -> Non
             **_run_keywords(context),
         )  # fmt: skip
     elif step.kind == "sparse-2:4":
-        sparsify_model(source, output, verify=False, **_run_keywords(context))
+        sparsify_model(
+            source, output, method="sparsegpt", calib=list(context.calibration), verify=False,
+            **_run_keywords(context),
+        )  # fmt: skip
     elif step.kind in ("w4-nbits", "w8-nbits"):
         _weight_only(source, output, context, 4 if step.kind == "w4-nbits" else 8)
     else:
