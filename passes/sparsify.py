@@ -19,10 +19,10 @@ main graph's.
 
 ``method="sparsegpt"`` uses ``hessians`` (activation name -> ``H[K, K]`` from
 :func:`spa.calibration.collect_hessians`) for MatMul/Gemm, and for a 2-D Conv
-with group 1 the ``X^T X`` of its im2col patches
+(or 1-D, as height 1) with group 1 the ``X^T X`` of its im2col patches
 (:func:`spa.calibration.collect_conv_hessians`, columns in ``(kh, kw, c)``
 order, so SparseGPT's runs of 4 are the same runs of 4 input channels);
-without one (grouped or 1-D/3-D Conv, no calibration) the mask is by magnitude
+without one (grouped or 3-D Conv, no calibration) the mask is by magnitude
 and the decision says so.
 """
 
@@ -110,21 +110,28 @@ def _match_conv(node: ir.Node) -> tuple[_Target | None, str]:
 
 
 def _conv_patches(node: ir.Node, shape: tuple[int, ...]) -> ConvPatches | None:
-    """How a 2-D Conv with group 1 and explicit pads reads its input, else None."""
+    """How a 1-D or 2-D Conv with group 1 and explicit pads reads its input, else None
+    (a 1-D Conv is a 2-D one of height 1)."""
     attributes = node.attributes
     source = node.inputs[0]
-    if len(shape) != 4 or attributes.get_int("group", 1) != 1 or source is None or not source.name:
+    spatial = len(shape) - 2
+    if spatial not in (1, 2) or attributes.get_int("group", 1) != 1 or source is None or not source.name:
         return None
     if attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None  # SAME_UPPER / SAME_LOWER: pads depend on the input size
-    pads = tuple(attributes.get_ints("pads", [0, 0, 0, 0]))
-    strides = tuple(attributes.get_ints("strides", [1, 1]))
-    dilations = tuple(attributes.get_ints("dilations", [1, 1]))
-    if len(pads) != 4 or len(strides) != 2 or len(dilations) != 2:
+    pads = tuple(attributes.get_ints("pads", [0] * 2 * spatial))
+    strides = tuple(attributes.get_ints("strides", [1] * spatial))
+    dilations = tuple(attributes.get_ints("dilations", [1] * spatial))
+    if len(pads) != 2 * spatial or len(strides) != spatial or len(dilations) != spatial:
         return None
+    if spatial == 1:  # height 1: no padding, stride or dilation along it
+        kernel, strides, dilations = (1, int(shape[2])), (1, strides[0]), (1, dilations[0])
+        pads = (0, pads[0], 0, pads[1])
+    else:
+        kernel = (int(shape[2]), int(shape[3]))
     return ConvPatches(
-        source.name, (int(shape[2]), int(shape[3])), (strides[0], strides[1]),
-        (pads[0], pads[1], pads[2], pads[3]), (dilations[0], dilations[1]),
+        source.name, kernel, (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]),
+        (dilations[0], dilations[1]),
     )  # fmt: skip
 
 
@@ -223,14 +230,17 @@ class Sparsify2to4Pass(SparsifyingPass):
         return " and ".join(found) or "none (data-free: H = I, SparseGPT reduces to magnitude)"
 
     def _prune_conv(self, target: _Target, array: np.ndarray) -> np.ndarray | None:
-        """SparseGPT of a 2-D Conv weight ``[O, C, kh, kw]`` against its patch Hessian, or None."""
+        """SparseGPT of a Conv weight ``[O, C, kh, kw]`` (1-D: ``[O, C, k]``, height 1) against
+        its patch Hessian, or None."""
         hessian = self._conv_hessians.get(target.weight.name or "")
-        out, channels, kh, kw = array.shape
+        square = array if array.ndim == 4 else array[:, :, None, :]
+        out, channels, kh, kw = square.shape
         if hessian is None or hessian.shape != (kh * kw * channels,) * 2:
             return None
-        matrix = array.transpose(2, 3, 1, 0).reshape(kh * kw * channels, out)  # (kh, kw, c) order
+        matrix = square.transpose(2, 3, 1, 0).reshape(kh * kw * channels, out)  # (kh, kw, c) order
         pruned = sparsegpt_2to4(matrix, hessian, block=self.block, percdamp=self.percdamp)
-        return np.ascontiguousarray(pruned.reshape(kh, kw, channels, out).transpose(3, 2, 0, 1))
+        back = pruned.reshape(kh, kw, channels, out).transpose(3, 2, 0, 1)
+        return np.ascontiguousarray(back.reshape(array.shape))
 
     def _prune(self, target: _Target, array: np.ndarray) -> tuple[np.ndarray, str]:
         if self.method == "sparsegpt" and target.conv is not None:
@@ -245,7 +255,7 @@ class Sparsify2to4Pass(SparsifyingPass):
             hessian = self._hessians.get(name or "")
             if target.activation is None:
                 note = (
-                    "sparsegpt: no patch Hessian for this Conv (grouped, not 2-D, SAME padding or "
+                    "sparsegpt: no patch Hessian for this Conv (grouped, 3-D, SAME padding or "
                     "no calibration), magnitude mask"
                 )
             elif hessian is None:

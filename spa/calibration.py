@@ -476,10 +476,10 @@ def collect_hessians(
 
 @dataclasses.dataclass(frozen=True)
 class ConvPatches:
-    """How a 2-D ``Conv`` (group 1) reads its input ``value`` ``[N, C, H, W]``: its
-    im2col patches, whose ``X^T X`` is the Conv's input Hessian (SparseGPT/GPTQ on
-    Conv weights). Patch columns are in ``(kh, kw, c)`` order, so a run of 4
-    consecutive columns is 4 input channels at one kernel position."""
+    """How a 2-D ``Conv`` with group 1 (a 1-D one as height 1) reads its input ``value``
+    ``[N, C, H, W]``: its im2col patches, whose ``X^T X`` is the Conv's input Hessian
+    (SparseGPT on Conv weights). Patch columns are in ``(kh, kw, c)`` order, so a run of
+    4 consecutive columns is 4 input channels at one kernel position."""
 
     value: str
     kernel: tuple[int, int]
@@ -491,8 +491,11 @@ class ConvPatches:
 def conv_patches(
     x: np.ndarray, spec: ConvPatches, max_rows: int | None = None, seed: int = 0
 ) -> np.ndarray:
-    """``[rows, kh*kw*C]`` im2col patches of ``x[N, C, H, W]`` in ``(kh, kw, c)`` order, one
-    row per output position; at most ``max_rows`` of them (a seeded uniform choice)."""
+    """``[rows, kh*kw*C]`` im2col patches of ``x[N, C, H, W]`` (``[N, C, L]``: height 1) in
+    ``(kh, kw, c)`` order, one row per output position; at most ``max_rows`` of them (a
+    seeded uniform choice)."""
+    if x.ndim == 3:
+        x = x[:, :, None, :]
     n, channels, height, width = x.shape
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.strides, spec.dilations
     top, left, bottom, right = spec.pads

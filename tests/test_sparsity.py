@@ -233,17 +233,39 @@ def test_conv_patches_times_the_weight_is_the_convolution() -> None:
     assert some.shape == (7, 72) and all(any(np.array_equal(r, full) for full in rows) for r in some)
 
 
-def test_sparsegpt_on_conv_uses_its_patch_hessian(tmp_path: Path) -> None:
+CONV1D = """
+<ir_version: 10, opset_import: ["" : 21]>
+conv (float[B, 8, 20] X) => (float[B, 12, 9] Y) {
+    Y = Conv <kernel_shape = [3], strides = [2], pads = [1, 0], dilations = [1]>(X, W)
+}
+"""
+
+
+def test_conv_patches_of_a_1d_conv_are_height_one() -> None:
+    from spa.calibration import ConvPatches, conv_patches
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((12, 8, 3)).astype(np.float32)
+    x = rng.standard_normal((2, 8, 20)).astype(np.float32)
+    expected = _run(_model(CONV1D, {"W": weight}), {"X": x})["Y"]  # [2, 12, 9]
+    rows = conv_patches(x.astype(np.float64), ConvPatches("X", (1, 3), (1, 2), (0, 1, 0, 0)))
+    product = rows @ weight[:, :, None, :].transpose(2, 3, 1, 0).reshape(24, 12)
+    np.testing.assert_allclose(product, expected.transpose(0, 2, 1).reshape(-1, 12), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("text", [CONV, CONV1D], ids=["2d", "1d"])
+def test_sparsegpt_on_conv_uses_its_patch_hessian(tmp_path: Path, text: str) -> None:
     """`--method sparsegpt` on a Conv: the pass asks for the X^T X of its patches, keeps 2:4
     along input channels and reconstructs: far less output error than magnitude on
     correlated calibration data."""
     rng = np.random.default_rng(1)
-    weight = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+    spatial = (9, 9) if text is CONV else (20,)
+    weight = rng.standard_normal((12, 8, 3, 3) if text is CONV else (12, 8, 3)).astype(np.float32)
     source = tmp_path / "conv.onnx"
-    onnx.save(_model(CONV, {"W": weight}), str(source))
+    onnx.save(_model(text, {"W": weight}), str(source))
     mix = rng.standard_normal((8, 8)) + 2.0 * np.eye(8)
-    samples = np.einsum("cd,nd...->nc...", mix, rng.standard_normal((48, 8, 9, 9))).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", X=samples[:, None])  # 48 samples of [1, 8, 9, 9]
+    samples = np.einsum("cd,nd...->nc...", mix, rng.standard_normal((48, 8, *spatial))).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", X=samples[:, None])  # 48 samples of [1, 8, *spatial]
     dense = _run(onnx.load(str(source)), {"X": samples})["Y"]
     errors = {}
     for method in ("magnitude", "sparsegpt"):
