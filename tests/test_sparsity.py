@@ -336,7 +336,6 @@ def test_sparsify_cli_report_and_inspect(run_cli, tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--sparsity", "0.3"], "2:4 is always 50%"),
-        (["--calib", "CALIB"], "--calib is used by --method sparsegpt or --pattern gqsa"),
         (["--report", "missing/r.json"], "folder does not exist"),
         (["--form", "plugin"], "--group/--bits/--form/--gqsa-layout apply to --pattern gqsa"),
     ],
@@ -354,6 +353,26 @@ def test_sparsify_bad_options_one_line_exit_1(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_magnitude_with_calib_measures_quality_on_the_held_out_share(run_cli, tmp_path: Path) -> None:
+    """--method magnitude takes --calib for the quality line only (no Hessian is collected),
+    so it can be compared with SparseGPT on the same held-out samples."""
+    source = tmp_path / "layer.onnx"
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    onnx.save(_model(LAYER, {"W": weight}), str(source))
+    calibration = _correlated(512, 64, 2).astype(np.float32).reshape(128, 4, 64)
+    np.savez(tmp_path / "calib.npz", X=calibration[:, None])
+    losses = {}
+    for method in ("magnitude", "sparsegpt"):
+        result = run_cli("sparsify", source, "-o", tmp_path / f"{method}.onnx", "--method", method,
+                         "--calib", tmp_path / "calib.npz", "--report", tmp_path / f"{method}.json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "quality not measured" not in result.output and "held out" in result.output
+        report = json.loads((tmp_path / f"{method}.json").read_text())
+        losses[method] = report["quality"]["outputs"][0]["cosine"]
+    assert report["calibration"] == "hessians for 1 activations"
+    assert losses["sparsegpt"] > losses["magnitude"]  # the same held-out samples, SparseGPT closer
 
 
 def test_sparsify_missing_model_is_one_line(run_cli, tmp_path: Path) -> None:
