@@ -52,7 +52,7 @@ KERNELS = ("w4a16 and w4_sp24: 8-warp CTAs sharing one activation stage, 128-bit
            "(slabs + arrival counters kept by the caller: no memset, no finalize, no FP32 atomics), scales staged "
            "by cp.async with the weights, "
            "two mma chains at MT <= 2 (W-2), launch table L1. w4_gqsa: as measured, but the dequant "
-           "without I2F (GQSA_ENTRY_RATIO)")
+           "without I2F and FP16 products in half2 FMA chains (GQSA_ENTRY_RATIO, GQSA_TOKEN_RATIO)")
 # W-2 (scales staged by cp.async, two mma chains) is not measured yet: the
 # serial chain per group is assumed to fall to this fraction of the calibrated
 # value (diagnosis.md §2.5 estimates 0.74 -> 0.30-0.35 µs; 0.55 is the
@@ -110,18 +110,23 @@ V2_REGS = {"w4a16": {1: 80, 2: 79, 4: 97, 8: 128}, "w4_sp24": {1: 80, 2: 77, 4: 
 # sweep times the memset path beside it (launcher_choice_memset_us).
 SPLIT_COUNTERS = 0.5
 KEPT_COUNTERS = True
-# w4_gqsa's dequant without I2F (magic-number pairs widened to FP32): the
-# static loop of gemv_kernel<half, 16, 1> went from 464 to 441.3 instructions
-# per KB (sass_budget.py: 426.7 after the dequant change, 441.3 with the
-# two-step register prefetch); the per-entry cost (the M = 1 part) is scaled
-# by that ratio, the per-token cost is unchanged. An assumption, like
-# V2_PER_KB. The model is issue-bound only: the latency the prefetch and the
-# shorter prologue remove (three binary searches over row_ptr in the measured
-# kernel, 36 dependent loads at N = 4096; now 3 rounds of a 32-way search and
-# a binary search over the warp's few columns; ncu: long-scoreboard stalls 57 %
-# of the cycles per instruction) has no term, so their effect is for the next
-# run to show; the model charges only their extra instructions.
-GQSA_ENTRY_RATIO = 441.3 / 464
+# w4_gqsa as committed: the dequant without I2F, two steps of register
+# prefetch, and (FP16) the group's pairs scaled once by HMUL2 and each token's
+# 16 products in half2 FMA chains (8 HFMA2 where FP32 took 16 conversions and
+# 16 FFMA), every token's row pinned in a register and no token behind a
+# branch. Static loop of gemv_kernel<half, 16, MB> (sass_budget.py), against
+# the measured source (0d36e8a): 330.7 per KB at MB = 1 (measured 464) and
+# 1090.7 at MB = 8 (measured 1850.7), so 108.6 per KB per extra token
+# (measured 198.1). The fitted per-entry cost (the M = 1 part) and per-token
+# cost are scaled by those ratios. An assumption, like V2_PER_KB: that the
+# fitted "effective" instructions shrink with the real ones. The model is
+# issue-bound only: the latency the prefetch, the shorter prologue and the
+# loads issued together for every token (the branch per token had serialized
+# each token's load and its math) remove has no term (ncu on the measured
+# kernel: long-scoreboard stalls 57 % of the cycles per instruction), so
+# their effect is for the next run to show.
+GQSA_ENTRY_RATIO = 330.7 / 464
+GQSA_TOKEN_RATIO = (1090.7 - 330.7) / (1850.7 - 464)
 # w4_gqsa_tile (tile-shared GQSA on tensor cores): w4a16's skeleton, each
 # stage two 128-k slabs (256 k) holding `keep` kept groups of 16 per slab and
 # warp: 2 x (keep x (128 B of fragments + 32 B of scales) + 4 B of positions).
@@ -266,10 +271,13 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     return t * chunks
 
 
-def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA, entry_ratio: float = 1.0) -> float:
-    """One call's time; entry_ratio scales the per-entry cost (GQSA_ENTRY_RATIO: the current kernel)."""
+def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA, entry_ratio: float = 1.0,
+              token_ratio: float = 1.0) -> float:
+    """One call's time; entry_ratio and token_ratio scale the per-entry and per-token costs
+    (GQSA_ENTRY_RATIO, GQSA_TOKEN_RATIO: the current kernel; 1.0: the measured one)."""
     c = dict(p[g])
     c["per_entry"] *= entry_ratio
+    c["per_token"] *= token_ratio
     nnz_m = 0.5 * (k // g) * n / 1e6
     t = c["t0"]
     for m0 in range(0, m, 8):
@@ -281,7 +289,7 @@ def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = G
 
 def predict_row(kernel: str, k: int, n: int, m: int, g: int = 128, slices: int = 0, split_k: int = 0) -> float:
     if kernel == "w4_gqsa":
-        return gqsa_time(k, n, m, g, entry_ratio=GQSA_ENTRY_RATIO)
+        return gqsa_time(k, n, m, g, entry_ratio=GQSA_ENTRY_RATIO, token_ratio=GQSA_TOKEN_RATIO)
     s, splits, _ = plan_split(min(m, 64), n // 16, k // 128, slices, split_k)
     return dense_time(kernel, k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True)
 

@@ -172,16 +172,18 @@ def demangle(function: str) -> tuple[str, list[int]] | None:
     return None
 
 
-def weight_kb(kernel: str, args: list[int], math_count: int) -> float:
-    """KB of weights one pass of the loop streams, from the math it holds."""
+def weight_kb(kernel: str, args: list[int], math_count: int, index_loads: int = 0) -> float:
+    """KB of weights one pass of the loop streams, from the math it holds (w4_gqsa: from its
+    16-bit loads, a group index and a scale per entry and lane: its FP16 math is HFMA2 on
+    pre-scaled pairs, its BF16 math FFMA, so the math does not count its entries alike)."""
     if kernel in DENSE:
         per_group, nbytes = DENSE[kernel]
         return math_count / (per_group * args[0]) * nbytes / 1024
     if kernel == "w4_gqsa_tile":
         keep, mt = args
         return math_count / (keep * mt) * (keep * 160 + 4) / 1024
-    g, rows = args
-    entries = math_count * 32 / (g * rows)  # one FP32 FMA per weight and token, per lane
+    g, _rows = args
+    entries = index_loads / 2 * 32  # per lane and entry: one uint16 index and one fp16 scale
     return entries * (g / 2 + 4) / 1024  # entries x (values + uint16 index + fp16 scale)
 
 
@@ -259,7 +261,8 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 report.loop = (part[0].addr, part[-1].addr)
                 report.instructions = sum(1 for ins in part if ins.opcode != "NOP")
                 math_count = sum(1 for ins in part if is_math(ins, MATH[kernel]))
-                report.kb = weight_kb(kernel, args, math_count)
+                index_loads = sum(1 for ins in part if ins.opcode.startswith("LDG") and ins.opcode.endswith(".U16"))
+                report.kb = weight_kb(kernel, args, math_count, index_loads)
                 report.ldg_consumed = consumed_loads(part)
                 report.i2f = sum(1 for ins in part if ins.opcode.startswith("I2F"))
             report.regs = int(resources.get(function, 0))

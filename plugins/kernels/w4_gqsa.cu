@@ -18,7 +18,10 @@
 // a column across steps, and the lane holding a column's last entry writes
 // Y directly: no workspace, no memset, no finalize launch. Activations are
 // gathered through L1 (A is at most 8 x K per pass, reused by every column).
+// FP16 multiplies in half2 (pre-scaled weights, chains of 16 products, sums
+// in FP32: fp16_products); BF16 in FP32.
 #include <algorithm>
+#include <type_traits>
 
 #include "spa_device.cuh"
 
@@ -86,6 +89,45 @@ __device__ __forceinline__ void first_columns_from(const int32_t* __restrict__ r
   n1 = lo[1];
 }
 
+// FP16 products of one entry (G weights) with MB tokens, into acc[m]:
+// the entry's pairs are dequantized (exact) and scaled once (HMUL2: q * s
+// rounded once to FP16, as the tile kernel does), then each token's products
+// run in half2 FMA chains of at most 16 weights (8 per half), each chain
+// widened to FP32 and added there. 8 HFMA2 per 16 weights and token where
+// FP32 took 16 conversions and 16 FFMA. The products are the real w * x
+// (not q * x), so a chain overflows only where 8 of them sum past 65504.
+template <int MB, typename Fetched>
+__device__ __forceinline__ void fp16_products(const Fetched& f, const __half* a_group, const int (&a_row)[MB],
+                                              float (&acc)[MB]) {
+  constexpr int kWords = sizeof(f.words) / sizeof(f.words[0]);
+  constexpr int kChain = kWords < 2 ? kWords : 2;  // words per FP16 chain (16 weights)
+  const __half2 s2 = __half2half2(f.scale);
+  __half2 w[kWords][4];
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    uint32_t pairs[4];
+    dequant8_fast<__half>(f.words[i], pairs);
+#pragma unroll
+    for (int p = 0; p < 4; ++p) w[i][p] = __hmul2(*reinterpret_cast<const __half2*>(&pairs[p]), s2);
+  }
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int c = 0; c < kWords; c += kChain) {
+      __half2 h = __float2half2_rn(0.f);
+#pragma unroll
+      for (int i = c; i < c + kChain; ++i) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(a_group + a_row[m] + i * 8);
+        const __half2* x = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int p = 0; p < 4; ++p) h = __hfma2(w[i][p], x[p], h);
+      }
+      const float2 sum = __half22float2(h);
+      acc[m] = c == 0 ? sum.x + sum.y : acc[m] + (sum.x + sum.y);
+    }
+  }
+}
+
 template <typename T, int G, int MB>
 __global__ void __launch_bounds__(kThreads)
     gemv_kernel(const T* __restrict__ a_ptr,             // [rows, K] (this pass)
@@ -116,6 +158,19 @@ __global__ void __launch_bounds__(kThreads)
       for (int m = 0; m < MB; ++m)
         if (m < rows) y[static_cast<size_t>(m) * N + n] = Elem<T>::from_float(0.f);
     }
+  }
+
+  // Each token's row of A, as an offset; rows past `rows` read the last row
+  // again (their sums are never stored), so no token is guarded by a branch
+  // and the compiler issues every token's loads before their math.
+  // Pinned in registers: recomputed from the parameters, each cost the loop
+  // five uniform instructions per token.
+  int a_row[MB];
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+    uint32_t offset = static_cast<uint32_t>(min(m, rows - 1) * K);
+    pin(offset);
+    a_row[m] = static_cast<int>(offset);
   }
 
   int row = find_row(row_ptr, n_begin, n_end - 1, min(e_begin + lane, max(e_end - 1, 0)));
@@ -155,32 +210,36 @@ __global__ void __launch_bounds__(kThreads)
     if (valid) {
       while (last <= e) last = __ldg(row_ptr + ++row + 1);
       const T* a_group = a_ptr + static_cast<size_t>(f.b) * G;
+      if constexpr (std::is_same_v<T, __half>) {
+        fp16_products<MB>(f, a_group, a_row, acc);
+      } else {
 #pragma unroll
-      for (int w = 0; w < kWords; ++w) {
-        // The magic-number dequant of w4a16 (exact 16-bit pairs, no I2F), then
-        // each pair widened to FP32: q[2p], q[2p + 1] from nibbles p, p + 4.
-        uint32_t pairs[4];
-        dequant8<T>(f.words[w], pairs);
-        float q[8];
+        for (int w = 0; w < kWords; ++w) {
+          // BF16: the magic-number dequant of w4a16 (exact 16-bit pairs, no
+          // I2F), each pair widened to FP32 (a shift), FP32 FMAs, the scale
+          // applied once per entry: BF16 products summed in BF16 would keep
+          // 8 bits.
+          uint32_t pairs[4];
+          dequant8<T>(f.words[w], pairs);
+          float q[8];
 #pragma unroll
-        for (int p = 0; p < 4; ++p) {
-          const T* h = reinterpret_cast<const T*>(&pairs[p]);
-          q[2 * p] = Elem<T>::to_float(h[0]);
-          q[2 * p + 1] = Elem<T>::to_float(h[1]);
-        }
+          for (int p = 0; p < 4; ++p) {
+            const T* h = reinterpret_cast<const T*>(&pairs[p]);
+            q[2 * p] = Elem<T>::to_float(h[0]);
+            q[2 * p + 1] = Elem<T>::to_float(h[1]);
+          }
 #pragma unroll
-        for (int m = 0; m < MB; ++m) {
-          if (m < rows) {
+          for (int m = 0; m < MB; ++m) {
             float x[8];
-            load8<T>(a_group + static_cast<size_t>(m) * K + w * 8, x);
+            load8<T>(a_group + a_row[m] + w * 8, x);
 #pragma unroll
             for (int i = 0; i < 8; ++i) acc[m] = fmaf(q[i], x[i], acc[m]);
           }
         }
-      }
-      const float scale = __half2float(f.scale);
+        const float scale = __half2float(f.scale);
 #pragma unroll
-      for (int m = 0; m < MB; ++m) acc[m] *= scale;
+        for (int m = 0; m < MB; ++m) acc[m] *= scale;
+      }
     }
     // Segmented inclusive scan over lanes of the same column (columns are
     // sorted, so equal keys are contiguous and sums never cross a segment).
