@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "spa_kernels.h"
 
@@ -417,6 +418,15 @@ __device__ __forceinline__ void run_stage_ring(int g_count, Load& load_stage, Co
   cp_async_wait<0>();
 }
 
+// Zeroes the accumulators of MT 8-token tiles (4 C fragment registers each).
+template <int MT>
+__device__ __forceinline__ void zero_tiles(float (&acc)[MT][4]) {
+#pragma unroll
+  for (int j = 0; j < MT; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
+}
+
 // Adds one group's FP32 sums, scaled, to the accumulators: rows g and g + 8
 // of the tile (C fragment registers 0, 1 and 2, 3) have their own scale.
 template <int kChains, int MT>
@@ -566,6 +576,30 @@ inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted,
 // Column blocks of the 8-warp kernels (8 tiles of 16 columns each): one
 // arrival counter each.
 inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
+
+// The 8-warp kernels' row tiles: calls f(std::integral_constant<int, MT>{})
+// with MT = 1, 2, 4, 8 8-token tiles for M <= 8, 16, 32, 64 (the launchers
+// run at most 64 rows per launch).
+template <typename F>
+inline cudaError_t with_row_tiles(int M, F&& f) {
+  if (M <= 8) return f(std::integral_constant<int, 1>{});
+  if (M <= 16) return f(std::integral_constant<int, 2>{});
+  if (M <= 32) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, 8>{});
+}
+
+// Launches an 8-warp kernel over split_column_blocks(N) x splits CTAs with
+// `bytes` of dynamic shared memory: its split-K instantiation (reduced in
+// the kernel) when splits > 1, else the plain one.
+template <typename... Params, typename... Args>
+inline cudaError_t launch_column_blocks(void (*plain)(Params...), void (*split)(Params...), int bytes, int N,
+                                        int splits, cudaStream_t stream, Args... args) {
+  auto kernel = splits > 1 ? split : plain;
+  SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  dim3 grid(split_column_blocks(N), splits);
+  SPA_LAUNCH(grid, 256, bytes, stream, kernel)(args...);
+  return cudaGetLastError();
+}
 
 // The workspace of an 8-warp kernel: room for the launch table's splits and
 // for at least 8 (the split_k an _ex launcher may force; more than fit are

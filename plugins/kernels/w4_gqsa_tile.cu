@@ -42,7 +42,7 @@ namespace gqsa_tile {
 
 constexpr int kWarps = 8;  // 8 tiles of 16 columns per CTA
 constexpr int kThreads = kWarps * 32;
-static_assert(kWarps == 8, "split_column_blocks (spa_device.cuh) counts 8 tiles per CTA");
+static_assert(kWarps == 8, "split_column_blocks and launch_column_blocks (spa_device.cuh) count 8 tiles per CTA");
 constexpr int kSlab = SPA_W4_GROUP;            // 128 k: 8 groups of 16, KEEP of them kept
 constexpr int kSlabs = 2;                      // slabs per pipeline stage (256 k)
 constexpr int kRowStride = kSlabs * kSlab + 16;  // 544 B: rows 4 apart land 8 banks apart (below)
@@ -149,10 +149,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   pin(p_read);
 
   float acc[MT][4];
-#pragma unroll
-  for (int j = 0; j < MT; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
+  zero_tiles(acc);
 
   auto compute = [&](int stage) {
     const uint2 pos2 = lds64(smem, p_read + stage * kWarps * kSlabs * 4);
@@ -214,26 +211,15 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                              tile * 16 + group_id, thread_in_group);
 }
 
-template <typename T, int KEEP, int MT>
-cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* positions, const __half* scales, T* y,
-                   float* slabs, int* counters, int M, int N, int K, int splits, int units_per_split,
-                   cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<KEEP, MT>();
-  auto kernel = splits > 1 ? gemm_kernel<T, KEEP, MT, true> : gemm_kernel<T, KEEP, MT, false>;
-  SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
-  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, values, positions, scales, y, slabs, counters, M, N, K,
-                                                     units_per_split);
-  return cudaGetLastError();
-}
-
 template <typename T, int KEEP>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* positions, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int sps, cudaStream_t stream) {
-  if (M <= 8) return launch<T, KEEP, 1>(a, values, positions, scales, y, slabs, counters, M, N, K, splits, sps, stream);
-  if (M <= 16) return launch<T, KEEP, 2>(a, values, positions, scales, y, slabs, counters, M, N, K, splits, sps, stream);
-  if (M <= 32) return launch<T, KEEP, 4>(a, values, positions, scales, y, slabs, counters, M, N, K, splits, sps, stream);
-  return launch<T, KEEP, 8>(a, values, positions, scales, y, slabs, counters, M, N, K, splits, sps, stream);
+  return with_row_tiles(M, [&](auto mt) {
+    constexpr int MT = decltype(mt)::value;
+    return launch_column_blocks(gemm_kernel<T, KEEP, MT, false>, gemm_kernel<T, KEEP, MT, true>,
+                                smem_bytes<KEEP, MT>(), N, splits, stream, a, values, positions, scales, y, slabs,
+                                counters, M, N, K, sps);
+  });
 }
 
 template <typename T>

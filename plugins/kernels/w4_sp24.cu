@@ -28,7 +28,7 @@ namespace sp24 {
 
 constexpr int kWarps = 8;  // 8 tiles of 16 columns per CTA
 constexpr int kThreads = kWarps * 32;
-static_assert(kWarps == 8, "split_column_blocks (spa_device.cuh) counts 8 tiles per CTA");
+static_assert(kWarps == 8, "split_column_blocks and launch_column_blocks (spa_device.cuh) count 8 tiles per CTA");
 constexpr int kSteps = SPA_W4_GROUP / 32;           // 4 k32 mma.sp steps per group
 constexpr int kValueWords = kSteps * 32;            // one tile's group: 512 B of values
 constexpr int kMetaWords = kSteps * 16;             // and 256 B of metadata
@@ -121,10 +121,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const int s_read = warp * 16 + group_id;
 
   float acc[MT][4];
-#pragma unroll
-  for (int j = 0; j < MT; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
+  zero_tiles(acc);
 
   auto compute = [&](int stage) {
     uint32_t words[kSteps];
@@ -165,24 +162,14 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                              tile * 16 + group_id, thread_in_group);
 }
 
-template <typename T, int MT>
-cudaError_t launch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
-                   float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  constexpr int bytes = smem_bytes<MT>();
-  auto kernel = splits > 1 ? gemm_kernel<T, MT, true> : gemm_kernel<T, MT, false>;
-  SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  dim3 grid((N / 16 + kWarps - 1) / kWarps, splits);
-  SPA_LAUNCH(grid, kThreads, bytes, stream, kernel)(a, values, meta, scales, y, slabs, counters, M, N, K, gps);
-  return cudaGetLastError();
-}
-
 template <typename T>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  if (M <= 8) return launch<T, 1>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
-  if (M <= 16) return launch<T, 2>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
-  if (M <= 32) return launch<T, 4>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
-  return launch<T, 8>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+  return with_row_tiles(M, [&](auto mt) {
+    constexpr int MT = decltype(mt)::value;
+    return launch_column_blocks(gemm_kernel<T, MT, false>, gemm_kernel<T, MT, true>, smem_bytes<MT>(), N, splits,
+                                stream, a, values, meta, scales, y, slabs, counters, M, N, K, gps);
+  });
 }
 
 template <typename T>
