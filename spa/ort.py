@@ -91,9 +91,16 @@ def create_session(
         return ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as error:  # ORT raises its own Fail/InvalidGraph types
         where = "model" if isinstance(model, bytes) else str(model)
+        message = ort_error_message(error)
+        plugin = re.search(r"\bspa:(\w+)\(-?\d+\) is not a registered", message)
+        if plugin:  # spa's TensorRT plugin ops (plugins/README.md): TensorRT runs them, not ORT
+            raise UserError(
+                f"{where}: ONNX Runtime cannot run spa's TensorRT plugin op {plugin.group(1)}; "
+                "skip the check with --no-verify, or run the plugin-to-ort pass on a copy to "
+                "check it in ONNX Runtime"
+            ) from None
         raise UserError(
-            f"{where}: ONNX Runtime cannot load it ({ort_error_message(error)}); "
-            "check the model with `spa inspect`"
+            f"{where}: ONNX Runtime cannot load it ({message}); check the model with `spa inspect`"
         ) from None
 
 

@@ -210,6 +210,59 @@ def test_tensorrt_target_ranks_trt_formats_by_the_cost_model(
     _check_decisions(search)
 
 
+def _deep_mlp(path: Path) -> Path:
+    """X[N,128] -> three MatMuls (128x256, 256x256, 256x10) with Relus, seeded weights."""
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        deep (float[N, 128] X) => (float[N, 10] Y) {
+            H0 = MatMul(X, W0)
+            H1 = Relu(H0)
+            H2 = MatMul(H1, W1)
+            H3 = Relu(H2)
+            Y = MatMul(H3, W2)
+        }
+        """
+    )
+    rng = np.random.default_rng(11)
+    for name, shape in (("W0", (128, 256)), ("W1", (256, 256)), ("W2", (256, 10))):
+        array = (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_tensorrt_target_tries_int4_weight_only_that_becomes_spas_plugin(tmp_path: Path) -> None:
+    """--target tensorrt also tries w4-qdq: GPTQ INT4 weight-only in block DequantizeLinear
+    (opset 21), ranked by the cost model, quality measured in ORT; the same file is what
+    int4-to-plugin turns into spa's w4a16 TensorRT plugin."""
+    from spa.passes.plugins import Int4ToPluginPass
+    from spa.workflows.search_space import BuildContext, Candidate, Step, build_candidate
+
+    model = _deep_mlp(tmp_path / "deep.onnx")
+    samples_file = tmp_path / "calib.npz"
+    np.savez(samples_file, X=np.random.default_rng(5).standard_normal((16, 32, 128)).astype(np.float32))
+    report = tmp_path / "report.json"
+    result = optimize_search(model, tmp_path / "out.onnx", calibration=samples_file, max_drop=0.05,
+                             target="tensorrt", report_path=report)  # fmt: skip
+    rows = {row["name"]: row for row in result.report["search"]["candidates"]}
+    row = rows["w4-qdq"]
+    assert "estimated by spa's TensorRT cost model" in row["latency_line"]
+    assert row["speedup"] > 1.0 and row["quality_loss"] is not None  # a quarter of W1's bytes
+    _check_decisions(result.report["search"])
+
+    samples = [{"X": x} for x in np.load(samples_file)["X"]]
+    path = build_candidate(Candidate("w4-qdq", (Step("w4-qdq"),)), model, tmp_path, BuildContext(samples), {})
+    built = load_model(path)
+    assert built.opset_imports[""] >= 21
+    dequantized = [node for node in built.graph if node.op_type == "DequantizeLinear"]
+    assert len(dequantized) == 3  # under 4 weighted layers, the first and last are quantized too
+    assert {node.inputs[0].const_value.dtype.name for node in dequantized} == {"INT4"}
+    plugin = Int4ToPluginPass()(built)
+    ops = [node.op_type for node in plugin.model.graph]
+    assert ops.count("W4A16MatMul") == 2 and ops.count("MatMul") == 1  # N = 10 is no 16-column tile
+
+
 def test_zero_budget_allow_slower_and_size_with_a_task_metric(
     run_cli, mlp: Path, calib: Path, tmp_path: Path
 ) -> None:

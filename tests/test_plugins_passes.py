@@ -291,3 +291,8 @@ def test_recipes_reach_the_plugin_passes(run_cli, tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     verify = run_cli("verify", source, back)
     assert verify.exit_code == 0 and "max|Δ| 0 " in verify.output, verify.output
+    # Verified by default: ORT cannot run the plugin op, and the error says what to do instead.
+    checked = run_cli("optimize", source, "--recipe", tmp_path / "to_plugin.yaml", "-o", tmp_path / "checked.onnx")
+    assert checked.exit_code == 1 and not (tmp_path / "checked.onnx").exists()
+    assert "cannot run spa's TensorRT plugin op W4A16MatMul" in checked.output
+    assert "--no-verify" in checked.output and "plugin-to-ort" in checked.output

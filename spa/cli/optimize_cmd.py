@@ -69,7 +69,8 @@ __all__ = ["optimize_command"]
     default="ort-cpu",
     show_default=True,
     help="With --max-drop: ort-cpu measures latency in ONNX Runtime here; tensorrt ranks "
-    "INT8 QDQ, 2:4 and pruning by spa's TensorRT cost model for an H200 (an estimate).",
+    "INT8 QDQ, INT4 weight-only, 2:4 and pruning by spa's TensorRT cost model for an H200 "
+    "(an estimate).",
 )
 @click.option(
     "--objective",

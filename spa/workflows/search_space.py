@@ -54,11 +54,15 @@ QUANT_FORMATS: dict[str, str] = {
     "w4-nbits": "weight-only INT4 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
     "w8-nbits": "weight-only INT8 (block 32) in com.microsoft.MatMulNBits (MatMul/Gemm)",
 }
-#: The formats tried for ``--target tensorrt`` (TensorRT reads QDQ and 2:4 weights).
+#: The formats tried for ``--target tensorrt`` (TensorRT reads QDQ, block-quantized INT4
+#: weights and 2:4 weights).
 TRT_FORMATS: dict[str, str] = {
     "int8-qdq": "static INT8 QDQ on weights and activations (INT8 tensor cores)",
     "sparse-2:4": "2:4 sparse weights, SparseGPT on the calibration samples (sparse tensor "
     "cores; build with --sparsity)",
+    "w4-qdq": "weight-only INT4 (block 128, symmetric, GPTQ on the calibration samples) in block "
+    "DequantizeLinear, opset 21: TensorRT's INT4 weight-only form and what int4-to-plugin turns "
+    "into spa's w4a16 plugin (MatMul/Gemm)",
 }
 
 
@@ -169,6 +173,11 @@ def _apply(step: Step, source: Path, output: Path, context: BuildContext) -> Non
         sparsify_model(
             source, output, method="sparsegpt", calib=list(context.calibration), verify=False,
             **_run_keywords(context),
+        )  # fmt: skip
+    elif step.kind == "w4-qdq":
+        quantize_model(
+            source, output, bits=4, block=128, method="gptq", target="tensorrt",
+            calib=list(context.calibration), verify=False, **_run_keywords(context),
         )  # fmt: skip
     elif step.kind in ("w4-nbits", "w8-nbits"):
         _weight_only(source, output, context, 4 if step.kind == "w4-nbits" else 8)
