@@ -140,3 +140,26 @@ def test_spa_2_to_4_output_is_seen_as_sparse(tmp_path) -> None:
     dense, sparse = estimate_latency(model), estimate_latency(onnx.load(str(output)))
     assert [k.sparse for k in dense.kernels] == [False, False, False]
     assert [k.sparse for k in sparse.kernels] == [True, True, True]
+
+
+def test_only_known_small_shape_arithmetic_is_free() -> None:
+    """An LSTM whose unused Y is omitted and whose Y_h is small, and a reduction over a
+    large tensor, are kernels; ops that read and write only small values are folded."""
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[160, 1, 256] x) => (float[1, 1, 256] h, float[1] m, int64[1] n) {
+        y, h = LSTM<hidden_size: int = 256>(x, w, r)
+        m = ReduceMean<keepdims: int = 0>(x)
+        s = Shape(x)
+        n = Gather<axis: int = 0>(s, i)
+    }
+    """)
+    model.graph.node[0].output[0] = ""  # Y dropped, as a cleanup leaves an unused optional output
+    model.graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((1, 1024, 256)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((1, 1024, 256)).astype(np.float32), "r"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "i"),
+    ])  # fmt: skip
+    estimate = estimate_latency(model)
+    assert [k.op_type for k in estimate.kernels] == ["LSTM", "ReduceMean"]

@@ -263,6 +263,26 @@ def test_tensorrt_target_tries_int4_weight_only_that_becomes_spas_plugin(tmp_pat
     assert ops.count("W4A16MatMul") == 2 and ops.count("MatMul") == 1  # N = 10 is no 16-column tile
 
 
+def test_w4_qdq_that_quantizes_nothing_leaves_the_model_as_it_was(tmp_path: Path) -> None:
+    """No weight with K % 128 == 0: the w4-qdq step writes its input, not the input converted
+    to opset 21, so the search reports 'changed nothing' instead of measuring a conversion."""
+    from spa.workflows.search import same_graph
+    from spa.workflows.search_space import BuildContext, Candidate, Step, build_candidate
+
+    model = onnx.parser.parse_model("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[N, 96] X) => (float[N, 96] Y) { Y = MatMul(X, W) }
+    """)
+    model.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((96, 96)).astype(np.float32), "W")
+    )
+    source = tmp_path / "k96.onnx"
+    onnx.save(model, str(source))
+    samples = [{"X": x} for x in np.random.default_rng(1).standard_normal((4, 8, 96)).astype(np.float32)]
+    path = build_candidate(Candidate("w4-qdq", (Step("w4-qdq"),)), source, tmp_path, BuildContext(samples), {})
+    assert same_graph(source, path) and load_model(path).opset_imports[""] == 17
+
+
 def test_zero_budget_allow_slower_and_size_with_a_task_metric(
     run_cli, mlp: Path, calib: Path, tmp_path: Path
 ) -> None:

@@ -38,11 +38,15 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
 def value_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
     """Value name -> shape (symbolic dims as 1), and -> element type (TensorProto
     data type), from one run of ONNX shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as error:  # inference may reject custom domains; shapes stay partial
-        logger.debug("shape inference failed: %s", error)
-        inferred = model
+    inferred = model
+    # data_prop: shapes computed by Constant/Shape arithmetic (a Reshape's target, the
+    # axes input of opset 18+ reductions and slices) become concrete instead of symbolic.
+    for data_prop in (True, False):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=data_prop)
+            break
+        except Exception as error:  # inference may reject custom domains; shapes stay partial
+            logger.debug("shape inference (data_prop=%s) failed: %s", data_prop, error)
     shapes: dict[str, Shape] = {}
     types: dict[str, int] = {}
     for graph in iter_graph_protos(inferred.graph):  # If/Loop/Scan bodies too

@@ -19,11 +19,13 @@ H200 data, not a simulation of TensorRT's tactic choice:
   its scales.
 * **Pointwise ops** (activations, ``Add``/``Mul`` and friends, Q/DQ,
   ``BatchNormalization``, ``Cast``, shape-only data movement) are fused by
-  TensorRT into the kernel before them and cost nothing; values of fewer than
-  1024 elements (shape arithmetic) cost nothing.
+  TensorRT into the kernel before them and cost nothing; ops that read and
+  write only values of fewer than 1024 elements (shape arithmetic) cost
+  nothing, where shape inference knows those sizes (an op of unknown size, or
+  one reading a large tensor such as a reduction or an LSTM, is a kernel).
 * **Other ops** (softmax, normalisation, reductions, pooling, concatenation,
   resize, gathers, transposes) are memory-bound kernels:
-  ``overhead + (inputs + output) bytes / bandwidth`` at 2 bytes per element
+  ``overhead + (inputs + outputs) bytes / bandwidth`` at 2 bytes per element
   (1 for 8-bit tensors).
 
 :data:`H200`: bandwidth and overhead are the least-squares line through
@@ -80,7 +82,8 @@ FUSED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "BatchNormalization", "Cast", "Identity", "Reshape",
     "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Constant", "ConstantOfShape", "Dropout",
 })  # fmt: skip
-#: Values smaller than this many elements are shape arithmetic, done when the engine is built.
+#: Ops whose values are all smaller than this many elements are shape arithmetic, done
+#: when the engine is built.
 SMALL = 1024
 _EIGHT_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT8E4M3FN,
               onnx.TensorProto.FLOAT8E5M2}  # fmt: skip
@@ -214,9 +217,10 @@ def _node_cost(
     types: Mapping[str, int],
     spec: GpuSpec,
 ) -> KernelCost | None:
-    if not node.output:
+    outputs = [name for name in node.output if name]  # optional outputs may be omitted ("")
+    if not outputs:
         return None
-    output = node.output[0]
+    output = outputs[0]
     if node.op_type in GEMM_OPS:
         macs = node_macs(node, shapes)
         per_weight, quantized, sparse = _weight(node, initializers, producers)
@@ -239,9 +243,9 @@ def _node_cost(
         return KernelCost(node.name, node.op_type, seconds, moved, flops, math_dtype, sparse)
     if node.op_type in FUSED_OPS or node.domain not in ("", "ai.onnx", "com.microsoft"):
         return None
-    if _elements(shapes, output) < SMALL:
+    if _shape_arithmetic(node, outputs, shapes, initializers):
         return None
-    moved = _activation_bytes(output, shapes, types) + sum(
+    moved = sum(_activation_bytes(name, shapes, types) for name in outputs) + sum(
         _activation_bytes(name, shapes, types)
         for name in node.input
         if name and name not in initializers
@@ -249,6 +253,29 @@ def _node_cost(
     return KernelCost(
         node.name, node.op_type, spec.overhead_s + moved / spec.bandwidth, moved, 0.0, "memory"
     )
+
+
+def _shape_arithmetic(
+    node: onnx.NodeProto,
+    outputs: list[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    initializers: Mapping[str, onnx.TensorProto],
+) -> bool:
+    """Whether every value ``node`` reads and writes is known and smaller than
+    :data:`SMALL` (folded when the engine is built). A value of unknown size, or a
+    large input, makes it a kernel: a reduction over a large tensor, or an LSTM whose
+    unused ``Y`` was dropped and whose ``Y_h`` is small."""
+    for name in (*outputs, *(name for name in node.input if name)):
+        tensor = initializers.get(name)
+        if tensor is not None:
+            size = math.prod(tensor.dims)
+        elif name in shapes:
+            size = _elements(shapes, name)
+        else:
+            return False
+        if size >= SMALL:
+            return False
+    return True
 
 
 def _weight_elements(node: onnx.NodeProto, name: str, shapes: Mapping[str, tuple[int, ...]]) -> int:

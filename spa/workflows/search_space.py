@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from spa.model_io import load_model, save_model
 from spa.passes.quantize_dynamic import QuantizeDynamicPass
 from spa.pruning.allocation import AUTO_ROUND
 from spa.verify import VerifyResult
@@ -175,10 +176,14 @@ def _apply(step: Step, source: Path, output: Path, context: BuildContext) -> Non
             **_run_keywords(context),
         )  # fmt: skip
     elif step.kind == "w4-qdq":
-        quantize_model(
+        result = quantize_model(
             source, output, bits=4, block=128, method="gptq", target="tensorrt",
             calib=list(context.calibration), verify=False, **_run_keywords(context),
         )  # fmt: skip
+        if all(decision["action"] == "skipped" for decision in result.decisions):
+            # no weight fits (K % 128, first/last layers): the input as it was, not its
+            # opset-21 conversion, so the search sees that nothing changed
+            save_model(load_model(source), output, input_path=source)
     elif step.kind in ("w4-nbits", "w8-nbits"):
         _weight_only(source, output, context, 4 if step.kind == "w4-nbits" else 8)
     else:
