@@ -1,6 +1,6 @@
 """``spa optimize --max-drop`` on the real test beds: speedup and task metric against dense.
 
-    PYTHONPATH=models python models/optimize_testbeds.py [BED ...] [--max-drop 1%]
+    PYTHONPATH=models python models/optimize_testbeds.py [BED ...] [--max-drop 1%] [--target tensorrt]
 
 For each bed, the search (spa.workflows.search.optimize_search) gets real
 calibration samples from the bed's calibration split (the last quarter held out
@@ -10,6 +10,8 @@ table (models/results/optimize_testbeds.md) lists every candidate the search
 measured, with its metric loss, its ORT CPU latency ratio against the dense
 model (interleaved in one process, 1 thread) and the decision, then the
 chosen model's speedup and metric. The JSON reports go next to it.
+``--target tensorrt`` ranks TensorRT's formats by spa's cost model instead
+(reports ``optimize_<bed>_tensorrt.json``, table ``optimize_testbeds_tensorrt.md``).
 
 The metrics use a fixed subset of each evaluation split (``LIMITS``) so that a
 search stays within minutes on two shared cores; the dense row is measured on
@@ -71,14 +73,19 @@ def voice(path: Path) -> float:
     return 1.0 - get("voice").evaluate(path, LIMITS["voice"])["eer"]
 
 
-def run_bed(name: str, max_drop: float, folder: Path) -> dict[str, Any]:
+def suffix(target: str) -> str:
+    return "" if target == "ort-cpu" else f"_{target}"
+
+
+def run_bed(name: str, max_drop: float, folder: Path, target: str = "ort-cpu") -> dict[str, Any]:
     bed = get(name)
     feeds = bed.calibration_feeds(SAMPLES[name], 0)
     start = time.perf_counter()
     result = optimize_search(
         bed.model_path(), folder / f"{name}.onnx", calibration=feeds, max_drop=max_drop,
-        metric=f"optimize_testbeds:{name}", report_path=RESULTS / f"optimize_{name}.json",
-        command=f"models/optimize_testbeds.py {name}",
+        metric=f"optimize_testbeds:{name}", target=target,
+        report_path=RESULTS / f"optimize_{name}{suffix(target)}.json",
+        command=f"models/optimize_testbeds.py {name} --target {target}",
     )  # fmt: skip
     print(result.verdict_line, f"({time.perf_counter() - start:.0f}s)", flush=True)
     search: dict[str, Any] = result.report["search"]
@@ -112,34 +119,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("beds", nargs="*", default=list(LIMITS))
     parser.add_argument("--max-drop", default="1%")
+    parser.add_argument("--target", default="ort-cpu", choices=("ort-cpu", "tensorrt"))
     parser.add_argument("--table-only", action="store_true", help="Rebuild the table from the reports.")
     args = parser.parse_args(argv)
     max_drop = parse_max_drop(args.max_drop)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         for name in [] if args.table_only else args.beds:
-            run_bed(name, max_drop, Path(folder))
+            run_bed(name, max_drop, Path(folder), args.target)
     sections, summary = [], []
     for name in LIMITS:  # every bed with a report, so one bed can be rerun alone
-        report = RESULTS / f"optimize_{name}.json"
+        report = RESULTS / f"optimize_{name}{suffix(args.target)}.json"
         if report.is_file():
             search = json.loads(report.read_text())["search"]
             sections += table(name, search)
             summary.append(summary_row(name, search))
+    speed = ("ORT CPU, 1 thread, ratio of the lower-quartile latencies of the dense input and the "
+             "candidate measured interleaved (spa.verify.latency)") if args.target == "ort-cpu" else (
+             "spa's TensorRT cost model for one H200 (spa.stats.gpu_cost; an estimate, no engine built)")
     header = [
-        "# `spa optimize --max-drop` on the real test beds", "",
-        "Written by `PYTHONPATH=models python models/optimize_testbeds.py [BED ...] --max-drop 1%` "
-        "from the JSON reports `optimize_<bed>.json` next to this file (rerunning one bed "
-        "rewrites its report and this table). Loss: relative drop of the task metric (evaluation "
-        "subset of `LIMITS` in the script) against dense; speedup: ORT CPU, 1 thread, ratio of the "
-        "lower-quartile latencies of the dense input and the candidate measured interleaved "
-        "(spa.verify.latency); MACs: share of the input's kept; "
-        "decision as the search made it.", "",
+        f"# `spa optimize --max-drop --target {args.target}` on the real test beds", "",
+        f"Written by `PYTHONPATH=models python models/optimize_testbeds.py [BED ...] --max-drop 1% "
+        f"--target {args.target}` from the JSON reports `optimize_<bed>{suffix(args.target)}.json` next "
+        "to this file (rerunning one bed rewrites its report and this table). Loss: relative drop of "
+        f"the task metric (evaluation subset of `LIMITS` in the script) against dense; speedup: {speed}; "
+        "MACs: share of the input's kept; decision as the search made it.", "",
         "| bed | metric | dense | chosen | metric after | speedup vs dense (re-measured) | MB |",
         "|---|---|---|---|---|---|---|", *summary, "",
     ]  # fmt: skip
-    (RESULTS / "optimize_testbeds.md").write_text("\n".join(header + sections))
-    print(json.dumps({"written": str(RESULTS / "optimize_testbeds.md")}))
+    table_path = RESULTS / f"optimize_testbeds{suffix(args.target)}.md"
+    table_path.write_text("\n".join(header + sections))
+    print(json.dumps({"written": str(table_path)}))
     return 0
 
 
