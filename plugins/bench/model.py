@@ -25,7 +25,8 @@ Launch plans follow the launchers' own
 `plan_split` (mirrored in `plan_split` below; a test compares the two).
 
 w4_gqsa: issue bound at every M (ncu: instructions = a + b * (M - 1)), one
-pass per 8 rows, with an L1 capacity term for the gathered activations:
+pass per 8 rows (all full passes in one launch, the rest in a second: one
+launch cost t0), with an L1 capacity term for the gathered activations:
 
     T = t0 + passes * nnz_g * (per_entry + per_token * (m - 1)) * (1 + l1 * max(0, m * K / 1e5 - 1))
 
@@ -116,7 +117,7 @@ KEPT_COUNTERS = True
 # 16 FFMA), every token's row pinned in a register and no token behind a
 # branch. Static loop of gemv_kernel<half, 16, MB> (sass_budget.py), against
 # the measured source (0d36e8a): 330.7 per KB at MB = 1 (measured 464) and
-# 1090.7 at MB = 8 (measured 1850.7), so 108.6 per KB per extra token
+# 1077.3 at MB = 8 (measured 1850.7), so 106.7 per KB per extra token
 # (measured 198.1). The fitted per-entry cost (the M = 1 part) and per-token
 # cost are scaled by those ratios. An assumption, like V2_PER_KB: that the
 # fitted "effective" instructions shrink with the real ones. The model is
@@ -126,7 +127,7 @@ KEPT_COUNTERS = True
 # kernel: long-scoreboard stalls 57 % of the cycles per instruction), so
 # their effect is for the next run to show.
 GQSA_ENTRY_RATIO = 330.7 / 464
-GQSA_TOKEN_RATIO = (1090.7 - 330.7) / (1850.7 - 464)
+GQSA_TOKEN_RATIO = (1077.3 - 330.7) / (1850.7 - 464)
 # w4_gqsa_tile (tile-shared GQSA on tensor cores): w4a16's skeleton, each
 # stage two 128-k slabs (256 k) holding `keep` kept groups of 16 per slab and
 # warp: 2 x (keep x (128 B of fragments + 32 B of scales) + 4 B of positions).

@@ -21,6 +21,7 @@
 // FP16 multiplies in half2 (pre-scaled weights, chains of 16 products, sums
 // in FP32: fp16_products); BF16 in FP32.
 #include <algorithm>
+#include <climits>
 #include <type_traits>
 
 #include "spa_device.cuh"
@@ -141,6 +142,13 @@ __global__ void __launch_bounds__(kThreads)
   const unsigned full = 0xffffffffu;
   const int lane = threadIdx.x % 32;
   const long long warp = (static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x) / 32;
+  // blockIdx.y: this block's pass of 8 rows (one launch covers every full pass;
+  // the launcher keeps gridDim.y * 8 * K within int). A's rows are offset in
+  // a_row below, so the loop's addressing is unchanged. The narrower
+  // instantiations run the last rows, one pass, with y as given: offsetting it
+  // there cost their loops up to 10 % more instructions.
+  const int pass = MB == kTokensPerPass ? static_cast<int>(blockIdx.y) : 0;
+  if constexpr (MB == kTokensPerPass) y += static_cast<size_t>(pass) * MB * N;
   if (warp >= warps) return;  // uniform over the warp
   // Columns owned: those whose first entry is in [warp E, (warp + 1) E); the
   // last warp also owns the empty columns at the end.
@@ -168,7 +176,7 @@ __global__ void __launch_bounds__(kThreads)
   int a_row[MB];
 #pragma unroll
   for (int m = 0; m < MB; ++m) {
-    uint32_t offset = static_cast<uint32_t>(min(m, rows - 1) * K);
+    uint32_t offset = static_cast<uint32_t>((pass * MB + min(m, rows - 1)) * K);
     pin(offset);
     a_row[m] = static_cast<int>(offset);
   }
@@ -280,21 +288,39 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Every full pass of 8 rows in one launch (gridDim.y passes, at most 65535 per
+// launch), then the remaining rows in one launch of their own width: one or
+// two launches for any M, where one launch per 8 rows paid the launch cost
+// M / 8 times.
 template <typename T, int G>
-cudaError_t launch_g(const T* a, const uint32_t* values, const uint16_t* group_idx,
-                     const int32_t* row_ptr, const __half* scales, T* y, int rows, int N, int K,
-                     int nnz, cudaStream_t stream) {
+cudaError_t launch_g(const T* a, const uint32_t* values, const uint16_t* group_idx, const int32_t* row_ptr,
+                     const __half* scales, T* y, int M, int N, int K, int nnz, cudaStream_t stream) {
   const long long warps = std::max(1LL, (static_cast<long long>(nnz) + kEntriesPerWarp - 1) / kEntriesPerWarp);
   const unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
   const int w = static_cast<int>(warps);
+  // gridDim.y <= 65535, and every row offset of a launch (a_row) fits an int
+  const int max_passes = static_cast<int>(std::min<long long>(65535, INT_MAX / (static_cast<long long>(kTokensPerPass) * K)));
+  int m0 = 0;
+  while (M - m0 >= kTokensPerPass) {
+    const int passes = std::min(max_passes, (M - m0) / kTokensPerPass);
+    SPA_LAUNCH(dim3(blocks, static_cast<unsigned>(passes)), kThreads, 0, stream, gemv_kernel<T, G, kTokensPerPass>)(
+        a + static_cast<size_t>(m0) * K, values, group_idx, row_ptr, scales, y + static_cast<size_t>(m0) * N,
+        kTokensPerPass, N, K, w);
+    SPA_CHECK(cudaGetLastError());
+    m0 += passes * kTokensPerPass;
+  }
+  const int rows = M - m0;  // 0 .. 7 rows left
+  if (rows == 0) return cudaSuccess;
+  const T* a0 = a + static_cast<size_t>(m0) * K;
+  T* y0 = y + static_cast<size_t>(m0) * N;
   if (rows <= 1)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
   else if (rows <= 2)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
   else if (rows <= 4)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
   else
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a, values, group_idx, row_ptr, scales, y, rows, N, K, w);
+    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
   return cudaGetLastError();
 }
 
@@ -305,20 +331,12 @@ cudaError_t run(const void* a_ptr, const uint32_t* values, const uint16_t* group
   const T* a = static_cast<const T*>(a_ptr);
   T* y = static_cast<T*>(y_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
-  for (int m0 = 0; m0 < M; m0 += kTokensPerPass) {
-    int rows = std::min(kTokensPerPass, M - m0);
-    const T* a0 = a + static_cast<size_t>(m0) * K;
-    T* y0 = y + static_cast<size_t>(m0) * N;
-    cudaError_t status;
-    switch (group_size) {
-      case 8: status = launch_g<T, 8>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
-      case 16: status = launch_g<T, 16>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
-      case 32: status = launch_g<T, 32>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
-      default: status = launch_g<T, 64>(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, nnz, stream); break;
-    }
-    SPA_CHECK(status);
+  switch (group_size) {
+    case 8: return launch_g<T, 8>(a, values, group_idx, row_ptr, scales, y, M, N, K, nnz, stream);
+    case 16: return launch_g<T, 16>(a, values, group_idx, row_ptr, scales, y, M, N, K, nnz, stream);
+    case 32: return launch_g<T, 32>(a, values, group_idx, row_ptr, scales, y, M, N, K, nnz, stream);
+    default: return launch_g<T, 64>(a, values, group_idx, row_ptr, scales, y, M, N, K, nnz, stream);
   }
-  return cudaSuccess;
 }
 
 }  // namespace gqsa
