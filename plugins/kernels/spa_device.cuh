@@ -626,6 +626,11 @@ inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes
 template <typename Launch>
 inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
                              int* kept_counters, cudaStream_t stream, Launch&& launch) {
+  if (!split_workspace_usable(workspace, workspace_bytes, M, N)) {  // no room for one split's slab: unsplit
+    workspace = nullptr;
+    workspace_bytes = 0;
+    if (split_k > 1) split_k = 1;
+  }
   const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr);
   int splits = plan.splits, gps = plan.groups_per_split;  // no in-block slices in these kernels
   const int blocks = split_column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);

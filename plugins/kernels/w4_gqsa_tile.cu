@@ -261,11 +261,6 @@ extern "C" cudaError_t spa_w4_gqsa_tile_gemm(const void* A, const uint32_t* valu
   SPA_REQUIRE(N % 16 == 0, "w4_gqsa_tile: N must be a multiple of 16");
   SPA_REQUIRE(keep == 2 || keep == 4, "w4_gqsa_tile: keep (groups kept per 128-k slab) must be 2 or 4");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_gqsa_tile: dtype must be SPA_FP16 or SPA_BF16");
-  if (!spa::split_workspace_usable(workspace, workspace_bytes, M, N)) {
-    workspace = nullptr;
-    workspace_bytes = 0;
-    if (split_k > 1) split_k = 1;
-  }
   if (dtype == SPA_FP16)
     return spa::gqsa_tile::run<__half>(A, values, positions, scales, Y, M, N, K, keep, workspace, workspace_bytes,
                                        split_k, counters, stream);

@@ -203,13 +203,7 @@ extern "C" cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values,
   SPA_REQUIRE(N % 16 == 0, "w4_sp24: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_sp24: dtype must be SPA_FP16 or SPA_BF16");
   SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4_sp24: slices must be 0, 1, 2 or 4");
-  // No room for one split's slab: no split across blocks. (`slices` is accepted
-  // and ignored: there are no in-block slices any more, as in w4a16.)
-  if (!spa::split_workspace_usable(workspace, workspace_bytes, M, N)) {
-    workspace = nullptr;
-    workspace_bytes = 0;
-    if (split_k > 1) split_k = 1;
-  }
+  // `slices` is accepted and ignored: there are no in-block slices any more, as in w4a16.
   if (dtype == SPA_FP16)
     return spa::sp24::run<__half>(A, values, meta, scales, Y, M, N, K, workspace, workspace_bytes, split_k, counters,
                                   stream);

@@ -227,12 +227,6 @@ extern "C" cudaError_t spa_w4a16_gemm_ex(const void* A, const int32_t* packed, c
   SPA_REQUIRE(N % 16 == 0, "w4a16: N must be a multiple of 16");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4a16: dtype must be SPA_FP16 or SPA_BF16");
   SPA_REQUIRE(slices == 0 || slices == 1 || slices == 2 || slices == 4, "w4a16: slices must be 0, 1, 2 or 4");
-  // No room for one split's slab: no split across blocks.
-  if (!spa::split_workspace_usable(workspace, workspace_bytes, M, N)) {
-    workspace = nullptr;
-    workspace_bytes = 0;
-    if (split_k > 1) split_k = 1;
-  }
   if (dtype == SPA_FP16)
     return spa::w4a16::run<__half>(A, packed, scales, Y, M, N, K, workspace, workspace_bytes, split_k, counters,
                                    stream);
