@@ -10,7 +10,9 @@ Families, with what each rule counts (bias adds and activations are not MACs):
   ``prod(Y) * prod(W.shape[1:])`` (``C_in / group * prod(kernel)`` per output);
   ConvTranspose: ``prod(X) * prod(W.shape[1:])``.
 * ``matmul``: Gemm, MatMul (batched, broadcast), MatMulInteger, QLinearMatMul,
-  com.microsoft MatMulNBits/MatMulBnb4 (``prod(A.shape[:-1]) * K * N``),
+  com.microsoft MatMulNBits/MatMulBnb4 and spa's GQSA and TensorRT plugin ops
+  (``prod(A.shape[:-1]) * K * N``, the dense product's count also where the
+  stored weight is sparse, as for 2:4),
   FusedMatMul, GemmFastGelu, ...: ``prod(Y) * K``; RNN, GRU and LSTM: the
   input and recurrent products of every step, gate and direction,
   ``seq * batch * (prod(W) + prod(R))`` (gates, peepholes and biases are not
@@ -47,7 +49,14 @@ import onnx
 
 from spa.constants import RANDOM_OPS
 from spa.model_io import iter_graph_protos
-from spa.stats.shape_facts import Shape, all_nodes, infer_shapes, known_shape
+from spa.stats.shape_facts import (
+    SPA_DOMAIN,
+    SPA_MATMULS,
+    Shape,
+    all_nodes,
+    infer_shapes,
+    known_shape,
+)
 
 __all__ = ["FAMILIES", "RULES", "MacCount", "count_macs"]
 
@@ -370,6 +379,7 @@ RULES: dict[tuple[str, str], tuple[str, MacRule]] = {
     (_MS, "DynamicQuantizeMatMul"): ("matmul", _matmul_rule(0, 1)),
     (_MS, "MatMulNBits"): ("matmul", _matmul_nbits),
     (_MS, "MatMulBnb4"): ("matmul", _matmul_nbits),
+    **{(SPA_DOMAIN, op): ("matmul", _matmul_nbits) for op in sorted(SPA_MATMULS)},
     (_MS, "Attention"): ("attention", _contrib_attention),
     (_MS, "MultiHeadAttention"): ("attention", _multi_head_attention),
     (_MS, "GroupQueryAttention"): ("attention", _group_query_attention),

@@ -30,7 +30,15 @@ import onnx
 
 from spa.stats.inspect import iter_graph_protos, tensor_nbytes
 
-__all__ = ["Shape", "all_nodes", "concrete_input_shapes", "infer_shapes", "known_shape"]
+__all__ = [
+    "SPA_DOMAIN",
+    "SPA_MATMULS",
+    "Shape",
+    "all_nodes",
+    "concrete_input_shapes",
+    "infer_shapes",
+    "known_shape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,11 @@ _KEEP_BYTES = 8 * 1024
 #: Ops whose unknown input/output shapes are measured in ONNX Runtime.
 _MEASURED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN"})
 _MS = "com.microsoft"
+SPA_DOMAIN = "spa"
+#: spa's ops with K and N attributes computing ``A @ W`` (docs/formats.md, plugins/README.md).
+SPA_MATMULS = frozenset({
+    "GroupSparseQuantMatMul", "GroupSparseTileMatMul", "W4A16MatMul", "W4Sparse24MatMul",
+})  # fmt: skip
 
 Shape = tuple[int | None, ...]
 
@@ -183,6 +196,8 @@ def infer_shapes(
         logger.warning("ONNX shape inference failed (%s); counting with declared shapes", error)
         inferred, method = copy, "declared shapes only"
     found = _value_shapes(inferred)
+    if method == "onnx":
+        inferred, found = _through_spa_matmuls(inferred, found)
     contrib = any(node.domain == _MS for node in all_nodes(copy))
     if contrib or _some_dims_unknown(copy, found):
         # ORT's symbolic inference knows contrib ops and solves dims ONNX leaves open
@@ -204,6 +219,44 @@ def infer_shapes(
             found.update(measured)
             method += " + measured in onnxruntime"
     return found, method
+
+
+def _spa_matmul_outputs(proto: onnx.ModelProto, found: Mapping[str, Shape]) -> list[onnx.ValueInfoProto]:
+    """Typed shapes of the outputs of spa's matmul ops (``A[..., K] -> Y[..., N]``) whose
+    A is known and Y is not: ONNX inference does not know spa's domain."""
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in (*proto.graph.input, *proto.graph.value_info, *proto.graph.output)
+    }
+    found_new = []
+    for node in proto.graph.node:
+        if node.domain != SPA_DOMAIN or node.op_type not in SPA_MATMULS or not node.output:
+            continue
+        a, y = known_shape(found, node.input[0]), node.output[0]
+        n = next((attribute.i for attribute in node.attribute if attribute.name == "N"), 0)
+        if a is None or n <= 0 or known_shape(found, y) is not None:
+            continue
+        elem = types.get(node.input[0]) or onnx.TensorProto.FLOAT
+        found_new.append(onnx.helper.make_tensor_value_info(y, elem, [*a[:-1], n]))
+    return found_new
+
+
+def _through_spa_matmuls(
+    inferred: onnx.ModelProto, found: dict[str, Shape]
+) -> tuple[onnx.ModelProto, dict[str, Shape]]:
+    """ONNX inference continued past spa's matmul ops: their outputs' shapes written in,
+    inference rerun, until no such output is left to fill (one round per op in a chain)."""
+    for _ in range(sum(1 for node in inferred.graph.node if node.domain == SPA_DOMAIN)):
+        filled = _spa_matmul_outputs(inferred, found)
+        if not filled:
+            break
+        inferred.graph.value_info.extend(filled)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            break
+        found = _value_shapes(inferred)
+    return inferred, found
 
 
 def _measured_shapes(
