@@ -15,8 +15,13 @@
 
 Every rewrite keeps the integer weights bit for bit; scales are stored as
 FP16 (the plugin contracts), so FP32 scales are rounded to FP16 once (a
-relative change of at most 2^-11 per scale). Nodes that do not match are
-skipped with a reason (``decisions``).
+relative change of at most 2^-11 per scale). The two passes into the plugin
+form are therefore ``fidelity = "decoded"``: their ``decoded`` maps each scale
+initializer they read to its FP16-rounded values (in its own dtype), so the
+model they read with those scales is what the output computes exactly
+(``spa optimize`` checks it through :func:`spa.workflows.recipe_verify.ort_form`,
+which runs ``plugin-to-ort`` on a copy). Nodes that do not match are skipped
+with a reason (``decisions``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,14 @@ def is_two_four(q: np.ndarray) -> bool:
 
 class _PluginPass(DecidingPass):
     _decisions: list[QuantDecision]
+
+    def _round_scales(self, value: ir.Value | None) -> None:
+        """Record ``value`` (a scale initializer this pass read) as the plugin form
+        stores it: rounded to FP16, kept in its own dtype."""
+        if value is None or value.const_value is None or not value.name:
+            return
+        stored = value.const_value.numpy()
+        self._decoded[value.name] = lambda: stored.astype(np.float16).astype(stored.dtype)
 
     def _skip(self, node: ir.Node, reason: str) -> None:
         self._decisions.append(QuantDecision(node.name or "", node.op_type, "skipped", reason))
@@ -151,6 +164,7 @@ class Int4ToPluginPass(_PluginPass):
     """
 
     name = "int4-to-plugin"
+    fidelity = "decoded"
     summary = (
         "INT4 MatMulNBits / block QDQ -> spa.W4A16MatMul / spa.W4Sparse24MatMul (TensorRT plugins)"
     )
@@ -161,6 +175,7 @@ class Int4ToPluginPass(_PluginPass):
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
+        self._decoded.clear()
         graph = model.graph
         for node in progress.track(list(graph), description="int4-to-plugin"):
             key = op_key(node)
@@ -183,6 +198,7 @@ class Int4ToPluginPass(_PluginPass):
                 continue
             old_inputs = list(node.inputs) if target is not node else list(node.inputs[1:])
             base = (old_inputs[0].name if old_inputs[0] is not None else "") or "weight"
+            self._round_scales(old_inputs[1])  # MatMulNBits (B, scales) and DQ (x, scale) alike
             new = int4_plugin_node(
                 graph, activation, weight, base, target.name or base, self.sparse24
             )
@@ -264,12 +280,14 @@ class GQSAToPluginPass(_PluginPass):
     """
 
     name = "gqsa-to-plugin"
+    fidelity = "decoded"
     summary = (
         "spa.GroupSparseQuantMatMul -> its TensorRT plugin layout (w4_gqsa / w4_gqsa_tile kernel)"
     )
 
     def call(self, model: ir.Model) -> SpaPassResult:
         self._decisions = []
+        self._decoded.clear()
         graph = model.graph
         for node in progress.track(list(graph), description="gqsa-to-plugin"):
             if op_key(node) != (SPA_DOMAIN, "GroupSparseQuantMatMul"):
@@ -280,6 +298,7 @@ class GQSAToPluginPass(_PluginPass):
                 continue
             old_inputs = list(node.inputs[1:])
             base = (old_inputs[0].name if old_inputs[0] is not None else "") or "gqsa"
+            self._round_scales(old_inputs[3])
             replace_node(graph, node, [_gqsa_kernel_node(graph, node, arrays, base)])
             _remove_unused(graph, old_inputs)
             self._done(node, base)
@@ -300,9 +319,25 @@ def _unpack_plugin(node: ir.Node) -> tuple[QuantizedWeight | None, str]:
 
 
 def _float_type_of(activation: ir.Value) -> type:
-    """A's float type (FLOAT or FLOAT16; FLOAT16 when unknown or another type)."""
-    dtype = activation.type.dtype if activation.type is not None else ir.DataType.FLOAT16
-    return np.float32 if dtype == ir.DataType.FLOAT else np.float16
+    """A's float type: FLOAT -> float32, else float16. Where A has no type (ONNX inference
+    stops at spa's ops, so values after a plugin op often have none), the nearest known
+    type up the chain of first inputs (a Cast's ``to``, a DequantizeLinear's scale type);
+    FLOAT16 when none is known."""
+    value: ir.Value | None = activation
+    for _ in range(10_000):  # a bound on the walk, far beyond any chain of first inputs
+        if value is None:
+            break
+        dtype = value.type.dtype if value.type is not None else None
+        if dtype is not None and dtype.is_floating_point():
+            return np.float32 if dtype == ir.DataType.FLOAT else np.float16
+        producer = value.producer()
+        if producer is None or not producer.inputs:
+            break
+        if producer.op_type == "Cast" and producer.domain == "":
+            to = producer.attributes.get_int("to", 0)
+            return np.float32 if to == ir.DataType.FLOAT else np.float16
+        value = producer.inputs[1] if producer.op_type == "DequantizeLinear" else producer.inputs[0]
+    return np.float16
 
 
 def _scales_like(weight: QuantizedWeight, activation: ir.Value) -> QuantizedWeight:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from spa.errors import UserError
+from spa.ort import create_session
 from spa.passes.plugins import GQSAToPluginPass, Int4ToPluginPass, PluginToOrtPass
 from spa.quant.blockwise import QuantizedWeight
 from spa.quant.packing import pack_matmulnbits
@@ -291,8 +294,136 @@ def test_recipes_reach_the_plugin_passes(run_cli, tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     verify = run_cli("verify", source, back)
     assert verify.exit_code == 0 and "max|Δ| 0 " in verify.output, verify.output
-    # Verified by default: ORT cannot run the plugin op, and the error says what to do instead.
-    checked = run_cli("optimize", source, "--recipe", tmp_path / "to_plugin.yaml", "-o", tmp_path / "checked.onnx")
-    assert checked.exit_code == 1 and not (tmp_path / "checked.onnx").exists()
-    assert "cannot run spa's TensorRT plugin op W4A16MatMul" in checked.output
-    assert "--no-verify" in checked.output and "plugin-to-ort" in checked.output
+    # `spa verify` runs the plugin form through plugin-to-ort itself, and says so
+    direct = run_cli("verify", source, plugin)
+    assert direct.exit_code == 0 and "max|Δ| 0 " in direct.output, direct.output
+    assert f"note: {plugin} holds spa ops; run through plugin-to-ort" in direct.output
+    # ORT itself cannot run the plugin op: the one-line error says what to do instead
+    with pytest.raises(UserError, match=r"cannot run spa's TensorRT plugin op W4A16MatMul.*plugin-to-ort"):
+        create_session(plugin)
+
+
+def _scales_off_fp16(weight: QuantizedWeight, seed: int) -> QuantizedWeight:
+    """``weight`` with FP32 scales that FP16 cannot hold (relative noise of 1e-3)."""
+    noise = 1 + 1e-3 * np.random.default_rng(seed).standard_normal(weight.scales.shape)
+    return QuantizedWeight(weight.q, (weight.scales.astype(np.float32) * noise).astype(np.float32), None, 4, 128)
+
+
+def test_optimize_verifies_the_plugin_form_against_fp16_scales(run_cli, tmp_path: Path) -> None:
+    """`spa optimize --recipe` with int4-to-plugin is verified by default: the output runs in ORT
+    through plugin-to-ort, exact against its input with the scales rounded to FP16 (what the plugin
+    layouts store); the drift from the FP32 scales is reported, not judged; MACs are counted."""
+    source, out, report = tmp_path / "nbits32.onnx", tmp_path / "plugin.onnx", tmp_path / "report.json"
+    onnx.save(nbits_model(_scales_off_fp16(random_w4(0, 256, 32), 1)), source)
+    (tmp_path / "to_plugin.yaml").write_text("passes:\n  - int4-to-plugin\n")
+    result = run_cli("optimize", source, "--recipe", tmp_path / "to_plugin.yaml", "-o", out,
+                     "--report", report, "--latency-runs", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["W4A16MatMul"]
+    data = json.loads(report.read_text())
+    decoded = data["decoded"]
+    assert decoded["passed"] and decoded["verification"]["max_rel_diff"] <= 1e-6
+    assert 1e-5 < decoded["drift"]["max_rel_diff"] < 2e-3  # the FP16 rounding, measured
+    assert "plugin-to-ort" in data["verified_form"] and "not measured" in data["latency_note"]
+    assert data["after"]["total_macs"] == data["before"]["total_macs"] == 3 * 256 * 32
+    assert not data["after"]["macs_unknown"]
+    assert result.output.splitlines()[-1].startswith("PASSED | to_plugin |")
+
+
+class _FlippedNibble(Int4ToPluginPass):
+    """int4-to-plugin with one weight nibble changed after the repack: a layout defect."""
+
+    name = "flipped-int4-to-plugin"
+
+    def call(self, model: ir.Model) -> Any:
+        result = super().call(model)
+        packed = next(n for n in model.graph if n.op_type == "W4A16MatMul").inputs[1]
+        words = packed.const_value.numpy().copy()
+        words.flat[5] ^= 0x7 << 8
+        packed.const_value = ir.Tensor(words, name=packed.name)
+        return result
+
+
+def test_optimize_catches_a_plugin_layout_defect(tmp_path: Path) -> None:
+    from spa.workflows.optimize import optimize
+
+    source = tmp_path / "nbits32.onnx"
+    onnx.save(nbits_model(_scales_off_fp16(random_w4(2, 256, 32), 3)), source)
+    result = optimize(source, tmp_path / "bad.onnx", passes=[_FlippedNibble()])
+    assert result.decoded is not None and not result.decoded.passed
+    assert result.verdict_line.startswith("FAILED")
+
+
+@pytest.mark.parametrize("layout", ["column", "tile"])
+def test_optimize_verifies_gqsa_to_plugin(run_cli, tmp_path: Path, layout: str) -> None:
+    """A float model through `spa sparsify --pattern gqsa --form plugin` (documented op, FP32
+    scales), then a gqsa-to-plugin recipe: both sides run through the reference lowering."""
+    rng = np.random.default_rng(4)
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["A", "W0"], ["H"]), helper.make_node("Relu", ["H"], ["R"]),
+             helper.make_node("MatMul", ["R", "W1"], ["Y"])], "g",
+            [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, 256])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 32])],
+            initializer=[numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+                         for name, shape in (("W0", (256, 128)), ("W1", (128, 32)))],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    dense, documented = tmp_path / "dense.onnx", tmp_path / "gqsa.onnx"
+    onnx.save(proto, dense)
+    made = run_cli("sparsify", dense, "-o", documented, "--pattern", "gqsa", "--form", "plugin",
+                   "--gqsa-layout", layout)  # fmt: skip
+    assert made.exit_code == 0, made.output
+    (tmp_path / "to_plugin.yaml").write_text("passes:\n  - gqsa-to-plugin\n")
+    out, report = tmp_path / "plugin.onnx", tmp_path / "report.json"
+    result = run_cli("optimize", documented, "--recipe", tmp_path / "to_plugin.yaml", "-o", out, "--report", report)
+    assert result.exit_code == 0, result.output
+    expected = "GroupSparseTileMatMul" if layout == "tile" else "GroupSparseQuantMatMul"
+    assert [n.op_type for n in onnx.load(out).graph.node] == [expected, "Relu", expected]
+    data = json.loads(report.read_text())
+    decoded = data["decoded"]
+    assert decoded["passed"] and decoded["verification"]["max_rel_diff"] <= 1e-6
+    assert decoded["drift"]["max_rel_diff"] > 0  # FP32 scales stored as FP16
+    # shapes inferred through the chain of spa ops: every MAC counted (the dense product's)
+    assert data["after"]["total_macs"] == 2 * (256 * 128 + 128 * 32) and not data["after"]["macs_unknown"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "plugin_op_type"),
+    [
+        # keep_float []: every layer, the only (first and last) one included
+        ("  - name: quantize-weights\n    options: {keep_float: [], bits: 4, block: 128, target: ort}\n"
+         "  - int4-to-plugin\n",
+         "W4A16MatMul"),
+        ("  - name: gqsa\n    options: {group: 16, sparsity: 0.5, form: plugin, layout: tile}\n  - gqsa-to-plugin\n",
+         "GroupSparseTileMatMul"),
+    ],
+)  # fmt: skip
+def test_a_recipe_that_rewrites_then_converts_is_checked_step_by_step(
+    run_cli, tmp_path: Path, recipe: str, plugin_op_type: str
+) -> None:
+    """A float model quantized (or GQSA-sparsified) and turned into plugin ops by one recipe:
+    the second pass rewrites weights the first one wrote, so each rewrite is checked exact
+    against the model it read (the plugin form through plugin-to-ort), not the output against
+    the float input."""
+    rng = np.random.default_rng(8)
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["A", "W0"], ["H"]), helper.make_node("Relu", ["H"], ["Y"])], "g",
+            [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, 256])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 64])],
+            initializer=[numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32), "W0")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    dense, out, report = tmp_path / "dense.onnx", tmp_path / "plugin.onnx", tmp_path / "report.json"
+    onnx.save(proto, dense)
+    (tmp_path / "recipe.yaml").write_text("passes:\n" + recipe)
+    result = run_cli("optimize", dense, "--recipe", tmp_path / "recipe.yaml", "-o", out, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert [n.op_type for n in onnx.load(out).graph.node] == [plugin_op_type, "Relu"]
+    decoded = json.loads(report.read_text())["decoded"]
+    assert decoded["passed"] and decoded["verification"]["max_rel_diff"] <= 1e-4
+    assert decoded["reference"].startswith("each weight rewrite's own input (passes 1, 2;")
+    assert result.output.splitlines()[-1].startswith("PASSED | recipe |")

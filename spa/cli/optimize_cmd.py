@@ -218,6 +218,9 @@ def optimize_command(
                 click.echo(f"{decoded.prefix_steps} before the weight rewrite: {line}")
     elif result.verification is not None:
         click.echo(result.verification.render())
+    for key in ("verified_form", "latency_note"):
+        if key in result.report:
+            click.echo(f"{key.replace('_', ' ')}: {result.report[key]}")
     checks = (result.verification, result.prune_verification, *result.step_verifications)
     failed = [v for v in checks if v and not v.passed]
     failed_decoded = decoded is not None and not decoded.passed

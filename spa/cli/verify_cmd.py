@@ -36,19 +36,30 @@ def verify_command(
     cosine: float | None,
     exact: bool,
 ) -> None:
-    """Run REFERENCE and CANDIDATE on the same seeded inputs; one line per output."""
+    """Run REFERENCE and CANDIDATE on the same seeded inputs; one line per output.
+
+    A model holding spa ops (TensorRT plugin ops, documented GQSA) runs through
+    plugin-to-ort and the GQSA reference lowering, on a copy."""
+    import tempfile
+
     from spa.model_io import load_proto
     from spa.verify import verify_models
+    from spa.workflows.recipe_verify import ort_form
 
     load_proto(candidate)  # bad files fail with a one-line error before ORT sees them
-    result = verify_models(
-        reference,
-        candidate,
-        policy=policy_from(rtol, atol, cosine, exact),
-        seed=seed,
-        samples=samples,
-        **input_arguments(shapes, dims, int_ranges, model=reference),
-    )
+    with tempfile.TemporaryDirectory(prefix="spa-verify-") as folder:
+        runs = [ort_form(path, Path(folder) / side) for path, side in ((reference, "a"), (candidate, "b"))]
+        for path, run in zip((reference, candidate), runs, strict=True):
+            if run != path:
+                click.echo(f"note: {path} holds spa ops; run through plugin-to-ort and the GQSA reference lowering")
+        result = verify_models(
+            runs[0],
+            runs[1],
+            policy=policy_from(rtol, atol, cosine, exact),
+            seed=seed,
+            samples=samples,
+            **input_arguments(shapes, dims, int_ranges, model=reference),
+        )
     click.echo(result.render())
     if not result.passed:
         raise click.exceptions.Exit(EXIT_VERIFY_FAILED)

@@ -25,7 +25,7 @@ import onnx
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import load_proto
+from spa.model_io import load_model, load_proto
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
@@ -36,7 +36,14 @@ from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
 from spa.verify.quality import quality_verdict
 from spa.workflows.prune import prune_report, verify_prune
-from spa.workflows.recipe_verify import DecodedCheck, check_decoded_recipe, decoded_snapshots
+from spa.workflows.recipe_verify import (
+    ORT_FORM_NOTE,
+    DecodedCheck,
+    check_decoded_recipe,
+    decoded_snapshots,
+    has_spa_ops,
+    ort_form,
+)
 from spa.workflows.recipes import Recipe, build_passes, load_recipe
 from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, Snapshot, run_pipeline
 
@@ -208,13 +215,15 @@ def optimize(
             elif found is not None and found.verification is not None:
                 decoded[0] = found
                 return found.verification
-            return verify_models(
-                reference, output, policy=policy or AllClose(), seed=seed, **options.inputs
-            )
+            with tempfile.TemporaryDirectory(prefix="spa-ort-form-") as folder:
+                return verify_models(
+                    ort_form(reference, Path(folder) / "reference"), ort_form(output, Path(folder)),
+                    policy=policy or AllClose(), seed=seed, **options.inputs,
+                )  # fmt: skip
 
         outcome = run_pipeline(
             source, output, pass_list, options, instruments=instruments,
-            verify=check if verify else None,
+            verify=check if verify else None, runnable=ort_form,
         )  # fmt: skip
         base_dir = source.resolve().parent
         before = reporting.compute_stats(
@@ -228,8 +237,11 @@ def optimize(
                 outcome.records[0].details, before, after_prune, prune_verification[0]
             )
     records = outcome.records[1:] if prune is not None else outcome.records
-    latency = None
-    if latency_runs > 0:
+    spa_ops = (verify or latency_runs > 0) and has_spa_ops(load_model(output))
+    latency, latency_note = None, ""
+    if latency_runs > 0 and spa_ops:
+        latency_note = "not measured: the output holds spa ops that TensorRT runs, not ONNX Runtime"
+    elif latency_runs > 0:
         feeds = make_feeds(input_specs(outcome.before), seed=seed, **options.inputs)
         latency = {
             "before": reporting.measure_latency(source, feeds, runs=latency_runs),
@@ -247,6 +259,10 @@ def optimize(
         latency=latency,
     )
     report["recipe"] = loaded.name
+    if latency_note:
+        report["latency_note"] = latency_note
+    if verify and spa_ops:
+        report["verified_form"] = ORT_FORM_NOTE
     if decoded[0] is not None:
         report["decoded"] = decoded[0].as_dict()
     if note[0]:

@@ -22,6 +22,13 @@ quantize`` verifies (:mod:`spa.workflows.results`):
 * **drift**: the output against the recipe's input, reported, and judged only by
   the policy the caller gave (``--cosine``, ``--rtol``, ``--exact``).
 
+A model holding spa's TensorRT plugin ops (``int4-to-plugin``,
+``gqsa-to-plugin``), or the documented ``spa.GroupSparseQuantMatMul``, is run
+in ONNX Runtime in its ORT form (:func:`ort_form`: ``plugin-to-ort``, then the
+GQSA reference lowering, on a copy), on both sides of each comparison. The
+plugin passes' decoded reference is the model they read with its scales
+rounded to FP16, which is what the plugin layouts store.
+
 A recipe in which a lossy pass without a decoded reference (``quantize-static``,
 ``quantize-dynamic``, ``rotate-slice``, ``factorize-embeddings``; a prune step
 after the rewrites) changed the model keeps the comparison with its input under
@@ -39,19 +46,26 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa.model_io import load_model
+from spa.model_io import load_model, save_model
 from spa.pass_manager import PassRecord, SpaPass
+from spa.passes.gqsa import GQSAToReferencePass
+from spa.passes.plugins import PluginToOrtPass
 from spa.passes.prune import PrunePass
 from spa.passes.quantize import DecidingPass
+from spa.quant.gqsa_ir import LOWERING_OPSET
+from spa.trt.ops import SPA_DOMAIN
 from spa.verify import AllClose, CosineMaxAbs, Exact, Policy, VerifyResult, verify_models
 from spa.workflows.results import DecodedResult, measure_drift, verify_decoded
-from spa.workflows.run import PipelineOutcome, RunOptions
+from spa.workflows.run import PipelineOutcome, RunOptions, convert_opset
 
 __all__ = [
+    "ORT_FORM_NOTE",
     "DecodedCheck",
     "DecodedPlan",
     "check_decoded_recipe",
     "decoded_snapshots",
+    "has_spa_ops",
+    "ort_form",
     "plan_decoded",
 ]
 
@@ -98,6 +112,39 @@ class DecodedCheck(DecodedResult):
         data["policy"] = self.drift_gate
         data["prefix"] = None if self.prefix is None else self.prefix.as_dict()
         return data
+
+
+#: What a check of a model holding spa ops ran (the report's ``verified_form``).
+ORT_FORM_NOTE = (
+    "spa ops checked in ONNX Runtime through plugin-to-ort and the GQSA reference lowering "
+    "(the plugin layouts read back; TensorRT runs the plugin ops)"
+)
+
+
+def has_spa_ops(model: ir.Model) -> bool:
+    """True when ``model`` holds an op of spa's domain (plugin ops, documented GQSA)."""
+    return any(
+        node.domain == SPA_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    )
+
+
+def ort_form(path: Path, folder: Path) -> Path:
+    """The file ONNX Runtime runs for ``path``: ``path`` itself, or, when it holds spa ops,
+    a copy in ``folder`` with plugin ops turned back into MatMulNBits / documented GQSA
+    (``plugin-to-ort``, exact) and documented GQSA lowered to standard ops
+    (``gqsa-to-reference``, exact; the copy is converted to opset 21 first when below 18)."""
+    model = load_model(path)
+    if not has_spa_ops(model):
+        return path
+    PluginToOrtPass()(model)
+    if has_spa_ops(model):
+        model = convert_opset(
+            model, below=LOWERING_OPSET, version=21, purpose="the GQSA reference lowering",
+            fix="check the model with --no-verify",
+        )  # fmt: skip
+        GQSAToReferencePass()(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_model(model, folder / f"{path.stem}.ort-form.onnx", input_path=path)
 
 
 def policy_text(policy: Policy) -> str:
@@ -204,6 +251,36 @@ def _merged(plan: DecodedPlan, passes: Sequence[SpaPass], model: ir.Model) -> De
     return merged
 
 
+def _check_chain(
+    plan: DecodedPlan,
+    passes: Sequence[SpaPass],
+    models_after: Mapping[int, Path],
+    outcome: PipelineOutcome,
+    output: Path,
+    options: RunOptions,
+) -> tuple[VerifyResult, str] | None:
+    """Each weight rewrite against the model it read (its own decoded reference), up to
+    the model before the next rewrite (the exact passes between them included) or the
+    output: the worst comparison and what it was. None when a rewrite names a weight
+    the model it read lacks."""
+    results: list[tuple[VerifyResult, int]] = []
+    for position, index in enumerate(plan.rewrites):
+        path = models_after[index - 1]
+        model = outcome.model_before(path) if index - 1 == 0 else load_model(path)
+        decoded = _decoded_of(passes[index - 1])
+        if not set(decoded) <= _weight_names(model):
+            return None
+        last = position + 1 == len(plan.rewrites)
+        candidate = output if last else models_after[plan.rewrites[position + 1] - 1]
+        result = verify_decoded(
+            model, path, decoded, candidate, options, runnable=ort_form, reference_runnable=ort_form
+        )  # fmt: skip
+        results.append((result, index))
+    worst, index = max(results, key=lambda item: (not item[0].passed, item[0].max_rel_diff))
+    labels = ", ".join(str(i) for i in plan.rewrites)
+    return worst, f"each weight rewrite's own input (passes {labels}; worst: {_label(passes, index)})"
+
+
 def _steps(first: int, last: int) -> str:
     return f"pass {first}" if first == last else f"passes {first}-{last}"
 
@@ -229,9 +306,20 @@ def check_decoded_recipe(
     source = models_after[0]
     model = outcome.model_before(source) if plan.reads == 0 else load_model(path)
     decoded = _merged(plan, passes, model)
-    if isinstance(decoded, str):
-        return decoded
-    verification = verify_decoded(model, path, decoded, output, options)
+    reads = (
+        "the recipe's input"
+        if plan.reads == recipe_start
+        else f"the output of {_label(passes, plan.reads)}"
+    )
+    if isinstance(decoded, str):  # a rewrite of a rewrite (gqsa, then gqsa-to-plugin)
+        chained = _check_chain(plan, passes, models_after, outcome, output, options)
+        if chained is None:
+            return decoded
+        verification, reads = chained
+    else:
+        verification = verify_decoded(
+            model, path, decoded, output, options, runnable=ort_form, reference_runnable=ort_form
+        )
     prefix, steps = None, ""
     if plan.exact_from < plan.reads:
         exact = policy if isinstance(policy, AllClose | Exact) else AllClose()
@@ -240,11 +328,8 @@ def check_decoded_recipe(
         )
         steps = _steps(plan.exact_from + 1, plan.reads)
     recipe_input = models_after[recipe_start]
-    drift = measure_drift(recipe_input, output, None, options, policy=policy)
-    reads = (
-        "the recipe's input"
-        if plan.reads == recipe_start
-        else f"the output of {_label(passes, plan.reads)}"
+    drift = measure_drift(
+        recipe_input, output, None, options, ort_form, policy=policy, reference_runnable=ort_form
     )
     return DecodedCheck(
         output=output, verification=verification, drift=drift, policy=policy,
