@@ -427,3 +427,30 @@ def test_a_recipe_that_rewrites_then_converts_is_checked_step_by_step(
     assert decoded["passed"] and decoded["verification"]["max_rel_diff"] <= 1e-4
     assert decoded["reference"].startswith("each weight rewrite's own input (passes 1, 2;")
     assert result.output.splitlines()[-1].startswith("PASSED | recipe |")
+
+
+def test_macs_and_shapes_continue_past_plugin_ops() -> None:
+    """Neither ONNX nor ORT knows spa's domain: shape inference stands each plugin op in with
+    standard ops of its output shape, so a chain of them with dynamic dims gets every MAC."""
+    from spa.stats.report import compute_stats
+    from spa.stats.shape_facts import infer_shapes
+
+    def plugin(a: str, y: str, k: int, n: int) -> onnx.NodeProto:
+        return helper.make_node("W4A16MatMul", [a, f"{y}_p", f"{y}_s"], [y], domain="spa", K=k, N=n, group_size=128)
+
+    weights = [
+        numpy_helper.from_array(np.zeros(shape, dtype), name) for name, shape, dtype in (
+            ("H_p", (16, 2, 128), np.int32), ("H_s", (2, 128), np.float16),
+            ("Y_p", (8, 1, 128), np.int32), ("Y_s", (1, 32), np.float16),
+        )
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        [plugin("X", "H", 256, 128), helper.make_node("Relu", ["H"], ["R"]), plugin("R", "Y", 128, 32)], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", "seq", 256])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=weights,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("spa", 1)])
+    shapes, _ = infer_shapes(model, dims={"batch": 2, "seq": 5})
+    assert shapes["R"] == (2, 5, 128) and shapes["Y"] == (2, 5, 32)
+    stats = compute_stats(model, dims={"batch": 2, "seq": 5})
+    assert stats.total_macs == 2 * 5 * (256 * 128 + 128 * 32) and not stats.macs_unknown

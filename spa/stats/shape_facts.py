@@ -26,6 +26,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from spa.stats.inspect import iter_graph_protos, tensor_nbytes
@@ -138,6 +139,34 @@ def _weightless_copy(proto: onnx.ModelProto, base_dir: Path | None) -> onnx.Mode
     return copy
 
 
+def _shape_stand_ins(graph: onnx.GraphProto) -> None:
+    """Each of spa's matmul ops (``A[..., K] -> Y[..., N]``, a domain neither ONNX nor ORT
+    knows) replaced, in the weightless copy, by standard ops giving Y its shape and A's
+    type: ``Expand(Slice(A, [0], [1], [-1]), Concat(Slice(Shape(A), [0], [-1]), [N]))``.
+    ONNX and ORT symbolic inference then continue past it, and ORT can run the copy to
+    measure what they leave open."""
+    nodes: list[onnx.NodeProto] = []
+    make, constant = onnx.helper.make_node, onnx.numpy_helper.from_array
+    for node in graph.node:
+        if node.domain != SPA_DOMAIN or node.op_type not in SPA_MATMULS or not node.output:
+            nodes.append(node)
+            continue
+        n = next((attribute.i for attribute in node.attribute if attribute.name == "N"), 0)
+        a, y = node.input[0], node.output[0]
+        name = f"{y}__spa_shape"
+        for suffix, values in (("zero", [0]), ("one", [1]), ("last", [-1]), ("n", [n])):
+            graph.initializer.append(constant(np.array(values, np.int64), f"{name}_{suffix}"))
+        nodes += [
+            make("Shape", [a], [f"{name}_a"]),
+            make("Slice", [f"{name}_a", f"{name}_zero", f"{name}_last"], [f"{name}_lead"]),
+            make("Concat", [f"{name}_lead", f"{name}_n"], [f"{name}_dims"], axis=0),
+            make("Slice", [a, f"{name}_zero", f"{name}_one", f"{name}_last"], [f"{name}_first"]),
+            make("Expand", [f"{name}_first", f"{name}_dims"], [y]),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def _set_input_dims(graph: onnx.GraphProto, concrete: Mapping[str, tuple[int, ...]]) -> None:
     for value in graph.input:
         if value.name not in concrete:
@@ -188,6 +217,7 @@ def infer_shapes(
     ``proto`` is not modified and none of its weight bytes are copied.
     """
     copy = _weightless_copy(proto, Path(base_dir) if base_dir is not None else None)
+    _shape_stand_ins(copy.graph)
     _set_input_dims(copy.graph, concrete_input_shapes(copy.graph, shapes, dims))
     method = "onnx"
     try:
@@ -196,8 +226,6 @@ def infer_shapes(
         logger.warning("ONNX shape inference failed (%s); counting with declared shapes", error)
         inferred, method = copy, "declared shapes only"
     found = _value_shapes(inferred)
-    if method == "onnx":
-        inferred, found = _through_spa_matmuls(inferred, found)
     contrib = any(node.domain == _MS for node in all_nodes(copy))
     if contrib or _some_dims_unknown(copy, found):
         # ORT's symbolic inference knows contrib ops and solves dims ONNX leaves open
@@ -219,44 +247,6 @@ def infer_shapes(
             found.update(measured)
             method += " + measured in onnxruntime"
     return found, method
-
-
-def _spa_matmul_outputs(proto: onnx.ModelProto, found: Mapping[str, Shape]) -> list[onnx.ValueInfoProto]:
-    """Typed shapes of the outputs of spa's matmul ops (``A[..., K] -> Y[..., N]``) whose
-    A is known and Y is not: ONNX inference does not know spa's domain."""
-    types = {
-        value.name: value.type.tensor_type.elem_type
-        for value in (*proto.graph.input, *proto.graph.value_info, *proto.graph.output)
-    }
-    found_new = []
-    for node in proto.graph.node:
-        if node.domain != SPA_DOMAIN or node.op_type not in SPA_MATMULS or not node.output:
-            continue
-        a, y = known_shape(found, node.input[0]), node.output[0]
-        n = next((attribute.i for attribute in node.attribute if attribute.name == "N"), 0)
-        if a is None or n <= 0 or known_shape(found, y) is not None:
-            continue
-        elem = types.get(node.input[0]) or onnx.TensorProto.FLOAT
-        found_new.append(onnx.helper.make_tensor_value_info(y, elem, [*a[:-1], n]))
-    return found_new
-
-
-def _through_spa_matmuls(
-    inferred: onnx.ModelProto, found: dict[str, Shape]
-) -> tuple[onnx.ModelProto, dict[str, Shape]]:
-    """ONNX inference continued past spa's matmul ops: their outputs' shapes written in,
-    inference rerun, until no such output is left to fill (one round per op in a chain)."""
-    for _ in range(sum(1 for node in inferred.graph.node if node.domain == SPA_DOMAIN)):
-        filled = _spa_matmul_outputs(inferred, found)
-        if not filled:
-            break
-        inferred.graph.value_info.extend(filled)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
-            break
-        found = _value_shapes(inferred)
-    return inferred, found
 
 
 def _measured_shapes(
