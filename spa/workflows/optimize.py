@@ -25,7 +25,7 @@ import onnx
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
-from spa.model_io import load_model, load_proto
+from spa.model_io import load_proto
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
@@ -41,7 +41,7 @@ from spa.workflows.recipe_verify import (
     DecodedCheck,
     check_decoded_recipe,
     decoded_snapshots,
-    has_spa_ops,
+    holds_spa_ops,
     ort_form,
 )
 from spa.workflows.recipes import Recipe, build_passes, load_recipe
@@ -237,7 +237,7 @@ def optimize(
                 outcome.records[0].details, before, after_prune, prune_verification[0]
             )
     records = outcome.records[1:] if prune is not None else outcome.records
-    spa_ops = (verify or latency_runs > 0) and has_spa_ops(load_model(output))
+    spa_ops = (verify or latency_runs > 0) and holds_spa_ops(output)
     latency, latency_note = None, ""
     if latency_runs > 0 and spa_ops:
         latency_note = "not measured: the output holds spa ops that TensorRT runs, not ONNX Runtime"

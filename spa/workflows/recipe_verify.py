@@ -38,6 +38,7 @@ the caller's policy, as before; the verdict names the pass.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ __all__ = [
     "check_decoded_recipe",
     "decoded_snapshots",
     "has_spa_ops",
+    "holds_spa_ops",
     "ort_form",
     "plan_decoded",
 ]
@@ -128,14 +130,27 @@ def has_spa_ops(model: ir.Model) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _file_holds_spa_ops(path: str, mtime_ns: int, size: int) -> bool:
+    """:func:`has_spa_ops` of a file, read once per version of it (a verification asks
+    for the same files several times)."""
+    return has_spa_ops(load_model(path))
+
+
+def holds_spa_ops(path: Path) -> bool:
+    """Whether the model file ``path`` holds spa ops (read once per version of the file)."""
+    status = Path(path).stat()
+    return _file_holds_spa_ops(str(path), status.st_mtime_ns, status.st_size)
+
+
 def ort_form(path: Path, folder: Path) -> Path:
     """The file ONNX Runtime runs for ``path``: ``path`` itself, or, when it holds spa ops,
     a copy in ``folder`` with plugin ops turned back into MatMulNBits / documented GQSA
     (``plugin-to-ort``, exact) and documented GQSA lowered to standard ops
     (``gqsa-to-reference``, exact; the copy is converted to opset 21 first when below 18)."""
-    model = load_model(path)
-    if not has_spa_ops(model):
+    if not holds_spa_ops(path):
         return path
+    model = load_model(path)
     PluginToOrtPass()(model)
     if has_spa_ops(model):
         model = convert_opset(
