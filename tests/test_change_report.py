@@ -248,3 +248,35 @@ def test_change_share_counts_params_and_macs_by_reason(tmp_path: Path) -> None:
     assert share.macs_changed == 32 * 256 * 16
     first = next(entry for entry in share.left if entry.reason == "layer skipped: first")
     assert first.macs == 16 * 256 * 27 and first.count == 1
+
+
+# a weight stored quantized: INT8 behind a DequantizeLinear, feeding a MatMul
+DEQUANTIZED = """
+<ir_version: 9, opset_import: ["" : 21]>
+dq (float[4, 32] x) => (float[4, 16] y) {
+    w = DequantizeLinear <axis = 1> (wq, scale)
+    h = MatMul(x, w)
+    y = MatMul(h, w2)
+}
+"""
+
+
+def test_weights_stored_quantized_are_counted(run_cli, tmp_path: Path) -> None:
+    """A model whose weight is stored quantized (the integer input of a DequantizeLinear)
+    counts that weight, so its MatMul's MACs are not 'no constant weight'; a recipe that
+    leaves it says so, and one that rewrites it counts it as changed."""
+    model = onnx.parser.parse_model(DEQUANTIZED)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(rng.integers(-127, 128, (32, 16)).astype(np.int8), "wq"),
+        numpy_helper.from_array((rng.random(16) / 100 + 1e-3).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w2"),
+    ])  # fmt: skip
+    share = change_share(model, {"w2": ""})
+    assert share.stored_quantized and share.params_total == 32 * 16 + 16 + 16 * 16
+    assert share.macs_total == 4 * 32 * 16 + 4 * 16 * 16 and share.macs_changed == 4 * 16 * 16
+    left = {entry.reason: entry for entry in share.left}
+    assert "op type MatMul not handled by this command" in left  # wq: its MatMul's reason
+    assert left["op type MatMul not handled by this command"].macs == 4 * 32 * 16
+    assert share.headline("cmd").startswith("changed: 32.7% of params (stored quantized included)")
+    assert not any(entry.unit == "nodes" for entry in share.left)  # no 'no constant weight'

@@ -7,7 +7,11 @@ its MatMul/Gemm/Conv MACs that it changed, and groups what it left by reason
 says so in one line instead of a silent "MACs 0 -> 0".
 
 The unit is a weight: a float initializer of the main graph or of an If/Loop/Scan
-body (whose nodes, and their MACs, count too). A caller gives,
+body (whose nodes, and their MACs, count too), or a weight stored quantized:
+the integer initializer behind a ``DequantizeLinear`` that feeds a
+MatMul/Gemm/Conv (its elements), or the packed weight of a ``MatMulNBits`` or
+of one of spa's matmul ops (``K * N``); the headline then says "params (stored
+quantized included)". A caller gives,
 per weight name, ``""`` when the command changed it or the reason it did not
 (:func:`change_share`); weights it gives nothing for get ``default_reason``
 with the consuming op type. A MatMul/Gemm/Conv node's MACs follow its weight
@@ -35,7 +39,7 @@ from onnx import numpy_helper
 from spa.analysis.groups import reason_kind
 from spa.model_io import iter_graph_protos
 from spa.stats.coverage import node_macs, value_shapes
-from spa.stats.shape_facts import all_nodes
+from spa.stats.shape_facts import SPA_DOMAIN, SPA_MATMULS, all_nodes
 
 __all__ = [
     "BIAS_REASON",
@@ -83,6 +87,9 @@ class ChangeShare:
     macs_total: int
     macs_changed: int
     left: tuple[LeftReason, ...]
+    #: Whether the params include weights stored quantized (``DequantizeLinear`` inputs,
+    #: ``MatMulNBits`` / spa plugin weights), not only float initializers.
+    stored_quantized: bool = False
 
     @property
     def params_share(self) -> float:
@@ -101,8 +108,9 @@ class ChangeShare:
         if self.nothing_changed:
             main = self.left[0].reason if self.left else "the model has no float weights"
             return f"NOTHING CHANGED: {command} left every weight as it was (main reason: {main})"
+        kind = "params (stored quantized included)" if self.stored_quantized else "float params"
         return (
-            f"changed: {self.params_share:.1%} of float params, {self.macs_share:.1%} of "
+            f"changed: {self.params_share:.1%} of {kind}, {self.macs_share:.1%} of "
             "MatMul/Gemm/Conv MACs"
         )
 
@@ -144,6 +152,28 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return users
 
 
+def _stored_quantized(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """The weights stored quantized, by the value a MatMul/Gemm/Conv (or MatMulNBits,
+    spa matmul) reads as its second input: (the integer initializer, its elements as
+    weights). A ``DequantizeLinear`` output maps to its integer input (its dims);
+    ``MatMulNBits`` and spa's matmul ops read their packed weight directly (``K * N``)."""
+    integers = {
+        t.name: math.prod(int(d) for d in t.dims)
+        for body in iter_graph_protos(model.graph) for t in body.initializer
+        if t.data_type not in _FLOAT_TYPES
+    }  # fmt: skip
+    stored: dict[str, tuple[str, int]] = {}
+    for node in all_nodes(model):
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in integers:
+            stored[node.output[0]] = (node.input[0], integers[node.input[0]])
+        elif (node.op_type == "MatMulNBits" or (node.domain == SPA_DOMAIN and node.op_type in SPA_MATMULS)) and (
+            len(node.input) > 1 and node.input[1] in integers
+        ):
+            attributes = {a.name: a.i for a in node.attribute}
+            stored[node.input[1]] = (node.input[1], attributes.get("K", 0) * attributes.get("N", 0))
+    return stored
+
+
 def change_share(
     model: onnx.ModelProto,
     outcomes: Mapping[str, str],
@@ -171,11 +201,17 @@ def change_share(
     macs: dict[str, int] = collections.defaultdict(int)
     unweighted: list[tuple[str, int]] = []
     shapes = value_shapes(model)
+    stored = _stored_quantized(model)
     for node in all_nodes(model):  # both branches of an If, one iteration of a Loop
         count = node_macs(node, shapes)
         if not count:
             continue
         weight = node.input[1] if len(node.input) > 1 else ""
+        if weight not in reasons and weight in stored:
+            weight, elements = stored[weight]
+            if weight not in reasons:
+                params[weight] = elements
+                reasons[weight] = outcomes.get(weight, default_reason.format(op=node.op_type))
         if weight in reasons:
             macs[weight] += count
         else:
@@ -208,6 +244,7 @@ def change_share(
             )
             for reason, values in ordered
         ),
+        stored_quantized=any(name in reasons for name, _ in stored.values()),
     )
 
 
@@ -277,16 +314,17 @@ def rewritten_weights(
     after_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """Per-weight outcomes of a rewrite seen from its input and output alone: a
-    float initializer of ``before`` that ``after`` lacks (or no longer reads), or
+    float initializer of ``before`` (or a weight it stores quantized) that ``after`` lacks (or no longer reads), or
     holds with another shape or other values, was changed (``""``); the others get
     ``reason``.
     ``*_dir``: the folders of external weight data."""
     used = {name for node in after.graph.node for name in node.input}
     used |= {value.name for value in after.graph.output}
     kept = {tensor.name: tensor for tensor in after.graph.initializer if tensor.name in used}
+    stored = {name for name, _ in _stored_quantized(before).values()}
     outcomes: dict[str, str] = {}
     for tensor in before.graph.initializer:
-        if tensor.data_type not in _FLOAT_TYPES:
+        if tensor.data_type not in _FLOAT_TYPES and tensor.name not in stored:
             continue
         other = kept.get(tensor.name)
         same = (

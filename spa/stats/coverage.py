@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from spa.model_io import iter_graph_protos
+from spa.stats.shape_facts import SPA_DOMAIN, SPA_MATMULS
 
 __all__ = [
     "covered_share",
@@ -77,12 +78,12 @@ def set_input_shapes(model: onnx.ModelProto, sample_shapes: Mapping[str, Shape])
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
-    """MACs of one MatMul/Gemm/Conv/MatMulNBits node (0 when shapes are unknown)."""
+    """MACs of one MatMul/Gemm/Conv/MatMulNBits (or spa matmul) node (0 when shapes are unknown)."""
     inputs = [shapes.get(name) for name in node.input]
     output = shapes.get(node.output[0]) if node.output else None
     if node.op_type == "Conv" and output and len(inputs) > 1 and inputs[1]:
         return math.prod(output) * math.prod(inputs[1][1:])
-    if node.op_type == "MatMulNBits":
+    if node.op_type == "MatMulNBits" or (node.domain == SPA_DOMAIN and node.op_type in SPA_MATMULS):
         k = next((a.i for a in node.attribute if a.name == "K"), 0)
         n = next((a.i for a in node.attribute if a.name == "N"), 0)
         return (math.prod(output) * k) if output else k * n
