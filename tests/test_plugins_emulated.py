@@ -288,7 +288,8 @@ def load_bench_module(name: str):  # type: ignore[no-untyped-def]
 
 def test_timing_model_mirrors_the_launchers_split_plan(tmp_path: Path) -> None:
     """plugins/bench/model.py predicts the next GPU run with its own copy of
-    plan_split; it must choose what the C++ launchers choose, on 132 and 108 SMs."""
+    plan_split; it must choose what the C++ launchers choose, on 132 and 108 SMs, with the
+    occupancy the launchers query (2 or 3 CTAs per SM: wave_splits up to M = 16) or without."""
     model = load_bench_module("model")
     binary = tmp_path / "plan_dump"
     cuda = next(root for root in (Path(shutil.which("nvcc") or "/x").resolve().parents[1], Path("/usr/local/cuda"))
@@ -298,13 +299,14 @@ def test_timing_model_mirrors_the_launchers_split_plan(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
     shapes = [(4096, 4096), (4096, 11008), (11008, 4096), (5120, 13824), (8192, 28672), (28672, 8192), (384, 80), (1024, 48), (4096, 16)]
-    inputs = [(m, n // 16, k // 128, slices, split, ws) for k, n in shapes for m in (1, 2, 8, 9, 16, 17, 32, 64, 70)
-              for slices, split in ((0, 0), (2, 0), (4, 0), (1, 3), (0, 8), (4, 64)) for ws in (0, 1)]  # fmt: skip
+    inputs = [(m, n // 16, k // 128, slices, split, ws, ctas) for k, n in shapes for m in (1, 2, 8, 9, 16, 17, 32, 64, 70)
+              for slices, split in ((0, 0), (2, 0), (4, 0), (1, 3), (0, 8), (4, 64)) for ws in (0, 1)
+              for ctas in (0, 2, 3)]  # fmt: skip
     text = "".join(" ".join(map(str, row)) + "\n" for row in inputs)
     for sms in (132, 108):
         run = subprocess.run([str(binary)], input=text, capture_output=True, text=True, check=False,
                              env={**os.environ, "SPA_EMU_SMS": str(sms)})  # fmt: skip
         assert run.returncode == 0, run.stderr
         got = [tuple(map(int, line.split())) for line in run.stdout.splitlines()]
-        want = [model.plan_split(m, t, g, s, p, bool(ws), sms=sms) for m, t, g, s, p, ws in inputs]
+        want = [model.plan_split(m, t, g, s, p, bool(ws), sms=sms, ctas_per_sm=c) for m, t, g, s, p, ws, c in inputs]
         assert got == want

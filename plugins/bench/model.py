@@ -36,6 +36,7 @@ model); a kernel change that the model does not describe leaves them stale.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -52,7 +53,7 @@ KERNELS = ("w4a16 and w4_sp24: 8-warp CTAs sharing one activation stage, 128-bit
            "weight and activation loads, precomputed addresses (V2, SASS-counted), split-K reduced in the kernel "
            "(slabs + arrival counters kept by the caller: no memset, no finalize, no FP32 atomics), scales staged "
            "by cp.async with the weights, "
-           "two mma chains at MT <= 2 (W-2), launch table L1. w4_gqsa: as measured, but the dequant "
+           "two mma chains at MT <= 2 (W-2), launch table L1 with wave splits at M <= 16 (wave_splits). w4_gqsa: as measured, but the dequant "
            "without I2F and FP16 products in half2 FMA chains (GQSA_ENTRY_RATIO, GQSA_TOKEN_RATIO)")
 # W-2 (scales staged by cp.async, two mma chains) is not measured yet: the
 # serial chain per group is assumed to fall to this fraction of the calibrated
@@ -155,12 +156,31 @@ def mt_for(m: int) -> int:
     return 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
 
 
+def wave_splits(n_tiles: int, n_groups: int, ctas_per_sm: int, sms: int = SMS) -> int:
+    """spa_device.cuh wave_splits: the K splits (1..8, >= 4 groups each) whose CTAs fill whole
+    waves best: least ceil(CTAs x splits / resident slots) x groups per split, fewer splits
+    on a tie (less slab traffic)."""
+    slots, ctas = ctas_per_sm * sms, (n_tiles + 7) // 8
+    best, best_cost = 1, -1
+    for wanted in range(1, max(1, min(8, n_groups // 4)) + 1):
+        gps = -(-n_groups // wanted)
+        splits = -(-n_groups // gps)
+        cost = -(-(ctas * splits) // slots) * gps
+        if best_cost < 0 or cost < best_cost:
+            best, best_cost = splits, cost
+    return best
+
+
 def plan_split(m: int, n_tiles: int, n_groups: int, slices_wanted: int = 0, split_k: int = 0,
-               has_workspace: bool = True, sms: int = SMS) -> tuple[int, int, int]:  # fmt: skip
-    """(slices, splits, groups per split): plugins/kernels/spa_device.cuh plan_split, line for line."""
+               has_workspace: bool = True, sms: int = SMS, ctas_per_sm: int = 0) -> tuple[int, int, int]:  # fmt: skip
+    """(slices, splits, groups per split): plugins/kernels/spa_device.cuh plan_split, line for line.
+    ``ctas_per_sm``: the kernel's resident CTAs per SM (the launchers query it), which picks
+    :func:`wave_splits`; 0: the table swept for the measured kernels."""
     slices = slices_wanted if m <= 16 and slices_wanted > 0 else 1
     splits = split_k
-    if splits <= 0:
+    if splits <= 0 and ctas_per_sm > 0 and m <= 16:
+        splits = wave_splits(n_tiles, n_groups, ctas_per_sm, sms) if has_workspace else 1
+    elif splits <= 0:
         if m <= 8:
             splits = min(8, n_groups // 4)
         elif m <= 16:
@@ -288,10 +308,42 @@ def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = G
     return t
 
 
+def hbm_floor_us(kernel: str, k: int, n: int, m: int) -> float:
+    """The bytes a kernel must read (goals.py weight_bytes: values, metadata, scales; plus the
+    activations in and the output out) at the measured HBM bandwidth, in us: goals.py's floor."""
+    return (_goals().weight_bytes(kernel, k, n) + 2 * m * (k + n)) / (HBM_GBPS * 1e3)
+
+
+@functools.cache
+def _goals() -> Any:
+    """goals.py, next to this file (a script folder, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spa_bench_goals", HERE / "goals.py")
+    assert spec is not None and spec.loader is not None
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    return goals
+
+
+def resident_ctas(kernel: str, mt: int) -> int:
+    """CTAs of an 8-warp kernel resident per SM (shared memory and ptxas registers; what
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor tells the launchers)."""
+    tile = kernel == "w4_gqsa_tile"
+    smem = tile_smem_bytes(TILE_KEEP, mt) if tile else smem_bytes(kernel, mt, 1)
+    regs = TILE_REGS[TILE_KEEP][mt] if tile else V2_REGS[kernel][mt]
+    return min(2048 // (32 * cta_warps(kernel)), SMEM_PER_SM // (smem + 1024), REGS_PER_SM // (regs * 32 * cta_warps(kernel)))
+
+
+def launch_plan(kernel: str, k: int, n: int, m: int, slices: int = 0, split_k: int = 0) -> tuple[int, int, int]:
+    """The launchers' plan for the current kernels: the wave rule at their occupancy."""
+    return plan_split(min(m, 64), n // 16, k // 128, slices, split_k, ctas_per_sm=resident_ctas(kernel, mt_for(m)))
+
+
 def predict_row(kernel: str, k: int, n: int, m: int, g: int = 128, slices: int = 0, split_k: int = 0) -> float:
     if kernel == "w4_gqsa":
         return gqsa_time(k, n, m, g, entry_ratio=GQSA_ENTRY_RATIO, token_ratio=GQSA_TOKEN_RATIO)
-    s, splits, _ = plan_split(min(m, 64), n // 16, k // 128, slices, split_k)
+    s, splits, _ = launch_plan(kernel, k, n, m, slices, split_k)
     return dense_time(kernel, k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True)
 
 
@@ -364,9 +416,7 @@ def tile_rows(dense_rows: list[Row]) -> list[Row]:
         if r["kernel"] != "w4a16":
             continue
         k, n, m = r["K"], r["N"], r["M"]
-        s, splits, _ = plan_split(min(m, 64), n // 16, k // 128)
-        ratio = dense_time("w4_gqsa_tile", k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True) / dense_time(
-            "w4a16", k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True)
+        ratio = predict_row("w4_gqsa_tile", k, n, m) / predict_row("w4a16", k, n, m)
         us = r["us"] * ratio
         rows.append({**r, "kernel": "w4_gqsa_tile", "group_size": 16, "keep": TILE_KEEP, "us": round(us, 2),
                      "speedup": round(r["cublas_fp16_us"] / us, 3), "max_rel_err": None, "source": "model",
@@ -378,8 +428,12 @@ def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
     """One predicted row per measured row (same kernel, shape, M, group size),
     for the kernels as committed (KERNELS). Where the sweep timed the
     configuration the launcher now chooses, the model is anchored on that
-    cell: the cell's time times the model's ratio of the new kernel body to
-    the measured one in that configuration ("source": "sweep"); elsewhere the
+    cell: the launch cost t0 plus the cell's time beyond it, scaled by the
+    model's ratio of the new kernel body to the measured one in that
+    configuration (t0 excluded from both: a kernel change leaves the launch
+    cost as it was), and never below t0 plus the weights' bytes at the
+    measured HBM bandwidth (``hbm_floor_us``: the scaling can take a body the
+    old model overpredicted past that bound) ("source": "sweep"); elsewhere the
     model alone ("model"). cuBLAS and the error are carried over from the
     measurement."""
     cells = {(r["kernel"], r["K"], r["N"], r["M"], r["slices"], r["split_k"]): r["us"] for r in sweep}
@@ -389,10 +443,12 @@ def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
         us = predict_row(kernel, k, n, m, r.get("group_size", 128))
         cell = None
         if kernel != "w4_gqsa":
-            slices, splits, _ = plan_split(min(m, 64), n // 16, k // 128)
+            slices, splits, _ = launch_plan(kernel, k, n, m)
             cell = cells.get((kernel, k, n, m, slices, splits))
-            if cell is not None:
-                us = cell * us / dense_time(kernel, k, n, m, slices, splits)
+            if cell is not None:  # the launch cost t0 is the same in both: only the bodies scale
+                t0 = DENSE["t0"]
+                us = t0 + (cell - t0) * (us - t0) / (dense_time(kernel, k, n, m, slices, splits) - t0)
+                us = max(us, t0 + hbm_floor_us(kernel, k, n, m))  # never past the model's own bound
         rows.append({**r, "us": round(us, 2), "speedup": round(r["cublas_fp16_us"] / us, 3), "predicted": True,
                      "source": "sweep" if cell is not None else "model", "measured_us": r["us"]})  # fmt: skip
     if not any(r["kernel"] == "w4_gqsa_tile" for r in measured):

@@ -597,6 +597,22 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 
 // ---- CUDA runtime calls the launchers make (no GPU, no libcudart) ----------------
+// Resident blocks per SM: the host has no register counts, so shared memory (228 KB
+// per SM, 1 KB reserved per block, as on sm_90) and 2048 threads decide;
+// SPA_EMU_CTAS_PER_SM overrides (0: "unknown", the launchers' swept table).
+template <typename... Params>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, void (*)(Params...), int threads,
+                                                          size_t dynamic_smem) {
+  if (blocks == nullptr || threads <= 0) return cudaErrorInvalidValue;
+  if (const char* forced = std::getenv("SPA_EMU_CTAS_PER_SM")) {
+    *blocks = std::atoi(forced);
+    return *blocks > 0 ? cudaSuccess : cudaErrorInvalidValue;
+  }
+  const size_t by_smem = (228 * 1024) / (dynamic_smem + 1024);
+  *blocks = static_cast<int>(std::min<size_t>(2048 / threads, by_smem));
+  return cudaSuccess;
+}
+
 template <typename... Params>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attribute, int value) {
   if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;

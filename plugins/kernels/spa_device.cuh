@@ -544,16 +544,43 @@ inline int sm_count() {
 //               one wave of the 8-warp CTAs; the rule written for 4-warp
 //               blocks, ceil(4 x SMs / (N/16)), left half the SMs idle)
 // each split keeping >= 4 groups so the pipeline stays primed; one split
-// without a workspace. plugins/bench/model.py mirrors this function.
+// without a workspace. Those rules were swept for the 4-warp kernels. For the
+// 8-warp kernels at M <= 16 the launchers pass their resident CTAs per SM
+// (ctas_per_sm, from the occupancy API) and wave_splits chooses instead: the
+// table's 8 splits gave 4096x11008 two waves of CTAs (688 on 3 x 132 slots)
+// where 4 fit in one. plugins/bench/model.py mirrors this function.
 struct SplitPlan {
   int slices, splits, groups_per_split;
 };
 
-inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted, int split_k, bool has_workspace) {
+// The K splits (1..8, >= 4 groups each) whose 8-warp CTAs (8 tiles each) fill
+// whole waves best: least ceil(CTAs x splits / resident slots) x groups per
+// split (the serial work of the slowest CTA), fewer splits on a tie (less
+// slab traffic). Not used above M = 16, where each split's slab (4 B per
+// output) weighs as much as the weights it saves streaming twice.
+inline int wave_splits(int n_tiles, int n_groups, int ctas_per_sm, int sms) {
+  const long long slots = static_cast<long long>(ctas_per_sm) * sms, ctas = (n_tiles + 7) / 8;
+  int best = 1;
+  long long best_cost = -1;
+  for (int wanted = 1; wanted <= std::max(1, std::min(8, n_groups / 4)); ++wanted) {
+    const int gps = (n_groups + wanted - 1) / wanted, splits = (n_groups + gps - 1) / gps;
+    const long long cost = (ctas * splits + slots - 1) / slots * gps;
+    if (best_cost < 0 || cost < best_cost) {
+      best = splits;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted, int split_k, bool has_workspace,
+                            int ctas_per_sm = 0) {
   const int sms = sm_count();
   const int slices = M <= 16 && slices_wanted > 0 ? slices_wanted : 1;
   int splits = split_k;
-  if (splits <= 0) {
+  if (splits <= 0 && ctas_per_sm > 0 && M <= 16) {
+    splits = has_workspace ? wave_splits(n_tiles, n_groups, ctas_per_sm, sms) : 1;
+  } else if (splits <= 0) {
     if (M <= 8) {
       splits = std::min(8, n_groups / 4);
     } else if (M <= 16) {
@@ -581,7 +608,7 @@ inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
 // with MT = 1, 2, 4, 8 8-token tiles for M <= 8, 16, 32, 64 (the launchers
 // run at most 64 rows per launch).
 template <typename F>
-inline cudaError_t with_row_tiles(int M, F&& f) {
+inline auto with_row_tiles(int M, F&& f) -> decltype(f(std::integral_constant<int, 1>{})) {
   if (M <= 8) return f(std::integral_constant<int, 1>{});
   if (M <= 16) return f(std::integral_constant<int, 2>{});
   if (M <= 32) return f(std::integral_constant<int, 4>{});
@@ -599,6 +626,18 @@ inline cudaError_t launch_column_blocks(void (*plain)(Params...), void (*split)(
   dim3 grid(split_column_blocks(N), splits);
   SPA_LAUNCH(grid, 256, bytes, stream, kernel)(args...);
   return cudaGetLastError();
+}
+
+// CTAs of `kernel` (256 threads, `bytes` of dynamic shared memory) resident
+// per SM, as the occupancy API counts them (registers included); 0 when it
+// cannot say, which leaves the launch table's swept rules in charge.
+template <typename... Params>
+inline int resident_ctas(void (*kernel)(Params...), int bytes) {
+  int ctas = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, 256, bytes) != cudaSuccess)
+    return 0;
+  return ctas;
 }
 
 // The workspace of an 8-warp kernel: room for the launch table's splits and
@@ -622,16 +661,17 @@ inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes
 // `kept_counters` (spa_split_counters_size, zeroed by the caller before its
 // first use and left at 0 by every completed launch) replaces the workspace's
 // counters and their memset: one launch per call instead of two.
-// launch(m0, rows, slabs, counters, splits, groups_per_split) issues one.
+// launch(m0, rows, slabs, counters, splits, groups_per_split) issues one;
+// ctas_per_sm: the split instantiation's resident CTAs (resident_ctas; 0 if unknown).
 template <typename Launch>
 inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
-                             int* kept_counters, cudaStream_t stream, Launch&& launch) {
+                             int* kept_counters, int ctas_per_sm, cudaStream_t stream, Launch&& launch) {
   if (!split_workspace_usable(workspace, workspace_bytes, M, N)) {  // no room for one split's slab: unsplit
     workspace = nullptr;
     workspace_bytes = 0;
     if (split_k > 1) split_k = 1;
   }
-  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr);
+  const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr, ctas_per_sm);
   int splits = plan.splits, gps = plan.groups_per_split;  // no in-block slices in these kernels
   const int blocks = split_column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
   while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {

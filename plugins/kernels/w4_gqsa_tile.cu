@@ -233,7 +233,12 @@ cudaError_t run(const void* a_ptr, const uint32_t* values, const uint32_t* posit
   // whole stages: ceil(groups / 2) stages of 256 k each (fewer splits where
   // that covers K sooner).
   const int n_units = (K / kSlab + kSlabs - 1) / kSlabs;
-  return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, stream,
+  const int ctas = with_row_tiles(std::min(M, SPA_MAX_M_PER_LAUNCH), [keep](auto mt) {
+    constexpr int MT = decltype(mt)::value;
+    return keep == 4 ? resident_ctas(gemm_kernel<T, 4, MT, true>, smem_bytes<4, MT>())
+                     : resident_ctas(gemm_kernel<T, 2, MT, true>, smem_bytes<2, MT>());
+  });
+  return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
                    [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
                      const int ups = (gps + kSlabs - 1) / kSlabs;
                      splits = std::min(splits, (n_units + ups - 1) / ups);

@@ -180,7 +180,11 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, stream,
+  const int ctas = with_row_tiles(std::min(M, SPA_MAX_M_PER_LAUNCH), [](auto mt) {
+    constexpr int MT = decltype(mt)::value;
+    return resident_ctas(gemm_kernel<T, MT, true>, smem_bytes<MT>());
+  });
+  return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
                    [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
                      return dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales,
                                         y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
