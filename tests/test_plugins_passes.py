@@ -456,3 +456,15 @@ def test_macs_and_shapes_continue_past_plugin_ops() -> None:
     assert shapes["R"] == (2, 5, 128) and shapes["Y"] == (2, 5, 32)
     stats = compute_stats(model, dims={"batch": 2, "seq": 5})
     assert stats.total_macs == 2 * 5 * (256 * 128 + 128 * 32) and not stats.macs_unknown
+
+
+def test_a_layer_the_plugin_pass_skips_reports_the_passs_reason(run_cli, tmp_path: Path) -> None:
+    """N = 10 is no 16-column tile: int4-to-plugin skips the layer, and the change report says
+    why in the pass's words, not only that no pass of the recipe changed it."""
+    source = tmp_path / "n10.onnx"
+    onnx.save(nbits_model(random_w4(4, 128, 10)), source)
+    (tmp_path / "to_plugin.yaml").write_text("passes:\n  - int4-to-plugin\n")
+    result = run_cli("optimize", source, "--recipe", tmp_path / "to_plugin.yaml", "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 0, result.output
+    assert ("NOTHING CHANGED: spa optimize --recipe to_plugin left every weight as it was (main reason: "
+            "int4-to-plugin: K=128 N=10: the kernels need K % 128 == 0 and N % 16 == 0)") in result.output  # fmt: skip

@@ -31,7 +31,13 @@ from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.prune import PrunePass
 from spa.pruning.sensitivity import FRAGILE_DISTORTION
 from spa.stats import report as reporting
-from spa.stats.change import ChangeShare, change_share, rewritten_weights
+from spa.stats.change import (
+    BIAS_REASON,
+    ChangeShare,
+    change_share,
+    node_outcomes,
+    rewritten_weights,
+)
 from spa.stats.inspect import human_count
 from spa.verify import AllClose, Policy, VerifyResult, input_specs, make_feeds, verify_models
 from spa.verify.quality import quality_verdict
@@ -91,16 +97,36 @@ def _verdict_line(
     )
 
 
+def _skip_reasons(records: Sequence[PassRecord]) -> dict[str, str]:
+    """Node name -> why a pass of the recipe skipped it ("int4-to-plugin: K=256 N=10: ..."),
+    from the decisions deciding passes record; a later pass's reason wins."""
+    reasons: dict[str, str] = {}
+    for record in records:
+        for decision in record.details.get("decisions", ()):
+            fields = (
+                decision if isinstance(decision, dict)
+                else {key: getattr(decision, key, "") for key in ("action", "node", "reason")}
+            )  # fmt: skip
+            node, reason = str(fields.get("node") or ""), str(fields.get("reason") or "")
+            if fields.get("action") == "skipped" and node and reason:
+                reasons[node] = f"{record.name}: {reason}"
+    return reasons
+
+
 def _recipe_change(
-    before: onnx.ModelProto, before_dir: Path, output: Path, recipe: str
+    before: onnx.ModelProto, before_dir: Path, output: Path, recipe: str, records: Sequence[PassRecord] = ()
 ) -> ChangeShare:
-    """Share of the model (as the recipe got it) whose weights the recipe rewrote."""
+    """Share of the model (as the recipe got it) whose weights the recipe rewrote; a weight
+    left as it was takes the reason a pass gave for skipping its node, where one did."""
+    generic = f"no pass of the {recipe} recipe changed it"
     after = load_proto(output)
     outcomes = rewritten_weights(
-        before, after, f"no pass of the {recipe} recipe changed it",
-        before_dir=before_dir, after_dir=output.resolve().parent,
+        before, after, generic, before_dir=before_dir, after_dir=output.resolve().parent,
     )  # fmt: skip
-    return change_share(before, outcomes, f"no pass of the {recipe} recipe changed it")
+    for weight, reason in node_outcomes(before, _skip_reasons(records)).items():
+        if outcomes.get(weight) == generic and reason not in ("", BIAS_REASON):
+            outcomes[weight] = reason
+    return change_share(before, outcomes, generic)
 
 
 def optimize(
@@ -267,7 +293,7 @@ def optimize(
         report["decoded"] = decoded[0].as_dict()
     if note[0]:
         report["verification_note"] = f"decoded reference not used: {note[0]}"
-    change = _recipe_change(outcome.before, base_dir, output, loaded.name)
+    change = _recipe_change(outcome.before, base_dir, output, loaded.name, records)
     report["change"] = change.as_dict()
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
