@@ -6,6 +6,7 @@ GQSA through the w4_gqsa_tile layout against ONNX Runtime running the reference 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +390,14 @@ def test_optimize_verifies_gqsa_to_plugin(run_cli, tmp_path: Path, layout: str) 
     assert decoded["drift"]["max_rel_diff"] > 0  # FP32 scales stored as FP16
     # shapes inferred through the chain of spa ops: every MAC counted (the dense product's)
     assert data["after"]["total_macs"] == 2 * (256 * 128 + 128 * 32) and not data["after"]["macs_unknown"]
+    # with real data, quality is measured on held-out samples, the input (documented GQSA)
+    # run through its lowering too
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, A=rng.standard_normal((8, 2, 256)).astype(np.float32))
+    measured = run_cli("optimize", documented, "--recipe", tmp_path / "to_plugin.yaml", "-o", tmp_path / "q.onnx",
+                       "--calib", calib)  # fmt: skip
+    assert measured.exit_code == 0, measured.output
+    assert re.search(r"\| quality .*cos 1\.0000 \(2 held out\) \|", measured.output.splitlines()[-1])
 
 
 @pytest.mark.parametrize(

@@ -288,7 +288,7 @@ def _check_chain(
         last = position + 1 == len(plan.rewrites)
         candidate = output if last else models_after[plan.rewrites[position + 1] - 1]
         result = verify_decoded(
-            model, path, decoded, candidate, options, runnable=ort_form, reference_runnable=ort_form
+            model, path, decoded, candidate, options, runnable=ort_form
         )  # fmt: skip
         results.append((result, index))
     worst, index = max(results, key=lambda item: (not item[0].passed, item[0].max_rel_diff))
@@ -333,7 +333,7 @@ def check_decoded_recipe(
         verification, reads = chained
     else:
         verification = verify_decoded(
-            model, path, decoded, output, options, runnable=ort_form, reference_runnable=ort_form
+            model, path, decoded, output, options, runnable=ort_form
         )
     prefix, steps = None, ""
     if plan.exact_from < plan.reads:
@@ -344,7 +344,7 @@ def check_decoded_recipe(
         steps = _steps(plan.exact_from + 1, plan.reads)
     recipe_input = models_after[recipe_start]
     drift = measure_drift(
-        recipe_input, output, None, options, ort_form, policy=policy, reference_runnable=ort_form
+        recipe_input, output, None, options, ort_form, policy=policy
     )
     return DecodedCheck(
         output=output, verification=verification, drift=drift, policy=policy,

@@ -147,9 +147,8 @@ def check_decoded(
     options: RunOptions,
     runnable: Callable[[Path, Path], Path] | None = None,
 ) -> VerifyResult:
-    """The output (or the file ``runnable(output, folder)`` gives ORT in its place)
-    against the decoded reference of the model the passes read (``source`` as the
-    pipeline loaded it): :func:`verify_decoded`."""
+    """The output against the decoded reference of the model the passes read
+    (``source`` as the pipeline loaded it): :func:`verify_decoded`."""
     return verify_decoded(outcome.model_before(source), source, decoded, output, options, runnable)
 
 
@@ -160,15 +159,13 @@ def verify_decoded(
     output: Path,
     options: RunOptions,
     runnable: Callable[[Path, Path], Path] | None = None,
-    reference_runnable: Callable[[Path, Path], Path] | None = None,
 ) -> VerifyResult:
-    """The output (or the file ``runnable(output, folder)`` gives ORT in its place)
-    against the decoded reference: ``model``, the model the rewriting pass read
-    (loaded from ``model_path``, whose folder holds its external weights), with the
-    weights named in ``decoded`` replaced by their decoded values
-    (:mod:`spa.quant.decoded`; run as ``reference_runnable`` gives it), exact to
-    :data:`DECODED_RTOL`, both run without ORT graph optimizations. Every pass after
-    the rewrite must be exact too."""
+    """The output against the decoded reference: ``model``, the model the rewriting
+    pass read (loaded from ``model_path``, whose folder holds its external weights),
+    with the weights named in ``decoded`` replaced by their decoded values
+    (:mod:`spa.quant.decoded`), exact to :data:`DECODED_RTOL`, both run without ORT
+    graph optimizations (each as the file ``runnable(path, folder)`` gives ORT in its
+    place, when given). Every pass after the rewrite must be exact too."""
     from spa.model_io import save_model
     from spa.quant.decoded import decoded_model
     from spa.verify import AllClose, verify_models
@@ -176,11 +173,10 @@ def verify_decoded(
     with tempfile.TemporaryDirectory(prefix="spa-decoded-") as folder:
         reference = decoded_model(model, decoded)
         path = save_model(reference, Path(folder) / "decoded.onnx", input_path=model_path)
-        if reference_runnable is not None:
-            path = reference_runnable(path, Path(folder) / "reference")
-        candidate = runnable(output, Path(folder)) if runnable else output
+        if runnable is not None:
+            path, output = runnable(path, Path(folder) / "reference"), runnable(output, Path(folder))
         return verify_models(
-            path, candidate, policy=AllClose(rtol=DECODED_RTOL), seed=options.seed,
+            path, output, policy=AllClose(rtol=DECODED_RTOL), seed=options.seed,
             session=_unoptimized, **options.inputs,
         )  # fmt: skip
 
@@ -193,20 +189,18 @@ def measure_drift(
     runnable: Callable[[Path, Path], Path] | None = None,
     *,
     policy: Policy | None = None,
-    reference_runnable: Callable[[Path, Path], Path] | None = None,
 ) -> VerifyResult:
     """The output against the float input on the same seeded inputs: every check
     passes unless ``min_cosine`` is given and an output's cosine falls below it
     (or, given ``policy``, unless an output fails that policy instead).
-    ``runnable`` / ``reference_runnable``: the files ORT runs in their places."""
+    ``runnable(path, folder)``: the file ORT runs in each one's place."""
     from spa.verify import CosineMaxAbs, verify_models
 
     gate = policy or CosineMaxAbs(min_cosine=min_cosine if min_cosine is not None else -1.0)
     with tempfile.TemporaryDirectory(prefix="spa-drift-") as folder:
-        if reference_runnable is not None:
-            source = reference_runnable(source, Path(folder) / "reference")
-        candidate = runnable(output, Path(folder)) if runnable else output
-        return verify_models(source, candidate, policy=gate, seed=options.seed, **options.inputs)
+        if runnable is not None:
+            source, output = runnable(source, Path(folder) / "reference"), runnable(output, Path(folder))
+        return verify_models(source, output, policy=gate, seed=options.seed, **options.inputs)
 
 
 @dataclasses.dataclass

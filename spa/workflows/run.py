@@ -396,8 +396,8 @@ def run_pipeline(
     x86 CPUs run them slowly and rewrites such as OBS updates make them),
     save to ``output`` (never over the input or its data), then
     ``verify(source, output, outcome)``, then measure quality on the held-out
-    samples. ``runnable(output, folder)`` gives a file ORT can run in its place
-    (a plugin op's reference lowering) and ``session`` makes the ORT sessions.
+    samples. ``runnable(path, folder)`` gives a file ORT can run in the place of
+    the input or the output (a plugin op's reference lowering) and ``session`` makes the ORT sessions.
     ``after_save(model, outcome)`` runs between saving and verification (the
     latency guard, which may write another form over the output and replace
     ``outcome.records``).
@@ -434,9 +434,12 @@ def run_pipeline(
         outcome.verification = verify(source, output, outcome)
     if holdout or metric is not None:
         with tempfile.TemporaryDirectory(prefix="spa-quality-") as folder:
-            candidate = runnable(output, Path(folder)) if runnable else output
+            reference, candidate = source, output
+            if runnable is not None:
+                reference = runnable(source, Path(folder) / "reference")
+                candidate = runnable(output, Path(folder))
             outcome.quality = measure_quality(
-                source, candidate, holdout, metric=metric, metric_name=options.metric,
+                reference, candidate, holdout, metric=metric, metric_name=options.metric,
                 session=session, adapt=_io_adapter(model, records),
             )  # fmt: skip
     outcome.quality_note = note if not holdout else ""

@@ -27,12 +27,12 @@ from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
-from spa.model_io import load_model, save_model
-from spa.passes.gqsa import GQSAPass, GQSAToReferencePass, check_gqsa_options
+from spa.passes.gqsa import GQSAPass, check_gqsa_options
 from spa.passes.sparsify import Sparsify2to4Pass
 from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import weight_coverage
 from spa.verify import VerifyResult
+from spa.workflows.recipe_verify import ort_form
 from spa.workflows.results import (
     DecodedResult,
     RewriteResult,
@@ -104,15 +104,6 @@ def _build_pass(
     return GQSAPass(group, sparsity, bits, form, layout=layout)
 
 
-def _verified_copy(output: Path, form: str, folder: Path) -> Path:
-    """The model ORT can run: the output itself, or its reference lowering."""
-    if form != "plugin":
-        return output
-    model = load_model(output)
-    GQSAToReferencePass()(model)
-    return save_model(model, folder / "reference.onnx")
-
-
 def sparsify_model(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -165,10 +156,8 @@ def sparsify_model(
             fix="use --form plugin",
         )  # fmt: skip
 
-    lowering = form if pattern == "gqsa" else ""
-
-    def runnable(path: Path, folder: Path) -> Path:
-        return _verified_copy(path, lowering, folder)
+    # the plugin form (spa.GroupSparseQuantMatMul) runs in ORT through its reference lowering
+    runnable = ort_form if pattern == "gqsa" and form == "plugin" else None
 
     def check(source: Path, output: Path, outcome: PipelineOutcome) -> VerifyResult:
         return check_decoded(rewrite.decoded, source, output, outcome, run_options, runnable)
