@@ -258,9 +258,7 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
         slices = 1
         warps_per_cta = cta_warps(kernel)
         blocks = -(-n_tiles // warps_per_cta) * splits
-        smem = tile_smem_bytes(TILE_KEEP, mt) if tile else smem_bytes(kernel, mt, 1)
-        regs = TILE_REGS[TILE_KEEP][mt] if tile else V2_REGS[kernel][mt]
-        per_sm = min(16, SMEM_PER_SM // (smem + 1024), REGS_PER_SM // (regs * 32 * warps_per_cta))
+        per_sm = resident_ctas(kernel, mt)
     else:
         warps_per_cta = 4 // slices  # streaming tiles per block (the measured 4-warp blocks)
         blocks = -(-n_tiles // warps_per_cta) * splits
