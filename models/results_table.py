@@ -2,6 +2,7 @@
 side with ONNX Runtime's quantizers (and Torch-Pruning on MiniLM), on the same data.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 10 python models/results_table.py [BED ...]
+        [--variants 'spa W4 RTN' 'spa W4 GPTQ']   # redo these rows only, keep the others
 
 For each bed (``BEDS``) and each variant:
 
@@ -9,7 +10,8 @@ For each bed (``BEDS``) and each variant:
   ``--allocation sensitivity`` at ``ratio`` = that share of MACs (8 calibration feeds,
   sensitivity on 2, ``--round-to auto`` (the default) so ORT CPU gets channel counts it likes);
 * ``W8``, ``W4 RTN``, ``W4 GPTQ``: ``quantize_model`` (bits 8; bits 4, block 32, RTN or GPTQ on
-  the calibration feeds), ``--target ort``;
+  the calibration feeds; Conv included, INT4 in blocks, the model converted to opset 21 for
+  its INT4 tensors), ``--target ort``;
 * ``static INT8``: ``quantize_static_model`` on the calibration feeds, ``--target ort``;
 * both with the latency guard on, as a user gets them (``spa.workflows.latency_guard``): the
   form it wrote and its measurements go in the note; a static model it refused (slower than
@@ -206,7 +208,7 @@ def torch_pruning_rows(bed: testbeds.Testbed, dense: Path, feeds: Feeds,
     return rows
 
 
-def run_bed(name: str, budget: float, folder: Path) -> dict[str, Any]:
+def run_bed(name: str, budget: float, folder: Path, only: set[str] | None = None) -> dict[str, Any]:
     logging.getLogger().setLevel(logging.ERROR)
     bed = testbeds.get(name)
     dense = bed.model_path()
@@ -215,6 +217,8 @@ def run_bed(name: str, budget: float, folder: Path) -> dict[str, Any]:
     rows = [{"variant": "dense", "tool": "dense", **measure(bed, dense, dense, feeds, budget)}]
     print(name, "dense", shown(name, rows[0]["metrics"]), flush=True)
     makers = {**spa_makers(calibration), **ort_makers(calibration)}
+    if only is not None:  # --variants: these rows alone, merged into the saved table by main
+        makers = {label: make for label, make in makers.items() if label in only}
     for label, make in makers.items():
         output = folder / f"{name}-{label.replace(' ', '_').replace(':', '')}.onnx"
         began = time.perf_counter()
@@ -232,10 +236,10 @@ def run_bed(name: str, budget: float, folder: Path) -> dict[str, Any]:
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
         print(name, label, shown(name, row.get("metrics")), row.get("speedup"), flush=True)
-    optimized = optimize_row(name)
+    optimized = optimize_row(name) if only is None else None
     if optimized is not None:
         rows.append(optimized)
-    if name == "minilm":
+    if name == "minilm" and only is None:
         rows += torch_pruning_rows(bed, dense, feeds, budget)
     return {"bed": name, "metric": bed.metric, "higher_is_better": bed.higher_is_better,
             "limit": LIMITS.get(name), "rows": rows}
@@ -359,6 +363,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="latency seconds per variant")
     parser.add_argument("--refresh-compare", action="store_true",
                         help="only redo MiniLM's rows from compare_minilm.json")
+    parser.add_argument("--variants", nargs="+", metavar="LABEL",
+                        help="only redo these rows (e.g. 'spa W4 GPTQ'), keeping the bed's others")
     parser.add_argument("--refresh-optimize", action="store_true",
                         help="only redo the `spa optimize` rows from optimize_<bed>.json")
     args = parser.parse_args()
@@ -391,10 +397,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spa-results-table-") as folder:
         for name in args.beds:
             began = time.perf_counter()
-            entry = run_bed(name, args.budget, Path(folder))
+            only = set(args.variants) if args.variants else None
+            entry = run_bed(name, args.budget, Path(folder), only)
             entry["seconds"] = round(time.perf_counter() - began)
             # read again: another run (other beds) may have saved since
             results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+            if only is not None and name in results:
+                redone = {row["variant"]: row for row in entry["rows"]}
+                kept = results[name]
+                kept["rows"] = [redone.pop(row["variant"], row) for row in kept["rows"]]
+                kept["rows"] += list(redone.values())
+                entry = kept
             results[name] = entry
             ordered = {key: results[key] for key in (*BEDS, "shakespeare_lm") if key in results}
             path.write_text(json.dumps(ordered, indent=1) + "\n")

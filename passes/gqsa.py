@@ -202,9 +202,10 @@ class GQSAPass(SparsifyingPass):
     def _wants_hessians(self) -> bool:
         return True
 
-    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None) -> str:
-        if hessians:
-            return f"hessians for {len(hessians)} activations"
+    def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None, convs: int = 0) -> str:
+        found = super()._calibration_label(hessians, convs)
+        if found != "none":
+            return found
         return "none (data-free: H = I, magnitude selection, per-group least-squares scales)"
 
     def _reason(self, model: ir.Model, rows: int, cols: int) -> str:

@@ -3,8 +3,9 @@
 Used by :class:`spa.passes.quantize.QuantizeWeightsPass`. A ``Conv`` weight
 ``W[O, I/group, k...]`` becomes INT8/INT4 (UINT8/UINT4 with zero points when
 asymmetric) per output channel, read through ``DequantizeLinear(axis=0)``:
-there is no MatMulNBits for Conv. RTN only (GPTQ's Hessians are collected for
-MatMul/Gemm inputs). TensorRT's weight-only formats cover MatMul/Gemm, so
+there is no MatMulNBits for Conv. RTN, or with ``--method gptq`` GPTQ on the
+Hessian of the Conv's im2col patches (group 1, 1-D or 2-D: :func:`conv_patch_spec`;
+other Conv stay RTN with that reason). TensorRT's weight-only formats cover MatMul/Gemm, so
 ``--target tensorrt`` leaves Conv with that reason.
 
 Two forms read the integers back. ``--target onnx``: ``DequantizeLinear(axis=0)``
@@ -31,11 +32,13 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from spa.quant.blockwise import QuantizedWeight, n_blocks
+from spa.calibration import ConvPatches
+from spa.quant.blockwise import QuantizedWeight, dequantize, n_blocks
 from spa.quant.channelwise import ChannelQuantized, dequantize_channels, quantize_channels
 from spa.quant.ir_format import (
     add_initializer,
     default_opset,
+    dequantize_node,
     holding_graph,
     remove_initializer_if_unused,
 )
@@ -46,10 +49,13 @@ __all__ = [
     "SKIPPABLE",
     "block_cast_nodes",
     "column_cast_nodes",
+    "conv_patch_spec",
     "conv_target_reason",
     "is_depthwise",
     "layer_roles",
+    "per_channel",
     "quantize_conv",
+    "quantize_conv_blocks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +106,37 @@ def layer_roles(graph: ir.Graph) -> dict[int, str]:
         if is_depthwise(node):
             roles[id(node)] = "depthwise"
     return roles
+
+
+def conv_patch_spec(node: ir.Node) -> ConvPatches | None:
+    """How a 1-D or 2-D Conv with group 1, explicit pads and a constant weight reads its
+    input (its im2col patches, whose ``X^T X`` GPTQ and SparseGPT take), else None (a 1-D
+    Conv is a 2-D one of height 1)."""
+    attributes = node.attributes
+    source = node.inputs[0]
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight is None or weight.const_value is None:
+        return None
+    shape = tuple(int(d) for d in weight.const_value.numpy().shape)
+    spatial = len(shape) - 2
+    if spatial not in (1, 2) or attributes.get_int("group", 1) != 1 or source is None or not source.name:
+        return None
+    if attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None  # SAME_UPPER / SAME_LOWER: pads depend on the input size
+    pads = tuple(attributes.get_ints("pads", [0] * 2 * spatial))
+    strides = tuple(attributes.get_ints("strides", [1] * spatial))
+    dilations = tuple(attributes.get_ints("dilations", [1] * spatial))
+    if len(pads) != 2 * spatial or len(strides) != spatial or len(dilations) != spatial:
+        return None
+    if spatial == 1:  # height 1: no padding, stride or dilation along it
+        kernel, strides, dilations = (1, shape[2]), (1, strides[0]), (1, dilations[0])
+        pads = (0, pads[0], 0, pads[1])
+    else:
+        kernel = (shape[2], shape[3])
+    return ConvPatches(
+        source.name, kernel, (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]),
+        (dilations[0], dilations[1]),
+    )  # fmt: skip
 
 
 def conv_target_reason(model: ir.Model, bits: int, target: str) -> str:
@@ -161,15 +198,18 @@ def quantize_conv(
     bits: int,
     symmetric: bool,
     form: str = "dequantize",
+    quantized: ChannelQuantized | None = None,
 ) -> tuple[int, int, Callable[[], np.ndarray]]:
     """Rewrite ``node``'s weight as per-channel integers read through ``form``:
     ``dequantize`` (``DequantizeLinear(axis=0)``, standard QDQ) or ``cast``
     (``Cast``/``Sub``/``Mul``, which ONNX Runtime folds at load); returns
     (bytes before, bytes after) of the weight and a function giving the float
-    weight the stored form decodes to (for the decoded-weights check)."""
+    weight the stored form decodes to (for the decoded-weights check).
+    ``quantized``: the integers to store (GPTQ's), else RTN per channel."""
     assert weight.const_value is not None
     array = weight.const_value.numpy()
-    quantized = quantize_channels(array, bits, symmetric)
+    if quantized is None:
+        quantized = quantize_channels(array, bits, symmetric)
     base = weight.name or "weight"
     if form == "cast":
         values = add_initializer(
@@ -189,6 +229,50 @@ def quantize_conv(
         )
     dequantize = ir.node("DequantizeLinear", inputs, {"axis": 0}, name=f"{node.name or base}_dq")
     return (*_attach(graph, node, weight, [dequantize], quantized, array), decoder(quantized))
+
+
+def quantize_conv_blocks(
+    graph: ir.Graph, node: ir.Node, weight: ir.Value, quantized: QuantizedWeight, form: str
+) -> tuple[int, int, Callable[[], np.ndarray]]:
+    """Rewrite ``node``'s weight ``W[O, C, k...]`` from ``quantized``, the block-quantized
+    ``W.reshape(O, K).T`` (``K = C * prod(k)``, blocks of consecutive k in that order):
+    ``Cast -> [Sub] -> Mul -> Reshape [-> Slice]`` (``cast``, which ONNX Runtime folds at load)
+    or a block ``DequantizeLinear`` (``dequantize``, ``K`` a multiple of the block) giving
+    ``W[K, O]``, then ``Transpose -> Reshape`` to the Conv's layout. Returns (bytes before,
+    bytes stored) and the function giving the decoded float weight."""
+    assert weight.const_value is not None
+    array = weight.const_value.numpy()
+    base, name = weight.name or "weight", node.name or weight.name or "weight"
+    if form == "cast":
+        nodes, stored = block_cast_nodes(graph, quantized, base, name)
+    else:
+        dequantize_linear, stored = dequantize_node(graph, quantized, base, f"{name}_dq")
+        dequantize_linear.outputs[0].name = f"{name}_dq_out"
+        nodes = [dequantize_linear]
+    nodes[-1].outputs[0].name = f"{base}_by_column"
+    transpose = ir.node("Transpose", [nodes[-1].outputs[0]], {"perm": [1, 0]}, name=f"{name}_transpose")
+    transpose.outputs[0].name = f"{name}_transpose_out"
+    shape = add_initializer(graph, f"{base}_conv_shape", ir.Tensor(np.array(array.shape, dtype=np.int64)))
+    reshape = ir.node("Reshape", [transpose.outputs[0], shape], name=f"{name}_conv_reshape")
+    output = reshape.outputs[0]
+    output.name = f"{base}_dequantized"
+    output.dtype = weight.dtype or ir.DataType.from_numpy(array.dtype)
+    output.shape = weight.shape
+    graph.insert_before(node, [*nodes, transpose, reshape])
+    node.replace_input_with(1, output)
+    remove_initializer_if_unused(holding_graph(weight, graph), weight)
+    dtype, shape_of = array.dtype, array.shape
+    return int(array.nbytes), int(stored), lambda: dequantize(quantized, dtype).T.reshape(shape_of)
+
+
+def per_channel(quantized: QuantizedWeight, shape: tuple[int, ...]) -> ChannelQuantized:
+    """A Conv weight quantized as ``conv_matrix`` with one block per output channel
+    (``block >= K``), in the Conv's own layout for the per-channel forms."""
+    if n_blocks(quantized.shape[0], quantized.block) != 1:
+        raise ValueError(f"{n_blocks(quantized.shape[0], quantized.block)} blocks per channel, expected 1")
+    values = np.ascontiguousarray(quantized.q.T.reshape(shape))
+    zero = None if quantized.zero_points is None else quantized.zero_points[0]
+    return ChannelQuantized(values, quantized.scales[0], zero, quantized.bits)
 
 
 def decoder(quantized: ChannelQuantized, transpose: bool = False) -> Callable[[], np.ndarray]:

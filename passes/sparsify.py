@@ -35,11 +35,11 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from spa.calibration import CalibrationRequest, CalibrationResult, ConvPatches
+from spa.calibration import ConvPatches
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import DecidingPass, HessianCalibrated, input_name, weight_reason
-from spa.passes.quantize_conv import SKIPPABLE, layer_roles
+from spa.passes.quantize_conv import SKIPPABLE, conv_patch_spec, layer_roles
 from spa.quant.ir_format import MS_DOMAIN, QuantDecision, op_key
 from spa.quant.sparsity import (
     RUN,
@@ -106,33 +106,7 @@ def _match_conv(node: ir.Node) -> tuple[_Target | None, str]:
             else f"{per_group} input channels"
         )
         return None, f"Conv {where}, not a multiple of 4"
-    return _Target(node, weight, 1, None, _conv_patches(node, weight.const_value.numpy().shape)), ""
-
-
-def _conv_patches(node: ir.Node, shape: tuple[int, ...]) -> ConvPatches | None:
-    """How a 1-D or 2-D Conv with group 1 and explicit pads reads its input, else None
-    (a 1-D Conv is a 2-D one of height 1)."""
-    attributes = node.attributes
-    source = node.inputs[0]
-    spatial = len(shape) - 2
-    if spatial not in (1, 2) or attributes.get_int("group", 1) != 1 or source is None or not source.name:
-        return None
-    if attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return None  # SAME_UPPER / SAME_LOWER: pads depend on the input size
-    pads = tuple(attributes.get_ints("pads", [0] * 2 * spatial))
-    strides = tuple(attributes.get_ints("strides", [1] * spatial))
-    dilations = tuple(attributes.get_ints("dilations", [1] * spatial))
-    if len(pads) != 2 * spatial or len(strides) != spatial or len(dilations) != spatial:
-        return None
-    if spatial == 1:  # height 1: no padding, stride or dilation along it
-        kernel, strides, dilations = (1, int(shape[2])), (1, strides[0]), (1, dilations[0])
-        pads = (0, pads[0], 0, pads[1])
-    else:
-        kernel = (int(shape[2]), int(shape[3]))
-    return ConvPatches(
-        source.name, kernel, (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]),
-        (dilations[0], dilations[1]),
-    )  # fmt: skip
+    return _Target(node, weight, 1, None, conv_patch_spec(node)), ""
 
 
 def _already_quantized(node: ir.Node) -> tuple[None, str]:
@@ -203,31 +177,22 @@ class Sparsify2to4Pass(SparsifyingPass):
     def _wants_hessians(self) -> bool:
         return self.method == "sparsegpt"
 
-    def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
-        """MatMul/Gemm input Hessians and, for 2-D Conv with group 1, their patch Hessians."""
-        request = super().calibration_request(model)
-        if request is None:
-            return None
+    def _wanted_convs(self, model: ir.Model) -> dict[str, ConvPatches]:
+        """The 2-D (and 1-D) Conv with group 1 this pass sparsifies: their patch Hessians."""
         convs = {}
         roles = layer_roles(model.graph)
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for node in model.graph:  # main graph: a body's values are not model outputs
             if op_key(node) == ("", "Conv") and roles.get(id(node), "") not in self.keep_float:
                 target, _ = _match_conv(node)
                 if target is not None and target.conv is not None:
                     convs[target.weight.name or ""] = target.conv
-        return dataclasses.replace(request, conv_hessians=convs)
-
-    def use_calibration(self, result: CalibrationResult) -> None:
-        super().use_calibration(result)
-        self._conv_hessians = {name: entry.hessian for name, entry in result.conv_hessians.items()}
-        self.calibration = self._calibration_label(self._hessians, len(self._conv_hessians))
+        return convs
 
     def _calibration_label(self, hessians: Mapping[str, np.ndarray] | None, convs: int = 0) -> str:
         if self.method == "magnitude":
             return "not needed (magnitude)"
-        found = [f"hessians for {len(hessians)} activations"] if hessians else []
-        found += [f"{convs} Conv patch Hessians"] if convs else []
-        return " and ".join(found) or "none (data-free: H = I, SparseGPT reduces to magnitude)"
+        found = super()._calibration_label(hessians, convs)
+        return "none (data-free: H = I, SparseGPT reduces to magnitude)" if found == "none" else found
 
     def _prune_conv(self, target: _Target, array: np.ndarray) -> np.ndarray | None:
         """SparseGPT of a Conv weight ``[O, C, kh, kw]`` (1-D: ``[O, C, k]``, height 1) against

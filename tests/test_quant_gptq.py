@@ -115,3 +115,40 @@ def test_calibration_sources(tmp_path: Path) -> None:
         load_calibration(tmp_path / "calib.txt", ["X"])
     with pytest.raises(UserError, match="no samples"):
         collect_hessians(_two_layer(), ["X"], [])
+
+
+def _smooth_images(seed: int, count: int, channels: int = 3, size: int = 16) -> np.ndarray:
+    """Images whose neighbouring pixels are correlated (random 4x4 images, upsampled), so
+    a Conv's im2col patches have a far-from-diagonal Hessian."""
+    coarse = np.random.default_rng(seed).standard_normal((count, channels, 4, 4))
+    return np.repeat(np.repeat(coarse, size // 4, axis=2), size // 4, axis=3).astype(np.float32)
+
+
+def test_gptq_conv_beats_rtn_in_blocks_and_is_rtn_without_data() -> None:
+    from spa.calibration import ConvPatches, conv_patches
+    from spa.quant.gptq import conv_matrix, gptq_conv
+
+    weight = np.random.default_rng(7).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    spec = ConvPatches("x", (3, 3), pads=(1, 1, 1, 1))
+    patches = conv_patches(_smooth_images(8, 6).astype(np.float64), spec)
+    held_out = conv_patches(_smooth_images(9, 6).astype(np.float64), spec)
+    # the patches' (kh, kw, c) columns against conv_matrix's (c, kh, kw) rows
+    in_patch_order = weight.transpose(2, 3, 1, 0).reshape(27, 8)
+    matrix = conv_matrix(weight)
+    np.testing.assert_array_equal(matrix, weight.reshape(8, 27).T)
+    for bits, block, symmetric in ((4, 9, True), (4, 27, False), (8, 27, True)):
+        rtn = quantize_rtn(matrix, bits, block, symmetric)
+        gptq = gptq_conv(weight, 2 * patches.T @ patches, bits, block, symmetric)
+        assert gptq.shape == (27, 8) and gptq.scales.shape == (27 // block, 8)
+        errors = []
+        for quantized in (rtn, gptq):
+            decoded = dequantize(quantized).T.reshape(weight.shape)
+            as_patches = decoded.transpose(2, 3, 1, 0).reshape(27, 8)
+            errors.append(np.linalg.norm(held_out @ (in_patch_order - as_patches)))
+        assert errors[1] < 0.8 * errors[0], (bits, block, symmetric, errors)
+        # an identity Hessian propagates no error: RTN, integers and scales
+        same = gptq_conv(weight, np.eye(27), bits, block, symmetric)
+        np.testing.assert_array_equal(same.q, rtn.q)
+        np.testing.assert_array_equal(same.scales, rtn.scales)
+    with pytest.raises(ValueError, match="does not match 27 patch columns"):
+        gptq_conv(weight, np.eye(9), 4, 9)

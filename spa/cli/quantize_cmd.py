@@ -208,7 +208,7 @@ def _check_mode(
     help="Static: Q/DQ on residual Adds after MatMul/Gemm too (default: after Conv only).",
 )
 @click.option(
-    "--block", type=int, default=128, show_default=True, help="Weights per scale along K."
+    "--block", type=int, default=128, show_default=True, help="Weights per scale along K (int4 Conv: along each output channel's weights)."
 )
 @click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
 @click.option(

@@ -35,7 +35,14 @@ from spa.quant.blockwise import (
     quantize_with_parameters,
 )
 
-__all__ = ["gptq_quantize", "hessian_error", "upper_cholesky_of_inverse"]
+__all__ = [
+    "conv_matrix",
+    "gptq_conv",
+    "gptq_quantize",
+    "hessian_error",
+    "patch_hessian_in_weight_order",
+    "upper_cholesky_of_inverse",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +148,43 @@ def hessian_error(hessian: np.ndarray, weight: np.ndarray, approximation: np.nda
     """``trace((W - Q)^T H (W - Q))``: the squared output error on the calibration data."""
     delta = np.asarray(weight, np.float64) - np.asarray(approximation, np.float64)
     return float(np.einsum("kn,kl,ln->", delta, np.asarray(hessian, np.float64), delta))
+
+
+def conv_matrix(weight: np.ndarray) -> np.ndarray:
+    """A Conv weight ``W[O, C, k...]`` as the MatMul weight ``[K, O]``, ``K = C * prod(k)`` in
+    the weight's own order (channel-major): blocks of consecutive rows are what the Conv's
+    block formats store (:func:`spa.passes.quantize_conv.quantize_conv_blocks`)."""
+    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
+
+
+def patch_hessian_in_weight_order(hessian: np.ndarray, weight_shape: tuple[int, ...]) -> np.ndarray:
+    """A Conv's im2col patch Hessian (``(k..., c)`` order, :func:`spa.calibration.conv_patches`)
+    permuted to :func:`conv_matrix`'s ``(c, k...)`` order."""
+    channels, positions = int(weight_shape[1]), int(np.prod(weight_shape[2:]))
+    rows = channels * positions
+    if hessian.shape != (rows, rows):
+        raise ValueError(f"patch Hessian shape {hessian.shape} does not match {rows} patch columns")
+    native = np.arange(rows)
+    patch_index = (native % positions) * channels + native // positions
+    return hessian[np.ix_(patch_index, patch_index)]
+
+
+def gptq_conv(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    bits: int,
+    block: int,
+    symmetric: bool = True,
+    *,
+    percdamp: float = 0.01,
+    act_order: bool = False,
+) -> QuantizedWeight:
+    """GPTQ of a Conv weight ``[O, C, k...]`` as the MatMul ``patches @ conv_matrix(W)``,
+    against the Hessian of its im2col patches (:func:`spa.calibration.conv_patches` order):
+    ``[K, O]`` with blocks of ``block`` consecutive ``K`` (``block >= K``: one scale per
+    output channel)."""
+    ordered = patch_hessian_in_weight_order(hessian, weight.shape)
+    return gptq_quantize(
+        conv_matrix(weight), ordered, bits, block, symmetric, percdamp=percdamp,
+        act_order=act_order, scale_dtype=weight.dtype,
+    )  # fmt: skip

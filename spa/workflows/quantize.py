@@ -21,6 +21,7 @@ healthy int8 ViT below 0.9999.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import onnx_ir as ir
 from typing_extensions import Unpack
 
 from spa.calibration import CalibrationSource
+from spa.errors import UserError
 from spa.passes.quantize import QuantizeWeightsPass, check_quantize_options
 from spa.stats.change import ChangeShare, decisions_share
 from spa.stats.coverage import mac_coverage
@@ -42,7 +44,16 @@ from spa.workflows.results import (
     file_bytes,
     measure_drift,
 )
-from spa.workflows.run import PipelineOutcome, RunKeywords, RunOptions, convert_opset, run_pipeline
+from spa.workflows.run import (
+    PipelineOutcome,
+    RunKeywords,
+    RunOptions,
+    convert_opset,
+    default_opset_of,
+    run_pipeline,
+)
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["QuantizeResult", "quantize_model"]
 
@@ -106,7 +117,7 @@ def quantize_model(
 
     def prepare(model: ir.Model) -> ir.Model:
         if target == "ort":
-            return model
+            return _int4_conv_opset(model, quantizer)
         return convert_opset(
             model, below=21, version=21, purpose="block DequantizeLinear", fix="use --target ort"
         )
@@ -166,3 +177,19 @@ def _mark_folded(decisions: list[Any]) -> list[Any]:
         if d.action == "quantized" and d.op_type in ("MatMul", "Gemm") else d
         for d in decisions
     ]  # fmt: skip
+
+
+def _int4_conv_opset(model: ir.Model, quantizer: QuantizeWeightsPass) -> ir.Model:
+    """``--target ort`` at 4 bits: a model below opset 21 holding Conv layers to quantize,
+    converted to opset 21 (INT4 tensors, which the Conv weights' Cast form reads). A model
+    the converter fails on is kept as it is: its Conv layers stay float with that reason."""
+    if quantizer.bits != 4 or default_opset_of(model) >= 21 or not quantizer.conv_layers(model):
+        return model
+    try:
+        return convert_opset(
+            model, below=21, version=21, purpose="INT4 Conv weights",
+            fix="its Conv layers stay float",
+        )  # fmt: skip
+    except UserError as error:
+        logger.warning("%s", error)
+        return model
