@@ -1,15 +1,18 @@
 """Weight-only quantization of ``Conv`` weights, and the layers low-bit defaults keep float.
 
 Used by :class:`spa.passes.quantize.QuantizeWeightsPass`. A ``Conv`` weight
-``W[O, I/group, k...]`` becomes INT8/INT4 (UINT8/UINT4 with zero points when
-asymmetric) per output channel, read through ``DequantizeLinear(axis=0)``:
-there is no MatMulNBits for Conv. RTN, or with ``--method gptq`` GPTQ on the
-Hessian of the Conv's im2col patches (group 1, 1-D or 2-D: :func:`conv_patch_spec`;
-other Conv stay RTN with that reason). TensorRT's weight-only formats cover MatMul/Gemm, so
-``--target tensorrt`` leaves Conv with that reason.
+``W[O, I/group, k...]`` becomes INT8 (UINT8 with zero points when asymmetric) per
+output channel (:func:`quantize_conv`), or INT4/UINT4 in blocks of each output
+channel's weights (:func:`quantize_conv_blocks`): there is no MatMulNBits for Conv.
+RTN, or with ``--method gptq`` GPTQ on the Hessian of the Conv's im2col patches
+(group 1, 1-D or 2-D: :func:`conv_patch_spec`; other Conv stay RTN with that
+reason). TensorRT's weight-only formats cover MatMul/Gemm, so ``--target tensorrt``
+leaves Conv with that reason.
 
-Two forms read the integers back. ``--target onnx``: ``DequantizeLinear(axis=0)``
-(INT8 from opset 13, INT4 from 21). ``--target ort``: ``Cast -> [Sub] -> Mul``,
+Two forms read the integers back. ``--target onnx``: ``DequantizeLinear`` (per
+channel ``axis=0``, INT8 from opset 13; INT4 blocks from 21, then ``Transpose`` and
+``Reshape``). ``--target ort``: ``Cast -> [Sub] -> Mul`` (INT4: then ``Reshape``,
+``Transpose``, ``Reshape``),
 constants that ONNX Runtime folds when the session loads, so the Conv keeps a
 constant float weight and every fusion (BatchNorm, activation, NCHWc): the file
 shrinks and the latency stays the dense one. ONNX Runtime 1.32 does not fold
@@ -235,7 +238,7 @@ def quantize_conv_blocks(
     graph: ir.Graph, node: ir.Node, weight: ir.Value, quantized: QuantizedWeight, form: str
 ) -> tuple[int, int, Callable[[], np.ndarray]]:
     """Rewrite ``node``'s weight ``W[O, C, k...]`` from ``quantized``, the block-quantized
-    ``W.reshape(O, K).T`` (``K = C * prod(k)``, blocks of consecutive k in that order):
+    ``W.reshape(O, K).T`` (``K = C * prod(k)``, blocks of consecutive rows of it):
     ``Cast -> [Sub] -> Mul -> Reshape [-> Slice]`` (``cast``, which ONNX Runtime folds at load)
     or a block ``DequantizeLinear`` (``dequantize``, ``K`` a multiple of the block) giving
     ``W[K, O]``, then ``Transpose -> Reshape`` to the Conv's layout. Returns (bytes before,
