@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from spa.calibration import hessian_size_reason
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import (
@@ -225,11 +226,12 @@ class GQSAPass(SparsifyingPass):
         """Replace the candidate; (new bytes, zero share, note)."""
         name = candidate.activation.name or ""
         hessian = self._hessians.get(name)
+        too_large = hessian_size_reason(len(candidate.array))
         note = (
-            "no calibration Hessian for this input: H = I"
-            if self._hessians and hessian is None
+            f"{too_large}: H = I" if hessian is None and too_large
+            else "no calibration Hessian for this input: H = I" if self._hessians and hessian is None
             else ""
-        )
+        )  # fmt: skip
         quantized = gqsa_quantize(
             candidate.array, hessian, group=self.group, sparsity=self.sparsity, bits=self.bits,
             refine=self.refine, percdamp=self.percdamp, scale_dtype=candidate.array.dtype,

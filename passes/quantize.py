@@ -45,7 +45,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from spa.calibration import CalibrationRequest, CalibrationResult, ConvPatches
+from spa.calibration import (
+    CalibrationRequest,
+    CalibrationResult,
+    ConvPatches,
+    hessian_size_reason,
+)
 from spa.errors import UserError
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.passes.quantize_conv import (
@@ -299,9 +304,21 @@ def _weight_bytes(value: ir.Value) -> int:
     return int(value.const_value.nbytes) if value.const_value is not None else 0
 
 
+def reduction_size(node: ir.Node) -> int:
+    """K of a MatMul/Gemm whose weight is constant (0 when unknown)."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight is None or weight.const_value is None or len(weight.const_value.shape) < 2:
+        return 0
+    dims = [int(d) for d in weight.const_value.shape]
+    if node.op_type == "Gemm" and node.attributes.get_int("transB"):
+        return dims[-1]
+    return dims[-2]
+
+
 def weight_activations(model: ir.Model) -> tuple[str, ...]:
     """Activation inputs of the main graph's MatMul/Gemm nodes whose weight is an
-    initializer: the values whose ``X^T X`` GPTQ, SparseGPT and GQSA use."""
+    initializer: the values whose ``X^T X`` GPTQ, SparseGPT and GQSA use (not those
+    past :data:`spa.calibration.MAX_HESSIAN_K` features)."""
     names: list[str] = []
     initializers = model.graph.initializers
     for node in model.graph:
@@ -309,7 +326,9 @@ def weight_activations(model: ir.Model) -> tuple[str, ...]:
             continue
         activation = node.inputs[0] if node.inputs else None
         weight = node.inputs[1] if len(node.inputs) > 1 else None
-        if activation is not None and weight is not None and weight.name in initializers:
+        if activation is None or weight is None or weight.name not in initializers:
+            continue
+        if not hessian_size_reason(reduction_size(node)):
             names.append(activation.name or "")
     return tuple(names)
 
@@ -453,7 +472,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         wanted = {}
         for candidate in self.conv_layers(model):
             spec = conv_patch_spec(candidate.node)
-            if spec is not None:
+            if spec is not None and not hessian_size_reason(int(np.prod(candidate.array.shape[1:]))):
                 wanted[candidate.weight.name or ""] = spec
         return wanted
 
@@ -487,7 +506,9 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             self._hessians.get(candidate.activation.name or "") if self.method == "gptq" else None
         )
         note = ""
-        if self.method == "gptq" and self._hessians and hessian is None:
+        if self.method == "gptq" and hessian is None and hessian_size_reason(len(candidate.array)):
+            note = f"{hessian_size_reason(len(candidate.array))}: RTN"
+        elif self.method == "gptq" and self._hessians and hessian is None:
             note = "no calibration Hessian for this input: RTN"
         weight = gptq_quantize(
             candidate.array, hessian, self.bits, self.block, self.symmetric,
@@ -549,6 +570,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         elif self.method == "gptq":
             spec = conv_patch_spec(candidate.node)
             why = "grouped, 3-D or SAME-padded Conv" if spec is None else "none collected"
+            why = hessian_size_reason(int(np.prod(candidate.array.shape[1:]))) or why
             method = f"RTN (no patch Hessian: {why}),"
         matrix = conv_matrix(candidate.array)
         return quantize_rtn(matrix, self.bits, block, self.symmetric, candidate.array.dtype), method

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from spa.calibration import ConvPatches
+from spa.calibration import ConvPatches, hessian_size_reason
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
 from spa.passes.quantize import DecidingPass, HessianCalibrated, input_name, weight_reason
@@ -184,7 +184,9 @@ class Sparsify2to4Pass(SparsifyingPass):
         for node in model.graph:  # main graph: a body's values are not model outputs
             if op_key(node) == ("", "Conv") and roles.get(id(node), "") not in self.keep_float:
                 target, _ = _match_conv(node)
-                if target is not None and target.conv is not None:
+                if target is None or target.conv is None or target.weight.const_value is None:
+                    continue
+                if not hessian_size_reason(int(np.prod(target.weight.const_value.shape[1:]))):
                     convs[target.weight.name or ""] = target.conv
         return convs
 
@@ -223,6 +225,8 @@ class Sparsify2to4Pass(SparsifyingPass):
                     "sparsegpt: no patch Hessian for this Conv (grouped, 3-D, SAME padding or "
                     "no calibration), magnitude mask"
                 )
+            elif hessian is None and hessian_size_reason(matrix.shape[0]):
+                note = f"{hessian_size_reason(matrix.shape[0])}: magnitude mask (H = I)"
             elif hessian is None:
                 note = "no calibration Hessian for this input: magnitude mask (H = I)"
             elif hessian.shape != (matrix.shape[0],) * 2:

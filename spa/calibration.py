@@ -60,6 +60,7 @@ from spa.progress import track
 
 __all__ = [
     "CALIBRATION_METHODS",
+    "MAX_HESSIAN_K",
     "AbsHistogram",
     "CalibrationInputs",
     "CalibrationRequest",
@@ -79,6 +80,7 @@ __all__ = [
     "entropy_threshold",
     "file_name_for_input",
     "hash_samples",
+    "hessian_size_reason",
     "load_calibration",
     "model_inputs",
     "percentile_threshold",
@@ -92,6 +94,18 @@ CalibrationSource = str | os.PathLike[str] | Iterable[Feeds]
 _PROTO_LIMIT = 1_800_000_000
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 HISTOGRAM_BINS = 2048
+#: Largest reduction size K whose K x K input Hessian GPTQ, SparseGPT and GQSA collect:
+#: one is 2 GiB in float64 at 16384, and accumulating and factoring it takes a few copies.
+#: VGG's first fully connected layer (K = 25088, 5 GiB per copy) ran a 24 GiB machine out of
+#: memory; LLM projections up to K = 14336 (Mistral's FFN) stay under the cap.
+MAX_HESSIAN_K = 16384
+
+
+def hessian_size_reason(k: int) -> str:
+    """Why an input of ``k`` features gets no Hessian ('' when it does)."""
+    if k <= MAX_HESSIAN_K:
+        return ""
+    return f"K={k} > {MAX_HESSIAN_K}: its K x K Hessian would take {k * k * 8 / 2**30:.1f} GiB"
 
 
 @dataclasses.dataclass

@@ -152,3 +152,33 @@ def test_gptq_conv_beats_rtn_in_blocks_and_is_rtn_without_data() -> None:
         np.testing.assert_array_equal(same.scales, rtn.scales)
     with pytest.raises(ValueError, match="does not match 27 patch columns"):
         gptq_conv(weight, np.eye(9), 4, 9)
+
+
+def test_an_input_too_wide_for_a_hessian_gets_rtn_with_the_reason(tmp_path: Path) -> None:
+    """A K x K Hessian past MAX_HESSIAN_K is not collected (VGG's K = 25088 ran a 24 GiB
+    machine out of memory): that layer is RTN with the reason, the others GPTQ."""
+    from spa.calibration import MAX_HESSIAN_K
+    from spa.workflows.quantize import quantize_model
+
+    wide = MAX_HESSIAN_K + 32
+    model = onnx.parser.parse_model(f"""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[1, {wide}] X) => (float[1, 8] Y) {{
+    H = MatMul(X, W1)
+    Y = MatMul(H, W2)
+}}
+""")
+    rng = np.random.default_rng(0)
+    for name, shape in (("W1", (wide, 32)), ("W2", (32, 8))):
+        model.graph.initializer.append(
+            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        )
+    onnx.save(model, str(tmp_path / "wide.onnx"))
+    calibration = [{"X": rng.standard_normal((1, wide)).astype(np.float32)} for _ in range(2)]
+    result = quantize_model(tmp_path / "wide.onnx", tmp_path / "q.onnx", bits=4, block=32,
+                            method="gptq", calib=calibration, keep_float=(), allow_slower=True)  # fmt: skip
+    notes = {d["weight"]: d["reason"] for d in result.decisions}
+    assert notes["W1"] == f"K={wide} > {MAX_HESSIAN_K}: its K x K Hessian would take 2.0 GiB: RTN"
+    assert notes["W2"] == ""  # GPTQ on its collected Hessian
+    assert result.calibration == "hessians for 1 activations"
+    assert result.passed
