@@ -309,7 +309,7 @@ def reduction_size(node: ir.Node) -> int:
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     if weight is None or weight.const_value is None or len(weight.const_value.shape) < 2:
         return 0
-    dims = [int(d) for d in weight.const_value.shape]
+    dims = list(weight.const_value.shape.numpy())
     if node.op_type == "Gemm" and node.attributes.get_int("transB"):
         return dims[-1]
     return dims[-2]

@@ -186,7 +186,7 @@ class Sparsify2to4Pass(SparsifyingPass):
                 target, _ = _match_conv(node)
                 if target is None or target.conv is None or target.weight.const_value is None:
                     continue
-                if not hessian_size_reason(int(np.prod(target.weight.const_value.shape[1:]))):
+                if not hessian_size_reason(int(np.prod(target.weight.const_value.shape.numpy()[1:]))):
                     convs[target.weight.name or ""] = target.conv
         return convs
 

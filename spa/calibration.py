@@ -564,7 +564,8 @@ def collect_channel_statistics(
 
     The values are exposed as extra outputs and ONNX Runtime runs one feed
     (a batch) at a time; each result is folded into running sums and dropped,
-    so memory is ``O(C)`` per value, or ``O(C^2)`` with ``full`` (``X^T X``).
+    so memory is ``O(C)`` per value, or ``O(C^2)`` with ``full`` (``X^T X``; not for a
+    value of more than :data:`MAX_HESSIAN_K` channels, which keeps its diagonal only).
     """
     statistics: dict[str, ChannelStatistics] = {}
     if not values:
@@ -581,7 +582,7 @@ def collect_channel_statistics(
                 entry = statistics[name] = ChannelStatistics(
                     np.zeros(channels),
                     np.zeros(channels),
-                    np.zeros((channels, channels)) if full else None,
+                    np.zeros((channels, channels)) if full and channels <= MAX_HESSIAN_K else None,
                 )
             entry.add(rows)
             del value, rows

@@ -344,6 +344,33 @@ def test_bias_compensation_creates_bias_by_hand(tmp_path: Path) -> None:
     assert row["error_after"] < row["error_before"]
 
 
+def test_obs_on_a_consumer_too_wide_for_moments_keeps_bias_compensation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer of more inputs than MAX_HESSIAN_K (VGG's 25088-wide classifier ran OBS
+    pruning out of memory at 24 GiB) gets no C x C moment: no X^T X collected, no
+    least-squares update, and bias compensation by the removed inputs' measured mean.
+    The cap is lowered to 2 so the 4-wide hidden layer of the hand MLP stands in."""
+    import spa.calibration
+    import spa.pruning.reconstruct
+
+    monkeypatch.setattr(spa.calibration, "MAX_HESSIAN_K", 2)
+    monkeypatch.setattr(spa.pruning.reconstruct, "MAX_HESSIAN_K", 2)
+    source = tmp_path / "m.onnx"
+    onnx.save(mlp(), str(source))
+    result = prune_model(source, tmp_path / "out.onnx", ratio=0.5, criterion="obs",
+                         calibration=feeds(), bias_compensation=True, verify=True)  # fmt: skip
+    assert result.verification is not None and result.verification.passed
+    assert result.report["reconstruction"] == []  # no row: no moment to measure the error with
+    (kept,) = result.plan.kept.values()
+    removed = [c for c in range(4) if c not in kept]
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    stored = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    (bias,) = [array for name, array in stored.items() if "spa_bias" in name]
+    np.testing.assert_allclose(bias, HIDDEN.mean(axis=0)[removed] @ W2[removed], rtol=1e-6)
+    np.testing.assert_array_equal(stored["w2"], W2[kept])  # kept rows not reconstructed
+
+
 def test_unused_added_bias_is_taken_out_again(tmp_path: Path) -> None:
     # h = h0 * h0 has no proxy (identity moments, zero mean): nothing to compensate
     text = MLP_TEXT.replace("h = Relu (h0)", "h = Mul (h0, h0)")

@@ -23,6 +23,7 @@ each layer's output, relative to its output energy, is reported before
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,11 +31,13 @@ import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.groups import Analysis
-from spa.calibration import ChannelStatistics
+from spa.calibration import MAX_HESSIAN_K, ChannelStatistics
 from spa.pruning.consumers import Consumer, consumers_of, find_bias
 from spa.pruning.plan import Plan, member_indices
 from spa.pruning.proxy import proxy_moments
 from spa.pruning.scores import DAMP
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["apply_updates", "compute_updates", "output_error"]
 
@@ -138,6 +141,9 @@ def _update(
     removed = np.setdiff1d(np.arange(channels), kept)
     if removed.size == 0 or kept.size == 0:
         return None
+    if channels > MAX_HESSIAN_K:
+        _update_wide(model, consumer, original, removed, updates, statistics, bias_compensation)
+        return None
     found = _moments(consumer, channels, statistics)
     assert found is not None
     moment, mean, source = found
@@ -182,6 +188,35 @@ def _update(
         "error_before": before,
         "error_after": after,
     }
+
+
+def _update_wide(
+    model: ir.Model,
+    consumer: Consumer,
+    original: np.ndarray,
+    removed: np.ndarray,
+    updates: dict[str, np.ndarray],
+    statistics: Mapping[str, ChannelStatistics] | None,
+    bias_compensation: bool,
+) -> None:
+    """A consumer of more than :data:`spa.calibration.MAX_HESSIAN_K` inputs (VGG's first
+    fully connected layer reads 25088): no C x C moment, so no least-squares update; with
+    bias compensation and a measured mean, the bias takes the removed inputs' mean output."""
+    name = consumer.node.name or consumer.weight
+    weight = consumer.matrix(original.astype(np.float64))
+    stats = None if statistics is None else statistics.get(consumer.data)
+    bias_name = find_bias(model, consumer.node) if bias_compensation else None
+    if bias_name is None or stats is None or stats.sums.size != weight.shape[0]:
+        logger.info("%s: %d inputs > %d, weights not reconstructed", name, len(weight), MAX_HESSIAN_K)
+        return
+    outputs = consumer.outputs_per_column(original)
+    count = int(outputs.max()) + 1
+    delta = np.bincount(outputs, weights=stats.mean[removed] @ weight[removed], minlength=count)
+    bias_value = model.graph.initializers[bias_name]
+    assert bias_value.const_value is not None
+    bias = updates.get(bias_name, bias_value.const_value.numpy())
+    updates[bias_name] = (bias.astype(np.float64) + delta).astype(bias.dtype)
+    logger.info("%s: %d inputs > %d, bias compensation only", name, len(weight), MAX_HESSIAN_K)
 
 
 def apply_updates(model: ir.Model, updates: Mapping[str, np.ndarray]) -> None:

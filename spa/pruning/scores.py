@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from spa.analysis.groups import Group, Member
 from spa.analysis.index_maps import Lookup
-from spa.calibration import ChannelStatistics
+from spa.calibration import MAX_HESSIAN_K, ChannelStatistics
 from spa.model_io import read_array
 from spa.pruning.consumers import Consumer, consumers_of
 from spa.pruning.criteria import CRITERIA
@@ -107,6 +107,8 @@ def _consumer_scores(
     matrix = consumer.matrix(array)  # [C_in, columns]
     channels = matrix.shape[0]
     if criterion == "obspa":
+        if channels > MAX_HESSIAN_K:  # no C x C moment (spa.calibration.MAX_HESSIAN_K): H = I
+            return (matrix**2).sum(axis=1)
         value = consumer.node.inputs[0]
         assert value is not None
         moment, _, _ = proxy_moments(value, channels)
