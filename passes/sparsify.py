@@ -220,7 +220,9 @@ class Sparsify2to4Pass(SparsifyingPass):
         if self.method == "sparsegpt":
             name = target.activation.name if target.activation is not None else None
             hessian = self._hessians.get(name or "")
-            if target.activation is None:
+            if target.activation is None and hessian_size_reason(matrix.shape[0]):
+                note = f"sparsegpt: {hessian_size_reason(matrix.shape[0])}, magnitude mask"
+            elif target.activation is None:
                 note = (
                     "sparsegpt: no patch Hessian for this Conv (grouped, 3-D, SAME padding or "
                     "no calibration), magnitude mask"

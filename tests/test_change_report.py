@@ -282,6 +282,24 @@ def test_weights_stored_quantized_are_counted(run_cli, tmp_path: Path) -> None:
     assert not any(entry.unit == "nodes" for entry in share.left)  # no 'no constant weight'
 
 
+def test_weights_in_folded_and_conv_block_forms_count_as_stored_quantized(tmp_path: Path) -> None:
+    """spa's own weight-only outputs read their integers through Cast/Sub/Mul and, for INT4
+    Conv blocks, Reshape/Transpose (or DequantizeLinear then the reshapes): every weighted
+    op of such a model counts a stored weight, none reads 'no constant weight'."""
+    from spa.workflows.quantize import quantize_model
+
+    source = _cnn(tmp_path / "cnn.onnx")
+    dense = change_share(onnx.load(str(source)), {})
+    for bits, target in ((8, "ort"), (4, "ort"), (4, "onnx")):
+        output = tmp_path / f"w{bits}-{target}.onnx"
+        quantize_model(source, output, bits=bits, block=16, target=target, keep_float=(),
+                       allow_slower=True)  # fmt: skip
+        share = change_share(onnx.load(str(output)), {})
+        assert share.stored_quantized, (bits, target)
+        assert share.macs_total == dense.macs_total, (bits, target)
+        assert not any(entry.unit == "nodes" for entry in share.left), (bits, target, share.left)
+
+
 def test_w4_gptq_covers_conv_through_patch_hessians(tmp_path: Path) -> None:
     """INT4 Conv weights on an opset-17 model: converted to opset 21 for the INT4 tensors,
     in blocks, GPTQ on each group-1 Conv's im2col patch Hessian, RTN with its reason for

@@ -8,8 +8,9 @@ says so in one line instead of a silent "MACs 0 -> 0".
 
 The unit is a weight: a float initializer of the main graph or of an If/Loop/Scan
 body (whose nodes, and their MACs, count too), or a weight stored quantized:
-the integer initializer behind a ``DequantizeLinear`` that feeds a
-MatMul/Gemm/Conv (its elements), or the packed weight of a ``MatMulNBits`` or
+the integer initializer a MatMul/Gemm/Conv reads through decode ops
+(``DequantizeLinear``, the folded ``Cast -> [Sub] -> Mul``, block and Conv
+reshapes; its elements), or the packed weight of a ``MatMulNBits`` or
 of one of spa's matmul ops (``K * N``); the headline then says "params (stored
 quantized included)". A caller gives,
 per weight name, ``""`` when the command changed it or the reason it did not
@@ -152,25 +153,45 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return users
 
 
+#: Ops a stored weight is decoded through on its way to the op that reads it: QDQ
+#: (``DequantizeLinear``), the folded forms (``Cast -> [Sub] -> Mul``) and the reshapes
+#: of block and Conv layouts. Each reads the weight as its first input.
+_DECODE_OPS = frozenset(
+    {"DequantizeLinear", "Cast", "Sub", "Mul", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze"}
+)
+_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"})
+
+
 def _stored_quantized(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
     """The weights stored quantized, by the value a MatMul/Gemm/Conv (or MatMulNBits,
     spa matmul) reads as its second input: (the integer initializer, its elements as
-    weights). A ``DequantizeLinear`` output maps to its integer input (its dims);
-    ``MatMulNBits`` and spa's matmul ops read their packed weight directly (``K * N``)."""
+    weights). A weighted op's weight is followed up through decode ops (first inputs)
+    to an integer initializer (its dims: ``DequantizeLinear``, the folded ``Cast`` forms,
+    block and Conv reshapes); ``MatMulNBits`` and spa's matmul ops read their packed
+    weight directly (``K * N``)."""
     integers = {
         t.name: math.prod(int(d) for d in t.dims)
         for body in iter_graph_protos(model.graph) for t in body.initializer
         if t.data_type not in _FLOAT_TYPES
     }  # fmt: skip
+    nodes = list(all_nodes(model))
+    producer = {name: node for node in nodes for name in node.output if name}
     stored: dict[str, tuple[str, int]] = {}
-    for node in all_nodes(model):
-        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in integers:
-            stored[node.output[0]] = (node.input[0], integers[node.input[0]])
-        elif (node.op_type == "MatMulNBits" or (node.domain == SPA_DOMAIN and node.op_type in SPA_MATMULS)) and (
-            len(node.input) > 1 and node.input[1] in integers
-        ):
-            attributes = {a.name: a.i for a in node.attribute}
-            stored[node.input[1]] = (node.input[1], attributes.get("K", 0) * attributes.get("N", 0))
+    for node in nodes:
+        if len(node.input) < 2 or not node.input[1]:
+            continue
+        if node.op_type == "MatMulNBits" or (node.domain == SPA_DOMAIN and node.op_type in SPA_MATMULS):
+            if node.input[1] in integers:
+                attributes = {a.name: a.i for a in node.attribute}
+                stored[node.input[1]] = (node.input[1], attributes.get("K", 0) * attributes.get("N", 0))
+            continue
+        if node.op_type not in _WEIGHTED or node.domain not in ("", "ai.onnx"):
+            continue
+        name, seen = node.input[1], 0
+        while name in producer and producer[name].op_type in _DECODE_OPS and seen < 16:
+            name, seen = producer[name].input[0], seen + 1
+        if seen and name in integers:
+            stored[node.input[1]] = (name, integers[name])
     return stored
 
 
