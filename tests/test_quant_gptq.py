@@ -182,3 +182,18 @@ g (float[1, {wide}] X) => (float[1, 8] Y) {{
     assert notes["W2"] == ""  # GPTQ on its collected Hessian
     assert result.calibration == "hessians for 1 activations"
     assert result.passed
+
+
+def test_rtn_with_calibration_data_says_gptq_would_use_it(tmp_path: Path) -> None:
+    from spa.workflows.quantize import quantize_model
+
+    onnx.save(_two_layer(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(1)
+    calibration = [{"X": rng.standard_normal((3, 16)).astype(np.float32)} for _ in range(4)]
+    result = quantize_model(tmp_path / "m.onnx", tmp_path / "q.onnx", bits=4, block=16,
+                            calib=calibration, allow_slower=True, keep_float=())  # fmt: skip
+    assert result.calibration == (
+        "not needed (rtn; the calibration samples measure quality only, "
+        "--method gptq would also use them to quantize)"
+    )
+    assert result.quality is not None  # the samples did measure quality
