@@ -124,20 +124,27 @@ def gptq_quantize(
     groups = _GroupParameters(rows, cols, bits, block, symmetric, dtype)
     for start in range(0, rows, lazy_batch):
         stop = min(start + lazy_batch, rows)
-        errors = np.zeros((cols, stop - start))
+        # The batch's inputs as contiguous rows [inputs, N]: each input's values and its
+        # updates of the inputs after it stay in cache (a column of `current` is strided).
+        batch = np.ascontiguousarray(current[:, start:stop].T)
+        errors = np.zeros((stop - start, cols))
         for column in range(start, stop):
+            at = column - start
             group = int(order[column]) // block
+            if not groups.ready[group]:  # its scales read the batch's corrected values
+                current[:, start:stop] = batch.T
             positions = position_of[group * block : min((group + 1) * block, rows)]
             scales, zeros = groups.get(group, current, positions)
-            values = current[:, column]
+            values = batch[at]
             q = quantize_with_parameters(values, scales, zeros, bits)
             offset = 0.0 if zeros is None else zeros.astype(np.float64)
             approx = (q.astype(np.float64) - offset) * scales.astype(np.float64)
             error = (values - approx) / upper[column, column]
-            current[:, column:stop] -= np.outer(error, upper[column, column:stop])
-            errors[:, column - start] = error
+            batch[at:] -= np.outer(upper[column, column:stop], error)
+            errors[at] = error
             stored[:, column] = q
-        current[:, stop:] -= errors @ upper[start:stop, stop:]
+        current[:, start:stop] = batch.T
+        current[:, stop:] -= errors.T @ upper[start:stop, stop:]
     q_values = stored[:, position_of].T.astype(np.int8 if symmetric else np.uint8)
     return QuantizedWeight(
         np.ascontiguousarray(q_values), groups.scales, groups.zero_points, bits, block
