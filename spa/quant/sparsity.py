@@ -98,26 +98,28 @@ def sparsegpt_2to4(
     upper = upper_cholesky_of_inverse(hessian, percdamp)
     diagonal = np.diag(upper)
     current = np.array(matrix, dtype=np.float64).T  # [N, K]
-    result = np.zeros_like(current)
+    result = np.zeros((rows, cols))  # [K, N]
     for start in track(range(0, rows, block), description="sparsegpt"):
         stop = min(start + block, rows)
-        errors = np.zeros((cols, stop - start))
+        # the block's inputs as contiguous rows [inputs, N] (a column of `current` is strided)
+        batch = np.ascontiguousarray(current[:, start:stop].T)
+        errors = np.zeros((stop - start, cols))
         for run in range(start, stop, RUN):
-            span = slice(run, run + RUN)
-            saliency = current[:, span] ** 2 / diagonal[span] ** 2
+            at = run - start
+            saliency = (batch[at : at + RUN] ** 2 / diagonal[run : run + RUN, None] ** 2).T
             pruned = np.zeros((cols, RUN), dtype=bool)
             lowest = np.argsort(saliency, axis=1, kind="stable")[:, : RUN - KEEP]
             np.put_along_axis(pruned, lowest, True, axis=1)
             for offset in range(RUN):
-                column = run + offset
-                values = current[:, column]
+                column, row = run + offset, at + offset
+                values = batch[row]
                 kept = np.where(pruned[:, offset], 0.0, values)
                 error = (values - kept) / upper[column, column]
-                current[:, column:stop] -= np.outer(error, upper[column, column:stop])
-                result[:, column] = kept
-                errors[:, column - start] = error
-        current[:, stop:] -= errors @ upper[start:stop, stop:]
-    return np.ascontiguousarray(result.T).astype(matrix.dtype)
+                batch[row:] -= np.outer(upper[column, column:stop], error)
+                result[column] = kept
+                errors[row] = error
+        current[:, stop:] -= errors.T @ upper[start:stop, stop:]
+    return result.astype(matrix.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
