@@ -472,7 +472,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         wanted = {}
         for candidate in self.conv_layers(model):
             spec = conv_patch_spec(candidate.node)
-            if spec is not None and not hessian_size_reason(int(np.prod(candidate.array.shape[1:]))):
+            if spec is not None:
                 wanted[candidate.weight.name or ""] = spec
         return wanted
 
@@ -541,9 +541,8 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             layout = f"blocks of {self.block}"
         else:
             old, new, decode = quantize_conv(
-                graph, node, candidate.weight, self.bits, self.symmetric, form,
-                per_channel(quantized, shape),
-            )  # fmt: skip
+                graph, node, candidate.weight, per_channel(quantized, shape), form
+            )
             layout = "per output channel"
             if self.bits == 4:
                 layout += f" (C*k = {rows} is not a multiple of block {self.block})"

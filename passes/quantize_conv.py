@@ -30,12 +30,13 @@ weighted layers.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from spa.calibration import ConvPatches
+from spa.calibration import ConvPatches, hessian_size_reason
 from spa.quant.blockwise import QuantizedWeight, dequantize, n_blocks
 from spa.quant.channelwise import ChannelQuantized, dequantize_channels, quantize_channels
 from spa.quant.ir_format import (
@@ -114,15 +115,18 @@ def layer_roles(graph: ir.Graph) -> dict[int, str]:
 def conv_patch_spec(node: ir.Node) -> ConvPatches | None:
     """How a 1-D or 2-D Conv with group 1, explicit pads and a constant weight reads its
     input (its im2col patches, whose ``X^T X`` GPTQ and SparseGPT take), else None (a 1-D
-    Conv is a 2-D one of height 1)."""
+    Conv is a 2-D one of height 1); None too past :data:`spa.calibration.MAX_HESSIAN_K`
+    patch columns (:func:`spa.calibration.hessian_size_reason` says why)."""
     attributes = node.attributes
     source = node.inputs[0]
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     if weight is None or weight.const_value is None:
         return None
-    shape = tuple(int(d) for d in weight.const_value.numpy().shape)
+    shape = tuple(weight.const_value.shape.numpy())  # the dims only: no weight bytes read
     spatial = len(shape) - 2
     if spatial not in (1, 2) or attributes.get_int("group", 1) != 1 or source is None or not source.name:
+        return None
+    if hessian_size_reason(math.prod(shape[1:])):
         return None
     if attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None  # SAME_UPPER / SAME_LOWER: pads depend on the input size
@@ -198,28 +202,27 @@ def quantize_conv(
     graph: ir.Graph,
     node: ir.Node,
     weight: ir.Value,
-    bits: int,
-    symmetric: bool,
+    quantized: ChannelQuantized,
     form: str = "dequantize",
-    quantized: ChannelQuantized | None = None,
 ) -> tuple[int, int, Callable[[], np.ndarray]]:
-    """Rewrite ``node``'s weight as per-channel integers read through ``form``:
-    ``dequantize`` (``DequantizeLinear(axis=0)``, standard QDQ) or ``cast``
-    (``Cast``/``Sub``/``Mul``, which ONNX Runtime folds at load); returns
-    (bytes before, bytes after) of the weight and a function giving the float
-    weight the stored form decodes to (for the decoded-weights check).
-    ``quantized``: the integers to store (GPTQ's), else RTN per channel."""
+    """Rewrite ``node``'s weight as the per-channel integers ``quantized`` read through
+    ``form``: ``dequantize`` (``DequantizeLinear(axis=0)``, standard QDQ) or ``cast``
+    (``Cast``/``Sub``/``Mul``, which ONNX Runtime folds at load); returns (bytes before,
+    bytes after) of the weight and a function giving the float weight the stored form
+    decodes to (for the decoded-weights check)."""
     assert weight.const_value is not None
     array = weight.const_value.numpy()
-    if quantized is None:
-        quantized = quantize_channels(array, bits, symmetric)
-    base = weight.name or "weight"
+    base, bits = weight.name or "weight", quantized.bits
+    stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
+    if quantized.zero_point is not None:
+        stored += -(-quantized.zero_point.size * bits // 8)
     if form == "cast":
         values = add_initializer(
             graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values)
         )
         nodes = _cast_nodes(graph, quantized, values, base, node.name or base)
-        return (*_attach(graph, node, weight, nodes, quantized, array), decoder(quantized))
+        _attach(graph, node, weight, nodes, array)
+        return int(array.nbytes), int(stored), decoder(quantized)
     inputs = [
         add_initializer(graph, f"{base}_q{bits}", _stored_tensor(quantized, quantized.values)),
         add_initializer(graph, f"{base}_scales", ir.Tensor(np.ascontiguousarray(quantized.scale))),
@@ -231,7 +234,8 @@ def quantize_conv(
             )
         )
     dequantize = ir.node("DequantizeLinear", inputs, {"axis": 0}, name=f"{node.name or base}_dq")
-    return (*_attach(graph, node, weight, [dequantize], quantized, array), decoder(quantized))
+    _attach(graph, node, weight, [dequantize], array)
+    return int(array.nbytes), int(stored), decoder(quantized)
 
 
 def quantize_conv_blocks(
@@ -257,13 +261,7 @@ def quantize_conv_blocks(
     transpose.outputs[0].name = f"{name}_transpose_out"
     shape = add_initializer(graph, f"{base}_conv_shape", ir.Tensor(np.array(array.shape, dtype=np.int64)))
     reshape = ir.node("Reshape", [transpose.outputs[0], shape], name=f"{name}_conv_reshape")
-    output = reshape.outputs[0]
-    output.name = f"{base}_dequantized"
-    output.dtype = weight.dtype or ir.DataType.from_numpy(array.dtype)
-    output.shape = weight.shape
-    graph.insert_before(node, [*nodes, transpose, reshape])
-    node.replace_input_with(1, output)
-    remove_initializer_if_unused(holding_graph(weight, graph), weight)
+    _attach(graph, node, weight, [*nodes, transpose, reshape], array)
     dtype, shape_of = array.dtype, array.shape
     return int(array.nbytes), int(stored), lambda: dequantize(quantized, dtype).T.reshape(shape_of)
 
@@ -288,15 +286,10 @@ def decoder(quantized: ChannelQuantized, transpose: bool = False) -> Callable[[]
 
 
 def _attach(
-    graph: ir.Graph,
-    node: ir.Node,
-    weight: ir.Value,
-    nodes: list[ir.Node],
-    quantized: ChannelQuantized,
-    array: np.ndarray,
-) -> tuple[int, int]:
+    graph: ir.Graph, node: ir.Node, weight: ir.Value, nodes: list[ir.Node], array: np.ndarray
+) -> None:
     """Insert ``nodes`` before ``node``, feed their output to its weight input and
-    drop the float weight; (bytes before, bytes stored)."""
+    drop the float weight ``array``."""
     output = nodes[-1].outputs[0]
     output.name = f"{weight.name or 'weight'}_dequantized"
     output.dtype = weight.dtype or ir.DataType.from_numpy(array.dtype)
@@ -305,11 +298,6 @@ def _attach(
     node.replace_input_with(1, output)
     # the main graph when a body's weight was lifted there
     remove_initializer_if_unused(holding_graph(weight, graph), weight)
-    bits = quantized.bits
-    stored = -(-quantized.values.size * bits // 8) + quantized.scale.nbytes
-    if quantized.zero_point is not None:
-        stored += -(-quantized.zero_point.size * bits // 8)
-    return int(array.nbytes), int(stored)
 
 
 def column_cast_nodes(

@@ -184,9 +184,7 @@ class Sparsify2to4Pass(SparsifyingPass):
         for node in model.graph:  # main graph: a body's values are not model outputs
             if op_key(node) == ("", "Conv") and roles.get(id(node), "") not in self.keep_float:
                 target, _ = _match_conv(node)
-                if target is None or target.conv is None or target.weight.const_value is None:
-                    continue
-                if not hessian_size_reason(int(np.prod(target.weight.const_value.shape.numpy()[1:]))):
+                if target is not None and target.conv is not None:
                     convs[target.weight.name or ""] = target.conv
         return convs
 
