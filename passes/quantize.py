@@ -505,9 +505,9 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         hessian = (
             self._hessians.get(candidate.activation.name or "") if self.method == "gptq" else None
         )
-        note = ""
-        if self.method == "gptq" and hessian is None and hessian_size_reason(len(candidate.array)):
-            note = f"{hessian_size_reason(len(candidate.array))}: RTN"
+        note, too_large = "", hessian_size_reason(len(candidate.array))
+        if self.method == "gptq" and hessian is None and too_large:
+            note = f"{too_large}: RTN"
         elif self.method == "gptq" and self._hessians and hessian is None:
             note = "no calibration Hessian for this input: RTN"
         weight = gptq_quantize(

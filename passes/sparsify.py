@@ -218,15 +218,16 @@ class Sparsify2to4Pass(SparsifyingPass):
         if self.method == "sparsegpt":
             name = target.activation.name if target.activation is not None else None
             hessian = self._hessians.get(name or "")
-            if target.activation is None and hessian_size_reason(matrix.shape[0]):
-                note = f"sparsegpt: {hessian_size_reason(matrix.shape[0])}, magnitude mask"
+            too_large = hessian_size_reason(matrix.shape[0])
+            if target.activation is None and too_large:
+                note = f"sparsegpt: {too_large}, magnitude mask"
             elif target.activation is None:
                 note = (
                     "sparsegpt: no patch Hessian for this Conv (grouped, 3-D, SAME padding or "
                     "no calibration), magnitude mask"
                 )
-            elif hessian is None and hessian_size_reason(matrix.shape[0]):
-                note = f"{hessian_size_reason(matrix.shape[0])}: magnitude mask (H = I)"
+            elif hessian is None and too_large:
+                note = f"{too_large}: magnitude mask (H = I)"
             elif hessian is None:
                 note = "no calibration Hessian for this input: magnitude mask (H = I)"
             elif hessian.shape != (matrix.shape[0],) * 2:
