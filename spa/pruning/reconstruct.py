@@ -173,11 +173,8 @@ def _update(
     stored = weight.copy()
     stored[kept] = new[kept]
     updates[consumer.weight] = consumer.from_matrix(stored, original)
-    if bias_name is not None and np.any(bias_delta):
-        bias_value = model.graph.initializers[bias_name]
-        assert bias_value.const_value is not None
-        bias = updates.get(bias_name, bias_value.const_value.numpy())
-        updates[bias_name] = (bias.astype(np.float64) + bias_delta).astype(bias.dtype)
+    if bias_name is not None:
+        _add_to_bias(model, updates, bias_name, bias_delta)
     return {
         "layer": consumer.node.name or consumer.weight,
         "weight": consumer.weight,
@@ -212,11 +209,18 @@ def _update_wide(
     outputs = consumer.outputs_per_column(original)
     count = int(outputs.max()) + 1
     delta = np.bincount(outputs, weights=stats.mean[removed] @ weight[removed], minlength=count)
-    bias_value = model.graph.initializers[bias_name]
-    assert bias_value.const_value is not None
-    bias = updates.get(bias_name, bias_value.const_value.numpy())
-    updates[bias_name] = (bias.astype(np.float64) + delta).astype(bias.dtype)
+    _add_to_bias(model, updates, bias_name, delta)
     logger.info("%s: %d inputs > %d, bias compensation only", name, len(weight), MAX_HESSIAN_K)
+
+
+def _add_to_bias(model: ir.Model, updates: dict[str, np.ndarray], name: str, delta: np.ndarray) -> None:
+    """``updates[name]``: the bias (as updated so far) plus ``delta``, where it is not zero."""
+    if not np.any(delta):
+        return
+    value = model.graph.initializers[name]
+    assert value.const_value is not None
+    bias = updates.get(name, value.const_value.numpy())
+    updates[name] = (bias.astype(np.float64) + delta).astype(bias.dtype)
 
 
 def apply_updates(model: ir.Model, updates: Mapping[str, np.ndarray]) -> None:

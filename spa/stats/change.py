@@ -88,8 +88,8 @@ class ChangeShare:
     macs_total: int
     macs_changed: int
     left: tuple[LeftReason, ...]
-    #: Whether the params include weights stored quantized (``DequantizeLinear`` inputs,
-    #: ``MatMulNBits`` / spa plugin weights), not only float initializers.
+    #: Whether the params include weights stored quantized (integers a weighted op reads
+    #: through decode ops, ``MatMulNBits`` / spa plugin weights), not only float initializers.
     stored_quantized: bool = False
 
     @property
