@@ -184,6 +184,41 @@ g (float[1, {wide}] X) => (float[1, 8] Y) {{
     assert result.passed
 
 
+def test_auto_method_uses_gptq_when_calibration_data_is_given(tmp_path: Path) -> None:
+    """The default ``method="auto"``: GPTQ at 4 bits with data, RTN without data or at 8 bits;
+    the calibration line says what auto chose."""
+    from spa.workflows.quantize import quantize_model
+
+    onnx.save(_two_layer(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(1)
+    calibration = [{"X": rng.standard_normal((3, 16)).astype(np.float32)} for _ in range(4)]
+    common = {"block": 16, "allow_slower": True, "keep_float": ()}
+    auto = quantize_model(tmp_path / "m.onnx", tmp_path / "a.onnx", bits=4, calib=calibration,
+                          **common)  # fmt: skip
+    assert auto.options["method"] == "gptq"
+    assert auto.calibration == (
+        "hessians for 2 activations (--method auto: gptq, since --calib was given)"
+    )
+    explicit = quantize_model(tmp_path / "m.onnx", tmp_path / "g.onnx", bits=4, method="gptq",
+                              calib=calibration, **common)  # fmt: skip
+    assert _integers(tmp_path / "a.onnx") == _integers(tmp_path / "g.onnx")
+    assert explicit.calibration == "hessians for 2 activations"
+    without = quantize_model(tmp_path / "m.onnx", tmp_path / "r.onnx", bits=4, **common)
+    assert (without.options["method"], without.calibration) == ("rtn", "not needed (rtn)")
+    assert _integers(tmp_path / "r.onnx") != _integers(tmp_path / "a.onnx")
+    eight = quantize_model(tmp_path / "m.onnx", tmp_path / "8.onnx", bits=8, calib=calibration,
+                           **common)  # fmt: skip
+    assert eight.options["method"] == "rtn"
+
+
+def _integers(path: Path) -> list[bytes]:
+    """The integer initializers of a quantized model, in file order."""
+    model = onnx.load(str(path))
+    return [t.raw_data or numpy_helper.to_array(t).tobytes() for t in model.graph.initializer
+            if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
+                               onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]  # fmt: skip
+
+
 def test_rtn_with_calibration_data_says_gptq_would_use_it(tmp_path: Path) -> None:
     from spa.workflows.quantize import quantize_model
 
@@ -191,7 +226,7 @@ def test_rtn_with_calibration_data_says_gptq_would_use_it(tmp_path: Path) -> Non
     rng = np.random.default_rng(1)
     calibration = [{"X": rng.standard_normal((3, 16)).astype(np.float32)} for _ in range(4)]
     result = quantize_model(tmp_path / "m.onnx", tmp_path / "q.onnx", bits=4, block=16,
-                            calib=calibration, allow_slower=True, keep_float=())  # fmt: skip
+                            method="rtn", calib=calibration, allow_slower=True, keep_float=())  # fmt: skip
     assert result.calibration == (
         "not needed (rtn; the calibration samples measure quality only, "
         "--method gptq would also use them to quantize)"

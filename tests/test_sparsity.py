@@ -206,6 +206,29 @@ def test_sparsegpt_with_calibration_lowers_output_error(tmp_path: Path) -> None:
     assert errors["sparsegpt"] < 0.5 * errors["magnitude"]
 
 
+def test_auto_method_is_sparsegpt_with_calibration_data(tmp_path: Path) -> None:
+    """The default ``method="auto"``: SparseGPT's mask when --calib is given, magnitude's
+    without; the calibration line says which, and what an explicit magnitude run leaves."""
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    onnx.save(_model(LAYER, {"W": weight}), str(tmp_path / "layer.onnx"))
+    np.savez(tmp_path / "calib.npz", X=_correlated(512, 64, 2).astype(np.float32).reshape(128, 1, 4, 64))
+    calib = tmp_path / "calib.npz"
+
+    def mask(name: str, **options: object) -> tuple[np.ndarray, str]:
+        result = sparsify_model(tmp_path / "layer.onnx", tmp_path / name, verify=False, **options)
+        return numpy_helper.to_array(onnx.load(str(tmp_path / name)).graph.initializer[0]), result.calibration
+
+    auto, auto_label = mask("auto.onnx", calib=calib)
+    sparsegpt, _ = mask("sparsegpt.onnx", method="sparsegpt", calib=calib)
+    plain, plain_label = mask("plain.onnx")
+    magnitude, magnitude_label = mask("magnitude.onnx", method="magnitude", calib=calib)
+    assert np.array_equal(auto, sparsegpt) and np.array_equal(plain, magnitude)
+    assert not np.array_equal(auto, plain)
+    assert auto_label == "hessians for 1 activations (--method auto: sparsegpt, since --calib was given)"
+    assert plain_label == "not needed (magnitude)"
+    assert magnitude_label.startswith("not needed (magnitude; the calibration samples measure quality only")
+
+
 CONV = """
 <ir_version: 10, opset_import: ["" : 21]>
 conv (float[B, 8, 9, 9] X) => (float[B, 12, 5, 3] Y) {

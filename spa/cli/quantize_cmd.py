@@ -210,7 +210,11 @@ def _check_mode(
 @click.option(
     "--block", type=int, default=128, show_default=True, help="Weights per scale along K (int4 Conv: along each output channel's weights)."
 )
-@click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True)
+@click.option(
+    "--method", type=click.Choice(["auto", "rtn", "gptq"]), default="auto", show_default=True,
+    help="Weight-only: round-to-nearest or GPTQ; auto = gptq for int4 when --calib is given, "
+    "rtn otherwise.",
+)  # fmt: skip
 @click.option(
     "--symmetric/--asymmetric", default=True, show_default=True, help="Zero points or not."
 )

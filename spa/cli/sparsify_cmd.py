@@ -72,8 +72,9 @@ def sparsify_verdict(result: Any) -> str:
 @click.option("--sparsity", type=float, default=None, help="GQSA share of groups removed [0.5].")
 @click.option("--bits", type=int, default=4, show_default=True, help="GQSA bits of kept groups.")
 @click.option(
-    "--method", type=click.Choice(["magnitude", "sparsegpt"]), default="magnitude",
-    show_default=True, help="2:4 mask selection.",
+    "--method", type=click.Choice(["auto", "magnitude", "sparsegpt"]), default="auto",
+    show_default=True,
+    help="2:4 mask selection; auto = sparsegpt when --calib is given, magnitude otherwise.",
 )  # fmt: skip
 @calib_option
 @click.option("--calib-samples", type=int, default=None, help="Use at most this many samples.")
