@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from spa.calibration import collect_hessians, file_name_for_input, load_calibration
 from spa.errors import UserError
 from spa.quant.blockwise import dequantize, quantize_rtn
-from spa.quant.gptq import gptq_quantize, hessian_error
+from spa.quant.gptq import gptq_quantize, hessian_error, upper_cholesky_of_inverse
 
 
 def _correlated_inputs(seed: int, rows: int, k: int) -> np.ndarray:
@@ -232,3 +232,20 @@ def test_rtn_with_calibration_data_says_gptq_would_use_it(tmp_path: Path) -> Non
         "--method gptq would also use them to quantize)"
     )
     assert result.quality is not None  # the samples did measure quality
+
+
+@pytest.mark.parametrize("size", [7, 128, 300])
+def test_upper_cholesky_of_inverse(size: int) -> None:
+    """U is upper triangular with U^T U = (H + damp I)^-1, through the halving triangular
+    inverse (300 splits twice, down to blocks <= 128); a dead input gets a unit diagonal."""
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((2 * size, size)) @ (np.eye(size) + 0.3 * rng.standard_normal((size, size)))
+    hessian = x.T @ x / len(x)
+    hessian[2, :] = hessian[:, 2] = 0.0  # a dead input
+    upper = upper_cholesky_of_inverse(hessian, percdamp=0.01)
+    assert np.array_equal(upper, np.triu(upper))
+    repaired = hessian.copy()
+    repaired[2, 2] = 1.0
+    diagonal = np.diag(repaired)
+    damped = repaired + 0.01 * float(np.mean(diagonal)) * np.eye(size)
+    np.testing.assert_allclose(upper.T @ upper @ damped, np.eye(size), atol=1e-9)
