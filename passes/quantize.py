@@ -454,10 +454,11 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         return self.method == "gptq"
 
     def conv_layers(self, model: ir.Model) -> list[Candidate]:
-        """The main graph's Conv layers this pass quantizes where the target and opset allow."""
+        """The Conv layers this pass quantizes where the target and opset allow (control-flow
+        bodies included, as :meth:`call` visits them)."""
         roles = layer_roles(model.graph)
         found = []
-        for node in model.graph:
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
             if op_key(node) == ("", "Conv") and roles.get(id(node), "") not in self.keep_float:
                 candidate, _ = match_conv(node)
                 if candidate is not None:
@@ -471,6 +472,8 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             return {}
         wanted = {}
         for candidate in self.conv_layers(model):
+            if candidate.node.graph is not model.graph:
+                continue
             spec = conv_patch_spec(candidate.node)
             if spec is not None:
                 wanted[candidate.weight.name or ""] = spec
