@@ -365,6 +365,12 @@ class DecidingPass(SpaPass):
         return {"decisions": list(self._decisions), "calibration": getattr(self, "calibration", "")}
 
 
+#: The calibration line of a pass whose layers all have inputs no calibration can read.
+NONE_WANTED = "none: no layer's input can be read from the main graph (each layer's note says why)"
+#: Why a layer inside a control-flow body gets no Hessian.
+BODY_REASON = "inside an If/Loop/Scan body, whose activations calibration cannot read"
+
+
 class HessianCalibrated(SpaPass):
     """Asks the pipeline for ``X^T X`` of every weighted MatMul/Gemm input, and of the
     im2col patches of the Conv weights :meth:`_wanted_convs` names, when
@@ -389,9 +395,12 @@ class HessianCalibrated(SpaPass):
     def calibration_request(self, model: ir.Model) -> CalibrationRequest | None:
         if not self._wants_hessians() or self._hessians:
             return None
-        return CalibrationRequest(
+        request = CalibrationRequest(
             hessians=weight_activations(model), conv_hessians=self._wanted_convs(model)
         )
+        if request.empty:
+            self.calibration = NONE_WANTED
+        return request
 
     def use_calibration(self, result: CalibrationResult) -> None:
         self._hessians = {name: entry.hessian for name, entry in result.hessians.items()}
@@ -449,6 +458,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         self.calibration = self._calibration_label(hessians)
         self._hessians = dict(hessians or {})
         self._conv_hessians = {}
+        self._main: ir.Graph | None = None  # the model's main graph, during call
 
     def _wants_hessians(self) -> bool:
         return self.method == "gptq"
@@ -509,7 +519,9 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             self._hessians.get(candidate.activation.name or "") if self.method == "gptq" else None
         )
         note, too_large = "", hessian_size_reason(len(candidate.array))
-        if self.method == "gptq" and hessian is None and too_large:
+        if self.method == "gptq" and hessian is None and candidate.node.graph is not self._main:
+            note = f"{BODY_REASON}: RTN"
+        elif self.method == "gptq" and hessian is None and too_large:
             note = f"{too_large}: RTN"
         elif self.method == "gptq" and self._hessians and hessian is None:
             note = "no calibration Hessian for this input: RTN"
@@ -567,7 +579,9 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                 percdamp=self.percdamp, act_order=self.act_order,
             )  # fmt: skip
             return quantized, "GPTQ on the im2col patch Hessian,"
-        if self.method == "gptq" and not (self._hessians or self._conv_hessians):
+        if self.method == "gptq" and candidate.node.graph is not self._main:
+            method = f"RTN ({BODY_REASON}),"
+        elif self.method == "gptq" and not (self._hessians or self._conv_hessians):
             method = "RTN (GPTQ without calibration data),"
         elif self.method == "gptq":
             spec = conv_patch_spec(candidate.node)
@@ -592,6 +606,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         self._nbits = False
         self._decoded.clear()
         graph, before, after = model.graph, 0, 0
+        self._main = graph
         roles = layer_roles(graph)  # main-graph layers; nodes inside bodies have none
         for node in list(ir.traversal.RecursiveGraphIterator(graph)):
             matcher = MATCHERS.get(op_key(node))

@@ -470,6 +470,9 @@ def test_int4_conv_inside_branches_converts_the_opset_and_quantizes_them(
     result = quantize_model(source, output, bits=4, block=32, method=method, keep_float=(),
                             calib=calibration if method == "gptq" else None)  # fmt: skip
     assert [d["action"] for d in result.decisions] == ["quantized", "quantized"], result.decisions
+    if method == "gptq":
+        assert all("inside an If/Loop/Scan body" in d["reason"] for d in result.decisions)
+        assert result.calibration.startswith("none: no layer's input can be read")
     assert result.passed and result.verification is not None and result.verification.passed
     proto = onnx.load(str(output))
     assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
