@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from spa import progress
 from spa.calibration import hessian_size_reason
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
@@ -255,10 +256,9 @@ class GQSAPass(SparsifyingPass):
         self._decisions = []
         self._decoded.clear()
         graph, before, after = model.graph, 0, 0
-        for node in list(graph):
-            matcher = _MATCHERS.get(op_key(node))
-            if matcher is None:
-                continue
+        layers = [node for node in graph if op_key(node) in _MATCHERS]
+        for node in progress.track(layers, description=self.name):
+            matcher = _MATCHERS[op_key(node)]
             candidate, reason = matcher(node)
             weight_name = input_name(node, 1)
             if candidate is None:

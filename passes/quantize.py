@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from spa import progress
 from spa.calibration import (
     CalibrationRequest,
     CalibrationResult,
@@ -608,10 +609,9 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         graph, before, after = model.graph, 0, 0
         self._main = graph
         roles = layer_roles(graph)  # main-graph layers; nodes inside bodies have none
-        for node in list(ir.traversal.RecursiveGraphIterator(graph)):
-            matcher = MATCHERS.get(op_key(node))
-            if matcher is None:
-                continue
+        layers = [n for n in ir.traversal.RecursiveGraphIterator(graph) if op_key(n) in MATCHERS]
+        for node in progress.track(layers, description=self.name):
+            matcher = MATCHERS[op_key(node)]
             candidate, reason = matcher(node)
             role = roles.get(id(node), "")
             if candidate is not None and role in self.keep_float:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from spa import progress
 from spa.calibration import ConvPatches, hessian_size_reason
 from spa.errors import UserError
 from spa.pass_manager import SpaPassResult, register_pass
@@ -248,10 +249,9 @@ class Sparsify2to4Pass(SparsifyingPass):
         self._decoded.clear()
         zeros = elements = 0
         roles = layer_roles(model.graph)  # main-graph layers; nodes inside bodies have none
-        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-            matcher = MATCHERS.get(op_key(node))
-            if matcher is None:
-                continue
+        layers = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if op_key(n) in MATCHERS]
+        for node in progress.track(layers, description=self.name):
+            matcher = MATCHERS[op_key(node)]
             target, reason = matcher(node)
             weight_name = input_name(node, 1)
             role = roles.get(id(node), "")
