@@ -337,16 +337,20 @@ def _batched(inputs: CalibrationInputs, name: str, ndim: int) -> bool:
 def calibration_shapes(
     source: CalibrationSource, inputs: CalibrationInputs
 ) -> dict[str, tuple[int, ...]]:
-    """Shape of one sample of each input in an ``.npz`` or ``.npy`` folder, read from
-    the array headers (nothing is loaded); inputs it lacks are left out, and an
-    iterable source gives nothing (its first sample would be consumed). A batch of
-    samples (see :func:`load_calibration`) gives the shape of one, batch axis 1."""
+    """Shape of one sample of each input in an ``.npz``, an ``.npy`` folder or a folder
+    of ``.npz`` samples (its first archive), read from the array headers (nothing is
+    loaded); inputs it lacks are left out, and an iterable source gives nothing (its first
+    sample would be consumed). A batch of samples (see :func:`load_calibration`) gives the
+    shape of one, batch axis 1."""
     if not isinstance(source, str | os.PathLike):
         return {}
     path = Path(source)
     shapes: dict[str, tuple[int, ...]] = {}
     input_names = list(inputs)
     try:
+        archives = _sample_archives(path, input_names)
+        if archives:
+            return _archive_shapes(archives[0], inputs)
         if path.is_dir():
             for name in input_names:
                 file = path / file_name_for_input(name)
@@ -354,22 +358,54 @@ def calibration_shapes(
                     shape = tuple(np.load(file, mmap_mode="r").shape)
                     shapes[name] = _sample_shape(inputs, name, shape)
         elif path.is_file():
-            with zipfile.ZipFile(path) as archive:
-                for name in input_names:
-                    if f"{name}.npy" not in archive.namelist():
-                        continue
-                    with archive.open(f"{name}.npy") as handle:
-                        version = np.lib.format.read_magic(handle)
-                        read = (
-                            np.lib.format.read_array_header_1_0
-                            if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0
-                        )
-                        shape, _, _ = read(handle)
-                    shapes[name] = _sample_shape(inputs, name, tuple(shape))
+            return _archive_shapes(path, inputs)
     except (OSError, ValueError, zipfile.BadZipFile):
         return {}  # load_calibration gives the one-line error
     return shapes
+
+
+def _archive_shapes(path: Path, inputs: CalibrationInputs) -> dict[str, tuple[int, ...]]:
+    """:func:`calibration_shapes` of one ``.npz``, from its array headers."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in inputs:
+            if f"{name}.npy" not in archive.namelist():
+                continue
+            with archive.open(f"{name}.npy") as handle:
+                version = np.lib.format.read_magic(handle)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, _ = read(handle)
+            shapes[name] = _sample_shape(inputs, name, tuple(shape))
+    return shapes
+
+
+def _sample_archives(path: Path, input_names: list[str]) -> list[Path]:
+    """The ``.npz`` files of a folder holding no ``<input>.npy``: one archive per sample
+    (or per batch of equal-shaped samples), for inputs whose shapes vary between
+    samples (text lines of different widths, prompts of different lengths)."""
+    if not path.is_dir() or any((path / file_name_for_input(n)).is_file() for n in input_names):
+        return []
+    return sorted(path.glob("*.npz"))
+
+
+def _archive_arrays(path: Path, names: list[str], load: bool = True) -> dict[str, np.ndarray]:
+    """The arrays named ``names`` of one ``.npz`` (a one-line error when one is missing);
+    ``load=False`` checks the names only."""
+    try:
+        with np.load(path) as archive:
+            missing = sorted(set(names) - set(archive.files))
+            if missing:
+                raise UserError(
+                    f"--calib {path}: no array for input(s) {missing} "
+                    f"(it has {sorted(archive.files)}); name arrays after the model inputs"
+                )
+            return {name: archive[name] for name in names} if load else {}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"--calib {path}: not a readable .npz ({error}); save it with numpy.savez") from error
 
 
 def _sample_shape(inputs: CalibrationInputs, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -394,7 +430,8 @@ def _samples(
 
 
 def load_calibration(source: CalibrationSource, inputs: CalibrationInputs) -> Iterable[Feeds]:
-    """Feed dicts from an ``.npz``, a folder of ``.npy`` files, or an iterable.
+    """Feed dicts from an ``.npz``, a folder of ``.npy`` files, a folder of ``.npz``
+    files (each one or more samples; shapes may differ between files), or an iterable.
 
     ``inputs`` names the model inputs to read; given as :func:`model_inputs`, an
     array of an input's own rank whose leading dim is a batch axis is read as a
@@ -409,6 +446,15 @@ def load_calibration(source: CalibrationSource, inputs: CalibrationInputs) -> It
             f"--calib {path}: not an .npz file or a folder of .npy files (nothing is there); "
             "save calibration inputs with numpy.savez"
         )
+    archives = _sample_archives(path, input_names)
+    if archives:
+        for archive in archives:  # every file names the inputs, before any statistic runs
+            _archive_arrays(archive, input_names, load=False)
+        return (
+            feed
+            for archive in archives
+            for feed in _samples(_archive_arrays(archive, input_names), inputs)
+        )
     if path.is_dir():
         arrays: dict[str, np.ndarray] = {}
         for name in input_names:
@@ -416,20 +462,13 @@ def load_calibration(source: CalibrationSource, inputs: CalibrationInputs) -> It
             if not file.is_file():
                 raise UserError(
                     f"--calib {path}: no '{file.name}' for input '{name}'; "
-                    "save one .npy per model input (leading sample axis)"
+                    "save one .npy per model input (leading sample axis), or one .npz "
+                    "per sample"
                 )
             arrays[name] = np.load(file, mmap_mode="r")
         return _samples(arrays, inputs)
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path) as archive:
-            missing = sorted(set(input_names) - set(archive.files))
-            if missing:
-                raise UserError(
-                    f"--calib {path}: no array for input(s) {missing} "
-                    f"(it has {sorted(archive.files)}); name arrays after the model inputs"
-                )
-            loaded = {name: archive[name] for name in input_names}
-        return _samples(loaded, inputs)
+        return _samples(_archive_arrays(path, input_names), inputs)
     raise UserError(
         f"--calib {path}: not an .npz file or a folder of .npy files; "
         "save calibration inputs with numpy.savez"

@@ -117,6 +117,45 @@ def test_calibration_sources(tmp_path: Path) -> None:
         collect_hessians(_two_layer(), ["X"], [])
 
 
+WIDE_LINE = """
+<ir_version: 10, opset_import: ["" : 21]>
+line (float[1, 4, 8, W] x) => (float[1, 6] y) {
+    c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, wc)
+    r = Relu(c)
+    p = GlobalAveragePool(r)
+    f = Flatten(p)
+    y = MatMul(f, wm)
+}
+"""
+
+
+def test_a_folder_of_npz_samples_of_different_widths_calibrates(run_cli, tmp_path: Path) -> None:
+    """Text lines of different widths cannot share one array: a folder of .npz files, one
+    sample each, is read file by file (shapes may differ), for the Hessians, the held-out
+    quality and the verification's symbolic dims; a file lacking an input is one line."""
+    rng = np.random.default_rng(7)
+    weights = {"wc": rng.standard_normal((16, 4, 3, 3)).astype(np.float32),
+               "wm": rng.standard_normal((16, 6)).astype(np.float32)}  # fmt: skip
+    model = onnx.parser.parse_model(WIDE_LINE)
+    model.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in weights.items())
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    widths = [12, 20, 33, 17, 25, 40, 9, 28]
+    for index, width in enumerate(widths):
+        np.savez(folder / f"{index:03d}.npz", x=rng.standard_normal((1, 4, 8, width)).astype(np.float32))
+    feeds = list(load_calibration(folder, {"x": 4}))
+    assert [feed["x"].shape[-1] for feed in feeds] == widths  # file order, one feed each
+    result = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--weights", "int4",
+                     "--block", "16", "--calib", folder, "--all-layers", "--allow-slower")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "calibration: hessians for 1 activations and 1 Conv patch Hessians (--method auto" in result.output
+    assert "quality not measured" not in result.output
+    np.savez(folder / "999.npz", image=np.zeros((1, 4, 8, 5), np.float32))
+    with pytest.raises(UserError, match=r"999\.npz: no array for input\(s\) \['x'\]"):
+        load_calibration(folder, {"x": 4})
+
+
 def _smooth_images(seed: int, count: int, channels: int = 3, size: int = 16) -> np.ndarray:
     """Images whose neighbouring pixels are correlated (random 4x4 images, upsampled), so
     a Conv's im2col patches have a far-from-diagonal Hessian."""

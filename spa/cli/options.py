@@ -104,8 +104,9 @@ def print_pass_line(record: Any, total: int) -> None:
 calib_option = click.option(
     "--calib",
     type=click.Path(path_type=Path),
-    help="Calibration inputs: an .npz (input name -> samples) or a folder of <input>.npy "
-    "(leading sample axis; an input with a batch axis also takes samples stacked along it).",
+    help="Calibration inputs: an .npz (input name -> samples), a folder of <input>.npy "
+    "(leading sample axis; an input with a batch axis also takes samples stacked along it), "
+    "or a folder of .npz files, one sample each (shapes may differ between them).",
 )
 def quality_options(function: F) -> F:
     """``--holdout`` and ``--eval``: quality measured on held-out real data."""
