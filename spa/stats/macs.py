@@ -13,7 +13,8 @@ Families, with what each rule counts (bias adds and activations are not MACs):
   com.microsoft MatMulNBits/MatMulBnb4 and spa's GQSA and TensorRT plugin ops
   (``prod(A.shape[:-1]) * K * N``, the dense product's count also where the
   stored weight is sparse, as for 2:4),
-  FusedMatMul, GemmFastGelu, ...: ``prod(Y) * K``; RNN, GRU and LSTM: the
+  FusedMatMul, GemmFastGelu, DynamicQuantizeMatMul, ...: ``prod(Y) * K``; RNN, GRU,
+  LSTM and com.microsoft DynamicQuantizeLSTM: the
   input and recurrent products of every step, gate and direction,
   ``seq * batch * (prod(W) + prod(R))`` (gates, peepholes and biases are not
   counted). Attention written out as MatMul/Softmax/MatMul (most exports)
@@ -387,6 +388,7 @@ RULES: dict[tuple[str, str], tuple[str, MacRule]] = {
     ("", "RNN"): ("matmul", _recurrent),
     ("", "GRU"): ("matmul", _recurrent),
     ("", "LSTM"): ("matmul", _recurrent),
+    (_MS, "DynamicQuantizeLSTM"): ("matmul", _recurrent),
     ("", "Einsum"): ("other", _einsum),
     ("", "AveragePool"): ("other", _pool),
     ("", "MaxPool"): ("other", _pool),

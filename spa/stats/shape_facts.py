@@ -139,19 +139,45 @@ def _weightless_copy(proto: onnx.ModelProto, base_dir: Path | None) -> onnx.Mode
     return copy
 
 
+#: com.microsoft ops ``A[..., K] x B[K, N] -> Y[..., N]`` with Y of A's float type that
+#: neither ONNX inference nor ORT's symbolic tool knows: spa's int8-dynamic writes them;
+#: every value after the first one was left without a shape, so the MACs of the layers
+#: after it went uncounted (a dynamic-INT8 MiniLM read 14% of its MACs at 256 tokens).
+MS_MATMULS = frozenset({"DynamicQuantizeMatMul"})
+
+
+def _stand_in_n(node: onnx.NodeProto, dims: Mapping[str, list[int]]) -> int | None:
+    """N of a matmul op :func:`_shape_stand_ins` replaces, or None for any other node."""
+    if not node.output or not node.input:
+        return None
+    if node.domain == SPA_DOMAIN and node.op_type in SPA_MATMULS:
+        return next((attribute.i for attribute in node.attribute if attribute.name == "N"), 0)
+    if node.domain == "com.microsoft" and node.op_type in MS_MATMULS and len(node.input) > 1:
+        weight = dims.get(node.input[1])
+        return weight[-1] if weight is not None and len(weight) == 2 and weight[-1] > 0 else None
+    return None
+
+
 def _shape_stand_ins(graph: onnx.GraphProto) -> None:
-    """Each of spa's matmul ops (``A[..., K] -> Y[..., N]``, a domain neither ONNX nor ORT
-    knows) replaced, in the weightless copy, by standard ops giving Y its shape and A's
+    """Each of spa's matmul ops and the com.microsoft ones of :data:`MS_MATMULS` with a 2-D
+    constant weight (``A[..., K] -> Y[..., N]``, ops neither ONNX nor ORT's symbolic tool
+    infers) replaced, in the weightless copy, by standard ops giving Y its shape and A's
     type: ``Expand(Slice(A, [0], [1], [-1]), Concat(Slice(Shape(A), [0], [-1]), [N]))``.
     ONNX and ORT symbolic inference then continue past it, and ORT can run the copy to
     measure what they leave open."""
     nodes: list[onnx.NodeProto] = []
     make, constant = onnx.helper.make_node, onnx.numpy_helper.from_array
+    dims = {t.name: [int(d) for d in t.dims] for t in graph.initializer}
+    dims.update(
+        (v.name, [int(d.dim_value) for d in v.type.tensor_type.shape.dim])
+        for v in graph.input if v.type.tensor_type.HasField("shape")
+    )  # fmt: skip
     for node in graph.node:
-        if node.domain != SPA_DOMAIN or node.op_type not in SPA_MATMULS or not node.output:
-            nodes.append(node)
+        n = _stand_in_n(node, dims)
+        if n is None:
+            recurrent = _recurrent_stand_in(node, graph)
+            nodes += [node] if recurrent is None else recurrent
             continue
-        n = next((attribute.i for attribute in node.attribute if attribute.name == "N"), 0)
         a, y = node.input[0], node.output[0]
         name = f"{y}__spa_shape"
         for suffix, values in (("zero", [0]), ("one", [1]), ("last", [-1]), ("n", [n])):
@@ -165,6 +191,43 @@ def _shape_stand_ins(graph: onnx.GraphProto) -> None:
         ]
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _recurrent_stand_in(node: onnx.NodeProto, graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
+    """Standard ops giving a com.microsoft ``DynamicQuantizeLSTM`` (spa's and ORT's
+    int8-dynamic LSTM, ``X[seq, batch, input]``) its outputs' shapes and X's type:
+    ``Y[seq, dirs, batch, hidden]``, ``Y_h``/``Y_c[dirs, batch, hidden]``; None for any
+    other node."""
+    if node.domain != "com.microsoft" or node.op_type != "DynamicQuantizeLSTM" or not node.input:
+        return None
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    hidden = int(attributes.get("hidden_size", 0))
+    dirs = 2 if attributes.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+    if hidden <= 0:
+        return None
+    make, constant = onnx.helper.make_node, onnx.numpy_helper.from_array
+    x, name = node.input[0], f"{node.output[0] or node.name}__spa_shape"
+    for suffix, values in (("zero", [0]), ("one", [1]), ("two", [2]), ("dirs", [dirs]),
+                           ("hidden", [hidden]), ("ones", [1, 1, 1]), ("zeros", [0, 0, 0]),
+                           ("rank4", [1, 1, 1, 1])):  # fmt: skip
+        graph.initializer.append(constant(np.array(values, np.int64), f"{name}_{suffix}"))
+    nodes = [
+        make("Shape", [x], [f"{name}_x"]),
+        make("Slice", [f"{name}_x", f"{name}_zero", f"{name}_one"], [f"{name}_seq"]),
+        make("Slice", [f"{name}_x", f"{name}_one", f"{name}_two"], [f"{name}_batch"]),
+        make("Concat", [f"{name}_{part}" for part in ("seq", "dirs", "batch", "hidden")],
+             [f"{name}_ydims"], axis=0),
+        make("Concat", [f"{name}_dirs", f"{name}_batch", f"{name}_hidden"], [f"{name}_hdims"], axis=0),
+        make("Slice", [x, f"{name}_zeros", f"{name}_ones"], [f"{name}_first"]),
+        make("Reshape", [f"{name}_first", f"{name}_rank4"], [f"{name}_first4"]),
+    ]
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    if outputs[0]:
+        nodes.append(make("Expand", [f"{name}_first4", f"{name}_ydims"], [outputs[0]]))
+    for output in outputs[1:3]:
+        if output:
+            nodes.append(make("Expand", [f"{name}_first", f"{name}_hdims"], [output]))
+    return nodes
 
 
 def _set_input_dims(graph: onnx.GraphProto, concrete: Mapping[str, tuple[int, ...]]) -> None:
