@@ -216,6 +216,21 @@ def match_conv(node: ir.Node) -> tuple[Candidate | None, str]:
     return Candidate(node, activation, weight, weight.const_value.numpy()), ""
 
 
+#: Recurrent ops whose ``W`` (input 1) and ``R`` (input 2) weight-only quantization covers.
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def match_recurrent(node: ir.Node) -> tuple[Candidate | None, str]:
+    """An LSTM/GRU/RNN whose ``W[dirs, gates*H, I]`` and ``R[dirs, gates*H, H]`` are constant
+    float initializers (the candidate holds W; the pass reads R from input 2)."""
+    inputs = list(node.inputs) + [None] * 3
+    activation, weight, recurrence = inputs[0], inputs[1], inputs[2]
+    reason = weight_reason(weight, ranks=(3,)) or weight_reason(recurrence, ranks=(3,))
+    if reason or activation is None or weight is None or weight.const_value is None:
+        return None, reason or f"{node.op_type} without an input"
+    return Candidate(node, activation, weight, weight.const_value.numpy()), ""
+
+
 def _already_quantized(node: ir.Node) -> tuple[Candidate | None, str]:
     return None, "already quantized (com.microsoft.MatMulNBits)"
 
@@ -225,6 +240,7 @@ MATCHERS: dict[tuple[str, str], Callable[[ir.Node], tuple[Candidate | None, str]
     ("", "MatMul"): match_matmul,
     ("", "Gemm"): match_gemm,
     ("", "Conv"): match_conv,
+    **{("", op): match_recurrent for op in RECURRENT},
     (MS_DOMAIN, "MatMulNBits"): _already_quantized,
 }
 
@@ -460,6 +476,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         self._hessians = dict(hessians or {})
         self._conv_hessians = {}
         self._main: ir.Graph | None = None  # the model's main graph, during call
+        self._recurrences: set[str] = set()  # the R weights of recurrent nodes, during call
 
     def _wants_hessians(self) -> bool:
         return self.method == "gptq"
@@ -475,6 +492,25 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                 if candidate is not None:
                     found.append(candidate)
         return found
+
+    def recurrent_layers(self, model: ir.Model) -> list[Candidate]:
+        """The LSTM/GRU/RNN layers whose W and R this pass quantizes where the target and
+        opset allow (control-flow bodies included)."""
+        found = []
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.domain in ("", "ai.onnx") and node.op_type in RECURRENT:
+                candidate, _ = match_recurrent(node)
+                if candidate is not None:
+                    found.append(candidate)
+        return found
+
+    def _tally(self, action: str | None = None) -> tuple[int, int]:
+        """(nodes with ``action``, nodes skipped): a recurrent node's two decisions (W, R)
+        count once."""
+        seconds = {id(d) for d in self._decisions if d.op_type in RECURRENT and d.weight in self._recurrences}
+        decisions = [d for d in self._decisions if id(d) not in seconds]
+        done = sum(1 for d in decisions if d.action == (action or self.action))
+        return done, len(decisions) - done
 
     def _wanted_convs(self, model: ir.Model) -> dict[str, ConvPatches]:
         """The Conv layers this pass quantizes that GPTQ can take (group 1, 1-D or 2-D;
@@ -569,6 +605,48 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         )
         return old, new
 
+    def _recurrent(self, model: ir.Model, candidate: Candidate) -> tuple[int, int]:
+        """Quantize an LSTM/GRU/RNN's ``W`` and ``R`` (or record why not); returns their bytes
+        before/after. Each weight ``[dirs, gates*H, K]`` is ``dirs*gates*H`` rows of K inputs:
+        INT8 per row, INT4 in blocks of ``block`` along K (per row for ``--target onnx``
+        where K is not a multiple of the block), RTN, read through the Conv forms (ORT folds
+        the Cast form at load: the file shrinks, the float kernels run). Two decisions, one
+        per weight; GPTQ is not applied: R reads the hidden state, which no calibration
+        run exposes."""
+        node = candidate.node
+        reason = conv_target_reason(model, self.bits, self.target).replace("Conv", node.op_type)
+        inputs = [(1, candidate.weight), (2, node.inputs[2])]
+        self._recurrences.add(node.inputs[2].name or "" if node.inputs[2] is not None else "")
+        if reason:
+            for _, value in inputs:
+                self._skip(node, reason, value.name or "" if value is not None else "")
+            return 0, 0
+        form = "cast" if self.target == "ort" else "dequantize"
+        graph = holding_graph(node, model.graph)
+        before = after = 0
+        for index, value in inputs:
+            assert value is not None and value.const_value is not None
+            array = value.const_value.numpy()
+            rows = array.shape[-1]
+            blocks = self.bits == 4 and (form == "cast" or rows % self.block == 0)
+            matrix = np.ascontiguousarray(array.reshape(-1, rows).T)
+            quantized = quantize_rtn(matrix, self.bits, self.block if blocks else rows,
+                                     self.symmetric, array.dtype)  # fmt: skip
+            old, new, decode = quantize_conv_blocks(graph, node, value, quantized, form, index)
+            layout = f"blocks of {self.block}" if blocks else "per gate row"
+            if self.bits == 4 and not blocks:
+                layout += f" (K = {rows} is not a multiple of block {self.block})"
+            method = "RTN" if self.method == "rtn" else (
+                "RTN (GPTQ is not applied to recurrent weights: R reads the hidden state),")
+            name = value.name or ""
+            self._decoded[name] = decode
+            self._decisions.append(QuantDecision(
+                node.name or "", node.op_type, "quantized", f"{method} {layout}, {CONV_FORMS[form]}",
+                name, rows, matrix.shape[1], old, new,
+            ))  # fmt: skip
+            before, after = before + old, after + new
+        return before, after
+
     def _conv_weight(self, candidate: Candidate, block: int) -> tuple[QuantizedWeight, str]:
         """``W[O, C, k...]`` as ``conv_matrix`` quantized in blocks of ``block``: GPTQ on its
         patch Hessian, else RTN with the reason."""
@@ -607,7 +685,7 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         self._nbits = False
         self._decoded.clear()
         graph, before, after = model.graph, 0, 0
-        self._main = graph
+        self._main, self._recurrences = graph, set()
         roles = layer_roles(graph)  # main-graph layers; nodes inside bodies have none
         layers = [n for n in ir.traversal.RecursiveGraphIterator(graph) if op_key(n) in MATCHERS]
         for node in progress.track(layers, description=self.name):
@@ -629,6 +707,10 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
                 continue
             if node.op_type == "Conv":
                 old_bytes, new_bytes = self._conv(model, candidate)
+                before, after = before + old_bytes, after + new_bytes
+                continue
+            if node.op_type in RECURRENT:
+                old_bytes, new_bytes = self._recurrent(model, candidate)
                 before, after = before + old_bytes, after + new_bytes
                 continue
             rows, cols = candidate.array.shape

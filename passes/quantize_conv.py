@@ -239,10 +239,13 @@ def quantize_conv(
 
 
 def quantize_conv_blocks(
-    graph: ir.Graph, node: ir.Node, weight: ir.Value, quantized: QuantizedWeight, form: str
+    graph: ir.Graph, node: ir.Node, weight: ir.Value, quantized: QuantizedWeight, form: str,
+    index: int = 1,
 ) -> tuple[int, int, Callable[[], np.ndarray]]:
-    """Rewrite ``node``'s weight ``W[O, C, k...]`` from ``quantized``, the block-quantized
-    ``W.reshape(O, K).T`` (``K = C * prod(k)``, blocks of consecutive rows of it):
+    """Rewrite ``node``'s weight ``W[O, C, k...]`` (input ``index``) from ``quantized``, the
+    block-quantized ``W.reshape(O, K).T`` (``K = C * prod(k)``, blocks of consecutive rows of
+    it; any reshape of W to rows of K weights, such as a recurrent ``W[dirs, gates*H, K]``
+    as ``dirs*gates*H`` rows, reads back the same way):
     ``Cast -> [Sub] -> Mul -> Reshape [-> Slice]`` (``cast``, which ONNX Runtime folds at load)
     or a block ``DequantizeLinear`` (``dequantize``, ``K`` a multiple of the block) giving
     ``W[K, O]``, then ``Transpose -> Reshape`` to the Conv's layout. Returns (bytes before,
@@ -250,6 +253,7 @@ def quantize_conv_blocks(
     assert weight.const_value is not None
     array = weight.const_value.numpy()
     base, name = weight.name or "weight", node.name or weight.name or "weight"
+    name = name if index == 1 else f"{name}_input{index}"  # a recurrent node's R: its own names
     if form == "cast":
         nodes, stored = block_cast_nodes(graph, quantized, base, name)
     else:
@@ -261,7 +265,7 @@ def quantize_conv_blocks(
     transpose.outputs[0].name = f"{name}_transpose_out"
     shape = add_initializer(graph, f"{base}_conv_shape", ir.Tensor(np.array(array.shape, dtype=np.int64)))
     reshape = ir.node("Reshape", [transpose.outputs[0], shape], name=f"{name}_conv_reshape")
-    _attach(graph, node, weight, [*nodes, transpose, reshape], array)
+    _attach(graph, node, weight, [*nodes, transpose, reshape], array, index)
     dtype, shape_of = array.dtype, array.shape
     return int(array.nbytes), int(stored), lambda: dequantize(quantized, dtype).T.reshape(shape_of)
 
@@ -286,16 +290,17 @@ def decoder(quantized: ChannelQuantized, transpose: bool = False) -> Callable[[]
 
 
 def _attach(
-    graph: ir.Graph, node: ir.Node, weight: ir.Value, nodes: list[ir.Node], array: np.ndarray
+    graph: ir.Graph, node: ir.Node, weight: ir.Value, nodes: list[ir.Node], array: np.ndarray,
+    index: int = 1,
 ) -> None:
-    """Insert ``nodes`` before ``node``, feed their output to its weight input and
-    drop the float weight ``array``."""
+    """Insert ``nodes`` before ``node``, feed their output to its weight input (``index``)
+    and drop the float weight ``array``."""
     output = nodes[-1].outputs[0]
     output.name = f"{weight.name or 'weight'}_dequantized"
     output.dtype = weight.dtype or ir.DataType.from_numpy(array.dtype)
     output.shape = weight.shape
     graph.insert_before(node, nodes)
-    node.replace_input_with(1, output)
+    node.replace_input_with(index, output)
     # the main graph when a body's weight was lifted there
     remove_initializer_if_unused(holding_graph(weight, graph), weight)
 

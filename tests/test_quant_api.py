@@ -293,3 +293,80 @@ def test_cli_min_cosine_gates_the_distance_to_the_float_input(tmp_path: Path) ->
     assert gated.exit_code == 3, gated.output
     assert "float input: FAILED | output Y" in gated.output
     assert gated.output.strip().splitlines()[-1].startswith("FAILED | quantize int4")
+
+
+RECURRENT = """
+<ir_version: 9, opset_import: ["" : 17]>
+rnn (float[seq, 2, 16] X) => (float[seq, 2, 8] Z) {
+    Y, Yh, Yc = LSTM<hidden_size = 32, direction = "bidirectional">(X, W1, R1, B1)
+    T = Transpose<perm = [0, 2, 1, 3]>(Y)
+    F = Reshape(T, shape)
+    G = GRU<hidden_size = 24>(F, W2, R2)
+    S = Squeeze(G, one)
+    H = RNN<hidden_size = 20>(S, W3, R3)
+    S2 = Squeeze(H, one)
+    Z = MatMul(S2, W4)
+}
+"""
+
+
+def _recurrent_model(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model(RECURRENT)
+    shapes = {"W1": (2, 128, 16), "R1": (2, 128, 32), "B1": (2, 256), "W2": (1, 72, 64),
+              "R2": (1, 72, 24), "W3": (1, 20, 24), "R3": (1, 20, 20), "W4": (20, 8)}  # fmt: skip
+    for name, shape in shapes.items():
+        model.graph.initializer.append(
+            numpy_helper.from_array((0.3 * rng.standard_normal(shape)).astype(np.float32), name)
+        )
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([0, 0, 64], np.int64), "shape"),
+                                    numpy_helper.from_array(np.array([1], np.int64), "one")])  # fmt: skip
+    for index, node in enumerate(model.graph.node):
+        node.name = f"{node.op_type.lower()}_{index}"
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize(("bits", "target"), [(8, "ort"), (4, "ort"), (8, "onnx"), (4, "onnx")])
+def test_recurrent_weights_are_quantized(tmp_path: Path, bits: int, target: str) -> None:
+    """LSTM/GRU/RNN W and R, rows of K inputs: INT8 per gate row, INT4 in blocks along K
+    (per row on --target onnx where K is not a multiple of the block: GRU's K = 64 is, the
+    LSTM's R K = 32 and the RNN's K = 24 / 20 are not at block 64), through the Conv forms.
+    Before, 'op type LSTM not quantizable' left an LSTM model's weights float (a real
+    Resemblyzer encoder: 5.70 MB -> 5.50 MB at int8, now 1.48 MB). An opset-17 model gets
+    opset 21 for INT4 tensors; the LSTM's bias stays float as a bias of a changed layer."""
+    source, output = tmp_path / "rnn.onnx", tmp_path / "q.onnx"
+    _recurrent_model(source)
+    result = quantize_model(source, output, bits=bits, block=64, target=target, keep_float=(),
+                            allow_slower=True)  # fmt: skip
+    assert result.passed and result.verification is not None and result.verification.passed
+    by_weight = {d["weight"]: d for d in result.decisions}
+    for name in ("W1", "R1", "W2", "R2", "W3", "R3"):
+        assert by_weight[name]["action"] == "quantized", by_weight[name]
+    assert result.statistics["nodes_quantized"] == (4 if target == "ort" else 3)  # W4: K=20 on onnx
+    layouts = {name: by_weight[name]["reason"] for name in ("R1", "W2", "W3")}
+    if bits == 8:
+        assert all("per gate row" in layout for layout in layouts.values())
+    elif target == "onnx":
+        assert "blocks of 64" in layouts["W2"] and "K = 32 is not a multiple of block 64" in layouts["R1"]
+    else:
+        assert all("blocks of 64" in layout for layout in layouts.values())
+    assert output.stat().st_size < 0.45 * source.stat().st_size
+    opset = next(o.version for o in onnx.load(str(output)).opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == (17 if (bits, target) == (8, "ort") else 21)
+    assert result.change is not None
+    left = {entry.reason for entry in result.change.left}
+    assert not any("LSTM" in reason or "GRU" in reason or "RNN" in reason for reason in left), left
+    x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)
+    expected, actual = run_model(source, {"X": x})["Z"].ravel(), run_model(output, {"X": x})["Z"].ravel()
+    cosine = float(expected @ actual / np.linalg.norm(expected) / np.linalg.norm(actual))
+    assert cosine > (0.999 if bits == 8 else 0.9)
+
+
+def test_recurrent_weights_stay_float_for_tensorrt_with_the_reason(tmp_path: Path) -> None:
+    source = tmp_path / "rnn.onnx"
+    _recurrent_model(source)
+    result = quantize_model(source, tmp_path / "q.onnx", bits=4, block=64, target="tensorrt",
+                            keep_float=(), allow_slower=True)  # fmt: skip
+    reasons = {d["weight"]: d["reason"] for d in result.decisions if d["op_type"] == "LSTM"}
+    assert set(reasons) == {"W1", "R1"}
+    assert all("op type LSTM not quantizable for --target tensorrt" in r for r in reasons.values())

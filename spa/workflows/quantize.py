@@ -205,10 +205,13 @@ def _mark_folded(decisions: list[Any]) -> list[Any]:
 
 
 def _int4_conv_opset(model: ir.Model, quantizer: QuantizeWeightsPass) -> ir.Model:
-    """``--target ort`` at 4 bits: a model below opset 21 holding Conv layers to quantize,
-    converted to opset 21 (INT4 tensors, which the Conv weights' Cast form reads). A model
-    the converter fails on is kept as it is: its Conv layers stay float with that reason."""
-    if quantizer.bits != 4 or default_opset_of(model) >= 21 or not quantizer.conv_layers(model):
+    """``--target ort`` at 4 bits: a model below opset 21 holding Conv or LSTM/GRU/RNN
+    layers to quantize, converted to opset 21 (INT4 tensors, which their Cast form reads).
+    A model the converter fails on is kept as it is: those layers stay float with that
+    reason."""
+    if quantizer.bits != 4 or default_opset_of(model) >= 21:
+        return model
+    if not (quantizer.conv_layers(model) or quantizer.recurrent_layers(model)):
         return model
     try:
         return convert_opset(
