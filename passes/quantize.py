@@ -615,6 +615,11 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         run exposes."""
         node = candidate.node
         reason = conv_target_reason(model, self.bits, self.target).replace("Conv", node.op_type)
+        if not reason and self.target == "onnx" and default_opset(model) < QDQ_OPSET:
+            reason = (  # per gate row is one block of K: block DequantizeLinear at 8 bits too
+                f"model opset {default_opset(model)} < {QDQ_OPSET} (block DequantizeLinear); "
+                "convert the model to opset 21 or use --target ort"
+            )
         inputs = [(1, candidate.weight), (2, node.inputs[2])]
         self._recurrences.add(node.inputs[2].name or "" if node.inputs[2] is not None else "")
         if reason:
