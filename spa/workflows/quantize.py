@@ -188,7 +188,8 @@ def weight_method(method: str, bits: int, calib: CalibrationSource | None) -> st
     """The method ``method`` names: ``auto`` is GPTQ at 4 bits when calibration data is
     given, RTN otherwise. At 4 bits the data decides whether a model survives: RTN took
     PP-OCRv4 rec's CER 0.014 -> 0.18 where GPTQ kept 0.011 (models/results/results_table.md);
-    at 8 bits RTN is within noise of dense on every test bed and keeps the cheaper form."""
+    at 8 bits RTN stays close to dense on the test beds (the same table) and keeps the
+    Cast form ORT folds at load (GPTQ at 8 bits writes MatMulNBits)."""
     if method != "auto":
         return method
     return "gptq" if bits == 4 and calib is not None else "rtn"
