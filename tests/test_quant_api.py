@@ -370,3 +370,11 @@ def test_recurrent_weights_stay_float_for_tensorrt_with_the_reason(tmp_path: Pat
     reasons = {d["weight"]: d["reason"] for d in result.decisions if d["op_type"] == "LSTM"}
     assert set(reasons) == {"W1", "R1"}
     assert all("op type LSTM not quantizable for --target tensorrt" in r for r in reasons.values())
+    # the change report counts the recurrent layers' MACs (seq * batch * (|W| + |R|) each):
+    # before, it read "0.0% MACs" for them and counted the MatMul head as all the compute
+    assert result.change is not None
+    left = {entry.reason.split(" (")[0]: entry.macs / result.change.macs_total for entry in result.change.left}
+    lstm, gru, rnn = 2 * 128 * (16 + 32), 72 * (64 + 24), 20 * (24 + 20)
+    total = lstm + gru + rnn + 20 * 8
+    assert left["op type LSTM not quantizable for --target tensorrt"] == pytest.approx(lstm / total)
+    assert left["op type GRU not quantizable for --target tensorrt"] == pytest.approx(gru / total)

@@ -61,7 +61,7 @@ def render_decisions(result: Any) -> list[str]:
     stats = result.statistics
     lines.append(
         f"nodes quantized {stats.get('nodes_quantized', 0)} | skipped {stats.get('nodes_skipped', 0)}"
-        f" | MatMul/Gemm/Conv MACs covered {result.mac_coverage:.1%}"
+        f" | weighted-layer MACs covered {result.mac_coverage:.1%}"
     )
     lines.append(f"calibration: {result.calibration}")
     return [*lines, *latency_lines(result)]
@@ -98,7 +98,7 @@ def render_static_decisions(result: Any) -> list[str]:
     lines.append(
         f"nodes quantized {stats.get('nodes_quantized', 0)} | skipped {stats.get('nodes_skipped', 0)}"
         f" | left float {stats.get('nodes_float', 0)} (reasons in --report)"
-        f" | Q/DQ pairs {stats.get('qdq_pairs', 0)} | MatMul/Gemm/Conv MACs covered {result.mac_coverage:.1%}"
+        f" | Q/DQ pairs {stats.get('qdq_pairs', 0)} | weighted-layer MACs covered {result.mac_coverage:.1%}"
     )
     lines.append(
         f"calibration: {result.calibration} | {result.calibration_method} | "

@@ -40,7 +40,7 @@ def render_sparsify(result: Any) -> list[str]:
         )
     skipped = len(result.decisions) - result.rewritten
     lines.append(
-        f"nodes rewritten {result.rewritten} | skipped {skipped} | MatMul/Gemm/Conv MACs covered "
+        f"nodes rewritten {result.rewritten} | skipped {skipped} | weighted-layer MACs covered "
         f"{result.mac_coverage:.1%} | sparsity of rewritten weights {result.sparsity:.1%}"
     )
     lines.append(f"calibration: {result.calibration}")

@@ -1,7 +1,7 @@
 """What a command changed, as shares of the model, and why the rest was left.
 
 Every command reports the share of the model's float weights (params) and of
-its MatMul/Gemm/Conv MACs that it changed, and groups what it left by reason
+its weighted-layer MACs that it changed, and groups what it left by reason
 ("frozen group: ai.onnx::Pad has no rule", "op type Conv not quantizable for
 --target tensorrt", "layer skipped: depthwise"). A command that changed nothing
 says so in one line instead of a silent "MACs 0 -> 0".
@@ -15,13 +15,14 @@ of one of spa's matmul ops (``K * N``); the headline then says "params (stored
 quantized included)". A caller gives,
 per weight name, ``""`` when the command changed it or the reason it did not
 (:func:`change_share`); weights it gives nothing for get ``default_reason``
-with the consuming op type. A MatMul/Gemm/Conv node's MACs follow its weight
-(its second input); a node whose weight is not an initializer is left with the
-reason "weight is not a constant".
+with the consuming op type. A weighted layer's MACs (MatMul/Gemm/Conv, and
+LSTM/GRU/RNN: :func:`spa.stats.coverage.node_macs`) follow its weight (its second
+input; a recurrent layer's R follows W); a node whose weight is not an initializer
+is left with the reason "weight is not a constant".
 
 >>> share = change_share(proto, {"W": "", "W2": "layer skipped: last layer"})  # doctest: +SKIP
 >>> share.lines()[0]  # doctest: +SKIP
-'changed: 71.4% of float params, 88.9% of MatMul/Gemm/Conv MACs'
+'changed: 71.4% of float params, 88.9% of weighted-layer MACs'
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class ChangeShare:
         kind = "params (stored quantized included)" if self.stored_quantized else "float params"
         return (
             f"changed: {self.params_share:.1%} of {kind}, {self.macs_share:.1%} of "
-            "MatMul/Gemm/Conv MACs"
+            "weighted-layer MACs"
         )
 
     def lines(self, command: str, limit: int = 8) -> list[str]:

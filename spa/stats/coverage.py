@@ -1,4 +1,5 @@
-"""Multiply-accumulates of MatMul/Gemm/Conv nodes, from (inferred) shapes.
+"""Multiply-accumulates of the weighted layers (MatMul/Gemm/Conv, LSTM/GRU/RNN), from
+(inferred) shapes.
 
 Symbolic dimensions count as 1, so the numbers are per sample at the smallest
 shape; they are used only as shares (how much of the compute is covered).
@@ -77,10 +78,22 @@ def set_input_shapes(model: onnx.ModelProto, sample_shapes: Mapping[str, Shape])
     del model.graph.value_info[:]
 
 
+#: Recurrent ops counted as weighted layers: W (input 1) and R (input 2) per step.
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
+
 def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
-    """MACs of one MatMul/Gemm/Conv/MatMulNBits (or spa matmul) node (0 when shapes are unknown)."""
+    """MACs of one weighted layer: MatMul/Gemm/Conv/MatMulNBits (or spa matmul), or an
+    LSTM/GRU/RNN (``seq * batch * (prod(W) + prod(R))``); 0 when shapes are unknown."""
     inputs = [shapes.get(name) for name in node.input]
     output = shapes.get(node.output[0]) if node.output else None
+    if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx"):
+        x, w, r = (inputs + [None] * 3)[:3]
+        if not (x and w and r) or len(x) != 3:
+            return 0
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        seq, batch = (x[1], x[0]) if layout else (x[0], x[1])
+        return seq * batch * (math.prod(w) + math.prod(r))
     if node.op_type == "Conv" and output and len(inputs) > 1 and inputs[1]:
         return math.prod(output) * math.prod(inputs[1][1:])
     if node.op_type == "MatMulNBits" or (node.domain == SPA_DOMAIN and node.op_type in SPA_MATMULS):
@@ -103,7 +116,7 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
 
 
 def covered_share(model: onnx.ModelProto, covered: Callable[[onnx.NodeProto], bool]) -> float:
-    """Share of MatMul/Gemm/Conv MACs in the nodes for which ``covered`` is true
+    """Share of weighted-layer MACs in the nodes for which ``covered`` is true
     (a node inside an If/Loop/Scan body counts once, whatever its trip count)."""
     shapes = value_shapes(model)
     total = done = 0
@@ -116,11 +129,11 @@ def covered_share(model: onnx.ModelProto, covered: Callable[[onnx.NodeProto], bo
 
 
 def weight_coverage(model: onnx.ModelProto, weights: Collection[str]) -> float:
-    """Share of MatMul/Gemm/Conv MACs whose weight (second input) is in ``weights``."""
+    """Share of weighted-layer MACs whose weight (second input) is in ``weights``."""
     return covered_share(model, lambda node: len(node.input) > 1 and node.input[1] in weights)
 
 
 def mac_coverage(model: onnx.ModelProto, decisions: Iterable[Any]) -> float:
-    """Share of MatMul/Gemm/Conv MACs whose weight was quantized (by ``decisions``)."""
+    """Share of weighted-layer MACs whose weight was quantized (by ``decisions``)."""
     quantized = {d.weight for d in decisions if getattr(d, "action", "") == "quantized"}
     return weight_coverage(model, quantized)

@@ -2,7 +2,7 @@
 
 Load -> (convert) -> ``quantize-weights`` pass (GPTQ calibrates) -> save -> verify in ORT CPU
 on seeded inputs -> a :class:`QuantizeResult` with every node decision,
-statistics, the share of MatMul/Gemm/Conv MACs covered and model bytes
+statistics, the share of weighted-layer MACs covered and model bytes
 before/after.
 
 Verification has the exactness meaning it has for every spa rewrite: the output

@@ -91,7 +91,7 @@ class StaticQuantizeResult(VerifiedResult):
 
 
 def static_mac_coverage(model: onnx.ModelProto, quantized_nodes: set[str]) -> float:
-    """Share of MatMul/Gemm/Conv MACs in nodes named in ``quantized_nodes``."""
+    """Share of weighted-layer MACs in nodes named in ``quantized_nodes``."""
     return covered_share(model, lambda node: node.name in quantized_nodes)
 
 

@@ -2,7 +2,7 @@
 
 Load -> (convert) -> ``sparsify-2to4`` or ``gqsa`` pass (calibrated when it
 asks) -> save -> verify in ORT CPU on seeded inputs -> a :class:`SparsifyResult`
-with every node decision, the share of MatMul/Gemm/Conv MACs covered, model
+with every node decision, the share of weighted-layer MACs covered, model
 bytes before/after and the actual sparsity of the rewritten weights.
 
 Verification is exactness, as for weight-only quantization
