@@ -378,3 +378,24 @@ def test_recurrent_weights_stay_float_for_tensorrt_with_the_reason(tmp_path: Pat
     total = lstm + gru + rnn + 20 * 8
     assert left["op type LSTM not quantizable for --target tensorrt"] == pytest.approx(lstm / total)
     assert left["op type GRU not quantizable for --target tensorrt"] == pytest.approx(gru / total)
+
+
+@pytest.mark.parametrize("target", ["ort", "onnx"])
+def test_recurrent_weights_stored_quantized_are_counted(tmp_path: Path, target: str) -> None:
+    """The change report over spa's own quantized recurrent model (as `spa optimize
+    --recipe` reads one) follows W and R through their decode ops to the integers: before,
+    each LSTM/GRU/RNN read 'no constant weight' with 99% of the MACs."""
+    import onnx as onnx_module
+
+    from spa.stats.change import change_share
+
+    source, output = tmp_path / "rnn.onnx", tmp_path / "q.onnx"
+    _recurrent_model(source)
+    quantize_model(source, output, bits=8, block=64, target=target, keep_float=(), allow_slower=True)
+    share = change_share(onnx_module.load(str(output)), {}, "op type {op} untouched")
+    left = {entry.reason: entry for entry in share.left}
+    assert share.stored_quantized
+    assert not any(entry.unit == "nodes" for entry in share.left), share.left
+    lstm = left["op type LSTM untouched"]
+    assert lstm.count == 3 and lstm.params == 2 * 128 * 16 + 2 * 128 * 32 + 2 * 256  # W, R, bias
+    assert left["op type GRU untouched"].params == 72 * 64 + 72 * 24

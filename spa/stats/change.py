@@ -40,7 +40,7 @@ from onnx import numpy_helper
 
 from spa.analysis.groups import reason_kind
 from spa.model_io import iter_graph_protos
-from spa.stats.coverage import node_macs, value_shapes
+from spa.stats.coverage import RECURRENT_OPS, node_macs, value_shapes
 from spa.stats.shape_facts import SPA_DOMAIN, SPA_MATMULS, all_nodes
 
 __all__ = [
@@ -160,13 +160,19 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 _DECODE_OPS = frozenset(
     {"DequantizeLinear", "Cast", "Sub", "Mul", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze"}
 )
-_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"})
+_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"}) | RECURRENT_OPS
+
+
+def _weight_inputs(node: onnx.NodeProto) -> list[str]:
+    """The weight inputs of a weighted op: the second; a recurrent layer's R (third) too."""
+    return list(node.input[1 : 3 if node.op_type in RECURRENT_OPS else 2])
 
 
 def _stored_quantized(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
     """The weights stored quantized, by the value a MatMul/Gemm/Conv (or MatMulNBits,
-    spa matmul) reads as its second input: (the integer initializer, its elements as
-    weights). A weighted op's weight is followed up through decode ops (first inputs)
+    spa matmul) reads as its second input, or an LSTM/GRU/RNN as its W or R: (the integer
+    initializer, its elements as weights). A weighted op's weight is followed up through
+    decode ops (first inputs)
     to an integer initializer (its dims: ``DequantizeLinear``, the folded ``Cast`` forms,
     block and Conv reshapes); ``MatMulNBits`` and spa's matmul ops read their packed
     weight directly (``K * N``)."""
@@ -188,11 +194,12 @@ def _stored_quantized(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
             continue
         if node.op_type not in _WEIGHTED or node.domain not in ("", "ai.onnx"):
             continue
-        name, seen = node.input[1], 0
-        while name in producer and producer[name].op_type in _DECODE_OPS and seen < 16:
-            name, seen = producer[name].input[0], seen + 1
-        if seen and name in integers:
-            stored[node.input[1]] = (name, integers[name])
+        for read in _weight_inputs(node):
+            name, seen = read, 0
+            while name in producer and producer[name].op_type in _DECODE_OPS and seen < 16:
+                name, seen = producer[name].input[0], seen + 1
+            if seen and name in integers:
+                stored[read] = (name, integers[name])
     return stored
 
 
@@ -228,12 +235,15 @@ def change_share(
         count = node_macs(node, shapes)
         if not count:
             continue
-        weight = node.input[1] if len(node.input) > 1 else ""
-        if weight not in reasons and weight in stored:
-            weight, elements = stored[weight]
-            if weight not in reasons:
-                params[weight] = elements
-                reasons[weight] = outcomes.get(weight, default_reason.format(op=node.op_type))
+        weights = []  # the MACs follow the first (a recurrent layer's R is a weight of its own)
+        for weight in _weight_inputs(node):
+            if weight not in reasons and weight in stored:
+                weight, elements = stored[weight]
+                if weight not in reasons:
+                    params[weight] = elements
+                    reasons[weight] = outcomes.get(weight, default_reason.format(op=node.op_type))
+            weights.append(weight)
+        weight = weights[0] if weights else ""
         if weight in reasons:
             macs[weight] += count
         else:
