@@ -484,22 +484,21 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
     def conv_layers(self, model: ir.Model) -> list[Candidate]:
         """The Conv layers this pass quantizes where the target and opset allow (control-flow
         bodies included, as :meth:`call` visits them)."""
-        roles = layer_roles(model.graph)
-        found = []
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if op_key(node) == ("", "Conv") and roles.get(id(node), "") not in self.keep_float:
-                candidate, _ = match_conv(node)
-                if candidate is not None:
-                    found.append(candidate)
-        return found
+        return self._layers(model, ("Conv",))
 
     def recurrent_layers(self, model: ir.Model) -> list[Candidate]:
         """The LSTM/GRU/RNN layers whose W and R this pass quantizes where the target and
         opset allow (control-flow bodies included)."""
+        return self._layers(model, RECURRENT)
+
+    def _layers(self, model: ir.Model, op_types: tuple[str, ...]) -> list[Candidate]:
+        """The candidates of ``op_types`` (default domain) whose layer role is not kept float."""
+        roles = layer_roles(model.graph)
         found = []
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.domain in ("", "ai.onnx") and node.op_type in RECURRENT:
-                candidate, _ = match_recurrent(node)
+            key = op_key(node)
+            if key[0] == "" and key[1] in op_types and roles.get(id(node), "") not in self.keep_float:
+                candidate, _ = MATCHERS[key](node)
                 if candidate is not None:
                     found.append(candidate)
         return found
@@ -613,24 +612,27 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
         the Cast form at load: the file shrinks, the float kernels run). Two decisions, one
         per weight; GPTQ is not applied: R reads the hidden state, which no calibration
         run exposes."""
-        node = candidate.node
-        reason = conv_target_reason(model, self.bits, self.target).replace("Conv", node.op_type)
+        node, recurrence = candidate.node, candidate.node.inputs[2]
+        assert recurrence is not None  # match_recurrent checked it
+        reason = conv_target_reason(model, self.bits, self.target, node.op_type)
         if not reason and self.target == "onnx" and default_opset(model) < QDQ_OPSET:
             reason = (  # per gate row is one block of K: block DequantizeLinear at 8 bits too
                 f"model opset {default_opset(model)} < {QDQ_OPSET} (block DequantizeLinear); "
                 "convert the model to opset 21 or use --target ort"
             )
-        inputs = [(1, candidate.weight), (2, node.inputs[2])]
-        self._recurrences.add(node.inputs[2].name or "" if node.inputs[2] is not None else "")
+        inputs = [(1, candidate.weight), (2, recurrence)]
+        self._recurrences.add(recurrence.name or "")
         if reason:
             for _, value in inputs:
-                self._skip(node, reason, value.name or "" if value is not None else "")
+                self._skip(node, reason, value.name or "")
             return 0, 0
         form = "cast" if self.target == "ort" else "dequantize"
         graph = holding_graph(node, model.graph)
+        method = "RTN" if self.method == "rtn" else (
+            "RTN (GPTQ is not applied to recurrent weights: R reads the hidden state),")
         before = after = 0
         for index, value in inputs:
-            assert value is not None and value.const_value is not None
+            assert value.const_value is not None
             array = value.const_value.numpy()
             rows = array.shape[-1]
             blocks = self.bits == 4 and (form == "cast" or rows % self.block == 0)
@@ -641,8 +643,6 @@ class QuantizeWeightsPass(DecidingPass, HessianCalibrated):
             layout = f"blocks of {self.block}" if blocks else "per gate row"
             if self.bits == 4 and not blocks:
                 layout += f" (K = {rows} is not a multiple of block {self.block})"
-            method = "RTN" if self.method == "rtn" else (
-                "RTN (GPTQ is not applied to recurrent weights: R reads the hidden state),")
             name = value.name or ""
             self._decoded[name] = decode
             self._decisions.append(QuantDecision(

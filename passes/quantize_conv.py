@@ -146,10 +146,11 @@ def conv_patch_spec(node: ir.Node) -> ConvPatches | None:
     )  # fmt: skip
 
 
-def conv_target_reason(model: ir.Model, bits: int, target: str) -> str:
-    """Why Conv weights cannot be quantized for ``target`` here ('' when they can)."""
+def conv_target_reason(model: ir.Model, bits: int, target: str, op_type: str = "Conv") -> str:
+    """Why Conv weights (or those of another ``op_type`` written in the Conv forms)
+    cannot be quantized for ``target`` here ('' when they can)."""
     if target == "tensorrt":
-        return "op type Conv not quantizable for --target tensorrt (its weight-only formats cover MatMul/Gemm)"
+        return f"op type {op_type} not quantizable for --target tensorrt (its weight-only formats cover MatMul/Gemm)"
     needed = 21 if bits == 4 else (13 if target == "onnx" else 6)
     opset = default_opset(model)
     if opset < needed:
