@@ -66,6 +66,10 @@ POLICIES: dict[str, dict[str, Any]] = {
         "embedding_rank": 256, "criterion": "obs", "bias_compensation": True,
         "allocation": "sensitivity", "fragile": 1.0,
     },
+    "embedding rank 256 + flap+bias, sensitivity, fragile 1": {
+        "embedding_rank": 256, "criterion": "flap", "bias_compensation": True,
+        "allocation": "sensitivity", "fragile": 1.0,
+    },
 }  # fmt: skip
 
 
