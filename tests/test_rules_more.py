@@ -194,6 +194,31 @@ SIZE_ONE_AXIS_RESHAPE = (  # LeViT's head: [B, 1, C] -> [B, C] -> BatchNorm -> [
     {"flat": np.array([-1, 6]), "back": np.array([-1, 1, 6])},
 )
 
+FRAME_STACKING = (  # Magika / speech subsampling: 4 frames of C channels stacked into 4C
+    f"""{HEADER}
+    g (float[N, 16, 3] x) => (float[N, 4, 2] y) {{
+        a = MatMul (x, w1)
+        b = Add (a, b1)
+        r = Relu (b)
+        s = Reshape (r, stacked)
+        y = MatMul (s, w2)
+    }}""",
+    {"w1": (3, 6), "b1": (6,), "w2": (24, 2)},
+    {"stacked": np.array([-1, 4, 24])},
+)
+
+FRAME_UNSTACKING = (  # the inverse: 4C channels split back into 4 frames of C
+    f"""{HEADER}
+    g (float[N, 4, 3] x) => (float[N, 16, 2] y) {{
+        a = MatMul (x, w1)
+        r = Relu (a)
+        s = Reshape (r, frames)
+        y = MatMul (s, w2)
+    }}""",
+    {"w1": (3, 24), "w2": (6, 2)},
+    {"frames": np.array([-1, 16, 6])},
+)
+
 GROUPED_CONV_TRANSPOSE = (
     f"""{HEADER}
     g (float[N, 4, 3, 3] x) => (float[N, 2, 6, 6] y) {{
@@ -224,6 +249,8 @@ CASES = {
     "size-one-axis-reshape": (SIZE_ONE_AXIS_RESHAPE, "w1", 1, 6),
     "bidirectional-lstm-zero-state": (BIDIRECTIONAL_LSTM_ZERO_STATE, "r", 2, 6),
     "channel-shuffle": (SHUFFLE_BETWEEN_GROUPED_CONVS, "w1", 0, 2),
+    "frame-stacking": (FRAME_STACKING, "w1", 1, 6),
+    "frame-unstacking": (FRAME_UNSTACKING, "w2", 0, 6),
     "grouped-conv-input": (GROUPED_CONV, "w1", 0, 4),
     "grouped-conv-output": (GROUPED_CONV, "w2", 1, 3),
     "depthwise-multiplier": (DEPTHWISE_MULTIPLIER, "w1", 0, 8),
@@ -296,6 +323,47 @@ def test_bidirectional_merge_maps_hidden_units_of_both_directions() -> None:
     assert group is group_with(analysis, "w_out", 0) and group is group_with(analysis, "state", 2)
     by_space = {member.space: member for member in group.members}
     assert by_space[("w_out", 0)].index_map.forward(np.array([1])).tolist() == [1, 7]
+
+
+def test_frame_stacking_maps_each_channel_into_every_frame() -> None:
+    """[N, 16, C] -> [N, 4, 4C]: channel c is feature c + C*k of each of the 4 stacked
+    frames; the inverse split takes feature c of C from every frame's c + C*k."""
+    _, analysis = analysis_of(model_from_text(*FRAME_STACKING[:2], constants=FRAME_STACKING[2]))
+    group = group_with(analysis, "w1", 1)
+    assert group is group_with(analysis, "w2", 0) and group is group_with(analysis, "b1", 0)
+    by_space = {member.space: member for member in group.members}
+    assert by_space[("w2", 0)].index_map.forward(np.array([1])).tolist() == [1, 7, 13, 19]
+    _, analysis = analysis_of(model_from_text(*FRAME_UNSTACKING[:2], constants=FRAME_UNSTACKING[2]))
+    group = group_with(analysis, "w2", 0)
+    assert group is group_with(analysis, "w1", 1)
+    by_space = {member.space: member for member in group.members}
+    assert by_space[("w1", 1)].index_map.forward(np.array([1])).tolist() == [1, 7, 13, 19]
+
+
+def test_shape_slices_count_negative_bounds_from_the_end() -> None:
+    """``Shape <start = -2, end = -1>`` of a rank-4 value is its axis 2 (it was read as
+    axis 3: ``-2 % (rank + 1)``), ``Shape <start = -1>`` its last axis, ``Shape <end = -2>``
+    its first two; bounds past either end are clamped."""
+    import onnx_ir as ir
+
+    from spa.analysis import prepare
+    from spa.analysis.rules.registry import RuleContext
+    from spa.analysis.shape_exprs import CopiedDim, evaluate_target
+
+    text = f"""{HEADER}
+    g (float[N, 2, 5, 4] k) => (int64[1] seq, int64[1] dim, int64[2] lead, int64[4] wide) {{
+        seq = Shape <start = -2, end = -1> (k)
+        dim = Shape <start = -1> (k)
+        lead = Shape <end = -2> (k)
+        wide = Shape <start = -9, end = 9> (k)
+    }}"""
+    model = prepare(ir.serde.deserialize_model(model_from_text(text, {})))
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    context = RuleContext()
+    assert evaluate_target(values["seq"], context) == [CopiedDim("k", 2, 5)]
+    assert evaluate_target(values["dim"], context) == [CopiedDim("k", 3, 4)]
+    assert [e.axis for e in evaluate_target(values["lead"], context)] == [0, 1]
+    assert [e.axis for e in evaluate_target(values["wide"], context)] == [0, 1, 2, 3]
 
 
 def test_torchscript_shape_arithmetic_is_read() -> None:

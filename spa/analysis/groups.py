@@ -163,6 +163,22 @@ class _Collector:
     def freeze_value(self, name: str, reason: str) -> None:
         self.frozen_values.setdefault(name, reason)
 
+    def _size_mismatch(self, coupling: Coupling, values: list[ir.Value]) -> str | None:
+        """Why a rule's map cannot hold: it sizes an axis other than the value's inferred
+        shape does (a rule that misread a computed shape). Such an edge would let the
+        group's index sets run past the axis; it freezes both spaces instead."""
+        known = {name(value): value for value in values}
+        for (value_name, axis), size in (
+            (coupling.source, coupling.index_map.source_size),
+            (coupling.target, coupling.index_map.target_size),
+        ):
+            value = known.get(value_name)
+            shape = None if value is None else self.context.shape(value)
+            if shape is not None and axis < len(shape) and shape[axis] not in (None, size):
+                return (f"maps axis {axis} of '{value_name}' as {size} channels, but its "
+                        f"inferred shape holds {shape[axis]}")
+        return None
+
     def run(self) -> None:
         graph = self.model.graph
         for kind, values in (("input", graph.inputs), ("output", graph.outputs)):
@@ -194,6 +210,8 @@ class _Collector:
                     f"(the analyzer maps at most {AXIS_LIMIT})",
                     spaces=(item.source, item.target),
                 )
+            if isinstance(item, Coupling) and (mismatch := self._size_mismatch(item, values)):
+                item = Barrier(f"{node.op_type} '{node.name}' {mismatch}", spaces=(item.source, item.target))
             if isinstance(item, Coupling):
                 self.couplings.append(item)
                 mentioned.update((item.source, item.target))

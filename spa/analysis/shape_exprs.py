@@ -62,15 +62,13 @@ def _shape_entries(node: ir.Node, context: RuleContext) -> list[Entry] | None:
     if source is None or shape is None:
         return None
     rank = len(shape)
-    start = int(context.attribute(node, "start", 0)) % (rank + 1) if rank else 0
-    end_attr = context.attribute(node, "end")
-    end = (
-        rank
-        if end_attr is None
-        else int(end_attr) % (rank + 1)
-        if int(end_attr) < 0
-        else min(int(end_attr), rank)
-    )
+
+    def bound(attribute: str, default: int) -> int:  # negative: from the end; clamped to [0, rank]
+        value = context.attribute(node, attribute)
+        position = default if value is None else int(value)
+        return min(max(position + rank if position < 0 else position, 0), rank)
+
+    start, end = bound("start", 0), bound("end", rank)
     return [CopiedDim(source.name or "", axis, shape[axis]) for axis in range(start, end)]
 
 

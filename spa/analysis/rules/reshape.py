@@ -13,7 +13,9 @@ Gather along the 3: timm's and Paddle's attention) couples the next factor,
 the heads: head h is ``h*D .. h*D+D-1`` in each of the 3 blocks. Leading
 axes merged with a symbolic batch (``[B, H, S, D] -> [B*H, S, D]``) are left
 free when every use splits them back from the input's own shape further on.
-Other inner axes stay frozen (the analyzer freezes what a rule leaves out). Run-time targets are read by
+Where axes are regrouped on both sides (frames stacked: ``[B, 4T, C] -> [B, T, 4C]``,
+or split back), the last axes couple by a ``Tile`` when one holds whole copies of the
+other. Other inner axes stay frozen (the analyzer freezes what a rule leaves out). Run-time targets are read by
 :mod:`spa.analysis.shape_exprs`.
 """
 
@@ -218,6 +220,8 @@ def reshape_couplings(
                     (name(y), first_out), (name(x), first_in), Block(out_dim, in_dim // out_dim)
                 )
             )
+        else:
+            out += _stacked_frames(x, y, in_shape[ins[-1]], out_shape[outs[-1]], ins, outs)
     mapped = {a for all_ins, _ in segments for a in all_ins}
     merged = [a for a in range(len(in_shape)) if a not in mapped]
     if merged == list(range(len(merged))) and len(merged) > 1 and _restored(y, 0, x, merged, context):
@@ -227,6 +231,28 @@ def reshape_couplings(
         # passes through unchanged, and the restoring Reshape couples it
         out.append(Unconstrained((), spaces=tuple((name(x), a) for a in merged)))
     return out
+
+
+def _stacked_frames(
+    x: ir.Value,
+    y: ir.Value,
+    inner_in: int | None,
+    inner_out: int | None,
+    ins: list[int],
+    outs: list[int],
+) -> Result:
+    """Axes regrouped on both sides (``[B, 16, C] -> [B, 4, 4C]``: frames stacked, as
+    Magika's and speech models' subsampling do; or the inverse split). Where one last
+    axis holds whole copies of the other, element ``c`` of the narrow one is element
+    ``c + narrow*k`` of the wide one for every k: a Tile from the narrow axis. The
+    leading axes of the run stay unmapped (frozen)."""
+    if inner_in is None or inner_out is None:
+        return []
+    if inner_out % inner_in == 0:
+        return [Coupling((name(x), ins[-1]), (name(y), outs[-1]), Tile(inner_in, inner_out // inner_in))]
+    if inner_in % inner_out == 0:
+        return [Coupling((name(y), outs[-1]), (name(x), ins[-1]), Tile(inner_out, inner_in // inner_out))]
+    return []
 
 
 def _restored(
