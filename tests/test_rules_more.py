@@ -219,6 +219,35 @@ FRAME_UNSTACKING = (  # the inverse: 4C channels split back into 4 frames of C
     {"frames": np.array([-1, 16, 6])},
 )
 
+CRNN_VIEW = (  # PyTorch CRNN: conv features viewed as [W, N, C * H] by dims read at run time
+    f"""{HEADER}
+    g (float[N, 3, 4, W] x) => (float[W, N, 5] y) {{
+        a = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+        r = Relu (a)
+        t = Transpose <perm = [3, 0, 1, 2]> (r)
+        shape = Shape (t)
+        d0 = Gather <axis = 0> (shape, zero)
+        d1 = Gather <axis = 0> (shape, one)
+        d2 = Gather <axis = 0> (shape, two)
+        d3 = Gather <axis = 0> (shape, three)
+        merged = Mul (d2, d3)
+        u0 = Unsqueeze (d0, axes)
+        u1 = Unsqueeze (d1, axes)
+        u2 = Unsqueeze (merged, axes)
+        target = Concat <axis = 0> (u0, u1, u2)
+        v = Reshape (t, target)
+        y = MatMul (v, w2)
+    }}""",
+    {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (32, 5)},
+    {
+        "zero": np.array(0),
+        "one": np.array(1),
+        "two": np.array(2),
+        "three": np.array(3),
+        "axes": np.array([0]),
+    },
+)
+
 GROUPED_CONV_TRANSPOSE = (
     f"""{HEADER}
     g (float[N, 4, 3, 3] x) => (float[N, 2, 6, 6] y) {{
@@ -250,6 +279,7 @@ CASES = {
     "bidirectional-lstm-zero-state": (BIDIRECTIONAL_LSTM_ZERO_STATE, "r", 2, 6),
     "channel-shuffle": (SHUFFLE_BETWEEN_GROUPED_CONVS, "w1", 0, 2),
     "frame-stacking": (FRAME_STACKING, "w1", 1, 6),
+    "crnn-view-of-two-dims": (CRNN_VIEW, "w1", 0, 8),
     "frame-unstacking": (FRAME_UNSTACKING, "w2", 0, 6),
     "grouped-conv-input": (GROUPED_CONV, "w1", 0, 4),
     "grouped-conv-output": (GROUPED_CONV, "w2", 1, 3),
@@ -364,6 +394,27 @@ def test_shape_slices_count_negative_bounds_from_the_end() -> None:
     assert evaluate_target(values["dim"], context) == [CopiedDim("k", 3, 4)]
     assert [e.axis for e in evaluate_target(values["lead"], context)] == [0, 1]
     assert [e.axis for e in evaluate_target(values["wide"], context)] == [0, 1, 2, 3]
+
+
+def test_a_channel_count_read_as_data_freezes_its_axis() -> None:
+    """RAFT's correlation divides by sqrt(C), C read by Shape at run time: pruning C
+    would change the divisor, so the Cast that turns the size into data freezes that
+    axis (a readable view of it, which made the group prunable, hid this)."""
+    text = f"""{HEADER}
+    g (float[N, 3, 4, 4] x) => (float[N, 2, 4, 4] y) {{
+        a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        shape = Shape (a)
+        channels = Gather <axis = 0> (shape, one)
+        size = Cast <to = 1> (channels)
+        root = Sqrt (size)
+        b = Conv (a, w2)
+        y = Div (b, root)
+    }}"""
+    model = model_from_text(text, {"w1": (8, 3, 3, 3), "w2": (2, 8, 1, 1)}, constants={"one": np.array(1)})
+    _, analysis = analysis_of(model)
+    group = group_with(analysis, "w1", 0)
+    assert not group.prunable
+    assert any("reads the size of axis 1 of 'a' as data" in r for r in group.frozen_reasons)
 
 
 def test_torchscript_shape_arithmetic_is_read() -> None:

@@ -7,7 +7,9 @@ entries: a literal ``int`` (from constants), or :class:`CopiedDim` (dimension
 the entries into output dims, solving a ``-1`` from the input's size.
 
 A little arithmetic is read too, as TorchScript writes it: a dim times a
-literal (``Mul``: GQA's ``kv_heads * n_rep``), and the ``expand`` idiom
+literal (``Mul``: GQA's ``kv_heads * n_rep``) or times another dim of known size
+(``x.view(t, b, c * h)``: the first dim times the second's size; two symbolic
+dims multiply into a :class:`ComputedDim`), and the ``expand`` idiom
 ``Where(Equal(t, ConstantOfShape(..) * -1), ConstantOfShape(..), t)``, entry by
 entry where the comparison is decidable (a copied dim is never negative).
 A sum or difference of dims (a KV cache's ``past + seq``) is read as a
@@ -27,7 +29,7 @@ import onnx_ir as ir
 
 from spa.analysis.rules.registry import RuleContext
 
-__all__ = ["ComputedDim", "CopiedDim", "Entry", "evaluate_target", "resolve_target"]
+__all__ = ["ComputedDim", "CopiedDim", "Entry", "evaluate_target", "resolve_target", "sizes_read"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,16 @@ def _times(a: Entry, b: Entry) -> Entry | None:
         return dataclasses.replace(a, factor=a.factor * b)
     if isinstance(b, CopiedDim) and isinstance(a, int):
         return dataclasses.replace(b, factor=b.factor * a)
+    if isinstance(a, CopiedDim) and isinstance(b, CopiedDim):
+        # two dims merged (PyTorch's ``x.view(t, b, c * h)``): with the second one's
+        # size known, the first dim times it; else a run-time size
+        if b.product is not None:
+            return dataclasses.replace(a, factor=a.factor * b.product)
+        if a.product is not None:
+            return dataclasses.replace(b, factor=b.factor * a.product)
+        return ComputedDim(nonnegative=_nonnegative(a) and _nonnegative(b))
+    if isinstance(a, CopiedDim | ComputedDim) and isinstance(b, CopiedDim | ComputedDim):
+        return ComputedDim(nonnegative=_nonnegative(a) and _nonnegative(b))
     return None
 
 
@@ -275,3 +287,36 @@ def resolve_target(
         return None
     dims[infer_at] = total // divisor
     return dims
+
+
+#: Ops a shape chain computes with (on rank <= 1 integer values): :func:`sizes_read`
+#: looks through them.
+_CHAIN_OPS = frozenset({
+    "Abs", "Add", "Cast", "Ceil", "Concat", "Div", "Equal", "Floor", "Gather", "Identity", "Max",
+    "Min", "Mod", "Mul", "Neg", "Pow", "Reciprocal", "ReduceProd", "ReduceSum", "Reshape", "Slice",
+    "Sqrt", "Squeeze", "Sub", "Unsqueeze", "Where",
+})  # fmt: skip
+
+
+def sizes_read(value: ir.Value | None, context: RuleContext, depth: int = 0) -> set[tuple[str, int]]:
+    """The dims (value name, axis) whose sizes ``value``, a shape chain (rank <= 1),
+    is computed from through ``Shape``/``Size`` reads: exactly where the chain can be
+    read (:func:`evaluate_target`), else every dim each ``Shape`` it reaches reads."""
+    if value is None or depth > _MAX_DEPTH:
+        return set()
+    shape = context.shape(value)
+    node = value.producer()
+    if shape is None or len(shape) > 1 or node is None or node.domain != "":
+        return set()  # an activation, a constant or a graph input: no shape read
+    if node.op_type == "Size":
+        source = node.inputs[0]
+        rank = None if source is None else context.shape(source)
+        return set() if source is None or rank is None else {(source.name or "", a) for a in range(len(rank))}
+    entries = evaluate_target(value, context)
+    if entries is not None and not any(isinstance(e, ComputedDim) for e in entries):
+        return {(e.value, e.axis) for e in entries if isinstance(e, CopiedDim)}
+    if node.op_type == "Shape":
+        return {(e.value, e.axis) for e in _shape_entries(node, context) or [] if isinstance(e, CopiedDim)}
+    if node.op_type not in _CHAIN_OPS:
+        return set()
+    return {read for v in node.inputs for read in sizes_read(v, context, depth + 1)}

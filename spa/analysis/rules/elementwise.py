@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity
 from spa.analysis.rules.registry import Barrier, Coupling, RuleContext, name, register_rule
+from spa.analysis.shape_exprs import sizes_read
 
 __all__ = ["broadcast_couplings", "unary_couplings"]
 
@@ -63,6 +64,8 @@ UNARY = (
     "Tanh",
     "ThresholdedRelu",
 )
+#: ONNX float element types (FLOAT, FLOAT16, DOUBLE, BFLOAT16, the FLOAT8 kinds).
+_FLOAT_TYPES = frozenset({1, 10, 11, 16, 17, 18, 19, 20})
 NARY = (
     "Add",
     "And",
@@ -136,6 +139,12 @@ def _unary(node: ir.Node, context: RuleContext) -> list[Coupling | Barrier]:
     if source is None:
         return [Barrier(f"{node.op_type} '{node.name}' has no input")]
     couplings = unary_couplings(source, target, context)
+    if node.op_type == "Cast" and int(context.attribute(node, "to", 0)) in _FLOAT_TYPES:
+        # a size turned into data (RAFT's and TorchScript attention's 1 / sqrt(C) from
+        # Shape): pruning that axis would change the value, so it stays whole
+        for value_name, axis in sorted(sizes_read(source, context)):
+            reason = f"Cast '{node.name}' reads the size of axis {axis} of '{value_name}' as data"
+            couplings.append(Barrier(reason, spaces=((value_name, axis),)))
     # Dropout's optional mask output follows its input too.
     if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses():
         couplings += unary_couplings(source, node.outputs[1], context)
