@@ -177,6 +177,7 @@ def test_search_through_the_cli_respects_budget_and_never_slower(
     assert names[0] == "cleanup" and "int8-dynamic" in names and "prune 12.5%" in names
     _check_decisions(search)
     assert search["quality_measure"].startswith("1 - top-1 agreement")
+    assert search["resolution_note"] is None and "note: top-1" not in result.output  # 128 rows: 0.78%
     chosen = next((row for row in search["candidates"] if row["name"] == search["chosen"]), None)
     if chosen is None:  # nothing won: the output is the input, byte for byte
         assert out.read_bytes() == mlp.read_bytes()
@@ -189,6 +190,20 @@ def test_search_through_the_cli_respects_budget_and_never_slower(
         expected = create_session(mlp).run(None, {"X": x})[0]
         actual = create_session(out).run(None, {"X": x})[0]
         assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
+
+
+def test_a_budget_finer_than_one_held_out_row_says_so(
+    run_cli, mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    """4 held-out samples of 32 rows: one changed prediction is 0.78% of the top-1
+    agreement, coarser than a 0.5% budget; the search says so and how to fix it."""
+    report = tmp_path / "report.json"
+    result = run_cli("optimize", mlp, "-o", tmp_path / "o.onnx", "--calib", calib, "--max-drop",
+                     "0.5%", "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    note = json.loads(report.read_text())["search"]["resolution_note"]
+    assert note.startswith("top-1 agreement of 'Y' is counted on 128 held-out rows: one changed prediction is 0.78%")
+    assert f"note: {note}" in result.output and "--eval" in note
 
 
 def test_tensorrt_target_ranks_trt_formats_by_the_cost_model(

@@ -284,4 +284,6 @@ def _search(
         executor.close()
     click.echo(render_candidates(result.candidates, result.report["search"]["input_macs"]))
     click.echo(f"quality: {result.report['search']['quality_measure']}")
+    if result.report["search"]["resolution_note"]:
+        click.echo(f"note: {result.report['search']['resolution_note']}")
     click.echo(result.verdict_line)

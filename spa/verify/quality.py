@@ -60,6 +60,9 @@ class OutputAgreement:
     #: outputs without class scores), else None.
     feature_cosine: float | None = None
     feature_axis: int | None = None
+    #: How many rows (samples, or positions of a sequence) the top-1 agreement
+    #: counts: one changed prediction moves it by 1 / top1_rows.
+    top1_rows: int | None = None
 
     @property
     def agreement(self) -> float:
@@ -207,7 +210,8 @@ class _Accumulator:
         feature = None
         if self.feature is not None:
             feature = float(np.mean([_cosine(*column) for column in self.feature.T]))
-        return OutputAgreement(name, cosine, float(relative), top1, feature, self.axis)
+        rows = self.rows if top1 is not None else None
+        return OutputAgreement(name, cosine, float(relative), top1, feature, self.axis, rows)
 
 
 def _cosine(dot: float, norm_a: float, norm_b: float) -> float:
