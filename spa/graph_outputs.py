@@ -149,11 +149,14 @@ def _product_width(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) 
 
 def declared_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
     """A value's declared shape: an int per fixed dim, None per symbolic or
-    unknown one; None where it declares no shape."""
+    unknown one (a negative value, Paddle's -1, included); None where it declares
+    no shape."""
     tensor = value.type.tensor_type
     if not tensor.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor.shape.dim
+    )
 
 
 def declared_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...] | None]:

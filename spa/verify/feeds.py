@@ -64,9 +64,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         dims: list[int | str] = []
         for position, dim in enumerate(tensor_type.shape.dim):
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
                 dims.append(int(dim.dim_value))
-            else:
+            else:  # a name, nothing, or a negative value (Paddle's exporter writes -1)
                 dims.append(dim.dim_param or f"{value.name}:{position}")
         int_range = (0, vocab[value.name]) if value.name in vocab else None
         specs.append(InputSpec(value.name, np.dtype(dtype), tuple(dims), int_range))
