@@ -163,11 +163,11 @@ class _Collector:
     def freeze_value(self, name: str, reason: str) -> None:
         self.frozen_values.setdefault(name, reason)
 
-    def _size_mismatch(self, coupling: Coupling, values: list[ir.Value]) -> str | None:
-        """Why a rule's map cannot hold: it sizes an axis other than the value's inferred
-        shape does (a rule that misread a computed shape). Such an edge would let the
-        group's index sets run past the axis; it freezes both spaces instead."""
-        known = {name(value): value for value in values}
+    def _size_mismatch(self, coupling: Coupling, known: dict[str, ir.Value]) -> str | None:
+        """Why a rule's map cannot hold: it sizes an axis other than the inferred shape of
+        the value (``known``: the node's values by name) does (a rule that misread a
+        computed shape). Such an edge would let the group's index sets run past the axis;
+        it freezes both spaces instead."""
         for (value_name, axis), size in (
             (coupling.source, coupling.index_map.source_size),
             (coupling.target, coupling.index_map.target_size),
@@ -202,6 +202,7 @@ class _Collector:
             return
         mentioned: set[Space] = set()
         unconstrained: set[str] = set()
+        known = {name(value): value for value in values}
         for item in rule(node, self.context):
             if isinstance(item, Coupling) and _too_long(item):
                 item = Barrier(
@@ -210,7 +211,7 @@ class _Collector:
                     f"(the analyzer maps at most {AXIS_LIMIT})",
                     spaces=(item.source, item.target),
                 )
-            if isinstance(item, Coupling) and (mismatch := self._size_mismatch(item, values)):
+            if isinstance(item, Coupling) and (mismatch := self._size_mismatch(item, known)):
                 item = Barrier(f"{node.op_type} '{node.name}' {mismatch}", spaces=(item.source, item.target))
             if isinstance(item, Coupling):
                 self.couplings.append(item)

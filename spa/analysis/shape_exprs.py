@@ -301,7 +301,8 @@ _CHAIN_OPS = frozenset({
 def sizes_read(value: ir.Value | None, context: RuleContext, depth: int = 0) -> set[tuple[str, int]]:
     """The dims (value name, axis) whose sizes ``value``, a shape chain (rank <= 1),
     is computed from through ``Shape``/``Size`` reads: exactly where the chain can be
-    read (:func:`evaluate_target`), else every dim each ``Shape`` it reaches reads."""
+    read (:func:`evaluate_target`), else the union over the inputs of the chain op
+    that computes it (``Sqrt``, ``Pow``: sizes no target holds), down to the reads."""
     if value is None or depth > _MAX_DEPTH:
         return set()
     shape = context.shape(value)
@@ -315,8 +316,6 @@ def sizes_read(value: ir.Value | None, context: RuleContext, depth: int = 0) -> 
     entries = evaluate_target(value, context)
     if entries is not None and not any(isinstance(e, ComputedDim) for e in entries):
         return {(e.value, e.axis) for e in entries if isinstance(e, CopiedDim)}
-    if node.op_type == "Shape":
-        return {(e.value, e.axis) for e in _shape_entries(node, context) or [] if isinstance(e, CopiedDim)}
     if node.op_type not in _CHAIN_OPS:
         return set()
     return {read for v in node.inputs for read in sizes_read(v, context, depth + 1)}
