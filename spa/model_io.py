@@ -33,6 +33,7 @@ from spa.model_check import check_model_proto
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD_BYTES",
+    "FLOAT_TYPES",
     "copy_model",
     "external_data_files",
     "iter_graph_protos",
@@ -54,6 +55,11 @@ logger = logging.getLogger(__name__)
 #: Models whose initializers add up to more than this are saved with their
 #: weights in a ``<name>.data`` file next to the model (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+#: The ONNX element types of float weights and values (what counts as a float param).
+FLOAT_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
+})  # fmt: skip
 
 
 def copy_model(model: ir.Model) -> ir.Model:

@@ -38,6 +38,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from spa.model_io import FLOAT_TYPES
+
 __all__ = [
     "LIGHT_MIN_ELEMENTS",
     "PLACEHOLDER",
@@ -56,12 +58,6 @@ __all__ = [
 LIGHT_MIN_ELEMENTS = 64
 PLACEHOLDER = "spa-light-placeholder"
 _COMPRESS_RATIO = 16
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
-}
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -100,7 +96,7 @@ def make_light(model: onnx.ModelProto) -> onnx.ModelProto:
     light = onnx.ModelProto()
     light.CopyFrom(model)
     for tensor in _tensors(light.graph):
-        if tensor.data_type not in _FLOAT_TYPES:
+        if tensor.data_type not in FLOAT_TYPES:
             continue
         if int(np.prod(tensor.dims, dtype=np.int64)) <= LIGHT_MIN_ELEMENTS:
             continue

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from spa.model_io import FLOAT_TYPES
 from spa.progress import track
 from spa.quant.gptq import upper_cholesky_of_inverse
 
@@ -143,10 +144,6 @@ class SparseWeightInfo:
         return data
 
 
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
-}  # fmt: skip
 
 
 def _reduction_axis(node: onnx.NodeProto, rank: int) -> int | None:
@@ -174,7 +171,7 @@ def sparse_weight_report(
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
             continue
         tensor = initializers.get(node.input[1]) if len(node.input) > 1 else None
-        if tensor is None or tensor.data_type not in _FLOAT_TYPES:
+        if tensor is None or tensor.data_type not in FLOAT_TYPES:
             continue
         axis = _reduction_axis(node, len(tensor.dims))
         if axis is None:

@@ -39,7 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from spa.analysis.groups import reason_kind
-from spa.model_io import iter_graph_protos
+from spa.model_io import FLOAT_TYPES, iter_graph_protos
 from spa.stats.coverage import RECURRENT_OPS, node_macs, value_shapes
 from spa.stats.shape_facts import SPA_DOMAIN, SPA_MATMULS, all_nodes
 
@@ -53,12 +53,6 @@ __all__ = [
     "rewritten_weights",
 ]
 
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
-}
 _NOT_CONSTANT = "no constant weight (a product of two activations, or a computed weight)"
 #: Why the other constant inputs (bias, C) of a rewritten layer stay as they were.
 BIAS_REASON = "bias or other constant input of a changed layer, kept in float"
@@ -179,7 +173,7 @@ def _stored_quantized(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
     integers = {
         t.name: math.prod(int(d) for d in t.dims)
         for body in iter_graph_protos(model.graph) for t in body.initializer
-        if t.data_type not in _FLOAT_TYPES
+        if t.data_type not in FLOAT_TYPES
     }  # fmt: skip
     nodes = list(all_nodes(model))
     producer = {name: node for node in nodes for name in node.output if name}
@@ -219,7 +213,7 @@ def change_share(
     reasons: dict[str, str] = {}
     params: dict[str, int] = {}
     for tensor in (t for body in iter_graph_protos(graph) for t in body.initializer):
-        if tensor.data_type not in _FLOAT_TYPES:
+        if tensor.data_type not in FLOAT_TYPES:
             continue
         params[tensor.name] = math.prod(int(d) for d in tensor.dims)
         if tensor.name in outcomes:
@@ -356,7 +350,7 @@ def rewritten_weights(
     stored = {name for name, _ in _stored_quantized(before).values()}
     outcomes: dict[str, str] = {}
     for tensor in before.graph.initializer:
-        if tensor.data_type not in _FLOAT_TYPES and tensor.name not in stored:
+        if tensor.data_type not in FLOAT_TYPES and tensor.name not in stored:
             continue
         other = kept.get(tensor.name)
         same = (

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import onnx
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity
 from spa.analysis.rules.registry import Barrier, Coupling, RuleContext, name, register_rule
 from spa.analysis.shape_exprs import sizes_read
+from spa.model_io import FLOAT_TYPES
 
 __all__ = ["broadcast_couplings", "unary_couplings"]
 
@@ -64,8 +66,11 @@ UNARY = (
     "Tanh",
     "ThresholdedRelu",
 )
-#: ONNX float element types (FLOAT, FLOAT16, DOUBLE, BFLOAT16, the FLOAT8 kinds).
-_FLOAT_TYPES = frozenset({1, 10, 11, 16, 17, 18, 19, 20})
+#: What a Cast turns a size into when it becomes data: the float types and the FLOAT8 kinds.
+_CAST_TO_FLOAT = FLOAT_TYPES | {
+    onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ,
+}  # fmt: skip
 NARY = (
     "Add",
     "And",
@@ -139,7 +144,7 @@ def _unary(node: ir.Node, context: RuleContext) -> list[Coupling | Barrier]:
     if source is None:
         return [Barrier(f"{node.op_type} '{node.name}' has no input")]
     couplings = unary_couplings(source, target, context)
-    if node.op_type == "Cast" and int(context.attribute(node, "to", 0)) in _FLOAT_TYPES:
+    if node.op_type == "Cast" and int(context.attribute(node, "to", 0)) in _CAST_TO_FLOAT:
         # a size turned into data (RAFT's and TorchScript attention's 1 / sqrt(C) from
         # Shape): pruning that axis would change the value, so it stays whole
         for value_name, axis in sorted(sizes_read(source, context)):
