@@ -14,11 +14,9 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx.reference import ReferenceEvaluator
 
-from spa.constants import RANDOM_OPS, constant_array
+from spa.constants import RANDOM_OPS, constant_array, evaluate_node
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 
 __all__ = ["RANDOM_OPS", "FoldConstantsPass", "evaluate_node"]
@@ -31,30 +29,6 @@ logger = logging.getLogger(__name__)
 SELECTION_OPS = frozenset({"Gather", "Slice"})
 
 Dims = list[int | None]
-
-
-def evaluate_node(
-    node: ir.Node, arrays: list[np.ndarray | None], opset: int
-) -> list[np.ndarray] | None:
-    """Run one standard-domain node with ONNX's reference evaluator.
-
-    ``arrays`` holds one array per input (None for a missing optional input).
-    Returns None when the evaluator fails or produces anything but tensors.
-    """
-    names = [f"in{i}" if array is not None else "" for i, array in enumerate(arrays)]
-    proto = onnx.helper.make_node(
-        node.op_type, names, [f"out{i}" for i in range(len(node.outputs))]
-    )
-    proto.attribute.extend(ir.serde.serialize_attribute(a) for a in node.attributes.values())
-    feeds = {name: array for name, array in zip(names, arrays, strict=True) if array is not None}
-    try:
-        results = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
-    except Exception as error:  # the evaluator raises many types; folding is optional
-        logger.debug("not folding %s '%s': %s", node.op_type, node.name, error)
-        return None
-    if not all(isinstance(r, np.ndarray | np.generic) for r in results):
-        return None  # sequences, optionals, maps stay as nodes
-    return [np.asarray(r) for r in results]
 
 
 def _constant_size(value: ir.Value) -> int | None:

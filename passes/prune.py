@@ -74,11 +74,15 @@ logger = logging.getLogger(__name__)
 Resized = dict[tuple[str, int], tuple[int, int]]  # activation space -> (old, new) size
 
 
+Kept = dict[tuple[str, int], np.ndarray]  # activation space -> kept indices
+
+
 def _parameter_slices(
     model: ir.Model, analysis: Analysis, plan: Plan
-) -> tuple[dict[str, list[tuple[int, np.ndarray]]], Resized]:
+) -> tuple[dict[str, list[tuple[int, np.ndarray]]], Resized, Kept]:
     parameters: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     resized: Resized = {}
+    kept_activations: Kept = {}
     by_id = {group.id: group for group in analysis.groups}
     old_sizes = {m.space: m.index_map.target_size for g in plan.kept for m in by_id[g].members}
     for (name, axis), kept in member_indices(analysis, plan).items():
@@ -86,7 +90,8 @@ def _parameter_slices(
             parameters[name].append((axis, kept))
         else:
             resized[(name, axis)] = (old_sizes[(name, axis)], len(kept))
-    return parameters, resized
+            kept_activations[(name, axis)] = kept
+    return parameters, resized, kept_activations
 
 
 def _slice_lazily(value: ir.Value, slices: list[tuple[int, np.ndarray]]) -> None:
@@ -272,16 +277,16 @@ def _fix_split_sizes(model: ir.Model, resized: Resized) -> int:
     return rewritten
 
 
-def _fix_slice_windows(model: ir.Model, resized: Resized) -> int:
-    """Constant bounds of a Slice window at one end of a pruned axis follow the new
-    sizes: a window from 0 ends at its new size; one running to the end starts at
-    the input's new size minus its own (the analyzer couples no other window)."""
+def _fix_slice_windows(model: ir.Model, kept: Kept) -> int:
+    """Constant bounds of a Slice window on a pruned axis follow the kept channels:
+    the window starts after the kept channels before it and holds its own kept ones
+    (an end that ran past the axis still does; a negative bound stays one)."""
     context = RuleContext()
     rewritten = 0
     for node in list(model.graph):
         if node.op_type != "Slice" or node.domain:
             continue
-        x, y = node.inputs[0], node.outputs[0]
+        x = node.inputs[0]
         shape = context.shape(x)  # still the sizes before pruning
         bounds = slice_bounds(node, context)
         if x is None or shape is None or bounds is None:
@@ -289,16 +294,17 @@ def _fix_slice_windows(model: ir.Model, resized: Resized) -> int:
         windows = slice_windows(node, context, shape)
         starts = np.array([start for _, start, _, _ in bounds], dtype=np.int64)
         ends = np.array([end for _, _, end, _ in bounds], dtype=np.int64)
-        for position, (axis, start, _, _) in enumerate(bounds):
+        for position, (axis, start, end, _) in enumerate(bounds):
             axis %= len(shape)
-            sizes_in, sizes_out = resized.get((x.name or "", axis)), resized.get((y.name or "", axis))
-            if axis not in windows or sizes_in is None or sizes_out is None:
+            kept_in = kept.get((x.name or "", axis))
+            dim = shape[axis]
+            if axis not in windows or kept_in is None or dim is None:
                 continue
-            new_in, new_out = sizes_in[1], sizes_out[1]
-            if windows[axis][0] == 0:
-                ends[position] = new_out
-            else:  # runs to the end
-                starts[position] = -new_out if start < 0 else new_in - new_out
+            first, stop = windows[axis]
+            new_first, new_stop = (int(np.count_nonzero(kept_in < bound)) for bound in (first, stop))
+            starts[position] = new_first - len(kept_in) if start < 0 else new_first
+            if end < dim:  # an end at or past the axis still clamps to it
+                ends[position] = new_stop - len(kept_in) if end < 0 else new_stop
         if not np.array_equal(starts, [b[1] for b in bounds]):
             _constant_input(model, node, 1, starts)
             rewritten += 1
@@ -349,14 +355,14 @@ def _clear_inferred_shapes(model: ir.Model) -> None:
 
 def apply_plan(model: ir.Model, analysis: Analysis, plan: Plan) -> dict[str, int | float]:
     """Slice ``model`` in place by ``plan``; return statistics."""
-    parameters, resized = _parameter_slices(model, analysis, plan)
+    parameters, resized, kept = _parameter_slices(model, analysis, plan)
     params_before = sum(
         v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
     )
     for name, slices in parameters.items():
         _slice_lazily(model.graph.initializers[name], slices)
     shape_targets = _fix_shape_targets(model, resized) + _fix_computed_targets(model, resized)
-    splits = _fix_split_sizes(model, resized) + _fix_slice_windows(model, resized)
+    splits = _fix_split_sizes(model, resized) + _fix_slice_windows(model, kept)
     heads = _fix_heads_attributes(model, resized)
     io_changed = _resize_graph_io(model, resized)
     _clear_inferred_shapes(model)

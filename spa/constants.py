@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
-import onnx_ir as ir
+import logging
 
-__all__ = ["RANDOM_OPS", "constant_array", "flushed_subnormals", "subnormal_count"]
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+
+__all__ = ["RANDOM_OPS", "constant_array", "evaluate_node", "flushed_subnormals", "subnormal_count"]
+
+logger = logging.getLogger(__name__)
 
 #: Ops whose output is random even on constant inputs: folding would freeze one draw.
 RANDOM_OPS = frozenset(
@@ -72,3 +78,27 @@ def flushed_subnormals(tensor: ir.TensorProtocol) -> ir.Tensor:
         chunk = flat[start : start + _CHUNK]
         chunk[((chunk & exponent) == 0) & ((chunk & mantissa) != 0)] &= sign
     return ir.Tensor(array, dtype=tensor.dtype, name=tensor.name)
+
+
+def evaluate_node(
+    node: ir.Node, arrays: list[np.ndarray | None], opset: int
+) -> list[np.ndarray] | None:
+    """Run one standard-domain node with ONNX's reference evaluator.
+
+    ``arrays`` holds one array per input (None for a missing optional input).
+    Returns None when the evaluator fails or produces anything but tensors.
+    """
+    names = [f"in{i}" if array is not None else "" for i, array in enumerate(arrays)]
+    proto = onnx.helper.make_node(
+        node.op_type, names, [f"out{i}" for i in range(len(node.outputs))]
+    )
+    proto.attribute.extend(ir.serde.serialize_attribute(a) for a in node.attributes.values())
+    feeds = {name: array for name, array in zip(names, arrays, strict=True) if array is not None}
+    try:
+        results = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
+    except Exception as error:  # the evaluator raises many types; folding is optional
+        logger.debug("not folding %s '%s': %s", node.op_type, node.name, error)
+        return None
+    if not all(isinstance(r, np.ndarray | np.generic) for r in results):
+        return None  # sequences, optionals, maps stay as nodes
+    return [np.asarray(r) for r in results]

@@ -20,6 +20,7 @@ __all__ = [
     "Group",
     "Member",
     "analyze",
+    "fold_weight_chains",
     "model_fingerprint",
     "prepare",
     "unshare_initializers",
@@ -45,6 +46,7 @@ def prepare(model: ir.Model) -> ir.Model:
     from spa.ir_shapes import infer_shapes
 
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    fold_weight_chains(model)
     unshare_initializers(model)
     if not infer_shapes(model, strict_mode=True):
         infer_shapes(model, strict_mode=False)
@@ -65,6 +67,109 @@ def prepare(model: ir.Model) -> ir.Model:
 #: pipeline converted by skl2onnx (a Scaler first) left every later shape unknown
 #: and its MLP without one prunable group.
 _ML_SAME_SHAPE = {"Scaler": "FLOAT", "Normalizer": "FLOAT", "Binarizer": None, "Imputer": None}
+
+
+#: Ops a weight is stored through: folding them would change what the file
+#: stores (FP16 weights cast up, INT8 weights dequantised), so they stay.
+_STORAGE_OPS = frozenset(
+    {"Cast", "CastLike", "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"}
+)
+#: Ops that only move a tensor's entries: they fold only behind a folded node (a
+#: shared weight behind Identity or Transpose would otherwise be stored twice).
+_LAYOUT_OPS = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
+    """Float tensors computed from constants alone become initializers, in place:
+    weight standardisation (BiT's and NFNet's convolutions standardise their
+    weights in the graph: ReduceMean, BatchNormalization in training mode) and
+    weight normalisation (``g * v / ||v||``) left every such layer frozen, the
+    reductions mixing the channels the analyzer would cut.
+
+    A node folds when every input is an initializer, every output is a float
+    tensor no larger than its inputs together, and it is no storage op
+    (:data:`_STORAGE_OPS`), no random op, no graph output and holds no subgraph;
+    a layout op (:data:`_LAYOUT_OPS`) folds only behind a folded node, or where it is
+    an Identity of a small constant (any type: a shared Reshape target) or one whose
+    uses compute on constants alone. Evaluated by
+    ONNX's reference evaluator (ONNX Runtime folds the same nodes when it loads
+    the model). Returns the number of nodes folded."""
+    computed: set[str] = set()
+    folded, before = 0, -1
+    while folded != before:  # an alias folds once the chain it feeds is constant
+        before = folded
+        folded += _fold_once(model, computed, max_elements)
+    return folded
+
+
+def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
+    """One walk of :func:`fold_weight_chains`; the number of nodes folded."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from spa.constants import RANDOM_OPS, evaluate_node
+    from spa.model_io import FLOAT_TYPES
+
+    opset = model.graph.opset_imports.get("", 17)
+    folded = 0
+    for node in list(model.graph):
+        if node.domain or node.op_type in RANDOM_OPS or node.op_type in _STORAGE_OPS:
+            continue
+        if node.op_type in ("Constant", "Shape", "Size") or any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()
+        ):
+            continue
+        inputs = [v for v in node.inputs if v is not None]
+        if not inputs or any(v.const_value is None or v.is_graph_input() for v in inputs):
+            continue
+        small_alias = node.op_type == "Identity" and inputs[0].const_value is not None and inputs[0].const_value.size <= 64
+        if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or _feeds_computation(node)):
+            continue
+        if any(v.is_graph_output() for v in node.outputs):
+            continue
+        budget = sum(v.const_value.size for v in inputs if v.const_value is not None)
+        if budget > max_elements:
+            continue
+        arrays = [v.const_value.numpy() if v is not None and v.const_value is not None else None
+                  for v in node.inputs]  # fmt: skip
+        results = evaluate_node(node, arrays, opset)
+        if results is None or sum(r.size for r in results) > budget:
+            continue
+        types = [ir.DataType.from_numpy(r.dtype) for r in results]
+        if any((t not in FLOAT_TYPES and not small_alias) or v.dtype not in (None, t)
+               for t, v in zip(types, node.outputs, strict=True)):  # fmt: skip
+            continue
+        for value, array in zip(node.outputs, results, strict=True):
+            tensor = ir.Tensor(np.ascontiguousarray(array), name=value.name)
+            constant = ir.Value(name=value.name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
+                                const_value=tensor)  # fmt: skip
+            value.name = f"{value.name}__computed"
+            model.graph.register_initializer(constant)
+            value.replace_all_uses_with(constant)
+            computed.add(constant.name or "")
+        model.graph.remove(node, safe=True)
+        folded += 1
+    return folded
+
+
+def _feeds_computation(node: ir.Node) -> bool:
+    """Is ``node`` an Identity of a constant (TorchScript's alias of a deduplicated
+    initializer, such as a shared gain of ones) whose every use is a computation on
+    constants alone: part of a weight's chain, so it folds with it."""
+    if node.op_type != "Identity" or not node.outputs[0].uses():
+        return False
+    for use in node.outputs[0].uses():
+        consumer = use.node
+        if consumer.domain or consumer.op_type in _LAYOUT_OPS or consumer.op_type in _STORAGE_OPS:
+            return False
+        for value in consumer.inputs:
+            producer = None if value is None else value.producer()
+            aliased = producer is not None and producer.op_type == "Identity" and producer.inputs[0] is not None
+            source = producer.inputs[0] if aliased and producer is not None else value
+            if source is not None and source.const_value is None:
+                return False
+    return True
 
 
 def _infer_ml_elementwise(model: ir.Model) -> bool:

@@ -17,6 +17,11 @@ A sum or difference of dims (a KV cache's ``past + seq``) is read as a
 reads it back from the original one).
 
 Other chains are not read: the caller freezes them.
+
+:func:`evaluate_ints` computes a small integer chain for given sizes instead
+(``Shape`` reads of chosen dims replaced by numbers), so that a rule can ask
+how a computed bound moves when a dim is pruned: ``torch.chunk`` exported by
+TorchScript slices at ``((dim + 1) / 2) * i``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from spa.analysis.rules.registry import RuleContext
 
-__all__ = ["ComputedDim", "CopiedDim", "Entry", "evaluate_target", "resolve_target", "sizes_read"]
+__all__ = [
+    "ComputedDim",
+    "CopiedDim",
+    "Entry",
+    "evaluate_ints",
+    "evaluate_target",
+    "resolve_target",
+    "sizes_read",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,3 +333,73 @@ def sizes_read(value: ir.Value | None, context: RuleContext, depth: int = 0) -> 
     if node.op_type not in _CHAIN_OPS:
         return set()
     return {read for v in node.inputs for read in sizes_read(v, context, depth + 1)}
+
+
+_INT_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Max": np.maximum,
+    "Min": np.minimum,
+    # ONNX's integer Div truncates toward zero
+    "Div": lambda a, b: np.sign(a) * np.sign(b) * (np.abs(a) // np.maximum(np.abs(b), 1)),
+}
+_INT_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.INT16, ir.DataType.INT8,
+                        ir.DataType.UINT64, ir.DataType.UINT32, ir.DataType.UINT16, ir.DataType.UINT8})  # fmt: skip
+
+
+def evaluate_ints(
+    value: ir.Value | None,
+    context: RuleContext,
+    sizes: dict[tuple[str, int], int],
+    depth: int = 0,
+) -> np.ndarray | None:
+    """The integer chain ``value`` as a flat int64 array, with ``Shape`` reads of the
+    dims in ``sizes`` (value name, axis) taking those sizes and other reads their
+    static dims (an object array while it holds a symbolic dim no op has needed
+    yet); None where the chain holds anything else (a symbolic dim, a float,
+    an op outside Shape/Gather/Concat/Squeeze/Unsqueeze/Reshape/Cast/Identity/Neg and
+    integer Add/Sub/Mul/Div/Max/Min)."""
+    if value is None or depth > _MAX_DEPTH:
+        return None
+    constant = context.constant(value)
+    if constant is not None:
+        return constant.reshape(-1).astype(np.int64) if constant.dtype.kind in "iu" else None
+    node = value.producer()
+    if node is None or node.domain != "":
+        return None
+    op = node.op_type
+    if op == "Shape":
+        entries = _shape_entries(node, context)
+        if entries is None:
+            return None
+        dims = [sizes.get((e.value, e.axis), e.size) for e in entries if isinstance(e, CopiedDim)]
+        # symbolic dims stay None until an op needs their value (a Gather may skip them)
+        return np.array(dims, dtype=np.int64 if None not in dims else object)
+    if op == "Cast" and ir.DataType(int(context.attribute(node, "to", 0))) not in _INT_TYPES:
+        return None
+    if op in ("Squeeze", "Unsqueeze", "Reshape", "Cast", "Identity", "Neg"):
+        inner = evaluate_ints(node.inputs[0], context, sizes, depth + 1)
+        if inner is None or (op == "Neg" and inner.dtype == object):
+            return None
+        return -inner if op == "Neg" else inner
+    parts = [evaluate_ints(v, context, sizes, depth + 1) for v in node.inputs if v is not None]
+    if any(part is None for part in parts) or not parts:
+        return None
+    arrays: list[np.ndarray] = parts  # type: ignore[assignment]
+    if op == "Concat":
+        return np.concatenate(arrays)
+    if op == "Gather" and len(arrays) == 2 and int(context.attribute(node, "axis", 0)) == 0:
+        data, indices = arrays
+        if indices.dtype == object or np.any(indices >= data.size) or np.any(indices < -data.size):
+            return None
+        picked = data[indices]
+        return picked.astype(np.int64) if None not in picked.tolist() else picked
+    if op in _INT_BINARY and len(arrays) == 2:
+        if any(array.dtype == object and None in array.tolist() for array in arrays):
+            return None
+        left, right = (array.astype(np.int64) for array in arrays)
+        if left.size != right.size and 1 not in (left.size, right.size):
+            return None
+        return np.asarray(_INT_BINARY[op](left, right), dtype=np.int64).reshape(-1)
+    return None

@@ -20,9 +20,9 @@ from spa.analysis.rules.registry import (
     register_rule,
     unknown_shapes,
 )
-from spa.analysis.shape_exprs import Entry, evaluate_target
+from spa.analysis.shape_exprs import Entry, evaluate_ints, evaluate_target
 
-__all__ = ["slice_axes", "slice_bounds", "slice_windows"]
+__all__ = ["chunk_of", "slice_axes", "slice_bounds", "slice_windows"]
 
 Result = list[Coupling | Barrier | Unconstrained]
 
@@ -397,8 +397,11 @@ def _layer_norm(node: ir.Node, context: RuleContext) -> Result:
 def _slice(node: ir.Node, context: RuleContext) -> Result:
     """Axes a Slice does not cut are identities, and so is a listed axis it keeps
     whole at any size (start 0, step 1, an end >= dim, which ONNX clamps: GhostNet's
-    ``cat([x1, x2])[:, :out]`` with ``out`` = all channels); a window at one end of
-    an axis is an offset (:func:`slice_windows`); other cut axes stay frozen."""
+    ``cat([x1, x2])[:, :out]`` with ``out`` = all channels); a window with constant
+    bounds is an offset (:func:`slice_windows`: ``torch.split`` as two Slices, a
+    packed ``qkv[..., q:q + kv]``), and a chunk whose bounds are computed from the
+    axis's own size (:func:`chunk_of`: ``torch.chunk`` exported by TorchScript) is a
+    ``Tile``; other cut axes stay frozen."""
     x, y = node.inputs[0], node.outputs[0]
     assert x is not None
     in_shape, out_shape = context.shape(x), context.shape(y)
@@ -417,34 +420,71 @@ def _slice(node: ir.Node, context: RuleContext) -> Result:
             out.append(Coupling((name(x), axis), (name(y), axis), Identity(dim)))
     for axis, (start, stop) in windows.items():
         dim = in_shape[axis]
-        if (
-            dim is not None
-            and axis in cut
-            and out_shape[axis] == stop - start
-            and _at_one_end(start, stop, dim)
-        ):
+        if dim is not None and axis in cut and out_shape[axis] == stop - start and _inside(start, stop, dim):
             out.append(Coupling((name(x), axis), (name(y), axis), Offset(dim, stop - start, -start)))
+    chunk = chunk_of(node, context, in_shape) if not windows else None
+    if chunk is not None and out_shape[chunk[0]] == chunk[1]:
+        axis, size, count = chunk
+        # every chunk keeps the same positions, so that the run-time bounds of the
+        # pruned axis still cut it into the pruned chunks
+        out.append(Coupling((name(y), axis), (name(x), axis), Tile(size, count)))
     return out
 
 
 def slice_windows(
     node: ir.Node, context: RuleContext, in_shape: tuple[int | None, ...]
 ) -> dict[int, tuple[int, int]]:
-    """Listed axes a Slice cuts to a window at one end, ``axis -> (start, stop)``:
-    constant bounds, step 1, the window starting at 0 or running to the end
-    (``torch.split(x, [a, b], dim=1)`` exported as two Slices). The pruning pass
-    rewrites such bounds from the new sizes; a window inside the axis would need
-    the kept channels themselves, and stays frozen."""
+    """Listed axes a Slice cuts to a window, ``axis -> (start, stop)``: constant bounds,
+    step 1, neither empty nor the whole axis (``torch.split(x, [a, b], dim=1)``
+    exported as two Slices; the ``k`` of a packed ``qkv[..., q:q + kv]``). The pruning
+    pass rewrites such bounds from the kept channels of the input's axis."""
     return {
         axis: (start, stop)
         for axis, (start, stop) in _clamped_windows(node, context, in_shape).items()
-        if _at_one_end(start, stop, in_shape[axis])
+        if _inside(start, stop, in_shape[axis])
     }
 
 
-def _at_one_end(start: int, stop: int, dim: int | None) -> bool:
-    """A non-empty window that starts at 0 or ends at ``dim``, but not all of it."""
-    return stop > start and (start == 0 or stop == dim) and (start, stop) != (0, dim)
+def _inside(start: int, stop: int, dim: int | None) -> bool:
+    """A non-empty window of the axis, but not all of it."""
+    return stop > start and (start, stop) != (0, dim)
+
+
+def chunk_of(
+    node: ir.Node, context: RuleContext, in_shape: tuple[int | None, ...]
+) -> tuple[int, int, int] | None:
+    """``(axis, size, count)`` where a Slice with computed bounds takes one of ``count``
+    equal chunks of one static axis, the bounds following that axis's own size: for
+    several sizes that ``count`` divides, the bounds (computed by
+    :func:`~spa.analysis.shape_exprs.evaluate_ints`) stay the same chunk. None otherwise."""
+    x = node.inputs[0]
+    axes = slice_axes(node, context)
+    steps = context.constant(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+    if x is None or axes is None or axes.size != 1 or len(node.inputs) < 3:
+        return None
+    if len(node.inputs) > 4 and node.inputs[4] is not None and (steps is None or steps.reshape(-1).tolist() != [1]):
+        return None
+    axis = int(axes.reshape(-1)[0]) % len(in_shape)
+    dim = in_shape[axis]
+
+    def window(size: int) -> tuple[int, int] | None:
+        sizes = {(name(x), axis): size}
+        bounds = [evaluate_ints(v, context, sizes) for v in node.inputs[1:3]]
+        if any(b is None or b.size != 1 or b.dtype == object for b in bounds):
+            return None
+        first, stop = (min(max(b + size if b < 0 else b, 0), size) for b in (int(v[0]) for v in bounds))  # type: ignore[index]
+        return first, stop
+
+    found = window(dim) if dim is not None else None
+    if found is None or found[1] <= found[0] or dim is None:
+        return None
+    size = found[1] - found[0]
+    if dim % size or found[0] % size or dim == size:
+        return None
+    count, index = dim // size, found[0] // size
+    if any(window(count * m) != (index * m, (index + 1) * m) for m in (1, 2, 3, 5, 8)):
+        return None
+    return axis, size, count
 
 
 def _clamped_windows(

@@ -1,0 +1,129 @@
+"""Packed projections taken apart by Slice: ``torch.chunk`` with bounds computed
+from the axis's own size (TorchScript's export of a SwiGLU ``gate, up =
+x.chunk(2, -1)``, Phi-3's MLP) and constant windows inside the axis (the ``k`` of
+Phi-3's ``qkv[..., q:q + kv]``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.analysis_helpers import analysis_of, group_with, mask_equivalence, model_from_text
+
+HEADER = '<ir_version: 9, opset_import: ["" : 17]>'
+
+# TorchScript's chunk(2, dim=-1): ends ((dim + 1) / 2) * (i + 1), starts the previous end
+CHUNKED_SWIGLU = f"""{HEADER}
+g (float[N, S, 8] x) => (float[N, S, 8] y) {{
+    a = MatMul (x, w_up)
+    s = Shape (a)
+    d = Gather <axis = 0> (s, last)
+    d1 = Add (d, one)
+    half = Div (d1, two)
+    e0 = Mul (half, one)
+    e1 = Mul (half, two)
+    gate = Slice (a, zero, e0, last)
+    up = Slice (a, e0, e1, last)
+    sg = Sigmoid (gate)
+    act = Mul (gate, sg)
+    h = Mul (act, up)
+    y = MatMul (h, w_down)
+}}"""
+INTS = {"zero": np.array([0]), "one": np.array([1]), "two": np.array([2]), "three": np.array([3]),
+        "last": np.array([-1])}  # fmt: skip
+
+
+def test_a_chunk_with_computed_bounds_prunes_both_halves_alike() -> None:
+    proto = model_from_text(CHUNKED_SWIGLU, {"w_up": (8, 32), "w_down": (16, 8)}, constants=INTS)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w_up", 1)
+    assert group.prunable and group is group_with(analysis, "w_down", 0)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2, "S": 3})
+        assert plan.kept and error <= 1e-5
+
+
+def test_computed_bounds_that_are_no_chunk_stay_frozen() -> None:
+    # the end is dim - 3: not a share of the axis, so no channel map follows it
+    text = CHUNKED_SWIGLU.replace("e0 = Mul (half, one)", "e0 = Sub (d, three)").replace(
+        "up = Slice (a, e0, e1, last)", "up = Slice (a, zero, e0, last)"
+    ).replace("h = Mul (act, up)", "h = Add (act, up)")
+    proto = model_from_text(text, {"w_up": (8, 32), "w_down": (29, 8)}, constants=INTS)
+    _, analysis = analysis_of(proto)
+    assert not group_with(analysis, "w_up", 1).prunable
+
+
+PACKED_QKV = f"""{HEADER}
+g (float[N, S, 8] x) => (float[N, S, 8] y) {{
+    qkv = MatMul (x, w_qkv)
+    q = Slice (qkv, s0, e0, last)
+    k = Slice (qkv, s1, e1, last)
+    v = Slice (qkv, s2, e2, last)
+    yq = MatMul (q, wq)
+    rk = Relu (k)
+    yk = MatMul (rk, wk)
+    yv = MatMul (v, wv)
+    t = Add (yq, yk)
+    y = Add (t, yv)
+}}"""
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [((0, 6), (6, 9), (9, 12)), ((0, 6), (-6, -3), (-3, 2**62)), ((0, -6), (6, -3), (9, 12))],
+    ids=["positive", "negative-from-the-end", "negative-ends"],
+)
+def test_a_window_inside_a_packed_axis_prunes(bounds: tuple[tuple[int, int], ...]) -> None:
+    constants = dict(INTS)
+    for i, (start, end) in enumerate(bounds):
+        constants[f"s{i}"], constants[f"e{i}"] = np.array([start]), np.array([end])
+    weights = {"w_qkv": (8, 12), "wq": (6, 8), "wk": (3, 8), "wv": (3, 8)}
+    proto = model_from_text(PACKED_QKV, weights, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w_qkv", 1)
+    assert group.prunable and group is group_with(analysis, "wk", 0)
+    for seed in range(4):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2, "S": 3})
+        assert plan.kept and error <= 1e-5
+
+
+# A weight standardised in the graph (BiT's and NFNet's StdConv): the reductions run
+# over constants only, so the chain folds to a plain weight before the analysis.
+STANDARDISED_CONV = f"""{HEADER}
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+    mean = ReduceMean <axes = [1, 2, 3], keepdims = 1> (w_raw)
+    centred = Sub (w_raw, mean)
+    square = Mul (centred, centred)
+    var = ReduceMean <axes = [1, 2, 3], keepdims = 1> (square)
+    shifted = Add (var, eps)
+    std = Sqrt (shifted)
+    w1 = Div (centred, std)
+    c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+    r = Relu (c1)
+    y = Conv (r, w2)
+}}"""
+
+
+def test_a_weight_standardised_in_the_graph_is_folded_and_prunes() -> None:
+    proto = model_from_text(STANDARDISED_CONV, {"w_raw": (6, 3, 3, 3), "b1": (6,), "w2": (4, 6, 1, 1)},
+                            constants={"eps": np.array([1e-5], dtype=np.float32)})  # fmt: skip
+    model, analysis = analysis_of(proto)
+    assert "ReduceMean" not in {node.op_type for node in model.graph}
+    group = group_with(analysis, "w2", 1)
+    assert group.prunable and group is group_with(analysis, "b1", 0)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5
+
+
+def test_a_shared_weight_behind_an_identity_is_not_copied() -> None:
+    # TorchScript's alias of a tied weight (more than the 64 elements an alias copies
+    # freely): no computation follows, so nothing folds
+    text = f"""{HEADER}
+    g (float[N, 16] x) => (float[N, 16] y) {{
+        w_alias = Identity (w)
+        h = MatMul (x, w)
+        y = MatMul (h, w_alias)
+    }}"""
+    model, _ = analysis_of(model_from_text(text, {"w": (16, 16)}))
+    assert "Identity" in {node.op_type for node in model.graph}
