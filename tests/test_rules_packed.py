@@ -127,3 +127,33 @@ def test_a_shared_weight_behind_an_identity_is_not_copied() -> None:
     }}"""
     model, _ = analysis_of(model_from_text(text, {"w": (16, 16)}))
     assert "Identity" in {node.op_type for node in model.graph}
+
+
+# GroupNorm(4, 8) as TorchScript exports it: the channels folded into 4 groups for an
+# InstanceNormalization, then the input's shape restored
+GROUP_NORM = f"""{HEADER}
+g (float[N, 3, 6, 6] x) => (float[N, 5, 6, 6] y) {{
+    c = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+    grouped = Reshape (c, to_groups)
+    normed = InstanceNormalization <epsilon = 1e-5> (grouped, ones, zeros)
+    shape = Shape (c)
+    back = Reshape (normed, shape)
+    scaled = Mul (back, gamma)
+    shifted = Add (scaled, beta)
+    r = Relu (shifted)
+    y = Conv (r, w2)
+}}"""
+
+
+def test_group_norm_prunes_whole_groups() -> None:
+    weights = {"w1": (8, 3, 3, 3), "b1": (8,), "gamma": (8, 1, 1), "beta": (8, 1, 1), "w2": (5, 8, 1, 1)}
+    constants = {"to_groups": np.array([0, 4, -1]), "ones": np.ones(4, np.float32),
+                 "zeros": np.zeros(4, np.float32)}  # fmt: skip
+    proto = model_from_text(GROUP_NORM, weights, constants=constants)
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 0)
+    assert group.prunable and group.size == 4  # the groups, each two channels
+    assert group is group_with(analysis, "w2", 1) is group_with(analysis, "gamma", 0)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5

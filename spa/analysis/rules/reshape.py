@@ -15,7 +15,8 @@ axes merged with a symbolic batch (``[B, H, S, D] -> [B*H, S, D]``) are left
 free when every use splits them back from the input's own shape further on.
 Where axes are regrouped on both sides (frames stacked: ``[B, 4T, C] -> [B, T, 4C]``,
 or split back), the last axes couple by a ``Tile`` when one holds whole copies of the
-other. Other inner axes stay frozen (the analyzer freezes what a rule leaves out). Run-time targets are read by
+other, and the leading axes by a ``Block`` when one divides the other (GroupNorm's
+``[N, C, H, W] -> [N, G, C/G*H*W]``: whole groups of channels). Other inner axes stay frozen (the analyzer freezes what a rule leaves out). Run-time targets are read by
 :mod:`spa.analysis.shape_exprs`.
 """
 
@@ -221,6 +222,7 @@ def reshape_couplings(
                 )
             )
         else:
+            out += _leading_blocks(x, y, in_dim, out_dim, first_in, first_out)
             out += _stacked_frames(x, y, in_shape[ins[-1]], out_shape[outs[-1]], ins, outs)
     mapped = {a for all_ins, _ in segments for a in all_ins}
     merged = [a for a in range(len(in_shape)) if a not in mapped]
@@ -231,6 +233,19 @@ def reshape_couplings(
         # passes through unchanged, and the restoring Reshape couples it
         out.append(Unconstrained((), spaces=tuple((name(x), a) for a in merged)))
     return out
+
+
+def _leading_blocks(x: ir.Value, y: ir.Value, lead_in: int, lead_out: int, axis_in: int, axis_out: int) -> Result:
+    """Axes regrouped on both sides: their leading axes couple by a ``Block`` where one
+    divides the other. In row-major order index ``b`` of the coarser axis holds indices
+    ``b*k .. b*k+k-1`` of the finer one, whatever follows: GroupNorm exported as
+    ``[N, C, H, W] -> [N, G, C/G*H*W]`` (InstanceNormalization) and back, where group
+    ``g`` holds channels ``g*C/G ..``, so that whole groups prune exactly."""
+    if lead_in % lead_out == 0:
+        return [Coupling((name(y), axis_out), (name(x), axis_in), Block(lead_out, lead_in // lead_out))]
+    if lead_out % lead_in == 0:
+        return [Coupling((name(x), axis_in), (name(y), axis_out), Block(lead_in, lead_out // lead_in))]
+    return []
 
 
 def _stacked_frames(
