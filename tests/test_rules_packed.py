@@ -145,15 +145,17 @@ g (float[N, 3, 6, 6] x) => (float[N, 5, 6, 6] y) {{
 }}"""
 
 
-def test_group_norm_prunes_whole_groups() -> None:
+@pytest.mark.parametrize("spatial", ["6, 6", "H, W"], ids=["static", "run-time"])
+def test_group_norm_prunes_whole_groups(spatial: str) -> None:
+    # run-time H, W: the grouped axis is [N, 4, 2*H*W], its product unknown
     weights = {"w1": (8, 3, 3, 3), "b1": (8,), "gamma": (8, 1, 1), "beta": (8, 1, 1), "w2": (5, 8, 1, 1)}
     constants = {"to_groups": np.array([0, 4, -1]), "ones": np.ones(4, np.float32),
                  "zeros": np.zeros(4, np.float32)}  # fmt: skip
-    proto = model_from_text(GROUP_NORM, weights, constants=constants)
+    proto = model_from_text(GROUP_NORM.replace("6, 6", spatial), weights, constants=constants)
     _, analysis = analysis_of(proto)
     group = group_with(analysis, "w1", 0)
     assert group.prunable and group.size == 4  # the groups, each two channels
     assert group is group_with(analysis, "w2", 1) is group_with(analysis, "gamma", 0)
     for seed in range(3):
-        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2, "H": 5, "W": 7})
         assert plan.kept and error <= 1e-5

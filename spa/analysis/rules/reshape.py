@@ -49,10 +49,14 @@ def _segments(
     out_shape: Sequence[int | None],
     in_names: Sequence[str | None] = (),
     out_names: Sequence[str | None] = (),
+    open_tail: bool = False,
 ) -> list[tuple[list[int], list[int]]] | None:
     """Pair runs of axes with equal products; None when dims do not line up (two
     symbolic dims pair unless their names say they differ: ``16*batch`` is not
-    ``batch``; plain names such as ``unk__4`` and ``batch`` may be one size)."""
+    ``batch``; plain names such as ``unk__4`` and ``batch`` may be one size).
+    ``open_tail``: a run of static dims that meets a symbolic one before its products
+    agree takes every axis left on both sides as one last segment (its products
+    agree, the earlier ones having agreed): ``[N, 256, H, W] -> [N, 32, 8*H*W]``."""
     segments: list[tuple[list[int], list[int]]] = []
     i = j = 0
     while i < len(in_shape) and j < len(out_shape):
@@ -75,16 +79,16 @@ def _segments(
         ins, outs = [i], [j]
         left, right = int(in_shape[i] or 0), int(out_shape[j] or 0)
         while left != right:
-            if left < right:
-                i += 1
-                if i >= len(in_shape) or in_shape[i] is None:
+            step_in = left < right
+            i, j = (i + 1, j) if step_in else (i, j + 1)
+            if i >= len(in_shape) or j >= len(out_shape) or (in_shape if step_in else out_shape)[i if step_in else j] is None:
+                if not open_tail or i >= len(in_shape) or j >= len(out_shape):
                     return None
+                return [*segments, (list(range(ins[0], len(in_shape))), list(range(outs[0], len(out_shape))))]
+            if step_in:
                 ins.append(i)
                 left *= int(in_shape[i] or 0)
             else:
-                j += 1
-                if j >= len(out_shape) or out_shape[j] is None:
-                    return None
                 outs.append(j)
                 right *= int(out_shape[j] or 0)
         segments.append((ins, outs))
@@ -177,6 +181,8 @@ def reshape_couplings(
     )
     if segments is None:
         segments = _suffix_segments(in_shape, out_shape)
+    if not segments:  # GroupNorm's [N, 256, H, W] -> [N, 32, 8*H*W] at run-time sizes
+        segments = _segments(in_shape, out_shape, open_tail=True) or segments
     if segments is None:
         return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
     out: Result = []
