@@ -39,6 +39,7 @@ from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.analysis.groups import Group
 from spa.analysis.rules import RuleContext
 from spa.analysis.rules.attention import sized_attributes
+from spa.analysis.rules.reshape import merge_sources
 from spa.analysis.rules.shape import slice_bounds, slice_windows
 from spa.analysis.shape_exprs import ComputedDim, CopiedDim, evaluate_target
 from spa.calibration import CalibrationRequest, CalibrationResult, ChannelStatistics
@@ -207,6 +208,11 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_in
                 times = ir.node("Mul", [part, factor])
                 new_nodes.append(times)
                 part = times.outputs[0]
+            if entry.divisor != 1:
+                divisor = literal(f"{position}_divisor", entry.divisor)
+                over = ir.node("Div", [part, divisor])
+                new_nodes.append(over)
+                part = over.outputs[0]
             parts.append(part)
         elif isinstance(entry, ComputedDim):  # read back from the original target
             index = literal(f"{position}_index", position)
@@ -221,11 +227,36 @@ def _rebuild_target(model: ir.Model, node: ir.Node, entries: list[Any], input_in
     node.replace_input_with(input_index, concat.outputs[0])
 
 
+def _merged_heads_entries(
+    node: ir.Node, entries: list[Any], resized: Resized, values: dict[str, ir.Value], context: RuleContext
+) -> list[Any]:
+    """The heads count inside run-time batch x heads entries (the analyzer's merged-heads
+    rule): ``batch * H`` where a Reshape merges its input's pruned heads axis 1 into
+    axis 0, and ``merged // H`` wherever a batch is read back from an axis that merged
+    pruned heads (:func:`~spa.analysis.rules.reshape.merge_sources`)."""
+    changed = list(entries)
+    x = node.inputs[0] if node.op_type == "Reshape" else None
+    merged = resized.get((x.name or "", 1)) if x is not None else None
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, CopiedDim):
+            continue
+        if position == 0 and merged is not None and entry.size is None and entry.divisor == 1 and entry.factor == merged[0]:
+            changed[position] = dataclasses.replace(entry, factor=merged[1])
+        elif entry.divisor != 1 and entry.value in values:
+            merges = merge_sources(values[entry.value], entry.axis, context, set()) or []
+            heads = {resized.get((m.inputs[0].name or "", 1)) for m in merges if m.inputs[0] is not None}
+            change = heads.pop() if len(heads) == 1 else None
+            if change is not None and entry.divisor == change[0]:
+                changed[position] = dataclasses.replace(entry, divisor=change[1])
+    return changed
+
+
 def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
     """Run-time Reshape/Expand/ConstantOfShape targets whose literal entry is a
     pruned axis's old size."""
     context = RuleContext()
     rewritten = 0
+    values = {v.name or "": v for n in model.graph for v in n.outputs}
     for node in list(model.graph):
         index = _target_input(node)
         if index is None:
@@ -243,6 +274,7 @@ def _fix_computed_targets(model: ir.Model, resized: Resized) -> int:
             inside = value_name == output.name and 0 <= position < len(changed)
             if inside and isinstance(changed[position], int) and changed[position] == old:
                 changed[position] = new
+        changed = _merged_heads_entries(node, changed, resized, values, context)
         if changed != entries:
             _rebuild_target(model, node, changed, index)
             rewritten += 1

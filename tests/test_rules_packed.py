@@ -159,3 +159,53 @@ def test_group_norm_prunes_whole_groups(spatial: str) -> None:
     for seed in range(3):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2, "H": 5, "W": 7})
         assert plan.kept and error <= 1e-5
+
+
+# fairseq-style attention (BLOOM; older exports of BART, Marian, Whisper): batch and heads
+# merged into one run-time axis, x.view(bsz * heads, seq, dim), and the batch read back
+# as merged // heads
+MERGED_HEADS = f"""{HEADER}
+g (float[B, S, 8] x) => (float[B, S, 8] y) {{
+    shape = Shape (x)
+    batch = Gather <axis = 0> (shape, zero)
+    merged = Mul (batch, two)
+    target = Concat <axis = 0> (merged, minus_one, four)
+    q = MatMul (x, wq)
+    k = MatMul (x, wk)
+    v = MatMul (x, wv)
+    q4 = Reshape (q, split)
+    k4 = Reshape (k, split)
+    v4 = Reshape (v, split)
+    qt = Transpose <perm = [0, 2, 1, 3]> (q4)
+    kt = Transpose <perm = [0, 2, 1, 3]> (k4)
+    vt = Transpose <perm = [0, 2, 1, 3]> (v4)
+    qm = Reshape (qt, target)
+    km = Reshape (kt, target)
+    vm = Reshape (vt, target)
+    kmt = Transpose <perm = [0, 2, 1]> (km)
+    scores = MatMul (qm, kmt)
+    scaled = Mul (scores, half)
+    probs = Softmax <axis = -1> (scaled)
+    context = MatMul (probs, vm)
+    context_shape = Shape (context)
+    rows = Gather <axis = 0> (context_shape, zero)
+    back_batch = Div (rows, two)
+    back_target = Concat <axis = 0> (back_batch, two, minus_one, four)
+    back = Reshape (context, back_target)
+    bt = Transpose <perm = [0, 2, 1, 3]> (back)
+    flat = Reshape (bt, join)
+    y = MatMul (flat, wo)
+}}"""
+
+
+def test_heads_merged_with_a_run_time_batch_prune() -> None:
+    constants = {**INTS, "minus_one": np.array([-1]), "four": np.array([4]), "split": np.array([0, 0, 2, 4]),
+                 "join": np.array([0, 0, 8]), "half": np.array(0.5, np.float32)}  # fmt: skip
+    weights = {"wq": (8, 8), "wk": (8, 8), "wv": (8, 8), "wo": (8, 8)}
+    proto = model_from_text(MERGED_HEADS, weights, constants=constants)
+    _, analysis = analysis_of(proto)
+    heads = group_with(analysis, "qt", 1)
+    assert heads.prunable and heads is group_with(analysis, "back", 1) is group_with(analysis, "vt", 1)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"B": 3, "S": 5})
+        assert len(plan.kept.get(heads.id, [0, 1])) == 1 and error <= 1e-5  # one of the two heads

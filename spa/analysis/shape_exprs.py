@@ -6,8 +6,9 @@ entries: a literal ``int`` (from constants), or :class:`CopiedDim` (dimension
 ``axis`` of ``value``, read by ``Shape``). :func:`resolve_target` then turns
 the entries into output dims, solving a ``-1`` from the input's size.
 
-A little arithmetic is read too, as TorchScript writes it: a dim times a
-literal (``Mul``: GQA's ``kv_heads * n_rep``) or times another dim of known size
+A little arithmetic is read too, as TorchScript writes it: a dim times or
+over a literal (``Mul``: GQA's ``kv_heads * n_rep``; ``Div``: BLOOM's batch read
+back as ``merged // heads``) or times another dim of known size
 (``x.view(t, b, c * h)``: the first dim times the second's size; two symbolic
 dims multiply into a :class:`ComputedDim`), and the ``expand`` idiom
 ``Where(Equal(t, ConstantOfShape(..) * -1), ConstantOfShape(..), t)``, entry by
@@ -53,11 +54,14 @@ class CopiedDim:
     value: str
     axis: int
     size: int | None
-    factor: int = 1  # the entry is ``dim * factor``
+    factor: int = 1  # the entry is ``dim * factor // divisor``
+    divisor: int = 1  # BLOOM's ``merged // heads``: a batch read back from batch x heads
 
     @property
     def product(self) -> int | None:
-        return None if self.size is None else self.size * self.factor
+        if self.size is None or (self.size * self.factor) % self.divisor:
+            return None
+        return self.size * self.factor // self.divisor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,8 @@ def evaluate_target(
         return evaluate_target(node.inputs[0], context, depth + 1)
     if op == "Mul":
         return _elementwise(node, context, depth, _times)
+    if op == "Div":
+        return _elementwise(node, context, depth, _divided)
     if op in ("Add", "Sub"):
         return _elementwise(node, context, depth, _plus if op == "Add" else _minus)
     if op == "Equal":
@@ -147,14 +153,30 @@ def _operands(node: ir.Node, context: RuleContext, depth: int) -> list[list[Entr
     return [part * length if len(part) == 1 else part for part in (left, right)]
 
 
+def _scaled(dim: CopiedDim, factor: int, divisor: int) -> CopiedDim:
+    """``dim`` times ``factor / divisor``, the fraction reduced."""
+    factor, divisor = dim.factor * factor, dim.divisor * divisor
+    common = math.gcd(factor, divisor) or 1
+    return dataclasses.replace(dim, factor=factor // common, divisor=divisor // common)
+
+
+def _divided(a: Entry, b: Entry) -> Entry | None:
+    """Integer division by a positive literal: exact literals, or a copied dim over it."""
+    if not isinstance(b, int) or b <= 0:
+        return None
+    if isinstance(a, int):
+        return a // b if a % b == 0 else None
+    return _scaled(a, 1, b) if isinstance(a, CopiedDim) else None
+
+
 def _times(a: Entry, b: Entry) -> Entry | None:
     if isinstance(a, int) and isinstance(b, int):
         return a * b
     if isinstance(a, CopiedDim) and isinstance(b, int):
-        return dataclasses.replace(a, factor=a.factor * b)
+        return _scaled(a, b, 1)
     if isinstance(b, CopiedDim) and isinstance(a, int):
-        return dataclasses.replace(b, factor=b.factor * a)
-    if isinstance(a, CopiedDim) and isinstance(b, CopiedDim):
+        return _scaled(b, a, 1)
+    if isinstance(a, CopiedDim) and isinstance(b, CopiedDim) and a.divisor == b.divisor == 1:
         # two dims merged (PyTorch's ``x.view(t, b, c * h)``): with the second one's
         # size known, the first dim times it; else a run-time size
         if b.product is not None:

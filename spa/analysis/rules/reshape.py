@@ -39,7 +39,7 @@ from spa.analysis.rules.registry import (
 from spa.analysis.rules.shape import slice_axes
 from spa.analysis.shape_exprs import CopiedDim, evaluate_target, resolve_target
 
-__all__ = ["reshape_couplings"]
+__all__ = ["merge_sources", "reshape_couplings"]
 
 Result = list[Coupling | Barrier | Unconstrained]
 
@@ -397,8 +397,163 @@ def _reshape(node: ir.Node, context: RuleContext) -> Result:
     assert x is not None and shape is not None
     what = f"Reshape '{node.name}'"
     if context.constant(shape) is not None:
-        return [*reshape_couplings(x, y, context, what)]
-    return _computed_reshape(node, x, shape, y, context, what)
+        out = [*reshape_couplings(x, y, context, what)]
+    else:
+        out = _computed_reshape(node, x, shape, y, context, what)
+    mapped = {c.source for c in out if isinstance(c, Coupling)} | {c.target for c in out if isinstance(c, Coupling)}
+    if (name(x), 1) not in mapped:
+        out += _merged_heads(node, x, y, context)
+    if (name(y), 1) not in mapped:
+        out += _restored_heads(y, context)
+    return out
+
+
+#: Ops that keep a leading batch axis apart (elementwise, per-row): the merged
+#: batch x heads axis of fairseq-style attention passes through them.
+_BATCHWISE = frozenset({
+    "Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity", "Dropout", "Exp", "Neg", "Relu",
+    "Sigmoid", "Tanh", "Erf", "Sqrt", "Softmax", "LogSoftmax", "MatMul", "Transpose",
+})  # fmt: skip
+
+
+def _merged_heads(node: ir.Node, x: ir.Value, y: ir.Value, context: RuleContext) -> Result:
+    """Batch and heads merged into one run-time axis, ``[B, H, ..] -> [B*H, ..]`` (fairseq's
+    and BLOOM's ``view(bsz * num_heads, ..)``, older exports of BART, Marian and Whisper).
+    Where every use of the merged axis passes through batch-wise ops (elementwise,
+    MatMul batches, Softmax over another axis) and ends in a Reshape that splits it back
+    into a run-time batch and the same literal ``H``, head ``h`` is head ``h`` there: the
+    heads couple to each restoring Reshape's output. The pruning pass rewrites the
+    ``H`` in both targets (``batch * H`` here, the literal there)."""
+    in_shape, out_shape = context.shape(x), context.shape(y)
+    target = node.inputs[1]
+    if in_shape is None or out_shape is None or len(in_shape) < 3 or target is None:
+        return []
+    heads = in_shape[1]
+    if in_shape[0] is not None or heads is None or heads < 2 or out_shape[0] is not None:
+        return []
+    entries = evaluate_target(target, context)
+    first = entries[0] if entries else None
+    merges = isinstance(first, CopiedDim) and first.size is None and first.factor == heads
+    if not merges and first != -1:
+        return []
+    restorers = _restorers(y, 0, heads, context, set())
+    if not restorers:
+        return []
+    return [Coupling((name(x), 1), (name(r), 1), Identity(heads)) for r in restorers]
+
+
+def _restored_heads(y: ir.Value, context: RuleContext) -> Result:
+    """The other end of :func:`_merged_heads`: where ``y`` splits a merged batch x heads
+    axis back and every path to its input leads, through batch-wise ops, to Reshapes
+    that merged heads restored here, ``y``'s heads couple to theirs."""
+    node = y.producer()
+    x = node.inputs[0] if node is not None else None
+    if node is None or x is None:
+        return []
+    merges = merge_sources(x, 0, context, set())
+    if not merges:
+        return []
+    out: Result = []
+    for merge in merges:
+        couplings = _merged_heads(merge, merge.inputs[0], merge.outputs[0], context)  # type: ignore[arg-type]
+        if not any(isinstance(c, Coupling) and c.target == (name(y), 1) for c in couplings):
+            return []
+        out += [c for c in couplings if isinstance(c, Coupling) and c.target == (name(y), 1)]
+    return out
+
+
+def merge_sources(value: ir.Value, axis: int, context: RuleContext, seen: set[int],
+                   depth: int = 0) -> list[ir.Node] | None:  # fmt: skip
+    """The Reshapes that merged ``value``'s run-time ``axis`` from batch x heads, walking
+    producers through batch-wise ops; None where a path leads anywhere else."""
+    producer = value.producer()
+    if depth > 16 or producer is None or producer.domain:
+        return None
+    if id(producer) in seen:
+        return []
+    seen.add(id(producer))
+    if producer.op_type == "Reshape":
+        return [producer] if axis == 0 else None
+    if producer.op_type not in _BATCHWISE:
+        return None
+    out_shape = context.shape(value)
+    if out_shape is None or (producer.op_type == "MatMul" and axis >= len(out_shape) - 2):
+        return None  # a matrix axis of a MatMul is no batch axis
+    found: list[ir.Node] = []
+    for source in producer.inputs[:2] if producer.op_type != "Where" else producer.inputs:
+        shape = context.shape(source) if source is not None else None
+        if source is None or shape is None:
+            continue
+        if producer.op_type == "Transpose":
+            perm = context.attribute(producer, "perm")
+            if perm is None:
+                return None
+            source_axis = int(list(perm)[axis])
+        else:
+            source_axis = axis - (len(out_shape) - len(shape))
+        if source_axis >= len(shape):
+            return None
+        if source_axis < 0 or shape[source_axis] == 1 or source.const_value is not None:
+            continue  # broadcast along the merged axis
+        if shape[source_axis] is not None:
+            return None
+        deeper = merge_sources(source, source_axis, context, seen, depth + 1)
+        if deeper is None:
+            return None
+        found += deeper
+    return found
+
+
+def _restorers(value: ir.Value, axis: int, heads: int, context: RuleContext, seen: set[int],
+               depth: int = 0) -> list[ir.Value] | None:  # fmt: skip
+    """The outputs of the Reshapes that split ``value``'s merged ``axis`` back into
+    ``[batch, heads]``, every use passing through batch-wise ops; None where a use
+    does anything else (a graph output, another op, a static dim at that axis)."""
+    if depth > 16 or value.is_graph_output():
+        return None
+    found: list[ir.Value] = []
+    for use in value.uses():
+        consumer, position = use.node, use.idx
+        if id(consumer) in seen or (consumer.op_type == "Shape" and not consumer.domain):
+            continue  # a Shape reads the merged size (BLOOM's batch = merged // heads): no channels
+        seen.add(id(consumer))
+        if consumer.domain or consumer.op_type not in _BATCHWISE | {"Reshape"}:
+            return None
+        out = consumer.outputs[0]
+        in_shape, out_shape = context.shape(value), context.shape(out)
+        if in_shape is None or out_shape is None:
+            return None
+        if consumer.op_type == "Reshape":
+            if position != 0 or len(out_shape) != len(in_shape) + 1 or axis != 0:
+                return None
+            if out_shape[0] is not None or out_shape[1] != heads or out_shape[2:] != in_shape[1:]:
+                return None
+            found.append(out)
+            continue
+        if consumer.op_type == "Transpose":
+            perm = context.attribute(consumer, "perm")
+            if perm is None:
+                return None
+            next_axis = list(perm).index(axis)
+        else:
+            next_axis = axis + len(out_shape) - len(in_shape)  # broadcasting aligns from the right
+            if consumer.op_type == "MatMul" and next_axis >= len(out_shape) - 2:
+                return None  # a matrix axis, not a batch axis
+            softmax_axis = int(context.attribute(consumer, "axis", -1)) % len(in_shape)
+            if consumer.op_type in ("Softmax", "LogSoftmax") and softmax_axis == axis:
+                return None
+            for other in consumer.inputs:
+                other_shape = context.shape(other) if other is not None and other is not value else None
+                if other_shape is None:
+                    continue
+                other_axis = next_axis - (len(out_shape) - len(other_shape))
+                if 0 <= other_axis < len(other_shape) and other_shape[other_axis] not in (None, 1):
+                    return None  # a static size there: not the same merged axis
+        deeper = _restorers(out, next_axis, heads, context, seen, depth + 1)
+        if deeper is None:
+            return None
+        found += deeper
+    return found
 
 
 def _computed_reshape(
@@ -425,7 +580,7 @@ def _computed_reshape(
     out: Result = [Unconstrained((name(shape),))]
     out += reshape_couplings(x, y, context, what, out_dims)
     for axis, entry in enumerate(entries):
-        copied = isinstance(entry, CopiedDim) and entry.factor == 1 and entry.value != name(x)
+        copied = isinstance(entry, CopiedDim) and entry.factor == entry.divisor == 1 and entry.value != name(x)
         if copied and isinstance(entry, CopiedDim) and entry.size is not None:
             out.append(Coupling((entry.value, entry.axis), (name(y), axis), Identity(entry.size)))
     return out
