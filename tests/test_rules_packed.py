@@ -209,3 +209,17 @@ def test_heads_merged_with_a_run_time_batch_prune() -> None:
     for seed in range(3):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"B": 3, "S": 5})
         assert len(plan.kept.get(heads.id, [0, 1])) == 1 and error <= 1e-5  # one of the two heads
+
+
+def test_scalar_arithmetic_on_constants_stays_in_the_graph() -> None:
+    # DINOv2 computes its position-embedding scale from constants; a single number is
+    # no weight (and ONNX's shape inference and the reference evaluator disagree on
+    # its rank), so it is not folded
+    text = f"""{HEADER}
+    g (float[N, 4] x) => (float[N, 4] y) {{
+        p = Pow (base, exponent)
+        y = Mul (x, p)
+    }}"""
+    constants = {"base": np.array(2.0, np.float32), "exponent": np.array([0.5], np.float32)}
+    model, _ = analysis_of(model_from_text(text, {}, constants=constants))
+    assert "Pow" in {node.op_type for node in model.graph}

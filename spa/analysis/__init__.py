@@ -79,6 +79,12 @@ _STORAGE_OPS = frozenset(
 _LAYOUT_OPS = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
 
 
+#: Fewest elements a folded tensor holds: a single number is shape or scale
+#: arithmetic (DINOv2's position-embedding scale, whose rank the reference
+#: evaluator and ONNX's shape inference disagree on), which stays in the graph.
+_MIN_WEIGHT = 2
+
+
 def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
     """Float tensors computed from constants alone become initializers, in place:
     weight standardisation (BiT's and NFNet's convolutions standardise their
@@ -87,7 +93,8 @@ def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
     reductions mixing the channels the analyzer would cut.
 
     A node folds when every input is an initializer, every output is a float
-    tensor no larger than its inputs together, and it is no storage op
+    tensor of at least :data:`_MIN_WEIGHT` elements, no larger than its inputs
+    together and of the shape the graph declares, and it is no storage op
     (:data:`_STORAGE_OPS`), no random op, no graph output and holds no subgraph;
     a layout op (:data:`_LAYOUT_OPS`) folds only behind a folded node, or where it is
     an Identity of a small constant (any type: a shared Reshape target) or one whose
@@ -136,6 +143,10 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
         results = evaluate_node(node, arrays, opset)
         if results is None or sum(r.size for r in results) > budget:
             continue
+        if not small_alias and any(r.size < _MIN_WEIGHT for r in results):
+            continue  # scalar arithmetic (a position embedding's scale): not a weight
+        if any(v.shape is not None and tuple(v.shape) != r.shape for r, v in zip(results, node.outputs, strict=True)):
+            continue  # the evaluator's shape disagrees with the graph's: keep the node
         types = [ir.DataType.from_numpy(r.dtype) for r in results]
         if any((t not in FLOAT_TYPES and not small_alias) or v.dtype not in (None, t)
                for t, v in zip(types, node.outputs, strict=True)):  # fmt: skip
