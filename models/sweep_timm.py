@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sweep_common import Row, export_failed, prune_row, write_results
 NAMES = (
     # batch 1
     "coatnet_nano_rw_224 maxvit_nano_rw_256 cait_xxs24_224 tiny_vit_5m_224 fastvit_t8 repvit_m1 "
@@ -63,31 +64,13 @@ with torch.no_grad():
 """
 
 
-def sweep_one(name: str, torch_python: str, folder: Path) -> dict[str, object]:
+def sweep_one(name: str, torch_python: str, folder: Path) -> Row:
     model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
     exported = subprocess.run([torch_python, "-c", EXPORT, name, str(model)],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
     if exported.returncode != 0:
-        lines = [line for line in exported.stderr.splitlines() if "Error" in line]
-        return {"name": name, "status": "export failed", "detail": (lines or ["?"])[-1][:160]}
-    ran = subprocess.run(
-        [sys.executable, "-m", "spa.cli.main", "prune", str(model), "-o", str(pruned),
-         "--ratio", "0.25", "--verify"], capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    verdict = next((line for line in ran.stdout.splitlines() if "| prune |" in line), "")
-    row: dict[str, object] = {"name": name, "exit": ran.returncode, "verdict": verdict.split(" |")[0]}
-    for key, pattern in (("params", r"params ([^|]*\(([-+]\d+)%\))"), ("macs", r"MACs ([^|]*)"),
-                         ("groups", r"groups (\d+/\d+) pruned")):  # fmt: skip
-        found = re.search(pattern, verdict)
-        row[key] = found.group(1).strip() if found else ""
-    row["status"] = {"PASSED": "pruned, mask equivalence holds",
-                     "NOTHING TO DO": "nothing prunable"}.get(str(row["verdict"]), "FAILED")  # fmt: skip
-    if row["status"] == "nothing prunable":
-        reasons = [line.strip() for line in ran.stdout.splitlines() if "frozen group:" in line]
-        row["detail"] = "; ".join(reason.split("frozen group: ")[-1] for reason in reasons[:2])
-    for path in (model, pruned):
-        path.unlink(missing_ok=True)
-    return row
+        return export_failed(name, exported.stderr)
+    return prune_row(name, model, pruned)
 
 
 def main() -> int:
@@ -100,26 +83,12 @@ def main() -> int:
         for name in args.names:
             rows.append(sweep_one(name, args.torch_python, Path(folder)))
             print(json.dumps(rows[-1]), flush=True)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[str(row["status"])] = counts.get(str(row["status"]), 0) + 1
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sweep_timm.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = [
-        "# spa prune on timm architectures outside the zoo",
-        "",
-        "Written by `python models/sweep_timm.py` (random weights, TorchScript export at "
-        "opset 17, `spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against "
-        "the input). " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ".",
-        "",
-        "| model | result | params | MACs | groups pruned | detail |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(f"| {row['name']} | {row['status']} | {row.get('params', '')} | "
-                     f"{row.get('macs', '')} | {row.get('groups', '')} | {row.get('detail', '')} |")  # fmt: skip
-    (RESULTS / "sweep_timm.md").write_text("\n".join(lines) + "\n")
-    return 0 if all(row["status"] != "FAILED" for row in rows) else 1
+    intro = ("Written by `python models/sweep_timm.py` (random weights, TorchScript export at opset 17, "
+             "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
+    columns = [("model", "name"), ("result", "status"), ("params", "params"), ("MACs", "macs"),
+               ("groups pruned", "groups"), ("detail", "detail")]  # fmt: skip
+    return write_results("sweep_timm", rows, args.names != list(NAMES),
+                         "spa prune on timm architectures outside the zoo", intro, columns)  # fmt: skip
 
 
 if __name__ == "__main__":

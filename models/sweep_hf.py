@@ -1,0 +1,223 @@
+"""Architectures outside the zoo: export transformers models and prune each with ``spa prune --verify``.
+
+A sweep (not a test) of how general the analyzer is on transformer families it
+was not built against: encoders with relative or convolutional attention,
+decoders with ALiBi, multi-query attention, sliding windows and mixtures of
+experts, encoder-decoders, vision transformers and hierarchical vision models,
+speech encoders that start with a convolutional feature extractor. Each model
+is built from its transformers config, shrunk (2 layers, hidden 64, where the
+config has those fields; random weights, nothing downloaded), exported by the
+``--torch-python`` interpreter (torch + transformers, the ``models`` extra)
+with the TorchScript exporter at opset 17 (mixtures of experts with transformers'
+eager loop over experts), batch and sequence dynamic for text;
+then this interpreter runs
+
+    spa prune MODEL -o OUT --ratio 0.25 --verify
+
+and records the exit code, the verdict (PASSED: mask equivalence holds), the
+share of parameters and MACs removed, the pruned/total group counts and, where
+nothing was prunable, the first reasons.
+
+    python models/sweep_hf.py [--torch-python /path/to/python] [NAME ...]
+
+Writes ``models/results/sweep_hf.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sweep_common import Row, export_failed, prune_row, write_results
+
+# name: (model_type, head, input kind, config overrides beyond the shared shrink)
+SPECS: dict[str, tuple[str, str, str, dict[str, object]]] = {
+    # text encoders
+    "electra": ("electra", "base", "text", {"embedding_size": 32}),
+    "deberta-v2": ("deberta-v2", "base", "text", {}),
+    "xlm-roberta": ("xlm-roberta", "base", "text", {}),
+    "mpnet": ("mpnet", "base", "text", {}),
+    "convbert": ("convbert", "base", "text", {"embedding_size": 64}),
+    "squeezebert": ("squeezebert", "base", "text", {"embedding_size": 64}),
+    "mobilebert": ("mobilebert", "base", "text", {"embedding_size": 64, "intra_bottleneck_size": 32,
+                                                  "num_feedforward_networks": 2}),
+    "roformer": ("roformer", "base", "text", {"embedding_size": 64}),
+    "ernie": ("ernie", "base", "text", {}),
+    "rembert": ("rembert", "base", "text", {"input_embedding_size": 32, "output_embedding_size": 32}),
+    "modernbert": ("modernbert", "base", "text", {"global_attn_every_n_layers": 2, "local_attention": 8}),
+    # decoders (causal LM head)
+    "bloom": ("bloom", "causal", "text", {"n_layer": 2, "n_head": 4}),
+    "falcon": ("falcon", "causal", "text", {"num_kv_heads": 1, "new_decoder_architecture": False,
+                                           "multi_query": True}),
+    "gemma": ("gemma", "causal", "text", {"head_dim": 16}),
+    "gemma2": ("gemma2", "causal", "text", {"head_dim": 16, "sliding_window": 8}),
+    "gptj": ("gptj", "causal", "text", {"n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8}),
+    "codegen": ("codegen", "causal", "text", {"n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8}),
+    "gpt-bigcode": ("gpt_bigcode", "causal", "text", {"n_embd": 64, "n_layer": 2, "n_head": 4,
+                                                     "multi_query": True}),
+    "gpt-neo": ("gpt_neo", "causal", "text", {"attention_types": [[["global", "local"], 1]], "window_size": 8}),
+    "stablelm": ("stablelm", "causal", "text", {}),
+    "phi3": ("phi3", "causal", "text", {}),
+    "qwen2-moe": ("qwen2_moe", "causal", "text", {"num_experts": 4, "num_experts_per_tok": 2,
+                                                 "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64}),
+    "mixtral": ("mixtral", "causal", "text", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "olmo": ("olmo", "causal", "text", {}),
+    "starcoder2": ("starcoder2", "causal", "text", {}),
+    "cohere": ("cohere", "causal", "text", {}),
+    "granite": ("granite", "causal", "text", {}),
+    "xglm": ("xglm", "causal", "text", {}),
+    "biogpt": ("biogpt", "causal", "text", {}),
+    "qwen3": ("qwen3", "causal", "text", {"head_dim": 16}),
+    # encoder-decoders
+    "bart": ("bart", "base", "seq2seq", {}),
+    "marian": ("marian", "base", "seq2seq", {"decoder_vocab_size": 1000}),
+    "pegasus": ("pegasus", "base", "seq2seq", {}),
+    "t5": ("t5", "base", "seq2seq", {"d_kv": 16, "num_layers": 2, "num_decoder_layers": 2}),
+    "m2m-100": ("m2m_100", "base", "seq2seq", {}),
+    # vision
+    "dinov2": ("dinov2", "base", "image", {"image_size": 56, "patch_size": 14}),
+    "beit": ("beit", "base", "image", {"image_size": 64, "patch_size": 16, "use_relative_position_bias": True}),
+    "deit": ("deit", "base", "image", {"image_size": 64}),
+    "swinv2": ("swinv2", "base", "image", {"image_size": 64, "embed_dim": 32, "depths": [1, 1],
+                                          "num_heads": [2, 4], "window_size": 4}),
+    "levit": ("levit", "base", "image", {"image_size": 64}),
+    "cvt": ("cvt", "base", "image", {"image_size": 64}),
+    "pvt-v2": ("pvt_v2", "base", "image", {"depths": [1, 1, 1, 1]}),
+    "yolos": ("yolos", "base", "image", {"image_size": [64, 64], "num_detection_tokens": 10}),
+    "dpt": ("dpt", "depth", "image", {"image_size": 64, "backbone_out_indices": [0, 1], "neck_hidden_sizes": [16, 32],
+                                     "reassemble_factors": [4, 2], "fusion_hidden_size": 32}),
+    "focalnet": ("focalnet", "base", "image", {"depths": [1, 1, 1, 1], "embed_dim": 32}),
+    "efficientnet": ("efficientnet", "base", "image", {"image_size": 64, "depth_coefficient": 0.2}),
+    "regnet": ("regnet", "base", "image", {"depths": [1, 1, 1, 1]}),
+    "bit": ("bit", "base", "image", {"depths": [1, 1, 1, 1]}),
+    "hiera": ("hiera", "base", "image", {"depths": [1, 1, 1, 1], "embed_dim": 32, "image_size": [64, 64]}),
+    # speech
+    "wav2vec2": ("wav2vec2", "base", "audio", {"conv_dim": [32] * 3, "conv_stride": [5, 2, 2],
+                                              "conv_kernel": [10, 3, 3], "num_conv_pos_embeddings": 16}),
+    "hubert": ("hubert", "base", "audio", {"conv_dim": [32] * 3, "conv_stride": [5, 2, 2],
+                                          "conv_kernel": [10, 3, 3], "num_conv_pos_embeddings": 16}),
+    "wavlm": ("wavlm", "base", "audio", {"conv_dim": [32] * 3, "conv_stride": [5, 2, 2],
+                                        "conv_kernel": [10, 3, 3], "num_conv_pos_embeddings": 16}),
+    "whisper-encoder": ("whisper", "encoder", "mel", {"num_mel_bins": 80, "max_source_positions": 1500}),
+    "ast": ("audio-spectrogram-transformer", "base", "spectrogram", {"max_length": 128, "num_mel_bins": 64}),
+    # text + image
+    "clip": ("clip", "base", "text-image", {}),
+    "siglip": ("siglip", "base", "text-image", {}),
+}
+
+EXPORT = r'''
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import torch, transformers
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model_type, head, kind, overrides, out = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+opset, dynamo = overrides.pop("__opset__", 17), overrides.pop("__dynamo__", False)
+SHRINK = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "intermediate_size": 128, "vocab_size": 1000, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+          "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
+          "decoder_ffn_dim": 128, "d_ff": 128, "num_heads": 4, "n_embd": 64, "n_layer": 2, "n_head": 4,
+          "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1}
+def shrunk(cfg, extra):
+    """Keyword arguments that shrink a config (the fields it has), so that __init__ derives the rest."""
+    kwargs = {key: value for key, value in SHRINK.items()
+              if hasattr(cfg, key) and (isinstance(getattr(cfg, key), int) or key.endswith("token_id"))}
+    return {**kwargs, **extra, "use_cache": False}
+default = transformers.AutoConfig.for_model(model_type)
+kwargs = shrunk(default, overrides)
+if kind == "text-image":
+    kwargs["text_config"] = shrunk(default.text_config, {})
+    kwargs["vision_config"] = shrunk(default.vision_config, {"image_size": 64, "patch_size": 16})
+config = transformers.AutoConfig.for_model(model_type, **kwargs)
+config._attn_implementation = "eager"
+config._experts_implementation = "eager"  # a loop over experts: what exporters can trace
+Auto = {"base": transformers.AutoModel, "causal": transformers.AutoModelForCausalLM,
+        "depth": transformers.AutoModelForDepthEstimation, "encoder": transformers.AutoModel}[head]
+model = Auto.from_config(config).eval()
+if head == "encoder":
+    model = model.get_encoder()
+seq = 16
+ids = torch.randint(3, 1000, (1, seq))
+mask = torch.ones(1, seq, dtype=torch.int64)
+size = getattr(config, "image_size", 64)
+size = size if isinstance(size, (list, tuple)) else [size, size]
+if kind == "text":
+    names, args = ["input_ids", "attention_mask"], (ids, mask)
+elif kind == "seq2seq":
+    names, args = ["input_ids", "attention_mask", "decoder_input_ids"], (ids, mask, ids[:, :8])
+elif kind == "image":
+    names, args = ["pixel_values"], (torch.randn(1, 3, *size),)
+elif kind == "audio":
+    names, args = ["input_values"], (torch.randn(1, 8000),)
+elif kind == "mel":
+    names, args = ["input_features"], (torch.randn(1, 80, 3000),)
+elif kind == "spectrogram":
+    names, args = ["input_values"], (torch.randn(1, 128, 64),)
+else:  # text-image
+    names, args = ["input_ids", "pixel_values", "attention_mask"], (ids, torch.randn(1, 3, 64, 64), mask)
+
+class First(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = model
+    def forward(self, *tensors):
+        output = self.model(**dict(zip(names, tensors)), return_dict=True)
+        for key in ("logits", "predicted_depth", "last_hidden_state", "logits_per_image"):
+            if output.get(key) is not None:
+                return output[key]
+        return output[0]
+
+dynamic = {name: {0: "batch", 1: "sequence"} for name in names if name in ("input_ids", "attention_mask")}
+if "decoder_input_ids" in names:
+    dynamic["decoder_input_ids"] = {0: "batch", 1: "target"}
+with torch.no_grad():
+    First()(*args)
+    torch.onnx.export(First(), args, out, opset_version=opset, dynamo=dynamo, input_names=names, output_names=["y"],
+                      dynamic_axes=None if dynamo else dynamic or None)
+import onnxruntime  # an export that ONNX Runtime cannot run is the exporter's failure, not spa's
+session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+try:
+    session.run(None, {name: arg.numpy() for name, arg in zip(names, args)})
+except Exception as error:
+    raise SystemExit(f"RuntimeError: the exported model does not run in ONNX Runtime: {str(error)[:100]}")
+'''
+
+
+def sweep_one(name: str, torch_python: str, folder: Path, keep: bool = False) -> Row:
+    model_type, head, kind, overrides = SPECS[name]
+    model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
+    exported = subprocess.run([torch_python, "-c", EXPORT, model_type, head, kind, json.dumps(overrides), str(model)],
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+    if exported.returncode != 0:
+        return export_failed(name, exported.stderr)
+    return prune_row(name, model, pruned, keep, type=model_type)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=list(SPECS))
+    parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
+    parser.add_argument("--keep", type=Path, help="keep the exported and pruned models in this folder")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
+        for name in args.names:
+            rows.append(sweep_one(name, args.torch_python, args.keep or Path(folder), args.keep is not None))
+            print(json.dumps(rows[-1]), flush=True)
+    intro = ("Written by `python models/sweep_hf.py` (transformers configs shrunk to 2 layers and hidden 64, "
+             "random weights, TorchScript export at opset 17 with dynamic batch and sequence for text, "
+             "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
+    columns = [("model", "name"), ("transformers type", "type"), ("result", "status"), ("params", "params"),
+               ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail")]  # fmt: skip
+    return write_results("sweep_hf", rows, args.names != list(SPECS),
+                         "spa prune on transformers architectures outside the zoo", intro, columns)  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
