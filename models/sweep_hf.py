@@ -16,9 +16,11 @@ then this interpreter runs
 
 and records the exit code, the verdict (PASSED: mask equivalence holds), the
 share of parameters and MACs removed, the pruned/total group counts and, where
-nothing was prunable, the first reasons.
+nothing was prunable, the first reasons. ``--commands`` also runs every command
+``check_wheel_models.py`` runs (inspect, optimize, prune, quantize, sparsify, with
+their defaults) and records any that exits non-zero or with a traceback.
 
-    python models/sweep_hf.py [--torch-python /path/to/python] [NAME ...]
+    python models/sweep_hf.py [--torch-python /path/to/python] [--keep FOLDER] [--commands] [NAME ...]
 
 Writes ``models/results/sweep_hf.md`` and ``.json``.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import check_wheel_models
 from sweep_common import Row, export_failed, prune_row, write_results
 
 # name: (model_type, head, input kind, config overrides beyond the shared shrink)
@@ -189,14 +192,22 @@ except Exception as error:
 '''
 
 
-def sweep_one(name: str, torch_python: str, folder: Path, keep: bool = False) -> Row:
+def sweep_one(name: str, torch_python: str, folder: Path, keep: bool = False, commands: bool = False) -> Row:
     model_type, head, kind, overrides = SPECS[name]
     model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
     exported = subprocess.run([torch_python, "-c", EXPORT, model_type, head, kind, json.dumps(overrides), str(model)],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
     if exported.returncode != 0:
         return export_failed(name, exported.stderr)
-    return prune_row(name, model, pruned, keep, type=model_type)
+    row = prune_row(name, model, pruned, keep or commands, type=model_type)
+    if commands:  # every command check_wheel_models.py runs, with its defaults
+        runs = check_wheel_models.run(model, folder)
+        odd = [f"{command} exit {code}: {last[:60]}" for command, code, last, _ in runs
+               if code != 0 or last.startswith("TRACEBACK")]  # fmt: skip
+        row["commands"] = "; ".join(odd) or f"{len(runs)} commands exit 0"
+        for path in (model, pruned) if not keep else ():
+            path.unlink(missing_ok=True)
+    return row
 
 
 def main() -> int:
@@ -204,17 +215,22 @@ def main() -> int:
     parser.add_argument("names", nargs="*", default=list(SPECS))
     parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
     parser.add_argument("--keep", type=Path, help="keep the exported and pruned models in this folder")
+    parser.add_argument("--commands", action="store_true",
+                        help="also run inspect, optimize, prune, quantize and sparsify with their defaults")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
         for name in args.names:
-            rows.append(sweep_one(name, args.torch_python, args.keep or Path(folder), args.keep is not None))
+            rows.append(sweep_one(name, args.torch_python, args.keep or Path(folder), args.keep is not None,
+                                  args.commands))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     intro = ("Written by `python models/sweep_hf.py` (transformers configs shrunk to 2 layers and hidden 64, "
              "random weights, TorchScript export at opset 17 with dynamic batch and sequence for text, "
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
     columns = [("model", "name"), ("transformers type", "type"), ("result", "status"), ("params", "params"),
                ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail")]  # fmt: skip
+    if args.commands:
+        columns.append(("other commands (--commands)", "commands"))
     return write_results("sweep_hf", rows, args.names != list(SPECS),
                          "spa prune on transformers architectures outside the zoo", intro, columns)  # fmt: skip
 
