@@ -55,6 +55,7 @@ def write_results(stem: str, rows: list[Row], subset: bool, title: str, intro: s
     if subset and path.exists():
         fresh = {str(row["name"]): row for row in rows}
         rows = [fresh.pop(str(row["name"]), row) for row in json.loads(path.read_text())] + list(fresh.values())
+    columns = [(header, key) for header, key in columns if any(key in row for row in rows)]  # as the rows hold
     counts: dict[str, int] = {}
     for row in rows:
         counts[str(row["status"])] = counts.get(str(row["status"]), 0) + 1

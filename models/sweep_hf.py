@@ -228,9 +228,8 @@ def main() -> int:
              "random weights, TorchScript export at opset 17 with dynamic batch and sequence for text, "
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
     columns = [("model", "name"), ("transformers type", "type"), ("result", "status"), ("params", "params"),
-               ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail")]  # fmt: skip
-    if args.commands:
-        columns.append(("other commands (--commands)", "commands"))
+               ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail"),
+               ("other commands (--commands)", "commands")]  # fmt: skip
     return write_results("sweep_hf", rows, args.names != list(SPECS),
                          "spa prune on transformers architectures outside the zoo", intro, columns)  # fmt: skip
 

@@ -568,6 +568,9 @@ def test_round_to_auto_keeps_multiples_of_16_in_groups_of_32_or_more_and_of_8_in
     sizes = (8, 12, 16, 20, 24, 32, 40, 48, 60, 64, 1536)
     assert [group_multiple(size, AUTO_ROUND) for size in sizes] == [1, 1, 8, 1, 8, 16, 8, 16, 1, 16, 16]
     assert group_multiple(384, AUTO_ROUND, unit_width=32) == 1  # heads of 32 channels
+    # GroupNorm's 32 groups of 2 convolution channels: 8 groups fill a block of 16 channels
+    assert group_multiple(32, AUTO_ROUND, unit_width=2, blocked_units=True) == 8
+    assert group_multiple(32, AUTO_ROUND, unit_width=4) == 16  # an LSTM's units (4 gate rows) count whole
     assert group_multiple(64, 4) == 4  # an explicit multiple wins
     scores = {0: np.arange(1.0, 65.0), 1: np.arange(1.0, 13.0)}
     # 64 * 0.9 = 57.6 -> 58 -> 64 (a multiple of 16); 12 * 0.9 = 10.8 -> 11 (exact)

@@ -223,3 +223,17 @@ def test_scalar_arithmetic_on_constants_stays_in_the_graph() -> None:
     constants = {"base": np.array(2.0, np.float32), "exponent": np.array([0.5], np.float32)}
     model, _ = analysis_of(model_from_text(text, {}, constants=constants))
     assert "Pow" in {node.op_type for node in model.graph}
+
+
+def test_group_norm_groups_of_two_channels_round_by_channels() -> None:
+    # 32 groups of 2 channels: --round-to auto keeps multiples of 8 groups (16 channels);
+    # counted as units, 25 % of 32 groups rounded up to a multiple of 16 kept all of them
+    from spa.pruning.plan import make_plan
+
+    weights = {"w1": (64, 3, 3, 3), "b1": (64,), "gamma": (64, 1, 1), "beta": (64, 1, 1), "w2": (5, 64, 1, 1)}
+    constants = {"to_groups": np.array([0, 32, -1]), "ones": np.ones(32, np.float32),
+                 "zeros": np.zeros(32, np.float32)}  # fmt: skip
+    model, analysis = analysis_of(model_from_text(GROUP_NORM, weights, constants=constants))
+    group = group_with(analysis, "w1", 0)
+    plan = make_plan(model, analysis, ratio=0.25, criterion="l1", round_to=0)
+    assert group.size == 32 and len(plan.kept[group.id]) == 24  # 48 of 64 channels

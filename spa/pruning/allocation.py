@@ -35,7 +35,7 @@ AUTO_ROUND = 0
 AUTO_MULTIPLES = (16, 8)
 
 
-def group_multiple(size: int, round_to: int, unit_width: int = 1) -> int:
+def group_multiple(size: int, round_to: int, unit_width: int = 1, blocked_units: bool = False) -> int:
     """The multiple a group of ``size`` units keeps: ``round_to``, or with
     :data:`AUTO_ROUND` 16 in groups of 32 or more whose size is a multiple of 16,
     8 in groups of 16 or more whose size is a multiple of 8, 1 in the others, for
@@ -50,14 +50,17 @@ def group_multiple(size: int, round_to: int, unit_width: int = 1) -> int:
     channels 1.08x. Multiples of 16 suit both. A unit of
     ``unit_width`` >= 8 channels (an attention head of 64) already keeps whole
     blocks; groups that are not a multiple of 8 (12 heads, odd layers) are left
-    exact."""
+    exact. ``blocked_units``: each unit spans ``unit_width`` convolution channels
+    (GroupNorm's groups of 2 or 4), so a block of 16 (or 8) channels is 16 (8) /
+    ``unit_width`` units."""
     if round_to != AUTO_ROUND:
         return round_to
     if unit_width >= min(AUTO_MULTIPLES):
         return 1
     for multiple in AUTO_MULTIPLES:
-        if size >= 2 * multiple and size % multiple == 0:
-            return multiple
+        units = multiple // unit_width if blocked_units and multiple % unit_width == 0 else multiple
+        if size >= 2 * units and size % units == 0:
+            return units
     return 1
 
 

@@ -196,6 +196,21 @@ def _unit_width(model: ir.Model, group: Group) -> int:
     return max(widths, default=1)
 
 
+def _blocked_units(model: ir.Model, group: Group) -> bool:
+    """Does each unit of ``group`` span several output channels of a convolution (a
+    GroupNorm group of 2 or 4 channels), so that rounding counts channels, not units?
+    (An LSTM's unit spans its 4 gates' rows: no NCHWc blocks there.)"""
+    convs = {id(node.inputs[1]) for node in model.graph
+             if node.op_type in ("Conv", "ConvTranspose") and not node.domain and len(node.inputs) > 1}  # fmt: skip
+    for member in group.parameters:
+        value = model.graph.initializers.get(member.space[0])
+        if value is None or value.const_value is None or id(value) not in convs or member.space[1] != 0:
+            continue
+        if int(value.const_value.shape.numpy()[0]) > group.size:
+            return True
+    return False
+
+
 def _shape_class(model: ir.Model, group: Group) -> tuple[Any, ...]:
     shapes = []
     for member in group.parameters:
@@ -278,7 +293,8 @@ def make_plan(
         for group in groups
     }
     extra: dict[str, Any] = {}
-    multiples = {g.id: group_multiple(g.size, round_to, _unit_width(model, g)) for g in groups}
+    multiples = {g.id: group_multiple(g.size, round_to, _unit_width(model, g), _blocked_units(model, g))
+                 for g in groups}  # fmt: skip
     keeps: dict[int, int] = {}
     if not groups:
         pass  # nothing to allocate: the report says why nothing changed
