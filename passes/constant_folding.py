@@ -16,7 +16,14 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from spa.constants import RANDOM_OPS, constant_array, evaluate_node
+from spa.constants import (
+    RANDOM_OPS,
+    constant_array,
+    evaluate_node,
+    may_fold,
+    replace_with_initializer,
+    types_agree,
+)
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 
 __all__ = ["RANDOM_OPS", "FoldConstantsPass", "evaluate_node"]
@@ -143,14 +150,14 @@ class FoldConstantsPass(SpaPass):
             if results is None:
                 continue
             for value, array in zip(node.outputs, results, strict=True):
-                _replace_with_initializer(model.graph, value, array)
+                replace_with_initializer(model.graph, value, array)
             model.graph.remove(node, safe=True)
             folded += 1
         statistics = {"constants_folded": folded, "too_large": self._too_large}
         return SpaPassResult(model, folded > 0, dict(statistics))
 
     def _fold(self, node: ir.Node, opset: int) -> list[np.ndarray] | None:
-        if not _may_fold(node):
+        if not may_fold(node):
             return None
         if node.op_type in ("Shape", "Size"):
             return _fold_shape(node)
@@ -168,7 +175,7 @@ class FoldConstantsPass(SpaPass):
         if predicted is not None and predicted > self.max_output_elements:
             return self._refuse(node, f"its {predicted}-element output")
         results = evaluate_node(node, arrays, opset)
-        if results is None or not _types_agree(node, results):
+        if results is None or not types_agree(node, results):
             return None
         if sum(r.size for r in results) > self.max_output_elements:
             return self._refuse(node, "its output")
@@ -217,34 +224,6 @@ class FoldConstantsPass(SpaPass):
         return [np.array(picked, dtype=np.int64).reshape(results[0].shape)]
 
 
-def _may_fold(node: ir.Node) -> bool:
-    if node.domain != "" or node.op_type in RANDOM_OPS or node.op_type == "Constant":
-        return False
-    if any(value.is_graph_output() for value in node.outputs):
-        return False
-    return not any(
-        a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-        for a in node.attributes.values()
-    )
-
-
-def _types_agree(node: ir.Node, results: list[np.ndarray]) -> bool:
-    """The evaluator's dtypes match the types the graph declares (else do not trust it)."""
-    for value, array in zip(node.outputs, results, strict=True):
-        try:
-            dtype = ir.DataType.from_numpy(array.dtype)
-        except TypeError:  # object arrays
-            return False
-        if dtype == ir.DataType.STRING:
-            return False  # string tensors stay as nodes
-        if value.dtype is not None and dtype != value.dtype:
-            logger.debug(
-                "not folding %s '%s': evaluator gave %s", node.op_type, node.name, array.dtype
-            )
-            return False
-    return True
-
-
 def _fold_shape(node: ir.Node) -> list[np.ndarray] | None:
     dims = _shape_node_dims(node) if node.op_type == "Shape" else None
     if node.op_type == "Size" and node.inputs and node.inputs[0] is not None:
@@ -253,17 +232,3 @@ def _fold_shape(node: ir.Node) -> list[np.ndarray] | None:
     if dims is None or any(dim is None for dim in dims):
         return None
     return [np.array(dims, dtype=np.int64)]
-
-
-def _replace_with_initializer(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
-    """Make an initializer holding ``array`` take ``value``'s name and uses."""
-    tensor = ir.Tensor(array, name=value.name)
-    constant = ir.Value(
-        name=value.name,
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(tensor.dtype),
-        const_value=tensor,
-    )
-    value.name = f"{value.name}__folded"
-    graph.register_initializer(constant)
-    value.replace_all_uses_with(constant)

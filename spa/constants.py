@@ -9,7 +9,16 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
-__all__ = ["RANDOM_OPS", "constant_array", "evaluate_node", "flushed_subnormals", "subnormal_count"]
+__all__ = [
+    "RANDOM_OPS",
+    "constant_array",
+    "evaluate_node",
+    "flushed_subnormals",
+    "may_fold",
+    "replace_with_initializer",
+    "subnormal_count",
+    "types_agree",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +111,47 @@ def evaluate_node(
     if not all(isinstance(r, np.ndarray | np.generic) for r in results):
         return None  # sequences, optionals, maps stay as nodes
     return [np.asarray(r) for r in results]
+
+
+def may_fold(node: ir.Node) -> bool:
+    """A standard-domain node that constant folding may evaluate: no random op, no
+    ``Constant``, no graph output, no subgraph."""
+    if node.domain != "" or node.op_type in RANDOM_OPS or node.op_type == "Constant":
+        return False
+    if any(value.is_graph_output() for value in node.outputs):
+        return False
+    return not any(
+        a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for a in node.attributes.values()
+    )
+
+
+def types_agree(node: ir.Node, results: list[np.ndarray]) -> bool:
+    """The evaluator's dtypes match the types the graph declares (else do not trust it)."""
+    for value, array in zip(node.outputs, results, strict=True):
+        try:
+            dtype = ir.DataType.from_numpy(array.dtype)
+        except TypeError:  # object arrays
+            return False
+        if dtype == ir.DataType.STRING:
+            return False  # string tensors stay as nodes
+        if value.dtype is not None and dtype != value.dtype:
+            logger.debug(
+                "not folding %s '%s': evaluator gave %s", node.op_type, node.name, array.dtype
+            )
+            return False
+    return True
+
+
+def replace_with_initializer(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
+    """Make an initializer holding ``array`` take ``value``'s name and uses."""
+    tensor = ir.Tensor(array, name=value.name)
+    constant = ir.Value(
+        name=value.name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(tensor.dtype),
+        const_value=tensor,
+    )
+    value.name = f"{value.name}__folded"
+    graph.register_initializer(constant)
+    value.replace_all_uses_with(constant)

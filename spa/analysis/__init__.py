@@ -21,6 +21,7 @@ __all__ = [
     "Member",
     "analyze",
     "fold_weight_chains",
+    "lift_weights",
     "model_fingerprint",
     "prepare",
     "unshare_initializers",
@@ -39,14 +40,11 @@ def __getattr__(attribute: str) -> Any:
 
 
 def prepare(model: ir.Model) -> ir.Model:
-    """Make a model analysable, in place: Constant nodes become initializers
-    (so their channels can be sliced) and shapes are inferred."""
-    import onnx_ir.passes.common as common_passes
-
+    """Make a model analysable, in place: Constant nodes become initializers and
+    weights computed from constants fold (:func:`lift_weights`), and shapes are inferred."""
     from spa.ir_shapes import infer_shapes
 
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    fold_weight_chains(model)
+    lift_weights(model)
     unshare_initializers(model)
     if not infer_shapes(model, strict_mode=True):
         infer_shapes(model, strict_mode=False)
@@ -67,6 +65,16 @@ def prepare(model: ir.Model) -> ir.Model:
 #: pipeline converted by skl2onnx (a Scaler first) left every later shape unknown
 #: and its MLP without one prunable group.
 _ML_SAME_SHAPE = {"Scaler": "FLOAT", "Normalizer": "FLOAT", "Binarizer": None, "Imputer": None}
+
+
+def lift_weights(model: ir.Model) -> int:
+    """Constant nodes become initializers (so their channels can be sliced) and the
+    weights computed from them alone are folded (:func:`fold_weight_chains`), in
+    place: the weights the analyzer sees. Returns the number of nodes folded."""
+    import onnx_ir.passes.common as common_passes
+
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    return fold_weight_chains(model)
 
 
 #: Ops a weight is stored through: folding them would change what the file
@@ -114,18 +122,13 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
     import numpy as np
     import onnx_ir as ir
 
-    from spa.constants import RANDOM_OPS, evaluate_node
+    from spa.constants import evaluate_node, may_fold, replace_with_initializer, types_agree
     from spa.model_io import FLOAT_TYPES
 
     opset = model.graph.opset_imports.get("", 17)
     folded = 0
     for node in list(model.graph):
-        if node.domain or node.op_type in RANDOM_OPS or node.op_type in _STORAGE_OPS:
-            continue
-        if node.op_type in ("Constant", "Shape", "Size") or any(
-            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-            for a in node.attributes.values()
-        ):
+        if not may_fold(node) or node.op_type in _STORAGE_OPS or node.op_type in ("Shape", "Size"):
             continue
         inputs = [v for v in node.inputs if v is not None]
         if not inputs or any(v.const_value is None or v.is_graph_input() for v in inputs):
@@ -133,32 +136,24 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
         small_alias = node.op_type == "Identity" and inputs[0].const_value is not None and inputs[0].const_value.size <= 64
         if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or _feeds_computation(node)):
             continue
-        if any(v.is_graph_output() for v in node.outputs):
-            continue
         budget = sum(v.const_value.size for v in inputs if v.const_value is not None)
         if budget > max_elements:
             continue
         arrays = [v.const_value.numpy() if v is not None and v.const_value is not None else None
                   for v in node.inputs]  # fmt: skip
         results = evaluate_node(node, arrays, opset)
-        if results is None or sum(r.size for r in results) > budget:
+        if results is None or sum(r.size for r in results) > budget or not types_agree(node, results):
             continue
         if not small_alias and any(r.size < _MIN_WEIGHT for r in results):
             continue  # scalar arithmetic (a position embedding's scale): not a weight
         if any(v.shape is not None and tuple(v.shape) != r.shape for r, v in zip(results, node.outputs, strict=True)):
             continue  # the evaluator's shape disagrees with the graph's: keep the node
-        types = [ir.DataType.from_numpy(r.dtype) for r in results]
-        if any((t not in FLOAT_TYPES and not small_alias) or v.dtype not in (None, t)
-               for t, v in zip(types, node.outputs, strict=True)):  # fmt: skip
+        if not small_alias and any(ir.DataType.from_numpy(r.dtype) not in FLOAT_TYPES for r in results):
             continue
         for value, array in zip(node.outputs, results, strict=True):
-            tensor = ir.Tensor(np.ascontiguousarray(array), name=value.name)
-            constant = ir.Value(name=value.name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
-                                const_value=tensor)  # fmt: skip
-            value.name = f"{value.name}__computed"
-            model.graph.register_initializer(constant)
-            value.replace_all_uses_with(constant)
-            computed.add(constant.name or "")
+            name = value.name or ""
+            replace_with_initializer(model.graph, value, np.ascontiguousarray(array))
+            computed.add(name)
         model.graph.remove(node, safe=True)
         folded += 1
     return folded

@@ -253,13 +253,13 @@ def prune_change(details: dict[str, Any], before: onnx.ModelProto) -> ChangeShar
 
 def weight_chains_folded(before: onnx.ModelProto) -> onnx.ModelProto:
     """``before`` with its weights computed from constants folded, as the analyzer
-    sees it (:func:`spa.analysis.fold_weight_chains`), so that the change report
+    sees it (:func:`spa.analysis.lift_weights`), so that the change report
     counts a standardised convolution's weight once, under the name it is pruned by;
     ``before`` itself where nothing folds."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common_passes
 
-    from spa.analysis import fold_weight_chains
+    from spa.analysis import lift_weights
 
     constants = {t.name for t in before.graph.initializer}
     constants |= {name for node in before.graph.node if node.op_type == "Constant" for name in node.output}
@@ -267,8 +267,7 @@ def weight_chains_folded(before: onnx.ModelProto) -> onnx.ModelProto:
                for node in before.graph.node):  # fmt: skip
         return before
     model = ir.serde.deserialize_model(before)
-    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    if not fold_weight_chains(model):
+    if not lift_weights(model):
         return before
     common_passes.RemoveUnusedNodesPass()(model)  # the weights the folded nodes read
     return ir.serde.serialize_model(model)
