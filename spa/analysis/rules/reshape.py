@@ -81,16 +81,17 @@ def _segments(
         while left != right:
             step_in = left < right
             i, j = (i + 1, j) if step_in else (i, j + 1)
-            if i >= len(in_shape) or j >= len(out_shape) or (in_shape if step_in else out_shape)[i if step_in else j] is None:
-                if not open_tail or i >= len(in_shape) or j >= len(out_shape):
-                    return None
-                return [*segments, (list(range(ins[0], len(in_shape))), list(range(outs[0], len(out_shape))))]
+            side, k = (in_shape, i) if step_in else (out_shape, j)
+            if k >= len(side) or side[k] is None:
+                if open_tail and k < len(side):  # the rest of both shapes: one last segment
+                    return [*segments, (list(range(ins[0], len(in_shape))), list(range(outs[0], len(out_shape))))]
+                return None
             if step_in:
                 ins.append(i)
-                left *= int(in_shape[i] or 0)
+                left *= int(side[k] or 0)
             else:
                 outs.append(j)
-                right *= int(out_shape[j] or 0)
+                right *= int(side[k] or 0)
         segments.append((ins, outs))
         i, j = i + 1, j + 1
     return segments
@@ -176,13 +177,12 @@ def reshape_couplings(
     out_shape = tuple(out_dims) if out_dims is not None else context.shape(y)
     if in_shape is None or out_shape is None:
         return [Barrier(f"{what} has unknown shapes", values=(name(x), name(y)))]
-    segments = _segments(
-        in_shape, out_shape, _symbols(x, len(in_shape)), _symbols(y, len(out_shape))
-    )
+    names = _symbols(x, len(in_shape)), _symbols(y, len(out_shape))
+    segments = _segments(in_shape, out_shape, *names)
     if segments is None:
         segments = _suffix_segments(in_shape, out_shape)
     if not segments:  # GroupNorm's [N, 256, H, W] -> [N, 32, 8*H*W] at run-time sizes
-        segments = _segments(in_shape, out_shape, open_tail=True) or segments
+        segments = _segments(in_shape, out_shape, *names, open_tail=True) or segments
     if segments is None:
         return [Barrier(f"{what} reshapes {in_shape} -> {out_shape}", values=(name(x), name(y)))]
     out: Result = []
