@@ -218,6 +218,8 @@ def main() -> int:
     parser.add_argument("--commands", action="store_true",
                         help="also run inspect, optimize, prune, quantize and sparsify with their defaults")
     args = parser.parse_args()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
         for name in args.names:
