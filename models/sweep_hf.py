@@ -9,7 +9,8 @@ is built from its transformers config, shrunk (2 layers, hidden 64, where the
 config has those fields; random weights, nothing downloaded), exported by the
 ``--torch-python`` interpreter (torch + transformers, the ``models`` extra)
 with the TorchScript exporter at opset 17 (mixtures of experts with transformers'
-eager loop over experts), batch and sequence dynamic for text;
+eager loop over experts), or with ``--dynamo`` by torch.export (torch's default
+exporter, at its own opset), batch and sequence dynamic for text;
 then this interpreter runs
 
     spa prune MODEL -o OUT --ratio 0.25 --verify
@@ -20,9 +21,9 @@ nothing was prunable, the first reasons. ``--commands`` also runs every command
 ``check_wheel_models.py`` runs (inspect, optimize, prune, quantize, sparsify, with
 their defaults) and records any that exits non-zero or with a traceback.
 
-    python models/sweep_hf.py [--torch-python /path/to/python] [--keep FOLDER] [--commands] [NAME ...]
+    python models/sweep_hf.py [--torch-python /path/to/python] [--keep FOLDER] [--commands] [--dynamo] [NAME ...]
 
-Writes ``models/results/sweep_hf.md`` and ``.json``.
+Writes ``models/results/sweep_hf.md`` and ``.json`` (``sweep_hf_dynamo.*`` with ``--dynamo``).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ import torch, transformers
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model_type, head, kind, overrides, out = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
-opset, dynamo = overrides.pop("__opset__", 17), overrides.pop("__dynamo__", False)
+dynamo = overrides.pop("__dynamo__", False)
+opset = overrides.pop("__opset__", None if dynamo else 17)  # torch.export: the exporter's own opset
 SHRINK = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
           "intermediate_size": 128, "vocab_size": 1000, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
           "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
@@ -181,8 +183,10 @@ if "decoder_input_ids" in names:
     dynamic["decoder_input_ids"] = {0: "batch", 1: "target"}
 with torch.no_grad():
     First()(*args)
+    shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic[n]} if n in dynamic else None for n in names)
     torch.onnx.export(First(), args, out, opset_version=opset, dynamo=dynamo, input_names=names, output_names=["y"],
-                      dynamic_axes=None if dynamo else dynamic or None)
+                      dynamic_axes=None if dynamo else dynamic or None,
+                      dynamic_shapes=(shapes,) if dynamo and dynamic else None)  # forward(*tensors): one tuple
 import onnxruntime  # an export that ONNX Runtime cannot run is the exporter's failure, not spa's
 session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
 try:
@@ -192,8 +196,10 @@ except Exception as error:
 '''
 
 
-def sweep_one(name: str, torch_python: str, folder: Path, keep: bool = False, commands: bool = False) -> Row:
+def sweep_one(name: str, torch_python: str, folder: Path, keep: bool = False, commands: bool = False,
+              dynamo: bool = False) -> Row:  # fmt: skip
     model_type, head, kind, overrides = SPECS[name]
+    overrides = {**overrides, "__dynamo__": True} if dynamo else overrides
     model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
     exported = subprocess.run([torch_python, "-c", EXPORT, model_type, head, kind, json.dumps(overrides), str(model)],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
@@ -217,6 +223,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the exported and pruned models in this folder")
     parser.add_argument("--commands", action="store_true",
                         help="also run inspect, optimize, prune, quantize and sparsify with their defaults")
+    parser.add_argument("--dynamo", action="store_true",
+                        help="export with torch.export (torch.onnx.export(dynamo=True), its default opset; "
+                             "torch's default exporter) instead of TorchScript; writes sweep_hf_dynamo.*")
     args = parser.parse_args()
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
@@ -224,15 +233,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
         for name in args.names:
             rows.append(sweep_one(name, args.torch_python, args.keep or Path(folder), args.keep is not None,
-                                  args.commands))  # fmt: skip
+                                  args.commands, args.dynamo))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    intro = ("Written by `python models/sweep_hf.py` (transformers configs shrunk to 2 layers and hidden 64, "
-             "random weights, TorchScript export at opset 17 with dynamic batch and sequence for text, "
+    exporter = ("torch.export (`--dynamo`: torch.onnx.export(dynamo=True), the exporter's default opset)"
+                if args.dynamo else "TorchScript export at opset 17")
+    intro = (f"Written by `python models/sweep_hf.py{' --dynamo' if args.dynamo else ''}` (transformers configs "
+             f"shrunk to 2 layers and hidden 64, random weights, {exporter} with dynamic batch and sequence for text, "
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
     columns = [("model", "name"), ("transformers type", "type"), ("result", "status"), ("params", "params"),
                ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail"),
                ("other commands (--commands)", "commands")]  # fmt: skip
-    return write_results("sweep_hf", rows, args.names != list(SPECS),
+    return write_results("sweep_hf_dynamo" if args.dynamo else "sweep_hf", rows, args.names != list(SPECS),
                          "spa prune on transformers architectures outside the zoo", intro, columns)  # fmt: skip
 
 

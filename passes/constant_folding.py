@@ -19,6 +19,7 @@ import onnx_ir as ir
 from spa.constants import (
     RANDOM_OPS,
     constant_array,
+    constant_size,
     evaluate_node,
     may_fold,
     replace_with_initializer,
@@ -36,21 +37,6 @@ logger = logging.getLogger(__name__)
 SELECTION_OPS = frozenset({"Gather", "Slice"})
 
 Dims = list[int | None]
-
-
-def _constant_size(value: ir.Value) -> int | None:
-    """Elements of a constant (initializer or Constant output) without reading it."""
-    if value.is_graph_input():
-        return None
-    if value.const_value is not None:
-        return value.const_value.size
-    producer = value.producer()
-    if producer is None or producer.op_type != "Constant" or producer.domain != "":
-        return None
-    attribute = producer.attributes.get("value")
-    if attribute is None or attribute.type != ir.AttributeType.TENSOR:
-        return None
-    return attribute.as_tensor().size
 
 
 def _static_dims(value: ir.Value) -> list[int] | None:
@@ -162,7 +148,7 @@ class FoldConstantsPass(SpaPass):
         if node.op_type in ("Shape", "Size"):
             return _fold_shape(node)
         inputs = [v for v in node.inputs if v is not None]
-        sizes = [_constant_size(v) for v in inputs]
+        sizes = [constant_size(v) for v in inputs]
         if node.op_type in SELECTION_OPS and sizes and sizes[0] is None:
             return self._fold_shape_selection(node, opset)
         known = [size for size in sizes if size is not None]
@@ -211,7 +197,7 @@ class FoldConstantsPass(SpaPass):
             return None
         dims = _shape_node_dims(producer)
         others = node.inputs[1:]
-        if dims is None or any(v is not None and _constant_size(v) is None for v in others):
+        if dims is None or any(v is not None and constant_size(v) is None for v in others):
             return None
         positions = np.arange(len(dims), dtype=np.int64)
         arrays = [positions, *(constant_array(v) if v is not None else None for v in others)]

@@ -54,6 +54,21 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def constant_size(value: ir.Value) -> int | None:
+    """Elements of a constant (as :func:`constant_array` reads it) without reading it."""
+    if value.is_graph_input():
+        return None
+    if value.const_value is not None:
+        return value.const_value.size
+    producer = value.producer()
+    if producer is None or producer.op_type != "Constant" or producer.domain != "":
+        return None
+    attribute = producer.attributes.get("value")
+    if attribute is None or attribute.type != ir.AttributeType.TENSOR:
+        return None
+    return attribute.as_tensor().size
+
+
 #: Per float type: the unsigned view, its exponent bits and its mantissa bits. A value is
 #: subnormal when its exponent bits are all zero and its mantissa is not.
 _SUBNORMAL_BITS: dict[ir.DataType, tuple[type[np.unsignedinteger], int, int]] = {

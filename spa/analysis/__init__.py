@@ -122,7 +122,14 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
     import numpy as np
     import onnx_ir as ir
 
-    from spa.constants import evaluate_node, may_fold, replace_with_initializer, types_agree
+    from spa.constants import (
+        constant_array,
+        constant_size,
+        evaluate_node,
+        may_fold,
+        replace_with_initializer,
+        types_agree,
+    )
     from spa.model_io import FLOAT_TYPES
 
     opset = model.graph.opset_imports.get("", 17)
@@ -131,16 +138,16 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
         if not may_fold(node) or node.op_type in _STORAGE_OPS or node.op_type in ("Shape", "Size"):
             continue
         inputs = [v for v in node.inputs if v is not None]
-        if not inputs or any(v.const_value is None or v.is_graph_input() for v in inputs):
+        sizes = [constant_size(v) for v in inputs]  # initializers and Constant nodes (an epsilon)
+        if not inputs or any(size is None for size in sizes):
             continue
-        small_alias = node.op_type == "Identity" and inputs[0].const_value is not None and inputs[0].const_value.size <= 64
+        small_alias = node.op_type == "Identity" and (sizes[0] or 0) <= 64
         if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or _feeds_computation(node)):
             continue
-        budget = sum(v.const_value.size for v in inputs if v.const_value is not None)
+        budget = sum(size or 0 for size in sizes)
         if budget > max_elements:
             continue
-        arrays = [v.const_value.numpy() if v is not None and v.const_value is not None else None
-                  for v in node.inputs]  # fmt: skip
+        arrays = [constant_array(v) for v in node.inputs]
         results = evaluate_node(node, arrays, opset)
         if results is None or sum(r.size for r in results) > budget or not types_agree(node, results):
             continue
@@ -163,6 +170,8 @@ def _feeds_computation(node: ir.Node) -> bool:
     """Is ``node`` an Identity of a constant (TorchScript's alias of a deduplicated
     initializer, such as a shared gain of ones) whose every use is a computation on
     constants alone: part of a weight's chain, so it folds with it."""
+    from spa.constants import constant_size
+
     if node.op_type != "Identity" or not node.outputs[0].uses():
         return False
     for use in node.outputs[0].uses():
@@ -173,7 +182,7 @@ def _feeds_computation(node: ir.Node) -> bool:
             producer = None if value is None else value.producer()
             aliased = producer is not None and producer.op_type == "Identity" and producer.inputs[0] is not None
             source = producer.inputs[0] if aliased and producer is not None else value
-            if source is not None and source.const_value is None:
+            if source is not None and constant_size(source) is None:
                 return False
     return True
 

@@ -296,8 +296,8 @@ def quantize_command(
     dims: tuple[str, ...],
     int_ranges: tuple[str, ...],
 ) -> None:
-    """Quantize MatMul/Gemm weights of MODEL to int4/int8 blocks (or, with
-    --activations, static INT8/FP8 QDQ) and write -o."""
+    """Quantize the MatMul/Gemm/Conv/LSTM weights of MODEL to int4/int8 blocks (or,
+    with --activations, static INT8/FP8 QDQ) and write -o."""
     from spa.workflows.quantize import quantize_model
 
     _check_mode(click.get_current_context(), activations, weights, method)

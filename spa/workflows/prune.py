@@ -186,7 +186,7 @@ def prune_model(
     )
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
-    change = prune_change(details, weight_chains_folded(outcome.before))
+    change = prune_change(details, outcome.before)
     report["change"] = change.as_dict()
     report = {
         **reporting.build_report(
@@ -249,28 +249,6 @@ def prune_change(details: dict[str, Any], before: onnx.ModelProto) -> ChangeShar
                 if name and name not in reasons and name not in main_inputs:
                     reasons[name] = "read only inside an If/Loop/Scan body: spa prunes the main graph"
     return change_share(before, reasons, "op type {op}: its weights belong to no channel group")
-
-
-def weight_chains_folded(before: onnx.ModelProto) -> onnx.ModelProto:
-    """``before`` with its weights computed from constants folded, as the analyzer
-    sees it (:func:`spa.analysis.lift_weights`), so that the change report
-    counts a standardised convolution's weight once, under the name it is pruned by;
-    ``before`` itself where nothing folds."""
-    import onnx_ir as ir
-    import onnx_ir.passes.common as common_passes
-
-    from spa.analysis import lift_weights
-
-    constants = {t.name for t in before.graph.initializer}
-    constants |= {name for node in before.graph.node if node.op_type == "Constant" for name in node.output}
-    if not any(node.input and all(name in constants for name in node.input if name) and node.op_type != "Constant"
-               for node in before.graph.node):  # fmt: skip
-        return before
-    model = ir.serde.deserialize_model(before)
-    if not lift_weights(model):
-        return before
-    common_passes.RemoveUnusedNodesPass()(model)  # the weights the folded nodes read
-    return ir.serde.serialize_model(model)
 
 
 def _check_valid(path: Path, shown: object) -> None:
