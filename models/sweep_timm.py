@@ -3,7 +3,8 @@
 A sweep (not a test) of how general the analyzer is on architectures it was not
 built against. For each timm model name (random weights, ``pretrained=False``:
 no model hub), the ``--torch-python`` interpreter (with torch and timm, the
-``models`` extra) exports it with the TorchScript exporter at opset 17 and its
+``models`` extra) exports it with the TorchScript exporter at opset 17 (or, with
+``--dynamo``, by torch.export at its default opset, dynamic batch) and its
 default input size; then this interpreter runs
 
     spa prune MODEL -o OUT --ratio 0.25 --verify
@@ -11,9 +12,9 @@ default input size; then this interpreter runs
 and records the exit code, the verdict (PASSED: mask equivalence holds), the
 share of parameters and MACs removed and the pruned/total group counts.
 
-    python models/sweep_timm.py [--torch-python /path/to/python] [NAME ...]
+    python models/sweep_timm.py [--torch-python /path/to/python] [--dynamo] [NAME ...]
 
-Writes ``models/results/sweep_timm.md`` and ``.json``. The default names are
+Writes ``models/results/sweep_timm.md`` and ``.json`` (``sweep_timm_dynamo.*`` with ``--dynamo``). The default names are
 two batches of families the zoo does not hold (hybrid conv/attention, MetaFormer
 variants, window and halo attention, re-parameterised and NAS nets,
 Inception/DPN/Res2Net/ResNeSt topologies, weight-standardised NFNet/BiT).
@@ -55,18 +56,22 @@ import sys, warnings
 warnings.filterwarnings("ignore")
 import torch, timm
 torch.set_num_threads(1)
-name, out = sys.argv[1], sys.argv[2]
+name, out, dynamo = sys.argv[1], sys.argv[2], sys.argv[3] == "dynamo"
 model = timm.create_model(name, pretrained=False).eval()
 size = model.pretrained_cfg.get("input_size", (3, 224, 224))
 with torch.no_grad():
-    torch.onnx.export(model, (torch.randn(1, *size),), out, opset_version=17, dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    if dynamo:  # torch's default exporter at its own opset; a dynamic batch, as users export
+        torch.onnx.export(model, (torch.randn(2, *size),), out, dynamo=True, input_names=["x"],
+                          output_names=["y"], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    else:
+        torch.onnx.export(model, (torch.randn(1, *size),), out, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"])
 """
 
 
-def sweep_one(name: str, torch_python: str, folder: Path) -> Row:
+def sweep_one(name: str, torch_python: str, folder: Path, dynamo: bool = False) -> Row:
     model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
-    exported = subprocess.run([torch_python, "-c", EXPORT, name, str(model)],
+    exported = subprocess.run([torch_python, "-c", EXPORT, name, str(model), "dynamo" if dynamo else "torchscript"],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
     if exported.returncode != 0:
         return export_failed(name, exported.stderr)
@@ -77,17 +82,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(NAMES))
     parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
+    parser.add_argument("--dynamo", action="store_true",
+                        help="export with torch.export (torch's default exporter); writes sweep_timm_dynamo.*")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
         for name in args.names:
-            rows.append(sweep_one(name, args.torch_python, Path(folder)))
+            rows.append(sweep_one(name, args.torch_python, Path(folder), args.dynamo))
             print(json.dumps(rows[-1]), flush=True)
-    intro = ("Written by `python models/sweep_timm.py` (random weights, TorchScript export at opset 17, "
+    exporter = "torch.export at its default opset, dynamic batch" if args.dynamo else "TorchScript export at opset 17"
+    intro = (f"Written by `python models/sweep_timm.py{' --dynamo' if args.dynamo else ''}` (random weights, {exporter}, "
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
     columns = [("model", "name"), ("result", "status"), ("params", "params"), ("MACs", "macs"),
                ("groups pruned", "groups"), ("detail", "detail")]  # fmt: skip
-    return write_results("sweep_timm", rows, args.names != list(NAMES),
+    return write_results("sweep_timm_dynamo" if args.dynamo else "sweep_timm", rows, args.names != list(NAMES),
                          "spa prune on timm architectures outside the zoo", intro, columns)  # fmt: skip
 
 

@@ -116,6 +116,54 @@ def test_a_weight_standardised_in_the_graph_is_folded_and_prunes() -> None:
         assert plan.kept and error <= 1e-5
 
 
+# torch.export's StdConv: the weight viewed as [1, O, -1] (a layout op on the raw
+# weight, which starts the chain), standardised, viewed back
+VIEWED_STANDARDISED_CONV = f"""{HEADER}
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+    rows = Reshape (w_raw, to_rows)
+    mean = ReduceMean <axes = [2], keepdims = 1> (rows)
+    centred = Sub (rows, mean)
+    w1 = Reshape (centred, to_conv)
+    c1 = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    r = Relu (c1)
+    y = Conv (r, w2)
+}}"""
+
+
+def test_a_weight_viewed_before_its_standardisation_is_folded_and_prunes() -> None:
+    constants = {"to_rows": np.array([1, 6, -1]), "to_conv": np.array([6, 3, 3, 3])}
+    proto = model_from_text(VIEWED_STANDARDISED_CONV, {"w_raw": (6, 3, 3, 3), "w2": (4, 6, 1, 1)}, constants=constants)
+    model, analysis = analysis_of(proto)
+    assert not {"ReduceMean", "Reshape"} & {node.op_type for node in model.graph}
+    assert group_with(analysis, "w2", 1).prunable
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5
+
+
+def test_equal_gains_an_exporter_shared_do_not_tie_their_layers() -> None:
+    # torch.export stores equal constants once: two GroupNorm-style gains of ones,
+    # [C, 1, 1], read by two unrelated layers
+    text = f"""{HEADER}
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+        c1 = Conv (x, w1)
+        g1 = Mul (c1, gain)
+        r1 = Relu (g1)
+        c2 = Conv (r1, w2)
+        g2 = Mul (c2, gain)
+        r2 = Relu (g2)
+        y = Conv (r2, w3)
+    }}"""
+    weights = {"w1": (8, 3, 1, 1), "w2": (8, 8, 1, 1), "w3": (4, 8, 1, 1)}
+    proto = model_from_text(text, weights, constants={"gain": np.ones((8, 1, 1), np.float32)})
+    _, analysis = analysis_of(proto)
+    first, second = group_with(analysis, "w1", 0), group_with(analysis, "w2", 0)
+    assert first.prunable and second.prunable and first is not second
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5
+
+
 def test_a_shared_weight_behind_an_identity_is_not_copied() -> None:
     # TorchScript's alias of a tied weight (more than the 64 elements an alias copies
     # freely): no computation follows, so nothing folds

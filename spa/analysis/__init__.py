@@ -105,8 +105,8 @@ def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
     together and of the shape the graph declares, and it is no storage op
     (:data:`_STORAGE_OPS`), no random op, no graph output and holds no subgraph;
     a layout op (:data:`_LAYOUT_OPS`) folds only behind a folded node, or where it is
-    an Identity of a small constant (any type: a shared Reshape target) or one whose
-    uses compute on constants alone. Evaluated by
+    an Identity of a small constant (any type: a shared Reshape target) or every
+    use computes on constants alone (:func:`_feeds_computation`). Evaluated by
     ONNX's reference evaluator (ONNX Runtime folds the same nodes when it loads
     the model). Returns the number of nodes folded."""
     computed: set[str] = set()
@@ -133,6 +133,7 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
     from spa.model_io import FLOAT_TYPES
 
     opset = model.graph.opset_imports.get("", 17)
+    derived = _constant_derived(model)
     folded = 0
     for node in list(model.graph):
         if not may_fold(node) or node.op_type in _STORAGE_OPS or node.op_type in ("Shape", "Size"):
@@ -142,7 +143,7 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
         if not inputs or any(size is None for size in sizes):
             continue
         small_alias = node.op_type == "Identity" and (sizes[0] or 0) <= 64
-        if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or _feeds_computation(node)):
+        if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or _feeds_computation(node, derived)):
             continue
         budget = sum(size or 0 for size in sizes)
         if budget > max_elements:
@@ -166,25 +167,42 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
     return folded
 
 
-def _feeds_computation(node: ir.Node) -> bool:
-    """Is ``node`` an Identity of a constant (TorchScript's alias of a deduplicated
-    initializer, such as a shared gain of ones) whose every use is a computation on
-    constants alone: part of a weight's chain, so it folds with it."""
+def _feeds_computation(node: ir.Node, derived: set[ir.Value]) -> bool:
+    """Is layout op ``node`` the start of a weight's chain: every use a computation
+    (no layout or storage op) whose inputs are all computed from constants alone
+    (``derived``), so it folds with that chain. TorchScript aliases a deduplicated
+    initializer (a shared gain of ones) by Identity; torch.export views a
+    convolution's weight as ``[1, O, -1]`` before standardising it. A layout op
+    that also feeds a layer (a tied embedding's Transpose) stays: folding it
+    would store the weight twice."""
     from spa.constants import constant_size
 
-    if node.op_type != "Identity" or not node.outputs[0].uses():
+    uses = node.outputs[0].uses()
+    if not uses:
         return False
-    for use in node.outputs[0].uses():
+    for use in uses:
         consumer = use.node
         if consumer.domain or consumer.op_type in _LAYOUT_OPS or consumer.op_type in _STORAGE_OPS:
             return False
-        for value in consumer.inputs:
-            producer = None if value is None else value.producer()
-            aliased = producer is not None and producer.op_type == "Identity" and producer.inputs[0] is not None
-            source = producer.inputs[0] if aliased and producer is not None else value
-            if source is not None and constant_size(source) is None:
-                return False
+        if any(v is not None and v not in derived and constant_size(v) is None for v in consumer.inputs):
+            return False
     return True
+
+
+def _constant_derived(model: ir.Model) -> set[ir.Value]:
+    """Values computed from constants alone (initializers, Constant nodes), through
+    nodes constant folding may evaluate; the graph is walked in topological order."""
+    from spa.constants import constant_size, may_fold
+
+    derived: set[ir.Value] = set()
+    for node in model.graph:
+        for value in node.inputs:
+            if value is not None and value not in derived and constant_size(value) is not None:
+                derived.add(value)
+        inputs = [v for v in node.inputs if v is not None]
+        if inputs and may_fold(node) and node.op_type not in ("Shape", "Size") and all(v in derived for v in inputs):
+            derived.update(node.outputs)
+    return derived
 
 
 def _infer_ml_elementwise(model: ir.Model) -> bool:
@@ -280,11 +298,14 @@ def _same(tensor: Any) -> Any:
 
 
 def unshare_initializers(model: ir.Model) -> int:
-    """Give every use of a shared scalar or 1-D initializer its own value.
+    """Give every use of a shared scalar or vector initializer its own value (a
+    vector: at most one dim above 1, so ``[C, 1, 1]`` too).
 
     Exporters share identical constants between unrelated layers (TorchScript
-    routes one zero bias through Identity nodes into many Convs); left shared,
-    they would tie those layers' channels together. Shared weights of rank >= 2
+    routes one zero bias through Identity nodes into many Convs; torch.export
+    deduplicates equal ``[C, 1, 1]`` GroupNorm gains, all ones in a freshly
+    initialised ResNetV2, which tied every bottleneck of a stage into one group);
+    left shared, they would tie those layers' channels together. Shared matrices
     are tied on purpose (ALBERT's layers, tied embeddings) and stay shared. Copies cost no memory until
     sliced; :func:`spa.passes.prune.apply_plan` merges identical ones again.
     """
@@ -296,8 +317,8 @@ def unshare_initializers(model: ir.Model) -> int:
     for value in list(graph.initializers.values()):
         uses = list(value.uses())
         tensor = value.const_value
-        if len(uses) < 2 or id(value) in outputs or tensor is None or len(tensor.shape) > 1:
-            continue  # weights of rank >= 2 shared on purpose (ALBERT, tied embeddings) stay tied
+        if len(uses) < 2 or id(value) in outputs or tensor is None or sum(d > 1 for d in tensor.shape.numpy()) > 1:
+            continue  # matrices shared on purpose (ALBERT, tied embeddings) stay tied
         for node, index in uses[1:]:
             created += 1
             copy_name = f"{value.name}__use{created}"
