@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import check_wheel_models
-from sweep_common import Row, export_failed, prune_row, write_results
+from sweep_common import RESULTS, Row, export_failed, prune_row, write_results
 
 # name: (model_type, head, input kind, config overrides beyond the shared shrink)
 SPECS: dict[str, tuple[str, str, str, dict[str, object]]] = {
@@ -235,6 +235,11 @@ def main() -> int:
             rows.append(sweep_one(name, args.torch_python, args.keep or Path(folder), args.keep is not None,
                                   args.commands, args.dynamo))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
+    torchscript = RESULTS / "sweep_hf.json"
+    if args.dynamo and torchscript.exists():  # the same families through TorchScript, side by side
+        groups = {row["name"]: row.get("groups", row["status"]) for row in json.loads(torchscript.read_text())}
+        for row in rows:
+            row["torchscript"] = groups.get(row["name"], "")
     exporter = ("torch.export (`--dynamo`: torch.onnx.export(dynamo=True), the exporter's default opset)"
                 if args.dynamo else "TorchScript export at opset 17")
     intro = (f"Written by `python models/sweep_hf.py{' --dynamo' if args.dynamo else ''}` (transformers configs "
@@ -242,7 +247,7 @@ def main() -> int:
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
     columns = [("model", "name"), ("transformers type", "type"), ("result", "status"), ("params", "params"),
                ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail"),
-               ("other commands (--commands)", "commands")]  # fmt: skip
+               ("TorchScript's groups pruned (sweep_hf.md)", "torchscript"), ("other commands (--commands)", "commands")]  # fmt: skip
     return write_results("sweep_hf_dynamo" if args.dynamo else "sweep_hf", rows, args.names != list(SPECS),
                          "spa prune on transformers architectures outside the zoo", intro, columns)  # fmt: skip
 
