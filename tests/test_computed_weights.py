@@ -103,3 +103,29 @@ def test_macs_of_a_conv_after_a_shape_onnx_leaves_open() -> None:
     second = next(node for node in proto.graph.node if node.op_type == "Conv" and node.input[1] == "w2")
     assert shapes["r"] == (1, 16, 16, 16)
     assert node_macs(second, shapes) == 32 * 16 * 16 * 16 * 9
+
+
+# padding read from the data (no inference can know it): one ORT run on zeros measures
+# it, feeding the weights as zeros, so never past a memory bound
+DATA_PADDED = f"""{HEADER}
+g (float[1, 3, 13, 13] x) => (float[1, 128, H, W] y) {{
+    top = ReduceMax <keepdims = 0> (x)
+    floor = Floor (top)
+    amount = Cast <to = 7> (floor)
+    one = Unsqueeze (amount, zero)
+    pads = Concat <axis = 0> (z6, one, one)
+    p = Pad (x, pads)
+    y = Conv (p, w)
+}}"""
+
+
+def test_shapes_measured_on_zeros_only_within_the_memory_bound(monkeypatch) -> None:
+    from spa.stats import shape_facts
+
+    constants = {"zero": np.array([0]), "z6": np.zeros(6, np.int64)}
+    proto = model_from_text(DATA_PADDED, {"w": (128, 3, 3, 3)}, constants=constants)  # 13.8 kB: fed as zeros
+    found, method = shape_facts.infer_shapes(proto)
+    assert "measured" in method and found["y"] == (1, 128, 11, 11)
+    monkeypatch.setattr(shape_facts, "_MAX_MEASURED_BYTES", 8 << 10)
+    found, method = shape_facts.infer_shapes(proto)
+    assert "measured" not in method and shape_facts.known_shape(found, "y") is None

@@ -17,7 +17,8 @@ after both — padding computed from the input size, as window attention does
 once in ONNX Runtime on zeros (its weights too: shapes do not depend on values
 for these graphs) with those values exposed, and their measured shapes fill
 the gaps (``method`` says "measured"). Skipped when a shape constant could not
-be read (external data without ``base_dir``) or ONNX Runtime is missing.
+be read (external data without ``base_dir``), ONNX Runtime is missing, or the
+zero weights would take more than 2 GiB.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from spa.stats.inspect import iter_graph_protos, tensor_nbytes
+from spa.stats.inspect import human_bytes, iter_graph_protos, tensor_nbytes
 
 __all__ = [
     "SPA_DOMAIN",
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Initializers up to this size stay in the weightless copy (shape constants).
 _KEEP_BYTES = 8 * 1024
+#: Largest weights the measured run feeds as zeros (they take that much memory).
+_MAX_MEASURED_BYTES = 2 << 30
 #: Ops whose unknown input/output shapes are measured in ONNX Runtime.
 _MEASURED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN"})
 _MS = "com.microsoft"
@@ -322,6 +325,11 @@ def _measured_shapes(
     small = {t.name for t in proto.graph.initializer if tensor_nbytes(t) <= _KEEP_BYTES}
     if any(value.name in small for value in copy.graph.input):
         return {}  # a shape constant left unread: zeros would give wrong shapes
+    zeros = sum(tensor_nbytes(t) for t in proto.graph.initializer if t.name not in small)
+    if zeros > _MAX_MEASURED_BYTES:
+        logger.info("shapes of %d values left unknown: measuring them would feed %s of zero weights",
+                    len(names), human_bytes(zeros))  # fmt: skip
+        return {}
     exposed = onnx.ModelProto()
     exposed.CopyFrom(copy)
     present = {value.name for value in exposed.graph.output}
