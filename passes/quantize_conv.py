@@ -24,7 +24,11 @@ one CPU thread, with the Cast form about 1.0x (docs/quantization.md).
 depthwise Conv (one input channel per group: tiny, and the most sensitive),
 and the first and last weighted layers (the stem reads raw inputs, the head
 writes the outputs) of a model with at least :data:`MIN_LAYERS_FOR_ENDS`
-weighted layers.
+weighted layers. Beyond node order: the first layer's siblings reading its
+input are first too (a transformer's first query, key and value projections
+alike; graph inputs read deeper in, a decoder's encoder states, are not), and
+every layer that feeds no other weighted layer is last (each head of a
+detector).
 """
 
 from __future__ import annotations
@@ -100,16 +104,34 @@ def is_depthwise(node: ir.Node) -> bool:
 
 def layer_roles(graph: ir.Graph) -> dict[int, str]:
     """``id(node)`` -> ``depthwise``, ``first`` or ``last`` for the weighted layers
-    that have one of those roles (graph order decides first and last)."""
+    that have one of those roles: first, the first in graph order and every layer
+    reading the same input (a transformer's first query, key and value projections);
+    last, no weighted layer after it on any path to the outputs (every head)."""
     nodes = _weighted_nodes(graph)
     roles: dict[int, str] = {}
     if len(nodes) >= MIN_LAYERS_FOR_ENDS:
-        roles[id(nodes[0])] = "first"
-        roles[id(nodes[-1])] = "last"
+        weighted = {id(node) for node in nodes}
+        ahead = _feeding_weighted(graph, weighted)
+        stem = nodes[0].inputs[0]  # the first layer's input: its siblings are first layers too
+        for node in nodes:
+            if node.inputs[0] is stem:
+                roles[id(node)] = "first"
+            elif id(node) not in ahead:
+                roles[id(node)] = "last"
     for node in nodes:
         if is_depthwise(node):
             roles[id(node)] = "depthwise"
     return roles
+
+
+def _feeding_weighted(graph: ir.Graph, weighted: set[int]) -> set[int]:
+    """``id`` of every node of ``graph`` from which some path reaches a weighted layer."""
+    reached: set[int] = set()
+    for node in reversed(graph):  # users before producers
+        users = (use.node for value in node.outputs for use in value.uses())
+        if any(id(user) in weighted or id(user) in reached for user in users):
+            reached.add(id(node))
+    return reached
 
 
 def conv_patch_spec(node: ir.Node) -> ConvPatches | None:

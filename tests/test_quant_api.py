@@ -137,10 +137,11 @@ def test_cli_report_and_verdict(tmp_path: Path) -> None:
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    # int4 keeps the first and last weighted layers float by default (--all-layers: all 6)
-    assert sum(line.startswith("quantized ") for line in lines) == 4
+    # int4 keeps the first layers (Q, K and V read the same input) and the last float by
+    # default (--all-layers: all 6)
+    assert sum(line.startswith("quantized ") for line in lines) == 2
     skipped = [line for line in lines if line.startswith("skipped ")]
-    assert len(skipped) == 4 and sum("layer kept in float" in line for line in skipped) == 2
+    assert len(skipped) == 6 and sum("layer kept in float" in line for line in skipped) == 4
     assert lines[-1].startswith("PASSED | quantize int4 g64 rtn asym -> onnx | bytes ")
     every = CliRunner().invoke(_cli(), [*args[:-2], "--all-layers"])
     assert sum(line.startswith("quantized ") for line in every.output.splitlines()) == 6

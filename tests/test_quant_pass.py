@@ -288,3 +288,35 @@ def test_saved_model_reloads_with_packed_int4(tmp_path: Path) -> None:
     weights = _quantized_weights(loaded)
     for key, value in _quantized_weights(model).items():
         np.testing.assert_array_equal(weights[key], value)
+
+
+# Which layers low-bit defaults keep in float: the first layer and its siblings, every
+# layer feeding no other weighted layer, never a graph input read deeper in
+ROLES = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (float[N, 8] x, float[N, 8] memory) => (float[N, 8] box, float[N, 8] score) {
+    q = MatMul (x, wq)
+    k = MatMul (x, wk)
+    v = MatMul (x, wv)
+    qk = Add (q, k)
+    h = Add (qk, v)
+    cross = MatMul (memory, wm)
+    trunk_in = Add (h, cross)
+    trunk = MatMul (trunk_in, wt)
+    r = Relu (trunk)
+    box = MatMul (r, wb)
+    score = MatMul (r, ws)
+}"""
+
+
+def test_first_and_last_layers_by_structure() -> None:
+    from spa.passes.quantize_conv import layer_roles
+
+    proto = onnx.parser.parse_model(ROLES)
+    rng = np.random.default_rng(0)
+    for name in ("wq", "wk", "wv", "wm", "wt", "wb", "ws"):
+        proto.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), name))
+    model = ir.serde.deserialize_model(proto)
+    roles = layer_roles(model.graph)
+    by_weight = {node.inputs[1].name: roles.get(id(node), "") for node in model.graph if node.op_type == "MatMul"}
+    assert by_weight == {"wq": "first", "wk": "first", "wv": "first", "wm": "", "wt": "", "wb": "last", "ws": "last"}
