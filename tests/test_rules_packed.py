@@ -285,3 +285,55 @@ def test_group_norm_groups_of_two_channels_round_by_channels() -> None:
     group = group_with(analysis, "w1", 0)
     plan = make_plan(model, analysis, ratio=0.25, criterion="l1", round_to=0)
     assert group.size == 32 and len(plan.kept[group.id]) == 24  # 48 of 64 channels
+
+
+# torch.export writes a table lookup ``table[index]`` (a relative-position bias) as
+# GatherND over the rows: the columns pass through
+GATHER_ND = f"""{HEADER}
+g (float[5, 8] x) => (float[3, 4] y) {{
+    h = MatMul (x, w1)
+    picked = GatherND (h, rows)
+    r = Relu (picked)
+    y = MatMul (r, w2)
+}}"""
+
+
+def test_gather_nd_passes_the_unindexed_axes() -> None:
+    proto = model_from_text(GATHER_ND, {"w1": (8, 6), "w2": (6, 4)}, constants={"rows": np.array([[4], [0], [2]])})
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "w1", 1)
+    assert group.prunable and group is group_with(analysis, "w2", 0)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed)
+        assert plan.kept and error <= 1e-5
+
+
+# torch.export bounds a sequence length by a table's size, min(2048, seq), and reads it
+# back into the target that merges the heads (GPT-Neo)
+MIN_BOUNDED_TARGET = f"""{HEADER}
+g (float[B, S, 8] x) => (float[B, S, 4] y) {{
+    shape = Shape (x)
+    batch = Gather (shape, zero)
+    seq = Gather (shape, one)
+    bounded = Min (seq, limit)
+    split = Concat <axis = 0> (batch, bounded, two, four)
+    merged = Concat <axis = 0> (batch, bounded, eight)
+    h = MatMul (x, w1)
+    heads = Reshape (h, split)
+    t = Transpose <perm = [0, 2, 1, 3]> (heads)
+    a = Relu (t)
+    back = Transpose <perm = [0, 2, 1, 3]> (a)
+    joined = Reshape (back, merged)
+    y = MatMul (joined, w2)
+}}"""
+
+
+def test_a_target_bounded_by_min_prunes_its_heads() -> None:
+    constants = {name: np.array([value]) for name, value in
+                 {"zero": 0, "one": 1, "limit": 2048, "two": 2, "four": 4, "eight": 8}.items()}  # fmt: skip
+    proto = model_from_text(MIN_BOUNDED_TARGET, {"w1": (8, 8), "w2": (8, 4)}, constants=constants)
+    _, analysis = analysis_of(proto)
+    assert group_with(analysis, "w2", 0).prunable
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"B": 2, "S": 3})
+        assert plan.kept and error <= 1e-5

@@ -119,6 +119,8 @@ def evaluate_target(
         return _elementwise(node, context, depth, _plus if op == "Add" else _minus)
     if op == "Equal":
         return _elementwise(node, context, depth, _equal)
+    if op in ("Min", "Max") and len(node.inputs) == 2:
+        return _elementwise(node, context, depth, _least if op == "Min" else _greatest)
     if op == "Where":
         return _where(node, context, depth)
     if op == "ConstantOfShape":
@@ -199,6 +201,21 @@ def _minus(a: Entry, b: Entry) -> Entry | None:
     if isinstance(a, int) and isinstance(b, int):
         return a - b
     return ComputedDim()
+
+
+def _least(a: Entry, b: Entry) -> Entry | None:
+    """``Min``: exact for literals; a run-time size otherwise (torch.export bounds a
+    sequence by the position table, ``min(2048, seq)``)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    return ComputedDim(nonnegative=_nonnegative(a) and _nonnegative(b))
+
+
+def _greatest(a: Entry, b: Entry) -> Entry | None:
+    """``Max``: exact for literals; a run-time size otherwise, never negative when either is not."""
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+    return ComputedDim(nonnegative=_nonnegative(a) or _nonnegative(b))
 
 
 def _nonnegative(entry: Entry) -> bool:

@@ -248,6 +248,30 @@ def _gather(node: ir.Node, context: RuleContext) -> Result:
     return out
 
 
+@register_rule("GatherND")
+def _gather_nd(node: ir.Node, context: RuleContext) -> Result:
+    """``y = data[indices]`` over the first ``k`` axes after ``batch_dims`` (``k``: the
+    indices' last dim): the batch axes and the data axes past the indexed ones map to
+    ``y`` (torch.export writes a relative-position table lookup ``table[index]`` this
+    way, where TorchScript wrote Gather), the indices' leading axes too."""
+    data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    assert data is not None and indices is not None
+    data_shape, index_shape = context.shape(data), context.shape(indices)
+    if data_shape is None or index_shape is None or index_shape[-1] is None:
+        return [unknown_shapes(node, data, y)]
+    batch, depth = int(context.attribute(node, "batch_dims", 0)), int(index_shape[-1])
+    out: Result = []
+    for a, dim in enumerate(data_shape):
+        if dim is None or batch <= a < batch + depth:
+            continue
+        out_axis = a if a < batch else len(index_shape) - 1 + a - batch - depth
+        out.append(Coupling((name(data), a), (name(y), out_axis), Identity(dim)))
+    for a, dim in enumerate(index_shape[:-1]):
+        if dim is not None:
+            out.append(Coupling((name(indices), a), (name(y), a), Identity(dim)))
+    return out
+
+
 @register_rule("ConstantOfShape")
 def _constant_of_shape(node: ir.Node, context: RuleContext) -> Result:
     """A filled tensor has no channels of its own: every axis may shrink with the
