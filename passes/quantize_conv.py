@@ -110,7 +110,8 @@ def layer_roles(graph: ir.Graph) -> dict[int, str]:
     nodes = _weighted_nodes(graph)
     roles: dict[int, str] = {}
     if len(nodes) >= MIN_LAYERS_FOR_ENDS:
-        weighted = {id(node) for node in nodes}
+        weighted = {id(node) for node in nodes}  # and recurrent layers: a MatMul feeding an LSTM is no head
+        weighted |= {id(node) for node in graph if node.op_type in ("LSTM", "GRU", "RNN")}
         ahead = _feeding_weighted(graph, weighted)
         stem = nodes[0].inputs[0]  # the first layer's input: its siblings are first layers too
         for node in nodes:

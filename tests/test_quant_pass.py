@@ -294,7 +294,7 @@ def test_saved_model_reloads_with_packed_int4(tmp_path: Path) -> None:
 # layer feeding no other weighted layer, never a graph input read deeper in
 ROLES = """
 <ir_version: 9, opset_import: ["" : 17]>
-g (float[N, 8] x, float[N, 8] memory) => (float[N, 8] box, float[N, 8] score) {
+g (float[N, 8] x, float[N, 8] memory) => (float[N, 8] box, float[N, 8] score, float[1, 1, 4] state) {
     q = MatMul (x, wq)
     k = MatMul (x, wk)
     v = MatMul (x, wv)
@@ -306,6 +306,9 @@ g (float[N, 8] x, float[N, 8] memory) => (float[N, 8] box, float[N, 8] score) {
     r = Relu (trunk)
     box = MatMul (r, wb)
     score = MatMul (r, ws)
+    e = MatMul (r, we)
+    sequence = Unsqueeze (e, one)
+    seq_out, state = LSTM <hidden_size = 4> (sequence, lw, lr)
 }"""
 
 
@@ -314,9 +317,15 @@ def test_first_and_last_layers_by_structure() -> None:
 
     proto = onnx.parser.parse_model(ROLES)
     rng = np.random.default_rng(0)
-    for name in ("wq", "wk", "wv", "wm", "wt", "wb", "ws"):
+    for name in ("wq", "wk", "wv", "wm", "wt", "wb", "ws", "we"):
         proto.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), name))
+    proto.graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((1, 16, 8)).astype(np.float32), "lw"),
+        numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "lr"),
+        numpy_helper.from_array(np.array([1]), "one"),
+    ])
     model = ir.serde.deserialize_model(proto)
     roles = layer_roles(model.graph)
     by_weight = {node.inputs[1].name: roles.get(id(node), "") for node in model.graph if node.op_type == "MatMul"}
-    assert by_weight == {"wq": "first", "wk": "first", "wv": "first", "wm": "", "wt": "", "wb": "last", "ws": "last"}
+    assert by_weight == {"wq": "first", "wk": "first", "wv": "first", "wm": "", "wt": "", "wb": "last", "ws": "last",
+                         "we": ""}  # an LSTM follows it  # fmt: skip
