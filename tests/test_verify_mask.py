@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from spa.analysis import analyze, prepare
@@ -86,3 +87,75 @@ def test_pruned_model_file_is_left_unchanged(tmp_path: Path) -> None:
     _prune_and_verify(tmp_path, bias=-2.0)
     outputs = [value.name for value in load_model(tmp_path / "pruned.onnx").graph.outputs]
     assert outputs == ["y"]
+
+
+# ConViT's gated positional self-attention: two gates folded from one parameter,
+# sigmoid(g) and 1 - sigmoid(g), mix the patch and positional attention per head,
+# and the mix is renormalised by its own sum. A removed head's gates are zero in
+# the masked reference, so its attention is 0 / 0.
+GPSA = """
+<ir_version: 8, opset_import: ["" : 17]>
+gpsa (float[6, 8] x, float[6, 6, 3] rel) => (float[6, 8] y) {
+  q = MatMul (x, wq)
+  k = MatMul (x, wk)
+  v = MatMul (x, wv)
+  qh = Reshape (q, heads)
+  kh = Reshape (k, heads)
+  vh = Reshape (v, heads)
+  qt = Transpose <perm = [1, 0, 2]> (qh)
+  kt = Transpose <perm = [1, 2, 0]> (kh)
+  vt = Transpose <perm = [1, 0, 2]> (vh)
+  scores = MatMul (qt, kt)
+  patch = Softmax <axis = -1> (scores)
+  pm = MatMul (rel, wp)
+  pb = Add (pm, bp)
+  pt = Transpose <perm = [2, 0, 1]> (pb)
+  pos = Softmax <axis = -1> (pt)
+  gate = Sigmoid (g)
+  one = Constant <value = float {1.0}> ()
+  rest = Sub (one, gate)
+  a1 = Mul (rest, patch)
+  a2 = Mul (gate, pos)
+  attn = Add (a1, a2)
+  total = ReduceSum <keepdims = 1> (attn, last)
+  normed = Div (attn, total)
+  ctx = MatMul (normed, vt)
+  ct = Transpose <perm = [1, 0, 2]> (ctx)
+  merged = Reshape (ct, flat)
+  y = MatMul (merged, wo)
+}
+"""
+
+
+def test_a_head_renormalised_by_its_own_sum_passes_mask_equivalence(tmp_path: Path) -> None:
+    from spa.workflows.prune import prune_model
+
+    weights = {"wq": (8, 8), "wk": (8, 8), "wv": (8, 8), "wp": (3, 2), "bp": (2,), "g": (2, 1, 1), "wo": (8, 8)}
+    shapes = {"heads": np.array([6, 2, 4]), "flat": np.array([6, 8]), "last": np.array([-1])}
+    source = tmp_path / "gpsa.onnx"
+    onnx.save(model_from_text(GPSA, weights, constants=shapes), str(source))
+    result = prune_model(source, tmp_path / "gpsa.pruned.onnx", ratio=0.5, round_to=1, verify=True)
+    assert result.verification is not None and result.verification.passed, result.verification
+    assert len(result.plan.kept) == 1  # the heads, with the gates folded from g
+
+
+def test_guard_zeroes_only_quotients_that_are_not_finite() -> None:
+    from spa.verify.mask import guard_quotients
+    from spa.verify.runner import run_model
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (float[2, 3] y) {
+      m = Mul (x, w)
+      s = ReduceSum <keepdims = 1> (m, last)
+      y = Div (m, s)
+    }
+    """
+    constants = {"w": np.ones((1, 3), np.float32), "last": np.array([-1])}
+    model = ir.serde.deserialize_model(model_from_text(text, {}, constants=constants))
+    assert guard_quotients(model, set()) == 0
+    assert guard_quotients(model, {"w"}) == 1
+    assert [v.name for v in model.graph.outputs] == ["y"]
+    feeds = {"x": np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], np.float32)}
+    out = run_model(ir.serde.serialize_model(model).SerializeToString(), feeds)["y"]
+    np.testing.assert_array_equal(out, np.array([[1 / 6, 2 / 6, 3 / 6], [0, 0, 0]], np.float32))

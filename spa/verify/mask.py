@@ -11,6 +11,13 @@ its bound. Where it saturates (a detector's Sigmoid on random inputs gives
 values near 1e-8 everywhere), comparing it says nothing about the pruning:
 such an output is compared up to that resolution, and its pre-activation
 (the op's input, which carries the information) is compared as well.
+
+A removed channel is zero in the reference, also where the graph divides it by
+its own sum (ConViT's gated attention renormalises ``attn / attn.sum(-1)``: a
+removed head's gates are zero, and 0 / 0 would turn every output into NaN
+through the next layer's zeroed weights, NaN * 0 being NaN). Each quotient whose
+divisor depends on a removed slice is therefore made zero where it is not finite
+(:func:`guard_quotients`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import onnx_ir as ir
 
 from spa.analysis import Analysis
 from spa.ir_shapes import clear_inferred_shapes
-from spa.model_io import save_model
+from spa.model_io import FLOAT_TYPES, save_model
 from spa.pruning.plan import Plan, member_indices
 from spa.verify import Policy, VerifyResult, verify_models
 from spa.verify.runner import run_model
@@ -33,6 +40,7 @@ from spa.verify.tolerance import BOUNDED_ACTIVATIONS, RESOLUTION_STEPS
 
 __all__ = [
     "bounded_outputs",
+    "guard_quotients",
     "io_adapter",
     "mask_model",
     "masked_relative_error",
@@ -63,17 +71,75 @@ def bounded_outputs(model: ir.Model) -> dict[str, tuple[str, float]]:
 
 
 def mask_model(model: ir.Model, analysis: Analysis, plan: Plan) -> None:
-    """Zero, in place, every parameter slice the plan removes (the reference)."""
+    """Zero, in place, every parameter slice the plan removes (the reference);
+    quotients by values the zeros reach are guarded (:func:`guard_quotients`)."""
+    masked: set[str] = set()
     for (name, axis), kept in member_indices(analysis, plan).items():
         value = model.graph.initializers.get(name)
         if value is None or value.const_value is None:
             continue
+        masked.add(name)
         array = value.const_value.numpy().copy()
         removed = np.setdiff1d(np.arange(array.shape[axis]), kept)
         index: list[Any] = [slice(None)] * array.ndim
         index[axis] = removed
         array[tuple(index)] = 0
         value.const_value = ir.Tensor(array, dtype=value.const_value.dtype, name=name)
+    guard_quotients(model, masked)
+
+
+# quotient op -> index of its divisor
+_QUOTIENTS = {"Div": 1, "Reciprocal": 0}
+# ops whose outputs describe a tensor's shape, not its values
+_METADATA_OPS = frozenset({"Shape", "Size"})
+
+
+def guard_quotients(model: ir.Model, masked: set[str]) -> int:
+    """Make each float quotient (Div, Reciprocal) of the main graph whose divisor
+    depends on an initializer in ``masked`` zero where it is not finite:
+    ``Where(IsNaN(q) or IsInf(q), 0, q)``, the same for every finite value. A
+    removed channel stays zero where the graph normalises it by its own sum.
+    Returns the number of quotients guarded (none below opset 10, which lacks IsInf)."""
+    if not masked or model.graph.opset_imports.get("", 1) < 10:
+        return 0
+    reached = {value for name, value in model.graph.initializers.items() if name in masked}
+    divisions: list[ir.Node] = []
+    for node in model.graph:
+        if node.op_type in _METADATA_OPS or not any(v in reached for v in node.inputs if v is not None):
+            continue
+        reached.update(node.outputs)
+        index = _QUOTIENTS.get(node.op_type)
+        if index is None or node.domain not in ("", "ai.onnx") or len(node.inputs) <= index:
+            continue
+        divisor, dtype = node.inputs[index], node.outputs[0].dtype
+        if divisor in reached and dtype in FLOAT_TYPES:
+            divisions.append(node)
+    for node in divisions:
+        _guard(model.graph, node)
+    return len(divisions)
+
+
+def _guard(graph: ir.Graph, node: ir.Node) -> None:
+    """Insert ``Where(IsNaN(q) or IsInf(q), 0, q)`` behind quotient ``node``."""
+    quotient = node.outputs[0]
+    base = quotient.name or f"{node.name or node.op_type}.quotient"
+    dtype = quotient.dtype
+    assert dtype is not None
+    zero = ir.Value(name=f"{base}.spa_zero", const_value=ir.tensor(np.zeros((), dtype=dtype.numpy())))
+    zero.shape, zero.type = ir.Shape([]), ir.TensorType(dtype)
+    graph.register_initializer(zero)
+    was_output = quotient.is_graph_output()
+    guarded = ir.Value(name=f"{base}.guarded", type=quotient.type, shape=quotient.shape)
+    quotient.replace_all_uses_with(guarded, replace_graph_outputs=True)
+    nan = ir.node("IsNaN", [quotient], name=f"{base}.spa_isnan")
+    inf = ir.node("IsInf", [quotient], name=f"{base}.spa_isinf")
+    bad = ir.node("Or", [nan.outputs[0], inf.outputs[0]], name=f"{base}.spa_bad")
+    safe = ir.node("Where", [bad.outputs[0], zero, quotient], name=f"{base}.spa_guard", outputs=[guarded])
+    for made, suffix in ((nan, "isnan"), (inf, "isinf"), (bad, "bad")):
+        made.outputs[0].name = f"{base}.spa_{suffix}"
+    if was_output:  # the graph output keeps its name, now behind the guard
+        quotient.name, guarded.name = f"{base}.unguarded", base
+    graph.insert_after(node, [nan, inf, bad, safe])
 
 
 def io_adapter(
