@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 from spa.analysis import Analysis
 from spa.ir_shapes import clear_inferred_shapes
-from spa.model_io import FLOAT_TYPES, save_model
+from spa.model_io import save_model
 from spa.pruning.plan import Plan, member_indices
 from spa.verify import Policy, VerifyResult, verify_models
 from spa.verify.runner import run_model
@@ -90,12 +90,14 @@ def mask_model(model: ir.Model, analysis: Analysis, plan: Plan) -> None:
 
 # quotient op -> index of its divisor
 _QUOTIENTS = {"Div": 1, "Reciprocal": 0}
+# types ONNX Runtime's CPU IsNaN and IsInf take at every opset from 10 (float16's IsInf: opset 20)
+_GUARDED_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE})
 # ops whose outputs describe a tensor's shape, not its values
 _METADATA_OPS = frozenset({"Shape", "Size"})
 
 
 def guard_quotients(model: ir.Model, masked: set[str]) -> int:
-    """Make each float quotient (Div, Reciprocal) of the main graph whose divisor
+    """Make each float32/float64 quotient (Div, Reciprocal) of the main graph whose divisor
     depends on an initializer in ``masked`` zero where it is not finite:
     ``Where(IsNaN(q) or IsInf(q), 0, q)``, the same for every finite value. A
     removed channel stays zero where the graph normalises it by its own sum.
@@ -112,17 +114,18 @@ def guard_quotients(model: ir.Model, masked: set[str]) -> int:
         if index is None or node.domain not in ("", "ai.onnx") or len(node.inputs) <= index:
             continue
         divisor, dtype = node.inputs[index], node.outputs[0].dtype
-        if divisor in reached and dtype in FLOAT_TYPES:
+        if divisor in reached and dtype in _GUARDED_TYPES:
             divisions.append(node)
-    for node in divisions:
-        _guard(model.graph, node)
+    for index, node in enumerate(divisions):
+        _guard(model.graph, node, index)
     return len(divisions)
 
 
-def _guard(graph: ir.Graph, node: ir.Node) -> None:
-    """Insert ``Where(IsNaN(q) or IsInf(q), 0, q)`` behind quotient ``node``."""
+def _guard(graph: ir.Graph, node: ir.Node, index: int) -> None:
+    """Insert ``Where(IsNaN(q) or IsInf(q), 0, q)`` behind quotient ``node`` (the
+    ``index``-th guarded: it names an unnamed quotient's guard)."""
     quotient = node.outputs[0]
-    base = quotient.name or f"{node.name or node.op_type}.quotient"
+    base = quotient.name or f"spa_quotient_{index}"
     dtype = quotient.dtype
     assert dtype is not None
     zero = ir.Value(name=f"{base}.spa_zero", const_value=ir.tensor(np.zeros((), dtype=dtype.numpy())))
