@@ -13,7 +13,7 @@ import onnx.parser
 from onnx import numpy_helper
 
 from spa.quant.channelwise import dequantize_channels, quantize_channels
-from spa.stats.change import change_share
+from spa.stats.change import BIAS_REASON, change_share
 from spa.verify import create_session, run_model
 
 # every pruning group is frozen: the Pad pads the channel axis
@@ -117,6 +117,9 @@ def test_weight_only_int8_covers_conv_and_matches_numpy(run_cli, tmp_path: Path)
     }
     assert sum(d["op_type"] == "Conv" for d in quantized.values()) == 3
     assert data["change"]["macs_share"] == 1.0  # every Conv and the Gemm
+    # the layers' biases stay float as biases, also where a node has no name (the parser's)
+    reasons = {entry["reason"] for entry in data["change"]["left"]}
+    assert reasons == {BIAS_REASON}, reasons
     # structure: ORT target reads Conv weights through Cast/Mul constants, no float Conv weight
     model = onnx.load(str(output))
     stored = {t.name: t for t in model.graph.initializer}

@@ -274,8 +274,11 @@ def change_share(
     )
 
 
-def node_outcomes(model: onnx.ModelProto, decisions: Mapping[str, str]) -> dict[str, str]:
-    """Per-weight outcomes from per-node ones (node name -> ``""`` changed, else a reason).
+def node_outcomes(
+    model: onnx.ModelProto, decisions: Mapping[str, str], unnamed: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Per-weight outcomes from per-node ones (node name -> ``""`` changed, else a reason;
+    ``unnamed``: the same for nodes without a name, keyed by their weight).
 
     A node's weight (its second input, when an initializer) takes the node's
     outcome; its other initializer inputs take :data:`BIAS_REASON` when the
@@ -285,9 +288,12 @@ def node_outcomes(model: onnx.ModelProto, decisions: Mapping[str, str]) -> dict[
     initializers = {t.name for body in iter_graph_protos(model.graph) for t in body.initializer}
     outcomes: dict[str, str] = {}
     for node in all_nodes(model):
-        if not node.name or node.name not in decisions:
+        if node.name and node.name in decisions:
+            reason = decisions[node.name]
+        elif not node.name and unnamed and len(node.input) > 1 and node.input[1] in unnamed:
+            reason = unnamed[node.input[1]]  # an exporter's unnamed layer: found by its weight
+        else:
             continue
-        reason = decisions[node.name]
         for index, name in enumerate(node.input):
             if name not in initializers:
                 continue
@@ -310,6 +316,7 @@ def decisions_share(
     ``also_changed``: weights another pass of the command rewrote (a folded BatchNorm)."""
     per_node: dict[str, str] = {}
     per_weight: dict[str, str] = {}
+    unnamed: dict[str, str] = {}
     for decision in decisions:
         changed = decision.action in changed_actions
         why = decision.reason or "no reason given"
@@ -321,7 +328,9 @@ def decisions_share(
         weight = getattr(decision, "weight", "")
         if weight and per_weight.get(weight) != "":
             per_weight[weight] = reason
-    outcomes = node_outcomes(model, per_node)
+            if not decision.node:
+                unnamed[weight] = reason
+    outcomes = node_outcomes(model, per_node, unnamed)
     outcomes.update(per_weight)
     outcomes.update(dict.fromkeys(also_changed, ""))
     return change_share(model, outcomes, default_reason)
