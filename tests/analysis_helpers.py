@@ -49,13 +49,15 @@ def group_with(analysis: Analysis, value: str, axis: int):
 
 
 def mask_equivalence(
-    proto: onnx.ModelProto, ratio: float = 0.5, seed: int = 0, dims: dict[str, int] | None = None
+    proto: onnx.ModelProto, ratio: float = 0.5, seed: int = 0, dims: dict[str, int] | None = None,
+    int_ranges: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[Analysis, Plan, float]:
-    """Prune by a random plan; return the largest relative error against the masked model."""
+    """Prune by a random plan; return the largest relative error against the masked model
+    (``int_ranges``: integer inputs drawn from ``[low, high)``)."""
     model, analysis = analysis_of(proto)
     plan = make_plan(model, analysis, ratio=ratio, criterion="random", seed=seed)
     masked = prepare(ir.serde.deserialize_model(proto))
     mask_model(masked, analysis, plan)
     apply_plan(model, analysis, plan)
-    feeds = make_feeds(input_specs(proto), seed=seed, dims=dims or {})
+    feeds = make_feeds(input_specs(proto), seed=seed, dims=dims or {}, int_ranges=int_ranges)
     return analysis, plan, masked_relative_error(masked, model, feeds)

@@ -51,7 +51,7 @@ def prepare(model: ir.Model) -> ir.Model:
     if _infer_ml_elementwise(model):
         infer_shapes(model, strict_mode=False)
     for _ in range(3):  # each round lets inference carry refined dims further
-        if not _refine_computed_reshapes(model):
+        if not (_refine_computed_reshapes(model) | _refine_slices(model)):
             break
         infer_shapes(model, strict_mode=False)
     if any(node.domain == "com.microsoft" for node in model.graph) or _worth_symbolic(model):
@@ -287,6 +287,45 @@ def _refine_computed_reshapes(model: ir.Model) -> bool:
         if current is None or any(
             isinstance(m, int) and not isinstance(c, int)
             for m, c in zip(merged, current, strict=True)
+        ):
+            y.shape = ir.Shape(merged)
+            changed = True
+    return changed
+
+
+def _refine_slices(model: ir.Model) -> bool:
+    """Give a Slice's output its input's dims on the axes it does not slice.
+
+    ONNX inference leaves every dim of a Slice unknown when its starts or ends
+    are computed (``x.chunk(4, dim=1)`` in TorchScript ends at ``C / 4 * i``), so
+    EfficientViT's cascaded attention lost its static batch there, and a later
+    ``view(B, -1, H, W)`` (B read from another tensor) could not be told to keep
+    the channels. Only the sliced axes (constant ``axes``) may change."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from spa.analysis.rules.registry import RuleContext
+
+    context = RuleContext()
+    changed = False
+    for node in model.graph:
+        if node.op_type != "Slice" or node.domain != "" or len(node.inputs) < 4 or node.inputs[3] is None:
+            continue
+        in_shape, axes = context.shape(node.inputs[0]), context.constant(node.inputs[3])
+        y = node.outputs[0]
+        if in_shape is None or axes is None:
+            continue
+        rank = len(in_shape)
+        sliced = {int(a) % rank for a in np.asarray(axes).ravel()} if rank else set()
+        current = y.shape
+        if current is not None and len(current) != rank:
+            continue
+        merged = [
+            (current[i] if current is not None else None) if i in sliced or in_shape[i] is None else in_shape[i]
+            for i in range(rank)
+        ]
+        if current is None or any(
+            isinstance(m, int) and not isinstance(c, int) for m, c in zip(merged, current, strict=True)
         ):
             y.shape = ir.Shape(merged)
             changed = True
