@@ -377,3 +377,33 @@ def test_a_view_after_a_chunk_with_computed_bounds_keeps_its_channels(monkeypatc
     for seed in range(3):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, int_ranges={"end": (2, 3)})
         assert plan.kept and error <= 1e-5
+
+
+# TorchScript's F.pad(x, (0, 1, 0, 1)) (HGNetV2's stem): the pads computed from
+# constants by ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose and Cast
+TORCHSCRIPT_PAD = f"""{HEADER}
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+    a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+    zeros = ConstantOfShape <value = int64[1] {{0}}> (four)
+    both = Concat <axis = 0> (given, zeros)
+    pairs = Reshape (both, rows)
+    flipped = Slice (pairs, minus_one, past_start, zero, minus_one)
+    swapped = Transpose <perm = [1, 0]> (flipped)
+    flat = Reshape (swapped, minus_one)
+    pads = Cast <to = 7> (flat)
+    p = Pad (a, pads)
+    y = Conv <kernel_shape = [2, 2]> (p, w2)
+}}"""
+
+
+def test_pads_computed_from_constants_fold_and_the_channels_prune() -> None:
+    constants = {**INTS, "four": np.array([4]), "given": np.array([0, 1, 0, 1]), "rows": np.array([-1, 2]),
+                 "minus_one": np.array([-1]), "past_start": np.array([-(2**63) + 1])}  # fmt: skip
+    proto = model_from_text(TORCHSCRIPT_PAD, {"w1": (16, 3, 3, 3), "w2": (4, 16, 2, 2)}, constants=constants)
+    model, analysis = analysis_of(proto)
+    assert not any(node.op_type in ("ConstantOfShape", "Cast") for node in model.graph)
+    group = group_with(analysis, "w1", 0)
+    assert group.prunable and group is group_with(analysis, "w2", 1)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        assert plan.kept and error <= 1e-5

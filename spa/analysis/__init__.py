@@ -91,6 +91,9 @@ _LAYOUT_OPS = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsquee
 #: arithmetic (DINOv2's position-embedding scale, whose rank the reference
 #: evaluator and ONNX's shape inference disagree on), which stays in the graph.
 _MIN_WEIGHT = 2
+#: Most elements an integer tensor computed from constants alone may hold to fold
+#: (pads, shape targets, axes and indices; a position-id range stays computed).
+_MAX_INTEGERS = 64
 
 
 def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
@@ -98,7 +101,10 @@ def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
     weight standardisation (BiT's and NFNet's convolutions standardise their
     weights in the graph: ReduceMean, BatchNormalization in training mode) and
     weight normalisation (``g * v / ||v||``) left every such layer frozen, the
-    reductions mixing the channels the analyzer would cut.
+    reductions mixing the channels the analyzer would cut. So do integer tensors
+    of at most :data:`_MAX_INTEGERS` elements computed from a few integer
+    constants (TorchScript computes ``F.pad``'s pads by ConstantOfShape, Concat,
+    Reshape, Slice, Transpose and Cast, which froze every channel behind the Pad).
 
     A node folds when every input is an initializer, every output is a float
     tensor of at least :data:`_MIN_WEIGHT` elements, no larger than its inputs
@@ -106,7 +112,9 @@ def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
     (:data:`_STORAGE_OPS`), no random op, no graph output and holds no subgraph;
     a layout op (:data:`_LAYOUT_OPS`) folds only behind a folded node, or where it is
     an Identity of a small constant (any type: a shared Reshape target) or every
-    use computes on constants alone (:func:`_feeds_computation`). Evaluated by
+    use computes on constants alone (:func:`_feeds_computation`). A node on a few
+    integers folds whatever its op (a Cast or layout op too) where its results are
+    integers of at most :data:`_MAX_INTEGERS` elements. Evaluated by
     ONNX's reference evaluator (ONNX Runtime folds the same nodes when it loads
     the model). Returns the number of nodes folded."""
     computed: set[str] = set()
@@ -136,27 +144,38 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
     derived = _constant_derived(model)
     folded = 0
     for node in list(model.graph):
-        if not may_fold(node) or node.op_type in _STORAGE_OPS or node.op_type in ("Shape", "Size"):
+        if not may_fold(node) or node.op_type in ("Shape", "Size"):
             continue
         inputs = [v for v in node.inputs if v is not None]
         sizes = [constant_size(v) for v in inputs]  # initializers and Constant nodes (an epsilon)
         if not inputs or any(size is None for size in sizes):
             continue
         small_alias = node.op_type == "Identity" and (sizes[0] or 0) <= 64
-        if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or _feeds_computation(node, derived)):
+        # integer arithmetic on a few constants (TorchScript computes F.pad's pads from them)
+        integers = sum(size or 0 for size in sizes) <= _MAX_INTEGERS and all(
+            v.dtype is not None and v.dtype not in FLOAT_TYPES for v in inputs
+        )
+        if node.op_type in _STORAGE_OPS and not integers:
             continue
-        budget = sum(size or 0 for size in sizes)
+        if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or integers or _feeds_computation(node, derived)):
+            continue
+        budget = _MAX_INTEGERS if integers else sum(size or 0 for size in sizes)
         if budget > max_elements:
             continue
         arrays = [constant_array(v) for v in node.inputs]
         results = evaluate_node(node, arrays, opset)
         if results is None or sum(r.size for r in results) > budget or not types_agree(node, results):
             continue
-        if not small_alias and any(r.size < _MIN_WEIGHT for r in results):
-            continue  # scalar arithmetic (a position embedding's scale): not a weight
         if any(v.shape is not None and tuple(v.shape) != r.shape for r, v in zip(results, node.outputs, strict=True)):
             continue  # the evaluator's shape disagrees with the graph's: keep the node
-        if not small_alias and any(ir.DataType.from_numpy(r.dtype) not in FLOAT_TYPES for r in results):
+        floats = [ir.DataType.from_numpy(r.dtype) in FLOAT_TYPES for r in results]
+        if node.op_type in _STORAGE_OPS and any(floats):
+            continue  # an integer weight stored cast up to float stays stored as it is
+        if integers and not any(floats):
+            pass  # pads, targets, indices: read by the rules as constants
+        elif not small_alias and any(r.size < _MIN_WEIGHT for r in results):
+            continue  # scalar arithmetic (a position embedding's scale): not a weight
+        elif not small_alias and not all(floats):
             continue
         for value, array in zip(node.outputs, results, strict=True):
             name = value.name or ""
