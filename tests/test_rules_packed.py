@@ -407,3 +407,41 @@ def test_pads_computed_from_constants_fold_and_the_channels_prune() -> None:
     for seed in range(3):
         _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
         assert plan.kept and error <= 1e-5
+
+
+# DaViT's stem (TorchScript) pads its input to a multiple of the stride: the pad
+# computed from scalars, (4 - 10 % 4) % 4, and F.pad's zeros for the axes it leaves
+# counted from the Shape of the pads given
+SCALAR_PAD = f"""{HEADER}
+g (float[N, 3, 10, 10] x) => (float[N, 4, 3, 3] y) {{
+    left = Mod (size, stride)
+    short = Sub (stride, left)
+    pad = Mod (short, stride)
+    end = Unsqueeze (pad, zero)
+    given = Concat <axis = 0> (zero, end, zero, end)
+    count = Shape (given)
+    rest = Sub (eight, count)
+    zeros = ConstantOfShape <value = int64[1] {{0}}> (rest)
+    both = Concat <axis = 0> (given, zeros)
+    pairs = Reshape (both, rows)
+    flipped = Slice (pairs, minus_one, past_start, zero, minus_one)
+    swapped = Transpose <perm = [1, 0]> (flipped)
+    pads = Reshape (swapped, minus_one)
+    p = Pad (x, pads)
+    a = Conv <strides = [4, 4], kernel_shape = [4, 4]> (p, w1)
+    r = Relu (a)
+    y = Conv (r, w2)
+}}"""
+
+
+def test_pads_from_scalar_arithmetic_fold_as_scalars() -> None:
+    constants = {**INTS, "size": np.array(10), "stride": np.array(4), "eight": np.array([8]),
+                 "rows": np.array([-1, 2]), "minus_one": np.array([-1]), "past_start": np.array([-(2**63) + 1])}  # fmt: skip
+    proto = model_from_text(SCALAR_PAD, {"w1": (16, 3, 4, 4), "w2": (4, 16, 1, 1)}, constants=constants)
+    model, analysis = analysis_of(proto)
+    pads = next(node.inputs[1] for node in model.graph if node.op_type == "Pad")
+    assert pads is not None and pads.const_value is not None
+    assert pads.const_value.numpy().tolist() == [0, 0, 0, 0, 0, 0, 2, 2]  # the scalars stayed 0-d
+    assert group_with(analysis, "w1", 0).prunable
+    _, plan, error = mask_equivalence(proto, ratio=0.5, dims={"N": 2})
+    assert plan.kept and error <= 1e-5

@@ -113,7 +113,7 @@ def fold_weight_chains(model: ir.Model, max_elements: int = 1 << 26) -> int:
     a layout op (:data:`_LAYOUT_OPS`) folds only behind a folded node, or where it is
     an Identity of a small constant (any type: a shared Reshape target) or every
     use computes on constants alone (:func:`_feeds_computation`). A node on a few
-    integers folds whatever its op (a Cast or layout op too) where its results are
+    integers folds whatever its op (a Cast, Shape or layout op too) where its results are
     integers of at most :data:`_MAX_INTEGERS` elements. Evaluated by
     ONNX's reference evaluator (ONNX Runtime folds the same nodes when it loads
     the model). Returns the number of nodes folded."""
@@ -144,7 +144,7 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
     derived = _constant_derived(model)
     folded = 0
     for node in list(model.graph):
-        if not may_fold(node) or node.op_type in ("Shape", "Size"):
+        if not may_fold(node):
             continue
         inputs = [v for v in node.inputs if v is not None]
         sizes = [constant_size(v) for v in inputs]  # initializers and Constant nodes (an epsilon)
@@ -155,7 +155,7 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
         integers = sum(size or 0 for size in sizes) <= _MAX_INTEGERS and all(
             v.dtype is not None and v.dtype not in FLOAT_TYPES for v in inputs
         )
-        if node.op_type in _STORAGE_OPS and not integers:
+        if node.op_type in (*_STORAGE_OPS, "Shape", "Size") and not integers:
             continue
         if node.op_type in _LAYOUT_OPS and inputs[0].name not in computed and not (small_alias or integers or _feeds_computation(node, derived)):
             continue
@@ -179,7 +179,7 @@ def _fold_once(model: ir.Model, computed: set[str], max_elements: int) -> int:
             continue
         for value, array in zip(node.outputs, results, strict=True):
             name = value.name or ""
-            replace_with_initializer(model.graph, value, np.ascontiguousarray(array))
+            replace_with_initializer(model.graph, value, np.require(array, requirements="C"))  # a scalar stays 0-d
             computed.add(name)
         model.graph.remove(node, safe=True)
         folded += 1
