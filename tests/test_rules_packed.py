@@ -445,3 +445,35 @@ def test_pads_from_scalar_arithmetic_fold_as_scalars() -> None:
     assert group_with(analysis, "w1", 0).prunable
     _, plan, error = mask_equivalence(proto, ratio=0.5, dims={"N": 2})
     assert plan.kept and error <= 1e-5
+
+
+# FocalNet's modulation: one convolution writes the query, the context and one gate
+# per focal level; each gate is a single channel that scales every context channel
+FOCAL_GATES = f"""{HEADER}
+g (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {{
+    f = Conv (x, wf, bf)
+    q, ctx, gates = Split <axis = 1> (f, sizes)
+    c1 = Conv <group = 8, pads = [1, 1, 1, 1]> (ctx, wd)
+    a1 = Relu (c1)
+    g0 = Slice (gates, zero, one, one)
+    m0 = Mul (a1, g0)
+    pooled = GlobalAveragePool (a1)
+    g1 = Slice (gates, one, two, one)
+    m1 = Mul (pooled, g1)
+    both = Add (m0, m1)
+    h = Conv (both, wh)
+    mod = Mul (q, h)
+    y = Conv (mod, wp)
+}}"""
+
+
+def test_one_channel_gates_split_from_a_layer_keep_their_channel() -> None:
+    weights = {"wf": (18, 4, 1, 1), "bf": (18,), "wd": (8, 1, 3, 3), "wh": (8, 8, 1, 1), "wp": (4, 8, 1, 1)}
+    proto = model_from_text(FOCAL_GATES, weights, constants={**INTS, "sizes": np.array([8, 8, 2])})
+    _, analysis = analysis_of(proto)
+    group = group_with(analysis, "wf", 0)
+    assert group.prunable and group is group_with(analysis, "g0", 1)
+    for seed in range(3):
+        _, plan, error = mask_equivalence(proto, ratio=0.5, seed=seed, dims={"N": 2})
+        kept = set(plan.kept[group.id])
+        assert {16, 17} <= kept and len(kept) < 18 and error <= 1e-5  # both gates stay

@@ -1,8 +1,9 @@
 """Rules for elementwise ops: unary, and n-ary with numpy broadcasting.
 
 Broadcasting couples an input axis with the output axis it aligns with (from
-the right) only when the input's dim is not 1: a size-1 axis is broadcast and
-carries no channels. A parameter on a coupled axis (a bias ``[C, 1, 1]``) is
+the right) only when the input's dim is not 1: a size-1 axis is broadcast,
+carries no channels and is left free (a one-channel window of a group keeps
+its channel, :func:`broadcast_couplings`). A parameter on a coupled axis (a bias ``[C, 1, 1]``) is
 sliced with the group.
 """
 
@@ -14,7 +15,14 @@ import onnx
 import onnx_ir as ir
 
 from spa.analysis.index_maps import Identity
-from spa.analysis.rules.registry import Barrier, Coupling, RuleContext, name, register_rule
+from spa.analysis.rules.registry import (
+    Barrier,
+    Coupling,
+    RuleContext,
+    Unconstrained,
+    name,
+    register_rule,
+)
 from spa.analysis.shape_exprs import sizes_read
 from spa.model_io import FLOAT_TYPES
 
@@ -113,14 +121,18 @@ def unary_couplings(
 
 def broadcast_couplings(
     inputs: Sequence[ir.Value], output: ir.Value, context: RuleContext
-) -> list[Coupling | Barrier]:
-    """Numpy broadcasting: couple non-1 input axes with the output axis they align to."""
+) -> list[Coupling | Barrier | Unconstrained]:
+    """Numpy broadcasting: couple non-1 input axes with the output axis they align to.
+    A broadcast axis is left free: where it is a one-channel window of a group
+    (FocalNet's gate, one channel split from a convolution's output, scales the
+    context's channels), the plan keeps that channel (a member never loses its
+    last channel) and the group's other channels may go."""
     out_shape = context.shape(output)
     shapes = [context.shape(value) for value in inputs]
     if out_shape is None or any(shape is None for shape in shapes):
         names = tuple(name(v) for v in (*inputs, output))
         return [Barrier("rank unknown (run shape inference)", values=names)]
-    couplings: list[Coupling | Barrier] = []
+    couplings: list[Coupling | Barrier | Unconstrained] = []
     rank = len(out_shape)
     for value, shape in zip(inputs, shapes, strict=True):
         assert shape is not None
@@ -128,6 +140,7 @@ def broadcast_couplings(
             out_axis = rank - len(shape) + axis
             out_dim = out_shape[out_axis]
             if dim == 1 and out_dim != 1:
+                couplings.append(Unconstrained((), spaces=((name(value), axis),)))
                 continue  # broadcast axis: no channels here
             size = dim if dim is not None else out_dim
             if size is None:
@@ -157,6 +170,6 @@ def _unary(node: ir.Node, context: RuleContext) -> list[Coupling | Barrier]:
 
 
 @register_rule(*NARY)
-def _nary(node: ir.Node, context: RuleContext) -> list[Coupling | Barrier]:
+def _nary(node: ir.Node, context: RuleContext) -> list[Coupling | Barrier | Unconstrained]:
     inputs = [value for value in node.inputs if value is not None]
     return broadcast_couplings(inputs, node.outputs[0], context)

@@ -12,6 +12,7 @@ from spa.analysis.rules.registry import (
     Barrier,
     Coupling,
     RuleContext,
+    Unconstrained,
     name,
     register_rule,
     unknown_shapes,
@@ -19,7 +20,7 @@ from spa.analysis.rules.registry import (
 
 __all__: list[str] = []
 
-Result = list[Coupling | Barrier]
+Result = list[Coupling | Barrier | Unconstrained]
 
 
 def _identity(a: tuple[str, int], b: tuple[str, int], size: int | None) -> Result:
