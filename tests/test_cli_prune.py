@@ -236,3 +236,22 @@ def test_prune_verify_at_size_one_across_an_upsampled_sum(run_cli, tmp_path: Pat
     result = run_cli("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--verify")
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1].startswith("PASSED | prune")
+
+
+def test_report_counts_groups_as_analyze_does(run_cli, tmp_path: Path) -> None:
+    # a bias broadcast as [1, C, 1, 1]: its size-1 axes form groups of one channel,
+    # which `spa analyze` leaves out of "groups with parameters"; the report agrees
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        b = Add (c, bias)
+        r = Relu (b)
+        y = Conv (r, w2)
+    }"""
+    model = write(tmp_path, (text, {"w1": (16, 3, 3, 3), "bias": (1, 16, 1, 1), "w2": (4, 16, 1, 1)}))
+    report = tmp_path / "r.json"
+    assert run_cli("prune", model, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--report", report).exit_code == 0
+    analyzed = run_cli("analyze", model)
+    data = json.loads(report.read_text())
+    assert f"groups with parameters: {data['groups_total']} |" in analyzed.output
+    assert (data["groups_total"], data["groups_pruned"], data["groups_frozen"]) == (3, 1, 2)

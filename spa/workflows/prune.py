@@ -288,7 +288,10 @@ def prune_report(
     """The prune-specific part of a report, from the ``prune`` pass's details."""
     analysis: Analysis = details["analysis"]
     plan: Plan = details["plan"]
-    with_parameters = [g for g in analysis.groups if g.parameters]
+    # as `spa analyze` counts: groups of one channel (a broadcast parameter's size-1
+    # axes, one per private copy of a shared gain) have nothing to prune
+    with_parameters = [g for g in analysis.groups if g.parameters and g.size > 1]
+    frozen = [g for g in with_parameters if g.frozen]
     return {
         "params_before": before.params,
         "params_after": after.params,
@@ -296,8 +299,8 @@ def prune_report(
         "macs_after": after.total_macs,
         "groups_total": len(with_parameters),
         "groups_pruned": len(plan.kept),
-        "groups_frozen": sum(1 for g in with_parameters if g.frozen),
-        "frozen_reasons": analysis.frozen_reason_counts(),
+        "groups_frozen": len(frozen),
+        "frozen_reasons": analysis.frozen_reason_counts(frozen),
         "plan": plan.policy,
         "verify": None
         if verification is None
