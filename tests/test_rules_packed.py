@@ -379,17 +379,23 @@ def test_a_view_after_a_chunk_with_computed_bounds_keeps_its_channels(monkeypatc
         assert plan.kept and error <= 1e-5
 
 
+# How TorchScript turns F.pad's (left, right, top, bottom) `given` into ONNX pads:
+# zeros appended for the leading axes, pairs reversed and transposed
+TORCH_PAD_ORDER = """
+    both = Concat <axis = 0> (given, zeros)
+    pairs = Reshape (both, rows)
+    flipped = Slice (pairs, minus_one, past_start, zero, minus_one)
+    swapped = Transpose <perm = [1, 0]> (flipped)
+    flat = Reshape (swapped, minus_one)"""
+PAD_CONSTANTS = {**INTS, "rows": np.array([-1, 2]), "minus_one": np.array([-1]),
+                 "past_start": np.array([-(2**63) + 1])}  # fmt: skip
+
 # TorchScript's F.pad(x, (0, 1, 0, 1)) (HGNetV2's stem): the pads computed from
 # constants by ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose and Cast
 TORCHSCRIPT_PAD = f"""{HEADER}
 g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
     a = Conv <pads = [1, 1, 1, 1]> (x, w1)
-    zeros = ConstantOfShape <value = int64[1] {{0}}> (four)
-    both = Concat <axis = 0> (given, zeros)
-    pairs = Reshape (both, rows)
-    flipped = Slice (pairs, minus_one, past_start, zero, minus_one)
-    swapped = Transpose <perm = [1, 0]> (flipped)
-    flat = Reshape (swapped, minus_one)
+    zeros = ConstantOfShape <value = int64[1] {{0}}> (four){TORCH_PAD_ORDER}
     pads = Cast <to = 7> (flat)
     p = Pad (a, pads)
     y = Conv <kernel_shape = [2, 2]> (p, w2)
@@ -397,8 +403,7 @@ g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
 
 
 def test_pads_computed_from_constants_fold_and_the_channels_prune() -> None:
-    constants = {**INTS, "four": np.array([4]), "given": np.array([0, 1, 0, 1]), "rows": np.array([-1, 2]),
-                 "minus_one": np.array([-1]), "past_start": np.array([-(2**63) + 1])}  # fmt: skip
+    constants = {**PAD_CONSTANTS, "four": np.array([4]), "given": np.array([0, 1, 0, 1])}
     proto = model_from_text(TORCHSCRIPT_PAD, {"w1": (16, 3, 3, 3), "w2": (4, 16, 2, 2)}, constants=constants)
     model, analysis = analysis_of(proto)
     assert not any(node.op_type in ("ConstantOfShape", "Cast") for node in model.graph)
@@ -421,13 +426,8 @@ g (float[N, 3, 10, 10] x) => (float[N, 4, 3, 3] y) {{
     given = Concat <axis = 0> (zero, end, zero, end)
     count = Shape (given)
     rest = Sub (eight, count)
-    zeros = ConstantOfShape <value = int64[1] {{0}}> (rest)
-    both = Concat <axis = 0> (given, zeros)
-    pairs = Reshape (both, rows)
-    flipped = Slice (pairs, minus_one, past_start, zero, minus_one)
-    swapped = Transpose <perm = [1, 0]> (flipped)
-    pads = Reshape (swapped, minus_one)
-    p = Pad (x, pads)
+    zeros = ConstantOfShape <value = int64[1] {{0}}> (rest){TORCH_PAD_ORDER}
+    p = Pad (x, flat)
     a = Conv <strides = [4, 4], kernel_shape = [4, 4]> (p, w1)
     r = Relu (a)
     y = Conv (r, w2)
@@ -435,8 +435,7 @@ g (float[N, 3, 10, 10] x) => (float[N, 4, 3, 3] y) {{
 
 
 def test_pads_from_scalar_arithmetic_fold_as_scalars() -> None:
-    constants = {**INTS, "size": np.array(10), "stride": np.array(4), "eight": np.array([8]),
-                 "rows": np.array([-1, 2]), "minus_one": np.array([-1]), "past_start": np.array([-(2**63) + 1])}  # fmt: skip
+    constants = {**PAD_CONSTANTS, "size": np.array(10), "stride": np.array(4), "eight": np.array([8])}
     proto = model_from_text(SCALAR_PAD, {"w1": (16, 3, 4, 4), "w2": (4, 16, 1, 1)}, constants=constants)
     model, analysis = analysis_of(proto)
     pads = next(node.inputs[1] for node in model.graph if node.op_type == "Pad")
