@@ -40,7 +40,7 @@ from onnx import numpy_helper
 
 from spa.analysis.groups import reason_kind
 from spa.model_io import FLOAT_TYPES, iter_graph_protos
-from spa.stats.coverage import RECURRENT_OPS, node_macs, value_shapes
+from spa.stats.coverage import RECURRENT_OPS, WEIGHTED_OPS, node_macs, value_shapes
 from spa.stats.shape_facts import SPA_DOMAIN, SPA_MATMULS, all_nodes
 
 __all__ = [
@@ -154,7 +154,6 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 _DECODE_OPS = frozenset(
     {"DequantizeLinear", "Cast", "Sub", "Mul", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze"}
 )
-_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"}) | RECURRENT_OPS
 
 
 def _weight_inputs(node: onnx.NodeProto) -> list[str]:
@@ -186,7 +185,7 @@ def _stored_quantized(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
                 attributes = {a.name: a.i for a in node.attribute}
                 stored[node.input[1]] = (node.input[1], attributes.get("K", 0) * attributes.get("N", 0))
             continue
-        if node.op_type not in _WEIGHTED or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
             continue
         for read in _weight_inputs(node):
             name, seen = read, 0

@@ -18,6 +18,8 @@ from spa.model_io import iter_graph_protos
 from spa.stats.shape_facts import SPA_DOMAIN, SPA_MATMULS
 
 __all__ = [
+    "RECURRENT_OPS",
+    "WEIGHTED_OPS",
     "covered_share",
     "mac_coverage",
     "node_macs",
@@ -84,7 +86,7 @@ def value_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], di
 def _weighted_layers(model: onnx.ModelProto) -> Iterable[onnx.NodeProto]:
     for graph in iter_graph_protos(model.graph):
         for node in graph.node:
-            if node.op_type in ("Conv", "MatMul", "Gemm", *RECURRENT_OPS):
+            if node.op_type in WEIGHTED_OPS:
                 yield node
 
 
@@ -102,6 +104,8 @@ def set_input_shapes(model: onnx.ModelProto, sample_shapes: Mapping[str, Shape])
 
 #: Recurrent ops counted as weighted layers: W (input 1) and R (input 2) per step.
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+#: Standard ops whose constant weight input makes them weighted layers.
+WEIGHTED_OPS = frozenset({"MatMul", "Gemm", "Conv"}) | RECURRENT_OPS
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int:
