@@ -106,6 +106,13 @@ class Analysis:
     def prunable_groups(self) -> list[Group]:
         return [group for group in self.groups if group.prunable]
 
+    def counted_groups(self) -> list[Group]:
+        """The groups reports count: with parameters and more than one channel. An axis
+        of size 1 (a bias broadcast as ``[1, C, 1, 1]`` has two, one set per private
+        copy of a shared gain) forms a group of one channel: nothing to prune, and its
+        "frozen" reasons say nothing about the model."""
+        return [group for group in self.groups if group.parameters and group.size > 1]
+
     def frozen_reason_counts(self, groups: Iterable[Group] | None = None) -> dict[str, int]:
         """Frozen groups with parameters per reason kind (among ``groups``, default all)."""
         counts: dict[str, int] = defaultdict(int)

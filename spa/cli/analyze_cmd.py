@@ -14,12 +14,10 @@ __all__ = ["analyze_command", "render_groups"]
 
 def render_groups(analysis: Any, limit: int | None = None) -> str:
     """A table of groups with parameters: id, channels, members, status, reason."""
-    with_parameters = [g for g in analysis.groups if g.parameters]
-    # An axis of size 1 (a bias broadcast as [1, C, 1, 1] has two) forms a group of
-    # one channel: nothing to prune, and its "frozen" reasons say nothing about the
-    # model (PP-OCRv5's detector showed 40 of them as frozen by Conv).
-    rows = [g for g in with_parameters if g.size > 1]
-    single = len(with_parameters) - len(rows)
+    # groups of one channel are left out (PP-OCRv5's detector showed 40 of them as
+    # frozen by Conv)
+    rows = analysis.counted_groups()
+    single = sum(1 for g in analysis.groups if g.parameters) - len(rows)
     lines = [f"{'group':>5}  {'channels':>8}  {'members':>7}  {'status':9}  reason / root"]
     for group in rows[:limit]:
         status = "prunable" if group.prunable else ("frozen" if group.frozen else "fixed")

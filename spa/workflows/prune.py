@@ -288,9 +288,7 @@ def prune_report(
     """The prune-specific part of a report, from the ``prune`` pass's details."""
     analysis: Analysis = details["analysis"]
     plan: Plan = details["plan"]
-    # as `spa analyze` counts: groups of one channel (a broadcast parameter's size-1
-    # axes, one per private copy of a shared gain) have nothing to prune
-    with_parameters = [g for g in analysis.groups if g.parameters and g.size > 1]
+    with_parameters = analysis.counted_groups()  # as `spa analyze` counts them
     frozen = [g for g in with_parameters if g.frozen]
     return {
         "params_before": before.params,
