@@ -11,6 +11,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import onnx_ir as ir
 
     from spa.analysis.groups import Analysis, Group, Member, analyze, model_fingerprint
@@ -280,7 +282,6 @@ def _refine_computed_reshapes(model: ir.Model) -> bool:
     batch; solving it from the input's static size lets the heads axis of an
     attention layer be analysed like any other.
     """
-    import onnx_ir as ir
 
     from spa.analysis.rules.registry import RuleContext
     from spa.analysis.shape_exprs import evaluate_target, resolve_target
@@ -296,20 +297,26 @@ def _refine_computed_reshapes(model: ir.Model) -> bool:
             continue
         entries = evaluate_target(target, context)
         dims = None if entries is None else resolve_target(entries, in_shape)
-        current = y.shape
-        if dims is None or (current is not None and len(current) != len(dims)):
-            continue
-        merged = [
-            new if new is not None else (current[i] if current is not None else None)
-            for i, new in enumerate(dims)
-        ]
-        if current is None or any(
-            isinstance(m, int) and not isinstance(c, int)
-            for m, c in zip(merged, current, strict=True)
-        ):
-            y.shape = ir.Shape(merged)
+        if dims is not None and _refine_shape(y, dims):
             changed = True
     return changed
+
+
+def _refine_shape(value: ir.Value, dims: Sequence[int | None]) -> bool:
+    """Give ``value`` the static ``dims`` (None: keep its own dim there) where that makes
+    some dim static; True if it did. A value of another rank keeps its shape."""
+    import onnx_ir as ir
+
+    current = value.shape
+    if current is not None and len(current) != len(dims):
+        return False
+    merged = [new if new is not None else (current[i] if current is not None else None) for i, new in enumerate(dims)]
+    if current is not None and not any(
+        isinstance(m, int) and not isinstance(c, int) for m, c in zip(merged, current, strict=True)
+    ):
+        return False
+    value.shape = ir.Shape(merged)
+    return True
 
 
 def _refine_slices(model: ir.Model) -> bool:
@@ -321,7 +328,6 @@ def _refine_slices(model: ir.Model) -> bool:
     ``view(B, -1, H, W)`` (B read from another tensor) could not be told to keep
     the channels. Only the sliced axes (constant ``axes``) may change."""
     import numpy as np
-    import onnx_ir as ir
 
     from spa.analysis.rules.registry import RuleContext
 
@@ -336,17 +342,7 @@ def _refine_slices(model: ir.Model) -> bool:
             continue
         rank = len(in_shape)
         sliced = {int(a) % rank for a in np.asarray(axes).ravel()} if rank else set()
-        current = y.shape
-        if current is not None and len(current) != rank:
-            continue
-        merged = [
-            (current[i] if current is not None else None) if i in sliced or in_shape[i] is None else in_shape[i]
-            for i in range(rank)
-        ]
-        if current is None or any(
-            isinstance(m, int) and not isinstance(c, int) for m, c in zip(merged, current, strict=True)
-        ):
-            y.shape = ir.Shape(merged)
+        if _refine_shape(y, [None if i in sliced else dim for i, dim in enumerate(in_shape)]):
             changed = True
     return changed
 
