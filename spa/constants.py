@@ -12,6 +12,7 @@ from onnx.reference import ReferenceEvaluator
 __all__ = [
     "RANDOM_OPS",
     "constant_array",
+    "constant_size",
     "evaluate_node",
     "flushed_subnormals",
     "may_fold",
