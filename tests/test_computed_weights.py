@@ -15,6 +15,7 @@ from spa.verify import create_session
 from spa.workflows.quantize import quantize_model
 from spa.workflows.sparsify import sparsify_model
 from tests.analysis_helpers import model_from_text
+from tests.test_rules_packed import STANDARDISE
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -22,14 +23,7 @@ HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 # graph, epsilon a Constant node (not an initializer)
 STANDARDISED = f"""{HEADER}
 g (float[N, 32, 8, 8] x) => (float[N, 64, 8, 8] y) {{
-    eps = Constant <value = float[1] {{1e-5}}> ()
-    mean = ReduceMean <axes = [1, 2, 3], keepdims = 1> (w_raw)
-    centred = Sub (w_raw, mean)
-    square = Mul (centred, centred)
-    var = ReduceMean <axes = [1, 2, 3], keepdims = 1> (square)
-    shifted = Add (var, eps)
-    std = Sqrt (shifted)
-    w1 = Div (centred, std)
+    eps = Constant <value = float[1] {{1e-5}}> (){STANDARDISE}
     c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
     r = Relu (c1)
     y = Conv (r, w2)

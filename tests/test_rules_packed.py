@@ -87,17 +87,20 @@ def test_a_window_inside_a_packed_axis_prunes(bounds: tuple[tuple[int, int], ...
         assert plan.kept and error <= 1e-5
 
 
-# A weight standardised in the graph (BiT's and NFNet's StdConv): the reductions run
-# over constants only, so the chain folds to a plain weight before the analysis.
-STANDARDISED_CONV = f"""{HEADER}
-g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+# A weight standardised in the graph (BiT's and NFNet's StdConv): w1 from w_raw and eps
+STANDARDISE = """
     mean = ReduceMean <axes = [1, 2, 3], keepdims = 1> (w_raw)
     centred = Sub (w_raw, mean)
     square = Mul (centred, centred)
     var = ReduceMean <axes = [1, 2, 3], keepdims = 1> (square)
     shifted = Add (var, eps)
     std = Sqrt (shifted)
-    w1 = Div (centred, std)
+    w1 = Div (centred, std)"""
+
+# the reductions run over constants only, so the chain folds to a plain weight before
+# the analysis
+STANDARDISED_CONV = f"""{HEADER}
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{{STANDARDISE}
     c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
     r = Relu (c1)
     y = Conv (r, w2)
