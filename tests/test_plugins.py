@@ -472,6 +472,21 @@ def test_committed_predictions_are_the_models_for_every_measured_row() -> None:
     assert errors[int(0.9 * len(errors))] < math.log(1.6)
 
 
+def test_model_compare_sets_the_measured_launch_floor_against_t0(tmp_path: Path) -> None:
+    """model.py compare reads the harness's launch_floor.json beside the results it compares and says
+    how much of the fitted fixed cost t0 is the bare launch (the rest: fill, epilogue, tail)."""
+    results = tmp_path / "results.json"
+    results.write_text((PLUGINS / "bench" / "results.json").read_text())
+    command = [sys.executable, str(PLUGINS / "bench" / "model.py"), "compare", str(results)]
+    before = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "measured/predicted" in before and "launch floor" not in before
+    (tmp_path / "launch_floor.json").write_text(
+        '{"card": "NVIDIA H200", "ctas": 264, "empty_grid_us": 1.75, "empty_warp_us": 1.25}\n')
+    after = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    assert after.startswith("launch floor: an empty kernel of 264 CTAs takes 1.75 us")
+    assert "the model's t0 is 3.88 us, so 2.13 us of it" in after and after.endswith("(NVIDIA H200)")
+
+
 def load_sass_budget():  # type: ignore[no-untyped-def]
     import importlib.util
 

@@ -278,6 +278,25 @@ double measure_read_bandwidth(Context& ctx) {
   return bytes / (us * 1e-6) / 1e9;  // GB/s
 }
 
+// The launch floor under the timing model's t0 (model.py: the fitted fixed
+// cost per launch, 3.88 us, which also holds the pipeline fill, the epilogue
+// and the tail): an empty kernel in the same CUDA graph as every timed row,
+// with the dense kernels' grid (2 CTAs per SM x 256 threads) and with one
+// warp. The pointer chase (latency.cu) gives the DRAM round trip beside it.
+__global__ void empty_kernel() {}
+
+struct LaunchFloor { double grid_us, warp_us; int ctas; };
+
+LaunchFloor measure_launch_floor(Context& ctx) {
+  int sms = 0;
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  LaunchFloor floor{};
+  floor.ctas = 2 * sms;
+  floor.grid_us = time_graph(ctx, 1, [&](int) { empty_kernel<<<floor.ctas, 256, 0, ctx.stream>>>(); });
+  floor.warp_us = time_graph(ctx, 1, [&](int) { empty_kernel<<<1, 32, 0, ctx.stream>>>(); });
+  return floor;
+}
+
 std::string json_escape(const std::string& s) {
   std::string out;
   for (char c : s) { if (c == '"' || c == '\\') out += '\\'; out += c; }
@@ -414,6 +433,14 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, prop.l2CacheSize >> 20);
   double hbm = measure_read_bandwidth(ctx);
   std::printf("HBM read bandwidth (measured): %.0f GB/s\n", hbm);
+  const LaunchFloor floor = measure_launch_floor(ctx);
+  std::printf("launch floor (empty kernel in a CUDA graph): %d CTAs x 256 threads %.2f us, one warp %.2f us\n",
+              floor.ctas, floor.grid_us, floor.warp_us);
+  {
+    std::ofstream json(out.substr(0, out.find_last_of('/') + 1) + "launch_floor.json");
+    json << "{\"card\": \"" << json_escape(prop.name) << "\", \"ctas\": " << floor.ctas
+         << ", \"empty_grid_us\": " << floor.grid_us << ", \"empty_warp_us\": " << floor.warp_us << "}\n";
+  }
 
   if (!cases.empty()) run_cases(ctx, cases);
 

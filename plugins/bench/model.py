@@ -474,6 +474,15 @@ def compare(measured: list[Row], predicted: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def launch_floor_line(floor: Row) -> str:
+    """The measured empty-kernel launch against the fitted fixed cost t0 (which also holds the
+    pipeline fill, the epilogue and the tail; diagnosis.md §2.5 put the launch alone near 1.4 µs)."""
+    grid = floor["empty_grid_us"]
+    return (f"launch floor: an empty kernel of {floor['ctas']} CTAs takes {grid:.2f} us in the harness's graphs "
+            f"(one warp {floor['empty_warp_us']:.2f} us); the model's t0 is {DENSE['t0']:.2f} us, so "
+            f"{DENSE['t0'] - grid:.2f} us of it is the kernels' own fill, epilogue and tail ({floor['card']})")
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "predict"
     args = argv[2:]
@@ -497,6 +506,9 @@ def main(argv: list[str]) -> int:
         measured = json.loads(Path(args[0]).read_text())
         predicted = json.loads(Path(args[1] if len(args) > 1 else HERE / "predictions.json").read_text())
         print(compare(measured, predicted))
+        floor = Path(args[0]).with_name("launch_floor.json")  # the harness writes it beside its results
+        if floor.is_file():
+            print(launch_floor_line(json.loads(floor.read_text())))
         return 0
     print(__doc__)
     return 2
