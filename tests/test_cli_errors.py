@@ -142,6 +142,33 @@ def test_a_cache_step_whose_total_is_past_plus_seq_is_probed(run_cli, tmp_path: 
         assert dim in result.output, result.output
 
 
+CACHE_STEP_BROADCAST = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, seq, 4] x, float[1, past, 4] past_key, float[1, total] mask) => (float[1, total, 4] present,
+                                                                                 float[1, total, 4] y) {
+    present = Concat <axis = 1> (past_key, x)
+    axes = Constant <value = int64[1] {2}> ()
+    m = Unsqueeze (mask, axes)
+    y = Mul (present, m)
+}
+"""
+
+
+def test_a_cache_step_that_runs_at_1_but_writes_its_cache_at_2_is_probed(run_cli, tmp_path: Path) -> None:
+    """A TorchScript cache step runs at past = seq = total = 1 (the mask broadcasts), but
+    writes present at total 2, against the 1 its mask set: the seeded inputs contradicted
+    the model. spa probes on until the outputs agree with the inputs (total = past + seq)."""
+    source, output = tmp_path / "step.onnx", tmp_path / "out.onnx"
+    model = onnx.parser.parse_model(CACHE_STEP_BROADCAST)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(source))
+    result = run_cli("optimize", source, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "output's dim differs from the input dim of the same name" in result.output
+    for dim in ("--dim past=3", "--dim seq=4", "--dim total=7"):
+        assert dim in result.output, result.output
+
+
 def test_a_zipmap_output_is_a_one_line_error_naming_the_export_option(
     run_cli, tmp_path: Path
 ) -> None:

@@ -307,7 +307,8 @@ def _probed_dims(
     if found:
         chosen = " ".join(f"--dim {name}={size}" for name, size in found.items())
         click.echo(
-            f"note: {model.name} does not run with its dynamic dims at 1; seeded inputs use "
+            f"note: {model.name} does not run with its dynamic dims at 1 (ONNX Runtime fails, or an "
+            "output's dim differs from the input dim of the same name); seeded inputs use "
             f"{chosen} (give --dim or --calib to choose)",
             err=True,
         )

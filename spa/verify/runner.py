@@ -131,7 +131,9 @@ def runnable_dims(
     At 1, a CNN's height and width vanish after a few strided layers (a detector's
     Concat of upsampled and skipped features then fails) and an audio model's
     reflect padding has no samples to mirror. The model is run once at the
-    defaults; only if ONNX Runtime fails, the open dims that never lead an input
+    defaults; only if ONNX Runtime fails (or an output comes out with a dim named
+    like an input's at another size: a cache step at past = seq = total = 1 runs,
+    and writes its present cache at total 2), the open dims that never lead an input
     (batch-like dims stay 1) take each of :data:`PROBE_SIZES` in turn, all together,
     then (dims the model leaves unnamed may be unrelated) one input's unnamed dims
     at a time. If none runs, one named dim is tried as the sum of two others
@@ -173,12 +175,29 @@ def runnable_dims(
     options.log_severity_level = 4
     names = [output.name for output in session.get_outputs()]
 
+    declared = [list(output.shape) for output in session.get_outputs()]
+
     def runs(sizes: Mapping[str, int]) -> bool:
         feeds = make_feeds(specs, shapes=shapes, dims={**dims, **sizes}, int_ranges=int_ranges)
         try:
-            session.run(names, feeds, options)
+            outputs = session.run(names, feeds, options)
         except Exception:  # ORT raises its own Fail/InvalidArgument types
             return False
+        return consistent(feeds, outputs)
+
+    def consistent(feeds: Mapping[str, Any], outputs: list[Any]) -> bool:
+        """Whether every output dim named like an input dim came out at the size that input set
+        (a cache step at past = seq = total = 1 runs, but writes present.* with total 2)."""
+        bound: dict[str, int] = {}
+        for spec in specs:
+            for axis, dim in enumerate(spec.dims):
+                if isinstance(dim, str) and axis < np.ndim(feeds[spec.name]):
+                    bound.setdefault(dim, int(np.shape(feeds[spec.name])[axis]))
+        for dims_out, value in zip(declared, outputs, strict=True):
+            shape = np.shape(value) if isinstance(value, np.ndarray) else ()
+            for axis, dim in enumerate(dims_out):
+                if isinstance(dim, str) and dim in bound and axis < len(shape) and shape[axis] != bound[dim]:
+                    return False
         return True
 
     if runs({}):
