@@ -71,6 +71,11 @@ class ProtectedFiles:
             info = resolved.stat()
             self.inodes.add((info.st_dev, info.st_ino))
 
+    def wrote(self, path: Path) -> bool:
+        """Whether this scope wrote ``path`` itself (an output it may read back and rewrite)."""
+        resolved = path.resolve()
+        return any(item.resolve() == resolved for item in self.written)
+
     def holds(self, path: Path) -> bool:
         if path.resolve() in self.paths:
             return True
@@ -125,7 +130,8 @@ def check_destination(
     """The absolute ``path`` if spa may write a file there, else a one-line UserError.
 
     Refused: a file read in this scope (the input model or its external data,
-    through links too) or in ``protected``, a folder, anything that is not a
+    through links too; not one this scope wrote before it read it back, such as an
+    output the latency guard measured and then rewrites) or in ``protected``, a folder, anything that is not a
     regular file (``/dev/null``, a FIFO, a socket), a missing or read-only folder.
     ``flag`` names the option in the message (``-o``, ``--report``).
     """
@@ -133,7 +139,7 @@ def check_destination(
     files = _SCOPE.get()
     resolved = path.resolve()
     if resolved in {Path(item).resolve() for item in protected} or (
-        files is not None and files.holds(path)
+        files is not None and files.holds(path) and not files.wrote(path)
     ):
         raise UserError(
             f"{flag} {path}: would overwrite the input model or its data "

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from spa.destinations import check_destination, protect_inputs
 from spa.errors import UserError
-from spa.model_io import load_model
+from spa.model_io import load_model, save_model
 
 #: (command, its extra arguments) for every command that writes a model.
 WRITERS: dict[str, tuple[str, ...]] = {
@@ -125,6 +125,21 @@ def test_library_scope_protects_what_was_loaded(external_mlp_path: Path) -> None
         with pytest.raises(UserError, match="--report"):
             check_destination(data, "--report")
     check_destination(data, "--report")  # outside a scope only the explicit checks apply
+
+
+def test_an_output_the_scope_wrote_and_read_back_may_be_rewritten(mlp_path: Path, tmp_path: Path) -> None:
+    """The weight-only latency guard measures the output it saved (a load: recorded as
+    read), then writes the faster Cast form over it; that was refused as "would overwrite
+    the input model" (seen as a search candidate that "could not be built"). The input stays
+    protected."""
+    output = tmp_path / "out.onnx"
+    with protect_inputs():
+        model = load_model(mlp_path)
+        save_model(model, output)
+        load_model(output)
+        save_model(model, output)  # its own output, read back: allowed
+        with pytest.raises(UserError, match="would overwrite the input model"):
+            save_model(model, mlp_path)
 
 
 def test_user_error_during_verification_leaves_no_output(run_cli, tmp_path: Path) -> None:
