@@ -433,3 +433,46 @@ def test_a_model_without_weights_is_left_unchanged_with_the_reason(run_cli, tmp_
     assert "needs --calib" not in result.output
     assert "changed nothing: prune 12.5% found no weight" in result.output
     assert "UNCHANGED | nothing here that spa rewrites" in result.output
+
+
+CACHE_STEP_MLP = """
+<ir_version: 9, opset_import: ["" : 17]>
+step (float[N, S, 16] X, float[N, P, 16] past_key) => (float[N, T, 8] Y, float[N, T, 16] present) {
+  h = MatMul (X, w1)
+  a = Relu (h)
+  m = MatMul (a, w2)
+  x2 = Add (X, m)
+  k = MatMul (x2, wk)
+  present = Concat <axis = 1> (past_key, k)
+  Y = MatMul (present, wo)
+}
+"""
+
+
+def test_search_candidates_keep_the_models_inputs_and_outputs(run_cli, tmp_path: Path) -> None:
+    """A decoder step's KV cache may shrink with its heads under `spa prune` (--prunable-io),
+    but the search measures each candidate on the user's samples, cut to the input's shapes:
+    a candidate that pruned the cache "could not be built" (ONNX Runtime: invalid dimensions
+    for past_key), seen at 37.5-50 % on a transformers decoder exported with its cache. Its
+    candidates now prune only what leaves the interface whole, and the output drops in."""
+    model = onnx.parser.parse_model(CACHE_STEP_MLP)
+    rng = np.random.default_rng(0)
+    for name, shape in (("w1", (16, 64)), ("w2", (64, 16)), ("wk", (16, 16)), ("wo", (16, 8))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name))  # fmt: skip
+    source, data, report = tmp_path / "step.onnx", tmp_path / "calib.npz", tmp_path / "report.json"
+    onnx.save(model, str(source))
+    np.savez(data, X=rng.standard_normal((16, 4, 16)).astype(np.float32),
+             past_key=rng.standard_normal((16, 6, 16)).astype(np.float32))  # fmt: skip
+    output = tmp_path / "out.onnx"
+    result = run_cli("optimize", source, "-o", output, "--calib", data, "--max-drop", "50%",
+                     "--allow-slower", "--allocation", "uniform", "--report", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(report.read_text())["search"]["candidates"]
+    prunes = [row for row in rows if row["name"].startswith("prune")]
+    assert prunes and not any("could not be built" in row["reason"] for row in rows), rows
+    assert any(row["macs"] is not None and row["quality_loss"] is not None for row in prunes)
+    pruned = onnx.load(str(output))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*pruned.graph.input, *pruned.graph.output)}  # fmt: skip
+    assert dims["past_key"] == ["N", "P", 16] and dims["present"][-1] == 16, dims

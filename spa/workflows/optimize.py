@@ -24,6 +24,7 @@ from typing import Any
 import onnx
 from typing_extensions import Unpack
 
+from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.calibration import CalibrationSource
 from spa.model_io import load_proto
 from spa.pass_manager import PassRecord, SpaPass
@@ -151,6 +152,7 @@ def optimize(
     fragile: float = FRAGILE_DISTORTION,
     correct_statistics: int = 0,
     sequential_stages: int = 0,
+    prunable_io: str | None = DEFAULT_PRUNABLE_IO,
     **run: Unpack[RunKeywords],
 ) -> OptimizeResult:
     """Optimize ``model`` into ``output`` with ``recipe`` and return what happened.
@@ -158,7 +160,7 @@ def optimize(
     The input file is never modified. With ``prune`` (a ratio) a ``prune``
     pass runs first (``criterion``, ``round_to``, ``reduction``, ``allocation``,
     ``max_group_ratio``, ``bias_compensation``, ``fragile``, ``sequential_stages`` (its
-    ``sequential``) as :class:`spa.passes.prune.PrunePass`;
+    ``sequential``), ``prunable_io`` as :class:`spa.passes.prune.PrunePass`;
     verified by mask equivalence), then ``correct_statistics`` rounds of
     :class:`spa.passes.correct_statistics.CorrectStatisticsPass`, then the recipe on the
     pruned model. Passes
@@ -183,7 +185,7 @@ def optimize(
             prune, criterion, seed, round_to, reduction=reduction, allocation=allocation,
             max_group_ratio=max_group_ratio, bias_compensation=bias_compensation,
             keep_reference=verify, fragile=fragile, correct_statistics=correct_statistics > 0,
-            sequential=sequential_stages,
+            sequential=sequential_stages, prunable_io=prunable_io,
         )  # fmt: skip
         corrections = [CorrectStatisticsPass(pruner) for _ in range(correct_statistics)]
         pass_list[:0] = [pruner, *corrections]

@@ -129,9 +129,12 @@ def _cleanup(source: Path, output: Path, context: BuildContext) -> None:
 
 
 def _prune(source: Path, output: Path, context: BuildContext, ratio: float) -> None:
+    # Graph inputs and outputs keep their shapes (prunable_io=None): a candidate is measured
+    # on the user's samples, which have the input's shapes, and must drop in where the input
+    # ran (a serving loop allocates a KV cache by the model's heads). `spa prune` shrinks caches.
     result = optimize(
         source, output, recipe="cleanup", verify=True, prune=ratio, round_to=context.round_to,
-        criterion=context.criterion, allocation=context.allocation,
+        criterion=context.criterion, allocation=context.allocation, prunable_io=None,
         calibration=list(context.calibration), **_run_keywords(context),
     )  # fmt: skip
     _record(context, "prune (mask equivalence)", result.prune_verification)
