@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spa.cli.main import _one_line_library_warnings
@@ -128,20 +129,6 @@ agraph (float[1, seq, 4] x, float[1, past, 4] past_key, float[1, total, 4] mask)
 """
 
 
-def test_a_cache_step_whose_total_is_past_plus_seq_is_probed(run_cli, tmp_path: Path) -> None:
-    """A decoder step with a KV cache runs only where total = past + seq: no common
-    size does, so the probe tries one named dim as the sum of two others."""
-    source, output = tmp_path / "step.onnx", tmp_path / "out.onnx"
-    model = onnx.parser.parse_model(CACHE_STEP)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(source))
-    result = run_cli("optimize", source, "-o", output)
-    assert result.exit_code == 0, result.output
-    assert "does not run with its dynamic dims at 1" in result.output
-    for dim in ("--dim past=3", "--dim seq=4", "--dim total=7"):
-        assert dim in result.output, result.output
-
-
 CACHE_STEP_BROADCAST = """
 <ir_version: 8, opset_import: ["" : 17]>
 agraph (float[1, seq, 4] x, float[1, past, 4] past_key, float[1, total] mask) => (float[1, total, 4] present,
@@ -154,17 +141,28 @@ agraph (float[1, seq, 4] x, float[1, past, 4] past_key, float[1, total] mask) =>
 """
 
 
-def test_a_cache_step_that_runs_at_1_but_writes_its_cache_at_2_is_probed(run_cli, tmp_path: Path) -> None:
-    """A TorchScript cache step runs at past = seq = total = 1 (the mask broadcasts), but
-    writes present at total 2, against the 1 its mask set: the seeded inputs contradicted
-    the model. spa probes on until the outputs agree with the inputs (total = past + seq)."""
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        # runs only where total = past + seq: no common size does, so the probe tries one
+        # named dim as the sum of two others
+        (CACHE_STEP, "does not run with its dynamic dims at 1"),
+        # a TorchScript cache step runs at past = seq = total = 1 (its mask broadcasts) but
+        # writes present at total 2, against the 1 its mask set: the seeded inputs
+        # contradicted the model, and the probe goes on until the outputs agree
+        (CACHE_STEP_BROADCAST, "output's dim differs from the input dim of the same name"),
+    ],
+)
+def test_a_cache_step_is_probed_until_total_is_past_plus_seq(
+    run_cli, tmp_path: Path, text: str, why: str
+) -> None:
     source, output = tmp_path / "step.onnx", tmp_path / "out.onnx"
-    model = onnx.parser.parse_model(CACHE_STEP_BROADCAST)
+    model = onnx.parser.parse_model(text)
     onnx.checker.check_model(model)
     onnx.save(model, str(source))
     result = run_cli("optimize", source, "-o", output)
     assert result.exit_code == 0, result.output
-    assert "output's dim differs from the input dim of the same name" in result.output
+    assert why in result.output
     for dim in ("--dim past=3", "--dim seq=4", "--dim total=7"):
         assert dim in result.output, result.output
 
