@@ -131,8 +131,9 @@ def check_destination(
 
     Refused: a file read in this scope (the input model or its external data,
     through links too; not one this scope wrote before it read it back, such as an
-    output the latency guard measured and then rewrites) or in ``protected``, a folder, anything that is not a
-    regular file (``/dev/null``, a FIFO, a socket), a missing or read-only folder.
+    output the latency guard measured and then rewrites) or in ``protected``, a
+    folder, anything that is not a regular file (``/dev/null``, a FIFO, a socket),
+    a missing or read-only folder.
     ``flag`` names the option in the message (``-o``, ``--report``).
     """
     path = Path(path).absolute()
