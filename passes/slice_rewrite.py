@@ -115,13 +115,21 @@ def _replace_norm(model: ir.Model, norm: Norm, position: Callable[[ir.Node], int
     anchor = min(norm.nodes, key=position)
     model.graph.insert_before(anchor, nodes)
     norm.output.replace_all_uses_with(output)
-    for node in sorted(norm.nodes, key=position, reverse=True):
-        if not any(out.uses() or out.is_graph_output() for out in node.outputs):
-            inputs = list(node.inputs)
-            model.graph.remove(node, safe=True)
-            for value in inputs:
-                if value is not None and value.name in model.graph.initializers:
-                    _drop_if_unused(model, value)
+    # What no longer has a reader goes: the norm's nodes and the Casts around them (OLMo's
+    # LayerNorm in float32 between two Casts); a dead LayerNormalization left reading the
+    # stream was found again as a norm ("the stream mixes LayerNorm and RMSNorm").
+    pending = sorted({id(n): n for n in (*norm.nodes, norm.output.producer()) if n is not None}.values(), key=position)
+    while pending:
+        node = pending.pop()
+        if node.graph is None or any(out.uses() or out.is_graph_output() for out in node.outputs):
+            continue
+        inputs = list(node.inputs)
+        model.graph.remove(node, safe=True)
+        for value in inputs:
+            if value is not None and value.name in model.graph.initializers:
+                _drop_if_unused(model, value)
+            elif value is not None and (producer := value.producer()) is not None:
+                pending.append(producer)
 
 
 def _position(model: ir.Model) -> Callable[[ir.Node], int]:

@@ -380,6 +380,41 @@ def test_norm_ops_and_fused_skip_norms_rotate_exactly(case: str) -> None:
     assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
 
 
+CAST_LN_TEXT = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  c1 = Cast<to=1>(x)
+  l1 = LayerNormalization<axis=-1, epsilon=1e-5>(c1, ones, zeros)
+  n1 = Cast<to=1>(l1)
+  h = MatMul(n1, w1)
+  r = Add(x, h)
+  c2 = Cast<to=1>(r)
+  l2 = LayerNormalization<axis=-1, epsilon=1e-5>(c2, ones, zeros)
+  n2 = Cast<to=1>(l2)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+def test_a_layernorm_between_casts_rotates_and_leaves_nothing_reading_the_stream() -> None:
+    """OLMo's LayerNorm (no affine) runs in float32 between two Casts. Its replacement read
+    the stream before the first Cast and left the LayerNormalization, dead, still reading it:
+    found again as a norm, it made `spa slice` refuse ("the stream mixes LayerNorm and RMSNorm")."""
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3, "ones": np.ones(HIDDEN),
+                 "zeros": np.zeros(HIDDEN)}  # fmt: skip
+    proto = _model(CAST_LN_TEXT, {k: v.astype(np.float32) for k, v in constants.items()})
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert not [node for node in model.graph if node.op_type == "LayerNormalization"]
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, rotation="random")])
+    assert records[1].statistics["hidden_after"] == 12, records[1].statistics
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{
