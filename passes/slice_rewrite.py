@@ -174,9 +174,33 @@ def _add_reader_bias(model: ir.Model, node: ir.Node, extra: np.ndarray) -> None:
     model.graph.insert_after(node, add)
 
 
+def _stored(value: ir.Value | None) -> ir.Value | None:
+    """The initializer ``value`` reads, through Identity and Transpose (a tied head's table)."""
+    while value is not None and value.const_value is None:
+        producer = value.producer()
+        if producer is None or producer.domain != "" or producer.op_type not in ("Identity", "Transpose"):
+            return None
+        value = producer.inputs[0]
+    return value
+
+
+def _tied_readers(stream: ResidualStream) -> list[WeightSite]:
+    """Readers whose weight is a writer's too: a head tied to the token embedding table.
+    Folding the norm into them (and rotating) gives them their own copy."""
+    written = {id(v) for site in stream.writers if (v := _stored(site.node.inputs[site.index])) is not None}
+    return [
+        site
+        for norm in stream.norms
+        for site in norm.readers
+        if (v := _stored(site.node.inputs[site.index])) is not None and id(v) in written
+    ]
+
+
 def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
-    """Fold norms into readers, centre a LayerNorm stream; statistics of what changed."""
+    """Fold norms into readers, centre a LayerNorm stream; statistics of what changed
+    (``untied_params``: the elements of readers that shared a writer's table, now copied)."""
     hidden = stream.hidden
+    untied = sum(int(site.array().size) for site in _tied_readers(stream))
     if stream.kind == "layer":
         for site in stream.writers:
             array = site.array()
@@ -192,6 +216,7 @@ def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
         "norms_folded": len(stream.norms),
         "readers": len(stream.readers),
         "writers_centred": len(stream.writers) if stream.kind == "layer" else 0,
+        "untied_params": untied,
     }
 
 

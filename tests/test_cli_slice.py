@@ -35,6 +35,20 @@ def test_slice_command_report_and_exactness(run_cli, tmp_path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(out)))
 
 
+def test_slice_says_when_it_unties_a_head_from_the_embedding_table(run_cli, tmp_path: Path) -> None:
+    """A head that reads the token embedding table (GPT-2, Gemma, Llama 3.2 exported by
+    torch.export keep the tie) gets its own copy: the sliced file can be larger than its
+    input (the dynamo GPT-2 of the zoo: -6 % of params where untied exports lose 25 %), and
+    the verdict says why."""
+    model, out, report = tmp_path / "m.onnx", tmp_path / "s.onnx", tmp_path / "r.json"
+    onnx.save(_ln_model(seed=4), str(model))
+    result = run_cli("slice", model, "-o", out, "--ratio", "0.25", "--round-to", "4", "--report", report,
+                     "--int-range", f"ids:0:{VOCAB}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the head read the embedding table: it has its own copy now (384 params before slicing)" in result.output
+    assert json.loads(report.read_text())["slice"]["untied_params"] == VOCAB * HIDDEN
+
+
 def test_slice_command_refuses_post_norm_in_one_line(run_cli, tmp_path: Path) -> None:
     model = tmp_path / "post.onnx"
     proto = onnx.parser.parse_model(POST_NORM)

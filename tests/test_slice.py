@@ -174,8 +174,10 @@ def test_random_rotation_is_exact(build, bases: str) -> None:
     assert records[1].statistics["shortcuts"] == (1 if bases == "per-norm" else 0)
     assert _relative_error(proto, model, _feeds(proto, 3)) < TOLERANCE
     onnx.checker.check_model(ir.serde.serialize_model(model))
-    # the tied head was untied: the embedding table is no longer read by a Transpose
+    # the tied head was untied: the embedding table is no longer read by a Transpose, and the
+    # statistics count the copy (the LayerNorm model's head reads its table; the RMSNorm one's is its own)
     assert all(node.op_type != "Transpose" for node in model.graph)
+    assert records[0].statistics["untied_params"] == (VOCAB * HIDDEN if build is _ln_model else 0)
 
 
 @pytest.mark.parametrize("bases", ["shared", "per-norm"])

@@ -230,6 +230,7 @@ def slice_model(
         "macs_before": before.total_macs,
         "macs_after": after.total_macs,
         "exactness": None if exact is None else exact.as_dict(),
+        "untied_params": int(outcome.records[0].statistics.get("untied_params", 0)),
     }
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
@@ -286,6 +287,11 @@ def _verdict(
     )
     if summary.get("variance_kept") is not None:
         text += f" | variance kept {summary['variance_kept']:.3f}"
+    if summary.get("untied_params"):  # the head read the embedding table: it has its own now
+        text += (
+            " | the head read the embedding table: it has its own copy now "
+            f"({human_count(summary['untied_params'])} params before slicing)"
+        )
     failed = False
     if exact is not None:
         text += f" | exact rotation max rel {exact.max_rel_diff:.1g}"
