@@ -44,7 +44,13 @@ from spa.calibration import CalibrationRequest, CalibrationResult
 from spa.errors import UserError
 from spa.model_io import copy_model
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
-from spa.passes.slice_rewrite import make_invariant, norm_groups, rotate, unfuse_skip_norms
+from spa.passes.slice_rewrite import (
+    make_invariant,
+    norm_groups,
+    rotate,
+    split_embedding_norms,
+    unfuse_skip_norms,
+)
 
 __all__ = [
     "BASES",
@@ -134,9 +140,11 @@ class RotationInvariantPass(SpaPass):
 
     def call(self, model: ir.Model) -> SpaPassResult:
         unfused = unfuse_skip_norms(model)
+        embedding_norms = split_embedding_norms(model)
         stream = residual_stream_or_error(model)
         statistics = make_invariant(model, stream)
         statistics["skip_norms_unfused"] = unfused
+        statistics["embedding_norms_split"] = embedding_norms
         statistics["hidden"] = stream.hidden
         return SpaPassResult(model, True, statistics, {"kind": stream.kind})
 

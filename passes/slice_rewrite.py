@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 from spa.analysis.residual import Norm, ResidualStream, WeightSite, initializer_array
 
-__all__ = ["make_invariant", "norm_groups", "rotate", "unfuse_skip_norms"]
+__all__ = ["make_invariant", "norm_groups", "rotate", "split_embedding_norms", "unfuse_skip_norms"]
 
 MS_DOMAIN = "com.microsoft"
 _SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
@@ -187,12 +187,17 @@ def _stored(value: ir.Value | None) -> ir.Value | None:
 def _tied_readers(stream: ResidualStream) -> list[WeightSite]:
     """Readers whose weight is a writer's too: a head tied to the token embedding table.
     Folding the norm into them (and rotating) gives them their own copy."""
-    written = {id(v) for site in stream.writers if (v := _stored(site.node.inputs[site.index])) is not None}
-    return [
+    written = {
+        id(v): (id(site.node), site.index)
+        for site in stream.writers
+        if (v := _stored(site.node.inputs[site.index])) is not None
+    }
+    return [  # not a site that reads a norm and writes the stream itself (an embedding norm's MatMul)
         site
         for norm in stream.norms
         for site in norm.readers
-        if (v := _stored(site.node.inputs[site.index])) is not None and id(v) in written
+        if (v := _stored(site.node.inputs[site.index])) is not None
+        and written.get(id(v), (id(site.node), site.index)) != (id(site.node), site.index)
     ]
 
 
@@ -395,6 +400,62 @@ def _forget_shapes(model: ir.Model) -> None:
         for value in node.outputs:
             if not value.is_graph_output():
                 value.shape = None
+
+
+def _embedding_source(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a token embedding (a Gather of a constant 2-D table along axis 0),
+    through Cast."""
+    producer = value.producer() if value is not None else None
+    while producer is not None and producer.op_type == "Cast" and producer.domain == "":
+        producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+    if producer is None or producer.op_type != "Gather" or producer.domain != "":
+        return False
+    table = initializer_array(producer.inputs[0])
+    return table is not None and table.ndim == 2 and producer.attributes.get_int("axis", 0) == 0
+
+
+def split_embedding_norms(model: ir.Model) -> int:
+    """An embedding norm (BLOOM's ``word_embeddings_layernorm``: the token embedding, then a
+    LayerNorm, then the stream) keeps its normalisation and hands its scale and bias to a new
+    ``MatMul(diag(g))`` and ``Add(b)``: the stream then starts at a linear writer, as SliceGPT
+    needs, and the norm reads the embedding as a norm reads the stream. Returns how many."""
+    count = 0
+    for node in list(model.graph):
+        if node.domain != "" or node.op_type not in ("LayerNormalization", "RMSNormalization"):
+            continue
+        if not _embedding_source(node.inputs[0]) or len(node.inputs) < 2:
+            continue
+        output = node.outputs[0]
+        if not any(use.node.op_type == "Add" for use in output.uses()):
+            continue  # not the start of a residual stream
+        scale = initializer_array(node.inputs[1])
+        bias = initializer_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if scale is None or scale.ndim != 1 or (len(node.inputs) > 2 and node.inputs[2] is not None and bias is None):
+            continue
+        prefix = f"{node.name or node.op_type}.affine{next(_counter)}"
+        matrix = _new_constant(model, np.diag(scale).astype(scale.dtype), prefix)
+        ones = _new_constant(model, np.ones_like(scale), f"{prefix}.ones")
+        multiply = ir.node("MatMul", [output, matrix], name=f"{prefix}.scale")
+        new_nodes, result = [multiply], multiply.outputs[0]
+        if bias is not None:
+            shift = ir.node("Add", [result, node.inputs[2]], name=f"{prefix}.bias")
+            new_nodes.append(shift)
+            result = shift.outputs[0]
+        for made in new_nodes:
+            made.outputs[0].name = made.name
+        was_output = output.is_graph_output()
+        output.replace_all_uses_with(result, replace_graph_outputs=True)
+        multiply.replace_input_with(0, output)
+        old_scale = node.inputs[1]
+        node.replace_input_with(1, ones)
+        if bias is not None:
+            node.resize_inputs(2)  # the bias moved to the Add
+        _drop_if_unused(model, old_scale)
+        if was_output:
+            result.name, output.name = output.name, f"{output.name}.normalized"
+        model.graph.insert_after(node, new_nodes)
+        count += 1
+    return count
 
 
 def unfuse_skip_norms(model: ir.Model) -> int:

@@ -417,6 +417,47 @@ def test_a_layernorm_between_casts_rotates_and_leaves_nothing_reading_the_stream
     assert records[1].statistics["hidden_after"] == 12, records[1].statistics
 
 
+EMBEDDING_LN_TEXT = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  e = Gather(table, ids)
+  x = LayerNormalization<axis=-1, epsilon=1e-5>(e, g0, b0)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  h = MatMul(n1, w1)
+  r = Add(x, h)
+  n2 = LayerNormalization<axis=-1, epsilon=1e-5>(r, g2, b2)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+def test_a_stream_that_starts_after_an_embedding_layernorm_rotates_and_slices() -> None:
+    """BLOOM normalises its token embedding (word_embeddings_layernorm) before the first
+    block: the stream starts at a norm's output, which SliceGPT's form has no place for
+    ("post-norm block: the output of LayerNormalization is added into the residual
+    stream"). The norm's scale and bias become a MatMul(diag(g)) and an Add: the stream
+    starts at a linear writer, and the embedding table is sliced with everything else."""
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3}  # fmt: skip
+    for index in range(3):
+        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
+    proto = _model(EMBEDDING_LN_TEXT, {k: v.astype(np.float32) for k, v in constants.items()})
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert records[0].statistics["embedding_norms_split"] == 1
+    assert records[0].statistics["untied_params"] == 0  # the norm's MatMul reads and writes: no tie
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, rotation="random")])
+    assert records[1].statistics["hidden_after"] == 12
+    gather = next(node for node in sliced.graph if node.op_type == "Gather")
+    assert gather.inputs[0].const_value is not None and gather.inputs[0].const_value.shape == (VOCAB, 12)
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
+    assert out["y"].shape == (1, SEQ, VOCAB) and np.isfinite(out["y"]).all()
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

@@ -286,6 +286,21 @@ def _checknode_uses(values: list[ir.Value], allowed: set[int]) -> None:
                                "norms may (post-norm block, or a norm on a branch)")  # fmt: skip
 
 
+def _after_embedding_norm(site: WeightSite, norms: list[Norm]) -> bool:
+    """A writer ``MatMul(norm(embedding), W)``: the stream starts after an embedding norm
+    (BLOOM's, whose scale and bias the slice pass moved into that MatMul and an Add)."""
+    if site.node.op_type != "MatMul" or site.index != 1 or site.node.inputs[0] is None:
+        return False
+    source = site.node.inputs[0]
+    for norm in norms:
+        if norm.output is source:
+            producer = norm.input.producer()
+            while producer is not None and producer.op_type == "Cast":
+                producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+            return producer is not None and producer.op_type == "Gather"
+    return False
+
+
 def _find(graph: ir.Graph) -> ResidualStream:
     norms = list(find_norms(graph))
     if not norms:
@@ -307,7 +322,10 @@ def _find(graph: ir.Graph) -> ResidualStream:
     # A norm is on the main stream when its stream (its own part and the parts it
     # joined) reaches a token embedding; the stream is every part such norms reach.
     def has_gather(walk: _Walk) -> bool:
-        return any(s.node.op_type == "Gather" and s.index == 0 for s in walk.sites)
+        return any(
+            (s.node.op_type == "Gather" and s.index == 0) or _after_embedding_norm(s, norms)
+            for s in walk.sites
+        )
 
     on_main: list[bool] = []
     for walk in walks:
