@@ -73,6 +73,7 @@ def test_prune_verify_report_and_plan_round_trip(run_cli, tmp_path: Path) -> Non
         assert key in data
     assert data["params_after"] < data["params_before"]
     assert data["verify"]["passed"] is True and data["verify"]["max_rel_diff"] <= 1e-4
+    assert data["interface"] == [] and "interface:" not in result.output  # inputs/outputs whole
     again = tmp_path / "again.onnx"
     assert run_cli("prune", model, "-o", again, "--plan", plan).exit_code == 0
     first = onnx.load(str(out)).graph.initializer
@@ -168,8 +169,16 @@ def test_prune_of_kv_cache_heads_measures_quality_on_the_adapted_cache(
                      calib, "--criterion", "obs", "--verify", "--report", report)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "graph_io_resized=" in result.output and "quality top-1" in result.output
-    outputs = {row["name"] for row in json.loads(report.read_text())["quality"]["outputs"]}
+    data = json.loads(report.read_text())
+    outputs = {row["name"] for row in data["quality"]["outputs"]}
     assert {"present.0.key", "present.1.value"} <= outputs
+    # the cache's new shape is said, not only counted: a serving loop must allocate it
+    changed = {row["name"]: row for row in data["interface"]}
+    assert "past_key_values.0.key" in changed and "present.1.value" in changed
+    row = changed["past_key_values.0.key"]
+    assert row["before"][1] > row["after"][1] and row["before"][0] == row["after"][0] == "batch"
+    assert f"interface: {len(changed)} graph input(s)/output(s) changed shape (" in result.output
+    assert "--prunable-io '' keeps them whole" in result.output
 
 
 def test_analyze_lists_one_channel_groups_apart(run_cli, tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def prune_command(
     **criteria: Any,
 ) -> None:
     """Remove channels from MODEL (structured pruning) and write -o."""
-    from spa.workflows.prune import prune_model
+    from spa.workflows.prune import interface_line, prune_model
 
     check_calib_exists(calib)
     result = prune_model(
@@ -191,6 +191,8 @@ def prune_command(
     if result.change is not None:
         for line in result.change.lines("spa prune"):
             click.echo(line)
+    if interface := interface_line(result.report.get("interface") or []):
+        click.echo(interface)
     rows = result.report.get("reconstruction") or []
     if rows:
         before = sum(row["error_before"] for row in rows) / len(rows)

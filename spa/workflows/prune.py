@@ -24,7 +24,7 @@ from spa.analysis import Analysis, analyze, prepare
 from spa.analysis.defaults import DEFAULT_PRUNABLE_IO
 from spa.calibration import CalibrationSource
 from spa.errors import UserError
-from spa.model_io import iter_graph_protos, load_model, save_model
+from spa.model_io import iter_graph_protos, load_model, load_proto, save_model
 from spa.pass_manager import PassRecord, SpaPass
 from spa.passes.correct_statistics import CorrectStatisticsPass
 from spa.passes.factorize import FactorizeEmbeddingsPass
@@ -188,6 +188,7 @@ def prune_model(
     report["quality_note"] = outcome.quality_note
     change = prune_change(details, outcome.before)
     report["change"] = change.as_dict()
+    report["interface"] = interface_changes(outcome.before, load_proto(output))
     report = {
         **reporting.build_report(
             command=command or f"spa.workflows.prune.prune_model({str(model)!r}, {str(output)!r})",
@@ -213,6 +214,43 @@ def prune_model(
         _verdict(report, verification, seconds),
         outcome.records,
         change,
+    )
+
+
+def _declared(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in value.type.tensor_type.shape.dim]
+
+
+def interface_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict[str, Any]]:
+    """Graph inputs and outputs whose fixed sizes the prune changed (``--prunable-io``: a KV
+    cache that lost heads), as ``{"name", "before", "after"}``; a symbolic dim renamed by
+    shape inference (``total`` -> ``past + seq``) is no change."""
+    found = []
+    old = {v.name: _declared(v) for v in (*before.graph.input, *before.graph.output)}
+    for value in (*after.graph.input, *after.graph.output):
+        was, now = old.get(value.name), _declared(value)
+        if was is None or (len(was) == len(now) and all(
+            a == b or isinstance(a, str) or isinstance(b, str) for a, b in zip(was, now, strict=True)
+        )):  # fmt: skip
+            continue
+        found.append({"name": value.name, "before": was, "after": now})
+    return found
+
+
+def interface_line(changes: list[dict[str, Any]]) -> str:
+    """One line naming the graph inputs/outputs that changed shape, or '' when none did."""
+    if not changes:
+        return ""
+
+    def shape(dims: list[int | str]) -> str:
+        return "[" + ", ".join(str(d) for d in dims) + "]"
+
+    first = changes[0]
+    more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+    return (
+        f"interface: {len(changes)} graph input(s)/output(s) changed shape ({first['name']} "
+        f"{shape(first['before'])} -> {shape(first['after'])}{more}; per value in --report): whatever "
+        "feeds them, such as a KV cache, must use the new sizes; --prunable-io '' keeps them whole"
     )
 
 
