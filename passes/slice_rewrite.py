@@ -105,6 +105,8 @@ def _rms_nodes(model: ir.Model, norm: Norm, epsilon: float) -> tuple[list[ir.Nod
     for node in (square, mean, add, root, divide):
         node.outputs[0].name = f"{node.name}.out"
     divide.outputs[0].type = x.type
+    # its rank, which the readers' walk needs to tell a pooling over tokens from one over channels
+    divide.outputs[0].shape = norm.output.shape if norm.output.shape is not None else x.shape
     return [square, mean, add, root, divide], divide.outputs[0]
 
 

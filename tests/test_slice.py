@@ -458,6 +458,25 @@ def test_a_stream_that_starts_after_an_embedding_layernorm_rotates_and_slices() 
     assert out["y"].shape == (1, SEQ, VOCAB) and np.isfinite(out["y"]).all()
 
 
+def test_jax_encoder_with_flax_layernorm_and_mean_pooling_rotates_and_slices() -> None:
+    """The zoo's jax2onnx encoder writes Flax's LayerNorm from raw moments (var = max(mean(x^2)
+    - mean(x)^2, 0), then (x - mean(x)) / sqrt(var + eps)) and pools its last norm over the
+    tokens (ReduceSum over axis 1, Div by the count) before its head: refused before ("no
+    LayerNormalization / RMSNorm found", then "ReduceSum reads the output of ..."). Both are
+    exact under a rotation of the hidden axis."""
+    proto = zoo.load("jax-encoder")
+    feeds = [_zoo_feeds("jax-encoder", proto, seed=0)]
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", seed=1)])
+    assert records[0].statistics["norms_folded"] == 5 and records[0].statistics["writers_centred"] > 0
+    assert _relative_error(proto, model, feeds) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, rotation="random", seed=1)])
+    assert records[1].statistics["hidden_after"] == 48
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), feeds[0])
+    assert all(np.isfinite(array).all() for array in out.values())
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

@@ -160,10 +160,12 @@ def _match_decomposed(reduce: ir.Node) -> Norm | None:
     if x is None or not _last_axis(reduce, x):
         return None
     nodes = [square, reduce]
-    add = _only_use(reduce.outputs[0])
+    # Flax/jax2onnx: var = max(mean(x^2) - mean(x)^2, 0), normalised (x - mean(x)) / sqrt(var + eps)
+    raw = _raw_moment_variance(reduce, x, nodes)
+    add = _only_use(raw[1] if raw is not None else reduce.outputs[0])
     if add is None or add.op_type != "Add":
         return None
-    eps_index = 1 if add.inputs[0] is reduce.outputs[0] else 0
+    eps_index = 0 if scalar(add.inputs[0]) is not None else 1
     epsilon = scalar(add.inputs[eps_index])
     sqrt = _only_use(add.outputs[0])
     if epsilon is None or sqrt is None or sqrt.op_type != "Sqrt":
@@ -173,7 +175,8 @@ def _match_decomposed(reduce: ir.Node) -> Norm | None:
     if step is None:
         return None
     normalize: ir.Node | None = None
-    if step.op_type == "Div" and step.inputs[1] is sqrt.outputs[0] and step.inputs[0] is x:
+    numerator = raw[0] if raw is not None else x  # the raw-moment form divides x - mean(x)
+    if step.op_type == "Div" and step.inputs[1] is sqrt.outputs[0] and step.inputs[0] is numerator:
         normalize = step
     else:
         inverse_ok = step.op_type == "Reciprocal" or (
@@ -185,12 +188,15 @@ def _match_decomposed(reduce: ir.Node) -> Norm | None:
         if (
             normalize is None
             or normalize.op_type != "Mul"
-            or _other_input(normalize, step.outputs[0]) is not x
+            or _other_input(normalize, step.outputs[0]) is not numerator
         ):
             return None
         nodes.append(step)
     nodes.append(normalize)
-    kind, source = _centred_source(x, nodes)
+    if raw is not None:
+        kind, source = "layer", x
+    else:
+        kind, source = _centred_source(x, nodes)
     # the stream value is x, or the value a Cast made x from
     producer = source.producer()
     while producer is not None and producer.op_type == "Cast" and producer.domain == "":
@@ -201,6 +207,45 @@ def _match_decomposed(reduce: ir.Node) -> Norm | None:
     return Norm(
         kind, "decomposed", source, output, tuple(nodes), epsilon, scale, bias, (add, eps_index)
     )
+
+
+def _raw_moment_variance(
+    reduce: ir.Node, x: ir.Value, nodes: list[ir.Node]
+) -> tuple[ir.Value, ir.Value] | None:
+    """``(x - m, max(mean(x^2) - m^2, 0))`` with ``m = mean(x, -1)`` when ``reduce`` (the
+    ``mean(x^2)``) starts that raw-moment variance (the Max optional), else None. Its nodes
+    join ``nodes``."""
+    sub = _only_use(reduce.outputs[0])
+    if sub is None or sub.op_type != "Sub" or sub.domain != "" or sub.inputs[0] is not reduce.outputs[0]:
+        return None
+    squared = sub.inputs[1].producer() if sub.inputs[1] is not None else None
+    if squared is None or squared.op_type not in ("Mul", "Pow") or squared.domain != "":
+        return None
+    mean = squared.inputs[0]
+    if squared.op_type == "Mul" and squared.inputs[1] is not mean:
+        return None
+    if squared.op_type == "Pow" and scalar(squared.inputs[1]) != 2.0:
+        return None
+    mean_node = mean.producer() if mean is not None else None
+    if mean_node is None or mean_node.op_type != "ReduceMean" or mean_node.inputs[0] is not x:
+        return None
+    if not _last_axis(mean_node, x):
+        return None
+    centred = next(
+        (use.node for use in mean.uses()  # type: ignore[union-attr]
+         if use.node.op_type == "Sub" and use.node.inputs[0] is x and use.node.inputs[1] is mean),
+        None,
+    )  # fmt: skip
+    if centred is None:
+        return None
+    found = [sub, squared, mean_node, centred]
+    variance = sub.outputs[0]
+    clamp = _only_use(variance)
+    if clamp is not None and clamp.op_type == "Max" and scalar(_other_input(clamp, variance)) == 0.0:
+        found.append(clamp)
+        variance = clamp.outputs[0]
+    nodes += found
+    return centred.outputs[0], variance
 
 
 def _centred_source(x: ir.Value, nodes: list[ir.Node]) -> tuple[str, ir.Value]:

@@ -106,6 +106,38 @@ def _weight_of(node: ir.Node, hidden_axis_if_plain: int) -> WeightSite | None:
     )
 
 
+def _axes_of(node: ir.Node, position: int) -> list[int] | None:
+    """A node's axes, from its attribute or its constant input ``position``."""
+    axes = node.attributes.get_ints("axes", None)
+    if axes is None and len(node.inputs) > position and node.inputs[position] is not None:
+        found = initializer_array(node.inputs[position])
+        axes = None if found is None else [int(a) for a in found.reshape(-1)]
+    return None if axes is None else list(axes)
+
+
+def _keeps_hidden_last(node: ir.Node) -> bool:
+    """A linear step on the tokens that leaves the hidden axis last and whole: a sum or mean
+    over other axes (mean pooling; a constant scalar Mul or Div), a Gather or Slice along
+    another axis (a class token).
+    It commutes with a rotation of the hidden axis, so the readers after it read the norm."""
+    if node.op_type in ("Mul", "Div") and len(node.inputs) == 2:
+        return scalar(node.inputs[1]) is not None  # the pooled sum over a constant count
+    value = node.inputs[0]
+    rank = len(value.shape) if value is not None and value.shape is not None else None
+    if rank is None:
+        return False
+    last = {-1, rank - 1}
+    if node.op_type in ("ReduceSum", "ReduceMean"):
+        axes = _axes_of(node, 1)
+        return axes is not None and not last & set(axes) and node.attributes.get_int("noop_with_empty_axes", 0) == 0
+    if node.op_type == "Gather":
+        return node.attributes.get_int("axis", 0) not in last
+    if node.op_type == "Slice":
+        axes = _axes_of(node, 3)
+        return axes is not None and not last & set(axes)
+    return False
+
+
 def _readers(norm: Norm, hidden: int) -> tuple[WeightSite, ...]:
     """Constant-weight MatMul/Gemm reading ``norm.output`` (through relabelling ops)."""
     if norm.output.is_graph_output():
@@ -119,7 +151,7 @@ def _readers(norm: Norm, hidden: int) -> tuple[WeightSite, ...]:
         for node, index in node_uses(value):
             if node.op_type == "Shape" and node.domain == "":
                 continue  # reads the shape only
-            if node.op_type in _PATH_OPS and node.domain == "" and index == 0:
+            if index == 0 and node.domain == "" and (node.op_type in _PATH_OPS or _keeps_hidden_last(node)):
                 if node.outputs[0].is_graph_output():
                     raise Refusal(f"{label(node)} returns the normalized stream as a graph output")
                 pending.append(node.outputs[0])
