@@ -365,6 +365,13 @@ def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:
             fixed += 1
         elif _fix_concat_target(model, node, stream.hidden, kept):
             fixed += 1
+    for node, axis in stream.targets:  # the hidden size inside a target (a patch embedding's)
+        target = initializer_array(node.inputs[1])
+        if target is not None and int(target[axis]) == stream.hidden:
+            target = target.copy()
+            target[axis] = kept
+            _set_site(model, WeightSite(node, 1, -1), target)
+            fixed += 1
     return fixed
 
 

@@ -477,6 +477,29 @@ def test_jax_encoder_with_flax_layernorm_and_mean_pooling_rotates_and_slices() -
     assert all(np.isfinite(array).all() for array in out.values())
 
 
+@pytest.mark.parametrize("name", ["timm-vit-tiny", "timm-deit-tiny-distilled"])
+def test_vision_transformer_patch_embedding_starts_the_stream(name: str) -> None:
+    """A ViT's stream starts at its patch embedding: a Conv whose output channels become the
+    hidden axis through Reshape ([N, D, H, W] -> [N, D, H*W], a constant target in the
+    torch.export ViT, Shape/Slice/Concat in the TorchScript DeiT) and Transpose, concatenated
+    with class (and distillation) tokens broadcast by Expand, plus position embeddings; the
+    head reads the class token (Gather along the tokens). Refused before ("Concat writes into
+    the residual stream"); now the Conv's output channels, the tokens and the position table
+    rotate with the stream, and the random rotation is exact."""
+    proto = zoo.load(name)
+    feeds = [_zoo_feeds(name, proto, seed=0)]
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", seed=1)])
+    assert _relative_error(proto, model, feeds) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, rotation="random", seed=1)])
+    assert records[1].statistics["hidden_after"] == 144
+    conv = next(node for node in sliced.graph if node.op_type == "Conv")
+    assert conv.inputs[1].const_value is not None and conv.inputs[1].const_value.shape[0] == 144
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), feeds[0])
+    assert all(np.isfinite(array).all() for array in out.values())
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

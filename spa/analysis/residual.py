@@ -34,6 +34,7 @@ value read by anything but an ``Add`` or a norm, fused ``Skip*LayerNormalization
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Container, Mapping
 
 import onnx_ir as ir
@@ -77,6 +78,9 @@ class ResidualStream:
     adds: list[ir.Node] = dataclasses.field(default_factory=list)
     #: The stream's values (adds, embedding rows, relabelled copies).
     values: list[ir.Value] = dataclasses.field(default_factory=list)
+    #: Reshapes on a writer's path whose constant target holds the hidden size at a position
+    #: other than the last (a ViT's patch embedding: [N, D, H, W] -> [-1, D, H*W]).
+    targets: list[tuple[ir.Node, int]] = dataclasses.field(default_factory=list)
     reason: str | None = None
 
     @property
@@ -122,8 +126,7 @@ def _keeps_hidden_last(node: ir.Node) -> bool:
     It commutes with a rotation of the hidden axis, so the readers after it read the norm."""
     if node.op_type in ("Mul", "Div") and len(node.inputs) == 2:
         return scalar(node.inputs[1]) is not None  # the pooled sum over a constant count
-    value = node.inputs[0]
-    rank = len(value.shape) if value is not None and value.shape is not None else None
+    rank = _rank(node.inputs[0])
     if rank is None:
         return False
     last = {-1, rank - 1}
@@ -172,6 +175,77 @@ def _readers(norm: Norm, hidden: int) -> tuple[WeightSite, ...]:
     return tuple(sites)
 
 
+#: Ops whose output has the rank of their data input (or the largest of their operands').
+_RANK_KEEPING = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Erf", "Softmax", "Concat",
+     "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "Sqrt", "Reciprocal", "Pow"}
+)  # fmt: skip
+
+
+def _rank(value: ir.Value | None, memo: dict[int, int | None] | None = None) -> int | None:
+    """``value``'s rank from its shape, or from the ops that made it (a Transpose's perm,
+    elementwise ops and norms keep their operands' rank): TorchScript exports carry few shapes."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return len(value.shape)
+    if value.const_value is not None:
+        return len(value.const_value.shape)
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = None  # a cycle-free graph; this only stops revisits
+    producer = value.producer()
+    found: int | None = None
+    if producer is not None and producer.domain == "":
+        if producer.op_type == "Transpose" and producer.attributes.get_ints("perm", None) is not None:
+            found = len(producer.attributes.get_ints("perm", []))
+        elif producer.op_type in _RANK_KEEPING:
+            operands = producer.inputs[:1] if producer.op_type in _NORM_OPS else producer.inputs
+            ranks = [r for r in (_rank(v, memo) for v in operands) if r is not None]
+            found = max(ranks) if ranks else None
+    memo[id(value)] = found
+    return found
+
+
+def _leading_dims_of(target: ir.Value | None, source: ir.Value | None, count: int) -> bool:
+    """Whether a run-time Reshape target starts with ``source``'s own first ``count`` dims:
+    ``Concat(Slice(Shape(source), 0, n >= count), ...)``, as ``x.flatten(2)`` exports."""
+    concat = target.producer() if target is not None else None
+    if concat is None or concat.op_type != "Concat" or not concat.inputs or concat.inputs[0] is None:
+        return False
+    cut = concat.inputs[0].producer()
+    if cut is None or cut.op_type != "Slice" or len(cut.inputs) < 3:
+        return False
+    shape = cut.inputs[0].producer() if cut.inputs[0] is not None else None
+    starts, ends = initializer_array(cut.inputs[1]), initializer_array(cut.inputs[2])
+    axes = initializer_array(cut.inputs[3]) if len(cut.inputs) > 3 and cut.inputs[3] is not None else None
+    return (
+        shape is not None and shape.op_type == "Shape" and shape.inputs[0] is source
+        and not shape.attributes.get_int("start", 0)
+        and starts is not None and starts.size == 1 and int(starts[0]) == 0
+        and ends is not None and ends.size == 1 and int(ends[0]) >= count
+        and (axes is None or int(axes.reshape(-1)[0]) == 0)
+    )  # fmt: skip
+
+
+def _reshape_keeps(node: ir.Node, axis: int, hidden: int) -> bool:
+    """Whether Reshape ``node`` keeps its input's axis ``axis`` (of size ``hidden``) at the
+    same position of its output: a constant target holding ``hidden`` there, and the same
+    number of elements after it on both sides (so the dims before it only merge); or a
+    target computed from the input's own leading dims (then nothing to fix when sliced)."""
+    if len(node.inputs) > 1 and _leading_dims_of(node.inputs[1], node.inputs[0], axis + 1):
+        return True
+    target = initializer_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    shape = node.inputs[0].shape if node.inputs[0] is not None else None
+    if target is None or shape is None or axis >= len(target) or axis >= len(shape) or target[axis] != hidden:
+        return False
+    after_in, after_out = list(shape)[axis:], [int(d) for d in target[axis:]]
+    if not all(isinstance(d, int) for d in after_in) or any(d <= 0 for d in after_out):
+        return False
+    return after_in[0] == hidden and math.prod(after_in) == math.prod(after_out)
+
+
 def _terms(
     value: ir.Value,
     add: ir.Node,
@@ -179,12 +253,18 @@ def _terms(
     stream: Container[int],
     *,
     root: bool = False,
+    axis: int = -1,
+    targets: list[tuple[ir.Node, int]] | None = None,
 ) -> bool:
     """Classify one term added at ``add`` (``root``: the stream's first value, read
-    by many); True when it is a stream value."""
+    by many); True when it is a stream value. ``axis``: where the hidden axis of ``value``
+    is (-1: last, as in the stream; a patch embedding's convolution has it at 1 before a
+    Reshape and Transpose put it last); Reshapes that keep it elsewhere go to ``targets``."""
     producer = value.producer()
     constant = initializer_array(value)
     if constant is not None:
+        if axis != -1:
+            raise Refusal(f"a constant reaches the stream at {label(add)} with its hidden axis at {axis}")
         sites.append(WeightSite(add, list(add.inputs).index(value), -1))
         return False
     if producer is None:
@@ -200,13 +280,42 @@ def _terms(
                            "(a norm inside the block's output); the stream is not invariant")  # fmt: skip
         raise Refusal(f"post-norm block: the output of {label(producer)} is added into the residual "
                        f"stream at {label(add)}; SliceGPT needs pre-norm blocks")  # fmt: skip
-    if not root and (len(value.uses()) != 1 or value.is_graph_output()):
+    readers = [use for use in value.uses() if use.node.op_type != "Shape"]  # a size read is no use
+    if not root and (len(readers) != 1 or value.is_graph_output()):
         raise Refusal(f"{label(producer)} writes into the stream and is also read elsewhere")
     op = producer.op_type if producer.domain == "" else f"{producer.domain}.{producer.op_type}"
-    if op in ("Reshape", "Flatten", "Cast", "Identity"):
-        return _terms(producer.inputs[0], producer, sites, stream)  # type: ignore[arg-type]
+    if op in ("Cast", "Identity") or (op in ("Reshape", "Flatten") and axis == -1):
+        return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
     if op == "Mul" and scalar(producer.inputs[1]) is not None:
-        return _terms(producer.inputs[0], producer, sites, stream)  # type: ignore[arg-type]
+        return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
+    if op == "Reshape" and targets is not None and _reshape_keeps(producer, axis, _hidden_at(producer, axis)):
+        if initializer_array(producer.inputs[1]) is not None:
+            targets.append((producer, axis))
+        return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
+    if op == "Transpose" and (rank := _rank(value)) is not None:
+        perm = producer.attributes.get_ints("perm", None) or list(reversed(range(rank)))
+        inner = perm[axis % rank]
+        inner = -1 if inner == rank - 1 else inner
+        return _terms(producer.inputs[0], producer, sites, stream, axis=inner, targets=targets)  # type: ignore[arg-type]
+    if op == "Concat" and (rank := _rank(value)) is not None:
+        if producer.attributes.get_int("axis", 0) % rank == axis % rank:
+            raise Refusal(f"{label(producer)} concatenates along the hidden axis into the stream")
+        if any(_terms(operand, producer, sites, stream, axis=axis, targets=targets) for operand in producer.inputs if operand is not None):
+            raise Refusal(f"{label(producer)} concatenates the stream with other terms")
+        return False
+    if op == "Expand" and axis == -1 and initializer_array(producer.inputs[0]) is not None:
+        sites.append(WeightSite(producer, 0, -1))  # a class token broadcast over the batch
+        return False
+    if op == "Conv" and axis == 1 and producer.attributes.get_int("group", 1) == 1:
+        weight = initializer_array(producer.inputs[1])
+        if weight is None:
+            raise Refusal(f"{label(producer)} writes into the residual stream with a non-constant weight")
+        sites.append(WeightSite(producer, 1, 0))  # a patch embedding: output channels
+        if len(producer.inputs) > 2 and producer.inputs[2] is not None:
+            sites.append(WeightSite(producer, 2, 0))
+        return False
+    if axis != -1:
+        raise Refusal(f"{label(producer)} writes into the residual stream with its hidden axis at {axis}")
     if op in ("MatMul", "Gemm"):
         site = _weight_of(producer, 1)
         if site is None:
@@ -224,11 +333,17 @@ def _terms(
     if op == "Add":
         for operand in producer.inputs:
             assert operand is not None
-            _terms(operand, producer, sites, stream)
+            _terms(operand, producer, sites, stream, targets=targets)
         return False
     raise Refusal(f"{label(producer)} writes into the residual stream at {label(add)}; only "
                    "constant-weight MatMul/Gemm, embedding Gathers and constants can be rotated "
                    "(a norm or non-linearity on the branch before the add?)")  # fmt: skip
+
+
+def _hidden_at(node: ir.Node, axis: int) -> int:
+    """The size of ``node``'s output at ``axis`` from its constant target (0 if unknown)."""
+    target = initializer_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    return int(target[axis]) if target is not None and 0 <= axis < len(target) else 0
 
 
 class _Seen:
@@ -251,11 +366,12 @@ class _Walk:
     values: list[ir.Value]
     #: Earlier walks this one reached (the stream below them is theirs).
     joins: set[int]
+    targets: list[tuple[ir.Node, int]]
 
 
 def _walk_stream(
     start: ir.Value, earlier: Mapping[int, int]
-) -> tuple[list[WeightSite], list[ir.Node], list[ir.Value], set[int]]:
+) -> tuple[list[WeightSite], list[ir.Node], list[ir.Value], set[int], list[tuple[ir.Node, int]]]:
     """Backwards from a norm's input through Add/Cast/Identity: the writers, adds and
     stream values, stopping at values an earlier walk found (``earlier``: value id ->
     walk index; those walks are returned as joined). Each value is walked once over
@@ -266,6 +382,7 @@ def _walk_stream(
     adds: list[ir.Node] = []
     sites: list[WeightSite] = []
     values: list[ir.Value] = []
+    targets: list[tuple[ir.Node, int]] = []
     pending = [start]
     while pending:
         value = pending.pop()
@@ -279,7 +396,7 @@ def _walk_stream(
             readers = [use.node for use in value.uses()]
             root = next((node for node in readers if node.op_type == "Add"), readers[0])
             found: list[WeightSite] = []
-            _terms(value, root, found, stream, root=value is start or len(value.uses()) > 1)
+            _terms(value, root, found, stream, root=value is start or len(value.uses()) > 1, targets=targets)
             sites += [dataclasses.replace(site, into=value) for site in found]
             own.add(id(value))
             values.append(value)
@@ -297,7 +414,7 @@ def _walk_stream(
                 sites.append(WeightSite(producer, index, -1, into=producer.outputs[0]))
             else:
                 pending.append(operand)
-    return sites, adds, values, joins
+    return sites, adds, values, joins, targets
 
 
 def _width(value: ir.Value) -> int | None:
@@ -333,6 +450,12 @@ def _after_embedding_norm(site: WeightSite, norms: list[Norm]) -> bool:
     return False
 
 
+def _embeds(site: WeightSite) -> bool:
+    """A writer that starts the stream from the model's input: a token embedding table
+    (Gather) or a patch embedding (a Conv's output channels)."""
+    return (site.node.op_type == "Gather" and site.index == 0) or (site.node.op_type == "Conv" and site.index == 1)
+
+
 def _find(graph: ir.Graph) -> ResidualStream:
     norms = list(find_norms(graph))
     if not norms:
@@ -354,10 +477,7 @@ def _find(graph: ir.Graph) -> ResidualStream:
     # A norm is on the main stream when its stream (its own part and the parts it
     # joined) reaches a token embedding; the stream is every part such norms reach.
     def has_gather(walk: _Walk) -> bool:
-        return any(
-            (s.node.op_type == "Gather" and s.index == 0) or _after_embedding_norm(s, norms)
-            for s in walk.sites
-        )
+        return any(_embeds(s) or _after_embedding_norm(s, norms) for s in walk.sites)
 
     on_main: list[bool] = []
     for walk in walks:
@@ -371,12 +491,10 @@ def _find(graph: ir.Graph) -> ResidualStream:
             pending.extend(walks[index].joins)
     main = [walk for index, walk in enumerate(walks) if on_main[index]]
     if not main:
-        raise Refusal(failures[0][1] if failures else "no norm reads a token embedding (Gather)")
+        raise Refusal(failures[0][1] if failures else "no norm reads a token or patch embedding (Gather, Conv)")
     parts = [walks[index] for index in sorted(reached)]
-    gather = next(
-        s for walk in parts for s in walk.sites if s.node.op_type == "Gather" and s.index == 0
-    )
-    hidden = int(gather.array().shape[1])
+    embedding = next(s for walk in parts for s in walk.sites if _embeds(s))
+    hidden = int(embedding.array().shape[embedding.axis])
     for norm, reason in failures:
         if _width(norm.input) in (None, hidden):
             raise Refusal(reason)
@@ -397,6 +515,7 @@ def _find(graph: ir.Graph) -> ResidualStream:
                 seen_sites.add((id(site.node), site.index))
                 stream.writers.append(site)
         stream.adds += [add for add in walk.adds if id(add) not in seen_adds]
+        stream.targets += [t for t in walk.targets if all(t[0] is not u[0] for u in stream.targets)]
         seen_adds.update(id(add) for add in walk.adds)
         values.update((id(value), value) for value in walk.values)
     for site in stream.writers:
