@@ -30,7 +30,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from spa.analysis.residual import Norm, ResidualStream, WeightSite, initializer_array
+from spa.analysis.residual import (
+    EMBEDDING_AFFINE,
+    Norm,
+    ResidualStream,
+    WeightSite,
+    initializer_array,
+)
 
 __all__ = ["make_invariant", "norm_groups", "rotate", "split_embedding_norms", "unfuse_skip_norms"]
 
@@ -444,7 +450,7 @@ def split_embedding_norms(model: ir.Model) -> int:
         prefix = f"{node.name or node.op_type}.affine{next(_counter)}"
         matrix = _new_constant(model, np.diag(scale).astype(scale.dtype), prefix)
         ones = _new_constant(model, np.ones_like(scale), f"{prefix}.ones")
-        multiply = ir.node("MatMul", [output, matrix], name=f"{prefix}.scale")
+        multiply = ir.node("MatMul", [output, matrix], name=f"{prefix}{EMBEDDING_AFFINE}")
         new_nodes, result = [multiply], multiply.outputs[0]
         if bias is not None:
             shift = ir.node("Add", [result, node.inputs[2]], name=f"{prefix}.bias")

@@ -500,6 +500,47 @@ def test_vision_transformer_patch_embedding_starts_the_stream(name: str) -> None
     assert all(np.isfinite(array).all() for array in out.values())
 
 
+HEAD_NORM_TEXT = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  q = MatMul(n1, wq)
+  heads = Reshape(q, per_head)
+  qn = LayerNormalization<axis=-1, epsilon=1e-5>(heads, gh, bh)
+  flat = Reshape(qn, back)
+  o = MatMul(flat, wo)
+  r = Add(x, o)
+  n2 = LayerNormalization<axis=-1, epsilon=1e-5>(r, g2, b2)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+def test_a_per_head_norm_behind_the_first_block_is_no_stream_norm() -> None:
+    """Qwen3's q/k norms normalise each head of a projection that reads the first block's
+    norm of the embedding. Counting every MatMul behind a norm of the embedding as a stream's
+    start (meant for the MatMul an embedding norm's scale becomes) made such a head norm a
+    stream norm: 'Transpose reads the output of decomposed ...' on Qwen3 by torch.export."""
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "wq": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3, "wo": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3,
+                 "gh": 1.0 + 0.3 * rng.standard_normal(4), "bh": 0.1 * rng.standard_normal(4)}  # fmt: skip
+    for name in ("g1", "g2"):
+        constants[name] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+    for name in ("b1", "b2"):
+        constants[name] = 0.1 * rng.standard_normal(HIDDEN)
+    arrays = {k: v.astype(np.float32) for k, v in constants.items()}
+    arrays["per_head"] = np.array([1, SEQ, 4, 4], np.int64)
+    arrays["back"] = np.array([1, SEQ, HIDDEN], np.int64)
+    proto = _model(HEAD_NORM_TEXT, arrays)
+    stream = find_residual_stream(ir.serde.deserialize_model(proto))
+    assert stream.reason is None and len(stream.norms) == 2, stream.reason
+    model = ir.serde.deserialize_model(proto)
+    run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

@@ -51,6 +51,7 @@ from spa.analysis.norms import (
 )
 
 __all__ = [
+    "EMBEDDING_AFFINE",
     "Norm",
     "ResidualStream",
     "WeightSite",
@@ -175,6 +176,8 @@ def _readers(norm: Norm, hidden: int) -> tuple[WeightSite, ...]:
     return tuple(sites)
 
 
+#: The name suffix of the MatMul that takes an embedding norm's scale (passes/slice_rewrite.py).
+EMBEDDING_AFFINE = ".spa_embedding_affine"
 #: Ops whose output has the rank of their data input (or the largest of their operands').
 _RANK_KEEPING = frozenset(
     {"Add", "Sub", "Mul", "Div", "Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Erf", "Softmax", "Concat",
@@ -436,9 +439,13 @@ def _checknode_uses(values: list[ir.Value], allowed: set[int]) -> None:
 
 
 def _after_embedding_norm(site: WeightSite, norms: list[Norm]) -> bool:
-    """A writer ``MatMul(norm(embedding), W)``: the stream starts after an embedding norm
-    (BLOOM's, whose scale and bias the slice pass moved into that MatMul and an Add)."""
+    """A writer ``MatMul(norm(embedding), W)`` that the slice pass made from an embedding
+    norm's scale (BLOOM's; named with :data:`EMBEDDING_AFFINE`): the stream starts after it.
+    Not any MatMul reading a norm of the embedding: the first block's projections do too,
+    and a per-head norm (Qwen3's q/k norms) would then count as a stream norm."""
     if site.node.op_type != "MatMul" or site.index != 1 or site.node.inputs[0] is None:
+        return False
+    if not (site.node.name or "").endswith(EMBEDDING_AFFINE):
         return False
     source = site.node.inputs[0]
     for norm in norms:
