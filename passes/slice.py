@@ -45,6 +45,7 @@ from spa.errors import UserError
 from spa.model_io import copy_model
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.passes.slice_rewrite import (
+    fold_layer_scales,
     make_invariant,
     norm_groups,
     rotate,
@@ -141,10 +142,12 @@ class RotationInvariantPass(SpaPass):
     def call(self, model: ir.Model) -> SpaPassResult:
         unfused = unfuse_skip_norms(model)
         embedding_norms = split_embedding_norms(model)
+        layer_scales = fold_layer_scales(model)
         stream = residual_stream_or_error(model)
         statistics = make_invariant(model, stream)
         statistics["skip_norms_unfused"] = unfused
         statistics["embedding_norms_split"] = embedding_norms
+        statistics["layer_scales_folded"] = layer_scales
         statistics["hidden"] = stream.hidden
         return SpaPassResult(model, True, statistics, {"kind": stream.kind})
 

@@ -38,7 +38,14 @@ from spa.analysis.residual import (
     initializer_array,
 )
 
-__all__ = ["make_invariant", "norm_groups", "rotate", "split_embedding_norms", "unfuse_skip_norms"]
+__all__ = [
+    "fold_layer_scales",
+    "make_invariant",
+    "norm_groups",
+    "rotate",
+    "split_embedding_norms",
+    "unfuse_skip_norms",
+]
 
 MS_DOMAIN = "com.microsoft"
 _SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
@@ -271,8 +278,9 @@ def _value_bases(stream: ResidualStream, groups: Sequence[int]) -> dict[int, int
 
 
 def _stream_nodes(stream: ResidualStream) -> set[int]:
-    """Ids of the nodes that make stream values from stream values (adds, relabelling)."""
-    ops = ("Add", "Cast", "Identity", "Reshape", "Flatten")
+    """Ids of the nodes that make stream values from stream values (adds, relabelling, a
+    pooling over the tokens before a norm)."""
+    ops = ("Add", "Cast", "Identity", "Reshape", "Flatten", "ReduceMean", "ReduceSum", "Gather", "Slice", "Mul", "Div")
     return {
         id(value.producer())
         for value in stream.values
@@ -470,6 +478,63 @@ def split_embedding_norms(model: ir.Model) -> int:
             result.name, output.name = output.name, f"{output.name}.normalized"
         model.graph.insert_after(node, new_nodes)
         count += 1
+    return count
+
+
+def _scale_vector(value: ir.Value | None) -> np.ndarray | None:
+    """A constant that scales only the last axis (shape [..., D], every other dim 1), as a
+    vector, or None."""
+    found = initializer_array(value)
+    if found is None or found.ndim == 0 or found.shape[-1] < 2 or any(d != 1 for d in found.shape[:-1]):
+        return None
+    return found.reshape(-1)
+
+
+def fold_layer_scales(model: ir.Model) -> int:
+    """LayerScale (DeiT-III, CaiT, DINOv2: ``x + gamma * proj(h)``) folded into the branch's
+    last projection: ``(h W + b) * gamma = h (W diag(gamma)) + b * gamma``. The constant Mul
+    is then gone, so the projection writes into the stream as SliceGPT needs. Only where the
+    projection feeds nothing but that Mul; the weights become the projection's own copies.
+    Returns how many."""
+    count = 0
+    for mul in list(model.graph):
+        if mul.op_type != "Mul" or mul.domain != "" or len(mul.inputs) != 2:
+            continue
+        for index in (0, 1):
+            gamma = _scale_vector(mul.inputs[1 - index])
+            data = mul.inputs[index]
+            if gamma is None or data is None or len(data.uses()) != 1 or data.is_graph_output():
+                continue
+            producer = data.producer()
+            bias_add, bias_index = None, -1
+            if producer is not None and producer.op_type == "Add" and producer.domain == "":
+                for position in (0, 1):
+                    if initializer_array(producer.inputs[position]) is not None:
+                        bias_add, bias_index = producer, position
+                inner = producer.inputs[1 - bias_index] if bias_add is not None else None
+                producer = inner.producer() if inner is not None and len(inner.uses()) == 1 else None
+            if producer is None or producer.op_type != "MatMul" or producer.domain != "":
+                continue
+            weight = initializer_array(producer.inputs[1])
+            if weight is None or weight.ndim != 2 or weight.shape[1] != gamma.size:
+                continue
+            if bias_add is not None:
+                bias = initializer_array(bias_add.inputs[bias_index])
+                assert bias is not None
+                if bias.shape[-1:] != (gamma.size,) and bias.size != 1:
+                    continue
+                _set_site(model, WeightSite(bias_add, bias_index, -1), (bias * gamma).astype(bias.dtype))
+            _set_site(model, WeightSite(producer, 1, 1), (weight * gamma).astype(weight.dtype))
+            out = mul.outputs[0]
+            was_output = out.is_graph_output()
+            out.replace_all_uses_with(data, replace_graph_outputs=True)
+            old = mul.inputs[1 - index]
+            model.graph.remove(mul, safe=True)
+            _drop_if_unused(model, old)
+            if was_output:
+                data.name = out.name
+            count += 1
+            break
     return count
 
 

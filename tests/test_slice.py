@@ -541,6 +541,49 @@ def test_a_per_head_norm_behind_the_first_block_is_no_stream_norm() -> None:
     assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
 
 
+LAYER_SCALE_TEXT = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[1, {SEQ}] ids) => (float[1, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  h = MatMul(n1, w1)
+  hb = Add(h, c1)
+  scaled = Mul(gamma, hb)
+  r = Add(x, scaled)
+  pooled = ReduceMean<axes=[1], keepdims=0>(r)
+  n2 = LayerNormalization<axis=-1, epsilon=1e-5>(pooled, g2, b2)
+  y = MatMul(n2, head)
+}}
+"""
+
+
+def test_layer_scale_and_a_norm_after_mean_pooling_rotate_and_slice() -> None:
+    """DeiT-III, CaiT and DINOv2 scale each branch by a learned vector before the add
+    (LayerScale: x + gamma * proj(h)), and many ViTs pool the stream over its tokens before
+    their last norm (fc_norm). gamma folds into the projection; the pooling is a stream step
+    (linear over tokens, the hidden axis untouched). Both were refused: 'Mul writes into the
+    residual stream', 'ReduceMean writes into the residual stream at LayerNormalization'."""
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
+                 "w1": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3, "c1": 0.1 * rng.standard_normal(HIDDEN),
+                 "gamma": 0.1 + rng.random(HIDDEN)}  # fmt: skip
+    for index in (1, 2):
+        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
+    proto = _model(LAYER_SCALE_TEXT, {k: v.astype(np.float32) for k, v in constants.items()})
+    for bases in ("shared", "per-norm"):
+        model = ir.serde.deserialize_model(proto)
+        records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", bases=bases)])
+        assert records[0].statistics["layer_scales_folded"] == 1
+        assert not [node for node in model.graph if node.op_type == "Mul" and node.outputs[0].name == "scaled"]
+        assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, rotation="random")])
+    assert records[1].statistics["hidden_after"] == 12
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
+    assert out["y"].shape == (1, VOCAB) and np.isfinite(out["y"]).all()
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

@@ -395,7 +395,11 @@ def _walk_stream(
             joins.add(earlier[id(value)])
             continue
         producer = value.producer()
-        if producer is None or producer.domain != "" or producer.op_type not in _STREAM_OPS:
+        pooled = (  # a pooling over the tokens (a norm after it): not an embedding table's Gather
+            producer is not None and producer.domain == "" and _keeps_hidden_last(producer)
+            and initializer_array(producer.inputs[0]) is None
+        )  # fmt: skip
+        if not pooled and (producer is None or producer.domain != "" or producer.op_type not in _STREAM_OPS):
             readers = [use.node for use in value.uses()]
             root = next((node for node in readers if node.op_type == "Add"), readers[0])
             found: list[WeightSite] = []
@@ -406,7 +410,8 @@ def _walk_stream(
             continue
         own.add(id(value))
         values.append(value)
-        if producer.op_type != "Add":
+        assert producer is not None
+        if producer.op_type != "Add":  # a relabelling, or a pooling over tokens (a norm after it)
             pending.append(producer.inputs[0])  # type: ignore[arg-type]
             continue
         adds.append(producer)
