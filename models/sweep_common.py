@@ -72,3 +72,59 @@ def write_results(stem: str, rows: list[Row], subset: bool, title: str, intro: s
     lines += ["| " + " | ".join(str(row.get(key, "")) for _, key in columns) + " |" for row in rows]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return 0 if all(row["status"] != "FAILED" for row in rows) else 1
+
+
+def random_calibration(model: Path, path: Path, samples: int = 16) -> Path:
+    """``samples`` seeded feeds of ``model`` (the seeded inputs spa verifies with, at the dims
+    its probe finds runnable) stacked on a leading sample axis, as an .npz for ``--calib``.
+    No real data: the search's quality figures on it say nothing of a task, only whether
+    every candidate builds, runs and is measured."""
+    import numpy as np
+
+    from spa.model_io import load_proto
+    from spa.verify.feeds import input_specs, make_feeds
+    from spa.verify.runner import runnable_dims
+
+    proto = load_proto(model)
+    dims = runnable_dims(model, proto, shapes={}, dims={}, int_ranges={})
+    feeds = [make_feeds(input_specs(proto), seed=seed, dims=dims) for seed in range(samples)]
+    np.savez(path, **{name: np.stack([feed[name] for feed in feeds]) for name in feeds[0]})
+    return path
+
+
+def search_row(model: Path, folder: Path) -> str:
+    """`spa optimize MODEL --calib (random_calibration) --max-drop 5%`: the verdict line's
+    head and the chosen candidate, or the failure; candidates that failed inside the search
+    (a bug: the search records them as rejected "failed: ...") are named."""
+    calib = random_calibration(model, folder / f"{model.stem}.calib.npz")
+    report, output = folder / f"{model.stem}.search.json", folder / f"{model.stem}.searched.onnx"
+    ran = subprocess.run(
+        [sys.executable, "-m", "spa.cli.main", "optimize", str(model), "-o", str(output), "--calib", str(calib),
+         "--max-drop", "5%", "--report", str(report)], capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    lines = [line for line in (ran.stdout + ran.stderr).splitlines() if line.strip()]
+    verdict = next((line for line in reversed(lines) if line.startswith(("OPTIMIZED", "UNCHANGED"))), "")
+    failed = []
+    if report.exists():
+        candidates = json.loads(report.read_text()).get("search", {}).get("candidates", [])
+        failed = [f"{c['name']}: {c['reason'][:80]}" for c in candidates if str(c.get("reason", "")).startswith("failed")]
+    for path in (calib, report, output):
+        path.unlink(missing_ok=True)
+    if ran.returncode != 0 or "Traceback" in ran.stdout + ran.stderr:
+        return f"exit {ran.returncode}: {(lines or ['?'])[-1][:140]}"
+    head = " | ".join(verdict.split(" | ")[:3]) if verdict else (lines or ["?"])[-1][:140]
+    return head + ("; FAILED CANDIDATES " + "; ".join(failed) if failed else "")
+
+
+def slice_verdict(model: Path, sliced: Path, keep: bool) -> str:
+    """`spa slice MODEL --ratio 0.25` (random rotation on seeded inputs: no calibration data
+    here): "hidden a -> b, params x -> y" when it passed its exactness check, else the verdict
+    or the last line it wrote."""
+    ran = subprocess.run([sys.executable, "-m", "spa.cli.main", "slice", str(model), "-o", str(sliced),
+                          "--ratio", "0.25"], capture_output=True, text=True, timeout=1800)  # fmt: skip
+    verdict = next((line for line in ran.stdout.splitlines() if "| slice |" in line), "")
+    if not keep:
+        sliced.unlink(missing_ok=True)
+    if ran.returncode == 0 and verdict.startswith("PASSED"):
+        return ", ".join(part.strip() for part in verdict.split("|")[2:4])
+    return (verdict or ((ran.stderr or ran.stdout).strip().splitlines() or ["?"])[-1])[:160]

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import check_wheel_models
-from sweep_common import RESULTS, Row, export_failed, prune_row, write_results
+from sweep_common import RESULTS, Row, export_failed, prune_row, search_row, slice_verdict, write_results
 
 # name: (model_type, head, input kind, config overrides beyond the shared shrink)
 SPECS: dict[str, tuple[str, str, str, dict[str, object]]] = {
@@ -123,6 +123,7 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 model_type, head, kind, overrides, out = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
 dynamo = overrides.pop("__dynamo__", False)
+kv = overrides.pop("__kv__", False)  # one decoding step with its KV cache (causal heads)
 opset = overrides.pop("__opset__", None if dynamo else 17)  # torch.export: the exporter's own opset
 SHRINK = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
           "intermediate_size": 128, "vocab_size": 1000, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
@@ -133,7 +134,7 @@ def shrunk(cfg, extra):
     """Keyword arguments that shrink a config (the fields it has), so that __init__ derives the rest."""
     kwargs = {key: value for key, value in SHRINK.items()
               if hasattr(cfg, key) and (isinstance(getattr(cfg, key), int) or key.endswith("token_id"))}
-    return {**kwargs, **extra, "use_cache": False}
+    return {**kwargs, **extra, "use_cache": kv}
 default = transformers.AutoConfig.for_model(model_type)
 kwargs = shrunk(default, overrides)
 if kind == "text-image":
@@ -167,6 +168,28 @@ elif kind == "spectrogram":
 else:  # text-image
     names, args = ["input_ids", "pixel_values", "attention_mask"], (ids, torch.randn(1, 3, 64, 64), mask)
 
+if kv:  # the cache a prefix of 8 tokens leaves, whatever its layout; then a step of 4 tokens on it
+    past_len, step, batch = 8, 4, 2 if dynamo else 1  # torch.export specialises a size of 1
+    ids = torch.randint(3, 1000, (batch, past_len + step))
+    with torch.no_grad():
+        prefix = model(input_ids=ids[:, :past_len], use_cache=True).past_key_values
+    layers = len(prefix.layers)
+    past_names = [f"past_key_values.{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    names = ["input_ids", "attention_mask", *past_names]
+    args = (ids[:, past_len:], torch.ones(batch, past_len + step, dtype=torch.int64),
+            *(t for layer in prefix.layers for t in (layer.keys, layer.values)))
+
+class Step(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = model
+    def forward(self, input_ids, attention_mask, *past):
+        cache = transformers.DynamicCache(config=model.config)
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+        return (out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)))
+
 class First(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -181,74 +204,115 @@ class First(torch.nn.Module):
 dynamic = {name: {0: "batch", 1: "sequence"} for name in names if name in ("input_ids", "attention_mask")}
 if "decoder_input_ids" in names:
     dynamic["decoder_input_ids"] = {0: "batch", 1: "target"}
+outputs = ["y"]
+if kv:
+    dynamic["attention_mask"] = {0: "batch", 1: "total"}
+    dynamic.update({name: {0: "batch", 2: "past"} for name in names[2:]})
+    outputs += [name.replace("past_key_values", "present") for name in names[2:]]
+    dynamic.update({name: {0: "batch", 2: "total"} for name in outputs[1:]})
 with torch.no_grad():
-    First()(*args)
-    shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic[n]} if n in dynamic else None for n in names)
-    torch.onnx.export(First(), args, out, opset_version=opset, dynamo=dynamo, input_names=names, output_names=["y"],
+    wrapper = Step() if kv else First()
+    wrapper(*args)
+    if dynamo and kv:
+        b, s, p, t = (torch.export.Dim(n, min=lo, max=64) for n, lo in (("batch", 1), ("seq", 1), ("past", 1), ("total", 2)))
+        shapes = ({0: b, 1: s}, {0: b, 1: t}, tuple({0: b, 2: p} for _ in names[2:]))
+    else:
+        shapes = tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic[n]} if n in dynamic else None for n in names)
+        shapes = (shapes,)  # forward(*tensors): one tuple
+    torch.onnx.export(wrapper, args, out, opset_version=opset, dynamo=dynamo, input_names=names, output_names=outputs,
                       dynamic_axes=None if dynamo else dynamic or None,
-                      dynamic_shapes=(shapes,) if dynamo and dynamic else None)  # forward(*tensors): one tuple
+                      dynamic_shapes=shapes if dynamo and dynamic else None)
 import onnxruntime  # an export that ONNX Runtime cannot run is the exporter's failure, not spa's
 session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
 try:
+    # the traced inputs, then three other draws of the same shapes: a trace that baked data-dependent
+    # sizes (a mixture of experts' routing under TorchScript) runs only on what it saw
     session.run(None, {name: arg.numpy() for name, arg in zip(names, args)})
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        session.run(None, {name: (torch.randint(3, 1000, arg.shape, generator=gen) if name.endswith("input_ids")
+                                  else torch.randn(arg.shape, generator=gen) if arg.is_floating_point() else arg).numpy()
+                           for name, arg in zip(names, args)})
 except Exception as error:
     raise SystemExit(f"RuntimeError: the exported model does not run in ONNX Runtime: {str(error)[:100]}")
 '''
 
 
 def sweep_one(name: str, torch_python: str, folder: Path, keep: bool = False, commands: bool = False,
-              dynamo: bool = False) -> Row:  # fmt: skip
+              dynamo: bool = False, kv: bool = False, search: bool = False) -> Row:  # fmt: skip
     model_type, head, kind, overrides = SPECS[name]
     overrides = {**overrides, "__dynamo__": True} if dynamo else overrides
+    overrides = {**overrides, "__kv__": True} if kv else overrides
     model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
     exported = subprocess.run([torch_python, "-c", EXPORT, model_type, head, kind, json.dumps(overrides), str(model)],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
     if exported.returncode != 0:
         return export_failed(name, exported.stderr)
-    row = prune_row(name, model, pruned, keep or commands, type=model_type)
+    row = prune_row(name, model, pruned, keep or commands or search, type=model_type)
+    if search:
+        row["search"] = search_row(model, folder)
     if commands:  # every command check_wheel_models.py runs, with its defaults
         runs = check_wheel_models.run(model, folder)
         odd = [f"{command} exit {code}: {last[:60]}" for command, code, last, _ in runs
                if code != 0 or last.startswith("TRACEBACK")]  # fmt: skip
         row["commands"] = "; ".join(odd) or f"{len(runs)} commands exit 0"
-        for path in (model, pruned) if not keep else ():
-            path.unlink(missing_ok=True)
+        # SliceGPT on every family: its verdict, or its refusal (BERT-style encoders are post-norm)
+        row["slice"] = slice_verdict(model, folder / f"{name}.sliced.onnx", keep)
+    for path in (model, pruned) if (commands or search) and not keep else ():
+        path.unlink(missing_ok=True)
     return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(SPECS))
+    parser.add_argument("names", nargs="*")
     parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
     parser.add_argument("--keep", type=Path, help="keep the exported and pruned models in this folder")
     parser.add_argument("--commands", action="store_true",
-                        help="also run inspect, optimize, prune, quantize and sparsify with their defaults")
+                        help="also run inspect, optimize, prune, quantize and sparsify with their defaults, "
+                             "and spa slice")
     parser.add_argument("--dynamo", action="store_true",
                         help="export with torch.export (torch.onnx.export(dynamo=True), its default opset; "
                              "torch's default exporter) instead of TorchScript; writes sweep_hf_dynamo.*")
+    parser.add_argument("--kv", action="store_true",
+                        help="the causal LMs only, each exported as one decoding step with its KV cache "
+                             "(past_key_values.* in, present.* out); writes sweep_hf_kv[_dynamo].*")
+    parser.add_argument("--search", action="store_true",
+                        help="also run the search, spa optimize --calib (16 seeded samples) --max-drop 5%%")
     args = parser.parse_args()
+    everything = [name for name in SPECS if not args.kv or SPECS[name][1] == "causal"]
+    args.names = args.names or everything
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
         for name in args.names:
             rows.append(sweep_one(name, args.torch_python, args.keep or Path(folder), args.keep is not None,
-                                  args.commands, args.dynamo))  # fmt: skip
+                                  args.commands, args.dynamo, args.kv, args.search))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    torchscript = RESULTS / "sweep_hf.json"
+    stem = "sweep_hf" + ("_kv" if args.kv else "")
+    torchscript = RESULTS / f"{stem}.json"
     if args.dynamo and torchscript.exists():  # the same families through TorchScript, side by side
         groups = {row["name"]: row.get("groups", row["status"]) for row in json.loads(torchscript.read_text())}
         for row in rows:
             row["torchscript"] = groups.get(row["name"], "")
     exporter = ("torch.export (`--dynamo`: torch.onnx.export(dynamo=True), the exporter's default opset)"
                 if args.dynamo else "TorchScript export at opset 17")
-    intro = (f"Written by `python models/sweep_hf.py{' --dynamo' if args.dynamo else ''}` (transformers configs "
-             f"shrunk to 2 layers and hidden 64, random weights, {exporter} with dynamic batch and sequence for text, "
+    flags = (" --kv" if args.kv else "") + (" --dynamo" if args.dynamo else "")
+    what = ("causal LMs exported as one decoding step of 4 tokens on the 8-token KV cache a prefix left "
+            "(past_key_values.* in, present.* out; batch, sequence, past and total dynamic)" if args.kv
+            else "dynamic batch and sequence for text")
+    intro = (f"Written by `python models/sweep_hf.py{flags}` (transformers configs "
+             f"shrunk to 2 layers and hidden 64, random weights, {exporter} with {what}, "
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
     columns = [("model", "name"), ("transformers type", "type"), ("result", "status"), ("params", "params"),
                ("MACs", "macs"), ("groups pruned", "groups"), ("detail", "detail"),
-               ("TorchScript's groups pruned (sweep_hf.md)", "torchscript"), ("other commands (--commands)", "commands")]  # fmt: skip
-    return write_results("sweep_hf_dynamo" if args.dynamo else "sweep_hf", rows, args.names != list(SPECS),
+               ("TorchScript's groups pruned (sweep_hf.md)", "torchscript"), ("other commands (--commands)", "commands"),
+               ("spa slice --ratio 0.25 (--commands)", "slice"),
+               ("spa optimize --max-drop 5% on 16 seeded samples (--search)", "search")]  # fmt: skip
+    # a --search run writes its own table, as sweep_timm.py's
+    stem += ("_dynamo" if args.dynamo else "") + ("_search" if args.search else "")
+    return write_results(stem, rows, args.names != everything,
                          "spa prune on transformers architectures outside the zoo", intro, columns)  # fmt: skip
 
 

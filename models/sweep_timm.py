@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_common import Row, export_failed, prune_row, write_results
+from sweep_common import Row, export_failed, prune_row, search_row, slice_verdict, write_results
 NAMES = (
     # batch 1
     "coatnet_nano_rw_224 maxvit_nano_rw_256 cait_xxs24_224 tiny_vit_5m_224 fastvit_t8 repvit_m1 "
@@ -69,13 +69,21 @@ with torch.no_grad():
 """
 
 
-def sweep_one(name: str, torch_python: str, folder: Path, dynamo: bool = False) -> Row:
+def sweep_one(name: str, torch_python: str, folder: Path, dynamo: bool = False, search: bool = False,
+              sliced: bool = False) -> Row:  # fmt: skip
     model, pruned = folder / f"{name}.onnx", folder / f"{name}.pruned.onnx"
     exported = subprocess.run([torch_python, "-c", EXPORT, name, str(model), "dynamo" if dynamo else "torchscript"],
                               capture_output=True, text=True, timeout=900)  # fmt: skip
     if exported.returncode != 0:
         return export_failed(name, exported.stderr)
-    return prune_row(name, model, pruned)
+    row = prune_row(name, model, pruned, keep=search or sliced)
+    if sliced:
+        row["slice"] = slice_verdict(model, folder / f"{name}.sliced.onnx", False)
+    if search:
+        row["search"] = search_row(model, folder)
+    for path in (model, pruned) if search or sliced else ():
+        path.unlink(missing_ok=True)
+    return row
 
 
 def main() -> int:
@@ -84,19 +92,30 @@ def main() -> int:
     parser.add_argument("--torch-python", default="/work/torchenv/bin/python")
     parser.add_argument("--dynamo", action="store_true",
                         help="export with torch.export (torch's default exporter); writes sweep_timm_dynamo.*")
+    parser.add_argument("--search", action="store_true",
+                        help="also run the search, spa optimize --calib (16 seeded samples) --max-drop 5%%")
+    parser.add_argument("--slice", action="store_true", help="also run spa slice --ratio 0.25 (SliceGPT)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="spa-sweep-") as folder:
         for name in args.names:
-            rows.append(sweep_one(name, args.torch_python, Path(folder), args.dynamo))
+            rows.append(sweep_one(name, args.torch_python, Path(folder), args.dynamo, args.search, args.slice))
             print(json.dumps(rows[-1]), flush=True)
     exporter = "torch.export at its default opset, dynamic batch" if args.dynamo else "TorchScript export at opset 17"
-    intro = (f"Written by `python models/sweep_timm.py{' --dynamo' if args.dynamo else ''}` (random weights, {exporter}, "
-             "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input).")
+    flags = "".join(f" --{flag}" for flag in ("dynamo", "slice", "search") if getattr(args, flag))
+    intro = (f"Written by `python models/sweep_timm.py{flags}` (random weights, {exporter}, "
+             "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input; a subset "
+             "re-run keeps the other rows, so the slice and search columns are filled where the last run "
+             "asked for them).")
     columns = [("model", "name"), ("result", "status"), ("params", "params"), ("MACs", "macs"),
-               ("groups pruned", "groups"), ("detail", "detail")]  # fmt: skip
-    return write_results("sweep_timm_dynamo" if args.dynamo else "sweep_timm", rows, args.names != list(NAMES),
-                         "spa prune on timm architectures outside the zoo", intro, columns)  # fmt: skip
+               ("groups pruned", "groups"), ("detail", "detail"),
+               ("spa slice --ratio 0.25 (--slice)", "slice"),
+               ("spa optimize --max-drop 5% on 16 seeded samples (--search)", "search")]  # fmt: skip
+    # a --search run writes its own table (its rows would lose their search column in the next
+    # run of the prune sweep, which rewrites the whole file)
+    stem = ("sweep_timm_dynamo" if args.dynamo else "sweep_timm") + ("_search" if args.search else "")
+    return write_results(stem, rows, args.names != list(NAMES), "spa prune on timm architectures outside the zoo",
+                         intro, columns)  # fmt: skip
 
 
 if __name__ == "__main__":
