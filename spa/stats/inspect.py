@@ -343,13 +343,21 @@ def _ops_without_rule(
     ]
 
 
+#: Element types of constants that are no parameters: masks, shapes, indices, names. Their
+#: bytes still count (GPT-Neo's TorchScript export stores two 2048 x 2048 boolean causal
+#: masks: 8.4M "params" in a 270k-param model before).
+NOT_PARAMETERS = frozenset({onnx.TensorProto.BOOL, onnx.TensorProto.INT64, onnx.TensorProto.STRING})
+
+
 def weight_summary(proto: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
-    """(initializer count, parameters, bytes by dtype, largest first), from dims only."""
+    """(initializer count, parameters, bytes by dtype, largest first), from dims only.
+    Parameters leave out boolean, int64 and string constants (:data:`NOT_PARAMETERS`)."""
     bytes_by_dtype: collections.Counter[str] = collections.Counter()
     count = params = 0
     for tensor in weight_tensors(proto):
         count += 1
-        params += tensor_elements(tensor)
+        if tensor.data_type not in NOT_PARAMETERS:
+            params += tensor_elements(tensor)
         bytes_by_dtype[dtype_name(tensor.data_type)] += tensor_nbytes(tensor)
     return count, params, dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1]))
 
