@@ -32,10 +32,12 @@ import onnx_ir as ir
 
 from spa.analysis.residual import (
     EMBEDDING_AFFINE,
+    STREAM_NODE_OPS,
     Norm,
     ResidualStream,
     WeightSite,
     initializer_array,
+    is_token_embedding,
 )
 
 __all__ = [
@@ -280,11 +282,10 @@ def _value_bases(stream: ResidualStream, groups: Sequence[int]) -> dict[int, int
 def _stream_nodes(stream: ResidualStream) -> set[int]:
     """Ids of the nodes that make stream values from stream values (adds, relabelling, a
     pooling over the tokens before a norm)."""
-    ops = ("Add", "Cast", "Identity", "Reshape", "Flatten", "ReduceMean", "ReduceSum", "Gather", "Slice", "Mul", "Div")
     return {
         id(value.producer())
         for value in stream.values
-        if value.producer() is not None and value.producer().op_type in ops  # type: ignore[union-attr]
+        if value.producer() is not None and value.producer().op_type in STREAM_NODE_OPS  # type: ignore[union-attr]
     }
 
 
@@ -425,18 +426,6 @@ def _forget_shapes(model: ir.Model) -> None:
                 value.shape = None
 
 
-def _embedding_source(value: ir.Value | None) -> bool:
-    """Whether ``value`` is a token embedding (a Gather of a constant 2-D table along axis 0),
-    through Cast."""
-    producer = value.producer() if value is not None else None
-    while producer is not None and producer.op_type == "Cast" and producer.domain == "":
-        producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
-    if producer is None or producer.op_type != "Gather" or producer.domain != "":
-        return False
-    table = initializer_array(producer.inputs[0])
-    return table is not None and table.ndim == 2 and producer.attributes.get_int("axis", 0) == 0
-
-
 def split_embedding_norms(model: ir.Model) -> int:
     """An embedding norm (BLOOM's ``word_embeddings_layernorm``: the token embedding, then a
     LayerNorm, then the stream) keeps its normalisation and hands its scale and bias to a new
@@ -446,7 +435,7 @@ def split_embedding_norms(model: ir.Model) -> int:
     for node in list(model.graph):
         if node.domain != "" or node.op_type not in ("LayerNormalization", "RMSNormalization"):
             continue
-        if not _embedding_source(node.inputs[0]) or len(node.inputs) < 2:
+        if not is_token_embedding(node.inputs[0]) or len(node.inputs) < 2:
             continue
         output = node.outputs[0]
         if not any(use.node.op_type == "Add" for use in output.uses()):

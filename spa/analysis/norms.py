@@ -132,14 +132,21 @@ def scalar(value: ir.Value | None) -> float | None:
     return float(found.reshape(-1)[0]) if found is not None and found.size == 1 else None
 
 
+def axes_of(node: ir.Node, position: int) -> list[int] | None:
+    """A node's axes, from its ``axes`` attribute (older opsets) or its constant input
+    ``position`` (ReduceMean's 1 from opset 18, Slice's 3); None when neither is known."""
+    axes = node.attributes.get_ints("axes", None)
+    if axes is None and len(node.inputs) > position and node.inputs[position] is not None:
+        found = initializer_array(node.inputs[position])
+        axes = None if found is None else [int(a) for a in found.reshape(-1)]
+    return None if axes is None else list(axes)
+
+
 def _last_axis(node: ir.Node, value: ir.Value) -> bool:
     """Does the ReduceMean ``node`` reduce only the last axis of ``value``, keeping dims?"""
     if node.attributes.get_int("keepdims", 1) != 1:
         return False
-    axes = node.attributes.get_ints("axes", None)
-    if axes is None and len(node.inputs) > 1:
-        found = initializer_array(node.inputs[1])
-        axes = None if found is None else [int(a) for a in found.reshape(-1)]
+    axes = axes_of(node, 1)
     if axes is None or len(axes) != 1:
         return False
     rank = len(value.shape) if value.shape is not None else None

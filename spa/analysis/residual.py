@@ -43,6 +43,7 @@ from spa.analysis.norms import (
     Norm,
     Refusal,
     WeightSite,
+    axes_of,
     find_norms,
     initializer_array,
     label,
@@ -52,17 +53,22 @@ from spa.analysis.norms import (
 
 __all__ = [
     "EMBEDDING_AFFINE",
+    "STREAM_NODE_OPS",
     "Norm",
     "ResidualStream",
     "WeightSite",
     "find_residual_stream",
     "initializer_array",
+    "is_token_embedding",
 ]
 
 #: Ops that only relabel a value on a reader's or writer's path.
 _PATH_OPS = frozenset({"Reshape", "Flatten", "Cast", "Identity"})
 #: Ops the stream itself may pass through.
 _STREAM_OPS = frozenset({"Add", "Cast", "Identity", "Reshape", "Flatten"})
+#: Ops that may make one stream value from another: the above, and a pooling over the tokens
+#: before a norm (:func:`_keeps_hidden_last`).
+STREAM_NODE_OPS = _STREAM_OPS | {"ReduceMean", "ReduceSum", "Gather", "Slice", "Mul", "Div"}
 _NORM_OPS = frozenset(
     {"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
      "SkipSimplifiedLayerNormalization"}
@@ -111,15 +117,6 @@ def _weight_of(node: ir.Node, hidden_axis_if_plain: int) -> WeightSite | None:
     )
 
 
-def _axes_of(node: ir.Node, position: int) -> list[int] | None:
-    """A node's axes, from its attribute or its constant input ``position``."""
-    axes = node.attributes.get_ints("axes", None)
-    if axes is None and len(node.inputs) > position and node.inputs[position] is not None:
-        found = initializer_array(node.inputs[position])
-        axes = None if found is None else [int(a) for a in found.reshape(-1)]
-    return None if axes is None else list(axes)
-
-
 def _keeps_hidden_last(node: ir.Node) -> bool:
     """A linear step on the tokens that leaves the hidden axis last and whole: a sum or mean
     over other axes (mean pooling; a constant scalar Mul or Div), a Gather or Slice along
@@ -132,12 +129,12 @@ def _keeps_hidden_last(node: ir.Node) -> bool:
         return False
     last = {-1, rank - 1}
     if node.op_type in ("ReduceSum", "ReduceMean"):
-        axes = _axes_of(node, 1)
+        axes = axes_of(node, 1)
         return axes is not None and not last & set(axes) and node.attributes.get_int("noop_with_empty_axes", 0) == 0
     if node.op_type == "Gather":
         return node.attributes.get_int("axis", 0) not in last
     if node.op_type == "Slice":
-        axes = _axes_of(node, 3)
+        axes = axes_of(node, 3)
         return axes is not None and not last & set(axes)
     return False
 
@@ -232,21 +229,21 @@ def _leading_dims_of(target: ir.Value | None, source: ir.Value | None, count: in
     )  # fmt: skip
 
 
-def _reshape_keeps(node: ir.Node, axis: int, hidden: int) -> bool:
-    """Whether Reshape ``node`` keeps its input's axis ``axis`` (of size ``hidden``) at the
-    same position of its output: a constant target holding ``hidden`` there, and the same
-    number of elements after it on both sides (so the dims before it only merge); or a
-    target computed from the input's own leading dims (then nothing to fix when sliced)."""
+def _reshape_keeps(node: ir.Node, axis: int) -> bool:
+    """Whether Reshape ``node`` keeps its input's axis ``axis`` at the same position of its
+    output: a constant target holding the input's size there, and the same number of
+    elements after it on both sides (so the dims before it only merge); or a target
+    computed from the input's own leading dims (then nothing to fix when sliced)."""
     if len(node.inputs) > 1 and _leading_dims_of(node.inputs[1], node.inputs[0], axis + 1):
         return True
     target = initializer_array(node.inputs[1]) if len(node.inputs) > 1 else None
     shape = node.inputs[0].shape if node.inputs[0] is not None else None
-    if target is None or shape is None or axis >= len(target) or axis >= len(shape) or target[axis] != hidden:
+    if target is None or shape is None or axis < 0 or axis >= len(target) or axis >= len(shape):
         return False
     after_in, after_out = list(shape)[axis:], [int(d) for d in target[axis:]]
     if not all(isinstance(d, int) for d in after_in) or any(d <= 0 for d in after_out):
         return False
-    return after_in[0] == hidden and math.prod(after_in) == math.prod(after_out)
+    return after_in[0] == after_out[0] and math.prod(after_in) == math.prod(after_out)
 
 
 def _terms(
@@ -291,7 +288,7 @@ def _terms(
         return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
     if op == "Mul" and scalar(producer.inputs[1]) is not None:
         return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
-    if op == "Reshape" and targets is not None and _reshape_keeps(producer, axis, _hidden_at(producer, axis)):
+    if op == "Reshape" and targets is not None and _reshape_keeps(producer, axis):
         if initializer_array(producer.inputs[1]) is not None:
             targets.append((producer, axis))
         return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
@@ -341,12 +338,6 @@ def _terms(
     raise Refusal(f"{label(producer)} writes into the residual stream at {label(add)}; only "
                    "constant-weight MatMul/Gemm, embedding Gathers and constants can be rotated "
                    "(a norm or non-linearity on the branch before the add?)")  # fmt: skip
-
-
-def _hidden_at(node: ir.Node, axis: int) -> int:
-    """The size of ``node``'s output at ``axis`` from its constant target (0 if unknown)."""
-    target = initializer_array(node.inputs[1]) if len(node.inputs) > 1 else None
-    return int(target[axis]) if target is not None and 0 <= axis < len(target) else 0
 
 
 class _Seen:
@@ -453,13 +444,19 @@ def _after_embedding_norm(site: WeightSite, norms: list[Norm]) -> bool:
     if not (site.node.name or "").endswith(EMBEDDING_AFFINE):
         return False
     source = site.node.inputs[0]
-    for norm in norms:
-        if norm.output is source:
-            producer = norm.input.producer()
-            while producer is not None and producer.op_type == "Cast":
-                producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
-            return producer is not None and producer.op_type == "Gather"
-    return False
+    return any(norm.output is source and is_token_embedding(norm.input) for norm in norms)
+
+
+def is_token_embedding(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a token embedding (a Gather of a constant 2-D table along axis 0),
+    through Cast."""
+    producer = value.producer() if value is not None else None
+    while producer is not None and producer.op_type == "Cast" and producer.domain == "":
+        producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+    if producer is None or producer.op_type != "Gather" or producer.domain != "":
+        return False
+    table = initializer_array(producer.inputs[0])
+    return table is not None and table.ndim == 2 and producer.attributes.get_int("axis", 0) == 0
 
 
 def _embeds(site: WeightSite) -> bool:
