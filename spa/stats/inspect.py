@@ -53,6 +53,7 @@ __all__ = [
     "render_model_info",
     "tensor_elements",
     "tensor_nbytes",
+    "value_info",
     "weight_summary",
     "weight_tensors",
 ]
@@ -263,7 +264,8 @@ class ModelInfo:
         return data
 
 
-def _value_info(value: onnx.ValueInfoProto) -> ValueInfo:
+def value_info(value: onnx.ValueInfoProto) -> ValueInfo:
+    """A graph input or output as :class:`ValueInfo` (dims: ints, symbolic names or "?")."""
     if not value.type.HasField("tensor_type"):
         return ValueInfo(value.name, value.type.WhichOneof("value") or "unknown", None)
     tensor_type = value.type.tensor_type
@@ -402,8 +404,8 @@ def inspect_model(path: str | os.PathLike[str], *, read_weights: bool = False) -
             for (domain, op_type), count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             if count
         ],
-        inputs=[_value_info(v) for v in proto.graph.input if v.name not in weights],
-        outputs=[_value_info(v) for v in proto.graph.output],
+        inputs=[value_info(v) for v in proto.graph.input if v.name not in weights],
+        outputs=[value_info(v) for v in proto.graph.output],
         initializer_count=initializer_count,
         params=params,
         bytes_by_dtype=bytes_by_dtype,

@@ -34,7 +34,7 @@ from spa.pruning.plan import Plan
 from spa.pruning.sensitivity import FRAGILE_DISTORTION, SENSITIVITY_SAMPLES
 from spa.stats import report as reporting
 from spa.stats.change import ChangeShare, change_share
-from spa.stats.inspect import human_count
+from spa.stats.inspect import human_count, value_info
 from spa.verify import AllClose, Policy, VerifyResult
 from spa.verify.mask import verify_masked
 from spa.verify.quality import quality_verdict
@@ -217,18 +217,14 @@ def prune_model(
     )
 
 
-def _declared(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in value.type.tensor_type.shape.dim]
-
-
 def interface_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict[str, Any]]:
     """Graph inputs and outputs whose fixed sizes the prune changed (``--prunable-io``: a KV
     cache that lost heads), as ``{"name", "before", "after"}``; a symbolic dim renamed by
     shape inference (``total`` -> ``past + seq``) is no change."""
     found = []
-    old = {v.name: _declared(v) for v in (*before.graph.input, *before.graph.output)}
+    old = {v.name: list(value_info(v).shape or ()) for v in (*before.graph.input, *before.graph.output)}
     for value in (*after.graph.input, *after.graph.output):
-        was, now = old.get(value.name), _declared(value)
+        was, now = old.get(value.name), list(value_info(value).shape or ())
         if was is None or (len(was) == len(now) and all(
             a == b or isinstance(a, str) or isinstance(b, str) for a, b in zip(was, now, strict=True)
         )):  # fmt: skip
