@@ -105,8 +105,8 @@ def main() -> int:
     flags = "".join(f" --{flag}" for flag in ("dynamo", "slice", "search") if getattr(args, flag))
     intro = (f"Written by `python models/sweep_timm.py{flags}` (random weights, {exporter}, "
              "`spa prune --ratio 0.25 --verify`, l1 criterion; mask equivalence against the input; a subset "
-             "re-run keeps the other rows, so the slice and search columns are filled where the last run "
-             "asked for them).")
+             "re-run keeps the other rows, so the slice column is filled where a run asked for it; --search "
+             "writes its own table).")
     columns = [("model", "name"), ("result", "status"), ("params", "params"), ("MACs", "macs"),
                ("groups pruned", "groups"), ("detail", "detail"),
                ("spa slice --ratio 0.25 (--slice)", "slice"),
