@@ -226,6 +226,25 @@ def test_gqsa_column_ownership_edge_cases(tmp_path: Path, asan_build: Path) -> N
     assert len(rows) == len(cases) * 2 * 3 and all(verdict == "PASSED" for verdict, *_ in rows)
 
 
+def test_gqsa_fast_steps_at_column_lengths_around_the_step(tmp_path: Path, asan_build: Path) -> None:
+    """A warp adds the 32-entry steps that lie inside one column without a
+    scan (each lane's own sums) and reduces them where the column ends: column
+    lengths on both sides of 32 and 64 entries (one step, a pair of steps),
+    longer than a warp's share of 128, next to empty and one-entry columns, at
+    every group size (each loads its value words with its own width: 4, 8,
+    16 and 2 x 16 B), M up to an 8-row pass plus a remainder."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    lengths = [0, 1, 31, 32, 33, 63, 64, 65, 96, 97, 128, 129, 200, 255, 256, 7]
+    counts = dict(enumerate(lengths))
+    lines = [write_gqsa_case(folder, gqsa_structure(256 * g, len(lengths), g, counts, g), f"fast_g{g}") for g in (8, 16, 32, 64)]
+    (folder / "cases.txt").write_text("\n".join(lines) + "\n")
+    run = emulate(folder, asan_build, "--m", "1,2,8,11", *tolerances())
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    assert len(rows) == 4 * 2 * 4 and all(verdict == "PASSED" for verdict, *_ in rows)
+
+
 def test_mma_sp_probe_decodes_the_emulated_metadata_reading(tmp_path: Path) -> None:
     """plugins/bench/mma_sp_probe asks the tensor cores how they read the
     mma.sp metadata (run_gpu.sh runs it first). On the emulation, which

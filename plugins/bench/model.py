@@ -30,6 +30,9 @@ launch cost t0), with an L1 capacity term for the gathered activations:
 
     T = t0 + passes * nnz_g * (per_entry + per_token * (m - 1)) * (1 + l1 * max(0, m * K / 1e5 - 1))
 
+(the committed kernel: per_entry and per_token scaled by its static SASS at
+the shape's share of scan steps, gqsa_ratios, each above an L1 floor).
+
 Predictions are for the kernels as committed (`KERNELS` names the state they
 model); a kernel change that the model does not describe leaves them stale.
 """
@@ -54,7 +57,7 @@ KERNELS = ("w4a16 and w4_sp24: 8-warp CTAs sharing one activation stage, 128-bit
            "(slabs + arrival counters kept by the caller: no memset, no finalize, no FP32 atomics), scales staged "
            "by cp.async with the weights, "
            "two mma chains at MT <= 2 (W-2), launch table L1 with wave splits at M <= 16 (wave_splits). w4_gqsa: as measured, but the dequant "
-           "without I2F and FP16 products in half2 FMA chains (GQSA_ENTRY_RATIO, GQSA_TOKEN_RATIO)")
+           "without I2F, FP16 products in half2 FMA chains and fast steps inside a column without a scan (gqsa_ratios)")
 # W-2 (scales staged by cp.async, two mma chains) is not measured yet: the
 # serial chain per group is assumed to fall to this fraction of the calibrated
 # value (diagnosis.md §2.5 estimates 0.74 -> 0.30-0.35 µs; 0.55 is the
@@ -113,22 +116,36 @@ V2_REGS = {"w4a16": {1: 80, 2: 79, 4: 97, 8: 128}, "w4_sp24": {1: 80, 2: 77, 4: 
 SPLIT_COUNTERS = 0.5
 KEPT_COUNTERS = True
 # w4_gqsa as committed: the dequant without I2F, two steps of register
-# prefetch, and (FP16) the group's pairs scaled once by HMUL2 and each token's
-# 16 products in half2 FMA chains (8 HFMA2 where FP32 took 16 conversions and
-# 16 FFMA), every token's row pinned in a register and no token behind a
-# branch. Static loop of gemv_kernel<half, 16, MB> (sass_budget.py), against
-# the measured source (0d36e8a): 330.7 per KB at MB = 1 (measured 464) and
-# 1077.3 at MB = 8 (measured 1850.7), so 106.7 per KB per extra token
-# (measured 198.1). The fitted per-entry cost (the M = 1 part) and per-token
-# cost are scaled by those ratios. An assumption, like V2_PER_KB: that the
-# fitted "effective" instructions shrink with the real ones. The model is
-# issue-bound only: the latency the prefetch, the shorter prologue and the
-# loads issued together for every token (the branch per token had serialized
-# each token's load and its math) remove has no term (ncu on the measured
-# kernel: long-scoreboard stalls 57 % of the cycles per instruction), so
-# their effect is for the next run to show.
-GQSA_ENTRY_RATIO = 330.7 / 464
-GQSA_TOKEN_RATIO = (1077.3 - 330.7) / (1850.7 - 464)
+# prefetch, (FP16) the group's pairs scaled once by HMUL2 and each token's
+# 16 products in half2 FMA chains, every token's row pinned in a register,
+# value words in one 8- or 16-B load per entry, and two kinds of 32-entry
+# steps: a fast step (inside one column, not its end: each lane adds to its
+# own sums, no scan, no column walk) and a scan step (a column ends in it:
+# the segmented scan, plus the fold of the lanes' sums). Static loops of
+# gemv_kernel<half, 16, MB> (sass_budget.py; the scan step's from a build
+# with the fast steps switched off), per KB at MB = 1 and 8, against the
+# measured source (0d36e8a: every step a scan step, 464 and 1850.7):
+GQSA_MEASURED_PER_KB = (464.0, 1850.7)
+GQSA_FAST_PER_KB = (148.7, 470.7)
+GQSA_SCAN_PER_KB = (425.3, 1640.0)
+# The fitted per-entry (M = 1) and per-token costs are scaled by the static
+# ratios at the shape's share of scan steps, about one per column: a column of
+# C = 0.5 K / g kept entries takes C / 32 steps (gqsa_ratios). An assumption,
+# like V2_PER_KB: that the fitted "effective" instructions shrink with the
+# real ones. The model is issue-bound only, with an L1 floor under both costs
+# (GQSA_L1_US: every token's 16 activations, 32 B per 16 weights, gathered
+# through L1 at 128 B per clock and SM) that the fast step's per-token cost
+# nearly reaches (1.09 against 0.96 us per million entries at g = 16): a
+# CUDA-core GQSA kernel at M = 8 is near its L1 bound.
+GQSA_L1_US = 32 / (128 * 1980 * SMS) * 1e6  # us per million (entry, token) of 16 weights
+
+
+def gqsa_ratios(k: int, g: int, kept: float = 0.5) -> tuple[float, float]:
+    """(per-entry, per-token) cost ratios of the committed w4_gqsa against the measured one at a
+    shape whose columns keep ``kept`` of their K / g groups: scan steps are min(1, 32 / C) of all."""
+    scan = min(1.0, 32 / max(1.0, kept * k / g))
+    m1, m8 = ((1 - scan) * fast + scan * slow for fast, slow in zip(GQSA_FAST_PER_KB, GQSA_SCAN_PER_KB))
+    return m1 / GQSA_MEASURED_PER_KB[0], (m8 - m1) / (GQSA_MEASURED_PER_KB[1] - GQSA_MEASURED_PER_KB[0])
 # w4_gqsa_tile (tile-shared GQSA on tensor cores): w4a16's skeleton, each
 # stage two 128-k slabs (256 k) holding `keep` kept groups of 16 per slab and
 # warp: 2 x (keep x (128 B of fragments + 32 B of scales) + 4 B of positions).
@@ -290,13 +307,14 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     return t * chunks
 
 
-def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA, entry_ratio: float = 1.0,
-              token_ratio: float = 1.0) -> float:
-    """One call's time; entry_ratio and token_ratio scale the per-entry and per-token costs
-    (GQSA_ENTRY_RATIO, GQSA_TOKEN_RATIO: the current kernel; 1.0: the measured one)."""
+def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA, current: bool = False) -> float:
+    """One call's time: of the measured kernel, or with ``current`` of the committed one (costs scaled
+    by gqsa_ratios, each above the L1 floor GQSA_L1_US, as a smooth maximum)."""
     c = dict(p[g])
-    c["per_entry"] *= entry_ratio
-    c["per_token"] *= token_ratio
+    if current:
+        entry_ratio, token_ratio = gqsa_ratios(k, g)
+        for key, ratio in (("per_entry", entry_ratio), ("per_token", token_ratio)):
+            c[key] = ((c[key] * ratio) ** 4 + GQSA_L1_US**4) ** 0.25
     nnz_m = 0.5 * (k // g) * n / 1e6
     t = c["t0"]
     for m0 in range(0, m, 8):
@@ -340,7 +358,7 @@ def launch_plan(kernel: str, k: int, n: int, m: int, slices: int = 0, split_k: i
 
 def predict_row(kernel: str, k: int, n: int, m: int, g: int = 128, slices: int = 0, split_k: int = 0) -> float:
     if kernel == "w4_gqsa":
-        return gqsa_time(k, n, m, g, entry_ratio=GQSA_ENTRY_RATIO, token_ratio=GQSA_TOKEN_RATIO)
+        return gqsa_time(k, n, m, g, current=True)
     s, splits, _ = launch_plan(kernel, k, n, m, slices, split_k)
     return dense_time(kernel, k, n, m, s, splits, chain_factor=CHAIN_AFTER_W2, v2=True)
 

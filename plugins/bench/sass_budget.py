@@ -6,7 +6,8 @@ nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm).
 
 For every instantiation of every kernel (sm_90 cubin):
   * the steady-state loop: the loop (backward branch) holding the most math
-    instructions (HMMA for w4a16 / w4_sp24, FFMA + HFMA2 for w4_gqsa), its
+    instructions (HMMA for w4a16 / w4_sp24 / w4_gqsa_tile; for w4_gqsa the
+    innermost loop holding FFMA / HFMA2: its steps inside one column), its
     static instruction count, and from the math it holds the weight bytes
     one pass of it streams: instructions per KB of weights, the static proxy
     for the issue ceiling the H200 run measured (diagnosis.md §1, §7);
@@ -108,8 +109,10 @@ def load_width(opcode: str) -> int:
     return 4 if ".128" in opcode else 2 if ".64" in opcode else 1
 
 
-def main_loop(body: list[Instr], math: tuple[str, ...]) -> tuple[int, int] | None:
-    """(first, last) indices of the loop holding the most math instructions (innermost on ties)."""
+def main_loop(body: list[Instr], math: tuple[str, ...], innermost: bool = False) -> tuple[int, int] | None:
+    """(first, last) indices of the loop holding the most math instructions (innermost on ties);
+    ``innermost``: of the innermost loop holding math and 16-bit loads (w4_gqsa's fast steps,
+    which stream entries and their group indices, inside the loop that also holds its scan steps)."""
     index = {ins.addr: i for i, ins in enumerate(body)}
     best: tuple[int, int, int] | None = None  # (math count, -span, first) ...
     loops = []
@@ -122,7 +125,9 @@ def main_loop(body: list[Instr], math: tuple[str, ...]) -> tuple[int, int] | Non
                     loops.append((start, i))
     for start, end in loops:
         count = sum(1 for ins in body[start : end + 1] if ins.opcode.startswith(math))
-        key = (count, -(end - start), start)
+        if innermost and not any(ins.opcode.startswith("LDG") and ins.opcode.endswith(".U16") for ins in body[start : end + 1]):
+            continue  # w4_gqsa: a loop that streams entries loads their 16-bit group indices
+        key = (0 if innermost else count, -(end - start), start)
         if count and (best is None or key > best):
             best = key
     if best is None:
@@ -255,7 +260,7 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 continue
             kernel, args = named
             report = Report(function, kernel, args)
-            loop = main_loop(body, MATH[kernel])
+            loop = main_loop(body, MATH[kernel], innermost=kernel == "w4_gqsa")
             if loop is not None:
                 part = body[loop[0] : loop[1] + 1]
                 report.loop = (part[0].addr, part[-1].addr)

@@ -538,6 +538,10 @@ template <typename T>
 T __shfl_down_sync(unsigned mask, T value, unsigned delta) {
   return spa_emu::shuffle(mask, value, [delta](int lane) { return lane + static_cast<int>(delta); });
 }
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  return spa_emu::shuffle(mask, value, [lane_mask](int lane) { return lane ^ lane_mask; });
+}
 
 // A warp vote: bit l of the result is lane l's predicate (full mask only).
 inline unsigned __ballot_sync(unsigned mask, bool predicate) {

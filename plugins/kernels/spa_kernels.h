@@ -96,7 +96,8 @@ cudaError_t spa_w4_sp24_gemm_ex(const void* A, const int32_t* values, const uint
  * group_idx : uint16 [nnz]     group index b of each entry (k in [b*g, (b+1)*g))
  * row_ptr : int32  [N+1]       entries of output column n: row_ptr[n] .. row_ptr[n+1]-1
  * scales  : fp16   [nnz]
- * Requires g in {8, 16, 32, 64}, K % g == 0, K/g <= 65536. Each column is
+ * Requires g in {8, 16, 32, 64}, K % g == 0, K/g <= 65536, values aligned to
+ * min(16, g/2) bytes (cudaMalloc's 256 B are). Each column is
  * summed by one warp and written directly: the workspace size is 0 and the
  * workspace arguments are ignored (kept for a uniform plugin interface). */
 size_t spa_w4_gqsa_workspace_size(int M, int N, int K);

@@ -16,7 +16,10 @@
 // dependent loads where a binary search took 14), a lane its first column by
 // a binary search over the warp's few columns, then it walks row_ptr. A segmented warp scan sums lanes of one column, a carry takes
 // a column across steps, and the lane holding a column's last entry writes
-// Y directly: no workspace, no memset, no finalize launch. Activations are
+// Y directly: no workspace, no memset, no finalize launch. A step whose 32
+// entries lie inside one column and do not end it (most steps: a column of
+// C entries takes C / 32) skips the scan: each lane adds to its own sums,
+// which join the column's carry at the next step a column ends in. Activations are
 // gathered through L1 (A is at most 8 x K per pass, reused by every column).
 // FP16 multiplies in half2 (pre-scaled weights, chains of 16 products, sums
 // in FP32: fp16_products); BF16 in FP32.
@@ -90,7 +93,7 @@ __device__ __forceinline__ void first_columns_from(const int32_t* __restrict__ r
   n1 = lo[1];
 }
 
-// FP16 products of one entry (G weights) with MB tokens, into acc[m]:
+// FP16 products of one entry (G weights) with MB tokens, added to acc[m]:
 // the entry's pairs are dequantized (exact) and scaled once (HMUL2: q * s
 // rounded once to FP16, as the tile kernel does), then each token's products
 // run in half2 FMA chains of at most 16 weights (8 per half), each chain
@@ -103,34 +106,92 @@ __device__ __forceinline__ void fp16_products(const Fetched& f, const __half* a_
   constexpr int kWords = sizeof(f.words) / sizeof(f.words[0]);
   constexpr int kChain = kWords < 2 ? kWords : 2;  // words per FP16 chain (16 weights)
   const __half2 s2 = __half2half2(f.scale);
-  __half2 w[kWords][4];
 #pragma unroll
-  for (int i = 0; i < kWords; ++i) {
-    uint32_t pairs[4];
-    dequant8_fast<__half>(f.words[i], pairs);
+  for (int c = 0; c < kWords; c += kChain) {  // one chain's weights live at a time (registers at g = 64)
+    __half2 w[kChain][4];
 #pragma unroll
-    for (int p = 0; p < 4; ++p) w[i][p] = __hmul2(*reinterpret_cast<const __half2*>(&pairs[p]), s2);
-  }
+    for (int i = 0; i < kChain; ++i) {
+      uint32_t pairs[4];
+      dequant8_fast<__half>(f.words[c + i], pairs);
 #pragma unroll
-  for (int m = 0; m < MB; ++m) {
+      for (int p = 0; p < 4; ++p) w[i][p] = __hmul2(*reinterpret_cast<const __half2*>(&pairs[p]), s2);
+    }
 #pragma unroll
-    for (int c = 0; c < kWords; c += kChain) {
+    for (int m = 0; m < MB; ++m) {
       __half2 h = __float2half2_rn(0.f);
 #pragma unroll
-      for (int i = c; i < c + kChain; ++i) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(a_group + a_row[m] + i * 8);
+      for (int i = 0; i < kChain; ++i) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(a_group + a_row[m] + (c + i) * 8);
         const __half2* x = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
         for (int p = 0; p < 4; ++p) h = __hfma2(w[i][p], x[p], h);
       }
       const float2 sum = __half22float2(h);
-      acc[m] = c == 0 ? sum.x + sum.y : acc[m] + (sum.x + sum.y);
+      acc[m] += sum.x + sum.y;
+    }
+  }
+}
+
+// BF16 products of one entry, added to acc[m]: the magic-number dequant of
+// w4a16 (exact 16-bit pairs, no I2F), each pair widened to FP32 (a shift),
+// FP32 FMAs, the entry's scale applied once per token (BF16 products summed
+// in BF16 would keep 8 bits).
+template <typename T, int MB, typename Fetched>
+__device__ __forceinline__ void fp32_products(const Fetched& f, const T* a_group, const int (&a_row)[MB],
+                                              float (&acc)[MB]) {
+  constexpr int kWords = sizeof(f.words) / sizeof(f.words[0]);
+  float sum[MB];
+#pragma unroll
+  for (int m = 0; m < MB; ++m) sum[m] = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWords; ++w) {
+    uint32_t pairs[4];
+    dequant8<T>(f.words[w], pairs);
+    float q[8];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const T* h = reinterpret_cast<const T*>(&pairs[p]);
+      q[2 * p] = Elem<T>::to_float(h[0]);
+      q[2 * p + 1] = Elem<T>::to_float(h[1]);
+    }
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+      float x[8];
+      load8<T>(a_group + a_row[m] + w * 8, x);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum[m] = fmaf(q[i], x[i], sum[m]);
+    }
+  }
+  const float scale = __half2float(f.scale);
+#pragma unroll
+  for (int m = 0; m < MB; ++m) acc[m] = fmaf(sum[m], scale, acc[m]);
+}
+
+// An entry's value words (G / 8 of them, contiguous): one 4-, 8- or 16-B
+// load each (the entry's words are aligned to their size: spa_w4_gqsa_gemm
+// checks the pointer).
+template <int kWords>
+__device__ __forceinline__ void load_words(const uint32_t* __restrict__ p, uint32_t (&out)[kWords]) {
+  if constexpr (kWords == 1) {
+    out[0] = __ldcs(p);
+  } else if constexpr (kWords == 2) {
+    const uint2 v = __ldcs(reinterpret_cast<const uint2*>(p));
+    out[0] = v.x;
+    out[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWords / 4; ++i) {
+      const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p) + i);
+      out[4 * i] = v.x;
+      out[4 * i + 1] = v.y;
+      out[4 * i + 2] = v.z;
+      out[4 * i + 3] = v.w;
     }
   }
 }
 
 template <typename T, int G, int MB>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)  // <= 128 registers: two CTAs per SM
     gemv_kernel(const T* __restrict__ a_ptr,             // [rows, K] (this pass)
                 const uint32_t* __restrict__ values,     // [nnz, G/8]
                 const uint16_t* __restrict__ group_idx,  // [nnz]
@@ -167,6 +228,7 @@ __global__ void __launch_bounds__(kThreads)
         if (m < rows) y[static_cast<size_t>(m) * N + n] = Elem<T>::from_float(0.f);
     }
   }
+  if (e_begin >= e_end) return;
 
   // Each token's row of A, as an offset; rows past `rows` read the last row
   // again (their sums are never stored), so no token is guarded by a branch
@@ -181,18 +243,10 @@ __global__ void __launch_bounds__(kThreads)
     a_row[m] = static_cast<int>(offset);
   }
 
-  int row = find_row(row_ptr, n_begin, n_end - 1, min(e_begin + lane, max(e_end - 1, 0)));
-  int carry_key = -1;
-  float carry[MB];
-#pragma unroll
-  for (int m = 0; m < MB; ++m) carry[m] = 0.f;
-
   // Register prefetch, two steps in flight: each step's group index, scale
-  // and value words are loaded during the step before it (the measured kernel
-  // issued them at the top of their own step and waited; its second value
-  // word even after the first word's FMAs), so a step's only wait is the
-  // activation gather that depends on its index. Two register sets take
-  // turns (the loop body holds two steps), so nothing is copied between them.
+  // and value words are loaded during the step before it, so a step's only
+  // wait is the activation gather that depends on its index. Two register
+  // sets take turns (the loop body holds two steps): nothing is copied.
   struct Fetched {
     uint32_t words[kWords];
     int b;
@@ -202,52 +256,59 @@ __global__ void __launch_bounds__(kThreads)
     if (e < e_end) {
       f.b = __ldcs(group_idx + e);
       f.scale = __ldcs(scales + e);
-#pragma unroll
-      for (int w = 0; w < kWords; ++w) f.words[w] = __ldcs(values + static_cast<size_t>(e) * kWords + w);
+      load_words<kWords>(values + static_cast<size_t>(e) * kWords, f.words);
     }
   };
-  int last = __ldg(row_ptr + row + 1);  // one past the last entry of this lane's column `row`
+  auto products = [&](const Fetched& f, float (&acc)[MB]) {
+    const T* a_group = a_ptr + static_cast<size_t>(f.b) * G;
+    if constexpr (std::is_same_v<T, __half>) {
+      fp16_products<MB>(f, a_group, a_row, acc);
+    } else {
+      fp32_products<T, MB>(f, a_group, a_row, acc);
+    }
+  };
 
-  // One step: the 32 entries from `base`, one per lane (uniform over the warp).
-  auto step = [&](int base, const Fetched& f) {
+  // The open column: the column of the next step's first entry (uniform over
+  // the warp). A step of 32 entries (one per lane) that lies inside it and
+  // does not end it (base + 32 < open_end) is a fast step: each lane adds its
+  // products to its own sums of that column (priv), no shuffle, no column
+  // walk. The other steps (a column ends in them) run the segmented scan; the
+  // lanes' private sums join the carry there, so each column costs one
+  // reduction across the warp, not one per step (a column of C entries takes
+  // about C / 32 steps, and a step with a column's end about one of them).
+  int open_col = find_row(row_ptr, n_begin, n_end - 1, e_begin);
+  int open_end = __ldg(row_ptr + open_col + 1);
+  float priv[MB], carry[MB];
+  int carry_key = -1;
+#pragma unroll
+  for (int m = 0; m < MB; ++m) priv[m] = carry[m] = 0.f;
+
+  // A step in which a column ends: the 32 entries from `base`, one per lane.
+  auto scan_step = [&](int base, const Fetched& f) {
+    // The open column's private sums (every lane's fast steps) join its
+    // carry first (their registers are free for the step's own sums).
+    if (carry_key != open_col) {
+#pragma unroll
+      for (int m = 0; m < MB; ++m) carry[m] = 0.f;
+    }
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+      float s = priv[m];
+#pragma unroll
+      for (int offset = 16; offset >= 1; offset /= 2) s += __shfl_xor_sync(full, s, offset);
+      carry[m] += s;
+      priv[m] = 0.f;
+    }
+    carry_key = open_col;
     const int e = base + lane;
     const bool valid = e < e_end;
+    int row = open_col, last = open_end;  // one past the last entry of column `row`
     float acc[MB];
 #pragma unroll
     for (int m = 0; m < MB; ++m) acc[m] = 0.f;
     if (valid) {
       while (last <= e) last = __ldg(row_ptr + ++row + 1);
-      const T* a_group = a_ptr + static_cast<size_t>(f.b) * G;
-      if constexpr (std::is_same_v<T, __half>) {
-        fp16_products<MB>(f, a_group, a_row, acc);
-      } else {
-#pragma unroll
-        for (int w = 0; w < kWords; ++w) {
-          // BF16: the magic-number dequant of w4a16 (exact 16-bit pairs, no
-          // I2F), each pair widened to FP32 (a shift), FP32 FMAs, the scale
-          // applied once per entry: BF16 products summed in BF16 would keep
-          // 8 bits.
-          uint32_t pairs[4];
-          dequant8<T>(f.words[w], pairs);
-          float q[8];
-#pragma unroll
-          for (int p = 0; p < 4; ++p) {
-            const T* h = reinterpret_cast<const T*>(&pairs[p]);
-            q[2 * p] = Elem<T>::to_float(h[0]);
-            q[2 * p + 1] = Elem<T>::to_float(h[1]);
-          }
-#pragma unroll
-          for (int m = 0; m < MB; ++m) {
-            float x[8];
-            load8<T>(a_group + a_row[m] + w * 8, x);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) acc[m] = fmaf(q[i], x[i], acc[m]);
-          }
-        }
-        const float scale = __half2float(f.scale);
-#pragma unroll
-        for (int m = 0; m < MB; ++m) acc[m] *= scale;
-      }
+      products(f, acc);
     }
     // Segmented inclusive scan over lanes of the same column (columns are
     // sorted, so equal keys are contiguous and sums never cross a segment).
@@ -261,7 +322,7 @@ __global__ void __launch_bounds__(kThreads)
         if (lane >= offset && other == key) acc[m] += v;
       }
     }
-    // The column continued from the previous step (lanes 0.. of it) adds the carry.
+    // The open column (lanes 0.. of it) adds the carry.
     if (key == carry_key) {
 #pragma unroll
       for (int m = 0; m < MB; ++m) acc[m] += carry[m];
@@ -275,11 +336,29 @@ __global__ void __launch_bounds__(kThreads)
     carry_key = __shfl_sync(full, key, 31);
 #pragma unroll
     for (int m = 0; m < MB; ++m) carry[m] = __shfl_sync(full, acc[m], 31);
+    open_col = __shfl_sync(full, row, 31);  // lane 31's column (the warp ends here if it is not valid)
+    open_end = __shfl_sync(full, last, 31);
+  };
+  auto step = [&](int base, const Fetched& f) {
+    while (open_end <= base) open_end = __ldg(row_ptr + ++open_col + 1);  // uniform
+    if (base + 32 < open_end) {
+      products(f, priv);
+    } else {
+      scan_step(base, f);
+    }
   };
 
   Fetched even{}, odd{};
   fetch(even, e_begin + lane);
   for (int base = e_begin; base < e_end; base += 64) {  // uniform over the warp
+    // The steady state: pairs of fast steps while both lie inside the open column.
+    while (base + 64 < open_end) {
+      fetch(odd, base + 32 + lane);
+      products(even, priv);
+      fetch(even, base + 64 + lane);
+      products(odd, priv);
+      base += 64;
+    }
     fetch(odd, base + 32 + lane);
     step(base, even);
     if (base + 32 >= e_end) break;
@@ -363,6 +442,8 @@ extern "C" cudaError_t spa_w4_gqsa_gemm(const void* A, const uint32_t* values,
               "w4_gqsa: group_size must be 8, 16, 32 or 64");
   SPA_REQUIRE(K % group_size == 0, "w4_gqsa: K must be a multiple of group_size");
   SPA_REQUIRE(K / group_size <= 65536, "w4_gqsa: K / group_size must be <= 65536 (uint16 group index)");
+  SPA_REQUIRE(reinterpret_cast<uintptr_t>(values) % std::min(16, group_size / 2) == 0,
+              "w4_gqsa: values must be aligned to min(16, group_size / 2) bytes (an entry's words are one load)");
   SPA_REQUIRE(dtype == SPA_FP16 || dtype == SPA_BF16, "w4_gqsa: dtype must be SPA_FP16 or SPA_BF16");
   if (dtype == SPA_FP16)
     return spa::gqsa::run<__half>(A, values, group_idx, row_ptr, scales, Y, M, N, K, group_size, nnz, stream);
