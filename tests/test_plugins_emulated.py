@@ -245,6 +245,22 @@ def test_gqsa_fast_steps_at_column_lengths_around_the_step(tmp_path: Path, asan_
     assert len(rows) == 4 * 2 * 4 and all(verdict == "PASSED" for verdict, *_ in rows)
 
 
+def test_gqsa_passes_narrow_where_a_pass_overflows_l1(tmp_path: Path, asan_build: Path) -> None:
+    """Where 8 rows x K of activations would overflow L1 the launcher runs
+    passes of 4 (K = 16384) or 2 rows (K = 28672), every full pass in one
+    launch (blockIdx.y) and the remainder in a second."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    lengths = [5, 300, 0, 700, 64, 1]
+    counts = dict(enumerate(lengths))
+    lines = [write_gqsa_case(folder, gqsa_structure(k, len(lengths), 16, counts, k), f"pass_k{k}") for k in (16384, 28672)]
+    (folder / "cases.txt").write_text("\n".join(lines) + "\n")
+    run = emulate(folder, asan_build, "--m", "1,3,9", *tolerances())
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = results(run.stdout)
+    assert len(rows) == 2 * 2 * 3 and all(verdict == "PASSED" for verdict, *_ in rows)
+
+
 def test_mma_sp_probe_decodes_the_emulated_metadata_reading(tmp_path: Path) -> None:
     """plugins/bench/mma_sp_probe asks the tensor cores how they read the
     mma.sp metadata (run_gpu.sh runs it first). On the emulation, which
@@ -308,7 +324,8 @@ def load_bench_module(name: str):  # type: ignore[no-untyped-def]
 def test_timing_model_mirrors_the_launchers_split_plan(tmp_path: Path) -> None:
     """plugins/bench/model.py predicts the next GPU run with its own copy of
     plan_split; it must choose what the C++ launchers choose, on 132 and 108 SMs, with the
-    occupancy the launchers query (2 or 3 CTAs per SM: wave_splits up to M = 16) or without."""
+    occupancy the launchers query (2 or 3 CTAs per SM: wave_splits up to M = 16) or without;
+    and w4_gqsa's rows per pass."""
     model = load_bench_module("model")
     binary = tmp_path / "plan_dump"
     cuda = next(root for root in (Path(shutil.which("nvcc") or "/x").resolve().parents[1], Path("/usr/local/cuda"))
@@ -329,3 +346,10 @@ def test_timing_model_mirrors_the_launchers_split_plan(tmp_path: Path) -> None:
         got = [tuple(map(int, line.split())) for line in run.stdout.splitlines()]
         want = [model.plan_split(m, t, g, s, p, bool(ws), sms=sms, ctas_per_sm=c) for m, t, g, s, p, ws, c in inputs]
         assert got == want
+    # w4_gqsa's rows per pass (gqsa_pass_rows), on both sides of each halving
+    ks = [8, 4096, 11008, 12500, 12501, 13824, 25000, 25001, 28672, 50000, 50001, 100000, 100001, 524288]
+    run = subprocess.run([str(binary), "--gqsa-pass-rows"], input="".join(f"{k}\n" for k in ks), capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert [int(x) for x in run.stdout.split()] == [model.gqsa_pass_rows(k) for k in ks]
+    assert [model.gqsa_pass_rows(k) for k in (11008, 13824, 28672, 100001)] == [8, 4, 2, 1]

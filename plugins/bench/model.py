@@ -25,8 +25,9 @@ Launch plans follow the launchers' own
 `plan_split` (mirrored in `plan_split` below; a test compares the two).
 
 w4_gqsa: issue bound at every M (ncu: instructions = a + b * (M - 1)), one
-pass per 8 rows (all full passes in one launch, the rest in a second: one
-launch cost t0), with an L1 capacity term for the gathered activations:
+pass per 8 rows (the committed launcher: per gqsa_pass_rows(K) rows; all
+full passes in one launch, the rest in a second: one launch cost t0), with
+an L1 capacity term for the gathered activations:
 
     T = t0 + passes * nnz_g * (per_entry + per_token * (m - 1)) * (1 + l1 * max(0, m * K / 1e5 - 1))
 
@@ -57,7 +58,8 @@ KERNELS = ("w4a16 and w4_sp24: 8-warp CTAs sharing one activation stage, 128-bit
            "(slabs + arrival counters kept by the caller: no memset, no finalize, no FP32 atomics), scales staged "
            "by cp.async with the weights, "
            "two mma chains at MT <= 2 (W-2), launch table L1 with wave splits at M <= 16 (wave_splits). w4_gqsa: as measured, but the dequant "
-           "without I2F, FP16 products in half2 FMA chains and fast steps inside a column without a scan (gqsa_ratios)")
+           "without I2F, FP16 products in half2 FMA chains, fast steps inside a column without a scan (gqsa_ratios) and "
+           "passes of gqsa_pass_rows(K) rows")
 # W-2 (scales staged by cp.async, two mma chains) is not measured yet: the
 # serial chain per group is assumed to fall to this fraction of the calibrated
 # value (diagnosis.md §2.5 estimates 0.74 -> 0.30-0.35 µs; 0.55 is the
@@ -144,8 +146,10 @@ def gqsa_ratios(k: int, g: int, kept: float = 0.5) -> tuple[float, float]:
     """(per-entry, per-token) cost ratios of the committed w4_gqsa against the measured one at a
     shape whose columns keep ``kept`` of their K / g groups: scan steps are min(1, 32 / C) of all."""
     scan = min(1.0, 32 / max(1.0, kept * k / g))
-    m1, m8 = ((1 - scan) * fast + scan * slow for fast, slow in zip(GQSA_FAST_PER_KB, GQSA_SCAN_PER_KB))
+    m1, m8 = ((1 - scan) * fast + scan * slow for fast, slow in zip(GQSA_FAST_PER_KB, GQSA_SCAN_PER_KB, strict=True))
     return m1 / GQSA_MEASURED_PER_KB[0], (m8 - m1) / (GQSA_MEASURED_PER_KB[1] - GQSA_MEASURED_PER_KB[0])
+
+
 # w4_gqsa_tile (tile-shared GQSA on tensor cores): w4a16's skeleton, each
 # stage two 128-k slabs (256 k) holding `keep` kept groups of 16 per slab and
 # warp: 2 x (keep x (128 B of fragments + 32 B of scales) + 4 B of positions).
@@ -307,18 +311,28 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     return t * chunks
 
 
+def gqsa_pass_rows(k: int) -> int:
+    """spa_device.cuh gqsa_pass_rows: w4_gqsa's rows per pass, 8 halved while rows x K > 100000."""
+    rows = 8
+    while rows > 1 and rows * k > 100000:
+        rows //= 2
+    return rows
+
+
 def gqsa_time(k: int, n: int, m: int, g: int, p: dict[int, dict[str, float]] = GQSA, current: bool = False) -> float:
-    """One call's time: of the measured kernel, or with ``current`` of the committed one (costs scaled
-    by gqsa_ratios, each above the L1 floor GQSA_L1_US, as a smooth maximum)."""
+    """One call's time: of the measured kernel (passes of 8 rows), or with ``current`` of the committed
+    one (passes of gqsa_pass_rows; costs scaled by gqsa_ratios, each above the L1 floor GQSA_L1_US,
+    as a smooth maximum)."""
     c = dict(p[g])
+    width = gqsa_pass_rows(k) if current else 8
     if current:
         entry_ratio, token_ratio = gqsa_ratios(k, g)
         for key, ratio in (("per_entry", entry_ratio), ("per_token", token_ratio)):
             c[key] = ((c[key] * ratio) ** 4 + GQSA_L1_US**4) ** 0.25
     nnz_m = 0.5 * (k // g) * n / 1e6
     t = c["t0"]
-    for m0 in range(0, m, 8):
-        rows = min(8, m - m0)
+    for m0 in range(0, m, width):
+        rows = min(width, m - m0)
         cliff = 1 + c["l1"] * max(0.0, rows * k / 1e5 - 1)
         t += nnz_m * (c["per_entry"] + c["per_token"] * (rows - 1)) * cliff * (g / 16)
     return t

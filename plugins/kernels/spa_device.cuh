@@ -600,6 +600,19 @@ inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted,
   return SplitPlan{slices, (n_groups + gps - 1) / gps, gps};
 }
 
+// w4_gqsa's rows per pass: 8, halved while the pass's activations (rows x K,
+// gathered through L1 by every column) exceed 100000 elements (200 KB in
+// FP16 or BF16, L1 holds 256 KB). The 2026-12-04 H200 run (results.json,
+// g = 16): at K = 28672 one pass of 8 rows took 996 us, of 4 rows 464, of 2
+// rows 187 (four passes of 2: 749); at K = 13824 one of 8 took 204, of 4 88
+// (two: 177); at K <= 11008 8 rows were best or level. This rule picks 2, 4
+// and 8 there.
+inline int gqsa_pass_rows(int K) {
+  int rows = 8;
+  while (rows > 1 && static_cast<long long>(rows) * K > 100000) rows /= 2;
+  return rows;
+}
+
 // Column blocks of the 8-warp kernels (8 tiles of 16 columns each): one
 // arrival counter each.
 inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }

@@ -20,7 +20,8 @@
 // entries lie inside one column and do not end it (most steps: a column of
 // C entries takes C / 32) skips the scan: each lane adds to its own sums,
 // which join the column's carry at the next step a column ends in. Activations are
-// gathered through L1 (A is at most 8 x K per pass, reused by every column).
+// gathered through L1 (a pass's rows of A, reused by every column: 8 rows,
+// fewer where 8 x K would overflow L1, gqsa_pass_rows).
 // FP16 multiplies in half2 (pre-scaled weights, chains of 16 products, sums
 // in FP32: fp16_products); BF16 in FP32.
 #include <algorithm>
@@ -34,7 +35,6 @@ namespace gqsa {
 
 constexpr int kThreads = 256;
 constexpr int kEntriesPerWarp = 128;           // a warp's share of nnz
-constexpr int kTokensPerPass = 8;              // M is processed 8 rows at a time
 
 template <typename T>
 __device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
@@ -203,13 +203,11 @@ __global__ void __launch_bounds__(kThreads, 2)  // <= 128 registers: two CTAs pe
   const unsigned full = 0xffffffffu;
   const int lane = threadIdx.x % 32;
   const long long warp = (static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x) / 32;
-  // blockIdx.y: this block's pass of 8 rows (one launch covers every full pass;
-  // the launcher keeps gridDim.y * 8 * K within int). A's rows are offset in
-  // a_row below, so the loop's addressing is unchanged. The narrower
-  // instantiations run the last rows, one pass, with y as given: offsetting it
-  // there cost their loops up to 10 % more instructions.
-  const int pass = MB == kTokensPerPass ? static_cast<int>(blockIdx.y) : 0;
-  if constexpr (MB == kTokensPerPass) y += static_cast<size_t>(pass) * MB * N;
+  // blockIdx.y: this block's pass of MB rows (one launch covers every full
+  // pass; the launcher keeps gridDim.y * MB * K within int). A's rows are
+  // offset in a_row below, so the loop's addressing is unchanged.
+  const int pass = static_cast<int>(blockIdx.y);
+  y += static_cast<size_t>(pass) * MB * N;
   if (warp >= warps) return;  // uniform over the warp
   // Columns owned: those whose first entry is in [warp E, (warp + 1) E); the
   // last warp also owns the empty columns at the end.
@@ -367,40 +365,47 @@ __global__ void __launch_bounds__(kThreads, 2)  // <= 128 registers: two CTAs pe
   }
 }
 
-// Every full pass of 8 rows in one launch (gridDim.y passes, at most 65535 per
-// launch), then the remaining rows in one launch of their own width: one or
-// two launches for any M, where one launch per 8 rows paid the launch cost
-// M / 8 times.
+// Passes of gqsa_pass_rows(K) rows (8, fewer where a pass's activations
+// would overflow L1): every full pass in one launch (gridDim.y passes, at
+// most 65535 per launch), then the remaining rows in one launch of their own
+// width: one or two launches for any M, where one launch per pass paid the
+// launch cost M / 8 times.
+template <typename T, int G>
+cudaError_t launch_rows(int rows, dim3 grid, const T* a, const uint32_t* values, const uint16_t* group_idx,
+                        const int32_t* row_ptr, const __half* scales, T* y, int valid_rows, int N, int K, int warps,
+                        cudaStream_t stream) {
+  if (rows <= 1)
+    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
+  else if (rows <= 2)
+    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
+  else if (rows <= 4)
+    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
+  else
+    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
+  return cudaGetLastError();
+}
+
 template <typename T, int G>
 cudaError_t launch_g(const T* a, const uint32_t* values, const uint16_t* group_idx, const int32_t* row_ptr,
                      const __half* scales, T* y, int M, int N, int K, int nnz, cudaStream_t stream) {
   const long long warps = std::max(1LL, (static_cast<long long>(nnz) + kEntriesPerWarp - 1) / kEntriesPerWarp);
   const unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
   const int w = static_cast<int>(warps);
+  const int width = gqsa_pass_rows(K);
   // gridDim.y <= 65535, and every row offset of a launch (a_row) fits an int
-  const int max_passes = static_cast<int>(std::min<long long>(65535, INT_MAX / (static_cast<long long>(kTokensPerPass) * K)));
+  const int max_passes = static_cast<int>(std::min<long long>(65535, INT_MAX / (static_cast<long long>(width) * K)));
   int m0 = 0;
-  while (M - m0 >= kTokensPerPass) {
-    const int passes = std::min(max_passes, (M - m0) / kTokensPerPass);
-    SPA_LAUNCH(dim3(blocks, static_cast<unsigned>(passes)), kThreads, 0, stream, gemv_kernel<T, G, kTokensPerPass>)(
-        a + static_cast<size_t>(m0) * K, values, group_idx, row_ptr, scales, y + static_cast<size_t>(m0) * N,
-        kTokensPerPass, N, K, w);
-    SPA_CHECK(cudaGetLastError());
-    m0 += passes * kTokensPerPass;
+  while (M - m0 >= width) {
+    const int passes = std::min(max_passes, (M - m0) / width);
+    SPA_CHECK((launch_rows<T, G>(width, dim3(blocks, static_cast<unsigned>(passes)), a + static_cast<size_t>(m0) * K,
+                                 values, group_idx, row_ptr, scales, y + static_cast<size_t>(m0) * N, width, N, K, w,
+                                 stream)));
+    m0 += passes * width;
   }
-  const int rows = M - m0;  // 0 .. 7 rows left
+  const int rows = M - m0;  // 0 .. width - 1 rows left
   if (rows == 0) return cudaSuccess;
-  const T* a0 = a + static_cast<size_t>(m0) * K;
-  T* y0 = y + static_cast<size_t>(m0) * N;
-  if (rows <= 1)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
-  else if (rows <= 2)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
-  else if (rows <= 4)
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
-  else
-    SPA_LAUNCH(blocks, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a0, values, group_idx, row_ptr, scales, y0, rows, N, K, w);
-  return cudaGetLastError();
+  return launch_rows<T, G>(rows, dim3(blocks), a + static_cast<size_t>(m0) * K, values, group_idx, row_ptr, scales,
+                           y + static_cast<size_t>(m0) * N, rows, N, K, w, stream);
 }
 
 template <typename T>
