@@ -190,8 +190,19 @@ __device__ __forceinline__ void load_words(const uint32_t* __restrict__ p, uint3
   }
 }
 
+// Resident CTAs per SM each instantiation is compiled for (registers <=
+// 65536 / (256 x this)): the gathered activations are latency-bound, so at
+// g <= 16 the narrow passes keep about the residency of the measured kernel
+// (6 / 5 / 3 / 2 CTAs at 1 / 2 / 4 / 8 rows; it had 6 / 5 / 4 / 4 at 37-64
+// registers); left free, ptxas spent up to 90 registers at one row (2 CTAs).
+// Larger groups hold more words per entry in flight: one CTA less per step
+// of g (32, 64), never under 2, where the tighter cap spilled.
+template <int G, int MB>
+constexpr int kMinBlocks =
+    std::max(2, (MB == 1 ? 6 : MB == 2 ? 5 : MB == 4 ? 3 : 2) - (G >= 32 ? 1 : 0) - (G >= 64 ? 1 : 0));
+
 template <typename T, int G, int MB>
-__global__ void __launch_bounds__(kThreads, 2)  // <= 128 registers: two CTAs per SM
+__global__ void __launch_bounds__(kThreads, kMinBlocks<G, MB>)
     gemv_kernel(const T* __restrict__ a_ptr,             // [rows, K] (this pass)
                 const uint32_t* __restrict__ values,     // [nnz, G/8]
                 const uint16_t* __restrict__ group_idx,  // [nnz]
