@@ -48,6 +48,7 @@ from spa.passes.slice_rewrite import (
     fold_layer_scales,
     make_invariant,
     norm_groups,
+    read_output_norms,
     rotate,
     split_embedding_norms,
     unfuse_skip_norms,
@@ -143,11 +144,13 @@ class RotationInvariantPass(SpaPass):
         unfused = unfuse_skip_norms(model)
         embedding_norms = split_embedding_norms(model)
         layer_scales = fold_layer_scales(model)
+        output_norms = read_output_norms(model)
         stream = residual_stream_or_error(model)
         statistics = make_invariant(model, stream)
         statistics["skip_norms_unfused"] = unfused
         statistics["embedding_norms_split"] = embedding_norms
         statistics["layer_scales_folded"] = layer_scales
+        statistics["output_norms_read"] = output_norms
         statistics["hidden"] = stream.hidden
         return SpaPassResult(model, True, statistics, {"kind": stream.kind})
 

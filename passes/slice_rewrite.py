@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from spa.analysis.norms import Refusal, find_norms, node_uses
 from spa.analysis.residual import (
     EMBEDDING_AFFINE,
     STREAM_NODE_OPS,
@@ -44,6 +45,7 @@ __all__ = [
     "fold_layer_scales",
     "make_invariant",
     "norm_groups",
+    "read_output_norms",
     "rotate",
     "split_embedding_norms",
     "unfuse_skip_norms",
@@ -53,6 +55,8 @@ MS_DOMAIN = "com.microsoft"
 _SKIP_NORMS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
 
 _counter = itertools.count()
+#: The name suffix of the identity MatMul a norm returned as a graph output is read through.
+OUTPUT_BASIS = ".spa_output_basis"
 
 
 def _new_constant(model: ir.Model, array: np.ndarray, hint: str) -> ir.Value:
@@ -119,7 +123,7 @@ def _rms_nodes(model: ir.Model, norm: Norm, epsilon: float) -> tuple[list[ir.Nod
     divide = ir.node("Div", [x, root.outputs[0]], name=f"{prefix}.div")
     for node in (square, mean, add, root, divide):
         node.outputs[0].name = f"{node.name}.out"
-    divide.outputs[0].type = x.type
+    divide.outputs[0].type = x.type if x.type is not None else norm.output.type  # one of them may be declared
     # its rank, which the readers' walk needs to tell a pooling over tokens from one over channels
     divide.outputs[0].shape = norm.output.shape if norm.output.shape is not None else x.shape
     return [square, mean, add, root, divide], divide.outputs[0]
@@ -362,17 +366,34 @@ def rotate(
             "shortcuts": shortcuts}  # fmt: skip
 
 
+#: Ops on a writer's path that carry the sliced hidden axis from their data input to their
+#: output (a ViT's interpolated position table: Reshape, Transpose, Resize, Transpose, Reshape).
+_CARRIERS = frozenset({"Transpose", "Cast", "Identity", "Resize", "Concat"})
+
+
 def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:
     """Constant Reshape targets ending in ``D`` that reshape the stream, a norm's
-    output or a writer's output (``[-1, D]`` around a Gemm)."""
+    output or a writer's output or constant (``[-1, D]`` around a Gemm; a position table
+    reshaped to its grid and back), through the ops that carry the hidden axis."""
     sliced = {id(value) for value in stream.values}
     sliced.update(id(norm.output) for norm in stream.norms)
     sliced.update(id(site.node.outputs[0]) for site in stream.writers if site.axis != -1)
+    sliced.update(id(site.node.inputs[site.index]) for site in stream.writers)
+    own_targets = {id(node) for node, _ in stream.targets}
     fixed = 0
     for node in model.graph:
-        if node.op_type != "Reshape" or node.domain != "" or id(node.inputs[0]) not in sliced:
+        if node.domain != "" or not node.inputs:
+            continue
+        if node.op_type in _CARRIERS:
+            data = node.inputs if node.op_type == "Concat" else node.inputs[:1]
+            if any(value is not None and id(value) in sliced for value in data):
+                sliced.add(id(node.outputs[0]))
+            continue
+        if node.op_type != "Reshape" or id(node.inputs[0]) not in sliced:
             continue
         sliced.add(id(node.outputs[0]))
+        if id(node) in own_targets:
+            continue  # the hidden size inside the target: fixed below
         if _ends_in(node.inputs[1], stream.hidden):
             target = initializer_array(node.inputs[1]).copy()  # type: ignore[union-attr]
             target[-1] = kept
@@ -466,6 +487,66 @@ def split_embedding_norms(model: ir.Model) -> int:
         if was_output:
             result.name, output.name = output.name, f"{output.name}.normalized"
         model.graph.insert_after(node, new_nodes)
+        count += 1
+    return count
+
+
+#: Steps between a norm and a graph output that keep what they read in the norm's basis.
+_TO_OUTPUT = frozenset({"Reshape", "Flatten", "Cast", "Identity", "Gather", "Slice", "ReduceMean", "ReduceSum",
+                        "Squeeze", "Unsqueeze"})  # fmt: skip
+
+
+def _returned(value: ir.Value) -> bool:
+    """Whether the graph returns ``value`` itself or a part of it (a class token's row, a mean
+    over the tokens: ``pooler_output``) through :data:`_TO_OUTPUT` steps."""
+    pending, seen = [value], set()
+    while pending:
+        current = pending.pop()
+        if current.is_graph_output():
+            return True
+        for node, index in node_uses(current):
+            if index == 0 and node.domain == "" and node.op_type in _TO_OUTPUT and id(node) not in seen:
+                seen.add(id(node))
+                pending.append(node.outputs[0])
+    return False
+
+
+def read_output_norms(model: ir.Model) -> int:
+    """A norm whose output the graph returns (a vision transformer's ``last_hidden_state``, or
+    its class token's row) has no reader to fold its scale into: it gets one, ``MatMul(I_D)`` (named
+    ``...{OUTPUT_BASIS}``), which takes over the graph output and every other use but the
+    constant-weight MatMul/Gemm readers. The rotation then makes it ``Q^T diag(g)``, so the
+    output stays in the model's own basis (``D' x D`` once sliced). Returns how many."""
+    try:
+        norms = [norm for norm in find_norms(model.graph) if _returned(norm.output)]
+    except Refusal:
+        return 0  # the stream analysis says why
+    count = 0
+    for norm in norms:
+        output, producer = norm.output, norm.output.producer()
+        shape = output.shape
+        hidden = len(norm.scale) if norm.scale is not None and norm.scale.ndim == 1 else (
+            shape[-1] if shape is not None and len(shape) and isinstance(shape[-1], int) else 0
+        )  # fmt: skip
+        dtype = next((v.dtype.numpy() for v in (output, norm.input) if v.dtype is not None), None)
+        if dtype is None and norm.scale is not None:
+            dtype = norm.scale.dtype
+        if not hidden or producer is None or dtype is None:
+            continue
+        prefix = f"{norm.name}.output{next(_counter)}"
+        identity = _new_constant(model, np.eye(hidden, dtype=dtype), prefix)
+        multiply = ir.node("MatMul", [output, identity], name=f"{prefix}{OUTPUT_BASIS}")
+        result = multiply.outputs[0]
+        result.name, result.type, result.shape = multiply.name, output.type, output.shape
+        readers = [(node, index) for node, index in node_uses(output) if index == 0 and
+                   node.op_type in ("MatMul", "Gemm") and initializer_array(node.inputs[1]) is not None]  # fmt: skip
+        output.replace_all_uses_with(result, replace_graph_outputs=True)
+        multiply.replace_input_with(0, output)
+        for node, index in readers:
+            node.replace_input_with(index, output)
+        if result.is_graph_output():  # the graph output keeps its name
+            result.name, output.name = output.name, f"{output.name}.normalized"
+        model.graph.insert_after(producer, multiply)
         count += 1
     return count
 

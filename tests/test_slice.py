@@ -308,7 +308,7 @@ REFUSED = {
     "hf-distilbert": "post-norm block",
     "hf-albert": "post-norm block",
     "hf-bert-ort-fused": "EmbedLayerNormalization",
-    "hf-t5-encoder": "graph output",
+    "hf-t5-encoder": "graph output",  # the analysis alone; the pass gives it a reader (below)
 }
 
 
@@ -582,6 +582,77 @@ def test_layer_scale_and_a_norm_after_mean_pooling_rotate_and_slice() -> None:
     assert records[1].statistics["hidden_after"] == 12
     out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
     assert out["y"].shape == (1, VOCAB) and np.isfinite(out["y"]).all()
+
+
+OUTPUT_NORM_TEXT = f"""
+<ir_version: 9, opset_import: ["" : 18]>
+vit (int64[1, 9] ids) => (float[1, 9, {HIDDEN}] last, float[1, {HIDDEN}] pooled) {{
+  tok = Gather(table, ids)
+  grid = Reshape(ptable, gshape)
+  chw = Transpose<perm=[0, 3, 1, 2]>(grid)
+  shp = Shape(chw)
+  lead = Slice(shp, zero, two, zero)
+  sizes = Concat<axis=0>(lead, hw)
+  big = Resize<mode="cubic", coordinate_transformation_mode="half_pixel">(chw, , , sizes)
+  hwc = Transpose<perm=[0, 2, 3, 1]>(big)
+  pos = Reshape(hwc, pshape)
+  x = Add(tok, pos)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  h = MatMul(n1, w1)
+  a = Relu(h)
+  o = MatMul(a, w2)
+  r = Add(x, o)
+  last = LayerNormalization<axis=-1, epsilon=1e-5>(r, g2, b2)
+  pooled = Gather<axis=1>(last, zero_scalar)
+}}
+"""
+
+
+def test_interpolated_position_table_and_a_norm_returned_as_a_graph_output() -> None:
+    """HF's DINOv2 interpolates its position table (Reshape to the grid, Transpose, Resize
+    of the spatial axes only, back) and HF encoders without a head (DeiT, DINOv2, T5's
+    encoder) return their last norm's output as a graph output. Refused before: 'Resize
+    writes into the residual stream with its hidden axis at 1', 'the output of
+    LayerNormalization is a graph output; no reader to fold into'. The Resize interpolates
+    every hidden channel alike (a rotation of that axis commutes with it); the graph output
+    gets a reader, MatMul(I), that becomes Q^T diag(g): its shape and basis stay the model's
+    (also where the graph returns only the class token's row of it)."""
+    rng = np.random.default_rng(0)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "ptable": rng.standard_normal((1, 4, HIDDEN)),
+                 "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3, "w2": rng.standard_normal((MLP, HIDDEN)) * 0.3}  # fmt: skip
+    for index in (1, 2):
+        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
+    constants = {k: v.astype(np.float32) for k, v in constants.items()}
+    constants |= {"gshape": np.array([1, 2, 2, HIDDEN], np.int64), "pshape": np.array([1, -1, HIDDEN], np.int64),
+                  "zero": np.array([0], np.int64), "two": np.array([2], np.int64), "hw": np.array([3, 3], np.int64),
+                  "zero_scalar": np.array(0, np.int64)}  # fmt: skip
+    # only the class token's row returned (pooler_output): the same reader
+    pooled_only = OUTPUT_NORM_TEXT.replace(f"(float[1, 9, {HIDDEN}] last, float[1, {HIDDEN}] pooled)",
+                                           f"(float[1, {HIDDEN}] pooled)")  # fmt: skip
+    proto = _model(pooled_only, constants)
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert records[0].statistics["output_norms_read"] == 1
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    proto = _model(OUTPUT_NORM_TEXT, constants)
+    for bases in ("shared", "per-norm"):
+        model = ir.serde.deserialize_model(proto)
+        records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", bases=bases)])
+        assert records[0].statistics["output_norms_read"] == 1
+        assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, rotation="random")])
+    assert records[1].statistics["hidden_after"] == 12 and records[1].statistics["reshapes_fixed"] == 2
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
+    assert out["last"].shape == (1, 9, HIDDEN) and out["pooled"].shape == (1, HIDDEN)
+    assert [v.name for v in sliced.graph.outputs] == ["last", "pooled"]
+    # T5's encoder (decomposed RMSNorm, its output the graph output): the same reader
+    t5 = zoo.load("hf-t5-encoder")
+    model = ir.serde.deserialize_model(t5)
+    records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert records[0].statistics["output_norms_read"] == 1
+    assert _relative_error(t5, model, [_zoo_feeds("hf-t5-encoder", t5, seed=0)]) < TOLERANCE
 
 
 DECOMPOSED_LN = """

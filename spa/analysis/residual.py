@@ -246,6 +246,27 @@ def _reshape_keeps(node: ir.Node, axis: int) -> bool:
     return after_in[0] == after_out[0] and math.prod(after_in) == math.prod(after_out)
 
 
+def _resize_keeps(node: ir.Node, axis: int) -> bool:
+    """Whether Resize ``node`` leaves its input's axis ``axis`` (the hidden one) unresized: a
+    constant scale of 1 there, or sizes that start with the input's own leading dims
+    (``Concat(Slice(Shape(x), 0, 2), [h, w])``, as a ViT's interpolated position table
+    exports). Interpolation is then the same linear map on every hidden channel, so it
+    commutes with a rotation of that axis."""
+    source = node.inputs[0]
+    rank = _rank(source)
+    if source is None or rank is None or not -rank <= axis < rank:
+        return False
+    axis %= rank
+    listed = node.attributes.get_ints("axes", None)  # opset 18: scales / sizes for these axes only
+    if listed is not None:
+        return axis not in {int(a) % rank for a in listed}
+    scales = initializer_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if scales is not None and scales.size:
+        return scales.ndim == 1 and len(scales) == rank and float(scales[axis]) == 1.0
+    sizes = node.inputs[3] if len(node.inputs) > 3 else None
+    return sizes is not None and _leading_dims_of(sizes, source, axis + 1)
+
+
 def _terms(
     value: ir.Value,
     add: ir.Node,
@@ -297,6 +318,8 @@ def _terms(
         inner = perm[axis % rank]
         inner = -1 if inner == rank - 1 else inner
         return _terms(producer.inputs[0], producer, sites, stream, axis=inner, targets=targets)  # type: ignore[arg-type]
+    if op == "Resize" and _resize_keeps(producer, axis):
+        return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
     if op == "Concat" and (rank := _rank(value)) is not None:
         if producer.attributes.get_int("axis", 0) % rank == axis % rank:
             raise Refusal(f"{label(producer)} concatenates along the hidden axis into the stream")

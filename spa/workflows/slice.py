@@ -231,6 +231,7 @@ def slice_model(
         "macs_after": after.total_macs,
         "exactness": None if exact is None else exact.as_dict(),
         "untied_params": int(outcome.records[0].statistics.get("untied_params", 0)),
+        "output_norms_read": int(outcome.records[0].statistics.get("output_norms_read", 0)),
     }
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
@@ -291,6 +292,11 @@ def _verdict(
         text += (
             " | the head read the embedding table: it has its own copy now "
             f"({human_count(summary['untied_params'])} params before slicing)"
+        )
+    if summary.get("output_norms_read"):  # a norm's output was a graph output: it got a reader
+        text += (
+            f" | {summary['output_norms_read']} norm output(s) the graph returns now pass through a "
+            f"{summary['hidden_after']}x{summary['hidden_before']} MatMul (their shape and basis kept)"
         )
     failed = False
     if exact is not None:
