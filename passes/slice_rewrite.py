@@ -76,6 +76,10 @@ def _set_site(model: ir.Model, site: WeightSite, array: np.ndarray) -> None:
     dtype = site.array().dtype
     value = _new_constant(model, array.astype(dtype), site.node.name or "w")
     site.node.replace_input_with(site.index, value)
+    if old is not None and old.const_value is not None:  # a Shape of that data reads the new one
+        for node, index in node_uses(old):
+            if node.op_type == "Shape" and node.domain == "":
+                node.replace_input_with(index, value)
     _drop_if_unused(model, old)
 
 
@@ -401,12 +405,13 @@ def _fix_reshapes(model: ir.Model, stream: ResidualStream, kept: int) -> int:
             fixed += 1
         elif _fix_concat_target(model, node, stream.hidden, kept):
             fixed += 1
-    for node, axis in stream.targets:  # the hidden size inside a target (a patch embedding's)
-        target = initializer_array(node.inputs[1])
+    for node, axis in stream.targets:  # the hidden size inside a target (a patch embedding's, a Resize's sizes)
+        index = 3 if node.op_type == "Resize" else 1
+        target = initializer_array(node.inputs[index])
         if target is not None and int(target[axis]) == stream.hidden:
             target = target.copy()
             target[axis] = kept
-            _set_site(model, WeightSite(node, 1, -1), target)
+            _set_site(model, WeightSite(node, index, -1), target)
             fixed += 1
     return fixed
 

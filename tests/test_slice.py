@@ -655,6 +655,61 @@ def test_interpolated_position_table_and_a_norm_returned_as_a_graph_output() -> 
     assert _relative_error(t5, model, [_zoo_feeds("hf-t5-encoder", t5, seed=0)]) < TOLERANCE
 
 
+GRID_TEXT = f"""
+<ir_version: 9, opset_import: ["" : 18]>
+grid (int64[1, 9] ids) => (float[1, 9, {HIDDEN}] last) <float[1, {HIDDEN}, 3, 3] big> {{
+  tok = Gather(table, ids)
+  big = Resize<mode="linear">(grid, , , sizes)
+  shp = Shape(big)
+  lead = Slice(shp, zero, two, zero)
+  target = Concat<axis=0>(lead, minus_one)
+  flat = Reshape(big, target)
+  pos = Transpose<perm=[0, 2, 1]>(flat)
+  x = Add(tok, pos)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  h = MatMul(n1, w1)
+  a = Relu(h)
+  o = MatMul(a, w2)
+  r = Add(x, o)
+  last = LayerNormalization<axis=-1, epsilon=1e-5>(r, g2, b2)
+}}
+"""
+
+
+def test_a_position_grid_resized_to_constant_sizes_slices_through_the_workflow(tmp_path) -> None:
+    """YOLOS exports its position table as a [1, D, h, w] grid resized to constant sizes
+    [1, D, h', w'] (here its own) and flattened by a target computed from Shape(resized):
+    the constant is rotated along axis 1 and, sliced, the sizes' D is rewritten. spa slice
+    folds that Resize of constants first (a weight computed from constants): the Shape
+    reading the folded table must then follow the rotated copy."""
+    from spa.workflows.slice import slice_model
+
+    rng = np.random.default_rng(1)
+    constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "grid": rng.standard_normal((1, HIDDEN, 3, 3)),
+                 "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3, "w2": rng.standard_normal((MLP, HIDDEN)) * 0.3}  # fmt: skip
+    for index in (1, 2):
+        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
+    constants = {k: v.astype(np.float32) for k, v in constants.items()}
+    constants |= {"sizes": np.array([1, HIDDEN, 3, 3], np.int64), "zero": np.array([0], np.int64),
+                  "two": np.array([2], np.int64), "minus_one": np.array([-1], np.int64)}  # fmt: skip
+    proto = _model(GRID_TEXT, constants)
+    sliced = ir.serde.deserialize_model(proto)  # in place, the Resize kept: its sizes are rewritten
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, rotation="random")])
+    assert records[1].statistics["hidden_after"] == 12
+    resize = next(node for node in sliced.graph if node.op_type == "Resize")
+    assert list(resize.inputs[3].const_value.numpy()) == [1, 12, 3, 3]
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
+    assert out["last"].shape == (1, 9, HIDDEN)
+    source = tmp_path / "grid.onnx"
+    onnx.save(proto, str(source))
+    result = slice_model(source, tmp_path / "out.onnx", ratio=0.25, round_to=4, rotation="random")
+    assert result.exactness is not None and result.exactness.passed
+    assert (result.hidden_before, result.hidden_after) == (HIDDEN, 12)
+    out = run_model((tmp_path / "out.onnx").read_bytes(), _feeds(proto, 1)[0])
+    assert out["last"].shape == (1, 9, HIDDEN) and np.isfinite(out["last"]).all()
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

@@ -86,7 +86,8 @@ class ResidualStream:
     #: The stream's values (adds, embedding rows, relabelled copies).
     values: list[ir.Value] = dataclasses.field(default_factory=list)
     #: Reshapes on a writer's path whose constant target holds the hidden size at a position
-    #: other than the last (a ViT's patch embedding: [N, D, H, W] -> [-1, D, H*W]).
+    #: other than the last (a ViT's patch embedding: [N, D, H, W] -> [-1, D, H*W]), and
+    #: Resizes whose constant sizes hold it (a position table interpolated at export).
     targets: list[tuple[ir.Node, int]] = dataclasses.field(default_factory=list)
     reason: str | None = None
 
@@ -264,6 +265,12 @@ def _resize_keeps(node: ir.Node, axis: int) -> bool:
     if scales is not None and scales.size:
         return scales.ndim == 1 and len(scales) == rank and float(scales[axis]) == 1.0
     sizes = node.inputs[3] if len(node.inputs) > 3 else None
+    fixed = initializer_array(sizes)
+    if fixed is not None:  # constant sizes: the hidden entry must be the input's own size
+        known = initializer_array(source)
+        shape = known.shape if known is not None else source.shape
+        return (shape is not None and fixed.ndim == 1 and len(fixed) == rank and isinstance(shape[axis], int)
+                and int(fixed[axis]) == shape[axis])  # fmt: skip
     return sizes is not None and _leading_dims_of(sizes, source, axis + 1)
 
 
@@ -283,10 +290,10 @@ def _terms(
     Reshape and Transpose put it last); Reshapes that keep it elsewhere go to ``targets``."""
     producer = value.producer()
     constant = initializer_array(value)
-    if constant is not None:
-        if axis != -1:
+    if constant is not None:  # rotated along its hidden axis (elsewhere than last: a position grid's [1, D, h, w])
+        if axis != -1 and not -constant.ndim <= axis < constant.ndim:
             raise Refusal(f"a constant reaches the stream at {label(add)} with its hidden axis at {axis}")
-        sites.append(WeightSite(add, list(add.inputs).index(value), -1))
+        sites.append(WeightSite(add, list(add.inputs).index(value), axis))
         return False
     if producer is None:
         raise Refusal(
@@ -319,6 +326,8 @@ def _terms(
         inner = -1 if inner == rank - 1 else inner
         return _terms(producer.inputs[0], producer, sites, stream, axis=inner, targets=targets)  # type: ignore[arg-type]
     if op == "Resize" and _resize_keeps(producer, axis):
+        if targets is not None and len(producer.inputs) > 3 and initializer_array(producer.inputs[3]) is not None:
+            targets.append((producer, axis))  # its constant sizes hold D: rewritten when sliced
         return _terms(producer.inputs[0], producer, sites, stream, axis=axis, targets=targets)  # type: ignore[arg-type]
     if op == "Concat" and (rank := _rank(value)) is not None:
         if producer.attributes.get_int("axis", 0) % rank == axis % rank:
@@ -452,6 +461,10 @@ def _checknode_uses(values: list[ir.Value], allowed: set[int]) -> None:
         if value.is_graph_output():
             raise Refusal(f"the residual stream value '{value.name}' is a graph output")
         for node, _ in node_uses(value):
+            if id(node) not in allowed and node.op_type == "Add" and node.outputs[0].is_graph_output():
+                raise Refusal(f"the residual stream leaves the graph unnormalized at {label(node)} (graph output "
+                              f"'{node.outputs[0].name}'); SliceGPT returns only normalized outputs in the "
+                              "model's basis (the rotated, centred stream is not the model's)")  # fmt: skip
             if id(node) not in allowed and node.op_type != "Shape":
                 raise Refusal(f"{label(node)} reads the residual stream '{value.name}'; only adds and "
                                "norms may (post-norm block, or a norm on a branch)")  # fmt: skip
