@@ -45,6 +45,7 @@ from spa.errors import UserError
 from spa.model_io import copy_model
 from spa.pass_manager import SpaPass, SpaPassResult, register_pass
 from spa.passes.slice_rewrite import (
+    enter_streams,
     fold_layer_scales,
     make_invariant,
     norm_groups,
@@ -145,12 +146,14 @@ class RotationInvariantPass(SpaPass):
         embedding_norms = split_embedding_norms(model)
         layer_scales = fold_layer_scales(model)
         output_norms = read_output_norms(model)
+        entries = enter_streams(model)
         stream = residual_stream_or_error(model)
         statistics = make_invariant(model, stream)
         statistics["skip_norms_unfused"] = unfused
         statistics["embedding_norms_split"] = embedding_norms
         statistics["layer_scales_folded"] = layer_scales
         statistics["output_norms_read"] = output_norms
+        statistics["stream_entries"] = entries
         statistics["hidden"] = stream.hidden
         return SpaPassResult(model, True, statistics, {"kind": stream.kind})
 

@@ -33,15 +33,18 @@ import onnx_ir as ir
 from spa.analysis.norms import Refusal, find_norms, node_uses
 from spa.analysis.residual import (
     EMBEDDING_AFFINE,
+    STREAM_ENTRY,
     STREAM_NODE_OPS,
     Norm,
     ResidualStream,
     WeightSite,
+    find_residual_stream,
     initializer_array,
     is_token_embedding,
 )
 
 __all__ = [
+    "enter_streams",
     "fold_layer_scales",
     "make_invariant",
     "norm_groups",
@@ -551,6 +554,43 @@ def read_output_norms(model: ir.Model) -> int:
             node.replace_input_with(index, output)
         if result.is_graph_output():  # the graph output keeps its name
             result.name, output.name = output.name, f"{output.name}.normalized"
+        model.graph.insert_after(producer, multiply)
+        count += 1
+    return count
+
+
+def enter_streams(model: ir.Model, limit: int = 4) -> int:
+    """A stream that starts after a non-linear front end (Whisper's encoder: convolutions and
+    GELU, a Transpose, then the position table is added) has no linear first writer: the
+    value added there gets one, ``MatMul(I_D)`` (named ``...{STREAM_ENTRY}``), which the
+    rotation makes ``I Q`` (``D x D'`` params once sliced). Only where the stream analysis
+    names such a start (:class:`spa.analysis.residual.StreamEntry`); returns how many."""
+    count = 0
+    for _ in range(limit):
+        entry = find_residual_stream(model).entry
+        if entry is None:
+            break
+        constants = [initializer_array(node.inputs[1 - index]) for node, index in node_uses(entry)
+                     if node.op_type == "Add" and index in (0, 1)]  # fmt: skip
+        widths = {int(c.shape[-1]) for c in constants if c is not None and c.ndim}
+        shape = entry.shape
+        hidden = shape[-1] if shape is not None and len(shape) and isinstance(shape[-1], int) else (
+            widths.pop() if len(widths) == 1 else 0
+        )  # fmt: skip
+        dtype = entry.dtype.numpy() if entry.dtype is not None else next(
+            (c.dtype for c in constants if c is not None), None
+        )  # fmt: skip
+        producer = entry.producer()
+        if not hidden or dtype is None or producer is None:
+            break
+        prefix = f"{producer.name or producer.op_type}.entry{next(_counter)}"
+        identity = _new_constant(model, np.eye(hidden, dtype=dtype), prefix)
+        multiply = ir.node("MatMul", [entry, identity], name=f"{prefix}{STREAM_ENTRY}")
+        result = multiply.outputs[0]
+        result.name, result.type, result.shape = multiply.name, entry.type, entry.shape
+        for node, index in node_uses(entry):
+            if node is not multiply and node.op_type != "Shape":
+                node.replace_input_with(index, result)
         model.graph.insert_after(producer, multiply)
         count += 1
     return count

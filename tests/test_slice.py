@@ -710,6 +710,56 @@ def test_a_position_grid_resized_to_constant_sizes_slices_through_the_workflow(t
     assert out["last"].shape == (1, 9, HIDDEN) and np.isfinite(out["last"]).all()
 
 
+FRONT_END_TEXT = f"""
+<ir_version: 9, opset_import: ["" : 18]>
+audio (float[1, {HIDDEN}, 9] features) => (float[1, 9, {HIDDEN}] last) {{
+  act = Relu(features)
+  tokens = Transpose<perm=[0, 2, 1]>(act)
+  x = Add(tokens, pos)
+  n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)
+  h = MatMul(n1, w1)
+  a = Relu(h)
+  o = MatMul(a, w2)
+  r = Add(x, o)
+  last = LayerNormalization<axis=-1, epsilon=1e-5>(r, g2, b2)
+}}
+"""
+
+
+def test_a_stream_that_starts_after_a_non_linear_front_end_gets_a_first_writer() -> None:
+    """Whisper's encoder adds its position table to the output of convolutions and GELU
+    (channels first, then a Transpose): the stream has no linear first writer and was
+    refused ('Mul writes into the residual stream with its hidden axis at 1'). The value
+    added there now gets MatMul(I), which the rotation makes I Q (D x D' once sliced). A
+    non-linear term added to a running stream (a norm on a branch) stays refused."""
+    rng = np.random.default_rng(2)
+    constants = {"pos": rng.standard_normal((9, HIDDEN)), "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3,
+                 "w2": rng.standard_normal((MLP, HIDDEN)) * 0.3}  # fmt: skip
+    for index in (1, 2):
+        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
+    proto = _model(FRONT_END_TEXT, {k: v.astype(np.float32) for k, v in constants.items()})
+    assert find_residual_stream(ir.serde.deserialize_model(proto)).entry is not None
+    model = ir.serde.deserialize_model(proto)
+    records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
+    assert records[0].statistics["stream_entries"] == 1
+    assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    sliced = ir.serde.deserialize_model(proto)
+    records = run_passes(sliced, [RotationInvariantPass(), RotateSlicePass(ratio=0.25, round_to=4, rotation="random")])
+    assert records[1].statistics["hidden_after"] == 12
+    entry = next(node for node in sliced.graph if node.name.endswith(".spa_stream_entry"))
+    assert entry.inputs[1].const_value.shape == (HIDDEN, 12)
+    out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
+    assert out["last"].shape == (1, 9, HIDDEN)
+    branch_text = BRANCH_NORM.replace("hn = LayerNormalization<axis=-1>(h, g1, b1)", "hn = Relu(h)")
+    branch_constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "w1": rng.standard_normal((HIDDEN, HIDDEN)),
+                        "g1": constants["g1"], "b1": constants["b1"], "head": rng.standard_normal((HIDDEN, VOCAB))}  # fmt: skip
+    branch = find_residual_stream(ir.serde.deserialize_model(
+        _model(branch_text, {k: v.astype(np.float32) for k, v in branch_constants.items()})))  # fmt: skip
+    assert branch.reason is not None and "Relu 'hn' writes into the residual stream" in branch.reason
+    assert branch.entry is None
+
+
 DECOMPOSED_LN = """
 <ir_version: 8, opset_import: ["" : 13]>
 dln (int64[1, {seq}] ids) => (float[1, {seq}, {vocab}] y) {{

@@ -53,9 +53,11 @@ from spa.analysis.norms import (
 
 __all__ = [
     "EMBEDDING_AFFINE",
+    "STREAM_ENTRY",
     "STREAM_NODE_OPS",
     "Norm",
     "ResidualStream",
+    "StreamEntry",
     "WeightSite",
     "find_residual_stream",
     "initializer_array",
@@ -75,6 +77,24 @@ _NORM_OPS = frozenset(
 )  # fmt: skip
 
 
+class _NonLinearWriter(Refusal):
+    """A term reaches the stream from a non-linear op (or with its hidden axis elsewhere)."""
+
+
+class StreamEntry(Refusal):
+    """The stream starts at a non-linear front end (a convolution and GELU, then the position
+    table: Whisper's encoder): ``entry``, the value added there, has no linear writer. A
+    ``MatMul(entry, I)`` would be one (``passes/slice_rewrite.enter_streams``)."""
+
+    def __init__(self, message: str, entry: ir.Value) -> None:
+        super().__init__(message)
+        self.entry = entry
+
+
+#: The name suffix of the MatMul(I) that starts a stream after a non-linear front end.
+STREAM_ENTRY = ".spa_stream_entry"
+
+
 @dataclasses.dataclass
 class ResidualStream:
     """The stream of one model, or the reason it has none SliceGPT can rotate."""
@@ -90,6 +110,8 @@ class ResidualStream:
     #: Resizes whose constant sizes hold it (a position table interpolated at export).
     targets: list[tuple[ir.Node, int]] = dataclasses.field(default_factory=list)
     reason: str | None = None
+    #: With ``reason``: the value a MatMul(I) would start the stream at (:class:`StreamEntry`).
+    entry: ir.Value | None = None
 
     @property
     def readers(self) -> list[WeightSite]:
@@ -347,7 +369,7 @@ def _terms(
             sites.append(WeightSite(producer, 2, 0))
         return False
     if axis != -1:
-        raise Refusal(f"{label(producer)} writes into the residual stream with its hidden axis at {axis}")
+        raise _NonLinearWriter(f"{label(producer)} writes into the residual stream with its hidden axis at {axis}")
     if op in ("MatMul", "Gemm"):
         site = _weight_of(producer, 1)
         if site is None:
@@ -367,9 +389,9 @@ def _terms(
             assert operand is not None
             _terms(operand, producer, sites, stream, targets=targets)
         return False
-    raise Refusal(f"{label(producer)} writes into the residual stream at {label(add)}; only "
-                   "constant-weight MatMul/Gemm, embedding Gathers and constants can be rotated "
-                   "(a norm or non-linearity on the branch before the add?)")  # fmt: skip
+    raise _NonLinearWriter(f"{label(producer)} writes into the residual stream at {label(add)}; only "
+                           "constant-weight MatMul/Gemm, embedding Gathers and constants can be rotated "
+                           "(a norm or non-linearity on the branch before the add?)")  # fmt: skip
 
 
 class _Seen:
@@ -426,7 +448,15 @@ def _walk_stream(
             readers = [use.node for use in value.uses()]
             root = next((node for node in readers if node.op_type == "Add"), readers[0])
             found: list[WeightSite] = []
-            _terms(value, root, found, stream, root=value is start or len(value.uses()) > 1, targets=targets)
+            try:
+                _terms(value, root, found, stream, root=value is start or len(value.uses()) > 1, targets=targets)
+            except _NonLinearWriter as refusal:
+                # where the stream starts (every other term of its Add a constant: a position
+                # table), a MatMul(I) after the front end would be its first writer
+                others = [v for v in root.inputs if v is not None and v is not value]
+                if root.op_type == "Add" and others and all(initializer_array(v) is not None for v in others):
+                    raise StreamEntry(str(refusal), value) from None
+                raise
             sites += [dataclasses.replace(site, into=value) for site in found]
             own.add(id(value))
             values.append(value)
@@ -497,8 +527,10 @@ def is_token_embedding(value: ir.Value | None) -> bool:
 
 def _embeds(site: WeightSite) -> bool:
     """A writer that starts the stream from the model's input: a token embedding table
-    (Gather) or a patch embedding (a Conv's output channels)."""
-    return (site.node.op_type == "Gather" and site.index == 0) or (site.node.op_type == "Conv" and site.index == 1)
+    (Gather), a patch embedding (a Conv's output channels), or the MatMul(I) the slice pass
+    put after a non-linear front end (:data:`STREAM_ENTRY`)."""
+    entry = site.node.op_type == "MatMul" and site.index == 1 and (site.node.name or "").endswith(STREAM_ENTRY)
+    return (site.node.op_type == "Gather" and site.index == 0) or (site.node.op_type == "Conv" and site.index == 1) or entry
 
 
 def _find(graph: ir.Graph) -> ResidualStream:
@@ -509,12 +541,12 @@ def _find(graph: ir.Graph) -> ResidualStream:
         )
     walks: list[_Walk] = []
     walked: dict[int, int] = {}  # stream value id -> index of the walk that found it
-    failures: list[tuple[Norm, str]] = []
+    failures: list[tuple[Norm, Refusal]] = []
     for norm in norms:
         try:
             walk = _Walk(norm, *_walk_stream(norm.input, walked))
         except Refusal as refusal:
-            failures.append((norm, str(refusal)))
+            failures.append((norm, refusal))
             continue
         walked.update((id(value), len(walks)) for value in walk.values)
         walks.append(walk)
@@ -536,13 +568,13 @@ def _find(graph: ir.Graph) -> ResidualStream:
             pending.extend(walks[index].joins)
     main = [walk for index, walk in enumerate(walks) if on_main[index]]
     if not main:
-        raise Refusal(failures[0][1] if failures else "no norm reads a token or patch embedding (Gather, Conv)")
+        raise failures[0][1] if failures else Refusal("no norm reads a token or patch embedding (Gather, Conv)")
     parts = [walks[index] for index in sorted(reached)]
     embedding = next(s for walk in parts for s in walk.sites if _embeds(s))
     hidden = int(embedding.array().shape[embedding.axis])
     for norm, reason in failures:
         if _width(norm.input) in (None, hidden):
-            raise Refusal(reason)
+            raise reason
     kinds = {walk.norm.kind for walk in main}
     if len(kinds) > 1:
         raise Refusal(
@@ -581,5 +613,7 @@ def find_residual_stream(model: ir.Model) -> ResidualStream:
     """The residual stream of ``model``'s main graph, or one with ``reason`` set."""
     try:
         return _find(model.graph)
+    except StreamEntry as refusal:
+        return ResidualStream(reason=str(refusal), entry=refusal.entry)
     except Refusal as refusal:
         return ResidualStream(reason=str(refusal))

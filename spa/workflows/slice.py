@@ -232,6 +232,7 @@ def slice_model(
         "exactness": None if exact is None else exact.as_dict(),
         "untied_params": int(outcome.records[0].statistics.get("untied_params", 0)),
         "output_norms_read": int(outcome.records[0].statistics.get("output_norms_read", 0)),
+        "stream_entries": int(outcome.records[0].statistics.get("stream_entries", 0)),
     }
     report["quality"] = outcome.quality.as_dict() if outcome.quality else None
     report["quality_note"] = outcome.quality_note
@@ -297,6 +298,11 @@ def _verdict(
         text += (
             f" | {summary['output_norms_read']} norm output(s) the graph returns now pass through a "
             f"{summary['hidden_after']}x{summary['hidden_before']} MatMul (their shape and basis kept)"
+        )
+    if summary.get("stream_entries"):  # the stream started after a non-linear front end
+        text += (
+            f" | the stream starts after a non-linear front end: {summary['stream_entries']} "
+            f"{summary['hidden_before']}x{summary['hidden_after']} MatMul(s) enter it"
         )
     failed = False
     if exact is not None:
