@@ -495,6 +495,17 @@ def split_embedding_norms(model: ir.Model) -> int:
         if was_output:
             result.name, output.name = output.name, f"{output.name}.normalized"
         model.graph.insert_after(node, new_nodes)
+        # A block that reads the embedding without a norm of its own (ModernBERT's first
+        # attention: its attn_norm is Identity) would read the stream: it reads the norm's
+        # output instead, the scale folded into its weight and the bias after it (exact).
+        for reader, index in node_uses(result):
+            weight = initializer_array(reader.inputs[1]) if reader.op_type == "MatMul" and index == 0 else None
+            if weight is None or weight.ndim != 2 or weight.shape[0] != scale.size:
+                continue
+            _set_site(model, WeightSite(reader, 1, 0), (scale[:, None] * weight).astype(weight.dtype))
+            reader.replace_input_with(0, output)
+            if bias is not None:
+                _add_reader_bias(model, reader, (bias @ weight).astype(weight.dtype))
         count += 1
     return count
 

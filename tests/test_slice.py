@@ -253,14 +253,29 @@ branch (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
 """
 
 
+# A projection of the stream added back with no norm before it: accepted as a writer before,
+# so the rotation came out wrong (rel error ~1) instead of a refusal.
+UNNORMED_READER = f"""
+<ir_version: 8, opset_import: ["" : 17]>
+bare (int64[1, {SEQ}] ids) => (float[1, {SEQ}, {VOCAB}] y) {{
+  x = Gather(table, ids)
+  h = MatMul(x, w1)
+  r = Add(x, h)
+  n2 = LayerNormalization<axis=-1>(r, g1, b1)
+  y = MatMul(n2, head)
+}}
+"""
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         (POST_NORM, "post-norm block: the output of LayerNormalization"),
         (QUANTIZED_WRITER, "non-constant"),
         (BRANCH_NORM, "LayerNormalization 'hn' normalizes a branch before the add"),
+        (UNNORMED_READER, "MatMul 'h' reads the residual stream 'x' without a norm"),
     ],
-    ids=["post-norm", "non-constant-writer", "norm-on-branch"],
+    ids=["post-norm", "non-constant-writer", "norm-on-branch", "reader-without-norm"],
 )
 def test_refusals_name_the_node(text: str, expected: str) -> None:
     rng = np.random.default_rng(0)
@@ -436,7 +451,8 @@ def test_a_stream_that_starts_after_an_embedding_layernorm_rotates_and_slices() 
     block: the stream starts at a norm's output, which SliceGPT's form has no place for
     ("post-norm block: the output of LayerNormalization is added into the residual
     stream"). The norm's scale and bias become a MatMul(diag(g)) and an Add: the stream
-    starts at a linear writer, and the embedding table is sliced with everything else."""
+    starts at a linear writer, and the embedding table is sliced with everything else.
+    A projection reading that norm's output directly reads the norm (scale and bias folded)."""
     rng = np.random.default_rng(0)
     constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
                  "w1": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3}  # fmt: skip
@@ -455,6 +471,18 @@ def test_a_stream_that_starts_after_an_embedding_layernorm_rotates_and_slices() 
     gather = next(node for node in sliced.graph if node.op_type == "Gather")
     assert gather.inputs[0].const_value is not None and gather.inputs[0].const_value.shape == (VOCAB, 12)
     out = run_model(ir.serde.serialize_model(sliced).SerializeToString(), _feeds(proto, 1)[0])
+    assert out["y"].shape == (1, SEQ, VOCAB) and np.isfinite(out["y"]).all()
+    # ModernBERT's first block has no norm of its own (attn_norm is Identity): its projection
+    # read the stream ("MatMul reads the residual stream"); it reads the embedding norm now
+    bare = EMBEDDING_LN_TEXT.replace("n1 = LayerNormalization<axis=-1, epsilon=1e-5>(x, g1, b1)\n", "")
+    proto = _model(bare.replace("h = MatMul(n1, w1)", "h = MatMul(x, w1)"),
+                   {k: v.astype(np.float32) for k, v in constants.items() if k not in ("g1", "b1")})  # fmt: skip
+    for ratio in (0.0, 0.25):
+        model = ir.serde.deserialize_model(proto)
+        run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=ratio, round_to=4, rotation="random")])
+        if ratio == 0.0:
+            assert _relative_error(proto, model, _feeds(proto, 2)) < TOLERANCE
+    out = run_model(ir.serde.serialize_model(model).SerializeToString(), _feeds(proto, 1)[0])
     assert out["y"].shape == (1, SEQ, VOCAB) and np.isfinite(out["y"]).all()
 
 

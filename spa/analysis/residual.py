@@ -602,6 +602,11 @@ def _find(graph: ir.Graph) -> ResidualStream:
             raise Refusal(
                 f"{label(site.node)} adds a constant of shape {array.shape} to the stream"
             )
+    for site in stream.writers:  # a projection of the stream itself, with no norm between, added back
+        source = site.node.inputs[0] if site.node.op_type in ("MatMul", "Gemm") and site.index else None
+        if source is not None and id(source) in values:
+            raise Refusal(f"{label(site.node)} reads the residual stream '{source.name}' without a norm and "
+                          "writes into it; SliceGPT needs a norm before every reader")  # fmt: skip
     allowed = {id(value.producer()) for value in values.values()}
     allowed.update(id(node) for norm in stream.norms for node in norm.nodes)
     stream.values = list(values.values())
