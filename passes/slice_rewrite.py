@@ -530,6 +530,16 @@ def _returned(value: ir.Value) -> bool:
     return False
 
 
+def _identity_reader(model: ir.Model, value: ir.Value, hidden: int, dtype: np.dtype, name: str) -> ir.Node:
+    """A new ``MatMul(value, I_hidden)`` node named ``name`` (not yet in the graph, nothing
+    rewired); its output carries ``value``'s type and shape."""
+    identity = _new_constant(model, np.eye(hidden, dtype=dtype), name)
+    multiply = ir.node("MatMul", [value, identity], name=name)
+    result = multiply.outputs[0]
+    result.name, result.type, result.shape = name, value.type, value.shape
+    return multiply
+
+
 def read_output_norms(model: ir.Model) -> int:
     """A norm whose output the graph returns (a vision transformer's ``last_hidden_state``, or
     its class token's row) has no reader to fold its scale into: it gets one, ``MatMul(I_D)`` (named
@@ -552,11 +562,8 @@ def read_output_norms(model: ir.Model) -> int:
             dtype = norm.scale.dtype
         if not hidden or producer is None or dtype is None:
             continue
-        prefix = f"{norm.name}.output{next(_counter)}"
-        identity = _new_constant(model, np.eye(hidden, dtype=dtype), prefix)
-        multiply = ir.node("MatMul", [output, identity], name=f"{prefix}{OUTPUT_BASIS}")
+        multiply = _identity_reader(model, output, hidden, dtype, f"{norm.name}.output{next(_counter)}{OUTPUT_BASIS}")
         result = multiply.outputs[0]
-        result.name, result.type, result.shape = multiply.name, output.type, output.shape
         readers = [(node, index) for node, index in node_uses(output) if index == 0 and
                    node.op_type in ("MatMul", "Gemm") and initializer_array(node.inputs[1]) is not None]  # fmt: skip
         output.replace_all_uses_with(result, replace_graph_outputs=True)
@@ -594,11 +601,9 @@ def enter_streams(model: ir.Model, limit: int = 4) -> int:
         producer = entry.producer()
         if not hidden or dtype is None or producer is None:
             break
-        prefix = f"{producer.name or producer.op_type}.entry{next(_counter)}"
-        identity = _new_constant(model, np.eye(hidden, dtype=dtype), prefix)
-        multiply = ir.node("MatMul", [entry, identity], name=f"{prefix}{STREAM_ENTRY}")
+        name = f"{producer.name or producer.op_type}.entry{next(_counter)}{STREAM_ENTRY}"
+        multiply = _identity_reader(model, entry, hidden, dtype, name)
         result = multiply.outputs[0]
-        result.name, result.type, result.shape = multiply.name, entry.type, entry.shape
         for node, index in node_uses(entry):
             if node is not multiply and node.op_type != "Shape":
                 node.replace_input_with(index, result)

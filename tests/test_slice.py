@@ -135,6 +135,14 @@ def _model(text: str, constants: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
+def _with_norms(rng: np.random.Generator, constants: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``constants`` and two norms' scales and biases (g1, b1, g2, b2), all float32."""
+    for index in (1, 2):
+        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
+        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
+    return {k: v.astype(np.float32) for k, v in constants.items()}
+
+
 def _feeds(proto: onnx.ModelProto, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     specs = input_specs(proto)
     return [make_feeds(specs, seed=seed + i, int_ranges={"ids": (0, VOCAB)}) for i in range(count)]
@@ -595,10 +603,7 @@ def test_layer_scale_and_a_norm_after_mean_pooling_rotate_and_slice() -> None:
     constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "head": rng.standard_normal((HIDDEN, VOCAB)),
                  "w1": rng.standard_normal((HIDDEN, HIDDEN)) * 0.3, "c1": 0.1 * rng.standard_normal(HIDDEN),
                  "gamma": 0.1 + rng.random(HIDDEN)}  # fmt: skip
-    for index in (1, 2):
-        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
-        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
-    proto = _model(LAYER_SCALE_TEXT, {k: v.astype(np.float32) for k, v in constants.items()})
+    proto = _model(LAYER_SCALE_TEXT, _with_norms(rng, constants))
     for bases in ("shared", "per-norm"):
         model = ir.serde.deserialize_model(proto)
         records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random", bases=bases)])
@@ -648,10 +653,7 @@ def test_interpolated_position_table_and_a_norm_returned_as_a_graph_output() -> 
     rng = np.random.default_rng(0)
     constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "ptable": rng.standard_normal((1, 4, HIDDEN)),
                  "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3, "w2": rng.standard_normal((MLP, HIDDEN)) * 0.3}  # fmt: skip
-    for index in (1, 2):
-        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
-        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
-    constants = {k: v.astype(np.float32) for k, v in constants.items()}
+    constants = _with_norms(rng, constants)
     constants |= {"gshape": np.array([1, 2, 2, HIDDEN], np.int64), "pshape": np.array([1, -1, HIDDEN], np.int64),
                   "zero": np.array([0], np.int64), "two": np.array([2], np.int64), "hw": np.array([3, 3], np.int64),
                   "zero_scalar": np.array(0, np.int64)}  # fmt: skip
@@ -715,10 +717,7 @@ def test_a_position_grid_resized_to_constant_sizes_slices_through_the_workflow(t
     rng = np.random.default_rng(1)
     constants = {"table": rng.standard_normal((VOCAB, HIDDEN)), "grid": rng.standard_normal((1, HIDDEN, 3, 3)),
                  "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3, "w2": rng.standard_normal((MLP, HIDDEN)) * 0.3}  # fmt: skip
-    for index in (1, 2):
-        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
-        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
-    constants = {k: v.astype(np.float32) for k, v in constants.items()}
+    constants = _with_norms(rng, constants)
     constants |= {"sizes": np.array([1, HIDDEN, 3, 3], np.int64), "zero": np.array([0], np.int64),
                   "two": np.array([2], np.int64), "minus_one": np.array([-1], np.int64)}  # fmt: skip
     proto = _model(GRID_TEXT, constants)
@@ -763,10 +762,8 @@ def test_a_stream_that_starts_after_a_non_linear_front_end_gets_a_first_writer()
     rng = np.random.default_rng(2)
     constants = {"pos": rng.standard_normal((9, HIDDEN)), "w1": rng.standard_normal((HIDDEN, MLP)) * 0.3,
                  "w2": rng.standard_normal((MLP, HIDDEN)) * 0.3}  # fmt: skip
-    for index in (1, 2):
-        constants[f"g{index}"] = 1.0 + 0.3 * rng.standard_normal(HIDDEN)
-        constants[f"b{index}"] = 0.1 * rng.standard_normal(HIDDEN)
-    proto = _model(FRONT_END_TEXT, {k: v.astype(np.float32) for k, v in constants.items()})
+    constants = _with_norms(rng, constants)
+    proto = _model(FRONT_END_TEXT, constants)
     assert find_residual_stream(ir.serde.deserialize_model(proto)).entry is not None
     model = ir.serde.deserialize_model(proto)
     records = run_passes(model, [RotationInvariantPass(), RotateSlicePass(ratio=0.0, rotation="random")])
