@@ -128,8 +128,8 @@ KEPT_COUNTERS = True
 # with the fast steps switched off), per KB at MB = 1 and 8, against the
 # measured source (0d36e8a: every step a scan step, 464 and 1850.7):
 GQSA_MEASURED_PER_KB = (464.0, 1850.7)
-GQSA_FAST_PER_KB = (148.7, 470.7)
-GQSA_SCAN_PER_KB = (425.3, 1640.0)
+GQSA_FAST_PER_KB = (149.3, 470.7)
+GQSA_SCAN_PER_KB = (445.3, 1640.0)
 # The fitted per-entry (M = 1) and per-token costs are scaled by the static
 # ratios at the shape's share of scan steps, about one per column: a column of
 # C = 0.5 K / g kept entries takes C / 32 steps (gqsa_ratios). An assumption,

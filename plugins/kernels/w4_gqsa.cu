@@ -13,9 +13,11 @@
 // column is split between warps. The warp walks its columns' entries 32 at a
 // time, one entry per lane (384 B per step for g = 16, coalesced, read with
 // the streaming hint); the warp finds its columns with a 32-way search (3
-// dependent loads where a binary search took 14), a lane its first column by
-// a binary search over the warp's few columns, then it walks row_ptr. A segmented warp scan sums lanes of one column, a carry takes
-// a column across steps, and the lane holding a column's last entry writes
+// dependent loads where a binary search took 14) and the column of its first
+// entry by a binary search over its own few columns; in a step where a column
+// ends the lanes walk row_ptr from there. A segmented warp scan sums lanes of
+// one column, a carry takes a column across steps, and the lane holding a
+// column's last entry writes
 // Y directly: no workspace, no memset, no finalize launch. A step whose 32
 // entries lie inside one column and do not end it (most steps: a column of
 // C entries takes C / 32) skips the scan: each lane adds to its own sums,
