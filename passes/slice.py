@@ -77,9 +77,10 @@ ROTATIONS = ("pca", "random", "none")
 BASES = ("shared", "per-norm")
 
 
-def residual_stream_or_error(model: ir.Model) -> ResidualStream:
-    """The stream of ``model``, or a one-line :class:`UserError` saying why there is none."""
-    stream = find_residual_stream(model)
+def residual_stream_or_error(model: ir.Model, stream: ResidualStream | None = None) -> ResidualStream:
+    """The stream of ``model`` (``stream``: its analysis, already made), or a one-line
+    :class:`UserError` saying why there is none."""
+    stream = find_residual_stream(model) if stream is None else stream
     if stream.reason is not None:
         raise UserError(f"cannot slice this model: {stream.reason}")
     return stream
@@ -146,8 +147,8 @@ class RotationInvariantPass(SpaPass):
         embedding_norms = split_embedding_norms(model)
         layer_scales = fold_layer_scales(model)
         output_norms = read_output_norms(model)
-        entries = enter_streams(model)
-        stream = residual_stream_or_error(model)
+        entries, found = enter_streams(model)
+        stream = residual_stream_or_error(model, found)
         statistics = make_invariant(model, stream)
         statistics["skip_norms_unfused"] = unfused
         statistics["embedding_norms_split"] = embedding_norms

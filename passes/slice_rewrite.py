@@ -41,6 +41,7 @@ from spa.analysis.residual import (
     find_residual_stream,
     initializer_array,
     is_token_embedding,
+    last_dim,
 )
 
 __all__ = [
@@ -165,14 +166,18 @@ def _position(model: ir.Model) -> Callable[[ir.Node], int]:
     return lambda node: order.get(id(node), -1)
 
 
-def _fold_into_reader(model: ir.Model, site: WeightSite, norm: Norm, hidden: int) -> None:
+def _fold_into_reader(
+    model: ir.Model, site: WeightSite, scale: np.ndarray | None, bias: np.ndarray | None, hidden: int
+) -> None:
+    """A reader of ``x * scale + bias`` made to read ``x``: the scale into its weight along
+    the hidden axis, ``bias W`` added after it."""
     weight = site.array()
     moved = _hidden_last(weight, site.axis, hidden)
-    if norm.bias is not None:
-        extra = moved @ norm.bias.astype(np.float64).reshape(-1)
+    if bias is not None:
+        extra = moved @ bias.astype(np.float64).reshape(-1)
         _add_reader_bias(model, site.node, extra.astype(weight.dtype))
-    if norm.scale is not None:
-        moved = moved * norm.scale.astype(np.float64).reshape(-1)
+    if scale is not None:
+        moved = moved * scale.astype(np.float64).reshape(-1)
     _set_site(model, site, _put_back(moved, site.axis, weight.ndim))
 
 
@@ -243,7 +248,7 @@ def make_invariant(model: ir.Model, stream: ResidualStream) -> dict[str, int]:
     position = _position(model)
     for norm in stream.norms:
         for site in norm.readers:
-            _fold_into_reader(model, site, norm, hidden)
+            _fold_into_reader(model, site, norm.scale, norm.bias, hidden)
         _replace_norm(model, norm, position)
     return {
         "norms_folded": len(stream.norms),
@@ -502,10 +507,8 @@ def split_embedding_norms(model: ir.Model) -> int:
             weight = initializer_array(reader.inputs[1]) if reader.op_type == "MatMul" and index == 0 else None
             if weight is None or weight.ndim != 2 or weight.shape[0] != scale.size:
                 continue
-            _set_site(model, WeightSite(reader, 1, 0), (scale[:, None] * weight).astype(weight.dtype))
+            _fold_into_reader(model, WeightSite(reader, 1, 0), scale, bias, scale.size)
             reader.replace_input_with(0, output)
-            if bias is not None:
-                _add_reader_bias(model, reader, (bias @ weight).astype(weight.dtype))
         count += 1
     return count
 
@@ -553,10 +556,7 @@ def read_output_norms(model: ir.Model) -> int:
     count = 0
     for norm in norms:
         output, producer = norm.output, norm.output.producer()
-        shape = output.shape
-        hidden = len(norm.scale) if norm.scale is not None and norm.scale.ndim == 1 else (
-            shape[-1] if shape is not None and len(shape) and isinstance(shape[-1], int) else 0
-        )  # fmt: skip
+        hidden = len(norm.scale) if norm.scale is not None and norm.scale.ndim == 1 else last_dim(output)
         dtype = next((v.dtype.numpy() for v in (output, norm.input) if v.dtype is not None), None)
         if dtype is None and norm.scale is not None:
             dtype = norm.scale.dtype
@@ -577,24 +577,21 @@ def read_output_norms(model: ir.Model) -> int:
     return count
 
 
-def enter_streams(model: ir.Model, limit: int = 4) -> int:
+def enter_streams(model: ir.Model, limit: int = 4) -> tuple[int, ResidualStream]:
     """A stream that starts after a non-linear front end (Whisper's encoder: convolutions and
     GELU, a Transpose, then the position table is added) has no linear first writer: the
     value added there gets one, ``MatMul(I_D)`` (named ``...{STREAM_ENTRY}``), which the
     rotation makes ``I Q`` (``D x D'`` params once sliced). Only where the stream analysis
-    names such a start (:class:`spa.analysis.residual.StreamEntry`); returns how many."""
+    names such a start (:class:`spa.analysis.residual.StreamEntry`). Returns how many, and
+    the analysis of the model as it is then (the caller needs no second one)."""
     count = 0
-    for _ in range(limit):
-        entry = find_residual_stream(model).entry
-        if entry is None:
-            break
+    stream = find_residual_stream(model)
+    while stream.entry is not None and count < limit:
+        entry = stream.entry
         constants = [initializer_array(node.inputs[1 - index]) for node, index in node_uses(entry)
                      if node.op_type == "Add" and index in (0, 1)]  # fmt: skip
         widths = {int(c.shape[-1]) for c in constants if c is not None and c.ndim}
-        shape = entry.shape
-        hidden = shape[-1] if shape is not None and len(shape) and isinstance(shape[-1], int) else (
-            widths.pop() if len(widths) == 1 else 0
-        )  # fmt: skip
+        hidden = last_dim(entry) or (widths.pop() if len(widths) == 1 else 0)
         dtype = entry.dtype.numpy() if entry.dtype is not None else next(
             (c.dtype for c in constants if c is not None), None
         )  # fmt: skip
@@ -609,7 +606,8 @@ def enter_streams(model: ir.Model, limit: int = 4) -> int:
                 node.replace_input_with(index, result)
         model.graph.insert_after(producer, multiply)
         count += 1
-    return count
+        stream = find_residual_stream(model)
+    return count, stream
 
 
 def _scale_vector(value: ir.Value | None) -> np.ndarray | None:

@@ -62,6 +62,7 @@ __all__ = [
     "find_residual_stream",
     "initializer_array",
     "is_token_embedding",
+    "last_dim",
 ]
 
 #: Ops that only relabel a value on a reader's or writer's path.
@@ -478,7 +479,8 @@ def _walk_stream(
     return sites, adds, values, joins, targets
 
 
-def _width(value: ir.Value) -> int | None:
+def last_dim(value: ir.Value) -> int | None:
+    """``value``'s last dim where its shape declares it as a number, else None."""
     shape = value.shape
     if shape is None or len(shape) == 0 or not isinstance(shape[-1], int):
         return None
@@ -573,7 +575,7 @@ def _find(graph: ir.Graph) -> ResidualStream:
     embedding = next(s for walk in parts for s in walk.sites if _embeds(s))
     hidden = int(embedding.array().shape[embedding.axis])
     for norm, reason in failures:
-        if _width(norm.input) in (None, hidden):
+        if last_dim(norm.input) in (None, hidden):
             raise reason
     kinds = {walk.norm.kind for walk in main}
     if len(kinds) > 1:
