@@ -487,6 +487,35 @@ def test_model_compare_sets_the_measured_launch_floor_against_t0(tmp_path: Path)
     assert "the model's t0 is 3.88 us, so 2.13 us of it" in after and after.endswith("(NVIDIA H200)")
 
 
+def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
+    """model.py bounds: every row at its kernel's fixed cost plus its HBM floor (and, for the per-column
+    w4_gqsa, the L1 gather of every token's activations per entry), goals.py's verdicts on those rows, and
+    the largest fixed cost per launch at which each goal is met."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
+    assert spec is not None and spec.loader is not None
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    results = json.loads((PLUGINS / "bench" / "results.json").read_text())
+    rows = model.bound_rows(results)
+    predicted = {(r["kernel"], r["K"], r["N"], r["M"], r.get("group_size")): r["us"] for r in model.predictions(
+        results, json.loads((PLUGINS / "bench" / "split_sweep.json").read_text()))}  # fmt: skip
+    for r in rows:  # a bound is never above the model's own prediction for the committed kernels
+        assert r["us"] <= predicted[(r["kernel"], r["K"], r["N"], r["M"], r.get("group_size"))] + 1e-6
+    # 28672 x 8192, g = 16, M = 8: 7.3 M kept entries x 8 tokens at 32 B each through L1 outweigh the bytes
+    k, n = 28672, 8192
+    assert model.bound_us("w4_gqsa", k, n, 8, 16, t0=0.0) == pytest.approx(0.5 * k / 16 * n * 8 * model.GQSA_L1_US / 1e6)
+    assert model.bound_us("w4a16", k, n, 1, t0=0.0) == pytest.approx(model.hbm_floor_us("w4a16", k, n, 1))
+    report = model.bounds_report(results, None)
+    assert "  G5b: not even at t0 = 0 (bytes and L1 alone)" in report.splitlines()
+    assert "NOT MET | G1 stretch" in report and "MET    | G3b" in report
+    stretch = next(line for line in report.splitlines() if line.startswith("  G1 stretch: t0 <= "))
+    t0 = float(stretch.split("<= ")[1].split()[0])  # at that fixed cost the bound meets the stretch, just
+    g1 = model.bound_us("w4a16", 4096, 11008, 1, t0=t0)
+    assert 7.69 < g1 <= 7.7
+
+
 def load_sass_budget():  # type: ignore[no-untyped-def]
     import importlib.util
 

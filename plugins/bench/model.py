@@ -3,6 +3,7 @@
     python3 plugins/bench/model.py calibrate [results.json split_sweep.json]   # refit, print the constants
     python3 plugins/bench/model.py predict [results.json split_sweep.json] [-o predictions.json]
     python3 plugins/bench/model.py compare measured.json [predictions.json]
+    python3 plugins/bench/model.py bounds [results.json]   # the goals at the kernels' limits (bytes, L1, t0)
 
 The model (diagnosis.md §2.5, fitted here to the 2026-12-04 H200 run):
 
@@ -486,6 +487,78 @@ def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
     return rows
 
 
+# ---- bounds: the goals at the kernels' limits, whatever their code ----
+#
+# A row's bound is its kernel's fixed cost per launch (the fitted t0: launch,
+# pipeline fill, epilogue, tail) plus the larger of two limits no code change
+# moves: the HBM floor (hbm_floor_us: weight, activations and output once at
+# the measured bandwidth) and, for the per-column w4_gqsa, the L1 gather
+# (GQSA_L1_US: a column's kept groups are distinct groups of k, so each entry
+# needs every token's own g activations from L1 or shared memory, 2 B per
+# multiply-add, 128 B per clock and SM: any CUDA-core kernel over this format;
+# the tensor-core alternative, one mma per 16 columns over the union of their
+# groups, pays more in issue than this at 50 % kept). Tensor-core throughput
+# is left out (it binds only past M = 64). goals.py on these rows says which
+# goals no kernel can meet at the fitted t0, and `bounds` finds the largest
+# fixed cost (one t0 for every kernel) at which each goal is met.
+
+
+def bound_us(kernel: str, k: int, n: int, m: int, g: int = 128, t0: float | None = None) -> float:
+    """The least time of one call by the limits above; t0 None: the kernel's fitted fixed cost."""
+    if t0 is None:
+        t0 = GQSA[g]["t0"] if kernel == "w4_gqsa" else DENSE["t0"]
+    limit = hbm_floor_us(kernel, k, n, m)
+    if kernel == "w4_gqsa":
+        nnz_m = 0.5 * (k // g) * n / 1e6
+        limit = max(limit, nnz_m * m * GQSA_L1_US * g / 16)
+    return t0 + limit
+
+
+def bound_rows(measured: list[Row], t0: float | None = None) -> list[Row]:
+    """One row per measured row with ``us`` at its bound (cuBLAS as measured), and w4_gqsa_tile at every
+    w4a16 shape and M (TILE_KEEP of 8 kept)."""
+    rows = []
+    for r in measured:
+        g = r.get("group_size", 128)
+        us = bound_us(r["kernel"], r["K"], r["N"], r["M"], g, t0)
+        rows.append({**r, "us": round(us, 3), "speedup": round(r["cublas_fp16_us"] / us, 3), "bound": True,
+                     "measured_us": r["us"]})  # fmt: skip
+        if r["kernel"] == "w4a16":
+            us = bound_us("w4_gqsa_tile", r["K"], r["N"], r["M"], 16, t0)
+            rows.append({**rows[-1], "kernel": "w4_gqsa_tile", "group_size": 16, "keep": TILE_KEEP, "us": round(us, 3),
+                         "speedup": round(r["cublas_fp16_us"] / us, 3), "max_rel_err": None, "measured_us": None})  # fmt: skip
+    return rows
+
+
+def bounds_report(measured: list[Row], competitors: list[Row] | None) -> str:
+    """goals.py's verdicts on the bound rows at the fitted fixed costs, and per goal the largest common
+    fixed cost t0 (0-10 us, to 0.01 us) at which the bound rows meet it."""
+    goals = _goals()
+    lines = [f"at the fitted fixed costs (t0 {DENSE['t0']:.2f} us dense, {GQSA[16]['t0']:.2f} us w4_gqsa g = 16):"]
+    for goal, met, detail in goals.evaluate(bound_rows(measured), competitors):
+        lines.append(f"  {'MET   ' if met else 'NOT MET'} | {goal} | {detail}")
+
+    def met_at(goal: str, t0: float) -> bool:
+        return next(ok for name, ok, _ in goals.evaluate(bound_rows(measured, t0), competitors) if name == goal)
+
+    lines.append("the largest fixed cost per launch (every kernel) at which each goal is met at the bound:")
+    for goal, _, _ in goals.evaluate(bound_rows(measured), competitors):
+        if goal == "correctness":
+            continue
+        if not met_at(goal, 0.0):
+            lines.append(f"  {goal}: not even at t0 = 0 (bytes and L1 alone)")
+            continue
+        lo, hi = 0.0, 10.0
+        if met_at(goal, hi):
+            lines.append(f"  {goal}: met at any t0 up to {hi:.0f} us")
+            continue
+        while hi - lo > 0.005:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if met_at(goal, mid) else (lo, mid)
+        lines.append(f"  {goal}: t0 <= {lo:.2f} us")
+    return "\n".join(lines)
+
+
 def compare(measured: list[Row], predicted: list[Row]) -> str:
     table = {(p["kernel"], p["K"], p["N"], p["M"], p.get("group_size", 128)): p for p in predicted}
     lines, logs = [], []
@@ -533,6 +606,11 @@ def main(argv: list[str]) -> int:
         rows = predictions(measured, sweep)
         out.write_text("[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n]\n")
         print(f"{len(rows)} predicted rows -> {out} ({KERNELS})")
+        return 0
+    if command == "bounds":
+        measured = json.loads(Path(args[0] if args else HERE / "results.json").read_text())
+        path = Path(args[0]).with_name("competitors.json") if args else HERE / "competitors.json"
+        print(bounds_report(measured, _goals().load_competitors(path)))
         return 0
     if command == "compare":
         measured = json.loads(Path(args[0]).read_text())
