@@ -516,6 +516,20 @@ def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
     assert 7.69 < g1 <= 7.7
 
 
+def test_model_bounds_on_a_run_folder_name_its_launch_floor(tmp_path: Path) -> None:
+    """run_gpu.sh writes bounds.txt from the run's folder: the run's cuBLAS and tinygemm rows, and the
+    measured empty-kernel launch set against the fixed costs the goals need."""
+    for name in ("results.json", "competitors.json"):
+        (tmp_path / name).write_text((PLUGINS / "bench" / name).read_text())
+    command = [sys.executable, str(PLUGINS / "bench" / "model.py"), "bounds", str(tmp_path / "results.json")]
+    before = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "MET    | G3c" in before and "launch floor" not in before
+    (tmp_path / "launch_floor.json").write_text(
+        '{"card": "NVIDIA H200", "ctas": 264, "empty_grid_us": 1.75, "empty_warp_us": 1.25}\n')
+    after = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    assert after.startswith("the measured launch floor is 1.75 us")
+
+
 def load_sass_budget():  # type: ignore[no-untyped-def]
     import importlib.util
 

@@ -17,6 +17,7 @@
 #   DIR/competitors.json    torch tinygemm + cuBLAS FP16 (tinygemm.py; absent without torch)
 #   DIR/ncu/                Nsight Compute stalls: stalls.ncu-rep, stalls.txt, stalls.csv (absent without ncu)
 #   DIR/model_vs_measured.txt  predictions.json (model.py) against results.json
+#   DIR/bounds.txt          the goals at the kernels' limits, with this run's cuBLAS (model.py bounds)
 #   DIR/goals.txt           the verdict lines (goals.py)
 #
 # --dry-run checks the tools and prints the steps without building or running
@@ -62,7 +63,7 @@ if [ $DRY -eq 1 ]; then
   echo "steps: build (kernels, harness, mma_sp_probe, latency) | mma.sp probe | pointer chase -> latency.json"
   echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), launch_floor.json"
   echo "       | tinygemm.py -> competitors.json | ncu ${NCU_ARGS[*]} --metrics (stall reasons, instructions, DRAM) harness --profile -> ncu/"
-  echo "       | model.py compare -> model_vs_measured.txt | goals.py -> goals.txt"
+  echo "       | model.py compare -> model_vs_measured.txt | model.py bounds -> bounds.txt | goals.py -> goals.txt"
   exit 0
 fi
 
@@ -155,6 +156,10 @@ fi
 step "model vs measured"
 python3 $BENCH/model.py compare "$OUT_DIR/results.json" > "$OUT_DIR/model_vs_measured.txt" || true
 tail -3 "$OUT_DIR/model_vs_measured.txt" || true
+
+step "bounds"
+python3 $BENCH/model.py bounds "$OUT_DIR/results.json" > "$OUT_DIR/bounds.txt" || true
+tail -13 "$OUT_DIR/bounds.txt" || true
 
 step "goals"
 competitors=$OUT_DIR/competitors.json

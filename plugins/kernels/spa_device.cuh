@@ -463,7 +463,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, int 
 // atomics, no finalize launch. Each split stores its FP32 sums to its own
 // slab of the workspace with plain stores; the CTA that arrives last at its
 // column block's counter (an integer atomic after a fence) sums the slabs in
-// split order, so Y has the same bits whatever order the CTAs finished in,
+// split order (up to MT = 4 its own split's term from its registers, the
+// same values), so Y has the same bits whatever order the CTAs finished in,
 // converts once to T and puts the counter back to 0 for the next launch.
 // Every thread of the CTA calls it (it has barriers); `valid`: this warp owns
 // a real tile. `flag` is a free int of shared memory (the stages are done).
@@ -494,8 +495,17 @@ __device__ __forceinline__ void store_split(const float (&acc)[MT][4], T* y, flo
         const int m = j * 8 + thread_in_group * 2 + (r & 1);
         if (m >= M) continue;
         const size_t index = static_cast<size_t>(m) * N + col_lo + (r >> 1) * 8;
+        // Up to MT = 4 its own split's sums come from its registers (the
+        // same FP32 values its slab holds): only the other splits' slabs are
+        // read back. At MT = 8 keeping them live to here cost the main loop
+        // 4 % more instructions (ptxas at the 128-register cap): read back.
         float sum = 0.0f;
-        for (unsigned s = 0; s < gridDim.y; ++s) sum += __ldcg(slabs + s * slab + index);  // L2: other SMs wrote it
+        for (unsigned s = 0; s < gridDim.y; ++s) {
+          if constexpr (MT <= 4)
+            sum += s == blockIdx.y ? acc[j][r] : __ldcg(slabs + s * slab + index);  // L2: other SMs wrote it
+          else
+            sum += __ldcg(slabs + s * slab + index);
+        }
         y[index] = Elem<T>::from_float(sum);
       }
   }
@@ -514,11 +524,49 @@ __device__ __forceinline__ void finish_tile(const float (&acc)[MT][4], T* y, flo
     store_tile<T, MT>(acc, y, M, N, col_lo, thread_in_group);
 }
 
-// The workspace of an in-kernel split: `blocks` int counters (256-B padded),
-// then `splits` FP32 slabs of rows x N.
-inline size_t split_counter_bytes(int blocks) { return (sizeof(int) * static_cast<size_t>(blocks) + 255) / 256 * 256; }
-inline size_t split_workspace_bytes(int blocks, int splits, int rows, int N) {
-  return split_counter_bytes(blocks) + sizeof(float) * static_cast<size_t>(splits) * rows * N;
+// A CTA's share of its launch's rows (launch_column_blocks: blockIdx.x =
+// halves x block + half): its column block and the first row and count of
+// its rows. Only an instantiation of 32 rows (MT = 4) is ever a half:
+// row_halves gives a block two CTAs only above 32 rows, and then 32 rows
+// each; every other instantiation owns its block's rows (compile-time: no
+// registers spent on it).
+struct RowShare {
+  int block, m0, rows;
+};
+template <int kRows>
+__device__ __forceinline__ RowShare row_share(int M) {
+  if constexpr (kRows == 32) {
+    if (M > kRows) {
+      const int half = static_cast<int>(blockIdx.x & 1u);
+      return RowShare{static_cast<int>(blockIdx.x >> 1), half * kRows, half == 0 ? kRows : M - kRows};
+    }
+  }
+  return RowShare{static_cast<int>(blockIdx.x), 0, M};
+}
+
+// Moves a kernel's pointers and M to its share of the rows: A and Y by m0
+// rows, the split's slabs past the first half's (splits x kRows x N floats,
+// m0 = kRows), M to its own rows; returns its column block.
+template <bool kSplit, int kRows, typename T>
+__device__ __forceinline__ int take_rows(const T* __restrict__& a, T* __restrict__& y, float* __restrict__& slabs,
+                                         int& M, int K, int N) {
+  const RowShare share = row_share<kRows>(M);
+  if constexpr (kRows == 32) {
+    a += static_cast<size_t>(share.m0) * K;
+    y += static_cast<size_t>(share.m0) * N;
+    if constexpr (kSplit) slabs += static_cast<size_t>(share.m0) * gridDim.y * N;
+    M = share.rows;
+  }
+  return share.block;
+}
+
+// The workspace of an in-kernel split: `counters` ints (256-B padded), then
+// `splits` FP32 slabs of rows x N.
+inline size_t split_counter_bytes(int counters) {
+  return (sizeof(int) * static_cast<size_t>(counters) + 255) / 256 * 256;
+}
+inline size_t split_workspace_bytes(int counters, int splits, int rows, int N) {
+  return split_counter_bytes(counters) + sizeof(float) * static_cast<size_t>(splits) * rows * N;
 }
 
 inline int sm_count() {
@@ -528,6 +576,19 @@ inline int sm_count() {
     return 108;
   return count;
 }
+
+// Row halves: above 32 rows a column block's rows can go to two CTAs (rows
+// 0-31 and 32-63 of the launch, each at MT = 4) instead of one at MT = 8:
+// twice the CTAs, so half the K splits fill the same wave (half the slab
+// traffic, and the last CTA of each half sums a quarter of the slabs one
+// 64-row CTA summed), at MT = 4's cheaper loop (no rematerialised addresses
+// at the 128-register cap: 175.0 against 322.7 static instructions per KB,
+// split, FP16). The two halves of a block are neighbours in blockIdx.x, so
+// they stream the same weights at the same time and the second read is
+// served by L2. Only where the halved grid still fits in one wave unsplit
+// (column blocks <= SMs, 2 CTAs per SM): at N = 28672 (224 blocks) the
+// halves would take a second wave, and one CTA of 64 rows stays.
+inline int row_halves(int M, int n_tiles, int sms) { return M > 32 && (n_tiles + 7) / 8 <= sms ? 2 : 1; }
 
 // How a launcher divides K at this size (forced values, from the _ex launchers, win).
 // The table comes from the H200 sweep (plugins/bench/split_sweep.json,
@@ -588,9 +649,10 @@ inline SplitPlan plan_split(int M, int n_tiles, int n_groups, int slices_wanted,
       splits = 1;
       while (splits * 2 <= wanted) splits *= 2;
     } else {
-      // Not swept: one full wave of 8-warp CTAs (8 tiles each) at the 2 CTAs
-      // per SM their launch bounds guarantee from MT = 4 on.
-      splits = std::min(8, 2 * sms / ((n_tiles + 7) / 8));
+      // Not swept: one full wave of 8-warp CTAs (8 tiles each, twice as many
+      // where the rows are halved: row_halves) at the 2 CTAs per SM their
+      // launch bounds guarantee from MT = 4 on.
+      splits = std::min(8, 2 * sms / ((n_tiles + 7) / 8 * row_halves(M, n_tiles, sms)));
     }
     splits = std::max(1, std::min(splits, n_groups / 4));
     if (!has_workspace) splits = 1;
@@ -618,25 +680,31 @@ inline int gqsa_pass_rows(int K) {
 inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
 
 // The 8-warp kernels' row tiles: calls f(std::integral_constant<int, MT>{})
-// with MT = 1, 2, 4, 8 8-token tiles for M <= 8, 16, 32, 64 (the launchers
-// run at most 64 rows per launch).
+// with MT = 1, 2, 4, 8 8-token tiles for M <= 8, 16, 32, 64 rows per CTA
+// (the launchers run at most 64 rows per launch; `halves` CTAs share them).
 template <typename F>
-inline auto with_row_tiles(int M, F&& f) -> decltype(f(std::integral_constant<int, 1>{})) {
+inline auto with_row_tiles(int M, int halves, F&& f) -> decltype(f(std::integral_constant<int, 1>{})) {
+  M = (M + halves - 1) / halves;
   if (M <= 8) return f(std::integral_constant<int, 1>{});
   if (M <= 16) return f(std::integral_constant<int, 2>{});
   if (M <= 32) return f(std::integral_constant<int, 4>{});
   return f(std::integral_constant<int, 8>{});
 }
 
-// Launches an 8-warp kernel over split_column_blocks(N) x splits CTAs with
+// The arrival counters of an in-kernel split: one per CTA of a split, that
+// is per column block and row half (row_halves: at most 2).
+inline int split_counter_count(int N) { return 2 * split_column_blocks(N); }
+
+// Launches an 8-warp kernel over split_column_blocks(N) x halves x splits
+// CTAs (blockIdx.x = halves x block + half, blockIdx.y the split) with
 // `bytes` of dynamic shared memory: its split-K instantiation (reduced in
 // the kernel) when splits > 1, else the plain one.
 template <typename... Params, typename... Args>
 inline cudaError_t launch_column_blocks(void (*plain)(Params...), void (*split)(Params...), int bytes, int N,
-                                        int splits, cudaStream_t stream, Args... args) {
+                                        int halves, int splits, cudaStream_t stream, Args... args) {
   auto kernel = splits > 1 ? split : plain;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  dim3 grid(split_column_blocks(N), splits);
+  dim3 grid(split_column_blocks(N) * halves, splits);
   SPA_LAUNCH(grid, 256, bytes, stream, kernel)(args...);
   return cudaGetLastError();
 }
@@ -658,13 +726,13 @@ inline int resident_ctas(void (*kernel)(Params...), int bytes) {
 // reduced to what fits).
 inline size_t split_workspace_size(int M, int N, int K) {
   const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, 0, true);
-  return split_workspace_bytes(split_column_blocks(N), std::max(plan.splits, 8), std::min(M, SPA_MAX_M_PER_LAUNCH), N);
+  return split_workspace_bytes(split_counter_count(N), std::max(plan.splits, 8), std::min(M, SPA_MAX_M_PER_LAUNCH), N);
 }
 
 // Whether `workspace_bytes` hold one split's slab (else the launcher runs unsplit).
 inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes, int M, int N) {
   return workspace != nullptr &&
-         workspace_bytes >= split_workspace_bytes(split_column_blocks(N), 2, std::min(M, SPA_MAX_M_PER_LAUNCH), N);
+         workspace_bytes >= split_workspace_bytes(split_counter_count(N), 2, std::min(M, SPA_MAX_M_PER_LAUNCH), N);
 }
 
 // Runs an 8-warp kernel: splits K by the launch table (fewer splits where the
@@ -686,17 +754,17 @@ inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t worksp
   }
   const SplitPlan plan = plan_split(M, N / 16, K / SPA_W4_GROUP, 0, split_k, workspace != nullptr, ctas_per_sm);
   int splits = plan.splits, gps = plan.groups_per_split;  // no in-block slices in these kernels
-  const int blocks = split_column_blocks(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
-  while (splits > 1 && split_workspace_bytes(blocks, splits, rows, N) > workspace_bytes) {
+  const int n_counters = split_counter_count(N), rows = std::min(M, SPA_MAX_M_PER_LAUNCH);
+  while (splits > 1 && split_workspace_bytes(n_counters, splits, rows, N) > workspace_bytes) {
     --splits;
     gps = (K / SPA_W4_GROUP + splits - 1) / splits;
     splits = (K / SPA_W4_GROUP + gps - 1) / gps;
   }
   int* counters = splits == 1 ? nullptr : kept_counters != nullptr ? kept_counters : static_cast<int*>(workspace);
   float* slabs =
-      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(blocks)) : nullptr;
+      splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(n_counters)) : nullptr;
   if (counters != nullptr && kept_counters == nullptr)
-    SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * blocks, stream));
+    SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * n_counters, stream));
   for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH)
     SPA_CHECK(launch(m0, std::min(SPA_MAX_M_PER_LAUNCH, M - m0), slabs, counters, splits, gps));
   return cudaSuccess;

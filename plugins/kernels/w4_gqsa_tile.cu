@@ -86,7 +86,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
   const int n_tiles = N / 16, n_slabs = K / kSlab, n_units = (n_slabs + kSlabs - 1) / kSlabs;
-  const int tile = blockIdx.x * kWarps + warp;
+  // This CTA's rows (a column block's rows may go to two CTAs: row_halves).
+  const int block = take_rows<kSplit, kRows>(a_ptr, y, slabs, M, K, N);
+  const int tile = block * kWarps + warp;
   const bool tile_valid = tile < n_tiles;  // uniform over the warp
   const int u_begin = blockIdx.y * units_per_split;
   const int units = min(n_units, u_begin + units_per_split) - u_begin;
@@ -214,11 +216,12 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 template <typename T, int KEEP>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* positions, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int sps, cudaStream_t stream) {
-  return with_row_tiles(M, [&](auto mt) {
+  const int halves = row_halves(M, N / 16, sm_count());
+  return with_row_tiles(M, halves, [&](auto mt) {
     constexpr int MT = decltype(mt)::value;
     return launch_column_blocks(gemm_kernel<T, KEEP, MT, false>, gemm_kernel<T, KEEP, MT, true>,
-                                smem_bytes<KEEP, MT>(), N, splits, stream, a, values, positions, scales, y, slabs,
-                                counters, M, N, K, sps);
+                                smem_bytes<KEEP, MT>(), N, halves, splits, stream, a, values, positions, scales, y,
+                                slabs, counters, M, N, K, sps);
   });
 }
 
@@ -233,7 +236,8 @@ cudaError_t run(const void* a_ptr, const uint32_t* values, const uint32_t* posit
   // whole stages: ceil(groups / 2) stages of 256 k each (fewer splits where
   // that covers K sooner).
   const int n_units = (K / kSlab + kSlabs - 1) / kSlabs;
-  const int ctas = with_row_tiles(std::min(M, SPA_MAX_M_PER_LAUNCH), [keep](auto mt) {
+  const int launch_rows = std::min(M, SPA_MAX_M_PER_LAUNCH);  // the first launch's: its instantiation's occupancy
+  const int ctas = with_row_tiles(launch_rows, row_halves(launch_rows, N / 16, sm_count()), [keep](auto mt) {
     constexpr int MT = decltype(mt)::value;
     return keep == 4 ? resident_ctas(gemm_kernel<T, 4, MT, true>, smem_bytes<4, MT>())
                      : resident_ctas(gemm_kernel<T, 2, MT, true>, smem_bytes<2, MT>());

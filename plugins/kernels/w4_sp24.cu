@@ -70,7 +70,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
   const int n_tiles = N / 16, k_steps = K / 32, n_groups = K / SPA_W4_GROUP;
-  const int tile = blockIdx.x * kWarps + warp;
+  // This CTA's rows (a column block's rows may go to two CTAs: row_halves).
+  const int block = take_rows<kSplit, kRows>(a_ptr, y, slabs, M, K, N);
+  const int tile = block * kWarps + warp;
   const bool tile_valid = tile < n_tiles;  // uniform over the warp
   const int g_begin = blockIdx.y * groups_per_split;
   const int g_count = min(n_groups, g_begin + groups_per_split) - g_begin;
@@ -165,10 +167,11 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 template <typename T>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  return with_row_tiles(M, [&](auto mt) {
+  const int halves = row_halves(M, N / 16, sm_count());
+  return with_row_tiles(M, halves, [&](auto mt) {
     constexpr int MT = decltype(mt)::value;
-    return launch_column_blocks(gemm_kernel<T, MT, false>, gemm_kernel<T, MT, true>, smem_bytes<MT>(), N, splits,
-                                stream, a, values, meta, scales, y, slabs, counters, M, N, K, gps);
+    return launch_column_blocks(gemm_kernel<T, MT, false>, gemm_kernel<T, MT, true>, smem_bytes<MT>(), N, halves,
+                                splits, stream, a, values, meta, scales, y, slabs, counters, M, N, K, gps);
   });
 }
 
@@ -180,7 +183,8 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  const int ctas = with_row_tiles(std::min(M, SPA_MAX_M_PER_LAUNCH), [](auto mt) {
+  const int launch_rows = std::min(M, SPA_MAX_M_PER_LAUNCH);  // the first launch's: its instantiation's occupancy
+  const int ctas = with_row_tiles(launch_rows, row_halves(launch_rows, N / 16, sm_count()), [](auto mt) {
     constexpr int MT = decltype(mt)::value;
     return resident_ctas(gemm_kernel<T, MT, true>, smem_bytes<MT>());
   });
