@@ -49,13 +49,15 @@ def tolerances() -> list[str]:
     return ["--tolerance", repr(fp16.pop()), "--tolerance-bf16", repr(bf16.pop())]
 
 
-def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
-            kernels: Path | None = None, sms: int | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    env = dict(os.environ)
+def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address", kernels: Path | None = None,
+            sms: int | None = None, row_halves: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "SPA_ROW_HALVES"}
     if kernels is not None:
         env["SPA_EMU_KERNELS"] = str(kernels)
     if sms is not None:  # the SM count the launchers see (their plans and row halves depend on it)
         env["SPA_EMU_SMS"] = str(sms)
+    if row_halves is not None:  # the GPU harness's override of the rule (row_halves.json)
+        env["SPA_ROW_HALVES"] = row_halves
     command = [str(EMU / "run.sh"), "--sanitizer", sanitizer, "--build-dir", str(build), str(cases), *options]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
@@ -173,19 +175,20 @@ def test_rows_above_32_in_two_ctas_per_column_block_or_one(tmp_path: Path, asan_
     """Above 32 rows a launch gives each column block two CTAs of 32 rows (row_halves: blockIdx.x
     = 2 x block + half, each half with its own slabs and arrival counter) where the halved grid fits
     one wave, else one CTA of 64 rows (MT = 8). On 132 SMs the two cases' 2 column blocks take
-    halves, on one SM whole rows; both exact for every dense kernel, unsplit and split (kept
-    counters: every call leaves all of them at 0), at a half's edges and past one 64-row launch."""
+    halves, on one SM whole rows (and halves again where SPA_ROW_HALVES=2 forces them, as the GPU
+    harness does); exact for every dense kernel, unsplit and split (kept counters: every call
+    leaves all of them at 0), at a half's edges and past one 64-row launch."""
     lines = write_cases(tmp_path / "cases", shapes=((384, 144),))
     keep = [line for line in lines if line.startswith(("w4a16", "w4_sp24")) or (line.startswith("w4_gqsa_tile") and line.split()[4] == "4")]
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(keep) + "\n")
     assert len(keep) == 3
-    ms = [33, 40, 63, 64, 70]
-    for sms in (132, 1):
+    for sms, forced, ms, dtypes in ((132, None, [33, 40, 63, 64, 70], "fp16,bf16"),
+                                    (1, None, [33, 40, 63, 64, 70], "fp16,bf16"), (1, "2", [33, 64], "fp16")):  # fmt: skip
         run = emulate(tmp_path / "cases", asan_build, "--m", ",".join(map(str, ms)), "--splits", "0,2",
-                      "--dtypes", "fp16,bf16", "--kept-counters", "1", *tolerances(), sms=sms)  # fmt: skip
+                      "--dtypes", dtypes, "--kept-counters", "1", *tolerances(), sms=sms, row_halves=forced)  # fmt: skip
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
         rows = results(run.stdout)
-        assert len(rows) == 3 * len(ms) * 2 * 2 and all(verdict == "PASSED" for verdict, *_ in rows)
+        assert len(rows) == 3 * len(ms) * 2 * len(dtypes.split(",")) and all(verdict == "PASSED" for verdict, *_ in rows)
         assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
 
 

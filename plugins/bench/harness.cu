@@ -20,7 +20,9 @@
 // 4. Tuning data (not results): splits across blocks forced to 1, 2, 4, 8
 //    at M in {1, 4, 16, 32, 64} (slices = 1: neither kernel has in-block
 //    slices any more) on the shapes with K*N >= 16M, next to
-//    the launcher's own choice: split_sweep.json beside the results.
+//    the launcher's own choice: split_sweep.json beside the results; and at
+//    M = 64 a column block's rows in one CTA or in two (SPA_ROW_HALVES=1, 2):
+//    row_halves.json.
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -305,6 +307,7 @@ std::string json_escape(const std::string& s) {
 
 struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err, hbm_gbps; };
 struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us, memset_us; };
+struct HalvesRow { std::string kernel; int K, N, M; double one_us, two_us, auto_us; };
 
 // The fields of one JSON row after "card" (no braces, no trailing comma).
 std::string json_fields(const Row& r) {
@@ -322,6 +325,15 @@ std::string json_fields(const SweepRow& r) {
                 "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"slices\": %d, \"split_k\": %d, "
                 "\"us\": %.3f, \"launcher_choice_us\": %.3f, \"launcher_choice_memset_us\": %.3f",
                 r.kernel.c_str(), r.K, r.N, r.M, r.slices, r.split, r.us, r.auto_us, r.memset_us);
+  return buffer;
+}
+
+std::string json_fields(const HalvesRow& r) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer),
+                "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"one_cta_us\": %.3f, "
+                "\"two_ctas_us\": %.3f, \"launcher_choice_us\": %.3f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.one_us, r.two_us, r.auto_us);
   return buffer;
 }
 
@@ -447,6 +459,8 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   std::vector<SweepRow> sweep;
   std::string sweep_out = out.substr(0, out.find_last_of('/') + 1) + "split_sweep.json";
+  std::vector<HalvesRow> halves;
+  std::string halves_out = out.substr(0, out.find_last_of('/') + 1) + "row_halves.json";
   // w4_gqsa twice: g = 16 (what spa's GQSA writes by default) and g = 32.
   // Bytes per weight at 50% kept: w4a16 0.516; GQSA g = 16 0.375 (8 B values
   // + 2 B index + 2 B scale per kept group), g = 32 0.313. So g = 16 is
@@ -512,6 +526,20 @@ int main(int argc, char** argv) {
           });
           std::printf("sweep | %-8s K=%-6d N=%-6d M=%-3d launcher's choice %8.2f us kept counters, %8.2f us memset\n",
                       kernel, K, N, M, auto_us, memset_us);
+          if (M > 32) {  // a column block's rows in one CTA or two (row_halves), each forced
+            double forced[2];
+            for (int h = 1; h <= 2; ++h) {
+              setenv("SPA_ROW_HALVES", h == 1 ? "1" : "2", 1);
+              forced[h - 1] = time_graph(ctx, copies, [&](int c) {
+                CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16));
+              });
+            }
+            unsetenv("SPA_ROW_HALVES");
+            std::printf("halves | %-8s K=%-6d N=%-6d M=%-3d one CTA of %d rows %8.2f us, two %8.2f us (launcher's choice %8.2f us)\n",
+                        kernel, K, N, M, M, forced[0], forced[1], auto_us);
+            halves.push_back({kernel, K, N, M, forced[0], forced[1], auto_us});
+            write_json(halves_out, prop.name, halves);
+          }
           {
             const int slices = 1;  // neither kernel has in-block slices any more (8-warp CTAs, one shared stage)
             for (int split : {1, 2, 4, 8}) {

@@ -12,6 +12,7 @@
 #
 #   DIR/gpu_run.log         this run's log
 #   DIR/results.json        timing rows (harness); DIR/split_sweep.json: tuning sweep;
+#                           DIR/row_halves.json: M = 64 in one CTA per column block or two;
 #                           DIR/launch_floor.json: an empty kernel's time in the same CUDA graphs
 #   DIR/latency.json        pointer chase (latency.cu)
 #   DIR/competitors.json    torch tinygemm + cuBLAS FP16 (tinygemm.py; absent without torch)
@@ -61,7 +62,7 @@ if [ $DRY -eq 1 ]; then
   echo "ncu:   ${NCU:-missing (the stall export will be skipped)}"
   echo "torch: ${TORCH:-missing (tinygemm will be skipped)}"
   echo "steps: build (kernels, harness, mma_sp_probe, latency) | mma.sp probe | pointer chase -> latency.json"
-  echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), launch_floor.json"
+  echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), row_halves.json, launch_floor.json"
   echo "       | tinygemm.py -> competitors.json | ncu ${NCU_ARGS[*]} --metrics (stall reasons, instructions, DRAM) harness --profile -> ncu/"
   echo "       | model.py compare -> model_vs_measured.txt | model.py bounds -> bounds.txt | goals.py -> goals.txt"
   exit 0

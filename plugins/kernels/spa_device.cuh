@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "spa_kernels.h"
@@ -588,7 +589,14 @@ inline int sm_count() {
 // served by L2. Only where the halved grid still fits in one wave unsplit
 // (column blocks <= SMs, 2 CTAs per SM): at N = 28672 (224 blocks) the
 // halves would take a second wave, and one CTA of 64 rows stays.
-inline int row_halves(int M, int n_tiles, int sms) { return M > 32 && (n_tiles + 7) / 8 <= sms ? 2 : 1; }
+// SPA_ROW_HALVES=1 or 2 in the environment forces one or two CTAs per block
+// above 32 rows (the GPU harness times both: row_halves.json); unset, the rule.
+inline int row_halves(int M, int n_tiles, int sms) {
+  if (M <= 32) return 1;
+  const char* forced = std::getenv("SPA_ROW_HALVES");
+  if (forced != nullptr && (forced[0] == '1' || forced[0] == '2') && forced[1] == '\0') return forced[0] - '0';
+  return (n_tiles + 7) / 8 <= sms ? 2 : 1;
+}
 
 // How a launcher divides K at this size (forced values, from the _ex launchers, win).
 // The table comes from the H200 sweep (plugins/bench/split_sweep.json,
