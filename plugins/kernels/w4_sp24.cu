@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                 const __half* __restrict__ scales,    // [K/128, N]
                 T* __restrict__ y,                    // [M, N] (split == 1)
                 float* __restrict__ slabs,            // [splits, M, N] FP32 (split > 1)
-                int* __restrict__ counters,           // [N / 128] arrival counts, 0 on entry (split > 1)
+                int* __restrict__ counters,           // [2 N / 128] arrival counts (block, half), 0 on entry
                 int M, int N, int K, int groups_per_split) {
   constexpr int kStages = stages_for(MT);
   constexpr int kRows = MT * 8;
