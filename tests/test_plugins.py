@@ -472,17 +472,23 @@ def test_committed_predictions_are_the_models_for_every_measured_row() -> None:
     assert errors[int(0.9 * len(errors))] < math.log(1.6)
 
 
+def model_on_a_run_folder(folder: Path, command: str, files: tuple[str, ...]) -> tuple[str, str]:
+    """model.py `command` on a run folder holding copies of the committed `files`: its whole output,
+    then the last line of its output once the harness's launch_floor.json (1.75 us) is there too."""
+    for name in files:
+        (folder / name).write_text((PLUGINS / "bench" / name).read_text())
+    argv = [sys.executable, str(PLUGINS / "bench" / "model.py"), command, str(folder / "results.json")]
+    before = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    (folder / "launch_floor.json").write_text(
+        '{"card": "NVIDIA H200", "ctas": 264, "empty_grid_us": 1.75, "empty_warp_us": 1.25}\n')
+    return before, subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+
+
 def test_model_compare_sets_the_measured_launch_floor_against_t0(tmp_path: Path) -> None:
     """model.py compare reads the harness's launch_floor.json beside the results it compares and says
     how much of the fitted fixed cost t0 is the bare launch (the rest: fill, epilogue, tail)."""
-    results = tmp_path / "results.json"
-    results.write_text((PLUGINS / "bench" / "results.json").read_text())
-    command = [sys.executable, str(PLUGINS / "bench" / "model.py"), "compare", str(results)]
-    before = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    before, after = model_on_a_run_folder(tmp_path, "compare", ("results.json",))
     assert "measured/predicted" in before and "launch floor" not in before
-    (tmp_path / "launch_floor.json").write_text(
-        '{"card": "NVIDIA H200", "ctas": 264, "empty_grid_us": 1.75, "empty_warp_us": 1.25}\n')
-    after = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
     assert after.startswith("launch floor: an empty kernel of 264 CTAs takes 1.75 us")
     assert "the model's t0 is 3.88 us, so 2.13 us of it" in after and after.endswith("(NVIDIA H200)")
 
@@ -519,14 +525,8 @@ def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
 def test_model_bounds_on_a_run_folder_name_its_launch_floor(tmp_path: Path) -> None:
     """run_gpu.sh writes bounds.txt from the run's folder: the run's cuBLAS and tinygemm rows, and the
     measured empty-kernel launch set against the fixed costs the goals need."""
-    for name in ("results.json", "competitors.json"):
-        (tmp_path / name).write_text((PLUGINS / "bench" / name).read_text())
-    command = [sys.executable, str(PLUGINS / "bench" / "model.py"), "bounds", str(tmp_path / "results.json")]
-    before = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    before, after = model_on_a_run_folder(tmp_path, "bounds", ("results.json", "competitors.json"))
     assert "MET    | G3c" in before and "launch floor" not in before
-    (tmp_path / "launch_floor.json").write_text(
-        '{"card": "NVIDIA H200", "ctas": 264, "empty_grid_us": 1.75, "empty_warp_us": 1.25}\n')
-    after = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
     assert after.startswith("the measured launch floor is 1.75 us")
 
 
