@@ -187,6 +187,14 @@ def row_halves(m: int, n_tiles: int, sms: int = SMS) -> int:
     return 2 if m > 32 and (n_tiles + 7) // 8 <= sms else 1
 
 
+def row_tiles(m: int, n: int) -> tuple[int, int]:
+    """spa_device.cuh with_row_tiles for the first launch of m rows (at most 64) and n columns:
+    (CTAs per column block, 8-token tiles per CTA)."""
+    rows = min(m, 64)
+    halves = row_halves(rows, n // 16)
+    return halves, mt_for(-(-rows // halves))
+
+
 def wave_splits(n_tiles: int, n_groups: int, ctas_per_sm: int, sms: int = SMS) -> int:
     """spa_device.cuh wave_splits: the K splits (1..8, >= 4 groups each) whose CTAs fill whole
     waves best: least ceil(CTAs x splits / resident slots) x groups per split, fewer splits
@@ -279,8 +287,7 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     (TILE_PER_KB). Row halves (row_halves): twice the CTAs at MT = 4, each streaming the weights; the
     second read of each weight is served by L2 (its twin CTA is its neighbour in the launch order and
     reads it at the same time: an assumption, not measured yet), so HBM carries it once."""
-    halves = row_halves(min(m, 64), n // 16) if v2 else 1
-    mt = mt_for(-(-min(m, 64) // halves))
+    halves, mt = row_tiles(m, n) if v2 else (1, mt_for(m))
     tile = kernel == "w4_gqsa_tile"
     n_groups, n_tiles = k // 128, n // 16
     splits = min(splits, n_groups)
@@ -382,9 +389,8 @@ def resident_ctas(kernel: str, mt: int) -> int:
 
 def launch_plan(kernel: str, k: int, n: int, m: int, slices: int = 0, split_k: int = 0) -> tuple[int, int, int]:
     """The launchers' plan for the current kernels: the wave rule at their occupancy."""
-    rows = min(m, 64)
-    mt = mt_for(-(-rows // row_halves(rows, n // 16)))
-    return plan_split(rows, n // 16, k // 128, slices, split_k, ctas_per_sm=resident_ctas(kernel, mt))
+    mt = row_tiles(m, n)[1]
+    return plan_split(min(m, 64), n // 16, k // 128, slices, split_k, ctas_per_sm=resident_ctas(kernel, mt))
 
 
 def predict_row(kernel: str, k: int, n: int, m: int, g: int = 128, slices: int = 0, split_k: int = 0) -> float:
@@ -464,11 +470,15 @@ def tile_rows(dense_rows: list[Row]) -> list[Row]:
             continue
         k, n, m = r["K"], r["N"], r["M"]
         ratio = predict_row("w4_gqsa_tile", k, n, m) / predict_row("w4a16", k, n, m)
-        us = r["us"] * ratio
-        rows.append({**r, "kernel": "w4_gqsa_tile", "group_size": 16, "keep": TILE_KEEP, "us": round(us, 2),
-                     "speedup": round(r["cublas_fp16_us"] / us, 3), "max_rel_err": None, "source": "model",
-                     "measured_us": None})  # fmt: skip
+        rows.append({**tile_row(r, r["us"] * ratio, 2), "source": "model"})
     return rows
+
+
+def tile_row(row: Row, us: float, digits: int) -> Row:
+    """A w4_gqsa_tile row (TILE_KEEP of 8 kept, never run: no error, no measurement) at ``row``'s
+    shape and M, ``us`` rounded to ``digits``, its speedup over ``row``'s cuBLAS."""
+    return {**row, "kernel": "w4_gqsa_tile", "group_size": 16, "keep": TILE_KEEP, "us": round(us, digits),
+            "speedup": round(row["cublas_fp16_us"] / us, 3), "max_rel_err": None, "measured_us": None}  # fmt: skip
 
 
 def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
@@ -489,7 +499,7 @@ def predictions(measured: list[Row], sweep: list[Row]) -> list[Row]:
         kernel, k, n, m = r["kernel"], r["K"], r["N"], r["M"]
         us = predict_row(kernel, k, n, m, r.get("group_size", 128))
         cell = None
-        if kernel != "w4_gqsa" and row_halves(min(m, 64), n // 16) == 1:  # the sweep never ran row halves
+        if kernel != "w4_gqsa" and row_tiles(m, n)[0] == 1:  # the sweep never ran row halves
             slices, splits, _ = launch_plan(kernel, k, n, m)
             cell = cells.get((kernel, k, n, m, slices, splits))
             if cell is not None:  # the launch cost t0 is the same in both: only the bodies scale
@@ -542,9 +552,7 @@ def bound_rows(measured: list[Row], t0: float | None = None) -> list[Row]:
         rows.append({**r, "us": round(us, 3), "speedup": round(r["cublas_fp16_us"] / us, 3), "bound": True,
                      "measured_us": r["us"]})  # fmt: skip
         if r["kernel"] == "w4a16":
-            us = bound_us("w4_gqsa_tile", r["K"], r["N"], r["M"], 16, t0)
-            rows.append({**rows[-1], "kernel": "w4_gqsa_tile", "group_size": 16, "keep": TILE_KEEP, "us": round(us, 3),
-                         "speedup": round(r["cublas_fp16_us"] / us, 3), "max_rel_err": None, "measured_us": None})  # fmt: skip
+            rows.append(tile_row(rows[-1], bound_us("w4_gqsa_tile", r["K"], r["N"], r["M"], 16, t0), 3))
     return rows
 
 
@@ -553,14 +561,15 @@ def bounds_report(measured: list[Row], competitors: list[Row] | None) -> str:
     fixed cost t0 (0-10 us, to 0.01 us) at which the bound rows meet it."""
     goals = _goals()
     lines = [f"at the fitted fixed costs (t0 {DENSE['t0']:.2f} us dense, {GQSA[16]['t0']:.2f} us w4_gqsa g = 16):"]
-    for goal, met, detail in goals.evaluate(bound_rows(measured), competitors):
+    verdicts = goals.evaluate(bound_rows(measured), competitors)
+    for goal, met, detail in verdicts:
         lines.append(f"  {'MET   ' if met else 'NOT MET'} | {goal} | {detail}")
 
     def met_at(goal: str, t0: float) -> bool:
         return next(ok for name, ok, _ in goals.evaluate(bound_rows(measured, t0), competitors) if name == goal)
 
     lines.append("the largest fixed cost per launch (every kernel) at which each goal is met at the bound:")
-    for goal, _, _ in goals.evaluate(bound_rows(measured), competitors):
+    for goal, _, _ in verdicts:
         if goal == "correctness":
             continue
         if not met_at(goal, 0.0):

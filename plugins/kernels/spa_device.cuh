@@ -687,16 +687,18 @@ inline int gqsa_pass_rows(int K) {
 // arrival counter each.
 inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
 
-// The 8-warp kernels' row tiles: calls f(std::integral_constant<int, MT>{})
-// with MT = 1, 2, 4, 8 8-token tiles for M <= 8, 16, 32, 64 rows per CTA
-// (the launchers run at most 64 rows per launch; `halves` CTAs share them).
+// The 8-warp kernels' CTAs for a launch of M rows (at most 64) and N columns:
+// calls f(std::integral_constant<int, MT>{}, halves), `halves` CTAs per
+// column block (row_halves) of MT = 1, 2, 4, 8 8-token tiles each, for up to
+// 8, 16, 32, 64 rows per CTA.
 template <typename F>
-inline auto with_row_tiles(int M, int halves, F&& f) -> decltype(f(std::integral_constant<int, 1>{})) {
+inline auto with_row_tiles(int M, int N, F&& f) -> decltype(f(std::integral_constant<int, 1>{}, 1)) {
+  const int halves = row_halves(M, N / 16, sm_count());
   M = (M + halves - 1) / halves;
-  if (M <= 8) return f(std::integral_constant<int, 1>{});
-  if (M <= 16) return f(std::integral_constant<int, 2>{});
-  if (M <= 32) return f(std::integral_constant<int, 4>{});
-  return f(std::integral_constant<int, 8>{});
+  if (M <= 8) return f(std::integral_constant<int, 1>{}, halves);
+  if (M <= 16) return f(std::integral_constant<int, 2>{}, halves);
+  if (M <= 32) return f(std::integral_constant<int, 4>{}, halves);
+  return f(std::integral_constant<int, 8>{}, halves);
 }
 
 // The arrival counters of an in-kernel split: one per CTA of a split, that

@@ -216,8 +216,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 template <typename T, int KEEP>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* positions, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int sps, cudaStream_t stream) {
-  const int halves = row_halves(M, N / 16, sm_count());
-  return with_row_tiles(M, halves, [&](auto mt) {
+  return with_row_tiles(M, N, [&](auto mt, int halves) {
     constexpr int MT = decltype(mt)::value;
     return launch_column_blocks(gemm_kernel<T, KEEP, MT, false>, gemm_kernel<T, KEEP, MT, true>,
                                 smem_bytes<KEEP, MT>(), N, halves, splits, stream, a, values, positions, scales, y,
@@ -236,8 +235,8 @@ cudaError_t run(const void* a_ptr, const uint32_t* values, const uint32_t* posit
   // whole stages: ceil(groups / 2) stages of 256 k each (fewer splits where
   // that covers K sooner).
   const int n_units = (K / kSlab + kSlabs - 1) / kSlabs;
-  const int launch_rows = std::min(M, SPA_MAX_M_PER_LAUNCH);  // the first launch's: its instantiation's occupancy
-  const int ctas = with_row_tiles(launch_rows, row_halves(launch_rows, N / 16, sm_count()), [keep](auto mt) {
+  // the first launch's instantiation: its occupancy
+  const int ctas = with_row_tiles(std::min(M, SPA_MAX_M_PER_LAUNCH), N, [keep](auto mt, int) {
     constexpr int MT = decltype(mt)::value;
     return keep == 4 ? resident_ctas(gemm_kernel<T, 4, MT, true>, smem_bytes<4, MT>())
                      : resident_ctas(gemm_kernel<T, 2, MT, true>, smem_bytes<2, MT>());

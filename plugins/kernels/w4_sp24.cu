@@ -167,8 +167,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 template <typename T>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  const int halves = row_halves(M, N / 16, sm_count());
-  return with_row_tiles(M, halves, [&](auto mt) {
+  return with_row_tiles(M, N, [&](auto mt, int halves) {
     constexpr int MT = decltype(mt)::value;
     return launch_column_blocks(gemm_kernel<T, MT, false>, gemm_kernel<T, MT, true>, smem_bytes<MT>(), N, halves,
                                 splits, stream, a, values, meta, scales, y, slabs, counters, M, N, K, gps);
@@ -183,8 +182,8 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
   const uint32_t* values = reinterpret_cast<const uint32_t*>(values_ptr);
   const __half* scales = reinterpret_cast<const __half*>(scales_ptr);
   T* y = static_cast<T*>(y_ptr);
-  const int launch_rows = std::min(M, SPA_MAX_M_PER_LAUNCH);  // the first launch's: its instantiation's occupancy
-  const int ctas = with_row_tiles(launch_rows, row_halves(launch_rows, N / 16, sm_count()), [](auto mt) {
+  // the first launch's instantiation: its occupancy
+  const int ctas = with_row_tiles(std::min(M, SPA_MAX_M_PER_LAUNCH), N, [](auto mt, int) {
     constexpr int MT = decltype(mt)::value;
     return resident_ctas(gemm_kernel<T, MT, true>, smem_bytes<MT>());
   });
