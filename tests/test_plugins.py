@@ -493,6 +493,29 @@ def test_model_compare_sets_the_measured_launch_floor_against_t0(tmp_path: Path)
     assert "the model's t0 is 3.88 us, so 2.13 us of it" in after and after.endswith("(NVIDIA H200)")
 
 
+def test_model_compare_summarises_the_runs_pdl_timings(tmp_path: Path) -> None:
+    """With the harness's pdl.json beside the results, model.py compare ends with each kernel's
+    time without programmatic dependent launch over its time with it (median and range), back to
+    back and after a plain kernel, and the empty kernel's launch floor both ways."""
+    (tmp_path / "results.json").write_text((PLUGINS / "bench" / "results.json").read_text())
+    rows = [{"card": "NVIDIA H200", "kernel": "w4a16", "K": 4096, "N": 11008, "M": m, "group_size": 128,
+             "pdl_us": us, "no_pdl_us": no, "after_plain_kernel_pdl_us": 2 * us, "after_plain_kernel_no_pdl_us": 2 * us + d}
+            for m, us, no, d in ((1, 9.0, 10.8, 0.9), (16, 12.0, 12.6, 0.0), (64, 20.0, 19.0, -2.0))]  # fmt: skip
+    rows.append({"card": "NVIDIA H200", "kernel": "w4_gqsa", "K": 4096, "N": 11008, "M": 1, "group_size": 16,
+                 "pdl_us": 8.0, "no_pdl_us": 9.0, "after_plain_kernel_pdl_us": 10.0, "after_plain_kernel_no_pdl_us": 10.5})
+    (tmp_path / "pdl.json").write_text(json.dumps(rows))
+    (tmp_path / "launch_floor.json").write_text('{"card": "NVIDIA H200", "ctas": 264, "empty_grid_us": 1.75, '
+                                               '"empty_warp_us": 1.25, "empty_grid_pdl_us": 0.80}\n')  # fmt: skip
+    argv = [sys.executable, str(PLUGINS / "bench" / "model.py"), "compare", str(tmp_path / "results.json")]
+    tail = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()[-4:]
+    assert tail[0].startswith("programmatic dependent launch (pdl.json)")
+    assert tail[1].split() == ["w4_gqsa", "g=16", "back", "to", "back", "1.125x", "(1.125x", "..", "1.125x),", "after",
+                               "a", "plain", "kernel", "1.050x", "(1.050x", "..", "1.050x)", "over", "1", "rows"]  # fmt: skip
+    assert tail[2].split() == ["w4a16", "back", "to", "back", "1.050x", "(0.950x", "..", "1.200x),", "after", "a",
+                               "plain", "kernel", "1.000x", "(0.950x", "..", "1.050x)", "over", "3", "rows"]  # fmt: skip
+    assert tail[3] == "  empty kernel of 264 CTAs: 1.75 us, 0.80 us with PDL (NVIDIA H200)"
+
+
 def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
     """model.py bounds: every row at its kernel's fixed cost plus its HBM floor (and, for the per-column
     w4_gqsa, the L1 gather of every token's activations per entry), goals.py's verdicts on those rows, and
@@ -595,9 +618,56 @@ def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) ->
             assert report.ldg_consumed == [], (name, report.ldg_consumed)
         assert report.i2f == 0, f"{name}: {report.i2f} I2F in the steady-state loop"
         assert report.ctas_per_sm >= budget["min_ctas_per_sm"], (name, report.regs, report.smem)
+        # programmatic dependent launch: one wait, one trigger, no store or activation copy before the wait
+        assert (report.pdl_waits, report.pdl_triggers, report.before_wait) == (1, 1, []), name
     # Issue 13's instruction budgets, met by the dense kernels' FP16 decode loops (M <= 8), and
     # w4_gqsa_tile's own at 4 of 8 groups kept, w4_gqsa's at g = 16 and M = 1.
     for kernel, decode in (("w4a16", "1"), ("w4_sp24", "1"), ("w4_gqsa_tile", "4,1"), ("w4_gqsa", "16,1")):
         for name in (f"{kernel}<fp16,{decode}>", f"{kernel}<fp16,{decode},split>"):
             if name in reports or kernel != "w4_gqsa":  # w4_gqsa has no split instantiation
                 assert reports[name].per_kb <= budget["target_per_kb"][kernel], (name, reports[name].per_kb)
+
+
+@needs_nvcc
+def test_sass_check_finds_activation_copies_issued_before_the_grid_dependency_wait(tmp_path: Path) -> None:
+    """The PDL part of the SASS budget is live: with the stage ring's activation copies moved
+    above its griddepcontrol.wait (a copy of the sources), every w4a16 instantiation reports
+    zero-filling cp.async (LDGSTS ..., !Pn) before its ACQBULK; the sources as they are
+    report none (test_kernel_sass_stays_within_its_budget)."""
+    sass = load_sass_budget()
+    if sass.tools()[1] is None:
+        pytest.skip("cuobjdump + nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    kernels = tmp_path / "kernels"
+    shutil.copytree(PLUGINS / "kernels", kernels)
+    device = kernels / "spa_device.cuh"
+    ring = """  for (int s = 0; s < kStages - 1; ++s) load_fixed(s, s < g_count);
+  grid_dependency_wait();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    load_acts(s, s < g_count);
+    cp_async_commit();
+  }
+"""
+    text = device.read_text()
+    assert ring in text
+    device.write_text(text.replace(ring, ring.replace("  grid_dependency_wait();\n", "") + "  grid_dependency_wait();\n"))
+    cubin = tmp_path / "w4a16.cubin"
+    result = nvcc("-gencode=arch=compute_90,code=sm_90", "-cubin", kernels / "w4a16.cu", "-o", cubin)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = sass.analyse({"w4a16": cubin})
+    assert len(reports) == 16  # FP16/BF16 x MT 1, 2, 4, 8 x split or not
+    for report in reports:
+        assert report.pdl_waits == 1, report.name
+        assert report.before_wait and all(op.startswith("LDGSTS") for op in report.before_wait), report.name
+    assert sass.before_wait(sass.parse(SASS_WITH_EARLY_STORE)["kernel"]) == ["STG.E at 0x10"]
+
+
+# A store before the wait and an activation copy after it (cuobjdump -sass text).
+SASS_WITH_EARLY_STORE = """
+\t\tFunction : kernel
+        /*0000*/                   PREEXIT ;
+        /*0010*/                   STG.E desc[UR4][R4.64], R7 ;
+        /*0020*/                   LDGSTS.E.BYPASS.128 [R0], desc[UR6][R6.64] ;
+        /*0030*/                   ACQBULK ;
+        /*0040*/              @!P0 LDGSTS.E.BYPASS.128 [R67], desc[UR12][R14.64], !P6 ;
+"""

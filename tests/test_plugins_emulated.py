@@ -336,6 +336,31 @@ def test_the_emulation_catches_a_missing_pipeline_barrier(tmp_path: Path) -> Non
     assert rows and all(verdict == "FAILED" for verdict, *_ in rows)
 
 
+def test_the_emulation_catches_work_before_the_grid_dependency_wait(tmp_path: Path) -> None:
+    """Programmatic dependent launch: the emulation fails a launch whose kernel copies
+    activations (the stage ring with its griddepcontrol.wait moved past the ring) or reads
+    them (w4_gqsa without its wait) before the wait, naming which: on a GPU either could
+    meet what the kernel before is still writing."""
+    broken = tmp_path / "kernels"
+    shutil.copytree(KERNELS, broken)
+    device = (broken / "spa_device.cuh").read_text()
+    wait = "  for (int s = 0; s < kStages - 1; ++s) load_fixed(s, s < g_count);\n  grid_dependency_wait();\n"
+    assert device.count(wait) == 1
+    device = device.replace(wait, wait.replace("  grid_dependency_wait();\n", ""))
+    (broken / "spa_device.cuh").write_text(device.replace("  cp_async_wait<0>();\n}", "  cp_async_wait<0>();\n  grid_dependency_wait();\n}"))
+    gqsa = (broken / "w4_gqsa.cu").read_text()
+    assert gqsa.count("  grid_dependency_wait();\n") == 1
+    (broken / "w4_gqsa.cu").write_text(gqsa.replace("  grid_dependency_wait();\n", ""))
+    write_cases(tmp_path / "cases", shapes=((384, 80),))
+    for kernel, what in (("w4a16", "an activation copy"), ("w4_gqsa", "an activation read")):
+        run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", kernel, "--m", "1", "--splits", "0",
+                      "--dtypes", "fp16", kernels=broken)  # fmt: skip
+        assert run.returncode == 1, run.stdout + run.stderr
+        lines = [line for line in run.stdout.splitlines() if line.startswith(("PASSED |", "FAILED |"))]
+        assert lines and all(line.startswith(f"FAILED | {kernel} ") for line in lines), run.stdout
+        assert all(what in line and "before griddepcontrol.wait" in line for line in lines), run.stdout
+
+
 def load_bench_module(name: str):  # type: ignore[no-untyped-def]
     import importlib.util
 

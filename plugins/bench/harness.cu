@@ -23,6 +23,15 @@
 //    the launcher's own choice: split_sweep.json beside the results; and at
 //    M = 64 a column block's rows in one CTA or in two (SPA_ROW_HALVES=1, 2):
 //    row_halves.json.
+// 5. Programmatic dependent launch (the launchers use it on sm_90+): a chain
+//    of launches, each reading the one before's output, must give the same
+//    bits with and without it (SPA_PDL=0), and every kernel at M = 1, 16, 64
+//    is timed without it too: pdl.json (the timed rows above are with it, as
+//    users get it), beside an empty kernel's launch floor with it. The timed
+//    rows follow a launch of the same kernel, which lets them start at once:
+//    the best case. pdl.json also times each layer as a network runs it,
+//    after a kernel that does not trigger them (a row scaling of A, as a
+//    norm would, feeding the GEMM), with and without PDL.
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -32,6 +41,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -287,7 +297,24 @@ double measure_read_bandwidth(Context& ctx) {
 // warp. The pointer chase (latency.cu) gives the DRAM round trip beside it.
 __global__ void empty_kernel() {}
 
-struct LaunchFloor { double grid_us, warp_us; int ctas; };
+// The same with programmatic dependent launch, as the spa kernels use it (spa_device.cuh):
+// each launch lets the next start at once and waits for the one before.
+__global__ void empty_pdl_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+struct LaunchFloor { double grid_us, warp_us, grid_pdl_us; int ctas; };
+
+// The kernel before a layer in pdl.json's pairs: y = x * 1.0 (FP16), a pass
+// over the activations as a norm makes, launched plainly (it never triggers
+// the kernel after it, as most kernels of a network do not).
+__global__ void scale_rows_kernel(const __half* x, __half* y, size_t count) {
+  size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i < count) y[i] = __hmul(x[i], __float2half(1.0f));
+}
 
 LaunchFloor measure_launch_floor(Context& ctx) {
   int sms = 0;
@@ -296,7 +323,69 @@ LaunchFloor measure_launch_floor(Context& ctx) {
   floor.ctas = 2 * sms;
   floor.grid_us = time_graph(ctx, 1, [&](int) { empty_kernel<<<floor.ctas, 256, 0, ctx.stream>>>(); });
   floor.warp_us = time_graph(ctx, 1, [&](int) { empty_kernel<<<1, 32, 0, ctx.stream>>>(); });
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(floor.ctas);
+  config.blockDim = dim3(256);
+  config.stream = ctx.stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  floor.grid_pdl_us = time_graph(ctx, 1, [&](int) { CHECK_CUDA(cudaLaunchKernelEx(&config, empty_pdl_kernel)); });
   return floor;
+}
+
+// Programmatic dependent launch on the GPU: a chain of `kLinks` launches at
+// K = N = 4096, each reading the one before's output as its activations, in
+// one CUDA graph, with PDL (the launchers' default on sm_90+) and without
+// (SPA_PDL=0). Each run starts with the chain's outputs set to NaN (0xFFFF),
+// so a kernel that read its activations, or wrote its output, before the one
+// before had finished would change the last output: the two must be the same
+// bits (the kernels are deterministic: split-K sums in split order).
+void check_pdl_chain(Context& ctx) {
+  constexpr int kLinks = 4, K = 4096, N = 4096;
+  struct Variant { const char* kernel; int g; };
+  const Variant variants[] = {{"w4a16", 128}, {"w4_sp24", 128}, {"w4_gqsa", 16}, {"w4_gqsa_tile", 16}};
+  for (const Variant& v : variants) {
+    std::unique_ptr<Weight> w = random_weight(v.kernel, K, N, 4242, v.g);
+    for (int M : {1, 16, 64}) {
+      const size_t count = static_cast<size_t>(M) * K;
+      std::vector<DeviceBuffer<__half>> acts;
+      for (int i = 0; i <= kLinks; ++i) acts.emplace_back(count);
+      DeviceBuffer<float> a32(count);
+      fill_activations<__half><<<blocks_for(count), 256>>>(acts[0].ptr, a32.ptr, count, 77 + M);
+      CHECK_CUDA(cudaDeviceSynchronize());
+      std::vector<uint16_t> last[2];
+      for (int pdl = 1; pdl >= 0; --pdl) {
+        if (pdl) unsetenv("SPA_PDL"); else setenv("SPA_PDL", "0", 1);
+        for (int i = 1; i <= kLinks; ++i) CHECK_CUDA(cudaMemsetAsync(acts[i].ptr, 0xFF, acts[i].bytes(), ctx.stream));
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CHECK_CUDA(cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeRelaxed));
+        for (int i = 0; i < kLinks; ++i) CHECK_CUDA(run_kernel(ctx, *w, acts[i].ptr, acts[i + 1].ptr, M, SPA_FP16));
+        CHECK_CUDA(cudaStreamEndCapture(ctx.stream, &graph));
+        CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        CHECK_CUDA(cudaGraphLaunch(exec, ctx.stream));
+        CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+        std::vector<__half> out = acts[kLinks].download();
+        last[pdl].resize(out.size());
+        std::memcpy(last[pdl].data(), out.data(), out.size() * sizeof(uint16_t));
+      }
+      unsetenv("SPA_PDL");
+      size_t differ = 0, nan = 0;
+      for (size_t i = 0; i < last[0].size(); ++i) {
+        differ += last[0][i] != last[1][i];
+        nan += (last[1][i] & 0x7c00) == 0x7c00;  // inf or NaN: a stale NaN or an overflow
+      }
+      const bool ok = differ == 0 && nan == 0;
+      ctx.failures += ok ? 0 : 1;
+      std::printf("%s | pdl chain %-12s g=%-3d %dx%d M=%-3d %d links: %zu of %zu outputs differ from SPA_PDL=0, %zu not finite\n",
+                  ok ? "PASSED" : "FAILED", v.kernel, v.g, K, N, M, kLinks, differ, last[0].size(), nan);
+    }
+  }
 }
 
 std::string json_escape(const std::string& s) {
@@ -308,6 +397,7 @@ std::string json_escape(const std::string& s) {
 struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, err, hbm_gbps; };
 struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us, memset_us; };
 struct HalvesRow { std::string kernel; int K, N, M; double one_us, two_us, auto_us; };
+struct PdlRow { std::string kernel; int K, N, M, group_size; double pdl_us, no_pdl_us, pair_pdl_us, pair_no_pdl_us; };
 
 // The fields of one JSON row after "card" (no braces, no trailing comma).
 std::string json_fields(const Row& r) {
@@ -334,6 +424,15 @@ std::string json_fields(const HalvesRow& r) {
                 "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"one_cta_us\": %.3f, "
                 "\"two_ctas_us\": %.3f, \"launcher_choice_us\": %.3f",
                 r.kernel.c_str(), r.K, r.N, r.M, r.one_us, r.two_us, r.auto_us);
+  return buffer;
+}
+
+std::string json_fields(const PdlRow& r) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer),
+                "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"group_size\": %d, \"pdl_us\": %.3f, "
+                "\"no_pdl_us\": %.3f, \"after_plain_kernel_pdl_us\": %.3f, \"after_plain_kernel_no_pdl_us\": %.3f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.pdl_us, r.no_pdl_us, r.pair_pdl_us, r.pair_no_pdl_us);
   return buffer;
 }
 
@@ -451,16 +550,22 @@ int main(int argc, char** argv) {
   {
     std::ofstream json(out.substr(0, out.find_last_of('/') + 1) + "launch_floor.json");
     json << "{\"card\": \"" << json_escape(prop.name) << "\", \"ctas\": " << floor.ctas
-         << ", \"empty_grid_us\": " << floor.grid_us << ", \"empty_warp_us\": " << floor.warp_us << "}\n";
+         << ", \"empty_grid_us\": " << floor.grid_us << ", \"empty_warp_us\": " << floor.warp_us
+         << ", \"empty_grid_pdl_us\": " << floor.grid_pdl_us << "}\n";
   }
+  std::printf("launch floor with programmatic dependent launch: %d CTAs x 256 threads %.2f us\n", floor.ctas,
+              floor.grid_pdl_us);
 
   if (!cases.empty()) run_cases(ctx, cases);
+  check_pdl_chain(ctx);
 
   std::vector<Row> rows;
   std::vector<SweepRow> sweep;
   std::string sweep_out = out.substr(0, out.find_last_of('/') + 1) + "split_sweep.json";
   std::vector<HalvesRow> halves;
   std::string halves_out = out.substr(0, out.find_last_of('/') + 1) + "row_halves.json";
+  std::vector<PdlRow> pdl_rows;
+  std::string pdl_out = out.substr(0, out.find_last_of('/') + 1) + "pdl.json";
   // w4_gqsa twice: g = 16 (what spa's GQSA writes by default) and g = 32.
   // Bytes per weight at 50% kept: w4a16 0.516; GQSA g = 16 0.375 (8 B values
   // + 2 B index + 2 B scale per kept group), g = 32 0.313. So g = 16 is
@@ -481,6 +586,7 @@ int main(int argc, char** argv) {
       fill_scales<<<blocks_for(w16.back().count), 256>>>(w16.back().ptr, w16.back().count, 99 + c, -0.05f, 0.05f);
     }
     DeviceBuffer<__half> a16(static_cast<size_t>(64) * K), y16(static_cast<size_t>(64) * N);
+    DeviceBuffer<__half> a16b(static_cast<size_t>(64) * K);  // pdl.json's pairs: the plain kernel's output
     DeviceBuffer<float> a32(static_cast<size_t>(64) * K);
     fill_activations<__half><<<blocks_for(a16.count), 256>>>(a16.ptr, a32.ptr, a16.count, 5);
     CHECK_CUDA(cudaDeviceSynchronize());
@@ -512,6 +618,26 @@ int main(int argc, char** argv) {
                     kernel, variant.g, shape.model, K, N, M, us, bytes / (us * 1e3), 100.0 * floor_us / us,
                     cublas_us[mi], cublas_us[mi] / us);
         rows.push_back({kernel, K, N, M, variant.g, us, cublas_us[mi], errors[mi], hbm});
+        if (M == 1 || M == 16 || M == 64) {  // the same launches without PDL (SPA_PDL=0), and after a plain kernel
+          const size_t a_count = static_cast<size_t>(M) * K;
+          auto pair = [&](int c) {  // one layer as a network runs it: a plain kernel producing A, then the GEMM
+            scale_rows_kernel<<<blocks_for(a_count), 256, 0, ctx.stream>>>(a16.ptr, a16b.ptr, a_count);
+            CHECK_CUDA(cudaGetLastError());
+            CHECK_CUDA(run_kernel(ctx, *weights[c], a16b.ptr, y16.ptr, M, SPA_FP16));
+          };
+          double pair_pdl_us = time_graph(ctx, copies, pair);
+          setenv("SPA_PDL", "0", 1);
+          double no_pdl_us = time_graph(ctx, copies, [&](int c) {
+            CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16));
+          });
+          double pair_no_pdl_us = time_graph(ctx, copies, pair);
+          unsetenv("SPA_PDL");
+          std::printf("pdl | %-8s g=%-3d K=%-6d N=%-6d M=%-3d %8.2f us with PDL, %8.2f us without (%.3fx); after a "
+                      "plain kernel %8.2f / %8.2f us (%.3fx)\n", kernel, variant.g, K, N, M, us, no_pdl_us,
+                      no_pdl_us / us, pair_pdl_us, pair_no_pdl_us, pair_no_pdl_us / pair_pdl_us);
+          pdl_rows.push_back({kernel, K, N, M, variant.g, us, no_pdl_us, pair_pdl_us, pair_no_pdl_us});
+          write_json(pdl_out, prop.name, pdl_rows);
+        }
       }
       // Tuning data for the split-K heuristic (not results: users get the
       // launcher's own choice, timed above): forced splits at decode sizes.

@@ -94,21 +94,21 @@ REGS = {"w4a16": {1: 56, 2: 70, 4: 73, 8: 98}, "w4_sp24": {1: 61, 2: 80, 4: 90, 
 # per CTA, one shared activation stage, stages 6 / 5 / 4 / 4. Its issue cost
 # is the measured kernel's fitted cost times the ratio of static SASS
 # instructions per KB of weights in the steady-state loop, FP16, sm_90
-# (sass_budget.py: now 112.2 / 143.9 / 174.1 / 257.0 at MT = 1 / 2 / 4 / 8;
+# (sass_budget.py: now 112.2 / 145.8 / 172.1 / 255.0 at MT = 1 / 2 / 4 / 8;
 # the measured code had 464 / 501 / 557 / 665 at slices = 1). An assumption:
 # that the fitted "effective" instructions shrink with the real ones.
 # The split instantiation (in-kernel reduction) has its own loop: the same
-# up to MT = 4, 322.7 per KB at MT = 8 (ptxas rematerialises addresses at
+# up to MT = 4 (113.0 / 145.8 / 173.1), 322.7 per KB at MT = 8 (ptxas rematerialises addresses at
 # the 128-register cap).
 # w4_sp24 got the same skeleton (8 warps, shared stage, ldmatrix for values
-# and activations, in-kernel split): 97.9 / 141.3 / 170.2 / 249.6 per KB of
-# its 0.75 KB groups (99.8 / 141.3 / 171.5 / 249.6 split), against 514.6 /
+# and activations, in-kernel split): 97.9 / 141.3 / 167.7 / 244.5 per KB of
+# its 0.75 KB groups (99.8 / 141.3 / 176.6 / 244.5 split), against 514.6 /
 # 568.3 / 618.2 / 723.2 in the measured body (sass_budget.py on the sources
 # of commit d3b8c13, slices = 1).
 MEASURED_PER_KB = {"w4a16": {1: 464, 2: 501, 4: 557, 8: 665}, "w4_sp24": {1: 514.6, 2: 568.3, 4: 618.2, 8: 723.2}}
 V2_PER_KB = {
-    "w4a16": {False: {1: 112.2, 2: 143.9, 4: 174.1, 8: 257.0}, True: {1: 113.3, 2: 143.9, 4: 175.0, 8: 322.7}},
-    "w4_sp24": {False: {1: 97.9, 2: 141.3, 4: 170.2, 8: 249.6}, True: {1: 99.8, 2: 141.3, 4: 171.5, 8: 249.6}},
+    "w4a16": {False: {1: 112.2, 2: 145.8, 4: 172.1, 8: 255.0}, True: {1: 113.0, 2: 145.8, 4: 173.1, 8: 322.7}},
+    "w4_sp24": {False: {1: 97.9, 2: 141.3, 4: 167.7, 8: 244.5}, True: {1: 99.8, 2: 141.3, 4: 176.6, 8: 244.5}},
 }  # fmt: skip
 V2_REGS = {"w4a16": {1: 80, 2: 79, 4: 105, 8: 128}, "w4_sp24": {1: 80, 2: 77, 4: 109, 8: 125}}  # ptxas, FP16, split
 # w4a16's in-kernel split reduction: one memset launch (the arrival counters,
@@ -163,10 +163,10 @@ def gqsa_ratios(k: int, g: int, kept: float = 0.5) -> tuple[float, float]:
 # assumption: 2 x keep mma per stage in one chain against w4a16's 8 in two).
 # Not measured yet.
 TILE_PER_KB = {
-    4: {False: {1: 136.7, 2: 171.7, 4: 207.5, 8: 289.4}, True: {1: 136.7, 2: 170.1, 4: 211.5, 8: 286.2}},
-    2: {False: {1: 156.4, 2: 217.3, 4: 255.5, 8: 372.9}, True: {1: 156.4, 2: 209.4, 4: 252.3, 8: 365.0}},
+    4: {False: {1: 136.7, 2: 171.7, 4: 205.9, 8: 286.2}, True: {1: 136.7, 2: 165.0, 4: 213.1, 8: 286.2}},
+    2: {False: {1: 156.4, 2: 207.8, 4: 252.3, 8: 369.8}, True: {1: 156.4, 2: 199.9, 4: 255.5, 8: 365.0}},
 }  # fmt: skip
-TILE_REGS = {4: {1: 64, 2: 68, 4: 86, 8: 115}, 2: {1: 60, 2: 58, 4: 77, 8: 124}}  # ptxas, FP16
+TILE_REGS = {4: {1: 64, 2: 68, 4: 86, 8: 115}, 2: {1: 60, 2: 56, 4: 80, 8: 124}}  # ptxas, FP16
 TILE_KEEP = 4  # the predicted rows: 4 of the 8 groups of every slab kept (50 %)
 
 
@@ -615,6 +615,33 @@ def launch_floor_line(floor: Row) -> str:
             f"{DENSE['t0'] - grid:.2f} us of it is the kernels' own fill, epilogue and tail ({floor['card']})")
 
 
+def pdl_summary(rows: list[Row], floor: Row | None = None) -> str:
+    """The harness's pdl.json: each kernel's time without programmatic dependent launch
+    (SPA_PDL=0) over its time with it (the launchers' default on sm_90+, as results.json is
+    timed), median and range per kernel, back to back (each launch after one of the same
+    kernel, which lets it start at once: the best case) and after a plain kernel (one that
+    never triggers it, as most of a network's kernels: the pair's time both ways); the empty
+    kernel's launch floor both ways when launch_floor.json has it. The model's t0 was fitted
+    on a run without PDL: what PDL takes off it shows here, not in the fit."""
+    def spread(ratios: list[float]) -> str:
+        ratios = sorted(ratios)
+        return f"{ratios[len(ratios) // 2]:.3f}x ({ratios[0]:.3f}x .. {ratios[-1]:.3f}x)"
+
+    by_kernel: dict[str, list[Row]] = {}
+    for r in rows:
+        by_kernel.setdefault(r["kernel"] + (f" g={r['group_size']}" if r["kernel"] == "w4_gqsa" else ""), []).append(r)
+    lines = ["programmatic dependent launch (pdl.json): time without / with, median (range) per kernel; > 1: PDL is faster"]
+    for name, group in sorted(by_kernel.items()):
+        line = f"  {name:16} back to back {spread([r['no_pdl_us'] / r['pdl_us'] for r in group])}"
+        pairs = [r["after_plain_kernel_no_pdl_us"] / r["after_plain_kernel_pdl_us"] for r in group
+                 if "after_plain_kernel_pdl_us" in r]  # fmt: skip
+        lines.append(line + (f", after a plain kernel {spread(pairs)}" if pairs else "") + f" over {len(group)} rows")
+    if floor is not None and "empty_grid_pdl_us" in floor:
+        lines.append(f"  empty kernel of {floor['ctas']} CTAs: {floor['empty_grid_us']:.2f} us, "
+                     f"{floor['empty_grid_pdl_us']:.2f} us with PDL ({floor['card']})")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "predict"
     args = argv[2:]
@@ -651,6 +678,9 @@ def main(argv: list[str]) -> int:
         floor = Path(args[0]).with_name("launch_floor.json")  # the harness writes it beside its results
         if floor.is_file():
             print(launch_floor_line(json.loads(floor.read_text())))
+        pdl = Path(args[0]).with_name("pdl.json")
+        if pdl.is_file():
+            print(pdl_summary(json.loads(pdl.read_text()), json.loads(floor.read_text()) if floor.is_file() else None))
         return 0
     print(__doc__)
     return 2

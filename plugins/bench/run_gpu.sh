@@ -14,6 +14,8 @@
 #   DIR/results.json        timing rows (harness); DIR/split_sweep.json: tuning sweep;
 #                           DIR/row_halves.json: M = 64 in one CTA per column block or two;
 #                           DIR/launch_floor.json: an empty kernel's time in the same CUDA graphs
+#                           (also with programmatic dependent launch); DIR/pdl.json: every kernel
+#                           at M = 1, 16, 64 with PDL (as results.json) and without (SPA_PDL=0)
 #   DIR/latency.json        pointer chase (latency.cu)
 #   DIR/competitors.json    torch tinygemm + cuBLAS FP16 (tinygemm.py; absent without torch)
 #   DIR/ncu/                Nsight Compute stalls: stalls.ncu-rep, stalls.txt, stalls.csv (absent without ncu)
@@ -62,7 +64,7 @@ if [ $DRY -eq 1 ]; then
   echo "ncu:   ${NCU:-missing (the stall export will be skipped)}"
   echo "torch: ${TORCH:-missing (tinygemm will be skipped)}"
   echo "steps: build (kernels, harness, mma_sp_probe, latency) | mma.sp probe | pointer chase -> latency.json"
-  echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), row_halves.json, launch_floor.json"
+  echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), row_halves.json, launch_floor.json, pdl.json (and the PDL chain check)"
   echo "       | tinygemm.py -> competitors.json | ncu ${NCU_ARGS[*]} --metrics (stall reasons, instructions, DRAM) harness --profile -> ncu/"
   echo "       | model.py compare -> model_vs_measured.txt | model.py bounds -> bounds.txt | goals.py -> goals.txt"
   exit 0
@@ -156,7 +158,7 @@ fi
 
 step "model vs measured"
 python3 $BENCH/model.py compare "$OUT_DIR/results.json" > "$OUT_DIR/model_vs_measured.txt" || true
-tail -3 "$OUT_DIR/model_vs_measured.txt" || true
+tail -12 "$OUT_DIR/model_vs_measured.txt" || true  # the rows' summary, the launch floor, the PDL summary
 
 step "bounds"
 python3 $BENCH/model.py bounds "$OUT_DIR/results.json" > "$OUT_DIR/bounds.txt" || true

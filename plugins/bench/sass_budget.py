@@ -16,7 +16,13 @@ For every instantiation of every kernel (sm_90 cubin):
     same iteration reads before the back edge: each is a full memory round
     trip on the loop's critical path (the scale load of the measured kernels);
   * CTAs per SM from registers (cuobjdump -res-usage) and shared memory (the
-    launchers' dynamic size, mirrored in model.smem_bytes, plus static).
+    launchers' dynamic size, mirrored in model.smem_bytes, plus static);
+  * programmatic dependent launch: the kernel lets the next one start
+    (griddepcontrol.launch_dependents: PREEXIT) and waits for the one before
+    (griddepcontrol.wait: ACQBULK), and nothing before its first wait (in
+    address order: the prologue) stores to global memory, takes an atomic
+    or copies activations (a cp.async with a zero-fill source size,
+    `LDGSTS ..., !Pn`: the activation copies; weights have none).
 tests/test_plugins.py holds these against plugins/bench/sass_budget.json.
 """
 
@@ -65,6 +71,9 @@ class Report:
     regs: int = 0
     smem: int = 0
     ctas_per_sm: int = 0
+    pdl_waits: int = 0  # ACQBULK (griddepcontrol.wait)
+    pdl_triggers: int = 0  # PREEXIT (griddepcontrol.launch_dependents)
+    before_wait: list[str] = field(default_factory=list)  # what the prologue must not do before the wait
 
     @property
     def name(self) -> str:
@@ -157,6 +166,21 @@ def consumed_loads(loop: list[Instr]) -> list[str]:
                 pending -= registers(later.operands[0])
             if not pending:
                 break
+    return found
+
+
+def before_wait(body: list[Instr]) -> list[str]:
+    """Instructions before the first griddepcontrol.wait (ACQBULK) that may touch what the
+    kernel before writes or reads: global stores and atomics, and activation copies (a
+    cp.async whose last operand is the zero-fill predicate). All of them when there is no wait."""
+    found = []
+    for ins in body:
+        if ins.opcode == "ACQBULK":
+            break
+        store = ins.opcode.startswith(("STG", "ST.", "ATOM", "RED")) or ins.opcode == "ST"
+        zero_fill = ins.opcode.startswith("LDGSTS") and bool(ins.operands) and re.fullmatch(r"!?U?P\w+", ins.operands[-1]) is not None
+        if store or zero_fill:
+            found.append(f"{ins.opcode} at {ins.addr:#x}")
     return found
 
 
@@ -270,6 +294,9 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 report.kb = weight_kb(kernel, args, math_count, index_loads)
                 report.ldg_consumed = consumed_loads(part)
                 report.i2f = sum(1 for ins in part if ins.opcode.startswith("I2F"))
+            report.pdl_waits = sum(1 for ins in body if ins.opcode == "ACQBULK")
+            report.pdl_triggers = sum(1 for ins in body if ins.opcode == "PREEXIT")
+            report.before_wait = before_wait(body)
             report.regs = int(resources.get(function, 0))
             report.smem = dynamic_smem(kernel, args) + int(shared.get(function, 0))
             report.ctas_per_sm = ctas_per_sm(report.regs, report.smem, 256)
@@ -289,11 +316,13 @@ def main(argv: list[str]) -> int:
     for r in sorted(reports, key=lambda r: r.name):
         rows.append({"name": r.name, "loop": [hex(a) for a in r.loop], "instructions": r.instructions,
                      "kb": round(r.kb, 3), "per_kb": round(r.per_kb, 1), "ldg_consumed": r.ldg_consumed,
-                     "i2f": r.i2f, "regs": r.regs, "smem": r.smem, "ctas_per_sm": r.ctas_per_sm})  # fmt: skip
+                     "i2f": r.i2f, "regs": r.regs, "smem": r.smem, "ctas_per_sm": r.ctas_per_sm,
+                     "pdl_waits": r.pdl_waits, "pdl_triggers": r.pdl_triggers, "before_wait": r.before_wait})  # fmt: skip
         if "--json" not in argv:
             print(f"{r.name:24} loop {r.loop[0]:#06x}-{r.loop[1]:#06x} {r.instructions:5} instr / {r.kb:5.2f} KB = "
                   f"{r.per_kb:6.1f} per KB | LDG consumed in-loop: {len(r.ldg_consumed)} | I2F {r.i2f} | {r.regs} regs, "
-                  f"{r.smem} B smem -> {r.ctas_per_sm} CTAs/SM")  # fmt: skip
+                  f"{r.smem} B smem -> {r.ctas_per_sm} CTAs/SM | PDL wait {r.pdl_waits}, trigger {r.pdl_triggers}, "
+                  f"{len(r.before_wait)} stores/activation copies before the wait")  # fmt: skip
     if "--json" in argv:
         print(json.dumps(rows, indent=1))
     return 0

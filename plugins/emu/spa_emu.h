@@ -203,6 +203,7 @@ struct ThreadState {
   int lane = 0;
   std::vector<Copy> open;                 // cp.async since the last commit
   std::vector<std::vector<Copy>> groups;  // committed, oldest first
+  bool dependency_resolved = false;       // griddepcontrol.wait executed (programmatic dependent launch)
 };
 
 inline thread_local ThreadState* tls = nullptr;
@@ -433,6 +434,21 @@ void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[
   }
   wait_at(w.sync);
   if (!bad.empty()) throw Fault(bad);
+}
+
+// ---- programmatic dependent launch (griddepcontrol) --------------------------
+// Here every block of a launch runs after every block of the launch before,
+// so griddepcontrol.wait has nothing to order. What is checked is the
+// kernels' side of the contract on the GPU, where a launch with programmatic
+// stream serialization may start while the kernel before it still runs:
+// nothing an earlier kernel may write or still read (activations, outputs,
+// the split workspace) is touched before the thread's wait.
+inline void griddepcontrol_wait() { self().dependency_resolved = true; }
+
+inline void require_dependency(const char* what) {
+  if (!self().dependency_resolved)
+    throw Fault(std::string(what) + " before griddepcontrol.wait (with programmatic dependent launch the kernel "
+                "before may still be writing it)");
 }
 
 // ---- cp.async -----------------------------------------------------------------

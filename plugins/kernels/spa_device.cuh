@@ -100,7 +100,9 @@ inline uint64_t evict_first_policy() { return 0; }
 inline void cp_async16_evict_first(void* smem, const void* gmem, uint64_t) {
   spa_emu::cp_async16(smem, gmem, false);
 }
+// The zero-filling copies are the activation copies: never before the grid dependency wait.
 inline void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  spa_emu::require_dependency("an activation copy (cp.async zero-fill)");
   spa_emu::cp_async16(smem, gmem, !valid);
 }
 // Predicated forms: nothing is issued when `pred` is false (a guarded
@@ -109,6 +111,7 @@ inline void cp_async16_evict_first_if(void* smem, const void* gmem, uint64_t, bo
   if (pred) spa_emu::cp_async16(smem, gmem, false);
 }
 inline void cp_async16_zfill_if(void* smem, const void* gmem, bool valid, bool pred) {
+  spa_emu::require_dependency("an activation copy (cp.async zero-fill)");
   if (pred) spa_emu::cp_async16(smem, gmem, !valid);
 }
 inline void cp_async4_if(void* smem, const void* gmem, bool pred) {
@@ -243,6 +246,38 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4], const
 }
 
 #endif  // SPA_EMULATE
+
+// ---- programmatic dependent launch (PDL) -------------------------------------
+// On sm_90 and later the launchers let each kernel start while the kernel
+// before it on the stream is still running (launch_kernel below). A kernel
+// then works in two parts: before grid_dependency_wait() it may read only
+// what no kernel writes (weights, scales, metadata, indices) and compute
+// addresses, so its launch, its first weight stages and the fill of its
+// pipeline overlap the tail of the kernel before; from the wait on (which
+// returns once every kernel it depends on has completed and its writes are
+// visible) it reads activations and writes outputs, slabs and counters.
+// allow_dependent_launch() lets the kernel after it start the same way once
+// every CTA of this one has started (or exited). Without the launch
+// attribute, or before sm_90, both do nothing. The emulation checks the
+// first part's rule (expect_dependency_resolved at every activation copy and
+// output store).
+#ifdef SPA_EMULATE
+inline void allow_dependent_launch() {}
+inline void grid_dependency_wait() { spa_emu::griddepcontrol_wait(); }
+inline void expect_dependency_resolved(const char* what) { spa_emu::require_dependency(what); }
+#else
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void expect_dependency_resolved(const char*) {}
+#endif
 
 // ---- shared by w4a16 and w4_sp24 (W^T tiles as the mma A operand) ------------
 // dequant8 with fewer instructions (specialised below for FP16 and BF16).
@@ -390,17 +425,30 @@ struct ActivationCopy {
 // the stage freed last (when more groups remain) and computes. With
 // kUnguarded, the steady state runs first while every group of the ring
 // computes and refills (no guards; fewer instructions per group).
-template <int kStages, bool kUnguarded, typename Load, typename Compute>
-__device__ __forceinline__ void run_stage_ring(int g_count, Load& load_stage, Compute& compute) {
+// A stage is loaded in two parts: load_fixed(stage, more) the operands no
+// kernel writes (weights, scales, metadata), load_acts(stage, more) the
+// activations. The first kStages - 1 stages' fixed parts are issued before
+// the grid dependency wait (they overlap the kernel before, with PDL), their
+// activations after it; all those fixed copies join the first commit group,
+// which the first stage waits for (they were issued first).
+template <int kStages, bool kUnguarded, typename LoadFixed, typename LoadActs, typename Compute>
+__device__ __forceinline__ void run_stage_ring(int g_count, LoadFixed& load_fixed, LoadActs& load_acts,
+                                               Compute& compute) {
+  allow_dependent_launch();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) load_fixed(s, s < g_count);
+  grid_dependency_wait();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    load_stage(s, s < g_count);
+    load_acts(s, s < g_count);
     cp_async_commit();
   }
   auto step = [&](int s, bool more) {
     cp_async_wait<kStages - 2>();
     __syncthreads();  // stage s landed for all threads; the stage computed last is free
-    load_stage((s + kStages - 1) % kStages, more);
+    const int refill = (s + kStages - 1) % kStages;
+    load_fixed(refill, more);
+    load_acts(refill, more);
     cp_async_commit();
     compute(s);
   };
@@ -449,6 +497,7 @@ __device__ __forceinline__ void add_scaled(float (&acc)[MT][4], const float (&pa
 template <typename T, int MT>
 __device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, int M, int N, int col_lo,
                                            int thread_in_group) {
+  expect_dependency_resolved("an output store");
 #pragma unroll
   for (int j = 0; j < MT; ++j) {
 #pragma unroll
@@ -472,6 +521,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][4], T* y, int 
 template <typename T, int MT>
 __device__ __forceinline__ void store_split(const float (&acc)[MT][4], T* y, float* slabs, int* counter, int* flag,
                                             bool valid, int M, int N, int col_lo, int thread_in_group) {
+  expect_dependency_resolved("a split-K slab store");
   const size_t slab = static_cast<size_t>(M) * N;
   if (valid) {
 #pragma unroll
@@ -683,6 +733,45 @@ inline int gqsa_pass_rows(int K) {
   return rows;
 }
 
+// Programmatic dependent launch (the kernels' side: "programmatic dependent
+// launch" above): on where the device has it (compute capability 9.0 and
+// later); SPA_PDL=0 in the environment launches without it (the GPU harness
+// times both: pdl.json). The attribute is safe after any kernel: one that
+// never calls griddepcontrol.launch_dependents triggers as its CTAs exit, and
+// ours wait for its completion before touching what it may write.
+inline bool pdl_enabled() {
+  const char* forced = std::getenv("SPA_PDL");
+  if (forced != nullptr && forced[0] == '0' && forced[1] == '\0') return false;
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+    return false;
+  return major >= 9;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
+// serialization where pdl_enabled(); returns the launch's error.
+template <typename... Params, typename... Args>
+inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                 Args... args) {
+#ifdef SPA_EMULATE
+  SPA_LAUNCH(grid, block, smem, stream, kernel)(args...);
+  return cudaGetLastError();
+#else
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+#endif
+}
+
 // Column blocks of the 8-warp kernels (8 tiles of 16 columns each): one
 // arrival counter each.
 inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
@@ -715,8 +804,7 @@ inline cudaError_t launch_column_blocks(void (*plain)(Params...), void (*split)(
   auto kernel = splits > 1 ? split : plain;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   dim3 grid(split_column_blocks(N) * halves, splits);
-  SPA_LAUNCH(grid, 256, bytes, stream, kernel)(args...);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, 256, bytes, stream, args...);
 }
 
 // CTAs of `kernel` (256 threads, `bytes` of dynamic shared memory) resident

@@ -24,6 +24,16 @@
  *   completed call leaves it at 0, so no memset is issued. Calls sharing one
  *   counters buffer must not overlap (one stream, or ordered by events); after
  *   a failed launch zero it again. NULL: the workspace's counters.
+ *   Programmatic dependent launch: on devices of compute capability 9.0 and
+ *   later every kernel is launched with programmatic stream serialization.
+ *   It may start while the kernel before it on the stream is still running,
+ *   reads only its weights (and their scales, metadata, indices) until that
+ *   kernel has completed and its writes are visible (griddepcontrol.wait),
+ *   and lets the kernel after it start the same way. This is safe after any
+ *   kernel, PDL-aware or not, and needs nothing from the caller; calls on
+ *   one stream still complete in order (so kept counters are safe as
+ *   above). Weights must not be written by a kernel still running on the
+ *   stream. SPA_PDL=0 in the environment launches without it.
  */
 #ifndef SPA_KERNELS_H
 #define SPA_KERNELS_H

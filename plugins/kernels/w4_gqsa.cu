@@ -221,6 +221,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<G, MB>)
   // offset in a_row below, so the loop's addressing is unchanged.
   const int pass = static_cast<int>(blockIdx.y);
   y += static_cast<size_t>(pass) * MB * N;
+  allow_dependent_launch();  // (spa_device.cuh, PDL)
   if (warp >= warps) return;  // uniform over the warp
   // Columns owned: those whose first entry is in [warp E, (warp + 1) E); the
   // last warp also owns the empty columns at the end.
@@ -230,16 +231,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<G, MB>)
   if (warp + 1 == warps) n_end = N;
   if (n_begin >= n_end) return;
   const int e_begin = __ldg(row_ptr + n_begin), e_end = __ldg(row_ptr + n_end);
-
-  // Empty columns get zeros.
-  for (int n = n_begin + lane; n < n_end; n += 32) {
-    if (__ldg(row_ptr + n) == __ldg(row_ptr + n + 1)) {
-#pragma unroll
-      for (int m = 0; m < MB; ++m)
-        if (m < rows) y[static_cast<size_t>(m) * N + n] = Elem<T>::from_float(0.f);
-    }
-  }
-  if (e_begin >= e_end) return;
 
   // Each token's row of A, as an offset; rows past `rows` read the last row
   // again (their sums are never stored), so no token is guarded by a branch
@@ -271,6 +262,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<G, MB>)
     }
   };
   auto products = [&](const Fetched& f, float (&acc)[MB]) {
+    expect_dependency_resolved("an activation read");
     const T* a_group = a_ptr + static_cast<size_t>(f.b) * G;
     if constexpr (std::is_same_v<T, __half>) {
       fp16_products<MB>(f, a_group, a_row, acc);
@@ -340,6 +332,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<G, MB>)
     }
     // The lane with a column's last entry holds its whole sum.
     if (valid && e + 1 == last) {
+      expect_dependency_resolved("an output store");
 #pragma unroll
       for (int m = 0; m < MB; ++m)
         if (m < rows) y[static_cast<size_t>(m) * N + row] = Elem<T>::from_float(acc[m]);
@@ -361,6 +354,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<G, MB>)
 
   Fetched even{}, odd{};
   fetch(even, e_begin + lane);
+  // Up to here only what no kernel writes was read (row_ptr: the column
+  // searches, chains of dependent loads; the first step's entries), so with
+  // PDL all of it overlaps the kernel before. Activations and Y from here on.
+  grid_dependency_wait();
+
+  // Empty columns get zeros.
+  for (int n = n_begin + lane; n < n_end; n += 32) {
+    if (__ldg(row_ptr + n) == __ldg(row_ptr + n + 1)) {
+      expect_dependency_resolved("an output store");
+#pragma unroll
+      for (int m = 0; m < MB; ++m)
+        if (m < rows) y[static_cast<size_t>(m) * N + n] = Elem<T>::from_float(0.f);
+    }
+  }
+  if (e_begin >= e_end) return;
   for (int base = e_begin; base < e_end; base += 64) {  // uniform over the warp
     // The steady state: pairs of fast steps while both lie inside the open column.
     while (base + 64 < open_end) {
@@ -388,14 +396,16 @@ cudaError_t launch_rows(int rows, dim3 grid, const T* a, const uint32_t* values,
                         const int32_t* row_ptr, const __half* scales, T* y, int valid_rows, int N, int K, int warps,
                         cudaStream_t stream) {
   if (rows <= 1)
-    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 1>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
-  else if (rows <= 2)
-    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 2>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
-  else if (rows <= 4)
-    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 4>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
-  else
-    SPA_LAUNCH(grid, kThreads, 0, stream, gemv_kernel<T, G, 8>)(a, values, group_idx, row_ptr, scales, y, valid_rows, N, K, warps);
-  return cudaGetLastError();
+    return launch_kernel(gemv_kernel<T, G, 1>, grid, kThreads, 0, stream, a, values, group_idx, row_ptr, scales, y,
+                         valid_rows, N, K, warps);
+  if (rows <= 2)
+    return launch_kernel(gemv_kernel<T, G, 2>, grid, kThreads, 0, stream, a, values, group_idx, row_ptr, scales, y,
+                         valid_rows, N, K, warps);
+  if (rows <= 4)
+    return launch_kernel(gemv_kernel<T, G, 4>, grid, kThreads, 0, stream, a, values, group_idx, row_ptr, scales, y,
+                         valid_rows, N, K, warps);
+  return launch_kernel(gemv_kernel<T, G, 8>, grid, kThreads, 0, stream, a, values, group_idx, row_ptr, scales, y,
+                       valid_rows, N, K, warps);
 }
 
 template <typename T, int G>

@@ -116,12 +116,18 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   // This lane's activation chunk is in the stage's second slab, which is past K in the last stage of an odd slab count.
   const int a_slab = lane / 16;
   int next = g_begin;  // first slab of the next stage to load (stages load in order)
-  auto load_stage = [&](int stage, bool more) {
+  // The next stage's fragments, scales and positions; its activations (run_stage_ring).
+  auto load_fixed = [&](int stage, bool more) {
 #pragma unroll
     for (int c = 0; c < kWChunks; c += 32)
       cp_async16_evict_first_if(w_dst + stage * kWStage + c, w_src + c, policy, more && c + lane < kWChunks);
     cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_s);
     cp_async4_if(p_dst + stage * kWarps * kSlabs, p_src, more && p_slab >= 0);
+    w_src += kWChunks;
+    s_src += kSChunks;
+    p_src += kSlabs;
+  };
+  auto load_acts = [&](int stage, bool more) {
     const bool in_k = next + a_slab < n_slabs;
 #pragma unroll
     for (int i = 0; i < kAPerThread; ++i) {
@@ -130,9 +136,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
       cp_async16_zfill_if(a_smem + stage * kAStage + a_dst + 8 * i * kRowStride,
                           a_src + (valid ? static_cast<size_t>(row) * K : 0), valid, more);
     }
-    w_src += kWChunks;
-    s_src += kSChunks;
-    p_src += kSlabs;
     a_src += kSlabs * kSlab;
     next += kSlabs;
   };
@@ -208,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     }
   };
 
-  run_stage_ring<kStages, MT == 1>(units, load_stage, compute);
+  run_stage_ring<kStages, MT == 1>(units, load_fixed, load_acts, compute);
   finish_tile<T, MT, kSplit>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
                              tile * 16 + group_id, thread_in_group);
 }

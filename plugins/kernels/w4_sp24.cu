@@ -94,15 +94,16 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const bool copies_scales = lane == 16 || lane == 17;
   const size_t s_stride = static_cast<size_t>(N);
   ActivationCopy<T, kRows, kThreads> acts(a_ptr, M, K, g_begin, [](int row, int c16) { return a_chunk_slot(row, c16); });
-  auto load_stage = [&](int stage, bool more) {
+  // Weights, metadata and scales of the next group; its activations (run_stage_ring).
+  auto load_fixed = [&](int stage, bool more) {
     cp_async16_evict_first_if(v_dst + stage * kWStage, v_src, policy, more);
     v_src += kValueWords / 4;
     cp_async16_evict_first_if(m_dst + stage * kWStage, m_src, policy, more && copies_meta);
     m_src += kMetaWords / 4;
     cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_scales);
     s_src += s_stride;
-    acts.copy(a_smem + stage * kAStage, more);
   };
+  auto load_acts = [&](int stage, bool more) { acts.copy(a_smem + stage * kAStage, more); };
 
   // Reads. Values: lane 8i + r gives row r of matrix i (step i's 128 B).
   uint32_t v_read = smem_address(smem, w_smem + warp * kTileWords + (lane / 8) * 32 + (lane % 8) * 4);
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 
   // The stage ring, unrolled; at MT = 1 its steady state runs unguarded (at
   // MT >= 2 that version needs more registers than 2 CTAs per SM allow).
-  run_stage_ring<kStages, MT == 1>(g_count, load_stage, compute);
+  run_stage_ring<kStages, MT == 1>(g_count, load_fixed, load_acts, compute);
   finish_tile<T, MT, kSplit>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
                              tile * 16 + group_id, thread_in_group);
 }

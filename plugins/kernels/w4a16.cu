@@ -118,15 +118,16 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const bool copies_scales = lane < 2;
   const size_t s_stride = static_cast<size_t>(N);
   ActivationCopy<T, kRows, kThreads> acts(a_ptr, M, K, g_begin, [](int row, int c16) { return a_chunk_slot(row, c16); });
-  // Issues the next group's copies into `stage` when `more`, and advances every source by one group.
-  auto load_stage = [&](int stage, bool more) {
+  // Issue the next group's copies into `stage` when `more` (weights and
+  // scales; activations) and advance their sources by one group.
+  auto load_fixed = [&](int stage, bool more) {
     cp_async16_evict_first_if(w_dst + stage * kWStage, w_src, policy, more);
     cp_async16_evict_first_if(w_dst + stage * kWStage + 32, w_src + 1, policy, more);
     w_src += kWordsPerGroup / 4;
     cp_async16_evict_first_if(s_dst + stage * kSStage, s_src, policy, more && copies_scales);
     s_src += s_stride;
-    acts.copy(a_smem + stage * kAStage, more);
   };
+  auto load_acts = [&](int stage, bool more) { acts.copy(a_smem + stage * kAStage, more); };
 
   // Reads: lane (g, t) takes row j * 8 + g, chunks 4t + i (i = 0..3), from these offsets.
   const int x = (thread_in_group >> 1) ^ ((group_id & 1) << 1);
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 
   // The stage ring, unrolled; at MT = 1 its steady state runs unguarded (at
   // MT >= 2 that version needs more registers than 2 CTAs per SM allow).
-  run_stage_ring<kStages, MT == 1>(g_count, load_stage, compute);
+  run_stage_ring<kStages, MT == 1>(g_count, load_fixed, load_acts, compute);
   finish_tile<T, MT, kSplit>(acc, y, slabs, counters + blockIdx.x, reinterpret_cast<int*>(smem), tile_valid, M, N,
                              tile * 16 + group_id, thread_in_group);
 }
