@@ -495,8 +495,9 @@ def test_model_compare_sets_the_measured_launch_floor_against_t0(tmp_path: Path)
 
 def test_model_compare_summarises_the_runs_pdl_timings(tmp_path: Path) -> None:
     """With the harness's pdl.json beside the results, model.py compare ends with each kernel's
-    time without programmatic dependent launch over its time with it (median and range), back to
-    back and after a plain kernel, and the empty kernel's launch floor both ways."""
+    time without programmatic dependent launch over its time with it (median and range) and the
+    median µs it saves, back to back and after a plain kernel, and the empty kernel's launch
+    floor both ways."""
     (tmp_path / "results.json").write_text((PLUGINS / "bench" / "results.json").read_text())
     rows = [{"card": "NVIDIA H200", "kernel": "w4a16", "K": 4096, "N": 11008, "M": m, "group_size": 128,
              "pdl_us": us, "no_pdl_us": no, "after_plain_kernel_pdl_us": 2 * us, "after_plain_kernel_no_pdl_us": 2 * us + d}
@@ -509,10 +510,10 @@ def test_model_compare_summarises_the_runs_pdl_timings(tmp_path: Path) -> None:
     argv = [sys.executable, str(PLUGINS / "bench" / "model.py"), "compare", str(tmp_path / "results.json")]
     tail = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()[-4:]
     assert tail[0].startswith("programmatic dependent launch (pdl.json)")
-    assert tail[1].split() == ["w4_gqsa", "g=16", "back", "to", "back", "1.125x", "(1.125x", "..", "1.125x),", "after",
-                               "a", "plain", "kernel", "1.050x", "(1.050x", "..", "1.050x)", "over", "1", "rows"]  # fmt: skip
-    assert tail[2].split() == ["w4a16", "back", "to", "back", "1.050x", "(0.950x", "..", "1.200x),", "after", "a",
-                               "plain", "kernel", "1.000x", "(0.950x", "..", "1.050x)", "over", "3", "rows"]  # fmt: skip
+    assert tail[1] == ("  w4_gqsa g=16     back to back 1.125x (1.125x .. 1.125x; median 1.00 us saved), "
+                       "after a plain kernel 1.050x (1.050x .. 1.050x; median 0.50 us saved) over 1 rows")  # fmt: skip
+    assert tail[2] == ("  w4a16            back to back 1.050x (0.950x .. 1.200x; median 0.60 us saved), "
+                       "after a plain kernel 1.000x (0.950x .. 1.050x; median 0.00 us saved) over 3 rows")  # fmt: skip
     assert tail[3] == "  empty kernel of 264 CTAs: 1.75 us, 0.80 us with PDL (NVIDIA H200)"
 
 

@@ -622,18 +622,20 @@ def pdl_summary(rows: list[Row], floor: Row | None = None) -> str:
     kernel, which lets it start at once: the best case) and after a plain kernel (one that
     never triggers it, as most of a network's kernels: the pair's time both ways); the empty
     kernel's launch floor both ways when launch_floor.json has it. The model's t0 was fitted
-    on a run without PDL: what PDL takes off it shows here, not in the fit."""
-    def spread(ratios: list[float]) -> str:
-        ratios = sorted(ratios)
-        return f"{ratios[len(ratios) // 2]:.3f}x ({ratios[0]:.3f}x .. {ratios[-1]:.3f}x)"
+    on a run without PDL: what PDL takes off it (the median µs saved) shows here, not in the fit."""
+    def spread(pairs: list[tuple[float, float]]) -> str:  # (without, with) per row
+        ratios = sorted(no / yes for no, yes in pairs)
+        saved = sorted(no - yes for no, yes in pairs)
+        return (f"{ratios[len(ratios) // 2]:.3f}x ({ratios[0]:.3f}x .. {ratios[-1]:.3f}x; "
+                f"median {saved[len(saved) // 2]:.2f} us saved)")  # fmt: skip
 
     by_kernel: dict[str, list[Row]] = {}
     for r in rows:
         by_kernel.setdefault(r["kernel"] + (f" g={r['group_size']}" if r["kernel"] == "w4_gqsa" else ""), []).append(r)
     lines = ["programmatic dependent launch (pdl.json): time without / with, median (range) per kernel; > 1: PDL is faster"]
     for name, group in sorted(by_kernel.items()):
-        line = f"  {name:16} back to back {spread([r['no_pdl_us'] / r['pdl_us'] for r in group])}"
-        pairs = [r["after_plain_kernel_no_pdl_us"] / r["after_plain_kernel_pdl_us"] for r in group
+        line = f"  {name:16} back to back {spread([(r['no_pdl_us'], r['pdl_us']) for r in group])}"
+        pairs = [(r["after_plain_kernel_no_pdl_us"], r["after_plain_kernel_pdl_us"]) for r in group
                  if "after_plain_kernel_pdl_us" in r]  # fmt: skip
         lines.append(line + (f", after a plain kernel {spread(pairs)}" if pairs else "") + f" over {len(group)} rows")
     if floor is not None and "empty_grid_pdl_us" in floor:
