@@ -245,16 +245,33 @@ std::vector<double> check(Context& ctx, const Weight& w, const char* label) {
   return errors;
 }
 
+// What `body` issues on `stream`, captured into a CUDA graph and instantiated;
+// both are destroyed with the object.
+struct CapturedGraph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CapturedGraph(cudaStream_t stream, const std::function<void()>& body) {
+    CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+    body();
+    CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  }
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  ~CapturedGraph() {
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+};
+
 // Time `launch(copy)` in a CUDA graph of kGraphLaunches launches over `copies` buffers.
 double time_graph(Context& ctx, int copies, const std::function<void(int)>& launch) {
   for (int i = 0; i < copies; ++i) launch(i);
   CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CHECK_CUDA(cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeRelaxed));
-  for (int i = 0; i < kGraphLaunches; ++i) launch(i % copies);
-  CHECK_CUDA(cudaStreamEndCapture(ctx.stream, &graph));
-  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CapturedGraph captured(ctx.stream, [&] {
+    for (int i = 0; i < kGraphLaunches; ++i) launch(i % copies);
+  });
+  const cudaGraphExec_t exec = captured.exec;
   CHECK_CUDA(cudaGraphLaunch(exec, ctx.stream));
   cudaEvent_t start, stop;
   CHECK_CUDA(cudaEventCreate(&start));
@@ -266,7 +283,6 @@ double time_graph(Context& ctx, int copies, const std::function<void(int)>& laun
   float ms = 0;
   CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
   cudaEventDestroy(start); cudaEventDestroy(stop);
-  cudaGraphExecDestroy(exec); cudaGraphDestroy(graph);
   return 1000.0 * ms / (kGraphLaunches * kReplays);
 }
 
@@ -362,16 +378,13 @@ bool check_pdl_chain(Context& ctx) {
       for (int pdl = 1; pdl >= 0; --pdl) {
         if (pdl) unsetenv("SPA_PDL"); else setenv("SPA_PDL", "0", 1);
         for (int i = 1; i <= kLinks; ++i) CHECK_CUDA(cudaMemsetAsync(acts[i].ptr, 0xFF, acts[i].bytes(), ctx.stream));
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CHECK_CUDA(cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeRelaxed));
-        for (int i = 0; i < kLinks; ++i) CHECK_CUDA(run_kernel(ctx, *w, acts[i].ptr, acts[i + 1].ptr, M, SPA_FP16));
-        CHECK_CUDA(cudaStreamEndCapture(ctx.stream, &graph));
-        CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        CHECK_CUDA(cudaGraphLaunch(exec, ctx.stream));
-        CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
-        cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
+        {
+          CapturedGraph chain(ctx.stream, [&] {
+            for (int i = 0; i < kLinks; ++i) CHECK_CUDA(run_kernel(ctx, *w, acts[i].ptr, acts[i + 1].ptr, M, SPA_FP16));
+          });
+          CHECK_CUDA(cudaGraphLaunch(chain.exec, ctx.stream));
+          CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+        }
         std::vector<__half> out = acts[kLinks].download();
         last[pdl].resize(out.size());
         std::memcpy(last[pdl].data(), out.data(), out.size() * sizeof(uint16_t));
@@ -544,6 +557,7 @@ int main(int argc, char** argv) {
   ctx.counters = DeviceBuffer<int>(spa_split_counters_size(28672) / sizeof(int));
   CHECK_CUDA(cudaMemset(ctx.counters.ptr, 0, ctx.counters.bytes()));  // once: every launch leaves them at 0
   if (profiling) return profile(ctx);
+  const std::string out_dir = out.substr(0, out.find_last_of('/') + 1);  // the other JSON files go beside `out`
   std::printf("card: %s (sm_%d%d, %d SMs, L2 %d MB)\n", prop.name, prop.major, prop.minor,
               prop.multiProcessorCount, prop.l2CacheSize >> 20);
   double hbm = measure_read_bandwidth(ctx);
@@ -552,7 +566,7 @@ int main(int argc, char** argv) {
   std::printf("launch floor (empty kernel in a CUDA graph): %d CTAs x 256 threads %.2f us, one warp %.2f us\n",
               floor.ctas, floor.grid_us, floor.warp_us);
   {
-    std::ofstream json(out.substr(0, out.find_last_of('/') + 1) + "launch_floor.json");
+    std::ofstream json(out_dir + "launch_floor.json");
     json << "{\"card\": \"" << json_escape(prop.name) << "\", \"ctas\": " << floor.ctas
          << ", \"empty_grid_us\": " << floor.grid_us << ", \"empty_warp_us\": " << floor.warp_us
          << ", \"empty_grid_pdl_us\": " << floor.grid_pdl_us << "}\n";
@@ -571,11 +585,11 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   std::vector<SweepRow> sweep;
-  std::string sweep_out = out.substr(0, out.find_last_of('/') + 1) + "split_sweep.json";
+  std::string sweep_out = out_dir + "split_sweep.json";
   std::vector<HalvesRow> halves;
-  std::string halves_out = out.substr(0, out.find_last_of('/') + 1) + "row_halves.json";
+  std::string halves_out = out_dir + "row_halves.json";
   std::vector<PdlRow> pdl_rows;
-  std::string pdl_out = out.substr(0, out.find_last_of('/') + 1) + "pdl.json";
+  std::string pdl_out = out_dir + "pdl.json";
   // w4_gqsa twice: g = 16 (what spa's GQSA writes by default) and g = 32.
   // Bytes per weight at 50% kept: w4a16 0.516; GQSA g = 16 0.375 (8 B values
   // + 2 B index + 2 B scale per kept group), g = 32 0.313. So g = 16 is
