@@ -361,6 +361,26 @@ def test_the_emulation_catches_work_before_the_grid_dependency_wait(tmp_path: Pa
         assert all(what in line and "before griddepcontrol.wait" in line for line in lines), run.stdout
 
 
+def test_the_emulation_reports_a_deadlock_instead_of_hanging(tmp_path: Path) -> None:
+    """A barrier some threads never reach (lane 0 at __syncthreads while the rest of its
+    warp waits for it in a shuffle) hangs a GPU. Here a round of the block's threads in
+    which none arrives anywhere fails the launch, naming the deadlock and the block."""
+    broken = tmp_path / "kernels"
+    shutil.copytree(KERNELS, broken)
+    source = (broken / "w4a16.cu").read_text()
+    anchor = "  constexpr int kStages = stages_for(MT);\n"
+    assert source.count(anchor) == 1
+    divergent = "  if (threadIdx.x == 0) __syncthreads(); else if (threadIdx.x < 32) (void)__shfl_sync(0xffffffffu, 0, 0);\n"
+    (broken / "w4a16.cu").write_text(source.replace(anchor, anchor + divergent))
+    write_cases(tmp_path / "cases", shapes=((384, 80),))
+    run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", "1", "--splits", "0",
+                  "--dtypes", "fp16", kernels=broken)  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith(("PASSED |", "FAILED |"))]
+    assert lines and all(line.startswith("FAILED | w4a16 ") for line in lines), run.stdout
+    assert all("deadlock: 256 of 256 threads wait at barriers that cannot complete" in line and "(block 0)" in line for line in lines), run.stdout
+
+
 def load_bench_module(name: str):  # type: ignore[no-untyped-def]
     import importlib.util
 

@@ -9,7 +9,7 @@
 # no libcudart. Exit status: emu_check's (0 when every run passed).
 # SPA_EMU_KERNELS=DIR takes the kernel sources from DIR instead (the tests use
 # it to check that a broken copy of a kernel is caught). SPA_EMU_JOBS=1: one
-# compiler at a time; SPA_EMU_THREADS=N: at most N emulated threads run at once.
+# compiler at a time.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SAN=address

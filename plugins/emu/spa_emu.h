@@ -1,6 +1,7 @@
 // Host emulation of the CUDA execution model, just wide enough to run the spa
 // kernels (plugins/kernels/*.cu) on a CPU: the same sources, compiled by g++
-// with -DSPA_EMULATE, run block by block with one std::thread per CUDA thread.
+// with -DSPA_EMULATE, run block by block with one fiber (a ucontext with its
+// own stack) per CUDA thread, all on the calling host thread.
 //
 // Why: the kernels' index arithmetic (fragment layouts, the cp.async
 // pipeline, split-K, the GQSA warp scan) can be checked on machines without a
@@ -24,11 +25,15 @@
 //   163 KB (sm_80's limit; sm_90 allows 227 KB) it is refused.
 // A fault fails the launch (cudaGetLastError returns cudaErrorLaunchFailure)
 // and spa_emu::last_fault() says why.
-// * At most SPA_EMU_THREADS (default: the machine's cores) emulated CUDA
-//   threads run at once; the others sleep at a barrier or at the gate, so a
-//   256-thread block does not put 256 runnable threads on a shared machine.
-//   The gate is a futex on a relaxed counter: it orders nothing, so it hides
-//   no data race from ThreadSanitizer.
+// * A thread runs until it waits at a barrier (__syncthreads, or a warp
+//   collective: mma, shfl, ballot, ldmatrix), then the next thread of the
+//   block runs, round robin. A switch is a swapcontext in user space, not a
+//   wake-up through the operating system's scheduler. A round in which no
+//   thread arrives anywhere is a deadlock (barriers that cannot complete)
+//   and fails the launch instead of hanging.
+// * Each fiber is its own thread to the sanitizers (ASan's and TSan's fiber
+//   interfaces), and a switch orders nothing for ThreadSanitizer: only the
+//   barriers do (release/acquire atomics), so it still sees every race.
 // * Blocks run one after the other: integer atomics and __threadfence are
 //   exact, but no interleaving of blocks is ever tried (the last block of a
 //   grid is always the last to arrive).
@@ -47,28 +52,29 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <climits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
-
-// ---- CUDA built-in variables ------------------------------------------------
-inline thread_local uint3 threadIdx;
-inline thread_local uint3 blockIdx;
-inline thread_local dim3 blockDim;
-inline thread_local dim3 gridDim;
 
 namespace spa_emu {
 
@@ -86,86 +92,195 @@ struct Copy {
   int bytes;                 // 4, 8 or 16
 };
 
-// The gate: a count of free run slots, waited on with a futex (see the top of the file).
-class Gate {
- public:
-  Gate() {
-    const char* value = std::getenv("SPA_EMU_THREADS");
-    int slots = value ? std::atoi(value) : static_cast<int>(std::thread::hardware_concurrency());
-    free_.store(slots > 0 ? slots : 1, std::memory_order_relaxed);
-  }
-  void enter() {
-    for (;;) {
-      int slots = free_.load(std::memory_order_relaxed);
-      if (slots > 0) {
-        if (free_.compare_exchange_weak(slots, slots - 1, std::memory_order_relaxed)) return;
-        continue;
-      }
-      syscall(SYS_futex, reinterpret_cast<int*>(&free_), FUTEX_WAIT_PRIVATE, 0, nullptr, nullptr, 0);
-    }
-  }
-  void leave() {
-    free_.fetch_add(1, std::memory_order_relaxed);
-    syscall(SYS_futex, reinterpret_cast<int*>(&free_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
-  }
+struct Block;
+struct Warp;
+struct ThreadState;
 
- private:
-  std::atomic<int> free_{1};
-  static_assert(sizeof(std::atomic<int>) == sizeof(int));
+// ---- fibers -------------------------------------------------------------------
+// One per emulated CUDA thread: its context, its stack (mmap'd, the lowest page
+// a guard), and its CUDA built-ins, which the macros threadIdx ... gridDim read
+// through the running fiber (fibers share the host thread's thread_locals).
+struct Fiber {
+  ucontext_t context{};
+  unsigned char* mapping = nullptr;
+  size_t mapped = 0;
+  void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
+  void* tsan = nullptr;        // ThreadSanitizer's fiber
+  std::function<void()> body;
+  std::atomic<bool> finished{false};  // release: the scheduler's join
+  uint3 thread_idx{}, block_idx{};
+  dim3 block_dim, grid_dim;
+  ThreadState* state = nullptr;  // null outside the kernel body
 };
 
-inline Gate& gate() {
-  static Gate instance;
-  return instance;
+struct Scheduler {
+  ucontext_t context{};
+  void* tsan = nullptr;
+  void* fake_stack = nullptr;
+  const void* stack_bottom = nullptr;  // the host thread's stack, as AddressSanitizer reports it
+  size_t stack_bytes = 0;
+  std::atomic<Fiber*> running{nullptr};
+  std::atomic<unsigned long long> progress{0};  // arrivals at barriers
+  std::atomic<int> started{0};                  // release: what the launch set up, to every fiber
+};
+
+// Atomic: the launch sets it and its fibers read it (ThreadSanitizer sees each fiber as a thread).
+inline thread_local std::atomic<Scheduler*> scheduler{nullptr};
+
+inline Scheduler* current_scheduler() { return scheduler.load(std::memory_order_relaxed); }
+
+// 256 KB: a kernel's frames under AddressSanitizer (redzones) with room to spare.
+constexpr size_t kFiberStack = 256 * 1024;
+
+inline Fiber& running_fiber() {
+  Scheduler* s = current_scheduler();
+  Fiber* fiber = s ? s->running.load(std::memory_order_relaxed) : nullptr;
+  if (fiber == nullptr) throw Fault("a device function was called outside a kernel launch");
+  return *fiber;
 }
 
-inline void futex_wait(std::atomic<int>& word, int value) {
-  syscall(SYS_futex, reinterpret_cast<int*>(&word), FUTEX_WAIT_PRIVATE, value, nullptr, nullptr, 0);
-}
-inline void futex_wake(std::atomic<int>& word, int count) {
-  syscall(SYS_futex, reinterpret_cast<int*>(&word), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+// From a fiber back to the scheduler. A finished fiber (`last`) never resumes:
+// it publishes `finished` (the release the scheduler's join acquires) after its
+// last read of the scheduler, which lives on the launching thread's stack.
+inline void switch_to_scheduler(Fiber& fiber, bool last) {
+  Scheduler& s = *current_scheduler();
+  [[maybe_unused]] void* const target = s.tsan;
+  [[maybe_unused]] const void* const bottom = s.stack_bottom;
+  [[maybe_unused]] const size_t bytes = s.stack_bytes;
+  ucontext_t* const back = &s.context;
+  if (last) fiber.finished.store(true, std::memory_order_release);
+#if defined(__SANITIZE_THREAD__)
+  __tsan_switch_to_fiber(target, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(last ? nullptr : &fiber.fake_stack, bottom, bytes);
+#endif
+  swapcontext(&fiber.context, back);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fiber.fake_stack, &s.stack_bottom, &s.stack_bytes);
+#endif
 }
 
-// A thread barrier that sleeps without spinning and wakes its waiters one
-// at a time: the last to arrive wakes one, and each woken thread wakes the
-// next once it holds a run slot, so a 256-thread block never has more than
-// a few runnable threads (libstdc++'s std::barrier spins and yields, and
-// wakes every waiter at once). Waiters of phase p sleep on word p % 2, which
-// no thread of phase p + 1 can use before they are all awake. The phase
-// change is a release/acquire pair, so ThreadSanitizer sees the barrier's
-// ordering. `done` runs in the last arriving thread before anyone leaves.
+// A fiber that waits: lets the others run until the scheduler comes back to it.
+inline void yield() { switch_to_scheduler(running_fiber(), false); }
+
+inline void note_progress() {
+  if (Scheduler* s = current_scheduler()) s->progress.fetch_add(1, std::memory_order_relaxed);
+}
+
+inline void fiber_entry() {
+  Scheduler& s = *current_scheduler();
+  s.started.load(std::memory_order_acquire);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &s.stack_bottom, &s.stack_bytes);
+#endif
+  Fiber& fiber = *s.running.load(std::memory_order_relaxed);
+  fiber.body();
+  switch_to_scheduler(fiber, true);
+}
+
+inline void resume(Scheduler& s, Fiber& fiber) {
+  s.running.store(&fiber, std::memory_order_relaxed);
+#if defined(__SANITIZE_THREAD__)
+  __tsan_switch_to_fiber(fiber.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(&s.fake_stack, fiber.mapping + getpagesize(), fiber.mapped - getpagesize());
+#endif
+  swapcontext(&s.context, &fiber.context);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(s.fake_stack, nullptr, nullptr);
+#endif
+  s.running.store(nullptr, std::memory_order_relaxed);
+}
+
+// Runs bodies[i] in fiber i, round robin, until all return. Returns "" or why
+// it stopped early: a round in which no fiber finished or arrived at a barrier
+// is a deadlock (the fibers still waiting are abandoned, their stacks freed).
+inline std::string run_fibers(std::vector<std::function<void()>> bodies) {
+  if (current_scheduler() != nullptr) return "a kernel launch from inside a kernel";
+  Scheduler s;
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  const size_t page = static_cast<size_t>(getpagesize());
+#if defined(__SANITIZE_THREAD__)
+  s.tsan = __tsan_get_current_fiber();
+#endif
+  for (auto& body : bodies) {
+    auto fiber = std::make_unique<Fiber>();
+    fiber->mapped = kFiberStack + page;
+    void* mapping = mmap(nullptr, fiber->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (mapping == MAP_FAILED) throw std::runtime_error("spa_emu: cannot map a fiber stack");
+    fiber->mapping = static_cast<unsigned char*>(mapping);
+    mprotect(fiber->mapping, page, PROT_NONE);
+    getcontext(&fiber->context);
+    fiber->context.uc_stack.ss_sp = fiber->mapping + page;
+    fiber->context.uc_stack.ss_size = kFiberStack;
+    fiber->context.uc_link = nullptr;
+    makecontext(&fiber->context, fiber_entry, 0);
+#if defined(__SANITIZE_THREAD__)
+    fiber->tsan = __tsan_create_fiber(0);
+#endif
+    fiber->body = std::move(body);
+    fibers.push_back(std::move(fiber));
+  }
+  scheduler.store(&s, std::memory_order_relaxed);
+  s.started.store(1, std::memory_order_release);
+  std::string why;
+  for (size_t live = fibers.size(); live > 0;) {
+    const unsigned long long before = s.progress.load(std::memory_order_relaxed);
+    size_t finished = 0;
+    for (auto& fiber : fibers) {
+      if (fiber->finished.load(std::memory_order_acquire)) continue;
+      resume(s, *fiber);
+      finished += fiber->finished.load(std::memory_order_acquire) ? 1 : 0;
+    }
+    live -= finished;
+    if (live > 0 && finished == 0 && s.progress.load(std::memory_order_relaxed) == before) {
+      why = "deadlock: " + std::to_string(live) + " of " + std::to_string(fibers.size()) +
+            " threads wait at barriers that cannot complete";
+      break;
+    }
+  }
+  scheduler.store(nullptr, std::memory_order_relaxed);
+  for (auto& fiber : fibers) {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_destroy_fiber(fiber->tsan);
+#endif
+    munmap(fiber->mapping, fiber->mapped);
+  }
+  return why;
+}
+
+// A barrier of `threads` fibers: arriving ones wait (yield) until the last
+// arrives. The phase change is a release/acquire pair, so ThreadSanitizer
+// sees the barrier's ordering (and no other: switches order nothing).
+// `done` runs in the last arriving thread before anyone leaves.
 template <typename Done = void (*)()>
 class Barrier {
  public:
   explicit Barrier(int threads, Done done = [] {}) : expected_(threads), count_(threads), done_(done) {}
   void arrive_and_wait() {
-    std::atomic<int>& word = word_[phase_.load(std::memory_order_acquire) & 1];
-    const int seen = word.load(std::memory_order_acquire);
-    if (!arrive()) {
-      gate().leave();
-      while (word.load(std::memory_order_acquire) == seen) futex_wait(word, seen);
-      gate().enter();
-    }
-    futex_wake(word, 1);  // pass the wake-up on
+    const int phase = phase_.load(std::memory_order_acquire);
+    if (arrive()) return;
+    while (phase_.load(std::memory_order_acquire) == phase) yield();
   }
   void arrive_and_drop() {
     expected_.fetch_sub(1, std::memory_order_acq_rel);
-    if (arrive()) futex_wake(word_[(phase_.load(std::memory_order_acquire) - 1) & 1], 1);
+    arrive();
   }
 
  private:
   // True in the thread that completes the phase.
   bool arrive() {
+    note_progress();
     const int phase = phase_.load(std::memory_order_acquire);
     if (count_.fetch_sub(1, std::memory_order_acq_rel) != 1) return false;
     done_();
     count_.store(expected_.load(std::memory_order_acquire), std::memory_order_relaxed);
     phase_.store(phase + 1, std::memory_order_release);
-    word_[phase & 1].fetch_add(1, std::memory_order_acq_rel);
     return true;
   }
   std::atomic<int> expected_, count_, phase_{0};
-  std::atomic<int> word_[2] = {0, 0};
   Done done_;
 };
 
@@ -206,8 +321,6 @@ struct ThreadState {
   bool dependency_resolved = false;       // griddepcontrol.wait executed (programmatic dependent launch)
 };
 
-inline thread_local ThreadState* tls = nullptr;
-
 struct Device {
   std::mutex mutex;
   std::map<const void*, int> max_dynamic_smem;
@@ -238,8 +351,9 @@ inline int sm_count() {
 }
 
 inline ThreadState& self() {
-  if (tls == nullptr) throw Fault("a device function was called outside a kernel launch");
-  return *tls;
+  ThreadState* state = current_scheduler() ? running_fiber().state : nullptr;
+  if (state == nullptr) throw Fault("a device function was called outside a kernel launch");
+  return *state;
 }
 
 inline void require_full_warp(const char* what) {
@@ -291,8 +405,8 @@ struct Launch {
     return state;
   }
 
-  // One host thread per CUDA thread of a block; the blocks run one after the
-  // other (fresh shared memory and barriers for each), the threads reused.
+  // One fiber per CUDA thread of a block; the blocks run one after the
+  // other (fresh shared memory and barriers for each), the fibers reused.
   template <typename... Args>
   void run(Args&... args) const {
     const int threads = static_cast<int>(block.x * block.y * block.z);
@@ -305,7 +419,11 @@ struct Launch {
     };
     Barrier<decltype(next_block)> between(threads, next_block);
     auto body = [&](int t) {
-      gate().enter();
+      Fiber& fiber = running_fiber();
+      fiber.thread_idx = uint3{static_cast<unsigned>(t) % block.x, (static_cast<unsigned>(t) / block.x) % block.y,
+                               static_cast<unsigned>(t) / (block.x * block.y)};
+      fiber.block_dim = block;
+      fiber.grid_dim = grid;
       for (;;) {
         Block* state = current.get();
         if (state == nullptr) break;
@@ -313,13 +431,9 @@ struct Launch {
         mine.block = state;
         mine.warp = state->warps[t / kWarpSize].get();
         mine.lane = t % kWarpSize;
-        tls = &mine;
-        threadIdx = uint3{static_cast<unsigned>(t) % block.x, (static_cast<unsigned>(t) / block.x) % block.y,
-                          static_cast<unsigned>(t) / (block.x * block.y)};
-        blockIdx = uint3{static_cast<unsigned>(index % grid.x), static_cast<unsigned>(index / grid.x % grid.y),
-                         static_cast<unsigned>(index / (1ull * grid.x * grid.y))};
-        blockDim = block;
-        gridDim = grid;
+        fiber.block_idx = uint3{static_cast<unsigned>(index % grid.x), static_cast<unsigned>(index / grid.x % grid.y),
+                                static_cast<unsigned>(index / (1ull * grid.x * grid.y))};
+        fiber.state = &mine;
         try {
           kernel(args...);
         } catch (const Fault& fault) {
@@ -329,15 +443,15 @@ struct Launch {
         mine.warp->live.fetch_sub(1);
         mine.warp->sync.arrive_and_drop();
         state->sync.arrive_and_drop();
-        tls = nullptr;
+        fiber.state = nullptr;
         wait_at(between);
       }
-      gate().leave();
     };
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
-    for (auto& thread : pool) thread.join();
+    std::vector<std::function<void()>> bodies;
+    bodies.reserve(threads);
+    for (int t = 0; t < threads; ++t) bodies.emplace_back([&body, t] { body(t); });
+    std::string why = run_fibers(std::move(bodies));
+    if (!why.empty()) fail_launch(why + " (block " + std::to_string(index) + ")");
   }
 };
 
@@ -538,6 +652,13 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const unsigned char* base, uint32_t of
 }
 
 }  // namespace spa_emu
+
+// ---- CUDA built-in variables ------------------------------------------------
+// The running fiber's (fibers share the host thread's thread_locals).
+#define threadIdx (::spa_emu::running_fiber().thread_idx)
+#define blockIdx (::spa_emu::running_fiber().block_idx)
+#define blockDim (::spa_emu::running_fiber().block_dim)
+#define gridDim (::spa_emu::running_fiber().grid_dim)
 
 // ---- CUDA device functions the kernels call --------------------------------------
 inline void __syncthreads() { spa_emu::wait_at(spa_emu::self().block->sync); }

@@ -40,7 +40,7 @@ void set_error(const char* message);
 
 // ---- launches and dynamic shared memory -------------------------------------
 // SPA_LAUNCH(grid, block, smem, stream, kernel)(args...) is kernel<<<...>>>(args...);
-// under SPA_EMULATE it runs the kernel on host threads instead.
+// under SPA_EMULATE it runs the kernel on the host instead (plugins/emu/spa_emu.h).
 #ifdef SPA_EMULATE
 #define SPA_LAUNCH(grid, block, smem, stream, ...) ::spa_emu::launch(grid, block, smem, stream, __VA_ARGS__)
 #define SPA_DYNAMIC_SMEM(name) \
