@@ -70,6 +70,20 @@ def asan_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("emu-address")
 
 
+@pytest.fixture(scope="module")
+def tsan_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ThreadSanitizer build of the kernels per test worker (as asan_build)."""
+    return tmp_path_factory.mktemp("emu-thread")
+
+
+def thread_sanitizer_run(run: subprocess.CompletedProcess[str]) -> None:
+    """Skips where ThreadSanitizer cannot start; fails on any report."""
+    if "FATAL: ThreadSanitizer" in run.stderr:
+        pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
+    assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 def write_mixed_cases(folder: Path) -> int:
     """w4a16 / w4_sp24 at three shapes: a partly idle CTA (5 of 8 tiles) and 3
     groups; 3 tiles of 8 groups; one tile of 32 groups (the launcher splits K
@@ -89,6 +103,28 @@ def results(output: str) -> list[tuple[str, str, str, int, int, float]]:
             verdict, kernel, dtype, m, split, err = match.groups()
             rows.append((verdict, kernel, dtype, int(m), int(split), float(err)))
     return rows
+
+
+# First in the file: the longest tests, one per worker under pytest -n 2.
+@pytest.mark.parametrize("kernels", ["w4a16,w4_sp24,w4_gqsa_tile", "w4_gqsa"])
+def test_every_kernel_at_every_m_up_to_64_under_thread_sanitizer(tmp_path: Path, tsan_build: Path, kernels: str) -> None:
+    """Issue 13: no data race at any M in 1..64 (each tile width MT and every count of
+    pad rows, row halves above 32; w4_gqsa: every pass width and remainder) in any
+    kernel, FP16: w4a16, w4_sp24 and w4_gqsa_tile (keep 4) unsplit and split in two
+    (slabs, kept arrival counters, the last CTA's sum), w4_gqsa at g = 16; K = 256,
+    N = 144 (two column blocks, the second partly idle)."""
+    lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
+    names = {"w4a16_256x144", "w4_sp24_256x144", "w4_gqsa_g16_256x144", "w4_gqsa_tile_keep4_256x144"}
+    kept = [line for line in lines if line.split()[-1] in names and line.split()[0] in kernels.split(",")]
+    assert len(kept) == len(kernels.split(","))
+    (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
+    ms = list(range(1, 65))
+    run = emulate(tmp_path / "cases", tsan_build, "--m", ",".join(map(str, ms)), "--splits", "0,2",
+                  "--dtypes", "fp16", "--kept-counters", "1", *tolerances(), sanitizer="thread")  # fmt: skip
+    thread_sanitizer_run(run)
+    rows = results(run.stdout)
+    splits = 1 if kernels == "w4_gqsa" else 2
+    assert len(rows) == len(ms) * len(kept) * splits and all(verdict == "PASSED" for verdict, *_ in rows)
 
 
 @pytest.mark.parametrize("kernels", ["w4a16", "w4_sp24,w4_gqsa"])
@@ -118,21 +154,23 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
     assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
 
 
-def test_w4a16_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
-    """Issue 13: w4a16 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
+@pytest.mark.parametrize("kernel", ["w4a16", "w4_sp24"])
+def test_dense_kernel_at_every_m_up_to_64(tmp_path: Path, asan_build: Path, kernel: str) -> None:
+    """Issue 13: w4a16 and w4_sp24 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
     count of pad rows), on a shape with two CTAs of 8 tiles, the second one
-    partly idle (N = 144: 9 tiles), unsplit (the launcher's choice at 2
-    groups) and split in two (the in-kernel reduction: slabs, counters, the
-    last CTA's sum). FP16 at every M; BF16 and the split at each tile's edges."""
-    lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
-    (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.startswith("w4a16")) + "\n")
+    partly idle (N = 144: 9 tiles), and two stages of K (w4a16 256: 128-k
+    groups; w4_sp24 512: 256-k stages), unsplit (the launcher's choice there)
+    and split in two (the in-kernel reduction: slabs, counters, the last CTA's
+    sum). FP16 at every M; BF16 and the split at each tile's edges."""
+    lines = write_cases(tmp_path / "cases", shapes=(({"w4a16": 256, "w4_sp24": 512}[kernel], 144),))
+    (tmp_path / "cases" / "cases.txt").write_text("\n".join(line for line in lines if line.split()[0] == kernel) + "\n")
     ms = list(range(1, 65))
     # Split in two, and BF16: neither depends on M beyond the tile (MT) and its pad rows,
-    # so the edges of each MT stand for the rest (CI time: each 64 more runs took minutes).
+    # so the edges of each MT stand for the rest (CI time).
     edges = [1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]
     rows = []
     for splits, chosen, dtypes in (("0", ms, "fp16"), ("0", edges, "bf16"), ("2", edges, "fp16,bf16")):
-        run = emulate(tmp_path / "cases", asan_build, "--kernels", "w4a16", "--m",
+        run = emulate(tmp_path / "cases", asan_build, "--kernels", kernel, "--m",
                       ",".join(map(str, chosen)), "--splits", splits, "--dtypes", dtypes, *tolerances())  # fmt: skip
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
         rows += results(run.stdout)
@@ -143,6 +181,28 @@ def test_w4a16_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
     )
     assert all(verdict == "PASSED" for verdict, *_ in rows)
     assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+
+
+def test_w4_gqsa_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
+    """Issue 13: w4_gqsa (column-owned groups on CUDA cores) correct at every M in 1..64
+    and past one 64-row launch, on K = 256, N = 144: passes of 8 rows (gqsa_pass_rows),
+    every full pass in one launch and the rest in a second. g = 16 in FP16 at every M;
+    g = 8, 32, 64 and BF16 at a pass's edges."""
+    lines = write_cases(tmp_path / "cases", shapes=((256, 144),))
+    gqsa = {int(line.split()[3]): line for line in lines if line.split()[0] == "w4_gqsa"}
+    assert sorted(gqsa) == [8, 16, 32, 64]
+    ms, edges = list(range(1, 65)), [1, 2, 3, 7, 8, 9, 16, 17, 63, 64, 70]
+    rows = []
+    for groups, chosen, dtypes in (((16,), ms, "fp16"), ((16,), edges, "bf16"), ((8, 32, 64), edges, "fp16,bf16")):
+        (tmp_path / "cases" / "cases.txt").write_text("\n".join(gqsa[g] for g in groups) + "\n")
+        run = emulate(tmp_path / "cases", asan_build, "--kernels", "w4_gqsa", "--m", ",".join(map(str, chosen)),
+                      "--dtypes", dtypes, *tolerances())  # fmt: skip
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+        rows += results(run.stdout)
+    assert len(rows) == len(ms) + len(edges) * (1 + 3 * 2)
+    assert all(verdict == "PASSED" for verdict, *_ in rows)
+    assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+    assert max(err for _, _, dtype, *_, err in rows if dtype == "bf16") < 2.0**-8
 
 
 def test_w4_gqsa_tile_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
@@ -296,7 +356,7 @@ def test_mma_sp_probe_decodes_the_emulated_metadata_reading(tmp_path: Path) -> N
     assert run.stdout.startswith("PASSED | mma.sp probe: the tensor cores read the metadata as H0 (spa's layout")
 
 
-def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
+def test_no_data_race_under_thread_sanitizer(tmp_path: Path, tsan_build: Path) -> None:
     """A missing __syncthreads (a stage read while another warp's copy lands)
     or an unsynchronised shared-memory write is a ThreadSanitizer report."""
     lines = write_cases(tmp_path / "cases", shapes=((384, 80), (1024, 48)))
@@ -304,12 +364,9 @@ def test_no_data_race_under_thread_sanitizer(tmp_path: Path) -> None:
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(kept) + "\n")
     # Split 0: the launcher's choice; 2: across blocks, reduced in the kernel
     # (slabs, an integer arrival counter, the last CTA's sum).
-    run = emulate(tmp_path / "cases", tmp_path / "build", "--m", "1,16", "--splits", "0,2", *tolerances(),
-                  sanitizer="thread")
-    if "FATAL: ThreadSanitizer" in run.stderr:
-        pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
-    assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = emulate(tmp_path / "cases", tsan_build, "--m", "1,16", "--splits", "0,2", *tolerances(),
+                  sanitizer="thread")  # fmt: skip
+    thread_sanitizer_run(run)
     # dense: kernel x shape x dtype x M x split; GQSA g = 16: dtype x M; w4_gqsa_tile: keep x dtype x M x split
     assert len(results(run.stdout)) == 2 * 2 * 2 * 2 * 2 + 2 * 2 + 2 * 2 * 2 * 2
     assert "runs, 0 failed" in run.stdout

@@ -3,6 +3,36 @@
 // ignored (every launch finishes before it returns).
 #include "spa_emu.h"
 
+#if defined(SPA_EMU_ASM_SWITCH)
+// spa_emu_switch(save, load) (spa_emu.h, fibers): the System V AMD64 ABI keeps
+// rbx, rbp and r12-r15 across a call; the caller saves everything else. Push
+// them, store the stack pointer to *save (rdi), switch to `load` (rsi), pop the
+// other fiber's and return into it (into its entry on its first switch).
+asm(R"(
+  .pushsection .text
+  .globl spa_emu_switch
+  .type spa_emu_switch, @function
+spa_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size spa_emu_switch, .-spa_emu_switch
+  .popsection
+)");
+#endif
+
 extern "C" {
 
 cudaError_t cudaGetLastError(void) {

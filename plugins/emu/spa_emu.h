@@ -1,7 +1,7 @@
 // Host emulation of the CUDA execution model, just wide enough to run the spa
 // kernels (plugins/kernels/*.cu) on a CPU: the same sources, compiled by g++
-// with -DSPA_EMULATE, run block by block with one fiber (a ucontext with its
-// own stack) per CUDA thread, all on the calling host thread.
+// with -DSPA_EMULATE, run block by block with one fiber (its own stack and
+// context) per CUDA thread, all on the calling host thread.
 //
 // Why: the kernels' index arithmetic (fragment layouts, the cp.async
 // pipeline, split-K, the GQSA warp scan) can be checked on machines without a
@@ -27,8 +27,8 @@
 // and spa_emu::last_fault() says why.
 // * A thread runs until it waits at a barrier (__syncthreads, or a warp
 //   collective: mma, shfl, ballot, ldmatrix), then the next thread of the
-//   block runs, round robin. A switch is a swapcontext in user space, not a
-//   wake-up through the operating system's scheduler. A round in which no
+//   block runs, round robin. A switch stays in user space (below, "fibers"),
+//   not a wake-up through the operating system's scheduler. A round in which no
 //   thread arrives anywhere is a deadlock (barriers that cannot complete)
 //   and fails the launch instead of hanging.
 // * Each fiber is its own thread to the sanitizers (ASan's and TSan's fiber
@@ -66,6 +66,7 @@
 #include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #if defined(__SANITIZE_THREAD__)
@@ -97,15 +98,97 @@ struct Warp;
 struct ThreadState;
 
 // ---- fibers -------------------------------------------------------------------
-// One per emulated CUDA thread: its context, its stack (mmap'd, the lowest page
-// a guard), and its CUDA built-ins, which the macros threadIdx ... gridDim read
-// through the running fiber (fibers share the host thread's thread_locals).
+// A context switch. On x86-64 it is spa_emu_switch (emu_runtime.cpp): push the
+// callee-saved registers, store the stack pointer, load the other fiber's and
+// pop its registers: no system call, and none of the sanitizers' swapcontext
+// interceptors (AddressSanitizer's clears the shadow of the whole target stack
+// at every switch). Elsewhere, swapcontext.
+#if defined(__x86_64__)
+#define SPA_EMU_ASM_SWITCH 1
+extern "C" void spa_emu_switch(void** save, void* load);
+struct Context {
+  void* sp = nullptr;
+};
+using Resume = void*;  // what a switch to a context needs (read before the switch)
+inline Resume resume_of(Context& context) { return context.sp; }
+inline void switch_context(Context& from, Resume to) { spa_emu_switch(&from.sp, to); }
+// A context that starts `entry` (which never returns) on the stack [base, base + bytes):
+// the six registers spa_emu_switch pops, then entry as its return address, then a null
+// return address for entry, so that entry starts with the stack aligned as after a call.
+inline void make_context(Context& context, unsigned char* base, size_t bytes, void (*entry)()) {
+  const uintptr_t top = reinterpret_cast<uintptr_t>(base + bytes) & ~uintptr_t{15};
+  void** sp = reinterpret_cast<void**>(top - 8 * sizeof(void*));
+  for (int i = 0; i < 6; ++i) sp[i] = nullptr;  // r15 r14 r13 r12 rbx rbp
+  sp[6] = reinterpret_cast<void*>(entry);
+  sp[7] = nullptr;
+  context.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc{};
+};
+using Resume = ucontext_t*;
+inline Resume resume_of(Context& context) { return &context.uc; }
+inline void switch_context(Context& from, Resume to) { swapcontext(&from.uc, to); }
+inline void make_context(Context& context, unsigned char* base, size_t bytes, void (*entry)()) {
+  getcontext(&context.uc);
+  context.uc.uc_stack.ss_sp = base;
+  context.uc.uc_stack.ss_size = bytes;
+  context.uc.uc_link = nullptr;
+  makecontext(&context.uc, entry, 0);
+}
+#endif
+
+// 256 KB: a kernel's frames under AddressSanitizer (redzones) with room to spare.
+constexpr size_t kFiberStack = 256 * 1024;
+
+// A fiber's stack (mmap'd, the lowest page a guard) and its ThreadSanitizer
+// identity, kept by the host thread from launch to launch (creating them for
+// every launch cost more system time than the kernels' work).
+struct Slot {
+  unsigned char* base = nullptr;  // the usable kFiberStack bytes, above the guard page
+  void* tsan = nullptr;
+};
+
+struct Slots {
+  std::vector<Slot> slots;
+  ~Slots() {
+    const size_t page = static_cast<size_t>(getpagesize());
+    for (Slot& slot : slots) {
+#if defined(__SANITIZE_THREAD__)
+      __tsan_destroy_fiber(slot.tsan);
+#endif
+      munmap(slot.base - page, kFiberStack + page);
+    }
+  }
+  // The first n slots, mapping the missing ones.
+  Slot* get(size_t n) {
+    const size_t page = static_cast<size_t>(getpagesize());
+    while (slots.size() < n) {
+      void* mapping = mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+      if (mapping == MAP_FAILED) throw std::runtime_error("spa_emu: cannot map a fiber stack");
+      mprotect(mapping, page, PROT_NONE);
+      Slot slot;
+      slot.base = static_cast<unsigned char*>(mapping) + page;
+#if defined(__SANITIZE_THREAD__)
+      slot.tsan = __tsan_create_fiber(0);
+#endif
+      slots.push_back(slot);
+    }
+    return slots.data();
+  }
+};
+
+inline thread_local Slots fiber_slots;
+
+// One per emulated CUDA thread: its context, its slot (stack), and its CUDA
+// built-ins, which the macros threadIdx ... gridDim read through the running
+// fiber (fibers share the host thread's thread_locals).
 struct Fiber {
-  ucontext_t context{};
-  unsigned char* mapping = nullptr;
-  size_t mapped = 0;
+  Context context;
+  Slot slot;
   void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
-  void* tsan = nullptr;        // ThreadSanitizer's fiber
   std::function<void()> body;
   std::atomic<bool> finished{false};  // release: the scheduler's join
   uint3 thread_idx{}, block_idx{};
@@ -114,7 +197,7 @@ struct Fiber {
 };
 
 struct Scheduler {
-  ucontext_t context{};
+  Context context;
   void* tsan = nullptr;
   void* fake_stack = nullptr;
   const void* stack_bottom = nullptr;  // the host thread's stack, as AddressSanitizer reports it
@@ -128,9 +211,6 @@ struct Scheduler {
 inline thread_local std::atomic<Scheduler*> scheduler{nullptr};
 
 inline Scheduler* current_scheduler() { return scheduler.load(std::memory_order_relaxed); }
-
-// 256 KB: a kernel's frames under AddressSanitizer (redzones) with room to spare.
-constexpr size_t kFiberStack = 256 * 1024;
 
 inline Fiber& running_fiber() {
   Scheduler* s = current_scheduler();
@@ -147,7 +227,7 @@ inline void switch_to_scheduler(Fiber& fiber, bool last) {
   [[maybe_unused]] void* const target = s.tsan;
   [[maybe_unused]] const void* const bottom = s.stack_bottom;
   [[maybe_unused]] const size_t bytes = s.stack_bytes;
-  ucontext_t* const back = &s.context;
+  const Resume back = resume_of(s.context);
   if (last) fiber.finished.store(true, std::memory_order_release);
 #if defined(__SANITIZE_THREAD__)
   __tsan_switch_to_fiber(target, __tsan_switch_to_fiber_no_sync);
@@ -155,7 +235,7 @@ inline void switch_to_scheduler(Fiber& fiber, bool last) {
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_start_switch_fiber(last ? nullptr : &fiber.fake_stack, bottom, bytes);
 #endif
-  swapcontext(&fiber.context, back);
+  switch_context(fiber.context, back);
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_finish_switch_fiber(fiber.fake_stack, &s.stack_bottom, &s.stack_bytes);
 #endif
@@ -181,13 +261,14 @@ inline void fiber_entry() {
 
 inline void resume(Scheduler& s, Fiber& fiber) {
   s.running.store(&fiber, std::memory_order_relaxed);
+  const Resume to = resume_of(fiber.context);  // read as the scheduler, before ThreadSanitizer's switch
 #if defined(__SANITIZE_THREAD__)
-  __tsan_switch_to_fiber(fiber.tsan, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(fiber.slot.tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(__SANITIZE_ADDRESS__)
-  __sanitizer_start_switch_fiber(&s.fake_stack, fiber.mapping + getpagesize(), fiber.mapped - getpagesize());
+  __sanitizer_start_switch_fiber(&s.fake_stack, fiber.slot.base, kFiberStack);
 #endif
-  swapcontext(&s.context, &fiber.context);
+  switch_context(s.context, to);
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_finish_switch_fiber(s.fake_stack, nullptr, nullptr);
 #endif
@@ -196,31 +277,25 @@ inline void resume(Scheduler& s, Fiber& fiber) {
 
 // Runs bodies[i] in fiber i, round robin, until all return. Returns "" or why
 // it stopped early: a round in which no fiber finished or arrived at a barrier
-// is a deadlock (the fibers still waiting are abandoned, their stacks freed).
+// is a deadlock (the fibers still waiting are abandoned; their slots serve the
+// next launch).
 inline std::string run_fibers(std::vector<std::function<void()>> bodies) {
   if (current_scheduler() != nullptr) return "a kernel launch from inside a kernel";
   Scheduler s;
-  std::vector<std::unique_ptr<Fiber>> fibers;
-  const size_t page = static_cast<size_t>(getpagesize());
 #if defined(__SANITIZE_THREAD__)
   s.tsan = __tsan_get_current_fiber();
 #endif
-  for (auto& body : bodies) {
+  Slot* slots = fiber_slots.get(bodies.size());
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  for (size_t i = 0; i < bodies.size(); ++i) {
     auto fiber = std::make_unique<Fiber>();
-    fiber->mapped = kFiberStack + page;
-    void* mapping = mmap(nullptr, fiber->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (mapping == MAP_FAILED) throw std::runtime_error("spa_emu: cannot map a fiber stack");
-    fiber->mapping = static_cast<unsigned char*>(mapping);
-    mprotect(fiber->mapping, page, PROT_NONE);
-    getcontext(&fiber->context);
-    fiber->context.uc_stack.ss_sp = fiber->mapping + page;
-    fiber->context.uc_stack.ss_size = kFiberStack;
-    fiber->context.uc_link = nullptr;
-    makecontext(&fiber->context, fiber_entry, 0);
-#if defined(__SANITIZE_THREAD__)
-    fiber->tsan = __tsan_create_fiber(0);
+    fiber->slot = slots[i];
+#if defined(__SANITIZE_ADDRESS__)
+    // The frames a fiber left (its entry never returns) keep their redzones poisoned.
+    __asan_unpoison_memory_region(fiber->slot.base, kFiberStack);
 #endif
-    fiber->body = std::move(body);
+    make_context(fiber->context, fiber->slot.base, kFiberStack, fiber_entry);
+    fiber->body = std::move(bodies[i]);
     fibers.push_back(std::move(fiber));
   }
   scheduler.store(&s, std::memory_order_relaxed);
@@ -242,12 +317,6 @@ inline std::string run_fibers(std::vector<std::function<void()>> bodies) {
     }
   }
   scheduler.store(nullptr, std::memory_order_relaxed);
-  for (auto& fiber : fibers) {
-#if defined(__SANITIZE_THREAD__)
-    __tsan_destroy_fiber(fiber->tsan);
-#endif
-    munmap(fiber->mapping, fiber->mapped);
-  }
   return why;
 }
 
