@@ -105,8 +105,8 @@ REGS = {"w4a16": {1: 56, 2: 70, 4: 73, 8: 98}, "w4_sp24": {1: 61, 2: 80, 4: 90, 
 # its 0.75 KB groups (99.8 / 141.3 / 176.6 / 244.5 split), against 514.6 /
 # 568.3 / 618.2 / 723.2 in the measured body (sass_budget.py on the sources
 # of commit d3b8c13, slices = 1).
-MEASURED_PER_KB = {"w4a16": {1: 464, 2: 501, 4: 557, 8: 665}, "w4_sp24": {1: 514.6, 2: 568.3, 4: 618.2, 8: 723.2}}
-V2_PER_KB = {
+MEASURED_PER_KB: dict[str, dict[int, float]] = {"w4a16": {1: 464, 2: 501, 4: 557, 8: 665}, "w4_sp24": {1: 514.6, 2: 568.3, 4: 618.2, 8: 723.2}}
+V2_PER_KB: dict[str, dict[bool, dict[int, float]]] = {
     "w4a16": {False: {1: 112.2, 2: 145.8, 4: 172.1, 8: 255.0}, True: {1: 113.0, 2: 145.8, 4: 173.1, 8: 322.7}},
     "w4_sp24": {False: {1: 97.9, 2: 141.3, 4: 167.7, 8: 244.5}, True: {1: 99.8, 2: 141.3, 4: 176.6, 8: 244.5}},
 }  # fmt: skip
@@ -162,7 +162,7 @@ def gqsa_ratios(k: int, g: int, kept: float = 0.5) -> tuple[float, float]:
 # rounded up); the same serial chain per stage as w4a16's per group (an
 # assumption: 2 x keep mma per stage in one chain against w4a16's 8 in two).
 # Not measured yet.
-TILE_PER_KB = {
+TILE_PER_KB: dict[int, dict[bool, dict[int, float]]] = {
     4: {False: {1: 136.7, 2: 171.7, 4: 205.9, 8: 286.2}, True: {1: 136.7, 2: 165.0, 4: 213.1, 8: 286.2}},
     2: {False: {1: 156.4, 2: 207.8, 4: 252.3, 8: 369.8}, True: {1: 156.4, 2: 199.9, 4: 255.5, 8: 365.0}},
 }  # fmt: skip
