@@ -76,10 +76,14 @@ def tsan_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("emu-thread")
 
 
-def thread_sanitizer_run(run: subprocess.CompletedProcess[str]) -> None:
-    """Skips where ThreadSanitizer cannot start; fails on any report."""
+def skip_where_thread_sanitizer_cannot_start(run: subprocess.CompletedProcess[str]) -> None:
     if "FATAL: ThreadSanitizer" in run.stderr:
         pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
+
+
+def thread_sanitizer_run(run: subprocess.CompletedProcess[str]) -> None:
+    """Skips where ThreadSanitizer cannot start; fails on any report."""
+    skip_where_thread_sanitizer_cannot_start(run)
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-6000:]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -380,8 +384,7 @@ def test_the_emulation_catches_a_missing_pipeline_barrier(tmp_path: Path, monkey
     monkeypatch.setenv("TSAN_OPTIONS", "halt_on_error=0:exitcode=66")  # report, and let the run finish
     run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", "1", "--splits", "1",
                   "--dtypes", "fp16", kernels=broken, sanitizer="thread")  # fmt: skip
-    if "FATAL: ThreadSanitizer" in run.stderr:
-        pytest.skip(f"ThreadSanitizer cannot start on this machine: {run.stderr.strip().splitlines()[0]}")
+    skip_where_thread_sanitizer_cannot_start(run)
     assert run.returncode != 0, run.stdout + run.stderr
     assert "WARNING: ThreadSanitizer: data race" in run.stderr
     rows = results(run.stdout)

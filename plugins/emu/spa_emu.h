@@ -189,7 +189,7 @@ struct Fiber {
   Context context;
   Slot slot;
   void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
-  std::function<void()> body;
+  int index = 0;  // which thread of the block: the argument of the launch's body
   std::atomic<bool> finished{false};  // release: the scheduler's join
   uint3 thread_idx{}, block_idx{};
   dim3 block_dim, grid_dim;
@@ -202,6 +202,7 @@ struct Scheduler {
   void* fake_stack = nullptr;
   const void* stack_bottom = nullptr;  // the host thread's stack, as AddressSanitizer reports it
   size_t stack_bytes = 0;
+  const std::function<void(int)>* body = nullptr;  // what fiber i runs: (*body)(i)
   std::atomic<Fiber*> running{nullptr};
   std::atomic<unsigned long long> progress{0};  // arrivals at barriers
   std::atomic<int> started{0};                  // release: what the launch set up, to every fiber
@@ -255,7 +256,7 @@ inline void fiber_entry() {
   __sanitizer_finish_switch_fiber(nullptr, &s.stack_bottom, &s.stack_bytes);
 #endif
   Fiber& fiber = *s.running.load(std::memory_order_relaxed);
-  fiber.body();
+  (*s.body)(fiber.index);
   switch_to_scheduler(fiber, true);
 }
 
@@ -275,19 +276,20 @@ inline void resume(Scheduler& s, Fiber& fiber) {
   s.running.store(nullptr, std::memory_order_relaxed);
 }
 
-// Runs bodies[i] in fiber i, round robin, until all return. Returns "" or why
+// Runs body(i) in fiber i for i < count, round robin, until all return. Returns "" or why
 // it stopped early: a round in which no fiber finished or arrived at a barrier
 // is a deadlock (the fibers still waiting are abandoned; their slots serve the
 // next launch).
-inline std::string run_fibers(std::vector<std::function<void()>> bodies) {
+inline std::string run_fibers(int count, const std::function<void(int)>& body) {
   if (current_scheduler() != nullptr) return "a kernel launch from inside a kernel";
   Scheduler s;
 #if defined(__SANITIZE_THREAD__)
   s.tsan = __tsan_get_current_fiber();
 #endif
-  Slot* slots = fiber_slots.get(bodies.size());
+  s.body = &body;
+  Slot* slots = fiber_slots.get(static_cast<size_t>(count));
   std::vector<std::unique_ptr<Fiber>> fibers;
-  for (size_t i = 0; i < bodies.size(); ++i) {
+  for (int i = 0; i < count; ++i) {
     auto fiber = std::make_unique<Fiber>();
     fiber->slot = slots[i];
 #if defined(__SANITIZE_ADDRESS__)
@@ -295,7 +297,7 @@ inline std::string run_fibers(std::vector<std::function<void()>> bodies) {
     __asan_unpoison_memory_region(fiber->slot.base, kFiberStack);
 #endif
     make_context(fiber->context, fiber->slot.base, kFiberStack, fiber_entry);
-    fiber->body = std::move(bodies[i]);
+    fiber->index = i;
     fibers.push_back(std::move(fiber));
   }
   scheduler.store(&s, std::memory_order_relaxed);
@@ -487,7 +489,7 @@ struct Launch {
       current = index < blocks ? make_block(threads) : nullptr;
     };
     Barrier<decltype(next_block)> between(threads, next_block);
-    auto body = [&](int t) {
+    const std::function<void(int)> body = [&](int t) {
       Fiber& fiber = running_fiber();
       fiber.thread_idx = uint3{static_cast<unsigned>(t) % block.x, (static_cast<unsigned>(t) / block.x) % block.y,
                                static_cast<unsigned>(t) / (block.x * block.y)};
@@ -516,10 +518,7 @@ struct Launch {
         wait_at(between);
       }
     };
-    std::vector<std::function<void()>> bodies;
-    bodies.reserve(threads);
-    for (int t = 0; t < threads; ++t) bodies.emplace_back([&body, t] { body(t); });
-    std::string why = run_fibers(std::move(bodies));
+    std::string why = run_fibers(threads, body);
     if (!why.empty()) fail_launch(why + " (block " + std::to_string(index) + ")");
   }
 };
