@@ -45,9 +45,12 @@ NCU=${NCU:-$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-com
 TORCH=$(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
 START=$(date +%s)
 
-# Optional steps get a wall-clock cap so that the whole call stays within 8
-# minutes (480 s): each takes at most its cap and what is left of 460 s.
-NCU_CAP=90 TINYGEMM_CAP=150 LATENCY_CAP=60 TOTAL=460
+# Every step after the build gets a wall-clock cap so that the whole call
+# stays within 8 minutes (480 s): each takes at most its cap and what is left
+# of 460 s. The harness's cap leaves the later steps room; killed at it, it
+# leaves results.json (written after every shape) with the shapes it finished,
+# and the steps after it still run on those.
+HARNESS_CAP=330 NCU_CAP=90 TINYGEMM_CAP=150 LATENCY_CAP=60 TOTAL=460
 cap() { local left=$(( TOTAL - ($(date +%s) - START) )); echo $(( left < $1 ? (left > 0 ? left : 1) : $1 )); }
 # Stall metrics (per issued instruction) that split the per-iteration time into
 # memory latency, barriers, issue and pipe pressure (diagnosis.md §8).
@@ -129,7 +132,13 @@ timeout "$(cap $LATENCY_CAP)" "$BUILD/latency" --out "$OUT_DIR/latency.json" || 
 
 step "correctness + timing"
 status=0
-"$BUILD/harness" ${CASES[@]+"${CASES[@]}"} --out "$OUT_DIR/results.json" $QUICK || status=$?
+rm -f "$OUT_DIR"/{results,split_sweep,row_halves,launch_floor,pdl}.json  # a folder reused: no stale rows
+timeout "$(cap $HARNESS_CAP)" "$BUILD/harness" ${CASES[@]+"${CASES[@]}"} --out "$OUT_DIR/results.json" $QUICK || status=$?
+if [ $status -eq 124 ]; then
+  echo "FAILED | harness | ran past its ${HARNESS_CAP}s cap: results.json holds the shapes it finished"
+  status=1
+fi
+[ -f "$OUT_DIR/results.json" ] || { echo "error: the harness wrote no results.json (see above)"; exit 1; }
 
 step "torch tinygemm (_weight_int4pack_mm) on the same shapes"
 if [ -n "$TORCH" ]; then
