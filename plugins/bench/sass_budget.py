@@ -12,6 +12,9 @@ For every instantiation of every kernel (sm_90 cubin):
     one pass of it streams: instructions per KB of weights, the static proxy
     for the issue ceiling the H200 run measured (diagnosis.md §1, §7);
   * int-to-float conversions (I2F) in that loop (none allowed);
+  * local-memory loads and stores (LDL / STL: register spills) in that loop,
+    each an extra L1 round trip per pass (held to a ratchet: no more than
+    today's, none where there are none);
   * every global load (LDG) in that loop whose result an instruction of the
     same iteration reads before the back edge: each is a full memory round
     trip on the loop's critical path (the scale load of the measured kernels);
@@ -68,6 +71,7 @@ class Report:
     kb: float = 0.0
     ldg_consumed: list[str] = field(default_factory=list)
     i2f: int = 0  # int-to-float conversions in the loop (none wanted: the dequant is exact LOP3/HSUB2 magic)
+    local: int = 0  # local-memory loads and stores in the loop (register spills)
     regs: int = 0
     smem: int = 0
     ctas_per_sm: int = 0
@@ -227,6 +231,11 @@ def dynamic_smem(kernel: str, args: list[int]) -> int:
     return model.smem_bytes(kernel, args[0], args[1] if len(args) > 1 else 1)
 
 
+def local_accesses(loop: list[Instr]) -> int:
+    """Local-memory loads and stores (LDL, STL: register spills and their reloads) among these instructions."""
+    return sum(1 for ins in loop if ins.opcode.startswith(("LDL", "STL")))
+
+
 def ctas_per_sm(regs: int, smem: int, threads: int) -> int:
     regs_per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
     by_regs = SM90["regs"] // (regs_per_warp * threads // 32)
@@ -294,6 +303,7 @@ def analyse(objects: dict[str, Path], arch: str = "90") -> list[Report]:
                 report.kb = weight_kb(kernel, args, math_count, index_loads)
                 report.ldg_consumed = consumed_loads(part)
                 report.i2f = sum(1 for ins in part if ins.opcode.startswith("I2F"))
+                report.local = local_accesses(part)
             report.pdl_waits = sum(1 for ins in body if ins.opcode == "ACQBULK")
             report.pdl_triggers = sum(1 for ins in body if ins.opcode == "PREEXIT")
             report.before_wait = before_wait(body)
@@ -316,11 +326,12 @@ def main(argv: list[str]) -> int:
     for r in sorted(reports, key=lambda r: r.name):
         rows.append({"name": r.name, "loop": [hex(a) for a in r.loop], "instructions": r.instructions,
                      "kb": round(r.kb, 3), "per_kb": round(r.per_kb, 1), "ldg_consumed": r.ldg_consumed,
-                     "i2f": r.i2f, "regs": r.regs, "smem": r.smem, "ctas_per_sm": r.ctas_per_sm,
+                     "i2f": r.i2f, "local": r.local, "regs": r.regs, "smem": r.smem, "ctas_per_sm": r.ctas_per_sm,
                      "pdl_waits": r.pdl_waits, "pdl_triggers": r.pdl_triggers, "before_wait": r.before_wait})  # fmt: skip
         if "--json" not in argv:
             print(f"{r.name:24} loop {r.loop[0]:#06x}-{r.loop[1]:#06x} {r.instructions:5} instr / {r.kb:5.2f} KB = "
-                  f"{r.per_kb:6.1f} per KB | LDG consumed in-loop: {len(r.ldg_consumed)} | I2F {r.i2f} | {r.regs} regs, "
+                  f"{r.per_kb:6.1f} per KB | LDG consumed in-loop: {len(r.ldg_consumed)} | I2F {r.i2f} | spills {r.local} | "
+                  f"{r.regs} regs, "
                   f"{r.smem} B smem -> {r.ctas_per_sm} CTAs/SM | PDL wait {r.pdl_waits}, trigger {r.pdl_triggers}, "
                   f"{len(r.before_wait)} stores/activation copies before the wait")  # fmt: skip
     if "--json" in argv:

@@ -476,20 +476,22 @@ __device__ __forceinline__ void zero_tiles(float (&acc)[MT][4]) {
     for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
 }
 
-// Adds one group's FP32 sums, scaled, to the accumulators: rows g and g + 8
-// of the tile (C fragment registers 0, 1 and 2, 3) have their own scale.
-template <int kChains, int MT>
-__device__ __forceinline__ void add_scaled(float (&acc)[MT][4], const float (&part)[kChains][MT][4], float scale_lo,
+// Adds one 8-token tile's group sums (kChains partial chains), scaled, to
+// its accumulators: rows g and g + 8 of the tile (C fragment registers 0, 1
+// and 2, 3) have their own scale. The kernels scale each tile as soon as its
+// group is summed, so one tile's partial sums are live at a time (summing
+// every tile first held MT x 4 more registers: at MT = 8 the split kernel
+// rematerialised addresses and spilled).
+template <int kChains>
+__device__ __forceinline__ void add_scaled(float (&acc)[4], const float (&part)[kChains][4], float scale_lo,
                                            float scale_hi) {
 #pragma unroll
-  for (int c = 0; c < kChains; ++c)
-#pragma unroll
-    for (int j = 0; j < MT; ++j) {
-      acc[j][0] += part[c][j][0] * scale_lo;
-      acc[j][1] += part[c][j][1] * scale_lo;
-      acc[j][2] += part[c][j][2] * scale_hi;
-      acc[j][3] += part[c][j][3] * scale_hi;
-    }
+  for (int c = 0; c < kChains; ++c) {
+    acc[0] += part[c][0] * scale_lo;
+    acc[1] += part[c][1] * scale_lo;
+    acc[2] += part[c][2] * scale_hi;
+    acc[3] += part[c][3] * scale_hi;
+  }
 }
 
 // Stores a tile's C fragments into Y: c0,c1 -> (n = col_lo, tokens 2t, 2t+1);

@@ -199,12 +199,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 #pragma unroll
           for (int t = 0; t < MT; ++t) {
             const uint2 b = lds64(smem, a_group + (stage * kAStage + t * 8 * kRowStride + slab * kSlab) * 2);
-            float part[4] = {0.f, 0.f, 0.f, 0.f};
-            mma_16816<T>(part, frag, b.x, b.y);
-            acc[t][0] += part[0] * scale_lo;
-            acc[t][1] += part[1] * scale_lo;
-            acc[t][2] += part[2] * scale_hi;
-            acc[t][3] += part[3] * scale_hi;
+            float part[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+            mma_16816<T>(part[0], frag, b.x, b.y);
+            add_scaled<1>(acc[t], part, scale_lo, scale_hi);
           }
         }
       }

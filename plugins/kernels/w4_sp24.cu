@@ -135,27 +135,25 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     uint32_t frag[kSteps][4];
 #pragma unroll
     for (int step = 0; step < kSteps; ++step) dequant8_fast<T>(words[step], frag[step]);
+    // Rows g and g + 8 of the tile: columns col_lo and col_lo + 8.
+    const float scale_lo = __half2float(s_smem[stage * kSStage + s_read]);
+    const float scale_hi = __half2float(s_smem[stage * kSStage + s_read + 8]);
     constexpr int kChains = chains_for(MT);
-    float part[kChains][MT][4];
 #pragma unroll
-    for (int c = 0; c < kChains; ++c)
+    for (int j = 0; j < MT; ++j) {  // one 8-token tile at a time: its group sums scaled before the next
+      float part[kChains][4];
 #pragma unroll
-      for (int j = 0; j < MT; ++j)
+      for (int c = 0; c < kChains; ++c)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) part[c][j][r] = 0.f;
-#pragma unroll
-    for (int j = 0; j < MT; ++j) {
+        for (int r = 0; r < 4; ++r) part[c][r] = 0.f;
 #pragma unroll
       for (int step = 0; step < kSteps; ++step) {
         uint32_t b[4];
         ldmatrix_x4(b, smem, a_read[step % 2] + (step / 2) * 128 + (stage * kAStage + j * 8 * SPA_W4_GROUP) * 2);
-        mma_sp_16832<T>(part[step % kChains][j], frag[step], b, meta_word[step]);
+        mma_sp_16832<T>(part[step % kChains], frag[step], b, meta_word[step]);
       }
+      add_scaled<kChains>(acc[j], part, scale_lo, scale_hi);
     }
-    // Rows g and g + 8 of the tile: columns col_lo and col_lo + 8.
-    const float scale_lo = __half2float(s_smem[stage * kSStage + s_read]);
-    const float scale_hi = __half2float(s_smem[stage * kSStage + s_read + 8]);
-    add_scaled<kChains, MT>(acc, part, scale_lo, scale_hi);
   };
 
   // The stage ring, unrolled; at MT = 1 its steady state runs unguarded (at
