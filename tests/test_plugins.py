@@ -10,6 +10,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -446,6 +447,26 @@ def test_goal_reader_on_rows_that_meet_and_miss() -> None:
     huge_sp24["us"] = 28.0  # 8192 x 28672: sp24 only 1.21x (G4a missed, G4b still met)
     verdicts = {goal: met for goal, met, _ in goals.evaluate(rows, tinygemm)}
     assert not verdicts["G4a"] and verdicts["G4b"] and verdicts["G3c"]
+
+
+def test_goal_reader_says_when_a_run_covers_fewer_rows_than_the_harness_times() -> None:
+    """A run cut short (run_gpu.sh caps the harness) holds fewer shapes: goals.py's coverage
+    verdict names what is missing, so verdicts on the rows present are not read as the whole
+    run; the shapes and M it expects are the harness's own (kShapes, kMs in harness.cu)."""
+    goals = load_goals()
+    harness = (PLUGINS / "bench" / "harness.cu").read_text()
+    shapes = re.search(r"const Shape kShapes\[\] = \{(.*?)\n\};", harness, re.S)
+    ms = re.search(r"constexpr int kMs\[\] = \{([^}]*)\}", harness)
+    assert shapes and ms
+    assert tuple((int(k), int(n)) for k, n in re.findall(r'\{"[^"]+", (\d+), (\d+)\}', shapes.group(1))) == goals.SHAPES
+    assert tuple(int(m) for m in ms.group(1).split(",")) == goals.MS
+    full = [{"kernel": kernel, "K": k, "N": n, "M": m} for kernel in goals.TIMED for k, n in goals.SHAPES for m in goals.MS]
+    assert goals.coverage(full)[0]
+    cut = [r for r in full if not (r["kernel"] == "w4_sp24" and r["K"] == 8192) and r["kernel"] != "w4_gqsa_tile"]
+    met, detail = goals.coverage(cut)
+    assert not met
+    assert "w4_sp24 at 2 of 9 shapes (8192x8192, 8192x28672)" in detail and "w4_gqsa_tile at 9 of 9 shapes" in detail
+    assert "w4a16" not in detail and "speak for the rows present only" in detail
 
 
 def test_committed_predictions_are_the_models_for_every_measured_row() -> None:

@@ -18,6 +18,9 @@ Goals (plugins/README.md, "Goals per card", states them with their floors):
   G5b          w4_gqsa (g = 16) >= 1.0x w4a16 for M <= 8
   G5c          the new format, w4_gqsa_tile (tile-shared, 4 of the 8 groups of
                every 128-k slab kept), >= 1.4x w4a16 for M <= 8
+  coverage     every kernel's rows at every shape and M the harness times
+               (SHAPES, MS): a run cut short (run_gpu.sh's cap) covers fewer,
+               and the goals above then speak for the rows present only
 Floors are bytes / the card's measured HBM read bandwidth (the row's
 "hbm_gbps" where the harness wrote it, else the table below).
 Prints one verdict line per goal naming the card; exit 0 when all are met.
@@ -42,6 +45,12 @@ G1_FRACTION, G1_STRETCH_FRACTION = 0.56, 0.66
 G1_US = {"H200": (9.0, 7.7)}
 G5_FRACTION = 0.60
 BIG, HUGE = 16 * 2**20, 64 * 2**20  # K*N thresholds of G3 and G4a
+# What the harness times (plugins/bench/harness.cu kShapes and kMs; a test
+# keeps the two in step): Llama 7B / 13B / 70B projections, (K, N).
+SHAPES = ((4096, 4096), (4096, 11008), (11008, 4096), (5120, 5120), (5120, 13824), (13824, 5120),
+          (8192, 8192), (8192, 28672), (28672, 8192))  # fmt: skip
+MS = (1, 2, 4, 8, 16, 32, 64)
+TIMED = ("w4a16", "w4_sp24", "w4_gqsa", "w4_gqsa_tile")
 
 
 def read_gbps(row: Row) -> float | None:
@@ -157,6 +166,20 @@ def evaluate(rows: list[Row], competitors: list[Row] | None = None) -> list[tupl
     return verdicts
 
 
+def coverage(rows: list[Row]) -> tuple[bool, str]:
+    """Whether every kernel has a row at every shape and M the harness times, and which are missing."""
+    have = {(r["kernel"], r["K"], r["N"], r["M"]) for r in rows}
+    missing = []
+    for kernel in TIMED:
+        shapes = [f"{k}x{n}" for k, n in SHAPES if any((kernel, k, n, m) not in have for m in MS)]
+        if shapes:
+            missing.append(f"{kernel} at {len(shapes)} of {len(SHAPES)} shapes ({', '.join(shapes[:3])}"
+                           f"{', ...' if len(shapes) > 3 else ''})")  # fmt: skip
+    if not missing:
+        return True, f"every kernel at all {len(SHAPES)} shapes x M = {', '.join(map(str, MS))}"
+    return False, "rows missing: " + "; ".join(missing) + ": the verdicts above speak for the rows present only"
+
+
 def load_competitors(path: Path | None) -> list[Row] | None:
     if path is None or not path.is_file():
         return None
@@ -180,6 +203,7 @@ def main(argv: list[str]) -> int:
     rows = json.loads(path.read_text())
     card = rows[0]["card"] if rows else "no rows"
     verdicts = evaluate(rows, load_competitors(competitors_path))
+    verdicts.append(("coverage", *coverage(rows)))
     for goal, met, detail in verdicts:
         print(f"{'PASSED' if met else 'FAILED'} | {goal} | {detail} | {card}")
     return 0 if all(met for _, met, _ in verdicts) else 1
