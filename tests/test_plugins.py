@@ -575,6 +575,28 @@ def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
     assert 7.69 < g1 <= 7.7
 
 
+def test_model_says_when_a_run_is_on_another_card_or_lacks_a_goals_rows() -> None:
+    """The model is the H200's (its SMs, bandwidth and fitted costs): on a run from another card,
+    `compare` and `bounds` say so instead of presenting the card's difference as model error;
+    `bounds` on a run without a goal's rows says there is nothing to judge it by."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
+    assert spec is not None and spec.loader is not None
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    predicted = json.loads((PLUGINS / "bench" / "predictions.json").read_text())
+    same = [r for r in predicted if (r["K"], r["N"]) == (4096, 4096) and r["kernel"] == "w4a16"]
+    assert "note:" not in model.compare(same, predicted)
+    other = [{**r, "card": "NVIDIA H100 80GB HBM3", "hbm_gbps": 3010} for r in same]
+    note = model.compare(other, predicted).splitlines()[-1]
+    assert note.startswith("note: the predictions are for the NVIDIA H200") and "3010 GB/s measured" in note
+    report = model.bounds_report(other, None).splitlines()
+    assert report[0].startswith("note: these bounds use the H200's read bandwidth")
+    assert "  G1: nothing to judge it by (no row)" in report  # 4096x11008 is not among these rows
+    assert "  G3c: nothing to judge it by (no tinygemm timings (competitors.json))" in report
+
+
 def test_model_bounds_on_a_run_folder_name_its_launch_floor(tmp_path: Path) -> None:
     """run_gpu.sh writes bounds.txt from the run's folder: the run's cuBLAS and tinygemm rows, and the
     measured empty-kernel launch set against the fixed costs the goals need."""

@@ -563,6 +563,10 @@ def bounds_report(measured: list[Row], competitors: list[Row] | None) -> str:
     fixed cost t0 (0-10 us, to 0.01 us) at which the bound rows meet it."""
     goals = _goals()
     lines = [f"at the fitted fixed costs (t0 {DENSE['t0']:.2f} us dense, {GQSA[16]['t0']:.2f} us w4_gqsa g = 16):"]
+    ran = measured[0].get("card", "") if measured else ""
+    if "H200" not in ran:
+        lines.insert(0, f"note: these bounds use the H200's read bandwidth ({HBM_GBPS:.0f} GB/s) and fitted costs "
+                        f"with this run's cuBLAS rows from the {ran or 'unnamed card'}: read them as the H200's")  # fmt: skip
     verdicts = goals.evaluate(bound_rows(measured), competitors)
     for goal, met, detail in verdicts:
         lines.append(f"  {'MET   ' if met else 'NOT MET'} | {goal} | {detail}")
@@ -608,7 +612,24 @@ def compare(measured: list[Row], predicted: list[Row]) -> str:
     median, worst = math.exp(logs[len(logs) // 2]) - 1, math.exp(logs[-1]) - 1
     within = sum(1 for x in logs if x <= math.log(1.25)) / len(logs)
     lines.append(f"{len(logs)} rows: median |error| {median:.0%}, worst {worst:.0%}, within 25 %: {within:.0%}")
+    note = card_note(measured, predicted)
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def card_note(measured: list[Row], predicted: list[Row]) -> str:
+    """A line saying that the run's card is not the one the predictions are for (the model is
+    calibrated on the H200: 132 SMs, 4575 GB/s), so the ratios above hold the cards' difference
+    too; empty when the cards match."""
+    ran, for_card = measured[0].get("card", "?"), predicted[0].get("card", "?") if predicted else "?"
+    if ran == for_card:
+        return ""
+    bandwidth = next((r["hbm_gbps"] for r in measured if r.get("hbm_gbps")), None)
+    measured_bw = f"{bandwidth:.0f} GB/s measured" if bandwidth else "its read bandwidth not in the rows"
+    return (f"note: the predictions are for the {for_card} ({SMS} SMs, {HBM_GBPS:.0f} GB/s read); this run is on "
+            f"the {ran} ({measured_bw}): the ratios above include the difference between the cards, so they "
+            f"do not test the model, whose constants (SMs, bandwidth, fitted costs) are the H200's")  # fmt: skip
 
 
 def launch_floor_line(floor: Row) -> str:

@@ -171,6 +171,7 @@ tail -12 "$OUT_DIR/model_vs_measured.txt" || true  # the rows' summary, the laun
 
 step "bounds"
 python3 $BENCH/model.py bounds "$OUT_DIR/results.json" > "$OUT_DIR/bounds.txt" || true
+grep '^note:' "$OUT_DIR/bounds.txt" || true  # a card other than the model's H200
 tail -13 "$OUT_DIR/bounds.txt" || true
 
 step "goals"
