@@ -32,6 +32,10 @@
 //    the best case. pdl.json also times each layer as a network runs it,
 //    after a kernel that does not trigger them (a row scaling of A, as a
 //    norm would, feeding the GEMM), with and without PDL.
+// 6. Prefill sizes, last (not a goal; without --quick): w4a16, w4_sp24 and
+//    w4_gqsa_tile at M = 128, 512, 2048 on 4096x4096 and 8192x28672, one
+//    launch of 64-row chunks (the launchers' way above 64 rows) against the
+//    same rows in calls of 64 and cuBLAS FP16: prefill.json.
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -415,6 +419,7 @@ struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, 
 struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us, memset_us; };
 struct HalvesRow { std::string kernel; int K, N, M; double one_us, two_us, auto_us; };
 struct PdlRow { std::string kernel; int K, N, M, group_size; double pdl_us, no_pdl_us, pair_pdl_us, pair_no_pdl_us; };
+struct PrefillRow { std::string kernel; int K, N, M; double us, chunked_us, cublas_us; };
 
 // The fields of one JSON row after "card" (no braces, no trailing comma).
 std::string json_fields(const Row& r) {
@@ -450,6 +455,15 @@ std::string json_fields(const PdlRow& r) {
                 "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"group_size\": %d, \"pdl_us\": %.3f, "
                 "\"no_pdl_us\": %.3f, \"after_plain_kernel_pdl_us\": %.3f, \"after_plain_kernel_no_pdl_us\": %.3f",
                 r.kernel.c_str(), r.K, r.N, r.M, r.group_size, r.pdl_us, r.no_pdl_us, r.pair_pdl_us, r.pair_no_pdl_us);
+  return buffer;
+}
+
+std::string json_fields(const PrefillRow& r) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer),
+                "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"us\": %.3f, "
+                "\"calls_of_64_rows_us\": %.3f, \"cublas_fp16_us\": %.3f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.us, r.chunked_us, r.cublas_us);
   return buffer;
 }
 
@@ -532,6 +546,41 @@ int profile(Context& ctx) {
 }
 
 }  // namespace
+
+// Prefill sizes (M > 64, prefill.json; not a goal of issue 13): each dense
+// kernel's one launch of 64-row chunks against the same rows as calls of 64
+// rows each (how the launchers ran them before) and cuBLAS FP16. Last in the
+// run: results.json is complete by then.
+void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& out) {
+  std::vector<PrefillRow> rows;
+  const int shapes[][2] = {{4096, 4096}, {8192, 28672}};
+  for (const auto& shape : shapes) {
+    const int K = shape[0], N = shape[1], max_m = 2048;
+    DeviceBuffer<__half> a16(static_cast<size_t>(max_m) * K), y16(static_cast<size_t>(max_m) * N);
+    DeviceBuffer<float> a32(static_cast<size_t>(max_m) * K);
+    fill_activations<__half><<<blocks_for(a16.count), 256>>>(a16.ptr, a32.ptr, a16.count, 11);
+    DeviceBuffer<__half> w16(static_cast<size_t>(K) * N);
+    fill_scales<<<blocks_for(w16.count), 256>>>(w16.ptr, w16.count, 7, -0.05f, 0.05f);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    for (const char* kernel : {"w4a16", "w4_sp24", "w4_gqsa_tile"}) {
+      std::unique_ptr<Weight> w = random_weight(kernel, K, N, 4343);
+      for (int M : {128, 512, 2048}) {
+        const double us = time_graph(ctx, 1, [&](int) { CHECK_CUDA(run_kernel(ctx, *w, a16.ptr, y16.ptr, M, SPA_FP16)); });
+        const double chunked_us = time_graph(ctx, 1, [&](int) {
+          for (int m0 = 0; m0 < M; m0 += 64)
+            CHECK_CUDA(run_kernel(ctx, *w, a16.ptr + static_cast<size_t>(m0) * K, y16.ptr + static_cast<size_t>(m0) * N,
+                                  std::min(64, M - m0), SPA_FP16));
+        });
+        const double cublas_us = time_graph(ctx, 1, [&](int) { hgemm(ctx.handle, a16.ptr, w16.ptr, y16.ptr, M, N, K); });
+        std::printf("prefill | %-12s K=%-6d N=%-6d M=%-5d %9.2f us one launch, %9.2f us in calls of 64 rows (%.2fx) | "
+                    "cuBLAS fp16 %9.2f us (%.2fx)\n", kernel, K, N, M, us, chunked_us, chunked_us / us, cublas_us,
+                    cublas_us / us);
+        rows.push_back({kernel, K, N, M, us, chunked_us, cublas_us});
+        write_json(out, prop.name, rows);
+      }
+    }
+  }
+}
 
 int main(int argc, char** argv) {
   std::string cases, out = "plugins/bench/results.json";
@@ -711,6 +760,7 @@ int main(int argc, char** argv) {
   write_json(out, prop.name, rows);
   std::printf("%s | %d correctness failures | %zu timing rows -> %s\n", ctx.failures ? "FAILED" : "PASSED",
               ctx.failures, rows.size(), out.c_str());
+  if (!quick) time_prefill(ctx, prop, out_dir + "prefill.json");
   cublasDestroy(ctx.handle);
   return ctx.failures ? 1 : 0;
 }

@@ -15,7 +15,8 @@
 #                           DIR/row_halves.json: M = 64 in one CTA per column block or two;
 #                           DIR/launch_floor.json: an empty kernel's time in the same CUDA graphs
 #                           (also with programmatic dependent launch); DIR/pdl.json: every kernel
-#                           at M = 1, 16, 64 with PDL (as results.json) and without (SPA_PDL=0)
+#                           at M = 1, 16, 64 with PDL (as results.json) and without (SPA_PDL=0);
+#                           DIR/prefill.json: M = 128-2048 in one launch, in calls of 64 rows, cuBLAS
 #   DIR/latency.json        pointer chase (latency.cu)
 #   DIR/competitors.json    torch tinygemm + cuBLAS FP16 (tinygemm.py; absent without torch)
 #   DIR/ncu/                Nsight Compute stalls: stalls.ncu-rep, stalls.txt, stalls.csv (absent without ncu)
@@ -67,7 +68,7 @@ if [ $DRY -eq 1 ]; then
   echo "ncu:   ${NCU:-missing (the stall export will be skipped)}"
   echo "torch: ${TORCH:-missing (tinygemm will be skipped)}"
   echo "steps: build (kernels, harness, mma_sp_probe, latency) | mma.sp probe | pointer chase -> latency.json"
-  echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), row_halves.json, launch_floor.json, pdl.json (and the PDL chain check)"
+  echo "       | harness ${QUICK:-(full)} -> results.json, split_sweep.json (sweep M = 1, 4, 16, 32, 64), row_halves.json, launch_floor.json, pdl.json (and the PDL chain check), prefill.json"
   echo "       | tinygemm.py -> competitors.json | ncu ${NCU_ARGS[*]} --metrics (stall reasons, instructions, DRAM) harness --profile -> ncu/"
   echo "       | model.py compare -> model_vs_measured.txt | model.py bounds -> bounds.txt | goals.py -> goals.txt"
   exit 0
@@ -132,7 +133,7 @@ timeout "$(cap $LATENCY_CAP)" "$BUILD/latency" --out "$OUT_DIR/latency.json" || 
 
 step "correctness + timing"
 status=0
-rm -f "$OUT_DIR"/{results,split_sweep,row_halves,launch_floor,pdl}.json  # a folder reused: no stale rows
+rm -f "$OUT_DIR"/{results,split_sweep,row_halves,launch_floor,pdl,prefill}.json  # a folder reused: no stale rows
 timeout "$(cap $HARNESS_CAP)" "$BUILD/harness" ${CASES[@]+"${CASES[@]}"} --out "$OUT_DIR/results.json" $QUICK || status=$?
 if [ $status -eq 124 ]; then
   echo "FAILED | harness | ran past its ${HARNESS_CAP}s cap: results.json holds the shapes it finished"

@@ -577,21 +577,38 @@ __device__ __forceinline__ void finish_tile(const float (&acc)[MT][4], T* y, flo
     store_tile<T, MT>(acc, y, M, N, col_lo, thread_in_group);
 }
 
-// A CTA's share of its launch's rows (launch_column_blocks: blockIdx.x =
-// halves x block + half): its column block and the first row and count of
-// its rows. Only an instantiation of 32 rows (MT = 4) is ever a half:
-// row_halves gives a block two CTAs only above 32 rows, and then 32 rows
-// each; every other instantiation owns its block's rows (compile-time: no
-// registers spent on it).
+// A CTA's share of its launch's rows: its column block and the first row and
+// count of its rows. A launch gives each column block one CTA up to 32 rows
+// (and up to 64 where row_halves says one), two CTAs of 32 rows (MT = 4) for
+// 33-64 rows where row_halves says two (blockIdx.x = 2 x block + half:
+// neighbours), and above 64 rows ceil(M / 64) CTAs of 64 (MT = 8;
+// with_row_tiles: every row in one launch). Those run in groups of
+// kChunkGroup column blocks, each group's CTAs chunk by chunk (blockIdx.x =
+// (group x chunks + chunk) x width + block in group), so the CTAs resident
+// at one time share a few blocks' weights and a few chunks' activations
+// through L2: each weight is read from HBM about once per resident wave of
+// chunks, not once per chunk. Instantiations of 8 or 16 rows are never
+// shared, nor split ones of 64 (only launches of up to 64 rows are split),
+// at compile time: no registers spent on it.
+constexpr int kChunkGroup = 8;
 struct RowShare {
   int block, m0, rows;
 };
-template <int kRows>
-__device__ __forceinline__ RowShare row_share(int M) {
+template <bool kSplit, int kRows>
+__device__ __forceinline__ RowShare row_share(int M, int N) {
   if constexpr (kRows == 32) {
     if (M > kRows) {
       const int half = static_cast<int>(blockIdx.x & 1u);
       return RowShare{static_cast<int>(blockIdx.x >> 1), half * kRows, half == 0 ? kRows : M - kRows};
+    }
+  } else if constexpr (kRows == 64 && !kSplit) {
+    if (M > kRows) {
+      const int chunks = (M + kRows - 1) / kRows, blocks = (N / 16 + 7) / 8;  // split_column_blocks(N)
+      const int index = static_cast<int>(blockIdx.x), span = kChunkGroup * chunks;
+      const int group = index / span, in_group = index % span;
+      const int width = min(kChunkGroup, blocks - group * kChunkGroup);  // the last group may be narrower
+      const int chunk = in_group / width, m0 = chunk * kRows;
+      return RowShare{group * kChunkGroup + in_group % width, m0, min(kRows, M - m0)};
     }
   }
   return RowShare{static_cast<int>(blockIdx.x), 0, M};
@@ -599,12 +616,13 @@ __device__ __forceinline__ RowShare row_share(int M) {
 
 // Moves a kernel's pointers and M to its share of the rows: A and Y by m0
 // rows, the split's slabs past the first half's (splits x kRows x N floats,
-// m0 = kRows), M to its own rows; returns its column block.
+// m0 = kRows; only launches of up to 64 rows are split), M to its own rows;
+// returns its column block.
 template <bool kSplit, int kRows, typename T>
 __device__ __forceinline__ int take_rows(const T* __restrict__& a, T* __restrict__& y, float* __restrict__& slabs,
                                          int& M, int K, int N) {
-  const RowShare share = row_share<kRows>(M);
-  if constexpr (kRows == 32) {
+  const RowShare share = row_share<kSplit, kRows>(M, N);
+  if constexpr (kRows >= 32) {
     a += static_cast<size_t>(share.m0) * K;
     y += static_cast<size_t>(share.m0) * N;
     if constexpr (kSplit) slabs += static_cast<size_t>(share.m0) * gridDim.y * N;
@@ -778,12 +796,14 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
 // arrival counter each.
 inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
 
-// The 8-warp kernels' CTAs for a launch of M rows (at most 64) and N columns:
-// calls f(std::integral_constant<int, MT>{}, halves), `halves` CTAs per
-// column block (row_halves) of MT = 1, 2, 4, 8 8-token tiles each, for up to
-// 8, 16, 32, 64 rows per CTA.
+// The 8-warp kernels' CTAs for a launch of M rows and N columns: calls
+// f(std::integral_constant<int, MT>{}, chunks), `chunks` CTAs per column
+// block (row_share) of MT = 1, 2, 4, 8 8-token tiles each: for up to 8, 16,
+// 32, 64 rows one CTA (33-64 rows: two of 32 where row_halves says so), and
+// above 64 rows ceil(M / 64) CTAs of 64.
 template <typename F>
 inline auto with_row_tiles(int M, int N, F&& f) -> decltype(f(std::integral_constant<int, 1>{}, 1)) {
+  if (M > SPA_MAX_M_PER_LAUNCH) return f(std::integral_constant<int, 8>{}, (M + 63) / 64);
   const int halves = row_halves(M, N / 16, sm_count());
   M = (M + halves - 1) / halves;
   if (M <= 8) return f(std::integral_constant<int, 1>{}, halves);
@@ -796,16 +816,17 @@ inline auto with_row_tiles(int M, int N, F&& f) -> decltype(f(std::integral_cons
 // is per column block and row half (row_halves: at most 2).
 inline int split_counter_count(int N) { return 2 * split_column_blocks(N); }
 
-// Launches an 8-warp kernel over split_column_blocks(N) x halves x splits
-// CTAs (blockIdx.x = halves x block + half, blockIdx.y the split) with
-// `bytes` of dynamic shared memory: its split-K instantiation (reduced in
-// the kernel) when splits > 1, else the plain one.
+// Launches an 8-warp kernel over split_column_blocks(N) x chunks x splits
+// CTAs (blockIdx.x: a column block and a chunk of rows, in row_share's
+// order; blockIdx.y the split) with `bytes` of dynamic shared memory: its
+// split-K instantiation (reduced in the kernel) when splits > 1, else the
+// plain one.
 template <typename... Params, typename... Args>
 inline cudaError_t launch_column_blocks(void (*plain)(Params...), void (*split)(Params...), int bytes, int N,
-                                        int halves, int splits, cudaStream_t stream, Args... args) {
+                                        int chunks, int splits, cudaStream_t stream, Args... args) {
   auto kernel = splits > 1 ? split : plain;
   SPA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  dim3 grid(split_column_blocks(N) * halves, splits);
+  dim3 grid(split_column_blocks(N) * chunks, splits);
   return launch_kernel(kernel, grid, 256, bytes, stream, args...);
 }
 
@@ -835,18 +856,22 @@ inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes
          workspace_bytes >= split_workspace_bytes(split_counter_count(N), 2, std::min(M, SPA_MAX_M_PER_LAUNCH), N);
 }
 
-// Runs an 8-warp kernel: splits K by the launch table (fewer splits where the
-// workspace holds fewer slabs than a forced split_k asks), zeroes the arrival
-// counters once, then launches 64 rows at a time, one after the other on the
-// stream: each reuses the slabs, and the last CTAs leave the counters at 0.
+// Runs an 8-warp kernel. Above 64 rows: one unsplit launch of every row
+// (with_row_tiles: 64-row chunks; K is long enough against the rows to fill
+// the GPU without splits, and one launch reads each weight from HBM about
+// once per resident wave instead of once per 64 rows). Up to 64 rows: splits
+// K by the launch table (fewer splits where the workspace holds fewer slabs
+// than a forced split_k asks), zeroes the arrival counters where the caller
+// does not keep them, and launches; the last CTAs leave the counters at 0.
 // `kept_counters` (spa_split_counters_size, zeroed by the caller before its
 // first use and left at 0 by every completed launch) replaces the workspace's
 // counters and their memset: one launch per call instead of two.
-// launch(m0, rows, slabs, counters, splits, groups_per_split) issues one;
+// launch(slabs, counters, splits, groups_per_split) issues the launch of all M rows;
 // ctas_per_sm: the split instantiation's resident CTAs (resident_ctas; 0 if unknown).
 template <typename Launch>
 inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
                              int* kept_counters, int ctas_per_sm, cudaStream_t stream, Launch&& launch) {
+  if (M > SPA_MAX_M_PER_LAUNCH) return launch(nullptr, nullptr, 1, K / SPA_W4_GROUP);
   if (!split_workspace_usable(workspace, workspace_bytes, M, N)) {  // no room for one split's slab: unsplit
     workspace = nullptr;
     workspace_bytes = 0;
@@ -865,9 +890,7 @@ inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t worksp
       splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(n_counters)) : nullptr;
   if (counters != nullptr && kept_counters == nullptr)
     SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * n_counters, stream));
-  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH)
-    SPA_CHECK(launch(m0, std::min(SPA_MAX_M_PER_LAUNCH, M - m0), slabs, counters, splits, gps));
-  return cudaSuccess;
+  return launch(slabs, counters, splits, gps);
 }
 
 }  // namespace spa

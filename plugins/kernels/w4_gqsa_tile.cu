@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
   const int n_tiles = N / 16, n_slabs = K / kSlab, n_units = (n_slabs + kSlabs - 1) / kSlabs;
-  // This CTA's rows (a column block's rows may go to two CTAs: row_halves).
+  // This CTA's rows (a column block's rows may go to several CTAs: row_share).
   const int block = take_rows<kSplit, kRows>(a_ptr, y, slabs, M, K, N);
   const int tile = block * kWarps + warp;
   const bool tile_valid = tile < n_tiles;  // uniform over the warp
@@ -216,10 +216,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 template <typename T, int KEEP>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* positions, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int sps, cudaStream_t stream) {
-  return with_row_tiles(M, N, [&](auto mt, int halves) {
+  return with_row_tiles(M, N, [&](auto mt, int chunks) {
     constexpr int MT = decltype(mt)::value;
     return launch_column_blocks(gemm_kernel<T, KEEP, MT, false>, gemm_kernel<T, KEEP, MT, true>,
-                                smem_bytes<KEEP, MT>(), N, halves, splits, stream, a, values, positions, scales, y,
+                                smem_bytes<KEEP, MT>(), N, chunks, splits, stream, a, values, positions, scales, y,
                                 slabs, counters, M, N, K, sps);
   });
 }
@@ -242,15 +242,13 @@ cudaError_t run(const void* a_ptr, const uint32_t* values, const uint32_t* posit
                      : resident_ctas(gemm_kernel<T, 2, MT, true>, smem_bytes<2, MT>());
   });
   return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
-                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
+                   [&](float* slabs, int* counters, int splits, int gps) {
                      const int ups = (gps + kSlabs - 1) / kSlabs;
                      splits = std::min(splits, (n_units + ups - 1) / ups);
-                     const T* a0 = a + static_cast<size_t>(m0) * K;
-                     T* y0 = y + static_cast<size_t>(m0) * N;
-                     return keep == 4 ? dispatch<T, 4>(a0, values, positions, scales, y0, slabs, counters, rows, N,
-                                                       K, splits, ups, stream)
-                                      : dispatch<T, 2>(a0, values, positions, scales, y0, slabs, counters, rows, N,
-                                                       K, splits, ups, stream);
+                     return keep == 4 ? dispatch<T, 4>(a, values, positions, scales, y, slabs, counters, M, N, K,
+                                                       splits, ups, stream)
+                                      : dispatch<T, 2>(a, values, positions, scales, y, slabs, counters, M, N, K,
+                                                       splits, ups, stream);
                    });
 }
 

@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_id = lane / 4, thread_in_group = lane % 4;
   const int n_tiles = N / 16, k_steps = K / 32, n_groups = K / SPA_W4_GROUP;
-  // This CTA's rows (a column block's rows may go to two CTAs: row_halves).
+  // This CTA's rows (a column block's rows may go to several CTAs: row_share).
   const int block = take_rows<kSplit, kRows>(a_ptr, y, slabs, M, K, N);
   const int tile = block * kWarps + warp;
   const bool tile_valid = tile < n_tiles;  // uniform over the warp
@@ -166,9 +166,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 template <typename T>
 cudaError_t dispatch(const T* a, const uint32_t* values, const uint32_t* meta, const __half* scales, T* y,
                      float* slabs, int* counters, int M, int N, int K, int splits, int gps, cudaStream_t stream) {
-  return with_row_tiles(M, N, [&](auto mt, int halves) {
+  return with_row_tiles(M, N, [&](auto mt, int chunks) {
     constexpr int MT = decltype(mt)::value;
-    return launch_column_blocks(gemm_kernel<T, MT, false>, gemm_kernel<T, MT, true>, smem_bytes<MT>(), N, halves,
+    return launch_column_blocks(gemm_kernel<T, MT, false>, gemm_kernel<T, MT, true>, smem_bytes<MT>(), N, chunks,
                                 splits, stream, a, values, meta, scales, y, slabs, counters, M, N, K, gps);
   });
 }
@@ -187,10 +187,8 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
     return resident_ctas(gemm_kernel<T, MT, true>, smem_bytes<MT>());
   });
   return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
-                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
-                     return dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales,
-                                        y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
-                                        stream);
+                   [&](float* slabs, int* counters, int splits, int gps) {
+                     return dispatch<T>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
                    });
 }
 
