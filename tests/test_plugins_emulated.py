@@ -4,7 +4,7 @@ thread per CUDA thread, warp-collective mma/mma.sp/shfl written from the PTX
 ISA, cp.async copies landing only at their wait), under AddressSanitizer or
 ThreadSanitizer, and checks every kernel through its C launcher against an
 FP64 GEMM of the weight spa's repackers wrote: M from 1 to 70 (past 64
-rows: one launch of 64-row chunks) and up to 200, FP16 and BF16, with and without split-K, with the contract's
+rows) and up to 200, FP16 and BF16, with and without split-K, with the contract's
 tolerances. Speed is not measured here; plugins/bench/run_gpu.sh does that."""
 
 from __future__ import annotations
@@ -134,8 +134,8 @@ def test_every_kernel_at_every_m_up_to_64_under_thread_sanitizer(tmp_path: Path,
 @pytest.mark.parametrize("kernels", ["w4a16", "w4_sp24,w4_gqsa"])
 def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Path, asan_build: Path, kernels: str) -> None:
     """Two runs (one per worker under pytest -n 2). M: each row tile (MT = 1, 2,
-    4, 8 with and without pad rows), past one 16-row step, 64 rows and a second
-    64-row chunk; w4a16's every M in 1..64 is test_w4a16_at_every_m_up_to_64.
+    4, 8 with and without pad rows), past one 16-row step, 64 rows and past
+    them; w4a16's every M in 1..64 is test_w4a16_at_every_m_up_to_64.
     Split -1 (no workspace) launches unsplit, the kernel path of a forced split 1."""
     cases = write_mixed_cases(tmp_path / "cases")
     ms = [1, 2, 3, 4, 8, 17, 64, 70]
@@ -161,7 +161,7 @@ def test_every_kernel_matches_the_reference_under_address_sanitizer(tmp_path: Pa
 @pytest.mark.parametrize("kernel", ["w4a16", "w4_sp24"])
 def test_dense_kernel_at_every_m_up_to_64(tmp_path: Path, asan_build: Path, kernel: str) -> None:
     """Issue 13: w4a16 and w4_sp24 correct at every M in 1..64 (MT = 1, 2, 4, 8 and every
-    count of pad rows, row halves above 32) and past 64 rows (a second chunk), on a shape with
+    count of pad rows, row halves above 32) and past 64 rows, on a shape with
     two CTAs of 8 tiles, the second one partly idle (N = 144: 9 tiles), and two stages of
     K (w4a16 256: 128-k groups; w4_sp24 512: 256-k stages), unsplit (the launcher's
     choice there) and split in two (the in-kernel reduction: slabs, counters, the last
@@ -202,7 +202,7 @@ def test_w4_gqsa_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
 
 def test_w4_gqsa_tile_at_every_m_up_to_64(tmp_path: Path, asan_build: Path) -> None:
     """The tile-shared GQSA kernel correct at every M in 1..64 (MT = 1, 2, 4, 8 and
-    every count of pad rows) and past 64 rows (a second chunk), on K = 384 (three 128-k
+    every count of pad rows) and past 64 rows, on K = 384 (three 128-k
     slabs: the layout pads a fourth, whose activations the kernel zero-fills)
     and N = 144 (two CTAs, the second with one of 8 tiles), keeping 4 and 2 of
     the 8 groups of every slab; unsplit and split in two (in-kernel reduction,
@@ -230,7 +230,7 @@ def test_rows_above_32_in_two_ctas_per_column_block_or_one(tmp_path: Path, asan_
     one wave, else one CTA of 64 rows (MT = 8). On 132 SMs the two cases' 2 column blocks take
     halves, on one SM whole rows (and halves again where SPA_ROW_HALVES=2 forces them, as the GPU
     harness does); exact for every dense kernel, unsplit and split (kept counters: every call
-    leaves all of them at 0), at a half's edges and past 64 rows (chunks, unsplit)."""
+    leaves all of them at 0), at a half's edges and past 64 rows."""
     lines = write_cases(tmp_path / "cases", shapes=((384, 144),))
     keep = [line for line in lines if line.startswith(("w4a16", "w4_sp24")) or (line.startswith("w4_gqsa_tile") and line.split()[4] == "4")]
     (tmp_path / "cases" / "cases.txt").write_text("\n".join(keep) + "\n")
@@ -246,15 +246,17 @@ def test_rows_above_32_in_two_ctas_per_column_block_or_one(tmp_path: Path, asan_
 
 
 def test_rows_above_64_in_one_launch_of_64_row_chunks(tmp_path: Path, asan_build: Path) -> None:
-    """Above 64 rows (prefill) w4a16, w4_sp24 and w4_gqsa_tile run one unsplit launch whose
-    column blocks each take ceil(M / 64) CTAs of 64 rows, in groups of 8 blocks chunk by chunk
-    (row_share). 11 column blocks (the last group 3 wide, the last block 1 tile of 8) at M = 65
-    (a 1-row chunk), 129 and 200: exact in both dtypes, with a forced split (which such a launch
-    ignores) as without, and w4_gqsa beside them (its passes of rows)."""
+    """Above 64 rows, where the 64-row chunks make half a wave of CTAs, w4a16, w4_sp24 and
+    w4_gqsa_tile run one unsplit launch whose column blocks each take ceil(M / 64) CTAs of 64
+    rows, in groups of 8 blocks chunk by chunk (row_share). On one SM (so even 11 column blocks
+    fill a wave; on 132 SMs the other tests' M = 70 runs as calls of 64 rows), 11 column blocks
+    (the last group 3 wide, the last block 1 tile of 8) at M = 65 (a 1-row chunk), 129 and 200:
+    exact in both dtypes, with a forced split (which such a launch ignores) as without, and
+    w4_gqsa beside them (its passes of rows)."""
     lines = write_cases(tmp_path / "cases", shapes=((512, 1296),))  # w4_gqsa at g = 16; w4_gqsa_tile at both keeps
     ms = [65, 129, 200]
     run = emulate(tmp_path / "cases", asan_build, "--m", ",".join(map(str, ms)), "--splits", "0,2",
-                  "--dtypes", "fp16,bf16", *tolerances())  # fmt: skip
+                  "--dtypes", "fp16,bf16", *tolerances(), sms=1)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = results(run.stdout)
     # case x M x dtype x split (w4_gqsa has no split)
@@ -268,7 +270,7 @@ def test_kept_split_counters_replace_the_memset(tmp_path: Path, asan_build: Path
     """Callers that keep the split-K arrival counters (the TensorRT plugin per
     execution context, the GPU harness) pass them to the _ex launchers, which
     then issue no memset: one launch per call. One buffer, zeroed once, serves
-    every run of a case (both dtypes, M in one 64-row launch and in 64-row chunks,
+    every run of a case (both dtypes, M in one and in two 64-row launches,
     the launcher's split and a forced one), so each call must leave it at 0
     (emu_check fails a run that does not) and stay exact. A buffer left at 1
     by a "previous call" must break the runs: the kernels read the kept

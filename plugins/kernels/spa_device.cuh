@@ -856,22 +856,28 @@ inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes
          workspace_bytes >= split_workspace_bytes(split_counter_count(N), 2, std::min(M, SPA_MAX_M_PER_LAUNCH), N);
 }
 
-// Runs an 8-warp kernel. Above 64 rows: one unsplit launch of every row
-// (with_row_tiles: 64-row chunks; K is long enough against the rows to fill
-// the GPU without splits, and one launch reads each weight from HBM about
-// once per resident wave instead of once per 64 rows). Up to 64 rows: splits
-// K by the launch table (fewer splits where the workspace holds fewer slabs
-// than a forced split_k asks), zeroes the arrival counters where the caller
-// does not keep them, and launches; the last CTAs leave the counters at 0.
+// Runs an 8-warp kernel. Above 64 rows, where its 64-row chunks make at
+// least half a wave of CTAs (column blocks x chunks x 2 >= resident slots):
+// one unsplit launch of every row (with_row_tiles, row_share), which reads
+// each weight from HBM about once per resident wave and pays the launch
+// once. Otherwise (up to 64 rows, or a few column blocks) 64 rows per
+// launch, one after the other on the stream, K split by the launch table to
+// fill the GPU (fewer splits where the workspace holds fewer slabs than a
+// forced split_k asks); the arrival counters are zeroed once where the
+// caller does not keep them, each launch reuses the slabs, and the last CTAs
+// leave the counters at 0.
 // `kept_counters` (spa_split_counters_size, zeroed by the caller before its
 // first use and left at 0 by every completed launch) replaces the workspace's
 // counters and their memset: one launch per call instead of two.
-// launch(slabs, counters, splits, groups_per_split) issues the launch of all M rows;
+// launch(m0, rows, slabs, counters, splits, groups_per_split) issues one;
 // ctas_per_sm: the split instantiation's resident CTAs (resident_ctas; 0 if unknown).
 template <typename Launch>
 inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
                              int* kept_counters, int ctas_per_sm, cudaStream_t stream, Launch&& launch) {
-  if (M > SPA_MAX_M_PER_LAUNCH) return launch(nullptr, nullptr, 1, K / SPA_W4_GROUP);
+  const int slots = (ctas_per_sm > 0 ? ctas_per_sm : 2) * sm_count();
+  if (M > SPA_MAX_M_PER_LAUNCH &&
+      2LL * split_column_blocks(N) * ((M + SPA_MAX_M_PER_LAUNCH - 1) / SPA_MAX_M_PER_LAUNCH) >= slots)
+    return launch(0, M, nullptr, nullptr, 1, K / SPA_W4_GROUP);
   if (!split_workspace_usable(workspace, workspace_bytes, M, N)) {  // no room for one split's slab: unsplit
     workspace = nullptr;
     workspace_bytes = 0;
@@ -890,7 +896,9 @@ inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t worksp
       splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(workspace) + split_counter_bytes(n_counters)) : nullptr;
   if (counters != nullptr && kept_counters == nullptr)
     SPA_CHECK(cudaMemsetAsync(counters, 0, sizeof(int) * n_counters, stream));
-  return launch(slabs, counters, splits, gps);
+  for (int m0 = 0; m0 < M; m0 += SPA_MAX_M_PER_LAUNCH)
+    SPA_CHECK(launch(m0, std::min(SPA_MAX_M_PER_LAUNCH, M - m0), slabs, counters, splits, gps));
+  return cudaSuccess;
 }
 
 }  // namespace spa

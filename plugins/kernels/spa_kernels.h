@@ -61,8 +61,9 @@ const char* spa_kernel_error_string(void);
 /* Group size of the W4A16 and W4+2:4 scales along K. */
 #define SPA_W4_GROUP 128
 /* Most activation rows one CTA of w4a16, w4_sp24 and w4_gqsa_tile handles
- * (and the most a launch splits K for); larger M runs in one unsplit launch
- * of chunks of this many rows. */
+ * (and the most a launch splits K for). Larger M runs in one unsplit launch
+ * of chunks of this many rows where the chunks make half a wave of CTAs,
+ * else in launches of this many rows. */
 #define SPA_MAX_M_PER_LAUNCH 64
 
 /* ---- w4a16: INT4 weights, group 128 along K, FP16/BF16 activations -------
@@ -72,9 +73,9 @@ const char* spa_kernel_error_string(void);
  * Requires K % 128 == 0, N % 16 == 0, M >= 1.
  * split_k : 0 = choose from M, N, K and the device's SM count (the launch
  *           table in spa_device.cuh, plan_split), else the number of K splits
- *           across blocks; one warp per 16-column tile either way. Above
- *           SPA_MAX_M_PER_LAUNCH rows the launch is never split (the split_k
- *           asked for does not apply there).
+ *           across blocks; one warp per 16-column tile either way. A launch
+ *           of more than SPA_MAX_M_PER_LAUNCH rows (above) is never split
+ *           (the split_k asked for does not apply to it).
  * The _ex launchers take both choices: slices (warps per tile within a block:
  * 0 = choose (always 1 now), or 1, 2, 4; used at M <= 16 only; w4a16 has no
  * in-block slices and ignores it) and split_k (0 = choose, else the number of

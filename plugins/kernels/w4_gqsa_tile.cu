@@ -242,13 +242,15 @@ cudaError_t run(const void* a_ptr, const uint32_t* values, const uint32_t* posit
                      : resident_ctas(gemm_kernel<T, 2, MT, true>, smem_bytes<2, MT>());
   });
   return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
-                   [&](float* slabs, int* counters, int splits, int gps) {
+                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
                      const int ups = (gps + kSlabs - 1) / kSlabs;
                      splits = std::min(splits, (n_units + ups - 1) / ups);
-                     return keep == 4 ? dispatch<T, 4>(a, values, positions, scales, y, slabs, counters, M, N, K,
-                                                       splits, ups, stream)
-                                      : dispatch<T, 2>(a, values, positions, scales, y, slabs, counters, M, N, K,
-                                                       splits, ups, stream);
+                     const T* a0 = a + static_cast<size_t>(m0) * K;
+                     T* y0 = y + static_cast<size_t>(m0) * N;
+                     return keep == 4 ? dispatch<T, 4>(a0, values, positions, scales, y0, slabs, counters, rows, N,
+                                                       K, splits, ups, stream)
+                                      : dispatch<T, 2>(a0, values, positions, scales, y0, slabs, counters, rows, N,
+                                                       K, splits, ups, stream);
                    });
 }
 

@@ -187,8 +187,10 @@ cudaError_t run(const void* a_ptr, const int32_t* values_ptr, const uint32_t* me
     return resident_ctas(gemm_kernel<T, MT, true>, smem_bytes<MT>());
   });
   return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
-                   [&](float* slabs, int* counters, int splits, int gps) {
-                     return dispatch<T>(a, values, meta, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
+                     return dispatch<T>(a + static_cast<size_t>(m0) * K, values, meta, scales,
+                                        y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
+                                        stream);
                    });
 }
 

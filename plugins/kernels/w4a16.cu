@@ -205,8 +205,10 @@ cudaError_t run(const void* a_ptr, const int32_t* packed_ptr, const uint16_t* sc
     return resident_ctas(gemm_kernel<T, MT, true>, smem_bytes<MT>());
   });
   return run_split(M, N, K, workspace, workspace_bytes, split_k, kept_counters, ctas, stream,
-                   [&](float* slabs, int* counters, int splits, int gps) {
-                     return dispatch<T>(a, packed, scales, y, slabs, counters, M, N, K, splits, gps, stream);
+                   [&](int m0, int rows, float* slabs, int* counters, int splits, int gps) {
+                     return dispatch<T>(a + static_cast<size_t>(m0) * K, packed, scales,
+                                        y + static_cast<size_t>(m0) * N, slabs, counters, rows, N, K, splits, gps,
+                                        stream);
                    });
 }
 
