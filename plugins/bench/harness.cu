@@ -33,9 +33,10 @@
 //    after a kernel that does not trigger them (a row scaling of A, as a
 //    norm would, feeding the GEMM), with and without PDL.
 // 6. Prefill sizes, last (not a goal; without --quick): w4a16, w4_sp24 and
-//    w4_gqsa_tile at M = 128, 512, 2048 on 4096x4096 and 8192x28672, one
-//    launch of 64-row chunks (the launchers' way above 64 rows) against the
-//    same rows in calls of 64 and cuBLAS FP16: prefill.json.
+//    w4_gqsa_tile at M = 128, 512, 2048 on 4096x4096 and 8192x28672, the
+//    launchers' choice (one launch of 64-row chunks where they make half a
+//    wave of CTAs, else calls of 64 rows) against the same rows in calls of
+//    64 and cuBLAS FP16: prefill.json.
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -548,9 +549,11 @@ int profile(Context& ctx) {
 }  // namespace
 
 // Prefill sizes (M > 64, prefill.json; not a goal of issue 13): each dense
-// kernel's one launch of 64-row chunks against the same rows as calls of 64
-// rows each (how the launchers ran them before) and cuBLAS FP16. Last in the
-// run: results.json is complete by then.
+// kernel as its launcher runs it (one launch of 64-row chunks where they make
+// half a wave of CTAs, else calls of 64 rows: spa_device.cuh run_split)
+// against the same rows as calls of 64 rows each (how the launchers ran all
+// of them before) and cuBLAS FP16. Last in the run: results.json is complete
+// by then.
 void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& out) {
   std::vector<PrefillRow> rows;
   const int shapes[][2] = {{4096, 4096}, {8192, 28672}};
@@ -572,7 +575,7 @@ void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& o
                                   std::min(64, M - m0), SPA_FP16));
         });
         const double cublas_us = time_graph(ctx, 1, [&](int) { hgemm(ctx.handle, a16.ptr, w16.ptr, y16.ptr, M, N, K); });
-        std::printf("prefill | %-12s K=%-6d N=%-6d M=%-5d %9.2f us one launch, %9.2f us in calls of 64 rows (%.2fx) | "
+        std::printf("prefill | %-12s K=%-6d N=%-6d M=%-5d %9.2f us launcher's choice, %9.2f us in calls of 64 rows (%.2fx) | "
                     "cuBLAS fp16 %9.2f us (%.2fx)\n", kernel, K, N, M, us, chunked_us, chunked_us / us, cublas_us,
                     cublas_us / us);
         rows.push_back({kernel, K, N, M, us, chunked_us, cublas_us});

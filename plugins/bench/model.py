@@ -291,7 +291,7 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
     (TILE_PER_KB). Row halves (row_halves): twice the CTAs at MT = 4, each streaming the weights; the
     second read of each weight is served by L2 (its twin CTA is its neighbour in the launch order and
     reads it at the same time: an assumption, not measured yet), so HBM carries it once."""
-    if m > 64:  # one launch of 64-row chunks now (row_share), which the harness does not time yet
+    if m > 64:  # one launch of 64-row chunks or calls of 64 rows (run_split): not priced, not in results rows
         raise ValueError("the model prices launches of at most 64 rows (the harness's results rows)")
     halves, mt = row_tiles(m, n) if v2 else (1, mt_for(m))
     tile = kernel == "w4_gqsa_tile"

@@ -16,7 +16,7 @@
 #                           DIR/launch_floor.json: an empty kernel's time in the same CUDA graphs
 #                           (also with programmatic dependent launch); DIR/pdl.json: every kernel
 #                           at M = 1, 16, 64 with PDL (as results.json) and without (SPA_PDL=0);
-#                           DIR/prefill.json: M = 128-2048 in one launch, in calls of 64 rows, cuBLAS
+#                           DIR/prefill.json: M = 128-2048 as launched, in calls of 64 rows, cuBLAS
 #   DIR/latency.json        pointer chase (latency.cu)
 #   DIR/competitors.json    torch tinygemm + cuBLAS FP16 (tinygemm.py; absent without torch)
 #   DIR/ncu/                Nsight Compute stalls: stalls.ncu-rep, stalls.txt, stalls.csv (absent without ncu)
