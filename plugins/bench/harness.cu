@@ -36,7 +36,8 @@
 //    w4_gqsa_tile at M = 128, 512, 2048 on 4096x4096 and 8192x28672, the
 //    launchers' choice (one launch of 64-row chunks where they make half a
 //    wave of CTAs, else calls of 64 rows) against the same rows in calls of
-//    64 and cuBLAS FP16: prefill.json.
+//    64 and cuBLAS FP16: prefill.json; each checked first against an FP32
+//    GEMM (FP16, max_rel_err <= 2e-3).
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -549,7 +550,8 @@ int profile(Context& ctx) {
 }  // namespace
 
 // Prefill sizes (M > 64, prefill.json; not a goal of issue 13): each dense
-// kernel as its launcher runs it (one launch of 64-row chunks where they make
+// kernel checked against an FP32 GEMM (a failure counts as the other
+// correctness failures do), then timed as its launcher runs it (one launch of 64-row chunks where they make
 // half a wave of CTAs, else calls of 64 rows: spa_device.cuh run_split)
 // against the same rows as calls of 64 rows each (how the launchers ran all
 // of them before) and cuBLAS FP16. Last in the run: results.json is complete
@@ -567,7 +569,23 @@ void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& o
     CHECK_CUDA(cudaDeviceSynchronize());
     for (const char* kernel : {"w4a16", "w4_sp24", "w4_gqsa_tile"}) {
       std::unique_ptr<Weight> w = random_weight(kernel, K, N, 4343);
+      DeviceBuffer<float> dense(static_cast<size_t>(K) * N);  // the FP32 reference's weight
+      dequantize(*w, dense.ptr);
+      CHECK_CUDA(cudaDeviceSynchronize());
       for (int M : {128, 512, 2048}) {
+        {  // correct first: the launchers' choice at this M against an FP32 GEMM of the same weight
+          const size_t count = static_cast<size_t>(M) * N;
+          DeviceBuffer<float> y32(count), ref(count);
+          CHECK_CUDA(run_kernel(ctx, *w, a16.ptr, y16.ptr, M, SPA_FP16));
+          to_float<__half><<<blocks_for(count), 256, 0, ctx.stream>>>(y16.ptr, y32.ptr, count);
+          sgemm(ctx.handle, a32.ptr, dense.ptr, ref.ptr, M, N, K);
+          CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
+          const double err = relative_error(y32, ref);
+          const bool ok = err <= kTolerance;
+          ctx.failures += ok ? 0 : 1;
+          std::printf("%s | prefill %-12s K=%-6d N=%-6d M=%-5d fp16 max_rel_err %.2e\n", ok ? "PASSED" : "FAILED", kernel,
+                      K, N, M, err);
+        }
         const double us = time_graph(ctx, 1, [&](int) { CHECK_CUDA(run_kernel(ctx, *w, a16.ptr, y16.ptr, M, SPA_FP16)); });
         const double chunked_us = time_graph(ctx, 1, [&](int) {
           for (int m0 = 0; m0 < M; m0 += 64)
@@ -761,9 +779,9 @@ int main(int argc, char** argv) {
   }
 
   write_json(out, prop.name, rows);
+  if (!quick) time_prefill(ctx, prop, out_dir + "prefill.json");  // last: results.json is complete
   std::printf("%s | %d correctness failures | %zu timing rows -> %s\n", ctx.failures ? "FAILED" : "PASSED",
               ctx.failures, rows.size(), out.c_str());
-  if (!quick) time_prefill(ctx, prop, out_dir + "prefill.json");
   cublasDestroy(ctx.handle);
   return ctx.failures ? 1 : 0;
 }
