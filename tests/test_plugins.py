@@ -412,6 +412,16 @@ def load_goals():  # type: ignore[no-untyped-def]
     return module
 
 
+def load_model():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_goal_reader_on_rows_that_meet_and_miss() -> None:
     goals = load_goals()
 
@@ -474,12 +484,7 @@ def test_committed_predictions_are_the_models_for_every_measured_row() -> None:
     must be what model.py says now, one row per row of results.json, and the
     model must reproduce the run it was calibrated on (the launchers' choices
     there were not fitted: plan_split_measured)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
-    assert spec is not None and spec.loader is not None
-    model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model)
+    model = load_model()
     results = json.loads((PLUGINS / "bench" / "results.json").read_text())
     sweep = json.loads((PLUGINS / "bench" / "split_sweep.json").read_text())
     committed = json.loads((PLUGINS / "bench" / "predictions.json").read_text())
@@ -550,12 +555,7 @@ def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
     """model.py bounds: every row at its kernel's fixed cost plus its HBM floor (and, for the per-column
     w4_gqsa, the L1 gather of every token's activations per entry), goals.py's verdicts on those rows, and
     the largest fixed cost per launch at which each goal is met."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
-    assert spec is not None and spec.loader is not None
-    model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model)
+    model = load_model()
     results = json.loads((PLUGINS / "bench" / "results.json").read_text())
     rows = model.bound_rows(results)
     predicted = {(r["kernel"], r["K"], r["N"], r["M"], r.get("group_size")): r["us"] for r in model.predictions(
@@ -579,12 +579,7 @@ def test_model_says_when_a_run_is_on_another_card_or_lacks_a_goals_rows() -> Non
     """The model is the H200's (its SMs, bandwidth and fitted costs): on a run from another card,
     `compare` and `bounds` say so instead of presenting the card's difference as model error;
     `bounds` on a run without a goal's rows says there is nothing to judge it by."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
-    assert spec is not None and spec.loader is not None
-    model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model)
+    model = load_model()
     predicted = json.loads((PLUGINS / "bench" / "predictions.json").read_text())
     same = [r for r in predicted if (r["K"], r["N"]) == (4096, 4096) and r["kernel"] == "w4a16"]
     assert "note:" not in model.compare(same, predicted)

@@ -590,6 +590,10 @@ __device__ __forceinline__ void finish_tile(const float (&acc)[MT][4], T* y, flo
 // chunks, not once per chunk. Instantiations of 8 or 16 rows are never
 // shared, nor split ones of 64 (only launches of up to 64 rows are split),
 // at compile time: no registers spent on it.
+// Column blocks of the 8-warp kernels (8 tiles of 16 columns each): one
+// arrival counter each.
+__host__ __device__ inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
+
 constexpr int kChunkGroup = 8;
 struct RowShare {
   int block, m0, rows;
@@ -603,7 +607,7 @@ __device__ __forceinline__ RowShare row_share(int M, int N) {
     }
   } else if constexpr (kRows == 64 && !kSplit) {
     if (M > kRows) {
-      const int chunks = (M + kRows - 1) / kRows, blocks = (N / 16 + 7) / 8;  // split_column_blocks(N)
+      const int chunks = (M + kRows - 1) / kRows, blocks = split_column_blocks(N);
       const int index = static_cast<int>(blockIdx.x), span = kChunkGroup * chunks;
       const int group = index / span, in_group = index % span;
       const int width = min(kChunkGroup, blocks - group * kChunkGroup);  // the last group may be narrower
@@ -792,9 +796,7 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
 #endif
 }
 
-// Column blocks of the 8-warp kernels (8 tiles of 16 columns each): one
-// arrival counter each.
-inline int split_column_blocks(int N) { return (N / 16 + 7) / 8; }
+
 
 // The 8-warp kernels' CTAs for a launch of M rows and N columns: calls
 // f(std::integral_constant<int, MT>{}, chunks), `chunks` CTAs per column
@@ -874,9 +876,9 @@ inline bool split_workspace_usable(const void* workspace, size_t workspace_bytes
 template <typename Launch>
 inline cudaError_t run_split(int M, int N, int K, void* workspace, size_t workspace_bytes, int split_k,
                              int* kept_counters, int ctas_per_sm, cudaStream_t stream, Launch&& launch) {
-  const int slots = (ctas_per_sm > 0 ? ctas_per_sm : 2) * sm_count();
-  if (M > SPA_MAX_M_PER_LAUNCH &&
-      2LL * split_column_blocks(N) * ((M + SPA_MAX_M_PER_LAUNCH - 1) / SPA_MAX_M_PER_LAUNCH) >= slots)
+  if (M > SPA_MAX_M_PER_LAUNCH &&  // (the SM count is asked only above 64 rows)
+      2LL * split_column_blocks(N) * ((M + SPA_MAX_M_PER_LAUNCH - 1) / SPA_MAX_M_PER_LAUNCH) >=
+          static_cast<long long>(ctas_per_sm > 0 ? ctas_per_sm : 2) * sm_count())
     return launch(0, M, nullptr, nullptr, 1, K / SPA_W4_GROUP);
   if (!split_workspace_usable(workspace, workspace_bytes, M, N)) {  // no room for one split's slab: unsplit
     workspace = nullptr;
