@@ -36,8 +36,9 @@
 //    w4_gqsa_tile at M = 128, 512, 2048 on 4096x4096 and 8192x28672, the
 //    launchers' choice (one launch of 64-row chunks where they make half a
 //    wave of CTAs, else calls of 64 rows) against the same rows in calls of
-//    64 and cuBLAS FP16: prefill.json; each checked first against an FP32
-//    GEMM (FP16, max_rel_err <= 2e-3).
+//    64 and cuBLAS FP16, with the least a dequantize-to-FP16 step would add
+//    to cuBLAS (its bytes at the measured read rate): prefill.json; each
+//    checked first against an FP32 GEMM (FP16, max_rel_err <= 2e-3).
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -421,7 +422,7 @@ struct Row { std::string kernel; int K, N, M, group_size; double us, cublas_us, 
 struct SweepRow { std::string kernel; int K, N, M, slices, split; double us, auto_us, memset_us; };
 struct HalvesRow { std::string kernel; int K, N, M; double one_us, two_us, auto_us; };
 struct PdlRow { std::string kernel; int K, N, M, group_size; double pdl_us, no_pdl_us, pair_pdl_us, pair_no_pdl_us; };
-struct PrefillRow { std::string kernel; int K, N, M; double us, chunked_us, cublas_us; };
+struct PrefillRow { std::string kernel; int K, N, M; double us, chunked_us, cublas_us, dequant_floor_us; };
 
 // The fields of one JSON row after "card" (no braces, no trailing comma).
 std::string json_fields(const Row& r) {
@@ -464,8 +465,8 @@ std::string json_fields(const PrefillRow& r) {
   char buffer[512];
   std::snprintf(buffer, sizeof(buffer),
                 "\"kernel\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"us\": %.3f, "
-                "\"calls_of_64_rows_us\": %.3f, \"cublas_fp16_us\": %.3f",
-                r.kernel.c_str(), r.K, r.N, r.M, r.us, r.chunked_us, r.cublas_us);
+                "\"calls_of_64_rows_us\": %.3f, \"cublas_fp16_us\": %.3f, \"dequant_floor_us\": %.3f",
+                r.kernel.c_str(), r.K, r.N, r.M, r.us, r.chunked_us, r.cublas_us, r.dequant_floor_us);
   return buffer;
 }
 
@@ -555,8 +556,10 @@ int profile(Context& ctx) {
 // half a wave of CTAs, else calls of 64 rows: spa_device.cuh run_split)
 // against the same rows as calls of 64 rows each (how the launchers ran all
 // of them before) and cuBLAS FP16. Last in the run: results.json is complete
-// by then.
-void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& out) {
+// by then. dequant_floor_us prices the path not built, dequantize to FP16 then
+// cuBLAS: the least a dequantizer costs (its packed weight read and K x N
+// halves written, at the measured read rate hbm_gbps), to add to cublas_us.
+void time_prefill(Context& ctx, const cudaDeviceProp& prop, double hbm_gbps, const std::string& out) {
   std::vector<PrefillRow> rows;
   const int shapes[][2] = {{4096, 4096}, {8192, 28672}};
   for (const auto& shape : shapes) {
@@ -576,6 +579,7 @@ void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& o
       DeviceBuffer<float> dense(static_cast<size_t>(K) * N);  // the FP32 reference's weight
       dequantize(*w, dense.ptr);
       CHECK_CUDA(cudaDeviceSynchronize());
+      const double dequant_floor_us = (static_cast<double>(w->bytes()) + 2.0 * K * N) / (hbm_gbps * 1e3);
       for (int mi = 0; mi < 3; ++mi) {
         const int M = prefill_ms[mi];
         {  // correct first: the launchers' choice at this M against an FP32 GEMM of the same weight
@@ -598,9 +602,9 @@ void time_prefill(Context& ctx, const cudaDeviceProp& prop, const std::string& o
                                   std::min(64, M - m0), SPA_FP16));
         });
         std::printf("prefill | %-12s K=%-6d N=%-6d M=%-5d %9.2f us launcher's choice, %9.2f us in calls of 64 rows (%.2fx) | "
-                    "cuBLAS fp16 %9.2f us (%.2fx)\n", kernel, K, N, M, us, chunked_us, chunked_us / us, cublas_us[mi],
-                    cublas_us[mi] / us);
-        rows.push_back({kernel, K, N, M, us, chunked_us, cublas_us[mi]});
+                    "cuBLAS fp16 %9.2f us (%.2fx), dequant + cuBLAS >= %9.2f us\n", kernel, K, N, M, us, chunked_us,
+                    chunked_us / us, cublas_us[mi], cublas_us[mi] / us, cublas_us[mi] + dequant_floor_us);
+        rows.push_back({kernel, K, N, M, us, chunked_us, cublas_us[mi], dequant_floor_us});
         write_json(out, prop.name, rows);
       }
     }
@@ -783,7 +787,7 @@ int main(int argc, char** argv) {
   }
 
   write_json(out, prop.name, rows);
-  if (!quick) time_prefill(ctx, prop, out_dir + "prefill.json");  // last: results.json is complete
+  if (!quick) time_prefill(ctx, prop, hbm, out_dir + "prefill.json");  // last: results.json is complete
   std::printf("%s | %d correctness failures | %zu timing rows -> %s\n", ctx.failures ? "FAILED" : "PASSED",
               ctx.failures, rows.size(), out.c_str());
   cublasDestroy(ctx.handle);

@@ -17,6 +17,7 @@
 #                           (also with programmatic dependent launch); DIR/pdl.json: every kernel
 #                           at M = 1, 16, 64 with PDL (as results.json) and without (SPA_PDL=0);
 #                           DIR/prefill.json: M = 128-2048 as launched, in calls of 64 rows, cuBLAS
+#                           (and cuBLAS plus the least a dequantize-to-FP16 step costs)
 #   DIR/latency.json        pointer chase (latency.cu)
 #   DIR/competitors.json    torch tinygemm + cuBLAS FP16 (tinygemm.py; absent without torch)
 #   DIR/ncu/                Nsight Compute stalls: stalls.ncu-rep, stalls.txt, stalls.csv (absent without ncu)
