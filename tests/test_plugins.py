@@ -695,7 +695,7 @@ def test_sass_check_finds_activation_copies_issued_before_the_grid_dependency_wa
         pytest.skip("cuobjdump + nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     kernels = tmp_path / "kernels"
     shutil.copytree(PLUGINS / "kernels", kernels)
-    device = kernels / "spa_device.cuh"
+    tile = kernels / "spa_tile.cuh"
     ring = """  for (int s = 0; s < kStages - 1; ++s) load_fixed(s, s < g_count);
   grid_dependency_wait();
 #pragma unroll
@@ -704,9 +704,9 @@ def test_sass_check_finds_activation_copies_issued_before_the_grid_dependency_wa
     cp_async_commit();
   }
 """
-    text = device.read_text()
+    text = tile.read_text()
     assert ring in text
-    device.write_text(text.replace(ring, ring.replace("  grid_dependency_wait();\n", "") + "  grid_dependency_wait();\n"))
+    tile.write_text(text.replace(ring, ring.replace("  grid_dependency_wait();\n", "") + "  grid_dependency_wait();\n"))
     cubin = tmp_path / "w4a16.cubin"
     result = nvcc("-gencode=arch=compute_90,code=sm_90", "-cubin", kernels / "w4a16.cu", "-o", cubin)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -391,16 +391,16 @@ def test_the_emulation_catches_a_missing_pipeline_barrier(tmp_path: Path, monkey
     cp.async stage reads shared memory no copy has reached yet (wrong results),
     and ThreadSanitizer reports the race (fibers are threads to it; a switch
     between them orders nothing). The barrier is in the stage ring that w4a16
-    and w4_sp24 share (spa_device.cuh); a kernel source's quoted #include finds
+    and w4_sp24 share (spa_tile.cuh); a kernel source's quoted #include finds
     the broken header next to it first."""
     broken = tmp_path / "kernels"
     broken.mkdir()
     for source in [*KERNELS.glob("*.cu"), *KERNELS.glob("*.cuh"), *KERNELS.glob("*.h")]:
         shutil.copy(source, broken / source.name)
-    text = (broken / "spa_device.cuh").read_text()
+    text = (broken / "spa_tile.cuh").read_text()
     barrier = "    __syncthreads();  // stage s landed"
     assert text.count(barrier) == 1
-    (broken / "spa_device.cuh").write_text(text.replace(barrier, "    // (barrier removed)"))
+    (broken / "spa_tile.cuh").write_text(text.replace(barrier, "    // (barrier removed)"))
     write_cases(tmp_path / "cases", shapes=((384, 80),))
     monkeypatch.setenv("TSAN_OPTIONS", "halt_on_error=0:exitcode=66")  # report, and let the run finish
     run = emulate(tmp_path / "cases", tmp_path / "build", "--kernels", "w4a16", "--m", "1", "--splits", "1",
@@ -419,11 +419,11 @@ def test_the_emulation_catches_work_before_the_grid_dependency_wait(tmp_path: Pa
     meet what the kernel before is still writing."""
     broken = tmp_path / "kernels"
     shutil.copytree(KERNELS, broken)
-    device = (broken / "spa_device.cuh").read_text()
+    device = (broken / "spa_tile.cuh").read_text()
     wait = "  for (int s = 0; s < kStages - 1; ++s) load_fixed(s, s < g_count);\n  grid_dependency_wait();\n"
     assert device.count(wait) == 1
     device = device.replace(wait, wait.replace("  grid_dependency_wait();\n", ""))
-    (broken / "spa_device.cuh").write_text(device.replace("  cp_async_wait<0>();\n}", "  cp_async_wait<0>();\n  grid_dependency_wait();\n}"))
+    (broken / "spa_tile.cuh").write_text(device.replace("  cp_async_wait<0>();\n}", "  cp_async_wait<0>();\n  grid_dependency_wait();\n}"))
     gqsa = (broken / "w4_gqsa.cu").read_text()
     assert gqsa.count("  grid_dependency_wait();\n") == 1
     (broken / "w4_gqsa.cu").write_text(gqsa.replace("  grid_dependency_wait();\n", ""))

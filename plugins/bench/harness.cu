@@ -320,7 +320,7 @@ double measure_read_bandwidth(Context& ctx) {
 // warp. The pointer chase (latency.cu) gives the DRAM round trip beside it.
 __global__ void empty_kernel() {}
 
-// The same with programmatic dependent launch, as the spa kernels use it (spa_device.cuh):
+// The same with programmatic dependent launch, as the spa kernels use it (spa_launch.cuh):
 // each launch lets the next start at once and waits for the one before.
 __global__ void empty_pdl_kernel() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -553,7 +553,7 @@ int profile(Context& ctx) {
 // Prefill sizes (M > 64, prefill.json; not a goal of issue 13): each dense
 // kernel checked against an FP32 GEMM (a failure counts as the other
 // correctness failures do), then timed as its launcher runs it (one launch of 64-row chunks where they make
-// half a wave of CTAs, else calls of 64 rows: spa_device.cuh run_split)
+// half a wave of CTAs, else calls of 64 rows: spa_launch.cuh run_split)
 // against the same rows as calls of 64 rows each (how the launchers ran all
 // of them before) and cuBLAS FP16. Last in the run: results.json is complete
 // by then. dequant_floor_us prices the path not built, dequantize to FP16 then

@@ -186,13 +186,13 @@ def mt_for(m: int) -> int:
 
 
 def row_halves(m: int, n_tiles: int, sms: int = SMS) -> int:
-    """spa_device.cuh row_halves: 2 CTAs per column block (32 rows each, MT = 4) for a launch of m > 32
+    """spa_launch.cuh row_halves: 2 CTAs per column block (32 rows each, MT = 4) for a launch of m > 32
     rows where the halved grid still fits one wave unsplit (column blocks <= SMs), else 1."""
     return 2 if m > 32 and (n_tiles + 7) // 8 <= sms else 1
 
 
 def row_tiles(m: int, n: int) -> tuple[int, int]:
-    """spa_device.cuh with_row_tiles for the first launch of m rows (at most 64) and n columns:
+    """spa_launch.cuh with_row_tiles for the first launch of m rows (at most 64) and n columns:
     (CTAs per column block, 8-token tiles per CTA)."""
     rows = min(m, 64)
     halves = row_halves(rows, n // 16)
@@ -200,7 +200,7 @@ def row_tiles(m: int, n: int) -> tuple[int, int]:
 
 
 def wave_splits(n_tiles: int, n_groups: int, ctas_per_sm: int, sms: int = SMS) -> int:
-    """spa_device.cuh wave_splits: the K splits (1..8, >= 4 groups each) whose CTAs fill whole
+    """spa_launch.cuh wave_splits: the K splits (1..8, >= 4 groups each) whose CTAs fill whole
     waves best: least ceil(CTAs x splits / resident slots) x groups per split, fewer splits
     on a tie (less slab traffic)."""
     slots, ctas = ctas_per_sm * sms, (n_tiles + 7) // 8
@@ -216,7 +216,7 @@ def wave_splits(n_tiles: int, n_groups: int, ctas_per_sm: int, sms: int = SMS) -
 
 def plan_split(m: int, n_tiles: int, n_groups: int, slices_wanted: int = 0, split_k: int = 0,
                has_workspace: bool = True, sms: int = SMS, ctas_per_sm: int = 0) -> tuple[int, int, int]:  # fmt: skip
-    """(slices, splits, groups per split): plugins/kernels/spa_device.cuh plan_split, line for line.
+    """(slices, splits, groups per split): plugins/kernels/spa_launch.cuh plan_split, line for line.
     ``ctas_per_sm``: the kernel's resident CTAs per SM (the launchers query it), which picks
     :func:`wave_splits`; 0: the table swept for the measured kernels."""
     slices = slices_wanted if m <= 16 and slices_wanted > 0 else 1
@@ -339,7 +339,7 @@ def dense_time(kernel: str, k: int, n: int, m: int, slices: int, splits: int, p:
 
 
 def gqsa_pass_rows(k: int) -> int:
-    """spa_device.cuh gqsa_pass_rows: w4_gqsa's rows per pass, 8 halved while rows x K > 100000."""
+    """spa_launch.cuh gqsa_pass_rows: w4_gqsa's rows per pass, 8 halved while rows x K > 100000."""
     rows = 8
     while rows > 1 and rows * k > 100000:
         rows //= 2

@@ -1,4 +1,4 @@
-// Prints the launchers' split plan (spa_device.cuh plan_split) for the inputs
+// Prints the launchers' split plan (spa_launch.cuh plan_split) for the inputs
 // on stdin, one "M n_tiles n_groups slices split_k has_workspace ctas_per_sm" per line ->
 // "slices splits groups_per_split". plugins/bench/model.py mirrors plan_split
 // to predict the next GPU run; tests/test_plugins_emulated.py compares the two
@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <string>
 
-#include "spa_device.cuh"
+#include "spa_launch.cuh"
 
 void spa::set_error(const char*) {}
 

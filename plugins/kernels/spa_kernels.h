@@ -72,7 +72,7 @@ const char* spa_kernel_error_string(void);
  * scales  : fp16  [K/128, N]
  * Requires K % 128 == 0, N % 16 == 0, M >= 1.
  * split_k : 0 = choose from M, N, K and the device's SM count (the launch
- *           table in spa_device.cuh, plan_split), else the number of K splits
+ *           table in spa_launch.cuh, plan_split), else the number of K splits
  *           across blocks; one warp per 16-column tile either way. A launch
  *           of more than SPA_MAX_M_PER_LAUNCH rows (above) is never split
  *           (the split_k asked for does not apply to it).

@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "spa_device.cuh"
+#include "spa_launch.cuh"
 
 namespace spa {
 namespace gqsa {

@@ -35,7 +35,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "spa_device.cuh"
+#include "spa_launch.cuh"
+#include "spa_tile.cuh"
 
 namespace spa {
 namespace gqsa_tile {

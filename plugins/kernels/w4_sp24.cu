@@ -21,7 +21,8 @@
 // 256 B for w4a16: the memory floor is 0.75x of w4a16's.
 #include <algorithm>
 
-#include "spa_device.cuh"
+#include "spa_launch.cuh"
+#include "spa_tile.cuh"
 
 namespace spa {
 namespace sp24 {

@@ -35,7 +35,8 @@
 //   and ignored.
 #include <algorithm>
 
-#include "spa_device.cuh"
+#include "spa_launch.cuh"
+#include "spa_tile.cuh"
 
 namespace spa {
 
