@@ -498,7 +498,7 @@ def split_embedding_norms(model: ir.Model) -> int:
             node.resize_inputs(2)  # the bias moved to the Add
         _drop_if_unused(model, old_scale)
         if was_output:
-            result.name, output.name = output.name, f"{output.name}.normalized"
+            _keep_output_name(result, output)
         model.graph.insert_after(node, new_nodes)
         # A block that reads the embedding without a norm of its own (ModernBERT's first
         # attention: its attn_norm is Identity) would read the stream: it reads the norm's
@@ -511,6 +511,12 @@ def split_embedding_norms(model: ir.Model) -> int:
             reader.replace_input_with(0, output)
         count += 1
     return count
+
+
+def _keep_output_name(result: ir.Value, output: ir.Value) -> None:
+    """``result`` took over the graph output ``output``: it takes the output's name (the
+    model's interface keeps its names) and ``output`` is renamed ``<name>.normalized``."""
+    result.name, output.name = output.name, f"{output.name}.normalized"
 
 
 #: Steps between a norm and a graph output that keep what they read in the norm's basis.
@@ -570,8 +576,8 @@ def read_output_norms(model: ir.Model) -> int:
         multiply.replace_input_with(0, output)
         for node, index in readers:
             node.replace_input_with(index, output)
-        if result.is_graph_output():  # the graph output keeps its name
-            result.name, output.name = output.name, f"{output.name}.normalized"
+        if result.is_graph_output():
+            _keep_output_name(result, output)
         model.graph.insert_after(producer, multiply)
         count += 1
     return count
