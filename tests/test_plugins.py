@@ -402,24 +402,23 @@ def test_kernels_on_gpu_match_the_fp32_reference(kernel_objects: dict[str, Path]
     assert "FAILED" not in run.stdout
 
 
-def load_goals():  # type: ignore[no-untyped-def]
+def load_bench(name: str):  # type: ignore[no-untyped-def]
+    """plugins/bench/<name>.py (a script folder, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("goals", PLUGINS / "bench" / "goals.py")
+    spec = importlib.util.spec_from_file_location(name, PLUGINS / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_goals():  # type: ignore[no-untyped-def]
+    return load_bench("goals")
 
 
 def load_model():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("model", PLUGINS / "bench" / "model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("model")
 
 
 def test_goal_reader_on_rows_that_meet_and_miss() -> None:
@@ -555,23 +554,23 @@ def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
     """model.py bounds: every row at its kernel's fixed cost plus its HBM floor (and, for the per-column
     w4_gqsa, the L1 gather of every token's activations per entry), goals.py's verdicts on those rows, and
     the largest fixed cost per launch at which each goal is met."""
-    model = load_model()
+    model, report_module = load_model(), load_bench("model_report")
     results = json.loads((PLUGINS / "bench" / "results.json").read_text())
-    rows = model.bound_rows(results)
+    rows = report_module.bound_rows(results)
     predicted = {(r["kernel"], r["K"], r["N"], r["M"], r.get("group_size")): r["us"] for r in model.predictions(
         results, json.loads((PLUGINS / "bench" / "split_sweep.json").read_text()))}  # fmt: skip
     for r in rows:  # a bound is never above the model's own prediction for the committed kernels
         assert r["us"] <= predicted[(r["kernel"], r["K"], r["N"], r["M"], r.get("group_size"))] + 1e-6
     # 28672 x 8192, g = 16, M = 8: 7.3 M kept entries x 8 tokens at 32 B each through L1 outweigh the bytes
     k, n = 28672, 8192
-    assert model.bound_us("w4_gqsa", k, n, 8, 16, t0=0.0) == pytest.approx(0.5 * k / 16 * n * 8 * model.GQSA_L1_US / 1e6)
-    assert model.bound_us("w4a16", k, n, 1, t0=0.0) == pytest.approx(model.hbm_floor_us("w4a16", k, n, 1))
-    report = model.bounds_report(results, None)
+    assert report_module.bound_us("w4_gqsa", k, n, 8, 16, t0=0.0) == pytest.approx(0.5 * k / 16 * n * 8 * model.GQSA_L1_US / 1e6)
+    assert report_module.bound_us("w4a16", k, n, 1, t0=0.0) == pytest.approx(model.hbm_floor_us("w4a16", k, n, 1))
+    report = report_module.bounds_report(results, None)
     assert "  G5b: not even at t0 = 0 (bytes and L1 alone)" in report.splitlines()
     assert "NOT MET | G1 stretch" in report and "MET    | G3b" in report
     stretch = next(line for line in report.splitlines() if line.startswith("  G1 stretch: t0 <= "))
     t0 = float(stretch.split("<= ")[1].split()[0])  # at that fixed cost the bound meets the stretch, just
-    g1 = model.bound_us("w4a16", 4096, 11008, 1, t0=t0)
+    g1 = report_module.bound_us("w4a16", 4096, 11008, 1, t0=t0)
     assert 7.69 < g1 <= 7.7
 
 
@@ -579,14 +578,14 @@ def test_model_says_when_a_run_is_on_another_card_or_lacks_a_goals_rows() -> Non
     """The model is the H200's (its SMs, bandwidth and fitted costs): on a run from another card,
     `compare` and `bounds` say so instead of presenting the card's difference as model error;
     `bounds` on a run without a goal's rows says there is nothing to judge it by."""
-    model = load_model()
+    report_module = load_bench("model_report")
     predicted = json.loads((PLUGINS / "bench" / "predictions.json").read_text())
     same = [r for r in predicted if (r["K"], r["N"]) == (4096, 4096) and r["kernel"] == "w4a16"]
-    assert "note:" not in model.compare(same, predicted)
+    assert "note:" not in report_module.compare(same, predicted)
     other = [{**r, "card": "NVIDIA H100 80GB HBM3", "hbm_gbps": 3010} for r in same]
-    note = model.compare(other, predicted).splitlines()[-1]
+    note = report_module.compare(other, predicted).splitlines()[-1]
     assert note.startswith("note: the predictions are for the NVIDIA H200") and "3010 GB/s measured" in note
-    report = model.bounds_report(other, None).splitlines()
+    report = report_module.bounds_report(other, None).splitlines()
     assert report[0].startswith("note: these bounds use the H200's read bandwidth")
     assert "  G1: nothing to judge it by (no row)" in report  # 4096x11008 is not among these rows
     assert "  G3c: nothing to judge it by (no tinygemm timings (competitors.json))" in report
