@@ -38,7 +38,9 @@
 //    wave of CTAs, else calls of 64 rows) against the same rows in calls of
 //    64 and cuBLAS FP16, with the least a dequantize-to-FP16 step would add
 //    to cuBLAS (its bytes at the measured read rate): prefill.json; each
-//    checked first against an FP32 GEMM (FP16, max_rel_err <= 2e-3).
+//    checked first against an FP32 GEMM (FP16, max_rel_err <= 2e-3). Like
+//    the results rows, every timed loop (cuBLAS's too) rotates its weights
+//    through copies that flush L2 twice over, so each reads from HBM.
 // --profile: the configurations whose stall profile run_gpu.sh exports
 // (w4a16 and w4_sp24 at M = 1, 16, w4_gqsa g = 16 and w4_gqsa_tile at M = 1, 8,
 // 4096x11008),
@@ -272,6 +274,13 @@ struct CapturedGraph {
 };
 
 // Time `launch(copy)` in a CUDA graph of kGraphLaunches launches over `copies` buffers.
+// Copies of a weight of `bytes` that a timed loop rotates through so that
+// each launch reads its weight from HBM, as a network's layers do: enough to
+// flush L2 twice over, at least 2.
+int l2_copies(const cudaDeviceProp& prop, size_t bytes) {
+  return std::max<int>(2, static_cast<int>(2 * static_cast<size_t>(prop.l2CacheSize) / bytes) + 1);
+}
+
 double time_graph(Context& ctx, int copies, const std::function<void(int)>& launch) {
   for (int i = 0; i < copies; ++i) launch(i);
   CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
@@ -567,18 +576,27 @@ void time_prefill(Context& ctx, const cudaDeviceProp& prop, double hbm_gbps, con
     DeviceBuffer<__half> a16(static_cast<size_t>(max_m) * K), y16(static_cast<size_t>(max_m) * N);
     DeviceBuffer<float> a32(static_cast<size_t>(max_m) * K);
     fill_activations<__half><<<blocks_for(a16.count), 256>>>(a16.ptr, a32.ptr, a16.count, 11);
-    DeviceBuffer<__half> w16(static_cast<size_t>(K) * N);
-    fill_scales<<<blocks_for(w16.count), 256>>>(w16.ptr, w16.count, 7, -0.05f, 0.05f);
+    // Every timed loop rotates its weights through copies (l2_copies), as the results rows do.
+    std::vector<DeviceBuffer<__half>> w16;
+    for (int c = 0; c < l2_copies(prop, sizeof(__half) * static_cast<size_t>(K) * N); ++c) {
+      w16.emplace_back(static_cast<size_t>(K) * N);
+      fill_scales<<<blocks_for(w16.back().count), 256>>>(w16.back().ptr, w16.back().count, 7 + c, -0.05f, 0.05f);
+    }
     CHECK_CUDA(cudaDeviceSynchronize());
     const int prefill_ms[] = {128, 512, 2048};
     double cublas_us[3];  // per M, once for the three kernels
     for (int i = 0; i < 3; ++i)
-      cublas_us[i] = time_graph(ctx, 1, [&](int) { hgemm(ctx.handle, a16.ptr, w16.ptr, y16.ptr, prefill_ms[i], N, K); });
+      cublas_us[i] = time_graph(ctx, static_cast<int>(w16.size()),
+                                [&](int c) { hgemm(ctx.handle, a16.ptr, w16[c].ptr, y16.ptr, prefill_ms[i], N, K); });
     for (const char* kernel : {"w4a16", "w4_sp24", "w4_gqsa_tile"}) {
-      std::unique_ptr<Weight> w = random_weight(kernel, K, N, 4343);
+      std::vector<std::unique_ptr<Weight>> weights;
+      weights.push_back(random_weight(kernel, K, N, 4343));
+      const Weight* w = weights[0].get();
       DeviceBuffer<float> dense(static_cast<size_t>(K) * N);  // the FP32 reference's weight
       dequantize(*w, dense.ptr);
       CHECK_CUDA(cudaDeviceSynchronize());
+      const int copies = l2_copies(prop, w->bytes());
+      for (int c = 1; c < copies; ++c) weights.push_back(random_weight(kernel, K, N, 4343 + 17 * c));
       const double dequant_floor_us = (static_cast<double>(w->bytes()) + 2.0 * K * N) / (hbm_gbps * 1e3);
       for (int mi = 0; mi < 3; ++mi) {
         const int M = prefill_ms[mi];
@@ -595,10 +613,11 @@ void time_prefill(Context& ctx, const cudaDeviceProp& prop, double hbm_gbps, con
           std::printf("%s | prefill %-12s K=%-6d N=%-6d M=%-5d fp16 max_rel_err %.2e\n", ok ? "PASSED" : "FAILED", kernel,
                       K, N, M, err);
         }
-        const double us = time_graph(ctx, 1, [&](int) { CHECK_CUDA(run_kernel(ctx, *w, a16.ptr, y16.ptr, M, SPA_FP16)); });
-        const double chunked_us = time_graph(ctx, 1, [&](int) {
+        const double us =
+            time_graph(ctx, copies, [&](int c) { CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr, y16.ptr, M, SPA_FP16)); });
+        const double chunked_us = time_graph(ctx, copies, [&](int c) {
           for (int m0 = 0; m0 < M; m0 += 64)
-            CHECK_CUDA(run_kernel(ctx, *w, a16.ptr + static_cast<size_t>(m0) * K, y16.ptr + static_cast<size_t>(m0) * N,
+            CHECK_CUDA(run_kernel(ctx, *weights[c], a16.ptr + static_cast<size_t>(m0) * K, y16.ptr + static_cast<size_t>(m0) * N,
                                   std::min(64, M - m0), SPA_FP16));
         });
         std::printf("prefill | %-12s K=%-6d N=%-6d M=%-5d %9.2f us launcher's choice, %9.2f us in calls of 64 rows (%.2fx) | "
@@ -706,7 +725,7 @@ int main(int argc, char** argv) {
                           (gqsa ? " g=" + std::to_string(variant.g) : "");
       std::vector<double> errors = check(ctx, *weights[0], label.c_str());
       size_t wbytes = weights[0]->bytes();
-      int copies = std::max<int>(2, static_cast<int>(2 * static_cast<size_t>(prop.l2CacheSize) / wbytes) + 1);
+      const int copies = l2_copies(prop, wbytes);
       for (int c = 1; c < copies; ++c) weights.push_back(random_weight(kernel, K, N, 1000 + s + 17 * c, variant.g));
       for (size_t mi = 0; mi < sizeof(kMs) / sizeof(kMs[0]); ++mi) {
         int M = kMs[mi];
