@@ -374,26 +374,25 @@ def hbm_floor_us(kernel: str, k: int, n: int, m: int) -> float:
 
 
 @functools.cache
-def _goals() -> Any:
-    """goals.py, next to this file (a script folder, not a package)."""
+def _sibling(stem: str) -> Any:
+    """plugins/bench/<stem>.py, next to this file (a script folder, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("spa_bench_goals", HERE / "goals.py")
+    spec = importlib.util.spec_from_file_location(f"spa_bench_{stem}", HERE / f"{stem}.py")
     assert spec is not None and spec.loader is not None
-    goals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(goals)
-    return goals
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _goals() -> Any:
+    """goals.py (the verdicts and the byte floors)."""
+    return _sibling("goals")
 
 
 def _report() -> Any:
-    """model_report.py (compare, bounds), next to this file; it loads this one itself."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("spa_bench_model_report", HERE / "model_report.py")
-    assert spec is not None and spec.loader is not None
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    return report
+    """model_report.py (compare, bounds); it loads this file itself."""
+    return _sibling("model_report")
 
 
 def resident_ctas(kernel: str, mt: int) -> int:
