@@ -250,20 +250,23 @@ def test_rows_above_64_in_one_launch_of_64_row_chunks(tmp_path: Path, asan_build
     w4_gqsa_tile run one unsplit launch whose column blocks each take ceil(M / 64) CTAs of 64
     rows, in groups of 8 blocks chunk by chunk (row_share). On one SM (so even 11 column blocks
     fill a wave; on 132 SMs the other tests' M = 70 runs as calls of 64 rows), 11 column blocks
-    (the last group 3 wide, the last block 1 tile of 8) at M = 65 (a 1-row chunk), 129 and 200:
-    exact in both dtypes, with a forced split (which such a launch ignores) as without, and
-    w4_gqsa beside them (its passes of rows)."""
+    (the last group 3 wide, the last block 1 tile of 8) at M = 65 (2 chunks, the last of 1 row)
+    and 200 (4 chunks, the last of 8 rows): exact in both dtypes, and w4_gqsa beside them (its
+    passes of rows); at M = 65 in FP16 also with a forced split, which such a launch ignores."""
     lines = write_cases(tmp_path / "cases", shapes=((512, 1296),))  # w4_gqsa at g = 16; w4_gqsa_tile at both keeps
-    ms = [65, 129, 200]
-    run = emulate(tmp_path / "cases", asan_build, "--m", ",".join(map(str, ms)), "--splits", "0,2",
+    ms = [65, 200]
+    run = emulate(tmp_path / "cases", asan_build, "--m", ",".join(map(str, ms)), "--splits", "0",
                   "--dtypes", "fp16,bf16", *tolerances(), sms=1)  # fmt: skip
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    rows = results(run.stdout)
-    # case x M x dtype x split (w4_gqsa has no split)
-    assert len(rows) == (len(lines) - 1) * len(ms) * 2 * 2 + len(ms) * 2, run.stdout[-3000:]
+    forced = emulate(tmp_path / "cases", asan_build, "--m", "65", "--splits", "2", "--dtypes", "fp16", *tolerances(),
+                     sms=1)  # fmt: skip
+    for done in (run, forced):
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows, forced_rows = results(run.stdout), results(forced.stdout)
+    assert len(rows) == len(lines) * len(ms) * 2, run.stdout[-3000:]  # case x M x dtype
+    assert len(forced_rows) == len(lines), forced.stdout[-3000:]  # w4_gqsa (no split) runs as it is
     assert {kernel for _, kernel, *_ in rows} == {"w4a16", "w4_sp24", "w4_gqsa", "w4_gqsa_tile"}
-    assert all(verdict == "PASSED" for verdict, *_ in rows), [r for r in rows if r[0] != "PASSED"]
-    assert max(err for _, _, dtype, *_, err in rows if dtype == "fp16") < 1e-3
+    assert all(verdict == "PASSED" for verdict, *_ in rows + forced_rows), [r for r in rows + forced_rows if r[0] != "PASSED"]
+    assert max(err for _, _, dtype, *_, err in rows + forced_rows if dtype == "fp16") < 1e-3
 
 
 def test_kept_split_counters_replace_the_memset(tmp_path: Path, asan_build: Path) -> None:
