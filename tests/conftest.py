@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,26 @@ needs_fashion_mnist = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist",
 )
+
+
+@contextlib.contextmanager
+def shared_folder(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A folder every pytest-xdist worker of this run sees (the workers' temporary folders
+    share a parent), held under an exclusive lock: the first worker to enter builds what the
+    folder is for, the others wait for it and find it built. Session-scoped fixtures that
+    compile (the kernels, the emulation's sanitizer builds) use it instead of xdist_group
+    marks, which pytest 9.2 with pytest-xdist 3.8 no longer honours (a worker ran each)."""
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def mlp_model(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:

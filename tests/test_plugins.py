@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 from spa.errors import UserError
 from spa.trt.bench_cases import write_cases
 from spa.trt.build import TENSORRT_MISSING, parse_cuda_archs
+from tests.conftest import shared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
@@ -39,28 +40,26 @@ def nvcc(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProc
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=False)
 
 
-# The tests that use kernel_objects run on one pytest-xdist worker (--dist loadgroup,
-# pyproject.toml), so that the kernels are compiled once per run, not once per worker.
-same_objects = pytest.mark.xdist_group("kernel_objects")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def kernel_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each kernel compiled once for sm_80 and sm_90 (two at a time: CI has 2 cores; SPA_TEST_JOBS=1: one)."""
-    folder = tmp_path_factory.mktemp("kernels")
+    """Each kernel compiled once per run for sm_80 and sm_90 (two at a time: CI has 2 cores;
+    SPA_TEST_JOBS=1: one), in a folder the test workers share (shared_folder): the first
+    worker compiles, another waits and reuses the objects."""
+    with shared_folder(tmp_path_factory, "kernel_objects") as folder:
+        done = folder / "compiled"
 
-    def compile_one(source: Path) -> tuple[str, Path, subprocess.CompletedProcess[str]]:
-        target = folder / f"{source.stem}.o"
-        return source.stem, target, nvcc("-c", source, "-o", target, *ARCHS)
+        def compile_one(source: Path) -> tuple[str, Path, subprocess.CompletedProcess[str] | None]:
+            target = folder / f"{source.stem}.o"
+            return source.stem, target, None if done.is_file() else nvcc("-c", source, "-o", target, *ARCHS)
 
-    with ThreadPoolExecutor(max_workers=int(os.environ.get("SPA_TEST_JOBS", "2"))) as pool:
-        results = list(pool.map(compile_one, KERNELS))
-    for name, _, result in results:
-        assert result.returncode == 0, f"{name}.cu failed to compile:\n{result.stderr[-3000:]}"
+        with ThreadPoolExecutor(max_workers=int(os.environ.get("SPA_TEST_JOBS", "2"))) as pool:
+            results = list(pool.map(compile_one, KERNELS))
+        for name, _, result in results:
+            assert result is None or result.returncode == 0, f"{name}.cu failed to compile:\n{result.stderr[-3000:]}"
+        done.touch()
     return {name: target for name, target, _ in results}
 
 
-@same_objects
 @needs_nvcc
 def test_every_kernel_compiles_for_sm80_and_sm90(kernel_objects: dict[str, Path]) -> None:
     assert set(kernel_objects) == {"w4a16", "w4_sp24", "w4_gqsa", "w4_gqsa_tile"}
@@ -96,7 +95,6 @@ def cublas_paths() -> tuple[Path | None, Path | None, str]:
     return None, None, ""
 
 
-@same_objects
 @needs_nvcc
 def test_harness_compiles_and_links_against_cublas(kernel_objects: dict[str, Path], tmp_path: Path) -> None:
     include, lib, flag = cublas_paths()
@@ -382,7 +380,6 @@ def gpu_available() -> bool:
     return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi"], capture_output=True, check=False).returncode == 0
 
 
-@same_objects
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs an NVIDIA GPU")
 @needs_nvcc
@@ -647,7 +644,6 @@ def test_sass_checks_find_the_loop_and_a_load_consumed_inside_it() -> None:
     assert sass.ctas_per_sm(56, 52224, 128) == 4 and sass.ctas_per_sm(98, 87040, 128) == 2
 
 
-@same_objects
 @needs_nvcc
 def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) -> None:
     """Every instantiation's steady-state loop (sm_90 SASS of the objects built

@@ -21,6 +21,7 @@ import pytest
 
 from spa.trt import repack
 from spa.trt.bench_cases import write_cases, write_gqsa_case
+from tests.conftest import shared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "plugins" / "emu"
@@ -62,18 +63,26 @@ def emulate(cases: Path, build: Path, *options: str, sanitizer: str = "address",
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
-@pytest.fixture(scope="module")
+def shared_build(factory: pytest.TempPathFactory, sanitizer: str) -> Path:
+    """The run's one build of the kernels for the emulation under ``sanitizer``, in a folder the
+    test workers share (shared_folder): built once (a compile takes about a minute), then every
+    run.sh call finds it current and only runs emu_check. Tests that break a copy of the
+    kernels build their own."""
+    with shared_folder(factory, f"emu-{sanitizer}") as folder:
+        build = subprocess.run([str(EMU / "run.sh"), "--sanitizer", sanitizer, "--build-dir", str(folder), "--build-only"],
+                               capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="session")
 def asan_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One AddressSanitizer build of the kernels per test worker: run.sh reuses a
-    build folder whose sources and flags have not changed (a compile takes about a
-    minute)."""
-    return tmp_path_factory.mktemp("emu-address")
+    return shared_build(tmp_path_factory, "address")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tsan_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One ThreadSanitizer build of the kernels per test worker (as asan_build)."""
-    return tmp_path_factory.mktemp("emu-thread")
+    return shared_build(tmp_path_factory, "thread")
 
 
 def skip_where_thread_sanitizer_cannot_start(run: subprocess.CompletedProcess[str]) -> None:

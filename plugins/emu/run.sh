@@ -4,6 +4,7 @@
 #
 #   plugins/emu/run.sh [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]
 #   plugins/emu/run.sh [--sanitizer ...] [--build-dir DIR] --probe    (plugins/bench/mma_sp_probe.cu)
+#   plugins/emu/run.sh [--sanitizer ...] [--build-dir DIR] --build-only   (build emu_check, run nothing)
 #
 # Needs g++ (C++20) and the CUDA toolkit's headers (cuda_fp16.h ...); no GPU,
 # no libcudart. Exit status: emu_check's (0 when every run passed).
@@ -15,15 +16,17 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 SAN=address
 BUILD=""
 PROBE=0
+BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitizer) SAN=$2; shift 2 ;;
     --build-dir) BUILD=$2; shift 2 ;;
     --probe) PROBE=1; shift ;;
+    --build-only) BUILD_ONLY=1; shift ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || [ $PROBE -eq 1 ] || { echo "usage: $0 [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]" >&2; exit 2; }
+[ $# -ge 1 ] || [ $PROBE -eq 1 ] || [ $BUILD_ONLY -eq 1 ] || { echo "usage: $0 [--sanitizer address|thread] [--build-dir DIR] CASES_DIR [emu_check options]" >&2; exit 2; }
 case "$SAN" in address|thread) ;; *) echo "error: --sanitizer must be address or thread" >&2; exit 2 ;; esac
 CXX=${CXX:-g++}
 command -v "$CXX" >/dev/null || { echo "error: $CXX not found (install g++)" >&2; exit 2; }
@@ -54,7 +57,10 @@ if [ -x "$BUILD/emu_check" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT"
   for source in "$KERNELS"/*.cu "$KERNELS"/*.cuh "$KERNELS"/*.h "$HERE"/emu_check.cpp "$HERE"/emu_runtime.cpp "$HERE"/spa_emu.h; do
     if [ -e "$source" ] && [ "$source" -nt "$BUILD/emu_check" ]; then stale=1; fi
   done
-  [ $stale -eq 1 ] || exec "$BUILD/emu_check" "$@"
+  if [ $stale -eq 0 ]; then
+    [ $BUILD_ONLY -eq 1 ] && exit 0
+    exec "$BUILD/emu_check" "$@"
+  fi
 fi
 rm -f "$STAMP"
 # SPA_EMU_JOBS=1 compiles one file at a time (a shared machine); default: all six at once.
@@ -74,4 +80,5 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 "$CXX" "-fsanitize=$SAN" "$BUILD"/w4a16.o "$BUILD"/w4_sp24.o "$BUILD"/w4_gqsa.o "$BUILD"/w4_gqsa_tile.o "$BUILD"/emu_runtime.o \
   "$BUILD"/emu_check.o -o "$BUILD/emu_check" -lpthread
 printf '%s' "$WANT" > "$STAMP"
+[ $BUILD_ONLY -eq 1 ] && exit 0
 exec "$BUILD/emu_check" "$@"
