@@ -273,7 +273,6 @@ struct CapturedGraph {
   }
 };
 
-// Time `launch(copy)` in a CUDA graph of kGraphLaunches launches over `copies` buffers.
 // Copies of a weight of `bytes` that a timed loop rotates through so that
 // each launch reads its weight from HBM, as a network's layers do: enough to
 // flush L2 twice over, at least 2.
@@ -281,6 +280,7 @@ int l2_copies(const cudaDeviceProp& prop, size_t bytes) {
   return std::max<int>(2, static_cast<int>(2 * static_cast<size_t>(prop.l2CacheSize) / bytes) + 1);
 }
 
+// Time `launch(copy)` in a CUDA graph of kGraphLaunches launches over `copies` buffers.
 double time_graph(Context& ctx, int copies, const std::function<void(int)>& launch) {
   for (int i = 0; i < copies; ++i) launch(i);
   CHECK_CUDA(cudaStreamSynchronize(ctx.stream));
