@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,6 +25,18 @@ needs_fashion_mnist = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist",
 )
+
+
+def load_bench(name: str) -> Any:
+    """plugins/bench/<name>.py (a script folder, not a package), registered in sys.modules under
+    ``name`` (dataclasses look their module up there: sass_budget.py)."""
+    path = Path(__file__).resolve().parents[1] / "plugins" / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 from spa.errors import UserError
 from spa.trt.bench_cases import write_cases
 from spa.trt.build import TENSORRT_MISSING, parse_cuda_archs
-from tests.conftest import shared_folder
+from tests.conftest import load_bench, shared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
@@ -399,27 +399,8 @@ def test_kernels_on_gpu_match_the_fp32_reference(kernel_objects: dict[str, Path]
     assert "FAILED" not in run.stdout
 
 
-def load_bench(name: str):  # type: ignore[no-untyped-def]
-    """plugins/bench/<name>.py (a script folder, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, PLUGINS / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_goals():  # type: ignore[no-untyped-def]
-    return load_bench("goals")
-
-
-def load_model():  # type: ignore[no-untyped-def]
-    return load_bench("model")
-
-
 def test_goal_reader_on_rows_that_meet_and_miss() -> None:
-    goals = load_goals()
+    goals = load_bench("goals")
 
     def row(kernel: str, k: int, n: int, m: int, us: float, cublas: float, err: float = 1e-4, g: int = 128) -> dict[str, object]:
         return {"card": "NVIDIA H200", "kernel": kernel, "K": k, "N": n, "M": m, "group_size": g, "us": us,
@@ -459,7 +440,7 @@ def test_goal_reader_says_when_a_run_covers_fewer_rows_than_the_harness_times() 
     """A run cut short (run_gpu.sh caps the harness) holds fewer shapes: goals.py's coverage
     verdict names what is missing, so verdicts on the rows present are not read as the whole
     run; the shapes and M it expects are the harness's own (kShapes, kMs in harness.cu)."""
-    goals = load_goals()
+    goals = load_bench("goals")
     harness = (PLUGINS / "bench" / "harness.cu").read_text()
     shapes = re.search(r"const Shape kShapes\[\] = \{(.*?)\n\};", harness, re.S)
     ms = re.search(r"constexpr int kMs\[\] = \{([^}]*)\}", harness)
@@ -480,7 +461,7 @@ def test_committed_predictions_are_the_models_for_every_measured_row() -> None:
     must be what model.py says now, one row per row of results.json, and the
     model must reproduce the run it was calibrated on (the launchers' choices
     there were not fitted: plan_split_measured)."""
-    model = load_model()
+    model = load_bench("model")
     results = json.loads((PLUGINS / "bench" / "results.json").read_text())
     sweep = json.loads((PLUGINS / "bench" / "split_sweep.json").read_text())
     committed = json.loads((PLUGINS / "bench" / "predictions.json").read_text())
@@ -551,7 +532,7 @@ def test_model_bounds_say_which_goals_no_kernel_body_can_meet() -> None:
     """model.py bounds: every row at its kernel's fixed cost plus its HBM floor (and, for the per-column
     w4_gqsa, the L1 gather of every token's activations per entry), goals.py's verdicts on those rows, and
     the largest fixed cost per launch at which each goal is met."""
-    model, report_module = load_model(), load_bench("model_report")
+    model, report_module = load_bench("model"), load_bench("model_report")
     results = json.loads((PLUGINS / "bench" / "results.json").read_text())
     rows = report_module.bound_rows(results)
     predicted = {(r["kernel"], r["K"], r["N"], r["M"], r.get("group_size")): r["us"] for r in model.predictions(
@@ -596,17 +577,6 @@ def test_model_bounds_on_a_run_folder_name_its_launch_floor(tmp_path: Path) -> N
     assert after.startswith("the measured launch floor is 1.75 us")
 
 
-def load_sass_budget():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sass_budget", PLUGINS / "bench" / "sass_budget.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sass_budget"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 SYNTHETIC_SASS = """
         Function : _ZN3spa5w4a1611gemm_kernelI6__halfLi1ELi1EEEvPKT_PKjPKS2_PS3_Pfiiii
         /*0000*/                   MOV R1, c[0x0][0x28] ;
@@ -627,7 +597,7 @@ def test_sass_checks_find_the_loop_and_a_load_consumed_inside_it() -> None:
     U16 load is read at 0x40 (a round trip on the critical path), R21 of the
     64-bit load at 0x70 (R20 is overwritten first, which alone would not count);
     a spill reload inside the loop counts, a spill store before it does not."""
-    sass = load_sass_budget()
+    sass = load_bench("sass_budget")
     body = sass.parse(SYNTHETIC_SASS)["_ZN3spa5w4a1611gemm_kernelI6__halfLi1ELi1EEEvPKT_PKjPKS2_PS3_Pfiiii"]
     start, end = sass.main_loop(body, ("HMMA",))
     assert (body[start].addr, body[end].addr) == (0x10, 0x80)
@@ -654,7 +624,7 @@ def test_kernel_sass_stays_within_its_budget(kernel_objects: dict[str, Path]) ->
     CTAs per SM; the FP16 decode loops of w4a16 and w4_sp24 within issue 13's
     instruction budget, w4_gqsa_tile's (4 of 8 groups kept) and w4_gqsa's
     (g = 16, its fast steps) within their own."""
-    sass = load_sass_budget()
+    sass = load_bench("sass_budget")
     if sass.tools()[1] is None:
         pytest.skip("cuobjdump + nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     budget = json.loads((PLUGINS / "bench" / "sass_budget.json").read_text())
@@ -685,7 +655,7 @@ def test_sass_check_finds_activation_copies_issued_before_the_grid_dependency_wa
     above its griddepcontrol.wait (a copy of the sources), every w4a16 instantiation reports
     zero-filling cp.async (LDGSTS ..., !Pn) before its ACQBULK; the sources as they are
     report none (test_kernel_sass_stays_within_its_budget)."""
-    sass = load_sass_budget()
+    sass = load_bench("sass_budget")
     if sass.tools()[1] is None:
         pytest.skip("cuobjdump + nvdisasm not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     kernels = tmp_path / "kernels"

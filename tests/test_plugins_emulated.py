@@ -21,7 +21,7 @@ import pytest
 
 from spa.trt import repack
 from spa.trt.bench_cases import write_cases, write_gqsa_case
-from tests.conftest import shared_folder
+from tests.conftest import load_bench, shared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "plugins" / "emu"
@@ -469,22 +469,12 @@ def test_the_emulation_reports_a_deadlock_instead_of_hanging(tmp_path: Path) -> 
     assert all("deadlock: 256 of 256 threads wait at barriers that cannot complete" in line and "(block 0)" in line for line in lines), run.stdout
 
 
-def load_bench_module(name: str):  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "plugins" / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_timing_model_mirrors_the_launchers_split_plan(tmp_path: Path) -> None:
     """plugins/bench/model.py predicts the next GPU run with its own copy of
     plan_split; it must choose what the C++ launchers choose, on 132 and 108 SMs, with the
     occupancy the launchers query (2 or 3 CTAs per SM: wave_splits up to M = 16) or without;
     and w4_gqsa's rows per pass."""
-    model = load_bench_module("model")
+    model = load_bench("model")
     binary = tmp_path / "plan_dump"
     cuda = next(root for root in (Path(shutil.which("nvcc") or "/x").resolve().parents[1], Path("/usr/local/cuda"))
                 if (root / "include" / "cuda_fp16.h").is_file())  # fmt: skip
